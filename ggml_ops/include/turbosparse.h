@@ -1,0 +1,120 @@
+/*
+ * turbosparse public C API: the only header Python (cffi) sees.
+ *
+ * Plain C types only; no ggml structs cross this boundary. Every function that can fail returns
+ * a status (0 = success) or NULL and writes a one-line message naming the file / tensor / key at
+ * fault into the caller's `err` buffer (never a global).
+ */
+#ifndef TURBOSPARSE_H
+#define TURBOSPARSE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* FFN activation of the gated FFN: down(act(gate(x), up(x))). */
+enum ts_ffn_act {
+    TS_FFN_SWIGLU = 0, /* silu(gate) * up          (Llama, Mistral, SmolLM2) */
+    TS_FFN_REGLU = 1,  /* relu(gate) * up          (ReLU-Llama, ProSparse) */
+    TS_FFN_DRELU = 2   /* relu(gate) * relu(up)    (TurboSparse "bamboo") */
+};
+
+/* How decoding computes the FFN. */
+enum ts_sparse_mode {
+    TS_SPARSE_OFF = 0,       /* dense ggml mul_mat */
+    TS_SPARSE_PREDICTOR = 1, /* active set = {j : predictor logit_j >= threshold} */
+    TS_SPARSE_EXACT = 2      /* dense gate, active set = {j : relu(gate_j) > 0} (ReLU-gated FFNs) */
+};
+
+typedef struct ts_model ts_model;
+typedef struct ts_context ts_context;
+
+typedef struct ts_model_params {
+    /* 1: let ggml repack matrices it has faster kernels for (as llama.cpp does by default).
+       FFN matrices that sparse decoding reads row by row are never repacked. */
+    int32_t repack;
+    /* 1: keep FFN gate/up/down_t in their row layout for sparse decoding. */
+    int32_t sparse_rows;
+} ts_model_params;
+
+typedef struct ts_model_info {
+    int32_t n_vocab;
+    int32_t n_embd;
+    int32_t n_layer;
+    int32_t n_head;
+    int32_t n_head_kv;
+    int32_t n_embd_head;
+    int32_t n_ff;
+    int32_t n_ctx_train;
+    int32_t n_rot;
+    float rope_freq_base;
+    float rope_freq_scale;
+    float rms_eps;
+    int32_t ffn_act;          /* enum ts_ffn_act */
+    int32_t has_predictors;   /* every layer has fc1/fc2 */
+    int32_t has_down_t;       /* transposed down matrices present */
+    int32_t has_down;         /* standard down matrices present */
+    float predictor_threshold;
+    int32_t is_powerinfer;    /* file magic was PWRI */
+    int32_t ffn_type;         /* ggml type id of the FFN up matrix */
+    int32_t file_type;        /* general.file_type, -1 when absent */
+    uint64_t n_params;        /* weights in the file (elements) */
+    uint64_t n_bytes;         /* tensor bytes in the file */
+} ts_model_info;
+
+typedef struct ts_context_params {
+    int32_t n_ctx;      /* KV cache length (tokens); 0 = the model's training context */
+    int32_t n_threads;  /* ggml CPU threads; <= 0 = 1 */
+    int32_t n_batch;    /* max tokens per graph evaluation (prompts are split); <= 0 = 512 */
+    int32_t kv_type;    /* ggml type id of the KV cache: F16 (default, as llama.cpp) or F32 */
+    int32_t sparse_mode;       /* enum ts_sparse_mode */
+    float predictor_threshold; /* NAN = the file's value */
+} ts_context_params;
+
+/* ---- versions ---------------------------------------------------------------------------- */
+const char *ts_ggml_version(void);       /* the ggml this process runs */
+const char *ts_ggml_commit(void);
+const char *ts_build_ggml_version(void); /* the ggml headers the library was compiled against */
+
+/* ---- model ------------------------------------------------------------------------------- */
+ts_model_params ts_model_default_params(void);
+ts_model *ts_model_load(const char *path, const ts_model_params *params, char *err, size_t err_size);
+void ts_model_free(ts_model *model);
+void ts_model_get_info(const ts_model *model, ts_model_info *info);
+/* Per-layer predictor rank (0 = none); `ranks` has n_layer entries. */
+void ts_model_get_predictor_ranks(const ts_model *model, int32_t *ranks);
+
+/* ---- context: KV cache + graph evaluation ------------------------------------------------- */
+ts_context_params ts_context_default_params(void);
+ts_context *ts_context_new(ts_model *model, const ts_context_params *params, char *err, size_t err_size);
+void ts_context_free(ts_context *ctx);
+
+/*
+ * Evaluate n_tokens tokens appended after the ones already in the KV cache.
+ * dense_ffn = 1 computes the FFN densely (prefill); 0 uses the context's sparse mode.
+ * logits: NULL, or [n_tokens][n_vocab] when logits_all, else [n_vocab] for the last token.
+ */
+int32_t ts_context_eval(ts_context *ctx, const int32_t *tokens, int32_t n_tokens, int32_t dense_ffn,
+                        float *logits, int32_t logits_all, char *err, size_t err_size);
+int32_t ts_context_n_past(const ts_context *ctx);
+int32_t ts_context_n_ctx(const ts_context *ctx);
+/* Forget every cached token at position >= n_keep. */
+int32_t ts_context_truncate(ts_context *ctx, int32_t n_keep, char *err, size_t err_size);
+
+/* ---- quantization: ggml's own quantizers and dequantizers ---------------------------------- */
+/* Fills name/blck_size/type_size of a ggml type; returns 0 when the type id is known. */
+int32_t ts_type_info(int32_t type, const char **name, int64_t *blck_size, int64_t *type_size);
+/* Quantize nrows rows of n_per_row floats; returns bytes written or -1 (err filled). */
+int64_t ts_quantize(int32_t type, const float *src, void *dst, int64_t nrows, int64_t n_per_row,
+                    const float *imatrix, char *err, size_t err_size);
+/* Dequantize n values (n a multiple of the block size). */
+int32_t ts_dequantize(int32_t type, const void *src, float *dst, int64_t n, char *err, size_t err_size);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* TURBOSPARSE_H */

@@ -1,0 +1,225 @@
+/* Context lifetime, KV cache, and evaluation of token batches through the forward graph. */
+#include "context.h"
+
+#include "ggml-cpu.h"
+#include "ts_error.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define TS_KV_PAD 256 /* attend over whole multiples of 256 cells, as llama.cpp does */
+
+ts_context_params ts_context_default_params(void) {
+    ts_context_params p = {
+        .n_ctx = 0, .n_threads = 1, .n_batch = 512, .kv_type = GGML_TYPE_F16, .sparse_mode = TS_SPARSE_OFF, .predictor_threshold = NAN};
+    return p;
+}
+
+static int check_params(const ts_model *m, const ts_context_params *p, char *err, size_t err_size) {
+    const ts_model_info *in = &m->info;
+    if (p->n_ctx < 0) {
+        return ts_set_error(err, err_size, "n_ctx must be >= 0 (0 = the model's %d), got %d", in->n_ctx_train, p->n_ctx);
+    }
+    if (p->kv_type != GGML_TYPE_F16 && p->kv_type != GGML_TYPE_F32) {
+        return ts_set_error(err, err_size, "KV cache type %d is not supported (F16 or F32)", p->kv_type);
+    }
+    if (p->sparse_mode == TS_SPARSE_OFF) {
+        if (!in->has_down) {
+            return ts_set_error(err, err_size,
+                                "%s: dense FFN needs the standard down matrices (blk.N.ffn_down.weight), "
+                                "this file only has the transposed ones",
+                                m->file->path);
+        }
+        return 0;
+    }
+    return ts_set_error(err, err_size, "sparse mode %d is not available in this build", p->sparse_mode);
+}
+
+static int init_kv_cache(ts_context *c, char *err, size_t err_size) {
+    const ts_model_info *in = &c->model->info;
+    const int64_t n_embd_kv = (int64_t)in->n_head_kv * in->n_embd_head;
+    struct ggml_init_params ip = {
+        .mem_size = (size_t)(2 * in->n_layer + 1) * ggml_tensor_overhead(), .mem_buffer = NULL, .no_alloc = true};
+    c->ctx_kv = ggml_init(ip);
+    c->k_cache = calloc((size_t)in->n_layer, sizeof(*c->k_cache));
+    c->v_cache = calloc((size_t)in->n_layer, sizeof(*c->v_cache));
+    if (c->ctx_kv == NULL || c->k_cache == NULL || c->v_cache == NULL) {
+        return ts_set_error(err, err_size, "out of memory creating the KV cache");
+    }
+    for (int il = 0; il < in->n_layer; il++) {
+        c->k_cache[il] = ggml_new_tensor_2d(c->ctx_kv, (enum ggml_type)c->params.kv_type, n_embd_kv, c->n_ctx);
+        c->v_cache[il] = ggml_new_tensor_2d(c->ctx_kv, (enum ggml_type)c->params.kv_type, c->n_ctx, n_embd_kv);
+    }
+    c->buf_kv = ggml_backend_alloc_ctx_tensors_from_buft(c->ctx_kv, ggml_backend_cpu_buffer_type());
+    if (c->buf_kv == NULL) {
+        return ts_set_error(err, err_size, "out of memory allocating a KV cache of %d tokens", c->n_ctx);
+    }
+    /* never-written cells are masked out, but 0 * garbage could still be NaN: start from zeros */
+    ggml_backend_buffer_clear(c->buf_kv, 0);
+    return 0;
+}
+
+ts_context *ts_context_new(ts_model *model, const ts_context_params *params, char *err, size_t err_size) {
+    ts_context_params defaults = ts_context_default_params();
+    if (params == NULL) {
+        params = &defaults;
+    }
+    if (check_params(model, params, err, err_size) != 0) {
+        return NULL;
+    }
+    ts_context *c = calloc(1, sizeof(*c));
+    if (c == NULL) {
+        ts_set_error(err, err_size, "out of memory");
+        return NULL;
+    }
+    c->model = model;
+    c->params = *params;
+    c->params.n_threads = params->n_threads > 0 ? params->n_threads : 1;
+    c->params.n_batch = params->n_batch > 0 ? params->n_batch : 512;
+    c->n_ctx = params->n_ctx > 0 ? params->n_ctx : model->info.n_ctx_train;
+    c->threshold = isnan(params->predictor_threshold) ? model->info.predictor_threshold : params->predictor_threshold;
+    c->graph_max_nodes = 64 * model->info.n_layer + 1024;
+    c->graph_meta_size = ggml_tensor_overhead() * (size_t)c->graph_max_nodes +
+                         ggml_graph_overhead_custom((size_t)c->graph_max_nodes, false);
+    c->graph_meta = malloc(c->graph_meta_size);
+    c->backend = ggml_backend_cpu_init();
+    c->galloc = ggml_gallocr_new(ggml_backend_cpu_buffer_type());
+    if (c->graph_meta == NULL || c->backend == NULL || c->galloc == NULL) {
+        ts_set_error(err, err_size, "out of memory creating the context");
+        ts_context_free(c);
+        return NULL;
+    }
+    ggml_backend_cpu_set_n_threads(c->backend, c->params.n_threads);
+    if (init_kv_cache(c, err, err_size) != 0) {
+        ts_context_free(c);
+        return NULL;
+    }
+    return c;
+}
+
+void ts_context_free(ts_context *c) {
+    if (c == NULL) {
+        return;
+    }
+    if (c->galloc != NULL) {
+        ggml_gallocr_free(c->galloc);
+    }
+    if (c->buf_kv != NULL) {
+        ggml_backend_buffer_free(c->buf_kv);
+    }
+    if (c->ctx_kv != NULL) {
+        ggml_free(c->ctx_kv);
+    }
+    if (c->backend != NULL) {
+        ggml_backend_free(c->backend);
+    }
+    free(c->k_cache);
+    free(c->v_cache);
+    free(c->graph_meta);
+    free(c);
+}
+
+int32_t ts_context_n_past(const ts_context *c) {
+    return c->n_past;
+}
+
+int32_t ts_context_n_ctx(const ts_context *c) {
+    return c->n_ctx;
+}
+
+int32_t ts_context_truncate(ts_context *c, int32_t n_keep, char *err, size_t err_size) {
+    if (n_keep < 0 || n_keep > c->n_past) {
+        return ts_set_error(err, err_size, "cannot keep %d tokens: the context holds %d", n_keep, c->n_past);
+    }
+    c->n_past = n_keep;
+    return 0;
+}
+
+static void fill_inputs(const ts_context *c, const ts_graph *g, const int32_t *tokens, int32_t n_tokens,
+                        int32_t n_outputs) {
+    memcpy(g->tokens->data, tokens, sizeof(int32_t) * (size_t)n_tokens);
+    int32_t *pos = g->pos->data;
+    for (int32_t i = 0; i < n_tokens; i++) {
+        pos[i] = c->n_past + i;
+    }
+    /* causal mask: token i sees cells 0..n_past+i */
+    float *mask = g->kq_mask->data;
+    for (int32_t i = 0; i < n_tokens; i++) {
+        for (int32_t j = 0; j < g->n_kv; j++) {
+            mask[(size_t)i * g->n_kv + j] = j <= c->n_past + i ? 0.0f : -INFINITY;
+        }
+    }
+    if (g->out_ids != NULL) {
+        int32_t *ids = g->out_ids->data;
+        for (int32_t i = 0; i < n_outputs; i++) {
+            ids[i] = n_tokens - n_outputs + i;
+        }
+    }
+}
+
+/* One graph evaluation of at most n_batch tokens. */
+static int eval_chunk(ts_context *c, const int32_t *tokens, int32_t n_tokens, int32_t n_outputs, int32_t dense_ffn,
+                      float *logits, char *err, size_t err_size) {
+    struct ggml_init_params ip = {.mem_size = c->graph_meta_size, .mem_buffer = c->graph_meta, .no_alloc = true};
+    struct ggml_context *ctx0 = ggml_init(ip);
+    if (ctx0 == NULL) {
+        return ts_set_error(err, err_size, "cannot create the graph context");
+    }
+    ts_graph g = {0};
+    const int32_t n_used = c->n_past + n_tokens;
+    g.n_kv = (n_used + TS_KV_PAD - 1) / TS_KV_PAD * TS_KV_PAD;
+    if (g.n_kv > c->n_ctx) {
+        g.n_kv = c->n_ctx;
+    }
+    int rc = ts_graph_build(c, ctx0, n_tokens, n_outputs, dense_ffn, &g);
+    if (rc == 0 && !ggml_gallocr_alloc_graph(c->galloc, g.gf)) {
+        rc = ts_set_error(err, err_size, "out of memory allocating the compute graph for %d tokens", n_tokens);
+    }
+    if (rc == 0) {
+        fill_inputs(c, &g, tokens, n_tokens, n_outputs);
+        if (ggml_backend_graph_compute(c->backend, g.gf) != GGML_STATUS_SUCCESS) {
+            rc = ts_set_error(err, err_size, "ggml graph computation failed");
+        }
+    }
+    if (rc == 0) {
+        c->n_past += n_tokens;
+        if (logits != NULL) {
+            memcpy(logits, g.logits->data, ggml_nbytes(g.logits));
+        }
+    }
+    ggml_free(ctx0);
+    return rc;
+}
+
+int32_t ts_context_eval(ts_context *c, const int32_t *tokens, int32_t n_tokens, int32_t dense_ffn, float *logits,
+                        int32_t logits_all, char *err, size_t err_size) {
+    const ts_model_info *in = &c->model->info;
+    if (n_tokens <= 0) {
+        return ts_set_error(err, err_size, "nothing to evaluate: n_tokens = %d", n_tokens);
+    }
+    if ((int64_t)c->n_past + n_tokens > c->n_ctx) {
+        return ts_set_error(err, err_size, "context overflow: %d cached + %d new tokens exceed n_ctx = %d", c->n_past,
+                            n_tokens, c->n_ctx);
+    }
+    for (int32_t i = 0; i < n_tokens; i++) {
+        if (tokens[i] < 0 || tokens[i] >= in->n_vocab) {
+            return ts_set_error(err, err_size, "token %d at index %d is out of the vocabulary (0..%d)", tokens[i], i,
+                                in->n_vocab - 1);
+        }
+    }
+    for (int32_t start = 0; start < n_tokens; start += c->params.n_batch) {
+        const int32_t n = n_tokens - start < c->params.n_batch ? n_tokens - start : c->params.n_batch;
+        const int is_last = start + n == n_tokens;
+        float *out = NULL;
+        if (logits != NULL && logits_all) {
+            out = logits + (size_t)start * in->n_vocab;
+        } else if (logits != NULL && is_last) {
+            out = logits;
+        }
+        if (eval_chunk(c, tokens + start, n, logits_all ? n : 1, dense_ffn, out, err, err_size) != 0) {
+            return -1;
+        }
+    }
+    return 0;
+}

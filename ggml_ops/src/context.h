@@ -1,0 +1,43 @@
+/* A decoding context: KV cache, compute graph allocator and CPU backend for one sequence. */
+#ifndef TS_CONTEXT_H
+#define TS_CONTEXT_H
+
+#include "ggml-alloc.h"
+#include "ggml-backend.h"
+#include "model.h"
+
+struct ts_context {
+    ts_model *model;
+    ts_context_params params;
+    int32_t n_ctx;
+    int32_t n_past;
+    float threshold; /* predictor threshold in use */
+
+    ggml_backend_t backend;
+    struct ggml_context *ctx_kv;
+    ggml_backend_buffer_t buf_kv;
+    struct ggml_tensor **k_cache; /* per layer [n_embd_kv, n_ctx] (F16 or F32) */
+    struct ggml_tensor **v_cache; /* per layer [n_ctx, n_embd_kv], stored transposed */
+
+    ggml_gallocr_t galloc;
+    void *graph_meta; /* memory for graph/tensor metadata (no data) */
+    size_t graph_meta_size;
+    int32_t graph_max_nodes;
+};
+
+/* The inputs and outputs of one forward graph. */
+typedef struct ts_graph {
+    struct ggml_cgraph *gf;
+    struct ggml_tensor *tokens;  /* I32 [n_tokens] */
+    struct ggml_tensor *pos;     /* I32 [n_tokens] */
+    struct ggml_tensor *kq_mask; /* F32 [n_kv, n_tokens] */
+    struct ggml_tensor *out_ids; /* I32 [n_outputs], NULL when every row is an output */
+    struct ggml_tensor *logits;  /* F32 [n_vocab, n_outputs] */
+    int32_t n_kv;
+} ts_graph;
+
+/* Builds the forward graph of n_tokens tokens at positions n_past.. into ctx0 (no_alloc). */
+int ts_graph_build(const ts_context *ctx, struct ggml_context *ctx0, int32_t n_tokens, int32_t n_outputs,
+                   int32_t dense_ffn, ts_graph *g);
+
+#endif

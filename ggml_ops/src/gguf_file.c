@@ -1,0 +1,578 @@
+#include "gguf_file.h"
+
+#include "ggml.h"
+#include "ts_error.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define TS_GGUF_DEFAULT_ALIGNMENT 32
+#define TS_GGUF_MAX_DIMS 4
+
+/* Bounds-checked cursor over the mapping; the first failure records its message and sticks. */
+typedef struct cursor {
+    const uint8_t *base;
+    size_t size;
+    size_t pos;
+    const char *path;
+    char *err;
+    size_t err_size;
+    int failed;
+} cursor;
+
+static int cursor_fail_truncated(cursor *c, const char *what) {
+    if (!c->failed) {
+        ts_set_error(c->err, c->err_size, "%s: file truncated or corrupt: %s at byte %zu runs past the end (%zu bytes)",
+                     c->path, what, c->pos, c->size);
+    }
+    c->failed = 1;
+    return -1;
+}
+
+static int cursor_read(cursor *c, void *out, size_t n, const char *what) {
+    if (c->failed) {
+        return -1;
+    }
+    if (n > c->size - c->pos) {
+        return cursor_fail_truncated(c, what);
+    }
+    memcpy(out, c->base + c->pos, n);
+    c->pos += n;
+    return 0;
+}
+
+static int cursor_skip(cursor *c, uint64_t n, const char *what) {
+    if (c->failed) {
+        return -1;
+    }
+    if (n > c->size - c->pos) {
+        return cursor_fail_truncated(c, what);
+    }
+    c->pos += (size_t)n;
+    return 0;
+}
+
+/* Reads a GGUF string; returns a malloc'd NUL-terminated copy or NULL. */
+static char *cursor_read_string(cursor *c, const char *what) {
+    uint64_t len = 0;
+    if (cursor_read(c, &len, sizeof(len), what) != 0) {
+        return NULL;
+    }
+    if (len > c->size - c->pos) {
+        cursor_fail_truncated(c, what);
+        return NULL;
+    }
+    if (memchr(c->base + c->pos, 0, (size_t)len) != NULL) {
+        ts_set_error(c->err, c->err_size, "%s: corrupt file: %s at byte %zu contains a NUL byte", c->path, what, c->pos);
+        c->failed = 1;
+        return NULL;
+    }
+    char *s = malloc((size_t)len + 1);
+    if (s == NULL) {
+        ts_set_error(c->err, c->err_size, "%s: out of memory reading %s", c->path, what);
+        c->failed = 1;
+        return NULL;
+    }
+    memcpy(s, c->base + c->pos, (size_t)len);
+    s[len] = '\0';
+    c->pos += (size_t)len;
+    return s;
+}
+
+static size_t value_type_size(uint32_t type) {
+    switch (type) {
+    case TS_GGUF_U8:
+    case TS_GGUF_I8:
+    case TS_GGUF_BOOL:
+        return 1;
+    case TS_GGUF_U16:
+    case TS_GGUF_I16:
+        return 2;
+    case TS_GGUF_U32:
+    case TS_GGUF_I32:
+    case TS_GGUF_F32:
+        return 4;
+    case TS_GGUF_U64:
+    case TS_GGUF_I64:
+    case TS_GGUF_F64:
+        return 8;
+    default:
+        return 0; /* strings and arrays have no fixed size */
+    }
+}
+
+/* Skips one value of `type` (not an array); strings are length-checked. */
+static int cursor_skip_scalar(cursor *c, uint32_t type, const char *key) {
+    if (type == TS_GGUF_STRING) {
+        uint64_t len = 0;
+        if (cursor_read(c, &len, sizeof(len), key) != 0) {
+            return -1;
+        }
+        return cursor_skip(c, len, key);
+    }
+    size_t sz = value_type_size(type);
+    if (sz == 0) {
+        ts_set_error(c->err, c->err_size, "%s: corrupt file: key '%s' has unknown value type %u", c->path, key, type);
+        c->failed = 1;
+        return -1;
+    }
+    return cursor_skip(c, sz, key);
+}
+
+static int read_kv(cursor *c, ts_gguf_kv *kv, int64_t index) {
+    kv->key = cursor_read_string(c, "a metadata key");
+    if (kv->key == NULL) {
+        return -1;
+    }
+    if (cursor_read(c, &kv->type, sizeof(kv->type), kv->key) != 0) {
+        return -1;
+    }
+    kv->n = 1;
+    kv->elem_type = 0;
+    if (kv->type == TS_GGUF_ARRAY) {
+        if (cursor_read(c, &kv->elem_type, sizeof(kv->elem_type), kv->key) != 0 ||
+            cursor_read(c, &kv->n, sizeof(kv->n), kv->key) != 0) {
+            return -1;
+        }
+        if (kv->elem_type == TS_GGUF_ARRAY || kv->elem_type >= TS_GGUF_TYPE_COUNT) {
+            ts_set_error(c->err, c->err_size, "%s: corrupt file: array key '%s' has unsupported element type %u",
+                         c->path, kv->key, kv->elem_type);
+            return -1;
+        }
+        kv->data = c->base + c->pos;
+        size_t esz = value_type_size(kv->elem_type);
+        if (esz > 0) {
+            if (kv->n > (c->size - c->pos) / esz) {
+                return cursor_fail_truncated(c, kv->key);
+            }
+            c->pos += (size_t)(kv->n * esz);
+        } else {
+            for (uint64_t i = 0; i < kv->n; i++) {
+                if (cursor_skip_scalar(c, kv->elem_type, kv->key) != 0) {
+                    return -1;
+                }
+            }
+        }
+        return 0;
+    }
+    if (kv->type >= TS_GGUF_TYPE_COUNT) {
+        ts_set_error(c->err, c->err_size, "%s: corrupt file: metadata entry %lld ('%s') has unknown value type %u",
+                     c->path, (long long)index, kv->key, kv->type);
+        return -1;
+    }
+    kv->data = c->base + c->pos;
+    return cursor_skip_scalar(c, kv->type, kv->key);
+}
+
+static int read_tensor_info(cursor *c, ts_gguf_tensor *t, uint64_t *offset) {
+    t->name = cursor_read_string(c, "a tensor name");
+    if (t->name == NULL) {
+        return -1;
+    }
+    uint32_t n_dims = 0;
+    if (cursor_read(c, &n_dims, sizeof(n_dims), t->name) != 0) {
+        return -1;
+    }
+    if (n_dims == 0 || n_dims > TS_GGUF_MAX_DIMS) {
+        ts_set_error(c->err, c->err_size, "%s: corrupt file: tensor '%s' has %u dimensions (expected 1..%d)", c->path,
+                     t->name, n_dims, TS_GGUF_MAX_DIMS);
+        return -1;
+    }
+    t->n_dims = (int32_t)n_dims;
+    for (int i = 0; i < TS_GGUF_MAX_DIMS; i++) {
+        t->ne[i] = 1;
+    }
+    for (uint32_t i = 0; i < n_dims; i++) {
+        uint64_t ne = 0;
+        if (cursor_read(c, &ne, sizeof(ne), t->name) != 0) {
+            return -1;
+        }
+        if (ne == 0 || ne > (uint64_t)INT64_MAX / 2) {
+            ts_set_error(c->err, c->err_size, "%s: corrupt file: tensor '%s' dimension %u is %llu", c->path, t->name, i,
+                         (unsigned long long)ne);
+            return -1;
+        }
+        t->ne[i] = (int64_t)ne;
+    }
+    uint32_t type = 0;
+    if (cursor_read(c, &type, sizeof(type), t->name) != 0 || cursor_read(c, offset, sizeof(*offset), t->name) != 0) {
+        return -1;
+    }
+    if (type >= GGML_TYPE_COUNT || ggml_blck_size((enum ggml_type)type) == 0) {
+        ts_set_error(c->err, c->err_size, "%s: tensor '%s' has unknown or removed ggml type id %u", c->path, t->name,
+                     type);
+        return -1;
+    }
+    t->type = (int32_t)type;
+    const int64_t blck = ggml_blck_size((enum ggml_type)type);
+    if (t->ne[0] % blck != 0) {
+        ts_set_error(c->err, c->err_size,
+                     "%s: tensor '%s' of type %s has %lld columns, not a multiple of the type's block size %lld",
+                     c->path, t->name, ggml_type_name((enum ggml_type)type), (long long)t->ne[0], (long long)blck);
+        return -1;
+    }
+    /* bytes = row_size * rows, with overflow checks */
+    const uint64_t row = (uint64_t)(t->ne[0] / blck) * ggml_type_size((enum ggml_type)type);
+    uint64_t total = row;
+    for (int i = 1; i < TS_GGUF_MAX_DIMS; i++) {
+        if ((uint64_t)t->ne[i] > 0 && total > UINT64_MAX / (uint64_t)t->ne[i]) {
+            ts_set_error(c->err, c->err_size, "%s: corrupt file: tensor '%s' is too large", c->path, t->name);
+            return -1;
+        }
+        total *= (uint64_t)t->ne[i];
+    }
+    t->nbytes = (size_t)total;
+    return 0;
+}
+
+static int map_file(const char *path, void **map, size_t *size, char *err, size_t err_size) {
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) {
+        return ts_set_error(err, err_size, "%s: cannot open: %s", path, strerror(errno));
+    }
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        int e = errno;
+        close(fd);
+        return ts_set_error(err, err_size, "%s: cannot stat: %s", path, strerror(e));
+    }
+    if (!S_ISREG(st.st_mode)) {
+        close(fd);
+        return ts_set_error(err, err_size, "%s: not a regular file", path);
+    }
+    if (st.st_size < 24) {
+        close(fd);
+        return ts_set_error(err, err_size, "%s: file truncated or not GGUF: only %lld bytes", path,
+                            (long long)st.st_size);
+    }
+    void *m = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_SHARED, fd, 0);
+    int e = errno;
+    close(fd);
+    if (m == MAP_FAILED) {
+        return ts_set_error(err, err_size, "%s: cannot mmap: %s", path, strerror(e));
+    }
+    *map = m;
+    *size = (size_t)st.st_size;
+    return 0;
+}
+
+static int parse_header(ts_gguf_file *f, cursor *c) {
+    char magic[4] = {0};
+    cursor_read(c, magic, 4, "magic");
+    if (memcmp(magic, "GGUF", 4) == 0) {
+        f->is_powerinfer = 0;
+    } else if (memcmp(magic, "PWRI", 4) == 0) {
+        f->is_powerinfer = 1;
+    } else {
+        char shown[5];
+        for (int i = 0; i < 4; i++) {
+            shown[i] = (magic[i] >= 32 && magic[i] < 127) ? magic[i] : '?';
+        }
+        shown[4] = '\0';
+        return ts_set_error(c->err, c->err_size, "%s: not a GGUF file: magic is '%s', expected 'GGUF' (or PowerInfer 'PWRI')",
+                            f->path, shown);
+    }
+    cursor_read(c, &f->version, sizeof(f->version), "version");
+    if (f->version == 1) {
+        return ts_set_error(c->err, c->err_size, "%s: GGUF version 1 is not supported (expected 2 or 3)", f->path);
+    }
+    if (f->version != 2 && f->version != 3) {
+        return ts_set_error(c->err, c->err_size, "%s: unsupported GGUF version %u (expected 2 or 3; big-endian files are not supported)",
+                            f->path, f->version);
+    }
+    uint64_t n_tensors = 0, n_kv = 0;
+    if (cursor_read(c, &n_tensors, sizeof(n_tensors), "tensor count") != 0 ||
+        cursor_read(c, &n_kv, sizeof(n_kv), "metadata count") != 0) {
+        return -1;
+    }
+    /* every entry takes at least 8 bytes: counts beyond that are corrupt, not an allocation to try */
+    if (n_tensors > f->size / 8 || n_kv > f->size / 8) {
+        return ts_set_error(c->err, c->err_size, "%s: corrupt file: %llu tensors / %llu metadata entries cannot fit in %zu bytes",
+                            f->path, (unsigned long long)n_tensors, (unsigned long long)n_kv, f->size);
+    }
+    f->n_tensors = (int64_t)n_tensors;
+    f->n_kv = (int64_t)n_kv;
+    return 0;
+}
+
+static int parse_body(ts_gguf_file *f, cursor *c) {
+    f->kv = calloc((size_t)f->n_kv + 1, sizeof(ts_gguf_kv));
+    f->tensors = calloc((size_t)f->n_tensors + 1, sizeof(ts_gguf_tensor));
+    uint64_t *offsets = calloc((size_t)f->n_tensors + 1, sizeof(uint64_t));
+    if (f->kv == NULL || f->tensors == NULL || offsets == NULL) {
+        free(offsets);
+        return ts_set_error(c->err, c->err_size, "%s: out of memory", f->path);
+    }
+    int rc = 0;
+    for (int64_t i = 0; i < f->n_kv && rc == 0; i++) {
+        rc = read_kv(c, &f->kv[i], i);
+    }
+    f->alignment = TS_GGUF_DEFAULT_ALIGNMENT;
+    const ts_gguf_kv *align = rc == 0 ? ts_gguf_find_kv(f, "general.alignment") : NULL;
+    if (align != NULL) {
+        uint32_t a = 0;
+        if (align->type == TS_GGUF_U32) {
+            memcpy(&a, align->data, sizeof(a));
+        }
+        if (a == 0 || (a & (a - 1)) != 0) {
+            rc = ts_set_error(c->err, c->err_size, "%s: general.alignment must be a u32 power of two", f->path);
+        }
+        f->alignment = a;
+    }
+    for (int64_t i = 0; i < f->n_tensors && rc == 0; i++) {
+        rc = read_tensor_info(c, &f->tensors[i], &offsets[i]);
+        if (rc == 0 && strlen(f->tensors[i].name) >= GGML_MAX_NAME) {
+            rc = ts_set_error(c->err, c->err_size, "%s: tensor name '%s' is longer than %d characters", f->path,
+                              f->tensors[i].name, GGML_MAX_NAME - 1);
+        }
+    }
+    if (rc == 0) {
+        f->data_offset = (c->pos + f->alignment - 1) / f->alignment * f->alignment;
+        for (int64_t i = 0; i < f->n_tensors && rc == 0; i++) {
+            ts_gguf_tensor *t = &f->tensors[i];
+            if (offsets[i] % f->alignment != 0) {
+                rc = ts_set_error(c->err, c->err_size, "%s: corrupt file: tensor '%s' data offset %llu is not aligned to %u",
+                                  f->path, t->name, (unsigned long long)offsets[i], f->alignment);
+            } else if (f->data_offset > f->size || offsets[i] > f->size - f->data_offset ||
+                       t->nbytes > f->size - f->data_offset - offsets[i]) {
+                rc = ts_set_error(c->err, c->err_size,
+                                  "%s: file truncated: tensor '%s' needs bytes up to %llu but the file has %zu", f->path,
+                                  t->name, (unsigned long long)(f->data_offset + offsets[i] + t->nbytes), f->size);
+            } else {
+                t->data = (uint8_t *)f->map + f->data_offset + offsets[i];
+            }
+        }
+    }
+    free(offsets);
+    return rc;
+}
+
+ts_gguf_file *ts_gguf_open(const char *path, char *err, size_t err_size) {
+    ts_gguf_file *f = calloc(1, sizeof(*f));
+    if (f == NULL) {
+        ts_set_error(err, err_size, "%s: out of memory", path);
+        return NULL;
+    }
+    f->path = strdup(path);
+    if (f->path == NULL || map_file(path, &f->map, &f->size, err, err_size) != 0) {
+        ts_gguf_close(f);
+        return NULL;
+    }
+    cursor c = {.base = f->map, .size = f->size, .pos = 0, .path = f->path, .err = err, .err_size = err_size};
+    if (parse_header(f, &c) != 0 || parse_body(f, &c) != 0) {
+        ts_gguf_close(f);
+        return NULL;
+    }
+    return f;
+}
+
+void ts_gguf_close(ts_gguf_file *f) {
+    if (f == NULL) {
+        return;
+    }
+    if (f->kv != NULL) {
+        for (int64_t i = 0; i < f->n_kv; i++) {
+            free(f->kv[i].key);
+        }
+    }
+    if (f->tensors != NULL) {
+        for (int64_t i = 0; i < f->n_tensors; i++) {
+            free(f->tensors[i].name);
+        }
+    }
+    free(f->kv);
+    free(f->tensors);
+    if (f->map != NULL) {
+        munmap(f->map, f->size);
+    }
+    free(f->path);
+    free(f);
+}
+
+const ts_gguf_kv *ts_gguf_find_kv(const ts_gguf_file *f, const char *key) {
+    for (int64_t i = 0; i < f->n_kv; i++) {
+        if (f->kv[i].key != NULL && strcmp(f->kv[i].key, key) == 0) {
+            return &f->kv[i];
+        }
+    }
+    return NULL;
+}
+
+const ts_gguf_tensor *ts_gguf_find_tensor(const ts_gguf_file *f, const char *name) {
+    for (int64_t i = 0; i < f->n_tensors; i++) {
+        if (strcmp(f->tensors[i].name, name) == 0) {
+            return &f->tensors[i];
+        }
+    }
+    return NULL;
+}
+
+/* Converts one numeric value; returns 0, or -1 for a non-numeric type. */
+static int numeric_value(uint32_t type, const uint8_t *p, double *out) {
+    union {
+        uint8_t u8;
+        int8_t i8;
+        uint16_t u16;
+        int16_t i16;
+        uint32_t u32;
+        int32_t i32;
+        float f32;
+        uint64_t u64;
+        int64_t i64;
+        double f64;
+    } v;
+    size_t sz = value_type_size(type);
+    if (sz == 0) {
+        return -1;
+    }
+    memcpy(&v, p, sz);
+    switch (type) {
+    case TS_GGUF_U8: *out = v.u8; break;
+    case TS_GGUF_I8: *out = v.i8; break;
+    case TS_GGUF_BOOL: *out = v.u8 != 0; break;
+    case TS_GGUF_U16: *out = v.u16; break;
+    case TS_GGUF_I16: *out = v.i16; break;
+    case TS_GGUF_U32: *out = v.u32; break;
+    case TS_GGUF_I32: *out = v.i32; break;
+    case TS_GGUF_F32: *out = v.f32; break;
+    case TS_GGUF_U64: *out = (double)v.u64; break;
+    case TS_GGUF_I64: *out = (double)v.i64; break;
+    case TS_GGUF_F64: *out = v.f64; break;
+    default: return -1;
+    }
+    return 0;
+}
+
+static int is_integer_type(uint32_t type) {
+    return type == TS_GGUF_U8 || type == TS_GGUF_I8 || type == TS_GGUF_U16 || type == TS_GGUF_I16 ||
+           type == TS_GGUF_U32 || type == TS_GGUF_I32 || type == TS_GGUF_U64 || type == TS_GGUF_I64 ||
+           type == TS_GGUF_BOOL;
+}
+
+static int missing(const ts_gguf_file *f, const char *key, int required, char *err, size_t err_size) {
+    if (required) {
+        return ts_set_error(err, err_size, "%s: missing metadata key '%s'", f->path, key);
+    }
+    return 1;
+}
+
+int ts_gguf_get_i64(const ts_gguf_file *f, const char *key, int64_t *out, int required, char *err, size_t err_size) {
+    const ts_gguf_kv *kv = ts_gguf_find_kv(f, key);
+    if (kv == NULL) {
+        return missing(f, key, required, err, err_size);
+    }
+    double v = 0;
+    if (!is_integer_type(kv->type) || numeric_value(kv->type, kv->data, &v) != 0) {
+        return ts_set_error(err, err_size, "%s: metadata key '%s' must be an integer (has value type %u)", f->path, key,
+                            kv->type);
+    }
+    if (kv->type == TS_GGUF_U64 || kv->type == TS_GGUF_I64) {
+        memcpy(out, kv->data, sizeof(*out)); /* exact, not through double */
+        if (kv->type == TS_GGUF_U64 && *out < 0) {
+            return ts_set_error(err, err_size, "%s: metadata key '%s' is out of range", f->path, key);
+        }
+        return 0;
+    }
+    *out = (int64_t)v;
+    return 0;
+}
+
+int ts_gguf_get_f32(const ts_gguf_file *f, const char *key, float *out, int required, char *err, size_t err_size) {
+    const ts_gguf_kv *kv = ts_gguf_find_kv(f, key);
+    if (kv == NULL) {
+        return missing(f, key, required, err, err_size);
+    }
+    double v = 0;
+    if (kv->type == TS_GGUF_STRING || kv->type == TS_GGUF_ARRAY || numeric_value(kv->type, kv->data, &v) != 0) {
+        return ts_set_error(err, err_size, "%s: metadata key '%s' must be a number (has value type %u)", f->path, key,
+                            kv->type);
+    }
+    *out = (float)v;
+    return 0;
+}
+
+int ts_gguf_get_str(const ts_gguf_file *f, const char *key, char *buf, size_t buf_size, int required, char *err,
+                    size_t err_size) {
+    const ts_gguf_kv *kv = ts_gguf_find_kv(f, key);
+    if (kv == NULL) {
+        return missing(f, key, required, err, err_size);
+    }
+    if (kv->type != TS_GGUF_STRING) {
+        return ts_set_error(err, err_size, "%s: metadata key '%s' must be a string (has value type %u)", f->path, key,
+                            kv->type);
+    }
+    uint64_t len = 0;
+    memcpy(&len, kv->data, sizeof(len));
+    if (len + 1 > buf_size) {
+        return ts_set_error(err, err_size, "%s: metadata key '%s' is longer than %zu characters", f->path, key,
+                            buf_size - 1);
+    }
+    memcpy(buf, kv->data + sizeof(len), (size_t)len);
+    buf[len] = '\0';
+    return 0;
+}
+
+/* Shared body of the numeric array getters: fills out_f64[0..n). */
+static int get_numeric_array(const ts_gguf_file *f, const char *key, double *vals, int64_t n, int required, char *err,
+                             size_t err_size) {
+    const ts_gguf_kv *kv = ts_gguf_find_kv(f, key);
+    if (kv == NULL) {
+        return missing(f, key, required, err, err_size);
+    }
+    size_t esz = value_type_size(kv->elem_type);
+    if (kv->type != TS_GGUF_ARRAY || esz == 0) {
+        return ts_set_error(err, err_size, "%s: metadata key '%s' must be a numeric array", f->path, key);
+    }
+    if ((int64_t)kv->n != n) {
+        return ts_set_error(err, err_size, "%s: metadata key '%s' has %llu elements, expected %lld", f->path, key,
+                            (unsigned long long)kv->n, (long long)n);
+    }
+    for (int64_t i = 0; i < n; i++) {
+        numeric_value(kv->elem_type, kv->data + (size_t)i * esz, &vals[i]);
+    }
+    return 0;
+}
+
+int ts_gguf_get_arr_i64(const ts_gguf_file *f, const char *key, int64_t *out, int64_t n, int required, char *err,
+                        size_t err_size) {
+    double *vals = malloc(sizeof(double) * (size_t)(n > 0 ? n : 1));
+    if (vals == NULL) {
+        return ts_set_error(err, err_size, "out of memory");
+    }
+    int rc = get_numeric_array(f, key, vals, n, required, err, err_size);
+    if (rc == 0) {
+        const ts_gguf_kv *kv = ts_gguf_find_kv(f, key);
+        if (!is_integer_type(kv->elem_type)) {
+            rc = ts_set_error(err, err_size, "%s: metadata key '%s' must be an integer array", f->path, key);
+        }
+        for (int64_t i = 0; rc == 0 && i < n; i++) {
+            out[i] = (int64_t)vals[i];
+        }
+    }
+    free(vals);
+    return rc;
+}
+
+int ts_gguf_get_arr_f32(const ts_gguf_file *f, const char *key, float *out, int64_t n, int required, char *err,
+                        size_t err_size) {
+    double *vals = malloc(sizeof(double) * (size_t)(n > 0 ? n : 1));
+    if (vals == NULL) {
+        return ts_set_error(err, err_size, "out of memory");
+    }
+    int rc = get_numeric_array(f, key, vals, n, required, err, err_size);
+    for (int64_t i = 0; rc == 0 && i < n; i++) {
+        out[i] = (float)vals[i];
+        if (!isfinite(out[i])) {
+            rc = ts_set_error(err, err_size, "%s: metadata key '%s' element %lld is not finite", f->path, key,
+                              (long long)i);
+        }
+    }
+    free(vals);
+    return rc;
+}

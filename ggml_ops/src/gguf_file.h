@@ -1,0 +1,85 @@
+/*
+ * A strict, read-only GGUF reader over a memory-mapped file.
+ *
+ * Our own rather than ggml's gguf.h because it also reads PowerInfer's PWRI files (GGUF with
+ * another magic), and because every inconsistency (truncation, bad counts, misaligned or
+ * out-of-bounds tensor data) must become an error message naming the file and the key or
+ * tensor, never an abort.
+ */
+#ifndef TS_GGUF_FILE_H
+#define TS_GGUF_FILE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+enum ts_gguf_value_type {
+    TS_GGUF_U8 = 0,
+    TS_GGUF_I8 = 1,
+    TS_GGUF_U16 = 2,
+    TS_GGUF_I16 = 3,
+    TS_GGUF_U32 = 4,
+    TS_GGUF_I32 = 5,
+    TS_GGUF_F32 = 6,
+    TS_GGUF_BOOL = 7,
+    TS_GGUF_STRING = 8,
+    TS_GGUF_ARRAY = 9,
+    TS_GGUF_U64 = 10,
+    TS_GGUF_I64 = 11,
+    TS_GGUF_F64 = 12,
+    TS_GGUF_TYPE_COUNT
+};
+
+typedef struct ts_gguf_kv {
+    char *key;
+    uint32_t type;       /* enum ts_gguf_value_type */
+    uint32_t elem_type;  /* element type when type == TS_GGUF_ARRAY */
+    uint64_t n;          /* number of elements for arrays, 1 otherwise */
+    const uint8_t *data; /* first value byte in the mapping (strings: their u64 length prefix) */
+} ts_gguf_kv;
+
+typedef struct ts_gguf_tensor {
+    char *name;
+    int32_t n_dims;
+    int64_t ne[4];
+    int32_t type;   /* ggml type id */
+    size_t nbytes;
+    void *data;     /* in the mapping */
+} ts_gguf_tensor;
+
+typedef struct ts_gguf_file {
+    char *path;
+    void *map;
+    size_t size;
+    int is_powerinfer; /* magic PWRI */
+    uint32_t version;
+    uint32_t alignment;
+    size_t data_offset;
+    int64_t n_kv;
+    ts_gguf_kv *kv;
+    int64_t n_tensors;
+    ts_gguf_tensor *tensors;
+} ts_gguf_file;
+
+ts_gguf_file *ts_gguf_open(const char *path, char *err, size_t err_size);
+void ts_gguf_close(ts_gguf_file *file);
+
+const ts_gguf_kv *ts_gguf_find_kv(const ts_gguf_file *file, const char *key);
+const ts_gguf_tensor *ts_gguf_find_tensor(const ts_gguf_file *file, const char *name);
+
+/*
+ * Typed getters. Return 0 when found and converted, 1 when the key is absent and not required,
+ * -1 (err filled) when absent but required or of an incompatible type / out of range.
+ */
+int ts_gguf_get_i64(const ts_gguf_file *file, const char *key, int64_t *out, int required, char *err,
+                    size_t err_size);
+int ts_gguf_get_f32(const ts_gguf_file *file, const char *key, float *out, int required, char *err,
+                    size_t err_size);
+int ts_gguf_get_str(const ts_gguf_file *file, const char *key, char *buf, size_t buf_size, int required,
+                    char *err, size_t err_size);
+/* Numeric array of exactly n elements, converted to int64 / float. */
+int ts_gguf_get_arr_i64(const ts_gguf_file *file, const char *key, int64_t *out, int64_t n, int required,
+                        char *err, size_t err_size);
+int ts_gguf_get_arr_f32(const ts_gguf_file *file, const char *key, float *out, int64_t n, int required,
+                        char *err, size_t err_size);
+
+#endif

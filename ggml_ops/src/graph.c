@@ -1,0 +1,130 @@
+/*
+ * The llama-family forward graph, op for op as llama.cpp builds it for `llama` (no flash
+ * attention, F16 KV cache by default, V stored transposed), so dense results match llama.cpp's.
+ *
+ *   x = embd[tokens]
+ *   per layer:  h = x + wo @ attn(rope(wq @ norm(x)), rope(wk @ norm(x)), wv @ norm(x))
+ *               x = h + ffn(norm(h))         ffn(z) = down @ act(gate @ z, up @ z)
+ *   logits = output @ norm(x)
+ */
+#include "context.h"
+
+#include <math.h>
+
+static struct ggml_tensor *rms_norm(struct ggml_context *ctx0, struct ggml_tensor *x, struct ggml_tensor *w, float eps) {
+    return ggml_mul(ctx0, ggml_rms_norm(ctx0, x, eps), w);
+}
+
+static struct ggml_tensor *matmul_bias(struct ggml_context *ctx0, struct ggml_tensor *w, struct ggml_tensor *b,
+                                       struct ggml_tensor *x) {
+    struct ggml_tensor *y = ggml_mul_mat(ctx0, w, x);
+    return b != NULL ? ggml_add(ctx0, y, b) : y;
+}
+
+static struct ggml_tensor *rope(const ts_model *m, struct ggml_context *ctx0, struct ggml_tensor *x,
+                                struct ggml_tensor *pos) {
+    const ts_model_info *in = &m->info;
+    return ggml_rope_ext(ctx0, x, pos, m->rope_freqs, in->n_rot, m->rope_type, m->n_ctx_orig, in->rope_freq_base,
+                         in->rope_freq_scale, m->rope_ext_factor, m->rope_attn_factor, 32.0f, 1.0f);
+}
+
+/* Self-attention of cur [n_embd, n_tokens]; stores this batch's K and V in the cache first. */
+static struct ggml_tensor *attention(const ts_context *ctx, struct ggml_context *ctx0, struct ggml_cgraph *gf, int il,
+                                     struct ggml_tensor *cur, const ts_graph *g, int32_t n_tokens) {
+    const ts_model *m = ctx->model;
+    const ts_model_info *in = &m->info;
+    const ts_layer *l = &m->layers[il];
+    const int64_t hd = in->n_embd_head, n_embd_kv = (int64_t)in->n_head_kv * hd;
+
+    struct ggml_tensor *q = matmul_bias(ctx0, l->wq, l->bq, cur);
+    struct ggml_tensor *k = matmul_bias(ctx0, l->wk, l->bk, cur);
+    struct ggml_tensor *v = matmul_bias(ctx0, l->wv, l->bv, cur);
+    q = rope(m, ctx0, ggml_reshape_3d(ctx0, q, hd, in->n_head, n_tokens), g->pos);    /* [hd, n_head, T] */
+    k = rope(m, ctx0, ggml_reshape_3d(ctx0, k, hd, in->n_head_kv, n_tokens), g->pos); /* [hd, n_head_kv, T] */
+
+    struct ggml_tensor *kc = ctx->k_cache[il], *vc = ctx->v_cache[il];
+    const size_t ev = ggml_type_size(vc->type); /* bytes per V element */
+    struct ggml_tensor *k_dst = ggml_view_1d(ctx0, kc, n_tokens * n_embd_kv, ggml_row_size(kc->type, n_embd_kv) * ctx->n_past);
+    struct ggml_tensor *v_dst = ggml_view_2d(ctx0, vc, n_tokens, n_embd_kv, (size_t)ctx->n_ctx * ev, (size_t)ctx->n_past * ev);
+    ggml_build_forward_expand(gf, ggml_cpy(ctx0, k, k_dst));
+    ggml_build_forward_expand(gf, ggml_cpy(ctx0, ggml_transpose(ctx0, ggml_reshape_2d(ctx0, v, n_embd_kv, n_tokens)), v_dst));
+
+    /* the first n_kv cache cells: K [hd, n_head_kv, n_kv], V^T [n_kv, n_head_kv, hd] */
+    struct ggml_tensor *keys = ggml_view_3d(ctx0, kc, hd, in->n_head_kv, g->n_kv, ggml_row_size(kc->type, hd),
+                                            ggml_row_size(kc->type, n_embd_kv), 0);
+    struct ggml_tensor *vals = ggml_view_3d(ctx0, vc, g->n_kv, in->n_head_kv, hd, (size_t)ctx->n_ctx * hd * ev,
+                                            (size_t)ctx->n_ctx * ev, 0);
+    q = ggml_permute(ctx0, q, 0, 2, 1, 3);       /* [hd, T, n_head] */
+    keys = ggml_permute(ctx0, keys, 0, 2, 1, 3); /* [hd, n_kv, n_head_kv] */
+    vals = ggml_permute(ctx0, vals, 0, 2, 1, 3); /* [n_kv, hd, n_head_kv] */
+
+    struct ggml_tensor *kq = ggml_mul_mat(ctx0, keys, q); /* [n_kv, T, n_head] */
+    ggml_prec_set_acc(kq, GGML_PREC_F32);
+    kq = ggml_soft_max_ext(ctx0, kq, g->kq_mask, 1.0f / sqrtf((float)hd), 0.0f);
+    struct ggml_tensor *kqv = ggml_mul_mat(ctx0, vals, kq); /* [hd, T, n_head] */
+    cur = ggml_cont_2d(ctx0, ggml_permute(ctx0, kqv, 0, 2, 1, 3), hd * in->n_head, n_tokens);
+    return matmul_bias(ctx0, l->wo, l->bo, cur);
+}
+
+/* act(gate, up) as the file's FFN activation says */
+static struct ggml_tensor *gated_activation(struct ggml_context *ctx0, int32_t act, struct ggml_tensor *gate,
+                                            struct ggml_tensor *up) {
+    switch (act) {
+    case TS_FFN_REGLU:
+        return ggml_reglu_split(ctx0, gate, up);
+    case TS_FFN_DRELU:
+        return ggml_reglu_split(ctx0, gate, ggml_relu(ctx0, up));
+    default:
+        return ggml_swiglu_split(ctx0, gate, up);
+    }
+}
+
+static struct ggml_tensor *ffn_dense(const ts_model *m, struct ggml_context *ctx0, int il, struct ggml_tensor *cur) {
+    const ts_layer *l = &m->layers[il];
+    struct ggml_tensor *up = ggml_mul_mat(ctx0, l->ffn_up, cur);
+    struct ggml_tensor *gate = ggml_mul_mat(ctx0, l->ffn_gate, cur);
+    struct ggml_tensor *act = gated_activation(ctx0, m->info.ffn_act, gate, up);
+    return ggml_mul_mat(ctx0, l->ffn_down, act);
+}
+
+int ts_graph_build(const ts_context *ctx, struct ggml_context *ctx0, int32_t n_tokens, int32_t n_outputs,
+                   int32_t dense_ffn, ts_graph *g) {
+    (void)dense_ffn;
+    const ts_model *m = ctx->model;
+    const ts_model_info *in = &m->info;
+    struct ggml_cgraph *gf = ggml_new_graph_custom(ctx0, ctx->graph_max_nodes, false);
+    g->gf = gf;
+
+    g->tokens = ggml_new_tensor_1d(ctx0, GGML_TYPE_I32, n_tokens);
+    g->pos = ggml_new_tensor_1d(ctx0, GGML_TYPE_I32, n_tokens);
+    g->kq_mask = ggml_new_tensor_2d(ctx0, GGML_TYPE_F32, g->n_kv, n_tokens);
+    ggml_set_input(g->tokens);
+    ggml_set_input(g->pos);
+    ggml_set_input(g->kq_mask);
+    g->out_ids = NULL;
+    if (n_outputs < n_tokens) {
+        g->out_ids = ggml_new_tensor_1d(ctx0, GGML_TYPE_I32, n_outputs);
+        ggml_set_input(g->out_ids);
+    }
+
+    struct ggml_tensor *x = ggml_get_rows(ctx0, m->tok_embd, g->tokens); /* [n_embd, T] */
+    for (int il = 0; il < in->n_layer; il++) {
+        const ts_layer *l = &m->layers[il];
+        struct ggml_tensor *cur = rms_norm(ctx0, x, l->attn_norm, in->rms_eps);
+        cur = attention(ctx, ctx0, gf, il, cur, g, n_tokens);
+        if (il == in->n_layer - 1 && g->out_ids != NULL) {
+            /* rows nobody reads skip the last FFN */
+            cur = ggml_get_rows(ctx0, cur, g->out_ids);
+            x = ggml_get_rows(ctx0, x, g->out_ids);
+        }
+        struct ggml_tensor *ffn_inp = ggml_add(ctx0, cur, x); /* residual before the FFN norm */
+        cur = rms_norm(ctx0, ffn_inp, l->ffn_norm, in->rms_eps);
+        cur = ffn_dense(m, ctx0, il, cur);
+        x = ggml_add(ctx0, cur, ffn_inp);
+    }
+    x = rms_norm(ctx0, x, m->output_norm, in->rms_eps);
+    g->logits = ggml_mul_mat(ctx0, m->output, x);
+    ggml_set_output(g->logits);
+    ggml_build_forward_expand(gf, g->logits);
+    return 0;
+}

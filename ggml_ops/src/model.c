@@ -1,0 +1,655 @@
+/*
+ * Model loading: hyperparameters from the standard llama.cpp keys (plus turbosparse.* and
+ * PowerInfer's powerinfer.* keys), every expected tensor checked for presence, shape and type,
+ * data left in the mapping or handed to ggml's repacking buffer type, as llama.cpp does.
+ */
+#include "model.h"
+
+#include "ggml-alloc.h"
+#include "ggml-cpu.h"
+#include "ts_error.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define TS_MAX_LAYERS 1024
+
+enum tensor_role {
+    ROLE_NORM,     /* F32 vector multiplied element-wise */
+    ROLE_BIAS,     /* F32 vector added */
+    ROLE_EMBD,     /* rows gathered with ggml_get_rows */
+    ROLE_MATRIX,   /* dense mul_mat weight, may be repacked */
+    ROLE_ROWS,     /* FFN gate/up: read row by row by the sparse FFN ops, repacked only for dense use */
+    ROLE_DOWN_T,   /* transposed down: only ever read row by row, never repacked */
+    ROLE_ROPE      /* F32 rope frequency factors */
+};
+
+typedef struct binding {
+    char name[GGML_MAX_NAME];
+    int n_dims;
+    int64_t ne[4];
+    enum tensor_role role;
+    struct ggml_tensor **slot;
+    const ts_gguf_tensor *src;
+    int repack;
+} binding;
+
+typedef struct plan {
+    binding *items;
+    int n;
+    int cap;
+} plan;
+
+ts_model_params ts_model_default_params(void) {
+    ts_model_params p = {.repack = 1, .sparse_rows = 1};
+    return p;
+}
+
+/* ---- hyperparameters ----------------------------------------------------------------------- */
+
+static int arch_key(char *buf, size_t n, const char *arch, const char *suffix) {
+    return snprintf(buf, n, "%s.%s", arch, suffix) >= (int)n ? -1 : 0;
+}
+
+static int get_arch_i64(const ts_model *m, const char *suffix, int64_t *out, int required, char *err, size_t err_size) {
+    char key[160];
+    arch_key(key, sizeof(key), m->arch, suffix);
+    return ts_gguf_get_i64(m->file, key, out, required, err, err_size);
+}
+
+static int get_arch_f32(const ts_model *m, const char *suffix, float *out, int required, char *err, size_t err_size) {
+    char key[160];
+    arch_key(key, sizeof(key), m->arch, suffix);
+    return ts_gguf_get_f32(m->file, key, out, required, err, err_size);
+}
+
+/* feed_forward_length is a number, or an array with one (here: equal) entry per layer */
+static int load_n_ff(ts_model *m, char *err, size_t err_size) {
+    char key[160];
+    arch_key(key, sizeof(key), m->arch, "feed_forward_length");
+    const ts_gguf_kv *kv = ts_gguf_find_kv(m->file, key);
+    if (kv != NULL && kv->type == TS_GGUF_ARRAY) {
+        int64_t *v = malloc(sizeof(int64_t) * (size_t)m->info.n_layer);
+        if (v == NULL) {
+            return ts_set_error(err, err_size, "out of memory");
+        }
+        int rc = ts_gguf_get_arr_i64(m->file, key, v, m->info.n_layer, 1, err, err_size);
+        for (int i = 1; rc == 0 && i < m->info.n_layer; i++) {
+            if (v[i] != v[0]) {
+                rc = ts_set_error(err, err_size, "%s: '%s' differs between layers (%lld vs %lld): not supported",
+                                  m->file->path, key, (long long)v[0], (long long)v[i]);
+            }
+        }
+        if (rc == 0) {
+            m->info.n_ff = (int32_t)v[0];
+        }
+        free(v);
+        return rc;
+    }
+    int64_t n_ff = 0;
+    if (ts_gguf_get_i64(m->file, key, &n_ff, 1, err, err_size) != 0) {
+        return -1;
+    }
+    m->info.n_ff = (int32_t)n_ff;
+    return 0;
+}
+
+static int check_positive(const ts_model *m, const char *what, int64_t v, int64_t max, char *err, size_t err_size) {
+    if (v <= 0 || v > max) {
+        return ts_set_error(err, err_size, "%s: %s.%s = %lld is out of range (1..%lld)", m->file->path, m->arch, what,
+                            (long long)v, (long long)max);
+    }
+    return 0;
+}
+
+static int load_ffn_activation(ts_model *m, char *err, size_t err_size) {
+    char act[32];
+    int rc = ts_gguf_get_str(m->file, "turbosparse.ffn_activation", act, sizeof(act), 0, err, err_size);
+    if (rc < 0) {
+        return -1;
+    }
+    if (rc == 1) {
+        /* no turbosparse key: bamboo is dReLU, PowerInfer's llama files are ReLU-Llama (ReGLU) */
+        if (strcmp(m->arch, "bamboo") == 0) {
+            m->info.ffn_act = TS_FFN_DRELU;
+        } else {
+            m->info.ffn_act = m->info.is_powerinfer ? TS_FFN_REGLU : TS_FFN_SWIGLU;
+        }
+        return 0;
+    }
+    if (strcmp(act, "swiglu") == 0) {
+        m->info.ffn_act = TS_FFN_SWIGLU;
+    } else if (strcmp(act, "reglu") == 0) {
+        m->info.ffn_act = TS_FFN_REGLU;
+    } else if (strcmp(act, "drelu") == 0) {
+        m->info.ffn_act = TS_FFN_DRELU;
+    } else {
+        return ts_set_error(err, err_size, "%s: turbosparse.ffn_activation '%s' is unknown (expected swiglu, reglu or drelu)",
+                            m->file->path, act);
+    }
+    return 0;
+}
+
+static int load_rope(ts_model *m, char *err, size_t err_size) {
+    ts_model_info *in = &m->info;
+    in->rope_freq_base = 10000.0f;
+    if (get_arch_f32(m, "rope.freq_base", &in->rope_freq_base, 0, err, err_size) < 0) {
+        return -1;
+    }
+    in->rope_freq_scale = 1.0f;
+    char type[32] = "none";
+    char key[160];
+    arch_key(key, sizeof(key), m->arch, "rope.scaling.type");
+    if (ts_gguf_get_str(m->file, key, type, sizeof(type), 0, err, err_size) < 0) {
+        return -1;
+    }
+    float factor = 0.0f;
+    int rc = get_arch_f32(m, "rope.scaling.factor", &factor, 0, err, err_size);
+    if (rc < 0) {
+        return -1;
+    }
+    if (rc == 1 && get_arch_f32(m, "rope.scale_linear", &factor, 0, err, err_size) < 0) {
+        return -1;
+    }
+    if (strcmp(type, "none") != 0 && strcmp(type, "linear") != 0) {
+        return ts_set_error(err, err_size, "%s: rope scaling type '%s' is not supported (none or linear)", m->file->path,
+                            type);
+    }
+    if (strcmp(type, "none") != 0 && factor > 0.0f) {
+        in->rope_freq_scale = 1.0f / factor;
+    }
+    if (!(in->rope_freq_base > 0.0f) || !isfinite(in->rope_freq_base)) {
+        return ts_set_error(err, err_size, "%s: %s.rope.freq_base must be positive", m->file->path, m->arch);
+    }
+    m->rope_type = GGML_ROPE_TYPE_NORMAL;
+    m->rope_ext_factor = 0.0f;
+    m->rope_attn_factor = 1.0f;
+    m->n_ctx_orig = in->n_ctx_train;
+    return 0;
+}
+
+static int load_hparams(ts_model *m, char *err, size_t err_size) {
+    ts_model_info *in = &m->info;
+    int64_t v = 0;
+    if (ts_gguf_get_str(m->file, "general.architecture", m->arch, sizeof(m->arch), 1, err, err_size) != 0) {
+        return -1;
+    }
+    if (strcmp(m->arch, "llama") != 0 && strcmp(m->arch, "bamboo") != 0) {
+        return ts_set_error(err, err_size,
+                            "%s: unsupported architecture '%s' (general.architecture): turbosparse runs llama-family "
+                            "backbones ('llama', PowerInfer's 'bamboo')",
+                            m->file->path, m->arch);
+    }
+    if (get_arch_i64(m, "block_count", &v, 1, err, err_size) || check_positive(m, "block_count", v, TS_MAX_LAYERS, err, err_size)) {
+        return -1;
+    }
+    in->n_layer = (int32_t)v;
+    if (get_arch_i64(m, "embedding_length", &v, 1, err, err_size) ||
+        check_positive(m, "embedding_length", v, 1 << 20, err, err_size)) {
+        return -1;
+    }
+    in->n_embd = (int32_t)v;
+    if (load_n_ff(m, err, err_size) || check_positive(m, "feed_forward_length", in->n_ff, 1 << 22, err, err_size)) {
+        return -1;
+    }
+    if (get_arch_i64(m, "attention.head_count", &v, 1, err, err_size) ||
+        check_positive(m, "attention.head_count", v, 4096, err, err_size)) {
+        return -1;
+    }
+    in->n_head = (int32_t)v;
+    int rc = get_arch_i64(m, "attention.head_count_kv", &v, 0, err, err_size);
+    if (rc < 0) {
+        return -1;
+    }
+    in->n_head_kv = rc == 1 ? in->n_head : (int32_t)v;
+    if (check_positive(m, "attention.head_count_kv", in->n_head_kv, in->n_head, err, err_size)) {
+        return -1;
+    }
+    if (in->n_head % in->n_head_kv != 0) {
+        return ts_set_error(err, err_size, "%s: head_count %d is not a multiple of head_count_kv %d", m->file->path,
+                            in->n_head, in->n_head_kv);
+    }
+    in->n_embd_head = in->n_embd / in->n_head;
+    rc = get_arch_i64(m, "attention.key_length", &v, 0, err, err_size);
+    if (rc < 0) {
+        return -1;
+    }
+    if (rc == 0) {
+        in->n_embd_head = (int32_t)v;
+    }
+    rc = get_arch_i64(m, "attention.value_length", &v, 0, err, err_size);
+    if (rc < 0 || (rc == 0 && v != in->n_embd_head)) {
+        return rc < 0 ? -1 : ts_set_error(err, err_size, "%s: attention key and value head sizes differ: not supported", m->file->path);
+    }
+    if (in->n_embd_head <= 0 || in->n_embd_head % 2 != 0) {
+        return ts_set_error(err, err_size, "%s: attention head size %d must be positive and even", m->file->path,
+                            in->n_embd_head);
+    }
+    in->n_rot = in->n_embd_head;
+    rc = get_arch_i64(m, "rope.dimension_count", &v, 0, err, err_size);
+    if (rc < 0) {
+        return -1;
+    }
+    if (rc == 0 && v != in->n_embd_head) {
+        return ts_set_error(err, err_size, "%s: rope.dimension_count %lld differs from the head size %d: not supported",
+                            m->file->path, (long long)v, in->n_embd_head);
+    }
+    in->n_ctx_train = 4096;
+    rc = get_arch_i64(m, "context_length", &v, 0, err, err_size);
+    if (rc < 0) {
+        return -1;
+    }
+    if (rc == 0) {
+        if (check_positive(m, "context_length", v, INT32_MAX, err, err_size)) {
+            return -1;
+        }
+        in->n_ctx_train = (int32_t)v;
+    }
+    in->rms_eps = 1e-5f;
+    if (get_arch_f32(m, "attention.layer_norm_rms_epsilon", &in->rms_eps, 1, err, err_size) != 0) {
+        return -1;
+    }
+    if (get_arch_i64(m, "expert_count", &v, 0, err, err_size) == 0 && v > 0) {
+        return ts_set_error(err, err_size, "%s: mixture-of-experts models (%s.expert_count = %lld) are not supported yet",
+                            m->file->path, m->arch, (long long)v);
+    }
+    in->file_type = -1;
+    if (ts_gguf_get_i64(m->file, "general.file_type", &v, 0, err, err_size) == 0) {
+        in->file_type = (int32_t)v;
+    }
+    in->predictor_threshold = 0.0f;
+    rc = ts_gguf_get_f32(m->file, "turbosparse.predictor_threshold", &in->predictor_threshold, 0, err, err_size);
+    if (rc == 1) {
+        rc = ts_gguf_get_f32(m->file, "powerinfer.sparse_threshold", &in->predictor_threshold, 0, err, err_size);
+    }
+    if (rc < 0 || load_ffn_activation(m, err, err_size) != 0) {
+        return -1;
+    }
+    return load_rope(m, err, err_size);
+}
+
+/* ---- tensor plan: what must exist, with which shape ---------------------------------------- */
+
+static binding *plan_add(plan *p, enum tensor_role role, struct ggml_tensor **slot, int n_dims, int64_t ne0,
+                         int64_t ne1, const char *fmt, int layer) {
+    if (p->n == p->cap) {
+        int cap = p->cap ? p->cap * 2 : 64;
+        binding *items = realloc(p->items, sizeof(binding) * (size_t)cap);
+        if (items == NULL) {
+            return NULL;
+        }
+        p->items = items;
+        p->cap = cap;
+    }
+    binding *b = &p->items[p->n++];
+    memset(b, 0, sizeof(*b));
+    snprintf(b->name, sizeof(b->name), fmt, layer);
+    b->n_dims = n_dims;
+    b->ne[0] = ne0;
+    b->ne[1] = n_dims > 1 ? ne1 : 1;
+    b->ne[2] = 1;
+    b->ne[3] = 1;
+    b->role = role;
+    b->slot = slot;
+    return b;
+}
+
+static const char *role_expectation(enum tensor_role role) {
+    switch (role) {
+    case ROLE_NORM:
+    case ROLE_BIAS:
+    case ROLE_ROPE:
+        return "F32";
+    default:
+        return "a ggml type with CPU dot products";
+    }
+}
+
+static int type_ok(enum tensor_role role, enum ggml_type type) {
+    if (role == ROLE_NORM || role == ROLE_BIAS || role == ROLE_ROPE) {
+        return type == GGML_TYPE_F32;
+    }
+    if (type == GGML_TYPE_F32) {
+        return 1;
+    }
+    /* quantized and half types need CPU dot products (mul_mat) and a dequantizer (get_rows) */
+    const struct ggml_type_traits_cpu *cpu = ggml_get_type_traits_cpu(type);
+    const struct ggml_type_traits *base = ggml_get_type_traits(type);
+    return cpu != NULL && cpu->vec_dot != NULL && base->to_float != NULL;
+}
+
+/* Finds and validates b's file tensor; returns 1 when absent (and not an error), 0 found, -1 error. */
+static int resolve(const ts_model *m, binding *b, int required, char *err, size_t err_size) {
+    const ts_gguf_tensor *t = ts_gguf_find_tensor(m->file, b->name);
+    if (t == NULL) {
+        if (required) {
+            return ts_set_error(err, err_size, "%s: missing tensor '%s'", m->file->path, b->name);
+        }
+        return 1;
+    }
+    for (int i = 0; i < 4; i++) {
+        if (t->ne[i] != b->ne[i]) {
+            return ts_set_error(err, err_size, "%s: tensor '%s' has shape [%lld, %lld, %lld, %lld], expected [%lld, %lld, %lld, %lld]",
+                                m->file->path, b->name, (long long)t->ne[0], (long long)t->ne[1], (long long)t->ne[2],
+                                (long long)t->ne[3], (long long)b->ne[0], (long long)b->ne[1], (long long)b->ne[2],
+                                (long long)b->ne[3]);
+        }
+    }
+    if (!type_ok(b->role, (enum ggml_type)t->type)) {
+        return ts_set_error(err, err_size, "%s: tensor '%s' has type %s, expected %s", m->file->path, b->name,
+                            ggml_type_name((enum ggml_type)t->type), role_expectation(b->role));
+    }
+    b->src = t;
+    return 0;
+}
+
+/* Adds a tensor to the plan and resolves it at once; returns 1 if optional and absent. */
+static int want(ts_model *m, plan *p, enum tensor_role role, struct ggml_tensor **slot, int required, int n_dims,
+                int64_t ne0, int64_t ne1, const char *fmt, int layer, char *err, size_t err_size) {
+    binding *b = plan_add(p, role, slot, n_dims, ne0, ne1, fmt, layer);
+    if (b == NULL) {
+        return ts_set_error(err, err_size, "out of memory");
+    }
+    int rc = resolve(m, b, required, err, err_size);
+    if (rc != 0) {
+        p->n--; /* absent or invalid: not part of the plan */
+    }
+    return rc;
+}
+
+/* First name that exists among a turbosparse name and a PowerInfer name. */
+static const char *pick_name(const ts_model *m, const char *ours, const char *theirs, int layer) {
+    char name[GGML_MAX_NAME];
+    snprintf(name, sizeof(name), ours, layer);
+    return ts_gguf_find_tensor(m->file, name) != NULL ? ours : theirs;
+}
+
+static int plan_layer(ts_model *m, plan *p, int il, char *err, size_t err_size) {
+    ts_model_info *in = &m->info;
+    ts_layer *l = &m->layers[il];
+    const int64_t n_embd = in->n_embd, n_ff = in->n_ff;
+    const int64_t n_q = (int64_t)in->n_head * in->n_embd_head, n_kv = (int64_t)in->n_head_kv * in->n_embd_head;
+    int rc = 0;
+    rc |= want(m, p, ROLE_NORM, &l->attn_norm, 1, 1, n_embd, 1, "blk.%d.attn_norm.weight", il, err, err_size) < 0;
+    rc |= !rc && want(m, p, ROLE_MATRIX, &l->wq, 1, 2, n_embd, n_q, "blk.%d.attn_q.weight", il, err, err_size) < 0;
+    rc |= !rc && want(m, p, ROLE_MATRIX, &l->wk, 1, 2, n_embd, n_kv, "blk.%d.attn_k.weight", il, err, err_size) < 0;
+    rc |= !rc && want(m, p, ROLE_MATRIX, &l->wv, 1, 2, n_embd, n_kv, "blk.%d.attn_v.weight", il, err, err_size) < 0;
+    rc |= !rc && want(m, p, ROLE_MATRIX, &l->wo, 1, 2, n_q, n_embd, "blk.%d.attn_output.weight", il, err, err_size) < 0;
+    rc |= !rc && want(m, p, ROLE_BIAS, &l->bq, 0, 1, n_q, 1, "blk.%d.attn_q.bias", il, err, err_size) < 0;
+    rc |= !rc && want(m, p, ROLE_BIAS, &l->bk, 0, 1, n_kv, 1, "blk.%d.attn_k.bias", il, err, err_size) < 0;
+    rc |= !rc && want(m, p, ROLE_BIAS, &l->bv, 0, 1, n_kv, 1, "blk.%d.attn_v.bias", il, err, err_size) < 0;
+    rc |= !rc && want(m, p, ROLE_BIAS, &l->bo, 0, 1, n_embd, 1, "blk.%d.attn_output.bias", il, err, err_size) < 0;
+    rc |= !rc && want(m, p, ROLE_NORM, &l->ffn_norm, 1, 1, n_embd, 1, "blk.%d.ffn_norm.weight", il, err, err_size) < 0;
+    if (rc) {
+        return -1;
+    }
+    /* FFN matrices read row by row in sparse decoding stay in the mapping when asked to */
+    const int sparse_capable = in->ffn_act != TS_FFN_SWIGLU;
+    const enum tensor_role ffn_role = sparse_capable ? ROLE_ROWS : ROLE_MATRIX;
+    if (want(m, p, ffn_role, &l->ffn_gate, 1, 2, n_embd, n_ff, "blk.%d.ffn_gate.weight", il, err, err_size) < 0 ||
+        want(m, p, ffn_role, &l->ffn_up, 1, 2, n_embd, n_ff, "blk.%d.ffn_up.weight", il, err, err_size) < 0) {
+        return -1;
+    }
+    int has_down = want(m, p, ROLE_MATRIX, &l->ffn_down, 0, 2, n_ff, n_embd, "blk.%d.ffn_down.weight", il, err, err_size);
+    int has_down_t = want(m, p, ROLE_DOWN_T, &l->ffn_down_t, 0, 2, n_embd, n_ff, "blk.%d.ffn_down_t.weight", il, err, err_size);
+    if (has_down < 0 || has_down_t < 0) {
+        return -1;
+    }
+    if (has_down == 1 && has_down_t == 1) {
+        return ts_set_error(err, err_size, "%s: missing tensor 'blk.%d.ffn_down.weight' (or its transpose 'blk.%d.ffn_down_t.weight')",
+                            m->file->path, il, il);
+    }
+    if (il == 0) {
+        in->has_down = has_down == 0;
+        in->has_down_t = has_down_t == 0;
+    } else if (in->has_down != (has_down == 0) || in->has_down_t != (has_down_t == 0)) {
+        return ts_set_error(err, err_size, "%s: layer %d stores its down matrix differently from layer 0", m->file->path, il);
+    }
+    /* predictor: fc1 [n_embd, rank], fc2 [rank, n_ff]; rank taken from fc1 and checked against fc2 */
+    const char *fc1_fmt = pick_name(m, "blk.%d.ffn_pred_fc1.weight", "blk.%d.fc1.weight", il);
+    const char *fc2_fmt = pick_name(m, "blk.%d.ffn_pred_fc2.weight", "blk.%d.fc2.weight", il);
+    char name[GGML_MAX_NAME];
+    snprintf(name, sizeof(name), fc1_fmt, il);
+    const ts_gguf_tensor *fc1 = ts_gguf_find_tensor(m->file, name);
+    m->pred_rank[il] = 0;
+    if (fc1 != NULL) {
+        const int64_t rank = fc1->ne[1];
+        if (want(m, p, ROLE_MATRIX, &l->pred_fc1, 1, 2, n_embd, rank, fc1_fmt, il, err, err_size) != 0 ||
+            want(m, p, ROLE_MATRIX, &l->pred_fc2, 1, 2, rank, n_ff, fc2_fmt, il, err, err_size) != 0) {
+            return -1;
+        }
+        m->pred_rank[il] = (int32_t)rank;
+    }
+    return 0;
+}
+
+static int check_predictor_ranks(ts_model *m, char *err, size_t err_size) {
+    int n_with = 0;
+    for (int il = 0; il < m->info.n_layer; il++) {
+        n_with += m->pred_rank[il] > 0;
+    }
+    m->info.has_predictors = n_with == m->info.n_layer;
+    int64_t *declared = malloc(sizeof(int64_t) * (size_t)m->info.n_layer);
+    if (declared == NULL) {
+        return ts_set_error(err, err_size, "out of memory");
+    }
+    int rc = ts_gguf_get_arr_i64(m->file, "turbosparse.predictor_ranks", declared, m->info.n_layer, 0, err, err_size);
+    for (int il = 0; rc == 0 && il < m->info.n_layer; il++) {
+        if (declared[il] != m->pred_rank[il]) {
+            rc = ts_set_error(err, err_size, "%s: turbosparse.predictor_ranks[%d] = %lld but layer %d's predictor has rank %d",
+                              m->file->path, il, (long long)declared[il], il, m->pred_rank[il]);
+        }
+    }
+    free(declared);
+    return rc < 0 ? -1 : 0;
+}
+
+static int build_plan(ts_model *m, plan *p, char *err, size_t err_size) {
+    ts_model_info *in = &m->info;
+    /* the vocabulary size is the embedding's row count */
+    const ts_gguf_tensor *embd = ts_gguf_find_tensor(m->file, "token_embd.weight");
+    if (embd == NULL) {
+        return ts_set_error(err, err_size, "%s: missing tensor 'token_embd.weight'", m->file->path);
+    }
+    in->n_vocab = (int32_t)embd->ne[1];
+    if (want(m, p, ROLE_EMBD, &m->tok_embd, 1, 2, in->n_embd, in->n_vocab, "token_embd.weight", 0, err, err_size) != 0 ||
+        want(m, p, ROLE_NORM, &m->output_norm, 1, 1, in->n_embd, 1, "output_norm.weight", 0, err, err_size) != 0) {
+        return -1;
+    }
+    int rc = want(m, p, ROLE_MATRIX, &m->output, 0, 2, in->n_embd, in->n_vocab, "output.weight", 0, err, err_size);
+    if (rc < 0) {
+        return -1;
+    }
+    if (rc == 1) {
+        /* tied embeddings: a second binding of the same data that may be repacked for mul_mat */
+        binding *b = plan_add(p, ROLE_MATRIX, &m->output, 2, in->n_embd, in->n_vocab, "output.weight", 0);
+        if (b == NULL) {
+            return ts_set_error(err, err_size, "out of memory");
+        }
+        b->src = embd;
+    }
+    if (want(m, p, ROLE_ROPE, &m->rope_freqs, 0, 1, in->n_rot / 2, 1, "rope_freqs.weight", 0, err, err_size) < 0) {
+        return -1;
+    }
+    for (int il = 0; il < in->n_layer; il++) {
+        if (plan_layer(m, p, il, err, err_size) != 0) {
+            return -1;
+        }
+    }
+    return check_predictor_ranks(m, err, err_size);
+}
+
+/* ---- placement and allocation ---------------------------------------------------------------- */
+
+/* ggml's extra CPU buffer type (repacking) that runs mul_mat with this weight, or NULL. */
+static ggml_backend_buffer_type_t repack_buft_for(enum ggml_type type, int64_t ne0, int64_t ne1) {
+    ggml_backend_dev_t dev = ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU);
+    if (dev == NULL) {
+        return NULL;
+    }
+    ggml_backend_reg_t reg = ggml_backend_dev_backend_reg(dev);
+    ggml_backend_dev_get_extra_bufts_t get_extra =
+        (ggml_backend_dev_get_extra_bufts_t)ggml_backend_reg_get_proc_address(reg, "ggml_backend_dev_get_extra_bufts");
+    if (get_extra == NULL) {
+        return NULL;
+    }
+    struct ggml_init_params ip = {.mem_size = 4 * ggml_tensor_overhead(), .mem_buffer = NULL, .no_alloc = true};
+    struct ggml_context *ctx = ggml_init(ip);
+    if (ctx == NULL) {
+        return NULL;
+    }
+    ggml_backend_buffer_type_t found = NULL;
+    for (ggml_backend_buffer_type_t *buft = get_extra(dev); buft != NULL && *buft != NULL && found == NULL; buft++) {
+        ggml_backend_buffer_t dummy = ggml_backend_buft_alloc_buffer(*buft, 0);
+        if (dummy == NULL) {
+            continue;
+        }
+        struct ggml_tensor *w = ggml_new_tensor_2d(ctx, type, ne0, ne1);
+        struct ggml_tensor *x = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, ne0, 1);
+        w->buffer = dummy;
+        struct ggml_tensor *op = ggml_mul_mat(ctx, w, x);
+        if (ggml_backend_dev_supports_op(dev, op)) {
+            found = *buft;
+        }
+        ggml_backend_buffer_free(dummy);
+    }
+    ggml_free(ctx);
+    return found;
+}
+
+static struct ggml_context *new_meta_context(int n_tensors) {
+    struct ggml_init_params ip = {
+        .mem_size = (size_t)(n_tensors + 1) * ggml_tensor_overhead(), .mem_buffer = NULL, .no_alloc = true};
+    return ggml_init(ip);
+}
+
+static int allocate(ts_model *m, plan *p, const ts_model_params *params, char *err, size_t err_size) {
+    ggml_backend_buffer_type_t repack_buft = NULL;
+    int n_repack = 0;
+    for (int i = 0; i < p->n; i++) {
+        binding *b = &p->items[i];
+        const int eligible = b->role == ROLE_MATRIX || (b->role == ROLE_ROWS && !params->sparse_rows);
+        if (params->repack && eligible) {
+            ggml_backend_buffer_type_t buft = repack_buft_for((enum ggml_type)b->src->type, b->ne[0], b->ne[1]);
+            if (buft != NULL && (repack_buft == NULL || buft == repack_buft)) {
+                repack_buft = buft;
+                b->repack = 1;
+                n_repack++;
+            }
+        }
+    }
+    m->ctx_mapped = new_meta_context(p->n);
+    m->ctx_repacked = new_meta_context(n_repack);
+    if (m->ctx_mapped == NULL || m->ctx_repacked == NULL) {
+        return ts_set_error(err, err_size, "out of memory creating tensor contexts");
+    }
+    for (int i = 0; i < p->n; i++) {
+        binding *b = &p->items[i];
+        struct ggml_context *ctx = b->repack ? m->ctx_repacked : m->ctx_mapped;
+        struct ggml_tensor *t = ggml_new_tensor(ctx, (enum ggml_type)b->src->type, 4, b->ne);
+        ggml_set_name(t, b->name);
+        *b->slot = t;
+    }
+    m->buf_mapped = ggml_backend_cpu_buffer_from_ptr(m->file->map, m->file->size);
+    if (m->buf_mapped == NULL) {
+        return ts_set_error(err, err_size, "%s: cannot wrap the mapping in a ggml buffer", m->file->path);
+    }
+    ggml_backend_buffer_set_usage(m->buf_mapped, GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
+    if (n_repack > 0) {
+        m->buf_repacked = ggml_backend_alloc_ctx_tensors_from_buft(m->ctx_repacked, repack_buft);
+        if (m->buf_repacked == NULL) {
+            return ts_set_error(err, err_size, "%s: out of memory allocating repacked weights", m->file->path);
+        }
+        ggml_backend_buffer_set_usage(m->buf_repacked, GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
+    }
+    for (int i = 0; i < p->n; i++) {
+        binding *b = &p->items[i];
+        struct ggml_tensor *t = *b->slot;
+        if (b->repack) {
+            ggml_backend_tensor_set(t, b->src->data, 0, b->src->nbytes);
+        } else if (ggml_backend_tensor_alloc(m->buf_mapped, t, b->src->data) != GGML_STATUS_SUCCESS) {
+            return ts_set_error(err, err_size, "%s: cannot place tensor '%s'", m->file->path, b->name);
+        }
+    }
+    return 0;
+}
+
+static void count_file_tensors(ts_model *m) {
+    m->info.n_params = 0;
+    m->info.n_bytes = 0;
+    for (int64_t i = 0; i < m->file->n_tensors; i++) {
+        const ts_gguf_tensor *t = &m->file->tensors[i];
+        m->info.n_params += (uint64_t)(t->ne[0] * t->ne[1] * t->ne[2] * t->ne[3]);
+        m->info.n_bytes += t->nbytes;
+    }
+}
+
+ts_model *ts_model_load(const char *path, const ts_model_params *params, char *err, size_t err_size) {
+    ts_model_params defaults = ts_model_default_params();
+    if (params == NULL) {
+        params = &defaults;
+    }
+    ggml_cpu_init();
+    ts_model *m = calloc(1, sizeof(*m));
+    if (m == NULL) {
+        ts_set_error(err, err_size, "out of memory");
+        return NULL;
+    }
+    plan p = {0};
+    int rc = -1;
+    m->file = ts_gguf_open(path, err, err_size);
+    if (m->file != NULL) {
+        m->info.is_powerinfer = m->file->is_powerinfer;
+        rc = load_hparams(m, err, err_size);
+    }
+    if (rc == 0) {
+        m->layers = calloc((size_t)m->info.n_layer, sizeof(ts_layer));
+        m->pred_rank = calloc((size_t)m->info.n_layer, sizeof(int32_t));
+        rc = (m->layers && m->pred_rank) ? build_plan(m, &p, err, err_size) : ts_set_error(err, err_size, "out of memory");
+    }
+    if (rc == 0) {
+        count_file_tensors(m);
+        rc = allocate(m, &p, params, err, err_size);
+    }
+    if (rc == 0) {
+        m->info.ffn_type = m->layers[0].ffn_up->type;
+    }
+    free(p.items);
+    if (rc != 0) {
+        ts_model_free(m);
+        return NULL;
+    }
+    return m;
+}
+
+void ts_model_free(ts_model *m) {
+    if (m == NULL) {
+        return;
+    }
+    if (m->buf_repacked != NULL) {
+        ggml_backend_buffer_free(m->buf_repacked);
+    }
+    if (m->buf_mapped != NULL) {
+        ggml_backend_buffer_free(m->buf_mapped);
+    }
+    if (m->ctx_repacked != NULL) {
+        ggml_free(m->ctx_repacked);
+    }
+    if (m->ctx_mapped != NULL) {
+        ggml_free(m->ctx_mapped);
+    }
+    ts_gguf_close(m->file);
+    free(m->layers);
+    free(m->pred_rank);
+    free(m);
+}
+
+void ts_model_get_info(const ts_model *m, ts_model_info *info) {
+    *info = m->info;
+}
+
+void ts_model_get_predictor_ranks(const ts_model *m, int32_t *ranks) {
+    memcpy(ranks, m->pred_rank, sizeof(int32_t) * (size_t)m->info.n_layer);
+}

@@ -1,0 +1,48 @@
+/* A loaded llama-family model: hyperparameters and ggml tensors over the mapped file. */
+#ifndef TS_MODEL_H
+#define TS_MODEL_H
+
+#include "ggml-backend.h"
+#include "ggml.h"
+#include "gguf_file.h"
+#include "turbosparse.h"
+
+typedef struct ts_layer {
+    struct ggml_tensor *attn_norm; /* [n_embd] */
+    struct ggml_tensor *wq;        /* [n_embd, n_head*n_embd_head] */
+    struct ggml_tensor *wk;        /* [n_embd, n_head_kv*n_embd_head] */
+    struct ggml_tensor *wv;        /* [n_embd, n_head_kv*n_embd_head] */
+    struct ggml_tensor *wo;        /* [n_head*n_embd_head, n_embd] */
+    struct ggml_tensor *bq, *bk, *bv, *bo; /* optional biases */
+    struct ggml_tensor *ffn_norm;  /* [n_embd] */
+    struct ggml_tensor *ffn_gate;  /* [n_embd, n_ff]: row j = neuron j's gate weights */
+    struct ggml_tensor *ffn_up;    /* [n_embd, n_ff] */
+    struct ggml_tensor *ffn_down;  /* [n_ff, n_embd] (standard layout, optional when down_t exists) */
+    struct ggml_tensor *ffn_down_t;/* [n_embd, n_ff]: row j = neuron j's output vector (optional) */
+    struct ggml_tensor *pred_fc1;  /* [n_embd, rank] predictor, optional */
+    struct ggml_tensor *pred_fc2;  /* [rank, n_ff] */
+} ts_layer;
+
+struct ts_model {
+    ts_gguf_file *file;
+    ts_model_info info;
+    char arch[64];
+    int32_t rope_type;       /* GGML_ROPE_TYPE_* */
+    int32_t n_ctx_orig;
+    float rope_ext_factor;
+    float rope_attn_factor;
+
+    struct ggml_context *ctx_mapped;   /* tensors whose data stays in the mapping */
+    struct ggml_context *ctx_repacked; /* tensors copied into ggml's repacked layout */
+    ggml_backend_buffer_t buf_mapped;
+    ggml_backend_buffer_t buf_repacked;
+
+    struct ggml_tensor *tok_embd;    /* [n_embd, n_vocab] */
+    struct ggml_tensor *output_norm; /* [n_embd] */
+    struct ggml_tensor *output;      /* [n_embd, n_vocab] (may be a repacked copy of tok_embd) */
+    struct ggml_tensor *rope_freqs;  /* [n_rot/2], optional (Llama 3) */
+    ts_layer *layers;
+    int32_t *pred_rank;              /* per layer, 0 = no predictor */
+};
+
+#endif

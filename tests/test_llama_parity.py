@@ -1,0 +1,68 @@
+"""Dense parity with llama.cpp itself on the real SmolLM2-135M-Instruct Q4_1 GGUF."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from turbosparse.sampling import SamplingParams
+
+PROMPTS = [
+    "The capital of France is",
+    "<|im_start|>user\nWrite a haiku about autumn leaves.<|im_end|>\n<|im_start|>assistant\n",
+    "def fibonacci(n):\n    ",
+    "Once upon a time, in a small village by the sea,",
+    "Les trois mousquetaires sont",
+]
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64) - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def test_teacher_forced_logits_match_llama_cpp(smollm2_model, llama_cpp_smollm2, macbeth: str) -> None:
+    tokens = smollm2_model.tokenize(macbeth[:3000])[:400]
+    assert len(tokens) == 400
+    ours = smollm2_model.eval_logits(tokens)
+    llama_cpp_smollm2.reset()
+    llama_cpp_smollm2.eval(tokens)
+    theirs = np.asarray(llama_cpp_smollm2.scores[: len(tokens)], dtype=np.float32)
+    agree = (ours.argmax(-1) == theirs.argmax(-1)).mean()
+    p, q = log_softmax(theirs), log_softmax(ours)
+    kl = (np.exp(p) * (p - q)).sum(-1).mean()
+    assert agree >= 0.99, f"argmax agreement {agree:.4f}"
+    assert kl <= 0.01, f"mean KL(llama.cpp || ours) {kl:.5f}"
+
+
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_greedy_generation_is_token_identical(smollm2_model, llama_cpp_smollm2, prompt: str) -> None:
+    tokens = smollm2_model.tokenize(prompt, special=True)
+    assert tokens == llama_cpp_smollm2.tokenize(prompt.encode(), add_bos=True, special=True)
+    ours = list(smollm2_model.generate_tokens(tokens, max_tokens=64, sampling=SamplingParams(temperature=0.0)))
+    llama_cpp_smollm2.reset()
+    theirs = []
+    for token in llama_cpp_smollm2.generate(tokens, temp=0.0, top_k=1, repeat_penalty=1.0):
+        if smollm2_model.tokenizer.is_end_of_generation(token) or len(theirs) == 64:
+            break
+        theirs.append(token)
+    assert ours == theirs
+
+
+def test_tokenization_is_llama_cpp_byte_for_byte(smollm2_model, llama_cpp_smollm2) -> None:
+    texts = [
+        "",
+        " ",
+        "Hello world",
+        "héllo wörld ✓ 日本語 🎉",
+        "<|im_start|>system\nx<|im_end|>",
+        "a\n\n\tb   c",
+        "12345.678",
+    ]
+    for text in texts:
+        for special in (False, True):
+            assert smollm2_model.tokenize(text, special=special) == llama_cpp_smollm2.tokenize(
+                text.encode(), add_bos=True, special=special
+            )
+        ids = smollm2_model.tokenize(text, add_bos=False)
+        assert smollm2_model.detokenize(ids) == llama_cpp_smollm2.detokenize(ids).decode("utf-8", errors="replace")

@@ -1,0 +1,142 @@
+"""Bad model files give a ModelLoadError naming the file and what is wrong, never a crash."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from turbosparse import ModelLoadError
+from turbosparse.binding import NativeContext, NativeModel, SparseMode
+from turbosparse.errors import ContextOverflowError, EvalError
+
+from tinymodel import TinyConfig, random_weights, write_gguf
+
+CFG = TinyConfig()
+
+
+@pytest.fixture
+def good(tmp_path: Path) -> Path:
+    path = tmp_path / "good.gguf"
+    write_gguf(path, CFG, random_weights(CFG))
+    return path
+
+
+def load_error(path: Path) -> str:
+    with pytest.raises(ModelLoadError) as info:
+        NativeModel(path)
+    message = str(info.value)
+    assert str(path) in message
+    return message
+
+
+def test_good_file_loads(good: Path) -> None:
+    assert NativeModel(good).info.n_layer == CFG.n_layer
+
+
+def test_missing_and_empty_files(tmp_path: Path) -> None:
+    assert "cannot open" in load_error(tmp_path / "nope.gguf")
+    (tmp_path / "empty.gguf").write_bytes(b"")
+    assert "truncated" in load_error(tmp_path / "empty.gguf")
+    assert "not a regular file" in load_error(tmp_path)
+
+
+def test_wrong_magic(good: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGML" + good.read_bytes()[4:])
+    assert "not a GGUF file: magic is 'GGML'" in load_error(bad)
+
+
+def test_unsupported_version(good: Path, tmp_path: Path) -> None:
+    data = bytearray(good.read_bytes())
+    data[4:8] = struct.pack("<I", 1)
+    (tmp_path / "v1.gguf").write_bytes(bytes(data))
+    assert "version 1 is not supported" in load_error(tmp_path / "v1.gguf")
+
+
+@pytest.mark.parametrize("keep", [0.3, 0.9, 0.999])
+def test_truncated(good: Path, tmp_path: Path, keep: float) -> None:
+    data = good.read_bytes()
+    bad = tmp_path / "cut.gguf"
+    bad.write_bytes(data[: int(len(data) * keep)])
+    assert "truncated" in load_error(bad)
+
+
+def test_missing_tensor(tmp_path: Path) -> None:
+    path = tmp_path / "m.gguf"
+    write_gguf(path, CFG, random_weights(CFG), skip=("blk.1.attn_q.weight",))
+    assert "missing tensor 'blk.1.attn_q.weight'" in load_error(path)
+
+
+def test_wrong_shape(tmp_path: Path) -> None:
+    weights = random_weights(CFG)
+    weights["blk.0.ffn_up.weight"] = weights["blk.0.ffn_up.weight"][:-32]
+    path = tmp_path / "m.gguf"
+    write_gguf(path, CFG, weights)
+    message = load_error(path)
+    assert "tensor 'blk.0.ffn_up.weight' has shape [64, 128, 1, 1], expected [64, 160, 1, 1]" in message
+
+
+def test_unknown_architecture(tmp_path: Path) -> None:
+    cfg = TinyConfig(arch="gemma3")
+    path = tmp_path / "m.gguf"
+    write_gguf(path, cfg, random_weights(cfg))
+    assert "unsupported architecture 'gemma3'" in load_error(path)
+
+
+def test_missing_hparam_and_bad_activation(tmp_path: Path) -> None:
+    path = tmp_path / "m.gguf"
+    write_gguf(path, CFG, random_weights(CFG), extra_kv={"turbosparse.ffn_activation": "gelu"})
+    assert "turbosparse.ffn_activation 'gelu' is unknown" in load_error(path)
+
+
+def _patch_tensor_type(path: Path, name: str, type_id: int) -> None:
+    """Rewrites the ggml type id in a tensor's header entry."""
+    data = bytearray(path.read_bytes())
+    key = struct.pack("<Q", len(name)) + name.encode()
+    at = data.index(key) + len(key)
+    n_dims = struct.unpack_from("<I", data, at)[0]
+    struct.pack_into("<I", data, at + 4 + 8 * n_dims, type_id)
+    path.write_bytes(bytes(data))
+
+
+def test_unsupported_types(good: Path) -> None:
+    _patch_tensor_type(good, "blk.0.attn_norm.weight", 1)  # F16 norm
+    assert "tensor 'blk.0.attn_norm.weight' has type f16, expected F32" in load_error(good)
+    _patch_tensor_type(good, "blk.0.attn_norm.weight", 4)  # the removed Q4_2
+    assert "tensor 'blk.0.attn_norm.weight' has unknown or removed ggml type id 4" in load_error(good)
+    _patch_tensor_type(good, "blk.0.attn_norm.weight", 9999)
+    assert "unknown or removed ggml type id 9999" in load_error(good)
+
+
+def test_random_header_corruption_never_crashes(good: Path, tmp_path: Path) -> None:
+    data = good.read_bytes()
+    header_end = data.index(b"output_norm.weight") + 200
+    rng = np.random.default_rng(0)
+    bad = tmp_path / "corrupt.gguf"
+    outcomes = {"error": 0, "loaded": 0}
+    for _ in range(300):
+        mutated = bytearray(data)
+        for pos in rng.integers(0, header_end, 3):
+            mutated[pos] = int(rng.integers(0, 256))
+        bad.write_bytes(bytes(mutated))
+        try:
+            NativeModel(bad)
+            outcomes["loaded"] += 1
+        except ModelLoadError:
+            outcomes["error"] += 1
+    assert outcomes["error"] > 100
+
+
+def test_bad_tokens_and_context_overflow(good: Path) -> None:
+    ctx = NativeContext(NativeModel(good), n_ctx=16, n_threads=1, n_batch=8, sparse_mode=SparseMode.OFF, threshold=None)
+    with pytest.raises(EvalError, match="token 384 at index 1 is out of the vocabulary"):
+        ctx.eval([1, CFG.n_vocab], dense_ffn=True, logits_all=False)
+    with pytest.raises(EvalError, match="out of the vocabulary"):
+        ctx.eval([-1], dense_ffn=True, logits_all=False)
+    ctx.eval(list(range(10)), dense_ffn=True, logits_all=False)
+    with pytest.raises(ContextOverflowError, match="10 cached \\+ 7 new tokens exceed n_ctx = 16"):
+        ctx.eval(list(range(7)), dense_ffn=True, logits_all=False)
+    assert ctx.n_past == 10

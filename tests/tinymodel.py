@@ -1,0 +1,174 @@
+"""Tiny random llama-family GGUF models and a float64 numpy forward pass to check the engine against."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import gguf
+import numpy as np
+
+from turbosparse.binding import quantize
+
+F32 = gguf.GGMLQuantizationType.F32
+
+
+@dataclass(frozen=True)
+class TinyConfig:
+    n_vocab: int = 384
+    n_embd: int = 64
+    n_layer: int = 2
+    n_head: int = 4
+    n_head_kv: int = 2
+    n_ff: int = 160
+    n_ctx: int = 512
+    rope_base: float = 10000.0
+    rms_eps: float = 1e-5
+    act: str = "swiglu"  # swiglu | reglu | drelu
+    tied: bool = False  # no output.weight: the head reuses token_embd
+    arch: str = "llama"
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+
+def random_weights(cfg: TinyConfig, seed: int = 0) -> dict[str, np.ndarray]:
+    """float32 weights by GGUF name; matrices in numpy orientation (out, in), i.e. ggml ne reversed."""
+    rng = np.random.default_rng(seed)
+    d, f, hd = cfg.n_embd, cfg.n_ff, cfg.head_dim
+
+    def mat(rows: int, cols: int) -> np.ndarray:
+        return (rng.standard_normal((rows, cols)) / np.sqrt(cols)).astype(np.float32)
+
+    def norm(n: int) -> np.ndarray:
+        return (1.0 + 0.1 * rng.standard_normal(n)).astype(np.float32)
+
+    w: dict[str, np.ndarray] = {
+        "token_embd.weight": rng.standard_normal((cfg.n_vocab, d)).astype(np.float32),
+        "output_norm.weight": norm(d),
+    }
+    if not cfg.tied:
+        w["output.weight"] = mat(cfg.n_vocab, d)
+    for i in range(cfg.n_layer):
+        w[f"blk.{i}.attn_norm.weight"] = norm(d)
+        w[f"blk.{i}.attn_q.weight"] = mat(cfg.n_head * hd, d)
+        w[f"blk.{i}.attn_k.weight"] = mat(cfg.n_head_kv * hd, d)
+        w[f"blk.{i}.attn_v.weight"] = mat(cfg.n_head_kv * hd, d)
+        w[f"blk.{i}.attn_output.weight"] = mat(d, cfg.n_head * hd)
+        w[f"blk.{i}.ffn_norm.weight"] = norm(d)
+        w[f"blk.{i}.ffn_gate.weight"] = mat(f, d)
+        w[f"blk.{i}.ffn_up.weight"] = mat(f, d)
+        w[f"blk.{i}.ffn_down.weight"] = mat(d, f)
+    return w
+
+
+def is_norm(name: str) -> bool:
+    return name.endswith("norm.weight") or name.endswith(".bias")
+
+
+def write_gguf(
+    path: Path,
+    cfg: TinyConfig,
+    weights: dict[str, np.ndarray],
+    qtype: gguf.GGMLQuantizationType = F32,
+    *,
+    extra_kv: dict[str, object] | None = None,
+    skip: tuple[str, ...] = (),
+) -> dict[str, np.ndarray]:
+    """Writes the model with every matrix in qtype (norms stay F32); returns the weights as stored (dequantized)."""
+    writer = gguf.GGUFWriter(str(path), cfg.arch)
+    a = cfg.arch
+    writer.add_uint32(f"{a}.block_count", cfg.n_layer)
+    writer.add_uint32(f"{a}.embedding_length", cfg.n_embd)
+    writer.add_uint32(f"{a}.feed_forward_length", cfg.n_ff)
+    writer.add_uint32(f"{a}.attention.head_count", cfg.n_head)
+    writer.add_uint32(f"{a}.attention.head_count_kv", cfg.n_head_kv)
+    writer.add_uint32(f"{a}.context_length", cfg.n_ctx)
+    writer.add_float32(f"{a}.rope.freq_base", cfg.rope_base)
+    writer.add_float32(f"{a}.attention.layer_norm_rms_epsilon", cfg.rms_eps)
+    if cfg.act != "swiglu":
+        writer.add_string("turbosparse.ffn_activation", cfg.act)
+    for key, value in (extra_kv or {}).items():
+        if isinstance(value, str):
+            writer.add_string(key, value)
+        elif isinstance(value, float):
+            writer.add_float32(key, value)
+        elif isinstance(value, list):
+            writer.add_array(key, value)
+        else:
+            writer.add_uint32(key, int(value))
+    stored: dict[str, np.ndarray] = {}
+    for name, value in weights.items():
+        if name in skip:
+            continue
+        if is_norm(name) or qtype == F32:
+            writer.add_tensor(name, value)
+            stored[name] = value
+        else:
+            q = quantize(value, qtype)
+            writer.add_tensor(name, q, raw_dtype=qtype)
+            stored[name] = gguf.quants.dequantize(q, qtype).reshape(value.shape)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return stored
+
+
+# ---- reference forward (float64) ---------------------------------------------------------------
+
+
+def _rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
+    return x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * w
+
+
+def _rope(x: np.ndarray, pos: np.ndarray, base: float) -> np.ndarray:
+    """ggml's NORMAL rope: rotates adjacent pairs (x[2i], x[2i+1]) by pos * base^(-2i/head_dim). x: [T, H, hd]"""
+    hd = x.shape[-1]
+    inv = base ** (-np.arange(0, hd, 2) / hd)
+    ang = pos[:, None, None] * inv[None, None, :]
+    cos, sin = np.cos(ang), np.sin(ang)
+    x0, x1 = x[..., 0::2], x[..., 1::2]
+    out = np.empty_like(x)
+    out[..., 0::2] = x0 * cos - x1 * sin
+    out[..., 1::2] = x0 * sin + x1 * cos
+    return out
+
+
+def ffn_activation(act: str, gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+    if act == "swiglu":
+        return gate / (1.0 + np.exp(-gate)) * up
+    if act == "reglu":
+        return np.maximum(gate, 0.0) * up
+    if act == "drelu":
+        return np.maximum(gate, 0.0) * np.maximum(up, 0.0)
+    raise ValueError(act)
+
+
+def reference_logits(cfg: TinyConfig, weights: dict[str, np.ndarray], tokens: list[int]) -> np.ndarray:
+    """Logits [T, n_vocab] of a causal forward pass over tokens, in float64."""
+    w = {k: v.astype(np.float64) for k, v in weights.items()}
+    T, hd = len(tokens), cfg.head_dim
+    pos = np.arange(T, dtype=np.float64)
+    x = w["token_embd.weight"][tokens]
+    causal = np.triu(np.full((T, T), -np.inf), 1)
+    group = cfg.n_head // cfg.n_head_kv
+    for i in range(cfg.n_layer):
+        h = _rms_norm(x, w[f"blk.{i}.attn_norm.weight"], cfg.rms_eps)
+        q = _rope((h @ w[f"blk.{i}.attn_q.weight"].T).reshape(T, cfg.n_head, hd), pos, cfg.rope_base)
+        k = _rope((h @ w[f"blk.{i}.attn_k.weight"].T).reshape(T, cfg.n_head_kv, hd), pos, cfg.rope_base)
+        v = (h @ w[f"blk.{i}.attn_v.weight"].T).reshape(T, cfg.n_head_kv, hd)
+        heads = []
+        for hh in range(cfg.n_head):
+            s = q[:, hh] @ k[:, hh // group].T / np.sqrt(hd) + causal
+            p = np.exp(s - s.max(-1, keepdims=True))
+            p /= p.sum(-1, keepdims=True)
+            heads.append(p @ v[:, hh // group])
+        x = x + np.concatenate(heads, -1) @ w[f"blk.{i}.attn_output.weight"].T
+        h = _rms_norm(x, w[f"blk.{i}.ffn_norm.weight"], cfg.rms_eps)
+        a = ffn_activation(cfg.act, h @ w[f"blk.{i}.ffn_gate.weight"].T, h @ w[f"blk.{i}.ffn_up.weight"].T)
+        x = x + a @ w[f"blk.{i}.ffn_down.weight"].T
+    x = _rms_norm(x, w["output_norm.weight"], cfg.rms_eps)
+    head = w["output.weight"] if "output.weight" in w else w["token_embd.weight"]
+    return x @ head.T
