@@ -29,6 +29,12 @@ enum ts_sparse_mode {
     TS_SPARSE_EXACT = 2      /* dense gate, active set = {j : relu(gate_j) > 0} (ReLU-gated FFNs) */
 };
 
+/* What the activation predictor reads: the residual before the FFN norm, as is or RMS-normalized. */
+enum ts_predictor_input {
+    TS_PRED_INPUT_RESIDUAL = 0,
+    TS_PRED_INPUT_RESIDUAL_RMSNORM = 1
+};
+
 typedef struct ts_model ts_model;
 typedef struct ts_context ts_context;
 
@@ -58,6 +64,7 @@ typedef struct ts_model_info {
     int32_t has_down_t;       /* transposed down matrices present */
     int32_t has_down;         /* standard down matrices present */
     float predictor_threshold;
+    int32_t predictor_input;  /* enum ts_predictor_input */
     int32_t is_powerinfer;    /* file magic was PWRI */
     int32_t ffn_type;         /* ggml type id of the FFN up matrix */
     int32_t file_type;        /* general.file_type, -1 when absent */
@@ -103,6 +110,15 @@ int32_t ts_context_n_past(const ts_context *ctx);
 int32_t ts_context_n_ctx(const ts_context *ctx);
 /* Forget every cached token at position >= n_keep. */
 int32_t ts_context_truncate(ts_context *ctx, int32_t n_keep, char *err, size_t err_size);
+
+/* ---- kernels, exposed for tests and benchmarks ------------------------------------------------ */
+/*
+ * out[c] += sum_i coef[i] * W[idx[i]][col0 + c] for c in [0, n): the sparse down projection's inner loop.
+ * W: n_rows rows of n_cols values of ggml type `type`; col0 and n multiples of the type's block size.
+ */
+int32_t ts_kernel_axpy_rows(int32_t type, const void *w, int64_t n_rows, int64_t n_cols, const int32_t *idx,
+                            const float *coef, int64_t n_idx, int64_t col0, int64_t n, float *out, char *err,
+                            size_t err_size);
 
 /* ---- quantization: ggml's own quantizers and dequantizers ---------------------------------- */
 /* Fills name/blck_size/type_size of a ggml type; returns 0 when the type id is known. */

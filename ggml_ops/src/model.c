@@ -15,6 +15,7 @@
 #include <string.h>
 
 #define TS_MAX_LAYERS 1024
+#define TS_FORMAT_VERSION 1 /* newest turbosparse.format_version this code reads */
 
 enum tensor_role {
     ROLE_NORM,     /* F32 vector multiplied element-wise */
@@ -132,6 +133,22 @@ static int load_ffn_activation(ts_model *m, char *err, size_t err_size) {
     return 0;
 }
 
+static int load_predictor_input(ts_model *m, char *err, size_t err_size) {
+    char input[32];
+    int rc = ts_gguf_get_str(m->file, "turbosparse.predictor_input", input, sizeof(input), 0, err, err_size);
+    m->info.predictor_input = TS_PRED_INPUT_RESIDUAL;
+    if (rc < 0) {
+        return -1;
+    }
+    if (rc == 0 && strcmp(input, "residual_rmsnorm") == 0) {
+        m->info.predictor_input = TS_PRED_INPUT_RESIDUAL_RMSNORM;
+    } else if (rc == 0 && strcmp(input, "residual") != 0) {
+        return ts_set_error(err, err_size, "%s: turbosparse.predictor_input '%s' is unknown (expected residual or residual_rmsnorm)",
+                            m->file->path, input);
+    }
+    return 0;
+}
+
 static int load_rope(ts_model *m, char *err, size_t err_size) {
     ts_model_info *in = &m->info;
     in->rope_freq_base = 10000.0f;
@@ -175,6 +192,10 @@ static int load_hparams(ts_model *m, char *err, size_t err_size) {
     int64_t v = 0;
     if (ts_gguf_get_str(m->file, "general.architecture", m->arch, sizeof(m->arch), 1, err, err_size) != 0) {
         return -1;
+    }
+    if (ts_gguf_get_i64(m->file, "turbosparse.format_version", &v, 0, err, err_size) == 0 && v > TS_FORMAT_VERSION) {
+        return ts_set_error(err, err_size, "%s: turbosparse.format_version %lld is newer than this turbosparse reads (%d): upgrade",
+                            m->file->path, (long long)v, TS_FORMAT_VERSION);
     }
     if (strcmp(m->arch, "llama") != 0 && strcmp(m->arch, "bamboo") != 0) {
         return ts_set_error(err, err_size,
@@ -264,7 +285,7 @@ static int load_hparams(ts_model *m, char *err, size_t err_size) {
     if (rc == 1) {
         rc = ts_gguf_get_f32(m->file, "powerinfer.sparse_threshold", &in->predictor_threshold, 0, err, err_size);
     }
-    if (rc < 0 || load_ffn_activation(m, err, err_size) != 0) {
+    if (rc < 0 || load_ffn_activation(m, err, err_size) != 0 || load_predictor_input(m, err, err_size) != 0) {
         return -1;
     }
     return load_rope(m, err, err_size);

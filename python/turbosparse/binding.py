@@ -22,6 +22,11 @@ class FfnActivation(enum.IntEnum):
     DRELU = 2  # relu(gate) * relu(up)
 
 
+class PredictorInput(enum.IntEnum):
+    RESIDUAL = 0  # h, the residual before the FFN norm
+    RESIDUAL_RMSNORM = 1  # h / rms(h)
+
+
 class SparseMode(enum.IntEnum):
     OFF = 0
     PREDICTOR = 1
@@ -47,6 +52,7 @@ class ModelInfo:
     has_down_t: bool
     has_down: bool
     predictor_threshold: float
+    predictor_input: PredictorInput
     is_powerinfer: bool
     ffn_type: int
     file_type: int
@@ -82,6 +88,7 @@ class NativeModel:
         lib.ts_model_get_info(self._handle, raw)
         values: dict[str, Any] = {f.name: getattr(raw, f.name) for f in fields(ModelInfo)}
         values["ffn_act"] = FfnActivation(values["ffn_act"])
+        values["predictor_input"] = PredictorInput(values["predictor_input"])
         for flag in ("has_predictors", "has_down_t", "has_down", "is_powerinfer"):
             values[flag] = bool(values[flag])
         self.info = ModelInfo(**values)
@@ -238,3 +245,36 @@ def dequantize(data: np.ndarray, ggml_type: int, n_per_row: int) -> np.ndarray:
     if rc != 0:
         raise ValueError(err.message)
     return out.reshape(*raw.shape[:-1], n_per_row) if raw.ndim > 1 else out.reshape(-1)
+
+
+def axpy_rows(
+    w: np.ndarray, ggml_type: int, n_cols: int, idx: np.ndarray, coef: np.ndarray, out: np.ndarray, col0: int = 0
+) -> None:
+    """out += sum_i coef[i] * dequantized(w[idx[i]])[col0 : col0 + len(out)]  (the sparse down kernel)."""
+    lib = load()
+    raw = np.ascontiguousarray(w, dtype=np.uint8)
+    rows = np.ascontiguousarray(idx, dtype=np.int32)
+    scale = np.ascontiguousarray(coef, dtype=np.float32)
+    if rows.shape != scale.shape or rows.ndim != 1:
+        raise ValueError("idx and coef must be 1-D arrays of the same length")
+    if out.dtype != np.float32 or not out.flags.c_contiguous or out.ndim != 1:
+        raise ValueError("out must be a contiguous 1-D float32 array")
+    n_rows = raw.shape[0] if raw.ndim > 1 else 0
+    ffi = lib.ffi
+    err = _ErrorBuffer(lib)
+    rc = lib.lib.ts_kernel_axpy_rows(
+        int(ggml_type),
+        ffi.from_buffer(raw),
+        n_rows,
+        n_cols,
+        ffi.from_buffer("int32_t[]", rows),
+        ffi.from_buffer("float[]", scale),
+        rows.size,
+        col0,
+        out.size,
+        ffi.from_buffer("float[]", out),
+        err.buf,
+        _ERR_SIZE,
+    )
+    if rc != 0:
+        raise ValueError(err.message)

@@ -1,0 +1,39 @@
+"""turbosparse's GGUF keys and tensor names: the single source of truth on the Python side.
+
+The C engine (ggml_ops/src/model.c) reads the same names; docs/gguf-format.md describes them.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+ARCHITECTURE: Final = "llama"  # general.architecture of every backbone we write (Llama, Mistral, bamboo)
+FORMAT_VERSION: Final = 1
+
+# ---- metadata keys ---------------------------------------------------------------------------------
+KEY_FORMAT_VERSION: Final = "turbosparse.format_version"  # u32
+KEY_FFN_ACTIVATION: Final = "turbosparse.ffn_activation"  # str: FFN_ACTIVATIONS
+KEY_PREDICTOR_THRESHOLD: Final = "turbosparse.predictor_threshold"  # f32, logit threshold (0.0 = sigmoid 0.5)
+KEY_PREDICTOR_RANKS: Final = "turbosparse.predictor_ranks"  # u32[n_layer], 0 = no predictor in that layer
+KEY_PREDICTOR_INPUT: Final = "turbosparse.predictor_input"  # str: PREDICTOR_INPUTS
+KEY_ACTIVATION_RATES: Final = "turbosparse.activation_rates"  # f32[n_layer], measured true active fraction
+KEY_PREDICTED_RATES: Final = "turbosparse.predicted_rates"  # f32[n_layer], measured predicted active fraction
+KEY_DOWN_LAYOUT: Final = "turbosparse.down_layout"  # str: DOWN_LAYOUTS
+KEY_SOURCE: Final = "turbosparse.source"  # str, the converter class that wrote the file
+
+FFN_ACTIVATIONS: Final = ("swiglu", "reglu", "drelu")  # silu(g)*u, relu(g)*u, relu(g)*relu(u)
+PREDICTOR_INPUTS: Final = ("residual", "residual_rmsnorm")  # h as is, or h / rms(h) (no weight)
+DOWN_LAYOUTS: Final = ("standard", "transposed", "both")
+
+# PowerInfer's keys, read (never written)
+KEY_POWERINFER_THRESHOLD: Final = "powerinfer.sparse_threshold"
+
+# ---- tensor names (per layer: format with the block index) ---------------------------------------------
+TENSOR_FFN_DOWN: Final = "blk.{}.ffn_down.weight"  # ggml ne {n_ff, n_embd}: the standard layout
+TENSOR_FFN_DOWN_T: Final = "blk.{}.ffn_down_t.weight"  # ne {n_embd, n_ff}: row j = neuron j's output vector
+TENSOR_PRED_FC1: Final = "blk.{}.ffn_pred_fc1.weight"  # ne {n_embd, rank}
+TENSOR_PRED_FC2: Final = "blk.{}.ffn_pred_fc2.weight"  # ne {rank, n_ff}
+
+# PowerInfer's names for the same tensors
+TENSOR_POWERINFER_FC1: Final = "blk.{}.fc1.weight"
+TENSOR_POWERINFER_FC2: Final = "blk.{}.fc2.weight"

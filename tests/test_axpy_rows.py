@@ -1,0 +1,56 @@
+"""The sparse down kernel (sum of scaled, dequantized rows) against numpy, for every quant type."""
+
+from __future__ import annotations
+
+import gguf
+import numpy as np
+import pytest
+
+from turbosparse.binding import axpy_rows, quantize
+
+Q = gguf.GGMLQuantizationType
+TYPES = [Q.F32, Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q2_K, Q.Q3_K, Q.Q4_K, Q.Q5_K, Q.Q6_K, Q.IQ4_NL]
+TOLERANCE = 1e-5  # relative to sum_i |coef_i| * max|row_i|: float32 rounding only, the rows are dequantized exactly
+
+
+def stored(values: np.ndarray, qtype: Q) -> tuple[np.ndarray, np.ndarray]:
+    """(bytes as the file stores them, the float values they decode to)."""
+    if qtype == Q.F32:
+        return values.view(np.uint8).reshape(values.shape[0], -1), values
+    q = quantize(values, qtype)
+    return q, gguf.quants.dequantize(q, qtype).reshape(values.shape)
+
+
+@pytest.mark.parametrize("qtype", TYPES, ids=lambda q: q.name)
+@pytest.mark.parametrize("n_cols,n_rows,n_idx", [(256, 7, 3), (768, 40, 40), (512, 100, 0)])
+def test_matches_numpy(qtype: Q, n_cols: int, n_rows: int, n_idx: int) -> None:
+    rng = np.random.default_rng(n_cols + n_idx)
+    w, deq = stored(rng.standard_normal((n_rows, n_cols)).astype(np.float32), qtype)
+    idx = rng.choice(n_rows, n_idx, replace=False).astype(np.int32)
+    coef = rng.standard_normal(n_idx).astype(np.float32)
+    out = rng.standard_normal(n_cols).astype(np.float32)
+    expected = out.astype(np.float64) + (coef[:, None].astype(np.float64) * deq[idx]).sum(0)
+    axpy_rows(w, qtype, n_cols, idx, coef, out)
+    scale = max(1.0, float(np.abs(coef).sum() * np.abs(deq).max()))
+    assert np.abs(out - expected).max() <= TOLERANCE * scale
+
+
+def test_column_ranges_compose() -> None:
+    rng = np.random.default_rng(0)
+    w, _ = stored(rng.standard_normal((16, 1024)).astype(np.float32), Q.Q4_K)
+    idx, coef = np.arange(16, dtype=np.int32), rng.standard_normal(16).astype(np.float32)
+    whole = np.zeros(1024, np.float32)
+    axpy_rows(w, Q.Q4_K, 1024, idx, coef, whole)
+    parts = np.zeros(1024, np.float32)
+    for col0 in range(0, 1024, 256):
+        axpy_rows(w, Q.Q4_K, 1024, idx, coef, parts[col0 : col0 + 256], col0=col0)
+    np.testing.assert_array_equal(parts, whole)
+
+
+def test_bad_arguments_are_errors() -> None:
+    w, _ = stored(np.ones((4, 64), np.float32), Q.Q8_0)
+    out = np.zeros(64, np.float32)
+    with pytest.raises(ValueError, match="row index 4 out of"):
+        axpy_rows(w, Q.Q8_0, 64, np.array([4]), np.ones(1), out)
+    with pytest.raises(ValueError, match="whole 32-blocks"):
+        axpy_rows(w, Q.Q8_0, 64, np.array([0]), np.ones(1), out[:48])
