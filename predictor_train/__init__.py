@@ -1,0 +1,1 @@
+"""Predictor training and dReLU conversion with torch (installed as turbosparse.predictor_train; `train` extra)."""
