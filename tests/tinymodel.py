@@ -33,8 +33,9 @@ class TinyConfig:
         return self.n_embd // self.n_head
 
 
-def random_weights(cfg: TinyConfig, seed: int = 0) -> dict[str, np.ndarray]:
-    """float32 weights by GGUF name; matrices in numpy orientation (out, in), i.e. ggml ne reversed."""
+def random_weights(cfg: TinyConfig, seed: int = 0, predictor_rank: int = 0) -> dict[str, np.ndarray]:
+    """float32 weights by GGUF name; matrices in numpy orientation (out, in), i.e. ggml ne reversed.
+    predictor_rank > 0 adds a (random) activation predictor to every layer."""
     rng = np.random.default_rng(seed)
     d, f, hd = cfg.n_embd, cfg.n_ff, cfg.head_dim
 
@@ -60,6 +61,9 @@ def random_weights(cfg: TinyConfig, seed: int = 0) -> dict[str, np.ndarray]:
         w[f"blk.{i}.ffn_gate.weight"] = mat(f, d)
         w[f"blk.{i}.ffn_up.weight"] = mat(f, d)
         w[f"blk.{i}.ffn_down.weight"] = mat(d, f)
+        if predictor_rank:
+            w[f"blk.{i}.ffn_pred_fc1.weight"] = mat(predictor_rank, d)
+            w[f"blk.{i}.ffn_pred_fc2.weight"] = mat(f, predictor_rank)
     return w
 
 
@@ -75,8 +79,19 @@ def write_gguf(
     *,
     extra_kv: dict[str, object] | None = None,
     skip: tuple[str, ...] = (),
+    down_layout: str = "standard",
+    predictor_qtype: gguf.GGMLQuantizationType | None = None,
 ) -> dict[str, np.ndarray]:
-    """Writes the model with every matrix in qtype (norms stay F32); returns the weights as stored (dequantized)."""
+    """Writes the model with every matrix in qtype (norms stay F32); returns the weights as stored (dequantized).
+    down_layout "transposed" or "both" writes blk.N.ffn_down_t.weight (row j = neuron j's output vector);
+    predictors are written in predictor_qtype (default: qtype)."""
+    weights = dict(weights)
+    if down_layout in ("transposed", "both"):
+        for i in range(cfg.n_layer):
+            down = weights[f"blk.{i}.ffn_down.weight"]
+            weights[f"blk.{i}.ffn_down_t.weight"] = np.ascontiguousarray(down.T)
+            if down_layout == "transposed":
+                del weights[f"blk.{i}.ffn_down.weight"]
     writer = gguf.GGUFWriter(str(path), cfg.arch)
     a = cfg.arch
     writer.add_uint32(f"{a}.block_count", cfg.n_layer)
@@ -102,13 +117,14 @@ def write_gguf(
     for name, value in weights.items():
         if name in skip:
             continue
-        if is_norm(name) or qtype == F32:
+        ttype = predictor_qtype if predictor_qtype is not None and "_pred_" in name else qtype
+        if is_norm(name) or ttype == F32:
             writer.add_tensor(name, value)
             stored[name] = value
         else:
-            q = quantize(value, qtype)
-            writer.add_tensor(name, q, raw_dtype=qtype)
-            stored[name] = gguf.quants.dequantize(q, qtype).reshape(value.shape)
+            q = quantize(value, ttype)
+            writer.add_tensor(name, q, raw_dtype=ttype)
+            stored[name] = gguf.quants.dequantize(q, ttype).reshape(value.shape)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
@@ -146,14 +162,44 @@ def ffn_activation(act: str, gate: np.ndarray, up: np.ndarray) -> np.ndarray:
     raise ValueError(act)
 
 
-def reference_logits(cfg: TinyConfig, weights: dict[str, np.ndarray], tokens: list[int]) -> np.ndarray:
-    """Logits [T, n_vocab] of a causal forward pass over tokens, in float64."""
+def predictor_logits(
+    w: dict[str, np.ndarray], layer: int, residual: np.ndarray, predictor_input: str, eps: float
+) -> np.ndarray:
+    """fc2 . relu(fc1 . h) for h the residual before the FFN norm (optionally RMS-normalized, no weight)."""
+    h = residual
+    if predictor_input == "residual_rmsnorm":
+        h = residual / np.sqrt((residual * residual).mean(-1, keepdims=True) + eps)
+    fc1, fc2 = w[f"blk.{layer}.ffn_pred_fc1.weight"], w[f"blk.{layer}.ffn_pred_fc2.weight"]
+    return np.maximum(h @ fc1.T, 0.0) @ fc2.T
+
+
+@dataclass(frozen=True)
+class FfnTrace:
+    """One layer's FFN in a reference forward: the full activation [T, n_ff] and the neurons kept."""
+
+    activation: np.ndarray
+    kept: np.ndarray  # bool [T, n_ff]: all True without a predictor
+
+
+def reference_forward(
+    cfg: TinyConfig,
+    weights: dict[str, np.ndarray],
+    tokens: list[int],
+    *,
+    predictor_threshold: float | None = None,
+    predictor_input: str = "residual",
+    use_down_t: bool = False,
+) -> tuple[np.ndarray, list[FfnTrace]]:
+    """Logits [T, n_vocab] of a causal forward pass over tokens in float64, and each layer's FFN trace.
+    With predictor_threshold, FFN neurons whose predictor logit is below it are zeroed, as predictor-mode
+    decoding does; use_down_t takes the down projection from the transposed matrix (what sparse decoding reads)."""
     w = {k: v.astype(np.float64) for k, v in weights.items()}
     T, hd = len(tokens), cfg.head_dim
     pos = np.arange(T, dtype=np.float64)
     x = w["token_embd.weight"][tokens]
     causal = np.triu(np.full((T, T), -np.inf), 1)
     group = cfg.n_head // cfg.n_head_kv
+    traces = []
     for i in range(cfg.n_layer):
         h = _rms_norm(x, w[f"blk.{i}.attn_norm.weight"], cfg.rms_eps)
         q = _rope((h @ w[f"blk.{i}.attn_q.weight"].T).reshape(T, cfg.n_head, hd), pos, cfg.rope_base)
@@ -168,7 +214,19 @@ def reference_logits(cfg: TinyConfig, weights: dict[str, np.ndarray], tokens: li
         x = x + np.concatenate(heads, -1) @ w[f"blk.{i}.attn_output.weight"].T
         h = _rms_norm(x, w[f"blk.{i}.ffn_norm.weight"], cfg.rms_eps)
         a = ffn_activation(cfg.act, h @ w[f"blk.{i}.ffn_gate.weight"].T, h @ w[f"blk.{i}.ffn_up.weight"].T)
-        x = x + a @ w[f"blk.{i}.ffn_down.weight"].T
+        kept = np.ones(a.shape, dtype=bool)
+        if predictor_threshold is not None and f"blk.{i}.ffn_pred_fc1.weight" in w:
+            kept = predictor_logits(w, i, x, predictor_input, cfg.rms_eps) >= predictor_threshold
+        traces.append(FfnTrace(activation=a, kept=kept))
+        down = w[f"blk.{i}.ffn_down_t.weight"].T if use_down_t else w[f"blk.{i}.ffn_down.weight"]
+        x = x + (a * kept) @ down.T
     x = _rms_norm(x, w["output_norm.weight"], cfg.rms_eps)
     head = w["output.weight"] if "output.weight" in w else w["token_embd.weight"]
-    return x @ head.T
+    return x @ head.T, traces
+
+
+def reference_logits(
+    cfg: TinyConfig, weights: dict[str, np.ndarray], tokens: list[int], **options: object
+) -> np.ndarray:
+    """The logits of reference_forward (same options)."""
+    return reference_forward(cfg, weights, tokens, **options)[0]  # type: ignore[arg-type]

@@ -72,6 +72,15 @@ typedef struct ts_model_info {
     uint64_t n_bytes;         /* tensor bytes in the file */
 } ts_model_info;
 
+/* Per-layer counters of the sparse FFN, accumulated over decoded tokens since the last reset. */
+typedef struct ts_layer_stats {
+    uint64_t n_tokens;      /* tokens whose FFN ran through the sparse nodes */
+    uint64_t n_computed;    /* neurons whose gate/up rows were computed (the selected set) */
+    uint64_t n_nonzero;     /* neurons with a non-zero activation: rows of down_t read */
+    uint64_t n_true_active; /* recall measurement only: neurons non-zero under full computation */
+    uint64_t n_true_found;  /* ... of which the predictor selected */
+} ts_layer_stats;
+
 typedef struct ts_context_params {
     int32_t n_ctx;      /* KV cache length (tokens); 0 = the model's training context */
     int32_t n_threads;  /* ggml CPU threads; <= 0 = 1 */
@@ -110,6 +119,14 @@ int32_t ts_context_n_past(const ts_context *ctx);
 int32_t ts_context_n_ctx(const ts_context *ctx);
 /* Forget every cached token at position >= n_keep. */
 int32_t ts_context_truncate(ts_context *ctx, int32_t n_keep, char *err, size_t err_size);
+/* Predictor threshold used from the next evaluation on. */
+void ts_context_set_threshold(ts_context *ctx, float threshold);
+float ts_context_threshold(const ts_context *ctx);
+/* 1: predictor mode also computes every neuron, to count how many active ones the predictor missed. */
+void ts_context_set_measure_recall(ts_context *ctx, int32_t on);
+/* Copies the per-layer counters into stats[n_layer]. */
+void ts_context_get_stats(const ts_context *ctx, ts_layer_stats *stats);
+void ts_context_reset_stats(ts_context *ctx);
 
 /* ---- kernels, exposed for tests and benchmarks ------------------------------------------------ */
 /*

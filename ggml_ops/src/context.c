@@ -24,16 +24,50 @@ static int check_params(const ts_model *m, const ts_context_params *p, char *err
     if (p->kv_type != GGML_TYPE_F16 && p->kv_type != GGML_TYPE_F32) {
         return ts_set_error(err, err_size, "KV cache type %d is not supported (F16 or F32)", p->kv_type);
     }
-    if (p->sparse_mode == TS_SPARSE_OFF) {
-        if (!in->has_down) {
-            return ts_set_error(err, err_size,
-                                "%s: dense FFN needs the standard down matrices (blk.N.ffn_down.weight), "
-                                "this file only has the transposed ones",
+    if (p->n_threads > 0 && in->n_ff < 4 * p->n_threads) {
+        return ts_set_error(err, err_size, "%d threads are more than an FFN of %d neurons can use", p->n_threads, in->n_ff);
+    }
+    const int relu_gated = in->ffn_act != TS_FFN_SWIGLU;
+    if (!in->has_down && !relu_gated) {
+        return ts_set_error(err, err_size,
+                            "%s: a SwiGLU FFN needs the standard down matrices (blk.N.ffn_down.weight)", m->file->path);
+    }
+    switch (p->sparse_mode) {
+    case TS_SPARSE_OFF:
+        return 0;
+    case TS_SPARSE_EXACT:
+    case TS_SPARSE_PREDICTOR:
+        if (!relu_gated) {
+            return ts_set_error(err, err_size, "%s: sparse decoding needs a ReLU-gated FFN (reglu or drelu), this one is SwiGLU",
                                 m->file->path);
         }
-        return 0;
+        for (int il = 0; p->sparse_mode == TS_SPARSE_PREDICTOR && il < in->n_layer; il++) {
+            if (m->pred_rank[il] > 0) {
+                return 0;
+            }
+        }
+        return p->sparse_mode == TS_SPARSE_EXACT
+                   ? 0
+                   : ts_set_error(err, err_size, "%s: predictor mode needs activation predictors; the file has none", m->file->path);
+    default:
+        return ts_set_error(err, err_size, "unknown sparse mode %d", p->sparse_mode);
     }
-    return ts_set_error(err, err_size, "sparse mode %d is not available in this build", p->sparse_mode);
+}
+
+static int init_sparse_layers(ts_context *c, char *err, size_t err_size) {
+    const ts_model *m = c->model;
+    c->sparse = calloc((size_t)m->info.n_layer, sizeof(*c->sparse));
+    if (c->sparse == NULL) {
+        return ts_set_error(err, err_size, "out of memory");
+    }
+    for (int il = 0; il < m->info.n_layer; il++) {
+        ts_sparse_layer *s = &c->sparse[il];
+        s->ffn_act = m->info.ffn_act;
+        /* layers without a predictor select exactly (gate > 0) even in predictor mode */
+        s->select_exact = c->params.sparse_mode != TS_SPARSE_PREDICTOR || m->pred_rank[il] == 0;
+        s->threshold = c->threshold;
+    }
+    return 0;
 }
 
 static int init_kv_cache(ts_context *c, char *err, size_t err_size) {
@@ -91,7 +125,7 @@ ts_context *ts_context_new(ts_model *model, const ts_context_params *params, cha
         return NULL;
     }
     ggml_backend_cpu_set_n_threads(c->backend, c->params.n_threads);
-    if (init_kv_cache(c, err, err_size) != 0) {
+    if (init_kv_cache(c, err, err_size) != 0 || init_sparse_layers(c, err, err_size) != 0) {
         ts_context_free(c);
         return NULL;
     }
@@ -114,6 +148,7 @@ void ts_context_free(ts_context *c) {
     if (c->backend != NULL) {
         ggml_backend_free(c->backend);
     }
+    free(c->sparse);
     free(c->k_cache);
     free(c->v_cache);
     free(c->graph_meta);
@@ -134,6 +169,35 @@ int32_t ts_context_truncate(ts_context *c, int32_t n_keep, char *err, size_t err
     }
     c->n_past = n_keep;
     return 0;
+}
+
+void ts_context_set_threshold(ts_context *c, float threshold) {
+    c->threshold = threshold;
+    for (int il = 0; il < c->model->info.n_layer; il++) {
+        c->sparse[il].threshold = threshold;
+    }
+}
+
+float ts_context_threshold(const ts_context *c) {
+    return c->threshold;
+}
+
+void ts_context_set_measure_recall(ts_context *c, int32_t on) {
+    for (int il = 0; il < c->model->info.n_layer; il++) {
+        c->sparse[il].measure_recall = on != 0;
+    }
+}
+
+void ts_context_get_stats(const ts_context *c, ts_layer_stats *stats) {
+    for (int il = 0; il < c->model->info.n_layer; il++) {
+        stats[il] = c->sparse[il].stats;
+    }
+}
+
+void ts_context_reset_stats(ts_context *c) {
+    for (int il = 0; il < c->model->info.n_layer; il++) {
+        memset(&c->sparse[il].stats, 0, sizeof(c->sparse[il].stats));
+    }
 }
 
 static void fill_inputs(const ts_context *c, const ts_graph *g, const int32_t *tokens, int32_t n_tokens,

@@ -5,6 +5,7 @@
 #include "ggml-alloc.h"
 #include "ggml-backend.h"
 #include "model.h"
+#include "sparse_ffn.h"
 
 struct ts_context {
     ts_model *model;
@@ -18,6 +19,8 @@ struct ts_context {
     ggml_backend_buffer_t buf_kv;
     struct ggml_tensor **k_cache; /* per layer [n_embd_kv, n_ctx] (F16 or F32) */
     struct ggml_tensor **v_cache; /* per layer [n_ctx, n_embd_kv], stored transposed */
+
+    ts_sparse_layer *sparse; /* per layer: what the sparse FFN nodes read and count */
 
     ggml_gallocr_t galloc;
     void *graph_meta; /* memory for graph/tensor metadata (no data) */
@@ -37,7 +40,7 @@ typedef struct ts_graph {
 } ts_graph;
 
 /* Builds the forward graph of n_tokens tokens at positions n_past.. into ctx0 (no_alloc). */
-int ts_graph_build(const ts_context *ctx, struct ggml_context *ctx0, int32_t n_tokens, int32_t n_outputs,
+int ts_graph_build(ts_context *ctx, struct ggml_context *ctx0, int32_t n_tokens, int32_t n_outputs,
                    int32_t dense_ffn, ts_graph *g);
 
 #endif

@@ -9,6 +9,8 @@
  */
 #include "context.h"
 
+#include "ggml-cpu.h"
+
 #include <math.h>
 
 static struct ggml_tensor *rms_norm(struct ggml_context *ctx0, struct ggml_tensor *x, struct ggml_tensor *w, float eps) {
@@ -79,17 +81,48 @@ static struct ggml_tensor *gated_activation(struct ggml_context *ctx0, int32_t a
     }
 }
 
-static struct ggml_tensor *ffn_dense(const ts_model *m, struct ggml_context *ctx0, int il, struct ggml_tensor *cur) {
+/* The FFN of layer il on cur = norm(ffn_inp) [n_embd, T], dense or sparse as the context says. */
+static struct ggml_tensor *ffn(ts_context *ctx, struct ggml_context *ctx0, int il, struct ggml_tensor *ffn_inp,
+                               struct ggml_tensor *cur, int32_t n_tokens, int32_t dense_ffn) {
+    const ts_model *m = ctx->model;
     const ts_layer *l = &m->layers[il];
-    struct ggml_tensor *up = ggml_mul_mat(ctx0, l->ffn_up, cur);
-    struct ggml_tensor *gate = ggml_mul_mat(ctx0, l->ffn_gate, cur);
-    struct ggml_tensor *act = gated_activation(ctx0, m->info.ffn_act, gate, up);
-    return ggml_mul_mat(ctx0, l->ffn_down, act);
+    ts_sparse_layer *sl = &ctx->sparse[il];
+    const int32_t n_threads = ctx->params.n_threads;
+    if (dense_ffn || ctx->params.sparse_mode == TS_SPARSE_OFF) {
+        struct ggml_tensor *up = ggml_mul_mat(ctx0, l->ffn_up, cur);
+        struct ggml_tensor *gate = ggml_mul_mat(ctx0, l->ffn_gate, cur);
+        struct ggml_tensor *act = gated_activation(ctx0, m->info.ffn_act, gate, up);
+        if (l->ffn_down != NULL) {
+            return ggml_mul_mat(ctx0, l->ffn_down, act);
+        }
+        /* only the transposed down: a ReLU-gated activation is mostly zeros, so add the non-zero rows */
+        return ts_sparse_down(ctx0, sl, act, l->ffn_down_t, n_tokens, 0, !dense_ffn, n_threads);
+    }
+    struct ggml_tensor *select, *xq_gate = NULL;
+    struct ggml_tensor *xq_up = ts_sparse_quantize(ctx0, cur, l->ffn_up);
+    if (sl->select_exact) {
+        select = ggml_mul_mat(ctx0, l->ffn_gate, cur); /* the dense gate decides which up rows to compute */
+    } else {
+        /* predictor logits = fc2 . relu(fc1 . h), h the residual before the FFN norm */
+        struct ggml_tensor *h = m->info.predictor_input == TS_PRED_INPUT_RESIDUAL_RMSNORM
+                                    ? ggml_rms_norm(ctx0, ffn_inp, m->info.rms_eps)
+                                    : ffn_inp;
+        select = ggml_mul_mat(ctx0, l->pred_fc2, ggml_relu(ctx0, ggml_mul_mat(ctx0, l->pred_fc1, h)));
+        const int same = ggml_get_type_traits_cpu(l->ffn_gate->type)->vec_dot_type ==
+                         ggml_get_type_traits_cpu(l->ffn_up->type)->vec_dot_type;
+        xq_gate = same ? xq_up : ts_sparse_quantize(ctx0, cur, l->ffn_gate);
+    }
+    struct ggml_tensor *act =
+        ts_sparse_act(ctx0, sl, select, xq_gate, xq_up, sl->select_exact ? NULL : l->ffn_gate, l->ffn_up);
+    if (l->ffn_down_t != NULL) {
+        return ts_sparse_down(ctx0, sl, act, l->ffn_down_t, n_tokens, 1, 1, n_threads);
+    }
+    /* only the standard down: dense down over the sparse activation (row n_tokens holds counters) */
+    return ggml_mul_mat(ctx0, l->ffn_down, ggml_view_2d(ctx0, act, act->ne[0], n_tokens, act->nb[1], 0));
 }
 
-int ts_graph_build(const ts_context *ctx, struct ggml_context *ctx0, int32_t n_tokens, int32_t n_outputs,
+int ts_graph_build(ts_context *ctx, struct ggml_context *ctx0, int32_t n_tokens, int32_t n_outputs,
                    int32_t dense_ffn, ts_graph *g) {
-    (void)dense_ffn;
     const ts_model *m = ctx->model;
     const ts_model_info *in = &m->info;
     struct ggml_cgraph *gf = ggml_new_graph_custom(ctx0, ctx->graph_max_nodes, false);
@@ -119,7 +152,7 @@ int ts_graph_build(const ts_context *ctx, struct ggml_context *ctx0, int32_t n_t
         }
         struct ggml_tensor *ffn_inp = ggml_add(ctx0, cur, x); /* residual before the FFN norm */
         cur = rms_norm(ctx0, ffn_inp, l->ffn_norm, in->rms_eps);
-        cur = ffn_dense(m, ctx0, il, cur);
+        cur = ffn(ctx, ctx0, il, ffn_inp, cur, (int32_t)ffn_inp->ne[1], dense_ffn);
         x = ggml_add(ctx0, cur, ffn_inp);
     }
     x = rms_norm(ctx0, x, m->output_norm, in->rms_eps);

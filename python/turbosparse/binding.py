@@ -60,6 +60,17 @@ class ModelInfo:
     n_bytes: int
 
 
+@dataclass(frozen=True)
+class LayerStats:
+    """One layer's sparse-FFN counters (see ts_layer_stats in turbosparse.h)."""
+
+    n_tokens: int
+    n_computed: int
+    n_nonzero: int
+    n_true_active: int
+    n_true_found: int
+
+
 class _ErrorBuffer:
     def __init__(self, library: Library) -> None:
         self._ffi = library.ffi
@@ -140,6 +151,25 @@ class NativeContext:
     @property
     def n_ctx(self) -> int:
         return int(self._lib.lib.ts_context_n_ctx(self._handle))
+
+    @property
+    def threshold(self) -> float:
+        return float(self._lib.lib.ts_context_threshold(self._handle))
+
+    @threshold.setter
+    def threshold(self, value: float) -> None:
+        self._lib.lib.ts_context_set_threshold(self._handle, float(value))
+
+    def set_measure_recall(self, on: bool) -> None:
+        self._lib.lib.ts_context_set_measure_recall(self._handle, int(on))
+
+    def layer_stats(self) -> list[LayerStats]:
+        raw = self._lib.ffi.new("ts_layer_stats[]", self._model.info.n_layer)
+        self._lib.lib.ts_context_get_stats(self._handle, raw)
+        return [LayerStats(**{f.name: int(getattr(r, f.name)) for f in fields(LayerStats)}) for r in raw]
+
+    def reset_stats(self) -> None:
+        self._lib.lib.ts_context_reset_stats(self._handle)
 
     def truncate(self, n_keep: int) -> None:
         err = _ErrorBuffer(self._lib)

@@ -119,6 +119,7 @@ class Model:
         n_batch: int = 512,
         sparse: SparseName = "auto",
         threshold: float | None = None,
+        measure_recall: bool = False,
         verbose: bool = False,
     ) -> None:
         self.path = os.fspath(path)
@@ -139,6 +140,7 @@ class Model:
             sparse_mode=self.sparse_mode,
             threshold=threshold,
         )
+        self._ctx.set_measure_recall(measure_recall)
         self._tokenizer = Tokenizer(self.path, verbose=verbose)
         if self._tokenizer.n_vocab != self.info.n_vocab:
             logger.warning(
@@ -306,16 +308,45 @@ class Model:
         return formatter(messages=list(messages)).prompt
 
     # ---- statistics -------------------------------------------------------------------------------
+    @property
+    def threshold(self) -> float:
+        """The predictor logit threshold in use (neuron j computed when logit_j >= threshold)."""
+        return self._ctx.threshold
+
+    @threshold.setter
+    def threshold(self, value: float) -> None:
+        self._ctx.threshold = value
+
+    def set_measure_recall(self, on: bool) -> None:
+        """Predictor mode: also compute every neuron, so stats() can report the predictor's recall."""
+        self._ctx.set_measure_recall(on)
+
     def stats(self) -> dict[str, object]:
-        """Sparse mode, per-layer measured active fraction of FFN neurons, and timings so far."""
-        n_layer = self.info.n_layer
+        """Measured over the tokens decoded (and teacher-forced) since the last reset_stats():
+
+        active_fraction[l]: share of layer l's FFN neurons whose rows were computed (1.0 for a dense FFN);
+        nonzero_fraction[l]: share with a non-zero activation (None where the dense path does not count);
+        predictor_recall[l]: share of truly active neurons the predictor selected (None unless measured);
+        plus prompt / decode token counts and speeds."""
+        layers = self._ctx.layer_stats()
+        n_ff = self.info.n_ff
+
+        def share(count: int, total: int) -> float | None:
+            return count / total if total else None
+
+        counted = any(s.n_tokens for s in layers)
+        active = [share(s.n_computed, s.n_tokens * n_ff) if counted else 1.0 for s in layers]
+        measured = any(s.n_true_active for s in layers)
         return {
             "sparse_mode": _MODE_NAMES[self.sparse_mode],
-            "n_layer": n_layer,
-            "active_fraction": [1.0] * n_layer,
-            "predictor_recall": None,
+            "threshold": self.threshold,
+            "n_layer": self.info.n_layer,
+            "active_fraction": active,
+            "nonzero_fraction": [share(s.n_nonzero, s.n_tokens * n_ff) for s in layers],
+            "predictor_recall": [share(s.n_true_found, s.n_true_active) for s in layers] if measured else None,
             **self._timings.as_dict(),
         }
 
     def reset_stats(self) -> None:
         self._timings = _Timings()
+        self._ctx.reset_stats()

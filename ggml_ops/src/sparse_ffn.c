@@ -1,0 +1,176 @@
+#include "sparse_ffn.h"
+
+#include "axpy_rows.h"
+#include "ggml-cpu.h"
+
+#include <stdint.h>
+#include <string.h>
+
+/* Row T of the activation tensor carries, per thread of the act node, these int32 counters. */
+enum { COUNT_COMPUTED, COUNT_TRUE_ACTIVE, COUNT_TRUE_FOUND, N_COUNTERS };
+
+static char *row_ptr(const struct ggml_tensor *t, int64_t row) {
+    return (char *)t->data + row * t->nb[1];
+}
+
+/* ---- quantize: the activation once per token, in the type the weight's dot product wants --------- */
+
+/* userdata carries the target type (the custom op's own op_params hold ggml's call data) */
+static void quantize_op(struct ggml_tensor *dst, int ith, int nth, void *userdata) {
+    const struct ggml_tensor *x = dst->src[0];
+    const enum ggml_type vdt = (enum ggml_type)(intptr_t)userdata;
+    const ggml_from_float_t from_float = ggml_get_type_traits_cpu(vdt)->from_float;
+    for (int64_t t = ith; t < x->ne[1]; t += nth) {
+        const float *src = (const float *)row_ptr(x, t);
+        if (vdt == GGML_TYPE_F32) {
+            memcpy(row_ptr(dst, t), src, (size_t)x->ne[0] * sizeof(float));
+        } else {
+            from_float(src, row_ptr(dst, t), x->ne[0]);
+        }
+    }
+}
+
+struct ggml_tensor *ts_sparse_quantize(struct ggml_context *ctx0, struct ggml_tensor *x, const struct ggml_tensor *weight) {
+    const enum ggml_type vdt = ggml_get_type_traits_cpu(weight->type)->vec_dot_type;
+    struct ggml_tensor *args[1] = {x};
+    return ggml_custom_4d(ctx0, GGML_TYPE_I8, (int64_t)ggml_row_size(vdt, x->ne[0]), x->ne[1], 1, 1, args, 1,
+                          quantize_op, GGML_N_TASKS_MAX, (void *)(intptr_t)vdt);
+}
+
+/* ---- act: gate and up rows of the selected neurons only ----------------------------------------- */
+
+static float gated(int32_t act, float g, float u) {
+    const float rg = g > 0.0f ? g : 0.0f;
+    if (act == TS_FFN_DRELU) {
+        return u > 0.0f ? rg * u : 0.0f;
+    }
+    return rg * u; /* TS_FFN_REGLU */
+}
+
+static float row_dot(const struct ggml_tensor *w, int64_t j, const void *xq) {
+    float s = 0.0f;
+    ggml_get_type_traits_cpu(w->type)->vec_dot((int)w->ne[0], &s, 0, row_ptr(w, j), 0, xq, 0, 1);
+    return s;
+}
+
+/* src: select [n_ff, T] F32, xq_up, up, then (predictor mode) xq_gate, gate */
+static void sparse_act_op(struct ggml_tensor *dst, int ith, int nth, void *userdata) {
+    const ts_sparse_layer *layer = userdata;
+    const struct ggml_tensor *select = dst->src[0], *xq_up = dst->src[1], *up = dst->src[2];
+    const struct ggml_tensor *xq_gate = dst->src[3], *gate = dst->src[4];
+    const int exact = layer->select_exact;
+    const int recall = layer->measure_recall && !exact;
+    const int64_t n_ff = up->ne[1], n_tokens = dst->ne[1] - 1;
+    const int64_t j0 = n_ff * ith / nth, j1 = n_ff * (ith + 1) / nth;
+    int32_t count[N_COUNTERS] = {0};
+    for (int64_t t = 0; t < n_tokens; t++) {
+        const float *sel = (const float *)row_ptr(select, t);
+        const void *xu = row_ptr(xq_up, t);
+        const void *xg = exact ? NULL : row_ptr(xq_gate, t);
+        float *a = (float *)row_ptr(dst, t);
+        for (int64_t j = j0; j < j1; j++) {
+            const int chosen = exact ? sel[j] > 0.0f : sel[j] >= layer->threshold;
+            if (!chosen && !recall) {
+                a[j] = 0.0f;
+                continue;
+            }
+            const float g = exact ? sel[j] : row_dot(gate, j, xg);
+            const float v = gated(layer->ffn_act, g, row_dot(up, j, xu));
+            a[j] = chosen ? v : 0.0f;
+            count[COUNT_COMPUTED] += chosen;
+            count[COUNT_TRUE_ACTIVE] += recall && v != 0.0f;
+            count[COUNT_TRUE_FOUND] += recall && v != 0.0f && chosen;
+        }
+    }
+    memcpy((int32_t *)row_ptr(dst, n_tokens) + N_COUNTERS * ith, count, sizeof(count));
+}
+
+struct ggml_tensor *ts_sparse_act(struct ggml_context *ctx0, ts_sparse_layer *layer, struct ggml_tensor *select,
+                                  struct ggml_tensor *xq_gate, struct ggml_tensor *xq_up, struct ggml_tensor *gate,
+                                  struct ggml_tensor *up) {
+    struct ggml_tensor *args[5] = {select, xq_up, up, xq_gate, gate};
+    const int n_args = gate != NULL ? 5 : 3;
+    return ggml_custom_4d(ctx0, GGML_TYPE_F32, up->ne[1], select->ne[1] + 1, 1, 1, args, n_args, sparse_act_op,
+                          GGML_N_TASKS_MAX, layer);
+}
+
+/* ---- down: sum of the non-zero neurons' rows of the transposed down matrix ---------------------- */
+
+typedef enum { DOWN_UNCOUNTED, DOWN_COUNTED_DENSE, DOWN_COUNTED_SPARSE } down_kind;
+
+/* Adds the act node's per-thread counters and this node's non-zero count to the layer's stats. */
+static void record_stats(ts_sparse_layer *layer, const struct ggml_tensor *act, int64_t n_tokens, int nth,
+                         uint64_t nonzero, down_kind kind) {
+    ts_layer_stats *s = &layer->stats;
+    s->n_tokens += (uint64_t)n_tokens;
+    s->n_nonzero += nonzero;
+    if (kind == DOWN_COUNTED_DENSE) {
+        s->n_computed += (uint64_t)(n_tokens * act->ne[0]);
+        return;
+    }
+    for (int k = 0; k < nth; k++) {
+        int32_t count[N_COUNTERS];
+        memcpy(count, (const int32_t *)row_ptr(act, n_tokens) + N_COUNTERS * k, sizeof(count));
+        s->n_computed += (uint64_t)count[COUNT_COMPUTED];
+        s->n_true_active += (uint64_t)count[COUNT_TRUE_ACTIVE];
+        s->n_true_found += (uint64_t)count[COUNT_TRUE_FOUND];
+    }
+}
+
+/* src: act [n_ff, >= T] F32, down_t [n_embd, n_ff], scratch [n_ff * 8 bytes, n_workers] I8 */
+static void sparse_down(struct ggml_tensor *dst, int ith, int nth, ts_sparse_layer *layer, down_kind kind) {
+    const struct ggml_tensor *act = dst->src[0], *down_t = dst->src[1], *scratch = dst->src[2];
+    const int64_t n_embd = dst->ne[0], n_tokens = dst->ne[1], n_ff = act->ne[0];
+    const int64_t blck = ggml_blck_size(down_t->type), n_blocks = n_embd / blck;
+    const int n_workers = nth < scratch->ne[1] ? nth : (int)scratch->ne[1];
+    uint64_t nonzero = 0;
+    if (ith < n_workers) {
+        /* this thread's columns: whole quantization blocks, disjoint from every other thread's */
+        const int64_t c0 = n_blocks * ith / n_workers * blck, c1 = n_blocks * (ith + 1) / n_workers * blck;
+        int32_t *idx = (int32_t *)row_ptr(scratch, ith);
+        float *coef = (float *)(idx + n_ff);
+        for (int64_t t = 0; t < n_tokens; t++) {
+            const float *a = (const float *)row_ptr(act, t);
+            int64_t n = 0;
+            for (int64_t j = 0; j < n_ff; j++) {
+                if (a[j] != 0.0f) {
+                    idx[n] = (int32_t)j;
+                    coef[n++] = a[j];
+                }
+            }
+            float *out = (float *)row_ptr(dst, t) + c0;
+            memset(out, 0, (size_t)(c1 - c0) * sizeof(float));
+            if (c1 > c0) {
+                ts_axpy_rows(down_t->type, down_t->data, down_t->nb[1], idx, coef, n, c0, c1 - c0, out);
+            }
+            nonzero += (uint64_t)n;
+        }
+    }
+    if (ith == 0 && kind != DOWN_UNCOUNTED) {
+        record_stats(layer, act, n_tokens, nth, nonzero, kind);
+    }
+}
+
+static void sparse_down_uncounted(struct ggml_tensor *dst, int ith, int nth, void *userdata) {
+    sparse_down(dst, ith, nth, userdata, DOWN_UNCOUNTED);
+}
+
+static void sparse_down_counted_dense(struct ggml_tensor *dst, int ith, int nth, void *userdata) {
+    sparse_down(dst, ith, nth, userdata, DOWN_COUNTED_DENSE);
+}
+
+static void sparse_down_counted_sparse(struct ggml_tensor *dst, int ith, int nth, void *userdata) {
+    sparse_down(dst, ith, nth, userdata, DOWN_COUNTED_SPARSE);
+}
+
+struct ggml_tensor *ts_sparse_down(struct ggml_context *ctx0, ts_sparse_layer *layer, struct ggml_tensor *act,
+                                   struct ggml_tensor *down_t, int32_t n_tokens, int32_t from_sparse_act,
+                                   int32_t count_stats, int32_t n_threads) {
+    const int64_t n_ff = down_t->ne[1];
+    struct ggml_tensor *scratch = ggml_new_tensor_2d(ctx0, GGML_TYPE_I8, n_ff * (int64_t)(sizeof(int32_t) + sizeof(float)), n_threads);
+    struct ggml_tensor *args[3] = {act, down_t, scratch};
+    ggml_custom_op_t fun = !count_stats      ? sparse_down_uncounted
+                           : from_sparse_act ? sparse_down_counted_sparse
+                                             : sparse_down_counted_dense;
+    return ggml_custom_4d(ctx0, GGML_TYPE_F32, down_t->ne[0], n_tokens, 1, 1, args, 3, fun, GGML_N_TASKS_MAX, layer);
+}

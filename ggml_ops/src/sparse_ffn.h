@@ -1,0 +1,50 @@
+/*
+ * The sparse FFN as ggml graph nodes (custom ops on ggml's CPU threads):
+ *
+ *   xq   = quantize(x)                         activation in the gate/up vec_dot type, once per token
+ *   act  = sparse_act(select, xq, gate, up)    a_j = act(gate_j . x, up_j . x) for selected neurons j, else 0
+ *            select = predictor logits (logit_j >= threshold)  or  dense gate values (gate_j > 0, exact mode)
+ *   out  = sparse_down(act, down_t)            sum over non-zero a_j of a_j * down_t[j, :]
+ *
+ * There is no barrier inside a custom op, so each phase is its own node. Threads split neurons (act)
+ * or hidden-dimension blocks (down): no two threads ever write the same output element, and the
+ * results do not depend on the thread count beyond float summation order within one thread.
+ */
+#ifndef TS_SPARSE_FFN_H
+#define TS_SPARSE_FFN_H
+
+#include "ggml.h"
+#include "turbosparse.h"
+
+#include <stdint.h>
+
+/* What one layer's sparse FFN nodes need at compute time (lives in the context, one per layer). */
+typedef struct ts_sparse_layer {
+    int32_t ffn_act;        /* enum ts_ffn_act */
+    int32_t select_exact;   /* 1: select by gate > 0; 0: by predictor logit >= threshold */
+    float threshold;
+    int32_t measure_recall; /* predictor mode: also compute every neuron to count what it missed */
+    ts_layer_stats stats;   /* accumulated by thread 0 of the down node */
+} ts_sparse_layer;
+
+/* x [n_embd, T] F32 -> [row_bytes(vec_dot_type of `weight`), T] I8 rows of quantized activations */
+struct ggml_tensor *ts_sparse_quantize(struct ggml_context *ctx0, struct ggml_tensor *x, const struct ggml_tensor *weight);
+
+/*
+ * The selected neurons' activations: [n_ff, T + 1] F32, row T carrying per-thread counters for the
+ * down node. gate is NULL in exact mode (select holds the dense gate values then).
+ */
+struct ggml_tensor *ts_sparse_act(struct ggml_context *ctx0, ts_sparse_layer *layer, struct ggml_tensor *select,
+                                  struct ggml_tensor *xq_gate, struct ggml_tensor *xq_up, struct ggml_tensor *gate,
+                                  struct ggml_tensor *up);
+
+/*
+ * sum_j act[j, t] * down_t[j, :] over the non-zero act[j, t]: [n_embd, T] F32.
+ * act is either ts_sparse_act's output (from_sparse_act = 1: counters in row T) or any dense [n_ff, T]
+ * activation. count_stats adds this node's work to layer->stats. n_threads sizes the per-thread scratch.
+ */
+struct ggml_tensor *ts_sparse_down(struct ggml_context *ctx0, ts_sparse_layer *layer, struct ggml_tensor *act,
+                                   struct ggml_tensor *down_t, int32_t n_tokens, int32_t from_sparse_act,
+                                   int32_t count_stats, int32_t n_threads);
+
+#endif

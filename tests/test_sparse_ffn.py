@@ -1,0 +1,199 @@
+"""Sparse decoding in the engine (predictor and exact modes) against the float64 numpy reference."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+
+from turbosparse.binding import NativeContext, NativeModel, SparseMode
+
+from tinymodel import TinyConfig, random_weights, reference_forward, reference_logits, write_gguf
+
+Q = gguf.GGMLQuantizationType
+F32_TOLERANCE = 1e-5  # x max |logit|
+QUANT_TOLERANCE = 0.15  # x std(logits), as for the dense engine: ggml quantizes activations in its dot products
+K_QUANTS = (Q.Q2_K, Q.Q3_K, Q.Q4_K, Q.Q5_K, Q.Q6_K)
+SPARSE_TYPES = [Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q2_K, Q.Q3_K, Q.Q4_K, Q.Q5_K, Q.Q6_K]
+
+
+def make(
+    tmp_path: Path,
+    cfg: TinyConfig,
+    *,
+    rank: int = 0,
+    qtype: Q = Q.F32,
+    down_layout: str = "transposed",
+    predictor_input: str = "residual",
+    seed: int = 1,
+) -> tuple[Path, dict[str, np.ndarray]]:
+    path = tmp_path / f"m-{cfg.act}-{rank}-{qtype.name}-{down_layout}-{predictor_input}.gguf"
+    extra: dict[str, object] = {"turbosparse.predictor_input": predictor_input}
+    # predictor rows are rank long: K-quants (256-blocks) get a Q8_0 predictor, as the converter does
+    pred_qtype = Q.Q8_0 if qtype in K_QUANTS and rank % 256 else None
+    weights = random_weights(cfg, seed=seed, predictor_rank=rank)
+    stored = write_gguf(path, cfg, weights, qtype, extra_kv=extra, down_layout=down_layout, predictor_qtype=pred_qtype)
+    return path, stored
+
+
+def context(path: Path, mode: SparseMode, *, threshold: float | None = None, n_threads: int = 2) -> NativeContext:
+    return NativeContext(
+        NativeModel(path),
+        n_ctx=256,
+        n_threads=n_threads,
+        n_batch=512,
+        sparse_mode=mode,
+        threshold=threshold,
+        kv_f32=True,
+    )
+
+
+def tokens(cfg: TinyConfig, n: int = 32, seed: int = 0) -> list[int]:
+    return [int(t) for t in np.random.default_rng(seed).integers(0, cfg.n_vocab, n)]
+
+
+def assert_close(out: np.ndarray, ref: np.ndarray, qtype: Q = Q.F32) -> None:
+    if qtype == Q.F32:
+        assert np.abs(out - ref).max() <= F32_TOLERANCE * np.abs(ref).max()
+    else:
+        error = np.abs(out - ref).max() / ref.std()
+        assert error <= QUANT_TOLERANCE, f"{qtype.name}: normalized error {error:.4f}"
+
+
+@pytest.mark.parametrize("act", ["reglu", "drelu"])
+@pytest.mark.parametrize("down_layout", ["transposed", "both", "standard"])
+def test_exact_mode_equals_dense(tmp_path: Path, act: str, down_layout: str) -> None:
+    cfg = TinyConfig(act=act)
+    path, stored = make(tmp_path, cfg, down_layout=down_layout)
+    toks = tokens(cfg)
+    ref = reference_logits(cfg, stored, toks, use_down_t=down_layout != "standard")
+    ctx = context(path, SparseMode.EXACT)
+    assert_close(ctx.eval(toks, dense_ffn=False, logits_all=True), ref)
+    # prefill (dense FFN) and one-token decoding agree too
+    ctx.truncate(0)
+    assert_close(ctx.eval(toks, dense_ffn=True, logits_all=True), ref)
+    ctx.truncate(0)
+    steps = np.stack([ctx.eval([t], dense_ffn=False, logits_all=False) for t in toks])
+    assert_close(steps, ref)
+
+
+@pytest.mark.parametrize("act", ["reglu", "drelu"])
+@pytest.mark.parametrize("predictor_input", ["residual", "residual_rmsnorm"])
+@pytest.mark.parametrize("threshold", [0.0, 0.4])
+def test_predictor_mode_matches_masked_reference(
+    tmp_path: Path, act: str, predictor_input: str, threshold: float
+) -> None:
+    cfg = TinyConfig(act=act)
+    path, stored = make(tmp_path, cfg, rank=16, predictor_input=predictor_input)
+    toks = tokens(cfg)
+    ref = reference_logits(
+        cfg, stored, toks, predictor_threshold=threshold, predictor_input=predictor_input, use_down_t=True
+    )
+    dense = reference_logits(cfg, stored, toks, use_down_t=True)
+    assert np.abs(ref - dense).max() > 0.01  # the predictor really drops neurons that matter
+    ctx = context(path, SparseMode.PREDICTOR, threshold=threshold)
+    assert_close(ctx.eval(toks, dense_ffn=False, logits_all=True), ref)
+
+
+def test_stats_count_what_the_reference_counts(tmp_path: Path) -> None:
+    cfg = TinyConfig(act="drelu")
+    path, stored = make(tmp_path, cfg, rank=16)
+    toks = tokens(cfg, 20)
+    _, traces = reference_forward(cfg, stored, toks, predictor_threshold=0.2, use_down_t=True)
+    ctx = context(path, SparseMode.PREDICTOR, threshold=0.2)
+    ctx.set_measure_recall(True)
+    ctx.eval(toks, dense_ffn=False, logits_all=True)  # all rows: the last layer runs the FFN for every token
+    stats = ctx.layer_stats()
+    assert [s.n_tokens for s in stats] == [len(toks)] * cfg.n_layer
+    assert [s.n_computed for s in stats] == [int(t.kept.sum()) for t in traces]
+    assert [s.n_nonzero for s in stats] == [int(((t.activation != 0) & t.kept).sum()) for t in traces]
+    assert [s.n_true_active for s in stats] == [int((t.activation != 0).sum()) for t in traces]
+    assert [s.n_true_found for s in stats] == [int(((t.activation != 0) & t.kept).sum()) for t in traces]
+    # prefill with the dense FFN is not counted; reset clears
+    ctx.eval(toks[:5], dense_ffn=True, logits_all=False)
+    assert ctx.layer_stats() == stats
+    ctx.reset_stats()
+    assert all(s.n_tokens == 0 for s in ctx.layer_stats())
+
+
+def test_threshold_extremes(tmp_path: Path) -> None:
+    cfg = TinyConfig(act="drelu")
+    path, stored = make(tmp_path, cfg, rank=8)
+    toks = tokens(cfg, 16)
+    everything = context(path, SparseMode.PREDICTOR, threshold=-1e30)
+    assert_close(
+        everything.eval(toks, dense_ffn=False, logits_all=True), reference_logits(cfg, stored, toks, use_down_t=True)
+    )
+    nothing = context(path, SparseMode.PREDICTOR, threshold=1e30)
+    ref = reference_logits(cfg, stored, toks, predictor_threshold=1e30, use_down_t=True)
+    assert_close(nothing.eval(toks, dense_ffn=False, logits_all=True), ref)
+    assert all(s.n_computed == 0 and s.n_nonzero == 0 for s in nothing.layer_stats())
+    everything.threshold = 1e30  # changing the threshold takes effect at once
+    everything.truncate(0)
+    assert_close(everything.eval(toks, dense_ffn=False, logits_all=True), ref)
+
+
+def test_layers_without_a_predictor_run_exact(tmp_path: Path) -> None:
+    cfg = TinyConfig(act="reglu", n_layer=3)
+    weights = random_weights(cfg, seed=5, predictor_rank=8)
+    skip = ("blk.1.ffn_pred_fc1.weight", "blk.1.ffn_pred_fc2.weight")
+    stored = write_gguf(tmp_path / "m.gguf", cfg, weights, down_layout="transposed", skip=skip)
+    assert NativeModel(tmp_path / "m.gguf").predictor_ranks == [8, 0, 8]
+    toks = tokens(cfg, 12)
+    ctx = context(tmp_path / "m.gguf", SparseMode.PREDICTOR, threshold=0.0)
+    out = ctx.eval(toks, dense_ffn=False, logits_all=True)
+    # the reference masks layers 0 and 2 (they have predictors) and keeps layer 1 whole
+    assert_close(out, reference_logits(cfg, stored, toks, predictor_threshold=0.0, use_down_t=True))
+    _, traces = reference_forward(cfg, stored, toks, predictor_threshold=0.0, use_down_t=True)
+    # exact selection computes the neurons whose gate is positive
+    assert ctx.layer_stats()[1].n_computed == int((traces[1].activation != 0).sum())
+
+
+@pytest.mark.parametrize("qtype", SPARSE_TYPES, ids=lambda q: q.name)
+def test_every_quant_type_in_the_sparse_path(tmp_path: Path, qtype: Q) -> None:
+    cfg = TinyConfig(act="drelu", n_embd=256, n_ff=512, n_head=4, n_head_kv=2)
+    toks = tokens(cfg, 16)
+    # exact selection: dense gate, sparse up and down
+    path, stored = make(tmp_path, cfg, qtype=qtype)
+    exact = context(path, SparseMode.EXACT).eval(toks, dense_ffn=False, logits_all=True)
+    assert_close(exact, reference_logits(cfg, stored, toks, use_down_t=True), qtype)
+    # predictor selection of every neuron: gate rows through the sparse op's own dot products
+    path, stored = make(tmp_path, cfg, rank=32, qtype=qtype)
+    everything = context(path, SparseMode.PREDICTOR, threshold=-1e30).eval(toks, dense_ffn=False, logits_all=True)
+    assert_close(everything, reference_logits(cfg, stored, toks, use_down_t=True), qtype)
+    # a real threshold: quantization noise moves a few logits across it, so compare what was selected
+    ctx = context(path, SparseMode.PREDICTOR, threshold=0.0)
+    ctx.eval(toks, dense_ffn=False, logits_all=True)
+    _, traces = reference_forward(cfg, stored, toks, predictor_threshold=0.0, use_down_t=True)
+    for stats, trace in zip(ctx.layer_stats(), traces, strict=True):
+        assert abs(stats.n_computed - int(trace.kept.sum())) <= 0.02 * trace.kept.size
+
+
+@pytest.mark.parametrize("n_threads", [1, 2, 3, 4])
+def test_deterministic_for_a_thread_count(tmp_path: Path, n_threads: int) -> None:
+    cfg = TinyConfig(act="drelu", n_embd=256, n_ff=512)
+    path, _ = make(tmp_path, cfg, rank=32, qtype=Q.Q4_0)
+    toks = tokens(cfg, 24)
+    runs = [
+        context(path, SparseMode.PREDICTOR, n_threads=n_threads).eval(toks, dense_ffn=False, logits_all=True)
+        for _ in range(3)
+    ]
+    assert all(np.array_equal(runs[0], r) for r in runs[1:])
+    one = context(path, SparseMode.PREDICTOR, n_threads=1).eval(toks, dense_ffn=False, logits_all=True)
+    np.testing.assert_allclose(runs[0], one, rtol=0, atol=1e-3)
+
+
+def test_sparse_modes_refuse_what_the_file_cannot_do(tmp_path: Path) -> None:
+    from turbosparse import ModelLoadError
+
+    swiglu, _ = make(tmp_path, TinyConfig(act="swiglu"), down_layout="standard")
+    with pytest.raises(ModelLoadError, match="needs a ReLU-gated FFN"):
+        context(swiglu, SparseMode.EXACT)
+    no_pred, _ = make(tmp_path, TinyConfig(act="drelu"))
+    with pytest.raises(ModelLoadError, match="predictor mode needs activation predictors"):
+        context(no_pred, SparseMode.PREDICTOR)
+    swiglu_t, _ = make(tmp_path, TinyConfig(act="swiglu"), down_layout="transposed")
+    with pytest.raises(ModelLoadError, match="SwiGLU FFN needs the standard down matrices"):
+        context(swiglu_t, SparseMode.OFF)
