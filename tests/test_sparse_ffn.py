@@ -10,7 +10,15 @@ import pytest
 
 from turbosparse.binding import NativeContext, NativeModel, SparseMode
 
-from tinymodel import TinyConfig, random_weights, reference_forward, reference_logits, write_gguf
+from tinymodel import (
+    TinyConfig,
+    ffn_activation,
+    predictor_logits,
+    random_weights,
+    reference_forward,
+    reference_logits,
+    write_gguf,
+)
 
 Q = gguf.GGMLQuantizationType
 F32_TOLERANCE = 1e-5  # x max |logit|
@@ -197,3 +205,24 @@ def test_sparse_modes_refuse_what_the_file_cannot_do(tmp_path: Path) -> None:
     swiglu_t, _ = make(tmp_path, TinyConfig(act="swiglu"), down_layout="transposed")
     with pytest.raises(ModelLoadError, match="SwiGLU FFN needs the standard down matrices"):
         context(swiglu_t, SparseMode.OFF)
+
+
+@pytest.mark.parametrize("mode", [SparseMode.OFF, SparseMode.EXACT, SparseMode.PREDICTOR])
+def test_one_ffn_block_alone(tmp_path: Path, mode: SparseMode) -> None:
+    """eval_ffn (the kernel benchmark's entry) computes ffn(rms_norm(h)) of one layer as the reference does."""
+    cfg = TinyConfig(act="drelu")
+    path, stored = make(tmp_path, cfg, rank=16, predictor_input="residual_rmsnorm")
+    w = {k: v.astype(np.float64) for k, v in stored.items()}
+    h = np.random.default_rng(3).standard_normal((5, cfg.n_embd)).astype(np.float32)
+    x = h / np.sqrt((h.astype(np.float64) ** 2).mean(-1, keepdims=True) + cfg.rms_eps)
+    z = x * w["blk.1.ffn_norm.weight"]
+    a = ffn_activation(cfg.act, z @ w["blk.1.ffn_gate.weight"].T, z @ w["blk.1.ffn_up.weight"].T)
+    if mode == SparseMode.PREDICTOR:
+        a = a * (predictor_logits(w, 1, h.astype(np.float64), "residual_rmsnorm", cfg.rms_eps) >= 0.0)
+    ref = a @ w["blk.1.ffn_down_t.weight"]
+    ctx = context(path, mode, threshold=0.0)
+    out = ctx.eval_ffn(1, h, dense_ffn=mode == SparseMode.OFF)
+    assert np.abs(out - ref).max() <= F32_TOLERANCE * np.abs(ref).max() * 10
+    assert ctx.n_past == 0
+    with pytest.raises(Exception, match="layer 9 out of"):
+        ctx.eval_ffn(9, h, dense_ffn=False)

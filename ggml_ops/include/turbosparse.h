@@ -115,6 +115,13 @@ void ts_context_free(ts_context *ctx);
  */
 int32_t ts_context_eval(ts_context *ctx, const int32_t *tokens, int32_t n_tokens, int32_t dense_ffn,
                         float *logits, int32_t logits_all, char *err, size_t err_size);
+/*
+ * One layer's FFN block alone, for tests and the kernel benchmark: out = ffn(rms_norm(h)) for h the residual
+ * before the FFN norm (F32 [n_tokens, n_embd] rows), dense or under the context's sparse mode. The KV cache
+ * is untouched; the sparse nodes count into the layer's stats as decoding does.
+ */
+int32_t ts_context_eval_ffn(ts_context *ctx, int32_t layer, const float *h, int32_t n_tokens, int32_t dense_ffn,
+                            float *out, char *err, size_t err_size);
 int32_t ts_context_n_past(const ts_context *ctx);
 int32_t ts_context_n_ctx(const ts_context *ctx);
 /* Forget every cached token at position >= n_keep. */

@@ -8,7 +8,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define TS_KV_PAD 256 /* attend over whole multiples of 256 cells, as llama.cpp does */
 
 ts_context_params ts_context_default_params(void) {
     ts_context_params p = {
@@ -82,12 +81,12 @@ static int init_kv_cache(ts_context *c, char *err, size_t err_size) {
         return ts_set_error(err, err_size, "out of memory creating the KV cache");
     }
     for (int il = 0; il < in->n_layer; il++) {
-        c->k_cache[il] = ggml_new_tensor_2d(c->ctx_kv, (enum ggml_type)c->params.kv_type, n_embd_kv, c->n_ctx);
-        c->v_cache[il] = ggml_new_tensor_2d(c->ctx_kv, (enum ggml_type)c->params.kv_type, c->n_ctx, n_embd_kv);
+        c->k_cache[il] = ggml_new_tensor_2d(c->ctx_kv, (enum ggml_type)c->params.kv_type, n_embd_kv, c->n_cells);
+        c->v_cache[il] = ggml_new_tensor_2d(c->ctx_kv, (enum ggml_type)c->params.kv_type, c->n_cells, n_embd_kv);
     }
     c->buf_kv = ggml_backend_alloc_ctx_tensors_from_buft(c->ctx_kv, ggml_backend_cpu_buffer_type());
     if (c->buf_kv == NULL) {
-        return ts_set_error(err, err_size, "out of memory allocating a KV cache of %d tokens", c->n_ctx);
+        return ts_set_error(err, err_size, "out of memory allocating a KV cache of %d tokens", c->n_cells);
     }
     /* never-written cells are masked out, but 0 * garbage could still be NaN: start from zeros */
     ggml_backend_buffer_clear(c->buf_kv, 0);
@@ -112,6 +111,7 @@ ts_context *ts_context_new(ts_model *model, const ts_context_params *params, cha
     c->params.n_threads = params->n_threads > 0 ? params->n_threads : 1;
     c->params.n_batch = params->n_batch > 0 ? params->n_batch : 512;
     c->n_ctx = params->n_ctx > 0 ? params->n_ctx : model->info.n_ctx_train;
+    c->n_cells = (int32_t)(((int64_t)c->n_ctx + TS_KV_PAD - 1) / TS_KV_PAD * TS_KV_PAD);
     c->threshold = isnan(params->predictor_threshold) ? model->info.predictor_threshold : params->predictor_threshold;
     c->graph_max_nodes = 64 * model->info.n_layer + 1024;
     c->graph_meta_size = ggml_tensor_overhead() * (size_t)c->graph_max_nodes +
@@ -233,8 +233,8 @@ static int eval_chunk(ts_context *c, const int32_t *tokens, int32_t n_tokens, in
     ts_graph g = {0};
     const int32_t n_used = c->n_past + n_tokens;
     g.n_kv = (n_used + TS_KV_PAD - 1) / TS_KV_PAD * TS_KV_PAD;
-    if (g.n_kv > c->n_ctx) {
-        g.n_kv = c->n_ctx;
+    if (g.n_kv > c->n_cells) {
+        g.n_kv = c->n_cells;
     }
     int rc = ts_graph_build(c, ctx0, n_tokens, n_outputs, dense_ffn, &g);
     if (rc == 0 && !ggml_gallocr_alloc_graph(c->galloc, g.gf)) {
@@ -286,4 +286,35 @@ int32_t ts_context_eval(ts_context *c, const int32_t *tokens, int32_t n_tokens, 
         }
     }
     return 0;
+}
+
+int32_t ts_context_eval_ffn(ts_context *c, int32_t layer, const float *h, int32_t n_tokens, int32_t dense_ffn,
+                            float *out, char *err, size_t err_size) {
+    if (layer < 0 || layer >= c->model->info.n_layer) {
+        return ts_set_error(err, err_size, "layer %d out of [0, %d)", layer, c->model->info.n_layer);
+    }
+    if (n_tokens <= 0 || n_tokens > c->params.n_batch) {
+        return ts_set_error(err, err_size, "n_tokens = %d is not in [1, n_batch = %d]", n_tokens, c->params.n_batch);
+    }
+    struct ggml_init_params ip = {.mem_size = c->graph_meta_size, .mem_buffer = c->graph_meta, .no_alloc = true};
+    struct ggml_context *ctx0 = ggml_init(ip);
+    if (ctx0 == NULL) {
+        return ts_set_error(err, err_size, "cannot create the graph context");
+    }
+    struct ggml_tensor *in = NULL, *res = NULL;
+    struct ggml_cgraph *gf = ts_graph_build_ffn(c, ctx0, layer, n_tokens, dense_ffn, &in, &res);
+    int rc = 0;
+    if (!ggml_gallocr_alloc_graph(c->galloc, gf)) {
+        rc = ts_set_error(err, err_size, "out of memory allocating the FFN graph for %d tokens", n_tokens);
+    }
+    if (rc == 0) {
+        memcpy(in->data, h, ggml_nbytes(in));
+        if (ggml_backend_graph_compute(c->backend, gf) != GGML_STATUS_SUCCESS) {
+            rc = ts_set_error(err, err_size, "ggml graph computation failed");
+        } else {
+            memcpy(out, res->data, ggml_nbytes(res));
+        }
+    }
+    ggml_free(ctx0);
+    return rc;
 }

@@ -7,10 +7,13 @@
 #include "model.h"
 #include "sparse_ffn.h"
 
+#define TS_KV_PAD 256 /* attention spans whole multiples of 256 cells, as in llama.cpp (same float sums) */
+
 struct ts_context {
     ts_model *model;
     ts_context_params params;
-    int32_t n_ctx;
+    int32_t n_ctx;   /* tokens the context accepts */
+    int32_t n_cells; /* KV cache cells: n_ctx rounded up to TS_KV_PAD, as llama.cpp allocates */
     int32_t n_past;
     float threshold; /* predictor threshold in use */
 
@@ -42,5 +45,9 @@ typedef struct ts_graph {
 /* Builds the forward graph of n_tokens tokens at positions n_past.. into ctx0 (no_alloc). */
 int ts_graph_build(ts_context *ctx, struct ggml_context *ctx0, int32_t n_tokens, int32_t n_outputs,
                    int32_t dense_ffn, ts_graph *g);
+
+/* The graph of layer il's FFN block alone: *out = ffn(rms_norm(*h)), *h an input [n_embd, n_tokens]. */
+struct ggml_cgraph *ts_graph_build_ffn(ts_context *ctx, struct ggml_context *ctx0, int il, int32_t n_tokens,
+                                       int32_t dense_ffn, struct ggml_tensor **h, struct ggml_tensor **out);
 
 #endif

@@ -47,15 +47,15 @@ static struct ggml_tensor *attention(const ts_context *ctx, struct ggml_context 
     struct ggml_tensor *kc = ctx->k_cache[il], *vc = ctx->v_cache[il];
     const size_t ev = ggml_type_size(vc->type); /* bytes per V element */
     struct ggml_tensor *k_dst = ggml_view_1d(ctx0, kc, n_tokens * n_embd_kv, ggml_row_size(kc->type, n_embd_kv) * ctx->n_past);
-    struct ggml_tensor *v_dst = ggml_view_2d(ctx0, vc, n_tokens, n_embd_kv, (size_t)ctx->n_ctx * ev, (size_t)ctx->n_past * ev);
+    struct ggml_tensor *v_dst = ggml_view_2d(ctx0, vc, n_tokens, n_embd_kv, (size_t)ctx->n_cells * ev, (size_t)ctx->n_past * ev);
     ggml_build_forward_expand(gf, ggml_cpy(ctx0, k, k_dst));
     ggml_build_forward_expand(gf, ggml_cpy(ctx0, ggml_transpose(ctx0, ggml_reshape_2d(ctx0, v, n_embd_kv, n_tokens)), v_dst));
 
     /* the first n_kv cache cells: K [hd, n_head_kv, n_kv], V^T [n_kv, n_head_kv, hd] */
     struct ggml_tensor *keys = ggml_view_3d(ctx0, kc, hd, in->n_head_kv, g->n_kv, ggml_row_size(kc->type, hd),
                                             ggml_row_size(kc->type, n_embd_kv), 0);
-    struct ggml_tensor *vals = ggml_view_3d(ctx0, vc, g->n_kv, in->n_head_kv, hd, (size_t)ctx->n_ctx * hd * ev,
-                                            (size_t)ctx->n_ctx * ev, 0);
+    struct ggml_tensor *vals = ggml_view_3d(ctx0, vc, g->n_kv, in->n_head_kv, hd, (size_t)ctx->n_cells * hd * ev,
+                                            (size_t)ctx->n_cells * ev, 0);
     q = ggml_permute(ctx0, q, 0, 2, 1, 3);       /* [hd, T, n_head] */
     keys = ggml_permute(ctx0, keys, 0, 2, 1, 3); /* [hd, n_kv, n_head_kv] */
     vals = ggml_permute(ctx0, vals, 0, 2, 1, 3); /* [n_kv, hd, n_head_kv] */
@@ -160,4 +160,17 @@ int ts_graph_build(ts_context *ctx, struct ggml_context *ctx0, int32_t n_tokens,
     ggml_set_output(g->logits);
     ggml_build_forward_expand(gf, g->logits);
     return 0;
+}
+
+struct ggml_cgraph *ts_graph_build_ffn(ts_context *ctx, struct ggml_context *ctx0, int il, int32_t n_tokens,
+                                       int32_t dense_ffn, struct ggml_tensor **h, struct ggml_tensor **out) {
+    const ts_model *m = ctx->model;
+    struct ggml_cgraph *gf = ggml_new_graph_custom(ctx0, ctx->graph_max_nodes, false);
+    *h = ggml_new_tensor_2d(ctx0, GGML_TYPE_F32, m->info.n_embd, n_tokens);
+    ggml_set_input(*h);
+    struct ggml_tensor *cur = rms_norm(ctx0, *h, m->layers[il].ffn_norm, m->info.rms_eps);
+    *out = ffn(ctx, ctx0, il, *h, cur, n_tokens, dense_ffn);
+    ggml_set_output(*out);
+    ggml_build_forward_expand(gf, *out);
+    return gf;
 }

@@ -53,6 +53,17 @@ static float row_dot(const struct ggml_tensor *w, int64_t j, const void *xq) {
     return s;
 }
 
+/* Asks for a whole row ahead of use: active rows are scattered, so the hardware prefetcher cannot guess them. */
+static void prefetch_row(const struct ggml_tensor *w, int64_t j) {
+    const char *p = row_ptr(w, j);
+    for (size_t b = 0; b < w->nb[1]; b += 64) {
+        __builtin_prefetch(p + b);
+    }
+}
+
+#define ACT_LIST 256  /* neurons gathered per pass */
+#define ACT_AHEAD 2   /* rows prefetched this many neurons ahead */
+
 /* src: select [n_ff, T] F32, xq_up, up, then (predictor mode) xq_gate, gate */
 static void sparse_act_op(struct ggml_tensor *dst, int ith, int nth, void *userdata) {
     const ts_sparse_layer *layer = userdata;
@@ -68,18 +79,33 @@ static void sparse_act_op(struct ggml_tensor *dst, int ith, int nth, void *userd
         const void *xu = row_ptr(xq_up, t);
         const void *xg = exact ? NULL : row_ptr(xq_gate, t);
         float *a = (float *)row_ptr(dst, t);
-        for (int64_t j = j0; j < j1; j++) {
-            const int chosen = exact ? sel[j] > 0.0f : sel[j] >= layer->threshold;
-            if (!chosen && !recall) {
+        for (int64_t j = j0; j < j1;) {
+            /* gather the next neurons to compute (all of them when measuring recall) */
+            int32_t list[ACT_LIST];
+            int n = 0;
+            for (; j < j1 && n < ACT_LIST; j++) {
+                const int chosen = exact ? sel[j] > 0.0f : sel[j] >= layer->threshold;
                 a[j] = 0.0f;
-                continue;
+                if (chosen || recall) {
+                    list[n++] = (int32_t)j;
+                }
             }
-            const float g = exact ? sel[j] : row_dot(gate, j, xg);
-            const float v = gated(layer->ffn_act, g, row_dot(up, j, xu));
-            a[j] = chosen ? v : 0.0f;
-            count[COUNT_COMPUTED] += chosen;
-            count[COUNT_TRUE_ACTIVE] += recall && v != 0.0f;
-            count[COUNT_TRUE_FOUND] += recall && v != 0.0f && chosen;
+            for (int k = 0; k < n; k++) {
+                if (k + ACT_AHEAD < n) {
+                    prefetch_row(up, list[k + ACT_AHEAD]);
+                    if (!exact) {
+                        prefetch_row(gate, list[k + ACT_AHEAD]);
+                    }
+                }
+                const int64_t jj = list[k];
+                const int chosen = exact ? sel[jj] > 0.0f : sel[jj] >= layer->threshold;
+                const float g = exact ? sel[jj] : row_dot(gate, jj, xg);
+                const float v = gated(layer->ffn_act, g, row_dot(up, jj, xu));
+                a[jj] = chosen ? v : 0.0f;
+                count[COUNT_COMPUTED] += chosen;
+                count[COUNT_TRUE_ACTIVE] += recall && v != 0.0f;
+                count[COUNT_TRUE_FOUND] += recall && v != 0.0f && chosen;
+            }
         }
     }
     memcpy((int32_t *)row_ptr(dst, n_tokens) + N_COUNTERS * ith, count, sizeof(count));
@@ -121,7 +147,9 @@ static void record_stats(ts_sparse_layer *layer, const struct ggml_tensor *act, 
 static void sparse_down(struct ggml_tensor *dst, int ith, int nth, ts_sparse_layer *layer, down_kind kind) {
     const struct ggml_tensor *act = dst->src[0], *down_t = dst->src[1], *scratch = dst->src[2];
     const int64_t n_embd = dst->ne[0], n_tokens = dst->ne[1], n_ff = act->ne[0];
-    const int64_t blck = ggml_blck_size(down_t->type), n_blocks = n_embd / blck;
+    /* split on whole blocks; float types on 32-column units, the fused kernels' step */
+    const int64_t type_blck = ggml_blck_size(down_t->type);
+    const int64_t blck = type_blck < 32 && n_embd % 32 == 0 ? 32 : type_blck, n_blocks = n_embd / blck;
     const int n_workers = nth < scratch->ne[1] ? nth : (int)scratch->ne[1];
     uint64_t nonzero = 0;
     if (ith < n_workers) {

@@ -163,6 +163,10 @@ class NativeContext:
     def set_measure_recall(self, on: bool) -> None:
         self._lib.lib.ts_context_set_measure_recall(self._handle, int(on))
 
+    @property
+    def model(self) -> NativeModel:
+        return self._model
+
     def layer_stats(self) -> list[LayerStats]:
         raw = self._lib.ffi.new("ts_layer_stats[]", self._model.info.n_layer)
         self._lib.lib.ts_context_get_stats(self._handle, raw)
@@ -205,6 +209,28 @@ class NativeContext:
                 raise ContextOverflowError(message)
             raise EvalError(message)
         return logits
+
+    def eval_ffn(self, layer: int, h: np.ndarray, *, dense_ffn: bool) -> np.ndarray:
+        """One layer's FFN block alone: ffn(rms_norm(h)) for h [n_tokens, n_embd]; the KV cache is untouched."""
+        x = np.ascontiguousarray(h, dtype=np.float32)
+        if x.ndim != 2 or x.shape[1] != self._model.info.n_embd:
+            raise ValueError(f"expected h of shape [n_tokens, {self._model.info.n_embd}], got {x.shape}")
+        out = np.empty_like(x)
+        ffi = self._lib.ffi
+        err = _ErrorBuffer(self._lib)
+        rc = self._lib.lib.ts_context_eval_ffn(
+            self._handle,
+            layer,
+            ffi.from_buffer("float[]", x),
+            x.shape[0],
+            int(dense_ffn),
+            ffi.from_buffer("float[]", out),
+            err.buf,
+            _ERR_SIZE,
+        )
+        if rc != 0:
+            raise EvalError(err.message)
+        return out
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""Benchmarks: turbosparse beside llama.cpp, and the synthetic models they run on."""

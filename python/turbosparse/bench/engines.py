@@ -1,0 +1,103 @@
+"""The engines a benchmark compares, behind one small interface: prefill a prompt, then decode greedily."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from ..binding import LayerStats, NativeContext, NativeModel, SparseMode
+
+
+class Engine(Protocol):
+    name: str  # "llama.cpp" | "turbosparse"
+    mode: str  # "dense" | "predictor" | "exact"
+
+    def prefill(self, tokens: list[int]) -> np.ndarray:
+        """Logits of the last prompt token, from an empty context."""
+        ...
+
+    def decode(self, logits: np.ndarray, n: int) -> list[int]:
+        """n greedy tokens after logits (no end-of-text stop)."""
+        ...
+
+
+_MODES = {"dense": SparseMode.OFF, "predictor": SparseMode.PREDICTOR, "exact": SparseMode.EXACT}
+
+
+@dataclass
+class TurbosparseEngine:
+    path: Path
+    mode: str
+    n_threads: int
+    n_ctx: int
+    name: str = "turbosparse"
+
+    def __post_init__(self) -> None:
+        sparse = _MODES[self.mode]
+        self.model = NativeModel(self.path, repack=True, sparse_rows=sparse != SparseMode.OFF)
+        self.ctx = NativeContext(
+            self.model, n_ctx=self.n_ctx, n_threads=self.n_threads, n_batch=512, sparse_mode=sparse, threshold=None
+        )
+
+    def prefill(self, tokens: list[int]) -> np.ndarray:
+        self.ctx.truncate(0)
+        return self.ctx.eval(tokens, dense_ffn=True, logits_all=False)
+
+    def decode(self, logits: np.ndarray, n: int) -> list[int]:
+        out = []
+        for _ in range(n):
+            token = int(np.argmax(logits))
+            out.append(token)
+            logits = self.ctx.eval([token], dense_ffn=False, logits_all=False)
+        return out
+
+    def layer_stats(self) -> list[LayerStats]:
+        return self.ctx.layer_stats()
+
+    def reset_stats(self) -> None:
+        self.ctx.reset_stats()
+
+
+@dataclass
+class LlamaCppEngine:
+    """llama.cpp itself through llama-cpp-python, with its defaults (no flash attention, F16 KV cache)."""
+
+    path: Path
+    n_threads: int
+    n_ctx: int
+    name: str = "llama.cpp"
+    mode: str = "dense"
+
+    def __post_init__(self) -> None:
+        from llama_cpp import Llama
+
+        self.llm = Llama(
+            str(self.path),
+            n_ctx=self.n_ctx,
+            n_batch=512,
+            n_threads=self.n_threads,
+            n_threads_batch=self.n_threads,
+            logits_all=False,
+            verbose=False,
+        )
+        self.n_vocab = self.llm.n_vocab()
+
+    def _logits(self) -> np.ndarray:
+        return np.ctypeslib.as_array(self.llm._ctx.get_logits(), shape=(self.n_vocab,))
+
+    def prefill(self, tokens: list[int]) -> np.ndarray:
+        self.llm.reset()
+        self.llm.eval(tokens)
+        return self._logits().copy()
+
+    def decode(self, logits: np.ndarray, n: int) -> list[int]:
+        out = []
+        for _ in range(n):
+            token = int(np.argmax(logits))
+            out.append(token)
+            self.llm.eval([token])
+            logits = self._logits()
+        return out

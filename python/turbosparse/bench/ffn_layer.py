@@ -1,0 +1,115 @@
+"""Kernel benchmark: one Mistral-7B FFN layer, predictor + sparse FFN against ggml's dense FFN (mul_mat).
+
+Both sides run the same FFN block (RMSNorm + FFN) through the engine's graph on ggml's threads: the dense
+twin with ggml's mul_mat for gate, up and down; the sparse model with its predictor (ggml mul_mat), the
+sparse gate/up node and the sparse down node. Calls alternate, and medians are reported with the bytes each
+side reads per token, so the effective bandwidths compare directly with each other and with a plain copy.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import gguf
+import numpy as np
+
+from ..binding import NativeContext, NativeModel, SparseMode
+from .runner import tensor_bytes
+from .synthetic import SHAPES, SyntheticSpec, synthetic_pair
+
+Q = gguf.GGMLQuantizationType
+
+
+@dataclass(frozen=True)
+class FfnLayerResult:
+    quant: str
+    dense_ms: float
+    sparse_ms: float
+    dense_bytes: int  # gate + up + down read by the dense FFN per token
+    sparse_bytes: float  # predictor + the computed rows of gate, up and down_t per token
+    active: float  # measured share of neurons computed
+
+    @property
+    def speedup(self) -> float:
+        return self.dense_ms / self.sparse_ms
+
+    @property
+    def dense_gb_s(self) -> float:
+        return self.dense_bytes / self.dense_ms / 1e6
+
+    @property
+    def sparse_gb_s(self) -> float:
+        return self.sparse_bytes / self.sparse_ms / 1e6
+
+
+def copy_bandwidth_gb_s(n_bytes: int = 1 << 28, repeats: int = 5) -> float:
+    """Single-threaded memory copy rate (bytes read + written), the machine's reference figure."""
+    src = np.ones(n_bytes, dtype=np.uint8)
+    dst = np.empty_like(src)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        np.copyto(dst, src)
+        times.append(time.perf_counter() - t0)
+    return 2 * n_bytes / min(times) / 1e9
+
+
+def _context(path: Path, sparse: bool, n_threads: int) -> NativeContext:
+    model = NativeModel(path, repack=True, sparse_rows=sparse)
+    mode = SparseMode.PREDICTOR if sparse else SparseMode.OFF
+    return NativeContext(model, n_ctx=256, n_threads=n_threads, n_batch=8, sparse_mode=mode, threshold=None)
+
+
+def bench_ffn_layer(
+    quant: Q, *, active: float, rank: int, pred_quant: Q, n_threads: int, rounds: int, cache_dir: Path | None = None
+) -> FfnLayerResult:
+    spec = SyntheticSpec(SHAPES["mistral-7b-layer"], quant=quant, active=active, rank=rank, pred_quant=pred_quant)
+    sparse_path, dense_path = synthetic_pair(spec, cache_dir)
+    dense, sparse = _context(dense_path, False, n_threads), _context(sparse_path, True, n_threads)
+    n_embd = dense.model.info.n_embd
+    rng = np.random.default_rng(0)
+    inputs = [rng.standard_normal((1, n_embd), dtype=np.float32) for _ in range(rounds)]
+    for ctx, is_dense in ((dense, True), (sparse, False)):  # warm-up: page in the weights
+        ctx.eval_ffn(0, inputs[0], dense_ffn=is_dense)
+    sparse.reset_stats()
+    t_dense, t_sparse = [], []
+    for h in inputs:
+        for ctx, is_dense, times in ((dense, True, t_dense), (sparse, False, t_sparse)):
+            t0 = time.perf_counter()
+            ctx.eval_ffn(0, h, dense_ffn=is_dense)
+            times.append(time.perf_counter() - t0)
+    stats = sparse.layer_stats()[0]
+    n_ff = sparse.model.info.n_ff
+    computed = stats.n_computed / (stats.n_tokens * n_ff)
+    nonzero = stats.n_nonzero / (stats.n_tokens * n_ff)
+    tb_dense, tb_sparse = tensor_bytes(dense_path), tensor_bytes(sparse_path)
+    sparse_bytes = (
+        tb_sparse.predictor[0] + computed * (tb_sparse.gate[0] + tb_sparse.up[0]) + nonzero * tb_sparse.down[0]
+    )
+    return FfnLayerResult(
+        quant=quant.name.lower(),
+        dense_ms=1e3 * statistics.median(t_dense),
+        sparse_ms=1e3 * statistics.median(t_sparse),
+        dense_bytes=tb_dense.ffn,
+        sparse_bytes=sparse_bytes,
+        active=computed,
+    )
+
+
+def format_table(results: list[FfnLayerResult], copy_gb_s: float, spec_line: str) -> str:
+    lines = [
+        spec_line,
+        f"machine copy bandwidth (1 thread, read + write): {copy_gb_s:.1f} GB/s",
+        f"{'quant':6} {'dense ms':>9} {'dense GB/s':>10} {'sparse ms':>9} {'sparse GB/s':>11} {'GB/s ratio':>10} "
+        f"{'active':>7} {'speedup':>8} {'bytes ceiling':>13}",
+    ]
+    for r in results:
+        lines.append(
+            f"{r.quant:6} {r.dense_ms:9.2f} {r.dense_gb_s:10.1f} {r.sparse_ms:9.2f} {r.sparse_gb_s:11.1f} "
+            f"{r.sparse_gb_s / r.dense_gb_s:10.2f} {r.active:7.3f} {r.speedup:7.2f}x "
+            f"{r.dense_bytes / r.sparse_bytes:12.2f}x"
+        )
+    return "\n".join(lines)

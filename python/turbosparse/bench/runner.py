@@ -1,0 +1,191 @@
+"""Runs engines side by side, alternating rounds, and reports medians, ratios, bytes per token and GB/s."""
+
+from __future__ import annotations
+
+import logging
+import platform
+import statistics
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import gguf
+import numpy as np
+
+from .. import constants as C
+from .engines import Engine, TurbosparseEngine
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    n_threads: int = 2
+    prompt_tokens: int = 64  # prefill measurement
+    decode_tokens: int = 32
+    rounds: int = 5
+    context: int = 0  # tokens already in the context when decoding is measured (KV-cache reads grow with it)
+    seed: int = 0
+
+
+@dataclass
+class Measurement:
+    engine: str
+    mode: str
+    prefill_s: list[float] = field(default_factory=list)
+    decode_s: list[float] = field(default_factory=list)
+    bytes_per_token: float | None = None  # weights + KV cache read per decoded token
+    active_fraction: float | None = None  # FFN rows computed, share (sparse modes)
+
+    def prefill_tok_s(self, n: int) -> float:
+        return n / statistics.median(self.prefill_s)
+
+    def decode_tok_s(self, n: int) -> float:
+        return n / statistics.median(self.decode_s)
+
+
+@dataclass(frozen=True)
+class TensorBytes:
+    """Bytes of a model file's tensors by role, per layer where it matters."""
+
+    attention: int  # all layers' attention matrices and norms
+    output: int  # output head and final norm (the embedding is read one row per token)
+    gate: list[int]
+    up: list[int]
+    down: list[int]  # ffn_down or ffn_down_t (one of them is read)
+    predictor: list[int]
+
+    @property
+    def ffn(self) -> int:
+        return sum(self.gate) + sum(self.up) + sum(self.down)
+
+    def dense(self) -> int:
+        return self.attention + self.output + self.ffn
+
+    def sparse_ceiling(self, active: float) -> int:
+        """Bytes per token if exactly `active` of the FFN rows were read, predictor included."""
+        return self.attention + self.output + sum(self.predictor) + int(active * self.ffn)
+
+
+def tensor_bytes(path: Path) -> TensorBytes:
+    reader = gguf.GGUFReader(str(path))
+    n_layer = 1 + max(int(t.name.split(".")[1]) for t in reader.tensors if t.name.startswith("blk."))
+    per_layer = {k: [0] * n_layer for k in ("gate", "up", "down", "pred")}
+    attention = output = 0
+    for t in reader.tensors:
+        size = int(t.n_bytes)
+        if not t.name.startswith("blk."):
+            output += size if t.name.startswith("output") else 0
+            continue
+        layer = int(t.name.split(".")[1])
+        kind = t.name.split(".")[2]
+        if kind == "ffn_gate":
+            per_layer["gate"][layer] += size
+        elif kind == "ffn_up":
+            per_layer["up"][layer] += size
+        elif kind in ("ffn_down", "ffn_down_t"):
+            per_layer["down"][layer] = max(per_layer["down"][layer], size)
+        elif kind.startswith("ffn_pred") or kind in ("fc1", "fc2"):
+            per_layer["pred"][layer] += size
+        else:
+            attention += size
+    return TensorBytes(attention, output, per_layer["gate"], per_layer["up"], per_layer["down"], per_layer["pred"])
+
+
+def kv_bytes_per_token(path: Path, n_kv: int) -> int:
+    """K and V (F16) read by one decoded token attending over n_kv cells."""
+    reader = gguf.GGUFReader(str(path))
+
+    def num(key: str) -> int:
+        field_ = reader.get_field(f"{C.ARCHITECTURE}.{key}")
+        return int(field_.contents()) if field_ is not None else 0
+
+    n_head_kv = num("attention.head_count_kv") or num("attention.head_count")
+    head = num("embedding_length") // num("attention.head_count")
+    return 2 * num("block_count") * n_kv * n_head_kv * head * 2
+
+
+def measured_sparse_bytes(tb: TensorBytes, engine: TurbosparseEngine) -> tuple[float, float]:
+    """(bytes per decoded token from the measured per-layer counters, mean computed share)."""
+    stats = engine.layer_stats()
+    n_ff = engine.model.info.n_ff
+    total = tb.attention + tb.output
+    shares = []
+    for i, s in enumerate(stats):
+        if s.n_tokens == 0:
+            total += tb.gate[i] + tb.up[i] + tb.down[i]
+            shares.append(1.0)
+            continue
+        computed = s.n_computed / (s.n_tokens * n_ff)
+        nonzero = s.n_nonzero / (s.n_tokens * n_ff)
+        exact_layer = engine.mode == "exact" or tb.predictor[i] == 0
+        gate = tb.gate[i] if exact_layer else computed * tb.gate[i]
+        pred = 0 if exact_layer else tb.predictor[i]
+        total += gate + pred + computed * tb.up[i] + nonzero * tb.down[i]
+        shares.append(computed)
+    return total, float(np.mean(shares))
+
+
+def machine_stamp() -> dict[str, str]:
+    flags = ""
+    model = platform.processor()
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+        model = next(ln.split(":", 1)[1].strip() for ln in cpuinfo.splitlines() if ln.startswith("model name"))
+        all_flags = next(ln.split(":", 1)[1].split() for ln in cpuinfo.splitlines() if ln.startswith("flags"))
+        flags = " ".join(f for f in ("avx2", "fma", "f16c", "avx512f", "avx512_vnni") if f in all_flags)
+    except (OSError, StopIteration):
+        pass
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
+        ).stdout.strip()
+    except OSError:
+        commit = ""
+    return {"cpu": model, "cpu_flags": flags, "commit": commit or "unknown", "load": _load_average()}
+
+
+def _load_average() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "unknown"
+
+
+def check_agreement(reference: Engine, other: Engine, prompt: list[int]) -> float:
+    """Max |logit difference| after the prompt: a benchmark of a wrong engine is worthless."""
+    a, b = reference.prefill(prompt), other.prefill(prompt)
+    return float(np.abs(a - b).max())
+
+
+def run(engines: list[Engine], cfg: BenchConfig, vocab_size: int) -> list[Measurement]:
+    """Warm-up, then cfg.rounds rounds in which every engine prefills and decodes the same tokens."""
+    rng = np.random.default_rng(cfg.seed)
+    # ids above the byte / control range of any vocabulary; the engines see the same ids
+    context = [int(t) for t in rng.integers(300, vocab_size, cfg.context)]
+    prompt = [int(t) for t in rng.integers(300, vocab_size, cfg.prompt_tokens)]
+    results = [Measurement(e.name, e.mode) for e in engines]
+    for e in engines:  # warm-up: page in the weights, size the buffers
+        e.decode(e.prefill(context + prompt), 2)
+    for r in range(cfg.rounds):
+        for e, m in zip(engines, results, strict=True):
+            if isinstance(e, TurbosparseEngine):
+                e.reset_stats()
+            if context:
+                logits = e.prefill(context + prompt)
+            else:
+                start = time.perf_counter()
+                logits = e.prefill(prompt)
+                m.prefill_s.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            e.decode(logits, cfg.decode_tokens)
+            m.decode_s.append(time.perf_counter() - start)
+            logger.info("round %d %s %s: decode %.2f tok/s", r, e.name, e.mode, cfg.decode_tokens / m.decode_s[-1])
+    if context:  # prefill is measured on the prompt alone
+        for e, m in zip(engines, results, strict=True):
+            for _ in range(cfg.rounds):
+                start = time.perf_counter()
+                e.prefill(prompt)
+                m.prefill_s.append(time.perf_counter() - start)
+    return results

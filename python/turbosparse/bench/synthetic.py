@@ -1,0 +1,258 @@
+"""Synthetic models for speed benchmarks: real shapes and quant types, random weights, built locally.
+
+A synthetic pair is a dReLU turbosparse model with predictors and its dense llama twin (SwiGLU, standard
+down matrix, no extra tensors) that llama.cpp itself loads; both have the same bytes per matrix.
+
+The predictor is constructed so that it predicts exactly, and the predicted-active share is the one
+asked for: with fc1 = [B; -B] and fc2 = [A, -A], fc2 . relu(fc1 . h) = A B h. The gate and up matrices
+are both G = A B with unit rows, and the predictor reads h / rms(h) (= the FFN input, its norm weights
+being 1), so logit_j = g_j = u_j ~ N(0, 1): neuron j is predicted active when g_j >= z, z the (1 - active)
+quantile of N(0, 1), and every predicted neuron really is non-zero (relu(g) * relu(u) = g^2 > 0), so
+sparse decoding reads exactly the rows the byte ceiling counts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from statistics import NormalDist
+
+import gguf
+import numpy as np
+from tqdm import tqdm
+
+from .. import constants as C
+from ..binding import quantize
+
+logger = logging.getLogger(__name__)
+
+Q = gguf.GGMLQuantizationType
+
+
+@dataclass(frozen=True)
+class SyntheticShape:
+    name: str
+    n_vocab: int
+    n_embd: int
+    n_ff: int
+    n_layer: int
+    n_head: int
+    n_head_kv: int
+    n_ctx: int
+    rope_base: float
+
+
+SHAPES: dict[str, SyntheticShape] = {
+    "mistral-7b": SyntheticShape("mistral-7b", 32000, 4096, 14336, 32, 32, 8, 32768, 1e6),
+    # one layer and a small vocabulary: the FFN kernel benchmark
+    "mistral-7b-layer": SyntheticShape("mistral-7b-layer", 1024, 4096, 14336, 1, 32, 8, 4096, 1e6),
+    "tiny": SyntheticShape("tiny", 1024, 256, 768, 2, 4, 2, 2048, 1e4),
+}
+
+
+@dataclass(frozen=True)
+class SyntheticSpec:
+    shape: SyntheticShape
+    quant: Q = Q.Q4_0
+    active: float = 0.10  # predicted active share of FFN neurons
+    rank: int = 1024  # predictor rank
+    pred_quant: Q = Q.Q4_0
+    seed: int = 0
+
+    @property
+    def tag(self) -> str:
+        return (
+            f"{self.shape.name}-{self.quant.name.lower()}-a{self.active:g}-r{self.rank}-{self.pred_quant.name.lower()}"
+            f"-s{self.seed}"
+        )
+
+    @property
+    def threshold(self) -> float:
+        """Predictor threshold giving the asked-for active share for N(0, 1) logits."""
+        return NormalDist().inv_cdf(1.0 - self.active)
+
+
+def default_cache_dir() -> Path:
+    root = os.environ.get("TURBOSPARSE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "turbosparse")
+    return Path(root) / "synthetic"
+
+
+def synthetic_pair(spec: SyntheticSpec, cache_dir: Path | None = None) -> tuple[Path, Path]:
+    """(sparse model, dense llama twin), built once and cached."""
+    cache_dir = cache_dir or default_cache_dir()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    sparse = cache_dir / f"{spec.tag}.gguf"
+    # the twin only depends on the shape and the matrix type
+    dense = cache_dir / f"{spec.shape.name}-{spec.quant.name.lower()}-dense-s{spec.seed}.gguf"
+    if not sparse.exists():
+        _write(sparse, spec, sparse=True)
+    if not dense.exists():
+        _write(dense, spec, sparse=False)
+    return sparse, dense
+
+
+# ---- weights ------------------------------------------------------------------------------------------
+
+
+class _Weights:
+    """Random matrices, quantized once and reused by every layer (memory traffic is what is measured)."""
+
+    def __init__(self, spec: SyntheticSpec) -> None:
+        self.spec = spec
+        self.rng = np.random.default_rng(spec.seed)
+        self._cache: dict[str, np.ndarray] = {}
+
+    def _random(self, rows: int, cols: int, scale: float) -> np.ndarray:
+        return (self.rng.standard_normal((rows, cols), dtype=np.float32) * np.float32(scale / np.sqrt(cols))).astype(
+            np.float32
+        )
+
+    def matrix(self, key: str, rows: int, cols: int, qtype: Q, scale: float = 1.0) -> np.ndarray:
+        if key not in self._cache:
+            self._cache[key] = (
+                quantize(self._random(rows, cols, scale), qtype) if qtype != Q.F32 else self._random(rows, cols, scale)
+            )
+        return self._cache[key]
+
+    def gate_and_predictor(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(G with unit rows [n_ff, n_embd], fc1 [rank, n_embd], fc2 [n_ff, rank]) with fc2 relu(fc1 h) = G h."""
+        if "gate" not in self._cache:
+            s, half = self.spec.shape, self.spec.rank // 2
+            a = self.rng.standard_normal((s.n_ff, half), dtype=np.float32)
+            b = self.rng.standard_normal((half, s.n_embd), dtype=np.float32)
+            g = a @ b
+            norms = np.linalg.norm(g, axis=1, keepdims=True)
+            a /= norms  # G = A B keeps unit rows when A's rows are scaled alike
+            self._cache["gate"] = g / norms
+            self._cache["fc1"] = np.concatenate([b, -b])
+            self._cache["fc2"] = np.concatenate([a, -a], axis=1)
+        return self._cache["gate"], self._cache["fc1"], self._cache["fc2"]
+
+
+@dataclass(frozen=True)
+class _Entry:
+    name: str
+    rows: int  # numpy orientation (out, in); norms are (1, n)
+    cols: int
+    qtype: Q
+    produce: Callable[[], np.ndarray]
+
+    @property
+    def nbytes(self) -> int:
+        info = gguf.GGML_QUANT_SIZES[self.qtype]
+        return self.rows * self.cols // info[0] * info[1]
+
+
+def _entries(spec: SyntheticSpec, sparse: bool) -> list[_Entry]:
+    """Every tensor of the file, in file order, with a producer of its stored bytes."""
+    s, q, pq, w = spec.shape, spec.quant, spec.pred_quant, _Weights(spec)
+    hd = s.n_embd // s.n_head
+    ones = np.ones(s.n_embd, dtype=np.float32)
+
+    def norm(name: str) -> _Entry:
+        return _Entry(name, 1, s.n_embd, Q.F32, lambda: ones)
+
+    def mat(name: str, key: str, rows: int, cols: int, scale: float = 1.0) -> _Entry:
+        return _Entry(name, rows, cols, q, lambda: w.matrix(key, rows, cols, q, scale))
+
+    out = [mat("token_embd.weight", "embd", s.n_vocab, s.n_embd, np.sqrt(s.n_embd))]
+    for i in range(s.n_layer):
+        out += [
+            norm(f"blk.{i}.attn_norm.weight"),
+            mat(f"blk.{i}.attn_q.weight", "q", s.n_head * hd, s.n_embd),
+            mat(f"blk.{i}.attn_k.weight", "k", s.n_head_kv * hd, s.n_embd),
+            mat(f"blk.{i}.attn_v.weight", "v", s.n_head_kv * hd, s.n_embd),
+            mat(f"blk.{i}.attn_output.weight", "o", s.n_embd, s.n_head * hd, 0.1),
+            norm(f"blk.{i}.ffn_norm.weight"),
+            _Entry(f"blk.{i}.ffn_gate.weight", s.n_ff, s.n_embd, q, lambda: _gate(w, q)),
+            _Entry(f"blk.{i}.ffn_up.weight", s.n_ff, s.n_embd, q, lambda: _gate(w, q)),
+        ]
+        if sparse:
+            out += [
+                mat(C.TENSOR_FFN_DOWN_T.format(i), "down_t", s.n_ff, s.n_embd, 0.05),
+                _Entry(C.TENSOR_PRED_FC1.format(i), spec.rank, s.n_embd, pq, lambda: _predictor(w, "fc1", pq)),
+                _Entry(C.TENSOR_PRED_FC2.format(i), s.n_ff, spec.rank, pq, lambda: _predictor(w, "fc2", pq)),
+            ]
+        else:
+            out.append(mat(f"blk.{i}.ffn_down.weight", "down", s.n_embd, s.n_ff, 0.05))
+    return [*out, norm("output_norm.weight"), mat("output.weight", "output", s.n_vocab, s.n_embd)]
+
+
+def _gate(w: _Weights, q: Q) -> np.ndarray:
+    key = f"gate-{q.name}"
+    if key not in w._cache:
+        g = w.gate_and_predictor()[0]
+        w._cache[key] = quantize(g, q) if q != Q.F32 else g
+    return w._cache[key]
+
+
+def _predictor(w: _Weights, which: str, q: Q) -> np.ndarray:
+    key = f"{which}-{q.name}"
+    if key not in w._cache:
+        _, fc1, fc2 = w.gate_and_predictor()
+        m = fc1 if which == "fc1" else fc2
+        w._cache[key] = quantize(m, q) if q != Q.F32 else m
+    return w._cache[key]
+
+
+def _add_vocab(writer: gguf.GGUFWriter, n_vocab: int) -> None:
+    """A SentencePiece-style vocabulary of n_vocab made-up pieces (ids are what the benchmark feeds)."""
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
+    tokens += [f"▁t{i}" for i in range(n_vocab - len(tokens))]
+    types = [gguf.TokenType.UNKNOWN, gguf.TokenType.CONTROL, gguf.TokenType.CONTROL] + [gguf.TokenType.BYTE] * 256
+    types += [gguf.TokenType.NORMAL] * (n_vocab - len(types))
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list(tokens)
+    writer.add_token_scores([-float(i) for i in range(n_vocab)])
+    writer.add_token_types(types)
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_unk_token_id(0)
+
+
+def _write(path: Path, spec: SyntheticSpec, *, sparse: bool) -> None:
+    s = spec.shape
+    tmp = path.with_suffix(".tmp")
+    writer = gguf.GGUFWriter(str(tmp), C.ARCHITECTURE)
+    writer.add_name(f"synthetic {spec.tag}{'' if sparse else ' dense twin'}")
+    writer.add_block_count(s.n_layer)
+    writer.add_context_length(s.n_ctx)
+    writer.add_embedding_length(s.n_embd)
+    writer.add_feed_forward_length(s.n_ff)
+    writer.add_head_count(s.n_head)
+    writer.add_head_count_kv(s.n_head_kv)
+    writer.add_rope_freq_base(s.rope_base)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_vocab_size(s.n_vocab)
+    _add_vocab(writer, s.n_vocab)
+    if sparse:
+        writer.add_uint32(C.KEY_FORMAT_VERSION, C.FORMAT_VERSION)
+        writer.add_string(C.KEY_FFN_ACTIVATION, "drelu")
+        writer.add_string(C.KEY_DOWN_LAYOUT, "transposed")
+        writer.add_string(C.KEY_PREDICTOR_INPUT, "residual_rmsnorm")
+        writer.add_float32(C.KEY_PREDICTOR_THRESHOLD, spec.threshold)
+        writer.add_array(C.KEY_PREDICTOR_RANKS, [spec.rank] * s.n_layer)
+        writer.add_string(C.KEY_SOURCE, "synthetic")
+    entries = _entries(spec, sparse)
+    # shapes first (header), then the data in the same order, one tensor in memory at a time
+    for e in entries:
+        # gguf-py takes quantized shapes in bytes per row
+        shape = (e.cols,) if e.qtype == Q.F32 else (e.rows, e.nbytes // e.rows)
+        dtype = np.dtype(np.float32 if e.qtype == Q.F32 else np.uint8)
+        writer.add_tensor_info(e.name, shape, dtype, e.nbytes, raw_dtype=e.qtype)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    for e in tqdm(entries, desc=f"writing {path.name}", unit="tensor", leave=False):
+        writer.write_tensor_data(e.produce())
+    writer.close()
+    tmp.replace(path)
+
+
+def with_shape(spec: SyntheticSpec, name: str) -> SyntheticSpec:
+    if name not in SHAPES:
+        raise ValueError(f"unknown synthetic shape {name!r}; known: {', '.join(SHAPES)}")
+    return replace(spec, shape=SHAPES[name])

@@ -1,0 +1,227 @@
+"""`turbosparse bench`: decode and prefill speed beside llama.cpp, same file shapes, quant and threads.
+
+Dense engines (llama.cpp, turbosparse dense) run the dense-equivalent GGUF; the sparse modes run the
+turbosparse file. Rounds alternate between engines; medians and ratios come from one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import gguf
+
+from ..assets import default_model, smollm2_gguf
+from ..bench.engines import Engine, LlamaCppEngine, TurbosparseEngine
+from ..bench.ffn_layer import bench_ffn_layer, copy_bandwidth_gb_s, format_table
+from ..bench.runner import (
+    BenchConfig,
+    Measurement,
+    check_agreement,
+    kv_bytes_per_token,
+    machine_stamp,
+    measured_sparse_bytes,
+    run,
+    tensor_bytes,
+)
+from ..bench.synthetic import SHAPES, SyntheticSpec, synthetic_pair
+from ..binding import NativeModel
+
+QUANTS = {q.name.lower(): q for q in gguf.GGMLQuantizationType}
+AGREEMENT_TOLERANCE = 1e-3  # max |logit| difference between llama.cpp and turbosparse dense on the same file
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="speed beside llama.cpp (decode and prefill tokens/s)", description=__doc__)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("-m", "--model", help="turbosparse GGUF ('default' = the README's default model)")
+    src.add_argument("--synthetic", choices=sorted(SHAPES), help="generate (and cache) a model of this shape")
+    src.add_argument(
+        "--ffn-layer",
+        metavar="QUANTS",
+        help="kernel benchmark: one Mistral-7B FFN layer per listed type (e.g. q4_0,q8_0,q4_k,f16), predictor + "
+        "sparse FFN vs ggml's dense FFN, with effective bandwidths",
+    )
+    p.add_argument("--dense", help="dense-equivalent GGUF for the dense engines (default: -m itself, or for "
+                   "'default' the original SmolLM2)")  # fmt: skip
+    p.add_argument("--quant", default="q4_0", choices=sorted(QUANTS), help="synthetic: matrix type")
+    p.add_argument("--active", type=float, default=0.10, help="synthetic: predicted active share of neurons")
+    p.add_argument("--rank", type=int, default=1024, help="synthetic: predictor rank")
+    p.add_argument("--pred-quant", default="q4_0", choices=sorted(QUANTS), help="synthetic: predictor type")
+    p.add_argument("--modes", default="dense,predictor,exact", help="turbosparse modes to run (comma-separated)")
+    p.add_argument("--no-llama-cpp", action="store_true", help="skip llama.cpp")
+    p.add_argument("-t", "--threads", type=int, default=2)
+    p.add_argument("-p", "--prompt-tokens", type=int, default=64)
+    p.add_argument("-n", "--decode-tokens", type=int, default=32)
+    p.add_argument("-r", "--rounds", type=int, default=5)
+    p.add_argument("--context", type=int, default=0, help="tokens in the context before decoding is measured")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--verbose", action="store_true")
+    p.set_defaults(func=run_bench)
+
+
+def _files(args: argparse.Namespace) -> tuple[Path, Path, float | None]:
+    """(sparse file, dense-equivalent file, configured active share or None)."""
+    if args.synthetic:
+        spec = SyntheticSpec(
+            SHAPES[args.synthetic], QUANTS[args.quant], args.active, args.rank, QUANTS[args.pred_quant]
+        )
+        sparse, dense = synthetic_pair(spec)
+        return sparse, dense, args.active
+    model = Path(default_model() if args.model == "default" else args.model)
+    if args.dense:
+        dense = Path(args.dense)
+    elif args.model == "default":
+        dense = smollm2_gguf()
+    else:
+        dense = model
+    return model, dense, None
+
+
+def _engines(args: argparse.Namespace, sparse: Path, dense: Path, n_ctx: int) -> list[Engine]:
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    info = NativeModel(sparse, repack=False).info
+    engines: list[Engine] = []
+    if not args.no_llama_cpp:
+        engines.append(LlamaCppEngine(dense, args.threads, n_ctx))
+    for mode in modes:
+        if mode == "predictor" and not info.has_predictors:
+            continue
+        if mode == "exact" and info.ffn_act.name == "SWIGLU":
+            continue
+        path = dense if mode == "dense" else sparse
+        engines.append(TurbosparseEngine(path, mode, args.threads, n_ctx))
+    return engines
+
+
+def run_ffn_layer(args: argparse.Namespace) -> int:
+    quants = [QUANTS[q.strip()] for q in args.ffn_layer.split(",") if q.strip()]
+    results = [
+        bench_ffn_layer(
+            q,
+            active=args.active,
+            rank=args.rank,
+            pred_quant=QUANTS[args.pred_quant],
+            n_threads=args.threads,
+            rounds=max(args.rounds, 10),
+        )
+        for q in quants
+    ]
+    copy = copy_bandwidth_gb_s()
+    if args.json:
+        rows = [{**r.__dict__, "dense_gb_s": r.dense_gb_s, "sparse_gb_s": r.sparse_gb_s} for r in results]
+        print(json.dumps({"copy_gb_s": copy, "machine": machine_stamp(), "results": rows}, indent=2))
+    else:
+        spec = (
+            f"# one Mistral-7B FFN layer (4096 x 14336), {args.threads} threads, predicted active {args.active}, "
+            f"predictor rank {args.rank} {args.pred_quant}, medians of {max(args.rounds, 10)} alternating calls"
+        )
+        print(format_table(results, copy, spec))
+    return 0
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    if args.ffn_layer:
+        return run_ffn_layer(args)
+    sparse, dense, active = _files(args)
+    cfg = BenchConfig(args.threads, args.prompt_tokens, args.decode_tokens, args.rounds, args.context)
+    n_ctx = cfg.context + cfg.prompt_tokens + cfg.decode_tokens + 8
+    engines = _engines(args, sparse, dense, n_ctx)
+    vocab = NativeModel(dense, repack=False).info.n_vocab
+    # correctness first: turbosparse dense must compute what llama.cpp computes on the same file
+    llama = next((e for e in engines if e.name == "llama.cpp"), None)
+    ours = next((e for e in engines if e.name == "turbosparse" and e.mode == "dense"), None)
+    agreement = None
+    if llama is not None and ours is not None:
+        agreement = check_agreement(llama, ours, list(range(300, 300 + min(16, vocab - 300))))
+        if agreement > AGREEMENT_TOLERANCE:
+            raise ValueError(f"turbosparse dense and llama.cpp disagree on {dense} (max |logit diff| {agreement:.3g})")
+    results = run(engines, cfg, vocab)
+    report = _report(engines, results, cfg, sparse, dense, active, agreement)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        _print_table(report)
+    return 0
+
+
+def _report(
+    engines: list[Engine],
+    results: list[Measurement],
+    cfg: BenchConfig,
+    sparse: Path,
+    dense: Path,
+    active: float | None,
+    agreement: float | None,
+) -> dict[str, object]:
+    n_kv = cfg.context + cfg.prompt_tokens + cfg.decode_tokens // 2
+    dense_tb, sparse_tb = tensor_bytes(dense), tensor_bytes(sparse)
+    kv = kv_bytes_per_token(dense, n_kv)
+    rows = []
+    for e, m in zip(engines, results, strict=True):
+        if isinstance(e, TurbosparseEngine) and e.mode != "dense":
+            weights, m.active_fraction = measured_sparse_bytes(sparse_tb, e)
+        else:
+            weights = dense_tb.dense()
+        m.bytes_per_token = weights + kv
+        decode = m.decode_tok_s(cfg.decode_tokens)
+        rows.append(
+            {
+                "engine": m.engine,
+                "mode": m.mode,
+                "decode_tok_s": decode,
+                "prefill_tok_s": m.prefill_tok_s(cfg.prompt_tokens),
+                "bytes_per_token": m.bytes_per_token,
+                "gb_s": m.bytes_per_token * decode / 1e9,
+                "active_fraction": m.active_fraction,
+            }
+        )
+    base = next((r for r in rows if r["engine"] == "llama.cpp"), None)
+    ratios: dict[str, float] = {}
+    if base is not None:
+        for r in rows:
+            if r is not base:
+                ratios[f"{r['engine']}/{r['mode']}"] = r["decode_tok_s"] / base["decode_tok_s"]
+                ratios[f"{r['engine']}/{r['mode']}/prefill"] = r["prefill_tok_s"] / base["prefill_tok_s"]
+    pred = next((r for r in rows if r["mode"] == "predictor"), None)
+    share = active if active is not None else (pred["active_fraction"] if pred else None)
+    ceiling = None
+    if share is not None and sum(sparse_tb.predictor):
+        ceiling = (dense_tb.dense() + kv) / (sparse_tb.sparse_ceiling(share) + kv)
+    return {
+        "config": {**cfg.__dict__, "sparse_model": str(sparse), "dense_model": str(dense), "active": share},
+        "machine": machine_stamp(),
+        "agreement_max_abs_logit_diff": agreement,
+        "results": rows,
+        "ratios": ratios,
+        "bytes_ceiling": ceiling,
+    }
+
+
+def _print_table(report: dict[str, object]) -> None:
+    cfg, machine = report["config"], report["machine"]
+    print(f"# sparse: {cfg['sparse_model']}\n# dense:  {cfg['dense_model']}")
+    print(
+        f"# threads {cfg['n_threads']}, prompt {cfg['prompt_tokens']}, decode {cfg['decode_tokens']}, "
+        f"context {cfg['context']}, rounds {cfg['rounds']} (medians) | {machine['cpu']} [{machine['cpu_flags']}] "
+        f"load {machine['load']} | commit {machine['commit']}"
+    )
+    print(
+        f"{'engine':<12} {'mode':<10} {'decode tok/s':>12} {'prefill tok/s':>13} "
+        f"{'MB/token':>9} {'GB/s':>6} {'active':>7}"
+    )
+    for r in report["results"]:
+        active = f"{r['active_fraction']:.3f}" if r["active_fraction"] is not None else "-"
+        print(
+            f"{r['engine']:<12} {r['mode']:<10} {r['decode_tok_s']:>12.2f} {r['prefill_tok_s']:>13.1f} "
+            f"{r['bytes_per_token'] / 1e6:>9.1f} {r['gb_s']:>6.1f} {active:>7}"
+        )
+    for name, value in report["ratios"].items():
+        print(f"ratio {name} vs llama.cpp: {value:.2f}x")
+    if report["bytes_ceiling"] is not None:
+        print(
+            f"bytes ceiling (dense bytes / sparse bytes per token, predictor included): {report['bytes_ceiling']:.2f}x"
+        )
+    sys.stdout.flush()

@@ -1,0 +1,57 @@
+"""`turbosparse perplexity`: perplexity of a model on a text file, with the FFN as decoding computes it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..model import Model
+from ..perplexity import perplexity
+from .run_cmd import add_model_args, model_path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("perplexity", help="perplexity on a text file", description=__doc__)
+    add_model_args(p)
+    p.set_defaults(ctx_size=512)
+    p.add_argument("-f", "--file", type=Path, required=True, help="plain text file")
+    p.add_argument("--chunks", type=int, default=None, help="evaluate at most this many windows of --ctx-size tokens")
+    p.add_argument("--compare-dense", action="store_true", help="also top-1 agreement and KL against dense decoding")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    text = args.file.read_text(encoding="utf-8", errors="replace")
+    path = model_path(args.model)
+    common = dict(n_threads=args.threads, n_ctx=args.ctx_size, n_batch=args.batch_size, verbose=args.verbose)
+    model = Model(path, sparse=args.sparse, threshold=args.threshold, **common)
+    reference = Model(path, sparse="off", **common) if args.compare_dense else None
+    result = perplexity(model, text, model.n_ctx, reference=reference, max_windows=args.chunks)
+    stats = model.stats()
+    active = [a for a in stats["active_fraction"] if a is not None]
+    report = {
+        "model": path,
+        "sparse_mode": stats["sparse_mode"],
+        "perplexity": result.perplexity,
+        "tokens": result.n_tokens,
+        "windows": result.n_windows,
+        "n_ctx": model.n_ctx,
+        "mean_active_fraction": sum(active) / len(active) if active else None,
+        "top1_agreement_vs_dense": result.top1_agreement,
+        "mean_kl_vs_dense": result.mean_kl,
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    line = f"perplexity {result.perplexity:.4f} over {result.n_tokens} tokens ({result.n_windows} x {model.n_ctx}), "
+    line += f"sparse: {report['sparse_mode']}"
+    if report["mean_active_fraction"] is not None:
+        line += f", active {report['mean_active_fraction']:.3f}"
+    if result.top1_agreement is not None:
+        line += f" | vs dense: top-1 agreement {result.top1_agreement:.4f}, mean KL {result.mean_kl:.5f}"
+    print(line)
+    sys.stdout.flush()
+    return 0

@@ -1,0 +1,72 @@
+"""Perplexity of a Model on a text, and agreement of its sparse decoding with dense decoding.
+
+Protocol: the text is tokenized once; windows of n_ctx tokens (the model's BOS first when its vocabulary
+adds one) are evaluated from an empty context, teacher-forced; every token of a window except its first
+is scored. Windows do not overlap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from .model import Model
+
+
+@dataclass(frozen=True)
+class PerplexityResult:
+    perplexity: float
+    n_tokens: int  # scored tokens
+    n_windows: int
+    top1_agreement: float | None = None  # share of positions where the compared model's argmax is the same
+    mean_kl: float | None = None  # mean KL(reference || model) per position, nats
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    x = logits.astype(np.float64)
+    x -= x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def windows(model: Model, tokens: list[int], n_ctx: int, max_windows: int | None = None) -> Iterator[list[int]]:
+    if n_ctx < 2:
+        raise ValueError(f"windows need at least 2 tokens, got n_ctx = {n_ctx}")
+    bos = [model.tokenizer.bos] if model.tokenizer.adds_bos and model.tokenizer.bos >= 0 else []
+    step = n_ctx - len(bos)
+    count = 0
+    for start in range(0, len(tokens) - step + 1, step):
+        if max_windows is not None and count == max_windows:
+            return
+        yield bos + tokens[start : start + step]
+        count += 1
+
+
+def perplexity(
+    model: Model, text: str, n_ctx: int, *, reference: Model | None = None, max_windows: int | None = None
+) -> PerplexityResult:
+    """Perplexity of model on text; with a reference model (e.g. the same file, dense), also the top-1
+    agreement and mean KL(reference || model) over the scored positions."""
+    tokens = model.tokenize(text, add_bos=False)
+    nll, n, n_windows = 0.0, 0, 0
+    agree, kl = 0, 0.0
+    for window in windows(model, tokens, n_ctx, max_windows):
+        logp = log_softmax(model.eval_logits(window))[:-1]
+        targets = np.asarray(window[1:])
+        nll -= float(logp[np.arange(len(targets)), targets].sum())
+        n += len(targets)
+        n_windows += 1
+        if reference is not None:
+            ref = log_softmax(reference.eval_logits(window))[:-1]
+            agree += int((ref.argmax(-1) == logp.argmax(-1)).sum())
+            kl += float((np.exp(ref) * (ref - logp)).sum())
+    if n == 0:
+        raise ValueError(f"the text has {len(tokens)} tokens: fewer than one window of {n_ctx}")
+    return PerplexityResult(
+        perplexity=float(np.exp(nll / n)),
+        n_tokens=n,
+        n_windows=n_windows,
+        top1_agreement=agree / n if reference is not None else None,
+        mean_kl=kl / n if reference is not None else None,
+    )
