@@ -8,9 +8,9 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import TurboSparseError
-from . import run_cmd
+from . import convert_cmd, run_cmd
 
-_COMMANDS = (run_cmd,)
+_COMMANDS = (run_cmd, convert_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:
