@@ -516,15 +516,22 @@ static ggml_backend_buffer_type_t repack_buft_for(enum ggml_type type, int64_t n
     if (get_extra == NULL) {
         return NULL;
     }
-    struct ggml_init_params ip = {.mem_size = 4 * ggml_tensor_overhead(), .mem_buffer = NULL, .no_alloc = true};
-    struct ggml_context *ctx = ggml_init(ip);
-    if (ctx == NULL) {
-        return NULL;
-    }
     ggml_backend_buffer_type_t found = NULL;
     for (ggml_backend_buffer_type_t *buft = get_extra(dev); buft != NULL && *buft != NULL && found == NULL; buft++) {
+        /* ggml's AMX buffer type: its kernels die with SIGILL on VMs that advertise AMX without granting the tile
+         * state (seen here for Q8_0 / Q4_0, in llama.cpp itself too); the portable repack buffer is used instead */
+        if (strcmp(ggml_backend_buft_name(*buft), "AMX") == 0) {
+            continue;
+        }
+        /* a fresh context per candidate: each probe creates three tensors */
+        struct ggml_init_params ip = {.mem_size = 4 * ggml_tensor_overhead(), .mem_buffer = NULL, .no_alloc = true};
+        struct ggml_context *ctx = ggml_init(ip);
+        if (ctx == NULL) {
+            return NULL;
+        }
         ggml_backend_buffer_t dummy = ggml_backend_buft_alloc_buffer(*buft, 0);
         if (dummy == NULL) {
+            ggml_free(ctx);
             continue;
         }
         struct ggml_tensor *w = ggml_new_tensor_2d(ctx, type, ne0, ne1);
@@ -535,8 +542,8 @@ static ggml_backend_buffer_type_t repack_buft_for(enum ggml_type type, int64_t n
             found = *buft;
         }
         ggml_backend_buffer_free(dummy);
+        ggml_free(ctx);
     }
-    ggml_free(ctx);
     return found;
 }
 
