@@ -6,7 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
-OUTTYPE_NAMES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k")
+from ..convert import convert
+from ..convert.quant_policy import OUTTYPES
+
+OUTTYPE_NAMES = tuple(OUTTYPES)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -30,8 +33,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..convert import convert
-
     out = convert(
         args.model,
         args.outfile,
