@@ -317,3 +317,31 @@ def test_cli_convert(tmp_path: Path, llama_dir: Path) -> None:
     assert keys["general.name"] == "tiny" and keys["general.file_type"] == gguf.LlamaFileType.MOSTLY_Q4_0
     assert keys[KEY_DOWN_LAYOUT] == "standard"
     assert json.loads((llama_dir / "config.json").read_text())["hidden_act"] == "silu"
+
+
+def test_quantized_tensors_are_ggml_quantized_hf_tensors(tmp_path: Path, bamboo_dir: Path) -> None:
+    """Exact check under the noise: every stored tensor is ggml's quantization of the HF tensor after the layout
+    change the format asks for (RoPE row permutation of q / k, transposed down)."""
+    from safetensors.torch import load_file as load_torch  # numpy has no bfloat16
+
+    from turbosparse.binding import quantize
+    from turbosparse.convert.arch.llama import rope_permute
+
+    out = convert(bamboo_dir, tmp_path / "q4.gguf", outtype="q4_0")
+    hf = {k: v.float().numpy() for k, v in load_torch(str(bamboo_dir / "model.safetensors")).items()}
+    stored = {t.name: (Q(t.tensor_type), np.asarray(t.data)) for t in gguf.GGUFReader(str(out)).tensors}
+    expected = {
+        "blk.1.attn_q.weight": (Q.Q4_0, rope_permute(hf["model.layers.1.self_attn.q_proj.weight"], 4)),
+        "blk.1.attn_k.weight": (Q.Q4_0, rope_permute(hf["model.layers.1.self_attn.k_proj.weight"], 2)),
+        "blk.1.attn_v.weight": (Q.Q4_0, hf["model.layers.1.self_attn.v_proj.weight"]),
+        TENSOR_FFN_DOWN_T.format(0): (Q.Q4_0, np.ascontiguousarray(hf["model.layers.0.mlp.down_proj.weight"].T)),
+        TENSOR_PRED_FC2.format(1): (Q.Q8_0, hf["model.layers.1.mlp.predictor.fc2.weight"]),
+        "output.weight": (Q.Q8_0, hf["lm_head.weight"]),  # Q6_K does not fit rows of 64: Q8_0
+        "token_embd.weight": (Q.Q4_0, hf["model.embed_tokens.weight"]),
+    }
+    for name, (qtype, data) in expected.items():
+        assert stored[name][0] == qtype, name
+        np.testing.assert_array_equal(stored[name][1].reshape(-1), quantize(data, int(qtype)).reshape(-1), name)
+    norm = stored["blk.0.ffn_norm.weight"]
+    assert norm[0] == Q.F32
+    np.testing.assert_array_equal(norm[1], hf["model.layers.0.post_attention_layernorm.weight"])
