@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConvertError
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,9 @@ def llama_hparams(config: dict[str, Any], where: Path) -> HParams:
     if config.get("mlp_bias"):
         raise ConvertError(f"{where}: 'mlp_bias' is true; FFN biases are not supported")
     theta, linear = _rope_settings(config, where)
+    window, n_ctx = config.get("sliding_window"), int(config.get("max_position_embeddings") or 4096)
+    if isinstance(window, int) and 0 < window < n_ctx:
+        logger.warning("%s: sliding_window %d is not stored; attention spans the whole context", where, window)
     return HParams(
         n_layer=need("num_hidden_layers"),
         n_embd=n_embd,
@@ -81,7 +87,7 @@ def llama_hparams(config: dict[str, Any], where: Path) -> HParams:
         n_head=n_head,
         n_head_kv=int(n_head_kv),
         head_dim=int(head_dim),
-        n_ctx=int(config.get("max_position_embeddings") or 4096),
+        n_ctx=n_ctx,
         vocab_size=need("vocab_size"),
         rope_theta=theta,
         rms_eps=float(config.get("rms_norm_eps", 1e-6)),

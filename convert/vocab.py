@@ -14,7 +14,11 @@
 
 llama.cpp's converter obtains the BPE vocabulary through transformers' AutoTokenizer and names the pre-tokenizer
 by hashing the tokenization of a probe text; this module reads tokenizer.json directly (no transformers at
-conversion time), which gives the same strings for byte-level vocabularies.
+conversion time), which gives the same strings for byte-level vocabularies. A tokenizer.json that transformers
+rebuilt from a GGUF file (`AutoTokenizer.from_pretrained(dir, gguf_file=...)`) carries a bare ByteLevel
+pre-tokenizer and is named `gpt-2`: for SmolLM2 that drops the digit split of `smollm`, yet llama.cpp tokenizes
+identically either way on our 327 probe strings (its vocabulary has no multi-digit tokens); pass `smollm` to
+--vocab-pre to keep the original name.
 """
 
 from __future__ import annotations

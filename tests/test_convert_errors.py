@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import gguf
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -140,6 +141,8 @@ def test_unknown_bpe_pre_tokenizer(tmp_path: Path, work: Path) -> None:
     }
     (work / "tokenizer.json").write_text(json.dumps(tokenizer))
     assert_fails(work, tmp_path, "tokenizer.json", "pre_tokenizer", "--vocab-pre")
+    out = convert(work, tmp_path / "named.gguf", vocab_pre="gpt-2")  # naming it explicitly converts
+    assert gguf.GGUFReader(str(out)).fields["tokenizer.ggml.pre"].contents() == "gpt-2"
 
 
 def test_predictors_dir_needs_relu_family(tmp_path: Path, spm_dir: Path) -> None:

@@ -14,7 +14,7 @@ the name, plus the router `ffn_gate_inp` and per-expert predictors; the writer o
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -49,7 +49,6 @@ class ConvertOptions:
     predictors: Path | None = None  # PowerInfer predictor directory (relu-llama)
     down_layout: str | None = None  # None: the architecture's default
     threshold: float | None = None  # overrides the predictor threshold found in the checkpoint
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Architecture:
