@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import gc
 import json
+import subprocess
+import sys
 import tracemalloc
 from pathlib import Path
 
@@ -180,6 +182,12 @@ def test_bamboo_f32_and_metadata(tmp_path: Path, bamboo_dir: Path, tokens: list[
     assert types[TENSOR_PRED_FC1.format(1)] == Q.F32  # predictors follow a float outtype
     want = torch_logits(bamboo_dir, tokens)
     assert rel_error(engine_logits(out, tokens), want) <= F32_REL
+
+    # gguf-py's own dump tool reads it
+    dump = subprocess.run(
+        [sys.executable, "-m", "gguf.scripts.gguf_dump", "--no-tensors", str(out)], capture_output=True, text=True
+    )
+    assert dump.returncode == 0 and KEY_PREDICTOR_RANKS in dump.stdout, dump.stderr
 
     # the predictor tensors are the checkpoint's, in ggml's orientation
     reader = gguf.GGUFReader(str(out))
