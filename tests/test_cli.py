@@ -37,6 +37,6 @@ def test_errors_are_one_line_and_nonzero(tmp_path) -> None:
 
 
 def test_help() -> None:
-    for args in (["--help"], ["run", "--help"]):
+    for args in (["--help"], ["run", "--help"], ["convert", "--help"]):
         out = turbosparse(*args)
         assert out.returncode == 0 and "usage: turbosparse" in out.stdout

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PATHS = ["python", "predictor_train", "tests"]
+PATHS = ["python", "predictor_train", "convert", "tests"]
 
 
 def test_ruff_check_and_format() -> None:

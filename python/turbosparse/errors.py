@@ -9,6 +9,11 @@ class ModelLoadError(TurboSparseError, ValueError):
     """A model file is missing, corrupt, or of a kind turbosparse cannot run; the message names what."""
 
 
+class ConvertError(TurboSparseError, ValueError):
+    """A checkpoint cannot be converted (unknown architecture, missing or misshaped tensor, corrupt file,
+    unreadable tokenizer); the message names the file and the tensor or key."""
+
+
 class ContextOverflowError(TurboSparseError, ValueError):
     """More tokens than the context (n_ctx) holds."""
 

@@ -10,6 +10,7 @@ import llama_cpp
 
 from ._library import set_llama_log_verbosity
 from .errors import ModelLoadError
+from .powerinfer import is_powerinfer, vocab_only_copy
 
 
 class Tokenizer:
@@ -20,7 +21,16 @@ class Tokenizer:
         llama_cpp.llama_backend_init()
         params = llama_cpp.llama_model_default_params()
         params.vocab_only = True
-        self._model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
+        # llama.cpp refuses PowerInfer's PWRI magic (and its bamboo architecture): it reads a vocab-only copy
+        try:
+            vocab_path = vocab_only_copy(path) if is_powerinfer(path) else None
+        except ValueError as exc:
+            raise ModelLoadError(str(exc)) from None
+        try:
+            self._model = llama_cpp.llama_model_load_from_file(str(vocab_path or path).encode(), params)
+        finally:
+            if vocab_path is not None:
+                vocab_path.unlink()
         if not self._model:
             raise ModelLoadError(f"{path}: llama.cpp could not load the vocabulary (see its log above)")
         self._vocab = llama_cpp.llama_model_get_vocab(self._model)

@@ -1,0 +1,8 @@
+"""Source architectures, one module each; their `matches` accept disjoint sets of config.json files."""
+
+from __future__ import annotations
+
+from . import bamboo, llama, relu_llama  # noqa: F401  (importing registers them)
+from .base import Architecture, ConvertOptions, TensorSpec, find_architecture, registered
+
+__all__ = ["Architecture", "ConvertOptions", "TensorSpec", "find_architecture", "registered"]

@@ -1,0 +1,108 @@
+"""The interface every source architecture implements, and the registry that picks one for a config.json.
+
+An architecture class reads one kind of HF checkpoint and describes the GGUF it becomes: hyperparameters, the
+turbosparse metadata, and a list of TensorSpec (GGUF name, shape, role, a loader that produces float32 data on
+demand). The shared writer (writer.py) does the rest: types, quantization, vocabulary, the atomic write.
+
+A MoE class (TurboSparse-Mixtral) plugs in the same way: `register("turbosparse-mixtral")`, `matches` on
+model_type "turbosparsemixtral", and `tensors()` yielding per-expert specs - either one 3-D spec per layer and
+projection (llama.cpp's stacked `blk.N.ffn_gate_exps.weight` {n_embd, n_ff, n_expert}, whose loader stacks the
+experts' `block_sparse_moe.experts.E.w1` one layer at a time) or per-expert 2-D specs with the expert index in
+the name, plus the router `ffn_gate_inp` and per-expert predictors; the writer only needs shape, role and loader.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ...errors import ConvertError
+from ..hparams import HParams
+from ..source import TensorSource
+
+# Roles decide the quantization type (quant_policy.py)
+ROLE_NORM = "norm"  # 1-D weights: always F32
+ROLE_BIAS = "bias"  # 1-D biases: always F32
+ROLE_EMBD = "token_embd"
+ROLE_OUTPUT = "output"
+ROLE_MATRIX = "matrix"  # attention and FFN matrices
+ROLE_PREDICTOR = "predictor"
+
+
+@dataclass
+class TensorSpec:
+    """One GGUF tensor: shape in numpy order ([rows, row length] = ggml ne reversed)."""
+
+    name: str
+    shape: tuple[int, ...]
+    role: str
+    load: Callable[[], np.ndarray]
+    origin: str = ""  # where it comes from, for messages: "file: tensor"
+
+
+@dataclass
+class ConvertOptions:
+    predictors: Path | None = None  # PowerInfer predictor directory (relu-llama)
+    down_layout: str | None = None  # None: the architecture's default
+    threshold: float | None = None  # overrides the predictor threshold found in the checkpoint
+
+
+class Architecture:
+    """Base class; subclasses set `name` and implement matches / hparams / tensors."""
+
+    name: ClassVar[str] = ""
+    ffn_activation: str = "swiglu"
+
+    def __init__(self, model_dir: Path, config: dict[str, Any], source: TensorSource, options: ConvertOptions) -> None:
+        self.model_dir = model_dir
+        self.config = config
+        self.source = source
+        self.options = options
+
+    @classmethod
+    def matches(cls, config: dict[str, Any]) -> bool:
+        raise NotImplementedError
+
+    def hparams(self) -> HParams:
+        raise NotImplementedError
+
+    def tensors(self) -> list[TensorSpec]:
+        raise NotImplementedError
+
+    def down_layout(self) -> str:
+        """`transposed` for ReLU-family FFNs with predictors (sparse decoding reads rows of down^T), else standard."""
+        return self.options.down_layout or "standard"
+
+    def metadata(self) -> dict[str, Any]:
+        """turbosparse.* keys (constants.KEY_*) -> values; the writer adds format version, layout, source."""
+        return {}
+
+
+_REGISTRY: dict[str, type[Architecture]] = {}
+
+
+def register(cls: type[Architecture]) -> type[Architecture]:
+    if not cls.name or cls.name in _REGISTRY:
+        raise ValueError(f"architecture name {cls.name!r} is empty or registered twice")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def registered() -> dict[str, type[Architecture]]:
+    return dict(_REGISTRY)
+
+
+def find_architecture(config: dict[str, Any], where: Path) -> type[Architecture]:
+    """The registered class that accepts the config (their matches are disjoint)."""
+    for cls in _REGISTRY.values():
+        if cls.matches(config):
+            return cls
+    kind = config.get("model_type"), config.get("architectures")
+    raise ConvertError(
+        f"{where}: unknown architecture (model_type={kind[0]!r}, architectures={kind[1]!r}); "
+        f"supported: {', '.join(_REGISTRY)}"
+    )

@@ -1,0 +1,118 @@
+"""What ReLU-family classes (bamboo, relu-llama) share: predictors, their metadata, the transposed down default.
+
+Our HF-side convention (written by the predictor trainer): config.json may hold
+    "turbosparse": {"activation_rates": [...n_layer], "predicted_rates": [...n_layer],
+                    "predictor_threshold": t, "predictor_input": "residual" | "residual_rmsnorm",
+                    "ffn_activation": "drelu" | "reglu"}
+every field optional.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ...constants import (
+    KEY_ACTIVATION_RATES,
+    KEY_PREDICTED_RATES,
+    KEY_PREDICTOR_INPUT,
+    KEY_PREDICTOR_RANKS,
+    KEY_PREDICTOR_THRESHOLD,
+    PREDICTOR_INPUTS,
+    TENSOR_PRED_FC1,
+    TENSOR_PRED_FC2,
+)
+from ...errors import ConvertError
+from .base import ROLE_PREDICTOR, TensorSpec
+from .llama import LlamaFamily
+
+logger = logging.getLogger(__name__)
+
+CONFIG_KEY = "turbosparse"
+
+
+@dataclass
+class PredictorPart:
+    """One predictor matrix of one layer: shape [out, in] and a loader."""
+
+    shape: tuple[int, ...]
+    load: Callable[[], np.ndarray]
+    origin: str
+
+
+class ReluFamily(LlamaFamily):
+    """Llama layout with a ReLU-gated FFN and optional per-layer predictors fc2 · relu(fc1 · h)."""
+
+    def sparse_config(self) -> dict[str, Any]:
+        block = self.config.get(CONFIG_KEY) or {}
+        if not isinstance(block, dict):
+            raise ConvertError(f"{self.model_dir / 'config.json'}: '{CONFIG_KEY}' must be an object")
+        return block
+
+    def down_layout(self) -> str:
+        return self.options.down_layout or "transposed"
+
+    def predictor_parts(self) -> dict[int, tuple[PredictorPart, PredictorPart]]:
+        """layer -> (fc1 [rank, n_embd], fc2 [n_ff, rank]); layers without a predictor are absent."""
+        return {}
+
+    def default_threshold(self) -> float | None:
+        """The threshold the checkpoint's predictors come with (None: not stated)."""
+        return None
+
+    def tensors(self) -> list[TensorSpec]:
+        specs = super().tensors()
+        hp = self.hparams()
+        self._ranks = [0] * hp.n_layer
+        for layer, (fc1, fc2) in sorted(self.predictor_parts().items()):
+            if not 0 <= layer < hp.n_layer:
+                raise ConvertError(f"{fc1.origin}: layer {layer} is outside 0..{hp.n_layer - 1}")
+            if len(fc1.shape) != 2 or fc1.shape[1] != hp.n_embd:
+                raise ConvertError(f"{fc1.origin} has shape {list(fc1.shape)}, expected [rank, {hp.n_embd}]")
+            rank = fc1.shape[0]
+            if fc2.shape != (hp.n_ff, rank):
+                raise ConvertError(
+                    f"{fc2.origin} has shape {list(fc2.shape)}, expected [{hp.n_ff}, {rank}] "
+                    f"(fc1 has rank {rank}: predictor rank mismatch)"
+                )
+            self._ranks[layer] = rank
+            specs.append(TensorSpec(TENSOR_PRED_FC1.format(layer), fc1.shape, ROLE_PREDICTOR, fc1.load, fc1.origin))
+            specs.append(TensorSpec(TENSOR_PRED_FC2.format(layer), fc2.shape, ROLE_PREDICTOR, fc2.load, fc2.origin))
+        n_with = sum(r > 0 for r in self._ranks)
+        if 0 < n_with < hp.n_layer:
+            logger.warning("%s: only %d of %d layers have a predictor", self.model_dir, n_with, hp.n_layer)
+        specs.sort(key=lambda s: int(s.name.split(".")[1]) if s.name.startswith("blk.") else -1)
+        return specs
+
+    def metadata(self) -> dict[str, Any]:
+        hp, block, where = self.hparams(), self.sparse_config(), self.model_dir / "config.json"
+        meta: dict[str, Any] = {}
+        for key, gguf_key in (("activation_rates", KEY_ACTIVATION_RATES), ("predicted_rates", KEY_PREDICTED_RATES)):
+            rates = block.get(key)
+            if rates is None:
+                continue
+            if not isinstance(rates, list) or len(rates) != hp.n_layer:
+                raise ConvertError(f"{where}: {CONFIG_KEY}.{key} must be a list of {hp.n_layer} numbers")
+            meta[gguf_key] = [float(r) for r in rates]
+        ranks = getattr(self, "_ranks", None)
+        if ranks is None:
+            raise RuntimeError("metadata() needs tensors() first (it measures the predictor ranks)")
+        if any(ranks):
+            meta[KEY_PREDICTOR_RANKS] = ranks
+            threshold = self.options.threshold
+            if threshold is None:
+                threshold = block.get("predictor_threshold", self.default_threshold())
+            meta[KEY_PREDICTOR_THRESHOLD] = float(threshold if threshold is not None else 0.0)
+            pred_input = block.get("predictor_input", "residual")
+            if pred_input not in PREDICTOR_INPUTS:
+                raise ConvertError(
+                    f"{where}: {CONFIG_KEY}.predictor_input '{pred_input}' is unknown ({', '.join(PREDICTOR_INPUTS)})"
+                )
+            meta[KEY_PREDICTOR_INPUT] = pred_input
+        elif self.options.threshold is not None:
+            raise ConvertError(f"{self.model_dir}: --threshold given but the checkpoint has no predictors")
+        return meta

@@ -1,0 +1,79 @@
+"""`convert()`: an HF checkpoint directory (or an existing turbosparse GGUF) -> a turbosparse GGUF file."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import gguf
+
+from ..constants import KEY_DOWN_LAYOUT, KEY_FFN_ACTIVATION, KEY_SOURCE
+from .arch import ConvertOptions, find_architecture
+from .hparams import read_config
+from .quant_policy import QuantPolicy, file_type
+from .requantize import requantize
+from .source import open_checkpoint
+from .vocab import load_vocab
+from .writer import add_llama_hparams, add_turbosparse_keys, write_gguf
+
+logger = logging.getLogger(__name__)
+
+
+def convert(
+    model_dir: str | os.PathLike[str],
+    out_path: str | os.PathLike[str],
+    outtype: str = "q8_0",
+    predictors: str | os.PathLike[str] | None = None,
+    *,
+    pred_type: str | None = None,
+    down_layout: str | None = None,
+    threshold: float | None = None,
+    vocab_pre: str | None = None,
+    name: str | None = None,
+    progress: bool = False,
+) -> Path:
+    """Converts model_dir (an HF checkpoint directory, or a .gguf file to re-quantize) to out_path.
+
+    outtype: f32 f16 bf16 q8_0 q4_0 q4_1 q5_0 q5_1 q2_k q3_k q4_k q5_k q6_k (quant_policy.py says which tensor gets
+    which type); predictors: a PowerInfer predictor directory (relu-llama checkpoints); pred_type: the predictors'
+    type; down_layout: transposed | standard | both (default: transposed for ReLU-family models, else standard);
+    threshold: the predictor threshold to store (default: the checkpoint's, else 0.0); vocab_pre: llama.cpp's
+    pre-tokenizer name for a BPE vocabulary whose tokenizer.json structure is not recognised.
+    Raises turbosparse.errors.ConvertError naming the file and tensor or key; leaves no partial output behind."""
+    src, out = Path(model_dir), Path(out_path)
+    if src.is_file() and src.suffix == ".gguf":
+        if predictors is not None or down_layout is not None or threshold is not None:
+            raise ValueError("re-quantizing a GGUF file takes only outtype and pred_type")
+        return requantize(src, out, outtype, pred_type=pred_type, progress=progress)
+    config = read_config(src)
+    cls = find_architecture(config, src / "config.json")
+    options = ConvertOptions(
+        predictors=Path(predictors) if predictors is not None else None, down_layout=down_layout, threshold=threshold
+    )
+    arch = cls(src, config, open_checkpoint(src), options)
+    hp = arch.hparams()
+    specs = arch.tensors()
+    sparse_keys = arch.metadata()
+    vocab = load_vocab(src, hp.vocab_size, vocab_pre)
+    policy = QuantPolicy.from_names(outtype, pred_type, tied=hp.tied_embeddings)
+    types = [policy.type_for(s.role, s.shape) for s in specs]
+    logger.info("%s: %s checkpoint, %d tensors -> %s (%s)", src, cls.name, len(specs), out, outtype)
+
+    def add_metadata(writer: gguf.GGUFWriter) -> None:
+        writer.add_name(name or src.resolve().name)
+        writer.add_file_type(file_type(policy.outtype))
+        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+        add_llama_hparams(writer, hp)
+        add_turbosparse_keys(
+            writer,
+            {
+                KEY_SOURCE: cls.name,
+                KEY_FFN_ACTIVATION: arch.ffn_activation,
+                KEY_DOWN_LAYOUT: arch.down_layout(),
+                **sparse_keys,
+            },
+        )
+        vocab.add_to(writer)
+
+    return write_gguf(out, specs, types, add_metadata, progress=progress)

