@@ -518,8 +518,9 @@ static ggml_backend_buffer_type_t repack_buft_for(enum ggml_type type, int64_t n
     }
     ggml_backend_buffer_type_t found = NULL;
     for (ggml_backend_buffer_type_t *buft = get_extra(dev); buft != NULL && *buft != NULL && found == NULL; buft++) {
-        /* ggml's AMX buffer type: its kernels die with SIGILL on VMs that advertise AMX without granting the tile
-         * state (seen here for Q8_0 / Q4_0, in llama.cpp itself too); the portable repack buffer is used instead */
+        /* ggml's AMX buffer type: Q8_0 / Q4_0 weights placed there died with SIGILL in our graph on this VM (an
+         * AMX-capable Xeon; cause not pinned down: tile permission or per-thread tile setup); the portable repack
+         * buffer is used instead */
         if (strcmp(ggml_backend_buft_name(*buft), "AMX") == 0) {
             continue;
         }
