@@ -4,6 +4,7 @@ Both sides run the same FFN block (RMSNorm + FFN) through the engine's graph on 
 twin with ggml's mul_mat for gate, up and down; the sparse model with its predictor (ggml mul_mat), the
 sparse gate/up node and the sparse down node. Calls alternate, and medians are reported with the bytes each
 side reads per token, so the effective bandwidths compare directly with each other and with a plain copy.
+Calls cycle over four identical layers stored apart, so the weights come from memory, not from a large L3.
 """
 
 from __future__ import annotations
@@ -66,25 +67,27 @@ def _context(path: Path, sparse: bool, n_threads: int) -> NativeContext:
 def bench_ffn_layer(
     quant: Q, *, active: float, rank: int, pred_quant: Q, n_threads: int, rounds: int, cache_dir: Path | None = None
 ) -> FfnLayerResult:
-    spec = SyntheticSpec(SHAPES["mistral-7b-layer"], quant=quant, active=active, rank=rank, pred_quant=pred_quant)
+    spec = SyntheticSpec(SHAPES["mistral-7b-4layers"], quant=quant, active=active, rank=rank, pred_quant=pred_quant)
     sparse_path, dense_path = synthetic_pair(spec, cache_dir)
     dense, sparse = _context(dense_path, False, n_threads), _context(sparse_path, True, n_threads)
     n_embd = dense.model.info.n_embd
     rng = np.random.default_rng(0)
     inputs = [rng.standard_normal((1, n_embd), dtype=np.float32) for _ in range(rounds)]
-    for ctx, is_dense in ((dense, True), (sparse, False)):  # warm-up: page in the weights
-        ctx.eval_ffn(0, inputs[0], dense_ffn=is_dense)
+    n_layer = dense.model.info.n_layer
+    for layer in range(n_layer):  # warm-up: page in the weights
+        for ctx, is_dense in ((dense, True), (sparse, False)):
+            ctx.eval_ffn(layer, inputs[0], dense_ffn=is_dense)
     sparse.reset_stats()
     t_dense, t_sparse = [], []
-    for h in inputs:
+    for i in range(rounds * n_layer):
         for ctx, is_dense, times in ((dense, True, t_dense), (sparse, False, t_sparse)):
             t0 = time.perf_counter()
-            ctx.eval_ffn(0, h, dense_ffn=is_dense)
+            ctx.eval_ffn(i % n_layer, inputs[i // n_layer], dense_ffn=is_dense)
             times.append(time.perf_counter() - t0)
-    stats = sparse.layer_stats()[0]
-    n_ff = sparse.model.info.n_ff
-    computed = stats.n_computed / (stats.n_tokens * n_ff)
-    nonzero = stats.n_nonzero / (stats.n_tokens * n_ff)
+    stats = sparse.layer_stats()
+    n_ff, n_tokens = sparse.model.info.n_ff, sum(s.n_tokens for s in stats)
+    computed = sum(s.n_computed for s in stats) / (n_tokens * n_ff)
+    nonzero = sum(s.n_nonzero for s in stats) / (n_tokens * n_ff)
     tb_dense, tb_sparse = tensor_bytes(dense_path), tensor_bytes(sparse_path)
     sparse_bytes = (
         tb_sparse.predictor[0] + computed * (tb_sparse.gate[0] + tb_sparse.up[0]) + nonzero * tb_sparse.down[0]

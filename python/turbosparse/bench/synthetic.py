@@ -47,7 +47,9 @@ class SyntheticShape:
 
 SHAPES: dict[str, SyntheticShape] = {
     "mistral-7b": SyntheticShape("mistral-7b", 32000, 4096, 14336, 32, 32, 8, 32768, 1e6),
-    # one layer and a small vocabulary: the FFN kernel benchmark
+    # a few layers and a small vocabulary, for the FFN kernel benchmark (cycling over 4 layers reads more
+    # bytes than a large L3 cache holds) and its test (one layer)
+    "mistral-7b-4layers": SyntheticShape("mistral-7b-4layers", 1024, 4096, 14336, 4, 32, 8, 4096, 1e6),
     "mistral-7b-layer": SyntheticShape("mistral-7b-layer", 1024, 4096, 14336, 1, 32, 8, 4096, 1e6),
     "tiny": SyntheticShape("tiny", 1024, 256, 768, 2, 4, 2, 2048, 1e4),
 }

@@ -115,8 +115,9 @@ def run_ffn_layer(args: argparse.Namespace) -> int:
         print(json.dumps({"copy_gb_s": copy, "machine": machine_stamp(), "results": rows}, indent=2))
     else:
         spec = (
-            f"# one Mistral-7B FFN layer (4096 x 14336), {args.threads} threads, predicted active {args.active}, "
-            f"predictor rank {args.rank} {args.pred_quant}, medians of {max(args.rounds, 10)} alternating calls"
+            f"# Mistral-7B FFN layers (4096 x 14336), {args.threads} threads, predicted active {args.active}, "
+            f"predictor rank {args.rank} {args.pred_quant}, "
+            f"medians of {4 * max(args.rounds, 10)} alternating calls over 4 layers"
         )
         print(format_table(results, copy, spec))
     return 0
