@@ -40,3 +40,24 @@ def test_help() -> None:
     for args in (["--help"], ["run", "--help"], ["convert", "--help"]):
         out = turbosparse(*args)
         assert out.returncode == 0 and "usage: turbosparse" in out.stdout
+
+
+def test_bench_json_on_a_synthetic_pair(tmp_path) -> None:
+    """bench builds a synthetic sparse model and its dense twin, checks llama.cpp agrees, and reports JSON."""
+    import json
+    import os
+
+    env = {**os.environ, "TURBOSPARSE_CACHE": str(tmp_path)}
+    args = ["bench", "--synthetic", "tiny", "--rank", "64", "-p", "8", "-n", "4", "-r", "1", "-t", "2", "--json"]
+    out = subprocess.run(
+        [sys.executable, "-m", "turbosparse", *args], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    engines = {(r["engine"], r["mode"]) for r in report["results"]}
+    assert engines == {("llama.cpp", "dense"), ("turbosparse", "dense"), ("turbosparse", "predictor"),
+                       ("turbosparse", "exact")}  # fmt: skip
+    assert all(r["decode_tok_s"] > 0 and r["prefill_tok_s"] > 0 for r in report["results"])
+    assert report["agreement_max_abs_logit_diff"] <= 1e-3
+    assert abs(next(r for r in report["results"] if r["mode"] == "predictor")["active_fraction"] - 0.10) < 0.05
+    assert "turbosparse/predictor" in report["ratios"]

@@ -19,8 +19,8 @@ class Engine(Protocol):
         """Logits of the last prompt token, from an empty context."""
         ...
 
-    def decode(self, logits: np.ndarray, n: int) -> list[int]:
-        """n greedy tokens after logits (no end-of-text stop)."""
+    def decode(self, logits: np.ndarray, n: int) -> np.ndarray:
+        """n greedy tokens after logits (no end-of-text stop); returns the logits after the last one."""
         ...
 
 
@@ -46,13 +46,10 @@ class TurbosparseEngine:
         self.ctx.truncate(0)
         return self.ctx.eval(tokens, dense_ffn=True, logits_all=False)
 
-    def decode(self, logits: np.ndarray, n: int) -> list[int]:
-        out = []
+    def decode(self, logits: np.ndarray, n: int) -> np.ndarray:
         for _ in range(n):
-            token = int(np.argmax(logits))
-            out.append(token)
-            logits = self.ctx.eval([token], dense_ffn=False, logits_all=False)
-        return out
+            logits = self.ctx.eval([int(np.argmax(logits))], dense_ffn=False, logits_all=False)
+        return logits
 
     def layer_stats(self) -> list[LayerStats]:
         return self.ctx.layer_stats()
@@ -93,11 +90,8 @@ class LlamaCppEngine:
         self.llm.eval(tokens)
         return self._logits().copy()
 
-    def decode(self, logits: np.ndarray, n: int) -> list[int]:
-        out = []
+    def decode(self, logits: np.ndarray, n: int) -> np.ndarray:
         for _ in range(n):
-            token = int(np.argmax(logits))
-            out.append(token)
-            self.llm.eval([token])
+            self.llm.eval([int(np.argmax(logits))])
             logits = self._logits()
-        return out
+        return logits.copy()

@@ -128,7 +128,8 @@ def run_bench(args: argparse.Namespace) -> int:
         return run_ffn_layer(args)
     sparse, dense, active = _files(args)
     cfg = BenchConfig(args.threads, args.prompt_tokens, args.decode_tokens, args.rounds, args.context)
-    n_ctx = cfg.context + cfg.prompt_tokens + cfg.decode_tokens + 8
+    # with a context, decoding continues round after round (see bench.runner.run)
+    n_ctx = cfg.context + cfg.prompt_tokens + 2 + cfg.decode_tokens * (cfg.rounds if cfg.context else 1) + 8
     engines = _engines(args, sparse, dense, n_ctx)
     vocab = NativeModel(dense, repack=False).info.n_vocab
     # correctness first: turbosparse dense must compute what llama.cpp computes on the same file
@@ -157,7 +158,8 @@ def _report(
     active: float | None,
     agreement: float | None,
 ) -> dict[str, object]:
-    n_kv = cfg.context + cfg.prompt_tokens + cfg.decode_tokens // 2
+    decoded = cfg.decode_tokens * (cfg.rounds if cfg.context else 1)
+    n_kv = cfg.context + cfg.prompt_tokens + decoded // 2  # mean cells a decoded token attends over
     dense_tb, sparse_tb = tensor_bytes(dense), tensor_bytes(sparse)
     kv = kv_bytes_per_token(dense, n_kv)
     rows = []
