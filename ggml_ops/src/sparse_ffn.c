@@ -1,6 +1,7 @@
 #include "sparse_ffn.h"
 
 #include "axpy_rows.h"
+#include "gate_up_dot.h"
 #include "ggml-cpu.h"
 
 #include <stdint.h>
@@ -62,7 +63,7 @@ static void prefetch_row(const struct ggml_tensor *w, int64_t j) {
 }
 
 #define ACT_LIST 256  /* neurons gathered per pass */
-#define ACT_AHEAD 2   /* rows prefetched this many neurons ahead */
+#define ACT_AHEAD 1   /* rows prefetched this many neurons ahead (1-2 measured alike; 8 slower) */
 
 /* src: select [n_ff, T] F32, xq_up, up, then (predictor mode) xq_gate, gate */
 static void sparse_act_op(struct ggml_tensor *dst, int ith, int nth, void *userdata) {
@@ -73,12 +74,18 @@ static void sparse_act_op(struct ggml_tensor *dst, int ith, int nth, void *userd
     const int recall = layer->measure_recall && !exact;
     const int64_t n_ff = up->ne[1], n_tokens = dst->ne[1] - 1;
     const int64_t j0 = n_ff * ith / nth, j1 = n_ff * (ith + 1) / nth;
+    /* both rows of a neuron against one prepared activation, where the kernel fits */
+    const int fused = !exact && xq_gate == xq_up && ts_gate_up_dot_supported(gate->type, up->type, up->ne[0]);
+    _Alignas(64) unsigned char prepared[TS_GATE_UP_PREPARED_MAX];
     int32_t count[N_COUNTERS] = {0};
     for (int64_t t = 0; t < n_tokens; t++) {
         const float *sel = (const float *)row_ptr(select, t);
         const void *xu = row_ptr(xq_up, t);
         const void *xg = exact ? NULL : row_ptr(xq_gate, t);
         float *a = (float *)row_ptr(dst, t);
+        if (fused) {
+            ts_gate_up_prepare(xu, up->ne[0], prepared);
+        }
         for (int64_t j = j0; j < j1;) {
             /* gather the next neurons to compute (all of them when measuring recall) */
             int32_t list[ACT_LIST];
@@ -99,8 +106,14 @@ static void sparse_act_op(struct ggml_tensor *dst, int ith, int nth, void *userd
                 }
                 const int64_t jj = list[k];
                 const int chosen = exact ? sel[jj] > 0.0f : sel[jj] >= layer->threshold;
-                const float g = exact ? sel[jj] : row_dot(gate, jj, xg);
-                const float v = gated(layer->ffn_act, g, row_dot(up, jj, xu));
+                float g, u;
+                if (fused) {
+                    ts_gate_up_dot(row_ptr(gate, jj), row_ptr(up, jj), prepared, up->ne[0], &g, &u);
+                } else {
+                    g = exact ? sel[jj] : row_dot(gate, jj, xg);
+                    u = row_dot(up, jj, xu);
+                }
+                const float v = gated(layer->ffn_act, g, u);
                 a[jj] = chosen ? v : 0.0f;
                 count[COUNT_COMPUTED] += chosen;
                 count[COUNT_TRUE_ACTIVE] += recall && v != 0.0f;

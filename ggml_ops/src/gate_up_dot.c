@@ -1,0 +1,116 @@
+#include "gate_up_dot.h"
+
+#include <string.h>
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__) && defined(__F16C__)
+#include <immintrin.h>
+
+/*
+ * Layout of the prepared activation, per pair of 32-blocks (b, b+1), 192 bytes:
+ *   x     64 int8: x_b[0:16], x_b+1[0:16], x_b[16:32], x_b+1[16:32] - the order in which a Q4_0 pair's low and
+ *         high nibbles come out of one 32-byte load (a Q4_0 block stores value k in the low nibble of byte k and
+ *         value k + 16 in the high nibble);
+ *   corr  16 int32: -8 * (sum of the 4 activation bytes of each 32-bit lane), so that a dot product over the
+ *         unsigned nibbles q gives the sum over (q - 8) * x;
+ *   dx    16 float: the activation block scale of each lane.
+ * Q4_0 block: {fp16 d, 16 bytes}; Q8_0 block: {fp16 d, 32 int8}.
+ */
+typedef struct {
+    __m512i x;
+    __m512i corr;
+    __m512 dx;
+} prepared_pair;
+
+_Static_assert(sizeof(prepared_pair) == TS_GATE_UP_PAIR_BYTES, "prepared pair layout");
+
+enum { Q4_0_BYTES = 18, Q8_0_BYTES = 34 };
+
+static float half_at(const uint8_t *p) {
+    uint16_t h;
+    memcpy(&h, p, sizeof(h));
+    return _cvtsh_ss(h);
+}
+
+int ts_gate_up_dot_supported(enum ggml_type gate, enum ggml_type up, int64_t n) {
+    return gate == GGML_TYPE_Q4_0 && up == GGML_TYPE_Q4_0 && n % 64 == 0 && n <= TS_GATE_UP_MAX_EMBD;
+}
+
+size_t ts_gate_up_prepared_size(int64_t n) {
+    return (size_t)(n / 64) * sizeof(prepared_pair);
+}
+
+void ts_gate_up_prepare(const void *xq, int64_t n, void *prepared) {
+    const uint8_t *x = xq;
+    prepared_pair *out = prepared;
+    const __m512i eight = _mm512_set1_epi8(8);
+    for (int64_t p = 0; p < n / 64; p++) {
+        const uint8_t *b0 = x + (2 * p) * Q8_0_BYTES, *b1 = b0 + Q8_0_BYTES;
+        const __m128i lo0 = _mm_loadu_si128((const __m128i *)(b0 + 2)), hi0 = _mm_loadu_si128((const __m128i *)(b0 + 18));
+        const __m128i lo1 = _mm_loadu_si128((const __m128i *)(b1 + 2)), hi1 = _mm_loadu_si128((const __m128i *)(b1 + 18));
+        const __m256i lo = _mm256_inserti128_si256(_mm256_castsi128_si256(lo0), lo1, 1);
+        const __m256i hi = _mm256_inserti128_si256(_mm256_castsi128_si256(hi0), hi1, 1);
+        const __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+        out[p].x = v;
+        out[p].corr = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_dpbusd_epi32(_mm512_setzero_si512(), eight, v));
+        const float d0 = half_at(b0), d1 = half_at(b1);
+        const __m512 s0 = _mm512_set1_ps(d0), s1 = _mm512_set1_ps(d1);
+        out[p].dx = _mm512_mask_blend_ps(0xF0F0, s0, s1); /* lanes 4-7 and 12-15 belong to block b+1 */
+    }
+}
+
+/* Scales of a Q4_0 pair laid out as the lanes: d_b in lanes 0-3 and 8-11, d_b+1 in lanes 4-7 and 12-15 */
+static inline __m512 pair_scales(const uint8_t *b0) {
+    uint16_t h0, h1;
+    memcpy(&h0, b0, sizeof(h0));
+    memcpy(&h1, b0 + Q4_0_BYTES, sizeof(h1));
+    const __m128 d = _mm_cvtph_ps(_mm_cvtsi32_si128((int)((uint32_t)h0 | ((uint32_t)h1 << 16))));
+    const __m512i lanes = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1);
+    return _mm512_permutexvar_ps(lanes, _mm512_castps128_ps512(d));
+}
+
+/* The 64 nibbles of a Q4_0 pair as unsigned bytes in the prepared activation's order */
+static inline __m512i pair_nibbles(const uint8_t *b0) {
+    const __m256i y = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(b0 + 2))),
+                                              _mm_loadu_si128((const __m128i *)(b0 + Q4_0_BYTES + 2)), 1);
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    const __m256i lo = _mm256_and_si256(y, m4), hi = _mm256_and_si256(_mm256_srli_epi16(y, 4), m4);
+    return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+}
+
+void ts_gate_up_dot(const void *gate_row, const void *up_row, const void *prepared, int64_t n, float *g, float *u) {
+    const uint8_t *ga = gate_row, *ua = up_row;
+    const prepared_pair *xp = prepared;
+    __m512 acc_g = _mm512_setzero_ps(), acc_u = _mm512_setzero_ps();
+    for (int64_t p = 0; p < n / 64; p++) {
+        const uint8_t *gb = ga + 2 * p * Q4_0_BYTES, *ub = ua + 2 * p * Q4_0_BYTES;
+        const __m512i tg = _mm512_dpbusd_epi32(xp[p].corr, pair_nibbles(gb), xp[p].x);
+        const __m512i tu = _mm512_dpbusd_epi32(xp[p].corr, pair_nibbles(ub), xp[p].x);
+        acc_g = _mm512_fmadd_ps(_mm512_cvtepi32_ps(tg), _mm512_mul_ps(pair_scales(gb), xp[p].dx), acc_g);
+        acc_u = _mm512_fmadd_ps(_mm512_cvtepi32_ps(tu), _mm512_mul_ps(pair_scales(ub), xp[p].dx), acc_u);
+    }
+    *g = _mm512_reduce_add_ps(acc_g);
+    *u = _mm512_reduce_add_ps(acc_u);
+}
+
+#else /* no AVX-512 VNNI: ggml's vec_dot serves every case */
+
+int ts_gate_up_dot_supported(enum ggml_type gate, enum ggml_type up, int64_t n) {
+    (void)gate, (void)up, (void)n;
+    return 0;
+}
+
+size_t ts_gate_up_prepared_size(int64_t n) {
+    (void)n;
+    return 0;
+}
+
+void ts_gate_up_prepare(const void *xq, int64_t n, void *prepared) {
+    (void)xq, (void)n, (void)prepared;
+}
+
+void ts_gate_up_dot(const void *gate_row, const void *up_row, const void *prepared, int64_t n, float *g, float *u) {
+    (void)gate_row, (void)up_row, (void)prepared, (void)n;
+    *g = *u = 0.0f;
+}
+
+#endif
