@@ -26,6 +26,8 @@ from tqdm import tqdm
 
 from .. import constants as C
 from ..binding import quantize
+from ..convert.hparams import HParams
+from ..convert.writer import add_llama_hparams
 
 logger = logging.getLogger(__name__)
 
@@ -220,15 +222,22 @@ def _write(path: Path, spec: SyntheticSpec, *, sparse: bool) -> None:
     tmp = path.with_suffix(".tmp")
     writer = gguf.GGUFWriter(str(tmp), C.ARCHITECTURE)
     writer.add_name(f"synthetic {spec.tag}{'' if sparse else ' dense twin'}")
-    writer.add_block_count(s.n_layer)
-    writer.add_context_length(s.n_ctx)
-    writer.add_embedding_length(s.n_embd)
-    writer.add_feed_forward_length(s.n_ff)
-    writer.add_head_count(s.n_head)
-    writer.add_head_count_kv(s.n_head_kv)
-    writer.add_rope_freq_base(s.rope_base)
-    writer.add_layer_norm_rms_eps(1e-5)
-    writer.add_vocab_size(s.n_vocab)
+    hparams = HParams(
+        n_layer=s.n_layer,
+        n_embd=s.n_embd,
+        n_ff=s.n_ff,
+        n_head=s.n_head,
+        n_head_kv=s.n_head_kv,
+        head_dim=s.n_embd // s.n_head,
+        n_ctx=s.n_ctx,
+        vocab_size=s.n_vocab,
+        rope_theta=s.rope_base,
+        rms_eps=1e-5,
+        rope_linear_factor=None,
+        tied_embeddings=False,
+        attention_bias=False,
+    )
+    add_llama_hparams(writer, hparams)
     _add_vocab(writer, s.n_vocab)
     if sparse:
         writer.add_uint32(C.KEY_FORMAT_VERSION, C.FORMAT_VERSION)
