@@ -88,10 +88,14 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.flush()
     sys.stdout.write("\n")
     s = model.stats()
+    active = [a for a in s["active_fraction"] if a is not None]
+    sparse = s["sparse_mode"]
+    if sparse != "off" and active:
+        sparse += f" ({100 * sum(active) / len(active):.0f}% of FFN rows read)"
     print(
         f"prompt: {s['prompt_tokens']} tokens, {s['prompt_tok_s']:.1f} tok/s | "
         f"decode: {s['decode_tokens']} tokens, {s['decode_tok_s']:.1f} tok/s | "
-        f"sparse: {s['sparse_mode']}, threads: {model.n_threads}",
+        f"sparse: {sparse}, threads: {model.n_threads}",
         file=sys.stderr,
     )
     return 0
