@@ -29,7 +29,7 @@ class FfnLayerResult:
     quant: str
     dense_ms: float
     sparse_ms: float
-    dense_bytes: int  # gate + up + down read by the dense FFN per token
+    dense_bytes: int  # gate + up + down of one layer, read by the dense FFN per token
     sparse_bytes: float  # predictor + the computed rows of gate, up and down_t per token
     active: float  # measured share of neurons computed
 
@@ -96,7 +96,7 @@ def bench_ffn_layer(
         quant=quant.name.lower(),
         dense_ms=1e3 * statistics.median(t_dense),
         sparse_ms=1e3 * statistics.median(t_sparse),
-        dense_bytes=tb_dense.ffn,
+        dense_bytes=tb_dense.gate[0] + tb_dense.up[0] + tb_dense.down[0],
         sparse_bytes=sparse_bytes,
         active=computed,
     )
