@@ -216,7 +216,7 @@ def finetune_kl(
                 t_logp = F.log_softmax(teacher(ids).logits.float(), dim=-1).flatten(0, 1)
             s_logp = F.log_softmax(student(ids).logits.float(), dim=-1).flatten(0, 1)
             loss = F.kl_div(s_logp, t_logp, log_target=True, reduction="batchmean")
-            kl = float(loss)
+            kl = loss.item()
             if l1 is not None:
                 loss = loss + cfg.l1_weight * l1.pop()
             opt.zero_grad(set_to_none=True)

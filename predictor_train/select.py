@@ -34,12 +34,13 @@ class CostModel:
     n_ff: int
     quant: str = "q8_0"
 
+    def __post_init__(self) -> None:
+        if self.quant not in BYTES_PER_WEIGHT:
+            raise ValueError(f"unknown quant {self.quant!r} (one of {sorted(BYTES_PER_WEIGHT)})")
+
     @property
     def bytes_per_weight(self) -> float:
-        try:
-            return BYTES_PER_WEIGHT[self.quant]
-        except KeyError:
-            raise ValueError(f"unknown quant {self.quant!r} (one of {sorted(BYTES_PER_WEIGHT)})") from None
+        return BYTES_PER_WEIGHT[self.quant]
 
     def predictor_bytes(self, rank: int) -> float:
         return (self.hidden * rank + rank * self.n_ff) * self.bytes_per_weight

@@ -12,17 +12,17 @@ from turbosparse.predictor_train.modeling import to_drelu
 WORDS = "the a king queen lord lady sword crown night day blood sleep dagger ghost witch castle".split()
 
 
-def tiny_swiglu(seed: int = 0, layers: int = 2, vocab: int = 64) -> LlamaForCausalLM:
+def tiny_swiglu(seed: int = 0, layers: int = 2, vocab: int = 64, init: float = 0.02) -> LlamaForCausalLM:
     torch.manual_seed(seed)
     cfg = LlamaConfig(
         vocab_size=vocab, hidden_size=32, intermediate_size=48, num_hidden_layers=layers, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True,
+        num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True, initializer_range=init,
     )  # fmt: skip
     return LlamaForCausalLM(cfg).eval()
 
 
-def tiny_drelu(seed: int = 0, layers: int = 2, vocab: int = 64) -> LlamaForCausalLM:
-    model = to_drelu(tiny_swiglu(seed, layers, vocab))
+def tiny_drelu(seed: int = 0, layers: int = 2, vocab: int = 64, init: float = 0.02) -> LlamaForCausalLM:
+    model = to_drelu(tiny_swiglu(seed, layers, vocab, init))
     model.config.hidden_act = "relu"
     return model
 
