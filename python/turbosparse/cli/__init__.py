@@ -8,9 +8,9 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import TurboSparseError
-from . import run_cmd
+from . import relufy_cmd, run_cmd, train_predictors_cmd
 
-_COMMANDS = (run_cmd,)
+_COMMANDS = (run_cmd, train_predictors_cmd, relufy_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:
