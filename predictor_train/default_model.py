@@ -50,13 +50,15 @@ class Recipe:
     version: str = RECIPE_VERSION
     seq_len: int = 256
     relufy_tokens: int = 65536  # calibration tokens the end-to-end stage samples from
-    collect_tokens: int = 24576  # tokens collected for predictor training
+    collect_tokens: int = 16384  # tokens collected for predictor training
     threads: int = 2
     outtype: str = "q8_0"  # GGUF weight type of the final file
-    relufy: RelufyConfig = field(default_factory=RelufyConfig)
+    relufy: RelufyConfig = field(
+        default_factory=lambda: RelufyConfig(layerwise_seqs=64, layerwise_steps=0, finetune_steps=24, finetune_batch=2,
+                                             finetune_lr=2e-4, finetune_warmup=3))  # fmt: skip
     predictors: PredictorTrainConfig = field(
-        default_factory=lambda: PredictorTrainConfig(recall_target=0.9, ranks=(32, 64, 128), quant="q8_0",
-                                                     train=TrainConfig(max_steps=300)))  # fmt: skip
+        default_factory=lambda: PredictorTrainConfig(recall_target=0.9, ranks=(32, 64), quant="q8_0",
+                                                     train=TrainConfig(max_steps=200)))  # fmt: skip
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
