@@ -40,7 +40,7 @@ from .workflows import evaluate_predictors
 
 log = logging.getLogger(__name__)
 
-RECIPE_VERSION = "smollm2-drelu-v1"
+RECIPE_VERSION = "smollm2-drelu-v2"
 CACHE_ENV = "TURBOSPARSE_CACHE"
 HELD_OUT = ("macbeth",)
 

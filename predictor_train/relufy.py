@@ -21,6 +21,7 @@ import copy
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -39,7 +40,8 @@ log = logging.getLogger(__name__)
 class RelufyConfig:
     seq_len: int = 256  # tokens per calibration sequence
     layerwise_seqs: int = 32  # sequences held in memory for stages 1-2
-    ridge: float = 1e-3  # ridge strength relative to the mean diagonal of A^T A
+    ridges: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0)  # candidate ridge strengths, relative to mean diag(A^T A)
+    ridge_val_fraction: float = 0.125  # tokens (whole sequences, the last ones) held out to pick the ridge
     layerwise_steps: int = 30  # Adam steps per layer after the closed-form down
     layerwise_batch: int = 1024  # tokens per Adam step
     layerwise_lr: float = 2e-4
@@ -57,6 +59,8 @@ class LayerFit:
     layer: int
     mse_swap: float  # MSE of the FFN output vs its target right after the swap
     mse_ridge: float  # after the closed-form down
+    ridge: float  # the ridge strength the held-out tokens chose
+    val_mse_ridge: float  # held-out MSE at that strength
     mse_final: float  # after the Adam steps
     target_var: float  # variance of the target, for scale
     active: float  # share of neurons with relu(g)*relu(u) != 0
@@ -94,15 +98,36 @@ def flip_signs(mlp: DReluMLP, teacher_mlp, z: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def fit_down_ridge(mlp: DReluMLP, z: torch.Tensor, y: torch.Tensor, ridge: float) -> None:
-    """down = argmin ||A down^T - y||^2 + lambda ||down||^2 with A = relu(gate z) * relu(up z)."""
-    a = mlp.activation(z).double()
-    gram = a.T @ a
-    lam = ridge * float(gram.diagonal().mean()) + 1e-8
-    gram.diagonal().add_(lam)
-    rhs = a.T @ y.double()
-    sol = torch.linalg.solve(gram, rhs)  # [n_ff, hidden]
-    mlp.down_proj.weight.copy_(sol.T.to(mlp.down_proj.weight.dtype))
+def fit_down_ridge(
+    mlp: DReluMLP, z: torch.Tensor, y: torch.Tensor, ridges: Sequence[float], val_fraction: float = 0.125
+) -> tuple[float, float]:
+    """down = argmin ||A down^T - y||^2 + lambda ||down||^2 with A = relu(gate z) * relu(up z), lambda = r * the
+    mean diagonal of A^T A. With several candidates r, the last val_fraction of the tokens picks the one with the
+    least held-out MSE (a 1536-wide FFN fitted on a few thousand tokens overfits easily); the final solution uses
+    all tokens. Returns (r, held-out MSE; nan when there was no choice to make)."""
+    if not ridges:
+        raise ValueError("no ridge strength given")
+    a = mlp.activation(z)
+    n_val = int(len(a) * val_fraction) if len(ridges) > 1 else 0
+    n_fit = len(a) - n_val
+    gram = (a[:n_fit].T @ a[:n_fit]).double()
+    rhs = (a[:n_fit].T @ y[:n_fit]).double()
+    eye = torch.eye(gram.shape[0], dtype=torch.float64)
+
+    def solve(g: torch.Tensor, r: torch.Tensor, ridge: float) -> torch.Tensor:
+        lam = ridge * float(g.diagonal().mean()) + 1e-8
+        return torch.linalg.solve(g + lam * eye, r)  # [n_ff, hidden]
+
+    best, best_mse = ridges[0], float("nan")
+    if n_val > 0:
+        av, yv = a[n_fit:].double(), y[n_fit:].double()
+        scores = {r: float((av @ solve(gram, rhs, r) - yv).pow(2).mean()) for r in ridges}
+        best = min(scores, key=scores.__getitem__)
+        best_mse = scores[best]
+        gram += (a[n_fit:].T @ a[n_fit:]).double()
+        rhs += (a[n_fit:].T @ y[n_fit:]).double()
+    mlp.down_proj.weight.copy_(solve(gram, rhs, best).T.to(mlp.down_proj.weight.dtype))
+    return best, best_mse
 
 
 def _mse(mlp: DReluMLP, z: torch.Tensor, y: torch.Tensor, chunk: int = 4096) -> float:
@@ -147,21 +172,21 @@ def layerwise_distill(
             y = (x_t - m_s).flatten(0, 1)
         flipped = flip_signs(ls.mlp, lt.mlp, z).float().mean().item() if cfg.flip_signs else 0.0
         mse_swap = _mse(ls.mlp, z, y)
-        fit_down_ridge(ls.mlp, z, y, cfg.ridge)
+        ridge, val_mse = fit_down_ridge(ls.mlp, z, y, cfg.ridges, cfg.ridge_val_fraction)
         mse_ridge = _mse(ls.mlp, z, y)
         with torch.enable_grad():
             distill_ffn(ls.mlp, z, y, cfg, gen)
         mse_final = _mse(ls.mlp, z, y)
         if mse_final > mse_ridge:  # Adam made it worse (too high a learning rate): back to the ridge solution
-            fit_down_ridge(ls.mlp, z, y, cfg.ridge)
+            fit_down_ridge(ls.mlp, z, y, (ridge,))
             mse_final = _mse(ls.mlp, z, y)
         with torch.no_grad():
             act = ls.mlp.activation(z)
             active = float((act != 0).float().mean())
             x_s = m_s + ls.mlp.down_proj(act).view_as(m_s)
-        fits.append(LayerFit(i, mse_swap, mse_ridge, mse_final, float(y.var()), active, flipped))
-        log.info("layer %d: mse swap %.4g ridge %.4g final %.4g (target var %.4g), active %.3f", i, mse_swap,
-                 mse_ridge, mse_final, float(y.var()), active)  # fmt: skip
+        fits.append(LayerFit(i, mse_swap, mse_ridge, ridge, val_mse, mse_final, float(y.var()), active, flipped))
+        log.info("layer %d: mse swap %.4g ridge(%g) %.4g held-out %.4g final %.4g (target var %.4g), active %.3f", i,
+                 mse_swap, ridge, mse_ridge, val_mse, mse_final, float(y.var()), active)  # fmt: skip
     return fits
 
 

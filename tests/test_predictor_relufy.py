@@ -55,11 +55,23 @@ def test_flip_signs_keeps_the_stronger_half_of_each_neuron() -> None:
 def test_ridge_down_is_the_least_squares_solution() -> None:
     mlp = DReluMLP(16, 24)
     z, y = torch.randn(400, 16), torch.randn(400, 16)
-    fit_down_ridge(mlp, z, y, ridge=1e-9)
+    assert fit_down_ridge(mlp, z, y, (1e-9,))[0] == 1e-9
     with torch.no_grad():
         a = mlp.activation(z)
         best = torch.linalg.lstsq(a.double(), y.double()).solution.T.float()
         assert torch.allclose(mlp.down_proj.weight, best, atol=1e-3)
+
+
+def test_held_out_tokens_choose_the_ridge() -> None:
+    torch.manual_seed(0)
+    mlp = DReluMLP(16, 64)
+    z = torch.randn(120, 16)
+    with torch.no_grad():
+        y = mlp.activation(z) @ torch.randn(64, 16) * 0.1 + torch.randn(120, 16)  # mostly noise: overfitting hurts
+    ridge, val = fit_down_ridge(mlp, z, y, (1e-6, 10.0), val_fraction=0.25)
+    assert ridge == 10.0 and val > 0
+    ridge, _ = fit_down_ridge(mlp, z, mlp.activation(z).detach() @ torch.randn(64, 16), (1e-6, 10.0), 0.25)
+    assert ridge == 1e-6  # noiseless: the least regularized fit wins
 
 
 def test_relufy_gets_closer_to_the_teacher_than_the_naive_swap() -> None:
