@@ -53,12 +53,14 @@ class Recipe:
     collect_tokens: int = 16384  # tokens collected for predictor training
     threads: int = 2
     outtype: str = "q8_0"  # GGUF weight type of the final file
+    # one ridge strength (1e-3): what the recorded build used; the library default picks it on held-out tokens
     relufy: RelufyConfig = field(
-        default_factory=lambda: RelufyConfig(layerwise_seqs=64, layerwise_steps=0, finetune_steps=24, finetune_batch=2,
-                                             finetune_lr=2e-4, finetune_warmup=3))  # fmt: skip
+        default_factory=lambda: RelufyConfig(layerwise_seqs=64, ridges=(1e-3,), layerwise_steps=0, finetune_steps=24,
+                                             finetune_batch=2, finetune_lr=2e-4, finetune_warmup=3))  # fmt: skip
+    # recall 0.95: measured +4.6% PPL with masks vs +13.7% at 0.9; ranks 128/256 flag far fewer neurons than 32/64
     predictors: PredictorTrainConfig = field(
-        default_factory=lambda: PredictorTrainConfig(recall_target=0.9, ranks=(32, 64), quant="q8_0",
-                                                     train=TrainConfig(max_steps=200)))  # fmt: skip
+        default_factory=lambda: PredictorTrainConfig(recall_target=0.95, ranks=(128, 256), quant="q8_0",
+                                                     train=TrainConfig(max_steps=400)))  # fmt: skip
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
@@ -214,11 +216,16 @@ def build_gguf(recipe: Recipe = Recipe(), root: Path | None = None) -> Path:
     return out
 
 
-def main() -> None:
+def main() -> int:
+    """Builds (or finds cached) the default model: the bamboo checkpoint, then the GGUF if the converter is there."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    path = build_checkpoint()
-    print(path)
+    try:
+        print(build_gguf())
+    except RuntimeError as exc:
+        print(exc)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
