@@ -39,10 +39,10 @@ log = logging.getLogger(__name__)
 @dataclass
 class RelufyConfig:
     seq_len: int = 256  # tokens per calibration sequence
-    layerwise_seqs: int = 32  # sequences held in memory for stages 1-2
+    layerwise_seqs: int = 64  # sequences held in memory for stages 1-2 (8k tokens overfit the closed-form down)
     ridges: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0)  # candidate ridge strengths, relative to mean diag(A^T A)
     ridge_val_fraction: float = 0.125  # tokens (whole sequences, the last ones) held out to pick the ridge
-    layerwise_steps: int = 30  # Adam steps per layer after the closed-form down
+    layerwise_steps: int = 0  # Adam steps per layer after the closed-form down (measured: ~2% lower MSE for 6x time)
     layerwise_batch: int = 1024  # tokens per Adam step
     layerwise_lr: float = 2e-4
     finetune_steps: int = 60  # end-to-end KL steps (0 skips stage 3)

@@ -16,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="output bamboo checkpoint folder")
     p.add_argument("--tokens", type=int, default=65536, help="calibration tokens (default 65536)")
     p.add_argument("--seq-len", type=int, default=256)
-    p.add_argument("--layerwise-steps", type=int, default=30, help="Adam steps per layer after the closed form")
+    p.add_argument("--layerwise-steps", type=int, default=0, help="Adam steps per layer after the closed form")
     p.add_argument("--finetune-steps", type=int, default=60, help="end-to-end KL steps (0 skips)")
     p.add_argument("--finetune-lr", type=float, default=1e-4)
     p.add_argument("--l1", type=float, default=0.0, help="weight of an activation L1 term (more sparsity)")
