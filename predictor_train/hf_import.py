@@ -1,0 +1,44 @@
+"""Loading a model for training: an HF checkpoint folder as is, or a llama-family GGUF through transformers'
+GGUF reader (dequantized to float32), saved as an HF checkpoint folder with its tokenizer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+from .modeling import load_causal_lm
+
+
+def gguf_to_hf(gguf: str | Path, out_dir: str | Path) -> Path:
+    """Writes gguf as an HF checkpoint (config.json, model.safetensors, tokenizer.json, ...) in out_dir."""
+    gguf = Path(gguf)
+    if not gguf.is_file():
+        raise FileNotFoundError(f"{gguf}: no such GGUF file")
+    out_dir = Path(out_dir)
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # the weights are dequantized float32 now; drop the GGUF "quantization" so that the model can be saved
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    if out_dir.exists():
+        raise FileExistsError(f"{out_dir} already exists")
+    tmp.replace(out_dir)
+    return out_dir
+
+
+def load_model(model_dir: str | Path) -> LlamaForCausalLM:
+    """The torch model of an HF checkpoint folder (Llama / ReLU-Llama / bamboo), float32."""
+    return load_causal_lm(model_dir).eval()
+
+
+def load_tokenizer(model_dir: str | Path):
+    path = Path(model_dir)
+    if not (path / "tokenizer.json").is_file() and not (path / "tokenizer.model").is_file():
+        raise FileNotFoundError(f"{path}: no tokenizer.json or tokenizer.model")
+    return AutoTokenizer.from_pretrained(path)

@@ -1,0 +1,79 @@
+"""Training every layer's predictor from a collection: train candidate ranks, measure, choose, fold.
+
+Per layer, ranks are tried from small to large; a larger rank is skipped once even a perfect predictor of
+that rank (flagging exactly the truly active neurons) would cost more than the best choice so far.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .collect import Collection
+from .export import PredictorSet, fold_thresholds
+from .modeling import Predictor
+from .select import DEFAULT_THRESHOLDS, GLOBAL_THRESHOLD, Candidate, Choice, CostModel, choose, lower_bound, measure
+from .train import LayerData, TrainConfig, train_predictor
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PredictorTrainConfig:
+    recall_target: float = 0.9
+    ranks: tuple[int, ...] = (32, 64, 128, 256)
+    quant: str = "q8_0"  # ggml type the cost model prices weights at
+    val_fraction: float = 0.1
+    max_tokens: int | None = None  # use at most this many collected tokens per layer
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+@dataclass
+class TrainedPredictors:
+    predictors: PredictorSet  # folded to the global threshold
+    choices: list[Choice]
+    frontiers: list[list[Candidate]]  # every candidate measured, per layer
+
+
+def train_layer(
+    data: LayerData, cfg: PredictorTrainConfig, cost: CostModel
+) -> tuple[Predictor, Choice, list[Candidate]]:
+    trained: dict[int, Predictor] = {}
+    cands: list[Candidate] = []
+    best: Choice | None = None
+    true_rate = float(data.y_val.float().mean())
+    for rank in sorted(cfg.ranks):
+        if best is not None and best.met_target and lower_bound(rank, true_rate, cost) >= best.cost_bytes:
+            break
+        res = train_predictor(data, replace(cfg.train, rank=rank))
+        trained[rank] = res.predictor
+        cands.append(measure(res.predictor, data.x_val, data.y_val, DEFAULT_THRESHOLDS))
+        best = choose(cands, cfg.recall_target, cost)
+    assert best is not None
+    return trained[best.rank], best, cands
+
+
+def train_all(collection: Collection, cfg: PredictorTrainConfig) -> TrainedPredictors:
+    m = collection.manifest
+    cost = CostModel(m.hidden, m.n_ff, cfg.quant)
+    n = m.n_tokens if cfg.max_tokens is None else min(cfg.max_tokens, m.n_tokens)
+    preds: list[Predictor] = []
+    choices: list[Choice] = []
+    frontiers: list[list[Candidate]] = []
+    for i in tqdm(range(m.n_layer), desc="train predictors", unit="layer"):
+        x = np.asarray(collection.residual(i)[:n])
+        y = collection.mask(i, slice(0, n))
+        data = LayerData.split(x, y, cfg.val_fraction, cfg.train.input_kind, seed=cfg.train.seed + i)
+        pred, choice, cands = train_layer(data, cfg, cost)
+        log.info("layer %d: rank %d threshold %.3f recall %.3f predicted %.3f true %.3f", i, choice.rank,
+                 choice.threshold, choice.recall, choice.predicted_rate, choice.true_rate)  # fmt: skip
+        preds.append(pred)
+        choices.append(choice)
+        frontiers.append(cands)
+    folded = fold_thresholds(preds, [c.threshold for c in choices], GLOBAL_THRESHOLD)
+    pset = PredictorSet(folded, GLOBAL_THRESHOLD, cfg.train.input_kind, [c.true_rate for c in choices],
+                        [c.predicted_rate for c in choices])  # fmt: skip
+    return TrainedPredictors(pset, choices, frontiers)

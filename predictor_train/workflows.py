@@ -1,0 +1,135 @@
+"""The two end-user workflows behind `turbosparse train-predictors` and `turbosparse relufy`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .collect import CollectConfig, collect
+from .data import read_text, tokenize_text
+from .evaluate import EvalConfig, activation_rates, perplexity, predictor_masks
+from .export import PredictorSet, save_bamboo, save_powerinfer
+from .hf_import import gguf_to_hf, load_model, load_tokenizer
+from .modeling import DReluMLP
+from .pipeline import PredictorTrainConfig, TrainedPredictors, train_all
+from .relufy import RelufyConfig, relufy
+from .report import build_report, write_report
+from .select import CostModel
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("bamboo", "powerinfer")
+
+
+@dataclass(frozen=True)
+class TrainPredictorsOptions:
+    out: Path
+    format: str = "bamboo"
+    tokens: int = 32768  # calibration tokens collected
+    seq_len: int = 256
+    work_dir: Path | None = None  # collection folder (default: OUT/collect)
+    eval_text: Path | None = None  # if given: dense and predictor-masked perplexity on this text
+    collect: CollectConfig = field(default_factory=CollectConfig)
+    predictors: PredictorTrainConfig = field(default_factory=PredictorTrainConfig)
+
+
+def evaluate_predictors(model, preds: PredictorSet, ids: list[int], cfg: EvalConfig) -> dict:
+    """Dense and predictor-masked perplexity, and the rates measured while the masks were applied."""
+    dense = perplexity(model, ids, cfg)
+    with predictor_masks(model, preds.predictors, preds.threshold, preds.input_kind) as stats:
+        masked = perplexity(model, ids, cfg)
+    rates = stats.rates()
+    return {
+        "eval": asdict(cfg),
+        "ppl_dense": dense,
+        "ppl_predictor": masked,
+        "ppl_ratio": masked / dense,
+        "eval_true_active": float(np.mean(rates["true_active"])),
+        "eval_predicted_active": float(np.mean(rates["predicted_active"])),
+        "eval_recall": float(stats.hits.sum() / max(stats.true_active.sum(), 1)),
+        "eval_per_layer": rates,
+    }
+
+
+def export_predictors(model, trained: TrainedPredictors, fmt: str, out: Path, tokenizer_dir: Path | None) -> Path:
+    if fmt == "bamboo":
+        return save_bamboo(model, trained.predictors, out, tokenizer_dir)
+    if fmt == "powerinfer":
+        return save_powerinfer(trained.predictors, out)
+    raise ValueError(f"unknown format {fmt!r} (one of {FORMATS})")
+
+
+def train_predictors(model_dir: Path, data: Path, opts: TrainPredictorsOptions) -> dict:
+    """Collect, train, choose, export and report; returns the report."""
+    if opts.format not in FORMATS:
+        raise ValueError(f"unknown format {opts.format!r} (one of {FORMATS})")
+    t0 = time.perf_counter()
+    model = load_model(model_dir)
+    if opts.format == "bamboo" and not all(isinstance(layer.mlp, DReluMLP) for layer in model.model.layers):
+        raise ValueError(f"{model_dir}: a bamboo export needs a dReLU model (run `turbosparse relufy` first)")
+    model.to(opts.collect.device)
+    tok = load_tokenizer(model_dir)
+    seqs = tokenize_text(tok, read_text(data), opts.seq_len, opts.tokens)
+    coll = collect(model, seqs, opts.work_dir or opts.out / "collect", opts.collect)
+    t1 = time.perf_counter()
+    trained = train_all(coll, opts.predictors)
+    t2 = time.perf_counter()
+    model.to("cpu")
+    extra: dict = {"seconds": {"collect": t1 - t0, "train": t2 - t1}}
+    if opts.eval_text is not None:
+        ids = tok(read_text(opts.eval_text), add_special_tokens=False)["input_ids"]
+        extra.update(evaluate_predictors(model, trained.predictors, ids, EvalConfig()))
+    out = export_predictors(model, trained, opts.format, opts.out, model_dir)
+    m = coll.manifest
+    cost = CostModel(m.hidden, m.n_ff, opts.predictors.quant)
+    report = build_report(trained.choices, cost, opts.predictors.recall_target, extra)
+    write_report(report, out, trained.frontiers)
+    return report
+
+
+@dataclass(frozen=True)
+class RelufyOptions:
+    out: Path
+    tokens: int = 65536
+    seq_len: int = 256
+    eval_text: Path | None = None
+    relufy: RelufyConfig = field(default_factory=RelufyConfig)
+
+
+def relufy_checkpoint(source: Path, data: Path, opts: RelufyOptions) -> dict:
+    """SwiGLU GGUF or HF folder -> dReLU bamboo checkpoint (no predictors) with tokenizer; returns a summary."""
+    source = Path(source)
+    if source.is_file():
+        hf_dir = opts.out.with_name(opts.out.name + ".hf")
+        if not hf_dir.exists():
+            gguf_to_hf(source, hf_dir)
+        source = hf_dir
+    teacher = load_model(source)
+    tok = load_tokenizer(source)
+    seqs = tokenize_text(tok, read_text(data), opts.seq_len, opts.tokens)
+    seqs = seqs[np.random.default_rng(opts.relufy.seed).permutation(len(seqs))]
+    student, result = relufy(teacher, seqs, opts.relufy)
+    summary: dict = {"config": asdict(opts.relufy), "seconds": result.seconds,
+                     "layers": [asdict(f) for f in result.layers], "finetune_kl": result.finetune_losses}  # fmt: skip
+    if opts.eval_text is not None:
+        ids = tok(read_text(opts.eval_text), add_special_tokens=False)["input_ids"]
+        cfg = EvalConfig()
+        summary.update(ppl_original=perplexity(teacher, ids, cfg), ppl_drelu=perplexity(student, ids, cfg),
+                       active_rates=activation_rates(student, ids, cfg))  # fmt: skip
+    from .modeling import save_bamboo as save_plain_bamboo
+
+    save_plain_bamboo(student, opts.out)
+    tok.save_pretrained(opts.out)
+    (opts.out / "relufy.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def set_threads(n: int | None) -> None:
+    if n:
+        torch.set_num_threads(n)

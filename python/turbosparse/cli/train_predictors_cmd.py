@@ -1,0 +1,62 @@
+"""`turbosparse train-predictors`: train activation predictors for a dReLU / ReLU HF checkpoint (torch, the
+`train` extra): collect residuals and active masks on calibration text, train a low-rank predictor per layer,
+choose each layer's rank and threshold for a recall target at least bytes read, export and report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train-predictors", help="train activation predictors for a dReLU/ReLU HF checkpoint",
+                       description=__doc__)  # fmt: skip
+    p.add_argument("model_dir", type=Path, metavar="MODEL_DIR", help="HF checkpoint folder (bamboo or ReLU Llama)")
+    p.add_argument("--data", type=Path, required=True, help="calibration text: a file, or a folder of *.txt")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: MODEL_DIR-predictors)")
+    p.add_argument("--format", choices=("bamboo", "powerinfer"), default="bamboo",
+                   help="bamboo: checkpoint, predictors embedded; powerinfer: model_{i}.pt + config.json")  # fmt: skip
+    p.add_argument("--recall", type=float, default=0.9, help="recall target per layer (default 0.9)")
+    p.add_argument("--ranks", type=int, nargs="+", default=[32, 64, 128, 256], help="candidate predictor ranks")
+    p.add_argument("--quant", default="q8_0", help="weight type the cost model prices bytes at (default q8_0)")
+    p.add_argument("--tokens", type=int, default=32768, help="calibration tokens to collect (default 32768)")
+    p.add_argument("--seq-len", type=int, default=256, help="tokens per calibration sequence")
+    p.add_argument("--steps", type=int, default=400, help="most training steps per predictor")
+    p.add_argument("--input", choices=("residual", "residual_rmsnorm"), default="residual_rmsnorm",
+                   help="what the predictor reads (stored in the checkpoint for the engine)")  # fmt: skip
+    p.add_argument("--eval", type=Path, default=None, help="text to measure dense and predictor-masked perplexity on")
+    p.add_argument("--device", default="cpu", help="torch device for the collection pass (default cpu)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--verbose", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    # torch is imported here only: the runtime (and `turbosparse run`) never loads it
+    from turbosparse.predictor_train.collect import CollectConfig
+    from turbosparse.predictor_train.pipeline import PredictorTrainConfig
+    from turbosparse.predictor_train.train import TrainConfig
+    from turbosparse.predictor_train.workflows import TrainPredictorsOptions, set_threads, train_predictors
+
+    if not 0 < args.recall <= 1:
+        raise ValueError(f"--recall must be in (0, 1], got {args.recall}")
+    set_threads(args.threads)
+    out = args.out or args.model_dir.with_name(args.model_dir.name + "-predictors")
+    opts = TrainPredictorsOptions(
+        out=out,
+        format=args.format,
+        tokens=args.tokens,
+        seq_len=args.seq_len,
+        eval_text=args.eval,
+        collect=CollectConfig(device=args.device),
+        predictors=PredictorTrainConfig(
+            recall_target=args.recall,
+            ranks=tuple(args.ranks),
+            quant=args.quant,
+            train=TrainConfig(max_steps=args.steps, input_kind=args.input),
+        ),
+    )
+    report = train_predictors(args.model_dir, args.data, opts)
+    print(json.dumps({"out": str(out), **report["totals"]}, indent=2))
+    return 0

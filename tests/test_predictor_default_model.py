@@ -1,0 +1,50 @@
+"""The default-model recipe: cached, resumable steps; held-out Macbeth; a clear error at the convert step."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from turbosparse.predictor_train import default_model
+from turbosparse.predictor_train.default_model import Recipe, Steps, build_gguf, cache_dir
+
+
+def test_steps_run_once_and_resume_after_a_failure(tmp_path: Path) -> None:
+    calls: list[str] = []
+    steps = Steps(tmp_path)
+    steps.run("a", lambda: calls.append("a"))
+
+    def boom() -> None:
+        calls.append("b")
+        raise RuntimeError("interrupted")
+
+    with pytest.raises(RuntimeError, match="interrupted"):
+        steps.run("b", boom)
+    again = Steps(tmp_path)
+    again.run("a", lambda: calls.append("a"))
+    again.run("b", lambda: calls.append("b2"))
+    assert calls == ["a", "b", "b2"]
+    assert set(again.times) == {"a", "b"}
+
+
+def test_cache_dir_is_keyed_by_the_recipe_version(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("TURBOSPARSE_CACHE", str(tmp_path))
+    assert cache_dir(Recipe()) == tmp_path / default_model.RECIPE_VERSION
+    assert cache_dir(Recipe(version="other")) == tmp_path / "other"
+
+
+def test_macbeth_is_held_out_of_calibration() -> None:
+    calib = default_model.calibration_text()
+    held_out = default_model.eval_text()
+    assert len(calib) > 3_000_000 and len(held_out) > 50_000
+    assert "Enter Macbeth" not in calib and "Enter Macbeth" in held_out
+    assert "Enter Hamlet" in calib
+
+
+def test_convert_step_without_the_converter_is_a_clear_error(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(default_model, "build_checkpoint", lambda recipe, root: root / "bamboo")
+    monkeypatch.setitem(sys.modules, "turbosparse.convert", None)  # makes `import turbosparse.convert` fail
+    with pytest.raises(RuntimeError, match=r"bamboo checkpoint is ready .*turbosparse\.convert\.convert\("):
+        build_gguf(Recipe(), tmp_path)
