@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -23,7 +22,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from turbosparse.assets import shakespeare_dir, smollm2_gguf
+from turbosparse.assets import (
+    DEFAULT_MODEL_OUTTYPE,
+    DEFAULT_MODEL_RECIPE,
+    cache_root,
+    default_model_file,
+    shakespeare_dir,
+    smollm2_gguf,
+)
 
 from .collect import CollectConfig, Collection, collect
 from .data import read_text, tokenize_text
@@ -40,8 +46,7 @@ from .workflows import evaluate_predictors
 
 log = logging.getLogger(__name__)
 
-RECIPE_VERSION = "smollm2-drelu-v2"
-CACHE_ENV = "TURBOSPARSE_CACHE"
+RECIPE_VERSION = DEFAULT_MODEL_RECIPE
 HELD_OUT = ("macbeth",)
 
 
@@ -52,7 +57,7 @@ class Recipe:
     relufy_tokens: int = 65536  # calibration tokens the end-to-end stage samples from
     collect_tokens: int = 16384  # tokens collected for predictor training
     threads: int = 2
-    outtype: str = "q8_0"  # GGUF weight type of the final file
+    outtype: str = DEFAULT_MODEL_OUTTYPE  # GGUF weight type of the final file
     # one ridge strength (1e-3): what the recorded build used; the library default picks it on held-out tokens
     relufy: RelufyConfig = field(
         default_factory=lambda: RelufyConfig(layerwise_seqs=64, ridges=(1e-3,), layerwise_steps=0, finetune_steps=24,
@@ -65,8 +70,7 @@ class Recipe:
 
 
 def cache_dir(recipe: Recipe = Recipe()) -> Path:
-    root = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "turbosparse" / "default-model")
-    return root / recipe.version
+    return cache_root() / "default-model" / recipe.version
 
 
 def calibration_text() -> str:
@@ -201,29 +205,26 @@ def build_gguf(recipe: Recipe = Recipe(), root: Path | None = None) -> Path:
     """The whole build: checkpoint, then the GGUF through turbosparse.convert (the integration point)."""
     root = root or cache_dir(recipe)
     final = build_checkpoint(recipe, root)
-    out = root / f"smollm2-135m-drelu.{recipe.outtype}.gguf"
+    out = gguf_path(recipe, root)
     if out.is_file():
         return out
-    try:
-        from turbosparse.convert import convert
-    except ImportError as exc:
-        raise RuntimeError(
-            f"the bamboo checkpoint is ready at {final}, but turbosparse.convert is not available to write the GGUF "
-            f"({exc}); convert it with turbosparse.convert.convert({str(final)!r}, {str(out)!r}, "
-            f"outtype={recipe.outtype!r})"
-        ) from exc
-    convert(final, out, outtype=recipe.outtype)
+    from turbosparse.convert import convert
+
+    # the tokenizer.json transformers rebuilt from the GGUF reads as plain gpt-2; SmolLM2's llama.cpp pre-tokenizer
+    # is "smollm". Both down layouts: prefill multiplies by ffn_down, sparse decoding reads rows of ffn_down_t.
+    convert(final, out, outtype=recipe.outtype, vocab_pre="smollm", down_layout="both", progress=True)
     return out
 
 
+def gguf_path(recipe: Recipe = Recipe(), root: Path | None = None) -> Path:
+    """Where the default model's GGUF is (or will be) cached."""
+    return (root or cache_dir(recipe)) / default_model_file(recipe.outtype)
+
+
 def main() -> int:
-    """Builds (or finds cached) the default model: the bamboo checkpoint, then the GGUF if the converter is there."""
+    """Builds (or finds cached) the default model's GGUF and prints its path."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    try:
-        print(build_gguf())
-    except RuntimeError as exc:
-        print(exc)
-        return 1
+    print(build_gguf())
     return 0
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -31,8 +30,8 @@ def test_steps_run_once_and_resume_after_a_failure(tmp_path: Path) -> None:
 
 def test_cache_dir_is_keyed_by_the_recipe_version(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("TURBOSPARSE_CACHE", str(tmp_path))
-    assert cache_dir(Recipe()) == tmp_path / default_model.RECIPE_VERSION
-    assert cache_dir(Recipe(version="other")) == tmp_path / "other"
+    assert cache_dir(Recipe()) == tmp_path / "default-model" / default_model.RECIPE_VERSION
+    assert cache_dir(Recipe(version="other")) == tmp_path / "default-model" / "other"
 
 
 def test_macbeth_is_held_out_of_calibration() -> None:
@@ -43,8 +42,21 @@ def test_macbeth_is_held_out_of_calibration() -> None:
     assert "Enter Hamlet" in calib
 
 
-def test_convert_step_without_the_converter_is_a_clear_error(tmp_path: Path, monkeypatch) -> None:
+def test_convert_step_writes_the_gguf_once(tmp_path: Path, monkeypatch) -> None:
+    """The last step hands the bamboo checkpoint to the converter (SmolLM2's pre-tokenizer, both down layouts)."""
+    import turbosparse.convert
+
+    calls = []
+
+    def fake_convert(src, out, **options):
+        calls.append((src, options))
+        Path(out).write_bytes(b"GGUF")
+        return Path(out)
+
     monkeypatch.setattr(default_model, "build_checkpoint", lambda recipe, root: root / "bamboo")
-    monkeypatch.setitem(sys.modules, "turbosparse.convert", None)  # makes `import turbosparse.convert` fail
-    with pytest.raises(RuntimeError, match=r"bamboo checkpoint is ready .*turbosparse\.convert\.convert\("):
-        build_gguf(Recipe(), tmp_path)
+    monkeypatch.setattr(turbosparse.convert, "convert", fake_convert)
+    out = build_gguf(Recipe(), tmp_path)
+    assert out == default_model.gguf_path(Recipe(), tmp_path) and out.is_file()
+    assert calls == [(tmp_path / "bamboo", {"outtype": "q8_0", "vocab_pre": "smollm", "down_layout": "both",
+                                            "progress": True})]  # fmt: skip
+    assert build_gguf(Recipe(), tmp_path) == out and len(calls) == 1  # cached

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 
@@ -38,6 +39,28 @@ def shakespeare_text(name: str) -> str:
     return path.read_text(encoding="utf-8", errors="replace")
 
 
+DEFAULT_MODEL_RECIPE = "smollm2-drelu-v2"  # bump when the recipe changes: a new cache folder, a fresh build
+DEFAULT_MODEL_OUTTYPE = "q8_0"
+
+
+def cache_root() -> Path:
+    """Where turbosparse caches what it builds: $TURBOSPARSE_CACHE, else ~/.cache/turbosparse."""
+    return Path(os.environ.get("TURBOSPARSE_CACHE") or Path.home() / ".cache" / "turbosparse")
+
+
+def default_model_file(outtype: str = DEFAULT_MODEL_OUTTYPE) -> str:
+    return f"smollm2-135m-drelu.{outtype}.gguf"
+
+
 def default_model() -> str:
-    """Path of the README's default model GGUF."""
-    return str(smollm2_gguf())
+    """Path of the README's default model GGUF: SmolLM2-135M-Instruct made dReLU, with trained predictors.
+
+    Built once (about 25 minutes on 2 cores, every step cached and resumable) by
+    turbosparse.predictor_train.default_model, which needs the `train` extra (torch); a cached model is found
+    without importing torch."""
+    path = cache_root() / "default-model" / DEFAULT_MODEL_RECIPE / default_model_file()
+    if path.is_file():
+        return str(path)
+    from .predictor_train.default_model import build_gguf
+
+    return str(build_gguf())

@@ -14,7 +14,6 @@ sparse decoding reads exactly the rows the byte ceiling counts.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -25,6 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .. import constants as C
+from ..assets import cache_root
 from ..binding import quantize
 from ..convert.hparams import HParams
 from ..convert.writer import add_llama_hparams
@@ -80,8 +80,7 @@ class SyntheticSpec:
 
 
 def default_cache_dir() -> Path:
-    root = os.environ.get("TURBOSPARSE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "turbosparse")
-    return Path(root) / "synthetic"
+    return cache_root() / "synthetic"
 
 
 def synthetic_pair(spec: SyntheticSpec, cache_dir: Path | None = None) -> tuple[Path, Path]:
