@@ -164,44 +164,42 @@ static void prefetch_rows(const char *w, size_t row_bytes, size_t offset, const 
     }
 }
 
-/* o[0, 32 * n_units) += sum_i coef[i] * row_i, rows taken GROUP at a time (then one at a time) */
+/*
+ * o[0, 32 * n_units) += sum_i coef[i] * row_i, rows taken GROUP at a time (the last group may be shorter): each
+ * output unit is loaded and stored once per group, and the next group's row segments are prefetched meanwhile.
+ */
 #define DEFINE_AXPY_TILE(name, unit, unit_bytes)                                                                    \
+    static inline void add_rows_##name(const uint8_t *const *r, const float *a, int n_rows, int64_t n_units,      \
+                                       float *o) {                                                                   \
+        for (int64_t u = 0; u < n_units; u++) {                                                                      \
+            __m256 acc[4];                                                                                           \
+            for (int k = 0; k < 4; k++) {                                                                            \
+                acc[k] = _mm256_loadu_ps(o + 32 * u + 8 * k);                                                        \
+            }                                                                                                        \
+            for (int k = 0; k < n_rows; k++) {                                                                       \
+                unit(r[k], u, a[k], acc);                                                                            \
+            }                                                                                                        \
+            for (int k = 0; k < 4; k++) {                                                                            \
+                _mm256_storeu_ps(o + 32 * u + 8 * k, acc[k]);                                                       \
+            }                                                                                                        \
+        }                                                                                                            \
+    }                                                                                                                \
     static void axpy_tile_##name(const char *w, size_t row_bytes, size_t offset, const int32_t *idx,              \
                                  const float *coef, int64_t n_idx, int64_t n_units, float *o) {                     \
         const size_t seg_bytes = (size_t)(n_units * (unit_bytes));                                                   \
-        int64_t i = 0;                                                                                               \
         prefetch_rows(w, row_bytes, offset, idx, n_idx < GROUP ? n_idx : GROUP, seg_bytes);                          \
-        for (; i + GROUP <= n_idx; i += GROUP) {                                                                     \
-            const int64_t ahead = n_idx - (i + GROUP) < GROUP ? n_idx - (i + GROUP) : GROUP;                         \
-            prefetch_rows(w, row_bytes, offset, idx + i + GROUP, ahead, seg_bytes);                                  \
+        for (int64_t i = 0; i < n_idx; i += GROUP) {                                                                 \
+            const int n = n_idx - i < GROUP ? (int)(n_idx - i) : GROUP;                                              \
+            const int64_t next = i + n, ahead = n_idx - next < GROUP ? n_idx - next : GROUP;                         \
+            prefetch_rows(w, row_bytes, offset, idx + next, ahead, seg_bytes);                                       \
             const uint8_t *r[GROUP];                                                                                 \
-            for (int k = 0; k < GROUP; k++) {                                                                        \
+            for (int k = 0; k < n; k++) {                                                                            \
                 r[k] = (const uint8_t *)w + (size_t)idx[i + k] * row_bytes + offset;                                 \
             }                                                                                                        \
-            for (int64_t u = 0; u < n_units; u++) {                                                                  \
-                __m256 acc[4];                                                                                       \
-                for (int k = 0; k < 4; k++) {                                                                        \
-                    acc[k] = _mm256_loadu_ps(o + 32 * u + 8 * k);                                                    \
-                }                                                                                                    \
-                for (int k = 0; k < GROUP; k++) {                                                                    \
-                    unit(r[k], u, coef[i + k], acc);                                                                 \
-                }                                                                                                    \
-                for (int k = 0; k < 4; k++) {                                                                        \
-                    _mm256_storeu_ps(o + 32 * u + 8 * k, acc[k]);                                                    \
-                }                                                                                                    \
-            }                                                                                                        \
-        }                                                                                                            \
-        for (; i < n_idx; i++) {                                                                                     \
-            const uint8_t *r = (const uint8_t *)w + (size_t)idx[i] * row_bytes + offset;                             \
-            for (int64_t u = 0; u < n_units; u++) {                                                                  \
-                __m256 acc[4];                                                                                       \
-                for (int k = 0; k < 4; k++) {                                                                        \
-                    acc[k] = _mm256_loadu_ps(o + 32 * u + 8 * k);                                                    \
-                }                                                                                                    \
-                unit(r, u, coef[i], acc);                                                                            \
-                for (int k = 0; k < 4; k++) {                                                                        \
-                    _mm256_storeu_ps(o + 32 * u + 8 * k, acc[k]);                                                    \
-                }                                                                                                    \
+            if (n == GROUP) {                                                                                        \
+                add_rows_##name(r, coef + i, GROUP, n_units, o); /* a constant count the compiler unrolls */         \
+            } else {                                                                                                 \
+                add_rows_##name(r, coef + i, n, n_units, o);                                                         \
             }                                                                                                        \
         }                                                                                                            \
     }
