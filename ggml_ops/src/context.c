@@ -222,13 +222,36 @@ static void fill_inputs(const ts_context *c, const ts_graph *g, const int32_t *t
     }
 }
 
-/* One graph evaluation of at most n_batch tokens. */
-static int eval_chunk(ts_context *c, const int32_t *tokens, int32_t n_tokens, int32_t n_outputs, int32_t dense_ffn,
-                      float *logits, char *err, size_t err_size) {
+/* A graph-building context over the context's reusable metadata memory (tensors get no data: gallocr places them). */
+static struct ggml_context *graph_context(ts_context *c, char *err, size_t err_size) {
     struct ggml_init_params ip = {.mem_size = c->graph_meta_size, .mem_buffer = c->graph_meta, .no_alloc = true};
     struct ggml_context *ctx0 = ggml_init(ip);
     if (ctx0 == NULL) {
-        return ts_set_error(err, err_size, "cannot create the graph context");
+        ts_set_error(err, err_size, "cannot create the graph context");
+    }
+    return ctx0;
+}
+
+static int alloc_graph(ts_context *c, struct ggml_cgraph *gf, int32_t n_tokens, char *err, size_t err_size) {
+    if (!ggml_gallocr_alloc_graph(c->galloc, gf)) {
+        return ts_set_error(err, err_size, "out of memory allocating the compute graph for %d tokens", n_tokens);
+    }
+    return 0;
+}
+
+static int compute_graph(ts_context *c, struct ggml_cgraph *gf, char *err, size_t err_size) {
+    if (ggml_backend_graph_compute(c->backend, gf) != GGML_STATUS_SUCCESS) {
+        return ts_set_error(err, err_size, "ggml graph computation failed");
+    }
+    return 0;
+}
+
+/* One graph evaluation of at most n_batch tokens. */
+static int eval_chunk(ts_context *c, const int32_t *tokens, int32_t n_tokens, int32_t n_outputs, int32_t dense_ffn,
+                      float *logits, char *err, size_t err_size) {
+    struct ggml_context *ctx0 = graph_context(c, err, err_size);
+    if (ctx0 == NULL) {
+        return -1;
     }
     ts_graph g = {0};
     const int32_t n_used = c->n_past + n_tokens;
@@ -237,14 +260,12 @@ static int eval_chunk(ts_context *c, const int32_t *tokens, int32_t n_tokens, in
         g.n_kv = c->n_cells;
     }
     int rc = ts_graph_build(c, ctx0, n_tokens, n_outputs, dense_ffn, &g);
-    if (rc == 0 && !ggml_gallocr_alloc_graph(c->galloc, g.gf)) {
-        rc = ts_set_error(err, err_size, "out of memory allocating the compute graph for %d tokens", n_tokens);
+    if (rc == 0) {
+        rc = alloc_graph(c, g.gf, n_tokens, err, err_size);
     }
     if (rc == 0) {
         fill_inputs(c, &g, tokens, n_tokens, n_outputs);
-        if (ggml_backend_graph_compute(c->backend, g.gf) != GGML_STATUS_SUCCESS) {
-            rc = ts_set_error(err, err_size, "ggml graph computation failed");
-        }
+        rc = compute_graph(c, g.gf, err, err_size);
     }
     if (rc == 0) {
         c->n_past += n_tokens;
@@ -296,24 +317,19 @@ int32_t ts_context_eval_ffn(ts_context *c, int32_t layer, const float *h, int32_
     if (n_tokens <= 0 || n_tokens > c->params.n_batch) {
         return ts_set_error(err, err_size, "n_tokens = %d is not in [1, n_batch = %d]", n_tokens, c->params.n_batch);
     }
-    struct ggml_init_params ip = {.mem_size = c->graph_meta_size, .mem_buffer = c->graph_meta, .no_alloc = true};
-    struct ggml_context *ctx0 = ggml_init(ip);
+    struct ggml_context *ctx0 = graph_context(c, err, err_size);
     if (ctx0 == NULL) {
-        return ts_set_error(err, err_size, "cannot create the graph context");
+        return -1;
     }
     struct ggml_tensor *in = NULL, *res = NULL;
     struct ggml_cgraph *gf = ts_graph_build_ffn(c, ctx0, layer, n_tokens, dense_ffn, &in, &res);
-    int rc = 0;
-    if (!ggml_gallocr_alloc_graph(c->galloc, gf)) {
-        rc = ts_set_error(err, err_size, "out of memory allocating the FFN graph for %d tokens", n_tokens);
-    }
+    int rc = alloc_graph(c, gf, n_tokens, err, err_size);
     if (rc == 0) {
         memcpy(in->data, h, ggml_nbytes(in));
-        if (ggml_backend_graph_compute(c->backend, gf) != GGML_STATUS_SUCCESS) {
-            rc = ts_set_error(err, err_size, "ggml graph computation failed");
-        } else {
-            memcpy(out, res->data, ggml_nbytes(res));
-        }
+        rc = compute_graph(c, gf, err, err_size);
+    }
+    if (rc == 0) {
+        memcpy(out, res->data, ggml_nbytes(res));
     }
     ggml_free(ctx0);
     return rc;
