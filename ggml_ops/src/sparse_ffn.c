@@ -62,6 +62,11 @@ static void prefetch_row(const struct ggml_tensor *w, int64_t j) {
     }
 }
 
+/* Whether neuron j is computed: exact mode, relu(gate) > 0; predictor mode, logit >= threshold. */
+static int selected(const ts_sparse_layer *layer, float s) {
+    return layer->select_exact ? s > 0.0f : s >= layer->threshold;
+}
+
 #define ACT_LIST 256  /* neurons gathered per pass */
 #define ACT_AHEAD 1   /* rows prefetched this many neurons ahead (1-2 measured alike; 8 slower) */
 
@@ -91,7 +96,7 @@ static void sparse_act_op(struct ggml_tensor *dst, int ith, int nth, void *userd
             int32_t list[ACT_LIST];
             int n = 0;
             for (; j < j1 && n < ACT_LIST; j++) {
-                const int chosen = exact ? sel[j] > 0.0f : sel[j] >= layer->threshold;
+                const int chosen = selected(layer, sel[j]);
                 a[j] = 0.0f;
                 if (chosen || recall) {
                     list[n++] = (int32_t)j;
@@ -105,7 +110,7 @@ static void sparse_act_op(struct ggml_tensor *dst, int ith, int nth, void *userd
                     }
                 }
                 const int64_t jj = list[k];
-                const int chosen = exact ? sel[jj] > 0.0f : sel[jj] >= layer->threshold;
+                const int chosen = selected(layer, sel[jj]);
                 float g, u;
                 if (fused) {
                     ts_gate_up_dot(row_ptr(gate, jj), row_ptr(up, jj), prepared, up->ne[0], &g, &u);
