@@ -18,7 +18,7 @@ import gguf
 import numpy as np
 
 from ..binding import NativeContext, NativeModel, SparseMode
-from .runner import tensor_bytes
+from .runner import sparse_ffn_bytes, tensor_bytes
 from .synthetic import SHAPES, SyntheticSpec, synthetic_pair
 
 Q = gguf.GGMLQuantizationType
@@ -85,20 +85,18 @@ def bench_ffn_layer(
             ctx.eval_ffn(i % n_layer, inputs[i // n_layer], dense_ffn=is_dense)
             times.append(time.perf_counter() - t0)
     stats = sparse.layer_stats()
-    n_ff, n_tokens = sparse.model.info.n_ff, sum(s.n_tokens for s in stats)
-    computed = sum(s.n_computed for s in stats) / (n_tokens * n_ff)
-    nonzero = sum(s.n_nonzero for s in stats) / (n_tokens * n_ff)
+    n_ff = sparse.model.info.n_ff
     tb_dense, tb_sparse = tensor_bytes(dense_path), tensor_bytes(sparse_path)
-    sparse_bytes = (
-        tb_sparse.predictor[0] + computed * (tb_sparse.gate[0] + tb_sparse.up[0]) + nonzero * tb_sparse.down[0]
-    )
     return FfnLayerResult(
         quant=quant.name.lower(),
         dense_ms=1e3 * statistics.median(t_dense),
         sparse_ms=1e3 * statistics.median(t_sparse),
         dense_bytes=tb_dense.gate[0] + tb_dense.up[0] + tb_dense.down[0],
-        sparse_bytes=sparse_bytes,
-        active=computed,
+        # identical layers, each called equally often: bytes per call are the mean over layers
+        sparse_bytes=statistics.fmean(
+            sparse_ffn_bytes(tb_sparse, i, s, n_ff, exact=False) for i, s in enumerate(stats)
+        ),
+        active=sum(s.n_computed for s in stats) / (sum(s.n_tokens for s in stats) * n_ff),
     )
 
 

@@ -14,6 +14,7 @@ import gguf
 import numpy as np
 
 from .. import constants as C
+from ..binding import LayerStats
 from .engines import Engine, TurbosparseEngine
 
 logger = logging.getLogger(__name__)
@@ -106,6 +107,15 @@ def kv_bytes_per_token(path: Path, n_kv: int) -> int:
     return 2 * num("block_count") * n_kv * n_head_kv * head * 2
 
 
+def sparse_ffn_bytes(tb: TensorBytes, layer: int, stats: LayerStats, n_ff: int, exact: bool) -> float:
+    """FFN bytes layer read per token by sparse decoding, from its counters: the predictor (or, exact, the whole
+    gate), the computed rows of gate and up, the non-zero rows of down."""
+    computed = stats.n_computed / (stats.n_tokens * n_ff)
+    nonzero = stats.n_nonzero / (stats.n_tokens * n_ff)
+    gate = tb.gate[layer] if exact else computed * tb.gate[layer] + tb.predictor[layer]
+    return gate + computed * tb.up[layer] + nonzero * tb.down[layer]
+
+
 def measured_sparse_bytes(tb: TensorBytes, engine: TurbosparseEngine) -> tuple[float, float]:
     """(bytes per decoded token from the measured per-layer counters, mean computed share)."""
     stats = engine.layer_stats()
@@ -117,13 +127,8 @@ def measured_sparse_bytes(tb: TensorBytes, engine: TurbosparseEngine) -> tuple[f
             total += tb.gate[i] + tb.up[i] + tb.down[i]
             shares.append(1.0)
             continue
-        computed = s.n_computed / (s.n_tokens * n_ff)
-        nonzero = s.n_nonzero / (s.n_tokens * n_ff)
-        exact_layer = engine.mode == "exact" or tb.predictor[i] == 0
-        gate = tb.gate[i] if exact_layer else computed * tb.gate[i]
-        pred = 0 if exact_layer else tb.predictor[i]
-        total += gate + pred + computed * tb.up[i] + nonzero * tb.down[i]
-        shares.append(computed)
+        total += sparse_ffn_bytes(tb, i, s, n_ff, exact=engine.mode == "exact" or tb.predictor[i] == 0)
+        shares.append(s.n_computed / (s.n_tokens * n_ff))
     return total, float(np.mean(shares))
 
 
