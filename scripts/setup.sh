@@ -37,9 +37,10 @@ llama_flags=""
 [ "$(uname -m)" = x86_64 ] && llama_flags="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
 llama_key=$( (uname -m; grep -m1 -E '^(flags|Features)' /proc/cpuinfo || true; "$venv/bin/python" -V; echo "$llama_version $llama_flags") \
              | sha256sum | cut -c1-16)
-wheels="${XDG_CACHE_HOME:-$HOME/.cache}/turbosparse/wheels/llama-cpp-python-$llama_version-$llama_key"
+# the cache root turbosparse itself uses (python/turbosparse/assets.py: cache_root)
+wheels="${TURBOSPARSE_CACHE:-$HOME/.cache/turbosparse}/wheels/llama-cpp-python-$llama_version-$llama_key"
 if ! ls "$wheels"/llama_cpp_python-*.whl >/dev/null 2>&1; then
-    echo "setup: compiling llama-cpp-python $llama_version for this CPU (~6-8 minutes, once per CPU kind)" >&2
+    echo "setup: compiling llama-cpp-python $llama_version for this CPU (6-18 minutes on 2 cores, once per CPU kind)" >&2
     rm -rf "$wheels.tmp"
     CFLAGS="$llama_flags" CXXFLAGS="$llama_flags" $pip wheel -q --no-deps --no-cache-dir "llama-cpp-python==$llama_version" -w "$wheels.tmp"
     rm -rf "$wheels" && mv "$wheels.tmp" "$wheels"
