@@ -35,10 +35,6 @@ int ts_gate_up_dot_supported(enum ggml_type gate, enum ggml_type up, int64_t n) 
     return gate == GGML_TYPE_Q4_0 && up == GGML_TYPE_Q4_0 && n % 64 == 0 && n <= TS_GATE_UP_MAX_EMBD;
 }
 
-size_t ts_gate_up_prepared_size(int64_t n) {
-    return (size_t)(n / 64) * sizeof(prepared_pair);
-}
-
 void ts_gate_up_prepare(const void *xq, int64_t n, void *prepared) {
     const uint8_t *x = xq;
     prepared_pair *out = prepared;
@@ -92,25 +88,23 @@ void ts_gate_up_dot(const void *gate_row, const void *up_row, const void *prepar
     *u = _mm512_reduce_add_ps(acc_u);
 }
 
-#else /* no AVX-512 VNNI: ggml's vec_dot serves every case */
+#else /* no AVX-512 VNNI: ggml's vec_dot serves every case, and callers never reach the kernel */
+
+#include <stdlib.h>
 
 int ts_gate_up_dot_supported(enum ggml_type gate, enum ggml_type up, int64_t n) {
     (void)gate, (void)up, (void)n;
     return 0;
 }
 
-size_t ts_gate_up_prepared_size(int64_t n) {
-    (void)n;
-    return 0;
-}
-
 void ts_gate_up_prepare(const void *xq, int64_t n, void *prepared) {
     (void)xq, (void)n, (void)prepared;
+    abort(); /* unreachable: ts_gate_up_dot_supported() is 0 on this CPU */
 }
 
 void ts_gate_up_dot(const void *gate_row, const void *up_row, const void *prepared, int64_t n, float *g, float *u) {
-    (void)gate_row, (void)up_row, (void)prepared, (void)n;
-    *g = *u = 0.0f;
+    (void)gate_row, (void)up_row, (void)prepared, (void)n, (void)g, (void)u;
+    abort(); /* unreachable: ts_gate_up_dot_supported() is 0 on this CPU */
 }
 
 #endif

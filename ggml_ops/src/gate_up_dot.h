@@ -21,10 +21,7 @@
 /* 1 when gate and up of these types over rows of n values run the fused kernel. */
 int ts_gate_up_dot_supported(enum ggml_type gate, enum ggml_type up, int64_t n);
 
-/* Bytes of the prepared activation for rows of n values. */
-size_t ts_gate_up_prepared_size(int64_t n);
-
-/* Prepares a Q8_0 activation row of n values (xq) into `prepared` (ts_gate_up_prepared_size(n) bytes, 64-aligned). */
+/* Prepares a Q8_0 activation row of n values (xq) into `prepared` (n / 64 * TS_GATE_UP_PAIR_BYTES bytes, 64-aligned). */
 void ts_gate_up_prepare(const void *xq, int64_t n, void *prepared);
 
 /* *g = gate_row . x and *u = up_row . x for Q4_0 rows of n values against the prepared activation. */
