@@ -26,7 +26,7 @@ import torch
 from turbosparse.assets import (
     DEFAULT_MODEL_OUTTYPE,
     DEFAULT_MODEL_RECIPE,
-    cache_root,
+    default_model_dir,
     default_model_file,
     shakespeare_dir,
     smollm2_gguf,
@@ -71,7 +71,7 @@ class Recipe:
 
 
 def cache_dir(recipe: Recipe = Recipe()) -> Path:
-    return cache_root() / "default-model" / recipe.version
+    return default_model_dir(recipe.version)
 
 
 def calibration_text() -> str:

@@ -48,6 +48,11 @@ def cache_root() -> Path:
     return Path(os.environ.get("TURBOSPARSE_CACHE") or Path.home() / ".cache" / "turbosparse")
 
 
+def default_model_dir(recipe: str = DEFAULT_MODEL_RECIPE) -> Path:
+    """The default model's build folder (every cached step and the GGUF) for a recipe version."""
+    return cache_root() / "default-model" / recipe
+
+
 def default_model_file(outtype: str = DEFAULT_MODEL_OUTTYPE) -> str:
     return f"smollm2-135m-drelu.{outtype}.gguf"
 
@@ -58,7 +63,7 @@ def default_model() -> str:
     Built once (about 25 minutes on 2 cores, every step cached and resumable) by
     turbosparse.predictor_train.default_model, which needs the `train` extra (torch); a cached model is found
     without importing torch."""
-    path = cache_root() / "default-model" / DEFAULT_MODEL_RECIPE / default_model_file()
+    path = default_model_dir() / default_model_file()
     if path.is_file():
         return str(path)
     from .predictor_train.default_model import build_gguf
