@@ -18,8 +18,7 @@ import torch
 from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
-BAMBOO_MODEL_TYPE = "bamboo"
-BAMBOO_ARCHITECTURE = "BambooForCausalLM"
+from turbosparse.constants import HF_BAMBOO_ARCHITECTURE, HF_BAMBOO_MODEL_TYPE
 
 
 class Predictor(nn.Module):
@@ -61,7 +60,7 @@ def read_config(model_dir: Path) -> dict:
 
 
 def is_bamboo(config: dict) -> bool:
-    return config.get("model_type") == BAMBOO_MODEL_TYPE or BAMBOO_ARCHITECTURE in config.get("architectures", [])
+    return config.get("model_type") == HF_BAMBOO_MODEL_TYPE or HF_BAMBOO_ARCHITECTURE in config.get("architectures", [])
 
 
 def llama_config(config: dict) -> LlamaConfig:
@@ -126,7 +125,7 @@ def save_bamboo(model: LlamaForCausalLM, out_dir: str | Path) -> None:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     config = model.config.to_dict()
-    config.update(model_type=BAMBOO_MODEL_TYPE, architectures=[BAMBOO_ARCHITECTURE], hidden_act="relu")
+    config.update(model_type=HF_BAMBOO_MODEL_TYPE, architectures=[HF_BAMBOO_ARCHITECTURE], hidden_act="relu")
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     if model.config.tie_word_embeddings:
         state.pop("lm_head.weight", None)

@@ -6,12 +6,11 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from ...constants import HF_BAMBOO_ARCHITECTURE, HF_BAMBOO_MODEL_TYPE
 from ...errors import ConvertError
 from .base import TensorSpec, register
 from .sparse import PredictorPart, ReluFamily
 
-BAMBOO_MODEL_TYPE = "bamboo"
-BAMBOO_ARCHITECTURE = "BambooForCausalLM"
 _PREDICTOR = re.compile(r"model\.layers\.(\d+)\.mlp\.predictor\.(fc1|fc2)\.weight")
 
 
@@ -22,7 +21,7 @@ class Bamboo(ReluFamily):
 
     @classmethod
     def matches(cls, config: dict[str, Any]) -> bool:
-        return config.get("model_type") == BAMBOO_MODEL_TYPE or BAMBOO_ARCHITECTURE in (
+        return config.get("model_type") == HF_BAMBOO_MODEL_TYPE or HF_BAMBOO_ARCHITECTURE in (
             config.get("architectures") or ()
         )
 

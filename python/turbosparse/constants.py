@@ -37,3 +37,7 @@ TENSOR_PRED_FC2: Final = "blk.{}.ffn_pred_fc2.weight"  # ne {rank, n_ff}
 # PowerInfer's names for the same tensors
 TENSOR_POWERINFER_FC1: Final = "blk.{}.fc1.weight"
 TENSOR_POWERINFER_FC2: Final = "blk.{}.fc2.weight"
+
+# ---- Hugging Face side: TurboSparse-Mistral ("bamboo") checkpoints ----------------------------------------
+HF_BAMBOO_MODEL_TYPE: Final = "bamboo"  # config.json model_type
+HF_BAMBOO_ARCHITECTURE: Final = "BambooForCausalLM"  # config.json architectures
