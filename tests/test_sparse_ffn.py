@@ -197,8 +197,8 @@ def test_sparse_modes_refuse_what_the_file_cannot_do(tmp_path: Path) -> None:
     from turbosparse import ModelLoadError
 
     swiglu, _ = make(tmp_path, TinyConfig(act="swiglu"), down_layout="standard")
-    with pytest.raises(ModelLoadError, match="needs a ReLU-gated FFN"):
-        context(swiglu, SparseMode.EXACT)
+    with pytest.raises(ModelLoadError, match="predictor mode needs a ReLU-gated FFN"):
+        context(swiglu, SparseMode.PREDICTOR)
     no_pred, _ = make(tmp_path, TinyConfig(act="drelu"))
     with pytest.raises(ModelLoadError, match="predictor mode needs activation predictors"):
         context(no_pred, SparseMode.PREDICTOR)

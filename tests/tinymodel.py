@@ -152,14 +152,25 @@ def _rope(x: np.ndarray, pos: np.ndarray, base: float) -> np.ndarray:
     return out
 
 
-def ffn_activation(act: str, gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+def gate_activation(act: str, gate: np.ndarray) -> np.ndarray:
+    """silu(gate) for SwiGLU, relu(gate) for the ReLU-gated FFNs."""
     if act == "swiglu":
-        return gate / (1.0 + np.exp(-gate)) * up
-    if act == "reglu":
-        return np.maximum(gate, 0.0) * up
-    if act == "drelu":
-        return np.maximum(gate, 0.0) * np.maximum(up, 0.0)
+        return gate / (1.0 + np.exp(-gate))
+    if act in ("reglu", "drelu"):
+        return np.maximum(gate, 0.0)
     raise ValueError(act)
+
+
+def ffn_activation(act: str, gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+    return gate_activation(act, gate) * (np.maximum(up, 0.0) if act == "drelu" else up)
+
+
+def threshold_mask(act: str, gate: np.ndarray, up: np.ndarray, t_gate: float, t_act: float) -> tuple[np.ndarray, ...]:
+    """Exact mode's selection with FFN thresholds: (up rows computed, down rows read), bool like gate."""
+    g = gate_activation(act, gate)
+    a = ffn_activation(act, gate, up)
+    computed = (g != 0) & (np.abs(g) >= t_gate)
+    return computed, computed & (np.abs(a) >= t_act)
 
 
 def predictor_logits(
@@ -189,10 +200,12 @@ def reference_forward(
     predictor_threshold: float | None = None,
     predictor_input: str = "residual",
     use_down_t: bool = False,
+    ffn_thresholds: tuple[list[float], list[float]] | None = None,
 ) -> tuple[np.ndarray, list[FfnTrace]]:
     """Logits [T, n_vocab] of a causal forward pass over tokens in float64, and each layer's FFN trace.
     With predictor_threshold, FFN neurons whose predictor logit is below it are zeroed, as predictor-mode
-    decoding does; use_down_t takes the down projection from the transposed matrix (what sparse decoding reads)."""
+    decoding does; use_down_t takes the down projection from the transposed matrix (what sparse decoding reads);
+    ffn_thresholds (gate, act: one per layer) zeroes the neurons exact mode skips (kept: the down rows read)."""
     w = {k: v.astype(np.float64) for k, v in weights.items()}
     T, hd = len(tokens), cfg.head_dim
     pos = np.arange(T, dtype=np.float64)
@@ -213,10 +226,13 @@ def reference_forward(
             heads.append(p @ v[:, hh // group])
         x = x + np.concatenate(heads, -1) @ w[f"blk.{i}.attn_output.weight"].T
         h = _rms_norm(x, w[f"blk.{i}.ffn_norm.weight"], cfg.rms_eps)
-        a = ffn_activation(cfg.act, h @ w[f"blk.{i}.ffn_gate.weight"].T, h @ w[f"blk.{i}.ffn_up.weight"].T)
+        gate, up = h @ w[f"blk.{i}.ffn_gate.weight"].T, h @ w[f"blk.{i}.ffn_up.weight"].T
+        a = ffn_activation(cfg.act, gate, up)
         kept = np.ones(a.shape, dtype=bool)
         if predictor_threshold is not None and f"blk.{i}.ffn_pred_fc1.weight" in w:
             kept = predictor_logits(w, i, x, predictor_input, cfg.rms_eps) >= predictor_threshold
+        if ffn_thresholds is not None:
+            kept = threshold_mask(cfg.act, gate, up, ffn_thresholds[0][i], ffn_thresholds[1][i])[1]
         traces.append(FfnTrace(activation=a, kept=kept))
         down = w[f"blk.{i}.ffn_down_t.weight"].T if use_down_t else w[f"blk.{i}.ffn_down.weight"]
         x = x + (a * kept) @ down.T

@@ -26,7 +26,8 @@ enum ts_ffn_act {
 enum ts_sparse_mode {
     TS_SPARSE_OFF = 0,       /* dense ggml mul_mat */
     TS_SPARSE_PREDICTOR = 1, /* active set = {j : predictor logit_j >= threshold} */
-    TS_SPARSE_EXACT = 2      /* dense gate, active set = {j : relu(gate_j) > 0} (ReLU-gated FFNs) */
+    TS_SPARSE_EXACT = 2      /* dense gate, active set = {j : act(gate_j) != 0 and |act(gate_j)| >= t_gate[layer]},
+                                act = relu (ReLU-gated FFNs) or silu (SwiGLU); see ts_context_set_ffn_thresholds */
 };
 
 /* What the activation predictor reads: the residual before the FFN norm, as is or RMS-normalized. */
@@ -68,6 +69,7 @@ typedef struct ts_model_info {
     int32_t is_powerinfer;    /* file magic was PWRI */
     int32_t ffn_type;         /* ggml type id of the FFN up matrix */
     int32_t file_type;        /* general.file_type, -1 when absent */
+    int32_t has_ffn_thresholds; /* turbosparse.gate_thresholds present: a calibrated file (turbosparse calibrate) */
     uint64_t n_params;        /* weights in the file (elements) */
     uint64_t n_bytes;         /* tensor bytes in the file */
 } ts_model_info;
@@ -102,9 +104,16 @@ void ts_model_free(ts_model *model);
 void ts_model_get_info(const ts_model *model, ts_model_info *info);
 /* Per-layer predictor rank (0 = none); `ranks` has n_layer entries. */
 void ts_model_get_predictor_ranks(const ts_model *model, int32_t *ranks);
+/* The file's per-layer FFN thresholds (turbosparse.gate_thresholds / act_thresholds; 0 where absent), n_layer each. */
+void ts_model_get_ffn_thresholds(const ts_model *model, float *gate, float *act);
 
 /* ---- context: KV cache + graph evaluation ------------------------------------------------- */
 ts_context_params ts_context_default_params(void);
+/*
+ * Sparse modes need a model loaded with sparse_rows = 1. The first exact-mode context of a SwiGLU model whose file
+ * stores only the standard down matrix builds the transposed down rows sparse decoding reads (once per model, shared
+ * by later contexts; create contexts from one thread).
+ */
 ts_context *ts_context_new(ts_model *model, const ts_context_params *params, char *err, size_t err_size);
 void ts_context_free(ts_context *ctx);
 
@@ -122,6 +131,14 @@ int32_t ts_context_eval(ts_context *ctx, const int32_t *tokens, int32_t n_tokens
  */
 int32_t ts_context_eval_ffn(ts_context *ctx, int32_t layer, const float *h, int32_t n_tokens, int32_t dense_ffn,
                             float *out, char *err, size_t err_size);
+/*
+ * Dense evaluation of n_tokens tokens appended after the cached ones (as ts_context_eval with dense_ffn = 1, no
+ * logits) that also copies every layer's FFN gate and up values, before the activation, [n_layer][n_tokens][n_ff],
+ * and the squared L2 norm of the residual entering each layer's FFN (before its norm), [n_layer][n_tokens]; F32,
+ * any of them may be NULL. The calibration's view of the FFN.
+ */
+int32_t ts_context_eval_trace(ts_context *ctx, const int32_t *tokens, int32_t n_tokens, float *gate, float *up,
+                              float *resid_sq, char *err, size_t err_size);
 int32_t ts_context_n_past(const ts_context *ctx);
 int32_t ts_context_n_ctx(const ts_context *ctx);
 /* Forget every cached token at position >= n_keep. */
@@ -129,6 +146,14 @@ int32_t ts_context_truncate(ts_context *ctx, int32_t n_keep, char *err, size_t e
 /* Predictor threshold used from the next evaluation on. */
 void ts_context_set_threshold(ts_context *ctx, float threshold);
 float ts_context_threshold(const ts_context *ctx);
+/*
+ * Per-layer FFN thresholds (n_layer each; NULL leaves that set unchanged), used from the next evaluation on.
+ * Exact mode computes up row j when act(gate_j) != 0 and |act(gate_j)| >= gate[l]; every sparse mode reads down row j
+ * when a_j != 0 and |a_j| >= act[l] (a_j = the neuron's activation, e.g. silu(gate_j) * up_j). All zeros: the
+ * dense FFN's result. A context starts with the file's thresholds.
+ */
+void ts_context_set_ffn_thresholds(ts_context *ctx, const float *gate, const float *act);
+void ts_context_get_ffn_thresholds(const ts_context *ctx, float *gate, float *act);
 /* 1: predictor mode also computes every neuron, to count how many active ones the predictor missed. */
 void ts_context_set_measure_recall(ts_context *ctx, int32_t on);
 /* Copies the per-layer counters into stats[n_layer]. */
@@ -143,6 +168,16 @@ void ts_context_reset_stats(ts_context *ctx);
 int32_t ts_kernel_axpy_rows(int32_t type, const void *w, int64_t n_rows, int64_t n_cols, const int32_t *idx,
                             const float *coef, int64_t n_idx, int64_t col0, int64_t n, float *out, char *err,
                             size_t err_size);
+
+/*
+ * The same over a standard-layout down matrix (n_embd rows of n_ff values of ggml type `type`: Q4_0, Q4_1, Q5_0,
+ * Q5_1 or Q8_0) through its exact neuron-major re-layout, as exact mode decodes files without a transposed down:
+ * out[c] += sum_i coef[i] * W[col0 + c][idx[i]] for c in [0, n); idx ascending; col0, n multiples of 32.
+ * reference = 1 runs the plain C path instead of the vectorized one.
+ */
+int32_t ts_kernel_down_cols(int32_t type, const void *down, int64_t n_embd, int64_t n_ff, const int32_t *idx,
+                            const float *coef, int64_t n_idx, int64_t col0, int64_t n, int32_t reference, float *out,
+                            char *err, size_t err_size);
 
 /* ---- quantization: ggml's own quantizers and dequantizers ---------------------------------- */
 /* Fills name/blck_size/type_size of a ggml type; returns 0 when the type id is known. */

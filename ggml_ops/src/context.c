@@ -31,23 +31,26 @@ static int check_params(const ts_model *m, const ts_context_params *p, char *err
         return ts_set_error(err, err_size,
                             "%s: a SwiGLU FFN needs the standard down matrices (blk.N.ffn_down.weight)", m->file->path);
     }
+    if (p->sparse_mode != TS_SPARSE_OFF && !m->sparse_rows) {
+        return ts_set_error(err, err_size, "%s: sparse decoding needs the model loaded with sparse_rows = 1", m->file->path);
+    }
     switch (p->sparse_mode) {
     case TS_SPARSE_OFF:
+    case TS_SPARSE_EXACT: /* SwiGLU: thresholds on |silu(gate)| (turbosparse calibrate); ReLU-gated: gate > 0 */
         return 0;
-    case TS_SPARSE_EXACT:
     case TS_SPARSE_PREDICTOR:
         if (!relu_gated) {
-            return ts_set_error(err, err_size, "%s: sparse decoding needs a ReLU-gated FFN (reglu or drelu), this one is SwiGLU",
+            return ts_set_error(err, err_size,
+                                "%s: predictor mode needs a ReLU-gated FFN (reglu or drelu), this one is SwiGLU "
+                                "(exact mode runs SwiGLU files calibrated by turbosparse calibrate)",
                                 m->file->path);
         }
-        for (int il = 0; p->sparse_mode == TS_SPARSE_PREDICTOR && il < in->n_layer; il++) {
+        for (int il = 0; il < in->n_layer; il++) {
             if (m->pred_rank[il] > 0) {
                 return 0;
             }
         }
-        return p->sparse_mode == TS_SPARSE_EXACT
-                   ? 0
-                   : ts_set_error(err, err_size, "%s: predictor mode needs activation predictors; the file has none", m->file->path);
+        return ts_set_error(err, err_size, "%s: predictor mode needs activation predictors; the file has none", m->file->path);
     default:
         return ts_set_error(err, err_size, "unknown sparse mode %d", p->sparse_mode);
     }
@@ -65,6 +68,21 @@ static int init_sparse_layers(ts_context *c, char *err, size_t err_size) {
         /* layers without a predictor select exactly (gate > 0) even in predictor mode */
         s->select_exact = c->params.sparse_mode != TS_SPARSE_PREDICTOR || m->pred_rank[il] == 0;
         s->threshold = c->threshold;
+        s->gate_threshold = m->gate_threshold[il];
+        s->act_threshold = m->act_threshold[il];
+    }
+    return 0;
+}
+
+/* Exact mode on a file with only the standard down matrix (SwiGLU): the model's column layout, built once. */
+static int init_down_rows(ts_context *c, char *err, size_t err_size) {
+    ts_model *m = c->model;
+    if (c->params.sparse_mode == TS_SPARSE_EXACT && m->layers[0].ffn_down_t == NULL &&
+        ts_model_build_down_rows(m, c->params.n_threads, err, err_size) != 0) {
+        return -1;
+    }
+    for (int il = 0; il < m->info.n_layer; il++) {
+        c->sparse[il].down_cols = m->layers[il].ffn_down_cols != NULL ? &m->down_cols : NULL;
     }
     return 0;
 }
@@ -125,7 +143,8 @@ ts_context *ts_context_new(ts_model *model, const ts_context_params *params, cha
         return NULL;
     }
     ggml_backend_cpu_set_n_threads(c->backend, c->params.n_threads);
-    if (init_kv_cache(c, err, err_size) != 0 || init_sparse_layers(c, err, err_size) != 0) {
+    if (init_kv_cache(c, err, err_size) != 0 || init_sparse_layers(c, err, err_size) != 0 ||
+        init_down_rows(c, err, err_size) != 0) {
         ts_context_free(c);
         return NULL;
     }
@@ -180,6 +199,24 @@ void ts_context_set_threshold(ts_context *c, float threshold) {
 
 float ts_context_threshold(const ts_context *c) {
     return c->threshold;
+}
+
+void ts_context_set_ffn_thresholds(ts_context *c, const float *gate, const float *act) {
+    for (int il = 0; il < c->model->info.n_layer; il++) {
+        if (gate != NULL) {
+            c->sparse[il].gate_threshold = gate[il];
+        }
+        if (act != NULL) {
+            c->sparse[il].act_threshold = act[il];
+        }
+    }
+}
+
+void ts_context_get_ffn_thresholds(const ts_context *c, float *gate, float *act) {
+    for (int il = 0; il < c->model->info.n_layer; il++) {
+        gate[il] = c->sparse[il].gate_threshold;
+        act[il] = c->sparse[il].act_threshold;
+    }
 }
 
 void ts_context_set_measure_recall(ts_context *c, int32_t on) {
@@ -246,14 +283,45 @@ static int compute_graph(ts_context *c, struct ggml_cgraph *gf, char *err, size_
     return 0;
 }
 
-/* One graph evaluation of at most n_batch tokens. */
+/* Where ts_context_eval_trace copies the FFN values: [n_layer][n_total][n_ff] arrays, this chunk from row `first`. */
+typedef struct trace_dest {
+    float *gate;
+    float *up;
+    float *resid_sq; /* [n_layer][n_total] */
+    int64_t n_total;
+    int64_t first;
+    ts_ffn_trace *layers; /* per layer: the graph's tensors */
+} trace_dest;
+
+/* t's rows [ne0, T] into dst's [n_layer][n_total][ne0] block at (layer, first) */
+static void copy_rows(const struct ggml_tensor *t, float *dst, int64_t layer, const trace_dest *d) {
+    if (dst == NULL) {
+        return;
+    }
+    const int64_t n = t->ne[0];
+    float *base = dst + ((size_t)layer * (size_t)d->n_total + (size_t)d->first) * (size_t)n;
+    for (int64_t r = 0; r < t->ne[1]; r++) {
+        memcpy(base + r * n, (const char *)t->data + r * t->nb[1], (size_t)n * sizeof(float));
+    }
+}
+
+static void copy_trace(const ts_context *c, const trace_dest *d) {
+    for (int il = 0; il < c->model->info.n_layer; il++) {
+        copy_rows(d->layers[il].gate, d->gate, il, d);
+        copy_rows(d->layers[il].up, d->up, il, d);
+        copy_rows(d->layers[il].resid_sq, d->resid_sq, il, d);
+    }
+}
+
+/* One graph evaluation of at most n_batch tokens; trace (or NULL) receives every layer's dense FFN values. */
 static int eval_chunk(ts_context *c, const int32_t *tokens, int32_t n_tokens, int32_t n_outputs, int32_t dense_ffn,
-                      float *logits, char *err, size_t err_size) {
+                      float *logits, const trace_dest *trace, char *err, size_t err_size) {
     struct ggml_context *ctx0 = graph_context(c, err, err_size);
     if (ctx0 == NULL) {
         return -1;
     }
     ts_graph g = {0};
+    g.trace = trace != NULL ? trace->layers : NULL;
     const int32_t n_used = c->n_past + n_tokens;
     g.n_kv = (n_used + TS_KV_PAD - 1) / TS_KV_PAD * TS_KV_PAD;
     if (g.n_kv > c->n_cells) {
@@ -272,13 +340,15 @@ static int eval_chunk(ts_context *c, const int32_t *tokens, int32_t n_tokens, in
         if (logits != NULL) {
             memcpy(logits, g.logits->data, ggml_nbytes(g.logits));
         }
+        if (trace != NULL) {
+            copy_trace(c, trace);
+        }
     }
     ggml_free(ctx0);
     return rc;
 }
 
-int32_t ts_context_eval(ts_context *c, const int32_t *tokens, int32_t n_tokens, int32_t dense_ffn, float *logits,
-                        int32_t logits_all, char *err, size_t err_size) {
+static int check_tokens(const ts_context *c, const int32_t *tokens, int32_t n_tokens, char *err, size_t err_size) {
     const ts_model_info *in = &c->model->info;
     if (n_tokens <= 0) {
         return ts_set_error(err, err_size, "nothing to evaluate: n_tokens = %d", n_tokens);
@@ -293,6 +363,15 @@ int32_t ts_context_eval(ts_context *c, const int32_t *tokens, int32_t n_tokens, 
                                 in->n_vocab - 1);
         }
     }
+    return 0;
+}
+
+int32_t ts_context_eval(ts_context *c, const int32_t *tokens, int32_t n_tokens, int32_t dense_ffn, float *logits,
+                        int32_t logits_all, char *err, size_t err_size) {
+    const ts_model_info *in = &c->model->info;
+    if (check_tokens(c, tokens, n_tokens, err, err_size) != 0) {
+        return -1;
+    }
     for (int32_t start = 0; start < n_tokens; start += c->params.n_batch) {
         const int32_t n = n_tokens - start < c->params.n_batch ? n_tokens - start : c->params.n_batch;
         const int is_last = start + n == n_tokens;
@@ -302,11 +381,32 @@ int32_t ts_context_eval(ts_context *c, const int32_t *tokens, int32_t n_tokens, 
         } else if (logits != NULL && is_last) {
             out = logits;
         }
-        if (eval_chunk(c, tokens + start, n, logits_all ? n : 1, dense_ffn, out, err, err_size) != 0) {
+        if (eval_chunk(c, tokens + start, n, logits_all ? n : 1, dense_ffn, out, NULL, err, err_size) != 0) {
             return -1;
         }
     }
     return 0;
+}
+
+int32_t ts_context_eval_trace(ts_context *c, const int32_t *tokens, int32_t n_tokens, float *gate, float *up,
+                              float *resid_sq, char *err, size_t err_size) {
+    if (check_tokens(c, tokens, n_tokens, err, err_size) != 0) {
+        return -1;
+    }
+    trace_dest d = {.gate = gate, .up = up, .resid_sq = resid_sq, .n_total = n_tokens};
+    d.layers = calloc((size_t)c->model->info.n_layer, sizeof(*d.layers));
+    if (d.layers == NULL) {
+        return ts_set_error(err, err_size, "out of memory");
+    }
+    int rc = 0;
+    for (int32_t start = 0; rc == 0 && start < n_tokens; start += c->params.n_batch) {
+        const int32_t n = n_tokens - start < c->params.n_batch ? n_tokens - start : c->params.n_batch;
+        d.first = start;
+        /* every row is an output: the last layer's FFN runs for every token */
+        rc = eval_chunk(c, tokens + start, n, n, 1, NULL, &d, err, err_size);
+    }
+    free(d.layers);
+    return rc;
 }
 
 int32_t ts_context_eval_ffn(ts_context *c, int32_t layer, const float *h, int32_t n_tokens, int32_t dense_ffn,

@@ -31,6 +31,13 @@ struct ts_context {
     int32_t graph_max_nodes;
 };
 
+/* One layer's dense FFN values kept for ts_context_eval_trace. */
+typedef struct ts_ffn_trace {
+    struct ggml_tensor *gate;     /* [n_ff, T] before the activation */
+    struct ggml_tensor *up;       /* [n_ff, T] */
+    struct ggml_tensor *resid_sq; /* [1, T]: squared L2 norm of the residual entering the FFN */
+} ts_ffn_trace;
+
 /* The inputs and outputs of one forward graph. */
 typedef struct ts_graph {
     struct ggml_cgraph *gf;
@@ -39,6 +46,7 @@ typedef struct ts_graph {
     struct ggml_tensor *kq_mask; /* F32 [n_kv, n_tokens] */
     struct ggml_tensor *out_ids; /* I32 [n_outputs], NULL when every row is an output */
     struct ggml_tensor *logits;  /* F32 [n_vocab, n_outputs] */
+    ts_ffn_trace *trace;         /* per layer, filled by the build when not NULL (every FFN then runs dense) */
     int32_t n_kv;
 } ts_graph;
 

@@ -81,22 +81,41 @@ static struct ggml_tensor *gated_activation(struct ggml_context *ctx0, int32_t a
     }
 }
 
-/* The FFN of layer il on cur = norm(ffn_inp) [n_embd, T], dense or sparse as the context says. */
+/* Whether layer il computes its FFN densely: prefill, dense mode, or a SwiGLU layer whose thresholds keep every
+ * neuron (nothing to skip: ggml's dense kernels, and the dense result exactly). */
+static int runs_dense(const ts_context *ctx, int il, int32_t dense_ffn) {
+    const ts_sparse_layer *sl = &ctx->sparse[il];
+    if (dense_ffn || ctx->params.sparse_mode == TS_SPARSE_OFF) {
+        return 1;
+    }
+    return sl->ffn_act == TS_FFN_SWIGLU && sl->select_exact && sl->gate_threshold <= 0.0f && sl->act_threshold <= 0.0f;
+}
+
+/* The FFN of layer il on cur = norm(ffn_inp) [n_embd, T], dense or sparse as the context says; trace (or NULL)
+ * receives the dense gate and up values. */
 static struct ggml_tensor *ffn(ts_context *ctx, struct ggml_context *ctx0, int il, struct ggml_tensor *ffn_inp,
-                               struct ggml_tensor *cur, int32_t n_tokens, int32_t dense_ffn) {
+                               struct ggml_tensor *cur, int32_t n_tokens, int32_t dense_ffn, ts_ffn_trace *trace) {
     const ts_model *m = ctx->model;
     const ts_layer *l = &m->layers[il];
     ts_sparse_layer *sl = &ctx->sparse[il];
     const int32_t n_threads = ctx->params.n_threads;
-    if (dense_ffn || ctx->params.sparse_mode == TS_SPARSE_OFF) {
+    if (runs_dense(ctx, il, dense_ffn)) {
         struct ggml_tensor *up = ggml_mul_mat(ctx0, l->ffn_up, cur);
         struct ggml_tensor *gate = ggml_mul_mat(ctx0, l->ffn_gate, cur);
+        if (trace != NULL) { /* resid_sq is no input of the logits: the graph build adds it */
+            trace->gate = gate;
+            trace->up = up;
+            trace->resid_sq = ggml_sum_rows(ctx0, ggml_sqr(ctx0, ffn_inp));
+            ggml_set_output(gate);
+            ggml_set_output(up);
+            ggml_set_output(trace->resid_sq);
+        }
         struct ggml_tensor *act = gated_activation(ctx0, m->info.ffn_act, gate, up);
         if (l->ffn_down != NULL) {
             return ggml_mul_mat(ctx0, l->ffn_down, act);
         }
         /* only the transposed down: a ReLU-gated activation is mostly zeros, so add the non-zero rows */
-        return ts_sparse_down(ctx0, sl, act, l->ffn_down_t, n_tokens, 0, !dense_ffn, n_threads);
+        return ts_sparse_down(ctx0, sl, act, l->ffn_down_t, m->info.n_embd, n_tokens, 0, !dense_ffn, n_threads);
     }
     struct ggml_tensor *select, *xq_gate = NULL;
     struct ggml_tensor *xq_up = ts_sparse_quantize(ctx0, cur, l->ffn_up);
@@ -114,8 +133,9 @@ static struct ggml_tensor *ffn(ts_context *ctx, struct ggml_context *ctx0, int i
     }
     struct ggml_tensor *act =
         ts_sparse_act(ctx0, sl, select, xq_gate, xq_up, sl->select_exact ? NULL : l->ffn_gate, l->ffn_up);
-    if (l->ffn_down_t != NULL) {
-        return ts_sparse_down(ctx0, sl, act, l->ffn_down_t, n_tokens, 1, 1, n_threads);
+    if (l->ffn_down_cols != NULL || l->ffn_down_t != NULL) {
+        struct ggml_tensor *down = l->ffn_down_cols != NULL ? l->ffn_down_cols : l->ffn_down_t;
+        return ts_sparse_down(ctx0, sl, act, down, m->info.n_embd, n_tokens, 1, 1, n_threads);
     }
     /* only the standard down: dense down over the sparse activation (row n_tokens holds counters) */
     return ggml_mul_mat(ctx0, l->ffn_down, ggml_view_2d(ctx0, act, act->ne[0], n_tokens, act->nb[1], 0));
@@ -152,7 +172,11 @@ int ts_graph_build(ts_context *ctx, struct ggml_context *ctx0, int32_t n_tokens,
         }
         struct ggml_tensor *ffn_inp = ggml_add(ctx0, cur, x); /* residual before the FFN norm */
         cur = rms_norm(ctx0, ffn_inp, l->ffn_norm, in->rms_eps);
-        cur = ffn(ctx, ctx0, il, ffn_inp, cur, (int32_t)ffn_inp->ne[1], dense_ffn);
+        cur = ffn(ctx, ctx0, il, ffn_inp, cur, (int32_t)ffn_inp->ne[1], dense_ffn || g->trace != NULL,
+                  g->trace != NULL ? &g->trace[il] : NULL);
+        if (g->trace != NULL) {
+            ggml_build_forward_expand(gf, g->trace[il].resid_sq);
+        }
         x = ggml_add(ctx0, cur, ffn_inp);
     }
     x = rms_norm(ctx0, x, m->output_norm, in->rms_eps);
@@ -169,7 +193,7 @@ struct ggml_cgraph *ts_graph_build_ffn(ts_context *ctx, struct ggml_context *ctx
     *h = ggml_new_tensor_2d(ctx0, GGML_TYPE_F32, m->info.n_embd, n_tokens);
     ggml_set_input(*h);
     struct ggml_tensor *cur = rms_norm(ctx0, *h, m->layers[il].ffn_norm, m->info.rms_eps);
-    *out = ffn(ctx, ctx0, il, *h, cur, n_tokens, dense_ffn);
+    *out = ffn(ctx, ctx0, il, *h, cur, n_tokens, dense_ffn, NULL);
     ggml_set_output(*out);
     ggml_build_forward_expand(gf, *out);
     return gf;

@@ -406,11 +406,16 @@ static int plan_layer(ts_model *m, plan *p, int il, char *err, size_t err_size) 
     if (rc) {
         return -1;
     }
-    /* FFN matrices read row by row in sparse decoding stay in the mapping when asked to */
-    const int sparse_capable = in->ffn_act != TS_FFN_SWIGLU;
-    const enum tensor_role ffn_role = sparse_capable ? ROLE_ROWS : ROLE_MATRIX;
-    if (want(m, p, ffn_role, &l->ffn_gate, 1, 2, n_embd, n_ff, "blk.%d.ffn_gate.weight", il, err, err_size) < 0 ||
-        want(m, p, ffn_role, &l->ffn_up, 1, 2, n_embd, n_ff, "blk.%d.ffn_up.weight", il, err, err_size) < 0) {
+    /* FFN matrices read row by row in sparse decoding stay in the mapping when asked to: up always, gate where a
+     * predictor selects rows (exact mode computes the gate densely, with ggml's repacked kernels where they exist) */
+    const char *fc1_fmt = pick_name(m, "blk.%d.ffn_pred_fc1.weight", "blk.%d.fc1.weight", il);
+    const char *fc2_fmt = pick_name(m, "blk.%d.ffn_pred_fc2.weight", "blk.%d.fc2.weight", il);
+    char name[GGML_MAX_NAME];
+    snprintf(name, sizeof(name), fc1_fmt, il);
+    const ts_gguf_tensor *fc1 = ts_gguf_find_tensor(m->file, name);
+    const enum tensor_role gate_role = fc1 != NULL ? ROLE_ROWS : ROLE_MATRIX;
+    if (want(m, p, gate_role, &l->ffn_gate, 1, 2, n_embd, n_ff, "blk.%d.ffn_gate.weight", il, err, err_size) < 0 ||
+        want(m, p, ROLE_ROWS, &l->ffn_up, 1, 2, n_embd, n_ff, "blk.%d.ffn_up.weight", il, err, err_size) < 0) {
         return -1;
     }
     int has_down = want(m, p, ROLE_MATRIX, &l->ffn_down, 0, 2, n_ff, n_embd, "blk.%d.ffn_down.weight", il, err, err_size);
@@ -429,11 +434,6 @@ static int plan_layer(ts_model *m, plan *p, int il, char *err, size_t err_size) 
         return ts_set_error(err, err_size, "%s: layer %d stores its down matrix differently from layer 0", m->file->path, il);
     }
     /* predictor: fc1 [n_embd, rank], fc2 [rank, n_ff]; rank taken from fc1 and checked against fc2 */
-    const char *fc1_fmt = pick_name(m, "blk.%d.ffn_pred_fc1.weight", "blk.%d.fc1.weight", il);
-    const char *fc2_fmt = pick_name(m, "blk.%d.ffn_pred_fc2.weight", "blk.%d.fc2.weight", il);
-    char name[GGML_MAX_NAME];
-    snprintf(name, sizeof(name), fc1_fmt, il);
-    const ts_gguf_tensor *fc1 = ts_gguf_find_tensor(m->file, name);
     m->pred_rank[il] = 0;
     if (fc1 != NULL) {
         const int64_t rank = fc1->ne[1];
@@ -465,6 +465,32 @@ static int check_predictor_ranks(ts_model *m, char *err, size_t err_size) {
     }
     free(declared);
     return rc < 0 ? -1 : 0;
+}
+
+/* Optional per-layer thresholds of a calibrated file (turbosparse calibrate): non-negative, one per layer. */
+static int load_threshold_array(ts_model *m, const char *key, float *out, char *err, size_t err_size) {
+    const int rc = ts_gguf_get_arr_f32(m->file, key, out, m->info.n_layer, 0, err, err_size);
+    if (rc < 0) {
+        return -1;
+    }
+    for (int il = 0; il < m->info.n_layer; il++) {
+        if (rc == 1) {
+            out[il] = 0.0f;
+        } else if (out[il] < 0.0f) {
+            return ts_set_error(err, err_size, "%s: %s[%d] = %g is negative", m->file->path, key, il, (double)out[il]);
+        }
+    }
+    return rc;
+}
+
+static int load_ffn_thresholds(ts_model *m, char *err, size_t err_size) {
+    const int gate = load_threshold_array(m, "turbosparse.gate_thresholds", m->gate_threshold, err, err_size);
+    const int act = gate < 0 ? -1 : load_threshold_array(m, "turbosparse.act_thresholds", m->act_threshold, err, err_size);
+    if (gate < 0 || act < 0) {
+        return -1;
+    }
+    m->info.has_ffn_thresholds = gate == 0;
+    return 0;
 }
 
 static int build_plan(ts_model *m, plan *p, char *err, size_t err_size) {
@@ -634,12 +660,21 @@ ts_model *ts_model_load(const char *path, const ts_model_params *params, char *e
         rc = load_hparams(m, err, err_size);
     }
     if (rc == 0) {
-        m->layers = calloc((size_t)m->info.n_layer, sizeof(ts_layer));
-        m->pred_rank = calloc((size_t)m->info.n_layer, sizeof(int32_t));
-        rc = (m->layers && m->pred_rank) ? build_plan(m, &p, err, err_size) : ts_set_error(err, err_size, "out of memory");
+        const size_t n = (size_t)m->info.n_layer;
+        m->layers = calloc(n, sizeof(ts_layer));
+        m->pred_rank = calloc(n, sizeof(int32_t));
+        m->gate_threshold = calloc(n, sizeof(float));
+        m->act_threshold = calloc(n, sizeof(float));
+        rc = (m->layers && m->pred_rank && m->gate_threshold && m->act_threshold)
+                 ? build_plan(m, &p, err, err_size)
+                 : ts_set_error(err, err_size, "out of memory");
+    }
+    if (rc == 0) {
+        rc = load_ffn_thresholds(m, err, err_size);
     }
     if (rc == 0) {
         count_file_tensors(m);
+        m->sparse_rows = params->sparse_rows != 0;
         rc = allocate(m, &p, params, err, err_size);
     }
     if (rc == 0) {
@@ -660,6 +695,12 @@ void ts_model_free(ts_model *m) {
     if (m->buf_repacked != NULL) {
         ggml_backend_buffer_free(m->buf_repacked);
     }
+    if (m->buf_down_rows != NULL) {
+        ggml_backend_buffer_free(m->buf_down_rows);
+    }
+    if (m->ctx_down_rows != NULL) {
+        ggml_free(m->ctx_down_rows);
+    }
     if (m->buf_mapped != NULL) {
         ggml_backend_buffer_free(m->buf_mapped);
     }
@@ -672,6 +713,8 @@ void ts_model_free(ts_model *m) {
     ts_gguf_close(m->file);
     free(m->layers);
     free(m->pred_rank);
+    free(m->gate_threshold);
+    free(m->act_threshold);
     free(m);
 }
 
@@ -681,4 +724,9 @@ void ts_model_get_info(const ts_model *m, ts_model_info *info) {
 
 void ts_model_get_predictor_ranks(const ts_model *m, int32_t *ranks) {
     memcpy(ranks, m->pred_rank, sizeof(int32_t) * (size_t)m->info.n_layer);
+}
+
+void ts_model_get_ffn_thresholds(const ts_model *m, float *gate, float *act) {
+    memcpy(gate, m->gate_threshold, sizeof(float) * (size_t)m->info.n_layer);
+    memcpy(act, m->act_threshold, sizeof(float) * (size_t)m->info.n_layer);
 }

@@ -2,6 +2,7 @@
 #ifndef TS_MODEL_H
 #define TS_MODEL_H
 
+#include "down_cols.h"
 #include "ggml-backend.h"
 #include "ggml.h"
 #include "gguf_file.h"
@@ -19,6 +20,7 @@ typedef struct ts_layer {
     struct ggml_tensor *ffn_up;    /* [n_embd, n_ff] */
     struct ggml_tensor *ffn_down;  /* [n_ff, n_embd] (standard layout, optional when down_t exists) */
     struct ggml_tensor *ffn_down_t;/* [n_embd, n_ff]: row j = neuron j's output vector (optional) */
+    struct ggml_tensor *ffn_down_cols; /* I8 [group_bytes, n_ff / 32]: down by neuron groups (down_cols.h), built */
     struct ggml_tensor *pred_fc1;  /* [n_embd, rank] predictor, optional */
     struct ggml_tensor *pred_fc2;  /* [rank, n_ff] */
 } ts_layer;
@@ -43,6 +45,18 @@ struct ts_model {
     struct ggml_tensor *rope_freqs;  /* [n_rot/2], optional (Llama 3) */
     ts_layer *layers;
     int32_t *pred_rank;              /* per layer, 0 = no predictor */
+    float *gate_threshold;           /* per layer, turbosparse.gate_thresholds (0 when absent) */
+    float *act_threshold;            /* per layer, turbosparse.act_thresholds (0 when absent) */
+    int32_t sparse_rows;             /* loaded with ts_model_params.sparse_rows: FFN row matrices not repacked */
+
+    /* what sparse decoding reads of a standard-only down matrix (down_rows.c): column groups or down_t */
+    struct ggml_context *ctx_down_rows;
+    ggml_backend_buffer_t buf_down_rows;
+    ts_down_cols_format down_cols; /* the layout of layers[*].ffn_down_cols, when has_down_cols */
+    int32_t has_down_cols;
 };
+
+/* Builds layers[*].ffn_down_cols (or ffn_down_t) from the file's standard down matrices, once; n_threads threads. */
+int ts_model_build_down_rows(ts_model *model, int n_threads, char *err, size_t err_size);
 
 #endif

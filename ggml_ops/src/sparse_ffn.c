@@ -1,9 +1,11 @@
 #include "sparse_ffn.h"
 
 #include "axpy_rows.h"
+#include "down_cols.h"
 #include "gate_up_dot.h"
 #include "ggml-cpu.h"
 
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -40,12 +42,20 @@ struct ggml_tensor *ts_sparse_quantize(struct ggml_context *ctx0, struct ggml_te
 
 /* ---- act: gate and up rows of the selected neurons only ----------------------------------------- */
 
-static float gated(int32_t act, float g, float u) {
-    const float rg = g > 0.0f ? g : 0.0f;
-    if (act == TS_FFN_DRELU) {
-        return u > 0.0f ? rg * u : 0.0f;
+/* The gate's activation: silu for SwiGLU, relu for the ReLU-gated FFNs. */
+static float gate_act(int32_t act, float g) {
+    if (act == TS_FFN_SWIGLU) {
+        return g / (1.0f + expf(-g));
     }
-    return rg * u; /* TS_FFN_REGLU */
+    return g > 0.0f ? g : 0.0f;
+}
+
+/* The neuron's activation from its gate's activation ag and its up value u. */
+static float combine(int32_t act, float ag, float u) {
+    if (act == TS_FFN_DRELU) {
+        return u > 0.0f ? ag * u : 0.0f;
+    }
+    return ag * u; /* SwiGLU, ReGLU */
 }
 
 static float row_dot(const struct ggml_tensor *w, int64_t j, const void *xq) {
@@ -62,9 +72,20 @@ static void prefetch_row(const struct ggml_tensor *w, int64_t j) {
     }
 }
 
-/* Whether neuron j is computed: exact mode, relu(gate) > 0; predictor mode, logit >= threshold. */
-static int selected(const ts_sparse_layer *layer, float s) {
-    return layer->select_exact ? s > 0.0f : s >= layer->threshold;
+/* Whether neuron j is computed: exact mode (s = the gate value, *ag = its activation), g(gate) != 0 and
+ * |g(gate)| >= gate_threshold (for a ReLU-gated FFN at threshold 0: gate > 0); predictor mode (s = the logit),
+ * logit >= threshold. */
+static int selected(const ts_sparse_layer *layer, float s, float *ag) {
+    if (!layer->select_exact) {
+        return s >= layer->threshold;
+    }
+    *ag = gate_act(layer->ffn_act, s);
+    return *ag != 0.0f && fabsf(*ag) >= layer->gate_threshold;
+}
+
+/* What reaches down: a, or 0 where |a| is under the activation threshold. */
+static float kept_activation(const ts_sparse_layer *layer, float a) {
+    return fabsf(a) >= layer->act_threshold ? a : 0.0f;
 }
 
 #define ACT_LIST 256  /* neurons gathered per pass */
@@ -94,11 +115,16 @@ static void sparse_act_op(struct ggml_tensor *dst, int ith, int nth, void *userd
         for (int64_t j = j0; j < j1;) {
             /* gather the next neurons to compute (all of them when measuring recall) */
             int32_t list[ACT_LIST];
+            float list_ag[ACT_LIST];      /* exact mode: the gate's activation */
+            unsigned char chose[ACT_LIST];
             int n = 0;
             for (; j < j1 && n < ACT_LIST; j++) {
-                const int chosen = selected(layer, sel[j]);
+                float ag = 0.0f;
+                const int chosen = selected(layer, sel[j], &ag);
                 a[j] = 0.0f;
                 if (chosen || recall) {
+                    list_ag[n] = ag;
+                    chose[n] = (unsigned char)chosen;
                     list[n++] = (int32_t)j;
                 }
             }
@@ -110,16 +136,18 @@ static void sparse_act_op(struct ggml_tensor *dst, int ith, int nth, void *userd
                     }
                 }
                 const int64_t jj = list[k];
-                const int chosen = selected(layer, sel[jj]);
-                float g, u;
+                const int chosen = chose[k];
+                float ag, u;
                 if (fused) {
+                    float g;
                     ts_gate_up_dot(row_ptr(gate, jj), row_ptr(up, jj), prepared, up->ne[0], &g, &u);
+                    ag = gate_act(layer->ffn_act, g);
                 } else {
-                    g = exact ? sel[jj] : row_dot(gate, jj, xg);
+                    ag = exact ? list_ag[k] : gate_act(layer->ffn_act, row_dot(gate, jj, xg));
                     u = row_dot(up, jj, xu);
                 }
-                const float v = gated(layer->ffn_act, g, u);
-                a[jj] = chosen ? v : 0.0f;
+                const float v = combine(layer->ffn_act, ag, u);
+                a[jj] = chosen ? kept_activation(layer, v) : 0.0f;
                 count[COUNT_COMPUTED] += chosen;
                 count[COUNT_TRUE_ACTIVE] += recall && v != 0.0f;
                 count[COUNT_TRUE_FOUND] += recall && v != 0.0f && chosen;
@@ -161,13 +189,18 @@ static void record_stats(ts_sparse_layer *layer, const struct ggml_tensor *act, 
     }
 }
 
-/* src: act [n_ff, >= T] F32, down_t [n_embd, n_ff], scratch [n_ff * 8 bytes, n_workers] I8 */
+/* Columns the down node splits on: whole blocks of down_t's type (float types: 32-column units, the fused kernels'
+ * step), or the column groups' 32-value units. */
+static int64_t down_split(const ts_sparse_layer *layer, const struct ggml_tensor *down, int64_t n_embd) {
+    const int64_t type_blck = layer->down_cols != NULL ? 32 : ggml_blck_size(down->type);
+    return type_blck < 32 && n_embd % 32 == 0 ? 32 : type_blck;
+}
+
+/* src: act [n_ff, >= T] F32, down (down_t [n_embd, n_ff] or column groups), scratch [n_ff * 8 bytes, n_workers] I8 */
 static void sparse_down(struct ggml_tensor *dst, int ith, int nth, ts_sparse_layer *layer, down_kind kind) {
-    const struct ggml_tensor *act = dst->src[0], *down_t = dst->src[1], *scratch = dst->src[2];
+    const struct ggml_tensor *act = dst->src[0], *down = dst->src[1], *scratch = dst->src[2];
     const int64_t n_embd = dst->ne[0], n_tokens = dst->ne[1], n_ff = act->ne[0];
-    /* split on whole blocks; float types on 32-column units, the fused kernels' step */
-    const int64_t type_blck = ggml_blck_size(down_t->type);
-    const int64_t blck = type_blck < 32 && n_embd % 32 == 0 ? 32 : type_blck, n_blocks = n_embd / blck;
+    const int64_t blck = down_split(layer, down, n_embd), n_blocks = n_embd / blck;
     const int n_workers = nth < scratch->ne[1] ? nth : (int)scratch->ne[1];
     uint64_t nonzero = 0;
     if (ith < n_workers) {
@@ -186,8 +219,10 @@ static void sparse_down(struct ggml_tensor *dst, int ith, int nth, ts_sparse_lay
             }
             float *out = (float *)row_ptr(dst, t) + c0;
             memset(out, 0, (size_t)(c1 - c0) * sizeof(float));
-            if (c1 > c0) {
-                ts_axpy_rows(down_t->type, down_t->data, down_t->nb[1], idx, coef, n, c0, c1 - c0, out);
+            if (c1 > c0 && layer->down_cols != NULL) {
+                ts_down_cols_add(layer->down_cols, down->data, idx, coef, n, c0, c1 - c0, out);
+            } else if (c1 > c0) {
+                ts_axpy_rows(down->type, down->data, down->nb[1], idx, coef, n, c0, c1 - c0, out);
             }
             nonzero += (uint64_t)n;
         }
@@ -210,13 +245,13 @@ static void sparse_down_counted_sparse(struct ggml_tensor *dst, int ith, int nth
 }
 
 struct ggml_tensor *ts_sparse_down(struct ggml_context *ctx0, ts_sparse_layer *layer, struct ggml_tensor *act,
-                                   struct ggml_tensor *down_t, int32_t n_tokens, int32_t from_sparse_act,
+                                   struct ggml_tensor *down, int64_t n_embd, int32_t n_tokens, int32_t from_sparse_act,
                                    int32_t count_stats, int32_t n_threads) {
-    const int64_t n_ff = down_t->ne[1];
+    const int64_t n_ff = act->ne[0];
     struct ggml_tensor *scratch = ggml_new_tensor_2d(ctx0, GGML_TYPE_I8, n_ff * (int64_t)(sizeof(int32_t) + sizeof(float)), n_threads);
-    struct ggml_tensor *args[3] = {act, down_t, scratch};
+    struct ggml_tensor *args[3] = {act, down, scratch};
     ggml_custom_op_t fun = !count_stats      ? sparse_down_uncounted
                            : from_sparse_act ? sparse_down_counted_sparse
                                              : sparse_down_counted_dense;
-    return ggml_custom_4d(ctx0, GGML_TYPE_F32, down_t->ne[0], n_tokens, 1, 1, args, 3, fun, GGML_N_TASKS_MAX, layer);
+    return ggml_custom_4d(ctx0, GGML_TYPE_F32, n_embd, n_tokens, 1, 1, args, 3, fun, GGML_N_TASKS_MAX, layer);
 }

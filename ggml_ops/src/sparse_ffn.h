@@ -3,7 +3,9 @@
  *
  *   xq   = quantize(x)                         activation in the gate/up vec_dot type, once per token
  *   act  = sparse_act(select, xq, gate, up)    a_j = act(gate_j . x, up_j . x) for selected neurons j, else 0
- *            select = predictor logits (logit_j >= threshold)  or  dense gate values (gate_j > 0, exact mode)
+ *            select = predictor logits (logit_j >= threshold)  or  dense gate values (exact mode:
+ *            g(gate_j) != 0 and |g(gate_j)| >= gate_threshold, g = relu or silu as the FFN's activation);
+ *            a_j is zeroed too where |a_j| < act_threshold
  *   out  = sparse_down(act, down_t)            sum over non-zero a_j of a_j * down_t[j, :]
  *
  * There is no barrier inside a custom op, so each phase is its own node. Threads split neurons (act)
@@ -13,6 +15,7 @@
 #ifndef TS_SPARSE_FFN_H
 #define TS_SPARSE_FFN_H
 
+#include "down_cols.h"
 #include "ggml.h"
 #include "turbosparse.h"
 
@@ -21,8 +24,11 @@
 /* What one layer's sparse FFN nodes need at compute time (lives in the context, one per layer). */
 typedef struct ts_sparse_layer {
     int32_t ffn_act;        /* enum ts_ffn_act */
-    int32_t select_exact;   /* 1: select by gate > 0; 0: by predictor logit >= threshold */
-    float threshold;
+    int32_t select_exact;   /* 1: select by the dense gate; 0: by predictor logit >= threshold */
+    float threshold;        /* predictor logit threshold */
+    float gate_threshold;   /* exact selection: |g(gate_j)| >= gate_threshold (and g(gate_j) != 0) */
+    float act_threshold;    /* a_j kept (its down row read) when |a_j| >= act_threshold */
+    const ts_down_cols_format *down_cols; /* the down node reads column groups (down_cols.h), not down_t rows */
     int32_t measure_recall; /* predictor mode: also compute every neuron to count what it missed */
     ts_layer_stats stats;   /* accumulated by thread 0 of the down node */
 } ts_sparse_layer;
@@ -39,12 +45,13 @@ struct ggml_tensor *ts_sparse_act(struct ggml_context *ctx0, ts_sparse_layer *la
                                   struct ggml_tensor *up);
 
 /*
- * sum_j act[j, t] * down_t[j, :] over the non-zero act[j, t]: [n_embd, T] F32.
+ * sum_j act[j, t] * down_t[j, :] over the non-zero act[j, t]: [n_embd, T] F32. down is down_t [n_embd, n_ff], or
+ * with layer->down_cols the column groups of down_cols.h.
  * act is either ts_sparse_act's output (from_sparse_act = 1: counters in row T) or any dense [n_ff, T]
  * activation. count_stats adds this node's work to layer->stats. n_threads sizes the per-thread scratch.
  */
 struct ggml_tensor *ts_sparse_down(struct ggml_context *ctx0, ts_sparse_layer *layer, struct ggml_tensor *act,
-                                   struct ggml_tensor *down_t, int32_t n_tokens, int32_t from_sparse_act,
+                                   struct ggml_tensor *down, int64_t n_embd, int32_t n_tokens, int32_t from_sparse_act,
                                    int32_t count_stats, int32_t n_threads);
 
 #endif

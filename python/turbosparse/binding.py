@@ -56,8 +56,27 @@ class ModelInfo:
     is_powerinfer: bool
     ffn_type: int
     file_type: int
+    has_ffn_thresholds: bool  # a calibrated file (turbosparse calibrate): per-layer FFN thresholds
     n_params: int
     n_bytes: int
+
+
+@dataclass(frozen=True)
+class FfnThresholds:
+    """Per-layer thresholds of the sparse FFN (see ts_context_set_ffn_thresholds in turbosparse.h): up row j is
+    computed when |act(gate_j)| >= gate[l] (exact mode), down row j read when |a_j| >= act[l]. Zeros: dense."""
+
+    gate: list[float]
+    act: list[float]
+
+
+@dataclass(frozen=True)
+class FfnTrace:
+    """Every layer's dense FFN over a run of tokens (NativeContext.eval_trace)."""
+
+    gate: np.ndarray  # [n_layer, n_tokens, n_ff] gate values before the activation
+    up: np.ndarray  # [n_layer, n_tokens, n_ff]
+    resid_sq: np.ndarray  # [n_layer, n_tokens] squared L2 norm of the residual entering the FFN (before its norm)
 
 
 @dataclass(frozen=True)
@@ -100,12 +119,15 @@ class NativeModel:
         values: dict[str, Any] = {f.name: getattr(raw, f.name) for f in fields(ModelInfo)}
         values["ffn_act"] = FfnActivation(values["ffn_act"])
         values["predictor_input"] = PredictorInput(values["predictor_input"])
-        for flag in ("has_predictors", "has_down_t", "has_down", "is_powerinfer"):
+        for flag in ("has_predictors", "has_down_t", "has_down", "is_powerinfer", "has_ffn_thresholds"):
             values[flag] = bool(values[flag])
         self.info = ModelInfo(**values)
         ranks = ffi.new("int32_t[]", self.info.n_layer)
         lib.ts_model_get_predictor_ranks(self._handle, ranks)
         self.predictor_ranks: list[int] = list(ranks)
+        gate, act = ffi.new("float[]", self.info.n_layer), ffi.new("float[]", self.info.n_layer)
+        lib.ts_model_get_ffn_thresholds(self._handle, gate, act)
+        self.ffn_thresholds = FfnThresholds(list(gate), list(act))
 
     @property
     def handle(self) -> Any:
@@ -164,6 +186,27 @@ class NativeContext:
         self._lib.lib.ts_context_set_measure_recall(self._handle, int(on))
 
     @property
+    def ffn_thresholds(self) -> FfnThresholds:
+        n = self._model.info.n_layer
+        gate, act = self._lib.ffi.new("float[]", n), self._lib.ffi.new("float[]", n)
+        self._lib.lib.ts_context_get_ffn_thresholds(self._handle, gate, act)
+        return FfnThresholds(list(gate), list(act))
+
+    @ffn_thresholds.setter
+    def ffn_thresholds(self, value: FfnThresholds) -> None:
+        n = self._model.info.n_layer
+        arrays = []
+        for name, values in (("gate", value.gate), ("act", value.act)):
+            a = np.ascontiguousarray(values, dtype=np.float32)
+            if a.shape != (n,) or not np.all(np.isfinite(a)) or np.any(a < 0):
+                raise ValueError(f"{name} thresholds must be {n} finite values >= 0, got {list(values)!r}")
+            arrays.append(a)
+        ffi = self._lib.ffi
+        self._lib.lib.ts_context_set_ffn_thresholds(
+            self._handle, ffi.from_buffer("float[]", arrays[0]), ffi.from_buffer("float[]", arrays[1])
+        )
+
+    @property
     def model(self) -> NativeModel:
         return self._model
 
@@ -209,6 +252,37 @@ class NativeContext:
                 raise ContextOverflowError(message)
             raise EvalError(message)
         return logits
+
+    def eval_trace(self, tokens: np.ndarray | list[int]) -> FfnTrace:
+        """Appends tokens with every FFN computed densely, and returns what each layer's FFN saw (FfnTrace)."""
+        toks = np.ascontiguousarray(tokens, dtype=np.int32)
+        if toks.ndim != 1 or toks.size == 0:
+            raise ValueError(f"expected a non-empty 1-D sequence of token ids, got shape {toks.shape}")
+        if self.n_past + toks.size > self.n_ctx:
+            raise ContextOverflowError(
+                f"context overflow: {self.n_past} cached + {toks.size} new tokens exceed n_ctx = {self.n_ctx}"
+            )
+        info = self._model.info
+        trace = FfnTrace(
+            gate=np.empty((info.n_layer, toks.size, info.n_ff), dtype=np.float32),
+            up=np.empty((info.n_layer, toks.size, info.n_ff), dtype=np.float32),
+            resid_sq=np.empty((info.n_layer, toks.size), dtype=np.float32),
+        )
+        ffi = self._lib.ffi
+        err = _ErrorBuffer(self._lib)
+        rc = self._lib.lib.ts_context_eval_trace(
+            self._handle,
+            ffi.from_buffer("int32_t[]", toks),
+            toks.size,
+            ffi.from_buffer("float[]", trace.gate),
+            ffi.from_buffer("float[]", trace.up),
+            ffi.from_buffer("float[]", trace.resid_sq),
+            err.buf,
+            _ERR_SIZE,
+        )
+        if rc != 0:
+            raise EvalError(err.message)
+        return trace
 
     def eval_ffn(self, layer: int, h: np.ndarray, *, dense_ffn: bool) -> np.ndarray:
         """One layer's FFN block alone: ffn(rms_norm(h)) for h [n_tokens, n_embd]; the KV cache is untouched."""
@@ -328,6 +402,49 @@ def axpy_rows(
         rows.size,
         col0,
         out.size,
+        ffi.from_buffer("float[]", out),
+        err.buf,
+        _ERR_SIZE,
+    )
+    if rc != 0:
+        raise ValueError(err.message)
+
+
+def down_cols_add(
+    down: np.ndarray,
+    ggml_type: int,
+    n_ff: int,
+    idx: np.ndarray,
+    coef: np.ndarray,
+    out: np.ndarray,
+    col0: int = 0,
+    *,
+    reference: bool = False,
+) -> None:
+    """out += sum_i coef[i] * W[col0 : col0 + len(out), idx[i]] for W a standard-layout down matrix (uint8 rows of
+    ggml_type blocks, one row per output) through its exact neuron-major layout (the sparse down of files without a
+    transposed down); reference runs the plain C path."""
+    lib = load()
+    raw = np.ascontiguousarray(down, dtype=np.uint8)
+    rows = np.ascontiguousarray(idx, dtype=np.int32)
+    scale = np.ascontiguousarray(coef, dtype=np.float32)
+    if rows.shape != scale.shape or rows.ndim != 1:
+        raise ValueError("idx and coef must be 1-D arrays of the same length")
+    if out.dtype != np.float32 or not out.flags.c_contiguous or out.ndim != 1:
+        raise ValueError("out must be a contiguous 1-D float32 array")
+    ffi = lib.ffi
+    err = _ErrorBuffer(lib)
+    rc = lib.lib.ts_kernel_down_cols(
+        int(ggml_type),
+        ffi.from_buffer(raw),
+        raw.shape[0] if raw.ndim > 1 else 0,
+        n_ff,
+        ffi.from_buffer("int32_t[]", rows),
+        ffi.from_buffer("float[]", scale),
+        rows.size,
+        col0,
+        out.size,
+        int(reference),
         ffi.from_buffer("float[]", out),
         err.buf,
         _ERR_SIZE,

@@ -35,10 +35,11 @@ def default_threads() -> int:
 def resolve_sparse_mode(sparse: str, info: ModelInfo, path: str) -> SparseMode:
     """The mode a `sparse=` argument means for this file; refuses modes the file cannot run."""
     relu_gated = info.ffn_act in (FfnActivation.REGLU, FfnActivation.DRELU)
+    exact_capable = relu_gated or info.has_ffn_thresholds  # SwiGLU needs thresholds from `turbosparse calibrate`
     if sparse == "auto":
         if info.has_predictors:
             return SparseMode.PREDICTOR
-        return SparseMode.EXACT if relu_gated else SparseMode.OFF
+        return SparseMode.EXACT if exact_capable else SparseMode.OFF
     if sparse == "off":
         return SparseMode.OFF
     if sparse == "predictor":
@@ -48,10 +49,10 @@ def resolve_sparse_mode(sparse: str, info: ModelInfo, path: str) -> SparseMode:
             )
         return SparseMode.PREDICTOR
     if sparse == "exact":
-        if not relu_gated:
+        if not exact_capable:
             raise ValueError(
-                f"{path}: sparse='exact' needs a ReLU-gated FFN (reglu or drelu); this file's FFN is "
-                f"{info.ffn_act.name.lower()}"
+                f"{path}: sparse='exact' needs a ReLU-gated FFN (reglu or drelu) or FFN thresholds; this file's FFN "
+                f"is {info.ffn_act.name.lower()} without thresholds: run `turbosparse calibrate` on it first"
             )
         return SparseMode.EXACT
     raise ValueError(f"sparse must be one of 'off', 'predictor', 'exact', 'auto'; got {sparse!r}")

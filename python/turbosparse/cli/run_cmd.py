@@ -20,7 +20,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         "--sparse",
         choices=("auto", "off", "predictor", "exact"),
         default="auto",
-        help="FFN sparsity while decoding (auto: predictor if the file has predictors, exact for ReLU FFNs, else off)",
+        help="FFN sparsity while decoding (auto: predictor if the file has predictors, exact for ReLU FFNs and "
+        "calibrated files, else off)",
     )
     p.add_argument("--threshold", type=float, default=None, help="predictor logit threshold (default: the file's)")
     p.add_argument("--verbose", action="store_true", help="show llama.cpp's and turbosparse's log")

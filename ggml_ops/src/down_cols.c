@@ -1,0 +1,264 @@
+#include "down_cols.h"
+
+#include "ggml-cpu.h"
+#include "ts_error.h"
+#include "turbosparse.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#include <immintrin.h>
+#define TS_COLS_AVX2 1
+#endif
+
+/* ---- format ------------------------------------------------------------------------------------ */
+
+/* ggml's 32-value block types (ggml-common.h): the f16 scale d first, then (Q4_1, Q5_1) the f16 min m. */
+int ts_down_cols_format_for(enum ggml_type type, int64_t n_embd, ts_down_cols_format *f) {
+    memset(f, 0, sizeof(*f));
+    f->source = type;
+    switch (type) {
+    case GGML_TYPE_Q4_0:
+        f->code_bits = 4;
+        f->offset = 8;
+        break;
+    case GGML_TYPE_Q4_1:
+        f->code_bits = 4;
+        f->has_min = 1;
+        break;
+    case GGML_TYPE_Q5_0:
+    case GGML_TYPE_Q8_0:
+        f->code_bits = 8;
+        break;
+    case GGML_TYPE_Q5_1:
+        f->code_bits = 8;
+        f->has_min = 1;
+        break;
+    default:
+        return 0;
+    }
+    if (n_embd % TS_DOWN_COLS_GROUP != 0) {
+        return 0;
+    }
+    f->n_embd = n_embd;
+    const size_t code_row = (size_t)n_embd * (size_t)f->code_bits / 8;
+    f->group_bytes = (size_t)n_embd * 2 * (f->has_min ? 2 : 1) + TS_DOWN_COLS_GROUP * code_row;
+    return 1;
+}
+
+static size_t code_row_bytes(const ts_down_cols_format *f) {
+    return (size_t)f->n_embd * (size_t)f->code_bits / 8;
+}
+
+static size_t codes_offset(const ts_down_cols_format *f) {
+    return (size_t)f->n_embd * 2 * (f->has_min ? 2 : 1);
+}
+
+/* ---- building the layout ---------------------------------------------------------------------- */
+
+/* The integer code of value v in a block with scale d and min m (the quantizer's own code: exact). */
+static int code_of(const ts_down_cols_format *f, float v, float d, float m) {
+    if (d == 0.0f) {
+        return f->offset; /* every value of the block is m */
+    }
+    return (int)lrintf((v - m) / d) + f->offset;
+}
+
+static void put_code(const ts_down_cols_format *f, uint8_t *row, int64_t i, int code) {
+    if (f->code_bits == 8) {
+        row[i] = (uint8_t)(int8_t)code;
+        return;
+    }
+    uint8_t *byte = row + (i / 32) * 16 + (i % 16);
+    *byte = i % 32 < 16 ? (uint8_t)((*byte & 0xF0) | (code & 15)) : (uint8_t)((*byte & 0x0F) | ((code & 15) << 4));
+}
+
+void ts_down_cols_fill(const ts_down_cols_format *f, const void *down, int64_t n_ff, int64_t g0, int64_t g1, void *dst) {
+    const size_t row_bytes = ggml_row_size(f->source, n_ff), block_bytes = ggml_type_size(f->source);
+    const ggml_to_float_t to_float = ggml_get_type_traits(f->source)->to_float;
+    const size_t code_row = code_row_bytes(f);
+    for (int64_t g = g0; g < g1; g++) {
+        uint8_t *group = (uint8_t *)dst + (size_t)g * f->group_bytes;
+        uint16_t *scale = (uint16_t *)group, *min = scale + f->n_embd;
+        uint8_t *codes = group + codes_offset(f);
+        for (int64_t i = 0; i < f->n_embd; i++) {
+            const uint8_t *block = (const uint8_t *)down + (size_t)i * row_bytes + (size_t)g * block_bytes;
+            float v[TS_DOWN_COLS_GROUP];
+            to_float(block, v, TS_DOWN_COLS_GROUP);
+            uint16_t dh, mh = 0;
+            memcpy(&dh, block, 2);
+            if (f->has_min) {
+                memcpy(&mh, block + 2, 2);
+                min[i] = mh;
+            }
+            scale[i] = dh;
+            const float d = ggml_fp16_to_fp32(dh), m = f->has_min ? ggml_fp16_to_fp32(mh) : 0.0f;
+            for (int k = 0; k < TS_DOWN_COLS_GROUP; k++) {
+                put_code(f, codes + (size_t)k * code_row, i, code_of(f, v[k], d, m));
+            }
+        }
+    }
+}
+
+/* ---- adding kept neurons ---------------------------------------------------------------------- */
+
+/* Reference path: one value at a time. */
+static void add_group_generic(const ts_down_cols_format *f, const uint8_t *group, const int32_t *k, const float *a,
+                              int n, int64_t c0, int64_t len, float *out) {
+    const uint16_t *scale = (const uint16_t *)group, *min = scale + f->n_embd;
+    const uint8_t *codes = group + codes_offset(f);
+    const size_t code_row = code_row_bytes(f);
+    float sum_a = 0.0f;
+    for (int r = 0; r < n; r++) {
+        sum_a += a[r];
+    }
+    for (int64_t c = 0; c < len; c++) {
+        const int64_t i = c0 + c;
+        float acc = 0.0f;
+        for (int r = 0; r < n; r++) {
+            const uint8_t *row = codes + (size_t)k[r] * code_row;
+            int code;
+            if (f->code_bits == 8) {
+                code = (int8_t)row[i];
+            } else {
+                const uint8_t byte = row[(i / 32) * 16 + (i % 16)];
+                code = i % 32 < 16 ? byte & 15 : byte >> 4;
+            }
+            acc += a[r] * (float)(code - f->offset);
+        }
+        out[c] += ggml_fp16_to_fp32(scale[i]) * acc + (f->has_min ? ggml_fp16_to_fp32(min[i]) * sum_a : 0.0f);
+    }
+}
+
+#ifdef TS_COLS_AVX2
+/* 16 int8 values (low 8 then high 8) into acc[0], acc[1]: acc += s * v */
+static inline void fma_i8x16(__m128i v, __m256 s, __m256 *acc) {
+    acc[0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v)), s, acc[0]);
+    acc[1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(v, 8))), s, acc[1]);
+}
+
+/* 32 codes of one neuron (unit u) times a, into four 8-float accumulators */
+static inline void codes_unit(const ts_down_cols_format *f, const uint8_t *row, int64_t u, __m256 a, __m256 acc[4]) {
+    if (f->code_bits == 8) {
+        const uint8_t *p = row + u * 32;
+        fma_i8x16(_mm_loadu_si128((const __m128i *)p), a, acc);
+        fma_i8x16(_mm_loadu_si128((const __m128i *)(p + 16)), a, acc + 2);
+        return;
+    }
+    const __m128i q = _mm_loadu_si128((const __m128i *)(row + u * 16));
+    const __m128i m4 = _mm_set1_epi8(0x0F), off = _mm_set1_epi8((char)f->offset);
+    fma_i8x16(_mm_sub_epi8(_mm_and_si128(q, m4), off), a, acc);
+    fma_i8x16(_mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(q, 4), m4), off), a, acc + 2);
+}
+
+static void add_group_avx2(const ts_down_cols_format *f, const uint8_t *group, const int32_t *k, const float *a,
+                           int n, int64_t c0, int64_t len, float *out) {
+    const uint16_t *scale = (const uint16_t *)group, *min = scale + f->n_embd;
+    const size_t code_row = code_row_bytes(f), unit_bytes = (size_t)f->code_bits * 4;
+    const uint8_t *rows[TS_DOWN_COLS_GROUP];
+    __m256 coef[TS_DOWN_COLS_GROUP];
+    float sum_a = 0.0f;
+    for (int r = 0; r < n; r++) {
+        rows[r] = group + codes_offset(f) + (size_t)k[r] * code_row;
+        coef[r] = _mm256_set1_ps(a[r]);
+        sum_a += a[r];
+    }
+    const __m256 sa = _mm256_set1_ps(sum_a);
+    const int64_t u0 = c0 / 32;
+    for (int64_t u = u0; u < u0 + len / 32; u++) {
+        __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+        for (int r = 0; r < n; r++) {
+            if ((u * unit_bytes) % 64 == 0) {
+                _mm_prefetch((const char *)rows[r] + (u + 8) * unit_bytes, _MM_HINT_T0); /* rows are scattered */
+            }
+            codes_unit(f, rows[r], u, coef[r], acc);
+        }
+        float *o = out + (u - u0) * 32;
+        for (int q = 0; q < 4; q++) {
+            const __m256 s = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(scale + u * 32 + 8 * q)));
+            __m256 v = _mm256_fmadd_ps(s, acc[q], _mm256_loadu_ps(o + 8 * q));
+            if (f->has_min) {
+                v = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(min + u * 32 + 8 * q))), sa, v);
+            }
+            _mm256_storeu_ps(o + 8 * q, v);
+        }
+    }
+}
+#endif
+
+typedef void (*add_group_fn)(const ts_down_cols_format *f, const uint8_t *group, const int32_t *k, const float *a,
+                             int n, int64_t c0, int64_t len, float *out);
+
+/* Runs of kept neurons by group, each added by add_group. */
+static void add_groups(add_group_fn add_group, const ts_down_cols_format *f, const void *cols, const int32_t *idx,
+                       const float *coef, int64_t n_idx, int64_t c0, int64_t n, float *out) {
+    for (int64_t i = 0; i < n_idx;) {
+        const int64_t g = idx[i] / TS_DOWN_COLS_GROUP;
+        int32_t k[TS_DOWN_COLS_GROUP];
+        int run = 0;
+        for (; i + run < n_idx && idx[i + run] / TS_DOWN_COLS_GROUP == g; run++) {
+            k[run] = idx[i + run] - (int32_t)(g * TS_DOWN_COLS_GROUP);
+        }
+        add_group(f, (const uint8_t *)cols + (size_t)g * f->group_bytes, k, coef + i, run, c0, n, out);
+        i += run;
+    }
+}
+
+void ts_down_cols_add(const ts_down_cols_format *f, const void *cols, const int32_t *idx, const float *coef,
+                      int64_t n_idx, int64_t c0, int64_t n, float *out) {
+#ifdef TS_COLS_AVX2
+    add_groups(add_group_avx2, f, cols, idx, coef, n_idx, c0, n, out);
+#else
+    add_groups(add_group_generic, f, cols, idx, coef, n_idx, c0, n, out);
+#endif
+}
+
+void ts_down_cols_add_reference(const ts_down_cols_format *f, const void *cols, const int32_t *idx, const float *coef,
+                                int64_t n_idx, int64_t c0, int64_t n, float *out) {
+    add_groups(add_group_generic, f, cols, idx, coef, n_idx, c0, n, out);
+}
+
+/* ---- the kernel entry for tests ------------------------------------------------------------------ */
+
+static int check_kernel_args(int32_t type, int64_t n_embd, int64_t n_ff, const int32_t *idx, int64_t n_idx,
+                             int64_t col0, int64_t n, ts_down_cols_format *f, char *err, size_t err_size) {
+    if (type < 0 || type >= GGML_TYPE_COUNT || !ts_down_cols_format_for((enum ggml_type)type, n_embd, f)) {
+        return ts_set_error(err, err_size, "down_cols: no exact column layout for ggml type id %d with %lld rows", type,
+                            (long long)n_embd);
+    }
+    if (n_ff <= 0 || n_ff % TS_DOWN_COLS_GROUP || col0 < 0 || n < 0 || col0 % 32 || n % 32 || col0 + n > n_embd) {
+        return ts_set_error(err, err_size, "down_cols: n_ff %lld or columns [%lld, %lld) of %lld are not whole 32-blocks",
+                            (long long)n_ff, (long long)col0, (long long)(col0 + n), (long long)n_embd);
+    }
+    for (int64_t i = 0; i < n_idx; i++) {
+        if (idx[i] < 0 || idx[i] >= n_ff || (i > 0 && idx[i] <= idx[i - 1])) {
+            return ts_set_error(err, err_size, "down_cols: neuron index %d at %lld is out of [0, %lld) or not ascending",
+                                idx[i], (long long)i, (long long)n_ff);
+        }
+    }
+    return 0;
+}
+
+int32_t ts_kernel_down_cols(int32_t type, const void *down, int64_t n_embd, int64_t n_ff, const int32_t *idx,
+                            const float *coef, int64_t n_idx, int64_t col0, int64_t n, int32_t reference, float *out,
+                            char *err, size_t err_size) {
+    ts_down_cols_format f;
+    if (check_kernel_args(type, n_embd, n_ff, idx, n_idx, col0, n, &f, err, err_size) != 0) {
+        return -1;
+    }
+    void *cols = malloc(f.group_bytes * (size_t)(n_ff / TS_DOWN_COLS_GROUP));
+    if (cols == NULL) {
+        return ts_set_error(err, err_size, "out of memory");
+    }
+    ggml_cpu_init(); /* F16 tables used by the dequantizers */
+    ts_down_cols_fill(&f, down, n_ff, 0, n_ff / TS_DOWN_COLS_GROUP, cols);
+    if (reference) {
+        ts_down_cols_add_reference(&f, cols, idx, coef, n_idx, col0, n, out);
+    } else {
+        ts_down_cols_add(&f, cols, idx, coef, n_idx, col0, n, out);
+    }
+    free(cols);
+    return 0;
+}

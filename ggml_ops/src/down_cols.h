@@ -1,0 +1,52 @@
+/*
+ * The standard down matrix re-laid out by neuron, exactly: for files that store only the standard layout
+ * (ggml ne {n_ff, n_embd}: row i = output i, quantized in blocks of 32 along the neurons), a copy in which the
+ * columns (neurons) a sparse FFN keeps can be read alone, with the very values ggml dequantizes:
+ *
+ *   group g = neurons 32g .. 32g + 31:
+ *     scale[n_embd]   f16   d of row i's block g
+ *     min[n_embd]     f16   m of row i's block g            (types with a min: Q4_1, Q5_1)
+ *     codes[32][...]        neuron 32g + k's integer codes over i: 4-bit packed (Q4_0, Q4_1) or int8 (Q5_0, Q5_1,
+ *                           Q8_0); 4-bit: 16 bytes per 32 values, low nibbles values 0-15, high nibbles 16-31
+ *
+ *   W[i][32g + k] = scale[i] * (code[k][i] - offset) + min[i]            (offset 8 for Q4_0, else 0)
+ *
+ * so that   sum_k a_k W[i][32g + k] = scale[i] * sum_k a_k (code[k][i] - offset) + min[i] * sum_k a_k :
+ * a kept neuron costs its codes, a group with any kept neuron its scales (and mins).
+ */
+#ifndef TS_DOWN_COLS_H
+#define TS_DOWN_COLS_H
+
+#include "ggml.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define TS_DOWN_COLS_GROUP 32 /* neurons per group: ggml's 32-value blocks */
+
+typedef struct ts_down_cols_format {
+    enum ggml_type source; /* the file's type */
+    int32_t code_bits;     /* 4 or 8 */
+    int32_t has_min;
+    int32_t offset;        /* subtracted from every code */
+    int64_t n_embd;
+    size_t group_bytes;    /* bytes of one group */
+} ts_down_cols_format;
+
+/* 1 and *f filled when a down matrix of this type and n_embd rows has the exact layout (n_embd a multiple of 32). */
+int ts_down_cols_format_for(enum ggml_type type, int64_t n_embd, ts_down_cols_format *f);
+
+/* Writes groups [g0, g1) of the layout from down (n_embd rows of n_ff values, the file's bytes). */
+void ts_down_cols_fill(const ts_down_cols_format *f, const void *down, int64_t n_ff, int64_t g0, int64_t g1, void *dst);
+
+/*
+ * out[c] += sum_i coef[i] * W[c0 + c][idx[i]] for c in [0, n): the kept neurons idx (ascending) of the layout;
+ * c0 and n multiples of 32.
+ */
+void ts_down_cols_add(const ts_down_cols_format *f, const void *cols, const int32_t *idx, const float *coef,
+                      int64_t n_idx, int64_t c0, int64_t n, float *out);
+/* The same, one value at a time (the path of CPUs without AVX2, and the vectorized one's reference). */
+void ts_down_cols_add_reference(const ts_down_cols_format *f, const void *cols, const int32_t *idx, const float *coef,
+                                int64_t n_idx, int64_t c0, int64_t n, float *out);
+
+#endif

@@ -1,0 +1,208 @@
+"""Exact mode on SwiGLU files with per-layer FFN thresholds (what `turbosparse calibrate` writes) against the
+float64 numpy reference: thresholds of 0 reproduce dense exactly, thresholds select what the reference selects."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+
+from turbosparse import ModelLoadError
+from turbosparse.binding import FfnThresholds, NativeContext, NativeModel, SparseMode
+
+from tinymodel import TinyConfig, gate_activation, random_weights, reference_forward, reference_logits, write_gguf
+
+Q = gguf.GGMLQuantizationType
+F32_TOLERANCE = 1e-5  # x max |logit|
+QUANT_TOLERANCE = 0.15  # x std(logits): ggml quantizes the activations of its dot products
+# Q4_0..Q8_0: the exact column layout; F16/BF16: an exact transpose; K-quants: a Q8_0 transpose (a second rounding)
+TYPES = [Q.F32, Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q4_K, Q.Q6_K]
+GATE_KEY, ACT_KEY = "turbosparse.gate_thresholds", "turbosparse.act_thresholds"
+
+
+def make(tmp_path: Path, cfg: TinyConfig, qtype: Q = Q.F32, extra: dict | None = None) -> tuple[Path, dict]:
+    path = tmp_path / f"swiglu-{qtype.name}-{cfg.n_embd}.gguf"
+    return path, write_gguf(path, cfg, random_weights(cfg, seed=3), qtype, extra_kv=extra)
+
+
+def context(path: Path, mode: SparseMode = SparseMode.EXACT, n_threads: int = 2) -> NativeContext:
+    return NativeContext(
+        NativeModel(path), n_ctx=256, n_threads=n_threads, n_batch=512, sparse_mode=mode, threshold=None, kv_f32=True
+    )
+
+
+def tokens(cfg: TinyConfig, n: int = 24, seed: int = 0) -> list[int]:
+    return [int(t) for t in np.random.default_rng(seed).integers(0, cfg.n_vocab, n)]
+
+
+def median_thresholds(cfg: TinyConfig, stored: dict, toks: list[int], share: float) -> tuple[list[float], list[float]]:
+    """Per-layer thresholds near the given quantiles of the reference's |silu(gate)| and |a| (dense forward)."""
+    gate, act = [], []
+    _, traces = reference_forward(cfg, stored, toks)
+    for t in traces:
+        act.append(float(np.quantile(np.abs(t.activation), share)))
+    # the gate values themselves: |silu(g)| = |a / up| is not recoverable from the trace, so sample the weights
+    w = {k: v.astype(np.float64) for k, v in stored.items()}
+    rng = np.random.default_rng(9)
+    for i in range(cfg.n_layer):
+        z = rng.standard_normal((64, cfg.n_embd)) * w[f"blk.{i}.ffn_norm.weight"]
+        gate.append(float(np.quantile(np.abs(gate_activation("swiglu", z @ w[f"blk.{i}.ffn_gate.weight"].T)), share)))
+    return gate, act
+
+
+@pytest.mark.parametrize("qtype", TYPES, ids=lambda q: q.name)
+def test_zero_thresholds_reproduce_dense_exactly(tmp_path: Path, qtype: Q) -> None:
+    cfg = TinyConfig(act="swiglu", n_embd=256, n_ff=512, n_head=4, n_head_kv=2)
+    path, _ = make(tmp_path, cfg, qtype, {GATE_KEY: [0.0, 0.0], ACT_KEY: [0.0, 0.0]})
+    toks = tokens(cfg)
+    dense = context(path, SparseMode.OFF)
+    exact = context(path)
+    assert NativeModel(path).info.has_ffn_thresholds
+    for ctx in (dense, exact):  # a batch, then token by token (ggml sums a batch in another order)
+        ctx.eval(toks, dense_ffn=False, logits_all=True)
+        ctx.truncate(0)
+    np.testing.assert_array_equal(
+        exact.eval(toks, dense_ffn=False, logits_all=True), dense.eval(toks, dense_ffn=False, logits_all=True)
+    )
+    for ctx in (dense, exact):
+        ctx.truncate(0)
+    for t in toks:
+        np.testing.assert_array_equal(
+            exact.eval([t], dense_ffn=False, logits_all=False), dense.eval([t], dense_ffn=False, logits_all=False)
+        )
+
+
+@pytest.mark.parametrize("qtype", TYPES, ids=lambda q: q.name)
+def test_thresholded_ffn_matches_the_reference(tmp_path: Path, qtype: Q) -> None:
+    cfg = TinyConfig(act="swiglu", n_embd=256, n_ff=512, n_head=4, n_head_kv=2)
+    path, stored = make(tmp_path, cfg, qtype)
+    toks = tokens(cfg)
+    ctx = context(path)
+    # every neuron kept through the sparse path (thresholds above 0): the dense result
+    tiny = FfnThresholds([1e-30] * cfg.n_layer, [1e-30] * cfg.n_layer)
+    ctx.ffn_thresholds = tiny
+    everything = ctx.eval(toks, dense_ffn=False, logits_all=True)
+    assert all(s.n_computed == s.n_nonzero == len(toks) * cfg.n_ff for s in ctx.layer_stats())
+    dense = reference_logits(cfg, stored, toks)
+    if qtype == Q.F32:
+        assert np.abs(everything - dense).max() <= F32_TOLERANCE * np.abs(dense).max()
+    else:
+        assert np.abs(everything - dense).max() / dense.std() <= QUANT_TOLERANCE
+    # real thresholds: the reference with the same masks
+    gate, act = median_thresholds(cfg, stored, toks, 0.4)
+    ctx.ffn_thresholds = FfnThresholds(gate, act)
+    ctx.truncate(0)
+    ctx.reset_stats()
+    out = ctx.eval(toks, dense_ffn=False, logits_all=True)
+    ref, traces = reference_forward(cfg, stored, toks, ffn_thresholds=(gate, act))
+    assert np.abs(ref - dense).max() > 0.05 * np.abs(dense).max()  # the thresholds really drop neurons that matter
+    stats = ctx.layer_stats()
+    if qtype == Q.F32:
+        assert np.abs(out - ref).max() <= F32_TOLERANCE * np.abs(ref).max()
+        assert [s.n_nonzero for s in stats] == [int(t.kept.sum()) for t in traces]
+    else:  # quantized activations move a few neurons across a threshold: compare what was kept, and the logits
+        # within the quantization noise plus what a few flipped neurons change
+        assert np.abs(out - ref).max() / ref.std() <= 2 * QUANT_TOLERANCE
+        for s, t in zip(stats, traces, strict=True):
+            assert abs(s.n_nonzero - int(t.kept.sum())) <= 0.03 * t.kept.size
+
+
+def test_thresholds_from_the_file_and_the_counters(tmp_path: Path) -> None:
+    cfg = TinyConfig(act="swiglu")
+    toks = tokens(cfg, 20)
+    plain, stored = make(tmp_path, cfg)
+    gate, act = median_thresholds(cfg, stored, toks, 0.5)
+    path = tmp_path / "calibrated.gguf"
+    write_gguf(path, cfg, random_weights(cfg, seed=3), extra_kv={GATE_KEY: gate, ACT_KEY: act})
+    model = NativeModel(path)
+    np.testing.assert_allclose(model.ffn_thresholds.gate, gate, rtol=1e-6)
+    np.testing.assert_allclose(model.ffn_thresholds.act, act, rtol=1e-6)
+    assert not NativeModel(plain).info.has_ffn_thresholds
+    ctx = context(path)
+    np.testing.assert_allclose(ctx.ffn_thresholds.act, act, rtol=1e-6)
+    ctx.eval(toks, dense_ffn=False, logits_all=True)
+    w = {k: v.astype(np.float64) for k, v in stored.items()}
+    _, traces = reference_forward(cfg, w, toks, ffn_thresholds=(gate, act))
+    stats = ctx.layer_stats()
+    assert [s.n_tokens for s in stats] == [len(toks)] * cfg.n_layer
+    assert [s.n_nonzero for s in stats] == [int(t.kept.sum()) for t in traces]
+    # up rows computed: the gate rule alone
+    assert all(s.n_computed >= s.n_nonzero for s in stats)
+    # a threshold of 0 in one layer: that layer runs dense (not counted), the other sparse
+    ctx.ffn_thresholds = FfnThresholds([0.0, gate[1]], [0.0, act[1]])
+    ctx.reset_stats()
+    ctx.truncate(0)
+    ctx.eval(toks, dense_ffn=False, logits_all=True)
+    assert ctx.layer_stats()[0].n_tokens == 0 and ctx.layer_stats()[1].n_tokens == len(toks)
+
+
+@pytest.mark.parametrize("n_threads", [1, 2, 3, 4])
+def test_deterministic_for_a_thread_count(tmp_path: Path, n_threads: int) -> None:
+    cfg = TinyConfig(act="swiglu", n_embd=256, n_ff=512)
+    path, stored = make(tmp_path, cfg, Q.Q4_0)
+    toks = tokens(cfg)
+    thresholds = FfnThresholds(*median_thresholds(cfg, stored, toks, 0.4))
+    runs = []
+    for _ in range(3):
+        ctx = context(path, n_threads=n_threads)
+        ctx.ffn_thresholds = thresholds
+        runs.append(ctx.eval(toks, dense_ffn=False, logits_all=True))
+    assert all(np.array_equal(runs[0], r) for r in runs[1:])
+
+
+def test_trace_is_the_dense_ffn(tmp_path: Path) -> None:
+    cfg = TinyConfig(act="swiglu")
+    path, stored = make(tmp_path, cfg)
+    toks = tokens(cfg, 12)
+    ctx = context(path, SparseMode.OFF)
+    trace = ctx.eval_trace(toks[:5])
+    trace2 = ctx.eval_trace(toks[5:])  # continues the sequence
+    gate = np.concatenate([trace.gate, trace2.gate], axis=1)
+    w = {k: v.astype(np.float64) for k, v in stored.items()}
+    _, traces = reference_forward(cfg, w, toks)
+    for i, t in enumerate(traces):
+        up = np.concatenate([trace.up[i], trace2.up[i]])
+        a = gate[i] / (1.0 + np.exp(-gate[i])) * up
+        assert np.abs(a - t.activation).max() <= 1e-4 * np.abs(t.activation).max()
+    assert trace.resid_sq.shape == (cfg.n_layer, 5) and np.all(trace.resid_sq > 0)
+    assert ctx.n_past == len(toks)
+
+
+def test_bad_thresholds_are_refused(tmp_path: Path) -> None:
+    cfg = TinyConfig(act="swiglu")
+    path, _ = make(tmp_path, cfg, extra={GATE_KEY: [0.1, -0.5]})
+    with pytest.raises(ModelLoadError, match=r"turbosparse.gate_thresholds\[1\] = -0.5 is negative"):
+        NativeModel(path)
+    path, _ = make(tmp_path, TinyConfig(act="swiglu", n_embd=32), extra={ACT_KEY: [0.1, 0.2, 0.3]})
+    with pytest.raises(ModelLoadError, match="turbosparse.act_thresholds"):
+        NativeModel(path)
+    good, _ = make(tmp_path, TinyConfig(act="swiglu", n_embd=96))
+    ctx = context(good)
+    with pytest.raises(ValueError, match="thresholds must be 2 finite values >= 0"):
+        ctx.ffn_thresholds = FfnThresholds([0.1, float("nan")], [0.0, 0.0])
+    with pytest.raises(ModelLoadError, match="predictor mode needs a ReLU-gated FFN"):
+        context(good, SparseMode.PREDICTOR)
+    with pytest.raises(ModelLoadError, match="sparse_rows = 1"):
+        NativeContext(NativeModel(good, sparse_rows=False), n_ctx=64, n_threads=1, n_batch=64,
+                      sparse_mode=SparseMode.EXACT, threshold=None)  # fmt: skip
+
+
+def test_model_api_on_a_calibrated_file(tmp_path: Path) -> None:
+    """Model(sparse="auto") chooses exact for a calibrated SwiGLU file, refuses exact on an uncalibrated one, and
+    stats() reports the rows read."""
+    from turbosparse.model import Model, resolve_sparse_mode
+
+    cfg = TinyConfig(act="swiglu")
+    plain, stored = make(tmp_path, cfg)
+    assert resolve_sparse_mode("auto", NativeModel(plain).info, str(plain)) == SparseMode.OFF
+    with pytest.raises(ValueError, match="run `turbosparse calibrate` on it first"):
+        resolve_sparse_mode("exact", NativeModel(plain).info, str(plain))
+    toks = tokens(cfg, 16)
+    gate, act = median_thresholds(cfg, stored, toks, 0.5)
+    path = tmp_path / "calibrated.gguf"
+    write_gguf(path, cfg, random_weights(cfg, seed=3), extra_kv={GATE_KEY: gate, ACT_KEY: act})
+    info = NativeModel(path).info
+    assert resolve_sparse_mode("auto", info, str(path)) == SparseMode.EXACT
+    assert Model.__init__.__kwdefaults__["sparse"] == "auto"
