@@ -12,10 +12,10 @@ from ..binding import dequantize
 from ..constants import TENSOR_POWERINFER_FC1, TENSOR_POWERINFER_FC2, TENSOR_PRED_FC1, TENSOR_PRED_FC2
 from ..errors import ConvertError
 from .arch.base import ROLE_EMBD, ROLE_MATRIX, ROLE_NORM, ROLE_OUTPUT, ROLE_PREDICTOR, TensorSpec
+from .copy import architecture, copy_fields, open_gguf
 from .quant_policy import QuantPolicy, file_type
 from .writer import write_gguf
 
-_SKIPPED_KEYS = ("GGUF.version", "GGUF.tensor_count", "GGUF.kv_count", "general.architecture", "general.file_type")
 _PREDICTOR_SUFFIXES = tuple(
     n.format(0).split(".", 2)[2]
     for n in (TENSOR_PRED_FC1, TENSOR_PRED_FC2, TENSOR_POWERINFER_FC1, TENSOR_POWERINFER_FC2)
@@ -45,29 +45,11 @@ def _loader(tensor: gguf.ReaderTensor, shape: tuple[int, ...]):
     return load
 
 
-def _field_value(field: gguf.ReaderField):
-    main = field.types[0]
-    if main == gguf.GGUFValueType.ARRAY:
-        sub = field.types[-1]
-        if sub == gguf.GGUFValueType.STRING:
-            return [bytes(field.parts[i]) for i in field.data], sub  # raw bytes: token texts round-trip exactly
-        return field.contents(), sub
-    if main == gguf.GGUFValueType.STRING:
-        return bytes(field.parts[field.data[0]]), None
-    return field.contents(), None
-
-
 def requantize(src: Path, out: Path, outtype: str, *, pred_type: str | None = None, progress: bool = False) -> Path:
     if src.resolve() == Path(out).resolve():
         raise ConvertError(f"{src}: re-quantizing into the input file itself")
-    try:
-        reader = gguf.GGUFReader(str(src))
-    except (OSError, ValueError) as exc:
-        raise ConvertError(f"{src}: not a readable GGUF file: {exc}") from None
-    arch_field = reader.get_field("general.architecture")
-    if arch_field is None:
-        raise ConvertError(f"{src}: missing key 'general.architecture'")
-    arch = arch_field.contents()
+    reader = open_gguf(src)
+    arch = architecture(reader, src)
     names = {t.name for t in reader.tensors}
     policy = QuantPolicy.from_names(outtype, pred_type, tied="output.weight" not in names)
     specs, types = [], []
@@ -78,11 +60,7 @@ def requantize(src: Path, out: Path, outtype: str, *, pred_type: str | None = No
         types.append(policy.type_for(spec.role, shape))
 
     def add_metadata(writer: gguf.GGUFWriter) -> None:
-        for key, field in reader.fields.items():
-            if key in _SKIPPED_KEYS:
-                continue
-            value, sub = _field_value(field)
-            writer.add_key_value(key, value, field.types[0], sub_type=sub)
+        copy_fields(reader, writer, skip=("general.file_type",))
         writer.add_file_type(file_type(policy.outtype))
 
     return write_gguf(out, specs, types, add_metadata, arch=arch, progress=progress)

@@ -22,10 +22,15 @@ from ..binding import quantize, type_info
 from ..constants import (
     ARCHITECTURE,
     FORMAT_VERSION,
+    KEY_ACT_THRESHOLDS,
     KEY_ACTIVATION_RATES,
+    KEY_CALIBRATED_DOWN_RATES,
+    KEY_CALIBRATED_SPARSITY,
+    KEY_CALIBRATED_UP_RATES,
     KEY_DOWN_LAYOUT,
     KEY_FFN_ACTIVATION,
     KEY_FORMAT_VERSION,
+    KEY_GATE_THRESHOLDS,
     KEY_PREDICTED_RATES,
     KEY_PREDICTOR_INPUT,
     KEY_PREDICTOR_RANKS,
@@ -52,6 +57,11 @@ _KEY_TYPES: dict[str, tuple[gguf.GGUFValueType, gguf.GGUFValueType | None]] = {
     KEY_PREDICTOR_RANKS: (VT.ARRAY, VT.UINT32),
     KEY_ACTIVATION_RATES: (VT.ARRAY, VT.FLOAT32),
     KEY_PREDICTED_RATES: (VT.ARRAY, VT.FLOAT32),
+    KEY_GATE_THRESHOLDS: (VT.ARRAY, VT.FLOAT32),
+    KEY_ACT_THRESHOLDS: (VT.ARRAY, VT.FLOAT32),
+    KEY_CALIBRATED_SPARSITY: (VT.FLOAT32, None),
+    KEY_CALIBRATED_UP_RATES: (VT.ARRAY, VT.FLOAT32),
+    KEY_CALIBRATED_DOWN_RATES: (VT.ARRAY, VT.FLOAT32),
 }
 
 
@@ -125,9 +135,9 @@ def write_gguf(
             for spec, qtype, nbytes in zip(specs, types, sizes, strict=True):
                 bar.set_postfix_str(f"{spec.name} {qtype.name}", refresh=False)
                 data = spec.load()
-                if data.shape != tuple(spec.shape):
+                if not spec.encoded and data.shape != tuple(spec.shape):
                     raise ConvertError(f"{spec.origin}: loaded shape {list(data.shape)}, expected {list(spec.shape)}")
-                stored = encode(data, qtype)
+                stored = data if spec.encoded else encode(data, qtype)
                 del data
                 if stored.nbytes != nbytes:
                     raise RuntimeError(f"{spec.name}: {stored.nbytes} bytes encoded, {nbytes} planned")

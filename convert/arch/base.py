@@ -42,6 +42,7 @@ class TensorSpec:
     role: str
     load: Callable[[], np.ndarray]
     origin: str = ""  # where it comes from, for messages: "file: tensor"
+    encoded: bool = False  # load() returns the bytes as stored (e.g. copied from a GGUF), not float32 values
 
 
 @dataclass

@@ -20,6 +20,13 @@ KEY_ACTIVATION_RATES: Final = "turbosparse.activation_rates"  # f32[n_layer], me
 KEY_PREDICTED_RATES: Final = "turbosparse.predicted_rates"  # f32[n_layer], measured predicted active fraction
 KEY_DOWN_LAYOUT: Final = "turbosparse.down_layout"  # str: DOWN_LAYOUTS
 KEY_SOURCE: Final = "turbosparse.source"  # str, the converter class that wrote the file
+# calibrated files (turbosparse calibrate): exact mode computes up row j when |act(gate_j)| >= gate threshold and reads
+# down row j when |a_j| >= act threshold (act = silu for SwiGLU; a_j = the neuron's activation)
+KEY_GATE_THRESHOLDS: Final = "turbosparse.gate_thresholds"  # f32[n_layer]
+KEY_ACT_THRESHOLDS: Final = "turbosparse.act_thresholds"  # f32[n_layer]
+KEY_CALIBRATED_SPARSITY: Final = "turbosparse.calibrated_sparsity"  # f32, target share of up + down rows skipped
+KEY_CALIBRATED_UP_RATES: Final = "turbosparse.calibrated_up_rates"  # f32[n_layer], up rows computed, calibration text
+KEY_CALIBRATED_DOWN_RATES: Final = "turbosparse.calibrated_down_rates"  # f32[n_layer], down rows read, same text
 
 FFN_ACTIVATIONS: Final = ("swiglu", "reglu", "drelu")  # silu(g)*u, relu(g)*u, relu(g)*relu(u)
 PREDICTOR_INPUTS: Final = ("residual", "residual_rmsnorm")  # h as is, or h / rms(h) (no weight)
