@@ -25,7 +25,13 @@ def standard_down(rng: np.random.Generator, n_embd: int, n_ff: int, qtype: Q) ->
 # whole and partial groups of 32 neurons, one neuron, none, all; column ranges inside the rows
 @pytest.mark.parametrize(
     "n_embd,n_ff,n_idx,col0,n",
-    [(64, 96, 30, 0, 64), (256, 320, 1, 96, 128), (128, 64, 0, 0, 128), (96, 160, 160, 32, 32), (4096, 512, 77, 2048, 2048)],
+    [
+        (64, 96, 30, 0, 64),
+        (256, 320, 1, 96, 128),
+        (128, 64, 0, 0, 128),
+        (96, 160, 160, 32, 32),
+        (4096, 512, 77, 2048, 2048),
+    ],
 )
 def test_matches_numpy(qtype: Q, reference: bool, n_embd: int, n_ff: int, n_idx: int, col0: int, n: int) -> None:
     rng = np.random.default_rng(n_embd + n_ff + n_idx)

@@ -166,7 +166,7 @@ def test_trace_is_the_dense_ffn(tmp_path: Path) -> None:
         up = np.concatenate([trace.up[i], trace2.up[i]])
         a = gate[i] / (1.0 + np.exp(-gate[i])) * up
         assert np.abs(a - t.activation).max() <= 1e-4 * np.abs(t.activation).max()
-    assert trace.resid_sq.shape == (cfg.n_layer, 5) and np.all(trace.resid_sq > 0)
+    assert trace.gate.shape == trace.up.shape == (cfg.n_layer, 5, cfg.n_ff)
     assert ctx.n_past == len(toks)
 
 
@@ -176,7 +176,7 @@ def test_bad_thresholds_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match=r"turbosparse.gate_thresholds\[1\] = -0.5 is negative"):
         NativeModel(path)
     path, _ = make(tmp_path, TinyConfig(act="swiglu", n_embd=32), extra={ACT_KEY: [0.1, 0.2, 0.3]})
-    with pytest.raises(ModelLoadError, match="turbosparse.act_thresholds"):
+    with pytest.raises(ModelLoadError, match=r"turbosparse\.act_thresholds"):
         NativeModel(path)
     good, _ = make(tmp_path, TinyConfig(act="swiglu", n_embd=96))
     ctx = context(good)
@@ -206,3 +206,15 @@ def test_model_api_on_a_calibrated_file(tmp_path: Path) -> None:
     info = NativeModel(path).info
     assert resolve_sparse_mode("auto", info, str(path)) == SparseMode.EXACT
     assert Model.__init__.__kwdefaults__["sparse"] == "auto"
+
+
+def test_key_names_match_the_engine() -> None:
+    """The keys the C loader reads are spelled as turbosparse.constants spells them."""
+    from turbosparse import constants as C
+
+    source = (Path(__file__).resolve().parents[1] / "ggml_ops" / "src" / "model.c").read_text()
+    read_by_c = (C.KEY_GATE_THRESHOLDS, C.KEY_ACT_THRESHOLDS, C.KEY_FFN_ACTIVATION, C.KEY_PREDICTOR_INPUT,
+                 C.KEY_PREDICTOR_THRESHOLD, C.KEY_PREDICTOR_RANKS, C.KEY_FORMAT_VERSION)  # fmt: skip
+    for key in read_by_c:
+        assert f'"{key}"' in source, key
+    assert (GATE_KEY, ACT_KEY) == (C.KEY_GATE_THRESHOLDS, C.KEY_ACT_THRESHOLDS)

@@ -104,6 +104,12 @@ void ts_model_free(ts_model *model);
 void ts_model_get_info(const ts_model *model, ts_model_info *info);
 /* Per-layer predictor rank (0 = none); `ranks` has n_layer entries. */
 void ts_model_get_predictor_ranks(const ts_model *model, int32_t *ranks);
+/*
+ * A tensor of the file as stored (mapped, read-only, valid while the model lives): its ggml type, ggml shape ne[4]
+ * and bytes. Returns 0, or -1 (err filled) when the file has no tensor of that name.
+ */
+int32_t ts_model_get_tensor(const ts_model *model, const char *name, int32_t *type, int64_t *ne, const void **data,
+                            uint64_t *nbytes, char *err, size_t err_size);
 /* The file's per-layer FFN thresholds (turbosparse.gate_thresholds / act_thresholds; 0 where absent), n_layer each. */
 void ts_model_get_ffn_thresholds(const ts_model *model, float *gate, float *act);
 
@@ -133,12 +139,11 @@ int32_t ts_context_eval_ffn(ts_context *ctx, int32_t layer, const float *h, int3
                             float *out, char *err, size_t err_size);
 /*
  * Dense evaluation of n_tokens tokens appended after the cached ones (as ts_context_eval with dense_ffn = 1, no
- * logits) that also copies every layer's FFN gate and up values, before the activation, [n_layer][n_tokens][n_ff],
- * and the squared L2 norm of the residual entering each layer's FFN (before its norm), [n_layer][n_tokens]; F32,
- * any of them may be NULL. The calibration's view of the FFN.
+ * logits) that also copies every layer's FFN gate and up values, before the activation: gate and up are
+ * [n_layer][n_tokens][n_ff] F32 (either may be NULL). The calibration's view of the FFN.
  */
 int32_t ts_context_eval_trace(ts_context *ctx, const int32_t *tokens, int32_t n_tokens, float *gate, float *up,
-                              float *resid_sq, char *err, size_t err_size);
+                              char *err, size_t err_size);
 int32_t ts_context_n_past(const ts_context *ctx);
 int32_t ts_context_n_ctx(const ts_context *ctx);
 /* Forget every cached token at position >= n_keep. */

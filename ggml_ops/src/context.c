@@ -287,7 +287,6 @@ static int compute_graph(ts_context *c, struct ggml_cgraph *gf, char *err, size_
 typedef struct trace_dest {
     float *gate;
     float *up;
-    float *resid_sq; /* [n_layer][n_total] */
     int64_t n_total;
     int64_t first;
     ts_ffn_trace *layers; /* per layer: the graph's tensors */
@@ -309,7 +308,6 @@ static void copy_trace(const ts_context *c, const trace_dest *d) {
     for (int il = 0; il < c->model->info.n_layer; il++) {
         copy_rows(d->layers[il].gate, d->gate, il, d);
         copy_rows(d->layers[il].up, d->up, il, d);
-        copy_rows(d->layers[il].resid_sq, d->resid_sq, il, d);
     }
 }
 
@@ -388,12 +386,12 @@ int32_t ts_context_eval(ts_context *c, const int32_t *tokens, int32_t n_tokens, 
     return 0;
 }
 
-int32_t ts_context_eval_trace(ts_context *c, const int32_t *tokens, int32_t n_tokens, float *gate, float *up,
-                              float *resid_sq, char *err, size_t err_size) {
+int32_t ts_context_eval_trace(ts_context *c, const int32_t *tokens, int32_t n_tokens, float *gate, float *up, char *err,
+                              size_t err_size) {
     if (check_tokens(c, tokens, n_tokens, err, err_size) != 0) {
         return -1;
     }
-    trace_dest d = {.gate = gate, .up = up, .resid_sq = resid_sq, .n_total = n_tokens};
+    trace_dest d = {.gate = gate, .up = up, .n_total = n_tokens};
     d.layers = calloc((size_t)c->model->info.n_layer, sizeof(*d.layers));
     if (d.layers == NULL) {
         return ts_set_error(err, err_size, "out of memory");

@@ -31,11 +31,10 @@ struct ts_context {
     int32_t graph_max_nodes;
 };
 
-/* One layer's dense FFN values kept for ts_context_eval_trace. */
+/* One layer's dense FFN values kept for ts_context_eval_trace: gate and up before the activation, [n_ff, T]. */
 typedef struct ts_ffn_trace {
-    struct ggml_tensor *gate;     /* [n_ff, T] before the activation */
-    struct ggml_tensor *up;       /* [n_ff, T] */
-    struct ggml_tensor *resid_sq; /* [1, T]: squared L2 norm of the residual entering the FFN */
+    struct ggml_tensor *gate;
+    struct ggml_tensor *up;
 } ts_ffn_trace;
 
 /* The inputs and outputs of one forward graph. */

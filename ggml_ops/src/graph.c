@@ -102,13 +102,11 @@ static struct ggml_tensor *ffn(ts_context *ctx, struct ggml_context *ctx0, int i
     if (runs_dense(ctx, il, dense_ffn)) {
         struct ggml_tensor *up = ggml_mul_mat(ctx0, l->ffn_up, cur);
         struct ggml_tensor *gate = ggml_mul_mat(ctx0, l->ffn_gate, cur);
-        if (trace != NULL) { /* resid_sq is no input of the logits: the graph build adds it */
+        if (trace != NULL) {
             trace->gate = gate;
             trace->up = up;
-            trace->resid_sq = ggml_sum_rows(ctx0, ggml_sqr(ctx0, ffn_inp));
             ggml_set_output(gate);
             ggml_set_output(up);
-            ggml_set_output(trace->resid_sq);
         }
         struct ggml_tensor *act = gated_activation(ctx0, m->info.ffn_act, gate, up);
         if (l->ffn_down != NULL) {
@@ -174,9 +172,6 @@ int ts_graph_build(ts_context *ctx, struct ggml_context *ctx0, int32_t n_tokens,
         cur = rms_norm(ctx0, ffn_inp, l->ffn_norm, in->rms_eps);
         cur = ffn(ctx, ctx0, il, ffn_inp, cur, (int32_t)ffn_inp->ne[1], dense_ffn || g->trace != NULL,
                   g->trace != NULL ? &g->trace[il] : NULL);
-        if (g->trace != NULL) {
-            ggml_build_forward_expand(gf, g->trace[il].resid_sq);
-        }
         x = ggml_add(ctx0, cur, ffn_inp);
     }
     x = rms_norm(ctx0, x, m->output_norm, in->rms_eps);

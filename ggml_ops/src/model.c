@@ -730,3 +730,16 @@ void ts_model_get_ffn_thresholds(const ts_model *m, float *gate, float *act) {
     memcpy(gate, m->gate_threshold, sizeof(float) * (size_t)m->info.n_layer);
     memcpy(act, m->act_threshold, sizeof(float) * (size_t)m->info.n_layer);
 }
+
+int32_t ts_model_get_tensor(const ts_model *m, const char *name, int32_t *type, int64_t *ne, const void **data,
+                            uint64_t *nbytes, char *err, size_t err_size) {
+    const ts_gguf_tensor *t = ts_gguf_find_tensor(m->file, name);
+    if (t == NULL) {
+        return ts_set_error(err, err_size, "%s: missing tensor '%s'", m->file->path, name);
+    }
+    *type = t->type;
+    memcpy(ne, t->ne, sizeof(t->ne));
+    *data = t->data;
+    *nbytes = (uint64_t)t->nbytes;
+    return 0;
+}

@@ -71,12 +71,26 @@ class FfnThresholds:
 
 
 @dataclass(frozen=True)
+class StoredTensor:
+    name: str
+    ggml_type: int
+    ne: tuple[int, ...]  # ggml shape: ne[0] is the row length
+    data: np.ndarray  # uint8, the stored bytes
+
+    def values(self) -> np.ndarray:
+        """float32 [ne[1], ne[0]] (2-D tensors), dequantized by ggml."""
+        row = self.ne[0]
+        if self.ggml_type == GGML_TYPE_F32:
+            return self.data.view(np.float32).reshape(-1, row)
+        return dequantize(self.data, self.ggml_type, row).reshape(-1, row)
+
+
+@dataclass(frozen=True)
 class FfnTrace:
     """Every layer's dense FFN over a run of tokens (NativeContext.eval_trace)."""
 
     gate: np.ndarray  # [n_layer, n_tokens, n_ff] gate values before the activation
     up: np.ndarray  # [n_layer, n_tokens, n_ff]
-    resid_sq: np.ndarray  # [n_layer, n_tokens] squared L2 norm of the residual entering the FFN (before its norm)
 
 
 @dataclass(frozen=True)
@@ -132,6 +146,23 @@ class NativeModel:
     @property
     def handle(self) -> Any:
         return self._handle
+
+    def has_tensor(self, name: str) -> bool:
+        return self._lib.lib.ts_model_get_tensor(
+            self._handle, name.encode(), self._lib.ffi.new("int32_t *"), self._lib.ffi.new("int64_t[4]"),
+            self._lib.ffi.new("void **"), self._lib.ffi.new("uint64_t *"), self._lib.ffi.NULL, 0,
+        ) == 0  # fmt: skip
+
+    def tensor(self, name: str) -> StoredTensor:
+        """A tensor of the file as stored: read-only bytes in the mapping (valid while this model lives)."""
+        ffi = self._lib.ffi
+        ttype, ne, data, nbytes = ffi.new("int32_t *"), ffi.new("int64_t[4]"), ffi.new("void **"), ffi.new("uint64_t *")
+        err = _ErrorBuffer(self._lib)
+        if self._lib.lib.ts_model_get_tensor(self._handle, name.encode(), ttype, ne, data, nbytes, err.buf, _ERR_SIZE):
+            raise KeyError(err.message)
+        raw = np.frombuffer(ffi.buffer(data[0], nbytes[0]), dtype=np.uint8)
+        raw.flags.writeable = False
+        return StoredTensor(name, int(ttype[0]), tuple(int(n) for n in ne), raw)
 
 
 class NativeContext:
@@ -266,7 +297,6 @@ class NativeContext:
         trace = FfnTrace(
             gate=np.empty((info.n_layer, toks.size, info.n_ff), dtype=np.float32),
             up=np.empty((info.n_layer, toks.size, info.n_ff), dtype=np.float32),
-            resid_sq=np.empty((info.n_layer, toks.size), dtype=np.float32),
         )
         ffi = self._lib.ffi
         err = _ErrorBuffer(self._lib)
@@ -276,7 +306,6 @@ class NativeContext:
             toks.size,
             ffi.from_buffer("float[]", trace.gate),
             ffi.from_buffer("float[]", trace.up),
-            ffi.from_buffer("float[]", trace.resid_sq),
             err.buf,
             _ERR_SIZE,
         )

@@ -20,3 +20,8 @@ class ContextOverflowError(TurboSparseError, ValueError):
 
 class EvalError(TurboSparseError, RuntimeError):
     """The engine failed to evaluate a batch."""
+
+
+class CalibrationError(TurboSparseError, ValueError):
+    """A model cannot be calibrated on the given text (too little text, a file without the FFN calibration needs,
+    an impossible sparsity); the message names the file and what is missing."""

@@ -327,6 +327,8 @@ class Model:
 
         active_fraction[l]: share of layer l's FFN neurons whose rows were computed (1.0 for a dense FFN);
         nonzero_fraction[l]: share with a non-zero activation (None where the dense path does not count);
+        kept_fraction[l]: share of layer l's up and down rows read, (computed + non-zero) / 2 (1.0 for a layer that
+        ran dense), and mean_kept_fraction: its mean over the layers (a calibrated file's target is 1 - sparsity);
         predictor_recall[l]: share of truly active neurons the predictor selected (None unless measured);
         plus prompt / decode token counts and speeds."""
         layers = self._ctx.layer_stats()
@@ -337,6 +339,7 @@ class Model:
 
         counted = any(s.n_tokens for s in layers)
         active = [share(s.n_computed, s.n_tokens * n_ff) if counted else 1.0 for s in layers]
+        kept = [(s.n_computed + s.n_nonzero) / (2 * s.n_tokens * n_ff) if s.n_tokens else 1.0 for s in layers]
         measured = any(s.n_true_active for s in layers)
         return {
             "sparse_mode": _MODE_NAMES[self.sparse_mode],
@@ -344,6 +347,8 @@ class Model:
             "n_layer": self.info.n_layer,
             "active_fraction": active,
             "nonzero_fraction": [share(s.n_nonzero, s.n_tokens * n_ff) for s in layers],
+            "kept_fraction": kept,
+            "mean_kept_fraction": sum(kept) / len(kept),
             "predictor_recall": [share(s.n_true_found, s.n_true_active) for s in layers] if measured else None,
             **self._timings.as_dict(),
         }

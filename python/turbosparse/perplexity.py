@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .model import Model
+from .tokenizer import Tokenizer
 
 
 @dataclass(frozen=True)
@@ -24,16 +25,31 @@ class PerplexityResult:
     mean_kl: float | None = None  # mean KL(reference || model) per position, nats
 
 
+def window_nll(logp: np.ndarray, window: list[int]) -> float:
+    """Summed negative log-likelihood of window[1:] under logp [len(window) - 1, n_vocab] (log-probabilities)."""
+    targets = np.asarray(window[1:])
+    return -float(logp[np.arange(len(targets)), targets].sum())
+
+
 def log_softmax(logits: np.ndarray) -> np.ndarray:
     x = logits.astype(np.float64)
     x -= x.max(-1, keepdims=True)
     return x - np.log(np.exp(x).sum(-1, keepdims=True))
 
 
+def bos_prefix(tokenizer: Tokenizer) -> list[int]:
+    """[BOS] when the vocabulary adds one, else []."""
+    return [tokenizer.bos] if tokenizer.adds_bos and tokenizer.bos >= 0 else []
+
+
 def windows(model: Model, tokens: list[int], n_ctx: int, max_windows: int | None = None) -> Iterator[list[int]]:
+    return token_windows(tokens, n_ctx, bos_prefix(model.tokenizer), max_windows)
+
+
+def token_windows(tokens: list[int], n_ctx: int, bos: list[int], max_windows: int | None = None) -> Iterator[list[int]]:
+    """Non-overlapping windows of n_ctx tokens, each bos + the next n_ctx - len(bos) tokens of the text."""
     if n_ctx < 2:
         raise ValueError(f"windows need at least 2 tokens, got n_ctx = {n_ctx}")
-    bos = [model.tokenizer.bos] if model.tokenizer.adds_bos and model.tokenizer.bos >= 0 else []
     step = n_ctx - len(bos)
     count = 0
     for start in range(0, len(tokens) - step + 1, step):
@@ -53,9 +69,8 @@ def perplexity(
     agree, kl = 0, 0.0
     for window in windows(model, tokens, n_ctx, max_windows):
         logp = log_softmax(model.eval_logits(window))[:-1]
-        targets = np.asarray(window[1:])
-        nll -= float(logp[np.arange(len(targets)), targets].sum())
-        n += len(targets)
+        nll += window_nll(logp, window)
+        n += len(window) - 1
         n_windows += 1
         if reference is not None:
             ref = log_softmax(reference.eval_logits(window))[:-1]

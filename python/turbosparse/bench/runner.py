@@ -68,6 +68,10 @@ class TensorBytes:
         """Bytes per token if exactly `active` of the FFN rows were read, predictor included."""
         return self.attention + self.output + sum(self.predictor) + int(active * self.ffn)
 
+    def exact_ceiling(self, kept: float) -> int:
+        """Bytes per token of exact mode reading the whole gate and `kept` of the up and down rows."""
+        return self.attention + self.output + sum(self.gate) + int(kept * (sum(self.up) + sum(self.down)))
+
 
 def tensor_bytes(path: Path) -> TensorBytes:
     reader = gguf.GGUFReader(str(path))
@@ -92,6 +96,12 @@ def tensor_bytes(path: Path) -> TensorBytes:
         else:
             attention += size
     return TensorBytes(attention, output, per_layer["gate"], per_layer["up"], per_layer["down"], per_layer["pred"])
+
+
+def calibrated_sparsity(path: Path) -> float | None:
+    """The target of a file calibrated by `turbosparse calibrate` (turbosparse.calibrated_sparsity), else None."""
+    field_ = gguf.GGUFReader(str(path)).get_field(C.KEY_CALIBRATED_SPARSITY)
+    return float(field_.contents()) if field_ is not None else None
 
 
 def kv_bytes_per_token(path: Path, n_kv: int) -> int:

@@ -19,6 +19,7 @@ from ..bench.ffn_layer import bench_ffn_layer, copy_bandwidth_gb_s, format_table
 from ..bench.runner import (
     BenchConfig,
     Measurement,
+    calibrated_sparsity,
     check_agreement,
     kv_bytes_per_token,
     machine_stamp,
@@ -89,7 +90,7 @@ def _engines(args: argparse.Namespace, sparse: Path, dense: Path, n_ctx: int) ->
     for mode in modes:
         if mode == "predictor" and not info.has_predictors:
             continue
-        if mode == "exact" and info.ffn_act.name == "SWIGLU":
+        if mode == "exact" and info.ffn_act.name == "SWIGLU" and not info.has_ffn_thresholds:
             continue
         path = dense if mode == "dense" else sparse
         engines.append(TurbosparseEngine(path, mode, args.threads, n_ctx))
@@ -192,7 +193,11 @@ def _report(
     pred = next((r for r in rows if r["mode"] == "predictor"), None)
     share = active if active is not None else (pred["active_fraction"] if pred else None)
     ceiling = None
-    if share is not None and sum(sparse_tb.predictor):
+    calibrated = calibrated_sparsity(sparse)
+    if calibrated is not None:  # exact mode on a calibrated file: the whole gate, 1 - sparsity of up and down
+        share = 1.0 - calibrated
+        ceiling = (dense_tb.dense() + kv) / (sparse_tb.exact_ceiling(share) + kv)
+    elif share is not None and sum(sparse_tb.predictor):
         ceiling = (dense_tb.dense() + kv) / (sparse_tb.sparse_ceiling(share) + kv)
     return {
         "config": {**cfg.__dict__, "sparse_model": str(sparse), "dense_model": str(dense), "active": share},
@@ -226,6 +231,7 @@ def _print_table(report: dict[str, object]) -> None:
         print(f"ratio {name} vs llama.cpp: {value:.2f}x")
     if report["bytes_ceiling"] is not None:
         print(
-            f"bytes ceiling (dense bytes / sparse bytes per token, predictor included): {report['bytes_ceiling']:.2f}x"
+            f"bytes ceiling (dense bytes / sparse bytes per token, predictor or whole gate included): "
+            f"{report['bytes_ceiling']:.2f}x"
         )
     sys.stdout.flush()
