@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from .._library import set_llama_log_verbosity
 from ..binding import FfnThresholds, NativeContext, NativeModel, SparseMode
 from ..constants import (
     KEY_ACT_THRESHOLDS,
@@ -73,13 +74,15 @@ class Calibrator:
     path: Path
     cfg: CalibrateConfig
     progress: bool = False
+    verbose: bool = False  # llama.cpp's and ggml's own log
 
     def __post_init__(self) -> None:
+        set_llama_log_verbosity(self.verbose)
         self.model = NativeModel(str(self.path), repack=True, sparse_rows=True)
         info = self.model.info
         if info.has_predictors:
             raise CalibrationError(f"{self.path}: the file has activation predictors; calibrate a dense model")
-        self.tokenizer = Tokenizer(str(self.path))
+        self.tokenizer = Tokenizer(str(self.path), verbose=self.verbose)
         self.ctx = NativeContext(
             self.model,
             n_ctx=min(self.cfg.collect.n_ctx, info.n_ctx_train),
@@ -212,6 +215,7 @@ def calibrate(
     held_out: Sequence[str] = (),
     cfg: CalibrateConfig | None = None,
     progress: bool = False,
+    verbose: bool = False,
 ) -> tuple[list[Quality], list[CalibrationResult]]:
     """Calibrates the model at path on text for each target sparsity; with cfg.eval_tokens > 0 also measures
     perplexity and rows read on each held-out text (none given: the end of text, then not calibrated on).
@@ -221,7 +225,7 @@ def calibrate(
     for s in sparsities:
         if not 0.0 <= s < 1.0:
             raise CalibrationError(f"sparsity must be in [0, 1), got {s}")
-    calibrator = Calibrator(Path(path), cfg, progress)
+    calibrator = Calibrator(Path(path), cfg, progress, verbose)
     calib, held = calibrator.windows(text, held_out)
     calibrator.collect(calib)
     zeros = [0.0] * calibrator.model.info.n_layer

@@ -104,7 +104,9 @@ def run(args: argparse.Namespace) -> int:
     held_out = [_read(f) for f in args.eval_file]
     names = [f.name for f in args.eval_file] or [f"{args.file.name} (end)"]
     progress = sys.stderr.isatty() and not args.json
-    dense, results = calibrate(path, _read(args.file), args.sparsity, held_out=held_out, cfg=cfg, progress=progress)
+    dense, results = calibrate(
+        path, _read(args.file), args.sparsity, held_out=held_out, cfg=cfg, progress=progress, verbose=args.verbose
+    )
     written = []
     if args.outfile is not None:
         for r in results:
