@@ -118,6 +118,12 @@ static void sparse_act_op(struct ggml_tensor *dst, int ith, int nth, void *userd
                     g = exact ? sel[jj] : row_dot(gate, jj, xg);
                     u = row_dot(up, jj, xu);
                 }
+                if (layer->gate_bias != NULL && !exact) {
+                    g += layer->gate_bias[jj];
+                }
+                if (layer->up_bias != NULL) {
+                    u += layer->up_bias[jj];
+                }
                 const float v = gated(layer->ffn_act, g, u);
                 a[jj] = chosen ? v : 0.0f;
                 count[COUNT_COMPUTED] += chosen;
