@@ -70,6 +70,9 @@ static int init_sparse_layers(ts_context *c, char *err, size_t err_size) {
         s->threshold = c->threshold;
         s->gate_threshold = m->gate_threshold[il];
         s->act_threshold = m->act_threshold[il];
+        const ts_layer *l = &m->layers[il];
+        s->gate_bias = l->ffn_gate_b != NULL ? (const float *)l->ffn_gate_b->data : NULL;
+        s->up_bias = l->ffn_up_b != NULL ? (const float *)l->ffn_up_b->data : NULL;
     }
     return 0;
 }

@@ -138,13 +138,21 @@ static void sparse_act_op(struct ggml_tensor *dst, int ith, int nth, void *userd
                 const int64_t jj = list[k];
                 const int chosen = chose[k];
                 float ag, u;
-                if (fused) {
-                    float g;
-                    ts_gate_up_dot(row_ptr(gate, jj), row_ptr(up, jj), prepared, up->ne[0], &g, &u);
-                    ag = gate_act(layer->ffn_act, g);
-                } else {
-                    ag = exact ? list_ag[k] : gate_act(layer->ffn_act, row_dot(gate, jj, xg));
+                if (exact) {
+                    ag = list_ag[k]; /* select is the dense gate with its bias */
                     u = row_dot(up, jj, xu);
+                } else {
+                    float g;
+                    if (fused) {
+                        ts_gate_up_dot(row_ptr(gate, jj), row_ptr(up, jj), prepared, up->ne[0], &g, &u);
+                    } else {
+                        g = row_dot(gate, jj, xg);
+                        u = row_dot(up, jj, xu);
+                    }
+                    ag = gate_act(layer->ffn_act, layer->gate_bias != NULL ? g + layer->gate_bias[jj] : g);
+                }
+                if (layer->up_bias != NULL) {
+                    u += layer->up_bias[jj];
                 }
                 const float v = combine(layer->ffn_act, ag, u);
                 a[jj] = chosen ? kept_activation(layer, v) : 0.0f;

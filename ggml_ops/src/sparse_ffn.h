@@ -30,6 +30,8 @@ typedef struct ts_sparse_layer {
     float act_threshold;    /* a_j kept (its down row read) when |a_j| >= act_threshold */
     const ts_down_cols_format *down_cols; /* the down node reads column groups (down_cols.h), not down_t rows */
     int32_t measure_recall; /* predictor mode: also compute every neuron to count what it missed */
+    const float *gate_bias; /* [n_ff] added to gate_j . x (predictor mode; exact mode's select has it), or NULL */
+    const float *up_bias;   /* [n_ff] added to up_j . x, or NULL */
     ts_layer_stats stats;   /* accumulated by thread 0 of the down node */
 } ts_sparse_layer;
 
