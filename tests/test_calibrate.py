@@ -14,6 +14,7 @@ import pytest
 from turbosparse.binding import FfnActivation, NativeModel
 from turbosparse.calibrate import CalibrateConfig, Calibration, CollectConfig, Planner, calibrate, write_calibrated
 from turbosparse.calibrate.collect import LayerSamples, activations
+from turbosparse.calibrate.pipeline import spread
 from turbosparse.calibrate.thresholds import Option, dense_calibration, layer_options, layer_weights
 from turbosparse.convert.copy import copy_with_keys
 from turbosparse.errors import CalibrationError, ConvertError
@@ -92,6 +93,14 @@ def test_layer_weights() -> None:
     mean = np.mean([0.02, 0.02, 0.0, 1e-9])
     assert weights == pytest.approx([0.2, 0.1, 0.2, 0.05 * mean / 0.4])
     assert layer_weights([Option(1, 1, 0, 0, 0.0)], [0.1]) is None
+
+
+def test_calibration_windows_spread_over_the_text() -> None:
+    windows = [[i] for i in range(10)]
+    assert spread(windows, 20) == windows
+    picked = spread(windows, 4)
+    assert picked[0] == [0] and picked[-1] == [9] and len({w[0] for w in picked}) == 4
+    assert spread(windows, 1) == [[0]]
 
 
 def test_zero_and_bad_sparsities() -> None:

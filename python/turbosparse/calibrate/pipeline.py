@@ -94,7 +94,8 @@ class Calibrator:
 
     def windows(self, text: str, held_out: Sequence[str]) -> tuple[list[list[int]], list[list[list[int]]]]:
         """(calibration windows, per held-out text its windows): cfg.eval_tokens of each held-out text, or with none
-        given the calibration text's last eval_tokens tokens (then not calibrated on)."""
+        given the calibration text's last eval_tokens tokens (then not calibrated on). The calibration windows are
+        spread evenly over the text (a long text: many documents, each contributes)."""
         n_ctx = self.ctx.n_ctx
         bos = bos_prefix(self.tokenizer)
         tokens = self.tokenizer.tokenize(text, add_bos=False)
@@ -104,8 +105,7 @@ class Calibrator:
             cut = max(0, len(tokens) - n_eval * (n_ctx - len(bos)))
             held = [list(token_windows(tokens[cut:], n_ctx, bos, n_eval))]
             tokens = tokens[:cut]
-        max_windows = max(1, self.cfg.collect.max_tokens // n_ctx)
-        calib = list(token_windows(tokens, n_ctx, bos, max_windows))
+        calib = spread(list(token_windows(tokens, n_ctx, bos)), max(1, self.cfg.collect.max_tokens // n_ctx))
         if not calib:
             raise CalibrationError(
                 f"the calibration text has {len(tokens)} tokens (after holding out {n_eval} evaluation windows): "
@@ -189,6 +189,13 @@ class Calibrator:
 
         up, down = (1.0, 1.0) if dense else (rate("n_computed"), rate("n_nonzero"))
         return Quality(perplexity=float(np.exp(nll / n)), up_rate=up, down_rate=down, n_tokens=n)
+
+
+def spread(items: list[list[int]], k: int) -> list[list[int]]:
+    """k of the items, evenly spaced from the first to the last (all of them when there are at most k)."""
+    if len(items) <= k:
+        return items
+    return [items[round(i * (len(items) - 1) / (k - 1))] for i in range(k)] if k > 1 else items[:1]
 
 
 def calibrated_keys(c: Calibration) -> dict[str, object]:

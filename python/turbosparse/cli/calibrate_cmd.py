@@ -39,7 +39,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "calibration text, then not calibrated on)",
     )
     p.add_argument("--eval-tokens", type=int, default=2048, help="held-out tokens per text (0: no measurement)")
-    p.add_argument("--tokens", type=int, default=4096, help="calibration tokens used at most")
+    p.add_argument(
+        "--tokens", type=int, default=4096, help="calibration tokens used at most (windows spread evenly over the text)"
+    )
     p.add_argument(
         "--effect-tokens",
         type=int,
