@@ -75,3 +75,26 @@ def test_bench_json_on_a_synthetic_pair(tmp_path) -> None:
     assert report["agreement_max_abs_logit_diff"] <= 1e-3
     assert abs(next(r for r in report["results"] if r["mode"] == "predictor")["active_fraction"] - 0.10) < 0.05
     assert "turbosparse/predictor" in report["ratios"]
+
+
+def test_bench_on_a_calibrated_synthetic_twin(tmp_path) -> None:
+    """bench --sparsity calibrates the dense twin (cached) and runs exact mode on it beside llama.cpp."""
+    import json
+    import os
+
+    env = {**os.environ, "TURBOSPARSE_CACHE": str(tmp_path)}
+    args = ["bench", "--synthetic", "tiny", "--sparsity", "0.5", "-p", "8", "-n", "8", "-r", "1", "-t", "2", "--json"]
+    out = subprocess.run(
+        [sys.executable, "-m", "turbosparse", *args], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["config"]["sparse_model"].endswith(".calibrated-s50.gguf")
+    assert {(r["engine"], r["mode"]) for r in report["results"]} == {("llama.cpp", "dense"), ("turbosparse", "dense"),
+                                                                     ("turbosparse", "exact")}  # fmt: skip
+    exact = next(r for r in report["results"] if r["mode"] == "exact")
+    assert abs(exact["kept_fraction"] - 0.5) < 0.1  # on tokens it was not calibrated on
+    assert 1.0 < report["bytes_ceiling"] < 2.0
+    bad = subprocess.run([sys.executable, "-m", "turbosparse", "bench", "-m", "x.gguf", "--sparsity", "0.5"],
+                         capture_output=True, text=True, timeout=60, env=env)  # fmt: skip
+    assert bad.returncode == 1 and "--sparsity needs --synthetic" in bad.stderr

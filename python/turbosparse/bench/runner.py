@@ -38,6 +38,7 @@ class Measurement:
     decode_s: list[float] = field(default_factory=list)
     bytes_per_token: float | None = None  # weights + KV cache read per decoded token
     active_fraction: float | None = None  # FFN rows computed, share (sparse modes)
+    kept_fraction: float | None = None  # up and down rows read, share (sparse modes)
 
     def prefill_tok_s(self, n: int) -> float:
         return n / statistics.median(self.prefill_s)
@@ -126,20 +127,31 @@ def sparse_ffn_bytes(tb: TensorBytes, layer: int, stats: LayerStats, n_ff: int, 
     return gate + computed * tb.up[layer] + nonzero * tb.down[layer]
 
 
-def measured_sparse_bytes(tb: TensorBytes, engine: TurbosparseEngine) -> tuple[float, float]:
-    """(bytes per decoded token from the measured per-layer counters, mean computed share)."""
+@dataclass(frozen=True)
+class SparseReads:
+    """What sparse decoding read per token, from the engine's counters."""
+
+    bytes_per_token: float  # weights (attention, output, FFN as read)
+    active: float  # mean share of FFN neurons computed (up rows)
+    kept: float  # mean share of up and down rows read: (computed + non-zero) / 2
+
+
+def measured_sparse_bytes(tb: TensorBytes, engine: TurbosparseEngine) -> SparseReads:
+    """Bytes per decoded token and shares of rows read, from the measured per-layer counters."""
     stats = engine.layer_stats()
     n_ff = engine.model.info.n_ff
     total = tb.attention + tb.output
-    shares = []
+    active, kept = [], []
     for i, s in enumerate(stats):
         if s.n_tokens == 0:
             total += tb.gate[i] + tb.up[i] + tb.down[i]
-            shares.append(1.0)
+            active.append(1.0)
+            kept.append(1.0)
             continue
         total += sparse_ffn_bytes(tb, i, s, n_ff, exact=engine.mode == "exact" or tb.predictor[i] == 0)
-        shares.append(s.n_computed / (s.n_tokens * n_ff))
-    return total, float(np.mean(shares))
+        active.append(s.n_computed / (s.n_tokens * n_ff))
+        kept.append((s.n_computed + s.n_nonzero) / (2 * s.n_tokens * n_ff))
+    return SparseReads(total, float(np.mean(active)), float(np.mean(kept)))
 
 
 def machine_stamp() -> dict[str, str]:

@@ -1,7 +1,9 @@
 """Synthetic models for speed benchmarks: real shapes and quant types, random weights, built locally.
 
 A synthetic pair is a dReLU turbosparse model with predictors and its dense llama twin (SwiGLU, standard
-down matrix, no extra tensors) that llama.cpp itself loads; both have the same bytes per matrix.
+down matrix, no extra tensors) that llama.cpp itself loads; both have the same bytes per matrix. The twin can
+also be calibrated (`turbosparse calibrate`'s thresholds, chosen on the same kind of token ids the benchmark
+feeds) to benchmark training-free sparsity on a 7B shape.
 
 The predictor is constructed so that it predicts exactly, and the predicted-active share is the one
 asked for: with fc1 = [B; -B] and fc2 = [A, -A], fc2 . relu(fc1 . h) = A B h. The gate and up matrices
@@ -26,8 +28,11 @@ from tqdm import tqdm
 from .. import constants as C
 from ..assets import cache_root
 from ..binding import quantize
+from ..calibrate import CalibrateConfig, CollectConfig, write_calibrated
+from ..calibrate.pipeline import Calibrator
 from ..convert.hparams import HParams
 from ..convert.writer import add_llama_hparams
+from ..perplexity import bos_prefix, token_windows
 
 logger = logging.getLogger(__name__)
 
@@ -261,6 +266,25 @@ def _write(path: Path, spec: SyntheticSpec, *, sparse: bool) -> None:
         writer.write_tensor_data(e.produce())
     writer.close()
     tmp.replace(path)
+
+
+CALIBRATION_TOKENS = 1024  # random token ids the twin's thresholds are chosen on (like the benchmark's prompts)
+
+
+def calibrated_twin(dense: Path, sparsity: float, n_threads: int) -> Path:
+    """The dense twin with `turbosparse calibrate`'s FFN thresholds for `sparsity` (uniform allocation: the weights
+    are random, every layer alike), chosen on random token ids; built once and cached beside the twin."""
+    out = dense.with_name(f"{dense.stem}.calibrated-s{round(100 * sparsity):02d}.gguf")
+    if out.exists():
+        return out
+    cfg = CalibrateConfig(allocation="uniform", eval_tokens=0, n_threads=n_threads,
+                          collect=CollectConfig(n_ctx=256, max_tokens=CALIBRATION_TOKENS))  # fmt: skip
+    calibrator = Calibrator(dense, cfg)
+    vocab = calibrator.model.info.n_vocab
+    ids = [int(t) for t in np.random.default_rng(1).integers(300, vocab, CALIBRATION_TOKENS)]
+    n_windows = CALIBRATION_TOKENS // cfg.collect.n_ctx
+    calibrator.collect(list(token_windows(ids, cfg.collect.n_ctx, bos_prefix(calibrator.tokenizer), n_windows)))
+    return write_calibrated(dense, calibrator.calibration(sparsity), out)
 
 
 def with_shape(spec: SyntheticSpec, name: str) -> SyntheticSpec:

@@ -27,7 +27,7 @@ from ..bench.runner import (
     run,
     tensor_bytes,
 )
-from ..bench.synthetic import SHAPES, SyntheticSpec, synthetic_pair
+from ..bench.synthetic import SHAPES, SyntheticSpec, calibrated_twin, synthetic_pair
 from ..binding import NativeModel
 
 QUANTS = {q.name.lower(): q for q in gguf.GGMLQuantizationType}
@@ -51,6 +51,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--active", type=float, default=0.10, help="synthetic: predicted active share of neurons")
     p.add_argument("--rank", type=int, default=1024, help="synthetic: predictor rank")
     p.add_argument("--pred-quant", default="q4_0", choices=sorted(QUANTS), help="synthetic: predictor type")
+    p.add_argument(
+        "--sparsity",
+        type=float,
+        default=None,
+        help="synthetic: calibrate the dense twin to this share of up/down rows skipped (turbosparse calibrate on "
+        "random token ids, cached) and run exact mode on it instead of the dReLU model",
+    )
     p.add_argument("--modes", default="dense,predictor,exact", help="turbosparse modes to run (comma-separated)")
     p.add_argument("--no-llama-cpp", action="store_true", help="skip llama.cpp")
     p.add_argument("-t", "--threads", type=int, default=2)
@@ -70,6 +77,8 @@ def _files(args: argparse.Namespace) -> tuple[Path, Path, float | None]:
             SHAPES[args.synthetic], QUANTS[args.quant], args.active, args.rank, QUANTS[args.pred_quant]
         )
         sparse, dense = synthetic_pair(spec)
+        if args.sparsity is not None:
+            return calibrated_twin(dense, args.sparsity, args.threads), dense, None
         return sparse, dense, args.active
     model = Path(default_model() if args.model == "default" else args.model)
     if args.dense:
@@ -128,6 +137,8 @@ def run_ffn_layer(args: argparse.Namespace) -> int:
 def run_bench(args: argparse.Namespace) -> int:
     if args.ffn_layer:
         return run_ffn_layer(args)
+    if args.sparsity is not None and not (args.synthetic and 0.0 < args.sparsity < 1.0):
+        raise ValueError(f"--sparsity needs --synthetic and a value in (0, 1), got {args.sparsity}")
     sparse, dense, active = _files(args)
     cfg = BenchConfig(args.threads, args.prompt_tokens, args.decode_tokens, args.rounds, args.context)
     # with a context, decoding continues round after round (see bench.runner.run)
@@ -167,7 +178,8 @@ def _report(
     rows = []
     for e, m in zip(engines, results, strict=True):
         if isinstance(e, TurbosparseEngine) and e.mode != "dense":
-            weights, m.active_fraction = measured_sparse_bytes(sparse_tb, e)
+            reads = measured_sparse_bytes(sparse_tb, e)
+            weights, m.active_fraction, m.kept_fraction = reads.bytes_per_token, reads.active, reads.kept
         else:
             weights = dense_tb.dense()
         m.bytes_per_token = weights + kv
@@ -181,6 +193,7 @@ def _report(
                 "bytes_per_token": m.bytes_per_token,
                 "gb_s": m.bytes_per_token * decode / 1e9,
                 "active_fraction": m.active_fraction,
+                "kept_fraction": m.kept_fraction,
             }
         )
     base = next((r for r in rows if r["engine"] == "llama.cpp"), None)
@@ -219,14 +232,16 @@ def _print_table(report: dict[str, object]) -> None:
     )
     print(
         f"{'engine':<12} {'mode':<10} {'decode tok/s':>12} {'prefill tok/s':>13} "
-        f"{'MB/token':>9} {'GB/s':>6} {'active':>7}"
+        f"{'MB/token':>9} {'GB/s':>6} {'active':>7} {'kept':>6}"
     )
     for r in report["results"]:
         active = f"{r['active_fraction']:.3f}" if r["active_fraction"] is not None else "-"
+        kept = f"{r['kept_fraction']:.3f}" if r["kept_fraction"] is not None else "-"
         print(
             f"{r['engine']:<12} {r['mode']:<10} {r['decode_tok_s']:>12.2f} {r['prefill_tok_s']:>13.1f} "
-            f"{r['bytes_per_token'] / 1e6:>9.1f} {r['gb_s']:>6.1f} {active:>7}"
+            f"{r['bytes_per_token'] / 1e6:>9.1f} {r['gb_s']:>6.1f} {active:>7} {kept:>6}"
         )
+    print("(active: share of FFN neurons computed; kept: share of up and down rows read)")
     for name, value in report["ratios"].items():
         print(f"ratio {name} vs llama.cpp: {value:.2f}x")
     if report["bytes_ceiling"] is not None:
