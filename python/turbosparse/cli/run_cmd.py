@@ -91,7 +91,9 @@ def run(args: argparse.Namespace) -> int:
     s = model.stats()
     active = [a for a in s["active_fraction"] if a is not None]
     sparse = s["sparse_mode"]
-    if sparse != "off" and active:
+    if sparse != "off" and model.info.has_ffn_thresholds:  # a calibrated file: the whole gate, a share of up/down
+        sparse += f" ({100 * s['mean_kept_fraction']:.0f}% of up/down rows read, the gate whole)"
+    elif sparse != "off" and active:
         sparse += f" ({100 * sum(active) / len(active):.0f}% of FFN rows read)"
     print(
         f"prompt: {s['prompt_tokens']} tokens, {s['prompt_tok_s']:.1f} tok/s | "
