@@ -22,7 +22,7 @@
 #include <immintrin.h>
 #include <string.h>
 
-#define ROWS 4 /* rows per pass (2 neurons' gate and up); 2 and 8 measured slower (README, Speed) */
+#define ROWS 4 /* rows per pass: 2 neurons' gate and up (other counts not yet measured) */
 
 enum { Q4_0_BYTES = 18, Q4_1_BYTES = 20, Q8_0_BYTES = 34, Q8_1_BYTES = 36, Q4_K_BYTES = 144, Q8_K_BYTES = 292 };
 
