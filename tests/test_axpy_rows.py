@@ -6,10 +6,12 @@ import gguf
 import numpy as np
 import pytest
 
-from turbosparse.binding import axpy_rows, quantize
+from turbosparse.binding import KernelIsa, KernelKind, axpy_rows, isa_supported, kernel_isa_used, quantize
 
 Q = gguf.GGMLQuantizationType
 TYPES = [Q.F32, Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q2_K, Q.Q3_K, Q.Q4_K, Q.Q5_K, Q.Q6_K, Q.IQ4_NL]
+# the types each instruction set has a fused kernel for (the rest run the generic one: ggml's dequantizer)
+FAST_TYPES = {KernelIsa.AVX2: [Q.F32, Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q4_K]}
 TOLERANCE = 1e-5  # relative to sum_i |coef_i| * max|row_i|: float32 rounding only, the rows are dequantized exactly
 
 
@@ -21,19 +23,32 @@ def stored(values: np.ndarray, qtype: Q) -> tuple[np.ndarray, np.ndarray]:
     return q, gguf.quants.dequantize(q, qtype).reshape(values.shape)
 
 
-@pytest.mark.parametrize("qtype", TYPES, ids=lambda q: q.name)
+def isas_for(qtype: Q) -> list[KernelIsa]:
+    return [KernelIsa.GENERIC] + [i for i, types in FAST_TYPES.items() if qtype in types and isa_supported(i)]
+
+
+CASES = [(qtype, isa) for qtype in TYPES for isa in isas_for(qtype)]
+
+
+@pytest.mark.parametrize("qtype,isa", CASES, ids=lambda v: v.name.lower())
 # shapes cover whole row groups and a tail (n_idx % 4), several 1024-column tiles, and no rows at all
 @pytest.mark.parametrize("n_cols,n_rows,n_idx", [(256, 7, 3), (768, 40, 40), (512, 100, 0), (2304, 50, 7)])
-def test_matches_numpy(qtype: Q, n_cols: int, n_rows: int, n_idx: int) -> None:
+def test_matches_numpy(qtype: Q, isa: KernelIsa, n_cols: int, n_rows: int, n_idx: int) -> None:
     rng = np.random.default_rng(n_cols + n_idx)
     w, deq = stored(rng.standard_normal((n_rows, n_cols)).astype(np.float32), qtype)
     idx = rng.choice(n_rows, n_idx, replace=False).astype(np.int32)
     coef = rng.standard_normal(n_idx).astype(np.float32)
     out = rng.standard_normal(n_cols).astype(np.float32)
     expected = out.astype(np.float64) + (coef[:, None].astype(np.float64) * deq[idx]).sum(0)
-    axpy_rows(w, qtype, n_cols, idx, coef, out)
+    axpy_rows(w, qtype, n_cols, idx, coef, out, isa=isa)
     scale = max(1.0, float(np.abs(coef).sum() * np.abs(deq).max()))
     assert np.abs(out - expected).max() <= TOLERANCE * scale
+
+
+@pytest.mark.parametrize("qtype", TYPES, ids=lambda q: q.name)
+def test_decoding_runs_the_fused_kernel_where_the_cpu_has_one(qtype: Q) -> None:
+    fused = isa_supported(KernelIsa.AVX2) and qtype in FAST_TYPES[KernelIsa.AVX2]
+    assert kernel_isa_used(KernelKind.AXPY_ROWS, qtype, 4096) == (KernelIsa.AVX2 if fused else KernelIsa.GENERIC)
 
 
 def test_column_ranges_compose() -> None:
@@ -55,6 +70,8 @@ def test_bad_arguments_are_errors() -> None:
         axpy_rows(w, Q.Q8_0, 64, np.array([4]), np.ones(1), out)
     with pytest.raises(ValueError, match="whole 32-blocks"):
         axpy_rows(w, Q.Q8_0, 64, np.array([0]), np.ones(1), out[:48])
+    with pytest.raises(ValueError, match="no avx512vnni kernel for q8_0"):
+        axpy_rows(w, Q.Q8_0, 64, np.array([0]), np.ones(1), out, isa=KernelIsa.AVX512_VNNI)
 
 
 @pytest.mark.parametrize("qtype", [Q.F32, Q.F16, Q.BF16], ids=lambda q: q.name)

@@ -75,6 +75,9 @@ def test_bench_json_on_a_synthetic_pair(tmp_path) -> None:
     assert report["agreement_max_abs_logit_diff"] <= 1e-3
     assert abs(next(r for r in report["results"] if r["mode"] == "predictor")["active_fraction"] - 0.10) < 0.05
     assert "turbosparse/predictor" in report["ratios"]
+    # figures from different machines are never mixed up: the CPU and the kernels it ran are stamped
+    machine = report["machine"]
+    assert machine["cpu"] and machine["kernel_isas"] and machine["commit"]
 
 
 def test_bench_on_a_calibrated_synthetic_twin(tmp_path) -> None:

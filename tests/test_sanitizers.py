@@ -17,6 +17,7 @@ SANITIZED_TESTS = [
     "tests/test_engine_reference.py",
     "tests/test_quantize.py",
     "tests/test_axpy_rows.py",
+    "tests/test_dot_rows.py",
     "tests/test_sparse_ffn.py",
     "tests/test_down_cols.py",
     "tests/test_ffn_thresholds.py",

@@ -250,7 +250,7 @@ def test_mistral_7b_ffn_layer(tmp_path: Path) -> None:
         assert np.array_equal(runs[0], runs[1])
         # ggml's dot products use Q8_0 activations: a few tenths of a percent of the output's scale
         assert np.abs(runs[0] - ref).max() <= 0.01 * np.abs(ref).max(), n_threads
-    # predictor mode selecting every neuron computes gate and up with the fused Q4_0 kernel (where the CPU has
-    # AVX-512 VNNI, else ggml's vec_dot): the same integer dot products as exact mode, summed in another order
+    # predictor mode selecting every neuron computes gate and up with the Q4_0 kernel this CPU runs (AVX-512 VNNI,
+    # AVX2, else ggml's vec_dot): the same integer dot products as exact mode, summed in another order
     everything = context(sparse_path, SparseMode.PREDICTOR, threshold=-1e30).eval_ffn(0, h, dense_ffn=False)
     assert np.abs(everything - runs[0]).max() <= 1e-4 * np.abs(runs[0]).max()

@@ -166,13 +166,39 @@ void ts_context_get_stats(const ts_context *ctx, ts_layer_stats *stats);
 void ts_context_reset_stats(ts_context *ctx);
 
 /* ---- kernels, exposed for tests and benchmarks ------------------------------------------------ */
+/* Instruction sets the sparse FFN kernels are written for. One build carries them all; at run time each
+   kernel is taken from the best set this CPU runs (ts_kernel_isa_used says which). */
+enum ts_kernel_isa {
+    TS_ISA_GENERIC = 0,      /* ggml's own per-row dot products and dequantizers: every type, every CPU */
+    TS_ISA_AVX2 = 1,         /* x86-64 with AVX2, FMA and F16C */
+    TS_ISA_AVX512_VNNI = 2,  /* x86-64 with AVX-512 F/BW/VNNI */
+    TS_ISA_COUNT
+};
+/* Which kernel: the gate/up row dot products, or the down projection's sum of rows. */
+enum ts_kernel_kind { TS_KERNEL_DOT_ROWS = 0, TS_KERNEL_AXPY_ROWS = 1 };
+
+const char *ts_kernel_isa_name(int32_t isa);
+/* 1 when this CPU runs that instruction set's kernels. */
+int32_t ts_kernel_isa_supported(int32_t isa);
+/* The instruction set of the kernel sparse decoding runs for rows of n values of ggml type `type`. */
+int32_t ts_kernel_isa_used(int32_t kind, int32_t type, int64_t n);
+
 /*
- * out[c] += sum_i coef[i] * W[idx[i]][col0 + c] for c in [0, n): the sparse down projection's inner loop.
+ * out[i] = W[idx[i]] . x for i in [0, n_idx): the sparse gate/up node's inner loop, x quantized as that node
+ * quantizes it (to the type's ggml vec_dot type), with the kernel of instruction set `isa` (TS_ISA_GENERIC:
+ * ggml's vec_dot row by row; an error when the CPU lacks the set or the set has no kernel for the type).
+ * W: n_rows rows of n_cols values of ggml type `type`.
+ */
+int32_t ts_kernel_dot_rows(int32_t isa, int32_t type, const void *w, int64_t n_rows, int64_t n_cols,
+                           const int32_t *idx, int64_t n_idx, const float *x, float *out, char *err, size_t err_size);
+/*
+ * out[c] += sum_i coef[i] * W[idx[i]][col0 + c] for c in [0, n): the sparse down projection's inner loop, with
+ * the kernel of instruction set `isa` (TS_ISA_GENERIC: ggml's dequantizer, then a plain loop).
  * W: n_rows rows of n_cols values of ggml type `type`; col0 and n multiples of the type's block size.
  */
-int32_t ts_kernel_axpy_rows(int32_t type, const void *w, int64_t n_rows, int64_t n_cols, const int32_t *idx,
-                            const float *coef, int64_t n_idx, int64_t col0, int64_t n, float *out, char *err,
-                            size_t err_size);
+int32_t ts_kernel_axpy_rows(int32_t isa, int32_t type, const void *w, int64_t n_rows, int64_t n_cols,
+                            const int32_t *idx, const float *coef, int64_t n_idx, int64_t col0, int64_t n, float *out,
+                            char *err, size_t err_size);
 
 /*
  * The same over a standard-layout down matrix (n_embd rows of n_ff values of ggml type `type`: Q4_0, Q4_1, Q5_0,

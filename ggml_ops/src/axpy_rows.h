@@ -6,11 +6,16 @@
  * W holds rows of row_bytes bytes of ggml type `type`; col0 and n are multiples of the type's block size,
  * so a caller can split the columns between threads on block boundaries (no two threads write the
  * same output element).
+ *
+ * The columns are walked in tiles that stay in L1. A tile is computed by a fused dequantize-and-add kernel of the
+ * best instruction set this CPU runs (axpy_rows_<isa>.c), else by the generic reference: ggml's dequantizer,
+ * then a plain loop (every type ggml can dequantize).
  */
 #ifndef TS_AXPY_ROWS_H
 #define TS_AXPY_ROWS_H
 
 #include "ggml.h"
+#include "turbosparse.h"
 
 #include <stddef.h>
 #include <stdint.h>
@@ -20,5 +25,17 @@ int ts_axpy_rows_supported(enum ggml_type type);
 
 void ts_axpy_rows(enum ggml_type type, const void *w, size_t row_bytes, const int32_t *idx, const float *coef,
                   int64_t n_idx, int64_t col0, int64_t n, float *out);
+
+/* The instruction set whose kernel ts_axpy_rows runs for `type` on this CPU. */
+enum ts_kernel_isa ts_axpy_rows_isa(enum ggml_type type);
+
+/*
+ * A fused tile kernel: o[0, 32 * n_units) += sum_i coef[i] * (32 * n_units values of row idx[i] from byte `offset`),
+ * the tile starting on a block boundary. Each instruction set's table returns NULL for the types it lacks (and
+ * everywhere when not compiled for this architecture).
+ */
+typedef void (*ts_axpy_tile_fn)(const char *w, size_t row_bytes, size_t offset, const int32_t *idx, const float *coef,
+                                int64_t n_idx, int64_t n_units, float *o);
+ts_axpy_tile_fn ts_axpy_tile_avx2(enum ggml_type type);
 
 #endif

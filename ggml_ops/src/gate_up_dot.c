@@ -1,110 +1,115 @@
+/* The generic gate/up kernel (ggml's vec_dot: every type), the choice of kernel, and the kernel's test entry. */
 #include "gate_up_dot.h"
 
-#include <string.h>
-
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__) && defined(__F16C__)
-#include <immintrin.h>
-
-/*
- * Layout of the prepared activation, per pair of 32-blocks (b, b+1), 192 bytes:
- *   x     64 int8: x_b[0:16], x_b+1[0:16], x_b[16:32], x_b+1[16:32] - the order in which a Q4_0 pair's low and
- *         high nibbles come out of one 32-byte load (a Q4_0 block stores value k in the low nibble of byte k and
- *         value k + 16 in the high nibble);
- *   corr  16 int32: -8 * (sum of the 4 activation bytes of each 32-bit lane), so that a dot product over the
- *         unsigned nibbles q gives the sum over (q - 8) * x;
- *   dx    16 float: the activation block scale of each lane.
- * Q4_0 block: {fp16 d, 16 bytes}; Q8_0 block: {fp16 d, 32 int8}.
- */
-typedef struct {
-    __m512i x;
-    __m512i corr;
-    __m512 dx;
-} prepared_pair;
-
-_Static_assert(sizeof(prepared_pair) == TS_GATE_UP_PAIR_BYTES, "prepared pair layout");
-
-enum { Q4_0_BYTES = 18, Q8_0_BYTES = 34 };
-
-static float half_at(const uint8_t *p) {
-    uint16_t h;
-    memcpy(&h, p, sizeof(h));
-    return _cvtsh_ss(h);
-}
-
-int ts_gate_up_dot_supported(enum ggml_type gate, enum ggml_type up, int64_t n) {
-    return gate == GGML_TYPE_Q4_0 && up == GGML_TYPE_Q4_0 && n % 64 == 0 && n <= TS_GATE_UP_MAX_EMBD;
-}
-
-void ts_gate_up_prepare(const void *xq, int64_t n, void *prepared) {
-    const uint8_t *x = xq;
-    prepared_pair *out = prepared;
-    const __m512i eight = _mm512_set1_epi8(8);
-    for (int64_t p = 0; p < n / 64; p++) {
-        const uint8_t *b0 = x + (2 * p) * Q8_0_BYTES, *b1 = b0 + Q8_0_BYTES;
-        const __m128i lo0 = _mm_loadu_si128((const __m128i *)(b0 + 2)), hi0 = _mm_loadu_si128((const __m128i *)(b0 + 18));
-        const __m128i lo1 = _mm_loadu_si128((const __m128i *)(b1 + 2)), hi1 = _mm_loadu_si128((const __m128i *)(b1 + 18));
-        const __m256i lo = _mm256_inserti128_si256(_mm256_castsi128_si256(lo0), lo1, 1);
-        const __m256i hi = _mm256_inserti128_si256(_mm256_castsi128_si256(hi0), hi1, 1);
-        const __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
-        out[p].x = v;
-        out[p].corr = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_dpbusd_epi32(_mm512_setzero_si512(), eight, v));
-        const float d0 = half_at(b0), d1 = half_at(b1);
-        const __m512 s0 = _mm512_set1_ps(d0), s1 = _mm512_set1_ps(d1);
-        out[p].dx = _mm512_mask_blend_ps(0xF0F0, s0, s1); /* lanes 4-7 and 12-15 belong to block b+1 */
-    }
-}
-
-/* Scales of a Q4_0 pair laid out as the lanes: d_b in lanes 0-3 and 8-11, d_b+1 in lanes 4-7 and 12-15 */
-static inline __m512 pair_scales(const uint8_t *b0) {
-    uint16_t h0, h1;
-    memcpy(&h0, b0, sizeof(h0));
-    memcpy(&h1, b0 + Q4_0_BYTES, sizeof(h1));
-    const __m128 d = _mm_cvtph_ps(_mm_cvtsi32_si128((int)((uint32_t)h0 | ((uint32_t)h1 << 16))));
-    const __m512i lanes = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1);
-    return _mm512_permutexvar_ps(lanes, _mm512_castps128_ps512(d));
-}
-
-/* The 64 nibbles of a Q4_0 pair as unsigned bytes in the prepared activation's order */
-static inline __m512i pair_nibbles(const uint8_t *b0) {
-    const __m256i y = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(b0 + 2))),
-                                              _mm_loadu_si128((const __m128i *)(b0 + Q4_0_BYTES + 2)), 1);
-    const __m256i m4 = _mm256_set1_epi8(0x0F);
-    const __m256i lo = _mm256_and_si256(y, m4), hi = _mm256_and_si256(_mm256_srli_epi16(y, 4), m4);
-    return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
-}
-
-void ts_gate_up_dot(const void *gate_row, const void *up_row, const void *prepared, int64_t n, float *g, float *u) {
-    const uint8_t *ga = gate_row, *ua = up_row;
-    const prepared_pair *xp = prepared;
-    __m512 acc_g = _mm512_setzero_ps(), acc_u = _mm512_setzero_ps();
-    for (int64_t p = 0; p < n / 64; p++) {
-        const uint8_t *gb = ga + 2 * p * Q4_0_BYTES, *ub = ua + 2 * p * Q4_0_BYTES;
-        const __m512i tg = _mm512_dpbusd_epi32(xp[p].corr, pair_nibbles(gb), xp[p].x);
-        const __m512i tu = _mm512_dpbusd_epi32(xp[p].corr, pair_nibbles(ub), xp[p].x);
-        acc_g = _mm512_fmadd_ps(_mm512_cvtepi32_ps(tg), _mm512_mul_ps(pair_scales(gb), xp[p].dx), acc_g);
-        acc_u = _mm512_fmadd_ps(_mm512_cvtepi32_ps(tu), _mm512_mul_ps(pair_scales(ub), xp[p].dx), acc_u);
-    }
-    *g = _mm512_reduce_add_ps(acc_g);
-    *u = _mm512_reduce_add_ps(acc_u);
-}
-
-#else /* no AVX-512 VNNI: ggml's vec_dot serves every case, and callers never reach the kernel */
+#include "cpu_features.h"
+#include "ggml-cpu.h"
+#include "ts_error.h"
 
 #include <stdlib.h>
+#include <string.h>
 
-int ts_gate_up_dot_supported(enum ggml_type gate, enum ggml_type up, int64_t n) {
-    (void)gate, (void)up, (void)n;
+/* ---- generic: ggml's own dot product, one row at a time, against ggml's activation layout ------------- */
+
+static const void *prepare_generic(const void *xq, int64_t n, void *buf) {
+    (void)n, (void)buf;
+    return xq;
+}
+
+/* Asks for a whole row ahead of its use. */
+static void prefetch_row(const char *row, size_t row_bytes) {
+    for (size_t b = 0; b < row_bytes; b += 64) {
+        __builtin_prefetch(row + b);
+    }
+}
+
+static void dot_rows_generic(enum ggml_type type, const void *const *rows, int64_t n_rows, const void *prepared,
+                             int64_t n, float *out) {
+    const ggml_vec_dot_t vec_dot = ggml_get_type_traits_cpu(type)->vec_dot;
+    const size_t row_bytes = ggml_row_size(type, n);
+    for (int64_t i = 0; i < n_rows; i++) {
+        if (i + 1 < n_rows) {
+            prefetch_row(rows[i + 1], row_bytes);
+        }
+        vec_dot((int)n, &out[i], 0, rows[i], 0, prepared, 0, 1);
+    }
+}
+
+/* ---- choice --------------------------------------------------------------------------------------- */
+
+int ts_dot_kernel_of(enum ts_kernel_isa isa, enum ggml_type type, int64_t n, ts_dot_kernel *k) {
+    switch (isa) {
+    case TS_ISA_GENERIC:
+        *k = (ts_dot_kernel){TS_ISA_GENERIC, prepare_generic, dot_rows_generic};
+        return ggml_get_type_traits_cpu(type)->vec_dot != NULL;
+    case TS_ISA_AVX2: return ts_dot_kernel_avx2(type, n, k);
+    case TS_ISA_AVX512_VNNI: return ts_dot_kernel_avx512(type, n, k);
+    default: return 0;
+    }
+}
+
+/* Most specialised first: where a CPU runs several sets, the later ones are its fallbacks. */
+static const enum ts_kernel_isa preference[] = {TS_ISA_AVX512_VNNI, TS_ISA_AVX2};
+
+ts_dot_kernel ts_dot_kernel_best(enum ggml_type type, int64_t n) {
+    ts_dot_kernel k;
+    for (size_t i = 0; i < sizeof(preference) / sizeof(preference[0]); i++) {
+        if (ts_isa_supported(preference[i]) && ts_dot_kernel_of(preference[i], type, n, &k)) {
+            return k;
+        }
+    }
+    ts_dot_kernel_of(TS_ISA_GENERIC, type, n, &k);
+    return k;
+}
+
+/* ---- test entry ----------------------------------------------------------------------------------- */
+
+static int check_matrix(const char *what, int32_t type, int64_t n_rows, int64_t n_cols, const int32_t *idx,
+                        int64_t n_idx, char *err, size_t err_size) {
+    if (type < 0 || type >= GGML_TYPE_COUNT || ggml_blck_size((enum ggml_type)type) == 0) {
+        return ts_set_error(err, err_size, "%s: unknown ggml type id %d", what, type);
+    }
+    const int64_t blck = ggml_blck_size((enum ggml_type)type);
+    if (n_cols <= 0 || n_cols % blck) {
+        return ts_set_error(err, err_size, "%s: %lld columns are not whole %lld-blocks", what, (long long)n_cols,
+                            (long long)blck);
+    }
+    for (int64_t i = 0; i < n_idx; i++) {
+        if (idx[i] < 0 || idx[i] >= n_rows) {
+            return ts_set_error(err, err_size, "%s: row index %d out of [0, %lld)", what, idx[i], (long long)n_rows);
+        }
+    }
     return 0;
 }
 
-void ts_gate_up_prepare(const void *xq, int64_t n, void *prepared) {
-    (void)xq, (void)n, (void)prepared;
-    abort(); /* unreachable: ts_gate_up_dot_supported() is 0 on this CPU */
+int32_t ts_kernel_dot_rows(int32_t isa, int32_t type, const void *w, int64_t n_rows, int64_t n_cols,
+                           const int32_t *idx, int64_t n_idx, const float *x, float *out, char *err, size_t err_size) {
+    if (check_matrix("dot_rows", type, n_rows, n_cols, idx, n_idx, err, err_size) != 0) {
+        return -1;
+    }
+    ggml_cpu_init();
+    ts_dot_kernel k;
+    if (!ts_kernel_isa_supported(isa) || !ts_dot_kernel_of((enum ts_kernel_isa)isa, (enum ggml_type)type, n_cols, &k)) {
+        return ts_set_error(err, err_size, "dot_rows: no %s kernel for %s rows of %lld on this CPU",
+                            ts_kernel_isa_name(isa), ggml_type_name((enum ggml_type)type), (long long)n_cols);
+    }
+    const enum ggml_type vdt = ggml_get_type_traits_cpu((enum ggml_type)type)->vec_dot_type;
+    const size_t row_bytes = ggml_row_size((enum ggml_type)type, n_cols);
+    void *xq = malloc(ggml_row_size(vdt, n_cols));
+    void *buf = aligned_alloc(64, TS_DOT_PREPARED_MAX);
+    const void **rows = malloc(sizeof(void *) * (size_t)(n_idx > 0 ? n_idx : 1));
+    if (xq == NULL || buf == NULL || rows == NULL) {
+        free(xq), free(buf), free(rows);
+        return ts_set_error(err, err_size, "dot_rows: out of memory");
+    }
+    if (vdt == GGML_TYPE_F32) {
+        memcpy(xq, x, (size_t)n_cols * sizeof(float));
+    } else {
+        ggml_get_type_traits_cpu(vdt)->from_float(x, xq, n_cols);
+    }
+    for (int64_t i = 0; i < n_idx; i++) {
+        rows[i] = (const char *)w + (size_t)idx[i] * row_bytes;
+    }
+    k.dot_rows((enum ggml_type)type, rows, n_idx, k.prepare(xq, n_cols, buf), n_cols, out);
+    free(xq), free(buf), free(rows);
+    return 0;
 }
-
-void ts_gate_up_dot(const void *gate_row, const void *up_row, const void *prepared, int64_t n, float *g, float *u) {
-    (void)gate_row, (void)up_row, (void)prepared, (void)n, (void)g, (void)u;
-    abort(); /* unreachable: ts_gate_up_dot_supported() is 0 on this CPU */
-}
-
-#endif

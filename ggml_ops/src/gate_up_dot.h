@@ -1,30 +1,49 @@
 /*
- * The sparse gate/up node's inner loop for Q4_0 weights: the dot products of one neuron's gate row and up
- * row with the token's Q8_0 activation, both at once, so the activation is read once for the pair.
+ * The sparse gate/up node's inner loop: dot products of gathered weight rows with one token's activation.
  *
- * ggml's own vec_dot handles one row and one 32-block at a time; with AVX-512 VNNI this kernel takes two
- * blocks per instruction against an activation prepared once per token. Where the CPU or the types do not
- * fit, the caller uses ggml's vec_dot (ts_gate_up_dot_supported says which).
+ *   out[i] = rows[i] . x        for i in [0, n_rows), rows of n values of one ggml type
+ *
+ * x arrives quantized as ggml's dot products want it (the type's vec_dot_type: Q8_0 for Q4_0 and Q8_0, Q8_1
+ * for Q4_1, Q8_K for the K-quants), once per token. A kernel first prepares it into its own layout, then takes
+ * the rows several at a time, so that each activation block is loaded once for all of them, and prefetches the
+ * rows that follow (the rows of active neurons are scattered: the hardware prefetcher cannot guess them).
+ *
+ * Every type has the generic kernel (ggml's vec_dot, row by row, the reference); ts_dot_kernel_best picks the
+ * fastest kernel this CPU runs. Kernels for an instruction set live in gate_up_dot_<isa>.c.
  */
 #ifndef TS_GATE_UP_DOT_H
 #define TS_GATE_UP_DOT_H
 
 #include "ggml.h"
+#include "turbosparse.h"
 
 #include <stddef.h>
 #include <stdint.h>
 
-#define TS_GATE_UP_MAX_EMBD 16384 /* largest row the fused kernel takes */
-#define TS_GATE_UP_PAIR_BYTES 192 /* prepared bytes per 64 values */
-#define TS_GATE_UP_PREPARED_MAX (TS_GATE_UP_MAX_EMBD / 64 * TS_GATE_UP_PAIR_BYTES)
+#define TS_DOT_MAX_N 16384                 /* longest row a fast kernel takes (longer: the generic kernel) */
+#define TS_DOT_PREPARED_MAX (24 * 1024 + 64) /* bytes of a prepared activation, at most (kernels check their n) */
 
-/* 1 when gate and up of these types over rows of n values run the fused kernel. */
-int ts_gate_up_dot_supported(enum ggml_type gate, enum ggml_type up, int64_t n);
+/* prepare: the activation xq (n values in the vec_dot type) in the kernel's layout; returns buf (at least
+ *          TS_DOT_PREPARED_MAX bytes, 64-aligned) or xq itself when the kernel reads ggml's layout.
+ * dot_rows: out[i] = rows[i] . x for every i < n_rows. */
+typedef const void *(*ts_dot_prepare_fn)(const void *xq, int64_t n, void *buf);
+typedef void (*ts_dot_rows_fn)(enum ggml_type type, const void *const *rows, int64_t n_rows, const void *prepared,
+                               int64_t n, float *out);
 
-/* Prepares a Q8_0 activation row of n values (xq) into `prepared` (n / 64 * TS_GATE_UP_PAIR_BYTES bytes, 64-aligned). */
-void ts_gate_up_prepare(const void *xq, int64_t n, void *prepared);
+typedef struct ts_dot_kernel {
+    enum ts_kernel_isa isa;
+    ts_dot_prepare_fn prepare;
+    ts_dot_rows_fn dot_rows;
+} ts_dot_kernel;
 
-/* *g = gate_row . x and *u = up_row . x for Q4_0 rows of n values against the prepared activation. */
-void ts_gate_up_dot(const void *gate_row, const void *up_row, const void *prepared, int64_t n, float *g, float *u);
+/* The fastest kernel this CPU runs for rows of n values of `type` (the generic one at least). */
+ts_dot_kernel ts_dot_kernel_best(enum ggml_type type, int64_t n);
+
+/* The kernel of one instruction set, if it has one for these rows: 1 and *k filled, else 0. Does not ask the CPU. */
+int ts_dot_kernel_of(enum ts_kernel_isa isa, enum ggml_type type, int64_t n, ts_dot_kernel *k);
+
+/* Each instruction set's table (0 where it has no kernel for these rows, or is not compiled for this architecture). */
+int ts_dot_kernel_avx2(enum ggml_type type, int64_t n, ts_dot_kernel *k);
+int ts_dot_kernel_avx512(enum ggml_type type, int64_t n, ts_dot_kernel *k);
 
 #endif

@@ -58,20 +58,6 @@ static float combine(int32_t act, float ag, float u) {
     return ag * u; /* SwiGLU, ReGLU */
 }
 
-static float row_dot(const struct ggml_tensor *w, int64_t j, const void *xq) {
-    float s = 0.0f;
-    ggml_get_type_traits_cpu(w->type)->vec_dot((int)w->ne[0], &s, 0, row_ptr(w, j), 0, xq, 0, 1);
-    return s;
-}
-
-/* Asks for a whole row ahead of use: active rows are scattered, so the hardware prefetcher cannot guess them. */
-static void prefetch_row(const struct ggml_tensor *w, int64_t j) {
-    const char *p = row_ptr(w, j);
-    for (size_t b = 0; b < w->nb[1]; b += 64) {
-        __builtin_prefetch(p + b);
-    }
-}
-
 /* Whether neuron j is computed: exact mode (s = the gate value, *ag = its activation), g(gate) != 0 and
  * |g(gate)| >= gate_threshold (for a ReLU-gated FFN at threshold 0: gate > 0); predictor mode (s = the logit),
  * logit >= threshold. */
@@ -88,8 +74,44 @@ static float kept_activation(const ts_sparse_layer *layer, float a) {
     return fabsf(a) >= layer->act_threshold ? a : 0.0f;
 }
 
-#define ACT_LIST 256  /* neurons gathered per pass */
-#define ACT_AHEAD 1   /* rows prefetched this many neurons ahead (1-2 measured alike; 8 slower) */
+#define ACT_LIST 256 /* neurons gathered per pass */
+
+/* The gate/up kernels of one token: gate and up rows go through one call where one kernel and one prepared
+ * activation serve both (rows interleaved gate, up, gate, up, ...). */
+typedef struct {
+    const struct ggml_tensor *gate, *up; /* gate NULL in exact mode */
+    ts_dot_kernel kg, ku;
+    const void *pg, *pu; /* prepared activations */
+    int paired;
+} act_dots;
+
+/* g[k] (predictor mode) and u[k] for the neurons list[0, n) */
+static void dot_list(const act_dots *d, const int32_t *list, int n, float *g, float *u) {
+    const void *rows[2 * ACT_LIST];
+    float dots[2 * ACT_LIST];
+    if (d->paired) {
+        for (int k = 0; k < n; k++) {
+            rows[2 * k] = row_ptr(d->gate, list[k]);
+            rows[2 * k + 1] = row_ptr(d->up, list[k]);
+        }
+        d->ku.dot_rows(d->up->type, rows, 2 * n, d->pu, d->up->ne[0], dots);
+        for (int k = 0; k < n; k++) {
+            g[k] = dots[2 * k];
+            u[k] = dots[2 * k + 1];
+        }
+        return;
+    }
+    if (d->gate != NULL) {
+        for (int k = 0; k < n; k++) {
+            rows[k] = row_ptr(d->gate, list[k]);
+        }
+        d->kg.dot_rows(d->gate->type, rows, n, d->pg, d->gate->ne[0], g);
+    }
+    for (int k = 0; k < n; k++) {
+        rows[k] = row_ptr(d->up, list[k]);
+    }
+    d->ku.dot_rows(d->up->type, rows, n, d->pu, d->up->ne[0], u);
+}
 
 /* src: select [n_ff, T] F32, xq_up, up, then (predictor mode) xq_gate, gate */
 static void sparse_act_op(struct ggml_tensor *dst, int ith, int nth, void *userdata) {
@@ -100,18 +122,16 @@ static void sparse_act_op(struct ggml_tensor *dst, int ith, int nth, void *userd
     const int recall = layer->measure_recall && !exact;
     const int64_t n_ff = up->ne[1], n_tokens = dst->ne[1] - 1;
     const int64_t j0 = n_ff * ith / nth, j1 = n_ff * (ith + 1) / nth;
-    /* both rows of a neuron against one prepared activation, where the kernel fits */
-    const int fused = !exact && xq_gate == xq_up && ts_gate_up_dot_supported(gate->type, up->type, up->ne[0]);
-    _Alignas(64) unsigned char prepared[TS_GATE_UP_PREPARED_MAX];
+    act_dots d = {.gate = exact ? NULL : gate, .up = up, .ku = ts_dot_kernel_best(up->type, up->ne[0])};
+    d.kg = exact ? d.ku : ts_dot_kernel_best(gate->type, gate->ne[0]);
+    d.paired = !exact && gate->type == up->type && xq_gate == xq_up;
+    _Alignas(64) unsigned char prepared_up[TS_DOT_PREPARED_MAX], prepared_gate[TS_DOT_PREPARED_MAX];
     int32_t count[N_COUNTERS] = {0};
     for (int64_t t = 0; t < n_tokens; t++) {
         const float *sel = (const float *)row_ptr(select, t);
-        const void *xu = row_ptr(xq_up, t);
-        const void *xg = exact ? NULL : row_ptr(xq_gate, t);
         float *a = (float *)row_ptr(dst, t);
-        if (fused) {
-            ts_gate_up_prepare(xu, up->ne[0], prepared);
-        }
+        d.pu = d.ku.prepare(row_ptr(xq_up, t), up->ne[0], prepared_up);
+        d.pg = exact || d.paired ? d.pu : d.kg.prepare(row_ptr(xq_gate, t), gate->ne[0], prepared_gate);
         for (int64_t j = j0; j < j1;) {
             /* gather the next neurons to compute (all of them when measuring recall) */
             int32_t list[ACT_LIST];
@@ -128,33 +148,20 @@ static void sparse_act_op(struct ggml_tensor *dst, int ith, int nth, void *userd
                     list[n++] = (int32_t)j;
                 }
             }
+            float g[ACT_LIST], u[ACT_LIST];
+            dot_list(&d, list, n, g, u);
             for (int k = 0; k < n; k++) {
-                if (k + ACT_AHEAD < n) {
-                    prefetch_row(up, list[k + ACT_AHEAD]);
-                    if (!exact) {
-                        prefetch_row(gate, list[k + ACT_AHEAD]);
-                    }
-                }
                 const int64_t jj = list[k];
                 const int chosen = chose[k];
-                float ag, u;
-                if (exact) {
-                    ag = list_ag[k]; /* select is the dense gate with its bias */
-                    u = row_dot(up, jj, xu);
-                } else {
-                    float g;
-                    if (fused) {
-                        ts_gate_up_dot(row_ptr(gate, jj), row_ptr(up, jj), prepared, up->ne[0], &g, &u);
-                    } else {
-                        g = row_dot(gate, jj, xg);
-                        u = row_dot(up, jj, xu);
-                    }
-                    ag = gate_act(layer->ffn_act, layer->gate_bias != NULL ? g + layer->gate_bias[jj] : g);
-                }
+                float uk = u[k];
+                /* exact mode: select is the dense gate with its bias */
+                const float ag = exact ? list_ag[k]
+                                       : gate_act(layer->ffn_act,
+                                                  layer->gate_bias != NULL ? g[k] + layer->gate_bias[jj] : g[k]);
                 if (layer->up_bias != NULL) {
-                    u += layer->up_bias[jj];
+                    uk += layer->up_bias[jj];
                 }
-                const float v = combine(layer->ffn_act, ag, u);
+                const float v = combine(layer->ffn_act, ag, uk);
                 a[jj] = chosen ? kept_activation(layer, v) : 0.0f;
                 count[COUNT_COMPUTED] += chosen;
                 count[COUNT_TRUE_ACTIVE] += recall && v != 0.0f;

@@ -406,22 +406,102 @@ def dequantize(data: np.ndarray, ggml_type: int, n_per_row: int) -> np.ndarray:
     return out.reshape(*raw.shape[:-1], n_per_row) if raw.ndim > 1 else out.reshape(-1)
 
 
-def axpy_rows(
-    w: np.ndarray, ggml_type: int, n_cols: int, idx: np.ndarray, coef: np.ndarray, out: np.ndarray, col0: int = 0
-) -> None:
-    """out += sum_i coef[i] * dequantized(w[idx[i]])[col0 : col0 + len(out)]  (the sparse down kernel)."""
+class KernelIsa(enum.IntEnum):
+    """Instruction sets of the sparse FFN kernels (enum ts_kernel_isa)."""
+
+    GENERIC = 0  # ggml's own dot products and dequantizers
+    AVX2 = 1
+    AVX512_VNNI = 2
+
+
+class KernelKind(enum.IntEnum):
+    DOT_ROWS = 0  # gate/up rows dotted with the activation
+    AXPY_ROWS = 1  # down: sum of scaled rows
+
+
+def isa_supported(isa: KernelIsa) -> bool:
+    """Whether this CPU runs that instruction set's kernels."""
+    return bool(load().lib.ts_kernel_isa_supported(int(isa)))
+
+
+def isa_name(isa: int) -> str:
     lib = load()
+    return lib.ffi.string(lib.lib.ts_kernel_isa_name(int(isa))).decode()
+
+
+def kernel_isa_used(kind: KernelKind, ggml_type: int, n: int) -> KernelIsa:
+    """The instruction set whose kernel sparse decoding runs for rows of n values of ggml_type on this CPU."""
+    isa = load().lib.ts_kernel_isa_used(int(kind), int(ggml_type), n)
+    if isa < 0:
+        raise ValueError(f"no {kind.name.lower()} kernel for ggml type id {ggml_type}")
+    return KernelIsa(isa)
+
+
+def _matrix_rows(w: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
+    """(w as contiguous bytes, its row count, idx as contiguous int32)."""
     raw = np.ascontiguousarray(w, dtype=np.uint8)
     rows = np.ascontiguousarray(idx, dtype=np.int32)
+    if rows.ndim != 1:
+        raise ValueError("idx must be a 1-D array")
+    return raw, raw.shape[0] if raw.ndim > 1 else 0, rows
+
+
+def dot_rows(
+    w: np.ndarray, ggml_type: int, n_cols: int, idx: np.ndarray, x: np.ndarray, isa: KernelIsa = KernelIsa.GENERIC
+) -> np.ndarray:
+    """[w[i] . x for i in idx] as the sparse gate/up node computes it (x quantized to ggml's vec_dot type of
+    ggml_type), with the kernel of `isa` (GENERIC: ggml's vec_dot)."""
+    lib = load()
+    raw, n_rows, rows = _matrix_rows(w, idx)
+    act = np.ascontiguousarray(x, dtype=np.float32)
+    if act.shape != (n_cols,):
+        raise ValueError(f"x must have shape ({n_cols},), not {act.shape}")
+    out = np.empty(rows.size, dtype=np.float32)
+    ffi = lib.ffi
+    err = _ErrorBuffer(lib)
+    rc = lib.lib.ts_kernel_dot_rows(
+        int(isa),
+        int(ggml_type),
+        ffi.from_buffer(raw),
+        n_rows,
+        n_cols,
+        ffi.from_buffer("int32_t[]", rows),
+        rows.size,
+        ffi.from_buffer("float[]", act),
+        ffi.from_buffer("float[]", out),
+        err.buf,
+        _ERR_SIZE,
+    )
+    if rc != 0:
+        raise ValueError(err.message)
+    return out
+
+
+def axpy_rows(
+    w: np.ndarray,
+    ggml_type: int,
+    n_cols: int,
+    idx: np.ndarray,
+    coef: np.ndarray,
+    out: np.ndarray,
+    col0: int = 0,
+    isa: KernelIsa | None = None,
+) -> None:
+    """out += sum_i coef[i] * dequantized(w[idx[i]])[col0 : col0 + len(out)]  (the sparse down kernel), with the
+    kernel of `isa` (None: the one sparse decoding uses on this CPU; GENERIC: ggml's dequantizer)."""
+    lib = load()
+    raw, n_rows, rows = _matrix_rows(w, idx)
     scale = np.ascontiguousarray(coef, dtype=np.float32)
-    if rows.shape != scale.shape or rows.ndim != 1:
+    if rows.shape != scale.shape:
         raise ValueError("idx and coef must be 1-D arrays of the same length")
     if out.dtype != np.float32 or not out.flags.c_contiguous or out.ndim != 1:
         raise ValueError("out must be a contiguous 1-D float32 array")
-    n_rows = raw.shape[0] if raw.ndim > 1 else 0
+    if isa is None:
+        isa = kernel_isa_used(KernelKind.AXPY_ROWS, ggml_type, n_cols)
     ffi = lib.ffi
     err = _ErrorBuffer(lib)
     rc = lib.lib.ts_kernel_axpy_rows(
+        int(isa),
         int(ggml_type),
         ffi.from_buffer(raw),
         n_rows,

@@ -17,7 +17,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from ..binding import NativeContext, NativeModel, SparseMode
+from ..binding import KernelKind, NativeContext, NativeModel, SparseMode, kernel_isa_used
 from .runner import sparse_ffn_bytes, tensor_bytes
 from .synthetic import SHAPES, SyntheticSpec, synthetic_pair
 
@@ -32,6 +32,8 @@ class FfnLayerResult:
     dense_bytes: int  # gate + up + down of one layer, read by the dense FFN per token
     sparse_bytes: float  # predictor + the computed rows of gate, up and down_t per token
     active: float  # measured share of neurons computed
+    gate_up_kernel: str  # instruction set of the gate/up kernel that ran
+    down_kernel: str  # instruction set of the down kernel that ran
 
     @property
     def speedup(self) -> float:
@@ -97,20 +99,24 @@ def bench_ffn_layer(
             sparse_ffn_bytes(tb_sparse, i, s, n_ff, exact=False) for i, s in enumerate(stats)
         ),
         active=sum(s.n_computed for s in stats) / (sum(s.n_tokens for s in stats) * n_ff),
+        gate_up_kernel=kernel_isa_used(KernelKind.DOT_ROWS, quant, n_embd).name.lower(),
+        down_kernel=kernel_isa_used(KernelKind.AXPY_ROWS, quant, n_embd).name.lower(),
     )
 
 
-def format_table(results: list[FfnLayerResult], copy_gb_s: float, spec_line: str) -> str:
+def format_table(results: list[FfnLayerResult], copy_gb_s: float, spec_line: str, machine: dict[str, str]) -> str:
     lines = [
         spec_line,
+        f"# {machine['cpu']} [{machine['cpu_flags']}] kernels {machine['kernel_isas']} | load {machine['load']} "
+        f"| commit {machine['commit']}",
         f"machine copy bandwidth (1 thread, read + write): {copy_gb_s:.1f} GB/s",
         f"{'quant':6} {'dense ms':>9} {'dense GB/s':>10} {'sparse ms':>9} {'sparse GB/s':>11} {'GB/s ratio':>10} "
-        f"{'active':>7} {'speedup':>8} {'bytes ceiling':>13}",
+        f"{'active':>7} {'speedup':>8} {'bytes ceiling':>13} {'kernels (gate/up, down)':>24}",
     ]
     for r in results:
         lines.append(
             f"{r.quant:6} {r.dense_ms:9.2f} {r.dense_gb_s:10.1f} {r.sparse_ms:9.2f} {r.sparse_gb_s:11.1f} "
             f"{r.sparse_gb_s / r.dense_gb_s:10.2f} {r.active:7.3f} {r.speedup:7.2f}x "
-            f"{r.dense_bytes / r.sparse_bytes:12.2f}x"
+            f"{r.dense_bytes / r.sparse_bytes:12.2f}x {r.gate_up_kernel + ', ' + r.down_kernel:>24}"
         )
     return "\n".join(lines)

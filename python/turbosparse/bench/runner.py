@@ -14,7 +14,7 @@ import gguf
 import numpy as np
 
 from .. import constants as C
-from ..binding import LayerStats
+from ..binding import KernelIsa, LayerStats, isa_name, isa_supported
 from .engines import Engine, TurbosparseEngine
 
 logger = logging.getLogger(__name__)
@@ -170,7 +170,15 @@ def machine_stamp() -> dict[str, str]:
         ).stdout.strip()
     except OSError:
         commit = ""
-    return {"cpu": model, "cpu_flags": flags, "commit": commit or "unknown", "load": _load_average()}
+    # the kernel instruction sets this CPU runs (the library picks among them at run time)
+    isas = " ".join(isa_name(i) for i in KernelIsa if i != KernelIsa.GENERIC and isa_supported(i)) or "generic"
+    return {
+        "cpu": model,
+        "cpu_flags": flags,
+        "kernel_isas": isas,
+        "commit": commit or "unknown",
+        "load": _load_average(),
+    }
 
 
 def _load_average() -> str:

@@ -121,16 +121,17 @@ def run_ffn_layer(args: argparse.Namespace) -> int:
         for q in quants
     ]
     copy = copy_bandwidth_gb_s()
+    machine = machine_stamp()
     if args.json:
         rows = [{**r.__dict__, "dense_gb_s": r.dense_gb_s, "sparse_gb_s": r.sparse_gb_s} for r in results]
-        print(json.dumps({"copy_gb_s": copy, "machine": machine_stamp(), "results": rows}, indent=2))
+        print(json.dumps({"copy_gb_s": copy, "machine": machine, "results": rows}, indent=2))
     else:
         spec = (
             f"# Mistral-7B FFN layers (4096 x 14336), {args.threads} threads, predicted active {args.active}, "
             f"predictor rank {args.rank} {args.pred_quant}, "
             f"medians of {4 * rounds} alternating calls over 4 layers"
         )
-        print(format_table(results, copy, spec))
+        print(format_table(results, copy, spec, machine))
     return 0
 
 
@@ -228,6 +229,7 @@ def _print_table(report: dict[str, object]) -> None:
     print(
         f"# threads {cfg['n_threads']}, prompt {cfg['prompt_tokens']}, decode {cfg['decode_tokens']}, "
         f"context {cfg['context']}, rounds {cfg['rounds']} (medians) | {machine['cpu']} [{machine['cpu_flags']}] "
+        f"kernels {machine['kernel_isas']} "
         f"load {machine['load']} | commit {machine['commit']}"
     )
     print(

@@ -1,0 +1,53 @@
+#include "cpu_features.h"
+
+#include "axpy_rows.h"
+#include "gate_up_dot.h"
+#include "ggml-cpu.h"
+
+#if defined(__x86_64__)
+/* __builtin_cpu_supports checks the CPUID bits and that the OS saves the wider registers (XGETBV). */
+int ts_isa_supported(enum ts_kernel_isa isa) {
+    switch (isa) {
+    case TS_ISA_GENERIC:
+        return 1;
+    case TS_ISA_AVX2:
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    case TS_ISA_AVX512_VNNI:
+        return ts_isa_supported(TS_ISA_AVX2) && __builtin_cpu_supports("avx512f") &&
+               __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vnni");
+    default:
+        return 0;
+    }
+}
+
+#else
+int ts_isa_supported(enum ts_kernel_isa isa) {
+    return isa == TS_ISA_GENERIC;
+}
+#endif
+
+const char *ts_kernel_isa_name(int32_t isa) {
+    switch (isa) {
+    case TS_ISA_GENERIC: return "generic";
+    case TS_ISA_AVX2: return "avx2";
+    case TS_ISA_AVX512_VNNI: return "avx512vnni";
+    default: return "unknown";
+    }
+}
+
+int32_t ts_kernel_isa_supported(int32_t isa) {
+    return isa >= 0 && isa < TS_ISA_COUNT && ts_isa_supported((enum ts_kernel_isa)isa);
+}
+
+int32_t ts_kernel_isa_used(int32_t kind, int32_t type, int64_t n) {
+    if (type < 0 || type >= GGML_TYPE_COUNT || ggml_blck_size((enum ggml_type)type) == 0) {
+        return -1;
+    }
+    ggml_cpu_init();
+    switch (kind) {
+    case TS_KERNEL_DOT_ROWS: return (int32_t)ts_dot_kernel_best((enum ggml_type)type, n).isa;
+    case TS_KERNEL_AXPY_ROWS:
+        return ts_axpy_rows_supported((enum ggml_type)type) ? (int32_t)ts_axpy_rows_isa((enum ggml_type)type) : -1;
+    default: return -1;
+    }
+}

@@ -1,0 +1,352 @@
+/*
+ * AVX2 gate/up kernels: Q4_0 and Q8_0 rows against a Q8_0 activation, Q4_1 against Q8_1, Q4_K against Q8_K.
+ *
+ * Compiled with -mavx2 -mfma -mf16c (CMakeLists.txt) and reached only through ts_dot_kernel_best, which asks the
+ * CPU first. Each kernel takes ROWS rows per pass over the activation: an activation block is loaded once for
+ * all of them, and the rows' accumulators are independent, so their multiply-adds overlap. While a pass runs, the
+ * next pass's rows are prefetched line by line at the offset being read (one pass of lead time, far more than a
+ * memory latency). Integer products come from maddubs (unsigned weight bytes x signed activation bytes, summed in
+ * pairs to int16, then in fours to int32), one float multiply-add per 32 values with the two blocks' scales.
+ *
+ * Block layouts are ggml's (ggml-common.h):
+ *   Q4_0 {fp16 d, 16 bytes}: value k = d * ((qs[k] & 15) - 8), value k + 16 = d * ((qs[k] >> 4) - 8)
+ *   Q4_1 {fp16 d, fp16 m, 16 bytes}: the same nibbles, value = d * nibble + m
+ *   Q8_0 {fp16 d, 32 int8}; Q8_1 {fp16 d, fp16 s = d * sum(qs), 32 int8}
+ *   Q4_K 256 values {fp16 d, fp16 dmin, 12 bytes of 6-bit scales and mins, 128 bytes}: sub-block j (32 values)
+ *        = d * sc_j * nibble - dmin * m_j; sub-blocks 2i and 2i+1 are the low and high nibbles of bytes [32i, 32i+32)
+ *   Q8_K 256 values {float d, 256 int8, int16 bsums[16] (sums of 16 consecutive values)}
+ */
+#include "gate_up_dot.h"
+
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#include <immintrin.h>
+#include <string.h>
+
+#define ROWS 4 /* rows per pass: 2 neurons' gate and up (other counts not yet measured) */
+
+enum { Q4_0_BYTES = 18, Q4_1_BYTES = 20, Q8_0_BYTES = 34, Q8_1_BYTES = 36, Q4_K_BYTES = 144, Q8_K_BYTES = 292 };
+
+#define ALWAYS_INLINE static inline __attribute__((always_inline))
+
+ALWAYS_INLINE float half_at(const uint8_t *p) {
+    uint16_t h;
+    memcpy(&h, p, sizeof(h));
+    return _cvtsh_ss(h);
+}
+
+ALWAYS_INLINE float hsum_ps(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+ALWAYS_INLINE float hsum_ps128(__m128 s) {
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* sum of a block's 32 int8 values */
+static int32_t sum_i8x32(const int8_t *x) {
+    const __m256i v = _mm256_loadu_si256((const __m256i *)x);
+    const __m256i s16 = _mm256_maddubs_epi16(_mm256_set1_epi8(1), v);
+    const __m256i s32 = _mm256_madd_epi16(s16, _mm256_set1_epi16(1));
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(s32), _mm256_extracti128_si256(s32, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
+    return _mm_cvtsi128_si32(s);
+}
+
+/* The 32 nibbles of a Q4 block's 16 bytes as unsigned bytes in value order (low nibbles, then high nibbles). */
+ALWAYS_INLINE __m256i nibbles(const uint8_t *qs) {
+    const __m128i q = _mm_loadu_si128((const __m128i *)qs);
+    return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(q, 4), q), _mm256_set1_epi8(0x0F));
+}
+
+/* int32 lanes whose sum is sum_k u[k] * s[k] (u unsigned, s signed bytes; no int16 saturation for u <= 15 or |s| <= 127
+ * with u <= 128) */
+ALWAYS_INLINE __m256i dot_u8_i8(__m256i u, __m256i s) {
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+}
+
+/* ---- prefetching the next pass's rows --------------------------------------------------------------- */
+
+typedef struct {
+    const void *const *rows; /* the next pass's rows */
+    int n;                   /* how many (0: the last pass) */
+    size_t done;             /* bytes of each already asked for */
+} prefetcher;
+
+/* Asks for the next rows' lines up to byte `upto` of each (past a row's end is harmless: prefetches never fault). */
+ALWAYS_INLINE void prefetch_upto(prefetcher *pf, size_t upto) {
+    for (; pf->done < upto; pf->done += 64) {
+        for (int k = 0; k < pf->n; k++) {
+            _mm_prefetch((const char *)pf->rows[k] + pf->done, _MM_HINT_T0);
+        }
+    }
+}
+
+static void prefetch_rows(const void *const *rows, int n, size_t row_bytes) {
+    prefetcher pf = {rows, n, 0};
+    prefetch_upto(&pf, row_bytes + 64);
+}
+
+/*
+ * out[i] = rows[i] . x, ROWS rows per call of group(rows, n_rows_in_pass, prepared, n, out, prefetcher); the tail
+ * pass instantiates the group for 3, 2 and 1 rows (group functions are always inlined: constant row counts unroll).
+ */
+#define DEFINE_DOT_ROWS(name, group, block_values, block_bytes)                                                    \
+    static void dot_rows_##name(enum ggml_type type, const void *const *rows, int64_t n_rows, const void *prepared, \
+                                int64_t n, float *out) {                                                           \
+        (void)type;                                                                                                \
+        const size_t row_bytes = (size_t)(n / (block_values)) * (block_bytes);                                     \
+        prefetch_rows(rows, n_rows < ROWS ? (int)n_rows : ROWS, row_bytes);                                        \
+        int64_t i = 0;                                                                                             \
+        for (; i + ROWS <= n_rows; i += ROWS) {                                                                    \
+            const int64_t left = n_rows - i - ROWS;                                                                \
+            prefetcher pf = {rows + i + ROWS, left < ROWS ? (int)left : ROWS, 0};                                  \
+            group(rows + i, ROWS, prepared, n, out + i, &pf);                                                      \
+        }                                                                                                          \
+        prefetcher none = {rows, 0, 0};                                                                            \
+        switch (n_rows - i) {                                                                                      \
+        case 3: group(rows + i, 3, prepared, n, out + i, &none); break;                                            \
+        case 2: group(rows + i, 2, prepared, n, out + i, &none); break;                                            \
+        case 1: group(rows + i, 1, prepared, n, out + i, &none); break;                                            \
+        default: break;                                                                                            \
+        }                                                                                                          \
+    }
+
+/* ---- Q8_0 activation (Q4_0 and Q8_0 rows) ---------------------------------------------------------------
+ * prepared: x int8[n] (32-aligned) | d float[n / 32] | corr int32[n / 32] = -8 * (sum of the block's x), which
+ * turns a dot product over Q4_0's unsigned nibbles q into one over q - 8. */
+
+typedef struct {
+    const int8_t *x;
+    const float *d;
+    const int32_t *corr;
+} q8_0_view;
+
+ALWAYS_INLINE q8_0_view view_q8_0(const void *prepared, int64_t n) {
+    const int8_t *x = prepared;
+    const float *d = (const float *)(x + n);
+    return (q8_0_view){x, d, (const int32_t *)(d + n / 32)};
+}
+
+static const void *prepare_q8_0(const void *xq, int64_t n, void *buf) {
+    const uint8_t *src = xq;
+    int8_t *x = buf;
+    float *d = (float *)(x + n);
+    int32_t *corr = (int32_t *)(d + n / 32);
+    for (int64_t b = 0; b < n / 32; b++) {
+        const uint8_t *blk = src + b * Q8_0_BYTES;
+        d[b] = half_at(blk);
+        memcpy(x + 32 * b, blk + 2, 32);
+        corr[b] = -8 * sum_i8x32(x + 32 * b);
+    }
+    return buf;
+}
+
+ALWAYS_INLINE void group_q4_0(const void *const *rows, const int R, const void *prepared, int64_t n, float *out,
+                              prefetcher *pf) {
+    const q8_0_view v = view_q8_0(prepared, n);
+    __m256 acc[ROWS];
+    for (int k = 0; k < R; k++) {
+        acc[k] = _mm256_setzero_ps();
+    }
+    for (int64_t b = 0; b < n / 32; b++) {
+        prefetch_upto(pf, (size_t)(b + 1) * Q4_0_BYTES + 64);
+        const __m256i x = _mm256_load_si256((const __m256i *)(v.x + 32 * b));
+        const __m256i corr = _mm256_zextsi128_si256(_mm_cvtsi32_si128(v.corr[b]));
+        for (int k = 0; k < R; k++) {
+            const uint8_t *p = (const uint8_t *)rows[k] + b * Q4_0_BYTES;
+            const __m256i s = _mm256_add_epi32(dot_u8_i8(nibbles(p + 2), x), corr);
+            acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(half_at(p) * v.d[b]), acc[k]);
+        }
+    }
+    for (int k = 0; k < R; k++) {
+        out[k] = hsum_ps(acc[k]);
+    }
+}
+
+ALWAYS_INLINE void group_q8_0(const void *const *rows, const int R, const void *prepared, int64_t n, float *out,
+                              prefetcher *pf) {
+    const q8_0_view v = view_q8_0(prepared, n);
+    __m256 acc[ROWS];
+    for (int k = 0; k < R; k++) {
+        acc[k] = _mm256_setzero_ps();
+    }
+    for (int64_t b = 0; b < n / 32; b++) {
+        prefetch_upto(pf, (size_t)(b + 1) * Q8_0_BYTES + 64);
+        const __m256i x = _mm256_load_si256((const __m256i *)(v.x + 32 * b));
+        for (int k = 0; k < R; k++) {
+            const uint8_t *p = (const uint8_t *)rows[k] + b * Q8_0_BYTES;
+            const __m256i w = _mm256_loadu_si256((const __m256i *)(p + 2));
+            /* |w| (unsigned) x (x with w's sign) = w * x */
+            const __m256i s = dot_u8_i8(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
+            acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(half_at(p) * v.d[b]), acc[k]);
+        }
+    }
+    for (int k = 0; k < R; k++) {
+        out[k] = hsum_ps(acc[k]);
+    }
+}
+
+DEFINE_DOT_ROWS(q4_0, group_q4_0, 32, Q4_0_BYTES)
+DEFINE_DOT_ROWS(q8_0, group_q8_0, 32, Q8_0_BYTES)
+
+/* ---- Q8_1 activation (Q4_1 rows) ------------------------------------------------------------------------
+ * prepared: x int8[n] (32-aligned) | d float[n / 32] | s float[n / 32] (ggml's d * sum(x), rounded to fp16) */
+
+static const void *prepare_q8_1(const void *xq, int64_t n, void *buf) {
+    const uint8_t *src = xq;
+    int8_t *x = buf;
+    float *d = (float *)(x + n), *s = d + n / 32;
+    for (int64_t b = 0; b < n / 32; b++) {
+        const uint8_t *blk = src + b * Q8_1_BYTES;
+        d[b] = half_at(blk);
+        s[b] = half_at(blk + 2);
+        memcpy(x + 32 * b, blk + 4, 32);
+    }
+    return buf;
+}
+
+ALWAYS_INLINE void group_q4_1(const void *const *rows, const int R, const void *prepared, int64_t n, float *out,
+                              prefetcher *pf) {
+    const int8_t *xs = prepared;
+    const float *dx = (const float *)(xs + n), *sx = dx + n / 32;
+    __m256 acc[ROWS];
+    float mins[ROWS];
+    for (int k = 0; k < R; k++) {
+        acc[k] = _mm256_setzero_ps();
+        mins[k] = 0.0f;
+    }
+    for (int64_t b = 0; b < n / 32; b++) {
+        prefetch_upto(pf, (size_t)(b + 1) * Q4_1_BYTES + 64);
+        const __m256i x = _mm256_load_si256((const __m256i *)(xs + 32 * b));
+        for (int k = 0; k < R; k++) {
+            const uint8_t *p = (const uint8_t *)rows[k] + b * Q4_1_BYTES;
+            const __m256i s = dot_u8_i8(nibbles(p + 4), x);
+            acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(half_at(p) * dx[b]), acc[k]);
+            mins[k] += half_at(p + 2) * sx[b]; /* sum over the block of m * x */
+        }
+    }
+    for (int k = 0; k < R; k++) {
+        out[k] = hsum_ps(acc[k]) + mins[k];
+    }
+}
+
+DEFINE_DOT_ROWS(q4_1, group_q4_1, 32, Q4_1_BYTES)
+
+/* ---- Q8_K activation (Q4_K rows) ------------------------------------------------------------------------
+ * prepared: x int8[n] (32-aligned) | d float[n / 256] | xsum int16[n / 32] (each 32-value sub-block's sum) */
+
+typedef struct {
+    const int8_t *x;
+    const float *d;
+    const int16_t *xsum;
+} q8_k_view;
+
+ALWAYS_INLINE q8_k_view view_q8_k(const void *prepared, int64_t n) {
+    const int8_t *x = prepared;
+    const float *d = (const float *)(x + n);
+    return (q8_k_view){x, d, (const int16_t *)(d + n / 256)};
+}
+
+static const void *prepare_q8_k(const void *xq, int64_t n, void *buf) {
+    const uint8_t *src = xq;
+    int8_t *x = buf;
+    float *d = (float *)(x + n);
+    int16_t *xsum = (int16_t *)(d + n / 256);
+    for (int64_t i = 0; i < n / 256; i++) {
+        const uint8_t *blk = src + i * Q8_K_BYTES;
+        int16_t bsums[16];
+        memcpy(&d[i], blk, sizeof(float));
+        memcpy(x + 256 * i, blk + 4, 256);
+        memcpy(bsums, blk + 260, sizeof(bsums));
+        for (int j = 0; j < 8; j++) {
+            xsum[8 * i + j] = (int16_t)(bsums[2 * j] + bsums[2 * j + 1]);
+        }
+    }
+    return buf;
+}
+
+/* The 8 six-bit scales (low 8 bytes) and mins (high 8 bytes) of a Q4_K super-block's 12 packed bytes: bytes 0-3 hold
+ * scales 0-3 (and the top 2 bits of scales 4-7), bytes 4-7 mins 0-3 (and the top 2 bits of mins 4-7), bytes 8-11
+ * the low 4 bits of scales 4-7 (low nibble) and mins 4-7 (high nibble). */
+ALWAYS_INLINE __m128i scales_mins_q4_k(const uint8_t *packed) {
+    uint32_t u[3];
+    memcpy(u, packed, sizeof(u));
+    const uint32_t sc_lo = u[0] & 0x3f3f3f3f, mn_lo = u[1] & 0x3f3f3f3f;
+    const uint32_t sc_hi = (u[2] & 0x0f0f0f0f) | (((u[0] >> 6) & 0x03030303) << 4);
+    const uint32_t mn_hi = ((u[2] >> 4) & 0x0f0f0f0f) | (((u[1] >> 6) & 0x03030303) << 4);
+    return _mm_setr_epi32((int)sc_lo, (int)sc_hi, (int)mn_lo, (int)mn_hi);
+}
+
+ALWAYS_INLINE void group_q4_k(const void *const *rows, const int R, const void *prepared, int64_t n, float *out,
+                              prefetcher *pf) {
+    const q8_k_view v = view_q8_k(prepared, n);
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    __m256 acc[ROWS];
+    __m128 acc_min[ROWS];
+    for (int k = 0; k < R; k++) {
+        acc[k] = _mm256_setzero_ps();
+        acc_min[k] = _mm_setzero_ps();
+    }
+    for (int64_t i = 0; i < n / 256; i++) {
+        prefetch_upto(pf, (size_t)(i + 1) * Q4_K_BYTES + 64);
+        const int8_t *x = v.x + 256 * i;
+        const __m128i xsum = _mm_loadu_si128((const __m128i *)(v.xsum + 8 * i));
+        for (int k = 0; k < R; k++) {
+            const uint8_t *p = (const uint8_t *)rows[k] + i * Q4_K_BYTES;
+            const __m128i sm = scales_mins_q4_k(p + 4);
+            /* the 8 scales as int16, in both 128-bit halves; sub-block j's scale broadcast by a byte shuffle */
+            const __m256i sc = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sm));
+            const __m128i mins = _mm_cvtepu8_epi16(_mm_unpackhi_epi64(sm, sm));
+            __m256i isum = _mm256_setzero_si256();
+            for (int j = 0; j < 4; j++) {
+                const __m256i q = _mm256_loadu_si256((const __m256i *)(p + 16 + 32 * j));
+                const __m256i lo = _mm256_maddubs_epi16(_mm256_and_si256(q, m4),
+                                                        _mm256_load_si256((const __m256i *)(x + 64 * j)));
+                const __m256i hi = _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(q, 4), m4),
+                                                        _mm256_load_si256((const __m256i *)(x + 64 * j + 32)));
+                const __m256i sc_lo = _mm256_shuffle_epi8(sc, _mm256_set1_epi16((short)(0x0100 + 0x0202 * (2 * j))));
+                const __m256i sc_hi = _mm256_shuffle_epi8(sc, _mm256_set1_epi16((short)(0x0100 + 0x0202 * (2 * j + 1))));
+                isum = _mm256_add_epi32(isum, _mm256_add_epi32(_mm256_madd_epi16(lo, sc_lo), _mm256_madd_epi16(hi, sc_hi)));
+            }
+            acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(half_at(p) * v.d[i]), acc[k]);
+            const __m128 m = _mm_cvtepi32_ps(_mm_madd_epi16(mins, xsum));
+            acc_min[k] = _mm_fmadd_ps(m, _mm_set1_ps(half_at(p + 2) * v.d[i]), acc_min[k]);
+        }
+    }
+    for (int k = 0; k < R; k++) {
+        out[k] = hsum_ps(acc[k]) - hsum_ps128(acc_min[k]);
+    }
+}
+
+DEFINE_DOT_ROWS(q4_k, group_q4_k, 256, Q4_K_BYTES)
+
+/* ---- table -------------------------------------------------------------------------------------------- */
+
+int ts_dot_kernel_avx2(enum ggml_type type, int64_t n, ts_dot_kernel *k) {
+    /* whole blocks (the type's own rule, which ggml checks too); every prepared layout takes n * 5/4 bytes at most */
+    if (n <= 0 || n > TS_DOT_MAX_N || n % ggml_blck_size(type) != 0) {
+        return 0;
+    }
+    switch (type) {
+    case GGML_TYPE_Q4_0: *k = (ts_dot_kernel){TS_ISA_AVX2, prepare_q8_0, dot_rows_q4_0}; return 1;
+    case GGML_TYPE_Q8_0: *k = (ts_dot_kernel){TS_ISA_AVX2, prepare_q8_0, dot_rows_q8_0}; return 1;
+    case GGML_TYPE_Q4_1: *k = (ts_dot_kernel){TS_ISA_AVX2, prepare_q8_1, dot_rows_q4_1}; return 1;
+    case GGML_TYPE_Q4_K: *k = (ts_dot_kernel){TS_ISA_AVX2, prepare_q8_k, dot_rows_q4_k}; return 1;
+    default: return 0;
+    }
+}
+
+#else /* not compiled for AVX2 (another architecture) */
+
+int ts_dot_kernel_avx2(enum ggml_type type, int64_t n, ts_dot_kernel *k) {
+    (void)type, (void)n, (void)k;
+    return 0;
+}
+
+#endif
