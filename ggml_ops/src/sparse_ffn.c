@@ -8,7 +8,7 @@
 #include <string.h>
 
 /* Row T of the activation tensor carries, per thread of the act node, these int32 counters. */
-enum { COUNT_COMPUTED, COUNT_TRUE_ACTIVE, COUNT_TRUE_FOUND, N_COUNTERS };
+enum { COUNT_COMPUTED, COUNT_TRUE_ACTIVE, COUNT_TRUE_FOUND, COUNT_UNION, N_COUNTERS };
 
 static char *row_ptr(const struct ggml_tensor *t, int64_t row) {
     return (char *)t->data + row * t->nb[1];
@@ -70,7 +70,11 @@ static int selected(const ts_sparse_layer *layer, float s) {
 #define ACT_LIST 256  /* neurons gathered per pass */
 #define ACT_AHEAD 1   /* rows prefetched this many neurons ahead (1-2 measured alike; 8 slower) */
 
-/* src: select [n_ff, T] F32, xq_up, up, then (predictor mode) xq_gate, gate */
+/*
+ * src: select [n_ff, T] F32, xq_up, up, then (predictor mode) xq_gate, gate.
+ * Neuron-major: the rows of a neuron that any token of the batch selects are read once, then dotted with
+ * each token that selected it (a batch reads the union of its tokens' rows).
+ */
 static void sparse_act_op(struct ggml_tensor *dst, int ith, int nth, void *userdata) {
     const ts_sparse_layer *layer = userdata;
     const struct ggml_tensor *select = dst->src[0], *xq_up = dst->src[1], *up = dst->src[2];
@@ -79,47 +83,52 @@ static void sparse_act_op(struct ggml_tensor *dst, int ith, int nth, void *userd
     const int recall = layer->measure_recall && !exact;
     const int64_t n_ff = up->ne[1], n_tokens = dst->ne[1] - 1;
     const int64_t j0 = n_ff * ith / nth, j1 = n_ff * (ith + 1) / nth;
-    /* both rows of a neuron against one prepared activation, where the kernel fits */
-    const int fused = !exact && xq_gate == xq_up && ts_gate_up_dot_supported(gate->type, up->type, up->ne[0]);
+    /* both rows of a neuron against one prepared activation, where the kernel fits (one token: decoding) */
+    const int fused = n_tokens == 1 && !exact && xq_gate == xq_up &&
+                      ts_gate_up_dot_supported(gate->type, up->type, up->ne[0]);
     _Alignas(64) unsigned char prepared[TS_GATE_UP_PREPARED_MAX];
+    if (fused) {
+        ts_gate_up_prepare(row_ptr(xq_up, 0), up->ne[0], prepared);
+    }
     int32_t count[N_COUNTERS] = {0};
-    for (int64_t t = 0; t < n_tokens; t++) {
-        const float *sel = (const float *)row_ptr(select, t);
-        const void *xu = row_ptr(xq_up, t);
-        const void *xg = exact ? NULL : row_ptr(xq_gate, t);
-        float *a = (float *)row_ptr(dst, t);
-        if (fused) {
-            ts_gate_up_prepare(xu, up->ne[0], prepared);
+    for (int64_t j = j0; j < j1;) {
+        /* gather the next neurons that any token selects (all of them when measuring recall) */
+        int32_t list[ACT_LIST];
+        int n = 0;
+        for (; j < j1 && n < ACT_LIST; j++) {
+            int any = 0;
+            for (int64_t t = 0; t < n_tokens; t++) {
+                ((float *)row_ptr(dst, t))[j] = 0.0f;
+                any |= selected(layer, ((const float *)row_ptr(select, t))[j]);
+            }
+            count[COUNT_UNION] += any;
+            if (any || recall) {
+                list[n++] = (int32_t)j;
+            }
         }
-        for (int64_t j = j0; j < j1;) {
-            /* gather the next neurons to compute (all of them when measuring recall) */
-            int32_t list[ACT_LIST];
-            int n = 0;
-            for (; j < j1 && n < ACT_LIST; j++) {
-                const int chosen = selected(layer, sel[j]);
-                a[j] = 0.0f;
-                if (chosen || recall) {
-                    list[n++] = (int32_t)j;
+        for (int k = 0; k < n; k++) {
+            if (k + ACT_AHEAD < n) {
+                prefetch_row(up, list[k + ACT_AHEAD]);
+                if (!exact) {
+                    prefetch_row(gate, list[k + ACT_AHEAD]);
                 }
             }
-            for (int k = 0; k < n; k++) {
-                if (k + ACT_AHEAD < n) {
-                    prefetch_row(up, list[k + ACT_AHEAD]);
-                    if (!exact) {
-                        prefetch_row(gate, list[k + ACT_AHEAD]);
-                    }
-                }
-                const int64_t jj = list[k];
+            const int64_t jj = list[k];
+            for (int64_t t = 0; t < n_tokens; t++) {
+                const float *sel = (const float *)row_ptr(select, t);
                 const int chosen = selected(layer, sel[jj]);
+                if (!chosen && !recall) {
+                    continue;
+                }
                 float g, u;
                 if (fused) {
                     ts_gate_up_dot(row_ptr(gate, jj), row_ptr(up, jj), prepared, up->ne[0], &g, &u);
                 } else {
-                    g = exact ? sel[jj] : row_dot(gate, jj, xg);
-                    u = row_dot(up, jj, xu);
+                    g = exact ? sel[jj] : row_dot(gate, jj, row_ptr(xq_gate, t));
+                    u = row_dot(up, jj, row_ptr(xq_up, t));
                 }
                 const float v = gated(layer->ffn_act, g, u);
-                a[jj] = chosen ? v : 0.0f;
+                ((float *)row_ptr(dst, t))[jj] = chosen ? v : 0.0f;
                 count[COUNT_COMPUTED] += chosen;
                 count[COUNT_TRUE_ACTIVE] += recall && v != 0.0f;
                 count[COUNT_TRUE_FOUND] += recall && v != 0.0f && chosen;
@@ -148,8 +157,10 @@ static void record_stats(ts_sparse_layer *layer, const struct ggml_tensor *act, 
     ts_layer_stats *s = &layer->stats;
     s->n_tokens += (uint64_t)n_tokens;
     s->n_nonzero += nonzero;
+    s->n_evals += 1;
     if (kind == DOWN_COUNTED_DENSE) {
         s->n_computed += (uint64_t)(n_tokens * act->ne[0]);
+        s->n_union += (uint64_t)act->ne[0];
         return;
     }
     for (int k = 0; k < nth; k++) {
@@ -158,6 +169,7 @@ static void record_stats(ts_sparse_layer *layer, const struct ggml_tensor *act, 
         s->n_computed += (uint64_t)count[COUNT_COMPUTED];
         s->n_true_active += (uint64_t)count[COUNT_TRUE_ACTIVE];
         s->n_true_found += (uint64_t)count[COUNT_TRUE_FOUND];
+        s->n_union += (uint64_t)count[COUNT_UNION];
     }
 }
 
