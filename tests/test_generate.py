@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from turbosparse import ContextOverflowError
-from turbosparse.model import _StopScanner
+from turbosparse.generation import StopScanner
 from turbosparse.sampling import Sampler, SamplingParams
 
 PROMPT = "The three most important inventions in history are"
@@ -42,7 +42,7 @@ def test_stop_strings_cut_the_text(smollm2_model) -> None:
 
 
 def test_stop_scanner_holds_back_partial_matches() -> None:
-    scanner = _StopScanner(("STOP",))
+    scanner = StopScanner(("STOP",))
     assert scanner.feed("abc ST") == "abc "
     assert scanner.feed("OR") == "STOR"  # no longer a prefix of STOP: released
     assert scanner.feed("x STO") == "x "

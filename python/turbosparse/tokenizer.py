@@ -47,9 +47,10 @@ class Tokenizer:
     def __del__(self) -> None:
         self.close()
 
-    def tokenize(self, text: str, *, add_bos: bool = True, special: bool = False) -> list[int]:
-        """add_bos adds the model's BOS when its vocabulary asks for one; special parses "<|im_start|>"-like text."""
-        data = text.encode("utf-8")
+    def tokenize(self, text: str | bytes, *, add_bos: bool = True, special: bool = False) -> list[int]:
+        """add_bos adds the model's BOS when its vocabulary asks for one; special parses "<|im_start|>"-like text.
+        bytes are tokenized as they are (UTF-8 expected, as llama.cpp does)."""
+        data = text if isinstance(text, bytes) else text.encode("utf-8")
         capacity = len(data) + 8
         for _ in range(2):
             buf = (llama_cpp.llama_token * capacity)()
