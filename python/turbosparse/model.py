@@ -138,6 +138,7 @@ class Model:
                 self._tokenizer.n_vocab,
                 self.info.n_vocab,
             )
+        self._n_batch = n_batch
         self._lock = threading.RLock()  # one evaluation at a time; held by a whole non-streaming generation
         self._pool = SequencePool(n_seq)
         # logits buffers reused by every evaluation (read before the lock is released)
@@ -185,9 +186,10 @@ class Model:
 
     def evaluate(self, user: object, tokens: Sequence[int], *, logits_from: int | None = None) -> np.ndarray:
         """Logits after tokens, evaluated in user's sequence (any object that can be weakly referenced, e.g. a
-        Llama): what the sequence holds of them is kept and the rest evaluated. Returns the last token's logits
-        [n_vocab]; with logits_from, the rows of tokens[logits_from:] [len(tokens) - logits_from, n_vocab], computed
-        as decoding computes them. Otherwise one new token decodes (sparse FFN) and more are a prompt (dense FFN)."""
+        Llama). When the sequence holds all of them but the last, that one decodes (sparse FFN); otherwise they are
+        a prompt (dense FFN, keeping what the sequence may reuse). Returns the last token's logits [n_vocab]; with
+        logits_from, the rows of tokens[logits_from:] [len(tokens) - logits_from, n_vocab], computed as decoding
+        computes them."""
         tokens = list(tokens)
         if not tokens:
             raise ValueError("nothing to evaluate")
@@ -196,19 +198,25 @@ class Model:
         if logits_from is not None and not 0 <= logits_from < len(tokens):
             raise ValueError(f"logits_from = {logits_from} is not in [0, {len(tokens)})")
         with self._lock:
-            seq, _ = self._pool.claim(user, tokens)
-            keep = min(common_prefix(seq.tokens, tokens), len(tokens) - 1)
-            if logits_from is not None:
-                keep = min(keep, logits_from)
-            n_new = len(tokens) - keep
-            dense = self.sparse_mode == SparseMode.OFF or (n_new > 1 and logits_from is None)
-            decoding = n_new == 1 and logits_from is None
-            logits = self._evaluate(
-                seq, tokens, keep, dense_ffn=dense, logits_all=logits_from is not None, decoding=decoding
-            )
+            seq, kept = self._pool.claim(user, tokens)
+            if logits_from is None and kept and seq.continues(tokens):  # one more token: decode it
+                return self._evaluate(seq, tokens, len(tokens) - 1, dense_ffn=False, logits_all=False).copy()
+            keep = self._reusable(seq, tokens)
             if logits_from is None:
-                return logits.copy()
+                return self._evaluate(seq, tokens, keep, dense_ffn=True, logits_all=False).copy()
+            keep = min(keep, logits_from)
+            dense = self.sparse_mode == SparseMode.OFF  # every row as decoding computes it
+            logits = self._evaluate(seq, tokens, keep, dense_ffn=dense, logits_all=True)
             return logits[logits_from - keep :]
+
+    def _reusable(self, seq: CachedSequence, tokens: Sequence[int]) -> int:
+        """How many of tokens a prompt evaluation keeps from what seq holds: their common prefix, as far as a
+        prompt evaluation computed it, in whole n_batch blocks, never the last token. A prompt is evaluated in
+        blocks that start at multiples of n_batch, so the tokens evaluated again are computed exactly as on an empty
+        sequence (decoding and other block sizes use kernels that round differently): the same request gives the
+        same answer whatever ran before it."""
+        common = min(common_prefix(seq.tokens, tokens), seq.n_prompted, len(tokens) - 1)
+        return common // self._n_batch * self._n_batch
 
     def _evaluate(
         self,
@@ -218,13 +226,14 @@ class Model:
         *,
         dense_ffn: bool,
         logits_all: bool,
-        decoding: bool = False,
     ) -> np.ndarray:
-        """Evaluates tokens[keep:] after the first keep tokens seq holds (the lock is held); decoding says which
-        timings the work counts in."""
+        """Evaluates tokens[keep:] after the first keep tokens seq holds (the lock is held). One token without
+        dense_ffn decodes; anything else is a prompt evaluation."""
         self._ctx.truncate(keep, seq.index)
         del seq.tokens[keep:]
+        seq.n_prompted = min(seq.n_prompted, keep)
         new = tokens[keep:]
+        decoding = len(new) == 1 and not dense_ffn
         out = None if logits_all else self._prompt_logits[seq.index]
         start = time.perf_counter()
         logits = self._ctx.eval(new, dense_ffn=dense_ffn, logits_all=logits_all, seq=seq.index, out=out)
@@ -235,6 +244,8 @@ class Model:
             self._timings.prompt_seconds += time.perf_counter() - start
             self._timings.prompt_tokens += len(new)
         seq.tokens = list(tokens)
+        if dense_ffn and not logits_all:
+            seq.n_prompted = len(tokens)
         return logits
 
     # ---- generation -------------------------------------------------------------------------------
@@ -266,11 +277,10 @@ class Model:
             for g in live:
                 seq, kept = self._pool.claim(g, g.tokens, exclude=claimed)
                 claimed.append(seq)
-                n = len(g.tokens)
-                if kept and len(seq.tokens) == n - 1 and (n < 2 or seq.tokens[-1] == g.tokens[-2]):
+                if kept and seq.continues(g.tokens):
                     decoding.append((g, seq))
                 else:
-                    keep = min(common_prefix(seq.tokens, g.tokens), n - 1)
+                    keep = self._reusable(seq, g.tokens)
                     logits[id(g)] = self._evaluate(seq, g.tokens, keep, dense_ffn=True, logits_all=False)
             if decoding:
                 start = time.perf_counter()

@@ -25,8 +25,14 @@ class CachedSequence:
 
     index: int
     tokens: list[int] = field(default_factory=list)
+    n_prompted: int = 0  # tokens at the front whose keys and values a (dense) prompt evaluation computed
     owner: weakref.ref[object] | None = None
     last_used: int = 0
+
+    def continues(self, tokens: Sequence[int]) -> bool:
+        """Whether the sequence holds all of tokens but the newest (the next step decodes that one)."""
+        n = len(tokens)
+        return len(self.tokens) == n - 1 and (n < 2 or self.tokens[-1] == tokens[-2])
 
     def user(self) -> object | None:
         return self.owner() if self.owner is not None else None
