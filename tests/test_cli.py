@@ -51,7 +51,7 @@ def test_errors_are_one_line_and_nonzero(tmp_path) -> None:
 
 
 def test_help() -> None:
-    for args in (["--help"], ["run", "--help"], ["convert", "--help"]):
+    for args in (["--help"], ["run", "--help"], ["convert", "--help"], ["serve", "--help"]):
         out = turbosparse(*args)
         assert out.returncode == 0 and "usage: turbosparse" in out.stdout
 

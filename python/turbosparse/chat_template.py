@@ -81,5 +81,5 @@ class ChatTemplate:
                 eos_token=self.eos_token,
                 **variables,
             )
-        except jinja2.TemplateError as exc:
+        except Exception as exc:  # whatever the template makes of the messages (a TypeError on a None, ...)
             raise ChatTemplateError(f"the chat template refused the messages: {exc}") from None
