@@ -28,6 +28,7 @@ class HParams:
     rope_linear_factor: float | None  # rope_scaling {"type": "linear", "factor": f}
     tied_embeddings: bool
     attention_bias: bool
+    mlp_bias: bool  # FFN gate/up/down biases (for dReLU models, the gate and up biases are per-neuron thresholds)
 
 
 def read_config(model_dir: Path) -> dict[str, Any]:
@@ -74,8 +75,6 @@ def llama_hparams(config: dict[str, Any], where: Path) -> HParams:
         )
     if head_dim % 2 != 0:
         raise ConvertError(f"{where}: head_dim {head_dim} must be even for RoPE")
-    if config.get("mlp_bias"):
-        raise ConvertError(f"{where}: 'mlp_bias' is true; FFN biases are not supported")
     theta, linear = _rope_settings(config, where)
     window, n_ctx = config.get("sliding_window"), int(config.get("max_position_embeddings") or 4096)
     if isinstance(window, int) and 0 < window < n_ctx:
@@ -94,4 +93,5 @@ def llama_hparams(config: dict[str, Any], where: Path) -> HParams:
         rope_linear_factor=linear,
         tied_embeddings=bool(config.get("tie_word_embeddings", False)),
         attention_bias=bool(config.get("attention_bias", False)),
+        mlp_bias=bool(config.get("mlp_bias", False)),
     )

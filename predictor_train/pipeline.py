@@ -13,6 +13,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .collect import Collection
+from .distributed import SINGLE, Dist
 from .export import PredictorSet, fold_thresholds
 from .modeling import Predictor
 from .select import DEFAULT_THRESHOLDS, GLOBAL_THRESHOLD, Candidate, Choice, CostModel, choose, lower_bound, measure
@@ -56,23 +57,31 @@ def train_layer(
     return trained[best.rank], best, cands
 
 
-def train_all(collection: Collection, cfg: PredictorTrainConfig) -> TrainedPredictors:
+def train_all(collection: Collection, cfg: PredictorTrainConfig, dist: Dist = SINGLE) -> TrainedPredictors:
+    """Every layer's predictor; under torchrun the layers are dealt out over the ranks (each layer's training
+    depends only on its own data and seed) and every rank returns the whole set."""
     m = collection.manifest
     cost = CostModel(m.hidden, m.n_ff, cfg.quant)
     n = m.n_tokens if cfg.max_tokens is None else min(cfg.max_tokens, m.n_tokens)
-    preds: list[Predictor] = []
-    choices: list[Choice] = []
-    frontiers: list[list[Candidate]] = []
-    for i in tqdm(range(m.n_layer), desc="train predictors", unit="layer"):
+    mine: dict[int, tuple[dict, Choice, list[Candidate]]] = {}
+    layers = dist.mine(m.n_layer)
+    for i in tqdm(layers, desc="train predictors", unit="layer", disable=not dist.is_main):
         x = np.asarray(collection.residual(i)[:n])
         y = collection.mask(i, slice(0, n))
         data = LayerData.split(x, y, cfg.val_fraction, cfg.train.input_kind, seed=cfg.train.seed + i)
-        pred, choice, cands = train_layer(data, cfg, cost)
+        pred, choice, cands = train_layer(data.to(cfg.train.device), cfg, cost)
         log.info("layer %d: rank %d threshold %.3f recall %.3f predicted %.3f true %.3f", i, choice.rank,
                  choice.threshold, choice.recall, choice.predicted_rate, choice.true_rate)  # fmt: skip
-        preds.append(pred)
-        choices.append(choice)
-        frontiers.append(cands)
+        mine[i] = ({k: v.cpu() for k, v in pred.state_dict().items()}, choice, cands)
+    trained = {i: r for part in dist.gather_objects(mine) for i, r in part.items()}  # type: ignore[union-attr]
+    preds: list[Predictor] = []
+    for i in range(m.n_layer):
+        state = trained[i][0]
+        pred = Predictor(m.hidden, state["fc1.weight"].shape[0], m.n_ff)
+        pred.load_state_dict(state)
+        preds.append(pred.eval())
+    choices = [trained[i][1] for i in range(m.n_layer)]
+    frontiers = [trained[i][2] for i in range(m.n_layer)]
     folded = fold_thresholds(preds, [c.threshold for c in choices], GLOBAL_THRESHOLD)
     pset = PredictorSet(folded, GLOBAL_THRESHOLD, cfg.train.input_kind, [c.true_rate for c in choices],
                         [c.predicted_rate for c in choices])  # fmt: skip

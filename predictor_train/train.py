@@ -33,6 +33,7 @@ class TrainConfig:
     patience: int = 3  # evaluations without a better validation loss before stopping
     input_kind: str = "residual_rmsnorm"  # what the engine feeds the predictor: residual | residual_rmsnorm
     seed: int = 0
+    device: str = "cpu"  # torch device the predictors train on
 
 
 @dataclass
@@ -68,6 +69,9 @@ class LayerData:
         val, tr = perm[:n_val], perm[n_val:]
         return LayerData(xt[tr], yt[tr], xt[val], yt[val])
 
+    def to(self, device: str | torch.device) -> LayerData:
+        return LayerData(self.x_train.to(device), self.y_train.to(device), self.x_val.to(device), self.y_val.to(device))
+
 
 def pos_weight(y: torch.Tensor, max_weight: float) -> torch.Tensor:
     p = y.float().mean(0).clamp(min=1e-6)
@@ -89,7 +93,7 @@ def train_predictor(data: LayerData, cfg: TrainConfig) -> TrainResult:
         raise ValueError(f"rank must be >= 1, got {cfg.rank}")
     torch.manual_seed(cfg.seed)
     hidden, n_ff = data.x_train.shape[1], data.y_train.shape[1]
-    pred = Predictor(hidden, cfg.rank, n_ff)
+    pred = Predictor(hidden, cfg.rank, n_ff).to(data.x_train.device)
     pw = pos_weight(data.y_train, cfg.max_pos_weight)
     opt = torch.optim.AdamW(pred.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -99,6 +103,7 @@ def train_predictor(data: LayerData, cfg: TrainConfig) -> TrainResult:
     step = 0
     for step in range(1, cfg.max_steps + 1):
         idx = torch.randint(0, len(data.x_train), (min(cfg.batch_size, len(data.x_train)),), generator=gen)
+        idx = idx.to(data.x_train.device)
         loss = F.binary_cross_entropy_with_logits(pred(data.x_train[idx]), data.y_train[idx].float(), pos_weight=pw)
         opt.zero_grad(set_to_none=True)
         loss.backward()

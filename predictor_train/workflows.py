@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .collect import CollectConfig, collect
+from .collect import CollectConfig, Collection, collect
 from .data import read_text, tokenize_text
+from .distributed import SINGLE, Dist
 from .evaluate import EvalConfig, activation_rates, perplexity, predictor_masks
 from .export import PredictorSet, save_bamboo, save_powerinfer
 from .hf_import import gguf_to_hf, load_model, load_tokenizer
@@ -65,22 +66,28 @@ def export_predictors(model, trained: TrainedPredictors, fmt: str, out: Path, to
     raise ValueError(f"unknown format {fmt!r} (one of {FORMATS})")
 
 
-def train_predictors(model_dir: Path, data: Path, opts: TrainPredictorsOptions) -> dict:
-    """Collect, train, choose, export and report; returns the report."""
+def train_predictors(model_dir: Path, data: Path, opts: TrainPredictorsOptions, dist: Dist = SINGLE) -> dict | None:
+    """Collect, train, choose, export and report; returns the report (None on ranks other than 0 under torchrun:
+    rank 0 collects, the layers' training is shared out, rank 0 exports)."""
     if opts.format not in FORMATS:
         raise ValueError(f"unknown format {opts.format!r} (one of {FORMATS})")
     t0 = time.perf_counter()
     model = load_model(model_dir)
     if opts.format == "bamboo" and not all(isinstance(layer.mlp, DReluMLP) for layer in model.model.layers):
         raise ValueError(f"{model_dir}: a bamboo export needs a dReLU model (run `turbosparse relufy` first)")
-    model.to(opts.collect.device)
     tok = load_tokenizer(model_dir)
-    seqs = tokenize_text(tok, read_text(data), opts.seq_len, opts.tokens)
-    coll = collect(model, seqs, opts.work_dir or opts.out / "collect", opts.collect)
+    work_dir = opts.work_dir or opts.out / "collect"
+    if dist.is_main:
+        seqs = tokenize_text(tok, read_text(data), opts.seq_len, opts.tokens)
+        collect(model.to(opts.collect.device), seqs, work_dir, opts.collect)
+        model.to("cpu")
+    dist.barrier()
+    coll = Collection(work_dir)
     t1 = time.perf_counter()
-    trained = train_all(coll, opts.predictors)
+    trained = train_all(coll, opts.predictors, dist)
     t2 = time.perf_counter()
-    model.to("cpu")
+    if not dist.is_main:
+        return None
     extra: dict = {"seconds": {"collect": t1 - t0, "train": t2 - t1}}
     if opts.eval_text is not None:
         ids = tok(read_text(opts.eval_text), add_special_tokens=False)["input_ids"]
@@ -99,22 +106,28 @@ class RelufyOptions:
     tokens: int = 65536
     seq_len: int = 256
     eval_text: Path | None = None
+    device: str = "cpu"
     relufy: RelufyConfig = field(default_factory=RelufyConfig)
 
 
-def relufy_checkpoint(source: Path, data: Path, opts: RelufyOptions) -> dict:
-    """SwiGLU GGUF or HF folder -> dReLU bamboo checkpoint (no predictors) with tokenizer; returns a summary."""
+def relufy_checkpoint(source: Path, data: Path, opts: RelufyOptions, dist: Dist = SINGLE) -> dict | None:
+    """SwiGLU GGUF or HF folder -> dReLU bamboo checkpoint (no predictors) with tokenizer; returns a summary
+    (None on ranks other than 0 under torchrun, where every rank fits its share and rank 0 writes)."""
     source = Path(source)
     if source.is_file():
         hf_dir = opts.out.with_name(opts.out.name + ".hf")
-        if not hf_dir.exists():
+        if dist.is_main and not hf_dir.exists():
             gguf_to_hf(source, hf_dir)
+        dist.barrier()
         source = hf_dir
-    teacher = load_model(source)
+    teacher = load_model(source).to(opts.device)
     tok = load_tokenizer(source)
     seqs = tokenize_text(tok, read_text(data), opts.seq_len, opts.tokens)
     seqs = seqs[np.random.default_rng(opts.relufy.seed).permutation(len(seqs))]
-    student, result = relufy(teacher, seqs, opts.relufy)
+    student, result = relufy(teacher, seqs, opts.relufy, dist=dist)
+    if not dist.is_main:
+        return None
+    teacher, student = teacher.to("cpu"), student.to("cpu")
     summary: dict = {"config": asdict(opts.relufy), "seconds": result.seconds,
                      "layers": [asdict(f) for f in result.layers], "finetune_kl": result.finetune_losses}  # fmt: skip
     if opts.eval_text is not None:

@@ -144,8 +144,9 @@ def relu_llama_dir(tmp_path_factory: pytest.TempPathFactory, spm_dir: Path) -> t
         ("llama", torch.float32, "safetensors", {"tie_word_embeddings": True, "rope_theta": 500000.0}),
         ("llama", torch.float32, "safetensors", {"rope_scaling": {"type": "linear", "factor": 2.0}}),
         ("relu-llama", torch.bfloat16, "safetensors", {"hidden_act": "relu"}),
+        ("llama", torch.float32, "safetensors", {"mlp_bias": True}),
     ],
-    ids=["f32-single", "bf16-sharded", "f16-bin", "tied-theta", "rope-linear", "relu-bf16"],
+    ids=["f32-single", "bf16-sharded", "f16-bin", "tied-theta", "rope-linear", "relu-bf16", "mlp-bias"],
 )
 def test_f32_logits_match_torch(
     tmp_path: Path, spm_dir: Path, tokens: list[int], kind: str, dtype: torch.dtype, fmt: str, overrides: dict
@@ -231,6 +232,43 @@ def test_relu_llama_with_powerinfer_predictors(tmp_path: Path, relu_llama_dir: t
     # --threshold overrides the directory's
     out2 = convert(model_dir, tmp_path / "relu2.gguf", outtype="q8_0", predictors=pred_dir, threshold=1.5)
     assert read_keys(out2)[KEY_PREDICTOR_THRESHOLD] == 1.5
+
+
+def test_bamboo_with_thresholds(tmp_path: Path, spm_dir: Path, tokens: list[int]) -> None:
+    """dReLU with per-neuron thresholds (gate and up biases) and a down bias: dense logits equal torch's, exact
+    mode equals dense, and the biases decide which neurons are active."""
+    model = bamboo_model(tiny_config(VOCAB, mlp_bias=True), RANK, seed=5)
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            for lin in (layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj):
+                lin.bias.copy_(0.5 * torch.randn(lin.bias.shape, generator=gen))
+    model_dir = save_checkpoint(model, tmp_path / "hf", spm_dir)
+    out = convert(model_dir, tmp_path / "bias.gguf", outtype="f32")
+    types = tensor_types(out)
+    assert {"blk.1.ffn_gate.bias", "blk.1.ffn_up.bias", "blk.1.ffn_down.bias"} <= set(types)
+    want = torch_logits(model_dir, tokens)
+    assert rel_error(engine_logits(out, tokens), want) <= F32_REL
+    exact = Model(out, n_threads=2, n_ctx=128, sparse="exact")
+    assert rel_error(exact.eval_logits(tokens), want) <= 1e-3  # F16 KV cache
+    # the share of active neurons follows the biases: torch's count of relu(g + bg) * relu(u + bu) != 0
+    with torch.no_grad():
+        ids = torch.tensor([tokens])
+        acts = []
+        hooks = [
+            lay.mlp.down_proj.register_forward_pre_hook(lambda _m, a: acts.append(a[0])) for lay in model.model.layers
+        ]
+        model(ids)
+        for h in hooks:
+            h.remove()
+    want_active = [float((a != 0).float().mean()) for a in acts]
+    got_active = exact.stats()["nonzero_fraction"]
+    assert got_active == pytest.approx(want_active, abs=0.02)
+    assert 0.05 < min(want_active) and max(want_active) < 0.6
+    # predictor mode adds the biases to the rows it computes: selecting every neuron gives the dense logits
+    every = Model(out, n_threads=2, n_ctx=128, sparse="predictor")
+    every.threshold = -1e30
+    assert rel_error(every.eval_logits(tokens), want) <= 1e-3
 
 
 def test_bamboo_predictor_mode_runs(tmp_path: Path, bamboo_dir: Path, tokens: list[int]) -> None:

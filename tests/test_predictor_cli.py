@@ -59,12 +59,14 @@ def test_relufy_cli(tmp_path: Path, texts: tuple[Path, Path]) -> None:
     save_word_tokenizer(src)
     out = tmp_path / "drelu"
     args = ["relufy", str(src), "--data", str(texts[0]), "--out", str(out), "--tokens", "512", "--seq-len", "32",
-            "--layerwise-steps", "3", "--finetune-steps", "2", "--eval", str(texts[1])]  # fmt: skip
+            "--layerwise-seqs", "16", "--max-active", "0.2", "--finetune-steps", "2", "--finetune-batch", "4",
+            "--eval", str(texts[1])]  # fmt: skip
     assert main(args) == 0
     model = load_causal_lm(out)
     assert all(isinstance(layer.mlp, DReluMLP) for layer in model.model.layers)
     summary = json.loads((out / "relufy.json").read_text())
     assert summary["ppl_drelu"] > 0 and len(summary["active_rates"]) == 2
+    assert all(layer["active"] <= 0.21 for layer in summary["layers"])
     assert (out / "tokenizer.json").is_file()
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from turbosparse.predictor_train import default_model
+from turbosparse.predictor_train.corpora import prompt_lines
 from turbosparse.predictor_train.default_model import Recipe, Steps, build_gguf, cache_dir
 
 
@@ -34,12 +35,19 @@ def test_cache_dir_is_keyed_by_the_recipe_version(tmp_path: Path, monkeypatch) -
     assert cache_dir(Recipe(version="other")) == tmp_path / "default-model" / "other"
 
 
-def test_macbeth_is_held_out_of_calibration() -> None:
+def test_evaluation_texts_and_prompts_are_held_out_of_the_build() -> None:
+    """Macbeth, the news and encyclopedia texts and the evaluation prompts never reach calibration or samples."""
     calib = default_model.calibration_text()
-    held_out = default_model.eval_text()
-    assert len(calib) > 3_000_000 and len(held_out) > 50_000
-    assert "Enter Macbeth" not in calib and "Enter Macbeth" in held_out
-    assert "Enter Hamlet" in calib
+    assert len(calib) > 3_000_000 and "Enter Hamlet" in calib
+    for name, text in default_model.EVAL_TEXTS.items():
+        held_out = text()
+        assert len(held_out) > 20_000, name
+        assert held_out[1000:1200] not in calib, name
+    assert "Enter Macbeth" not in calib and "Enter Macbeth" in default_model.EVAL_TEXTS["macbeth"]()
+    build_prompts = set(prompt_lines("chat_prompts")) | set(prompt_lines("openings"))
+    eval_prompts = set(prompt_lines("eval_prompts"))
+    assert len(eval_prompts) >= 30 and not eval_prompts & build_prompts
+    assert "Write a short poem about the sea." in eval_prompts  # the README's main job is a held-out prompt
 
 
 def test_convert_step_writes_the_gguf_once(tmp_path: Path, monkeypatch) -> None:
@@ -57,6 +65,6 @@ def test_convert_step_writes_the_gguf_once(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(turbosparse.convert, "convert", fake_convert)
     out = build_gguf(Recipe(), tmp_path)
     assert out == default_model.gguf_path(Recipe(), tmp_path) and out.is_file()
-    assert calls == [(tmp_path / "bamboo", {"outtype": "q8_0", "vocab_pre": "smollm", "down_layout": "both",
-                                            "progress": True})]  # fmt: skip
+    assert calls == [(tmp_path / "bamboo", {"outtype": "q4_0", "pred_type": "q4_0", "vocab_pre": "smollm",
+                                            "down_layout": "both", "progress": True})]  # fmt: skip
     assert build_gguf(Recipe(), tmp_path) == out and len(calls) == 1  # cached

@@ -9,10 +9,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from turbosparse.predictor_train.distributed import Dist
 from turbosparse.predictor_train.evaluate import EvalConfig, perplexity, predictor_input, predictor_masks
 from turbosparse.predictor_train.layers import attention_half, causal_mask, embed, position_embeddings
 from turbosparse.predictor_train.modeling import DReluMLP, Predictor, to_drelu
-from turbosparse.predictor_train.relufy import RelufyConfig, fit_down_ridge, flip_signs, relufy
+from turbosparse.predictor_train.relufy import (
+    DistillBatch,
+    RelufyConfig,
+    flip_decision,
+    gate_thresholds,
+    relufy,
+    solve_down,
+    top_k_kl,
+)
 
 from tinytorch import tiny_drelu, tiny_swiglu
 
@@ -36,61 +45,105 @@ def test_layer_by_layer_forward_equals_the_model() -> None:
         assert torch.allclose(model.lm_head(model.model.norm(x)), model(ids).logits, atol=1e-5)
 
 
-def test_flip_signs_keeps_the_stronger_half_of_each_neuron() -> None:
+def test_flip_keeps_the_stronger_half_of_each_neuron() -> None:
     teacher = tiny_swiglu().model.layers[0].mlp
-    student = DReluMLP(32, 48)
-    student.load_state_dict(teacher.state_dict())
     z = torch.randn(500, 32)
-    flipped = flip_signs(student, teacher, z)
-    assert 0 < flipped.float().mean() < 1
     with torch.no_grad():
         g, u = teacher.gate_proj(z), teacher.up_proj(z)
-        kept = torch.where(flipped, torch.relu(-u), torch.relu(u))
-        assert torch.allclose(student.activation(z), torch.relu(g) * kept, atol=1e-6)
-        # the flipped down column restores the sign: neuron output = relu(g) * u on its kept half
-        ref = (torch.relu(g) * torch.where(flipped, -kept, kept)) @ teacher.down_proj.weight.T
-        assert torch.allclose(student(z), ref, atol=1e-5)
+    flip = flip_decision(g, u, Dist())
+    assert 0 < flip.float().mean() < 1
+    sg = F.silu(g)
+    kept_pos = (sg * torch.relu(u)).pow(2).sum(0)
+    kept_neg = (sg * torch.relu(-u)).pow(2).sum(0)
+    assert torch.equal(flip, kept_neg > kept_pos)
 
 
-def test_ridge_down_is_the_least_squares_solution() -> None:
-    mlp = DReluMLP(16, 24)
-    z, y = torch.randn(400, 16), torch.randn(400, 16)
-    assert fit_down_ridge(mlp, z, y, (1e-9,))[0] == 1e-9
-    with torch.no_grad():
-        a = mlp.activation(z)
-        best = torch.linalg.lstsq(a.double(), y.double()).solution.T.float()
-        assert torch.allclose(mlp.down_proj.weight, best, atol=1e-3)
+def test_thresholds_cap_the_active_share_and_keep_the_largest_gates() -> None:
+    gen = torch.Generator().manual_seed(0)
+    g, u = torch.randn(4000, 64, generator=gen), torch.randn(4000, 64, generator=gen)
+    t, before, after = gate_thresholds(g, u, 0.10, Dist())
+    assert before == pytest.approx(0.25, abs=0.02)  # P(g > 0 and u > 0)
+    assert after == pytest.approx(0.10, abs=0.005)
+    assert (t > 0).all()
+    kept = (g > t) & (u > 0)
+    assert float(kept.float().mean()) == pytest.approx(after, abs=1e-6)
+    # each neuron keeps its largest gates: every kept gate beats every dropped active one
+    active = (g > 0) & (u > 0)
+    for j in range(4):
+        assert g[kept[:, j], j].min() > g[active[:, j] & ~kept[:, j], j].max()
+    # under the cap: no thresholds
+    t, before, after = gate_thresholds(g, u, 0.5, Dist())
+    assert torch.equal(t, torch.zeros(64)) and before == after
 
 
-def test_held_out_tokens_choose_the_ridge() -> None:
-    torch.manual_seed(0)
-    mlp = DReluMLP(16, 64)
-    z = torch.randn(120, 16)
-    with torch.no_grad():
-        y = mlp.activation(z) @ torch.randn(64, 16) * 0.1 + torch.randn(120, 16)  # mostly noise: overfitting hurts
-    ridge, val = fit_down_ridge(mlp, z, y, (1e-6, 10.0), val_fraction=0.25)
-    assert ridge == 10.0 and val > 0
-    ridge, _ = fit_down_ridge(mlp, z, mlp.activation(z).detach() @ torch.randn(64, 16), (1e-6, 10.0), 0.25)
-    assert ridge == 1e-6  # noiseless: the least regularized fit wins
+def test_down_solve_is_least_squares_with_an_intercept() -> None:
+    gen = torch.Generator().manual_seed(1)
+    a, y = torch.rand(400, 24, generator=gen), torch.randn(400, 16, generator=gen) + 3.0
+    none = torch.zeros(400, dtype=torch.bool)
+    down, b, _, _ = solve_down(a, y, none, (1e-9,), Dist())
+    x = torch.cat([a, torch.ones(400, 1)], 1).double()
+    best = torch.linalg.lstsq(x, y.double()).solution
+    assert torch.allclose(down.T.double(), best[:-1], atol=1e-3) and torch.allclose(b.double(), best[-1], atol=1e-3)
+
+
+def test_held_out_rows_choose_the_ridge() -> None:
+    gen = torch.Generator().manual_seed(0)
+    a = torch.rand(120, 64, generator=gen)
+    val = torch.arange(120) % 4 == 3
+    noisy = a @ torch.randn(64, 16, generator=gen) * 0.1 + torch.randn(120, 16, generator=gen)
+    assert solve_down(a, noisy, val, (1e-6, 10.0), Dist())[2] == 10.0  # mostly noise: overfitting hurts
+    clean = a @ torch.randn(64, 16, generator=gen)
+    assert solve_down(a, clean, val, (1e-6, 10.0), Dist())[2] == 1e-6  # noiseless: the least regularized fit wins
 
 
 def test_relufy_gets_closer_to_the_teacher_than_the_naive_swap() -> None:
     teacher = tiny_swiglu(layers=3, init=0.2)  # large weights: a peaked next-token distribution
     seqs = np.random.default_rng(0).integers(0, 64, size=(16, 16))
-    cfg = RelufyConfig(layerwise_seqs=16, layerwise_steps=20, layerwise_batch=128, finetune_steps=15, finetune_batch=4,
-                       finetune_lr=3e-3)  # fmt: skip
+    cfg = RelufyConfig(layerwise_seqs=16, val_every=4, finetune_steps=15, finetune_batch=4, finetune_lr=3e-3,
+                       top_k=8)  # fmt: skip
     student, result = relufy(teacher, seqs, cfg)
     naive = to_drelu(tiny_swiglu(layers=3, init=0.2))
     ids = torch.as_tensor(seqs)
     assert all(isinstance(layer.mlp, DReluMLP) for layer in student.model.layers)
     assert kl_to(teacher, student, ids) < 0.5 * kl_to(teacher, naive, ids)
-    assert all(f.mse_final <= f.mse_swap for f in result.layers)
+    assert all(f.val_mse < f.target_var for f in result.layers)
     assert result.finetune_losses[-1] < result.finetune_losses[0]
     assert all(0 < f.active < 1 for f in result.layers)
     with pytest.raises(ValueError, match="already dReLU"):
         relufy(student, seqs, cfg)
     with pytest.raises(ValueError, match=r"\[n_seq, seq_len\]"):
         relufy(tiny_swiglu(), seqs[0], cfg)
+
+
+def test_relufy_thresholds_reach_the_cap() -> None:
+    teacher = tiny_swiglu(layers=2, init=0.2)
+    seqs = np.random.default_rng(1).integers(0, 64, size=(16, 16))
+    student, result = relufy(teacher, seqs, RelufyConfig(layerwise_seqs=16, max_active=0.1, finetune_steps=0))
+    for fit, layer in zip(result.layers, student.model.layers, strict=True):
+        assert fit.active_plain > 0.15 and fit.active == pytest.approx(0.1, abs=0.01)
+        assert (layer.mlp.gate_proj.bias <= 0).all()  # thresholds only ever silence neurons
+    rates = []
+    hooks = [lay.mlp.down_proj.register_forward_pre_hook(lambda _m, a: rates.append(float((a[0] != 0).float().mean())))
+             for lay in student.model.layers]  # fmt: skip
+    with torch.no_grad():
+        student(torch.as_tensor(seqs))
+    for h in hooks:
+        h.remove()
+    assert rates == pytest.approx([f.active for f in result.layers], abs=0.01)
+
+
+def test_top_k_kl_is_the_full_kl_when_k_covers_the_vocabulary() -> None:
+    gen = torch.Generator().manual_seed(2)
+    t_logits, s_logits = torch.randn(2, 5, 12, generator=gen), torch.randn(2, 5, 12, generator=gen)
+    t_logp = F.log_softmax(t_logits, -1)
+    full = F.kl_div(F.log_softmax(s_logits, -1), t_logp, log_target=True, reduction="none").sum(-1)
+    top_logp, top_ids = t_logp.topk(12, -1)
+    batch = DistillBatch(torch.zeros(2, 6, dtype=torch.long), top_ids, top_logp, torch.ones(2, 5))
+    assert torch.allclose(top_k_kl(s_logits, batch), full, atol=1e-5)
+    # with fewer tokens the rest of the vocabulary is one bucket: KL of the coarser distributions, never more
+    top_logp, top_ids = t_logp.topk(3, -1)
+    coarse = top_k_kl(s_logits, DistillBatch(batch.ids, top_ids, top_logp, batch.mask))
+    assert (coarse >= -1e-6).all() and (coarse <= full + 1e-5).all()
 
 
 def test_predictor_masks_apply_and_count() -> None:

@@ -80,6 +80,8 @@ class LlamaFamily(Architecture):
             }
             if hp.attention_bias:
                 shapes |= {b + "attn_q.bias": (q,), b + "attn_k.bias": (kv,), b + "attn_v.bias": (kv,)}
+            if hp.mlp_bias:
+                shapes |= {b + "ffn_gate.bias": (hp.n_ff,), b + "ffn_up.bias": (hp.n_ff,), b + "ffn_down.bias": (d,)}
         return shapes
 
     def extra_tensors(self, hf_name: str) -> list[TensorSpec] | None:

@@ -71,6 +71,9 @@ static int init_sparse_layers(ts_context *c, char *err, size_t err_size) {
         /* layers without a predictor select exactly (gate > 0) even in predictor mode */
         s->select_exact = c->params.sparse_mode != TS_SPARSE_PREDICTOR || m->pred_rank[il] == 0;
         s->threshold = c->threshold;
+        const ts_layer *l = &m->layers[il];
+        s->gate_bias = l->ffn_gate_b != NULL ? (const float *)l->ffn_gate_b->data : NULL;
+        s->up_bias = l->ffn_up_b != NULL ? (const float *)l->ffn_up_b->data : NULL;
     }
     return 0;
 }

@@ -17,10 +17,13 @@ static struct ggml_tensor *rms_norm(struct ggml_context *ctx0, struct ggml_tenso
     return ggml_mul(ctx0, ggml_rms_norm(ctx0, x, eps), w);
 }
 
+static struct ggml_tensor *add_bias(struct ggml_context *ctx0, struct ggml_tensor *y, struct ggml_tensor *b) {
+    return b != NULL ? ggml_add(ctx0, y, b) : y;
+}
+
 static struct ggml_tensor *matmul_bias(struct ggml_context *ctx0, struct ggml_tensor *w, struct ggml_tensor *b,
                                        struct ggml_tensor *x) {
-    struct ggml_tensor *y = ggml_mul_mat(ctx0, w, x);
-    return b != NULL ? ggml_add(ctx0, y, b) : y;
+    return add_bias(ctx0, ggml_mul_mat(ctx0, w, x), b);
 }
 
 static struct ggml_tensor *rope(const ts_model *m, struct ggml_context *ctx0, struct ggml_tensor *x,
@@ -106,19 +109,20 @@ static struct ggml_tensor *ffn(ts_context *ctx, struct ggml_context *ctx0, int i
     ts_sparse_layer *sl = &ctx->sparse[il];
     const int32_t n_threads = ctx->params.n_threads;
     if (dense_ffn || ctx->params.sparse_mode == TS_SPARSE_OFF) {
-        struct ggml_tensor *up = ggml_mul_mat(ctx0, l->ffn_up, cur);
-        struct ggml_tensor *gate = ggml_mul_mat(ctx0, l->ffn_gate, cur);
+        struct ggml_tensor *up = matmul_bias(ctx0, l->ffn_up, l->ffn_up_b, cur);
+        struct ggml_tensor *gate = matmul_bias(ctx0, l->ffn_gate, l->ffn_gate_b, cur);
         struct ggml_tensor *act = gated_activation(ctx0, m->info.ffn_act, gate, up);
         if (l->ffn_down != NULL) {
-            return ggml_mul_mat(ctx0, l->ffn_down, act);
+            return matmul_bias(ctx0, l->ffn_down, l->ffn_down_b, act);
         }
         /* only the transposed down: a ReLU-gated activation is mostly zeros, so add the non-zero rows */
-        return ts_sparse_down(ctx0, sl, act, l->ffn_down_t, n_tokens, 0, !dense_ffn, n_threads);
+        return add_bias(ctx0, ts_sparse_down(ctx0, sl, act, l->ffn_down_t, n_tokens, 0, !dense_ffn, n_threads),
+                        l->ffn_down_b);
     }
     struct ggml_tensor *select, *xq_gate = NULL;
     struct ggml_tensor *xq_up = ts_sparse_quantize(ctx0, cur, l->ffn_up);
     if (sl->select_exact) {
-        select = ggml_mul_mat(ctx0, l->ffn_gate, cur); /* the dense gate decides which up rows to compute */
+        select = matmul_bias(ctx0, l->ffn_gate, l->ffn_gate_b, cur); /* the dense gate decides which up rows run */
     } else {
         /* predictor logits = fc2 . relu(fc1 . h), h the residual before the FFN norm */
         struct ggml_tensor *h = m->info.predictor_input == TS_PRED_INPUT_RESIDUAL_RMSNORM
@@ -132,10 +136,10 @@ static struct ggml_tensor *ffn(ts_context *ctx, struct ggml_context *ctx0, int i
     struct ggml_tensor *act =
         ts_sparse_act(ctx0, sl, select, xq_gate, xq_up, sl->select_exact ? NULL : l->ffn_gate, l->ffn_up);
     if (l->ffn_down_t != NULL) {
-        return ts_sparse_down(ctx0, sl, act, l->ffn_down_t, n_tokens, 1, 1, n_threads);
+        return add_bias(ctx0, ts_sparse_down(ctx0, sl, act, l->ffn_down_t, n_tokens, 1, 1, n_threads), l->ffn_down_b);
     }
     /* only the standard down: dense down over the sparse activation (row n_tokens holds counters) */
-    return ggml_mul_mat(ctx0, l->ffn_down, ggml_view_2d(ctx0, act, act->ne[0], n_tokens, act->nb[1], 0));
+    return matmul_bias(ctx0, l->ffn_down, l->ffn_down_b, ggml_view_2d(ctx0, act, act->ne[0], n_tokens, act->nb[1], 0));
 }
 
 int ts_graph_build(ts_context *ctx, struct ggml_context *ctx0, ts_graph *g) {

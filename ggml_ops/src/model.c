@@ -413,6 +413,11 @@ static int plan_layer(ts_model *m, plan *p, int il, char *err, size_t err_size) 
         want(m, p, ffn_role, &l->ffn_up, 1, 2, n_embd, n_ff, "blk.%d.ffn_up.weight", il, err, err_size) < 0) {
         return -1;
     }
+    if (want(m, p, ROLE_BIAS, &l->ffn_gate_b, 0, 1, n_ff, 1, "blk.%d.ffn_gate.bias", il, err, err_size) < 0 ||
+        want(m, p, ROLE_BIAS, &l->ffn_up_b, 0, 1, n_ff, 1, "blk.%d.ffn_up.bias", il, err, err_size) < 0 ||
+        want(m, p, ROLE_BIAS, &l->ffn_down_b, 0, 1, n_embd, 1, "blk.%d.ffn_down.bias", il, err, err_size) < 0) {
+        return -1;
+    }
     int has_down = want(m, p, ROLE_MATRIX, &l->ffn_down, 0, 2, n_ff, n_embd, "blk.%d.ffn_down.weight", il, err, err_size);
     int has_down_t = want(m, p, ROLE_DOWN_T, &l->ffn_down_t, 0, 2, n_embd, n_ff, "blk.%d.ffn_down_t.weight", il, err, err_size);
     if (has_down < 0 || has_down_t < 0) {

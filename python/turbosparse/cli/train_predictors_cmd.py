@@ -1,6 +1,8 @@
 """`turbosparse train-predictors`: train activation predictors for a dReLU / ReLU HF checkpoint (torch, the
 `train` extra): collect residuals and active masks on calibration text, train a low-rank predictor per layer,
-choose each layer's rank and threshold for a recall target at least bytes read, export and report."""
+choose each layer's rank and threshold for a recall target at least bytes read, export and report.
+Under `torchrun --nproc_per_node N $(which turbosparse) train-predictors ...` rank 0 collects and the layers'
+training is shared out over the ranks (gloo on CPU, nccl on GPUs)."""
 
 from __future__ import annotations
 
@@ -26,7 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input", choices=("residual", "residual_rmsnorm"), default="residual_rmsnorm",
                    help="what the predictor reads (stored in the checkpoint for the engine)")  # fmt: skip
     p.add_argument("--eval", type=Path, default=None, help="text to measure dense and predictor-masked perplexity on")
-    p.add_argument("--device", default="cpu", help="torch device for the collection pass (default cpu)")
+    p.add_argument("--device", default="cpu", help="torch device for collection and training (default cpu; under "
+                   "torchrun, cuda picks each rank's GPU)")  # fmt: skip
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--verbose", action="store_true")
     p.set_defaults(func=run)
@@ -35,6 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     # torch is imported here only: the runtime (and `turbosparse run`) never loads it
     from turbosparse.predictor_train.collect import CollectConfig
+    from turbosparse.predictor_train.distributed import from_environment
     from turbosparse.predictor_train.pipeline import PredictorTrainConfig
     from turbosparse.predictor_train.train import TrainConfig
     from turbosparse.predictor_train.workflows import TrainPredictorsOptions, set_threads, train_predictors
@@ -42,6 +46,8 @@ def run(args: argparse.Namespace) -> int:
     if not 0 < args.recall <= 1:
         raise ValueError(f"--recall must be in (0, 1], got {args.recall}")
     set_threads(args.threads)
+    dist = from_environment()
+    device = rank_device(args.device, dist.rank)
     out = args.out or args.model_dir.with_name(args.model_dir.name + "-predictors")
     opts = TrainPredictorsOptions(
         out=out,
@@ -49,14 +55,20 @@ def run(args: argparse.Namespace) -> int:
         tokens=args.tokens,
         seq_len=args.seq_len,
         eval_text=args.eval,
-        collect=CollectConfig(device=args.device),
+        collect=CollectConfig(device=device),
         predictors=PredictorTrainConfig(
             recall_target=args.recall,
             ranks=tuple(args.ranks),
             quant=args.quant,
-            train=TrainConfig(max_steps=args.steps, input_kind=args.input),
+            train=TrainConfig(max_steps=args.steps, input_kind=args.input, device=device),
         ),
     )
-    report = train_predictors(args.model_dir, args.data, opts)
-    print(json.dumps({"out": str(out), **report["totals"]}, indent=2))
+    report = train_predictors(args.model_dir, args.data, opts, dist)
+    if report is not None:
+        print(json.dumps({"out": str(out), **report["totals"]}, indent=2))
     return 0
+
+
+def rank_device(device: str, rank: int) -> str:
+    """`cuda` means this rank's own GPU under torchrun."""
+    return f"cuda:{rank}" if device == "cuda" else device
