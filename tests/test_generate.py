@@ -58,6 +58,16 @@ def test_prefix_reuse_gives_the_same_result(smollm2_model) -> None:
     assert reused == fresh
 
 
+def test_a_repeated_prompt_is_not_evaluated_again(smollm2_model) -> None:
+    """The prompt a sequence last evaluated keeps its keys, values and logits: asking it again decodes only."""
+    first = smollm2_model.generate(PROMPT, max_tokens=8, temperature=0.0)
+    smollm2_model.reset_stats()
+    again = smollm2_model.generate(PROMPT, max_tokens=8, temperature=0.0)
+    stats = smollm2_model.stats()
+    assert again == first
+    assert stats["prompt_tokens"] == 0 and 0 < stats["decode_tokens"] <= 7
+
+
 def test_context_overflow_is_a_clear_error(smollm2_path) -> None:
     from turbosparse import Model
 

@@ -162,6 +162,11 @@ class Model:
         return self.info.n_vocab
 
     @property
+    def sparse_name(self) -> str:
+        """The sparse mode in use: "off", "predictor" or "exact"."""
+        return _MODE_NAMES[self.sparse_mode]
+
+    @property
     def tokenizer(self) -> Tokenizer:
         return self._tokenizer
 
@@ -201,13 +206,22 @@ class Model:
             seq, kept = self._pool.claim(user, tokens)
             if logits_from is None and kept and seq.continues(tokens):  # one more token: decode it
                 return self._evaluate(seq, tokens, len(tokens) - 1, dense_ffn=False, logits_all=False).copy()
-            keep = self._reusable(seq, tokens)
             if logits_from is None:
-                return self._evaluate(seq, tokens, keep, dense_ffn=True, logits_all=False).copy()
-            keep = min(keep, logits_from)
+                return self._prompt(seq, tokens).copy()
+            keep = min(self._reusable(seq, tokens), logits_from)
             dense = self.sparse_mode == SparseMode.OFF  # every row as decoding computes it
             logits = self._evaluate(seq, tokens, keep, dense_ffn=dense, logits_all=True)
             return logits[logits_from - keep :]
+
+    def _prompt(self, seq: CachedSequence, tokens: list[int]) -> np.ndarray:
+        """The logits after a prompt evaluated in seq (the lock is held). The very prompt seq last evaluated keeps its
+        keys, values and logits (nothing is computed); another one keeps what _reusable allows."""
+        n = len(tokens)
+        if seq.prompt_logits is not None and seq.n_prompted == n and common_prefix(seq.tokens, tokens) == n:
+            self._ctx.truncate(n, seq.index)
+            del seq.tokens[n:]
+            return seq.prompt_logits
+        return self._evaluate(seq, tokens, self._reusable(seq, tokens), dense_ffn=True, logits_all=False)
 
     def _reusable(self, seq: CachedSequence, tokens: Sequence[int]) -> int:
         """How many of tokens a prompt evaluation keeps from what seq holds: their common prefix, as far as a
@@ -231,7 +245,8 @@ class Model:
         dense_ffn decodes; anything else is a prompt evaluation."""
         self._ctx.truncate(keep, seq.index)
         del seq.tokens[keep:]
-        seq.n_prompted = min(seq.n_prompted, keep)
+        if keep < seq.n_prompted:
+            seq.n_prompted, seq.prompt_logits = keep, None
         new = tokens[keep:]
         decoding = len(new) == 1 and not dense_ffn
         out = None if logits_all else self._prompt_logits[seq.index]
@@ -245,7 +260,7 @@ class Model:
             self._timings.prompt_tokens += len(new)
         seq.tokens = list(tokens)
         if dense_ffn and not logits_all:
-            seq.n_prompted = len(tokens)
+            seq.n_prompted, seq.prompt_logits = len(tokens), logits.copy()
         return logits
 
     # ---- generation -------------------------------------------------------------------------------
@@ -280,8 +295,7 @@ class Model:
                 if kept and seq.continues(g.tokens):
                     decoding.append((g, seq))
                 else:
-                    keep = self._reusable(seq, g.tokens)
-                    logits[id(g)] = self._evaluate(seq, g.tokens, keep, dense_ffn=True, logits_all=False)
+                    logits[id(g)] = self._prompt(seq, g.tokens)
             if decoding:
                 start = time.perf_counter()
                 rows = self._ctx.decode_batch(
@@ -415,7 +429,7 @@ class Model:
         active = [share(s.n_computed, s.n_tokens * n_ff) if counted else 1.0 for s in layers]
         measured = any(s.n_true_active for s in layers)
         return {
-            "sparse_mode": _MODE_NAMES[self.sparse_mode],
+            "sparse_mode": self.sparse_name,
             "threshold": self.threshold,
             "n_layer": self.info.n_layer,
             "active_fraction": active,

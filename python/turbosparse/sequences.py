@@ -9,6 +9,8 @@ import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     n = 0
@@ -26,6 +28,7 @@ class CachedSequence:
     index: int
     tokens: list[int] = field(default_factory=list)
     n_prompted: int = 0  # tokens at the front whose keys and values a (dense) prompt evaluation computed
+    prompt_logits: np.ndarray | None = None  # that evaluation's logits after its last token
     owner: weakref.ref[object] | None = None
     last_used: int = 0
 
