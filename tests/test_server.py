@@ -160,6 +160,8 @@ def test_completions_with_stop_strings(server: Server) -> None:
     a, b = (client.completions.create(model="x", prompt="Roses are", max_tokens=12, seed=5).choices[0].text
             for _ in range(2))  # fmt: skip
     assert a == b
+    unseeded = client.completions.create(model="x", prompt="Roses are", max_tokens=2, seed=-1)  # llama-server's random
+    assert unseeded.choices[0].finish_reason in ("stop", "length")
 
 
 def test_six_concurrent_requests_each_get_their_own_answer(server: Server) -> None:
@@ -249,7 +251,7 @@ BAD_CHAT = [
     ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, 400),
     ({"messages": [{"role": "user", "content": "x"}], "n": 2}, 400),
     ({"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]}, 400),
-    ({"messages": [{"role": "user", "content": "x"}], "seed": -1}, 400),
+    ({"messages": [{"role": "user", "content": "x"}], "seed": -2}, 400),  # -1 is llama-server's "random"
     ({"messages": [{"role": "user", "content": "word " * 600}]}, 400),  # longer than a slot's context
 ]
 BAD_COMPLETION = [
@@ -325,3 +327,12 @@ def test_the_server_is_alive_at_the_end(server: Server) -> None:
     assert server.request("GET", "/health", key=None) == (200, {"status": "ok"})
     answer = server.client().completions.create(model="x", prompt=PROMPTS[0], max_tokens=3, temperature=0)
     assert answer.choices[0].text
+
+
+def test_the_chat_template_flag_replaces_the_files(smollm2_path) -> None:
+    from turbosparse.server import ServerConfig
+    from turbosparse.server.app import load_model
+
+    template = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
+    model = load_model(ServerConfig(str(smollm2_path), n_ctx=256, n_threads=1, chat_template=template))
+    assert model.chat_prompt([{"role": "user", "content": "Hi"}]) == "[user] Hi\n"

@@ -9,7 +9,7 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +17,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from sse_starlette import EventSourceResponse
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..chat_template import ChatTemplate
 from ..completions import (
@@ -41,6 +43,24 @@ logger = logging.getLogger(__name__)
 _CANCELLED = Event(error="cancelled: the client went away")
 CLIENT_CLOSED = 499  # nginx's status for a request whose client left before the answer
 PUBLIC_PATHS = ("/health", "/metrics")  # answered without the API key, as llama-server does
+
+
+class APIKeyCheck:
+    """With --api-key, every route but /health and /metrics wants "Authorization: Bearer KEY", checked before the
+    body is read. Plain ASGI: Starlette's BaseHTTPMiddleware would hide a client's disconnect from the routes."""
+
+    def __init__(self, app: ASGIApp, *, api_key: str) -> None:
+        self.app = app
+        self.api_key = api_key.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] not in PUBLIC_PATHS:
+            scheme, _, key = Headers(scope=scope).get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not secrets.compare_digest(key.strip().encode(), self.api_key):
+                error = APIError(401, "invalid or missing API key (send Authorization: Bearer <key>)")
+                await error_response(error)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 @dataclass
@@ -87,7 +107,7 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
         state.model, state.engine = model, engine
         logger.warning(
             "turbosparse serve: %s ready on http://%s:%d (%d slot(s) of %d tokens, sparse %s, %d threads)",
-            config.model_name, config.host, config.port, model.n_seq, model.n_ctx, model.stats()["sparse_mode"],
+            config.model_name, config.host, config.port, model.n_seq, model.n_ctx, model.sparse_name,
             model.n_threads,
         )  # fmt: skip
 
@@ -101,14 +121,8 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
     app = FastAPI(title="turbosparse", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     install_handlers(app)
 
-    @app.middleware("http")
-    async def authorized(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        """With --api-key, every route but /health and /metrics wants the key (checked before the body is read)."""
-        if config.api_key is not None and request.url.path not in PUBLIC_PATHS:
-            scheme, _, key = request.headers.get("authorization", "").partition(" ")
-            if scheme.lower() != "bearer" or not secrets.compare_digest(key.strip().encode(), config.api_key.encode()):
-                return error_response(APIError(401, "invalid or missing API key (send Authorization: Bearer <key>)"))
-        return await call_next(request)
+    if config.api_key is not None:
+        app.add_middleware(APIKeyCheck, api_key=config.api_key)
 
     def ready() -> tuple[Model, Engine]:
         if state.failure is not None:
@@ -136,7 +150,7 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
             "slots": model.n_seq,
             "n_params": model.info.n_params,
             "size": model.info.n_bytes,
-            "sparse": model.stats()["sparse_mode"],
+            "sparse": model.sparse_name,
         }
         entry = {"id": config.model_name, "object": "model", "created": state.created, "owned_by": "turbosparse"}
         return JSONResponse({"object": "list", "data": [{**entry, "meta": meta}]})
@@ -249,12 +263,11 @@ def _submit(
 
 
 async def _watch_disconnect(request: Request, gen: Generation, queue: asyncio.Queue[Event]) -> None:
-    while not gen.done:
-        if await request.is_disconnected():
-            gen.cancel()
-            queue.put_nowait(_CANCELLED)
-            return
-        await asyncio.sleep(0.25)
+    """Cancels gen when the client goes away (the body is read: the next ASGI message is the disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    gen.cancel()
+    queue.put_nowait(_CANCELLED)
 
 
 async def _collect(job: Job, queue: asyncio.Queue[Event], request: Request) -> str | None:

@@ -83,7 +83,12 @@ class Engine:
     def submit(self, job: Job) -> None:
         """Queues job for the next free slot; QueueFullError when queue_size requests already wait."""
         with self._cond:
-            if len(self._running) >= self.slots and len(self._waiting) >= self.queue_size:
+            waiting = deque(j for j in self._waiting if not j.generation.cancelled)  # clients that left free places
+            self.counters.requests_cancelled += len(self._waiting) - len(waiting)
+            self._waiting = waiting
+            # the free slots take waiting jobs at the next step; beyond them, queue_size may wait
+            free = max(0, self.slots - len(self._running))
+            if len(self._waiting) >= self.queue_size + free:
                 self.counters.requests_rejected += 1
                 raise QueueFullError
             self._waiting.append(job)
@@ -93,6 +98,10 @@ class Engine:
         """The jobs to step now; waits while there are none (returns at once when stopping)."""
         with self._cond:
             while True:
+                for job in self._running:
+                    gen = job.generation
+                    if gen.cancelled and gen.finish_reason is None:  # its client left (counted once: dropped here)
+                        self.counters.requests_cancelled += 1
                 self._running = [job for job in self._running if not job.generation.done]
                 while self._waiting and len(self._running) < self.slots:
                     job = self._waiting.popleft()
@@ -118,6 +127,8 @@ class Engine:
                 texts = self.model.step([job.generation for job in jobs])
             except Exception as exc:  # an engine failure ends these requests, not the server
                 logger.exception("a decoding step failed")
+                with self._cond:
+                    self._running = [job for job in self._running if job not in jobs]
                 for job in jobs:
                     job.generation.cancel()
                     job.emit(Event(error=f"{type(exc).__name__}: {exc}"))
@@ -134,5 +145,3 @@ class Engine:
                 if gen.finish_reason is not None:
                     c.requests_finished += 1
                     job.emit(Event(finished=True))
-                elif gen.cancelled:
-                    c.requests_cancelled += 1

@@ -51,6 +51,13 @@ class _Generate(_Body):
             raise ValueError("only n = 1 is supported")
         return n
 
+    @field_validator("seed")
+    @classmethod
+    def _seed(cls, seed: int | None) -> int | None:
+        if seed is not None and seed < -1:
+            raise ValueError("seed must be >= 0, or -1 for a random one")
+        return None if seed == -1 else seed  # llama-server's -1: a fresh random seed
+
     @field_validator("stop")
     @classmethod
     def _few_stops(cls, stop: str | list[str] | None) -> str | list[str] | None:
