@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._library import set_llama_log_verbosity
 from ..binding import NativeContext, NativeModel, SparseMode
 
 _MODES = {"dense": SparseMode.OFF, "predictor": SparseMode.PREDICTOR, "exact": SparseMode.EXACT}
@@ -28,6 +29,7 @@ def bench_batch(
     path: Path, *, mode: str, n_threads: int, batches: list[int], steps: int, rounds: int, prompt_tokens: int = 32
 ) -> list[BatchResult]:
     sparse = _MODES[mode]
+    set_llama_log_verbosity(False)  # ggml's per-tensor repack messages
     model = NativeModel(path, repack=True, sparse_rows=sparse != SparseMode.OFF)
     n_seq = max(batches)
     n_ctx = prompt_tokens + steps * rounds + 8
