@@ -20,3 +20,7 @@ class ContextOverflowError(TurboSparseError, ValueError):
 
 class EvalError(TurboSparseError, RuntimeError):
     """The engine failed to evaluate a batch."""
+
+
+class ChatTemplateError(TurboSparseError, ValueError):
+    """A chat template does not parse, or refuses the messages it is given (its raise_exception)."""
