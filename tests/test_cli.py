@@ -51,7 +51,7 @@ def test_errors_are_one_line_and_nonzero(tmp_path) -> None:
 
 
 def test_help() -> None:
-    for args in (["--help"], ["run", "--help"], ["convert", "--help"]):
+    for args in (["--help"], ["run", "--help"], ["convert", "--help"], ["serve", "--help"]):
         out = turbosparse(*args)
         assert out.returncode == 0 and "usage: turbosparse" in out.stdout
 
@@ -78,6 +78,41 @@ def test_bench_json_on_a_synthetic_pair(tmp_path) -> None:
     # figures from different machines are never mixed up: the CPU and the kernels it ran are stamped
     machine = report["machine"]
     assert machine["cpu"] and machine["kernel_isas"] and machine["commit"]
+
+
+def test_bench_batch_and_generate(tmp_path, smollm2_path) -> None:
+    """bench --batch: B sequences decoded together read the union of their rows; bench --generate: whole greedy
+    generations beside llama-cpp-python, same text on a dense file."""
+    import json
+    import os
+
+    env = {**os.environ, "TURBOSPARSE_CACHE": str(tmp_path)}
+    args = ["bench", "--synthetic", "tiny", "--rank", "64", "--batch", "1,3", "--modes", "dense,predictor",
+            "-n", "4", "-r", "1", "-t", "2", "--json"]  # fmt: skip
+    out = subprocess.run([sys.executable, "-m", "turbosparse", *args], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    rows = {(r["mode"], r["batch"]): r for r in json.loads(out.stdout)["results"]}
+    assert rows["dense", 1]["rows_read"] == rows["dense", 3]["rows_read"] == 1.0
+    one, three = rows["predictor", 1], rows["predictor", 3]
+    assert abs(one["rows_read"] - one["rows_per_token"]) < 1e-9  # one token: the union is its own rows
+    assert three["rows_per_token"] < three["rows_read"] < 3 * three["rows_per_token"]
+    out = turbosparse("bench", "-m", str(smollm2_path), "--generate", "-n", "8", "-r", "1", "-t", "2", "--json")
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["same_text"] and report["tokens"] == 8 and report["ratio"] > 0 and report["ratio_new_prompt"] > 0
+
+
+def test_serve_refuses_what_it_cannot_serve(tmp_path) -> None:
+    """A file that does not load stops the server with the loader's message (no server left running without a
+    model); bad flags are refused before it starts."""
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"not a gguf file" * 100)
+    out = turbosparse("serve", "-m", str(bad), "--port", "0", "-t", "1")
+    assert out.returncode == 1 and f"cannot serve {bad}" in out.stderr, out.stderr
+    out = turbosparse("serve", "-m", str(bad), "--parallel", "0")
+    assert out.returncode == 1 and "--parallel must be >= 1" in out.stderr, out.stderr
+    out = turbosparse("serve", "-m", str(tmp_path / "missing.gguf"))
+    assert out.returncode == 1 and "no such model file" in out.stderr, out.stderr
 
 
 def test_bench_on_a_calibrated_synthetic_twin(tmp_path) -> None:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from turbosparse import ContextOverflowError
-from turbosparse.model import _StopScanner
+from turbosparse.generation import StopScanner
 from turbosparse.sampling import Sampler, SamplingParams
 
 PROMPT = "The three most important inventions in history are"
@@ -42,7 +42,7 @@ def test_stop_strings_cut_the_text(smollm2_model) -> None:
 
 
 def test_stop_scanner_holds_back_partial_matches() -> None:
-    scanner = _StopScanner(("STOP",))
+    scanner = StopScanner(("STOP",))
     assert scanner.feed("abc ST") == "abc "
     assert scanner.feed("OR") == "STOR"  # no longer a prefix of STOP: released
     assert scanner.feed("x STO") == "x "
@@ -56,6 +56,16 @@ def test_prefix_reuse_gives_the_same_result(smollm2_model) -> None:
     smollm2_model.eval_logits(smollm2_model.tokenize("unrelated text"))
     fresh = smollm2_model.generate(PROMPT, max_tokens=12, temperature=0.0)
     assert reused == fresh
+
+
+def test_a_repeated_prompt_is_not_evaluated_again(smollm2_model) -> None:
+    """The prompt a sequence last evaluated keeps its keys, values and logits: asking it again decodes only."""
+    first = smollm2_model.generate(PROMPT, max_tokens=8, temperature=0.0)
+    smollm2_model.reset_stats()
+    again = smollm2_model.generate(PROMPT, max_tokens=8, temperature=0.0)
+    stats = smollm2_model.stats()
+    assert again == first
+    assert stats["prompt_tokens"] == 0 and 0 < stats["decode_tokens"] <= 7
 
 
 def test_context_overflow_is_a_clear_error(smollm2_path) -> None:

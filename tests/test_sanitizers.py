@@ -21,6 +21,7 @@ SANITIZED_TESTS = [
     "tests/test_sparse_ffn.py",
     "tests/test_down_cols.py",
     "tests/test_ffn_thresholds.py",
+    "tests/test_batch_decode.py",
 ]
 
 

@@ -77,19 +77,23 @@ typedef struct ts_model_info {
 /* Per-layer counters of the sparse FFN, accumulated over decoded tokens since the last reset. */
 typedef struct ts_layer_stats {
     uint64_t n_tokens;      /* tokens whose FFN ran through the sparse nodes */
-    uint64_t n_computed;    /* neurons whose gate/up rows were computed (the selected set) */
+    uint64_t n_computed;    /* neurons whose gate/up rows were computed (the selected set), summed over tokens */
     uint64_t n_nonzero;     /* neurons with a non-zero activation: rows of down_t read */
     uint64_t n_true_active; /* recall measurement only: neurons non-zero under full computation */
     uint64_t n_true_found;  /* ... of which the predictor selected */
+    uint64_t n_evals;       /* evaluations (batches of tokens) through the sparse nodes */
+    uint64_t n_union;       /* neurons computed for at least one token of an evaluation, summed over
+                               evaluations: the gate/up rows a batch reads (= n_computed when one token each) */
 } ts_layer_stats;
 
 typedef struct ts_context_params {
-    int32_t n_ctx;      /* KV cache length (tokens); 0 = the model's training context */
+    int32_t n_ctx;      /* KV cache length of each sequence (tokens); 0 = the model's training context */
     int32_t n_threads;  /* ggml CPU threads; <= 0 = 1 */
     int32_t n_batch;    /* max tokens per graph evaluation (prompts are split); <= 0 = 512 */
     int32_t kv_type;    /* ggml type id of the KV cache: F16 (default, as llama.cpp) or F32 */
     int32_t sparse_mode;       /* enum ts_sparse_mode */
     float predictor_threshold; /* NAN = the file's value */
+    int32_t n_seq;      /* independent sequences, each with its own KV cache of n_ctx tokens; <= 0 = 1 */
 } ts_context_params;
 
 /* ---- versions ---------------------------------------------------------------------------- */
@@ -113,7 +117,9 @@ int32_t ts_model_get_tensor(const ts_model *model, const char *name, int32_t *ty
 /* The file's per-layer FFN thresholds (turbosparse.gate_thresholds / act_thresholds; 0 where absent), n_layer each. */
 void ts_model_get_ffn_thresholds(const ts_model *model, float *gate, float *act);
 
-/* ---- context: KV cache + graph evaluation ------------------------------------------------- */
+/* ---- context: KV caches + graph evaluation ------------------------------------------------
+ * A context holds n_seq sequences (0..n_seq-1), each with its own KV cache; the functions without a
+ * `seq` argument act on sequence 0. A context is not thread-safe: one evaluation at a time. */
 ts_context_params ts_context_default_params(void);
 /*
  * Sparse modes need a model loaded with sparse_rows = 1. The first exact-mode context of a SwiGLU model whose file
@@ -130,6 +136,16 @@ void ts_context_free(ts_context *ctx);
  */
 int32_t ts_context_eval(ts_context *ctx, const int32_t *tokens, int32_t n_tokens, int32_t dense_ffn,
                         float *logits, int32_t logits_all, char *err, size_t err_size);
+/* ts_context_eval on sequence seq. */
+int32_t ts_context_eval_seq(ts_context *ctx, int32_t seq, const int32_t *tokens, int32_t n_tokens, int32_t dense_ffn,
+                            float *logits, int32_t logits_all, char *err, size_t err_size);
+/*
+ * One token for each of n distinct sequences seqs[0..n-1], appended after their cached tokens and evaluated
+ * in one forward pass (the weights are read once for the batch; each token attends to its own sequence
+ * only; the FFN runs under the context's sparse mode). logits: NULL or [n][n_vocab]. n <= n_batch.
+ */
+int32_t ts_context_decode_batch(ts_context *ctx, const int32_t *seqs, const int32_t *tokens, int32_t n,
+                                float *logits, char *err, size_t err_size);
 /*
  * One layer's FFN block alone, for tests and the kernel benchmark: out = ffn(rms_norm(h)) for h the residual
  * before the FFN norm (F32 [n_tokens, n_embd] rows), dense or under the context's sparse mode. The KV cache
@@ -145,9 +161,12 @@ int32_t ts_context_eval_ffn(ts_context *ctx, int32_t layer, const float *h, int3
 int32_t ts_context_eval_trace(ts_context *ctx, const int32_t *tokens, int32_t n_tokens, float *gate, float *up,
                               char *err, size_t err_size);
 int32_t ts_context_n_past(const ts_context *ctx);
-int32_t ts_context_n_ctx(const ts_context *ctx);
+int32_t ts_context_n_past_seq(const ts_context *ctx, int32_t seq); /* -1 when seq is out of range */
+int32_t ts_context_n_ctx(const ts_context *ctx);                    /* per sequence */
+int32_t ts_context_n_seq(const ts_context *ctx);
 /* Forget every cached token at position >= n_keep. */
 int32_t ts_context_truncate(ts_context *ctx, int32_t n_keep, char *err, size_t err_size);
+int32_t ts_context_truncate_seq(ts_context *ctx, int32_t seq, int32_t n_keep, char *err, size_t err_size);
 /* Predictor threshold used from the next evaluation on. */
 void ts_context_set_threshold(ts_context *ctx, float threshold);
 float ts_context_threshold(const ts_context *ctx);

@@ -8,10 +8,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#define TS_MAX_SEQ 256
+
 
 ts_context_params ts_context_default_params(void) {
     ts_context_params p = {
-        .n_ctx = 0, .n_threads = 1, .n_batch = 512, .kv_type = GGML_TYPE_F16, .sparse_mode = TS_SPARSE_OFF, .predictor_threshold = NAN};
+        .n_ctx = 0, .n_threads = 1, .n_batch = 512, .kv_type = GGML_TYPE_F16, .sparse_mode = TS_SPARSE_OFF,
+        .predictor_threshold = NAN, .n_seq = 1};
     return p;
 }
 
@@ -19,6 +22,9 @@ static int check_params(const ts_model *m, const ts_context_params *p, char *err
     const ts_model_info *in = &m->info;
     if (p->n_ctx < 0) {
         return ts_set_error(err, err_size, "n_ctx must be >= 0 (0 = the model's %d), got %d", in->n_ctx_train, p->n_ctx);
+    }
+    if (p->n_seq > TS_MAX_SEQ) {
+        return ts_set_error(err, err_size, "n_seq = %d: at most %d sequences per context", p->n_seq, TS_MAX_SEQ);
     }
     if (p->kv_type != GGML_TYPE_F16 && p->kv_type != GGML_TYPE_F32) {
         return ts_set_error(err, err_size, "KV cache type %d is not supported (F16 or F32)", p->kv_type);
@@ -101,13 +107,15 @@ static int init_kv_cache(ts_context *c, char *err, size_t err_size) {
     if (c->ctx_kv == NULL || c->k_cache == NULL || c->v_cache == NULL) {
         return ts_set_error(err, err_size, "out of memory creating the KV cache");
     }
+    const int64_t n_cells_all = (int64_t)c->n_seq * c->n_cells;
     for (int il = 0; il < in->n_layer; il++) {
-        c->k_cache[il] = ggml_new_tensor_2d(c->ctx_kv, (enum ggml_type)c->params.kv_type, n_embd_kv, c->n_cells);
-        c->v_cache[il] = ggml_new_tensor_2d(c->ctx_kv, (enum ggml_type)c->params.kv_type, c->n_cells, n_embd_kv);
+        c->k_cache[il] = ggml_new_tensor_2d(c->ctx_kv, (enum ggml_type)c->params.kv_type, n_embd_kv, n_cells_all);
+        c->v_cache[il] = ggml_new_tensor_2d(c->ctx_kv, (enum ggml_type)c->params.kv_type, n_cells_all, n_embd_kv);
     }
     c->buf_kv = ggml_backend_alloc_ctx_tensors_from_buft(c->ctx_kv, ggml_backend_cpu_buffer_type());
     if (c->buf_kv == NULL) {
-        return ts_set_error(err, err_size, "out of memory allocating a KV cache of %d tokens", c->n_cells);
+        return ts_set_error(err, err_size, "out of memory allocating a KV cache of %d sequences x %d tokens", c->n_seq,
+                            c->n_cells);
     }
     /* never-written cells are masked out, but 0 * garbage could still be NaN: start from zeros */
     ggml_backend_buffer_clear(c->buf_kv, 0);
@@ -131,16 +139,21 @@ ts_context *ts_context_new(ts_model *model, const ts_context_params *params, cha
     c->params = *params;
     c->params.n_threads = params->n_threads > 0 ? params->n_threads : 1;
     c->params.n_batch = params->n_batch > 0 ? params->n_batch : 512;
+    c->params.n_seq = params->n_seq > 0 ? params->n_seq : 1;
+    c->n_seq = c->params.n_seq;
     c->n_ctx = params->n_ctx > 0 ? params->n_ctx : model->info.n_ctx_train;
     c->n_cells = (int32_t)(((int64_t)c->n_ctx + TS_KV_PAD - 1) / TS_KV_PAD * TS_KV_PAD);
     c->threshold = isnan(params->predictor_threshold) ? model->info.predictor_threshold : params->predictor_threshold;
-    c->graph_max_nodes = 64 * model->info.n_layer + 1024;
+    /* each group of a batch adds its own attention nodes */
+    c->graph_max_nodes = (64 + 16 * c->n_seq) * model->info.n_layer + 1024;
     c->graph_meta_size = ggml_tensor_overhead() * (size_t)c->graph_max_nodes +
                          ggml_graph_overhead_custom((size_t)c->graph_max_nodes, false);
     c->graph_meta = malloc(c->graph_meta_size);
+    c->n_past = calloc((size_t)c->n_seq, sizeof(*c->n_past));
+    c->graph.groups = calloc((size_t)c->n_seq, sizeof(*c->graph.groups));
     c->backend = ggml_backend_cpu_init();
     c->galloc = ggml_gallocr_new(ggml_backend_cpu_buffer_type());
-    if (c->graph_meta == NULL || c->backend == NULL || c->galloc == NULL) {
+    if (c->graph_meta == NULL || c->n_past == NULL || c->graph.groups == NULL || c->backend == NULL || c->galloc == NULL) {
         ts_set_error(err, err_size, "out of memory creating the context");
         ts_context_free(c);
         return NULL;
@@ -154,10 +167,19 @@ ts_context *ts_context_new(ts_model *model, const ts_context_params *params, cha
     return c;
 }
 
+/* Forgets the cached graph (its tensors live in the allocator's buffer, which the next allocation may move). */
+static void drop_graph(ts_context *c) {
+    if (c->graph_ctx != NULL) {
+        ggml_free(c->graph_ctx);
+        c->graph_ctx = NULL;
+    }
+}
+
 void ts_context_free(ts_context *c) {
     if (c == NULL) {
         return;
     }
+    drop_graph(c);
     if (c->galloc != NULL) {
         ggml_gallocr_free(c->galloc);
     }
@@ -174,23 +196,47 @@ void ts_context_free(ts_context *c) {
     free(c->k_cache);
     free(c->v_cache);
     free(c->graph_meta);
+    free(c->n_past);
+    free(c->graph.groups);
     free(c);
 }
 
 int32_t ts_context_n_past(const ts_context *c) {
-    return c->n_past;
+    return c->n_past[0];
+}
+
+int32_t ts_context_n_past_seq(const ts_context *c, int32_t seq) {
+    return seq >= 0 && seq < c->n_seq ? c->n_past[seq] : -1;
 }
 
 int32_t ts_context_n_ctx(const ts_context *c) {
     return c->n_ctx;
 }
 
-int32_t ts_context_truncate(ts_context *c, int32_t n_keep, char *err, size_t err_size) {
-    if (n_keep < 0 || n_keep > c->n_past) {
-        return ts_set_error(err, err_size, "cannot keep %d tokens: the context holds %d", n_keep, c->n_past);
+int32_t ts_context_n_seq(const ts_context *c) {
+    return c->n_seq;
+}
+
+static int check_seq(const ts_context *c, int32_t seq, char *err, size_t err_size) {
+    if (seq < 0 || seq >= c->n_seq) {
+        return ts_set_error(err, err_size, "sequence %d out of [0, %d)", seq, c->n_seq);
     }
-    c->n_past = n_keep;
     return 0;
+}
+
+int32_t ts_context_truncate_seq(ts_context *c, int32_t seq, int32_t n_keep, char *err, size_t err_size) {
+    if (check_seq(c, seq, err, err_size) != 0) {
+        return -1;
+    }
+    if (n_keep < 0 || n_keep > c->n_past[seq]) {
+        return ts_set_error(err, err_size, "cannot keep %d tokens: the context holds %d", n_keep, c->n_past[seq]);
+    }
+    c->n_past[seq] = n_keep;
+    return 0;
+}
+
+int32_t ts_context_truncate(ts_context *c, int32_t n_keep, char *err, size_t err_size) {
+    return ts_context_truncate_seq(c, 0, n_keep, err, err_size);
 }
 
 void ts_context_set_threshold(ts_context *c, float threshold) {
@@ -213,6 +259,7 @@ void ts_context_set_ffn_thresholds(ts_context *c, const float *gate, const float
             c->sparse[il].act_threshold = act[il];
         }
     }
+    drop_graph(c); /* whether a layer runs dense was decided when the graph was built */
 }
 
 void ts_context_get_ffn_thresholds(const ts_context *c, float *gate, float *act) {
@@ -240,24 +287,35 @@ void ts_context_reset_stats(ts_context *c) {
     }
 }
 
-static void fill_inputs(const ts_context *c, const ts_graph *g, const int32_t *tokens, int32_t n_tokens,
-                        int32_t n_outputs) {
-    memcpy(g->tokens->data, tokens, sizeof(int32_t) * (size_t)n_tokens);
+/* Positions, cache rows and cells, attention masks and output rows of the groups' tokens. */
+static void fill_inputs(const ts_context *c, const ts_graph *g, const int32_t *tokens) {
+    const ts_model_info *in = &c->model->info;
+    const int64_t n_embd_kv = (int64_t)in->n_head_kv * in->n_embd_head;
+    const int64_t n_cells_all = (int64_t)c->n_seq * c->n_cells;
+    memcpy(g->tokens->data, tokens, sizeof(int32_t) * (size_t)g->n_tokens);
     int32_t *pos = g->pos->data;
-    for (int32_t i = 0; i < n_tokens; i++) {
-        pos[i] = c->n_past + i;
-    }
-    /* causal mask: token i sees cells 0..n_past+i */
-    float *mask = g->kq_mask->data;
-    for (int32_t i = 0; i < n_tokens; i++) {
-        for (int32_t j = 0; j < g->n_kv; j++) {
-            mask[(size_t)i * g->n_kv + j] = j <= c->n_past + i ? 0.0f : -INFINITY;
+    int64_t *k_rows = g->k_rows->data, *v_cells = g->v_cells->data;
+    for (int32_t k = 0; k < g->n_groups; k++) {
+        const ts_group *gr = &g->groups[k];
+        float *mask = gr->kq_mask->data;
+        for (int32_t i = 0; i < gr->n_tokens; i++) {
+            const int32_t t = gr->first + i, p = c->n_past[gr->seq] + i;
+            const int64_t cell = (int64_t)gr->seq * c->n_cells + p;
+            pos[t] = p;
+            k_rows[t] = cell;
+            for (int64_t e = 0; e < n_embd_kv; e++) {
+                v_cells[(int64_t)t * n_embd_kv + e] = e * n_cells_all + cell;
+            }
+            /* causal mask: the token sees its sequence's cells 0..p */
+            for (int32_t j = 0; j < gr->n_kv; j++) {
+                mask[(size_t)i * gr->n_kv + j] = j <= p ? 0.0f : -INFINITY;
+            }
         }
     }
     if (g->out_ids != NULL) {
         int32_t *ids = g->out_ids->data;
-        for (int32_t i = 0; i < n_outputs; i++) {
-            ids[i] = n_tokens - n_outputs + i;
+        for (int32_t i = 0; i < g->n_outputs; i++) {
+            ids[i] = g->n_tokens - g->n_outputs + i;
         }
     }
 }
@@ -286,13 +344,61 @@ static int compute_graph(ts_context *c, struct ggml_cgraph *gf, char *err, size_
     return 0;
 }
 
+/* Cells the attention of a sequence holding n_used tokens spans: whole multiples of TS_KV_PAD. */
+static int32_t kv_span(const ts_context *c, int32_t n_used) {
+    const int32_t n_kv = (n_used + TS_KV_PAD - 1) / TS_KV_PAD * TS_KV_PAD;
+    return n_kv < c->n_cells ? n_kv : c->n_cells;
+}
+
+static int same_layout(const ts_graph *g, const ts_group *groups, int32_t n_groups, int32_t n_tokens,
+                       int32_t n_outputs, int32_t dense_ffn) {
+    if (g->n_tokens != n_tokens || g->n_outputs != n_outputs || g->dense_ffn != dense_ffn || g->n_groups != n_groups) {
+        return 0;
+    }
+    for (int32_t i = 0; i < n_groups; i++) {
+        const ts_group *a = &g->groups[i], *b = &groups[i];
+        if (a->seq != b->seq || a->first != b->first || a->n_tokens != b->n_tokens || a->n_kv != b->n_kv) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* Makes c->graph the allocated graph of this layout: the cached one when it matches, else a new one. */
+static int prepare_graph(ts_context *c, const ts_group *groups, int32_t n_groups, int32_t n_tokens, int32_t n_outputs,
+                         int32_t dense_ffn, char *err, size_t err_size) {
+    ts_graph *g = &c->graph;
+    if (c->graph_ctx != NULL && same_layout(g, groups, n_groups, n_tokens, n_outputs, dense_ffn)) {
+        return 0;
+    }
+    drop_graph(c);
+    struct ggml_context *ctx0 = graph_context(c, err, err_size);
+    if (ctx0 == NULL) {
+        return -1;
+    }
+    g->n_tokens = n_tokens;
+    g->n_outputs = n_outputs;
+    g->dense_ffn = dense_ffn;
+    g->n_groups = n_groups;
+    memcpy(g->groups, groups, sizeof(*groups) * (size_t)n_groups);
+    int rc = ts_graph_build(c, ctx0, g);
+    if (rc == 0) {
+        rc = alloc_graph(c, g->gf, n_tokens, err, err_size);
+    }
+    if (rc != 0) {
+        ggml_free(ctx0);
+        return -1;
+    }
+    c->graph_ctx = ctx0;
+    return 0;
+}
+
 /* Where ts_context_eval_trace copies the FFN values: [n_layer][n_total][n_ff] arrays, this chunk from row `first`. */
 typedef struct trace_dest {
     float *gate;
     float *up;
     int64_t n_total;
     int64_t first;
-    ts_ffn_trace *layers; /* per layer: the graph's tensors */
 } trace_dest;
 
 /* t's rows [ne0, T] into dst's [n_layer][n_total][ne0] block at (layer, first) */
@@ -309,68 +415,67 @@ static void copy_rows(const struct ggml_tensor *t, float *dst, int64_t layer, co
 
 static void copy_trace(const ts_context *c, const trace_dest *d) {
     for (int il = 0; il < c->model->info.n_layer; il++) {
-        copy_rows(d->layers[il].gate, d->gate, il, d);
-        copy_rows(d->layers[il].up, d->up, il, d);
+        copy_rows(c->graph.trace[il].gate, d->gate, il, d);
+        copy_rows(c->graph.trace[il].up, d->up, il, d);
     }
 }
 
-/* One graph evaluation of at most n_batch tokens; trace (or NULL) receives every layer's dense FFN values. */
-static int eval_chunk(ts_context *c, const int32_t *tokens, int32_t n_tokens, int32_t n_outputs, int32_t dense_ffn,
-                      float *logits, const trace_dest *trace, char *err, size_t err_size) {
-    struct ggml_context *ctx0 = graph_context(c, err, err_size);
-    if (ctx0 == NULL) {
+/* One forward pass over the groups' tokens (at most n_batch); logits of the last n_outputs rows; trace (or NULL)
+ * receives every layer's dense FFN values (the graph was built with c->graph.trace). */
+static int eval_groups(ts_context *c, const ts_group *groups, int32_t n_groups, const int32_t *tokens,
+                       int32_t n_tokens, int32_t n_outputs, int32_t dense_ffn, float *logits, const trace_dest *trace,
+                       char *err, size_t err_size) {
+    if (prepare_graph(c, groups, n_groups, n_tokens, n_outputs, dense_ffn, err, err_size) != 0) {
         return -1;
     }
-    ts_graph g = {0};
-    g.trace = trace != NULL ? trace->layers : NULL;
-    const int32_t n_used = c->n_past + n_tokens;
-    g.n_kv = (n_used + TS_KV_PAD - 1) / TS_KV_PAD * TS_KV_PAD;
-    if (g.n_kv > c->n_cells) {
-        g.n_kv = c->n_cells;
+    fill_inputs(c, &c->graph, tokens);
+    if (compute_graph(c, c->graph.gf, err, err_size) != 0) {
+        drop_graph(c);
+        return -1;
     }
-    int rc = ts_graph_build(c, ctx0, n_tokens, n_outputs, dense_ffn, &g);
-    if (rc == 0) {
-        rc = alloc_graph(c, g.gf, n_tokens, err, err_size);
+    for (int32_t i = 0; i < n_groups; i++) {
+        c->n_past[groups[i].seq] += groups[i].n_tokens;
     }
-    if (rc == 0) {
-        fill_inputs(c, &g, tokens, n_tokens, n_outputs);
-        rc = compute_graph(c, g.gf, err, err_size);
+    if (logits != NULL) {
+        memcpy(logits, c->graph.logits->data, ggml_nbytes(c->graph.logits));
     }
-    if (rc == 0) {
-        c->n_past += n_tokens;
-        if (logits != NULL) {
-            memcpy(logits, g.logits->data, ggml_nbytes(g.logits));
-        }
-        if (trace != NULL) {
-            copy_trace(c, trace);
-        }
+    if (trace != NULL) {
+        copy_trace(c, trace);
     }
-    ggml_free(ctx0);
-    return rc;
+    return 0;
 }
 
 static int check_tokens(const ts_context *c, const int32_t *tokens, int32_t n_tokens, char *err, size_t err_size) {
-    const ts_model_info *in = &c->model->info;
-    if (n_tokens <= 0) {
-        return ts_set_error(err, err_size, "nothing to evaluate: n_tokens = %d", n_tokens);
-    }
-    if ((int64_t)c->n_past + n_tokens > c->n_ctx) {
-        return ts_set_error(err, err_size, "context overflow: %d cached + %d new tokens exceed n_ctx = %d", c->n_past,
-                            n_tokens, c->n_ctx);
-    }
+    const int32_t n_vocab = c->model->info.n_vocab;
     for (int32_t i = 0; i < n_tokens; i++) {
-        if (tokens[i] < 0 || tokens[i] >= in->n_vocab) {
+        if (tokens[i] < 0 || tokens[i] >= n_vocab) {
             return ts_set_error(err, err_size, "token %d at index %d is out of the vocabulary (0..%d)", tokens[i], i,
-                                in->n_vocab - 1);
+                                n_vocab - 1);
         }
     }
     return 0;
 }
 
-int32_t ts_context_eval(ts_context *c, const int32_t *tokens, int32_t n_tokens, int32_t dense_ffn, float *logits,
-                        int32_t logits_all, char *err, size_t err_size) {
+/* What evaluating n_tokens more tokens of sequence seq needs: a sequence, room, known tokens. */
+static int check_eval(const ts_context *c, int32_t seq, const int32_t *tokens, int32_t n_tokens, char *err,
+                      size_t err_size) {
+    if (check_seq(c, seq, err, err_size) != 0) {
+        return -1;
+    }
+    if (n_tokens <= 0) {
+        return ts_set_error(err, err_size, "nothing to evaluate: n_tokens = %d", n_tokens);
+    }
+    if ((int64_t)c->n_past[seq] + n_tokens > c->n_ctx) {
+        return ts_set_error(err, err_size, "context overflow: %d cached + %d new tokens exceed n_ctx = %d",
+                            c->n_past[seq], n_tokens, c->n_ctx);
+    }
+    return check_tokens(c, tokens, n_tokens, err, err_size);
+}
+
+int32_t ts_context_eval_seq(ts_context *c, int32_t seq, const int32_t *tokens, int32_t n_tokens, int32_t dense_ffn,
+                            float *logits, int32_t logits_all, char *err, size_t err_size) {
     const ts_model_info *in = &c->model->info;
-    if (check_tokens(c, tokens, n_tokens, err, err_size) != 0) {
+    if (check_eval(c, seq, tokens, n_tokens, err, err_size) != 0) {
         return -1;
     }
     for (int32_t start = 0; start < n_tokens; start += c->params.n_batch) {
@@ -382,31 +487,79 @@ int32_t ts_context_eval(ts_context *c, const int32_t *tokens, int32_t n_tokens, 
         } else if (logits != NULL && is_last) {
             out = logits;
         }
-        if (eval_chunk(c, tokens + start, n, logits_all ? n : 1, dense_ffn, out, NULL, err, err_size) != 0) {
+        const ts_group group = {.seq = seq, .first = 0, .n_tokens = n, .n_kv = kv_span(c, c->n_past[seq] + n)};
+        if (eval_groups(c, &group, 1, tokens + start, n, logits_all ? n : 1, dense_ffn, out, NULL, err, err_size) != 0) {
             return -1;
         }
     }
     return 0;
 }
 
-int32_t ts_context_eval_trace(ts_context *c, const int32_t *tokens, int32_t n_tokens, float *gate, float *up, char *err,
-                              size_t err_size) {
-    if (check_tokens(c, tokens, n_tokens, err, err_size) != 0) {
+int32_t ts_context_eval(ts_context *c, const int32_t *tokens, int32_t n_tokens, int32_t dense_ffn, float *logits,
+                        int32_t logits_all, char *err, size_t err_size) {
+    return ts_context_eval_seq(c, 0, tokens, n_tokens, dense_ffn, logits, logits_all, err, err_size);
+}
+
+int32_t ts_context_decode_batch(ts_context *c, const int32_t *seqs, const int32_t *tokens, int32_t n, float *logits,
+                                char *err, size_t err_size) {
+    if (n <= 0 || n > c->n_seq || n > c->params.n_batch) {
+        return ts_set_error(err, err_size, "a batch holds 1 to %d tokens (one per sequence), got %d",
+                            c->n_seq < c->params.n_batch ? c->n_seq : c->params.n_batch, n);
+    }
+    if (check_tokens(c, tokens, n, err, err_size) != 0) {
         return -1;
     }
-    trace_dest d = {.gate = gate, .up = up, .n_total = n_tokens};
-    d.layers = calloc((size_t)c->model->info.n_layer, sizeof(*d.layers));
-    if (d.layers == NULL) {
+    ts_group *groups = malloc(sizeof(*groups) * (size_t)n);
+    if (groups == NULL) {
         return ts_set_error(err, err_size, "out of memory");
     }
     int rc = 0;
+    for (int32_t i = 0; i < n && rc == 0; i++) {
+        const int32_t seq = seqs[i];
+        rc = check_seq(c, seq, err, err_size);
+        for (int32_t k = 0; k < i && rc == 0; k++) {
+            if (seqs[k] == seq) {
+                rc = ts_set_error(err, err_size, "sequence %d appears twice in one batch", seq);
+            }
+        }
+        if (rc == 0 && c->n_past[seq] + 1 > c->n_ctx) {
+            rc = ts_set_error(err, err_size, "context overflow: sequence %d holds %d tokens, n_ctx = %d", seq,
+                              c->n_past[seq], c->n_ctx);
+        }
+        if (rc == 0) {
+            groups[i] = (ts_group){.seq = seq, .first = i, .n_tokens = 1, .n_kv = kv_span(c, c->n_past[seq] + 1)};
+        }
+    }
+    if (rc == 0) {
+        rc = eval_groups(c, groups, n, tokens, n, n, 0, logits, NULL, err, err_size);
+    }
+    free(groups);
+    return rc;
+}
+
+int32_t ts_context_eval_trace(ts_context *c, const int32_t *tokens, int32_t n_tokens, float *gate, float *up, char *err,
+                              size_t err_size) {
+    if (check_eval(c, 0, tokens, n_tokens, err, err_size) != 0) {
+        return -1;
+    }
+    trace_dest d = {.gate = gate, .up = up, .n_total = n_tokens};
+    ts_ffn_trace *layers = calloc((size_t)c->model->info.n_layer, sizeof(*layers));
+    if (layers == NULL) {
+        return ts_set_error(err, err_size, "out of memory");
+    }
+    drop_graph(c); /* a traced graph is built for this call only */
+    c->graph.trace = layers;
+    int rc = 0;
     for (int32_t start = 0; rc == 0 && start < n_tokens; start += c->params.n_batch) {
         const int32_t n = n_tokens - start < c->params.n_batch ? n_tokens - start : c->params.n_batch;
+        const ts_group group = {.seq = 0, .first = 0, .n_tokens = n, .n_kv = kv_span(c, c->n_past[0] + n)};
         d.first = start;
         /* every row is an output: the last layer's FFN runs for every token */
-        rc = eval_chunk(c, tokens + start, n, n, 1, NULL, &d, err, err_size);
+        rc = eval_groups(c, &group, 1, tokens + start, n, n, 1, NULL, &d, err, err_size);
     }
-    free(d.layers);
+    drop_graph(c);
+    c->graph.trace = NULL;
+    free(layers);
     return rc;
 }
 
@@ -418,6 +571,7 @@ int32_t ts_context_eval_ffn(ts_context *c, int32_t layer, const float *h, int32_
     if (n_tokens <= 0 || n_tokens > c->params.n_batch) {
         return ts_set_error(err, err_size, "n_tokens = %d is not in [1, n_batch = %d]", n_tokens, c->params.n_batch);
     }
+    drop_graph(c); /* this graph takes the metadata memory and the allocator */
     struct ggml_context *ctx0 = graph_context(c, err, err_size);
     if (ctx0 == NULL) {
         return -1;

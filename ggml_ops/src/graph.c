@@ -33,13 +33,19 @@ static struct ggml_tensor *rope(const ts_model *m, struct ggml_context *ctx0, st
                          in->rope_freq_scale, m->rope_ext_factor, m->rope_attn_factor, 32.0f, 1.0f);
 }
 
-/* Self-attention of cur [n_embd, n_tokens]; stores this batch's K and V in the cache first. */
+/*
+ * Self-attention of cur [n_embd, T] for the tokens of every group. This batch's keys and values are written
+ * into the cache first (rows and cells chosen by the k_rows / v_cells inputs, so the graph does not depend on
+ * positions), then each group attends to the cells of its own sequence.
+ */
 static struct ggml_tensor *attention(const ts_context *ctx, struct ggml_context *ctx0, struct ggml_cgraph *gf, int il,
-                                     struct ggml_tensor *cur, const ts_graph *g, int32_t n_tokens) {
+                                     struct ggml_tensor *cur, const ts_graph *g) {
     const ts_model *m = ctx->model;
     const ts_model_info *in = &m->info;
     const ts_layer *l = &m->layers[il];
+    const int32_t n_tokens = g->n_tokens;
     const int64_t hd = in->n_embd_head, n_embd_kv = (int64_t)in->n_head_kv * hd;
+    const int64_t n_cells_all = (int64_t)ctx->n_seq * ctx->n_cells;
 
     struct ggml_tensor *q = matmul_bias(ctx0, l->wq, l->bq, cur);
     struct ggml_tensor *k = matmul_bias(ctx0, l->wk, l->bk, cur);
@@ -49,26 +55,37 @@ static struct ggml_tensor *attention(const ts_context *ctx, struct ggml_context 
 
     struct ggml_tensor *kc = ctx->k_cache[il], *vc = ctx->v_cache[il];
     const size_t ev = ggml_type_size(vc->type); /* bytes per V element */
-    struct ggml_tensor *k_dst = ggml_view_1d(ctx0, kc, n_tokens * n_embd_kv, ggml_row_size(kc->type, n_embd_kv) * ctx->n_past);
-    struct ggml_tensor *v_dst = ggml_view_2d(ctx0, vc, n_tokens, n_embd_kv, (size_t)ctx->n_cells * ev, (size_t)ctx->n_past * ev);
-    ggml_build_forward_expand(gf, ggml_cpy(ctx0, k, k_dst));
-    ggml_build_forward_expand(gf, ggml_cpy(ctx0, ggml_transpose(ctx0, ggml_reshape_2d(ctx0, v, n_embd_kv, n_tokens)), v_dst));
+    /* K cache row k_rows[t] = token t's keys; V^T cache element v_cells[t * n_embd_kv + e] = its value e */
+    ggml_build_forward_expand(gf, ggml_set_rows(ctx0, kc, ggml_reshape_2d(ctx0, k, n_embd_kv, n_tokens), g->k_rows));
+    ggml_build_forward_expand(gf, ggml_set_rows(ctx0, ggml_reshape_2d(ctx0, vc, 1, ggml_nelements(vc)),
+                                                ggml_reshape_2d(ctx0, v, 1, n_embd_kv * n_tokens), g->v_cells));
 
-    /* the first n_kv cache cells: K [hd, n_head_kv, n_kv], V^T [n_kv, n_head_kv, hd] */
-    struct ggml_tensor *keys = ggml_view_3d(ctx0, kc, hd, in->n_head_kv, g->n_kv, ggml_row_size(kc->type, hd),
-                                            ggml_row_size(kc->type, n_embd_kv), 0);
-    struct ggml_tensor *vals = ggml_view_3d(ctx0, vc, g->n_kv, in->n_head_kv, hd, (size_t)ctx->n_cells * hd * ev,
-                                            (size_t)ctx->n_cells * ev, 0);
-    q = ggml_permute(ctx0, q, 0, 2, 1, 3);       /* [hd, T, n_head] */
-    keys = ggml_permute(ctx0, keys, 0, 2, 1, 3); /* [hd, n_kv, n_head_kv] */
-    vals = ggml_permute(ctx0, vals, 0, 2, 1, 3); /* [n_kv, hd, n_head_kv] */
+    struct ggml_tensor *out = NULL; /* [hd * n_head, T] */
+    for (int32_t i = 0; i < g->n_groups; i++) {
+        const ts_group *gr = &g->groups[i];
+        /* this group's queries [hd, n_head, n_g] */
+        struct ggml_tensor *qg = gr->n_tokens == n_tokens
+                                     ? q
+                                     : ggml_view_3d(ctx0, q, hd, in->n_head, gr->n_tokens, q->nb[1], q->nb[2],
+                                                    (size_t)gr->first * q->nb[2]);
+        /* the first n_kv cells of its sequence: K [hd, n_head_kv, n_kv], V^T [n_kv, n_head_kv, hd] */
+        const size_t cell0 = (size_t)gr->seq * (size_t)ctx->n_cells;
+        struct ggml_tensor *keys = ggml_view_3d(ctx0, kc, hd, in->n_head_kv, gr->n_kv, ggml_row_size(kc->type, hd),
+                                                ggml_row_size(kc->type, n_embd_kv), cell0 * ggml_row_size(kc->type, n_embd_kv));
+        struct ggml_tensor *vals = ggml_view_3d(ctx0, vc, gr->n_kv, in->n_head_kv, hd, (size_t)n_cells_all * hd * ev,
+                                                (size_t)n_cells_all * ev, cell0 * ev);
+        qg = ggml_permute(ctx0, qg, 0, 2, 1, 3);     /* [hd, n_g, n_head] */
+        keys = ggml_permute(ctx0, keys, 0, 2, 1, 3); /* [hd, n_kv, n_head_kv] */
+        vals = ggml_permute(ctx0, vals, 0, 2, 1, 3); /* [n_kv, hd, n_head_kv] */
 
-    struct ggml_tensor *kq = ggml_mul_mat(ctx0, keys, q); /* [n_kv, T, n_head] */
-    ggml_prec_set_acc(kq, GGML_PREC_F32);
-    kq = ggml_soft_max_ext(ctx0, kq, g->kq_mask, 1.0f / sqrtf((float)hd), 0.0f);
-    struct ggml_tensor *kqv = ggml_mul_mat(ctx0, vals, kq); /* [hd, T, n_head] */
-    cur = ggml_cont_2d(ctx0, ggml_permute(ctx0, kqv, 0, 2, 1, 3), hd * in->n_head, n_tokens);
-    return matmul_bias(ctx0, l->wo, l->bo, cur);
+        struct ggml_tensor *kq = ggml_mul_mat(ctx0, keys, qg); /* [n_kv, n_g, n_head] */
+        ggml_prec_set_acc(kq, GGML_PREC_F32);
+        kq = ggml_soft_max_ext(ctx0, kq, gr->kq_mask, 1.0f / sqrtf((float)hd), 0.0f);
+        struct ggml_tensor *kqv = ggml_mul_mat(ctx0, vals, kq); /* [hd, n_g, n_head] */
+        struct ggml_tensor *o = ggml_cont_2d(ctx0, ggml_permute(ctx0, kqv, 0, 2, 1, 3), hd * in->n_head, gr->n_tokens);
+        out = out == NULL ? o : ggml_concat(ctx0, out, o, 1);
+    }
+    return matmul_bias(ctx0, l->wo, l->bo, out);
 }
 
 /* act(gate, up) as the file's FFN activation says */
@@ -145,22 +162,29 @@ static struct ggml_tensor *ffn(ts_context *ctx, struct ggml_context *ctx0, int i
     return matmul_bias(ctx0, l->ffn_down, l->ffn_down_b, ggml_view_2d(ctx0, act, act->ne[0], n_tokens, act->nb[1], 0));
 }
 
-int ts_graph_build(ts_context *ctx, struct ggml_context *ctx0, int32_t n_tokens, int32_t n_outputs,
-                   int32_t dense_ffn, ts_graph *g) {
+int ts_graph_build(ts_context *ctx, struct ggml_context *ctx0, ts_graph *g) {
     const ts_model *m = ctx->model;
     const ts_model_info *in = &m->info;
+    const int32_t n_tokens = g->n_tokens;
+    const int64_t n_embd_kv = (int64_t)in->n_head_kv * in->n_embd_head;
     struct ggml_cgraph *gf = ggml_new_graph_custom(ctx0, ctx->graph_max_nodes, false);
     g->gf = gf;
 
     g->tokens = ggml_new_tensor_1d(ctx0, GGML_TYPE_I32, n_tokens);
     g->pos = ggml_new_tensor_1d(ctx0, GGML_TYPE_I32, n_tokens);
-    g->kq_mask = ggml_new_tensor_2d(ctx0, GGML_TYPE_F32, g->n_kv, n_tokens);
+    g->k_rows = ggml_new_tensor_1d(ctx0, GGML_TYPE_I64, n_tokens);
+    g->v_cells = ggml_new_tensor_1d(ctx0, GGML_TYPE_I64, n_embd_kv * n_tokens);
     ggml_set_input(g->tokens);
     ggml_set_input(g->pos);
-    ggml_set_input(g->kq_mask);
+    ggml_set_input(g->k_rows);
+    ggml_set_input(g->v_cells);
+    for (int32_t i = 0; i < g->n_groups; i++) {
+        g->groups[i].kq_mask = ggml_new_tensor_2d(ctx0, GGML_TYPE_F32, g->groups[i].n_kv, g->groups[i].n_tokens);
+        ggml_set_input(g->groups[i].kq_mask);
+    }
     g->out_ids = NULL;
-    if (n_outputs < n_tokens) {
-        g->out_ids = ggml_new_tensor_1d(ctx0, GGML_TYPE_I32, n_outputs);
+    if (g->n_outputs < n_tokens) {
+        g->out_ids = ggml_new_tensor_1d(ctx0, GGML_TYPE_I32, g->n_outputs);
         ggml_set_input(g->out_ids);
     }
 
@@ -168,7 +192,7 @@ int ts_graph_build(ts_context *ctx, struct ggml_context *ctx0, int32_t n_tokens,
     for (int il = 0; il < in->n_layer; il++) {
         const ts_layer *l = &m->layers[il];
         struct ggml_tensor *cur = rms_norm(ctx0, x, l->attn_norm, in->rms_eps);
-        cur = attention(ctx, ctx0, gf, il, cur, g, n_tokens);
+        cur = attention(ctx, ctx0, gf, il, cur, g);
         if (il == in->n_layer - 1 && g->out_ids != NULL) {
             /* rows nobody reads skip the last FFN */
             cur = ggml_get_rows(ctx0, cur, g->out_ids);
@@ -176,7 +200,7 @@ int ts_graph_build(ts_context *ctx, struct ggml_context *ctx0, int32_t n_tokens,
         }
         struct ggml_tensor *ffn_inp = ggml_add(ctx0, cur, x); /* residual before the FFN norm */
         cur = rms_norm(ctx0, ffn_inp, l->ffn_norm, in->rms_eps);
-        cur = ffn(ctx, ctx0, il, ffn_inp, cur, (int32_t)ffn_inp->ne[1], dense_ffn || g->trace != NULL,
+        cur = ffn(ctx, ctx0, il, ffn_inp, cur, (int32_t)ffn_inp->ne[1], g->dense_ffn || g->trace != NULL,
                   g->trace != NULL ? &g->trace[il] : NULL);
         x = ggml_add(ctx0, cur, ffn_inp);
     }

@@ -10,7 +10,7 @@
 #include <string.h>
 
 /* Row T of the activation tensor carries, per thread of the act node, these int32 counters. */
-enum { COUNT_COMPUTED, COUNT_TRUE_ACTIVE, COUNT_TRUE_FOUND, N_COUNTERS };
+enum { COUNT_COMPUTED, COUNT_TRUE_ACTIVE, COUNT_TRUE_FOUND, COUNT_UNION, N_COUNTERS };
 
 static char *row_ptr(const struct ggml_tensor *t, int64_t row) {
     return (char *)t->data + row * t->nb[1];
@@ -58,15 +58,14 @@ static float combine(int32_t act, float ag, float u) {
     return ag * u; /* SwiGLU, ReGLU */
 }
 
-/* Whether neuron j is computed: exact mode (s = the gate value, *ag = its activation), g(gate) != 0 and
- * |g(gate)| >= gate_threshold (for a ReLU-gated FFN at threshold 0: gate > 0); predictor mode (s = the logit),
- * logit >= threshold. */
-static int selected(const ts_sparse_layer *layer, float s, float *ag) {
+/* Whether neuron j is computed: exact mode (s = the gate value), g(gate) != 0 and |g(gate)| >= gate_threshold (for
+ * a ReLU-gated FFN at threshold 0: gate > 0); predictor mode (s = the logit), logit >= threshold. */
+static int selected(const ts_sparse_layer *layer, float s) {
     if (!layer->select_exact) {
         return s >= layer->threshold;
     }
-    *ag = gate_act(layer->ffn_act, s);
-    return *ag != 0.0f && fabsf(*ag) >= layer->gate_threshold;
+    const float ag = gate_act(layer->ffn_act, s);
+    return ag != 0.0f && fabsf(ag) >= layer->gate_threshold;
 }
 
 /* What reaches down: a, or 0 where |a| is under the activation threshold. */
@@ -113,7 +112,18 @@ static void dot_list(const act_dots *d, const int32_t *list, int n, float *g, fl
     d->ku.dot_rows(d->up->type, rows, n, d->pu, d->up->ne[0], u);
 }
 
-/* src: select [n_ff, T] F32, xq_up, up, then (predictor mode) xq_gate, gate */
+/* The prepared activations of token t for the gate and up kernels (one serves both where they are paired). */
+static void prepare_token(act_dots *d, const struct ggml_tensor *xq_gate, const struct ggml_tensor *xq_up, int64_t t,
+                          unsigned char *prepared_gate, unsigned char *prepared_up) {
+    d->pu = d->ku.prepare(row_ptr(xq_up, t), d->up->ne[0], prepared_up);
+    d->pg = d->gate == NULL || d->paired ? d->pu : d->kg.prepare(row_ptr(xq_gate, t), d->gate->ne[0], prepared_gate);
+}
+
+/*
+ * src: select [n_ff, T] F32, xq_up, up, then (predictor mode) xq_gate, gate.
+ * Neuron-major: the rows of a neuron that any token of the batch selects are read once, then dotted with
+ * each token that selected it (a batch reads the union of its tokens' rows).
+ */
 static void sparse_act_op(struct ggml_tensor *dst, int ith, int nth, void *userdata) {
     const ts_sparse_layer *layer = userdata;
     const struct ggml_tensor *select = dst->src[0], *xq_up = dst->src[1], *up = dst->src[2];
@@ -126,38 +136,51 @@ static void sparse_act_op(struct ggml_tensor *dst, int ith, int nth, void *userd
     d.kg = exact ? d.ku : ts_dot_kernel_best(gate->type, gate->ne[0]);
     d.paired = !exact && gate->type == up->type && xq_gate == xq_up;
     _Alignas(64) unsigned char prepared_up[TS_DOT_PREPARED_MAX], prepared_gate[TS_DOT_PREPARED_MAX];
+    if (n_tokens == 1) {
+        prepare_token(&d, xq_gate, xq_up, 0, prepared_gate, prepared_up);
+    }
     int32_t count[N_COUNTERS] = {0};
-    for (int64_t t = 0; t < n_tokens; t++) {
-        const float *sel = (const float *)row_ptr(select, t);
-        float *a = (float *)row_ptr(dst, t);
-        d.pu = d.ku.prepare(row_ptr(xq_up, t), up->ne[0], prepared_up);
-        d.pg = exact || d.paired ? d.pu : d.kg.prepare(row_ptr(xq_gate, t), gate->ne[0], prepared_gate);
-        for (int64_t j = j0; j < j1;) {
-            /* gather the next neurons to compute (all of them when measuring recall) */
-            int32_t list[ACT_LIST];
-            float list_ag[ACT_LIST];      /* exact mode: the gate's activation */
-            unsigned char chose[ACT_LIST];
-            int n = 0;
-            for (; j < j1 && n < ACT_LIST; j++) {
-                float ag = 0.0f;
-                const int chosen = selected(layer, sel[j], &ag);
-                a[j] = 0.0f;
-                if (chosen || recall) {
-                    list_ag[n] = ag;
-                    chose[n] = (unsigned char)chosen;
-                    list[n++] = (int32_t)j;
+    for (int64_t j = j0; j < j1;) {
+        /* gather the next neurons that any token selects (all of them when measuring recall) */
+        int32_t list[ACT_LIST];
+        int n = 0;
+        for (; j < j1 && n < ACT_LIST; j++) {
+            int any = 0;
+            for (int64_t t = 0; t < n_tokens; t++) {
+                ((float *)row_ptr(dst, t))[j] = 0.0f;
+                any |= selected(layer, ((const float *)row_ptr(select, t))[j]);
+            }
+            count[COUNT_UNION] += any;
+            if (any || recall) {
+                list[n++] = (int32_t)j;
+            }
+        }
+        /* each token dots the rows it selects; after the first, a batch finds this group's rows in cache */
+        for (int64_t t = 0; t < n_tokens; t++) {
+            const float *sel = (const float *)row_ptr(select, t);
+            float *a = (float *)row_ptr(dst, t);
+            int32_t mine[ACT_LIST];
+            int m = 0;
+            for (int k = 0; k < n; k++) {
+                if (recall || selected(layer, sel[list[k]])) {
+                    mine[m++] = list[k];
                 }
             }
+            if (m == 0) {
+                continue;
+            }
+            if (n_tokens > 1) {
+                prepare_token(&d, xq_gate, xq_up, t, prepared_gate, prepared_up);
+            }
             float g[ACT_LIST], u[ACT_LIST];
-            dot_list(&d, list, n, g, u);
-            for (int k = 0; k < n; k++) {
-                const int64_t jj = list[k];
-                const int chosen = chose[k];
+            dot_list(&d, mine, m, g, u);
+            for (int k = 0; k < m; k++) {
+                const int64_t jj = mine[k];
+                const int chosen = selected(layer, sel[jj]);
                 float uk = u[k];
                 /* exact mode: select is the dense gate with its bias */
-                const float ag = exact ? list_ag[k]
-                                       : gate_act(layer->ffn_act,
-                                                  layer->gate_bias != NULL ? g[k] + layer->gate_bias[jj] : g[k]);
+                const float gk = exact ? sel[jj] : layer->gate_bias != NULL ? g[k] + layer->gate_bias[jj] : g[k];
+                const float ag = gate_act(layer->ffn_act, gk);
                 if (layer->up_bias != NULL) {
                     uk += layer->up_bias[jj];
                 }
@@ -191,8 +214,10 @@ static void record_stats(ts_sparse_layer *layer, const struct ggml_tensor *act, 
     ts_layer_stats *s = &layer->stats;
     s->n_tokens += (uint64_t)n_tokens;
     s->n_nonzero += nonzero;
+    s->n_evals += 1;
     if (kind == DOWN_COUNTED_DENSE) {
         s->n_computed += (uint64_t)(n_tokens * act->ne[0]);
+        s->n_union += (uint64_t)act->ne[0];
         return;
     }
     for (int k = 0; k < nth; k++) {
@@ -201,6 +226,7 @@ static void record_stats(ts_sparse_layer *layer, const struct ggml_tensor *act, 
         s->n_computed += (uint64_t)count[COUNT_COMPUTED];
         s->n_true_active += (uint64_t)count[COUNT_TRUE_ACTIVE];
         s->n_true_found += (uint64_t)count[COUNT_TRUE_FOUND];
+        s->n_union += (uint64_t)count[COUNT_UNION];
     }
 }
 

@@ -102,6 +102,8 @@ class LayerStats:
     n_nonzero: int
     n_true_active: int
     n_true_found: int
+    n_evals: int
+    n_union: int
 
 
 class _ErrorBuffer:
@@ -166,7 +168,9 @@ class NativeModel:
 
 
 class NativeContext:
-    """KV cache and graph evaluation for one token sequence."""
+    """KV caches and graph evaluation for n_seq token sequences (0..n_seq-1; methods default to sequence 0).
+
+    Not thread-safe: one call at a time (the C evaluation releases the GIL)."""
 
     def __init__(
         self,
@@ -178,6 +182,7 @@ class NativeContext:
         sparse_mode: SparseMode,
         threshold: float | None,
         kv_f32: bool = False,
+        n_seq: int = 1,
     ) -> None:
         self._lib = load()
         self._model = model  # keeps the weights alive as long as the context
@@ -187,23 +192,30 @@ class NativeContext:
         params.n_threads = n_threads
         params.n_batch = n_batch
         params.sparse_mode = int(sparse_mode)
+        params.n_seq = n_seq
         if kv_f32:
             params.kv_type = GGML_TYPE_F32
         params.predictor_threshold = math.nan if threshold is None else float(threshold)
-        err = _ErrorBuffer(self._lib)
-        handle = lib.ts_context_new(model.handle, ffi.new("ts_context_params *", params), err.buf, _ERR_SIZE)
+        self._err = _ErrorBuffer(self._lib)  # one buffer for every call: calls are serialised
+        handle = lib.ts_context_new(model.handle, ffi.new("ts_context_params *", params), self._err.buf, _ERR_SIZE)
         if handle == ffi.NULL:
-            raise ModelLoadError(err.message)
+            raise ModelLoadError(self._err.message)
         self._handle = ffi.gc(handle, lib.ts_context_free)
         self.n_vocab = model.info.n_vocab
+        self.n_ctx: int = int(lib.ts_context_n_ctx(self._handle))  # per sequence
+        self.n_seq: int = int(lib.ts_context_n_seq(self._handle))
+        self.n_batch = n_batch
 
     @property
     def n_past(self) -> int:
-        return int(self._lib.lib.ts_context_n_past(self._handle))
+        """Tokens cached in sequence 0."""
+        return self.n_past_of(0)
 
-    @property
-    def n_ctx(self) -> int:
-        return int(self._lib.lib.ts_context_n_ctx(self._handle))
+    def n_past_of(self, seq: int) -> int:
+        n = int(self._lib.lib.ts_context_n_past_seq(self._handle, seq))
+        if n < 0:
+            raise ValueError(f"sequence {seq} out of [0, {self.n_seq})")
+        return n
 
     @property
     def threshold(self) -> float:
@@ -249,39 +261,67 @@ class NativeContext:
     def reset_stats(self) -> None:
         self._lib.lib.ts_context_reset_stats(self._handle)
 
-    def truncate(self, n_keep: int) -> None:
-        err = _ErrorBuffer(self._lib)
-        if self._lib.lib.ts_context_truncate(self._handle, n_keep, err.buf, _ERR_SIZE) != 0:
-            raise ValueError(err.message)
+    def truncate(self, n_keep: int, seq: int = 0) -> None:
+        if self._lib.lib.ts_context_truncate_seq(self._handle, seq, n_keep, self._err.buf, _ERR_SIZE) != 0:
+            raise ValueError(self._err.message)
 
-    def eval(self, tokens: np.ndarray | list[int], *, dense_ffn: bool, logits_all: bool) -> np.ndarray:
-        """Appends tokens to the sequence; returns [n, n_vocab] logits (all) or [n_vocab] (last)."""
+    def _raise(self) -> None:
+        message = self._err.message
+        if message.startswith("context overflow"):
+            raise ContextOverflowError(message)
+        raise EvalError(message)
+
+    def eval(
+        self,
+        tokens: np.ndarray | list[int],
+        *,
+        dense_ffn: bool,
+        logits_all: bool,
+        seq: int = 0,
+        out: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Appends tokens to sequence seq; returns [n, n_vocab] logits (all) or [n_vocab] (last), written into
+        `out` when given (a C-contiguous float32 array of that shape, reused by callers that decode token by token)."""
         toks = np.ascontiguousarray(tokens, dtype=np.int32)
         if toks.ndim != 1 or toks.size == 0:
             raise ValueError(f"expected a non-empty 1-D sequence of token ids, got shape {toks.shape}")
-        if self.n_past + toks.size > self.n_ctx:
-            raise ContextOverflowError(
-                f"context overflow: {self.n_past} cached + {toks.size} new tokens exceed n_ctx = {self.n_ctx}"
-            )
         shape = (toks.size, self.n_vocab) if logits_all else (self.n_vocab,)
-        logits = np.empty(shape, dtype=np.float32)
+        logits = _output_buffer(out, shape)
         ffi = self._lib.ffi
-        err = _ErrorBuffer(self._lib)
-        rc = self._lib.lib.ts_context_eval(
+        rc = self._lib.lib.ts_context_eval_seq(
             self._handle,
+            seq,
             ffi.from_buffer("int32_t[]", toks),
             toks.size,
             int(dense_ffn),
             ffi.from_buffer("float[]", logits),
             int(logits_all),
-            err.buf,
+            self._err.buf,
             _ERR_SIZE,
         )
         if rc != 0:
-            message = err.message
-            if message.startswith("context overflow"):
-                raise ContextOverflowError(message)
-            raise EvalError(message)
+            self._raise()
+        return logits
+
+    def decode_batch(self, seqs: list[int], tokens: list[int], out: np.ndarray | None = None) -> np.ndarray:
+        """One token for each of the distinct sequences seqs, in one forward pass: logits [len(seqs), n_vocab]."""
+        if len(seqs) != len(tokens):
+            raise ValueError(f"{len(seqs)} sequences but {len(tokens)} tokens")
+        ids = np.ascontiguousarray(seqs, dtype=np.int32)
+        toks = np.ascontiguousarray(tokens, dtype=np.int32)
+        logits = _output_buffer(out, (toks.size, self.n_vocab))
+        ffi = self._lib.ffi
+        rc = self._lib.lib.ts_context_decode_batch(
+            self._handle,
+            ffi.from_buffer("int32_t[]", ids),
+            ffi.from_buffer("int32_t[]", toks),
+            toks.size,
+            ffi.from_buffer("float[]", logits),
+            self._err.buf,
+            _ERR_SIZE,
+        )
+        if rc != 0:
+            self._raise()
         return logits
 
     def eval_trace(self, tokens: np.ndarray | list[int]) -> FfnTrace:
@@ -334,6 +374,14 @@ class NativeContext:
         if rc != 0:
             raise EvalError(err.message)
         return out
+
+
+def _output_buffer(out: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
+    if out is None:
+        return np.empty(shape, dtype=np.float32)
+    if out.shape != shape or out.dtype != np.float32 or not out.flags.c_contiguous or not out.flags.writeable:
+        raise ValueError(f"out must be a writable C-contiguous float32 array of shape {shape}")
+    return out
 
 
 @dataclass(frozen=True)

@@ -25,3 +25,7 @@ class EvalError(TurboSparseError, RuntimeError):
 class CalibrationError(TurboSparseError, ValueError):
     """A model cannot be calibrated on the given text (too little text, a file without the FFN calibration needs,
     an impossible sparsity); the message names the file and what is missing."""
+
+
+class ChatTemplateError(TurboSparseError, ValueError):
+    """A chat template does not parse, or refuses the messages it is given (its raise_exception)."""

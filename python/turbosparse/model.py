@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 
 from ._library import set_llama_log_verbosity
 from .binding import FfnActivation, ModelInfo, NativeContext, NativeModel, SparseMode
+from .chat_template import ChatTemplate
 from .errors import ContextOverflowError
-from .sampling import Sampler, SamplingParams
+from .generation import Generation
+from .sampling import SamplingParams
+from .sequences import CachedSequence, SequencePool, common_prefix
 from .tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -76,32 +80,8 @@ class _Timings:
         }
 
 
-@dataclass
-class _StopScanner:
-    """Finds stop strings in generated text and holds back a tail that may still become one."""
-
-    stops: tuple[str, ...]
-    text: str = ""
-    emitted: int = 0
-    stopped: bool = field(default=False)
-
-    def feed(self, piece: str) -> str:
-        self.text += piece
-        cut = min((i for i in (self.text.find(s) for s in self.stops) if i >= 0), default=-1)
-        if cut >= 0:
-            self.stopped = True
-            self.text = self.text[:cut]
-            return self._release(len(self.text))
-        hold = max((k for s in self.stops for k in range(1, len(s)) if self.text.endswith(s[:k])), default=0)
-        return self._release(len(self.text) - hold)
-
-    def finish(self) -> str:
-        return self._release(len(self.text))
-
-    def _release(self, upto: int) -> str:
-        out = self.text[self.emitted : upto]
-        self.emitted = max(self.emitted, upto)
-        return out
+class _Teacher:
+    """The user of a sequence during eval_logits (the pool tracks users by weak reference)."""
 
 
 class Model:
@@ -109,6 +89,11 @@ class Model:
 
     sparse: "off" (dense), "predictor", "exact", or "auto" (predictor if the file has predictors, exact for
     ReLU-gated FFNs without them, dense otherwise).
+
+    n_seq sequences, each with its own KV cache of n_ctx tokens: generations running at the same time (threads,
+    open streams, a server's requests) each decode in their own one, and step() advances several of them in one
+    forward pass. A Model is safe to share between threads: evaluations run one at a time; a generation whose
+    sequence another one took (more generations than sequences) re-evaluates its tokens in another.
     """
 
     def __init__(
@@ -122,8 +107,11 @@ class Model:
         threshold: float | None = None,
         measure_recall: bool = False,
         verbose: bool = False,
+        n_seq: int = 1,
     ) -> None:
         self.path = os.fspath(path)
+        if n_seq < 1:
+            raise ValueError(f"n_seq must be >= 1, got {n_seq}")
         set_llama_log_verbosity(verbose)
         probe = NativeModel(self.path, repack=False, sparse_rows=True)
         self.sparse_mode = resolve_sparse_mode(sparse, probe.info, self.path)
@@ -140,6 +128,7 @@ class Model:
             n_batch=n_batch,
             sparse_mode=self.sparse_mode,
             threshold=threshold,
+            n_seq=n_seq,
         )
         self._ctx.set_measure_recall(measure_recall)
         self._tokenizer = Tokenizer(self.path, verbose=verbose)
@@ -150,17 +139,33 @@ class Model:
                 self._tokenizer.n_vocab,
                 self.info.n_vocab,
             )
-        self._cached: list[int] = []  # tokens whose keys and values are in the context, in order
+        self._n_batch = n_batch
+        self._lock = threading.RLock()  # one evaluation at a time; held by a whole non-streaming generation
+        self._pool = SequencePool(n_seq)
+        # logits buffers reused by every evaluation (read before the lock is released)
+        self._prompt_logits = np.empty((n_seq, self.info.n_vocab), dtype=np.float32)
+        self._batch_logits = np.empty((n_seq, self.info.n_vocab), dtype=np.float32)
         self._timings = _Timings()
+        self._chat_template: ChatTemplate | None = None
 
     # ---- properties -------------------------------------------------------------------------------
     @property
     def n_ctx(self) -> int:
+        """Tokens each sequence holds."""
         return self._ctx.n_ctx
+
+    @property
+    def n_seq(self) -> int:
+        return self._ctx.n_seq
 
     @property
     def n_vocab(self) -> int:
         return self.info.n_vocab
+
+    @property
+    def sparse_name(self) -> str:
+        """The sparse mode in use: "off", "predictor" or "exact"."""
+        return _MODE_NAMES[self.sparse_mode]
 
     @property
     def tokenizer(self) -> Tokenizer:
@@ -181,70 +186,152 @@ class Model:
             raise ValueError("eval_logits needs at least one token")
         if len(tokens) > self.n_ctx:
             raise ContextOverflowError(f"{len(tokens)} tokens exceed n_ctx = {self.n_ctx}")
-        self._reset()
-        logits = self._ctx.eval(tokens, dense_ffn=self.sparse_mode == SparseMode.OFF, logits_all=True)
-        self._cached = list(tokens)
-        return logits
+        with self._lock:
+            seq, _ = self._pool.claim(_Teacher(), ())
+            return self._evaluate(seq, list(tokens), 0, dense_ffn=self.sparse_mode == SparseMode.OFF, logits_all=True)
 
-    def _reset(self) -> None:
-        self._ctx.truncate(0)
-        self._cached = []
+    def evaluate(self, user: object, tokens: Sequence[int], *, logits_from: int | None = None) -> np.ndarray:
+        """Logits after tokens, evaluated in user's sequence (any object that can be weakly referenced, e.g. a
+        Llama). When the sequence holds all of them but the last, that one decodes (sparse FFN); otherwise they are
+        a prompt (dense FFN, keeping what the sequence may reuse). Returns the last token's logits [n_vocab]; with
+        logits_from, the rows of tokens[logits_from:] [len(tokens) - logits_from, n_vocab], computed as decoding
+        computes them."""
+        tokens = list(tokens)
+        if not tokens:
+            raise ValueError("nothing to evaluate")
+        if len(tokens) > self.n_ctx:
+            raise ContextOverflowError(f"{len(tokens)} tokens exceed n_ctx = {self.n_ctx}")
+        if logits_from is not None and not 0 <= logits_from < len(tokens):
+            raise ValueError(f"logits_from = {logits_from} is not in [0, {len(tokens)})")
+        with self._lock:
+            seq, kept = self._pool.claim(user, tokens)
+            if logits_from is None and kept and seq.continues(tokens):  # one more token: decode it
+                return self._evaluate(seq, tokens, len(tokens) - 1, dense_ffn=False, logits_all=False).copy()
+            if logits_from is None:
+                return self._prompt(seq, tokens).copy()
+            keep = min(self._reusable(seq, tokens), logits_from)
+            dense = self.sparse_mode == SparseMode.OFF  # every row as decoding computes it
+            logits = self._evaluate(seq, tokens, keep, dense_ffn=dense, logits_all=True)
+            return logits[logits_from - keep :]
 
-    def _prefill(self, tokens: list[int]) -> np.ndarray:
-        """Logits after `tokens`, reusing the cached prefix they share with the previous call."""
-        common = 0
-        for a, b in zip(self._cached, tokens, strict=False):
-            if a != b:
-                break
-            common += 1
-        keep = min(common, len(tokens) - 1)  # the last prompt token is always evaluated, for its logits
-        self._ctx.truncate(keep)
-        self._cached = self._cached[:keep]
+    def _prompt(self, seq: CachedSequence, tokens: list[int]) -> np.ndarray:
+        """The logits after a prompt evaluated in seq (the lock is held). The very prompt seq last evaluated keeps its
+        keys, values and logits (nothing is computed); another one keeps what _reusable allows."""
+        n = len(tokens)
+        if seq.prompt_logits is not None and seq.n_prompted == n and common_prefix(seq.tokens, tokens) == n:
+            self._ctx.truncate(n, seq.index)
+            del seq.tokens[n:]
+            return seq.prompt_logits
+        return self._evaluate(seq, tokens, self._reusable(seq, tokens), dense_ffn=True, logits_all=False)
+
+    def _reusable(self, seq: CachedSequence, tokens: Sequence[int]) -> int:
+        """How many of tokens a prompt evaluation keeps from what seq holds: their common prefix, as far as a
+        prompt evaluation computed it, in whole n_batch blocks, never the last token. A prompt is evaluated in
+        blocks that start at multiples of n_batch, so the tokens evaluated again are computed exactly as on an empty
+        sequence (decoding and other block sizes use kernels that round differently): the same request gives the
+        same answer whatever ran before it."""
+        common = min(common_prefix(seq.tokens, tokens), seq.n_prompted, len(tokens) - 1)
+        return common // self._n_batch * self._n_batch
+
+    def _evaluate(
+        self,
+        seq: CachedSequence,
+        tokens: list[int],
+        keep: int,
+        *,
+        dense_ffn: bool,
+        logits_all: bool,
+    ) -> np.ndarray:
+        """Evaluates tokens[keep:] after the first keep tokens seq holds (the lock is held). One token without
+        dense_ffn decodes; anything else is a prompt evaluation."""
+        self._ctx.truncate(keep, seq.index)
+        del seq.tokens[keep:]
+        if keep < seq.n_prompted:
+            seq.n_prompted, seq.prompt_logits = keep, None
+        new = tokens[keep:]
+        decoding = len(new) == 1 and not dense_ffn
+        out = None if logits_all else self._prompt_logits[seq.index]
         start = time.perf_counter()
-        logits = self._ctx.eval(tokens[keep:], dense_ffn=True, logits_all=False)
-        self._timings.prompt_seconds += time.perf_counter() - start
-        self._timings.prompt_tokens += len(tokens) - keep
-        self._cached = list(tokens)
-        return logits
-
-    def _decode_one(self, token: int) -> np.ndarray:
-        start = time.perf_counter()
-        logits = self._ctx.eval([token], dense_ffn=False, logits_all=False)
-        self._timings.decode_seconds += time.perf_counter() - start
-        self._timings.decode_tokens += 1
-        self._cached.append(token)
+        logits = self._ctx.eval(new, dense_ffn=dense_ffn, logits_all=logits_all, seq=seq.index, out=out)
+        if decoding:
+            self._timings.decode_seconds += time.perf_counter() - start
+            self._timings.decode_tokens += len(new)
+        else:
+            self._timings.prompt_seconds += time.perf_counter() - start
+            self._timings.prompt_tokens += len(new)
+        seq.tokens = list(tokens)
+        if dense_ffn and not logits_all:
+            seq.n_prompted, seq.prompt_logits = len(tokens), logits.copy()
         return logits
 
     # ---- generation -------------------------------------------------------------------------------
+    def start(
+        self,
+        prompt_tokens: Sequence[int],
+        *,
+        sampling: SamplingParams,
+        max_tokens: int | None = None,
+        stop: Sequence[str] = (),
+    ) -> Generation:
+        """A generation after prompt_tokens, to advance with step(); raises ContextOverflowError when the prompt
+        and max_tokens do not fit in a sequence."""
+        return Generation(
+            self._tokenizer, prompt_tokens, n_ctx=self.n_ctx, sampling=sampling, max_tokens=max_tokens, stop=stop
+        )
+
+    def step(self, generations: Sequence[Generation]) -> list[str]:
+        """Advances every unfinished generation by one token; returns the text each released ("" for the
+        finished ones). Generations whose sequence holds all their tokens but the newest decode together in one
+        forward pass; the others first evaluate their prompt (dense FFN). At most n_seq unfinished generations."""
+        with self._lock:
+            live = [g for g in generations if not g.done]
+            if len(live) > self.n_seq:
+                raise ValueError(f"{len(live)} generations at once; this model has {self.n_seq} sequences (n_seq)")
+            logits: dict[int, np.ndarray] = {}
+            decoding: list[tuple[Generation, CachedSequence]] = []
+            claimed: list[CachedSequence] = []
+            for g in live:
+                seq, kept = self._pool.claim(g, g.tokens, exclude=claimed)
+                claimed.append(seq)
+                if kept and seq.continues(g.tokens):
+                    decoding.append((g, seq))
+                else:
+                    logits[id(g)] = self._prompt(seq, g.tokens)
+            if decoding:
+                start = time.perf_counter()
+                rows = self._ctx.decode_batch(
+                    [seq.index for _, seq in decoding],
+                    [g.tokens[-1] for g, _ in decoding],
+                    out=self._batch_logits[: len(decoding)],
+                )
+                self._timings.decode_seconds += time.perf_counter() - start
+                self._timings.decode_tokens += len(decoding)
+                for i, (g, seq) in enumerate(decoding):
+                    seq.tokens.append(g.tokens[-1])
+                    logits[id(g)] = rows[i]
+            return [g.advance(logits[id(g)]) if id(g) in logits else "" for g in generations]
+
     def generate_tokens(
         self, prompt_tokens: Sequence[int], *, max_tokens: int | None, sampling: SamplingParams
     ) -> Iterator[int]:
         """Sampled token ids after the prompt, until an end-of-generation token, max_tokens or a full context."""
-        tokens = list(prompt_tokens)
-        if not tokens:
-            raise ValueError("the prompt is empty")
-        if len(tokens) >= self.n_ctx:
-            raise ContextOverflowError(
-                f"the prompt has {len(tokens)} tokens; n_ctx = {self.n_ctx} leaves no room to generate"
-            )
-        if max_tokens is not None and len(tokens) + max_tokens > self.n_ctx:
-            raise ContextOverflowError(
-                f"prompt ({len(tokens)} tokens) + max_tokens ({max_tokens}) exceed n_ctx = {self.n_ctx}"
-            )
-        sampler = Sampler(sampling)
-        logits = self._prefill(tokens)
-        history = list(tokens)
-        n = 0
-        while max_tokens is None or n < max_tokens:
-            token = sampler.sample(logits, history)
-            if self._tokenizer.is_end_of_generation(token):
-                return
-            yield token
-            n += 1
-            history.append(token)
-            if len(self._cached) >= self.n_ctx or (max_tokens is not None and n >= max_tokens):
-                return
-            logits = self._decode_one(token)
+        gen = self.start(prompt_tokens, sampling=sampling, max_tokens=max_tokens)
+        n = gen.n_prompt
+        for _ in self.run(gen, with_empty=True):
+            yield from gen.tokens[n:]
+            n = len(gen.tokens)
+
+    def run(self, gen: Generation, *, with_empty: bool = False) -> Iterator[str]:
+        """Steps gen to its end, yielding the text of each step (steps that release none only when with_empty).
+        Closing the iterator early cancels gen, which frees its sequence."""
+        try:
+            while not gen.done:
+                text = self.step([gen])[0]
+                if text or with_empty:
+                    yield text
+        finally:
+            if not gen.done:
+                gen.cancel()
 
     def generate(
         self,
@@ -274,39 +361,37 @@ class Model:
         )
         tokens = self.tokenize(prompt, add_bos=add_bos, special=True) if isinstance(prompt, str) else list(prompt)
         stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
-        pieces = self._text_pieces(tokens, max_tokens, sampling, tuple(s for s in stops if s))
-        return pieces if stream else "".join(pieces)
+        gen = self.start(tokens, sampling=sampling, max_tokens=max_tokens, stop=stops)
+        pieces = self.run(gen)
+        if stream:
+            return pieces
+        with self._lock:  # a whole generation at once: threads sharing one sequence do not interleave
+            return "".join(pieces)
 
-    def _text_pieces(
-        self, tokens: list[int], max_tokens: int | None, sampling: SamplingParams, stops: tuple[str, ...]
-    ) -> Iterator[str]:
-        detok = self._tokenizer.detokenizer()
-        scanner = _StopScanner(stops)
-        for token in self.generate_tokens(tokens, max_tokens=max_tokens, sampling=sampling):
-            piece = scanner.feed(detok.push(token))
-            if piece:
-                yield piece
-            if scanner.stopped:
-                return
-        tail = scanner.feed(detok.flush()) + scanner.finish()
-        if tail:
-            yield tail
+    @property
+    def chat_template(self) -> ChatTemplate:
+        """The file's chat template (tokenizer.chat_template); ValueError when it has none."""
+        if self._chat_template is None:
+            text = self._tokenizer.chat_template
+            if text is None:
+                raise ValueError(f"{self.path}: the file has no chat template (tokenizer.chat_template)")
+            self._chat_template = ChatTemplate.for_tokenizer(text, self._tokenizer)
+        return self._chat_template
 
-    def chat_prompt(self, messages: Sequence[dict[str, str]], add_generation_prompt: bool = True) -> str:
+    @chat_template.setter
+    def chat_template(self, template: ChatTemplate) -> None:
+        self._chat_template = template
+
+    def chat_prompt(self, messages: Sequence[dict[str, object]], add_generation_prompt: bool = True) -> str:
         """The prompt text the file's chat template makes of messages ([{"role": ..., "content": ...}])."""
-        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+        return self.chat_template.render(messages, add_generation_prompt=add_generation_prompt)
 
-        template = self._tokenizer.chat_template
-        if template is None:
-            raise ValueError(f"{self.path}: the file has no chat template (tokenizer.chat_template)")
-        tok = self._tokenizer
-        formatter = Jinja2ChatFormatter(
-            template,
-            eos_token=tok.piece(tok.eos, special=True).decode("utf-8", errors="replace") if tok.eos >= 0 else "",
-            bos_token=tok.piece(tok.bos, special=True).decode("utf-8", errors="replace") if tok.bos >= 0 else "",
-            add_generation_prompt=add_generation_prompt,
-        )
-        return formatter(messages=list(messages)).prompt
+    def chat_tokens(self, messages: Sequence[dict[str, object]]) -> list[int]:
+        """The chat prompt's tokens, ready to generate the assistant's answer: special tokens parsed, and the
+        model's BOS added when its vocabulary wants one and the template did not write it."""
+        prompt = self.chat_prompt(messages, add_generation_prompt=True)
+        bos = self.chat_template.bos_token
+        return self.tokenize(prompt, add_bos=not (bos and prompt.startswith(bos)), special=True)
 
     # ---- statistics -------------------------------------------------------------------------------
     @property
@@ -316,11 +401,13 @@ class Model:
 
     @threshold.setter
     def threshold(self, value: float) -> None:
-        self._ctx.threshold = value
+        with self._lock:
+            self._ctx.threshold = value
 
     def set_measure_recall(self, on: bool) -> None:
         """Predictor mode: also compute every neuron, so stats() can report the predictor's recall."""
-        self._ctx.set_measure_recall(on)
+        with self._lock:
+            self._ctx.set_measure_recall(on)
 
     def stats(self) -> dict[str, object]:
         """Measured over the tokens decoded (and teacher-forced) since the last reset_stats():
@@ -330,8 +417,12 @@ class Model:
         kept_fraction[l]: share of layer l's up and down rows read, (computed + non-zero) / 2 (1.0 for a layer that
         ran dense), and mean_kept_fraction: its mean over the layers (a calibrated file's target is 1 - sparsity);
         predictor_recall[l]: share of truly active neurons the predictor selected (None unless measured);
+        rows_read_fraction[l]: share of layer l's gate/up rows a forward pass read, the union over the tokens
+        decoded together (equals active_fraction when every step decodes one token);
         plus prompt / decode token counts and speeds."""
-        layers = self._ctx.layer_stats()
+        with self._lock:
+            layers = self._ctx.layer_stats()
+            timings = self._timings.as_dict()
         n_ff = self.info.n_ff
 
         def share(count: int, total: int) -> float | None:
@@ -342,7 +433,7 @@ class Model:
         kept = [(s.n_computed + s.n_nonzero) / (2 * s.n_tokens * n_ff) if s.n_tokens else 1.0 for s in layers]
         measured = any(s.n_true_active for s in layers)
         return {
-            "sparse_mode": _MODE_NAMES[self.sparse_mode],
+            "sparse_mode": self.sparse_name,
             "threshold": self.threshold,
             "n_layer": self.info.n_layer,
             "active_fraction": active,
@@ -350,9 +441,11 @@ class Model:
             "kept_fraction": kept,
             "mean_kept_fraction": sum(kept) / len(kept),
             "predictor_recall": [share(s.n_true_found, s.n_true_active) for s in layers] if measured else None,
-            **self._timings.as_dict(),
+            "rows_read_fraction": [share(s.n_union, s.n_evals * n_ff) if counted else 1.0 for s in layers],
+            **timings,
         }
 
     def reset_stats(self) -> None:
-        self._timings = _Timings()
-        self._ctx.reset_stats()
+        with self._lock:
+            self._timings = _Timings()
+            self._ctx.reset_stats()

@@ -7,6 +7,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# top-p without top-k first looks among this many best tokens; only a flat distribution needs them all
+_NUCLEUS_CANDIDATES = 256
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -15,7 +18,9 @@ class SamplingParams:
     top_p: float = 0.95  # >= 1: off
     min_p: float = 0.05  # <= 0: off
     repeat_penalty: float = 1.0  # 1: off
-    repeat_last_n: int = 64  # how many recent tokens the penalty looks at
+    repeat_last_n: int = 64  # how many recent tokens the penalties look at
+    frequency_penalty: float = 0.0  # subtracted once per occurrence in the recent tokens (OpenAI's)
+    presence_penalty: float = 0.0  # subtracted once from every token present in them (OpenAI's)
     seed: int | None = None  # None: a fresh random seed
 
     def __post_init__(self) -> None:
@@ -28,10 +33,21 @@ class SamplingParams:
         if self.repeat_last_n < 0:
             raise ValueError(f"repeat_last_n must be >= 0, got {self.repeat_last_n}")
 
+    @property
+    def penalizes(self) -> bool:
+        return self.repeat_last_n > 0 and (
+            self.repeat_penalty != 1.0 or self.frequency_penalty != 0.0 or self.presence_penalty != 0.0
+        )
+
 
 def _softmax(x: np.ndarray) -> np.ndarray:
     e = np.exp(x - x.max())
     return e / e.sum()
+
+
+def _best_first(logits: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """ids ordered by descending logit, ties by ascending id (what a stable sort of the whole vector gives)."""
+    return ids[np.lexsort((ids, -logits[ids]))]
 
 
 class Sampler:
@@ -43,27 +59,54 @@ class Sampler:
 
     def _penalize(self, logits: np.ndarray, history: Sequence[int]) -> np.ndarray:
         p = self.params
-        if p.repeat_penalty == 1.0 or p.repeat_last_n == 0 or not history:
+        if not p.penalizes or not history:
             return logits
-        recent = np.unique(np.asarray(history[-p.repeat_last_n :], dtype=np.int64))
+        recent, counts = np.unique(np.asarray(history[-p.repeat_last_n :], dtype=np.int64), return_counts=True)
         out = logits.copy()
         vals = out[recent]
-        out[recent] = np.where(vals > 0, vals / p.repeat_penalty, vals * p.repeat_penalty)
+        vals = np.where(vals > 0, vals / p.repeat_penalty, vals * p.repeat_penalty)
+        out[recent] = vals - counts * p.frequency_penalty - p.presence_penalty
         return out
+
+    def _candidates(self, logits: np.ndarray) -> np.ndarray:
+        """The ids top-k and then top-p keep, best first."""
+        p = self.params
+        ids: np.ndarray | None = None  # None: the whole vocabulary, not sorted yet
+        pool = logits  # the logits top-p normalises over
+        if 0 < p.top_k < logits.size:
+            # a partition finds the k best in linear time; only those k are sorted
+            ids = _best_first(logits, np.argpartition(-logits, p.top_k - 1)[: p.top_k])
+            pool = logits[ids]
+        elif p.top_p >= 1.0 and p.min_p > 0.0:
+            # min-p alone keeps the tokens within log(min_p) of the best: sort only those
+            top = float(logits.max())
+            return _best_first(logits, np.flatnonzero(logits >= top + np.log(p.min_p)))
+        if p.top_p < 1.0 and ids is None and logits.size > _NUCLEUS_CANDIDATES:
+            # the nucleus is usually among the few best tokens; only a flat distribution needs the full sort
+            best = np.argpartition(-logits, _NUCLEUS_CANDIDATES - 1)[:_NUCLEUS_CANDIDATES]
+            kept = self._nucleus(logits, _best_first(logits, best), pool)
+            if kept is not None:
+                return kept
+        if ids is None:
+            ids = np.argsort(-logits, kind="stable")
+        kept = self._nucleus(logits, ids, pool) if p.top_p < 1.0 else None
+        return ids if kept is None else kept
+
+    def _nucleus(self, logits: np.ndarray, ids: np.ndarray, pool: np.ndarray) -> np.ndarray | None:
+        """The shortest prefix of ids (best first) whose probability, normalised over the logits in pool, reaches
+        top_p; None when all of ids together do not reach it."""
+        top = float(pool.max())
+        cum = np.cumsum(np.exp(logits[ids].astype(np.float64) - top)) / np.exp(pool.astype(np.float64) - top).sum()
+        keep = int(np.searchsorted(cum, self.params.top_p)) + 1
+        return ids[:keep] if keep <= len(ids) else None
 
     def sample(self, logits: np.ndarray, history: Sequence[int] = ()) -> int:
         p = self.params
-        logits = self._penalize(np.asarray(logits, dtype=np.float64), history)
+        logits = self._penalize(np.asarray(logits, dtype=np.float32), history)
         if p.temperature <= 0.0:
             return int(np.argmax(logits))
-        ids = np.argsort(-logits, kind="stable")
-        if p.top_k > 0:
-            ids = ids[: p.top_k]
-        vals = logits[ids]
-        if p.top_p < 1.0:
-            probs = _softmax(vals)
-            keep = int(np.searchsorted(np.cumsum(probs), p.top_p) + 1)
-            ids, vals = ids[:keep], vals[:keep]
+        ids = self._candidates(logits)
+        vals = logits[ids].astype(np.float64)
         if p.min_p > 0.0:
             probs = _softmax(vals)
             mask = probs >= p.min_p * probs[0]

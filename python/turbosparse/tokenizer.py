@@ -38,6 +38,9 @@ class Tokenizer:
         self.bos: int = llama_cpp.llama_vocab_bos(self._vocab)
         self.eos: int = llama_cpp.llama_vocab_eos(self._vocab)
         self.adds_bos: bool = bool(llama_cpp.llama_vocab_get_add_bos(self._vocab))
+        # per-token answers, asked once per generated token: kept instead of asking llama.cpp again
+        self._pieces: dict[tuple[int, bool], bytes] = {}
+        self._end_of_generation: dict[int, bool] = {}
 
     def close(self) -> None:
         if getattr(self, "_model", None):
@@ -47,9 +50,10 @@ class Tokenizer:
     def __del__(self) -> None:
         self.close()
 
-    def tokenize(self, text: str, *, add_bos: bool = True, special: bool = False) -> list[int]:
-        """add_bos adds the model's BOS when its vocabulary asks for one; special parses "<|im_start|>"-like text."""
-        data = text.encode("utf-8")
+    def tokenize(self, text: str | bytes, *, add_bos: bool = True, special: bool = False) -> list[int]:
+        """add_bos adds the model's BOS when its vocabulary asks for one; special parses "<|im_start|>"-like text.
+        bytes are tokenized as they are (UTF-8 expected, as llama.cpp does)."""
+        data = text if isinstance(text, bytes) else text.encode("utf-8")
         capacity = len(data) + 8
         for _ in range(2):
             buf = (llama_cpp.llama_token * capacity)()
@@ -61,6 +65,9 @@ class Tokenizer:
 
     def piece(self, token: int, *, special: bool = False) -> bytes:
         """The bytes token decodes to (a piece may be part of a UTF-8 character)."""
+        known = self._pieces.get((token, special))
+        if known is not None:
+            return known
         if not 0 <= token < self.n_vocab:
             raise ValueError(f"token {token} is out of the vocabulary (0..{self.n_vocab - 1})")
         size = 64
@@ -68,6 +75,7 @@ class Tokenizer:
             buf = ctypes.create_string_buffer(size)
             n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, size, 0, special)
             if n >= 0:
+                self._pieces[token, special] = buf.raw[:n]
                 return buf.raw[:n]
             size = -n
         raise RuntimeError("llama_token_to_piece kept asking for a larger buffer")
@@ -79,7 +87,10 @@ class Tokenizer:
         return Detokenizer(self, special=special)
 
     def is_end_of_generation(self, token: int) -> bool:
-        return bool(llama_cpp.llama_vocab_is_eog(self._vocab, token))
+        known = self._end_of_generation.get(token)
+        if known is None:
+            known = self._end_of_generation[token] = bool(llama_cpp.llama_vocab_is_eog(self._vocab, token))
+        return known
 
     def metadata(self, key: str) -> str | None:
         size = 1 << 16

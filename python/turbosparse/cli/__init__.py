@@ -8,9 +8,27 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import TurboSparseError
-from . import bench_cmd, calibrate_cmd, convert_cmd, perplexity_cmd, relufy_cmd, run_cmd, train_predictors_cmd
+from . import (
+    bench_cmd,
+    calibrate_cmd,
+    convert_cmd,
+    perplexity_cmd,
+    relufy_cmd,
+    run_cmd,
+    serve_cmd,
+    train_predictors_cmd,
+)
 
-_COMMANDS = (run_cmd, convert_cmd, calibrate_cmd, train_predictors_cmd, relufy_cmd, bench_cmd, perplexity_cmd)
+_COMMANDS = (
+    run_cmd,
+    convert_cmd,
+    calibrate_cmd,
+    train_predictors_cmd,
+    relufy_cmd,
+    bench_cmd,
+    perplexity_cmd,
+    serve_cmd,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

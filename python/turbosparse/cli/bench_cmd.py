@@ -14,8 +14,10 @@ from pathlib import Path
 import gguf
 
 from ..assets import default_model, smollm2_gguf
+from ..bench.batch import bench_batch
 from ..bench.engines import Engine, LlamaCppEngine, TurbosparseEngine
 from ..bench.ffn_layer import bench_ffn_layer, copy_bandwidth_gb_s, format_table
+from ..bench.generate import bench_generate
 from ..bench.runner import (
     BenchConfig,
     Measurement,
@@ -45,6 +47,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="kernel benchmark: one Mistral-7B FFN layer per listed type (e.g. q4_0,q8_0,q4_k,f16), predictor + "
         "sparse FFN vs ggml's dense FFN, with effective bandwidths",
     )
+    p.add_argument(
+        "--generate", action="store_true",
+        help="whole greedy generations of -n tokens: Model.generate beside llama-cpp-python's create_completion on "
+        "the dense file (per-token overhead included)",
+    )  # fmt: skip
+    p.add_argument(
+        "--batch", metavar="SIZES",
+        help="batched decoding: tokens/s and FFN rows read with these numbers of sequences decoded together in one "
+        "forward pass (e.g. 1,2,4), per mode in --modes",
+    )  # fmt: skip
     p.add_argument("--dense", help="dense-equivalent GGUF for the dense engines (default: -m itself, or for "
                    "'default' the original SmolLM2)")  # fmt: skip
     p.add_argument("--quant", default="q4_0", choices=sorted(QUANTS), help="synthetic: matrix type")
@@ -90,17 +102,24 @@ def _files(args: argparse.Namespace) -> tuple[Path, Path, float | None]:
     return model, dense, None
 
 
-def _engines(args: argparse.Namespace, sparse: Path, dense: Path, n_ctx: int) -> list[Engine]:
-    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+def _modes(args: argparse.Namespace, sparse: Path) -> list[str]:
+    """The modes in --modes that the sparse file can run."""
     info = NativeModel(sparse, repack=False).info
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    return [
+        m
+        for m in modes
+        if not (m == "predictor" and not info.has_predictors)
+        # exact mode on SwiGLU needs a calibrated file (turbosparse calibrate)
+        and not (m == "exact" and info.ffn_act.name == "SWIGLU" and not info.has_ffn_thresholds)
+    ]
+
+
+def _engines(args: argparse.Namespace, sparse: Path, dense: Path, n_ctx: int) -> list[Engine]:
     engines: list[Engine] = []
     if not args.no_llama_cpp:
         engines.append(LlamaCppEngine(dense, args.threads, n_ctx))
-    for mode in modes:
-        if mode == "predictor" and not info.has_predictors:
-            continue
-        if mode == "exact" and info.ffn_act.name == "SWIGLU" and not info.has_ffn_thresholds:
-            continue
+    for mode in _modes(args, sparse):
         path = dense if mode == "dense" else sparse
         engines.append(TurbosparseEngine(path, mode, args.threads, n_ctx))
     return engines
@@ -135,12 +154,64 @@ def run_ffn_layer(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_generate(args: argparse.Namespace, dense: Path) -> int:
+    r = bench_generate(dense, n_threads=args.threads, n_tokens=args.decode_tokens, rounds=args.rounds, sparse="off")
+    machine = machine_stamp()
+    if args.json:
+        ratios = {"ratio": r.ratio, "ratio_new_prompt": r.ratio_new_prompt}
+        print(json.dumps({"file": str(dense), "machine": machine, **r.__dict__, **ratios}, indent=2))
+        return 0
+    print(
+        f"# {dense}: {r.tokens} greedy tokens per call, {args.threads} threads, medians of {r.rounds} alternating "
+        f"rounds | {machine['cpu']} [{machine['cpu_flags']}] load {machine['load']} | commit {machine['commit']}"
+    )
+    rows = (
+        ("same prompt: turbosparse Model.generate", r.turbosparse_s),
+        ("same prompt: llama-cpp-python create_completion", r.llama_cpp_s),
+        ("new prompt: turbosparse Model.generate", r.turbosparse_new_prompt_s),
+        ("new prompt: llama-cpp-python create_completion", r.llama_cpp_new_prompt_s),
+    )
+    for name, seconds in rows:
+        print(f"{name:<48} {seconds * 1000:8.1f} ms  {r.tokens / seconds:7.1f} tok/s")
+    print(
+        f"ratio (turbosparse speed / llama-cpp-python's): same prompt {r.ratio:.3f}x, new prompt "
+        f"{r.ratio_new_prompt:.3f}x; same text: {r.same_text}"
+    )
+    return 0
+
+
+def run_batch(args: argparse.Namespace, sparse: Path, dense: Path) -> int:
+    sizes = [int(b) for b in args.batch.split(",") if b.strip()]
+    report = []
+    for mode in _modes(args, sparse):
+        path = dense if mode == "dense" else sparse
+        rows = bench_batch(path, mode=mode, n_threads=args.threads, batches=sizes, steps=args.decode_tokens,
+                           rounds=args.rounds)  # fmt: skip
+        report += [{"mode": mode, "file": str(path), **r.__dict__} for r in rows]
+    machine = machine_stamp()
+    if args.json:
+        print(json.dumps({"machine": machine, "results": report}, indent=2))
+        return 0
+    print(f"# {args.threads} threads, {args.decode_tokens} steps, medians of {args.rounds} alternating rounds | "
+          f"{machine['cpu']} [{machine['cpu_flags']}] load {machine['load']} | commit {machine['commit']}")  # fmt: skip
+    print(f"{'mode':<10} {'batch':>5} {'tok/s':>8} {'x batch 1':>9} {'step ms':>8} {'rows read':>9} {'rows/token':>10}")
+    for r in report:
+        base = next(b for b in report if b["mode"] == r["mode"] and b["batch"] == sizes[0])
+        print(f"{r['mode']:<10} {r['batch']:>5} {r['tok_s']:>8.1f} {r['tok_s'] / base['tok_s']:>8.2f}x "
+              f"{r['step_ms']:>8.1f} {r['rows_read']:>9.3f} {r['rows_per_token']:>10.3f}")  # fmt: skip
+    return 0
+
+
 def run_bench(args: argparse.Namespace) -> int:
     if args.ffn_layer:
         return run_ffn_layer(args)
     if args.sparsity is not None and not (args.synthetic and 0.0 < args.sparsity < 1.0):
         raise ValueError(f"--sparsity needs --synthetic and a value in (0, 1), got {args.sparsity}")
     sparse, dense, active = _files(args)
+    if args.generate:
+        return run_generate(args, dense)
+    if args.batch:
+        return run_batch(args, sparse, dense)
     cfg = BenchConfig(args.threads, args.prompt_tokens, args.decode_tokens, args.rounds, args.context)
     # with a context, decoding continues round after round (see bench.runner.run)
     n_ctx = cfg.context + cfg.prompt_tokens + 2 + cfg.decode_tokens * (cfg.rounds if cfg.context else 1) + 8

@@ -1,0 +1,80 @@
+"""`turbosparse serve`: an OpenAI-compatible HTTP server (llama-server's flag names; needs the `server` extra)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+
+from .run_cmd import add_model_args, model_path
+
+logger = logging.getLogger(__name__)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API", description=__doc__)
+    add_model_args(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
+    p.add_argument(
+        "-np", "--parallel", type=int, default=1,
+        help="slots: requests decoded at once (in one forward pass), each with its own KV cache of ctx-size/parallel "
+        "tokens (default 1)",
+    )  # fmt: skip
+    p.add_argument("--queue-size", type=int, default=64, help="requests that may wait for a slot; more get 503")
+    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (default: no key)")
+    p.add_argument("-a", "--alias", default=None, help="the model name clients see (default: the file name)")
+    template = p.add_mutually_exclusive_group()
+    template.add_argument("--chat-template", default=None, help="a Jinja2 chat template replacing the file's")
+    template.add_argument("--chat-template-file", type=Path, default=None, help="... read from this file")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from ..server import ServerConfig, create_app
+    except ImportError as exc:
+        raise ValueError(f"the server needs the `server` extra: pip install 'turbosparse[server]' ({exc})") from None
+    path = model_path(args.model)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such model file")
+    template = args.chat_template
+    if args.chat_template_file is not None:
+        template = args.chat_template_file.read_text(encoding="utf-8")
+    config = ServerConfig(
+        model_path=path,
+        alias=args.alias,
+        host=args.host,
+        port=args.port,
+        n_threads=args.threads,
+        n_ctx=args.ctx_size,
+        n_batch=args.batch_size,
+        parallel=args.parallel,
+        queue_size=args.queue_size,
+        sparse=args.sparse,
+        threshold=args.threshold,
+        api_key=args.api_key or os.environ.get("TURBOSPARSE_API_KEY") or None,
+        chat_template=template,
+        verbose=args.verbose,
+    )
+    failures: list[str] = []
+    server: uvicorn.Server | None = None
+
+    def stop(message: str) -> None:
+        failures.append(message)
+        if server is not None:
+            server.should_exit = True
+
+    app = create_app(config, on_failure=stop)
+    log_level = "info" if args.verbose else "warning"
+    # on SIGINT / SIGTERM, open streams get a few seconds to finish before their connections are closed
+    uv_config = uvicorn.Config(app, host=args.host, port=args.port, log_level=log_level, timeout_graceful_shutdown=5)
+    server = uvicorn.Server(uv_config)
+    logger.warning("turbosparse serve: loading %s, listening on http://%s:%d", path, args.host, args.port)
+    server.run()
+    if failures:
+        raise ValueError(f"cannot serve {path}: {failures[0]}")
+    return 0

@@ -1,0 +1,135 @@
+"""One generation's decoding state: the next token from logits, its text, stop strings, and why it finished."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from .errors import ContextOverflowError
+from .sampling import Sampler, SamplingParams
+from .tokenizer import Tokenizer
+
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass
+class StopScanner:
+    """Finds stop strings in generated text and holds back a tail that may still become one."""
+
+    stops: tuple[str, ...]
+    text: str = ""
+    emitted: int = 0
+    stopped: bool = False
+
+    def feed(self, piece: str) -> str:
+        if not self.stops:
+            self.text += piece
+            return self._release(len(self.text))
+        # only the new piece and the held-back tail can hold a stop string that was not there before
+        start = max(0, self.emitted - max(len(s) for s in self.stops))
+        self.text += piece
+        cut = min((i for i in (self.text.find(s, start) for s in self.stops) if i >= 0), default=-1)
+        if cut >= 0:
+            self.stopped = True
+            self.text = self.text[:cut]
+            return self._release(len(self.text))
+        hold = max((k for s in self.stops for k in range(1, len(s)) if self.text.endswith(s[:k])), default=0)
+        return self._release(len(self.text) - hold)
+
+    def finish(self) -> str:
+        return self._release(len(self.text))
+
+    def _release(self, upto: int) -> str:
+        out = self.text[self.emitted : upto]
+        self.emitted = max(self.emitted, upto)
+        return out
+
+
+class Generation:
+    """Samples tokens after a prompt until an end-of-generation token or a stop string ("stop"), max_tokens or a
+    full context ("length"). The engine evaluates `tokens` and hands the logits of the last one to advance().
+
+    max_tokens None: until the context is full. The prompt and max_tokens must fit in n_ctx."""
+
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        prompt_tokens: Sequence[int],
+        *,
+        n_ctx: int,
+        sampling: SamplingParams,
+        max_tokens: int | None = None,
+        stop: Sequence[str] = (),
+    ) -> None:
+        prompt = list(prompt_tokens)
+        if not prompt:
+            raise ValueError("the prompt is empty")
+        if len(prompt) >= n_ctx:
+            raise ContextOverflowError(
+                f"the prompt has {len(prompt)} tokens; n_ctx = {n_ctx} leaves no room to generate"
+            )
+        if max_tokens is not None and max_tokens < 0:
+            raise ValueError(f"max_tokens must be >= 0, got {max_tokens}")
+        if max_tokens is not None and len(prompt) + max_tokens > n_ctx:
+            raise ContextOverflowError(
+                f"prompt ({len(prompt)} tokens) + max_tokens ({max_tokens}) exceed n_ctx = {n_ctx}"
+            )
+        self.n_prompt = len(prompt)
+        self.tokens: list[int] = prompt  # the prompt, then every generated token
+        self.max_tokens = max_tokens
+        self.n_ctx = n_ctx
+        self.finish_reason: FinishReason | None = None
+        self.cancelled = False
+        self._tokenizer = tokenizer
+        self._sampler = Sampler(sampling)
+        self._detokenizer = tokenizer.detokenizer()
+        self._scanner = StopScanner(tuple(s for s in stop if s))
+        if max_tokens == 0:
+            self.finish_reason = "length"
+
+    @property
+    def generated(self) -> list[int]:
+        return self.tokens[self.n_prompt :]
+
+    @property
+    def n_generated(self) -> int:
+        return len(self.tokens) - self.n_prompt
+
+    @property
+    def text(self) -> str:
+        """The text released so far (stop strings and what follows them cut)."""
+        return self._scanner.text[: self._scanner.emitted]
+
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None or self.cancelled
+
+    def cancel(self) -> None:
+        """Ends the generation early (a client went away): the engine stops evaluating it."""
+        self.cancelled = True
+
+    def advance(self, logits: np.ndarray) -> str:
+        """Samples the next token from the logits after `tokens`; returns the text it releases (may be empty).
+        (A generation cancelled while the engine evaluated it still takes its step.)"""
+        if self.finish_reason is not None:
+            raise RuntimeError("the generation has finished")
+        token = self._sampler.sample(logits, self.tokens)
+        if self._tokenizer.is_end_of_generation(token):
+            self.finish_reason = "stop"
+            return self._flush()
+        self.tokens.append(token)
+        text = self._scanner.feed(self._detokenizer.push(token))
+        if self._scanner.stopped:
+            self.finish_reason = "stop"
+            return text
+        full = len(self.tokens) > self.n_ctx  # the newest token no longer fits in the context
+        if full or (self.max_tokens is not None and self.n_generated >= self.max_tokens):
+            self.finish_reason = "length"
+            return text + self._flush()
+        return text
+
+    def _flush(self) -> str:
+        return self._scanner.feed(self._detokenizer.flush()) + self._scanner.finish()

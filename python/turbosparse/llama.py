@@ -1,0 +1,347 @@
+"""`turbosparse.Llama`: llama-cpp-python's `llama_cpp.Llama` face over the turbosparse engine, so code written for
+llama-cpp-python runs with one import changed. Same constructor names, methods and returned dicts; plus `sparse=`.
+
+Not supported (a ValueError says so when asked for): suffix / infill, logprobs, grammars, logit_bias, logits
+processors and stopping criteria, typical_p, tfs_z, mirostat, tools and function calling, JSON response formats,
+embeddings, chat formats other than the file's template and "chatml", GPU offload (n_gpu_layers is accepted and
+ignored: the engine runs on the CPU)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from .chat_template import ChatTemplate
+from .completions import (
+    CompletionMeta,
+    chat_completion,
+    chat_completion_chunk,
+    text_completion,
+    text_completion_chunk,
+    usage,
+)
+from .generation import Generation
+from .model import Model, SparseName
+from .sampling import SamplingParams
+
+logger = logging.getLogger(__name__)
+
+LLAMA_DEFAULT_SEED = 0xFFFFFFFF  # llama_cpp's "pick a random seed"
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def _refuse(**options: tuple[Any, Any]) -> None:
+    """Raises for options given a value other than their (unsupported-feature) default."""
+    for name, (value, default) in options.items():
+        if value != default:
+            raise ValueError(f"{name}={value!r} is not supported by turbosparse.Llama")
+
+
+class Llama:
+    """A GGUF model with llama_cpp.Llama's methods.
+
+    model_path, n_ctx (0 = the model's), n_batch, n_threads, seed, verbose, chat_format (None: the file's
+    template; "chatml"), logits_all as llama_cpp.Llama; sparse and threshold as turbosparse.Model."""
+
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        n_ctx: int = 512,
+        n_batch: int = 512,
+        n_threads: int | None = None,
+        n_threads_batch: int | None = None,
+        seed: int = LLAMA_DEFAULT_SEED,
+        logits_all: bool = False,
+        chat_format: str | None = None,
+        verbose: bool = True,
+        n_gpu_layers: int = 0,
+        use_mmap: bool = True,
+        use_mlock: bool = False,
+        sparse: SparseName = "auto",
+        threshold: float | None = None,
+    ) -> None:
+        _refuse(use_mmap=(use_mmap, True), use_mlock=(use_mlock, False))
+        if n_gpu_layers:
+            logger.warning("turbosparse.Llama runs on the CPU: n_gpu_layers=%d is ignored", n_gpu_layers)
+        if n_threads_batch is not None and n_threads is not None and n_threads_batch != n_threads:
+            logger.warning("turbosparse uses one thread count: n_threads_batch=%d is ignored", n_threads_batch)
+        self.model_path = model_path
+        self.verbose = verbose
+        self._seed = seed
+        self._logits_all = logits_all
+        self._model = Model(
+            model_path,
+            n_threads=n_threads if n_threads is not None else n_threads_batch,
+            n_ctx=n_ctx,
+            n_batch=n_batch,
+            sparse=sparse,
+            threshold=threshold,
+            verbose=verbose,
+        )
+        if chat_format == "chatml":
+            self._model.chat_template = ChatTemplate(CHATML_TEMPLATE)
+        elif chat_format is not None:
+            raise ValueError(f"chat_format={chat_format!r} is not supported: None (the file's template) or 'chatml'")
+        self.chat_format = chat_format
+        self.n_batch = n_batch
+        self.n_tokens = 0
+        self.input_ids = np.zeros(self._model.n_ctx, dtype=np.intc)
+        self.scores = np.zeros((self._model.n_ctx if logits_all else n_batch, self._model.n_vocab), dtype=np.single)
+        self._last_logits: np.ndarray | None = None
+
+    @property
+    def model(self) -> Model:
+        """The turbosparse Model underneath."""
+        return self._model
+
+    # ---- sizes and special tokens --------------------------------------------------------------------
+    def n_ctx(self) -> int:
+        return self._model.n_ctx
+
+    def n_vocab(self) -> int:
+        return self._model.n_vocab
+
+    def n_embd(self) -> int:
+        return self._model.info.n_embd
+
+    def token_bos(self) -> int:
+        return self._model.tokenizer.bos
+
+    def token_eos(self) -> int:
+        return self._model.tokenizer.eos
+
+    # ---- tokens -------------------------------------------------------------------------------------
+    def tokenize(self, text: bytes, add_bos: bool = True, special: bool = False) -> list[int]:
+        return self._model.tokenizer.tokenize(text, add_bos=add_bos, special=special)
+
+    def detokenize(
+        self, tokens: Sequence[int], prev_tokens: Sequence[int] | None = None, special: bool = False
+    ) -> bytes:
+        """The bytes of tokens; with prev_tokens, the bytes tokens add after them."""
+        tok = self._model.tokenizer
+        text = b"".join(tok.piece(t, special=special) for t in [*(prev_tokens or ()), *tokens])
+        if prev_tokens:
+            return text[len(b"".join(tok.piece(t, special=special) for t in prev_tokens)) :]
+        return text
+
+    # ---- low-level evaluation ------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Forgets the evaluated tokens (the next eval starts a new sequence)."""
+        self.n_tokens = 0
+        self._last_logits = None
+
+    def eval(self, tokens: Sequence[int]) -> None:
+        """Appends tokens after the n_tokens evaluated ones; with logits_all their logits go to scores."""
+        tokens = [int(t) for t in tokens]
+        if not tokens:
+            return
+        end = self.n_tokens + len(tokens)
+        if end > self._model.n_ctx:
+            raise ValueError(f"Requested tokens ({end}) exceed context window of {self._model.n_ctx}")
+        history = [*self.input_ids[: self.n_tokens].tolist(), *tokens]
+        logits = self._model.evaluate(self, history, logits_from=self.n_tokens if self._logits_all else None)
+        if self._logits_all:
+            self.scores[self.n_tokens : end] = logits
+            self._last_logits = logits[-1]
+        else:
+            self._last_logits = logits
+        self.input_ids[self.n_tokens : end] = tokens
+        self.n_tokens = end
+
+    @property
+    def eval_logits(self) -> list[list[float]]:
+        """Logits of the evaluated tokens (every one with logits_all, else the last)."""
+        if self._logits_all:
+            return self.scores[: self.n_tokens].tolist()
+        return [] if self._last_logits is None else [self._last_logits.tolist()]
+
+    # ---- completions -------------------------------------------------------------------------------
+    def _sampling(
+        self,
+        *,
+        temperature: float,
+        top_k: int,
+        top_p: float,
+        min_p: float,
+        repeat_penalty: float,
+        frequency_penalty: float,
+        presence_penalty: float,
+        seed: int | None,
+    ) -> SamplingParams:
+        if seed is None and self._seed != LLAMA_DEFAULT_SEED:
+            seed = self._seed
+        return SamplingParams(
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            min_p=min_p,
+            repeat_penalty=repeat_penalty,
+            frequency_penalty=frequency_penalty,
+            presence_penalty=presence_penalty,
+            seed=seed,
+        )
+
+    def _start(
+        self, prompt_tokens: list[int], max_tokens: int | None, sampling: SamplingParams, stop: Any
+    ) -> Generation:
+        n_ctx = self._model.n_ctx
+        if len(prompt_tokens) > n_ctx:
+            raise ValueError(f"Requested tokens ({len(prompt_tokens)}) exceed context window of {n_ctx}")
+        room = n_ctx - len(prompt_tokens)  # llama_cpp's rule: max_tokens <= 0 or None means "until the context ends"
+        limit = room if max_tokens is None or max_tokens <= 0 else min(max_tokens, room)
+        stops = [stop] if isinstance(stop, str) else list(stop or [])
+        return self._model.start(prompt_tokens, sampling=sampling, max_tokens=limit, stop=stops)
+
+    def create_completion(
+        self,
+        prompt: str | list[int],
+        suffix: str | None = None,
+        max_tokens: int | None = 16,
+        temperature: float = 0.8,
+        top_p: float = 0.95,
+        min_p: float = 0.05,
+        typical_p: float = 1.0,
+        logprobs: int | None = None,
+        echo: bool = False,
+        stop: str | list[str] | None = None,
+        frequency_penalty: float = 0.0,
+        presence_penalty: float = 0.0,
+        repeat_penalty: float = 1.0,
+        top_k: int = 40,
+        stream: bool = False,
+        seed: int | None = None,
+        tfs_z: float = 1.0,
+        mirostat_mode: int = 0,
+        mirostat_tau: float = 5.0,
+        mirostat_eta: float = 0.1,
+        model: str | None = None,
+        stopping_criteria: Any = None,
+        logits_processor: Any = None,
+        grammar: Any = None,
+        logit_bias: dict[int, float] | None = None,
+    ) -> dict | Iterator[dict]:
+        """A text completion of prompt (text, or token ids), as llama_cpp.Llama.create_completion returns it."""
+        _refuse(
+            suffix=(suffix, None),
+            logprobs=(logprobs, None),
+            typical_p=(typical_p, 1.0),
+            tfs_z=(tfs_z, 1.0),
+            mirostat_mode=(mirostat_mode, 0),
+            stopping_criteria=(stopping_criteria, None),
+            logits_processor=(logits_processor, None),
+            grammar=(grammar, None),
+            logit_bias=(logit_bias, None),
+        )
+        if isinstance(prompt, str):
+            tokens = self.tokenize(prompt.encode("utf-8"), special=True) if prompt else [self.token_bos()]
+            prompt_text = prompt
+        else:
+            tokens = [int(t) for t in prompt]
+            prompt_text = self._model.detokenize(tokens)
+        sampling = self._sampling(
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            min_p=min_p,
+            repeat_penalty=repeat_penalty,
+            frequency_penalty=frequency_penalty,
+            presence_penalty=presence_penalty,
+            seed=seed,
+        )
+        gen = self._start(tokens, max_tokens, sampling, stop)
+        meta = CompletionMeta.new("cmpl", model or self.model_path)
+        if stream:
+            return self._stream_completion(gen, meta, prompt_text if echo else "")
+        text = "".join(self._model.run(gen))
+        return text_completion(
+            meta, (prompt_text if echo else "") + text, gen.finish_reason, usage(gen.n_prompt, gen.n_generated)
+        )
+
+    def _stream_completion(self, gen: Generation, meta: CompletionMeta, echo: str) -> Iterator[dict]:
+        if echo:
+            yield text_completion_chunk(meta, echo, None)
+        for piece in self._model.run(gen):
+            yield text_completion_chunk(meta, piece, None)
+        yield text_completion_chunk(meta, "", gen.finish_reason)
+
+    def __call__(self, prompt: str | list[int], **options: Any) -> dict | Iterator[dict]:
+        return self.create_completion(prompt, **options)
+
+    def create_chat_completion(
+        self,
+        messages: list[dict[str, Any]],
+        functions: list[Any] | None = None,
+        function_call: Any = None,
+        tools: list[Any] | None = None,
+        tool_choice: Any = None,
+        temperature: float = 0.2,
+        top_p: float = 0.95,
+        top_k: int = 40,
+        min_p: float = 0.05,
+        typical_p: float = 1.0,
+        stream: bool = False,
+        stop: str | list[str] | None = None,
+        seed: int | None = None,
+        response_format: dict[str, Any] | None = None,
+        max_tokens: int | None = None,
+        presence_penalty: float = 0.0,
+        frequency_penalty: float = 0.0,
+        repeat_penalty: float = 1.0,
+        tfs_z: float = 1.0,
+        mirostat_mode: int = 0,
+        mirostat_tau: float = 5.0,
+        mirostat_eta: float = 0.1,
+        model: str | None = None,
+        logits_processor: Any = None,
+        grammar: Any = None,
+        logit_bias: dict[int, float] | None = None,
+        logprobs: bool | None = None,
+        top_logprobs: int | None = None,
+    ) -> dict | Iterator[dict]:
+        """The assistant's answer to messages, rendered with the chat template, as llama_cpp.Llama returns it."""
+        _refuse(
+            functions=(functions, None),
+            function_call=(function_call, None),
+            tools=(tools, None),
+            tool_choice=(tool_choice, None),
+            typical_p=(typical_p, 1.0),
+            tfs_z=(tfs_z, 1.0),
+            mirostat_mode=(mirostat_mode, 0),
+            logits_processor=(logits_processor, None),
+            grammar=(grammar, None),
+            logit_bias=(logit_bias, None),
+            logprobs=(bool(logprobs), False),
+            top_logprobs=(top_logprobs, None),
+        )
+        if response_format is not None and response_format.get("type", "text") != "text":
+            raise ValueError(f"response_format {response_format!r} is not supported by turbosparse.Llama")
+        sampling = self._sampling(
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            min_p=min_p,
+            repeat_penalty=repeat_penalty,
+            frequency_penalty=frequency_penalty,
+            presence_penalty=presence_penalty,
+            seed=seed,
+        )
+        gen = self._start(self._model.chat_tokens(messages), max_tokens, sampling, stop)
+        meta = CompletionMeta.new("chatcmpl", model or self.model_path)
+        if stream:
+            return self._stream_chat(gen, meta)
+        text = "".join(self._model.run(gen))
+        return chat_completion(meta, text, gen.finish_reason, usage(gen.n_prompt, gen.n_generated))
+
+    def _stream_chat(self, gen: Generation, meta: CompletionMeta) -> Iterator[dict]:
+        yield chat_completion_chunk(meta, {"role": "assistant"}, None)
+        for piece in self._model.run(gen):
+            yield chat_completion_chunk(meta, {"content": piece}, None)
+        yield chat_completion_chunk(meta, {}, gen.finish_reason)

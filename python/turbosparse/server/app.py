@@ -1,0 +1,338 @@
+"""The HTTP layer: OpenAI's /v1/models, /v1/completions, /v1/chat/completions and llama-server's /health, /metrics,
+/tokenize, /detokenize, as FastAPI routes over the engine. Streams are server-sent events (sse-starlette)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from sse_starlette import EventSourceResponse
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from ..chat_template import ChatTemplate
+from ..completions import (
+    CompletionMeta,
+    chat_completion,
+    chat_completion_chunk,
+    text_completion,
+    text_completion_chunk,
+    usage,
+)
+from ..errors import ChatTemplateError, ContextOverflowError
+from ..generation import FinishReason, Generation
+from ..model import Model
+from .config import ServerConfig
+from .engine import Engine, Event, Job, QueueFullError
+from .errors import APIError, error_body, error_response, install_handlers
+from .metrics import collect, render
+from .schemas import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest, _Generate
+
+logger = logging.getLogger(__name__)
+
+_CANCELLED = Event(error="cancelled: the client went away")
+CLIENT_CLOSED = 499  # nginx's status for a request whose client left before the answer
+PUBLIC_PATHS = ("/health", "/metrics")  # answered without the API key, as llama-server does
+
+
+class APIKeyCheck:
+    """With --api-key, every route but /health and /metrics wants "Authorization: Bearer KEY", checked before the
+    body is read. Plain ASGI: Starlette's BaseHTTPMiddleware would hide a client's disconnect from the routes."""
+
+    def __init__(self, app: ASGIApp, *, api_key: str) -> None:
+        self.app = app
+        self.api_key = api_key.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] not in PUBLIC_PATHS:
+            scheme, _, key = Headers(scope=scope).get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not secrets.compare_digest(key.strip().encode(), self.api_key):
+                error = APIError(401, "invalid or missing API key (send Authorization: Bearer <key>)")
+                await error_response(error)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+@dataclass
+class ServerState:
+    config: ServerConfig
+    created: int
+    model: Model | None = None
+    engine: Engine | None = None
+    failure: str | None = None
+
+
+def load_model(config: ServerConfig) -> Model:
+    model = Model(
+        config.model_path,
+        n_threads=config.n_threads,
+        n_ctx=config.slot_ctx,
+        n_batch=config.n_batch,
+        sparse=config.sparse,  # type: ignore[arg-type]
+        threshold=config.threshold,
+        verbose=config.verbose,
+        n_seq=config.parallel,
+    )
+    if config.chat_template is not None:
+        model.chat_template = ChatTemplate.for_tokenizer(config.chat_template, model.tokenizer)
+    return model
+
+
+def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None = None) -> FastAPI:
+    """The application; the model loads in a thread once it starts (/health answers 503 until then).
+    on_failure is called with the message when the model cannot be loaded."""
+    state = ServerState(config, created=int(time.time()))
+
+    def load() -> None:
+        try:
+            model = load_model(config)
+            engine = Engine(model, queue_size=config.queue_size)
+            engine.start()
+        except Exception as exc:
+            state.failure = str(exc)
+            logger.error("cannot load %s: %s", config.model_path, exc)
+            if on_failure is not None:
+                on_failure(state.failure)
+            return
+        state.model, state.engine = model, engine
+        logger.warning(
+            "turbosparse serve: %s ready on http://%s:%d (%d slot(s) of %d tokens, sparse %s, %d threads)",
+            config.model_name, config.host, config.port, model.n_seq, model.n_ctx, model.sparse_name,
+            model.n_threads,
+        )  # fmt: skip
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        threading.Thread(target=load, name="turbosparse-load", daemon=True).start()
+        yield
+        if state.engine is not None:
+            state.engine.stop()
+
+    app = FastAPI(title="turbosparse", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    install_handlers(app)
+
+    if config.api_key is not None:
+        app.add_middleware(APIKeyCheck, api_key=config.api_key)
+
+    def ready() -> tuple[Model, Engine]:
+        if state.failure is not None:
+            raise APIError(500, f"the model failed to load: {state.failure}", type="server_error")
+        if state.model is None or state.engine is None:
+            raise APIError(503, "Loading model")
+        return state.model, state.engine
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        ready()
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/metrics")
+    def metrics() -> PlainTextResponse:  # a plain def: FastAPI runs it in a worker thread (stats wait for a step)
+        model, engine = ready()
+        return PlainTextResponse(render(collect(engine, model)), media_type="text/plain; version=0.0.4")
+
+    @app.get("/v1/models")
+    async def models() -> JSONResponse:
+        model, _ = ready()
+        meta = {
+            "n_vocab": model.n_vocab,
+            "n_ctx_slot": model.n_ctx,
+            "slots": model.n_seq,
+            "n_params": model.info.n_params,
+            "size": model.info.n_bytes,
+            "sparse": model.sparse_name,
+        }
+        entry = {"id": config.model_name, "object": "model", "created": state.created, "owned_by": "turbosparse"}
+        return JSONResponse({"object": "list", "data": [{**entry, "meta": meta}]})
+
+    @app.post("/tokenize")
+    async def tokenize(body: TokenizeRequest) -> JSONResponse:
+        model, _ = ready()
+        tokens = model.tokenize(body.content, add_bos=body.add_special, special=body.parse_special)
+        if not body.with_pieces:
+            return JSONResponse({"tokens": tokens})
+        pieces = [{"id": t, "piece": model.detokenize([t], special=True)} for t in tokens]
+        return JSONResponse({"tokens": pieces})
+
+    @app.post("/detokenize")
+    async def detokenize(body: DetokenizeRequest) -> JSONResponse:
+        model, _ = ready()
+        _check_tokens(model, body.tokens, "tokens")
+        return JSONResponse({"content": model.detokenize(body.tokens)})
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest, request: Request) -> Response:
+        model, engine = ready()
+        if isinstance(body.prompt, list) and isinstance(body.prompt[0], int):
+            tokens = [int(t) for t in body.prompt]  # type: ignore[arg-type]
+            _check_tokens(model, tokens, "prompt")
+            text = model.detokenize(tokens)
+        else:
+            text = body.prompt if isinstance(body.prompt, str) else str(body.prompt[0])
+            tokens = model.tokenize(text, special=True)
+        job, queue = _submit(model, engine, tokens, body, "prompt")
+        gen = job.generation
+        meta = CompletionMeta.new("cmpl", config.model_name)
+        echo = text if body.echo else ""
+        if body.stream:
+            return _stream(
+                job,
+                queue,
+                first=[text_completion_chunk(meta, echo, None)] if echo else [],
+                piece=lambda t: text_completion_chunk(meta, t, None),
+                last=lambda reason: text_completion_chunk(meta, "", reason),
+                usage_chunk=_usage_chunk(meta, "text_completion", gen) if body.include_usage else None,
+            )
+        answer = await _collect(job, queue, request)
+        if answer is None:
+            return Response(status_code=CLIENT_CLOSED)
+        return JSONResponse(
+            text_completion(meta, echo + answer, gen.finish_reason, usage(gen.n_prompt, gen.n_generated))
+        )
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+        model, engine = ready()
+        try:
+            tokens = model.chat_tokens([m.for_template() for m in body.messages])
+        except ChatTemplateError as exc:
+            raise APIError(400, str(exc), param="messages") from None
+        except ValueError as exc:  # no template in the file
+            raise APIError(400, f"{exc}; start the server with --chat-template", param="messages") from None
+        job, queue = _submit(model, engine, tokens, body, "messages")
+        gen = job.generation
+        meta = CompletionMeta.new("chatcmpl", config.model_name)
+        if body.stream:
+            return _stream(
+                job,
+                queue,
+                first=[chat_completion_chunk(meta, {"role": "assistant"}, None)],
+                piece=lambda t: chat_completion_chunk(meta, {"content": t}, None),
+                last=lambda reason: chat_completion_chunk(meta, {}, reason),
+                usage_chunk=_usage_chunk(meta, "chat.completion.chunk", gen) if body.include_usage else None,
+            )
+        answer = await _collect(job, queue, request)
+        if answer is None:
+            return Response(status_code=CLIENT_CLOSED)
+        return JSONResponse(chat_completion(meta, answer, gen.finish_reason, usage(gen.n_prompt, gen.n_generated)))
+
+    return app
+
+
+def _check_tokens(model: Model, tokens: list[int], param: str) -> None:
+    bad = [t for t in tokens if not 0 <= t < model.n_vocab]
+    if bad:
+        raise APIError(400, f"token id {bad[0]} is out of the vocabulary (0..{model.n_vocab - 1})", param=param)
+
+
+def _submit(
+    model: Model, engine: Engine, tokens: list[int], body: _Generate, param: str
+) -> tuple[Job, asyncio.Queue[Event]]:
+    """Starts a generation for tokens and queues it on the engine; its events arrive in the returned queue."""
+    try:
+        gen = model.start(tokens, sampling=body.sampling(), max_tokens=body.max_tokens, stop=body.stops)
+    except ContextOverflowError as exc:
+        raise APIError(400, f"{exc} (one slot holds {model.n_ctx} tokens)", param=param) from None
+    except ValueError as exc:
+        raise APIError(400, str(exc), param=param) from None
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[Event] = asyncio.Queue()
+
+    def emit(event: Event) -> None:  # called by the engine thread
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, event)
+        except RuntimeError:  # the event loop has closed: the server is stopping
+            gen.cancel()
+
+    job = Job(gen, emit)
+    try:
+        engine.submit(job)
+    except QueueFullError:
+        raise APIError(503, "the server is busy: every slot is taken and the queue is full; retry later") from None
+    return job, queue
+
+
+async def _watch_disconnect(request: Request, gen: Generation, queue: asyncio.Queue[Event]) -> None:
+    """Cancels gen when the client goes away (the body is read: the next ASGI message is the disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    gen.cancel()
+    queue.put_nowait(_CANCELLED)
+
+
+async def _collect(job: Job, queue: asyncio.Queue[Event], request: Request) -> str | None:
+    """The whole answer; None when the client went away (its generation is cancelled)."""
+    gen = job.generation
+    watcher = asyncio.create_task(_watch_disconnect(request, gen, queue))
+    parts: list[str] = []
+    try:
+        while True:
+            event = await queue.get()
+            if event is _CANCELLED:
+                return None
+            if event.error is not None:
+                raise APIError(500, f"the generation failed: {event.error}", type="server_error")
+            parts.append(event.text)
+            if event.finished:
+                return "".join(parts)
+    finally:
+        watcher.cancel()
+        if not gen.done:
+            gen.cancel()
+
+
+def _usage_chunk(meta: CompletionMeta, obj: str, gen: Generation) -> Callable[[], dict[str, Any]]:
+    """OpenAI's last chunk with stream_options.include_usage: no choices, the usage."""
+
+    def chunk() -> dict[str, Any]:
+        use = usage(gen.n_prompt, gen.n_generated)
+        return {"id": meta.id, "object": obj, "created": meta.created, "model": meta.model, "choices": [], "usage": use}
+
+    return chunk
+
+
+def _stream(
+    job: Job,
+    queue: asyncio.Queue[Event],
+    *,
+    first: list[dict[str, Any]],
+    piece: Callable[[str], dict[str, Any]],
+    last: Callable[[FinishReason | None], dict[str, Any]],
+    usage_chunk: Callable[[], dict[str, Any]] | None,
+) -> EventSourceResponse:
+    """Server-sent events: the first chunks, a chunk per text piece, the finishing chunk, then [DONE]. A client that
+    disconnects cancels the generation (sse-starlette cancels this generator)."""
+    gen = job.generation
+
+    async def events() -> AsyncIterator[str]:
+        try:
+            for chunk in first:
+                yield json.dumps(chunk)
+            while True:
+                event = await queue.get()
+                if event.error is not None:
+                    yield json.dumps(error_body(500, f"the generation failed: {event.error}", type="server_error"))
+                    break
+                if event.text:
+                    yield json.dumps(piece(event.text))
+                if event.finished:
+                    yield json.dumps(last(gen.finish_reason))
+                    if usage_chunk is not None:
+                        yield json.dumps(usage_chunk())
+                    break
+            yield "[DONE]"
+        finally:
+            if not gen.done:
+                gen.cancel()
+
+    return EventSourceResponse(events(), sep="\n")

@@ -1,0 +1,43 @@
+"""The server's settings (llama-server's flag names in `turbosparse serve`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    model_path: str
+    alias: str | None = None  # the model name clients see (default: the file name)
+    host: str = "127.0.0.1"
+    port: int = 8080
+    n_threads: int | None = None
+    n_ctx: int = 4096  # all slots together, as llama-server's -c: each slot gets n_ctx // parallel (0: the model's)
+    n_batch: int = 512
+    parallel: int = 1  # slots: requests decoded at once, each with its own KV cache
+    queue_size: int = 64  # requests waiting for a slot; more are refused with 503
+    sparse: str = "auto"
+    threshold: float | None = None
+    api_key: str | None = None  # clients must send "Authorization: Bearer <api_key>"
+    chat_template: str | None = None  # Jinja2 source replacing the file's tokenizer.chat_template
+    verbose: bool = False
+
+    def __post_init__(self) -> None:
+        if self.parallel < 1:
+            raise ValueError(f"--parallel must be >= 1, got {self.parallel}")
+        if self.queue_size < 0:
+            raise ValueError(f"--queue-size must be >= 0, got {self.queue_size}")
+        if self.n_ctx < 0:
+            raise ValueError(f"--ctx-size must be >= 0, got {self.n_ctx}")
+        if 0 < self.n_ctx < 8 * self.parallel:
+            raise ValueError(f"--ctx-size {self.n_ctx} leaves fewer than 8 tokens to each of {self.parallel} slots")
+
+    @property
+    def model_name(self) -> str:
+        return self.alias or Path(self.model_path).name
+
+    @property
+    def slot_ctx(self) -> int:
+        """Tokens each slot holds (0: the model's training context)."""
+        return self.n_ctx // self.parallel

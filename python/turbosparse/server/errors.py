@@ -1,0 +1,77 @@
+"""Errors as OpenAI's API writes them: {"error": {"message", "type", "param", "code"}} with a 4xx/5xx status."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+logger = logging.getLogger(__name__)
+
+_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    503: "unavailable_error",
+}
+
+
+class APIError(Exception):
+    """An error answered to the client with this status and an OpenAI-style error object."""
+
+    def __init__(self, status: int, message: str, *, param: str | None = None, type: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.type = type or _TYPES.get(status, "server_error")
+
+
+def error_body(status: int, message: str, *, param: str | None = None, type: str | None = None) -> dict:
+    kind = type or _TYPES.get(status, "server_error")
+    return {"error": {"message": message, "type": kind, "param": param, "code": status}}
+
+
+def error_response(error: APIError) -> JSONResponse:
+    return JSONResponse(error_body(error.status, error.message, param=error.param, type=error.type), error.status)
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+    """One line naming the first offending field, e.g. "max_tokens: Input should be greater than or equal to 0"."""
+    errors = exc.errors()
+    if not errors:
+        return "invalid request", None
+    first = errors[0]
+    loc = [str(part) for part in first.get("loc", ()) if part != "body"]
+    message = str(first.get("msg", "invalid value"))
+    if first.get("type") == "json_invalid":
+        return "the request body is not valid JSON", None
+    field = ".".join(loc) or None
+    return (f"{field}: {message}" if field else message), field
+
+
+def install_handlers(app: FastAPI) -> None:
+    """Every error, including FastAPI's own (validation, unknown route, wrong method), as an error object."""
+
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, exc: APIError) -> JSONResponse:
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        message, field = _validation_message(exc)
+        return error_response(APIError(400, message, param=field))
+
+    @app.exception_handler(HTTPException)
+    async def _http(request: Request, exc: HTTPException) -> JSONResponse:
+        return error_response(APIError(exc.status_code, str(exc.detail)))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unexpected error on %s %s", request.method, request.url.path)
+        return error_response(APIError(500, f"internal error: {type(exc).__name__}: {exc}"))

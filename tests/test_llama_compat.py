@@ -1,0 +1,112 @@
+"""turbosparse.Llama as a drop-in for llama_cpp.Llama: one script, written against llama-cpp-python, runs on both
+and gets the same structures; on the dense SmolLM2 file, the same greedy text and close logits."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+N_THREADS = 2
+
+
+def llama_script(Llama: Any, path: str) -> dict[str, Any]:
+    """What a llama-cpp-python user writes; only the import differs between the two runs."""
+    llm = Llama(model_path=path, n_ctx=512, n_threads=N_THREADS, seed=7, verbose=False, logits_all=True)
+    out: dict[str, Any] = {}
+    out["call"] = llm("The capital of France is", max_tokens=12, temperature=0.0, stop=["\n\n"])
+    out["completion_stream"] = list(llm.create_completion("Once upon a time", max_tokens=8, temperature=0, stream=True))
+    out["echo"] = llm.create_completion("Water boils at", max_tokens=6, temperature=0, echo=True)
+    out["token_prompt"] = llm.create_completion(llm.tokenize(b"Water boils at"), max_tokens=6, temperature=0)
+    messages = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Name a color."}]
+    out["chat"] = llm.create_chat_completion(messages, max_tokens=10, temperature=0)
+    out["chat_stream"] = list(llm.create_chat_completion(messages, max_tokens=10, temperature=0, stream=True))
+    out["seeded"] = [llm("Roses are", max_tokens=8, temperature=0.9, seed=3)["choices"][0]["text"] for _ in range(2)]
+    tokens = llm.tokenize(b"Hello world", add_bos=True)
+    out["tokens"] = tokens
+    out["text"] = llm.detokenize(tokens)
+    out["special"] = (llm.token_bos(), llm.token_eos(), llm.n_ctx())
+    llm.reset()
+    llm.eval(llm.tokenize(b"To be, or not to be"))
+    llm.eval(llm.tokenize(b" that is", add_bos=False))
+    out["scores"] = np.array(llm.scores[: llm.n_tokens])
+    out["n_tokens"] = llm.n_tokens
+    return out
+
+
+def shape(value: Any) -> Any:
+    """The structure of a returned object: dict keys and value types, recursively (ids and numbers aside)."""
+    if isinstance(value, dict):
+        return {k: shape(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [shape(v) for v in value[:1]]
+    return type(value).__name__
+
+
+@pytest.fixture(scope="module")
+def both(smollm2_path) -> tuple[dict[str, Any], dict[str, Any]]:
+    import llama_cpp
+
+    import turbosparse
+
+    return llama_script(llama_cpp.Llama, str(smollm2_path)), llama_script(turbosparse.Llama, str(smollm2_path))
+
+
+def test_same_structures(both) -> None:
+    theirs, ours = both
+    for key in ("call", "echo", "token_prompt", "chat"):
+        assert shape(ours[key]) == shape(theirs[key]), key
+    for key in ("completion_stream", "chat_stream"):
+        assert [shape(c) for c in ours[key]] == [shape(c) for c in theirs[key]], key
+        assert [c["choices"][0]["finish_reason"] for c in ours[key]] == [
+            c["choices"][0]["finish_reason"] for c in theirs[key]
+        ]
+    assert ours["call"]["object"] == "text_completion" and ours["chat"]["object"] == "chat.completion"
+    assert ours["chat_stream"][0]["choices"][0]["delta"] == {"role": "assistant"}
+
+
+def test_same_greedy_text_and_usage(both) -> None:
+    theirs, ours = both
+    for key in ("call", "echo", "token_prompt"):
+        assert ours[key]["choices"][0]["text"] == theirs[key]["choices"][0]["text"], key
+        assert ours[key]["usage"] == theirs[key]["usage"], key
+    assert ours["chat"]["choices"][0]["message"] == theirs["chat"]["choices"][0]["message"]
+    assert ours["chat"]["usage"] == theirs["chat"]["usage"]
+    assert ours["call"]["choices"][0]["finish_reason"] == theirs["call"]["choices"][0]["finish_reason"]
+
+    def joined(chunks: list[dict], field: str) -> str:
+        if field == "text":
+            return "".join(c["choices"][0]["text"] for c in chunks)
+        return "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
+
+    assert joined(ours["completion_stream"], "text") == joined(theirs["completion_stream"], "text")
+    assert joined(ours["chat_stream"], "delta") == joined(theirs["chat_stream"], "delta")
+    assert joined(ours["chat_stream"], "delta") == ours["chat"]["choices"][0]["message"]["content"]
+
+
+def test_same_tokens_and_close_logits(both) -> None:
+    theirs, ours = both
+    assert ours["tokens"] == theirs["tokens"] and ours["text"] == theirs["text"]
+    assert ours["special"] == theirs["special"]
+    assert ours["n_tokens"] == theirs["n_tokens"]
+    assert ours["scores"].shape == theirs["scores"].shape
+    assert (ours["scores"].argmax(-1) == theirs["scores"].argmax(-1)).all()
+    # a fixed seed repeats its sample
+    assert ours["seeded"][0] == ours["seeded"][1]
+
+
+def test_unsupported_options_say_so(smollm2_path) -> None:
+    import turbosparse
+
+    llm = turbosparse.Llama(str(smollm2_path), n_ctx=128, n_threads=N_THREADS, verbose=False)
+    with pytest.raises(ValueError, match="grammar"):
+        llm("Hi", grammar=object())
+    with pytest.raises(ValueError, match="tools"):
+        llm.create_chat_completion([{"role": "user", "content": "Hi"}], tools=[{"type": "function"}])
+    with pytest.raises(ValueError, match="exceed context window of 128"):
+        llm("word " * 200)
+    with pytest.raises(ValueError, match="chat_format"):
+        turbosparse.Llama(str(smollm2_path), chat_format="llama-2", verbose=False)
+    with pytest.raises(TypeError):
+        turbosparse.Llama(str(smollm2_path), n_ctxx=128)  # a typo is an error, not silently ignored

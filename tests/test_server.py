@@ -1,0 +1,338 @@
+"""`turbosparse serve` as users run it: one real server process on 127.0.0.1 (SmolLM2, 3 slots), driven by the
+real `openai` client and by raw HTTP for what the client would never send."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import openai
+import pytest
+
+API_KEY = "sk-turbosparse-test"
+SLOTS = 3
+SLOT_CTX = 512
+QUEUE = 3
+PROMPTS = ["The capital of France is", "Once upon a time, in a small village", "def fibonacci(n):",
+           "The three primary colors are", "Water boils at", "My favourite season is"]  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, port: int, process: subprocess.Popen[str]) -> None:
+        self.port = port
+        self.process = process
+        self.base = f"http://127.0.0.1:{port}"
+        self.startup: list[tuple[int, Any]] = []  # /health answers seen while starting
+
+    def request(
+        self, method: str, path: str, body: bytes | dict | None = None, *, key: str | None = API_KEY
+    ) -> tuple[int, Any]:
+        data = json.dumps(body).encode() if isinstance(body, dict) else body
+        headers = {"Content-Type": "application/json"}
+        if key is not None:
+            headers["Authorization"] = f"Bearer {key}"
+        req = urllib.request.Request(self.base + path, data=data, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=600) as r:
+                status, raw = r.status, r.read()
+        except urllib.error.HTTPError as e:
+            status, raw = e.code, e.read()
+        text = raw.decode()
+        try:
+            return status, json.loads(text)
+        except json.JSONDecodeError:
+            return status, text
+
+    def client(self) -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.base + "/v1", api_key=API_KEY, max_retries=0, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def server(smollm2_path) -> Iterator[Server]:
+    port = free_port()
+    args = ["-m", str(smollm2_path), "--port", str(port), "-t", "2", "-c", str(SLOTS * SLOT_CTX),
+            "--parallel", str(SLOTS), "--queue-size", str(QUEUE), "--api-key", API_KEY]  # fmt: skip
+    process = subprocess.Popen(
+        [sys.executable, "-m", "turbosparse", "serve", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    srv = Server(port, process)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            assert process.poll() is None, process.stdout.read() if process.stdout else ""
+            try:
+                srv.startup.append(srv.request("GET", "/health", key=None))
+            except (urllib.error.URLError, ConnectionError):
+                pass  # not listening yet
+            if srv.startup and srv.startup[-1][0] == 200:
+                break
+            time.sleep(0.05)
+        assert srv.startup and srv.startup[-1][0] == 200, srv.startup[-3:]
+        yield srv
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def metric(srv: Server, name: str) -> float:
+    status, text = srv.request("GET", "/metrics", key=None)
+    assert status == 200
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+def assert_error(status: int, body: Any, expected: int) -> None:
+    assert status == expected, body
+    assert isinstance(body, dict) and set(body) == {"error"}, body
+    assert body["error"]["message"] and body["error"]["type"] and body["error"]["code"] == expected
+
+
+def test_health_answers_503_while_loading_then_ok(server: Server) -> None:
+    loading = [body for status, body in server.startup if status == 503]
+    assert loading, server.startup
+    assert loading[0] == {
+        "error": {"message": "Loading model", "type": "unavailable_error", "param": None, "code": 503}
+    }
+    assert server.startup[-1] == (200, {"status": "ok"})
+
+
+def test_models(server: Server) -> None:
+    models = server.client().models.list()
+    assert [m.id for m in models.data] == ["SmolLM2-135M-Instruct.Q4_1.gguf"]
+
+
+def test_chat_plain_and_streamed_give_the_same_text(server: Server) -> None:
+    client = server.client()
+    messages = [{"role": "user", "content": "Write one sentence about the sea."}]
+    plain = client.chat.completions.create(model="x", messages=messages, max_tokens=16, temperature=0)
+    text = plain.choices[0].message.content
+    assert text and plain.choices[0].finish_reason in ("stop", "length")
+    assert plain.usage.completion_tokens <= 16 and plain.usage.prompt_tokens > 10
+    chunks = list(
+        client.chat.completions.create(
+            model="x", messages=messages, max_tokens=16, temperature=0, stream=True,
+            stream_options={"include_usage": True},
+        )
+    )  # fmt: skip
+    assert chunks[0].choices[0].delta.role == "assistant"
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert streamed == text
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == plain.choices[0].finish_reason
+    assert chunks[-1].choices == [] and chunks[-1].usage.total_tokens == plain.usage.total_tokens
+
+
+def test_completions_with_stop_strings(server: Server) -> None:
+    client = server.client()
+    whole = client.completions.create(model="x", prompt=PROMPTS[1], max_tokens=32, temperature=0)
+    text = whole.choices[0].text
+    assert whole.choices[0].finish_reason == "length" and len(text) > 20
+    stop = text[12:16]
+    cut = client.completions.create(model="x", prompt=PROMPTS[1], max_tokens=32, temperature=0, stop=[stop, "zzz"])
+    assert cut.choices[0].text == text[: text.find(stop)]
+    assert cut.choices[0].finish_reason == "stop"
+    stream = client.completions.create(
+        model="x", prompt=PROMPTS[1], max_tokens=40, temperature=0, stop=stop, stream=True
+    )
+    assert "".join(c.choices[0].text for c in stream) == cut.choices[0].text
+    # seeded sampling repeats itself
+    a, b = (client.completions.create(model="x", prompt="Roses are", max_tokens=12, seed=5).choices[0].text
+            for _ in range(2))  # fmt: skip
+    assert a == b
+    unseeded = client.completions.create(model="x", prompt="Roses are", max_tokens=2, seed=-1)  # llama-server's random
+    assert unseeded.choices[0].finish_reason in ("stop", "length")
+
+
+def test_six_concurrent_requests_each_get_their_own_answer(server: Server) -> None:
+    """Six requests at once over three slots: three decode together in one forward pass, three wait in the queue;
+    each answer equals the one the request gets alone (batching changes nothing on this model)."""
+    client = server.client()
+
+    def ask(prompt: str) -> str:
+        return client.completions.create(model="x", prompt=prompt, max_tokens=16, temperature=0).choices[0].text
+
+    alone = [ask(p) for p in PROMPTS]
+    steps_before = metric(server, "llamacpp:n_decode_total")
+    busy_before = metric(server, "llamacpp:n_busy_slots_per_decode") * steps_before
+    results: dict[int, str] = {}
+    errors: list[BaseException] = []
+
+    def work(i: int) -> None:
+        try:
+            results[i] = ask(PROMPTS[i])
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert [results[i] for i in range(6)] == alone
+    steps = metric(server, "llamacpp:n_decode_total") - steps_before
+    busy = metric(server, "llamacpp:n_busy_slots_per_decode") * metric(server, "llamacpp:n_decode_total") - busy_before
+    assert busy / steps > 1.5  # requests were decoded together
+
+
+def test_a_full_queue_is_refused_and_a_client_that_leaves_stops_its_generation(server: Server) -> None:
+    client = server.client()
+    cancelled_before = metric(server, "turbosparse:requests_cancelled_total")
+    streams = [
+        client.completions.create(model="x", prompt=PROMPTS[i], max_tokens=400, temperature=0, stream=True)
+        for i in range(SLOTS + QUEUE)
+    ]
+    first = [next(iter(s)) for s in streams[:SLOTS]]  # the running ones have started
+    assert all(c.choices[0].text is not None for c in first)
+    deadline = time.monotonic() + 30
+    while metric(server, "llamacpp:requests_deferred") < QUEUE and time.monotonic() < deadline:
+        time.sleep(0.1)
+    status, body = server.request("POST", "/v1/completions", {"prompt": "Hi", "max_tokens": 4})
+    assert_error(status, body, 503)
+    assert "busy" in body["error"]["message"]
+    for s in streams:
+        s.close()
+    deadline = time.monotonic() + 60
+    while metric(server, "llamacpp:requests_processing") + metric(server, "llamacpp:requests_deferred") > 0:
+        assert time.monotonic() < deadline, "closed streams kept their slots"
+        time.sleep(0.2)
+    assert metric(server, "turbosparse:requests_cancelled_total") - cancelled_before == SLOTS + QUEUE
+    assert metric(server, "llamacpp:tokens_predicted_total") < 10_000
+
+
+def test_a_client_that_leaves_a_plain_request_stops_its_generation(server: Server) -> None:
+    cancelled = metric(server, "turbosparse:requests_cancelled_total")
+    body = json.dumps({"prompt": PROMPTS[3], "max_tokens": 400, "temperature": 0}).encode()
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {API_KEY}"}
+    req = urllib.request.Request(server.base + "/v1/completions", data=body, headers=headers)
+    with pytest.raises(TimeoutError):
+        urllib.request.urlopen(req, timeout=1.5)  # gives up and closes the connection
+    deadline = time.monotonic() + 60
+    while metric(server, "turbosparse:requests_cancelled_total") == cancelled:
+        assert time.monotonic() < deadline, "the generation went on without its client"
+        time.sleep(0.2)
+    assert metric(server, "llamacpp:requests_processing") == 0
+    status, body = server.request("POST", "/v1/completions", {"prompt": "Hi", "max_tokens": 0})
+    assert status == 200 and body["choices"][0] == {"text": "", "index": 0, "logprobs": None, "finish_reason": "length"}
+
+
+BAD_CHAT = [
+    (b"{not json", 400),
+    (b"[1, 2]", 400),
+    ({}, 400),  # no messages
+    ({"messages": []}, 400),
+    ({"messages": [{"role": "user"}], "max_tokens": -1}, 400),
+    ({"messages": [{"role": "user", "content": "x"}], "max_tokens": 10**12}, 400),
+    ({"messages": [{"role": "user", "content": "x"}], "temperature": "hot"}, 400),
+    ({"messages": [{"role": "user", "content": "x"}], "stop": 5}, 400),
+    ({"messages": "hello"}, 400),
+    ({"messages": [{"role": "wizard", "content": "x"}]}, 400),
+    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, 400),
+    ({"messages": [{"role": "user", "content": "x"}], "n": 2}, 400),
+    ({"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]}, 400),
+    ({"messages": [{"role": "user", "content": "x"}], "seed": -2}, 400),  # -1 is llama-server's "random"
+    ({"messages": [{"role": "user", "content": "word " * 600}]}, 400),  # longer than a slot's context
+]
+BAD_COMPLETION = [
+    ({"prompt": ""}, 400),
+    ({"prompt": [1, 2, 10**9]}, 400),
+    ({"prompt": ["a", "b"]}, 400),
+    ({"prompt": "x", "logprobs": 3}, 400),
+    ({"prompt": "x", "suffix": "y"}, 400),
+    ({"prompt": "word " * 600, "max_tokens": 1}, 400),
+    ({"prompt": "x", "max_tokens": SLOT_CTX}, 400),  # prompt + max_tokens exceed the slot
+    ({"prompt": "x", "top_p": 0}, 400),
+]
+
+
+def test_bad_input_is_a_4xx_error_object(server: Server) -> None:
+    for body, expected in BAD_CHAT:
+        status, answer = server.request("POST", "/v1/chat/completions", body)
+        assert_error(status, answer, expected)
+    for body, expected in BAD_COMPLETION:
+        status, answer = server.request("POST", "/v1/completions", body)
+        assert_error(status, answer, expected)
+    status, answer = server.request("POST", "/detokenize", {"tokens": [-1]})
+    assert_error(status, answer, 400)
+    assert_error(*server.request("GET", "/v1/nothing"), 404)
+    assert_error(*server.request("GET", "/v1/chat/completions"), 405)
+    with pytest.raises(openai.BadRequestError, match="max_tokens"):
+        server.client().chat.completions.create(model="x", messages=[{"role": "user", "content": "x"}], max_tokens=-5)
+
+
+def test_the_api_key_is_required(server: Server) -> None:
+    for key in (None, "sk-wrong"):
+        status, body = server.request("POST", "/v1/completions", {"prompt": "Hi", "max_tokens": 2}, key=key)
+        assert_error(status, body, 401)
+        assert_error(*server.request("GET", "/v1/models", key=key), 401)
+    # even a malformed body meets the key check first
+    assert_error(*server.request("POST", "/v1/chat/completions", b"{not json", key=None), 401)
+    assert server.request("GET", "/health", key=None)[0] == 200
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=server.base + "/v1", api_key="sk-wrong", max_retries=0).models.list()
+
+
+def test_tokenize_and_detokenize(server: Server, smollm2_model) -> None:
+    status, body = server.request("POST", "/tokenize", {"content": "Hello world <|im_start|>"})
+    assert status == 200 and body["tokens"] == smollm2_model.tokenize(
+        "Hello world <|im_start|>", add_bos=False, special=True
+    )
+    status, body = server.request("POST", "/detokenize", {"tokens": body["tokens"][:2]})
+    assert (status, body) == (200, {"content": "Hello world"})
+
+
+def test_metrics(server: Server) -> None:
+    before = metric(server, "llamacpp:tokens_predicted_total")
+    server.client().completions.create(model="x", prompt=PROMPTS[2], max_tokens=8, temperature=0)
+    status, text = server.request("GET", "/metrics", key=None)
+    assert status == 200
+    names = [
+        "llamacpp:prompt_tokens_total",
+        "llamacpp:tokens_predicted_total",
+        "llamacpp:predicted_tokens_seconds",
+        "llamacpp:requests_processing",
+        "llamacpp:requests_deferred",
+        "turbosparse:ffn_rows_read_ratio",
+    ]
+    for name in names:
+        assert f"# TYPE {name} " in text
+    assert metric(server, "llamacpp:tokens_predicted_total") - before >= 8
+    assert metric(server, "llamacpp:predicted_tokens_seconds") > 0
+    assert metric(server, "turbosparse:ffn_rows_read_ratio") == 1.0  # a dense file reads every row
+
+
+def test_the_server_is_alive_at_the_end(server: Server) -> None:
+    assert server.process.poll() is None
+    assert server.request("GET", "/health", key=None) == (200, {"status": "ok"})
+    answer = server.client().completions.create(model="x", prompt=PROMPTS[0], max_tokens=3, temperature=0)
+    assert answer.choices[0].text
+
+
+def test_the_chat_template_flag_replaces_the_files(smollm2_path) -> None:
+    from turbosparse.server import ServerConfig
+    from turbosparse.server.app import load_model
+
+    template = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
+    model = load_model(ServerConfig(str(smollm2_path), n_ctx=256, n_threads=1, chat_template=template))
+    assert model.chat_prompt([{"role": "user", "content": "Hi"}]) == "[user] Hi\n"
