@@ -34,14 +34,8 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
 
 
 def text_completion(meta: CompletionMeta, text: str, finish_reason: FinishReason | None, use: dict[str, int]) -> dict:
-    return {
-        "id": meta.id,
-        "object": "text_completion",
-        "created": meta.created,
-        "model": meta.model,
-        "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish_reason}],
-        "usage": use,
-    }
+    """A whole text completion: a streamed chunk's shape (OpenAI uses one object name for both) plus usage."""
+    return {**text_completion_chunk(meta, text, finish_reason), "usage": use}
 
 
 def text_completion_chunk(meta: CompletionMeta, text: str, finish_reason: FinishReason | None) -> dict:
