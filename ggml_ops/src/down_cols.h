@@ -13,6 +13,10 @@
  *
  * so that   sum_k a_k W[i][32g + k] = scale[i] * sum_k a_k (code[k][i] - offset) + min[i] * sum_k a_k :
  * a kept neuron costs its codes, a group with any kept neuron its scales (and mins).
+ *
+ * The activations of a group are quantized as ggml quantizes the dense down projection's input (Q8_0 / Q8_1: one
+ * scale S = max |a| / 127 per 32 neurons, a_k ~ S * q_k), so the sums over k are integer sums, and keeping every
+ * neuron computes what ggml's dense mul_mat computes, up to float rounding.
  */
 #ifndef TS_DOWN_COLS_H
 #define TS_DOWN_COLS_H
@@ -48,5 +52,14 @@ void ts_down_cols_add(const ts_down_cols_format *f, const void *cols, const int3
 /* The same, one value at a time (the path of CPUs without AVX2, and the vectorized one's reference). */
 void ts_down_cols_add_reference(const ts_down_cols_format *f, const void *cols, const int32_t *idx, const float *coef,
                                 int64_t n_idx, int64_t c0, int64_t n, float *out);
+
+/*
+ * Adds one group's kept neurons k[0, n) (their index within the group, ascending) with quantized activations q:
+ * out[c] += S * (scale[i] * (sum_r q_r code_r[i] - offset * sum_q) + min[i] * sum_q), i = c0 + c, c in [0, len).
+ */
+typedef void (*ts_down_cols_group_fn)(const ts_down_cols_format *f, const uint8_t *group, const int32_t *k,
+                                      const int8_t *q, int n, float s, int32_t sum_q, int64_t c0, int64_t len, float *out);
+/* The AVX2 kernel (down_cols_avx2.c), NULL where not compiled for x86-64. */
+ts_down_cols_group_fn ts_down_cols_group_avx2(void);
 
 #endif
