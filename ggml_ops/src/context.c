@@ -184,9 +184,11 @@ static void drop_graph(ts_context *c) {
         ggml_free(c->graph_ctx);
         c->graph_ctx = NULL;
     }
-    if (c->group_ids != NULL) {
-        memset(c->group_ids, 0, sizeof(*c->group_ids) * (size_t)c->model->info.n_layer);
-    }
+}
+
+/* Forgets the chosen-group tensors of the last graph: the next graph build sets those it has. */
+static void clear_group_ids(ts_context *c) {
+    memset(c->group_ids, 0, sizeof(*c->group_ids) * (size_t)c->model->info.n_layer);
 }
 
 void ts_context_free(ts_context *c) {
@@ -425,6 +427,7 @@ static int prepare_graph(ts_context *c, const ts_group *groups, int32_t n_groups
     g->dense_ffn = dense_ffn;
     g->n_groups = n_groups;
     memcpy(g->groups, groups, sizeof(*groups) * (size_t)n_groups);
+    clear_group_ids(c);
     int rc = ts_graph_build(c, ctx0, g);
     if (rc == 0) {
         rc = alloc_graph(c, g->gf, n_tokens, err, err_size);
@@ -622,6 +625,7 @@ int32_t ts_context_eval_ffn(ts_context *c, int32_t layer, const float *h, int32_
         return -1;
     }
     struct ggml_tensor *in = NULL, *res = NULL;
+    clear_group_ids(c);
     struct ggml_cgraph *gf = ts_graph_build_ffn(c, ctx0, layer, n_tokens, dense_ffn, &in, &res);
     int rc = alloc_graph(c, gf, n_tokens, err, err_size);
     if (rc == 0) {
@@ -633,6 +637,6 @@ int32_t ts_context_eval_ffn(ts_context *c, int32_t layer, const float *h, int32_
         memcpy(out, res->data, ggml_nbytes(res));
     }
     ggml_free(ctx0);
-    memset(c->group_ids, 0, sizeof(*c->group_ids) * (size_t)c->model->info.n_layer);
+    clear_group_ids(c);
     return rc;
 }
