@@ -28,6 +28,8 @@ from .collect import Collection
 
 logger = logging.getLogger(__name__)
 
+LayerData = Callable[[int], tuple[np.ndarray, np.ndarray]]  # layer -> (predictor logits, true mask) [tokens, n_ff]
+
 
 @dataclass
 class GroupPlanConfig:
@@ -114,7 +116,7 @@ def smallest_k(recall: np.ndarray, target: float) -> int:
 
 def plan_groups(
     n_layer: int,
-    layer_data: Callable[[int], tuple[np.ndarray, np.ndarray]],
+    layer_data: LayerData,
     config: GroupPlanConfig,
 ) -> GroupPlan:
     """The plan from each layer's (predictor logits [tokens, n_ff], true mask [tokens, n_ff])."""
@@ -150,8 +152,9 @@ def predictor_logits(
     return np.maximum(h @ fc1.T, 0.0) @ fc2.T
 
 
-def plan_from_checkpoint(checkpoint: Path, collect_dir: Path, config: GroupPlanConfig) -> GroupPlan:
-    """A plan for an HF checkpoint with embedded predictors (bamboo layout) from its collection."""
+def checkpoint_layers(checkpoint: Path, collect_dir: Path) -> tuple[int, LayerData]:
+    """(n_layer, layer -> (predictor logits, true mask)) for an HF checkpoint with embedded predictors (bamboo
+    layout) and its collection."""
     from safetensors import safe_open
 
     hf = json.loads((checkpoint / "config.json").read_text())
@@ -175,7 +178,26 @@ def plan_from_checkpoint(checkpoint: Path, collect_dir: Path, config: GroupPlanC
                                   tensor(f"{prefix}.fc2.weight"), predictor_input, eps)  # fmt: skip
         return logits, collection.mask(layer)
 
-    return plan_groups(collection.manifest.n_layer, layer_data, config)
+    return collection.manifest.n_layer, layer_data
+
+
+def plan_from_checkpoint(checkpoint: Path, collect_dir: Path, config: GroupPlanConfig) -> GroupPlan:
+    """A plan for an HF checkpoint with embedded predictors (bamboo layout) from its collection."""
+    n_layer, layer_data = checkpoint_layers(checkpoint, collect_dir)
+    return plan_groups(n_layer, layer_data, config)
+
+
+def top_k_for(plan: GroupPlan, checkpoint: Path, collect_dir: Path, target: float, fit_tokens: int) -> list[int]:
+    """k per layer reaching another recall target under the plan's order (judged on the tokens after fit_tokens)."""
+    n_layer, layer_data = checkpoint_layers(checkpoint, collect_dir)
+    top_k = []
+    for layer in range(n_layer):
+        logits, mask = layer_data(layer)
+        order = np.asarray(plan.order[layer])
+        recall = recall_by_k(group_scores(logits[fit_tokens:], order, plan.group_size),
+                             group_counts(mask[fit_tokens:], order, plan.group_size))  # fmt: skip
+        top_k.append(smallest_k(recall, target))
+    return top_k
 
 
 def main(argv: list[str] | None = None) -> int:
