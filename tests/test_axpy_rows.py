@@ -17,7 +17,7 @@ FAST_TYPES = {
 }
 TOLERANCE = 1e-5  # relative to sum_i |coef_i| * max|row_i|: float32 rounding only, the rows are dequantized exactly
 # kernels that quantize each row's coefficient times its block scale to 8 bits (shared by a few rows and 32 columns)
-INTEGER_KERNELS = {KernelIsa.AVX2: [Q.Q4_0, Q.Q8_0], KernelIsa.NEON: [Q.Q4_0, Q.Q8_0]}
+INTEGER_KERNELS = {KernelIsa.AVX2: [Q.Q4_0, Q.Q8_0, Q.Q4_1, Q.Q4_K], KernelIsa.NEON: [Q.Q4_0, Q.Q8_0]}
 
 
 def stored(values: np.ndarray, qtype: Q) -> tuple[np.ndarray, np.ndarray]:
@@ -28,24 +28,37 @@ def stored(values: np.ndarray, qtype: Q) -> tuple[np.ndarray, np.ndarray]:
     return q, gguf.quants.dequantize(q, qtype).reshape(values.shape)
 
 
-def block_scales(w: np.ndarray, qtype: Q, n_cols: int) -> np.ndarray:
-    """[rows, n_cols] the fp16 scale d of the 32-value block each value belongs to (Q4_0, Q8_0: the block's first bytes)."""
-    block_bytes = {Q.Q4_0: 18, Q.Q8_0: 34}[qtype]
+def block_scales(w: np.ndarray, qtype: Q, n_cols: int) -> tuple[np.ndarray, np.ndarray]:
+    """[rows, n_cols] twice: the scale d and min m of the 32 values each value belongs to (value = d * code + m):
+    the block's fp16 d and m (Q4_0, Q8_0: m = 0), a Q4_K sub-block's d * sc and -dmin * mn (6-bit scales and mins
+    packed as ggml-common.h describes)."""
+    if qtype == Q.Q4_K:
+        blocks = w.reshape(w.shape[0], n_cols // 256, 144)
+        dd = blocks[:, :, :4].copy().view(np.float16).astype(np.float64)  # d, dmin
+        packed = blocks[:, :, 4:16].astype(np.int64)
+        sc, mn = np.empty(dd.shape[:2] + (8,)), np.empty(dd.shape[:2] + (8,))
+        sc[:, :, :4], mn[:, :, :4] = packed[:, :, :4] & 63, packed[:, :, 4:8] & 63
+        sc[:, :, 4:] = (packed[:, :, 8:12] & 15) | ((packed[:, :, :4] >> 6) << 4)
+        mn[:, :, 4:] = (packed[:, :, 8:12] >> 4) | ((packed[:, :, 4:8] >> 6) << 4)
+        d, m = dd[:, :, :1] * sc, -dd[:, :, 1:] * mn
+        return np.repeat(d.reshape(w.shape[0], -1), 32, axis=1), np.repeat(m.reshape(w.shape[0], -1), 32, axis=1)
+    block_bytes = {Q.Q4_0: 18, Q.Q4_1: 20, Q.Q8_0: 34}[qtype]
     blocks = w.reshape(w.shape[0], n_cols // 32, block_bytes)
     d = blocks[:, :, :2].copy().view(np.float16)[:, :, 0].astype(np.float64)
-    return np.repeat(d, 32, axis=1)
+    m = blocks[:, :, 2:4].copy().view(np.float16)[:, :, 0].astype(np.float64) if qtype == Q.Q4_1 else np.zeros_like(d)
+    return np.repeat(d, 32, axis=1), np.repeat(m, 32, axis=1)
 
 
 def error_bound(w: np.ndarray, deq: np.ndarray, qtype: Q, isa: KernelIsa, idx: np.ndarray, coef: np.ndarray) -> np.ndarray:
     """Per output value, what the kernel may differ from the exact sum. Integer kernels round c_r = coef_r * d_r to
     S * k_r with S = max |c| / 127 over at most all rows: each row adds at most S / 2 * |code_r| of error, where
-    code_r = value_r / d_r. Every kernel: float32 rounding."""
+    code_r = (value_r - m_r) / d_r (Q4_0: the nibble minus 8, taken off in integers). Every kernel: float32 rounding."""
     scale = max(1.0, float(np.abs(coef).sum() * np.abs(deq).max()))
     bound = np.full(deq.shape[1], TOLERANCE * scale)
     if qtype in INTEGER_KERNELS.get(isa, []) and idx.size:
-        d = block_scales(w, qtype, deq.shape[1])[idx]
+        d, m = (x[idx] for x in block_scales(w, qtype, deq.shape[1]))
         c_max = np.abs(coef[:, None].astype(np.float64) * d).max(0)
-        codes = np.abs(np.divide(deq[idx], d, out=np.zeros_like(d), where=d != 0))
+        codes = np.abs(np.divide(deq[idx] - m, d, out=np.zeros_like(d), where=d != 0))
         bound += c_max / 254 * codes.sum(0) * (1 + 1e-5)
     return bound
 
@@ -126,6 +139,7 @@ def test_mistral_7b_down_matrix(qtype: Q) -> None:
     isa = kernel_isa_used(KernelKind.AXPY_ROWS, qtype, 4096)
     rows = np.arange(1434)
     assert np.all(np.abs(out - expected) <= error_bound(w[idx], deq, qtype, isa, rows, coef))
-    # the bound holds for any rounding; the rounding to nearest that the kernels do is far below it
+    # the bound holds for any rounding; rounding to nearest stays near what ggml's 8-bit quantization of the dense
+    # down's input costs (~0.5-1 % rms)
     relative_rms = np.sqrt(((out - expected) ** 2).mean() / (expected**2).mean())
-    assert relative_rms <= (1e-2 if qtype in INTEGER_KERNELS.get(isa, []) else 1e-5)
+    assert relative_rms <= (1.5e-2 if qtype in INTEGER_KERNELS.get(isa, []) else 1e-5)

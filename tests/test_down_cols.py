@@ -57,6 +57,22 @@ def test_matches_numpy(qtype: Q, reference: bool, n_embd: int, n_ff: int, n_idx:
     assert np.abs(out - expected).max() <= TOLERANCE * scale
 
 
+@pytest.mark.parametrize("reference", [False, True], ids=["vectorized", "plain"])
+@pytest.mark.parametrize("qtype", [Q.Q4_K, Q.Q5_K], ids=lambda q: q.name)
+@pytest.mark.parametrize("n_embd,n_ff,n_idx,col0,n", [(64, 256, 30, 0, 64), (256, 512, 200, 96, 128), (96, 256, 256, 32, 64)])
+def test_k_quants_match_numpy(qtype: Q, reference: bool, n_embd: int, n_ff: int, n_idx: int, col0: int, n: int) -> None:
+    """K-quant sub-blocks as groups: the file's codes, each sub-block's scale d * sc and min dmin * m in fp16."""
+    rng = np.random.default_rng(n_embd + n_ff + n_idx)
+    raw, w = standard_down(rng, n_embd, n_ff, qtype)
+    idx = np.sort(rng.choice(n_ff, n_idx, replace=False)).astype(np.int32)
+    coef = rng.standard_normal(n_idx).astype(np.float32)
+    out = np.zeros(n, np.float32)
+    expected = w[col0 : col0 + n, idx] @ quantized_activations(idx, coef)
+    down_cols_add(raw, qtype, n_ff, idx, coef, out, col0, reference=reference)
+    # fp16 scale and min: each value off by at most 2^-11 * (|scale| * max code + |min|) <= ~3 * 2^-11 * max|W|
+    assert np.abs(out - expected).max() <= 3 * 2.0**-11 * np.abs(coef).sum() * np.abs(w).max()
+
+
 def test_zero_scale_blocks() -> None:
     """A block of equal values has scale 0 (Q4_1: everything in the min): its codes carry nothing."""
     rng = np.random.default_rng(1)
@@ -83,7 +99,7 @@ def test_bad_arguments_are_refused() -> None:
     with pytest.raises(ValueError, match="out of"):
         down_cols_add(raw, Q.Q4_0, 64, np.array([64], np.int32), np.ones(1, np.float32), out)
     with pytest.raises(ValueError, match="no exact column layout"):
-        down_cols_add(quantize(np.zeros((64, 256), np.float32), Q.Q4_K), Q.Q4_K, 256, np.array([0], np.int32),
+        down_cols_add(quantize(np.zeros((64, 256), np.float32), Q.Q6_K), Q.Q6_K, 256, np.array([0], np.int32),
                       np.ones(1, np.float32), out)  # fmt: skip
     with pytest.raises(ValueError, match="whole 32-blocks"):
         down_cols_add(raw, Q.Q4_0, 64, np.array([0], np.int32), np.ones(1, np.float32), out[:48], col0=16)

@@ -11,7 +11,9 @@
 
 /* ---- format ------------------------------------------------------------------------------------ */
 
-/* ggml's 32-value block types (ggml-common.h): the f16 scale d first, then (Q4_1, Q5_1) the f16 min m. */
+/* ggml's 32-value block types (ggml-common.h): the f16 scale d first, then (Q4_1, Q5_1) the f16 min m. K-quant
+ * super-blocks of 256 (Q4_K, Q5_K) hold 32-value sub-blocks with value = d * sc * q - dmin * mn: each becomes a group
+ * entry with scale d * sc and min -dmin * mn in fp16 (rounded: relative error <= 2^-11; the codes are the file's). */
 int ts_down_cols_format_for(enum ggml_type type, int64_t n_embd, ts_down_cols_format *f) {
     memset(f, 0, sizeof(*f));
     f->source = type;
@@ -21,6 +23,7 @@ int ts_down_cols_format_for(enum ggml_type type, int64_t n_embd, ts_down_cols_fo
         f->offset = 8;
         break;
     case GGML_TYPE_Q4_1:
+    case GGML_TYPE_Q4_K:
         f->code_bits = 4;
         f->has_min = 1;
         break;
@@ -29,6 +32,7 @@ int ts_down_cols_format_for(enum ggml_type type, int64_t n_embd, ts_down_cols_fo
         f->code_bits = 8;
         break;
     case GGML_TYPE_Q5_1:
+    case GGML_TYPE_Q5_K:
         f->code_bits = 8;
         f->has_min = 1;
         break;
@@ -42,6 +46,10 @@ int ts_down_cols_format_for(enum ggml_type type, int64_t n_embd, ts_down_cols_fo
     const size_t code_row = (size_t)n_embd * (size_t)f->code_bits / 8;
     f->group_bytes = (size_t)n_embd * 2 * (f->has_min ? 2 : 1) + TS_DOWN_COLS_GROUP * code_row;
     return 1;
+}
+
+int64_t ts_down_cols_groups_per_block(const ts_down_cols_format *f) {
+    return ggml_blck_size(f->source) / TS_DOWN_COLS_GROUP;
 }
 
 static size_t code_row_bytes(const ts_down_cols_format *f) {
@@ -71,28 +79,58 @@ static void put_code(const ts_down_cols_format *f, uint8_t *row, int64_t i, int 
     *byte = i % 32 < 16 ? (uint8_t)((*byte & 0xF0) | (code & 15)) : (uint8_t)((*byte & 0x0F) | ((code & 15) << 4));
 }
 
-void ts_down_cols_fill(const ts_down_cols_format *f, const void *down, int64_t n_ff, int64_t g0, int64_t g1, void *dst) {
+/* Sub-block j's 6-bit scale and min of a K-quant super-block's 12 packed bytes (ggml-common.h's Q4_K/Q5_K packing:
+ * j < 4 in the low 6 bits of bytes j and j + 4; j >= 4 in byte j + 4's nibbles and the top 2 bits of bytes j - 4, j). */
+static void k_scale_min(const uint8_t *packed, int j, int *sc, int *mn) {
+    if (j < 4) {
+        *sc = packed[j] & 63;
+        *mn = packed[j + 4] & 63;
+    } else {
+        *sc = (packed[j + 4] & 0x0F) | ((packed[j - 4] >> 6) << 4);
+        *mn = (packed[j + 4] >> 4) | ((packed[j] >> 6) << 4);
+    }
+}
+
+/* The exact scale and min of each 32-value run of a block (K-quants: of each sub-block). */
+static void block_scales(const ts_down_cols_format *f, const uint8_t *block, float *d, float *m) {
+    uint16_t h[2];
+    memcpy(h, block, f->has_min ? 4 : 2);
+    if (f->source != GGML_TYPE_Q4_K && f->source != GGML_TYPE_Q5_K) {
+        d[0] = ggml_fp16_to_fp32(h[0]);
+        m[0] = f->has_min ? ggml_fp16_to_fp32(h[1]) : 0.0f;
+        return;
+    }
+    const float dk = ggml_fp16_to_fp32(h[0]), dmin = ggml_fp16_to_fp32(h[1]);
+    for (int j = 0; j < 8; j++) {
+        int sc, mn;
+        k_scale_min(block + 4, j, &sc, &mn);
+        d[j] = dk * (float)sc;
+        m[j] = -dmin * (float)mn;
+    }
+}
+
+void ts_down_cols_fill(const ts_down_cols_format *f, const void *down, int64_t n_ff, int64_t b0, int64_t b1, void *dst) {
     const size_t row_bytes = ggml_row_size(f->source, n_ff), block_bytes = ggml_type_size(f->source);
     const ggml_to_float_t to_float = ggml_get_type_traits(f->source)->to_float;
     const size_t code_row = code_row_bytes(f);
-    for (int64_t g = g0; g < g1; g++) {
-        uint8_t *group = (uint8_t *)dst + (size_t)g * f->group_bytes;
-        uint16_t *scale = (uint16_t *)group, *min = scale + f->n_embd;
-        uint8_t *codes = group + codes_offset(f);
+    const int64_t per_block = ts_down_cols_groups_per_block(f);
+    for (int64_t b = b0; b < b1; b++) {
         for (int64_t i = 0; i < f->n_embd; i++) {
-            const uint8_t *block = (const uint8_t *)down + (size_t)i * row_bytes + (size_t)g * block_bytes;
-            float v[TS_DOWN_COLS_GROUP];
-            to_float(block, v, TS_DOWN_COLS_GROUP);
-            uint16_t dh, mh = 0;
-            memcpy(&dh, block, 2);
-            if (f->has_min) {
-                memcpy(&mh, block + 2, 2);
-                min[i] = mh;
-            }
-            scale[i] = dh;
-            const float d = ggml_fp16_to_fp32(dh), m = f->has_min ? ggml_fp16_to_fp32(mh) : 0.0f;
-            for (int k = 0; k < TS_DOWN_COLS_GROUP; k++) {
-                put_code(f, codes + (size_t)k * code_row, i, code_of(f, v[k], d, m));
+            const uint8_t *block = (const uint8_t *)down + (size_t)i * row_bytes + (size_t)b * block_bytes;
+            float v[8 * TS_DOWN_COLS_GROUP], d[8], m[8];
+            to_float(block, v, per_block * TS_DOWN_COLS_GROUP);
+            block_scales(f, block, d, m);
+            for (int64_t j = 0; j < per_block; j++) {
+                uint8_t *group = (uint8_t *)dst + (size_t)(b * per_block + j) * f->group_bytes;
+                uint16_t *scale = (uint16_t *)group, *min = scale + f->n_embd;
+                uint8_t *codes = group + codes_offset(f);
+                scale[i] = ggml_fp32_to_fp16(d[j]);
+                if (f->has_min) {
+                    min[i] = ggml_fp32_to_fp16(m[j]);
+                }
+                for (int k = 0; k < TS_DOWN_COLS_GROUP; k++) {
+                    put_code(f, codes + (size_t)k * code_row, i, code_of(f, v[j * TS_DOWN_COLS_GROUP + k], d[j], m[j]));
+                }
             }
         }
     }
@@ -189,7 +227,7 @@ static int check_kernel_args(int32_t type, int64_t n_embd, int64_t n_ff, const i
         return ts_set_error(err, err_size, "down_cols: no exact column layout for ggml type id %d with %lld rows", type,
                             (long long)n_embd);
     }
-    if (n_ff <= 0 || n_ff % TS_DOWN_COLS_GROUP || col0 < 0 || n < 0 || col0 % 32 || n % 32 || col0 + n > n_embd) {
+    if (n_ff <= 0 || n_ff % ggml_blck_size((enum ggml_type)type) || col0 < 0 || n < 0 || col0 % 32 || n % 32 || col0 + n > n_embd) {
         return ts_set_error(err, err_size, "down_cols: n_ff %lld or columns [%lld, %lld) of %lld are not whole 32-blocks",
                             (long long)n_ff, (long long)col0, (long long)(col0 + n), (long long)n_embd);
     }
@@ -214,7 +252,7 @@ int32_t ts_kernel_down_cols(int32_t type, const void *down, int64_t n_embd, int6
         return ts_set_error(err, err_size, "out of memory");
     }
     ggml_cpu_init(); /* F16 tables used by the dequantizers */
-    ts_down_cols_fill(&f, down, n_ff, 0, n_ff / TS_DOWN_COLS_GROUP, cols);
+    ts_down_cols_fill(&f, down, n_ff, 0, n_ff / TS_DOWN_COLS_GROUP / ts_down_cols_groups_per_block(&f), cols);
     if (reference) {
         ts_down_cols_add_reference(&f, cols, idx, coef, n_idx, col0, n, out);
     } else {
