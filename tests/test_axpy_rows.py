@@ -17,7 +17,10 @@ FAST_TYPES = {
 }
 TOLERANCE = 1e-5  # relative to sum_i |coef_i| * max|row_i|: float32 rounding only, the rows are dequantized exactly
 # kernels that quantize each row's coefficient times its block scale to 8 bits (shared by a few rows and 32 columns)
-INTEGER_KERNELS = {KernelIsa.AVX2: [Q.Q4_0, Q.Q8_0, Q.Q4_1, Q.Q4_K], KernelIsa.NEON: [Q.Q4_0, Q.Q8_0]}
+INTEGER_KERNELS = {
+    KernelIsa.AVX2: [Q.Q4_0, Q.Q8_0, Q.Q4_1, Q.Q4_K],
+    KernelIsa.NEON: [Q.Q4_0, Q.Q8_0, Q.Q4_1, Q.Q4_K],
+}
 
 
 def stored(values: np.ndarray, qtype: Q) -> tuple[np.ndarray, np.ndarray]:
