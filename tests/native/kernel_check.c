@@ -107,12 +107,27 @@ static void free_matrix(matrix *m) {
     free(m->raw), free(m->deq);
 }
 
-/* The fp16 scale d of row r's 32-value block b (Q4_0, Q8_0: the block's first two bytes). */
-static double block_scale(const matrix *m, int64_t r, int64_t b) {
-    const uint8_t *p = (const uint8_t *)m->raw + (size_t)r * ggml_row_size(m->type, m->n_cols) + (size_t)b * ggml_type_size(m->type);
+static float half_at(const uint8_t *p) {
     uint16_t h;
     memcpy(&h, p, sizeof(h));
     return ggml_fp16_to_fp32(h);
+}
+
+/* The scale d and min m of the 32 values around column `col` of row r (value = d * code + m): the block's fp16 d and m
+ * (Q4_0, Q8_0: m = 0), a Q4_K sub-block's d * sc and -dmin * mn (6-bit scales and mins packed as ggml-common.h says). */
+static void unit_scale_min(const matrix *m, int64_t r, int64_t col, double *d, double *min) {
+    const uint8_t *row = (const uint8_t *)m->raw + (size_t)r * ggml_row_size(m->type, m->n_cols);
+    const uint8_t *p = row + (size_t)(col / ggml_blck_size(m->type)) * ggml_type_size(m->type);
+    *d = half_at(p);
+    *min = m->type == GGML_TYPE_Q4_1 ? half_at(p + 2) : 0.0;
+    if (m->type == GGML_TYPE_Q4_K) {
+        const uint8_t *sc = p + 4;
+        const int j = (int)(col % 256 / 32);
+        const int s = j < 4 ? sc[j] & 63 : (sc[j + 4] & 0x0F) | ((sc[j - 4] >> 6) << 4);
+        const int mn = j < 4 ? sc[j + 4] & 63 : (sc[j + 4] >> 4) | ((sc[j] >> 6) << 4);
+        *min = -half_at(p + 2) * mn;
+        *d *= s;
+    }
 }
 
 /* ---- results ------------------------------------------------------------------------------------------- */
@@ -224,8 +239,9 @@ static const axpy_case AXPY_CASES[] = {
     {2304, 50, 7, 0, 2304},  {4096, 300, 150, 2048, 2048}, {40, 9, 5, 0, 40},
 };
 
+/* The down kernels that quantize each row's coefficient times its scale to 8 bits (AVX2 and NEON alike). */
 static int integer_kernel(enum ggml_type type) {
-    return type == GGML_TYPE_Q4_0 || type == GGML_TYPE_Q8_0;
+    return type == GGML_TYPE_Q4_0 || type == GGML_TYPE_Q8_0 || type == GGML_TYPE_Q4_1 || type == GGML_TYPE_Q4_K;
 }
 
 static int check_axpy(enum ggml_type type, int32_t isa) {
@@ -265,13 +281,16 @@ static int check_axpy(enum ggml_type type, int32_t isa) {
         } else {
             for (int64_t j = 0; j < ac->n; j++) {
                 double bound = base;
-                if (integer_kernel(type) && ac->n_idx > 0) { /* c_max / 254 * sum_r |code_r|, code_r = value_r / d_r */
+                if (integer_kernel(type) && ac->n_idx > 0) {
+                    /* c_max / 254 * sum_r |code_r|, code_r = (value_r - m_r) / d_r */
                     const int64_t col = ac->col0 + j;
                     double c_max = 0.0, codes = 0.0;
                     for (int64_t i = 0; i < ac->n_idx; i++) {
-                        const double d = block_scale(&m, idx[i], col / 32);
+                        double d, mn;
+                        unit_scale_min(&m, idx[i], col, &d, &mn);
+                        const double v = m.deq[(size_t)idx[i] * (size_t)m.n_cols + (size_t)col];
                         c_max = fmax(c_max, fabs(coef[i] * d));
-                        codes += d != 0.0 ? fabs(m.deq[(size_t)idx[i] * (size_t)m.n_cols + (size_t)col] / d) : 0.0;
+                        codes += d != 0.0 ? fabs((v - mn) / d) : 0.0;
                     }
                     bound += c_max / 254 * codes * (1 + 1e-5);
                 }
@@ -288,15 +307,17 @@ static int check_axpy(enum ggml_type type, int32_t isa) {
 /* ---- down_cols ----------------------------------------------------------------------------------------- */
 
 static const enum ggml_type DOWN_TYPES[] = {GGML_TYPE_Q4_0, GGML_TYPE_Q4_1, GGML_TYPE_Q5_0, GGML_TYPE_Q5_1,
-                                            GGML_TYPE_Q8_0};
+                                            GGML_TYPE_Q8_0, GGML_TYPE_Q4_K, GGML_TYPE_Q5_K};
 
 typedef struct {
     int64_t n_embd, n_ff, n_idx, col0, n;
 } down_case;
 
-/* whole and partial groups of 32 neurons, one neuron, none, all; column ranges inside the rows */
+/* whole and partial groups of 32 neurons, one neuron, none, all; column ranges inside the rows (K-quants: the
+ * cases whose n_ff is whole super-blocks of 256) */
 static const down_case DOWN_CASES[] = {
-    {64, 96, 30, 0, 64}, {256, 320, 1, 96, 128}, {128, 64, 0, 0, 128}, {96, 160, 160, 32, 32}, {4096, 512, 77, 2048, 2048},
+    {64, 96, 30, 0, 64},     {256, 320, 1, 96, 128},   {128, 64, 0, 0, 128},      {96, 160, 160, 32, 32},
+    {4096, 512, 77, 2048, 2048}, {64, 256, 30, 0, 64}, {256, 512, 200, 96, 128}, {96, 256, 256, 32, 64},
 };
 
 /* coef as the kernels use it: per group of 32 neurons, S * round(a / S) with S = max |a| / 127 */
@@ -318,6 +339,9 @@ static int check_down(enum ggml_type type, int32_t reference) {
     tally t = {"down_cols", type, reference ? "plain" : "vectorized", 0, 0.0, 0};
     for (size_t c = 0; c < sizeof(DOWN_CASES) / sizeof(DOWN_CASES[0]); c++) {
         const down_case *dc = &DOWN_CASES[c];
+        if (dc->n_ff % ggml_blck_size(type) != 0) {
+            continue;
+        }
         matrix m = random_matrix(type, dc->n_embd, dc->n_ff);
         int32_t *idx = xmalloc(sizeof(int32_t) * (size_t)dc->n_idx);
         float *coef = xmalloc(sizeof(float) * (size_t)dc->n_idx), *out = xmalloc(sizeof(float) * (size_t)dc->n);
@@ -348,8 +372,12 @@ static int check_down(enum ggml_type type, int32_t reference) {
             fprintf(stderr, "kernel_check: %s\n", err);
             t.failures++;
         } else {
+            /* K-quants: each sub-block's scale d * sc and min dmin * mn rounded to fp16 move a value by at most
+             * 2^-11 * (|scale| * max code + |min|) <= ~3 * 2^-11 * max|W| */
+            const int k_quant = ggml_blck_size(type) == 256;
+            const double bound = TOLERANCE * fmax(1.0, coef_sum * w_max) + (k_quant ? 3 * pow(2.0, -11) * coef_sum * w_max : 0.0);
             for (int64_t j = 0; j < dc->n; j++) {
-                note(&t, fabs(out[j] - expected[j]), TOLERANCE * fmax(1.0, coef_sum * w_max));
+                note(&t, fabs(out[j] - expected[j]), bound);
             }
         }
         t.cases++;
