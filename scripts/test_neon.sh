@@ -3,7 +3,8 @@
 # and libturbosparse for aarch64 with Debian's cross compiler, then runs tests/native/kernel_check.c under
 # qemu-aarch64 twice: on a CPU with the dot product extension (-cpu max: the NEON_DOTPROD and NEON kernels) and on
 # one without (-cpu cortex-a53: the plain NEON kernels). Exits non-zero on any kernel outside its error bound.
-# Not part of the default test run (first run 10-20 minutes on 2 cores, later runs about a minute).
+# Not part of the default test run: the first run took 38 minutes on the shared 2-core machine (load ~11: a 10-minute
+# sdist download, 20 minutes of ggml cross-build), later runs only the two emulated checks (2-6 minutes each).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
@@ -35,6 +36,7 @@ if [ ! -f "$sdist" ]; then
     rm -rf "$cache/download"
     python3 -m pip download -q "llama-cpp-python==$llama_version" --no-deps --no-binary :all: -d "$cache/download"
     mv "$cache/download/llama_cpp_python-$llama_version.tar.gz" "$sdist"
+    rmdir "$cache/download"
 fi
 src="$cache/llama_cpp_python-$llama_version"
 if [ ! -f "$src/vendor/llama.cpp/ggml/include/ggml.h" ]; then
@@ -44,7 +46,7 @@ llama_src="$src/vendor/llama.cpp"
 ggml_build="$cache/build-ggml-$llama_version"
 # through llama.cpp's top level (ggml alone wants files the sdist leaves out), building only the ggml libraries;
 # Armv8.0 code, so that the same ggml runs on both emulated CPUs
-echo "test_neon: cross-compiling ggml (the first time: 10-20 minutes on 2 cores)" >&2
+echo "test_neon: cross-compiling ggml (the first time: about 20 minutes on 2 cores)" >&2
 cmake -S "$llama_src" -B "$ggml_build" -Wno-dev \
     -DCMAKE_TOOLCHAIN_FILE="$repo/scripts/aarch64-toolchain.cmake" -DCMAKE_BUILD_TYPE=Release \
     -DBUILD_SHARED_LIBS=ON -DGGML_NATIVE=OFF -DGGML_CPU_ARM_ARCH=armv8-a -DGGML_OPENMP=OFF -DGGML_LLAMAFILE=OFF \
