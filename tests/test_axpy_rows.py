@@ -39,7 +39,7 @@ def block_scales(w: np.ndarray, qtype: Q, n_cols: int) -> tuple[np.ndarray, np.n
         blocks = w.reshape(w.shape[0], n_cols // 256, 144)
         dd = blocks[:, :, :4].copy().view(np.float16).astype(np.float64)  # d, dmin
         packed = blocks[:, :, 4:16].astype(np.int64)
-        sc, mn = np.empty(dd.shape[:2] + (8,)), np.empty(dd.shape[:2] + (8,))
+        sc, mn = np.empty((*dd.shape[:2], 8)), np.empty((*dd.shape[:2], 8))
         sc[:, :, :4], mn[:, :, :4] = packed[:, :, :4] & 63, packed[:, :, 4:8] & 63
         sc[:, :, 4:] = (packed[:, :, 8:12] & 15) | ((packed[:, :, :4] >> 6) << 4)
         mn[:, :, 4:] = (packed[:, :, 8:12] >> 4) | ((packed[:, :, 4:8] >> 6) << 4)
@@ -52,7 +52,9 @@ def block_scales(w: np.ndarray, qtype: Q, n_cols: int) -> tuple[np.ndarray, np.n
     return np.repeat(d, 32, axis=1), np.repeat(m, 32, axis=1)
 
 
-def error_bound(w: np.ndarray, deq: np.ndarray, qtype: Q, isa: KernelIsa, idx: np.ndarray, coef: np.ndarray) -> np.ndarray:
+def error_bound(
+    w: np.ndarray, deq: np.ndarray, qtype: Q, isa: KernelIsa, idx: np.ndarray, coef: np.ndarray
+) -> np.ndarray:
     """Per output value, what the kernel may differ from the exact sum. Integer kernels round c_r = coef_r * d_r to
     S * k_r with S = max |c| / 127 over at most all rows: each row adds at most S / 2 * |code_r| of error, where
     code_r = (value_r - m_r) / d_r (Q4_0: the nibble minus 8, taken off in integers). Every kernel: float32 rounding."""

@@ -59,7 +59,9 @@ def test_matches_numpy(qtype: Q, reference: bool, n_embd: int, n_ff: int, n_idx:
 
 @pytest.mark.parametrize("reference", [False, True], ids=["vectorized", "plain"])
 @pytest.mark.parametrize("qtype", [Q.Q4_K, Q.Q5_K], ids=lambda q: q.name)
-@pytest.mark.parametrize("n_embd,n_ff,n_idx,col0,n", [(64, 256, 30, 0, 64), (256, 512, 200, 96, 128), (96, 256, 256, 32, 64)])
+@pytest.mark.parametrize(
+    "n_embd,n_ff,n_idx,col0,n", [(64, 256, 30, 0, 64), (256, 512, 200, 96, 128), (96, 256, 256, 32, 64)]
+)
 def test_k_quants_match_numpy(qtype: Q, reference: bool, n_embd: int, n_ff: int, n_idx: int, col0: int, n: int) -> None:
     """K-quant sub-blocks as groups: the file's codes, each sub-block's scale d * sc and min dmin * m in fp16."""
     rng = np.random.default_rng(n_embd + n_ff + n_idx)
