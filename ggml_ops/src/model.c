@@ -272,6 +272,10 @@ static int load_hparams(ts_model *m, char *err, size_t err_size) {
     if (get_arch_f32(m, "attention.layer_norm_rms_epsilon", &in->rms_eps, 1, err, err_size) != 0) {
         return -1;
     }
+    if (!(in->rms_eps >= 0.0f) || !isfinite(in->rms_eps)) { /* ggml's rms_norm asserts eps >= 0 */
+        return ts_set_error(err, err_size, "%s: %s.attention.layer_norm_rms_epsilon = %g must be finite and >= 0",
+                            m->file->path, m->arch, (double)in->rms_eps);
+    }
     if (get_arch_i64(m, "expert_count", &v, 0, err, err_size) == 0 && v > 0) {
         return ts_set_error(err, err_size, "%s: mixture-of-experts models (%s.expert_count = %lld) are not supported yet",
                             m->file->path, m->arch, (long long)v);
