@@ -29,6 +29,9 @@ static int check_params(const ts_model *m, const ts_context_params *p, char *err
     if (p->kv_type != GGML_TYPE_F16 && p->kv_type != GGML_TYPE_F32) {
         return ts_set_error(err, err_size, "KV cache type %d is not supported (F16 or F32)", p->kv_type);
     }
+    if (p->n_threads > GGML_MAX_N_THREADS) {
+        return ts_set_error(err, err_size, "n_threads = %d: ggml runs at most %d threads", p->n_threads, GGML_MAX_N_THREADS);
+    }
     if (p->n_threads > 0 && in->n_ff < 4 * p->n_threads) {
         return ts_set_error(err, err_size, "%d threads are more than an FFN of %d neurons can use", p->n_threads, in->n_ff);
     }
