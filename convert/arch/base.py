@@ -99,6 +99,12 @@ def registered() -> dict[str, type[Architecture]]:
 
 def find_architecture(config: dict[str, Any], where: Path) -> type[Architecture]:
     """The registered class that accepts the config (their matches are disjoint)."""
+    model_type, architectures = config.get("model_type"), config.get("architectures")
+    if not isinstance(model_type, str | None):
+        raise ConvertError(f"{where}: 'model_type' must be a string, got {model_type!r}")
+    names_ok = isinstance(architectures, list) and all(isinstance(a, str) for a in architectures)
+    if architectures is not None and not names_ok:
+        raise ConvertError(f"{where}: 'architectures' must be a list of strings, got {architectures!r}")
     for cls in _REGISTRY.values():
         if cls.matches(config):
             return cls
