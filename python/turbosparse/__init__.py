@@ -1,7 +1,15 @@
 """turbosparse: activation-sparse LLM decoding for the llama.cpp / GGUF ecosystem."""
 
 from .assets import default_model
-from .errors import ChatTemplateError, ContextOverflowError, EvalError, ModelLoadError, TurboSparseError
+from .errors import (
+    ChatTemplateError,
+    ContextOverflowError,
+    EvalError,
+    InvalidArgumentError,
+    ModelClosedError,
+    ModelLoadError,
+    TurboSparseError,
+)
 from .llama import Llama
 from .model import Model
 
@@ -9,8 +17,10 @@ __all__ = [
     "ChatTemplateError",
     "ContextOverflowError",
     "EvalError",
+    "InvalidArgumentError",
     "Llama",
     "Model",
+    "ModelClosedError",
     "ModelLoadError",
     "TurboSparseError",
     "default_model",

@@ -18,6 +18,14 @@ class ContextOverflowError(TurboSparseError, ValueError):
     """More tokens than the context (n_ctx) holds."""
 
 
+class InvalidArgumentError(TurboSparseError, ValueError):
+    """An argument or parameter out of range: a context size, thread count, token id, sequence."""
+
+
+class ModelClosedError(TurboSparseError, RuntimeError):
+    """A Model (or its tokenizer) used after close()."""
+
+
 class EvalError(TurboSparseError, RuntimeError):
     """The engine failed to evaluate a batch."""
 

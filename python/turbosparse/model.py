@@ -15,7 +15,7 @@ import numpy as np
 from ._library import set_llama_log_verbosity
 from .binding import FfnActivation, ModelInfo, NativeContext, NativeModel, SparseMode
 from .chat_template import ChatTemplate
-from .errors import ContextOverflowError
+from .errors import ContextOverflowError, InvalidArgumentError, ModelClosedError
 from .generation import Generation
 from .sampling import SamplingParams
 from .sequences import CachedSequence, SequencePool, common_prefix
@@ -80,6 +80,16 @@ class _Timings:
         }
 
 
+class _Closed:
+    """What a closed Model holds instead of its engine: every use raises ModelClosedError."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+
+    def __getattr__(self, name: str) -> object:
+        raise ModelClosedError(f"{self._path}: the model is closed")
+
+
 class _Teacher:
     """The user of a sequence during eval_logits (the pool tracks users by weak reference)."""
 
@@ -110,8 +120,10 @@ class Model:
         n_seq: int = 1,
     ) -> None:
         self.path = os.fspath(path)
-        if n_seq < 1:
-            raise ValueError(f"n_seq must be >= 1, got {n_seq}")
+        for name, value, least in (("n_seq", n_seq, 1), ("n_ctx", n_ctx, 0), ("n_batch", n_batch, 1),
+                                   ("n_threads", 1 if n_threads is None else n_threads, 1)):  # fmt: skip
+            if value < least:
+                raise InvalidArgumentError(f"{name} must be >= {least}, got {value}")
         set_llama_log_verbosity(verbose)
         probe = NativeModel(self.path, repack=False, sparse_rows=True)
         self.sparse_mode = resolve_sparse_mode(sparse, probe.info, self.path)
@@ -147,6 +159,21 @@ class Model:
         self._batch_logits = np.empty((n_seq, self.info.n_vocab), dtype=np.float32)
         self._timings = _Timings()
         self._chat_template: ChatTemplate | None = None
+
+    def close(self) -> None:
+        """Frees the engine and the tokenizer now (waiting for a running evaluation); any later use of the model
+        raises ModelClosedError. Also what leaving a `with Model(...) as model:` block does."""
+        with self._lock:
+            if isinstance(self._tokenizer, _Closed):
+                return
+            self._tokenizer.close()
+            self._ctx = self._native = self._tokenizer = _Closed(self.path)  # type: ignore[assignment]
+
+    def __enter__(self) -> Model:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # ---- properties -------------------------------------------------------------------------------
     @property
