@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConvertError
+from turbosparse.errors import ConvertError
 
 logger = logging.getLogger(__name__)
 

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import gguf
 
-from ..constants import KEY_DOWN_LAYOUT, KEY_FFN_ACTIVATION, KEY_SOURCE
-from .arch import ConvertOptions, find_architecture
-from .hparams import read_config
-from .quant_policy import QuantPolicy, file_type
-from .requantize import requantize
-from .source import open_checkpoint
-from .vocab import load_vocab
-from .writer import add_llama_hparams, add_turbosparse_keys, write_gguf
+from turbosparse.constants import KEY_DOWN_LAYOUT, KEY_FFN_ACTIVATION, KEY_SOURCE
+from turbosparse.convert.arch import ConvertOptions, find_architecture
+from turbosparse.convert.hparams import read_config
+from turbosparse.convert.quant_policy import QuantPolicy, file_type
+from turbosparse.convert.requantize import requantize
+from turbosparse.convert.source import open_checkpoint
+from turbosparse.convert.vocab import load_vocab
+from turbosparse.convert.writer import add_llama_hparams, add_turbosparse_keys, write_gguf
 
 logger = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import gguf
 
-from ..binding import type_info
-from .arch.base import ROLE_BIAS, ROLE_EMBD, ROLE_NORM, ROLE_OUTPUT, ROLE_PREDICTOR
+from turbosparse.binding import type_info
+from turbosparse.convert.arch.base import ROLE_BIAS, ROLE_EMBD, ROLE_NORM, ROLE_OUTPUT, ROLE_PREDICTOR
 
 Q = gguf.GGMLQuantizationType
 FT = gguf.LlamaFileType

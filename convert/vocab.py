@@ -30,7 +30,7 @@ from typing import Any
 
 import gguf
 
-from ..errors import ConvertError
+from turbosparse.errors import ConvertError
 
 TokenType = gguf.TokenType
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from transformers import LlamaForCausalLM
 
-from .modeling import DReluMLP, Predictor
+from turbosparse.predictor_train.modeling import DReluMLP, Predictor
 
 
 @dataclass(frozen=True)

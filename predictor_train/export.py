@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 from transformers import LlamaForCausalLM
 
-from .modeling import DReluMLP, Predictor, read_config
-from .modeling import save_bamboo as _save_bamboo
-from .select import GLOBAL_THRESHOLD
+from turbosparse.predictor_train.modeling import DReluMLP, Predictor, read_config
+from turbosparse.predictor_train.modeling import save_bamboo as _save_bamboo
+from turbosparse.predictor_train.select import GLOBAL_THRESHOLD
 
 PREDICTOR_INPUTS = ("residual", "residual_rmsnorm")
 POWERINFER_CONFIG = "config.json"
@@ -112,7 +112,7 @@ def save_bamboo(
 
 def load_bamboo_predictors(model_dir: str | Path) -> PredictorSet:
     """The predictors and turbosparse block of a bamboo checkpoint written by save_bamboo."""
-    from .modeling import load_causal_lm
+    from turbosparse.predictor_train.modeling import load_causal_lm
 
     config = read_config(Path(model_dir))
     block = config.get("turbosparse")

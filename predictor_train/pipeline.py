@@ -12,12 +12,21 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from tqdm.auto import tqdm
 
-from .collect import Collection
-from .distributed import SINGLE, Dist
-from .export import PredictorSet, fold_thresholds
-from .modeling import Predictor
-from .select import DEFAULT_THRESHOLDS, GLOBAL_THRESHOLD, Candidate, Choice, CostModel, choose, lower_bound, measure
-from .train import LayerData, TrainConfig, train_predictor
+from turbosparse.predictor_train.collect import Collection
+from turbosparse.predictor_train.distributed import SINGLE, Dist
+from turbosparse.predictor_train.export import PredictorSet, fold_thresholds
+from turbosparse.predictor_train.modeling import Predictor
+from turbosparse.predictor_train.select import (
+    DEFAULT_THRESHOLDS,
+    GLOBAL_THRESHOLD,
+    Candidate,
+    Choice,
+    CostModel,
+    choose,
+    lower_bound,
+    measure,
+)
+from turbosparse.predictor_train.train import LayerData, TrainConfig, train_predictor
 
 log = logging.getLogger(__name__)
 

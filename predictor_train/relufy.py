@@ -36,9 +36,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import LlamaForCausalLM
 
-from .distributed import SINGLE, Dist
-from .layers import attention_half, causal_mask, embed, position_embeddings
-from .modeling import DReluMLP
+from turbosparse.predictor_train.distributed import SINGLE, Dist
+from turbosparse.predictor_train.layers import attention_half, causal_mask, embed, position_embeddings
+from turbosparse.predictor_train.modeling import DReluMLP
 
 log = logging.getLogger(__name__)
 

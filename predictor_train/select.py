@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .modeling import Predictor
+from turbosparse.predictor_train.modeling import Predictor
 
 GLOBAL_THRESHOLD = -1.0
 

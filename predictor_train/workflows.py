@@ -11,17 +11,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .collect import CollectConfig, Collection, collect
-from .data import read_text, tokenize_text
-from .distributed import SINGLE, Dist
-from .evaluate import EvalConfig, activation_rates, perplexity, predictor_masks
-from .export import PredictorSet, save_bamboo, save_powerinfer
-from .hf_import import gguf_to_hf, load_model, load_tokenizer
-from .modeling import DReluMLP
-from .pipeline import PredictorTrainConfig, TrainedPredictors, train_all
-from .relufy import RelufyConfig, relufy
-from .report import build_report, write_report
-from .select import CostModel
+from turbosparse.predictor_train.collect import CollectConfig, Collection, collect
+from turbosparse.predictor_train.data import read_text, tokenize_text
+from turbosparse.predictor_train.distributed import SINGLE, Dist
+from turbosparse.predictor_train.evaluate import EvalConfig, activation_rates, perplexity, predictor_masks
+from turbosparse.predictor_train.export import PredictorSet, save_bamboo, save_powerinfer
+from turbosparse.predictor_train.hf_import import gguf_to_hf, load_model, load_tokenizer
+from turbosparse.predictor_train.modeling import DReluMLP
+from turbosparse.predictor_train.pipeline import PredictorTrainConfig, TrainedPredictors, train_all
+from turbosparse.predictor_train.relufy import RelufyConfig, relufy
+from turbosparse.predictor_train.report import build_report, write_report
+from turbosparse.predictor_train.select import CostModel
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ def relufy_checkpoint(source: Path, data: Path, opts: RelufyOptions, dist: Dist 
         cfg = EvalConfig()
         summary.update(ppl_original=perplexity(teacher, ids, cfg), ppl_drelu=perplexity(student, ids, cfg),
                        active_rates=activation_rates(student, ids, cfg))  # fmt: skip
-    from .modeling import save_bamboo as save_plain_bamboo
+    from turbosparse.predictor_train.modeling import save_bamboo as save_plain_bamboo
 
     save_plain_bamboo(student, opts.out)
     tok.save_pretrained(opts.out)

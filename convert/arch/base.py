@@ -20,9 +20,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ...errors import ConvertError
-from ..hparams import HParams
-from ..source import TensorSource
+from turbosparse.convert.hparams import HParams
+from turbosparse.convert.source import TensorSource
+from turbosparse.errors import ConvertError
 
 # Roles decide the quantization type (quant_policy.py)
 ROLE_NORM = "norm"  # 1-D weights: always F32

@@ -13,10 +13,10 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ...errors import ConvertError
-from .base import register
-from .llama import is_llama_layout
-from .sparse import CONFIG_KEY, PredictorPart, ReluFamily
+from turbosparse.convert.arch.base import register
+from turbosparse.convert.arch.llama import is_llama_layout
+from turbosparse.convert.arch.sparse import CONFIG_KEY, PredictorPart, ReluFamily
+from turbosparse.errors import ConvertError
 
 RELU_ACTS = ("relu", "drelu")
 

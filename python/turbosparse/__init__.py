@@ -1,7 +1,7 @@
 """turbosparse: activation-sparse LLM decoding for the llama.cpp / GGUF ecosystem."""
 
-from .assets import default_model
-from .errors import (
+from turbosparse.assets import default_model
+from turbosparse.errors import (
     ChatTemplateError,
     ContextOverflowError,
     EvalError,
@@ -10,8 +10,8 @@ from .errors import (
     ModelLoadError,
     TurboSparseError,
 )
-from .llama import Llama
-from .model import Model
+from turbosparse.llama import Llama
+from turbosparse.model import Model
 
 __all__ = [
     "ChatTemplateError",

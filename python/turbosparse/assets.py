@@ -75,6 +75,6 @@ def default_model() -> str:
     path = default_model_dir() / default_model_file()
     if path.is_file():
         return str(path)
-    from .predictor_train.default_model import build_gguf
+    from turbosparse.predictor_train.default_model import build_gguf
 
     return str(build_gguf())

@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from ._library import Library, load
-from .errors import ContextOverflowError, EvalError, ModelLoadError
+from turbosparse._library import Library, load
+from turbosparse.errors import ContextOverflowError, EvalError, ModelLoadError
 
 _ERR_SIZE = 1024
 GGML_TYPE_F32 = 0

@@ -8,9 +8,9 @@ from typing import Literal
 
 import numpy as np
 
-from .errors import ContextOverflowError
-from .sampling import Sampler, SamplingParams
-from .tokenizer import Tokenizer
+from turbosparse.errors import ContextOverflowError
+from turbosparse.sampling import Sampler, SamplingParams
+from turbosparse.tokenizer import Tokenizer
 
 FinishReason = Literal["stop", "length"]
 

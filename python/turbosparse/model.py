@@ -12,14 +12,14 @@ from typing import Literal
 
 import numpy as np
 
-from ._library import set_llama_log_verbosity
-from .binding import FfnActivation, ModelInfo, NativeContext, NativeModel, SparseMode
-from .chat_template import ChatTemplate
-from .errors import ContextOverflowError, InvalidArgumentError, ModelClosedError
-from .generation import Generation
-from .sampling import SamplingParams
-from .sequences import CachedSequence, SequencePool, common_prefix
-from .tokenizer import Tokenizer
+from turbosparse._library import set_llama_log_verbosity
+from turbosparse.binding import FfnActivation, ModelInfo, NativeContext, NativeModel, SparseMode
+from turbosparse.chat_template import ChatTemplate
+from turbosparse.errors import ContextOverflowError, InvalidArgumentError, ModelClosedError
+from turbosparse.generation import Generation
+from turbosparse.sampling import SamplingParams
+from turbosparse.sequences import CachedSequence, SequencePool, common_prefix
+from turbosparse.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
 

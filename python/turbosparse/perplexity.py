@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .model import Model
-from .tokenizer import Tokenizer
+from turbosparse.model import Model
+from turbosparse.tokenizer import Tokenizer
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,9 @@ from collections.abc import Iterable
 
 import llama_cpp
 
-from ._library import set_llama_log_verbosity
-from .errors import ModelClosedError, ModelLoadError
-from .powerinfer import is_powerinfer, vocab_only_copy
+from turbosparse._library import set_llama_log_verbosity
+from turbosparse.errors import ModelClosedError, ModelLoadError
+from turbosparse.powerinfer import is_powerinfer, vocab_only_copy
 
 
 class Tokenizer:

@@ -25,14 +25,14 @@ import gguf
 import numpy as np
 from tqdm import tqdm
 
-from .. import constants as C
-from ..assets import cache_root
-from ..binding import quantize
-from ..calibrate import CalibrateConfig, CollectConfig, write_calibrated
-from ..calibrate.pipeline import Calibrator
-from ..convert.hparams import HParams
-from ..convert.writer import add_llama_hparams
-from ..perplexity import bos_prefix, token_windows
+from turbosparse import constants as C
+from turbosparse.assets import cache_root
+from turbosparse.binding import quantize
+from turbosparse.calibrate import CalibrateConfig, CollectConfig, write_calibrated
+from turbosparse.calibrate.pipeline import Calibrator
+from turbosparse.convert.hparams import HParams
+from turbosparse.convert.writer import add_llama_hparams
+from turbosparse.perplexity import bos_prefix, token_windows
 
 logger = logging.getLogger(__name__)
 

@@ -23,9 +23,9 @@ from typing import Literal
 
 import numpy as np
 
-from ..binding import FfnThresholds
-from ..errors import CalibrationError
-from .collect import LayerSamples
+from turbosparse.binding import FfnThresholds
+from turbosparse.calibrate.collect import LayerSamples
+from turbosparse.errors import CalibrationError
 
 Method = Literal["gate", "gate+act"]
 Allocation = Literal["error", "uniform"]

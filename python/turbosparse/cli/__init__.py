@@ -7,8 +7,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from ..errors import TurboSparseError
-from . import (
+from turbosparse.cli import (
     bench_cmd,
     calibrate_cmd,
     convert_cmd,
@@ -18,6 +17,7 @@ from . import (
     serve_cmd,
     train_predictors_cmd,
 )
+from turbosparse.errors import TurboSparseError
 
 _COMMANDS = (
     run_cmd,

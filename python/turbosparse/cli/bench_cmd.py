@@ -13,12 +13,12 @@ from pathlib import Path
 
 import gguf
 
-from ..assets import default_model, smollm2_gguf
-from ..bench.batch import bench_batch
-from ..bench.engines import Engine, LlamaCppEngine, TurbosparseEngine
-from ..bench.ffn_layer import bench_ffn_layer, copy_bandwidth_gb_s, format_table
-from ..bench.generate import bench_generate
-from ..bench.runner import (
+from turbosparse.assets import default_model, smollm2_gguf
+from turbosparse.bench.batch import bench_batch
+from turbosparse.bench.engines import Engine, LlamaCppEngine, TurbosparseEngine
+from turbosparse.bench.ffn_layer import bench_ffn_layer, copy_bandwidth_gb_s, format_table
+from turbosparse.bench.generate import bench_generate
+from turbosparse.bench.runner import (
     BenchConfig,
     Measurement,
     calibrated_sparsity,
@@ -29,8 +29,8 @@ from ..bench.runner import (
     run,
     tensor_bytes,
 )
-from ..bench.synthetic import SHAPES, SyntheticSpec, calibrated_twin, synthetic_pair
-from ..binding import NativeModel
+from turbosparse.bench.synthetic import SHAPES, SyntheticSpec, calibrated_twin, synthetic_pair
+from turbosparse.binding import NativeModel
 
 QUANTS = {q.name.lower(): q for q in gguf.GGMLQuantizationType}
 AGREEMENT_TOLERANCE = 1e-3  # max |logit| difference between llama.cpp and turbosparse dense on the same file

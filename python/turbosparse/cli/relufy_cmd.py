@@ -37,11 +37,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from turbosparse.cli.train_predictors_cmd import rank_device
     from turbosparse.predictor_train.distributed import from_environment
     from turbosparse.predictor_train.relufy import RelufyConfig
     from turbosparse.predictor_train.workflows import RelufyOptions, relufy_checkpoint, set_threads
-
-    from .train_predictors_cmd import rank_device
 
     if not args.source.exists():
         raise FileNotFoundError(f"{args.source}: no such GGUF file or checkpoint folder")

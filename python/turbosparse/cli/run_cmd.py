@@ -6,8 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..assets import default_model
-from ..model import Model
+from turbosparse.assets import default_model
+from turbosparse.model import Model
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:

@@ -7,7 +7,7 @@ import logging
 import os
 from pathlib import Path
 
-from .run_cmd import add_model_args, model_path
+from turbosparse.cli.run_cmd import add_model_args, model_path
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         import uvicorn
 
-        from ..server import ServerConfig, create_app
+        from turbosparse.server import ServerConfig, create_app
     except ImportError as exc:
         raise ValueError(f"the server needs the `server` extra: pip install 'turbosparse[server]' ({exc})") from None
     path = model_path(args.model)
