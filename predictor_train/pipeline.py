@@ -23,7 +23,6 @@ from turbosparse.predictor_train.select import (
     Choice,
     CostModel,
     choose,
-    lower_bound,
     measure,
 )
 from turbosparse.predictor_train.train import LayerData, TrainConfig, train_predictor
@@ -56,7 +55,8 @@ def train_layer(
     best: Choice | None = None
     true_rate = float(data.y_val.float().mean())
     for rank in sorted(cfg.ranks):
-        if best is not None and best.met_target and lower_bound(rank, true_rate, cost) >= best.cost_bytes:
+        # no predictor of this rank costs less than its weights plus the truly active neurons
+        if best is not None and best.met_target and cost.cost(rank, true_rate) >= best.cost_bytes:
             break
         res = train_predictor(data, replace(cfg.train, rank=rank))
         trained[rank] = res.predictor

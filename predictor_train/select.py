@@ -122,8 +122,3 @@ def choose(candidates: Sequence[Candidate], recall_target: float, cost: CostMode
     if fallback is None:
         raise ValueError("no negative threshold in the candidates' grids")
     return fallback
-
-
-def lower_bound(rank: int, true_rate: float, cost: CostModel) -> float:
-    """No predictor of this rank can cost less than its weights plus the truly active neurons."""
-    return cost.cost(rank, true_rate)

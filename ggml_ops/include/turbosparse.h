@@ -98,7 +98,6 @@ typedef struct ts_context_params {
 
 /* ---- versions ---------------------------------------------------------------------------- */
 const char *ts_ggml_version(void);       /* the ggml this process runs */
-const char *ts_ggml_commit(void);
 const char *ts_build_ggml_version(void); /* the ggml headers the library was compiled against */
 
 /* ---- model ------------------------------------------------------------------------------- */

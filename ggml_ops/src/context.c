@@ -384,10 +384,8 @@ static int prepare_graph(ts_context *c, const ts_group *groups, int32_t n_groups
     g->dense_ffn = dense_ffn;
     g->n_groups = n_groups;
     memcpy(g->groups, groups, sizeof(*groups) * (size_t)n_groups);
-    int rc = ts_graph_build(c, ctx0, g);
-    if (rc == 0) {
-        rc = alloc_graph(c, g->gf, n_tokens, err, err_size);
-    }
+    ts_graph_build(c, ctx0, g);
+    const int rc = alloc_graph(c, g->gf, n_tokens, err, err_size);
     if (rc != 0) {
         ggml_free(ctx0);
         return -1;

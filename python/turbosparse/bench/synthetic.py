@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from statistics import NormalDist
 
@@ -285,9 +285,3 @@ def calibrated_twin(dense: Path, sparsity: float, n_threads: int) -> Path:
     n_windows = CALIBRATION_TOKENS // cfg.collect.n_ctx
     calibrator.collect(list(token_windows(ids, cfg.collect.n_ctx, bos_prefix(calibrator.tokenizer), n_windows)))
     return write_calibrated(dense, calibrator.calibration(sparsity), out)
-
-
-def with_shape(spec: SyntheticSpec, name: str) -> SyntheticSpec:
-    if name not in SHAPES:
-        raise ValueError(f"unknown synthetic shape {name!r}; known: {', '.join(SHAPES)}")
-    return replace(spec, shape=SHAPES[name])
