@@ -1,6 +1,6 @@
 """turbosparse: activation-sparse LLM decoding for the llama.cpp / GGUF ecosystem."""
 
-from turbosparse.assets import default_model
+from turbosparse.default import default_model
 from turbosparse.errors import (
     ChatTemplateError,
     ContextOverflowError,

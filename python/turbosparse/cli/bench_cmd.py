@@ -13,7 +13,7 @@ from pathlib import Path
 
 import gguf
 
-from turbosparse.assets import default_model, smollm2_gguf
+from turbosparse.assets import smollm2_gguf
 from turbosparse.bench.batch import bench_batch
 from turbosparse.bench.engines import Engine, LlamaCppEngine, TurbosparseEngine
 from turbosparse.bench.ffn_layer import bench_ffn_layer, copy_bandwidth_gb_s, format_table
@@ -31,6 +31,7 @@ from turbosparse.bench.runner import (
 )
 from turbosparse.bench.synthetic import SHAPES, SyntheticSpec, calibrated_twin, synthetic_pair
 from turbosparse.binding import NativeModel
+from turbosparse.default import default_model
 
 QUANTS = {q.name.lower(): q for q in gguf.GGMLQuantizationType}
 AGREEMENT_TOLERANCE = 1e-3  # max |logit| difference between llama.cpp and turbosparse dense on the same file

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from turbosparse.assets import default_model
+from turbosparse.default import default_model
 from turbosparse.model import Model
 
 
