@@ -16,6 +16,7 @@ from turbosparse.convert.requantize import requantize
 from turbosparse.convert.source import open_checkpoint
 from turbosparse.convert.vocab import load_vocab
 from turbosparse.convert.writer import add_llama_hparams, add_turbosparse_keys, write_gguf
+from turbosparse.errors import ConvertError
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ def convert(
     src, out = Path(model_dir), Path(out_path)
     if src.is_file() and src.suffix == ".gguf":
         if predictors is not None or down_layout is not None or threshold is not None:
-            raise ValueError("re-quantizing a GGUF file takes only outtype and pred_type")
+            raise ConvertError("re-quantizing a GGUF file takes only outtype and pred_type")
         return requantize(src, out, outtype, pred_type=pred_type, progress=progress)
     config = read_config(src)
     cls = find_architecture(config, src / "config.json")

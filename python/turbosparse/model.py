@@ -15,7 +15,7 @@ import numpy as np
 from turbosparse._library import set_llama_log_verbosity
 from turbosparse.binding import FfnActivation, ModelInfo, NativeContext, NativeModel, SparseMode
 from turbosparse.chat_template import ChatTemplate
-from turbosparse.errors import ContextOverflowError, InvalidArgumentError, ModelClosedError
+from turbosparse.errors import ChatTemplateError, ContextOverflowError, InvalidArgumentError, ModelClosedError
 from turbosparse.generation import Generation
 from turbosparse.sampling import SamplingParams
 from turbosparse.sequences import CachedSequence, SequencePool, common_prefix
@@ -48,18 +48,18 @@ def resolve_sparse_mode(sparse: str, info: ModelInfo, path: str) -> SparseMode:
         return SparseMode.OFF
     if sparse == "predictor":
         if not info.has_predictors:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"{path}: sparse='predictor' needs activation predictors in every layer; this file has none"
             )
         return SparseMode.PREDICTOR
     if sparse == "exact":
         if not exact_capable:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"{path}: sparse='exact' needs a ReLU-gated FFN (reglu or drelu) or FFN thresholds; this file's FFN "
                 f"is {info.ffn_act.name.lower()} without thresholds: run `turbosparse calibrate` on it first"
             )
         return SparseMode.EXACT
-    raise ValueError(f"sparse must be one of 'off', 'predictor', 'exact', 'auto'; got {sparse!r}")
+    raise InvalidArgumentError(f"sparse must be one of 'off', 'predictor', 'exact', 'auto'; got {sparse!r}")
 
 
 @dataclass
@@ -210,7 +210,7 @@ class Model:
         """Teacher-forced logits [len(tokens), n_vocab] from an empty context, every position computed
         with the FFN as decoding computes it in this model's sparse mode."""
         if len(tokens) == 0:
-            raise ValueError("eval_logits needs at least one token")
+            raise InvalidArgumentError("eval_logits needs at least one token")
         if len(tokens) > self.n_ctx:
             raise ContextOverflowError(f"{len(tokens)} tokens exceed n_ctx = {self.n_ctx}")
         with self._lock:
@@ -225,11 +225,11 @@ class Model:
         computes them."""
         tokens = list(tokens)
         if not tokens:
-            raise ValueError("nothing to evaluate")
+            raise InvalidArgumentError("nothing to evaluate")
         if len(tokens) > self.n_ctx:
             raise ContextOverflowError(f"{len(tokens)} tokens exceed n_ctx = {self.n_ctx}")
         if logits_from is not None and not 0 <= logits_from < len(tokens):
-            raise ValueError(f"logits_from = {logits_from} is not in [0, {len(tokens)})")
+            raise InvalidArgumentError(f"logits_from = {logits_from} is not in [0, {len(tokens)})")
         with self._lock:
             seq, kept = self._pool.claim(user, tokens)
             if logits_from is None and kept and seq.continues(tokens):  # one more token: decode it
@@ -313,7 +313,9 @@ class Model:
         with self._lock:
             live = [g for g in generations if not g.done]
             if len(live) > self.n_seq:
-                raise ValueError(f"{len(live)} generations at once; this model has {self.n_seq} sequences (n_seq)")
+                raise InvalidArgumentError(
+                    f"{len(live)} generations at once; this model has {self.n_seq} sequences (n_seq)"
+                )
             logits: dict[int, np.ndarray] = {}
             decoding: list[tuple[Generation, CachedSequence]] = []
             claimed: list[CachedSequence] = []
@@ -401,7 +403,7 @@ class Model:
         if self._chat_template is None:
             text = self._tokenizer.chat_template
             if text is None:
-                raise ValueError(f"{self.path}: the file has no chat template (tokenizer.chat_template)")
+                raise ChatTemplateError(f"{self.path}: the file has no chat template (tokenizer.chat_template)")
             self._chat_template = ChatTemplate.for_tokenizer(text, self._tokenizer)
         return self._chat_template
 

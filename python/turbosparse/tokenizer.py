@@ -9,7 +9,7 @@ from collections.abc import Iterable
 import llama_cpp
 
 from turbosparse._library import set_llama_log_verbosity
-from turbosparse.errors import ModelClosedError, ModelLoadError
+from turbosparse.errors import InvalidArgumentError, ModelClosedError, ModelLoadError
 from turbosparse.powerinfer import is_powerinfer, vocab_only_copy
 
 
@@ -79,7 +79,7 @@ class Tokenizer:
         if known is not None:
             return known
         if not 0 <= token < self.n_vocab:
-            raise ValueError(f"token {token} is out of the vocabulary (0..{self.n_vocab - 1})")
+            raise InvalidArgumentError(f"token {token} is out of the vocabulary (0..{self.n_vocab - 1})")
         size = 64
         for _ in range(2):
             buf = ctypes.create_string_buffer(size)

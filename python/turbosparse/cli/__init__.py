@@ -46,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return int(args.func(args) or 0)
-    except (TurboSparseError, ValueError, FileNotFoundError) as exc:
+    except (TurboSparseError, OSError) as exc:  # anything else is a bug: its traceback is the report
         print(f"turbosparse {args.command}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -32,6 +32,7 @@ from turbosparse.bench.runner import (
 from turbosparse.bench.synthetic import SHAPES, SyntheticSpec, calibrated_twin, synthetic_pair
 from turbosparse.binding import NativeModel
 from turbosparse.default import default_model
+from turbosparse.errors import EvalError, InvalidArgumentError
 
 QUANTS = {q.name.lower(): q for q in gguf.GGMLQuantizationType}
 AGREEMENT_TOLERANCE = 1e-3  # max |logit| difference between llama.cpp and turbosparse dense on the same file
@@ -207,7 +208,7 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.ffn_layer:
         return run_ffn_layer(args)
     if args.sparsity is not None and not (args.synthetic and 0.0 < args.sparsity < 1.0):
-        raise ValueError(f"--sparsity needs --synthetic and a value in (0, 1), got {args.sparsity}")
+        raise InvalidArgumentError(f"--sparsity needs --synthetic and a value in (0, 1), got {args.sparsity}")
     sparse, dense, active = _files(args)
     if args.generate:
         return run_generate(args, dense)
@@ -225,7 +226,7 @@ def run_bench(args: argparse.Namespace) -> int:
     if llama is not None and ours is not None:
         agreement = check_agreement(llama, ours, list(range(300, 300 + min(16, vocab - 300))))
         if agreement > AGREEMENT_TOLERANCE:
-            raise ValueError(f"turbosparse dense and llama.cpp disagree on {dense} (max |logit diff| {agreement:.3g})")
+            raise EvalError(f"turbosparse dense and llama.cpp disagree on {dense} (max |logit diff| {agreement:.3g})")
     results = run(engines, cfg, vocab)
     report = _report(engines, results, cfg, sparse, dense, active, agreement)
     if args.json:
