@@ -18,11 +18,10 @@ from pathlib import Path
 import torch
 from transformers import LlamaForCausalLM
 
+from turbosparse.constants import HF_BAMBOO_ARCHITECTURE, HF_BAMBOO_MODEL_TYPE, PREDICTOR_INPUTS
 from turbosparse.predictor_train.modeling import DReluMLP, Predictor, read_config
-from turbosparse.predictor_train.modeling import save_bamboo as _save_bamboo
 from turbosparse.predictor_train.select import GLOBAL_THRESHOLD
 
-PREDICTOR_INPUTS = ("residual", "residual_rmsnorm")
 POWERINFER_CONFIG = "config.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
                    "generation_config.json", "tokenizer.model")  # fmt: skip
@@ -82,25 +81,36 @@ def _check_shapes(model: LlamaForCausalLM, predictors: Sequence[Predictor]) -> N
 
 
 def save_bamboo(
-    model: LlamaForCausalLM, preds: PredictorSet, out_dir: str | Path, tokenizer_dir: str | Path | None = None
+    model: LlamaForCausalLM, preds: PredictorSet | None, out_dir: str | Path, tokenizer_dir: str | Path | None = None
 ) -> Path:
-    """A bamboo checkpoint (config.json + model.safetensors, predictors embedded as mlp.predictor.fc1/fc2)
-    with the config's "turbosparse" block filled, plus the tokenizer files found in tokenizer_dir."""
-    _check_shapes(model, preds.predictors)
+    """A dReLU model (MLPs are DReluMLP) as a bamboo checkpoint: config.json + model.safetensors, written to a
+    temporary file then renamed. With preds, those predictors embedded (mlp.predictor.fc1/fc2) and the config's
+    "turbosparse" block filled; plus the tokenizer files found in tokenizer_dir."""
+    from safetensors.torch import save_file
+
     if not all(isinstance(layer.mlp, DReluMLP) for layer in model.model.layers):
         raise ValueError("a bamboo checkpoint needs dReLU FFNs (relufy the model first)")
-    model = copy.deepcopy(model)
-    for layer, p in zip(model.model.layers, preds.predictors, strict=True):
-        layer.mlp.predictor = copy.deepcopy(p).to(layer.mlp.gate_proj.weight.dtype)
+    config = model.config.to_dict()
+    config.update(model_type=HF_BAMBOO_MODEL_TYPE, architectures=[HF_BAMBOO_ARCHITECTURE], hidden_act="relu")
+    if preds is not None:
+        _check_shapes(model, preds.predictors)
+        model = copy.deepcopy(model)
+        for layer, p in zip(model.model.layers, preds.predictors, strict=True):
+            layer.mlp.predictor = copy.deepcopy(p).to(layer.mlp.gate_proj.weight.dtype)
+        block: dict = {"predictor_threshold": preds.threshold, "predictor_input": preds.input_kind}
+        if preds.activation_rates is not None:
+            block["activation_rates"] = [float(r) for r in preds.activation_rates]
+        if preds.predicted_rates is not None:
+            block["predicted_rates"] = [float(r) for r in preds.predicted_rates]
+        config["turbosparse"] = block
     out_dir = Path(out_dir)
-    _save_bamboo(model, out_dir)
-    config = read_config(out_dir)
-    block: dict = {"predictor_threshold": preds.threshold, "predictor_input": preds.input_kind}
-    if preds.activation_rates is not None:
-        block["activation_rates"] = [float(r) for r in preds.activation_rates]
-    if preds.predicted_rates is not None:
-        block["predicted_rates"] = [float(r) for r in preds.predicted_rates]
-    config["turbosparse"] = block
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    if model.config.tie_word_embeddings:
+        state.pop("lm_head.weight", None)
+    tmp = out_dir / "model.safetensors.tmp"
+    save_file(state, str(tmp), metadata={"format": "pt"})
+    tmp.replace(out_dir / "model.safetensors")
     (out_dir / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
     if tokenizer_dir is not None:
         for name in TOKENIZER_FILES:

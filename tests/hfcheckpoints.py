@@ -23,7 +23,8 @@ from turbosparse.constants import (
     TENSOR_PRED_FC1,
     TENSOR_PRED_FC2,
 )
-from turbosparse.predictor_train.modeling import load_causal_lm, save_bamboo, to_drelu
+from turbosparse.predictor_train.export import save_bamboo
+from turbosparse.predictor_train.modeling import load_causal_lm, to_drelu
 
 HIDDEN, N_LAYER, N_HEAD, N_KV, N_FF = 64, 2, 4, 2, 128
 TOKENIZER_FILES = (
@@ -101,7 +102,7 @@ def save_checkpoint(
     model = model.to(dtype)
     is_bamboo = model.model.layers[0].mlp.__class__.__name__ == "DReluMLP"
     if is_bamboo:
-        save_bamboo(model, out_dir)
+        save_bamboo(model, None, out_dir)
     else:
         state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
         if model.config.tie_word_embeddings:
