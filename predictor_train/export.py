@@ -19,6 +19,7 @@ import torch
 from transformers import LlamaForCausalLM
 
 from turbosparse.constants import HF_BAMBOO_ARCHITECTURE, HF_BAMBOO_MODEL_TYPE, PREDICTOR_INPUTS
+from turbosparse.errors import TrainingError
 from turbosparse.predictor_train.modeling import DReluMLP, Predictor, read_config
 from turbosparse.predictor_train.select import GLOBAL_THRESHOLD
 
@@ -89,7 +90,7 @@ def save_bamboo(
     from safetensors.torch import save_file
 
     if not all(isinstance(layer.mlp, DReluMLP) for layer in model.model.layers):
-        raise ValueError("a bamboo checkpoint needs dReLU FFNs (relufy the model first)")
+        raise TrainingError("a bamboo checkpoint needs dReLU FFNs (relufy the model first)")
     config = model.config.to_dict()
     config.update(model_type=HF_BAMBOO_MODEL_TYPE, architectures=[HF_BAMBOO_ARCHITECTURE], hidden_act="relu")
     if preds is not None:
@@ -127,12 +128,12 @@ def load_bamboo_predictors(model_dir: str | Path) -> PredictorSet:
     config = read_config(Path(model_dir))
     block = config.get("turbosparse")
     if block is None:
-        raise ValueError(f"{model_dir}/config.json has no 'turbosparse' block")
+        raise TrainingError(f"{model_dir}/config.json has no 'turbosparse' block")
     model = load_causal_lm(model_dir)
     preds = []
     for i, layer in enumerate(model.model.layers):
         if getattr(layer.mlp, "predictor", None) is None:
-            raise ValueError(f"{model_dir}: layer {i} has no predictor")
+            raise TrainingError(f"{model_dir}: layer {i} has no predictor")
         preds.append(layer.mlp.predictor)
     return PredictorSet(preds, float(block["predictor_threshold"]), block.get("predictor_input", "residual"),
                         block.get("activation_rates"), block.get("predicted_rates"))  # fmt: skip
@@ -163,7 +164,7 @@ def load_powerinfer(pred_dir: str | Path) -> PredictorSet:
         raise FileNotFoundError(f"{cfg_path}: not a predictor folder (no config.json)")
     config = json.loads(cfg_path.read_text())
     if "sparse_threshold" not in config:
-        raise ValueError(f"{cfg_path}: no sparse_threshold")
+        raise TrainingError(f"{cfg_path}: no sparse_threshold")
     files = sorted(pred_dir.glob("model_*.pt"), key=lambda f: int(f.stem.split("_")[1]))
     if not files:
         raise FileNotFoundError(f"{pred_dir}: no model_{{i}}.pt files")
@@ -174,9 +175,9 @@ def load_powerinfer(pred_dir: str | Path) -> PredictorSet:
         state = torch.load(f, map_location="cpu", weights_only=True)
         fc1, fc2 = state.get("fc1.weight"), state.get("fc2.weight")
         if fc1 is None or fc2 is None:
-            raise ValueError(f"{f}: needs fc1.weight and fc2.weight, has {sorted(state)}")
+            raise TrainingError(f"{f}: needs fc1.weight and fc2.weight, has {sorted(state)}")
         if fc1.ndim != 2 or fc2.ndim != 2 or fc2.shape[1] != fc1.shape[0]:
-            raise ValueError(f"{f}: fc1 {tuple(fc1.shape)} and fc2 {tuple(fc2.shape)} do not chain")
+            raise TrainingError(f"{f}: fc1 {tuple(fc1.shape)} and fc2 {tuple(fc2.shape)} do not chain")
         p = Predictor(fc1.shape[1], fc1.shape[0], fc2.shape[0])
         p.load_state_dict({"fc1.weight": fc1.float(), "fc2.weight": fc2.float()})
         preds.append(p.eval())

@@ -19,6 +19,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from turbosparse.constants import HF_BAMBOO_ARCHITECTURE, HF_BAMBOO_MODEL_TYPE
 from turbosparse.convert.hparams import read_config
+from turbosparse.errors import TrainingError
 
 
 class Predictor(nn.Module):
@@ -106,5 +107,5 @@ def load_causal_lm(model_dir: str | Path, dtype: torch.dtype = torch.float32) ->
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.endswith("rotary_emb.inv_freq")]
     if missing or unexpected:
-        raise ValueError(f"{model_dir}: tensors missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise TrainingError(f"{model_dir}: tensors missing {missing[:5]}, unexpected {unexpected[:5]}")
     return model.eval()

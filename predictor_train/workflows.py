@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from transformers import LlamaForCausalLM
 
-from turbosparse.errors import InvalidArgumentError
+from turbosparse.errors import InvalidArgumentError, TrainingError
 from turbosparse.predictor_train.collect import CollectConfig, Collection, collect
 from turbosparse.predictor_train.data import read_text, tokenize_text
 from turbosparse.predictor_train.distributed import SINGLE, Dist
@@ -76,7 +76,7 @@ def train_predictors(model_dir: Path, data: Path, opts: TrainPredictorsOptions, 
     t0 = time.perf_counter()
     model = load_model(model_dir)
     if opts.format == "bamboo" and not all(isinstance(layer.mlp, DReluMLP) for layer in model.model.layers):
-        raise ValueError(f"{model_dir}: a bamboo export needs a dReLU model (run `turbosparse relufy` first)")
+        raise TrainingError(f"{model_dir}: a bamboo export needs a dReLU model (run `turbosparse relufy` first)")
     tok = load_tokenizer(model_dir)
     work_dir = opts.work_dir or opts.out / "collect"
     if dist.is_main:

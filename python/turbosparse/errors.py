@@ -14,6 +14,11 @@ class ConvertError(TurboSparseError, ValueError):
     unreadable tokenizer); the message names the file and the tensor or key."""
 
 
+class TrainingError(TurboSparseError, ValueError):
+    """A model or data the trainer cannot use (a SwiGLU model where a dReLU one is needed, too little text, a corrupt
+    collection or predictor folder); the message names the file or folder."""
+
+
 class ContextOverflowError(TurboSparseError, ValueError):
     """More tokens than the context (n_ctx) holds."""
 
