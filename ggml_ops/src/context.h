@@ -59,6 +59,8 @@ struct ts_context {
     struct ggml_tensor **v_cache; /* [n_seq * n_cells, n_embd_kv], stored transposed */
 
     ts_sparse_layer *sparse; /* per layer: what the sparse FFN nodes read and count */
+    int32_t *group_top_k;    /* per layer: groups the grouped route reads per token */
+    struct ggml_tensor **group_ids; /* per layer: the cached graph's chosen groups (grouped route), else NULL */
 
     ggml_gallocr_t galloc;
     void *graph_meta; /* memory for graph/tensor metadata (no data) */

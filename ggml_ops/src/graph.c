@@ -8,6 +8,7 @@
  *   logits = output @ norm(x)
  */
 #include "context.h"
+#include "grouped_ffn.h"
 
 #include "ggml-cpu.h"
 
@@ -119,6 +120,9 @@ static struct ggml_tensor *ffn(ts_context *ctx, struct ggml_context *ctx0, int i
     const ts_layer *l = &m->layers[il];
     ts_sparse_layer *sl = &ctx->sparse[il];
     const int32_t n_threads = ctx->params.n_threads;
+    if (!dense_ffn && ctx->params.sparse_mode == TS_SPARSE_GROUPS) {
+        return ts_grouped_ffn(ctx0, m, il, ffn_inp, cur, ctx->group_top_k[il], &ctx->group_ids[il]);
+    }
     if (runs_dense(ctx, il, dense_ffn)) {
         struct ggml_tensor *up = matmul_bias(ctx0, l->ffn_up, l->ffn_up_b, cur);
         struct ggml_tensor *gate = matmul_bias(ctx0, l->ffn_gate, l->ffn_gate_b, cur);

@@ -66,13 +66,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rank", type=int, default=1024, help="synthetic: predictor rank")
     p.add_argument("--pred-quant", default="q4_0", choices=sorted(QUANTS), help="synthetic: predictor type")
     p.add_argument(
+        "--groups",
+        type=int,
+        default=0,
+        metavar="G",
+        help="synthetic: add the grouped route (neuron groups of G, top-k = the active share) for --modes groups",
+    )
+    p.add_argument(
         "--sparsity",
         type=float,
         default=None,
         help="synthetic: calibrate the dense twin to this share of up/down rows skipped (turbosparse calibrate on "
         "random token ids, cached) and run exact mode on it instead of the dReLU model",
     )
-    p.add_argument("--modes", default="dense,predictor,exact", help="turbosparse modes to run (comma-separated)")
+    p.add_argument(
+        "--modes", default="dense,predictor,exact", help="turbosparse modes to run (comma-separated; also groups)"
+    )
     p.add_argument("--no-llama-cpp", action="store_true", help="skip llama.cpp")
     p.add_argument("-t", "--threads", type=int, default=2)
     p.add_argument("-p", "--prompt-tokens", type=int, default=64)
@@ -88,7 +97,12 @@ def _files(args: argparse.Namespace) -> tuple[Path, Path, float | None]:
     """(sparse file, dense-equivalent file, configured active share or None)."""
     if args.synthetic:
         spec = SyntheticSpec(
-            SHAPES[args.synthetic], QUANTS[args.quant], args.active, args.rank, QUANTS[args.pred_quant]
+            SHAPES[args.synthetic],
+            QUANTS[args.quant],
+            args.active,
+            args.rank,
+            QUANTS[args.pred_quant],
+            groups=args.groups,
         )
         sparse, dense = synthetic_pair(spec)
         if args.sparsity is not None:
@@ -112,6 +126,7 @@ def _modes(args: argparse.Namespace, sparse: Path) -> list[str]:
         m
         for m in modes
         if not (m == "predictor" and not info.has_predictors)
+        and not (m == "groups" and not info.group_size)
         # exact mode on SwiGLU needs a calibrated file (turbosparse calibrate)
         and not (m == "exact" and info.ffn_act.name == "SWIGLU" and not info.has_ffn_thresholds)
     ]
