@@ -6,8 +6,8 @@ One class per source architecture (arch/), a lazy tensor source (source.py), the
 
 from __future__ import annotations
 
-from ..errors import ConvertError
-from .pipeline import convert
-from .quant_policy import OUTTYPES
+from turbosparse.convert.pipeline import convert
+from turbosparse.convert.quant_policy import OUTTYPES
+from turbosparse.errors import ConvertError
 
 __all__ = ["OUTTYPES", "ConvertError", "convert"]

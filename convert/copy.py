@@ -10,10 +10,10 @@ from typing import Any
 import gguf
 import numpy as np
 
-from ..constants import KEY_FORMAT_VERSION
-from ..errors import ConvertError
-from .arch.base import ROLE_MATRIX, TensorSpec
-from .writer import add_turbosparse_keys, write_gguf
+from turbosparse.constants import KEY_FORMAT_VERSION
+from turbosparse.convert.arch.base import ROLE_MATRIX, TensorSpec
+from turbosparse.convert.writer import add_turbosparse_keys, write_gguf
+from turbosparse.errors import ConvertError
 
 # written by the writer itself (header counts, architecture, alignment of its own data section)
 _WRITER_KEYS = ("GGUF.version", "GGUF.tensor_count", "GGUF.kv_count", "general.architecture", "general.alignment")

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ..constants import (
+from turbosparse.constants import (
     KEY_GROUP_RECALL,
     KEY_GROUP_SIZE,
     KEY_GROUP_TOP_K,
@@ -29,8 +29,8 @@ from ..constants import (
     TENSOR_PRED_FC2,
     TENSOR_PRED_GROUPS,
 )
-from ..errors import ConvertError
-from .arch.base import ROLE_MATRIX, ROLE_PREDICTOR, TensorSpec
+from turbosparse.convert.arch.base import ROLE_MATRIX, ROLE_PREDICTOR, TensorSpec
+from turbosparse.errors import ConvertError
 
 GROUP_BLOCK = 32  # G must be a multiple of the quant block so that down's per-group rows quantize
 

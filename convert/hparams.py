@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConvertError
+from turbosparse.errors import ConvertError
 
 logger = logging.getLogger(__name__)
+
+MAX_LAYERS = 1024  # the engine reads at most this many (TS_MAX_LAYERS in ggml_ops/src/model.c)
 
 
 @dataclass(frozen=True)
@@ -44,31 +47,42 @@ def read_config(model_dir: Path) -> dict[str, Any]:
     return config
 
 
+def _positive_number(value: Any, key: str, where: Path) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
+        raise ConvertError(f"{where}: '{key}' must be a positive number, got {value!r}")
+    return float(value)
+
+
 def _rope_settings(config: dict[str, Any], where: Path) -> tuple[float, float | None]:
     """rope_theta and the linear scaling factor; transformers 5 keeps both in `rope_parameters`."""
     params = config.get("rope_parameters") or {}
     scaling = config.get("rope_scaling") or params
-    theta = config.get("rope_theta", params.get("rope_theta", 10000.0))
+    if not isinstance(params, dict) or not isinstance(scaling, dict):
+        raise ConvertError(f"{where}: 'rope_parameters' and 'rope_scaling' must be objects")
+    theta = _positive_number(config.get("rope_theta", params.get("rope_theta", 10000.0)), "rope_theta", where)
     kind = scaling.get("rope_type", scaling.get("type", "default")) if scaling else "default"
     if kind in ("default", None):
-        return float(theta), None
+        return theta, None
     if kind == "linear":
-        return float(theta), float(scaling["factor"])
-    raise ConvertError(f"{where}: rope scaling type '{kind}' is not supported (only linear)")
+        return theta, _positive_number(scaling.get("factor"), "rope_scaling.factor", where)
+    raise ConvertError(f"{where}: rope scaling type {kind!r} is not supported (only linear)")
 
 
 def llama_hparams(config: dict[str, Any], where: Path) -> HParams:
     """HParams of a Llama / Mistral layout config (bamboo and ReLU-Llama configs carry the same fields)."""
 
-    def need(key: str) -> int:
+    def need(key: str, most: int = 2**31 - 1) -> int:
         value = config.get(key)
-        if not isinstance(value, int) or value <= 0:
-            raise ConvertError(f"{where}: '{key}' must be a positive integer, got {value!r}")
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= most:
+            raise ConvertError(f"{where}: '{key}' must be an integer in 1..{most}, got {value!r}")
         return value
 
+    def optional(key: str, default: int) -> int:
+        return default if config.get(key) is None else need(key)
+
     n_embd, n_head = need("hidden_size"), need("num_attention_heads")
-    n_head_kv = config.get("num_key_value_heads") or n_head
-    head_dim = config.get("head_dim") or n_embd // n_head
+    n_head_kv = optional("num_key_value_heads", n_head)
+    head_dim = optional("head_dim", max(1, n_embd // n_head))
     if n_head % n_head_kv != 0:
         raise ConvertError(
             f"{where}: num_attention_heads {n_head} is not a multiple of num_key_value_heads {n_head_kv}"
@@ -76,20 +90,20 @@ def llama_hparams(config: dict[str, Any], where: Path) -> HParams:
     if head_dim % 2 != 0:
         raise ConvertError(f"{where}: head_dim {head_dim} must be even for RoPE")
     theta, linear = _rope_settings(config, where)
-    window, n_ctx = config.get("sliding_window"), int(config.get("max_position_embeddings") or 4096)
+    window, n_ctx = config.get("sliding_window"), optional("max_position_embeddings", 4096)
     if isinstance(window, int) and 0 < window < n_ctx:
         logger.warning("%s: sliding_window %d is not stored; attention spans the whole context", where, window)
     return HParams(
-        n_layer=need("num_hidden_layers"),
+        n_layer=need("num_hidden_layers", MAX_LAYERS),
         n_embd=n_embd,
         n_ff=need("intermediate_size"),
         n_head=n_head,
-        n_head_kv=int(n_head_kv),
-        head_dim=int(head_dim),
+        n_head_kv=n_head_kv,
+        head_dim=head_dim,
         n_ctx=n_ctx,
         vocab_size=need("vocab_size"),
         rope_theta=theta,
-        rms_eps=float(config.get("rms_norm_eps", 1e-6)),
+        rms_eps=_positive_number(config.get("rms_norm_eps", 1e-6), "rms_norm_eps", where),
         rope_linear_factor=linear,
         tied_embeddings=bool(config.get("tie_word_embeddings", False)),
         attention_bias=bool(config.get("attention_bias", False)),

@@ -8,15 +8,16 @@ from pathlib import Path
 
 import gguf
 
-from ..constants import KEY_DOWN_LAYOUT, KEY_FFN_ACTIVATION, KEY_PREDICTED_RATES, KEY_SOURCE
-from .arch import ConvertOptions, find_architecture
-from .groups import add_groups, budget_groups, load_plan
-from .hparams import read_config
-from .quant_policy import QuantPolicy, file_type
-from .requantize import requantize
-from .source import open_checkpoint
-from .vocab import load_vocab
-from .writer import add_llama_hparams, add_turbosparse_keys, write_gguf
+from turbosparse.constants import KEY_DOWN_LAYOUT, KEY_FFN_ACTIVATION, KEY_PREDICTED_RATES, KEY_SOURCE
+from turbosparse.convert.arch import ConvertOptions, find_architecture
+from turbosparse.convert.groups import add_groups, budget_groups, load_plan
+from turbosparse.convert.hparams import read_config
+from turbosparse.convert.quant_policy import QuantPolicy, file_type
+from turbosparse.convert.requantize import requantize
+from turbosparse.convert.source import open_checkpoint
+from turbosparse.convert.vocab import load_vocab
+from turbosparse.convert.writer import add_llama_hparams, add_turbosparse_keys, write_gguf
+from turbosparse.errors import ConvertError
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ def convert(
     src, out = Path(model_dir), Path(out_path)
     if src.is_file() and src.suffix == ".gguf":
         if predictors is not None or down_layout is not None or threshold is not None or groups is not None:
-            raise ValueError("re-quantizing a GGUF file takes only outtype and pred_type")
+            raise ConvertError("re-quantizing a GGUF file takes only outtype and pred_type")
         return requantize(src, out, outtype, pred_type=pred_type, progress=progress)
     config = read_config(src)
     cls = find_architecture(config, src / "config.json")

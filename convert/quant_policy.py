@@ -18,8 +18,9 @@ from dataclasses import dataclass
 
 import gguf
 
-from ..binding import type_info
-from .arch.base import ROLE_BIAS, ROLE_EMBD, ROLE_NORM, ROLE_OUTPUT, ROLE_PREDICTOR
+from turbosparse.binding import type_info
+from turbosparse.convert.arch.base import ROLE_BIAS, ROLE_EMBD, ROLE_NORM, ROLE_OUTPUT, ROLE_PREDICTOR
+from turbosparse.errors import ConvertError
 
 Q = gguf.GGMLQuantizationType
 FT = gguf.LlamaFileType
@@ -54,7 +55,7 @@ def parse_type(name: str) -> Q:
     try:
         return OUTTYPES[name.lower()][0]
     except KeyError:
-        raise ValueError(f"unknown type '{name}' (expected one of {', '.join(OUTTYPES)})") from None
+        raise ConvertError(f"unknown type '{name}' (expected one of {', '.join(OUTTYPES)})") from None
 
 
 def fit_row(qtype: Q, row_length: int) -> Q:

@@ -8,13 +8,13 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from ..binding import dequantize
-from ..constants import TENSOR_POWERINFER_FC1, TENSOR_POWERINFER_FC2, TENSOR_PRED_FC1, TENSOR_PRED_FC2
-from ..errors import ConvertError
-from .arch.base import ROLE_EMBD, ROLE_MATRIX, ROLE_NORM, ROLE_OUTPUT, ROLE_PREDICTOR, TensorSpec
-from .copy import architecture, copy_fields, open_gguf
-from .quant_policy import QuantPolicy, file_type
-from .writer import write_gguf
+from turbosparse.binding import dequantize
+from turbosparse.constants import TENSOR_POWERINFER_FC1, TENSOR_POWERINFER_FC2, TENSOR_PRED_FC1, TENSOR_PRED_FC2
+from turbosparse.convert.arch.base import ROLE_EMBD, ROLE_MATRIX, ROLE_NORM, ROLE_OUTPUT, ROLE_PREDICTOR, TensorSpec
+from turbosparse.convert.copy import architecture, copy_fields, open_gguf
+from turbosparse.convert.quant_policy import QuantPolicy, file_type
+from turbosparse.convert.writer import write_gguf
+from turbosparse.errors import ConvertError
 
 _PREDICTOR_SUFFIXES = tuple(
     n.format(0).split(".", 2)[2]

@@ -20,7 +20,7 @@ from typing import Protocol
 
 import numpy as np
 
-from ..errors import ConvertError
+from turbosparse.errors import ConvertError
 
 # safetensors dtype name -> (numpy dtype of the stored bits, whether those bits are bfloat16)
 _SAFETENSORS_DTYPES: dict[str, tuple[np.dtype, bool]] = {

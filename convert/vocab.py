@@ -30,7 +30,7 @@ from typing import Any
 
 import gguf
 
-from ..errors import ConvertError
+from turbosparse.errors import ConvertError
 
 TokenType = gguf.TokenType
 
@@ -138,8 +138,17 @@ def _sentencepiece_vocab(model_dir: Path, vocab_size: int) -> Vocab:
                 text = text.replace("\u2581", " ")  # llama.cpp expects user-defined tokens pre-normalized
                 types[tid] = int(TokenType.USER_DEFINED)
             tokens[tid], scores[tid] = text.encode("utf-8"), -1000.0
-    special = gguf.SpecialVocab(model_dir, n_vocab=len(tokens))
+    special = _special_vocab(model_dir, n_vocab=len(tokens))
     return Vocab("llama", "default", tokens, types, scores, special)
+
+
+def _special_vocab(model_dir: Path, **options: Any) -> gguf.SpecialVocab:
+    """gguf-py's SpecialVocab; its JSON reads (tokenizer.json, tokenizer_config.json, config.json) raise plain
+    ValueErrors on broken files."""
+    try:
+        return gguf.SpecialVocab(model_dir, **options)
+    except (OSError, ValueError) as exc:
+        raise ConvertError(f"{model_dir}: unreadable tokenizer files: {exc}") from None
 
 
 def _describe(pre: dict[str, Any] | None) -> tuple[tuple[Any, ...], ...]:
@@ -204,7 +213,7 @@ def _bpe_vocab(model_dir: Path, vocab_size: int, pre: str | None) -> Vocab:
                 kind = TokenType.USER_DEFINED
         tokens.append(text.encode("utf-8"))
         types.append(int(kind))
-    special = gguf.SpecialVocab(model_dir, load_merges=True)
+    special = _special_vocab(model_dir, load_merges=True)
     if not special.merges:
         raise ConvertError(f"{path}: a BPE vocabulary without merges")
     return Vocab("gpt2", pre, tokens, types, None, special)

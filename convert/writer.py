@@ -18,8 +18,8 @@ import gguf
 import numpy as np
 from tqdm import tqdm
 
-from ..binding import quantize, type_info
-from ..constants import (
+from turbosparse.binding import quantize, type_info
+from turbosparse.constants import (
     ARCHITECTURE,
     FORMAT_VERSION,
     KEY_ACT_THRESHOLDS,
@@ -40,9 +40,9 @@ from ..constants import (
     KEY_PREDICTOR_THRESHOLD,
     KEY_SOURCE,
 )
-from ..errors import ConvertError
-from .arch.base import TensorSpec
-from .hparams import HParams
+from turbosparse.convert.arch.base import TensorSpec
+from turbosparse.convert.hparams import HParams
+from turbosparse.errors import ConvertError
 
 logger = logging.getLogger(__name__)
 

@@ -21,6 +21,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import LlamaForCausalLM
 
+from turbosparse.errors import TrainingError
+
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 
@@ -78,7 +80,7 @@ class Collection:
             raise FileNotFoundError(f"{path}: no collection here (missing or interrupted; run collect first)")
         fields = json.loads(path.read_text())
         if fields.get("version") != FORMAT_VERSION:
-            raise ValueError(f"{path}: collection format {fields.get('version')}, expected {FORMAT_VERSION}")
+            raise TrainingError(f"{path}: collection format {fields.get('version')}, expected {FORMAT_VERSION}")
         self.manifest = Manifest(**fields)
         for i in range(self.manifest.n_layer):
             for kind in _kinds(self.manifest):
@@ -88,7 +90,7 @@ class Collection:
                 if not f.is_file():
                     raise FileNotFoundError(f"{f}: missing from the collection")
                 if f.stat().st_size != want:
-                    raise ValueError(f"{f}: {f.stat().st_size} bytes, the manifest implies {want}")
+                    raise TrainingError(f"{f}: {f.stat().st_size} bytes, the manifest implies {want}")
 
     def array(self, layer: int, kind: str) -> np.memmap:
         if not 0 <= layer < self.manifest.n_layer:

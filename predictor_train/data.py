@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from turbosparse.errors import TrainingError
+
 
 def read_text(path: str | Path, exclude: Sequence[str] = ()) -> str:
     """The text of a file, or of every *.txt file under a folder (sorted, skipping names containing any of
@@ -25,13 +27,13 @@ def read_text(path: str | Path, exclude: Sequence[str] = ()) -> str:
 def token_sequences(ids: Sequence[int], seq_len: int, max_tokens: int | None = None) -> np.ndarray:
     """ids cut into non-overlapping rows of seq_len tokens: int64 [n_seq, seq_len] (the tail is dropped)."""
     if seq_len < 2:
-        raise ValueError(f"seq_len must be at least 2, got {seq_len}")
+        raise TrainingError(f"seq_len must be at least 2, got {seq_len}")
     arr = np.asarray(ids, dtype=np.int64)
     if max_tokens is not None:
         arr = arr[:max_tokens]
     n = len(arr) // seq_len
     if n == 0:
-        raise ValueError(f"text too short: {len(arr)} tokens, a sequence needs {seq_len}")
+        raise TrainingError(f"text too short: {len(arr)} tokens, a sequence needs {seq_len}")
     return arr[: n * seq_len].reshape(n, seq_len)
 
 

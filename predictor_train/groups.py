@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .collect import Collection
+from turbosparse.predictor_train.collect import Collection
 
 logger = logging.getLogger(__name__)
 

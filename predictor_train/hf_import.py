@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
-from .modeling import load_causal_lm
+from turbosparse.predictor_train.modeling import load_causal_lm
 
 
 def gguf_to_hf(gguf: str | Path, out_dir: str | Path) -> Path:

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -19,6 +18,8 @@ from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from turbosparse.constants import HF_BAMBOO_ARCHITECTURE, HF_BAMBOO_MODEL_TYPE
+from turbosparse.convert.hparams import read_config
+from turbosparse.errors import TrainingError
 
 
 class Predictor(nn.Module):
@@ -49,14 +50,6 @@ class DReluMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(self.activation(x))
-
-
-def read_config(model_dir: Path) -> dict:
-    path = Path(model_dir) / "config.json"
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no config.json (is {model_dir} a Hugging Face checkpoint?)") from None
 
 
 def is_bamboo(config: dict) -> bool:
@@ -114,22 +107,5 @@ def load_causal_lm(model_dir: str | Path, dtype: torch.dtype = torch.float32) ->
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.endswith("rotary_emb.inv_freq")]
     if missing or unexpected:
-        raise ValueError(f"{model_dir}: tensors missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise TrainingError(f"{model_dir}: tensors missing {missing[:5]}, unexpected {unexpected[:5]}")
     return model.eval()
-
-
-def save_bamboo(model: LlamaForCausalLM, out_dir: str | Path) -> None:
-    """Writes a dReLU model (MLPs are DReluMLP) as a bamboo checkpoint: config.json + model.safetensors."""
-    from safetensors.torch import save_file
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    config = model.config.to_dict()
-    config.update(model_type=HF_BAMBOO_MODEL_TYPE, architectures=[HF_BAMBOO_ARCHITECTURE], hidden_act="relu")
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    if model.config.tie_word_embeddings:
-        state.pop("lm_head.weight", None)
-    tmp = out_dir / "model.safetensors.tmp"
-    save_file(state, str(tmp), metadata={"format": "pt"})
-    tmp.replace(out_dir / "model.safetensors")
-    (out_dir / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")

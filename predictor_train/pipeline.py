@@ -12,12 +12,20 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from tqdm.auto import tqdm
 
-from .collect import Collection
-from .distributed import SINGLE, Dist
-from .export import PredictorSet, fold_thresholds
-from .modeling import Predictor
-from .select import DEFAULT_THRESHOLDS, GLOBAL_THRESHOLD, Candidate, Choice, CostModel, choose, lower_bound, measure
-from .train import LayerData, TrainConfig, train_predictor
+from turbosparse.predictor_train.collect import Collection
+from turbosparse.predictor_train.distributed import SINGLE, Dist
+from turbosparse.predictor_train.export import PredictorSet, fold_thresholds
+from turbosparse.predictor_train.modeling import Predictor
+from turbosparse.predictor_train.select import (
+    DEFAULT_THRESHOLDS,
+    GLOBAL_THRESHOLD,
+    Candidate,
+    Choice,
+    CostModel,
+    choose,
+    measure,
+)
+from turbosparse.predictor_train.train import LayerData, TrainConfig, train_predictor
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +55,8 @@ def train_layer(
     best: Choice | None = None
     true_rate = float(data.y_val.float().mean())
     for rank in sorted(cfg.ranks):
-        if best is not None and best.met_target and lower_bound(rank, true_rate, cost) >= best.cost_bytes:
+        # no predictor of this rank costs less than its weights plus the truly active neurons
+        if best is not None and best.met_target and cost.cost(rank, true_rate) >= best.cost_bytes:
             break
         res = train_predictor(data, replace(cfg.train, rank=rank))
         trained[rank] = res.predictor

@@ -36,9 +36,10 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import LlamaForCausalLM
 
-from .distributed import SINGLE, Dist
-from .layers import attention_half, causal_mask, embed, position_embeddings
-from .modeling import DReluMLP
+from turbosparse.errors import TrainingError
+from turbosparse.predictor_train.distributed import SINGLE, Dist
+from turbosparse.predictor_train.layers import attention_half, causal_mask, embed, position_embeddings
+from turbosparse.predictor_train.modeling import DReluMLP
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +80,10 @@ class RelufyResult:
 
 def _check_swiglu(model: LlamaForCausalLM) -> None:
     if any(isinstance(layer.mlp, DReluMLP) for layer in model.model.layers):
-        raise ValueError("the model is already dReLU: relufy takes a SwiGLU (silu-gated) model")
+        raise TrainingError("the model is already dReLU: relufy takes a SwiGLU (silu-gated) model")
     act = getattr(model.config, "hidden_act", "silu")
     if act not in ("silu", "swish"):
-        raise ValueError(f"relufy takes a SwiGLU model, this one has hidden_act={act!r}")
+        raise TrainingError(f"relufy takes a SwiGLU model, this one has hidden_act={act!r}")
 
 
 def drelu_student(teacher: LlamaForCausalLM) -> LlamaForCausalLM:

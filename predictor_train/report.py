@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-from .select import Candidate, Choice, CostModel
+from turbosparse.predictor_train.select import Candidate, Choice, CostModel
 
 
 def build_report(choices: Sequence[Choice], cost: CostModel, recall_target: float, extra: dict | None = None) -> dict:

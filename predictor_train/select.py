@@ -14,16 +14,23 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import gguf
 import numpy as np
 import torch
 
-from .modeling import Predictor
+from turbosparse.predictor_train.modeling import Predictor
 
 GLOBAL_THRESHOLD = -1.0
 
-# bytes per weight of the ggml types the converter writes (block size and scales included)
-BYTES_PER_WEIGHT = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q5_0": 22 / 32, "q4_1": 20 / 32,
-                    "q4_0": 18 / 32, "q4_k": 144 / 256, "q6_k": 210 / 256}  # fmt: skip
+
+def bytes_per_weight(quant: str) -> float:
+    """Bytes per weight of a ggml type by name ("q4_0"), block scales included: gguf-py's copy of ggml's sizes."""
+    try:
+        block, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[quant.upper()]]
+    except KeyError:
+        raise ValueError(f"unknown quant {quant!r}: not a ggml type name") from None
+    return size / block
+
 
 DEFAULT_THRESHOLDS = tuple(float(t) for t in -np.geomspace(0.02, 12.0, 64))
 
@@ -35,12 +42,11 @@ class CostModel:
     quant: str = "q8_0"
 
     def __post_init__(self) -> None:
-        if self.quant not in BYTES_PER_WEIGHT:
-            raise ValueError(f"unknown quant {self.quant!r} (one of {sorted(BYTES_PER_WEIGHT)})")
+        bytes_per_weight(self.quant)
 
     @property
     def bytes_per_weight(self) -> float:
-        return BYTES_PER_WEIGHT[self.quant]
+        return bytes_per_weight(self.quant)
 
     def predictor_bytes(self, rank: int) -> float:
         return (self.hidden * rank + rank * self.n_ff) * self.bytes_per_weight
@@ -122,8 +128,3 @@ def choose(candidates: Sequence[Candidate], recall_target: float, cost: CostMode
     if fallback is None:
         raise ValueError("no negative threshold in the candidates' grids")
     return fallback
-
-
-def lower_bound(rank: int, true_rate: float, cost: CostModel) -> float:
-    """No predictor of this rank can cost less than its weights plus the truly active neurons."""
-    return cost.cost(rank, true_rate)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .relufy import DistillBatch, Targets
+from turbosparse.predictor_train.relufy import DistillBatch, Targets
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .evaluate import predictor_input
-from .modeling import Predictor
+from turbosparse.predictor_train.evaluate import predictor_input
+from turbosparse.predictor_train.modeling import Predictor
 
 log = logging.getLogger(__name__)
 

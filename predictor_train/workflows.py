@@ -10,18 +10,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from transformers import LlamaForCausalLM
 
-from .collect import CollectConfig, Collection, collect
-from .data import read_text, tokenize_text
-from .distributed import SINGLE, Dist
-from .evaluate import EvalConfig, activation_rates, perplexity, predictor_masks
-from .export import PredictorSet, save_bamboo, save_powerinfer
-from .hf_import import gguf_to_hf, load_model, load_tokenizer
-from .modeling import DReluMLP
-from .pipeline import PredictorTrainConfig, TrainedPredictors, train_all
-from .relufy import RelufyConfig, relufy
-from .report import build_report, write_report
-from .select import CostModel
+from turbosparse.errors import InvalidArgumentError, TrainingError
+from turbosparse.predictor_train.collect import CollectConfig, Collection, collect
+from turbosparse.predictor_train.data import read_text, tokenize_text
+from turbosparse.predictor_train.distributed import SINGLE, Dist
+from turbosparse.predictor_train.evaluate import EvalConfig, activation_rates, perplexity, predictor_masks
+from turbosparse.predictor_train.export import PredictorSet, save_bamboo, save_powerinfer
+from turbosparse.predictor_train.hf_import import gguf_to_hf, load_model, load_tokenizer
+from turbosparse.predictor_train.modeling import DReluMLP
+from turbosparse.predictor_train.pipeline import PredictorTrainConfig, TrainedPredictors, train_all
+from turbosparse.predictor_train.relufy import RelufyConfig, Targets, relufy
+from turbosparse.predictor_train.report import build_report, write_report
+from turbosparse.predictor_train.select import CostModel
 
 log = logging.getLogger(__name__)
 
@@ -63,18 +65,18 @@ def export_predictors(model, trained: TrainedPredictors, fmt: str, out: Path, to
         return save_bamboo(model, trained.predictors, out, tokenizer_dir)
     if fmt == "powerinfer":
         return save_powerinfer(trained.predictors, out)
-    raise ValueError(f"unknown format {fmt!r} (one of {FORMATS})")
+    raise InvalidArgumentError(f"unknown format {fmt!r} (one of {FORMATS})")
 
 
 def train_predictors(model_dir: Path, data: Path, opts: TrainPredictorsOptions, dist: Dist = SINGLE) -> dict | None:
     """Collect, train, choose, export and report; returns the report (None on ranks other than 0 under torchrun:
     rank 0 collects, the layers' training is shared out, rank 0 exports)."""
     if opts.format not in FORMATS:
-        raise ValueError(f"unknown format {opts.format!r} (one of {FORMATS})")
+        raise InvalidArgumentError(f"unknown format {opts.format!r} (one of {FORMATS})")
     t0 = time.perf_counter()
     model = load_model(model_dir)
     if opts.format == "bamboo" and not all(isinstance(layer.mlp, DReluMLP) for layer in model.model.layers):
-        raise ValueError(f"{model_dir}: a bamboo export needs a dReLU model (run `turbosparse relufy` first)")
+        raise TrainingError(f"{model_dir}: a bamboo export needs a dReLU model (run `turbosparse relufy` first)")
     tok = load_tokenizer(model_dir)
     work_dir = opts.work_dir or opts.out / "collect"
     if dist.is_main:
@@ -110,6 +112,28 @@ class RelufyOptions:
     relufy: RelufyConfig = field(default_factory=RelufyConfig)
 
 
+def relufy_to_bamboo(
+    teacher: LlamaForCausalLM,
+    seqs: np.ndarray,
+    cfg: RelufyConfig,
+    out: Path,
+    *,
+    targets: tuple[Targets, int] | None = None,
+    dist: Dist = SINGLE,
+) -> tuple[LlamaForCausalLM, dict] | None:
+    """relufy (see relufy.relufy), then on rank 0 the dReLU model written as a bamboo checkpoint at out (no
+    predictors); returns it (on the CPU) and the run's summary: config, seconds, per-layer fits, end-to-end KL.
+    None on the other ranks under torchrun."""
+    student, result = relufy(teacher, seqs, cfg, targets=targets, dist=dist)
+    if not dist.is_main:
+        return None
+    student = student.to("cpu")
+    save_bamboo(student, None, out)
+    summary = {"config": asdict(cfg), "seconds": result.seconds, "layers": [asdict(f) for f in result.layers],
+               "finetune_kl": result.finetune_losses}  # fmt: skip
+    return student, summary
+
+
 def relufy_checkpoint(source: Path, data: Path, opts: RelufyOptions, dist: Dist = SINGLE) -> dict | None:
     """SwiGLU GGUF or HF folder -> dReLU bamboo checkpoint (no predictors) with tokenizer; returns a summary
     (None on ranks other than 0 under torchrun, where every rank fits its share and rank 0 writes)."""
@@ -124,20 +148,16 @@ def relufy_checkpoint(source: Path, data: Path, opts: RelufyOptions, dist: Dist 
     tok = load_tokenizer(source)
     seqs = tokenize_text(tok, read_text(data), opts.seq_len, opts.tokens)
     seqs = seqs[np.random.default_rng(opts.relufy.seed).permutation(len(seqs))]
-    student, result = relufy(teacher, seqs, opts.relufy, dist=dist)
-    if not dist.is_main:
+    done = relufy_to_bamboo(teacher, seqs, opts.relufy, opts.out, dist=dist)
+    if done is None:
         return None
-    teacher, student = teacher.to("cpu"), student.to("cpu")
-    summary: dict = {"config": asdict(opts.relufy), "seconds": result.seconds,
-                     "layers": [asdict(f) for f in result.layers], "finetune_kl": result.finetune_losses}  # fmt: skip
+    student, summary = done
+    teacher = teacher.to("cpu")
     if opts.eval_text is not None:
         ids = tok(read_text(opts.eval_text), add_special_tokens=False)["input_ids"]
         cfg = EvalConfig()
         summary.update(ppl_original=perplexity(teacher, ids, cfg), ppl_drelu=perplexity(student, ids, cfg),
                        active_rates=activation_rates(student, ids, cfg))  # fmt: skip
-    from .modeling import save_bamboo as save_plain_bamboo
-
-    save_plain_bamboo(student, opts.out)
     tok.save_pretrained(opts.out)
     (opts.out / "relufy.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

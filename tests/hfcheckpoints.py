@@ -9,12 +9,22 @@ import json
 import shutil
 from pathlib import Path
 
+import gguf
 import numpy as np
 import torch
 from safetensors.torch import save_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from turbosparse.predictor_train.modeling import load_causal_lm, save_bamboo, to_drelu
+from turbosparse.constants import (
+    KEY_POWERINFER_THRESHOLD,
+    KEY_PREDICTOR_THRESHOLD,
+    TENSOR_POWERINFER_FC1,
+    TENSOR_POWERINFER_FC2,
+    TENSOR_PRED_FC1,
+    TENSOR_PRED_FC2,
+)
+from turbosparse.predictor_train.export import save_bamboo
+from turbosparse.predictor_train.modeling import load_causal_lm, to_drelu
 
 HIDDEN, N_LAYER, N_HEAD, N_KV, N_FF = 64, 2, 4, 2, 128
 TOKENIZER_FILES = (
@@ -92,7 +102,7 @@ def save_checkpoint(
     model = model.to(dtype)
     is_bamboo = model.model.layers[0].mlp.__class__.__name__ == "DReluMLP"
     if is_bamboo:
-        save_bamboo(model, out_dir)
+        save_bamboo(model, None, out_dir)
     else:
         state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
         if model.config.tie_word_embeddings:
@@ -136,6 +146,40 @@ def write_powerinfer_predictors(
         tensors[i] = (fc1.numpy(), fc2.numpy())
     (out_dir / "config.json").write_text(json.dumps({"sparse_threshold": threshold}))
     return tensors
+
+
+def write_pwri(ours: Path, out: Path) -> Path:
+    """Rewrites one of our GGUF files the way PowerInfer lays out a bamboo model."""
+    reader = gguf.GGUFReader(str(ours))
+    writer = gguf.GGUFWriter(str(out), "bamboo")
+    for key, field in reader.fields.items():
+        if key.startswith(("GGUF.", "turbosparse.")) or key == "general.architecture":
+            continue
+        sub = field.types[-1] if field.types[0] == gguf.GGUFValueType.ARRAY else None
+        if field.types[0] == gguf.GGUFValueType.ARRAY and sub == gguf.GGUFValueType.STRING:
+            value = [bytes(field.parts[i]) for i in field.data]
+        else:
+            value = field.contents()
+        name = "bamboo." + key[len("llama.") :] if key.startswith("llama.") else key
+        writer.add_key_value(name, value, field.types[0], sub_type=sub)
+    writer.add_float32(KEY_POWERINFER_THRESHOLD, float(reader.fields[KEY_PREDICTOR_THRESHOLD].contents()))
+    renames = {}
+    for i in range(64):
+        renames[TENSOR_PRED_FC1.format(i)] = TENSOR_POWERINFER_FC1.format(i)
+        renames[TENSOR_PRED_FC2.format(i)] = TENSOR_POWERINFER_FC2.format(i)
+    for t in reader.tensors:
+        name = renames.get(t.name, t.name)
+        if t.tensor_type in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16):
+            writer.add_tensor(name, np.asarray(t.data).reshape(tuple(int(d) for d in reversed(t.shape.tolist()))))
+        else:  # quantized: the stored bytes, [rows, row bytes]
+            writer.add_tensor(name, np.asarray(t.data), raw_dtype=t.tensor_type)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with open(out, "r+b") as f:
+        f.write(b"PWRI")
+    return out
 
 
 @torch.no_grad()

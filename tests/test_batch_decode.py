@@ -9,7 +9,7 @@ import gguf
 import numpy as np
 import pytest
 
-from turbosparse import EvalError
+from turbosparse import InvalidArgumentError
 from turbosparse.binding import NativeContext, NativeModel, SparseMode
 
 from tinymodel import TinyConfig, random_weights, write_gguf
@@ -116,15 +116,15 @@ def test_a_batch_reads_the_union_of_its_tokens_rows(tmp_path: Path) -> None:
 def test_bad_batches_are_refused(tmp_path: Path) -> None:
     path = make(tmp_path)
     ctx = context(path, SparseMode.OFF, n_seq=2, n_ctx=8)
-    with pytest.raises(EvalError, match="appears twice"):
+    with pytest.raises(InvalidArgumentError, match="appears twice"):
         ctx.decode_batch([0, 0], [1, 2])
-    with pytest.raises(EvalError, match="sequence 2 out of"):
+    with pytest.raises(InvalidArgumentError, match="sequence 2 out of"):
         ctx.decode_batch([2], [1])
-    with pytest.raises(EvalError, match="1 to 2 tokens"):
+    with pytest.raises(InvalidArgumentError, match="1 to 2 tokens"):
         ctx.decode_batch([0, 1, 1], [1, 2, 3])
-    with pytest.raises(EvalError, match="out of the vocabulary"):
+    with pytest.raises(InvalidArgumentError, match="out of the vocabulary"):
         ctx.decode_batch([0], [384])
-    with pytest.raises(EvalError, match="sequence 3 out of"):
+    with pytest.raises(InvalidArgumentError, match="sequence 3 out of"):
         ctx.eval([1], dense_ffn=True, logits_all=False, seq=3)
     ctx.eval(list(range(8)), dense_ffn=True, logits_all=False, seq=1)
     from turbosparse import ContextOverflowError

@@ -10,51 +10,13 @@ import numpy as np
 import pytest
 
 from turbosparse import Model
-from turbosparse.constants import (
-    KEY_POWERINFER_THRESHOLD,
-    KEY_PREDICTOR_THRESHOLD,
-    TENSOR_POWERINFER_FC1,
-    TENSOR_POWERINFER_FC2,
-    TENSOR_PRED_FC1,
-    TENSOR_PRED_FC2,
-)
+from turbosparse.constants import KEY_POWERINFER_THRESHOLD
 from turbosparse.convert import convert
 from turbosparse.powerinfer import is_powerinfer, vocab_only_copy
 
-from hfcheckpoints import bamboo_model, save_checkpoint, tiny_config, train_sentencepiece
+from hfcheckpoints import bamboo_model, save_checkpoint, tiny_config, train_sentencepiece, write_pwri
 
 VOCAB = 520
-
-
-def write_pwri(ours: Path, out: Path) -> Path:
-    """Rewrites one of our GGUF files the way PowerInfer lays out a bamboo model."""
-    reader = gguf.GGUFReader(str(ours))
-    writer = gguf.GGUFWriter(str(out), "bamboo")
-    for key, field in reader.fields.items():
-        if key.startswith(("GGUF.", "turbosparse.")) or key == "general.architecture":
-            continue
-        sub = field.types[-1] if field.types[0] == gguf.GGUFValueType.ARRAY else None
-        if field.types[0] == gguf.GGUFValueType.ARRAY and sub == gguf.GGUFValueType.STRING:
-            value = [bytes(field.parts[i]) for i in field.data]
-        else:
-            value = field.contents()
-        name = "bamboo." + key[len("llama.") :] if key.startswith("llama.") else key
-        writer.add_key_value(name, value, field.types[0], sub_type=sub)
-    writer.add_float32(KEY_POWERINFER_THRESHOLD, float(reader.fields[KEY_PREDICTOR_THRESHOLD].contents()))
-    renames = {}
-    for i in range(64):
-        renames[TENSOR_PRED_FC1.format(i)] = TENSOR_POWERINFER_FC1.format(i)
-        renames[TENSOR_PRED_FC2.format(i)] = TENSOR_POWERINFER_FC2.format(i)
-    for t in reader.tensors:
-        shape = tuple(int(d) for d in reversed(t.shape.tolist()))
-        writer.add_tensor(renames.get(t.name, t.name), np.asarray(t.data).reshape(shape))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    with open(out, "r+b") as f:
-        f.write(b"PWRI")
-    return out
 
 
 @pytest.fixture(scope="module")

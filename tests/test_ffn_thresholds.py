@@ -9,7 +9,7 @@ import gguf
 import numpy as np
 import pytest
 
-from turbosparse import ModelLoadError
+from turbosparse import InvalidArgumentError, ModelLoadError
 from turbosparse.binding import FfnThresholds, NativeContext, NativeModel, SparseMode
 
 from tinymodel import TinyConfig, gate_activation, random_weights, reference_forward, reference_logits, write_gguf
@@ -199,9 +199,9 @@ def test_bad_thresholds_are_refused(tmp_path: Path) -> None:
     ctx = context(good)
     with pytest.raises(ValueError, match="thresholds must be 2 finite values >= 0"):
         ctx.ffn_thresholds = FfnThresholds([0.1, float("nan")], [0.0, 0.0])
-    with pytest.raises(ModelLoadError, match="predictor mode needs a ReLU-gated FFN"):
+    with pytest.raises(InvalidArgumentError, match="predictor mode needs a ReLU-gated FFN"):
         context(good, SparseMode.PREDICTOR)
-    with pytest.raises(ModelLoadError, match="sparse_rows = 1"):
+    with pytest.raises(InvalidArgumentError, match="sparse_rows = 1"):
         NativeContext(NativeModel(good, sparse_rows=False), n_ctx=64, n_threads=1, n_batch=64,
                       sparse_mode=SparseMode.EXACT, threshold=None)  # fmt: skip
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from turbosparse.binding import NativeContext, NativeModel, SparseMode
-from turbosparse.errors import ModelLoadError
+from turbosparse.errors import InvalidArgumentError, ModelLoadError
 
 from tinymodel import TinyConfig, ffn_activation, predictor_logits, random_weights, write_gguf
 
@@ -124,7 +124,7 @@ def test_files_without_groups_are_refused(tmp_path: Path) -> None:
     weights = random_weights(CFG, seed=4, predictor_rank=RANK)
     plain = tmp_path / "plain.gguf"
     write_gguf(plain, CFG, weights, Q.F32)
-    with pytest.raises(ModelLoadError, match="needs neuron groups"):
+    with pytest.raises(InvalidArgumentError, match="needs neuron groups"):
         context(plain, SparseMode.GROUPS)
     bad, _ = make(tmp_path, Q.F32, top_k=[3, 9])
     with pytest.raises(ModelLoadError, match=r"group_top_k\[1\] = 9 is out of range"):

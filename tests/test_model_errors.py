@@ -10,7 +10,7 @@ import pytest
 
 from turbosparse import ModelLoadError
 from turbosparse.binding import NativeContext, NativeModel, SparseMode
-from turbosparse.errors import ContextOverflowError, EvalError
+from turbosparse.errors import ContextOverflowError, InvalidArgumentError
 
 from tinymodel import TinyConfig, random_weights, write_gguf
 
@@ -132,9 +132,9 @@ def test_random_header_corruption_never_crashes(good: Path, tmp_path: Path) -> N
 
 def test_bad_tokens_and_context_overflow(good: Path) -> None:
     ctx = NativeContext(NativeModel(good), n_ctx=16, n_threads=1, n_batch=8, sparse_mode=SparseMode.OFF, threshold=None)
-    with pytest.raises(EvalError, match="token 384 at index 1 is out of the vocabulary"):
+    with pytest.raises(InvalidArgumentError, match="token 384 at index 1 is out of the vocabulary"):
         ctx.eval([1, CFG.n_vocab], dense_ffn=True, logits_all=False)
-    with pytest.raises(EvalError, match="out of the vocabulary"):
+    with pytest.raises(InvalidArgumentError, match="out of the vocabulary"):
         ctx.eval([-1], dense_ffn=True, logits_all=False)
     ctx.eval(list(range(10)), dense_ffn=True, logits_all=False)
     with pytest.raises(ContextOverflowError, match="10 cached \\+ 7 new tokens exceed n_ctx = 16"):

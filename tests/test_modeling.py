@@ -8,7 +8,9 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from turbosparse.predictor_train.modeling import DReluMLP, load_causal_lm, save_bamboo, to_drelu
+from turbosparse.errors import ConvertError
+from turbosparse.predictor_train.export import save_bamboo
+from turbosparse.predictor_train.modeling import DReluMLP, load_causal_lm, to_drelu
 
 
 def tiny_llama(tied: bool = False) -> LlamaForCausalLM:
@@ -30,7 +32,7 @@ def test_bamboo_round_trip(tmp_path: Path, tied: bool) -> None:
         x = torch.randn(3, 64)
         manual = mlp.down_proj(torch.relu(mlp.gate_proj(x)) * torch.relu(mlp.up_proj(x)))
         assert torch.allclose(mlp(x), manual)
-    save_bamboo(model, tmp_path)
+    save_bamboo(model, None, tmp_path)
     loaded = load_causal_lm(tmp_path)
     assert isinstance(loaded.model.layers[1].mlp, DReluMLP)
     assert loaded.model.layers[1].mlp.predictor.fc1.weight.shape == (16, 64)
@@ -39,5 +41,5 @@ def test_bamboo_round_trip(tmp_path: Path, tied: bool) -> None:
 
 
 def test_missing_config_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match=r"no config\.json"):
+    with pytest.raises(ConvertError, match=r"no config\.json"):
         load_causal_lm(tmp_path)

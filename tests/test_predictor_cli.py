@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from turbosparse.cli import main
-from turbosparse.predictor_train.export import load_bamboo_predictors, load_powerinfer
-from turbosparse.predictor_train.modeling import DReluMLP, load_causal_lm, save_bamboo
+from turbosparse.predictor_train.export import load_bamboo_predictors, load_powerinfer, save_bamboo
+from turbosparse.predictor_train.modeling import DReluMLP, load_causal_lm
 
 from tinytorch import save_word_tokenizer, tiny_drelu, tiny_swiglu, word_text
 
@@ -32,7 +32,7 @@ def texts(tmp_path: Path) -> tuple[Path, Path]:
 @pytest.mark.parametrize("fmt", ["bamboo", "powerinfer"])
 def test_train_predictors_cli(tmp_path: Path, texts: tuple[Path, Path], fmt: str, capsys) -> None:
     model_dir = tmp_path / "model"
-    save_bamboo(tiny_drelu(init=0.2), model_dir)
+    save_bamboo(tiny_drelu(init=0.2), None, model_dir)
     save_word_tokenizer(model_dir)
     out = tmp_path / "out"
     args = ["train-predictors", str(model_dir), "--data", str(texts[0]), "--out", str(out), "--format", fmt,

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from turbosparse.predictor_train.modeling import save_bamboo
+from turbosparse.predictor_train.export import save_bamboo
 
 from tinytorch import save_word_tokenizer, tiny_drelu, tiny_swiglu, word_text
 
@@ -56,7 +56,7 @@ def test_relufy_two_ranks_equal_one(tmp_path: Path, calib: Path) -> None:
 
 def test_train_predictors_two_ranks_equal_one(tmp_path: Path, calib: Path) -> None:
     model_dir = tmp_path / "model"
-    save_bamboo(tiny_drelu(init=0.2), model_dir)
+    save_bamboo(tiny_drelu(init=0.2), None, model_dir)
     save_word_tokenizer(model_dir)
     common = ["train-predictors", str(model_dir), "--data", str(calib), "--tokens", "1024", "--seq-len", "32",
               "--ranks", "4", "8", "--steps", "30", "--format", "bamboo"]  # fmt: skip

@@ -3,15 +3,11 @@ runs the tests that exercise its C code (loader, graph, kernels) in a child pyte
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-from pathlib import Path
 
-import pytest
+from sanitized import ROOT, build, environment
 
-ROOT = Path(__file__).resolve().parents[1]
-BUILD = ROOT / "build" / "sanitize"
 SANITIZED_TESTS = [
     "tests/test_model_errors.py",
     "tests/test_engine_reference.py",
@@ -26,32 +22,8 @@ SANITIZED_TESTS = [
 ]
 
 
-def _runtime(name: str) -> str:
-    path = subprocess.run(["gcc", f"-print-file-name={name}"], capture_output=True, text=True).stdout.strip()
-    if not os.path.isabs(path):
-        pytest.fail(f"gcc has no {name}: install the compiler's sanitizer runtimes")
-    return path
-
-
-def _build() -> Path:
-    subprocess.run(
-        ["cmake", "-S", str(ROOT), "-B", str(BUILD), f"-DPython_EXECUTABLE={sys.executable}", "-DTS_SANITIZE=ON",
-         "-DCMAKE_BUILD_TYPE=RelWithDebInfo"],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    subprocess.run(["cmake", "--build", str(BUILD), "-j2"], check=True, capture_output=True)
-    return BUILD / "libturbosparse.so"
-
-
 def test_c_code_is_clean_under_asan_and_ubsan() -> None:
-    lib = _build()
-    env = dict(os.environ)
-    env.update(
-        LD_PRELOAD=f"{_runtime('libasan.so')}:{_runtime('libubsan.so')}",
-        ASAN_OPTIONS="detect_leaks=0:abort_on_error=1",  # the Python interpreter itself is not leak-clean
-        UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1",
-        TURBOSPARSE_LIB=str(lib),
-    )
+    env = environment(build())
     out = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *SANITIZED_TESTS],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200,

@@ -194,16 +194,16 @@ def test_deterministic_for_a_thread_count(tmp_path: Path, n_threads: int) -> Non
 
 
 def test_sparse_modes_refuse_what_the_file_cannot_do(tmp_path: Path) -> None:
-    from turbosparse import ModelLoadError
+    from turbosparse import InvalidArgumentError
 
     swiglu, _ = make(tmp_path, TinyConfig(act="swiglu"), down_layout="standard")
-    with pytest.raises(ModelLoadError, match="predictor mode needs a ReLU-gated FFN"):
+    with pytest.raises(InvalidArgumentError, match="predictor mode needs a ReLU-gated FFN"):
         context(swiglu, SparseMode.PREDICTOR)
     no_pred, _ = make(tmp_path, TinyConfig(act="drelu"))
-    with pytest.raises(ModelLoadError, match="predictor mode needs activation predictors"):
+    with pytest.raises(InvalidArgumentError, match="predictor mode needs activation predictors"):
         context(no_pred, SparseMode.PREDICTOR)
     swiglu_t, _ = make(tmp_path, TinyConfig(act="swiglu"), down_layout="transposed")
-    with pytest.raises(ModelLoadError, match="SwiGLU FFN needs the standard down matrices"):
+    with pytest.raises(InvalidArgumentError, match="SwiGLU FFN needs the standard down matrices"):
         context(swiglu_t, SparseMode.OFF)
 
 

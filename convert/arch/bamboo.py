@@ -6,10 +6,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from ...constants import HF_BAMBOO_ARCHITECTURE, HF_BAMBOO_MODEL_TYPE
-from ...errors import ConvertError
-from .base import TensorSpec, register
-from .sparse import PredictorPart, ReluFamily
+from turbosparse.constants import HF_BAMBOO_ARCHITECTURE, HF_BAMBOO_MODEL_TYPE
+from turbosparse.convert.arch.base import TensorSpec, register
+from turbosparse.convert.arch.sparse import PredictorPart, ReluFamily
+from turbosparse.errors import ConvertError
 
 _PREDICTOR = re.compile(r"model\.layers\.(\d+)\.mlp\.predictor\.(fc1|fc2)\.weight")
 

@@ -20,9 +20,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ...errors import ConvertError
-from ..hparams import HParams
-from ..source import TensorSource
+from turbosparse.convert.hparams import HParams
+from turbosparse.convert.source import TensorSource
+from turbosparse.errors import ConvertError
 
 # Roles decide the quantization type (quant_policy.py)
 ROLE_NORM = "norm"  # 1-D weights: always F32
@@ -99,6 +99,12 @@ def registered() -> dict[str, type[Architecture]]:
 
 def find_architecture(config: dict[str, Any], where: Path) -> type[Architecture]:
     """The registered class that accepts the config (their matches are disjoint)."""
+    model_type, architectures = config.get("model_type"), config.get("architectures")
+    if not isinstance(model_type, str | None):
+        raise ConvertError(f"{where}: 'model_type' must be a string, got {model_type!r}")
+    names_ok = isinstance(architectures, list) and all(isinstance(a, str) for a in architectures)
+    if architectures is not None and not names_ok:
+        raise ConvertError(f"{where}: 'architectures' must be a list of strings, got {architectures!r}")
     for cls in _REGISTRY.values():
         if cls.matches(config):
             return cls

@@ -11,10 +11,8 @@ from typing import Any
 import gguf
 import numpy as np
 
-from ...constants import DOWN_LAYOUTS, TENSOR_FFN_DOWN, TENSOR_FFN_DOWN_T
-from ...errors import ConvertError
-from ..hparams import HParams, llama_hparams
-from .base import (
+from turbosparse.constants import DOWN_LAYOUTS, TENSOR_FFN_DOWN, TENSOR_FFN_DOWN_T
+from turbosparse.convert.arch.base import (
     ROLE_BIAS,
     ROLE_EMBD,
     ROLE_MATRIX,
@@ -24,6 +22,8 @@ from .base import (
     TensorSpec,
     register,
 )
+from turbosparse.convert.hparams import HParams, llama_hparams
+from turbosparse.errors import ConvertError
 
 LLAMA_MODEL_TYPES = ("llama", "mistral")
 LLAMA_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")

@@ -9,13 +9,14 @@ of `model_{i}.pt` torch state dicts {"fc1.weight" [rank, hidden], "fc2.weight" [
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
-from ...errors import ConvertError
-from .base import register
-from .llama import is_llama_layout
-from .sparse import CONFIG_KEY, PredictorPart, ReluFamily
+from turbosparse.convert.arch.base import register
+from turbosparse.convert.arch.llama import is_llama_layout
+from turbosparse.convert.arch.sparse import CONFIG_KEY, PredictorPart, ReluFamily
+from turbosparse.errors import ConvertError
 
 RELU_ACTS = ("relu", "drelu")
 
@@ -49,9 +50,14 @@ class ReluLlama(ReluFamily):
                     self._pred_config = json.loads(cfg.read_text())
                 except (OSError, ValueError) as exc:
                     raise ConvertError(f"{cfg}: unreadable: {exc}") from None
+                if not isinstance(self._pred_config, dict):
+                    raise ConvertError(f"{cfg}: expected a JSON object")
 
     def default_threshold(self) -> float | None:
         value = self._pred_config.get("sparse_threshold")
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value)):
+            raise ConvertError(f"{Path(self._pred_dir or '') / 'config.json'}: 'sparse_threshold' must be a number, "
+                               f"got {value!r}")  # fmt: skip
         return float(value) if value is not None else None
 
     def predictor_parts(self) -> dict[int, tuple[PredictorPart, PredictorPart]]:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ...constants import (
+from turbosparse.constants import (
     KEY_ACTIVATION_RATES,
     KEY_PREDICTED_RATES,
     KEY_PREDICTOR_INPUT,
@@ -26,9 +26,9 @@ from ...constants import (
     TENSOR_PRED_FC1,
     TENSOR_PRED_FC2,
 )
-from ...errors import ConvertError
-from .base import ROLE_PREDICTOR, TensorSpec
-from .llama import LlamaFamily
+from turbosparse.convert.arch.base import ROLE_PREDICTOR, TensorSpec
+from turbosparse.convert.arch.llama import LlamaFamily
+from turbosparse.errors import ConvertError
 
 logger = logging.getLogger(__name__)
 

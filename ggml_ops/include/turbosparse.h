@@ -2,7 +2,7 @@
  * turbosparse public C API: the only header Python (cffi) sees.
  *
  * Plain C types only; no ggml structs cross this boundary. Every function that can fail returns
- * a status (0 = success) or NULL and writes a one-line message naming the file / tensor / key at
+ * a status (enum ts_status: 0 = success) or NULL and writes a one-line message naming the file / tensor / key at
  * fault into the caller's `err` buffer (never a global).
  */
 #ifndef TURBOSPARSE_H
@@ -14,6 +14,14 @@
 #ifdef __cplusplus
 extern "C" {
 #endif
+
+/* What a failing call returns; the message in `err` says more. */
+enum ts_status {
+    TS_OK = 0,
+    TS_ERR_FAILED = -1,       /* anything not below: a corrupt or unsupported file, ggml failing, out of memory */
+    TS_ERR_ARGUMENT = -2,     /* an argument out of range: context parameters, token ids, sequences, layers */
+    TS_ERR_CONTEXT_FULL = -3  /* more tokens than a sequence's n_ctx holds */
+};
 
 /* FFN activation of the gated FFN: down(act(gate(x), up(x))). */
 enum ts_ffn_act {
@@ -100,7 +108,6 @@ typedef struct ts_context_params {
 
 /* ---- versions ---------------------------------------------------------------------------- */
 const char *ts_ggml_version(void);       /* the ggml this process runs */
-const char *ts_ggml_commit(void);
 const char *ts_build_ggml_version(void); /* the ggml headers the library was compiled against */
 
 /* ---- model ------------------------------------------------------------------------------- */
@@ -133,6 +140,8 @@ ts_context_params ts_context_default_params(void);
  * by later contexts; create contexts from one thread).
  */
 ts_context *ts_context_new(ts_model *model, const ts_context_params *params, char *err, size_t err_size);
+/* TS_OK, or TS_ERR_ARGUMENT (err filled) for parameters ts_context_new refuses for this model. */
+int32_t ts_context_check_params(const ts_model *model, const ts_context_params *params, char *err, size_t err_size);
 void ts_context_free(ts_context *ctx);
 
 /*

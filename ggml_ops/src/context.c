@@ -30,6 +30,9 @@ static int check_params(const ts_model *m, const ts_context_params *p, char *err
     if (p->kv_type != GGML_TYPE_F16 && p->kv_type != GGML_TYPE_F32) {
         return ts_set_error(err, err_size, "KV cache type %d is not supported (F16 or F32)", p->kv_type);
     }
+    if (p->n_threads > GGML_MAX_N_THREADS) {
+        return ts_set_error(err, err_size, "n_threads = %d: ggml runs at most %d threads", p->n_threads, GGML_MAX_N_THREADS);
+    }
     if (p->n_threads > 0 && in->n_ff < 4 * p->n_threads) {
         return ts_set_error(err, err_size, "%d threads are more than an FFN of %d neurons can use", p->n_threads, in->n_ff);
     }
@@ -237,7 +240,7 @@ int32_t ts_context_n_seq(const ts_context *c) {
 
 static int check_seq(const ts_context *c, int32_t seq, char *err, size_t err_size) {
     if (seq < 0 || seq >= c->n_seq) {
-        return ts_set_error(err, err_size, "sequence %d out of [0, %d)", seq, c->n_seq);
+        return ts_fail(err, err_size, TS_ERR_ARGUMENT, "sequence %d out of [0, %d)", seq, c->n_seq);
     }
     return 0;
 }
@@ -247,7 +250,7 @@ int32_t ts_context_truncate_seq(ts_context *c, int32_t seq, int32_t n_keep, char
         return -1;
     }
     if (n_keep < 0 || n_keep > c->n_past[seq]) {
-        return ts_set_error(err, err_size, "cannot keep %d tokens: the context holds %d", n_keep, c->n_past[seq]);
+        return ts_fail(err, err_size, TS_ERR_ARGUMENT, "cannot keep %d tokens: the context holds %d", n_keep, c->n_past[seq]);
     }
     c->n_past[seq] = n_keep;
     return 0;
@@ -428,10 +431,8 @@ static int prepare_graph(ts_context *c, const ts_group *groups, int32_t n_groups
     g->n_groups = n_groups;
     memcpy(g->groups, groups, sizeof(*groups) * (size_t)n_groups);
     clear_group_ids(c);
-    int rc = ts_graph_build(c, ctx0, g);
-    if (rc == 0) {
-        rc = alloc_graph(c, g->gf, n_tokens, err, err_size);
-    }
+    ts_graph_build(c, ctx0, g);
+    const int rc = alloc_graph(c, g->gf, n_tokens, err, err_size);
     if (rc != 0) {
         ggml_free(ctx0);
         return -1;
@@ -497,7 +498,7 @@ static int check_tokens(const ts_context *c, const int32_t *tokens, int32_t n_to
     const int32_t n_vocab = c->model->info.n_vocab;
     for (int32_t i = 0; i < n_tokens; i++) {
         if (tokens[i] < 0 || tokens[i] >= n_vocab) {
-            return ts_set_error(err, err_size, "token %d at index %d is out of the vocabulary (0..%d)", tokens[i], i,
+            return ts_fail(err, err_size, TS_ERR_ARGUMENT, "token %d at index %d is out of the vocabulary (0..%d)", tokens[i], i,
                                 n_vocab - 1);
         }
     }
@@ -507,14 +508,15 @@ static int check_tokens(const ts_context *c, const int32_t *tokens, int32_t n_to
 /* What evaluating n_tokens more tokens of sequence seq needs: a sequence, room, known tokens. */
 static int check_eval(const ts_context *c, int32_t seq, const int32_t *tokens, int32_t n_tokens, char *err,
                       size_t err_size) {
-    if (check_seq(c, seq, err, err_size) != 0) {
-        return -1;
+    const int rc = check_seq(c, seq, err, err_size);
+    if (rc != 0) {
+        return rc;
     }
     if (n_tokens <= 0) {
-        return ts_set_error(err, err_size, "nothing to evaluate: n_tokens = %d", n_tokens);
+        return ts_fail(err, err_size, TS_ERR_ARGUMENT, "nothing to evaluate: n_tokens = %d", n_tokens);
     }
     if ((int64_t)c->n_past[seq] + n_tokens > c->n_ctx) {
-        return ts_set_error(err, err_size, "context overflow: %d cached + %d new tokens exceed n_ctx = %d",
+        return ts_fail(err, err_size, TS_ERR_CONTEXT_FULL, "context overflow: %d cached + %d new tokens exceed n_ctx = %d",
                             c->n_past[seq], n_tokens, c->n_ctx);
     }
     return check_tokens(c, tokens, n_tokens, err, err_size);
@@ -523,8 +525,9 @@ static int check_eval(const ts_context *c, int32_t seq, const int32_t *tokens, i
 int32_t ts_context_eval_seq(ts_context *c, int32_t seq, const int32_t *tokens, int32_t n_tokens, int32_t dense_ffn,
                             float *logits, int32_t logits_all, char *err, size_t err_size) {
     const ts_model_info *in = &c->model->info;
-    if (check_eval(c, seq, tokens, n_tokens, err, err_size) != 0) {
-        return -1;
+    const int rc = check_eval(c, seq, tokens, n_tokens, err, err_size);
+    if (rc != 0) {
+        return rc;
     }
     for (int32_t start = 0; start < n_tokens; start += c->params.n_batch) {
         const int32_t n = n_tokens - start < c->params.n_batch ? n_tokens - start : c->params.n_batch;
@@ -551,27 +554,27 @@ int32_t ts_context_eval(ts_context *c, const int32_t *tokens, int32_t n_tokens, 
 int32_t ts_context_decode_batch(ts_context *c, const int32_t *seqs, const int32_t *tokens, int32_t n, float *logits,
                                 char *err, size_t err_size) {
     if (n <= 0 || n > c->n_seq || n > c->params.n_batch) {
-        return ts_set_error(err, err_size, "a batch holds 1 to %d tokens (one per sequence), got %d",
+        return ts_fail(err, err_size, TS_ERR_ARGUMENT, "a batch holds 1 to %d tokens (one per sequence), got %d",
                             c->n_seq < c->params.n_batch ? c->n_seq : c->params.n_batch, n);
     }
-    if (check_tokens(c, tokens, n, err, err_size) != 0) {
-        return -1;
+    int rc = check_tokens(c, tokens, n, err, err_size);
+    if (rc != 0) {
+        return rc;
     }
     ts_group *groups = malloc(sizeof(*groups) * (size_t)n);
     if (groups == NULL) {
         return ts_set_error(err, err_size, "out of memory");
     }
-    int rc = 0;
     for (int32_t i = 0; i < n && rc == 0; i++) {
         const int32_t seq = seqs[i];
         rc = check_seq(c, seq, err, err_size);
         for (int32_t k = 0; k < i && rc == 0; k++) {
             if (seqs[k] == seq) {
-                rc = ts_set_error(err, err_size, "sequence %d appears twice in one batch", seq);
+                rc = ts_fail(err, err_size, TS_ERR_ARGUMENT, "sequence %d appears twice in one batch", seq);
             }
         }
         if (rc == 0 && c->n_past[seq] + 1 > c->n_ctx) {
-            rc = ts_set_error(err, err_size, "context overflow: sequence %d holds %d tokens, n_ctx = %d", seq,
+            rc = ts_fail(err, err_size, TS_ERR_CONTEXT_FULL, "context overflow: sequence %d holds %d tokens, n_ctx = %d", seq,
                               c->n_past[seq], c->n_ctx);
         }
         if (rc == 0) {
@@ -587,8 +590,9 @@ int32_t ts_context_decode_batch(ts_context *c, const int32_t *seqs, const int32_
 
 int32_t ts_context_eval_trace(ts_context *c, const int32_t *tokens, int32_t n_tokens, float *gate, float *up, char *err,
                               size_t err_size) {
-    if (check_eval(c, 0, tokens, n_tokens, err, err_size) != 0) {
-        return -1;
+    int rc = check_eval(c, 0, tokens, n_tokens, err, err_size);
+    if (rc != 0) {
+        return rc;
     }
     trace_dest d = {.gate = gate, .up = up, .n_total = n_tokens};
     ts_ffn_trace *layers = calloc((size_t)c->model->info.n_layer, sizeof(*layers));
@@ -597,7 +601,6 @@ int32_t ts_context_eval_trace(ts_context *c, const int32_t *tokens, int32_t n_to
     }
     drop_graph(c); /* a traced graph is built for this call only */
     c->graph.trace = layers;
-    int rc = 0;
     for (int32_t start = 0; rc == 0 && start < n_tokens; start += c->params.n_batch) {
         const int32_t n = n_tokens - start < c->params.n_batch ? n_tokens - start : c->params.n_batch;
         const ts_group group = {.seq = 0, .first = 0, .n_tokens = n, .n_kv = kv_span(c, c->n_past[0] + n)};
@@ -614,10 +617,10 @@ int32_t ts_context_eval_trace(ts_context *c, const int32_t *tokens, int32_t n_to
 int32_t ts_context_eval_ffn(ts_context *c, int32_t layer, const float *h, int32_t n_tokens, int32_t dense_ffn,
                             float *out, char *err, size_t err_size) {
     if (layer < 0 || layer >= c->model->info.n_layer) {
-        return ts_set_error(err, err_size, "layer %d out of [0, %d)", layer, c->model->info.n_layer);
+        return ts_fail(err, err_size, TS_ERR_ARGUMENT, "layer %d out of [0, %d)", layer, c->model->info.n_layer);
     }
     if (n_tokens <= 0 || n_tokens > c->params.n_batch) {
-        return ts_set_error(err, err_size, "n_tokens = %d is not in [1, n_batch = %d]", n_tokens, c->params.n_batch);
+        return ts_fail(err, err_size, TS_ERR_ARGUMENT, "n_tokens = %d is not in [1, n_batch = %d]", n_tokens, c->params.n_batch);
     }
     drop_graph(c); /* this graph takes the metadata memory and the allocator */
     struct ggml_context *ctx0 = graph_context(c, err, err_size);
@@ -639,4 +642,8 @@ int32_t ts_context_eval_ffn(ts_context *c, int32_t layer, const float *h, int32_
     ggml_free(ctx0);
     clear_group_ids(c);
     return rc;
+}
+
+int32_t ts_context_check_params(const ts_model *model, const ts_context_params *params, char *err, size_t err_size) {
+    return check_params(model, params, err, err_size) == 0 ? TS_OK : TS_ERR_ARGUMENT;
 }

@@ -73,7 +73,7 @@ struct ts_context {
 };
 
 /* Builds the forward graph of g->n_tokens tokens laid out in g->groups into ctx0 (no_alloc). */
-int ts_graph_build(ts_context *ctx, struct ggml_context *ctx0, ts_graph *g);
+void ts_graph_build(ts_context *ctx, struct ggml_context *ctx0, ts_graph *g);
 
 /* The graph of layer il's FFN block alone: *out = ffn(rms_norm(*h)), *h an input [n_embd, n_tokens]. */
 struct ggml_cgraph *ts_graph_build_ffn(ts_context *ctx, struct ggml_context *ctx0, int il, int32_t n_tokens,

@@ -217,15 +217,21 @@ static int read_tensor_info(cursor *c, ts_gguf_tensor *t, uint64_t *offset) {
                      c->path, t->name, ggml_type_name((enum ggml_type)type), (long long)t->ne[0], (long long)blck);
         return -1;
     }
-    /* bytes = row_size * rows, with overflow checks */
-    const uint64_t row = (uint64_t)(t->ne[0] / blck) * ggml_type_size((enum ggml_type)type);
-    uint64_t total = row;
-    for (int i = 1; i < TS_GGUF_MAX_DIMS; i++) {
-        if ((uint64_t)t->ne[i] > 0 && total > UINT64_MAX / (uint64_t)t->ne[i]) {
-            ts_set_error(c->err, c->err_size, "%s: corrupt file: tensor '%s' is too large", c->path, t->name);
-            return -1;
-        }
+    /* ggml counts elements in int64 and bytes in size_t: both must fit (bytes = row bytes * rows) */
+    const uint64_t row_blocks = (uint64_t)(t->ne[0] / blck), type_size = ggml_type_size((enum ggml_type)type);
+    int too_large = row_blocks > SIZE_MAX / type_size;
+    uint64_t total = row_blocks * type_size;
+    int64_t n_elements = t->ne[0];
+    for (int i = 1; i < TS_GGUF_MAX_DIMS && !too_large; i++) {
+        too_large = total > SIZE_MAX / (uint64_t)t->ne[i] || n_elements > INT64_MAX / t->ne[i];
         total *= (uint64_t)t->ne[i];
+        n_elements *= t->ne[i];
+    }
+    if (too_large) {
+        ts_set_error(c->err, c->err_size, "%s: corrupt file: tensor '%s' of shape [%lld, %lld, %lld, %lld] is too large",
+                     c->path, t->name, (long long)t->ne[0], (long long)t->ne[1], (long long)t->ne[2],
+                     (long long)t->ne[3]);
+        return -1;
     }
     t->nbytes = (size_t)total;
     return 0;
@@ -539,24 +545,45 @@ static int get_numeric_array(const ts_gguf_file *f, const char *key, double *val
     return 0;
 }
 
+/* One integer value of an integer type, exactly (not through double); -1 when it does not fit int64. */
+static int integer_value(uint32_t type, const uint8_t *p, int64_t *out) {
+    if (type == TS_GGUF_U64) {
+        uint64_t u = 0;
+        memcpy(&u, p, sizeof(u));
+        *out = (int64_t)u;
+        return u > (uint64_t)INT64_MAX ? -1 : 0;
+    }
+    if (type == TS_GGUF_I64) {
+        memcpy(out, p, sizeof(*out));
+        return 0;
+    }
+    double v = 0; /* every narrower integer is exact in a double */
+    numeric_value(type, p, &v);
+    *out = (int64_t)v;
+    return 0;
+}
+
 int ts_gguf_get_arr_i64(const ts_gguf_file *f, const char *key, int64_t *out, int64_t n, int required, char *err,
                         size_t err_size) {
-    double *vals = malloc(sizeof(double) * (size_t)(n > 0 ? n : 1));
-    if (vals == NULL) {
-        return ts_set_error(err, err_size, "out of memory");
+    const ts_gguf_kv *kv = ts_gguf_find_kv(f, key);
+    if (kv == NULL) {
+        return missing(f, key, required, err, err_size);
     }
-    int rc = get_numeric_array(f, key, vals, n, required, err, err_size);
-    if (rc == 0) {
-        const ts_gguf_kv *kv = ts_gguf_find_kv(f, key);
-        if (!is_integer_type(kv->elem_type)) {
-            rc = ts_set_error(err, err_size, "%s: metadata key '%s' must be an integer array", f->path, key);
-        }
-        for (int64_t i = 0; rc == 0 && i < n; i++) {
-            out[i] = (int64_t)vals[i];
+    if (kv->type != TS_GGUF_ARRAY || !is_integer_type(kv->elem_type)) {
+        return ts_set_error(err, err_size, "%s: metadata key '%s' must be an integer array", f->path, key);
+    }
+    if (kv->n != (uint64_t)n) {
+        return ts_set_error(err, err_size, "%s: metadata key '%s' has %llu elements, expected %lld", f->path, key,
+                            (unsigned long long)kv->n, (long long)n);
+    }
+    const size_t esz = value_type_size(kv->elem_type);
+    for (int64_t i = 0; i < n; i++) {
+        if (integer_value(kv->elem_type, kv->data + (size_t)i * esz, &out[i]) != 0) {
+            return ts_set_error(err, err_size, "%s: metadata key '%s' element %lld is out of range", f->path, key,
+                                (long long)i);
         }
     }
-    free(vals);
-    return rc;
+    return 0;
 }
 
 int ts_gguf_get_arr_f32(const ts_gguf_file *f, const char *key, float *out, int64_t n, int required, char *err,

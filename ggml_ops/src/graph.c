@@ -166,7 +166,7 @@ static struct ggml_tensor *ffn(ts_context *ctx, struct ggml_context *ctx0, int i
     return matmul_bias(ctx0, l->ffn_down, l->ffn_down_b, ggml_view_2d(ctx0, act, act->ne[0], n_tokens, act->nb[1], 0));
 }
 
-int ts_graph_build(ts_context *ctx, struct ggml_context *ctx0, ts_graph *g) {
+void ts_graph_build(ts_context *ctx, struct ggml_context *ctx0, ts_graph *g) {
     const ts_model *m = ctx->model;
     const ts_model_info *in = &m->info;
     const int32_t n_tokens = g->n_tokens;
@@ -212,7 +212,6 @@ int ts_graph_build(ts_context *ctx, struct ggml_context *ctx0, ts_graph *g) {
     g->logits = ggml_mul_mat(ctx0, m->output, x);
     ggml_set_output(g->logits);
     ggml_build_forward_expand(gf, g->logits);
-    return 0;
 }
 
 struct ggml_cgraph *ts_graph_build_ffn(ts_context *ctx, struct ggml_context *ctx0, int il, int32_t n_tokens,

@@ -67,7 +67,7 @@ static int get_arch_f32(const ts_model *m, const char *suffix, float *out, int r
 }
 
 /* feed_forward_length is a number, or an array with one (here: equal) entry per layer */
-static int load_n_ff(ts_model *m, char *err, size_t err_size) {
+static int load_n_ff(ts_model *m, int64_t *n_ff, char *err, size_t err_size) {
     char key[160];
     arch_key(key, sizeof(key), m->arch, "feed_forward_length");
     const ts_gguf_kv *kv = ts_gguf_find_kv(m->file, key);
@@ -83,18 +83,11 @@ static int load_n_ff(ts_model *m, char *err, size_t err_size) {
                                   m->file->path, key, (long long)v[0], (long long)v[i]);
             }
         }
-        if (rc == 0) {
-            m->info.n_ff = (int32_t)v[0];
-        }
+        *n_ff = v[0];
         free(v);
         return rc;
     }
-    int64_t n_ff = 0;
-    if (ts_gguf_get_i64(m->file, key, &n_ff, 1, err, err_size) != 0) {
-        return -1;
-    }
-    m->info.n_ff = (int32_t)n_ff;
-    return 0;
+    return ts_gguf_get_i64(m->file, key, n_ff, 1, err, err_size);
 }
 
 static int check_positive(const ts_model *m, const char *what, int64_t v, int64_t max, char *err, size_t err_size) {
@@ -212,9 +205,10 @@ static int load_hparams(ts_model *m, char *err, size_t err_size) {
         return -1;
     }
     in->n_embd = (int32_t)v;
-    if (load_n_ff(m, err, err_size) || check_positive(m, "feed_forward_length", in->n_ff, 1 << 22, err, err_size)) {
+    if (load_n_ff(m, &v, err, err_size) || check_positive(m, "feed_forward_length", v, 1 << 22, err, err_size)) {
         return -1;
     }
+    in->n_ff = (int32_t)v;
     if (get_arch_i64(m, "attention.head_count", &v, 1, err, err_size) ||
         check_positive(m, "attention.head_count", v, 4096, err, err_size)) {
         return -1;
@@ -238,6 +232,9 @@ static int load_hparams(ts_model *m, char *err, size_t err_size) {
         return -1;
     }
     if (rc == 0) {
+        if (check_positive(m, "attention.key_length", v, 1 << 16, err, err_size)) {
+            return -1;
+        }
         in->n_embd_head = (int32_t)v;
     }
     rc = get_arch_i64(m, "attention.value_length", &v, 0, err, err_size);
@@ -271,6 +268,10 @@ static int load_hparams(ts_model *m, char *err, size_t err_size) {
     in->rms_eps = 1e-5f;
     if (get_arch_f32(m, "attention.layer_norm_rms_epsilon", &in->rms_eps, 1, err, err_size) != 0) {
         return -1;
+    }
+    if (!(in->rms_eps >= 0.0f) || !isfinite(in->rms_eps)) { /* ggml's rms_norm asserts eps >= 0 */
+        return ts_set_error(err, err_size, "%s: %s.attention.layer_norm_rms_epsilon = %g must be finite and >= 0",
+                            m->file->path, m->arch, (double)in->rms_eps);
     }
     if (get_arch_i64(m, "expert_count", &v, 0, err, err_size) == 0 && v > 0) {
         return ts_set_error(err, err_size, "%s: mixture-of-experts models (%s.expert_count = %lld) are not supported yet",
@@ -560,6 +561,10 @@ static int build_plan(ts_model *m, plan *p, char *err, size_t err_size) {
     const ts_gguf_tensor *embd = ts_gguf_find_tensor(m->file, "token_embd.weight");
     if (embd == NULL) {
         return ts_set_error(err, err_size, "%s: missing tensor 'token_embd.weight'", m->file->path);
+    }
+    if (embd->ne[1] > INT32_MAX) {
+        return ts_set_error(err, err_size, "%s: token_embd.weight has %lld rows: more tokens than turbosparse reads",
+                            m->file->path, (long long)embd->ne[1]);
     }
     in->n_vocab = (int32_t)embd->ne[1];
     if (want(m, p, ROLE_EMBD, &m->tok_embd, 1, 2, in->n_embd, in->n_vocab, "token_embd.weight", 0, err, err_size) != 0 ||

@@ -10,10 +10,6 @@ const char *ts_ggml_version(void) {
     return ggml_version();
 }
 
-const char *ts_ggml_commit(void) {
-    return ggml_commit();
-}
-
 const char *ts_build_ggml_version(void) {
     return TS_BUILD_GGML_VERSION;
 }

@@ -1,16 +1,26 @@
 """turbosparse: activation-sparse LLM decoding for the llama.cpp / GGUF ecosystem."""
 
-from .assets import default_model
-from .errors import ChatTemplateError, ContextOverflowError, EvalError, ModelLoadError, TurboSparseError
-from .llama import Llama
-from .model import Model
+from turbosparse.default import default_model
+from turbosparse.errors import (
+    ChatTemplateError,
+    ContextOverflowError,
+    EvalError,
+    InvalidArgumentError,
+    ModelClosedError,
+    ModelLoadError,
+    TurboSparseError,
+)
+from turbosparse.llama import Llama
+from turbosparse.model import Model
 
 __all__ = [
     "ChatTemplateError",
     "ContextOverflowError",
     "EvalError",
+    "InvalidArgumentError",
     "Llama",
     "Model",
+    "ModelClosedError",
     "ModelLoadError",
     "TurboSparseError",
     "default_model",

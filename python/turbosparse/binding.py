@@ -10,11 +10,31 @@ from typing import Any
 
 import numpy as np
 
-from ._library import Library, load
-from .errors import ContextOverflowError, EvalError, ModelLoadError
+from turbosparse._library import Library, load
+from turbosparse.errors import ContextOverflowError, EvalError, InvalidArgumentError, ModelLoadError, TurboSparseError
 
 _ERR_SIZE = 1024
 GGML_TYPE_F32 = 0
+
+
+class Status(enum.IntEnum):
+    """What a failing C call returns (enum ts_status)."""
+
+    OK = 0
+    FAILED = -1
+    ARGUMENT = -2
+    CONTEXT_FULL = -3
+
+
+_STATUS_ERRORS: dict[int, type[TurboSparseError]] = {
+    Status.ARGUMENT: InvalidArgumentError,
+    Status.CONTEXT_FULL: ContextOverflowError,
+}
+
+
+def status_error(status: int, message: str) -> TurboSparseError:
+    """The exception for a failing C call's status (EvalError for TS_ERR_FAILED)."""
+    return _STATUS_ERRORS.get(status, EvalError)(message)
 
 
 class FfnActivation(enum.IntEnum):
@@ -203,9 +223,13 @@ class NativeContext:
             params.kv_type = GGML_TYPE_F32
         params.predictor_threshold = math.nan if threshold is None else float(threshold)
         self._err = _ErrorBuffer(self._lib)  # one buffer for every call: calls are serialised
-        handle = lib.ts_context_new(model.handle, ffi.new("ts_context_params *", params), self._err.buf, _ERR_SIZE)
+        c_params = ffi.new("ts_context_params *", params)
+        status = lib.ts_context_check_params(model.handle, c_params, self._err.buf, _ERR_SIZE)
+        if status != Status.OK:
+            raise status_error(status, self._err.message)
+        handle = lib.ts_context_new(model.handle, c_params, self._err.buf, _ERR_SIZE)
         if handle == ffi.NULL:
-            raise ModelLoadError(self._err.message)
+            raise EvalError(self._err.message)
         self._handle = ffi.gc(handle, lib.ts_context_free)
         self.n_vocab = model.info.n_vocab
         self.n_ctx: int = int(lib.ts_context_n_ctx(self._handle))  # per sequence
@@ -220,7 +244,7 @@ class NativeContext:
     def n_past_of(self, seq: int) -> int:
         n = int(self._lib.lib.ts_context_n_past_seq(self._handle, seq))
         if n < 0:
-            raise ValueError(f"sequence {seq} out of [0, {self.n_seq})")
+            raise InvalidArgumentError(f"sequence {seq} out of [0, {self.n_seq})")
         return n
 
     @property
@@ -266,10 +290,11 @@ class NativeContext:
     def group_top_k(self, value: Sequence[int]) -> None:
         n = self._model.info.n_layer
         if len(value) != n:
-            raise ValueError(f"group_top_k needs {n} values (one per layer), got {len(value)}")
+            raise InvalidArgumentError(f"group_top_k needs {n} values (one per layer), got {len(value)}")
         top_k = self._lib.ffi.new("int32_t[]", [int(k) for k in value])
-        if self._lib.lib.ts_context_set_group_top_k(self._handle, top_k, self._err.buf, _ERR_SIZE) != 0:
-            raise ValueError(self._err.message)
+        status = self._lib.lib.ts_context_set_group_top_k(self._handle, top_k, self._err.buf, _ERR_SIZE)
+        if status != Status.OK:
+            raise InvalidArgumentError(self._err.message)
 
     @property
     def model(self) -> NativeModel:
@@ -284,14 +309,9 @@ class NativeContext:
         self._lib.lib.ts_context_reset_stats(self._handle)
 
     def truncate(self, n_keep: int, seq: int = 0) -> None:
-        if self._lib.lib.ts_context_truncate_seq(self._handle, seq, n_keep, self._err.buf, _ERR_SIZE) != 0:
-            raise ValueError(self._err.message)
-
-    def _raise(self) -> None:
-        message = self._err.message
-        if message.startswith("context overflow"):
-            raise ContextOverflowError(message)
-        raise EvalError(message)
+        status = self._lib.lib.ts_context_truncate_seq(self._handle, seq, n_keep, self._err.buf, _ERR_SIZE)
+        if status != Status.OK:
+            raise status_error(status, self._err.message)
 
     def eval(
         self,
@@ -321,8 +341,8 @@ class NativeContext:
             self._err.buf,
             _ERR_SIZE,
         )
-        if rc != 0:
-            self._raise()
+        if rc != Status.OK:
+            raise status_error(rc, self._err.message)
         return logits
 
     def decode_batch(self, seqs: list[int], tokens: list[int], out: np.ndarray | None = None) -> np.ndarray:
@@ -342,8 +362,8 @@ class NativeContext:
             self._err.buf,
             _ERR_SIZE,
         )
-        if rc != 0:
-            self._raise()
+        if rc != Status.OK:
+            raise status_error(rc, self._err.message)
         return logits
 
     def eval_trace(self, tokens: np.ndarray | list[int]) -> FfnTrace:
@@ -371,8 +391,8 @@ class NativeContext:
             err.buf,
             _ERR_SIZE,
         )
-        if rc != 0:
-            raise EvalError(err.message)
+        if rc != Status.OK:
+            raise status_error(rc, err.message)
         return trace
 
     def eval_ffn(self, layer: int, h: np.ndarray, *, dense_ffn: bool) -> np.ndarray:
@@ -393,8 +413,8 @@ class NativeContext:
             err.buf,
             _ERR_SIZE,
         )
-        if rc != 0:
-            raise EvalError(err.message)
+        if rc != Status.OK:
+            raise status_error(rc, err.message)
         return out
 
 

@@ -14,8 +14,8 @@ import jinja2.ext
 import jinja2.nodes
 import jinja2.sandbox
 
-from .errors import ChatTemplateError
-from .tokenizer import Tokenizer
+from turbosparse.errors import ChatTemplateError
+from turbosparse.tokenizer import Tokenizer
 
 
 class _GenerationTag(jinja2.ext.Extension):

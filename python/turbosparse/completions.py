@@ -8,7 +8,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from .generation import FinishReason
+from turbosparse.generation import FinishReason
 
 
 @dataclass(frozen=True)

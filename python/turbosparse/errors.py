@@ -14,8 +14,21 @@ class ConvertError(TurboSparseError, ValueError):
     unreadable tokenizer); the message names the file and the tensor or key."""
 
 
+class TrainingError(TurboSparseError, ValueError):
+    """A model or data the trainer cannot use (a SwiGLU model where a dReLU one is needed, too little text, a corrupt
+    collection or predictor folder); the message names the file or folder."""
+
+
 class ContextOverflowError(TurboSparseError, ValueError):
     """More tokens than the context (n_ctx) holds."""
+
+
+class InvalidArgumentError(TurboSparseError, ValueError):
+    """An argument or parameter out of range: a context size, thread count, token id, sequence."""
+
+
+class ModelClosedError(TurboSparseError, RuntimeError):
+    """A Model (or its tokenizer) used after close()."""
 
 
 class EvalError(TurboSparseError, RuntimeError):

@@ -8,9 +8,9 @@ from typing import Literal
 
 import numpy as np
 
-from .errors import ContextOverflowError
-from .sampling import Sampler, SamplingParams
-from .tokenizer import Tokenizer
+from turbosparse.errors import ContextOverflowError, InvalidArgumentError
+from turbosparse.sampling import Sampler, SamplingParams
+from turbosparse.tokenizer import Tokenizer
 
 FinishReason = Literal["stop", "length"]
 
@@ -66,13 +66,13 @@ class Generation:
     ) -> None:
         prompt = list(prompt_tokens)
         if not prompt:
-            raise ValueError("the prompt is empty")
+            raise InvalidArgumentError("the prompt is empty")
         if len(prompt) >= n_ctx:
             raise ContextOverflowError(
                 f"the prompt has {len(prompt)} tokens; n_ctx = {n_ctx} leaves no room to generate"
             )
         if max_tokens is not None and max_tokens < 0:
-            raise ValueError(f"max_tokens must be >= 0, got {max_tokens}")
+            raise InvalidArgumentError(f"max_tokens must be >= 0, got {max_tokens}")
         if max_tokens is not None and len(prompt) + max_tokens > n_ctx:
             raise ContextOverflowError(
                 f"prompt ({len(prompt)} tokens) + max_tokens ({max_tokens}) exceed n_ctx = {n_ctx}"

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from .chat_template import ChatTemplate
-from .completions import (
+from turbosparse.chat_template import ChatTemplate
+from turbosparse.completions import (
     CompletionMeta,
     chat_completion,
     chat_completion_chunk,
@@ -23,9 +23,9 @@ from .completions import (
     text_completion_chunk,
     usage,
 )
-from .generation import Generation
-from .model import Model, SparseName
-from .sampling import SamplingParams
+from turbosparse.generation import Generation
+from turbosparse.model import Model, SparseName
+from turbosparse.sampling import SamplingParams
 
 logger = logging.getLogger(__name__)
 

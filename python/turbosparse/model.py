@@ -12,14 +12,14 @@ from typing import Literal
 
 import numpy as np
 
-from ._library import set_llama_log_verbosity
-from .binding import FfnActivation, ModelInfo, NativeContext, NativeModel, SparseMode
-from .chat_template import ChatTemplate
-from .errors import ContextOverflowError
-from .generation import Generation
-from .sampling import SamplingParams
-from .sequences import CachedSequence, SequencePool, common_prefix
-from .tokenizer import Tokenizer
+from turbosparse._library import set_llama_log_verbosity
+from turbosparse.binding import FfnActivation, ModelInfo, NativeContext, NativeModel, SparseMode
+from turbosparse.chat_template import ChatTemplate
+from turbosparse.errors import ChatTemplateError, ContextOverflowError, InvalidArgumentError, ModelClosedError
+from turbosparse.generation import Generation
+from turbosparse.sampling import SamplingParams
+from turbosparse.sequences import CachedSequence, SequencePool, common_prefix
+from turbosparse.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -49,24 +49,24 @@ def resolve_sparse_mode(sparse: str, info: ModelInfo, path: str) -> SparseMode:
         return SparseMode.OFF
     if sparse == "predictor":
         if not info.has_predictors:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"{path}: sparse='predictor' needs activation predictors in every layer; this file has none"
             )
         return SparseMode.PREDICTOR
     if sparse == "exact":
         if not exact_capable:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"{path}: sparse='exact' needs a ReLU-gated FFN (reglu or drelu) or FFN thresholds; this file's FFN "
                 f"is {info.ffn_act.name.lower()} without thresholds: run `turbosparse calibrate` on it first"
             )
         return SparseMode.EXACT
     if sparse == "groups":
         if not info.group_size:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"{path}: sparse='groups' needs neuron groups (turbosparse.group_size); convert the model with --groups"
             )
         return SparseMode.GROUPS
-    raise ValueError(f"sparse must be one of 'off', 'predictor', 'exact', 'groups', 'auto'; got {sparse!r}")
+    raise InvalidArgumentError(f"sparse must be one of 'off', 'predictor', 'exact', 'groups', 'auto'; got {sparse!r}")
 
 
 @dataclass
@@ -85,6 +85,16 @@ class _Timings:
             "decode_seconds": self.decode_seconds,
             "decode_tok_s": self.decode_tokens / self.decode_seconds if self.decode_seconds > 0 else 0.0,
         }
+
+
+class _Closed:
+    """What a closed Model holds instead of its engine: every use raises ModelClosedError."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+
+    def __getattr__(self, name: str) -> object:
+        raise ModelClosedError(f"{self._path}: the model is closed")
 
 
 class _Teacher:
@@ -118,8 +128,10 @@ class Model:
         n_seq: int = 1,
     ) -> None:
         self.path = os.fspath(path)
-        if n_seq < 1:
-            raise ValueError(f"n_seq must be >= 1, got {n_seq}")
+        for name, value, least in (("n_seq", n_seq, 1), ("n_ctx", n_ctx, 0), ("n_batch", n_batch, 1),
+                                   ("n_threads", 1 if n_threads is None else n_threads, 1)):  # fmt: skip
+            if value < least:
+                raise InvalidArgumentError(f"{name} must be >= {least}, got {value}")
         set_llama_log_verbosity(verbose)
         probe = NativeModel(self.path, repack=False, sparse_rows=True)
         self.sparse_mode = resolve_sparse_mode(sparse, probe.info, self.path)
@@ -156,6 +168,21 @@ class Model:
         self._timings = _Timings()
         self._chat_template: ChatTemplate | None = None
 
+    def close(self) -> None:
+        """Frees the engine and the tokenizer now (waiting for a running evaluation); any later use of the model
+        raises ModelClosedError. Also what leaving a `with Model(...) as model:` block does."""
+        with self._lock:
+            if isinstance(self._tokenizer, _Closed):
+                return
+            self._tokenizer.close()
+            self._ctx = self._native = self._tokenizer = _Closed(self.path)  # type: ignore[assignment]
+
+    def __enter__(self) -> Model:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     # ---- properties -------------------------------------------------------------------------------
     @property
     def n_ctx(self) -> int:
@@ -191,7 +218,7 @@ class Model:
         """Teacher-forced logits [len(tokens), n_vocab] from an empty context, every position computed
         with the FFN as decoding computes it in this model's sparse mode."""
         if len(tokens) == 0:
-            raise ValueError("eval_logits needs at least one token")
+            raise InvalidArgumentError("eval_logits needs at least one token")
         if len(tokens) > self.n_ctx:
             raise ContextOverflowError(f"{len(tokens)} tokens exceed n_ctx = {self.n_ctx}")
         with self._lock:
@@ -206,11 +233,11 @@ class Model:
         computes them."""
         tokens = list(tokens)
         if not tokens:
-            raise ValueError("nothing to evaluate")
+            raise InvalidArgumentError("nothing to evaluate")
         if len(tokens) > self.n_ctx:
             raise ContextOverflowError(f"{len(tokens)} tokens exceed n_ctx = {self.n_ctx}")
         if logits_from is not None and not 0 <= logits_from < len(tokens):
-            raise ValueError(f"logits_from = {logits_from} is not in [0, {len(tokens)})")
+            raise InvalidArgumentError(f"logits_from = {logits_from} is not in [0, {len(tokens)})")
         with self._lock:
             seq, kept = self._pool.claim(user, tokens)
             if logits_from is None and kept and seq.continues(tokens):  # one more token: decode it
@@ -294,7 +321,9 @@ class Model:
         with self._lock:
             live = [g for g in generations if not g.done]
             if len(live) > self.n_seq:
-                raise ValueError(f"{len(live)} generations at once; this model has {self.n_seq} sequences (n_seq)")
+                raise InvalidArgumentError(
+                    f"{len(live)} generations at once; this model has {self.n_seq} sequences (n_seq)"
+                )
             logits: dict[int, np.ndarray] = {}
             decoding: list[tuple[Generation, CachedSequence]] = []
             claimed: list[CachedSequence] = []
@@ -382,7 +411,7 @@ class Model:
         if self._chat_template is None:
             text = self._tokenizer.chat_template
             if text is None:
-                raise ValueError(f"{self.path}: the file has no chat template (tokenizer.chat_template)")
+                raise ChatTemplateError(f"{self.path}: the file has no chat template (tokenizer.chat_template)")
             self._chat_template = ChatTemplate.for_tokenizer(text, self._tokenizer)
         return self._chat_template
 

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .model import Model
-from .tokenizer import Tokenizer
+from turbosparse.errors import InvalidArgumentError
+from turbosparse.model import Model
+from turbosparse.tokenizer import Tokenizer
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ def windows(model: Model, tokens: list[int], n_ctx: int, max_windows: int | None
 def token_windows(tokens: list[int], n_ctx: int, bos: list[int], max_windows: int | None = None) -> Iterator[list[int]]:
     """Non-overlapping windows of n_ctx tokens, each bos + the next n_ctx - len(bos) tokens of the text."""
     if n_ctx < 2:
-        raise ValueError(f"windows need at least 2 tokens, got n_ctx = {n_ctx}")
+        raise InvalidArgumentError(f"windows need at least 2 tokens, got n_ctx = {n_ctx}")
     step = n_ctx - len(bos)
     count = 0
     for start in range(0, len(tokens) - step + 1, step):
@@ -77,7 +78,7 @@ def perplexity(
             agree += int((ref.argmax(-1) == logp.argmax(-1)).sum())
             kl += float((np.exp(ref) * (ref - logp)).sum())
     if n == 0:
-        raise ValueError(f"the text has {len(tokens)} tokens: fewer than one window of {n_ctx}")
+        raise InvalidArgumentError(f"the text has {len(tokens)} tokens: fewer than one window of {n_ctx}")
     return PerplexityResult(
         perplexity=float(np.exp(nll / n)),
         n_tokens=n,

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from turbosparse.errors import InvalidArgumentError
+
 # top-p without top-k first looks among this many best tokens; only a flat distribution needs them all
 _NUCLEUS_CANDIDATES = 256
 
@@ -25,13 +27,13 @@ class SamplingParams:
 
     def __post_init__(self) -> None:
         if self.top_p <= 0.0:
-            raise ValueError(f"top_p must be > 0 (>= 1 turns it off), got {self.top_p}")
+            raise InvalidArgumentError(f"top_p must be > 0 (>= 1 turns it off), got {self.top_p}")
         if self.min_p > 1.0:
-            raise ValueError(f"min_p must be <= 1, got {self.min_p}")
+            raise InvalidArgumentError(f"min_p must be <= 1, got {self.min_p}")
         if self.repeat_penalty <= 0.0:
-            raise ValueError(f"repeat_penalty must be > 0, got {self.repeat_penalty}")
+            raise InvalidArgumentError(f"repeat_penalty must be > 0, got {self.repeat_penalty}")
         if self.repeat_last_n < 0:
-            raise ValueError(f"repeat_last_n must be >= 0, got {self.repeat_last_n}")
+            raise InvalidArgumentError(f"repeat_last_n must be >= 0, got {self.repeat_last_n}")
 
     @property
     def penalizes(self) -> bool:

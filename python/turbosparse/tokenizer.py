@@ -8,9 +8,9 @@ from collections.abc import Iterable
 
 import llama_cpp
 
-from ._library import set_llama_log_verbosity
-from .errors import ModelLoadError
-from .powerinfer import is_powerinfer, vocab_only_copy
+from turbosparse._library import set_llama_log_verbosity
+from turbosparse.errors import InvalidArgumentError, ModelClosedError, ModelLoadError
+from turbosparse.powerinfer import is_powerinfer, vocab_only_copy
 
 
 class Tokenizer:
@@ -33,7 +33,7 @@ class Tokenizer:
                 vocab_path.unlink()
         if not self._model:
             raise ModelLoadError(f"{path}: llama.cpp could not load the vocabulary (see its log above)")
-        self._vocab = llama_cpp.llama_model_get_vocab(self._model)
+        self._vocab_ptr = llama_cpp.llama_model_get_vocab(self._model)
         self.n_vocab: int = llama_cpp.llama_vocab_n_tokens(self._vocab)
         self.bos: int = llama_cpp.llama_vocab_bos(self._vocab)
         self.eos: int = llama_cpp.llama_vocab_eos(self._vocab)
@@ -43,9 +43,19 @@ class Tokenizer:
         self._end_of_generation: dict[int, bool] = {}
 
     def close(self) -> None:
+        """Frees llama.cpp's vocabulary; every later call raises ModelClosedError."""
         if getattr(self, "_model", None):
             llama_cpp.llama_model_free(self._model)
             self._model = None
+
+    @property
+    def _vocab(self) -> llama_cpp.llama_vocab_p:
+        self._check_open()
+        return self._vocab_ptr
+
+    def _check_open(self) -> None:
+        if not self._model:
+            raise ModelClosedError("the tokenizer is closed")
 
     def __del__(self) -> None:
         self.close()
@@ -69,7 +79,7 @@ class Tokenizer:
         if known is not None:
             return known
         if not 0 <= token < self.n_vocab:
-            raise ValueError(f"token {token} is out of the vocabulary (0..{self.n_vocab - 1})")
+            raise InvalidArgumentError(f"token {token} is out of the vocabulary (0..{self.n_vocab - 1})")
         size = 64
         for _ in range(2):
             buf = ctypes.create_string_buffer(size)
@@ -93,6 +103,7 @@ class Tokenizer:
         return known
 
     def metadata(self, key: str) -> str | None:
+        self._check_open()
         size = 1 << 16
         for _ in range(2):
             buf = ctypes.create_string_buffer(size)
@@ -106,6 +117,7 @@ class Tokenizer:
 
     @property
     def chat_template(self) -> str | None:
+        self._check_open()
         ptr = llama_cpp.llama_model_chat_template(self._model, None)
         return ptr.decode("utf-8") if ptr else None
 

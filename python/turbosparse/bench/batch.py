@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .._library import set_llama_log_verbosity
-from ..binding import NativeContext, NativeModel, SparseMode
+from turbosparse._library import set_llama_log_verbosity
+from turbosparse.binding import NativeContext, NativeModel, SparseMode
 
 _MODES = {"dense": SparseMode.OFF, "predictor": SparseMode.PREDICTOR, "exact": SparseMode.EXACT}
 

@@ -8,7 +8,7 @@ from typing import Protocol
 
 import numpy as np
 
-from ..binding import LayerStats, NativeContext, NativeModel, SparseMode
+from turbosparse.binding import LayerStats, NativeContext, NativeModel, SparseMode
 
 
 class Engine(Protocol):

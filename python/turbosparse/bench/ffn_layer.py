@@ -17,9 +17,9 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from ..binding import KernelKind, NativeContext, NativeModel, SparseMode, kernel_isa_used
-from .runner import sparse_ffn_bytes, tensor_bytes
-from .synthetic import SHAPES, SyntheticSpec, synthetic_pair
+from turbosparse.bench.runner import sparse_ffn_bytes, tensor_bytes
+from turbosparse.bench.synthetic import SHAPES, SyntheticSpec, synthetic_pair
+from turbosparse.binding import KernelKind, NativeContext, NativeModel, SparseMode, kernel_isa_used
 
 Q = gguf.GGMLQuantizationType
 

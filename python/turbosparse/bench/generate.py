@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..model import Model
+from turbosparse.model import Model
 
 PROMPTS = (
     "Once upon a time, in a small village by the sea,",

@@ -13,9 +13,9 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from .. import constants as C
-from ..binding import KernelIsa, LayerStats, isa_name, isa_supported
-from .engines import Engine, TurbosparseEngine
+from turbosparse import constants as C
+from turbosparse.bench.engines import Engine, TurbosparseEngine
+from turbosparse.binding import KernelIsa, LayerStats, isa_name, isa_supported
 
 logger = logging.getLogger(__name__)
 

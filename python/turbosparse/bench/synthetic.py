@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from statistics import NormalDist
 
@@ -25,14 +25,14 @@ import gguf
 import numpy as np
 from tqdm import tqdm
 
-from .. import constants as C
-from ..assets import cache_root
-from ..binding import quantize
-from ..calibrate import CalibrateConfig, CollectConfig, write_calibrated
-from ..calibrate.pipeline import Calibrator
-from ..convert.hparams import HParams
-from ..convert.writer import add_llama_hparams
-from ..perplexity import bos_prefix, token_windows
+from turbosparse import constants as C
+from turbosparse.assets import cache_root
+from turbosparse.binding import quantize
+from turbosparse.calibrate import CalibrateConfig, CollectConfig, write_calibrated
+from turbosparse.calibrate.pipeline import Calibrator
+from turbosparse.convert.hparams import HParams
+from turbosparse.convert.writer import add_llama_hparams
+from turbosparse.perplexity import bos_prefix, token_windows
 
 logger = logging.getLogger(__name__)
 
@@ -308,9 +308,3 @@ def calibrated_twin(dense: Path, sparsity: float, n_threads: int) -> Path:
     n_windows = CALIBRATION_TOKENS // cfg.collect.n_ctx
     calibrator.collect(list(token_windows(ids, cfg.collect.n_ctx, bos_prefix(calibrator.tokenizer), n_windows)))
     return write_calibrated(dense, calibrator.calibration(sparsity), out)
-
-
-def with_shape(spec: SyntheticSpec, name: str) -> SyntheticSpec:
-    if name not in SHAPES:
-        raise ValueError(f"unknown synthetic shape {name!r}; known: {', '.join(SHAPES)}")
-    return replace(spec, shape=SHAPES[name])

@@ -3,9 +3,9 @@ FFN's gate and activation, chosen on calibration text and stored as turbosparse.
 
 from __future__ import annotations
 
-from .collect import CollectConfig
-from .pipeline import CalibrateConfig, CalibrationResult, Quality, calibrate, write_calibrated
-from .thresholds import ALLOCATIONS, METHODS, Calibration, Planner
+from turbosparse.calibrate.collect import CollectConfig
+from turbosparse.calibrate.pipeline import CalibrateConfig, CalibrationResult, Quality, calibrate, write_calibrated
+from turbosparse.calibrate.thresholds import ALLOCATIONS, METHODS, Calibration, Planner
 
 __all__ = [
     "ALLOCATIONS",

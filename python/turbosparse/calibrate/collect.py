@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
-from ..binding import FfnActivation, NativeContext, NativeModel
-from ..constants import TENSOR_FFN_DOWN, TENSOR_FFN_DOWN_T
-from ..errors import CalibrationError
+from turbosparse.binding import FfnActivation, NativeContext, NativeModel
+from turbosparse.constants import TENSOR_FFN_DOWN, TENSOR_FFN_DOWN_T
+from turbosparse.errors import CalibrationError
 
 logger = logging.getLogger(__name__)
 

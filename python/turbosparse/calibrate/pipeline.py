@@ -18,21 +18,21 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .._library import set_llama_log_verbosity
-from ..binding import FfnThresholds, NativeContext, NativeModel, SparseMode
-from ..constants import (
+from turbosparse._library import set_llama_log_verbosity
+from turbosparse.binding import FfnThresholds, NativeContext, NativeModel, SparseMode
+from turbosparse.calibrate.collect import CollectConfig, collect, down_column_norms
+from turbosparse.calibrate.thresholds import Allocation, Calibration, Method, Planner, dense_calibration, layer_weights
+from turbosparse.constants import (
     KEY_ACT_THRESHOLDS,
     KEY_CALIBRATED_DOWN_RATES,
     KEY_CALIBRATED_SPARSITY,
     KEY_CALIBRATED_UP_RATES,
     KEY_GATE_THRESHOLDS,
 )
-from ..convert.copy import copy_with_keys
-from ..errors import CalibrationError
-from ..perplexity import bos_prefix, log_softmax, token_windows, window_nll
-from ..tokenizer import Tokenizer
-from .collect import CollectConfig, collect, down_column_norms
-from .thresholds import Allocation, Calibration, Method, Planner, dense_calibration, layer_weights
+from turbosparse.convert.copy import copy_with_keys
+from turbosparse.errors import CalibrationError
+from turbosparse.perplexity import bos_prefix, log_softmax, token_windows, window_nll
+from turbosparse.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
 

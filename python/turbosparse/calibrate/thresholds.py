@@ -23,9 +23,9 @@ from typing import Literal
 
 import numpy as np
 
-from ..binding import FfnThresholds
-from ..errors import CalibrationError
-from .collect import LayerSamples
+from turbosparse.binding import FfnThresholds
+from turbosparse.calibrate.collect import LayerSamples
+from turbosparse.errors import CalibrationError
 
 Method = Literal["gate", "gate+act"]
 Allocation = Literal["error", "uniform"]
@@ -125,7 +125,7 @@ class Planner:
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+            raise CalibrationError(f"method must be one of {METHODS}, got {self.method!r}")
         self.options = [layer_options(s, self.method) for s in self.samples]
 
     def uniform(self, sparsity: float) -> list[Option]:
@@ -146,7 +146,7 @@ class Planner:
         most 1 - sparsity: the least summed weighted error for the target (the layers' curves are near convex)."""
         _check(sparsity)
         if len(weights) != len(self.options) or any(not w >= 0 for w in weights):
-            raise ValueError(f"expected {len(self.options)} non-negative layer weights, got {list(weights)!r}")
+            raise CalibrationError(f"expected {len(self.options)} non-negative layer weights, got {list(weights)!r}")
         kept = 1.0 - sparsity
 
         def pick(lam: float) -> list[Option]:

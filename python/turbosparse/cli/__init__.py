@@ -7,8 +7,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from ..errors import TurboSparseError
-from . import (
+from turbosparse.cli import (
     bench_cmd,
     calibrate_cmd,
     convert_cmd,
@@ -18,6 +17,7 @@ from . import (
     serve_cmd,
     train_predictors_cmd,
 )
+from turbosparse.errors import TurboSparseError
 
 _COMMANDS = (
     run_cmd,
@@ -46,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return int(args.func(args) or 0)
-    except (TurboSparseError, ValueError, FileNotFoundError) as exc:
+    except (TurboSparseError, OSError) as exc:  # anything else is a bug: its traceback is the report
         print(f"turbosparse {args.command}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import gguf
 
-from ..assets import default_model, smollm2_gguf
-from ..bench.batch import bench_batch
-from ..bench.engines import Engine, LlamaCppEngine, TurbosparseEngine
-from ..bench.ffn_layer import bench_ffn_layer, copy_bandwidth_gb_s, format_table
-from ..bench.generate import bench_generate
-from ..bench.runner import (
+from turbosparse.assets import smollm2_gguf
+from turbosparse.bench.batch import bench_batch
+from turbosparse.bench.engines import Engine, LlamaCppEngine, TurbosparseEngine
+from turbosparse.bench.ffn_layer import bench_ffn_layer, copy_bandwidth_gb_s, format_table
+from turbosparse.bench.generate import bench_generate
+from turbosparse.bench.runner import (
     BenchConfig,
     Measurement,
     calibrated_sparsity,
@@ -29,8 +29,10 @@ from ..bench.runner import (
     run,
     tensor_bytes,
 )
-from ..bench.synthetic import SHAPES, SyntheticSpec, calibrated_twin, synthetic_pair
-from ..binding import NativeModel
+from turbosparse.bench.synthetic import SHAPES, SyntheticSpec, calibrated_twin, synthetic_pair
+from turbosparse.binding import NativeModel
+from turbosparse.default import default_model
+from turbosparse.errors import EvalError, InvalidArgumentError
 
 QUANTS = {q.name.lower(): q for q in gguf.GGMLQuantizationType}
 AGREEMENT_TOLERANCE = 1e-3  # max |logit| difference between llama.cpp and turbosparse dense on the same file
@@ -221,7 +223,7 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.ffn_layer:
         return run_ffn_layer(args)
     if args.sparsity is not None and not (args.synthetic and 0.0 < args.sparsity < 1.0):
-        raise ValueError(f"--sparsity needs --synthetic and a value in (0, 1), got {args.sparsity}")
+        raise InvalidArgumentError(f"--sparsity needs --synthetic and a value in (0, 1), got {args.sparsity}")
     sparse, dense, active = _files(args)
     if args.generate:
         return run_generate(args, dense)
@@ -239,7 +241,7 @@ def run_bench(args: argparse.Namespace) -> int:
     if llama is not None and ours is not None:
         agreement = check_agreement(llama, ours, list(range(300, 300 + min(16, vocab - 300))))
         if agreement > AGREEMENT_TOLERANCE:
-            raise ValueError(f"turbosparse dense and llama.cpp disagree on {dense} (max |logit diff| {agreement:.3g})")
+            raise EvalError(f"turbosparse dense and llama.cpp disagree on {dense} (max |logit diff| {agreement:.3g})")
     results = run(engines, cfg, vocab)
     report = _report(engines, results, cfg, sparse, dense, active, agreement)
     if args.json:

@@ -14,9 +14,9 @@ import json
 import sys
 from pathlib import Path
 
-from ..calibrate import ALLOCATIONS, METHODS, CalibrateConfig, CollectConfig, calibrate, write_calibrated
-from ..calibrate.pipeline import CalibrationResult, Quality
-from ..errors import CalibrationError
+from turbosparse.calibrate import ALLOCATIONS, METHODS, CalibrateConfig, CollectConfig, calibrate, write_calibrated
+from turbosparse.calibrate.pipeline import CalibrationResult, Quality
+from turbosparse.errors import CalibrationError
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -6,8 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..convert import convert
-from ..convert.quant_policy import OUTTYPES
+from turbosparse.convert import convert
+from turbosparse.convert.quant_policy import OUTTYPES
 
 OUTTYPE_NAMES = tuple(OUTTYPES)
 

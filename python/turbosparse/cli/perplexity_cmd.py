@@ -7,9 +7,9 @@ import json
 import sys
 from pathlib import Path
 
-from ..model import Model
-from ..perplexity import perplexity
-from .run_cmd import add_model_args, model_path
+from turbosparse.cli.run_cmd import add_model_args, model_path
+from turbosparse.model import Model
+from turbosparse.perplexity import perplexity
 
 
 def register(sub: argparse._SubParsersAction) -> None:

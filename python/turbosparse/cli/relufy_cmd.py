@@ -10,6 +10,8 @@ import argparse
 import json
 from pathlib import Path
 
+from turbosparse.errors import InvalidArgumentError
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("relufy", help="SwiGLU GGUF / HF model -> dReLU bamboo checkpoint", description=__doc__)
@@ -37,16 +39,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from turbosparse.cli.train_predictors_cmd import rank_device
     from turbosparse.predictor_train.distributed import from_environment
     from turbosparse.predictor_train.relufy import RelufyConfig
     from turbosparse.predictor_train.workflows import RelufyOptions, relufy_checkpoint, set_threads
 
-    from .train_predictors_cmd import rank_device
-
     if not args.source.exists():
         raise FileNotFoundError(f"{args.source}: no such GGUF file or checkpoint folder")
     if not 0 < args.max_active <= 1:
-        raise ValueError(f"--max-active must be in (0, 1], got {args.max_active}")
+        raise InvalidArgumentError(f"--max-active must be in (0, 1], got {args.max_active}")
     set_threads(args.threads)
     dist = from_environment()
     cfg = RelufyConfig(seq_len=args.seq_len, layerwise_seqs=args.layerwise_seqs, max_active=args.max_active,

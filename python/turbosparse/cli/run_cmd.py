@@ -6,8 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..assets import default_model
-from ..model import Model
+from turbosparse.default import default_model
+from turbosparse.errors import InvalidArgumentError
+from turbosparse.model import Model
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -67,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         messages = [{"role": "system", "content": args.system_prompt}] if args.system_prompt else []
         prompt = model.chat_prompt([*messages, {"role": "user", "content": prompt}])
     if not prompt:
-        raise ValueError("empty prompt: give -p TEXT or -f FILE")
+        raise InvalidArgumentError("empty prompt: give -p TEXT or -f FILE")
     if not args.no_display_prompt and not args.chat:
         sys.stdout.write(prompt)
         sys.stdout.flush()

@@ -7,7 +7,8 @@ import logging
 import os
 from pathlib import Path
 
-from .run_cmd import add_model_args, model_path
+from turbosparse.cli.run_cmd import add_model_args, model_path
+from turbosparse.errors import TurboSparseError
 
 logger = logging.getLogger(__name__)
 
@@ -35,9 +36,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         import uvicorn
 
-        from ..server import ServerConfig, create_app
+        from turbosparse.server import ServerConfig, create_app
     except ImportError as exc:
-        raise ValueError(f"the server needs the `server` extra: pip install 'turbosparse[server]' ({exc})") from None
+        raise TurboSparseError(
+            f"the server needs the `server` extra: pip install 'turbosparse[server]' ({exc})"
+        ) from None
     path = model_path(args.model)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such model file")
@@ -76,5 +79,5 @@ def run(args: argparse.Namespace) -> int:
     logger.warning("turbosparse serve: loading %s, listening on http://%s:%d", path, args.host, args.port)
     server.run()
     if failures:
-        raise ValueError(f"cannot serve {path}: {failures[0]}")
+        raise TurboSparseError(f"cannot serve {path}: {failures[0]}")
     return 0

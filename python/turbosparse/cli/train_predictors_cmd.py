@@ -10,6 +10,8 @@ import argparse
 import json
 from pathlib import Path
 
+from turbosparse.errors import InvalidArgumentError
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train-predictors", help="train activation predictors for a dReLU/ReLU HF checkpoint",
@@ -44,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     from turbosparse.predictor_train.workflows import TrainPredictorsOptions, set_threads, train_predictors
 
     if not 0 < args.recall <= 1:
-        raise ValueError(f"--recall must be in (0, 1], got {args.recall}")
+        raise InvalidArgumentError(f"--recall must be in (0, 1], got {args.recall}")
     set_threads(args.threads)
     dist = from_environment()
     device = rank_device(args.device, dist.rank)

@@ -1,7 +1,7 @@
 """`turbosparse serve`: an OpenAI-compatible HTTP server over the engine (the `server` extra: FastAPI, uvicorn,
 sse-starlette). The runtime never imports this package."""
 
-from .app import create_app
-from .config import ServerConfig
+from turbosparse.server.app import create_app
+from turbosparse.server.config import ServerConfig
 
 __all__ = ["ServerConfig", "create_app"]

@@ -20,8 +20,8 @@ from sse_starlette import EventSourceResponse
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..chat_template import ChatTemplate
-from ..completions import (
+from turbosparse.chat_template import ChatTemplate
+from turbosparse.completions import (
     CompletionMeta,
     chat_completion,
     chat_completion_chunk,
@@ -29,14 +29,20 @@ from ..completions import (
     text_completion_chunk,
     usage,
 )
-from ..errors import ChatTemplateError, ContextOverflowError
-from ..generation import FinishReason, Generation
-from ..model import Model
-from .config import ServerConfig
-from .engine import Engine, Event, Job, QueueFullError
-from .errors import APIError, error_body, error_response, install_handlers
-from .metrics import collect, render
-from .schemas import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest, _Generate
+from turbosparse.errors import ChatTemplateError, ContextOverflowError
+from turbosparse.generation import FinishReason, Generation
+from turbosparse.model import Model
+from turbosparse.server.config import ServerConfig
+from turbosparse.server.engine import Engine, Event, Job, QueueFullError
+from turbosparse.server.errors import APIError, error_body, error_response, install_handlers
+from turbosparse.server.metrics import collect, render
+from turbosparse.server.schemas import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    DetokenizeRequest,
+    TokenizeRequest,
+    _Generate,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..generation import Generation
-from ..model import Model
+from turbosparse.generation import Generation
+from turbosparse.model import Model
 
 logger = logging.getLogger(__name__)
 

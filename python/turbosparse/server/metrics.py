@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..model import Model
-from .engine import Engine
+from turbosparse.model import Model
+from turbosparse.server.engine import Engine
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ..sampling import SamplingParams
+from turbosparse.sampling import SamplingParams
 
 MAX_STOPS = 16
 

@@ -1,0 +1,30 @@
+"""A bounded fuzz run on the ASan/UBSan build (tests/fuzzing.py; the long run is in the README): mutated GGUF and
+PWRI files, broken converter inputs and Model API misuse end in a clean turbosparse error or a correct result,
+never in a crash, a hang, an oversized allocation or a partial output file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fuzzing import KINDS, fuzz, prepare_inputs
+
+CASES = {"gguf": 30, "pwri": 15, "convert": 5}  # the long run: README, "Fuzzing"
+SEED = 16
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory):
+    return prepare_inputs(tmp_path_factory.mktemp("fuzz-inputs"), default_model=False)
+
+
+def test_fuzzed_inputs_end_in_clean_errors(inputs, tmp_path: Path) -> None:
+    report = fuzz(inputs, list(KINDS), CASES, SEED, tmp_path, sanitize=True, deadline_s=600)
+    assert report["crashes"] == [], report["crashes"]
+    assert report["hangs"] == [], report["hangs"]
+    assert report["failures"] == [], report["failures"]
+    assert report["cases"] == {**CASES, "api": report["cases"]["api"]}
+    assert report["cases"]["api"] >= 20
+    for kind in ("gguf", "pwri"):  # the mutations reach past the header checks: some files still load and run
+        assert report["outcomes"][kind].get("loaded", 0) > 0, report["outcomes"]
