@@ -1,12 +1,11 @@
 """Mixture of experts (Mixtral, TurboSparse-Mixtral): llama.cpp's own converter and llama.cpp itself on a tiny
-Mixtral agree with our conversion and our engine; the MoE engine (dense, exact, predictor) against a float64 numpy
-forward; bad input named.
+Mixtral agree with our conversion and our engine; TurboSparse-Mixtral conversion and per-expert predictor training;
+the converter's errors (the engine against a numpy reference: test_moe_engine.py).
 
 Error measure: max |ours - reference| / max |reference| over every position and the whole vocabulary."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import subprocess
 import sys
@@ -20,24 +19,22 @@ from safetensors.torch import load_file, save_file
 from transformers import MixtralForCausalLM
 
 from turbosparse import Model
-from turbosparse.binding import NativeContext, NativeModel, SparseMode
 from turbosparse.convert import convert
-from turbosparse.errors import ConvertError, ModelLoadError
+from turbosparse.errors import ConvertError
 
 from hfcheckpoints import (
     SPM_VOCAB,
     copy_tokenizer,
     llama_cpp_converter,
     mixtral_model,
+    smollm2_tokenizer,
     train_sentencepiece,
 )
-from tinymodel import TinyConfig, random_weights, reference_logits, write_gguf
 
 Q = gguf.GGMLQuantizationType
 VOCAB = SPM_VOCAB + 8
 REL = 1e-3  # the issue's bound for F32 files
-CFG = TinyConfig(n_vocab=384, n_embd=64, n_ff=128, n_expert=4, n_expert_used=2, act="drelu")
-RANK = 16
+RANK = 16  # the predictors' rank in the converted TurboSparse-Mixtral
 
 
 def rel_error(got: np.ndarray, want: np.ndarray) -> float:
@@ -97,94 +94,6 @@ def test_llama_cpp_and_turbosparse_agree_on_both_conversions(
         assert rel_error(model.eval_logits(tokens), reference) <= REL
         histogram = model.stats()["expert_histogram"]
         assert [sum(layer) for layer in histogram] == [2 * len(tokens)] * model.info.n_layer
-
-
-# ---- the engine against the float64 reference ------------------------------------------------------------
-
-
-def moe_file(tmp_path: Path, qtype: Q = Q.F32, cfg: TinyConfig = CFG, down_layout: str = "both") -> tuple[Path, dict]:
-    path = tmp_path / f"moe-{qtype.name}.gguf"
-    weights = random_weights(cfg, seed=1, predictor_rank=RANK)
-    pred = Q.F16 if qtype != Q.F32 else None  # rank-16 rows fit no 32-wide block
-    return path, write_gguf(path, cfg, weights, qtype, down_layout=down_layout, predictor_qtype=pred)
-
-
-def decode(path: Path, toks: list[int], mode: SparseMode, n_threads: int = 2) -> tuple[np.ndarray, NativeContext]:
-    """Logits of toks decoded one at a time (the sparse nodes run for every token)."""
-    model = NativeModel(str(path))
-    ctx = NativeContext(model, n_ctx=128, n_threads=n_threads, n_batch=64, sparse_mode=mode, threshold=None, kv_f32=1)
-    return np.stack([ctx.eval([t], dense_ffn=False, logits_all=False) for t in toks]), ctx
-
-
-def test_dense_exact_and_predictor_modes_match_reference(tmp_path: Path) -> None:
-    path, stored = moe_file(tmp_path)
-    toks = [int(t) for t in np.random.default_rng(3).integers(0, CFG.n_vocab, 24)]
-    dense_ref = reference_logits(CFG, stored, toks)
-    dense, _ = decode(path, toks, SparseMode.OFF)
-    assert rel_error(dense, dense_ref) <= REL
-    exact, ctx = decode(path, toks, SparseMode.EXACT)
-    assert rel_error(exact, reference_logits(CFG, stored, toks, use_down_t=True)) <= REL
-    computed = sum(e.n_computed for layer in ctx.expert_stats() for e in layer)
-    assert 0 < computed < len(toks) * CFG.n_layer * CFG.n_expert_used * CFG.n_ff  # rows were skipped
-    predicted, ctx = decode(path, toks, SparseMode.PREDICTOR)
-    masked_ref = reference_logits(CFG, stored, toks, use_down_t=True, predictor_threshold=0.0)
-    assert rel_error(predicted, masked_ref) <= REL
-    assert rel_error(predicted, dense_ref) > 10 * REL  # the masks matter
-    stats = ctx.expert_stats()
-    for layer in stats:
-        assert sum(e.n_routed for e in layer) == sum(e.n_decoded for e in layer) == len(toks) * CFG.n_expert_used
-
-
-def test_sparse_moe_is_deterministic_and_thread_count_agnostic(tmp_path: Path) -> None:
-    path, _ = moe_file(tmp_path)
-    toks = [int(t) for t in np.random.default_rng(5).integers(0, CFG.n_vocab, 12)]
-    first, _ = decode(path, toks, SparseMode.PREDICTOR, n_threads=2)
-    again, _ = decode(path, toks, SparseMode.PREDICTOR, n_threads=2)
-    np.testing.assert_array_equal(first, again)
-    one, _ = decode(path, toks, SparseMode.PREDICTOR, n_threads=1)
-    three, _ = decode(path, toks, SparseMode.PREDICTOR, n_threads=3)
-    assert rel_error(one, first) <= 1e-5 and rel_error(three, first) <= 1e-5
-
-
-@pytest.mark.parametrize("qtype", [Q.F16, Q.Q8_0, Q.Q4_0, Q.Q4_K, Q.Q6_K], ids=lambda q: q.name)
-def test_quant_types_exact_mode_equals_dense(tmp_path: Path, qtype: Q) -> None:
-    """Exact mode is the dense result: every quant type, the same weights read through the sparse kernels (only
-    transposed downs: the dense path adds the chosen experts' down rows too)."""
-    cfg = dataclasses.replace(CFG, n_embd=256, n_ff=512)
-    path, _ = moe_file(tmp_path, qtype, cfg, down_layout="transposed")
-    toks = [int(t) for t in np.random.default_rng(9).integers(0, cfg.n_vocab, 8)]
-    dense, _ = decode(path, toks, SparseMode.OFF)
-    exact, _ = decode(path, toks, SparseMode.EXACT)
-    assert rel_error(exact, dense) <= 2e-2
-
-
-# ---- bad input --------------------------------------------------------------------------------------------
-
-
-def load_error(path: Path) -> str:
-    with pytest.raises(ModelLoadError) as info:
-        NativeModel(str(path))
-    return str(info.value)
-
-
-def test_model_load_errors_name_the_key_or_tensor(tmp_path: Path) -> None:
-    weights = random_weights(CFG, seed=1, predictor_rank=RANK)
-    no_used = tmp_path / "no-used.gguf"
-    write_gguf(no_used, dataclasses.replace(CFG, n_expert=0), weights, extra_kv={"llama.expert_count": 4})
-    assert "llama.expert_used_count" in load_error(no_used)
-    too_many = tmp_path / "too-many.gguf"
-    write_gguf(too_many, dataclasses.replace(CFG, n_expert_used=5), weights)
-    assert "llama.expert_used_count = 5" in load_error(too_many)
-    missing = tmp_path / "missing.gguf"
-    write_gguf(missing, CFG, weights, skip=("blk.1.ffn_up_exps.weight",))
-    assert "blk.1.ffn_up_exps.weight" in load_error(missing)
-    fewer = tmp_path / "fewer.gguf"
-    write_gguf(fewer, dataclasses.replace(CFG, n_expert=3), weights)
-    assert "ffn_gate_inp.weight" in load_error(fewer)
-    bad_rank = dict(weights)
-    bad_rank["blk.0.ffn_pred_fc2_exps.weight"] = weights["blk.0.ffn_pred_fc2_exps.weight"][:, :, :8].copy()
-    write_gguf(tmp_path / "rank.gguf", CFG, bad_rank)
-    assert "blk.0.ffn_pred_fc2_exps.weight" in load_error(tmp_path / "rank.gguf")
 
 
 def turbosparse_mixtral_dir(out: Path, mixtral_dir: Path, ranks: list[int]) -> Path:
@@ -247,3 +156,36 @@ def test_convert_errors_name_the_tensor_or_key(tmp_path: Path, mixtral_dir: Path
         with pytest.raises(ConvertError, match=key):
             convert(bad, tmp_path / "x.gguf")
     assert not list(tmp_path.glob("*.gguf"))  # nothing half-written
+
+
+# ---- predictors per expert --------------------------------------------------------------------------------
+
+
+def test_train_predictors_per_expert(tmp_path: Path, smollm2_path: Path) -> None:
+    """A tiny Mixtral made dReLU (no predictors) -> a predictor per expert, rank and threshold per expert, padded to
+    one rank per layer in the checkpoint -> converted and decoded in predictor mode. (SmolLM2's tokenizer: the trainer
+    reads text through a Hugging Face tokenizer.)"""
+    from turbosparse.assets import shakespeare_dir
+    from turbosparse.predictor_train.moe import MoeTrainOptions, train_moe_predictors
+    from turbosparse.predictor_train.pipeline import PredictorTrainConfig
+    from turbosparse.predictor_train.train import TrainConfig
+
+    mixtral_dir = tmp_path / "mixtral"
+    mixtral_model(49152, seed=2).save_pretrained(mixtral_dir)
+    smollm2_tokenizer(mixtral_dir, smollm2_path)
+    plain = turbosparse_mixtral_dir(tmp_path / "plain", mixtral_dir, [])
+    cfg = PredictorTrainConfig(recall_target=0.9, ranks=(16, 32), train=TrainConfig(max_steps=150))
+    opts = MoeTrainOptions(out=tmp_path / "trained", tokens=4096, seq_len=128, predictors=cfg)
+    report = train_moe_predictors(plain, shakespeare_dir() / "hamlet_gut.txt", opts)
+    rows = report["experts"]
+    assert len(rows) == 2 * 4 and sum(r["tokens"] for r in rows) == 2 * 2 * 4096  # every token, two experts each
+    assert report["totals"]["experts_meeting_target"] >= 6
+    assert all(r["rank"] in (16, 32) for r in rows)
+    out = convert(opts.out, tmp_path / "trained.gguf", outtype="f32")
+    model = Model(out, n_threads=2, n_ctx=128)
+    assert model.sparse_name == "predictor"
+    toks = model.tokenize("To be, or not to be, that is the question")
+    predicted = model.eval_logits(toks)
+    dense = Model(out, n_threads=2, n_ctx=128, sparse="off").eval_logits(toks)
+    assert (predicted.argmax(-1) == dense.argmax(-1)).mean() >= 0.8
+    assert all(a < 0.9 for a in model.stats()["active_fraction"])
