@@ -101,10 +101,12 @@ def write_gguf(
     skip: tuple[str, ...] = (),
     down_layout: str = "standard",
     predictor_qtype: gguf.GGMLQuantizationType | None = None,
+    tensor_types: dict[str, gguf.GGMLQuantizationType] | None = None,
 ) -> dict[str, np.ndarray]:
     """Writes the model with every matrix in qtype (norms stay F32); returns the weights as stored (dequantized).
     down_layout "transposed" or "both" writes blk.N.ffn_down_t.weight (row j = neuron j's output vector);
-    predictors are written in predictor_qtype (default: qtype)."""
+    predictors are written in predictor_qtype (default: qtype); tensor_types overrides the type of named tensors
+    (mixed files, as llama.cpp's Q4_K_M)."""
     weights = dict(weights)
     if down_layout in ("transposed", "both") and cfg.n_expert:
         for i in range(cfg.n_layer):
@@ -147,6 +149,7 @@ def write_gguf(
         if name in skip:
             continue
         ttype = predictor_qtype if predictor_qtype is not None and "_pred_" in name else qtype
+        ttype = (tensor_types or {}).get(name, ttype)
         if is_norm(name) or ttype == F32 or name.endswith("ffn_gate_inp.weight"):
             writer.add_tensor(name, value)
             stored[name] = value

@@ -9,7 +9,7 @@
 #include <string.h>
 
 /*
- * Fused dequantize-and-add kernels. Every supported type is walked in units of 32 columns; a unit function
+ * Float kernels (Q4_1, Q4_K and the float types). Every supported type is walked in units of 32 columns; a unit function
  * adds coef * (the unit's 32 dequantized values) into four 8-float accumulators. Rows are taken GROUP at a
  * time so each output unit is loaded and stored once per group, and the next group's row segments are
  * prefetched: the rows of active neurons are scattered, so the hardware prefetcher cannot guess them.
@@ -21,80 +21,6 @@ static float half_at(const uint8_t *p) {
     uint16_t h;
     memcpy(&h, p, sizeof(h));
     return _cvtsh_ss(h);
-}
-
-/* 16 int8 values (low 8 then high 8) into acc[k], acc[k+1]: acc += s * v */
-static inline void fma_i8x16(__m128i v, __m256 s, __m256 *acc) {
-    acc[0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v)), s, acc[0]);
-    acc[1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(v, 8))), s, acc[1]);
-}
-
-/* Q4_0: 18-byte blocks {d, 16 bytes}: value k = d * ((qs[k] & 15) - 8), value k+16 = d * ((qs[k] >> 4) - 8) */
-static inline void unit_q4_0(const uint8_t *row, int64_t u, float a, __m256 acc[4]) {
-    const uint8_t *p = row + u * 18;
-    const __m256 s = _mm256_set1_ps(a * half_at(p));
-    const __m128i q = _mm_loadu_si128((const __m128i *)(p + 2));
-    const __m128i m4 = _mm_set1_epi8(0x0F), eight = _mm_set1_epi8(8);
-    fma_i8x16(_mm_sub_epi8(_mm_and_si128(q, m4), eight), s, acc);
-    fma_i8x16(_mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(q, 4), m4), eight), s, acc + 2);
-}
-
-/* Q4_1: 20-byte blocks {d, m, 16 bytes}: value = d * nibble + m */
-static inline void unit_q4_1(const uint8_t *row, int64_t u, float a, __m256 acc[4]) {
-    const uint8_t *p = row + u * 20;
-    const __m256 s = _mm256_set1_ps(a * half_at(p));
-    const __m256 c = _mm256_set1_ps(a * half_at(p + 2));
-    const __m128i q = _mm_loadu_si128((const __m128i *)(p + 4));
-    const __m128i m4 = _mm_set1_epi8(0x0F);
-    __m256 v[4] = {c, c, c, c};
-    fma_i8x16(_mm_and_si128(q, m4), s, v); /* nibbles are < 16: signed and unsigned widening agree */
-    fma_i8x16(_mm_and_si128(_mm_srli_epi16(q, 4), m4), s, v + 2);
-    for (int k = 0; k < 4; k++) {
-        acc[k] = _mm256_add_ps(acc[k], v[k]);
-    }
-}
-
-/* Q8_0: 34-byte blocks {d, 32 int8} */
-static inline void unit_q8_0(const uint8_t *row, int64_t u, float a, __m256 acc[4]) {
-    const uint8_t *p = row + u * 34;
-    const __m256 s = _mm256_set1_ps(a * half_at(p));
-    fma_i8x16(_mm_loadu_si128((const __m128i *)(p + 2)), s, acc);
-    fma_i8x16(_mm_loadu_si128((const __m128i *)(p + 18)), s, acc + 2);
-}
-
-/*
- * Q4_K: 144-byte super-blocks of 256 {d, dmin, 12 bytes of 6-bit scales and mins, 128 bytes of nibbles}.
- * Sub-block j (32 values) = d * sc_j * nibble - dmin * m_j; sub-blocks 2i and 2i+1 are the low and high
- * nibbles of bytes [32i, 32i + 32).
- */
-static inline void scale_min_q4_k(const uint8_t *sc, int j, int *scale, int *min) {
-    if (j < 4) {
-        *scale = sc[j] & 63;
-        *min = sc[j + 4] & 63;
-    } else {
-        *scale = (sc[j + 4] & 0x0F) | ((sc[j - 4] >> 6) << 4);
-        *min = (sc[j + 4] >> 4) | ((sc[j] >> 6) << 4);
-    }
-}
-
-static inline void unit_q4_k(const uint8_t *row, int64_t u, float a, __m256 acc[4]) {
-    const uint8_t *p = row + (u >> 3) * 144;
-    const int j = (int)(u & 7);
-    int sc, mn;
-    scale_min_q4_k(p + 4, j, &sc, &mn);
-    const __m256 s = _mm256_set1_ps(a * half_at(p) * (float)sc);
-    const __m256 c = _mm256_set1_ps(-a * half_at(p + 2) * (float)mn);
-    __m256i q = _mm256_loadu_si256((const __m256i *)(p + 16 + (j >> 1) * 32));
-    if (j & 1) {
-        q = _mm256_srli_epi16(q, 4);
-    }
-    q = _mm256_and_si256(q, _mm256_set1_epi8(0x0F));
-    __m256 v[4] = {c, c, c, c};
-    fma_i8x16(_mm256_castsi256_si128(q), s, v);
-    fma_i8x16(_mm256_extracti128_si256(q, 1), s, v + 2);
-    for (int k = 0; k < 4; k++) {
-        acc[k] = _mm256_add_ps(acc[k], v[k]);
-    }
 }
 
 static inline void unit_f16(const uint8_t *row, int64_t u, float a, __m256 acc[4]) {
@@ -172,11 +98,283 @@ static void prefetch_rows(const char *w, size_t row_bytes, size_t offset, const 
         }                                                                                                            \
     }
 
+/*
+ * Integer kernels (Q4_0, Q4_1, Q8_0, Q4_K): a row's 32 values in a unit are d * code (+ a min), so row r adds
+ * c_r * code_r with c_r = coef_r * d_r. The c of INT_ROWS rows are quantized together, per unit, to 8 bits:
+ * c_r ~ S * k_r with S = max |c| / 127 (ggml quantizes the dense down projection's input to 8 bits per 32 neurons
+ * the same way). Then two rows at a time are multiplied with maddubs (codes x k, summed in pairs) and added in
+ * integers; one conversion to float per unit and INT_ROWS rows. The error of a value is at most
+ * sum_r S / 2 * |code_r - offset|; the mins (Q4_1, Q4_K) are added in float, exactly.
+ */
+#define INT_ROWS 16 /* rows sharing S: 8 pairs, whose 4-bit sums stay within int16 (8 * 2 * 15 * 127 < 32768) */
+
+typedef struct {
+    __m256i pair[INT_ROWS / 2]; /* k of rows 2p and 2p + 1 as a byte pair, repeated over the register */
+    __m256 scale;               /* S in every lane */
+    int32_t sum_k;              /* sum of the k */
+} int_coefs;
+
+/* max |v| in every lane */
+static inline __m256 max_abs_all(__m256 v0, __m256 v1) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    __m256 m = _mm256_max_ps(_mm256_andnot_ps(sign, v0), _mm256_andnot_ps(sign, v1));
+    m = _mm256_max_ps(m, _mm256_permute2f128_ps(m, m, 0x01));
+    m = _mm256_max_ps(m, _mm256_shuffle_ps(m, m, 0x4E));
+    return _mm256_max_ps(m, _mm256_shuffle_ps(m, m, 0xB1));
+}
+
+static inline float hsum_ps(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* int32 k of rows 0-7 -> the byte pairs (k0, k1), (k2, k3), ... each repeated over a register */
+static inline void pair_words(__m256i k, __m256i *pair) {
+    const __m256i byte = _mm256_set1_epi32(0xFF);
+    __m256i w = _mm256_or_si256(_mm256_and_si256(k, byte), _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi64(k, 32), byte), 8));
+    w = _mm256_or_si256(w, _mm256_slli_epi32(w, 16)); /* lanes 0, 2, 4, 6: the pair's 16 bits twice */
+    for (int p = 0; p < 4; p++) {
+        pair[p] = _mm256_permutevar8x32_epi32(w, _mm256_set1_epi32(2 * p));
+    }
+}
+
+/* Quantizes c (rows 0-7 in c0, 8-15 in c1); 0 when every c is 0 (no codes to add). */
+static inline int quantize_coefs(__m256 c0, __m256 c1, int_coefs *q) {
+    const __m256 amax = max_abs_all(c0, c1);
+    if (_mm256_cvtss_f32(amax) == 0.0f) {
+        return 0;
+    }
+    const __m256 inv = _mm256_div_ps(_mm256_set1_ps(127.0f), amax);
+    const __m256i k0 = _mm256_cvtps_epi32(_mm256_mul_ps(c0, inv)), k1 = _mm256_cvtps_epi32(_mm256_mul_ps(c1, inv));
+    __m256i sum = _mm256_add_epi32(k0, k1);
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
+    q->sum_k = _mm_cvtsi128_si32(s);
+    q->scale = _mm256_mul_ps(amax, _mm256_set1_ps(1.0f / 127.0f));
+    pair_words(k0, q->pair);
+    pair_words(k1, q->pair + 4);
+    return 1;
+}
+
+/* 8 rows' fp16 values at byte `at` of each row (a block's scale or min) as floats */
+static inline __m256 halves_at(const uint8_t *const *r, size_t at) {
+#define H(k) (*(const int16_t *)__builtin_assume_aligned(r[k] + at, 2))
+    return _mm256_cvtph_ps(_mm_setr_epi16(H(0), H(1), H(2), H(3), H(4), H(5), H(6), H(7)));
+#undef H
+}
+
+/* o[0, 8) += s * v + m for 8 int32 v */
+static inline void add_scaled(float *o, __m256i v, __m256 s, __m256 m) {
+    _mm256_storeu_ps(o, _mm256_add_ps(_mm256_fmadd_ps(_mm256_cvtepi32_ps(v), s, _mm256_loadu_ps(o)), m));
+}
+
+/* Widens the int16 sums of outputs lo {0-15} and hi {16-31}, minus `offset`, and adds them scaled (+ m). */
+static inline void add_sums(float *o, __m256i lo, __m256i hi, int32_t offset, __m256 s, __m256 m) {
+    const __m256i off = _mm256_set1_epi32(offset);
+    add_scaled(o, _mm256_sub_epi32(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(lo)), off), s, m);
+    add_scaled(o + 8, _mm256_sub_epi32(_mm256_cvtepi16_epi32(_mm256_extracti128_si256(lo, 1)), off), s, m);
+    add_scaled(o + 16, _mm256_sub_epi32(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(hi)), off), s, m);
+    add_scaled(o + 24, _mm256_sub_epi32(_mm256_cvtepi16_epi32(_mm256_extracti128_si256(hi, 1)), off), s, m);
+}
+
+/* One unit of INT_ROWS rows of a 32-value block type: the rows' coefficients and (types with a min) the sum of
+ * coef_r * m_r; returns 0 when no codes need adding. */
+typedef struct {
+    int_coefs q;
+    float min_sum;
+} unit_coefs;
+
+/*
+ * Q4_0 {d, 16 bytes}, Q4_1 {d, m, 16 bytes}: S * sum_r k_r * (nibble_r - offset) (+ sum_r coef_r * m_r). The pairs
+ * interleave two rows' bytes, so one mask and one shift give both rows' low nibbles (outputs 0-15) and high
+ * nibbles (16-31).
+ */
+static inline void int_unit_nibbles(const uint8_t *const *r, size_t at, const unit_coefs *c, int offset, float *o) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    __m256i lo = _mm256_setzero_si256(), hi = _mm256_setzero_si256();
+    for (int p = 0; p < INT_ROWS / 2; p++) {
+        const __m128i qa = _mm_loadu_si128((const __m128i *)(r[2 * p] + at));
+        const __m128i qb = _mm_loadu_si128((const __m128i *)(r[2 * p + 1] + at));
+        const __m256i x = _mm256_set_m128i(_mm_unpackhi_epi8(qa, qb), _mm_unpacklo_epi8(qa, qb));
+        lo = _mm256_add_epi16(lo, _mm256_maddubs_epi16(_mm256_and_si256(x, m4), c->q.pair[p]));
+        hi = _mm256_add_epi16(hi, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(x, 4), m4), c->q.pair[p]));
+    }
+    add_sums(o, lo, hi, offset * c->q.sum_k, c->q.scale, _mm256_set1_ps(c->min_sum));
+}
+
+/* k_a * qa + k_b * qb per byte pair of x (signed codes: maddubs wants the unsigned operand, so |x| and k with x's sign) */
+static inline __m256i signed_pairs(__m256i x, __m256i k) {
+    return _mm256_maddubs_epi16(_mm256_abs_epi8(x), _mm256_sign_epi8(k, x));
+}
+
+/*
+ * Q8_0 {d, 32 int8}: S * sum_r k_r * code_r. A pair's sums fill int16, so two pairs' sums are interleaved and added
+ * into int32 with madd. unpack works within 128-bit lanes, so the accumulators hold outputs
+ * acc[0] {0-3 | 16-19}, acc[1] {4-7 | 20-23}, acc[2] {8-11 | 24-27}, acc[3] {12-15 | 28-31}.
+ */
+static inline void int_unit_q8_0(const uint8_t *const *r, size_t at, const unit_coefs *c, float *o) {
+    const __m256i one = _mm256_set1_epi16(1);
+    __m256i acc[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256()};
+    for (int p = 0; p < INT_ROWS / 2; p += 2) {
+        __m256i lo[2], hi[2];
+        for (int h = 0; h < 2; h++) {
+            const __m256i qa = _mm256_loadu_si256((const __m256i *)(r[2 * (p + h)] + at));
+            const __m256i qb = _mm256_loadu_si256((const __m256i *)(r[2 * (p + h) + 1] + at));
+            lo[h] = signed_pairs(_mm256_unpacklo_epi8(qa, qb), c->q.pair[p + h]); /* outputs 0-7 | 16-23 */
+            hi[h] = signed_pairs(_mm256_unpackhi_epi8(qa, qb), c->q.pair[p + h]); /* outputs 8-15 | 24-31 */
+        }
+        acc[0] = _mm256_add_epi32(acc[0], _mm256_madd_epi16(_mm256_unpacklo_epi16(lo[0], lo[1]), one));
+        acc[1] = _mm256_add_epi32(acc[1], _mm256_madd_epi16(_mm256_unpackhi_epi16(lo[0], lo[1]), one));
+        acc[2] = _mm256_add_epi32(acc[2], _mm256_madd_epi16(_mm256_unpacklo_epi16(hi[0], hi[1]), one));
+        acc[3] = _mm256_add_epi32(acc[3], _mm256_madd_epi16(_mm256_unpackhi_epi16(hi[0], hi[1]), one));
+    }
+    const __m256 zero = _mm256_setzero_ps();
+    add_scaled(o, _mm256_permute2x128_si256(acc[0], acc[1], 0x20), c->q.scale, zero);
+    add_scaled(o + 8, _mm256_permute2x128_si256(acc[2], acc[3], 0x20), c->q.scale, zero);
+    add_scaled(o + 16, _mm256_permute2x128_si256(acc[0], acc[1], 0x31), c->q.scale, zero);
+    add_scaled(o + 24, _mm256_permute2x128_si256(acc[2], acc[3], 0x31), c->q.scale, zero);
+}
+
+/* Rows of a group: pointers at the tile's first byte, coefficients (a short last group padded with coefficient 0). */
+static inline void group_rows(const char *w, size_t row_bytes, size_t offset, const int32_t *idx, const float *coef,
+                              int n, const uint8_t **r, float *a) {
+    for (int k = 0; k < INT_ROWS; k++) {
+        r[k] = (const uint8_t *)w + (size_t)idx[k < n ? k : 0] * row_bytes + offset;
+        a[k] = k < n ? coef[k] : 0.0f;
+    }
+}
+
+/* INT_ROWS rows at a time, the next group's row segments prefetched meanwhile; add_group adds one group. */
+#define DEFINE_INT_TILE(name, unit_bytes)                                                                          \
+    static void axpy_tile_##name(const char *w, size_t row_bytes, size_t offset, const int32_t *idx,               \
+                                 const float *coef, int64_t n_idx, int64_t n_units, float *o) {                      \
+        const size_t seg_bytes = (size_t)n_units * (unit_bytes);                                                    \
+        prefetch_rows(w, row_bytes, offset, idx, n_idx < INT_ROWS ? n_idx : INT_ROWS, seg_bytes);                   \
+        for (int64_t i = 0; i < n_idx; i += INT_ROWS) {                                                              \
+            const int n = n_idx - i < INT_ROWS ? (int)(n_idx - i) : INT_ROWS;                                        \
+            const int64_t next = i + n, ahead = n_idx - next < INT_ROWS ? n_idx - next : INT_ROWS;                   \
+            prefetch_rows(w, row_bytes, offset, idx + next, ahead, seg_bytes);                                       \
+            const uint8_t *r[INT_ROWS];                                                                              \
+            float a[INT_ROWS];                                                                                       \
+            group_rows(w, row_bytes, offset, idx + i, coef + i, n, r, a);                                            \
+            add_group_##name(r, a, n_units, o);                                                                      \
+        }                                                                                                            \
+    }
+
+/* c = a * d of the unit's block (scale at byte `at` of each row) */
+static inline int block_coefs(const uint8_t *const *r, const float *a, size_t at, unit_coefs *c) {
+    c->min_sum = 0.0f;
+    return quantize_coefs(_mm256_mul_ps(_mm256_loadu_ps(a), halves_at(r, at)),
+                          _mm256_mul_ps(_mm256_loadu_ps(a + 8), halves_at(r + 8, at)), &c->q);
+}
+
+static void add_group_q4_0(const uint8_t *const *r, const float *a, int64_t n_units, float *o) {
+    for (int64_t u = 0; u < n_units; u++) {
+        unit_coefs c;
+        if (block_coefs(r, a, (size_t)u * 18, &c)) {
+            int_unit_nibbles(r, (size_t)u * 18 + 2, &c, 8, o + 32 * u);
+        }
+    }
+}
+
+static void add_group_q8_0(const uint8_t *const *r, const float *a, int64_t n_units, float *o) {
+    for (int64_t u = 0; u < n_units; u++) {
+        unit_coefs c;
+        if (block_coefs(r, a, (size_t)u * 34, &c)) {
+            int_unit_q8_0(r, (size_t)u * 34 + 2, &c, o + 32 * u);
+        }
+    }
+}
+
+static void add_group_q4_1(const uint8_t *const *r, const float *a, int64_t n_units, float *o) {
+    for (int64_t u = 0; u < n_units; u++) {
+        const size_t at = (size_t)u * 20;
+        unit_coefs c;
+        const int codes = block_coefs(r, a, at, &c);
+        c.min_sum = hsum_ps(_mm256_fmadd_ps(_mm256_loadu_ps(a), halves_at(r, at + 2),
+                                            _mm256_mul_ps(_mm256_loadu_ps(a + 8), halves_at(r + 8, at + 2))));
+        if (codes) {
+            int_unit_nibbles(r, at + 4, &c, 0, o + 32 * u);
+        } else {
+            for (int k = 0; k < 32; k++) {
+                o[32 * u + k] += c.min_sum;
+            }
+        }
+    }
+}
+
+/*
+ * Q4_K super-blocks of 256 {d, dmin, 12 bytes of 6-bit scales and mins, 128 bytes}: sub-block j (a unit)
+ * = d * sc_j * nibble - dmin * mn_j, sub-blocks 2i and 2i + 1 the low and high nibbles of bytes [32i, 32i + 32).
+ * Per row and super-block, the 8 scales and mins are unpacked at once (sc_j, mn_j: j < 4 the low 6 bits of bytes j
+ * and j + 4; j >= 4 byte j + 4's low / high nibble and the top 2 bits of bytes j - 4 / j) into c[j][row] and the
+ * mins' sum per j.
+ */
+static inline void q4_k_coefs(const uint8_t *const *r, const float *a, size_t at, float (*c)[INT_ROWS], float *min_sum) {
+    __m256 mins = _mm256_setzero_ps();
+    for (int k = 0; k < INT_ROWS; k++) {
+        const uint8_t *p = r[k] + at;
+        uint32_t w[3];
+        memcpy(w, p + 4, sizeof(w));
+        const uint32_t sc_lo = w[0] & 0x3F3F3F3F, mn_lo = w[1] & 0x3F3F3F3F;
+        const uint32_t sc_hi = (w[2] & 0x0F0F0F0F) | (((w[0] >> 6) & 0x03030303) << 4);
+        const uint32_t mn_hi = ((w[2] >> 4) & 0x0F0F0F0F) | (((w[1] >> 6) & 0x03030303) << 4);
+        const __m256 sc = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_set_epi32(0, 0, (int)sc_hi, (int)sc_lo)));
+        const __m256 mn = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_set_epi32(0, 0, (int)mn_hi, (int)mn_lo)));
+        float row[8];
+        _mm256_storeu_ps(row, _mm256_mul_ps(sc, _mm256_set1_ps(a[k] * half_at(p))));
+        for (int j = 0; j < 8; j++) {
+            c[j][k] = row[j];
+        }
+        mins = _mm256_fmadd_ps(mn, _mm256_set1_ps(-a[k] * half_at(p + 2)), mins);
+    }
+    _mm256_storeu_ps(min_sum, mins);
+}
+
+static void add_group_q4_k(const uint8_t *const *r, const float *a, int64_t n_units, float *o) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    for (int64_t b = 0; b < n_units / 8; b++) {
+        float c[8][INT_ROWS], min_sum[8];
+        q4_k_coefs(r, a, (size_t)b * 144, c, min_sum);
+        for (int j = 0; j < 8; j++) {
+            float *ou = o + 32 * (8 * b + j);
+            int_coefs q;
+            if (!quantize_coefs(_mm256_loadu_ps(c[j]), _mm256_loadu_ps(c[j] + 8), &q)) {
+                for (int k = 0; k < 32; k++) {
+                    ou[k] += min_sum[j];
+                }
+                continue;
+            }
+            const size_t at = (size_t)b * 144 + 16 + (size_t)(j / 2) * 32;
+            __m256i lo = _mm256_setzero_si256(), hi = _mm256_setzero_si256(); /* outputs {0-7 | 16-23}, {8-15 | 24-31} */
+            for (int p = 0; p < INT_ROWS / 2; p++) {
+                __m256i qa = _mm256_loadu_si256((const __m256i *)(r[2 * p] + at));
+                __m256i qb = _mm256_loadu_si256((const __m256i *)(r[2 * p + 1] + at));
+                if (j & 1) {
+                    qa = _mm256_srli_epi16(qa, 4);
+                    qb = _mm256_srli_epi16(qb, 4);
+                }
+                qa = _mm256_and_si256(qa, m4);
+                qb = _mm256_and_si256(qb, m4);
+                lo = _mm256_add_epi16(lo, _mm256_maddubs_epi16(_mm256_unpacklo_epi8(qa, qb), q.pair[p]));
+                hi = _mm256_add_epi16(hi, _mm256_maddubs_epi16(_mm256_unpackhi_epi8(qa, qb), q.pair[p]));
+            }
+            /* into outputs {0-15} and {16-31} */
+            add_sums(ou, _mm256_permute2x128_si256(lo, hi, 0x20), _mm256_permute2x128_si256(lo, hi, 0x31), 0, q.scale,
+                     _mm256_set1_ps(min_sum[j]));
+        }
+    }
+}
+
+DEFINE_INT_TILE(q4_0, 18)
+DEFINE_INT_TILE(q4_1, 20)
+DEFINE_INT_TILE(q8_0, 34)
+DEFINE_INT_TILE(q4_k, 18)
+
 /* unit_bytes: bytes per 32 columns (Q4_K: 144 per 256) */
-DEFINE_AXPY_TILE(q4_0, unit_q4_0, 18)
-DEFINE_AXPY_TILE(q4_1, unit_q4_1, 20)
-DEFINE_AXPY_TILE(q8_0, unit_q8_0, 34)
-DEFINE_AXPY_TILE(q4_k, unit_q4_k, 18)
 DEFINE_AXPY_TILE(f16, unit_f16, 64)
 DEFINE_AXPY_TILE(bf16, unit_bf16, 64)
 DEFINE_AXPY_TILE(f32, unit_f32, 128)

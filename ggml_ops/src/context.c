@@ -100,7 +100,7 @@ static int init_down_rows(ts_context *c, char *err, size_t err_size) {
         return -1;
     }
     for (int il = 0; il < m->info.n_layer; il++) {
-        c->sparse[il].down_cols = m->layers[il].ffn_down_cols != NULL ? &m->down_cols : NULL;
+        c->sparse[il].down_cols = m->layers[il].ffn_down_cols != NULL ? &m->layers[il].down_cols : NULL;
     }
     return 0;
 }

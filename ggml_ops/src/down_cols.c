@@ -1,5 +1,6 @@
 #include "down_cols.h"
 
+#include "cpu_features.h"
 #include "ggml-cpu.h"
 #include "ts_error.h"
 #include "turbosparse.h"
@@ -8,14 +9,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
-#include <immintrin.h>
-#define TS_COLS_AVX2 1
-#endif
-
 /* ---- format ------------------------------------------------------------------------------------ */
 
-/* ggml's 32-value block types (ggml-common.h): the f16 scale d first, then (Q4_1, Q5_1) the f16 min m. */
+/* ggml's 32-value block types (ggml-common.h): the f16 scale d first, then (Q4_1, Q5_1) the f16 min m. K-quant
+ * super-blocks of 256 (Q4_K, Q5_K) hold 32-value sub-blocks with value = d * sc * q - dmin * mn: each becomes a group
+ * entry with scale d * sc and min -dmin * mn in fp16 (rounded: relative error <= 2^-11; the codes are the file's). */
 int ts_down_cols_format_for(enum ggml_type type, int64_t n_embd, ts_down_cols_format *f) {
     memset(f, 0, sizeof(*f));
     f->source = type;
@@ -25,6 +23,7 @@ int ts_down_cols_format_for(enum ggml_type type, int64_t n_embd, ts_down_cols_fo
         f->offset = 8;
         break;
     case GGML_TYPE_Q4_1:
+    case GGML_TYPE_Q4_K:
         f->code_bits = 4;
         f->has_min = 1;
         break;
@@ -33,6 +32,7 @@ int ts_down_cols_format_for(enum ggml_type type, int64_t n_embd, ts_down_cols_fo
         f->code_bits = 8;
         break;
     case GGML_TYPE_Q5_1:
+    case GGML_TYPE_Q5_K:
         f->code_bits = 8;
         f->has_min = 1;
         break;
@@ -46,6 +46,10 @@ int ts_down_cols_format_for(enum ggml_type type, int64_t n_embd, ts_down_cols_fo
     const size_t code_row = (size_t)n_embd * (size_t)f->code_bits / 8;
     f->group_bytes = (size_t)n_embd * 2 * (f->has_min ? 2 : 1) + TS_DOWN_COLS_GROUP * code_row;
     return 1;
+}
+
+int64_t ts_down_cols_groups_per_block(const ts_down_cols_format *f) {
+    return ggml_blck_size(f->source) / TS_DOWN_COLS_GROUP;
 }
 
 static size_t code_row_bytes(const ts_down_cols_format *f) {
@@ -75,28 +79,58 @@ static void put_code(const ts_down_cols_format *f, uint8_t *row, int64_t i, int 
     *byte = i % 32 < 16 ? (uint8_t)((*byte & 0xF0) | (code & 15)) : (uint8_t)((*byte & 0x0F) | ((code & 15) << 4));
 }
 
-void ts_down_cols_fill(const ts_down_cols_format *f, const void *down, int64_t n_ff, int64_t g0, int64_t g1, void *dst) {
+/* Sub-block j's 6-bit scale and min of a K-quant super-block's 12 packed bytes (ggml-common.h's Q4_K/Q5_K packing:
+ * j < 4 in the low 6 bits of bytes j and j + 4; j >= 4 in byte j + 4's nibbles and the top 2 bits of bytes j - 4, j). */
+static void k_scale_min(const uint8_t *packed, int j, int *sc, int *mn) {
+    if (j < 4) {
+        *sc = packed[j] & 63;
+        *mn = packed[j + 4] & 63;
+    } else {
+        *sc = (packed[j + 4] & 0x0F) | ((packed[j - 4] >> 6) << 4);
+        *mn = (packed[j + 4] >> 4) | ((packed[j] >> 6) << 4);
+    }
+}
+
+/* The exact scale and min of each 32-value run of a block (K-quants: of each sub-block). */
+static void block_scales(const ts_down_cols_format *f, const uint8_t *block, float *d, float *m) {
+    uint16_t h[2];
+    memcpy(h, block, f->has_min ? 4 : 2);
+    if (f->source != GGML_TYPE_Q4_K && f->source != GGML_TYPE_Q5_K) {
+        d[0] = ggml_fp16_to_fp32(h[0]);
+        m[0] = f->has_min ? ggml_fp16_to_fp32(h[1]) : 0.0f;
+        return;
+    }
+    const float dk = ggml_fp16_to_fp32(h[0]), dmin = ggml_fp16_to_fp32(h[1]);
+    for (int j = 0; j < 8; j++) {
+        int sc, mn;
+        k_scale_min(block + 4, j, &sc, &mn);
+        d[j] = dk * (float)sc;
+        m[j] = -dmin * (float)mn;
+    }
+}
+
+void ts_down_cols_fill(const ts_down_cols_format *f, const void *down, int64_t n_ff, int64_t b0, int64_t b1, void *dst) {
     const size_t row_bytes = ggml_row_size(f->source, n_ff), block_bytes = ggml_type_size(f->source);
     const ggml_to_float_t to_float = ggml_get_type_traits(f->source)->to_float;
     const size_t code_row = code_row_bytes(f);
-    for (int64_t g = g0; g < g1; g++) {
-        uint8_t *group = (uint8_t *)dst + (size_t)g * f->group_bytes;
-        uint16_t *scale = (uint16_t *)group, *min = scale + f->n_embd;
-        uint8_t *codes = group + codes_offset(f);
+    const int64_t per_block = ts_down_cols_groups_per_block(f);
+    for (int64_t b = b0; b < b1; b++) {
         for (int64_t i = 0; i < f->n_embd; i++) {
-            const uint8_t *block = (const uint8_t *)down + (size_t)i * row_bytes + (size_t)g * block_bytes;
-            float v[TS_DOWN_COLS_GROUP];
-            to_float(block, v, TS_DOWN_COLS_GROUP);
-            uint16_t dh, mh = 0;
-            memcpy(&dh, block, 2);
-            if (f->has_min) {
-                memcpy(&mh, block + 2, 2);
-                min[i] = mh;
-            }
-            scale[i] = dh;
-            const float d = ggml_fp16_to_fp32(dh), m = f->has_min ? ggml_fp16_to_fp32(mh) : 0.0f;
-            for (int k = 0; k < TS_DOWN_COLS_GROUP; k++) {
-                put_code(f, codes + (size_t)k * code_row, i, code_of(f, v[k], d, m));
+            const uint8_t *block = (const uint8_t *)down + (size_t)i * row_bytes + (size_t)b * block_bytes;
+            float v[8 * TS_DOWN_COLS_GROUP], d[8], m[8];
+            to_float(block, v, per_block * TS_DOWN_COLS_GROUP);
+            block_scales(f, block, d, m);
+            for (int64_t j = 0; j < per_block; j++) {
+                uint8_t *group = (uint8_t *)dst + (size_t)(b * per_block + j) * f->group_bytes;
+                uint16_t *scale = (uint16_t *)group, *min = scale + f->n_embd;
+                uint8_t *codes = group + codes_offset(f);
+                scale[i] = ggml_fp32_to_fp16(d[j]);
+                if (f->has_min) {
+                    min[i] = ggml_fp32_to_fp16(m[j]);
+                }
+                for (int k = 0; k < TS_DOWN_COLS_GROUP; k++) {
+                    put_code(f, codes + (size_t)k * code_row, i, code_of(f, v[j * TS_DOWN_COLS_GROUP + k], d[j], m[j]));
+                }
             }
         }
     }
@@ -105,18 +139,14 @@ void ts_down_cols_fill(const ts_down_cols_format *f, const void *down, int64_t n
 /* ---- adding kept neurons ---------------------------------------------------------------------- */
 
 /* Reference path: one value at a time. */
-static void add_group_generic(const ts_down_cols_format *f, const uint8_t *group, const int32_t *k, const float *a,
-                              int n, int64_t c0, int64_t len, float *out) {
+static void add_group_generic(const ts_down_cols_format *f, const uint8_t *group, const int32_t *k, const int8_t *q,
+                              int n, float s, int32_t sum_q, int64_t c0, int64_t len, float *out) {
     const uint16_t *scale = (const uint16_t *)group, *min = scale + f->n_embd;
     const uint8_t *codes = group + codes_offset(f);
     const size_t code_row = code_row_bytes(f);
-    float sum_a = 0.0f;
-    for (int r = 0; r < n; r++) {
-        sum_a += a[r];
-    }
     for (int64_t c = 0; c < len; c++) {
         const int64_t i = c0 + c;
-        float acc = 0.0f;
+        int32_t acc = 0;
         for (int r = 0; r < n; r++) {
             const uint8_t *row = codes + (size_t)k[r] * code_row;
             int code;
@@ -126,74 +156,38 @@ static void add_group_generic(const ts_down_cols_format *f, const uint8_t *group
                 const uint8_t byte = row[(i / 32) * 16 + (i % 16)];
                 code = i % 32 < 16 ? byte & 15 : byte >> 4;
             }
-            acc += a[r] * (float)(code - f->offset);
+            acc += q[r] * code;
         }
-        out[c] += ggml_fp16_to_fp32(scale[i]) * acc + (f->has_min ? ggml_fp16_to_fp32(min[i]) * sum_a : 0.0f);
+        float v = ggml_fp16_to_fp32(scale[i]) * (float)(acc - f->offset * sum_q);
+        if (f->has_min) {
+            v += ggml_fp16_to_fp32(min[i]) * (float)sum_q;
+        }
+        out[c] += s * v;
     }
 }
 
-#ifdef TS_COLS_AVX2
-/* 16 int8 values (low 8 then high 8) into acc[0], acc[1]: acc += s * v */
-static inline void fma_i8x16(__m128i v, __m256 s, __m256 *acc) {
-    acc[0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v)), s, acc[0]);
-    acc[1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(v, 8))), s, acc[1]);
-}
-
-/* 32 codes of one neuron (unit u) times a, into four 8-float accumulators */
-static inline void codes_unit(const ts_down_cols_format *f, const uint8_t *row, int64_t u, __m256 a, __m256 acc[4]) {
-    if (f->code_bits == 8) {
-        const uint8_t *p = row + u * 32;
-        fma_i8x16(_mm_loadu_si128((const __m128i *)p), a, acc);
-        fma_i8x16(_mm_loadu_si128((const __m128i *)(p + 16)), a, acc + 2);
-        return;
-    }
-    const __m128i q = _mm_loadu_si128((const __m128i *)(row + u * 16));
-    const __m128i m4 = _mm_set1_epi8(0x0F), off = _mm_set1_epi8((char)f->offset);
-    fma_i8x16(_mm_sub_epi8(_mm_and_si128(q, m4), off), a, acc);
-    fma_i8x16(_mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(q, 4), m4), off), a, acc + 2);
-}
-
-static void add_group_avx2(const ts_down_cols_format *f, const uint8_t *group, const int32_t *k, const float *a,
-                           int n, int64_t c0, int64_t len, float *out) {
-    const uint16_t *scale = (const uint16_t *)group, *min = scale + f->n_embd;
-    const size_t code_row = code_row_bytes(f), unit_bytes = (size_t)f->code_bits * 4;
-    const uint8_t *rows[TS_DOWN_COLS_GROUP];
-    __m256 coef[TS_DOWN_COLS_GROUP];
-    float sum_a = 0.0f;
+/* q_r = round(a_r / S), S = max |a| / 127 (ggml's Q8_0 rounding); the sum of the q; 0 when every a is 0. */
+static float quantize_group(const float *a, int n, int8_t *q, int32_t *sum_q) {
+    float amax = 0.0f;
     for (int r = 0; r < n; r++) {
-        rows[r] = group + codes_offset(f) + (size_t)k[r] * code_row;
-        coef[r] = _mm256_set1_ps(a[r]);
-        sum_a += a[r];
+        amax = fmaxf(amax, fabsf(a[r]));
     }
-    const __m256 sa = _mm256_set1_ps(sum_a);
-    const int64_t u0 = c0 / 32;
-    for (int64_t u = u0; u < u0 + len / 32; u++) {
-        __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-        for (int r = 0; r < n; r++) {
-            if ((u * unit_bytes) % 64 == 0) {
-                _mm_prefetch((const char *)rows[r] + (u + 8) * unit_bytes, _MM_HINT_T0); /* rows are scattered */
-            }
-            codes_unit(f, rows[r], u, coef[r], acc);
-        }
-        float *o = out + (u - u0) * 32;
-        for (int q = 0; q < 4; q++) {
-            const __m256 s = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(scale + u * 32 + 8 * q)));
-            __m256 v = _mm256_fmadd_ps(s, acc[q], _mm256_loadu_ps(o + 8 * q));
-            if (f->has_min) {
-                v = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(min + u * 32 + 8 * q))), sa, v);
-            }
-            _mm256_storeu_ps(o + 8 * q, v);
-        }
+    if (amax == 0.0f) {
+        return 0.0f;
     }
+    const float inv = 127.0f / amax;
+    int32_t sum = 0;
+    for (int r = 0; r < n; r++) {
+        q[r] = (int8_t)lrintf(a[r] * inv);
+        sum += q[r];
+    }
+    *sum_q = sum;
+    return amax / 127.0f;
 }
-#endif
 
-typedef void (*add_group_fn)(const ts_down_cols_format *f, const uint8_t *group, const int32_t *k, const float *a,
-                             int n, int64_t c0, int64_t len, float *out);
-
-/* Runs of kept neurons by group, each added by add_group. */
-static void add_groups(add_group_fn add_group, const ts_down_cols_format *f, const void *cols, const int32_t *idx,
-                       const float *coef, int64_t n_idx, int64_t c0, int64_t n, float *out) {
+/* Runs of kept neurons by group, their activations quantized, each added by add_group. */
+static void add_groups(ts_down_cols_group_fn add_group, const ts_down_cols_format *f, const void *cols,
+                       const int32_t *idx, const float *coef, int64_t n_idx, int64_t c0, int64_t n, float *out) {
     for (int64_t i = 0; i < n_idx;) {
         const int64_t g = idx[i] / TS_DOWN_COLS_GROUP;
         int32_t k[TS_DOWN_COLS_GROUP];
@@ -201,18 +195,21 @@ static void add_groups(add_group_fn add_group, const ts_down_cols_format *f, con
         for (; i + run < n_idx && idx[i + run] / TS_DOWN_COLS_GROUP == g; run++) {
             k[run] = idx[i + run] - (int32_t)(g * TS_DOWN_COLS_GROUP);
         }
-        add_group(f, (const uint8_t *)cols + (size_t)g * f->group_bytes, k, coef + i, run, c0, n, out);
+        int8_t q[TS_DOWN_COLS_GROUP];
+        int32_t sum_q = 0;
+        const float s = quantize_group(coef + i, run, q, &sum_q);
+        if (s != 0.0f) {
+            add_group(f, (const uint8_t *)cols + (size_t)g * f->group_bytes, k, q, run, s, sum_q, c0, n, out);
+        }
         i += run;
     }
 }
 
 void ts_down_cols_add(const ts_down_cols_format *f, const void *cols, const int32_t *idx, const float *coef,
                       int64_t n_idx, int64_t c0, int64_t n, float *out) {
-#ifdef TS_COLS_AVX2
-    add_groups(add_group_avx2, f, cols, idx, coef, n_idx, c0, n, out);
-#else
-    add_groups(add_group_generic, f, cols, idx, coef, n_idx, c0, n, out);
-#endif
+    /* the CPU is asked first: the AVX2 table itself is compiled for AVX2 */
+    ts_down_cols_group_fn fast = ts_isa_supported(TS_ISA_AVX2) ? ts_down_cols_group_avx2() : NULL;
+    add_groups(fast != NULL ? fast : add_group_generic, f, cols, idx, coef, n_idx, c0, n, out);
 }
 
 void ts_down_cols_add_reference(const ts_down_cols_format *f, const void *cols, const int32_t *idx, const float *coef,
@@ -228,7 +225,7 @@ static int check_kernel_args(int32_t type, int64_t n_embd, int64_t n_ff, const i
         return ts_set_error(err, err_size, "down_cols: no exact column layout for ggml type id %d with %lld rows", type,
                             (long long)n_embd);
     }
-    if (n_ff <= 0 || n_ff % TS_DOWN_COLS_GROUP || col0 < 0 || n < 0 || col0 % 32 || n % 32 || col0 + n > n_embd) {
+    if (n_ff <= 0 || n_ff % ggml_blck_size((enum ggml_type)type) || col0 < 0 || n < 0 || col0 % 32 || n % 32 || col0 + n > n_embd) {
         return ts_set_error(err, err_size, "down_cols: n_ff %lld or columns [%lld, %lld) of %lld are not whole 32-blocks",
                             (long long)n_ff, (long long)col0, (long long)(col0 + n), (long long)n_embd);
     }
@@ -253,7 +250,7 @@ int32_t ts_kernel_down_cols(int32_t type, const void *down, int64_t n_embd, int6
         return ts_set_error(err, err_size, "out of memory");
     }
     ggml_cpu_init(); /* F16 tables used by the dequantizers */
-    ts_down_cols_fill(&f, down, n_ff, 0, n_ff / TS_DOWN_COLS_GROUP, cols);
+    ts_down_cols_fill(&f, down, n_ff, 0, n_ff / TS_DOWN_COLS_GROUP / ts_down_cols_groups_per_block(&f), cols);
     if (reference) {
         ts_down_cols_add_reference(&f, cols, idx, coef, n_idx, col0, n, out);
     } else {

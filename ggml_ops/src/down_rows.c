@@ -4,9 +4,11 @@
  *
  *   down  ggml ne {n_ff, n_embd}: row i = output i over the n_ff neurons, quantized along the neurons
  *
- * Decoding adds the kept neurons' columns. Two layouts give it whole columns:
+ * Decoding adds the kept neurons' columns. Two layouts give it whole columns, chosen per layer (a file may mix
+ * types, as llama.cpp's Q4_K_M mixes Q4_K and Q6_K down matrices):
  *   - Q4_0, Q4_1, Q5_0, Q5_1, Q8_0: the neuron-major groups of down_cols.h, an exact re-layout of the same
- *     codes and scales (same bytes per value, the values ggml dequantizes);
+ *     codes and scales (same bytes per value, the values ggml dequantizes); Q4_K, Q5_K: the same groups with each
+ *     sub-block's scale and min in fp16 (rounded, 2^-11 relative; the codes are the file's);
  *   - other types: the transposed matrix down_t (ne {n_embd, n_ff}, row j = neuron j's output vector), exact for
  *     F32, F16 and BF16, else quantized again along the hidden dimension as Q8_0 (F16 where 32 does not divide
  *     n_embd): a second rounding, with a sixteenth of a 4-bit type's step.
@@ -91,8 +93,8 @@ static void down_job_op(struct ggml_tensor *dst, int ith, int nth, void *userdat
         transpose_tiles(job, ith, nth);
         return;
     }
-    const int64_t n_groups = job->n_ff / TS_DOWN_COLS_GROUP;
-    ts_down_cols_fill(job->cols, job->down, job->n_ff, n_groups * ith / nth, n_groups * (ith + 1) / nth, job->out);
+    const int64_t n_blocks = job->n_ff / ggml_blck_size(job->src);
+    ts_down_cols_fill(job->cols, job->down, job->n_ff, n_blocks * ith / nth, n_blocks * (ith + 1) / nth, job->out);
 }
 
 static int run_jobs(down_job *jobs, int n_layer, int n_threads, char *err, size_t err_size) {
@@ -133,23 +135,16 @@ static int plan_jobs(ts_model *m, down_job *jobs, char *err, size_t err_size) {
             return ts_set_error(err, err_size, "%s: missing tensor '%s'", m->file->path, name);
         }
         const enum ggml_type src = (enum ggml_type)t->type;
-        ts_down_cols_format f;
-        const int cols = ts_down_cols_format_for(src, in->n_embd, &f);
-        if (il == 0) {
-            m->down_cols = f;
-            m->has_down_cols = cols;
-        } else if (src != jobs[0].src) {
-            return ts_set_error(err, err_size, "%s: the down matrices of layers 0 and %d differ in type", m->file->path, il);
-        }
-        jobs[il] = (down_job){.down = t->data, .src = src, .dst = down_t_type(src, in->n_embd),
-                              .cols = cols ? &m->down_cols : NULL, .n_embd = in->n_embd, .n_ff = in->n_ff,
-                              .width = tile_width(src, in->n_ff)};
+        ts_down_cols_format *f = &m->layers[il].down_cols;
+        const int cols = ts_down_cols_format_for(src, in->n_embd, f) && in->n_ff % ggml_blck_size(src) == 0;
+        jobs[il] = (down_job){.down = t->data, .src = src, .dst = down_t_type(src, in->n_embd), .cols = cols ? f : NULL,
+                              .n_embd = in->n_embd, .n_ff = in->n_ff, .width = tile_width(src, in->n_ff)};
     }
     return 0;
 }
 
 /* The result tensors: per layer the column groups (I8 rows of group_bytes) or down_t. */
-static int alloc_layout(ts_model *m, const down_job *job, char *err, size_t err_size) {
+static int alloc_layout(ts_model *m, const down_job *jobs, char *err, size_t err_size) {
     const ts_model_info *in = &m->info;
     struct ggml_init_params ip = {
         .mem_size = (size_t)(in->n_layer + 1) * ggml_tensor_overhead(), .mem_buffer = NULL, .no_alloc = true};
@@ -158,9 +153,10 @@ static int alloc_layout(ts_model *m, const down_job *job, char *err, size_t err_
         return ts_set_error(err, err_size, "out of memory");
     }
     for (int il = 0; il < in->n_layer; il++) {
+        const down_job *job = &jobs[il];
         struct ggml_tensor *t =
             job->cols != NULL
-                ? ggml_new_tensor_2d(m->ctx_down_rows, GGML_TYPE_I8, (int64_t)m->down_cols.group_bytes, in->n_ff / TS_DOWN_COLS_GROUP)
+                ? ggml_new_tensor_2d(m->ctx_down_rows, GGML_TYPE_I8, (int64_t)job->cols->group_bytes, in->n_ff / TS_DOWN_COLS_GROUP)
                 : ggml_new_tensor_2d(m->ctx_down_rows, job->dst, in->n_embd, in->n_ff);
         ggml_format_name(t, "blk.%d.%s", il, job->cols != NULL ? "ffn_down_cols" : "ffn_down_t.weight");
     }
@@ -175,7 +171,12 @@ static int alloc_layout(ts_model *m, const down_job *job, char *err, size_t err_
 /* Fills the allocated tensors, n_threads threads (a transpose shares one scratch block between them). */
 static int fill_layout(ts_model *m, down_job *jobs, int n_threads, char *err, size_t err_size) {
     const int n_layer = m->info.n_layer;
-    const int64_t stride = jobs[0].cols == NULL ? jobs[0].width * (m->info.n_embd + 1) : 0;
+    int64_t stride = 0;
+    for (int il = 0; il < n_layer; il++) {
+        if (jobs[il].cols == NULL && jobs[il].width * (m->info.n_embd + 1) > stride) {
+            stride = jobs[il].width * (m->info.n_embd + 1);
+        }
+    }
     float *scratch = stride > 0 ? malloc(sizeof(float) * (size_t)stride * (size_t)n_threads) : NULL;
     if (stride > 0 && scratch == NULL) {
         return ts_set_error(err, err_size, "out of memory");
@@ -201,7 +202,6 @@ static void free_layout(ts_model *m) {
     }
     m->buf_down_rows = NULL;
     m->ctx_down_rows = NULL;
-    m->has_down_cols = 0;
 }
 
 int ts_model_build_down_rows(ts_model *m, int n_threads, char *err, size_t err_size) {
@@ -214,24 +214,25 @@ int ts_model_build_down_rows(ts_model *m, int n_threads, char *err, size_t err_s
     }
     int rc = plan_jobs(m, jobs, err, err_size);
     if (rc == 0) {
-        rc = alloc_layout(m, &jobs[0], err, err_size);
+        rc = alloc_layout(m, jobs, err, err_size);
     }
     if (rc == 0) {
         rc = fill_layout(m, jobs, n_threads > 0 ? n_threads : 1, err, err_size);
     }
-    const int cols = jobs[0].cols != NULL;
+    if (rc == 0) {
+        struct ggml_tensor *t = ggml_get_first_tensor(m->ctx_down_rows);
+        for (int il = 0; il < m->info.n_layer; il++, t = ggml_get_next_tensor(m->ctx_down_rows, t)) {
+            if (jobs[il].cols != NULL) {
+                m->layers[il].ffn_down_cols = t;
+            } else {
+                m->layers[il].ffn_down_t = t;
+            }
+        }
+    }
     free(jobs);
     if (rc != 0) {
         free_layout(m);
         return -1;
-    }
-    struct ggml_tensor *t = ggml_get_first_tensor(m->ctx_down_rows);
-    for (int il = 0; il < m->info.n_layer; il++, t = ggml_get_next_tensor(m->ctx_down_rows, t)) {
-        if (cols) {
-            m->layers[il].ffn_down_cols = t;
-        } else {
-            m->layers[il].ffn_down_t = t;
-        }
     }
     return 0;
 }
