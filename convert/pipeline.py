@@ -8,8 +8,9 @@ from pathlib import Path
 
 import gguf
 
-from ..constants import KEY_DOWN_LAYOUT, KEY_FFN_ACTIVATION, KEY_SOURCE
+from ..constants import KEY_DOWN_LAYOUT, KEY_FFN_ACTIVATION, KEY_PREDICTED_RATES, KEY_SOURCE
 from .arch import ConvertOptions, find_architecture
+from .groups import add_groups, budget_groups, load_plan
 from .hparams import read_config
 from .quant_policy import QuantPolicy, file_type
 from .requantize import requantize
@@ -31,6 +32,8 @@ def convert(
     threshold: float | None = None,
     vocab_pre: str | None = None,
     name: str | None = None,
+    groups: int | None = None,
+    group_plan: str | os.PathLike[str] | None = None,
     progress: bool = False,
 ) -> Path:
     """Converts model_dir (an HF checkpoint directory, or a .gguf file to re-quantize) to out_path.
@@ -39,11 +42,12 @@ def convert(
     which type); predictors: a PowerInfer predictor directory (relu-llama checkpoints); pred_type: the predictors'
     type; down_layout: transposed | standard | both (default: transposed for ReLU-family models, else standard);
     threshold: the predictor threshold to store (default: the checkpoint's, else 0.0); vocab_pre: llama.cpp's
-    pre-tokenizer name for a BPE vocabulary whose tokenizer.json structure is not recognised.
+    pre-tokenizer name for a BPE vocabulary whose tokenizer.json structure is not recognised; groups: G, adds the
+    grouped route's tensors (convert/groups.py), neurons ordered and top-k set by group_plan when given.
     Raises turbosparse.errors.ConvertError naming the file and tensor or key; leaves no partial output behind."""
     src, out = Path(model_dir), Path(out_path)
     if src.is_file() and src.suffix == ".gguf":
-        if predictors is not None or down_layout is not None or threshold is not None:
+        if predictors is not None or down_layout is not None or threshold is not None or groups is not None:
             raise ValueError("re-quantizing a GGUF file takes only outtype and pred_type")
         return requantize(src, out, outtype, pred_type=pred_type, progress=progress)
     config = read_config(src)
@@ -55,6 +59,16 @@ def convert(
     hp = arch.hparams()
     specs = arch.tensors()
     sparse_keys = arch.metadata()
+    if group_plan is not None and groups is None:
+        raise ValueError("group_plan needs groups (the group size it was planned for)")
+    if groups is not None:
+        grouping = (
+            load_plan(Path(group_plan), groups, hp.n_layer, hp.n_ff)
+            if group_plan is not None
+            else budget_groups(groups, hp.n_ff, sparse_keys.get(KEY_PREDICTED_RATES), str(src))
+        )
+        specs = add_groups(specs, grouping, hp.n_layer, hp.n_ff, hp.n_embd)
+        sparse_keys |= grouping.metadata()
     vocab = load_vocab(src, hp.vocab_size, vocab_pre)
     policy = QuantPolicy.from_names(outtype, pred_type, tied=hp.tied_embeddings)
     types = [policy.type_for(s.role, s.shape) for s in specs]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 
 def turbosparse(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "turbosparse", *args], capture_output=True, text=True, timeout=300)
@@ -78,6 +80,24 @@ def test_bench_json_on_a_synthetic_pair(tmp_path) -> None:
     # figures from different machines are never mixed up: the CPU and the kernels it ran are stamped
     machine = report["machine"]
     assert machine["cpu"] and machine["kernel_isas"] and machine["commit"]
+
+
+def test_bench_grouped_route_on_a_synthetic_model(tmp_path) -> None:
+    """--groups G adds the grouped route to the synthetic model; its rows read are top-k groups of G."""
+    import json
+    import os
+
+    env = {**os.environ, "TURBOSPARSE_CACHE": str(tmp_path)}
+    args = ["bench", "--synthetic", "tiny", "--rank", "64", "--groups", "32", "--modes", "predictor,groups",
+            "-p", "8", "-n", "4", "-r", "1", "-t", "2", "--json"]  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "turbosparse", *args], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    groups = next(r for r in report["results"] if r["mode"] == "groups")
+    assert groups["decode_tok_s"] > 0 and groups["active_fraction"] == pytest.approx(2 * 32 / 768)  # 2 of 24 groups
+    assert "turbosparse/groups" in report["ratios"]
 
 
 def test_bench_batch_and_generate(tmp_path, smollm2_path) -> None:

@@ -35,8 +35,10 @@ from turbosparse.constants import (
     TENSOR_PRED_FC2,
 )
 from turbosparse.convert import convert
+from turbosparse.errors import ConvertError
 
 from hfcheckpoints import (
+    N_FF,
     N_LAYER,
     SPM_VOCAB,
     bamboo_model,
@@ -281,6 +283,36 @@ def test_bamboo_predictor_mode_runs(tmp_path: Path, bamboo_dir: Path, tokens: li
     assert stats["sparse_mode"] == "predictor" and stats["n_layer"] == N_LAYER
     assert all(0.0 < a < 1.0 for a in stats["active_fraction"])
     assert Model(out, n_threads=2, n_ctx=128).sparse_mode.name == "PREDICTOR"  # auto picks the predictors
+
+
+def test_bamboo_neuron_groups(tmp_path: Path, bamboo_dir: Path, tokens: list[int]) -> None:
+    """--groups with a plan: the neurons permuted by the plan leave the dense logits unchanged, the group tensors and
+    keys are written, and the grouped route reading every group is the dense model; without a plan, k per layer
+    spends the predicted rates' row budget."""
+    rng = np.random.default_rng(0)
+    plan = {"group_size": 32, "recall_target": 0.9, "top_k": [2, 3], "recall": [0.91, 0.93],
+            "order": [rng.permutation(N_FF).tolist() for _ in range(N_LAYER)], "rows_read": [0.5, 0.75]}  # fmt: skip
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    out = convert(bamboo_dir, tmp_path / "groups.gguf", outtype="f32", groups=32, group_plan=tmp_path / "plan.json")
+    want = torch_logits(bamboo_dir, tokens)
+    assert rel_error(engine_logits(out, tokens), want) <= F32_REL
+    keys, types = read_keys(out), tensor_types(out)
+    assert keys["turbosparse.group_size"] == 32 and keys["turbosparse.group_top_k"] == [2, 3]
+    assert {"blk.1.ffn_pred_groups.weight", "blk.1.ffn_down_groups.weight"} <= set(types)
+    grouped = Model(out, n_threads=2, n_ctx=128, sparse="groups")
+    assert grouped.group_top_k == [2, 3] and grouped.sparse_name == "groups"
+    assert np.isfinite(grouped.eval_logits(tokens)).all()
+    grouped.group_top_k = [N_FF // 32] * N_LAYER
+    assert rel_error(grouped.eval_logits(tokens), want) <= 1e-3  # F16 KV cache
+    budget = convert(bamboo_dir, tmp_path / "budget.gguf", outtype="q8_0", groups=32)
+    assert read_keys(budget)["turbosparse.group_top_k"] == [2, 3]  # ceil(predicted rate 0.3 / 0.6 x 4 groups)
+    with pytest.raises(ConvertError, match="multiple of 32"):
+        convert(bamboo_dir, tmp_path / "bad.gguf", outtype="f32", groups=48)
+    plan["order"][1] = [0] * N_FF
+    (tmp_path / "bad.json").write_text(json.dumps(plan))
+    with pytest.raises(ConvertError, match=r"order\[1\] is not a permutation"):
+        convert(bamboo_dir, tmp_path / "bad.gguf", outtype="f32", groups=32, group_plan=tmp_path / "bad.json")
+    assert not (tmp_path / "bad.gguf").exists()
 
 
 def test_llama_cpp_reads_vocab_but_refuses_full_load(tmp_path: Path, bamboo_dir: Path) -> None:

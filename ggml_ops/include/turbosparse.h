@@ -26,8 +26,9 @@ enum ts_ffn_act {
 enum ts_sparse_mode {
     TS_SPARSE_OFF = 0,       /* dense ggml mul_mat */
     TS_SPARSE_PREDICTOR = 1, /* active set = {j : predictor logit_j >= threshold} */
-    TS_SPARSE_EXACT = 2      /* dense gate, active set = {j : act(gate_j) != 0 and |act(gate_j)| >= t_gate[layer]},
+    TS_SPARSE_EXACT = 2,     /* dense gate, active set = {j : act(gate_j) != 0 and |act(gate_j)| >= t_gate[layer]},
                                 act = relu (ReLU-gated FFNs) or silu (SwiGLU); see ts_context_set_ffn_thresholds */
+    TS_SPARSE_GROUPS = 3     /* the top-k neuron groups by predicted score, in standard ggml ops (any backend) */
 };
 
 /* What the activation predictor reads: the residual before the FFN norm, as is or RMS-normalized. */
@@ -70,6 +71,7 @@ typedef struct ts_model_info {
     int32_t ffn_type;         /* ggml type id of the FFN up matrix */
     int32_t file_type;        /* general.file_type, -1 when absent */
     int32_t has_ffn_thresholds; /* turbosparse.gate_thresholds present: a calibrated file (turbosparse calibrate) */
+    int32_t group_size;       /* neurons per group of the grouped route (turbosparse.group_size), 0 = no groups */
     uint64_t n_params;        /* weights in the file (elements) */
     uint64_t n_bytes;         /* tensor bytes in the file */
     int32_t n_expert;         /* mixture of experts: experts per layer (0: a dense FFN) */
@@ -126,6 +128,10 @@ int32_t ts_model_get_tensor(const ts_model *model, const char *name, int32_t *ty
                             uint64_t *nbytes, char *err, size_t err_size);
 /* The file's per-layer FFN thresholds (turbosparse.gate_thresholds / act_thresholds; 0 where absent), n_layer each. */
 void ts_model_get_ffn_thresholds(const ts_model *model, float *gate, float *act);
+
+/* The file's groups read per token, per layer (turbosparse.group_top_k); `top_k` has n_layer entries, zeros when
+   the file has no groups. */
+void ts_model_get_group_top_k(const ts_model *model, int32_t *top_k);
 
 /* ---- context: KV caches + graph evaluation ------------------------------------------------
  * A context holds n_seq sequences (0..n_seq-1), each with its own KV cache; the functions without a
@@ -188,6 +194,10 @@ float ts_context_threshold(const ts_context *ctx);
  */
 void ts_context_set_ffn_thresholds(ts_context *ctx, const float *gate, const float *act);
 void ts_context_get_ffn_thresholds(const ts_context *ctx, float *gate, float *act);
+/* Groups read per token in each layer (n_layer entries, each in 1..n_ff / group_size), used from the next evaluation
+   on by the grouped route; a context starts with the file's. Returns 0, or -1 (err filled) on a value out of range. */
+int32_t ts_context_set_group_top_k(ts_context *ctx, const int32_t *top_k, char *err, size_t err_size);
+void ts_context_get_group_top_k(const ts_context *ctx, int32_t *top_k);
 /* 1: predictor mode also computes every neuron, to count how many active ones the predictor missed. */
 void ts_context_set_measure_recall(ts_context *ctx, int32_t on);
 /* Copies the per-layer counters into stats[n_layer]. */

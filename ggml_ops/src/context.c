@@ -1,5 +1,6 @@
 /* Context lifetime, KV cache, and evaluation of token batches through the forward graph. */
 #include "context.h"
+#include "grouped_ffn.h"
 
 #include "ggml-cpu.h"
 #include "moe_ffn.h"
@@ -66,6 +67,13 @@ static int check_params(const ts_model *m, const ts_context_params *p, char *err
             }
         }
         return ts_set_error(err, err_size, "%s: predictor mode needs activation predictors; the file has none", m->file->path);
+    case TS_SPARSE_GROUPS:
+        if (in->group_size == 0) {
+            return ts_set_error(err, err_size,
+                                "%s: the grouped route needs neuron groups (turbosparse.group_size): convert with --groups",
+                                m->file->path);
+        }
+        return 0;
     default:
         return ts_set_error(err, err_size, "unknown sparse mode %d", p->sparse_mode);
     }
@@ -74,9 +82,12 @@ static int check_params(const ts_model *m, const ts_context_params *p, char *err
 static int init_sparse_layers(ts_context *c, char *err, size_t err_size) {
     const ts_model *m = c->model;
     c->sparse = calloc((size_t)m->info.n_layer, sizeof(*c->sparse));
-    if (c->sparse == NULL) {
+    c->group_top_k = malloc(sizeof(int32_t) * (size_t)m->info.n_layer);
+    c->group_ids = calloc((size_t)m->info.n_layer, sizeof(*c->group_ids));
+    if (c->sparse == NULL || c->group_top_k == NULL || c->group_ids == NULL) {
         return ts_set_error(err, err_size, "out of memory");
     }
+    ts_model_get_group_top_k(m, c->group_top_k);
     for (int il = 0; il < m->info.n_layer; il++) {
         ts_sparse_layer *s = &c->sparse[il];
         s->ffn_act = m->info.ffn_act;
@@ -184,6 +195,11 @@ static void drop_graph(ts_context *c) {
     }
 }
 
+/* Forgets the chosen-group tensors of the last graph: the next graph build sets those it has. */
+static void clear_group_ids(ts_context *c) {
+    memset(c->group_ids, 0, sizeof(*c->group_ids) * (size_t)c->model->info.n_layer);
+}
+
 void ts_context_free(ts_context *c) {
     if (c == NULL) {
         return;
@@ -203,6 +219,8 @@ void ts_context_free(ts_context *c) {
     }
     free(c->sparse);
     ts_moe_free(c);
+    free(c->group_top_k);
+    free(c->group_ids);
     free(c->k_cache);
     free(c->v_cache);
     free(c->graph_meta);
@@ -289,6 +307,34 @@ void ts_context_set_measure_recall(ts_context *c, int32_t on) {
 void ts_context_get_stats(const ts_context *c, ts_layer_stats *stats) {
     for (int il = 0; il < c->model->info.n_layer; il++) {
         stats[il] = c->sparse[il].stats;
+    }
+}
+
+int32_t ts_context_set_group_top_k(ts_context *c, const int32_t *top_k, char *err, size_t err_size) {
+    const ts_model_info *in = &c->model->info;
+    const int32_t n_groups = in->group_size > 0 ? in->n_ff / in->group_size : 0;
+    for (int il = 0; il < in->n_layer; il++) {
+        if (top_k[il] < 1 || top_k[il] > n_groups) {
+            return ts_set_error(err, err_size, "group top-k of layer %d = %d is out of range (1..%d groups)", il,
+                                top_k[il], n_groups);
+        }
+    }
+    memcpy(c->group_top_k, top_k, sizeof(int32_t) * (size_t)in->n_layer);
+    drop_graph(c); /* k is part of the graph */
+    return 0;
+}
+
+void ts_context_get_group_top_k(const ts_context *c, int32_t *top_k) {
+    memcpy(top_k, c->group_top_k, sizeof(int32_t) * (size_t)c->model->info.n_layer);
+}
+
+/* The grouped route's rows read by the evaluation just computed, into the layers' counters. */
+static void count_groups(ts_context *c) {
+    const ts_model_info *in = &c->model->info;
+    for (int il = 0; il < in->n_layer; il++) {
+        if (c->group_ids[il] != NULL) {
+            ts_grouped_count(c->group_ids[il], in->group_size, in->n_ff / in->group_size, &c->sparse[il].stats);
+        }
     }
 }
 
@@ -393,6 +439,7 @@ static int prepare_graph(ts_context *c, const ts_group *groups, int32_t n_groups
     g->dense_ffn = dense_ffn;
     g->n_groups = n_groups;
     memcpy(g->groups, groups, sizeof(*groups) * (size_t)n_groups);
+    clear_group_ids(c);
     int rc = ts_graph_build(c, ctx0, g);
     if (rc == 0) {
         rc = alloc_graph(c, g->gf, n_tokens, err, err_size);
@@ -445,6 +492,7 @@ static int eval_groups(ts_context *c, const ts_group *groups, int32_t n_groups, 
         drop_graph(c);
         return -1;
     }
+    count_groups(c);
     for (int32_t i = 0; i < n_groups; i++) {
         c->n_past[groups[i].seq] += groups[i].n_tokens;
     }
@@ -593,6 +641,7 @@ int32_t ts_context_eval_ffn(ts_context *c, int32_t layer, const float *h, int32_
         return -1;
     }
     struct ggml_tensor *in = NULL, *res = NULL;
+    clear_group_ids(c);
     struct ggml_cgraph *gf = ts_graph_build_ffn(c, ctx0, layer, n_tokens, dense_ffn, &in, &res);
     int rc = alloc_graph(c, gf, n_tokens, err, err_size);
     if (rc == 0) {
@@ -600,8 +649,10 @@ int32_t ts_context_eval_ffn(ts_context *c, int32_t layer, const float *h, int32_
         rc = compute_graph(c, gf, err, err_size);
     }
     if (rc == 0) {
+        count_groups(c);
         memcpy(out, res->data, ggml_nbytes(res));
     }
     ggml_free(ctx0);
+    clear_group_ids(c);
     return rc;
 }

@@ -61,6 +61,8 @@ struct ts_context {
     ts_sparse_layer *sparse; /* per layer: what the sparse FFN nodes read and count */
     ts_sparse_layer *expert_sparse;         /* mixture of experts: the same per layer and expert (layer-major), or NULL */
     struct ts_expert_counts *expert_counts; /* mixture of experts: tokens routed per layer and expert (moe_ffn.h) */
+    int32_t *group_top_k;    /* per layer: groups the grouped route reads per token */
+    struct ggml_tensor **group_ids; /* per layer: the cached graph's chosen groups (grouped route), else NULL */
 
     ggml_gallocr_t galloc;
     void *graph_meta; /* memory for graph/tensor metadata (no data) */

@@ -8,6 +8,7 @@
  *   logits = output @ norm(x)
  */
 #include "context.h"
+#include "grouped_ffn.h"
 
 #include "ggml-cpu.h"
 #include "moe_ffn.h"
@@ -121,6 +122,9 @@ static struct ggml_tensor *ffn(ts_context *ctx, struct ggml_context *ctx0, int i
     const int32_t n_threads = ctx->params.n_threads;
     if (m->info.n_expert > 0) {
         return ts_moe_ffn(ctx, ctx0, il, ffn_inp, cur, dense_ffn || ctx->params.sparse_mode == TS_SPARSE_OFF);
+    }
+    if (!dense_ffn && ctx->params.sparse_mode == TS_SPARSE_GROUPS) {
+        return ts_grouped_ffn(ctx0, m, il, ffn_inp, cur, ctx->group_top_k[il], &ctx->group_ids[il]);
     }
     if (runs_dense(ctx, il, dense_ffn)) {
         struct ggml_tensor *up = matmul_bias(ctx0, l->ffn_up, l->ffn_up_b, cur);

@@ -570,6 +570,62 @@ static int check_predictor_ranks(ts_model *m, char *err, size_t err_size) {
     return rc < 0 ? -1 : 0;
 }
 
+/*
+ * The grouped route (grouped_ffn.h), when turbosparse.group_size is present: per layer the group scores
+ * blk.N.ffn_pred_groups.weight [rank, n_ff/G] and the down slices blk.N.ffn_down_groups.weight [G, n_embd, n_ff/G],
+ * and turbosparse.group_top_k[n_layer] in 1..n_ff/G. Needs a predictor in every layer.
+ */
+static int plan_groups(ts_model *m, plan *p, char *err, size_t err_size) {
+    ts_model_info *in = &m->info;
+    int64_t g = 0;
+    int rc = ts_gguf_get_i64(m->file, "turbosparse.group_size", &g, 0, err, err_size);
+    if (rc != 0) {
+        return rc < 0 ? -1 : 0;
+    }
+    if (g <= 0 || in->n_ff % g != 0) {
+        return ts_set_error(err, err_size, "%s: turbosparse.group_size = %lld must divide feed_forward_length %d",
+                            m->file->path, (long long)g, in->n_ff);
+    }
+    if (!in->has_predictors) {
+        return ts_set_error(err, err_size, "%s: turbosparse.group_size is set but not every layer has a predictor",
+                            m->file->path);
+    }
+    const int64_t n_groups = in->n_ff / g;
+    int64_t *top_k = malloc(sizeof(int64_t) * (size_t)in->n_layer);
+    if (top_k == NULL) {
+        return ts_set_error(err, err_size, "out of memory");
+    }
+    rc = ts_gguf_get_arr_i64(m->file, "turbosparse.group_top_k", top_k, in->n_layer, 1, err, err_size);
+    for (int il = 0; rc == 0 && il < in->n_layer; il++) {
+        if (top_k[il] < 1 || top_k[il] > n_groups) {
+            rc = ts_set_error(err, err_size, "%s: turbosparse.group_top_k[%d] = %lld is out of range (1..%lld groups)",
+                              m->file->path, il, (long long)top_k[il], (long long)n_groups);
+        }
+        m->group_top_k[il] = (int32_t)top_k[il];
+    }
+    free(top_k);
+    for (int il = 0; rc == 0 && il < in->n_layer; il++) {
+        ts_layer *l = &m->layers[il];
+        rc = want(m, p, ROLE_MATRIX, &l->pred_groups, 1, 2, m->pred_rank[il], n_groups, "blk.%d.ffn_pred_groups.weight",
+                  il, err, err_size);
+        binding *b = rc == 0 ? plan_add(p, ROLE_DOWN_T, &l->ffn_down_groups, 3, g, in->n_embd,
+                                        "blk.%d.ffn_down_groups.weight", il)
+                             : NULL;
+        if (rc == 0 && b == NULL) {
+            rc = ts_set_error(err, err_size, "out of memory");
+        }
+        if (b != NULL) {
+            b->ne[2] = n_groups;
+            rc = resolve(m, b, 1, err, err_size);
+            if (rc != 0) {
+                p->n--;
+            }
+        }
+    }
+    in->group_size = rc == 0 ? (int32_t)g : 0;
+    return rc == 0 ? 0 : -1;
+}
+
 /* Optional per-layer thresholds of a calibrated file (turbosparse calibrate): non-negative, one per layer. */
 static int load_threshold_array(ts_model *m, const char *key, float *out, char *err, size_t err_size) {
     const int rc = ts_gguf_get_arr_f32(m->file, key, out, m->info.n_layer, 0, err, err_size);
@@ -628,7 +684,10 @@ static int build_plan(ts_model *m, plan *p, char *err, size_t err_size) {
             return -1;
         }
     }
-    return check_predictor_ranks(m, err, err_size);
+    if (check_predictor_ranks(m, err, err_size) != 0) {
+        return -1;
+    }
+    return plan_groups(m, p, err, err_size);
 }
 
 /* ---- placement and allocation ---------------------------------------------------------------- */
@@ -770,7 +829,8 @@ ts_model *ts_model_load(const char *path, const ts_model_params *params, char *e
         m->pred_rank = calloc(n, sizeof(int32_t));
         m->gate_threshold = calloc(n, sizeof(float));
         m->act_threshold = calloc(n, sizeof(float));
-        rc = (m->layers && m->pred_rank && m->gate_threshold && m->act_threshold)
+        m->group_top_k = calloc(n, sizeof(int32_t));
+        rc = (m->layers && m->pred_rank && m->gate_threshold && m->act_threshold && m->group_top_k)
                  ? build_plan(m, &p, err, err_size)
                  : ts_set_error(err, err_size, "out of memory");
     }
@@ -820,6 +880,7 @@ void ts_model_free(ts_model *m) {
     free(m->pred_rank);
     free(m->gate_threshold);
     free(m->act_threshold);
+    free(m->group_top_k);
     free(m);
 }
 
@@ -829,6 +890,10 @@ void ts_model_get_info(const ts_model *m, ts_model_info *info) {
 
 void ts_model_get_predictor_ranks(const ts_model *m, int32_t *ranks) {
     memcpy(ranks, m->pred_rank, sizeof(int32_t) * (size_t)m->info.n_layer);
+}
+
+void ts_model_get_group_top_k(const ts_model *m, int32_t *top_k) {
+    memcpy(top_k, m->group_top_k, sizeof(int32_t) * (size_t)m->info.n_layer);
 }
 
 void ts_model_get_ffn_thresholds(const ts_model *m, float *gate, float *act) {

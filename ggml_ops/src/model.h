@@ -34,6 +34,8 @@ typedef struct ts_layer {
     struct ggml_tensor *ffn_down_t_exps; /* [n_embd, n_ff, n_expert]: row j of expert e = its neuron j's output */
     struct ggml_tensor *pred_fc1_exps;   /* [n_embd, rank, n_expert] per-expert predictors, optional */
     struct ggml_tensor *pred_fc2_exps;   /* [rank, n_ff, n_expert] */
+    struct ggml_tensor *pred_groups;     /* [rank, n_ff/G]: fc2 rows summed per neuron group (grouped route) */
+    struct ggml_tensor *ffn_down_groups; /* [G, n_embd, n_ff/G]: group g's slice of down (grouped route) */
 } ts_layer;
 
 struct ts_model {
@@ -58,6 +60,7 @@ struct ts_model {
     int32_t *pred_rank;              /* per layer, 0 = no predictor */
     float *gate_threshold;           /* per layer, turbosparse.gate_thresholds (0 when absent) */
     float *act_threshold;            /* per layer, turbosparse.act_thresholds (0 when absent) */
+    int32_t *group_top_k;            /* per layer, turbosparse.group_top_k: groups read per token (grouped route) */
     int32_t sparse_rows;             /* loaded with ts_model_params.sparse_rows: FFN row matrices not repacked */
 
     /* what sparse decoding reads of a standard-only down matrix (down_rows.c): per layer column groups or down_t */

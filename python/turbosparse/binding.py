@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -31,6 +32,7 @@ class SparseMode(enum.IntEnum):
     OFF = 0
     PREDICTOR = 1
     EXACT = 2
+    GROUPS = 3  # top-k neuron groups in standard ggml ops (ggml_ops/src/grouped_ffn.h)
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,7 @@ class ModelInfo:
     ffn_type: int
     file_type: int
     has_ffn_thresholds: bool  # a calibrated file (turbosparse calibrate): per-layer FFN thresholds
+    group_size: int  # neurons per group of the grouped route, 0 = the file has no groups
     n_params: int
     n_bytes: int
     n_expert: int  # mixture of experts: experts per layer (0: a dense FFN)
@@ -156,6 +159,9 @@ class NativeModel:
         gate, act = ffi.new("float[]", self.info.n_layer), ffi.new("float[]", self.info.n_layer)
         lib.ts_model_get_ffn_thresholds(self._handle, gate, act)
         self.ffn_thresholds = FfnThresholds(list(gate), list(act))
+        top_k = ffi.new("int32_t[]", self.info.n_layer)
+        lib.ts_model_get_group_top_k(self._handle, top_k)
+        self.group_top_k: list[int] = list(top_k)  # groups read per token per layer (zeros: no groups)
 
     @property
     def handle(self) -> Any:
@@ -260,6 +266,22 @@ class NativeContext:
         self._lib.lib.ts_context_set_ffn_thresholds(
             self._handle, ffi.from_buffer("float[]", arrays[0]), ffi.from_buffer("float[]", arrays[1])
         )
+
+    @property
+    def group_top_k(self) -> list[int]:
+        """Groups the grouped route reads per token, per layer."""
+        top_k = self._lib.ffi.new("int32_t[]", self._model.info.n_layer)
+        self._lib.lib.ts_context_get_group_top_k(self._handle, top_k)
+        return list(top_k)
+
+    @group_top_k.setter
+    def group_top_k(self, value: Sequence[int]) -> None:
+        n = self._model.info.n_layer
+        if len(value) != n:
+            raise ValueError(f"group_top_k needs {n} values (one per layer), got {len(value)}")
+        top_k = self._lib.ffi.new("int32_t[]", [int(k) for k in value])
+        if self._lib.lib.ts_context_set_group_top_k(self._handle, top_k, self._err.buf, _ERR_SIZE) != 0:
+            raise ValueError(self._err.message)
 
     @property
     def model(self) -> NativeModel:

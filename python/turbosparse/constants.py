@@ -27,6 +27,10 @@ KEY_ACT_THRESHOLDS: Final = "turbosparse.act_thresholds"  # f32[n_layer]
 KEY_CALIBRATED_SPARSITY: Final = "turbosparse.calibrated_sparsity"  # f32, target share of up + down rows skipped
 KEY_CALIBRATED_UP_RATES: Final = "turbosparse.calibrated_up_rates"  # f32[n_layer], up rows computed, calibration text
 KEY_CALIBRATED_DOWN_RATES: Final = "turbosparse.calibrated_down_rates"  # f32[n_layer], down rows read, same text
+# the grouped route (ggml_ops/src/grouped_ffn.h): neurons in groups of G consecutive ones, the top-k groups read
+KEY_GROUP_SIZE: Final = "turbosparse.group_size"  # u32 G, a multiple of 32
+KEY_GROUP_TOP_K: Final = "turbosparse.group_top_k"  # u32[n_layer], groups read per token
+KEY_GROUP_RECALL: Final = "turbosparse.group_recall"  # f32[n_layer], measured share of active neurons in the top k
 
 FFN_ACTIVATIONS: Final = ("swiglu", "reglu", "drelu")  # silu(g)*u, relu(g)*u, relu(g)*relu(u)
 PREDICTOR_INPUTS: Final = ("residual", "residual_rmsnorm")  # h as is, or h / rms(h) (no weight)
@@ -40,6 +44,8 @@ TENSOR_FFN_DOWN: Final = "blk.{}.ffn_down.weight"  # ggml ne {n_ff, n_embd}: the
 TENSOR_FFN_DOWN_T: Final = "blk.{}.ffn_down_t.weight"  # ne {n_embd, n_ff}: row j = neuron j's output vector
 TENSOR_PRED_FC1: Final = "blk.{}.ffn_pred_fc1.weight"  # ne {n_embd, rank}
 TENSOR_PRED_FC2: Final = "blk.{}.ffn_pred_fc2.weight"  # ne {rank, n_ff}
+TENSOR_PRED_GROUPS: Final = "blk.{}.ffn_pred_groups.weight"  # ne {rank, n_ff/G}: fc2 rows summed per group
+TENSOR_FFN_DOWN_GROUPS: Final = "blk.{}.ffn_down_groups.weight"  # ne {G, n_embd, n_ff/G}: group g's down columns
 
 # mixture of experts (llama.cpp's names; ggml ne, experts along ne2)
 TENSOR_FFN_GATE_INP: Final = "blk.{}.ffn_gate_inp.weight"  # ne {n_embd, n_expert}: the router

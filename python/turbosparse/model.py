@@ -23,11 +23,12 @@ from .tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
 
-SparseName = Literal["off", "predictor", "exact", "auto"]
+SparseName = Literal["off", "predictor", "exact", "groups", "auto"]
 _MODE_NAMES: dict[SparseMode, str] = {
     SparseMode.OFF: "off",
     SparseMode.PREDICTOR: "predictor",
     SparseMode.EXACT: "exact",
+    SparseMode.GROUPS: "groups",
 }
 
 
@@ -59,7 +60,13 @@ def resolve_sparse_mode(sparse: str, info: ModelInfo, path: str) -> SparseMode:
                 f"is {info.ffn_act.name.lower()} without thresholds: run `turbosparse calibrate` on it first"
             )
         return SparseMode.EXACT
-    raise ValueError(f"sparse must be one of 'off', 'predictor', 'exact', 'auto'; got {sparse!r}")
+    if sparse == "groups":
+        if not info.group_size:
+            raise ValueError(
+                f"{path}: sparse='groups' needs neuron groups (turbosparse.group_size); convert the model with --groups"
+            )
+        return SparseMode.GROUPS
+    raise ValueError(f"sparse must be one of 'off', 'predictor', 'exact', 'groups', 'auto'; got {sparse!r}")
 
 
 @dataclass
@@ -87,8 +94,9 @@ class _Teacher:
 class Model:
     """A GGUF model on the turbosparse engine.
 
-    sparse: "off" (dense), "predictor", "exact", or "auto" (predictor if the file has predictors, exact for
-    ReLU-gated FFNs without them, dense otherwise).
+    sparse: "off" (dense), "predictor", "exact", "groups" (the top-k neuron groups of a file converted with
+    --groups, in standard ggml ops), or "auto" (predictor if the file has predictors, exact for ReLU-gated FFNs
+    without them, dense otherwise).
 
     n_seq sequences, each with its own KV cache of n_ctx tokens: generations running at the same time (threads,
     open streams, a server's requests) each decode in their own one, and step() advances several of them in one
@@ -164,7 +172,7 @@ class Model:
 
     @property
     def sparse_name(self) -> str:
-        """The sparse mode in use: "off", "predictor" or "exact"."""
+        """The sparse mode in use: "off", "predictor", "exact" or "groups"."""
         return _MODE_NAMES[self.sparse_mode]
 
     @property
@@ -403,6 +411,16 @@ class Model:
     def threshold(self, value: float) -> None:
         with self._lock:
             self._ctx.threshold = value
+
+    @property
+    def group_top_k(self) -> list[int]:
+        """Groups mode: the neuron groups read per token in each layer (a file converted with --groups sets them)."""
+        return self._ctx.group_top_k
+
+    @group_top_k.setter
+    def group_top_k(self, value: Sequence[int]) -> None:
+        with self._lock:
+            self._ctx.group_top_k = value
 
     def set_measure_recall(self, on: bool) -> None:
         """Predictor mode: also compute every neuron, so stats() can report the predictor's recall."""

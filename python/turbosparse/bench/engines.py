@@ -13,7 +13,7 @@ from ..binding import ExpertStats, LayerStats, NativeContext, NativeModel, Spars
 
 class Engine(Protocol):
     name: str  # "llama.cpp" | "turbosparse"
-    mode: str  # "dense" | "predictor" | "exact"
+    mode: str  # "dense" | "predictor" | "exact" | "groups"
 
     def prefill(self, tokens: list[int]) -> np.ndarray:
         """Logits of the last prompt token, from an empty context."""
@@ -24,7 +24,12 @@ class Engine(Protocol):
         ...
 
 
-_MODES = {"dense": SparseMode.OFF, "predictor": SparseMode.PREDICTOR, "exact": SparseMode.EXACT}
+_MODES = {
+    "dense": SparseMode.OFF,
+    "predictor": SparseMode.PREDICTOR,
+    "exact": SparseMode.EXACT,
+    "groups": SparseMode.GROUPS,
+}
 
 
 @dataclass

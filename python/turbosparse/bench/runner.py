@@ -55,8 +55,10 @@ class TensorBytes:
     output: int  # output head and final norm (the embedding is read one row per token)
     gate: list[int]
     up: list[int]
-    down: list[int]  # ffn_down or ffn_down_t (one of them is read)
-    predictor: list[int]
+    down: list[int]  # ffn_down, ffn_down_t or ffn_down_groups (one of them is read)
+    predictor: list[int]  # fc1 + fc2 (the neuron route's predictor)
+    group_scores: list[int]  # ffn_pred_groups: the grouped route reads fc1 and these instead of fc2
+    fc2: list[int]
 
     @property
     def ffn(self) -> int:
@@ -81,7 +83,7 @@ def tensor_bytes(path: Path) -> TensorBytes:
     n_expert, n_used = (reader.get_field(f"{C.ARCHITECTURE}.{k}") for k in ("expert_count", "expert_used_count"))
     expert_share = int(n_used.contents()) / int(n_expert.contents()) if n_expert is not None else 1.0
     n_layer = 1 + max(int(t.name.split(".")[1]) for t in reader.tensors if t.name.startswith("blk."))
-    per_layer = {k: [0] * n_layer for k in ("gate", "up", "down", "pred")}
+    per_layer = {k: [0] * n_layer for k in ("gate", "up", "down", "pred", "groups", "fc2")}
     attention = output = 0
     for t in reader.tensors:
         size = int(t.n_bytes)
@@ -96,13 +98,17 @@ def tensor_bytes(path: Path) -> TensorBytes:
             per_layer["gate"][layer] += size
         elif kind == "ffn_up":
             per_layer["up"][layer] += size
-        elif kind in ("ffn_down", "ffn_down_t"):
+        elif kind in ("ffn_down", "ffn_down_t", "ffn_down_groups"):
             per_layer["down"][layer] = max(per_layer["down"][layer], size)
+        elif kind == "ffn_pred_groups":
+            per_layer["groups"][layer] += size
         elif kind.startswith("ffn_pred") or kind in ("fc1", "fc2"):
             per_layer["pred"][layer] += size
+            per_layer["fc2"][layer] += size if kind in ("ffn_pred_fc2", "fc2") else 0
         else:
             attention += size
-    return TensorBytes(attention, output, per_layer["gate"], per_layer["up"], per_layer["down"], per_layer["pred"])
+    return TensorBytes(attention, output, per_layer["gate"], per_layer["up"], per_layer["down"], per_layer["pred"],
+                       per_layer["groups"], per_layer["fc2"])  # fmt: skip
 
 
 def calibrated_sparsity(path: Path) -> float | None:
@@ -124,12 +130,15 @@ def kv_bytes_per_token(path: Path, n_kv: int) -> int:
     return 2 * num("block_count") * n_kv * n_head_kv * head * 2
 
 
-def sparse_ffn_bytes(tb: TensorBytes, layer: int, stats: LayerStats, n_ff: int, exact: bool) -> float:
+def sparse_ffn_bytes(
+    tb: TensorBytes, layer: int, stats: LayerStats, n_ff: int, exact: bool, groups: bool = False
+) -> float:
     """FFN bytes layer read per token by sparse decoding, from its counters: the predictor (or, exact, the whole
-    gate), the computed rows of gate and up, the non-zero rows of down."""
+    gate; groups, fc1 and the group scores), the computed rows of gate and up, the non-zero rows of down."""
     computed = stats.n_computed / (stats.n_tokens * n_ff)
     nonzero = stats.n_nonzero / (stats.n_tokens * n_ff)
-    gate = tb.gate[layer] if exact else computed * tb.gate[layer] + tb.predictor[layer]
+    predictor = tb.predictor[layer] - tb.fc2[layer] + tb.group_scores[layer] if groups else tb.predictor[layer]
+    gate = tb.gate[layer] if exact else computed * tb.gate[layer] + predictor
     return gate + computed * tb.up[layer] + nonzero * tb.down[layer]
 
 
@@ -167,7 +176,8 @@ def measured_sparse_bytes(tb: TensorBytes, engine: TurbosparseEngine) -> SparseR
             active.append(1.0)
             kept.append(1.0)
             continue
-        total += sparse_ffn_bytes(tb, i, s, n_ff, exact=engine.mode == "exact" or tb.predictor[i] == 0)
+        exact = engine.mode == "exact" or tb.predictor[i] == 0
+        total += sparse_ffn_bytes(tb, i, s, n_ff, exact=exact, groups=engine.mode == "groups")
         active.append(s.n_computed / (s.n_tokens * n_ff))
         kept.append((s.n_computed + s.n_nonzero) / (2 * s.n_tokens * n_ff))
     return SparseReads(total, float(np.mean(active)), float(np.mean(kept)))

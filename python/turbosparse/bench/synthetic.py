@@ -76,13 +76,20 @@ class SyntheticSpec:
     rank: int = 1024  # predictor rank
     pred_quant: Q = Q.Q4_0
     seed: int = 0
+    groups: int = 0  # > 0: also the grouped route's tensors, groups of this many neurons, top-k = the active share
 
     @property
     def tag(self) -> str:
         return (
             f"{self.shape.name}-{self.quant.name.lower()}-a{self.active:g}-r{self.rank}-{self.pred_quant.name.lower()}"
-            f"-s{self.seed}"
+            f"-s{self.seed}{f'-g{self.groups}' if self.groups else ''}"
         )
+
+    @property
+    def group_top_k(self) -> int:
+        """Groups read per token: the predicted active share of the groups (the same rows as the neuron route)."""
+        n_groups = self.shape.n_ff // self.groups
+        return max(1, min(n_groups, round(self.active * n_groups)))
 
     @property
     def threshold(self) -> float:
@@ -153,20 +160,12 @@ class _Entry:
     cols: int
     qtype: Q
     produce: Callable[[], np.ndarray]
-    n_mats: int = 1  # > 1: that many matrices stacked (experts), numpy [n_mats, rows, cols]
+    planes: int = 1  # a 3-D tensor: planes x rows x cols
 
     @property
     def nbytes(self) -> int:
         info = gguf.GGML_QUANT_SIZES[self.qtype]
-        return self.n_mats * self.rows * self.cols // info[0] * info[1]
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        """The shape gguf-py takes: elements for F32, bytes per row for quantized types."""
-        if self.qtype == Q.F32:
-            return (self.cols,) if self.rows == 1 else (self.rows, self.cols)
-        row = (self.rows, self.nbytes // self.n_mats // self.rows)
-        return (self.n_mats, *row) if self.n_mats > 1 else row
+        return self.planes * self.rows * self.cols // info[0] * info[1]
 
 
 def _entries(spec: SyntheticSpec, sparse: bool) -> list[_Entry]:
@@ -204,6 +203,14 @@ def _entries(spec: SyntheticSpec, sparse: bool) -> list[_Entry]:
                 _Entry(C.TENSOR_PRED_FC1.format(i), spec.rank, s.n_embd, pq, lambda: _predictor(w, "fc1", pq)),
                 _Entry(C.TENSOR_PRED_FC2.format(i), s.n_ff, spec.rank, pq, lambda: _predictor(w, "fc2", pq)),
             ]
+            if spec.groups:
+                n_groups = s.n_ff // spec.groups
+                out += [
+                    _Entry(C.TENSOR_PRED_GROUPS.format(i), n_groups, spec.rank, pq,
+                           lambda: _predictor(w, "groups", pq, spec.groups)),
+                    _Entry(C.TENSOR_FFN_DOWN_GROUPS.format(i), s.n_embd, spec.groups, q,
+                           lambda n=n_groups: w.matrix("down_groups", n * s.n_embd, spec.groups, q, 0.05), n_groups),
+                ]  # fmt: skip
         else:
             out.append(mat(f"blk.{i}.ffn_down.weight", "down", s.n_embd, s.n_ff, 0.05))
     return [*out, norm("output_norm.weight"), mat("output.weight", "output", s.n_vocab, s.n_embd)]
@@ -215,7 +222,7 @@ def _expert_entries(spec: SyntheticSpec, w: _Weights, i: int, sparse: bool) -> l
     s, q, pq, n = spec.shape, spec.quant, spec.pred_quant, spec.shape.n_expert
 
     def stack(name: str, rows: int, cols: int, qtype: Q, one: Callable[[], np.ndarray]) -> _Entry:
-        return _Entry(name, rows, cols, qtype, lambda: np.stack([one()] * n), n_mats=n)
+        return _Entry(name, rows, cols, qtype, lambda: np.stack([one()] * n), planes=n)
 
     router = _Entry(C.TENSOR_FFN_GATE_INP.format(i), n, s.n_embd, Q.F32, lambda: w.matrix("router", n, s.n_embd, Q.F32))
     out = [
@@ -256,11 +263,14 @@ def _gate(w: _Weights, q: Q) -> np.ndarray:
     return w._cache[key]
 
 
-def _predictor(w: _Weights, which: str, q: Q) -> np.ndarray:
+def _predictor(w: _Weights, which: str, q: Q, group_size: int = 0) -> np.ndarray:
+    """fc1, fc2, or the group scores (fc2 rows summed per group of group_size)."""
     key = f"{which}-{q.name}"
     if key not in w._cache:
         _, fc1, fc2 = w.gate_and_predictor()
-        m = fc1 if which == "fc1" else fc2
+        m = {"fc1": fc1, "fc2": fc2}.get(which)
+        if which == "groups":
+            m = fc2.reshape(-1, group_size, fc2.shape[1]).sum(axis=1)
         w._cache[key] = quantize(m, q) if q != Q.F32 else m
     return w._cache[key]
 
@@ -313,11 +323,20 @@ def _write(path: Path, spec: SyntheticSpec, *, sparse: bool) -> None:
         writer.add_float32(C.KEY_PREDICTOR_THRESHOLD, spec.threshold)
         writer.add_array(C.KEY_PREDICTOR_RANKS, [spec.rank] * s.n_layer)
         writer.add_string(C.KEY_SOURCE, "synthetic")
+        if spec.groups:
+            writer.add_uint32(C.KEY_GROUP_SIZE, spec.groups)
+            writer.add_array(C.KEY_GROUP_TOP_K, [spec.group_top_k] * s.n_layer)
     entries = _entries(spec, sparse)
     # shapes first (header), then the data in the same order, one tensor in memory at a time
     for e in entries:
+        # gguf-py takes quantized shapes in bytes per row
+        if e.qtype == Q.F32:
+            shape = (e.cols,) if e.rows == 1 else (e.rows, e.cols)  # norms; the MoE router
+        else:
+            shape = (e.rows, e.nbytes // (e.planes * e.rows))
+        shape = (e.planes, *shape) if e.planes > 1 else shape
         dtype = np.dtype(np.float32 if e.qtype == Q.F32 else np.uint8)
-        writer.add_tensor_info(e.name, e.shape, dtype, e.nbytes, raw_dtype=e.qtype)
+        writer.add_tensor_info(e.name, shape, dtype, e.nbytes, raw_dtype=e.qtype)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()

@@ -69,13 +69,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rank", type=int, default=1024, help="synthetic: predictor rank")
     p.add_argument("--pred-quant", default="q4_0", choices=sorted(QUANTS), help="synthetic: predictor type")
     p.add_argument(
+        "--groups",
+        type=int,
+        default=0,
+        metavar="G",
+        help="synthetic: add the grouped route (neuron groups of G, top-k = the active share) for --modes groups",
+    )
+    p.add_argument(
         "--sparsity",
         type=float,
         default=None,
         help="synthetic: calibrate the dense twin to this share of up/down rows skipped (turbosparse calibrate on "
         "random token ids, cached) and run exact mode on it instead of the dReLU model",
     )
-    p.add_argument("--modes", default="dense,predictor,exact", help="turbosparse modes to run (comma-separated)")
+    p.add_argument(
+        "--modes", default="dense,predictor,exact", help="turbosparse modes to run (comma-separated; also groups)"
+    )
     p.add_argument("--no-llama-cpp", action="store_true", help="skip llama.cpp")
     p.add_argument("-t", "--threads", type=int, default=2)
     p.add_argument("-p", "--prompt-tokens", type=int, default=64)
@@ -96,7 +105,7 @@ def _files(args: argparse.Namespace) -> tuple[Path, Path, float | None]:
                 raise ValueError(f"--layers must be >= 1, got {args.layers}")
             shape = with_layers(shape, args.layers)
         active = args.active if args.active is not None else (0.15 if shape.n_expert else 0.10)
-        spec = SyntheticSpec(shape, QUANTS[args.quant], active, args.rank, QUANTS[args.pred_quant])
+        spec = SyntheticSpec(shape, QUANTS[args.quant], active, args.rank, QUANTS[args.pred_quant], groups=args.groups)
         if shape.n_expert:
             print(moe_arithmetic(spec), file=sys.stderr)
         sparse, dense = synthetic_pair(spec)
@@ -121,6 +130,7 @@ def _modes(args: argparse.Namespace, sparse: Path) -> list[str]:
         m
         for m in modes
         if not (m == "predictor" and not info.has_predictors)
+        and not (m == "groups" and not info.group_size)
         # exact mode on SwiGLU needs a calibrated file (turbosparse calibrate)
         and not (m == "exact" and info.ffn_act.name == "SWIGLU" and not info.has_ffn_thresholds)
     ]

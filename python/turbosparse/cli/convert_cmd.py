@@ -28,6 +28,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threshold", type=float, default=None, help="predictor logit threshold to store")
     p.add_argument("--vocab-pre", default=None, help="llama.cpp pre-tokenizer name for an unrecognised BPE vocabulary")
     p.add_argument("--name", default=None, help="general.name (default: the checkpoint directory's name)")
+    p.add_argument(
+        "--groups",
+        type=int,
+        default=None,
+        metavar="G",
+        help="add the grouped sparse route (sparse='groups', any ggml backend): neurons in groups of G (32, 64, ...)",
+    )
+    p.add_argument(
+        "--group-plan",
+        type=Path,
+        default=None,
+        help="neuron order and top-k per layer (python -m turbosparse.predictor_train.groups writes it); "
+        "default: checkpoint order, k from the predictors' predicted rates",
+    )
     p.add_argument("--verbose", action="store_true", help="log each step")
     p.set_defaults(func=run)
 
@@ -43,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
         threshold=args.threshold,
         vocab_pre=args.vocab_pre,
         name=args.name,
+        groups=args.groups,
+        group_plan=args.group_plan,
         progress=sys.stderr.isatty(),
     )
     print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB)", file=sys.stderr)

@@ -18,10 +18,10 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-b", "--batch-size", type=int, default=512, help="tokens per prompt-evaluation batch")
     p.add_argument(
         "--sparse",
-        choices=("auto", "off", "predictor", "exact"),
+        choices=("auto", "off", "predictor", "exact", "groups"),
         default="auto",
         help="FFN sparsity while decoding (auto: predictor if the file has predictors, exact for ReLU FFNs and "
-        "calibrated files, else off)",
+        "calibrated files, else off; groups: the top-k neuron groups of a file converted with --groups)",
     )
     p.add_argument("--threshold", type=float, default=None, help="predictor logit threshold (default: the file's)")
     p.add_argument("--verbose", action="store_true", help="show llama.cpp's and turbosparse's log")

@@ -1,0 +1,140 @@
+"""Neuron groups for the grouped sparse route (ggml_ops/src/grouped_ffn.h), added to a conversion.
+
+Given a group size G and a plan (predictor_train/groups.py writes one from collected activations: a neuron order
+and top-k per layer), every layer's neurons are permuted by the plan's order - the rows of gate, up, their biases,
+fc2 and down_t, the columns of down: one permutation of the FFN's hidden units, so the dense FFN is unchanged - and
+two tensors are added per layer: the group scores (fc2 rows summed per group) and down sliced per group
+[n_groups, n_embd, G]. Without a plan the order is the checkpoint's and k per layer spends the neuron predictor's
+row budget: ceil(predicted rate * n_groups) (a plan calibrated on activations is better).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..constants import (
+    KEY_GROUP_RECALL,
+    KEY_GROUP_SIZE,
+    KEY_GROUP_TOP_K,
+    TENSOR_FFN_DOWN,
+    TENSOR_FFN_DOWN_GROUPS,
+    TENSOR_FFN_DOWN_T,
+    TENSOR_PRED_FC2,
+    TENSOR_PRED_GROUPS,
+)
+from ..errors import ConvertError
+from .arch.base import ROLE_MATRIX, ROLE_PREDICTOR, TensorSpec
+
+GROUP_BLOCK = 32  # G must be a multiple of the quant block so that down's per-group rows quantize
+
+# per layer, tensors whose rows (axis 0) or columns (axis 1) are the FFN's neurons
+_NEURON_ROWS = ("blk.{}.ffn_gate.weight", "blk.{}.ffn_up.weight", "blk.{}.ffn_gate.bias", "blk.{}.ffn_up.bias",
+                TENSOR_FFN_DOWN_T, TENSOR_PRED_FC2)  # fmt: skip
+_NEURON_COLUMNS = (TENSOR_FFN_DOWN,)
+
+
+@dataclass(frozen=True)
+class NeuronGroups:
+    size: int
+    top_k: list[int]
+    order: list[np.ndarray] | None  # per layer, None: the checkpoint's order
+    recall: list[float] | None = None  # measured by the plan
+
+    def metadata(self) -> dict[str, Any]:
+        meta: dict[str, Any] = {KEY_GROUP_SIZE: self.size, KEY_GROUP_TOP_K: self.top_k}
+        if self.recall is not None:
+            meta[KEY_GROUP_RECALL] = self.recall
+        return meta
+
+
+def check_group_size(size: int, n_ff: int) -> None:
+    if size <= 0 or size % GROUP_BLOCK or n_ff % size:
+        raise ConvertError(
+            f"--groups {size}: the group size must be a multiple of {GROUP_BLOCK} that divides n_ff = {n_ff}"
+        )
+
+
+def load_plan(path: Path, size: int, n_layer: int, n_ff: int) -> NeuronGroups:
+    """A plan file (predictor_train/groups.py), checked against the model."""
+    check_group_size(size, n_ff)
+    try:
+        plan = json.loads(Path(path).read_text())
+        top_k, order, recall = plan["top_k"], plan["order"], plan.get("recall")
+        if plan["group_size"] != size:
+            raise ConvertError(f"{path}: planned for groups of {plan['group_size']}, --groups says {size}")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConvertError(f"{path}: not a group plan ({e})") from e
+    if len(top_k) != n_layer or len(order) != n_layer:
+        raise ConvertError(f"{path}: top_k and order need {n_layer} entries (one per layer)")
+    orders = [np.asarray(o, dtype=np.int64) for o in order]
+    for layer, (k, o) in enumerate(zip(top_k, orders, strict=True)):
+        if not 1 <= k <= n_ff // size:
+            raise ConvertError(f"{path}: top_k[{layer}] = {k} is out of range (1..{n_ff // size})")
+        if o.shape != (n_ff,) or not np.array_equal(np.sort(o), np.arange(n_ff)):
+            raise ConvertError(f"{path}: order[{layer}] is not a permutation of the {n_ff} neurons")
+    return NeuronGroups(size, [int(k) for k in top_k], orders, [float(r) for r in recall] if recall else None)
+
+
+def budget_groups(size: int, n_ff: int, predicted_rates: Sequence[float] | None, where: str) -> NeuronGroups:
+    """Checkpoint order, k from the neuron predictor's measured predicted rates."""
+    check_group_size(size, n_ff)
+    if predicted_rates is None:
+        raise ConvertError(f"{where}: --groups without --group-plan needs the predictors' predicted_rates; "
+                           "plan the groups with `python -m turbosparse.predictor_train.groups`")  # fmt: skip
+    n_groups = n_ff // size
+    return NeuronGroups(size, [min(n_groups, max(1, math.ceil(r * n_groups))) for r in predicted_rates], None)
+
+
+def _per_group(load_down: Callable[[], np.ndarray], n_embd: int, n_groups: int, g: int) -> Callable[[], np.ndarray]:
+    """down [n_embd, n_ff] -> [n_groups, n_embd, G]: group k's G columns as n_embd rows"""
+    return lambda: np.ascontiguousarray(load_down().reshape(n_embd, n_groups, g).transpose(1, 0, 2))
+
+
+def _permuted(load: Callable[[], np.ndarray], order: np.ndarray, axis: int) -> Callable[[], np.ndarray]:
+    return lambda: np.take(load(), order, axis=axis)
+
+
+def _layer_of(name: str) -> int:
+    return int(name.split(".")[1]) if name.startswith("blk.") else -1
+
+
+def add_groups(specs: list[TensorSpec], groups: NeuronGroups, n_layer: int, n_ff: int, n_embd: int) -> list[TensorSpec]:
+    """specs with the neurons permuted and the group tensors added after each layer's tensors."""
+    by_name = {s.name: s for s in specs}
+    out: list[TensorSpec] = []
+    for spec in specs:
+        layer = _layer_of(spec.name)
+        axis = next((a for a, names in ((0, _NEURON_ROWS), (1, _NEURON_COLUMNS))
+                     if any(spec.name == n.format(layer) for n in names)), None)  # fmt: skip
+        if axis is not None and groups.order is not None:
+            if spec.encoded:
+                raise ConvertError(f"{spec.origin}: stored bytes cannot be regrouped (convert from the checkpoint)")
+            spec = TensorSpec(spec.name, spec.shape, spec.role, _permuted(spec.load, groups.order[layer], axis),
+                              spec.origin, spec.encoded)  # fmt: skip
+        out.append(spec)
+        by_name[spec.name] = spec
+    g, n_groups = groups.size, n_ff // groups.size
+    for layer in range(n_layer):
+        fc2 = by_name.get(TENSOR_PRED_FC2.format(layer))
+        if fc2 is None:
+            raise ConvertError(f"layer {layer} has no predictor: neuron groups are scored by the predictor")
+        rank = fc2.shape[1]
+        out.append(TensorSpec(TENSOR_PRED_GROUPS.format(layer), (n_groups, rank), ROLE_PREDICTOR,
+                              lambda fc2=fc2: fc2.load().reshape(n_groups, g, -1).sum(axis=1), fc2.origin))  # fmt: skip
+        down = by_name.get(TENSOR_FFN_DOWN.format(layer))
+        if down is not None:  # [n_embd, n_ff]
+            load_down = down.load
+        else:
+            down = by_name[TENSOR_FFN_DOWN_T.format(layer)]  # [n_ff, n_embd]
+            load_down = lambda down=down: down.load().T  # noqa: E731
+        out.append(TensorSpec(TENSOR_FFN_DOWN_GROUPS.format(layer), (n_groups, n_embd, g), ROLE_MATRIX,
+                              _per_group(load_down, n_embd, n_groups, g), down.origin))  # fmt: skip
+    out.sort(key=lambda s: _layer_of(s.name))
+    return out

@@ -1,0 +1,131 @@
+"""The grouped sparse route (ggml_ops/src/grouped_ffn.h: top-k neuron groups through ggml_mul_mat_id) against a
+float64 numpy reference over the stored weights, and the converter's grouping (convert/groups.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+
+from turbosparse.binding import NativeContext, NativeModel, SparseMode
+from turbosparse.errors import ModelLoadError
+
+from tinymodel import TinyConfig, ffn_activation, predictor_logits, random_weights, write_gguf
+
+Q = gguf.GGMLQuantizationType
+G = 32
+CFG = TinyConfig(act="drelu", n_ff=256)  # 8 groups of 32
+RANK = 16
+TOP_K = [3, 5]
+
+
+def group_tensors(weights: dict[str, np.ndarray], cfg: TinyConfig) -> dict[str, np.ndarray]:
+    """The grouped route's tensors in numpy order: scores [n_groups, rank], down [n_groups, n_embd, G]."""
+    out = dict(weights)
+    n_groups = cfg.n_ff // G
+    for i in range(cfg.n_layer):
+        fc2 = weights[f"blk.{i}.ffn_pred_fc2.weight"]
+        out[f"blk.{i}.ffn_pred_groups.weight"] = fc2.reshape(n_groups, G, -1).sum(axis=1)
+        down = weights[f"blk.{i}.ffn_down.weight"]  # [n_embd, n_ff]
+        out[f"blk.{i}.ffn_down_groups.weight"] = np.ascontiguousarray(
+            down.reshape(cfg.n_embd, n_groups, G).transpose(1, 0, 2)
+        )
+    return out
+
+
+def make(tmp_path: Path, qtype: Q, *, bias: bool = False, top_k: list[int] = TOP_K) -> tuple[Path, dict]:
+    weights = random_weights(CFG, seed=4, predictor_rank=RANK)
+    if bias:
+        rng = np.random.default_rng(9)
+        for i in range(CFG.n_layer):
+            weights[f"blk.{i}.ffn_gate.bias"] = (0.3 * rng.standard_normal(CFG.n_ff)).astype(np.float32)
+            weights[f"blk.{i}.ffn_up.bias"] = (0.3 * rng.standard_normal(CFG.n_ff)).astype(np.float32)
+            weights[f"blk.{i}.ffn_down.bias"] = (0.3 * rng.standard_normal(CFG.n_embd)).astype(np.float32)
+    path = tmp_path / f"grouped-{qtype.name}-{bias}.gguf"
+    extra = {"turbosparse.predictor_input": "residual_rmsnorm", "turbosparse.group_size": G,
+             "turbosparse.group_top_k": top_k}  # fmt: skip
+    # the predictor stays F32: the chosen groups then match the reference's exactly
+    stored = write_gguf(path, CFG, group_tensors(weights, CFG), qtype, extra_kv=extra, down_layout="both",
+                        predictor_qtype=Q.F32)  # fmt: skip
+    return path, stored
+
+
+def context(path: Path, mode: SparseMode, n_threads: int = 2) -> NativeContext:
+    return NativeContext(NativeModel(path), n_ctx=256, n_threads=n_threads, n_batch=512, sparse_mode=mode,
+                         threshold=None, kv_f32=True)  # fmt: skip
+
+
+def reference_ffn(w: dict[str, np.ndarray], layer: int, h: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(out [T, n_embd], chosen groups [T, k]) of the grouped route in float64."""
+    w = {k: v.astype(np.float64) for k, v in w.items() if k.startswith(f"blk.{layer}.")}
+    h = h.astype(np.float64)
+    b = f"blk.{layer}."
+    z = h / np.sqrt((h**2).mean(-1, keepdims=True) + CFG.rms_eps) * w[b + "ffn_norm.weight"]
+    logits = predictor_logits(w, layer, h, "residual_rmsnorm", CFG.rms_eps)
+    scores = logits.reshape(len(h), -1, G).sum(axis=2)
+    chosen = np.argsort(-scores, axis=1)[:, :top_k]
+    gate = z @ w[b + "ffn_gate.weight"].T + w.get(b + "ffn_gate.bias", 0.0)
+    up = z @ w[b + "ffn_up.weight"].T + w.get(b + "ffn_up.bias", 0.0)
+    a = ffn_activation("drelu", gate, up)
+    keep = np.zeros_like(a, dtype=bool)
+    for t, groups in enumerate(chosen):
+        for g in groups:
+            keep[t, g * G : (g + 1) * G] = True
+    out = (a * keep) @ w[b + "ffn_down.weight"].T + w.get(b + "ffn_down.bias", 0.0)
+    return out, chosen
+
+
+@pytest.mark.parametrize("n_threads", [1, 2])
+@pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
+@pytest.mark.parametrize("qtype", [Q.F32, Q.Q8_0, Q.Q4_0], ids=lambda q: q.name.lower())
+def test_grouped_ffn_matches_reference(tmp_path: Path, qtype: Q, bias: bool, n_threads: int) -> None:
+    path, stored = make(tmp_path, qtype, bias=bias)
+    h = np.random.default_rng(3).standard_normal((5, CFG.n_embd)).astype(np.float32)
+    ctx = context(path, SparseMode.GROUPS, n_threads)
+    for layer in range(CFG.n_layer):
+        ref, _ = reference_ffn(stored, layer, h, TOP_K[layer])
+        out = ctx.eval_ffn(layer, h, dense_ffn=False)
+        # ggml's quantized dot products take Q8_0 activations: a few tenths of a percent of the output's scale
+        tolerance = 1e-5 if qtype == Q.F32 else 0.02
+        assert np.abs(out - ref).max() <= tolerance * np.abs(ref).max(), layer
+        stats = ctx.layer_stats()[layer]
+        assert (stats.n_tokens, stats.n_computed) == (5, 5 * TOP_K[layer] * G)
+
+
+def test_rows_read_and_top_k_override(tmp_path: Path) -> None:
+    """Stats count k groups of G rows per token, n_union the groups any token chose; k can be changed per layer."""
+    path, stored = make(tmp_path, Q.F32)
+    h = np.random.default_rng(5).standard_normal((4, CFG.n_embd)).astype(np.float32)
+    ctx = context(path, SparseMode.GROUPS)
+    assert ctx.group_top_k == TOP_K and ctx.model.group_top_k == TOP_K and ctx.model.info.group_size == G
+    ctx.eval_ffn(1, h, dense_ffn=False)
+    _, chosen = reference_ffn(stored, 1, h, TOP_K[1])
+    assert ctx.layer_stats()[1].n_union == len(np.unique(chosen)) * G
+    n_groups = CFG.n_ff // G
+    ctx.group_top_k = [n_groups, n_groups]  # every group: the dense FFN
+    dense = context(path, SparseMode.OFF).eval_ffn(1, h, dense_ffn=True)
+    assert np.abs(ctx.eval_ffn(1, h, dense_ffn=False) - dense).max() <= 1e-5 * np.abs(dense).max()
+    with pytest.raises(ValueError, match="out of range"):
+        ctx.group_top_k = [0, 1]
+
+
+def test_whole_model_decodes_in_groups_mode(tmp_path: Path) -> None:
+    """Teacher-forced logits through the grouped route with every group read equal the dense ones."""
+    path, _ = make(tmp_path, Q.Q8_0, top_k=[CFG.n_ff // G] * CFG.n_layer)
+    tokens = np.array([1, 5, 9, 200, 7, 3], dtype=np.int32)
+    dense = context(path, SparseMode.OFF).eval(tokens, dense_ffn=True, logits_all=True)
+    grouped = context(path, SparseMode.GROUPS).eval(tokens, dense_ffn=False, logits_all=True)
+    assert np.abs(grouped - dense).max() <= 1e-3 * np.abs(dense).max()
+
+
+def test_files_without_groups_are_refused(tmp_path: Path) -> None:
+    weights = random_weights(CFG, seed=4, predictor_rank=RANK)
+    plain = tmp_path / "plain.gguf"
+    write_gguf(plain, CFG, weights, Q.F32)
+    with pytest.raises(ModelLoadError, match="needs neuron groups"):
+        context(plain, SparseMode.GROUPS)
+    bad, _ = make(tmp_path, Q.F32, top_k=[3, 9])
+    with pytest.raises(ModelLoadError, match=r"group_top_k\[1\] = 9 is out of range"):
+        NativeModel(bad)
