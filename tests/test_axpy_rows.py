@@ -11,10 +11,16 @@ from turbosparse.binding import KernelIsa, KernelKind, axpy_rows, isa_supported,
 Q = gguf.GGMLQuantizationType
 TYPES = [Q.F32, Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q2_K, Q.Q3_K, Q.Q4_K, Q.Q5_K, Q.Q6_K, Q.IQ4_NL]
 # the types each instruction set has a fused kernel for (the rest run the generic one: ggml's dequantizer)
-FAST_TYPES = {KernelIsa.AVX2: [Q.F32, Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q4_K]}
+FAST_TYPES = {
+    KernelIsa.AVX2: [Q.F32, Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q4_K],
+    KernelIsa.NEON: [Q.F32, Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q4_K],
+}
 TOLERANCE = 1e-5  # relative to sum_i |coef_i| * max|row_i|: float32 rounding only, the rows are dequantized exactly
 # kernels that quantize each row's coefficient times its block scale to 8 bits (shared by a few rows and 32 columns)
-INTEGER_KERNELS = {KernelIsa.AVX2: [Q.Q4_0, Q.Q8_0, Q.Q4_1, Q.Q4_K]}
+INTEGER_KERNELS = {
+    KernelIsa.AVX2: [Q.Q4_0, Q.Q8_0, Q.Q4_1, Q.Q4_K],
+    KernelIsa.NEON: [Q.Q4_0, Q.Q8_0, Q.Q4_1, Q.Q4_K],
+}
 
 
 def stored(values: np.ndarray, qtype: Q) -> tuple[np.ndarray, np.ndarray]:
@@ -85,8 +91,8 @@ def test_matches_numpy(qtype: Q, isa: KernelIsa, n_cols: int, n_rows: int, n_idx
 
 @pytest.mark.parametrize("qtype", TYPES, ids=lambda q: q.name)
 def test_decoding_runs_the_fused_kernel_where_the_cpu_has_one(qtype: Q) -> None:
-    fused = isa_supported(KernelIsa.AVX2) and qtype in FAST_TYPES[KernelIsa.AVX2]
-    assert kernel_isa_used(KernelKind.AXPY_ROWS, qtype, 4096) == (KernelIsa.AVX2 if fused else KernelIsa.GENERIC)
+    fused = next((i for i, types in FAST_TYPES.items() if isa_supported(i) and qtype in types), KernelIsa.GENERIC)
+    assert kernel_isa_used(KernelKind.AXPY_ROWS, qtype, 4096) == fused
 
 
 def test_column_ranges_compose() -> None:

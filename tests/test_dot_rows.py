@@ -12,7 +12,14 @@ from turbosparse.binding import KernelIsa, KernelKind, dot_rows, isa_supported, 
 Q = gguf.GGMLQuantizationType
 GENERIC_TYPES = [Q.F32, Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q2_K, Q.Q3_K, Q.Q4_K, Q.Q5_K, Q.Q6_K]
 # the types each instruction set has its own kernel for (the rest run the generic kernel on that CPU)
-FAST_TYPES = {KernelIsa.AVX2: [Q.Q4_0, Q.Q8_0, Q.Q4_1, Q.Q4_K], KernelIsa.AVX512_VNNI: [Q.Q4_0]}
+FAST_TYPES = {
+    KernelIsa.AVX2: [Q.Q4_0, Q.Q8_0, Q.Q4_1, Q.Q4_K],
+    KernelIsa.AVX512_VNNI: [Q.Q4_0],
+    KernelIsa.NEON: [Q.Q4_0, Q.Q8_0, Q.Q4_1, Q.Q4_K],
+    KernelIsa.NEON_DOTPROD: [Q.Q4_0, Q.Q8_0, Q.Q4_1, Q.Q4_K],
+}
+# most specialised first: the order in which decoding picks a kernel
+PREFERENCE = [KernelIsa.AVX512_VNNI, KernelIsa.AVX2, KernelIsa.NEON_DOTPROD, KernelIsa.NEON]
 MAX_N = 16384  # longest row the fast kernels take (TS_DOT_MAX_N)
 SAME_ACTIVATION_TOLERANCE = 1e-5  # x sum|w||x|: a fast kernel and ggml's vec_dot see one quantized activation
 BLOCK_VALUES = {Q.Q2_K: 256, Q.Q3_K: 256, Q.Q4_K: 256, Q.Q5_K: 256, Q.Q6_K: 256, Q.F32: 1, Q.F16: 1, Q.BF16: 1}
@@ -76,8 +83,7 @@ def test_matches_numpy(qtype: Q, isa: KernelIsa, n_cols: int, n_rows: int, idx: 
 
 @pytest.mark.parametrize("qtype", sorted({q for types in FAST_TYPES.values() for q in types}), ids=lambda q: q.name)
 def test_decoding_runs_the_best_kernel_this_cpu_has(qtype: Q) -> None:
-    best = next((i for i in (KernelIsa.AVX512_VNNI, KernelIsa.AVX2) if isa_supported(i) and qtype in FAST_TYPES[i]),
-                KernelIsa.GENERIC)  # fmt: skip
+    best = next((i for i in PREFERENCE if isa_supported(i) and qtype in FAST_TYPES[i]), KernelIsa.GENERIC)
     assert kernel_isa_used(KernelKind.DOT_ROWS, qtype, 4096) == best
     # rows longer than a prepared activation holds take ggml's vec_dot
     assert kernel_isa_used(KernelKind.DOT_ROWS, qtype, MAX_N + 256) == KernelIsa.GENERIC

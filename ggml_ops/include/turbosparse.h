@@ -207,12 +207,14 @@ void ts_context_reset_stats(ts_context *ctx);
 void ts_context_get_expert_stats(const ts_context *ctx, ts_expert_stats *stats);
 
 /* ---- kernels, exposed for tests and benchmarks ------------------------------------------------ */
-/* Instruction sets the sparse FFN kernels are written for. One build carries them all; at run time each
-   kernel is taken from the best set this CPU runs (ts_kernel_isa_used says which). */
+/* Instruction sets the sparse FFN kernels are written for. One build carries those of its architecture; at run
+   time each kernel is taken from the best set this CPU runs (ts_kernel_isa_used says which). */
 enum ts_kernel_isa {
     TS_ISA_GENERIC = 0,      /* ggml's own per-row dot products and dequantizers: every type, every CPU */
     TS_ISA_AVX2 = 1,         /* x86-64 with AVX2, FMA and F16C */
     TS_ISA_AVX512_VNNI = 2,  /* x86-64 with AVX-512 F/BW/VNNI */
+    TS_ISA_NEON = 3,         /* aarch64 Advanced SIMD (every aarch64 CPU) */
+    TS_ISA_NEON_DOTPROD = 4, /* aarch64 with the dot product extension (SDOT; Armv8.2+, Apple M1+) */
     TS_ISA_COUNT
 };
 /* Which kernel: the gate/up row dot products, or the down projection's sum of rows. */

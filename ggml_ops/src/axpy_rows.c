@@ -39,11 +39,12 @@ static void axpy_tile_generic(enum ggml_type type, const char *w, size_t row_byt
 static ts_axpy_tile_fn tile_kernel(enum ts_kernel_isa isa, enum ggml_type type) {
     switch (isa) {
     case TS_ISA_AVX2: return ts_axpy_tile_avx2(type); /* AVX-512 CPUs run these too */
+    case TS_ISA_NEON: return ts_axpy_tile_neon(type);  /* CPUs with the dot product extension too */
     default: return NULL;
     }
 }
 
-static const enum ts_kernel_isa preference[] = {TS_ISA_AVX2};
+static const enum ts_kernel_isa preference[] = {TS_ISA_AVX2, TS_ISA_NEON};
 
 enum ts_kernel_isa ts_axpy_rows_isa(enum ggml_type type) {
     for (size_t i = 0; i < sizeof(preference) / sizeof(preference[0]); i++) {

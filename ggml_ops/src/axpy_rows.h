@@ -37,5 +37,6 @@ enum ts_kernel_isa ts_axpy_rows_isa(enum ggml_type type);
 typedef void (*ts_axpy_tile_fn)(const char *w, size_t row_bytes, size_t offset, const int32_t *idx, const float *coef,
                                 int64_t n_idx, int64_t n_units, float *o);
 ts_axpy_tile_fn ts_axpy_tile_avx2(enum ggml_type type);
+ts_axpy_tile_fn ts_axpy_tile_neon(enum ggml_type type);
 
 #endif

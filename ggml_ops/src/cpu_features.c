@@ -20,6 +20,26 @@ int ts_isa_supported(enum ts_kernel_isa isa) {
     }
 }
 
+#elif defined(__aarch64__) && defined(__linux__)
+#include <asm/hwcap.h>
+#include <sys/auxv.h>
+
+/* Advanced SIMD is part of every aarch64 CPU; the kernel reports the dot product extension in AT_HWCAP. */
+int ts_isa_supported(enum ts_kernel_isa isa) {
+    switch (isa) {
+    case TS_ISA_GENERIC:
+    case TS_ISA_NEON: return 1;
+    case TS_ISA_NEON_DOTPROD: return (getauxval(AT_HWCAP) & HWCAP_ASIMDDP) != 0;
+    default: return 0;
+    }
+}
+
+#elif defined(__aarch64__)
+/* Other aarch64 systems (macOS: no getauxval): Advanced SIMD only, the dot product kernels are not asked for. */
+int ts_isa_supported(enum ts_kernel_isa isa) {
+    return isa == TS_ISA_GENERIC || isa == TS_ISA_NEON;
+}
+
 #else
 int ts_isa_supported(enum ts_kernel_isa isa) {
     return isa == TS_ISA_GENERIC;
@@ -31,6 +51,8 @@ const char *ts_kernel_isa_name(int32_t isa) {
     case TS_ISA_GENERIC: return "generic";
     case TS_ISA_AVX2: return "avx2";
     case TS_ISA_AVX512_VNNI: return "avx512vnni";
+    case TS_ISA_NEON: return "neon";
+    case TS_ISA_NEON_DOTPROD: return "neon_dotprod";
     default: return "unknown";
     }
 }

@@ -1,6 +1,7 @@
 /*
  * Which instruction sets this CPU runs, asked at run time: one build of the library serves AVX2 and AVX-512
- * x86 CPUs (other architectures run the generic kernels). Kernels for an instruction set live in their
+ * x86 CPUs, and aarch64 CPUs with and without the dot product extension (other architectures run the generic
+ * kernels). Kernels for an instruction set live in their
  * own translation units compiled with that set's flags (CMakeLists.txt), and are only called after
  * ts_isa_supported() said yes; everything else is compiled for the architecture's baseline.
  */

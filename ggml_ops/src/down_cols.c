@@ -208,7 +208,9 @@ static void add_groups(ts_down_cols_group_fn add_group, const ts_down_cols_forma
 void ts_down_cols_add(const ts_down_cols_format *f, const void *cols, const int32_t *idx, const float *coef,
                       int64_t n_idx, int64_t c0, int64_t n, float *out) {
     /* the CPU is asked first: the AVX2 table itself is compiled for AVX2 */
-    ts_down_cols_group_fn fast = ts_isa_supported(TS_ISA_AVX2) ? ts_down_cols_group_avx2() : NULL;
+    ts_down_cols_group_fn fast = ts_isa_supported(TS_ISA_AVX2)   ? ts_down_cols_group_avx2()
+                                 : ts_isa_supported(TS_ISA_NEON) ? ts_down_cols_group_neon()
+                                                                 : NULL;
     add_groups(fast != NULL ? fast : add_group_generic, f, cols, idx, coef, n_idx, c0, n, out);
 }
 

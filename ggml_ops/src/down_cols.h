@@ -53,7 +53,7 @@ void ts_down_cols_fill(const ts_down_cols_format *f, const void *down, int64_t n
  */
 void ts_down_cols_add(const ts_down_cols_format *f, const void *cols, const int32_t *idx, const float *coef,
                       int64_t n_idx, int64_t c0, int64_t n, float *out);
-/* The same, one value at a time (the path of CPUs without AVX2, and the vectorized one's reference). */
+/* The same, one value at a time (the path of CPUs without AVX2 or NEON, and the vectorized ones' reference). */
 void ts_down_cols_add_reference(const ts_down_cols_format *f, const void *cols, const int32_t *idx, const float *coef,
                                 int64_t n_idx, int64_t c0, int64_t n, float *out);
 
@@ -63,7 +63,9 @@ void ts_down_cols_add_reference(const ts_down_cols_format *f, const void *cols, 
  */
 typedef void (*ts_down_cols_group_fn)(const ts_down_cols_format *f, const uint8_t *group, const int32_t *k,
                                       const int8_t *q, int n, float s, int32_t sum_q, int64_t c0, int64_t len, float *out);
-/* The AVX2 kernel (down_cols_avx2.c), NULL where not compiled for x86-64. */
+/* The AVX2 kernel (down_cols_avx2.c), NULL where not compiled for x86-64; the NEON one (down_cols_neon.c), NULL
+ * where not compiled for aarch64. */
 ts_down_cols_group_fn ts_down_cols_group_avx2(void);
+ts_down_cols_group_fn ts_down_cols_group_neon(void);
 
 #endif

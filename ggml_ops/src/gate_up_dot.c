@@ -43,12 +43,14 @@ int ts_dot_kernel_of(enum ts_kernel_isa isa, enum ggml_type type, int64_t n, ts_
         return ggml_get_type_traits_cpu(type)->vec_dot != NULL;
     case TS_ISA_AVX2: return ts_dot_kernel_avx2(type, n, k);
     case TS_ISA_AVX512_VNNI: return ts_dot_kernel_avx512(type, n, k);
+    case TS_ISA_NEON: return ts_dot_kernel_neon(type, n, k);
+    case TS_ISA_NEON_DOTPROD: return ts_dot_kernel_neon_dotprod(type, n, k);
     default: return 0;
     }
 }
 
 /* Most specialised first: where a CPU runs several sets, the later ones are its fallbacks. */
-static const enum ts_kernel_isa preference[] = {TS_ISA_AVX512_VNNI, TS_ISA_AVX2};
+static const enum ts_kernel_isa preference[] = {TS_ISA_AVX512_VNNI, TS_ISA_AVX2, TS_ISA_NEON_DOTPROD, TS_ISA_NEON};
 
 ts_dot_kernel ts_dot_kernel_best(enum ggml_type type, int64_t n) {
     ts_dot_kernel k;

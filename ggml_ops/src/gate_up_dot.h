@@ -45,5 +45,7 @@ int ts_dot_kernel_of(enum ts_kernel_isa isa, enum ggml_type type, int64_t n, ts_
 /* Each instruction set's table (0 where it has no kernel for these rows, or is not compiled for this architecture). */
 int ts_dot_kernel_avx2(enum ggml_type type, int64_t n, ts_dot_kernel *k);
 int ts_dot_kernel_avx512(enum ggml_type type, int64_t n, ts_dot_kernel *k);
+int ts_dot_kernel_neon(enum ggml_type type, int64_t n, ts_dot_kernel *k);
+int ts_dot_kernel_neon_dotprod(enum ggml_type type, int64_t n, ts_dot_kernel *k);
 
 #endif

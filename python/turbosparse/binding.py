@@ -504,6 +504,8 @@ class KernelIsa(enum.IntEnum):
     GENERIC = 0  # ggml's own dot products and dequantizers
     AVX2 = 1
     AVX512_VNNI = 2
+    NEON = 3  # aarch64 Advanced SIMD
+    NEON_DOTPROD = 4  # aarch64 with the dot product extension
 
 
 class KernelKind(enum.IntEnum):

@@ -1,0 +1,459 @@
+/*
+ * The sparse FFN kernels of every instruction set this CPU runs, against ggml's own results, for every type that
+ * set has a kernel for: the C twin of tests/test_dot_rows.py, test_axpy_rows.py and test_down_cols.py, with their
+ * shapes and error bounds, for targets without Python (scripts/test_neon.sh runs it under qemu-aarch64).
+ *
+ *   dot_rows   rows . x with the fast kernel, against double sums over ggml's dequantized rows (bound: what
+ *              quantizing x can move them) and against ggml's own vec_dot (same quantized x: float rounding)
+ *   axpy_rows  out + sum coef * row, against double sums over ggml's dequantized rows (integer kernels: plus the
+ *              8-bit rounding of coef * d)
+ *   down_cols  the column-group down layout, vectorized and plain paths, against double sums with the activations
+ *              quantized per 32 neurons as ggml's Q8_0 does
+ *
+ * Prints one line per (kernel, type, instruction set) with the worst error as a fraction of its bound; exits 1 on
+ * any value over its bound or any kernel that is not the one decoding would run.
+ */
+#include "ggml.h"
+#include "turbosparse.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_N 16384                   /* TS_DOT_MAX_N */
+#define SAME_ACTIVATION_TOLERANCE 1e-5 /* x sum|w||x|: a fast dot kernel and ggml's vec_dot see one quantized x */
+#define TOLERANCE 1e-5                 /* relative float32 rounding of the down kernels */
+
+/* The types each instruction set has its own kernels for (tests' FAST_TYPES), most specialised set first. */
+#define MAX_TYPES 8
+typedef struct {
+    int32_t isa;
+    enum ggml_type dot[MAX_TYPES];
+    enum ggml_type axpy[MAX_TYPES];
+} fast_types;
+
+#define Q(t) GGML_TYPE_##t
+#define NONE GGML_TYPE_COUNT
+static const fast_types FAST_TYPES[] = {
+    {TS_ISA_AVX512_VNNI, {Q(Q4_0), NONE}, {NONE}},
+    {TS_ISA_AVX2, {Q(Q4_0), Q(Q8_0), Q(Q4_1), Q(Q4_K), NONE}, {Q(F32), Q(F16), Q(BF16), Q(Q8_0), Q(Q4_0), Q(Q4_1), Q(Q4_K), NONE}},
+    {TS_ISA_NEON_DOTPROD, {Q(Q4_0), Q(Q8_0), Q(Q4_1), Q(Q4_K), NONE}, {NONE}},
+    {TS_ISA_NEON, {Q(Q4_0), Q(Q8_0), Q(Q4_1), Q(Q4_K), NONE}, {Q(F32), Q(F16), Q(BF16), Q(Q8_0), Q(Q4_0), Q(Q4_1), Q(Q4_K), NONE}},
+};
+#undef Q
+
+/* ---- random numbers (xorshift64*, normal by Box-Muller) ------------------------------------------------ */
+
+static uint64_t rng_state;
+
+static double uniform(void) {
+    rng_state ^= rng_state >> 12;
+    rng_state ^= rng_state << 25;
+    rng_state ^= rng_state >> 27;
+    return ((double)((rng_state * 2685821657736338717ULL) >> 11) + 0.5) / 9007199254740992.0;
+}
+
+static float normal(void) {
+    return (float)(sqrt(-2.0 * log(uniform())) * cos(6.283185307179586 * uniform()));
+}
+
+static void fill_normal(float *v, int64_t n) {
+    for (int64_t i = 0; i < n; i++) {
+        v[i] = normal();
+    }
+}
+
+static void *xmalloc(size_t bytes) {
+    void *p = malloc(bytes > 0 ? bytes : 1);
+    if (p == NULL) {
+        fprintf(stderr, "kernel_check: out of memory\n");
+        exit(2);
+    }
+    return p;
+}
+
+/* ---- matrices as ggml stores and decodes them ---------------------------------------------------------- */
+
+typedef struct {
+    enum ggml_type type;
+    int64_t n_rows, n_cols;
+    void *raw;   /* the stored bytes */
+    float *deq;  /* what ggml's to_float decodes them to */
+} matrix;
+
+static char err[512];
+
+static matrix random_matrix(enum ggml_type type, int64_t n_rows, int64_t n_cols) {
+    matrix m = {type, n_rows, n_cols, NULL, NULL};
+    float *values = xmalloc(sizeof(float) * (size_t)(n_rows * n_cols));
+    fill_normal(values, n_rows * n_cols);
+    m.raw = xmalloc(ggml_row_size(type, n_cols) * (size_t)n_rows);
+    m.deq = xmalloc(sizeof(float) * (size_t)(n_rows * n_cols));
+    if (type == GGML_TYPE_F32) { /* stored as is */
+        memcpy(m.raw, values, sizeof(float) * (size_t)(n_rows * n_cols));
+        memcpy(m.deq, values, sizeof(float) * (size_t)(n_rows * n_cols));
+    } else if (ts_quantize(type, values, m.raw, n_rows, n_cols, NULL, err, sizeof(err)) < 0 ||
+               ts_dequantize(type, m.raw, m.deq, n_rows * n_cols, err, sizeof(err)) != 0) {
+        fprintf(stderr, "kernel_check: %s\n", err);
+        exit(2);
+    }
+    free(values);
+    return m;
+}
+
+static void free_matrix(matrix *m) {
+    free(m->raw), free(m->deq);
+}
+
+static float half_at(const uint8_t *p) {
+    uint16_t h;
+    memcpy(&h, p, sizeof(h));
+    return ggml_fp16_to_fp32(h);
+}
+
+/* The scale d and min m of the 32 values around column `col` of row r (value = d * code + m): the block's fp16 d and m
+ * (Q4_0, Q8_0: m = 0), a Q4_K sub-block's d * sc and -dmin * mn (6-bit scales and mins packed as ggml-common.h says). */
+static void unit_scale_min(const matrix *m, int64_t r, int64_t col, double *d, double *min) {
+    const uint8_t *row = (const uint8_t *)m->raw + (size_t)r * ggml_row_size(m->type, m->n_cols);
+    const uint8_t *p = row + (size_t)(col / ggml_blck_size(m->type)) * ggml_type_size(m->type);
+    *d = half_at(p);
+    *min = m->type == GGML_TYPE_Q4_1 ? half_at(p + 2) : 0.0;
+    if (m->type == GGML_TYPE_Q4_K) {
+        const uint8_t *sc = p + 4;
+        const int j = (int)(col % 256 / 32);
+        const int s = j < 4 ? sc[j] & 63 : (sc[j + 4] & 0x0F) | ((sc[j - 4] >> 6) << 4);
+        const int mn = j < 4 ? sc[j + 4] & 63 : (sc[j + 4] >> 4) | ((sc[j] >> 6) << 4);
+        *min = -half_at(p + 2) * mn;
+        *d *= s;
+    }
+}
+
+/* ---- results ------------------------------------------------------------------------------------------- */
+
+typedef struct {
+    const char *kernel;
+    enum ggml_type type;
+    const char *path; /* the instruction set, or which path */
+    int cases;
+    double worst;  /* max |error| / bound over every value */
+    int failures;  /* values over their bound, wrong kernels */
+} tally;
+
+static void note(tally *t, double error, double bound) {
+    const double ratio = error / bound;
+    if (!(ratio <= 1.0)) { /* NaN fails too */
+        t->failures++;
+    }
+    if (ratio > t->worst || ratio != ratio) {
+        t->worst = ratio;
+    }
+}
+
+static int report(const tally *t) {
+    printf("%-10s %-6s %-13s %5d %12.3g   %s\n", t->kernel, ggml_type_name(t->type), t->path, t->cases, t->worst,
+           t->failures ? "FAIL" : "ok");
+    return t->failures != 0;
+}
+
+/* ---- dot_rows ------------------------------------------------------------------------------------------ */
+
+
+typedef struct {
+    int64_t n_cols, n_rows, n_idx;
+    int32_t idx[64];
+} dot_case;
+
+/* groups of 4 rows with tails, one row, none, a repeated row; one block, the Mistral-7B width, the longest row */
+static const dot_case DOT_CASES[] = {
+    {32, 3, 3, {2, 0, 1}},
+    {256, 9, 7, {8, 0, 3, 5, 1, 2, 7}},
+    {4096, 40, 16, {0, 3, 6, 9, 12, 15, 18, 21, 24, 27, 30, 33, 36, 39, 4, 4}},
+    {512, 6, 1, {5}},
+    {512, 6, 0, {0}},
+    {MAX_N, 5, 4, {4, 1, 3, 0}},
+};
+
+/* Most that quantizing x to 8-bit blocks (step max|x| / 127, fp16 step) moves row . x, plus float rounding. */
+static double activation_bound(const float *row, const float *x, int64_t n, int64_t block) {
+    double bound = 0.0, scale = 0.0;
+    for (int64_t b = 0; b < n; b += block) {
+        double xmax = 0.0, wsum = 0.0;
+        for (int64_t c = b; c < b + block; c++) {
+            xmax = fmax(xmax, fabs(x[c]));
+            wsum += fabs(row[c]);
+            scale += fabs(row[c]) * fabs(x[c]);
+        }
+        bound += wsum * xmax / 127.0 * (0.5 + 127 * pow(2.0, -11));
+    }
+    return bound + 1e-5 * scale;
+}
+
+static int check_dot(enum ggml_type type, int32_t isa) {
+    tally t = {"dot_rows", type, ts_kernel_isa_name(isa), 0, 0.0, 0};
+    const int64_t block = ggml_blck_size(type) == 256 ? 256 : 32;
+    for (size_t c = 0; c < sizeof(DOT_CASES) / sizeof(DOT_CASES[0]); c++) {
+        const dot_case *dc = &DOT_CASES[c];
+        if (dc->n_cols % ggml_blck_size(type) != 0) {
+            continue;
+        }
+        matrix m = random_matrix(type, dc->n_rows, dc->n_cols);
+        float *x = xmalloc(sizeof(float) * (size_t)dc->n_cols);
+        fill_normal(x, dc->n_cols);
+        float fast[64], generic[64];
+        if (ts_kernel_dot_rows(isa, type, m.raw, m.n_rows, m.n_cols, dc->idx, dc->n_idx, x, fast, err, sizeof(err)) ||
+            ts_kernel_dot_rows(TS_ISA_GENERIC, type, m.raw, m.n_rows, m.n_cols, dc->idx, dc->n_idx, x, generic, err,
+                               sizeof(err))) {
+            fprintf(stderr, "kernel_check: %s\n", err);
+            t.failures++;
+        } else {
+            for (int64_t i = 0; i < dc->n_idx; i++) {
+                const float *row = m.deq + (size_t)dc->idx[i] * (size_t)m.n_cols;
+                double exact = 0.0, scale = 0.0;
+                for (int64_t k = 0; k < m.n_cols; k++) {
+                    exact += (double)row[k] * x[k];
+                    scale += fabs(row[k]) * fabs(x[k]);
+                }
+                note(&t, fabs(fast[i] - exact), activation_bound(row, x, m.n_cols, block));
+                note(&t, fabs((double)fast[i] - generic[i]), SAME_ACTIVATION_TOLERANCE * scale);
+            }
+        }
+        t.cases++;
+        free(x);
+        free_matrix(&m);
+    }
+    return report(&t);
+}
+
+/* ---- axpy_rows ----------------------------------------------------------------------------------------- */
+
+
+typedef struct {
+    int64_t n_cols, n_rows, n_idx, col0, n;
+} axpy_case;
+
+/* whole row groups and tails, several 1024-column tiles, no rows at all, a column range, rows of 40 (floats only) */
+static const axpy_case AXPY_CASES[] = {
+    {256, 7, 3, 0, 256},     {768, 40, 40, 0, 768},       {512, 100, 0, 0, 512},
+    {2304, 50, 7, 0, 2304},  {4096, 300, 150, 2048, 2048}, {40, 9, 5, 0, 40},
+};
+
+/* The down kernels that quantize each row's coefficient times its scale to 8 bits (AVX2 and NEON alike). */
+static int integer_kernel(enum ggml_type type) {
+    return type == GGML_TYPE_Q4_0 || type == GGML_TYPE_Q8_0 || type == GGML_TYPE_Q4_1 || type == GGML_TYPE_Q4_K;
+}
+
+static int check_axpy(enum ggml_type type, int32_t isa) {
+    tally t = {"axpy_rows", type, ts_kernel_isa_name(isa), 0, 0.0, 0};
+    for (size_t c = 0; c < sizeof(AXPY_CASES) / sizeof(AXPY_CASES[0]); c++) {
+        const axpy_case *ac = &AXPY_CASES[c];
+        if (ac->n_cols % ggml_blck_size(type) != 0) {
+            continue;
+        }
+        matrix m = random_matrix(type, ac->n_rows, ac->n_cols);
+        int32_t *idx = xmalloc(sizeof(int32_t) * (size_t)ac->n_idx);
+        float *coef = xmalloc(sizeof(float) * (size_t)ac->n_idx), *out = xmalloc(sizeof(float) * (size_t)ac->n);
+        for (int64_t i = 0; i < ac->n_idx; i++) { /* distinct rows: a stride coprime to n_rows */
+            idx[i] = (int32_t)((i * 37 + 5) % ac->n_rows);
+        }
+        fill_normal(coef, ac->n_idx);
+        fill_normal(out, ac->n);
+        double *expected = xmalloc(sizeof(double) * (size_t)ac->n);
+        double coef_sum = 0.0, deq_max = 0.0;
+        for (int64_t i = 0; i < ac->n_idx; i++) {
+            coef_sum += fabs(coef[i]);
+        }
+        for (int64_t k = 0; k < m.n_rows * m.n_cols; k++) {
+            deq_max = fmax(deq_max, fabs(m.deq[k]));
+        }
+        const double base = TOLERANCE * fmax(1.0, coef_sum * deq_max);
+        for (int64_t j = 0; j < ac->n; j++) {
+            expected[j] = out[j];
+            for (int64_t i = 0; i < ac->n_idx; i++) {
+                expected[j] += (double)coef[i] * m.deq[(size_t)idx[i] * (size_t)m.n_cols + (size_t)(ac->col0 + j)];
+            }
+        }
+        if (ts_kernel_axpy_rows(isa, type, m.raw, m.n_rows, m.n_cols, idx, coef, ac->n_idx, ac->col0, ac->n, out, err,
+                                sizeof(err))) {
+            fprintf(stderr, "kernel_check: %s\n", err);
+            t.failures++;
+        } else {
+            for (int64_t j = 0; j < ac->n; j++) {
+                double bound = base;
+                if (integer_kernel(type) && ac->n_idx > 0) {
+                    /* c_max / 254 * sum_r |code_r|, code_r = (value_r - m_r) / d_r */
+                    const int64_t col = ac->col0 + j;
+                    double c_max = 0.0, codes = 0.0;
+                    for (int64_t i = 0; i < ac->n_idx; i++) {
+                        double d, mn;
+                        unit_scale_min(&m, idx[i], col, &d, &mn);
+                        const double v = m.deq[(size_t)idx[i] * (size_t)m.n_cols + (size_t)col];
+                        c_max = fmax(c_max, fabs(coef[i] * d));
+                        codes += d != 0.0 ? fabs((v - mn) / d) : 0.0;
+                    }
+                    bound += c_max / 254 * codes * (1 + 1e-5);
+                }
+                note(&t, fabs(out[j] - expected[j]), bound);
+            }
+        }
+        t.cases++;
+        free(idx), free(coef), free(out), free(expected);
+        free_matrix(&m);
+    }
+    return report(&t);
+}
+
+/* ---- down_cols ----------------------------------------------------------------------------------------- */
+
+static const enum ggml_type DOWN_TYPES[] = {GGML_TYPE_Q4_0, GGML_TYPE_Q4_1, GGML_TYPE_Q5_0, GGML_TYPE_Q5_1,
+                                            GGML_TYPE_Q8_0, GGML_TYPE_Q4_K, GGML_TYPE_Q5_K};
+
+typedef struct {
+    int64_t n_embd, n_ff, n_idx, col0, n;
+} down_case;
+
+/* whole and partial groups of 32 neurons, one neuron, none, all; column ranges inside the rows (K-quants: the
+ * cases whose n_ff is whole super-blocks of 256) */
+static const down_case DOWN_CASES[] = {
+    {64, 96, 30, 0, 64},     {256, 320, 1, 96, 128},   {128, 64, 0, 0, 128},      {96, 160, 160, 32, 32},
+    {4096, 512, 77, 2048, 2048}, {64, 256, 30, 0, 64}, {256, 512, 200, 96, 128}, {96, 256, 256, 32, 64},
+};
+
+/* coef as the kernels use it: per group of 32 neurons, S * round(a / S) with S = max |a| / 127 */
+static void quantized_activations(const int32_t *idx, const float *coef, int64_t n, double *q) {
+    for (int64_t i = 0; i < n;) {
+        int64_t end = i;
+        float amax = 0.0f;
+        for (; end < n && idx[end] / 32 == idx[i] / 32; end++) {
+            amax = fmaxf(amax, fabsf(coef[end]));
+        }
+        for (int64_t r = i; r < end; r++) {
+            q[r] = amax > 0.0f ? (double)(amax / 127.0f) * rintf(coef[r] * (127.0f / amax)) : 0.0;
+        }
+        i = end;
+    }
+}
+
+static int check_down(enum ggml_type type, int32_t reference) {
+    tally t = {"down_cols", type, reference ? "plain" : "vectorized", 0, 0.0, 0};
+    for (size_t c = 0; c < sizeof(DOWN_CASES) / sizeof(DOWN_CASES[0]); c++) {
+        const down_case *dc = &DOWN_CASES[c];
+        if (dc->n_ff % ggml_blck_size(type) != 0) {
+            continue;
+        }
+        matrix m = random_matrix(type, dc->n_embd, dc->n_ff);
+        int32_t *idx = xmalloc(sizeof(int32_t) * (size_t)dc->n_idx);
+        float *coef = xmalloc(sizeof(float) * (size_t)dc->n_idx), *out = xmalloc(sizeof(float) * (size_t)dc->n);
+        double *q = xmalloc(sizeof(double) * (size_t)dc->n_idx), *expected = xmalloc(sizeof(double) * (size_t)dc->n);
+        for (int64_t i = 0, k = 0; k < dc->n_ff && i < dc->n_idx; k++) { /* ascending: keep n_idx of n_ff at random */
+            if (uniform() * (double)(dc->n_ff - k) < (double)(dc->n_idx - i)) {
+                idx[i++] = (int32_t)k;
+            }
+        }
+        fill_normal(coef, dc->n_idx);
+        fill_normal(out, dc->n);
+        quantized_activations(idx, coef, dc->n_idx, q);
+        double coef_sum = 0.0, w_max = 0.0;
+        for (int64_t i = 0; i < dc->n_idx; i++) {
+            coef_sum += fabs(coef[i]);
+        }
+        for (int64_t k = 0; k < m.n_rows * m.n_cols; k++) {
+            w_max = fmax(w_max, fabs(m.deq[k]));
+        }
+        for (int64_t j = 0; j < dc->n; j++) {
+            expected[j] = out[j];
+            for (int64_t i = 0; i < dc->n_idx; i++) {
+                expected[j] += m.deq[(size_t)(dc->col0 + j) * (size_t)m.n_cols + (size_t)idx[i]] * q[i];
+            }
+        }
+        if (ts_kernel_down_cols(type, m.raw, m.n_rows, m.n_cols, idx, coef, dc->n_idx, dc->col0, dc->n, reference, out,
+                                err, sizeof(err))) {
+            fprintf(stderr, "kernel_check: %s\n", err);
+            t.failures++;
+        } else {
+            /* K-quants: each sub-block's scale d * sc and min dmin * mn rounded to fp16 move a value by at most
+             * 2^-11 * (|scale| * max code + |min|) <= ~3 * 2^-11 * max|W| */
+            const int k_quant = ggml_blck_size(type) == 256;
+            const double bound = TOLERANCE * fmax(1.0, coef_sum * w_max) + (k_quant ? 3 * pow(2.0, -11) * coef_sum * w_max : 0.0);
+            for (int64_t j = 0; j < dc->n; j++) {
+                note(&t, fabs(out[j] - expected[j]), bound);
+            }
+        }
+        t.cases++;
+        free(idx), free(coef), free(out), free(q), free(expected);
+        free_matrix(&m);
+    }
+    return report(&t);
+}
+
+/* ---- which kernels decoding runs ------------------------------------------------------------------------- */
+
+/* The most specialised set this CPU runs with a kernel of that kind for `type` (TS_ISA_GENERIC: none). */
+static int32_t best_isa(int axpy, enum ggml_type type) {
+    for (size_t s = 0; s < sizeof(FAST_TYPES) / sizeof(FAST_TYPES[0]); s++) {
+        const enum ggml_type *types = axpy ? FAST_TYPES[s].axpy : FAST_TYPES[s].dot;
+        for (int i = 0; i < MAX_TYPES && types[i] != NONE; i++) {
+            if (types[i] == type && ts_kernel_isa_supported(FAST_TYPES[s].isa)) {
+                return FAST_TYPES[s].isa;
+            }
+        }
+    }
+    return TS_ISA_GENERIC;
+}
+
+static int check_choice(const fast_types *set) {
+    int failures = 0;
+    for (int i = 0; i < MAX_TYPES && set->dot[i] != NONE; i++) {
+        const enum ggml_type type = set->dot[i];
+        const int32_t used = ts_kernel_isa_used(TS_KERNEL_DOT_ROWS, type, 4096);
+        const int32_t longest = ts_kernel_isa_used(TS_KERNEL_DOT_ROWS, type, MAX_N + 256);
+        if (used != best_isa(0, type) || longest != TS_ISA_GENERIC) {
+            printf("decoding runs the %s dot_rows kernel for %s (%s for rows over %d): expected %s\n",
+                   ts_kernel_isa_name(used), ggml_type_name(type), ts_kernel_isa_name(longest), MAX_N,
+                   ts_kernel_isa_name(best_isa(0, type)));
+            failures++;
+        }
+    }
+    for (int i = 0; i < MAX_TYPES && set->axpy[i] != NONE; i++) {
+        const enum ggml_type type = set->axpy[i];
+        const int32_t used = ts_kernel_isa_used(TS_KERNEL_AXPY_ROWS, type, 4096);
+        if (used != best_isa(1, type)) {
+            printf("decoding runs the %s axpy_rows kernel for %s: expected %s\n", ts_kernel_isa_name(used),
+                   ggml_type_name(type), ts_kernel_isa_name(best_isa(1, type)));
+            failures++;
+        }
+    }
+    return failures;
+}
+
+int main(void) {
+    printf("instruction sets this CPU runs:");
+    for (int32_t isa = 0; isa < TS_ISA_COUNT; isa++) {
+        if (ts_kernel_isa_supported(isa)) {
+            printf(" %s", ts_kernel_isa_name(isa));
+        }
+    }
+    printf("\n\n%-10s %-6s %-13s %5s %12s   %s\n", "kernel", "type", "isa", "cases", "err/bound", "result");
+    int failures = 0;
+    rng_state = 0x9E3779B97F4A7C15ULL;
+    for (size_t s = 0; s < sizeof(FAST_TYPES) / sizeof(FAST_TYPES[0]); s++) {
+        const fast_types *set = &FAST_TYPES[s];
+        if (!ts_kernel_isa_supported(set->isa)) {
+            continue;
+        }
+        failures += check_choice(set);
+        for (int i = 0; i < MAX_TYPES && set->dot[i] != NONE; i++) {
+            failures += check_dot(set->dot[i], set->isa);
+        }
+        for (int i = 0; i < MAX_TYPES && set->axpy[i] != NONE; i++) {
+            failures += check_axpy(set->axpy[i], set->isa);
+        }
+    }
+    for (size_t i = 0; i < sizeof(DOWN_TYPES) / sizeof(DOWN_TYPES[0]); i++) {
+        failures += check_down(DOWN_TYPES[i], 0);
+        failures += check_down(DOWN_TYPES[i], 1);
+    }
+    printf("\n%s\n", failures ? "FAILED" : "all kernels within their bounds");
+    return failures ? 1 : 0;
+}
