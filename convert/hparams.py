@@ -32,6 +32,8 @@ class HParams:
     tied_embeddings: bool
     attention_bias: bool
     mlp_bias: bool  # FFN gate/up/down biases (for dReLU models, the gate and up biases are per-neuron thresholds)
+    n_expert: int = 0  # mixture of experts: experts per layer (0: a dense FFN)
+    n_expert_used: int = 0  # experts each token is routed to
 
 
 def read_config(model_dir: Path) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """Which ggml type each tensor is stored in.
 
-- 1-D tensors (norms, biases): F32, always.
+- 1-D tensors (norms, biases) and mixture-of-experts routers (`ffn_gate_inp`): F32, always.
 - The output head (output.weight, or token_embd when the embeddings are tied and it doubles as the head): the
   outtype for f32 / f16 / bf16 / q8_0; Q6_K for every other quantized outtype (llama.cpp's llama-quantize habit:
   the head is the most quantization-sensitive matrix).
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import gguf
 
 from turbosparse.binding import type_info
-from turbosparse.convert.arch.base import ROLE_BIAS, ROLE_EMBD, ROLE_NORM, ROLE_OUTPUT, ROLE_PREDICTOR
+from turbosparse.convert.arch.base import ROLE_BIAS, ROLE_EMBD, ROLE_NORM, ROLE_OUTPUT, ROLE_PREDICTOR, ROLE_ROUTER
 from turbosparse.errors import ConvertError
 
 Q = gguf.GGMLQuantizationType
@@ -76,7 +76,7 @@ class QuantPolicy:
         return cls(parse_type(outtype), parse_type(pred_type) if pred_type else None, tied)
 
     def type_for(self, role: str, shape: tuple[int, ...]) -> Q:
-        if role in (ROLE_NORM, ROLE_BIAS) or len(shape) == 1:
+        if role in (ROLE_NORM, ROLE_BIAS, ROLE_ROUTER) or len(shape) == 1:
             return Q.F32
         if role == ROLE_PREDICTOR:
             chosen = self.pred_type or (self.outtype if self.outtype in FLOAT_TYPES else Q.Q8_0)

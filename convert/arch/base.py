@@ -4,11 +4,9 @@ An architecture class reads one kind of HF checkpoint and describes the GGUF it 
 turbosparse metadata, and a list of TensorSpec (GGUF name, shape, role, a loader that produces float32 data on
 demand). The shared writer (writer.py) does the rest: types, quantization, vocabulary, the atomic write.
 
-A MoE class (TurboSparse-Mixtral) plugs in the same way: `register("turbosparse-mixtral")`, `matches` on
-model_type "turbosparsemixtral", and `tensors()` yielding per-expert specs - either one 3-D spec per layer and
-projection (llama.cpp's stacked `blk.N.ffn_gate_exps.weight` {n_embd, n_ff, n_expert}, whose loader stacks the
-experts' `block_sparse_moe.experts.E.w1` one layer at a time) or per-expert 2-D specs with the expert index in
-the name, plus the router `ffn_gate_inp` and per-expert predictors; the writer only needs shape, role and loader.
+Mixture-of-experts classes (convert/arch/mixtral.py) yield one 3-D spec per layer and projection, the experts
+stacked as llama.cpp stacks them (`blk.N.ffn_gate_exps.weight`, numpy shape [n_expert, n_ff, n_embd]), whose loader
+reads the experts one layer at a time.
 """
 
 from __future__ import annotations
@@ -31,6 +29,7 @@ ROLE_EMBD = "token_embd"
 ROLE_OUTPUT = "output"
 ROLE_MATRIX = "matrix"  # attention and FFN matrices
 ROLE_PREDICTOR = "predictor"
+ROLE_ROUTER = "router"  # a mixture-of-experts router: F32, as llama.cpp keeps it
 
 
 @dataclass

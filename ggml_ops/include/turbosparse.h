@@ -82,6 +82,8 @@ typedef struct ts_model_info {
     int32_t group_size;       /* neurons per group of the grouped route (turbosparse.group_size), 0 = no groups */
     uint64_t n_params;        /* weights in the file (elements) */
     uint64_t n_bytes;         /* tensor bytes in the file */
+    int32_t n_expert;         /* mixture of experts: experts per layer (0: a dense FFN) */
+    int32_t n_expert_used;    /* experts each token is routed to (top-k of the router's softmax) */
 } ts_model_info;
 
 /* Per-layer counters of the sparse FFN, accumulated over decoded tokens since the last reset. */
@@ -95,6 +97,14 @@ typedef struct ts_layer_stats {
     uint64_t n_union;       /* neurons computed for at least one token of an evaluation, summed over
                                evaluations: the gate/up rows a batch reads (= n_computed when one token each) */
 } ts_layer_stats;
+
+/* One expert's counters in a mixture-of-experts layer, accumulated since the last reset. */
+typedef struct ts_expert_stats {
+    uint64_t n_routed;   /* tokens the router sent to this expert, every evaluation (prompts and decoding) */
+    uint64_t n_decoded;  /* ... of them through the sparse FFN nodes */
+    uint64_t n_computed; /* neurons whose gate/up rows were computed there, summed over those tokens */
+    uint64_t n_nonzero;  /* neurons with a non-zero activation there: rows of the expert's down_t read */
+} ts_expert_stats;
 
 typedef struct ts_context_params {
     int32_t n_ctx;      /* KV cache length of each sequence (tokens); 0 = the model's training context */
@@ -202,6 +212,8 @@ void ts_context_set_measure_recall(ts_context *ctx, int32_t on);
 /* Copies the per-layer counters into stats[n_layer]. */
 void ts_context_get_stats(const ts_context *ctx, ts_layer_stats *stats);
 void ts_context_reset_stats(ts_context *ctx);
+/* Mixture-of-experts models: copies every expert's counters into stats[n_layer * n_expert] (layer-major). */
+void ts_context_get_expert_stats(const ts_context *ctx, ts_expert_stats *stats);
 
 /* ---- kernels, exposed for tests and benchmarks ------------------------------------------------ */
 /* Instruction sets the sparse FFN kernels are written for. One build carries those of its architecture; at run

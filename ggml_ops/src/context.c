@@ -3,6 +3,7 @@
 #include "grouped_ffn.h"
 
 #include "ggml-cpu.h"
+#include "moe_ffn.h"
 #include "ts_error.h"
 
 #include <math.h>
@@ -40,6 +41,14 @@ static int check_params(const ts_model *m, const ts_context_params *p, char *err
     if (!in->has_down && !relu_gated) {
         return ts_set_error(err, err_size,
                             "%s: a SwiGLU FFN needs the standard down matrices (blk.N.ffn_down.weight)", m->file->path);
+    }
+    if (p->sparse_mode != TS_SPARSE_OFF && in->n_expert > 0 && (!relu_gated || !in->has_down_t)) {
+        return ts_set_error(err, err_size,
+                            relu_gated ? "%s: sparse decoding of a mixture-of-experts model needs the experts' transposed "
+                                         "down matrices (blk.N.ffn_down_t_exps.weight)"
+                                       : "%s: sparse decoding of a SwiGLU mixture-of-experts model is not supported "
+                                         "(sparse = off runs it densely)",
+                            m->file->path);
     }
     if (p->sparse_mode != TS_SPARSE_OFF && !m->sparse_rows) {
         return ts_set_error(err, err_size, "%s: sparse decoding needs the model loaded with sparse_rows = 1", m->file->path);
@@ -100,7 +109,7 @@ static int init_sparse_layers(ts_context *c, char *err, size_t err_size) {
 /* Exact mode on a file with only the standard down matrix (SwiGLU): the model's column layout, built once. */
 static int init_down_rows(ts_context *c, char *err, size_t err_size) {
     ts_model *m = c->model;
-    if (c->params.sparse_mode == TS_SPARSE_EXACT && m->layers[0].ffn_down_t == NULL &&
+    if (c->params.sparse_mode == TS_SPARSE_EXACT && m->info.n_expert == 0 && m->layers[0].ffn_down_t == NULL &&
         ts_model_build_down_rows(m, c->params.n_threads, err, err_size) != 0) {
         return -1;
     }
@@ -174,7 +183,7 @@ ts_context *ts_context_new(ts_model *model, const ts_context_params *params, cha
     }
     ggml_backend_cpu_set_n_threads(c->backend, c->params.n_threads);
     if (init_kv_cache(c, err, err_size) != 0 || init_sparse_layers(c, err, err_size) != 0 ||
-        init_down_rows(c, err, err_size) != 0) {
+        ts_moe_init(c, err, err_size) != 0 || init_down_rows(c, err, err_size) != 0) {
         ts_context_free(c);
         return NULL;
     }
@@ -212,6 +221,7 @@ void ts_context_free(ts_context *c) {
         ggml_backend_free(c->backend);
     }
     free(c->sparse);
+    ts_moe_free(c);
     free(c->group_top_k);
     free(c->group_ids);
     free(c->k_cache);
@@ -265,6 +275,7 @@ void ts_context_set_threshold(ts_context *c, float threshold) {
     for (int il = 0; il < c->model->info.n_layer; il++) {
         c->sparse[il].threshold = threshold;
     }
+    ts_moe_set_threshold(c, threshold);
 }
 
 float ts_context_threshold(const ts_context *c) {
@@ -334,6 +345,7 @@ void ts_context_reset_stats(ts_context *c) {
     for (int il = 0; il < c->model->info.n_layer; il++) {
         memset(&c->sparse[il].stats, 0, sizeof(c->sparse[il].stats));
     }
+    ts_moe_reset_stats(c);
 }
 
 /* Positions, cache rows and cells, attention masks and output rows of the groups' tokens. */
@@ -593,6 +605,10 @@ int32_t ts_context_eval_trace(ts_context *c, const int32_t *tokens, int32_t n_to
     int rc = check_eval(c, 0, tokens, n_tokens, err, err_size);
     if (rc != 0) {
         return rc;
+    }
+    if (c->model->info.n_expert > 0) {
+        return ts_set_error(err, err_size, "%s: FFN traces (calibration) of mixture-of-experts models are not supported",
+                            c->model->file->path);
     }
     trace_dest d = {.gate = gate, .up = up, .n_total = n_tokens};
     ts_ffn_trace *layers = calloc((size_t)c->model->info.n_layer, sizeof(*layers));

@@ -59,6 +59,8 @@ struct ts_context {
     struct ggml_tensor **v_cache; /* [n_seq * n_cells, n_embd_kv], stored transposed */
 
     ts_sparse_layer *sparse; /* per layer: what the sparse FFN nodes read and count */
+    ts_sparse_layer *expert_sparse;         /* mixture of experts: the same per layer and expert (layer-major), or NULL */
+    struct ts_expert_counts *expert_counts; /* mixture of experts: tokens routed per layer and expert (moe_ffn.h) */
     int32_t *group_top_k;    /* per layer: groups the grouped route reads per token */
     struct ggml_tensor **group_ids; /* per layer: the cached graph's chosen groups (grouped route), else NULL */
 
@@ -74,6 +76,10 @@ struct ts_context {
 
 /* Builds the forward graph of g->n_tokens tokens laid out in g->groups into ctx0 (no_alloc). */
 void ts_graph_build(ts_context *ctx, struct ggml_context *ctx0, ts_graph *g);
+
+/* act(gate, up) as the FFN activation `act` (enum ts_ffn_act) says, element-wise on any shape. */
+struct ggml_tensor *ts_gated_activation(struct ggml_context *ctx0, int32_t act, struct ggml_tensor *gate,
+                                        struct ggml_tensor *up);
 
 /* The graph of layer il's FFN block alone: *out = ffn(rms_norm(*h)), *h an input [n_embd, n_tokens]. */
 struct ggml_cgraph *ts_graph_build_ffn(ts_context *ctx, struct ggml_context *ctx0, int il, int32_t n_tokens,

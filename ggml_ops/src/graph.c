@@ -11,6 +11,7 @@
 #include "grouped_ffn.h"
 
 #include "ggml-cpu.h"
+#include "moe_ffn.h"
 
 #include <math.h>
 
@@ -89,9 +90,8 @@ static struct ggml_tensor *attention(const ts_context *ctx, struct ggml_context 
     return matmul_bias(ctx0, l->wo, l->bo, out);
 }
 
-/* act(gate, up) as the file's FFN activation says */
-static struct ggml_tensor *gated_activation(struct ggml_context *ctx0, int32_t act, struct ggml_tensor *gate,
-                                            struct ggml_tensor *up) {
+struct ggml_tensor *ts_gated_activation(struct ggml_context *ctx0, int32_t act, struct ggml_tensor *gate,
+                                        struct ggml_tensor *up) {
     switch (act) {
     case TS_FFN_REGLU:
         return ggml_reglu_split(ctx0, gate, up);
@@ -120,6 +120,9 @@ static struct ggml_tensor *ffn(ts_context *ctx, struct ggml_context *ctx0, int i
     const ts_layer *l = &m->layers[il];
     ts_sparse_layer *sl = &ctx->sparse[il];
     const int32_t n_threads = ctx->params.n_threads;
+    if (m->info.n_expert > 0) {
+        return ts_moe_ffn(ctx, ctx0, il, ffn_inp, cur, dense_ffn || ctx->params.sparse_mode == TS_SPARSE_OFF);
+    }
     if (!dense_ffn && ctx->params.sparse_mode == TS_SPARSE_GROUPS) {
         return ts_grouped_ffn(ctx0, m, il, ffn_inp, cur, ctx->group_top_k[il], &ctx->group_ids[il]);
     }
@@ -132,7 +135,7 @@ static struct ggml_tensor *ffn(ts_context *ctx, struct ggml_context *ctx0, int i
             ggml_set_output(gate);
             ggml_set_output(up);
         }
-        struct ggml_tensor *act = gated_activation(ctx0, m->info.ffn_act, gate, up);
+        struct ggml_tensor *act = ts_gated_activation(ctx0, m->info.ffn_act, gate, up);
         if (l->ffn_down != NULL) {
             return matmul_bias(ctx0, l->ffn_down, l->ffn_down_b, act);
         }

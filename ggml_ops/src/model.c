@@ -16,6 +16,7 @@
 
 #define TS_MAX_LAYERS 1024
 #define TS_FORMAT_VERSION 1 /* newest turbosparse.format_version this code reads */
+#define TS_MAX_EXPERTS 256
 
 enum tensor_role {
     ROLE_NORM,     /* F32 vector multiplied element-wise */
@@ -180,6 +181,37 @@ static int load_rope(ts_model *m, char *err, size_t err_size) {
     return 0;
 }
 
+/* Mixture of experts: expert_count and expert_used_count together, 1 <= used <= count (neither: a dense FFN). */
+static int load_experts(ts_model *m, char *err, size_t err_size) {
+    int64_t n_expert = 0, n_used = 0;
+    const int rc_n = get_arch_i64(m, "expert_count", &n_expert, 0, err, err_size);
+    const int rc_used = rc_n < 0 ? -1 : get_arch_i64(m, "expert_used_count", &n_used, 0, err, err_size);
+    if (rc_n < 0 || rc_used < 0) {
+        return -1;
+    }
+    if (rc_n == 1 || n_expert == 0) {
+        if (rc_used == 0 && n_used != 0) {
+            return ts_set_error(err, err_size, "%s: %s.expert_used_count = %lld but %s.expert_count is missing or 0",
+                                m->file->path, m->arch, (long long)n_used, m->arch);
+        }
+        return 0;
+    }
+    if (check_positive(m, "expert_count", n_expert, TS_MAX_EXPERTS, err, err_size)) {
+        return -1;
+    }
+    if (rc_used == 1) {
+        return ts_set_error(err, err_size, "%s: missing key '%s.expert_used_count' (the file has %s.expert_count = %lld)",
+                            m->file->path, m->arch, m->arch, (long long)n_expert);
+    }
+    if (n_used < 1 || n_used > n_expert) {
+        return ts_set_error(err, err_size, "%s: %s.expert_used_count = %lld is out of range (1..%s.expert_count = %lld)",
+                            m->file->path, m->arch, (long long)n_used, m->arch, (long long)n_expert);
+    }
+    m->info.n_expert = (int32_t)n_expert;
+    m->info.n_expert_used = (int32_t)n_used;
+    return 0;
+}
+
 static int load_hparams(ts_model *m, char *err, size_t err_size) {
     ts_model_info *in = &m->info;
     int64_t v = 0;
@@ -273,9 +305,8 @@ static int load_hparams(ts_model *m, char *err, size_t err_size) {
         return ts_set_error(err, err_size, "%s: %s.attention.layer_norm_rms_epsilon = %g must be finite and >= 0",
                             m->file->path, m->arch, (double)in->rms_eps);
     }
-    if (get_arch_i64(m, "expert_count", &v, 0, err, err_size) == 0 && v > 0) {
-        return ts_set_error(err, err_size, "%s: mixture-of-experts models (%s.expert_count = %lld) are not supported yet",
-                            m->file->path, m->arch, (long long)v);
+    if (load_experts(m, err, err_size) != 0) {
+        return -1;
     }
     in->file_type = -1;
     if (ts_gguf_get_i64(m->file, "general.file_type", &v, 0, err, err_size) == 0) {
@@ -388,6 +419,77 @@ static const char *pick_name(const ts_model *m, const char *ours, const char *th
     return ts_gguf_find_tensor(m->file, name) != NULL ? ours : theirs;
 }
 
+/* The down matrix of layer il is stored standard (has_down == 0), transposed (has_down_t == 0) or both, as in layer 0. */
+static int check_down_layout(ts_model *m, int il, int has_down, int has_down_t, const char *down, const char *down_t,
+                             char *err, size_t err_size) {
+    ts_model_info *in = &m->info;
+    if (has_down == 1 && has_down_t == 1) {
+        return ts_set_error(err, err_size, "%s: missing tensor 'blk.%d.%s.weight' (or its transpose 'blk.%d.%s.weight')",
+                            m->file->path, il, down, il, down_t);
+    }
+    if (il == 0) {
+        in->has_down = has_down == 0;
+        in->has_down_t = has_down_t == 0;
+    } else if (in->has_down != (has_down == 0) || in->has_down_t != (has_down_t == 0)) {
+        return ts_set_error(err, err_size, "%s: layer %d stores its down matrix differently from layer 0", m->file->path, il);
+    }
+    return 0;
+}
+
+/* Adds n_expert stacked matrices [ne0, ne1, n_expert] to the plan and resolves them; returns 1 if optional and absent. */
+static int want_experts(ts_model *m, plan *p, enum tensor_role role, struct ggml_tensor **slot, int required,
+                        int64_t ne0, int64_t ne1, const char *fmt, int layer, char *err, size_t err_size) {
+    binding *b = plan_add(p, role, slot, 3, ne0, ne1, fmt, layer);
+    if (b == NULL) {
+        return ts_set_error(err, err_size, "out of memory");
+    }
+    b->ne[2] = m->info.n_expert;
+    const int rc = resolve(m, b, required, err, err_size);
+    if (rc != 0) {
+        p->n--;
+    }
+    return rc;
+}
+
+/* A mixture-of-experts FFN under llama.cpp's names (router ffn_gate_inp, experts stacked in ffn_{gate,up,down}_exps),
+ * plus ours: the experts' transposed downs and predictors, stacked the same way. */
+static int plan_moe_ffn(ts_model *m, plan *p, int il, char *err, size_t err_size) {
+    const ts_model_info *in = &m->info;
+    ts_layer *l = &m->layers[il];
+    const int64_t n_embd = in->n_embd, n_ff = in->n_ff;
+    char name[GGML_MAX_NAME];
+    snprintf(name, sizeof(name), "blk.%d.ffn_pred_fc1_exps.weight", il);
+    const ts_gguf_tensor *fc1 = ts_gguf_find_tensor(m->file, name);
+    const enum tensor_role gate_role = fc1 != NULL ? ROLE_ROWS : ROLE_MATRIX;
+    if (want(m, p, ROLE_MATRIX, &l->ffn_gate_inp, 1, 2, n_embd, in->n_expert, "blk.%d.ffn_gate_inp.weight", il, err,
+             err_size) != 0 ||
+        want_experts(m, p, gate_role, &l->ffn_gate_exps, 1, n_embd, n_ff, "blk.%d.ffn_gate_exps.weight", il, err,
+                     err_size) != 0 ||
+        want_experts(m, p, ROLE_ROWS, &l->ffn_up_exps, 1, n_embd, n_ff, "blk.%d.ffn_up_exps.weight", il, err,
+                     err_size) != 0) {
+        return -1;
+    }
+    const int has_down = want_experts(m, p, ROLE_MATRIX, &l->ffn_down_exps, 0, n_ff, n_embd,
+                                      "blk.%d.ffn_down_exps.weight", il, err, err_size);
+    const int has_down_t = want_experts(m, p, ROLE_DOWN_T, &l->ffn_down_t_exps, 0, n_embd, n_ff,
+                                        "blk.%d.ffn_down_t_exps.weight", il, err, err_size);
+    if (has_down < 0 || has_down_t < 0 || check_down_layout(m, il, has_down, has_down_t, "ffn_down_exps", "ffn_down_t_exps", err, err_size)) {
+        return -1;
+    }
+    m->pred_rank[il] = 0;
+    if (fc1 != NULL) {
+        const int64_t rank = fc1->ne[1];
+        if (want_experts(m, p, ROLE_MATRIX, &l->pred_fc1_exps, 1, n_embd, rank, "blk.%d.ffn_pred_fc1_exps.weight", il,
+                         err, err_size) != 0 ||
+            want_experts(m, p, ROLE_MATRIX, &l->pred_fc2_exps, 1, rank, n_ff, "blk.%d.ffn_pred_fc2_exps.weight", il,
+                         err, err_size) != 0) {
+            return -1;
+        }
+        m->pred_rank[il] = (int32_t)rank;
+    }
+    return 0;
+}
+
 static int plan_layer(ts_model *m, plan *p, int il, char *err, size_t err_size) {
     ts_model_info *in = &m->info;
     ts_layer *l = &m->layers[il];
@@ -406,6 +508,9 @@ static int plan_layer(ts_model *m, plan *p, int il, char *err, size_t err_size) 
     rc |= !rc && want(m, p, ROLE_NORM, &l->ffn_norm, 1, 1, n_embd, 1, "blk.%d.ffn_norm.weight", il, err, err_size) < 0;
     if (rc) {
         return -1;
+    }
+    if (in->n_expert > 0) {
+        return plan_moe_ffn(m, p, il, err, err_size);
     }
     /* FFN matrices read row by row in sparse decoding stay in the mapping when asked to: up always, gate where a
      * predictor selects rows (exact mode computes the gate densely, with ggml's repacked kernels where they exist) */
@@ -429,15 +534,8 @@ static int plan_layer(ts_model *m, plan *p, int il, char *err, size_t err_size) 
     if (has_down < 0 || has_down_t < 0) {
         return -1;
     }
-    if (has_down == 1 && has_down_t == 1) {
-        return ts_set_error(err, err_size, "%s: missing tensor 'blk.%d.ffn_down.weight' (or its transpose 'blk.%d.ffn_down_t.weight')",
-                            m->file->path, il, il);
-    }
-    if (il == 0) {
-        in->has_down = has_down == 0;
-        in->has_down_t = has_down_t == 0;
-    } else if (in->has_down != (has_down == 0) || in->has_down_t != (has_down_t == 0)) {
-        return ts_set_error(err, err_size, "%s: layer %d stores its down matrix differently from layer 0", m->file->path, il);
+    if (check_down_layout(m, il, has_down, has_down_t, "ffn_down", "ffn_down_t", err, err_size) != 0) {
+        return -1;
     }
     /* predictor: fc1 [n_embd, rank], fc2 [rank, n_ff]; rank taken from fc1 and checked against fc2 */
     m->pred_rank[il] = 0;
@@ -599,8 +697,9 @@ static int build_plan(ts_model *m, plan *p, char *err, size_t err_size) {
 
 /* ---- placement and allocation ---------------------------------------------------------------- */
 
-/* ggml's extra CPU buffer type (repacking) that runs mul_mat with this weight, or NULL. */
-static ggml_backend_buffer_type_t repack_buft_for(enum ggml_type type, int64_t ne0, int64_t ne1) {
+/* ggml's extra CPU buffer type (repacking) that runs mul_mat with this weight (mul_mat_id for n_expert stacked
+ * matrices, ne2 > 1), or NULL. */
+static ggml_backend_buffer_type_t repack_buft_for(enum ggml_type type, int64_t ne0, int64_t ne1, int64_t ne2) {
     ggml_backend_dev_t dev = ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU);
     if (dev == NULL) {
         return NULL;
@@ -620,7 +719,7 @@ static ggml_backend_buffer_type_t repack_buft_for(enum ggml_type type, int64_t n
             continue;
         }
         /* a fresh context per candidate: each probe creates three tensors */
-        struct ggml_init_params ip = {.mem_size = 4 * ggml_tensor_overhead(), .mem_buffer = NULL, .no_alloc = true};
+        struct ggml_init_params ip = {.mem_size = 5 * ggml_tensor_overhead(), .mem_buffer = NULL, .no_alloc = true};
         struct ggml_context *ctx = ggml_init(ip);
         if (ctx == NULL) {
             return NULL;
@@ -630,10 +729,11 @@ static ggml_backend_buffer_type_t repack_buft_for(enum ggml_type type, int64_t n
             ggml_free(ctx);
             continue;
         }
-        struct ggml_tensor *w = ggml_new_tensor_2d(ctx, type, ne0, ne1);
-        struct ggml_tensor *x = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, ne0, 1);
+        struct ggml_tensor *w = ggml_new_tensor_3d(ctx, type, ne0, ne1, ne2);
         w->buffer = dummy;
-        struct ggml_tensor *op = ggml_mul_mat(ctx, w, x);
+        struct ggml_tensor *op = ne2 > 1 ? ggml_mul_mat_id(ctx, w, ggml_new_tensor_3d(ctx, GGML_TYPE_F32, ne0, 1, 1),
+                                                           ggml_new_tensor_2d(ctx, GGML_TYPE_I32, 1, 1))
+                                         : ggml_mul_mat(ctx, w, ggml_new_tensor_2d(ctx, GGML_TYPE_F32, ne0, 1));
         if (ggml_backend_dev_supports_op(dev, op)) {
             found = *buft;
         }
@@ -656,7 +756,7 @@ static int allocate(ts_model *m, plan *p, const ts_model_params *params, char *e
         binding *b = &p->items[i];
         const int eligible = b->role == ROLE_MATRIX || (b->role == ROLE_ROWS && !params->sparse_rows);
         if (params->repack && eligible) {
-            ggml_backend_buffer_type_t buft = repack_buft_for((enum ggml_type)b->src->type, b->ne[0], b->ne[1]);
+            ggml_backend_buffer_type_t buft = repack_buft_for((enum ggml_type)b->src->type, b->ne[0], b->ne[1], b->ne[2]);
             if (buft != NULL && (repack_buft == NULL || buft == repack_buft)) {
                 repack_buft = buft;
                 b->repack = 1;
@@ -748,7 +848,7 @@ ts_model *ts_model_load(const char *path, const ts_model_params *params, char *e
         rc = allocate(m, &p, params, err, err_size);
     }
     if (rc == 0) {
-        m->info.ffn_type = m->layers[0].ffn_up->type;
+        m->info.ffn_type = (m->info.n_expert > 0 ? m->layers[0].ffn_up_exps : m->layers[0].ffn_up)->type;
     }
     free(p.items);
     if (rc != 0) {

@@ -26,6 +26,14 @@ typedef struct ts_layer {
     struct ggml_tensor *ffn_down_b;            /* [n_embd] optional */
     struct ggml_tensor *pred_fc1;  /* [n_embd, rank] predictor, optional */
     struct ggml_tensor *pred_fc2;  /* [rank, n_ff] */
+    /* mixture of experts (n_expert > 0) in place of the FFN matrices above, experts stacked along ne2 */
+    struct ggml_tensor *ffn_gate_inp;    /* [n_embd, n_expert] router */
+    struct ggml_tensor *ffn_gate_exps;   /* [n_embd, n_ff, n_expert] */
+    struct ggml_tensor *ffn_up_exps;     /* [n_embd, n_ff, n_expert] */
+    struct ggml_tensor *ffn_down_exps;   /* [n_ff, n_embd, n_expert] (optional when down_t_exps exists) */
+    struct ggml_tensor *ffn_down_t_exps; /* [n_embd, n_ff, n_expert]: row j of expert e = its neuron j's output */
+    struct ggml_tensor *pred_fc1_exps;   /* [n_embd, rank, n_expert] per-expert predictors, optional */
+    struct ggml_tensor *pred_fc2_exps;   /* [rank, n_ff, n_expert] */
     struct ggml_tensor *pred_groups;     /* [rank, n_ff/G]: fc2 rows summed per neuron group (grouped route) */
     struct ggml_tensor *ffn_down_groups; /* [G, n_embd, n_ff/G]: group g's slice of down (grouped route) */
 } ts_layer;

@@ -82,6 +82,8 @@ class ModelInfo:
     group_size: int  # neurons per group of the grouped route, 0 = the file has no groups
     n_params: int
     n_bytes: int
+    n_expert: int  # mixture of experts: experts per layer (0: a dense FFN)
+    n_expert_used: int  # experts each token is routed to
 
 
 @dataclass(frozen=True)
@@ -127,6 +129,16 @@ class LayerStats:
     n_true_found: int
     n_evals: int
     n_union: int
+
+
+@dataclass(frozen=True)
+class ExpertStats:
+    """One expert's counters in one layer (see ts_expert_stats in turbosparse.h)."""
+
+    n_routed: int
+    n_decoded: int
+    n_computed: int
+    n_nonzero: int
 
 
 class _ErrorBuffer:
@@ -304,6 +316,16 @@ class NativeContext:
         raw = self._lib.ffi.new("ts_layer_stats[]", self._model.info.n_layer)
         self._lib.lib.ts_context_get_stats(self._handle, raw)
         return [LayerStats(**{f.name: int(getattr(r, f.name)) for f in fields(LayerStats)}) for r in raw]
+
+    def expert_stats(self) -> list[list[ExpertStats]]:
+        """[layer][expert] counters of a mixture-of-experts model ([] for a dense FFN)."""
+        info = self._model.info
+        if info.n_expert == 0:
+            return []
+        raw = self._lib.ffi.new("ts_expert_stats[]", info.n_layer * info.n_expert)
+        self._lib.lib.ts_context_get_expert_stats(self._handle, raw)
+        flat = [ExpertStats(**{f.name: int(getattr(r, f.name)) for f in fields(ExpertStats)}) for r in raw]
+        return [flat[il * info.n_expert : (il + 1) * info.n_expert] for il in range(info.n_layer)]
 
     def reset_stats(self) -> None:
         self._lib.lib.ts_context_reset_stats(self._handle)

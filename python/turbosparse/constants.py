@@ -47,6 +47,16 @@ TENSOR_PRED_FC2: Final = "blk.{}.ffn_pred_fc2.weight"  # ne {rank, n_ff}
 TENSOR_PRED_GROUPS: Final = "blk.{}.ffn_pred_groups.weight"  # ne {rank, n_ff/G}: fc2 rows summed per group
 TENSOR_FFN_DOWN_GROUPS: Final = "blk.{}.ffn_down_groups.weight"  # ne {G, n_embd, n_ff/G}: group g's down columns
 
+# mixture of experts (llama.cpp's names; ggml ne, experts along ne2)
+TENSOR_FFN_GATE_INP: Final = "blk.{}.ffn_gate_inp.weight"  # ne {n_embd, n_expert}: the router
+TENSOR_FFN_GATE_EXPS: Final = "blk.{}.ffn_gate_exps.weight"  # ne {n_embd, n_ff, n_expert}
+TENSOR_FFN_UP_EXPS: Final = "blk.{}.ffn_up_exps.weight"  # ne {n_embd, n_ff, n_expert}
+TENSOR_FFN_DOWN_EXPS: Final = "blk.{}.ffn_down_exps.weight"  # ne {n_ff, n_embd, n_expert}
+# ... and ours, stacked the same way
+TENSOR_FFN_DOWN_T_EXPS: Final = "blk.{}.ffn_down_t_exps.weight"  # ne {n_embd, n_ff, n_expert}
+TENSOR_PRED_FC1_EXPS: Final = "blk.{}.ffn_pred_fc1_exps.weight"  # ne {n_embd, rank, n_expert}
+TENSOR_PRED_FC2_EXPS: Final = "blk.{}.ffn_pred_fc2_exps.weight"  # ne {rank, n_ff, n_expert}
+
 # PowerInfer's names for the same tensors
 TENSOR_POWERINFER_FC1: Final = "blk.{}.fc1.weight"
 TENSOR_POWERINFER_FC2: Final = "blk.{}.fc2.weight"
@@ -54,3 +64,8 @@ TENSOR_POWERINFER_FC2: Final = "blk.{}.fc2.weight"
 # ---- Hugging Face side: TurboSparse-Mistral ("bamboo") checkpoints ----------------------------------------
 HF_BAMBOO_MODEL_TYPE: Final = "bamboo"  # config.json model_type
 HF_BAMBOO_ARCHITECTURE: Final = "BambooForCausalLM"  # config.json architectures
+# ---- Hugging Face side: Mixtral and TurboSparse-Mixtral -------------------------------------------------------
+HF_MIXTRAL_MODEL_TYPE: Final = "mixtral"
+HF_MIXTRAL_ARCHITECTURE: Final = "MixtralForCausalLM"
+HF_TURBOSPARSE_MIXTRAL_MODEL_TYPE: Final = "turbosparsemixtral"
+HF_TURBOSPARSE_MIXTRAL_ARCHITECTURE: Final = "TurboSparseMixtralForCausalLM"

@@ -13,7 +13,7 @@ from typing import Literal
 import numpy as np
 
 from turbosparse._library import set_llama_log_verbosity
-from turbosparse.binding import FfnActivation, ModelInfo, NativeContext, NativeModel, SparseMode
+from turbosparse.binding import ExpertStats, FfnActivation, ModelInfo, NativeContext, NativeModel, SparseMode
 from turbosparse.chat_template import ChatTemplate
 from turbosparse.errors import ChatTemplateError, ContextOverflowError, InvalidArgumentError, ModelClosedError
 from turbosparse.generation import Generation
@@ -466,10 +466,18 @@ class Model:
         predictor_recall[l]: share of truly active neurons the predictor selected (None unless measured);
         rows_read_fraction[l]: share of layer l's gate/up rows a forward pass read, the union over the tokens
         decoded together (equals active_fraction when every step decodes one token);
-        plus prompt / decode token counts and speeds."""
+        plus prompt / decode token counts and speeds.
+
+        Mixture-of-experts models: the shares above are taken within the experts each token was routed to (a token
+        reads nothing of the others), rows_read_fraction and predictor_recall are None, and
+        expert_histogram[l][e] counts the tokens layer l routed to expert e (every evaluation, prompts too),
+        expert_active_fraction[l][e] the share of expert e's neurons computed when decoding (None if never chosen)."""
         with self._lock:
             layers = self._ctx.layer_stats()
+            experts = self._ctx.expert_stats()
             timings = self._timings.as_dict()
+        if experts:
+            return {**self._expert_stats(experts), **timings}
         n_ff = self.info.n_ff
 
         def share(count: int, total: int) -> float | None:
@@ -490,6 +498,34 @@ class Model:
             "predictor_recall": [share(s.n_true_found, s.n_true_active) for s in layers] if measured else None,
             "rows_read_fraction": [share(s.n_union, s.n_evals * n_ff) if counted else 1.0 for s in layers],
             **timings,
+        }
+
+    def _expert_stats(self, experts: list[list[ExpertStats]]) -> dict[str, object]:
+        n_ff, n_layer = self.info.n_ff, self.info.n_layer
+
+        def share(count: int, total: int) -> float | None:
+            return count / total if total else None
+
+        decoded = [sum(e.n_decoded for e in layer) for layer in experts]
+        computed = [sum(e.n_computed for e in layer) for layer in experts]
+        nonzero = [sum(e.n_nonzero for e in layer) for layer in experts]
+        counted = any(decoded)
+        active = [share(c, d * n_ff) if counted else 1.0 for c, d in zip(computed, decoded, strict=True)]
+        kept = [(c + z) / (2 * d * n_ff) if d else 1.0 for c, z, d in zip(computed, nonzero, decoded, strict=True)]
+        return {
+            "sparse_mode": self.sparse_name,
+            "threshold": self.threshold,
+            "n_layer": n_layer,
+            "n_expert": self.info.n_expert,
+            "n_expert_used": self.info.n_expert_used,
+            "active_fraction": active,
+            "nonzero_fraction": [share(z, d * n_ff) for z, d in zip(nonzero, decoded, strict=True)],
+            "kept_fraction": kept,
+            "mean_kept_fraction": sum(kept) / len(kept),
+            "predictor_recall": None,
+            "rows_read_fraction": [None] * n_layer,
+            "expert_histogram": [[e.n_routed for e in layer] for layer in experts],
+            "expert_active_fraction": [[share(e.n_computed, e.n_decoded * n_ff) for e in layer] for layer in experts],
         }
 
     def reset_stats(self) -> None:

@@ -8,7 +8,7 @@ from typing import Protocol
 
 import numpy as np
 
-from turbosparse.binding import LayerStats, NativeContext, NativeModel, SparseMode
+from turbosparse.binding import ExpertStats, LayerStats, NativeContext, NativeModel, SparseMode
 
 
 class Engine(Protocol):
@@ -58,6 +58,9 @@ class TurbosparseEngine:
 
     def layer_stats(self) -> list[LayerStats]:
         return self.ctx.layer_stats()
+
+    def expert_stats(self) -> list[list[ExpertStats]]:
+        return self.ctx.expert_stats()
 
     def reset_stats(self) -> None:
         self.ctx.reset_stats()

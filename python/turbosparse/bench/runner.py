@@ -77,7 +77,11 @@ class TensorBytes:
 
 
 def tensor_bytes(path: Path) -> TensorBytes:
+    """Mixture-of-experts files count the stacked experts' (and their predictors') share one token reads,
+    expert_used_count / expert_count of them; the router counts with attention (read whole)."""
     reader = gguf.GGUFReader(str(path))
+    n_expert, n_used = (reader.get_field(f"{C.ARCHITECTURE}.{k}") for k in ("expert_count", "expert_used_count"))
+    expert_share = int(n_used.contents()) / int(n_expert.contents()) if n_expert is not None else 1.0
     n_layer = 1 + max(int(t.name.split(".")[1]) for t in reader.tensors if t.name.startswith("blk."))
     per_layer = {k: [0] * n_layer for k in ("gate", "up", "down", "pred", "groups", "fc2")}
     attention = output = 0
@@ -88,6 +92,8 @@ def tensor_bytes(path: Path) -> TensorBytes:
             continue
         layer = int(t.name.split(".")[1])
         kind = t.name.split(".")[2]
+        if kind.endswith("_exps"):
+            size, kind = int(size * expert_share), kind.removesuffix("_exps")
         if kind == "ffn_gate":
             per_layer["gate"][layer] += size
         elif kind == "ffn_up":
@@ -149,6 +155,19 @@ def measured_sparse_bytes(tb: TensorBytes, engine: TurbosparseEngine) -> SparseR
     """Bytes per decoded token and shares of rows read, from the measured per-layer counters."""
     stats = engine.layer_stats()
     n_ff = engine.model.info.n_ff
+    if engine.model.info.n_expert:  # per token-expert: computed share within the chosen experts
+        stats = [
+            LayerStats(
+                n_tokens=sum(e.n_decoded for e in layer),
+                n_computed=sum(e.n_computed for e in layer),
+                n_nonzero=sum(e.n_nonzero for e in layer),
+                n_true_active=0,
+                n_true_found=0,
+                n_evals=0,
+                n_union=0,
+            )
+            for layer in engine.expert_stats()
+        ]
     total = tb.attention + tb.output
     active, kept = [], []
     for i, s in enumerate(stats):

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from statistics import NormalDist
 
@@ -50,6 +50,8 @@ class SyntheticShape:
     n_head_kv: int
     n_ctx: int
     rope_base: float
+    n_expert: int = 0  # mixture of experts: experts per layer (0: a dense FFN)
+    n_expert_used: int = 0
 
 
 SHAPES: dict[str, SyntheticShape] = {
@@ -59,6 +61,10 @@ SHAPES: dict[str, SyntheticShape] = {
     "mistral-7b-4layers": SyntheticShape("mistral-7b-4layers", 1024, 4096, 14336, 4, 32, 8, 4096, 1e6),
     "mistral-7b-layer": SyntheticShape("mistral-7b-layer", 1024, 4096, 14336, 1, 32, 8, 4096, 1e6),
     "tiny": SyntheticShape("tiny", 1024, 256, 768, 2, 4, 2, 2048, 1e4),
+    # Mixtral-8x7B: 8 experts of Mistral-7B's FFN, top-2. All 32 layers at Q4_0 (~26 GB) do not fit in 24 GiB
+    # beside their dense twin: the bench takes --layers (8 by default)
+    "mixtral": SyntheticShape("mixtral", 32000, 4096, 14336, 8, 32, 8, 32768, 1e6, n_expert=8, n_expert_used=2),
+    "tiny-moe": SyntheticShape("tiny-moe", 1024, 256, 768, 2, 4, 2, 2048, 1e4, n_expert=4, n_expert_used=2),
 }
 
 
@@ -183,6 +189,11 @@ def _entries(spec: SyntheticSpec, sparse: bool) -> list[_Entry]:
             mat(f"blk.{i}.attn_v.weight", "v", s.n_head_kv * hd, s.n_embd),
             mat(f"blk.{i}.attn_output.weight", "o", s.n_embd, s.n_head * hd, 0.1),
             norm(f"blk.{i}.ffn_norm.weight"),
+        ]
+        if s.n_expert:
+            out += _expert_entries(spec, w, i, sparse)
+            continue
+        out += [
             _Entry(f"blk.{i}.ffn_gate.weight", s.n_ff, s.n_embd, q, lambda: _gate(w, q)),
             _Entry(f"blk.{i}.ffn_up.weight", s.n_ff, s.n_embd, q, lambda: _gate(w, q)),
         ]
@@ -203,6 +214,45 @@ def _entries(spec: SyntheticSpec, sparse: bool) -> list[_Entry]:
         else:
             out.append(mat(f"blk.{i}.ffn_down.weight", "down", s.n_embd, s.n_ff, 0.05))
     return [*out, norm("output_norm.weight"), mat("output.weight", "output", s.n_vocab, s.n_embd)]
+
+
+def _expert_entries(spec: SyntheticSpec, w: _Weights, i: int, sparse: bool) -> list[_Entry]:
+    """Layer i's router and stacked experts, every expert a copy of the dense FFN's matrices (distinct bytes in
+    the file: a token still reads its own experts' rows). The router is random: tokens spread over the experts."""
+    s, q, pq, n = spec.shape, spec.quant, spec.pred_quant, spec.shape.n_expert
+
+    def stack(name: str, rows: int, cols: int, qtype: Q, one: Callable[[], np.ndarray]) -> _Entry:
+        return _Entry(name, rows, cols, qtype, lambda: np.stack([one()] * n), planes=n)
+
+    router = _Entry(C.TENSOR_FFN_GATE_INP.format(i), n, s.n_embd, Q.F32, lambda: w.matrix("router", n, s.n_embd, Q.F32))
+    out = [
+        router,
+        stack(C.TENSOR_FFN_GATE_EXPS.format(i), s.n_ff, s.n_embd, q, lambda: _gate(w, q)),
+        stack(C.TENSOR_FFN_UP_EXPS.format(i), s.n_ff, s.n_embd, q, lambda: _gate(w, q)),
+    ]
+    if not sparse:
+        return [
+            *out,
+            stack(
+                C.TENSOR_FFN_DOWN_EXPS.format(i),
+                s.n_embd,
+                s.n_ff,
+                q,
+                lambda: w.matrix("down", s.n_embd, s.n_ff, q, 0.05),
+            ),
+        ]
+    return [
+        *out,
+        stack(
+            C.TENSOR_FFN_DOWN_T_EXPS.format(i),
+            s.n_ff,
+            s.n_embd,
+            q,
+            lambda: w.matrix("down_t", s.n_ff, s.n_embd, q, 0.05),
+        ),
+        stack(C.TENSOR_PRED_FC1_EXPS.format(i), spec.rank, s.n_embd, pq, lambda: _predictor(w, "fc1", pq)),
+        stack(C.TENSOR_PRED_FC2_EXPS.format(i), s.n_ff, spec.rank, pq, lambda: _predictor(w, "fc2", pq)),
+    ]
 
 
 def _gate(w: _Weights, q: Q) -> np.ndarray:
@@ -260,6 +310,8 @@ def _write(path: Path, spec: SyntheticSpec, *, sparse: bool) -> None:
         tied_embeddings=False,
         attention_bias=False,
         mlp_bias=False,
+        n_expert=s.n_expert,
+        n_expert_used=s.n_expert_used,
     )
     add_llama_hparams(writer, hparams)
     _add_vocab(writer, s.n_vocab)
@@ -278,7 +330,10 @@ def _write(path: Path, spec: SyntheticSpec, *, sparse: bool) -> None:
     # shapes first (header), then the data in the same order, one tensor in memory at a time
     for e in entries:
         # gguf-py takes quantized shapes in bytes per row
-        shape = (e.cols,) if e.qtype == Q.F32 else (e.rows, e.nbytes // (e.planes * e.rows))
+        if e.qtype == Q.F32:
+            shape = (e.cols,) if e.rows == 1 else (e.rows, e.cols)  # norms; the MoE router
+        else:
+            shape = (e.rows, e.nbytes // (e.planes * e.rows))
         shape = (e.planes, *shape) if e.planes > 1 else shape
         dtype = np.dtype(np.float32 if e.qtype == Q.F32 else np.uint8)
         writer.add_tensor_info(e.name, shape, dtype, e.nbytes, raw_dtype=e.qtype)
@@ -308,3 +363,31 @@ def calibrated_twin(dense: Path, sparsity: float, n_threads: int) -> Path:
     n_windows = CALIBRATION_TOKENS // cfg.collect.n_ctx
     calibrator.collect(list(token_windows(ids, cfg.collect.n_ctx, bos_prefix(calibrator.tokenizer), n_windows)))
     return write_calibrated(dense, calibrator.calibration(sparsity), out)
+
+
+def with_layers(shape: SyntheticShape, n_layer: int) -> SyntheticShape:
+    """The shape with n_layer layers (its name says so, so that each count has its own cached files)."""
+    return shape if n_layer == shape.n_layer else replace(shape, name=f"{shape.name}-{n_layer}layers", n_layer=n_layer)
+
+
+def moe_arithmetic(spec: SyntheticSpec) -> str:
+    """Per-layer bytes of a mixture-of-experts shape: what a layer holds and what a token reads of it."""
+    s = spec.shape
+    entries = {e.name.split(".", 2)[2]: e.nbytes for e in _entries(replace(spec, shape=replace(s, n_layer=1)), True)
+               if e.name.startswith("blk.0.")}  # fmt: skip
+    attention = sum(v for k, v in entries.items() if k.startswith("attn_"))
+    expert = (
+        sum(entries[k] for k in ("ffn_gate_exps.weight", "ffn_up_exps.weight", "ffn_down_t_exps.weight")) / s.n_expert
+    )
+    predictor = (entries["ffn_pred_fc1_exps.weight"] + entries["ffn_pred_fc2_exps.weight"]) / s.n_expert
+    k, mb = s.n_expert_used, 1e6
+    dense_read = attention + k * expert
+    sparse_read = attention + k * (predictor + spec.active * expert)
+    held = s.n_expert * expert
+    return (
+        f"# per layer ({spec.quant.name}): attention {attention / mb:.1f} MB, {s.n_expert} experts x "
+        f"{expert / mb:.1f} MB = {held / mb:.0f} MB held; a token reads attention + {k} experts = "
+        f"{dense_read / mb:.1f} MB dense, attention + {k} x (predictor {predictor / mb:.1f} MB + {spec.active:g} x "
+        f"expert) = {sparse_read / mb:.1f} MB sparse; 32 layers would hold {32 * (attention + held) / 1e9:.1f} GB per "
+        f"file (this bench: {s.n_layer} layers)"
+    )

@@ -29,7 +29,14 @@ from turbosparse.bench.runner import (
     run,
     tensor_bytes,
 )
-from turbosparse.bench.synthetic import SHAPES, SyntheticSpec, calibrated_twin, synthetic_pair
+from turbosparse.bench.synthetic import (
+    SHAPES,
+    SyntheticSpec,
+    calibrated_twin,
+    moe_arithmetic,
+    synthetic_pair,
+    with_layers,
+)
 from turbosparse.binding import NativeModel
 from turbosparse.default import default_model
 from turbosparse.errors import EvalError, InvalidArgumentError
@@ -62,7 +69,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dense", help="dense-equivalent GGUF for the dense engines (default: -m itself, or for "
                    "'default' the original SmolLM2)")  # fmt: skip
     p.add_argument("--quant", default="q4_0", choices=sorted(QUANTS), help="synthetic: matrix type")
-    p.add_argument("--active", type=float, default=0.10, help="synthetic: predicted active share of neurons")
+    p.add_argument(
+        "--active", type=float, default=None,
+        help="synthetic: predicted active share of neurons (of each chosen expert's for mixtral; default 0.10, mixtral "
+        "0.15, the paper's figure)",
+    )  # fmt: skip
+    p.add_argument("--layers", type=int, default=None, help="synthetic: layers (default: the shape's; mixtral 8)")
     p.add_argument("--rank", type=int, default=1024, help="synthetic: predictor rank")
     p.add_argument("--pred-quant", default="q4_0", choices=sorted(QUANTS), help="synthetic: predictor type")
     p.add_argument(
@@ -96,18 +108,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _files(args: argparse.Namespace) -> tuple[Path, Path, float | None]:
     """(sparse file, dense-equivalent file, configured active share or None)."""
     if args.synthetic:
-        spec = SyntheticSpec(
-            SHAPES[args.synthetic],
-            QUANTS[args.quant],
-            args.active,
-            args.rank,
-            QUANTS[args.pred_quant],
-            groups=args.groups,
-        )
+        shape = SHAPES[args.synthetic]
+        if args.layers is not None:
+            if args.layers < 1:
+                raise ValueError(f"--layers must be >= 1, got {args.layers}")
+            shape = with_layers(shape, args.layers)
+        active = args.active if args.active is not None else (0.15 if shape.n_expert else 0.10)
+        spec = SyntheticSpec(shape, QUANTS[args.quant], active, args.rank, QUANTS[args.pred_quant], groups=args.groups)
+        if shape.n_expert:
+            print(moe_arithmetic(spec), file=sys.stderr)
         sparse, dense = synthetic_pair(spec)
         if args.sparsity is not None:
             return calibrated_twin(dense, args.sparsity, args.threads), dense, None
-        return sparse, dense, args.active
+        return sparse, dense, active
     model = Path(default_model() if args.model == "default" else args.model)
     if args.dense:
         dense = Path(args.dense)
@@ -145,6 +158,7 @@ def _engines(args: argparse.Namespace, sparse: Path, dense: Path, n_ctx: int) ->
 def run_ffn_layer(args: argparse.Namespace) -> int:
     quants = [QUANTS[q.strip()] for q in args.ffn_layer.split(",") if q.strip()]
     rounds = max(args.rounds, 10)
+    args.active = args.active if args.active is not None else 0.10
     results = [
         bench_ffn_layer(
             q,

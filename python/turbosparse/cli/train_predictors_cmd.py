@@ -1,6 +1,8 @@
 """`turbosparse train-predictors`: train activation predictors for a dReLU / ReLU HF checkpoint (torch, the
 `train` extra): collect residuals and active masks on calibration text, train a low-rank predictor per layer,
-choose each layer's rank and threshold for a recall target at least bytes read, export and report.
+choose each layer's rank and threshold for a recall target at least bytes read, export and report. A
+TurboSparse-Mixtral checkpoint (mixture of experts) gets one predictor per expert, trained on the tokens routed to
+it, rank and threshold chosen per expert.
 Under `torchrun --nproc_per_node N $(which turbosparse) train-predictors ...` rank 0 collects and the layers'
 training is shared out over the ranks (gloo on CPU, nccl on GPUs)."""
 
@@ -41,6 +43,8 @@ def run(args: argparse.Namespace) -> int:
     # torch is imported here only: the runtime (and `turbosparse run`) never loads it
     from turbosparse.predictor_train.collect import CollectConfig
     from turbosparse.predictor_train.distributed import from_environment
+    from turbosparse.predictor_train.modeling import read_config
+    from turbosparse.predictor_train.moe import MoeTrainOptions, is_moe_checkpoint, train_moe_predictors
     from turbosparse.predictor_train.pipeline import PredictorTrainConfig
     from turbosparse.predictor_train.train import TrainConfig
     from turbosparse.predictor_train.workflows import TrainPredictorsOptions, set_threads, train_predictors
@@ -65,6 +69,16 @@ def run(args: argparse.Namespace) -> int:
             train=TrainConfig(max_steps=args.steps, input_kind=args.input, device=device),
         ),
     )
+    if is_moe_checkpoint(read_config(args.model_dir)):
+        if args.format != "bamboo" or dist.world > 1 or args.eval is not None:
+            raise ValueError(
+                f"{args.model_dir}: a mixture-of-experts checkpoint takes neither --format powerinfer, --eval nor "
+                "torchrun (its predictors are embedded per expert, trained in one process)"
+            )
+        moe = MoeTrainOptions(out=out, tokens=args.tokens, seq_len=args.seq_len, predictors=opts.predictors)
+        report = train_moe_predictors(args.model_dir, args.data, moe)
+        print(json.dumps({"out": str(out), **report["totals"]}, indent=2))
+        return 0
     report = train_predictors(args.model_dir, args.data, opts, dist)
     if report is not None:
         print(json.dumps({"out": str(out), **report["totals"]}, indent=2))

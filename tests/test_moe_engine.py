@@ -1,0 +1,109 @@
+"""The mixture-of-experts engine against a float64 numpy forward on tiny TurboSparse-Mixtral GGUFs: dense, exact and
+predictor modes, quant types, threads, and the loader's errors (no torch: this file also runs under the sanitizers).
+
+Error measure: max |ours - reference| / max |reference| over every position and the whole vocabulary."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+
+from turbosparse.binding import NativeContext, NativeModel, SparseMode
+from turbosparse.errors import ModelLoadError
+
+from tinymodel import TinyConfig, random_weights, reference_logits, write_gguf
+
+Q = gguf.GGMLQuantizationType
+REL = 1e-3
+CFG = TinyConfig(n_vocab=384, n_embd=64, n_ff=128, n_expert=4, n_expert_used=2, act="drelu")
+RANK = 16
+
+
+def rel_error(got: np.ndarray, want: np.ndarray) -> float:
+    return float(np.abs(got - want).max() / np.abs(want).max())
+
+
+def moe_file(tmp_path: Path, qtype: Q = Q.F32, cfg: TinyConfig = CFG, down_layout: str = "both") -> tuple[Path, dict]:
+    path = tmp_path / f"moe-{qtype.name}.gguf"
+    weights = random_weights(cfg, seed=1, predictor_rank=RANK)
+    pred = Q.F16 if qtype != Q.F32 else None  # rank-16 rows fit no 32-wide block
+    return path, write_gguf(path, cfg, weights, qtype, down_layout=down_layout, predictor_qtype=pred)
+
+
+def decode(path: Path, toks: list[int], mode: SparseMode, n_threads: int = 2) -> tuple[np.ndarray, NativeContext]:
+    """Logits of toks decoded one at a time (the sparse nodes run for every token)."""
+    model = NativeModel(str(path))
+    ctx = NativeContext(model, n_ctx=128, n_threads=n_threads, n_batch=64, sparse_mode=mode, threshold=None, kv_f32=1)
+    return np.stack([ctx.eval([t], dense_ffn=False, logits_all=False) for t in toks]), ctx
+
+
+def test_dense_exact_and_predictor_modes_match_reference(tmp_path: Path) -> None:
+    path, stored = moe_file(tmp_path)
+    toks = [int(t) for t in np.random.default_rng(3).integers(0, CFG.n_vocab, 24)]
+    dense_ref = reference_logits(CFG, stored, toks)
+    dense, _ = decode(path, toks, SparseMode.OFF)
+    assert rel_error(dense, dense_ref) <= REL
+    exact, ctx = decode(path, toks, SparseMode.EXACT)
+    assert rel_error(exact, reference_logits(CFG, stored, toks, use_down_t=True)) <= REL
+    computed = sum(e.n_computed for layer in ctx.expert_stats() for e in layer)
+    assert 0 < computed < len(toks) * CFG.n_layer * CFG.n_expert_used * CFG.n_ff  # rows were skipped
+    predicted, ctx = decode(path, toks, SparseMode.PREDICTOR)
+    masked_ref = reference_logits(CFG, stored, toks, use_down_t=True, predictor_threshold=0.0)
+    assert rel_error(predicted, masked_ref) <= REL
+    assert rel_error(predicted, dense_ref) > 10 * REL  # the masks matter
+    stats = ctx.expert_stats()
+    for layer in stats:
+        assert sum(e.n_routed for e in layer) == sum(e.n_decoded for e in layer) == len(toks) * CFG.n_expert_used
+
+
+def test_sparse_moe_is_deterministic_and_thread_count_agnostic(tmp_path: Path) -> None:
+    path, _ = moe_file(tmp_path)
+    toks = [int(t) for t in np.random.default_rng(5).integers(0, CFG.n_vocab, 12)]
+    first, _ = decode(path, toks, SparseMode.PREDICTOR, n_threads=2)
+    again, _ = decode(path, toks, SparseMode.PREDICTOR, n_threads=2)
+    np.testing.assert_array_equal(first, again)
+    one, _ = decode(path, toks, SparseMode.PREDICTOR, n_threads=1)
+    three, _ = decode(path, toks, SparseMode.PREDICTOR, n_threads=3)
+    assert rel_error(one, first) <= 1e-5 and rel_error(three, first) <= 1e-5
+
+
+@pytest.mark.parametrize("qtype", [Q.F16, Q.Q8_0, Q.Q4_0, Q.Q4_K, Q.Q6_K], ids=lambda q: q.name)
+def test_quant_types_exact_mode_equals_dense(tmp_path: Path, qtype: Q) -> None:
+    """Exact mode is the dense result: every quant type, the same weights read through the sparse kernels (only
+    transposed downs: the dense path adds the chosen experts' down rows too)."""
+    cfg = dataclasses.replace(CFG, n_embd=256, n_ff=512)
+    path, _ = moe_file(tmp_path, qtype, cfg, down_layout="transposed")
+    toks = [int(t) for t in np.random.default_rng(9).integers(0, cfg.n_vocab, 8)]
+    dense, _ = decode(path, toks, SparseMode.OFF)
+    exact, _ = decode(path, toks, SparseMode.EXACT)
+    assert rel_error(exact, dense) <= 2e-2
+
+
+def load_error(path: Path) -> str:
+    with pytest.raises(ModelLoadError) as info:
+        NativeModel(str(path))
+    return str(info.value)
+
+
+def test_model_load_errors_name_the_key_or_tensor(tmp_path: Path) -> None:
+    weights = random_weights(CFG, seed=1, predictor_rank=RANK)
+    no_used = tmp_path / "no-used.gguf"
+    write_gguf(no_used, dataclasses.replace(CFG, n_expert=0), weights, extra_kv={"llama.expert_count": 4})
+    assert "llama.expert_used_count" in load_error(no_used)
+    too_many = tmp_path / "too-many.gguf"
+    write_gguf(too_many, dataclasses.replace(CFG, n_expert_used=5), weights)
+    assert "llama.expert_used_count = 5" in load_error(too_many)
+    missing = tmp_path / "missing.gguf"
+    write_gguf(missing, CFG, weights, skip=("blk.1.ffn_up_exps.weight",))
+    assert "blk.1.ffn_up_exps.weight" in load_error(missing)
+    fewer = tmp_path / "fewer.gguf"
+    write_gguf(fewer, dataclasses.replace(CFG, n_expert=3), weights)
+    assert "ffn_gate_inp.weight" in load_error(fewer)
+    bad_rank = dict(weights)
+    bad_rank["blk.0.ffn_pred_fc2_exps.weight"] = weights["blk.0.ffn_pred_fc2_exps.weight"][:, :, :8].copy()
+    write_gguf(tmp_path / "rank.gguf", CFG, bad_rank)
+    assert "blk.0.ffn_pred_fc2_exps.weight" in load_error(tmp_path / "rank.gguf")
