@@ -183,16 +183,32 @@ def measured_sparse_bytes(tb: TensorBytes, engine: TurbosparseEngine) -> SparseR
     return SparseReads(total, float(np.mean(active)), float(np.mean(kept)))
 
 
+# the CPU features the kernels choose between: x86 (/proc/cpuinfo "flags") and aarch64 ("Features": asimddp = SDOT)
+KERNEL_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512_vnni", "asimd", "asimddp", "sve")
+
+
+def cpu_from_cpuinfo(cpuinfo: str) -> tuple[str, str]:
+    """(CPU model, kernel-relevant features) from /proc/cpuinfo's text: x86 names its model and "flags"; aarch64 has
+    no model name (its implementer and part ids stand in) and lists "Features"."""
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            fields.setdefault(key.strip().lower(), value.strip())
+    model = fields.get("model name") or (
+        f"aarch64 implementer {fields['cpu implementer']} part {fields['cpu part']}" if "cpu part" in fields else ""
+    )
+    present = set((fields.get("flags") or fields.get("features") or "").split())
+    return model, " ".join(f for f in KERNEL_FLAGS if f in present)
+
+
 def machine_stamp() -> dict[str, str]:
-    flags = ""
-    model = platform.processor()
+    model, flags = "", ""
     try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-        model = next(ln.split(":", 1)[1].strip() for ln in cpuinfo.splitlines() if ln.startswith("model name"))
-        all_flags = next(ln.split(":", 1)[1].split() for ln in cpuinfo.splitlines() if ln.startswith("flags"))
-        flags = " ".join(f for f in ("avx2", "fma", "f16c", "avx512f", "avx512_vnni") if f in all_flags)
-    except (OSError, StopIteration):
+        model, flags = cpu_from_cpuinfo(Path("/proc/cpuinfo").read_text())
+    except OSError:  # no /proc (macOS)
         pass
+    model = model or platform.processor() or platform.machine()
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent

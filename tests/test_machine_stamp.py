@@ -1,0 +1,34 @@
+"""What bench reports about the CPU, from /proc/cpuinfo of both kinds the kernels are built for."""
+
+from __future__ import annotations
+
+from turbosparse.bench.runner import cpu_from_cpuinfo, machine_stamp
+
+X86 = """processor\t: 0
+vendor_id\t: AuthenticAMD
+model name\t: AMD EPYC 7B13
+flags\t\t: fpu vme sse sse2 avx fma f16c avx2 bmi2
+processor\t: 1
+model name\t: AMD EPYC 7B13
+"""
+
+AARCH64 = """processor\t: 0
+BogoMIPS\t: 243.75
+Features\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp
+CPU implementer\t: 0x41
+CPU architecture: 8
+CPU part\t: 0xd0c
+"""
+
+
+def test_x86_model_and_kernel_flags() -> None:
+    assert cpu_from_cpuinfo(X86) == ("AMD EPYC 7B13", "avx2 fma f16c")
+
+
+def test_aarch64_ids_and_dot_product_feature() -> None:
+    assert cpu_from_cpuinfo(AARCH64) == ("aarch64 implementer 0x41 part 0xd0c", "asimd asimddp")
+
+
+def test_this_machine_is_named() -> None:
+    stamp = machine_stamp()
+    assert stamp["cpu"] and stamp["kernel_isas"]
