@@ -156,3 +156,15 @@ def test_bench_on_a_calibrated_synthetic_twin(tmp_path) -> None:
     bad = subprocess.run([sys.executable, "-m", "turbosparse", "bench", "-m", "x.gguf", "--sparsity", "0.5"],
                          capture_output=True, text=True, timeout=60, env=env)  # fmt: skip
     assert bad.returncode == 1 and "--sparsity needs --synthetic" in bad.stderr
+
+
+def test_synthetic_files_use_the_formats_key_types(tmp_path) -> None:
+    """The synthetic writer goes through the converter's key table: u32 ranks and group top-k, as the format says."""
+    import gguf
+
+    from turbosparse.bench.synthetic import SHAPES, SyntheticSpec, synthetic_pair
+
+    sparse, _ = synthetic_pair(SyntheticSpec(SHAPES["tiny"], rank=64, groups=32), tmp_path)
+    fields = gguf.GGUFReader(str(sparse)).fields
+    for key in ("turbosparse.predictor_ranks", "turbosparse.group_top_k"):
+        assert fields[key].types == [gguf.GGUFValueType.ARRAY, gguf.GGUFValueType.UINT32], key

@@ -31,7 +31,7 @@ from turbosparse.binding import quantize
 from turbosparse.calibrate import CalibrateConfig, CollectConfig, write_calibrated
 from turbosparse.calibrate.pipeline import Calibrator
 from turbosparse.convert.hparams import HParams
-from turbosparse.convert.writer import add_llama_hparams
+from turbosparse.convert.writer import add_llama_hparams, add_turbosparse_keys
 from turbosparse.perplexity import bos_prefix, token_windows
 
 logger = logging.getLogger(__name__)
@@ -315,17 +315,19 @@ def _write(path: Path, spec: SyntheticSpec, *, sparse: bool) -> None:
     )
     add_llama_hparams(writer, hparams)
     _add_vocab(writer, s.n_vocab)
-    if sparse:
-        writer.add_uint32(C.KEY_FORMAT_VERSION, C.FORMAT_VERSION)
-        writer.add_string(C.KEY_FFN_ACTIVATION, "drelu")
-        writer.add_string(C.KEY_DOWN_LAYOUT, "transposed")
-        writer.add_string(C.KEY_PREDICTOR_INPUT, "residual_rmsnorm")
-        writer.add_float32(C.KEY_PREDICTOR_THRESHOLD, spec.threshold)
-        writer.add_array(C.KEY_PREDICTOR_RANKS, [spec.rank] * s.n_layer)
-        writer.add_string(C.KEY_SOURCE, "synthetic")
+    if sparse:  # through the converter's key table: the value types the format fixes (u32 ranks, not i32)
+        keys: dict[str, object] = {
+            C.KEY_FFN_ACTIVATION: "drelu",
+            C.KEY_DOWN_LAYOUT: "transposed",
+            C.KEY_PREDICTOR_INPUT: "residual_rmsnorm",
+            C.KEY_PREDICTOR_THRESHOLD: spec.threshold,
+            C.KEY_PREDICTOR_RANKS: [spec.rank] * s.n_layer,
+            C.KEY_SOURCE: "synthetic",
+        }
         if spec.groups:
-            writer.add_uint32(C.KEY_GROUP_SIZE, spec.groups)
-            writer.add_array(C.KEY_GROUP_TOP_K, [spec.group_top_k] * s.n_layer)
+            keys[C.KEY_GROUP_SIZE] = spec.groups
+            keys[C.KEY_GROUP_TOP_K] = [spec.group_top_k] * s.n_layer
+        add_turbosparse_keys(writer, keys)
     entries = _entries(spec, sparse)
     # shapes first (header), then the data in the same order, one tensor in memory at a time
     for e in entries:
