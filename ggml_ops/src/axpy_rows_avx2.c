@@ -3,6 +3,7 @@
  * through ts_axpy_rows, which asks the CPU first).
  */
 #include "axpy_rows.h"
+#include "q4_k_scales.h"
 
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #include <immintrin.h>
@@ -309,21 +310,17 @@ static void add_group_q4_1(const uint8_t *const *r, const float *a, int64_t n_un
 /*
  * Q4_K super-blocks of 256 {d, dmin, 12 bytes of 6-bit scales and mins, 128 bytes}: sub-block j (a unit)
  * = d * sc_j * nibble - dmin * mn_j, sub-blocks 2i and 2i + 1 the low and high nibbles of bytes [32i, 32i + 32).
- * Per row and super-block, the 8 scales and mins are unpacked at once (sc_j, mn_j: j < 4 the low 6 bits of bytes j
- * and j + 4; j >= 4 byte j + 4's low / high nibble and the top 2 bits of bytes j - 4 / j) into c[j][row] and the
+ * Per row and super-block, the 8 scales and mins are unpacked at once (q4_k_scales.h) into c[j][row] and the
  * mins' sum per j.
  */
 static inline void q4_k_coefs(const uint8_t *const *r, const float *a, size_t at, float (*c)[INT_ROWS], float *min_sum) {
     __m256 mins = _mm256_setzero_ps();
     for (int k = 0; k < INT_ROWS; k++) {
         const uint8_t *p = r[k] + at;
-        uint32_t w[3];
-        memcpy(w, p + 4, sizeof(w));
-        const uint32_t sc_lo = w[0] & 0x3F3F3F3F, mn_lo = w[1] & 0x3F3F3F3F;
-        const uint32_t sc_hi = (w[2] & 0x0F0F0F0F) | (((w[0] >> 6) & 0x03030303) << 4);
-        const uint32_t mn_hi = ((w[2] >> 4) & 0x0F0F0F0F) | (((w[1] >> 6) & 0x03030303) << 4);
-        const __m256 sc = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_set_epi32(0, 0, (int)sc_hi, (int)sc_lo)));
-        const __m256 mn = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_set_epi32(0, 0, (int)mn_hi, (int)mn_lo)));
+        uint8_t sm[16];
+        ts_k_scales_mins(p + 4, sm);
+        const __m256 sc = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)sm)));
+        const __m256 mn = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(sm + 8))));
         float row[8];
         _mm256_storeu_ps(row, _mm256_mul_ps(sc, _mm256_set1_ps(a[k] * half_at(p))));
         for (int j = 0; j < 8; j++) {

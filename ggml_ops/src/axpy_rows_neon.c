@@ -4,6 +4,7 @@
  * kernels for Q4_0, Q4_1, Q8_0 and Q4_K, float kernels for the float types.
  */
 #include "axpy_rows.h"
+#include "q4_k_scales.h"
 
 #if defined(__aarch64__) && defined(__ARM_NEON)
 #include <arm_neon.h>
@@ -250,22 +251,15 @@ static void add_group_q4_1(const uint8_t *const *r, const float *a, int64_t n_un
 /*
  * Q4_K super-blocks of 256 {d, dmin, 12 bytes of 6-bit scales and mins, 128 bytes}: sub-block j (a unit)
  * = d * sc_j * nibble - dmin * mn_j, sub-blocks 2i and 2i + 1 the low and high nibbles of bytes [32i, 32i + 32).
- * Per row and super-block the 8 scales and mins are unpacked at once into c[j][row] and the mins' sum per j.
+ * Per row and super-block the 8 scales and mins are unpacked at once (q4_k_scales.h) into c[j][row] and the mins'
+ * sum per j.
  */
 static inline void q4_k_coefs(const uint8_t *const *r, const float *a, size_t at, float (*c)[INT_ROWS], float *min_sum) {
     float32x4_t mins[2] = {vdupq_n_f32(0.0f), vdupq_n_f32(0.0f)};
     for (int k = 0; k < INT_ROWS; k++) {
         const uint8_t *p = r[k] + at;
-        uint32_t w[3];
-        memcpy(w, p + 4, sizeof(w));
-        const uint32_t packed[4] = {
-            w[0] & 0x3F3F3F3F,                                         /* scales 0-3 */
-            (w[2] & 0x0F0F0F0F) | (((w[0] >> 6) & 0x03030303) << 4),   /* scales 4-7 */
-            w[1] & 0x3F3F3F3F,                                         /* mins 0-3 */
-            ((w[2] >> 4) & 0x0F0F0F0F) | (((w[1] >> 6) & 0x03030303) << 4), /* mins 4-7 */
-        };
         uint8_t sm[16];
-        memcpy(sm, packed, sizeof(sm));
+        ts_k_scales_mins(p + 4, sm);
         const uint16x8_t sc = vmovl_u8(vld1_u8(sm)), mn = vmovl_u8(vld1_u8(sm + 8));
         const float ad = a[k] * half_at(p), amin = -a[k] * half_at(p + 2);
         float row[8];

@@ -1,4 +1,5 @@
 #include "down_cols.h"
+#include "q4_k_scales.h"
 
 #include "cpu_features.h"
 #include "ggml-cpu.h"
@@ -79,18 +80,6 @@ static void put_code(const ts_down_cols_format *f, uint8_t *row, int64_t i, int 
     *byte = i % 32 < 16 ? (uint8_t)((*byte & 0xF0) | (code & 15)) : (uint8_t)((*byte & 0x0F) | ((code & 15) << 4));
 }
 
-/* Sub-block j's 6-bit scale and min of a K-quant super-block's 12 packed bytes (ggml-common.h's Q4_K/Q5_K packing:
- * j < 4 in the low 6 bits of bytes j and j + 4; j >= 4 in byte j + 4's nibbles and the top 2 bits of bytes j - 4, j). */
-static void k_scale_min(const uint8_t *packed, int j, int *sc, int *mn) {
-    if (j < 4) {
-        *sc = packed[j] & 63;
-        *mn = packed[j + 4] & 63;
-    } else {
-        *sc = (packed[j + 4] & 0x0F) | ((packed[j - 4] >> 6) << 4);
-        *mn = (packed[j + 4] >> 4) | ((packed[j] >> 6) << 4);
-    }
-}
-
 /* The exact scale and min of each 32-value run of a block (K-quants: of each sub-block). */
 static void block_scales(const ts_down_cols_format *f, const uint8_t *block, float *d, float *m) {
     uint16_t h[2];
@@ -101,11 +90,11 @@ static void block_scales(const ts_down_cols_format *f, const uint8_t *block, flo
         return;
     }
     const float dk = ggml_fp16_to_fp32(h[0]), dmin = ggml_fp16_to_fp32(h[1]);
+    uint8_t sm[16];
+    ts_k_scales_mins(block + 4, sm);
     for (int j = 0; j < 8; j++) {
-        int sc, mn;
-        k_scale_min(block + 4, j, &sc, &mn);
-        d[j] = dk * (float)sc;
-        m[j] = -dmin * (float)mn;
+        d[j] = dk * (float)sm[j];
+        m[j] = -dmin * (float)sm[8 + j];
     }
 }
 

@@ -17,6 +17,7 @@
  *   Q8_K 256 values {float d, 256 int8, int16 bsums[16] (sums of 16 consecutive values)}
  */
 #include "gate_up_dot.h"
+#include "q4_k_scales.h"
 
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #include <immintrin.h>
@@ -271,16 +272,11 @@ static const void *prepare_q8_k(const void *xq, int64_t n, void *buf) {
     return buf;
 }
 
-/* The 8 six-bit scales (low 8 bytes) and mins (high 8 bytes) of a Q4_K super-block's 12 packed bytes: bytes 0-3 hold
- * scales 0-3 (and the top 2 bits of scales 4-7), bytes 4-7 mins 0-3 (and the top 2 bits of mins 4-7), bytes 8-11
- * the low 4 bits of scales 4-7 (low nibble) and mins 4-7 (high nibble). */
+/* The 8 six-bit scales (low 8 bytes) and mins (high 8 bytes) of a Q4_K super-block's 12 packed bytes */
 ALWAYS_INLINE __m128i scales_mins_q4_k(const uint8_t *packed) {
-    uint32_t u[3];
-    memcpy(u, packed, sizeof(u));
-    const uint32_t sc_lo = u[0] & 0x3f3f3f3f, mn_lo = u[1] & 0x3f3f3f3f;
-    const uint32_t sc_hi = (u[2] & 0x0f0f0f0f) | (((u[0] >> 6) & 0x03030303) << 4);
-    const uint32_t mn_hi = ((u[2] >> 4) & 0x0f0f0f0f) | (((u[1] >> 6) & 0x03030303) << 4);
-    return _mm_setr_epi32((int)sc_lo, (int)sc_hi, (int)mn_lo, (int)mn_hi);
+    uint8_t sm[16];
+    ts_k_scales_mins(packed, sm);
+    return _mm_loadu_si128((const __m128i *)sm);
 }
 
 ALWAYS_INLINE void group_q4_k(const void *const *rows, const int R, const void *prepared, int64_t n, float *out,

@@ -9,6 +9,7 @@
  * rows are prefetched. NEON multiplies signed bytes by signed bytes, so Q4_0's nibbles are made signed (q - 8) first.
  */
 #include "gate_up_dot.h"
+#include "q4_k_scales.h"
 
 #if defined(TS_NEON_DOTPROD_UNIT)
 #define TABLE ts_dot_kernel_neon_dotprod
@@ -233,21 +234,6 @@ static const void *prepare_q8_k(const void *xq, int64_t n, void *buf) {
     return buf;
 }
 
-/* The 8 six-bit scales (sm[0, 8)) and mins (sm[8, 16)) of a Q4_K super-block's 12 packed bytes: bytes 0-3 hold
- * scales 0-3 (and the top 2 bits of scales 4-7), bytes 4-7 mins 0-3 (and the top 2 bits of mins 4-7), bytes 8-11
- * the low 4 bits of scales 4-7 (low nibble) and mins 4-7 (high nibble). */
-ALWAYS_INLINE void scales_mins_q4_k(const uint8_t *packed, uint8_t sm[16]) {
-    uint32_t u[3];
-    memcpy(u, packed, sizeof(u));
-    const uint32_t v[4] = {
-        u[0] & 0x3f3f3f3f,
-        (u[2] & 0x0f0f0f0f) | (((u[0] >> 6) & 0x03030303) << 4),
-        u[1] & 0x3f3f3f3f,
-        ((u[2] >> 4) & 0x0f0f0f0f) | (((u[1] >> 6) & 0x03030303) << 4),
-    };
-    memcpy(sm, v, sizeof(v));
-}
-
 ALWAYS_INLINE void group_q4_k(const void *const *rows, const int R, const void *prepared, int64_t n, float *out,
                               prefetcher *pf) {
     const int8_t *xs = prepared;
@@ -266,7 +252,7 @@ ALWAYS_INLINE void group_q4_k(const void *const *rows, const int R, const void *
         for (int k = 0; k < R; k++) {
             const uint8_t *p = (const uint8_t *)rows[k] + i * Q4_K_BYTES;
             uint8_t sm[16];
-            scales_mins_q4_k(p + 4, sm);
+            ts_k_scales_mins(p + 4, sm);
             int32x4_t isum = vdupq_n_s32(0);
             for (int j = 0; j < 4; j++) { /* bytes [32j, 32j + 32): sub-block 2j in the low nibbles, 2j + 1 in the high */
                 const uint8x16_t q0 = vld1q_u8(p + 16 + 32 * j), q1 = vld1q_u8(p + 16 + 32 * j + 16);
