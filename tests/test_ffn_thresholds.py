@@ -209,19 +209,18 @@ def test_bad_thresholds_are_refused(tmp_path: Path) -> None:
 def test_model_api_on_a_calibrated_file(tmp_path: Path) -> None:
     """Model(sparse="auto") chooses exact for a calibrated SwiGLU file, refuses exact on an uncalibrated one, and
     stats() reports the rows read."""
-    from turbosparse.model import Model, resolve_sparse_mode
+    from turbosparse.model import Model
 
     cfg = TinyConfig(act="swiglu")
     plain, stored = make(tmp_path, cfg)
-    assert resolve_sparse_mode("auto", NativeModel(plain).info, str(plain)) == SparseMode.OFF
-    with pytest.raises(ValueError, match="run `turbosparse calibrate` on it first"):
-        resolve_sparse_mode("exact", NativeModel(plain).info, str(plain))
+    assert NativeModel(plain).sparse_mode(SparseMode.AUTO) == SparseMode.OFF
+    with pytest.raises(InvalidArgumentError, match="run `turbosparse calibrate` on it first"):
+        Model(plain, sparse="exact", n_ctx=16, n_threads=1)
     toks = tokens(cfg, 16)
     gate, act = median_thresholds(cfg, stored, toks, 0.5)
     path = tmp_path / "calibrated.gguf"
     write_gguf(path, cfg, random_weights(cfg, seed=3), extra_kv={GATE_KEY: gate, ACT_KEY: act})
-    info = NativeModel(path).info
-    assert resolve_sparse_mode("auto", info, str(path)) == SparseMode.EXACT
+    assert NativeModel(path).sparse_mode(SparseMode.AUTO) == SparseMode.EXACT
     assert Model.__init__.__kwdefaults__["sparse"] == "auto"
 
 

@@ -149,6 +149,7 @@ def test_layers_without_a_predictor_run_exact(tmp_path: Path) -> None:
     skip = ("blk.1.ffn_pred_fc1.weight", "blk.1.ffn_pred_fc2.weight")
     stored = write_gguf(tmp_path / "m.gguf", cfg, weights, down_layout="transposed", skip=skip)
     assert NativeModel(tmp_path / "m.gguf").predictor_ranks == [8, 0, 8]
+    assert NativeModel(tmp_path / "m.gguf").sparse_mode(SparseMode.AUTO) == SparseMode.PREDICTOR
     toks = tokens(cfg, 12)
     ctx = context(tmp_path / "m.gguf", SparseMode.PREDICTOR, threshold=0.0)
     out = ctx.eval(toks, dense_ffn=False, logits_all=True)
@@ -205,6 +206,33 @@ def test_sparse_modes_refuse_what_the_file_cannot_do(tmp_path: Path) -> None:
     swiglu_t, _ = make(tmp_path, TinyConfig(act="swiglu"), down_layout="transposed")
     with pytest.raises(InvalidArgumentError, match="SwiGLU FFN needs the standard down matrices"):
         context(swiglu_t, SparseMode.OFF)
+
+
+def test_the_library_decides_the_sparse_mode(tmp_path: Path) -> None:
+    """ts_model_sparse_mode is the one rule: auto picks predictor, exact or off by what the file has; a mode the
+    file cannot run is refused naming what it needs; names map to modes through one table."""
+    from turbosparse import InvalidArgumentError
+    from turbosparse.binding import SPARSE_MODES, sparse_mode_named
+    from turbosparse.model import Model
+
+    with_pred, _ = make(tmp_path, TinyConfig(act="drelu"), rank=8)
+    no_pred, _ = make(tmp_path, TinyConfig(act="drelu"))
+    swiglu, _ = make(tmp_path, TinyConfig(act="swiglu"), down_layout="standard")
+    for path, auto in ((with_pred, SparseMode.PREDICTOR), (no_pred, SparseMode.EXACT), (swiglu, SparseMode.OFF)):
+        assert NativeModel(path).sparse_mode(SparseMode.AUTO) == auto
+        assert context(path, SparseMode.AUTO).sparse_mode == auto  # a context resolves auto the same way
+    with pytest.raises(InvalidArgumentError, match=r"blk\.N\.ffn_pred_fc1\.weight\); none of the file's 2 layers"):
+        NativeModel(no_pred).sparse_mode(SparseMode.PREDICTOR)
+    # Model refuses a mode before it reads the vocabulary (these tiny files have none)
+    with pytest.raises(InvalidArgumentError, match=r"turbosparse\.group_size"):
+        Model(with_pred, sparse="groups", n_ctx=16, n_threads=1)
+    assert NativeModel(with_pred).sparse_mode(SparseMode.EXACT) == SparseMode.EXACT
+    assert sorted(SPARSE_MODES) == ["auto", "dense", "exact", "groups", "off", "predictor"]
+    assert sparse_mode_named("dense") == SparseMode.OFF
+    with pytest.raises(
+        InvalidArgumentError, match="sparse must be one of 'off', 'predictor', 'exact', 'groups', 'auto'"
+    ):
+        Model(with_pred, sparse="fast", n_ctx=16, n_threads=1)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("mode", [SparseMode.OFF, SparseMode.EXACT, SparseMode.PREDICTOR])

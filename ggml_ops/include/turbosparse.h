@@ -36,7 +36,9 @@ enum ts_sparse_mode {
     TS_SPARSE_PREDICTOR = 1, /* active set = {j : predictor logit_j >= threshold} */
     TS_SPARSE_EXACT = 2,     /* dense gate, active set = {j : act(gate_j) != 0 and |act(gate_j)| >= t_gate[layer]},
                                 act = relu (ReLU-gated FFNs) or silu (SwiGLU); see ts_context_set_ffn_thresholds */
-    TS_SPARSE_GROUPS = 3     /* the top-k neuron groups by predicted score, in standard ggml ops (any backend) */
+    TS_SPARSE_GROUPS = 3,    /* the top-k neuron groups by predicted score, in standard ggml ops (any backend) */
+    TS_SPARSE_AUTO = 4       /* what the file allows, decided by ts_model_sparse_mode: predictor where a layer has a
+                                predictor, else exact for ReLU-gated or calibrated FFNs, else off */
 };
 
 /* What the activation predictor reads: the residual before the FFN norm, as is or RMS-normalized. */
@@ -111,7 +113,7 @@ typedef struct ts_context_params {
     int32_t n_threads;  /* ggml CPU threads; <= 0 = 1 */
     int32_t n_batch;    /* max tokens per graph evaluation (prompts are split); <= 0 = 512 */
     int32_t kv_type;    /* ggml type id of the KV cache: F16 (default, as llama.cpp) or F32 */
-    int32_t sparse_mode;       /* enum ts_sparse_mode */
+    int32_t sparse_mode;       /* enum ts_sparse_mode; AUTO = ts_model_sparse_mode's choice */
     float predictor_threshold; /* NAN = the file's value */
     int32_t n_seq;      /* independent sequences, each with its own KV cache of n_ctx tokens; <= 0 = 1 */
 } ts_context_params;
@@ -140,12 +142,22 @@ void ts_model_get_ffn_thresholds(const ts_model *model, float *gate, float *act)
    the file has no groups. */
 void ts_model_get_group_top_k(const ts_model *model, int32_t *top_k);
 
+/*
+ * The sparse mode a user's request means for this model (the one place that decides it): `requested` is an enum
+ * ts_sparse_mode, TS_SPARSE_AUTO included. TS_OK with *mode set to the mode to run (never AUTO), or TS_ERR_ARGUMENT
+ * with err naming the file and the tensor, key or layer the requested mode needs. Predictor mode runs the layers
+ * that have a predictor through it and selects exactly (gate > 0) in the others; exact mode on a SwiGLU FFN needs
+ * the file's thresholds (turbosparse calibrate).
+ */
+int32_t ts_model_sparse_mode(const ts_model *model, int32_t requested, int32_t *mode, char *err, size_t err_size);
+
 /* ---- context: KV caches + graph evaluation ------------------------------------------------
  * A context holds n_seq sequences (0..n_seq-1), each with its own KV cache; the functions without a
  * `seq` argument act on sequence 0. A context is not thread-safe: one evaluation at a time. */
 ts_context_params ts_context_default_params(void);
 /*
- * Sparse modes need a model loaded with sparse_rows = 1. The first exact-mode context of a SwiGLU model whose file
+ * Sparse modes need a model loaded with sparse_rows = 1. A context runs exact mode on an uncalibrated SwiGLU file too
+ * (its thresholds then come from ts_context_set_ffn_thresholds, as calibration sets them). The first exact-mode context of a SwiGLU model whose file
  * stores only the standard down matrix builds the transposed down rows sparse decoding reads (once per model, shared
  * by later contexts; create contexts from one thread).
  */
@@ -189,6 +201,7 @@ int32_t ts_context_n_past(const ts_context *ctx);
 int32_t ts_context_n_past_seq(const ts_context *ctx, int32_t seq); /* -1 when seq is out of range */
 int32_t ts_context_n_ctx(const ts_context *ctx);                    /* per sequence */
 int32_t ts_context_n_seq(const ts_context *ctx);
+int32_t ts_context_sparse_mode(const ts_context *ctx);              /* the mode it runs (AUTO resolved) */
 /* Forget every cached token at position >= n_keep. */
 int32_t ts_context_truncate(ts_context *ctx, int32_t n_keep, char *err, size_t err_size);
 int32_t ts_context_truncate_seq(ts_context *ctx, int32_t seq, int32_t n_keep, char *err, size_t err_size);

@@ -4,6 +4,7 @@
 
 #include "ggml-cpu.h"
 #include "moe_ffn.h"
+#include "sparse_mode.h"
 #include "ts_error.h"
 
 #include <math.h>
@@ -42,44 +43,9 @@ static int check_params(const ts_model *m, const ts_context_params *p, char *err
         return ts_set_error(err, err_size,
                             "%s: a SwiGLU FFN needs the standard down matrices (blk.N.ffn_down.weight)", m->file->path);
     }
-    if (p->sparse_mode != TS_SPARSE_OFF && in->n_expert > 0 && (!relu_gated || !in->has_down_t)) {
-        return ts_set_error(err, err_size,
-                            relu_gated ? "%s: sparse decoding of a mixture-of-experts model needs the experts' transposed "
-                                         "down matrices (blk.N.ffn_down_t_exps.weight)"
-                                       : "%s: sparse decoding of a SwiGLU mixture-of-experts model is not supported "
-                                         "(sparse = off runs it densely)",
-                            m->file->path);
-    }
-    if (p->sparse_mode != TS_SPARSE_OFF && !m->sparse_rows) {
-        return ts_set_error(err, err_size, "%s: sparse decoding needs the model loaded with sparse_rows = 1", m->file->path);
-    }
-    switch (p->sparse_mode) {
-    case TS_SPARSE_OFF:
-    case TS_SPARSE_EXACT: /* SwiGLU: thresholds on |silu(gate)| (turbosparse calibrate); ReLU-gated: gate > 0 */
-        return 0;
-    case TS_SPARSE_PREDICTOR:
-        if (!relu_gated) {
-            return ts_set_error(err, err_size,
-                                "%s: predictor mode needs a ReLU-gated FFN (reglu or drelu), this one is SwiGLU "
-                                "(exact mode runs SwiGLU files calibrated by turbosparse calibrate)",
-                                m->file->path);
-        }
-        for (int il = 0; il < in->n_layer; il++) {
-            if (m->pred_rank[il] > 0) {
-                return 0;
-            }
-        }
-        return ts_set_error(err, err_size, "%s: predictor mode needs activation predictors; the file has none", m->file->path);
-    case TS_SPARSE_GROUPS:
-        if (in->group_size == 0) {
-            return ts_set_error(err, err_size,
-                                "%s: the grouped route needs neuron groups (turbosparse.group_size): convert with --groups",
-                                m->file->path);
-        }
-        return 0;
-    default:
-        return ts_set_error(err, err_size, "unknown sparse mode %d", p->sparse_mode);
-    }
+    int32_t mode = TS_SPARSE_OFF;
+    return p->sparse_mode == TS_SPARSE_AUTO ? ts_model_sparse_mode(m, TS_SPARSE_AUTO, &mode, err, err_size)
+                                            : ts_sparse_mode_check(m, p->sparse_mode, err, err_size);
 }
 
 static int init_sparse_layers(ts_context *c, char *err, size_t err_size) {
@@ -163,6 +129,9 @@ ts_context *ts_context_new(ts_model *model, const ts_context_params *params, cha
     c->params.n_threads = params->n_threads > 0 ? params->n_threads : 1;
     c->params.n_batch = params->n_batch > 0 ? params->n_batch : 512;
     c->params.n_seq = params->n_seq > 0 ? params->n_seq : 1;
+    if (params->sparse_mode == TS_SPARSE_AUTO) {
+        ts_model_sparse_mode(model, TS_SPARSE_AUTO, &c->params.sparse_mode, NULL, 0);
+    }
     c->n_seq = c->params.n_seq;
     c->n_ctx = params->n_ctx > 0 ? params->n_ctx : model->info.n_ctx_train;
     c->n_cells = (int32_t)(((int64_t)c->n_ctx + TS_KV_PAD - 1) / TS_KV_PAD * TS_KV_PAD);
@@ -246,6 +215,10 @@ int32_t ts_context_n_ctx(const ts_context *c) {
 
 int32_t ts_context_n_seq(const ts_context *c) {
     return c->n_seq;
+}
+
+int32_t ts_context_sparse_mode(const ts_context *c) {
+    return c->params.sparse_mode;
 }
 
 static int check_seq(const ts_context *c, int32_t seq, char *err, size_t err_size) {

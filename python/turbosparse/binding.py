@@ -49,10 +49,35 @@ class PredictorInput(enum.IntEnum):
 
 
 class SparseMode(enum.IntEnum):
+    """How decoding computes the FFN (enum ts_sparse_mode); which ones a file allows is decided in C
+    (NativeModel.sparse_mode)."""
+
     OFF = 0
     PREDICTOR = 1
     EXACT = 2
     GROUPS = 3  # top-k neuron groups in standard ggml ops (ggml_ops/src/grouped_ffn.h)
+    AUTO = 4  # what the file allows: predictor, else exact, else off
+
+    @property
+    def label(self) -> str:
+        """The name users write: "off", "predictor", "exact", "groups", "auto"."""
+        return self.name.lower()
+
+
+# the one table from the names users and the benchmarks write to modes
+SPARSE_MODES: dict[str, SparseMode] = {
+    **{mode.label: mode for mode in SparseMode},
+    "dense": SparseMode.OFF,  # the benchmarks' name for off
+}
+
+
+def sparse_mode_named(name: str) -> SparseMode:
+    """The mode of a name in SPARSE_MODES; InvalidArgumentError for any other."""
+    mode = SPARSE_MODES.get(name)
+    if mode is None:
+        choices = ", ".join(repr(m.label) for m in SparseMode)
+        raise InvalidArgumentError(f"sparse must be one of {choices}; got {name!r}")
+    return mode
 
 
 @dataclass(frozen=True)
@@ -187,6 +212,16 @@ class NativeModel:
     def handle(self) -> Any:
         return self._handle
 
+    def sparse_mode(self, requested: SparseMode) -> SparseMode:
+        """The mode `requested` (AUTO included) means for this file, decided by the C library; InvalidArgumentError
+        naming the tensor, key or layer a mode needs when the file cannot run it."""
+        mode = self._lib.ffi.new("int32_t *")
+        err = _ErrorBuffer(self._lib)
+        status = self._lib.lib.ts_model_sparse_mode(self._handle, int(requested), mode, err.buf, _ERR_SIZE)
+        if status != Status.OK:
+            raise status_error(status, err.message)
+        return SparseMode(mode[0])
+
     def has_tensor(self, name: str) -> bool:
         return self._lib.lib.ts_model_get_tensor(
             self._handle, name.encode(), self._lib.ffi.new("int32_t *"), self._lib.ffi.new("int64_t[4]"),
@@ -246,6 +281,7 @@ class NativeContext:
         self.n_vocab = model.info.n_vocab
         self.n_ctx: int = int(lib.ts_context_n_ctx(self._handle))  # per sequence
         self.n_seq: int = int(lib.ts_context_n_seq(self._handle))
+        self.sparse_mode = SparseMode(lib.ts_context_sparse_mode(self._handle))  # AUTO resolved
         self.n_batch = n_batch
 
     @property

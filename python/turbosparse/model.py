@@ -13,7 +13,7 @@ from typing import Literal
 import numpy as np
 
 from turbosparse._library import set_llama_log_verbosity
-from turbosparse.binding import ExpertStats, FfnActivation, ModelInfo, NativeContext, NativeModel, SparseMode
+from turbosparse.binding import ExpertStats, ModelInfo, NativeContext, NativeModel, SparseMode, sparse_mode_named
 from turbosparse.chat_template import ChatTemplate
 from turbosparse.errors import ChatTemplateError, ContextOverflowError, InvalidArgumentError, ModelClosedError
 from turbosparse.generation import Generation
@@ -24,49 +24,11 @@ from turbosparse.tokenizer import Tokenizer
 logger = logging.getLogger(__name__)
 
 SparseName = Literal["off", "predictor", "exact", "groups", "auto"]
-_MODE_NAMES: dict[SparseMode, str] = {
-    SparseMode.OFF: "off",
-    SparseMode.PREDICTOR: "predictor",
-    SparseMode.EXACT: "exact",
-    SparseMode.GROUPS: "groups",
-}
 
 
 def default_threads() -> int:
     """All cores this process may use, capped at 8 (decoding is memory bound beyond that)."""
     return max(1, min(len(os.sched_getaffinity(0)), 8))
-
-
-def resolve_sparse_mode(sparse: str, info: ModelInfo, path: str) -> SparseMode:
-    """The mode a `sparse=` argument means for this file; refuses modes the file cannot run."""
-    relu_gated = info.ffn_act in (FfnActivation.REGLU, FfnActivation.DRELU)
-    exact_capable = relu_gated or info.has_ffn_thresholds  # SwiGLU needs thresholds from `turbosparse calibrate`
-    if sparse == "auto":
-        if info.has_predictors:
-            return SparseMode.PREDICTOR
-        return SparseMode.EXACT if exact_capable else SparseMode.OFF
-    if sparse == "off":
-        return SparseMode.OFF
-    if sparse == "predictor":
-        if not info.has_predictors:
-            raise InvalidArgumentError(
-                f"{path}: sparse='predictor' needs activation predictors in every layer; this file has none"
-            )
-        return SparseMode.PREDICTOR
-    if sparse == "exact":
-        if not exact_capable:
-            raise InvalidArgumentError(
-                f"{path}: sparse='exact' needs a ReLU-gated FFN (reglu or drelu) or FFN thresholds; this file's FFN "
-                f"is {info.ffn_act.name.lower()} without thresholds: run `turbosparse calibrate` on it first"
-            )
-        return SparseMode.EXACT
-    if sparse == "groups":
-        if not info.group_size:
-            raise InvalidArgumentError(
-                f"{path}: sparse='groups' needs neuron groups (turbosparse.group_size); convert the model with --groups"
-            )
-        return SparseMode.GROUPS
-    raise InvalidArgumentError(f"sparse must be one of 'off', 'predictor', 'exact', 'groups', 'auto'; got {sparse!r}")
 
 
 @dataclass
@@ -134,7 +96,7 @@ class Model:
                 raise InvalidArgumentError(f"{name} must be >= {least}, got {value}")
         set_llama_log_verbosity(verbose)
         probe = NativeModel(self.path, repack=False, sparse_rows=True)
-        self.sparse_mode = resolve_sparse_mode(sparse, probe.info, self.path)
+        self.sparse_mode = probe.sparse_mode(sparse_mode_named(sparse))
         del probe
         # dense decoding may use ggml's repacked matrices; sparse decoding reads FFN rows in place
         self._native = NativeModel(self.path, repack=True, sparse_rows=self.sparse_mode != SparseMode.OFF)
@@ -200,7 +162,7 @@ class Model:
     @property
     def sparse_name(self) -> str:
         """The sparse mode in use: "off", "predictor", "exact" or "groups"."""
-        return _MODE_NAMES[self.sparse_mode]
+        return self.sparse_mode.label
 
     @property
     def tokenizer(self) -> Tokenizer:

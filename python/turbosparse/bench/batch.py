@@ -11,9 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from turbosparse._library import set_llama_log_verbosity
-from turbosparse.binding import NativeContext, NativeModel, SparseMode
-
-_MODES = {"dense": SparseMode.OFF, "predictor": SparseMode.PREDICTOR, "exact": SparseMode.EXACT}
+from turbosparse.binding import NativeContext, NativeModel, SparseMode, sparse_mode_named
 
 
 @dataclass(frozen=True)
@@ -28,7 +26,7 @@ class BatchResult:
 def bench_batch(
     path: Path, *, mode: str, n_threads: int, batches: list[int], steps: int, rounds: int, prompt_tokens: int = 32
 ) -> list[BatchResult]:
-    sparse = _MODES[mode]
+    sparse = sparse_mode_named(mode)
     set_llama_log_verbosity(False)  # ggml's per-tensor repack messages
     model = NativeModel(path, repack=True, sparse_rows=sparse != SparseMode.OFF)
     n_seq = max(batches)

@@ -8,7 +8,7 @@ from typing import Protocol
 
 import numpy as np
 
-from turbosparse.binding import ExpertStats, LayerStats, NativeContext, NativeModel, SparseMode
+from turbosparse.binding import ExpertStats, LayerStats, NativeContext, NativeModel, SparseMode, sparse_mode_named
 
 
 class Engine(Protocol):
@@ -24,14 +24,6 @@ class Engine(Protocol):
         ...
 
 
-_MODES = {
-    "dense": SparseMode.OFF,
-    "predictor": SparseMode.PREDICTOR,
-    "exact": SparseMode.EXACT,
-    "groups": SparseMode.GROUPS,
-}
-
-
 @dataclass
 class TurbosparseEngine:
     path: Path
@@ -41,7 +33,7 @@ class TurbosparseEngine:
     name: str = "turbosparse"
 
     def __post_init__(self) -> None:
-        sparse = _MODES[self.mode]
+        sparse = sparse_mode_named(self.mode)
         self.model = NativeModel(self.path, repack=True, sparse_rows=sparse != SparseMode.OFF)
         self.ctx = NativeContext(
             self.model, n_ctx=self.n_ctx, n_threads=self.n_threads, n_batch=512, sparse_mode=sparse, threshold=None

@@ -37,7 +37,7 @@ from turbosparse.bench.synthetic import (
     synthetic_pair,
     with_layers,
 )
-from turbosparse.binding import NativeModel
+from turbosparse.binding import NativeModel, SparseMode, sparse_mode_named
 from turbosparse.default import default_model
 from turbosparse.errors import EvalError, InvalidArgumentError
 
@@ -132,17 +132,18 @@ def _files(args: argparse.Namespace) -> tuple[Path, Path, float | None]:
 
 
 def _modes(args: argparse.Namespace, sparse: Path) -> list[str]:
-    """The modes in --modes that the sparse file can run."""
-    info = NativeModel(sparse, repack=False).info
+    """The modes in --modes that the sparse file can run (the C library decides)."""
+    model = NativeModel(sparse, repack=False)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    return [
-        m
-        for m in modes
-        if not (m == "predictor" and not info.has_predictors)
-        and not (m == "groups" and not info.group_size)
-        # exact mode on SwiGLU needs a calibrated file (turbosparse calibrate)
-        and not (m == "exact" and info.ffn_act.name == "SWIGLU" and not info.has_ffn_thresholds)
-    ]
+    return [m for m in modes if _allows(model, sparse_mode_named(m))]
+
+
+def _allows(model: NativeModel, mode: SparseMode) -> bool:
+    try:
+        model.sparse_mode(mode)
+    except InvalidArgumentError:
+        return False
+    return True
 
 
 def _engines(args: argparse.Namespace, sparse: Path, dense: Path, n_ctx: int) -> list[Engine]:

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from turbosparse.binding import SparseMode
 from turbosparse.default import default_model
 from turbosparse.errors import InvalidArgumentError
 from turbosparse.model import Model
@@ -19,7 +20,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-b", "--batch-size", type=int, default=512, help="tokens per prompt-evaluation batch")
     p.add_argument(
         "--sparse",
-        choices=("auto", "off", "predictor", "exact", "groups"),
+        choices=[mode.label for mode in SparseMode],
         default="auto",
         help="FFN sparsity while decoding (auto: predictor if the file has predictors, exact for ReLU FFNs and "
         "calibrated files, else off; groups: the top-k neuron groups of a file converted with --groups)",
