@@ -168,3 +168,34 @@ def test_synthetic_files_use_the_formats_key_types(tmp_path) -> None:
     fields = gguf.GGUFReader(str(sparse)).fields
     for key in ("turbosparse.predictor_ranks", "turbosparse.group_top_k"):
         assert fields[key].types == [gguf.GGUFValueType.ARRAY, gguf.GGUFValueType.UINT32], key
+
+
+def test_synthetic_files_stream_through_the_converters_writer(tmp_path, monkeypatch) -> None:
+    """Every tensor is stored as its producer made it; a producer that fails leaves no file and no partial file
+    (the converter's atomic writer)."""
+    import gguf
+    import numpy as np
+
+    from turbosparse.bench import synthetic
+    from turbosparse.bench.synthetic import SHAPES, SyntheticSpec, synthetic_pair
+
+    spec = SyntheticSpec(SHAPES["tiny-moe"], rank=64, pred_quant=gguf.GGMLQuantizationType.F32)
+    sparse, _ = synthetic_pair(spec, tmp_path / "ok")
+    stored = {t.name: t for t in gguf.GGUFReader(str(sparse)).tensors}
+    entries = synthetic._entries(spec, sparse=True)
+    assert [e.name for e in entries] == list(stored)
+    for e in entries:
+        t = stored[e.name]
+        assert tuple(int(n) for n in reversed(t.shape.tolist())) == e.shape and t.tensor_type == e.qtype, e.name
+        assert np.asarray(t.data).tobytes() == np.ascontiguousarray(e.produce()).tobytes(), e.name
+
+    entries_of = synthetic._entries
+
+    def failing(spec: SyntheticSpec, sparse: bool) -> list:
+        good = entries_of(spec, sparse)
+        return [*good[:3], synthetic._Entry("broken", 1, 8, gguf.GGMLQuantizationType.F32, lambda: 1 / 0)]
+
+    monkeypatch.setattr(synthetic, "_entries", failing)
+    with pytest.raises(ZeroDivisionError):
+        synthetic_pair(spec, tmp_path / "failed")
+    assert list((tmp_path / "failed").iterdir()) == []

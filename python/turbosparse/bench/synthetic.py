@@ -23,15 +23,15 @@ from statistics import NormalDist
 
 import gguf
 import numpy as np
-from tqdm import tqdm
 
 from turbosparse import constants as C
 from turbosparse.assets import cache_root
 from turbosparse.binding import quantize
 from turbosparse.calibrate import CalibrateConfig, CollectConfig, write_calibrated
 from turbosparse.calibrate.pipeline import Calibrator
+from turbosparse.convert.arch.base import ROLE_MATRIX, ROLE_NORM, TensorSpec
 from turbosparse.convert.hparams import HParams
-from turbosparse.convert.writer import add_llama_hparams, add_turbosparse_keys
+from turbosparse.convert.writer import add_llama_hparams, add_turbosparse_keys, tensor_nbytes, write_gguf
 from turbosparse.perplexity import bos_prefix, token_windows
 
 logger = logging.getLogger(__name__)
@@ -163,9 +163,19 @@ class _Entry:
     planes: int = 1  # a 3-D tensor: planes x rows x cols
 
     @property
+    def shape(self) -> tuple[int, ...]:
+        """Values in numpy order (ggml's ne reversed): norms are 1-D."""
+        shape = (self.cols,) if self.rows == 1 else (self.rows, self.cols)
+        return (self.planes, *shape) if self.planes > 1 else shape
+
+    @property
     def nbytes(self) -> int:
-        info = gguf.GGML_QUANT_SIZES[self.qtype]
-        return self.planes * self.rows * self.cols // info[0] * info[1]
+        return tensor_nbytes(self.shape, self.qtype)
+
+    def spec(self) -> TensorSpec:
+        """The converter's tensor: produce() returns the bytes as stored."""
+        role = ROLE_NORM if len(self.shape) == 1 else ROLE_MATRIX
+        return TensorSpec(self.name, self.shape, role, self.produce, f"synthetic: tensor '{self.name}'", encoded=True)
 
 
 def _entries(spec: SyntheticSpec, sparse: bool) -> list[_Entry]:
@@ -291,10 +301,9 @@ def _add_vocab(writer: gguf.GGUFWriter, n_vocab: int) -> None:
 
 
 def _write(path: Path, spec: SyntheticSpec, *, sparse: bool) -> None:
+    """The file through the converter's streaming writer: header first, then one tensor in memory at a time, into
+    a temporary file renamed when complete."""
     s = spec.shape
-    tmp = path.with_suffix(".tmp")
-    writer = gguf.GGUFWriter(str(tmp), C.ARCHITECTURE)
-    writer.add_name(f"synthetic {spec.tag}{'' if sparse else ' dense twin'}")
     hparams = HParams(
         n_layer=s.n_layer,
         n_embd=s.n_embd,
@@ -313,10 +322,9 @@ def _write(path: Path, spec: SyntheticSpec, *, sparse: bool) -> None:
         n_expert=s.n_expert,
         n_expert_used=s.n_expert_used,
     )
-    add_llama_hparams(writer, hparams)
-    _add_vocab(writer, s.n_vocab)
+    keys: dict[str, object] = {}
     if sparse:  # through the converter's key table: the value types the format fixes (u32 ranks, not i32)
-        keys: dict[str, object] = {
+        keys = {
             C.KEY_FFN_ACTIVATION: "drelu",
             C.KEY_DOWN_LAYOUT: "transposed",
             C.KEY_PREDICTOR_INPUT: "residual_rmsnorm",
@@ -327,25 +335,16 @@ def _write(path: Path, spec: SyntheticSpec, *, sparse: bool) -> None:
         if spec.groups:
             keys[C.KEY_GROUP_SIZE] = spec.groups
             keys[C.KEY_GROUP_TOP_K] = [spec.group_top_k] * s.n_layer
-        add_turbosparse_keys(writer, keys)
+
+    def add_metadata(writer: gguf.GGUFWriter) -> None:
+        writer.add_name(f"synthetic {spec.tag}{'' if sparse else ' dense twin'}")
+        add_llama_hparams(writer, hparams)
+        _add_vocab(writer, s.n_vocab)
+        if keys:
+            add_turbosparse_keys(writer, keys)
+
     entries = _entries(spec, sparse)
-    # shapes first (header), then the data in the same order, one tensor in memory at a time
-    for e in entries:
-        # gguf-py takes quantized shapes in bytes per row
-        if e.qtype == Q.F32:
-            shape = (e.cols,) if e.rows == 1 else (e.rows, e.cols)  # norms; the MoE router
-        else:
-            shape = (e.rows, e.nbytes // (e.planes * e.rows))
-        shape = (e.planes, *shape) if e.planes > 1 else shape
-        dtype = np.dtype(np.float32 if e.qtype == Q.F32 else np.uint8)
-        writer.add_tensor_info(e.name, shape, dtype, e.nbytes, raw_dtype=e.qtype)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_ti_data_to_file()
-    for e in tqdm(entries, desc=f"writing {path.name}", unit="tensor", leave=False):
-        writer.write_tensor_data(e.produce())
-    writer.close()
-    tmp.replace(path)
+    write_gguf(path, [e.spec() for e in entries], [e.qtype for e in entries], add_metadata, progress=True)
 
 
 CALIBRATION_TOKENS = 1024  # random token ids the twin's thresholds are chosen on (like the benchmark's prompts)
