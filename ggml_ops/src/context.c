@@ -35,9 +35,6 @@ static int check_params(const ts_model *m, const ts_context_params *p, char *err
     if (p->n_threads > GGML_MAX_N_THREADS) {
         return ts_set_error(err, err_size, "n_threads = %d: ggml runs at most %d threads", p->n_threads, GGML_MAX_N_THREADS);
     }
-    if (p->n_threads > 0 && in->n_ff < 4 * p->n_threads) {
-        return ts_set_error(err, err_size, "%d threads are more than an FFN of %d neurons can use", p->n_threads, in->n_ff);
-    }
     const int relu_gated = in->ffn_act != TS_FFN_SWIGLU;
     if (!in->has_down && !relu_gated) {
         return ts_set_error(err, err_size,

@@ -115,7 +115,7 @@ static int runs_dense(const ts_context *ctx, int il, int32_t dense_ffn) {
 /* The FFN of layer il on cur = norm(ffn_inp) [n_embd, T], dense or sparse as the context says; trace (or NULL)
  * receives the dense gate and up values. */
 static struct ggml_tensor *ffn(ts_context *ctx, struct ggml_context *ctx0, int il, struct ggml_tensor *ffn_inp,
-                               struct ggml_tensor *cur, int32_t n_tokens, int32_t dense_ffn, ts_ffn_trace *trace) {
+                               struct ggml_tensor *cur, int32_t dense_ffn, ts_ffn_trace *trace) {
     const ts_model *m = ctx->model;
     const ts_layer *l = &m->layers[il];
     ts_sparse_layer *sl = &ctx->sparse[il];
@@ -140,8 +140,8 @@ static struct ggml_tensor *ffn(ts_context *ctx, struct ggml_context *ctx0, int i
             return matmul_bias(ctx0, l->ffn_down, l->ffn_down_b, act);
         }
         /* only the transposed down: a ReLU-gated activation is mostly zeros, so add the non-zero rows */
-        return add_bias(ctx0,
-                        ts_sparse_down(ctx0, sl, act, l->ffn_down_t, m->info.n_embd, n_tokens, 0, !dense_ffn, n_threads),
+        const enum ts_down_stats stats = dense_ffn ? TS_DOWN_UNCOUNTED : TS_DOWN_COUNTED;
+        return add_bias(ctx0, ts_sparse_down(ctx0, sl, act, NULL, l->ffn_down_t, m->info.n_embd, stats, n_threads),
                         l->ffn_down_b);
     }
     struct ggml_tensor *select, *xq_gate = NULL;
@@ -158,15 +158,16 @@ static struct ggml_tensor *ffn(ts_context *ctx, struct ggml_context *ctx0, int i
                          ggml_get_type_traits_cpu(l->ffn_up->type)->vec_dot_type;
         xq_gate = same ? xq_up : ts_sparse_quantize(ctx0, cur, l->ffn_gate);
     }
-    struct ggml_tensor *act =
-        ts_sparse_act(ctx0, sl, select, xq_gate, xq_up, sl->select_exact ? NULL : l->ffn_gate, l->ffn_up);
+    const ts_sparse_activation a =
+        ts_sparse_act(ctx0, sl, select, xq_gate, xq_up, sl->select_exact ? NULL : l->ffn_gate, l->ffn_up, n_threads);
     if (l->ffn_down_cols != NULL || l->ffn_down_t != NULL) {
         struct ggml_tensor *down = l->ffn_down_cols != NULL ? l->ffn_down_cols : l->ffn_down_t;
-        return add_bias(ctx0, ts_sparse_down(ctx0, sl, act, down, m->info.n_embd, n_tokens, 1, 1, n_threads),
+        return add_bias(ctx0,
+                        ts_sparse_down(ctx0, sl, a.act, a.counters, down, m->info.n_embd, TS_DOWN_COUNTED, n_threads),
                         l->ffn_down_b);
     }
-    /* only the standard down: dense down over the sparse activation (row n_tokens holds counters) */
-    return matmul_bias(ctx0, l->ffn_down, l->ffn_down_b, ggml_view_2d(ctx0, act, act->ne[0], n_tokens, act->nb[1], 0));
+    /* only the standard down: dense down over the sparse activation */
+    return matmul_bias(ctx0, l->ffn_down, l->ffn_down_b, a.act);
 }
 
 void ts_graph_build(ts_context *ctx, struct ggml_context *ctx0, ts_graph *g) {
@@ -207,8 +208,7 @@ void ts_graph_build(ts_context *ctx, struct ggml_context *ctx0, ts_graph *g) {
         }
         struct ggml_tensor *ffn_inp = ggml_add(ctx0, cur, x); /* residual before the FFN norm */
         cur = rms_norm(ctx0, ffn_inp, l->ffn_norm, in->rms_eps);
-        cur = ffn(ctx, ctx0, il, ffn_inp, cur, (int32_t)ffn_inp->ne[1], g->dense_ffn || g->trace != NULL,
-                  g->trace != NULL ? &g->trace[il] : NULL);
+        cur = ffn(ctx, ctx0, il, ffn_inp, cur, g->dense_ffn || g->trace != NULL, g->trace != NULL ? &g->trace[il] : NULL);
         x = ggml_add(ctx0, cur, ffn_inp);
     }
     x = rms_norm(ctx0, x, m->output_norm, in->rms_eps);
@@ -224,7 +224,7 @@ struct ggml_cgraph *ts_graph_build_ffn(ts_context *ctx, struct ggml_context *ctx
     *h = ggml_new_tensor_2d(ctx0, GGML_TYPE_F32, m->info.n_embd, n_tokens);
     ggml_set_input(*h);
     struct ggml_tensor *cur = rms_norm(ctx0, *h, m->layers[il].ffn_norm, m->info.rms_eps);
-    *out = ffn(ctx, ctx0, il, *h, cur, n_tokens, dense_ffn, NULL);
+    *out = ffn(ctx, ctx0, il, *h, cur, dense_ffn, NULL);
     ggml_set_output(*out);
     ggml_build_forward_expand(gf, *out);
     return gf;

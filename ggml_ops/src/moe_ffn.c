@@ -292,11 +292,12 @@ static struct ggml_tensor *moe_sparse(ts_context *ctx, struct ggml_context *ctx0
     struct ggml_tensor *out = NULL;
     for (int64_t e = 0; e < n_expert; e++) {
         struct ggml_tensor *sel = ggml_view_2d(ctx0, planes, n_ff, n_tokens, planes->nb[1], (size_t)e * planes->nb[2]);
-        struct ggml_tensor *act = ts_sparse_act(ctx0, &experts[e], sel, xq_gate, xq_up,
-                                                exact ? NULL : expert_view(ctx0, l->ffn_gate_exps, e),
-                                                expert_view(ctx0, l->ffn_up_exps, e));
-        struct ggml_tensor *y = ts_sparse_down(ctx0, &experts[e], act, expert_view(ctx0, l->ffn_down_t_exps, e), n_embd,
-                                               (int32_t)n_tokens, 1, 1, ctx->params.n_threads);
+        const ts_sparse_activation a = ts_sparse_act(ctx0, &experts[e], sel, xq_gate, xq_up,
+                                                     exact ? NULL : expert_view(ctx0, l->ffn_gate_exps, e),
+                                                     expert_view(ctx0, l->ffn_up_exps, e), ctx->params.n_threads);
+        struct ggml_tensor *y = ts_sparse_down(ctx0, &experts[e], a.act, a.counters,
+                                               expert_view(ctx0, l->ffn_down_t_exps, e), n_embd, TS_DOWN_COUNTED,
+                                               ctx->params.n_threads);
         struct ggml_tensor *w_e = ggml_reshape_2d(ctx0, ggml_view_1d(ctx0, w, n_tokens, (size_t)e * w->nb[1]), 1, n_tokens);
         y = ggml_mul(ctx0, y, w_e);
         out = out == NULL ? y : ggml_add(ctx0, out, y);

@@ -9,9 +9,6 @@
 #include <stdint.h>
 #include <string.h>
 
-/* Row T of the activation tensor carries, per thread of the act node, these int32 counters. */
-enum { COUNT_COMPUTED, COUNT_TRUE_ACTIVE, COUNT_TRUE_FOUND, COUNT_UNION, N_COUNTERS };
-
 static char *row_ptr(const struct ggml_tensor *t, int64_t row) {
     return (char *)t->data + row * t->nb[1];
 }
@@ -120,17 +117,18 @@ static void prepare_token(act_dots *d, const struct ggml_tensor *xq_gate, const 
 }
 
 /*
- * src: select [n_ff, T] F32, xq_up, up, then (predictor mode) xq_gate, gate.
+ * src: select [n_ff, T] F32, xq_up, up, counters, then (predictor mode) xq_gate, gate.
  * Neuron-major: the rows of a neuron that any token of the batch selects are read once, then dotted with
  * each token that selected it (a batch reads the union of its tokens' rows).
  */
 static void sparse_act_op(struct ggml_tensor *dst, int ith, int nth, void *userdata) {
     const ts_sparse_layer *layer = userdata;
-    const struct ggml_tensor *select = dst->src[0], *xq_up = dst->src[1], *up = dst->src[2];
-    const struct ggml_tensor *xq_gate = dst->src[3], *gate = dst->src[4];
+    const struct ggml_tensor *select = dst->src[0], *xq_up = dst->src[1], *up = dst->src[2], *counters = dst->src[3];
+    const struct ggml_tensor *xq_gate = dst->src[4], *gate = dst->src[5];
     const int exact = layer->select_exact;
     const int recall = layer->measure_recall && !exact;
-    const int64_t n_ff = up->ne[1], n_tokens = dst->ne[1] - 1;
+    const int64_t n_ff = up->ne[1], n_tokens = dst->ne[1];
+    GGML_ASSERT(ith < counters->ne[1]); /* the graph runs on the n_threads the counters were sized for */
     const int64_t j0 = n_ff * ith / nth, j1 = n_ff * (ith + 1) / nth;
     act_dots d = {.gate = exact ? NULL : gate, .up = up, .ku = ts_dot_kernel_best(up->type, up->ne[0])};
     d.kg = exact ? d.ku : ts_dot_kernel_best(gate->type, gate->ne[0]);
@@ -139,7 +137,7 @@ static void sparse_act_op(struct ggml_tensor *dst, int ith, int nth, void *userd
     if (n_tokens == 1) {
         prepare_token(&d, xq_gate, xq_up, 0, prepared_gate, prepared_up);
     }
-    int32_t count[N_COUNTERS] = {0};
+    int32_t count[TS_N_ACT_COUNTERS] = {0};
     for (int64_t j = j0; j < j1;) {
         /* gather the next neurons that any token selects (all of them when measuring recall) */
         int32_t list[ACT_LIST];
@@ -150,7 +148,7 @@ static void sparse_act_op(struct ggml_tensor *dst, int ith, int nth, void *userd
                 ((float *)row_ptr(dst, t))[j] = 0.0f;
                 any |= selected(layer, ((const float *)row_ptr(select, t))[j]);
             }
-            count[COUNT_UNION] += any;
+            count[TS_COUNT_UNION] += any;
             if (any || recall) {
                 list[n++] = (int32_t)j;
             }
@@ -186,47 +184,49 @@ static void sparse_act_op(struct ggml_tensor *dst, int ith, int nth, void *userd
                 }
                 const float v = combine(layer->ffn_act, ag, uk);
                 a[jj] = chosen ? kept_activation(layer, v) : 0.0f;
-                count[COUNT_COMPUTED] += chosen;
-                count[COUNT_TRUE_ACTIVE] += recall && v != 0.0f;
-                count[COUNT_TRUE_FOUND] += recall && v != 0.0f && chosen;
+                count[TS_COUNT_COMPUTED] += chosen;
+                count[TS_COUNT_TRUE_ACTIVE] += recall && v != 0.0f;
+                count[TS_COUNT_TRUE_FOUND] += recall && v != 0.0f && chosen;
             }
         }
     }
-    memcpy((int32_t *)row_ptr(dst, n_tokens) + N_COUNTERS * ith, count, sizeof(count));
+    memcpy(row_ptr(counters, ith), count, sizeof(count));
 }
 
-struct ggml_tensor *ts_sparse_act(struct ggml_context *ctx0, ts_sparse_layer *layer, struct ggml_tensor *select,
-                                  struct ggml_tensor *xq_gate, struct ggml_tensor *xq_up, struct ggml_tensor *gate,
-                                  struct ggml_tensor *up) {
-    struct ggml_tensor *args[5] = {select, xq_up, up, xq_gate, gate};
-    const int n_args = gate != NULL ? 5 : 3;
-    return ggml_custom_4d(ctx0, GGML_TYPE_F32, up->ne[1], select->ne[1] + 1, 1, 1, args, n_args, sparse_act_op,
-                          GGML_N_TASKS_MAX, layer);
+ts_sparse_activation ts_sparse_act(struct ggml_context *ctx0, ts_sparse_layer *layer, struct ggml_tensor *select,
+                                   struct ggml_tensor *xq_gate, struct ggml_tensor *xq_up, struct ggml_tensor *gate,
+                                   struct ggml_tensor *up, int32_t n_threads) {
+    struct ggml_tensor *counters = ggml_new_tensor_2d(ctx0, GGML_TYPE_I32, TS_N_ACT_COUNTERS, n_threads);
+    struct ggml_tensor *args[6] = {select, xq_up, up, counters, xq_gate, gate};
+    const int n_args = gate != NULL ? 6 : 4;
+    struct ggml_tensor *act = ggml_custom_4d(ctx0, GGML_TYPE_F32, up->ne[1], select->ne[1], 1, 1, args, n_args,
+                                             sparse_act_op, GGML_N_TASKS_MAX, layer);
+    return (ts_sparse_activation){.act = act, .counters = counters};
 }
 
 /* ---- down: sum of the non-zero neurons' rows of the transposed down matrix ---------------------- */
 
-typedef enum { DOWN_UNCOUNTED, DOWN_COUNTED_DENSE, DOWN_COUNTED_SPARSE } down_kind;
-
-/* Adds the act node's per-thread counters and this node's non-zero count to the layer's stats. */
-static void record_stats(ts_sparse_layer *layer, const struct ggml_tensor *act, int64_t n_tokens, int nth,
-                         uint64_t nonzero, down_kind kind) {
+/* Adds the act node's per-thread counters (n_rows rows; counters NULL: a dense activation, every neuron computed)
+ * and this node's non-zero count to the layer's stats. */
+static void record_stats(ts_sparse_layer *layer, const struct ggml_tensor *act, const struct ggml_tensor *counters,
+                         int n_rows, uint64_t nonzero) {
     ts_layer_stats *s = &layer->stats;
+    const int64_t n_tokens = act->ne[1];
     s->n_tokens += (uint64_t)n_tokens;
     s->n_nonzero += nonzero;
     s->n_evals += 1;
-    if (kind == DOWN_COUNTED_DENSE) {
+    if (counters == NULL) {
         s->n_computed += (uint64_t)(n_tokens * act->ne[0]);
         s->n_union += (uint64_t)act->ne[0];
         return;
     }
-    for (int k = 0; k < nth; k++) {
-        int32_t count[N_COUNTERS];
-        memcpy(count, (const int32_t *)row_ptr(act, n_tokens) + N_COUNTERS * k, sizeof(count));
-        s->n_computed += (uint64_t)count[COUNT_COMPUTED];
-        s->n_true_active += (uint64_t)count[COUNT_TRUE_ACTIVE];
-        s->n_true_found += (uint64_t)count[COUNT_TRUE_FOUND];
-        s->n_union += (uint64_t)count[COUNT_UNION];
+    for (int k = 0; k < n_rows; k++) {
+        int32_t count[TS_N_ACT_COUNTERS];
+        memcpy(count, row_ptr(counters, k), sizeof(count));
+        s->n_computed += (uint64_t)count[TS_COUNT_COMPUTED];
+        s->n_true_active += (uint64_t)count[TS_COUNT_TRUE_ACTIVE];
+        s->n_true_found += (uint64_t)count[TS_COUNT_TRUE_FOUND];
+        s->n_union += (uint64_t)count[TS_COUNT_UNION];
     }
 }
 
@@ -237,9 +237,10 @@ static int64_t down_split(const ts_sparse_layer *layer, const struct ggml_tensor
     return type_blck < 32 && n_embd % 32 == 0 ? 32 : type_blck;
 }
 
-/* src: act [n_ff, >= T] F32, down (down_t [n_embd, n_ff] or column groups), scratch [n_ff * 8 bytes, n_workers] I8 */
-static void sparse_down(struct ggml_tensor *dst, int ith, int nth, ts_sparse_layer *layer, down_kind kind) {
-    const struct ggml_tensor *act = dst->src[0], *down = dst->src[1], *scratch = dst->src[2];
+/* src: act [n_ff, T] F32, down (down_t [n_embd, n_ff] or column groups), scratch [n_ff * 8 bytes, n_workers] I8,
+ * then the act node's counters (absent for a dense activation) */
+static void sparse_down(struct ggml_tensor *dst, int ith, int nth, ts_sparse_layer *layer, enum ts_down_stats stats) {
+    const struct ggml_tensor *act = dst->src[0], *down = dst->src[1], *scratch = dst->src[2], *counters = dst->src[3];
     const int64_t n_embd = dst->ne[0], n_tokens = dst->ne[1], n_ff = act->ne[0];
     const int64_t blck = down_split(layer, down, n_embd), n_blocks = n_embd / blck;
     const int n_workers = nth < scratch->ne[1] ? nth : (int)scratch->ne[1];
@@ -268,31 +269,27 @@ static void sparse_down(struct ggml_tensor *dst, int ith, int nth, ts_sparse_lay
             nonzero += (uint64_t)n;
         }
     }
-    if (ith == 0 && kind != DOWN_UNCOUNTED) {
-        record_stats(layer, act, n_tokens, nth, nonzero, kind);
+    if (ith == 0 && stats == TS_DOWN_COUNTED) {
+        /* the act node ran on the same nth threads: rows 0..nth-1 hold this evaluation's counts */
+        record_stats(layer, act, counters, nth, nonzero);
     }
 }
 
 static void sparse_down_uncounted(struct ggml_tensor *dst, int ith, int nth, void *userdata) {
-    sparse_down(dst, ith, nth, userdata, DOWN_UNCOUNTED);
+    sparse_down(dst, ith, nth, userdata, TS_DOWN_UNCOUNTED);
 }
 
-static void sparse_down_counted_dense(struct ggml_tensor *dst, int ith, int nth, void *userdata) {
-    sparse_down(dst, ith, nth, userdata, DOWN_COUNTED_DENSE);
-}
-
-static void sparse_down_counted_sparse(struct ggml_tensor *dst, int ith, int nth, void *userdata) {
-    sparse_down(dst, ith, nth, userdata, DOWN_COUNTED_SPARSE);
+static void sparse_down_counted(struct ggml_tensor *dst, int ith, int nth, void *userdata) {
+    sparse_down(dst, ith, nth, userdata, TS_DOWN_COUNTED);
 }
 
 struct ggml_tensor *ts_sparse_down(struct ggml_context *ctx0, ts_sparse_layer *layer, struct ggml_tensor *act,
-                                   struct ggml_tensor *down, int64_t n_embd, int32_t n_tokens, int32_t from_sparse_act,
-                                   int32_t count_stats, int32_t n_threads) {
+                                   struct ggml_tensor *counters, struct ggml_tensor *down, int64_t n_embd,
+                                   enum ts_down_stats stats, int32_t n_threads) {
     const int64_t n_ff = act->ne[0];
     struct ggml_tensor *scratch = ggml_new_tensor_2d(ctx0, GGML_TYPE_I8, n_ff * (int64_t)(sizeof(int32_t) + sizeof(float)), n_threads);
-    struct ggml_tensor *args[3] = {act, down, scratch};
-    ggml_custom_op_t fun = !count_stats      ? sparse_down_uncounted
-                           : from_sparse_act ? sparse_down_counted_sparse
-                                             : sparse_down_counted_dense;
-    return ggml_custom_4d(ctx0, GGML_TYPE_F32, n_embd, n_tokens, 1, 1, args, 3, fun, GGML_N_TASKS_MAX, layer);
+    struct ggml_tensor *args[4] = {act, down, scratch, counters};
+    const int n_args = counters != NULL ? 4 : 3;
+    ggml_custom_op_t fun = stats == TS_DOWN_COUNTED ? sparse_down_counted : sparse_down_uncounted;
+    return ggml_custom_4d(ctx0, GGML_TYPE_F32, n_embd, act->ne[1], 1, 1, args, n_args, fun, GGML_N_TASKS_MAX, layer);
 }

@@ -38,22 +38,43 @@ typedef struct ts_sparse_layer {
 /* x [n_embd, T] F32 -> [row_bytes(vec_dot_type of `weight`), T] I8 rows of quantized activations */
 struct ggml_tensor *ts_sparse_quantize(struct ggml_context *ctx0, struct ggml_tensor *x, const struct ggml_tensor *weight);
 
+/* Counters the act node keeps per thread (one row of ts_sparse_activation.counters each), summed into the layer's
+ * stats by the down node. */
+enum ts_act_counter {
+    TS_COUNT_COMPUTED,    /* neurons selected and computed (ts_layer_stats.n_computed) */
+    TS_COUNT_TRUE_ACTIVE, /* recall measurement: neurons non-zero under full computation */
+    TS_COUNT_TRUE_FOUND,  /* ... of which the selection kept */
+    TS_COUNT_UNION,       /* neurons selected by at least one token of the batch */
+    TS_N_ACT_COUNTERS
+};
+
+/* The act node's results: the activations, and its per-thread counters in a tensor of their own. */
+typedef struct ts_sparse_activation {
+    struct ggml_tensor *act;      /* [n_ff, T] F32 */
+    struct ggml_tensor *counters; /* I32 [TS_N_ACT_COUNTERS, n_threads]: row i written by thread i of the act node */
+} ts_sparse_activation;
+
 /*
- * The selected neurons' activations: [n_ff, T + 1] F32, row T carrying per-thread counters for the
- * down node. gate is NULL in exact mode (select holds the dense gate values then).
+ * The selected neurons' activations. gate is NULL in exact mode (select holds the dense gate values then).
+ * n_threads: the threads the graph runs on (sizes the counters).
  */
-struct ggml_tensor *ts_sparse_act(struct ggml_context *ctx0, ts_sparse_layer *layer, struct ggml_tensor *select,
-                                  struct ggml_tensor *xq_gate, struct ggml_tensor *xq_up, struct ggml_tensor *gate,
-                                  struct ggml_tensor *up);
+ts_sparse_activation ts_sparse_act(struct ggml_context *ctx0, ts_sparse_layer *layer, struct ggml_tensor *select,
+                                   struct ggml_tensor *xq_gate, struct ggml_tensor *xq_up, struct ggml_tensor *gate,
+                                   struct ggml_tensor *up, int32_t n_threads);
+
+/* Whether the down node adds its work to the layer's stats. */
+enum ts_down_stats {
+    TS_DOWN_UNCOUNTED, /* not at all (prefill) */
+    TS_DOWN_COUNTED    /* tokens, rows read, and the act node's counters (a dense activation: every neuron computed) */
+};
 
 /*
  * sum_j act[j, t] * down_t[j, :] over the non-zero act[j, t]: [n_embd, T] F32. down is down_t [n_embd, n_ff], or
- * with layer->down_cols the column groups of down_cols.h.
- * act is either ts_sparse_act's output (from_sparse_act = 1: counters in row T) or any dense [n_ff, T]
- * activation. count_stats adds this node's work to layer->stats. n_threads sizes the per-thread scratch.
+ * with layer->down_cols the column groups of down_cols.h. act [n_ff, T] is ts_sparse_act's output with its counters,
+ * or any dense activation (counters NULL). n_threads sizes the per-thread scratch.
  */
 struct ggml_tensor *ts_sparse_down(struct ggml_context *ctx0, ts_sparse_layer *layer, struct ggml_tensor *act,
-                                   struct ggml_tensor *down, int64_t n_embd, int32_t n_tokens, int32_t from_sparse_act,
-                                   int32_t count_stats, int32_t n_threads);
+                                   struct ggml_tensor *counters, struct ggml_tensor *down, int64_t n_embd,
+                                   enum ts_down_stats stats, int32_t n_threads);
 
 #endif
