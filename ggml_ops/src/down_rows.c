@@ -20,6 +20,7 @@
 #include "model.h"
 
 #include "ggml-cpu.h"
+#include "gguf_names.h"
 #include "ts_error.h"
 
 #include <stdio.h>
@@ -129,7 +130,7 @@ static int plan_jobs(ts_model *m, down_job *jobs, char *err, size_t err_size) {
     const ts_model_info *in = &m->info;
     for (int il = 0; il < in->n_layer; il++) {
         char name[GGML_MAX_NAME];
-        snprintf(name, sizeof(name), "blk.%d.ffn_down.weight", il);
+        snprintf(name, sizeof(name), TS_TENSOR_FFN_DOWN, il);
         const ts_gguf_tensor *t = ts_gguf_find_tensor(m->file, name);
         if (t == NULL) {
             return ts_set_error(err, err_size, "%s: missing tensor '%s'", m->file->path, name);
@@ -158,7 +159,7 @@ static int alloc_layout(ts_model *m, const down_job *jobs, char *err, size_t err
             job->cols != NULL
                 ? ggml_new_tensor_2d(m->ctx_down_rows, GGML_TYPE_I8, (int64_t)job->cols->group_bytes, in->n_ff / TS_DOWN_COLS_GROUP)
                 : ggml_new_tensor_2d(m->ctx_down_rows, job->dst, in->n_embd, in->n_ff);
-        ggml_format_name(t, "blk.%d.%s", il, job->cols != NULL ? "ffn_down_cols" : "ffn_down_t.weight");
+        ggml_format_name(t, job->cols != NULL ? "blk.%d.ffn_down_cols" : TS_TENSOR_FFN_DOWN_T, il);
     }
     m->buf_down_rows = ggml_backend_alloc_ctx_tensors_from_buft(m->ctx_down_rows, ggml_backend_cpu_buffer_type());
     if (m->buf_down_rows == NULL) {

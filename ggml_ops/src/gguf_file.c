@@ -1,6 +1,7 @@
 #include "gguf_file.h"
 
 #include "ggml.h"
+#include "gguf_names.h"
 #include "ts_error.h"
 
 #include <errno.h>
@@ -320,14 +321,14 @@ static int parse_body(ts_gguf_file *f, cursor *c) {
         rc = read_kv(c, &f->kv[i], i);
     }
     f->alignment = TS_GGUF_DEFAULT_ALIGNMENT;
-    const ts_gguf_kv *align = rc == 0 ? ts_gguf_find_kv(f, "general.alignment") : NULL;
+    const ts_gguf_kv *align = rc == 0 ? ts_gguf_find_kv(f, TS_KEY_ALIGNMENT) : NULL;
     if (align != NULL) {
         uint32_t a = 0;
         if (align->type == TS_GGUF_U32) {
             memcpy(&a, align->data, sizeof(a));
         }
         if (a == 0 || (a & (a - 1)) != 0) {
-            rc = ts_set_error(c->err, c->err_size, "%s: general.alignment must be a u32 power of two", f->path);
+            rc = ts_set_error(c->err, c->err_size, "%s: " TS_KEY_ALIGNMENT " must be a u32 power of two", f->path);
         }
         f->alignment = a;
     }

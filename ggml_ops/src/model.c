@@ -7,9 +7,11 @@
 
 #include "ggml-alloc.h"
 #include "ggml-cpu.h"
+#include "gguf_names.h"
 #include "ts_error.h"
 
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,12 +27,12 @@ enum tensor_role {
     ROLE_MATRIX,   /* dense mul_mat weight, may be repacked */
     ROLE_ROWS,     /* FFN gate/up: read row by row by the sparse FFN ops, repacked only for dense use */
     ROLE_DOWN_T,   /* transposed down: only ever read row by row, never repacked */
-    ROLE_ROPE      /* F32 rope frequency factors */
+    ROLE_ROPE,     /* F32 rope frequency factors */
+    ROLE_GATE      /* FFN gate: ROLE_ROWS in a layer with a predictor (it selects rows), else ROLE_MATRIX */
 };
 
 typedef struct binding {
     char name[GGML_MAX_NAME];
-    int n_dims;
     int64_t ne[4];
     enum tensor_role role;
     struct ggml_tensor **slot;
@@ -70,7 +72,7 @@ static int get_arch_f32(const ts_model *m, const char *suffix, float *out, int r
 /* feed_forward_length is a number, or an array with one (here: equal) entry per layer */
 static int load_n_ff(ts_model *m, int64_t *n_ff, char *err, size_t err_size) {
     char key[160];
-    arch_key(key, sizeof(key), m->arch, "feed_forward_length");
+    arch_key(key, sizeof(key), m->arch, TS_ARCH_KEY_FEED_FORWARD_LENGTH);
     const ts_gguf_kv *kv = ts_gguf_find_kv(m->file, key);
     if (kv != NULL && kv->type == TS_GGUF_ARRAY) {
         int64_t *v = malloc(sizeof(int64_t) * (size_t)m->info.n_layer);
@@ -101,27 +103,27 @@ static int check_positive(const ts_model *m, const char *what, int64_t v, int64_
 
 static int load_ffn_activation(ts_model *m, char *err, size_t err_size) {
     char act[32];
-    int rc = ts_gguf_get_str(m->file, "turbosparse.ffn_activation", act, sizeof(act), 0, err, err_size);
+    int rc = ts_gguf_get_str(m->file, TS_KEY_FFN_ACTIVATION, act, sizeof(act), 0, err, err_size);
     if (rc < 0) {
         return -1;
     }
     if (rc == 1) {
         /* no turbosparse key: bamboo is dReLU, PowerInfer's llama files are ReLU-Llama (ReGLU) */
-        if (strcmp(m->arch, "bamboo") == 0) {
+        if (strcmp(m->arch, TS_ARCH_BAMBOO) == 0) {
             m->info.ffn_act = TS_FFN_DRELU;
         } else {
             m->info.ffn_act = m->info.is_powerinfer ? TS_FFN_REGLU : TS_FFN_SWIGLU;
         }
         return 0;
     }
-    if (strcmp(act, "swiglu") == 0) {
+    if (strcmp(act, TS_FFN_ACTIVATION_SWIGLU) == 0) {
         m->info.ffn_act = TS_FFN_SWIGLU;
-    } else if (strcmp(act, "reglu") == 0) {
+    } else if (strcmp(act, TS_FFN_ACTIVATION_REGLU) == 0) {
         m->info.ffn_act = TS_FFN_REGLU;
-    } else if (strcmp(act, "drelu") == 0) {
+    } else if (strcmp(act, TS_FFN_ACTIVATION_DRELU) == 0) {
         m->info.ffn_act = TS_FFN_DRELU;
     } else {
-        return ts_set_error(err, err_size, "%s: turbosparse.ffn_activation '%s' is unknown (expected swiglu, reglu or drelu)",
+        return ts_set_error(err, err_size, "%s: " TS_KEY_FFN_ACTIVATION " '%s' is unknown (expected swiglu, reglu or drelu)",
                             m->file->path, act);
     }
     return 0;
@@ -129,15 +131,15 @@ static int load_ffn_activation(ts_model *m, char *err, size_t err_size) {
 
 static int load_predictor_input(ts_model *m, char *err, size_t err_size) {
     char input[32];
-    int rc = ts_gguf_get_str(m->file, "turbosparse.predictor_input", input, sizeof(input), 0, err, err_size);
+    int rc = ts_gguf_get_str(m->file, TS_KEY_PREDICTOR_INPUT, input, sizeof(input), 0, err, err_size);
     m->info.predictor_input = TS_PRED_INPUT_RESIDUAL;
     if (rc < 0) {
         return -1;
     }
-    if (rc == 0 && strcmp(input, "residual_rmsnorm") == 0) {
+    if (rc == 0 && strcmp(input, TS_PREDICTOR_INPUT_RESIDUAL_RMSNORM) == 0) {
         m->info.predictor_input = TS_PRED_INPUT_RESIDUAL_RMSNORM;
-    } else if (rc == 0 && strcmp(input, "residual") != 0) {
-        return ts_set_error(err, err_size, "%s: turbosparse.predictor_input '%s' is unknown (expected residual or residual_rmsnorm)",
+    } else if (rc == 0 && strcmp(input, TS_PREDICTOR_INPUT_RESIDUAL) != 0) {
+        return ts_set_error(err, err_size, "%s: " TS_KEY_PREDICTOR_INPUT " '%s' is unknown (expected residual or residual_rmsnorm)",
                             m->file->path, input);
     }
     return 0;
@@ -146,22 +148,22 @@ static int load_predictor_input(ts_model *m, char *err, size_t err_size) {
 static int load_rope(ts_model *m, char *err, size_t err_size) {
     ts_model_info *in = &m->info;
     in->rope_freq_base = 10000.0f;
-    if (get_arch_f32(m, "rope.freq_base", &in->rope_freq_base, 0, err, err_size) < 0) {
+    if (get_arch_f32(m, TS_ARCH_KEY_ROPE_FREQ_BASE, &in->rope_freq_base, 0, err, err_size) < 0) {
         return -1;
     }
     in->rope_freq_scale = 1.0f;
     char type[32] = "none";
     char key[160];
-    arch_key(key, sizeof(key), m->arch, "rope.scaling.type");
+    arch_key(key, sizeof(key), m->arch, TS_ARCH_KEY_ROPE_SCALING_TYPE);
     if (ts_gguf_get_str(m->file, key, type, sizeof(type), 0, err, err_size) < 0) {
         return -1;
     }
     float factor = 0.0f;
-    int rc = get_arch_f32(m, "rope.scaling.factor", &factor, 0, err, err_size);
+    int rc = get_arch_f32(m, TS_ARCH_KEY_ROPE_SCALING_FACTOR, &factor, 0, err, err_size);
     if (rc < 0) {
         return -1;
     }
-    if (rc == 1 && get_arch_f32(m, "rope.scale_linear", &factor, 0, err, err_size) < 0) {
+    if (rc == 1 && get_arch_f32(m, TS_ARCH_KEY_ROPE_SCALE_LINEAR, &factor, 0, err, err_size) < 0) {
         return -1;
     }
     if (strcmp(type, "none") != 0 && strcmp(type, "linear") != 0) {
@@ -184,8 +186,8 @@ static int load_rope(ts_model *m, char *err, size_t err_size) {
 /* Mixture of experts: expert_count and expert_used_count together, 1 <= used <= count (neither: a dense FFN). */
 static int load_experts(ts_model *m, char *err, size_t err_size) {
     int64_t n_expert = 0, n_used = 0;
-    const int rc_n = get_arch_i64(m, "expert_count", &n_expert, 0, err, err_size);
-    const int rc_used = rc_n < 0 ? -1 : get_arch_i64(m, "expert_used_count", &n_used, 0, err, err_size);
+    const int rc_n = get_arch_i64(m, TS_ARCH_KEY_EXPERT_COUNT, &n_expert, 0, err, err_size);
+    const int rc_used = rc_n < 0 ? -1 : get_arch_i64(m, TS_ARCH_KEY_EXPERT_USED_COUNT, &n_used, 0, err, err_size);
     if (rc_n < 0 || rc_used < 0) {
         return -1;
     }
@@ -196,7 +198,7 @@ static int load_experts(ts_model *m, char *err, size_t err_size) {
         }
         return 0;
     }
-    if (check_positive(m, "expert_count", n_expert, TS_MAX_EXPERTS, err, err_size)) {
+    if (check_positive(m, TS_ARCH_KEY_EXPERT_COUNT, n_expert, TS_MAX_EXPERTS, err, err_size)) {
         return -1;
     }
     if (rc_used == 1) {
@@ -215,43 +217,43 @@ static int load_experts(ts_model *m, char *err, size_t err_size) {
 static int load_hparams(ts_model *m, char *err, size_t err_size) {
     ts_model_info *in = &m->info;
     int64_t v = 0;
-    if (ts_gguf_get_str(m->file, "general.architecture", m->arch, sizeof(m->arch), 1, err, err_size) != 0) {
+    if (ts_gguf_get_str(m->file, TS_KEY_ARCHITECTURE, m->arch, sizeof(m->arch), 1, err, err_size) != 0) {
         return -1;
     }
-    if (ts_gguf_get_i64(m->file, "turbosparse.format_version", &v, 0, err, err_size) == 0 && v > TS_FORMAT_VERSION) {
+    if (ts_gguf_get_i64(m->file, TS_KEY_FORMAT_VERSION, &v, 0, err, err_size) == 0 && v > TS_FORMAT_VERSION) {
         return ts_set_error(err, err_size, "%s: turbosparse.format_version %lld is newer than this turbosparse reads (%d): upgrade",
                             m->file->path, (long long)v, TS_FORMAT_VERSION);
     }
-    if (strcmp(m->arch, "llama") != 0 && strcmp(m->arch, "bamboo") != 0) {
+    if (strcmp(m->arch, TS_ARCH_LLAMA) != 0 && strcmp(m->arch, TS_ARCH_BAMBOO) != 0) {
         return ts_set_error(err, err_size,
                             "%s: unsupported architecture '%s' (general.architecture): turbosparse runs llama-family "
                             "backbones ('llama', PowerInfer's 'bamboo')",
                             m->file->path, m->arch);
     }
-    if (get_arch_i64(m, "block_count", &v, 1, err, err_size) || check_positive(m, "block_count", v, TS_MAX_LAYERS, err, err_size)) {
+    if (get_arch_i64(m, TS_ARCH_KEY_BLOCK_COUNT, &v, 1, err, err_size) || check_positive(m, TS_ARCH_KEY_BLOCK_COUNT, v, TS_MAX_LAYERS, err, err_size)) {
         return -1;
     }
     in->n_layer = (int32_t)v;
-    if (get_arch_i64(m, "embedding_length", &v, 1, err, err_size) ||
-        check_positive(m, "embedding_length", v, 1 << 20, err, err_size)) {
+    if (get_arch_i64(m, TS_ARCH_KEY_EMBEDDING_LENGTH, &v, 1, err, err_size) ||
+        check_positive(m, TS_ARCH_KEY_EMBEDDING_LENGTH, v, 1 << 20, err, err_size)) {
         return -1;
     }
     in->n_embd = (int32_t)v;
-    if (load_n_ff(m, &v, err, err_size) || check_positive(m, "feed_forward_length", v, 1 << 22, err, err_size)) {
+    if (load_n_ff(m, &v, err, err_size) || check_positive(m, TS_ARCH_KEY_FEED_FORWARD_LENGTH, v, 1 << 22, err, err_size)) {
         return -1;
     }
     in->n_ff = (int32_t)v;
-    if (get_arch_i64(m, "attention.head_count", &v, 1, err, err_size) ||
-        check_positive(m, "attention.head_count", v, 4096, err, err_size)) {
+    if (get_arch_i64(m, TS_ARCH_KEY_HEAD_COUNT, &v, 1, err, err_size) ||
+        check_positive(m, TS_ARCH_KEY_HEAD_COUNT, v, 4096, err, err_size)) {
         return -1;
     }
     in->n_head = (int32_t)v;
-    int rc = get_arch_i64(m, "attention.head_count_kv", &v, 0, err, err_size);
+    int rc = get_arch_i64(m, TS_ARCH_KEY_HEAD_COUNT_KV, &v, 0, err, err_size);
     if (rc < 0) {
         return -1;
     }
     in->n_head_kv = rc == 1 ? in->n_head : (int32_t)v;
-    if (check_positive(m, "attention.head_count_kv", in->n_head_kv, in->n_head, err, err_size)) {
+    if (check_positive(m, TS_ARCH_KEY_HEAD_COUNT_KV, in->n_head_kv, in->n_head, err, err_size)) {
         return -1;
     }
     if (in->n_head % in->n_head_kv != 0) {
@@ -259,17 +261,17 @@ static int load_hparams(ts_model *m, char *err, size_t err_size) {
                             in->n_head, in->n_head_kv);
     }
     in->n_embd_head = in->n_embd / in->n_head;
-    rc = get_arch_i64(m, "attention.key_length", &v, 0, err, err_size);
+    rc = get_arch_i64(m, TS_ARCH_KEY_KEY_LENGTH, &v, 0, err, err_size);
     if (rc < 0) {
         return -1;
     }
     if (rc == 0) {
-        if (check_positive(m, "attention.key_length", v, 1 << 16, err, err_size)) {
+        if (check_positive(m, TS_ARCH_KEY_KEY_LENGTH, v, 1 << 16, err, err_size)) {
             return -1;
         }
         in->n_embd_head = (int32_t)v;
     }
-    rc = get_arch_i64(m, "attention.value_length", &v, 0, err, err_size);
+    rc = get_arch_i64(m, TS_ARCH_KEY_VALUE_LENGTH, &v, 0, err, err_size);
     if (rc < 0 || (rc == 0 && v != in->n_embd_head)) {
         return rc < 0 ? -1 : ts_set_error(err, err_size, "%s: attention key and value head sizes differ: not supported", m->file->path);
     }
@@ -278,7 +280,7 @@ static int load_hparams(ts_model *m, char *err, size_t err_size) {
                             in->n_embd_head);
     }
     in->n_rot = in->n_embd_head;
-    rc = get_arch_i64(m, "rope.dimension_count", &v, 0, err, err_size);
+    rc = get_arch_i64(m, TS_ARCH_KEY_ROPE_DIMENSION_COUNT, &v, 0, err, err_size);
     if (rc < 0) {
         return -1;
     }
@@ -287,18 +289,18 @@ static int load_hparams(ts_model *m, char *err, size_t err_size) {
                             m->file->path, (long long)v, in->n_embd_head);
     }
     in->n_ctx_train = 4096;
-    rc = get_arch_i64(m, "context_length", &v, 0, err, err_size);
+    rc = get_arch_i64(m, TS_ARCH_KEY_CONTEXT_LENGTH, &v, 0, err, err_size);
     if (rc < 0) {
         return -1;
     }
     if (rc == 0) {
-        if (check_positive(m, "context_length", v, INT32_MAX, err, err_size)) {
+        if (check_positive(m, TS_ARCH_KEY_CONTEXT_LENGTH, v, INT32_MAX, err, err_size)) {
             return -1;
         }
         in->n_ctx_train = (int32_t)v;
     }
     in->rms_eps = 1e-5f;
-    if (get_arch_f32(m, "attention.layer_norm_rms_epsilon", &in->rms_eps, 1, err, err_size) != 0) {
+    if (get_arch_f32(m, TS_ARCH_KEY_LAYERNORM_RMS_EPS, &in->rms_eps, 1, err, err_size) != 0) {
         return -1;
     }
     if (!(in->rms_eps >= 0.0f) || !isfinite(in->rms_eps)) { /* ggml's rms_norm asserts eps >= 0 */
@@ -309,13 +311,13 @@ static int load_hparams(ts_model *m, char *err, size_t err_size) {
         return -1;
     }
     in->file_type = -1;
-    if (ts_gguf_get_i64(m->file, "general.file_type", &v, 0, err, err_size) == 0) {
+    if (ts_gguf_get_i64(m->file, TS_KEY_FILE_TYPE, &v, 0, err, err_size) == 0) {
         in->file_type = (int32_t)v;
     }
     in->predictor_threshold = 0.0f;
-    rc = ts_gguf_get_f32(m->file, "turbosparse.predictor_threshold", &in->predictor_threshold, 0, err, err_size);
+    rc = ts_gguf_get_f32(m->file, TS_KEY_PREDICTOR_THRESHOLD, &in->predictor_threshold, 0, err, err_size);
     if (rc == 1) {
-        rc = ts_gguf_get_f32(m->file, "powerinfer.sparse_threshold", &in->predictor_threshold, 0, err, err_size);
+        rc = ts_gguf_get_f32(m->file, TS_KEY_POWERINFER_THRESHOLD, &in->predictor_threshold, 0, err, err_size);
     }
     if (rc < 0 || load_ffn_activation(m, err, err_size) != 0 || load_predictor_input(m, err, err_size) != 0) {
         return -1;
@@ -325,8 +327,121 @@ static int load_hparams(ts_model *m, char *err, size_t err_size) {
 
 /* ---- tensor plan: what must exist, with which shape ---------------------------------------- */
 
-static binding *plan_add(plan *p, enum tensor_role role, struct ggml_tensor **slot, int n_dims, int64_t ne0,
-                         int64_t ne1, const char *fmt, int layer) {
+/* The dimensions tensor shapes are written in; their values for one layer are in a dims table. */
+enum dim {
+    DIM_1,        /* 1: past the tensor's last dimension */
+    DIM_EMBD,     /* n_embd */
+    DIM_VOCAB,    /* n_vocab */
+    DIM_ROT_HALF, /* n_rot / 2 */
+    DIM_Q,        /* n_head * n_embd_head */
+    DIM_KV,       /* n_head_kv * n_embd_head */
+    DIM_FF,       /* n_ff */
+    DIM_EXPERT,   /* n_expert */
+    DIM_RANK,     /* this layer's predictor rank (0: none) */
+    DIM_GROUP,    /* neurons per group (turbosparse.group_size) */
+    DIM_GROUPS,   /* n_ff / group size */
+    N_DIMS
+};
+
+typedef struct dims {
+    int64_t v[N_DIMS];
+} dims;
+
+/* One tensor the loader looks for. */
+typedef struct tensor_spec {
+    const char *name;     /* gguf_names.h; %d = the layer */
+    const char *alt_name; /* PowerInfer's name for the same tensor, used when the file lacks `name`; or NULL */
+    enum tensor_role role;
+    size_t slot;          /* offset of its struct ggml_tensor * in ts_layer (per-layer specs) or ts_model */
+    int required;         /* 0: optional, its slot stays NULL when absent */
+    enum dim ne[3];       /* ggml shape, ne[3] = 1 */
+} tensor_spec;
+
+#define LAYER_SLOT(field) offsetof(ts_layer, field)
+#define MODEL_SLOT(field) offsetof(ts_model, field)
+
+static const tensor_spec MODEL_TENSORS[] = {
+    {TS_TENSOR_TOKEN_EMBD, NULL, ROLE_EMBD, MODEL_SLOT(tok_embd), 1, {DIM_EMBD, DIM_VOCAB, DIM_1}},
+    {TS_TENSOR_OUTPUT_NORM, NULL, ROLE_NORM, MODEL_SLOT(output_norm), 1, {DIM_EMBD, DIM_1, DIM_1}},
+    {TS_TENSOR_OUTPUT, NULL, ROLE_MATRIX, MODEL_SLOT(output), 0, {DIM_EMBD, DIM_VOCAB, DIM_1}}, /* absent: tied */
+    {TS_TENSOR_ROPE_FREQS, NULL, ROLE_ROPE, MODEL_SLOT(rope_freqs), 0, {DIM_ROT_HALF, DIM_1, DIM_1}},
+};
+enum { SPEC_OUTPUT = 2 };
+
+static const tensor_spec ATTENTION_TENSORS[] = {
+    {TS_TENSOR_ATTN_NORM, NULL, ROLE_NORM, LAYER_SLOT(attn_norm), 1, {DIM_EMBD, DIM_1, DIM_1}},
+    {TS_TENSOR_ATTN_Q, NULL, ROLE_MATRIX, LAYER_SLOT(wq), 1, {DIM_EMBD, DIM_Q, DIM_1}},
+    {TS_TENSOR_ATTN_K, NULL, ROLE_MATRIX, LAYER_SLOT(wk), 1, {DIM_EMBD, DIM_KV, DIM_1}},
+    {TS_TENSOR_ATTN_V, NULL, ROLE_MATRIX, LAYER_SLOT(wv), 1, {DIM_EMBD, DIM_KV, DIM_1}},
+    {TS_TENSOR_ATTN_OUTPUT, NULL, ROLE_MATRIX, LAYER_SLOT(wo), 1, {DIM_Q, DIM_EMBD, DIM_1}},
+    {TS_TENSOR_ATTN_Q_BIAS, NULL, ROLE_BIAS, LAYER_SLOT(bq), 0, {DIM_Q, DIM_1, DIM_1}},
+    {TS_TENSOR_ATTN_K_BIAS, NULL, ROLE_BIAS, LAYER_SLOT(bk), 0, {DIM_KV, DIM_1, DIM_1}},
+    {TS_TENSOR_ATTN_V_BIAS, NULL, ROLE_BIAS, LAYER_SLOT(bv), 0, {DIM_KV, DIM_1, DIM_1}},
+    {TS_TENSOR_ATTN_OUTPUT_BIAS, NULL, ROLE_BIAS, LAYER_SLOT(bo), 0, {DIM_EMBD, DIM_1, DIM_1}},
+    {TS_TENSOR_FFN_NORM, NULL, ROLE_NORM, LAYER_SLOT(ffn_norm), 1, {DIM_EMBD, DIM_1, DIM_1}},
+};
+
+/* FFN matrices read row by row in sparse decoding stay in the mapping when asked to: up always, gate where a
+ * predictor selects rows (ROLE_GATE; exact mode computes the gate densely, with ggml's repacked kernels). The down
+ * matrix is stored standard, transposed or both (check_down_layout). */
+static const tensor_spec FFN_TENSORS[] = {
+    {TS_TENSOR_FFN_GATE, NULL, ROLE_GATE, LAYER_SLOT(ffn_gate), 1, {DIM_EMBD, DIM_FF, DIM_1}},
+    {TS_TENSOR_FFN_UP, NULL, ROLE_ROWS, LAYER_SLOT(ffn_up), 1, {DIM_EMBD, DIM_FF, DIM_1}},
+    {TS_TENSOR_FFN_GATE_BIAS, NULL, ROLE_BIAS, LAYER_SLOT(ffn_gate_b), 0, {DIM_FF, DIM_1, DIM_1}},
+    {TS_TENSOR_FFN_UP_BIAS, NULL, ROLE_BIAS, LAYER_SLOT(ffn_up_b), 0, {DIM_FF, DIM_1, DIM_1}},
+    {TS_TENSOR_FFN_DOWN_BIAS, NULL, ROLE_BIAS, LAYER_SLOT(ffn_down_b), 0, {DIM_EMBD, DIM_1, DIM_1}},
+    {TS_TENSOR_FFN_DOWN, NULL, ROLE_MATRIX, LAYER_SLOT(ffn_down), 0, {DIM_FF, DIM_EMBD, DIM_1}},
+    {TS_TENSOR_FFN_DOWN_T, NULL, ROLE_DOWN_T, LAYER_SLOT(ffn_down_t), 0, {DIM_EMBD, DIM_FF, DIM_1}},
+};
+
+/* predictor: logits = fc2 . relu(fc1 . input); the rank is fc1's */
+static const tensor_spec PREDICTOR_TENSORS[] = {
+    {TS_TENSOR_PRED_FC1, TS_TENSOR_POWERINFER_FC1, ROLE_MATRIX, LAYER_SLOT(pred_fc1), 1, {DIM_EMBD, DIM_RANK, DIM_1}},
+    {TS_TENSOR_PRED_FC2, TS_TENSOR_POWERINFER_FC2, ROLE_MATRIX, LAYER_SLOT(pred_fc2), 1, {DIM_RANK, DIM_FF, DIM_1}},
+};
+
+/* A mixture-of-experts FFN under llama.cpp's names (router ffn_gate_inp, experts stacked along ne2), plus ours:
+ * the experts' transposed downs and predictors, stacked the same way. */
+static const tensor_spec MOE_TENSORS[] = {
+    {TS_TENSOR_FFN_GATE_INP, NULL, ROLE_MATRIX, LAYER_SLOT(ffn_gate_inp), 1, {DIM_EMBD, DIM_EXPERT, DIM_1}},
+    {TS_TENSOR_FFN_GATE_EXPS, NULL, ROLE_GATE, LAYER_SLOT(ffn_gate_exps), 1, {DIM_EMBD, DIM_FF, DIM_EXPERT}},
+    {TS_TENSOR_FFN_UP_EXPS, NULL, ROLE_ROWS, LAYER_SLOT(ffn_up_exps), 1, {DIM_EMBD, DIM_FF, DIM_EXPERT}},
+    {TS_TENSOR_FFN_DOWN_EXPS, NULL, ROLE_MATRIX, LAYER_SLOT(ffn_down_exps), 0, {DIM_FF, DIM_EMBD, DIM_EXPERT}},
+    {TS_TENSOR_FFN_DOWN_T_EXPS, NULL, ROLE_DOWN_T, LAYER_SLOT(ffn_down_t_exps), 0, {DIM_EMBD, DIM_FF, DIM_EXPERT}},
+};
+
+static const tensor_spec MOE_PREDICTOR_TENSORS[] = {
+    {TS_TENSOR_PRED_FC1_EXPS, NULL, ROLE_MATRIX, LAYER_SLOT(pred_fc1_exps), 1, {DIM_EMBD, DIM_RANK, DIM_EXPERT}},
+    {TS_TENSOR_PRED_FC2_EXPS, NULL, ROLE_MATRIX, LAYER_SLOT(pred_fc2_exps), 1, {DIM_RANK, DIM_FF, DIM_EXPERT}},
+};
+
+/* the grouped route (grouped_ffn.h): group scores and the groups' down slices */
+static const tensor_spec GROUP_TENSORS[] = {
+    {TS_TENSOR_PRED_GROUPS, NULL, ROLE_MATRIX, LAYER_SLOT(pred_groups), 1, {DIM_RANK, DIM_GROUPS, DIM_1}},
+    {TS_TENSOR_FFN_DOWN_GROUPS, NULL, ROLE_DOWN_T, LAYER_SLOT(ffn_down_groups), 1, {DIM_GROUP, DIM_EMBD, DIM_GROUPS}},
+};
+
+#define N_SPECS(table) ((int)(sizeof(table) / sizeof((table)[0])))
+
+/* The dimensions of a layer with a predictor of `rank` (0: none) and groups of `group` neurons (0: none). */
+static dims layer_dims(const ts_model *m, int64_t rank, int64_t group) {
+    const ts_model_info *in = &m->info;
+    dims d = {{0}};
+    d.v[DIM_1] = 1;
+    d.v[DIM_EMBD] = in->n_embd;
+    d.v[DIM_VOCAB] = in->n_vocab;
+    d.v[DIM_ROT_HALF] = in->n_rot / 2;
+    d.v[DIM_Q] = (int64_t)in->n_head * in->n_embd_head;
+    d.v[DIM_KV] = (int64_t)in->n_head_kv * in->n_embd_head;
+    d.v[DIM_FF] = in->n_ff;
+    d.v[DIM_EXPERT] = in->n_expert;
+    d.v[DIM_RANK] = rank;
+    d.v[DIM_GROUP] = group;
+    d.v[DIM_GROUPS] = group > 0 ? in->n_ff / group : 0;
+    return d;
+}
+
+static binding *plan_add(plan *p, enum tensor_role role, struct ggml_tensor **slot, const char *fmt, int layer) {
     if (p->n == p->cap) {
         int cap = p->cap ? p->cap * 2 : 64;
         binding *items = realloc(p->items, sizeof(binding) * (size_t)cap);
@@ -339,11 +454,9 @@ static binding *plan_add(plan *p, enum tensor_role role, struct ggml_tensor **sl
     binding *b = &p->items[p->n++];
     memset(b, 0, sizeof(*b));
     snprintf(b->name, sizeof(b->name), fmt, layer);
-    b->n_dims = n_dims;
-    b->ne[0] = ne0;
-    b->ne[1] = n_dims > 1 ? ne1 : 1;
-    b->ne[2] = 1;
-    b->ne[3] = 1;
+    for (int i = 0; i < 4; i++) {
+        b->ne[i] = 1;
+    }
     b->role = role;
     b->slot = slot;
     return b;
@@ -398,156 +511,100 @@ static int resolve(const ts_model *m, binding *b, int required, char *err, size_
     return 0;
 }
 
-/* Adds a tensor to the plan and resolves it at once; returns 1 if optional and absent. */
-static int want(ts_model *m, plan *p, enum tensor_role role, struct ggml_tensor **slot, int required, int n_dims,
-                int64_t ne0, int64_t ne1, const char *fmt, int layer, char *err, size_t err_size) {
-    binding *b = plan_add(p, role, slot, n_dims, ne0, ne1, fmt, layer);
-    if (b == NULL) {
-        return ts_set_error(err, err_size, "out of memory");
-    }
-    int rc = resolve(m, b, required, err, err_size);
-    if (rc != 0) {
-        p->n--; /* absent or invalid: not part of the plan */
-    }
-    return rc;
-}
-
-/* First name that exists among a turbosparse name and a PowerInfer name. */
-static const char *pick_name(const ts_model *m, const char *ours, const char *theirs, int layer) {
+/* The file's tensor `fmt` of layer `layer`, or NULL. */
+static const ts_gguf_tensor *find_layer_tensor(const ts_model *m, const char *fmt, int layer) {
     char name[GGML_MAX_NAME];
-    snprintf(name, sizeof(name), ours, layer);
-    return ts_gguf_find_tensor(m->file, name) != NULL ? ours : theirs;
+    snprintf(name, sizeof(name), fmt, layer);
+    return ts_gguf_find_tensor(m->file, name);
 }
 
-/* The down matrix of layer il is stored standard (has_down == 0), transposed (has_down_t == 0) or both, as in layer 0. */
+/*
+ * Adds the tensors of `specs` (of layer `layer`; model-wide names ignore it) to the plan, each checked against the
+ * file; their slots are in `base`. Sets bit i of *found (may be NULL) for each spec i the file has. 0, or -1 on a
+ * required tensor missing or any tensor of the wrong shape or type.
+ */
+static int plan_specs(const ts_model *m, plan *p, void *base, const tensor_spec *specs, int n_specs, int layer,
+                      const dims *d, uint32_t *found, char *err, size_t err_size) {
+    for (int i = 0; i < n_specs; i++) {
+        const tensor_spec *s = &specs[i];
+        const enum tensor_role role = s->role != ROLE_GATE ? s->role : d->v[DIM_RANK] > 0 ? ROLE_ROWS : ROLE_MATRIX;
+        const char *fmt = s->alt_name != NULL && find_layer_tensor(m, s->name, layer) == NULL ? s->alt_name : s->name;
+        binding *b = plan_add(p, role, (struct ggml_tensor **)((char *)base + s->slot), fmt, layer);
+        if (b == NULL) {
+            return ts_set_error(err, err_size, "out of memory");
+        }
+        for (int k = 0; k < 3; k++) {
+            b->ne[k] = d->v[s->ne[k]];
+        }
+        const int rc = resolve(m, b, s->required, err, err_size);
+        if (rc != 0) {
+            p->n--; /* absent or invalid: not part of the plan */
+        }
+        if (rc < 0) {
+            return -1;
+        }
+        if (rc == 0 && found != NULL) {
+            *found |= 1u << i;
+        }
+    }
+    return 0;
+}
+
+/* The down matrix of layer il is stored standard, transposed or both, as in layer 0. */
 static int check_down_layout(ts_model *m, int il, int has_down, int has_down_t, const char *down, const char *down_t,
                              char *err, size_t err_size) {
     ts_model_info *in = &m->info;
-    if (has_down == 1 && has_down_t == 1) {
-        return ts_set_error(err, err_size, "%s: missing tensor 'blk.%d.%s.weight' (or its transpose 'blk.%d.%s.weight')",
-                            m->file->path, il, down, il, down_t);
+    if (!has_down && !has_down_t) {
+        char name[GGML_MAX_NAME], name_t[GGML_MAX_NAME];
+        snprintf(name, sizeof(name), down, il);
+        snprintf(name_t, sizeof(name_t), down_t, il);
+        return ts_set_error(err, err_size, "%s: missing tensor '%s' (or its transpose '%s')", m->file->path, name, name_t);
     }
     if (il == 0) {
-        in->has_down = has_down == 0;
-        in->has_down_t = has_down_t == 0;
-    } else if (in->has_down != (has_down == 0) || in->has_down_t != (has_down_t == 0)) {
+        in->has_down = has_down;
+        in->has_down_t = has_down_t;
+    } else if (in->has_down != has_down || in->has_down_t != has_down_t) {
         return ts_set_error(err, err_size, "%s: layer %d stores its down matrix differently from layer 0", m->file->path, il);
     }
     return 0;
 }
 
-/* Adds n_expert stacked matrices [ne0, ne1, n_expert] to the plan and resolves them; returns 1 if optional and absent. */
-static int want_experts(ts_model *m, plan *p, enum tensor_role role, struct ggml_tensor **slot, int required,
-                        int64_t ne0, int64_t ne1, const char *fmt, int layer, char *err, size_t err_size) {
-    binding *b = plan_add(p, role, slot, 3, ne0, ne1, fmt, layer);
-    if (b == NULL) {
-        return ts_set_error(err, err_size, "out of memory");
-    }
-    b->ne[2] = m->info.n_expert;
-    const int rc = resolve(m, b, required, err, err_size);
-    if (rc != 0) {
-        p->n--;
-    }
-    return rc;
-}
-
-/* A mixture-of-experts FFN under llama.cpp's names (router ffn_gate_inp, experts stacked in ffn_{gate,up,down}_exps),
- * plus ours: the experts' transposed downs and predictors, stacked the same way. */
-static int plan_moe_ffn(ts_model *m, plan *p, int il, char *err, size_t err_size) {
-    const ts_model_info *in = &m->info;
-    ts_layer *l = &m->layers[il];
-    const int64_t n_embd = in->n_embd, n_ff = in->n_ff;
-    char name[GGML_MAX_NAME];
-    snprintf(name, sizeof(name), "blk.%d.ffn_pred_fc1_exps.weight", il);
-    const ts_gguf_tensor *fc1 = ts_gguf_find_tensor(m->file, name);
-    const enum tensor_role gate_role = fc1 != NULL ? ROLE_ROWS : ROLE_MATRIX;
-    if (want(m, p, ROLE_MATRIX, &l->ffn_gate_inp, 1, 2, n_embd, in->n_expert, "blk.%d.ffn_gate_inp.weight", il, err,
-             err_size) != 0 ||
-        want_experts(m, p, gate_role, &l->ffn_gate_exps, 1, n_embd, n_ff, "blk.%d.ffn_gate_exps.weight", il, err,
-                     err_size) != 0 ||
-        want_experts(m, p, ROLE_ROWS, &l->ffn_up_exps, 1, n_embd, n_ff, "blk.%d.ffn_up_exps.weight", il, err,
-                     err_size) != 0) {
-        return -1;
-    }
-    const int has_down = want_experts(m, p, ROLE_MATRIX, &l->ffn_down_exps, 0, n_ff, n_embd,
-                                      "blk.%d.ffn_down_exps.weight", il, err, err_size);
-    const int has_down_t = want_experts(m, p, ROLE_DOWN_T, &l->ffn_down_t_exps, 0, n_embd, n_ff,
-                                        "blk.%d.ffn_down_t_exps.weight", il, err, err_size);
-    if (has_down < 0 || has_down_t < 0 || check_down_layout(m, il, has_down, has_down_t, "ffn_down_exps", "ffn_down_t_exps", err, err_size)) {
-        return -1;
+/* Layer il's FFN (dense or experts) and its predictor when the file has one (its rank: fc1's ne[1]). */
+static int plan_ffn(ts_model *m, plan *p, int il, char *err, size_t err_size) {
+    const int moe = m->info.n_expert > 0;
+    const tensor_spec *ffn = moe ? MOE_TENSORS : FFN_TENSORS;
+    const tensor_spec *pred = moe ? MOE_PREDICTOR_TENSORS : PREDICTOR_TENSORS;
+    const int n_ffn = moe ? N_SPECS(MOE_TENSORS) : N_SPECS(FFN_TENSORS);
+    const int down = n_ffn - 2, down_t = n_ffn - 1; /* both tables end with the down matrix and its transpose */
+    const ts_gguf_tensor *fc1 = find_layer_tensor(m, pred[0].name, il);
+    if (fc1 == NULL && pred[0].alt_name != NULL) {
+        fc1 = find_layer_tensor(m, pred[0].alt_name, il);
     }
     m->pred_rank[il] = 0;
+    const dims d = layer_dims(m, fc1 != NULL ? fc1->ne[1] : 0, 0);
+    ts_layer *l = &m->layers[il];
+    uint32_t found = 0;
+    if (plan_specs(m, p, l, ffn, n_ffn, il, &d, &found, err, err_size) != 0 ||
+        check_down_layout(m, il, (found >> down) & 1, (found >> down_t) & 1, ffn[down].name, ffn[down_t].name, err,
+                          err_size) != 0) {
+        return -1;
+    }
     if (fc1 != NULL) {
-        const int64_t rank = fc1->ne[1];
-        if (want_experts(m, p, ROLE_MATRIX, &l->pred_fc1_exps, 1, n_embd, rank, "blk.%d.ffn_pred_fc1_exps.weight", il,
-                         err, err_size) != 0 ||
-            want_experts(m, p, ROLE_MATRIX, &l->pred_fc2_exps, 1, rank, n_ff, "blk.%d.ffn_pred_fc2_exps.weight", il,
-                         err, err_size) != 0) {
+        if (plan_specs(m, p, l, pred, 2, il, &d, NULL, err, err_size) != 0) {
             return -1;
         }
-        m->pred_rank[il] = (int32_t)rank;
+        m->pred_rank[il] = (int32_t)d.v[DIM_RANK];
     }
     return 0;
 }
 
 static int plan_layer(ts_model *m, plan *p, int il, char *err, size_t err_size) {
-    ts_model_info *in = &m->info;
-    ts_layer *l = &m->layers[il];
-    const int64_t n_embd = in->n_embd, n_ff = in->n_ff;
-    const int64_t n_q = (int64_t)in->n_head * in->n_embd_head, n_kv = (int64_t)in->n_head_kv * in->n_embd_head;
-    int rc = 0;
-    rc |= want(m, p, ROLE_NORM, &l->attn_norm, 1, 1, n_embd, 1, "blk.%d.attn_norm.weight", il, err, err_size) < 0;
-    rc |= !rc && want(m, p, ROLE_MATRIX, &l->wq, 1, 2, n_embd, n_q, "blk.%d.attn_q.weight", il, err, err_size) < 0;
-    rc |= !rc && want(m, p, ROLE_MATRIX, &l->wk, 1, 2, n_embd, n_kv, "blk.%d.attn_k.weight", il, err, err_size) < 0;
-    rc |= !rc && want(m, p, ROLE_MATRIX, &l->wv, 1, 2, n_embd, n_kv, "blk.%d.attn_v.weight", il, err, err_size) < 0;
-    rc |= !rc && want(m, p, ROLE_MATRIX, &l->wo, 1, 2, n_q, n_embd, "blk.%d.attn_output.weight", il, err, err_size) < 0;
-    rc |= !rc && want(m, p, ROLE_BIAS, &l->bq, 0, 1, n_q, 1, "blk.%d.attn_q.bias", il, err, err_size) < 0;
-    rc |= !rc && want(m, p, ROLE_BIAS, &l->bk, 0, 1, n_kv, 1, "blk.%d.attn_k.bias", il, err, err_size) < 0;
-    rc |= !rc && want(m, p, ROLE_BIAS, &l->bv, 0, 1, n_kv, 1, "blk.%d.attn_v.bias", il, err, err_size) < 0;
-    rc |= !rc && want(m, p, ROLE_BIAS, &l->bo, 0, 1, n_embd, 1, "blk.%d.attn_output.bias", il, err, err_size) < 0;
-    rc |= !rc && want(m, p, ROLE_NORM, &l->ffn_norm, 1, 1, n_embd, 1, "blk.%d.ffn_norm.weight", il, err, err_size) < 0;
-    if (rc) {
+    const dims d = layer_dims(m, 0, 0);
+    if (plan_specs(m, p, &m->layers[il], ATTENTION_TENSORS, N_SPECS(ATTENTION_TENSORS), il, &d, NULL, err,
+                   err_size) != 0) {
         return -1;
     }
-    if (in->n_expert > 0) {
-        return plan_moe_ffn(m, p, il, err, err_size);
-    }
-    /* FFN matrices read row by row in sparse decoding stay in the mapping when asked to: up always, gate where a
-     * predictor selects rows (exact mode computes the gate densely, with ggml's repacked kernels where they exist) */
-    const char *fc1_fmt = pick_name(m, "blk.%d.ffn_pred_fc1.weight", "blk.%d.fc1.weight", il);
-    const char *fc2_fmt = pick_name(m, "blk.%d.ffn_pred_fc2.weight", "blk.%d.fc2.weight", il);
-    char name[GGML_MAX_NAME];
-    snprintf(name, sizeof(name), fc1_fmt, il);
-    const ts_gguf_tensor *fc1 = ts_gguf_find_tensor(m->file, name);
-    const enum tensor_role gate_role = fc1 != NULL ? ROLE_ROWS : ROLE_MATRIX;
-    if (want(m, p, gate_role, &l->ffn_gate, 1, 2, n_embd, n_ff, "blk.%d.ffn_gate.weight", il, err, err_size) < 0 ||
-        want(m, p, ROLE_ROWS, &l->ffn_up, 1, 2, n_embd, n_ff, "blk.%d.ffn_up.weight", il, err, err_size) < 0) {
-        return -1;
-    }
-    if (want(m, p, ROLE_BIAS, &l->ffn_gate_b, 0, 1, n_ff, 1, "blk.%d.ffn_gate.bias", il, err, err_size) < 0 ||
-        want(m, p, ROLE_BIAS, &l->ffn_up_b, 0, 1, n_ff, 1, "blk.%d.ffn_up.bias", il, err, err_size) < 0 ||
-        want(m, p, ROLE_BIAS, &l->ffn_down_b, 0, 1, n_embd, 1, "blk.%d.ffn_down.bias", il, err, err_size) < 0) {
-        return -1;
-    }
-    int has_down = want(m, p, ROLE_MATRIX, &l->ffn_down, 0, 2, n_ff, n_embd, "blk.%d.ffn_down.weight", il, err, err_size);
-    int has_down_t = want(m, p, ROLE_DOWN_T, &l->ffn_down_t, 0, 2, n_embd, n_ff, "blk.%d.ffn_down_t.weight", il, err, err_size);
-    if (has_down < 0 || has_down_t < 0) {
-        return -1;
-    }
-    if (check_down_layout(m, il, has_down, has_down_t, "ffn_down", "ffn_down_t", err, err_size) != 0) {
-        return -1;
-    }
-    /* predictor: fc1 [n_embd, rank], fc2 [rank, n_ff]; rank taken from fc1 and checked against fc2 */
-    m->pred_rank[il] = 0;
-    if (fc1 != NULL) {
-        const int64_t rank = fc1->ne[1];
-        if (want(m, p, ROLE_MATRIX, &l->pred_fc1, 1, 2, n_embd, rank, fc1_fmt, il, err, err_size) != 0 ||
-            want(m, p, ROLE_MATRIX, &l->pred_fc2, 1, 2, rank, n_ff, fc2_fmt, il, err, err_size) != 0) {
-            return -1;
-        }
-        m->pred_rank[il] = (int32_t)rank;
-    }
-    return 0;
+    return plan_ffn(m, p, il, err, err_size);
 }
 
 static int check_predictor_ranks(ts_model *m, char *err, size_t err_size) {
@@ -560,11 +617,11 @@ static int check_predictor_ranks(ts_model *m, char *err, size_t err_size) {
     if (declared == NULL) {
         return ts_set_error(err, err_size, "out of memory");
     }
-    int rc = ts_gguf_get_arr_i64(m->file, "turbosparse.predictor_ranks", declared, m->info.n_layer, 0, err, err_size);
+    int rc = ts_gguf_get_arr_i64(m->file, TS_KEY_PREDICTOR_RANKS, declared, m->info.n_layer, 0, err, err_size);
     for (int il = 0; rc == 0 && il < m->info.n_layer; il++) {
         if (declared[il] != m->pred_rank[il]) {
-            rc = ts_set_error(err, err_size, "%s: turbosparse.predictor_ranks[%d] = %lld but layer %d's predictor has rank %d",
-                              m->file->path, il, (long long)declared[il], il, m->pred_rank[il]);
+            rc = ts_set_error(err, err_size, "%s: %s[%d] = %lld but layer %d's predictor has rank %d", m->file->path,
+                              TS_KEY_PREDICTOR_RANKS, il, (long long)declared[il], il, m->pred_rank[il]);
         }
     }
     free(declared);
@@ -579,49 +636,35 @@ static int check_predictor_ranks(ts_model *m, char *err, size_t err_size) {
 static int plan_groups(ts_model *m, plan *p, char *err, size_t err_size) {
     ts_model_info *in = &m->info;
     int64_t g = 0;
-    int rc = ts_gguf_get_i64(m->file, "turbosparse.group_size", &g, 0, err, err_size);
+    int rc = ts_gguf_get_i64(m->file, TS_KEY_GROUP_SIZE, &g, 0, err, err_size);
     if (rc != 0) {
         return rc < 0 ? -1 : 0;
     }
     if (g <= 0 || in->n_ff % g != 0) {
-        return ts_set_error(err, err_size, "%s: turbosparse.group_size = %lld must divide feed_forward_length %d",
-                            m->file->path, (long long)g, in->n_ff);
+        return ts_set_error(err, err_size, "%s: %s = %lld must divide feed_forward_length %d", m->file->path,
+                            TS_KEY_GROUP_SIZE, (long long)g, in->n_ff);
     }
     if (!in->has_predictors) {
-        return ts_set_error(err, err_size, "%s: turbosparse.group_size is set but not every layer has a predictor",
-                            m->file->path);
+        return ts_set_error(err, err_size, "%s: %s is set but not every layer has a predictor", m->file->path,
+                            TS_KEY_GROUP_SIZE);
     }
     const int64_t n_groups = in->n_ff / g;
     int64_t *top_k = malloc(sizeof(int64_t) * (size_t)in->n_layer);
     if (top_k == NULL) {
         return ts_set_error(err, err_size, "out of memory");
     }
-    rc = ts_gguf_get_arr_i64(m->file, "turbosparse.group_top_k", top_k, in->n_layer, 1, err, err_size);
+    rc = ts_gguf_get_arr_i64(m->file, TS_KEY_GROUP_TOP_K, top_k, in->n_layer, 1, err, err_size);
     for (int il = 0; rc == 0 && il < in->n_layer; il++) {
         if (top_k[il] < 1 || top_k[il] > n_groups) {
-            rc = ts_set_error(err, err_size, "%s: turbosparse.group_top_k[%d] = %lld is out of range (1..%lld groups)",
-                              m->file->path, il, (long long)top_k[il], (long long)n_groups);
+            rc = ts_set_error(err, err_size, "%s: %s[%d] = %lld is out of range (1..%lld groups)", m->file->path,
+                              TS_KEY_GROUP_TOP_K, il, (long long)top_k[il], (long long)n_groups);
         }
         m->group_top_k[il] = (int32_t)top_k[il];
     }
     free(top_k);
     for (int il = 0; rc == 0 && il < in->n_layer; il++) {
-        ts_layer *l = &m->layers[il];
-        rc = want(m, p, ROLE_MATRIX, &l->pred_groups, 1, 2, m->pred_rank[il], n_groups, "blk.%d.ffn_pred_groups.weight",
-                  il, err, err_size);
-        binding *b = rc == 0 ? plan_add(p, ROLE_DOWN_T, &l->ffn_down_groups, 3, g, in->n_embd,
-                                        "blk.%d.ffn_down_groups.weight", il)
-                             : NULL;
-        if (rc == 0 && b == NULL) {
-            rc = ts_set_error(err, err_size, "out of memory");
-        }
-        if (b != NULL) {
-            b->ne[2] = n_groups;
-            rc = resolve(m, b, 1, err, err_size);
-            if (rc != 0) {
-                p->n--;
-            }
-        }
+        const dims d = layer_dims(m, m->pred_rank[il], g);
+        rc = plan_specs(m, p, &m->layers[il], GROUP_TENSORS, N_SPECS(GROUP_TENSORS), il, &d, NULL, err, err_size);
     }
     in->group_size = rc == 0 ? (int32_t)g : 0;
     return rc == 0 ? 0 : -1;
@@ -644,8 +687,8 @@ static int load_threshold_array(ts_model *m, const char *key, float *out, char *
 }
 
 static int load_ffn_thresholds(ts_model *m, char *err, size_t err_size) {
-    const int gate = load_threshold_array(m, "turbosparse.gate_thresholds", m->gate_threshold, err, err_size);
-    const int act = gate < 0 ? -1 : load_threshold_array(m, "turbosparse.act_thresholds", m->act_threshold, err, err_size);
+    const int gate = load_threshold_array(m, TS_KEY_GATE_THRESHOLDS, m->gate_threshold, err, err_size);
+    const int act = gate < 0 ? -1 : load_threshold_array(m, TS_KEY_ACT_THRESHOLDS, m->act_threshold, err, err_size);
     if (gate < 0 || act < 0) {
         return -1;
     }
@@ -656,33 +699,29 @@ static int load_ffn_thresholds(ts_model *m, char *err, size_t err_size) {
 static int build_plan(ts_model *m, plan *p, char *err, size_t err_size) {
     ts_model_info *in = &m->info;
     /* the vocabulary size is the embedding's row count */
-    const ts_gguf_tensor *embd = ts_gguf_find_tensor(m->file, "token_embd.weight");
+    const ts_gguf_tensor *embd = ts_gguf_find_tensor(m->file, TS_TENSOR_TOKEN_EMBD);
     if (embd == NULL) {
-        return ts_set_error(err, err_size, "%s: missing tensor 'token_embd.weight'", m->file->path);
+        return ts_set_error(err, err_size, "%s: missing tensor '%s'", m->file->path, TS_TENSOR_TOKEN_EMBD);
     }
     if (embd->ne[1] > INT32_MAX) {
-        return ts_set_error(err, err_size, "%s: token_embd.weight has %lld rows: more tokens than turbosparse reads",
-                            m->file->path, (long long)embd->ne[1]);
+        return ts_set_error(err, err_size, "%s: %s has %lld rows: more tokens than turbosparse reads", m->file->path,
+                            TS_TENSOR_TOKEN_EMBD, (long long)embd->ne[1]);
     }
     in->n_vocab = (int32_t)embd->ne[1];
-    if (want(m, p, ROLE_EMBD, &m->tok_embd, 1, 2, in->n_embd, in->n_vocab, "token_embd.weight", 0, err, err_size) != 0 ||
-        want(m, p, ROLE_NORM, &m->output_norm, 1, 1, in->n_embd, 1, "output_norm.weight", 0, err, err_size) != 0) {
+    const dims d = layer_dims(m, 0, 0);
+    uint32_t found = 0;
+    if (plan_specs(m, p, m, MODEL_TENSORS, N_SPECS(MODEL_TENSORS), 0, &d, &found, err, err_size) != 0) {
         return -1;
     }
-    int rc = want(m, p, ROLE_MATRIX, &m->output, 0, 2, in->n_embd, in->n_vocab, "output.weight", 0, err, err_size);
-    if (rc < 0) {
-        return -1;
-    }
-    if (rc == 1) {
+    if (!((found >> SPEC_OUTPUT) & 1)) {
         /* tied embeddings: a second binding of the same data that may be repacked for mul_mat */
-        binding *b = plan_add(p, ROLE_MATRIX, &m->output, 2, in->n_embd, in->n_vocab, "output.weight", 0);
+        binding *b = plan_add(p, ROLE_MATRIX, &m->output, TS_TENSOR_OUTPUT, 0);
         if (b == NULL) {
             return ts_set_error(err, err_size, "out of memory");
         }
+        b->ne[0] = in->n_embd;
+        b->ne[1] = in->n_vocab;
         b->src = embd;
-    }
-    if (want(m, p, ROLE_ROPE, &m->rope_freqs, 0, 1, in->n_rot / 2, 1, "rope_freqs.weight", 0, err, err_size) < 0) {
-        return -1;
     }
     for (int il = 0; il < in->n_layer; il++) {
         if (plan_layer(m, p, il, err, err_size) != 0) {

@@ -1,0 +1,97 @@
+/*
+ * Every GGUF key and tensor name the C library reads, spelled once (docs/gguf-format.md describes them).
+ * tests/test_gguf_names.py checks this file against python/turbosparse/constants.py (TS_KEY_X = KEY_X,
+ * TS_TENSOR_X = TENSOR_X with %d for {}) and the llama.cpp names against gguf-py. Per-layer tensor names take the
+ * block index (%d).
+ */
+#ifndef TS_GGUF_NAMES_H
+#define TS_GGUF_NAMES_H
+
+/* ---- general keys ---------------------------------------------------------------------------------------- */
+#define TS_KEY_ARCHITECTURE "general.architecture"
+#define TS_KEY_FILE_TYPE "general.file_type"
+#define TS_KEY_ALIGNMENT "general.alignment"
+
+/* general.architecture values the loader runs: llama.cpp's llama, PowerInfer's bamboo */
+#define TS_ARCH_LLAMA "llama"
+#define TS_ARCH_BAMBOO "bamboo"
+
+/* ---- llama.cpp's per-architecture keys: "<general.architecture>." + suffix --------------------------------- */
+#define TS_ARCH_KEY_BLOCK_COUNT "block_count"
+#define TS_ARCH_KEY_CONTEXT_LENGTH "context_length"
+#define TS_ARCH_KEY_EMBEDDING_LENGTH "embedding_length"
+#define TS_ARCH_KEY_FEED_FORWARD_LENGTH "feed_forward_length"
+#define TS_ARCH_KEY_HEAD_COUNT "attention.head_count"
+#define TS_ARCH_KEY_HEAD_COUNT_KV "attention.head_count_kv"
+#define TS_ARCH_KEY_KEY_LENGTH "attention.key_length"
+#define TS_ARCH_KEY_VALUE_LENGTH "attention.value_length"
+#define TS_ARCH_KEY_LAYERNORM_RMS_EPS "attention.layer_norm_rms_epsilon"
+#define TS_ARCH_KEY_ROPE_DIMENSION_COUNT "rope.dimension_count"
+#define TS_ARCH_KEY_ROPE_FREQ_BASE "rope.freq_base"
+#define TS_ARCH_KEY_ROPE_SCALING_TYPE "rope.scaling.type"
+#define TS_ARCH_KEY_ROPE_SCALING_FACTOR "rope.scaling.factor"
+#define TS_ARCH_KEY_ROPE_SCALE_LINEAR "rope.scale_linear"
+#define TS_ARCH_KEY_EXPERT_COUNT "expert_count"
+#define TS_ARCH_KEY_EXPERT_USED_COUNT "expert_used_count"
+
+/* ---- turbosparse keys -------------------------------------------------------------------------------------- */
+#define TS_KEY_FORMAT_VERSION "turbosparse.format_version"
+#define TS_KEY_FFN_ACTIVATION "turbosparse.ffn_activation"
+#define TS_KEY_PREDICTOR_THRESHOLD "turbosparse.predictor_threshold"
+#define TS_KEY_PREDICTOR_RANKS "turbosparse.predictor_ranks"
+#define TS_KEY_PREDICTOR_INPUT "turbosparse.predictor_input"
+#define TS_KEY_GATE_THRESHOLDS "turbosparse.gate_thresholds"
+#define TS_KEY_ACT_THRESHOLDS "turbosparse.act_thresholds"
+#define TS_KEY_GROUP_SIZE "turbosparse.group_size"
+#define TS_KEY_GROUP_TOP_K "turbosparse.group_top_k"
+#define TS_KEY_POWERINFER_THRESHOLD "powerinfer.sparse_threshold"
+
+/* values of turbosparse.ffn_activation (constants.FFN_ACTIVATIONS) and turbosparse.predictor_input
+   (constants.PREDICTOR_INPUTS), in those tuples' order */
+#define TS_FFN_ACTIVATION_SWIGLU "swiglu"
+#define TS_FFN_ACTIVATION_REGLU "reglu"
+#define TS_FFN_ACTIVATION_DRELU "drelu"
+#define TS_PREDICTOR_INPUT_RESIDUAL "residual"
+#define TS_PREDICTOR_INPUT_RESIDUAL_RMSNORM "residual_rmsnorm"
+
+/* ---- tensors: llama.cpp's ------------------------------------------------------------------------------------ */
+#define TS_TENSOR_TOKEN_EMBD "token_embd.weight"
+#define TS_TENSOR_OUTPUT_NORM "output_norm.weight"
+#define TS_TENSOR_OUTPUT "output.weight"
+#define TS_TENSOR_ROPE_FREQS "rope_freqs.weight"
+#define TS_TENSOR_ATTN_NORM "blk.%d.attn_norm.weight"
+#define TS_TENSOR_ATTN_Q "blk.%d.attn_q.weight"
+#define TS_TENSOR_ATTN_K "blk.%d.attn_k.weight"
+#define TS_TENSOR_ATTN_V "blk.%d.attn_v.weight"
+#define TS_TENSOR_ATTN_OUTPUT "blk.%d.attn_output.weight"
+#define TS_TENSOR_ATTN_Q_BIAS "blk.%d.attn_q.bias"
+#define TS_TENSOR_ATTN_K_BIAS "blk.%d.attn_k.bias"
+#define TS_TENSOR_ATTN_V_BIAS "blk.%d.attn_v.bias"
+#define TS_TENSOR_ATTN_OUTPUT_BIAS "blk.%d.attn_output.bias"
+#define TS_TENSOR_FFN_NORM "blk.%d.ffn_norm.weight"
+#define TS_TENSOR_FFN_GATE "blk.%d.ffn_gate.weight"
+#define TS_TENSOR_FFN_UP "blk.%d.ffn_up.weight"
+#define TS_TENSOR_FFN_DOWN "blk.%d.ffn_down.weight"
+#define TS_TENSOR_FFN_GATE_BIAS "blk.%d.ffn_gate.bias"
+#define TS_TENSOR_FFN_UP_BIAS "blk.%d.ffn_up.bias"
+#define TS_TENSOR_FFN_DOWN_BIAS "blk.%d.ffn_down.bias"
+#define TS_TENSOR_FFN_GATE_INP "blk.%d.ffn_gate_inp.weight"
+#define TS_TENSOR_FFN_GATE_EXPS "blk.%d.ffn_gate_exps.weight"
+#define TS_TENSOR_FFN_UP_EXPS "blk.%d.ffn_up_exps.weight"
+#define TS_TENSOR_FFN_DOWN_EXPS "blk.%d.ffn_down_exps.weight"
+
+/* ---- tensors: ours ---------------------------------------------------------------------------------------------- */
+#define TS_TENSOR_FFN_DOWN_T "blk.%d.ffn_down_t.weight"
+#define TS_TENSOR_PRED_FC1 "blk.%d.ffn_pred_fc1.weight"
+#define TS_TENSOR_PRED_FC2 "blk.%d.ffn_pred_fc2.weight"
+#define TS_TENSOR_PRED_GROUPS "blk.%d.ffn_pred_groups.weight"
+#define TS_TENSOR_FFN_DOWN_GROUPS "blk.%d.ffn_down_groups.weight"
+#define TS_TENSOR_FFN_DOWN_T_EXPS "blk.%d.ffn_down_t_exps.weight"
+#define TS_TENSOR_PRED_FC1_EXPS "blk.%d.ffn_pred_fc1_exps.weight"
+#define TS_TENSOR_PRED_FC2_EXPS "blk.%d.ffn_pred_fc2_exps.weight"
+
+/* ---- tensors: PowerInfer's names for the predictor ----------------------------------------------------------- */
+#define TS_TENSOR_POWERINFER_FC1 "blk.%d.fc1.weight"
+#define TS_TENSOR_POWERINFER_FC2 "blk.%d.fc2.weight"
+
+#endif
