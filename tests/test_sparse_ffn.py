@@ -227,8 +227,8 @@ def test_the_library_decides_the_sparse_mode(tmp_path: Path) -> None:
     with pytest.raises(InvalidArgumentError, match=r"turbosparse\.group_size"):
         Model(with_pred, sparse="groups", n_ctx=16, n_threads=1)
     assert NativeModel(with_pred).sparse_mode(SparseMode.EXACT) == SparseMode.EXACT
-    assert sorted(SPARSE_MODES) == ["auto", "dense", "exact", "groups", "off", "predictor"]
-    assert sparse_mode_named("dense") == SparseMode.OFF
+    assert sorted(SPARSE_MODES) == ["auto", "exact", "groups", "off", "predictor"]
+    assert sparse_mode_named("off") == SparseMode.OFF
     with pytest.raises(
         InvalidArgumentError, match="sparse must be one of 'off', 'predictor', 'exact', 'groups', 'auto'"
     ):

@@ -64,11 +64,8 @@ class SparseMode(enum.IntEnum):
         return self.name.lower()
 
 
-# the one table from the names users and the benchmarks write to modes
-SPARSE_MODES: dict[str, SparseMode] = {
-    **{mode.label: mode for mode in SparseMode},
-    "dense": SparseMode.OFF,  # the benchmarks' name for off
-}
+# the one table from the names users write to modes
+SPARSE_MODES: dict[str, SparseMode] = {mode.label: mode for mode in SparseMode}
 
 
 def sparse_mode_named(name: str) -> SparseMode:

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from turbosparse._library import set_llama_log_verbosity
-from turbosparse.binding import NativeContext, NativeModel, SparseMode, sparse_mode_named
+from turbosparse.bench.engines import bench_mode
+from turbosparse.binding import NativeContext, NativeModel, SparseMode
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,7 @@ class BatchResult:
 def bench_batch(
     path: Path, *, mode: str, n_threads: int, batches: list[int], steps: int, rounds: int, prompt_tokens: int = 32
 ) -> list[BatchResult]:
-    sparse = sparse_mode_named(mode)
+    sparse = bench_mode(mode)
     set_llama_log_verbosity(False)  # ggml's per-tensor repack messages
     model = NativeModel(path, repack=True, sparse_rows=sparse != SparseMode.OFF)
     n_seq = max(batches)

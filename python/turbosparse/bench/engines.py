@@ -24,6 +24,11 @@ class Engine(Protocol):
         ...
 
 
+def bench_mode(name: str) -> SparseMode:
+    """The mode of a benchmark's mode name: "dense" is its name for off, the others are SPARSE_MODES'."""
+    return SparseMode.OFF if name == "dense" else sparse_mode_named(name)
+
+
 @dataclass
 class TurbosparseEngine:
     path: Path
@@ -33,7 +38,7 @@ class TurbosparseEngine:
     name: str = "turbosparse"
 
     def __post_init__(self) -> None:
-        sparse = sparse_mode_named(self.mode)
+        sparse = bench_mode(self.mode)
         self.model = NativeModel(self.path, repack=True, sparse_rows=sparse != SparseMode.OFF)
         self.ctx = NativeContext(
             self.model, n_ctx=self.n_ctx, n_threads=self.n_threads, n_batch=512, sparse_mode=sparse, threshold=None

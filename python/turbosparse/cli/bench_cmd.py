@@ -15,7 +15,7 @@ import gguf
 
 from turbosparse.assets import smollm2_gguf
 from turbosparse.bench.batch import bench_batch
-from turbosparse.bench.engines import Engine, LlamaCppEngine, TurbosparseEngine
+from turbosparse.bench.engines import Engine, LlamaCppEngine, TurbosparseEngine, bench_mode
 from turbosparse.bench.ffn_layer import bench_ffn_layer, copy_bandwidth_gb_s, format_table
 from turbosparse.bench.generate import bench_generate
 from turbosparse.bench.runner import (
@@ -37,7 +37,7 @@ from turbosparse.bench.synthetic import (
     synthetic_pair,
     with_layers,
 )
-from turbosparse.binding import NativeModel, SparseMode, sparse_mode_named
+from turbosparse.binding import NativeModel, SparseMode
 from turbosparse.default import default_model
 from turbosparse.errors import EvalError, InvalidArgumentError
 
@@ -135,7 +135,7 @@ def _modes(args: argparse.Namespace, sparse: Path) -> list[str]:
     """The modes in --modes that the sparse file can run (the C library decides)."""
     model = NativeModel(sparse, repack=False)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    return [m for m in modes if _allows(model, sparse_mode_named(m))]
+    return [m for m in modes if _allows(model, bench_mode(m))]
 
 
 def _allows(model: NativeModel, mode: SparseMode) -> bool:
