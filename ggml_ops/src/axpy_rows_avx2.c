@@ -62,12 +62,14 @@ static void prefetch_rows(const char *w, size_t row_bytes, size_t offset, const 
 
 /*
  * o[0, 32 * n_units) += sum_i coef[i] * row_i, rows taken GROUP at a time (the last group may be shorter): each
- * output unit is loaded and stored once per group, and the next group's row segments are prefetched meanwhile.
+ * output unit is loaded and stored once per group, and the next group's row segments are prefetched meanwhile
+ * (row_prefetch.h).
  */
 #define DEFINE_AXPY_TILE(name, unit, unit_bytes)                                                                    \
     static inline void add_rows_##name(const uint8_t *const *r, const float *a, int n_rows, int64_t n_units,      \
-                                       float *o) {                                                                   \
+                                       float *o, ts_row_prefetcher *pf) {                                            \
         for (int64_t u = 0; u < n_units; u++) {                                                                      \
+            ts_prefetch_upto(pf, (size_t)(u + 1) * (unit_bytes));                                                   \
             __m256 acc[4];                                                                                           \
             for (int k = 0; k < 4; k++) {                                                                            \
                 acc[k] = _mm256_loadu_ps(o + 32 * u + 8 * k);                                                        \
@@ -87,16 +89,21 @@ static void prefetch_rows(const char *w, size_t row_bytes, size_t offset, const 
         for (int64_t i = 0; i < n_idx; i += GROUP) {                                                                 \
             const int n = n_idx - i < GROUP ? (int)(n_idx - i) : GROUP;                                              \
             const int64_t next = i + n, ahead = n_idx - next < GROUP ? n_idx - next : GROUP;                         \
-            prefetch_rows(w, row_bytes, offset, idx + next, ahead, seg_bytes);                                       \
             const uint8_t *r[GROUP];                                                                                 \
+            const void *r_next[GROUP];                                                                               \
             for (int k = 0; k < n; k++) {                                                                            \
                 r[k] = (const uint8_t *)w + (size_t)idx[i + k] * row_bytes + offset;                                 \
             }                                                                                                        \
-            if (n == GROUP) {                                                                                        \
-                add_rows_##name(r, coef + i, GROUP, n_units, o); /* a constant count the compiler unrolls */         \
-            } else {                                                                                                 \
-                add_rows_##name(r, coef + i, n, n_units, o);                                                         \
+            for (int k = 0; k < ahead; k++) {                                                                        \
+                r_next[k] = w + (size_t)idx[next + k] * row_bytes + offset;                                          \
             }                                                                                                        \
+            ts_row_prefetcher pf = {r_next, (int)ahead, 0};                                                          \
+            if (n == GROUP) {                                                                                        \
+                add_rows_##name(r, coef + i, GROUP, n_units, o, &pf); /* a constant count the compiler unrolls */    \
+            } else {                                                                                                 \
+                add_rows_##name(r, coef + i, n, n_units, o, &pf);                                                    \
+            }                                                                                                        \
+            ts_prefetch_upto(&pf, seg_bytes + 64);                                                                   \
         }                                                                                                            \
     }
 

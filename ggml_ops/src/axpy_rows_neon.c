@@ -60,8 +60,9 @@ static inline void unit_f32(const uint8_t *row, int64_t u, float a, float32x4_t 
 
 #define DEFINE_AXPY_TILE(name, unit, unit_bytes)                                                                    \
     static inline void add_rows_##name(const uint8_t *const *r, const float *a, int n_rows, int64_t n_units,      \
-                                       float *o) {                                                                   \
+                                       float *o, ts_row_prefetcher *pf) {                                            \
         for (int64_t u = 0; u < n_units; u++) {                                                                      \
+            ts_prefetch_upto(pf, (size_t)(u + 1) * (unit_bytes));                                                   \
             float32x4_t acc[8];                                                                                      \
             for (int k = 0; k < 8; k++) {                                                                            \
                 acc[k] = vld1q_f32(o + 32 * u + 4 * k);                                                              \
@@ -81,16 +82,21 @@ static inline void unit_f32(const uint8_t *row, int64_t u, float a, float32x4_t 
         for (int64_t i = 0; i < n_idx; i += GROUP) {                                                                 \
             const int n = n_idx - i < GROUP ? (int)(n_idx - i) : GROUP;                                              \
             const int64_t next = i + n, ahead = n_idx - next < GROUP ? n_idx - next : GROUP;                         \
-            prefetch_rows(w, row_bytes, offset, idx + next, ahead, seg_bytes);                                       \
             const uint8_t *r[GROUP];                                                                                 \
+            const void *r_next[GROUP];                                                                               \
             for (int k = 0; k < n; k++) {                                                                            \
                 r[k] = (const uint8_t *)w + (size_t)idx[i + k] * row_bytes + offset;                                 \
             }                                                                                                        \
-            if (n == GROUP) {                                                                                        \
-                add_rows_##name(r, coef + i, GROUP, n_units, o); /* a constant count the compiler unrolls */         \
-            } else {                                                                                                 \
-                add_rows_##name(r, coef + i, n, n_units, o);                                                         \
+            for (int k = 0; k < ahead; k++) {                                                                        \
+                r_next[k] = w + (size_t)idx[next + k] * row_bytes + offset;                                          \
             }                                                                                                        \
+            ts_row_prefetcher pf = {r_next, (int)ahead, 0};                                                          \
+            if (n == GROUP) {                                                                                        \
+                add_rows_##name(r, coef + i, GROUP, n_units, o, &pf); /* a constant count the compiler unrolls */    \
+            } else {                                                                                                 \
+                add_rows_##name(r, coef + i, n, n_units, o, &pf);                                                    \
+            }                                                                                                        \
+            ts_prefetch_upto(&pf, seg_bytes + 64);                                                                   \
         }                                                                                                            \
     }
 
