@@ -22,13 +22,13 @@ ts_context_params ts_context_default_params(void) {
 
 /* Devices other than the CPU run ggml's own ops only: dense and the grouped route, not the row-sparse custom ops. */
 static int check_device_mode(const ts_model *m, const ts_context_params *p, char *err, size_t err_size) {
-    if (m->on_cpu || p->sparse_mode == TS_SPARSE_OFF || p->sparse_mode == TS_SPARSE_GROUPS) {
+    if (m->on_cpu || (p->sparse_mode != TS_SPARSE_PREDICTOR && p->sparse_mode != TS_SPARSE_EXACT)) {
         return 0;
     }
     return ts_fail(err, err_size, TS_ERR_ARGUMENT,
-                   "%s: sparse mode %d (predictor or exact) runs CPU-only ops; on device '%s' only dense and the "
-                   "grouped route (groups) run",
-                   m->file->path, p->sparse_mode, ggml_backend_dev_name(m->device));
+                   "%s: %s mode runs CPU-only ops; on device '%s' only dense and the grouped route (groups) run",
+                   m->file->path, p->sparse_mode == TS_SPARSE_PREDICTOR ? "predictor" : "exact",
+                   ggml_backend_dev_name(m->device));
 }
 
 static int check_params(const ts_model *m, const ts_context_params *p, char *err, size_t err_size) {
@@ -224,8 +224,9 @@ ts_context *ts_context_new(ts_model *model, const ts_context_params *params, cha
         ts_context_free(c);
         return NULL;
     }
-    if (init_backends(c, err, err_size) != 0 || init_kv_cache(c, err, err_size) != 0 || init_sparse_layers(c, err, err_size) != 0 ||
-        ts_moe_init(c, err, err_size) != 0 || init_down_rows(c, err, err_size) != 0) {
+    if (init_backends(c, err, err_size) != 0 || init_kv_cache(c, err, err_size) != 0 ||
+        init_sparse_layers(c, err, err_size) != 0 || ts_moe_init(c, err, err_size) != 0 ||
+        init_down_rows(c, err, err_size) != 0) {
         ts_context_free(c);
         return NULL;
     }
