@@ -60,7 +60,7 @@ if [ "$backend" = vulkan ]; then
 fi
 if ! ls "$wheels"/llama_cpp_python-*.whl >/dev/null 2>&1; then
     echo "setup: compiling llama-cpp-python $llama_version ($backend) for this CPU (6-18 minutes on 2 cores for the CPU" \
-         "build, 13 to over 60 with Vulkan; once per CPU kind)" >&2
+         "build, 13 to 90 with Vulkan; once per CPU kind)" >&2
     rm -rf "$wheels.tmp"
     CMAKE_ARGS="$cmake_args" CFLAGS="$llama_flags" CXXFLAGS="$llama_flags" \
         $pip wheel -q --no-deps --no-cache-dir "llama-cpp-python==$llama_version" -w "$wheels.tmp"
