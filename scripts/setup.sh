@@ -1,8 +1,18 @@
 #!/usr/bin/env bash
 # Creates .venv/ and installs turbosparse with everything the README's commands need.
 # Idempotent: a second run with unchanged sources returns at once.
+# --vulkan: llama-cpp-python built with ggml's Vulkan backend (and Mesa's software Vulkan device, lavapipe, from
+# Debian's packages), the build that proves the GPU route on this machine. Without it the build is CPU-only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+backend=cpu
+for arg in "$@"; do
+    case "$arg" in
+        --vulkan) backend=vulkan ;;
+        *) echo "setup: unknown argument '$arg' (expected: --vulkan or nothing)" >&2; exit 2 ;;
+    esac
+done
 
 python=${PYTHON:-python3}
 venv=.venv
@@ -19,8 +29,9 @@ sources=()
 for path in pyproject.toml CMakeLists.txt ggml_ops python convert predictor_train scripts/setup.sh; do
     [ -e "$path" ] && sources+=("$path")
 done
-digest=$(find "${sources[@]}" -type f \( -name '*.py' -o -name '*.c' -o -name '*.h' -o -name '*.toml' -o -name '*.txt' \
-             -o -name '*.sh' -o -name '*.json' \) -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1)
+digest=$( (echo "$backend"; find "${sources[@]}" -type f \( -name '*.py' -o -name '*.c' -o -name '*.h' -o -name '*.toml' \
+             -o -name '*.txt' -o -name '*.sh' -o -name '*.json' \) -print0 | sort -z | xargs -0 sha256sum) \
+         | sha256sum | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$digest" ]; then
     exit 0
 fi
@@ -38,11 +49,21 @@ llama_flags=""
 llama_key=$( (uname -m; grep -m1 -E '^(flags|Features)' /proc/cpuinfo || true; "$venv/bin/python" -V; echo "$llama_version $llama_flags") \
              | sha256sum | cut -c1-16)
 # the cache root turbosparse itself uses (python/turbosparse/assets.py: cache_root)
-wheels="${TURBOSPARSE_CACHE:-$HOME/.cache/turbosparse}/wheels/llama-cpp-python-$llama_version-$llama_key"
+cache="${TURBOSPARSE_CACHE:-$HOME/.cache/turbosparse}"
+wheels="$cache/wheels/llama-cpp-python-$llama_version-$llama_key"
+cmake_args=""
+if [ "$backend" = vulkan ]; then
+    wheels="$wheels-vulkan"
+    llama_key="$llama_key-vulkan"
+    vulkan_headers=$(scripts/setup_vulkan.sh "$cache")
+    cmake_args="-DGGML_VULKAN=on -DVulkan_INCLUDE_DIR=$vulkan_headers"
+fi
 if ! ls "$wheels"/llama_cpp_python-*.whl >/dev/null 2>&1; then
-    echo "setup: compiling llama-cpp-python $llama_version for this CPU (6-18 minutes on 2 cores, once per CPU kind)" >&2
+    echo "setup: compiling llama-cpp-python $llama_version ($backend) for this CPU (6-18 minutes on 2 cores for the CPU" \
+         "build, 13 to 90 with Vulkan; once per CPU kind)" >&2
     rm -rf "$wheels.tmp"
-    CFLAGS="$llama_flags" CXXFLAGS="$llama_flags" $pip wheel -q --no-deps --no-cache-dir "llama-cpp-python==$llama_version" -w "$wheels.tmp"
+    CMAKE_ARGS="$cmake_args" CFLAGS="$llama_flags" CXXFLAGS="$llama_flags" \
+        $pip wheel -q --no-deps --no-cache-dir "llama-cpp-python==$llama_version" -w "$wheels.tmp"
     rm -rf "$wheels" && mv "$wheels.tmp" "$wheels"
 fi
 if [ "$(cat "$venv/.llama-cpp-python" 2>/dev/null)" != "$llama_key" ]; then

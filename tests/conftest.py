@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+# ggml-vulkan leaves out CPU-type Vulkan devices such as Mesa's lavapipe unless named; read once, when ggml's backends
+# register (the first import of llama_cpp). Nothing reads it in a build without Vulkan. Lets tests/test_devices.py
+# run its GPU checks on the Vulkan build of scripts/setup.sh --vulkan.
+os.environ.setdefault("GGML_VK_VISIBLE_DEVICES", "0")
 
 import pytest
 

@@ -51,6 +51,10 @@ typedef struct ts_model ts_model;
 typedef struct ts_context ts_context;
 
 typedef struct ts_model_params {
+    /* Where the weights live and the graph runs: NULL, "" or "cpu" the CPU (the file stays mapped); "gpu" the first
+       GPU device; else a ggml device name (ts_device_get). On a GPU the row-sparse modes (predictor, exact) are not
+       available: dense and groups run there. */
+    const char *device;
     /* 1: let ggml repack matrices it has faster kernels for (as llama.cpp does by default).
        FFN matrices that sparse decoding reads row by row are never repacked. */
     int32_t repack;
@@ -118,15 +122,33 @@ typedef struct ts_context_params {
     int32_t n_seq;      /* independent sequences, each with its own KV cache of n_ctx tokens; <= 0 = 1 */
 } ts_context_params;
 
+/* A ggml device a model can live on: the CPU, or a GPU of a ggml built with Metal, CUDA or Vulkan. */
+typedef struct ts_device_info {
+    char name[64];          /* ggml's device name: "CPU", "Metal", "CUDA0", "Vulkan0", ... */
+    char description[128];  /* the hardware, as ggml describes it */
+    int32_t is_cpu;
+    uint64_t memory_total;  /* bytes, as the device reports them */
+} ts_device_info;
+
 /* ---- versions ---------------------------------------------------------------------------- */
 const char *ts_ggml_version(void);       /* the ggml this process runs */
 const char *ts_build_ggml_version(void); /* the ggml headers the library was compiled against */
+
+/* ---- devices ------------------------------------------------------------------------------- */
+int32_t ts_device_count(void); /* devices a model can live on, in ggml's order */
+/* TS_OK with info filled, or TS_ERR_ARGUMENT when index is not in [0, ts_device_count()). */
+int32_t ts_device_get(int32_t index, ts_device_info *info);
+/* The device a name means, as ts_model_params.device reads it: TS_OK with info filled, or TS_ERR_ARGUMENT with err
+   listing the devices there are. */
+int32_t ts_device_lookup(const char *name, ts_device_info *info, char *err, size_t err_size);
 
 /* ---- model ------------------------------------------------------------------------------- */
 ts_model_params ts_model_default_params(void);
 ts_model *ts_model_load(const char *path, const ts_model_params *params, char *err, size_t err_size);
 void ts_model_free(ts_model *model);
 void ts_model_get_info(const ts_model *model, ts_model_info *info);
+/* The device the model's weights live on (ts_model_params.device). */
+void ts_model_get_device(const ts_model *model, ts_device_info *info);
 /* Per-layer predictor rank (0 = none); `ranks` has n_layer entries. */
 void ts_model_get_predictor_ranks(const ts_model *model, int32_t *ranks);
 /*

@@ -21,8 +21,22 @@ ts_context_params ts_context_default_params(void) {
     return p;
 }
 
+/* Devices other than the CPU run ggml's own ops only: dense and the grouped route, not the row-sparse custom ops. */
+static int check_device_mode(const ts_model *m, const ts_context_params *p, char *err, size_t err_size) {
+    if (m->on_cpu || (p->sparse_mode != TS_SPARSE_PREDICTOR && p->sparse_mode != TS_SPARSE_EXACT)) {
+        return 0;
+    }
+    return ts_fail(err, err_size, TS_ERR_ARGUMENT,
+                   "%s: %s mode runs CPU-only ops; on device '%s' only dense and the grouped route (groups) run",
+                   m->file->path, p->sparse_mode == TS_SPARSE_PREDICTOR ? "predictor" : "exact",
+                   ggml_backend_dev_name(m->device));
+}
+
 static int check_params(const ts_model *m, const ts_context_params *p, char *err, size_t err_size) {
     const ts_model_info *in = &m->info;
+    if (check_device_mode(m, p, err, err_size) != 0) {
+        return -1;
+    }
     if (p->n_ctx < 0) {
         return ts_set_error(err, err_size, "n_ctx must be >= 0 (0 = the model's %d), got %d", in->n_ctx_train, p->n_ctx);
     }
@@ -98,13 +112,44 @@ static int init_kv_cache(ts_context *c, char *err, size_t err_size) {
         c->k_cache[il] = ggml_new_tensor_2d(c->ctx_kv, (enum ggml_type)c->params.kv_type, n_embd_kv, n_cells_all);
         c->v_cache[il] = ggml_new_tensor_2d(c->ctx_kv, (enum ggml_type)c->params.kv_type, n_cells_all, n_embd_kv);
     }
-    c->buf_kv = ggml_backend_alloc_ctx_tensors_from_buft(c->ctx_kv, ggml_backend_cpu_buffer_type());
+    ggml_backend_buffer_type_t buft = c->model->on_cpu ? ggml_backend_cpu_buffer_type()
+                                                       : ggml_backend_dev_buffer_type(c->model->device);
+    c->buf_kv = ggml_backend_alloc_ctx_tensors_from_buft(c->ctx_kv, buft);
     if (c->buf_kv == NULL) {
         return ts_set_error(err, err_size, "out of memory allocating a KV cache of %d sequences x %d tokens", c->n_seq,
                             c->n_cells);
     }
     /* never-written cells are masked out, but 0 * garbage could still be NaN: start from zeros */
     ggml_backend_buffer_clear(c->buf_kv, 0);
+    return 0;
+}
+
+/* The CPU backend and its graph allocator; or for a model on another device, that device's backend, the CPU's
+ * as fallback, and the scheduler over both. */
+static int init_backends(ts_context *c, char *err, size_t err_size) {
+    const ts_model *m = c->model;
+    if (m->on_cpu) {
+        c->backend = ggml_backend_cpu_init();
+        c->galloc = ggml_gallocr_new(ggml_backend_cpu_buffer_type());
+        if (c->backend == NULL || c->galloc == NULL) {
+            return ts_set_error(err, err_size, "out of memory creating the CPU backend");
+        }
+        ggml_backend_cpu_set_n_threads(c->backend, c->params.n_threads);
+        return 0;
+    }
+    c->backend = ggml_backend_dev_init(m->device, NULL);
+    c->backend_cpu = ggml_backend_cpu_init();
+    if (c->backend == NULL || c->backend_cpu == NULL) {
+        return ts_set_error(err, err_size, "cannot start device '%s'", ggml_backend_dev_name(m->device));
+    }
+    ggml_backend_cpu_set_n_threads(c->backend_cpu, c->params.n_threads);
+    ggml_backend_t backends[2] = {c->backend, c->backend_cpu}; /* the first that runs an op gets it */
+    /* its hash set holds a graph's nodes and leafs (the weights) together */
+    c->sched = ggml_backend_sched_new(backends, NULL, 2, 2 * (size_t)c->graph_max_nodes, false, false);
+    if (c->sched == NULL) {
+        return ts_set_error(err, err_size, "cannot create a backend scheduler for device '%s'",
+                            ggml_backend_dev_name(m->device));
+    }
     return 0;
 }
 
@@ -140,16 +185,14 @@ ts_context *ts_context_new(ts_model *model, const ts_context_params *params, cha
     c->graph_meta = malloc(c->graph_meta_size);
     c->n_past = calloc((size_t)c->n_seq, sizeof(*c->n_past));
     c->graph.groups = calloc((size_t)c->n_seq, sizeof(*c->graph.groups));
-    c->backend = ggml_backend_cpu_init();
-    c->galloc = ggml_gallocr_new(ggml_backend_cpu_buffer_type());
-    if (c->graph_meta == NULL || c->n_past == NULL || c->graph.groups == NULL || c->backend == NULL || c->galloc == NULL) {
+    if (c->graph_meta == NULL || c->n_past == NULL || c->graph.groups == NULL) {
         ts_set_error(err, err_size, "out of memory creating the context");
         ts_context_free(c);
         return NULL;
     }
-    ggml_backend_cpu_set_n_threads(c->backend, c->params.n_threads);
-    if (init_kv_cache(c, err, err_size) != 0 || init_sparse_layers(c, err, err_size) != 0 ||
-        ts_moe_init(c, err, err_size) != 0 || init_down_rows(c, err, err_size) != 0) {
+    if (init_backends(c, err, err_size) != 0 || init_kv_cache(c, err, err_size) != 0 ||
+        init_sparse_layers(c, err, err_size) != 0 || ts_moe_init(c, err, err_size) != 0 ||
+        init_down_rows(c, err, err_size) != 0) {
         ts_context_free(c);
         return NULL;
     }
@@ -177,6 +220,9 @@ void ts_context_free(ts_context *c) {
     if (c->galloc != NULL) {
         ggml_gallocr_free(c->galloc);
     }
+    if (c->sched != NULL) {
+        ggml_backend_sched_free(c->sched);
+    }
     if (c->buf_kv != NULL) {
         ggml_backend_buffer_free(c->buf_kv);
     }
@@ -185,6 +231,9 @@ void ts_context_free(ts_context *c) {
     }
     if (c->backend != NULL) {
         ggml_backend_free(c->backend);
+    }
+    if (c->backend_cpu != NULL) {
+        ggml_backend_free(c->backend_cpu);
     }
     free(c->sparse);
     ts_moe_free(c);
@@ -362,15 +411,22 @@ static struct ggml_context *graph_context(ts_context *c, char *err, size_t err_s
 }
 
 static int alloc_graph(ts_context *c, struct ggml_cgraph *gf, int32_t n_tokens, char *err, size_t err_size) {
-    if (!ggml_gallocr_alloc_graph(c->galloc, gf)) {
+    if (c->sched != NULL) {
+        ggml_backend_sched_reset(c->sched); /* forget the previous graph's split and allocation */
+    }
+    if (c->sched != NULL ? !ggml_backend_sched_alloc_graph(c->sched, gf) : !ggml_gallocr_alloc_graph(c->galloc, gf)) {
         return ts_set_error(err, err_size, "out of memory allocating the compute graph for %d tokens", n_tokens);
     }
     return 0;
 }
 
+/* Runs an allocated graph; with the scheduler, as often as wanted until the next alloc_graph. */
 static int compute_graph(ts_context *c, struct ggml_cgraph *gf, char *err, size_t err_size) {
-    if (ggml_backend_graph_compute(c->backend, gf) != GGML_STATUS_SUCCESS) {
-        return ts_set_error(err, err_size, "ggml graph computation failed");
+    const enum ggml_status status =
+        c->sched != NULL ? ggml_backend_sched_graph_compute(c->sched, gf) : ggml_backend_graph_compute(c->backend, gf);
+    if (status != GGML_STATUS_SUCCESS) {
+        return ts_set_error(err, err_size, "ggml graph computation failed on device '%s'",
+                            ggml_backend_dev_name(c->model->device));
     }
     return 0;
 }
@@ -414,7 +470,11 @@ static int prepare_graph(ts_context *c, const ts_group *groups, int32_t n_groups
     memcpy(g->groups, groups, sizeof(*groups) * (size_t)n_groups);
     clear_group_ids(c);
     ts_graph_build(c, ctx0, g);
-    const int rc = alloc_graph(c, g->gf, n_tokens, err, err_size);
+    int rc = alloc_graph(c, g->gf, n_tokens, err, err_size);
+    if (rc == 0 && !ggml_backend_buffer_is_host(g->tokens->buffer)) { /* fill_inputs writes in place */
+        rc = ts_set_error(err, err_size, "graph inputs were placed outside CPU memory on device '%s'",
+                          ggml_backend_dev_name(c->model->device));
+    }
     if (rc != 0) {
         ggml_free(ctx0);
         return -1;
@@ -439,7 +499,7 @@ static void copy_rows(const struct ggml_tensor *t, float *dst, int64_t layer, co
     const int64_t n = t->ne[0];
     float *base = dst + ((size_t)layer * (size_t)d->n_total + (size_t)d->first) * (size_t)n;
     for (int64_t r = 0; r < t->ne[1]; r++) {
-        memcpy(base + r * n, (const char *)t->data + r * t->nb[1], (size_t)n * sizeof(float));
+        ggml_backend_tensor_get(t, base + r * n, (size_t)r * t->nb[1], (size_t)n * sizeof(float));
     }
 }
 
@@ -468,7 +528,7 @@ static int eval_groups(ts_context *c, const ts_group *groups, int32_t n_groups, 
         c->n_past[groups[i].seq] += groups[i].n_tokens;
     }
     if (logits != NULL) {
-        memcpy(logits, c->graph.logits->data, ggml_nbytes(c->graph.logits));
+        ggml_backend_tensor_get(c->graph.logits, logits, 0, ggml_nbytes(c->graph.logits));
     }
     if (trace != NULL) {
         copy_trace(c, trace);
@@ -618,12 +678,12 @@ int32_t ts_context_eval_ffn(ts_context *c, int32_t layer, const float *h, int32_
     struct ggml_cgraph *gf = ts_graph_build_ffn(c, ctx0, layer, n_tokens, dense_ffn, &in, &res);
     int rc = alloc_graph(c, gf, n_tokens, err, err_size);
     if (rc == 0) {
-        memcpy(in->data, h, ggml_nbytes(in));
+        ggml_backend_tensor_set(in, h, 0, ggml_nbytes(in));
         rc = compute_graph(c, gf, err, err_size);
     }
     if (rc == 0) {
         count_groups(c);
-        memcpy(out, res->data, ggml_nbytes(res));
+        ggml_backend_tensor_get(res, out, 0, ggml_nbytes(res));
     }
     ggml_free(ctx0);
     clear_group_ids(c);

@@ -1,4 +1,4 @@
-/* A decoding context: KV caches of n_seq sequences, compute graph allocator and CPU backend. */
+/* A decoding context: KV caches of n_seq sequences, compute graph allocator and the model's device backend. */
 #ifndef TS_CONTEXT_H
 #define TS_CONTEXT_H
 
@@ -51,7 +51,11 @@ struct ts_context {
     int32_t *n_past; /* per sequence: tokens cached */
     float threshold; /* predictor threshold in use */
 
-    ggml_backend_t backend;
+    ggml_backend_t backend;     /* the model's device */
+    ggml_backend_t backend_cpu; /* a model on another device: the CPU backend, for ops that device lacks */
+    /* a model on another device: splits graphs between backend and backend_cpu and allocates them; it keeps graph
+       inputs in CPU memory, so they are written in place on every device. NULL on the CPU (galloc allocates). */
+    ggml_backend_sched_t sched;
     struct ggml_context *ctx_kv;
     ggml_backend_buffer_t buf_kv;
     /* per layer; sequence s owns cells [s * n_cells, (s + 1) * n_cells) */
@@ -64,7 +68,7 @@ struct ts_context {
     int32_t *group_top_k;    /* per layer: groups the grouped route reads per token */
     struct ggml_tensor **group_ids; /* per layer: the cached graph's chosen groups (grouped route), else NULL */
 
-    ggml_gallocr_t galloc;
+    ggml_gallocr_t galloc; /* the CPU's graph allocator (NULL with sched) */
     void *graph_meta; /* memory for graph/tensor metadata (no data) */
     size_t graph_meta_size;
     int32_t graph_max_nodes;

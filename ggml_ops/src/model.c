@@ -5,6 +5,7 @@
  */
 #include "model.h"
 
+#include "device.h"
 #include "ggml-alloc.h"
 #include "ggml-cpu.h"
 #include "gguf_names.h"
@@ -839,6 +840,61 @@ static int allocate(ts_model *m, plan *p, const ts_model_params *params, char *e
     return 0;
 }
 
+/* What a model needs on a device other than the CPU, where the FFN runs as ggml's own matrix products. */
+static int check_device_model(const ts_model *m, char *err, size_t err_size) {
+    const char *dev = ggml_backend_dev_name(m->device);
+    if (m->info.n_expert > 0) {
+        return ts_fail(err, err_size, TS_ERR_ARGUMENT,
+                       "%s: mixture-of-experts models run on the CPU only (device '%s' asked for)", m->file->path, dev);
+    }
+    if (!m->info.has_down) {
+        return ts_fail(err, err_size, TS_ERR_ARGUMENT,
+                       "%s: on device '%s' the FFN needs the standard down matrices (blk.N.ffn_down.weight); this file "
+                       "stores only their transpose (convert with --down-layout both)",
+                       m->file->path, dev);
+    }
+    return 0;
+}
+
+/* the transposed down matrices: only the CPU's row-sparse ops read them */
+static int is_down_t(const binding *b) {
+    return strstr(b->name, ".ffn_down_t.") != NULL || strstr(b->name, ".ffn_down_t_exps.") != NULL;
+}
+
+/* A device other than the CPU: every tensor a graph there reads, in the device's own buffers, copied from the
+ * mapping. */
+static int allocate_on_device(ts_model *m, plan *p, char *err, size_t err_size) {
+    m->ctx_mapped = new_meta_context(p->n);
+    if (m->ctx_mapped == NULL) {
+        return ts_set_error(err, err_size, "out of memory creating tensor contexts");
+    }
+    uint64_t n_bytes = 0;
+    for (int i = 0; i < p->n; i++) {
+        binding *b = &p->items[i];
+        if (is_down_t(b)) {
+            *b->slot = NULL;
+            continue;
+        }
+        struct ggml_tensor *t = ggml_new_tensor(m->ctx_mapped, (enum ggml_type)b->src->type, 4, b->ne);
+        ggml_set_name(t, b->name);
+        *b->slot = t;
+        n_bytes += b->src->nbytes;
+    }
+    m->buf_device = ggml_backend_alloc_ctx_tensors_from_buft(m->ctx_mapped, ggml_backend_dev_buffer_type(m->device));
+    if (m->buf_device == NULL) {
+        return ts_set_error(err, err_size, "%s: cannot allocate %.1f MiB of weights on device '%s'", m->file->path,
+                            (double)n_bytes / (1 << 20), ggml_backend_dev_name(m->device));
+    }
+    ggml_backend_buffer_set_usage(m->buf_device, GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
+    for (int i = 0; i < p->n; i++) {
+        const binding *b = &p->items[i];
+        if (*b->slot != NULL) {
+            ggml_backend_tensor_set(*b->slot, b->src->data, 0, b->src->nbytes);
+        }
+    }
+    return 0;
+}
+
 static void count_file_tensors(ts_model *m) {
     m->info.n_params = 0;
     m->info.n_bytes = 0;
@@ -855,11 +911,17 @@ ts_model *ts_model_load(const char *path, const ts_model_params *params, char *e
         params = &defaults;
     }
     ggml_cpu_init();
+    ggml_backend_dev_t device = ts_device_find(params->device, err, err_size);
+    if (device == NULL) {
+        return NULL;
+    }
     ts_model *m = calloc(1, sizeof(*m));
     if (m == NULL) {
         ts_set_error(err, err_size, "out of memory");
         return NULL;
     }
+    m->device = device;
+    m->on_cpu = ts_device_is_cpu(device);
     plan p = {0};
     int rc = -1;
     m->file = ts_gguf_open(path, err, err_size);
@@ -884,7 +946,11 @@ ts_model *ts_model_load(const char *path, const ts_model_params *params, char *e
     if (rc == 0) {
         count_file_tensors(m);
         m->sparse_rows = params->sparse_rows != 0;
-        rc = allocate(m, &p, params, err, err_size);
+        if (m->on_cpu) {
+            rc = allocate(m, &p, params, err, err_size);
+        } else {
+            rc = check_device_model(m, err, err_size) == 0 ? allocate_on_device(m, &p, err, err_size) : -1;
+        }
     }
     if (rc == 0) {
         m->info.ffn_type = (m->info.n_expert > 0 ? m->layers[0].ffn_up_exps : m->layers[0].ffn_up)->type;
@@ -913,6 +979,9 @@ void ts_model_free(ts_model *m) {
     if (m->buf_mapped != NULL) {
         ggml_backend_buffer_free(m->buf_mapped);
     }
+    if (m->buf_device != NULL) {
+        ggml_backend_buffer_free(m->buf_device);
+    }
     if (m->ctx_repacked != NULL) {
         ggml_free(m->ctx_repacked);
     }
@@ -930,6 +999,10 @@ void ts_model_free(ts_model *m) {
 
 void ts_model_get_info(const ts_model *m, ts_model_info *info) {
     *info = m->info;
+}
+
+void ts_model_get_device(const ts_model *m, ts_device_info *info) {
+    ts_device_describe(m->device, info);
 }
 
 void ts_model_get_predictor_ranks(const ts_model *m, int32_t *ranks) {

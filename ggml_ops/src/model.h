@@ -47,10 +47,13 @@ struct ts_model {
     float rope_ext_factor;
     float rope_attn_factor;
 
-    struct ggml_context *ctx_mapped;   /* tensors whose data stays in the mapping */
+    ggml_backend_dev_t device;         /* where the weights live (device.h) */
+    int32_t on_cpu;                    /* device is the CPU: weights mapped or repacked, graphs on the CPU backend */
+    struct ggml_context *ctx_mapped;   /* tensors whose data stays in the mapping (CPU), or every tensor (other device) */
     struct ggml_context *ctx_repacked; /* tensors copied into ggml's repacked layout */
     ggml_backend_buffer_t buf_mapped;
     ggml_backend_buffer_t buf_repacked;
+    ggml_backend_buffer_t buf_device;  /* a non-CPU device: every tensor, copied from the mapping */
 
     struct ggml_tensor *tok_embd;    /* [n_embd, n_vocab] */
     struct ggml_tensor *output_norm; /* [n_embd] */

@@ -1,5 +1,6 @@
 """turbosparse: activation-sparse LLM decoding for the llama.cpp / GGUF ecosystem."""
 
+from turbosparse.binding import DeviceInfo, devices
 from turbosparse.default import default_model
 from turbosparse.errors import (
     ChatTemplateError,
@@ -16,6 +17,7 @@ from turbosparse.model import Model
 __all__ = [
     "ChatTemplateError",
     "ContextOverflowError",
+    "DeviceInfo",
     "EvalError",
     "InvalidArgumentError",
     "Llama",
@@ -24,5 +26,6 @@ __all__ = [
     "ModelLoadError",
     "TurboSparseError",
     "default_model",
+    "devices",
 ]
 __version__ = "0.1.0"

@@ -163,6 +163,50 @@ class ExpertStats:
     n_nonzero: int
 
 
+@dataclass(frozen=True)
+class DeviceInfo:
+    """A ggml device a model can live on (ggml's name: "CPU", "Metal", "CUDA0", "Vulkan0", ...)."""
+
+    name: str
+    description: str
+    is_cpu: bool
+    memory_total: int  # bytes, as the device reports them
+
+
+def _device_info(library: Library, raw: Any) -> DeviceInfo:
+    ffi = library.ffi
+    return DeviceInfo(
+        name=ffi.string(raw.name).decode(),
+        description=ffi.string(raw.description).decode(errors="replace"),
+        is_cpu=bool(raw.is_cpu),
+        memory_total=int(raw.memory_total),
+    )
+
+
+def devices() -> list[DeviceInfo]:
+    """The devices this process's ggml can place a model on: the CPU, and GPUs where ggml was built with Metal,
+    CUDA or Vulkan."""
+    library = load()
+    raw = library.ffi.new("ts_device_info *")
+    found = []
+    for i in range(library.lib.ts_device_count()):
+        if library.lib.ts_device_get(i, raw) == Status.OK:
+            found.append(_device_info(library, raw))
+    return found
+
+
+def find_device(name: str) -> DeviceInfo:
+    """The device a name means: "cpu", "gpu" (the first GPU) or a ggml device name; InvalidArgumentError listing the
+    devices there are for any other."""
+    library = load()
+    raw = library.ffi.new("ts_device_info *")
+    err = _ErrorBuffer(library)
+    status = library.lib.ts_device_lookup(name.encode(), raw, err.buf, _ERR_SIZE)
+    if status != Status.OK:
+        raise status_error(status, err.message)
+    return _device_info(library, raw)
+
+
 class _ErrorBuffer:
     def __init__(self, library: Library) -> None:
         self._ffi = library.ffi
@@ -176,17 +220,22 @@ class _ErrorBuffer:
 class NativeModel:
     """A model loaded by the C engine (weights mmapped, read-only)."""
 
-    def __init__(self, path: str, *, repack: bool = True, sparse_rows: bool = True) -> None:
+    def __init__(self, path: str, *, repack: bool = True, sparse_rows: bool = True, device: str = "cpu") -> None:
         self._lib = load()
         ffi, lib = self._lib.ffi, self._lib.lib
         params = lib.ts_model_default_params()
         params.repack = int(repack)
         params.sparse_rows = int(sparse_rows)
+        device_name = ffi.new("char[]", device.encode())  # alive until ts_model_load returns
+        params.device = device_name
         err = _ErrorBuffer(self._lib)
         handle = lib.ts_model_load(str(path).encode(), ffi.new("ts_model_params *", params), err.buf, _ERR_SIZE)
         if handle == ffi.NULL:
             raise ModelLoadError(err.message)
         self._handle = ffi.gc(handle, lib.ts_model_free)
+        raw_device = ffi.new("ts_device_info *")
+        lib.ts_model_get_device(self._handle, raw_device)
+        self.device = _device_info(self._lib, raw_device)  # where the weights live
         raw = ffi.new("ts_model_info *")
         lib.ts_model_get_info(self._handle, raw)
         values: dict[str, Any] = {f.name: getattr(raw, f.name) for f in fields(ModelInfo)}

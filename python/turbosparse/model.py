@@ -13,7 +13,16 @@ from typing import Literal
 import numpy as np
 
 from turbosparse._library import set_llama_log_verbosity
-from turbosparse.binding import ExpertStats, ModelInfo, NativeContext, NativeModel, SparseMode, sparse_mode_named
+from turbosparse.binding import (
+    DeviceInfo,
+    ExpertStats,
+    ModelInfo,
+    NativeContext,
+    NativeModel,
+    SparseMode,
+    find_device,
+    sparse_mode_named,
+)
 from turbosparse.chat_template import ChatTemplate
 from turbosparse.errors import ChatTemplateError, ContextOverflowError, InvalidArgumentError, ModelClosedError
 from turbosparse.generation import Generation
@@ -29,6 +38,27 @@ SparseName = Literal["off", "predictor", "exact", "groups", "auto"]
 def default_threads() -> int:
     """All cores this process may use, capped at 8 (decoding is memory bound beyond that)."""
     return max(1, min(len(os.sched_getaffinity(0)), 8))
+
+
+def sparse_mode_on_device(sparse: str, mode: SparseMode, info: ModelInfo, device: DeviceInfo, path: str) -> SparseMode:
+    """The mode to run on `device` for a `sparse=` argument the file resolved to `mode`. A GPU runs ggml's own ops
+    only: dense, and the grouped route, which "predictor" means there ("auto" too where the file has groups, else
+    dense); the row-sparse exact mode runs on the CPU only."""
+    if device.is_cpu or mode in (SparseMode.OFF, SparseMode.GROUPS):
+        return mode
+    if sparse == "exact":
+        raise InvalidArgumentError(
+            f"{path}: sparse='exact' runs on the CPU only; on device {device.name} use 'groups' (a file converted "
+            "with --groups) or 'off'"
+        )
+    if info.group_size:
+        return SparseMode.GROUPS
+    if sparse == "auto":
+        return SparseMode.OFF
+    raise InvalidArgumentError(
+        f"{path}: sparse='predictor' on device {device.name} means the grouped route, which needs neuron groups "
+        "(turbosparse.group_size): convert the model with --groups"
+    )
 
 
 @dataclass
@@ -70,6 +100,10 @@ class Model:
     --groups, in standard ggml ops), or "auto" (predictor if the file has predictors, exact for ReLU-gated FFNs
     without them, dense otherwise).
 
+    device: "cpu" (the file stays memory-mapped), "gpu" (the first GPU ggml has) or a ggml device name
+    (turbosparse.devices()): weights, KV cache and graph go there, ops the device lacks fall back to the CPU. A GPU
+    runs dense and the grouped route: "predictor" means "groups" there, "exact" is refused.
+
     n_seq sequences, each with its own KV cache of n_ctx tokens: generations running at the same time (threads,
     open streams, a server's requests) each decode in their own one, and step() advances several of them in one
     forward pass. A Model is safe to share between threads: evaluations run one at a time; a generation whose
@@ -88,6 +122,7 @@ class Model:
         measure_recall: bool = False,
         verbose: bool = False,
         n_seq: int = 1,
+        device: str = "cpu",
     ) -> None:
         self.path = os.fspath(path)
         for name, value, least in (("n_seq", n_seq, 1), ("n_ctx", n_ctx, 0), ("n_batch", n_batch, 1),
@@ -95,11 +130,16 @@ class Model:
             if value < least:
                 raise InvalidArgumentError(f"{name} must be >= {least}, got {value}")
         set_llama_log_verbosity(verbose)
+        target = find_device(device)
         probe = NativeModel(self.path, repack=False, sparse_rows=True)
-        self.sparse_mode = probe.sparse_mode(sparse_mode_named(sparse))
+        mode = probe.sparse_mode(sparse_mode_named(sparse))  # what the file allows, decided by the library
+        self.sparse_mode = sparse_mode_on_device(sparse, mode, probe.info, target, self.path)
         del probe
         # dense decoding may use ggml's repacked matrices; sparse decoding reads FFN rows in place
-        self._native = NativeModel(self.path, repack=True, sparse_rows=self.sparse_mode != SparseMode.OFF)
+        self._native = NativeModel(
+            self.path, repack=True, sparse_rows=self.sparse_mode != SparseMode.OFF, device=target.name
+        )
+        self.device: DeviceInfo = self._native.device
         self.info: ModelInfo = self._native.info
         n_ctx = self.info.n_ctx_train if n_ctx <= 0 else min(n_ctx, self.info.n_ctx_train)
         self.n_threads = n_threads if n_threads is not None else default_threads()

@@ -26,6 +26,12 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         "calibrated files, else off; groups: the top-k neuron groups of a file converted with --groups)",
     )
     p.add_argument("--threshold", type=float, default=None, help="predictor logit threshold (default: the file's)")
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="where weights and graph go: cpu, gpu (the first GPU ggml has) or a ggml device name such as Vulkan0 "
+        "(a GPU runs dense and --sparse groups; predictor means groups there)",
+    )
     p.add_argument("--verbose", action="store_true", help="show llama.cpp's and turbosparse's log")
 
 
@@ -64,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
         sparse=args.sparse,
         threshold=args.threshold,
         verbose=args.verbose,
+        device=args.device,
     )
     if args.chat:
         messages = [{"role": "system", "content": args.system_prompt}] if args.system_prompt else []

@@ -59,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
         queue_size=args.queue_size,
         sparse=args.sparse,
         threshold=args.threshold,
+        device=args.device,
         api_key=args.api_key or os.environ.get("TURBOSPARSE_API_KEY") or None,
         chat_template=template,
         verbose=args.verbose,

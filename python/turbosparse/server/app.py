@@ -88,6 +88,7 @@ def load_model(config: ServerConfig) -> Model:
         threshold=config.threshold,
         verbose=config.verbose,
         n_seq=config.parallel,
+        device=config.device,
     )
     if config.chat_template is not None:
         model.chat_template = ChatTemplate.for_tokenizer(config.chat_template, model.tokenizer)

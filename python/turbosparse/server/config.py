@@ -19,6 +19,7 @@ class ServerConfig:
     queue_size: int = 64  # requests waiting for a slot; more are refused with 503
     sparse: str = "auto"
     threshold: float | None = None
+    device: str = "cpu"  # Model(device=...): cpu, gpu or a ggml device name
     api_key: str | None = None  # clients must send "Authorization: Bearer <api_key>"
     chat_template: str | None = None  # Jinja2 source replacing the file's tokenizer.chat_template
     verbose: bool = False
