@@ -4,6 +4,7 @@
  */
 #include "axpy_rows.h"
 #include "q4_k_scales.h"
+#include "row_prefetch.h"
 
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #include <immintrin.h>
@@ -61,12 +62,14 @@ static void prefetch_rows(const char *w, size_t row_bytes, size_t offset, const 
 
 /*
  * o[0, 32 * n_units) += sum_i coef[i] * row_i, rows taken GROUP at a time (the last group may be shorter): each
- * output unit is loaded and stored once per group, and the next group's row segments are prefetched meanwhile.
+ * output unit is loaded and stored once per group, and the next group's row segments are prefetched meanwhile
+ * (row_prefetch.h).
  */
 #define DEFINE_AXPY_TILE(name, unit, unit_bytes)                                                                    \
     static inline void add_rows_##name(const uint8_t *const *r, const float *a, int n_rows, int64_t n_units,      \
-                                       float *o) {                                                                   \
+                                       float *o, ts_row_prefetcher *pf) {                                            \
         for (int64_t u = 0; u < n_units; u++) {                                                                      \
+            ts_prefetch_upto(pf, (size_t)(u + 1) * (unit_bytes));                                                   \
             __m256 acc[4];                                                                                           \
             for (int k = 0; k < 4; k++) {                                                                            \
                 acc[k] = _mm256_loadu_ps(o + 32 * u + 8 * k);                                                        \
@@ -86,16 +89,21 @@ static void prefetch_rows(const char *w, size_t row_bytes, size_t offset, const 
         for (int64_t i = 0; i < n_idx; i += GROUP) {                                                                 \
             const int n = n_idx - i < GROUP ? (int)(n_idx - i) : GROUP;                                              \
             const int64_t next = i + n, ahead = n_idx - next < GROUP ? n_idx - next : GROUP;                         \
-            prefetch_rows(w, row_bytes, offset, idx + next, ahead, seg_bytes);                                       \
             const uint8_t *r[GROUP];                                                                                 \
+            const void *r_next[GROUP];                                                                               \
             for (int k = 0; k < n; k++) {                                                                            \
                 r[k] = (const uint8_t *)w + (size_t)idx[i + k] * row_bytes + offset;                                 \
             }                                                                                                        \
-            if (n == GROUP) {                                                                                        \
-                add_rows_##name(r, coef + i, GROUP, n_units, o); /* a constant count the compiler unrolls */         \
-            } else {                                                                                                 \
-                add_rows_##name(r, coef + i, n, n_units, o);                                                         \
+            for (int k = 0; k < ahead; k++) {                                                                        \
+                r_next[k] = w + (size_t)idx[next + k] * row_bytes + offset;                                          \
             }                                                                                                        \
+            ts_row_prefetcher pf = {r_next, (int)ahead, 0};                                                          \
+            if (n == GROUP) {                                                                                        \
+                add_rows_##name(r, coef + i, GROUP, n_units, o, &pf); /* a constant count the compiler unrolls */    \
+            } else {                                                                                                 \
+                add_rows_##name(r, coef + i, n, n_units, o, &pf);                                                    \
+            }                                                                                                        \
+            ts_prefetch_upto(&pf, seg_bytes + 64);                                                                   \
         }                                                                                                            \
     }
 
@@ -248,7 +256,8 @@ static inline void group_rows(const char *w, size_t row_bytes, size_t offset, co
     }
 }
 
-/* INT_ROWS rows at a time, the next group's row segments prefetched meanwhile; add_group adds one group. */
+/* INT_ROWS rows at a time; add_group adds one group while it prefetches the next group's row segments
+ * (row_prefetch.h). */
 #define DEFINE_INT_TILE(name, unit_bytes)                                                                          \
     static void axpy_tile_##name(const char *w, size_t row_bytes, size_t offset, const int32_t *idx,               \
                                  const float *coef, int64_t n_idx, int64_t n_units, float *o) {                      \
@@ -257,11 +266,16 @@ static inline void group_rows(const char *w, size_t row_bytes, size_t offset, co
         for (int64_t i = 0; i < n_idx; i += INT_ROWS) {                                                              \
             const int n = n_idx - i < INT_ROWS ? (int)(n_idx - i) : INT_ROWS;                                        \
             const int64_t next = i + n, ahead = n_idx - next < INT_ROWS ? n_idx - next : INT_ROWS;                   \
-            prefetch_rows(w, row_bytes, offset, idx + next, ahead, seg_bytes);                                       \
             const uint8_t *r[INT_ROWS];                                                                              \
+            const void *r_next[INT_ROWS];                                                                            \
             float a[INT_ROWS];                                                                                       \
             group_rows(w, row_bytes, offset, idx + i, coef + i, n, r, a);                                            \
-            add_group_##name(r, a, n_units, o);                                                                      \
+            for (int k = 0; k < ahead; k++) {                                                                        \
+                r_next[k] = w + (size_t)idx[next + k] * row_bytes + offset;                                          \
+            }                                                                                                        \
+            ts_row_prefetcher pf = {r_next, (int)ahead, 0};                                                          \
+            add_group_##name(r, a, n_units, o, &pf);                                                                 \
+            ts_prefetch_upto(&pf, seg_bytes + 64);                                                                   \
         }                                                                                                            \
     }
 
@@ -272,8 +286,10 @@ static inline int block_coefs(const uint8_t *const *r, const float *a, size_t at
                           _mm256_mul_ps(_mm256_loadu_ps(a + 8), halves_at(r + 8, at)), &c->q);
 }
 
-static void add_group_q4_0(const uint8_t *const *r, const float *a, int64_t n_units, float *o) {
+static void add_group_q4_0(const uint8_t *const *r, const float *a, int64_t n_units, float *o,
+                           ts_row_prefetcher *pf) {
     for (int64_t u = 0; u < n_units; u++) {
+        ts_prefetch_upto(pf, (size_t)(u + 1) * 18);
         unit_coefs c;
         if (block_coefs(r, a, (size_t)u * 18, &c)) {
             int_unit_nibbles(r, (size_t)u * 18 + 2, &c, 8, o + 32 * u);
@@ -281,8 +297,10 @@ static void add_group_q4_0(const uint8_t *const *r, const float *a, int64_t n_un
     }
 }
 
-static void add_group_q8_0(const uint8_t *const *r, const float *a, int64_t n_units, float *o) {
+static void add_group_q8_0(const uint8_t *const *r, const float *a, int64_t n_units, float *o,
+                           ts_row_prefetcher *pf) {
     for (int64_t u = 0; u < n_units; u++) {
+        ts_prefetch_upto(pf, (size_t)(u + 1) * 34);
         unit_coefs c;
         if (block_coefs(r, a, (size_t)u * 34, &c)) {
             int_unit_q8_0(r, (size_t)u * 34 + 2, &c, o + 32 * u);
@@ -290,8 +308,10 @@ static void add_group_q8_0(const uint8_t *const *r, const float *a, int64_t n_un
     }
 }
 
-static void add_group_q4_1(const uint8_t *const *r, const float *a, int64_t n_units, float *o) {
+static void add_group_q4_1(const uint8_t *const *r, const float *a, int64_t n_units, float *o,
+                           ts_row_prefetcher *pf) {
     for (int64_t u = 0; u < n_units; u++) {
+        ts_prefetch_upto(pf, (size_t)(u + 1) * 20);
         const size_t at = (size_t)u * 20;
         unit_coefs c;
         const int codes = block_coefs(r, a, at, &c);
@@ -331,9 +351,11 @@ static inline void q4_k_coefs(const uint8_t *const *r, const float *a, size_t at
     _mm256_storeu_ps(min_sum, mins);
 }
 
-static void add_group_q4_k(const uint8_t *const *r, const float *a, int64_t n_units, float *o) {
+static void add_group_q4_k(const uint8_t *const *r, const float *a, int64_t n_units, float *o,
+                           ts_row_prefetcher *pf) {
     const __m256i m4 = _mm256_set1_epi8(0x0F);
     for (int64_t b = 0; b < n_units / 8; b++) {
+        ts_prefetch_upto(pf, (size_t)(b + 1) * 144);
         float c[8][INT_ROWS], min_sum[8];
         q4_k_coefs(r, a, (size_t)b * 144, c, min_sum);
         for (int j = 0; j < 8; j++) {

@@ -5,6 +5,7 @@
  */
 #include "axpy_rows.h"
 #include "q4_k_scales.h"
+#include "row_prefetch.h"
 
 #if defined(__aarch64__) && defined(__ARM_NEON)
 #include <arm_neon.h>
@@ -59,8 +60,9 @@ static inline void unit_f32(const uint8_t *row, int64_t u, float a, float32x4_t 
 
 #define DEFINE_AXPY_TILE(name, unit, unit_bytes)                                                                    \
     static inline void add_rows_##name(const uint8_t *const *r, const float *a, int n_rows, int64_t n_units,      \
-                                       float *o) {                                                                   \
+                                       float *o, ts_row_prefetcher *pf) {                                            \
         for (int64_t u = 0; u < n_units; u++) {                                                                      \
+            ts_prefetch_upto(pf, (size_t)(u + 1) * (unit_bytes));                                                   \
             float32x4_t acc[8];                                                                                      \
             for (int k = 0; k < 8; k++) {                                                                            \
                 acc[k] = vld1q_f32(o + 32 * u + 4 * k);                                                              \
@@ -80,16 +82,21 @@ static inline void unit_f32(const uint8_t *row, int64_t u, float a, float32x4_t 
         for (int64_t i = 0; i < n_idx; i += GROUP) {                                                                 \
             const int n = n_idx - i < GROUP ? (int)(n_idx - i) : GROUP;                                              \
             const int64_t next = i + n, ahead = n_idx - next < GROUP ? n_idx - next : GROUP;                         \
-            prefetch_rows(w, row_bytes, offset, idx + next, ahead, seg_bytes);                                       \
             const uint8_t *r[GROUP];                                                                                 \
+            const void *r_next[GROUP];                                                                               \
             for (int k = 0; k < n; k++) {                                                                            \
                 r[k] = (const uint8_t *)w + (size_t)idx[i + k] * row_bytes + offset;                                 \
             }                                                                                                        \
-            if (n == GROUP) {                                                                                        \
-                add_rows_##name(r, coef + i, GROUP, n_units, o); /* a constant count the compiler unrolls */         \
-            } else {                                                                                                 \
-                add_rows_##name(r, coef + i, n, n_units, o);                                                         \
+            for (int k = 0; k < ahead; k++) {                                                                        \
+                r_next[k] = w + (size_t)idx[next + k] * row_bytes + offset;                                          \
             }                                                                                                        \
+            ts_row_prefetcher pf = {r_next, (int)ahead, 0};                                                          \
+            if (n == GROUP) {                                                                                        \
+                add_rows_##name(r, coef + i, GROUP, n_units, o, &pf); /* a constant count the compiler unrolls */    \
+            } else {                                                                                                 \
+                add_rows_##name(r, coef + i, n, n_units, o, &pf);                                                    \
+            }                                                                                                        \
+            ts_prefetch_upto(&pf, seg_bytes + 64);                                                                   \
         }                                                                                                            \
     }
 
@@ -210,8 +217,10 @@ static inline void add_min(float *o, float m) {
     }
 }
 
-static void add_group_q4_0(const uint8_t *const *r, const float *a, int64_t n_units, float *o) {
+static void add_group_q4_0(const uint8_t *const *r, const float *a, int64_t n_units, float *o,
+                           ts_row_prefetcher *pf) {
     for (int64_t u = 0; u < n_units; u++) {
+        ts_prefetch_upto(pf, (size_t)(u + 1) * 18);
         float c[INT_ROWS];
         int_coefs q;
         scaled_halves(r, a, (size_t)u * 18, c);
@@ -221,8 +230,10 @@ static void add_group_q4_0(const uint8_t *const *r, const float *a, int64_t n_un
     }
 }
 
-static void add_group_q8_0(const uint8_t *const *r, const float *a, int64_t n_units, float *o) {
+static void add_group_q8_0(const uint8_t *const *r, const float *a, int64_t n_units, float *o,
+                           ts_row_prefetcher *pf) {
     for (int64_t u = 0; u < n_units; u++) {
+        ts_prefetch_upto(pf, (size_t)(u + 1) * 34);
         float c[INT_ROWS];
         int_coefs q;
         scaled_halves(r, a, (size_t)u * 34, c);
@@ -232,8 +243,10 @@ static void add_group_q8_0(const uint8_t *const *r, const float *a, int64_t n_un
     }
 }
 
-static void add_group_q4_1(const uint8_t *const *r, const float *a, int64_t n_units, float *o) {
+static void add_group_q4_1(const uint8_t *const *r, const float *a, int64_t n_units, float *o,
+                           ts_row_prefetcher *pf) {
     for (int64_t u = 0; u < n_units; u++) {
+        ts_prefetch_upto(pf, (size_t)(u + 1) * 20);
         float c[INT_ROWS], m[INT_ROWS];
         int_coefs q;
         scaled_halves(r, a, (size_t)u * 20, c);
@@ -275,9 +288,11 @@ static inline void q4_k_coefs(const uint8_t *const *r, const float *a, size_t at
     vst1q_f32(min_sum + 4, mins[1]);
 }
 
-static void add_group_q4_k(const uint8_t *const *r, const float *a, int64_t n_units, float *o) {
+static void add_group_q4_k(const uint8_t *const *r, const float *a, int64_t n_units, float *o,
+                           ts_row_prefetcher *pf) {
     const uint8x16_t m4 = vdupq_n_u8(0x0F);
     for (int64_t b = 0; b < n_units / 8; b++) {
+        ts_prefetch_upto(pf, (size_t)(b + 1) * 144);
         float c[8][INT_ROWS], min_sum[8];
         q4_k_coefs(r, a, (size_t)b * 144, c, min_sum);
         for (int j = 0; j < 8; j++) {
@@ -305,7 +320,8 @@ static void add_group_q4_k(const uint8_t *const *r, const float *a, int64_t n_un
     }
 }
 
-/* INT_ROWS rows at a time (a short last group padded with coefficient 0), the next group prefetched meanwhile. */
+/* INT_ROWS rows at a time (a short last group padded with coefficient 0); add_group adds one group while it
+ * prefetches the next group's row segments (row_prefetch.h). */
 #define DEFINE_INT_TILE(name, unit_bytes)                                                                          \
     static void axpy_tile_##name(const char *w, size_t row_bytes, size_t offset, const int32_t *idx,               \
                                  const float *coef, int64_t n_idx, int64_t n_units, float *o) {                      \
@@ -314,14 +330,19 @@ static void add_group_q4_k(const uint8_t *const *r, const float *a, int64_t n_un
         for (int64_t i = 0; i < n_idx; i += INT_ROWS) {                                                              \
             const int n = n_idx - i < INT_ROWS ? (int)(n_idx - i) : INT_ROWS;                                        \
             const int64_t next = i + n, ahead = n_idx - next < INT_ROWS ? n_idx - next : INT_ROWS;                   \
-            prefetch_rows(w, row_bytes, offset, idx + next, ahead, seg_bytes);                                       \
             const uint8_t *r[INT_ROWS];                                                                              \
+            const void *r_next[INT_ROWS];                                                                            \
             float a[INT_ROWS];                                                                                       \
             for (int k = 0; k < INT_ROWS; k++) {                                                                     \
                 r[k] = (const uint8_t *)w + (size_t)idx[i + (k < n ? k : 0)] * row_bytes + offset;                   \
                 a[k] = k < n ? coef[i + k] : 0.0f;                                                                   \
             }                                                                                                        \
-            add_group_##name(r, a, n_units, o);                                                                      \
+            for (int k = 0; k < ahead; k++) {                                                                        \
+                r_next[k] = w + (size_t)idx[next + k] * row_bytes + offset;                                          \
+            }                                                                                                        \
+            ts_row_prefetcher pf = {r_next, (int)ahead, 0};                                                          \
+            add_group_##name(r, a, n_units, o, &pf);                                                                 \
+            ts_prefetch_upto(&pf, seg_bytes + 64);                                                                   \
         }                                                                                                            \
     }
 

@@ -18,6 +18,7 @@
  */
 #include "gate_up_dot.h"
 #include "q4_k_scales.h"
+#include "row_prefetch.h"
 
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #include <immintrin.h>
@@ -71,45 +72,24 @@ ALWAYS_INLINE __m256i dot_u8_i8(__m256i u, __m256i s) {
     return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
 }
 
-/* ---- prefetching the next pass's rows --------------------------------------------------------------- */
-
-typedef struct {
-    const void *const *rows; /* the next pass's rows */
-    int n;                   /* how many (0: the last pass) */
-    size_t done;             /* bytes of each already asked for */
-} prefetcher;
-
-/* Asks for the next rows' lines up to byte `upto` of each (past a row's end is harmless: prefetches never fault). */
-ALWAYS_INLINE void prefetch_upto(prefetcher *pf, size_t upto) {
-    for (; pf->done < upto; pf->done += 64) {
-        for (int k = 0; k < pf->n; k++) {
-            _mm_prefetch((const char *)pf->rows[k] + pf->done, _MM_HINT_T0);
-        }
-    }
-}
-
-static void prefetch_rows(const void *const *rows, int n, size_t row_bytes) {
-    prefetcher pf = {rows, n, 0};
-    prefetch_upto(&pf, row_bytes + 64);
-}
-
 /*
- * out[i] = rows[i] . x, ROWS rows per call of group(rows, n_rows_in_pass, prepared, n, out, prefetcher); the tail
- * pass instantiates the group for 3, 2 and 1 rows (group functions are always inlined: constant row counts unroll).
+ * out[i] = rows[i] . x, ROWS rows per call of group(rows, n_rows_in_pass, prepared, n, out, prefetcher); the
+ * tail pass instantiates the group for 3, 2 and 1 rows (group functions are always inlined: constant row counts
+ * unroll).
  */
 #define DEFINE_DOT_ROWS(name, group, block_values, block_bytes)                                                    \
     static void dot_rows_##name(enum ggml_type type, const void *const *rows, int64_t n_rows, const void *prepared, \
                                 int64_t n, float *out) {                                                           \
         (void)type;                                                                                                \
         const size_t row_bytes = (size_t)(n / (block_values)) * (block_bytes);                                     \
-        prefetch_rows(rows, n_rows < ROWS ? (int)n_rows : ROWS, row_bytes);                                        \
+        ts_prefetch_rows(rows, n_rows < ROWS ? (int)n_rows : ROWS, row_bytes);                                     \
         int64_t i = 0;                                                                                             \
         for (; i + ROWS <= n_rows; i += ROWS) {                                                                    \
             const int64_t left = n_rows - i - ROWS;                                                                \
-            prefetcher pf = {rows + i + ROWS, left < ROWS ? (int)left : ROWS, 0};                                  \
+            ts_row_prefetcher pf = {rows + i + ROWS, left < ROWS ? (int)left : ROWS, 0};                           \
             group(rows + i, ROWS, prepared, n, out + i, &pf);                                                      \
         }                                                                                                          \
-        prefetcher none = {rows, 0, 0};                                                                            \
+        ts_row_prefetcher none = {rows, 0, 0};                                                                     \
         switch (n_rows - i) {                                                                                      \
         case 3: group(rows + i, 3, prepared, n, out + i, &none); break;                                            \
         case 2: group(rows + i, 2, prepared, n, out + i, &none); break;                                            \
@@ -149,14 +129,14 @@ static const void *prepare_q8_0(const void *xq, int64_t n, void *buf) {
 }
 
 ALWAYS_INLINE void group_q4_0(const void *const *rows, const int R, const void *prepared, int64_t n, float *out,
-                              prefetcher *pf) {
+                              ts_row_prefetcher *pf) {
     const q8_0_view v = view_q8_0(prepared, n);
     __m256 acc[ROWS];
     for (int k = 0; k < R; k++) {
         acc[k] = _mm256_setzero_ps();
     }
     for (int64_t b = 0; b < n / 32; b++) {
-        prefetch_upto(pf, (size_t)(b + 1) * Q4_0_BYTES + 64);
+        ts_prefetch_upto(pf, (size_t)(b + 1) * Q4_0_BYTES + 64);
         const __m256i x = _mm256_load_si256((const __m256i *)(v.x + 32 * b));
         const __m256i corr = _mm256_zextsi128_si256(_mm_cvtsi32_si128(v.corr[b]));
         for (int k = 0; k < R; k++) {
@@ -171,14 +151,14 @@ ALWAYS_INLINE void group_q4_0(const void *const *rows, const int R, const void *
 }
 
 ALWAYS_INLINE void group_q8_0(const void *const *rows, const int R, const void *prepared, int64_t n, float *out,
-                              prefetcher *pf) {
+                              ts_row_prefetcher *pf) {
     const q8_0_view v = view_q8_0(prepared, n);
     __m256 acc[ROWS];
     for (int k = 0; k < R; k++) {
         acc[k] = _mm256_setzero_ps();
     }
     for (int64_t b = 0; b < n / 32; b++) {
-        prefetch_upto(pf, (size_t)(b + 1) * Q8_0_BYTES + 64);
+        ts_prefetch_upto(pf, (size_t)(b + 1) * Q8_0_BYTES + 64);
         const __m256i x = _mm256_load_si256((const __m256i *)(v.x + 32 * b));
         for (int k = 0; k < R; k++) {
             const uint8_t *p = (const uint8_t *)rows[k] + b * Q8_0_BYTES;
@@ -213,7 +193,7 @@ static const void *prepare_q8_1(const void *xq, int64_t n, void *buf) {
 }
 
 ALWAYS_INLINE void group_q4_1(const void *const *rows, const int R, const void *prepared, int64_t n, float *out,
-                              prefetcher *pf) {
+                              ts_row_prefetcher *pf) {
     const int8_t *xs = prepared;
     const float *dx = (const float *)(xs + n), *sx = dx + n / 32;
     __m256 acc[ROWS];
@@ -223,7 +203,7 @@ ALWAYS_INLINE void group_q4_1(const void *const *rows, const int R, const void *
         mins[k] = 0.0f;
     }
     for (int64_t b = 0; b < n / 32; b++) {
-        prefetch_upto(pf, (size_t)(b + 1) * Q4_1_BYTES + 64);
+        ts_prefetch_upto(pf, (size_t)(b + 1) * Q4_1_BYTES + 64);
         const __m256i x = _mm256_load_si256((const __m256i *)(xs + 32 * b));
         for (int k = 0; k < R; k++) {
             const uint8_t *p = (const uint8_t *)rows[k] + b * Q4_1_BYTES;
@@ -280,7 +260,7 @@ ALWAYS_INLINE __m128i scales_mins_q4_k(const uint8_t *packed) {
 }
 
 ALWAYS_INLINE void group_q4_k(const void *const *rows, const int R, const void *prepared, int64_t n, float *out,
-                              prefetcher *pf) {
+                              ts_row_prefetcher *pf) {
     const q8_k_view v = view_q8_k(prepared, n);
     const __m256i m4 = _mm256_set1_epi8(0x0F);
     __m256 acc[ROWS];
@@ -290,7 +270,7 @@ ALWAYS_INLINE void group_q4_k(const void *const *rows, const int R, const void *
         acc_min[k] = _mm_setzero_ps();
     }
     for (int64_t i = 0; i < n / 256; i++) {
-        prefetch_upto(pf, (size_t)(i + 1) * Q4_K_BYTES + 64);
+        ts_prefetch_upto(pf, (size_t)(i + 1) * Q4_K_BYTES + 64);
         const int8_t *x = v.x + 256 * i;
         const __m128i xsum = _mm_loadu_si128((const __m128i *)(v.xsum + 8 * i));
         for (int k = 0; k < R; k++) {

@@ -10,6 +10,7 @@
  */
 #include "gate_up_dot.h"
 #include "q4_k_scales.h"
+#include "row_prefetch.h"
 
 #if defined(TS_NEON_DOTPROD_UNIT)
 #define TABLE ts_dot_kernel_neon_dotprod
@@ -58,42 +59,20 @@ ALWAYS_INLINE void nibbles(const uint8_t *qs, int8x16_t *lo, int8x16_t *hi) {
     *hi = vreinterpretq_s8_u8(vshrq_n_u8(q, 4));
 }
 
-/* ---- prefetching the next pass's rows --------------------------------------------------------------- */
-
-typedef struct {
-    const void *const *rows; /* the next pass's rows */
-    int n;                   /* how many (0: the last pass) */
-    size_t done;             /* bytes of each already asked for */
-} prefetcher;
-
-/* Asks for the next rows' lines up to byte `upto` of each (past a row's end is harmless: prefetches never fault). */
-ALWAYS_INLINE void prefetch_upto(prefetcher *pf, size_t upto) {
-    for (; pf->done < upto; pf->done += 64) {
-        for (int k = 0; k < pf->n; k++) {
-            __builtin_prefetch((const char *)pf->rows[k] + pf->done);
-        }
-    }
-}
-
-static void prefetch_rows(const void *const *rows, int n, size_t row_bytes) {
-    prefetcher pf = {rows, n, 0};
-    prefetch_upto(&pf, row_bytes + 64);
-}
-
 /* out[i] = rows[i] . x, ROWS rows per call of group(); the tail pass instantiates the group for 3, 2 and 1 rows. */
 #define DEFINE_DOT_ROWS(name, group, block_values, block_bytes)                                                    \
     static void dot_rows_##name(enum ggml_type type, const void *const *rows, int64_t n_rows, const void *prepared, \
                                 int64_t n, float *out) {                                                           \
         (void)type;                                                                                                \
         const size_t row_bytes = (size_t)(n / (block_values)) * (block_bytes);                                     \
-        prefetch_rows(rows, n_rows < ROWS ? (int)n_rows : ROWS, row_bytes);                                        \
+        ts_prefetch_rows(rows, n_rows < ROWS ? (int)n_rows : ROWS, row_bytes);                                     \
         int64_t i = 0;                                                                                             \
         for (; i + ROWS <= n_rows; i += ROWS) {                                                                    \
             const int64_t left = n_rows - i - ROWS;                                                                \
-            prefetcher pf = {rows + i + ROWS, left < ROWS ? (int)left : ROWS, 0};                                  \
+            ts_row_prefetcher pf = {rows + i + ROWS, left < ROWS ? (int)left : ROWS, 0};                           \
             group(rows + i, ROWS, prepared, n, out + i, &pf);                                                      \
         }                                                                                                          \
-        prefetcher none = {rows, 0, 0};                                                                            \
+        ts_row_prefetcher none = {rows, 0, 0};                                                                     \
         switch (n_rows - i) {                                                                                      \
         case 3: group(rows + i, 3, prepared, n, out + i, &none); break;                                            \
         case 2: group(rows + i, 2, prepared, n, out + i, &none); break;                                            \
@@ -118,7 +97,7 @@ static const void *prepare_q8_0(const void *xq, int64_t n, void *buf) {
 }
 
 ALWAYS_INLINE void group_q4_0(const void *const *rows, const int R, const void *prepared, int64_t n, float *out,
-                              prefetcher *pf) {
+                              ts_row_prefetcher *pf) {
     const int8_t *xs = prepared;
     const float *dx = (const float *)(xs + n);
     const int8x16_t eight = vdupq_n_s8(8);
@@ -127,7 +106,7 @@ ALWAYS_INLINE void group_q4_0(const void *const *rows, const int R, const void *
         acc[k] = vdupq_n_f32(0.0f);
     }
     for (int64_t b = 0; b < n / 32; b++) {
-        prefetch_upto(pf, (size_t)(b + 1) * Q4_0_BYTES + 64);
+        ts_prefetch_upto(pf, (size_t)(b + 1) * Q4_0_BYTES + 64);
         const int8x16_t x0 = vld1q_s8(xs + 32 * b), x1 = vld1q_s8(xs + 32 * b + 16);
         for (int k = 0; k < R; k++) {
             const uint8_t *p = (const uint8_t *)rows[k] + b * Q4_0_BYTES;
@@ -143,7 +122,7 @@ ALWAYS_INLINE void group_q4_0(const void *const *rows, const int R, const void *
 }
 
 ALWAYS_INLINE void group_q8_0(const void *const *rows, const int R, const void *prepared, int64_t n, float *out,
-                              prefetcher *pf) {
+                              ts_row_prefetcher *pf) {
     const int8_t *xs = prepared;
     const float *dx = (const float *)(xs + n);
     float32x4_t acc[ROWS];
@@ -151,7 +130,7 @@ ALWAYS_INLINE void group_q8_0(const void *const *rows, const int R, const void *
         acc[k] = vdupq_n_f32(0.0f);
     }
     for (int64_t b = 0; b < n / 32; b++) {
-        prefetch_upto(pf, (size_t)(b + 1) * Q8_0_BYTES + 64);
+        ts_prefetch_upto(pf, (size_t)(b + 1) * Q8_0_BYTES + 64);
         const int8x16_t x0 = vld1q_s8(xs + 32 * b), x1 = vld1q_s8(xs + 32 * b + 16);
         for (int k = 0; k < R; k++) {
             const uint8_t *p = (const uint8_t *)rows[k] + b * Q8_0_BYTES;
@@ -185,7 +164,7 @@ static const void *prepare_q8_1(const void *xq, int64_t n, void *buf) {
 }
 
 ALWAYS_INLINE void group_q4_1(const void *const *rows, const int R, const void *prepared, int64_t n, float *out,
-                              prefetcher *pf) {
+                              ts_row_prefetcher *pf) {
     const int8_t *xs = prepared;
     const float *dx = (const float *)(xs + n), *sx = dx + n / 32;
     float32x4_t acc[ROWS];
@@ -195,7 +174,7 @@ ALWAYS_INLINE void group_q4_1(const void *const *rows, const int R, const void *
         mins[k] = 0.0f;
     }
     for (int64_t b = 0; b < n / 32; b++) {
-        prefetch_upto(pf, (size_t)(b + 1) * Q4_1_BYTES + 64);
+        ts_prefetch_upto(pf, (size_t)(b + 1) * Q4_1_BYTES + 64);
         const int8x16_t x0 = vld1q_s8(xs + 32 * b), x1 = vld1q_s8(xs + 32 * b + 16);
         for (int k = 0; k < R; k++) {
             const uint8_t *p = (const uint8_t *)rows[k] + b * Q4_1_BYTES;
@@ -235,7 +214,7 @@ static const void *prepare_q8_k(const void *xq, int64_t n, void *buf) {
 }
 
 ALWAYS_INLINE void group_q4_k(const void *const *rows, const int R, const void *prepared, int64_t n, float *out,
-                              prefetcher *pf) {
+                              ts_row_prefetcher *pf) {
     const int8_t *xs = prepared;
     const float *dx = (const float *)(xs + n);
     const int16_t *xsums = (const int16_t *)(dx + n / 256);
@@ -246,7 +225,7 @@ ALWAYS_INLINE void group_q4_k(const void *const *rows, const int R, const void *
         acc_min[k] = vdupq_n_f32(0.0f);
     }
     for (int64_t i = 0; i < n / 256; i++) {
-        prefetch_upto(pf, (size_t)(i + 1) * Q4_K_BYTES + 64);
+        ts_prefetch_upto(pf, (size_t)(i + 1) * Q4_K_BYTES + 64);
         const int8_t *x = xs + 256 * i;
         const int16x8_t xsum = vld1q_s16(xsums + 8 * i);
         for (int k = 0; k < R; k++) {

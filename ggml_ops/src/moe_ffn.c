@@ -203,12 +203,29 @@ static struct ggml_tensor *moe_dense(ts_context *ctx, struct ggml_context *ctx0,
 
 /* ---- sparse decoding ---------------------------------------------------------------------------- */
 
+/* Whether any token chose expert e: ids [k, T]. */
+static int chosen_by_any(const struct ggml_tensor *ids, int64_t e) {
+    for (int64_t t = 0; t < ids->ne[1]; t++) {
+        for (int64_t s = 0; s < ids->ne[0]; s++) {
+            if (chosen_expert(ids, s, t) == e) {
+                return 1;
+            }
+        }
+    }
+    return 0;
+}
+
 /* src: sel [n_ff, k, T] F32 (the chosen experts' selection values), ids [k, T]. dst [n_ff, T, n_expert]: plane e,
- * row t = sel of the slot where token t chose expert e, else -inf (selects nothing). Threads split the rows. */
+ * row t = sel of the slot where token t chose expert e, else -inf (selects nothing). The plane of an expert no
+ * token chose is left unwritten: thread 0 marks that expert idle in the layer's sparse states (userdata), whose
+ * nodes then skip it. Threads split the rows. */
 static void expert_planes_op(struct ggml_tensor *dst, int ith, int nth, void *userdata) {
-    (void)userdata;
+    ts_sparse_layer *experts = userdata;
     const struct ggml_tensor *sel = dst->src[0], *ids = dst->src[1];
     const int64_t n_ff = dst->ne[0], n_tokens = dst->ne[1], n_expert = dst->ne[2], k = ids->ne[0];
+    for (int64_t e = 0; e < n_expert && ith == 0; e++) {
+        experts[e].idle = !chosen_by_any(ids, e);
+    }
     for (int64_t r = ith; r < n_tokens * n_expert; r += nth) {
         const int64_t t = r % n_tokens, e = r / n_tokens;
         float *out = (float *)row3(dst, t, e);
@@ -218,7 +235,7 @@ static void expert_planes_op(struct ggml_tensor *dst, int ith, int nth, void *us
         }
         if (slot >= 0) {
             memcpy(out, row3(sel, slot, t), (size_t)n_ff * sizeof(float));
-        } else {
+        } else if (n_tokens > 1 && chosen_by_any(ids, e)) {
             for (int64_t j = 0; j < n_ff; j++) {
                 out[j] = -INFINITY;
             }
@@ -279,7 +296,7 @@ static struct ggml_tensor *moe_sparse(ts_context *ctx, struct ggml_context *ctx0
 
     struct ggml_tensor *args[2] = {selection(ctx, ctx0, il, ffn_inp, cur, ids, exact), ids};
     struct ggml_tensor *planes = ggml_custom_4d(ctx0, GGML_TYPE_F32, n_ff, n_tokens, n_expert, 1, args, 2,
-                                                expert_planes_op, GGML_N_TASKS_MAX, NULL);
+                                                expert_planes_op, GGML_N_TASKS_MAX, experts);
     args[0] = weights;
     struct ggml_tensor *w = ggml_custom_4d(ctx0, GGML_TYPE_F32, n_tokens, n_expert, 1, 1, args, 2, expert_weights_op,
                                            GGML_N_TASKS_MAX, NULL);

@@ -14,7 +14,8 @@
  * known only at run time, while the graph is built once: the selection values (predictor logits, or the gate in
  * exact mode) are computed for the chosen experts only (ggml_mul_mat_id), then scattered into one plane per expert
  * [n_ff, T], filled with -inf where the expert was not chosen - a value that selects no neuron. An expert no token
- * chose therefore reads no weight row; its nodes only scan the plane and write zeros. Every node splits its work by
+ * chose reads no weight row: the planes node marks it idle, and its act node returns at once, its down node only
+ * writes zeros. Every node splits its work by
  * ith/nth with no two threads writing one element (the sparse nodes' contract), so results are deterministic for a
  * thread count. Expert outputs are weighted and added in expert order.
  */

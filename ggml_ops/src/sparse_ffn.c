@@ -131,6 +131,9 @@ static void prepare_token(act_dots *d, const struct ggml_tensor *xq_gate, const 
  */
 static void sparse_act_op(struct ggml_tensor *dst, int ith, int nth, void *userdata) {
     const ts_sparse_layer *layer = userdata;
+    if (layer->idle) {
+        return;
+    }
     const struct ggml_tensor *select = dst->src[0], *xq_up = dst->src[1], *up = dst->src[2];
     const struct ggml_tensor *xq_gate = dst->src[3], *gate = dst->src[4];
     const int exact = layer->select_exact;
@@ -254,7 +257,10 @@ static void sparse_down(struct ggml_tensor *dst, int ith, int nth, ts_sparse_lay
         const int64_t c0 = n_blocks * ith / n_workers * blck, c1 = n_blocks * (ith + 1) / n_workers * blck;
         int32_t *idx = (int32_t *)row_ptr(scratch, ith);
         float *coef = (float *)(idx + n_ff);
-        for (int64_t t = 0; t < n_tokens; t++) {
+        for (int64_t t = 0; t < n_tokens && layer->idle; t++) {
+            memset((float *)row_ptr(dst, t) + c0, 0, (size_t)(c1 - c0) * sizeof(float));
+        }
+        for (int64_t t = 0; t < n_tokens && !layer->idle; t++) {
             const float *a = (const float *)row_ptr(act, t);
             int64_t n = 0;
             for (int64_t j = 0; j < n_ff; j++) {
@@ -273,7 +279,7 @@ static void sparse_down(struct ggml_tensor *dst, int ith, int nth, ts_sparse_lay
             nonzero += (uint64_t)n;
         }
     }
-    if (ith == 0 && kind != DOWN_UNCOUNTED) {
+    if (ith == 0 && kind != DOWN_UNCOUNTED && !layer->idle) {
         record_stats(layer, act, n_tokens, nth, nonzero, kind);
     }
 }

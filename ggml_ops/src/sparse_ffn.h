@@ -34,6 +34,8 @@ typedef struct ts_sparse_layer {
     int32_t measure_recall; /* predictor mode: also compute every neuron to count what it missed */
     const float *gate_bias; /* [n_ff] added to gate_j . x (predictor mode; exact mode's select has it), or NULL */
     const float *up_bias;   /* [n_ff] added to up_j . x, or NULL */
+    int32_t idle;           /* an expert no token of this evaluation chose (set by moe_ffn.c's planes node): the act
+                             * node does nothing and the down node writes zeros */
     ts_layer_stats stats;   /* accumulated by thread 0 of the down node */
 } ts_sparse_layer;
 
