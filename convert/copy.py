@@ -62,8 +62,11 @@ def _raw_loader(tensor: gguf.ReaderTensor):
     return load
 
 
-def copy_with_keys(src: Path, out: Path, keys: dict[str, Any], *, progress: bool = False) -> Path:
-    """out = src with the turbosparse keys `keys` set (added, or replacing the same keys); atomic."""
+def copy_with_keys(
+    src: Path, out: Path, keys: dict[str, Any], *, drop: Iterable[str] = (), progress: bool = False
+) -> Path:
+    """out = src with the turbosparse keys `keys` set (added, or replacing the same keys) and the keys in `drop`
+    left out; atomic."""
     src, out = Path(src), Path(out)
     if src.resolve() == out.resolve():
         raise ConvertError(f"{src}: writing into the input file itself")
@@ -76,7 +79,7 @@ def copy_with_keys(src: Path, out: Path, keys: dict[str, Any], *, progress: bool
         types.append(gguf.GGMLQuantizationType(t.tensor_type))
 
     def add_metadata(writer: gguf.GGUFWriter) -> None:
-        copy_fields(reader, writer, skip=(KEY_FORMAT_VERSION, *keys))
+        copy_fields(reader, writer, skip=(KEY_FORMAT_VERSION, *keys, *drop))
         add_turbosparse_keys(writer, keys)
 
     return write_gguf(out, specs, types, add_metadata, arch=arch, progress=progress)

@@ -11,7 +11,7 @@ import gguf
 import numpy as np
 import pytest
 
-from turbosparse.binding import FfnActivation, NativeModel
+from turbosparse.binding import FfnActivation, FfnScales, NativeModel
 from turbosparse.calibrate import CalibrateConfig, Calibration, CollectConfig, Planner, calibrate, write_calibrated
 from turbosparse.calibrate.collect import LayerSamples, activations
 from turbosparse.calibrate.pipeline import spread
@@ -32,7 +32,7 @@ def synthetic_samples(n_layer: int = 4, n: int = 20000, seed: int = 0) -> list[L
         gate = rng.standard_normal(n).astype(np.float32) * (1 + layer)
         up = rng.standard_normal(n).astype(np.float32)
         g, a = activations(FfnActivation.SWIGLU, gate, up)
-        out.append(LayerSamples(np.abs(g), np.abs(a), a * a))
+        out.append(LayerSamples(np.abs(g), np.abs(a), a * a, np.arange(n, dtype=np.int32) % 64))
     return out
 
 
@@ -113,6 +113,24 @@ def test_zero_and_bad_sparsities() -> None:
     assert dense_calibration(2).thresholds.gate == [0.0, 0.0] and dense_calibration(2).kept == 1.0
 
 
+def test_weighted_scores_scale_by_down_norm_and_mean_up() -> None:
+    from turbosparse.calibrate.scores import score_scales
+
+    rng = np.random.default_rng(1)
+    norms, mean_up = rng.uniform(0.5, 2.0, (3, 64)), rng.uniform(0.1, 1.0, (3, 64))
+    assert score_scales("plain", norms, mean_up) == FfnScales()
+    weighted = score_scales("weighted", norms, mean_up)
+    np.testing.assert_allclose(weighted.act.mean(axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(weighted.act * norms.mean(axis=1, keepdims=True), norms, rtol=1e-5)
+    gate = norms * mean_up
+    np.testing.assert_allclose(weighted.gate * gate.mean(axis=1, keepdims=True), gate, rtol=1e-5)
+    s = synthetic_samples(1)[0]
+    scaled = s.scaled(np.arange(64, dtype=np.float32), np.full(64, 2.0, dtype=np.float32))
+    np.testing.assert_array_equal(scaled.gate, s.gate * (s.neuron % 64).astype(np.float32))
+    np.testing.assert_array_equal(scaled.value, 2 * s.value)
+    np.testing.assert_array_equal(scaled.energy, s.energy)  # what a dropped neuron costs does not change
+
+
 # ---- the copy ----------------------------------------------------------------------------------------
 
 
@@ -176,7 +194,8 @@ def smollm2_calibrated(tmp_path_factory: pytest.TempPathFactory, smollm2_path: P
     """SmolLM2 calibrated on 2 windows of Hamlet at 40 %, measured on 2 windows of Macbeth."""
     cfg = CalibrateConfig(collect=CollectConfig(n_ctx=256, max_tokens=512), allocation="uniform", eval_tokens=512)
     dense, results = calibrate(smollm2_path, play("hamlet_gut.txt"), [0.4], held_out=[play("macbeth_gut.txt")], cfg=cfg)
-    out = write_calibrated(smollm2_path, results[0].calibration, tmp_path_factory.mktemp("cal") / "smollm2-s40.gguf")
+    out = write_calibrated(smollm2_path, results[0].calibration, tmp_path_factory.mktemp("cal") / "smollm2-s40.gguf",
+                           scales=results[0].scales)  # fmt: skip
     return dense[0], results[0], out
 
 
@@ -199,8 +218,10 @@ def test_calibrated_file_runs_exact_by_default(smollm2_calibrated) -> None:
     llm = Llama(str(path), n_ctx=64, verbose=False)
     assert float(llm.metadata["turbosparse.calibrated_sparsity"]) == pytest.approx(0.4)  # arrays are not listed
     assert llm.create_completion("The", max_tokens=2)["choices"]
-    info = NativeModel(path).info
+    native = NativeModel(path)
+    info = native.info
     assert info.has_ffn_thresholds
+    assert native.ffn_scales.gate.shape == native.ffn_scales.act.shape == (info.n_layer, info.n_ff)  # weighted scores
     model = Model(path, n_threads=2, n_ctx=256)
     assert model.sparse_mode.name == "EXACT"
     text = model.generate("The capital of France is", max_tokens=6, temperature=0)
@@ -234,6 +255,17 @@ def test_command_table_and_files(tmp_path: Path, tiny_twin: Path) -> None:
     assert report["dense"][0]["perplexity"] > 0
     reader = gguf.GGUFReader(report["written"][1])
     assert reader.fields["turbosparse.calibrated_sparsity"].contents() == pytest.approx(0.5)
+    info = NativeModel(out.with_name("tiny.s50.gguf")).info
+    for key in ("turbosparse.ffn_gate_scales", "turbosparse.ffn_act_scales"):  # the weighted scores' scales
+        assert len(reader.fields[key].contents()) == info.n_layer * info.n_ff
+    # calibrated again with plain scores: the old scales are not carried over
+    again = tmp_path / "again.gguf"
+    res = turbosparse("calibrate", "-m", report["written"][1], "-f", str(text), "--sparsity", "0.4", "-o", str(again),
+                      "-c", "128", "--tokens", "256", "--eval-tokens", "0", "--scores", "plain")  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    fields = gguf.GGUFReader(str(again)).fields
+    assert "turbosparse.ffn_gate_scales" not in fields and "turbosparse.ffn_act_scales" not in fields
+    assert fields["turbosparse.calibrated_sparsity"].contents() == pytest.approx(0.4)
     table = turbosparse("calibrate", "-m", str(tiny_twin), "-f", str(text), "--sparsity", "0.5,0.6", "-c", "128",
                         "--tokens", "256", "--eval-tokens", "128")  # fmt: skip
     assert table.returncode == 0, table.stderr

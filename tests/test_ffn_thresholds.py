@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from turbosparse import InvalidArgumentError, ModelLoadError
-from turbosparse.binding import FfnThresholds, NativeContext, NativeModel, SparseMode
+from turbosparse.binding import FfnScales, FfnThresholds, NativeContext, NativeModel, SparseMode
 
 from tinymodel import TinyConfig, gate_activation, random_weights, reference_forward, reference_logits, write_gguf
 
@@ -21,6 +21,7 @@ QUANT_TOLERANCE = 0.15  # x std(logits): ggml quantizes the activations of its d
 # transpose; other K-quants: a Q8_0 transpose (a second rounding)
 TYPES = [Q.F32, Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q4_K, Q.Q5_K, Q.Q6_K]
 GATE_KEY, ACT_KEY = "turbosparse.gate_thresholds", "turbosparse.act_thresholds"
+GATE_SCALES_KEY, ACT_SCALES_KEY = "turbosparse.ffn_gate_scales", "turbosparse.ffn_act_scales"
 
 
 def make(tmp_path: Path, cfg: TinyConfig, qtype: Q = Q.F32, extra: dict | None = None) -> tuple[Path, dict]:
@@ -38,19 +39,34 @@ def tokens(cfg: TinyConfig, n: int = 24, seed: int = 0) -> list[int]:
     return [int(t) for t in np.random.default_rng(seed).integers(0, cfg.n_vocab, n)]
 
 
-def median_thresholds(cfg: TinyConfig, stored: dict, toks: list[int], share: float) -> tuple[list[float], list[float]]:
-    """Per-layer thresholds near the given quantiles of the reference's |silu(gate)| and |a| (dense forward)."""
+def median_thresholds(
+    cfg: TinyConfig, stored: dict, toks: list[int], share: float, scales: FfnScales | None = None
+) -> tuple[list[float], list[float]]:
+    """Per-layer thresholds near the given quantiles of the reference's |silu(gate)| and |a| (dense forward), times
+    the neurons' scales when given."""
+    n_ff = cfg.n_ff
+    s_gate = scales.gate if scales is not None else np.ones((cfg.n_layer, n_ff))
+    s_act = scales.act if scales is not None else np.ones((cfg.n_layer, n_ff))
     gate, act = [], []
     _, traces = reference_forward(cfg, stored, toks)
-    for t in traces:
-        act.append(float(np.quantile(np.abs(t.activation), share)))
+    for i, t in enumerate(traces):
+        act.append(float(np.quantile(np.abs(t.activation) * s_act[i], share)))
     # the gate values themselves: |silu(g)| = |a / up| is not recoverable from the trace, so sample the weights
     w = {k: v.astype(np.float64) for k, v in stored.items()}
     rng = np.random.default_rng(9)
     for i in range(cfg.n_layer):
         z = rng.standard_normal((64, cfg.n_embd)) * w[f"blk.{i}.ffn_norm.weight"]
-        gate.append(float(np.quantile(np.abs(gate_activation("swiglu", z @ w[f"blk.{i}.ffn_gate.weight"].T)), share)))
+        g = np.abs(gate_activation("swiglu", z @ w[f"blk.{i}.ffn_gate.weight"].T)) * s_gate[i]
+        gate.append(float(np.quantile(g, share)))
     return gate, act
+
+
+def random_scales(cfg: TinyConfig, seed: int = 5) -> FfnScales:
+    """Per-neuron scales spread over two orders of magnitude, as down-column norms times E|up| can be."""
+    rng = np.random.default_rng(seed)
+    shape = (cfg.n_layer, cfg.n_ff)
+    gate, act = (np.exp(rng.normal(0, 1, shape)).astype(np.float32) for _ in range(2))
+    return FfnScales(gate, act)
 
 
 @pytest.mark.parametrize("qtype", TYPES, ids=lambda q: q.name)
@@ -229,3 +245,90 @@ def test_key_names_match_the_constants() -> None:
     from turbosparse import constants as C
 
     assert (GATE_KEY, ACT_KEY) == (C.KEY_GATE_THRESHOLDS, C.KEY_ACT_THRESHOLDS)
+
+
+@pytest.mark.parametrize("qtype", [Q.F32, Q.Q4_0, Q.Q4_K], ids=lambda q: q.name)
+def test_scaled_thresholds_match_the_reference(tmp_path: Path, qtype: Q) -> None:
+    """Per-neuron scales (calibrate's weighted scores): up row j computed when |silu(gate_j)| s_j >= t, down row j
+    read when |a_j| r_j >= t', as the numpy reference selects; the file's scales act as the context's."""
+    cfg = TinyConfig(act="swiglu", n_embd=256, n_ff=512, n_head=4, n_head_kv=2)
+    scales = random_scales(cfg)
+    _, stored = make(tmp_path, cfg, qtype)
+    toks = tokens(cfg)
+    gate, act = median_thresholds(cfg, stored, toks, 0.4, scales)
+    keys = {GATE_KEY: gate, ACT_KEY: act, GATE_SCALES_KEY: scales.gate.reshape(-1).tolist(),
+            ACT_SCALES_KEY: scales.act.reshape(-1).tolist()}  # fmt: skip
+    path = tmp_path / f"scaled-{qtype.name}.gguf"
+    write_gguf(path, cfg, random_weights(cfg, seed=3), qtype, extra_kv=keys)
+    model = NativeModel(path)
+    np.testing.assert_array_equal(model.ffn_scales.gate, scales.gate)
+    np.testing.assert_array_equal(model.ffn_scales.act, scales.act)
+    ctx = context(path)
+    out = ctx.eval(toks, dense_ffn=False, logits_all=True)
+    ref, traces = reference_forward(cfg, stored, toks, ffn_thresholds=(gate, act), ffn_scales=(scales.gate, scales.act))
+    unscaled, unscaled_traces = reference_forward(cfg, stored, toks, ffn_thresholds=(gate, act))
+    # the scales change which neurons are kept (else this test could not tell them from their absence)
+    changed = sum(int((t.kept != u.kept).sum()) for t, u in zip(traces, unscaled_traces, strict=True))
+    assert changed > 0.05 * sum(t.kept.size for t in traces)
+    stats = ctx.layer_stats()
+    if qtype == Q.F32:
+        assert np.abs(out - ref).max() <= F32_TOLERANCE * np.abs(ref).max()
+        assert [s.n_nonzero for s in stats] == [int(t.kept.sum()) for t in traces]
+    else:
+        assert np.abs(out - ref).max() / ref.std() <= 2 * QUANT_TOLERANCE
+        for s, t in zip(stats, traces, strict=True):
+            assert abs(s.n_nonzero - int(t.kept.sum())) <= 0.03 * t.kept.size
+    # the same scales set on a context of the plain file: the same logits
+    plain, _ = make(tmp_path, cfg, qtype)
+    other = context(plain)
+    other.ffn_thresholds = FfnThresholds(gate, act)
+    other.set_ffn_scales(scales)
+    np.testing.assert_array_equal(other.eval(toks, dense_ffn=False, logits_all=True), out)
+    assert np.abs(unscaled - ref).max() > 0.01 * np.abs(ref).max()
+
+
+def test_absent_scales_select_as_before_bit_for_bit(tmp_path: Path) -> None:
+    """No scales: the unscaled rule, bit for bit (also after scales were set and removed); scales of 1 alike."""
+    cfg = TinyConfig(act="swiglu", n_embd=256, n_ff=512, n_head=4, n_head_kv=2)
+    path, stored = make(tmp_path, cfg, Q.Q4_0)
+    toks = tokens(cfg)
+    thresholds = FfnThresholds(*median_thresholds(cfg, stored, toks, 0.4))
+    assert NativeModel(path).ffn_scales == FfnScales()
+    runs = []
+    for scales in (None, random_scales(cfg), FfnScales(), FfnScales(*(np.ones((cfg.n_layer, cfg.n_ff)),) * 2)):
+        ctx = context(path)
+        ctx.ffn_thresholds = thresholds
+        if scales is not None:
+            ctx.set_ffn_scales(scales)
+        runs.append(ctx.eval(toks, dense_ffn=False, logits_all=True))
+        if scales is not None and scales.gate is not None and scales.gate.max() != 1:  # then removed again
+            ctx.set_ffn_scales(FfnScales())
+            ctx.truncate(0)
+            runs.append(ctx.eval(toks, dense_ffn=False, logits_all=True))
+    plain, scaled, removed, none, ones = runs
+    assert not np.array_equal(plain, scaled)
+    for r in (removed, none, ones):
+        np.testing.assert_array_equal(r, plain)
+
+
+def test_bad_scales_are_refused(tmp_path: Path) -> None:
+    cfg = TinyConfig(act="swiglu")
+    n = cfg.n_layer * cfg.n_ff
+    cases = [
+        ({GATE_SCALES_KEY: [1.0] * (n - 1)}, rf"turbosparse\.ffn_gate_scales' has {n - 1} elements, expected {n}"),
+        ({ACT_SCALES_KEY: [1.0] * (n - 3) + [1.0, -2.0, 1.0]},
+         rf"turbosparse\.ffn_act_scales\[{n - 2}\] \(layer 1, neuron {cfg.n_ff - 2}\) = -2 is negative"),
+        ({ACT_SCALES_KEY: [1.0] * (n - 1) + [float("inf")]}, r"turbosparse\.ffn_act_scales' element \d+ is not finite"),
+        ({GATE_SCALES_KEY: "1.0"}, r"turbosparse\.ffn_gate_scales' must be a numeric array"),
+    ]  # fmt: skip
+    for i, (extra, message) in enumerate(cases):
+        path = tmp_path / f"bad-{i}.gguf"
+        write_gguf(path, cfg, random_weights(cfg, seed=3), extra_kv={GATE_KEY: [0.1, 0.1], **extra})
+        with pytest.raises(ModelLoadError, match=message):
+            NativeModel(path)
+    good, _ = make(tmp_path, cfg)
+    ctx = context(good)
+    with pytest.raises(ValueError, match="act scales must be"):
+        ctx.set_ffn_scales(FfnScales(act=np.ones((cfg.n_layer, cfg.n_ff + 1))))
+    with pytest.raises(ValueError, match="gate scales must be"):
+        ctx.set_ffn_scales(FfnScales(gate=np.full((cfg.n_layer, cfg.n_ff), -1.0)))

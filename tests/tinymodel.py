@@ -197,12 +197,21 @@ def ffn_activation(act: str, gate: np.ndarray, up: np.ndarray) -> np.ndarray:
     return gate_activation(act, gate) * (np.maximum(up, 0.0) if act == "drelu" else up)
 
 
-def threshold_mask(act: str, gate: np.ndarray, up: np.ndarray, t_gate: float, t_act: float) -> tuple[np.ndarray, ...]:
-    """Exact mode's selection with FFN thresholds: (up rows computed, down rows read), bool like gate."""
+def threshold_mask(
+    act: str,
+    gate: np.ndarray,
+    up: np.ndarray,
+    t_gate: float,
+    t_act: float,
+    scales: tuple[np.ndarray, np.ndarray] | None = None,
+) -> tuple[np.ndarray, ...]:
+    """Exact mode's selection with FFN thresholds: (up rows computed, down rows read), bool like gate. scales (gate,
+    act: [n_ff] each) multiply the neuron's |act(gate)| and |a| before the comparison, as a file's scales do."""
     g = gate_activation(act, gate)
     a = ffn_activation(act, gate, up)
-    computed = (g != 0) & (np.abs(g) >= t_gate)
-    return computed, computed & (np.abs(a) >= t_act)
+    s_gate, s_act = scales if scales is not None else (1.0, 1.0)
+    computed = (g != 0) & (np.abs(g) * s_gate >= t_gate)
+    return computed, computed & (np.abs(a) * s_act >= t_act)
 
 
 def predictor_logits(
@@ -268,11 +277,13 @@ def reference_forward(
     predictor_input: str = "residual",
     use_down_t: bool = False,
     ffn_thresholds: tuple[list[float], list[float]] | None = None,
+    ffn_scales: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, list[FfnTrace]]:
     """Logits [T, n_vocab] of a causal forward pass over tokens in float64, and each layer's FFN trace.
     With predictor_threshold, FFN neurons whose predictor logit is below it are zeroed, as predictor-mode
     decoding does; use_down_t takes the down projection from the transposed matrix (what sparse decoding reads);
-    ffn_thresholds (gate, act: one per layer) zeroes the neurons exact mode skips (kept: the down rows read)."""
+    ffn_thresholds (gate, act: one per layer) zeroes the neurons exact mode skips (kept: the down rows read), with
+    ffn_scales (gate, act: [n_layer, n_ff] each) multiplying the scores."""
     w = {k: v.astype(np.float64) for k, v in weights.items()}
     T, hd = len(tokens), cfg.head_dim
     pos = np.arange(T, dtype=np.float64)
@@ -311,7 +322,8 @@ def reference_forward(
         if predictor_threshold is not None and f"blk.{i}.ffn_pred_fc1.weight" in w:
             kept = predictor_logits(w, i, x, predictor_input, cfg.rms_eps) >= predictor_threshold
         if ffn_thresholds is not None:
-            kept = threshold_mask(cfg.act, gate, up, ffn_thresholds[0][i], ffn_thresholds[1][i])[1]
+            layer_scales = (ffn_scales[0][i], ffn_scales[1][i]) if ffn_scales is not None else None
+            kept = threshold_mask(cfg.act, gate, up, ffn_thresholds[0][i], ffn_thresholds[1][i], layer_scales)[1]
         traces.append(FfnTrace(activation=a, kept=kept))
         down = w[f"blk.{i}.ffn_down_t.weight"].T if use_down_t else w[f"blk.{i}.ffn_down.weight"]
         x = x + (a * kept) @ down.T

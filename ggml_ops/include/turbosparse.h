@@ -159,6 +159,9 @@ int32_t ts_model_get_tensor(const ts_model *model, const char *name, int32_t *ty
                             uint64_t *nbytes, char *err, size_t err_size);
 /* The file's per-layer FFN thresholds (turbosparse.gate_thresholds / act_thresholds; 0 where absent), n_layer each. */
 void ts_model_get_ffn_thresholds(const ts_model *model, float *gate, float *act);
+/* The file's per-neuron scales of the threshold scores (turbosparse.ffn_gate_scales / ffn_act_scales, n_layer * n_ff
+   each, layer-major), each NULL when absent; valid while the model lives. */
+void ts_model_get_ffn_scales(const ts_model *model, const float **gate, const float **act);
 
 /* The file's groups read per token, per layer (turbosparse.group_top_k); `top_k` has n_layer entries, zeros when
    the file has no groups. */
@@ -238,6 +241,14 @@ float ts_context_threshold(const ts_context *ctx);
  */
 void ts_context_set_ffn_thresholds(ts_context *ctx, const float *gate, const float *act);
 void ts_context_get_ffn_thresholds(const ts_context *ctx, float *gate, float *act);
+/*
+ * Per-neuron scales of the threshold scores (n_layer * n_ff each, layer-major, values >= 0; copied), used from the next
+ * evaluation on: with them exact mode computes up row j of layer l when act(gate_j) != 0 and
+ * |act(gate_j)| * gate[l * n_ff + j] >= the gate threshold, and down row j is read when a_j != 0 and
+ * |a_j| * act[l * n_ff + j] >= the act threshold. NULL: that score unscaled. A context starts with the file's scales.
+ * Returns 0, or -1 (err filled) when out of memory.
+ */
+int32_t ts_context_set_ffn_scales(ts_context *ctx, const float *gate, const float *act, char *err, size_t err_size);
 /* Groups read per token in each layer (n_layer entries, each in 1..n_ff / group_size), used from the next evaluation
    on by the grouped route; a context starts with the file's. Returns 0, or -1 (err filled) on a value out of range. */
 int32_t ts_context_set_group_top_k(ts_context *ctx, const int32_t *top_k, char *err, size_t err_size);

@@ -76,6 +76,8 @@ static int init_sparse_layers(ts_context *c, char *err, size_t err_size) {
         s->threshold = c->threshold;
         s->gate_threshold = m->gate_threshold[il];
         s->act_threshold = m->act_threshold[il];
+        s->gate_scale = m->gate_scale != NULL ? m->gate_scale + (size_t)il * (size_t)m->info.n_ff : NULL;
+        s->act_scale = m->act_scale != NULL ? m->act_scale + (size_t)il * (size_t)m->info.n_ff : NULL;
         const ts_layer *l = &m->layers[il];
         s->gate_bias = l->ffn_gate_b != NULL ? (const float *)l->ffn_gate_b->data : NULL;
         s->up_bias = l->ffn_up_b != NULL ? (const float *)l->ffn_up_b->data : NULL;
@@ -236,6 +238,8 @@ void ts_context_free(ts_context *c) {
         ggml_backend_free(c->backend_cpu);
     }
     free(c->sparse);
+    free(c->gate_scale);
+    free(c->act_scale);
     ts_moe_free(c);
     free(c->group_top_k);
     free(c->group_ids);
@@ -311,6 +315,33 @@ void ts_context_set_ffn_thresholds(ts_context *c, const float *gate, const float
         }
     }
     drop_graph(c); /* whether a layer runs dense was decided when the graph was built */
+}
+
+/* A context-owned copy of n values (NULL for none) in place of *own; 0, or -1 when out of memory. */
+static int replace_copy(float **own, const float *values, size_t n) {
+    float *copy = NULL;
+    if (values != NULL) {
+        copy = malloc(sizeof(float) * n);
+        if (copy == NULL) {
+            return -1;
+        }
+        memcpy(copy, values, sizeof(float) * n);
+    }
+    free(*own);
+    *own = copy;
+    return 0;
+}
+
+int32_t ts_context_set_ffn_scales(ts_context *c, const float *gate, const float *act, char *err, size_t err_size) {
+    const size_t n_ff = (size_t)c->model->info.n_ff, n = (size_t)c->model->info.n_layer * n_ff;
+    if (replace_copy(&c->gate_scale, gate, n) != 0 || replace_copy(&c->act_scale, act, n) != 0) {
+        return ts_set_error(err, err_size, "out of memory");
+    }
+    for (int il = 0; il < c->model->info.n_layer; il++) {
+        c->sparse[il].gate_scale = c->gate_scale != NULL ? c->gate_scale + (size_t)il * n_ff : NULL;
+        c->sparse[il].act_scale = c->act_scale != NULL ? c->act_scale + (size_t)il * n_ff : NULL;
+    }
+    return 0;
 }
 
 void ts_context_get_ffn_thresholds(const ts_context *c, float *gate, float *act) {

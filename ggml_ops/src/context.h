@@ -63,6 +63,8 @@ struct ts_context {
     struct ggml_tensor **v_cache; /* [n_seq * n_cells, n_embd_kv], stored transposed */
 
     ts_sparse_layer *sparse; /* per layer: what the sparse FFN nodes read and count */
+    float *gate_scale, *act_scale; /* [n_layer * n_ff] set by ts_context_set_ffn_scales, else NULL (the layers then
+                                      read the model's) */
     ts_sparse_layer *expert_sparse;         /* mixture of experts: the same per layer and expert (layer-major), or NULL */
     struct ts_expert_counts *expert_counts; /* mixture of experts: tokens routed per layer and expert (moe_ffn.h) */
     int32_t *group_top_k;    /* per layer: groups the grouped route reads per token */

@@ -42,6 +42,8 @@
 #define TS_KEY_PREDICTOR_INPUT "turbosparse.predictor_input"
 #define TS_KEY_GATE_THRESHOLDS "turbosparse.gate_thresholds"
 #define TS_KEY_ACT_THRESHOLDS "turbosparse.act_thresholds"
+#define TS_KEY_FFN_GATE_SCALES "turbosparse.ffn_gate_scales"
+#define TS_KEY_FFN_ACT_SCALES "turbosparse.ffn_act_scales"
 #define TS_KEY_GROUP_SIZE "turbosparse.group_size"
 #define TS_KEY_GROUP_TOP_K "turbosparse.group_top_k"
 #define TS_KEY_POWERINFER_THRESHOLD "powerinfer.sparse_threshold"

@@ -687,10 +687,35 @@ static int load_threshold_array(ts_model *m, const char *key, float *out, char *
     return rc;
 }
 
+/* Optional per-neuron scales of the threshold scores (turbosparse calibrate): n_layer * n_ff values >= 0, layer-major;
+ * *out stays NULL when the key is absent. */
+static int load_scale_array(ts_model *m, const char *key, float **out, char *err, size_t err_size) {
+    if (ts_gguf_find_kv(m->file, key) == NULL) {
+        return 0;
+    }
+    const int64_t n = (int64_t)m->info.n_layer * m->info.n_ff;
+    *out = malloc(sizeof(float) * (size_t)n);
+    if (*out == NULL) {
+        return ts_set_error(err, err_size, "out of memory");
+    }
+    if (ts_gguf_get_arr_f32(m->file, key, *out, n, 1, err, err_size) != 0) {
+        return -1;
+    }
+    for (int64_t i = 0; i < n; i++) {
+        if ((*out)[i] < 0.0f) {
+            return ts_set_error(err, err_size, "%s: %s[%lld] (layer %lld, neuron %lld) = %g is negative", m->file->path,
+                                key, (long long)i, (long long)(i / m->info.n_ff), (long long)(i % m->info.n_ff),
+                                (double)(*out)[i]);
+        }
+    }
+    return 0;
+}
+
 static int load_ffn_thresholds(ts_model *m, char *err, size_t err_size) {
     const int gate = load_threshold_array(m, TS_KEY_GATE_THRESHOLDS, m->gate_threshold, err, err_size);
     const int act = gate < 0 ? -1 : load_threshold_array(m, TS_KEY_ACT_THRESHOLDS, m->act_threshold, err, err_size);
-    if (gate < 0 || act < 0) {
+    if (gate < 0 || act < 0 || load_scale_array(m, TS_KEY_FFN_GATE_SCALES, &m->gate_scale, err, err_size) != 0 ||
+        load_scale_array(m, TS_KEY_FFN_ACT_SCALES, &m->act_scale, err, err_size) != 0) {
         return -1;
     }
     m->info.has_ffn_thresholds = gate == 0;
@@ -993,6 +1018,8 @@ void ts_model_free(ts_model *m) {
     free(m->pred_rank);
     free(m->gate_threshold);
     free(m->act_threshold);
+    free(m->gate_scale);
+    free(m->act_scale);
     free(m->group_top_k);
     free(m);
 }
@@ -1016,6 +1043,11 @@ void ts_model_get_group_top_k(const ts_model *m, int32_t *top_k) {
 void ts_model_get_ffn_thresholds(const ts_model *m, float *gate, float *act) {
     memcpy(gate, m->gate_threshold, sizeof(float) * (size_t)m->info.n_layer);
     memcpy(act, m->act_threshold, sizeof(float) * (size_t)m->info.n_layer);
+}
+
+void ts_model_get_ffn_scales(const ts_model *m, const float **gate, const float **act) {
+    *gate = m->gate_scale;
+    *act = m->act_scale;
 }
 
 int32_t ts_model_get_tensor(const ts_model *m, const char *name, int32_t *type, int64_t *ne, const void **data,

@@ -63,6 +63,8 @@ struct ts_model {
     int32_t *pred_rank;              /* per layer, 0 = no predictor */
     float *gate_threshold;           /* per layer, turbosparse.gate_thresholds (0 when absent) */
     float *act_threshold;            /* per layer, turbosparse.act_thresholds (0 when absent) */
+    float *gate_scale;               /* [n_layer * n_ff], turbosparse.ffn_gate_scales, or NULL when absent */
+    float *act_scale;                /* [n_layer * n_ff], turbosparse.ffn_act_scales, or NULL when absent */
     int32_t *group_top_k;            /* per layer, turbosparse.group_top_k: groups read per token (grouped route) */
     int32_t sparse_rows;             /* loaded with ts_model_params.sparse_rows: FFN row matrices not repacked */
 

@@ -55,19 +55,24 @@ static float combine(int32_t act, float ag, float u) {
     return ag * u; /* SwiGLU, ReGLU */
 }
 
-/* Whether neuron j is computed: exact mode (s = the gate value), g(gate) != 0 and |g(gate)| >= gate_threshold (for
- * a ReLU-gated FFN at threshold 0: gate > 0); predictor mode (s = the logit), logit >= threshold. */
-static int selected(const ts_sparse_layer *layer, float s) {
+/* |v|, times neuron j's scale when the layer has scales (calibrated files: the neuron's weight in the output). */
+static float scaled(const float *scale, int64_t j, float v) {
+    return scale != NULL ? fabsf(v) * scale[j] : fabsf(v);
+}
+
+/* Whether neuron j is computed: exact mode (s = the gate value), g(gate) != 0 and |g(gate)| (scaled) >=
+ * gate_threshold (for a ReLU-gated FFN at threshold 0: gate > 0); predictor mode (s = the logit), logit >= threshold. */
+static int selected(const ts_sparse_layer *layer, int64_t j, float s) {
     if (!layer->select_exact) {
         return s >= layer->threshold;
     }
     const float ag = gate_act(layer->ffn_act, s);
-    return ag != 0.0f && fabsf(ag) >= layer->gate_threshold;
+    return ag != 0.0f && scaled(layer->gate_scale, j, ag) >= layer->gate_threshold;
 }
 
-/* What reaches down: a, or 0 where |a| is under the activation threshold. */
-static float kept_activation(const ts_sparse_layer *layer, float a) {
-    return fabsf(a) >= layer->act_threshold ? a : 0.0f;
+/* What reaches down from neuron j: a, or 0 where |a| (scaled) is under the activation threshold. */
+static float kept_activation(const ts_sparse_layer *layer, int64_t j, float a) {
+    return scaled(layer->act_scale, j, a) >= layer->act_threshold ? a : 0.0f;
 }
 
 #define ACT_LIST 256 /* neurons gathered per pass */
@@ -149,7 +154,7 @@ static void sparse_act_op(struct ggml_tensor *dst, int ith, int nth, void *userd
             int any = 0;
             for (int64_t t = 0; t < n_tokens; t++) {
                 ((float *)row_ptr(dst, t))[j] = 0.0f;
-                any |= selected(layer, ((const float *)row_ptr(select, t))[j]);
+                any |= selected(layer, j, ((const float *)row_ptr(select, t))[j]);
             }
             count[TS_COUNT_UNION] += any;
             if (any || recall) {
@@ -163,7 +168,7 @@ static void sparse_act_op(struct ggml_tensor *dst, int ith, int nth, void *userd
             int32_t mine[ACT_LIST];
             int m = 0;
             for (int k = 0; k < n; k++) {
-                if (recall || selected(layer, sel[list[k]])) {
+                if (recall || selected(layer, list[k], sel[list[k]])) {
                     mine[m++] = list[k];
                 }
             }
@@ -177,7 +182,7 @@ static void sparse_act_op(struct ggml_tensor *dst, int ith, int nth, void *userd
             dot_list(&d, mine, m, g, u);
             for (int k = 0; k < m; k++) {
                 const int64_t jj = mine[k];
-                const int chosen = selected(layer, sel[jj]);
+                const int chosen = selected(layer, jj, sel[jj]);
                 float uk = u[k];
                 /* exact mode: select is the dense gate with its bias */
                 const float gk = exact ? sel[jj] : layer->gate_bias != NULL ? g[k] + layer->gate_bias[jj] : g[k];
@@ -186,7 +191,7 @@ static void sparse_act_op(struct ggml_tensor *dst, int ith, int nth, void *userd
                     uk += layer->up_bias[jj];
                 }
                 const float v = combine(layer->ffn_act, ag, uk);
-                a[jj] = chosen ? kept_activation(layer, v) : 0.0f;
+                a[jj] = chosen ? kept_activation(layer, jj, v) : 0.0f;
                 count[TS_COUNT_COMPUTED] += chosen;
                 count[TS_COUNT_TRUE_ACTIVE] += recall && v != 0.0f;
                 count[TS_COUNT_TRUE_FOUND] += recall && v != 0.0f && chosen;

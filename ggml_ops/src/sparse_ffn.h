@@ -4,8 +4,8 @@
  *   xq   = quantize(x)                         activation in the gate/up vec_dot type, once per token
  *   act  = sparse_act(select, xq, gate, up)    a_j = act(gate_j . x, up_j . x) for selected neurons j, else 0
  *            select = predictor logits (logit_j >= threshold)  or  dense gate values (exact mode:
- *            g(gate_j) != 0 and |g(gate_j)| >= gate_threshold, g = relu or silu as the FFN's activation);
- *            a_j is zeroed too where |a_j| < act_threshold
+ *            g(gate_j) != 0 and |g(gate_j)| s_j >= gate_threshold, g = relu or silu as the FFN's activation,
+ *            s_j an optional per-neuron scale); a_j is zeroed too where |a_j| r_j < act_threshold (r_j likewise)
  *   out  = sparse_down(act, down_t)            sum over non-zero a_j of a_j * down_t[j, :]
  *
  * There is no barrier inside a custom op, so each phase is its own node. Threads split neurons (act)
@@ -26,8 +26,10 @@ typedef struct ts_sparse_layer {
     int32_t ffn_act;        /* enum ts_ffn_act */
     int32_t select_exact;   /* 1: select by the dense gate; 0: by predictor logit >= threshold */
     float threshold;        /* predictor logit threshold */
-    float gate_threshold;   /* exact selection: |g(gate_j)| >= gate_threshold (and g(gate_j) != 0) */
-    float act_threshold;    /* a_j kept (its down row read) when |a_j| >= act_threshold */
+    float gate_threshold;   /* exact selection: |g(gate_j)| gate_scale[j] >= gate_threshold (and g(gate_j) != 0) */
+    float act_threshold;    /* a_j kept (its down row read) when |a_j| * act_scale[j] >= act_threshold */
+    const float *gate_scale; /* [n_ff] per-neuron scale of |g(gate_j)| in exact selection, or NULL (1) */
+    const float *act_scale;  /* [n_ff] per-neuron scale of |a_j|, or NULL (1) */
     const ts_down_cols_format *down_cols; /* the down node reads column groups (down_cols.h), not down_t rows */
     int32_t measure_recall; /* predictor mode: also compute every neuron to count what it missed */
     const float *gate_bias; /* [n_ff] added to gate_j . x (predictor mode; exact mode's select has it), or NULL */

@@ -118,6 +118,16 @@ class FfnThresholds:
 
 
 @dataclass(frozen=True)
+class FfnScales:
+    """Per-neuron scales of the threshold scores, [n_layer, n_ff] each or None (see ts_context_set_ffn_scales in
+    turbosparse.h): up row j is computed when |act(gate_j)| gate[l, j] >= the gate threshold, down row j read when
+    |a_j| act[l, j] >= the act threshold."""
+
+    gate: np.ndarray | None = None
+    act: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
 class StoredTensor:
     name: str
     ggml_type: int
@@ -253,6 +263,21 @@ class NativeModel:
         top_k = ffi.new("int32_t[]", self.info.n_layer)
         lib.ts_model_get_group_top_k(self._handle, top_k)
         self.group_top_k: list[int] = list(top_k)  # groups read per token per layer (zeros: no groups)
+        self.ffn_scales = self._ffn_scales()
+
+    def _ffn_scales(self) -> FfnScales:
+        """The file's per-neuron scales of the threshold scores (copies, [n_layer, n_ff] each), None where absent."""
+        ffi = self._lib.ffi
+        gate, act = ffi.new("const float **"), ffi.new("const float **")
+        self._lib.lib.ts_model_get_ffn_scales(self._handle, gate, act)
+        n = self.info.n_layer * self.info.n_ff
+
+        def copy(p: Any) -> np.ndarray | None:
+            if p[0] == ffi.NULL:
+                return None
+            return np.frombuffer(ffi.buffer(p[0], 4 * n), dtype=np.float32).reshape(self.info.n_layer, -1).copy()
+
+        return FfnScales(copy(gate), copy(act))
 
     @property
     def handle(self) -> Any:
@@ -372,6 +397,20 @@ class NativeContext:
         self._lib.lib.ts_context_set_ffn_thresholds(
             self._handle, ffi.from_buffer("float[]", arrays[0]), ffi.from_buffer("float[]", arrays[1])
         )
+
+    def set_ffn_scales(self, value: FfnScales) -> None:
+        """Per-neuron scales of the threshold scores from the next evaluation on (ts_context_set_ffn_scales)."""
+        shape = (self._model.info.n_layer, self._model.info.n_ff)
+        arrays = []
+        for name, values in (("gate", value.gate), ("act", value.act)):
+            a = None if values is None else np.ascontiguousarray(values, dtype=np.float32)
+            if a is not None and (a.shape != shape or not np.all(np.isfinite(a)) or np.any(a < 0)):
+                raise ValueError(f"{name} scales must be {shape} finite values >= 0, got shape {a.shape}")
+            arrays.append(a)
+        ffi = self._lib.ffi
+        ptrs = [ffi.NULL if a is None else ffi.from_buffer("float[]", a) for a in arrays]
+        if self._lib.lib.ts_context_set_ffn_scales(self._handle, ptrs[0], ptrs[1], self._err.buf, _ERR_SIZE) != 0:
+            raise status_error(Status.FAILED, self._err.message)
 
     @property
     def group_top_k(self) -> list[int]:

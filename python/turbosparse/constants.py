@@ -27,6 +27,9 @@ KEY_ACT_THRESHOLDS: Final = "turbosparse.act_thresholds"  # f32[n_layer]
 KEY_CALIBRATED_SPARSITY: Final = "turbosparse.calibrated_sparsity"  # f32, target share of up + down rows skipped
 KEY_CALIBRATED_UP_RATES: Final = "turbosparse.calibrated_up_rates"  # f32[n_layer], up rows computed, calibration text
 KEY_CALIBRATED_DOWN_RATES: Final = "turbosparse.calibrated_down_rates"  # f32[n_layer], down rows read, same text
+# optional per-neuron scales of those scores (calibrate/scores.py): |act(gate_j)| s_j and |a_j| r_j are compared
+KEY_FFN_GATE_SCALES: Final = "turbosparse.ffn_gate_scales"  # f32[n_layer * n_ff], layer-major: s
+KEY_FFN_ACT_SCALES: Final = "turbosparse.ffn_act_scales"  # f32[n_layer * n_ff], layer-major: r
 # the grouped route (ggml_ops/src/grouped_ffn.h): neurons in groups of G consecutive ones, the top-k groups read
 KEY_GROUP_SIZE: Final = "turbosparse.group_size"  # u32 G, a multiple of 32
 KEY_GROUP_TOP_K: Final = "turbosparse.group_top_k"  # u32[n_layer], groups read per token

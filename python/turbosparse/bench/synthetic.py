@@ -363,7 +363,7 @@ def calibrated_twin(dense: Path, sparsity: float, n_threads: int) -> Path:
     ids = [int(t) for t in np.random.default_rng(1).integers(300, vocab, CALIBRATION_TOKENS)]
     n_windows = CALIBRATION_TOKENS // cfg.collect.n_ctx
     calibrator.collect(list(token_windows(ids, cfg.collect.n_ctx, bos_prefix(calibrator.tokenizer), n_windows)))
-    return write_calibrated(dense, calibrator.calibration(sparsity), out)
+    return write_calibrated(dense, calibrator.calibration(sparsity), out, scales=calibrator.scales)
 
 
 def with_layers(shape: SyntheticShape, n_layer: int) -> SyntheticShape:

@@ -1,6 +1,8 @@
-"""What calibration learns from the text: per layer, a random sample of (neuron, token) entries of the dense FFN.
+"""What calibration learns from the text: per layer, a random sample of (neuron, token) entries of the dense FFN, and
+each neuron's mean |up| (for the weighted scores of thresholds.py).
 
-Each entry carries the two scores the thresholds act on and the output energy the neuron would lose if dropped:
+Each entry carries its neuron, the two scores the thresholds act on and the output energy the neuron would lose if
+dropped:
 
     gate  = |act(gate_j)|          act = silu (SwiGLU) or relu (ReLU-gated FFNs): decides whether up row j is computed
     value = |a_j|                  a_j = act(gate_j) * up_j (dReLU: relu(up_j)): decides whether down column j is read
@@ -37,6 +39,20 @@ class LayerSamples:
     gate: np.ndarray  # float32 [n]
     value: np.ndarray  # float32 [n]
     energy: np.ndarray  # float32 [n]
+    neuron: np.ndarray  # int32 [n]: the neuron j each entry belongs to
+
+    def scaled(self, gate_scale: np.ndarray, act_scale: np.ndarray) -> LayerSamples:
+        """The same entries with the scores the engine compares when it has per-neuron scales [n_ff]."""
+        return LayerSamples(self.gate * gate_scale[self.neuron], self.value * act_scale[self.neuron], self.energy,
+                            self.neuron)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Collected:
+    """What the dense pass over the calibration text measured."""
+
+    samples: list[LayerSamples]
+    mean_abs_up: np.ndarray  # float32 [n_layer, n_ff]: E|up_j| over the calibration tokens
 
 
 def activations(act: FfnActivation, gate: np.ndarray, up: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -69,25 +85,32 @@ class SampleCollector:
         self.per_token = cfg.samples_per_layer / max(n_tokens, 1)  # samples per token and layer
         self.rng = np.random.default_rng(cfg.seed)
         self.n_ff = n_ff
-        self.parts: list[list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = [[] for _ in range(n_layer)]
+        self.parts: list[list[tuple[np.ndarray, ...]]] = [[] for _ in range(n_layer)]
+        self.abs_up = np.zeros((n_layer, n_ff))
+        self.n_tokens = np.zeros(n_layer)
 
     def add(self, layer: int, gate: np.ndarray, up: np.ndarray, down_norms: np.ndarray) -> None:
         """gate, up [T, n_ff]; down_norms [n_ff]"""
         n = gate.size
         k = min(n, max(1, round(self.per_token * gate.shape[0])))
         pick = self.rng.integers(0, n, k)
+        neuron = pick % self.n_ff
         g, a = activations(self.act, gate.reshape(-1)[pick], up.reshape(-1)[pick])
-        energy = a * a * down_norms[pick % self.n_ff] ** 2
-        self.parts[layer].append((np.abs(g), np.abs(a), energy))
+        energy = a * a * down_norms[neuron] ** 2
+        self.parts[layer].append((np.abs(g), np.abs(a), energy, neuron))
+        self.abs_up[layer] += np.abs(up).sum(axis=0)
+        self.n_tokens[layer] += up.shape[0]
 
-    def result(self) -> list[LayerSamples]:
+    def result(self) -> Collected:
         out = []
         for parts in self.parts:
             if not parts:
                 raise CalibrationError("calibration collected no samples: the text is too short")
             cat = [np.concatenate([p[i] for p in parts]).astype(np.float32) for i in range(3)]
-            out.append(LayerSamples(gate=cat[0], value=cat[1], energy=cat[2]))
-        return out
+            neuron = np.concatenate([p[3] for p in parts]).astype(np.int32)
+            out.append(LayerSamples(gate=cat[0], value=cat[1], energy=cat[2], neuron=neuron))
+        mean_abs_up = (self.abs_up / np.maximum(self.n_tokens, 1)[:, None]).astype(np.float32)
+        return Collected(out, mean_abs_up)
 
 
 def collect(
@@ -98,7 +121,7 @@ def collect(
     cfg: CollectConfig,
     *,
     progress: bool = False,
-) -> list[LayerSamples]:
+) -> Collected:
     """Runs the model densely over the windows (each from an empty context) and samples every layer's FFN."""
     info = ctx.model.info
     n_tokens = sum(len(w) for w in windows)

@@ -2,9 +2,10 @@
 
 text -> tokens -> windows        calibration windows, and held-out windows for the quality table
 dense pass, sampled (collect.py) every layer's |act(gate)|, |a| and dropped energy on the calibration windows
+scores (scores.py)               per-neuron scales of those scores ("weighted": from the down norms and E|up|)
 thresholds (thresholds.py)       per target sparsity: each layer's gate and activation thresholds
 quality (evaluate)               perplexity and rows read on the held-out windows, exact mode, vs dense
-copy (convert/copy.py)           the input file, every tensor byte for byte, plus the thresholds as keys
+copy (convert/copy.py)           the input file, every tensor byte for byte, plus the thresholds (and scales) as keys
 """
 
 from __future__ import annotations
@@ -19,14 +20,17 @@ import numpy as np
 from tqdm import tqdm
 
 from turbosparse._library import set_llama_log_verbosity
-from turbosparse.binding import FfnThresholds, NativeContext, NativeModel, SparseMode
+from turbosparse.binding import FfnScales, FfnThresholds, NativeContext, NativeModel, SparseMode
 from turbosparse.calibrate.collect import CollectConfig, collect, down_column_norms
+from turbosparse.calibrate.scores import Scores, score_scales
 from turbosparse.calibrate.thresholds import Allocation, Calibration, Method, Planner, dense_calibration, layer_weights
 from turbosparse.constants import (
     KEY_ACT_THRESHOLDS,
     KEY_CALIBRATED_DOWN_RATES,
     KEY_CALIBRATED_SPARSITY,
     KEY_CALIBRATED_UP_RATES,
+    KEY_FFN_ACT_SCALES,
+    KEY_FFN_GATE_SCALES,
     KEY_GATE_THRESHOLDS,
 )
 from turbosparse.convert.copy import copy_with_keys
@@ -41,6 +45,7 @@ logger = logging.getLogger(__name__)
 class CalibrateConfig:
     method: Method = "gate+act"
     allocation: Allocation = "error"
+    scores: Scores = "weighted"
     collect: CollectConfig = field(default_factory=CollectConfig)
     effect_tokens: int = 512  # "error" allocation: calibration tokens on which each layer's effect is measured
     eval_tokens: int = 2048  # held-out tokens for the quality measurement (0: none)
@@ -65,6 +70,7 @@ class Quality:
 class CalibrationResult:
     calibration: Calibration
     quality: list[Quality]  # per held-out text
+    scales: FfnScales = field(default_factory=FfnScales)  # the per-neuron scales the thresholds were chosen with
 
 
 @dataclass
@@ -118,8 +124,13 @@ class Calibrator:
     def collect(self, windows: list[list[int]]) -> None:
         """Samples the dense FFNs over the calibration windows; keeps the first windows to measure layer effects."""
         info = self.model.info
-        samples = collect(self.ctx, windows, info.ffn_act, down_column_norms(self.model), self.cfg.collect,
-                          progress=self.progress)  # fmt: skip
+        down_norms = down_column_norms(self.model)
+        collected = collect(self.ctx, windows, info.ffn_act, down_norms, self.cfg.collect, progress=self.progress)
+        self.scales = score_scales(self.cfg.scores, down_norms, collected.mean_abs_up)
+        self.ctx.set_ffn_scales(self.scales)
+        samples = collected.samples
+        if self.scales.gate is not None and self.scales.act is not None:
+            samples = [s.scaled(g, a) for s, g, a in zip(samples, self.scales.gate, self.scales.act, strict=True)]
         self.planner = Planner(samples, self.cfg.method)
         n_effect = max(1, math.ceil(self.cfg.effect_tokens / self.ctx.n_ctx))
         self.effect_windows = windows[:n_effect]
@@ -198,20 +209,29 @@ def spread(items: list[list[int]], k: int) -> list[list[int]]:
     return [items[round(i * (len(items) - 1) / (k - 1))] for i in range(k)] if k > 1 else items[:1]
 
 
-def calibrated_keys(c: Calibration) -> dict[str, object]:
+def calibrated_keys(c: Calibration, scales: FfnScales | None = None) -> dict[str, object]:
     """The turbosparse keys a calibrated file carries (docs/gguf-format.md)."""
-    return {
+    keys: dict[str, object] = {
         KEY_GATE_THRESHOLDS: [float(t) for t in c.thresholds.gate],
         KEY_ACT_THRESHOLDS: [float(t) for t in c.thresholds.act],
         KEY_CALIBRATED_SPARSITY: float(c.sparsity),
         KEY_CALIBRATED_UP_RATES: [float(r) for r in c.up_rates],
         KEY_CALIBRATED_DOWN_RATES: [float(r) for r in c.down_rates],
     }
+    for key, scale in ((KEY_FFN_GATE_SCALES, scales and scales.gate), (KEY_FFN_ACT_SCALES, scales and scales.act)):
+        if scale is not None:
+            keys[key] = np.asarray(scale, dtype=np.float32).reshape(-1).tolist()
+    return keys
 
 
-def write_calibrated(src: Path, c: Calibration, out: Path, *, progress: bool = False) -> Path:
-    """A copy of src, tensors untouched, with the calibration's keys."""
-    return copy_with_keys(src, out, calibrated_keys(c), progress=progress)
+def write_calibrated(
+    src: Path, c: Calibration, out: Path, *, scales: FfnScales | None = None, progress: bool = False
+) -> Path:
+    """A copy of src, tensors untouched, with the calibration's keys (and the scales its thresholds were chosen
+    with: a result's `scales`)."""
+    # a file calibrated before keeps none of its old scales: the new thresholds were not chosen with them
+    drop = (KEY_FFN_GATE_SCALES, KEY_FFN_ACT_SCALES)
+    return copy_with_keys(src, out, calibrated_keys(c, scales), drop=drop, progress=progress)
 
 
 def calibrate(
@@ -242,5 +262,5 @@ def calibrate(
     results = []
     for s in sparsities:
         c = calibrator.calibration(s, reference)
-        results.append(CalibrationResult(c, [calibrator.evaluate(c.thresholds, w) for w in held]))
+        results.append(CalibrationResult(c, [calibrator.evaluate(c.thresholds, w) for w in held], calibrator.scales))
     return dense, results

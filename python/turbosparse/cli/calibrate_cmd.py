@@ -16,6 +16,7 @@ from pathlib import Path
 
 from turbosparse.calibrate import ALLOCATIONS, METHODS, CalibrateConfig, CollectConfig, calibrate, write_calibrated
 from turbosparse.calibrate.pipeline import CalibrationResult, Quality
+from turbosparse.calibrate.scores import SCORES
 from turbosparse.errors import CalibrationError
 
 
@@ -54,6 +55,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         choices=METHODS,
         default="gate+act",
         help="gate: one threshold on |silu(gate)| (CATS); gate+act: and one on the activation that reaches down",
+    )
+    p.add_argument(
+        "--scores",
+        choices=SCORES,
+        default="weighted",
+        help="weighted: |silu(gate)| and |a| times each neuron's down-column norm (and E|up| for the gate), stored "
+        "as per-neuron scales beside the thresholds; plain: the raw magnitudes",
     )
     p.add_argument(
         "--allocation",
@@ -98,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = CalibrateConfig(
         method=args.method,
         allocation=args.allocation,
+        scores=args.scores,
         collect=CollectConfig(n_ctx=args.ctx_size, max_tokens=args.tokens, seed=args.seed),
         effect_tokens=args.effect_tokens,
         eval_tokens=args.eval_tokens,
@@ -113,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     if args.outfile is not None:
         for r in results:
             out = output_path(args.outfile, r.calibration.sparsity, several)
-            written.append(str(write_calibrated(path, r.calibration, out, progress=progress)))
+            written.append(str(write_calibrated(path, r.calibration, out, scales=r.scales, progress=progress)))
     if args.json:
         print(json.dumps(_report(path, names, dense, results, written), indent=2))
     else:
