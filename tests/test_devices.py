@@ -5,18 +5,19 @@ runs on any Linux machine)."""
 
 from __future__ import annotations
 
-import dataclasses
 import subprocess
 import sys
 from pathlib import Path
 
+import gguf
 import numpy as np
 import pytest
 
 from turbosparse import Model, devices
-from turbosparse.binding import DeviceInfo, ModelInfo, NativeContext, NativeModel, SparseMode, find_device
+from turbosparse.binding import NativeContext, NativeModel, SparseMode, find_device
 from turbosparse.errors import InvalidArgumentError, ModelLoadError
-from turbosparse.model import sparse_mode_on_device
+
+from tinymodel import TinyConfig, random_weights, write_gguf
 
 GPU = next((d for d in devices() if not d.is_cpu), None)
 needs_gpu = pytest.mark.skipif(
@@ -24,8 +25,6 @@ needs_gpu = pytest.mark.skipif(
     reason="no GPU device in this ggml (a CPU-only llama-cpp-python); scripts/setup.sh --vulkan builds one with "
     "Vulkan, whose software device (lavapipe) ggml lists with GGML_VK_VISIBLE_DEVICES=0",
 )
-CPU = DeviceInfo(name="CPU", description="test", is_cpu=True, memory_total=0)
-VULKAN = DeviceInfo(name="Vulkan0", description="test", is_cpu=False, memory_total=0)
 N_TOKENS = 128  # teacher-forced positions of real text compared between devices
 # Argmax agreement of a GPU device's logits with the CPU's, and max |logit difference| over max |logit|. ggml's GPU
 # shaders take other float paths than its CPU kernels (lavapipe multiplies in f16 where the CPU accumulates f32), and
@@ -73,30 +72,43 @@ def test_gpu_without_a_gpu_device_is_refused(smollm2_path: Path) -> None:
         Model(smollm2_path, device="gpu")
 
 
-def grouped_info(info: ModelInfo, group_size: int) -> ModelInfo:
-    return dataclasses.replace(info, group_size=group_size)
+def tiny_with_predictors(path: Path, group_size: int) -> NativeModel:
+    """A tiny dReLU model with predictors, and neuron groups of group_size (0: none)."""
+    cfg = TinyConfig(act="drelu", n_ff=256)
+    extra: dict = {"turbosparse.predictor_input": "residual_rmsnorm"}
+    weights = random_weights(cfg, seed=4, predictor_rank=16)
+    if group_size:
+        n_groups = cfg.n_ff // group_size
+        extra |= {"turbosparse.group_size": group_size, "turbosparse.group_top_k": [2] * cfg.n_layer}
+        for i in range(cfg.n_layer):
+            fc2 = weights[f"blk.{i}.ffn_pred_fc2.weight"]
+            weights[f"blk.{i}.ffn_pred_groups.weight"] = fc2.reshape(n_groups, group_size, -1).sum(axis=1)
+            down = weights[f"blk.{i}.ffn_down.weight"]
+            weights[f"blk.{i}.ffn_down_groups.weight"] = np.ascontiguousarray(
+                down.reshape(cfg.n_embd, n_groups, group_size).transpose(1, 0, 2)
+            )
+    write_gguf(path, cfg, weights, gguf.GGMLQuantizationType.F32, extra_kv=extra, down_layout="both")
+    return NativeModel(str(path))
 
 
-@pytest.mark.parametrize("mode", list(SparseMode))
-def test_modes_on_the_cpu_are_unchanged(smollm2_model: Model, mode: SparseMode) -> None:
-    for sparse in ("auto", mode.name.lower()):
-        assert sparse_mode_on_device(sparse, mode, smollm2_model.info, CPU, "m.gguf") == mode
-
-
-def test_a_gpu_runs_dense_and_groups_only(smollm2_model: Model) -> None:
-    with_groups, without = grouped_info(smollm2_model.info, 32), grouped_info(smollm2_model.info, 0)
-    for info in (with_groups, without):
-        assert sparse_mode_on_device("off", SparseMode.OFF, info, VULKAN, "m.gguf") == SparseMode.OFF
+def test_the_library_decides_the_modes_a_gpu_runs(tmp_path: Path) -> None:
+    grouped = tiny_with_predictors(tmp_path / "grouped.gguf", 32)
+    plain = tiny_with_predictors(tmp_path / "plain.gguf", 0)
+    for model in (grouped, plain):  # on the CPU every mode the file allows runs as asked
+        assert model.sparse_mode(SparseMode.PREDICTOR) == SparseMode.PREDICTOR
+        assert model.sparse_mode(SparseMode.AUTO) == SparseMode.PREDICTOR
+        assert model.sparse_mode(SparseMode.OFF, on_cpu=False) == SparseMode.OFF
         with pytest.raises(InvalidArgumentError, match="sparse='exact' runs on the CPU only"):
-            sparse_mode_on_device("exact", SparseMode.EXACT, info, VULKAN, "m.gguf")
-    assert sparse_mode_on_device("groups", SparseMode.GROUPS, with_groups, VULKAN, "m.gguf") == SparseMode.GROUPS
-    # predictor means the grouped route there; auto takes it where the file has groups, else runs dense
-    assert sparse_mode_on_device("predictor", SparseMode.PREDICTOR, with_groups, VULKAN, "m.gguf") == SparseMode.GROUPS
+            model.sparse_mode(SparseMode.EXACT, on_cpu=False)
+    assert grouped.sparse_mode(SparseMode.GROUPS, on_cpu=False) == SparseMode.GROUPS
+    # predictor means the grouped route on a GPU; auto takes it where the file has groups, else runs dense
+    assert grouped.sparse_mode(SparseMode.PREDICTOR, on_cpu=False) == SparseMode.GROUPS
+    assert grouped.sparse_mode(SparseMode.AUTO, on_cpu=False) == SparseMode.GROUPS
+    assert plain.sparse_mode(SparseMode.AUTO, on_cpu=False) == SparseMode.OFF
     with pytest.raises(InvalidArgumentError, match=r"means the grouped route.*convert the model with --groups"):
-        sparse_mode_on_device("predictor", SparseMode.PREDICTOR, without, VULKAN, "m.gguf")
-    for mode in (SparseMode.PREDICTOR, SparseMode.EXACT):
-        assert sparse_mode_on_device("auto", mode, with_groups, VULKAN, "m.gguf") == SparseMode.GROUPS
-        assert sparse_mode_on_device("auto", mode, without, VULKAN, "m.gguf") == SparseMode.OFF
+        plain.sparse_mode(SparseMode.PREDICTOR, on_cpu=False)
+    with pytest.raises(InvalidArgumentError, match="needs neuron groups"):
+        plain.sparse_mode(SparseMode.GROUPS, on_cpu=False)
 
 
 # ---- on a GPU device ------------------------------------------------------------------------------------------

@@ -172,9 +172,12 @@ void ts_model_get_group_top_k(const ts_model *model, int32_t *top_k);
  * ts_sparse_mode, TS_SPARSE_AUTO included. TS_OK with *mode set to the mode to run (never AUTO), or TS_ERR_ARGUMENT
  * with err naming the file and the tensor, key or layer the requested mode needs. Predictor mode runs the layers
  * that have a predictor through it and selects exactly (gate > 0) in the others; exact mode on a SwiGLU FFN needs
- * the file's thresholds (turbosparse calibrate).
+ * the file's thresholds (turbosparse calibrate). on_cpu 0 asks for a model that will run on another device (a GPU),
+ * where only ggml's own ops run: predictor means the grouped route there, auto is groups where the file has them
+ * (else off), exact is refused.
  */
-int32_t ts_model_sparse_mode(const ts_model *model, int32_t requested, int32_t *mode, char *err, size_t err_size);
+int32_t ts_model_sparse_mode(const ts_model *model, int32_t requested, int32_t on_cpu, int32_t *mode, char *err,
+                             size_t err_size);
 
 /* ---- context: KV caches + graph evaluation ------------------------------------------------
  * A context holds n_seq sequences (0..n_seq-1), each with its own KV cache; the functions without a

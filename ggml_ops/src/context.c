@@ -55,7 +55,7 @@ static int check_params(const ts_model *m, const ts_context_params *p, char *err
                             "%s: a SwiGLU FFN needs the standard down matrices (blk.N.ffn_down.weight)", m->file->path);
     }
     int32_t mode = TS_SPARSE_OFF;
-    return p->sparse_mode == TS_SPARSE_AUTO ? ts_model_sparse_mode(m, TS_SPARSE_AUTO, &mode, err, err_size)
+    return p->sparse_mode == TS_SPARSE_AUTO ? ts_model_sparse_mode(m, TS_SPARSE_AUTO, m->on_cpu, &mode, err, err_size)
                                             : ts_sparse_mode_check(m, p->sparse_mode, err, err_size);
 }
 
@@ -174,7 +174,7 @@ ts_context *ts_context_new(ts_model *model, const ts_context_params *params, cha
     c->params.n_batch = params->n_batch > 0 ? params->n_batch : 512;
     c->params.n_seq = params->n_seq > 0 ? params->n_seq : 1;
     if (params->sparse_mode == TS_SPARSE_AUTO) {
-        ts_model_sparse_mode(model, TS_SPARSE_AUTO, &c->params.sparse_mode, NULL, 0);
+        ts_model_sparse_mode(model, TS_SPARSE_AUTO, model->on_cpu, &c->params.sparse_mode, NULL, 0);
     }
     c->n_seq = c->params.n_seq;
     c->n_ctx = params->n_ctx > 0 ? params->n_ctx : model->info.n_ctx_train;

@@ -80,7 +80,40 @@ static int check_exact_useful(const ts_model *m, char *err, size_t err_size) {
                    m->file->path);
 }
 
-int32_t ts_model_sparse_mode(const ts_model *m, int32_t requested, int32_t *mode, char *err, size_t err_size) {
+/* A GPU device runs ggml's own ops only: dense, and the grouped route (which predictor means there). */
+static int32_t sparse_mode_off_cpu(const ts_model *m, int32_t requested, int32_t *mode, char *err, size_t err_size) {
+    const char *path = m->file->path;
+    if (requested == TS_SPARSE_EXACT) {
+        return ts_fail(err, err_size, TS_ERR_ARGUMENT,
+                       "%s: sparse='exact' runs on the CPU only; on a GPU device use 'groups' (a file converted with "
+                       "--groups) or 'off'",
+                       path);
+    }
+    *mode = TS_SPARSE_OFF;
+    if (requested == TS_SPARSE_OFF) {
+        return TS_OK;
+    }
+    if (ts_sparse_mode_check(m, TS_SPARSE_GROUPS, NULL, 0) == 0) {
+        *mode = TS_SPARSE_GROUPS;
+        return TS_OK;
+    }
+    if (requested == TS_SPARSE_AUTO) {
+        return TS_OK;
+    }
+    if (requested == TS_SPARSE_PREDICTOR) {
+        return ts_fail(err, err_size, TS_ERR_ARGUMENT,
+                       "%s: sparse='predictor' on a GPU device means the grouped route, which needs neuron groups "
+                       "(turbosparse.group_size): convert the model with --groups",
+                       path);
+    }
+    return ts_sparse_mode_check(m, requested, err, err_size);
+}
+
+int32_t ts_model_sparse_mode(const ts_model *m, int32_t requested, int32_t on_cpu, int32_t *mode, char *err,
+                             size_t err_size) {
+    if (!on_cpu) {
+        return sparse_mode_off_cpu(m, requested, mode, err, err_size);
+    }
     if (requested == TS_SPARSE_AUTO) {
         /* the first of predictor, exact, off the file allows */
         *mode = TS_SPARSE_OFF;

@@ -283,12 +283,13 @@ class NativeModel:
     def handle(self) -> Any:
         return self._handle
 
-    def sparse_mode(self, requested: SparseMode) -> SparseMode:
-        """The mode `requested` (AUTO included) means for this file, decided by the C library; InvalidArgumentError
-        naming the tensor, key or layer a mode needs when the file cannot run it."""
+    def sparse_mode(self, requested: SparseMode, on_cpu: bool = True) -> SparseMode:
+        """The mode `requested` (AUTO included) means for this file, run on the CPU or (on_cpu False) on a GPU
+        device, decided by the C library; InvalidArgumentError naming the tensor, key or layer a mode needs when the
+        file cannot run it."""
         mode = self._lib.ffi.new("int32_t *")
         err = _ErrorBuffer(self._lib)
-        status = self._lib.lib.ts_model_sparse_mode(self._handle, int(requested), mode, err.buf, _ERR_SIZE)
+        status = self._lib.lib.ts_model_sparse_mode(self._handle, int(requested), int(on_cpu), mode, err.buf, _ERR_SIZE)
         if status != Status.OK:
             raise status_error(status, err.message)
         return SparseMode(mode[0])

@@ -40,27 +40,6 @@ def default_threads() -> int:
     return max(1, min(len(os.sched_getaffinity(0)), 8))
 
 
-def sparse_mode_on_device(sparse: str, mode: SparseMode, info: ModelInfo, device: DeviceInfo, path: str) -> SparseMode:
-    """The mode to run on `device` for a `sparse=` argument the file resolved to `mode`. A GPU runs ggml's own ops
-    only: dense, and the grouped route, which "predictor" means there ("auto" too where the file has groups, else
-    dense); the row-sparse exact mode runs on the CPU only."""
-    if device.is_cpu or mode in (SparseMode.OFF, SparseMode.GROUPS):
-        return mode
-    if sparse == "exact":
-        raise InvalidArgumentError(
-            f"{path}: sparse='exact' runs on the CPU only; on device {device.name} use 'groups' (a file converted "
-            "with --groups) or 'off'"
-        )
-    if info.group_size:
-        return SparseMode.GROUPS
-    if sparse == "auto":
-        return SparseMode.OFF
-    raise InvalidArgumentError(
-        f"{path}: sparse='predictor' on device {device.name} means the grouped route, which needs neuron groups "
-        "(turbosparse.group_size): convert the model with --groups"
-    )
-
-
 @dataclass
 class _Timings:
     prompt_tokens: int = 0
@@ -132,8 +111,7 @@ class Model:
         set_llama_log_verbosity(verbose)
         target = find_device(device)
         probe = NativeModel(self.path, repack=False, sparse_rows=True)
-        mode = probe.sparse_mode(sparse_mode_named(sparse))  # what the file allows, decided by the library
-        self.sparse_mode = sparse_mode_on_device(sparse, mode, probe.info, target, self.path)
+        self.sparse_mode = probe.sparse_mode(sparse_mode_named(sparse), on_cpu=target.is_cpu)  # decided in C
         del probe
         # dense decoding may use ggml's repacked matrices; sparse decoding reads FFN rows in place
         self._native = NativeModel(
