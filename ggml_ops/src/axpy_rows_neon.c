@@ -4,8 +4,8 @@
  * kernels for Q4_0, Q4_1, Q8_0 and Q4_K, float kernels for the float types.
  */
 #include "axpy_rows.h"
+#include "axpy_tile_driver.h"
 #include "q4_k_scales.h"
-#include "row_prefetch.h"
 
 #if defined(__aarch64__) && defined(__ARM_NEON)
 #include <arm_neon.h>
@@ -15,16 +15,6 @@ static inline float half_at(const uint8_t *p) {
     __fp16 h;
     memcpy(&h, p, sizeof(h));
     return (float)h;
-}
-
-static void prefetch_rows(const char *w, size_t row_bytes, size_t offset, const int32_t *idx, int64_t n,
-                          size_t seg_bytes) {
-    for (int64_t i = 0; i < n; i++) {
-        const char *p = w + (size_t)idx[i] * row_bytes + offset;
-        for (size_t b = 0; b < seg_bytes; b += 64) {
-            __builtin_prefetch(p + b);
-        }
-    }
 }
 
 /*
@@ -75,30 +65,7 @@ static inline void unit_f32(const uint8_t *row, int64_t u, float a, float32x4_t 
             }                                                                                                        \
         }                                                                                                            \
     }                                                                                                                \
-    static void axpy_tile_##name(const char *w, size_t row_bytes, size_t offset, const int32_t *idx,              \
-                                 const float *coef, int64_t n_idx, int64_t n_units, float *o) {                     \
-        const size_t seg_bytes = (size_t)(n_units * (unit_bytes));                                                   \
-        prefetch_rows(w, row_bytes, offset, idx, n_idx < GROUP ? n_idx : GROUP, seg_bytes);                          \
-        for (int64_t i = 0; i < n_idx; i += GROUP) {                                                                 \
-            const int n = n_idx - i < GROUP ? (int)(n_idx - i) : GROUP;                                              \
-            const int64_t next = i + n, ahead = n_idx - next < GROUP ? n_idx - next : GROUP;                         \
-            const uint8_t *r[GROUP];                                                                                 \
-            const void *r_next[GROUP];                                                                               \
-            for (int k = 0; k < n; k++) {                                                                            \
-                r[k] = (const uint8_t *)w + (size_t)idx[i + k] * row_bytes + offset;                                 \
-            }                                                                                                        \
-            for (int k = 0; k < ahead; k++) {                                                                        \
-                r_next[k] = w + (size_t)idx[next + k] * row_bytes + offset;                                          \
-            }                                                                                                        \
-            ts_row_prefetcher pf = {r_next, (int)ahead, 0};                                                          \
-            if (n == GROUP) {                                                                                        \
-                add_rows_##name(r, coef + i, GROUP, n_units, o, &pf); /* a constant count the compiler unrolls */    \
-            } else {                                                                                                 \
-                add_rows_##name(r, coef + i, n, n_units, o, &pf);                                                    \
-            }                                                                                                        \
-            ts_prefetch_upto(&pf, seg_bytes + 64);                                                                   \
-        }                                                                                                            \
-    }
+    TS_DEFINE_FLOAT_TILE(name, unit_bytes, GROUP)
 
 /*
  * Integer kernels (Q4_0, Q4_1, Q8_0, Q4_K): the AVX2 kernels' scheme. Per unit of 32 columns, c_r = coef_r * d_r of
@@ -320,36 +287,11 @@ static void add_group_q4_k(const uint8_t *const *r, const float *a, int64_t n_un
     }
 }
 
-/* INT_ROWS rows at a time (a short last group padded with coefficient 0); add_group adds one group while it
- * prefetches the next group's row segments (row_prefetch.h). */
-#define DEFINE_INT_TILE(name, unit_bytes)                                                                          \
-    static void axpy_tile_##name(const char *w, size_t row_bytes, size_t offset, const int32_t *idx,               \
-                                 const float *coef, int64_t n_idx, int64_t n_units, float *o) {                      \
-        const size_t seg_bytes = (size_t)n_units * (unit_bytes);                                                    \
-        prefetch_rows(w, row_bytes, offset, idx, n_idx < INT_ROWS ? n_idx : INT_ROWS, seg_bytes);                   \
-        for (int64_t i = 0; i < n_idx; i += INT_ROWS) {                                                              \
-            const int n = n_idx - i < INT_ROWS ? (int)(n_idx - i) : INT_ROWS;                                        \
-            const int64_t next = i + n, ahead = n_idx - next < INT_ROWS ? n_idx - next : INT_ROWS;                   \
-            const uint8_t *r[INT_ROWS];                                                                              \
-            const void *r_next[INT_ROWS];                                                                            \
-            float a[INT_ROWS];                                                                                       \
-            for (int k = 0; k < INT_ROWS; k++) {                                                                     \
-                r[k] = (const uint8_t *)w + (size_t)idx[i + (k < n ? k : 0)] * row_bytes + offset;                   \
-                a[k] = k < n ? coef[i + k] : 0.0f;                                                                   \
-            }                                                                                                        \
-            for (int k = 0; k < ahead; k++) {                                                                        \
-                r_next[k] = w + (size_t)idx[next + k] * row_bytes + offset;                                          \
-            }                                                                                                        \
-            ts_row_prefetcher pf = {r_next, (int)ahead, 0};                                                          \
-            add_group_##name(r, a, n_units, o, &pf);                                                                 \
-            ts_prefetch_upto(&pf, seg_bytes + 64);                                                                   \
-        }                                                                                                            \
-    }
-
-DEFINE_INT_TILE(q4_0, 18)
-DEFINE_INT_TILE(q4_1, 20)
-DEFINE_INT_TILE(q8_0, 34)
-DEFINE_INT_TILE(q4_k, 18)
+/* INT_ROWS rows per group, through the shared driver (axpy_tile_driver.h) */
+TS_DEFINE_INT_TILE(q4_0, 18, INT_ROWS)
+TS_DEFINE_INT_TILE(q4_1, 20, INT_ROWS)
+TS_DEFINE_INT_TILE(q8_0, 34, INT_ROWS)
+TS_DEFINE_INT_TILE(q4_k, 18, INT_ROWS)
 
 /* unit_bytes: bytes per 32 columns */
 DEFINE_AXPY_TILE(f16, unit_f16, 64)
