@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import gguf
 import numpy as np
 import pytest
@@ -112,7 +114,7 @@ def test_column_ranges_compose(qtype: Q) -> None:
     axpy_rows(w, qtype, 1536, idx, coef, whole)
     parts = np.zeros(1536, np.float32)
     bounds = [0, 256, 768, 1536] if qtype == Q.Q4_K else [0, 96, 448, 480, 1536]  # odd unit counts and offsets
-    for col0, col1 in zip(bounds, bounds[1:]):
+    for col0, col1 in itertools.pairwise(bounds):
         axpy_rows(w, qtype, 1536, idx, coef, parts[col0:col1], col0=col0)
     np.testing.assert_array_equal(parts, whole)
 
