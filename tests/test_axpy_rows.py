@@ -72,12 +72,19 @@ def isas_for(qtype: Q) -> list[KernelIsa]:
     return [KernelIsa.GENERIC] + [i for i, types in FAST_TYPES.items() if qtype in types and isa_supported(i)]
 
 
-CASES = [(qtype, isa) for qtype in TYPES for isa in isas_for(qtype)]
+# (n_cols, n_rows, n_idx): whole row groups and a tail (n_idx % 4), several 1024-column tiles, no rows at all, and
+# for 32-value block types a row of 13 units (the split-layout kernels take 8 units at a time)
+SHAPES = [(256, 7, 3), (768, 40, 40), (512, 100, 0), (2304, 50, 7), (416, 20, 17)]
+CASES = [
+    (qtype, isa, *shape)
+    for qtype in TYPES
+    for isa in isas_for(qtype)
+    for shape in SHAPES
+    if shape[0] % gguf.GGML_QUANT_SIZES[qtype][0] == 0
+]
 
 
-@pytest.mark.parametrize("qtype,isa", CASES, ids=lambda v: v.name.lower())
-# shapes cover whole row groups and a tail (n_idx % 4), several 1024-column tiles, and no rows at all
-@pytest.mark.parametrize("n_cols,n_rows,n_idx", [(256, 7, 3), (768, 40, 40), (512, 100, 0), (2304, 50, 7)])
+@pytest.mark.parametrize("qtype,isa,n_cols,n_rows,n_idx", CASES, ids=str)
 def test_matches_numpy(qtype: Q, isa: KernelIsa, n_cols: int, n_rows: int, n_idx: int) -> None:
     rng = np.random.default_rng(n_cols + n_idx)
     w, deq = stored(rng.standard_normal((n_rows, n_cols)).astype(np.float32), qtype)
@@ -95,15 +102,18 @@ def test_decoding_runs_the_fused_kernel_where_the_cpu_has_one(qtype: Q) -> None:
     assert kernel_isa_used(KernelKind.AXPY_ROWS, qtype, 4096) == fused
 
 
-def test_column_ranges_compose() -> None:
+@pytest.mark.parametrize("qtype", [Q.Q4_K, Q.Q4_0, Q.Q4_1, Q.Q8_0], ids=lambda q: q.name)
+def test_column_ranges_compose(qtype: Q) -> None:
+    """Threads split the columns on block boundaries: any split gives the whole call's values bit for bit."""
     rng = np.random.default_rng(0)
-    w, _ = stored(rng.standard_normal((16, 1024)).astype(np.float32), Q.Q4_K)
-    idx, coef = np.arange(16, dtype=np.int32), rng.standard_normal(16).astype(np.float32)
-    whole = np.zeros(1024, np.float32)
-    axpy_rows(w, Q.Q4_K, 1024, idx, coef, whole)
-    parts = np.zeros(1024, np.float32)
-    for col0 in range(0, 1024, 256):
-        axpy_rows(w, Q.Q4_K, 1024, idx, coef, parts[col0 : col0 + 256], col0=col0)
+    w, _ = stored(rng.standard_normal((19, 1536)).astype(np.float32), qtype)
+    idx, coef = np.arange(19, dtype=np.int32), rng.standard_normal(19).astype(np.float32)
+    whole = np.zeros(1536, np.float32)
+    axpy_rows(w, qtype, 1536, idx, coef, whole)
+    parts = np.zeros(1536, np.float32)
+    bounds = [0, 256, 768, 1536] if qtype == Q.Q4_K else [0, 96, 448, 480, 1536]  # odd unit counts and offsets
+    for col0, col1 in zip(bounds, bounds[1:]):
+        axpy_rows(w, qtype, 1536, idx, coef, parts[col0:col1], col0=col0)
     np.testing.assert_array_equal(parts, whole)
 
 

@@ -5,6 +5,7 @@
 #include "ggml-cpu.h"
 #include "ts_error.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 /* Columns per pass over the rows, a multiple of every block size: a 7B row (or a thread's share) in one pass, its
@@ -37,12 +38,12 @@ static void axpy_tile_generic(enum ggml_type type, const char *w, size_t row_byt
     }
 }
 
-/* The fused tile kernel of `isa` for `type`, or NULL (generic, or none for that type). */
-static ts_axpy_tile_fn tile_kernel(enum ts_kernel_isa isa, enum ggml_type type) {
+/* The fused tile kernel of `isa` for `type` and the layout it reads (tile NULL: generic, or none for that type). */
+static ts_axpy_kernel tile_kernel(enum ts_kernel_isa isa, enum ggml_type type) {
     switch (isa) {
-    case TS_ISA_AVX2: return ts_axpy_tile_avx2(type); /* AVX-512 CPUs run these too */
-    case TS_ISA_NEON: return ts_axpy_tile_neon(type);  /* CPUs with the dot product extension too */
-    default: return NULL;
+    case TS_ISA_AVX2: return ts_axpy_kernel_avx2(type); /* AVX-512 CPUs run these too */
+    case TS_ISA_NEON: return ts_axpy_kernel_neon(type);  /* CPUs with the dot product extension too */
+    default: return (ts_axpy_kernel){NULL, TS_ROWS_GGML};
     }
 }
 
@@ -50,11 +51,44 @@ static const enum ts_kernel_isa preference[] = {TS_ISA_AVX2, TS_ISA_NEON};
 
 enum ts_kernel_isa ts_axpy_rows_isa(enum ggml_type type) {
     for (size_t i = 0; i < sizeof(preference) / sizeof(preference[0]); i++) {
-        if (ts_isa_supported(preference[i]) && tile_kernel(preference[i], type) != NULL) {
+        if (ts_isa_supported(preference[i]) && tile_kernel(preference[i], type).tile != NULL) {
             return preference[i];
         }
     }
     return TS_ISA_GENERIC;
+}
+
+enum ts_rows_layout ts_axpy_rows_layout(enum ggml_type type) {
+    return tile_kernel(ts_axpy_rows_isa(type), type).layout;
+}
+
+/* ---- the split layout (axpy_rows.h) ------------------------------------------------------------- */
+
+/* bytes of a block's fp16 header (d, or d and m): the block types the split layout is defined for */
+static size_t split_head_bytes(enum ggml_type type) {
+    return type == GGML_TYPE_Q4_1 ? 4 : 2; /* Q4_0, Q8_0 */
+}
+
+int ts_rows_split(enum ggml_type type, const void *src, void *dst, int64_t n_rows, size_t row_bytes) {
+    const size_t head = split_head_bytes(type), block = ggml_type_size(type), quants = block - head;
+    const size_t n_blocks = row_bytes / block;
+    unsigned char *row = malloc(row_bytes); /* one source row: dst may be src */
+    if (row == NULL) {
+        return -1;
+    }
+    for (int64_t i = 0; i < n_rows; i++) {
+        unsigned char *out = (unsigned char *)dst + (size_t)i * row_bytes;
+        memcpy(row, (const unsigned char *)src + (size_t)i * row_bytes, row_bytes);
+        for (size_t b = 0; b < n_blocks; b++) {
+            const unsigned char *blk = row + b * block;
+            for (size_t h = 0; h < head; h += 2) { /* d, then m: each an array of its own */
+                memcpy(out + h * n_blocks + 2 * b, blk + h, 2);
+            }
+            memcpy(out + head * n_blocks + quants * b, blk + head, quants);
+        }
+    }
+    free(row);
+    return 0;
 }
 
 static void axpy_rows_with(ts_axpy_tile_fn fused, enum ggml_type type, const void *w, size_t row_bytes,
@@ -74,7 +108,7 @@ static void axpy_rows_with(ts_axpy_tile_fn fused, enum ggml_type type, const voi
 
 void ts_axpy_rows(enum ggml_type type, const void *w, size_t row_bytes, const int32_t *idx, const float *coef,
                   int64_t n_idx, int64_t col0, int64_t n, float *out) {
-    axpy_rows_with(tile_kernel(ts_axpy_rows_isa(type), type), type, w, row_bytes, idx, coef, n_idx, col0, n, out);
+    axpy_rows_with(tile_kernel(ts_axpy_rows_isa(type), type).tile, type, w, row_bytes, idx, coef, n_idx, col0, n, out);
 }
 
 int32_t ts_kernel_axpy_rows(int32_t isa, int32_t type, const void *w, int64_t n_rows, int64_t n_cols,
@@ -95,13 +129,25 @@ int32_t ts_kernel_axpy_rows(int32_t isa, int32_t type, const void *w, int64_t n_
         }
     }
     /* the CPU is asked first: a kernel table of an instruction set may itself use that set */
-    ts_axpy_tile_fn fused = ts_kernel_isa_supported(isa) ? tile_kernel((enum ts_kernel_isa)isa, (enum ggml_type)type) : NULL;
-    if (!ts_kernel_isa_supported(isa) || (isa != TS_ISA_GENERIC && fused == NULL)) {
+    const ts_axpy_kernel fused = ts_kernel_isa_supported(isa) ? tile_kernel((enum ts_kernel_isa)isa, (enum ggml_type)type)
+                                                              : (ts_axpy_kernel){NULL, TS_ROWS_GGML};
+    if (!ts_kernel_isa_supported(isa) || (isa != TS_ISA_GENERIC && fused.tile == NULL)) {
         return ts_set_error(err, err_size, "axpy_rows: no %s kernel for %s on this CPU", ts_kernel_isa_name(isa),
                             ggml_type_name((enum ggml_type)type));
     }
     ggml_cpu_init(); /* F16 tables used by some dequantizers */
-    axpy_rows_with(fused, (enum ggml_type)type, w, ggml_row_size((enum ggml_type)type, n_cols), idx, coef, n_idx, col0,
-                   n, out);
+    const size_t row_bytes = ggml_row_size((enum ggml_type)type, n_cols);
+    void *rows = (void *)w; /* w is in ggml's layout: a kernel reading another gets a converted copy */
+    if (fused.layout == TS_ROWS_SPLIT) {
+        rows = malloc(row_bytes * (size_t)n_rows);
+        if (rows == NULL || ts_rows_split((enum ggml_type)type, w, rows, n_rows, row_bytes) != 0) {
+            free(rows);
+            return ts_set_error(err, err_size, "axpy_rows: out of memory");
+        }
+    }
+    axpy_rows_with(fused.tile, (enum ggml_type)type, rows, row_bytes, idx, coef, n_idx, col0, n, out);
+    if (rows != w) {
+        free(rows);
+    }
     return 0;
 }

@@ -23,6 +23,22 @@
 /* 1 when ts_axpy_rows handles `type` (every type ggml can dequantize). */
 int ts_axpy_rows_supported(enum ggml_type type);
 
+/*
+ * How W's rows are laid out. TS_ROWS_GGML: ggml's blocks. TS_ROWS_SPLIT, for the 32-value block types whose block is
+ * an fp16 scale d (Q4_0, Q8_0; Q4_1 also an fp16 min m) and then the quants: the same bytes of a row reordered as
+ * every block's d, then every block's m, then every block's quants, in block order (row size unchanged). A kernel
+ * then loads the scales of consecutive blocks of one row as a vector instead of gathering them one block at a time
+ * (the AVX2 Q4_0 and Q4_1 kernels). W is in the layout the kernel ts_axpy_rows runs for `type` on this CPU reads
+ * (ts_axpy_rows_layout), converted once at model load (ts_rows_split).
+ */
+enum ts_rows_layout { TS_ROWS_GGML, TS_ROWS_SPLIT };
+
+enum ts_rows_layout ts_axpy_rows_layout(enum ggml_type type);
+
+/* ggml's rows -> TS_ROWS_SPLIT rows (an exact reordering); dst may be src. Returns 0, or -1 out of memory. */
+int ts_rows_split(enum ggml_type type, const void *src, void *dst, int64_t n_rows, size_t row_bytes);
+
+/* W in ts_axpy_rows_layout(type) */
 void ts_axpy_rows(enum ggml_type type, const void *w, size_t row_bytes, const int32_t *idx, const float *coef,
                   int64_t n_idx, int64_t col0, int64_t n, float *out);
 
@@ -30,13 +46,17 @@ void ts_axpy_rows(enum ggml_type type, const void *w, size_t row_bytes, const in
 enum ts_kernel_isa ts_axpy_rows_isa(enum ggml_type type);
 
 /*
- * A fused tile kernel: o[0, 32 * n_units) += sum_i coef[i] * (32 * n_units values of row idx[i] from byte `offset`),
- * the tile starting on a block boundary. Each instruction set's table returns NULL for the types it lacks (and
- * everywhere when not compiled for this architecture).
+ * A fused tile kernel: o[0, 32 * n_units) += sum_i coef[i] * (32 * n_units values of row idx[i] from the block at
+ * byte `offset` of a ggml row), the tile starting on a block boundary; rows in the kernel's layout. Each instruction
+ * set's table returns a NULL tile for the types it lacks (and everywhere when not compiled for this architecture).
  */
 typedef void (*ts_axpy_tile_fn)(const char *w, size_t row_bytes, size_t offset, const int32_t *idx, const float *coef,
                                 int64_t n_idx, int64_t n_units, float *o);
-ts_axpy_tile_fn ts_axpy_tile_avx2(enum ggml_type type);
-ts_axpy_tile_fn ts_axpy_tile_neon(enum ggml_type type);
+typedef struct {
+    ts_axpy_tile_fn tile;
+    enum ts_rows_layout layout;
+} ts_axpy_kernel;
+ts_axpy_kernel ts_axpy_kernel_avx2(enum ggml_type type);
+ts_axpy_kernel ts_axpy_kernel_neon(enum ggml_type type);
 
 #endif

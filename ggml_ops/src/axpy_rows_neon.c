@@ -298,24 +298,24 @@ DEFINE_AXPY_TILE(f16, unit_f16, 64)
 DEFINE_AXPY_TILE(bf16, unit_bf16, 64)
 DEFINE_AXPY_TILE(f32, unit_f32, 128)
 
-ts_axpy_tile_fn ts_axpy_tile_neon(enum ggml_type type) {
+ts_axpy_kernel ts_axpy_kernel_neon(enum ggml_type type) {
     switch (type) {
-    case GGML_TYPE_Q4_0: return axpy_tile_q4_0;
-    case GGML_TYPE_Q4_1: return axpy_tile_q4_1;
-    case GGML_TYPE_Q8_0: return axpy_tile_q8_0;
-    case GGML_TYPE_Q4_K: return axpy_tile_q4_k;
-    case GGML_TYPE_F16: return axpy_tile_f16;
-    case GGML_TYPE_BF16: return axpy_tile_bf16;
-    case GGML_TYPE_F32: return axpy_tile_f32;
-    default: return NULL;
+    case GGML_TYPE_Q4_0: return (ts_axpy_kernel){axpy_tile_q4_0, TS_ROWS_GGML};
+    case GGML_TYPE_Q4_1: return (ts_axpy_kernel){axpy_tile_q4_1, TS_ROWS_GGML};
+    case GGML_TYPE_Q8_0: return (ts_axpy_kernel){axpy_tile_q8_0, TS_ROWS_GGML};
+    case GGML_TYPE_Q4_K: return (ts_axpy_kernel){axpy_tile_q4_k, TS_ROWS_GGML};
+    case GGML_TYPE_F16: return (ts_axpy_kernel){axpy_tile_f16, TS_ROWS_GGML};
+    case GGML_TYPE_BF16: return (ts_axpy_kernel){axpy_tile_bf16, TS_ROWS_GGML};
+    case GGML_TYPE_F32: return (ts_axpy_kernel){axpy_tile_f32, TS_ROWS_GGML};
+    default: return (ts_axpy_kernel){NULL, TS_ROWS_GGML};
     }
 }
 
 #else /* not compiled for aarch64 */
 
-ts_axpy_tile_fn ts_axpy_tile_neon(enum ggml_type type) {
+ts_axpy_kernel ts_axpy_kernel_neon(enum ggml_type type) {
     (void)type;
-    return NULL;
+    return (ts_axpy_kernel){NULL, TS_ROWS_GGML};
 }
 
 #endif

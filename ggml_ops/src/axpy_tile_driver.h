@@ -77,4 +77,44 @@ static inline ts_row_prefetcher ts_next_rows(const char *w, size_t row_bytes, si
         }                                                                                                            \
     }
 
+/*
+ * The split layout's driver (axpy_rows.h, TS_ROWS_SPLIT: a row's block headers - d, then m - then its quants): rows
+ * taken `rows` at a time as in the integer driver, add_split_<name>(r, a, u0, n_units, row_units, o, quants_pf,
+ * heads_pf) given the rows' starts and the tile's first unit; while it works it prefetches the next group's quant
+ * segments and header segments through the two prefetchers.
+ */
+#define TS_DEFINE_SPLIT_TILE(name, block_bytes, head_bytes, rows)                                                   \
+    static void axpy_tile_##name(const char *w, size_t row_bytes, size_t offset, const int32_t *idx,               \
+                                 const float *coef, int64_t n_idx, int64_t n_units, float *o) {                      \
+        const int64_t row_units = (int64_t)(row_bytes / (block_bytes)), u0 = (int64_t)(offset / (block_bytes));      \
+        const size_t quant_bytes = (block_bytes) - (head_bytes);                                                     \
+        const size_t quants = (size_t)row_units * (head_bytes) + (size_t)u0 * quant_bytes;                          \
+        const size_t seg_bytes = (size_t)n_units * quant_bytes, head_seg = (size_t)n_units * 2;                     \
+        const int n_heads = (head_bytes) / 2;                                                                        \
+        for (int h = 0; h < n_heads; h++) {                                                                          \
+            ts_prefetch_row_segments(w, row_bytes, (size_t)(h * row_units + u0) * 2, idx, n_idx < (rows) ? n_idx : (rows), \
+                                     head_seg);                                                                      \
+        }                                                                                                            \
+        ts_prefetch_row_segments(w, row_bytes, quants, idx, n_idx < (rows) ? n_idx : (rows), seg_bytes);            \
+        for (int64_t i = 0; i < n_idx; i += (rows)) {                                                                \
+            const int n = n_idx - i < (rows) ? (int)(n_idx - i) : (rows);                                            \
+            const int64_t next = i + n, ahead = n_idx - next < (rows) ? n_idx - next : (rows);                       \
+            const uint8_t *r[rows];                                                                                  \
+            const void *q_next[rows], *h_next[2 * (rows)];                                                           \
+            float a[rows];                                                                                           \
+            for (int k = 0; k < (rows); k++) {                                                                       \
+                r[k] = (const uint8_t *)w + (size_t)idx[i + (k < n ? k : 0)] * row_bytes;                            \
+                a[k] = k < n ? coef[i + k] : 0.0f;                                                                   \
+            }                                                                                                        \
+            ts_row_prefetcher qpf = ts_next_rows(w, row_bytes, quants, idx + next, ahead, q_next);                   \
+            for (int h = 0; h < n_heads; h++) {                                                                      \
+                ts_next_rows(w, row_bytes, (size_t)(h * row_units + u0) * 2, idx + next, ahead, h_next + h * ahead);  \
+            }                                                                                                        \
+            ts_row_prefetcher hpf = {h_next, (int)(n_heads * ahead), 0};                                             \
+            add_split_##name(r, a, u0, n_units, row_units, o, &qpf, &hpf);                                           \
+            ts_prefetch_upto(&qpf, seg_bytes + 64);                                                                  \
+            ts_prefetch_upto(&hpf, head_seg + 64);                                                                   \
+        }                                                                                                            \
+    }
+
 #endif

@@ -16,6 +16,7 @@
  * Threads take whole work units (ith/nth): column groups, or tiles of neurons for the transpose, so each writes
  * only its own bytes of the result.
  */
+#include "axpy_rows.h"
 #include "down_cols.h"
 #include "model.h"
 
@@ -222,12 +223,17 @@ int ts_model_build_down_rows(ts_model *m, int n_threads, char *err, size_t err_s
     }
     if (rc == 0) {
         struct ggml_tensor *t = ggml_get_first_tensor(m->ctx_down_rows);
-        for (int il = 0; il < m->info.n_layer; il++, t = ggml_get_next_tensor(m->ctx_down_rows, t)) {
+        for (int il = 0; il < m->info.n_layer && rc == 0; il++, t = ggml_get_next_tensor(m->ctx_down_rows, t)) {
             if (jobs[il].cols != NULL) {
                 m->layers[il].ffn_down_cols = t;
-            } else {
-                m->layers[il].ffn_down_t = t;
+                continue;
             }
+            /* in the row layout its kernel reads (axpy_rows.h) */
+            if (ts_axpy_rows_layout(t->type) == TS_ROWS_SPLIT &&
+                ts_rows_split(t->type, t->data, t->data, ggml_nrows(t), t->nb[1]) != 0) {
+                rc = ts_set_error(err, err_size, "out of memory");
+            }
+            m->layers[il].ffn_down_t = t;
         }
     }
     free(jobs);

@@ -402,6 +402,15 @@ void ts_gguf_close(ts_gguf_file *f) {
     free(f);
 }
 
+void ts_gguf_release(const ts_gguf_file *f, const void *data, size_t n) {
+    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    const uintptr_t start = ((uintptr_t)data + page - 1) / page * page, end = ((uintptr_t)data + n) / page * page;
+    const char *map = f->map;
+    if (end > start && (const char *)data >= map && (const char *)data + n <= map + f->size) {
+        madvise((void *)start, end - start, MADV_DONTNEED); /* advice only: a failure leaves the pages mapped */
+    }
+}
+
 const ts_gguf_kv *ts_gguf_find_kv(const ts_gguf_file *f, const char *key) {
     for (int64_t i = 0; i < f->n_kv; i++) {
         if (f->kv[i].key != NULL && strcmp(f->kv[i].key, key) == 0) {

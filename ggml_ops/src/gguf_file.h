@@ -63,6 +63,10 @@ typedef struct ts_gguf_file {
 ts_gguf_file *ts_gguf_open(const char *path, char *err, size_t err_size);
 void ts_gguf_close(ts_gguf_file *file);
 
+/* The mapped bytes [data, data + n) are not read any more (a copy of them is): their whole pages leave the
+ * process's memory; the file keeps them, and reading them again would page them back in. */
+void ts_gguf_release(const ts_gguf_file *file, const void *data, size_t n);
+
 const ts_gguf_kv *ts_gguf_find_kv(const ts_gguf_file *file, const char *key);
 const ts_gguf_tensor *ts_gguf_find_tensor(const ts_gguf_file *file, const char *name);
 

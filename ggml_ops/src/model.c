@@ -5,6 +5,8 @@
  */
 #include "model.h"
 
+#include "axpy_rows.h"
+
 #include "device.h"
 #include "ggml-alloc.h"
 #include "ggml-cpu.h"
@@ -38,7 +40,8 @@ typedef struct binding {
     enum tensor_role role;
     struct ggml_tensor **slot;
     const ts_gguf_tensor *src;
-    int repack;
+    int repack; /* into ggml's repacked layout */
+    int split;  /* a transposed down, into the split row layout its kernel reads (axpy_rows.h) */
 } binding;
 
 typedef struct plan {
@@ -814,9 +817,54 @@ static struct ggml_context *new_meta_context(int n_tensors) {
     return ggml_init(ip);
 }
 
+/* The transposed downs whose kernel reads the split row layout get a copy in it (in a CPU buffer); the bytes of
+ * the mapping they were copied from are then released from memory (the file keeps them). */
+static int allocate_split(ts_model *m, plan *p, char *err, size_t err_size) {
+    int n_split = 0;
+    for (int i = 0; i < p->n; i++) {
+        binding *b = &p->items[i];
+        b->split = b->role == ROLE_DOWN_T && ts_axpy_rows_layout((enum ggml_type)b->src->type) == TS_ROWS_SPLIT;
+        n_split += b->split;
+    }
+    if (n_split == 0) {
+        return 0;
+    }
+    m->ctx_split = new_meta_context(n_split);
+    if (m->ctx_split == NULL) {
+        return ts_set_error(err, err_size, "out of memory creating tensor contexts");
+    }
+    for (int i = 0; i < p->n; i++) {
+        binding *b = &p->items[i];
+        if (b->split) {
+            *b->slot = ggml_new_tensor(m->ctx_split, (enum ggml_type)b->src->type, 4, b->ne);
+            ggml_set_name(*b->slot, b->name);
+        }
+    }
+    m->buf_split = ggml_backend_alloc_ctx_tensors_from_buft(m->ctx_split, ggml_backend_cpu_buffer_type());
+    if (m->buf_split == NULL) {
+        return ts_set_error(err, err_size, "%s: out of memory for the transposed down matrices", m->file->path);
+    }
+    ggml_backend_buffer_set_usage(m->buf_split, GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
+    for (int i = 0; i < p->n; i++) {
+        const binding *b = &p->items[i];
+        if (!b->split) {
+            continue;
+        }
+        const struct ggml_tensor *t = *b->slot;
+        if (ts_rows_split(t->type, b->src->data, t->data, ggml_nrows(t), t->nb[1]) != 0) {
+            return ts_set_error(err, err_size, "%s: out of memory re-laying out tensor '%s'", m->file->path, b->name);
+        }
+        ts_gguf_release(m->file, b->src->data, b->src->nbytes);
+    }
+    return 0;
+}
+
 static int allocate(ts_model *m, plan *p, const ts_model_params *params, char *err, size_t err_size) {
     ggml_backend_buffer_type_t repack_buft = NULL;
     int n_repack = 0;
+    if (allocate_split(m, p, err, err_size) != 0) {
+        return -1;
+    }
     for (int i = 0; i < p->n; i++) {
         binding *b = &p->items[i];
         const int eligible = b->role == ROLE_MATRIX || (b->role == ROLE_ROWS && !params->sparse_rows);
@@ -836,6 +884,9 @@ static int allocate(ts_model *m, plan *p, const ts_model_params *params, char *e
     }
     for (int i = 0; i < p->n; i++) {
         binding *b = &p->items[i];
+        if (b->split) {
+            continue;
+        }
         struct ggml_context *ctx = b->repack ? m->ctx_repacked : m->ctx_mapped;
         struct ggml_tensor *t = ggml_new_tensor(ctx, (enum ggml_type)b->src->type, 4, b->ne);
         ggml_set_name(t, b->name);
@@ -856,7 +907,9 @@ static int allocate(ts_model *m, plan *p, const ts_model_params *params, char *e
     for (int i = 0; i < p->n; i++) {
         binding *b = &p->items[i];
         struct ggml_tensor *t = *b->slot;
-        if (b->repack) {
+        if (b->split) {
+            continue;
+        } else if (b->repack) {
             ggml_backend_tensor_set(t, b->src->data, 0, b->src->nbytes);
         } else if (ggml_backend_tensor_alloc(m->buf_mapped, t, b->src->data) != GGML_STATUS_SUCCESS) {
             return ts_set_error(err, err_size, "%s: cannot place tensor '%s'", m->file->path, b->name);
@@ -1009,6 +1062,12 @@ void ts_model_free(ts_model *m) {
     }
     if (m->ctx_repacked != NULL) {
         ggml_free(m->ctx_repacked);
+    }
+    if (m->buf_split != NULL) {
+        ggml_backend_buffer_free(m->buf_split);
+    }
+    if (m->ctx_split != NULL) {
+        ggml_free(m->ctx_split);
     }
     if (m->ctx_mapped != NULL) {
         ggml_free(m->ctx_mapped);
