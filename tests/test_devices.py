@@ -32,6 +32,13 @@ N_TOKENS = 128  # teacher-forced positions of real text compared between devices
 # bar of 0.98 is not met there; these bounds still fail on a wrong graph (agreement near 0).
 MIN_AGREEMENT = 0.85
 MAX_REL_DIFF = 0.15
+# The grouped route at the file's k is discontinuous: two groups whose scores nearly tie swap under any rounding
+# change, that token's FFN output moves by ~20 % and the change grows through the later layers. On the CPU alone an
+# f32 instead of f16 KV cache takes the teacher-forced argmax agreement of the test's file to 0.17 (0.19 between the
+# CPU and lavapipe; README), so the route is compared with every group chosen (the whole grouped graph, the dense
+# FFN's values), and at the file's k one layer at a time on the same inputs, where a swap stays in its token.
+MAX_TOKEN_REL_DIFF = 0.05  # one token's FFN output, max |difference| over max |output|, its groups the same
+MIN_TOKENS_ALIKE = 0.85  # share of tokens within it (measured 0.94-1.0 on lavapipe)
 
 
 def test_the_cpu_is_always_a_device() -> None:
@@ -153,32 +160,49 @@ def on_both(path: Path, sparse: str, text: str) -> tuple[Model, Model, list[int]
     return cpu, gpu, cpu.tokenize(text[2000:8000])[:N_TOKENS]
 
 
-# the grouped route on lavapipe disagrees with the CPU (argmax agreement 0.11 measured 2026-12-01); cause not found yet
-GROUPS_ON_LAVAPIPE = pytest.mark.xfail(
-    GPU is not None and "llvmpipe" in GPU.description,
-    reason="grouped route on lavapipe: wrong logits, cause not found",
-    strict=True,
-)
+def choose_every_group(*models: Model) -> None:
+    for model in models:
+        model.group_top_k = [model.info.n_ff // model.info.group_size] * model.info.n_layer
 
 
 @needs_gpu
-@pytest.mark.parametrize("route", ["off", pytest.param("groups", marks=GROUPS_ON_LAVAPIPE)])
+@pytest.mark.parametrize("route", ["off", "groups"])
 def test_logits_on_the_gpu_match_the_cpu(route: str, default_path: Path, grouped_default: Path, macbeth: str) -> None:
-    """Teacher-forced logits of held-out text, every position as decoding computes it, dense and grouped."""
+    """Teacher-forced logits of held-out text, every position as decoding computes it: dense, and the grouped graph
+    with every group chosen (top-k, mul_mat_id over the groups, their sum)."""
     cpu, gpu, tokens = on_both(default_path if route == "off" else grouped_default, route, macbeth)
+    if route == "groups":
+        choose_every_group(cpu, gpu)
     agreement, rel_diff = compare(cpu.eval_logits(tokens), gpu.eval_logits(tokens))
     print(f"{route} on {GPU.name} ({GPU.description}): argmax agreement {agreement:.3f}, max |diff| {rel_diff:.4f}"
           " of max |logit|")  # fmt: skip
     assert agreement >= MIN_AGREEMENT and rel_diff <= MAX_REL_DIFF
-    if route == "groups":  # the same k groups per token read on both
-        assert gpu.stats()["active_fraction"] == cpu.stats()["active_fraction"]
 
 
 @needs_gpu
-@GROUPS_ON_LAVAPIPE
+def test_the_grouped_ffn_on_the_gpu_matches_the_cpu_layer_by_layer(grouped_default: Path) -> None:
+    """The file's k groups per token, one layer's FFN on the same inputs on both devices: every token alike but those
+    whose chosen groups differ by a near-tie of two group scores."""
+    contexts = [
+        NativeContext(NativeModel(str(grouped_default), device=name), n_ctx=64, n_threads=2, n_batch=64,
+                      sparse_mode=SparseMode.GROUPS, threshold=None)
+        for name in ("cpu", GPU.name)
+    ]  # fmt: skip
+    info = contexts[0].model.info
+    h = np.random.default_rng(0).standard_normal((64, info.n_embd)).astype(np.float32)
+    for layer in (0, info.n_layer // 2, info.n_layer - 1):
+        cpu, gpu = (context.eval_ffn(layer, h, dense_ffn=False) for context in contexts)
+        rel_diff = np.abs(cpu - gpu).max(axis=1) / np.abs(cpu).max(axis=1)
+        alike = float(np.mean(rel_diff <= MAX_TOKEN_REL_DIFF))
+        print(f"layer {layer}: {alike:.2f} of tokens alike, median max |diff| {np.median(rel_diff):.4f} of max |out|")
+        assert alike >= MIN_TOKENS_ALIKE and np.median(rel_diff) <= MAX_TOKEN_REL_DIFF / 2
+
+
+@needs_gpu
 def test_decoding_token_by_token_on_the_gpu(grouped_default: Path, macbeth: str) -> None:
     """One token per step reuses the allocated graph on the scheduler: the steps' logits are the batch's."""
     cpu, gpu, tokens = on_both(grouped_default, "groups", macbeth)
+    choose_every_group(cpu, gpu)
     tokens = tokens[:32]
     batch = cpu.eval_logits(tokens)
     user = Decoder()
