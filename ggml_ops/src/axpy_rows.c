@@ -69,16 +69,12 @@ static size_t split_head_bytes(enum ggml_type type) {
     return type == GGML_TYPE_Q4_1 ? 4 : 2; /* Q4_0, Q8_0 */
 }
 
-int ts_rows_split(enum ggml_type type, const void *src, void *dst, int64_t n_rows, size_t row_bytes) {
+void ts_rows_split(enum ggml_type type, const void *src, void *dst, int64_t n_rows, size_t row_bytes) {
     const size_t head = split_head_bytes(type), block = ggml_type_size(type), quants = block - head;
     const size_t n_blocks = row_bytes / block;
-    unsigned char *row = malloc(row_bytes); /* one source row: dst may be src */
-    if (row == NULL) {
-        return -1;
-    }
     for (int64_t i = 0; i < n_rows; i++) {
         unsigned char *out = (unsigned char *)dst + (size_t)i * row_bytes;
-        memcpy(row, (const unsigned char *)src + (size_t)i * row_bytes, row_bytes);
+        const unsigned char *row = (const unsigned char *)src + (size_t)i * row_bytes;
         for (size_t b = 0; b < n_blocks; b++) {
             const unsigned char *blk = row + b * block;
             for (size_t h = 0; h < head; h += 2) { /* d, then m: each an array of its own */
@@ -87,8 +83,6 @@ int ts_rows_split(enum ggml_type type, const void *src, void *dst, int64_t n_row
             memcpy(out + head * n_blocks + quants * b, blk + head, quants);
         }
     }
-    free(row);
-    return 0;
 }
 
 static void axpy_rows_with(ts_axpy_tile_fn fused, enum ggml_type type, const void *w, size_t row_bytes,
@@ -129,8 +123,9 @@ int32_t ts_kernel_axpy_rows(int32_t isa, int32_t type, const void *w, int64_t n_
         }
     }
     /* the CPU is asked first: a kernel table of an instruction set may itself use that set */
-    const ts_axpy_kernel fused = ts_kernel_isa_supported(isa) ? tile_kernel((enum ts_kernel_isa)isa, (enum ggml_type)type)
-                                                              : (ts_axpy_kernel){NULL, TS_ROWS_GGML};
+    const ts_axpy_kernel fused = ts_kernel_isa_supported(isa)
+                                     ? tile_kernel((enum ts_kernel_isa)isa, (enum ggml_type)type)
+                                     : (ts_axpy_kernel){NULL, TS_ROWS_GGML};
     if (!ts_kernel_isa_supported(isa) || (isa != TS_ISA_GENERIC && fused.tile == NULL)) {
         return ts_set_error(err, err_size, "axpy_rows: no %s kernel for %s on this CPU", ts_kernel_isa_name(isa),
                             ggml_type_name((enum ggml_type)type));
@@ -140,10 +135,10 @@ int32_t ts_kernel_axpy_rows(int32_t isa, int32_t type, const void *w, int64_t n_
     void *rows = (void *)w; /* w is in ggml's layout: a kernel reading another gets a converted copy */
     if (fused.layout == TS_ROWS_SPLIT) {
         rows = malloc(row_bytes * (size_t)n_rows);
-        if (rows == NULL || ts_rows_split((enum ggml_type)type, w, rows, n_rows, row_bytes) != 0) {
-            free(rows);
+        if (rows == NULL) {
             return ts_set_error(err, err_size, "axpy_rows: out of memory");
         }
+        ts_rows_split((enum ggml_type)type, w, rows, n_rows, row_bytes);
     }
     axpy_rows_with(fused.tile, (enum ggml_type)type, rows, row_bytes, idx, coef, n_idx, col0, n, out);
     if (rows != w) {

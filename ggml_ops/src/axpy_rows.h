@@ -35,8 +35,8 @@ enum ts_rows_layout { TS_ROWS_GGML, TS_ROWS_SPLIT };
 
 enum ts_rows_layout ts_axpy_rows_layout(enum ggml_type type);
 
-/* ggml's rows -> TS_ROWS_SPLIT rows (an exact reordering); dst may be src. Returns 0, or -1 out of memory. */
-int ts_rows_split(enum ggml_type type, const void *src, void *dst, int64_t n_rows, size_t row_bytes);
+/* ggml's rows -> TS_ROWS_SPLIT rows (an exact reordering into other memory). */
+void ts_rows_split(enum ggml_type type, const void *src, void *dst, int64_t n_rows, size_t row_bytes);
 
 /* W in ts_axpy_rows_layout(type) */
 void ts_axpy_rows(enum ggml_type type, const void *w, size_t row_bytes, const int32_t *idx, const float *coef,

@@ -305,9 +305,11 @@ static inline void add_split(const uint8_t *const *r, const float *a, int64_t u0
         for (int j = 0; j < n; j++) {
             ts_prefetch_upto(qpf, (size_t)(u + j + 1) * 16); /* a line at a time: bursts overrun */
             float *ou = o + 32 * (u + j);
-            if (q.scale[j] == 0.0f) { /* no codes to add */
-                for (int k = 0; k < 32 && n_heads == 2; k++) {
-                    ou[k] += q.min_sum[j];
+            if (q.scale[j] == 0.0f) { /* no codes to add: only the mins, if any */
+                if (n_heads == 2) {
+                    for (int k = 0; k < 32; k++) {
+                        ou[k] += q.min_sum[j];
+                    }
                 }
                 continue;
             }

@@ -33,6 +33,16 @@ static inline ts_row_prefetcher ts_next_rows(const char *w, size_t row_bytes, si
     return (ts_row_prefetcher){rows, (int)n, 0};
 }
 
+/* Group i's `rows` rows (at `offset`) and coefficients: the n kept ones, then row idx[i] again with coefficient 0
+ * (integer kernels always take whole groups). */
+static inline void ts_padded_group(const char *w, size_t row_bytes, size_t offset, const int32_t *idx,
+                                   const float *coef, int64_t i, int n, int rows, const uint8_t **r, float *a) {
+    for (int k = 0; k < rows; k++) {
+        r[k] = (const uint8_t *)w + (size_t)idx[i + (k < n ? k : 0)] * row_bytes + offset;
+        a[k] = k < n ? coef[i + k] : 0.0f;
+    }
+}
+
 #define TS_DEFINE_FLOAT_TILE(name, unit_bytes, group)                                                               \
     static void axpy_tile_##name(const char *w, size_t row_bytes, size_t offset, const int32_t *idx,              \
                                  const float *coef, int64_t n_idx, int64_t n_units, float *o) {                     \
@@ -67,10 +77,7 @@ static inline ts_row_prefetcher ts_next_rows(const char *w, size_t row_bytes, si
             const uint8_t *r[rows];                                                                                  \
             const void *r_next[rows];                                                                                \
             float a[rows];                                                                                           \
-            for (int k = 0; k < (rows); k++) {                                                                       \
-                r[k] = (const uint8_t *)w + (size_t)idx[i + (k < n ? k : 0)] * row_bytes + offset;                   \
-                a[k] = k < n ? coef[i + k] : 0.0f;                                                                   \
-            }                                                                                                        \
+            ts_padded_group(w, row_bytes, offset, idx, coef, i, n, (rows), r, a);                                    \
             ts_row_prefetcher pf = ts_next_rows(w, row_bytes, offset, idx + next, ahead, r_next);                    \
             add_group_##name(r, a, n_units, o, &pf);                                                                 \
             ts_prefetch_upto(&pf, seg_bytes + 64);                                                                   \
@@ -91,21 +98,18 @@ static inline ts_row_prefetcher ts_next_rows(const char *w, size_t row_bytes, si
         const size_t quants = (size_t)row_units * (head_bytes) + (size_t)u0 * quant_bytes;                          \
         const size_t seg_bytes = (size_t)n_units * quant_bytes, head_seg = (size_t)n_units * 2;                     \
         const int n_heads = (head_bytes) / 2;                                                                        \
+        const int64_t first = n_idx < (rows) ? n_idx : (rows);                                                       \
         for (int h = 0; h < n_heads; h++) {                                                                          \
-            ts_prefetch_row_segments(w, row_bytes, (size_t)(h * row_units + u0) * 2, idx, n_idx < (rows) ? n_idx : (rows), \
-                                     head_seg);                                                                      \
+            ts_prefetch_row_segments(w, row_bytes, (size_t)(h * row_units + u0) * 2, idx, first, head_seg);          \
         }                                                                                                            \
-        ts_prefetch_row_segments(w, row_bytes, quants, idx, n_idx < (rows) ? n_idx : (rows), seg_bytes);            \
+        ts_prefetch_row_segments(w, row_bytes, quants, idx, first, seg_bytes);                                       \
         for (int64_t i = 0; i < n_idx; i += (rows)) {                                                                \
             const int n = n_idx - i < (rows) ? (int)(n_idx - i) : (rows);                                            \
             const int64_t next = i + n, ahead = n_idx - next < (rows) ? n_idx - next : (rows);                       \
             const uint8_t *r[rows];                                                                                  \
             const void *q_next[rows], *h_next[2 * (rows)];                                                           \
             float a[rows];                                                                                           \
-            for (int k = 0; k < (rows); k++) {                                                                       \
-                r[k] = (const uint8_t *)w + (size_t)idx[i + (k < n ? k : 0)] * row_bytes;                            \
-                a[k] = k < n ? coef[i + k] : 0.0f;                                                                   \
-            }                                                                                                        \
+            ts_padded_group(w, row_bytes, 0, idx, coef, i, n, (rows), r, a); /* the rows' starts */                  \
             ts_row_prefetcher qpf = ts_next_rows(w, row_bytes, quants, idx + next, ahead, q_next);                   \
             for (int h = 0; h < n_heads; h++) {                                                                      \
                 ts_next_rows(w, row_bytes, (size_t)(h * row_units + u0) * 2, idx + next, ahead, h_next + h * ahead);  \

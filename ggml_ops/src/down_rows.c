@@ -223,17 +223,14 @@ int ts_model_build_down_rows(ts_model *m, int n_threads, char *err, size_t err_s
     }
     if (rc == 0) {
         struct ggml_tensor *t = ggml_get_first_tensor(m->ctx_down_rows);
-        for (int il = 0; il < m->info.n_layer && rc == 0; il++, t = ggml_get_next_tensor(m->ctx_down_rows, t)) {
+        for (int il = 0; il < m->info.n_layer; il++, t = ggml_get_next_tensor(m->ctx_down_rows, t)) {
             if (jobs[il].cols != NULL) {
                 m->layers[il].ffn_down_cols = t;
-                continue;
+            } else {
+                /* written in ggml's layout: what the down kernels read for down_t's types (axpy_rows.h) */
+                GGML_ASSERT(ts_axpy_rows_layout(t->type) == TS_ROWS_GGML);
+                m->layers[il].ffn_down_t = t;
             }
-            /* in the row layout its kernel reads (axpy_rows.h) */
-            if (ts_axpy_rows_layout(t->type) == TS_ROWS_SPLIT &&
-                ts_rows_split(t->type, t->data, t->data, ggml_nrows(t), t->nb[1]) != 0) {
-                rc = ts_set_error(err, err_size, "out of memory");
-            }
-            m->layers[il].ffn_down_t = t;
         }
     }
     free(jobs);
