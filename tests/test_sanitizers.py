@@ -15,7 +15,6 @@ SANITIZED_TESTS = [
     "tests/test_axpy_rows.py",
     "tests/test_dot_rows.py",
     "tests/test_sparse_ffn.py",
-    "tests/test_down_cols.py",
     "tests/test_ffn_thresholds.py",
     "tests/test_batch_decode.py",
     "tests/test_moe_engine.py",

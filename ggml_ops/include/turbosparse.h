@@ -301,16 +301,6 @@ int32_t ts_kernel_axpy_rows(int32_t isa, int32_t type, const void *w, int64_t n_
                             const int32_t *idx, const float *coef, int64_t n_idx, int64_t col0, int64_t n, float *out,
                             char *err, size_t err_size);
 
-/*
- * The same over a standard-layout down matrix (n_embd rows of n_ff values of ggml type `type`: Q4_0, Q4_1, Q5_0,
- * Q5_1 or Q8_0) through its exact neuron-major re-layout, as exact mode decodes files without a transposed down:
- * out[c] += sum_i coef[i] * W[col0 + c][idx[i]] for c in [0, n); idx ascending; col0, n multiples of 32.
- * reference = 1 runs the plain C path instead of the vectorized one.
- */
-int32_t ts_kernel_down_cols(int32_t type, const void *down, int64_t n_embd, int64_t n_ff, const int32_t *idx,
-                            const float *coef, int64_t n_idx, int64_t col0, int64_t n, int32_t reference, float *out,
-                            char *err, size_t err_size);
-
 /* ---- quantization: ggml's own quantizers and dequantizers ---------------------------------- */
 /* Fills name/blck_size/type_size of a ggml type; returns 0 when the type id is known. */
 int32_t ts_type_info(int32_t type, const char **name, int64_t *blck_size, int64_t *type_size);

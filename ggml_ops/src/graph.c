@@ -160,14 +160,14 @@ static struct ggml_tensor *ffn(ts_context *ctx, struct ggml_context *ctx0, int i
     }
     const ts_sparse_activation a =
         ts_sparse_act(ctx0, sl, select, xq_gate, xq_up, sl->select_exact ? NULL : l->ffn_gate, l->ffn_up, n_threads);
-    if (l->ffn_down_cols != NULL || l->ffn_down_t != NULL) {
-        struct ggml_tensor *down = l->ffn_down_cols != NULL ? l->ffn_down_cols : l->ffn_down_t;
+    if (l->ffn_down_t != NULL) {
         return add_bias(ctx0,
-                        ts_sparse_down(ctx0, sl, a.act, a.counters, down, m->info.n_embd, TS_DOWN_COUNTED, n_threads),
+                        ts_sparse_down(ctx0, sl, a.act, a.counters, l->ffn_down_t, m->info.n_embd, TS_DOWN_COUNTED,
+                                       n_threads),
                         l->ffn_down_b);
     }
-    /* only the standard down: dense down over the sparse activation */
-    return matmul_bias(ctx0, l->ffn_down, l->ffn_down_b, a.act);
+    /* only the standard down: ggml's dense down over the sparse activation */
+    return matmul_bias(ctx0, l->ffn_down, l->ffn_down_b, ts_sparse_count(ctx0, sl, a));
 }
 
 void ts_graph_build(ts_context *ctx, struct ggml_context *ctx0, ts_graph *g) {
