@@ -301,6 +301,15 @@ int32_t ts_kernel_axpy_rows(int32_t isa, int32_t type, const void *w, int64_t n_
                             const int32_t *idx, const float *coef, int64_t n_idx, int64_t col0, int64_t n, float *out,
                             char *err, size_t err_size);
 
+/*
+ * out[t * n_rows + i] = W[i] . x_t for every row i and token t < n_tokens (x: n_tokens rows of n_cols floats, each
+ * quantized to the type's ggml vec_dot type as the node quantizes it): the prompt kernel for matrices sparse
+ * decoding reads by row, this CPU's; an error where it has none for these rows (the engine uses ggml's mul_mat
+ * there). W: n_rows rows of n_cols values of ggml type `type`.
+ */
+int32_t ts_kernel_rows_matmul(int32_t type, const void *w, int64_t n_rows, int64_t n_cols, const float *x,
+                              int64_t n_tokens, float *out, char *err, size_t err_size);
+
 /* ---- quantization: ggml's own quantizers and dequantizers ---------------------------------- */
 /* Fills name/blck_size/type_size of a ggml type; returns 0 when the type id is known. */
 int32_t ts_type_info(int32_t type, const char **name, int64_t *blck_size, int64_t *type_size);

@@ -754,3 +754,31 @@ def axpy_rows(
     if rc != 0:
         raise ValueError(err.message)
 
+
+def rows_matmul(w: np.ndarray, ggml_type: int, n_cols: int, x: np.ndarray) -> np.ndarray:
+    """[T, n_rows]: every row of w (uint8 rows of ggml_type blocks) dotted with each of x's T rows (float32, each
+    quantized to ggml's vec_dot type of ggml_type), as the prompt kernel of sparse modes computes them; ValueError
+    where this CPU has no such kernel for these rows."""
+    lib = load()
+    raw = np.ascontiguousarray(w, dtype=np.uint8)
+    act = np.ascontiguousarray(x, dtype=np.float32)
+    if act.ndim != 2 or act.shape[1] != n_cols:
+        raise ValueError(f"x must have shape (T, {n_cols}), not {act.shape}")
+    n_rows = raw.shape[0] if raw.ndim > 1 else 0
+    out = np.empty((act.shape[0], n_rows), dtype=np.float32)
+    ffi = lib.ffi
+    err = _ErrorBuffer(lib)
+    rc = lib.lib.ts_kernel_rows_matmul(
+        int(ggml_type),
+        ffi.from_buffer(raw),
+        n_rows,
+        n_cols,
+        ffi.from_buffer("float[]", act),
+        act.shape[0],
+        ffi.from_buffer("float[]", out),
+        err.buf,
+        _ERR_SIZE,
+    )
+    if rc != 0:
+        raise ValueError(err.message)
+    return out
