@@ -11,7 +11,7 @@ from test_dot_rows import SAME_ACTIVATION_TOLERANCE, activation_error_bound, sto
 from turbosparse.binding import KernelIsa, dot_rows, isa_supported, rows_matmul
 
 Q = gguf.GGMLQuantizationType
-TYPES = [Q.Q4_0, Q.Q4_1]  # the types with a prompt kernel (AVX2)
+TYPES = [Q.Q4_0, Q.Q4_1, Q.Q4_K]  # the types with a prompt kernel (AVX2)
 needs_avx2 = pytest.mark.skipif(not isa_supported(KernelIsa.AVX2), reason="the prompt kernels are AVX2 kernels")
 
 
@@ -21,10 +21,12 @@ needs_avx2 = pytest.mark.skipif(not isa_supported(KernelIsa.AVX2), reason="the p
 # width); one token, several, and more tokens than one prepared chunk holds at the longest rows
 @pytest.mark.parametrize(
     "n_cols,n_rows,n_tokens",
-    [(256, 8, 3), (576, 7, 5), (4096, 9, 1), (4096, 6, 17), (32, 2, 2), (16384, 5, 14)],
-    ids=["n256", "n576-tail", "n4096-one-token", "n4096", "one-block", "n16384-chunks"],
+    [(256, 8, 3), (576, 7, 5), (4096, 9, 1), (4096, 6, 17), (32, 2, 2), (16384, 5, 14), (768, 3, 4)],
+    ids=["n256", "n576-tail", "n4096-one-token", "n4096", "one-block", "n16384-chunks", "n768"],
 )
 def test_matches_numpy_and_ggml(qtype: Q, n_cols: int, n_rows: int, n_tokens: int) -> None:
+    if n_cols % (256 if qtype == Q.Q4_K else 32):
+        pytest.skip("not whole blocks of this type")
     rng = np.random.default_rng(n_cols + n_rows)
     w, deq = stored(rng.standard_normal((n_rows, n_cols)).astype(np.float32), qtype)
     x = rng.standard_normal((n_tokens, n_cols)).astype(np.float32)
