@@ -17,8 +17,7 @@ from tinymodel import TinyConfig, gate_activation, random_weights, reference_for
 Q = gguf.GGMLQuantizationType
 F32_TOLERANCE = 1e-5  # x max |logit|
 QUANT_TOLERANCE = 0.15  # x std(logits): ggml quantizes the activations of its dot products
-# Q4_0..Q8_0: the exact column layout; Q4_K, Q5_K: the column layout with fp16 sub-block scales; F16/BF16: an exact
-# transpose; other K-quants: a Q8_0 transpose (a second rounding)
+# the sparse up rows through the gate/up kernels, the down matrix through ggml's dense kernel (in the file's type)
 TYPES = [Q.F32, Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q4_K, Q.Q5_K, Q.Q6_K]
 GATE_KEY, ACT_KEY = "turbosparse.gate_thresholds", "turbosparse.act_thresholds"
 GATE_SCALES_KEY, ACT_SCALES_KEY = "turbosparse.ffn_gate_scales", "turbosparse.ffn_act_scales"
@@ -127,7 +126,7 @@ def test_thresholded_ffn_matches_the_reference(tmp_path: Path, qtype: Q) -> None
 
 
 def test_mixed_down_types_as_q4_k_m(tmp_path: Path) -> None:
-    """llama.cpp's Q4_K_M mixes Q4_K and Q6_K down matrices: each layer gets its own sparse down layout."""
+    """llama.cpp's Q4_K_M mixes Q4_K and Q6_K down matrices: each layer's down runs in its own type."""
     cfg = TinyConfig(act="swiglu", n_embd=256, n_ff=512, n_head=4, n_head_kv=2)
     path = tmp_path / "q4_k_m.gguf"
     stored = write_gguf(path, cfg, random_weights(cfg, seed=3), Q.Q4_K, tensor_types={"blk.1.ffn_down.weight": Q.Q6_K})

@@ -302,14 +302,13 @@ int32_t ts_kernel_axpy_rows(int32_t isa, int32_t type, const void *w, int64_t n_
                             char *err, size_t err_size);
 
 /*
- * The same over a standard-layout down matrix (n_embd rows of n_ff values of ggml type `type`: Q4_0, Q4_1, Q5_0,
- * Q5_1 or Q8_0) through its exact neuron-major re-layout, as exact mode decodes files without a transposed down:
- * out[c] += sum_i coef[i] * W[col0 + c][idx[i]] for c in [0, n); idx ascending; col0, n multiples of 32.
- * reference = 1 runs the plain C path instead of the vectorized one.
+ * out[t * n_rows + i] = W[i] . x_t for every row i and token t < n_tokens (x: n_tokens rows of n_cols floats, each
+ * quantized to the type's ggml vec_dot type as the node quantizes it): the prompt kernel for matrices sparse
+ * decoding reads by row, this CPU's; an error where it has none for these rows (the engine uses ggml's mul_mat
+ * there). W: n_rows rows of n_cols values of ggml type `type`.
  */
-int32_t ts_kernel_down_cols(int32_t type, const void *down, int64_t n_embd, int64_t n_ff, const int32_t *idx,
-                            const float *coef, int64_t n_idx, int64_t col0, int64_t n, int32_t reference, float *out,
-                            char *err, size_t err_size);
+int32_t ts_kernel_rows_matmul(int32_t type, const void *w, int64_t n_rows, int64_t n_cols, const float *x,
+                              int64_t n_tokens, float *out, char *err, size_t err_size);
 
 /* ---- quantization: ggml's own quantizers and dequantizers ---------------------------------- */
 /* Fills name/blck_size/type_size of a ggml type; returns 0 when the type id is known. */

@@ -85,19 +85,6 @@ static int init_sparse_layers(ts_context *c, char *err, size_t err_size) {
     return 0;
 }
 
-/* Exact mode on a file with only the standard down matrix (SwiGLU): the model's column layout, built once. */
-static int init_down_rows(ts_context *c, char *err, size_t err_size) {
-    ts_model *m = c->model;
-    if (c->params.sparse_mode == TS_SPARSE_EXACT && m->info.n_expert == 0 && m->layers[0].ffn_down_t == NULL &&
-        ts_model_build_down_rows(m, c->params.n_threads, err, err_size) != 0) {
-        return -1;
-    }
-    for (int il = 0; il < m->info.n_layer; il++) {
-        c->sparse[il].down_cols = m->layers[il].ffn_down_cols != NULL ? &m->layers[il].down_cols : NULL;
-    }
-    return 0;
-}
-
 static int init_kv_cache(ts_context *c, char *err, size_t err_size) {
     const ts_model_info *in = &c->model->info;
     const int64_t n_embd_kv = (int64_t)in->n_head_kv * in->n_embd_head;
@@ -193,8 +180,7 @@ ts_context *ts_context_new(ts_model *model, const ts_context_params *params, cha
         return NULL;
     }
     if (init_backends(c, err, err_size) != 0 || init_kv_cache(c, err, err_size) != 0 ||
-        init_sparse_layers(c, err, err_size) != 0 || ts_moe_init(c, err, err_size) != 0 ||
-        init_down_rows(c, err, err_size) != 0) {
+        init_sparse_layers(c, err, err_size) != 0 || ts_moe_init(c, err, err_size) != 0) {
         ts_context_free(c);
         return NULL;
     }

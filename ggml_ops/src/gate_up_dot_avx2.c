@@ -1,5 +1,6 @@
 /*
- * AVX2 gate/up kernels: Q4_0 and Q8_0 rows against a Q8_0 activation, Q4_1 against Q8_1, Q4_K against Q8_K.
+ * AVX2 gate/up kernels: Q4_0 and Q8_0 rows against a Q8_0 activation, Q4_1 against Q8_1, Q4_K against Q8_K; and
+ * for prompts, Q4_0, Q4_1 and Q4_K matrices against many tokens (rows_matmul.h).
  *
  * Compiled with -mavx2 -mfma -mf16c (CMakeLists.txt) and reached only through ts_dot_kernel_best, which asks the
  * CPU first. Each kernel takes ROWS rows per pass over the activation: an activation block is loaded once for
@@ -18,6 +19,7 @@
  */
 #include "gate_up_dot.h"
 #include "q4_k_scales.h"
+#include "rows_matmul.h"
 #include "row_prefetch.h"
 
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
@@ -302,6 +304,220 @@ ALWAYS_INLINE void group_q4_k(const void *const *rows, const int R, const void *
 
 DEFINE_DOT_ROWS(q4_k, group_q4_k, 256, Q4_K_BYTES)
 
+/* ---- many tokens (prompts): rows_matmul.h's kernels -------------------------------------------------------
+ * A pass unpacks MM_ROWS rows into scratch (the nibbles as bytes in value order, each block's scale and min as
+ * floats) and runs them against each token of a chunk prepared once in the layouts above. Per token and 8 blocks,
+ * the 8 blocks' integer dots are reduced into the lanes of one vector (lane j = block j), so that the scales, mins
+ * and corrections apply as vectors rather than as one broadcast per block. */
+
+#define MM_ROWS 4
+#define MM_TOKENS_BYTES (256 * 1024) /* a chunk's prepared tokens: about half of a core's L2 */
+
+/* lane j = the sum of m[j]'s 8 lanes */
+ALWAYS_INLINE __m256i lane_sums(const __m256i m[8]) {
+    const __m256i h0123 = _mm256_hadd_epi32(_mm256_hadd_epi32(m[0], m[1]), _mm256_hadd_epi32(m[2], m[3]));
+    const __m256i h4567 = _mm256_hadd_epi32(_mm256_hadd_epi32(m[4], m[5]), _mm256_hadd_epi32(m[6], m[7]));
+    /* h0123 = [the sums of m[0..3] over lanes 0-3 | the same over lanes 4-7] */
+    return _mm256_add_epi32(_mm256_permute2x128_si256(h0123, h4567, 0x20),
+                            _mm256_permute2x128_si256(h0123, h4567, 0x31));
+}
+
+/* The integer dots of a row's blocks b .. b + 7 with the token's, one per lane. */
+ALWAYS_INLINE __m256i dots_8_blocks(const uint8_t *nib, const int8_t *x) {
+    __m256i m[8];
+    for (int j = 0; j < 8; j++) {
+        m[j] = dot_u8_i8(_mm256_load_si256((const __m256i *)(nib + 32 * j)),
+                         _mm256_load_si256((const __m256i *)(x + 32 * j)));
+    }
+    return lane_sums(m);
+}
+
+/* A row unpacked: value k of 32-value block b = d[b] * nib[32 b + k] + m[b] (Q4_0: m unused, its -8 in the token's
+ * corr) */
+typedef struct {
+    uint8_t *nib; /* n bytes, 32-aligned */
+    float *d, *m; /* n / 32 each */
+} mm_row;
+
+static void unpack_q4_0(const uint8_t *row, int64_t n, mm_row r) {
+    for (int64_t b = 0; b < n / 32; b++) {
+        const uint8_t *p = row + b * Q4_0_BYTES;
+        _mm256_store_si256((__m256i *)(r.nib + 32 * b), nibbles(p + 2));
+        r.d[b] = half_at(p);
+    }
+}
+
+static void unpack_q4_1(const uint8_t *row, int64_t n, mm_row r) {
+    for (int64_t b = 0; b < n / 32; b++) {
+        const uint8_t *p = row + b * Q4_1_BYTES;
+        _mm256_store_si256((__m256i *)(r.nib + 32 * b), nibbles(p + 4));
+        r.d[b] = half_at(p);
+        r.m[b] = half_at(p + 2);
+    }
+}
+
+/* Q4_K as 32-value blocks: sub-block j's scale d * sc_j and min -dmin * m_j */
+static void unpack_q4_k(const uint8_t *row, int64_t n, mm_row r) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    for (int64_t i = 0; i < n / 256; i++) {
+        const uint8_t *p = row + i * Q4_K_BYTES;
+        uint8_t sm[16];
+        ts_k_scales_mins(p + 4, sm);
+        const float d = half_at(p), dmin = half_at(p + 2);
+        for (int j = 0; j < 4; j++) { /* sub-blocks 2j and 2j + 1: the low and high nibbles of 32 bytes */
+            const __m256i q = _mm256_loadu_si256((const __m256i *)(p + 16 + 32 * j));
+            _mm256_store_si256((__m256i *)(r.nib + 256 * i + 64 * j), _mm256_and_si256(q, m4));
+            _mm256_store_si256((__m256i *)(r.nib + 256 * i + 64 * j + 32), _mm256_and_si256(_mm256_srli_epi16(q, 4), m4));
+        }
+        for (int j = 0; j < 8; j++) {
+            r.d[8 * i + j] = d * sm[j];
+            r.m[8 * i + j] = -dmin * sm[8 + j];
+        }
+    }
+}
+
+/* A Q8_K activation in prepare_q8_1's layout (32-value blocks: the super-block's d, and d * the block's sum), so that
+ * Q4_K rows take mm_token_q4_1 */
+static const void *prepare_q8_k_as_q8_1(const void *xq, int64_t n, void *buf) {
+    const uint8_t *src = xq;
+    int8_t *x = buf;
+    float *d = (float *)(x + n), *s = d + n / 32;
+    for (int64_t i = 0; i < n / 256; i++) {
+        const uint8_t *blk = src + i * Q8_K_BYTES;
+        float dk;
+        int16_t bsums[16];
+        memcpy(&dk, blk, sizeof(dk));
+        memcpy(x + 256 * i, blk + 4, 256);
+        memcpy(bsums, blk + 260, sizeof(bsums));
+        for (int j = 0; j < 8; j++) {
+            d[8 * i + j] = dk;
+            s[8 * i + j] = dk * (float)(bsums[2 * j] + bsums[2 * j + 1]);
+        }
+    }
+    return buf;
+}
+
+/* out[k] = row k . x for the R unpacked rows, x prepared by prepare_q8_0 (corr turns nibbles q into q - 8) */
+ALWAYS_INLINE void mm_token_q4_0(const mm_row *rows, const int R, const void *prepared, int64_t n, float *out) {
+    const q8_0_view v = view_q8_0(prepared, n);
+    const int64_t nb = n / 32;
+    __m256 acc[MM_ROWS];
+    for (int k = 0; k < R; k++) {
+        acc[k] = _mm256_setzero_ps();
+    }
+    int64_t b = 0;
+    for (; b + 8 <= nb; b += 8) {
+        const __m256i corr = _mm256_loadu_si256((const __m256i *)(v.corr + b));
+        const __m256 dx = _mm256_loadu_ps(v.d + b);
+        for (int k = 0; k < R; k++) {
+            const __m256 s = _mm256_cvtepi32_ps(_mm256_add_epi32(dots_8_blocks(rows[k].nib + 32 * b, v.x + 32 * b), corr));
+            acc[k] = _mm256_fmadd_ps(s, _mm256_mul_ps(_mm256_loadu_ps(rows[k].d + b), dx), acc[k]);
+        }
+    }
+    for (; b < nb; b++) { /* the blocks past the last 8 */
+        const __m256i x = _mm256_load_si256((const __m256i *)(v.x + 32 * b));
+        const __m256i corr = _mm256_zextsi128_si256(_mm_cvtsi32_si128(v.corr[b]));
+        for (int k = 0; k < R; k++) {
+            const __m256i s = _mm256_add_epi32(dot_u8_i8(_mm256_load_si256((const __m256i *)(rows[k].nib + 32 * b)), x), corr);
+            acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(rows[k].d[b] * v.d[b]), acc[k]);
+        }
+    }
+    for (int k = 0; k < R; k++) {
+        out[k] = hsum_ps(acc[k]);
+    }
+}
+
+/* out[k] = row k . x for the R unpacked rows, x prepared by prepare_q8_1 (s = d * sum(x) weighs each block's min) */
+ALWAYS_INLINE void mm_token_q4_1(const mm_row *rows, const int R, const void *prepared, int64_t n, float *out) {
+    const int8_t *xs = prepared;
+    const float *dx = (const float *)(xs + n), *sx = dx + n / 32;
+    const int64_t nb = n / 32;
+    __m256 acc[MM_ROWS];
+    for (int k = 0; k < R; k++) {
+        acc[k] = _mm256_setzero_ps();
+    }
+    int64_t b = 0;
+    for (; b + 8 <= nb; b += 8) {
+        const __m256 d = _mm256_loadu_ps(dx + b), s = _mm256_loadu_ps(sx + b);
+        for (int k = 0; k < R; k++) {
+            const __m256 dot = _mm256_cvtepi32_ps(dots_8_blocks(rows[k].nib + 32 * b, xs + 32 * b));
+            acc[k] = _mm256_fmadd_ps(dot, _mm256_mul_ps(_mm256_loadu_ps(rows[k].d + b), d), acc[k]);
+            acc[k] = _mm256_fmadd_ps(_mm256_loadu_ps(rows[k].m + b), s, acc[k]);
+        }
+    }
+    float mins[MM_ROWS] = {0};
+    for (; b < nb; b++) { /* the blocks past the last 8 */
+        const __m256i x = _mm256_load_si256((const __m256i *)(xs + 32 * b));
+        for (int k = 0; k < R; k++) {
+            const __m256i dot = dot_u8_i8(_mm256_load_si256((const __m256i *)(rows[k].nib + 32 * b)), x);
+            acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(rows[k].d[b] * dx[b]), acc[k]);
+            mins[k] += rows[k].m[b] * sx[b];
+        }
+    }
+    for (int k = 0; k < R; k++) {
+        out[k] = hsum_ps(acc[k]) + mins[k];
+    }
+}
+
+static size_t align64(size_t bytes) {
+    return (bytes + 63) & ~(size_t)63;
+}
+
+/* rows_matmul.h's contract: token chunks prepared once, MM_ROWS rows unpacked once per chunk; the tail pass
+ * instantiates the token function for 3, 2 and 1 rows (always inlined: constant row counts unroll) */
+#define DEFINE_MATMUL(name, unpack, prepare, token)                                                                 \
+    static void matmul_##name(const void *w, size_t row_bytes, int64_t n_rows, const void *xq, size_t xq_stride,   \
+                              int64_t n_tokens, int64_t n, float *out, size_t out_stride, void *scratch) {          \
+        const int64_t nb = n / 32;                                                                                  \
+        const size_t scales = align64(sizeof(float) * (size_t)nb), row_part = align64((size_t)n) + 2 * scales;      \
+        const size_t prepared_bytes = align64((size_t)n + 8 * (size_t)nb); /* x, then two 4-byte values a block */  \
+        uint8_t *base = (uint8_t *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);                                    \
+        mm_row rows[MM_ROWS];                                                                                       \
+        for (int k = 0; k < MM_ROWS; k++) {                                                                         \
+            uint8_t *r = base + (size_t)k * row_part;                                                               \
+            rows[k] = (mm_row){r, (float *)(r + align64((size_t)n)), (float *)(r + align64((size_t)n) + scales)};   \
+        }                                                                                                           \
+        uint8_t *tokens = base + MM_ROWS * row_part;                                                                \
+        const int64_t chunk = MM_TOKENS_BYTES / (int64_t)prepared_bytes > 0 ? MM_TOKENS_BYTES / (int64_t)prepared_bytes : 1; \
+        for (int64_t t0 = 0; t0 < n_tokens; t0 += chunk) {                                                          \
+            const int64_t t1 = t0 + chunk < n_tokens ? t0 + chunk : n_tokens;                                       \
+            for (int64_t t = t0; t < t1; t++) {                                                                     \
+                prepare((const uint8_t *)xq + t * xq_stride, n, tokens + (size_t)(t - t0) * prepared_bytes);        \
+            }                                                                                                       \
+            for (int64_t i = 0; i < n_rows; i += MM_ROWS) {                                                         \
+                const int R = n_rows - i < MM_ROWS ? (int)(n_rows - i) : MM_ROWS;                                   \
+                for (int k = 0; k < R; k++) {                                                                       \
+                    unpack((const uint8_t *)w + (size_t)(i + k) * row_bytes, n, rows[k]);                           \
+                }                                                                                                   \
+                for (int64_t t = t0; t < t1; t++) {                                                                 \
+                    const void *x = tokens + (size_t)(t - t0) * prepared_bytes;                                     \
+                    float *o = out + (size_t)t * out_stride + i;                                                    \
+                    switch (R) {                                                                                    \
+                    case 4: token(rows, 4, x, n, o); break;                                                         \
+                    case 3: token(rows, 3, x, n, o); break;                                                         \
+                    case 2: token(rows, 2, x, n, o); break;                                                         \
+                    default: token(rows, 1, x, n, o); break;                                                        \
+                    }                                                                                               \
+                }                                                                                                   \
+            }                                                                                                       \
+        }                                                                                                           \
+    }
+
+DEFINE_MATMUL(q4_0, unpack_q4_0, prepare_q8_0, mm_token_q4_0)
+DEFINE_MATMUL(q4_1, unpack_q4_1, prepare_q8_1, mm_token_q4_1)
+DEFINE_MATMUL(q4_k, unpack_q4_k, prepare_q8_k_as_q8_1, mm_token_q4_1)
+
+ts_rows_matmul_fn ts_rows_matmul_avx2(enum ggml_type type, int64_t n) {
+    ts_rows_matmul_fn fn;
+    switch (type) {
+    case GGML_TYPE_Q4_0: fn = matmul_q4_0; break;
+    case GGML_TYPE_Q4_1: fn = matmul_q4_1; break;
+    case GGML_TYPE_Q4_K: fn = matmul_q4_k; break;
+    default: return NULL;
+    }
+    return n > 0 && n <= TS_DOT_MAX_N && n % ggml_blck_size(type) == 0 ? fn : NULL;
+}
+
 /* ---- table -------------------------------------------------------------------------------------------- */
 
 int ts_dot_kernel_avx2(enum ggml_type type, int64_t n, ts_dot_kernel *k) {
@@ -323,6 +539,11 @@ int ts_dot_kernel_avx2(enum ggml_type type, int64_t n, ts_dot_kernel *k) {
 int ts_dot_kernel_avx2(enum ggml_type type, int64_t n, ts_dot_kernel *k) {
     (void)type, (void)n, (void)k;
     return 0;
+}
+
+ts_rows_matmul_fn ts_rows_matmul_avx2(enum ggml_type type, int64_t n) {
+    (void)type, (void)n;
+    return NULL;
 }
 
 #endif

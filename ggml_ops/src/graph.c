@@ -12,6 +12,7 @@
 
 #include "ggml-cpu.h"
 #include "moe_ffn.h"
+#include "rows_matmul.h"
 
 #include <math.h>
 
@@ -102,6 +103,17 @@ struct ggml_tensor *ts_gated_activation(struct ggml_context *ctx0, int32_t act, 
     }
 }
 
+/* w . cur (+ b) for the dense FFN: in the sparse modes the row-read matrices keep ggml's plain layout, where the
+ * prompt kernels of rows_matmul.h beat ggml's plain mul_mat; everything else (and types without a kernel) by ggml. */
+static struct ggml_tensor *ffn_matmul(const ts_context *ctx, struct ggml_context *ctx0, struct ggml_tensor *w,
+                                      struct ggml_tensor *b, struct ggml_tensor *cur) {
+    const ts_model *m = ctx->model;
+    struct ggml_tensor *out = m->sparse_rows && m->on_cpu && w->buffer == m->buf_mapped
+                                  ? ts_rows_matmul(ctx0, w, cur, ctx->params.n_threads)
+                                  : NULL;
+    return out != NULL ? add_bias(ctx0, out, b) : matmul_bias(ctx0, w, b, cur);
+}
+
 /* Whether layer il computes its FFN densely: prefill, dense mode, or a SwiGLU layer whose thresholds keep every
  * neuron (nothing to skip: ggml's dense kernels, and the dense result exactly). */
 static int runs_dense(const ts_context *ctx, int il, int32_t dense_ffn) {
@@ -127,8 +139,8 @@ static struct ggml_tensor *ffn(ts_context *ctx, struct ggml_context *ctx0, int i
         return ts_grouped_ffn(ctx0, m, il, ffn_inp, cur, ctx->group_top_k[il], &ctx->group_ids[il]);
     }
     if (runs_dense(ctx, il, dense_ffn)) {
-        struct ggml_tensor *up = matmul_bias(ctx0, l->ffn_up, l->ffn_up_b, cur);
-        struct ggml_tensor *gate = matmul_bias(ctx0, l->ffn_gate, l->ffn_gate_b, cur);
+        struct ggml_tensor *up = ffn_matmul(ctx, ctx0, l->ffn_up, l->ffn_up_b, cur);
+        struct ggml_tensor *gate = ffn_matmul(ctx, ctx0, l->ffn_gate, l->ffn_gate_b, cur);
         if (trace != NULL) {
             trace->gate = gate;
             trace->up = up;
@@ -160,14 +172,14 @@ static struct ggml_tensor *ffn(ts_context *ctx, struct ggml_context *ctx0, int i
     }
     const ts_sparse_activation a =
         ts_sparse_act(ctx0, sl, select, xq_gate, xq_up, sl->select_exact ? NULL : l->ffn_gate, l->ffn_up, n_threads);
-    if (l->ffn_down_cols != NULL || l->ffn_down_t != NULL) {
-        struct ggml_tensor *down = l->ffn_down_cols != NULL ? l->ffn_down_cols : l->ffn_down_t;
+    if (l->ffn_down_t != NULL) {
         return add_bias(ctx0,
-                        ts_sparse_down(ctx0, sl, a.act, a.counters, down, m->info.n_embd, TS_DOWN_COUNTED, n_threads),
+                        ts_sparse_down(ctx0, sl, a.act, a.counters, l->ffn_down_t, m->info.n_embd, TS_DOWN_COUNTED,
+                                       n_threads),
                         l->ffn_down_b);
     }
-    /* only the standard down: dense down over the sparse activation */
-    return matmul_bias(ctx0, l->ffn_down, l->ffn_down_b, a.act);
+    /* only the standard down: ggml's dense down over the sparse activation */
+    return matmul_bias(ctx0, l->ffn_down, l->ffn_down_b, ts_sparse_count(ctx0, sl, a));
 }
 
 void ts_graph_build(ts_context *ctx, struct ggml_context *ctx0, ts_graph *g) {

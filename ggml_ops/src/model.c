@@ -1046,12 +1046,6 @@ void ts_model_free(ts_model *m) {
     if (m->buf_repacked != NULL) {
         ggml_backend_buffer_free(m->buf_repacked);
     }
-    if (m->buf_down_rows != NULL) {
-        ggml_backend_buffer_free(m->buf_down_rows);
-    }
-    if (m->ctx_down_rows != NULL) {
-        ggml_free(m->ctx_down_rows);
-    }
     if (m->buf_mapped != NULL) {
         ggml_backend_buffer_free(m->buf_mapped);
     }

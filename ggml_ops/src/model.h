@@ -2,7 +2,6 @@
 #ifndef TS_MODEL_H
 #define TS_MODEL_H
 
-#include "down_cols.h"
 #include "ggml-backend.h"
 #include "ggml.h"
 #include "gguf_file.h"
@@ -20,8 +19,6 @@ typedef struct ts_layer {
     struct ggml_tensor *ffn_up;    /* [n_embd, n_ff] */
     struct ggml_tensor *ffn_down;  /* [n_ff, n_embd] (standard layout, optional when down_t exists) */
     struct ggml_tensor *ffn_down_t;/* [n_embd, n_ff]: row j = neuron j's output vector (optional) */
-    struct ggml_tensor *ffn_down_cols; /* I8 [group_bytes, n_ff / 32]: down by neuron groups (down_cols.h), built */
-    ts_down_cols_format down_cols;     /* the layout of ffn_down_cols */
     struct ggml_tensor *ffn_gate_b, *ffn_up_b; /* [n_ff] optional biases: for dReLU, per-neuron thresholds */
     struct ggml_tensor *ffn_down_b;            /* [n_embd] optional */
     struct ggml_tensor *pred_fc1;  /* [n_embd, rank] predictor, optional */
@@ -69,13 +66,6 @@ struct ts_model {
     float *act_scale;                /* [n_layer * n_ff], turbosparse.ffn_act_scales, or NULL when absent */
     int32_t *group_top_k;            /* per layer, turbosparse.group_top_k: groups read per token (grouped route) */
     int32_t sparse_rows;             /* loaded with ts_model_params.sparse_rows: FFN row matrices not repacked */
-
-    /* what sparse decoding reads of a standard-only down matrix (down_rows.c): per layer column groups or down_t */
-    struct ggml_context *ctx_down_rows;
-    ggml_backend_buffer_t buf_down_rows;
 };
-
-/* Builds layers[*].ffn_down_cols (or ffn_down_t) from the file's standard down matrices, once; n_threads threads. */
-int ts_model_build_down_rows(ts_model *model, int n_threads, char *err, size_t err_size);
 
 #endif

@@ -38,7 +38,7 @@ int ts_moe_init(ts_context *c, char *err, size_t err_size) {
             s->ffn_act = m->info.ffn_act;
             s->select_exact = c->params.sparse_mode != TS_SPARSE_PREDICTOR || m->pred_rank[il] == 0;
             s->threshold = c->threshold;
-            /* no gate / activation thresholds, biases or column-group downs in an expert; recall is not measured
+            /* no gate / activation thresholds or biases in an expert; recall is not measured
              * (recall mode computes every neuron, which would count experts the token never used) */
         }
     }

@@ -1,7 +1,6 @@
 #include "sparse_ffn.h"
 
 #include "axpy_rows.h"
-#include "down_cols.h"
 #include "gate_up_dot.h"
 #include "ggml-cpu.h"
 
@@ -193,6 +192,7 @@ static void sparse_act_op(struct ggml_tensor *dst, int ith, int nth, void *userd
                 const float v = combine(layer->ffn_act, ag, uk);
                 a[jj] = chosen ? kept_activation(layer, jj, v) : 0.0f;
                 count[TS_COUNT_COMPUTED] += chosen;
+                count[TS_COUNT_NONZERO] += a[jj] != 0.0f;
                 count[TS_COUNT_TRUE_ACTIVE] += recall && v != 0.0f;
                 count[TS_COUNT_TRUE_FOUND] += recall && v != 0.0f && chosen;
             }
@@ -238,19 +238,40 @@ static void record_stats(ts_sparse_layer *layer, const struct ggml_tensor *act, 
     }
 }
 
+/* src: act [n_ff, T], counters (the act node's, written on as many threads as this node runs on) */
+static void count_op(struct ggml_tensor *dst, int ith, int nth, void *userdata) {
+    ts_sparse_layer *layer = userdata;
+    const struct ggml_tensor *counters = dst->src[1];
+    if (ith != 0 || layer->idle) {
+        return;
+    }
+    uint64_t nonzero = 0;
+    for (int k = 0; k < nth; k++) {
+        int32_t count[TS_N_ACT_COUNTERS];
+        memcpy(count, row_ptr(counters, k), sizeof(count));
+        nonzero += (uint64_t)count[TS_COUNT_NONZERO];
+    }
+    record_stats(layer, dst->src[0], counters, nth, nonzero);
+}
+
+struct ggml_tensor *ts_sparse_count(struct ggml_context *ctx0, ts_sparse_layer *layer, ts_sparse_activation a) {
+    struct ggml_tensor *args[1] = {a.counters};
+    return ggml_custom_inplace(ctx0, a.act, args, 1, count_op, GGML_N_TASKS_MAX, layer);
+}
+
 /* Columns the down node splits on: whole blocks of down_t's type (float types: 32-column units, the fused kernels'
- * step), or the column groups' 32-value units. */
-static int64_t down_split(const ts_sparse_layer *layer, const struct ggml_tensor *down, int64_t n_embd) {
-    const int64_t type_blck = layer->down_cols != NULL ? 32 : ggml_blck_size(down->type);
+ * step). */
+static int64_t down_split(const struct ggml_tensor *down, int64_t n_embd) {
+    const int64_t type_blck = ggml_blck_size(down->type);
     return type_blck < 32 && n_embd % 32 == 0 ? 32 : type_blck;
 }
 
-/* src: act [n_ff, T] F32, down (down_t [n_embd, n_ff] or column groups), scratch [n_ff * 8 bytes, n_workers] I8,
+/* src: act [n_ff, T] F32, down_t [n_embd, n_ff], scratch [n_ff * 8 bytes, n_workers] I8,
  * then the act node's counters (absent for a dense activation) */
 static void sparse_down(struct ggml_tensor *dst, int ith, int nth, ts_sparse_layer *layer, enum ts_down_stats stats) {
     const struct ggml_tensor *act = dst->src[0], *down = dst->src[1], *scratch = dst->src[2], *counters = dst->src[3];
     const int64_t n_embd = dst->ne[0], n_tokens = dst->ne[1], n_ff = act->ne[0];
-    const int64_t blck = down_split(layer, down, n_embd), n_blocks = n_embd / blck;
+    const int64_t blck = down_split(down, n_embd), n_blocks = n_embd / blck;
     const int n_workers = nth < scratch->ne[1] ? nth : (int)scratch->ne[1];
     uint64_t nonzero = 0;
     if (ith < n_workers) {
@@ -272,9 +293,7 @@ static void sparse_down(struct ggml_tensor *dst, int ith, int nth, ts_sparse_lay
             }
             float *out = (float *)row_ptr(dst, t) + c0;
             memset(out, 0, (size_t)(c1 - c0) * sizeof(float));
-            if (c1 > c0 && layer->down_cols != NULL) {
-                ts_down_cols_add(layer->down_cols, down->data, idx, coef, n, c0, c1 - c0, out);
-            } else if (c1 > c0) {
+            if (c1 > c0) {
                 ts_axpy_rows(down->type, down->data, down->nb[1], idx, coef, n, c0, c1 - c0, out);
             }
             nonzero += (uint64_t)n;

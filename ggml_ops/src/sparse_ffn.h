@@ -7,6 +7,8 @@
  *            g(gate_j) != 0 and |g(gate_j)| s_j >= gate_threshold, g = relu or silu as the FFN's activation,
  *            s_j an optional per-neuron scale); a_j is zeroed too where |a_j| r_j < act_threshold (r_j likewise)
  *   out  = sparse_down(act, down_t)            sum over non-zero a_j of a_j * down_t[j, :]
+ *          or down . count(act)                files with only the standard down matrix (SwiGLU): ggml's dense
+ *                                              down over the sparse activation, count recording the stats
  *
  * There is no barrier inside a custom op, so each phase is its own node. Threads split neurons (act)
  * or hidden-dimension blocks (down): no two threads ever write the same output element, and the
@@ -15,7 +17,6 @@
 #ifndef TS_SPARSE_FFN_H
 #define TS_SPARSE_FFN_H
 
-#include "down_cols.h"
 #include "ggml.h"
 #include "turbosparse.h"
 
@@ -30,25 +31,25 @@ typedef struct ts_sparse_layer {
     float act_threshold;    /* a_j kept (its down row read) when |a_j| * act_scale[j] >= act_threshold */
     const float *gate_scale; /* [n_ff] per-neuron scale of |g(gate_j)| in exact selection, or NULL (1) */
     const float *act_scale;  /* [n_ff] per-neuron scale of |a_j|, or NULL (1) */
-    const ts_down_cols_format *down_cols; /* the down node reads column groups (down_cols.h), not down_t rows */
     int32_t measure_recall; /* predictor mode: also compute every neuron to count what it missed */
     const float *gate_bias; /* [n_ff] added to gate_j . x (predictor mode; exact mode's select has it), or NULL */
     const float *up_bias;   /* [n_ff] added to up_j . x, or NULL */
     int32_t idle;           /* an expert no token of this evaluation chose (set by moe_ffn.c's planes node): the act
                              * node does nothing and the down node writes zeros */
-    ts_layer_stats stats;   /* accumulated by thread 0 of the down node */
+    ts_layer_stats stats;   /* accumulated by thread 0 of the down (or count) node */
 } ts_sparse_layer;
 
 /* x [n_embd, T] F32 -> [row_bytes(vec_dot_type of `weight`), T] I8 rows of quantized activations */
 struct ggml_tensor *ts_sparse_quantize(struct ggml_context *ctx0, struct ggml_tensor *x, const struct ggml_tensor *weight);
 
 /* Counters the act node keeps per thread (one row of ts_sparse_activation.counters each), summed into the layer's
- * stats by the down node. */
+ * stats by the down (or count) node. */
 enum ts_act_counter {
     TS_COUNT_COMPUTED,    /* neurons selected and computed (ts_layer_stats.n_computed) */
     TS_COUNT_TRUE_ACTIVE, /* recall measurement: neurons non-zero under full computation */
     TS_COUNT_TRUE_FOUND,  /* ... of which the selection kept */
     TS_COUNT_UNION,       /* neurons selected by at least one token of the batch */
+    TS_COUNT_NONZERO,     /* neurons with a non-zero activation (ts_layer_stats.n_nonzero, for the count node) */
     TS_N_ACT_COUNTERS
 };
 
@@ -73,12 +74,19 @@ enum ts_down_stats {
 };
 
 /*
- * sum_j act[j, t] * down_t[j, :] over the non-zero act[j, t]: [n_embd, T] F32. down is down_t [n_embd, n_ff], or
- * with layer->down_cols the column groups of down_cols.h. act [n_ff, T] is ts_sparse_act's output with its counters,
- * or any dense activation (counters NULL). n_threads sizes the per-thread scratch.
+ * sum_j act[j, t] * down_t[j, :] over the non-zero act[j, t]: [n_embd, T] F32. down is down_t [n_embd, n_ff].
+ * act [n_ff, T] is ts_sparse_act's output with its counters, or any dense activation (counters NULL). n_threads
+ * sizes the per-thread scratch.
  */
 struct ggml_tensor *ts_sparse_down(struct ggml_context *ctx0, ts_sparse_layer *layer, struct ggml_tensor *act,
                                    struct ggml_tensor *counters, struct ggml_tensor *down, int64_t n_embd,
                                    enum ts_down_stats stats, int32_t n_threads);
+
+/*
+ * a.act itself (in place), once the layer's stats have recorded a's counters: the input of a dense down matrix,
+ * which reads every row whatever the activation (files without a transposed down; the column layouts that would
+ * let it skip rows were no faster than ggml's dense kernel, see the README).
+ */
+struct ggml_tensor *ts_sparse_count(struct ggml_context *ctx0, ts_sparse_layer *layer, ts_sparse_activation a);
 
 #endif

@@ -755,44 +755,30 @@ def axpy_rows(
         raise ValueError(err.message)
 
 
-def down_cols_add(
-    down: np.ndarray,
-    ggml_type: int,
-    n_ff: int,
-    idx: np.ndarray,
-    coef: np.ndarray,
-    out: np.ndarray,
-    col0: int = 0,
-    *,
-    reference: bool = False,
-) -> None:
-    """out += sum_i coef[i] * W[col0 : col0 + len(out), idx[i]] for W a standard-layout down matrix (uint8 rows of
-    ggml_type blocks, one row per output) through its exact neuron-major layout (the sparse down of files without a
-    transposed down); reference runs the plain C path."""
+def rows_matmul(w: np.ndarray, ggml_type: int, n_cols: int, x: np.ndarray) -> np.ndarray:
+    """[T, n_rows]: every row of w (uint8 rows of ggml_type blocks) dotted with each of x's T rows (float32, each
+    quantized to ggml's vec_dot type of ggml_type), as the prompt kernel of sparse modes computes them; ValueError
+    where this CPU has no such kernel for these rows."""
     lib = load()
-    raw = np.ascontiguousarray(down, dtype=np.uint8)
-    rows = np.ascontiguousarray(idx, dtype=np.int32)
-    scale = np.ascontiguousarray(coef, dtype=np.float32)
-    if rows.shape != scale.shape or rows.ndim != 1:
-        raise ValueError("idx and coef must be 1-D arrays of the same length")
-    if out.dtype != np.float32 or not out.flags.c_contiguous or out.ndim != 1:
-        raise ValueError("out must be a contiguous 1-D float32 array")
+    raw = np.ascontiguousarray(w, dtype=np.uint8)
+    act = np.ascontiguousarray(x, dtype=np.float32)
+    if act.ndim != 2 or act.shape[1] != n_cols:
+        raise ValueError(f"x must have shape (T, {n_cols}), not {act.shape}")
+    n_rows = raw.shape[0] if raw.ndim > 1 else 0
+    out = np.empty((act.shape[0], n_rows), dtype=np.float32)
     ffi = lib.ffi
     err = _ErrorBuffer(lib)
-    rc = lib.lib.ts_kernel_down_cols(
+    rc = lib.lib.ts_kernel_rows_matmul(
         int(ggml_type),
         ffi.from_buffer(raw),
-        raw.shape[0] if raw.ndim > 1 else 0,
-        n_ff,
-        ffi.from_buffer("int32_t[]", rows),
-        ffi.from_buffer("float[]", scale),
-        rows.size,
-        col0,
-        out.size,
-        int(reference),
+        n_rows,
+        n_cols,
+        ffi.from_buffer("float[]", act),
+        act.shape[0],
         ffi.from_buffer("float[]", out),
         err.buf,
         _ERR_SIZE,
     )
     if rc != 0:
         raise ValueError(err.message)
+    return out

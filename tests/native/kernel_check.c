@@ -1,14 +1,12 @@
 /*
  * The sparse FFN kernels of every instruction set this CPU runs, against ggml's own results, for every type that
- * set has a kernel for: the C twin of tests/test_dot_rows.py, test_axpy_rows.py and test_down_cols.py, with their
- * shapes and error bounds, for targets without Python (scripts/test_neon.sh runs it under qemu-aarch64).
+ * set has a kernel for: the C twin of tests/test_dot_rows.py and test_axpy_rows.py, with their shapes and error
+ * bounds, for targets without Python (scripts/test_neon.sh runs it under qemu-aarch64).
  *
  *   dot_rows   rows . x with the fast kernel, against double sums over ggml's dequantized rows (bound: what
  *              quantizing x can move them) and against ggml's own vec_dot (same quantized x: float rounding)
  *   axpy_rows  out + sum coef * row, against double sums over ggml's dequantized rows (integer kernels: plus the
  *              8-bit rounding of coef * d)
- *   down_cols  the column-group down layout, vectorized and plain paths, against double sums with the activations
- *              quantized per 32 neurons as ggml's Q8_0 does
  *
  * Prints one line per (kernel, type, instruction set) with the worst error as a fraction of its bound; exits 1 on
  * any value over its bound or any kernel that is not the one decoding would run.
@@ -304,89 +302,6 @@ static int check_axpy(enum ggml_type type, int32_t isa) {
     return report(&t);
 }
 
-/* ---- down_cols ----------------------------------------------------------------------------------------- */
-
-static const enum ggml_type DOWN_TYPES[] = {GGML_TYPE_Q4_0, GGML_TYPE_Q4_1, GGML_TYPE_Q5_0, GGML_TYPE_Q5_1,
-                                            GGML_TYPE_Q8_0, GGML_TYPE_Q4_K, GGML_TYPE_Q5_K};
-
-typedef struct {
-    int64_t n_embd, n_ff, n_idx, col0, n;
-} down_case;
-
-/* whole and partial groups of 32 neurons, one neuron, none, all; column ranges inside the rows (K-quants: the
- * cases whose n_ff is whole super-blocks of 256) */
-static const down_case DOWN_CASES[] = {
-    {64, 96, 30, 0, 64},     {256, 320, 1, 96, 128},   {128, 64, 0, 0, 128},      {96, 160, 160, 32, 32},
-    {4096, 512, 77, 2048, 2048}, {64, 256, 30, 0, 64}, {256, 512, 200, 96, 128}, {96, 256, 256, 32, 64},
-};
-
-/* coef as the kernels use it: per group of 32 neurons, S * round(a / S) with S = max |a| / 127 */
-static void quantized_activations(const int32_t *idx, const float *coef, int64_t n, double *q) {
-    for (int64_t i = 0; i < n;) {
-        int64_t end = i;
-        float amax = 0.0f;
-        for (; end < n && idx[end] / 32 == idx[i] / 32; end++) {
-            amax = fmaxf(amax, fabsf(coef[end]));
-        }
-        for (int64_t r = i; r < end; r++) {
-            q[r] = amax > 0.0f ? (double)(amax / 127.0f) * rintf(coef[r] * (127.0f / amax)) : 0.0;
-        }
-        i = end;
-    }
-}
-
-static int check_down(enum ggml_type type, int32_t reference) {
-    tally t = {"down_cols", type, reference ? "plain" : "vectorized", 0, 0.0, 0};
-    for (size_t c = 0; c < sizeof(DOWN_CASES) / sizeof(DOWN_CASES[0]); c++) {
-        const down_case *dc = &DOWN_CASES[c];
-        if (dc->n_ff % ggml_blck_size(type) != 0) {
-            continue;
-        }
-        matrix m = random_matrix(type, dc->n_embd, dc->n_ff);
-        int32_t *idx = xmalloc(sizeof(int32_t) * (size_t)dc->n_idx);
-        float *coef = xmalloc(sizeof(float) * (size_t)dc->n_idx), *out = xmalloc(sizeof(float) * (size_t)dc->n);
-        double *q = xmalloc(sizeof(double) * (size_t)dc->n_idx), *expected = xmalloc(sizeof(double) * (size_t)dc->n);
-        for (int64_t i = 0, k = 0; k < dc->n_ff && i < dc->n_idx; k++) { /* ascending: keep n_idx of n_ff at random */
-            if (uniform() * (double)(dc->n_ff - k) < (double)(dc->n_idx - i)) {
-                idx[i++] = (int32_t)k;
-            }
-        }
-        fill_normal(coef, dc->n_idx);
-        fill_normal(out, dc->n);
-        quantized_activations(idx, coef, dc->n_idx, q);
-        double coef_sum = 0.0, w_max = 0.0;
-        for (int64_t i = 0; i < dc->n_idx; i++) {
-            coef_sum += fabs(coef[i]);
-        }
-        for (int64_t k = 0; k < m.n_rows * m.n_cols; k++) {
-            w_max = fmax(w_max, fabs(m.deq[k]));
-        }
-        for (int64_t j = 0; j < dc->n; j++) {
-            expected[j] = out[j];
-            for (int64_t i = 0; i < dc->n_idx; i++) {
-                expected[j] += m.deq[(size_t)(dc->col0 + j) * (size_t)m.n_cols + (size_t)idx[i]] * q[i];
-            }
-        }
-        if (ts_kernel_down_cols(type, m.raw, m.n_rows, m.n_cols, idx, coef, dc->n_idx, dc->col0, dc->n, reference, out,
-                                err, sizeof(err))) {
-            fprintf(stderr, "kernel_check: %s\n", err);
-            t.failures++;
-        } else {
-            /* K-quants: each sub-block's scale d * sc and min dmin * mn rounded to fp16 move a value by at most
-             * 2^-11 * (|scale| * max code + |min|) <= ~3 * 2^-11 * max|W| */
-            const int k_quant = ggml_blck_size(type) == 256;
-            const double bound = TOLERANCE * fmax(1.0, coef_sum * w_max) + (k_quant ? 3 * pow(2.0, -11) * coef_sum * w_max : 0.0);
-            for (int64_t j = 0; j < dc->n; j++) {
-                note(&t, fabs(out[j] - expected[j]), bound);
-            }
-        }
-        t.cases++;
-        free(idx), free(coef), free(out), free(q), free(expected);
-        free_matrix(&m);
-    }
-    return report(&t);
-}
-
 /* ---- which kernels decoding runs ------------------------------------------------------------------------- */
 
 /* The most specialised set this CPU runs with a kernel of that kind for `type` (TS_ISA_GENERIC: none). */
@@ -449,10 +364,6 @@ int main(void) {
         for (int i = 0; i < MAX_TYPES && set->axpy[i] != NONE; i++) {
             failures += check_axpy(set->axpy[i], set->isa);
         }
-    }
-    for (size_t i = 0; i < sizeof(DOWN_TYPES) / sizeof(DOWN_TYPES[0]); i++) {
-        failures += check_down(DOWN_TYPES[i], 0);
-        failures += check_down(DOWN_TYPES[i], 1);
     }
     printf("\n%s\n", failures ? "FAILED" : "all kernels within their bounds");
     return failures ? 1 : 0;

@@ -56,6 +56,7 @@ class TensorBytes:
     gate: list[int]
     up: list[int]
     down: list[int]  # ffn_down, ffn_down_t or ffn_down_groups (one of them is read)
+    down_whole: list[bool]  # only the standard ffn_down: ggml's dense kernel reads it whole under any activation
     predictor: list[int]  # fc1 + fc2 (the neuron route's predictor)
     group_scores: list[int]  # ffn_pred_groups: the grouped route reads fc1 and these instead of fc2
     fc2: list[int]
@@ -71,9 +72,10 @@ class TensorBytes:
         """Bytes per token if exactly `active` of the FFN rows were read, predictor included."""
         return self.attention + self.output + sum(self.predictor) + int(active * self.ffn)
 
-    def exact_ceiling(self, kept: float) -> int:
-        """Bytes per token of exact mode reading the whole gate and `kept` of the up and down rows."""
-        return self.attention + self.output + sum(self.gate) + int(kept * (sum(self.up) + sum(self.down)))
+    def exact_ceiling(self, up_share: float) -> int:
+        """Bytes per token of exact mode on a file with only the standard down matrix (a calibrated SwiGLU file): the
+        whole gate and down, read by ggml's dense kernels, and up_share of the up rows."""
+        return self.attention + self.output + sum(self.gate) + sum(self.down) + int(up_share * sum(self.up))
 
 
 def tensor_bytes(path: Path) -> TensorBytes:
@@ -84,6 +86,7 @@ def tensor_bytes(path: Path) -> TensorBytes:
     expert_share = int(n_used.contents()) / int(n_expert.contents()) if n_expert is not None else 1.0
     n_layer = 1 + max(int(t.name.split(".")[1]) for t in reader.tensors if t.name.startswith("blk."))
     per_layer = {k: [0] * n_layer for k in ("gate", "up", "down", "pred", "groups", "fc2")}
+    down_rows = [False] * n_layer  # the layer stores its down by neuron (transposed or grouped)
     attention = output = 0
     for t in reader.tensors:
         size = int(t.n_bytes)
@@ -100,6 +103,7 @@ def tensor_bytes(path: Path) -> TensorBytes:
             per_layer["up"][layer] += size
         elif kind in ("ffn_down", "ffn_down_t", "ffn_down_groups"):
             per_layer["down"][layer] = max(per_layer["down"][layer], size)
+            down_rows[layer] |= kind != "ffn_down"
         elif kind == "ffn_pred_groups":
             per_layer["groups"][layer] += size
         elif kind.startswith("ffn_pred") or kind in ("fc1", "fc2"):
@@ -107,8 +111,9 @@ def tensor_bytes(path: Path) -> TensorBytes:
             per_layer["fc2"][layer] += size if kind in ("ffn_pred_fc2", "fc2") else 0
         else:
             attention += size
-    return TensorBytes(attention, output, per_layer["gate"], per_layer["up"], per_layer["down"], per_layer["pred"],
-                       per_layer["groups"], per_layer["fc2"])  # fmt: skip
+    down_whole = [not r for r in down_rows]
+    return TensorBytes(attention, output, per_layer["gate"], per_layer["up"], per_layer["down"], down_whole,
+                       per_layer["pred"], per_layer["groups"], per_layer["fc2"])  # fmt: skip
 
 
 def calibrated_sparsity(path: Path) -> float | None:
@@ -134,12 +139,14 @@ def sparse_ffn_bytes(
     tb: TensorBytes, layer: int, stats: LayerStats, n_ff: int, exact: bool, groups: bool = False
 ) -> float:
     """FFN bytes layer read per token by sparse decoding, from its counters: the predictor (or, exact, the whole
-    gate; groups, fc1 and the group scores), the computed rows of gate and up, the non-zero rows of down."""
+    gate; groups, fc1 and the group scores), the computed rows of gate and up, the non-zero rows of down (all of them
+    where the file has only the standard down matrix)."""
     computed = stats.n_computed / (stats.n_tokens * n_ff)
     nonzero = stats.n_nonzero / (stats.n_tokens * n_ff)
     predictor = tb.predictor[layer] - tb.fc2[layer] + tb.group_scores[layer] if groups else tb.predictor[layer]
     gate = tb.gate[layer] if exact else computed * tb.gate[layer] + predictor
-    return gate + computed * tb.up[layer] + nonzero * tb.down[layer]
+    down = tb.down[layer] if tb.down_whole[layer] else nonzero * tb.down[layer]
+    return gate + computed * tb.up[layer] + down
 
 
 @dataclass(frozen=True)

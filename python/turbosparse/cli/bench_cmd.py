@@ -311,8 +311,9 @@ def _report(
     share = active if active is not None else (pred["active_fraction"] if pred else None)
     ceiling = None
     calibrated = calibrated_sparsity(sparse)
-    if calibrated is not None:  # exact mode on a calibrated file: the whole gate, 1 - sparsity of up and down
-        share = 1.0 - calibrated
+    if calibrated is not None:  # exact mode on a calibrated file: the whole gate and down, the computed up rows
+        exact = next((r for r in rows if r["mode"] == "exact"), None)
+        share = exact["active_fraction"] if exact is not None else 1.0 - calibrated
         ceiling = (dense_tb.dense() + kv) / (sparse_tb.exact_ceiling(share) + kv)
     elif share is not None and sum(sparse_tb.predictor):
         ceiling = (dense_tb.dense() + kv) / (sparse_tb.sparse_ceiling(share) + kv)
@@ -346,7 +347,10 @@ def _print_table(report: dict[str, object]) -> None:
             f"{r['engine']:<12} {r['mode']:<10} {r['decode_tok_s']:>12.2f} {r['prefill_tok_s']:>13.1f} "
             f"{r['bytes_per_token'] / 1e6:>9.1f} {r['gb_s']:>6.1f} {active:>7} {kept:>6}"
         )
-    print("(active: share of FFN neurons computed; kept: share of up and down rows read)")
+    print(
+        "(active: share of FFN neurons computed; kept: share of up and down rows kept, read where the file stores its"
+        " down by neuron; a file with only the standard down matrix reads that one whole)"
+    )
     for name, value in report["ratios"].items():
         print(f"ratio {name} vs llama.cpp: {value:.2f}x")
     if report["bytes_ceiling"] is not None:

@@ -1,0 +1,71 @@
+/* The prompt node over row-read FFN matrices (rows_matmul.h): the kernel choice and the ggml custom op. */
+#include "rows_matmul.h"
+
+#include "cpu_features.h"
+#include "ggml-cpu.h"
+#include "sparse_ffn.h"
+#include "ts_error.h"
+
+#include <stdlib.h>
+
+ts_rows_matmul_fn ts_rows_matmul_kernel(enum ggml_type type, int64_t n) {
+    return ts_isa_supported(TS_ISA_AVX2) ? ts_rows_matmul_avx2(type, n) : NULL;
+}
+
+/* src: xq [row bytes, T] I8, w [n, n_rows], scratch [TS_ROWS_MATMUL_SCRATCH, n_threads] I8. Threads take whole groups
+ * of 4 rows (the kernels' pass) in order. */
+static void rows_matmul_op(struct ggml_tensor *dst, int ith, int nth, void *userdata) {
+    (void)userdata;
+    const struct ggml_tensor *xq = dst->src[0], *w = dst->src[1], *scratch = dst->src[2];
+    GGML_ASSERT(ith < scratch->ne[1]); /* the graph runs on the n_threads the scratch was sized for */
+    const ts_rows_matmul_fn kernel = ts_rows_matmul_kernel(w->type, w->ne[0]);
+    const int64_t n_groups = (w->ne[1] + 3) / 4;
+    const int64_t r0 = n_groups * ith / nth * 4, r1 = n_groups * (ith + 1) / nth * 4;
+    const int64_t end = r1 < w->ne[1] ? r1 : w->ne[1];
+    if (end > r0) {
+        kernel((const char *)w->data + r0 * w->nb[1], w->nb[1], end - r0, xq->data, xq->nb[1], xq->ne[1], w->ne[0],
+               (float *)dst->data + r0, dst->nb[1] / sizeof(float), (char *)scratch->data + ith * scratch->nb[1]);
+    }
+}
+
+struct ggml_tensor *ts_rows_matmul(struct ggml_context *ctx0, struct ggml_tensor *w, struct ggml_tensor *x,
+                                   int32_t n_threads) {
+    if (ts_rows_matmul_kernel(w->type, w->ne[0]) == NULL) {
+        return NULL;
+    }
+    struct ggml_tensor *xq = ts_sparse_quantize(ctx0, x, w);
+    struct ggml_tensor *scratch = ggml_new_tensor_2d(ctx0, GGML_TYPE_I8, TS_ROWS_MATMUL_SCRATCH, n_threads);
+    struct ggml_tensor *args[3] = {xq, w, scratch};
+    return ggml_custom_4d(ctx0, GGML_TYPE_F32, w->ne[1], xq->ne[1], 1, 1, args, 3, rows_matmul_op, GGML_N_TASKS_MAX,
+                          NULL);
+}
+
+/* ---- test entry ----------------------------------------------------------------------------------- */
+
+int32_t ts_kernel_rows_matmul(int32_t type, const void *w, int64_t n_rows, int64_t n_cols, const float *x,
+                              int64_t n_tokens, float *out, char *err, size_t err_size) {
+    if (type < 0 || type >= GGML_TYPE_COUNT || ggml_blck_size((enum ggml_type)type) == 0) {
+        return ts_set_error(err, err_size, "rows_matmul: unknown ggml type id %d", type);
+    }
+    const ts_rows_matmul_fn kernel = ts_rows_matmul_kernel((enum ggml_type)type, n_cols);
+    if (kernel == NULL || n_rows < 0 || n_tokens < 0) {
+        return ts_set_error(err, err_size, "rows_matmul: no kernel for %s rows of %lld on this CPU",
+                            ggml_type_name((enum ggml_type)type), (long long)n_cols);
+    }
+    ggml_cpu_init();
+    const enum ggml_type vdt = ggml_get_type_traits_cpu((enum ggml_type)type)->vec_dot_type;
+    const size_t xq_row = ggml_row_size(vdt, n_cols);
+    void *xq = malloc(xq_row * (size_t)(n_tokens > 0 ? n_tokens : 1));
+    void *scratch = malloc(TS_ROWS_MATMUL_SCRATCH);
+    if (xq == NULL || scratch == NULL) {
+        free(xq), free(scratch);
+        return ts_set_error(err, err_size, "rows_matmul: out of memory");
+    }
+    for (int64_t t = 0; t < n_tokens; t++) {
+        ggml_get_type_traits_cpu(vdt)->from_float(x + t * n_cols, (char *)xq + t * xq_row, n_cols);
+    }
+    kernel(w, ggml_row_size((enum ggml_type)type, n_cols), n_rows, xq, xq_row, n_tokens, n_cols, out, (size_t)n_rows,
+           scratch);
+    free(xq), free(scratch);
+    return 0;
+}
