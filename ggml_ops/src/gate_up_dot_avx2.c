@@ -1,6 +1,6 @@
 /*
  * AVX2 gate/up kernels: Q4_0 and Q8_0 rows against a Q8_0 activation, Q4_1 against Q8_1, Q4_K against Q8_K; and
- * for prompts, Q4_0, Q4_1 and Q4_K matrices against many tokens (rows_matmul.h).
+ * for prompts, Q4_0 and Q4_1 matrices against many tokens (rows_matmul.h).
  *
  * Compiled with -mavx2 -mfma -mf16c (CMakeLists.txt) and reached only through ts_dot_kernel_best, which asks the
  * CPU first. Each kernel takes ROWS rows per pass over the activation: an activation block is loaded once for
@@ -332,69 +332,19 @@ ALWAYS_INLINE __m256i dots_8_blocks(const uint8_t *nib, const int8_t *x) {
     return lane_sums(m);
 }
 
-/* A row unpacked: value k of 32-value block b = d[b] * nib[32 b + k] + m[b] (Q4_0: m unused, its -8 in the token's
- * corr) */
 typedef struct {
-    uint8_t *nib; /* n bytes, 32-aligned */
-    float *d, *m; /* n / 32 each */
+    uint8_t *nib; /* n bytes: block b's 32 nibbles at 32 b, 32-aligned */
+    float *d, *m; /* n / 32 each: block scales and (Q4_1) mins */
 } mm_row;
 
-static void unpack_q4_0(const uint8_t *row, int64_t n, mm_row r) {
-    for (int64_t b = 0; b < n / 32; b++) {
-        const uint8_t *p = row + b * Q4_0_BYTES;
-        _mm256_store_si256((__m256i *)(r.nib + 32 * b), nibbles(p + 2));
+static void unpack_q4(const uint8_t *row, int64_t nb, size_t block_bytes, mm_row r) {
+    const int has_min = block_bytes == Q4_1_BYTES;
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *p = row + b * block_bytes;
+        _mm256_store_si256((__m256i *)(r.nib + 32 * b), nibbles(p + (has_min ? 4 : 2)));
         r.d[b] = half_at(p);
+        r.m[b] = has_min ? half_at(p + 2) : 0.0f;
     }
-}
-
-static void unpack_q4_1(const uint8_t *row, int64_t n, mm_row r) {
-    for (int64_t b = 0; b < n / 32; b++) {
-        const uint8_t *p = row + b * Q4_1_BYTES;
-        _mm256_store_si256((__m256i *)(r.nib + 32 * b), nibbles(p + 4));
-        r.d[b] = half_at(p);
-        r.m[b] = half_at(p + 2);
-    }
-}
-
-/* Q4_K as 32-value blocks: sub-block j's scale d * sc_j and min -dmin * m_j */
-static void unpack_q4_k(const uint8_t *row, int64_t n, mm_row r) {
-    const __m256i m4 = _mm256_set1_epi8(0x0F);
-    for (int64_t i = 0; i < n / 256; i++) {
-        const uint8_t *p = row + i * Q4_K_BYTES;
-        uint8_t sm[16];
-        ts_k_scales_mins(p + 4, sm);
-        const float d = half_at(p), dmin = half_at(p + 2);
-        for (int j = 0; j < 4; j++) { /* sub-blocks 2j and 2j + 1: the low and high nibbles of 32 bytes */
-            const __m256i q = _mm256_loadu_si256((const __m256i *)(p + 16 + 32 * j));
-            _mm256_store_si256((__m256i *)(r.nib + 256 * i + 64 * j), _mm256_and_si256(q, m4));
-            _mm256_store_si256((__m256i *)(r.nib + 256 * i + 64 * j + 32), _mm256_and_si256(_mm256_srli_epi16(q, 4), m4));
-        }
-        for (int j = 0; j < 8; j++) {
-            r.d[8 * i + j] = d * sm[j];
-            r.m[8 * i + j] = -dmin * sm[8 + j];
-        }
-    }
-}
-
-/* A Q8_K activation in prepare_q8_1's layout (32-value blocks: the super-block's d, and d * the block's sum), so that
- * Q4_K rows take mm_token_q4_1 */
-static const void *prepare_q8_k_as_q8_1(const void *xq, int64_t n, void *buf) {
-    const uint8_t *src = xq;
-    int8_t *x = buf;
-    float *d = (float *)(x + n), *s = d + n / 32;
-    for (int64_t i = 0; i < n / 256; i++) {
-        const uint8_t *blk = src + i * Q8_K_BYTES;
-        float dk;
-        int16_t bsums[16];
-        memcpy(&dk, blk, sizeof(dk));
-        memcpy(x + 256 * i, blk + 4, 256);
-        memcpy(bsums, blk + 260, sizeof(bsums));
-        for (int j = 0; j < 8; j++) {
-            d[8 * i + j] = dk;
-            s[8 * i + j] = dk * (float)(bsums[2 * j] + bsums[2 * j + 1]);
-        }
-    }
-    return buf;
 }
 
 /* out[k] = row k . x for the R unpacked rows, x prepared by prepare_q8_0 (corr turns nibbles q into q - 8) */
@@ -465,7 +415,7 @@ static size_t align64(size_t bytes) {
 
 /* rows_matmul.h's contract: token chunks prepared once, MM_ROWS rows unpacked once per chunk; the tail pass
  * instantiates the token function for 3, 2 and 1 rows (always inlined: constant row counts unroll) */
-#define DEFINE_MATMUL(name, unpack, prepare, token)                                                                 \
+#define DEFINE_MATMUL(name, token, prepare, block_bytes)                                                            \
     static void matmul_##name(const void *w, size_t row_bytes, int64_t n_rows, const void *xq, size_t xq_stride,   \
                               int64_t n_tokens, int64_t n, float *out, size_t out_stride, void *scratch) {          \
         const int64_t nb = n / 32;                                                                                  \
@@ -487,7 +437,7 @@ static size_t align64(size_t bytes) {
             for (int64_t i = 0; i < n_rows; i += MM_ROWS) {                                                         \
                 const int R = n_rows - i < MM_ROWS ? (int)(n_rows - i) : MM_ROWS;                                   \
                 for (int k = 0; k < R; k++) {                                                                       \
-                    unpack((const uint8_t *)w + (size_t)(i + k) * row_bytes, n, rows[k]);                           \
+                    unpack_q4((const uint8_t *)w + (size_t)(i + k) * row_bytes, nb, block_bytes, rows[k]);          \
                 }                                                                                                   \
                 for (int64_t t = t0; t < t1; t++) {                                                                 \
                     const void *x = tokens + (size_t)(t - t0) * prepared_bytes;                                     \
@@ -503,19 +453,18 @@ static size_t align64(size_t bytes) {
         }                                                                                                           \
     }
 
-DEFINE_MATMUL(q4_0, unpack_q4_0, prepare_q8_0, mm_token_q4_0)
-DEFINE_MATMUL(q4_1, unpack_q4_1, prepare_q8_1, mm_token_q4_1)
-DEFINE_MATMUL(q4_k, unpack_q4_k, prepare_q8_k_as_q8_1, mm_token_q4_1)
+DEFINE_MATMUL(q4_0, mm_token_q4_0, prepare_q8_0, Q4_0_BYTES)
+DEFINE_MATMUL(q4_1, mm_token_q4_1, prepare_q8_1, Q4_1_BYTES)
 
 ts_rows_matmul_fn ts_rows_matmul_avx2(enum ggml_type type, int64_t n) {
-    ts_rows_matmul_fn fn;
+    if (n <= 0 || n > TS_DOT_MAX_N || n % 32 != 0) {
+        return NULL;
+    }
     switch (type) {
-    case GGML_TYPE_Q4_0: fn = matmul_q4_0; break;
-    case GGML_TYPE_Q4_1: fn = matmul_q4_1; break;
-    case GGML_TYPE_Q4_K: fn = matmul_q4_k; break;
+    case GGML_TYPE_Q4_0: return matmul_q4_0;
+    case GGML_TYPE_Q4_1: return matmul_q4_1;
     default: return NULL;
     }
-    return n > 0 && n <= TS_DOT_MAX_N && n % ggml_blck_size(type) == 0 ? fn : NULL;
 }
 
 /* ---- table -------------------------------------------------------------------------------------------- */
