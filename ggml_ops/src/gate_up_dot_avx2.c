@@ -2,12 +2,13 @@
  * AVX2 gate/up kernels: Q4_0 and Q8_0 rows against a Q8_0 activation, Q4_1 against Q8_1, Q4_K against Q8_K; and
  * for prompts, Q4_0 and Q4_1 matrices against many tokens (rows_matmul.h).
  *
- * Compiled with -mavx2 -mfma -mf16c (CMakeLists.txt) and reached only through ts_dot_kernel_best, which asks the
- * CPU first. Each kernel takes ROWS rows per pass over the activation: an activation block is loaded once for
- * all of them, and the rows' accumulators are independent, so their multiply-adds overlap. While a pass runs, the
- * next pass's rows are prefetched line by line at the offset being read (one pass of lead time, far more than a
- * memory latency). Integer products come from maddubs (unsigned weight bytes x signed activation bytes, summed in
- * pairs to int16, then in fours to int32), one float multiply-add per 32 values with the two blocks' scales.
+ * Compiled with -mavx2 -mfma -mf16c (CMakeLists.txt) and reached only through ts_dot_kernel_best and
+ * ts_rows_matmul_kernel, which ask the CPU first. Each decoding kernel takes ROWS rows per pass over the activation:
+ * an activation block is loaded once for all of them, and the rows' accumulators are independent, so their
+ * multiply-adds overlap. While a pass runs, the next pass's rows are prefetched line by line at the offset being
+ * read (one pass of lead time, far more than a memory latency). Integer products come from maddubs (unsigned weight
+ * bytes x signed activation bytes, summed in pairs to int16, then in fours to int32), one float multiply-add per 32
+ * values with the two blocks' scales.
  *
  * Block layouts are ggml's (ggml-common.h):
  *   Q4_0 {fp16 d, 16 bytes}: value k = d * ((qs[k] & 15) - 8), value k + 16 = d * ((qs[k] >> 4) - 8)
