@@ -348,61 +348,44 @@ static void unpack_q4(const uint8_t *row, int64_t nb, size_t block_bytes, mm_row
     }
 }
 
-/* out[k] = row k . x for the R unpacked rows, x prepared by prepare_q8_0 (corr turns nibbles q into q - 8) */
-ALWAYS_INLINE void mm_token_q4_0(const mm_row *rows, const int R, const void *prepared, int64_t n, float *out) {
-    const q8_0_view v = view_q8_0(prepared, n);
-    const int64_t nb = n / 32;
-    __m256 acc[MM_ROWS];
-    for (int k = 0; k < R; k++) {
-        acc[k] = _mm256_setzero_ps();
-    }
-    int64_t b = 0;
-    for (; b + 8 <= nb; b += 8) {
-        const __m256i corr = _mm256_loadu_si256((const __m256i *)(v.corr + b));
-        const __m256 dx = _mm256_loadu_ps(v.d + b);
-        for (int k = 0; k < R; k++) {
-            const __m256 s = _mm256_cvtepi32_ps(_mm256_add_epi32(dots_8_blocks(rows[k].nib + 32 * b, v.x + 32 * b), corr));
-            acc[k] = _mm256_fmadd_ps(s, _mm256_mul_ps(_mm256_loadu_ps(rows[k].d + b), dx), acc[k]);
-        }
-    }
-    for (; b < nb; b++) { /* the blocks past the last 8 */
-        const __m256i x = _mm256_load_si256((const __m256i *)(v.x + 32 * b));
-        const __m256i corr = _mm256_zextsi128_si256(_mm_cvtsi32_si128(v.corr[b]));
-        for (int k = 0; k < R; k++) {
-            const __m256i s = _mm256_add_epi32(dot_u8_i8(_mm256_load_si256((const __m256i *)(rows[k].nib + 32 * b)), x), corr);
-            acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(rows[k].d[b] * v.d[b]), acc[k]);
-        }
-    }
-    for (int k = 0; k < R; k++) {
-        out[k] = hsum_ps(acc[k]);
-    }
-}
-
-/* out[k] = row k . x for the R unpacked rows, x prepared by prepare_q8_1 (s = d * sum(x) weighs each block's min) */
-ALWAYS_INLINE void mm_token_q4_1(const mm_row *rows, const int R, const void *prepared, int64_t n, float *out) {
+/* out[k] = row k . x for the R unpacked rows. Q4_0 (has_min 0): x prepared by prepare_q8_0, whose corr turns the
+ * nibbles q into q - 8; Q4_1: by prepare_q8_1, whose s = d * sum(x) weighs each block's min. */
+ALWAYS_INLINE void mm_token_q4(const mm_row *rows, const int R, const int has_min, const void *prepared, int64_t n,
+                               float *out) {
     const int8_t *xs = prepared;
-    const float *dx = (const float *)(xs + n), *sx = dx + n / 32;
+    const float *dx = (const float *)(xs + n);
+    const int32_t *corr = (const int32_t *)(dx + n / 32);
+    const float *sx = dx + n / 32;
     const int64_t nb = n / 32;
     __m256 acc[MM_ROWS];
+    float mins[MM_ROWS] = {0};
     for (int k = 0; k < R; k++) {
         acc[k] = _mm256_setzero_ps();
     }
     int64_t b = 0;
     for (; b + 8 <= nb; b += 8) {
-        const __m256 d = _mm256_loadu_ps(dx + b), s = _mm256_loadu_ps(sx + b);
+        const __m256 d = _mm256_loadu_ps(dx + b);
         for (int k = 0; k < R; k++) {
-            const __m256 dot = _mm256_cvtepi32_ps(dots_8_blocks(rows[k].nib + 32 * b, xs + 32 * b));
-            acc[k] = _mm256_fmadd_ps(dot, _mm256_mul_ps(_mm256_loadu_ps(rows[k].d + b), d), acc[k]);
-            acc[k] = _mm256_fmadd_ps(_mm256_loadu_ps(rows[k].m + b), s, acc[k]);
+            __m256i dot = dots_8_blocks(rows[k].nib + 32 * b, xs + 32 * b);
+            if (!has_min) {
+                dot = _mm256_add_epi32(dot, _mm256_loadu_si256((const __m256i *)(corr + b)));
+            }
+            acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(_mm256_loadu_ps(rows[k].d + b), d), acc[k]);
+            if (has_min) {
+                acc[k] = _mm256_fmadd_ps(_mm256_loadu_ps(rows[k].m + b), _mm256_loadu_ps(sx + b), acc[k]);
+            }
         }
     }
-    float mins[MM_ROWS] = {0};
     for (; b < nb; b++) { /* the blocks past the last 8 */
         const __m256i x = _mm256_load_si256((const __m256i *)(xs + 32 * b));
         for (int k = 0; k < R; k++) {
-            const __m256i dot = dot_u8_i8(_mm256_load_si256((const __m256i *)(rows[k].nib + 32 * b)), x);
+            __m256i dot = dot_u8_i8(_mm256_load_si256((const __m256i *)(rows[k].nib + 32 * b)), x);
+            if (!has_min) {
+                dot = _mm256_add_epi32(dot, _mm256_zextsi128_si256(_mm_cvtsi32_si128(corr[b])));
+            } else {
+                mins[k] += rows[k].m[b] * sx[b];
+            }
             acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(rows[k].d[b] * dx[b]), acc[k]);
-            mins[k] += rows[k].m[b] * sx[b];
         }
     }
     for (int k = 0; k < R; k++) {
@@ -416,10 +399,11 @@ static size_t align64(size_t bytes) {
 
 /* rows_matmul.h's contract: token chunks prepared once, MM_ROWS rows unpacked once per chunk; the tail pass
  * instantiates the token function for 3, 2 and 1 rows (always inlined: constant row counts unroll) */
-#define DEFINE_MATMUL(name, token, prepare, block_bytes)                                                            \
+#define DEFINE_MATMUL(name, prepare, block_bytes)                                                                   \
     static void matmul_##name(const void *w, size_t row_bytes, int64_t n_rows, const void *xq, size_t xq_stride,   \
                               int64_t n_tokens, int64_t n, float *out, size_t out_stride, void *scratch) {          \
         const int64_t nb = n / 32;                                                                                  \
+        const int has_min = (block_bytes) == Q4_1_BYTES;                                                            \
         const size_t scales = align64(sizeof(float) * (size_t)nb), row_part = align64((size_t)n) + 2 * scales;      \
         const size_t prepared_bytes = align64((size_t)n + 8 * (size_t)nb); /* x, then two 4-byte values a block */  \
         uint8_t *base = (uint8_t *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);                                    \
@@ -444,18 +428,18 @@ static size_t align64(size_t bytes) {
                     const void *x = tokens + (size_t)(t - t0) * prepared_bytes;                                     \
                     float *o = out + (size_t)t * out_stride + i;                                                    \
                     switch (R) {                                                                                    \
-                    case 4: token(rows, 4, x, n, o); break;                                                         \
-                    case 3: token(rows, 3, x, n, o); break;                                                         \
-                    case 2: token(rows, 2, x, n, o); break;                                                         \
-                    default: token(rows, 1, x, n, o); break;                                                        \
+                    case 4: mm_token_q4(rows, 4, has_min, x, n, o); break;                                          \
+                    case 3: mm_token_q4(rows, 3, has_min, x, n, o); break;                                          \
+                    case 2: mm_token_q4(rows, 2, has_min, x, n, o); break;                                          \
+                    default: mm_token_q4(rows, 1, has_min, x, n, o); break;                                         \
                     }                                                                                               \
                 }                                                                                                   \
             }                                                                                                       \
         }                                                                                                           \
     }
 
-DEFINE_MATMUL(q4_0, mm_token_q4_0, prepare_q8_0, Q4_0_BYTES)
-DEFINE_MATMUL(q4_1, mm_token_q4_1, prepare_q8_1, Q4_1_BYTES)
+DEFINE_MATMUL(q4_0, prepare_q8_0, Q4_0_BYTES)
+DEFINE_MATMUL(q4_1, prepare_q8_1, Q4_1_BYTES)
 
 ts_rows_matmul_fn ts_rows_matmul_avx2(enum ggml_type type, int64_t n) {
     if (n <= 0 || n > TS_DOT_MAX_N || n % 32 != 0) {
