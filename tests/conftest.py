@@ -9,6 +9,9 @@ from pathlib import Path
 # register (the first import of llama_cpp). Nothing reads it in a build without Vulkan. Lets tests/test_devices.py
 # run its GPU checks on the Vulkan build of scripts/setup.sh --vulkan.
 os.environ.setdefault("GGML_VK_VISIBLE_DEVICES", "0")
+# ggml-vulkan computes in f16 where the device has it (lavapipe does); set, it computes in f32, so the GPU tests can
+# hold its logits to a float64 reference (test_devices.py). Read when the device starts, whatever the value.
+os.environ.setdefault("GGML_VK_DISABLE_F16", "1")
 
 import pytest
 

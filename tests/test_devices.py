@@ -1,7 +1,7 @@
 """Devices: Model(device=...) and ggml's device list on the CPU (every build), and on a GPU device the dense and
-grouped-sparse logits of the default model against the CPU's (only where ggml has a GPU device: a llama-cpp-python
-built with Vulkan, Metal or CUDA; `scripts/setup.sh --vulkan` builds the Vulkan one, whose software device lavapipe
-runs on any Linux machine)."""
+grouped-sparse logits of the default model against a float64 numpy forward pass over its stored weights (only where
+ggml has a GPU device: a llama-cpp-python built with Vulkan, Metal or CUDA; `scripts/setup.sh --vulkan` builds the
+Vulkan one, whose software device lavapipe runs on any Linux machine)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from turbosparse import Model, devices
 from turbosparse.binding import NativeContext, NativeModel, SparseMode, find_device
 from turbosparse.errors import InvalidArgumentError, ModelLoadError
 
-from tinymodel import TinyConfig, random_weights, write_gguf
+from tinymodel import TinyConfig, chosen_groups, ffn_activation, random_weights, read_gguf, reference_logits, write_gguf
 
 GPU = next((d for d in devices() if not d.is_cpu), None)
 needs_gpu = pytest.mark.skipif(
@@ -25,20 +25,20 @@ needs_gpu = pytest.mark.skipif(
     reason="no GPU device in this ggml (a CPU-only llama-cpp-python); scripts/setup.sh --vulkan builds one with "
     "Vulkan, whose software device (lavapipe) ggml lists with GGML_VK_VISIBLE_DEVICES=0",
 )
-N_TOKENS = 128  # teacher-forced positions of real text compared between devices
-# Argmax agreement of a GPU device's logits with the CPU's, and max |logit difference| over max |logit|. ggml's GPU
-# shaders take other float paths than its CPU kernels (lavapipe multiplies in f16 where the CPU accumulates f32), and
-# this 135M dReLU model's logits are flat, so near-ties flip: measured on lavapipe 0.89 dense (README). The issue's
-# bar of 0.98 is not met there; these bounds still fail on a wrong graph (agreement near 0).
-MIN_AGREEMENT = 0.85
-MAX_REL_DIFF = 0.15
-# The grouped route at the file's k is discontinuous: two groups whose scores nearly tie swap under any rounding
-# change, that token's FFN output moves by ~20 % and the change grows through the later layers. On the CPU alone an
-# f32 instead of f16 KV cache takes the teacher-forced argmax agreement of the test's file to 0.17 (0.19 between the
-# CPU and lavapipe; README), so the route is compared with every group chosen (the whole grouped graph, the dense
-# FFN's values), and at the file's k one layer at a time on the same inputs, where a swap stays in its token.
-MAX_TOKEN_REL_DIFF = 0.05  # one token's FFN output, max |difference| over max |output|, its groups the same
-MIN_TOKENS_ALIKE = 0.85  # share of tokens within it (measured 0.94-1.0 on lavapipe)
+N_TOKENS = 128  # teacher-forced positions of real text compared
+# A GPU device's logits against a float64 numpy forward pass over the file's stored (dequantized) weights: argmax
+# agreement, and max |difference| over max |logit|. conftest.py sets GGML_VK_DISABLE_F16, so ggml-vulkan computes in
+# f32: measured on lavapipe 1.000 and 0.0014, dense and grouped alike. (With its f16 shaders 0.96 against the
+# reference; ggml's CPU backend, which quantizes activations to 8 bits in its quantized dot products, as llama.cpp
+# does, 0.91 - so the CPU is not the yardstick: the two devices agree 0.89, README.)
+MIN_AGREEMENT = 0.98
+MAX_REL_DIFF = 0.01
+# The grouped route at the file's k is discontinuous: where two group scores nearly tie, any rounding difference
+# picks other groups, that token's FFN output moves by ~20 % and the change grows through the later layers (lavapipe
+# in f32 against float64, 128 tokens teacher-forced: 0.71 agreement; the CPU 0.12). So at the file's k the route is
+# compared one layer's FFN at a time on the same inputs, where a swap would stay in its token; end to end, with every
+# group chosen (the whole grouped graph, the dense FFN's values).
+MAX_TOKEN_REL_DIFF = 1e-3  # one token's FFN output, max |difference| over max |output| (measured < 1e-5)
 
 
 def test_the_cpu_is_always_a_device() -> None:
@@ -142,73 +142,86 @@ def grouped_default(default_path: Path, tmp_path_factory: pytest.TempPathFactory
     return out
 
 
+@pytest.fixture(scope="module")
+def tokens(default_path: Path, macbeth: str) -> list[int]:
+    return Model(default_path, n_ctx=64, sparse="off").tokenize(macbeth[2000:8000])[:N_TOKENS]
+
+
+def reference(path: Path, tokens: list[int]) -> np.ndarray:
+    """Dense float64 logits over the file's stored weights."""
+    cfg, weights, _ = read_gguf(path)
+    return reference_logits(cfg, weights, tokens)
+
+
 class Decoder:
     """A sequence's user (Model.evaluate tracks them by weak reference)."""
 
 
-def compare(cpu: np.ndarray, gpu: np.ndarray) -> tuple[float, float]:
-    """(argmax agreement, max |difference| / max |logit|) of two [T, n_vocab] logit arrays."""
-    agreement = float(np.mean(cpu.argmax(axis=1) == gpu.argmax(axis=1)))
-    return agreement, float(np.abs(cpu - gpu).max() / np.abs(cpu).max())
+def compare(ref: np.ndarray, logits: np.ndarray) -> tuple[float, float]:
+    """(argmax agreement, max |difference| / max |logit|) of [T, n_vocab] logits against the reference's."""
+    agreement = float(np.mean(ref.argmax(axis=1) == logits.argmax(axis=1)))
+    return agreement, float(np.abs(ref - logits).max() / np.abs(ref).max())
 
 
-def on_both(path: Path, sparse: str, text: str) -> tuple[Model, Model, list[int]]:
-    """The model on the CPU and on the GPU device, and N_TOKENS tokens of real text."""
-    cpu = Model(path, n_threads=2, n_ctx=256, sparse=sparse)  # type: ignore[arg-type]
-    gpu = Model(path, n_threads=2, n_ctx=256, sparse=sparse, device="gpu")  # type: ignore[arg-type]
-    assert gpu.device == GPU and gpu.sparse_mode == cpu.sparse_mode
-    return cpu, gpu, cpu.tokenize(text[2000:8000])[:N_TOKENS]
-
-
-def choose_every_group(*models: Model) -> None:
-    for model in models:
+def on_device(path: Path, sparse: str, device: str) -> Model:
+    model = Model(path, n_threads=2, n_ctx=256, sparse=sparse, device=device)  # type: ignore[arg-type]
+    if sparse == "groups":  # every group
         model.group_top_k = [model.info.n_ff // model.info.group_size] * model.info.n_layer
+    return model
 
 
 @needs_gpu
 @pytest.mark.parametrize("route", ["off", "groups"])
-def test_logits_on_the_gpu_match_the_cpu(route: str, default_path: Path, grouped_default: Path, macbeth: str) -> None:
+def test_logits_on_the_gpu_match_the_reference(
+    route: str, default_path: Path, grouped_default: Path, tokens: list[int]
+) -> None:
     """Teacher-forced logits of held-out text, every position as decoding computes it: dense, and the grouped graph
     with every group chosen (top-k, mul_mat_id over the groups, their sum)."""
-    cpu, gpu, tokens = on_both(default_path if route == "off" else grouped_default, route, macbeth)
-    if route == "groups":
-        choose_every_group(cpu, gpu)
-    agreement, rel_diff = compare(cpu.eval_logits(tokens), gpu.eval_logits(tokens))
-    print(f"{route} on {GPU.name} ({GPU.description}): argmax agreement {agreement:.3f}, max |diff| {rel_diff:.4f}"
-          " of max |logit|")  # fmt: skip
+    path = default_path if route == "off" else grouped_default
+    ref = reference(path, tokens)
+    gpu = on_device(path, route, "gpu")
+    assert gpu.device == GPU
+    agreement, rel_diff = compare(ref, gpu.eval_logits(tokens))
+    cpu_agreement, cpu_rel_diff = compare(ref, on_device(path, route, "cpu").eval_logits(tokens))
+    print(f"{route} against float64: {GPU.name} ({GPU.description}) argmax agreement {agreement:.3f}, max |diff| "
+          f"{rel_diff:.4f} of max |logit|; CPU {cpu_agreement:.3f}, {cpu_rel_diff:.4f}")  # fmt: skip
     assert agreement >= MIN_AGREEMENT and rel_diff <= MAX_REL_DIFF
 
 
 @needs_gpu
-def test_the_grouped_ffn_on_the_gpu_matches_the_cpu_layer_by_layer(grouped_default: Path) -> None:
-    """The file's k groups per token, one layer's FFN on the same inputs on both devices: every token alike but those
-    whose chosen groups differ by a near-tie of two group scores."""
-    contexts = [
-        NativeContext(NativeModel(str(grouped_default), device=name), n_ctx=64, n_threads=2, n_batch=64,
-                      sparse_mode=SparseMode.GROUPS, threshold=None)
-        for name in ("cpu", GPU.name)
-    ]  # fmt: skip
-    info = contexts[0].model.info
-    h = np.random.default_rng(0).standard_normal((64, info.n_embd)).astype(np.float32)
-    for layer in (0, info.n_layer // 2, info.n_layer - 1):
-        cpu, gpu = (context.eval_ffn(layer, h, dense_ffn=False) for context in contexts)
-        rel_diff = np.abs(cpu - gpu).max(axis=1) / np.abs(cpu).max(axis=1)
-        alike = float(np.mean(rel_diff <= MAX_TOKEN_REL_DIFF))
-        print(f"layer {layer}: {alike:.2f} of tokens alike, median max |diff| {np.median(rel_diff):.4f} of max |out|")
-        assert alike >= MIN_TOKENS_ALIKE and np.median(rel_diff) <= MAX_TOKEN_REL_DIFF / 2
+def test_the_grouped_ffn_on_the_gpu_matches_the_reference_layer_by_layer(grouped_default: Path) -> None:
+    """The file's k groups per token (top-k of the group scores on the device), one layer's FFN on the same inputs
+    against float64 over the stored weights: every token alike."""
+    native = NativeModel(str(grouped_default), device=GPU.name)
+    context = NativeContext(native, n_ctx=64, n_threads=2, n_batch=64, sparse_mode=SparseMode.GROUPS, threshold=None)
+    cfg, weights, keys = read_gguf(grouped_default)
+    w = {name: value.astype(np.float64) for name, value in weights.items()}
+    h = np.random.default_rng(0).standard_normal((64, cfg.n_embd)).astype(np.float32)
+    x = h.astype(np.float64)
+    for layer in (0, cfg.n_layer // 2, cfg.n_layer - 1):
+        b = f"blk.{layer}."
+        z = x / np.sqrt((x * x).mean(-1, keepdims=True) + cfg.rms_eps) * w[b + "ffn_norm.weight"]
+        gate = z @ w[b + "ffn_gate.weight"].T + w[b + "ffn_gate.bias"]
+        up = z @ w[b + "ffn_up.weight"].T + w[b + "ffn_up.bias"]
+        kept = chosen_groups(w, layer, x, keys["turbosparse.predictor_input"], cfg.rms_eps,
+                             context.group_top_k[layer])  # fmt: skip
+        ref = (ffn_activation(cfg.act, gate, up) * kept) @ w[b + "ffn_down.weight"].T + w[b + "ffn_down.bias"]
+        out = context.eval_ffn(layer, h, dense_ffn=False)
+        rel_diff = np.abs(out - ref).max(axis=1) / np.abs(ref).max(axis=1)
+        print(f"layer {layer}, k = {context.group_top_k[layer]}: max |diff| {rel_diff.max():.2e} of max |out|")
+        assert rel_diff.max() <= MAX_TOKEN_REL_DIFF
 
 
 @needs_gpu
-def test_decoding_token_by_token_on_the_gpu(grouped_default: Path, macbeth: str) -> None:
-    """One token per step reuses the allocated graph on the scheduler: the steps' logits are the batch's."""
-    cpu, gpu, tokens = on_both(grouped_default, "groups", macbeth)
-    choose_every_group(cpu, gpu)
+def test_decoding_token_by_token_on_the_gpu(grouped_default: Path, tokens: list[int]) -> None:
+    """One token per step reuses the allocated graph on the scheduler: the steps' logits are the reference's."""
     tokens = tokens[:32]
-    batch = cpu.eval_logits(tokens)
+    ref = reference(grouped_default, tokens)
+    gpu = on_device(grouped_default, "groups", "gpu")
     user = Decoder()
     gpu.evaluate(user, tokens[:1])  # the prompt (dense FFN); then one decoded token per call
     steps = np.stack([gpu.evaluate(user, tokens[: i + 1]) for i in range(1, len(tokens))])
-    agreement, rel_diff = compare(batch[1:], steps)
+    agreement, rel_diff = compare(ref[1:], steps)
     assert agreement >= MIN_AGREEMENT and rel_diff <= MAX_REL_DIFF
 
 

@@ -164,6 +164,30 @@ def write_gguf(
     return stored
 
 
+def read_gguf(path: Path) -> tuple[TinyConfig, dict[str, np.ndarray], dict[str, object]]:
+    """A llama-family GGUF's config, its weights as stored (dequantized float32, numpy orientation) and its
+    turbosparse.* keys: what the reference forward needs to check the engine on a real file."""
+    reader = gguf.GGUFReader(str(path))
+    arch = reader.get_field("general.architecture").contents()
+
+    def key(name: str) -> object:
+        return reader.get_field(f"{arch}.{name}").contents()
+
+    act = reader.get_field("turbosparse.ffn_activation")
+    cfg = TinyConfig(n_vocab=len(reader.get_field("tokenizer.ggml.tokens").data), n_embd=key("embedding_length"),
+                     n_layer=key("block_count"), n_head=key("attention.head_count"),
+                     n_head_kv=key("attention.head_count_kv"), n_ff=key("feed_forward_length"),
+                     n_ctx=key("context_length"), rope_base=key("rope.freq_base"),
+                     rms_eps=key("attention.layer_norm_rms_epsilon"), act="swiglu" if act is None else act.contents(),
+                     tied=all(t.name != "output.weight" for t in reader.tensors), arch=arch)  # fmt: skip
+    weights = {
+        t.name: gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32).reshape(np.flip(t.shape))
+        for t in reader.tensors
+    }
+    keys = {name: field.contents() for name, field in reader.fields.items() if name.startswith("turbosparse.")}
+    return cfg, weights, keys
+
+
 # ---- reference forward (float64) ---------------------------------------------------------------
 
 
@@ -215,14 +239,33 @@ def threshold_mask(
 
 
 def predictor_logits(
-    w: dict[str, np.ndarray], layer: int, residual: np.ndarray, predictor_input: str, eps: float
+    w: dict[str, np.ndarray],
+    layer: int,
+    residual: np.ndarray,
+    predictor_input: str,
+    eps: float,
+    head: str = "ffn_pred_fc2",
 ) -> np.ndarray:
-    """fc2 . relu(fc1 . h) for h the residual before the FFN norm (optionally RMS-normalized, no weight)."""
+    """fc2 . relu(fc1 . h) for h the residual before the FFN norm (optionally RMS-normalized, no weight); head names
+    the second matrix."""
     h = residual
     if predictor_input == "residual_rmsnorm":
         h = residual / np.sqrt((residual * residual).mean(-1, keepdims=True) + eps)
-    fc1, fc2 = w[f"blk.{layer}.ffn_pred_fc1.weight"], w[f"blk.{layer}.ffn_pred_fc2.weight"]
+    fc1, fc2 = w[f"blk.{layer}.ffn_pred_fc1.weight"], w[f"blk.{layer}.{head}.weight"]
     return np.maximum(h @ fc1.T, 0.0) @ fc2.T
+
+
+def chosen_groups(
+    w: dict[str, np.ndarray], layer: int, residual: np.ndarray, predictor_input: str, eps: float, top_k: int
+) -> np.ndarray:
+    """bool [T, n_ff]: the neurons of each token's top_k groups by group score (predictor_logits through the
+    group rows blk.N.ffn_pred_groups.weight instead of fc2)."""
+    scores = predictor_logits(w, layer, residual, predictor_input, eps, head="ffn_pred_groups")  # [T, n_groups]
+    group_size = w[f"blk.{layer}.ffn_gate.weight"].shape[0] // scores.shape[1]
+    best = np.argsort(-scores, axis=1, kind="stable")[:, :top_k]
+    kept = np.zeros(scores.shape, dtype=bool)
+    np.put_along_axis(kept, best, True, axis=1)
+    return np.repeat(kept, group_size, axis=1)
 
 
 def moe_ffn(
@@ -283,7 +326,8 @@ def reference_forward(
     With predictor_threshold, FFN neurons whose predictor logit is below it are zeroed, as predictor-mode
     decoding does; use_down_t takes the down projection from the transposed matrix (what sparse decoding reads);
     ffn_thresholds (gate, act: one per layer) zeroes the neurons exact mode skips (kept: the down rows read), with
-    ffn_scales (gate, act: [n_layer, n_ff] each) multiplying the scores."""
+    ffn_scales (gate, act: [n_layer, n_ff] each) multiplying the scores. FFN biases (blk.N.ffn_gate/up/down.bias)
+    are added where the weights have them."""
     w = {k: v.astype(np.float64) for k, v in weights.items()}
     T, hd = len(tokens), cfg.head_dim
     pos = np.arange(T, dtype=np.float64)
@@ -316,7 +360,8 @@ def reference_forward(
                 use_down_t=use_down_t,
             )
             continue
-        gate, up = h @ w[f"blk.{i}.ffn_gate.weight"].T, h @ w[f"blk.{i}.ffn_up.weight"].T
+        gate = h @ w[f"blk.{i}.ffn_gate.weight"].T + w.get(f"blk.{i}.ffn_gate.bias", 0.0)
+        up = h @ w[f"blk.{i}.ffn_up.weight"].T + w.get(f"blk.{i}.ffn_up.bias", 0.0)
         a = ffn_activation(cfg.act, gate, up)
         kept = np.ones(a.shape, dtype=bool)
         if predictor_threshold is not None and f"blk.{i}.ffn_pred_fc1.weight" in w:
@@ -326,7 +371,7 @@ def reference_forward(
             kept = threshold_mask(cfg.act, gate, up, ffn_thresholds[0][i], ffn_thresholds[1][i], layer_scales)[1]
         traces.append(FfnTrace(activation=a, kept=kept))
         down = w[f"blk.{i}.ffn_down_t.weight"].T if use_down_t else w[f"blk.{i}.ffn_down.weight"]
-        x = x + (a * kept) @ down.T
+        x = x + (a * kept) @ down.T + w.get(f"blk.{i}.ffn_down.bias", 0.0)
     x = _rms_norm(x, w["output_norm.weight"], cfg.rms_eps)
     head = w["output.weight"] if "output.weight" in w else w["token_embd.weight"]
     return x @ head.T, traces
