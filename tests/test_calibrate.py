@@ -206,6 +206,8 @@ def test_kept_share_on_held_out_text_matches_the_target(smollm2_calibrated) -> N
     assert abs(q.kept - 0.6) <= 0.05, f"rows read on held-out text {q.kept:.3f} for a target of 0.6"
     assert q.down_rate < q.up_rate <= 1.0
     assert dense.perplexity < q.perplexity < 1.5 * dense.perplexity
+    # gate, up and down are the same size here; the gate and (standard-only) down are read whole on the CPU
+    assert q.ffn_bytes == pytest.approx((2 + q.up_rate) / 3, rel=1e-6)
 
 
 def test_calibrated_file_runs_exact_by_default(smollm2_calibrated) -> None:
@@ -252,6 +254,7 @@ def test_command_table_and_files(tmp_path: Path, tiny_twin: Path) -> None:
     assert report["written"] == [str(tmp_path / "tiny.s30.gguf"), str(tmp_path / "tiny.s50.gguf")]
     for r, target in zip(report["results"], (0.7, 0.5), strict=True):
         assert abs(r["held_out"][0]["kept"] - target) <= 0.05
+        assert 2 / 3 < r["held_out"][0]["ffn_bytes"] < 1.0  # the whole gate and down, a share of up
     assert report["dense"][0]["perplexity"] > 0
     reader = gguf.GGUFReader(report["written"][1])
     assert reader.fields["turbosparse.calibrated_sparsity"].contents() == pytest.approx(0.5)

@@ -4,7 +4,7 @@ text -> tokens -> windows        calibration windows, and held-out windows for t
 dense pass, sampled (collect.py) every layer's |act(gate)|, |a| and dropped energy on the calibration windows
 scores (scores.py)               per-neuron scales of those scores ("weighted": from the down norms and E|up|)
 thresholds (thresholds.py)       per target sparsity: each layer's gate and activation thresholds
-quality (evaluate)               perplexity and rows read on the held-out windows, exact mode, vs dense
+quality (evaluate)               perplexity, rows read and FFN bytes read on the held-out windows, exact mode, vs dense
 copy (convert/copy.py)           the input file, every tensor byte for byte, plus the thresholds (and scales) as keys
 """
 
@@ -20,7 +20,8 @@ import numpy as np
 from tqdm import tqdm
 
 from turbosparse._library import set_llama_log_verbosity
-from turbosparse.binding import FfnScales, FfnThresholds, NativeContext, NativeModel, SparseMode
+from turbosparse.bench.runner import sparse_ffn_bytes, tensor_bytes
+from turbosparse.binding import FfnScales, FfnThresholds, LayerStats, NativeContext, NativeModel, SparseMode
 from turbosparse.calibrate.collect import CollectConfig, collect, down_column_norms
 from turbosparse.calibrate.scores import Scores, score_scales
 from turbosparse.calibrate.thresholds import Allocation, Calibration, Method, Planner, dense_calibration, layer_weights
@@ -60,6 +61,10 @@ class Quality:
     up_rate: float  # mean share of up rows computed
     down_rate: float  # mean share of down rows read
     n_tokens: int
+    # share of the FFN's weight bytes a token reads in exact mode on the CPU: the whole gate, the computed up rows,
+    # and the whole down matrix where the file has only the standard one (every dense SwiGLU file): there ggml's dense
+    # kernel reads it whole, so the down rows the activation threshold skips save quality, not bytes
+    ffn_bytes: float = 1.0
 
     @property
     def kept(self) -> float:
@@ -85,6 +90,7 @@ class Calibrator:
     def __post_init__(self) -> None:
         set_llama_log_verbosity(self.verbose)
         self.model = NativeModel(str(self.path), repack=True, sparse_rows=True)
+        self.tensor_bytes = tensor_bytes(self.path)
         info = self.model.info
         if info.has_predictors:
             raise CalibrationError(f"{self.path}: the file has activation predictors; calibrate a dense model")
@@ -198,8 +204,19 @@ class Calibrator:
             # layers that ran dense (every row kept) have no counts
             return float(np.mean([getattr(s, count) / (s.n_tokens * n_ff) if s.n_tokens else 1.0 for s in stats]))
 
-        up, down = (1.0, 1.0) if dense else (rate("n_computed"), rate("n_nonzero"))
-        return Quality(perplexity=float(np.exp(nll / n)), up_rate=up, down_rate=down, n_tokens=n)
+        if dense:
+            return Quality(perplexity=float(np.exp(nll / n)), up_rate=1.0, down_rate=1.0, n_tokens=n)
+        tb = self.tensor_bytes
+
+        def layer_bytes(il: int, s: LayerStats) -> float:
+            # a layer that ran dense has no counts: it read everything
+            return (
+                sparse_ffn_bytes(tb, il, s, n_ff, exact=True) if s.n_tokens else tb.gate[il] + tb.up[il] + tb.down[il]
+            )
+
+        read = sum(layer_bytes(il, s) for il, s in enumerate(stats))
+        return Quality(perplexity=float(np.exp(nll / n)), up_rate=rate("n_computed"), down_rate=rate("n_nonzero"),
+                       n_tokens=n, ffn_bytes=read / tb.ffn)  # fmt: skip
 
 
 def spread(items: list[list[int]], k: int) -> list[list[int]]:

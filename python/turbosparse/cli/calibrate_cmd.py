@@ -134,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _quality(q: Quality) -> dict[str, float]:
     return {"perplexity": q.perplexity, "up_rate": q.up_rate, "down_rate": q.down_rate, "kept": q.kept,
-            "tokens": q.n_tokens}  # fmt: skip
+            "ffn_bytes": q.ffn_bytes, "tokens": q.n_tokens}  # fmt: skip
 
 
 def _report(path: Path, names: list[str], dense: list[Quality], results: list[CalibrationResult], written: list[str]):
@@ -165,21 +165,22 @@ def _print_table(names: list[str], dense: list[Quality], results: list[Calibrati
     """One row per sparsity: rows read and perplexity on each held-out text (dense first)."""
     head = f"{'sparsity':>8} {'calib. rows':>11}"
     for name in names[: len(dense)]:
-        head += f" | {name[:28]:>28}: {'rows read':>9} {'up':>5} {'down':>5} {'ppl':>8} {'vs dense':>8}"
+        head += f" | {name[:28]:>28}: {'rows read':>9} {'up':>5} {'down':>5} {'bytes':>5} {'ppl':>8} {'vs dense':>8}"
     print(head)
     line = f"{'dense':>8} {1.0:>11.3f}"
     for d in dense:
-        line += f" | {'':>28}  {1.0:>9.3f} {1.0:>5.3f} {1.0:>5.3f} {d.perplexity:>8.3f} {'':>8}"
+        line += f" | {'':>28}  {1.0:>9.3f} {1.0:>5.3f} {1.0:>5.3f} {1.0:>5.3f} {d.perplexity:>8.3f} {'':>8}"
     print(line)
     for r in results:
         line = f"{r.calibration.sparsity:>8.2f} {r.calibration.kept:>11.3f}"
         for q, d in zip(r.quality, dense, strict=True):
             line += (
-                f" | {'':>28}  {q.kept:>9.3f} {q.up_rate:>5.3f} {q.down_rate:>5.3f} {q.perplexity:>8.3f} "
-                f"{q.perplexity / d.perplexity - 1:>+8.1%}"
+                f" | {'':>28}  {q.kept:>9.3f} {q.up_rate:>5.3f} {q.down_rate:>5.3f} {q.ffn_bytes:>5.3f} "
+                f"{q.perplexity:>8.3f} {q.perplexity / d.perplexity - 1:>+8.1%}"
             )
         print(line)
     if dense:
         print(f"(held out: {dense[0].n_tokens} tokens per text; rows read: share of up and down rows, the gate is "
-              "always read; calib. rows: on the calibration samples)")  # fmt: skip
+              "always read; bytes: share of the FFN's weight bytes exact mode reads on the CPU, where a file with only "
+              "the standard down matrix has it read whole; calib. rows: on the calibration samples)")  # fmt: skip
     sys.stdout.flush()
