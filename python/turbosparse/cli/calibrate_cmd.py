@@ -54,7 +54,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--method",
         choices=METHODS,
         default="gate+act",
-        help="gate: one threshold on |silu(gate)| (CATS); gate+act: and one on the activation that reaches down",
+        help="gate: one threshold on |silu(gate)| (CATS); gate+act: and one on the activation that reaches down "
+        "(better quality per row; on the CPU a dense file's down matrix is read whole, so per byte read - the table's "
+        "bytes column - gate does better)",
     )
     p.add_argument(
         "--scores",
