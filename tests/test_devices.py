@@ -17,7 +17,18 @@ from turbosparse import Model, devices
 from turbosparse.binding import NativeContext, NativeModel, SparseMode, find_device
 from turbosparse.errors import InvalidArgumentError, ModelLoadError
 
-from tinymodel import TinyConfig, chosen_groups, ffn_activation, random_weights, read_gguf, reference_logits, write_gguf
+from tinymodel import (
+    TinyConfig,
+    chosen_groups,
+    ffn_activation,
+    ffn_down,
+    ffn_gate_up,
+    random_weights,
+    read_gguf,
+    reference_logits,
+    rms_norm,
+    write_gguf,
+)
 
 GPU = next((d for d in devices() if not d.is_cpu), None)
 needs_gpu = pytest.mark.skipif(
@@ -199,13 +210,10 @@ def test_the_grouped_ffn_on_the_gpu_matches_the_reference_layer_by_layer(grouped
     h = np.random.default_rng(0).standard_normal((64, cfg.n_embd)).astype(np.float32)
     x = h.astype(np.float64)
     for layer in (0, cfg.n_layer // 2, cfg.n_layer - 1):
-        b = f"blk.{layer}."
-        z = x / np.sqrt((x * x).mean(-1, keepdims=True) + cfg.rms_eps) * w[b + "ffn_norm.weight"]
-        gate = z @ w[b + "ffn_gate.weight"].T + w[b + "ffn_gate.bias"]
-        up = z @ w[b + "ffn_up.weight"].T + w[b + "ffn_up.bias"]
+        gate, up = ffn_gate_up(w, layer, rms_norm(x, w[f"blk.{layer}.ffn_norm.weight"], cfg.rms_eps))
         kept = chosen_groups(w, layer, x, keys["turbosparse.predictor_input"], cfg.rms_eps,
                              context.group_top_k[layer])  # fmt: skip
-        ref = (ffn_activation(cfg.act, gate, up) * kept) @ w[b + "ffn_down.weight"].T + w[b + "ffn_down.bias"]
+        ref = ffn_down(w, layer, ffn_activation(cfg.act, gate, up) * kept)
         out = context.eval_ffn(layer, h, dense_ffn=False)
         rel_diff = np.abs(out - ref).max(axis=1) / np.abs(ref).max(axis=1)
         print(f"layer {layer}, k = {context.group_top_k[layer]}: max |diff| {rel_diff.max():.2e} of max |out|")

@@ -191,8 +191,22 @@ def read_gguf(path: Path) -> tuple[TinyConfig, dict[str, np.ndarray], dict[str, 
 # ---- reference forward (float64) ---------------------------------------------------------------
 
 
-def _rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
+def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
     return x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * w
+
+
+def ffn_gate_up(w: dict[str, np.ndarray], layer: int, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A layer's gate and up values for its normed input h, with their biases where the weights have them."""
+    b = f"blk.{layer}."
+    return (h @ w[b + "ffn_gate.weight"].T + w.get(b + "ffn_gate.bias", 0.0),
+            h @ w[b + "ffn_up.weight"].T + w.get(b + "ffn_up.bias", 0.0))  # fmt: skip
+
+
+def ffn_down(w: dict[str, np.ndarray], layer: int, a: np.ndarray, use_down_t: bool = False) -> np.ndarray:
+    """A layer's down projection of the activation a (from the transposed matrix with use_down_t), with its bias."""
+    b = f"blk.{layer}."
+    down = w[b + "ffn_down_t.weight"].T if use_down_t else w[b + "ffn_down.weight"]
+    return a @ down.T + w.get(b + "ffn_down.bias", 0.0)
 
 
 def _rope(x: np.ndarray, pos: np.ndarray, base: float) -> np.ndarray:
@@ -336,7 +350,7 @@ def reference_forward(
     group = cfg.n_head // cfg.n_head_kv
     traces = []
     for i in range(cfg.n_layer):
-        h = _rms_norm(x, w[f"blk.{i}.attn_norm.weight"], cfg.rms_eps)
+        h = rms_norm(x, w[f"blk.{i}.attn_norm.weight"], cfg.rms_eps)
         q = _rope((h @ w[f"blk.{i}.attn_q.weight"].T).reshape(T, cfg.n_head, hd), pos, cfg.rope_base)
         k = _rope((h @ w[f"blk.{i}.attn_k.weight"].T).reshape(T, cfg.n_head_kv, hd), pos, cfg.rope_base)
         v = (h @ w[f"blk.{i}.attn_v.weight"].T).reshape(T, cfg.n_head_kv, hd)
@@ -347,7 +361,7 @@ def reference_forward(
             p /= p.sum(-1, keepdims=True)
             heads.append(p @ v[:, hh // group])
         x = x + np.concatenate(heads, -1) @ w[f"blk.{i}.attn_output.weight"].T
-        h = _rms_norm(x, w[f"blk.{i}.ffn_norm.weight"], cfg.rms_eps)
+        h = rms_norm(x, w[f"blk.{i}.ffn_norm.weight"], cfg.rms_eps)
         if cfg.n_expert:
             x = x + moe_ffn(
                 cfg,
@@ -360,8 +374,7 @@ def reference_forward(
                 use_down_t=use_down_t,
             )
             continue
-        gate = h @ w[f"blk.{i}.ffn_gate.weight"].T + w.get(f"blk.{i}.ffn_gate.bias", 0.0)
-        up = h @ w[f"blk.{i}.ffn_up.weight"].T + w.get(f"blk.{i}.ffn_up.bias", 0.0)
+        gate, up = ffn_gate_up(w, i, h)
         a = ffn_activation(cfg.act, gate, up)
         kept = np.ones(a.shape, dtype=bool)
         if predictor_threshold is not None and f"blk.{i}.ffn_pred_fc1.weight" in w:
@@ -370,9 +383,8 @@ def reference_forward(
             layer_scales = (ffn_scales[0][i], ffn_scales[1][i]) if ffn_scales is not None else None
             kept = threshold_mask(cfg.act, gate, up, ffn_thresholds[0][i], ffn_thresholds[1][i], layer_scales)[1]
         traces.append(FfnTrace(activation=a, kept=kept))
-        down = w[f"blk.{i}.ffn_down_t.weight"].T if use_down_t else w[f"blk.{i}.ffn_down.weight"]
-        x = x + (a * kept) @ down.T + w.get(f"blk.{i}.ffn_down.bias", 0.0)
-    x = _rms_norm(x, w["output_norm.weight"], cfg.rms_eps)
+        x = x + ffn_down(w, i, a * kept, use_down_t)
+    x = rms_norm(x, w["output_norm.weight"], cfg.rms_eps)
     head = w["output.weight"] if "output.weight" in w else w["token_embd.weight"]
     return x @ head.T, traces
 

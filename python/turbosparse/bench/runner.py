@@ -140,7 +140,9 @@ def sparse_ffn_bytes(
 ) -> float:
     """FFN bytes layer read per token by sparse decoding, from its counters: the predictor (or, exact, the whole
     gate; groups, fc1 and the group scores), the computed rows of gate and up, the non-zero rows of down (all of them
-    where the file has only the standard down matrix)."""
+    where the file has only the standard down matrix). A layer without counts ran dense: it read every FFN byte."""
+    if stats.n_tokens == 0:
+        return tb.gate[layer] + tb.up[layer] + tb.down[layer]
     computed = stats.n_computed / (stats.n_tokens * n_ff)
     nonzero = stats.n_nonzero / (stats.n_tokens * n_ff)
     predictor = tb.predictor[layer] - tb.fc2[layer] + tb.group_scores[layer] if groups else tb.predictor[layer]
@@ -178,15 +180,11 @@ def measured_sparse_bytes(tb: TensorBytes, engine: TurbosparseEngine) -> SparseR
     total = tb.attention + tb.output
     active, kept = [], []
     for i, s in enumerate(stats):
-        if s.n_tokens == 0:
-            total += tb.gate[i] + tb.up[i] + tb.down[i]
-            active.append(1.0)
-            kept.append(1.0)
-            continue
         exact = engine.mode == "exact" or tb.predictor[i] == 0
         total += sparse_ffn_bytes(tb, i, s, n_ff, exact=exact, groups=engine.mode == "groups")
-        active.append(s.n_computed / (s.n_tokens * n_ff))
-        kept.append((s.n_computed + s.n_nonzero) / (2 * s.n_tokens * n_ff))
+        ran_dense = s.n_tokens == 0  # every row read
+        active.append(1.0 if ran_dense else s.n_computed / (s.n_tokens * n_ff))
+        kept.append(1.0 if ran_dense else (s.n_computed + s.n_nonzero) / (2 * s.n_tokens * n_ff))
     return SparseReads(total, float(np.mean(active)), float(np.mean(kept)))
 
 

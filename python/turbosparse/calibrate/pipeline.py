@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from turbosparse._library import set_llama_log_verbosity
 from turbosparse.bench.runner import sparse_ffn_bytes, tensor_bytes
-from turbosparse.binding import FfnScales, FfnThresholds, LayerStats, NativeContext, NativeModel, SparseMode
+from turbosparse.binding import FfnScales, FfnThresholds, NativeContext, NativeModel, SparseMode
 from turbosparse.calibrate.collect import CollectConfig, collect, down_column_norms
 from turbosparse.calibrate.scores import Scores, score_scales
 from turbosparse.calibrate.thresholds import Allocation, Calibration, Method, Planner, dense_calibration, layer_weights
@@ -207,14 +207,7 @@ class Calibrator:
         if dense:
             return Quality(perplexity=float(np.exp(nll / n)), up_rate=1.0, down_rate=1.0, n_tokens=n)
         tb = self.tensor_bytes
-
-        def layer_bytes(il: int, s: LayerStats) -> float:
-            # a layer that ran dense has no counts: it read everything
-            return (
-                sparse_ffn_bytes(tb, il, s, n_ff, exact=True) if s.n_tokens else tb.gate[il] + tb.up[il] + tb.down[il]
-            )
-
-        read = sum(layer_bytes(il, s) for il, s in enumerate(stats))
+        read = sum(sparse_ffn_bytes(tb, il, s, n_ff, exact=True) for il, s in enumerate(stats))
         return Quality(perplexity=float(np.exp(nll / n)), up_rate=rate("n_computed"), down_rate=rate("n_nonzero"),
                        n_tokens=n, ffn_bytes=read / tb.ffn)  # fmt: skip
 
