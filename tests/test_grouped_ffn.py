@@ -21,21 +21,21 @@ RANK = 16
 TOP_K = [3, 5]
 
 
-def group_tensors(weights: dict[str, np.ndarray], cfg: TinyConfig) -> dict[str, np.ndarray]:
-    """The grouped route's tensors in numpy order: scores [n_groups, rank], down [n_groups, n_embd, G]."""
+def group_tensors(weights: dict[str, np.ndarray], cfg: TinyConfig, g: int = G) -> dict[str, np.ndarray]:
+    """The grouped route's tensors in numpy order: scores [n_groups, rank], down [n_groups, n_embd, g]."""
     out = dict(weights)
-    n_groups = cfg.n_ff // G
+    n_groups = cfg.n_ff // g
     for i in range(cfg.n_layer):
         fc2 = weights[f"blk.{i}.ffn_pred_fc2.weight"]
-        out[f"blk.{i}.ffn_pred_groups.weight"] = fc2.reshape(n_groups, G, -1).sum(axis=1)
+        out[f"blk.{i}.ffn_pred_groups.weight"] = fc2.reshape(n_groups, g, -1).sum(axis=1)
         down = weights[f"blk.{i}.ffn_down.weight"]  # [n_embd, n_ff]
         out[f"blk.{i}.ffn_down_groups.weight"] = np.ascontiguousarray(
-            down.reshape(cfg.n_embd, n_groups, G).transpose(1, 0, 2)
+            down.reshape(cfg.n_embd, n_groups, g).transpose(1, 0, 2)
         )
     return out
 
 
-def make(tmp_path: Path, qtype: Q, *, bias: bool = False, top_k: list[int] = TOP_K) -> tuple[Path, dict]:
+def make(tmp_path: Path, qtype: Q, *, bias: bool = False, top_k: list[int] = TOP_K, g: int = G) -> tuple[Path, dict]:
     weights = random_weights(CFG, seed=4, predictor_rank=RANK)
     if bias:
         rng = np.random.default_rng(9)
@@ -43,11 +43,11 @@ def make(tmp_path: Path, qtype: Q, *, bias: bool = False, top_k: list[int] = TOP
             weights[f"blk.{i}.ffn_gate.bias"] = (0.3 * rng.standard_normal(CFG.n_ff)).astype(np.float32)
             weights[f"blk.{i}.ffn_up.bias"] = (0.3 * rng.standard_normal(CFG.n_ff)).astype(np.float32)
             weights[f"blk.{i}.ffn_down.bias"] = (0.3 * rng.standard_normal(CFG.n_embd)).astype(np.float32)
-    path = tmp_path / f"grouped-{qtype.name}-{bias}.gguf"
-    extra = {"turbosparse.predictor_input": "residual_rmsnorm", "turbosparse.group_size": G,
+    path = tmp_path / f"grouped-{qtype.name}-{bias}-{g}.gguf"
+    extra = {"turbosparse.predictor_input": "residual_rmsnorm", "turbosparse.group_size": g,
              "turbosparse.group_top_k": top_k}  # fmt: skip
     # the predictor stays F32: the chosen groups then match the reference's exactly
-    stored = write_gguf(path, CFG, group_tensors(weights, CFG), qtype, extra_kv=extra, down_layout="both",
+    stored = write_gguf(path, CFG, group_tensors(weights, CFG, g), qtype, extra_kv=extra, down_layout="both",
                         predictor_qtype=Q.F32)  # fmt: skip
     return path, stored
 
@@ -57,41 +57,47 @@ def context(path: Path, mode: SparseMode, n_threads: int = 2) -> NativeContext:
                          threshold=None, kv_f32=True)  # fmt: skip
 
 
-def reference_ffn(w: dict[str, np.ndarray], layer: int, h: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
+def reference_ffn(
+    w: dict[str, np.ndarray], layer: int, h: np.ndarray, top_k: int, g: int = G
+) -> tuple[np.ndarray, np.ndarray]:
     """(out [T, n_embd], chosen groups [T, k]) of the grouped route in float64."""
     w = {k: v.astype(np.float64) for k, v in w.items() if k.startswith(f"blk.{layer}.")}
     h = h.astype(np.float64)
     b = f"blk.{layer}."
     z = h / np.sqrt((h**2).mean(-1, keepdims=True) + CFG.rms_eps) * w[b + "ffn_norm.weight"]
     logits = predictor_logits(w, layer, h, "residual_rmsnorm", CFG.rms_eps)
-    scores = logits.reshape(len(h), -1, G).sum(axis=2)
+    scores = logits.reshape(len(h), -1, g).sum(axis=2)
     chosen = np.argsort(-scores, axis=1)[:, :top_k]
     gate = z @ w[b + "ffn_gate.weight"].T + w.get(b + "ffn_gate.bias", 0.0)
     up = z @ w[b + "ffn_up.weight"].T + w.get(b + "ffn_up.bias", 0.0)
     a = ffn_activation("drelu", gate, up)
     keep = np.zeros_like(a, dtype=bool)
     for t, groups in enumerate(chosen):
-        for g in groups:
-            keep[t, g * G : (g + 1) * G] = True
+        for group in groups:
+            keep[t, group * g : (group + 1) * g] = True
     out = (a * keep) @ w[b + "ffn_down.weight"].T + w.get(b + "ffn_down.bias", 0.0)
     return out, chosen
 
 
 @pytest.mark.parametrize("n_threads", [1, 2])
 @pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
-@pytest.mark.parametrize("qtype", [Q.F32, Q.Q8_0, Q.Q4_0], ids=lambda q: q.name.lower())
-def test_grouped_ffn_matches_reference(tmp_path: Path, qtype: Q, bias: bool, n_threads: int) -> None:
-    path, stored = make(tmp_path, qtype, bias=bias)
+@pytest.mark.parametrize(
+    ("qtype", "g"), [(Q.F32, 32), (Q.Q8_0, 32), (Q.Q4_0, 32), (Q.Q4_0, 64), (Q.Q4_1, 64)], ids=lambda v: str(v).lower()
+)
+def test_grouped_ffn_matches_reference(tmp_path: Path, qtype: Q, g: int, bias: bool, n_threads: int) -> None:
+    # groups of 64 put two quant blocks in a row of the down slices: a layout of our own there would show
+    top_k = [k * G // g for k in TOP_K]
+    path, stored = make(tmp_path, qtype, bias=bias, top_k=top_k, g=g)
     h = np.random.default_rng(3).standard_normal((5, CFG.n_embd)).astype(np.float32)
     ctx = context(path, SparseMode.GROUPS, n_threads)
     for layer in range(CFG.n_layer):
-        ref, _ = reference_ffn(stored, layer, h, TOP_K[layer])
+        ref, _ = reference_ffn(stored, layer, h, top_k[layer], g)
         out = ctx.eval_ffn(layer, h, dense_ffn=False)
         # ggml's quantized dot products take Q8_0 activations: a few tenths of a percent of the output's scale
         tolerance = 1e-5 if qtype == Q.F32 else 0.02
         assert np.abs(out - ref).max() <= tolerance * np.abs(ref).max(), layer
         stats = ctx.layer_stats()[layer]
-        assert (stats.n_tokens, stats.n_computed) == (5, 5 * TOP_K[layer] * G)
+        assert (stats.n_tokens, stats.n_computed) == (5, 5 * top_k[layer] * g)
 
 
 def test_rows_read_and_top_k_override(tmp_path: Path) -> None:

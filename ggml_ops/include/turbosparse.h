@@ -55,8 +55,10 @@ typedef struct ts_model_params {
        GPU device; else a ggml device name (ts_device_get). On a GPU the row-sparse modes (predictor, exact) are not
        available: dense and groups run there. */
     const char *device;
-    /* 1: let ggml repack matrices it has faster kernels for (as llama.cpp does by default).
-       FFN matrices that sparse decoding reads row by row are never repacked. */
+    /* 1: weights in the layouts the kernels run fastest: ggml repacks matrices it has faster kernels for (as
+       llama.cpp does by default), and the FFN matrices sparse decoding reads row by row (never repacked) are copied
+       into huge-page memory where the OS has it (Linux with transparent huge pages). 0: weights stay in the mapping as stored (a quick load to
+       inspect a file), but for transposed downs whose kernel reads its own row layout. */
     int32_t repack;
     /* 1: keep FFN gate/up/down_t in their row layout for sparse decoding. */
     int32_t sparse_rows;

@@ -108,7 +108,7 @@ struct ggml_tensor *ts_gated_activation(struct ggml_context *ctx0, int32_t act, 
 static struct ggml_tensor *ffn_matmul(const ts_context *ctx, struct ggml_context *ctx0, struct ggml_tensor *w,
                                       struct ggml_tensor *b, struct ggml_tensor *cur) {
     const ts_model *m = ctx->model;
-    struct ggml_tensor *out = m->sparse_rows && m->on_cpu && w->buffer == m->buf_mapped
+    struct ggml_tensor *out = m->sparse_rows && m->on_cpu && w->buffer != m->buf_repacked
                                   ? ts_rows_matmul(ctx0, w, cur, ctx->params.n_threads)
                                   : NULL;
     return out != NULL ? add_bias(ctx0, out, b) : matmul_bias(ctx0, w, b, cur);

@@ -1,7 +1,8 @@
 /*
  * Model loading: hyperparameters from the standard llama.cpp keys (plus turbosparse.* and
  * PowerInfer's powerinfer.* keys), every expected tensor checked for presence, shape and type,
- * data left in the mapping or handed to ggml's repacking buffer type, as llama.cpp does.
+ * data left in the mapping or handed to ggml's repacking buffer type, as llama.cpp does; the FFN matrices the
+ * sparse ops read row by row copied into huge-page memory.
  */
 #include "model.h"
 
@@ -11,6 +12,7 @@
 #include "ggml-alloc.h"
 #include "ggml-cpu.h"
 #include "gguf_names.h"
+#include "huge_pages.h"
 #include "ts_error.h"
 
 #include <math.h>
@@ -41,6 +43,7 @@ typedef struct binding {
     struct ggml_tensor **slot;
     const ts_gguf_tensor *src;
     int repack; /* into ggml's repacked layout */
+    int rows;   /* read row by row: copied into huge-page memory (allocate_rows) */
     int split;  /* a transposed down, into the split row layout its kernel reads (axpy_rows.h) */
 } binding;
 
@@ -817,42 +820,61 @@ static struct ggml_context *new_meta_context(int n_tensors) {
     return ggml_init(ip);
 }
 
-/* The transposed downs whose kernel reads the split row layout get a copy in it (in a CPU buffer); the bytes of
- * the mapping they were copied from are then released from memory (the file keeps them). */
-static int allocate_split(ts_model *m, plan *p, char *err, size_t err_size) {
-    int n_split = 0;
+/* the transposed down matrices: only the CPU's row-sparse ops read them */
+static int is_down_t(const binding *b) {
+    return strstr(b->name, ".ffn_down_t.") != NULL || strstr(b->name, ".ffn_down_t_exps.") != NULL;
+}
+
+/* Matrices whose rows are gathered a few at a time, scattered over the whole matrix: gate/up left unrepacked for the
+ * sparse ops, the transposed downs, and the grouped route's down slices. */
+static int is_row_read(const binding *b, const ts_model_params *params) {
+    return b->role == ROLE_DOWN_T || (b->role == ROLE_ROWS && params->sparse_rows);
+}
+
+/* With repack, where the OS has huge pages, the row-read matrices get a copy in huge-page memory (huge_pages.h); a
+ * transposed down whose kernel reads the split row layout (axpy_rows.h) always does, re-laid out on the way. The
+ * bytes of the mapping they were copied from are then released from memory (the file keeps them). */
+static int allocate_rows(ts_model *m, plan *p, const ts_model_params *params, char *err, size_t err_size) {
+    const size_t align = 64;
+    const int huge = params->repack && ts_huge_pages_available();
+    size_t size = 0;
     for (int i = 0; i < p->n; i++) {
         binding *b = &p->items[i];
-        b->split = b->role == ROLE_DOWN_T && ts_axpy_rows_layout((enum ggml_type)b->src->type) == TS_ROWS_SPLIT;
-        n_split += b->split;
+        b->split = is_down_t(b) && ts_axpy_rows_layout((enum ggml_type)b->src->type) == TS_ROWS_SPLIT;
+        b->rows = b->split || (huge && is_row_read(b, params));
+        size += b->rows ? (b->src->nbytes + align - 1) / align * align : 0;
     }
-    if (n_split == 0) {
+    if (size == 0) {
         return 0;
     }
-    m->ctx_split = new_meta_context(n_split);
-    if (m->ctx_split == NULL) {
-        return ts_set_error(err, err_size, "out of memory creating tensor contexts");
+    m->rows_memory = ts_huge_alloc(size);
+    if (m->rows_memory == NULL) {
+        return ts_set_error(err, err_size, "%s: out of memory for the FFN matrices (%.1f MiB)", m->file->path,
+                            (double)size / (1 << 20));
     }
-    for (int i = 0; i < p->n; i++) {
-        binding *b = &p->items[i];
-        if (b->split) {
-            *b->slot = ggml_new_tensor(m->ctx_split, (enum ggml_type)b->src->type, 4, b->ne);
-            ggml_set_name(*b->slot, b->name);
-        }
+    m->rows_memory_size = size;
+    m->buf_rows = ggml_backend_cpu_buffer_from_ptr(m->rows_memory, size);
+    if (m->buf_rows == NULL) {
+        return ts_set_error(err, err_size, "%s: cannot wrap the FFN matrices' memory in a ggml buffer", m->file->path);
     }
-    m->buf_split = ggml_backend_alloc_ctx_tensors_from_buft(m->ctx_split, ggml_backend_cpu_buffer_type());
-    if (m->buf_split == NULL) {
-        return ts_set_error(err, err_size, "%s: out of memory for the transposed down matrices", m->file->path);
-    }
-    ggml_backend_buffer_set_usage(m->buf_split, GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
+    ggml_backend_buffer_set_usage(m->buf_rows, GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
+    size_t offset = 0;
     for (int i = 0; i < p->n; i++) {
         const binding *b = &p->items[i];
-        if (!b->split) {
+        if (!b->rows) {
             continue;
         }
-        const struct ggml_tensor *t = *b->slot;
-        ts_rows_split(t->type, b->src->data, t->data, ggml_nrows(t), t->nb[1]);
+        struct ggml_tensor *t = *b->slot;
+        if (ggml_backend_tensor_alloc(m->buf_rows, t, (char *)m->rows_memory + offset) != GGML_STATUS_SUCCESS) {
+            return ts_set_error(err, err_size, "%s: cannot place tensor '%s'", m->file->path, b->name);
+        }
+        if (b->split) {
+            ts_rows_split(t->type, b->src->data, t->data, ggml_nrows(t), t->nb[1]);
+        } else {
+            memcpy(t->data, b->src->data, b->src->nbytes);
+        }
         ts_gguf_release(m->file, b->src->data, b->src->nbytes);
+        offset += (b->src->nbytes + align - 1) / align * align;
     }
     return 0;
 }
@@ -860,9 +882,6 @@ static int allocate_split(ts_model *m, plan *p, char *err, size_t err_size) {
 static int allocate(ts_model *m, plan *p, const ts_model_params *params, char *err, size_t err_size) {
     ggml_backend_buffer_type_t repack_buft = NULL;
     int n_repack = 0;
-    if (allocate_split(m, p, err, err_size) != 0) {
-        return -1;
-    }
     for (int i = 0; i < p->n; i++) {
         binding *b = &p->items[i];
         const int eligible = b->role == ROLE_MATRIX || (b->role == ROLE_ROWS && !params->sparse_rows);
@@ -882,13 +901,13 @@ static int allocate(ts_model *m, plan *p, const ts_model_params *params, char *e
     }
     for (int i = 0; i < p->n; i++) {
         binding *b = &p->items[i];
-        if (b->split) {
-            continue;
-        }
         struct ggml_context *ctx = b->repack ? m->ctx_repacked : m->ctx_mapped;
         struct ggml_tensor *t = ggml_new_tensor(ctx, (enum ggml_type)b->src->type, 4, b->ne);
         ggml_set_name(t, b->name);
         *b->slot = t;
+    }
+    if (allocate_rows(m, p, params, err, err_size) != 0) {
+        return -1;
     }
     m->buf_mapped = ggml_backend_cpu_buffer_from_ptr(m->file->map, m->file->size);
     if (m->buf_mapped == NULL) {
@@ -901,11 +920,12 @@ static int allocate(ts_model *m, plan *p, const ts_model_params *params, char *e
             return ts_set_error(err, err_size, "%s: out of memory allocating repacked weights", m->file->path);
         }
         ggml_backend_buffer_set_usage(m->buf_repacked, GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
+        ts_huge_advise(ggml_backend_buffer_get_base(m->buf_repacked), ggml_backend_buffer_get_size(m->buf_repacked));
     }
     for (int i = 0; i < p->n; i++) {
         binding *b = &p->items[i];
         struct ggml_tensor *t = *b->slot;
-        if (b->split) {
+        if (b->rows) {
             continue;
         } else if (b->repack) {
             ggml_backend_tensor_set(t, b->src->data, 0, b->src->nbytes);
@@ -930,11 +950,6 @@ static int check_device_model(const ts_model *m, char *err, size_t err_size) {
                        m->file->path, dev);
     }
     return 0;
-}
-
-/* the transposed down matrices: only the CPU's row-sparse ops read them */
-static int is_down_t(const binding *b) {
-    return strstr(b->name, ".ffn_down_t.") != NULL || strstr(b->name, ".ffn_down_t_exps.") != NULL;
 }
 
 /* A device other than the CPU: every tensor a graph there reads, in the device's own buffers, copied from the
@@ -1055,12 +1070,10 @@ void ts_model_free(ts_model *m) {
     if (m->ctx_repacked != NULL) {
         ggml_free(m->ctx_repacked);
     }
-    if (m->buf_split != NULL) {
-        ggml_backend_buffer_free(m->buf_split);
+    if (m->buf_rows != NULL) {
+        ggml_backend_buffer_free(m->buf_rows);
     }
-    if (m->ctx_split != NULL) {
-        ggml_free(m->ctx_split);
-    }
+    ts_huge_free(m->rows_memory, m->rows_memory_size);
     if (m->ctx_mapped != NULL) {
         ggml_free(m->ctx_mapped);
     }

@@ -46,12 +46,14 @@ struct ts_model {
 
     ggml_backend_dev_t device;         /* where the weights live (device.h) */
     int32_t on_cpu;                    /* device is the CPU: weights mapped or repacked, graphs on the CPU backend */
-    struct ggml_context *ctx_mapped;   /* tensors whose data stays in the mapping (CPU), or every tensor (other device) */
+    struct ggml_context *ctx_mapped;   /* tensors not repacked (CPU: in the mapping or buf_rows), or every tensor
+                                          (other device) */
     struct ggml_context *ctx_repacked; /* tensors copied into ggml's repacked layout */
-    struct ggml_context *ctx_split;    /* transposed downs copied into the split row layout (axpy_rows.h) */
     ggml_backend_buffer_t buf_mapped;
     ggml_backend_buffer_t buf_repacked;
-    ggml_backend_buffer_t buf_split;
+    ggml_backend_buffer_t buf_rows;    /* the FFN matrices read row by row (CPU): a copy in huge-page memory */
+    void *rows_memory;                 /* buf_rows's memory (huge_pages.h) */
+    size_t rows_memory_size;
     ggml_backend_buffer_t buf_device;  /* a non-CPU device: every tensor, copied from the mapping */
 
     struct ggml_tensor *tok_embd;    /* [n_embd, n_vocab] */

@@ -228,7 +228,8 @@ class _ErrorBuffer:
 
 
 class NativeModel:
-    """A model loaded by the C engine (weights mmapped, read-only)."""
+    """A model loaded by the C engine (weights mapped read-only from the file, or copied into the layouts the
+    kernels read: ggml's repacked matrices, the sparse FFN's rows in huge-page memory)."""
 
     def __init__(self, path: str, *, repack: bool = True, sparse_rows: bool = True, device: str = "cpu") -> None:
         self._lib = load()

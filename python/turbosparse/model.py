@@ -113,7 +113,7 @@ class Model:
         probe = NativeModel(self.path, repack=False, sparse_rows=True)
         self.sparse_mode = probe.sparse_mode(sparse_mode_named(sparse), on_cpu=target.is_cpu)  # decided in C
         del probe
-        # dense decoding may use ggml's repacked matrices; sparse decoding reads FFN rows in place
+        # dense decoding may use ggml's repacked matrices; sparse decoding reads FFN rows (copied into huge pages)
         self._native = NativeModel(
             self.path, repack=True, sparse_rows=self.sparse_mode != SparseMode.OFF, device=target.name
         )

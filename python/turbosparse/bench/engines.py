@@ -29,20 +29,22 @@ def bench_mode(name: str) -> SparseMode:
     return SparseMode.OFF if name == "dense" else sparse_mode_named(name)
 
 
+def bench_model(path: Path, mode: str) -> NativeModel:
+    """A model loaded as turbosparse runs `mode`; one sparse model can back every sparse mode's engine."""
+    return NativeModel(str(path), repack=True, sparse_rows=bench_mode(mode) != SparseMode.OFF)
+
+
 @dataclass
 class TurbosparseEngine:
-    path: Path
+    model: NativeModel
     mode: str
     n_threads: int
     n_ctx: int
     name: str = "turbosparse"
 
     def __post_init__(self) -> None:
-        sparse = bench_mode(self.mode)
-        self.model = NativeModel(self.path, repack=True, sparse_rows=sparse != SparseMode.OFF)
-        self.ctx = NativeContext(
-            self.model, n_ctx=self.n_ctx, n_threads=self.n_threads, n_batch=512, sparse_mode=sparse, threshold=None
-        )
+        self.ctx = NativeContext(self.model, n_ctx=self.n_ctx, n_threads=self.n_threads, n_batch=512,
+                                 sparse_mode=bench_mode(self.mode), threshold=None)  # fmt: skip
 
     def prefill(self, tokens: list[int]) -> np.ndarray:
         self.ctx.truncate(0)

@@ -15,7 +15,7 @@ import gguf
 
 from turbosparse.assets import smollm2_gguf
 from turbosparse.bench.batch import bench_batch
-from turbosparse.bench.engines import Engine, LlamaCppEngine, TurbosparseEngine, bench_mode
+from turbosparse.bench.engines import Engine, LlamaCppEngine, TurbosparseEngine, bench_mode, bench_model
 from turbosparse.bench.ffn_layer import bench_ffn_layer, copy_bandwidth_gb_s, format_table
 from turbosparse.bench.generate import bench_generate
 from turbosparse.bench.runner import (
@@ -131,11 +131,14 @@ def _files(args: argparse.Namespace) -> tuple[Path, Path, float | None]:
     return model, dense, None
 
 
-def _modes(args: argparse.Namespace, sparse: Path) -> list[str]:
-    """The modes in --modes that the sparse file can run (the C library decides)."""
-    model = NativeModel(sparse, repack=False)
+def _modes(args: argparse.Namespace, sparse: NativeModel | None) -> list[str]:
+    """The modes in --modes that the sparse file can run (the C library decides); None: only dense asked for."""
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    return [m for m in modes if _allows(model, bench_mode(m))]
+    return [m for m in modes if m == "dense" or (sparse is not None and _allows(sparse, bench_mode(m)))]
+
+
+def _sparse_asked(args: argparse.Namespace) -> bool:
+    return any(m.strip() not in ("", "dense") for m in args.modes.split(","))
 
 
 def _allows(model: NativeModel, mode: SparseMode) -> bool:
@@ -150,9 +153,13 @@ def _engines(args: argparse.Namespace, sparse: Path, dense: Path, n_ctx: int) ->
     engines: list[Engine] = []
     if not args.no_llama_cpp:
         engines.append(LlamaCppEngine(dense, args.threads, n_ctx))
-    for mode in _modes(args, sparse):
-        path = dense if mode == "dense" else sparse
-        engines.append(TurbosparseEngine(path, mode, args.threads, n_ctx))
+    # the sparse modes share one model: a Mixtral-shaped file holds several GB in memory
+    sparse_model = bench_model(sparse, "predictor") if _sparse_asked(args) else None
+    for mode in _modes(args, sparse_model):
+        if mode == "dense":
+            engines.append(TurbosparseEngine(bench_model(dense, mode), mode, args.threads, n_ctx))
+        elif sparse_model is not None:
+            engines.append(TurbosparseEngine(sparse_model, mode, args.threads, n_ctx))
     return engines
 
 
@@ -215,7 +222,7 @@ def run_generate(args: argparse.Namespace, dense: Path) -> int:
 def run_batch(args: argparse.Namespace, sparse: Path, dense: Path) -> int:
     sizes = [int(b) for b in args.batch.split(",") if b.strip()]
     report = []
-    for mode in _modes(args, sparse):
+    for mode in _modes(args, NativeModel(str(sparse), repack=False) if _sparse_asked(args) else None):
         path = dense if mode == "dense" else sparse
         rows = bench_batch(path, mode=mode, n_threads=args.threads, batches=sizes, steps=args.decode_tokens,
                            rounds=args.rounds)  # fmt: skip
