@@ -9,6 +9,8 @@ up to float summation order. Predictor training shards layers instead (each laye
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -56,11 +58,24 @@ class Dist:
 SINGLE = Dist()  # one process: the default everywhere a Dist is taken
 
 
-def from_environment() -> Dist:
-    """A process group when torchrun started this process (WORLD_SIZE > 1), else a single process."""
+@contextmanager
+def process_group() -> Iterator[Dist]:
+    """A process group when torchrun started this process (WORLD_SIZE > 1), else a single process. The group is
+    destroyed on leaving: one left to the interpreter's exit can abort the rank (gloo: "terminate called without an
+    active exception"), which torchrun reports as a failed run."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        return SINGLE
-    if not dist.is_initialized():
+        yield SINGLE
+        return
+    created = not dist.is_initialized()
+    if created:
         dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
-    return Dist(dist.get_rank(), dist.get_world_size())
+    ok = False
+    try:
+        yield Dist(dist.get_rank(), dist.get_world_size())
+        ok = True
+    finally:
+        if created:
+            if ok:
+                dist.barrier()  # no rank tears the group down while another still uses it
+            dist.destroy_process_group()

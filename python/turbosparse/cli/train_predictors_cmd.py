@@ -11,8 +11,12 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from turbosparse.errors import InvalidArgumentError
+
+if TYPE_CHECKING:  # torch is imported when the command runs, never by the runtime
+    from turbosparse.predictor_train.distributed import Dist
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -41,18 +45,24 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # torch is imported here only: the runtime (and `turbosparse run`) never loads it
-    from turbosparse.predictor_train.collect import CollectConfig
-    from turbosparse.predictor_train.distributed import from_environment
-    from turbosparse.predictor_train.modeling import read_config
-    from turbosparse.predictor_train.moe import MoeTrainOptions, is_moe_checkpoint, train_moe_predictors
-    from turbosparse.predictor_train.pipeline import PredictorTrainConfig
-    from turbosparse.predictor_train.train import TrainConfig
-    from turbosparse.predictor_train.workflows import TrainPredictorsOptions, set_threads, train_predictors
+    from turbosparse.predictor_train.distributed import process_group
+    from turbosparse.predictor_train.workflows import set_threads
 
     if not 0 < args.recall <= 1:
         raise InvalidArgumentError(f"--recall must be in (0, 1], got {args.recall}")
     set_threads(args.threads)
-    dist = from_environment()
+    with process_group() as dist:
+        return _train(args, dist)
+
+
+def _train(args: argparse.Namespace, dist: Dist) -> int:
+    from turbosparse.predictor_train.collect import CollectConfig
+    from turbosparse.predictor_train.modeling import read_config
+    from turbosparse.predictor_train.moe import MoeTrainOptions, is_moe_checkpoint, train_moe_predictors
+    from turbosparse.predictor_train.pipeline import PredictorTrainConfig
+    from turbosparse.predictor_train.train import TrainConfig
+    from turbosparse.predictor_train.workflows import TrainPredictorsOptions, train_predictors
+
     device = rank_device(args.device, dist.rank)
     out = args.out or args.model_dir.with_name(args.model_dir.name + "-predictors")
     opts = TrainPredictorsOptions(
