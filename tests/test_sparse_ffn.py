@@ -87,6 +87,27 @@ def test_exact_mode_equals_dense(tmp_path: Path, act: str, down_layout: str) -> 
     assert_close(steps, ref)
 
 
+@pytest.mark.parametrize("qtype", [Q.F32, Q.Q4_0], ids=lambda q: q.name)
+def test_exact_mode_with_the_gate_placed_as_a_dense_matrix(tmp_path: Path, qtype: Q) -> None:
+    """dense_gate (how Model loads a file for exact mode): the gate of a file with predictors repacked like any dense
+    matrix, exact mode unchanged, predictor mode refused."""
+    from turbosparse import InvalidArgumentError
+
+    cfg = TinyConfig(act="drelu", n_embd=256, n_ff=512)
+    path, stored = make(tmp_path, cfg, rank=32, qtype=qtype)
+    toks = tokens(cfg, 16)
+    model = NativeModel(path, dense_gate=True)
+    assert model.sparse_mode(SparseMode.AUTO) == SparseMode.EXACT
+    with pytest.raises(InvalidArgumentError, match="loaded with dense_gate = 1"):
+        model.sparse_mode(SparseMode.PREDICTOR)
+    ctx = NativeContext(model, n_ctx=256, n_threads=2, n_batch=512, sparse_mode=SparseMode.EXACT, threshold=None,
+                        kv_f32=True)  # fmt: skip
+    out = ctx.eval(toks, dense_ffn=False, logits_all=True)
+    assert_close(out, reference_logits(cfg, stored, toks, use_down_t=True), qtype)
+    rows = context(path, SparseMode.EXACT).eval(toks, dense_ffn=False, logits_all=True)
+    assert_close(out, rows, qtype)
+
+
 @pytest.mark.parametrize("act", ["reglu", "drelu"])
 @pytest.mark.parametrize("predictor_input", ["residual", "residual_rmsnorm"])
 @pytest.mark.parametrize("threshold", [0.0, 0.4])

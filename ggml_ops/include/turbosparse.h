@@ -62,6 +62,10 @@ typedef struct ts_model_params {
     int32_t repack;
     /* 1: keep FFN gate/up/down_t in their row layout for sparse decoding. */
     int32_t sparse_rows;
+    /* 1: the FFN gate is only ever computed whole (dense, or exact mode, which selects neurons by the gate): placed
+       like the other dense matrices, repacked where ggml has faster kernels; predictor mode, which reads gate rows,
+       is then unavailable on this model. 0 (default): in layers with a predictor the gate keeps its row layout. */
+    int32_t dense_gate;
 } ts_model_params;
 
 typedef struct ts_model_info {

@@ -389,7 +389,8 @@ static const tensor_spec ATTENTION_TENSORS[] = {
 };
 
 /* FFN matrices read row by row in sparse decoding stay in the mapping when asked to: up always, gate where a
- * predictor selects rows (ROLE_GATE; exact mode computes the gate densely, with ggml's repacked kernels). The down
+ * predictor selects rows (ROLE_GATE, unless loaded with dense_gate; exact mode computes the gate densely, with
+ * ggml's repacked kernels where the gate is a dense matrix). The down
  * matrix is stored standard, transposed or both (check_down_layout). */
 static const tensor_spec FFN_TENSORS[] = {
     {TS_TENSOR_FFN_GATE, NULL, ROLE_GATE, LAYER_SLOT(ffn_gate), 1, {DIM_EMBD, DIM_FF, DIM_1}},
@@ -534,7 +535,8 @@ static int plan_specs(const ts_model *m, plan *p, void *base, const tensor_spec 
                       const dims *d, uint32_t *found, char *err, size_t err_size) {
     for (int i = 0; i < n_specs; i++) {
         const tensor_spec *s = &specs[i];
-        const enum tensor_role role = s->role != ROLE_GATE ? s->role : d->v[DIM_RANK] > 0 ? ROLE_ROWS : ROLE_MATRIX;
+        const int gate_rows = d->v[DIM_RANK] > 0 && !m->dense_gate;
+        const enum tensor_role role = s->role != ROLE_GATE ? s->role : gate_rows ? ROLE_ROWS : ROLE_MATRIX;
         const char *fmt = s->alt_name != NULL && find_layer_tensor(m, s->name, layer) == NULL ? s->alt_name : s->name;
         binding *b = plan_add(p, role, (struct ggml_tensor **)((char *)base + s->slot), fmt, layer);
         if (b == NULL) {
@@ -1013,6 +1015,8 @@ ts_model *ts_model_load(const char *path, const ts_model_params *params, char *e
     }
     m->device = device;
     m->on_cpu = ts_device_is_cpu(device);
+    m->sparse_rows = params->sparse_rows != 0;
+    m->dense_gate = params->dense_gate != 0;
     plan p = {0};
     int rc = -1;
     m->file = ts_gguf_open(path, err, err_size);
@@ -1036,7 +1040,6 @@ ts_model *ts_model_load(const char *path, const ts_model_params *params, char *e
     }
     if (rc == 0) {
         count_file_tensors(m);
-        m->sparse_rows = params->sparse_rows != 0;
         if (m->on_cpu) {
             rc = allocate(m, &p, params, err, err_size);
         } else {

@@ -68,6 +68,7 @@ struct ts_model {
     float *act_scale;                /* [n_layer * n_ff], turbosparse.ffn_act_scales, or NULL when absent */
     int32_t *group_top_k;            /* per layer, turbosparse.group_top_k: groups read per token (grouped route) */
     int32_t sparse_rows;             /* loaded with ts_model_params.sparse_rows: FFN row matrices not repacked */
+    int32_t dense_gate;              /* loaded with ts_model_params.dense_gate: the gate placed as a dense matrix */
 };
 
 #endif

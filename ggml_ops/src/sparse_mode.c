@@ -58,6 +58,12 @@ int ts_sparse_mode_check(const ts_model *m, int32_t mode, char *err, size_t err_
                        "(blk.N.ffn_down_t_exps.weight)",
                        path);
     }
+    if (mode == TS_SPARSE_PREDICTOR && m->dense_gate) {
+        return ts_fail(err, err_size, TS_ERR_ARGUMENT,
+                       "%s: predictor mode reads rows of the gate, which this model placed as a dense matrix (loaded "
+                       "with dense_gate = 1, for exact mode)",
+                       path);
+    }
     if (mode == TS_SPARSE_PREDICTOR) {
         return check_predictor(m, err, err_size);
     }

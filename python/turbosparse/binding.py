@@ -231,12 +231,15 @@ class NativeModel:
     """A model loaded by the C engine (weights mapped read-only from the file, or copied into the layouts the
     kernels read: ggml's repacked matrices, the sparse FFN's rows in huge-page memory)."""
 
-    def __init__(self, path: str, *, repack: bool = True, sparse_rows: bool = True, device: str = "cpu") -> None:
+    def __init__(
+        self, path: str, *, repack: bool = True, sparse_rows: bool = True, dense_gate: bool = False, device: str = "cpu"
+    ) -> None:
         self._lib = load()
         ffi, lib = self._lib.ffi, self._lib.lib
         params = lib.ts_model_default_params()
         params.repack = int(repack)
         params.sparse_rows = int(sparse_rows)
+        params.dense_gate = int(dense_gate)  # the gate repacked for exact mode; predictor mode then unavailable
         device_name = ffi.new("char[]", device.encode())  # alive until ts_model_load returns
         params.device = device_name
         err = _ErrorBuffer(self._lib)

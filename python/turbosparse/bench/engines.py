@@ -30,8 +30,11 @@ def bench_mode(name: str) -> SparseMode:
 
 
 def bench_model(path: Path, mode: str) -> NativeModel:
-    """A model loaded as turbosparse runs `mode`; one sparse model can back every sparse mode's engine."""
-    return NativeModel(str(path), repack=True, sparse_rows=bench_mode(mode) != SparseMode.OFF)
+    """A model loaded as turbosparse.Model loads it for `mode`."""
+    sparse = bench_mode(mode)
+    return NativeModel(
+        str(path), repack=True, sparse_rows=sparse != SparseMode.OFF, dense_gate=sparse == SparseMode.EXACT
+    )
 
 
 @dataclass

@@ -153,13 +153,13 @@ def _engines(args: argparse.Namespace, sparse: Path, dense: Path, n_ctx: int) ->
     engines: list[Engine] = []
     if not args.no_llama_cpp:
         engines.append(LlamaCppEngine(dense, args.threads, n_ctx))
-    # the sparse modes share one model: a Mixtral-shaped file holds several GB in memory
-    sparse_model = bench_model(sparse, "predictor") if _sparse_asked(args) else None
-    for mode in _modes(args, sparse_model):
-        if mode == "dense":
-            engines.append(TurbosparseEngine(bench_model(dense, mode), mode, args.threads, n_ctx))
-        elif sparse_model is not None:
-            engines.append(TurbosparseEngine(sparse_model, mode, args.threads, n_ctx))
+    rows_model = bench_model(sparse, "predictor") if _sparse_asked(args) else None
+    for mode in _modes(args, rows_model):
+        if mode in ("predictor", "groups") and rows_model is not None:
+            model = rows_model  # one model behind the modes that read the same layout (a Mixtral holds GBs)
+        else:
+            model = bench_model(dense if mode == "dense" else sparse, mode)
+        engines.append(TurbosparseEngine(model, mode, args.threads, n_ctx))
     return engines
 
 
