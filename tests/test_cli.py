@@ -82,6 +82,26 @@ def test_bench_json_on_a_synthetic_pair(tmp_path) -> None:
     assert machine["cpu"] and machine["kernel_isas"] and machine["commit"]
 
 
+def test_bench_refuses_engines_that_do_not_fit_in_memory(tmp_path, monkeypatch) -> None:
+    """Every engine holds its own copy of its file (predictor and groups share one): a run that cannot hold them all
+    is refused with what to drop, not killed by the kernel halfway."""
+    import argparse
+
+    from turbosparse.cli import bench_cmd
+    from turbosparse.errors import InvalidArgumentError
+
+    sparse, dense = tmp_path / "s.gguf", tmp_path / "d.gguf"
+    sparse.write_bytes(bytes(1000))
+    dense.write_bytes(bytes(900))
+    every = argparse.Namespace(modes="dense,predictor,groups,exact", no_llama_cpp=False)
+    monkeypatch.setattr(bench_cmd, "_mem_available", lambda: 2 * 900 + 2 * 1000)
+    bench_cmd._check_memory(every, sparse, dense)  # llama.cpp + dense + one row-layout model + exact's
+    monkeypatch.setattr(bench_cmd, "_mem_available", lambda: 2 * 900 + 2 * 1000 - 1)
+    with pytest.raises(InvalidArgumentError, match=r"memory available: drop modes \(--modes\)"):
+        bench_cmd._check_memory(every, sparse, dense)
+    bench_cmd._check_memory(argparse.Namespace(modes="predictor,exact", no_llama_cpp=True), sparse, dense)
+
+
 def test_bench_grouped_route_on_a_synthetic_model(tmp_path) -> None:
     """--groups G adds the grouped route to the synthetic model; its rows read are top-k groups of G."""
     import json

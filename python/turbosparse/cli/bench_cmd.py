@@ -149,7 +149,35 @@ def _allows(model: NativeModel, mode: SparseMode) -> bool:
     return True
 
 
+def _mem_available() -> int | None:
+    """Bytes of memory the kernel can hand out now (Linux's MemAvailable), or None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def _check_memory(args: argparse.Namespace, sparse: Path, dense: Path) -> None:
+    """Each engine holds its own copy of its file's weights (llama.cpp's and ours repacked, the sparse rows in huge
+    pages; predictor and groups share one): a run whose copies exceed the memory available is refused before the
+    kernel's OOM killer ends it."""
+    modes = {m.strip() for m in args.modes.split(",")}
+    held = (0 if args.no_llama_cpp else dense.stat().st_size) + (dense.stat().st_size if "dense" in modes else 0)
+    held += sparse.stat().st_size * (bool(modes & {"predictor", "groups"}) + ("exact" in modes))
+    available = _mem_available()
+    if available is not None and held > available:
+        raise InvalidArgumentError(
+            f"the engines asked for hold {held / 1e9:.1f} GB of weights, more than the {available / 1e9:.1f} GB of "
+            "memory available: drop modes (--modes), llama.cpp (--no-llama-cpp) or layers (--layers)"
+        )
+
+
 def _engines(args: argparse.Namespace, sparse: Path, dense: Path, n_ctx: int) -> list[Engine]:
+    _check_memory(args, sparse, dense)
     engines: list[Engine] = []
     if not args.no_llama_cpp:
         engines.append(LlamaCppEngine(dense, args.threads, n_ctx))
