@@ -1,4 +1,3 @@
-#define _GNU_SOURCE
 #include "huge_pages.h"
 
 #include <stdint.h>
@@ -20,6 +19,28 @@ int ts_huge_pages_available(void) {
     const int ok = fgets(line, sizeof(line), f) != NULL && strstr(line, "[never]") == NULL;
     fclose(f);
     return ok;
+#else
+    return 0;
+#endif
+}
+
+size_t ts_memory_available(void) {
+    FILE *f = fopen("/proc/meminfo", "r");
+    if (f != NULL) {
+        char line[256];
+        unsigned long long kib = 0;
+        int found = 0;
+        while (!found && fgets(line, sizeof(line), f) != NULL) {
+            found = sscanf(line, "MemAvailable: %llu kB", &kib) == 1;
+        }
+        fclose(f);
+        if (found) {
+            return (size_t)kib * 1024;
+        }
+    }
+#ifdef _SC_AVPHYS_PAGES
+    const long pages = sysconf(_SC_AVPHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    return pages > 0 && page > 0 ? (size_t)pages * (size_t)page : 0;
 #else
     return 0;
 #endif
