@@ -57,8 +57,9 @@ typedef struct ts_model_params {
     const char *device;
     /* 1: weights in the layouts the kernels run fastest: ggml repacks matrices it has faster kernels for (as
        llama.cpp does by default), and the FFN matrices sparse decoding reads row by row (never repacked) are copied
-       into huge-page memory where the OS has it (Linux with transparent huge pages). 0: weights stay in the mapping as stored (a quick load to
-       inspect a file), but for transposed downs whose kernel reads its own row layout. */
+       into huge-page memory where the OS has it (Linux with transparent huge pages) and the copy fits in 90 % of
+       the memory available. 0: weights stay in the mapping as stored (a quick load to inspect a file), but for
+       transposed downs whose kernel reads its own row layout. */
     int32_t repack;
     /* 1: keep FFN gate/up/down_t in their row layout for sparse decoding. */
     int32_t sparse_rows;

@@ -73,7 +73,7 @@ void *ts_huge_alloc(size_t n) {
     if (p > raw) {
         munmap(raw, (size_t)(p - raw));
     }
-    const size_t tail = (size_t)(raw + len + TS_HUGE_PAGE - (p + len));
+    const size_t tail = (size_t)(raw + TS_HUGE_PAGE - p); /* what the aligned start left after p + len */
     if (tail > 0) {
         munmap(p + len, tail);
     }
