@@ -32,3 +32,5 @@ def test_aarch64_ids_and_dot_product_feature() -> None:
 def test_this_machine_is_named() -> None:
     stamp = machine_stamp()
     assert stamp["cpu"] and stamp["kernel_isas"]
+    # where the sparse rows can sit in huge pages (THP always / madvise) or not
+    assert stamp["huge_pages"] in ("always", "madvise", "never", "unavailable")

@@ -108,7 +108,7 @@ def format_table(results: list[FfnLayerResult], copy_gb_s: float, spec_line: str
     lines = [
         spec_line,
         f"# {machine['cpu']} [{machine['cpu_flags']}] kernels {machine['kernel_isas']} | load {machine['load']} "
-        f"| commit {machine['commit']}",
+        f"| THP {machine['huge_pages']} | commit {machine['commit']}",
         f"machine copy bandwidth (1 thread, read + write): {copy_gb_s:.1f} GB/s",
         f"{'quant':6} {'dense ms':>9} {'dense GB/s':>10} {'sparse ms':>9} {'sparse GB/s':>11} {'GB/s ratio':>10} "
         f"{'active':>7} {'speedup':>8} {'bytes ceiling':>13} {'kernels (gate/up, down)':>24}",

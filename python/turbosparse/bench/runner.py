@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import platform
+import re
 import statistics
 import subprocess
 import time
@@ -228,7 +229,19 @@ def machine_stamp() -> dict[str, str]:
         "kernel_isas": isas,
         "commit": commit or "unknown",
         "load": _load_average(),
+        # the sparse rows sit in huge pages only where the kernel offers them (README, Speed)
+        "huge_pages": _transparent_huge_pages(),
     }
+
+
+def _transparent_huge_pages() -> str:
+    """Linux's transparent huge page setting ("always", "madvise", "never"), or "unavailable"."""
+    try:
+        setting = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+    except OSError:
+        return "unavailable"
+    found = re.search(r"\[(\w+)\]", setting)
+    return found.group(1) if found else "unavailable"
 
 
 def _load_average() -> str:

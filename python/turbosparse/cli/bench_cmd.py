@@ -230,7 +230,8 @@ def run_generate(args: argparse.Namespace, dense: Path) -> int:
         return 0
     print(
         f"# {dense}: {r.tokens} greedy tokens per call, {args.threads} threads, medians of {r.rounds} alternating "
-        f"rounds | {machine['cpu']} [{machine['cpu_flags']}] load {machine['load']} | commit {machine['commit']}"
+        f"rounds | {machine['cpu']} [{machine['cpu_flags']}] load {machine['load']} | THP {machine['huge_pages']} "
+        f"| commit {machine['commit']}"
     )
     rows = (
         ("same prompt: turbosparse Model.generate", r.turbosparse_s),
@@ -260,7 +261,8 @@ def run_batch(args: argparse.Namespace, sparse: Path, dense: Path) -> int:
         print(json.dumps({"machine": machine, "results": report}, indent=2))
         return 0
     print(f"# {args.threads} threads, {args.decode_tokens} steps, medians of {args.rounds} alternating rounds | "
-          f"{machine['cpu']} [{machine['cpu_flags']}] load {machine['load']} | commit {machine['commit']}")  # fmt: skip
+          f"{machine['cpu']} [{machine['cpu_flags']}] load {machine['load']} | THP {machine['huge_pages']} "
+          f"| commit {machine['commit']}")  # fmt: skip
     print(f"{'mode':<10} {'batch':>5} {'tok/s':>8} {'x batch 1':>9} {'step ms':>8} {'rows read':>9} {'rows/token':>10}")
     for r in report:
         base = next(b for b in report if b["mode"] == r["mode"] and b["batch"] == sizes[0])
@@ -369,7 +371,7 @@ def _print_table(report: dict[str, object]) -> None:
         f"# threads {cfg['n_threads']}, prompt {cfg['prompt_tokens']}, decode {cfg['decode_tokens']}, "
         f"context {cfg['context']}, rounds {cfg['rounds']} (medians) | {machine['cpu']} [{machine['cpu_flags']}] "
         f"kernels {machine['kernel_isas']} "
-        f"load {machine['load']} | commit {machine['commit']}"
+        f"load {machine['load']} | THP {machine['huge_pages']} | commit {machine['commit']}"
     )
     print(
         f"{'engine':<12} {'mode':<10} {'decode tok/s':>12} {'prefill tok/s':>13} "
