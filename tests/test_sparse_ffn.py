@@ -256,6 +256,28 @@ def test_the_library_decides_the_sparse_mode(tmp_path: Path) -> None:
         Model(with_pred, sparse="fast", n_ctx=16, n_threads=1)  # type: ignore[arg-type]
 
 
+def test_a_metadata_only_load_answers_what_the_file_is_but_runs_nothing(tmp_path: Path) -> None:
+    """metadata_only (Model's probe before its real load): the same info and sparse-mode decisions as a full load,
+    no weights placed, and a context refused with the reason."""
+    from turbosparse import InvalidArgumentError
+
+    with_pred, _ = make(tmp_path, TinyConfig(act="drelu"), rank=32, qtype=Q.Q4_0)
+    no_pred, _ = make(tmp_path, TinyConfig(act="drelu"), qtype=Q.Q8_0)
+    for path in (with_pred, no_pred):
+        probe, full = NativeModel(path, metadata_only=True), NativeModel(path)
+        assert probe.info == full.info and probe.predictor_ranks == full.predictor_ranks
+        for mode in SparseMode:
+            try:
+                want = full.sparse_mode(mode)
+            except InvalidArgumentError:
+                with pytest.raises(InvalidArgumentError):
+                    probe.sparse_mode(mode)
+                continue
+            assert probe.sparse_mode(mode) == want
+        with pytest.raises(InvalidArgumentError, match="loaded with metadata_only = 1"):
+            NativeContext(probe, n_ctx=16, n_threads=1, n_batch=16, sparse_mode=SparseMode.OFF, threshold=None)
+
+
 @pytest.mark.parametrize("mode", [SparseMode.OFF, SparseMode.EXACT, SparseMode.PREDICTOR])
 def test_one_ffn_block_alone(tmp_path: Path, mode: SparseMode) -> None:
     """eval_ffn (the kernel benchmark's entry) computes ffn(rms_norm(h)) of one layer as the reference does."""

@@ -67,6 +67,9 @@ typedef struct ts_model_params {
        like the other dense matrices, repacked where ggml has faster kernels; predictor mode, which reads gate rows,
        is then unavailable on this model. 0 (default): in layers with a predictor the gate keeps its row layout. */
     int32_t dense_gate;
+    /* 1: read the file's hyperparameters and check its tensors, but place no weights (nothing copied or repacked):
+       a quick probe for ts_model_get_info, ts_model_sparse_mode and the file's tensors; no context can run on it. */
+    int32_t metadata_only;
 } ts_model_params;
 
 typedef struct ts_model_info {

@@ -34,6 +34,10 @@ static int check_device_mode(const ts_model *m, const ts_context_params *p, char
 
 static int check_params(const ts_model *m, const ts_context_params *p, char *err, size_t err_size) {
     const ts_model_info *in = &m->info;
+    if (m->metadata_only) {
+        return ts_set_error(err, err_size, "%s: the model was loaded with metadata_only = 1 (no weights placed); load it "
+                            "again to run it", m->file->path);
+    }
     if (check_device_mode(m, p, err, err_size) != 0) {
         return -1;
     }

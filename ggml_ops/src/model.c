@@ -997,6 +997,17 @@ static int allocate_on_device(ts_model *m, plan *p, char *err, size_t err_size) 
     return 0;
 }
 
+/* The type of layer 0's up matrix (the FFN's type), from the plan: the tensors are not placed yet. */
+static int32_t ffn_type(const ts_model *m, const plan *p) {
+    struct ggml_tensor **up = m->info.n_expert > 0 ? &m->layers[0].ffn_up_exps : &m->layers[0].ffn_up;
+    for (int i = 0; i < p->n; i++) {
+        if (p->items[i].slot == up) {
+            return (int32_t)p->items[i].src->type;
+        }
+    }
+    return -1;
+}
+
 static void count_file_tensors(ts_model *m) {
     m->info.n_params = 0;
     m->info.n_bytes = 0;
@@ -1026,6 +1037,7 @@ ts_model *ts_model_load(const char *path, const ts_model_params *params, char *e
     m->on_cpu = ts_device_is_cpu(device);
     m->sparse_rows = params->sparse_rows != 0;
     m->dense_gate = params->dense_gate != 0;
+    m->metadata_only = params->metadata_only != 0;
     plan p = {0};
     int rc = -1;
     m->file = ts_gguf_open(path, err, err_size);
@@ -1049,14 +1061,12 @@ ts_model *ts_model_load(const char *path, const ts_model_params *params, char *e
     }
     if (rc == 0) {
         count_file_tensors(m);
-        if (m->on_cpu) {
+        m->info.ffn_type = ffn_type(m, &p);
+        if (m->on_cpu && !m->metadata_only) {
             rc = allocate(m, &p, params, err, err_size);
-        } else {
+        } else if (!m->metadata_only) {
             rc = check_device_model(m, err, err_size) == 0 ? allocate_on_device(m, &p, err, err_size) : -1;
-        }
-    }
-    if (rc == 0) {
-        m->info.ffn_type = (m->info.n_expert > 0 ? m->layers[0].ffn_up_exps : m->layers[0].ffn_up)->type;
+        } /* metadata_only: no weights placed, the layers' tensor slots stay NULL */
     }
     free(p.items);
     if (rc != 0) {

@@ -69,6 +69,7 @@ struct ts_model {
     int32_t *group_top_k;            /* per layer, turbosparse.group_top_k: groups read per token (grouped route) */
     int32_t sparse_rows;             /* loaded with ts_model_params.sparse_rows: FFN row matrices not repacked */
     int32_t dense_gate;              /* loaded with ts_model_params.dense_gate: the gate placed as a dense matrix */
+    int32_t metadata_only;           /* loaded with ts_model_params.metadata_only: no weights placed */
 };
 
 #endif

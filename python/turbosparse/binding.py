@@ -232,7 +232,14 @@ class NativeModel:
     kernels read: ggml's repacked matrices, the sparse FFN's rows in huge-page memory)."""
 
     def __init__(
-        self, path: str, *, repack: bool = True, sparse_rows: bool = True, dense_gate: bool = False, device: str = "cpu"
+        self,
+        path: str,
+        *,
+        repack: bool = True,
+        sparse_rows: bool = True,
+        dense_gate: bool = False,
+        metadata_only: bool = False,
+        device: str = "cpu",
     ) -> None:
         self._lib = load()
         ffi, lib = self._lib.ffi, self._lib.lib
@@ -240,6 +247,7 @@ class NativeModel:
         params.repack = int(repack)
         params.sparse_rows = int(sparse_rows)
         params.dense_gate = int(dense_gate)  # the gate repacked for exact mode; predictor mode then unavailable
+        params.metadata_only = int(metadata_only)  # a probe: info, sparse_mode, tensors; no context runs on it
         device_name = ffi.new("char[]", device.encode())  # alive until ts_model_load returns
         params.device = device_name
         err = _ErrorBuffer(self._lib)

@@ -110,7 +110,7 @@ class Model:
                 raise InvalidArgumentError(f"{name} must be >= {least}, got {value}")
         set_llama_log_verbosity(verbose)
         target = find_device(device)
-        probe = NativeModel(self.path, repack=False, sparse_rows=True)
+        probe = NativeModel(self.path, metadata_only=True)
         self.sparse_mode = probe.sparse_mode(sparse_mode_named(sparse), on_cpu=target.is_cpu)  # decided in C
         del probe
         # dense decoding may use ggml's repacked matrices; sparse decoding reads FFN rows (copied into huge pages),

@@ -251,7 +251,7 @@ def run_generate(args: argparse.Namespace, dense: Path) -> int:
 def run_batch(args: argparse.Namespace, sparse: Path, dense: Path) -> int:
     sizes = [int(b) for b in args.batch.split(",") if b.strip()]
     report = []
-    for mode in _modes(args, NativeModel(str(sparse), repack=False) if _sparse_asked(args) else None):
+    for mode in _modes(args, NativeModel(str(sparse), metadata_only=True) if _sparse_asked(args) else None):
         path = dense if mode == "dense" else sparse
         rows = bench_batch(path, mode=mode, n_threads=args.threads, batches=sizes, steps=args.decode_tokens,
                            rounds=args.rounds)  # fmt: skip
@@ -285,7 +285,7 @@ def run_bench(args: argparse.Namespace) -> int:
     # with a context, decoding continues round after round (see bench.runner.run)
     n_ctx = cfg.context + cfg.prompt_tokens + 2 + cfg.decode_tokens * (cfg.rounds if cfg.context else 1) + 8
     engines = _engines(args, sparse, dense, n_ctx)
-    vocab = NativeModel(dense, repack=False).info.n_vocab
+    vocab = NativeModel(str(dense), metadata_only=True).info.n_vocab
     # correctness first: turbosparse dense must compute what llama.cpp computes on the same file
     llama = next((e for e in engines if e.name == "llama.cpp"), None)
     ours = next((e for e in engines if e.name == "turbosparse" and e.mode == "dense"), None)
