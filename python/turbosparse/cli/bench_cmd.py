@@ -181,10 +181,11 @@ def _engines(args: argparse.Namespace, sparse: Path, dense: Path, n_ctx: int) ->
     engines: list[Engine] = []
     if not args.no_llama_cpp:
         engines.append(LlamaCppEngine(dense, args.threads, n_ctx))
-    rows_model = bench_model(sparse, "predictor") if _sparse_asked(args) else None
-    for mode in _modes(args, rows_model):
-        if mode in ("predictor", "groups") and rows_model is not None:
-            model = rows_model  # one model behind the modes that read the same layout (a Mixtral holds GBs)
+    rows_model: NativeModel | None = None  # one model behind the modes that read the same layout (a Mixtral holds GBs)
+    for mode in _modes(args, NativeModel(str(sparse), metadata_only=True) if _sparse_asked(args) else None):
+        if mode in ("predictor", "groups"):
+            rows_model = rows_model or bench_model(sparse, mode)
+            model = rows_model
         else:
             model = bench_model(dense if mode == "dense" else sparse, mode)
         engines.append(TurbosparseEngine(model, mode, args.threads, n_ctx))
