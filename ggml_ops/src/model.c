@@ -833,28 +833,30 @@ static int is_row_read(const binding *b, const ts_model_params *params) {
     return b->role == ROLE_DOWN_T || (b->role == ROLE_ROWS && params->sparse_rows);
 }
 
+/* A row-read matrix's bytes in the copy: each starts 64-byte aligned. */
+static size_t rows_bytes(const binding *b) {
+    return (b->src->nbytes + 63) / 64 * 64;
+}
+
 /* With repack, where the OS has huge pages and the memory to hold them, the row-read matrices get a copy in
  * huge-page memory (huge_pages.h); a transposed down whose kernel reads the split row layout (axpy_rows.h) always
  * does, re-laid out on the way. The bytes of the mapping they were copied from are then released from memory (the
  * file keeps them). A model larger than the memory available keeps its rows in the mapping, where the OS pages in
  * the rows tokens read and can evict the rest. */
 static int allocate_rows(ts_model *m, plan *p, const ts_model_params *params, char *err, size_t err_size) {
-    const size_t align = 64;
-    size_t size = 0, size_huge = 0;
+    size_t size_huge = 0;
     for (int i = 0; i < p->n; i++) {
         binding *b = &p->items[i];
         b->split = is_down_t(b) && ts_axpy_rows_layout((enum ggml_type)b->src->type) == TS_ROWS_SPLIT;
-        const size_t n = (b->src->nbytes + align - 1) / align * align;
-        size += b->split ? n : 0;
-        size_huge += b->split || is_row_read(b, params) ? n : 0;
+        size_huge += b->split || is_row_read(b, params) ? rows_bytes(b) : 0;
     }
-    const size_t available = ts_memory_available();
-    const int huge = params->repack && ts_huge_pages_available() && size_huge <= available / 10 * 9;
+    const int huge = params->repack && ts_huge_pages_available() && size_huge <= ts_memory_available() / 10 * 9;
+    size_t size = 0;
     for (int i = 0; i < p->n; i++) {
         binding *b = &p->items[i];
         b->rows = b->split || (huge && is_row_read(b, params));
+        size += b->rows ? rows_bytes(b) : 0;
     }
-    size = huge ? size_huge : size;
     if (size == 0) {
         return 0;
     }
@@ -885,7 +887,7 @@ static int allocate_rows(ts_model *m, plan *p, const ts_model_params *params, ch
             memcpy(t->data, b->src->data, b->src->nbytes);
         }
         ts_gguf_release(m->file, b->src->data, b->src->nbytes);
-        offset += (b->src->nbytes + align - 1) / align * align;
+        offset += rows_bytes(b);
     }
     return 0;
 }

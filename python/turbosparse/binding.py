@@ -295,6 +295,14 @@ class NativeModel:
     def handle(self) -> Any:
         return self._handle
 
+    @classmethod
+    def for_mode(cls, path: str, mode: SparseMode, device: str = "cpu") -> NativeModel:
+        """The model placed for decoding in `mode` (a decided one, not AUTO): dense decoding with ggml's repacked
+        matrices; the sparse modes with the FFN's row matrices in their row layout (copied into huge pages); exact
+        mode with the gate as a dense matrix, which it computes whole."""
+        return cls(path, repack=True, sparse_rows=mode != SparseMode.OFF, dense_gate=mode == SparseMode.EXACT,
+                   device=device)  # fmt: skip
+
     def sparse_mode(self, requested: SparseMode, on_cpu: bool = True) -> SparseMode:
         """The mode `requested` (AUTO included) means for this file, run on the CPU or (on_cpu False) on a GPU
         device, decided by the C library; InvalidArgumentError naming the tensor, key or layer a mode needs when the

@@ -113,10 +113,7 @@ class Model:
         probe = NativeModel(self.path, metadata_only=True)
         self.sparse_mode = probe.sparse_mode(sparse_mode_named(sparse), on_cpu=target.is_cpu)  # decided in C
         del probe
-        # dense decoding may use ggml's repacked matrices; sparse decoding reads FFN rows (copied into huge pages),
-        # and exact mode computes the whole gate first, with ggml's repacked kernels
-        self._native = NativeModel(self.path, repack=True, sparse_rows=self.sparse_mode != SparseMode.OFF,
-                                   dense_gate=self.sparse_mode == SparseMode.EXACT, device=target.name)  # fmt: skip
+        self._native = NativeModel.for_mode(self.path, self.sparse_mode, device=target.name)
         self.device: DeviceInfo = self._native.device
         self.info: ModelInfo = self._native.info
         n_ctx = self.info.n_ctx_train if n_ctx <= 0 else min(n_ctx, self.info.n_ctx_train)

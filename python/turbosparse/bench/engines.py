@@ -31,10 +31,7 @@ def bench_mode(name: str) -> SparseMode:
 
 def bench_model(path: Path, mode: str) -> NativeModel:
     """A model loaded as turbosparse.Model loads it for `mode`."""
-    sparse = bench_mode(mode)
-    return NativeModel(
-        str(path), repack=True, sparse_rows=sparse != SparseMode.OFF, dense_gate=sparse == SparseMode.EXACT
-    )
+    return NativeModel.for_mode(str(path), bench_mode(mode))
 
 
 @dataclass

@@ -61,9 +61,15 @@ def copy_bandwidth_gb_s(n_bytes: int = 1 << 28, repeats: int = 5) -> float:
 
 
 def _context(path: Path, sparse: bool, n_threads: int) -> NativeContext:
-    model = NativeModel(path, repack=True, sparse_rows=sparse)
     mode = SparseMode.PREDICTOR if sparse else SparseMode.OFF
-    return NativeContext(model, n_ctx=256, n_threads=n_threads, n_batch=8, sparse_mode=mode, threshold=None)
+    return NativeContext(
+        NativeModel.for_mode(str(path), mode),
+        n_ctx=256,
+        n_threads=n_threads,
+        n_batch=8,
+        sparse_mode=mode,
+        threshold=None,
+    )
 
 
 def bench_ffn_layer(

@@ -131,14 +131,13 @@ def _files(args: argparse.Namespace) -> tuple[Path, Path, float | None]:
     return model, dense, None
 
 
-def _modes(args: argparse.Namespace, sparse: NativeModel | None) -> list[str]:
-    """The modes in --modes that the sparse file can run (the C library decides); None: only dense asked for."""
+def _modes(args: argparse.Namespace, sparse: Path) -> list[str]:
+    """The modes in --modes that the sparse file can run (the C library decides, on a metadata-only load)."""
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    return [m for m in modes if m == "dense" or (sparse is not None and _allows(sparse, bench_mode(m)))]
-
-
-def _sparse_asked(args: argparse.Namespace) -> bool:
-    return any(m.strip() not in ("", "dense") for m in args.modes.split(","))
+    if all(m == "dense" for m in modes):
+        return modes  # the sparse file is not read
+    probe = NativeModel(str(sparse), metadata_only=True)
+    return [m for m in modes if m == "dense" or _allows(probe, bench_mode(m))]
 
 
 def _allows(model: NativeModel, mode: SparseMode) -> bool:
@@ -182,7 +181,7 @@ def _engines(args: argparse.Namespace, sparse: Path, dense: Path, n_ctx: int) ->
     if not args.no_llama_cpp:
         engines.append(LlamaCppEngine(dense, args.threads, n_ctx))
     rows_model: NativeModel | None = None  # one model behind the modes that read the same layout (a Mixtral holds GBs)
-    for mode in _modes(args, NativeModel(str(sparse), metadata_only=True) if _sparse_asked(args) else None):
+    for mode in _modes(args, sparse):
         if mode in ("predictor", "groups"):
             rows_model = rows_model or bench_model(sparse, mode)
             model = rows_model
@@ -252,7 +251,7 @@ def run_generate(args: argparse.Namespace, dense: Path) -> int:
 def run_batch(args: argparse.Namespace, sparse: Path, dense: Path) -> int:
     sizes = [int(b) for b in args.batch.split(",") if b.strip()]
     report = []
-    for mode in _modes(args, NativeModel(str(sparse), metadata_only=True) if _sparse_asked(args) else None):
+    for mode in _modes(args, sparse):
         path = dense if mode == "dense" else sparse
         rows = bench_batch(path, mode=mode, n_threads=args.threads, batches=sizes, steps=args.decode_tokens,
                            rounds=args.rounds)  # fmt: skip

@@ -9,12 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from turbosparse.errors import InvalidArgumentError
-
-if TYPE_CHECKING:  # torch is imported when the command runs, never by the runtime
-    from turbosparse.predictor_train.distributed import Dist
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -43,29 +39,23 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from turbosparse.cli.train_predictors_cmd import rank_device
     from turbosparse.predictor_train.distributed import process_group
-    from turbosparse.predictor_train.workflows import set_threads
+    from turbosparse.predictor_train.relufy import RelufyConfig
+    from turbosparse.predictor_train.workflows import RelufyOptions, relufy_checkpoint, set_threads
 
     if not args.source.exists():
         raise FileNotFoundError(f"{args.source}: no such GGUF file or checkpoint folder")
     if not 0 < args.max_active <= 1:
         raise InvalidArgumentError(f"--max-active must be in (0, 1], got {args.max_active}")
     set_threads(args.threads)
-    with process_group() as dist:
-        return _relufy(args, dist)
-
-
-def _relufy(args: argparse.Namespace, dist: Dist) -> int:
-    from turbosparse.cli.train_predictors_cmd import rank_device
-    from turbosparse.predictor_train.relufy import RelufyConfig
-    from turbosparse.predictor_train.workflows import RelufyOptions, relufy_checkpoint
-
     cfg = RelufyConfig(seq_len=args.seq_len, layerwise_seqs=args.layerwise_seqs, max_active=args.max_active,
                        finetune_steps=args.finetune_steps, finetune_batch=args.finetune_batch,
                        finetune_lr=args.finetune_lr)  # fmt: skip
-    opts = RelufyOptions(out=args.out, tokens=args.tokens, seq_len=args.seq_len, eval_text=args.eval,
-                         device=rank_device(args.device, dist.rank), relufy=cfg)  # fmt: skip
-    summary = relufy_checkpoint(args.source, args.data, opts, dist)
+    with process_group() as dist:
+        opts = RelufyOptions(out=args.out, tokens=args.tokens, seq_len=args.seq_len, eval_text=args.eval,
+                             device=rank_device(args.device, dist.rank), relufy=cfg)  # fmt: skip
+        summary = relufy_checkpoint(args.source, args.data, opts, dist)
     if summary is not None:
         keys = ("ppl_original", "ppl_drelu", "seconds")
         print(json.dumps({"out": str(args.out), **{k: summary[k] for k in keys if k in summary}}, indent=2))

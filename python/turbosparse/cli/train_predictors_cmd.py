@@ -11,12 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from turbosparse.errors import InvalidArgumentError
-
-if TYPE_CHECKING:  # torch is imported when the command runs, never by the runtime
-    from turbosparse.predictor_train.distributed import Dist
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -45,51 +41,45 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # torch is imported here only: the runtime (and `turbosparse run`) never loads it
+    from turbosparse.predictor_train.collect import CollectConfig
     from turbosparse.predictor_train.distributed import process_group
-    from turbosparse.predictor_train.workflows import set_threads
+    from turbosparse.predictor_train.modeling import read_config
+    from turbosparse.predictor_train.moe import MoeTrainOptions, is_moe_checkpoint, train_moe_predictors
+    from turbosparse.predictor_train.pipeline import PredictorTrainConfig
+    from turbosparse.predictor_train.train import TrainConfig
+    from turbosparse.predictor_train.workflows import TrainPredictorsOptions, set_threads, train_predictors
 
     if not 0 < args.recall <= 1:
         raise InvalidArgumentError(f"--recall must be in (0, 1], got {args.recall}")
     set_threads(args.threads)
     with process_group() as dist:
-        return _train(args, dist)
-
-
-def _train(args: argparse.Namespace, dist: Dist) -> int:
-    from turbosparse.predictor_train.collect import CollectConfig
-    from turbosparse.predictor_train.modeling import read_config
-    from turbosparse.predictor_train.moe import MoeTrainOptions, is_moe_checkpoint, train_moe_predictors
-    from turbosparse.predictor_train.pipeline import PredictorTrainConfig
-    from turbosparse.predictor_train.train import TrainConfig
-    from turbosparse.predictor_train.workflows import TrainPredictorsOptions, train_predictors
-
-    device = rank_device(args.device, dist.rank)
-    out = args.out or args.model_dir.with_name(args.model_dir.name + "-predictors")
-    opts = TrainPredictorsOptions(
-        out=out,
-        format=args.format,
-        tokens=args.tokens,
-        seq_len=args.seq_len,
-        eval_text=args.eval,
-        collect=CollectConfig(device=device),
-        predictors=PredictorTrainConfig(
-            recall_target=args.recall,
-            ranks=tuple(args.ranks),
-            quant=args.quant,
-            train=TrainConfig(max_steps=args.steps, input_kind=args.input, device=device),
-        ),
-    )
-    if is_moe_checkpoint(read_config(args.model_dir)):
-        if args.format != "bamboo" or dist.world > 1 or args.eval is not None:
-            raise ValueError(
-                f"{args.model_dir}: a mixture-of-experts checkpoint takes neither --format powerinfer, --eval nor "
-                "torchrun (its predictors are embedded per expert, trained in one process)"
-            )
-        moe = MoeTrainOptions(out=out, tokens=args.tokens, seq_len=args.seq_len, predictors=opts.predictors)
-        report = train_moe_predictors(args.model_dir, args.data, moe)
-        print(json.dumps({"out": str(out), **report["totals"]}, indent=2))
-        return 0
-    report = train_predictors(args.model_dir, args.data, opts, dist)
+        device = rank_device(args.device, dist.rank)
+        out = args.out or args.model_dir.with_name(args.model_dir.name + "-predictors")
+        opts = TrainPredictorsOptions(
+            out=out,
+            format=args.format,
+            tokens=args.tokens,
+            seq_len=args.seq_len,
+            eval_text=args.eval,
+            collect=CollectConfig(device=device),
+            predictors=PredictorTrainConfig(
+                recall_target=args.recall,
+                ranks=tuple(args.ranks),
+                quant=args.quant,
+                train=TrainConfig(max_steps=args.steps, input_kind=args.input, device=device),
+            ),
+        )
+        if is_moe_checkpoint(read_config(args.model_dir)):
+            if args.format != "bamboo" or dist.world > 1 or args.eval is not None:
+                raise ValueError(
+                    f"{args.model_dir}: a mixture-of-experts checkpoint takes neither --format powerinfer, --eval "
+                    "nor torchrun (its predictors are embedded per expert, trained in one process)"
+                )
+            moe = MoeTrainOptions(out=out, tokens=args.tokens, seq_len=args.seq_len, predictors=opts.predictors)
+            report = train_moe_predictors(args.model_dir, args.data, moe)
+            print(json.dumps({"out": str(out), **report["totals"]}, indent=2))
+            return 0
+        report = train_predictors(args.model_dir, args.data, opts, dist)
     if report is not None:
         print(json.dumps({"out": str(out), **report["totals"]}, indent=2))
     return 0
