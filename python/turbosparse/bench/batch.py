@@ -12,7 +12,7 @@ import numpy as np
 
 from turbosparse._library import set_llama_log_verbosity
 from turbosparse.bench.engines import bench_mode
-from turbosparse.binding import NativeContext, NativeModel, SparseMode
+from turbosparse.binding import NativeContext, NativeModel
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ def bench_batch(
 ) -> list[BatchResult]:
     sparse = bench_mode(mode)
     set_llama_log_verbosity(False)  # ggml's per-tensor repack messages
-    model = NativeModel(path, repack=True, sparse_rows=sparse != SparseMode.OFF)
+    model = NativeModel.for_mode(str(path), sparse)
     n_seq = max(batches)
     n_ctx = prompt_tokens + steps * rounds + 8
     ctx = NativeContext(
