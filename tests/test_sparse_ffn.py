@@ -323,7 +323,7 @@ def test_mistral_7b_ffn_layer(tmp_path: Path) -> None:
         assert np.abs(runs[0] - ref).max() <= 0.01 * np.abs(ref).max(), n_threads
     # predictor mode selecting every neuron computes gate and up with the Q4_0 kernel this CPU runs (AVX-512 VNNI,
     # AVX2, else ggml's vec_dot): the same integer dot products as exact mode, summed in another order. The down
-    # kernel rounds each row's coefficient to 8 bits (per 16 rows and 32 columns): that float-order difference can
+    # kernel rounds each row's coefficient to 8 bits (per 8 or 16 rows and 32 columns): that float-order difference can
     # move a rounding by one step, S * |code| <= max|c| / 127 * 8, a few 1e-4 of the output's scale
     everything = context(sparse_path, SparseMode.PREDICTOR, threshold=-1e30).eval_ffn(0, h, dense_ffn=False)
     assert np.abs(everything - runs[0]).max() <= 2e-3 * np.abs(runs[0]).max()

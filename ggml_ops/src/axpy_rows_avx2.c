@@ -83,6 +83,12 @@ static inline void unit_f32(const uint8_t *row, int64_t u, float a, __m256 acc[4
  * sum_r S / 2 * |code_r - offset|; the mins (Q4_1, Q4_K) are added in float, exactly.
  */
 #define INT_ROWS 16 /* rows sharing S: 8 pairs, whose 4-bit sums stay within int16 (8 * 2 * 15 * 127 < 32768) */
+/* Q4_0 and Q4_1 (the split layout below) take 8 rows per group instead: a group's rows are read as that many
+ * concurrent streams, the next group's prefetched as as many more, and for these two types 8 streams read DRAM
+ * faster than 16 on a Zen 3 (10 and 50 % of 14336 rows of 4096: 1.08-1.26x on one thread, 1.02-1.27x with two
+ * splitting the columns; 4 rows were slower again); from cache they run 2-15 % slower (more work per group). Q8_0
+ * and Q4_K ran 0.86-1.08x with 8 and keep 16. */
+#define SPLIT_ROWS 8
 
 typedef struct {
     __m256i pair[INT_ROWS / 2]; /* k of rows 2p and 2p + 1 as a byte pair, repeated over the register */
@@ -157,7 +163,7 @@ typedef struct {
 static inline void int_unit_nibbles(const uint8_t *const *r, size_t at, const unit_coefs *c, int offset, float *o) {
     const __m256i m4 = _mm256_set1_epi8(0x0F);
     __m256i lo = _mm256_setzero_si256(), hi = _mm256_setzero_si256();
-    for (int p = 0; p < INT_ROWS / 2; p++) {
+    for (int p = 0; p < SPLIT_ROWS / 2; p++) {
         const __m128i qa = _mm_loadu_si128((const __m128i *)(r[2 * p] + at));
         const __m128i qb = _mm_loadu_si128((const __m128i *)(r[2 * p + 1] + at));
         const __m256i x = _mm256_set_m128i(_mm_unpackhi_epi8(qa, qb), _mm_unpacklo_epi8(qa, qb));
@@ -230,11 +236,11 @@ static void add_group_q8_0(const uint8_t *const *r, const float *a, int64_t n_un
 
 /*
  * Q4_0 and Q4_1 read rows in the split layout (axpy_rows.h): a row's block scales d (and mins m) are arrays of
- * their own, so 8 consecutive units' c_r = coef_r * d_r of the INT_ROWS rows load as vectors and are quantized with
+ * their own, so 8 consecutive units' c_r = coef_r * d_r of the SPLIT_ROWS rows load as vectors and are quantized with
  * the units in the lanes (the same S and k, bit for bit, as one unit at a time); then each unit adds its codes.
  */
 typedef struct {
-    int32_t pair[INT_ROWS / 2][8]; /* [p][unit]: k of rows 2p and 2p + 1 as a byte pair, twice (one broadcast) */
+    int32_t pair[SPLIT_ROWS / 2][8]; /* [p][unit]: k of rows 2p and 2p + 1 as a byte pair, twice (one broadcast) */
     float scale[8];                /* S */
     int32_t sum_k[8];
     float min_sum[8];              /* sum_r coef_r * m_r (types with a min) */
@@ -255,9 +261,9 @@ static inline __m256 halves8(const uint8_t *p, int n) {
 static inline void split_quantize(const uint8_t *const *r, const float *a, size_t d_at, size_t m_at, int n,
                                   split_coefs *q) {
     const __m256 sign = _mm256_set1_ps(-0.0f);
-    __m256 c[INT_ROWS];
+    __m256 c[SPLIT_ROWS];
     __m256 amax = _mm256_setzero_ps();
-    for (int k = 0; k < INT_ROWS; k++) {
+    for (int k = 0; k < SPLIT_ROWS; k++) {
         c[k] = _mm256_mul_ps(_mm256_set1_ps(a[k]), halves8(r[k] + d_at, n));
         amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, c[k]));
     }
@@ -266,7 +272,7 @@ static inline void split_quantize(const uint8_t *const *r, const float *a, size_
                                      _mm256_div_ps(_mm256_set1_ps(127.0f), amax));
     const __m256i byte = _mm256_set1_epi32(0xFF);
     __m256i sum = _mm256_setzero_si256();
-    for (int p = 0; p < INT_ROWS / 2; p++) {
+    for (int p = 0; p < SPLIT_ROWS / 2; p++) {
         const __m256i k0 = _mm256_cvtps_epi32(_mm256_mul_ps(c[2 * p], inv));
         const __m256i k1 = _mm256_cvtps_epi32(_mm256_mul_ps(c[2 * p + 1], inv));
         sum = _mm256_add_epi32(sum, _mm256_add_epi32(k0, k1));
@@ -276,7 +282,7 @@ static inline void split_quantize(const uint8_t *const *r, const float *a, size_
     _mm256_storeu_ps(q->scale, _mm256_mul_ps(amax, _mm256_set1_ps(1.0f / 127.0f)));
     _mm256_storeu_si256((__m256i *)q->sum_k, sum);
     __m256 mins = _mm256_setzero_ps();
-    for (int k = 0; k < INT_ROWS && m_at != 0; k++) {
+    for (int k = 0; k < SPLIT_ROWS && m_at != 0; k++) {
         mins = _mm256_fmadd_ps(_mm256_set1_ps(a[k]), halves8(r[k] + m_at, n), mins);
     }
     _mm256_storeu_ps(q->min_sum, mins);
@@ -284,7 +290,7 @@ static inline void split_quantize(const uint8_t *const *r, const float *a, size_
 
 /* unit j's coefficients as the unit kernels take them */
 static inline void unit_of(const split_coefs *q, int j, unit_coefs *c) {
-    for (int p = 0; p < INT_ROWS / 2; p++) {
+    for (int p = 0; p < SPLIT_ROWS / 2; p++) {
         c->q.pair[p] = _mm256_set1_epi32(q->pair[p][j]);
     }
     c->q.scale = _mm256_set1_ps(q->scale[j]);
@@ -292,7 +298,7 @@ static inline void unit_of(const split_coefs *q, int j, unit_coefs *c) {
     c->min_sum = q->min_sum[j];
 }
 
-/* Units [u0, u0 + n_units) of INT_ROWS split rows of a 4-bit 32-value block type (16 bytes of quants) with
+/* Units [u0, u0 + n_units) of SPLIT_ROWS split rows of a 4-bit 32-value block type (16 bytes of quants) with
  * `n_heads` header arrays (1: d; 2: d and m) and the codes' offset (Q4_0 8, Q4_1 0). */
 static inline void add_split(const uint8_t *const *r, const float *a, int64_t u0, int64_t n_units, int64_t row_units,
                              float *o, ts_row_prefetcher *qpf, ts_row_prefetcher *hpf, int n_heads, int offset) {
@@ -391,9 +397,9 @@ static void add_group_q4_k(const uint8_t *const *r, const float *a, int64_t n_un
     }
 }
 
-/* INT_ROWS rows per group, through the shared drivers (axpy_tile_driver.h) */
-TS_DEFINE_SPLIT_TILE(q4_0, 18, 2, INT_ROWS)
-TS_DEFINE_SPLIT_TILE(q4_1, 20, 4, INT_ROWS)
+/* SPLIT_ROWS or INT_ROWS rows per group, through the shared drivers (axpy_tile_driver.h) */
+TS_DEFINE_SPLIT_TILE(q4_0, 18, 2, SPLIT_ROWS)
+TS_DEFINE_SPLIT_TILE(q4_1, 20, 4, SPLIT_ROWS)
 TS_DEFINE_INT_TILE(q8_0, 34, INT_ROWS)
 TS_DEFINE_INT_TILE(q4_k, 18, INT_ROWS)
 
