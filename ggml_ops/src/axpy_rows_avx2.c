@@ -339,25 +339,42 @@ static void add_split_q4_1(const uint8_t *const *r, const float *a, int64_t u0, 
 /*
  * Q4_K super-blocks of 256 {d, dmin, 12 bytes of 6-bit scales and mins, 128 bytes}: sub-block j (a unit)
  * = d * sc_j * nibble - dmin * mn_j, sub-blocks 2i and 2i + 1 the low and high nibbles of bytes [32i, 32i + 32).
- * Per row and super-block, the 8 scales and mins are unpacked at once (q4_k_scales.h) into c[j][row] and the
- * mins' sum per j.
+ * Per row and super-block, the 8 scales and mins are unpacked at once (q4_k_scales.h): row k's c = a_k * d_k * sc_j
+ * is one vector with the units j in the lanes, so S and k of all 8 units are found at once (the same values, bit for
+ * bit, as one unit at a time; 1.15-1.17x from DRAM, 1.26-1.31x from cache against that, Zen 3) with the mins' sum
+ * per j. 16 rows per group: 8 ran 0.95-1.0x.
  */
-static inline void q4_k_coefs(const uint8_t *const *r, const float *a, size_t at, float (*c)[INT_ROWS], float *min_sum) {
-    __m256 mins = _mm256_setzero_ps();
+typedef struct {
+    int32_t pair[INT_ROWS / 2][8]; /* [p][unit]: k of rows 2p and 2p + 1 as a byte pair, twice (one broadcast) */
+    float scale[8];
+    float min_sum[8];
+} q4_k_lanes;
+
+static inline void q4_k_quantize(const uint8_t *const *r, const float *a, size_t at, q4_k_lanes *q) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    __m256 c[INT_ROWS];
+    __m256 amax = _mm256_setzero_ps(), mins = _mm256_setzero_ps();
     for (int k = 0; k < INT_ROWS; k++) {
         const uint8_t *p = r[k] + at;
         uint8_t sm[16];
         ts_k_scales_mins(p + 4, sm);
         const __m256 sc = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)sm)));
         const __m256 mn = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(sm + 8))));
-        float row[8];
-        _mm256_storeu_ps(row, _mm256_mul_ps(sc, _mm256_set1_ps(a[k] * half_at(p))));
-        for (int j = 0; j < 8; j++) {
-            c[j][k] = row[j];
-        }
+        c[k] = _mm256_mul_ps(sc, _mm256_set1_ps(a[k] * half_at(p)));
+        amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, c[k]));
         mins = _mm256_fmadd_ps(mn, _mm256_set1_ps(-a[k] * half_at(p + 2)), mins);
     }
-    _mm256_storeu_ps(min_sum, mins);
+    const __m256 inv = _mm256_and_ps(_mm256_cmp_ps(amax, _mm256_setzero_ps(), _CMP_GT_OQ),
+                                     _mm256_div_ps(_mm256_set1_ps(127.0f), amax));
+    const __m256i byte = _mm256_set1_epi32(0xFF);
+    for (int p = 0; p < INT_ROWS / 2; p++) {
+        const __m256i k0 = _mm256_cvtps_epi32(_mm256_mul_ps(c[2 * p], inv));
+        const __m256i k1 = _mm256_cvtps_epi32(_mm256_mul_ps(c[2 * p + 1], inv));
+        const __m256i w = _mm256_or_si256(_mm256_and_si256(k0, byte), _mm256_slli_epi32(_mm256_and_si256(k1, byte), 8));
+        _mm256_storeu_si256((__m256i *)q->pair[p], _mm256_or_si256(w, _mm256_slli_epi32(w, 16)));
+    }
+    _mm256_storeu_ps(q->scale, _mm256_mul_ps(amax, _mm256_set1_ps(1.0f / 127.0f)));
+    _mm256_storeu_ps(q->min_sum, mins);
 }
 
 static void add_group_q4_k(const uint8_t *const *r, const float *a, int64_t n_units, float *o,
@@ -365,20 +382,20 @@ static void add_group_q4_k(const uint8_t *const *r, const float *a, int64_t n_un
     const __m256i m4 = _mm256_set1_epi8(0x0F);
     for (int64_t b = 0; b < n_units / 8; b++) {
         ts_prefetch_upto(pf, (size_t)(b + 1) * 144);
-        float c[8][INT_ROWS], min_sum[8];
-        q4_k_coefs(r, a, (size_t)b * 144, c, min_sum);
+        q4_k_lanes q;
+        q4_k_quantize(r, a, (size_t)b * 144, &q);
         for (int j = 0; j < 8; j++) {
             float *ou = o + 32 * (8 * b + j);
-            int_coefs q;
-            if (!quantize_coefs(_mm256_loadu_ps(c[j]), _mm256_loadu_ps(c[j] + 8), &q)) {
+            if (q.scale[j] == 0.0f) { /* no codes to add: only the mins */
                 for (int k = 0; k < 32; k++) {
-                    ou[k] += min_sum[j];
+                    ou[k] += q.min_sum[j];
                 }
                 continue;
             }
             const size_t at = (size_t)b * 144 + 16 + (size_t)(j / 2) * 32;
             __m256i lo = _mm256_setzero_si256(), hi = _mm256_setzero_si256(); /* outputs {0-7 | 16-23}, {8-15 | 24-31} */
             for (int p = 0; p < INT_ROWS / 2; p++) {
+                const __m256i pair = _mm256_set1_epi32(q.pair[p][j]);
                 __m256i qa = _mm256_loadu_si256((const __m256i *)(r[2 * p] + at));
                 __m256i qb = _mm256_loadu_si256((const __m256i *)(r[2 * p + 1] + at));
                 if (j & 1) {
@@ -387,12 +404,12 @@ static void add_group_q4_k(const uint8_t *const *r, const float *a, int64_t n_un
                 }
                 qa = _mm256_and_si256(qa, m4);
                 qb = _mm256_and_si256(qb, m4);
-                lo = _mm256_add_epi16(lo, _mm256_maddubs_epi16(_mm256_unpacklo_epi8(qa, qb), q.pair[p]));
-                hi = _mm256_add_epi16(hi, _mm256_maddubs_epi16(_mm256_unpackhi_epi8(qa, qb), q.pair[p]));
+                lo = _mm256_add_epi16(lo, _mm256_maddubs_epi16(_mm256_unpacklo_epi8(qa, qb), pair));
+                hi = _mm256_add_epi16(hi, _mm256_maddubs_epi16(_mm256_unpackhi_epi8(qa, qb), pair));
             }
             /* into outputs {0-15} and {16-31} */
-            add_sums(ou, _mm256_permute2x128_si256(lo, hi, 0x20), _mm256_permute2x128_si256(lo, hi, 0x31), 0, q.scale,
-                     _mm256_set1_ps(min_sum[j]));
+            add_sums(ou, _mm256_permute2x128_si256(lo, hi, 0x20), _mm256_permute2x128_si256(lo, hi, 0x31), 0,
+                     _mm256_set1_ps(q.scale[j]), _mm256_set1_ps(q.min_sum[j]));
         }
     }
 }
