@@ -8,7 +8,15 @@ import gguf
 import numpy as np
 import pytest
 
-from turbosparse.binding import KernelIsa, KernelKind, axpy_rows, isa_supported, kernel_isa_used, quantize
+from turbosparse.binding import (
+    KernelIsa,
+    KernelKind,
+    axpy_rows,
+    down_rows_type,
+    isa_supported,
+    kernel_isa_used,
+    quantize,
+)
 
 Q = gguf.GGMLQuantizationType
 TYPES = [Q.F32, Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q2_K, Q.Q3_K, Q.Q4_K, Q.Q5_K, Q.Q6_K, Q.IQ4_NL]
@@ -102,6 +110,15 @@ def test_matches_numpy(qtype: Q, isa: KernelIsa, n_cols: int, n_rows: int, n_idx
 def test_decoding_runs_the_fused_kernel_where_the_cpu_has_one(qtype: Q) -> None:
     fused = next((i for i, types in FAST_TYPES.items() if isa_supported(i) and qtype in types), KernelIsa.GENERIC)
     assert kernel_isa_used(KernelKind.AXPY_ROWS, qtype, 4096) == fused
+
+
+@pytest.mark.parametrize("qtype", TYPES, ids=lambda q: q.name)
+def test_models_hold_downs_without_a_fused_kernel_as_q8_0(qtype: Q) -> None:
+    """A loaded model requantizes a transposed down to Q8_0 where no fused kernel of this CPU reads its type (the
+    generic kernel's scalar dequantizer made those sparse FFNs no faster than dense ones); float types and the types
+    with a fused kernel are held as they are."""
+    fused = any(isa_supported(i) and qtype in types for i, types in FAST_TYPES.items())
+    assert down_rows_type(qtype) == (qtype if fused or qtype in (Q.F32, Q.F16, Q.BF16) else Q.Q8_0)
 
 
 @pytest.mark.parametrize("qtype", [Q.Q4_K, Q.Q4_0, Q.Q4_1, Q.Q8_0], ids=lambda q: q.name)

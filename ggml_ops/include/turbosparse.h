@@ -293,6 +293,9 @@ const char *ts_kernel_isa_name(int32_t isa);
 int32_t ts_kernel_isa_supported(int32_t isa);
 /* The instruction set of the kernel sparse decoding runs for rows of n values of ggml type `type`. */
 int32_t ts_kernel_isa_used(int32_t kind, int32_t type, int64_t n);
+/* The ggml type a loaded model holds a transposed down matrix of type `type` in on this CPU: `type`, or Q8_0 where no
+   fused down kernel of this CPU reads `type` (requantized at load); -1 for an unknown type. */
+int32_t ts_down_rows_type(int32_t type);
 
 /*
  * out[i] = W[idx[i]] . x for i in [0, n_idx): the sparse gate/up node's inner loop, x quantized as that node

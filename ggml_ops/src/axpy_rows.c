@@ -58,6 +58,11 @@ enum ts_kernel_isa ts_axpy_rows_isa(enum ggml_type type) {
     return TS_ISA_GENERIC;
 }
 
+enum ggml_type ts_axpy_rows_held_type(enum ggml_type type) {
+    const int is_float = type == GGML_TYPE_F32 || type == GGML_TYPE_F16 || type == GGML_TYPE_BF16;
+    return is_float || ts_axpy_rows_isa(type) != TS_ISA_GENERIC ? type : GGML_TYPE_Q8_0;
+}
+
 enum ts_rows_layout ts_axpy_rows_layout(enum ggml_type type) {
     return tile_kernel(ts_axpy_rows_isa(type), type).layout;
 }

@@ -73,3 +73,11 @@ int32_t ts_kernel_isa_used(int32_t kind, int32_t type, int64_t n) {
     default: return -1;
     }
 }
+
+int32_t ts_down_rows_type(int32_t type) {
+    if (type < 0 || type >= GGML_TYPE_COUNT || ggml_blck_size((enum ggml_type)type) == 0) {
+        return -1;
+    }
+    ggml_cpu_init();
+    return (int32_t)ts_axpy_rows_held_type((enum ggml_type)type);
+}

@@ -45,6 +45,7 @@ typedef struct binding {
     int repack; /* into ggml's repacked layout */
     int rows;   /* read row by row: copied into huge-page memory (allocate_rows) */
     int split;  /* a transposed down, into the split row layout its kernel reads (axpy_rows.h) */
+    int requant; /* a transposed down held as Q8_0: no fused kernel of this CPU reads its type (axpy_rows.h) */
 } binding;
 
 typedef struct plan {
@@ -835,7 +836,27 @@ static int is_row_read(const binding *b, const ts_model_params *params) {
 
 /* A row-read matrix's bytes in the copy: each starts 64-byte aligned. */
 static size_t rows_bytes(const binding *b) {
-    return (b->src->nbytes + 63) / 64 * 64;
+    const size_t bytes = b->requant ? ggml_row_size(GGML_TYPE_Q8_0, b->ne[0]) * (size_t)(b->ne[1] * b->ne[2] * b->ne[3])
+                                    : b->src->nbytes;
+    return (bytes + 63) / 64 * 64;
+}
+
+/* rows of src_type -> Q8_0 rows (through float, a chunk of rows at a time) */
+static int requantize_rows(enum ggml_type src_type, const void *src, void *dst, int64_t n_rows, int64_t n_per_row) {
+    enum { CHUNK = 64 };
+    float *buf = malloc((size_t)CHUNK * (size_t)n_per_row * sizeof(float));
+    if (buf == NULL) {
+        return -1;
+    }
+    const ggml_to_float_t to_float = ggml_get_type_traits(src_type)->to_float;
+    const size_t src_row = ggml_row_size(src_type, n_per_row), dst_row = ggml_row_size(GGML_TYPE_Q8_0, n_per_row);
+    for (int64_t r = 0; r < n_rows; r += CHUNK) {
+        const int64_t n = n_rows - r < CHUNK ? n_rows - r : CHUNK;
+        to_float((const char *)src + (size_t)r * src_row, buf, n * n_per_row);
+        ggml_quantize_chunk(GGML_TYPE_Q8_0, buf, (char *)dst + (size_t)r * dst_row, 0, n, n_per_row, NULL);
+    }
+    free(buf);
+    return 0;
 }
 
 /* With repack, where the OS has huge pages and the memory to hold them, the row-read matrices get a copy in
@@ -848,13 +869,13 @@ static int allocate_rows(ts_model *m, plan *p, const ts_model_params *params, ch
     for (int i = 0; i < p->n; i++) {
         binding *b = &p->items[i];
         b->split = is_down_t(b) && ts_axpy_rows_layout((enum ggml_type)b->src->type) == TS_ROWS_SPLIT;
-        size_huge += b->split || is_row_read(b, params) ? rows_bytes(b) : 0;
+        size_huge += b->split || b->requant || is_row_read(b, params) ? rows_bytes(b) : 0;
     }
     const int huge = params->repack && ts_huge_pages_available() && size_huge <= ts_memory_available() / 10 * 9;
     size_t size = 0;
     for (int i = 0; i < p->n; i++) {
         binding *b = &p->items[i];
-        b->rows = b->split || (huge && is_row_read(b, params));
+        b->rows = b->split || b->requant || (huge && is_row_read(b, params));
         size += b->rows ? rows_bytes(b) : 0;
     }
     if (size == 0) {
@@ -883,6 +904,10 @@ static int allocate_rows(ts_model *m, plan *p, const ts_model_params *params, ch
         }
         if (b->split) {
             ts_rows_split(t->type, b->src->data, t->data, ggml_nrows(t), t->nb[1]);
+        } else if (b->requant) {
+            if (requantize_rows((enum ggml_type)b->src->type, b->src->data, t->data, ggml_nrows(t), t->ne[0]) != 0) {
+                return ts_set_error(err, err_size, "%s: out of memory requantizing '%s'", m->file->path, b->name);
+            }
         } else {
             memcpy(t->data, b->src->data, b->src->nbytes);
         }
@@ -915,7 +940,9 @@ static int allocate(ts_model *m, plan *p, const ts_model_params *params, char *e
     for (int i = 0; i < p->n; i++) {
         binding *b = &p->items[i];
         struct ggml_context *ctx = b->repack ? m->ctx_repacked : m->ctx_mapped;
-        struct ggml_tensor *t = ggml_new_tensor(ctx, (enum ggml_type)b->src->type, 4, b->ne);
+        const enum ggml_type type = (enum ggml_type)b->src->type;
+        b->requant = is_down_t(b) && ts_axpy_rows_held_type(type) != type;
+        struct ggml_tensor *t = ggml_new_tensor(ctx, b->requant ? GGML_TYPE_Q8_0 : type, 4, b->ne);
         ggml_set_name(t, b->name);
         *b->slot = t;
     }

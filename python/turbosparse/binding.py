@@ -693,6 +693,15 @@ def kernel_isa_used(kind: KernelKind, ggml_type: int, n: int) -> KernelIsa:
     return KernelIsa(isa)
 
 
+def down_rows_type(ggml_type: int) -> int:
+    """The ggml type a loaded model holds a transposed down matrix of ggml_type in on this CPU: the type itself, or
+    Q8_0 where no fused down kernel reads it (requantized at load)."""
+    held = load().lib.ts_down_rows_type(int(ggml_type))
+    if held < 0:
+        raise ValueError(f"unknown ggml type id {ggml_type}")
+    return int(held)
+
+
 def _matrix_rows(w: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
     """(w as contiguous bytes, its row count, idx as contiguous int32)."""
     raw = np.ascontiguousarray(w, dtype=np.uint8)

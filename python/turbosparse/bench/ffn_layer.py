@@ -19,7 +19,7 @@ import numpy as np
 
 from turbosparse.bench.runner import sparse_ffn_bytes, tensor_bytes
 from turbosparse.bench.synthetic import SHAPES, SyntheticSpec, synthetic_pair
-from turbosparse.binding import KernelKind, NativeContext, NativeModel, SparseMode, kernel_isa_used
+from turbosparse.binding import KernelKind, NativeContext, NativeModel, SparseMode, down_rows_type, kernel_isa_used
 
 Q = gguf.GGMLQuantizationType
 
@@ -106,8 +106,15 @@ def bench_ffn_layer(
         ),
         active=sum(s.n_computed for s in stats) / (sum(s.n_tokens for s in stats) * n_ff),
         gate_up_kernel=kernel_isa_used(KernelKind.DOT_ROWS, quant, n_embd).name.lower(),
-        down_kernel=kernel_isa_used(KernelKind.AXPY_ROWS, quant, n_embd).name.lower(),
+        down_kernel=_down_kernel(quant, n_embd),
     )
+
+
+def _down_kernel(quant: Q, n_embd: int) -> str:
+    """The down kernel's instruction set, and the type it reads where the model holds the matrix in another."""
+    held = down_rows_type(quant)
+    isa = kernel_isa_used(KernelKind.AXPY_ROWS, held, n_embd).name.lower()
+    return isa if held == quant else f"{isa} ({Q(held).name.lower()} copy)"
 
 
 def format_table(results: list[FfnLayerResult], copy_gb_s: float, spec_line: str, machine: dict[str, str]) -> str:
