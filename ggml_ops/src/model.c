@@ -849,19 +849,20 @@ static int requantize_rows(enum ggml_type src_type, const void *src, void *dst, 
         return -1;
     }
     const ggml_to_float_t to_float = ggml_get_type_traits(src_type)->to_float;
+    const ggml_from_float_t to_q8_0 = ggml_get_type_traits_cpu(GGML_TYPE_Q8_0)->from_float; /* vectorized */
     const size_t src_row = ggml_row_size(src_type, n_per_row), dst_row = ggml_row_size(GGML_TYPE_Q8_0, n_per_row);
     for (int64_t r = 0; r < n_rows; r += CHUNK) {
         const int64_t n = n_rows - r < CHUNK ? n_rows - r : CHUNK;
         to_float((const char *)src + (size_t)r * src_row, buf, n * n_per_row);
-        ggml_quantize_chunk(GGML_TYPE_Q8_0, buf, (char *)dst + (size_t)r * dst_row, 0, n, n_per_row, NULL);
+        to_q8_0(buf, (char *)dst + (size_t)r * dst_row, n * n_per_row);
     }
     free(buf);
     return 0;
 }
 
 /* With repack, where the OS has huge pages and the memory to hold them, the row-read matrices get a copy in
- * huge-page memory (huge_pages.h); a transposed down whose kernel reads the split row layout (axpy_rows.h) always
- * does, re-laid out on the way. The bytes of the mapping they were copied from are then released from memory (the
+ * huge-page memory (huge_pages.h); a transposed down whose kernel reads the split row layout (axpy_rows.h) or that is
+ * held in another type (requant) always does, re-laid out or requantized on the way. The bytes of the mapping they were copied from are then released from memory (the
  * file keeps them). A model larger than the memory available keeps its rows in the mapping, where the OS pages in
  * the rows tokens read and can evict the rest. */
 static int allocate_rows(ts_model *m, plan *p, const ts_model_params *params, char *err, size_t err_size) {
