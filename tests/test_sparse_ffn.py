@@ -8,7 +8,8 @@ import gguf
 import numpy as np
 import pytest
 
-from turbosparse.binding import NativeContext, NativeModel, SparseMode
+from turbosparse.bench.runner import tensor_bytes
+from turbosparse.binding import NativeContext, NativeModel, SparseMode, down_rows_type
 
 from tinymodel import (
     TinyConfig,
@@ -199,6 +200,15 @@ def test_every_quant_type_in_the_sparse_path(tmp_path: Path, qtype: Q) -> None:
     _, traces = reference_forward(cfg, stored, toks, predictor_threshold=0.0, use_down_t=True)
     for stats, trace in zip(ctx.layer_stats(), traces, strict=True):
         assert abs(stats.n_computed - int(trace.kept.sum())) <= 0.02 * trace.kept.size
+
+
+@pytest.mark.parametrize("qtype", [Q.Q4_0, Q.Q5_0, Q.Q6_K], ids=lambda q: q.name)
+def test_bench_counts_transposed_downs_as_the_model_holds_them(tmp_path: Path, qtype: Q) -> None:
+    """A transposed down of a type without a fused kernel is read as its Q8_0 copy: bench's bytes say so."""
+    cfg = TinyConfig(act="drelu", n_embd=256, n_ff=512, n_head=4, n_head_kv=2)
+    path, _ = make(tmp_path, cfg, qtype=qtype)
+    blck, size = gguf.GGML_QUANT_SIZES[Q(down_rows_type(qtype))]
+    assert tensor_bytes(path).down == [cfg.n_ff * cfg.n_embd // blck * size] * cfg.n_layer
 
 
 @pytest.mark.parametrize("n_threads", [1, 2, 3, 4])

@@ -16,7 +16,7 @@ import numpy as np
 
 from turbosparse import constants as C
 from turbosparse.bench.engines import Engine, TurbosparseEngine
-from turbosparse.binding import KernelIsa, LayerStats, isa_name, isa_supported
+from turbosparse.binding import KernelIsa, LayerStats, down_rows_type, isa_name, isa_supported
 
 logger = logging.getLogger(__name__)
 
@@ -79,9 +79,19 @@ class TensorBytes:
         return self.attention + self.output + sum(self.gate) + sum(self.down) + int(up_share * sum(self.up))
 
 
+def _held_bytes(t: gguf.ReaderTensor) -> int:
+    """A transposed down's bytes as a loaded model holds it on this CPU (down_rows_type: another type's Q8_0 copy)."""
+    stored, held = int(t.tensor_type), down_rows_type(int(t.tensor_type))
+    if held == stored:
+        return int(t.n_bytes)
+    (blck_s, size_s), (blck_h, size_h) = gguf.GGML_QUANT_SIZES[t.tensor_type], gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(held)]
+    return int(t.n_bytes) // size_s * blck_s // blck_h * size_h
+
+
 def tensor_bytes(path: Path) -> TensorBytes:
     """Mixture-of-experts files count the stacked experts' (and their predictors') share one token reads,
-    expert_used_count / expert_count of them; the router counts with attention (read whole)."""
+    expert_used_count / expert_count of them; the router counts with attention (read whole). Transposed downs count
+    as a loaded model holds them (_held_bytes)."""
     reader = gguf.GGUFReader(str(path))
     n_expert, n_used = (reader.get_field(f"{C.ARCHITECTURE}.{k}") for k in ("expert_count", "expert_used_count"))
     expert_share = int(n_used.contents()) / int(n_expert.contents()) if n_expert is not None else 1.0
@@ -90,7 +100,7 @@ def tensor_bytes(path: Path) -> TensorBytes:
     down_rows = [False] * n_layer  # the layer stores its down by neuron (transposed or grouped)
     attention = output = 0
     for t in reader.tensors:
-        size = int(t.n_bytes)
+        size = _held_bytes(t) if ".ffn_down_t." in t.name or ".ffn_down_t_exps." in t.name else int(t.n_bytes)
         if not t.name.startswith("blk."):
             output += size if t.name.startswith("output") else 0
             continue
