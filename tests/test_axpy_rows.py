@@ -118,7 +118,9 @@ def test_models_hold_downs_without_a_fused_kernel_as_q8_0(qtype: Q) -> None:
     generic kernel's scalar dequantizer made those sparse FFNs no faster than dense ones); float types and the types
     with a fused kernel are held as they are."""
     fused = any(isa_supported(i) and qtype in types for i, types in FAST_TYPES.items())
-    assert down_rows_type(qtype) == (qtype if fused or qtype in (Q.F32, Q.F16, Q.BF16) else Q.Q8_0)
+    q8_0_fused = any(isa_supported(i) and Q.Q8_0 in types for i, types in FAST_TYPES.items())
+    kept = fused or not q8_0_fused or qtype in (Q.F32, Q.F16, Q.BF16)
+    assert down_rows_type(qtype) == (qtype if kept else Q.Q8_0)
 
 
 @pytest.mark.parametrize("qtype", [Q.Q4_K, Q.Q4_0, Q.Q4_1, Q.Q8_0], ids=lambda q: q.name)

@@ -294,7 +294,7 @@ int32_t ts_kernel_isa_supported(int32_t isa);
 /* The instruction set of the kernel sparse decoding runs for rows of n values of ggml type `type`. */
 int32_t ts_kernel_isa_used(int32_t kind, int32_t type, int64_t n);
 /* The ggml type a loaded model holds a transposed down matrix of type `type` in on this CPU: `type`, or Q8_0 where no
-   fused down kernel of this CPU reads `type` (requantized at load); -1 for an unknown type. */
+   fused down kernel of this CPU reads `type` but one reads Q8_0 (requantized at load); -1 for an unknown type. */
 int32_t ts_down_rows_type(int32_t type);
 
 /*

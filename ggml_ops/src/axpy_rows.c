@@ -60,7 +60,8 @@ enum ts_kernel_isa ts_axpy_rows_isa(enum ggml_type type) {
 
 enum ggml_type ts_axpy_rows_held_type(enum ggml_type type) {
     const int is_float = type == GGML_TYPE_F32 || type == GGML_TYPE_F16 || type == GGML_TYPE_BF16;
-    return is_float || ts_axpy_rows_isa(type) != TS_ISA_GENERIC ? type : GGML_TYPE_Q8_0;
+    const int keep = is_float || ts_axpy_rows_isa(type) != TS_ISA_GENERIC || ts_axpy_rows_isa(GGML_TYPE_Q8_0) == TS_ISA_GENERIC;
+    return keep ? type : GGML_TYPE_Q8_0;
 }
 
 enum ts_rows_layout ts_axpy_rows_layout(enum ggml_type type) {

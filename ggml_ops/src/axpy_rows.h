@@ -47,7 +47,7 @@ enum ts_kernel_isa ts_axpy_rows_isa(enum ggml_type type);
 
 /*
  * The type sparse decoding holds a transposed down of `type` in: `type` itself, or Q8_0 for quantized types no fused
- * kernel of this CPU reads. The generic kernel dequantizes each row with ggml's scalar dequantizer: Q5_0 and Q6_K
+ * kernel of this CPU reads (on CPUs with a fused Q8_0 kernel). The generic kernel dequantizes each row with ggml's scalar dequantizer: Q5_0 and Q6_K
  * rows ran 0.3 GB/s there, Q8_0 rows 7 GB/s in the fused kernel (one thread, 10 % of 14336 rows of 4096, Zen 3), and
  * a sparse FFN of those types was no faster than the dense one. So such a matrix is requantized to Q8_0 at load:
  * 8.5 bits per value, more than any of those types has, and at most 1/254 of a 32-value block's largest value added
