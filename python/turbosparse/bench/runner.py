@@ -84,7 +84,8 @@ def _held_bytes(t: gguf.ReaderTensor) -> int:
     stored, held = int(t.tensor_type), down_rows_type(int(t.tensor_type))
     if held == stored:
         return int(t.n_bytes)
-    (blck_s, size_s), (blck_h, size_h) = gguf.GGML_QUANT_SIZES[t.tensor_type], gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(held)]
+    blck_s, size_s = gguf.GGML_QUANT_SIZES[t.tensor_type]
+    blck_h, size_h = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(held)]
     return int(t.n_bytes) // size_s * blck_s // blck_h * size_h
 
 
