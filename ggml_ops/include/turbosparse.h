@@ -274,6 +274,11 @@ void ts_context_reset_stats(ts_context *ctx);
 /* Mixture-of-experts models: copies every expert's counters into stats[n_layer * n_expert] (layer-major). */
 void ts_context_get_expert_stats(const ts_context *ctx, ts_expert_stats *stats);
 
+/* Bytes of memory the OS can hand out now (Linux: MemAvailable, reclaimable page cache included; elsewhere the free
+   physical pages), 0 when unknown. A load copies sparse rows into huge pages only where they fit in 90 % of it;
+   bench checks its engines' weights against it. */
+uint64_t ts_memory_available(void);
+
 /* ---- kernels, exposed for tests and benchmarks ------------------------------------------------ */
 /* Instruction sets the sparse FFN kernels are written for. One build carries those of its architecture; at run
    time each kernel is taken from the best set this CPU runs (ts_kernel_isa_used says which). */

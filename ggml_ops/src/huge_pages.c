@@ -1,4 +1,5 @@
 #include "huge_pages.h"
+#include "turbosparse.h"
 
 #include <stdint.h>
 #include <stdio.h>
@@ -24,7 +25,7 @@ int ts_huge_pages_available(void) {
 #endif
 }
 
-size_t ts_memory_available(void) {
+uint64_t ts_memory_available(void) {
     FILE *f = fopen("/proc/meminfo", "r");
     if (f != NULL) {
         char line[256];
@@ -35,12 +36,12 @@ size_t ts_memory_available(void) {
         }
         fclose(f);
         if (found) {
-            return (size_t)kib * 1024;
+            return (uint64_t)kib * 1024;
         }
     }
 #ifdef _SC_AVPHYS_PAGES
     const long pages = sysconf(_SC_AVPHYS_PAGES), page = sysconf(_SC_PAGESIZE);
-    return pages > 0 && page > 0 ? (size_t)pages * (size_t)page : 0;
+    return pages > 0 && page > 0 ? (uint64_t)pages * (uint64_t)page : 0;
 #else
     return 0;
 #endif

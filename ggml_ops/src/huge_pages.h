@@ -12,10 +12,6 @@
 /* 1 when the OS backs ts_huge_alloc's memory with huge pages (Linux with transparent huge pages not "never"). */
 int ts_huge_pages_available(void);
 
-/* Bytes of memory the OS can hand out now (Linux: MemAvailable, reclaimable page cache included; elsewhere the free
- * physical pages), or 0 when unknown. */
-size_t ts_memory_available(void);
-
 /* n bytes, 2 MiB aligned, not yet touched; NULL when out of memory. Free with ts_huge_free(p, n). */
 void *ts_huge_alloc(size_t n);
 void ts_huge_free(void *p, size_t n);

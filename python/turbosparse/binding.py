@@ -693,6 +693,11 @@ def kernel_isa_used(kind: KernelKind, ggml_type: int, n: int) -> KernelIsa:
     return KernelIsa(isa)
 
 
+def memory_available() -> int | None:
+    """Bytes of memory the OS can hand out now (Linux's MemAvailable), as the C library reads it; None where unknown."""
+    return int(load().lib.ts_memory_available()) or None
+
+
 def down_rows_type(ggml_type: int) -> int:
     """The ggml type a loaded model holds a transposed down matrix of ggml_type in on this CPU: the type itself, or
     Q8_0 where no fused down kernel reads it (requantized at load)."""

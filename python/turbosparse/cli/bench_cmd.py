@@ -37,7 +37,7 @@ from turbosparse.bench.synthetic import (
     synthetic_pair,
     with_layers,
 )
-from turbosparse.binding import NativeModel, SparseMode
+from turbosparse.binding import NativeModel, SparseMode, memory_available
 from turbosparse.default import default_model
 from turbosparse.errors import EvalError, InvalidArgumentError
 
@@ -149,15 +149,9 @@ def _allows(model: NativeModel, mode: SparseMode) -> bool:
 
 
 def _mem_available() -> int | None:
-    """Bytes of memory the kernel can hand out now (Linux's MemAvailable), or None where unknown."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
+    """Bytes of memory the OS can hand out now, or None where unknown (the C library's reading, which decides the
+    huge-page copies too)."""
+    return memory_available()
 
 
 def _check_memory(args: argparse.Namespace, sparse: Path, dense: Path) -> None:
