@@ -868,9 +868,8 @@ static int requantize_rows(enum ggml_type src_type, const void *src, void *dst, 
 static int allocate_rows(ts_model *m, plan *p, const ts_model_params *params, char *err, size_t err_size) {
     size_t size_huge = 0;
     for (int i = 0; i < p->n; i++) {
-        binding *b = &p->items[i];
-        b->split = is_down_t(b) && ts_axpy_rows_layout((enum ggml_type)b->src->type) == TS_ROWS_SPLIT;
-        size_huge += b->split || b->requant || is_row_read(b, params) ? rows_bytes(b) : 0;
+        const binding *b = &p->items[i];
+        size_huge += is_row_read(b, params) ? rows_bytes(b) : 0; /* transposed downs (split, requant) included */
     }
     const int huge = params->repack && ts_huge_pages_available() && size_huge <= ts_memory_available() / 10 * 9;
     size_t size = 0;
@@ -941,7 +940,9 @@ static int allocate(ts_model *m, plan *p, const ts_model_params *params, char *e
     for (int i = 0; i < p->n; i++) {
         binding *b = &p->items[i];
         struct ggml_context *ctx = b->repack ? m->ctx_repacked : m->ctx_mapped;
+        /* a transposed down is held as its kernel reads it: re-laid out (split) or requantized (requant) */
         const enum ggml_type type = (enum ggml_type)b->src->type;
+        b->split = is_down_t(b) && ts_axpy_rows_layout(type) == TS_ROWS_SPLIT;
         b->requant = is_down_t(b) && ts_axpy_rows_held_type(type) != type;
         struct ggml_tensor *t = ggml_new_tensor(ctx, b->requant ? GGML_TYPE_Q8_0 : type, 4, b->ne);
         ggml_set_name(t, b->name);
