@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from turbosparse._library import set_llama_log_verbosity
 from turbosparse.predictor_train.relufy import DistillBatch, Targets
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,7 @@ class TeacherLM:
     """The original GGUF loaded by llama.cpp with room for n_parallel sequences of up to seq_capacity tokens."""
 
     def __init__(self, gguf: str | Path, n_parallel: int, seq_capacity: int, threads: int = 2) -> None:
+        set_llama_log_verbosity(False)  # llama.cpp's loader would print ~2,700 lines into the build's progress
         llama_cpp.llama_backend_init()
         mparams = llama_cpp.llama_model_default_params()
         self._model = llama_cpp.llama_model_load_from_file(str(gguf).encode(), mparams)
