@@ -3,8 +3,8 @@
  * for prompts, Q4_0 and Q4_1 matrices against many tokens (rows_matmul.h).
  *
  * Compiled with -mavx2 -mfma -mf16c (CMakeLists.txt) and reached only through ts_dot_kernel_best and
- * ts_rows_matmul_kernel, which ask the CPU first. Each decoding kernel takes ROWS rows per pass over the activation:
- * an activation block is loaded once for all of them, and the rows' accumulators are independent, so their
+ * ts_rows_matmul_kernel, which ask the CPU first. Each decoding kernel takes TS_DOT_ROWS rows per pass over the
+ * activation (dot_rows_driver.h): an activation block is loaded once for all of them, and the rows' accumulators are independent, so their
  * multiply-adds overlap. While a pass runs, the next pass's rows are prefetched line by line at the offset being
  * read (one pass of lead time, far more than a memory latency). Integer products come from maddubs (unsigned weight
  * bytes x signed activation bytes, summed in pairs to int16, then in fours to int32), one float multiply-add per 32
@@ -19,15 +19,15 @@
  *   Q8_K 256 values {float d, 256 int8, int16 bsums[16] (sums of 16 consecutive values)}
  */
 #include "gate_up_dot.h"
+
+#include "dot_rows_driver.h"
 #include "q4_k_scales.h"
 #include "rows_matmul.h"
-#include "row_prefetch.h"
 
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #include <immintrin.h>
 #include <string.h>
 
-#define ROWS 4 /* rows per pass: 2 neurons' gate and up (other counts not yet measured) */
 
 enum { Q4_0_BYTES = 18, Q4_1_BYTES = 20, Q8_0_BYTES = 34, Q8_1_BYTES = 36, Q4_K_BYTES = 144, Q8_K_BYTES = 292 };
 
@@ -75,32 +75,6 @@ ALWAYS_INLINE __m256i dot_u8_i8(__m256i u, __m256i s) {
     return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
 }
 
-/*
- * out[i] = rows[i] . x, ROWS rows per call of group(rows, n_rows_in_pass, prepared, n, out, prefetcher); the
- * tail pass instantiates the group for 3, 2 and 1 rows (group functions are always inlined: constant row counts
- * unroll).
- */
-#define DEFINE_DOT_ROWS(name, group, block_values, block_bytes)                                                    \
-    static void dot_rows_##name(enum ggml_type type, const void *const *rows, int64_t n_rows, const void *prepared, \
-                                int64_t n, float *out) {                                                           \
-        (void)type;                                                                                                \
-        const size_t row_bytes = (size_t)(n / (block_values)) * (block_bytes);                                     \
-        ts_prefetch_rows(rows, n_rows < ROWS ? (int)n_rows : ROWS, row_bytes);                                     \
-        int64_t i = 0;                                                                                             \
-        for (; i + ROWS <= n_rows; i += ROWS) {                                                                    \
-            const int64_t left = n_rows - i - ROWS;                                                                \
-            ts_row_prefetcher pf = {rows + i + ROWS, left < ROWS ? (int)left : ROWS, 0};                           \
-            group(rows + i, ROWS, prepared, n, out + i, &pf);                                                      \
-        }                                                                                                          \
-        ts_row_prefetcher none = {rows, 0, 0};                                                                     \
-        switch (n_rows - i) {                                                                                      \
-        case 3: group(rows + i, 3, prepared, n, out + i, &none); break;                                            \
-        case 2: group(rows + i, 2, prepared, n, out + i, &none); break;                                            \
-        case 1: group(rows + i, 1, prepared, n, out + i, &none); break;                                            \
-        default: break;                                                                                            \
-        }                                                                                                          \
-    }
-
 /* ---- Q8_0 activation (Q4_0 and Q8_0 rows) ---------------------------------------------------------------
  * prepared: x int8[n] (32-aligned) | d float[n / 32] | corr int32[n / 32] = -8 * (sum of the block's x), which
  * turns a dot product over Q4_0's unsigned nibbles q into one over q - 8. */
@@ -134,7 +108,7 @@ static const void *prepare_q8_0(const void *xq, int64_t n, void *buf) {
 ALWAYS_INLINE void group_q4_0(const void *const *rows, const int R, const void *prepared, int64_t n, float *out,
                               ts_row_prefetcher *pf) {
     const q8_0_view v = view_q8_0(prepared, n);
-    __m256 acc[ROWS];
+    __m256 acc[TS_DOT_ROWS];
     for (int k = 0; k < R; k++) {
         acc[k] = _mm256_setzero_ps();
     }
@@ -156,7 +130,7 @@ ALWAYS_INLINE void group_q4_0(const void *const *rows, const int R, const void *
 ALWAYS_INLINE void group_q8_0(const void *const *rows, const int R, const void *prepared, int64_t n, float *out,
                               ts_row_prefetcher *pf) {
     const q8_0_view v = view_q8_0(prepared, n);
-    __m256 acc[ROWS];
+    __m256 acc[TS_DOT_ROWS];
     for (int k = 0; k < R; k++) {
         acc[k] = _mm256_setzero_ps();
     }
@@ -176,8 +150,8 @@ ALWAYS_INLINE void group_q8_0(const void *const *rows, const int R, const void *
     }
 }
 
-DEFINE_DOT_ROWS(q4_0, group_q4_0, 32, Q4_0_BYTES)
-DEFINE_DOT_ROWS(q8_0, group_q8_0, 32, Q8_0_BYTES)
+TS_DEFINE_DOT_ROWS(q4_0, group_q4_0, 32, Q4_0_BYTES)
+TS_DEFINE_DOT_ROWS(q8_0, group_q8_0, 32, Q8_0_BYTES)
 
 /* ---- Q8_1 activation (Q4_1 rows) ------------------------------------------------------------------------
  * prepared: x int8[n] (32-aligned) | d float[n / 32] | s float[n / 32] (ggml's d * sum(x), rounded to fp16) */
@@ -199,8 +173,8 @@ ALWAYS_INLINE void group_q4_1(const void *const *rows, const int R, const void *
                               ts_row_prefetcher *pf) {
     const int8_t *xs = prepared;
     const float *dx = (const float *)(xs + n), *sx = dx + n / 32;
-    __m256 acc[ROWS];
-    float mins[ROWS];
+    __m256 acc[TS_DOT_ROWS];
+    float mins[TS_DOT_ROWS];
     for (int k = 0; k < R; k++) {
         acc[k] = _mm256_setzero_ps();
         mins[k] = 0.0f;
@@ -220,7 +194,7 @@ ALWAYS_INLINE void group_q4_1(const void *const *rows, const int R, const void *
     }
 }
 
-DEFINE_DOT_ROWS(q4_1, group_q4_1, 32, Q4_1_BYTES)
+TS_DEFINE_DOT_ROWS(q4_1, group_q4_1, 32, Q4_1_BYTES)
 
 /* ---- Q8_K activation (Q4_K rows) ------------------------------------------------------------------------
  * prepared: x int8[n] (32-aligned) | d float[n / 256] | xsum int16[n / 32] (each 32-value sub-block's sum) */
@@ -266,8 +240,8 @@ ALWAYS_INLINE void group_q4_k(const void *const *rows, const int R, const void *
                               ts_row_prefetcher *pf) {
     const q8_k_view v = view_q8_k(prepared, n);
     const __m256i m4 = _mm256_set1_epi8(0x0F);
-    __m256 acc[ROWS];
-    __m128 acc_min[ROWS];
+    __m256 acc[TS_DOT_ROWS];
+    __m128 acc_min[TS_DOT_ROWS];
     for (int k = 0; k < R; k++) {
         acc[k] = _mm256_setzero_ps();
         acc_min[k] = _mm_setzero_ps();
@@ -303,7 +277,7 @@ ALWAYS_INLINE void group_q4_k(const void *const *rows, const int R, const void *
     }
 }
 
-DEFINE_DOT_ROWS(q4_k, group_q4_k, 256, Q4_K_BYTES)
+TS_DEFINE_DOT_ROWS(q4_k, group_q4_k, 256, Q4_K_BYTES)
 
 /* ---- many tokens (prompts): rows_matmul.h's kernels -------------------------------------------------------
  * A pass unpacks MM_ROWS rows into scratch (the nibbles as bytes in value order, each block's scale and min as

@@ -5,12 +5,13 @@
  * Compiled twice on aarch64 (CMakeLists.txt): as itself for every aarch64 CPU, where the int8 products are widened
  * with SMULL and summed in pairs into int32 with SADALP; and through gate_up_dot_neon_dotprod.c with +dotprod, where
  * SDOT sums four products into each int32 lane. ts_dot_kernel_best asks the CPU before taking the second. As in the
- * AVX2 kernels, each pass takes ROWS rows (an activation block is loaded once for all of them) while the next pass's
- * rows are prefetched. NEON multiplies signed bytes by signed bytes, so Q4_0's nibbles are made signed (q - 8) first.
+ * AVX2 kernels, each pass takes TS_DOT_ROWS rows (dot_rows_driver.h; an activation block is loaded once for all of
+ * them) while the next pass's rows are prefetched. NEON multiplies signed bytes by signed bytes, so Q4_0's nibbles are made signed (q - 8) first.
  */
 #include "gate_up_dot.h"
+
+#include "dot_rows_driver.h"
 #include "q4_k_scales.h"
-#include "row_prefetch.h"
 
 #if defined(TS_NEON_DOTPROD_UNIT)
 #define TABLE ts_dot_kernel_neon_dotprod
@@ -25,7 +26,6 @@
 #include <arm_neon.h>
 #include <string.h>
 
-#define ROWS 4 /* rows per pass: 2 neurons' gate and up, as on AVX2 (not measured on ARM hardware) */
 
 enum { Q4_0_BYTES = 18, Q4_1_BYTES = 20, Q8_0_BYTES = 34, Q8_1_BYTES = 36, Q4_K_BYTES = 144, Q8_K_BYTES = 292 };
 
@@ -59,28 +59,6 @@ ALWAYS_INLINE void nibbles(const uint8_t *qs, int8x16_t *lo, int8x16_t *hi) {
     *hi = vreinterpretq_s8_u8(vshrq_n_u8(q, 4));
 }
 
-/* out[i] = rows[i] . x, ROWS rows per call of group(); the tail pass instantiates the group for 3, 2 and 1 rows. */
-#define DEFINE_DOT_ROWS(name, group, block_values, block_bytes)                                                    \
-    static void dot_rows_##name(enum ggml_type type, const void *const *rows, int64_t n_rows, const void *prepared, \
-                                int64_t n, float *out) {                                                           \
-        (void)type;                                                                                                \
-        const size_t row_bytes = (size_t)(n / (block_values)) * (block_bytes);                                     \
-        ts_prefetch_rows(rows, n_rows < ROWS ? (int)n_rows : ROWS, row_bytes);                                     \
-        int64_t i = 0;                                                                                             \
-        for (; i + ROWS <= n_rows; i += ROWS) {                                                                    \
-            const int64_t left = n_rows - i - ROWS;                                                                \
-            ts_row_prefetcher pf = {rows + i + ROWS, left < ROWS ? (int)left : ROWS, 0};                           \
-            group(rows + i, ROWS, prepared, n, out + i, &pf);                                                      \
-        }                                                                                                          \
-        ts_row_prefetcher none = {rows, 0, 0};                                                                     \
-        switch (n_rows - i) {                                                                                      \
-        case 3: group(rows + i, 3, prepared, n, out + i, &none); break;                                            \
-        case 2: group(rows + i, 2, prepared, n, out + i, &none); break;                                            \
-        case 1: group(rows + i, 1, prepared, n, out + i, &none); break;                                            \
-        default: break;                                                                                            \
-        }                                                                                                          \
-    }
-
 /* ---- Q8_0 activation (Q4_0 and Q8_0 rows) ---------------------------------------------------------------
  * prepared: x int8[n] | d float[n / 32] */
 
@@ -101,7 +79,7 @@ ALWAYS_INLINE void group_q4_0(const void *const *rows, const int R, const void *
     const int8_t *xs = prepared;
     const float *dx = (const float *)(xs + n);
     const int8x16_t eight = vdupq_n_s8(8);
-    float32x4_t acc[ROWS];
+    float32x4_t acc[TS_DOT_ROWS];
     for (int k = 0; k < R; k++) {
         acc[k] = vdupq_n_f32(0.0f);
     }
@@ -125,7 +103,7 @@ ALWAYS_INLINE void group_q8_0(const void *const *rows, const int R, const void *
                               ts_row_prefetcher *pf) {
     const int8_t *xs = prepared;
     const float *dx = (const float *)(xs + n);
-    float32x4_t acc[ROWS];
+    float32x4_t acc[TS_DOT_ROWS];
     for (int k = 0; k < R; k++) {
         acc[k] = vdupq_n_f32(0.0f);
     }
@@ -144,8 +122,8 @@ ALWAYS_INLINE void group_q8_0(const void *const *rows, const int R, const void *
     }
 }
 
-DEFINE_DOT_ROWS(q4_0, group_q4_0, 32, Q4_0_BYTES)
-DEFINE_DOT_ROWS(q8_0, group_q8_0, 32, Q8_0_BYTES)
+TS_DEFINE_DOT_ROWS(q4_0, group_q4_0, 32, Q4_0_BYTES)
+TS_DEFINE_DOT_ROWS(q8_0, group_q8_0, 32, Q8_0_BYTES)
 
 /* ---- Q8_1 activation (Q4_1 rows) ------------------------------------------------------------------------
  * prepared: x int8[n] | d float[n / 32] | s float[n / 32] (ggml's d * sum(x), rounded to fp16) */
@@ -167,8 +145,8 @@ ALWAYS_INLINE void group_q4_1(const void *const *rows, const int R, const void *
                               ts_row_prefetcher *pf) {
     const int8_t *xs = prepared;
     const float *dx = (const float *)(xs + n), *sx = dx + n / 32;
-    float32x4_t acc[ROWS];
-    float mins[ROWS];
+    float32x4_t acc[TS_DOT_ROWS];
+    float mins[TS_DOT_ROWS];
     for (int k = 0; k < R; k++) {
         acc[k] = vdupq_n_f32(0.0f);
         mins[k] = 0.0f;
@@ -190,7 +168,7 @@ ALWAYS_INLINE void group_q4_1(const void *const *rows, const int R, const void *
     }
 }
 
-DEFINE_DOT_ROWS(q4_1, group_q4_1, 32, Q4_1_BYTES)
+TS_DEFINE_DOT_ROWS(q4_1, group_q4_1, 32, Q4_1_BYTES)
 
 /* ---- Q8_K activation (Q4_K rows) ------------------------------------------------------------------------
  * prepared: x int8[n] | d float[n / 256] | xsum int16[n / 32] (each 32-value sub-block's sum) */
@@ -219,7 +197,7 @@ ALWAYS_INLINE void group_q4_k(const void *const *rows, const int R, const void *
     const float *dx = (const float *)(xs + n);
     const int16_t *xsums = (const int16_t *)(dx + n / 256);
     const uint8x16_t m4 = vdupq_n_u8(0x0F);
-    float32x4_t acc[ROWS], acc_min[ROWS];
+    float32x4_t acc[TS_DOT_ROWS], acc_min[TS_DOT_ROWS];
     for (int k = 0; k < R; k++) {
         acc[k] = vdupq_n_f32(0.0f);
         acc_min[k] = vdupq_n_f32(0.0f);
@@ -254,7 +232,7 @@ ALWAYS_INLINE void group_q4_k(const void *const *rows, const int R, const void *
     }
 }
 
-DEFINE_DOT_ROWS(q4_k, group_q4_k, 256, Q4_K_BYTES)
+TS_DEFINE_DOT_ROWS(q4_k, group_q4_k, 256, Q4_K_BYTES)
 
 /* ---- table -------------------------------------------------------------------------------------------- */
 
