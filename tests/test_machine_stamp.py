@@ -25,6 +25,12 @@ def test_x86_model_and_kernel_flags() -> None:
     assert cpu_from_cpuinfo(X86) == ("AMD EPYC 7B13", "avx2 fma f16c")
 
 
+def test_x86_family_and_model_follow_the_name() -> None:
+    # one virtual machine name, several generations: AMD EPYC family 25 (Zen 3) and 26 (Zen 5) were both seen
+    cpuinfo = "cpu family\t: 26\nmodel\t\t: 2\nmodel name\t: AMD EPYC\nflags\t\t: avx2 avx512f avx512_vnni\n"
+    assert cpu_from_cpuinfo(cpuinfo) == ("AMD EPYC (family 26 model 2)", "avx2 avx512f avx512_vnni")
+
+
 def test_aarch64_ids_and_dot_product_feature() -> None:
     assert cpu_from_cpuinfo(AARCH64) == ("aarch64 implementer 0x41 part 0xd0c", "asimd asimddp")
 

@@ -205,14 +205,18 @@ KERNEL_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512_vnni", "asimd", "asimd
 
 
 def cpu_from_cpuinfo(cpuinfo: str) -> tuple[str, str]:
-    """(CPU model, kernel-relevant features) from /proc/cpuinfo's text: x86 names its model and "flags"; aarch64 has
-    no model name (its implementer and part ids stand in) and lists "Features"."""
+    """(CPU model, kernel-relevant features) from /proc/cpuinfo's text: x86 names its model and "flags" (its family
+    and model numbers follow the name: virtual machines often name only "AMD EPYC", whatever the generation);
+    aarch64 has no model name (its implementer and part ids stand in) and lists "Features"."""
     fields: dict[str, str] = {}
     for line in cpuinfo.splitlines():
         key, sep, value = line.partition(":")
         if sep:
             fields.setdefault(key.strip().lower(), value.strip())
-    model = fields.get("model name") or (
+    model = fields.get("model name", "")
+    if model and "cpu family" in fields and "model" in fields:
+        model = f"{model} (family {fields['cpu family']} model {fields['model']})"
+    model = model or (
         f"aarch64 implementer {fields['cpu implementer']} part {fields['cpu part']}" if "cpu part" in fields else ""
     )
     present = set((fields.get("flags") or fields.get("features") or "").split())
