@@ -11,7 +11,9 @@ from test_dot_rows import SAME_ACTIVATION_TOLERANCE, activation_error_bound, sto
 from turbosparse.binding import KernelIsa, dot_rows, isa_supported, rows_matmul
 
 Q = gguf.GGMLQuantizationType
-TYPES = [Q.Q4_0, Q.Q4_1]  # the types with a prompt kernel (AVX2)
+# the types with a prompt kernel: AVX2, and for Q4_0 rows of whole 64-value pairs of blocks AVX-512 VNNI where the CPU
+# has it (on such CPUs these cases test that one, and the AVX2 Q4_0 kernel only on the one-block rows)
+TYPES = [Q.Q4_0, Q.Q4_1]
 needs_avx2 = pytest.mark.skipif(not isa_supported(KernelIsa.AVX2), reason="the prompt kernels are AVX2 kernels")
 
 

@@ -23,6 +23,7 @@
 #include "dot_rows_driver.h"
 #include "q4_k_scales.h"
 #include "rows_matmul.h"
+#include "rows_matmul_driver.h"
 
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #include <immintrin.h>
@@ -280,13 +281,11 @@ ALWAYS_INLINE void group_q4_k(const void *const *rows, const int R, const void *
 TS_DEFINE_DOT_ROWS(q4_k, group_q4_k, 256, Q4_K_BYTES)
 
 /* ---- many tokens (prompts): rows_matmul.h's kernels -------------------------------------------------------
- * A pass unpacks MM_ROWS rows into scratch (the nibbles as bytes in value order, each block's scale and min as
- * floats) and runs them against each token of a chunk prepared once in the layouts above. Per token and 8 blocks,
+ * A pass (rows_matmul_driver.h) unpacks TS_MM_ROWS rows into scratch (the nibbles as bytes in value order, each
+ * block's scale and min as floats) and runs them against each token of a chunk prepared once in the layouts above.
+ * Per token and 8 blocks,
  * the 8 blocks' integer dots are reduced into the lanes of one vector (lane j = block j), so that the scales, mins
  * and corrections apply as vectors rather than as one broadcast per block. */
-
-#define MM_ROWS 4
-#define MM_TOKENS_BYTES (256 * 1024) /* a chunk's prepared tokens: about half of a core's L2 */
 
 /* lane j = the sum of m[j]'s 8 lanes */
 ALWAYS_INLINE __m256i lane_sums(const __m256i m[8]) {
@@ -307,12 +306,7 @@ ALWAYS_INLINE __m256i dots_8_blocks(const uint8_t *nib, const int8_t *x) {
     return lane_sums(m);
 }
 
-typedef struct {
-    uint8_t *nib; /* n bytes: block b's 32 nibbles at 32 b, 32-aligned */
-    float *d, *m; /* n / 32 each: block scales and (Q4_1) mins */
-} mm_row;
-
-static void unpack_q4(const uint8_t *row, int64_t nb, size_t block_bytes, mm_row r) {
+static void unpack_q4(const uint8_t *row, int64_t nb, size_t block_bytes, ts_mm_row r) {
     const int has_min = block_bytes == Q4_1_BYTES;
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t *p = row + b * block_bytes;
@@ -324,15 +318,15 @@ static void unpack_q4(const uint8_t *row, int64_t nb, size_t block_bytes, mm_row
 
 /* out[k] = row k . x for the R unpacked rows. Q4_0 (has_min 0): x prepared by prepare_q8_0, whose corr turns the
  * nibbles q into q - 8; Q4_1: by prepare_q8_1, whose s = d * sum(x) weighs each block's min. */
-ALWAYS_INLINE void mm_token_q4(const mm_row *rows, const int R, const int has_min, const void *prepared, int64_t n,
+ALWAYS_INLINE void mm_token_q4(const ts_mm_row *rows, const int R, const int has_min, const void *prepared, int64_t n,
                                float *out) {
     const int8_t *xs = prepared;
     const float *dx = (const float *)(xs + n);
     const int32_t *corr = (const int32_t *)(dx + n / 32);
     const float *sx = dx + n / 32;
     const int64_t nb = n / 32;
-    __m256 acc[MM_ROWS];
-    float mins[MM_ROWS] = {0};
+    __m256 acc[TS_MM_ROWS];
+    float mins[TS_MM_ROWS] = {0};
     for (int k = 0; k < R; k++) {
         acc[k] = _mm256_setzero_ps();
     }
@@ -367,53 +361,25 @@ ALWAYS_INLINE void mm_token_q4(const mm_row *rows, const int R, const int has_mi
     }
 }
 
-static size_t align64(size_t bytes) {
-    return (bytes + 63) & ~(size_t)63;
+/* the prompt kernels' unpack and token functions of each type (rows_matmul_driver.h) */
+ALWAYS_INLINE void unpack_q4_0(const uint8_t *row, int64_t nb, ts_mm_row r) {
+    unpack_q4(row, nb, Q4_0_BYTES, r);
 }
 
-/* rows_matmul.h's contract: token chunks prepared once, MM_ROWS rows unpacked once per chunk; the tail pass
- * instantiates the token function for 3, 2 and 1 rows (always inlined: constant row counts unroll) */
-#define DEFINE_MATMUL(name, prepare, block_bytes)                                                                   \
-    static void matmul_##name(const void *w, size_t row_bytes, int64_t n_rows, const void *xq, size_t xq_stride,   \
-                              int64_t n_tokens, int64_t n, float *out, size_t out_stride, void *scratch) {          \
-        const int64_t nb = n / 32;                                                                                  \
-        const int has_min = (block_bytes) == Q4_1_BYTES;                                                            \
-        const size_t scales = align64(sizeof(float) * (size_t)nb), row_part = align64((size_t)n) + 2 * scales;      \
-        const size_t prepared_bytes = align64((size_t)n + 8 * (size_t)nb); /* x, then two 4-byte values a block */  \
-        uint8_t *base = (uint8_t *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);                                    \
-        mm_row rows[MM_ROWS];                                                                                       \
-        for (int k = 0; k < MM_ROWS; k++) {                                                                         \
-            uint8_t *r = base + (size_t)k * row_part;                                                               \
-            rows[k] = (mm_row){r, (float *)(r + align64((size_t)n)), (float *)(r + align64((size_t)n) + scales)};   \
-        }                                                                                                           \
-        uint8_t *tokens = base + MM_ROWS * row_part;                                                                \
-        const int64_t chunk = MM_TOKENS_BYTES / (int64_t)prepared_bytes > 0 ? MM_TOKENS_BYTES / (int64_t)prepared_bytes : 1; \
-        for (int64_t t0 = 0; t0 < n_tokens; t0 += chunk) {                                                          \
-            const int64_t t1 = t0 + chunk < n_tokens ? t0 + chunk : n_tokens;                                       \
-            for (int64_t t = t0; t < t1; t++) {                                                                     \
-                prepare((const uint8_t *)xq + t * xq_stride, n, tokens + (size_t)(t - t0) * prepared_bytes);        \
-            }                                                                                                       \
-            for (int64_t i = 0; i < n_rows; i += MM_ROWS) {                                                         \
-                const int R = n_rows - i < MM_ROWS ? (int)(n_rows - i) : MM_ROWS;                                   \
-                for (int k = 0; k < R; k++) {                                                                       \
-                    unpack_q4((const uint8_t *)w + (size_t)(i + k) * row_bytes, nb, block_bytes, rows[k]);          \
-                }                                                                                                   \
-                for (int64_t t = t0; t < t1; t++) {                                                                 \
-                    const void *x = tokens + (size_t)(t - t0) * prepared_bytes;                                     \
-                    float *o = out + (size_t)t * out_stride + i;                                                    \
-                    switch (R) {                                                                                    \
-                    case 4: mm_token_q4(rows, 4, has_min, x, n, o); break;                                          \
-                    case 3: mm_token_q4(rows, 3, has_min, x, n, o); break;                                          \
-                    case 2: mm_token_q4(rows, 2, has_min, x, n, o); break;                                          \
-                    default: mm_token_q4(rows, 1, has_min, x, n, o); break;                                         \
-                    }                                                                                               \
-                }                                                                                                   \
-            }                                                                                                       \
-        }                                                                                                           \
-    }
+ALWAYS_INLINE void unpack_q4_1(const uint8_t *row, int64_t nb, ts_mm_row r) {
+    unpack_q4(row, nb, Q4_1_BYTES, r);
+}
 
-DEFINE_MATMUL(q4_0, prepare_q8_0, Q4_0_BYTES)
-DEFINE_MATMUL(q4_1, prepare_q8_1, Q4_1_BYTES)
+ALWAYS_INLINE void mm_token_q4_0(const ts_mm_row *rows, const int R, const void *prepared, int64_t n, float *out) {
+    mm_token_q4(rows, R, 0, prepared, n, out);
+}
+
+ALWAYS_INLINE void mm_token_q4_1(const ts_mm_row *rows, const int R, const void *prepared, int64_t n, float *out) {
+    mm_token_q4(rows, R, 1, prepared, n, out);
+}
+
+TS_DEFINE_MATMUL(q4_0, prepare_q8_0, unpack_q4_0, mm_token_q4_0)
+TS_DEFINE_MATMUL(q4_1, prepare_q8_1, unpack_q4_1, mm_token_q4_1)
 
 ts_rows_matmul_fn ts_rows_matmul_avx2(enum ggml_type type, int64_t n) {
     if (n <= 0 || n > TS_DOT_MAX_N || n % 32 != 0) {

@@ -5,12 +5,16 @@
  * two rows whole in one burst: on an AMD EPYC Zen 5 the AVX2 kernel then read 10 % of a layer's rows from memory
  * 1.2-1.45x faster than it.
  *
- * Compiled with -mavx512f -mavx512bw -mavx512vnni (CMakeLists.txt) and reached only through ts_dot_kernel_best,
- * which asks the CPU first. Other types on such CPUs take the AVX2 kernels.
+ * For prompts, the same arithmetic over rows unpacked once against many tokens (rows_matmul.h).
+ *
+ * Compiled with -mavx512f -mavx512bw -mavx512vnni (CMakeLists.txt) and reached only through ts_dot_kernel_best and
+ * ts_rows_matmul_kernel, which ask the CPU first. Other types on such CPUs take the AVX2 kernels.
  */
 #include "gate_up_dot.h"
 
 #include "dot_rows_driver.h"
+#include "rows_matmul.h"
+#include "rows_matmul_driver.h"
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__) && defined(__F16C__)
 #include <immintrin.h>
@@ -130,6 +134,47 @@ ALWAYS_INLINE void group_q4_0(const void *const *rows, const int R, const void *
 
 TS_DEFINE_DOT_ROWS(q4_0, group_q4_0, 32, Q4_0_BYTES)
 
+/* ---- many tokens (prompts): rows_matmul.h's kernel for Q4_0 --------------------------------------------
+ * A pass unpacks 4 rows once (each pair of blocks' nibbles as the 64 bytes pair_nibbles makes, each block's scale as
+ * a float) and runs them against every token of a chunk, 64 values of a row per step as in decoding. */
+
+ALWAYS_INLINE void unpack_q4_0(const uint8_t *row, int64_t nb, ts_mm_row r) {
+    for (int64_t b = 0; b < nb; b += 2) {
+        _mm512_store_si512((void *)(r.nib + 32 * b), pair_nibbles(row + b * Q4_0_BYTES));
+        r.d[b] = half_at(row + b * Q4_0_BYTES);
+        r.d[b + 1] = half_at(row + (b + 1) * Q4_0_BYTES);
+    }
+}
+
+ALWAYS_INLINE void mm_token_q4_0(const ts_mm_row *rows, const int R, const void *prepared, int64_t n, float *out) {
+    const prepared_view v = view_prepared(prepared, n);
+    __m512 acc[TS_MM_ROWS];
+    for (int k = 0; k < R; k++) {
+        acc[k] = _mm512_setzero_ps();
+    }
+    for (int64_t b = 0; b < n / 32; b += 2) {
+        const __m512i x = _mm512_load_si512((const void *)(v.x + 32 * b));
+        const __m512i corr = pair_corr(v.corr + b);
+        const __m128 dx = _mm_castsi128_ps(_mm_loadl_epi64((const __m128i *)(v.d + b)));
+        for (int k = 0; k < R; k++) {
+            const __m512i t = _mm512_dpbusd_epi32(corr, _mm512_load_si512((const void *)(rows[k].nib + 32 * b)), x);
+            const __m128 d = _mm_castsi128_ps(_mm_loadl_epi64((const __m128i *)(rows[k].d + b)));
+            acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), pair_lanes_ps(_mm_mul_ps(d, dx)), acc[k]);
+        }
+    }
+    for (int k = 0; k < R; k++) {
+        out[k] = _mm512_reduce_add_ps(acc[k]);
+    }
+}
+
+TS_DEFINE_MATMUL(q4_0, prepare_pairs, unpack_q4_0, mm_token_q4_0)
+
+ts_rows_matmul_fn ts_rows_matmul_avx512(enum ggml_type type, int64_t n) {
+    return type == GGML_TYPE_Q4_0 && n > 0 && n % 64 == 0 && n <= TS_DOT_MAX_N ? matmul_q4_0 : NULL;
+}
+
+/* ---- table -------------------------------------------------------------------------------------------- */
+
 int ts_dot_kernel_avx512(enum ggml_type type, int64_t n, ts_dot_kernel *k) {
     if (type != GGML_TYPE_Q4_0 || n <= 0 || n % 64 != 0 || n > TS_DOT_MAX_N) {
         return 0;
@@ -143,6 +188,11 @@ int ts_dot_kernel_avx512(enum ggml_type type, int64_t n, ts_dot_kernel *k) {
 int ts_dot_kernel_avx512(enum ggml_type type, int64_t n, ts_dot_kernel *k) {
     (void)type, (void)n, (void)k;
     return 0;
+}
+
+ts_rows_matmul_fn ts_rows_matmul_avx512(enum ggml_type type, int64_t n) {
+    (void)type, (void)n;
+    return NULL;
 }
 
 #endif

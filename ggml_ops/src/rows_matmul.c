@@ -9,7 +9,8 @@
 #include <stdlib.h>
 
 ts_rows_matmul_fn ts_rows_matmul_kernel(enum ggml_type type, int64_t n) {
-    return ts_isa_supported(TS_ISA_AVX2) ? ts_rows_matmul_avx2(type, n) : NULL;
+    const ts_rows_matmul_fn vnni = ts_isa_supported(TS_ISA_AVX512_VNNI) ? ts_rows_matmul_avx512(type, n) : NULL;
+    return vnni != NULL ? vnni : ts_isa_supported(TS_ISA_AVX2) ? ts_rows_matmul_avx2(type, n) : NULL;
 }
 
 /* src: xq [row bytes, T] I8, w [n, n_rows], scratch [TS_ROWS_MATMUL_SCRATCH, n_threads] I8. Threads take whole groups

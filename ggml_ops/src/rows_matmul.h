@@ -30,6 +30,7 @@ ts_rows_matmul_fn ts_rows_matmul_kernel(enum ggml_type type, int64_t n);
 
 /* Each instruction set's (NULL where it has none for these rows, or is not compiled for this architecture). */
 ts_rows_matmul_fn ts_rows_matmul_avx2(enum ggml_type type, int64_t n);
+ts_rows_matmul_fn ts_rows_matmul_avx512(enum ggml_type type, int64_t n);
 
 /* w . x over the prompt's tokens x [n, T] F32: [w->ne[1], T] F32, or NULL where no kernel takes w's rows (the caller
  * multiplies with ggml_mul_mat). w must be in ggml's plain layout; n_threads: the threads the graph runs on. */
