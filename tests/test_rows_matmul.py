@@ -8,13 +8,17 @@ import numpy as np
 import pytest
 from test_dot_rows import SAME_ACTIVATION_TOLERANCE, activation_error_bound, stored
 
-from turbosparse.binding import KernelIsa, dot_rows, isa_supported, rows_matmul
+from turbosparse.binding import KernelIsa, KernelKind, dot_rows, isa_name, isa_supported, kernel_isa_used, rows_matmul
 
 Q = gguf.GGMLQuantizationType
-# the types with a prompt kernel: AVX2, and for Q4_0 rows of whole 64-value pairs of blocks AVX-512 VNNI where the CPU
-# has it (on such CPUs these cases test that one, and the AVX2 Q4_0 kernel only on the one-block rows)
-TYPES = [Q.Q4_0, Q.Q4_1]
-needs_avx2 = pytest.mark.skipif(not isa_supported(KernelIsa.AVX2), reason="the prompt kernels are AVX2 kernels")
+# the prompt kernels of each instruction set (AVX-512 VNNI: Q4_0 rows of whole 64-value pairs of blocks), most
+# specialised first, as prompts pick them
+PROMPT_KERNELS = {KernelIsa.AVX512_VNNI: [Q.Q4_0], KernelIsa.AVX2: [Q.Q4_0, Q.Q4_1]}
+needs_avx2 = pytest.mark.skipif(not isa_supported(KernelIsa.AVX2), reason="the prompt kernels are x86 kernels")
+
+
+def takes(isa: KernelIsa, n_cols: int) -> bool:
+    return n_cols % (64 if isa == KernelIsa.AVX512_VNNI else 32) == 0
 
 
 # rows in passes of 4 and a tail of 1-3; blocks in steps of 8 and a tail (n = 576: 18 blocks, the default model's
@@ -29,17 +33,26 @@ SHAPES = {
     "n768": (768, 3, 4),
 }
 CASES = [
-    pytest.param(qtype, *shape, id=f"{qtype.name.lower()}-{name}") for qtype in TYPES for name, shape in SHAPES.items()
+    pytest.param(
+        qtype,
+        isa,
+        *shape,
+        id=f"{qtype.name.lower()}-{isa.name.lower()}-{name}",
+        marks=pytest.mark.skipif(not isa_supported(isa), reason=f"this CPU has no {isa.name}"),
+    )
+    for isa, types in PROMPT_KERNELS.items()
+    for qtype in types
+    for name, shape in SHAPES.items()
+    if takes(isa, shape[0])
 ]
 
 
-@needs_avx2
-@pytest.mark.parametrize("qtype,n_cols,n_rows,n_tokens", CASES)
-def test_matches_numpy_and_ggml(qtype: Q, n_cols: int, n_rows: int, n_tokens: int) -> None:
+@pytest.mark.parametrize("qtype,isa,n_cols,n_rows,n_tokens", CASES)
+def test_matches_numpy_and_ggml(qtype: Q, isa: KernelIsa, n_cols: int, n_rows: int, n_tokens: int) -> None:
     rng = np.random.default_rng(n_cols + n_rows)
     w, deq = stored(rng.standard_normal((n_rows, n_cols)).astype(np.float32), qtype)
     x = rng.standard_normal((n_tokens, n_cols)).astype(np.float32)
-    out = rows_matmul(w, qtype, n_cols, x)
+    out = rows_matmul(w, qtype, n_cols, x, isa)
     assert out.shape == (n_tokens, n_rows)
     every_row = np.arange(n_rows, dtype=np.int32)
     for t in range(n_tokens):
@@ -69,5 +82,24 @@ def test_types_without_a_kernel_are_refused() -> None:
     # Q8_0 and Q4_K have none: kernels of this design were no faster than ggml's plain paths for them
     for qtype in (Q.Q8_0, Q.Q4_K):
         w, _ = stored(np.ones((2, 256), dtype=np.float32), qtype)
-        with pytest.raises(ValueError, match=f"(?i)no kernel for {qtype.name} rows of 256"):
+        with pytest.raises(ValueError, match=f"no rows_matmul kernel for ggml type id {int(qtype)}"):
             rows_matmul(w, qtype, 256, np.ones((1, 256), dtype=np.float32))
+        for isa in PROMPT_KERNELS:
+            with pytest.raises(ValueError, match=f"(?i)no {isa_name(isa)} kernel for {qtype.name} rows of 256"):
+                rows_matmul(w, qtype, 256, np.ones((1, 256), dtype=np.float32), isa)
+
+
+@pytest.mark.parametrize("qtype", [Q.Q4_0, Q.Q4_1, Q.Q8_0], ids=lambda q: q.name)
+def test_prompts_run_the_most_specialised_kernel(qtype: Q) -> None:
+    chosen = kernel_isa_used_or_none(qtype, 4096)
+    best = next((i for i, types in PROMPT_KERNELS.items() if qtype in types and isa_supported(i)), None)
+    assert chosen == best
+    # rows of an odd number of blocks: not the AVX-512 kernel's pairs
+    assert kernel_isa_used_or_none(qtype, 4096 + 32) in ((KernelIsa.AVX2,) if best is not None else (None,))
+
+
+def kernel_isa_used_or_none(qtype: Q, n_cols: int) -> KernelIsa | None:
+    try:
+        return kernel_isa_used(KernelKind.ROWS_MATMUL, qtype, n_cols)
+    except ValueError:
+        return None

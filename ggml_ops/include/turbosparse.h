@@ -290,13 +290,15 @@ enum ts_kernel_isa {
     TS_ISA_NEON_DOTPROD = 4, /* aarch64 with the dot product extension (SDOT; Armv8.2+, Apple M1+) */
     TS_ISA_COUNT
 };
-/* Which kernel: the gate/up row dot products, or the down projection's sum of rows. */
-enum ts_kernel_kind { TS_KERNEL_DOT_ROWS = 0, TS_KERNEL_AXPY_ROWS = 1 };
+/* Which kernel: the gate/up row dot products, the down projection's sum of rows, or the prompt kernel of the
+   matrices sparse decoding reads by row (every row against many tokens). */
+enum ts_kernel_kind { TS_KERNEL_DOT_ROWS = 0, TS_KERNEL_AXPY_ROWS = 1, TS_KERNEL_ROWS_MATMUL = 2 };
 
 const char *ts_kernel_isa_name(int32_t isa);
 /* 1 when this CPU runs that instruction set's kernels. */
 int32_t ts_kernel_isa_supported(int32_t isa);
-/* The instruction set of the kernel sparse decoding runs for rows of n values of ggml type `type`. */
+/* The instruction set of the kernel sparse decoding runs for rows of n values of ggml type `type`; -1 where it has
+   none (the prompt kernel: ggml's mul_mat runs instead). */
 int32_t ts_kernel_isa_used(int32_t kind, int32_t type, int64_t n);
 /* The ggml type a loaded model holds a transposed down matrix of type `type` in on this CPU: `type`, or Q8_0 where no
    fused down kernel of this CPU reads `type` but one reads Q8_0 (requantized at load); -1 for an unknown type. */
@@ -322,10 +324,11 @@ int32_t ts_kernel_axpy_rows(int32_t isa, int32_t type, const void *w, int64_t n_
 /*
  * out[t * n_rows + i] = W[i] . x_t for every row i and token t < n_tokens (x: n_tokens rows of n_cols floats, each
  * quantized to the type's ggml vec_dot type as the node quantizes it): the prompt kernel for matrices sparse
- * decoding reads by row, this CPU's; an error where it has none for these rows (the engine uses ggml's mul_mat
- * there). W: n_rows rows of n_cols values of ggml type `type`.
+ * decoding reads by row, that of instruction set `isa`; an error where the CPU lacks the set or the set has no
+ * kernel for these rows (the engine uses ggml's mul_mat where no set has one). W: n_rows rows of n_cols values of
+ * ggml type `type`.
  */
-int32_t ts_kernel_rows_matmul(int32_t type, const void *w, int64_t n_rows, int64_t n_cols, const float *x,
+int32_t ts_kernel_rows_matmul(int32_t isa, int32_t type, const void *w, int64_t n_rows, int64_t n_cols, const float *x,
                               int64_t n_tokens, float *out, char *err, size_t err_size);
 
 /* ---- quantization: ggml's own quantizers and dequantizers ---------------------------------- */

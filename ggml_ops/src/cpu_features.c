@@ -2,6 +2,7 @@
 
 #include "axpy_rows.h"
 #include "gate_up_dot.h"
+#include "rows_matmul.h"
 #include "ggml-cpu.h"
 
 #if defined(__x86_64__)
@@ -70,6 +71,7 @@ int32_t ts_kernel_isa_used(int32_t kind, int32_t type, int64_t n) {
     case TS_KERNEL_DOT_ROWS: return (int32_t)ts_dot_kernel_best((enum ggml_type)type, n).isa;
     case TS_KERNEL_AXPY_ROWS:
         return ts_axpy_rows_supported((enum ggml_type)type) ? (int32_t)ts_axpy_rows_isa((enum ggml_type)type) : -1;
+    case TS_KERNEL_ROWS_MATMUL: return ts_rows_matmul_isa((enum ggml_type)type, n);
     default: return -1;
     }
 }

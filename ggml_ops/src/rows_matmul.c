@@ -8,9 +8,28 @@
 
 #include <stdlib.h>
 
+ts_rows_matmul_fn ts_rows_matmul_kernel_of(enum ts_kernel_isa isa, enum ggml_type type, int64_t n) {
+    switch (isa) {
+    case TS_ISA_AVX512_VNNI: return ts_rows_matmul_avx512(type, n);
+    case TS_ISA_AVX2: return ts_rows_matmul_avx2(type, n);
+    default: return NULL;
+    }
+}
+
+/* The instruction set of the kernel ts_rows_matmul_kernel picks, or -1. */
+int32_t ts_rows_matmul_isa(enum ggml_type type, int64_t n) {
+    static const enum ts_kernel_isa preference[] = {TS_ISA_AVX512_VNNI, TS_ISA_AVX2};
+    for (size_t i = 0; i < sizeof(preference) / sizeof(preference[0]); i++) {
+        if (ts_isa_supported(preference[i]) && ts_rows_matmul_kernel_of(preference[i], type, n) != NULL) {
+            return (int32_t)preference[i];
+        }
+    }
+    return -1;
+}
+
 ts_rows_matmul_fn ts_rows_matmul_kernel(enum ggml_type type, int64_t n) {
-    const ts_rows_matmul_fn vnni = ts_isa_supported(TS_ISA_AVX512_VNNI) ? ts_rows_matmul_avx512(type, n) : NULL;
-    return vnni != NULL ? vnni : ts_isa_supported(TS_ISA_AVX2) ? ts_rows_matmul_avx2(type, n) : NULL;
+    const int32_t isa = ts_rows_matmul_isa(type, n);
+    return isa < 0 ? NULL : ts_rows_matmul_kernel_of((enum ts_kernel_isa)isa, type, n);
 }
 
 /* src: xq [row bytes, T] I8, w [n, n_rows], scratch [TS_ROWS_MATMUL_SCRATCH, n_threads] I8. Threads take whole groups
@@ -43,15 +62,17 @@ struct ggml_tensor *ts_rows_matmul(struct ggml_context *ctx0, struct ggml_tensor
 
 /* ---- test entry ----------------------------------------------------------------------------------- */
 
-int32_t ts_kernel_rows_matmul(int32_t type, const void *w, int64_t n_rows, int64_t n_cols, const float *x,
-                              int64_t n_tokens, float *out, char *err, size_t err_size) {
+int32_t ts_kernel_rows_matmul(int32_t isa, int32_t type, const void *w, int64_t n_rows, int64_t n_cols,
+                              const float *x, int64_t n_tokens, float *out, char *err, size_t err_size) {
     if (type < 0 || type >= GGML_TYPE_COUNT || ggml_blck_size((enum ggml_type)type) == 0) {
         return ts_set_error(err, err_size, "rows_matmul: unknown ggml type id %d", type);
     }
-    const ts_rows_matmul_fn kernel = ts_rows_matmul_kernel((enum ggml_type)type, n_cols);
+    const ts_rows_matmul_fn kernel = ts_kernel_isa_supported(isa)
+                                         ? ts_rows_matmul_kernel_of((enum ts_kernel_isa)isa, (enum ggml_type)type, n_cols)
+                                         : NULL;
     if (kernel == NULL || n_rows < 0 || n_tokens < 0) {
-        return ts_set_error(err, err_size, "rows_matmul: no kernel for %s rows of %lld on this CPU",
-                            ggml_type_name((enum ggml_type)type), (long long)n_cols);
+        return ts_set_error(err, err_size, "rows_matmul: no %s kernel for %s rows of %lld on this CPU",
+                            ts_kernel_isa_name(isa), ggml_type_name((enum ggml_type)type), (long long)n_cols);
     }
     ggml_cpu_init();
     const enum ggml_type vdt = ggml_get_type_traits_cpu((enum ggml_type)type)->vec_dot_type;

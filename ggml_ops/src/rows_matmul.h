@@ -14,6 +14,7 @@
 #define TS_ROWS_MATMUL_H
 
 #include "ggml.h"
+#include "turbosparse.h"
 
 #include <stddef.h>
 #include <stdint.h>
@@ -25,8 +26,14 @@
 typedef void (*ts_rows_matmul_fn)(const void *w, size_t row_bytes, int64_t n_rows, const void *xq, size_t xq_stride,
                                   int64_t n_tokens, int64_t n, float *out, size_t out_stride, void *scratch);
 
-/* The kernel for rows of n values of `type` on this CPU, or NULL. */
+/* The kernel for rows of n values of `type` on this CPU (the most specialised set's), or NULL. */
 ts_rows_matmul_fn ts_rows_matmul_kernel(enum ggml_type type, int64_t n);
+
+/* The kernel of one instruction set for these rows, or NULL (where it has none). Does not ask the CPU. */
+ts_rows_matmul_fn ts_rows_matmul_kernel_of(enum ts_kernel_isa isa, enum ggml_type type, int64_t n);
+
+/* The instruction set of ts_rows_matmul_kernel's choice, or -1 (none). */
+int32_t ts_rows_matmul_isa(enum ggml_type type, int64_t n);
 
 /* Each instruction set's (NULL where it has none for these rows, or is not compiled for this architecture). */
 ts_rows_matmul_fn ts_rows_matmul_avx2(enum ggml_type type, int64_t n);

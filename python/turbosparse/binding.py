@@ -673,6 +673,7 @@ class KernelIsa(enum.IntEnum):
 class KernelKind(enum.IntEnum):
     DOT_ROWS = 0  # gate/up rows dotted with the activation
     AXPY_ROWS = 1  # down: sum of scaled rows
+    ROWS_MATMUL = 2  # prompts: every row of a row-read matrix against many tokens
 
 
 def isa_supported(isa: KernelIsa) -> bool:
@@ -789,10 +790,12 @@ def axpy_rows(
         raise ValueError(err.message)
 
 
-def rows_matmul(w: np.ndarray, ggml_type: int, n_cols: int, x: np.ndarray) -> np.ndarray:
+def rows_matmul(w: np.ndarray, ggml_type: int, n_cols: int, x: np.ndarray, isa: KernelIsa | None = None) -> np.ndarray:
     """[T, n_rows]: every row of w (uint8 rows of ggml_type blocks) dotted with each of x's T rows (float32, each
-    quantized to ggml's vec_dot type of ggml_type), as the prompt kernel of sparse modes computes them; ValueError
-    where this CPU has no such kernel for these rows."""
+    quantized to ggml's vec_dot type of ggml_type), as the prompt kernel of sparse modes computes them, with the
+    kernel of `isa` (None: the one prompts use on this CPU); ValueError where there is no such kernel."""
+    if isa is None:
+        isa = kernel_isa_used(KernelKind.ROWS_MATMUL, ggml_type, n_cols)
     lib = load()
     raw = np.ascontiguousarray(w, dtype=np.uint8)
     act = np.ascontiguousarray(x, dtype=np.float32)
@@ -803,6 +806,7 @@ def rows_matmul(w: np.ndarray, ggml_type: int, n_cols: int, x: np.ndarray) -> np
     ffi = lib.ffi
     err = _ErrorBuffer(lib)
     rc = lib.lib.ts_kernel_rows_matmul(
+        int(isa),
         int(ggml_type),
         ffi.from_buffer(raw),
         n_rows,
