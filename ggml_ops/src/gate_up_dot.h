@@ -36,6 +36,20 @@ typedef struct ts_dot_kernel {
     ts_dot_rows_fn dot_rows;
 } ts_dot_kernel;
 
+/* A Q8_0 activation as the x86 kernels prepare it: x int8[n] | d float[n / 32] (block scales) | corr int32[n / 32]
+ * (-8 * the block's sum of x, for Q4_0's offset); how x is ordered within a block or pair of blocks is the kernel's. */
+typedef struct {
+    const int8_t *x;
+    const float *d;
+    const int32_t *corr;
+} ts_q8_0_view;
+
+static inline ts_q8_0_view ts_view_q8_0(const void *prepared, int64_t n) {
+    const int8_t *x = prepared;
+    const float *d = (const float *)(x + n);
+    return (ts_q8_0_view){x, d, (const int32_t *)(d + n / 32)};
+}
+
 /* The fastest kernel this CPU runs for rows of n values of `type` (the generic one at least). */
 ts_dot_kernel ts_dot_kernel_best(enum ggml_type type, int64_t n);
 

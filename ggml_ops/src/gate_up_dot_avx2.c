@@ -80,18 +80,6 @@ ALWAYS_INLINE __m256i dot_u8_i8(__m256i u, __m256i s) {
  * prepared: x int8[n] (32-aligned) | d float[n / 32] | corr int32[n / 32] = -8 * (sum of the block's x), which
  * turns a dot product over Q4_0's unsigned nibbles q into one over q - 8. */
 
-typedef struct {
-    const int8_t *x;
-    const float *d;
-    const int32_t *corr;
-} q8_0_view;
-
-ALWAYS_INLINE q8_0_view view_q8_0(const void *prepared, int64_t n) {
-    const int8_t *x = prepared;
-    const float *d = (const float *)(x + n);
-    return (q8_0_view){x, d, (const int32_t *)(d + n / 32)};
-}
-
 static const void *prepare_q8_0(const void *xq, int64_t n, void *buf) {
     const uint8_t *src = xq;
     int8_t *x = buf;
@@ -108,7 +96,7 @@ static const void *prepare_q8_0(const void *xq, int64_t n, void *buf) {
 
 ALWAYS_INLINE void group_q4_0(const void *const *rows, const int R, const void *prepared, int64_t n, float *out,
                               ts_row_prefetcher *pf) {
-    const q8_0_view v = view_q8_0(prepared, n);
+    const ts_q8_0_view v = ts_view_q8_0(prepared, n);
     __m256 acc[TS_DOT_ROWS];
     for (int k = 0; k < R; k++) {
         acc[k] = _mm256_setzero_ps();
@@ -130,7 +118,7 @@ ALWAYS_INLINE void group_q4_0(const void *const *rows, const int R, const void *
 
 ALWAYS_INLINE void group_q8_0(const void *const *rows, const int R, const void *prepared, int64_t n, float *out,
                               ts_row_prefetcher *pf) {
-    const q8_0_view v = view_q8_0(prepared, n);
+    const ts_q8_0_view v = ts_view_q8_0(prepared, n);
     __m256 acc[TS_DOT_ROWS];
     for (int k = 0; k < R; k++) {
         acc[k] = _mm256_setzero_ps();

@@ -35,18 +35,6 @@ enum { Q4_0_BYTES = 18, Q8_0_BYTES = 34 };
 
 #define ALWAYS_INLINE static inline __attribute__((always_inline))
 
-typedef struct {
-    const int8_t *x;
-    const float *d;
-    const int32_t *corr;
-} prepared_view;
-
-ALWAYS_INLINE prepared_view view_prepared(const void *prepared, int64_t n) {
-    const int8_t *x = prepared;
-    const float *d = (const float *)(x + n);
-    return (prepared_view){x, d, (const int32_t *)(d + n / 32)};
-}
-
 static float half_at(const uint8_t *p) {
     uint16_t h;
     memcpy(&h, p, sizeof(h));
@@ -110,7 +98,7 @@ ALWAYS_INLINE __m128 pair_scales(const uint8_t *b0) {
 /* out[k] = rows[k] . x for k < R: 64 values of every row per step */
 ALWAYS_INLINE void group_q4_0(const void *const *rows, const int R, const void *prepared, int64_t n, float *out,
                               ts_row_prefetcher *pf) {
-    const prepared_view v = view_prepared(prepared, n);
+    const ts_q8_0_view v = ts_view_q8_0(prepared, n);
     __m512 acc[TS_DOT_ROWS];
     for (int k = 0; k < R; k++) {
         acc[k] = _mm512_setzero_ps();
@@ -147,7 +135,7 @@ ALWAYS_INLINE void unpack_q4_0(const uint8_t *row, int64_t nb, ts_mm_row r) {
 }
 
 ALWAYS_INLINE void mm_token_q4_0(const ts_mm_row *rows, const int R, const void *prepared, int64_t n, float *out) {
-    const prepared_view v = view_prepared(prepared, n);
+    const ts_q8_0_view v = ts_view_q8_0(prepared, n);
     __m512 acc[TS_MM_ROWS];
     for (int k = 0; k < R; k++) {
         acc[k] = _mm512_setzero_ps();
