@@ -67,6 +67,7 @@ typedef struct {
     enum ts_rows_layout layout;
 } ts_axpy_kernel;
 ts_axpy_kernel ts_axpy_kernel_avx2(enum ggml_type type);
+ts_axpy_kernel ts_axpy_kernel_avx512(enum ggml_type type);
 ts_axpy_kernel ts_axpy_kernel_neon(enum ggml_type type);
 
 #endif

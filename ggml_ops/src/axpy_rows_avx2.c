@@ -3,6 +3,7 @@
  * through ts_axpy_rows, which asks the CPU first).
  */
 #include "axpy_rows.h"
+#include "axpy_split_coefs.h"
 #include "axpy_tile_driver.h"
 #include "q4_k_scales.h"
 
@@ -83,12 +84,6 @@ static inline void unit_f32(const uint8_t *row, int64_t u, float a, __m256 acc[4
  * sum_r S / 2 * |code_r - offset|; the mins (Q4_1, Q4_K) are added in float, exactly.
  */
 #define INT_ROWS 16 /* rows sharing S: 8 pairs, whose 4-bit sums stay within int16 (8 * 2 * 15 * 127 < 32768) */
-/* Q4_0 and Q4_1 (the split layout below) take 8 rows per group instead: a group's rows are read as that many
- * concurrent streams, the next group's prefetched as as many more, and for these two types 8 streams read DRAM
- * faster than 16 on a Zen 3 (10 and 50 % of 14336 rows of 4096: 1.08-1.26x on one thread, 1.02-1.27x with two
- * splitting the columns; 4 rows were slower again); from cache they run 2-15 % slower (more work per group). Q8_0
- * and Q4_K ran 0.86-1.08x with 8 and keep 16. */
-#define SPLIT_ROWS 8
 
 typedef struct {
     __m256i pair[INT_ROWS / 2]; /* k of rows 2p and 2p + 1 as a byte pair, repeated over the register */
@@ -235,58 +230,9 @@ static void add_group_q8_0(const uint8_t *const *r, const float *a, int64_t n_un
 }
 
 /*
- * Q4_0 and Q4_1 read rows in the split layout (axpy_rows.h): a row's block scales d (and mins m) are arrays of
- * their own, so 8 consecutive units' c_r = coef_r * d_r of the SPLIT_ROWS rows load as vectors and are quantized with
- * the units in the lanes (the same S and k, bit for bit, as one unit at a time); then each unit adds its codes.
+ * Q4_0 and Q4_1 read rows in the split layout (axpy_rows.h): 8 units' coefficients are quantized at once
+ * (axpy_split_coefs.h), then each unit adds its codes.
  */
-typedef struct {
-    int32_t pair[SPLIT_ROWS / 2][8]; /* [p][unit]: k of rows 2p and 2p + 1 as a byte pair, twice (one broadcast) */
-    float scale[8];                /* S */
-    int32_t sum_k[8];
-    float min_sum[8];              /* sum_r coef_r * m_r (types with a min) */
-} split_coefs;
-
-/* the fp16 values [0, n) at p as floats (n < 8: a tile's last units; the other lanes 0) */
-static inline __m256 halves8(const uint8_t *p, int n) {
-    if (n == 8) {
-        return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
-    }
-    uint16_t h[8] = {0};
-    memcpy(h, p, (size_t)n * sizeof(uint16_t));
-    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)h));
-}
-
-/* The coefficients of units [u, u + n) (n <= 8): the d arrays at byte `d_at` of each row, the m arrays at `m_at`
- * (0: none). */
-static inline void split_quantize(const uint8_t *const *r, const float *a, size_t d_at, size_t m_at, int n,
-                                  split_coefs *q) {
-    const __m256 sign = _mm256_set1_ps(-0.0f);
-    __m256 c[SPLIT_ROWS];
-    __m256 amax = _mm256_setzero_ps();
-    for (int k = 0; k < SPLIT_ROWS; k++) {
-        c[k] = _mm256_mul_ps(_mm256_set1_ps(a[k]), halves8(r[k] + d_at, n));
-        amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, c[k]));
-    }
-    /* units whose c are all 0 get k = 0 and S = 0 (the kernel skips them) */
-    const __m256 inv = _mm256_and_ps(_mm256_cmp_ps(amax, _mm256_setzero_ps(), _CMP_GT_OQ),
-                                     _mm256_div_ps(_mm256_set1_ps(127.0f), amax));
-    const __m256i byte = _mm256_set1_epi32(0xFF);
-    __m256i sum = _mm256_setzero_si256();
-    for (int p = 0; p < SPLIT_ROWS / 2; p++) {
-        const __m256i k0 = _mm256_cvtps_epi32(_mm256_mul_ps(c[2 * p], inv));
-        const __m256i k1 = _mm256_cvtps_epi32(_mm256_mul_ps(c[2 * p + 1], inv));
-        sum = _mm256_add_epi32(sum, _mm256_add_epi32(k0, k1));
-        const __m256i w = _mm256_or_si256(_mm256_and_si256(k0, byte), _mm256_slli_epi32(_mm256_and_si256(k1, byte), 8));
-        _mm256_storeu_si256((__m256i *)q->pair[p], _mm256_or_si256(w, _mm256_slli_epi32(w, 16)));
-    }
-    _mm256_storeu_ps(q->scale, _mm256_mul_ps(amax, _mm256_set1_ps(1.0f / 127.0f)));
-    _mm256_storeu_si256((__m256i *)q->sum_k, sum);
-    __m256 mins = _mm256_setzero_ps();
-    for (int k = 0; k < SPLIT_ROWS && m_at != 0; k++) {
-        mins = _mm256_fmadd_ps(_mm256_set1_ps(a[k]), halves8(r[k] + m_at, n), mins);
-    }
-    _mm256_storeu_ps(q->min_sum, mins);
-}
 
 /* unit j's coefficients as the unit kernels take them */
 static inline void unit_of(const split_coefs *q, int j, unit_coefs *c) {
