@@ -95,6 +95,19 @@ ALWAYS_INLINE __m128 pair_scales(const uint8_t *b0) {
     return _mm_cvtph_ps(_mm_cvtsi32_si128((int)((uint32_t)h0 | ((uint32_t)h1 << 16))));
 }
 
+/* acc + one step of a row's dot product: the pair's 64 nibbles (pair_nibbles' order) and two weight scales wd against
+ * the prepared activation's x, corrections and scales dx of the same pair */
+ALWAYS_INLINE __m512 pair_step(__m512 acc, __m512i nibbles, __m128 wd, __m512i x, __m512i corr, __m128 dx) {
+    const __m512i t = _mm512_dpbusd_epi32(corr, nibbles, x);
+    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), pair_lanes_ps(_mm_mul_ps(wd, dx)), acc);
+}
+
+/* Whether the AVX-512 kernels take rows of n values of `type`: Q4_0 in whole pairs of blocks whose prepared
+ * activation fits */
+static int takes_rows(enum ggml_type type, int64_t n) {
+    return type == GGML_TYPE_Q4_0 && n > 0 && n % 64 == 0 && n <= TS_DOT_MAX_N;
+}
+
 /* out[k] = rows[k] . x for k < R: 64 values of every row per step */
 ALWAYS_INLINE void group_q4_0(const void *const *rows, const int R, const void *prepared, int64_t n, float *out,
                               ts_row_prefetcher *pf) {
@@ -110,9 +123,7 @@ ALWAYS_INLINE void group_q4_0(const void *const *rows, const int R, const void *
         const __m128 dx = _mm_castsi128_ps(_mm_loadl_epi64((const __m128i *)(v.d + b)));
         for (int k = 0; k < R; k++) {
             const uint8_t *b0 = (const uint8_t *)rows[k] + b * Q4_0_BYTES;
-            const __m512i t = _mm512_dpbusd_epi32(corr, pair_nibbles(b0), x);
-            const __m512 scale = pair_lanes_ps(_mm_mul_ps(pair_scales(b0), dx));
-            acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), scale, acc[k]);
+            acc[k] = pair_step(acc[k], pair_nibbles(b0), pair_scales(b0), x, corr, dx);
         }
     }
     for (int k = 0; k < R; k++) {
@@ -145,9 +156,9 @@ ALWAYS_INLINE void mm_token_q4_0(const ts_mm_row *rows, const int R, const void 
         const __m512i corr = pair_corr(v.corr + b);
         const __m128 dx = _mm_castsi128_ps(_mm_loadl_epi64((const __m128i *)(v.d + b)));
         for (int k = 0; k < R; k++) {
-            const __m512i t = _mm512_dpbusd_epi32(corr, _mm512_load_si512((const void *)(rows[k].nib + 32 * b)), x);
-            const __m128 d = _mm_castsi128_ps(_mm_loadl_epi64((const __m128i *)(rows[k].d + b)));
-            acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), pair_lanes_ps(_mm_mul_ps(d, dx)), acc[k]);
+            const __m512i nibbles = _mm512_load_si512((const void *)(rows[k].nib + 32 * b));
+            const __m128 wd = _mm_castsi128_ps(_mm_loadl_epi64((const __m128i *)(rows[k].d + b)));
+            acc[k] = pair_step(acc[k], nibbles, wd, x, corr, dx);
         }
     }
     for (int k = 0; k < R; k++) {
@@ -158,13 +169,13 @@ ALWAYS_INLINE void mm_token_q4_0(const ts_mm_row *rows, const int R, const void 
 TS_DEFINE_MATMUL(q4_0, prepare_pairs, unpack_q4_0, mm_token_q4_0)
 
 ts_rows_matmul_fn ts_rows_matmul_avx512(enum ggml_type type, int64_t n) {
-    return type == GGML_TYPE_Q4_0 && n > 0 && n % 64 == 0 && n <= TS_DOT_MAX_N ? matmul_q4_0 : NULL;
+    return takes_rows(type, n) ? matmul_q4_0 : NULL;
 }
 
 /* ---- table -------------------------------------------------------------------------------------------- */
 
 int ts_dot_kernel_avx512(enum ggml_type type, int64_t n, ts_dot_kernel *k) {
-    if (type != GGML_TYPE_Q4_0 || n <= 0 || n % 64 != 0 || n > TS_DOT_MAX_N) {
+    if (!takes_rows(type, n)) {
         return 0;
     }
     *k = (ts_dot_kernel){TS_ISA_AVX512_VNNI, prepare_pairs, dot_rows_q4_0};

@@ -6,7 +6,8 @@
  * with SMULL and summed in pairs into int32 with SADALP; and through gate_up_dot_neon_dotprod.c with +dotprod, where
  * SDOT sums four products into each int32 lane. ts_dot_kernel_best asks the CPU before taking the second. As in the
  * AVX2 kernels, each pass takes TS_DOT_ROWS rows (dot_rows_driver.h; an activation block is loaded once for all of
- * them) while the next pass's rows are prefetched. NEON multiplies signed bytes by signed bytes, so Q4_0's nibbles are made signed (q - 8) first.
+ * them) while the next pass's rows are prefetched. NEON multiplies signed bytes by signed bytes, so Q4_0's nibbles
+ * are made signed (q - 8) first.
  */
 #include "gate_up_dot.h"
 
@@ -25,7 +26,6 @@
 #endif
 #include <arm_neon.h>
 #include <string.h>
-
 
 enum { Q4_0_BYTES = 18, Q4_1_BYTES = 20, Q8_0_BYTES = 34, Q8_1_BYTES = 36, Q4_K_BYTES = 144, Q8_K_BYTES = 292 };
 
