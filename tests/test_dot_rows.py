@@ -14,7 +14,7 @@ GENERIC_TYPES = [Q.F32, Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q
 # the types each instruction set has its own kernel for (the rest run the generic kernel on that CPU)
 FAST_TYPES = {
     KernelIsa.AVX2: [Q.Q4_0, Q.Q8_0, Q.Q4_1, Q.Q4_K],
-    KernelIsa.AVX512_VNNI: [Q.Q4_0],
+    KernelIsa.AVX512_VNNI: [Q.Q4_0, Q.Q8_0, Q.Q4_K],
     KernelIsa.NEON: [Q.Q4_0, Q.Q8_0, Q.Q4_1, Q.Q4_K],
     KernelIsa.NEON_DOTPROD: [Q.Q4_0, Q.Q8_0, Q.Q4_1, Q.Q4_K],
 }
@@ -89,6 +89,15 @@ def test_decoding_runs_the_best_kernel_this_cpu_has(qtype: Q) -> None:
     assert kernel_isa_used(KernelKind.DOT_ROWS, qtype, MAX_N + 256) == KernelIsa.GENERIC
 
 
+def test_avx512_leaves_odd_block_counts_to_avx2() -> None:
+    """The AVX-512 kernels take 32-blocks in pairs: a row of an odd number of blocks runs the AVX2 kernel."""
+    if not isa_supported(KernelIsa.AVX512_VNNI):
+        pytest.skip("this CPU has no AVX-512 VNNI")
+    for qtype in (Q.Q4_0, Q.Q8_0):
+        assert kernel_isa_used(KernelKind.DOT_ROWS, qtype, 4096) == KernelIsa.AVX512_VNNI
+        assert kernel_isa_used(KernelKind.DOT_ROWS, qtype, 4096 + 32) == KernelIsa.AVX2
+
+
 def test_bad_arguments_are_errors() -> None:
     w, _ = stored(np.ones((4, 64), np.float32), Q.Q8_0)
     x = np.ones(64, np.float32)
@@ -96,7 +105,8 @@ def test_bad_arguments_are_errors() -> None:
         dot_rows(w, Q.Q8_0, 64, np.array([4]), x)
     with pytest.raises(ValueError, match="whole 32-blocks"):
         dot_rows(w, Q.Q8_0, 48, np.array([0]), x[:48])
-    with pytest.raises(ValueError, match="no avx512vnni kernel for q8_0"):
-        dot_rows(w, Q.Q8_0, 64, np.array([0]), x, KernelIsa.AVX512_VNNI)
+    w1, _ = stored(np.ones((4, 64), np.float32), Q.Q4_1)
+    with pytest.raises(ValueError, match="no avx512vnni kernel for q4_1"):
+        dot_rows(w1, Q.Q4_1, 64, np.array([0]), x, KernelIsa.AVX512_VNNI)
     with pytest.raises(ValueError, match="must have shape"):
         dot_rows(w, Q.Q8_0, 64, np.array([0]), x[:32])

@@ -1,18 +1,20 @@
 /*
- * AVX-512 VNNI gate/up kernel for Q4_0 rows against a Q8_0 activation: two 32-blocks per instruction against an
- * activation prepared once per token, TS_DOT_ROWS rows per pass while the next pass's rows are prefetched line by
- * line (dot_rows_driver.h, as the AVX2 kernels). Until 2026-12-02 it took two rows at a time and asked for the next
+ * AVX-512 VNNI gate/up kernels: Q4_0 and Q8_0 rows against a Q8_0 activation, two 32-blocks per instruction, and Q4_K
+ * rows against a Q8_K activation, 64 values per instruction; each against an activation prepared once per token,
+ * TS_DOT_ROWS rows per pass while the next pass's rows are prefetched line by line (dot_rows_driver.h, as the AVX2
+ * kernels). Until 2026-12-02 it took two rows at a time and asked for the next
  * two rows whole in one burst: on an AMD EPYC Zen 5 the AVX2 kernel then read 10 % of a layer's rows from memory
  * 1.2-1.45x faster than it.
  *
  * For prompts, the same arithmetic over rows unpacked once against many tokens (rows_matmul.h).
  *
  * Compiled with -mavx512f -mavx512bw -mavx512vnni (CMakeLists.txt) and reached only through ts_dot_kernel_best and
- * ts_rows_matmul_kernel, which ask the CPU first. Other types on such CPUs take the AVX2 kernels.
+ * ts_rows_matmul_kernel, which ask the CPU first. Q4_1 on such CPUs takes the AVX2 kernel.
  */
 #include "gate_up_dot.h"
 
 #include "dot_rows_driver.h"
+#include "q4_k_scales.h"
 #include "rows_matmul.h"
 #include "rows_matmul_driver.h"
 
@@ -31,7 +33,7 @@
  *         sum over (q - 8) * x.
  * Q4_0 block: {fp16 d, 16 bytes}; Q8_0 block: {fp16 d, 32 int8}.
  */
-enum { Q4_0_BYTES = 18, Q8_0_BYTES = 34 };
+enum { Q4_0_BYTES = 18, Q8_0_BYTES = 34, Q4_K_BYTES = 144, Q8_K_BYTES = 292 };
 
 #define ALWAYS_INLINE static inline __attribute__((always_inline))
 
@@ -87,11 +89,11 @@ ALWAYS_INLINE __m512i pair_nibbles(const uint8_t *b0) {
     return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
 }
 
-/* the pair's two fp16 weight scales as floats in elements 0 and 1 */
-ALWAYS_INLINE __m128 pair_scales(const uint8_t *b0) {
+/* the two fp16 scales of consecutive blocks of block_bytes as floats in elements 0 and 1 */
+ALWAYS_INLINE __m128 pair_scales(const uint8_t *b0, size_t block_bytes) {
     uint16_t h0, h1;
     memcpy(&h0, b0, sizeof(h0));
-    memcpy(&h1, b0 + Q4_0_BYTES, sizeof(h1));
+    memcpy(&h1, b0 + block_bytes, sizeof(h1));
     return _mm_cvtph_ps(_mm_cvtsi32_si128((int)((uint32_t)h0 | ((uint32_t)h1 << 16))));
 }
 
@@ -102,8 +104,8 @@ ALWAYS_INLINE __m512 pair_step(__m512 acc, __m512i nibbles, __m128 wd, __m512i x
     return _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), pair_lanes_ps(_mm_mul_ps(wd, dx)), acc);
 }
 
-/* Whether the AVX-512 kernels take rows of n values of `type`: Q4_0 in whole pairs of blocks whose prepared
- * activation fits */
+/* Whether the AVX-512 Q4_0 kernels (decoding and prompts) take rows of n values of `type`: whole pairs of blocks
+ * whose prepared activation fits */
 static int takes_rows(enum ggml_type type, int64_t n) {
     return type == GGML_TYPE_Q4_0 && n > 0 && n % 64 == 0 && n <= TS_DOT_MAX_N;
 }
@@ -123,7 +125,7 @@ ALWAYS_INLINE void group_q4_0(const void *const *rows, const int R, const void *
         const __m128 dx = _mm_castsi128_ps(_mm_loadl_epi64((const __m128i *)(v.d + b)));
         for (int k = 0; k < R; k++) {
             const uint8_t *b0 = (const uint8_t *)rows[k] + b * Q4_0_BYTES;
-            acc[k] = pair_step(acc[k], pair_nibbles(b0), pair_scales(b0), x, corr, dx);
+            acc[k] = pair_step(acc[k], pair_nibbles(b0), pair_scales(b0, Q4_0_BYTES), x, corr, dx);
         }
     }
     for (int k = 0; k < R; k++) {
@@ -132,6 +134,144 @@ ALWAYS_INLINE void group_q4_0(const void *const *rows, const int R, const void *
 }
 
 TS_DEFINE_DOT_ROWS(q4_0, group_q4_0, 32, Q4_0_BYTES)
+
+/* ---- Q8_0 rows ------------------------------------------------------------------------------------------
+ * prepared: x int8[n] in ggml's order | d float[n / 32] (ts_q8_0_view; no corrections: Q8_0 has no offset).
+ * dpbusd multiplies unsigned by signed bytes: |w| times x with w's sign gives w * x (ggml's Q8_0 activation and
+ * weight codes lie in [-127, 127], so neither negation overflows). */
+
+static const void *prepare_q8_0(const void *xq, int64_t n, void *buf) {
+    const uint8_t *src = xq;
+    int8_t *x = buf;
+    float *d = (float *)(x + n);
+    for (int64_t b = 0; b < n / 32; b++) {
+        memcpy(x + 32 * b, src + b * Q8_0_BYTES + 2, 32);
+        d[b] = half_at(src + b * Q8_0_BYTES);
+    }
+    return buf;
+}
+
+ALWAYS_INLINE void group_q8_0(const void *const *rows, const int R, const void *prepared, int64_t n, float *out,
+                              ts_row_prefetcher *pf) {
+    const ts_q8_0_view v = ts_view_q8_0(prepared, n);
+    /* block b's scale in lanes 0-7 (its int32 sums), block b+1's in lanes 8-15 */
+    const __m512i lanes = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+    __m512 acc[TS_DOT_ROWS];
+    for (int k = 0; k < R; k++) {
+        acc[k] = _mm512_setzero_ps();
+    }
+    for (int64_t b = 0; b < n / 32; b += 2) {
+        ts_prefetch_upto(pf, (size_t)(b + 2) * Q8_0_BYTES + 64);
+        const __m512i x = _mm512_load_si512((const void *)(v.x + 32 * b));
+        const __m128 dx = _mm_castsi128_ps(_mm_loadl_epi64((const __m128i *)(v.d + b)));
+        for (int k = 0; k < R; k++) {
+            const uint8_t *b0 = (const uint8_t *)rows[k] + b * Q8_0_BYTES;
+            const __m512i w = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(b0 + 2))),
+                                                 _mm256_loadu_si256((const __m256i *)(b0 + Q8_0_BYTES + 2)), 1);
+            const __m512i xs = _mm512_mask_sub_epi8(x, _mm512_movepi8_mask(w), _mm512_setzero_si512(), x);
+            const __m512i t = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_abs_epi8(w), xs);
+            const __m512 s = _mm512_permutexvar_ps(lanes, _mm512_castps128_ps512(_mm_mul_ps(pair_scales(b0, Q8_0_BYTES), dx)));
+            acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), s, acc[k]);
+        }
+    }
+    for (int k = 0; k < R; k++) {
+        out[k] = _mm512_reduce_add_ps(acc[k]);
+    }
+}
+
+TS_DEFINE_DOT_ROWS(q8_0, group_q8_0, 32, Q8_0_BYTES)
+
+/* ---- Q4_K rows against a Q8_K activation -----------------------------------------------------------------
+ * A Q4_K super-block (256 values: fp16 d, fp16 dmin, 12 bytes of 6-bit scales and mins, 128 bytes) holds sub-block
+ * 2i in the low nibbles and 2i+1 in the high nibbles of bytes [32i, 32i + 32); value = d * sc_j * nibble - dmin * m_j.
+ * prepared: x int8[n], each super-block's 8 sub-blocks of 32 in the order 0 2 1 3 4 6 5 7: the order in which the
+ * low and then the high nibbles of a 64-byte half of the quants come out | d float[n / 256] | xsum int16[n / 32]
+ * (each sub-block's sum, in sub-block order, for the mins). Per 64 values: maddubs (nibble x value, in int16 pairs),
+ * then vpdpwssd with the two sub-blocks' scales (int16 x int16 into int32). */
+
+static const int q8_k_order[8] = {0, 2, 1, 3, 4, 6, 5, 7};
+
+typedef struct {
+    const int8_t *x;
+    const float *d;
+    const int16_t *xsum;
+} q8_k_view;
+
+ALWAYS_INLINE q8_k_view view_q8_k(const void *prepared, int64_t n) {
+    const int8_t *x = prepared;
+    const float *d = (const float *)(x + n);
+    return (q8_k_view){x, d, (const int16_t *)(d + n / 256)};
+}
+
+static const void *prepare_q8_k(const void *xq, int64_t n, void *buf) {
+    const uint8_t *src = xq;
+    int8_t *x = buf;
+    float *d = (float *)(x + n);
+    int16_t *xsum = (int16_t *)(d + n / 256);
+    for (int64_t i = 0; i < n / 256; i++) {
+        const uint8_t *blk = src + i * Q8_K_BYTES; /* Q8_K: float d, 256 int8, int16 sums of 16 values */
+        int16_t bsums[16];
+        memcpy(&d[i], blk, sizeof(float));
+        memcpy(bsums, blk + 260, sizeof(bsums));
+        for (int j = 0; j < 8; j++) {
+            memcpy(x + 256 * i + 32 * j, blk + 4 + 32 * q8_k_order[j], 32);
+            xsum[8 * i + j] = (int16_t)(bsums[2 * j] + bsums[2 * j + 1]);
+        }
+    }
+    return buf;
+}
+
+ALWAYS_INLINE void group_q4_k(const void *const *rows, const int R, const void *prepared, int64_t n, float *out,
+                              ts_row_prefetcher *pf) {
+    const q8_k_view v = view_q8_k(prepared, n);
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    /* int16 lanes 0-15 and 16-31 of each 64 prepared values h take the scales of sub-blocks q8_k_order[2h, 2h + 1] */
+    __m512i pick[4];
+    for (int h = 0; h < 4; h++) {
+        pick[h] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi16((short)q8_k_order[2 * h])),
+                                     _mm256_set1_epi16((short)q8_k_order[2 * h + 1]), 1);
+    }
+    __m512 acc[TS_DOT_ROWS];
+    __m128 acc_min[TS_DOT_ROWS];
+    for (int k = 0; k < R; k++) {
+        acc[k] = _mm512_setzero_ps();
+        acc_min[k] = _mm_setzero_ps();
+    }
+    for (int64_t i = 0; i < n / 256; i++) {
+        ts_prefetch_upto(pf, (size_t)(i + 1) * Q4_K_BYTES + 64);
+        __m512i x[4];
+        for (int h = 0; h < 4; h++) {
+            x[h] = _mm512_load_si512((const void *)(v.x + 256 * i + 64 * h));
+        }
+        const __m128i xsum = _mm_loadu_si128((const __m128i *)(v.xsum + 8 * i));
+        for (int k = 0; k < R; k++) {
+            const uint8_t *p = (const uint8_t *)rows[k] + i * Q4_K_BYTES;
+            uint8_t sm[16];
+            ts_k_scales_mins(p + 4, sm);
+            /* int16: the 8 scales in lanes 0-7, the 8 mins in lanes 8-15 */
+            const __m256i sc_mins = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)sm));
+            const __m512i sc = _mm512_castsi256_si512(sc_mins);
+            __m512i isum = _mm512_setzero_si512();
+            for (int half = 0; half < 2; half++) {
+                const __m512i q = _mm512_loadu_si512((const void *)(p + 16 + 64 * half));
+                const __m512i lo = _mm512_and_si512(q, m4), hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), m4);
+                isum = _mm512_dpwssd_epi32(isum, _mm512_maddubs_epi16(lo, x[2 * half]),
+                                           _mm512_permutexvar_epi16(pick[2 * half], sc));
+                isum = _mm512_dpwssd_epi32(isum, _mm512_maddubs_epi16(hi, x[2 * half + 1]),
+                                           _mm512_permutexvar_epi16(pick[2 * half + 1], sc));
+            }
+            acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(half_at(p) * v.d[i]), acc[k]);
+            const __m128 m = _mm_cvtepi32_ps(_mm_madd_epi16(_mm256_extracti128_si256(sc_mins, 1), xsum));
+            acc_min[k] = _mm_fmadd_ps(m, _mm_set1_ps(half_at(p + 2) * v.d[i]), acc_min[k]);
+        }
+    }
+    for (int k = 0; k < R; k++) {
+        const __m128 s = _mm_add_ps(acc_min[k], _mm_movehl_ps(acc_min[k], acc_min[k]));
+        out[k] = _mm512_reduce_add_ps(acc[k]) - _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+    }
+}
+
+TS_DEFINE_DOT_ROWS(q4_k, group_q4_k, 256, Q4_K_BYTES)
 
 /* ---- many tokens (prompts): rows_matmul.h's kernel for Q4_0 --------------------------------------------
  * A pass unpacks 4 rows once (each pair of blocks' nibbles as the 64 bytes pair_nibbles makes, each block's scale as
@@ -175,11 +315,21 @@ ts_rows_matmul_fn ts_rows_matmul_avx512(enum ggml_type type, int64_t n) {
 /* ---- table -------------------------------------------------------------------------------------------- */
 
 int ts_dot_kernel_avx512(enum ggml_type type, int64_t n, ts_dot_kernel *k) {
-    if (!takes_rows(type, n)) {
+    if (n <= 0 || n > TS_DOT_MAX_N) {
         return 0;
     }
-    *k = (ts_dot_kernel){TS_ISA_AVX512_VNNI, prepare_pairs, dot_rows_q4_0};
-    return 1;
+    switch (type) {
+    case GGML_TYPE_Q4_0:
+        *k = (ts_dot_kernel){TS_ISA_AVX512_VNNI, prepare_pairs, dot_rows_q4_0};
+        return takes_rows(type, n);
+    case GGML_TYPE_Q8_0:
+        *k = (ts_dot_kernel){TS_ISA_AVX512_VNNI, prepare_q8_0, dot_rows_q8_0};
+        return n % 64 == 0;
+    case GGML_TYPE_Q4_K:
+        *k = (ts_dot_kernel){TS_ISA_AVX512_VNNI, prepare_q8_k, dot_rows_q4_k};
+        return n % 256 == 0;
+    default: return 0;
+    }
 }
 
 #else /* not compiled for AVX-512 VNNI (another architecture) */
