@@ -2,7 +2,7 @@
  * AVX-512 kernel of the sparse down projection for Q4_0 rows in the split layout (axpy_rows.h), compiled with
  * -mavx512f -mavx512bw (CMakeLists.txt) and reached only through ts_axpy_rows, which asks the CPU first. The same
  * arithmetic as the AVX2 kernel (axpy_rows_avx2.c: SPLIT_ROWS rows per group, their coefficients quantized to 8 bits
- * per unit of 32 columns, axpy_split_coefs.h; codes summed in int16 in row pairs with maddubs), two units per
+ * per unit of 32 columns, axpy_split_coefs.h; codes summed in int16 in row pairs with maddubs), four units per
  * instruction: in the split layout a row's quants of consecutive units are adjacent.
  */
 #include "axpy_rows.h"
@@ -13,12 +13,6 @@
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #include <immintrin.h>
 
-/* 32 bytes: the 16 quant bytes of unit j at p, then those of unit j + 1 (at p + 16, or p again where j is the last) */
-static inline __m256i two_units(const uint8_t *p, int both) {
-    const __m128i a = _mm_loadu_si128((const __m128i *)p);
-    return _mm256_inserti128_si256(_mm256_castsi128_si256(a), both ? _mm_loadu_si128((const __m128i *)(p + 16)) : a, 1);
-}
-
 /* o[0, 16) += s * (v - off) for 16 int16 v */
 static inline void add_scaled16(float *o, __m256i v, __m512i off, __m512 s) {
     const __m512i w = _mm512_sub_epi32(_mm512_cvtepi16_epi32(v), off);
@@ -26,37 +20,44 @@ static inline void add_scaled16(float *o, __m256i v, __m512i off, __m512 s) {
 }
 
 /*
- * Units j and j + 1 (both: 0 where j is the tile's last) of the group's SPLIT_ROWS rows, quants at byte `at` of
- * each row: sum_r k_r * (nibble_r - 8), times S, into the units' 64 outputs. A row pair's bytes interleaved
- * (a0 b0 a1 b1 ...) give 128-bit lanes [unit j bytes 0-7 | unit j+1 bytes 0-7 | unit j 8-15 | unit j+1 8-15]; byte k
- * holds value k (low nibble) and k + 16 (high), so the low nibbles' sums are outputs 0-15 and the high ones 16-31.
+ * Units j .. j + n - 1 (n <= 4) of the group's SPLIT_ROWS rows, quants at byte `at` of each row: sum_r k_r *
+ * (nibble_r - 8), times S, into the units' 32 n outputs. In the split layout a row's 4 units are 64 adjacent bytes;
+ * a row pair's two loads interleaved byte by byte give, in 128-bit lane L, unit j + L: its bytes 0-7 (unpacklo) or
+ * 8-15 (unpackhi), the two rows' byte k side by side. Byte k holds value k (low nibble) and k + 16 (high), so the
+ * four sums hold, in lane L, the unit's values 0-7, 8-15, 16-23 and 24-31 as int16. Loads, interleaves and each pair's
+ * k take no lane-crossing step per unit (2 units per instruction before 2026-12-02 built them from 128-bit halves).
  */
-static inline void two_units_q4_0(const uint8_t *const *r, size_t at, const split_coefs *q, int j, int both, float *o) {
+static inline void four_units_q4_0(const uint8_t *const *r, size_t at, const split_coefs *q, int j, int n, float *o) {
+    const __mmask64 bytes = n == 4 ? ~(__mmask64)0 : ((__mmask64)1 << (16 * n)) - 1;
     const __m512i m4 = _mm512_set1_epi8(0x0F);
-    __m512i lo = _mm512_setzero_si512(), hi = _mm512_setzero_si512();
+    const __m512i unit_of_lane = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+    __m512i v0 = _mm512_setzero_si512(), v8 = v0, v16 = v0, v24 = v0;
     for (int p = 0; p < SPLIT_ROWS / 2; p++) {
-        const __m256i qa = two_units(r[2 * p] + at, both), qb = two_units(r[2 * p + 1] + at, both);
-        const __m512i x = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_unpacklo_epi8(qa, qb)),
-                                             _mm256_unpackhi_epi8(qa, qb), 1);
-        const __m128i kj = _mm_set1_epi32(q->pair[p][j]), kj1 = _mm_set1_epi32(q->pair[p][both ? j + 1 : j]);
-        const __m256i k2 = _mm256_inserti128_si256(_mm256_castsi128_si256(kj), kj1, 1);
-        const __m512i k = _mm512_inserti64x4(_mm512_castsi256_si512(k2), k2, 1);
-        lo = _mm512_add_epi16(lo, _mm512_maddubs_epi16(_mm512_and_si512(x, m4), k));
-        hi = _mm512_add_epi16(hi, _mm512_maddubs_epi16(_mm512_and_si512(_mm512_srli_epi16(x, 4), m4), k));
+        const __m512i qa = _mm512_maskz_loadu_epi8(bytes, r[2 * p] + at);
+        const __m512i qb = _mm512_maskz_loadu_epi8(bytes, r[2 * p + 1] + at);
+        const __m512i lo = _mm512_unpacklo_epi8(qa, qb), hi = _mm512_unpackhi_epi8(qa, qb);
+        /* the pair's k of units j .. j + 3, one per lane (split_quantize fills 8 units: j + 3 < 8) */
+        const __m512i k = _mm512_permutexvar_epi32(unit_of_lane,
+                                                   _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)&q->pair[p][j])));
+        v0 = _mm512_add_epi16(v0, _mm512_maddubs_epi16(_mm512_and_si512(lo, m4), k));
+        v16 = _mm512_add_epi16(v16, _mm512_maddubs_epi16(_mm512_and_si512(_mm512_srli_epi16(lo, 4), m4), k));
+        v8 = _mm512_add_epi16(v8, _mm512_maddubs_epi16(_mm512_and_si512(hi, m4), k));
+        v24 = _mm512_add_epi16(v24, _mm512_maddubs_epi16(_mm512_and_si512(_mm512_srli_epi16(hi, 4), m4), k));
     }
-    /* lanes [j 0-7 | j+1 0-7 | j 8-15 | j+1 8-15] -> [j 0-15 | j+1 0-15] */
-    lo = _mm512_shuffle_i64x2(lo, lo, _MM_SHUFFLE(3, 1, 2, 0));
-    hi = _mm512_shuffle_i64x2(hi, hi, _MM_SHUFFLE(3, 1, 2, 0));
-    for (int u = 0; u < 1 + both; u++) {
+    /* [unit L values 0-15 | unit L+1 values 0-15] (and 16-31) for L = 0 and 2 */
+    const __m512i pick01 = _mm512_setr_epi64(0, 1, 8, 9, 2, 3, 10, 11), pick23 = _mm512_setr_epi64(4, 5, 12, 13, 6, 7, 14, 15);
+    const __m512i first[2] = {_mm512_permutex2var_epi64(v0, pick01, v8), _mm512_permutex2var_epi64(v0, pick23, v8)};
+    const __m512i second[2] = {_mm512_permutex2var_epi64(v16, pick01, v24), _mm512_permutex2var_epi64(v16, pick23, v24)};
+    for (int u = 0; u < n; u++) {
         const int jj = j + u;
         if (q->scale[jj] == 0.0f) {
             continue; /* no codes to add */
         }
         const __m512i off = _mm512_set1_epi32(8 * q->sum_k[jj]);
         const __m512 s = _mm512_set1_ps(q->scale[jj]);
-        float *ou = o + 32 * u;
-        add_scaled16(ou, u ? _mm512_extracti64x4_epi64(lo, 1) : _mm512_castsi512_si256(lo), off, s);
-        add_scaled16(ou + 16, u ? _mm512_extracti64x4_epi64(hi, 1) : _mm512_castsi512_si256(hi), off, s);
+        const __m512i a = first[u / 2], b = second[u / 2];
+        add_scaled16(o + 32 * u, u & 1 ? _mm512_extracti64x4_epi64(a, 1) : _mm512_castsi512_si256(a), off, s);
+        add_scaled16(o + 32 * u + 16, u & 1 ? _mm512_extracti64x4_epi64(b, 1) : _mm512_castsi512_si256(b), off, s);
     }
 }
 
@@ -69,9 +70,9 @@ static void add_split_q4_0(const uint8_t *const *r, const float *a, int64_t u0, 
         ts_prefetch_upto(hpf, (size_t)(u + n) * 2);
         split_coefs q;
         split_quantize(r, a, (size_t)(u0 + u) * 2, 0, n, &q);
-        for (int j = 0; j < n; j += 2) {
-            ts_prefetch_upto(qpf, (size_t)(u + j + 2) * 16); /* a line at a time: bursts overrun */
-            two_units_q4_0(r, quants + (size_t)(u0 + u + j) * 16, &q, j, j + 1 < n, o + 32 * (u + j));
+        for (int j = 0; j < n; j += 4) {
+            ts_prefetch_upto(qpf, (size_t)(u + j + 4) * 16); /* a line at a time: bursts overrun */
+            four_units_q4_0(r, quants + (size_t)(u0 + u + j) * 16, &q, j, n - j < 4 ? n - j : 4, o + 32 * (u + j));
         }
     }
 }
