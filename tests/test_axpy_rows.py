@@ -23,14 +23,14 @@ TYPES = [Q.F32, Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q2_K, Q
 # the types each instruction set has a fused kernel for (the rest run the generic one: ggml's dequantizer), most
 # specialised first, as decoding picks them
 FAST_TYPES = {
-    KernelIsa.AVX512_VNNI: [Q.Q4_0],
+    KernelIsa.AVX512_VNNI: [Q.Q4_0, Q.Q4_K],
     KernelIsa.AVX2: [Q.F32, Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q4_K],
     KernelIsa.NEON: [Q.F32, Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q4_K],
 }
 TOLERANCE = 1e-5  # relative to sum_i |coef_i| * max|row_i|: float32 rounding only, the rows are dequantized exactly
 # kernels that quantize each row's coefficient times its block scale to 8 bits (shared by a few rows and 32 columns)
 INTEGER_KERNELS = {
-    KernelIsa.AVX512_VNNI: [Q.Q4_0],
+    KernelIsa.AVX512_VNNI: [Q.Q4_0, Q.Q4_K],
     KernelIsa.AVX2: [Q.Q4_0, Q.Q8_0, Q.Q4_1, Q.Q4_K],
     KernelIsa.NEON: [Q.Q4_0, Q.Q8_0, Q.Q4_1, Q.Q4_K],
 }

@@ -3,9 +3,9 @@
  * through ts_axpy_rows, which asks the CPU first).
  */
 #include "axpy_rows.h"
+#include "axpy_q4_k_coefs.h"
 #include "axpy_split_coefs.h"
 #include "axpy_tile_driver.h"
-#include "q4_k_scales.h"
 
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #include <immintrin.h>
@@ -19,12 +19,6 @@
  * Block layouts are ggml's (ggml-common.h): a fp16 scale (and min) followed by the packed quants.
  */
 #define GROUP 4
-
-static float half_at(const uint8_t *p) {
-    uint16_t h;
-    memcpy(&h, p, sizeof(h));
-    return _cvtsh_ss(h);
-}
 
 static inline void unit_f16(const uint8_t *row, int64_t u, float a, __m256 acc[4]) {
     const __m128i *p = (const __m128i *)(row + u * 64);
@@ -282,47 +276,7 @@ static void add_split_q4_1(const uint8_t *const *r, const float *a, int64_t u0, 
     add_split(r, a, u0, n_units, row_units, o, qpf, hpf, 2, 0);
 }
 
-/*
- * Q4_K super-blocks of 256 {d, dmin, 12 bytes of 6-bit scales and mins, 128 bytes}: sub-block j (a unit)
- * = d * sc_j * nibble - dmin * mn_j, sub-blocks 2i and 2i + 1 the low and high nibbles of bytes [32i, 32i + 32).
- * Per row and super-block, the 8 scales and mins are unpacked at once (q4_k_scales.h): row k's c = a_k * d_k * sc_j
- * is one vector with the units j in the lanes, so S and k of all 8 units are found at once (the same values, bit for
- * bit, as one unit at a time; 1.15-1.17x from DRAM, 1.26-1.31x from cache against that, Zen 3) with the mins' sum
- * per j. 16 rows per group: 8 ran 0.95-1.0x.
- */
-typedef struct {
-    int32_t pair[INT_ROWS / 2][8]; /* [p][unit]: k of rows 2p and 2p + 1 as a byte pair, twice (one broadcast) */
-    float scale[8];
-    float min_sum[8];
-} q4_k_lanes;
-
-static inline void q4_k_quantize(const uint8_t *const *r, const float *a, size_t at, q4_k_lanes *q) {
-    const __m256 sign = _mm256_set1_ps(-0.0f);
-    __m256 c[INT_ROWS];
-    __m256 amax = _mm256_setzero_ps(), mins = _mm256_setzero_ps();
-    for (int k = 0; k < INT_ROWS; k++) {
-        const uint8_t *p = r[k] + at;
-        uint8_t sm[16];
-        ts_k_scales_mins(p + 4, sm);
-        const __m256 sc = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)sm)));
-        const __m256 mn = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(sm + 8))));
-        c[k] = _mm256_mul_ps(sc, _mm256_set1_ps(a[k] * half_at(p)));
-        amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, c[k]));
-        mins = _mm256_fmadd_ps(mn, _mm256_set1_ps(-a[k] * half_at(p + 2)), mins);
-    }
-    const __m256 inv = _mm256_and_ps(_mm256_cmp_ps(amax, _mm256_setzero_ps(), _CMP_GT_OQ),
-                                     _mm256_div_ps(_mm256_set1_ps(127.0f), amax));
-    const __m256i byte = _mm256_set1_epi32(0xFF);
-    for (int p = 0; p < INT_ROWS / 2; p++) {
-        const __m256i k0 = _mm256_cvtps_epi32(_mm256_mul_ps(c[2 * p], inv));
-        const __m256i k1 = _mm256_cvtps_epi32(_mm256_mul_ps(c[2 * p + 1], inv));
-        const __m256i w = _mm256_or_si256(_mm256_and_si256(k0, byte), _mm256_slli_epi32(_mm256_and_si256(k1, byte), 8));
-        _mm256_storeu_si256((__m256i *)q->pair[p], _mm256_or_si256(w, _mm256_slli_epi32(w, 16)));
-    }
-    _mm256_storeu_ps(q->scale, _mm256_mul_ps(amax, _mm256_set1_ps(1.0f / 127.0f)));
-    _mm256_storeu_ps(q->min_sum, mins);
-}
-
+/* Q4_K: the coefficients of Q4_K_ROWS rows per super-block (axpy_q4_k_coefs.h), then each unit adds its codes */
 static void add_group_q4_k(const uint8_t *const *r, const float *a, int64_t n_units, float *o,
                            ts_row_prefetcher *pf) {
     const __m256i m4 = _mm256_set1_epi8(0x0F);
@@ -340,7 +294,7 @@ static void add_group_q4_k(const uint8_t *const *r, const float *a, int64_t n_un
             }
             const size_t at = (size_t)b * 144 + 16 + (size_t)(j / 2) * 32;
             __m256i lo = _mm256_setzero_si256(), hi = _mm256_setzero_si256(); /* outputs {0-7 | 16-23}, {8-15 | 24-31} */
-            for (int p = 0; p < INT_ROWS / 2; p++) {
+            for (int p = 0; p < Q4_K_ROWS / 2; p++) {
                 const __m256i pair = _mm256_set1_epi32(q.pair[p][j]);
                 __m256i qa = _mm256_loadu_si256((const __m256i *)(r[2 * p] + at));
                 __m256i qb = _mm256_loadu_si256((const __m256i *)(r[2 * p + 1] + at));
@@ -364,7 +318,7 @@ static void add_group_q4_k(const uint8_t *const *r, const float *a, int64_t n_un
 TS_DEFINE_SPLIT_TILE(q4_0, 18, 2, SPLIT_ROWS)
 TS_DEFINE_SPLIT_TILE(q4_1, 20, 4, SPLIT_ROWS)
 TS_DEFINE_INT_TILE(q8_0, 34, INT_ROWS)
-TS_DEFINE_INT_TILE(q4_k, 18, INT_ROWS)
+TS_DEFINE_INT_TILE(q4_k, 18, Q4_K_ROWS)
 
 /* unit_bytes: bytes per 32 columns (Q4_K: 144 per 256) */
 DEFINE_AXPY_TILE(f16, unit_f16, 64)

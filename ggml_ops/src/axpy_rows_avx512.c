@@ -1,5 +1,6 @@
 /*
- * AVX-512 kernel of the sparse down projection for Q4_0 rows in the split layout (axpy_rows.h), compiled with
+ * AVX-512 kernels of the sparse down projection for Q4_0 rows in the split layout (axpy_rows.h) and Q4_K rows in
+ * ggml's (below), compiled with
  * -mavx512f -mavx512bw (CMakeLists.txt) and reached only through ts_axpy_rows, which asks the CPU first. The same
  * arithmetic as the AVX2 kernel (axpy_rows_avx2.c: SPLIT_ROWS rows per group, their coefficients quantized to 8 bits
  * per unit of 32 columns, axpy_split_coefs.h; codes summed in int16 in row pairs with maddubs), four units per
@@ -7,6 +8,7 @@
  */
 #include "axpy_rows.h"
 
+#include "axpy_q4_k_coefs.h"
 #include "axpy_split_coefs.h"
 #include "axpy_tile_driver.h"
 
@@ -77,10 +79,76 @@ static void add_split_q4_0(const uint8_t *const *r, const float *a, int64_t u0, 
     }
 }
 
+/* o[0, 32) += s * v + m for 32 int16 v */
+static inline void add_scaled32(float *o, __m512i v, __m512 s, __m512 m) {
+    const __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepi16_epi32(_mm512_castsi512_si256(v)));
+    const __m512 hi = _mm512_cvtepi32_ps(_mm512_cvtepi16_epi32(_mm512_extracti64x4_epi64(v, 1)));
+    _mm512_storeu_ps(o, _mm512_add_ps(_mm512_fmadd_ps(lo, s, _mm512_loadu_ps(o)), m));
+    _mm512_storeu_ps(o + 16, _mm512_add_ps(_mm512_fmadd_ps(hi, s, _mm512_loadu_ps(o + 16)), m));
+}
+
+/*
+ * Q4_K reads ggml's layout, Q4_K_ROWS rows per group with the AVX2 kernel's coefficients (axpy_q4_k_coefs.h). A
+ * super-block's quants are two halves of 64 bytes, each holding 4 units: bytes [0, 32) unit 4h (low nibbles) and
+ * 4h + 1 (high), bytes [32, 64) units 4h + 2 and 4h + 3. A row pair's nibbles interleaved byte by byte within
+ * 128-bit lanes give, per lane, 8 values of one unit: lanes 0-1 the first unit of a nibble half, lanes 2-3 the second,
+ * so the pair's k of two units make one permute; the sums come out as values 0-7 and 16-23 (unpacklo) and 8-15 and
+ * 24-31 (unpackhi) of each unit, put in order by one two-source permute per unit.
+ */
+static inline void half_q4_k(const uint8_t *const *r, size_t at, const q4_k_lanes *q, int h, float *o) {
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    const __m512i lo_units = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2);
+    const __m512i hi_units = _mm512_setr_epi32(1, 1, 1, 1, 1, 1, 1, 1, 3, 3, 3, 3, 3, 3, 3, 3);
+    __m512i lo_a = _mm512_setzero_si512(), lo_b = lo_a, hi_a = lo_a, hi_b = lo_a;
+    for (int p = 0; p < Q4_K_ROWS / 2; p++) {
+        const __m512i qa = _mm512_loadu_si512((const void *)(r[2 * p] + at));
+        const __m512i qb = _mm512_loadu_si512((const void *)(r[2 * p + 1] + at));
+        const __m512i la = _mm512_and_si512(qa, m4), lb = _mm512_and_si512(qb, m4);
+        const __m512i ha = _mm512_and_si512(_mm512_srli_epi16(qa, 4), m4), hb = _mm512_and_si512(_mm512_srli_epi16(qb, 4), m4);
+        const __m512i k4 = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)&q->pair[p][4 * h]));
+        const __m512i kl = _mm512_permutexvar_epi32(lo_units, k4), kh = _mm512_permutexvar_epi32(hi_units, k4);
+        lo_a = _mm512_add_epi16(lo_a, _mm512_maddubs_epi16(_mm512_unpacklo_epi8(la, lb), kl));
+        lo_b = _mm512_add_epi16(lo_b, _mm512_maddubs_epi16(_mm512_unpackhi_epi8(la, lb), kl));
+        hi_a = _mm512_add_epi16(hi_a, _mm512_maddubs_epi16(_mm512_unpacklo_epi8(ha, hb), kh));
+        hi_b = _mm512_add_epi16(hi_b, _mm512_maddubs_epi16(_mm512_unpackhi_epi8(ha, hb), kh));
+    }
+    /* unit values 0-7 | 8-15 | 16-23 | 24-31 from (unpacklo, unpackhi) lanes (0, 0, 1, 1), or (2, 2, 3, 3) */
+    const __m512i first = _mm512_setr_epi64(0, 1, 8, 9, 2, 3, 10, 11), second = _mm512_setr_epi64(4, 5, 12, 13, 6, 7, 14, 15);
+    const __m512i units[4] = {_mm512_permutex2var_epi64(lo_a, first, lo_b), _mm512_permutex2var_epi64(hi_a, first, hi_b),
+                              _mm512_permutex2var_epi64(lo_a, second, lo_b), _mm512_permutex2var_epi64(hi_a, second, hi_b)};
+    for (int u = 0; u < 4; u++) {
+        const int j = 4 * h + u;
+        float *ou = o + 32 * u;
+        if (q->scale[j] == 0.0f) { /* no codes to add: only the mins */
+            for (int k = 0; k < 32; k++) {
+                ou[k] += q->min_sum[j];
+            }
+            continue;
+        }
+        add_scaled32(ou, units[u], _mm512_set1_ps(q->scale[j]), _mm512_set1_ps(q->min_sum[j]));
+    }
+}
+
+static void add_group_q4_k(const uint8_t *const *r, const float *a, int64_t n_units, float *o, ts_row_prefetcher *pf) {
+    for (int64_t b = 0; b < n_units / 8; b++) {
+        ts_prefetch_upto(pf, (size_t)(b + 1) * 144);
+        q4_k_lanes q;
+        q4_k_quantize(r, a, (size_t)b * 144, &q);
+        for (int h = 0; h < 2; h++) {
+            half_q4_k(r, (size_t)b * 144 + 16 + (size_t)h * 64, &q, h, o + 256 * b + 128 * h);
+        }
+    }
+}
+
 TS_DEFINE_SPLIT_TILE(q4_0, 18, 2, SPLIT_ROWS)
+TS_DEFINE_INT_TILE(q4_k, 18, Q4_K_ROWS)
 
 ts_axpy_kernel ts_axpy_kernel_avx512(enum ggml_type type) {
-    return type == GGML_TYPE_Q4_0 ? (ts_axpy_kernel){axpy_tile_q4_0, TS_ROWS_SPLIT} : (ts_axpy_kernel){NULL, TS_ROWS_GGML};
+    switch (type) {
+    case GGML_TYPE_Q4_0: return (ts_axpy_kernel){axpy_tile_q4_0, TS_ROWS_SPLIT};
+    case GGML_TYPE_Q4_K: return (ts_axpy_kernel){axpy_tile_q4_k, TS_ROWS_GGML};
+    default: return (ts_axpy_kernel){NULL, TS_ROWS_GGML};
+    }
 }
 
 #else /* not compiled for AVX-512 (another architecture) */
