@@ -81,6 +81,12 @@ def test_matches_numpy(qtype: Q, isa: KernelIsa, n_cols: int, n_rows: int, idx: 
         assert np.all(np.abs(out - reference) <= SAME_ACTIVATION_TOLERANCE * scale)
 
 
+@pytest.mark.parametrize("qtype,isa", [c for c in CASES if c[0] in (Q.Q4_0, Q.Q8_0, Q.Q4_1)], ids=lambda v: v.name.lower())
+def test_rows_of_an_odd_number_of_block_pairs(qtype: Q, isa: KernelIsa) -> None:
+    """6 blocks of 32: the AVX-512 Q4_0 kernel takes two pairs of blocks per step, then the last pair alone."""
+    test_matches_numpy(qtype, isa, 192, 7, [6, 2, 0, 3, 5])
+
+
 @pytest.mark.parametrize("qtype", sorted({q for types in FAST_TYPES.values() for q in types}), ids=lambda q: q.name)
 def test_decoding_runs_the_best_kernel_this_cpu_has(qtype: Q) -> None:
     best = next((i for i in PREFERENCE if isa_supported(i) and qtype in FAST_TYPES[i]), KernelIsa.GENERIC)

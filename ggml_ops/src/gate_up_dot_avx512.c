@@ -80,13 +80,13 @@ ALWAYS_INLINE __m512i pair_corr(const int32_t *corr) {
     return _mm512_maskz_permutexvar_epi32(0x0011, lanes, _mm512_castsi128_si512(c));
 }
 
-/* The 64 nibbles of a Q4_0 pair as unsigned bytes in the prepared activation's order */
+/* The 64 nibbles of a Q4_0 pair as unsigned bytes in the prepared activation's order: the two blocks' 16 bytes
+ * broadcast from memory into [b | b+1 | b | b+1] (load-port work, where building it from 128-bit halves took two
+ * shuffle-port inserts), the upper 256 bits shifted to their high nibbles */
 ALWAYS_INLINE __m512i pair_nibbles(const uint8_t *b0) {
-    const __m256i y = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(b0 + 2))),
-                                              _mm_loadu_si128((const __m128i *)(b0 + Q4_0_BYTES + 2)), 1);
-    const __m256i m4 = _mm256_set1_epi8(0x0F);
-    const __m256i lo = _mm256_and_si256(y, m4), hi = _mm256_and_si256(_mm256_srli_epi16(y, 4), m4);
-    return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+    __m512i y = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(b0 + 2)));
+    y = _mm512_mask_broadcast_i32x4(y, 0xF0F0, _mm_loadu_si128((const __m128i *)(b0 + Q4_0_BYTES + 2)));
+    return _mm512_and_si512(_mm512_srlv_epi64(y, _mm512_setr_epi64(0, 0, 0, 0, 4, 4, 4, 4)), _mm512_set1_epi8(0x0F));
 }
 
 /* the two fp16 scales of consecutive blocks of block_bytes as floats in elements 0 and 1 */
@@ -104,13 +104,32 @@ ALWAYS_INLINE __m512 pair_step(__m512 acc, __m512i nibbles, __m128 wd, __m512i x
     return _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), pair_lanes_ps(_mm_mul_ps(wd, dx)), acc);
 }
 
+/* The Q4_0 weight scales of two pairs (4 blocks from b0) times the activation's dx[0, 4), each pair's in its lanes as
+ * pair_lanes_ps puts them: one conversion and one product for both pairs (the same values as pair_step's) */
+ALWAYS_INLINE void quad_scale_lanes(const uint8_t *b0, const float *dx, __m512 *first, __m512 *second) {
+    uint16_t h[4];
+    for (int i = 0; i < 4; i++) {
+        memcpy(&h[i], b0 + i * Q4_0_BYTES, sizeof(uint16_t));
+    }
+    const uint64_t packed = (uint64_t)h[0] | (uint64_t)h[1] << 16 | (uint64_t)h[2] << 32 | (uint64_t)h[3] << 48;
+    const __m512 s = _mm512_castps128_ps512(_mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi64_si128((long long)packed)), _mm_loadu_ps(dx)));
+    *first = _mm512_permutexvar_ps(_mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1), s);
+    *second = _mm512_permutexvar_ps(_mm512_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3, 2, 2, 2, 2, 3, 3, 3, 3), s);
+}
+
+/* acc + the pair's dot product with its scales already in lanes */
+ALWAYS_INLINE __m512 pair_step_lanes(__m512 acc, __m512i nibbles, __m512i x, __m512i corr, __m512 scale_lanes) {
+    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(corr, nibbles, x)), scale_lanes, acc);
+}
+
 /* Whether the AVX-512 Q4_0 kernels (decoding and prompts) take rows of n values of `type`: whole pairs of blocks
  * whose prepared activation fits */
 static int takes_rows(enum ggml_type type, int64_t n) {
     return type == GGML_TYPE_Q4_0 && n > 0 && n % 64 == 0 && n <= TS_DOT_MAX_N;
 }
 
-/* out[k] = rows[k] . x for k < R: 64 values of every row per step */
+/* out[k] = rows[k] . x for k < R: 128 values of every row per step (two pairs sharing their scales' conversion),
+ * then a last pair where n / 64 is odd */
 ALWAYS_INLINE void group_q4_0(const void *const *rows, const int R, const void *prepared, int64_t n, float *out,
                               ts_row_prefetcher *pf) {
     const ts_q8_0_view v = ts_view_q8_0(prepared, n);
@@ -118,7 +137,21 @@ ALWAYS_INLINE void group_q4_0(const void *const *rows, const int R, const void *
     for (int k = 0; k < R; k++) {
         acc[k] = _mm512_setzero_ps();
     }
-    for (int64_t b = 0; b < n / 32; b += 2) {
+    int64_t b = 0;
+    for (; b + 4 <= n / 32; b += 4) {
+        ts_prefetch_upto(pf, (size_t)(b + 4) * Q4_0_BYTES + 64);
+        const __m512i x0 = _mm512_load_si512((const void *)(v.x + 32 * b));
+        const __m512i x1 = _mm512_load_si512((const void *)(v.x + 32 * (b + 2)));
+        const __m512i corr0 = pair_corr(v.corr + b), corr1 = pair_corr(v.corr + b + 2);
+        for (int k = 0; k < R; k++) {
+            const uint8_t *b0 = (const uint8_t *)rows[k] + b * Q4_0_BYTES;
+            __m512 s0, s1;
+            quad_scale_lanes(b0, v.d + b, &s0, &s1);
+            acc[k] = pair_step_lanes(acc[k], pair_nibbles(b0), x0, corr0, s0);
+            acc[k] = pair_step_lanes(acc[k], pair_nibbles(b0 + 2 * Q4_0_BYTES), x1, corr1, s1);
+        }
+    }
+    for (; b < n / 32; b += 2) {
         ts_prefetch_upto(pf, (size_t)(b + 2) * Q4_0_BYTES + 64);
         const __m512i x = _mm512_load_si512((const void *)(v.x + 32 * b));
         const __m512i corr = pair_corr(v.corr + b);
