@@ -19,6 +19,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #define TS_DOT_MAX_N 16384                 /* longest row a fast kernel takes (longer: the generic kernel) */
 #define TS_DOT_PREPARED_MAX (24 * 1024 + 64) /* bytes of a prepared activation, at most (kernels check their n) */
@@ -48,6 +49,41 @@ static inline ts_q8_0_view ts_view_q8_0(const void *prepared, int64_t n) {
     const int8_t *x = prepared;
     const float *d = (const float *)(x + n);
     return (ts_q8_0_view){x, d, (const int32_t *)(d + n / 32)};
+}
+
+/* A Q8_K activation as the Q4_K kernels prepare it: x int8[n] (each super-block's 8 sub-blocks of 32 in the kernel's
+ * order) | d float[n / 256] | xsum int16[n / 32] (each sub-block's sum, in sub-block order, for Q4_K's mins). */
+typedef struct {
+    const int8_t *x;
+    const float *d;
+    const int16_t *xsum;
+} ts_q8_k_view;
+
+static inline ts_q8_k_view ts_view_q8_k(const void *prepared, int64_t n) {
+    const int8_t *x = prepared;
+    const float *d = (const float *)(x + n);
+    return (ts_q8_k_view){x, d, (const int16_t *)(d + n / 256)};
+}
+
+/* ggml's Q8_K activation xq (per 256 values: float d, 256 int8, int16 sums of 16 values) in that layout, position j
+ * of each super-block holding its sub-block order[j] (order NULL: sub-blocks in order) */
+static inline const void *ts_prepare_q8_k(const void *xq, int64_t n, void *buf, const int order[8]) {
+    enum { Q8_K_BYTES = 292 };
+    const uint8_t *src = xq;
+    int8_t *x = buf;
+    float *d = (float *)(x + n);
+    int16_t *xsum = (int16_t *)(d + n / 256);
+    for (int64_t i = 0; i < n / 256; i++) {
+        const uint8_t *blk = src + i * Q8_K_BYTES;
+        int16_t bsums[16];
+        memcpy(&d[i], blk, sizeof(float));
+        memcpy(bsums, blk + 260, sizeof(bsums));
+        for (int j = 0; j < 8; j++) {
+            memcpy(x + 256 * i + 32 * j, blk + 4 + 32 * (order != NULL ? order[j] : j), 32);
+            xsum[8 * i + j] = (int16_t)(bsums[2 * j] + bsums[2 * j + 1]);
+        }
+    }
+    return buf;
 }
 
 /* The fastest kernel this CPU runs for rows of n values of `type` (the generic one at least). */

@@ -30,7 +30,7 @@
 #include <string.h>
 
 
-enum { Q4_0_BYTES = 18, Q4_1_BYTES = 20, Q8_0_BYTES = 34, Q8_1_BYTES = 36, Q4_K_BYTES = 144, Q8_K_BYTES = 292 };
+enum { Q4_0_BYTES = 18, Q4_1_BYTES = 20, Q8_0_BYTES = 34, Q8_1_BYTES = 36, Q4_K_BYTES = 144 };
 
 #define ALWAYS_INLINE static inline __attribute__((always_inline))
 
@@ -186,36 +186,10 @@ ALWAYS_INLINE void group_q4_1(const void *const *rows, const int R, const void *
 TS_DEFINE_DOT_ROWS(q4_1, group_q4_1, 32, Q4_1_BYTES)
 
 /* ---- Q8_K activation (Q4_K rows) ------------------------------------------------------------------------
- * prepared: x int8[n] (32-aligned) | d float[n / 256] | xsum int16[n / 32] (each 32-value sub-block's sum) */
-
-typedef struct {
-    const int8_t *x;
-    const float *d;
-    const int16_t *xsum;
-} q8_k_view;
-
-ALWAYS_INLINE q8_k_view view_q8_k(const void *prepared, int64_t n) {
-    const int8_t *x = prepared;
-    const float *d = (const float *)(x + n);
-    return (q8_k_view){x, d, (const int16_t *)(d + n / 256)};
-}
+ * prepared: ts_q8_k_view's layout (gate_up_dot.h), the sub-blocks in order */
 
 static const void *prepare_q8_k(const void *xq, int64_t n, void *buf) {
-    const uint8_t *src = xq;
-    int8_t *x = buf;
-    float *d = (float *)(x + n);
-    int16_t *xsum = (int16_t *)(d + n / 256);
-    for (int64_t i = 0; i < n / 256; i++) {
-        const uint8_t *blk = src + i * Q8_K_BYTES;
-        int16_t bsums[16];
-        memcpy(&d[i], blk, sizeof(float));
-        memcpy(x + 256 * i, blk + 4, 256);
-        memcpy(bsums, blk + 260, sizeof(bsums));
-        for (int j = 0; j < 8; j++) {
-            xsum[8 * i + j] = (int16_t)(bsums[2 * j] + bsums[2 * j + 1]);
-        }
-    }
-    return buf;
+    return ts_prepare_q8_k(xq, n, buf, NULL);
 }
 
 /* The 8 six-bit scales (low 8 bytes) and mins (high 8 bytes) of a Q4_K super-block's 12 packed bytes */
@@ -227,7 +201,7 @@ ALWAYS_INLINE __m128i scales_mins_q4_k(const uint8_t *packed) {
 
 ALWAYS_INLINE void group_q4_k(const void *const *rows, const int R, const void *prepared, int64_t n, float *out,
                               ts_row_prefetcher *pf) {
-    const q8_k_view v = view_q8_k(prepared, n);
+    const ts_q8_k_view v = ts_view_q8_k(prepared, n);
     const __m256i m4 = _mm256_set1_epi8(0x0F);
     __m256 acc[TS_DOT_ROWS];
     __m128 acc_min[TS_DOT_ROWS];

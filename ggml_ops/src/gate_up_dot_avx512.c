@@ -33,7 +33,7 @@
  *         sum over (q - 8) * x.
  * Q4_0 block: {fp16 d, 16 bytes}; Q8_0 block: {fp16 d, 32 int8}.
  */
-enum { Q4_0_BYTES = 18, Q8_0_BYTES = 34, Q4_K_BYTES = 144, Q8_K_BYTES = 292 };
+enum { Q4_0_BYTES = 18, Q8_0_BYTES = 34, Q4_K_BYTES = 144 };
 
 #define ALWAYS_INLINE static inline __attribute__((always_inline))
 
@@ -224,39 +224,13 @@ TS_DEFINE_DOT_ROWS(q8_0, group_q8_0, 32, Q8_0_BYTES)
 
 static const int q8_k_order[8] = {0, 2, 1, 3, 4, 6, 5, 7};
 
-typedef struct {
-    const int8_t *x;
-    const float *d;
-    const int16_t *xsum;
-} q8_k_view;
-
-ALWAYS_INLINE q8_k_view view_q8_k(const void *prepared, int64_t n) {
-    const int8_t *x = prepared;
-    const float *d = (const float *)(x + n);
-    return (q8_k_view){x, d, (const int16_t *)(d + n / 256)};
-}
-
 static const void *prepare_q8_k(const void *xq, int64_t n, void *buf) {
-    const uint8_t *src = xq;
-    int8_t *x = buf;
-    float *d = (float *)(x + n);
-    int16_t *xsum = (int16_t *)(d + n / 256);
-    for (int64_t i = 0; i < n / 256; i++) {
-        const uint8_t *blk = src + i * Q8_K_BYTES; /* Q8_K: float d, 256 int8, int16 sums of 16 values */
-        int16_t bsums[16];
-        memcpy(&d[i], blk, sizeof(float));
-        memcpy(bsums, blk + 260, sizeof(bsums));
-        for (int j = 0; j < 8; j++) {
-            memcpy(x + 256 * i + 32 * j, blk + 4 + 32 * q8_k_order[j], 32);
-            xsum[8 * i + j] = (int16_t)(bsums[2 * j] + bsums[2 * j + 1]);
-        }
-    }
-    return buf;
+    return ts_prepare_q8_k(xq, n, buf, q8_k_order);
 }
 
 ALWAYS_INLINE void group_q4_k(const void *const *rows, const int R, const void *prepared, int64_t n, float *out,
                               ts_row_prefetcher *pf) {
-    const q8_k_view v = view_q8_k(prepared, n);
+    const ts_q8_k_view v = ts_view_q8_k(prepared, n);
     const __m512i m4 = _mm512_set1_epi8(0x0F);
     /* int16 lanes 0-15 and 16-31 of each 64 prepared values h take the scales of sub-blocks q8_k_order[2h, 2h + 1] */
     __m512i pick[4];
