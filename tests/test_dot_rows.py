@@ -81,7 +81,10 @@ def test_matches_numpy(qtype: Q, isa: KernelIsa, n_cols: int, n_rows: int, idx: 
         assert np.all(np.abs(out - reference) <= SAME_ACTIVATION_TOLERANCE * scale)
 
 
-@pytest.mark.parametrize("qtype,isa", [c for c in CASES if c[0] in (Q.Q4_0, Q.Q8_0, Q.Q4_1)], ids=lambda v: v.name.lower())
+ROW_PAIR_CASES = [c for c in CASES if c[0] in (Q.Q4_0, Q.Q8_0, Q.Q4_1)]
+
+
+@pytest.mark.parametrize("qtype,isa", ROW_PAIR_CASES, ids=lambda v: v.name.lower())
 def test_rows_of_an_odd_number_of_block_pairs(qtype: Q, isa: KernelIsa) -> None:
     """6 blocks of 32: the AVX-512 Q4_0 kernel takes two pairs of blocks per step, then the last pair alone."""
     test_matches_numpy(qtype, isa, 192, 7, [6, 2, 0, 3, 5])
