@@ -48,15 +48,13 @@ static ts_axpy_kernel tile_kernel(enum ts_kernel_isa isa, enum ggml_type type) {
     }
 }
 
-static const enum ts_kernel_isa preference[] = {TS_ISA_AVX512_VNNI, TS_ISA_AVX2, TS_ISA_NEON};
+static int has_tile_kernel(enum ts_kernel_isa isa, enum ggml_type type, int64_t n) {
+    (void)n; /* the down kernels take any whole blocks of columns */
+    return tile_kernel(isa, type).tile != NULL;
+}
 
 enum ts_kernel_isa ts_axpy_rows_isa(enum ggml_type type) {
-    for (size_t i = 0; i < sizeof(preference) / sizeof(preference[0]); i++) {
-        if (ts_isa_supported(preference[i]) && tile_kernel(preference[i], type).tile != NULL) {
-            return preference[i];
-        }
-    }
-    return TS_ISA_GENERIC;
+    return ts_isa_best(has_tile_kernel, type, 0);
 }
 
 enum ggml_type ts_axpy_rows_held_type(enum ggml_type type) {

@@ -47,6 +47,16 @@ int ts_isa_supported(enum ts_kernel_isa isa) {
 }
 #endif
 
+enum ts_kernel_isa ts_isa_best(ts_isa_has_kernel has_kernel, enum ggml_type type, int64_t n) {
+    static const enum ts_kernel_isa preference[] = {TS_ISA_AVX512_VNNI, TS_ISA_AVX2, TS_ISA_NEON_DOTPROD, TS_ISA_NEON};
+    for (size_t i = 0; i < sizeof(preference) / sizeof(preference[0]); i++) {
+        if (ts_isa_supported(preference[i]) && has_kernel(preference[i], type, n)) {
+            return preference[i];
+        }
+    }
+    return TS_ISA_GENERIC;
+}
+
 const char *ts_kernel_isa_name(int32_t isa) {
     switch (isa) {
     case TS_ISA_GENERIC: return "generic";

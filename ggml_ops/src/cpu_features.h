@@ -8,9 +8,20 @@
 #ifndef TS_CPU_FEATURES_H
 #define TS_CPU_FEATURES_H
 
+#include "ggml.h"
 #include "turbosparse.h"
 
 /* 1 when this CPU (and its OS) runs code of that instruction set; TS_ISA_GENERIC always. */
 int ts_isa_supported(enum ts_kernel_isa isa);
+
+/* Whether a family of kernels (gate/up, down, prompt) has one of instruction set isa for rows of n values of type. */
+typedef int (*ts_isa_has_kernel)(enum ts_kernel_isa isa, enum ggml_type type, int64_t n);
+
+/*
+ * The one rule every family's kernel is chosen by: the most specialised instruction set this CPU runs for which
+ * has_kernel says yes (AVX-512 VNNI, AVX2, NEON with the dot product extension, NEON: where a CPU runs several, the
+ * later ones are its fallbacks), else TS_ISA_GENERIC.
+ */
+enum ts_kernel_isa ts_isa_best(ts_isa_has_kernel has_kernel, enum ggml_type type, int64_t n);
 
 #endif

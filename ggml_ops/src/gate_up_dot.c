@@ -49,17 +49,14 @@ int ts_dot_kernel_of(enum ts_kernel_isa isa, enum ggml_type type, int64_t n, ts_
     }
 }
 
-/* Most specialised first: where a CPU runs several sets, the later ones are its fallbacks. */
-static const enum ts_kernel_isa preference[] = {TS_ISA_AVX512_VNNI, TS_ISA_AVX2, TS_ISA_NEON_DOTPROD, TS_ISA_NEON};
+static int has_dot_kernel(enum ts_kernel_isa isa, enum ggml_type type, int64_t n) {
+    ts_dot_kernel k;
+    return ts_dot_kernel_of(isa, type, n, &k);
+}
 
 ts_dot_kernel ts_dot_kernel_best(enum ggml_type type, int64_t n) {
     ts_dot_kernel k;
-    for (size_t i = 0; i < sizeof(preference) / sizeof(preference[0]); i++) {
-        if (ts_isa_supported(preference[i]) && ts_dot_kernel_of(preference[i], type, n, &k)) {
-            return k;
-        }
-    }
-    ts_dot_kernel_of(TS_ISA_GENERIC, type, n, &k);
+    ts_dot_kernel_of(ts_isa_best(has_dot_kernel, type, n), type, n, &k);
     return k;
 }
 

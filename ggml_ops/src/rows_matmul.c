@@ -16,15 +16,14 @@ ts_rows_matmul_fn ts_rows_matmul_kernel_of(enum ts_kernel_isa isa, enum ggml_typ
     }
 }
 
-/* The instruction set of the kernel ts_rows_matmul_kernel picks, or -1. */
+static int has_matmul_kernel(enum ts_kernel_isa isa, enum ggml_type type, int64_t n) {
+    return ts_rows_matmul_kernel_of(isa, type, n) != NULL;
+}
+
+/* The instruction set of the kernel ts_rows_matmul_kernel picks, or -1 (no generic prompt kernel). */
 int32_t ts_rows_matmul_isa(enum ggml_type type, int64_t n) {
-    static const enum ts_kernel_isa preference[] = {TS_ISA_AVX512_VNNI, TS_ISA_AVX2};
-    for (size_t i = 0; i < sizeof(preference) / sizeof(preference[0]); i++) {
-        if (ts_isa_supported(preference[i]) && ts_rows_matmul_kernel_of(preference[i], type, n) != NULL) {
-            return (int32_t)preference[i];
-        }
-    }
-    return -1;
+    const enum ts_kernel_isa isa = ts_isa_best(has_matmul_kernel, type, n);
+    return isa == TS_ISA_GENERIC ? -1 : (int32_t)isa;
 }
 
 ts_rows_matmul_fn ts_rows_matmul_kernel(enum ggml_type type, int64_t n) {
