@@ -16,6 +16,7 @@ from turbosparse.binding import (
     isa_supported,
     kernel_isa_used,
     quantize,
+    row_sums_batch,
 )
 
 Q = gguf.GGMLQuantizationType
@@ -182,3 +183,33 @@ def test_mistral_7b_down_matrix(qtype: Q) -> None:
     # down's input costs (~0.5-1 % rms)
     relative_rms = np.sqrt(((out - expected) ** 2).mean() / (expected**2).mean())
     assert relative_rms <= (1.5e-2 if qtype in INTEGER_KERNELS.get(isa, []) else 1e-5)
+
+
+@pytest.mark.parametrize("qtype", [Q.F32, Q.F16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q4_K, Q.Q6_K], ids=lambda q: q.name)
+def test_a_batch_gives_each_token_its_own_values(qtype: Q) -> None:
+    """A batch's down walks the rows in blocks (128-910 rows here) and the columns in 1024-column tiles, and cuts a
+    token's list of neurons between blocks only where every kernel's row group ends: each token gets bit for bit
+    what the one-token kernel gives over its whole list (tokens from all-zero to dense)."""
+    rng = np.random.default_rng(3)
+    n_rows, n_cols, col0, n = 2100, 2560, 256, 2048
+    w, deq = stored(rng.standard_normal((n_rows, n_cols)).astype(np.float32), qtype)
+    act = rng.standard_normal((5, n_rows)).astype(np.float32)
+    act[rng.random(act.shape) < np.array([[0.9], [0.5], [0.97], [1.0], [0.0]])] = 0.0
+    got = row_sums_batch(w, qtype, n_cols, act, col0=col0, n=n)
+    isa = kernel_isa_used(KernelKind.AXPY_ROWS, qtype, n_cols)
+    for t in range(act.shape[0]):
+        idx = np.flatnonzero(act[t]).astype(np.int32)
+        one = np.zeros(n, np.float32)
+        axpy_rows(w, qtype, n_cols, idx, act[t, idx], one, col0=col0)
+        np.testing.assert_array_equal(got[t], one)
+        expected = (act[t, idx, None].astype(np.float64) * deq[idx, col0 : col0 + n]).sum(0)
+        bound = error_bound(w[:, :], deq, qtype, isa, idx, act[t, idx])[col0 : col0 + n]
+        assert np.all(np.abs(got[t] - expected) <= bound)
+
+
+def test_bad_batch_arguments_are_errors() -> None:
+    w, _ = stored(np.ones((4, 64), np.float32), Q.Q8_0)
+    with pytest.raises(ValueError, match=r"act must have shape \(T, 4\)"):
+        row_sums_batch(w, Q.Q8_0, 64, np.ones((2, 5), np.float32))
+    with pytest.raises(ValueError, match="whole 32-blocks"):
+        row_sums_batch(w, Q.Q8_0, 64, np.ones((2, 4), np.float32), col0=16)

@@ -322,6 +322,15 @@ int32_t ts_kernel_axpy_rows(int32_t isa, int32_t type, const void *w, int64_t n_
                             char *err, size_t err_size);
 
 /*
+ * out[t * n + c] = sum_j act[t * n_rows + j] * W[j][col0 + c] over the non-zero activations, c in [0, n), for each
+ * token t < n_tokens: the sparse down node of a batch (a prompt, several sequences), its rows walked in blocks that
+ * stay in cache while every token adds them, with the kernels sparse decoding runs on this CPU; bit for bit
+ * ts_kernel_axpy_rows over each token's non-zero activations. W as for ts_kernel_axpy_rows.
+ */
+int32_t ts_kernel_row_sums_batch(int32_t type, const void *w, int64_t n_rows, int64_t n_cols, const float *act,
+                                 int64_t n_tokens, int64_t col0, int64_t n, float *out, char *err, size_t err_size);
+
+/*
  * out[t * n_rows + i] = W[i] . x_t for every row i and token t < n_tokens (x: n_tokens rows of n_cols floats, each
  * quantized to the type's ggml vec_dot type as the node quantizes it): the prompt kernel for matrices sparse
  * decoding reads by row, that of instruction set `isa`; an error where the CPU lacks the set or the set has no

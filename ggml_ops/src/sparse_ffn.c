@@ -2,6 +2,7 @@
 
 #include "axpy_rows.h"
 #include "gate_up_dot.h"
+#include "row_sums_batch.h"
 #include "ggml-cpu.h"
 
 #include <math.h>
@@ -266,8 +267,8 @@ static int64_t down_split(const struct ggml_tensor *down, int64_t n_embd) {
     return type_blck < 32 && n_embd % 32 == 0 ? 32 : type_blck;
 }
 
-/* src: act [n_ff, T] F32, down_t [n_embd, n_ff], scratch [n_ff * 8 bytes, n_workers] I8,
- * then the act node's counters (absent for a dense activation) */
+/* src: act [n_ff, T] F32, down_t [n_embd, n_ff], scratch [bytes, n_workers] I8 (one token's list of neurons, or a
+ * batch's: row_sums_batch.h), then the act node's counters (absent for a dense activation) */
 static void sparse_down(struct ggml_tensor *dst, int ith, int nth, ts_sparse_layer *layer, enum ts_down_stats stats) {
     const struct ggml_tensor *act = dst->src[0], *down = dst->src[1], *scratch = dst->src[2], *counters = dst->src[3];
     const int64_t n_embd = dst->ne[0], n_tokens = dst->ne[1], n_ff = act->ne[0];
@@ -277,13 +278,17 @@ static void sparse_down(struct ggml_tensor *dst, int ith, int nth, ts_sparse_lay
     if (ith < n_workers) {
         /* this thread's columns: whole quantization blocks, disjoint from every other thread's */
         const int64_t c0 = n_blocks * ith / n_workers * blck, c1 = n_blocks * (ith + 1) / n_workers * blck;
-        int32_t *idx = (int32_t *)row_ptr(scratch, ith);
-        float *coef = (float *)(idx + n_ff);
-        for (int64_t t = 0; t < n_tokens && layer->idle; t++) {
-            memset((float *)row_ptr(dst, t) + c0, 0, (size_t)(c1 - c0) * sizeof(float));
-        }
-        for (int64_t t = 0; t < n_tokens && !layer->idle; t++) {
-            const float *a = (const float *)row_ptr(act, t);
+        if (layer->idle) {
+            for (int64_t t = 0; t < n_tokens; t++) {
+                memset((float *)row_ptr(dst, t) + c0, 0, (size_t)(c1 - c0) * sizeof(float));
+            }
+        } else if (n_tokens > 1) {
+            nonzero = ts_row_sums_batch(down->type, down->data, down->nb[1], n_ff, act->data, act->nb[1], n_tokens,
+                                        c0, c1 - c0, (float *)dst->data + c0, dst->nb[1], row_ptr(scratch, ith));
+        } else {
+            int32_t *idx = (int32_t *)row_ptr(scratch, ith);
+            float *coef = (float *)(idx + n_ff);
+            const float *a = (const float *)act->data;
             int64_t n = 0;
             for (int64_t j = 0; j < n_ff; j++) {
                 if (a[j] != 0.0f) {
@@ -291,12 +296,12 @@ static void sparse_down(struct ggml_tensor *dst, int ith, int nth, ts_sparse_lay
                     coef[n++] = a[j];
                 }
             }
-            float *out = (float *)row_ptr(dst, t) + c0;
+            float *out = (float *)dst->data + c0;
             memset(out, 0, (size_t)(c1 - c0) * sizeof(float));
             if (c1 > c0) {
                 ts_axpy_rows(down->type, down->data, down->nb[1], idx, coef, n, c0, c1 - c0, out);
             }
-            nonzero += (uint64_t)n;
+            nonzero = (uint64_t)n;
         }
     }
     if (ith == 0 && stats == TS_DOWN_COUNTED && !layer->idle) {
@@ -316,8 +321,10 @@ static void sparse_down_counted(struct ggml_tensor *dst, int ith, int nth, void 
 struct ggml_tensor *ts_sparse_down(struct ggml_context *ctx0, ts_sparse_layer *layer, struct ggml_tensor *act,
                                    struct ggml_tensor *counters, struct ggml_tensor *down, int64_t n_embd,
                                    enum ts_down_stats stats, int32_t n_threads) {
-    const int64_t n_ff = act->ne[0];
-    struct ggml_tensor *scratch = ggml_new_tensor_2d(ctx0, GGML_TYPE_I8, n_ff * (int64_t)(sizeof(int32_t) + sizeof(float)), n_threads);
+    const int64_t n_ff = act->ne[0], n_tokens = act->ne[1];
+    const size_t one = (size_t)n_ff * (sizeof(int32_t) + sizeof(float));
+    const size_t batch = n_tokens > 1 ? ts_row_sums_batch_scratch(down->type, n_ff, n_tokens) : 0;
+    struct ggml_tensor *scratch = ggml_new_tensor_2d(ctx0, GGML_TYPE_I8, (int64_t)(batch > one ? batch : one), n_threads);
     struct ggml_tensor *args[4] = {act, down, scratch, counters};
     const int n_args = counters != NULL ? 4 : 3;
     ggml_custom_op_t fun = stats == TS_DOWN_COUNTED ? sparse_down_counted : sparse_down_uncounted;

@@ -790,6 +790,39 @@ def axpy_rows(
         raise ValueError(err.message)
 
 
+def row_sums_batch(
+    w: np.ndarray, ggml_type: int, n_cols: int, act: np.ndarray, col0: int = 0, n: int = 0
+) -> np.ndarray:
+    """[T, n]: for each row t of act ([T, n_rows] float32), sum_j act[t, j] * dequantized(w[j])[col0 : col0 + n]
+    over its non-zero entries, as the sparse down node of a batch computes it (n = 0: every column from col0)."""
+    lib = load()
+    raw = np.ascontiguousarray(w, dtype=np.uint8)
+    a = np.ascontiguousarray(act, dtype=np.float32)
+    n_rows = raw.shape[0] if raw.ndim > 1 else 0
+    if a.ndim != 2 or a.shape[1] != n_rows:
+        raise ValueError(f"act must have shape (T, {n_rows}), not {a.shape}")
+    width = n if n > 0 else n_cols - col0
+    out = np.empty((a.shape[0], max(width, 0)), dtype=np.float32)
+    ffi = lib.ffi
+    err = _ErrorBuffer(lib)
+    rc = lib.lib.ts_kernel_row_sums_batch(
+        int(ggml_type),
+        ffi.from_buffer(raw),
+        n_rows,
+        n_cols,
+        ffi.from_buffer("float[]", a),
+        a.shape[0],
+        col0,
+        width,
+        ffi.from_buffer("float[]", out),
+        err.buf,
+        _ERR_SIZE,
+    )
+    if rc != 0:
+        raise ValueError(err.message)
+    return out
+
+
 def rows_matmul(w: np.ndarray, ggml_type: int, n_cols: int, x: np.ndarray, isa: KernelIsa | None = None) -> np.ndarray:
     """[T, n_rows]: every row of w (uint8 rows of ggml_type blocks) dotted with each of x's T rows (float32, each
     quantized to ggml's vec_dot type of ggml_type), as the prompt kernel of sparse modes computes them, with the

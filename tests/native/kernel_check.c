@@ -7,6 +7,8 @@
  *              quantizing x can move them) and against ggml's own vec_dot (same quantized x: float rounding)
  *   axpy_rows  out + sum coef * row, against double sums over ggml's dequantized rows (integer kernels: plus the
  *              8-bit rounding of coef * d)
+ *   row_sums   a batch's down (row_sums_batch.c) against axpy_rows token by token: bit for bit (err/bound: the
+ *              share of values that differ)
  *
  * Prints one line per (kernel, type, instruction set) with the worst error as a fraction of its bound; exits 1 on
  * any value over its bound or any kernel that is not the one decoding would run.
@@ -35,7 +37,7 @@ typedef struct {
 #define Q(t) GGML_TYPE_##t
 #define NONE GGML_TYPE_COUNT
 static const fast_types FAST_TYPES[] = {
-    {TS_ISA_AVX512_VNNI, {Q(Q4_0), NONE}, {NONE}},
+    {TS_ISA_AVX512_VNNI, {Q(Q4_0), Q(Q8_0), Q(Q4_K), NONE}, {Q(Q4_0), Q(Q4_K), NONE}},
     {TS_ISA_AVX2, {Q(Q4_0), Q(Q8_0), Q(Q4_1), Q(Q4_K), NONE}, {Q(F32), Q(F16), Q(BF16), Q(Q8_0), Q(Q4_0), Q(Q4_1), Q(Q4_K), NONE}},
     {TS_ISA_NEON_DOTPROD, {Q(Q4_0), Q(Q8_0), Q(Q4_1), Q(Q4_K), NONE}, {NONE}},
     {TS_ISA_NEON, {Q(Q4_0), Q(Q8_0), Q(Q4_1), Q(Q4_K), NONE}, {Q(F32), Q(F16), Q(BF16), Q(Q8_0), Q(Q4_0), Q(Q4_1), Q(Q4_K), NONE}},
@@ -193,7 +195,8 @@ static int check_dot(enum ggml_type type, int32_t isa) {
     const int64_t block = ggml_blck_size(type) == 256 ? 256 : 32;
     for (size_t c = 0; c < sizeof(DOT_CASES) / sizeof(DOT_CASES[0]); c++) {
         const dot_case *dc = &DOT_CASES[c];
-        if (dc->n_cols % ggml_blck_size(type) != 0) {
+        /* the AVX-512 kernels take rows of whole 64-value steps (shorter ones run the AVX2 kernel) */
+        if (dc->n_cols % ggml_blck_size(type) != 0 || (isa == TS_ISA_AVX512_VNNI && dc->n_cols % 64 != 0)) {
             continue;
         }
         matrix m = random_matrix(type, dc->n_rows, dc->n_cols);
@@ -302,6 +305,52 @@ static int check_axpy(enum ggml_type type, int32_t isa) {
     return report(&t);
 }
 
+/* ---- a batch's down ------------------------------------------------------------------------------------- */
+
+/* Rows in several blocks and columns in several tiles; tokens from dense to all-zero. */
+static int check_batch(enum ggml_type type, int32_t isa) {
+    tally t = {"row_sums", type, ts_kernel_isa_name(isa), 0, 0.0, 0};
+    enum { N_TOKENS = 4 };
+    static const double zero_share[N_TOKENS] = {0.9, 0.5, 1.0, 0.0};
+    const int64_t n_rows = 2100, n_cols = 2560, col0 = 256, n = 2048;
+    matrix m = random_matrix(type, n_rows, n_cols);
+    float *act = xmalloc(sizeof(float) * (size_t)(N_TOKENS * n_rows)), *got = xmalloc(sizeof(float) * (size_t)(N_TOKENS * n));
+    float *one = xmalloc(sizeof(float) * (size_t)n), *coef = xmalloc(sizeof(float) * (size_t)n_rows);
+    int32_t *idx = xmalloc(sizeof(int32_t) * (size_t)n_rows);
+    for (int64_t i = 0; i < N_TOKENS * n_rows; i++) {
+        act[i] = uniform() < zero_share[i / n_rows] ? 0.0f : normal();
+    }
+    if (ts_kernel_row_sums_batch(type, m.raw, n_rows, n_cols, act, N_TOKENS, col0, n, got, err, sizeof(err))) {
+        fprintf(stderr, "kernel_check: %s\n", err);
+        t.failures++;
+    }
+    for (int64_t tok = 0; tok < N_TOKENS && t.failures == 0; tok++) {
+        int64_t n_idx = 0;
+        for (int64_t j = 0; j < n_rows; j++) {
+            if (act[tok * n_rows + j] != 0.0f) {
+                idx[n_idx] = (int32_t)j;
+                coef[n_idx++] = act[tok * n_rows + j];
+            }
+        }
+        memset(one, 0, sizeof(float) * (size_t)n);
+        if (ts_kernel_axpy_rows(isa, type, m.raw, n_rows, n_cols, idx, coef, n_idx, col0, n, one, err, sizeof(err))) {
+            fprintf(stderr, "kernel_check: %s\n", err);
+            t.failures++;
+            break;
+        }
+        int64_t differ = 0;
+        for (int64_t c = 0; c < n; c++) {
+            differ += memcmp(&got[tok * n + c], &one[c], sizeof(float)) != 0;
+        }
+        t.worst = fmax(t.worst, (double)differ / (double)n);
+        t.failures += differ != 0;
+        t.cases++;
+    }
+    free(act), free(got), free(one), free(coef), free(idx);
+    free_matrix(&m);
+    return report(&t);
+}
+
 /* ---- which kernels decoding runs ------------------------------------------------------------------------- */
 
 /* The most specialised set this CPU runs with a kernel of that kind for `type` (TS_ISA_GENERIC: none). */
@@ -363,6 +412,9 @@ int main(void) {
         }
         for (int i = 0; i < MAX_TYPES && set->axpy[i] != NONE; i++) {
             failures += check_axpy(set->axpy[i], set->isa);
+            if (best_isa(1, set->axpy[i]) == set->isa) { /* a batch runs the kernel decoding runs */
+                failures += check_batch(set->axpy[i], set->isa);
+            }
         }
     }
     printf("\n%s\n", failures ? "FAILED" : "all kernels within their bounds");
