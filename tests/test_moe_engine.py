@@ -88,6 +88,25 @@ def test_quant_types_exact_mode_equals_dense(tmp_path: Path, qtype: Q) -> None:
     assert rel_error(exact_dense_gate, dense) <= 2e-2
 
 
+@pytest.mark.parametrize("qtype", [Q.Q4_0, Q.Q4_1], ids=lambda q: q.name)  # the types with prompt kernels
+def test_prompts_through_the_experts_prompt_kernel_equal_ggml(tmp_path: Path, qtype: Q) -> None:
+    """A prompt's experts: where sparse decoding keeps their gate/up in ggml's plain layout, each chosen expert's rows
+    run against the tokens that chose it through the prompt kernel (rows_matmul.c; ggml's mul_mat_id where no kernel
+    takes the type); loaded without row-read matrices they are ggml's mul_mat_id. The same quantized tokens: float
+    rounding apart the same logits, except where a rounding tips a near-tie of the router or a ReLU (random weights)."""
+    cfg = dataclasses.replace(CFG, n_embd=256, n_ff=512)
+    path, _ = moe_file(tmp_path, qtype, cfg)
+    toks = [int(t) for t in np.random.default_rng(4).integers(0, cfg.n_vocab, 37)]
+    logits = []
+    for sparse_rows in (True, False):
+        model = NativeModel(str(path), sparse_rows=sparse_rows)
+        ctx = NativeContext(model, n_ctx=64, n_threads=3, n_batch=64, sparse_mode=SparseMode.OFF, threshold=None)
+        logits.append(ctx.eval(toks, dense_ffn=True, logits_all=True))
+    per_position = np.array([rel_error(a, b) for a, b in zip(logits[0], logits[1], strict=True)])
+    assert per_position.max() <= 2e-2
+    assert np.mean(per_position <= 1e-5) >= 0.8
+
+
 def load_error(path: Path) -> str:
     with pytest.raises(ModelLoadError) as info:
         NativeModel(str(path))

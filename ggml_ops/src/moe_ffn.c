@@ -1,6 +1,7 @@
 #include "moe_ffn.h"
 
 #include "axpy_rows.h"
+#include "rows_matmul.h"
 #include "ggml-cpu.h"
 #include "ts_error.h"
 
@@ -179,15 +180,26 @@ static struct ggml_tensor *moe_down_t(struct ggml_context *ctx0, struct ggml_ten
                           GGML_N_TASKS_MAX, NULL);
 }
 
-/* The chosen experts through ggml_mul_mat_id, weighted and summed in slot order as llama.cpp does. */
+/* The chosen experts' w . cur [n_ff, k, T]: in the sparse modes the row-read experts keep ggml's plain layout, where
+ * the prompt kernels of rows_matmul.h beat ggml's plain mul_mat_id; otherwise (and types without a kernel) ggml's. */
+static struct ggml_tensor *experts_matmul(const ts_context *ctx, struct ggml_context *ctx0, struct ggml_tensor *w,
+                                          struct ggml_tensor *cur, struct ggml_tensor *ids) {
+    const ts_model *m = ctx->model;
+    struct ggml_tensor *out = m->sparse_rows && m->on_cpu && w->buffer != m->buf_repacked
+                                  ? ts_rows_matmul_id(ctx0, w, cur, ids, ctx->params.n_threads)
+                                  : NULL;
+    return out != NULL ? out : ggml_mul_mat_id(ctx0, w, ggml_reshape_3d(ctx0, cur, cur->ne[0], 1, cur->ne[1]), ids);
+}
+
+/* The chosen experts through ggml_mul_mat_id (or experts_matmul's prompt kernel), weighted and summed in slot order as
+ * llama.cpp does. */
 static struct ggml_tensor *moe_dense(ts_context *ctx, struct ggml_context *ctx0, int il, struct ggml_tensor *cur,
                                      struct ggml_tensor *ids, struct ggml_tensor *weights) {
     const ts_model *m = ctx->model;
     const ts_layer *l = &m->layers[il];
     const int64_t n_embd = m->info.n_embd, k = m->info.n_expert_used, n_tokens = cur->ne[1];
-    struct ggml_tensor *x = ggml_reshape_3d(ctx0, cur, n_embd, 1, n_tokens);
-    struct ggml_tensor *up = ggml_mul_mat_id(ctx0, l->ffn_up_exps, x, ids);     /* [n_ff, k, T] */
-    struct ggml_tensor *gate = ggml_mul_mat_id(ctx0, l->ffn_gate_exps, x, ids); /* [n_ff, k, T] */
+    struct ggml_tensor *up = experts_matmul(ctx, ctx0, l->ffn_up_exps, cur, ids);     /* [n_ff, k, T] */
+    struct ggml_tensor *gate = experts_matmul(ctx, ctx0, l->ffn_gate_exps, cur, ids); /* [n_ff, k, T] */
     struct ggml_tensor *act = ts_gated_activation(ctx0, m->info.ffn_act, gate, up);
     struct ggml_tensor *experts = l->ffn_down_exps != NULL
                                       ? ggml_mul_mat_id(ctx0, l->ffn_down_exps, act, ids)

@@ -7,6 +7,7 @@
 #include "ts_error.h"
 
 #include <stdlib.h>
+#include <string.h>
 
 ts_rows_matmul_fn ts_rows_matmul_kernel_of(enum ts_kernel_isa isa, enum ggml_type type, int64_t n) {
     switch (isa) {
@@ -60,6 +61,69 @@ struct ggml_tensor *ts_rows_matmul(struct ggml_context *ctx0, struct ggml_tensor
 }
 
 /* ---- test entry ----------------------------------------------------------------------------------- */
+
+/* ---- experts: each chosen expert's rows against the tokens that chose it -------------------------------- */
+
+#define ID_CHUNK 256 /* rows per kernel call: the results of a chunk (ID_CHUNK floats per token) wait in scratch */
+
+/* bytes of one thread's scratch: the kernel's, a chunk's results, the gathered tokens' quantized rows, their slots */
+static size_t id_scratch_bytes(size_t xq_row, int64_t n_tokens) {
+    return TS_ROWS_MATMUL_SCRATCH + (size_t)n_tokens * (xq_row + 2 * sizeof(int32_t) + ID_CHUNK * sizeof(float));
+}
+
+/* src: xq [bytes, T] (the tokens quantized for w), w [n, n_rows, n_expert], ids [k, T] I32, scratch [bytes, threads].
+ * dst [n_rows, k, T]: column (s, t) = expert ids[s, t]'s rows . x_t. For each expert, each thread gathers the tokens
+ * that chose it (their quantized rows copied together), runs its rows against them a chunk at a time and copies the
+ * results to their slots; threads split the rows as rows_matmul_op does. */
+static void rows_matmul_id_op(struct ggml_tensor *dst, int ith, int nth, void *userdata) {
+    (void)userdata;
+    const struct ggml_tensor *xq = dst->src[0], *w = dst->src[1], *ids = dst->src[2], *scratch = dst->src[3];
+    GGML_ASSERT(ith < scratch->ne[1]); /* the graph runs on the n_threads the scratch was sized for */
+    const ts_rows_matmul_fn kernel = ts_rows_matmul_kernel(w->type, w->ne[0]);
+    const int64_t n_rows = w->ne[1], n_expert = w->ne[2], k = ids->ne[0], n_tokens = ids->ne[1];
+    const int64_t n_groups = (n_rows + 3) / 4;
+    const int64_t r0 = n_groups * ith / nth * 4, r1 = n_groups * (ith + 1) / nth * 4;
+    const int64_t end = r1 < n_rows ? r1 : n_rows;
+    const size_t xq_row = xq->nb[1];
+    char *kernel_scratch = (char *)scratch->data + ith * scratch->nb[1];
+    float *results = (float *)(kernel_scratch + TS_ROWS_MATMUL_SCRATCH);
+    char *gathered = (char *)(results + n_tokens * ID_CHUNK);
+    int32_t *slot = (int32_t *)(gathered + (size_t)n_tokens * xq_row), *token = slot + n_tokens;
+    for (int64_t e = 0; e < n_expert && end > r0; e++) {
+        int64_t m = 0;
+        for (int64_t t = 0; t < n_tokens; t++) {
+            for (int64_t s = 0; s < k; s++) {
+                if (*(const int32_t *)((const char *)ids->data + s * ids->nb[0] + t * ids->nb[1]) == e) {
+                    memcpy(gathered + (size_t)m * xq_row, (const char *)xq->data + t * xq->nb[1], xq_row);
+                    slot[m] = (int32_t)s;
+                    token[m++] = (int32_t)t;
+                }
+            }
+        }
+        const char *we = (const char *)w->data + e * w->nb[2];
+        for (int64_t c0 = r0; c0 < end && m > 0; c0 += ID_CHUNK) {
+            const int64_t cn = end - c0 < ID_CHUNK ? end - c0 : ID_CHUNK;
+            kernel(we + c0 * w->nb[1], w->nb[1], cn, gathered, xq_row, m, w->ne[0], results, ID_CHUNK, kernel_scratch);
+            for (int64_t i = 0; i < m; i++) {
+                float *out = (float *)((char *)dst->data + slot[i] * dst->nb[1] + token[i] * dst->nb[2]) + c0;
+                memcpy(out, results + i * ID_CHUNK, (size_t)cn * sizeof(float));
+            }
+        }
+    }
+}
+
+struct ggml_tensor *ts_rows_matmul_id(struct ggml_context *ctx0, struct ggml_tensor *w, struct ggml_tensor *x,
+                                      struct ggml_tensor *ids, int32_t n_threads) {
+    if (ts_rows_matmul_kernel(w->type, w->ne[0]) == NULL) {
+        return NULL;
+    }
+    struct ggml_tensor *xq = ts_sparse_quantize(ctx0, x, w);
+    const size_t bytes = id_scratch_bytes(ggml_row_size(xq->type, xq->ne[0]), x->ne[1]);
+    struct ggml_tensor *scratch = ggml_new_tensor_2d(ctx0, GGML_TYPE_I8, (int64_t)bytes, n_threads);
+    struct ggml_tensor *args[4] = {xq, w, ids, scratch};
+    return ggml_custom_4d(ctx0, GGML_TYPE_F32, w->ne[1], ids->ne[0], ids->ne[1], 1, args, 4, rows_matmul_id_op,
+                          GGML_N_TASKS_MAX, NULL);
+}
 
 int32_t ts_kernel_rows_matmul(int32_t isa, int32_t type, const void *w, int64_t n_rows, int64_t n_cols,
                               const float *x, int64_t n_tokens, float *out, char *err, size_t err_size) {
