@@ -88,6 +88,17 @@ def test_quant_types_exact_mode_equals_dense(tmp_path: Path, qtype: Q) -> None:
     assert rel_error(exact_dense_gate, dense) <= 2e-2
 
 
+def test_a_prompt_with_only_transposed_downs_matches_reference(tmp_path: Path) -> None:
+    """A prompt's experts where the file stores only transposed downs: each expert's rows summed once for all the
+    tokens that chose it (row_sums_batch.c), every position against the float64 reference."""
+    path, stored = moe_file(tmp_path, down_layout="transposed")
+    toks = [int(t) for t in np.random.default_rng(6).integers(0, CFG.n_vocab, 29)]
+    ctx = NativeContext(NativeModel(str(path)), n_ctx=64, n_threads=2, n_batch=64, sparse_mode=SparseMode.OFF,
+                        threshold=None, kv_f32=1)  # fmt: skip
+    logits = ctx.eval(toks, dense_ffn=True, logits_all=True)
+    assert rel_error(logits, reference_logits(CFG, stored, toks, use_down_t=True)) <= REL
+
+
 @pytest.mark.parametrize("qtype", [Q.Q4_0, Q.Q4_1], ids=lambda q: q.name)  # the types with prompt kernels
 def test_prompts_through_the_experts_prompt_kernel_equal_ggml(tmp_path: Path, qtype: Q) -> None:
     """A prompt's experts: where sparse decoding keeps their gate/up in ggml's plain layout, each chosen expert's rows

@@ -1,6 +1,7 @@
 #include "moe_ffn.h"
 
 #include "axpy_rows.h"
+#include "row_sums_batch.h"
 #include "rows_matmul.h"
 #include "ggml-cpu.h"
 #include "ts_error.h"
@@ -135,46 +136,67 @@ static int64_t column_block(enum ggml_type type, int64_t n_embd) {
     return blck < 32 && n_embd % 32 == 0 ? 32 : blck;
 }
 
-/* src: act [n_ff, k, T] F32, down_t [n_embd, n_ff, n_expert], ids [k, T], scratch [n_ff * 8 bytes, n_workers] I8.
- * dst [n_embd, k, T]: for each token and slot, the sum of the chosen expert's down_t rows over the non-zero
- * activations. Threads own disjoint column blocks. */
+/* src: act [n_ff, k, T] F32, down_t [n_embd, n_ff, n_expert], ids [k, T], scratch [bytes, n_workers] I8 (one
+ * token's list of neurons, or a batch's: row_sums_batch.h). dst [n_embd, k, T]: for each token and slot, the sum of
+ * the chosen expert's down_t rows over the non-zero activations. Threads own disjoint column blocks; a prompt runs
+ * each expert's down once for the tokens that chose it (their rows read about once). */
 static void moe_down_t_op(struct ggml_tensor *dst, int ith, int nth, void *userdata) {
     (void)userdata;
     const struct ggml_tensor *act = dst->src[0], *down = dst->src[1], *ids = dst->src[2], *scratch = dst->src[3];
     const int64_t n_embd = dst->ne[0], k = dst->ne[1], n_tokens = dst->ne[2], n_ff = act->ne[0];
+    const int64_t n_expert = down->ne[2];
     const int64_t blck = column_block(down->type, n_embd), n_blocks = n_embd / blck;
     const int n_workers = nth < scratch->ne[1] ? nth : (int)scratch->ne[1];
     if (ith >= n_workers) {
         return;
     }
     const int64_t c0 = n_blocks * ith / n_workers * blck, c1 = n_blocks * (ith + 1) / n_workers * blck;
-    int32_t *idx = (int32_t *)((char *)scratch->data + ith * scratch->nb[1]);
-    float *coef = (float *)(idx + n_ff);
-    for (int64_t t = 0; t < n_tokens; t++) {
-        for (int64_t s = 0; s < k; s++) {
-            const float *a = (const float *)row3(act, s, t);
-            int64_t n = 0;
-            for (int64_t j = 0; j < n_ff; j++) {
-                if (a[j] != 0.0f) {
-                    idx[n] = (int32_t)j;
-                    coef[n++] = a[j];
+    void *own = (char *)scratch->data + ith * scratch->nb[1];
+    if (n_tokens > 1) {
+        const ts_row_sums_tokens tokens = ts_row_sums_batch_tokens(own, n_tokens);
+        for (int64_t e = 0; e < n_expert; e++) {
+            int64_t m = 0;
+            for (int64_t t = 0; t < n_tokens; t++) {
+                for (int64_t s = 0; s < k; s++) {
+                    if (chosen_expert(ids, s, t) == e) {
+                        tokens.act[m] = (const float *)row3(act, s, t);
+                        tokens.out[m++] = (float *)row3(dst, s, t) + c0;
+                    }
                 }
             }
-            float *out = (float *)row3(dst, s, t) + c0;
-            memset(out, 0, (size_t)(c1 - c0) * sizeof(float));
-            if (c1 > c0) {
-                const char *w = (const char *)down->data + chosen_expert(ids, s, t) * down->nb[2];
-                ts_axpy_rows(down->type, w, down->nb[1], idx, coef, n, c0, c1 - c0, out);
+            if (m > 0) {
+                ts_row_sums_batch(down->type, (const char *)down->data + e * down->nb[2], down->nb[1], n_ff, m,
+                                  n_tokens, c0, c1 - c0, own);
             }
+        }
+        return;
+    }
+    int32_t *idx = own;
+    float *coef = (float *)(idx + n_ff);
+    for (int64_t s = 0; s < k; s++) {
+        const float *a = (const float *)row3(act, s, 0);
+        int64_t n = 0;
+        for (int64_t j = 0; j < n_ff; j++) {
+            if (a[j] != 0.0f) {
+                idx[n] = (int32_t)j;
+                coef[n++] = a[j];
+            }
+        }
+        float *out = (float *)row3(dst, s, 0) + c0;
+        memset(out, 0, (size_t)(c1 - c0) * sizeof(float));
+        if (c1 > c0) {
+            const char *w = (const char *)down->data + chosen_expert(ids, s, 0) * down->nb[2];
+            ts_axpy_rows(down->type, w, down->nb[1], idx, coef, n, c0, c1 - c0, out);
         }
     }
 }
 
 static struct ggml_tensor *moe_down_t(struct ggml_context *ctx0, struct ggml_tensor *act, struct ggml_tensor *down_t,
                                       struct ggml_tensor *ids, int32_t n_threads) {
-    const int64_t n_ff = act->ne[0];
-    struct ggml_tensor *scratch =
-        ggml_new_tensor_2d(ctx0, GGML_TYPE_I8, n_ff * (int64_t)(sizeof(int32_t) + sizeof(float)), n_threads);
+    const int64_t n_ff = act->ne[0], n_tokens = act->ne[2];
+    const size_t one = (size_t)n_ff * (sizeof(int32_t) + sizeof(float));
+    const size_t batch = n_tokens > 1 ? ts_row_sums_batch_scratch(down_t->type, n_ff, n_tokens) : 0;
+    struct ggml_tensor *scratch = ggml_new_tensor_2d(ctx0, GGML_TYPE_I8, (int64_t)(batch > one ? batch : one), n_threads);
     struct ggml_tensor *args[4] = {act, down_t, ids, scratch};
     return ggml_custom_4d(ctx0, GGML_TYPE_F32, down_t->ne[0], act->ne[1], act->ne[2], 1, args, 4, moe_down_t_op,
                           GGML_N_TASKS_MAX, NULL);

@@ -33,30 +33,37 @@ static int64_t list_capacity(int64_t rb) {
     return rb + TS_ROW_SUMS_CUT - 1;
 }
 
-size_t ts_row_sums_batch_scratch(enum ggml_type type, int64_t n_rows, int64_t n_tokens) {
-    const int64_t cap = list_capacity(block_rows(type, n_rows, n_tokens));
-    return (size_t)n_tokens * (sizeof(int64_t) + sizeof(int64_t) + (size_t)cap * (sizeof(int32_t) + sizeof(float)));
+size_t ts_row_sums_batch_scratch(enum ggml_type type, int64_t n_rows, int64_t max_tokens) {
+    const int64_t cap = list_capacity(block_rows(type, n_rows, max_tokens));
+    const size_t per_token = 2 * sizeof(void *) + 2 * sizeof(int64_t) + (size_t)cap * (sizeof(int32_t) + sizeof(float));
+    return (size_t)max_tokens * per_token;
 }
 
-uint64_t ts_row_sums_batch(enum ggml_type type, const void *w, size_t row_bytes, int64_t n_rows, const float *act,
-                           size_t act_stride, int64_t n_tokens, int64_t col0, int64_t n, float *out, size_t out_stride,
-                           void *scratch) {
-    const int64_t rb = block_rows(type, n_rows, n_tokens), cap = list_capacity(rb);
-    int64_t *next = scratch, *len = next + n_tokens;
-    int32_t *idx = (int32_t *)(len + n_tokens);
-    float *coef = (float *)(idx + n_tokens * cap);
+ts_row_sums_tokens ts_row_sums_batch_tokens(void *scratch, int64_t max_tokens) {
+    const float **act = scratch;
+    return (ts_row_sums_tokens){act, (float **)(act + max_tokens)};
+}
+
+uint64_t ts_row_sums_batch(enum ggml_type type, const void *w, size_t row_bytes, int64_t n_rows, int64_t n_tokens,
+                           int64_t max_tokens, int64_t col0, int64_t n, void *scratch) {
+    /* the scratch's layout is that of max_tokens tokens; the blocks' size too (the results do not depend on it) */
+    const int64_t rb = block_rows(type, n_rows, max_tokens), cap = list_capacity(rb);
+    const ts_row_sums_tokens tokens = ts_row_sums_batch_tokens(scratch, max_tokens);
+    int64_t *next = (int64_t *)(tokens.out + max_tokens), *len = next + max_tokens;
+    int32_t *idx = (int32_t *)(len + max_tokens);
+    float *coef = (float *)(idx + max_tokens * cap);
     const int64_t blck = ggml_blck_size(type);
     const int64_t tile = TILE_COLS > blck ? TILE_COLS / blck * blck : blck;
     uint64_t nonzero = 0;
     for (int64_t t = 0; t < n_tokens; t++) {
         next[t] = 0;
-        memset((char *)out + (size_t)t * out_stride, 0, (size_t)n * sizeof(float));
+        memset(tokens.out[t], 0, (size_t)n * sizeof(float));
     }
     for (int64_t r1 = rb;; r1 += rb) {
         /* each token's non-zero neurons from where its last list ended, up to this block's end, the list then
          * extended to a whole number of cuts */
         for (int64_t t = 0; t < n_tokens; t++) {
-            const float *a = (const float *)((const char *)act + (size_t)t * act_stride);
+            const float *a = tokens.act[t];
             int32_t *ti = idx + t * cap;
             float *tc = coef + t * cap;
             int64_t j = next[t], m = 0;
@@ -74,8 +81,8 @@ uint64_t ts_row_sums_batch(enum ggml_type type, const void *w, size_t row_bytes,
             const int64_t width = n - x0 < tile ? n - x0 : tile;
             for (int64_t t = 0; t < n_tokens; t++) {
                 if (len[t] > 0) {
-                    float *o = (float *)((char *)out + (size_t)t * out_stride) + x0;
-                    ts_axpy_rows(type, w, row_bytes, idx + t * cap, coef + t * cap, len[t], col0 + x0, width, o);
+                    ts_axpy_rows(type, w, row_bytes, idx + t * cap, coef + t * cap, len[t], col0 + x0, width,
+                                 tokens.out[t] + x0);
                 }
             }
         }
@@ -114,8 +121,12 @@ int32_t ts_kernel_row_sums_batch(int32_t type, const void *w, int64_t n_rows, in
         free(scratch);
         return ts_set_error(err, err_size, "row_sums_batch: out of memory");
     }
-    ts_row_sums_batch(t, rows, row_bytes, n_rows, act, (size_t)n_rows * sizeof(float), n_tokens, col0, n, out,
-                      (size_t)n * sizeof(float), scratch);
+    const ts_row_sums_tokens tokens = ts_row_sums_batch_tokens(scratch, n_tokens);
+    for (int64_t i = 0; i < n_tokens; i++) {
+        tokens.act[i] = act + i * n_rows;
+        tokens.out[i] = out + i * n;
+    }
+    ts_row_sums_batch(t, rows, row_bytes, n_rows, n_tokens, n_tokens, col0, n, scratch);
     if (rows != w) {
         free(rows);
     }

@@ -21,16 +21,21 @@
 
 #define TS_ROW_SUMS_CUT 16 /* the largest row group of the down kernels (axpy_rows_*.c: 4, 8 or 16 rows) */
 
-/* Bytes of scratch ts_row_sums_batch needs for n_tokens tokens over n_rows rows of `type`. */
-size_t ts_row_sums_batch_scratch(enum ggml_type type, int64_t n_rows, int64_t n_tokens);
+/* Bytes of scratch for batches of up to max_tokens tokens over n_rows rows of `type`. */
+size_t ts_row_sums_batch_scratch(enum ggml_type type, int64_t n_rows, int64_t max_tokens);
 
-/*
- * act: n_tokens rows of n_rows floats, act_stride bytes apart; out: n_tokens rows of n floats (the columns
- * [col0, col0 + n), whole blocks of `type`), out_stride bytes apart, overwritten. Returns the number of non-zero
- * activations (summed over tokens).
- */
-uint64_t ts_row_sums_batch(enum ggml_type type, const void *w, size_t row_bytes, int64_t n_rows, const float *act,
-                           size_t act_stride, int64_t n_tokens, int64_t col0, int64_t n, float *out, size_t out_stride,
-                           void *scratch);
+/* The batch's tokens, in the scratch: the caller points act[t] at token t's n_rows activations and out[t] at its n
+ * output floats (the columns [col0, col0 + n)). */
+typedef struct {
+    const float **act;
+    float **out;
+} ts_row_sums_tokens;
+
+ts_row_sums_tokens ts_row_sums_batch_tokens(void *scratch, int64_t max_tokens);
+
+/* Overwrites the outputs of tokens [0, n_tokens), n_tokens <= max_tokens (columns [col0, col0 + n): whole blocks of
+ * `type`); returns the number of non-zero activations (summed over tokens). */
+uint64_t ts_row_sums_batch(enum ggml_type type, const void *w, size_t row_bytes, int64_t n_rows, int64_t n_tokens,
+                           int64_t max_tokens, int64_t col0, int64_t n, void *scratch);
 
 #endif

@@ -283,8 +283,14 @@ static void sparse_down(struct ggml_tensor *dst, int ith, int nth, ts_sparse_lay
                 memset((float *)row_ptr(dst, t) + c0, 0, (size_t)(c1 - c0) * sizeof(float));
             }
         } else if (n_tokens > 1) {
-            nonzero = ts_row_sums_batch(down->type, down->data, down->nb[1], n_ff, act->data, act->nb[1], n_tokens,
-                                        c0, c1 - c0, (float *)dst->data + c0, dst->nb[1], row_ptr(scratch, ith));
+            void *batch = row_ptr(scratch, ith);
+            const ts_row_sums_tokens tokens = ts_row_sums_batch_tokens(batch, n_tokens);
+            for (int64_t t = 0; t < n_tokens; t++) {
+                tokens.act[t] = (const float *)row_ptr(act, t);
+                tokens.out[t] = (float *)row_ptr(dst, t) + c0;
+            }
+            nonzero = ts_row_sums_batch(down->type, down->data, down->nb[1], n_ff, n_tokens, n_tokens, c0, c1 - c0,
+                                        batch);
         } else {
             int32_t *idx = (int32_t *)row_ptr(scratch, ith);
             float *coef = (float *)(idx + n_ff);
