@@ -185,13 +185,17 @@ def test_mistral_7b_down_matrix(qtype: Q) -> None:
     assert relative_rms <= (1.5e-2 if qtype in INTEGER_KERNELS.get(isa, []) else 1e-5)
 
 
-@pytest.mark.parametrize("qtype", [Q.F32, Q.F16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q4_K, Q.Q6_K], ids=lambda q: q.name)
-def test_a_batch_gives_each_token_its_own_values(qtype: Q) -> None:
+BATCH_CASES = [(q, 2048) for q in (Q.F32, Q.F16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q4_K, Q.Q6_K)] + [(Q.F32, 2063), (Q.F16, 1041)]
+
+
+@pytest.mark.parametrize("qtype,n", BATCH_CASES, ids=[f"{q.name}-{n}" for q, n in BATCH_CASES])
+def test_a_batch_gives_each_token_its_own_values(qtype: Q, n: int) -> None:
     """A batch's down walks the rows in blocks (128-910 rows here) and the columns in 1024-column tiles, and cuts a
     token's list of neurons between blocks only where every kernel's row group ends: each token gets bit for bit
-    what the one-token kernel gives over its whole list (tokens from all-zero to dense)."""
+    what the one-token kernel gives over its whole list (tokens from all-zero to dense; float rows whose last
+    columns are no whole 32-column unit)."""
     rng = np.random.default_rng(3)
-    n_rows, n_cols, col0, n = 2100, 2560, 256, 2048
+    n_rows, n_cols, col0 = 2100, 2560, 256
     w, deq = stored(rng.standard_normal((n_rows, n_cols)).astype(np.float32), qtype)
     act = rng.standard_normal((5, n_rows)).astype(np.float32)
     act[rng.random(act.shape) < np.array([[0.9], [0.5], [0.97], [1.0], [0.0]])] = 0.0

@@ -104,8 +104,9 @@ def test_prompts_through_the_experts_prompt_kernel_equal_ggml(tmp_path: Path, qt
     """A prompt's experts: where sparse decoding keeps their gate/up in ggml's plain layout, each chosen expert's rows
     run against the tokens that chose it through the prompt kernel (rows_matmul.c; ggml's mul_mat_id where no kernel
     takes the type); loaded without row-read matrices they are ggml's mul_mat_id. The same quantized tokens: float
-    rounding apart the same logits, except where a rounding tips a near-tie of the router or a ReLU (random weights)."""
-    cfg = dataclasses.replace(CFG, n_embd=256, n_ff=512)
+    rounding apart the same logits, except where a rounding tips a near-tie of the router or a ReLU (random weights).
+    Rows of 3 blocks: quantized token rows of an odd number of 2-byte halves (the scratch's parts stay aligned)."""
+    cfg = dataclasses.replace(CFG, n_embd=96, n_ff=512)
     path, _ = moe_file(tmp_path, qtype, cfg)
     toks = [int(t) for t in np.random.default_rng(4).integers(0, cfg.n_vocab, 37)]
     logits = []

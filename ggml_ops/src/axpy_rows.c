@@ -96,11 +96,16 @@ static void axpy_rows_with(ts_axpy_tile_fn fused, enum ggml_type type, const voi
     const size_t bsize = ggml_type_size(type);
     for (int64_t t0 = 0; t0 < n; t0 += TILE) {
         const int64_t len = n - t0 < TILE ? n - t0 : TILE;
-        const size_t offset = (size_t)((col0 + t0) / blck) * bsize;
-        if (fused != NULL && len % 32 == 0) {
-            fused((const char *)w, row_bytes, offset, idx, coef, n_idx, len / 32, out + t0);
-        } else {
-            axpy_tile_generic(type, (const char *)w, row_bytes, offset, idx, coef, n_idx, len, out + t0);
+        /* the fused kernel takes whole 32-column units; a float row's last columns go through the generic loop */
+        const int64_t fused_len = fused != NULL ? len / 32 * 32 : 0;
+        if (fused_len > 0) {
+            const size_t offset = (size_t)((col0 + t0) / blck) * bsize;
+            fused((const char *)w, row_bytes, offset, idx, coef, n_idx, fused_len / 32, out + t0);
+        }
+        if (len > fused_len) {
+            const size_t offset = (size_t)((col0 + t0 + fused_len) / blck) * bsize;
+            axpy_tile_generic(type, (const char *)w, row_bytes, offset, idx, coef, n_idx, len - fused_len,
+                              out + t0 + fused_len);
         }
     }
 }

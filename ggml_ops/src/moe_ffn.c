@@ -159,6 +159,7 @@ static void moe_down_t_op(struct ggml_tensor *dst, int ith, int nth, void *userd
             for (int64_t t = 0; t < n_tokens; t++) {
                 for (int64_t s = 0; s < k; s++) {
                     if (chosen_expert(ids, s, t) == e) {
+                        GGML_ASSERT(m < n_tokens); /* a token chooses an expert at most once */
                         tokens.act[m] = (const float *)row3(act, s, t);
                         tokens.out[m++] = (float *)row3(dst, s, t) + c0;
                     }

@@ -118,6 +118,9 @@ int32_t ts_kernel_row_sums_batch(int32_t type, const void *w, int64_t n_rows, in
         }
     }
     if (rows == NULL || scratch == NULL) {
+        if (rows != w) {
+            free(rows);
+        }
         free(scratch);
         return ts_set_error(err, err_size, "row_sums_batch: out of memory");
     }

@@ -66,9 +66,30 @@ struct ggml_tensor *ts_rows_matmul(struct ggml_context *ctx0, struct ggml_tensor
 
 #define ID_CHUNK 256 /* rows per kernel call: the results of a chunk (ID_CHUNK floats per token) wait in scratch */
 
-/* bytes of one thread's scratch: the kernel's, a chunk's results, the gathered tokens' quantized rows, their slots */
+static size_t round_up_64(size_t bytes) {
+    return (bytes + 63) / 64 * 64;
+}
+
+/* One thread's scratch: the kernel's, a chunk's results, the gathered tokens' quantized rows, their slots and tokens;
+ * each part (and so each thread's row) a multiple of 64 bytes, so that every part starts aligned. */
+typedef struct {
+    float *results;
+    char *gathered;
+    int32_t *slot, *token;
+} id_scratch;
+
 static size_t id_scratch_bytes(size_t xq_row, int64_t n_tokens) {
-    return TS_ROWS_MATMUL_SCRATCH + (size_t)n_tokens * (xq_row + 2 * sizeof(int32_t) + ID_CHUNK * sizeof(float));
+    return TS_ROWS_MATMUL_SCRATCH + (size_t)n_tokens * ID_CHUNK * sizeof(float) +
+           round_up_64((size_t)n_tokens * xq_row) + round_up_64((size_t)n_tokens * 2 * sizeof(int32_t));
+}
+
+static id_scratch id_scratch_parts(char *row, size_t xq_row, int64_t n_tokens) {
+    id_scratch p;
+    p.results = (float *)(row + TS_ROWS_MATMUL_SCRATCH);
+    p.gathered = (char *)(p.results + n_tokens * ID_CHUNK);
+    p.slot = (int32_t *)(p.gathered + round_up_64((size_t)n_tokens * xq_row));
+    p.token = p.slot + n_tokens;
+    return p;
 }
 
 /* src: xq [bytes, T] (the tokens quantized for w), w [n, n_rows, n_expert], ids [k, T] I32, scratch [bytes, threads].
@@ -86,14 +107,16 @@ static void rows_matmul_id_op(struct ggml_tensor *dst, int ith, int nth, void *u
     const int64_t end = r1 < n_rows ? r1 : n_rows;
     const size_t xq_row = xq->nb[1];
     char *kernel_scratch = (char *)scratch->data + ith * scratch->nb[1];
-    float *results = (float *)(kernel_scratch + TS_ROWS_MATMUL_SCRATCH);
-    char *gathered = (char *)(results + n_tokens * ID_CHUNK);
-    int32_t *slot = (int32_t *)(gathered + (size_t)n_tokens * xq_row), *token = slot + n_tokens;
+    const id_scratch part = id_scratch_parts(kernel_scratch, xq_row, n_tokens);
+    float *results = part.results;
+    char *gathered = part.gathered;
+    int32_t *slot = part.slot, *token = part.token;
     for (int64_t e = 0; e < n_expert && end > r0; e++) {
         int64_t m = 0;
         for (int64_t t = 0; t < n_tokens; t++) {
             for (int64_t s = 0; s < k; s++) {
                 if (*(const int32_t *)((const char *)ids->data + s * ids->nb[0] + t * ids->nb[1]) == e) {
+                    GGML_ASSERT(m < n_tokens); /* a token chooses an expert at most once */
                     memcpy(gathered + (size_t)m * xq_row, (const char *)xq->data + t * xq->nb[1], xq_row);
                     slot[m] = (int32_t)s;
                     token[m++] = (int32_t)t;
