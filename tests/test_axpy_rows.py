@@ -151,6 +151,8 @@ def test_bad_arguments_are_errors() -> None:
         axpy_rows(w, Q.Q8_0, 64, np.array([0]), np.ones(1), out[:48])
     with pytest.raises(ValueError, match="no avx512vnni kernel for q8_0"):
         axpy_rows(w, Q.Q8_0, 64, np.array([0]), np.ones(1), out, isa=KernelIsa.AVX512_VNNI)
+    with pytest.raises(ValueError, match="w's rows hold 68 bytes; 96 q8_0 values take 102"):
+        axpy_rows(w, Q.Q8_0, 96, np.array([0]), np.ones(1), np.zeros(96, np.float32))
 
 
 @pytest.mark.parametrize("qtype", [Q.F32, Q.F16, Q.BF16], ids=lambda q: q.name)
@@ -219,3 +221,5 @@ def test_bad_batch_arguments_are_errors() -> None:
         row_sums_batch(w, Q.Q8_0, 64, np.ones((2, 5), np.float32))
     with pytest.raises(ValueError, match="whole 32-blocks"):
         row_sums_batch(w, Q.Q8_0, 64, np.ones((2, 4), np.float32), col0=16)
+    with pytest.raises(ValueError, match="w's rows hold 68 bytes; 96 q8_0 values take 102"):
+        row_sums_batch(w, Q.Q8_0, 96, np.ones((2, 4), np.float32))

@@ -119,3 +119,5 @@ def test_bad_arguments_are_errors() -> None:
         dot_rows(w1, Q.Q4_1, 64, np.array([0]), x, KernelIsa.AVX512_VNNI)
     with pytest.raises(ValueError, match="must have shape"):
         dot_rows(w, Q.Q8_0, 64, np.array([0]), x[:32])
+    with pytest.raises(ValueError, match="w's rows hold 68 bytes; 96 q8_0 values take 102"):
+        dot_rows(w, Q.Q8_0, 96, np.array([0]), np.ones(96, np.float32))

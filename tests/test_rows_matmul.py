@@ -89,6 +89,12 @@ def test_types_without_a_kernel_are_refused() -> None:
                 rows_matmul(w, qtype, 256, np.ones((1, 256), dtype=np.float32), isa)
 
 
+def test_rows_of_another_length_are_refused() -> None:
+    w, _ = stored(np.ones((2, 256), dtype=np.float32), Q.Q4_0)
+    with pytest.raises(ValueError, match="w's rows hold 144 bytes; 512 q4_0 values take 288"):
+        rows_matmul(w, Q.Q4_0, 512, np.ones((1, 512), dtype=np.float32))
+
+
 @pytest.mark.parametrize("qtype", [Q.Q4_0, Q.Q4_1, Q.Q8_0], ids=lambda q: q.name)
 def test_prompts_run_the_most_specialised_kernel(qtype: Q) -> None:
     chosen = kernel_isa_used_or_none(qtype, 4096)

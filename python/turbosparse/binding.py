@@ -708,13 +708,28 @@ def down_rows_type(ggml_type: int) -> int:
     return int(held)
 
 
-def _matrix_rows(w: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
-    """(w as contiguous bytes, its row count, idx as contiguous int32)."""
+def _matrix_bytes(w: np.ndarray, ggml_type: int, n_cols: int) -> tuple[np.ndarray, int]:
+    """(w as contiguous bytes, its row count), its rows checked to hold n_cols values of ggml_type (the kernels read
+    whole rows: a shorter one would be read past its end). A row length that is no whole number of blocks is left
+    to the library, which names it."""
     raw = np.ascontiguousarray(w, dtype=np.uint8)
+    if raw.ndim != 2:
+        raise ValueError(f"w must be a 2-D array of row bytes, not of shape {raw.shape}")
+    info = type_info(ggml_type)
+    if n_cols % info.block_size == 0 and raw.shape[1] != info.row_bytes(n_cols):
+        raise ValueError(
+            f"w's rows hold {raw.shape[1]} bytes; {n_cols} {info.name} values take {info.row_bytes(n_cols)}"
+        )
+    return raw, raw.shape[0]
+
+
+def _matrix_rows(w: np.ndarray, ggml_type: int, n_cols: int, idx: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
+    """(w as contiguous checked bytes, its row count, idx as contiguous int32)."""
+    raw, n_rows = _matrix_bytes(w, ggml_type, n_cols)
     rows = np.ascontiguousarray(idx, dtype=np.int32)
     if rows.ndim != 1:
         raise ValueError("idx must be a 1-D array")
-    return raw, raw.shape[0] if raw.ndim > 1 else 0, rows
+    return raw, n_rows, rows
 
 
 def dot_rows(
@@ -723,7 +738,7 @@ def dot_rows(
     """[w[i] . x for i in idx] as the sparse gate/up node computes it (x quantized to ggml's vec_dot type of
     ggml_type), with the kernel of `isa` (GENERIC: ggml's vec_dot)."""
     lib = load()
-    raw, n_rows, rows = _matrix_rows(w, idx)
+    raw, n_rows, rows = _matrix_rows(w, ggml_type, n_cols, idx)
     act = np.ascontiguousarray(x, dtype=np.float32)
     if act.shape != (n_cols,):
         raise ValueError(f"x must have shape ({n_cols},), not {act.shape}")
@@ -761,7 +776,7 @@ def axpy_rows(
     """out += sum_i coef[i] * dequantized(w[idx[i]])[col0 : col0 + len(out)]  (the sparse down kernel), with the
     kernel of `isa` (None: the one sparse decoding uses on this CPU; GENERIC: ggml's dequantizer)."""
     lib = load()
-    raw, n_rows, rows = _matrix_rows(w, idx)
+    raw, n_rows, rows = _matrix_rows(w, ggml_type, n_cols, idx)
     scale = np.ascontiguousarray(coef, dtype=np.float32)
     if rows.shape != scale.shape:
         raise ValueError("idx and coef must be 1-D arrays of the same length")
@@ -796,9 +811,8 @@ def row_sums_batch(
     """[T, n]: for each row t of act ([T, n_rows] float32), sum_j act[t, j] * dequantized(w[j])[col0 : col0 + n]
     over its non-zero entries, as the sparse down node of a batch computes it (n = 0: every column from col0)."""
     lib = load()
-    raw = np.ascontiguousarray(w, dtype=np.uint8)
+    raw, n_rows = _matrix_bytes(w, ggml_type, n_cols)
     a = np.ascontiguousarray(act, dtype=np.float32)
-    n_rows = raw.shape[0] if raw.ndim > 1 else 0
     if a.ndim != 2 or a.shape[1] != n_rows:
         raise ValueError(f"act must have shape (T, {n_rows}), not {a.shape}")
     width = n if n > 0 else n_cols - col0
@@ -830,11 +844,10 @@ def rows_matmul(w: np.ndarray, ggml_type: int, n_cols: int, x: np.ndarray, isa: 
     if isa is None:
         isa = kernel_isa_used(KernelKind.ROWS_MATMUL, ggml_type, n_cols)
     lib = load()
-    raw = np.ascontiguousarray(w, dtype=np.uint8)
+    raw, n_rows = _matrix_bytes(w, ggml_type, n_cols)
     act = np.ascontiguousarray(x, dtype=np.float32)
     if act.ndim != 2 or act.shape[1] != n_cols:
         raise ValueError(f"x must have shape (T, {n_cols}), not {act.shape}")
-    n_rows = raw.shape[0] if raw.ndim > 1 else 0
     out = np.empty((act.shape[0], n_rows), dtype=np.float32)
     ffi = lib.ffi
     err = _ErrorBuffer(lib)
