@@ -86,8 +86,9 @@ typedef struct {
     int paired;
 } act_dots;
 
-/* g[k] (predictor mode) and u[k] for the neurons list[0, n) */
+/* g[k] (predictor mode) and u[k] for the neurons list[0, n), n >= 1 */
 static void dot_list(const act_dots *d, const int32_t *list, int n, float *g, float *u) {
+    GGML_ASSERT(n >= 1 && n <= ACT_LIST);
     const void *rows[2 * ACT_LIST];
     float dots[2 * ACT_LIST];
     if (d->paired) {
@@ -121,6 +122,48 @@ static void prepare_token(act_dots *d, const struct ggml_tensor *xq_gate, const 
     d->pg = d->gate == NULL || d->paired ? d->pu : d->kg.prepare(row_ptr(xq_gate, t), d->gate->ne[0], prepared_gate);
 }
 
+/* Neuron jj's activation from its gate and up dots (g, u; sel_j its select value) into a, and its counts. */
+static void finish_neuron(const ts_sparse_layer *layer, int64_t jj, int chosen, float sel_j, float g, float u, float *a,
+                          int recall, int32_t *count) {
+    /* exact mode: select is the dense gate with its bias */
+    const float gk = layer->select_exact ? sel_j : layer->gate_bias != NULL ? g + layer->gate_bias[jj] : g;
+    const float ag = gate_act(layer->ffn_act, gk);
+    const float uk = layer->up_bias != NULL ? u + layer->up_bias[jj] : u;
+    const float v = combine(layer->ffn_act, ag, uk);
+    a[jj] = chosen ? kept_activation(layer, jj, v) : 0.0f;
+    count[TS_COUNT_COMPUTED] += chosen;
+    count[TS_COUNT_NONZERO] += a[jj] != 0.0f;
+    count[TS_COUNT_TRUE_ACTIVE] += recall && v != 0.0f;
+    count[TS_COUNT_TRUE_FOUND] += recall && v != 0.0f && chosen;
+}
+
+/* One token (decoding): each neuron's selection evaluated once, the list gathered without branches (a branch per
+ * neuron on a random 10 % mispredicts often; this loop runs over every neuron of the layer). */
+static void act_one_token(const ts_sparse_layer *layer, const act_dots *d, const float *sel, float *a, int64_t j0,
+                          int64_t j1, int recall, int32_t *count) {
+    memset(a + j0, 0, (size_t)(j1 - j0) * sizeof(float));
+    for (int64_t j = j0; j < j1;) {
+        int32_t list[ACT_LIST];
+        unsigned char chosen[ACT_LIST];
+        int n = 0;
+        for (; j < j1 && n < ACT_LIST; j++) {
+            const int c = selected(layer, j, sel[j]);
+            list[n] = (int32_t)j;
+            chosen[n] = (unsigned char)c;
+            count[TS_COUNT_UNION] += c;
+            n += c | recall;
+        }
+        if (n == 0) {
+            continue;
+        }
+        float g[ACT_LIST], u[ACT_LIST];
+        dot_list(d, list, n, g, u);
+        for (int k = 0; k < n; k++) {
+            finish_neuron(layer, list[k], chosen[k], sel[list[k]], g[k], u[k], a, recall, count);
+        }
+    }
+}
+
 /*
  * src: select [n_ff, T] F32, xq_up, up, counters, then (predictor mode) xq_gate, gate.
  * Neuron-major: the rows of a neuron that any token of the batch selects are read once, then dotted with
@@ -142,10 +185,13 @@ static void sparse_act_op(struct ggml_tensor *dst, int ith, int nth, void *userd
     d.kg = exact ? d.ku : ts_dot_kernel_best(gate->type, gate->ne[0]);
     d.paired = !exact && gate->type == up->type && xq_gate == xq_up;
     _Alignas(64) unsigned char prepared_up[TS_DOT_PREPARED_MAX], prepared_gate[TS_DOT_PREPARED_MAX];
+    int32_t count[TS_N_ACT_COUNTERS] = {0};
     if (n_tokens == 1) {
         prepare_token(&d, xq_gate, xq_up, 0, prepared_gate, prepared_up);
+        act_one_token(layer, &d, (const float *)select->data, (float *)dst->data, j0, j1, recall, count);
+        memcpy(row_ptr(counters, ith), count, sizeof(count));
+        return;
     }
-    int32_t count[TS_N_ACT_COUNTERS] = {0};
     for (int64_t j = j0; j < j1;) {
         /* gather the next neurons that any token selects (all of them when measuring recall) */
         int32_t list[ACT_LIST];
@@ -166,36 +212,22 @@ static void sparse_act_op(struct ggml_tensor *dst, int ith, int nth, void *userd
             const float *sel = (const float *)row_ptr(select, t);
             float *a = (float *)row_ptr(dst, t);
             int32_t mine[ACT_LIST];
+            unsigned char chosen[ACT_LIST];
             int m = 0;
             for (int k = 0; k < n; k++) {
-                if (recall || selected(layer, list[k], sel[list[k]])) {
-                    mine[m++] = list[k];
-                }
+                const int c = selected(layer, list[k], sel[list[k]]);
+                mine[m] = list[k];
+                chosen[m] = (unsigned char)c;
+                m += c | recall;
             }
             if (m == 0) {
                 continue;
             }
-            if (n_tokens > 1) {
-                prepare_token(&d, xq_gate, xq_up, t, prepared_gate, prepared_up);
-            }
+            prepare_token(&d, xq_gate, xq_up, t, prepared_gate, prepared_up);
             float g[ACT_LIST], u[ACT_LIST];
             dot_list(&d, mine, m, g, u);
             for (int k = 0; k < m; k++) {
-                const int64_t jj = mine[k];
-                const int chosen = selected(layer, jj, sel[jj]);
-                float uk = u[k];
-                /* exact mode: select is the dense gate with its bias */
-                const float gk = exact ? sel[jj] : layer->gate_bias != NULL ? g[k] + layer->gate_bias[jj] : g[k];
-                const float ag = gate_act(layer->ffn_act, gk);
-                if (layer->up_bias != NULL) {
-                    uk += layer->up_bias[jj];
-                }
-                const float v = combine(layer->ffn_act, ag, uk);
-                a[jj] = chosen ? kept_activation(layer, jj, v) : 0.0f;
-                count[TS_COUNT_COMPUTED] += chosen;
-                count[TS_COUNT_NONZERO] += a[jj] != 0.0f;
-                count[TS_COUNT_TRUE_ACTIVE] += recall && v != 0.0f;
-                count[TS_COUNT_TRUE_FOUND] += recall && v != 0.0f && chosen;
+                finish_neuron(layer, mine[k], chosen[k], sel[mine[k]], g[k], u[k], a, recall, count);
             }
         }
     }
@@ -296,11 +328,10 @@ static void sparse_down(struct ggml_tensor *dst, int ith, int nth, ts_sparse_lay
             float *coef = (float *)(idx + n_ff);
             const float *a = (const float *)act->data;
             int64_t n = 0;
-            for (int64_t j = 0; j < n_ff; j++) {
-                if (a[j] != 0.0f) {
-                    idx[n] = (int32_t)j;
-                    coef[n++] = a[j];
-                }
+            for (int64_t j = 0; j < n_ff; j++) { /* without a branch: the non-zeros are few and scattered */
+                idx[n] = (int32_t)j;
+                coef[n] = a[j];
+                n += a[j] != 0.0f;
             }
             float *out = (float *)dst->data + c0;
             memset(out, 0, (size_t)(c1 - c0) * sizeof(float));
