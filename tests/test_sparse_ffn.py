@@ -127,14 +127,19 @@ def test_predictor_mode_matches_masked_reference(
     assert_close(ctx.eval(toks, dense_ffn=False, logits_all=True), ref)
 
 
-def test_stats_count_what_the_reference_counts(tmp_path: Path) -> None:
+@pytest.mark.parametrize("one_at_a_time", [False, True], ids=["batch", "token-by-token"])
+def test_stats_count_what_the_reference_counts(tmp_path: Path, one_at_a_time: bool) -> None:
     cfg = TinyConfig(act="drelu")
     path, stored = make(tmp_path, cfg, rank=16)
     toks = tokens(cfg, 20)
     _, traces = reference_forward(cfg, stored, toks, predictor_threshold=0.2, use_down_t=True)
     ctx = context(path, SparseMode.PREDICTOR, threshold=0.2)
     ctx.set_measure_recall(True)
-    ctx.eval(toks, dense_ffn=False, logits_all=True)  # all rows: the last layer runs the FFN for every token
+    if one_at_a_time:  # decoding's path: one token per evaluation
+        for t in toks:
+            ctx.eval([t], dense_ffn=False, logits_all=False)
+    else:
+        ctx.eval(toks, dense_ffn=False, logits_all=True)  # all rows: the last layer runs the FFN for every token
     stats = ctx.layer_stats()
     assert [s.n_tokens for s in stats] == [len(toks)] * cfg.n_layer
     assert [s.n_computed for s in stats] == [int(t.kept.sum()) for t in traces]
