@@ -144,24 +144,6 @@ typedef struct {
     float min_sum;
 } unit_coefs;
 
-/*
- * Q4_0 {d, 16 bytes}, Q4_1 {d, m, 16 bytes}: S * sum_r k_r * (nibble_r - offset) (+ sum_r coef_r * m_r). The pairs
- * interleave two rows' bytes, so one mask and one shift give both rows' low nibbles (outputs 0-15) and high
- * nibbles (16-31).
- */
-static inline void int_unit_nibbles(const uint8_t *const *r, size_t at, const unit_coefs *c, int offset, float *o) {
-    const __m256i m4 = _mm256_set1_epi8(0x0F);
-    __m256i lo = _mm256_setzero_si256(), hi = _mm256_setzero_si256();
-    for (int p = 0; p < SPLIT_ROWS / 2; p++) {
-        const __m128i qa = _mm_loadu_si128((const __m128i *)(r[2 * p] + at));
-        const __m128i qb = _mm_loadu_si128((const __m128i *)(r[2 * p + 1] + at));
-        const __m256i x = _mm256_set_m128i(_mm_unpackhi_epi8(qa, qb), _mm_unpacklo_epi8(qa, qb));
-        lo = _mm256_add_epi16(lo, _mm256_maddubs_epi16(_mm256_and_si256(x, m4), c->q.pair[p]));
-        hi = _mm256_add_epi16(hi, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(x, 4), m4), c->q.pair[p]));
-    }
-    add_sums(o, lo, hi, offset * c->q.sum_k, c->q.scale, _mm256_set1_ps(c->min_sum));
-}
-
 /* k_a * qa + k_b * qb per byte pair of x (signed codes: maddubs wants the unsigned operand, so |x| and k with x's sign) */
 static inline __m256i signed_pairs(__m256i x, __m256i k) {
     return _mm256_maddubs_epi16(_mm256_abs_epi8(x), _mm256_sign_epi8(k, x));
@@ -225,17 +207,48 @@ static void add_group_q8_0(const uint8_t *const *r, const float *a, int64_t n_un
 
 /*
  * Q4_0 and Q4_1 read rows in the split layout (axpy_rows.h): 8 units' coefficients are quantized at once
- * (axpy_split_coefs.h), then each unit adds its codes.
+ * (axpy_split_coefs.h), then the units add their codes two at a time: in the split layout a row's quants of
+ * consecutive units are adjacent, so one 32-byte load per row holds both units' and the byte interleaves keep unit j
+ * in the low 128-bit lane and unit j + 1 in the high one - no lane-crossing step per row pair (as the AVX-512 kernel
+ * takes four units). Per unit: S * sum_r k_r * (nibble_r - offset) (+ sum_r coef_r * m_r); byte b of a unit holds
+ * value b in its low nibble and value b + 16 in its high one.
  */
-
-/* unit j's coefficients as the unit kernels take them */
-static inline void unit_of(const split_coefs *q, int j, unit_coefs *c) {
+static inline void split_units(const uint8_t *const *r, size_t at, const split_coefs *q, int j, int two, int offset,
+                               int has_min, float *o) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    const int j1 = two ? j + 1 : j;
+    const __m256i lanes = _mm256_setr_epi32(j, j, j, j, j1, j1, j1, j1);
+    /* sum[i]: values 8i .. 8i + 7 of unit j (low lane) and of unit j + 1 (high lane) */
+    __m256i sum[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256()};
     for (int p = 0; p < SPLIT_ROWS / 2; p++) {
-        c->q.pair[p] = _mm256_set1_epi32(q->pair[p][j]);
+        const __m256i k = _mm256_permutevar8x32_epi32(_mm256_loadu_si256((const __m256i *)q->pair[p]), lanes);
+        const uint8_t *ra = r[2 * p] + at, *rb = r[2 * p + 1] + at;
+        const __m256i qa = two ? _mm256_loadu_si256((const __m256i *)ra)
+                               : _mm256_zextsi128_si256(_mm_loadu_si128((const __m128i *)ra));
+        const __m256i qb = two ? _mm256_loadu_si256((const __m256i *)rb)
+                               : _mm256_zextsi128_si256(_mm_loadu_si128((const __m128i *)rb));
+        const __m256i lo = _mm256_unpacklo_epi8(qa, qb), hi = _mm256_unpackhi_epi8(qa, qb);
+        sum[0] = _mm256_add_epi16(sum[0], _mm256_maddubs_epi16(_mm256_and_si256(lo, m4), k));
+        sum[1] = _mm256_add_epi16(sum[1], _mm256_maddubs_epi16(_mm256_and_si256(hi, m4), k));
+        sum[2] = _mm256_add_epi16(sum[2], _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(lo, 4), m4), k));
+        sum[3] = _mm256_add_epi16(sum[3], _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(hi, 4), m4), k));
     }
-    c->q.scale = _mm256_set1_ps(q->scale[j]);
-    c->q.sum_k = q->sum_k[j];
-    c->min_sum = q->min_sum[j];
+    /* the offset taken off in int16: |sum| <= 8 * 15 * 127 and |offset * sum_k| <= 8 * 8 * 127, so the difference fits */
+    const __m256i off = _mm256_set_m128i(_mm_set1_epi16((int16_t)(offset * q->sum_k[j1])),
+                                         _mm_set1_epi16((int16_t)(offset * q->sum_k[j])));
+    const __m256 s0 = _mm256_set1_ps(q->scale[j]), s1 = _mm256_set1_ps(q->scale[j1]);
+    const __m256 m0 = _mm256_set1_ps(q->min_sum[j]), m1 = _mm256_set1_ps(q->min_sum[j1]);
+    for (int i = 0; i < 4; i++) {
+        const __m256i v = _mm256_sub_epi16(sum[i], off);
+        __m256 x = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(v)));
+        x = _mm256_fmadd_ps(x, s0, _mm256_loadu_ps(o + 8 * i));
+        _mm256_storeu_ps(o + 8 * i, has_min ? _mm256_add_ps(x, m0) : x);
+        if (two) {
+            x = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_extracti128_si256(v, 1)));
+            x = _mm256_fmadd_ps(x, s1, _mm256_loadu_ps(o + 32 + 8 * i));
+            _mm256_storeu_ps(o + 32 + 8 * i, has_min ? _mm256_add_ps(x, m1) : x);
+        }
+    }
 }
 
 /* Units [u0, u0 + n_units) of SPLIT_ROWS split rows of a 4-bit 32-value block type (16 bytes of quants) with
@@ -248,20 +261,13 @@ static inline void add_split(const uint8_t *const *r, const float *a, int64_t u0
         ts_prefetch_upto(hpf, (size_t)(u + n) * 2);
         split_coefs q;
         split_quantize(r, a, (size_t)(u0 + u) * 2, n_heads == 2 ? (size_t)(row_units + u0 + u) * 2 : 0, n, &q);
-        for (int j = 0; j < n; j++) {
-            ts_prefetch_upto(qpf, (size_t)(u + j + 1) * 16); /* a line at a time: bursts overrun */
-            float *ou = o + 32 * (u + j);
-            if (q.scale[j] == 0.0f) { /* no codes to add: only the mins, if any */
-                if (n_heads == 2) {
-                    for (int k = 0; k < 32; k++) {
-                        ou[k] += q.min_sum[j];
-                    }
-                }
-                continue;
+        for (int j = 0; j < n; j += 2) {
+            ts_prefetch_upto(qpf, (size_t)(u + j + 2) * 16); /* a line at a time: bursts overrun */
+            const int two = j + 1 < n;
+            if (n_heads == 1 && q.scale[j] == 0.0f && (!two || q.scale[j + 1] == 0.0f)) {
+                continue; /* every k is 0 and there are no mins: nothing to add */
             }
-            unit_coefs c;
-            unit_of(&q, j, &c);
-            int_unit_nibbles(r, quants + (size_t)(u0 + u + j) * 16, &c, offset, ou);
+            split_units(r, quants + (size_t)(u0 + u + j) * 16, &q, j, two, offset, n_heads == 2, o + 32 * (u + j));
         }
     }
 }
