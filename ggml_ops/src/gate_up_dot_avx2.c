@@ -64,10 +64,12 @@ static int32_t sum_i8x32(const int8_t *x) {
     return _mm_cvtsi128_si32(s);
 }
 
-/* The 32 nibbles of a Q4 block's 16 bytes as unsigned bytes in value order (low nibbles, then high nibbles). */
+/* The 32 nibbles of a Q4 block's 16 bytes as unsigned bytes in value order (low nibbles, then high nibbles): the
+ * bytes broadcast to both 128-bit lanes by the load itself and the high lane shifted, no shuffle-port insert (on a
+ * Zen 3 the Q4_0 kernel ran 1.19x from L3 and 1.01-1.16x from DRAM against building the register from two halves). */
 ALWAYS_INLINE __m256i nibbles(const uint8_t *qs) {
-    const __m128i q = _mm_loadu_si128((const __m128i *)qs);
-    return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(q, 4), q), _mm256_set1_epi8(0x0F));
+    const __m256i q = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)qs));
+    return _mm256_and_si256(_mm256_srlv_epi64(q, _mm256_setr_epi64x(0, 0, 4, 4)), _mm256_set1_epi8(0x0F));
 }
 
 /* int32 lanes whose sum is sum_k u[k] * s[k] (u unsigned, s signed bytes; no int16 saturation for u <= 15 or |s| <= 127
