@@ -82,7 +82,6 @@ static inline void unit_f32(const uint8_t *row, int64_t u, float a, __m256 acc[4
 typedef struct {
     __m256i pair[INT_ROWS / 2]; /* k of rows 2p and 2p + 1 as a byte pair, repeated over the register */
     __m256 scale;               /* S in every lane */
-    int32_t sum_k;              /* sum of the k */
 } int_coefs;
 
 /* max |v| in every lane */
@@ -112,11 +111,6 @@ static inline int quantize_coefs(__m256 c0, __m256 c1, int_coefs *q) {
     }
     const __m256 inv = _mm256_div_ps(_mm256_set1_ps(127.0f), amax);
     const __m256i k0 = _mm256_cvtps_epi32(_mm256_mul_ps(c0, inv)), k1 = _mm256_cvtps_epi32(_mm256_mul_ps(c1, inv));
-    __m256i sum = _mm256_add_epi32(k0, k1);
-    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
-    q->sum_k = _mm_cvtsi128_si32(s);
     q->scale = _mm256_mul_ps(amax, _mm256_set1_ps(1.0f / 127.0f));
     pair_words(k0, q->pair);
     pair_words(k1, q->pair + 4);
@@ -128,21 +122,13 @@ static inline void add_scaled(float *o, __m256i v, __m256 s, __m256 m) {
     _mm256_storeu_ps(o, _mm256_add_ps(_mm256_fmadd_ps(_mm256_cvtepi32_ps(v), s, _mm256_loadu_ps(o)), m));
 }
 
-/* Widens the int16 sums of outputs lo {0-15} and hi {16-31}, minus `offset`, and adds them scaled (+ m). */
-static inline void add_sums(float *o, __m256i lo, __m256i hi, int32_t offset, __m256 s, __m256 m) {
-    const __m256i off = _mm256_set1_epi32(offset);
-    add_scaled(o, _mm256_sub_epi32(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(lo)), off), s, m);
-    add_scaled(o + 8, _mm256_sub_epi32(_mm256_cvtepi16_epi32(_mm256_extracti128_si256(lo, 1)), off), s, m);
-    add_scaled(o + 16, _mm256_sub_epi32(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(hi)), off), s, m);
-    add_scaled(o + 24, _mm256_sub_epi32(_mm256_cvtepi16_epi32(_mm256_extracti128_si256(hi, 1)), off), s, m);
+/* Widens the int16 sums of outputs lo {0-15} and hi {16-31} and adds them scaled (+ m). */
+static inline void add_sums(float *o, __m256i lo, __m256i hi, __m256 s, __m256 m) {
+    add_scaled(o, _mm256_cvtepi16_epi32(_mm256_castsi256_si128(lo)), s, m);
+    add_scaled(o + 8, _mm256_cvtepi16_epi32(_mm256_extracti128_si256(lo, 1)), s, m);
+    add_scaled(o + 16, _mm256_cvtepi16_epi32(_mm256_castsi256_si128(hi)), s, m);
+    add_scaled(o + 24, _mm256_cvtepi16_epi32(_mm256_extracti128_si256(hi, 1)), s, m);
 }
-
-/* One unit of INT_ROWS rows of a 32-value block type: the rows' coefficients and (types with a min) the sum of
- * coef_r * m_r; returns 0 when no codes need adding. */
-typedef struct {
-    int_coefs q;
-    float min_sum;
-} unit_coefs;
 
 /* k_a * qa + k_b * qb per byte pair of x (signed codes: maddubs wants the unsigned operand, so |x| and k with x's sign) */
 static inline __m256i signed_pairs(__m256i x, __m256i k) {
@@ -154,7 +140,7 @@ static inline __m256i signed_pairs(__m256i x, __m256i k) {
  * into int32 with madd. unpack works within 128-bit lanes, so the accumulators hold outputs
  * acc[0] {0-3 | 16-19}, acc[1] {4-7 | 20-23}, acc[2] {8-11 | 24-27}, acc[3] {12-15 | 28-31}.
  */
-static inline void int_unit_q8_0(const uint8_t *const *r, size_t at, const unit_coefs *c, float *o) {
+static inline void int_unit_q8_0(const uint8_t *const *r, size_t at, const int_coefs *q, float *o) {
     const __m256i one = _mm256_set1_epi16(1);
     __m256i acc[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256()};
     for (int p = 0; p < INT_ROWS / 2; p += 2) {
@@ -162,8 +148,8 @@ static inline void int_unit_q8_0(const uint8_t *const *r, size_t at, const unit_
         for (int h = 0; h < 2; h++) {
             const __m256i qa = _mm256_loadu_si256((const __m256i *)(r[2 * (p + h)] + at));
             const __m256i qb = _mm256_loadu_si256((const __m256i *)(r[2 * (p + h) + 1] + at));
-            lo[h] = signed_pairs(_mm256_unpacklo_epi8(qa, qb), c->q.pair[p + h]); /* outputs 0-7 | 16-23 */
-            hi[h] = signed_pairs(_mm256_unpackhi_epi8(qa, qb), c->q.pair[p + h]); /* outputs 8-15 | 24-31 */
+            lo[h] = signed_pairs(_mm256_unpacklo_epi8(qa, qb), q->pair[p + h]); /* outputs 0-7 | 16-23 */
+            hi[h] = signed_pairs(_mm256_unpackhi_epi8(qa, qb), q->pair[p + h]); /* outputs 8-15 | 24-31 */
         }
         acc[0] = _mm256_add_epi32(acc[0], _mm256_madd_epi16(_mm256_unpacklo_epi16(lo[0], lo[1]), one));
         acc[1] = _mm256_add_epi32(acc[1], _mm256_madd_epi16(_mm256_unpackhi_epi16(lo[0], lo[1]), one));
@@ -171,10 +157,10 @@ static inline void int_unit_q8_0(const uint8_t *const *r, size_t at, const unit_
         acc[3] = _mm256_add_epi32(acc[3], _mm256_madd_epi16(_mm256_unpackhi_epi16(hi[0], hi[1]), one));
     }
     const __m256 zero = _mm256_setzero_ps();
-    add_scaled(o, _mm256_permute2x128_si256(acc[0], acc[1], 0x20), c->q.scale, zero);
-    add_scaled(o + 8, _mm256_permute2x128_si256(acc[2], acc[3], 0x20), c->q.scale, zero);
-    add_scaled(o + 16, _mm256_permute2x128_si256(acc[0], acc[1], 0x31), c->q.scale, zero);
-    add_scaled(o + 24, _mm256_permute2x128_si256(acc[2], acc[3], 0x31), c->q.scale, zero);
+    add_scaled(o, _mm256_permute2x128_si256(acc[0], acc[1], 0x20), q->scale, zero);
+    add_scaled(o + 8, _mm256_permute2x128_si256(acc[2], acc[3], 0x20), q->scale, zero);
+    add_scaled(o + 16, _mm256_permute2x128_si256(acc[0], acc[1], 0x31), q->scale, zero);
+    add_scaled(o + 24, _mm256_permute2x128_si256(acc[2], acc[3], 0x31), q->scale, zero);
 }
 
 /* 8 rows' fp16 values at byte `at` of each row (a block's scale) as floats */
@@ -188,19 +174,18 @@ static inline __m256 halves_at(const uint8_t *const *r, size_t at) {
  * Q8_0 reads ggml's layout: c = a * d of the unit's block (scale at byte `at` of each row), one unit at a time. (In
  * the split layout below its kernel computed 1.3x faster from cache but read DRAM 0.8x as fast on a Zen 3.)
  */
-static inline int block_coefs(const uint8_t *const *r, const float *a, size_t at, unit_coefs *c) {
-    c->min_sum = 0.0f;
+static inline int block_coefs(const uint8_t *const *r, const float *a, size_t at, int_coefs *q) {
     return quantize_coefs(_mm256_mul_ps(_mm256_loadu_ps(a), halves_at(r, at)),
-                          _mm256_mul_ps(_mm256_loadu_ps(a + 8), halves_at(r + 8, at)), &c->q);
+                          _mm256_mul_ps(_mm256_loadu_ps(a + 8), halves_at(r + 8, at)), q);
 }
 
 static void add_group_q8_0(const uint8_t *const *r, const float *a, int64_t n_units, float *o,
                            ts_row_prefetcher *pf) {
     for (int64_t u = 0; u < n_units; u++) {
         ts_prefetch_upto(pf, (size_t)(u + 1) * 34);
-        unit_coefs c;
-        if (block_coefs(r, a, (size_t)u * 34, &c)) {
-            int_unit_q8_0(r, (size_t)u * 34 + 2, &c, o + 32 * u);
+        int_coefs q;
+        if (block_coefs(r, a, (size_t)u * 34, &q)) {
+            int_unit_q8_0(r, (size_t)u * 34 + 2, &q, o + 32 * u);
         }
     }
 }
@@ -314,7 +299,7 @@ static void add_group_q4_k(const uint8_t *const *r, const float *a, int64_t n_un
                 hi = _mm256_add_epi16(hi, _mm256_maddubs_epi16(_mm256_unpackhi_epi8(qa, qb), pair));
             }
             /* into outputs {0-15} and {16-31} */
-            add_sums(ou, _mm256_permute2x128_si256(lo, hi, 0x20), _mm256_permute2x128_si256(lo, hi, 0x31), 0,
+            add_sums(ou, _mm256_permute2x128_si256(lo, hi, 0x20), _mm256_permute2x128_si256(lo, hi, 0x31),
                      _mm256_set1_ps(q.scale[j]), _mm256_set1_ps(q.min_sum[j]));
         }
     }
