@@ -38,6 +38,10 @@ enum ts_rows_layout ts_axpy_rows_layout(enum ggml_type type);
 /* ggml's rows -> TS_ROWS_SPLIT rows (an exact reordering into other memory). */
 void ts_rows_split(enum ggml_type type, const void *src, void *dst, int64_t n_rows, size_t row_bytes);
 
+/* The kernels take rows in groups of a size that divides this (the integer kernels quantize a group's coefficients
+ * together): a list split at multiples of it gives every row the same group, and the same rounding, as the whole. */
+#define TS_AXPY_ROWS_ALIGN 16
+
 /* W in ts_axpy_rows_layout(type) */
 void ts_axpy_rows(enum ggml_type type, const void *w, size_t row_bytes, const int32_t *idx, const float *coef,
                   int64_t n_idx, int64_t col0, int64_t n, float *out);
