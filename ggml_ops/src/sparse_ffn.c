@@ -312,22 +312,16 @@ static int64_t gather_nonzero(const float *a, int64_t n_ff, int32_t *idx, float 
 }
 
 /*
- * One token, rows split (dst [n_embd, n_parts], n_parts > 1): thread ith adds its share of the non-zero rows over
+ * One token, rows split (dst [n_embd, n_threads], n_threads > 1): thread ith adds its share of the non-zero rows over
  * every column into its own row of dst, a partial sum that sum_partials adds up. Shares start at multiples of
  * TS_AXPY_ROWS_ALIGN, so every row is rounded as in the whole list (as a batch computes the token). Each thread reads
  * whole rows, where a column split reads half rows: scattered reads of half the length ran the down kernels 5-12 %
  * slower on a Zen 3 (plain memory reads of scattered 1152- against 2304-byte pieces: 17 against 20 GB/s on 2 threads).
- * Rows of dst no thread runs for (fewer threads than it was sized for) are zeroed.
  */
 static uint64_t down_rows_split(struct ggml_tensor *dst, int ith, int nth, const ts_sparse_layer *layer) {
     const struct ggml_tensor *act = dst->src[0], *down = dst->src[1], *scratch = dst->src[2];
-    const int64_t n_embd = dst->ne[0], n_ff = act->ne[0], n_parts = dst->ne[1];
-    for (int64_t w = ith + nth; w < n_parts; w += nth) {
-        memset(row_ptr(dst, w), 0, (size_t)n_embd * sizeof(float));
-    }
-    if (ith >= n_parts) {
-        return 0;
-    }
+    const int64_t n_embd = dst->ne[0], n_ff = act->ne[0];
+    GGML_ASSERT(nth == dst->ne[1]); /* the graph runs on the n_threads the partial sums were sized for */
     float *out = (float *)row_ptr(dst, ith);
     memset(out, 0, (size_t)n_embd * sizeof(float));
     if (layer->idle) {
@@ -336,8 +330,7 @@ static uint64_t down_rows_split(struct ggml_tensor *dst, int ith, int nth, const
     int32_t *idx = (int32_t *)row_ptr(scratch, ith);
     float *coef = (float *)(idx + n_ff);
     const int64_t n = gather_nonzero((const float *)act->data, n_ff, idx, coef);
-    const int n_workers = nth < n_parts ? nth : (int)n_parts;
-    const int64_t share = (n + n_workers - 1) / n_workers;
+    const int64_t share = (n + nth - 1) / nth;
     const int64_t step = (share + TS_AXPY_ROWS_ALIGN - 1) / TS_AXPY_ROWS_ALIGN * TS_AXPY_ROWS_ALIGN;
     const int64_t i0 = step * ith < n ? step * ith : n, i1 = step * (ith + 1) < n ? step * (ith + 1) : n;
     if (i1 > i0) {

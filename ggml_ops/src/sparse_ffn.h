@@ -10,9 +10,10 @@
  *          or down . count(act)                files with only the standard down matrix (SwiGLU): ggml's dense
  *                                              down over the sparse activation, count recording the stats
  *
- * There is no barrier inside a custom op, so each phase is its own node. Threads split neurons (act)
- * or hidden-dimension blocks (down): no two threads ever write the same output element, and the
- * results do not depend on the thread count beyond float summation order within one thread.
+ * There is no barrier inside a custom op, so each phase is its own node. Threads split neurons (act), the non-zero
+ * rows (down of one token: a partial sum per thread, added up in order by one more node) or hidden-dimension blocks
+ * (down of a batch): no two threads ever write the same output element, and the results are the same for a thread
+ * count, and differ between thread counts only in float summation order.
  */
 #ifndef TS_SPARSE_FFN_H
 #define TS_SPARSE_FFN_H
