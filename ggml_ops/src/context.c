@@ -452,9 +452,9 @@ static int compute_graph(ts_context *c, struct ggml_cgraph *gf, char *err, size_
     return 0;
 }
 
-/* Cells the attention of a sequence holding n_used tokens spans: whole multiples of TS_KV_PAD. */
+/* Cells the attention of a sequence holding n_used tokens spans: whole multiples of TS_KV_SPAN_PAD. */
 static int32_t kv_span(const ts_context *c, int32_t n_used) {
-    const int32_t n_kv = (n_used + TS_KV_PAD - 1) / TS_KV_PAD * TS_KV_PAD;
+    const int32_t n_kv = (n_used + TS_KV_SPAN_PAD - 1) / TS_KV_SPAN_PAD * TS_KV_SPAN_PAD;
     return n_kv < c->n_cells ? n_kv : c->n_cells;
 }
 
