@@ -78,8 +78,8 @@ enum ts_down_stats {
  * sum_j act[j, t] * down_t[j, :] over the non-zero act[j, t]: [n_embd, T] F32. down is down_t [n_embd, n_ff].
  * act [n_ff, T] is ts_sparse_act's output with its counters, or any dense activation (counters NULL). n_threads
  * sizes the per-thread scratch. A batch splits the columns between the threads; one token on several threads splits
- * the rows, each thread summing its share into a partial sum, and the result is their sum: the
- * same for a thread count, within rounding of another's.
+ * the rows, each thread summing its share into a partial sum, and the result is their sum: the same for a thread
+ * count, within rounding of another's.
  */
 struct ggml_tensor *ts_sparse_down(struct ggml_context *ctx0, ts_sparse_layer *layer, struct ggml_tensor *act,
                                    struct ggml_tensor *counters, struct ggml_tensor *down, int64_t n_embd,
