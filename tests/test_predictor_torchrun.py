@@ -26,7 +26,8 @@ def turbosparse(args: list[str], ranks: int) -> None:
         launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}",
                   "-m", "turbosparse"]  # fmt: skip
     done = subprocess.run([*launch, *args, "--threads", "1"], env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    # both ends of stderr: a rank's own error comes first, torchrun's summary of the failed ranks last
+    assert done.returncode == 0, done.stderr[:3000] + "\n[...]\n" + done.stderr[-3000:]
 
 
 def assert_same_tensors(a: Path, b: Path, atol: float) -> None:
