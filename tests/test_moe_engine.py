@@ -73,6 +73,23 @@ def test_sparse_moe_is_deterministic_and_thread_count_agnostic(tmp_path: Path) -
     assert rel_error(one, first) <= 1e-5 and rel_error(three, first) <= 1e-5
 
 
+@pytest.mark.parametrize("mode", [SparseMode.PREDICTOR, SparseMode.EXACT], ids=lambda m: m.name)
+def test_a_batch_through_the_sparse_experts_equals_decoding_tokens_one_by_one(tmp_path: Path, mode: SparseMode) -> None:
+    """A batch runs the sparse nodes once per expert over the tokens that chose it; one token runs its k chosen
+    experts in one node per phase. Both give each token the same logits and count the same rows per expert."""
+    path, _ = moe_file(tmp_path, Q.Q4_0, dataclasses.replace(CFG, n_embd=128, n_ff=256))
+    toks = [int(t) for t in np.random.default_rng(8).integers(0, CFG.n_vocab, 16)]
+    one_by_one, single = decode(path, toks, mode)
+    batch = NativeContext(NativeModel(str(path)), n_ctx=128, n_threads=2, n_batch=64, sparse_mode=mode, threshold=None,
+                          kv_f32=1)  # fmt: skip
+    batched = batch.eval(toks[:1], dense_ffn=False, logits_all=True)  # the first token alone, as decode() runs it
+    batched = np.concatenate([batched, batch.eval(toks[1:], dense_ffn=False, logits_all=True)])
+    assert rel_error(batched, one_by_one) <= 1e-5
+    computed = [[e.n_computed for e in layer] for layer in single.expert_stats()]
+    assert computed == [[e.n_computed for e in layer] for layer in batch.expert_stats()]
+    assert sum(map(sum, computed)) > 0
+
+
 @pytest.mark.parametrize("qtype", [Q.F16, Q.Q8_0, Q.Q4_0, Q.Q4_K, Q.Q6_K], ids=lambda q: q.name)
 def test_quant_types_exact_mode_equals_dense(tmp_path: Path, qtype: Q) -> None:
     """Exact mode is the dense result: every quant type, the same weights read through the sparse kernels (only

@@ -329,22 +329,31 @@ static struct ggml_tensor *moe_sparse(ts_context *ctx, struct ggml_context *ctx0
     ts_sparse_layer *experts = &ctx->expert_sparse[(size_t)il * (size_t)n_expert];
     const int exact = experts[0].select_exact;
 
-    struct ggml_tensor *args[2] = {selection(ctx, ctx0, il, ffn_inp, cur, ids, exact), ids};
-    struct ggml_tensor *planes = ggml_custom_4d(ctx0, GGML_TYPE_F32, n_ff, n_tokens, n_expert, 1, args, 2,
-                                                expert_planes_op, GGML_N_TASKS_MAX, experts);
-    args[0] = weights;
-    struct ggml_tensor *w = ggml_custom_4d(ctx0, GGML_TYPE_F32, n_tokens, n_expert, 1, 1, args, 2, expert_weights_op,
-                                           GGML_N_TASKS_MAX, NULL);
+    struct ggml_tensor *sel = selection(ctx, ctx0, il, ffn_inp, cur, ids, exact); /* [n_ff, k, T] */
     struct ggml_tensor *xq_up = ts_sparse_quantize(ctx0, cur, l->ffn_up_exps), *xq_gate = NULL;
     if (!exact) {
         const int same = ggml_get_type_traits_cpu(l->ffn_gate_exps->type)->vec_dot_type ==
                          ggml_get_type_traits_cpu(l->ffn_up_exps->type)->vec_dot_type;
         xq_gate = same ? xq_up : ts_sparse_quantize(ctx0, cur, l->ffn_gate_exps);
     }
+    if (n_tokens == 1) { /* decoding: the chosen experts only, in one node per phase */
+        sel = ggml_reshape_2d(ctx0, sel, n_ff, sel->ne[1]);
+        const ts_sparse_activation a = ts_sparse_act_experts(ctx0, experts, sel, ids, xq_gate, xq_up,
+                                                             exact ? NULL : l->ffn_gate_exps, l->ffn_up_exps,
+                                                             ctx->params.n_threads);
+        return ts_sparse_down_experts(ctx0, experts, a, ids, weights, l->ffn_down_t_exps, n_embd,
+                                      ctx->params.n_threads);
+    }
+    struct ggml_tensor *args[2] = {sel, ids};
+    struct ggml_tensor *planes = ggml_custom_4d(ctx0, GGML_TYPE_F32, n_ff, n_tokens, n_expert, 1, args, 2,
+                                                expert_planes_op, GGML_N_TASKS_MAX, experts);
+    args[0] = weights;
+    struct ggml_tensor *w = ggml_custom_4d(ctx0, GGML_TYPE_F32, n_tokens, n_expert, 1, 1, args, 2, expert_weights_op,
+                                           GGML_N_TASKS_MAX, NULL);
     struct ggml_tensor *out = NULL;
     for (int64_t e = 0; e < n_expert; e++) {
-        struct ggml_tensor *sel = ggml_view_2d(ctx0, planes, n_ff, n_tokens, planes->nb[1], (size_t)e * planes->nb[2]);
-        const ts_sparse_activation a = ts_sparse_act(ctx0, &experts[e], sel, xq_gate, xq_up,
+        struct ggml_tensor *plane = ggml_view_2d(ctx0, planes, n_ff, n_tokens, planes->nb[1], (size_t)e * planes->nb[2]);
+        const ts_sparse_activation a = ts_sparse_act(ctx0, &experts[e], plane, xq_gate, xq_up,
                                                      exact ? NULL : expert_view(ctx0, l->ffn_gate_exps, e),
                                                      expert_view(ctx0, l->ffn_up_exps, e), ctx->params.n_threads);
         struct ggml_tensor *y = ts_sparse_down(ctx0, &experts[e], a.act, a.counters,

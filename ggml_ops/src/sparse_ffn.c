@@ -86,6 +86,15 @@ typedef struct {
     int paired;
 } act_dots;
 
+/* The kernels for gate (NULL in exact mode) and up rows dotted with xq_gate and xq_up. */
+static act_dots make_dots(const struct ggml_tensor *gate, const struct ggml_tensor *up,
+                          const struct ggml_tensor *xq_gate, const struct ggml_tensor *xq_up) {
+    act_dots d = {.gate = gate, .up = up, .ku = ts_dot_kernel_best(up->type, up->ne[0])};
+    d.kg = gate == NULL ? d.ku : ts_dot_kernel_best(gate->type, gate->ne[0]);
+    d.paired = gate != NULL && gate->type == up->type && xq_gate == xq_up;
+    return d;
+}
+
 /* g[k] (predictor mode) and u[k] for the neurons list[0, n), n >= 1 */
 static void dot_list(const act_dots *d, const int32_t *list, int n, float *g, float *u) {
     GGML_ASSERT(n >= 1 && n <= ACT_LIST);
@@ -181,9 +190,7 @@ static void sparse_act_op(struct ggml_tensor *dst, int ith, int nth, void *userd
     const int64_t n_ff = up->ne[1], n_tokens = dst->ne[1];
     GGML_ASSERT(ith < counters->ne[1]); /* the graph runs on the n_threads the counters were sized for */
     const int64_t j0 = n_ff * ith / nth, j1 = n_ff * (ith + 1) / nth;
-    act_dots d = {.gate = exact ? NULL : gate, .up = up, .ku = ts_dot_kernel_best(up->type, up->ne[0])};
-    d.kg = exact ? d.ku : ts_dot_kernel_best(gate->type, gate->ne[0]);
-    d.paired = !exact && gate->type == up->type && xq_gate == xq_up;
+    act_dots d = make_dots(exact ? NULL : gate, up, xq_gate, xq_up);
     _Alignas(64) unsigned char prepared_up[TS_DOT_PREPARED_MAX], prepared_gate[TS_DOT_PREPARED_MAX];
     int32_t count[TS_N_ACT_COUNTERS] = {0};
     if (n_tokens == 1) {
@@ -247,23 +254,22 @@ ts_sparse_activation ts_sparse_act(struct ggml_context *ctx0, ts_sparse_layer *l
 
 /* ---- down: sum of the non-zero neurons' rows of the transposed down matrix ---------------------- */
 
-/* Adds the act node's per-thread counters (n_rows rows; counters NULL: a dense activation, every neuron computed)
- * and this node's non-zero count to the layer's stats. */
-static void record_stats(ts_sparse_layer *layer, const struct ggml_tensor *act, const struct ggml_tensor *counters,
-                         int n_rows, uint64_t nonzero) {
+/* Adds the act node's per-thread counters (rows row0 .. row0 + n_rows - 1; counters NULL: a dense activation, every
+ * neuron computed) and this node's non-zero count to the layer's stats, for an evaluation of n_tokens tokens. */
+static void record_stats(ts_sparse_layer *layer, int64_t n_tokens, int64_t n_ff, const struct ggml_tensor *counters,
+                         int64_t row0, int n_rows, uint64_t nonzero) {
     ts_layer_stats *s = &layer->stats;
-    const int64_t n_tokens = act->ne[1];
     s->n_tokens += (uint64_t)n_tokens;
     s->n_nonzero += nonzero;
     s->n_evals += 1;
     if (counters == NULL) {
-        s->n_computed += (uint64_t)(n_tokens * act->ne[0]);
-        s->n_union += (uint64_t)act->ne[0];
+        s->n_computed += (uint64_t)(n_tokens * n_ff);
+        s->n_union += (uint64_t)n_ff;
         return;
     }
     for (int k = 0; k < n_rows; k++) {
         int32_t count[TS_N_ACT_COUNTERS];
-        memcpy(count, row_ptr(counters, k), sizeof(count));
+        memcpy(count, row_ptr(counters, row0 + k), sizeof(count));
         s->n_computed += (uint64_t)count[TS_COUNT_COMPUTED];
         s->n_true_active += (uint64_t)count[TS_COUNT_TRUE_ACTIVE];
         s->n_true_found += (uint64_t)count[TS_COUNT_TRUE_FOUND];
@@ -284,7 +290,7 @@ static void count_op(struct ggml_tensor *dst, int ith, int nth, void *userdata) 
         memcpy(count, row_ptr(counters, k), sizeof(count));
         nonzero += (uint64_t)count[TS_COUNT_NONZERO];
     }
-    record_stats(layer, dst->src[0], counters, nth, nonzero);
+    record_stats(layer, dst->src[0]->ne[1], dst->src[0]->ne[0], counters, 0, nth, nonzero);
 }
 
 struct ggml_tensor *ts_sparse_count(struct ggml_context *ctx0, ts_sparse_layer *layer, ts_sparse_activation a) {
@@ -312,24 +318,18 @@ static int64_t gather_nonzero(const float *a, int64_t n_ff, int32_t *idx, float 
 }
 
 /*
- * One token, rows split (dst [n_embd, n_threads], n_threads > 1): thread ith adds its share of the non-zero rows over
- * every column into its own row of dst, a partial sum that sum_partials adds up. Shares start at multiples of
+ * One token, rows split: thread ith of nth adds its share of the non-zero rows of act over every column into out, its
+ * own partial sum (the sum nodes add them up); returns the number of non-zero rows. Shares start at multiples of
  * TS_AXPY_ROWS_ALIGN, so every row is rounded as in the whole list (as a batch computes the token). Each thread reads
  * whole rows, where a column split reads half rows: scattered reads of half the length ran the down kernels 5-12 %
  * slower on a Zen 3 (plain memory reads of scattered 1152- against 2304-byte pieces: 17 against 20 GB/s on 2 threads).
  */
-static uint64_t down_rows_split(struct ggml_tensor *dst, int ith, int nth, const ts_sparse_layer *layer) {
-    const struct ggml_tensor *act = dst->src[0], *down = dst->src[1], *scratch = dst->src[2];
-    const int64_t n_embd = dst->ne[0], n_ff = act->ne[0];
-    GGML_ASSERT(nth == dst->ne[1]); /* the graph runs on the n_threads the partial sums were sized for */
-    float *out = (float *)row_ptr(dst, ith);
+static uint64_t down_rows_share(const float *act, int64_t n_ff, const struct ggml_tensor *down, void *scratch, int ith,
+                                int nth, int64_t n_embd, float *out) {
     memset(out, 0, (size_t)n_embd * sizeof(float));
-    if (layer->idle) {
-        return 0;
-    }
-    int32_t *idx = (int32_t *)row_ptr(scratch, ith);
+    int32_t *idx = scratch;
     float *coef = (float *)(idx + n_ff);
-    const int64_t n = gather_nonzero((const float *)act->data, n_ff, idx, coef);
+    const int64_t n = gather_nonzero(act, n_ff, idx, coef);
     const int64_t share = (n + nth - 1) / nth;
     const int64_t step = (share + TS_AXPY_ROWS_ALIGN - 1) / TS_AXPY_ROWS_ALIGN * TS_AXPY_ROWS_ALIGN;
     const int64_t i0 = step * ith < n ? step * ith : n, i1 = step * (ith + 1) < n ? step * (ith + 1) : n;
@@ -341,7 +341,7 @@ static uint64_t down_rows_split(struct ggml_tensor *dst, int ith, int nth, const
 
 /* src: act [n_ff, T] F32, down_t [n_embd, n_ff], scratch [bytes, n_workers] I8 (one token's list of neurons, or a
  * batch's: row_sums_batch.h), then the act node's counters (absent for a dense activation). dst [n_embd, T], or the
- * partial sums of down_rows_split. */
+ * partial sums of down_rows_share. */
 static void sparse_down(struct ggml_tensor *dst, int ith, int nth, ts_sparse_layer *layer, enum ts_down_stats stats) {
     const struct ggml_tensor *act = dst->src[0], *down = dst->src[1], *scratch = dst->src[2], *counters = dst->src[3];
     const int64_t n_embd = dst->ne[0], n_tokens = act->ne[1], n_ff = act->ne[0];
@@ -349,7 +349,14 @@ static void sparse_down(struct ggml_tensor *dst, int ith, int nth, ts_sparse_lay
     const int n_workers = nth < scratch->ne[1] ? nth : (int)scratch->ne[1];
     uint64_t nonzero = 0;
     if (dst->ne[1] != n_tokens) {
-        nonzero = down_rows_split(dst, ith, nth, layer);
+        GGML_ASSERT(nth == dst->ne[1]); /* the graph runs on the n_threads the partial sums were sized for */
+        float *out = (float *)row_ptr(dst, ith);
+        if (layer->idle) {
+            memset(out, 0, (size_t)n_embd * sizeof(float));
+        } else {
+            const float *a = (const float *)act->data;
+            nonzero = down_rows_share(a, n_ff, down, row_ptr(scratch, ith), ith, nth, n_embd, out);
+        }
     } else if (ith < n_workers) {
         /* this thread's columns: whole quantization blocks, disjoint from every other thread's */
         const int64_t c0 = n_blocks * ith / n_workers * blck, c1 = n_blocks * (ith + 1) / n_workers * blck;
@@ -380,7 +387,7 @@ static void sparse_down(struct ggml_tensor *dst, int ith, int nth, ts_sparse_lay
     }
     if (ith == 0 && stats == TS_DOWN_COUNTED && !layer->idle) {
         /* the act node ran on the same nth threads: rows 0..nth-1 hold this evaluation's counts */
-        record_stats(layer, act, counters, nth, nonzero);
+        record_stats(layer, n_tokens, n_ff, counters, 0, nth, nonzero);
     }
 }
 
@@ -429,4 +436,125 @@ struct ggml_tensor *ts_sparse_down(struct ggml_context *ctx0, ts_sparse_layer *l
         return sum_partials(ctx0, parts);
     }
     return ggml_custom_4d(ctx0, GGML_TYPE_F32, n_embd, n_tokens, 1, 1, args, n_args, fun, GGML_N_TASKS_MAX, layer);
+}
+
+/* ---- one token through the experts it chose (mixture-of-experts decoding) ----------------------------------- */
+
+/* Expert e's matrix of a stack [ne0, ne1, n_expert], as a 2-D tensor of its own (the kernels read only type, ne and
+ * nb of the first two dimensions, and data). */
+static struct ggml_tensor expert_matrix(const struct ggml_tensor *stack, int32_t e) {
+    struct ggml_tensor m = *stack;
+    m.data = (char *)stack->data + (size_t)e * stack->nb[2];
+    m.ne[2] = 1;
+    return m;
+}
+
+/* the expert of slot s: ids [k, 1] I32 */
+static int32_t slot_expert(const struct ggml_tensor *ids, int64_t s) {
+    return *(const int32_t *)((const char *)ids->data + s * ids->nb[0]);
+}
+
+/* src: select [n_ff, k] F32 (row s: the selection values of the token's expert in slot s), ids [k, 1], xq_up, up
+ * stack [n_embd, n_ff, n_expert], counters [TS_N_ACT_COUNTERS, nth * k] (row s * nth + ith: thread ith on slot s),
+ * then (predictor mode) xq_gate, gate stack. dst [n_ff, k]: row s = the activations of slot s's expert. */
+static void sparse_act_experts_op(struct ggml_tensor *dst, int ith, int nth, void *userdata) {
+    const ts_sparse_layer *experts = userdata;
+    const struct ggml_tensor *select = dst->src[0], *ids = dst->src[1], *xq_up = dst->src[2], *up = dst->src[3];
+    const struct ggml_tensor *counters = dst->src[4], *xq_gate = dst->src[5], *gate = dst->src[6];
+    const int64_t n_ff = up->ne[1], k = ids->ne[0];
+    GGML_ASSERT(counters->ne[1] == nth * k); /* the graph runs on the n_threads the counters were sized for */
+    const int64_t j0 = n_ff * ith / nth, j1 = n_ff * (ith + 1) / nth;
+    _Alignas(64) unsigned char prepared_up[TS_DOT_PREPARED_MAX], prepared_gate[TS_DOT_PREPARED_MAX];
+    for (int64_t s = 0; s < k; s++) {
+        const int32_t e = slot_expert(ids, s);
+        const ts_sparse_layer *layer = &experts[e];
+        const struct ggml_tensor up_e = expert_matrix(up, e);
+        const struct ggml_tensor gate_e = gate != NULL ? expert_matrix(gate, e) : up_e;
+        act_dots d = make_dots(layer->select_exact ? NULL : &gate_e, &up_e, xq_gate, xq_up);
+        prepare_token(&d, xq_gate, xq_up, 0, prepared_gate, prepared_up);
+        int32_t count[TS_N_ACT_COUNTERS] = {0};
+        act_one_token(layer, &d, (const float *)row_ptr(select, s), (float *)row_ptr(dst, s), j0, j1,
+                      layer->measure_recall && !layer->select_exact, count);
+        memcpy(row_ptr(counters, s * nth + ith), count, sizeof(count));
+    }
+}
+
+ts_sparse_activation ts_sparse_act_experts(struct ggml_context *ctx0, ts_sparse_layer *experts,
+                                           struct ggml_tensor *select, struct ggml_tensor *ids,
+                                           struct ggml_tensor *xq_gate, struct ggml_tensor *xq_up,
+                                           struct ggml_tensor *gate, struct ggml_tensor *up, int32_t n_threads) {
+    const int64_t k = ids->ne[0];
+    GGML_ASSERT(ids->ne[1] == 1 && select->ne[1] == k);
+    struct ggml_tensor *counters = ggml_new_tensor_2d(ctx0, GGML_TYPE_I32, TS_N_ACT_COUNTERS, n_threads * k);
+    struct ggml_tensor *args[7] = {select, ids, xq_up, up, counters, xq_gate, gate};
+    const int n_args = gate != NULL ? 7 : 5;
+    struct ggml_tensor *act = ggml_custom_4d(ctx0, GGML_TYPE_F32, up->ne[1], k, 1, 1, args, n_args,
+                                             sparse_act_experts_op, GGML_N_TASKS_MAX, experts);
+    return (ts_sparse_activation){.act = act, .counters = counters};
+}
+
+/* src: act [n_ff, k], ids [k, 1], down_t stack [n_embd, n_ff, n_expert], scratch [bytes, nth], counters. dst
+ * [n_embd, nth, k]: row (ith, s) = thread ith's partial sum of slot s's expert. Thread 0 adds each expert's
+ * evaluation to its stats. */
+static void sparse_down_experts_op(struct ggml_tensor *dst, int ith, int nth, void *userdata) {
+    ts_sparse_layer *experts = userdata;
+    const struct ggml_tensor *act = dst->src[0], *ids = dst->src[1], *down = dst->src[2], *scratch = dst->src[3];
+    const struct ggml_tensor *counters = dst->src[4];
+    const int64_t n_embd = dst->ne[0], n_ff = act->ne[0], k = ids->ne[0];
+    GGML_ASSERT(nth == dst->ne[1]); /* the graph runs on the n_threads the partial sums were sized for */
+    for (int64_t s = 0; s < k; s++) {
+        const int32_t e = slot_expert(ids, s);
+        const struct ggml_tensor down_e = expert_matrix(down, e);
+        float *out = (float *)((char *)dst->data + ith * dst->nb[1] + s * dst->nb[2]);
+        const uint64_t n = down_rows_share((const float *)row_ptr(act, s), n_ff, &down_e, row_ptr(scratch, ith), ith,
+                                           nth, n_embd, out);
+        if (ith == 0) {
+            record_stats(&experts[e], 1, n_ff, counters, s * nth, nth, n);
+        }
+    }
+}
+
+/* src: parts [n, P, k], ids [k, 1], weights [k, 1] F32. dst [n, 1] = the sum over the slots, in ascending expert
+ * order, of weights[s] * (the sum of parts[:, :, s] in order): the sums of a node per expert, weighted and added. */
+static void weighted_sum_op(struct ggml_tensor *dst, int ith, int nth, void *userdata) {
+    (void)userdata;
+    const struct ggml_tensor *parts = dst->src[0], *ids = dst->src[1], *weights = dst->src[2];
+    const int64_t n = dst->ne[0], n_parts = parts->ne[1], k = ids->ne[0];
+    const int64_t c0 = n * ith / nth, c1 = n * (ith + 1) / nth;
+    float *out = (float *)dst->data;
+    int32_t last = -1; /* the slots in ascending expert order: each pass takes the smallest expert above the last */
+    for (int64_t done = 0; done < k; done++) {
+        int64_t s_next = -1;
+        for (int64_t s = 0; s < k; s++) {
+            const int32_t e = slot_expert(ids, s);
+            s_next = e > last && (s_next < 0 || e < slot_expert(ids, s_next)) ? s : s_next;
+        }
+        GGML_ASSERT(s_next >= 0); /* the k experts are distinct */
+        last = slot_expert(ids, s_next);
+        const float w = *(const float *)((const char *)weights->data + s_next * weights->nb[0]);
+        const char *slot = (const char *)parts->data + s_next * parts->nb[2];
+        for (int64_t c = c0; c < c1; c++) {
+            float y = 0.0f;
+            for (int64_t p = 0; p < n_parts; p++) {
+                const float v = ((const float *)(slot + p * parts->nb[1]))[c];
+                y = p == 0 ? v : y + v;
+            }
+            out[c] = done == 0 ? y * w : out[c] + y * w;
+        }
+    }
+}
+
+struct ggml_tensor *ts_sparse_down_experts(struct ggml_context *ctx0, ts_sparse_layer *experts,
+                                           ts_sparse_activation a, struct ggml_tensor *ids,
+                                           struct ggml_tensor *weights, struct ggml_tensor *down, int64_t n_embd,
+                                           int32_t n_threads) {
+    const int64_t n_ff = a.act->ne[0], k = ids->ne[0];
+    GGML_ASSERT(weights->ne[0] == k && weights->ne[1] == 1);
+    struct ggml_tensor *scratch =
+        ggml_new_tensor_2d(ctx0, GGML_TYPE_I8, n_ff * (int64_t)(sizeof(int32_t) + sizeof(float)), n_threads);
+    struct ggml_tensor *args[5] = {a.act, ids, down, scratch, a.counters};
+    struct ggml_tensor *parts = ggml_custom_4d(ctx0, GGML_TYPE_F32, n_embd, n_threads, k, 1, args, 5,
+                                               sparse_down_experts_op, GGML_N_TASKS_MAX, experts);
+    struct ggml_tensor *sum_args[3] = {parts, ids, weights};
+    return ggml_custom_4d(ctx0, GGML_TYPE_F32, n_embd, 1, 1, 1, sum_args, 3, weighted_sum_op, GGML_N_TASKS_MAX, NULL);
 }

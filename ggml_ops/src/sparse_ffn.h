@@ -86,6 +86,23 @@ struct ggml_tensor *ts_sparse_down(struct ggml_context *ctx0, ts_sparse_layer *l
                                    enum ts_down_stats stats, int32_t n_threads);
 
 /*
+ * One token through the k experts it chose (mixture-of-experts decoding): one act node and one down node for all k
+ * (where a node per expert would cost the graph a barrier per expert and phase, chosen or not). experts: the layer's
+ * per-expert states, indexed by expert; ids [k, 1] I32 the chosen experts; select [n_ff, k] their selection values
+ * (slot order); gate (NULL in exact mode), up and down (transposed, [n_embd, n_ff, n_expert]) the stacked matrices.
+ * The act is [n_ff, k]; the output [n_embd, 1] is sum_s weights[s] * down_{ids[s]}(act[:, s]), added in expert order,
+ * the same sums as ts_sparse_down per expert, weighted and added in expert order, give.
+ */
+ts_sparse_activation ts_sparse_act_experts(struct ggml_context *ctx0, ts_sparse_layer *experts,
+                                           struct ggml_tensor *select, struct ggml_tensor *ids,
+                                           struct ggml_tensor *xq_gate, struct ggml_tensor *xq_up,
+                                           struct ggml_tensor *gate, struct ggml_tensor *up, int32_t n_threads);
+struct ggml_tensor *ts_sparse_down_experts(struct ggml_context *ctx0, ts_sparse_layer *experts,
+                                           ts_sparse_activation a, struct ggml_tensor *ids,
+                                           struct ggml_tensor *weights, struct ggml_tensor *down, int64_t n_embd,
+                                           int32_t n_threads);
+
+/*
  * a.act itself (in place), once the layer's stats have recorded a's counters: the input of a dense down matrix,
  * which reads every row whatever the activation (files without a transposed down; the column layouts that would
  * let it skip rows were no faster than ggml's dense kernel, see the README).
