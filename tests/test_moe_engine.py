@@ -43,23 +43,25 @@ def decode(
     return np.stack([ctx.eval([t], dense_ffn=False, logits_all=False) for t in toks]), ctx
 
 
-def test_dense_exact_and_predictor_modes_match_reference(tmp_path: Path) -> None:
-    path, stored = moe_file(tmp_path)
+@pytest.mark.parametrize("k", [1, 2, 4], ids=lambda k: f"top{k}")  # 4: every expert chosen
+def test_dense_exact_and_predictor_modes_match_reference(tmp_path: Path, k: int) -> None:
+    cfg = dataclasses.replace(CFG, n_expert_used=k)
+    path, stored = moe_file(tmp_path, cfg=cfg)
     toks = [int(t) for t in np.random.default_rng(3).integers(0, CFG.n_vocab, 24)]
-    dense_ref = reference_logits(CFG, stored, toks)
+    dense_ref = reference_logits(cfg, stored, toks)
     dense, _ = decode(path, toks, SparseMode.OFF)
     assert rel_error(dense, dense_ref) <= REL
     exact, ctx = decode(path, toks, SparseMode.EXACT)
-    assert rel_error(exact, reference_logits(CFG, stored, toks, use_down_t=True)) <= REL
+    assert rel_error(exact, reference_logits(cfg, stored, toks, use_down_t=True)) <= REL
     computed = sum(e.n_computed for layer in ctx.expert_stats() for e in layer)
-    assert 0 < computed < len(toks) * CFG.n_layer * CFG.n_expert_used * CFG.n_ff  # rows were skipped
+    assert 0 < computed < len(toks) * cfg.n_layer * k * cfg.n_ff  # rows were skipped
     predicted, ctx = decode(path, toks, SparseMode.PREDICTOR)
-    masked_ref = reference_logits(CFG, stored, toks, use_down_t=True, predictor_threshold=0.0)
+    masked_ref = reference_logits(cfg, stored, toks, use_down_t=True, predictor_threshold=0.0)
     assert rel_error(predicted, masked_ref) <= REL
     assert rel_error(predicted, dense_ref) > 10 * REL  # the masks matter
     stats = ctx.expert_stats()
     for layer in stats:
-        assert sum(e.n_routed for e in layer) == sum(e.n_decoded for e in layer) == len(toks) * CFG.n_expert_used
+        assert sum(e.n_routed for e in layer) == sum(e.n_decoded for e in layer) == len(toks) * k
 
 
 def test_sparse_moe_is_deterministic_and_thread_count_agnostic(tmp_path: Path) -> None:
