@@ -270,7 +270,7 @@ static void expert_planes_op(struct ggml_tensor *dst, int ith, int nth, void *us
         }
         if (slot >= 0) {
             memcpy(out, row3(sel, slot, t), (size_t)n_ff * sizeof(float));
-        } else if (n_tokens > 1 && chosen_by_any(ids, e)) {
+        } else if (chosen_by_any(ids, e)) {
             for (int64_t j = 0; j < n_ff; j++) {
                 out[j] = -INFINITY;
             }
@@ -321,35 +321,55 @@ static struct ggml_tensor *selection(ts_context *ctx, struct ggml_context *ctx0,
     return ggml_mul_mat_id(ctx0, l->pred_fc2_exps, r, ids);
 }
 
-static struct ggml_tensor *moe_sparse(ts_context *ctx, struct ggml_context *ctx0, int il, struct ggml_tensor *ffn_inp,
-                                      struct ggml_tensor *cur, struct ggml_tensor *ids, struct ggml_tensor *weights) {
+/* The activation quantized for the experts' up rows (*xq_up) and, in predictor mode, their gate rows (*xq_gate: the
+ * same tensor where both types dot with the same quantization; NULL in exact mode, where the gate is the select). */
+static void quantize_for_experts(struct ggml_context *ctx0, const ts_layer *l, struct ggml_tensor *cur, int exact,
+                                 struct ggml_tensor **xq_gate, struct ggml_tensor **xq_up) {
+    *xq_up = ts_sparse_quantize(ctx0, cur, l->ffn_up_exps);
+    *xq_gate = NULL;
+    if (!exact) {
+        const int same = ggml_get_type_traits_cpu(l->ffn_gate_exps->type)->vec_dot_type ==
+                         ggml_get_type_traits_cpu(l->ffn_up_exps->type)->vec_dot_type;
+        *xq_gate = same ? *xq_up : ts_sparse_quantize(ctx0, cur, l->ffn_gate_exps);
+    }
+}
+
+/* One token: the chosen experts only, one node per phase (ts_sparse_act_experts). */
+static struct ggml_tensor *moe_sparse_token(ts_context *ctx, struct ggml_context *ctx0, int il,
+                                            struct ggml_tensor *ffn_inp, struct ggml_tensor *cur,
+                                            struct ggml_tensor *ids, struct ggml_tensor *weights) {
+    const ts_model *m = ctx->model;
+    const ts_layer *l = &m->layers[il];
+    ts_sparse_layer *experts = &ctx->expert_sparse[(size_t)il * (size_t)m->info.n_expert];
+    const int exact = experts[0].select_exact;
+    struct ggml_tensor *sel = selection(ctx, ctx0, il, ffn_inp, cur, ids, exact); /* [n_ff, k, 1] */
+    struct ggml_tensor *xq_gate, *xq_up;
+    quantize_for_experts(ctx0, l, cur, exact, &xq_gate, &xq_up);
+    struct ggml_tensor *slots = ggml_reshape_2d(ctx0, sel, m->info.n_ff, sel->ne[1]); /* [n_ff, k] */
+    const ts_sparse_activation a = ts_sparse_act_experts(ctx0, experts, slots, ids, xq_gate, xq_up,
+                                                         exact ? NULL : l->ffn_gate_exps, l->ffn_up_exps,
+                                                         ctx->params.n_threads);
+    return ts_sparse_down_experts(ctx0, experts, a, ids, weights, l->ffn_down_t_exps, m->info.n_embd,
+                                  ctx->params.n_threads);
+}
+
+/* A batch: every expert's sparse nodes over the tokens that chose it (an expert no token chose is idle). */
+static struct ggml_tensor *moe_sparse_batch(ts_context *ctx, struct ggml_context *ctx0, int il,
+                                            struct ggml_tensor *ffn_inp, struct ggml_tensor *cur,
+                                            struct ggml_tensor *ids, struct ggml_tensor *weights) {
     const ts_model *m = ctx->model;
     const ts_layer *l = &m->layers[il];
     const int64_t n_embd = m->info.n_embd, n_ff = m->info.n_ff, n_expert = m->info.n_expert, n_tokens = cur->ne[1];
     ts_sparse_layer *experts = &ctx->expert_sparse[(size_t)il * (size_t)n_expert];
     const int exact = experts[0].select_exact;
-
-    struct ggml_tensor *sel = selection(ctx, ctx0, il, ffn_inp, cur, ids, exact); /* [n_ff, k, T] */
-    struct ggml_tensor *xq_up = ts_sparse_quantize(ctx0, cur, l->ffn_up_exps), *xq_gate = NULL;
-    if (!exact) {
-        const int same = ggml_get_type_traits_cpu(l->ffn_gate_exps->type)->vec_dot_type ==
-                         ggml_get_type_traits_cpu(l->ffn_up_exps->type)->vec_dot_type;
-        xq_gate = same ? xq_up : ts_sparse_quantize(ctx0, cur, l->ffn_gate_exps);
-    }
-    if (n_tokens == 1) { /* decoding: the chosen experts only, in one node per phase */
-        sel = ggml_reshape_2d(ctx0, sel, n_ff, sel->ne[1]);
-        const ts_sparse_activation a = ts_sparse_act_experts(ctx0, experts, sel, ids, xq_gate, xq_up,
-                                                             exact ? NULL : l->ffn_gate_exps, l->ffn_up_exps,
-                                                             ctx->params.n_threads);
-        return ts_sparse_down_experts(ctx0, experts, a, ids, weights, l->ffn_down_t_exps, n_embd,
-                                      ctx->params.n_threads);
-    }
-    struct ggml_tensor *args[2] = {sel, ids};
+    struct ggml_tensor *args[2] = {selection(ctx, ctx0, il, ffn_inp, cur, ids, exact), ids};
     struct ggml_tensor *planes = ggml_custom_4d(ctx0, GGML_TYPE_F32, n_ff, n_tokens, n_expert, 1, args, 2,
                                                 expert_planes_op, GGML_N_TASKS_MAX, experts);
     args[0] = weights;
     struct ggml_tensor *w = ggml_custom_4d(ctx0, GGML_TYPE_F32, n_tokens, n_expert, 1, 1, args, 2, expert_weights_op,
                                            GGML_N_TASKS_MAX, NULL);
+    struct ggml_tensor *xq_gate, *xq_up;
+    quantize_for_experts(ctx0, l, cur, exact, &xq_gate, &xq_up);
     struct ggml_tensor *out = NULL;
     for (int64_t e = 0; e < n_expert; e++) {
         struct ggml_tensor *plane = ggml_view_2d(ctx0, planes, n_ff, n_tokens, planes->nb[1], (size_t)e * planes->nb[2]);
@@ -370,5 +390,9 @@ struct ggml_tensor *ts_moe_ffn(ts_context *ctx, struct ggml_context *ctx0, int i
                                struct ggml_tensor *cur, int32_t dense) {
     struct ggml_tensor *weights = NULL;
     struct ggml_tensor *ids = route(ctx, ctx0, il, cur, dense, &weights);
-    return dense ? moe_dense(ctx, ctx0, il, cur, ids, weights) : moe_sparse(ctx, ctx0, il, ffn_inp, cur, ids, weights);
+    if (dense) {
+        return moe_dense(ctx, ctx0, il, cur, ids, weights);
+    }
+    return cur->ne[1] == 1 ? moe_sparse_token(ctx, ctx0, il, ffn_inp, cur, ids, weights)
+                           : moe_sparse_batch(ctx, ctx0, il, ffn_inp, cur, ids, weights);
 }

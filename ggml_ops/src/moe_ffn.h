@@ -12,13 +12,14 @@
  * Sparse decoding uses the dense FFN's sparse kernels (sparse_ffn.h), so every quant type of the dense FFN serves the
  * experts too. Which experts a token uses is known only at run time, while the graph is built once; the selection
  * values (predictor logits, or the gate in exact mode) are computed for the chosen experts only (ggml_mul_mat_id).
- * One token (decoding): one act node and one down node run the k chosen experts (ts_sparse_act_experts), reading the
- * expert of each slot from ids at run time. A batch: the sparse nodes run once per expert on 2-D views of the stacked
- * matrices, the selection values scattered into one plane per expert [n_ff, T], filled with -inf where the expert was
- * not chosen - a value that selects no neuron; an expert no token chose reads no weight row: the planes node marks it
- * idle, and its act node returns at once, its down node only writes zeros. Every node splits its work by ith/nth with
- * no two threads writing one element (the sparse nodes' contract), so results are deterministic for a thread count.
- * Expert outputs are weighted and added in expert order.
+ * One token (decoding): one act node and one down node run the k chosen experts, reading the expert of each slot
+ * from ids at run time, and one node adds their outputs, weighted (ts_sparse_act_experts, ts_sparse_down_experts).
+ * A batch: the sparse nodes run once per expert on 2-D views of the stacked matrices, the selection values scattered
+ * into one plane per expert [n_ff, T], filled with -inf where the expert was not chosen - a value that selects no
+ * neuron; an expert no token chose reads no weight row: the planes node marks it idle, and its act node returns at
+ * once, its down node only writes zeros. Every node splits its work by ith/nth with no two threads writing one
+ * element (the sparse nodes' contract), so results are deterministic for a thread count. Expert outputs are weighted
+ * and added in expert order.
  */
 #ifndef TS_MOE_FFN_H
 #define TS_MOE_FFN_H

@@ -350,13 +350,8 @@ static void sparse_down(struct ggml_tensor *dst, int ith, int nth, ts_sparse_lay
     uint64_t nonzero = 0;
     if (dst->ne[1] != n_tokens) {
         GGML_ASSERT(nth == dst->ne[1]); /* the graph runs on the n_threads the partial sums were sized for */
-        float *out = (float *)row_ptr(dst, ith);
-        if (layer->idle) {
-            memset(out, 0, (size_t)n_embd * sizeof(float));
-        } else {
-            const float *a = (const float *)act->data;
-            nonzero = down_rows_share(a, n_ff, down, row_ptr(scratch, ith), ith, nth, n_embd, out);
-        }
+        const float *a = (const float *)act->data;
+        nonzero = down_rows_share(a, n_ff, down, row_ptr(scratch, ith), ith, nth, n_embd, (float *)row_ptr(dst, ith));
     } else if (ith < n_workers) {
         /* this thread's columns: whole quantization blocks, disjoint from every other thread's */
         const int64_t c0 = n_blocks * ith / n_workers * blck, c1 = n_blocks * (ith + 1) / n_workers * blck;
@@ -449,9 +444,24 @@ static struct ggml_tensor expert_matrix(const struct ggml_tensor *stack, int32_t
     return m;
 }
 
-/* the expert of slot s: ids [k, 1] I32 */
-static int32_t slot_expert(const struct ggml_tensor *ids, int64_t s) {
-    return *(const int32_t *)((const char *)ids->data + s * ids->nb[0]);
+/* the expert of slot s: ids [k, 1] I32, each in [0, n_expert) */
+static int32_t slot_expert(const struct ggml_tensor *ids, int64_t s, int64_t n_expert) {
+    const int32_t e = *(const int32_t *)((const char *)ids->data + s * ids->nb[0]);
+    GGML_ASSERT(e >= 0 && e < n_expert);
+    return e;
+}
+
+/* The slot of the smallest expert above `last` (-1: the smallest of all); the k experts are distinct. */
+static int64_t next_slot(const struct ggml_tensor *ids, int32_t last, int64_t n_expert) {
+    int64_t next = -1;
+    for (int64_t s = 0; s < ids->ne[0]; s++) {
+        const int32_t e = slot_expert(ids, s, n_expert);
+        if (e > last && (next < 0 || e < slot_expert(ids, next, n_expert))) {
+            next = s;
+        }
+    }
+    GGML_ASSERT(next >= 0);
+    return next;
 }
 
 /* src: select [n_ff, k] F32 (row s: the selection values of the token's expert in slot s), ids [k, 1], xq_up, up
@@ -466,11 +476,12 @@ static void sparse_act_experts_op(struct ggml_tensor *dst, int ith, int nth, voi
     const int64_t j0 = n_ff * ith / nth, j1 = n_ff * (ith + 1) / nth;
     _Alignas(64) unsigned char prepared_up[TS_DOT_PREPARED_MAX], prepared_gate[TS_DOT_PREPARED_MAX];
     for (int64_t s = 0; s < k; s++) {
-        const int32_t e = slot_expert(ids, s);
+        const int32_t e = slot_expert(ids, s, up->ne[2]);
         const ts_sparse_layer *layer = &experts[e];
+        GGML_ASSERT((gate == NULL) == (layer->select_exact != 0)); /* exact mode: the select values are the gate */
         const struct ggml_tensor up_e = expert_matrix(up, e);
         const struct ggml_tensor gate_e = gate != NULL ? expert_matrix(gate, e) : up_e;
-        act_dots d = make_dots(layer->select_exact ? NULL : &gate_e, &up_e, xq_gate, xq_up);
+        act_dots d = make_dots(gate != NULL ? &gate_e : NULL, &up_e, xq_gate, xq_up);
         prepare_token(&d, xq_gate, xq_up, 0, prepared_gate, prepared_up);
         int32_t count[TS_N_ACT_COUNTERS] = {0};
         act_one_token(layer, &d, (const float *)row_ptr(select, s), (float *)row_ptr(dst, s), j0, j1,
@@ -503,7 +514,7 @@ static void sparse_down_experts_op(struct ggml_tensor *dst, int ith, int nth, vo
     const int64_t n_embd = dst->ne[0], n_ff = act->ne[0], k = ids->ne[0];
     GGML_ASSERT(nth == dst->ne[1]); /* the graph runs on the n_threads the partial sums were sized for */
     for (int64_t s = 0; s < k; s++) {
-        const int32_t e = slot_expert(ids, s);
+        const int32_t e = slot_expert(ids, s, down->ne[2]);
         const struct ggml_tensor down_e = expert_matrix(down, e);
         float *out = (float *)((char *)dst->data + ith * dst->nb[1] + s * dst->nb[2]);
         const uint64_t n = down_rows_share((const float *)row_ptr(act, s), n_ff, &down_e, row_ptr(scratch, ith), ith,
@@ -515,24 +526,20 @@ static void sparse_down_experts_op(struct ggml_tensor *dst, int ith, int nth, vo
 }
 
 /* src: parts [n, P, k], ids [k, 1], weights [k, 1] F32. dst [n, 1] = the sum over the slots, in ascending expert
- * order, of weights[s] * (the sum of parts[:, :, s] in order): the sums of a node per expert, weighted and added. */
+ * order, of weights[s] * (the sum of parts[:, :, s] in order): the sums of a node per expert, weighted and added.
+ * userdata: n_expert, as an integer. */
 static void weighted_sum_op(struct ggml_tensor *dst, int ith, int nth, void *userdata) {
-    (void)userdata;
+    const int64_t n_expert = (int64_t)(intptr_t)userdata;
     const struct ggml_tensor *parts = dst->src[0], *ids = dst->src[1], *weights = dst->src[2];
     const int64_t n = dst->ne[0], n_parts = parts->ne[1], k = ids->ne[0];
     const int64_t c0 = n * ith / nth, c1 = n * (ith + 1) / nth;
     float *out = (float *)dst->data;
-    int32_t last = -1; /* the slots in ascending expert order: each pass takes the smallest expert above the last */
+    int32_t last = -1;
     for (int64_t done = 0; done < k; done++) {
-        int64_t s_next = -1;
-        for (int64_t s = 0; s < k; s++) {
-            const int32_t e = slot_expert(ids, s);
-            s_next = e > last && (s_next < 0 || e < slot_expert(ids, s_next)) ? s : s_next;
-        }
-        GGML_ASSERT(s_next >= 0); /* the k experts are distinct */
-        last = slot_expert(ids, s_next);
-        const float w = *(const float *)((const char *)weights->data + s_next * weights->nb[0]);
-        const char *slot = (const char *)parts->data + s_next * parts->nb[2];
+        const int64_t s = next_slot(ids, last, n_expert);
+        last = slot_expert(ids, s, n_expert);
+        const float w = *(const float *)((const char *)weights->data + s * weights->nb[0]);
+        const char *slot = (const char *)parts->data + s * parts->nb[2];
         for (int64_t c = c0; c < c1; c++) {
             float y = 0.0f;
             for (int64_t p = 0; p < n_parts; p++) {
@@ -556,5 +563,6 @@ struct ggml_tensor *ts_sparse_down_experts(struct ggml_context *ctx0, ts_sparse_
     struct ggml_tensor *parts = ggml_custom_4d(ctx0, GGML_TYPE_F32, n_embd, n_threads, k, 1, args, 5,
                                                sparse_down_experts_op, GGML_N_TASKS_MAX, experts);
     struct ggml_tensor *sum_args[3] = {parts, ids, weights};
-    return ggml_custom_4d(ctx0, GGML_TYPE_F32, n_embd, 1, 1, 1, sum_args, 3, weighted_sum_op, GGML_N_TASKS_MAX, NULL);
+    return ggml_custom_4d(ctx0, GGML_TYPE_F32, n_embd, 1, 1, 1, sum_args, 3, weighted_sum_op, GGML_N_TASKS_MAX,
+                          (void *)(intptr_t)down->ne[2]);
 }

@@ -35,8 +35,8 @@ typedef struct ts_sparse_layer {
     int32_t measure_recall; /* predictor mode: also compute every neuron to count what it missed */
     const float *gate_bias; /* [n_ff] added to gate_j . x (predictor mode; exact mode's select has it), or NULL */
     const float *up_bias;   /* [n_ff] added to up_j . x, or NULL */
-    int32_t idle;           /* an expert no token of this evaluation chose (set by moe_ffn.c's planes node): the act
-                             * node does nothing and the down node writes zeros */
+    int32_t idle;           /* an expert no token of this batch chose (set by moe_ffn.c's planes node for the batch's
+                             * per-expert nodes): the act node does nothing and the down node writes zeros */
     ts_layer_stats stats;   /* accumulated by thread 0 of the down (or count) node */
 } ts_sparse_layer;
 
@@ -56,8 +56,9 @@ enum ts_act_counter {
 
 /* The act node's results: the activations, and its per-thread counters in a tensor of their own. */
 typedef struct ts_sparse_activation {
-    struct ggml_tensor *act;      /* [n_ff, T] F32 */
-    struct ggml_tensor *counters; /* I32 [TS_N_ACT_COUNTERS, n_threads]: row i written by thread i of the act node */
+    struct ggml_tensor *act;      /* [n_ff, T] F32 (the expert nodes: [n_ff, k], one row per chosen expert) */
+    struct ggml_tensor *counters; /* I32 [TS_N_ACT_COUNTERS, n_threads]: row i written by thread i of the act node
+                                   * (the expert nodes: n_threads * k rows, row s * n_threads + i) */
 } ts_sparse_activation;
 
 /*
@@ -87,13 +88,14 @@ struct ggml_tensor *ts_sparse_down(struct ggml_context *ctx0, ts_sparse_layer *l
 
 /*
  * One token through the k experts it chose (mixture-of-experts decoding): one act node and one down node for all k,
- * then one weighted sum (a chain of nodes per expert ran for every expert, chosen or not; the idle chains' memsets,
- * sums of zeros and barrier waits cost 2-6 % of a Mixtral token). experts: the layer's per-expert states, indexed by
- * expert; ids [k, 1] I32 the chosen experts, weights [k, 1] F32 their router weights; select [n_ff, k] their
- * selection values (slot order); gate (NULL in exact mode), up and down (transposed) the stacked matrices
- * [ne0, ne1, n_expert].
- * The act is [n_ff, k]; the output [n_embd, 1] is sum_s weights[s] * down_{ids[s]}(act[:, s]), added in expert order:
- * bit for bit what ts_sparse_act and ts_sparse_down once per expert give, weighted and added in that order.
+ * then one weighted sum. (A batch runs ts_sparse_act and ts_sparse_down once per expert, chosen or not; for one token
+ * the idle experts' nodes - memsets, sums of zeros, barrier waits - cost 2-6 % of a Mixtral token.) experts: the
+ * layer's per-expert states, indexed by expert; ids [k, 1] I32 the chosen experts, weights [k, 1] F32 their router
+ * weights; select [n_ff, k] their selection values (slot order); gate (NULL in exact mode), up and down (transposed)
+ * the stacked matrices [ne0, ne1, n_expert]; n_threads: the threads the graph runs on (sizes counters and partial
+ * sums). The act is [n_ff, k]; the output [n_embd, 1] is sum_s weights[s] * down_{ids[s]}(act[:, s]), added in
+ * expert order: bit for bit what ts_sparse_act and ts_sparse_down once per expert give, weighted (ggml_mul) and added
+ * (ggml_add) in that order (sparse_ffn.c is compiled without FMA contraction for that).
  */
 ts_sparse_activation ts_sparse_act_experts(struct ggml_context *ctx0, ts_sparse_layer *experts,
                                            struct ggml_tensor *select, struct ggml_tensor *ids,
