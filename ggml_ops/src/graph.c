@@ -10,7 +10,6 @@
 #include "context.h"
 #include "grouped_ffn.h"
 
-#include "ggml-cpu.h"
 #include "moe_ffn.h"
 #include "rows_matmul.h"
 
@@ -156,8 +155,9 @@ static struct ggml_tensor *ffn(ts_context *ctx, struct ggml_context *ctx0, int i
         return add_bias(ctx0, ts_sparse_down(ctx0, sl, act, NULL, l->ffn_down_t, m->info.n_embd, stats, n_threads),
                         l->ffn_down_b);
     }
-    struct ggml_tensor *select, *xq_gate = NULL;
-    struct ggml_tensor *xq_up = ts_sparse_quantize(ctx0, cur, l->ffn_up);
+    struct ggml_tensor *select, *xq_gate;
+    struct ggml_tensor *xq_up =
+        ts_sparse_quantize_gate_up(ctx0, cur, sl->select_exact ? NULL : l->ffn_gate, l->ffn_up, &xq_gate);
     if (sl->select_exact) {
         select = matmul_bias(ctx0, l->ffn_gate, l->ffn_gate_b, cur); /* the dense gate decides which up rows run */
     } else {
@@ -166,9 +166,6 @@ static struct ggml_tensor *ffn(ts_context *ctx, struct ggml_context *ctx0, int i
                                     ? ggml_rms_norm(ctx0, ffn_inp, m->info.rms_eps)
                                     : ffn_inp;
         select = ggml_mul_mat(ctx0, l->pred_fc2, ggml_relu(ctx0, ggml_mul_mat(ctx0, l->pred_fc1, h)));
-        const int same = ggml_get_type_traits_cpu(l->ffn_gate->type)->vec_dot_type ==
-                         ggml_get_type_traits_cpu(l->ffn_up->type)->vec_dot_type;
-        xq_gate = same ? xq_up : ts_sparse_quantize(ctx0, cur, l->ffn_gate);
     }
     const ts_sparse_activation a =
         ts_sparse_act(ctx0, sl, select, xq_gate, xq_up, sl->select_exact ? NULL : l->ffn_gate, l->ffn_up, n_threads);

@@ -3,7 +3,6 @@
 #include "axpy_rows.h"
 #include "row_sums_batch.h"
 #include "rows_matmul.h"
-#include "ggml-cpu.h"
 #include "ts_error.h"
 
 #include <math.h>
@@ -321,19 +320,6 @@ static struct ggml_tensor *selection(ts_context *ctx, struct ggml_context *ctx0,
     return ggml_mul_mat_id(ctx0, l->pred_fc2_exps, r, ids);
 }
 
-/* The activation quantized for the experts' up rows (*xq_up) and, in predictor mode, their gate rows (*xq_gate: the
- * same tensor where both types dot with the same quantization; NULL in exact mode, where the gate is the select). */
-static void quantize_for_experts(struct ggml_context *ctx0, const ts_layer *l, struct ggml_tensor *cur, int exact,
-                                 struct ggml_tensor **xq_gate, struct ggml_tensor **xq_up) {
-    *xq_up = ts_sparse_quantize(ctx0, cur, l->ffn_up_exps);
-    *xq_gate = NULL;
-    if (!exact) {
-        const int same = ggml_get_type_traits_cpu(l->ffn_gate_exps->type)->vec_dot_type ==
-                         ggml_get_type_traits_cpu(l->ffn_up_exps->type)->vec_dot_type;
-        *xq_gate = same ? *xq_up : ts_sparse_quantize(ctx0, cur, l->ffn_gate_exps);
-    }
-}
-
 /* One token: the chosen experts only, one node per phase (ts_sparse_act_experts). */
 static struct ggml_tensor *moe_sparse_token(ts_context *ctx, struct ggml_context *ctx0, int il,
                                             struct ggml_tensor *ffn_inp, struct ggml_tensor *cur,
@@ -343,8 +329,9 @@ static struct ggml_tensor *moe_sparse_token(ts_context *ctx, struct ggml_context
     ts_sparse_layer *experts = &ctx->expert_sparse[(size_t)il * (size_t)m->info.n_expert];
     const int exact = experts[0].select_exact;
     struct ggml_tensor *sel = selection(ctx, ctx0, il, ffn_inp, cur, ids, exact); /* [n_ff, k, 1] */
-    struct ggml_tensor *xq_gate, *xq_up;
-    quantize_for_experts(ctx0, l, cur, exact, &xq_gate, &xq_up);
+    struct ggml_tensor *xq_gate;
+    struct ggml_tensor *xq_up = ts_sparse_quantize_gate_up(ctx0, cur, exact ? NULL : l->ffn_gate_exps, l->ffn_up_exps,
+                                                           &xq_gate);
     struct ggml_tensor *slots = ggml_reshape_2d(ctx0, sel, m->info.n_ff, sel->ne[1]); /* [n_ff, k] */
     const ts_sparse_activation a = ts_sparse_act_experts(ctx0, experts, slots, ids, xq_gate, xq_up,
                                                          exact ? NULL : l->ffn_gate_exps, l->ffn_up_exps,
@@ -368,11 +355,13 @@ static struct ggml_tensor *moe_sparse_batch(ts_context *ctx, struct ggml_context
     args[0] = weights;
     struct ggml_tensor *w = ggml_custom_4d(ctx0, GGML_TYPE_F32, n_tokens, n_expert, 1, 1, args, 2, expert_weights_op,
                                            GGML_N_TASKS_MAX, NULL);
-    struct ggml_tensor *xq_gate, *xq_up;
-    quantize_for_experts(ctx0, l, cur, exact, &xq_gate, &xq_up);
+    struct ggml_tensor *xq_gate;
+    struct ggml_tensor *xq_up = ts_sparse_quantize_gate_up(ctx0, cur, exact ? NULL : l->ffn_gate_exps, l->ffn_up_exps,
+                                                           &xq_gate);
     struct ggml_tensor *out = NULL;
     for (int64_t e = 0; e < n_expert; e++) {
-        struct ggml_tensor *plane = ggml_view_2d(ctx0, planes, n_ff, n_tokens, planes->nb[1], (size_t)e * planes->nb[2]);
+        struct ggml_tensor *plane =
+            ggml_view_2d(ctx0, planes, n_ff, n_tokens, planes->nb[1], (size_t)e * planes->nb[2]);
         const ts_sparse_activation a = ts_sparse_act(ctx0, &experts[e], plane, xq_gate, xq_up,
                                                      exact ? NULL : expert_view(ctx0, l->ffn_gate_exps, e),
                                                      expert_view(ctx0, l->ffn_up_exps, e), ctx->params.n_threads);

@@ -37,6 +37,19 @@ struct ggml_tensor *ts_sparse_quantize(struct ggml_context *ctx0, struct ggml_te
                           quantize_op, GGML_N_TASKS_MAX, (void *)(intptr_t)vdt);
 }
 
+struct ggml_tensor *ts_sparse_quantize_gate_up(struct ggml_context *ctx0, struct ggml_tensor *x,
+                                               const struct ggml_tensor *gate, const struct ggml_tensor *up,
+                                               struct ggml_tensor **xq_gate) {
+    struct ggml_tensor *xq_up = ts_sparse_quantize(ctx0, x, up);
+    *xq_gate = NULL;
+    if (gate != NULL) {
+        const int same = ggml_get_type_traits_cpu(gate->type)->vec_dot_type ==
+                         ggml_get_type_traits_cpu(up->type)->vec_dot_type;
+        *xq_gate = same ? xq_up : ts_sparse_quantize(ctx0, x, gate);
+    }
+    return xq_up;
+}
+
 /* ---- act: gate and up rows of the selected neurons only ----------------------------------------- */
 
 /* The gate's activation: silu for SwiGLU, relu for the ReLU-gated FFNs. */
@@ -305,6 +318,11 @@ static int64_t down_split(const struct ggml_tensor *down, int64_t n_embd) {
     return type_blck < 32 && n_embd % 32 == 0 ? 32 : type_blck;
 }
 
+/* Scratch bytes of one token's list of non-zero neurons (gather_nonzero's idx and coef) */
+static int64_t one_token_scratch(int64_t n_ff) {
+    return n_ff * (int64_t)(sizeof(int32_t) + sizeof(float));
+}
+
 /* One token's non-zero neurons (indices and activations) in order, gathered without a branch: the non-zeros are few
  * and scattered. */
 static int64_t gather_nonzero(const float *a, int64_t n_ff, int32_t *idx, float *coef) {
@@ -394,18 +412,23 @@ static void sparse_down_counted(struct ggml_tensor *dst, int ith, int nth, void 
     sparse_down(dst, ith, nth, userdata, TS_DOWN_COUNTED);
 }
 
+/* Column c of n_parts partial sums whose rows start at `parts`, nb1 bytes apart, added in order. */
+static float sum_of_parts(const char *parts, size_t nb1, int64_t n_parts, int64_t c) {
+    float y = ((const float *)parts)[c];
+    for (int64_t p = 1; p < n_parts; p++) {
+        y += ((const float *)(parts + p * nb1))[c];
+    }
+    return y;
+}
+
 /* dst [n, 1] = the sum of the rows of src [n, P] in order (the same sum whatever splits the columns) */
 static void sum_partials_op(struct ggml_tensor *dst, int ith, int nth, void *userdata) {
     (void)userdata;
     const struct ggml_tensor *parts = dst->src[0];
     const int64_t n = dst->ne[0], c0 = n * ith / nth, c1 = n * (ith + 1) / nth;
     float *out = (float *)dst->data;
-    memcpy(out + c0, (const float *)parts->data + c0, (size_t)(c1 - c0) * sizeof(float));
-    for (int64_t p = 1; p < parts->ne[1]; p++) {
-        const float *part = (const float *)row_ptr(parts, p);
-        for (int64_t c = c0; c < c1; c++) {
-            out[c] += part[c];
-        }
+    for (int64_t c = c0; c < c1; c++) {
+        out[c] = sum_of_parts(parts->data, parts->nb[1], parts->ne[1], c);
     }
 }
 
@@ -419,7 +442,7 @@ struct ggml_tensor *ts_sparse_down(struct ggml_context *ctx0, ts_sparse_layer *l
                                    struct ggml_tensor *counters, struct ggml_tensor *down, int64_t n_embd,
                                    enum ts_down_stats stats, int32_t n_threads) {
     const int64_t n_ff = act->ne[0], n_tokens = act->ne[1];
-    const size_t one = (size_t)n_ff * (sizeof(int32_t) + sizeof(float));
+    const size_t one = (size_t)one_token_scratch(n_ff);
     const size_t batch = n_tokens > 1 ? ts_row_sums_batch_scratch(down->type, n_ff, n_tokens) : 0;
     struct ggml_tensor *scratch = ggml_new_tensor_2d(ctx0, GGML_TYPE_I8, (int64_t)(batch > one ? batch : one), n_threads);
     struct ggml_tensor *args[4] = {act, down, scratch, counters};
@@ -474,15 +497,18 @@ static void sparse_act_experts_op(struct ggml_tensor *dst, int ith, int nth, voi
     const int64_t n_ff = up->ne[1], k = ids->ne[0];
     GGML_ASSERT(counters->ne[1] == nth * k); /* the graph runs on the n_threads the counters were sized for */
     const int64_t j0 = n_ff * ith / nth, j1 = n_ff * (ith + 1) / nth;
+    /* the experts of a stack share their types: one kernel choice and one prepared token serve every slot */
     _Alignas(64) unsigned char prepared_up[TS_DOT_PREPARED_MAX], prepared_gate[TS_DOT_PREPARED_MAX];
+    act_dots d = make_dots(gate, up, xq_gate, xq_up);
+    prepare_token(&d, xq_gate, xq_up, 0, prepared_gate, prepared_up);
     for (int64_t s = 0; s < k; s++) {
         const int32_t e = slot_expert(ids, s, up->ne[2]);
         const ts_sparse_layer *layer = &experts[e];
         GGML_ASSERT((gate == NULL) == (layer->select_exact != 0)); /* exact mode: the select values are the gate */
         const struct ggml_tensor up_e = expert_matrix(up, e);
         const struct ggml_tensor gate_e = gate != NULL ? expert_matrix(gate, e) : up_e;
-        act_dots d = make_dots(gate != NULL ? &gate_e : NULL, &up_e, xq_gate, xq_up);
-        prepare_token(&d, xq_gate, xq_up, 0, prepared_gate, prepared_up);
+        d.up = &up_e;
+        d.gate = gate != NULL ? &gate_e : NULL;
         int32_t count[TS_N_ACT_COUNTERS] = {0};
         act_one_token(layer, &d, (const float *)row_ptr(select, s), (float *)row_ptr(dst, s), j0, j1,
                       layer->measure_recall && !layer->select_exact, count);
@@ -541,11 +567,7 @@ static void weighted_sum_op(struct ggml_tensor *dst, int ith, int nth, void *use
         const float w = *(const float *)((const char *)weights->data + s * weights->nb[0]);
         const char *slot = (const char *)parts->data + s * parts->nb[2];
         for (int64_t c = c0; c < c1; c++) {
-            float y = 0.0f;
-            for (int64_t p = 0; p < n_parts; p++) {
-                const float v = ((const float *)(slot + p * parts->nb[1]))[c];
-                y = p == 0 ? v : y + v;
-            }
+            const float y = sum_of_parts(slot, parts->nb[1], n_parts, c);
             out[c] = done == 0 ? y * w : out[c] + y * w;
         }
     }
@@ -557,8 +579,7 @@ struct ggml_tensor *ts_sparse_down_experts(struct ggml_context *ctx0, ts_sparse_
                                            int32_t n_threads) {
     const int64_t n_ff = a.act->ne[0], k = ids->ne[0];
     GGML_ASSERT(weights->ne[0] == k && weights->ne[1] == 1);
-    struct ggml_tensor *scratch =
-        ggml_new_tensor_2d(ctx0, GGML_TYPE_I8, n_ff * (int64_t)(sizeof(int32_t) + sizeof(float)), n_threads);
+    struct ggml_tensor *scratch = ggml_new_tensor_2d(ctx0, GGML_TYPE_I8, one_token_scratch(n_ff), n_threads);
     struct ggml_tensor *args[5] = {a.act, ids, down, scratch, a.counters};
     struct ggml_tensor *parts = ggml_custom_4d(ctx0, GGML_TYPE_F32, n_embd, n_threads, k, 1, args, 5,
                                                sparse_down_experts_op, GGML_N_TASKS_MAX, experts);

@@ -43,6 +43,12 @@ typedef struct ts_sparse_layer {
 /* x [n_embd, T] F32 -> [row_bytes(vec_dot_type of `weight`), T] I8 rows of quantized activations */
 struct ggml_tensor *ts_sparse_quantize(struct ggml_context *ctx0, struct ggml_tensor *x, const struct ggml_tensor *weight);
 
+/* x quantized for the up rows (returned) and for the gate rows (*xq_gate: the same tensor where both types dot with
+ * the same quantization; NULL where gate is NULL, exact mode, whose gate is the select) - ts_sparse_act's inputs. */
+struct ggml_tensor *ts_sparse_quantize_gate_up(struct ggml_context *ctx0, struct ggml_tensor *x,
+                                               const struct ggml_tensor *gate, const struct ggml_tensor *up,
+                                               struct ggml_tensor **xq_gate);
+
 /* Counters the act node keeps per thread (one row of ts_sparse_activation.counters each), summed into the layer's
  * stats by the down (or count) node. */
 enum ts_act_counter {
