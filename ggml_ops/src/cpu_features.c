@@ -14,8 +14,12 @@ int ts_isa_supported(enum ts_kernel_isa isa) {
     case TS_ISA_AVX2:
         return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
     case TS_ISA_AVX512_VNNI:
+#ifdef TS_EMULATE_AVX512
+        return ts_isa_supported(TS_ISA_AVX2); /* a test build: SIMDe emulates AVX-512 in AVX2 (CMakeLists.txt) */
+#else
         return ts_isa_supported(TS_ISA_AVX2) && __builtin_cpu_supports("avx512f") &&
                __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vnni");
+#endif
     default:
         return 0;
     }
