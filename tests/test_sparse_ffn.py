@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import gguf
@@ -295,7 +296,8 @@ def test_a_metadata_only_load_answers_what_the_file_is_but_runs_nothing(tmp_path
 
 @pytest.mark.parametrize("mode", [SparseMode.OFF, SparseMode.EXACT, SparseMode.PREDICTOR])
 def test_one_ffn_block_alone(tmp_path: Path, mode: SparseMode) -> None:
-    """eval_ffn (the kernel benchmark's entry) computes ffn(rms_norm(h)) of one layer as the reference does."""
+    """eval_ffn (the kernel benchmark's entry) computes ffn(rms_norm(h)) of one layer as the reference does; the
+    timed call returns the same values and a computation time within the call's own."""
     cfg = TinyConfig(act="drelu")
     path, stored = make(tmp_path, cfg, rank=16, predictor_input="residual_rmsnorm")
     w = {k: v.astype(np.float64) for k, v in stored.items()}
@@ -309,6 +311,9 @@ def test_one_ffn_block_alone(tmp_path: Path, mode: SparseMode) -> None:
     ctx = context(path, mode, threshold=0.0)
     out = ctx.eval_ffn(1, h, dense_ffn=mode == SparseMode.OFF)
     assert np.abs(out - ref).max() <= F32_TOLERANCE * np.abs(ref).max() * 10
+    t0 = time.perf_counter()
+    timed, seconds = ctx.eval_ffn_timed(1, h, dense_ffn=mode == SparseMode.OFF)
+    assert np.array_equal(timed, out) and 0.0 <= seconds <= time.perf_counter() - t0
     assert ctx.n_past == 0
     with pytest.raises(Exception, match="layer 9 out of"):
         ctx.eval_ffn(9, h, dense_ffn=False)

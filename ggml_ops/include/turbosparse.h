@@ -224,10 +224,11 @@ int32_t ts_context_decode_batch(ts_context *ctx, const int32_t *seqs, const int3
 /*
  * One layer's FFN block alone, for tests and the kernel benchmark: out = ffn(rms_norm(h)) for h the residual
  * before the FFN norm (F32 [n_tokens, n_embd] rows), dense or under the context's sparse mode. The KV cache
- * is untouched; the sparse nodes count into the layer's stats as decoding does.
+ * is untouched; the sparse nodes count into the layer's stats as decoding does. compute_us (NULL or one value)
+ * receives the microseconds the graph's computation took, without building and allocating it.
  */
 int32_t ts_context_eval_ffn(ts_context *ctx, int32_t layer, const float *h, int32_t n_tokens, int32_t dense_ffn,
-                            float *out, char *err, size_t err_size);
+                            float *out, int64_t *compute_us, char *err, size_t err_size);
 /*
  * Dense evaluation of n_tokens tokens appended after the cached ones (as ts_context_eval with dense_ffn = 1, no
  * logits) that also copies every layer's FFN gate and up values, before the activation: gate and up are

@@ -682,7 +682,7 @@ int32_t ts_context_eval_trace(ts_context *c, const int32_t *tokens, int32_t n_to
 }
 
 int32_t ts_context_eval_ffn(ts_context *c, int32_t layer, const float *h, int32_t n_tokens, int32_t dense_ffn,
-                            float *out, char *err, size_t err_size) {
+                            float *out, int64_t *compute_us, char *err, size_t err_size) {
     if (layer < 0 || layer >= c->model->info.n_layer) {
         return ts_fail(err, err_size, TS_ERR_ARGUMENT, "layer %d out of [0, %d)", layer, c->model->info.n_layer);
     }
@@ -700,7 +700,11 @@ int32_t ts_context_eval_ffn(ts_context *c, int32_t layer, const float *h, int32_
     int rc = alloc_graph(c, gf, n_tokens, err, err_size);
     if (rc == 0) {
         ggml_backend_tensor_set(in, h, 0, ggml_nbytes(in));
+        const int64_t t0 = ggml_time_us();
         rc = compute_graph(c, gf, err, err_size);
+        if (compute_us != NULL) {
+            *compute_us = ggml_time_us() - t0;
+        }
     }
     if (rc == 0) {
         count_groups(c);

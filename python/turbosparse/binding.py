@@ -561,11 +561,16 @@ class NativeContext:
 
     def eval_ffn(self, layer: int, h: np.ndarray, *, dense_ffn: bool) -> np.ndarray:
         """One layer's FFN block alone: ffn(rms_norm(h)) for h [n_tokens, n_embd]; the KV cache is untouched."""
+        return self.eval_ffn_timed(layer, h, dense_ffn=dense_ffn)[0]
+
+    def eval_ffn_timed(self, layer: int, h: np.ndarray, *, dense_ffn: bool) -> tuple[np.ndarray, float]:
+        """eval_ffn, and the seconds the graph's computation took (not its building, allocation or this call)."""
         x = np.ascontiguousarray(h, dtype=np.float32)
         if x.ndim != 2 or x.shape[1] != self._model.info.n_embd:
             raise ValueError(f"expected h of shape [n_tokens, {self._model.info.n_embd}], got {x.shape}")
         out = np.empty_like(x)
         ffi = self._lib.ffi
+        compute_us = ffi.new("int64_t *")
         err = _ErrorBuffer(self._lib)
         rc = self._lib.lib.ts_context_eval_ffn(
             self._handle,
@@ -574,12 +579,13 @@ class NativeContext:
             x.shape[0],
             int(dense_ffn),
             ffi.from_buffer("float[]", out),
+            compute_us,
             err.buf,
             _ERR_SIZE,
         )
         if rc != Status.OK:
             raise status_error(rc, err.message)
-        return out
+        return out, compute_us[0] * 1e-6
 
 
 def _output_buffer(out: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:

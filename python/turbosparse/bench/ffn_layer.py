@@ -5,6 +5,9 @@ twin with ggml's mul_mat for gate, up and down; the sparse model with its predic
 sparse gate/up node and the sparse down node. Calls alternate, and medians are reported with the bytes each
 side reads per token, so the effective bandwidths compare directly with each other and with a plain copy.
 Calls cycle over four identical layers stored apart, so the weights come from memory, not from a large L3.
+The times are those of the graphs' computations (every node and ggml's thread synchronisation); each call's
+fixed cost around them (this Python call, building and allocating the one-layer graph), which a decoded token
+pays once for all its layers, is reported apart: it would weigh ~4x more on the sparse side's time.
 """
 
 from __future__ import annotations
@@ -27,8 +30,10 @@ Q = gguf.GGMLQuantizationType
 @dataclass(frozen=True)
 class FfnLayerResult:
     quant: str
-    dense_ms: float
-    sparse_ms: float
+    dense_ms: float  # median computation of the dense FFN graph
+    sparse_ms: float  # median computation of the sparse FFN graph
+    dense_call_ms: float  # median whole call (graph building and allocation, Python) of each side
+    sparse_call_ms: float
     dense_bytes: int  # gate + up + down of one layer, read by the dense FFN per token
     sparse_bytes: float  # predictor + the computed rows of gate, up and down_t per token
     active: float  # measured share of neurons computed
@@ -86,12 +91,12 @@ def bench_ffn_layer(
         for ctx, is_dense in ((dense, True), (sparse, False)):
             ctx.eval_ffn(layer, inputs[0], dense_ffn=is_dense)
     sparse.reset_stats()
-    t_dense, t_sparse = [], []
+    t_dense, t_sparse, call_dense, call_sparse = [], [], [], []
     for i in range(rounds * n_layer):
-        for ctx, is_dense, times in ((dense, True, t_dense), (sparse, False, t_sparse)):
+        for ctx, is_dense, times, calls in ((dense, True, t_dense, call_dense), (sparse, False, t_sparse, call_sparse)):
             t0 = time.perf_counter()
-            ctx.eval_ffn(i % n_layer, inputs[i // n_layer], dense_ffn=is_dense)
-            times.append(time.perf_counter() - t0)
+            times.append(ctx.eval_ffn_timed(i % n_layer, inputs[i // n_layer], dense_ffn=is_dense)[1])
+            calls.append(time.perf_counter() - t0)
     stats = sparse.layer_stats()
     n_ff = sparse.model.info.n_ff
     tb_dense, tb_sparse = tensor_bytes(dense_path), tensor_bytes(sparse_path)
@@ -99,6 +104,8 @@ def bench_ffn_layer(
         quant=quant.name.lower(),
         dense_ms=1e3 * statistics.median(t_dense),
         sparse_ms=1e3 * statistics.median(t_sparse),
+        dense_call_ms=1e3 * statistics.median(call_dense),
+        sparse_call_ms=1e3 * statistics.median(call_sparse),
         dense_bytes=tb_dense.gate[0] + tb_dense.up[0] + tb_dense.down[0],
         # identical layers, each called equally often: bytes per call are the mean over layers
         sparse_bytes=statistics.fmean(
@@ -118,11 +125,16 @@ def _down_kernel(quant: Q, n_embd: int) -> str:
 
 
 def format_table(results: list[FfnLayerResult], copy_gb_s: float, spec_line: str, machine: dict[str, str]) -> str:
+    around = ", ".join(
+        f"{r.quant} dense {r.dense_call_ms - r.dense_ms:.3f} ms, sparse {r.sparse_call_ms - r.sparse_ms:.3f} ms"
+        for r in results
+    )
     lines = [
         spec_line,
         f"# {machine['cpu']} [{machine['cpu_flags']}] kernels {machine['kernel_isas']} | load {machine['load']} "
         f"| THP {machine['huge_pages']} | commit {machine['commit']}",
         f"machine copy bandwidth (1 thread, read + write): {copy_gb_s:.1f} GB/s",
+        f"per call around the graph (not counted): {around}",
         f"{'quant':6} {'dense ms':>9} {'dense GB/s':>10} {'sparse ms':>9} {'sparse GB/s':>11} {'GB/s ratio':>10} "
         f"{'active':>7} {'speedup':>8} {'bytes ceiling':>13} {'kernels (gate/up, down)':>24}",
     ]
