@@ -82,10 +82,12 @@ void ts_rows_split(enum ggml_type type, const void *src, void *dst, int64_t n_ro
         const unsigned char *row = (const unsigned char *)src + (size_t)i * row_bytes;
         for (size_t b = 0; b < n_blocks; b++) {
             const unsigned char *blk = row + b * block;
-            for (size_t h = 0; h < head; h += 2) { /* d, then m: each an array of its own */
-                memcpy(out + h * n_blocks + 2 * b, blk + h, 2);
+            const size_t first = b / 8 * 8, c = n_blocks - first < 8 ? n_blocks - first : 8, j = b - first;
+            unsigned char *group = out + first * block;
+            for (size_t h = 0; h < head; h += 2) { /* d, then m: each an array of the group's c blocks */
+                memcpy(group + h * c + 2 * j, blk + h, 2);
             }
-            memcpy(out + head * n_blocks + quants * b, blk + head, quants);
+            memcpy(group + head * c + quants * j, blk + head, quants);
         }
     }
 }

@@ -25,11 +25,12 @@ int ts_axpy_rows_supported(enum ggml_type type);
 
 /*
  * How W's rows are laid out. TS_ROWS_GGML: ggml's blocks. TS_ROWS_SPLIT, for the 32-value block types whose block is
- * an fp16 scale d (Q4_0, Q8_0; Q4_1 also an fp16 min m) and then the quants: the same bytes of a row reordered as
- * every block's d, then every block's m, then every block's quants, in block order (row size unchanged). A kernel
- * then loads the scales of consecutive blocks of one row as a vector instead of gathering them one block at a time
- * (the AVX2 Q4_0 and Q4_1 kernels). W is in the layout the kernel ts_axpy_rows runs for `type` on this CPU reads
- * (ts_axpy_rows_layout), converted once at model load (ts_rows_split).
+ * an fp16 scale d (Q4_0, Q8_0; Q4_1 also an fp16 min m) and then the quants: the same bytes of a row reordered in
+ * groups of 8 consecutive blocks (the last group of a row may hold fewer), each group holding its blocks' d, then their
+ * m, then their quants, in block order (row size unchanged). A kernel then loads the scales of a group as one vector
+ * instead of gathering them one block at a time, and still reads each row front to back as one stream (the AVX2
+ * Q4_0 and Q4_1 kernels, the AVX-512 Q4_0 kernel). W is in the layout the kernel ts_axpy_rows runs for `type` on this
+ * CPU reads (ts_axpy_rows_layout), converted once at model load (ts_rows_split).
  */
 enum ts_rows_layout { TS_ROWS_GGML, TS_ROWS_SPLIT };
 

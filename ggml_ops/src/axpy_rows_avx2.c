@@ -237,34 +237,38 @@ static inline void split_units(const uint8_t *const *r, size_t at, const split_c
 }
 
 /* Units [u0, u0 + n_units) of SPLIT_ROWS split rows of a 4-bit 32-value block type (16 bytes of quants) with
- * `n_heads` header arrays (1: d; 2: d and m) and the codes' offset (Q4_0 8, Q4_1 0). */
+ * `n_heads` header arrays per group of 8 blocks (1: d; 2: d and m) and the codes' offset (Q4_0 8, Q4_1 0). */
 static inline void add_split(const uint8_t *const *r, const float *a, int64_t u0, int64_t n_units, int64_t row_units,
-                             float *o, ts_row_prefetcher *qpf, ts_row_prefetcher *hpf, int n_heads, int offset) {
-    const size_t quants = (size_t)row_units * 2 * (size_t)n_heads;
-    for (int64_t u = 0; u < n_units; u += 8) {
-        const int n = n_units - u < 8 ? (int)(n_units - u) : 8;
-        ts_prefetch_upto(hpf, (size_t)(u + n) * 2);
+                             float *o, ts_row_prefetcher *pf, int n_heads, int offset) {
+    const size_t block = (size_t)(2 * n_heads + 16);
+    const int64_t start = u0 / 8 * 8, end = u0 + n_units;
+    for (int64_t u = u0; u < end;) {
+        const int64_t first = u / 8 * 8;
+        const int c = row_units - first < 8 ? (int)(row_units - first) : 8, j0 = (int)(u - first);
+        const int n = c - j0 < end - u ? c - j0 : (int)(end - u);
+        const size_t base = (size_t)first * block, quants = base + (size_t)(2 * n_heads * c);
         split_coefs q;
-        split_quantize(r, a, (size_t)(u0 + u) * 2, n_heads == 2 ? (size_t)(row_units + u0 + u) * 2 : 0, n, &q);
+        split_quantize(r, a, base + 2 * (size_t)j0, n_heads == 2 ? base + 2 * (size_t)(c + j0) : 0, n, &q);
         for (int j = 0; j < n; j += 2) {
-            ts_prefetch_upto(qpf, (size_t)(u + j + 2) * 16); /* a line at a time: bursts overrun */
+            ts_prefetch_upto(pf, (size_t)(u + j + 2 - start) * block); /* a line at a time: bursts overrun */
             const int two = j + 1 < n;
             if (n_heads == 1 && q.scale[j] == 0.0f && (!two || q.scale[j + 1] == 0.0f)) {
                 continue; /* every k is 0 and there are no mins: nothing to add */
             }
-            split_units(r, quants + (size_t)(u0 + u + j) * 16, &q, j, two, offset, n_heads == 2, o + 32 * (u + j));
+            split_units(r, quants + (size_t)(j0 + j) * 16, &q, j, two, offset, n_heads == 2, o + 32 * (u - u0 + j));
         }
+        u += n;
     }
 }
 
 static void add_split_q4_0(const uint8_t *const *r, const float *a, int64_t u0, int64_t n_units, int64_t row_units,
-                           float *o, ts_row_prefetcher *qpf, ts_row_prefetcher *hpf) {
-    add_split(r, a, u0, n_units, row_units, o, qpf, hpf, 1, 8);
+                           float *o, ts_row_prefetcher *pf) {
+    add_split(r, a, u0, n_units, row_units, o, pf, 1, 8);
 }
 
 static void add_split_q4_1(const uint8_t *const *r, const float *a, int64_t u0, int64_t n_units, int64_t row_units,
-                           float *o, ts_row_prefetcher *qpf, ts_row_prefetcher *hpf) {
-    add_split(r, a, u0, n_units, row_units, o, qpf, hpf, 2, 0);
+                           float *o, ts_row_prefetcher *pf) {
+    add_split(r, a, u0, n_units, row_units, o, pf, 2, 0);
 }
 
 /* Q4_K: the coefficients of Q4_K_ROWS rows per super-block (axpy_q4_k_coefs.h), then each unit adds its codes */

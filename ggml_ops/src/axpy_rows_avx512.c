@@ -63,19 +63,22 @@ static inline void four_units_q4_0(const uint8_t *const *r, size_t at, const spl
     }
 }
 
-/* Units [u0, u0 + n_units) of SPLIT_ROWS split Q4_0 rows (a d array of row_units fp16, then the quants). */
+/* Units [u0, u0 + n_units) of SPLIT_ROWS split Q4_0 rows (per group of 8 blocks: their d, then their quants). */
 static void add_split_q4_0(const uint8_t *const *r, const float *a, int64_t u0, int64_t n_units, int64_t row_units,
-                           float *o, ts_row_prefetcher *qpf, ts_row_prefetcher *hpf) {
-    const size_t quants = (size_t)row_units * 2;
-    for (int64_t u = 0; u < n_units; u += 8) {
-        const int n = n_units - u < 8 ? (int)(n_units - u) : 8;
-        ts_prefetch_upto(hpf, (size_t)(u + n) * 2);
+                           float *o, ts_row_prefetcher *pf) {
+    const int64_t start = u0 / 8 * 8, end = u0 + n_units;
+    for (int64_t u = u0; u < end;) {
+        const int64_t first = u / 8 * 8;
+        const int c = row_units - first < 8 ? (int)(row_units - first) : 8, j0 = (int)(u - first);
+        const int n = c - j0 < end - u ? c - j0 : (int)(end - u);
+        const size_t base = (size_t)first * 18, quants = base + 2 * (size_t)c;
         split_coefs q;
-        split_quantize(r, a, (size_t)(u0 + u) * 2, 0, n, &q);
+        split_quantize(r, a, base + 2 * (size_t)j0, 0, n, &q);
         for (int j = 0; j < n; j += 4) {
-            ts_prefetch_upto(qpf, (size_t)(u + j + 4) * 16); /* a line at a time: bursts overrun */
-            four_units_q4_0(r, quants + (size_t)(u0 + u + j) * 16, &q, j, n - j < 4 ? n - j : 4, o + 32 * (u + j));
+            ts_prefetch_upto(pf, (size_t)(u + j + 4 - start) * 18); /* a line at a time: bursts overrun */
+            four_units_q4_0(r, quants + (size_t)(j0 + j) * 16, &q, j, n - j < 4 ? n - j : 4, o + 32 * (u - u0 + j));
         }
+        u += n;
     }
 }
 

@@ -94,30 +94,20 @@ static inline void ts_padded_group(const char *w, size_t row_bytes, size_t offse
     static void axpy_tile_##name(const char *w, size_t row_bytes, size_t offset, const int32_t *idx,               \
                                  const float *coef, int64_t n_idx, int64_t n_units, float *o) {                      \
         const int64_t row_units = (int64_t)(row_bytes / (block_bytes)), u0 = (int64_t)(offset / (block_bytes));      \
-        const size_t quant_bytes = (block_bytes) - (head_bytes);                                                     \
-        const size_t quants = (size_t)row_units * (head_bytes) + (size_t)u0 * quant_bytes;                          \
-        const size_t seg_bytes = (size_t)n_units * quant_bytes, head_seg = (size_t)n_units * 2;                     \
-        const int n_heads = (head_bytes) / 2;                                                                        \
-        const int64_t first = n_idx < (rows) ? n_idx : (rows);                                                       \
-        for (int h = 0; h < n_heads; h++) {                                                                          \
-            ts_prefetch_row_segments(w, row_bytes, (size_t)(h * row_units + u0) * 2, idx, first, head_seg);          \
-        }                                                                                                            \
-        ts_prefetch_row_segments(w, row_bytes, quants, idx, first, seg_bytes);                                       \
+        const int64_t first_unit = u0 / 8 * 8, last = (u0 + n_units + 7) / 8 * 8;                                   \
+        const size_t start = (size_t)first_unit * (block_bytes);                                                     \
+        const size_t seg_bytes = (size_t)((last < row_units ? last : row_units) - first_unit) * (block_bytes);       \
+        ts_prefetch_row_segments(w, row_bytes, start, idx, n_idx < (rows) ? n_idx : (rows), seg_bytes);             \
         for (int64_t i = 0; i < n_idx; i += (rows)) {                                                                \
             const int n = n_idx - i < (rows) ? (int)(n_idx - i) : (rows);                                            \
             const int64_t next = i + n, ahead = n_idx - next < (rows) ? n_idx - next : (rows);                       \
             const uint8_t *r[rows];                                                                                  \
-            const void *q_next[rows], *h_next[2 * (rows)];                                                           \
+            const void *r_next[rows];                                                                                \
             float a[rows];                                                                                           \
             ts_padded_group(w, row_bytes, 0, idx, coef, i, n, (rows), r, a); /* the rows' starts */                  \
-            ts_row_prefetcher qpf = ts_next_rows(w, row_bytes, quants, idx + next, ahead, q_next);                   \
-            for (int h = 0; h < n_heads; h++) {                                                                      \
-                ts_next_rows(w, row_bytes, (size_t)(h * row_units + u0) * 2, idx + next, ahead, h_next + h * ahead);  \
-            }                                                                                                        \
-            ts_row_prefetcher hpf = {h_next, (int)(n_heads * ahead), 0};                                             \
-            add_split_##name(r, a, u0, n_units, row_units, o, &qpf, &hpf);                                           \
-            ts_prefetch_upto(&qpf, seg_bytes + 64);                                                                  \
-            ts_prefetch_upto(&hpf, head_seg + 64);                                                                   \
+            ts_row_prefetcher pf = ts_next_rows(w, row_bytes, start, idx + next, ahead, r_next);                     \
+            add_split_##name(r, a, u0, n_units, row_units, o, &pf);                                                  \
+            ts_prefetch_upto(&pf, seg_bytes + 64);                                                                   \
         }                                                                                                            \
     }
 
