@@ -46,6 +46,8 @@ typedef struct binding {
     int rows;   /* read row by row: copied into huge-page memory (allocate_rows) */
     int split;  /* a transposed down, into the split row layout its kernel reads (axpy_rows.h) */
     int requant; /* a transposed down held as Q8_0: no fused kernel of this CPU reads its type (axpy_rows.h) */
+    struct binding *up_beside; /* a gate copied with its layer's up, row by row side by side (pair_gate_up) */
+    int beside_gate;           /* an up copied with its layer's gate */
 } binding;
 
 typedef struct plan {
@@ -860,6 +862,63 @@ static int requantize_rows(enum ggml_type src_type, const void *src, void *dst, 
     return 0;
 }
 
+static binding *find_binding(plan *p, struct ggml_tensor **slot) {
+    for (int i = 0; i < p->n; i++) {
+        if (p->items[i].slot == slot) {
+            return &p->items[i];
+        }
+    }
+    return NULL;
+}
+
+/* Where a layer's gate and up are both copied row by row (the predictor's layers), the copy lays gate row j and up row
+ * j side by side (gate_0, up_0, gate_1, up_1, ...) and each tensor sees its rows two row sizes apart (nb[1]): the act
+ * node reads a neuron's two rows together, which are then one stream of memory instead of two far apart. The
+ * gate/up kernel read 10-15 % of a Mistral-7B layer's neurons from DRAM 1.02-1.17x faster so (2 threads, AMD EPYC
+ * Zen 3). Not for a file with neuron groups: the grouped route views gate and up as contiguous [n_embd, G, n_ff / G]
+ * stacks. */
+static void pair_gate_up(ts_model *m, plan *p) {
+    if (m->info.group_size > 0) {
+        return;
+    }
+    for (int il = 0; il < m->info.n_layer; il++) {
+        ts_layer *l = &m->layers[il];
+        binding *g = find_binding(p, m->info.n_expert > 0 ? &l->ffn_gate_exps : &l->ffn_gate);
+        binding *u = find_binding(p, m->info.n_expert > 0 ? &l->ffn_up_exps : &l->ffn_up);
+        if (g != NULL && u != NULL && g->rows && u->rows && g->role == ROLE_ROWS && u->role == ROLE_ROWS &&
+            !g->split && !g->requant && !u->split && !u->requant && g->src->type == u->src->type &&
+            memcmp(g->ne, u->ne, sizeof(g->ne)) == 0) {
+            g->up_beside = u;
+            u->beside_gate = 1;
+        }
+    }
+}
+
+/* The gate and up of one layer (pair_gate_up) placed at `at` and copied there row by row, side by side. */
+static int place_side_by_side(ts_model *m, const binding *g, char *at, char *err, size_t err_size) {
+    struct ggml_tensor *t[2] = {*g->slot, *g->up_beside->slot};
+    const ts_gguf_tensor *src[2] = {g->src, g->up_beside->src};
+    const size_t row = t[0]->nb[1];
+    for (int k = 0; k < 2; k++) {
+        t[k]->nb[1] = 2 * row;
+        t[k]->nb[2] = t[k]->nb[1] * (size_t)t[k]->ne[1];
+        t[k]->nb[3] = t[k]->nb[2] * (size_t)t[k]->ne[2];
+        if (ggml_backend_tensor_alloc(m->buf_rows, t[k], at + k * row) != GGML_STATUS_SUCCESS) {
+            return ts_set_error(err, err_size, "%s: cannot place tensor '%s'", m->file->path, t[k]->name);
+        }
+    }
+    const int64_t n_rows = ggml_nrows(t[0]);
+    for (int64_t r = 0; r < n_rows; r++) {
+        for (int k = 0; k < 2; k++) {
+            memcpy(at + (size_t)(2 * r + k) * row, (const char *)src[k]->data + (size_t)r * row, row);
+        }
+    }
+    for (int k = 0; k < 2; k++) {
+        ts_gguf_release(m->file, src[k]->data, src[k]->nbytes);
+    }
+    return 0;
+}
+
 /* With repack, where the OS has huge pages and the memory to hold them, the row-read matrices get a copy in
  * huge-page memory (huge_pages.h); a transposed down whose kernel reads the split row layout (axpy_rows.h) or that is
  * held in another type (requant) always does, re-laid out or requantized on the way. The bytes of the mapping they were copied from are then released from memory (the
@@ -892,10 +951,18 @@ static int allocate_rows(ts_model *m, plan *p, const ts_model_params *params, ch
         return ts_set_error(err, err_size, "%s: cannot wrap the FFN matrices' memory in a ggml buffer", m->file->path);
     }
     ggml_backend_buffer_set_usage(m->buf_rows, GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
+    pair_gate_up(m, p);
     size_t offset = 0;
     for (int i = 0; i < p->n; i++) {
         const binding *b = &p->items[i];
-        if (!b->rows) {
+        if (!b->rows || b->beside_gate) {
+            continue;
+        }
+        if (b->up_beside != NULL) {
+            if (place_side_by_side(m, b, (char *)m->rows_memory + offset, err, err_size) != 0) {
+                return -1;
+            }
+            offset += rows_bytes(b) + rows_bytes(b->up_beside);
             continue;
         }
         struct ggml_tensor *t = *b->slot;
