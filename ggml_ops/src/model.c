@@ -47,6 +47,7 @@ typedef struct binding {
     int split;  /* a transposed down, into the split row layout its kernel reads (axpy_rows.h) */
     int requant; /* a transposed down held as Q8_0: no fused kernel of this CPU reads its type (axpy_rows.h) */
     struct binding *up_beside; /* a gate copied with its layer's up, row by row side by side (pair_gate_up) */
+    int layer;                 /* of up_beside's gate */
     int beside_gate;           /* an up copied with its layer's gate */
 } binding;
 
@@ -875,8 +876,9 @@ static binding *find_binding(plan *p, struct ggml_tensor **slot) {
  * j side by side (gate_0, up_0, gate_1, up_1, ...) and each tensor sees its rows two row sizes apart (nb[1]): the act
  * node reads a neuron's two rows together, which are then one stream of memory instead of two far apart. The
  * gate/up kernel read 10-15 % of a Mistral-7B layer's neurons from DRAM 1.02-1.17x faster so (2 threads, AMD EPYC
- * Zen 3). Not for a file with neuron groups: the grouped route views gate and up as contiguous [n_embd, G, n_ff / G]
- * stacks. */
+ * Zen 3). A prompt reads both through the layer's ffn_gate_up in one pass (rows_matmul.h), as two strided passes
+ * would each also drag the other's rows in. Not for a file with neuron groups: the grouped route views gate and up
+ * as contiguous [n_embd, G, n_ff / G] stacks. */
 static void pair_gate_up(ts_model *m, plan *p) {
     if (m->info.group_size > 0) {
         return;
@@ -889,16 +891,24 @@ static void pair_gate_up(ts_model *m, plan *p) {
             !g->split && !g->requant && !u->split && !u->requant && g->src->type == u->src->type &&
             memcmp(g->ne, u->ne, sizeof(g->ne)) == 0) {
             g->up_beside = u;
+            g->layer = il;
             u->beside_gate = 1;
         }
     }
 }
 
-/* The gate and up of one layer (pair_gate_up) placed at `at` and copied there row by row, side by side. */
-static int place_side_by_side(ts_model *m, const binding *g, char *at, char *err, size_t err_size) {
+/* The gate and up of layer il (pair_gate_up) placed at `at` and copied there row by row, side by side; the layer's
+ * ffn_gate_up spans both. */
+static int place_side_by_side(ts_model *m, int il, const binding *g, char *at, char *err, size_t err_size) {
     struct ggml_tensor *t[2] = {*g->slot, *g->up_beside->slot};
     const ts_gguf_tensor *src[2] = {g->src, g->up_beside->src};
     const size_t row = t[0]->nb[1];
+    struct ggml_tensor *both = ggml_new_tensor_3d(m->ctx_mapped, t[0]->type, t[0]->ne[0], 2 * t[0]->ne[1], t[0]->ne[2]);
+    ggml_format_name(both, "blk.%d.ffn_gate_up", il);
+    if (ggml_backend_tensor_alloc(m->buf_rows, both, at) != GGML_STATUS_SUCCESS) {
+        return ts_set_error(err, err_size, "%s: cannot place the gate and up of layer %d", m->file->path, il);
+    }
+    m->layers[il].ffn_gate_up = both;
     for (int k = 0; k < 2; k++) {
         t[k]->nb[1] = 2 * row;
         t[k]->nb[2] = t[k]->nb[1] * (size_t)t[k]->ne[1];
@@ -959,7 +969,7 @@ static int allocate_rows(ts_model *m, plan *p, const ts_model_params *params, ch
             continue;
         }
         if (b->up_beside != NULL) {
-            if (place_side_by_side(m, b, (char *)m->rows_memory + offset, err, err_size) != 0) {
+            if (place_side_by_side(m, b->layer, b, (char *)m->rows_memory + offset, err, err_size) != 0) {
                 return -1;
             }
             offset += rows_bytes(b) + rows_bytes(b->up_beside);
@@ -999,7 +1009,7 @@ static int allocate(ts_model *m, plan *p, const ts_model_params *params, char *e
             }
         }
     }
-    m->ctx_mapped = new_meta_context(p->n);
+    m->ctx_mapped = new_meta_context(p->n + m->info.n_layer); /* + each layer's ffn_gate_up */
     m->ctx_repacked = new_meta_context(n_repack);
     if (m->ctx_mapped == NULL || m->ctx_repacked == NULL) {
         return ts_set_error(err, err_size, "out of memory creating tensor contexts");

@@ -220,8 +220,12 @@ static struct ggml_tensor *moe_dense(ts_context *ctx, struct ggml_context *ctx0,
     const ts_model *m = ctx->model;
     const ts_layer *l = &m->layers[il];
     const int64_t n_embd = m->info.n_embd, k = m->info.n_expert_used, n_tokens = cur->ne[1];
-    struct ggml_tensor *up = experts_matmul(ctx, ctx0, l->ffn_up_exps, cur, ids);     /* [n_ff, k, T] */
-    struct ggml_tensor *gate = experts_matmul(ctx, ctx0, l->ffn_gate_exps, cur, ids); /* [n_ff, k, T] */
+    struct ggml_tensor *up, *gate; /* [n_ff, k, T] */
+    if (l->ffn_gate_up == NULL ||
+        !ts_rows_matmul_gate_up(ctx0, l->ffn_gate_up, cur, ids, ctx->params.n_threads, &gate, &up)) {
+        up = experts_matmul(ctx, ctx0, l->ffn_up_exps, cur, ids);
+        gate = experts_matmul(ctx, ctx0, l->ffn_gate_exps, cur, ids);
+    }
     struct ggml_tensor *act = ts_gated_activation(ctx0, m->info.ffn_act, gate, up);
     struct ggml_tensor *experts = l->ffn_down_exps != NULL
                                       ? ggml_mul_mat_id(ctx0, l->ffn_down_exps, act, ids)

@@ -148,6 +148,45 @@ struct ggml_tensor *ts_rows_matmul_id(struct ggml_context *ctx0, struct ggml_ten
                           GGML_N_TASKS_MAX, NULL);
 }
 
+/* ---- a gate and an up side by side: one pass over both, then their products sorted apart ------------------ */
+
+/* src: y [2 n, rest] (pairs: row 2j of a side-by-side matrix, row 2j + 1). dst [n, rest, 2]: plane 0 the even
+ * entries, plane 1 the odd; threads take whole columns of y. */
+static void unpair_op(struct ggml_tensor *dst, int ith, int nth, void *userdata) {
+    (void)userdata;
+    const struct ggml_tensor *y = dst->src[0];
+    const int64_t n = dst->ne[0], rest = dst->ne[1];
+    for (int64_t r = rest * ith / nth; r < rest * (ith + 1) / nth; r++) {
+        const float *pairs = (const float *)((const char *)y->data + r * y->nb[1]);
+        float *even = (float *)((char *)dst->data + r * dst->nb[1]);
+        float *odd = (float *)((char *)dst->data + r * dst->nb[1] + dst->nb[2]);
+        for (int64_t j = 0; j < n; j++) {
+            even[j] = pairs[2 * j];
+            odd[j] = pairs[2 * j + 1];
+        }
+    }
+}
+
+int ts_rows_matmul_gate_up(struct ggml_context *ctx0, struct ggml_tensor *gate_up, struct ggml_tensor *x,
+                           struct ggml_tensor *ids, int32_t n_threads, struct ggml_tensor **gate,
+                           struct ggml_tensor **up) {
+    struct ggml_tensor *y = ids != NULL ? ts_rows_matmul_id(ctx0, gate_up, x, ids, n_threads)
+                                        : ts_rows_matmul(ctx0, gate_up, x, n_threads);
+    if (y == NULL) {
+        return 0;
+    }
+    const int64_t n = y->ne[0] / 2, rest = ggml_nelements(y) / y->ne[0];
+    struct ggml_tensor *args[1] = {ggml_reshape_2d(ctx0, y, y->ne[0], rest)};
+    struct ggml_tensor *planes = ggml_custom_4d(ctx0, GGML_TYPE_F32, n, rest, 2, 1, args, 1, unpair_op,
+                                                GGML_N_TASKS_MAX, NULL);
+    struct ggml_tensor **out[2] = {gate, up};
+    for (int k = 0; k < 2; k++) {
+        *out[k] = ggml_view_3d(ctx0, planes, n, y->ne[1], y->ne[2], n * sizeof(float),
+                               (size_t)(n * y->ne[1]) * sizeof(float), (size_t)k * planes->nb[2]);
+    }
+    return 1;
+}
+
 int32_t ts_kernel_rows_matmul(int32_t isa, int32_t type, const void *w, int64_t n_rows, int64_t n_cols,
                               const float *x, int64_t n_tokens, float *out, char *err, size_t err_size) {
     if (type < 0 || type >= GGML_TYPE_COUNT || ggml_blck_size((enum ggml_type)type) == 0) {
