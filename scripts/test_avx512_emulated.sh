@@ -5,7 +5,7 @@
 # tests/native/kernel_check.c (also in a second build under AddressSanitizer + UBSan) and the Python kernel and
 # sparse-FFN tests on that library, where every AVX-512 variant runs beside the AVX2 one. It checks the kernels'
 # arithmetic and memory accesses, not their speed or their encoding on real hardware. Not part of the default test
-# run; about 3 minutes on the shared 2-core machine.
+# run; 2-2.5 minutes on the shared 2-core machine (the two builds included).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD

@@ -177,6 +177,10 @@ void ts_model_get_ffn_scales(const ts_model *model, const float **gate, const fl
    the file has no groups. */
 void ts_model_get_group_top_k(const ts_model *model, int32_t *top_k);
 
+/* Layers whose gate and up rows this model's placement laid side by side in memory (a predictor layer's copy in huge
+   pages: one stream per neuron for the sparse gate/up node); the file is unchanged. */
+int32_t ts_model_n_gate_up_side_by_side(const ts_model *model);
+
 /*
  * The sparse mode a user's request means for this model (the one place that decides it): `requested` is an enum
  * ts_sparse_mode, TS_SPARSE_AUTO included. TS_OK with *mode set to the mode to run (never AUTO), or TS_ERR_ARGUMENT

@@ -2,9 +2,10 @@
  * The coefficients of the split-layout integer down kernels (axpy_rows.h's TS_ROWS_SPLIT: Q4_0, Q4_1), shared by the
  * x86 kernels (axpy_rows_avx2.c, axpy_rows_avx512.c; AVX2 code, which both compile). A group's row r adds
  * c_r * code_r with c_r = coef_r * d_r (d_r: the unit's block scale); the c of a group's SPLIT_ROWS rows are quantized
- * together, per unit, to 8 bits: c_r ~ S * k_r with S = max |c| / 127. A row's block scales (and mins) are arrays of
- * their own in the split layout, so those of 8 consecutive units load as one vector and the 8 units are quantized at
- * once, units in the lanes (the same S and k, bit for bit, as one unit at a time).
+ * together, per unit, to 8 bits: c_r ~ S * k_r with S = max |c| / 127. In the split layout the block scales (and
+ * mins) of each aligned group of 8 blocks are an array of their own, so those of a group's units load as one vector
+ * and its units are quantized at once, units in the lanes (the same S and k, bit for bit, as one unit at a time); a
+ * tile that starts or ends inside a group takes the part it needs.
  */
 #ifndef TS_AXPY_SPLIT_COEFS_H
 #define TS_AXPY_SPLIT_COEFS_H

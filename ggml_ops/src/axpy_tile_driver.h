@@ -85,10 +85,11 @@ static inline void ts_padded_group(const char *w, size_t row_bytes, size_t offse
     }
 
 /*
- * The split layout's driver (axpy_rows.h, TS_ROWS_SPLIT: a row's block headers - d, then m - then its quants): rows
- * taken `rows` at a time as in the integer driver, add_split_<name>(r, a, u0, n_units, row_units, o, quants_pf,
- * heads_pf) given the rows' starts and the tile's first unit; while it works it prefetches the next group's quant
- * segments and header segments through the two prefetchers.
+ * The split layout's driver (axpy_rows.h, TS_ROWS_SPLIT: per group of 8 blocks their headers - d, then m - then
+ * their quants): rows taken `rows` at a time as in the integer driver, add_split_<name>(r, a, u0, n_units, row_units,
+ * o, pf) given the rows' starts and the tile's first unit; while it works it prefetches, through pf, the next rows'
+ * segment from the start of the tile's first group of 8 blocks to the end of its last (one stream per row).
+ * head_bytes: the bytes of a block's headers (2: d; 4: d and m), which add_split_<name> knows for its type.
  */
 #define TS_DEFINE_SPLIT_TILE(name, block_bytes, head_bytes, rows)                                                   \
     static void axpy_tile_##name(const char *w, size_t row_bytes, size_t offset, const int32_t *idx,               \

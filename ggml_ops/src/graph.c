@@ -139,14 +139,15 @@ static struct ggml_tensor *ffn(ts_context *ctx, struct ggml_context *ctx0, int i
     }
     if (runs_dense(ctx, il, dense_ffn)) {
         struct ggml_tensor *up, *gate;
-        if (l->ffn_gate_up != NULL && ts_rows_matmul_gate_up(ctx0, l->ffn_gate_up, cur, NULL, n_threads, &gate, &up)) {
+        if (l->ffn_gate_up != NULL) {
+            ts_rows_matmul_gate_up(ctx0, l->ffn_gate_up, cur, NULL, n_threads, &gate, &up);
             up = add_bias(ctx0, up, l->ffn_up_b);
             gate = add_bias(ctx0, gate, l->ffn_gate_b);
         } else {
             up = ffn_matmul(ctx, ctx0, l->ffn_up, l->ffn_up_b, cur);
             gate = ffn_matmul(ctx, ctx0, l->ffn_gate, l->ffn_gate_b, cur);
         }
-        if (trace != NULL) {
+        if (trace != NULL) { /* with the gate and up side by side: views of one node, kept by ggml_set_output */
             trace->gate = gate;
             trace->up = up;
             ggml_set_output(gate);

@@ -47,7 +47,7 @@ typedef struct binding {
     int split;  /* a transposed down, into the split row layout its kernel reads (axpy_rows.h) */
     int requant; /* a transposed down held as Q8_0: no fused kernel of this CPU reads its type (axpy_rows.h) */
     struct binding *up_beside; /* a gate copied with its layer's up, row by row side by side (pair_gate_up) */
-    int layer;                 /* of up_beside's gate */
+    int layer;                 /* a gate with up_beside: its layer */
     int beside_gate;           /* an up copied with its layer's gate */
 } binding;
 
@@ -897,9 +897,10 @@ static void pair_gate_up(ts_model *m, plan *p) {
     }
 }
 
-/* The gate and up of layer il (pair_gate_up) placed at `at` and copied there row by row, side by side; the layer's
+/* A gate and its layer's up (pair_gate_up) placed at `at` and copied there row by row, side by side; the layer's
  * ffn_gate_up spans both. */
-static int place_side_by_side(ts_model *m, int il, const binding *g, char *at, char *err, size_t err_size) {
+static int place_side_by_side(ts_model *m, const binding *g, char *at, char *err, size_t err_size) {
+    const int il = g->layer;
     struct ggml_tensor *t[2] = {*g->slot, *g->up_beside->slot};
     const ts_gguf_tensor *src[2] = {g->src, g->up_beside->src};
     const size_t row = t[0]->nb[1];
@@ -969,7 +970,7 @@ static int allocate_rows(ts_model *m, plan *p, const ts_model_params *params, ch
             continue;
         }
         if (b->up_beside != NULL) {
-            if (place_side_by_side(m, b->layer, b, (char *)m->rows_memory + offset, err, err_size) != 0) {
+            if (place_side_by_side(m, b, (char *)m->rows_memory + offset, err, err_size) != 0) {
                 return -1;
             }
             offset += rows_bytes(b) + rows_bytes(b->up_beside);
@@ -1232,6 +1233,14 @@ void ts_model_get_predictor_ranks(const ts_model *m, int32_t *ranks) {
 
 void ts_model_get_group_top_k(const ts_model *m, int32_t *top_k) {
     memcpy(top_k, m->group_top_k, sizeof(int32_t) * (size_t)m->info.n_layer);
+}
+
+int32_t ts_model_n_gate_up_side_by_side(const ts_model *m) {
+    int32_t n = 0;
+    for (int il = 0; il < m->info.n_layer; il++) {
+        n += m->layers[il].ffn_gate_up != NULL;
+    }
+    return n;
 }
 
 void ts_model_get_ffn_thresholds(const ts_model *m, float *gate, float *act) {

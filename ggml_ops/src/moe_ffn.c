@@ -213,16 +213,17 @@ static struct ggml_tensor *experts_matmul(const ts_context *ctx, struct ggml_con
     return out != NULL ? out : ggml_mul_mat_id(ctx0, w, ggml_reshape_3d(ctx0, cur, cur->ne[0], 1, cur->ne[1]), ids);
 }
 
-/* The chosen experts through ggml_mul_mat_id (or experts_matmul's prompt kernel), weighted and summed in slot order as
- * llama.cpp does. */
+/* The chosen experts through ggml_mul_mat_id (or experts_matmul's prompt kernel; gate and up in one pass where they
+ * lie side by side), weighted and summed in slot order as llama.cpp does. */
 static struct ggml_tensor *moe_dense(ts_context *ctx, struct ggml_context *ctx0, int il, struct ggml_tensor *cur,
                                      struct ggml_tensor *ids, struct ggml_tensor *weights) {
     const ts_model *m = ctx->model;
     const ts_layer *l = &m->layers[il];
     const int64_t n_embd = m->info.n_embd, k = m->info.n_expert_used, n_tokens = cur->ne[1];
     struct ggml_tensor *up, *gate; /* [n_ff, k, T] */
-    if (l->ffn_gate_up == NULL ||
-        !ts_rows_matmul_gate_up(ctx0, l->ffn_gate_up, cur, ids, ctx->params.n_threads, &gate, &up)) {
+    if (l->ffn_gate_up != NULL) {
+        ts_rows_matmul_gate_up(ctx0, l->ffn_gate_up, cur, ids, ctx->params.n_threads, &gate, &up);
+    } else {
         up = experts_matmul(ctx, ctx0, l->ffn_up_exps, cur, ids);
         gate = experts_matmul(ctx, ctx0, l->ffn_gate_exps, cur, ids);
     }

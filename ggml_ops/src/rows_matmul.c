@@ -60,8 +60,6 @@ struct ggml_tensor *ts_rows_matmul(struct ggml_context *ctx0, struct ggml_tensor
                           NULL);
 }
 
-/* ---- test entry ----------------------------------------------------------------------------------- */
-
 /* ---- experts: each chosen expert's rows against the tokens that chose it -------------------------------- */
 
 #define ID_CHUNK 256 /* rows per kernel call: the results of a chunk (ID_CHUNK floats per token) wait in scratch */
@@ -150,8 +148,8 @@ struct ggml_tensor *ts_rows_matmul_id(struct ggml_context *ctx0, struct ggml_ten
 
 /* ---- a gate and an up side by side: one pass over both, then their products sorted apart ------------------ */
 
-/* src: y [2 n, rest] (pairs: row 2j of a side-by-side matrix, row 2j + 1). dst [n, rest, 2]: plane 0 the even
- * entries, plane 1 the odd; threads take whole columns of y. */
+/* src: y [2 n, rest] (pairs: the products of rows 2j and 2j + 1 of a side-by-side matrix). dst [n, rest, 2]: plane 0
+ * the even entries, plane 1 the odd; threads take whole rows (ne[1]) of y. */
 static void unpair_op(struct ggml_tensor *dst, int ith, int nth, void *userdata) {
     (void)userdata;
     const struct ggml_tensor *y = dst->src[0];
@@ -167,13 +165,14 @@ static void unpair_op(struct ggml_tensor *dst, int ith, int nth, void *userdata)
     }
 }
 
-int ts_rows_matmul_gate_up(struct ggml_context *ctx0, struct ggml_tensor *gate_up, struct ggml_tensor *x,
-                           struct ggml_tensor *ids, int32_t n_threads, struct ggml_tensor **gate,
-                           struct ggml_tensor **up) {
+void ts_rows_matmul_gate_up(struct ggml_context *ctx0, struct ggml_tensor *gate_up, struct ggml_tensor *x,
+                            struct ggml_tensor *ids, int32_t n_threads, struct ggml_tensor **gate,
+                            struct ggml_tensor **up) {
     struct ggml_tensor *y = ids != NULL ? ts_rows_matmul_id(ctx0, gate_up, x, ids, n_threads)
                                         : ts_rows_matmul(ctx0, gate_up, x, n_threads);
-    if (y == NULL) {
-        return 0;
+    if (y == NULL) { /* no prompt kernel for these rows: ggml's mul_mat, still one pass over both */
+        y = ids != NULL ? ggml_mul_mat_id(ctx0, gate_up, ggml_reshape_3d(ctx0, x, x->ne[0], 1, x->ne[1]), ids)
+                        : ggml_mul_mat(ctx0, gate_up, x);
     }
     const int64_t n = y->ne[0] / 2, rest = ggml_nelements(y) / y->ne[0];
     struct ggml_tensor *args[1] = {ggml_reshape_2d(ctx0, y, y->ne[0], rest)};
@@ -184,8 +183,9 @@ int ts_rows_matmul_gate_up(struct ggml_context *ctx0, struct ggml_tensor *gate_u
         *out[k] = ggml_view_3d(ctx0, planes, n, y->ne[1], y->ne[2], n * sizeof(float),
                                (size_t)(n * y->ne[1]) * sizeof(float), (size_t)k * planes->nb[2]);
     }
-    return 1;
 }
+
+/* ---- test entry ----------------------------------------------------------------------------------- */
 
 int32_t ts_kernel_rows_matmul(int32_t isa, int32_t type, const void *w, int64_t n_rows, int64_t n_cols,
                               const float *x, int64_t n_tokens, float *out, char *err, size_t err_size) {

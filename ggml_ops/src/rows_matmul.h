@@ -51,10 +51,11 @@ struct ggml_tensor *ts_rows_matmul_id(struct ggml_context *ctx0, struct ggml_ten
                                       struct ggml_tensor *ids, int32_t n_threads);
 
 /* Both products of a layer whose gate and up rows lie side by side (model.h: ffn_gate_up [n, 2 n_ff(, n_expert)]) in
- * one pass over their memory: *gate and *up as ts_rows_matmul (ids NULL) or ts_rows_matmul_id would give them for
- * the gate and the up alone, the same values. 0 (nothing built) where no kernel takes the rows. */
-int ts_rows_matmul_gate_up(struct ggml_context *ctx0, struct ggml_tensor *gate_up, struct ggml_tensor *x,
-                           struct ggml_tensor *ids, int32_t n_threads, struct ggml_tensor **gate,
-                           struct ggml_tensor **up);
+ * one pass over their memory (two passes with a stride of two rows would each drag the other's rows in): *gate and *up
+ * [n_ff, T] (ids NULL) or [n_ff, k, T], the values ts_rows_matmul (ts_rows_matmul_id) gives for the gate and the up
+ * alone, or ggml's mul_mat (mul_mat_id) where no kernel takes the rows. */
+void ts_rows_matmul_gate_up(struct ggml_context *ctx0, struct ggml_tensor *gate_up, struct ggml_tensor *x,
+                            struct ggml_tensor *ids, int32_t n_threads, struct ggml_tensor **gate,
+                            struct ggml_tensor **up);
 
 #endif

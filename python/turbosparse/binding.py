@@ -275,6 +275,8 @@ class NativeModel:
         top_k = ffi.new("int32_t[]", self.info.n_layer)
         lib.ts_model_get_group_top_k(self._handle, top_k)
         self.group_top_k: list[int] = list(top_k)  # groups read per token per layer (zeros: no groups)
+        # layers whose gate and up rows this placement laid side by side (huge-page copy of predictor layers)
+        self.n_gate_up_side_by_side: int = lib.ts_model_n_gate_up_side_by_side(self._handle)
         self.ffn_scales = self._ffn_scales()
 
     def _ffn_scales(self) -> FfnScales:

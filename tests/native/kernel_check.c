@@ -234,10 +234,12 @@ typedef struct {
     int64_t n_cols, n_rows, n_idx, col0, n;
 } axpy_case;
 
-/* whole row groups and tails, several 1024-column tiles, no rows at all, a column range, rows of 40 (floats only) */
+/* whole row groups and tails, several 1024-column tiles, no rows at all, a column range, rows of 40 (floats only),
+ * rows of 13 blocks of 32 (the split layout's last group holds 5) whole and from inside their first group */
 static const axpy_case AXPY_CASES[] = {
     {256, 7, 3, 0, 256},     {768, 40, 40, 0, 768},       {512, 100, 0, 0, 512},
     {2304, 50, 7, 0, 2304},  {4096, 300, 150, 2048, 2048}, {40, 9, 5, 0, 40},
+    {416, 20, 17, 0, 416},   {416, 20, 17, 96, 320},
 };
 
 /* The down kernels that quantize each row's coefficient times its scale to 8 bits (AVX2 and NEON alike). */

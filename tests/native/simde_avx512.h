@@ -29,6 +29,10 @@ static inline float ts_emu_reduce_add_ps(simde__m512 a) {
     for (int w = 8; w >= 1; w /= 2) for (int i = 0; i < w; i++) v[i] += v[i + w];
     return v[0];
 }
+#undef _mm512_cvtepi16_epi32 /* a newer SIMDe may have its own */
+#undef _mm512_cvtepi32_ps
+#undef _mm512_maskz_loadu_epi8
+#undef _mm512_reduce_add_ps
 #define _mm512_cvtepi16_epi32 ts_emu_cvtepi16_epi32
 #define _mm512_cvtepi32_ps ts_emu_cvtepi32_ps
 #define _mm512_maskz_loadu_epi8 ts_emu_maskz_loadu_epi8
