@@ -82,12 +82,12 @@ void ts_rows_split(enum ggml_type type, const void *src, void *dst, int64_t n_ro
         const unsigned char *row = (const unsigned char *)src + (size_t)i * row_bytes;
         for (size_t b = 0; b < n_blocks; b++) {
             const unsigned char *blk = row + b * block;
-            const size_t first = b / 8 * 8, c = n_blocks - first < 8 ? n_blocks - first : 8, j = b - first;
-            unsigned char *group = out + first * block;
+            const ts_split_group g = ts_split_group_at((int64_t)b, (int64_t)b + 1, (int64_t)n_blocks);
+            unsigned char *group = out + (size_t)g.first * block;
             for (size_t h = 0; h < head; h += 2) { /* d, then m: each an array of the group's c blocks */
-                memcpy(group + h * c + 2 * j, blk + h, 2);
+                memcpy(group + h * (size_t)g.c + 2 * (size_t)g.j0, blk + h, 2);
             }
-            memcpy(group + head * c + quants * j, blk + head, quants);
+            memcpy(group + head * (size_t)g.c + quants * (size_t)g.j0, blk + head, quants);
         }
     }
 }

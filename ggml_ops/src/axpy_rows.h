@@ -34,6 +34,26 @@ int ts_axpy_rows_supported(enum ggml_type type);
  */
 enum ts_rows_layout { TS_ROWS_GGML, TS_ROWS_SPLIT };
 
+/* Blocks per group of the split layout: at most 8, the lanes in which the kernels quantize a group's units at once. */
+#define TS_SPLIT_GROUP 8
+_Static_assert(TS_SPLIT_GROUP >= 1 && TS_SPLIT_GROUP <= 8, "the kernels quantize a group in 8 lanes");
+
+/* Where units (blocks) [u, end) of a split row of row_units blocks start: their group's first block, the group's size
+ * c (a row's last group may hold fewer), u's place j0 in it and the n of those units the group holds. */
+typedef struct ts_split_group {
+    int64_t first;
+    int c, j0, n;
+} ts_split_group;
+
+static inline ts_split_group ts_split_group_at(int64_t u, int64_t end, int64_t row_units) {
+    ts_split_group g;
+    g.first = u / TS_SPLIT_GROUP * TS_SPLIT_GROUP;
+    g.c = row_units - g.first < TS_SPLIT_GROUP ? (int)(row_units - g.first) : TS_SPLIT_GROUP;
+    g.j0 = (int)(u - g.first);
+    g.n = g.c - g.j0 < end - u ? g.c - g.j0 : (int)(end - u);
+    return g;
+}
+
 enum ts_rows_layout ts_axpy_rows_layout(enum ggml_type type);
 
 /* ggml's rows -> TS_ROWS_SPLIT rows (an exact reordering into other memory). */

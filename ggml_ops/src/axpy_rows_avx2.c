@@ -241,12 +241,11 @@ static inline void split_units(const uint8_t *const *r, size_t at, const split_c
 static inline void add_split(const uint8_t *const *r, const float *a, int64_t u0, int64_t n_units, int64_t row_units,
                              float *o, ts_row_prefetcher *pf, int n_heads, int offset) {
     const size_t block = (size_t)(2 * n_heads + 16);
-    const int64_t start = u0 / 8 * 8, end = u0 + n_units;
+    const int64_t start = u0 / TS_SPLIT_GROUP * TS_SPLIT_GROUP, end = u0 + n_units;
     for (int64_t u = u0; u < end;) {
-        const int64_t first = u / 8 * 8;
-        const int c = row_units - first < 8 ? (int)(row_units - first) : 8, j0 = (int)(u - first);
-        const int n = c - j0 < end - u ? c - j0 : (int)(end - u);
-        const size_t base = (size_t)first * block, quants = base + (size_t)(2 * n_heads * c);
+        const ts_split_group g = ts_split_group_at(u, end, row_units);
+        const int c = g.c, j0 = g.j0, n = g.n;
+        const size_t base = (size_t)g.first * block, quants = base + (size_t)(2 * n_heads * c);
         split_coefs q;
         split_quantize(r, a, base + 2 * (size_t)j0, n_heads == 2 ? base + 2 * (size_t)(c + j0) : 0, n, &q);
         for (int j = 0; j < n; j += 2) {

@@ -66,12 +66,11 @@ static inline void four_units_q4_0(const uint8_t *const *r, size_t at, const spl
 /* Units [u0, u0 + n_units) of SPLIT_ROWS split Q4_0 rows (per group of 8 blocks: their d, then their quants). */
 static void add_split_q4_0(const uint8_t *const *r, const float *a, int64_t u0, int64_t n_units, int64_t row_units,
                            float *o, ts_row_prefetcher *pf) {
-    const int64_t start = u0 / 8 * 8, end = u0 + n_units;
+    const int64_t start = u0 / TS_SPLIT_GROUP * TS_SPLIT_GROUP, end = u0 + n_units;
     for (int64_t u = u0; u < end;) {
-        const int64_t first = u / 8 * 8;
-        const int c = row_units - first < 8 ? (int)(row_units - first) : 8, j0 = (int)(u - first);
-        const int n = c - j0 < end - u ? c - j0 : (int)(end - u);
-        const size_t base = (size_t)first * 18, quants = base + 2 * (size_t)c;
+        const ts_split_group g = ts_split_group_at(u, end, row_units);
+        const int j0 = g.j0, n = g.n;
+        const size_t base = (size_t)g.first * 18, quants = base + 2 * (size_t)g.c;
         split_coefs q;
         split_quantize(r, a, base + 2 * (size_t)j0, 0, n, &q);
         for (int j = 0; j < n; j += 4) {

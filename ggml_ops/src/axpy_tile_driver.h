@@ -8,6 +8,7 @@
 #ifndef TS_AXPY_TILE_DRIVER_H
 #define TS_AXPY_TILE_DRIVER_H
 
+#include "axpy_rows.h"
 #include "row_prefetch.h"
 
 #include <stddef.h>
@@ -95,7 +96,8 @@ static inline void ts_padded_group(const char *w, size_t row_bytes, size_t offse
     static void axpy_tile_##name(const char *w, size_t row_bytes, size_t offset, const int32_t *idx,               \
                                  const float *coef, int64_t n_idx, int64_t n_units, float *o) {                      \
         const int64_t row_units = (int64_t)(row_bytes / (block_bytes)), u0 = (int64_t)(offset / (block_bytes));      \
-        const int64_t first_unit = u0 / 8 * 8, last = (u0 + n_units + 7) / 8 * 8;                                   \
+        const int64_t first_unit = u0 / TS_SPLIT_GROUP * TS_SPLIT_GROUP;                                             \
+        const int64_t last = (u0 + n_units + TS_SPLIT_GROUP - 1) / TS_SPLIT_GROUP * TS_SPLIT_GROUP;                  \
         const size_t start = (size_t)first_unit * (block_bytes);                                                     \
         const size_t seg_bytes = (size_t)((last < row_units ? last : row_units) - first_unit) * (block_bytes);       \
         ts_prefetch_row_segments(w, row_bytes, start, idx, n_idx < (rows) ? n_idx : (rows), seg_bytes);             \
