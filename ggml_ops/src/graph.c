@@ -139,8 +139,8 @@ static struct ggml_tensor *ffn(ts_context *ctx, struct ggml_context *ctx0, int i
     }
     if (runs_dense(ctx, il, dense_ffn)) {
         struct ggml_tensor *up, *gate;
-        if (l->ffn_gate_up != NULL) {
-            ts_rows_matmul_gate_up(ctx0, l->ffn_gate_up, cur, NULL, n_threads, &gate, &up);
+        if (l->ffn_gate_up != NULL) { /* side by side (model.c: pair_gate_up): one pass over both */
+            ts_unpair_gate_up(ctx0, ffn_matmul(ctx, ctx0, l->ffn_gate_up, NULL, cur), &gate, &up);
             up = add_bias(ctx0, up, l->ffn_up_b);
             gate = add_bias(ctx0, gate, l->ffn_gate_b);
         } else {

@@ -221,8 +221,8 @@ static struct ggml_tensor *moe_dense(ts_context *ctx, struct ggml_context *ctx0,
     const ts_layer *l = &m->layers[il];
     const int64_t n_embd = m->info.n_embd, k = m->info.n_expert_used, n_tokens = cur->ne[1];
     struct ggml_tensor *up, *gate; /* [n_ff, k, T] */
-    if (l->ffn_gate_up != NULL) {
-        ts_rows_matmul_gate_up(ctx0, l->ffn_gate_up, cur, ids, ctx->params.n_threads, &gate, &up);
+    if (l->ffn_gate_up != NULL) { /* side by side (model.c: pair_gate_up): one pass over both */
+        ts_unpair_gate_up(ctx0, experts_matmul(ctx, ctx0, l->ffn_gate_up, cur, ids), &gate, &up);
     } else {
         up = experts_matmul(ctx, ctx0, l->ffn_up_exps, cur, ids);
         gate = experts_matmul(ctx, ctx0, l->ffn_gate_exps, cur, ids);

@@ -165,15 +165,8 @@ static void unpair_op(struct ggml_tensor *dst, int ith, int nth, void *userdata)
     }
 }
 
-void ts_rows_matmul_gate_up(struct ggml_context *ctx0, struct ggml_tensor *gate_up, struct ggml_tensor *x,
-                            struct ggml_tensor *ids, int32_t n_threads, struct ggml_tensor **gate,
-                            struct ggml_tensor **up) {
-    struct ggml_tensor *y = ids != NULL ? ts_rows_matmul_id(ctx0, gate_up, x, ids, n_threads)
-                                        : ts_rows_matmul(ctx0, gate_up, x, n_threads);
-    if (y == NULL) { /* no prompt kernel for these rows: ggml's mul_mat, still one pass over both */
-        y = ids != NULL ? ggml_mul_mat_id(ctx0, gate_up, ggml_reshape_3d(ctx0, x, x->ne[0], 1, x->ne[1]), ids)
-                        : ggml_mul_mat(ctx0, gate_up, x);
-    }
+void ts_unpair_gate_up(struct ggml_context *ctx0, struct ggml_tensor *y, struct ggml_tensor **gate,
+                       struct ggml_tensor **up) {
     const int64_t n = y->ne[0] / 2, rest = ggml_nelements(y) / y->ne[0];
     struct ggml_tensor *args[1] = {ggml_reshape_2d(ctx0, y, y->ne[0], rest)};
     struct ggml_tensor *planes = ggml_custom_4d(ctx0, GGML_TYPE_F32, n, rest, 2, 1, args, 1, unpair_op,

@@ -50,12 +50,11 @@ struct ggml_tensor *ts_rows_matmul(struct ggml_context *ctx0, struct ggml_tensor
 struct ggml_tensor *ts_rows_matmul_id(struct ggml_context *ctx0, struct ggml_tensor *w, struct ggml_tensor *x,
                                       struct ggml_tensor *ids, int32_t n_threads);
 
-/* Both products of a layer whose gate and up rows lie side by side (model.h: ffn_gate_up [n, 2 n_ff(, n_expert)]) in
- * one pass over their memory (two passes with a stride of two rows would each drag the other's rows in): *gate and *up
- * [n_ff, T] (ids NULL) or [n_ff, k, T], the values ts_rows_matmul (ts_rows_matmul_id) gives for the gate and the up
- * alone, or ggml's mul_mat (mul_mat_id) where no kernel takes the rows. */
-void ts_rows_matmul_gate_up(struct ggml_context *ctx0, struct ggml_tensor *gate_up, struct ggml_tensor *x,
-                            struct ggml_tensor *ids, int32_t n_threads, struct ggml_tensor **gate,
-                            struct ggml_tensor **up);
+/* A layer whose gate and up rows lie side by side (model.h: ffn_gate_up [n, 2 n_ff(, n_expert)]) is multiplied in one
+ * pass over their memory, as one matrix (two passes with a stride of two rows would each drag the other's rows in);
+ * y = that product [2 n_ff, T] or [2 n_ff, k, T], its entries in pairs (gate_j, up_j). *gate and *up: its even and
+ * odd entries, [n_ff, T] or [n_ff, k, T], contiguous. */
+void ts_unpair_gate_up(struct ggml_context *ctx0, struct ggml_tensor *y, struct ggml_tensor **gate,
+                       struct ggml_tensor **up);
 
 #endif
