@@ -86,7 +86,7 @@ def test_a_subset_of_sequences_decodes_while_others_wait(tmp_path: Path) -> None
 
 def test_decoding_token_by_token_equals_teacher_forcing(tmp_path: Path) -> None:
     """Decoding reuses its graph from step to step (only the inputs change) and rebuilds it when the attention
-    span grows past a multiple of 32 cells: the logits stay those of one teacher-forced evaluation."""
+    span grows past a multiple of its step (32-256 cells): the logits stay those of one teacher-forced evaluation."""
     path = make(tmp_path)
     toks = streams(1, 300, seed=3)[0]
     ref = context(path, SparseMode.OFF, n_seq=1).eval(toks, dense_ffn=True, logits_all=True)

@@ -63,6 +63,28 @@ static int check_params(const ts_model *m, const ts_context_params *p, char *err
                                             : ts_sparse_mode_check(m, p->sparse_mode, err, err_size);
 }
 
+/*
+ * Attention spans whole multiples of this many cells, not of 256 as in llama.cpp (where one graph serves 256 tokens):
+ * every cell past a sequence's end is masked work (spanning 256 cells cost the 7B twin's predictor decoding 5-12 % of
+ * a token with 16-112 tokens of context on a Zen 3). The step is that of ggml's F16 dot product, which attention's V
+ * sums go through: it adds whole steps of values in vector lanes and a shorter tail apart, so a span that is no
+ * multiple of the step rounds otherwise than llama.cpp's 256 (a span of 32 gave other logits than llama.cpp's from
+ * the 15th token on an AVX-512 Zen 5), while masked cells add exact zeros to the lanes, so any multiple gives its sums
+ * bit for bit. The step depends on what ggml was compiled for: 64 values with AVX-512 (128 with AVX512-FP16, which
+ * -march=native gives it where the CPU has it), 32 with AVX, SSE3 or NEON; elsewhere llama.cpp's own 256.
+ */
+static int32_t kv_span_step(void) {
+    if (ggml_cpu_has_avx512()) {
+#if defined(__x86_64__)
+        if (__builtin_cpu_supports("avx512fp16")) {
+            return 128;
+        }
+#endif
+        return 64;
+    }
+    return ggml_cpu_has_avx() || ggml_cpu_has_sse3() || ggml_cpu_has_neon() ? 32 : 256;
+}
+
 static int init_sparse_layers(ts_context *c, char *err, size_t err_size) {
     const ts_model *m = c->model;
     c->sparse = calloc((size_t)m->info.n_layer, sizeof(*c->sparse));
@@ -170,6 +192,7 @@ ts_context *ts_context_new(ts_model *model, const ts_context_params *params, cha
     c->n_seq = c->params.n_seq;
     c->n_ctx = params->n_ctx > 0 ? params->n_ctx : model->info.n_ctx_train;
     c->n_cells = (int32_t)(((int64_t)c->n_ctx + TS_KV_PAD - 1) / TS_KV_PAD * TS_KV_PAD);
+    c->kv_span_step = kv_span_step();
     c->threshold = isnan(params->predictor_threshold) ? model->info.predictor_threshold : params->predictor_threshold;
     /* each group of a batch adds its own attention nodes */
     c->graph_max_nodes = (64 + 16 * c->n_seq) * model->info.n_layer + 1024;
@@ -452,9 +475,9 @@ static int compute_graph(ts_context *c, struct ggml_cgraph *gf, char *err, size_
     return 0;
 }
 
-/* Cells the attention of a sequence holding n_used tokens spans: whole multiples of TS_KV_SPAN_PAD. */
+/* Cells the attention of a sequence holding n_used tokens spans: whole multiples of c->kv_span_step. */
 static int32_t kv_span(const ts_context *c, int32_t n_used) {
-    const int32_t n_kv = (n_used + TS_KV_SPAN_PAD - 1) / TS_KV_SPAN_PAD * TS_KV_SPAN_PAD;
+    const int32_t n_kv = (n_used + c->kv_span_step - 1) / c->kv_span_step * c->kv_span_step;
     return n_kv < c->n_cells ? n_kv : c->n_cells;
 }
 

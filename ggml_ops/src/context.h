@@ -8,17 +8,13 @@
 #include "sparse_ffn.h"
 
 #define TS_KV_PAD 256 /* the KV cache holds whole multiples of 256 cells per sequence, as llama.cpp allocates */
-/* Attention spans whole multiples of 32 cells. llama.cpp spans multiples of 256 so that one graph serves 256 tokens;
- * every cell past a sequence's end is masked work (with 16-112 tokens of context, spanning 256 cells cost the 7B
- * twin's predictor decoding 5-12 % of a token on a Zen 3), and a graph here is rebuilt once per 32 tokens. */
-#define TS_KV_SPAN_PAD 32
 
 /* The tokens of one sequence inside a graph: batch rows first .. first + n_tokens - 1, in order. */
 typedef struct ts_group {
     int32_t seq;
     int32_t first;
     int32_t n_tokens;
-    int32_t n_kv;                /* cache cells its attention spans: a multiple of TS_KV_SPAN_PAD (or every cell) */
+    int32_t n_kv;                /* cache cells its attention spans: a multiple of ts_context.kv_span_step (or all) */
     struct ggml_tensor *kq_mask; /* F32 [n_kv, n_tokens] */
 } ts_group;
 
@@ -51,6 +47,7 @@ struct ts_context {
     ts_context_params params;
     int32_t n_ctx;   /* tokens each sequence accepts */
     int32_t n_cells; /* KV cache cells per sequence: n_ctx rounded up to TS_KV_PAD, as llama.cpp allocates */
+    int32_t kv_span_step; /* attention spans whole multiples of this many cells (context.c: kv_span_step) */
     int32_t n_seq;
     int32_t *n_past; /* per sequence: tokens cached */
     float threshold; /* predictor threshold in use */
