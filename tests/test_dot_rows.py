@@ -53,18 +53,20 @@ CASES = [(qtype, isa) for qtype in GENERIC_TYPES for isa in isas_for(qtype)]
 
 
 @pytest.mark.parametrize("qtype,isa", CASES, ids=lambda v: v.name.lower())
-# row groups of 4 and pairs with tails (n_idx % 4 in 0..3), one row, none, a repeated row; one block per row,
-# the Mistral-7B width and the longest row the fast kernels take
+# row groups of 4 and 8 (AVX-512's pass) and pairs with tails (n_idx % 8: 7, 0, 5, 6, 1, 0, 4), one row, none, a
+# repeated row; one block per row, the Mistral-7B width and the longest row the fast kernels take
 @pytest.mark.parametrize(
     "n_cols,n_rows,idx",
     [
         (256, 9, [8, 0, 3, 5, 1, 2, 7]),
         (4096, 40, [*range(0, 40, 3), 4, 4]),
+        (1024, 30, [*range(0, 26, 2)]),
+        (1024, 30, [*range(29, 1, -2)]),
         (512, 6, [5]),
         (512, 6, []),
         (MAX_N, 5, [4, 1, 3, 0]),
     ],
-    ids=["n256", "n4096", "one-row", "no-rows", "n16384"],
+    ids=["n256", "n4096", "n1024-13rows", "n1024-14rows", "one-row", "no-rows", "n16384"],
 )
 def test_matches_numpy(qtype: Q, isa: KernelIsa, n_cols: int, n_rows: int, idx: list[int]) -> None:
     rng = np.random.default_rng(n_cols + len(idx))

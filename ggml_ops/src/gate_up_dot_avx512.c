@@ -1,8 +1,8 @@
 /*
  * AVX-512 VNNI gate/up kernels: Q4_0 and Q8_0 rows against a Q8_0 activation, two 32-blocks per instruction, and Q4_K
  * rows against a Q8_K activation, 64 values per instruction; each against an activation prepared once per token,
- * TS_DOT_ROWS rows per pass while the next pass's rows are prefetched line by line (dot_rows_driver.h, as the AVX2
- * kernels). Until 2026-12-02 it took two rows at a time and asked for the next
+ * AVX512_DOT_ROWS rows per pass while the next pass's rows are prefetched line by line (dot_rows_driver.h, as the
+ * AVX2 kernels). Until 2026-12-02 it took two rows at a time and asked for the next
  * two rows whole in one burst: on an AMD EPYC Zen 5 the AVX2 kernel then read 10 % of a layer's rows from memory
  * 1.2-1.45x faster than it.
  *
@@ -21,6 +21,13 @@
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__) && defined(__F16C__)
 #include <immintrin.h>
 #include <string.h>
+
+/* Rows per pass: 8 (4 neurons' gate and up) where AVX2 takes 4. One core reads scattered rows from memory at ~10 GB/s
+ * whatever the arithmetic, so more rows in flight pay: on an AMD EPYC Zen 4 (1 thread, 10 % of 14336 rows of 4096
+ * from memory, libraries alternating) Q4_0 12.5-13.7 against 11.5-11.7 GB/s, Q4_K 12.0-12.7 against 11.1-11.4; the
+ * twins' predictor decoding faster in 8 of 12 pairs (medians +2 % 7B, +5 % Mixtral). 16 would need 16 zmm
+ * accumulators per pass. */
+#define AVX512_DOT_ROWS TS_DOT_ROWS_MAX
 
 /*
  * The prepared activation (1.25 bytes per value, so rows of TS_DOT_MAX_N values fit):
@@ -133,7 +140,7 @@ static int takes_rows(enum ggml_type type, int64_t n) {
 ALWAYS_INLINE void group_q4_0(const void *const *rows, const int R, const void *prepared, int64_t n, float *out,
                               ts_row_prefetcher *pf) {
     const ts_q8_0_view v = ts_view_q8_0(prepared, n);
-    __m512 acc[TS_DOT_ROWS];
+    __m512 acc[AVX512_DOT_ROWS];
     for (int k = 0; k < R; k++) {
         acc[k] = _mm512_setzero_ps();
     }
@@ -166,7 +173,7 @@ ALWAYS_INLINE void group_q4_0(const void *const *rows, const int R, const void *
     }
 }
 
-TS_DEFINE_DOT_ROWS(q4_0, group_q4_0, 32, Q4_0_BYTES)
+TS_DEFINE_DOT_ROWS(q4_0, group_q4_0, 32, Q4_0_BYTES, AVX512_DOT_ROWS)
 
 /* ---- Q8_0 rows ------------------------------------------------------------------------------------------
  * prepared: x int8[n] in ggml's order | d float[n / 32] (ts_q8_0_view; no corrections: Q8_0 has no offset).
@@ -189,7 +196,7 @@ ALWAYS_INLINE void group_q8_0(const void *const *rows, const int R, const void *
     const ts_q8_0_view v = ts_view_q8_0(prepared, n);
     /* block b's scale in lanes 0-7 (its int32 sums), block b+1's in lanes 8-15 */
     const __m512i lanes = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
-    __m512 acc[TS_DOT_ROWS];
+    __m512 acc[AVX512_DOT_ROWS];
     for (int k = 0; k < R; k++) {
         acc[k] = _mm512_setzero_ps();
     }
@@ -212,7 +219,7 @@ ALWAYS_INLINE void group_q8_0(const void *const *rows, const int R, const void *
     }
 }
 
-TS_DEFINE_DOT_ROWS(q8_0, group_q8_0, 32, Q8_0_BYTES)
+TS_DEFINE_DOT_ROWS(q8_0, group_q8_0, 32, Q8_0_BYTES, AVX512_DOT_ROWS)
 
 /* ---- Q4_K rows against a Q8_K activation -----------------------------------------------------------------
  * A Q4_K super-block (256 values: fp16 d, fp16 dmin, 12 bytes of 6-bit scales and mins, 128 bytes) holds sub-block
@@ -238,8 +245,8 @@ ALWAYS_INLINE void group_q4_k(const void *const *rows, const int R, const void *
         pick[h] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi16((short)q8_k_order[2 * h])),
                                      _mm256_set1_epi16((short)q8_k_order[2 * h + 1]), 1);
     }
-    __m512 acc[TS_DOT_ROWS];
-    __m128 acc_min[TS_DOT_ROWS];
+    __m512 acc[AVX512_DOT_ROWS];
+    __m128 acc_min[AVX512_DOT_ROWS];
     for (int k = 0; k < R; k++) {
         acc[k] = _mm512_setzero_ps();
         acc_min[k] = _mm_setzero_ps();
@@ -278,7 +285,7 @@ ALWAYS_INLINE void group_q4_k(const void *const *rows, const int R, const void *
     }
 }
 
-TS_DEFINE_DOT_ROWS(q4_k, group_q4_k, 256, Q4_K_BYTES)
+TS_DEFINE_DOT_ROWS(q4_k, group_q4_k, 256, Q4_K_BYTES, AVX512_DOT_ROWS)
 
 /* ---- many tokens (prompts): rows_matmul.h's kernel for Q4_0 --------------------------------------------
  * A pass unpacks 4 rows once (each pair of blocks' nibbles as the 64 bytes pair_nibbles makes, each block's scale as

@@ -122,8 +122,8 @@ ALWAYS_INLINE void group_q8_0(const void *const *rows, const int R, const void *
     }
 }
 
-TS_DEFINE_DOT_ROWS(q4_0, group_q4_0, 32, Q4_0_BYTES)
-TS_DEFINE_DOT_ROWS(q8_0, group_q8_0, 32, Q8_0_BYTES)
+TS_DEFINE_DOT_ROWS(q4_0, group_q4_0, 32, Q4_0_BYTES, TS_DOT_ROWS)
+TS_DEFINE_DOT_ROWS(q8_0, group_q8_0, 32, Q8_0_BYTES, TS_DOT_ROWS)
 
 /* ---- Q8_1 activation (Q4_1 rows) ------------------------------------------------------------------------
  * prepared: x int8[n] | d float[n / 32] | s float[n / 32] (ggml's d * sum(x), rounded to fp16) */
@@ -168,7 +168,7 @@ ALWAYS_INLINE void group_q4_1(const void *const *rows, const int R, const void *
     }
 }
 
-TS_DEFINE_DOT_ROWS(q4_1, group_q4_1, 32, Q4_1_BYTES)
+TS_DEFINE_DOT_ROWS(q4_1, group_q4_1, 32, Q4_1_BYTES, TS_DOT_ROWS)
 
 /* ---- Q8_K activation (Q4_K rows) ------------------------------------------------------------------------
  * prepared: ts_q8_k_view's layout (gate_up_dot.h), the sub-blocks in order */
@@ -218,7 +218,7 @@ ALWAYS_INLINE void group_q4_k(const void *const *rows, const int R, const void *
     }
 }
 
-TS_DEFINE_DOT_ROWS(q4_k, group_q4_k, 256, Q4_K_BYTES)
+TS_DEFINE_DOT_ROWS(q4_k, group_q4_k, 256, Q4_K_BYTES, TS_DOT_ROWS)
 
 /* ---- table -------------------------------------------------------------------------------------------- */
 
