@@ -1,5 +1,6 @@
 /* Context lifetime, KV cache, and evaluation of token batches through the forward graph. */
 #include "context.h"
+#include "cpu_features.h"
 #include "grouped_ffn.h"
 
 #include "ggml-cpu.h"
@@ -69,18 +70,13 @@ static int check_params(const ts_model *m, const ts_context_params *p, char *err
  * a token with 16-112 tokens of context on a Zen 3). The step is that of ggml's F16 dot product, which attention's V
  * sums go through: it adds whole steps of values in vector lanes and a shorter tail apart, so a span that is no
  * multiple of the step rounds otherwise than llama.cpp's 256 (a span of 32 gave other logits than llama.cpp's from
- * the 15th token on an AVX-512 Zen 5), while masked cells add exact zeros to the lanes, so any multiple gives its sums
+ * the 15th token on an AVX-512 Zen 4), while masked cells add exact zeros to the lanes, so any multiple gives its sums
  * bit for bit. The step depends on what ggml was compiled for: 64 values with AVX-512 (128 with AVX512-FP16, which
  * -march=native gives it where the CPU has it), 32 with AVX, SSE3 or NEON; elsewhere llama.cpp's own 256.
  */
 static int32_t kv_span_step(void) {
     if (ggml_cpu_has_avx512()) {
-#if defined(__x86_64__)
-        if (__builtin_cpu_supports("avx512fp16")) {
-            return 128;
-        }
-#endif
-        return 64;
+        return ts_cpu_has_avx512_fp16() ? 128 : 64;
     }
     return ggml_cpu_has_avx() || ggml_cpu_has_sse3() || ggml_cpu_has_neon() ? 32 : 256;
 }

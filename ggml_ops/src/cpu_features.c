@@ -51,6 +51,20 @@ int ts_isa_supported(enum ts_kernel_isa isa) {
 }
 #endif
 
+#if defined(__x86_64__)
+#include <cpuid.h>
+
+/* CPUID leaf 7, EDX bit 23, asked directly: __builtin_cpu_supports knows "avx512fp16" only from GCC 12 on. */
+int ts_cpu_has_avx512_fp16(void) {
+    unsigned int eax, ebx, ecx, edx;
+    return __get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx) && (edx >> 23 & 1u);
+}
+#else
+int ts_cpu_has_avx512_fp16(void) {
+    return 0;
+}
+#endif
+
 enum ts_kernel_isa ts_isa_best(ts_isa_has_kernel has_kernel, enum ggml_type type, int64_t n) {
     static const enum ts_kernel_isa preference[] = {TS_ISA_AVX512_VNNI, TS_ISA_AVX2, TS_ISA_NEON_DOTPROD, TS_ISA_NEON};
     for (size_t i = 0; i < sizeof(preference) / sizeof(preference[0]); i++) {

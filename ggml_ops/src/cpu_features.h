@@ -14,6 +14,9 @@
 /* 1 when this CPU (and its OS) runs code of that instruction set; TS_ISA_GENERIC always. */
 int ts_isa_supported(enum ts_kernel_isa isa);
 
+/* 1 when this CPU has AVX512-FP16 (x86 only; context.c's attention span follows ggml's F16 step, which it widens). */
+int ts_cpu_has_avx512_fp16(void);
+
 /* Whether a family of kernels (gate/up, down, prompt) has one of instruction set isa for rows of n values of type. */
 typedef int (*ts_isa_has_kernel)(enum ts_kernel_isa isa, enum ggml_type type, int64_t n);
 
