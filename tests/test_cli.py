@@ -87,6 +87,7 @@ def test_bench_refuses_engines_that_do_not_fit_in_memory(tmp_path, monkeypatch) 
     is refused with what to drop, not killed by the kernel halfway."""
     import argparse
 
+    from turbosparse.binding import DeviceInfo, find_device
     from turbosparse.cli import bench_cmd
     from turbosparse.errors import InvalidArgumentError
 
@@ -94,12 +95,19 @@ def test_bench_refuses_engines_that_do_not_fit_in_memory(tmp_path, monkeypatch) 
     sparse.write_bytes(bytes(1000))
     dense.write_bytes(bytes(900))
     every = argparse.Namespace(modes="dense,predictor,groups,exact", no_llama_cpp=False)
+    cpu = find_device("cpu")
     monkeypatch.setattr(bench_cmd, "_mem_available", lambda: 2 * 900 + 2 * 1000)
-    bench_cmd._check_memory(every, sparse, dense)  # llama.cpp + dense + one row-layout model + exact's
+    bench_cmd._check_memory(every, sparse, dense, cpu)  # llama.cpp + dense + one row-layout model + exact's
     monkeypatch.setattr(bench_cmd, "_mem_available", lambda: 2 * 900 + 2 * 1000 - 1)
     with pytest.raises(InvalidArgumentError, match=r"memory available: drop modes \(--modes\)"):
-        bench_cmd._check_memory(every, sparse, dense)
-    bench_cmd._check_memory(argparse.Namespace(modes="predictor,exact", no_llama_cpp=True), sparse, dense)
+        bench_cmd._check_memory(every, sparse, dense, cpu)
+    bench_cmd._check_memory(argparse.Namespace(modes="predictor,exact", no_llama_cpp=True), sparse, dense, cpu)
+    # on a GPU the weights go to the device's memory: that is the bound, not the host's
+    on_gpu = argparse.Namespace(modes="dense,groups", no_llama_cpp=False)
+    gpu = DeviceInfo(name="CUDA0", description="a GPU", is_cpu=False, memory_total=2 * 900 + 1000)
+    bench_cmd._check_memory(on_gpu, sparse, dense, gpu)
+    with pytest.raises(InvalidArgumentError, match=r"memory of CUDA0: drop modes"):
+        bench_cmd._check_memory(on_gpu, sparse, dense, DeviceInfo("CUDA0", "a GPU", False, 2 * 900 + 1000 - 1))
 
 
 def test_bench_grouped_route_on_a_synthetic_model(tmp_path) -> None:
@@ -118,6 +126,29 @@ def test_bench_grouped_route_on_a_synthetic_model(tmp_path) -> None:
     groups = next(r for r in report["results"] if r["mode"] == "groups")
     assert groups["decode_tok_s"] > 0 and groups["active_fraction"] == pytest.approx(2 * 32 / 768)  # 2 of 24 groups
     assert "turbosparse/groups" in report["ratios"]
+
+
+def test_bench_device_flag(tmp_path) -> None:
+    """--device: the engines' device, named in the report; a device ggml lacks is refused with the list of those it
+    has; on a GPU the benchmarks of the CPU's kernels are refused."""
+    import json
+    import os
+
+    from turbosparse import devices
+
+    env = {**os.environ, "TURBOSPARSE_CACHE": str(tmp_path)}
+    base = [sys.executable, "-m", "turbosparse", "bench", "--synthetic", "tiny", "--rank", "64", "--modes", "dense",
+            "-p", "8", "-n", "4", "-r", "1", "-t", "2"]  # fmt: skip
+    out = subprocess.run([*base, "--device", "cpu", "--json"], capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["machine"]["device"] == "CPU"
+    bad = subprocess.run([*base, "--device", "nope"], capture_output=True, text=True, timeout=300, env=env)
+    assert bad.returncode != 0 and "unknown device 'nope'" in bad.stderr
+    gpu = next((d for d in devices() if not d.is_cpu), None)
+    if gpu is not None:
+        kernels = subprocess.run([*base, "--device", gpu.name, "--batch", "1,2"], capture_output=True, text=True,
+                                 timeout=300, env=env)  # fmt: skip
+        assert kernels.returncode != 0 and "runs the decode and prefill benchmark only" in kernels.stderr
 
 
 def test_bench_batch_and_generate(tmp_path, smollm2_path) -> None:
@@ -185,9 +216,14 @@ def test_synthetic_files_use_the_formats_key_types(tmp_path) -> None:
     from turbosparse.bench.synthetic import SHAPES, SyntheticSpec, synthetic_pair
 
     sparse, _ = synthetic_pair(SyntheticSpec(SHAPES["tiny"], rank=64, groups=32), tmp_path)
-    fields = gguf.GGUFReader(str(sparse)).fields
+    reader = gguf.GGUFReader(str(sparse))
     for key in ("turbosparse.predictor_ranks", "turbosparse.group_top_k"):
-        assert fields[key].types == [gguf.GGUFValueType.ARRAY, gguf.GGUFValueType.UINT32], key
+        assert reader.fields[key].types == [gguf.GGUFValueType.ARRAY, gguf.GGUFValueType.UINT32], key
+    # a GPU device runs the grouped route, and its prompts through the standard down matrices
+    names = {t.name for t in reader.tensors}
+    assert {"blk.0.ffn_down.weight", "blk.0.ffn_down_t.weight", "blk.0.ffn_down_groups.weight"} <= names
+    layout = reader.fields["turbosparse.down_layout"]
+    assert bytes(layout.parts[layout.data[0]]).decode() == "both"
 
 
 def test_synthetic_files_stream_through_the_converters_writer(tmp_path, monkeypatch) -> None:

@@ -29,9 +29,9 @@ def bench_mode(name: str) -> SparseMode:
     return SparseMode.OFF if name == "dense" else sparse_mode_named(name)
 
 
-def bench_model(path: Path, mode: str) -> NativeModel:
-    """A model loaded as turbosparse.Model loads it for `mode`."""
-    return NativeModel.for_mode(str(path), bench_mode(mode))
+def bench_model(path: Path, mode: str, device: str = "cpu") -> NativeModel:
+    """A model loaded as turbosparse.Model loads it for `mode`, its weights on `device` (a ggml device name)."""
+    return NativeModel.for_mode(str(path), bench_mode(mode), device=device)
 
 
 @dataclass
@@ -67,11 +67,13 @@ class TurbosparseEngine:
 
 @dataclass
 class LlamaCppEngine:
-    """llama.cpp itself through llama-cpp-python, with its defaults (no flash attention, F16 KV cache)."""
+    """llama.cpp itself through llama-cpp-python, with its defaults (no flash attention, F16 KV cache); on_gpu: every
+    layer offloaded (n_gpu_layers=-1), as turbosparse places a whole model on a GPU device."""
 
     path: Path
     n_threads: int
     n_ctx: int
+    on_gpu: bool = False
     name: str = "llama.cpp"
     mode: str = "dense"
 
@@ -84,6 +86,7 @@ class LlamaCppEngine:
             n_batch=512,
             n_threads=self.n_threads,
             n_threads_batch=self.n_threads,
+            n_gpu_layers=-1 if self.on_gpu else 0,
             logits_all=False,
             verbose=False,
         )

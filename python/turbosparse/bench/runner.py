@@ -16,7 +16,7 @@ import numpy as np
 
 from turbosparse import constants as C
 from turbosparse.bench.engines import Engine, TurbosparseEngine
-from turbosparse.binding import KernelIsa, LayerStats, down_rows_type, isa_name, isa_supported
+from turbosparse.binding import DeviceInfo, KernelIsa, LayerStats, down_rows_type, isa_name, isa_supported
 
 logger = logging.getLogger(__name__)
 
@@ -223,7 +223,8 @@ def cpu_from_cpuinfo(cpuinfo: str) -> tuple[str, str]:
     return model, " ".join(f for f in KERNEL_FLAGS if f in present)
 
 
-def machine_stamp() -> dict[str, str]:
+def machine_stamp(device: DeviceInfo | None = None) -> dict[str, str]:
+    """The CPU, its kernels, commit, load and huge pages; with a GPU device, that device ("CPU" otherwise)."""
     model, flags = "", ""
     try:
         model, flags = cpu_from_cpuinfo(Path("/proc/cpuinfo").read_text())
@@ -246,6 +247,7 @@ def machine_stamp() -> dict[str, str]:
         "load": _load_average(),
         # the sparse rows sit in huge pages only where the kernel offers them (README, Speed)
         "huge_pages": _transparent_huge_pages(),
+        "device": "CPU" if device is None or device.is_cpu else f"{device.name} ({device.description})",
     }
 
 
@@ -266,10 +268,12 @@ def _load_average() -> str:
         return "unknown"
 
 
-def check_agreement(reference: Engine, other: Engine, prompt: list[int]) -> float:
-    """Max |logit difference| after the prompt: a benchmark of a wrong engine is worthless."""
+def check_agreement(reference: Engine, other: Engine, prompt: list[int], relative: bool = False) -> float:
+    """Max |logit difference| after the prompt (relative: over the reference's max |logit|): a benchmark of a wrong
+    engine is worthless."""
     a, b = reference.prefill(prompt), other.prefill(prompt)
-    return float(np.abs(a - b).max())
+    diff = float(np.abs(a - b).max())
+    return diff / float(np.abs(a).max()) if relative else diff
 
 
 def run(engines: list[Engine], cfg: BenchConfig, vocab_size: int) -> list[Measurement]:

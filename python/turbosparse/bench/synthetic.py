@@ -76,13 +76,15 @@ class SyntheticSpec:
     rank: int = 1024  # predictor rank
     pred_quant: Q = Q.Q4_0
     seed: int = 0
-    groups: int = 0  # > 0: also the grouped route's tensors, groups of this many neurons, top-k = the active share
+    # > 0: also the grouped route's tensors (groups of this many neurons, top-k = the active share) and the standard
+    # down matrices, which a GPU device's dense prompts read (the row route reads the transposed ones)
+    groups: int = 0
 
     @property
     def tag(self) -> str:
         return (
             f"{self.shape.name}-{self.quant.name.lower()}-a{self.active:g}-r{self.rank}-{self.pred_quant.name.lower()}"
-            f"-s{self.seed}{f'-g{self.groups}' if self.groups else ''}"
+            f"-s{self.seed}{f'-g{self.groups}-both' if self.groups else ''}"
         )
 
     @property
@@ -216,6 +218,7 @@ def _entries(spec: SyntheticSpec, sparse: bool) -> list[_Entry]:
             if spec.groups:
                 n_groups = s.n_ff // spec.groups
                 out += [
+                    mat(f"blk.{i}.ffn_down.weight", "down", s.n_embd, s.n_ff, 0.05),
                     _Entry(C.TENSOR_PRED_GROUPS.format(i), n_groups, spec.rank, pq,
                            lambda: _predictor(w, "groups", pq, spec.groups)),
                     _Entry(C.TENSOR_FFN_DOWN_GROUPS.format(i), s.n_embd, spec.groups, q,
@@ -326,7 +329,7 @@ def _write(path: Path, spec: SyntheticSpec, *, sparse: bool) -> None:
     if sparse:  # through the converter's key table: the value types the format fixes (u32 ranks, not i32)
         keys = {
             C.KEY_FFN_ACTIVATION: "drelu",
-            C.KEY_DOWN_LAYOUT: "transposed",
+            C.KEY_DOWN_LAYOUT: "both" if spec.groups else "transposed",
             C.KEY_PREDICTOR_INPUT: "residual_rmsnorm",
             C.KEY_PREDICTOR_THRESHOLD: spec.threshold,
             C.KEY_PREDICTOR_RANKS: [spec.rank] * s.n_layer,

@@ -37,12 +37,15 @@ from turbosparse.bench.synthetic import (
     synthetic_pair,
     with_layers,
 )
-from turbosparse.binding import NativeModel, SparseMode, memory_available
+from turbosparse.binding import DeviceInfo, NativeModel, SparseMode, find_device, memory_available
 from turbosparse.default import default_model
 from turbosparse.errors import EvalError, InvalidArgumentError
 
 QUANTS = {q.name.lower(): q for q in gguf.GGMLQuantizationType}
 AGREEMENT_TOLERANCE = 1e-3  # max |logit| difference between llama.cpp and turbosparse dense on the same file
+# On a GPU the two graphs reach ggml's kernels through each one's own fusions and kernel choices, so the sums round
+# differently: there the bound is relative to the largest logit.
+GPU_AGREEMENT_TOLERANCE = 1e-2
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -95,6 +98,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--modes", default="dense,predictor,exact", help="turbosparse modes to run (comma-separated; also groups)"
     )
     p.add_argument("--no-llama-cpp", action="store_true", help="skip llama.cpp")
+    p.add_argument(
+        "--device", default="cpu",
+        help="where the engines run: cpu, gpu (the first GPU ggml has) or a ggml device name; on a GPU llama.cpp "
+        "offloads every layer and the sparse mode is groups (the only one a GPU runs)",
+    )  # fmt: skip
     p.add_argument("-t", "--threads", type=int, default=2)
     p.add_argument("-p", "--prompt-tokens", type=int, default=64)
     p.add_argument("-n", "--decode-tokens", type=int, default=32)
@@ -131,21 +139,21 @@ def _files(args: argparse.Namespace) -> tuple[Path, Path, float | None]:
     return model, dense, None
 
 
-def _modes(args: argparse.Namespace, sparse: Path) -> list[str]:
-    """The modes in --modes that the sparse file can run (the C library decides, on a metadata-only load)."""
+def _modes(args: argparse.Namespace, sparse: Path, device: DeviceInfo) -> list[str]:
+    """The modes in --modes that the sparse file can run on the device (the C library decides, on a metadata-only
+    load); on a GPU "predictor" is the grouped route, so only modes that run as asked are kept."""
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if all(m == "dense" for m in modes):
         return modes  # the sparse file is not read
     probe = NativeModel(str(sparse), metadata_only=True)
-    return [m for m in modes if m == "dense" or _allows(probe, bench_mode(m))]
+    return [m for m in modes if m == "dense" or _runs_as_asked(probe, bench_mode(m), device.is_cpu)]
 
 
-def _allows(model: NativeModel, mode: SparseMode) -> bool:
+def _runs_as_asked(model: NativeModel, mode: SparseMode, on_cpu: bool) -> bool:
     try:
-        model.sparse_mode(mode)
+        return model.sparse_mode(mode, on_cpu=on_cpu) == mode
     except InvalidArgumentError:
         return False
-    return True
 
 
 def _mem_available() -> int | None:
@@ -154,33 +162,34 @@ def _mem_available() -> int | None:
     return memory_available()
 
 
-def _check_memory(args: argparse.Namespace, sparse: Path, dense: Path) -> None:
+def _check_memory(args: argparse.Namespace, sparse: Path, dense: Path, device: DeviceInfo) -> None:
     """Each engine holds its own copy of its file's weights (llama.cpp's and ours repacked, the sparse rows in huge
-    pages; predictor and groups share one): a run whose copies exceed the memory available is refused before the
-    kernel's OOM killer ends it."""
+    pages; predictor and groups share one): a run whose copies exceed the memory available (the device's, on a GPU)
+    is refused before the kernel's OOM killer or a failed device allocation ends it."""
     modes = {m.strip() for m in args.modes.split(",")}
     held = (0 if args.no_llama_cpp else dense.stat().st_size) + (dense.stat().st_size if "dense" in modes else 0)
     held += sparse.stat().st_size * (bool(modes & {"predictor", "groups"}) + ("exact" in modes))
-    available = _mem_available()
+    available = _mem_available() if device.is_cpu else device.memory_total
+    where = "memory available" if device.is_cpu else f"memory of {device.name}"
     if available is not None and held > available:
         raise InvalidArgumentError(
             f"the engines asked for hold {held / 1e9:.1f} GB of weights, more than the {available / 1e9:.1f} GB of "
-            "memory available: drop modes (--modes), llama.cpp (--no-llama-cpp) or layers (--layers)"
+            f"{where}: drop modes (--modes), llama.cpp (--no-llama-cpp) or layers (--layers)"
         )
 
 
-def _engines(args: argparse.Namespace, sparse: Path, dense: Path, n_ctx: int) -> list[Engine]:
-    _check_memory(args, sparse, dense)
+def _engines(args: argparse.Namespace, sparse: Path, dense: Path, n_ctx: int, device: DeviceInfo) -> list[Engine]:
+    _check_memory(args, sparse, dense, device)
     engines: list[Engine] = []
     if not args.no_llama_cpp:
-        engines.append(LlamaCppEngine(dense, args.threads, n_ctx))
+        engines.append(LlamaCppEngine(dense, args.threads, n_ctx, on_gpu=not device.is_cpu))
     rows_model: NativeModel | None = None  # one model behind the modes that read the same layout (a Mixtral holds GBs)
-    for mode in _modes(args, sparse):
+    for mode in _modes(args, sparse, device):
         if mode in ("predictor", "groups"):
-            rows_model = rows_model or bench_model(sparse, mode)
+            rows_model = rows_model or bench_model(sparse, mode, device.name)
             model = rows_model
         else:
-            model = bench_model(dense if mode == "dense" else sparse, mode)
+            model = bench_model(dense if mode == "dense" else sparse, mode, device.name)
         engines.append(TurbosparseEngine(model, mode, args.threads, n_ctx))
     return engines
 
@@ -245,7 +254,7 @@ def run_generate(args: argparse.Namespace, dense: Path) -> int:
 def run_batch(args: argparse.Namespace, sparse: Path, dense: Path) -> int:
     sizes = [int(b) for b in args.batch.split(",") if b.strip()]
     report = []
-    for mode in _modes(args, sparse):
+    for mode in _modes(args, sparse, find_device("cpu")):
         path = dense if mode == "dense" else sparse
         rows = bench_batch(path, mode=mode, n_threads=args.threads, batches=sizes, steps=args.decode_tokens,
                            rounds=args.rounds)  # fmt: skip
@@ -266,6 +275,12 @@ def run_batch(args: argparse.Namespace, sparse: Path, dense: Path) -> int:
 
 
 def run_bench(args: argparse.Namespace) -> int:
+    device = find_device(args.device)
+    if not device.is_cpu and (args.ffn_layer or args.generate or args.batch or args.sparsity is not None):
+        raise InvalidArgumentError(
+            f"--device {args.device} runs the decode and prefill benchmark only: --ffn-layer, --generate, --batch and "
+            "--sparsity measure the CPU's sparse kernels"
+        )
     if args.ffn_layer:
         return run_ffn_layer(args)
     if args.sparsity is not None and not (args.synthetic and 0.0 < args.sparsity < 1.0):
@@ -278,18 +293,22 @@ def run_bench(args: argparse.Namespace) -> int:
     cfg = BenchConfig(args.threads, args.prompt_tokens, args.decode_tokens, args.rounds, args.context)
     # with a context, decoding continues round after round (see bench.runner.run)
     n_ctx = cfg.context + cfg.prompt_tokens + 2 + cfg.decode_tokens * (cfg.rounds if cfg.context else 1) + 8
-    engines = _engines(args, sparse, dense, n_ctx)
+    engines = _engines(args, sparse, dense, n_ctx, device)
     vocab = NativeModel(str(dense), metadata_only=True).info.n_vocab
     # correctness first: turbosparse dense must compute what llama.cpp computes on the same file
     llama = next((e for e in engines if e.name == "llama.cpp"), None)
     ours = next((e for e in engines if e.name == "turbosparse" and e.mode == "dense"), None)
     agreement = None
     if llama is not None and ours is not None:
-        agreement = check_agreement(llama, ours, list(range(300, 300 + min(16, vocab - 300))))
-        if agreement > AGREEMENT_TOLERANCE:
-            raise EvalError(f"turbosparse dense and llama.cpp disagree on {dense} (max |logit diff| {agreement:.3g})")
+        prompt = list(range(300, 300 + min(16, vocab - 300)))
+        agreement = check_agreement(llama, ours, prompt, relative=not device.is_cpu)
+        if agreement > (AGREEMENT_TOLERANCE if device.is_cpu else GPU_AGREEMENT_TOLERANCE):
+            raise EvalError(
+                f"turbosparse dense and llama.cpp disagree on {dense} on {device.name} (max |logit diff| "
+                f"{agreement:.3g}{' of max |logit|' if not device.is_cpu else ''})"
+            )
     results = run(engines, cfg, vocab)
-    report = _report(engines, results, cfg, sparse, dense, active, agreement)
+    report = _report(engines, results, cfg, sparse, dense, active, agreement, device)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -305,6 +324,7 @@ def _report(
     dense: Path,
     active: float | None,
     agreement: float | None,
+    device: DeviceInfo,
 ) -> dict[str, object]:
     decoded = cfg.decode_tokens * (cfg.rounds if cfg.context else 1)
     n_kv = cfg.context + cfg.prompt_tokens + decoded // 2  # mean cells a decoded token attends over
@@ -350,7 +370,7 @@ def _report(
         ceiling = (dense_tb.dense() + kv) / (sparse_tb.sparse_ceiling(share) + kv)
     return {
         "config": {**cfg.__dict__, "sparse_model": str(sparse), "dense_model": str(dense), "active": share},
-        "machine": machine_stamp(),
+        "machine": machine_stamp(device),
         "agreement_max_abs_logit_diff": agreement,
         "results": rows,
         "ratios": ratios,
@@ -364,7 +384,7 @@ def _print_table(report: dict[str, object]) -> None:
     print(
         f"# threads {cfg['n_threads']}, prompt {cfg['prompt_tokens']}, decode {cfg['decode_tokens']}, "
         f"context {cfg['context']}, rounds {cfg['rounds']} (medians) | {machine['cpu']} [{machine['cpu_flags']}] "
-        f"kernels {machine['kernel_isas']} "
+        f"kernels {machine['kernel_isas']} device {machine['device']} "
         f"load {machine['load']} | THP {machine['huge_pages']} | commit {machine['commit']}"
     )
     print(
