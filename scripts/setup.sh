@@ -2,7 +2,9 @@
 # Creates .venv/ and installs turbosparse with everything the README's commands need.
 # Idempotent: a second run with unchanged sources returns at once.
 # --vulkan: llama-cpp-python built with ggml's Vulkan backend (and Mesa's software Vulkan device, lavapipe, from
-# Debian's packages), the build that proves the GPU route on this machine. Without it the build is CPU-only.
+# Debian's packages), the build that proves the GPU route on this machine. --cuda: llama-cpp-python built with
+# ggml's CUDA backend for the NVIDIA GPUs of this machine (needs the CUDA toolkit: nvcc on PATH or in
+# /usr/local/cuda/bin). Without either the build is CPU-only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,7 +12,8 @@ backend=cpu
 for arg in "$@"; do
     case "$arg" in
         --vulkan) backend=vulkan ;;
-        *) echo "setup: unknown argument '$arg' (expected: --vulkan or nothing)" >&2; exit 2 ;;
+        --cuda) backend=cuda ;;
+        *) echo "setup: unknown argument '$arg' (expected: --vulkan, --cuda or nothing)" >&2; exit 2 ;;
     esac
 done
 
@@ -58,9 +61,20 @@ if [ "$backend" = vulkan ]; then
     vulkan_headers=$(scripts/setup_vulkan.sh "$cache")
     cmake_args="-DGGML_VULKAN=on -DVulkan_INCLUDE_DIR=$vulkan_headers"
 fi
+if [ "$backend" = cuda ]; then
+    [ -x /usr/local/cuda/bin/nvcc ] && PATH="$PATH:/usr/local/cuda/bin"
+    if ! command -v nvcc >/dev/null; then
+        echo "setup: --cuda needs the CUDA toolkit's compiler nvcc (on PATH or in /usr/local/cuda/bin)" >&2
+        exit 1
+    fi
+    wheels="$wheels-cuda"
+    llama_key="$llama_key-cuda"
+    # ggml's default for a native build: code for the GPUs present at build time only
+    cmake_args="-DGGML_CUDA=on"
+fi
 if ! ls "$wheels"/llama_cpp_python-*.whl >/dev/null 2>&1; then
     echo "setup: compiling llama-cpp-python $llama_version ($backend) for this CPU (6-18 minutes on 2 cores for the CPU" \
-         "build, 13 to 90 with Vulkan; once per CPU kind)" >&2
+         "build, 13 to 90 with Vulkan, about 4 with CUDA on 16 cores; once per CPU kind)" >&2
     rm -rf "$wheels.tmp"
     CMAKE_ARGS="$cmake_args" CFLAGS="$llama_flags" CXXFLAGS="$llama_flags" \
         $pip wheel -q --no-deps --no-cache-dir "llama-cpp-python==$llama_version" -w "$wheels.tmp"
