@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 import subprocess
 import sys
 import tracemalloc
@@ -285,7 +286,9 @@ def test_bamboo_predictor_mode_runs(tmp_path: Path, bamboo_dir: Path, tokens: li
     assert Model(out, n_threads=2, n_ctx=128).sparse_mode.name == "PREDICTOR"  # auto picks the predictors
 
 
-def test_bamboo_neuron_groups(tmp_path: Path, bamboo_dir: Path, tokens: list[int]) -> None:
+def test_bamboo_neuron_groups(
+    tmp_path: Path, bamboo_dir: Path, tokens: list[int], caplog: pytest.LogCaptureFixture
+) -> None:
     """--groups with a plan: the neurons permuted by the plan leave the dense logits unchanged, the group tensors and
     keys are written, and the grouped route reading every group is the dense model; without a plan, k per layer
     spends the predicted rates' row budget."""
@@ -304,8 +307,10 @@ def test_bamboo_neuron_groups(tmp_path: Path, bamboo_dir: Path, tokens: list[int
     assert np.isfinite(grouped.eval_logits(tokens)).all()
     grouped.group_top_k = [N_FF // 32] * N_LAYER
     assert rel_error(grouped.eval_logits(tokens), want) <= 1e-3  # F16 KV cache
-    budget = convert(bamboo_dir, tmp_path / "budget.gguf", outtype="q8_0", groups=32)
+    with caplog.at_level(logging.WARNING, logger="turbosparse.convert.groups"):
+        budget = convert(bamboo_dir, tmp_path / "budget.gguf", outtype="q8_0", groups=32)
     assert read_keys(budget)["turbosparse.group_top_k"] == [2, 3]  # ceil(predicted rate 0.3 / 0.6 x 4 groups)
+    assert "--groups without --group-plan" in caplog.text and "predictor_train.groups" in caplog.text
     with pytest.raises(ConvertError, match="multiple of 32"):
         convert(bamboo_dir, tmp_path / "bad.gguf", outtype="f32", groups=48)
     plan["order"][1] = [0] * N_FF
