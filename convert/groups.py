@@ -31,23 +31,19 @@ from turbosparse.constants import (
     TENSOR_PRED_GROUPS,
 )
 from turbosparse.convert.arch.base import ROLE_MATRIX, ROLE_PREDICTOR, TensorSpec
+from turbosparse.convert.neuron_order import layer_of, permute_neurons
 from turbosparse.errors import ConvertError
 
 logger = logging.getLogger(__name__)
 
 GROUP_BLOCK = 32  # G must be a multiple of the quant block so that down's per-group rows quantize
 
-# per layer, tensors whose rows (axis 0) or columns (axis 1) are the FFN's neurons
-_NEURON_ROWS = ("blk.{}.ffn_gate.weight", "blk.{}.ffn_up.weight", "blk.{}.ffn_gate.bias", "blk.{}.ffn_up.bias",
-                TENSOR_FFN_DOWN_T, TENSOR_PRED_FC2)  # fmt: skip
-_NEURON_COLUMNS = (TENSOR_FFN_DOWN,)
-
 
 @dataclass(frozen=True)
 class NeuronGroups:
     size: int
     top_k: list[int]
-    order: list[np.ndarray] | None  # per layer, None: the checkpoint's order
+    order: list[np.ndarray] | None  # per layer, None: the neurons' order as they come
     recall: list[float] | None = None  # measured by the plan
 
     def metadata(self) -> dict[str, Any]:
@@ -86,17 +82,17 @@ def load_plan(path: Path, size: int, n_layer: int, n_ff: int) -> NeuronGroups:
 
 
 def budget_groups(size: int, n_ff: int, predicted_rates: Sequence[float] | None, where: str) -> NeuronGroups:
-    """Checkpoint order, k from the neuron predictor's measured predicted rates."""
+    """The neurons' order as they come, k from the neuron predictor's measured predicted rates."""
     check_group_size(size, n_ff)
     if predicted_rates is None:
         raise ConvertError(f"{where}: --groups without --group-plan needs the predictors' predicted_rates; "
                            "plan the groups with `python -m turbosparse.predictor_train.groups`")  # fmt: skip
     n_groups = n_ff // size
     top_k = [min(n_groups, max(1, math.ceil(r * n_groups))) for r in predicted_rates]
-    # the neuron route's row budget holds only if co-activated neurons share groups, which checkpoint order rarely
+    # the neuron route's row budget holds only if co-activated neurons share groups, which no order but a plan's
     # gives: on the default model this k (39 % of the groups) gave held-out perplexities of 65k-242k
     logger.warning("%s: --groups without --group-plan: k per layer (mean %.1f of %d groups) is the neuron predictor's "
-                   "row budget in checkpoint order, where most groups hold an active neuron; quality can collapse: "
+                   "row budget, but without the plan's order most groups hold an active neuron; quality can collapse: "
                    "plan the groups with `python -m turbosparse.predictor_train.groups`", where,
                    sum(top_k) / len(top_k), n_groups)  # fmt: skip
     return NeuronGroups(size, top_k, None)
@@ -107,29 +103,11 @@ def _per_group(load_down: Callable[[], np.ndarray], n_embd: int, n_groups: int, 
     return lambda: np.ascontiguousarray(load_down().reshape(n_embd, n_groups, g).transpose(1, 0, 2))
 
 
-def _permuted(load: Callable[[], np.ndarray], order: np.ndarray, axis: int) -> Callable[[], np.ndarray]:
-    return lambda: np.take(load(), order, axis=axis)
-
-
-def _layer_of(name: str) -> int:
-    return int(name.split(".")[1]) if name.startswith("blk.") else -1
-
-
 def add_groups(specs: list[TensorSpec], groups: NeuronGroups, n_layer: int, n_ff: int, n_embd: int) -> list[TensorSpec]:
-    """specs with the neurons permuted and the group tensors added after each layer's tensors."""
-    by_name = {s.name: s for s in specs}
-    out: list[TensorSpec] = []
-    for spec in specs:
-        layer = _layer_of(spec.name)
-        axis = next((a for a, names in ((0, _NEURON_ROWS), (1, _NEURON_COLUMNS))
-                     if any(spec.name == n.format(layer) for n in names)), None)  # fmt: skip
-        if axis is not None and groups.order is not None:
-            if spec.encoded:
-                raise ConvertError(f"{spec.origin}: stored bytes cannot be regrouped (convert from the checkpoint)")
-            spec = TensorSpec(spec.name, spec.shape, spec.role, _permuted(spec.load, groups.order[layer], axis),
-                              spec.origin, spec.encoded)  # fmt: skip
-        out.append(spec)
-        by_name[spec.name] = spec
+    """specs with the neurons in the plan's order (if it has one) and the group tensors added after each layer's
+    tensors."""
+    out = permute_neurons(specs, groups.order) if groups.order is not None else list(specs)
+    by_name = {s.name: s for s in out}
     g, n_groups = groups.size, n_ff // groups.size
     for layer in range(n_layer):
         fc2 = by_name.get(TENSOR_PRED_FC2.format(layer))
@@ -146,5 +124,5 @@ def add_groups(specs: list[TensorSpec], groups: NeuronGroups, n_layer: int, n_ff
             load_down = lambda down=down: down.load().T  # noqa: E731
         out.append(TensorSpec(TENSOR_FFN_DOWN_GROUPS.format(layer), (n_groups, n_embd, g), ROLE_MATRIX,
                               _per_group(load_down, n_embd, n_groups, g), down.origin))  # fmt: skip
-    out.sort(key=lambda s: _layer_of(s.name))
+    out.sort(key=lambda s: layer_of(s.name))
     return out

@@ -12,6 +12,7 @@ from turbosparse.constants import KEY_DOWN_LAYOUT, KEY_FFN_ACTIVATION, KEY_PREDI
 from turbosparse.convert.arch import ConvertOptions, find_architecture
 from turbosparse.convert.groups import add_groups, budget_groups, load_plan
 from turbosparse.convert.hparams import read_config
+from turbosparse.convert.neuron_order import permute_neurons, quantization_order
 from turbosparse.convert.quant_policy import QuantPolicy, file_type
 from turbosparse.convert.requantize import requantize
 from turbosparse.convert.source import open_checkpoint
@@ -35,6 +36,7 @@ def convert(
     name: str | None = None,
     groups: int | None = None,
     group_plan: str | os.PathLike[str] | None = None,
+    keep_neuron_order: bool = False,
     progress: bool = False,
 ) -> Path:
     """Converts model_dir (an HF checkpoint directory, or a .gguf file to re-quantize) to out_path.
@@ -44,7 +46,9 @@ def convert(
     type; down_layout: transposed | standard | both (default: transposed for ReLU-family models, else standard);
     threshold: the predictor threshold to store (default: the checkpoint's, else 0.0); vocab_pre: llama.cpp's
     pre-tokenizer name for a BPE vocabulary whose tokenizer.json structure is not recognised; groups: G, adds the
-    grouped route's tensors (convert/groups.py), neurons ordered and top-k set by group_plan when given.
+    grouped route's tensors (convert/groups.py), neurons ordered and top-k set by group_plan when given;
+    keep_neuron_order: the checkpoint's neuron order, where a ReLU-family FFN otherwise gets the order its
+    standard down quantizes well in (convert/neuron_order.py; the function is unchanged).
     Raises turbosparse.errors.ConvertError naming the file and tensor or key; leaves no partial output behind."""
     src, out = Path(model_dir), Path(out_path)
     if src.is_file() and src.suffix == ".gguf":
@@ -62,6 +66,10 @@ def convert(
     sparse_keys = arch.metadata()
     if group_plan is not None and groups is None:
         raise ValueError("group_plan needs groups (the group size it was planned for)")
+    policy = QuantPolicy.from_names(outtype, pred_type, tied=hp.tied_embeddings)
+    if group_plan is None and not keep_neuron_order and _reorders(arch.ffn_activation, hp.n_expert):
+        orders = quantization_order(specs, hp.n_layer)
+        specs = permute_neurons(specs, orders) if orders is not None else specs
     if groups is not None:
         grouping = (
             load_plan(Path(group_plan), groups, hp.n_layer, hp.n_ff)
@@ -71,7 +79,6 @@ def convert(
         specs = add_groups(specs, grouping, hp.n_layer, hp.n_ff, hp.n_embd)
         sparse_keys |= grouping.metadata()
     vocab = load_vocab(src, hp.vocab_size, vocab_pre)
-    policy = QuantPolicy.from_names(outtype, pred_type, tied=hp.tied_embeddings)
     types = [policy.type_for(s.role, s.shape) for s in specs]
     logger.info("%s: %s checkpoint, %d tensors -> %s (%s)", src, cls.name, len(specs), out, outtype)
 
@@ -92,3 +99,10 @@ def convert(
         vocab.add_to(writer)
 
     return write_gguf(out, specs, types, add_metadata, progress=progress)
+
+
+def _reorders(ffn_activation: str, n_expert: int) -> bool:
+    """Whether the neurons are stored in convert/neuron_order.py's quantization order: a ReLU-family dense FFN, in
+    every type (so that re-quantizing a float file gives a direct conversion's bytes); SwiGLU models keep the order
+    llama.cpp's own converter writes."""
+    return ffn_activation in ("reglu", "drelu") and n_expert == 0

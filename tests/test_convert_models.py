@@ -320,6 +320,56 @@ def test_bamboo_neuron_groups(
     assert not (tmp_path / "bad.gguf").exists()
 
 
+def test_quantized_relu_ffns_keep_their_neurons_in_the_order_their_down_quantizes_well(
+    tmp_path: Path, spm_dir: Path, tokens: list[int]
+) -> None:
+    """A ReLU-family FFN is stored with its neurons sorted by their down column's largest |weight| (gate, up,
+    down, down_t and predictor rows alike, biases too; --keep-neuron-order keeps the checkpoint's). With one
+    outlier column in every block of 32 neurons, as the default model's checkpoint nearly had, Q4_0 blocks of the
+    standard down each carry an outlier's scale in checkpoint order; sorted, one block does."""
+    model = bamboo_model(tiny_config(VOCAB), RANK, seed=2)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.mlp.down_proj.weight[:, ::32] *= 30.0
+    block = {"activation_rates": [0.25, 0.5], "predicted_rates": [0.3, 0.6], "predictor_threshold": -0.5,
+             "predictor_input": "residual_rmsnorm"}  # fmt: skip
+    model_dir = save_checkpoint(model, tmp_path / "hf", spm_dir, extra_config={"turbosparse": block})
+    options = {"outtype": "q4_0", "pred_type": "q8_0", "down_layout": "both"}
+    ordered = convert(model_dir, tmp_path / "ordered.gguf", **options)
+    kept = convert(model_dir, tmp_path / "kept.gguf", **options, keep_neuron_order=True)
+    assert np.isfinite(engine_logits(ordered, tokens)).all()
+
+    def tensors(path: Path) -> dict[str, np.ndarray]:
+        reader = gguf.GGUFReader(str(path))
+        return {t.name: gguf.quants.dequantize(t.data, t.tensor_type) for t in reader.tensors}
+
+    got, base = tensors(ordered), tensors(kept)
+    for i, layer in enumerate(model.model.layers):
+        order = np.argsort(np.abs(layer.mlp.down_proj.weight.detach().numpy()).max(axis=0), kind="stable")
+        assert not np.array_equal(order, np.arange(N_FF))
+        # rows quantize one by one, so the ordered file's rows are the kept file's, moved
+        for name in ("ffn_gate.weight", "ffn_up.weight", "ffn_down_t.weight", "ffn_pred_fc2.weight"):
+            np.testing.assert_array_equal(got[f"blk.{i}.{name}"], base[f"blk.{i}.{name}"][order], err_msg=name)
+        np.testing.assert_array_equal(got[f"blk.{i}.ffn_pred_fc1.weight"], base[f"blk.{i}.ffn_pred_fc1.weight"])
+        # the standard down's columns in the same order: the outliers share the last block, so the neurons of the
+        # other blocks quantize as if there were none, where in checkpoint order every block carries one
+        down = layer.mlp.down_proj.weight.detach().numpy()
+        ordered_down = np.empty_like(down)
+        ordered_down[:, order] = got[f"blk.{i}.ffn_down.weight"]
+        spared = order[: N_FF - 32]
+        ordered_error = np.linalg.norm((ordered_down - down)[:, spared])
+        kept_error = np.linalg.norm((base[f"blk.{i}.ffn_down.weight"] - down)[:, spared])
+        assert ordered_error < 0.3 * kept_error, (ordered_error, kept_error)
+    assert tensor_types(kept)[TENSOR_FFN_DOWN.format(0)] == Q.Q4_0
+    from turbosparse.cli import main
+
+    cli = tmp_path / "cli.gguf"
+    args = ["convert", str(model_dir), "-o", str(cli), "--outtype", "q4_0", "--pred-type", "q8_0"]
+    args += ["--down-layout", "both"]
+    assert main([*args, "--keep-neuron-order"]) == 0
+    assert all(np.array_equal(a, tensors(kept)[n]) for n, a in tensors(cli).items())
+
+
 def test_llama_cpp_reads_vocab_but_refuses_full_load(tmp_path: Path, bamboo_dir: Path) -> None:
     from llama_cpp import Llama
 
@@ -405,13 +455,14 @@ def test_cli_convert(tmp_path: Path, llama_dir: Path) -> None:
 
 def test_quantized_tensors_are_ggml_quantized_hf_tensors(tmp_path: Path, bamboo_dir: Path) -> None:
     """Exact check under the noise: every stored tensor is ggml's quantization of the HF tensor after the layout
-    change the format asks for (RoPE row permutation of q / k, transposed down)."""
+    change the format asks for (RoPE row permutation of q / k, transposed down), the neurons in the checkpoint's
+    order (the default order is the test above)."""
     from safetensors.torch import load_file as load_torch  # numpy has no bfloat16
 
     from turbosparse.binding import quantize
     from turbosparse.convert.arch.llama import rope_permute
 
-    out = convert(bamboo_dir, tmp_path / "q4.gguf", outtype="q4_0")
+    out = convert(bamboo_dir, tmp_path / "q4.gguf", outtype="q4_0", keep_neuron_order=True)
     hf = {k: v.float().numpy() for k, v in load_torch(str(bamboo_dir / "model.safetensors")).items()}
     stored = {t.name: (Q(t.tensor_type), np.asarray(t.data)) for t in gguf.GGUFReader(str(out)).tensors}
     expected = {

@@ -50,6 +50,9 @@ def gensim_test_data() -> Path:
 
 DEFAULT_MODEL_RECIPE = "smollm2-drelu-v3"  # bump when the recipe changes: a new cache folder, a fresh build
 DEFAULT_MODEL_OUTTYPE = "q4_0"
+# bump when the conversion of the built checkpoint changes: a new file name, converted again from the cached steps
+# ("n2": neurons in the order the standard down quantizes well in, convert/neuron_order.py)
+DEFAULT_MODEL_CONVERSION = "n2"
 
 
 def cache_root() -> Path:
@@ -63,4 +66,4 @@ def default_model_dir(recipe: str = DEFAULT_MODEL_RECIPE) -> Path:
 
 
 def default_model_file(outtype: str = DEFAULT_MODEL_OUTTYPE) -> str:
-    return f"smollm2-135m-drelu.{outtype}.gguf"
+    return f"smollm2-135m-drelu-{DEFAULT_MODEL_CONVERSION}.{outtype}.gguf"

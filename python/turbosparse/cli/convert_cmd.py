@@ -40,7 +40,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=Path,
         default=None,
         help="neuron order and top-k per layer (python -m turbosparse.predictor_train.groups writes it); "
-        "default: checkpoint order, k from the predictors' predicted rates",
+        "default: k from the predictors' predicted rates",
+    )
+    p.add_argument(
+        "--keep-neuron-order",
+        action="store_true",
+        help="store the FFN's neurons in the checkpoint's order; by default a ReLU-family FFN gets the "
+        "order its standard down quantizes well in (neurons sorted by their down column's largest weight; the model "
+        "computes the same function)",
     )
     p.add_argument("--verbose", action="store_true", help="log each step")
     p.set_defaults(func=run)
@@ -59,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
         name=args.name,
         groups=args.groups,
         group_plan=args.group_plan,
+        keep_neuron_order=args.keep_neuron_order,
         progress=sys.stderr.isatty(),
     )
     print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB)", file=sys.stderr)
