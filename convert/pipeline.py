@@ -66,10 +66,12 @@ def convert(
     sparse_keys = arch.metadata()
     if group_plan is not None and groups is None:
         raise ValueError("group_plan needs groups (the group size it was planned for)")
-    policy = QuantPolicy.from_names(outtype, pred_type, tied=hp.tied_embeddings)
     if group_plan is None and not keep_neuron_order and _reorders(arch.ffn_activation, hp.n_expert):
         orders = quantization_order(specs, hp.n_layer)
-        specs = permute_neurons(specs, orders) if orders is not None else specs
+        if orders is None:
+            logger.info("%s: the FFN's tensors are stored bytes: the checkpoint's neuron order stays", src)
+        else:
+            specs = permute_neurons(specs, orders)
     if groups is not None:
         grouping = (
             load_plan(Path(group_plan), groups, hp.n_layer, hp.n_ff)
@@ -79,6 +81,7 @@ def convert(
         specs = add_groups(specs, grouping, hp.n_layer, hp.n_ff, hp.n_embd)
         sparse_keys |= grouping.metadata()
     vocab = load_vocab(src, hp.vocab_size, vocab_pre)
+    policy = QuantPolicy.from_names(outtype, pred_type, tied=hp.tied_embeddings)
     types = [policy.type_for(s.role, s.shape) for s in specs]
     logger.info("%s: %s checkpoint, %d tensors -> %s (%s)", src, cls.name, len(specs), out, outtype)
 
