@@ -47,8 +47,8 @@ def convert(
     threshold: the predictor threshold to store (default: the checkpoint's, else 0.0); vocab_pre: llama.cpp's
     pre-tokenizer name for a BPE vocabulary whose tokenizer.json structure is not recognised; groups: G, adds the
     grouped route's tensors (convert/groups.py), neurons ordered and top-k set by group_plan when given;
-    keep_neuron_order: the checkpoint's neuron order, where a ReLU-family FFN otherwise gets the order its
-    standard down quantizes well in (convert/neuron_order.py; the function is unchanged).
+    keep_neuron_order: the checkpoint's neuron order, where a ReLU-family FFN with a standard down otherwise gets the
+    order that down quantizes well in (convert/neuron_order.py; the function is unchanged).
     Raises turbosparse.errors.ConvertError naming the file and tensor or key; leaves no partial output behind."""
     src, out = Path(model_dir), Path(out_path)
     if src.is_file() and src.suffix == ".gguf":
@@ -66,7 +66,7 @@ def convert(
     sparse_keys = arch.metadata()
     if group_plan is not None and groups is None:
         raise ValueError("group_plan needs groups (the group size it was planned for)")
-    if group_plan is None and not keep_neuron_order and _reorders(arch.ffn_activation, hp.n_expert):
+    if group_plan is None and not keep_neuron_order and _reorders(arch.ffn_activation, hp.n_expert, arch.down_layout()):
         orders = quantization_order(specs, hp.n_layer)
         if orders is None:
             logger.info("%s: the FFN's tensors are stored bytes: the checkpoint's neuron order stays", src)
@@ -104,8 +104,9 @@ def convert(
     return write_gguf(out, specs, types, add_metadata, progress=progress)
 
 
-def _reorders(ffn_activation: str, n_expert: int) -> bool:
-    """Whether the neurons are stored in convert/neuron_order.py's quantization order: a ReLU-family dense FFN, in
-    every type (so that re-quantizing a float file gives a direct conversion's bytes); SwiGLU models keep the order
-    llama.cpp's own converter writes."""
-    return ffn_activation in ("reglu", "drelu") and n_expert == 0
+def _reorders(ffn_activation: str, n_expert: int, down_layout: str) -> bool:
+    """Whether the neurons are stored in convert/neuron_order.py's quantization order: a ReLU-family dense FFN that
+    keeps the standard down (the transposed one quantizes each neuron's row alone), in every type (so that
+    re-quantizing a float file gives a direct conversion's bytes); SwiGLU models keep the order llama.cpp's own
+    converter writes."""
+    return ffn_activation in ("reglu", "drelu") and n_expert == 0 and down_layout in ("standard", "both")

@@ -323,8 +323,9 @@ def test_bamboo_neuron_groups(
 def test_quantized_relu_ffns_keep_their_neurons_in_the_order_their_down_quantizes_well(
     tmp_path: Path, spm_dir: Path, tokens: list[int]
 ) -> None:
-    """A ReLU-family FFN is stored with its neurons sorted by their down column's largest |weight| (gate, up,
-    down, down_t and predictor rows alike, biases too; --keep-neuron-order keeps the checkpoint's). With one
+    """A ReLU-family FFN that keeps the standard down is stored with its neurons sorted by their down column's largest
+    |weight| (gate, up, down, down_t and predictor rows alike, biases too; --keep-neuron-order keeps the checkpoint's;
+    a transposed-only file quantizes each neuron's row alone and keeps the checkpoint's order). With one
     outlier column in every block of 32 neurons, as the default model's checkpoint nearly had, Q4_0 blocks of the
     standard down each carry an outlier's scale in checkpoint order; sorted, one block does."""
     model = bamboo_model(tiny_config(VOCAB), RANK, seed=2)
@@ -361,6 +362,9 @@ def test_quantized_relu_ffns_keep_their_neurons_in_the_order_their_down_quantize
         kept_error = np.linalg.norm((base[f"blk.{i}.ffn_down.weight"] - down)[:, spared])
         assert ordered_error < 0.3 * kept_error, (ordered_error, kept_error)
     assert tensor_types(kept)[TENSOR_FFN_DOWN.format(0)] == Q.Q4_0
+    transposed = convert(model_dir, tmp_path / "transposed.gguf", outtype="q4_0", pred_type="q8_0")
+    assert TENSOR_FFN_DOWN.format(0) not in tensor_types(transposed)
+    np.testing.assert_array_equal(tensors(transposed)["blk.0.ffn_down_t.weight"], base["blk.0.ffn_down_t.weight"])
     from turbosparse.cli import main
 
     cli = tmp_path / "cli.gguf"
@@ -455,14 +459,13 @@ def test_cli_convert(tmp_path: Path, llama_dir: Path) -> None:
 
 def test_quantized_tensors_are_ggml_quantized_hf_tensors(tmp_path: Path, bamboo_dir: Path) -> None:
     """Exact check under the noise: every stored tensor is ggml's quantization of the HF tensor after the layout
-    change the format asks for (RoPE row permutation of q / k, transposed down), the neurons in the checkpoint's
-    order (the default order is the test above)."""
+    change the format asks for (RoPE row permutation of q / k, transposed down)."""
     from safetensors.torch import load_file as load_torch  # numpy has no bfloat16
 
     from turbosparse.binding import quantize
     from turbosparse.convert.arch.llama import rope_permute
 
-    out = convert(bamboo_dir, tmp_path / "q4.gguf", outtype="q4_0", keep_neuron_order=True)
+    out = convert(bamboo_dir, tmp_path / "q4.gguf", outtype="q4_0")
     hf = {k: v.float().numpy() for k, v in load_torch(str(bamboo_dir / "model.safetensors")).items()}
     stored = {t.name: (Q(t.tensor_type), np.asarray(t.data)) for t in gguf.GGUFReader(str(out)).tensors}
     expected = {

@@ -45,8 +45,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--keep-neuron-order",
         action="store_true",
-        help="store the FFN's neurons in the checkpoint's order; by default a ReLU-family FFN gets the "
-        "order its standard down quantizes well in (neurons sorted by their down column's largest weight; the model "
+        help="store the FFN's neurons in the checkpoint's order; by default a ReLU-family FFN with a standard down "
+        "gets the order that down quantizes well in (neurons sorted by their down column's largest weight; the model "
         "computes the same function)",
     )
     p.add_argument("--verbose", action="store_true", help="log each step")
