@@ -52,8 +52,9 @@ def convert(
     Raises turbosparse.errors.ConvertError naming the file and tensor or key; leaves no partial output behind."""
     src, out = Path(model_dir), Path(out_path)
     if src.is_file() and src.suffix == ".gguf":
-        if predictors is not None or down_layout is not None or threshold is not None or groups is not None:
-            raise ConvertError("re-quantizing a GGUF file takes only outtype and pred_type")
+        options = (predictors, down_layout, threshold, groups)
+        if any(o is not None for o in options) or keep_neuron_order:
+            raise ConvertError("re-quantizing a GGUF file takes only outtype and pred_type (its neuron order stays)")
         return requantize(src, out, outtype, pred_type=pred_type, progress=progress)
     config = read_config(src)
     cls = find_architecture(config, src / "config.json")

@@ -67,9 +67,12 @@ if [ "$backend" = cuda ]; then
         echo "setup: --cuda needs the CUDA toolkit's compiler nvcc (on PATH or in /usr/local/cuda/bin)" >&2
         exit 1
     fi
-    wheels="$wheels-cuda"
-    llama_key="$llama_key-cuda"
-    # ggml's default for a native build: code for the GPUs present at build time only
+    # ggml's default for a native build: code for the GPUs present at build time only, so the wheel is kept per
+    # GPU architecture and CUDA version too
+    gpu_key=$( (nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null || true; nvcc --version | tail -1) \
+               | sha256sum | cut -c1-8)
+    wheels="$wheels-cuda-$gpu_key"
+    llama_key="$llama_key-cuda-$gpu_key"
     cmake_args="-DGGML_CUDA=on"
 fi
 if ! ls "$wheels"/llama_cpp_python-*.whl >/dev/null 2>&1; then

@@ -85,8 +85,6 @@ def test_bench_json_on_a_synthetic_pair(tmp_path) -> None:
 def test_bench_refuses_engines_that_do_not_fit_in_memory(tmp_path, monkeypatch) -> None:
     """Every engine holds its own copy of its file (predictor and groups share one): a run that cannot hold them all
     is refused with what to drop, not killed by the kernel halfway."""
-    import argparse
-
     from turbosparse.binding import DeviceInfo, find_device
     from turbosparse.cli import bench_cmd
     from turbosparse.errors import InvalidArgumentError
@@ -94,20 +92,20 @@ def test_bench_refuses_engines_that_do_not_fit_in_memory(tmp_path, monkeypatch) 
     sparse, dense = tmp_path / "s.gguf", tmp_path / "d.gguf"
     sparse.write_bytes(bytes(1000))
     dense.write_bytes(bytes(900))
-    every = argparse.Namespace(modes="dense,predictor,groups,exact", no_llama_cpp=False)
+    every = ["dense", "predictor", "groups", "exact"]
     cpu = find_device("cpu")
     monkeypatch.setattr(bench_cmd, "_mem_available", lambda: 2 * 900 + 2 * 1000)
-    bench_cmd._check_memory(every, sparse, dense, cpu)  # llama.cpp + dense + one row-layout model + exact's
+    bench_cmd._check_memory(every, True, sparse, dense, cpu)  # llama.cpp + dense + one row-layout model + exact's
     monkeypatch.setattr(bench_cmd, "_mem_available", lambda: 2 * 900 + 2 * 1000 - 1)
     with pytest.raises(InvalidArgumentError, match=r"memory available: drop modes \(--modes\)"):
-        bench_cmd._check_memory(every, sparse, dense, cpu)
-    bench_cmd._check_memory(argparse.Namespace(modes="predictor,exact", no_llama_cpp=True), sparse, dense, cpu)
-    # on a GPU the weights go to the device's memory: that is the bound, not the host's
-    on_gpu = argparse.Namespace(modes="dense,groups", no_llama_cpp=False)
+        bench_cmd._check_memory(every, True, sparse, dense, cpu)
+    bench_cmd._check_memory(["predictor", "exact"], False, sparse, dense, cpu)
+    # on a GPU the weights go to the device's memory: that is the bound, not the host's (0: unknown, not checked)
     gpu = DeviceInfo(name="CUDA0", description="a GPU", is_cpu=False, memory_total=2 * 900 + 1000)
-    bench_cmd._check_memory(on_gpu, sparse, dense, gpu)
+    bench_cmd._check_memory(["dense", "groups"], True, sparse, dense, gpu)
     with pytest.raises(InvalidArgumentError, match=r"memory of CUDA0: drop modes"):
-        bench_cmd._check_memory(on_gpu, sparse, dense, DeviceInfo("CUDA0", "a GPU", False, 2 * 900 + 1000 - 1))
+        bench_cmd._check_memory(["dense", "groups"], True, sparse, dense, DeviceInfo("CUDA0", "a GPU", False, 2799))
+    bench_cmd._check_memory(["dense", "groups"], True, sparse, dense, DeviceInfo("CUDA0", "a GPU", False, 0))
 
 
 def test_bench_grouped_route_on_a_synthetic_model(tmp_path) -> None:

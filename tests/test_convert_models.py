@@ -328,7 +328,7 @@ def test_quantized_relu_ffns_keep_their_neurons_in_the_order_their_down_quantize
     a transposed-only file quantizes each neuron's row alone and keeps the checkpoint's order). With one
     outlier column in every block of 32 neurons, as the default model's checkpoint nearly had, Q4_0 blocks of the
     standard down each carry an outlier's scale in checkpoint order; sorted, one block does."""
-    model = bamboo_model(tiny_config(VOCAB), RANK, seed=2)
+    model = bamboo_model(tiny_config(VOCAB, mlp_bias=True), RANK, seed=2)
     with torch.no_grad():
         for layer in model.model.layers:
             layer.mlp.down_proj.weight[:, ::32] *= 30.0
@@ -349,9 +349,11 @@ def test_quantized_relu_ffns_keep_their_neurons_in_the_order_their_down_quantize
         order = np.argsort(np.abs(layer.mlp.down_proj.weight.detach().numpy()).max(axis=0), kind="stable")
         assert not np.array_equal(order, np.arange(N_FF))
         # rows quantize one by one, so the ordered file's rows are the kept file's, moved
-        for name in ("ffn_gate.weight", "ffn_up.weight", "ffn_down_t.weight", "ffn_pred_fc2.weight"):
+        for name in ("ffn_gate.weight", "ffn_up.weight", "ffn_gate.bias", "ffn_up.bias", "ffn_down_t.weight",
+                     "ffn_pred_fc2.weight"):  # fmt: skip
             np.testing.assert_array_equal(got[f"blk.{i}.{name}"], base[f"blk.{i}.{name}"][order], err_msg=name)
-        np.testing.assert_array_equal(got[f"blk.{i}.ffn_pred_fc1.weight"], base[f"blk.{i}.ffn_pred_fc1.weight"])
+        for name in ("ffn_pred_fc1.weight", "ffn_down.bias"):  # not indexed by the neurons
+            np.testing.assert_array_equal(got[f"blk.{i}.{name}"], base[f"blk.{i}.{name}"], err_msg=name)
         # the standard down's columns in the same order: the outliers share the last block, so the neurons of the
         # other blocks quantize as if there were none, where in checkpoint order every block carries one
         down = layer.mlp.down_proj.weight.detach().numpy()
@@ -426,6 +428,8 @@ def test_requantize_round_trip(tmp_path: Path, bamboo_dir: Path) -> None:
         np.testing.assert_array_equal(np.asarray(ta.data), np.asarray(tb.data), err_msg=ta.name)
     ka, kb = read_keys(direct), read_keys(requant)
     assert ka == kb
+    with pytest.raises(ConvertError, match="takes only outtype and pred_type"):
+        convert(f32, tmp_path / "kept.gguf", outtype="q8_0", keep_neuron_order=True)
 
 
 def test_tensors_convert_one_at_a_time(tmp_path: Path, spm_dir: Path) -> None:

@@ -67,18 +67,19 @@ class TurbosparseEngine:
 
 @dataclass
 class LlamaCppEngine:
-    """llama.cpp itself through llama-cpp-python, with its defaults (no flash attention, F16 KV cache); on_gpu: every
-    layer offloaded (n_gpu_layers=-1), as turbosparse places a whole model on a GPU device."""
+    """llama.cpp itself through llama-cpp-python, with its defaults (no flash attention, F16 KV cache). gpu: the index
+    of the GPU (among ggml's GPU devices) that holds every layer, as turbosparse places a whole model on one device;
+    None: the CPU only (no large batch offloaded to a GPU either, which a GPU build of ggml otherwise does)."""
 
     path: Path
     n_threads: int
     n_ctx: int
-    on_gpu: bool = False
+    gpu: int | None = None
     name: str = "llama.cpp"
     mode: str = "dense"
 
     def __post_init__(self) -> None:
-        from llama_cpp import Llama
+        from llama_cpp import LLAMA_SPLIT_MODE_NONE, Llama
 
         self.llm = Llama(
             str(self.path),
@@ -86,7 +87,10 @@ class LlamaCppEngine:
             n_batch=512,
             n_threads=self.n_threads,
             n_threads_batch=self.n_threads,
-            n_gpu_layers=-1 if self.on_gpu else 0,
+            n_gpu_layers=0 if self.gpu is None else -1,
+            split_mode=LLAMA_SPLIT_MODE_NONE,
+            main_gpu=self.gpu or 0,
+            op_offload=self.gpu is not None,
             logits_all=False,
             verbose=False,
         )

@@ -218,6 +218,8 @@ def _entries(spec: SyntheticSpec, sparse: bool) -> list[_Entry]:
             if spec.groups:
                 n_groups = s.n_ff // spec.groups
                 out += [
+                    # random like down_t and down_groups, not their transpose: prompts and decoding compute different
+                    # FFNs here, which timing does not mind
                     mat(f"blk.{i}.ffn_down.weight", "down", s.n_embd, s.n_ff, 0.05),
                     _Entry(C.TENSOR_PRED_GROUPS.format(i), n_groups, spec.rank, pq,
                            lambda: _predictor(w, "groups", pq, spec.groups)),

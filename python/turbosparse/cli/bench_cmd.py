@@ -37,7 +37,7 @@ from turbosparse.bench.synthetic import (
     synthetic_pair,
     with_layers,
 )
-from turbosparse.binding import DeviceInfo, NativeModel, SparseMode, find_device, memory_available
+from turbosparse.binding import DeviceInfo, NativeModel, SparseMode, devices, find_device, memory_available
 from turbosparse.default import default_model
 from turbosparse.errors import EvalError, InvalidArgumentError
 
@@ -146,7 +146,12 @@ def _modes(args: argparse.Namespace, sparse: Path, device: DeviceInfo) -> list[s
     if all(m == "dense" for m in modes):
         return modes  # the sparse file is not read
     probe = NativeModel(str(sparse), metadata_only=True)
-    return [m for m in modes if m == "dense" or _runs_as_asked(probe, bench_mode(m), device.is_cpu)]
+    kept = [m for m in modes if m == "dense" or _runs_as_asked(probe, bench_mode(m), device.is_cpu)]
+    if len(kept) < len(modes):
+        hint = "" if device.is_cpu else " (a GPU runs dense and groups: --modes dense,groups)"
+        skipped = ", ".join(m for m in modes if m not in kept)
+        print(f"bench: skipped {skipped}: {sparse.name} does not run as asked on {device.name}{hint}", file=sys.stderr)
+    return kept
 
 
 def _runs_as_asked(model: NativeModel, mode: SparseMode, on_cpu: bool) -> bool:
@@ -162,14 +167,13 @@ def _mem_available() -> int | None:
     return memory_available()
 
 
-def _check_memory(args: argparse.Namespace, sparse: Path, dense: Path, device: DeviceInfo) -> None:
+def _check_memory(modes: list[str], with_llama_cpp: bool, sparse: Path, dense: Path, device: DeviceInfo) -> None:
     """Each engine holds its own copy of its file's weights (llama.cpp's and ours repacked, the sparse rows in huge
     pages; predictor and groups share one): a run whose copies exceed the memory available (the device's, on a GPU)
     is refused before the kernel's OOM killer or a failed device allocation ends it."""
-    modes = {m.strip() for m in args.modes.split(",")}
-    held = (0 if args.no_llama_cpp else dense.stat().st_size) + (dense.stat().st_size if "dense" in modes else 0)
-    held += sparse.stat().st_size * (bool(modes & {"predictor", "groups"}) + ("exact" in modes))
-    available = _mem_available() if device.is_cpu else device.memory_total
+    held = (dense.stat().st_size if with_llama_cpp else 0) + (dense.stat().st_size if "dense" in modes else 0)
+    held += sparse.stat().st_size * (bool({"predictor", "groups"} & set(modes)) + ("exact" in modes))
+    available = _mem_available() if device.is_cpu else (device.memory_total or None)  # 0: the device did not say
     where = "memory available" if device.is_cpu else f"memory of {device.name}"
     if available is not None and held > available:
         raise InvalidArgumentError(
@@ -179,12 +183,13 @@ def _check_memory(args: argparse.Namespace, sparse: Path, dense: Path, device: D
 
 
 def _engines(args: argparse.Namespace, sparse: Path, dense: Path, n_ctx: int, device: DeviceInfo) -> list[Engine]:
-    _check_memory(args, sparse, dense, device)
+    modes = _modes(args, sparse, device)
+    _check_memory(modes, not args.no_llama_cpp, sparse, dense, device)
     engines: list[Engine] = []
     if not args.no_llama_cpp:
-        engines.append(LlamaCppEngine(dense, args.threads, n_ctx, on_gpu=not device.is_cpu))
+        engines.append(LlamaCppEngine(dense, args.threads, n_ctx, gpu=_gpu_index(device)))
     rows_model: NativeModel | None = None  # one model behind the modes that read the same layout (a Mixtral holds GBs)
-    for mode in _modes(args, sparse, device):
+    for mode in modes:
         if mode in ("predictor", "groups"):
             rows_model = rows_model or bench_model(sparse, mode, device.name)
             model = rows_model
@@ -192,6 +197,11 @@ def _engines(args: argparse.Namespace, sparse: Path, dense: Path, n_ctx: int, de
             model = bench_model(dense if mode == "dense" else sparse, mode, device.name)
         engines.append(TurbosparseEngine(model, mode, args.threads, n_ctx))
     return engines
+
+
+def _gpu_index(device: DeviceInfo) -> int | None:
+    """The device's index among ggml's GPUs (llama.cpp's main_gpu), None for the CPU."""
+    return None if device.is_cpu else [d.name for d in devices() if not d.is_cpu].index(device.name)
 
 
 def run_ffn_layer(args: argparse.Namespace) -> int:
@@ -372,6 +382,7 @@ def _report(
         "config": {**cfg.__dict__, "sparse_model": str(sparse), "dense_model": str(dense), "active": share},
         "machine": machine_stamp(device),
         "agreement_max_abs_logit_diff": agreement,
+        "agreement_relative": not device.is_cpu,  # on a GPU: over the largest |logit| (GPU_AGREEMENT_TOLERANCE)
         "results": rows,
         "ratios": ratios,
         "bytes_ceiling": ceiling,
