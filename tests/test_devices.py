@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from turbosparse import Model, devices
-from turbosparse.binding import NativeContext, NativeModel, SparseMode, find_device
+from turbosparse.binding import DeviceInfo, NativeContext, NativeModel, SparseMode, find_device
 from turbosparse.errors import InvalidArgumentError, ModelLoadError
 
 from tinymodel import (
@@ -39,13 +39,13 @@ needs_gpu = pytest.mark.skipif(
 )
 
 
-def computes_in_f32(device: object) -> bool:
+def computes_in_f32(device: DeviceInfo) -> bool:
     """ggml-vulkan with GGML_VK_DISABLE_F16 (conftest.py sets it) computes in f32, so a float64 forward pass is its
     yardstick. ggml-cuda (and Metal) quantize activations to 8 bits in quantized matrix products, as ggml's CPU does:
     measured on an NVIDIA H200 (README, "On an NVIDIA GPU"), its logits stand as far from float64 as the CPU's, and
     its decoded steps differ from its own batched logits by 1-2 % of the largest logit on any model (llama.cpp's
     alike), so there the yardstick is llama.cpp on the same device."""
-    return getattr(device, "name", "").startswith("Vulkan") and bool(os.environ.get("GGML_VK_DISABLE_F16"))
+    return device.name.startswith("Vulkan") and bool(os.environ.get("GGML_VK_DISABLE_F16"))
 
 
 needs_f32_gpu = pytest.mark.skipif(
@@ -254,9 +254,11 @@ def test_decoding_token_by_token_on_the_gpu(grouped_default: Path, tokens: list[
 def test_dense_logits_on_the_gpu_are_llama_cpps_there(smollm2_path: Path, macbeth: str) -> None:
     """On any GPU device, dense turbosparse computes what llama.cpp computes on that device with every layer
     offloaded: a prompt in one batch and tokens one at a time (on an NVIDIA H200 both were bit for bit equal)."""
-    from llama_cpp import Llama
+    from llama_cpp import LLAMA_SPLIT_MODE_NONE, Llama
 
-    llm = Llama(str(smollm2_path), n_ctx=128, n_batch=128, n_gpu_layers=-1, logits_all=True, verbose=False)
+    # every layer on the first GPU, where device="gpu" puts turbosparse's (not split over several GPUs)
+    llm = Llama(str(smollm2_path), n_ctx=128, n_batch=128, n_gpu_layers=-1, split_mode=LLAMA_SPLIT_MODE_NONE,
+                main_gpu=0, logits_all=True, verbose=False)  # fmt: skip
     tokens = llm.tokenize(macbeth[:2000].encode(), add_bos=True)[:64]
     llm.eval(tokens)
     llama_batch = np.array(llm.scores[: len(tokens)])

@@ -101,7 +101,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--device", default="cpu",
         help="where the engines run: cpu, gpu (the first GPU ggml has) or a ggml device name; on a GPU llama.cpp "
-        "offloads every layer and the sparse mode is groups (the only one a GPU runs)",
+        "holds every layer on that one device and the sparse mode is groups (the only one a GPU runs)",
     )  # fmt: skip
     p.add_argument("-t", "--threads", type=int, default=2)
     p.add_argument("-p", "--prompt-tokens", type=int, default=64)
