@@ -11,6 +11,7 @@ column's largest |weight|, 79 (README, "The default model").
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -48,8 +49,11 @@ def permute_neurons(specs: list[TensorSpec], orders: Sequence[np.ndarray]) -> li
         if axis is not None:
             if spec.encoded:
                 raise ConvertError(f"{spec.origin}: stored bytes cannot be reordered (convert from the checkpoint)")
-            spec = TensorSpec(spec.name, spec.shape, spec.role, _permuted(spec.load, orders[layer_of(spec.name)], axis),
-                              spec.origin, spec.encoded)  # fmt: skip
+            order = orders[layer_of(spec.name)]
+            importance = spec.importance
+            if importance is not None and axis == 1:  # the standard down's row elements are the neurons
+                importance = np.take(importance, order, axis=-1)
+            spec = dataclasses.replace(spec, load=_permuted(spec.load, order, axis), importance=importance)
         out.append(spec)
     return out
 

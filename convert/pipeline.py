@@ -12,6 +12,7 @@ from turbosparse.constants import KEY_DOWN_LAYOUT, KEY_FFN_ACTIVATION, KEY_PREDI
 from turbosparse.convert.arch import ConvertOptions, find_architecture
 from turbosparse.convert.groups import add_groups, budget_groups, load_plan
 from turbosparse.convert.hparams import read_config
+from turbosparse.convert.imatrix import quantize_keys, read_imatrix, with_importance
 from turbosparse.convert.neuron_order import permute_neurons, quantization_order
 from turbosparse.convert.quant_policy import QuantPolicy, file_type
 from turbosparse.convert.requantize import requantize
@@ -37,6 +38,7 @@ def convert(
     groups: int | None = None,
     group_plan: str | os.PathLike[str] | None = None,
     keep_neuron_order: bool = False,
+    imatrix: str | os.PathLike[str] | None = None,
     progress: bool = False,
 ) -> Path:
     """Converts model_dir (an HF checkpoint directory, or a .gguf file to re-quantize) to out_path.
@@ -48,14 +50,18 @@ def convert(
     pre-tokenizer name for a BPE vocabulary whose tokenizer.json structure is not recognised; groups: G, adds the
     grouped route's tensors (convert/groups.py), neurons ordered and top-k set by group_plan when given;
     keep_neuron_order: the checkpoint's neuron order, where a ReLU-family FFN with a standard down otherwise gets the
-    order that down quantizes well in (convert/neuron_order.py; the function is unchanged).
+    order that down quantizes well in (convert/neuron_order.py; the function is unchanged); imatrix: a llama.cpp
+    importance matrix file (convert/imatrix.py) whose entries weigh the quantizers' rounding errors.
     Raises turbosparse.errors.ConvertError naming the file and tensor or key; leaves no partial output behind."""
     src, out = Path(model_dir), Path(out_path)
+    importance = read_imatrix(imatrix) if imatrix is not None else None
     if src.is_file() and src.suffix == ".gguf":
         options = (predictors, down_layout, threshold, groups)
         if any(o is not None for o in options) or keep_neuron_order:
-            raise ConvertError("re-quantizing a GGUF file takes only outtype and pred_type (its neuron order stays)")
-        return requantize(src, out, outtype, pred_type=pred_type, progress=progress)
+            raise ConvertError(
+                "re-quantizing a GGUF file takes only outtype, pred_type and imatrix (its neuron order stays)"
+            )
+        return requantize(src, out, outtype, pred_type=pred_type, imatrix=importance, progress=progress)
     config = read_config(src)
     cls = find_architecture(config, src / "config.json")
     options = ConvertOptions(
@@ -65,6 +71,8 @@ def convert(
     hp = arch.hparams()
     specs = arch.tensors()
     sparse_keys = arch.metadata()
+    if importance is not None:  # before any reordering, which moves the down's importance with its columns
+        specs = with_importance(specs, importance)
     if group_plan is not None and groups is None:
         raise ValueError("group_plan needs groups (the group size it was planned for)")
     if group_plan is None and not keep_neuron_order and _reorders(arch.ffn_activation, hp.n_expert, arch.down_layout()):
@@ -101,6 +109,9 @@ def convert(
             },
         )
         vocab.add_to(writer)
+        if importance is not None:
+            for key, (value, vtype) in quantize_keys(importance).items():
+                writer.add_key_value(key, value, vtype)
 
     return write_gguf(out, specs, types, add_metadata, progress=progress)
 

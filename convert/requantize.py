@@ -3,18 +3,37 @@ ggml and quantized again under the quant policy. Quantized inputs carry their qu
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from pathlib import Path
 
 import gguf
 import numpy as np
 
 from turbosparse.binding import dequantize
-from turbosparse.constants import TENSOR_POWERINFER_FC1, TENSOR_POWERINFER_FC2, TENSOR_PRED_FC1, TENSOR_PRED_FC2
+from turbosparse.constants import (
+    KEY_FFN_ACTIVATION,
+    TENSOR_POWERINFER_FC1,
+    TENSOR_POWERINFER_FC2,
+    TENSOR_PRED_FC1,
+    TENSOR_PRED_FC2,
+)
 from turbosparse.convert.arch.base import ROLE_EMBD, ROLE_MATRIX, ROLE_NORM, ROLE_OUTPUT, ROLE_PREDICTOR, TensorSpec
 from turbosparse.convert.copy import architecture, copy_fields, open_gguf
+from turbosparse.convert.imatrix import (
+    KEY_QUANTIZE_CHUNKS,
+    KEY_QUANTIZE_DATASET,
+    KEY_QUANTIZE_ENTRIES,
+    KEY_QUANTIZE_FILE,
+    ImportanceMatrix,
+    quantize_keys,
+    with_importance,
+)
 from turbosparse.convert.quant_policy import QuantPolicy, file_type
 from turbosparse.convert.writer import write_gguf
 from turbosparse.errors import ConvertError
+
+logger = logging.getLogger(__name__)
 
 _PREDICTOR_SUFFIXES = tuple(
     n.format(0).split(".", 2)[2]
@@ -45,7 +64,24 @@ def _loader(tensor: gguf.ReaderTensor, shape: tuple[int, ...]):
     return load
 
 
-def requantize(src: Path, out: Path, outtype: str, *, pred_type: str | None = None, progress: bool = False) -> Path:
+def _may_be_reordered(reader: gguf.GGUFReader) -> bool:
+    field = reader.get_field(KEY_FFN_ACTIVATION)
+    return field is not None and field.contents() in ("reglu", "drelu")
+
+
+def _is_down(name: str) -> bool:
+    return name.startswith("blk.") and name.split(".", 2)[2] == "ffn_down.weight"
+
+
+def requantize(
+    src: Path,
+    out: Path,
+    outtype: str,
+    *,
+    pred_type: str | None = None,
+    imatrix: ImportanceMatrix | None = None,
+    progress: bool = False,
+) -> Path:
     if src.resolve() == Path(out).resolve():
         raise ConvertError(f"{src}: re-quantizing into the input file itself")
     reader = open_gguf(src)
@@ -58,9 +94,21 @@ def requantize(src: Path, out: Path, outtype: str, *, pred_type: str | None = No
         spec = TensorSpec(t.name, shape, _role(t.name, len(shape)), _loader(t, shape), f"{src}: tensor '{t.name}'")
         specs.append(spec)
         types.append(policy.type_for(spec.role, shape))
+    if imatrix is not None:
+        specs = with_importance(specs, imatrix)
+        if _may_be_reordered(reader):
+            # the converter may have sorted this file's neurons (convert/neuron_order.py) and the file does not say
+            # how: an entry for the standard down's columns, measured in the checkpoint's order, would misweigh them
+            specs = [dataclasses.replace(s, importance=None) if _is_down(s.name) else s for s in specs]
+            logger.info("%s: ReLU-family FFN: the standard down matrices quantize without importance", src)
 
     def add_metadata(writer: gguf.GGUFWriter) -> None:
-        copy_fields(reader, writer, skip=("general.file_type",))
+        # the source's own record of an importance matrix no longer describes the new quantization
+        imatrix_record = (KEY_QUANTIZE_FILE, KEY_QUANTIZE_DATASET, KEY_QUANTIZE_ENTRIES, KEY_QUANTIZE_CHUNKS)
+        copy_fields(reader, writer, skip=("general.file_type", *imatrix_record))
         writer.add_file_type(file_type(policy.outtype))
+        if imatrix is not None:
+            for key, (value, vtype) in quantize_keys(imatrix).items():
+                writer.add_key_value(key, value, vtype)
 
     return write_gguf(out, specs, types, add_metadata, arch=arch, progress=progress)

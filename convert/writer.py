@@ -81,11 +81,16 @@ def tensor_nbytes(shape: Sequence[int], qtype: Q) -> int:
     return rows * info.row_bytes(int(shape[-1]))
 
 
-def encode(data: np.ndarray, qtype: Q) -> np.ndarray:
-    """float32 [..., n] -> the bytes (or float32 array) GGUF stores for qtype, by ggml's own quantizers."""
+def encode(data: np.ndarray, qtype: Q, importance: np.ndarray | None = None) -> np.ndarray:
+    """float32 [..., n] -> the bytes (or float32 array) GGUF stores for qtype, by ggml's own quantizers; importance
+    ([n], or [n_expert, n] for data [n_expert, rows, n]) weighs each row element's rounding error."""
     if qtype == Q.F32:
         return np.ascontiguousarray(data, dtype=np.float32)
-    return quantize(data, int(qtype))
+    if importance is None or qtype in (Q.F16, Q.BF16):
+        return quantize(data, int(qtype))
+    if importance.ndim == 1:
+        return quantize(data, int(qtype), imatrix=importance)
+    return np.stack([quantize(d, int(qtype), imatrix=w) for d, w in zip(data, importance, strict=True)])
 
 
 def add_llama_hparams(writer: gguf.GGUFWriter, hp: HParams) -> None:
@@ -150,7 +155,7 @@ def write_gguf(
                 data = spec.load()
                 if not spec.encoded and data.shape != tuple(spec.shape):
                     raise ConvertError(f"{spec.origin}: loaded shape {list(data.shape)}, expected {list(spec.shape)}")
-                stored = data if spec.encoded else encode(data, qtype)
+                stored = data if spec.encoded else encode(data, qtype, spec.importance)
                 del data
                 if stored.nbytes != nbytes:
                     raise RuntimeError(f"{spec.name}: {stored.nbytes} bytes encoded, {nbytes} planned")

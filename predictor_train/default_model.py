@@ -293,9 +293,15 @@ def build_gguf(recipe: Recipe = Recipe(), root: Path | None = None) -> Path:
 
     # the tokenizer.json transformers rebuilt from the GGUF reads as plain gpt-2; SmolLM2's llama.cpp pre-tokenizer
     # is "smollm". Both down layouts: prefill multiplies by ffn_down, sparse decoding reads rows of ffn_down_t.
-    say(f"convert: bamboo checkpoint -> {recipe.outtype} GGUF")
+    imatrix = root / "imatrix.gguf"
+    if not imatrix.is_file():
+        from turbosparse.predictor_train.imatrix import write_checkpoint_imatrix
+
+        say("imatrix: the checkpoint's matrices' input activations over the calibration rows")
+        write_checkpoint_imatrix(final, np.load(root / "calib.npy"), imatrix, dataset="calib.npy")
+    say(f"convert: bamboo checkpoint -> {recipe.outtype} GGUF, quantized with the importance matrix")
     convert(final, out, outtype=recipe.outtype, pred_type=recipe.predictors.quant, vocab_pre="smollm",
-            down_layout="both", progress=True)  # fmt: skip
+            down_layout="both", imatrix=imatrix, progress=True)  # fmt: skip
     say(f"built in {(time.perf_counter() - start) / 60:.0f} min: {out}")
     return out
 

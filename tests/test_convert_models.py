@@ -428,7 +428,7 @@ def test_requantize_round_trip(tmp_path: Path, bamboo_dir: Path) -> None:
         np.testing.assert_array_equal(np.asarray(ta.data), np.asarray(tb.data), err_msg=ta.name)
     ka, kb = read_keys(direct), read_keys(requant)
     assert ka == kb
-    with pytest.raises(ConvertError, match="takes only outtype and pred_type"):
+    with pytest.raises(ConvertError, match="takes only outtype, pred_type and imatrix"):
         convert(f32, tmp_path / "kept.gguf", outtype="q8_0", keep_neuron_order=True)
 
 

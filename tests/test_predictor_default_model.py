@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from turbosparse.predictor_train import default_model
@@ -51,20 +52,31 @@ def test_evaluation_texts_and_prompts_are_held_out_of_the_build() -> None:
 
 
 def test_convert_step_writes_the_gguf_once(tmp_path: Path, monkeypatch) -> None:
-    """The last step hands the bamboo checkpoint to the converter (SmolLM2's pre-tokenizer, both down layouts)."""
+    """The last steps measure the checkpoint's importance matrix on the calibration rows and hand both to the
+    converter (SmolLM2's pre-tokenizer, both down layouts)."""
     import turbosparse.convert
+    import turbosparse.predictor_train.imatrix as imatrix_module
 
-    calls = []
+    calls, measured = [], []
 
     def fake_convert(src, out, **options):
         calls.append((src, options))
         Path(out).write_bytes(b"GGUF")
         return Path(out)
 
+    def fake_imatrix(model_dir, sequences, out, **options):
+        measured.append((model_dir, sequences.shape))
+        Path(out).write_bytes(b"GGUF")
+        return Path(out)
+
+    np.save(tmp_path / "calib.npy", np.zeros((3, 8), dtype=np.int64))
     monkeypatch.setattr(default_model, "build_checkpoint", lambda recipe, root: root / "bamboo")
     monkeypatch.setattr(turbosparse.convert, "convert", fake_convert)
+    monkeypatch.setattr(imatrix_module, "write_checkpoint_imatrix", fake_imatrix)
     out = build_gguf(Recipe(), tmp_path)
     assert out == default_model.gguf_path(Recipe(), tmp_path) and out.is_file()
+    assert measured == [(tmp_path / "bamboo", (3, 8))]
     assert calls == [(tmp_path / "bamboo", {"outtype": "q4_0", "pred_type": "q4_0", "vocab_pre": "smollm",
-                                            "down_layout": "both", "progress": True})]  # fmt: skip
+                                            "down_layout": "both", "imatrix": tmp_path / "imatrix.gguf",
+                                            "progress": True})]  # fmt: skip
     assert build_gguf(Recipe(), tmp_path) == out and len(calls) == 1  # cached

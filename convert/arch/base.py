@@ -42,6 +42,8 @@ class TensorSpec:
     load: Callable[[], np.ndarray]
     origin: str = ""  # where it comes from, for messages: "file: tensor"
     encoded: bool = False  # load() returns the bytes as stored (e.g. copied from a GGUF), not float32 values
+    # the quantizer's weight per row element (convert/imatrix.py): [n] or, for stacked experts, [n_expert, n]
+    importance: np.ndarray | None = None
 
 
 @dataclass

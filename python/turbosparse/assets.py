@@ -51,8 +51,9 @@ def gensim_test_data() -> Path:
 DEFAULT_MODEL_RECIPE = "smollm2-drelu-v3"  # bump when the recipe changes: a new cache folder, a fresh build
 DEFAULT_MODEL_OUTTYPE = "q4_0"
 # bump when the conversion of the built checkpoint changes: a new file name, converted again from the cached steps
-# ("n2": neurons in the order the standard down quantizes well in, convert/neuron_order.py)
-DEFAULT_MODEL_CONVERSION = "n2"
+# ("n2": neurons in the order the standard down quantizes well in, convert/neuron_order.py; "n3": also quantized with
+# the checkpoint's importance matrix over the build's calibration rows, convert/imatrix.py)
+DEFAULT_MODEL_CONVERSION = "n3"
 
 
 def cache_root() -> Path:

@@ -11,6 +11,7 @@ from turbosparse.cli import (
     bench_cmd,
     calibrate_cmd,
     convert_cmd,
+    imatrix_cmd,
     perplexity_cmd,
     relufy_cmd,
     run_cmd,
@@ -22,6 +23,7 @@ from turbosparse.errors import TurboSparseError
 _COMMANDS = (
     run_cmd,
     convert_cmd,
+    imatrix_cmd,
     calibrate_cmd,
     train_predictors_cmd,
     relufy_cmd,

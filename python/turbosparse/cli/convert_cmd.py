@@ -49,6 +49,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "gets the order that down quantizes well in (neurons sorted by their down column's largest weight; the model "
         "computes the same function)",
     )
+    p.add_argument(
+        "--imatrix",
+        type=Path,
+        default=None,
+        help="importance matrix (llama.cpp's llama-imatrix output, GGUF or .dat, or `turbosparse imatrix`'s): "
+        "the quantizers weigh each weight's rounding error by its input column's mean square activation",
+    )
     p.add_argument("--verbose", action="store_true", help="log each step")
     p.set_defaults(func=run)
 
@@ -67,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
         groups=args.groups,
         group_plan=args.group_plan,
         keep_neuron_order=args.keep_neuron_order,
+        imatrix=args.imatrix,
         progress=sys.stderr.isatty(),
     )
     print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB)", file=sys.stderr)
