@@ -16,6 +16,7 @@ import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import gguf
 import numpy as np
@@ -31,6 +32,9 @@ KEY_CHUNK_COUNT = "imatrix.chunk_count"
 KEY_CHUNK_SIZE = "imatrix.chunk_size"
 SUFFIX_SUMS = ".in_sum2"
 SUFFIX_COUNTS = ".counts"
+
+# the least weight of a column, relative to its matrix's mean (ImportanceMatrix.for_tensor)
+IMPORTANCE_FLOOR = 1e-3
 
 # what llama-quantize records in a file quantized with an importance matrix
 KEY_QUANTIZE_FILE = "quantize.imatrix.file"
@@ -54,15 +58,23 @@ class ImportanceMatrix:
         means = self.means.get(name)
         if means is None:
             return None
-        n_mat, n = means.shape
+        n = int(shape[-1])
         n_expected = 1 if len(shape) == 2 else int(shape[0])
-        if n != shape[-1] or (n_mat != n_expected and n_mat != 1):
+        if means.shape == (1, n_expected * n):  # a legacy .dat entry of stacked experts: one flat array
+            means = means.reshape(n_expected, n)
+        n_mat, n_got = means.shape
+        if n_got != n or (n_mat != n_expected and n_mat != 1):
             raise ConvertError(
-                f"{self.path}: entry '{name}' holds {n_mat} x {n} values; tensor '{name}' of shape {list(shape)} "
-                f"needs {n_expected} x {shape[-1]} (an importance matrix of another model?)"
+                f"{self.path}: entry '{name}' holds {n_mat} x {n_got} values; tensor '{name}' of shape {list(shape)} "
+                f"needs {n_expected} x {n} (an importance matrix of another model?)"
             )
+        if not np.all(np.isfinite(means)) or np.any(means < 0):
+            raise ConvertError(f"{self.path}: entry '{name}' holds negative or non-finite values")
         if not np.any(means > 0):  # no activation reached it: nothing to weigh by
             return None
+        # A column no calibration token reached (a neuron that never fired, in a sparse model) would weigh nothing,
+        # and a block of them quantize to zeros; a floor keeps such weights from being thrown away.
+        means = np.maximum(means, IMPORTANCE_FLOOR * means.mean(axis=-1, keepdims=True)).astype(np.float32)
         if len(shape) == 2:
             return means[0]
         return np.broadcast_to(means, (n_expected, n)).copy()
@@ -90,23 +102,49 @@ def _read_gguf(path: Path) -> ImportanceMatrix:
     tensors = {t.name: t for t in reader.tensors}
     means: dict[str, np.ndarray] = {}
     for tname, t in tensors.items():
+        if tname.endswith(SUFFIX_COUNTS) and tname[: -len(SUFFIX_COUNTS)] + SUFFIX_SUMS not in tensors:
+            raise ConvertError(
+                f"{path}: tensor '{tname}' has no '{tname[: -len(SUFFIX_COUNTS)]}{SUFFIX_SUMS}' beside it"
+            )
         if not tname.endswith(SUFFIX_SUMS):
             continue
         name = tname[: -len(SUFFIX_SUMS)]
         counts_t = tensors.get(name + SUFFIX_COUNTS)
         if counts_t is None:
             raise ConvertError(f"{path}: tensor '{tname}' has no '{name}{SUFFIX_COUNTS}' beside it")
-        if gguf.GGMLQuantizationType(t.tensor_type) != gguf.GGMLQuantizationType.F32:
-            raise ConvertError(f"{path}: tensor '{tname}' is {t.tensor_type.name}, expected F32")
+        for tensor in (t, counts_t):
+            if gguf.GGMLQuantizationType(tensor.tensor_type) != gguf.GGMLQuantizationType.F32:
+                raise ConvertError(f"{path}: tensor '{tensor.name}' is {tensor.tensor_type.name}, expected F32")
         counts = np.array(counts_t.data, dtype=np.float64).reshape(-1)
-        sums = np.array(t.data, dtype=np.float64).reshape(len(counts), -1)
-        if sums.size != int(np.prod(t.shape)):
-            raise ConvertError(f"{path}: tensor '{tname}' does not divide into its {len(counts)} counts")
-        means[name] = _means(sums, counts)
+        sums = np.array(t.data, dtype=np.float64).reshape(-1)
+        if len(counts) == 0 or sums.size == 0 or sums.size % len(counts) != 0:
+            raise ConvertError(
+                f"{path}: tensor '{tname}' ({sums.size} values) does not divide into {len(counts)} counts"
+            )
+        means[name] = _means(sums.reshape(len(counts), -1), counts)
+    return ImportanceMatrix(path, means, _datasets(reader, path), _chunk_count(reader, path))
+
+
+def _datasets(reader: gguf.GGUFReader, path: Path) -> tuple[str, ...]:
     field = reader.get_field(KEY_DATASETS)
-    datasets = tuple(str(v) for v in field.contents()) if field is not None else ()
-    chunks = reader.get_field(KEY_CHUNK_COUNT)
-    return ImportanceMatrix(path, means, datasets, int(chunks.contents()) if chunks is not None else 0)
+    if field is None:
+        return ()
+    value = field.contents()
+    if isinstance(value, str):
+        return (value,)
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConvertError(f"{path}: key '{KEY_DATASETS}' is not an array of strings")
+    return tuple(value)
+
+
+def _chunk_count(reader: gguf.GGUFReader, path: Path) -> int:
+    field = reader.get_field(KEY_CHUNK_COUNT)
+    if field is None:
+        return 0
+    value = field.contents()
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConvertError(f"{path}: key '{KEY_CHUNK_COUNT}' is not a count")
+    return value
 
 
 def _means(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -118,17 +156,17 @@ def _means(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
 
 
 def _read_legacy(path: Path) -> ImportanceMatrix:
-    data = path.read_bytes()
-    pos = 0
+    with open(path, "rb") as f:  # read as it is parsed: a wrong file fails at its first implausible field
+        return _parse_legacy(path, f)
 
+
+def _parse_legacy(path: Path, f: BinaryIO) -> ImportanceMatrix:
     def take(fmt: str, what: str) -> tuple:
-        nonlocal pos
         size = struct.calcsize(fmt)
-        if pos + size > len(data):
+        data = f.read(size)
+        if len(data) < size:
             raise ConvertError(f"{path}: neither GGUF nor a complete legacy .dat importance matrix ({what} missing)")
-        values = struct.unpack_from(fmt, data, pos)
-        pos += size
-        return values
+        return struct.unpack(fmt, data)
 
     (n_entries,) = take("<i", "entry count")
     if not 0 < n_entries < 1 << 20:
@@ -140,17 +178,17 @@ def _read_legacy(path: Path) -> ImportanceMatrix:
             raise ConvertError(f"{path}: entry {i} has a name of {length} bytes")
         name = take(f"<{length}s", f"entry {i}'s name")[0].decode("utf-8", "replace")
         ncall, nval = take("<ii", f"entry '{name}''s counts")
-        if nval <= 0:
+        if not 0 < nval < 1 << 30:
             raise ConvertError(f"{path}: entry '{name}' has {nval} values")
         values = np.array(take(f"<{nval}f", f"entry '{name}''s values"), dtype=np.float64)
         means[name] = (values / ncall if ncall > 0 else values).astype(np.float32)[None, :]
-    chunks = take("<i", "chunk count")[0] if pos + 4 <= len(data) else 0
+    tail = f.read(4)
+    chunks = struct.unpack("<i", tail)[0] if len(tail) == 4 else 0
     datasets: tuple[str, ...] = ()
-    if pos + 4 <= len(data):
-        (length,) = take("<i", "dataset name length")
-        if 0 < length <= len(data) - pos:
-            datasets = (take(f"<{length}s", "dataset name")[0].decode("utf-8", "replace"),)
-    return ImportanceMatrix(path, means, datasets, chunks)
+    head = f.read(4)
+    if len(head) == 4 and 0 < (length := struct.unpack("<i", head)[0]) < 1 << 16:
+        datasets = (f.read(length).decode("utf-8", "replace"),)
+    return ImportanceMatrix(path, means, datasets, max(chunks, 0))
 
 
 def write_imatrix(
@@ -170,7 +208,8 @@ def write_imatrix(
     writer.kv_data[0].pop(gguf.Keys.General.ARCHITECTURE, None)  # llama-imatrix's files name no architecture
     try:
         writer.add_string(KEY_TYPE, "imatrix")
-        writer.add_array(KEY_DATASETS, list(datasets))
+        if datasets:  # gguf-py writes no empty array
+            writer.add_array(KEY_DATASETS, list(datasets))
         writer.add_uint32(KEY_CHUNK_COUNT, chunk_count)
         writer.add_uint32(KEY_CHUNK_SIZE, chunk_size)
         for name in sorted(sums):
@@ -208,10 +247,10 @@ def quantize_keys(imatrix: ImportanceMatrix) -> dict[str, tuple[object, gguf.GGU
     """The keys llama-quantize writes into a file quantized with `imatrix`."""
     keys: dict[str, tuple[object, gguf.GGUFValueType]] = {
         KEY_QUANTIZE_FILE: (str(imatrix.path), gguf.GGUFValueType.STRING),
-        KEY_QUANTIZE_ENTRIES: (len(imatrix.means), gguf.GGUFValueType.INT32),
+        KEY_QUANTIZE_ENTRIES: (len(imatrix.means), gguf.GGUFValueType.UINT32),
     }
     if imatrix.datasets:
         keys[KEY_QUANTIZE_DATASET] = (imatrix.datasets[0], gguf.GGUFValueType.STRING)
     if imatrix.chunk_count > 0:
-        keys[KEY_QUANTIZE_CHUNKS] = (imatrix.chunk_count, gguf.GGUFValueType.INT32)
+        keys[KEY_QUANTIZE_CHUNKS] = (imatrix.chunk_count, gguf.GGUFValueType.UINT32)
     return keys

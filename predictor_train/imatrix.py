@@ -4,7 +4,7 @@ of its input columns' squared activations over calibration sequences, written in
 `llama-quantize --imatrix`, for the standard tensors) then quantizes with it.
 
 A bamboo checkpoint's embedded predictors are measured too, on the input the engine gives them (the
-`turbosparse.predictor_input` of its config; without one they are left out)."""
+`turbosparse.predictor_input` of its config, else the residual as the converter assumes)."""
 
 from __future__ import annotations
 
@@ -107,7 +107,8 @@ def write_checkpoint_imatrix(
     from turbosparse.predictor_train.modeling import load_causal_lm
 
     model = load_causal_lm(model_dir)
-    predictor_kind = read_config(Path(model_dir)).get("turbosparse", {}).get("predictor_input")
+    # the converter's default where the config names no predictor input (convert/arch/sparse.py)
+    predictor_kind = (read_config(Path(model_dir)).get("turbosparse") or {}).get("predictor_input") or "residual"
     acc = collect_imatrix(model, sequences, predictor_kind=predictor_kind, batch=batch)
     return write_imatrix(
         out,

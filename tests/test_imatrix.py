@@ -98,8 +98,11 @@ def test_both_llama_cpp_formats_read_as_the_same_means(tmp_path: Path) -> None:
     assert m.datasets == ("wiki.train.raw",) and m.chunk_count == 7
     assert m.for_tensor("blk.1.attn_q.weight", (HIDDEN, HIDDEN)) is None
 
-    dat = read_imatrix(write_legacy_dat(tmp_path / "m.dat", {"blk.0.attn_q.weight": q}, ncall=5))
+    # legacy: stacked experts as one flat array, as llama-imatrix's .dat writer stores them
+    flat = {"blk.0.attn_q.weight": q, "blk.0.ffn_up_exps.weight": experts[:2].reshape(-1)}
+    dat = read_imatrix(write_legacy_dat(tmp_path / "m.dat", flat, ncall=5))
     np.testing.assert_allclose(dat.for_tensor("blk.0.attn_q.weight", (HIDDEN, HIDDEN)), q, rtol=1e-6)
+    np.testing.assert_allclose(dat.for_tensor("blk.0.ffn_up_exps.weight", (2, N_FF, HIDDEN)), experts[:2], rtol=1e-6)
     assert dat.datasets == ("calib.tx",) and dat.chunk_count == 5
 
     ours = read_imatrix(write_imatrix(tmp_path / "ours.gguf", {"blk.0.attn_q.weight": q[None, :] * 3.0},
@@ -120,7 +123,26 @@ def test_bad_importance_files_are_named(tmp_path: Path, spm_dir: Path, capsys: p
     other_model = write_llama_cpp_gguf(
         tmp_path / "other.gguf", {"blk.0.attn_qkv.weight": (np.ones((1, 8)), np.ones(1))}
     )
+    uneven = write_llama_cpp_gguf(tmp_path / "uneven.gguf", {"blk.0.attn_q.weight": (np.ones((1, 65)), np.ones(2))})
+    nan = write_llama_cpp_gguf(
+        tmp_path / "nan.gguf", {"blk.0.attn_q.weight": (np.full((1, HIDDEN), np.nan), np.ones(1))}
+    )
+    lone = tmp_path / "lone.gguf"
+    write_llama_cpp_gguf(lone, {"blk.0.attn_q.weight": (np.ones((1, HIDDEN)), np.ones(1))})
+    reader = gguf.GGUFReader(str(lone))  # the same file without its in_sum2 tensor
+    writer = gguf.GGUFWriter(str(lone), arch="")
+    writer.kv_data[0].pop(gguf.Keys.General.ARCHITECTURE, None)
+    writer.add_string("general.type", "imatrix")
+    counts_only = next(t for t in reader.tensors if t.name.endswith(".counts"))
+    writer.add_tensor(counts_only.name, np.array(counts_only.data))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
     cases = [
+        (uneven, "uneven.gguf: tensor 'blk.0.attn_q.weight.in_sum2' (65 values) does not divide into 2 counts"),
+        (nan, "nan.gguf: entry 'blk.0.attn_q.weight' holds negative or non-finite values"),
+        (lone, "lone.gguf: tensor 'blk.0.attn_q.weight.counts' has no 'blk.0.attn_q.weight.in_sum2' beside it"),
         (truncated, "short.dat: neither GGUF nor a complete legacy .dat"),
         (not_imatrix, "model.gguf: a GGUF file, but not an importance matrix"),
         (wrong_width, "wide.gguf: entry 'blk.0.attn_q.weight' holds 1 x 32 values"),
@@ -131,7 +153,7 @@ def test_bad_importance_files_are_named(tmp_path: Path, spm_dir: Path, capsys: p
         out = tmp_path / "out.gguf"
         with pytest.raises(ConvertError, match=re.escape(message)):
             convert(model_dir, out, outtype="q4_0", imatrix=path)
-        assert not out.exists() and not list(tmp_path.glob(".out.gguf*"))
+        assert not out.exists()
     args = ["convert", str(model_dir), "-o", str(tmp_path / "cli.gguf"), "--outtype", "q4_0", "--imatrix"]
     assert main([*args, str(wrong_width)]) == 1
     assert "wide.gguf: entry 'blk.0.attn_q.weight' holds 1 x 32 values" in capsys.readouterr().err
@@ -198,26 +220,40 @@ def test_conversion_quantizes_each_matrix_with_its_importance(tmp_path: Path, sp
 
 def test_collected_importance_is_each_matrix_inputs_mean_square(tmp_path: Path, spm_dir: Path) -> None:
     """The torch collector's sums are the squares of what each matrix reads (layer 0's q/k/v: the normed
-    embeddings; its predictor: the residual over its RMS), one entry per matrix; `turbosparse imatrix` writes them."""
+    embeddings; its FFN: the normed residual, then the activation; its predictor: the residual over its RMS, then
+    relu(fc1)), one entry per matrix; `turbosparse imatrix` writes them."""
     from turbosparse.predictor_train.evaluate import predictor_input
 
     model = bamboo_model(tiny_config(VOCAB), RANK, seed=2)
     rng = np.random.default_rng(0)
     sequences = rng.integers(3, SPM_VOCAB, (3, 16))
     acc = collect_imatrix(model, sequences, predictor_kind="residual_rmsnorm", batch=2)
+    layer = model.model.layers[0]
+    residuals = []  # layer 0's residual before its FFN norm, from a whole-batch forward of the test's own
+    handle = layer.post_attention_layernorm.register_forward_pre_hook(lambda m, args: residuals.append(args[0]))
     with torch.no_grad():
+        model(torch.as_tensor(sequences))
+        handle.remove()
         h = model.model.embed_tokens(torch.as_tensor(sequences))
-        normed = model.model.layers[0].input_layernorm(h)
-    want = (normed.double() ** 2).sum((0, 1)).numpy()
-    for proj in ("attn_q", "attn_k", "attn_v"):
-        np.testing.assert_allclose(acc.sums[f"blk.0.{proj}.weight"], want, rtol=1e-5)
-        assert acc.counts[f"blk.0.{proj}.weight"] == sequences.size
+        x_pred = predictor_input(residuals[0], "residual_rmsnorm")
+        inputs = {  # what each matrix of layer 0 reads
+            "attn_q": layer.input_layernorm(h),
+            "attn_k": layer.input_layernorm(h),
+            "attn_v": layer.input_layernorm(h),
+            "ffn_gate": layer.post_attention_layernorm(residuals[0]),
+            "ffn_down": layer.mlp.activation(layer.post_attention_layernorm(residuals[0])),
+            "ffn_pred_fc1": x_pred,
+            "ffn_pred_fc2": torch.relu(layer.mlp.predictor.fc1(x_pred)),
+        }
+    for matrix, x in inputs.items():
+        want = (x.double() ** 2).sum((0, 1)).numpy()
+        np.testing.assert_allclose(acc.sums[f"blk.0.{matrix}.weight"], want, rtol=1e-4, err_msg=matrix)
+        assert acc.counts[f"blk.0.{matrix}.weight"] == sequences.size
     names = {f"blk.{i}.{m}.weight" for i in range(N_LAYER) for m in
              ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down", "ffn_pred_fc1",
               "ffn_pred_fc2")}  # fmt: skip
     assert set(acc.sums) == names
     assert acc.sums[TENSOR_FFN_DOWN.format(0)].shape == (N_FF,) and acc.sums[TENSOR_PRED_FC2.format(1)].shape == (RANK,)
-    assert predictor_input(h, "residual_rmsnorm").shape == h.shape
 
     model_dir = tmp_path / "model"  # a bamboo checkpoint without predictors, with a tokenizer transformers reads
     save_bamboo(tiny_drelu(init=0.2), None, model_dir)
@@ -229,3 +265,46 @@ def test_collected_importance_is_each_matrix_inputs_mean_square(tmp_path: Path, 
     written = read_imatrix(out)
     matrices = {n for n in names if "pred" not in n}
     assert set(written.means) == matrices and written.chunk_count == 4
+
+
+def test_requantizing_a_relu_family_file_keeps_its_down_unweighed_and_drops_the_old_record(
+    tmp_path: Path, spm_dir: Path
+) -> None:
+    """A ReLU-family GGUF's standard down may hold sorted neurons, which the file does not record: re-quantizing it
+    weighs every matrix but that one; a file re-quantized again loses the first matrix's record."""
+    model = bamboo_model(tiny_config(VOCAB), RANK, seed=3)
+    model_dir = save_checkpoint(model, tmp_path / "hf", spm_dir)
+    entries = {TENSOR_FFN_DOWN.format(0): importance(N_FF, 5), "blk.0.ffn_up.weight": importance(HIDDEN, 6)}
+    imatrix = write_imatrix(tmp_path / "imatrix.gguf", {k: v[None, :] for k, v in entries.items()},
+                            {k: np.array([4]) for k in entries}, datasets=["calib"], chunk_count=1,
+                            chunk_size=4)  # fmt: skip
+    f32 = convert(model_dir, tmp_path / "f32.gguf", outtype="f32", down_layout="both")
+    weighed = convert(f32, tmp_path / "weighed.gguf", outtype="q4_0", imatrix=imatrix)
+    plain = convert(f32, tmp_path / "plain.gguf", outtype="q4_0")
+    stored = {t.name: np.asarray(t.data) for t in gguf.GGUFReader(str(weighed)).tensors}
+    unweighed = {t.name: np.asarray(t.data) for t in gguf.GGUFReader(str(plain)).tensors}
+    np.testing.assert_array_equal(stored[TENSOR_FFN_DOWN.format(0)], unweighed[TENSOR_FFN_DOWN.format(0)])
+    assert not np.array_equal(stored["blk.0.ffn_up.weight"], unweighed["blk.0.ffn_up.weight"])
+    assert gguf.GGUFReader(str(weighed)).get_field(KEY_QUANTIZE_FILE) is not None
+    again = convert(weighed, tmp_path / "again.gguf", outtype="q8_0")
+    assert not [k for k in gguf.GGUFReader(str(again)).fields if k.startswith("quantize.imatrix")]
+
+
+def test_columns_no_token_reached_keep_their_weights(tmp_path: Path, spm_dir: Path) -> None:
+    """An entry of 0 (a neuron that never fired on the calibration text) would let ggml's quantizer drop its
+    columns: a block of 32 of them comes out all zeros. The floor keeps them."""
+    model_dir = save_checkpoint(llama_model(tiny_config(VOCAB), seed=1), tmp_path / "hf", spm_dir)
+    entry = importance(HIDDEN, 7)
+    entry[:32] = 0.0
+    imatrix = write_imatrix(tmp_path / "imatrix.gguf", {"blk.0.attn_q.weight": entry[None, :]},
+                            {"blk.0.attn_q.weight": np.array([1])}, datasets=["calib"], chunk_count=1,
+                            chunk_size=1)  # fmt: skip
+    out = convert(model_dir, tmp_path / "q4.gguf", outtype="q4_0", imatrix=imatrix)
+    tensor = next(t for t in gguf.GGUFReader(str(out)).tensors if t.name == "blk.0.attn_q.weight")
+    stored = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
+    assert np.all(np.abs(stored[:, :32]).max(axis=1) > 0)
+    weights = gguf.quants.dequantize(
+        next(t for t in gguf.GGUFReader(str(convert(model_dir, tmp_path / "f.gguf", outtype="f32"))).tensors
+             if t.name == "blk.0.attn_q.weight").data, Q.F32)  # fmt: skip
+    unfloored = gguf.quants.dequantize(quantize(weights, int(Q.Q4_0), imatrix=entry), Q.Q4_0)
+    assert np.all(unfloored[:, :32] == 0)  # what the floor prevents
