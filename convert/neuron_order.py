@@ -58,6 +58,14 @@ def permute_neurons(specs: list[TensorSpec], orders: Sequence[np.ndarray]) -> li
     return out
 
 
+def stores_quantization_order(ffn_activation: str | None, n_expert: int, down_layout: str | None) -> bool:
+    """Whether a conversion stores the neurons in quantization_order's order (unless told to keep the checkpoint's or
+    given a group plan): a ReLU-family dense FFN that keeps the standard down (the transposed one quantizes each
+    neuron's row alone), in every type (so that re-quantizing a float file gives a direct conversion's bytes); SwiGLU
+    models keep the order llama.cpp's own converter writes."""
+    return ffn_activation in ("reglu", "drelu") and n_expert == 0 and down_layout in ("standard", "both")
+
+
 def quantization_order(specs: list[TensorSpec], n_layer: int) -> list[np.ndarray] | None:
     """Per layer, the neurons sorted by the largest |weight| of their down column (read from the standard or the
     transposed down); None where a neuron-indexed tensor is stored bytes (which cannot be reordered)."""

@@ -13,7 +13,7 @@ from turbosparse.convert.arch import ConvertOptions, find_architecture
 from turbosparse.convert.groups import add_groups, budget_groups, load_plan
 from turbosparse.convert.hparams import read_config
 from turbosparse.convert.imatrix import quantize_keys, read_imatrix, with_importance
-from turbosparse.convert.neuron_order import permute_neurons, quantization_order
+from turbosparse.convert.neuron_order import permute_neurons, quantization_order, stores_quantization_order
 from turbosparse.convert.quant_policy import QuantPolicy, file_type
 from turbosparse.convert.requantize import requantize
 from turbosparse.convert.source import open_checkpoint
@@ -75,7 +75,8 @@ def convert(
         specs = with_importance(specs, importance)
     if group_plan is not None and groups is None:
         raise ValueError("group_plan needs groups (the group size it was planned for)")
-    if group_plan is None and not keep_neuron_order and _reorders(arch.ffn_activation, hp.n_expert, arch.down_layout()):
+    reorders = stores_quantization_order(arch.ffn_activation, hp.n_expert, arch.down_layout())
+    if group_plan is None and not keep_neuron_order and reorders:
         orders = quantization_order(specs, hp.n_layer)
         if orders is None:
             logger.info("%s: the FFN's tensors are stored bytes: the checkpoint's neuron order stays", src)
@@ -114,11 +115,3 @@ def convert(
                 writer.add_key_value(key, value, vtype)
 
     return write_gguf(out, specs, types, add_metadata, progress=progress)
-
-
-def _reorders(ffn_activation: str, n_expert: int, down_layout: str) -> bool:
-    """Whether the neurons are stored in convert/neuron_order.py's quantization order: a ReLU-family dense FFN that
-    keeps the standard down (the transposed one quantizes each neuron's row alone), in every type (so that
-    re-quantizing a float file gives a direct conversion's bytes); SwiGLU models keep the order llama.cpp's own
-    converter writes."""
-    return ffn_activation in ("reglu", "drelu") and n_expert == 0 and down_layout in ("standard", "both")

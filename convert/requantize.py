@@ -12,6 +12,7 @@ import numpy as np
 
 from turbosparse.binding import dequantize
 from turbosparse.constants import (
+    KEY_DOWN_LAYOUT,
     KEY_FFN_ACTIVATION,
     TENSOR_POWERINFER_FC1,
     TENSOR_POWERINFER_FC2,
@@ -29,6 +30,7 @@ from turbosparse.convert.imatrix import (
     quantize_keys,
     with_importance,
 )
+from turbosparse.convert.neuron_order import neuron_axis, stores_quantization_order
 from turbosparse.convert.quant_policy import QuantPolicy, file_type
 from turbosparse.convert.writer import write_gguf
 from turbosparse.errors import ConvertError
@@ -64,13 +66,15 @@ def _loader(tensor: gguf.ReaderTensor, shape: tuple[int, ...]):
     return load
 
 
-def _may_be_reordered(reader: gguf.GGUFReader) -> bool:
-    field = reader.get_field(KEY_FFN_ACTIVATION)
-    return field is not None and field.contents() in ("reglu", "drelu")
+def _may_be_reordered(reader: gguf.GGUFReader, arch: str) -> bool:
+    """Whether the converter may have stored this file's neurons sorted (the file does not record it)."""
 
+    def key(name: str):
+        field = reader.get_field(name)
+        return field.contents() if field is not None else None
 
-def _is_down(name: str) -> bool:
-    return name.startswith("blk.") and name.split(".", 2)[2] == "ffn_down.weight"
+    n_expert = key(gguf.Keys.LLM.EXPERT_COUNT.format(arch=arch))
+    return stores_quantization_order(key(KEY_FFN_ACTIVATION), n_expert or 0, key(KEY_DOWN_LAYOUT))
 
 
 def requantize(
@@ -96,10 +100,10 @@ def requantize(
         types.append(policy.type_for(spec.role, shape))
     if imatrix is not None:
         specs = with_importance(specs, imatrix)
-        if _may_be_reordered(reader):
+        if _may_be_reordered(reader, arch):
             # the converter may have sorted this file's neurons (convert/neuron_order.py) and the file does not say
             # how: an entry for the standard down's columns, measured in the checkpoint's order, would misweigh them
-            specs = [dataclasses.replace(s, importance=None) if _is_down(s.name) else s for s in specs]
+            specs = [dataclasses.replace(s, importance=None) if neuron_axis(s.name) == 1 else s for s in specs]
             logger.info("%s: ReLU-family FFN: the standard down matrices quantize without importance", src)
 
     def add_metadata(writer: gguf.GGUFWriter) -> None:

@@ -86,7 +86,7 @@ def encode(data: np.ndarray, qtype: Q, importance: np.ndarray | None = None) -> 
     ([n], or [n_expert, n] for data [n_expert, rows, n]) weighs each row element's rounding error."""
     if qtype == Q.F32:
         return np.ascontiguousarray(data, dtype=np.float32)
-    if importance is None or qtype in (Q.F16, Q.BF16):
+    if importance is None:
         return quantize(data, int(qtype))
     if importance.ndim == 1:
         return quantize(data, int(qtype), imatrix=importance)

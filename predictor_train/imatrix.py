@@ -8,12 +8,12 @@ A bamboo checkpoint's embedded predictors are measured too, on the input the eng
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import gguf
 import numpy as np
 import torch
 from torch import nn
@@ -21,19 +21,9 @@ from torch import nn
 from turbosparse.constants import TENSOR_PRED_FC1, TENSOR_PRED_FC2
 from turbosparse.convert.hparams import read_config
 from turbosparse.convert.imatrix import write_imatrix
+from turbosparse.convert.neuron_order import layer_of
 from turbosparse.predictor_train.evaluate import predictor_input
-from turbosparse.predictor_train.modeling import DReluMLP
-
-# HF module path within a decoder layer -> GGUF matrix name
-_LAYER_MATRICES = {
-    "self_attn.q_proj": "attn_q",
-    "self_attn.k_proj": "attn_k",
-    "self_attn.v_proj": "attn_v",
-    "self_attn.o_proj": "attn_output",
-    "mlp.gate_proj": "ffn_gate",
-    "mlp.up_proj": "ffn_up",
-    "mlp.down_proj": "ffn_down",
-}
+from turbosparse.predictor_train.modeling import DReluMLP, load_causal_lm
 
 
 @dataclass
@@ -55,33 +45,34 @@ class ImatrixSums:
 
 @contextmanager
 def _hooks(model: nn.Module, acc: ImatrixSums, predictor_kind: str | None) -> Iterator[None]:
+    """Hooks on every decoder-layer matrix, named as the converter names it (gguf-py's Llama map), and, where
+    predictor_kind is given, on each FFN norm's input for the layer's embedded predictor."""
+    name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, model.config.num_hidden_layers)
     handles = []
 
     def on_input(name: str):
         return lambda module, args: acc.add(name, args[0])
 
-    def on_residual(layer: int, mlp: DReluMLP):
+    def on_residual(layer: int, predictor: nn.Module, kind: str):
         def hook(module, args):
-            x = predictor_input(args[0], predictor_kind or "residual")
+            x = predictor_input(args[0], kind)
             acc.add(TENSOR_PRED_FC1.format(layer), x)
-            acc.add(TENSOR_PRED_FC2.format(layer), torch.relu(mlp.predictor.fc1(x)))  # type: ignore[union-attr]
+            acc.add(TENSOR_PRED_FC2.format(layer), torch.relu(predictor.fc1(x)))
 
         return hook
 
     try:
         for path, module in model.named_modules():
-            m = re.fullmatch(r"model\.layers\.(\d+)\.(.+)", path)
-            if m is None:
+            name = name_map.get_name(path)
+            if name is None or not name.startswith("blk."):
                 continue
-            layer, rest = int(m.group(1)), m.group(2)
-            if rest in _LAYER_MATRICES:
-                handles.append(
-                    module.register_forward_pre_hook(on_input(f"blk.{layer}.{_LAYER_MATRICES[rest]}.weight"))
-                )
-            elif rest == "post_attention_layernorm" and predictor_kind is not None:
+            if isinstance(module, nn.Linear):
+                handles.append(module.register_forward_pre_hook(on_input(name + ".weight")))
+            elif name.endswith(".ffn_norm") and predictor_kind is not None:
+                layer = layer_of(name)
                 mlp = model.get_submodule(f"model.layers.{layer}.mlp")
                 if isinstance(mlp, DReluMLP) and mlp.predictor is not None:
-                    handles.append(module.register_forward_pre_hook(on_residual(layer, mlp)))
+                    handles.append(module.register_forward_pre_hook(on_residual(layer, mlp.predictor, predictor_kind)))
         yield
     finally:
         for h in handles:
@@ -104,8 +95,6 @@ def write_checkpoint_imatrix(
     model_dir: str | Path, sequences: np.ndarray, out: str | Path, *, dataset: str, batch: int = 8
 ) -> Path:
     """The importance matrix of checkpoint model_dir over sequences, written to out (llama.cpp's GGUF format)."""
-    from turbosparse.predictor_train.modeling import load_causal_lm
-
     model = load_causal_lm(model_dir)
     # the converter's default where the config names no predictor input (convert/arch/sparse.py)
     predictor_kind = (read_config(Path(model_dir)).get("turbosparse") or {}).get("predictor_input") or "residual"
