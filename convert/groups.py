@@ -3,9 +3,9 @@
 Given a group size G and a plan (predictor_train/groups.py writes one from collected activations: a neuron order
 and top-k per layer), every layer's neurons are permuted by the plan's order - the rows of gate, up, their biases,
 fc2 and down_t, the columns of down: one permutation of the FFN's hidden units, so the dense FFN is unchanged - and
-two tensors are added per layer: the group scores (fc2 rows summed per group) and down sliced per group
-[n_groups, n_embd, G]. Without a plan the order is the checkpoint's and k per layer spends the neuron predictor's
-row budget: ceil(predicted rate * n_groups) (a plan calibrated on activations is better).
+one tensor is added per layer: the group scores (fc2 rows summed per group). The route reads the standard down
+matrix (the pipeline keeps it). Without a plan the order is the checkpoint's and k per layer spends the neuron
+predictor's row budget: ceil(predicted rate * n_groups) (a plan calibrated on activations is better).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,19 +24,16 @@ from turbosparse.constants import (
     KEY_GROUP_RECALL,
     KEY_GROUP_SIZE,
     KEY_GROUP_TOP_K,
-    TENSOR_FFN_DOWN,
-    TENSOR_FFN_DOWN_GROUPS,
-    TENSOR_FFN_DOWN_T,
     TENSOR_PRED_FC2,
     TENSOR_PRED_GROUPS,
 )
-from turbosparse.convert.arch.base import ROLE_MATRIX, ROLE_PREDICTOR, TensorSpec
+from turbosparse.convert.arch.base import ROLE_PREDICTOR, TensorSpec
 from turbosparse.convert.neuron_order import layer_of, permute_neurons
 from turbosparse.errors import ConvertError
 
 logger = logging.getLogger(__name__)
 
-GROUP_BLOCK = 32  # G must be a multiple of the quant block so that down's per-group rows quantize
+GROUP_BLOCK = 32  # a group is whole quant blocks of the down's rows
 
 
 @dataclass(frozen=True)
@@ -98,13 +95,8 @@ def budget_groups(size: int, n_ff: int, predicted_rates: Sequence[float] | None,
     return NeuronGroups(size, top_k, None)
 
 
-def _per_group(load_down: Callable[[], np.ndarray], n_embd: int, n_groups: int, g: int) -> Callable[[], np.ndarray]:
-    """down [n_embd, n_ff] -> [n_groups, n_embd, G]: group k's G columns as n_embd rows"""
-    return lambda: np.ascontiguousarray(load_down().reshape(n_embd, n_groups, g).transpose(1, 0, 2))
-
-
-def add_groups(specs: list[TensorSpec], groups: NeuronGroups, n_layer: int, n_ff: int, n_embd: int) -> list[TensorSpec]:
-    """specs with the neurons in the plan's order (if it has one) and the group tensors added after each layer's
+def add_groups(specs: list[TensorSpec], groups: NeuronGroups, n_layer: int, n_ff: int) -> list[TensorSpec]:
+    """specs with the neurons in the plan's order (if it has one) and the group scores added after each layer's
     tensors."""
     out = permute_neurons(specs, groups.order) if groups.order is not None else list(specs)
     by_name = {s.name: s for s in out}
@@ -116,13 +108,5 @@ def add_groups(specs: list[TensorSpec], groups: NeuronGroups, n_layer: int, n_ff
         rank = fc2.shape[1]
         out.append(TensorSpec(TENSOR_PRED_GROUPS.format(layer), (n_groups, rank), ROLE_PREDICTOR,
                               lambda fc2=fc2: fc2.load().reshape(n_groups, g, -1).sum(axis=1), fc2.origin))  # fmt: skip
-        down = by_name.get(TENSOR_FFN_DOWN.format(layer))
-        if down is not None:  # [n_embd, n_ff]
-            load_down = down.load
-        else:
-            down = by_name[TENSOR_FFN_DOWN_T.format(layer)]  # [n_ff, n_embd]
-            load_down = lambda down=down: down.load().T  # noqa: E731
-        out.append(TensorSpec(TENSOR_FFN_DOWN_GROUPS.format(layer), (n_groups, n_embd, g), ROLE_MATRIX,
-                              _per_group(load_down, n_embd, n_groups, g), down.origin))  # fmt: skip
     out.sort(key=lambda s: layer_of(s.name))
     return out

@@ -48,7 +48,8 @@ def convert(
     type; down_layout: transposed | standard | both (default: transposed for ReLU-family models, else standard);
     threshold: the predictor threshold to store (default: the checkpoint's, else 0.0); vocab_pre: llama.cpp's
     pre-tokenizer name for a BPE vocabulary whose tokenizer.json structure is not recognised; groups: G, adds the
-    grouped route's tensors (convert/groups.py), neurons ordered and top-k set by group_plan when given;
+    grouped route's tensors (convert/groups.py), neurons ordered and top-k set by group_plan when given, the down
+    layout both unless given (the route reads the standard down);
     keep_neuron_order: the checkpoint's neuron order, where a ReLU-family FFN with a standard down otherwise gets the
     order that down quantizes well in (convert/neuron_order.py; the function is unchanged); imatrix: a llama.cpp
     importance matrix file (convert/imatrix.py) whose entries weigh the quantizers' rounding errors.
@@ -62,6 +63,12 @@ def convert(
                 "re-quantizing a GGUF file takes only outtype, pred_type and imatrix (its neuron order stays)"
             )
         return requantize(src, out, outtype, pred_type=pred_type, imatrix=importance, progress=progress)
+    if groups is not None and down_layout is None:
+        down_layout = "both"  # the grouped route reads the standard down, the CPU's row route the transposed one
+    if groups is not None and down_layout == "transposed":
+        raise ConvertError(
+            "--groups: the grouped route reads the standard down matrix; use --down-layout both or standard"
+        )
     config = read_config(src)
     cls = find_architecture(config, src / "config.json")
     options = ConvertOptions(
@@ -88,7 +95,7 @@ def convert(
             if group_plan is not None
             else budget_groups(groups, hp.n_ff, sparse_keys.get(KEY_PREDICTED_RATES), str(src))
         )
-        specs = add_groups(specs, grouping, hp.n_layer, hp.n_ff, hp.n_embd)
+        specs = add_groups(specs, grouping, hp.n_layer, hp.n_ff)
         sparse_keys |= grouping.metadata()
     vocab = load_vocab(src, hp.vocab_size, vocab_pre)
     policy = QuantPolicy.from_names(outtype, pred_type, tied=hp.tied_embeddings)

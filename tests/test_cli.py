@@ -217,9 +217,9 @@ def test_synthetic_files_use_the_formats_key_types(tmp_path) -> None:
     reader = gguf.GGUFReader(str(sparse))
     for key in ("turbosparse.predictor_ranks", "turbosparse.group_top_k"):
         assert reader.fields[key].types == [gguf.GGUFValueType.ARRAY, gguf.GGUFValueType.UINT32], key
-    # a GPU device runs the grouped route, and its prompts through the standard down matrices
+    # the grouped route and a GPU device's prompts read the standard down matrices, the row route the transposed ones
     names = {t.name for t in reader.tensors}
-    assert {"blk.0.ffn_down.weight", "blk.0.ffn_down_t.weight", "blk.0.ffn_down_groups.weight"} <= names
+    assert {"blk.0.ffn_down.weight", "blk.0.ffn_down_t.weight", "blk.0.ffn_pred_groups.weight"} <= names
     layout = reader.fields["turbosparse.down_layout"]
     assert bytes(layout.parts[layout.data[0]]).decode() == "both"
 

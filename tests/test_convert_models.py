@@ -301,7 +301,11 @@ def test_bamboo_neuron_groups(
     assert rel_error(engine_logits(out, tokens), want) <= F32_REL
     keys, types = read_keys(out), tensor_types(out)
     assert keys["turbosparse.group_size"] == 32 and keys["turbosparse.group_top_k"] == [2, 3]
-    assert {"blk.1.ffn_pred_groups.weight", "blk.1.ffn_down_groups.weight"} <= set(types)
+    # the route reads the standard down: --groups stores both layouts unless told
+    assert {"blk.1.ffn_pred_groups.weight", "blk.1.ffn_down.weight", "blk.1.ffn_down_t.weight"} <= set(types)
+    assert keys["turbosparse.down_layout"] == "both"
+    with pytest.raises(ConvertError, match="reads the standard down matrix"):
+        convert(bamboo_dir, tmp_path / "t.gguf", groups=32, group_plan=tmp_path / "plan.json", down_layout="transposed")
     grouped = Model(out, n_threads=2, n_ctx=128, sparse="groups")
     assert grouped.group_top_k == [2, 3] and grouped.sparse_name == "groups"
     assert np.isfinite(grouped.eval_logits(tokens)).all()

@@ -118,10 +118,6 @@ def tiny_with_predictors(path: Path, group_size: int) -> NativeModel:
         for i in range(cfg.n_layer):
             fc2 = weights[f"blk.{i}.ffn_pred_fc2.weight"]
             weights[f"blk.{i}.ffn_pred_groups.weight"] = fc2.reshape(n_groups, group_size, -1).sum(axis=1)
-            down = weights[f"blk.{i}.ffn_down.weight"]
-            weights[f"blk.{i}.ffn_down_groups.weight"] = np.ascontiguousarray(
-                down.reshape(cfg.n_embd, n_groups, group_size).transpose(1, 0, 2)
-            )
     write_gguf(path, cfg, weights, gguf.GGMLQuantizationType.F32, extra_kv=extra, down_layout="both")
     return NativeModel(str(path))
 

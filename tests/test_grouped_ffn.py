@@ -1,5 +1,6 @@
-"""The grouped sparse route (ggml_ops/src/grouped_ffn.h: top-k neuron groups through ggml_mul_mat_id) against a
-float64 numpy reference over the stored weights, and the converter's grouping (convert/groups.py)."""
+"""The grouped sparse route (ggml_ops/src/grouped_ffn.h: top-k neuron groups through ggml_mul_mat_id, the standard
+down over their activations set in place) against a float64 numpy reference over the stored weights, and the
+converter's grouping (convert/groups.py)."""
 
 from __future__ import annotations
 
@@ -22,20 +23,25 @@ TOP_K = [3, 5]
 
 
 def group_tensors(weights: dict[str, np.ndarray], cfg: TinyConfig, g: int = G) -> dict[str, np.ndarray]:
-    """The grouped route's tensors in numpy order: scores [n_groups, rank], down [n_groups, n_embd, g]."""
+    """The grouped route's tensor in numpy order: the group scores [n_groups, rank] (fc2 rows summed per group)."""
     out = dict(weights)
     n_groups = cfg.n_ff // g
     for i in range(cfg.n_layer):
         fc2 = weights[f"blk.{i}.ffn_pred_fc2.weight"]
         out[f"blk.{i}.ffn_pred_groups.weight"] = fc2.reshape(n_groups, g, -1).sum(axis=1)
-        down = weights[f"blk.{i}.ffn_down.weight"]  # [n_embd, n_ff]
-        out[f"blk.{i}.ffn_down_groups.weight"] = np.ascontiguousarray(
-            down.reshape(cfg.n_embd, n_groups, g).transpose(1, 0, 2)
-        )
     return out
 
 
-def make(tmp_path: Path, qtype: Q, *, bias: bool = False, top_k: list[int] = TOP_K, g: int = G) -> tuple[Path, dict]:
+def make(
+    tmp_path: Path,
+    qtype: Q,
+    *,
+    bias: bool = False,
+    top_k: list[int] = TOP_K,
+    g: int = G,
+    down_layout: str = "both",
+    extra_tensors: dict[str, np.ndarray] | None = None,
+) -> tuple[Path, dict]:
     weights = random_weights(CFG, seed=4, predictor_rank=RANK)
     if bias:
         rng = np.random.default_rng(9)
@@ -47,8 +53,8 @@ def make(tmp_path: Path, qtype: Q, *, bias: bool = False, top_k: list[int] = TOP
     extra = {"turbosparse.predictor_input": "residual_rmsnorm", "turbosparse.group_size": g,
              "turbosparse.group_top_k": top_k}  # fmt: skip
     # the predictor stays F32: the chosen groups then match the reference's exactly
-    stored = write_gguf(path, CFG, group_tensors(weights, CFG, g), qtype, extra_kv=extra, down_layout="both",
-                        predictor_qtype=Q.F32)  # fmt: skip
+    tensors = group_tensors(weights, CFG, g) | (extra_tensors or {})
+    stored = write_gguf(path, CFG, tensors, qtype, extra_kv=extra, down_layout=down_layout, predictor_qtype=Q.F32)
     return path, stored
 
 
@@ -85,7 +91,7 @@ def reference_ffn(
     ("qtype", "g"), [(Q.F32, 32), (Q.Q8_0, 32), (Q.Q4_0, 32), (Q.Q4_0, 64), (Q.Q4_1, 64)], ids=lambda v: str(v).lower()
 )
 def test_grouped_ffn_matches_reference(tmp_path: Path, qtype: Q, g: int, bias: bool, n_threads: int) -> None:
-    # groups of 64 put two quant blocks in a row of the down slices: a layout of our own there would show
+    # groups of 64: two quant blocks of each down row per group
     top_k = [k * G // g for k in TOP_K]
     path, stored = make(tmp_path, qtype, bias=bias, top_k=top_k, g=g)
     h = np.random.default_rng(3).standard_normal((5, CFG.n_embd)).astype(np.float32)
@@ -135,3 +141,18 @@ def test_files_without_groups_are_refused(tmp_path: Path) -> None:
     bad, _ = make(tmp_path, Q.F32, top_k=[3, 9])
     with pytest.raises(ModelLoadError, match=r"group_top_k\[1\] = 9 is out of range"):
         NativeModel(bad)
+    transposed, _ = make(tmp_path, Q.F32, down_layout="transposed")
+    with pytest.raises(ModelLoadError, match=r"grouped route .* reads the standard down matrices"):
+        NativeModel(transposed)
+
+
+def test_files_with_per_group_down_slices_still_load(tmp_path: Path) -> None:
+    """Grouped files written before 2026-12-04 also hold the down sliced per group (blk.N.ffn_down_groups): the
+    route no longer reads them and computes the same FFN."""
+    slices = {f"blk.{i}.ffn_down_groups.weight": np.zeros((CFG.n_ff // G, CFG.n_embd, G), np.float32)
+              for i in range(CFG.n_layer)}  # fmt: skip
+    path, stored = make(tmp_path, Q.F32, extra_tensors=slices)
+    h = np.random.default_rng(3).standard_normal((5, CFG.n_embd)).astype(np.float32)
+    ref, _ = reference_ffn(stored, 0, h, TOP_K[0])
+    out = context(path, SparseMode.GROUPS).eval_ffn(0, h, dense_ffn=False)
+    assert np.abs(out - ref).max() <= 1e-5 * np.abs(ref).max()

@@ -87,7 +87,6 @@
 #define TS_TENSOR_PRED_FC1 "blk.%d.ffn_pred_fc1.weight"
 #define TS_TENSOR_PRED_FC2 "blk.%d.ffn_pred_fc2.weight"
 #define TS_TENSOR_PRED_GROUPS "blk.%d.ffn_pred_groups.weight"
-#define TS_TENSOR_FFN_DOWN_GROUPS "blk.%d.ffn_down_groups.weight"
 #define TS_TENSOR_FFN_DOWN_T_EXPS "blk.%d.ffn_down_t_exps.weight"
 #define TS_TENSOR_PRED_FC1_EXPS "blk.%d.ffn_pred_fc1_exps.weight"
 #define TS_TENSOR_PRED_FC2_EXPS "blk.%d.ffn_pred_fc2_exps.weight"

@@ -1,10 +1,11 @@
 /* The grouped sparse FFN in standard ggml ops (grouped_ffn.h). */
 #include "grouped_ffn.h"
 
+#include "context.h"
+
 #include "ggml-backend.h"
 
 #include <stdlib.h>
-#include <string.h>
 
 /* bias [n_ff] of the chosen groups: [G, k, T] */
 static struct ggml_tensor *group_bias(struct ggml_context *ctx0, struct ggml_tensor *bias, struct ggml_tensor *ids,
@@ -23,16 +24,13 @@ static struct ggml_tensor *group_rows(struct ggml_context *ctx0, struct ggml_ten
     return bias != NULL ? ggml_add(ctx0, y, group_bias(ctx0, bias, ids, group_size)) : y;
 }
 
-static struct ggml_tensor *activation(struct ggml_context *ctx0, int32_t act, struct ggml_tensor *gate,
-                                      struct ggml_tensor *up) {
-    switch (act) {
-    case TS_FFN_REGLU:
-        return ggml_mul(ctx0, ggml_relu(ctx0, gate), up);
-    case TS_FFN_DRELU:
-        return ggml_mul(ctx0, ggml_relu(ctx0, gate), ggml_relu(ctx0, up));
-    default:
-        return ggml_mul(ctx0, ggml_silu(ctx0, gate), up);
-    }
+/* the chosen groups' activations [G, k, T] in their places among zeros: [n_ff, T], for the whole standard down */
+static struct ggml_tensor *scatter_groups(struct ggml_context *ctx0, struct ggml_tensor *a, struct ggml_tensor *ids,
+                                          int64_t n_ff) {
+    const int64_t g = a->ne[0], n_tokens = a->ne[2];
+    struct ggml_tensor *zeros =
+        ggml_fill_inplace(ctx0, ggml_new_tensor_3d(ctx0, GGML_TYPE_F32, g, n_ff / g, n_tokens), 0.0f);
+    return ggml_reshape_2d(ctx0, ggml_set_rows(ctx0, zeros, a, ids), n_ff, n_tokens);
 }
 
 struct ggml_tensor *ts_grouped_ffn(struct ggml_context *ctx0, const ts_model *m, int il, struct ggml_tensor *h,
@@ -50,11 +48,8 @@ struct ggml_tensor *ts_grouped_ffn(struct ggml_context *ctx0, const ts_model *m,
     struct ggml_tensor *x3 = ggml_reshape_3d(ctx0, x, n_embd, 1, n_tokens); /* every chosen group reads x */
     struct ggml_tensor *gate = group_rows(ctx0, l->ffn_gate, l->ffn_gate_b, x3, *ids, g);
     struct ggml_tensor *up = group_rows(ctx0, l->ffn_up, l->ffn_up_b, x3, *ids, g);
-    struct ggml_tensor *a = activation(ctx0, m->info.ffn_act, gate, up); /* [G, k, T] */
-    struct ggml_tensor *y = ggml_mul_mat_id(ctx0, l->ffn_down_groups, a, *ids); /* [n_embd, k, T] */
-    /* sum over the k groups: put k first, then sum rows */
-    y = ggml_sum_rows(ctx0, ggml_cont(ctx0, ggml_permute(ctx0, y, 1, 0, 2, 3))); /* [1, n_embd, T] */
-    y = ggml_reshape_2d(ctx0, y, n_embd, n_tokens);
+    struct ggml_tensor *a = ts_gated_activation(ctx0, m->info.ffn_act, gate, up); /* [G, k, T] */
+    struct ggml_tensor *y = ggml_mul_mat(ctx0, l->ffn_down, scatter_groups(ctx0, a, *ids, m->info.n_ff)); /* [n_embd, T] */
     return l->ffn_down_b != NULL ? ggml_add(ctx0, y, l->ffn_down_b) : y;
 }
 

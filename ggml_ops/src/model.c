@@ -349,7 +349,6 @@ enum dim {
     DIM_FF,       /* n_ff */
     DIM_EXPERT,   /* n_expert */
     DIM_RANK,     /* this layer's predictor rank (0: none) */
-    DIM_GROUP,    /* neurons per group (turbosparse.group_size) */
     DIM_GROUPS,   /* n_ff / group size */
     N_DIMS
 };
@@ -427,10 +426,9 @@ static const tensor_spec MOE_PREDICTOR_TENSORS[] = {
     {TS_TENSOR_PRED_FC2_EXPS, NULL, ROLE_MATRIX, LAYER_SLOT(pred_fc2_exps), 1, {DIM_RANK, DIM_FF, DIM_EXPERT}},
 };
 
-/* the grouped route (grouped_ffn.h): group scores and the groups' down slices */
+/* the grouped route (grouped_ffn.h): group scores */
 static const tensor_spec GROUP_TENSORS[] = {
     {TS_TENSOR_PRED_GROUPS, NULL, ROLE_MATRIX, LAYER_SLOT(pred_groups), 1, {DIM_RANK, DIM_GROUPS, DIM_1}},
-    {TS_TENSOR_FFN_DOWN_GROUPS, NULL, ROLE_DOWN_T, LAYER_SLOT(ffn_down_groups), 1, {DIM_GROUP, DIM_EMBD, DIM_GROUPS}},
 };
 
 #define N_SPECS(table) ((int)(sizeof(table) / sizeof((table)[0])))
@@ -448,7 +446,6 @@ static dims layer_dims(const ts_model *m, int64_t rank, int64_t group) {
     d.v[DIM_FF] = in->n_ff;
     d.v[DIM_EXPERT] = in->n_expert;
     d.v[DIM_RANK] = rank;
-    d.v[DIM_GROUP] = group;
     d.v[DIM_GROUPS] = group > 0 ? in->n_ff / group : 0;
     return d;
 }
@@ -643,8 +640,9 @@ static int check_predictor_ranks(ts_model *m, char *err, size_t err_size) {
 
 /*
  * The grouped route (grouped_ffn.h), when turbosparse.group_size is present: per layer the group scores
- * blk.N.ffn_pred_groups.weight [rank, n_ff/G] and the down slices blk.N.ffn_down_groups.weight [G, n_embd, n_ff/G],
- * and turbosparse.group_top_k[n_layer] in 1..n_ff/G. Needs a predictor in every layer.
+ * blk.N.ffn_pred_groups.weight [rank, n_ff/G], and turbosparse.group_top_k[n_layer] in 1..n_ff/G. Needs a predictor
+ * in every layer and the standard down matrices. (Files of before 2026-12-04 also hold per-group down slices,
+ * blk.N.ffn_down_groups.weight: no longer read.)
  */
 static int plan_groups(ts_model *m, plan *p, char *err, size_t err_size) {
     ts_model_info *in = &m->info;
@@ -660,6 +658,12 @@ static int plan_groups(ts_model *m, plan *p, char *err, size_t err_size) {
     if (!in->has_predictors) {
         return ts_set_error(err, err_size, "%s: %s is set but not every layer has a predictor", m->file->path,
                             TS_KEY_GROUP_SIZE);
+    }
+    if (!in->has_down) {
+        return ts_set_error(err, err_size,
+                            "%s: the grouped route (%s) reads the standard down matrices (blk.N.ffn_down.weight); this "
+                            "file stores only their transpose (convert with --down-layout both)",
+                            m->file->path, TS_KEY_GROUP_SIZE);
     }
     const int64_t n_groups = in->n_ff / g;
     int64_t *top_k = malloc(sizeof(int64_t) * (size_t)in->n_layer);
@@ -832,7 +836,7 @@ static int is_down_t(const binding *b) {
 }
 
 /* Matrices whose rows are gathered a few at a time, scattered over the whole matrix: gate/up left unrepacked for the
- * sparse ops, the transposed downs, and the grouped route's down slices. */
+ * sparse ops, and the transposed downs. */
 static int is_row_read(const binding *b, const ts_model_params *params) {
     return b->role == ROLE_DOWN_T || (b->role == ROLE_ROWS && params->sparse_rows);
 }

@@ -56,8 +56,9 @@ class TensorBytes:
     output: int  # output head and final norm (the embedding is read one row per token)
     gate: list[int]
     up: list[int]
-    down: list[int]  # ffn_down, ffn_down_t or ffn_down_groups (one of them is read)
+    down: list[int]  # ffn_down or ffn_down_t (one of them is read)
     down_whole: list[bool]  # only the standard ffn_down: ggml's dense kernel reads it whole under any activation
+    standard_down: list[int]  # ffn_down (0: none), which the grouped route reads whole
     predictor: list[int]  # fc1 + fc2 (the neuron route's predictor)
     group_scores: list[int]  # ffn_pred_groups: the grouped route reads fc1 and these instead of fc2
     fc2: list[int]
@@ -97,7 +98,7 @@ def tensor_bytes(path: Path) -> TensorBytes:
     n_expert, n_used = (reader.get_field(f"{C.ARCHITECTURE}.{k}") for k in ("expert_count", "expert_used_count"))
     expert_share = int(n_used.contents()) / int(n_expert.contents()) if n_expert is not None else 1.0
     n_layer = 1 + max(int(t.name.split(".")[1]) for t in reader.tensors if t.name.startswith("blk."))
-    per_layer = {k: [0] * n_layer for k in ("gate", "up", "down", "pred", "groups", "fc2")}
+    per_layer = {k: [0] * n_layer for k in ("gate", "up", "down", "standard_down", "pred", "groups", "fc2")}
     down_rows = [False] * n_layer  # the layer stores its down by neuron (transposed or grouped)
     attention = output = 0
     for t in reader.tensors:
@@ -113,9 +114,12 @@ def tensor_bytes(path: Path) -> TensorBytes:
             per_layer["gate"][layer] += size
         elif kind == "ffn_up":
             per_layer["up"][layer] += size
-        elif kind in ("ffn_down", "ffn_down_t", "ffn_down_groups"):
+        elif kind in ("ffn_down", "ffn_down_t"):
             per_layer["down"][layer] = max(per_layer["down"][layer], size)
+            per_layer["standard_down"][layer] += size if kind == "ffn_down" else 0
             down_rows[layer] |= kind != "ffn_down"
+        elif kind == "ffn_down_groups":
+            continue  # per-group down slices of grouped files before 2026-12-04: never read now
         elif kind == "ffn_pred_groups":
             per_layer["groups"][layer] += size
         elif kind.startswith("ffn_pred") or kind in ("fc1", "fc2"):
@@ -124,8 +128,10 @@ def tensor_bytes(path: Path) -> TensorBytes:
         else:
             attention += size
     down_whole = [not r for r in down_rows]
-    return TensorBytes(attention, output, per_layer["gate"], per_layer["up"], per_layer["down"], down_whole,
-                       per_layer["pred"], per_layer["groups"], per_layer["fc2"])  # fmt: skip
+    return TensorBytes(
+        attention, output, per_layer["gate"], per_layer["up"], per_layer["down"], down_whole,
+        per_layer["standard_down"], per_layer["pred"], per_layer["groups"], per_layer["fc2"],
+    )  # fmt: skip
 
 
 def calibrated_sparsity(path: Path) -> float | None:
@@ -152,14 +158,18 @@ def sparse_ffn_bytes(
 ) -> float:
     """FFN bytes layer read per token by sparse decoding, from its counters: the predictor (or, exact, the whole
     gate; groups, fc1 and the group scores), the computed rows of gate and up, the non-zero rows of down (all of them
-    where the file has only the standard down matrix). A layer without counts ran dense: it read every FFN byte."""
+    where the file has only the standard down matrix, and in the grouped route, which reads the standard down whole).
+    A layer without counts ran dense: it read every FFN byte."""
     if stats.n_tokens == 0:
         return tb.gate[layer] + tb.up[layer] + tb.down[layer]
     computed = stats.n_computed / (stats.n_tokens * n_ff)
     nonzero = stats.n_nonzero / (stats.n_tokens * n_ff)
     predictor = tb.predictor[layer] - tb.fc2[layer] + tb.group_scores[layer] if groups else tb.predictor[layer]
     gate = tb.gate[layer] if exact else computed * tb.gate[layer] + predictor
-    down = tb.down[layer] if tb.down_whole[layer] else nonzero * tb.down[layer]
+    if groups:
+        down = tb.standard_down[layer]
+    else:
+        down = tb.down[layer] if tb.down_whole[layer] else nonzero * tb.down[layer]
     return gate + computed * tb.up[layer] + down
 
 

@@ -77,14 +77,15 @@ class SyntheticSpec:
     pred_quant: Q = Q.Q4_0
     seed: int = 0
     # > 0: also the grouped route's tensors (groups of this many neurons, top-k = the active share) and the standard
-    # down matrices, which a GPU device's dense prompts read (the row route reads the transposed ones)
+    # down matrices, which the grouped route and a GPU device's dense prompts read (the row route reads the transposed
+    # ones)
     groups: int = 0
 
     @property
     def tag(self) -> str:
         return (
             f"{self.shape.name}-{self.quant.name.lower()}-a{self.active:g}-r{self.rank}-{self.pred_quant.name.lower()}"
-            f"-s{self.seed}{f'-g{self.groups}-both' if self.groups else ''}"
+            f"-s{self.seed}{f'-g{self.groups}-down' if self.groups else ''}"
         )
 
     @property
@@ -216,15 +217,12 @@ def _entries(spec: SyntheticSpec, sparse: bool) -> list[_Entry]:
                 _Entry(C.TENSOR_PRED_FC2.format(i), s.n_ff, spec.rank, pq, lambda: _predictor(w, "fc2", pq)),
             ]
             if spec.groups:
-                n_groups = s.n_ff // spec.groups
                 out += [
-                    # random like down_t and down_groups, not their transpose: prompts and decoding compute different
-                    # FFNs here, which timing does not mind
+                    # random like down_t, not its transpose: the routes compute different FFNs here, which timing
+                    # does not mind
                     mat(f"blk.{i}.ffn_down.weight", "down", s.n_embd, s.n_ff, 0.05),
-                    _Entry(C.TENSOR_PRED_GROUPS.format(i), n_groups, spec.rank, pq,
+                    _Entry(C.TENSOR_PRED_GROUPS.format(i), s.n_ff // spec.groups, spec.rank, pq,
                            lambda: _predictor(w, "groups", pq, spec.groups)),
-                    _Entry(C.TENSOR_FFN_DOWN_GROUPS.format(i), s.n_embd, spec.groups, q,
-                           lambda n=n_groups: w.matrix("down_groups", n * s.n_embd, spec.groups, q, 0.05), n_groups),
                 ]  # fmt: skip
         else:
             out.append(mat(f"blk.{i}.ffn_down.weight", "down", s.n_embd, s.n_ff, 0.05))

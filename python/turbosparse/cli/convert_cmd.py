@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--down-layout",
         choices=("transposed", "standard", "both"),
         default=None,
-        help="down matrix layout (default: transposed for ReLU-family models, standard for SwiGLU)",
+        help="down matrix layout (default: transposed for ReLU-family models, standard for SwiGLU, both with --groups)",
     )
     p.add_argument("--threshold", type=float, default=None, help="predictor logit threshold to store")
     p.add_argument("--vocab-pre", default=None, help="llama.cpp pre-tokenizer name for an unrecognised BPE vocabulary")
@@ -33,7 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=int,
         default=None,
         metavar="G",
-        help="add the grouped sparse route (sparse='groups', any ggml backend): neurons in groups of G (32, 64, ...)",
+        help="add the grouped sparse route (sparse='groups', any ggml backend): neurons in groups of G (32, 64, ...); "
+        "it reads the standard down matrix",
     )
     p.add_argument(
         "--group-plan",
