@@ -21,9 +21,12 @@ def takes(isa: KernelIsa, n_cols: int) -> bool:
     return n_cols % (64 if isa == KernelIsa.AVX512_VNNI else 32) == 0
 
 
-# rows in passes of 4 and a tail of 1-3; blocks in steps of 8 and a tail (n = 576: 18 blocks, the default model's
-# width); one token, several, and more tokens than one prepared chunk holds at the longest rows
+# rows in passes of 4 (AVX2) or 16 (AVX-512) and a tail; blocks in steps of 8 and a tail (n = 576: 18 blocks, the
+# default model's width); one token, several (odd counts: the AVX-512 kernel takes tokens in pairs), and more tokens
+# than one prepared chunk holds at the longest rows
 SHAPES = {
+    "n4096-passes": (4096, 37, 5),
+    "n576-passes": (576, 48, 2),
     "n256": (256, 8, 3),
     "n576-tail": (576, 7, 5),
     "n4096-one-token": (4096, 9, 1),

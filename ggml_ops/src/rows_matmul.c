@@ -33,14 +33,14 @@ ts_rows_matmul_fn ts_rows_matmul_kernel(enum ggml_type type, int64_t n) {
 }
 
 /* src: xq [row bytes, T] I8, w [n, n_rows], scratch [TS_ROWS_MATMUL_SCRATCH, n_threads] I8. Threads take whole groups
- * of 4 rows (the kernels' pass) in order. */
+ * of 16 rows (the AVX-512 kernel's pass, 4 of the AVX2 kernel's) in order. */
 static void rows_matmul_op(struct ggml_tensor *dst, int ith, int nth, void *userdata) {
     (void)userdata;
     const struct ggml_tensor *xq = dst->src[0], *w = dst->src[1], *scratch = dst->src[2];
     GGML_ASSERT(ith < scratch->ne[1]); /* the graph runs on the n_threads the scratch was sized for */
     const ts_rows_matmul_fn kernel = ts_rows_matmul_kernel(w->type, w->ne[0]);
-    const int64_t n_groups = (w->ne[1] + 3) / 4;
-    const int64_t r0 = n_groups * ith / nth * 4, r1 = n_groups * (ith + 1) / nth * 4;
+    const int64_t n_groups = (w->ne[1] + 15) / 16;
+    const int64_t r0 = n_groups * ith / nth * 16, r1 = n_groups * (ith + 1) / nth * 16;
     const int64_t end = r1 < w->ne[1] ? r1 : w->ne[1];
     if (end > r0) {
         kernel((const char *)w->data + r0 * w->nb[1], w->nb[1], end - r0, xq->data, xq->nb[1], xq->ne[1], w->ne[0],

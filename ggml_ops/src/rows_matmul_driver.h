@@ -1,6 +1,6 @@
 /*
- * The driver of the prompt kernels (rows_matmul.h), shared by the instruction sets that have them
- * (gate_up_dot_avx2.c, gate_up_dot_avx512.c). Tokens are prepared in chunks that stay in L2, each once; a pass
+ * The driver of the AVX2 prompt kernels (rows_matmul.h, gate_up_dot_avx2.c; the AVX-512 one takes 16 rows interleaved,
+ * gate_up_dot_avx512.c, and shares its chunk size and alignment). Tokens are prepared in chunks that stay in L2, each once; a pass
  * unpacks TS_MM_ROWS rows once into scratch (the including file's unpack: its nibbles as bytes in the order its
  * token function reads them, each block's scale and min as floats) and runs them against every token of the chunk
  * (its token function: out[k] = row k . x for the pass's R rows; always inlined, so the tail's R unrolls).

@@ -29,10 +29,39 @@ static inline float ts_emu_reduce_add_ps(simde__m512 a) {
     for (int w = 8; w >= 1; w /= 2) for (int i = 0; i < w; i++) v[i] += v[i + w];
     return v[0];
 }
+static inline simde__m512i ts_emu_mask_i32gather_epi32(simde__m512i src, simde__mmask16 k, simde__m512i vindex,
+                                                       const void *base, int scale) {
+    int32_t idx[16], d[16]; simde__m512i r;
+    memcpy(idx, &vindex, sizeof(idx));
+    memcpy(d, &src, sizeof(d));
+    for (int i = 0; i < 16; i++) if ((k >> i) & 1) memcpy(&d[i], (const char *)base + (int64_t)idx[i] * scale, 4);
+    memcpy(&r, d, sizeof(r));
+    return r;
+}
+static inline simde__m256i ts_emu_cvtepi32_epi16(simde__m512i a) {
+    int32_t s[16]; int16_t d[16]; simde__m256i r;
+    memcpy(s, &a, sizeof(s));
+    for (int i = 0; i < 16; i++) d[i] = (int16_t)s[i];
+    memcpy(&r, d, sizeof(r));
+    return r;
+}
+static inline simde__m512 ts_emu_cvtph_ps(simde__m256i a) {
+    uint16_t s[16]; float d[16]; simde__m512 r;
+    memcpy(s, &a, sizeof(s));
+    for (int i = 0; i < 16; i++) d[i] = _cvtsh_ss(s[i]);
+    memcpy(&r, d, sizeof(r));
+    return r;
+}
 #undef _mm512_cvtepi16_epi32 /* a newer SIMDe may have its own */
 #undef _mm512_cvtepi32_ps
 #undef _mm512_maskz_loadu_epi8
 #undef _mm512_reduce_add_ps
+#undef _mm512_mask_i32gather_epi32
+#undef _mm512_cvtepi32_epi16
+#undef _mm512_cvtph_ps
+#define _mm512_mask_i32gather_epi32 ts_emu_mask_i32gather_epi32
+#define _mm512_cvtepi32_epi16 ts_emu_cvtepi32_epi16
+#define _mm512_cvtph_ps ts_emu_cvtph_ps
 #define _mm512_cvtepi16_epi32 ts_emu_cvtepi16_epi32
 #define _mm512_cvtepi32_ps ts_emu_cvtepi32_ps
 #define _mm512_maskz_loadu_epi8 ts_emu_maskz_loadu_epi8
