@@ -245,105 +245,166 @@ ALWAYS_INLINE void group_q4_k(const void *const *rows, const int R, const void *
 TS_DEFINE_DOT_ROWS(q4_k, group_q4_k, 256, Q4_K_BYTES, TS_DOT_ROWS)
 
 /* ---- many tokens (prompts): rows_matmul.h's kernels -------------------------------------------------------
- * A pass (rows_matmul_driver.h) unpacks TS_MM_ROWS rows into scratch (the nibbles as bytes in value order, each
- * block's scale and min as floats) and runs them against each token of a chunk prepared once in the layouts above.
- * Per token and 8 blocks,
- * the 8 blocks' integer dots are reduced into the lanes of one vector (lane j = block j), so that the scales, mins
- * and corrections apply as vectors rather than as one broadcast per block. */
+ * A pass (rows_matmul_driver.h) unpacks 8 rows interleaved: for each block b and each 4 values c of it (8 per block),
+ * 32 bytes holding the 8 rows' values 4c .. 4c+3 as unsigned nibbles, row r in int32 lane r; then the block's 8 row
+ * scales (and Q4_1's 8 mins) as floats. Against a token, maddubs with the token's 4 values broadcast gives each row's
+ * two int16 pair sums; a block's 8 such add up in int16 (at most 8 x 2 x 15 x 127 = 30480) and one madd makes them
+ * the 8 rows' int32 dot products, which one conversion and one multiply-add scale (a row at a time needed 8 madds,
+ * 6 horizontal adds and 2 permutes per 8 blocks of a row to put the scales on vectors). */
 
-/* lane j = the sum of m[j]'s 8 lanes */
-ALWAYS_INLINE __m256i lane_sums(const __m256i m[8]) {
-    const __m256i h0123 = _mm256_hadd_epi32(_mm256_hadd_epi32(m[0], m[1]), _mm256_hadd_epi32(m[2], m[3]));
-    const __m256i h4567 = _mm256_hadd_epi32(_mm256_hadd_epi32(m[4], m[5]), _mm256_hadd_epi32(m[6], m[7]));
-    /* h0123 = [the sums of m[0..3] over lanes 0-3 | the same over lanes 4-7] */
-    return _mm256_add_epi32(_mm256_permute2x128_si256(h0123, h4567, 0x20),
-                            _mm256_permute2x128_si256(h0123, h4567, 0x31));
+#define MM_ROWS8 8
+#define MM_CHUNK8 (MM_ROWS8 * 4) /* one 4-value chunk of 8 rows */
+
+/* A pass: nib [nb][8 chunks][8 rows][4 values], then the scales d [nb][8 rows], then the mins m [nb][8 rows] */
+static size_t pass8_bytes(int64_t nb) {
+    return (size_t)nb * (8 * MM_CHUNK8 + 2 * sizeof(float) * MM_ROWS8);
 }
 
-/* The integer dots of a row's blocks b .. b + 7 with the token's, one per lane. */
-ALWAYS_INLINE __m256i dots_8_blocks(const uint8_t *nib, const int8_t *x) {
-    __m256i m[8];
-    for (int j = 0; j < 8; j++) {
-        m[j] = dot_u8_i8(_mm256_load_si256((const __m256i *)(nib + 32 * j)),
-                         _mm256_load_si256((const __m256i *)(x + 32 * j)));
+/* R rows (the others of the 8 as zeros) into a pass. Per block the 8 rows' 16 nibble bytes, rows r and r + 4 side by
+ * side in one register, are transposed as 4 x 4 int32 in each 128-bit lane, which puts row r's bytes 4c .. 4c+3 in
+ * lane r of vector c: chunk c (low nibbles) and c + 4 (high nibbles). No gathers: slow on Zen 3. */
+static void unpack8_q4(const uint8_t *w, size_t row_bytes, int R, int64_t nb, size_t block_bytes, uint8_t *pass) {
+    static const uint8_t none[Q4_1_BYTES]; /* a missing row's block: zeros */
+    const int has_min = block_bytes == Q4_1_BYTES, qs = has_min ? 4 : 2;
+    float *d = (float *)(pass + (size_t)nb * 8 * MM_CHUNK8), *m = d + nb * MM_ROWS8;
+    const __m256i low = _mm256_set1_epi8(0x0F);
+    const uint8_t *row[MM_ROWS8];
+    for (int r = 0; r < MM_ROWS8; r++) {
+        row[r] = r < R ? w + (size_t)r * row_bytes : NULL;
     }
-    return lane_sums(m);
-}
-
-static void unpack_q4(const uint8_t *row, int64_t nb, size_t block_bytes, ts_mm_row r) {
-    const int has_min = block_bytes == Q4_1_BYTES;
     for (int64_t b = 0; b < nb; b++) {
-        const uint8_t *p = row + b * block_bytes;
-        _mm256_store_si256((__m256i *)(r.nib + 32 * b), nibbles(p + (has_min ? 4 : 2)));
-        r.d[b] = half_at(p);
-        r.m[b] = has_min ? half_at(p + 2) : 0.0f;
-    }
-}
-
-/* out[k] = row k . x for the R unpacked rows. Q4_0 (has_min 0): x prepared by prepare_q8_0, whose corr turns the
- * nibbles q into q - 8; Q4_1: by prepare_q8_1, whose s = d * sum(x) weighs each block's min. */
-ALWAYS_INLINE void mm_token_q4(const ts_mm_row *rows, const int R, const int has_min, const void *prepared, int64_t n,
-                               float *out) {
-    const int8_t *xs = prepared;
-    const float *dx = (const float *)(xs + n);
-    const int32_t *corr = (const int32_t *)(dx + n / 32);
-    const float *sx = dx + n / 32;
-    const int64_t nb = n / 32;
-    __m256 acc[TS_MM_ROWS];
-    float mins[TS_MM_ROWS] = {0};
-    for (int k = 0; k < R; k++) {
-        acc[k] = _mm256_setzero_ps();
-    }
-    int64_t b = 0;
-    for (; b + 8 <= nb; b += 8) {
-        const __m256 d = _mm256_loadu_ps(dx + b);
-        for (int k = 0; k < R; k++) {
-            __m256i dot = dots_8_blocks(rows[k].nib + 32 * b, xs + 32 * b);
-            if (!has_min) {
-                dot = _mm256_add_epi32(dot, _mm256_loadu_si256((const __m256i *)(corr + b)));
-            }
-            acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(_mm256_loadu_ps(rows[k].d + b), d), acc[k]);
-            if (has_min) {
-                acc[k] = _mm256_fmadd_ps(_mm256_loadu_ps(rows[k].m + b), _mm256_loadu_ps(sx + b), acc[k]);
-            }
+        const uint8_t *blk[MM_ROWS8];
+        for (int r = 0; r < MM_ROWS8; r++) {
+            blk[r] = row[r] != NULL ? row[r] + b * block_bytes : none;
+        }
+        __m256i v[4];
+        for (int r = 0; r < 4; r++) {
+            v[r] = _mm256_loadu2_m128i((const __m128i *)(blk[r + 4] + qs), (const __m128i *)(blk[r] + qs));
+        }
+        const __m256i t0 = _mm256_unpacklo_epi32(v[0], v[1]), t1 = _mm256_unpackhi_epi32(v[0], v[1]);
+        const __m256i t2 = _mm256_unpacklo_epi32(v[2], v[3]), t3 = _mm256_unpackhi_epi32(v[2], v[3]);
+        const __m256i c4[4] = {_mm256_unpacklo_epi64(t0, t2), _mm256_unpackhi_epi64(t0, t2),
+                               _mm256_unpacklo_epi64(t1, t3), _mm256_unpackhi_epi64(t1, t3)};
+        uint8_t *chunk = pass + (size_t)b * 8 * MM_CHUNK8;
+        for (int c = 0; c < 4; c++) {
+            _mm256_store_si256((__m256i *)(chunk + c * MM_CHUNK8), _mm256_and_si256(c4[c], low));
+            _mm256_store_si256((__m256i *)(chunk + (c + 4) * MM_CHUNK8), _mm256_and_si256(_mm256_srli_epi32(c4[c], 4), low));
+        }
+        for (int r = 0; r < MM_ROWS8; r++) {
+            d[b * MM_ROWS8 + r] = row[r] != NULL ? half_at(blk[r]) : 0.0f;
+            m[b * MM_ROWS8 + r] = row[r] != NULL && has_min ? half_at(blk[r] + 2) : 0.0f;
         }
     }
-    for (; b < nb; b++) { /* the blocks past the last 8 */
-        const __m256i x = _mm256_load_si256((const __m256i *)(xs + 32 * b));
-        for (int k = 0; k < R; k++) {
-            __m256i dot = dot_u8_i8(_mm256_load_si256((const __m256i *)(rows[k].nib + 32 * b)), x);
-            if (!has_min) {
-                dot = _mm256_add_epi32(dot, _mm256_zextsi128_si256(_mm_cvtsi32_si128(corr[b])));
-            } else {
-                mins[k] += rows[k].m[b] * sx[b];
-            }
-            acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(rows[k].d[b] * dx[b]), acc[k]);
+}
+
+static void unpack8_q4_0(const uint8_t *w, size_t row_bytes, int R, int64_t nb, uint8_t *pass) {
+    unpack8_q4(w, row_bytes, R, nb, Q4_0_BYTES, pass);
+}
+
+static void unpack8_q4_1(const uint8_t *w, size_t row_bytes, int R, int64_t nb, uint8_t *pass) {
+    unpack8_q4(w, row_bytes, R, nb, Q4_1_BYTES, pass);
+}
+
+/* the token's 4 values c of block b, broadcast to every lane */
+ALWAYS_INLINE __m256i token_chunk8(const int8_t *x, int64_t b, int c) {
+    int32_t v;
+    memcpy(&v, x + 32 * b + 4 * c, sizeof(v));
+    return _mm256_set1_epi32(v);
+}
+
+/* A token as the kernels of one type read it: x, the block scales dx and, by type, Q4_0's offset corrections or
+ * Q4_1's weighted sums (prepare_q8_0, prepare_q8_1) */
+typedef struct {
+    const int8_t *x;
+    const float *dx;
+    const int32_t *corr; /* Q4_0 */
+    const float *sx;     /* Q4_1 */
+} mm_token8;
+
+ALWAYS_INLINE mm_token8 token8(const void *prepared, int64_t n, int has_min) {
+    const int8_t *x = prepared;
+    const float *dx = (const float *)(x + n);
+    return (mm_token8){x, dx, has_min ? NULL : (const int32_t *)(dx + n / 32), has_min ? dx + n / 32 : NULL};
+}
+
+/* acc + block b of the 8 rows against one token: int16 pair sums e (even chunks) and o (odd chunks) made into int32
+ * dots, corrected (Q4_0), scaled, and the mins weighed (Q4_1) */
+ALWAYS_INLINE __m256 block8_acc(__m256 acc, __m256i e, __m256i o, const float *d, const float *m, int64_t b,
+                                const mm_token8 t, int has_min) {
+    __m256i dot = _mm256_madd_epi16(_mm256_add_epi16(e, o), _mm256_set1_epi16(1));
+    if (!has_min) {
+        dot = _mm256_add_epi32(dot, _mm256_set1_epi32(t.corr[b]));
+    }
+    const __m256 scale = _mm256_mul_ps(_mm256_load_ps(d + b * MM_ROWS8), _mm256_set1_ps(t.dx[b]));
+    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, acc);
+    return has_min ? _mm256_fmadd_ps(_mm256_load_ps(m + b * MM_ROWS8), _mm256_set1_ps(t.sx[b]), acc) : acc;
+}
+
+/* sum[r] += row r . x over blocks [b0, b1), block by block (as slice8x2_q4 sums each of its tokens) */
+ALWAYS_INLINE void slice8_q4(const uint8_t *pass, int64_t nb, const void *prepared, int64_t n, int64_t b0, int64_t b1,
+                             float *sum, int has_min) {
+    const float *d = (const float *)(pass + (size_t)nb * 8 * MM_CHUNK8), *m = d + nb * MM_ROWS8;
+    const mm_token8 t = token8(prepared, n, has_min);
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t b = b0; b < b1; b++) {
+        const uint8_t *p = pass + (size_t)b * 8 * MM_CHUNK8;
+        __m256i e = _mm256_setzero_si256(), o = _mm256_setzero_si256();
+        for (int c = 0; c < 8; c += 2) {
+            e = _mm256_add_epi16(e, _mm256_maddubs_epi16(_mm256_load_si256((const __m256i *)(p + c * MM_CHUNK8)),
+                                                         token_chunk8(t.x, b, c)));
+            o = _mm256_add_epi16(o, _mm256_maddubs_epi16(_mm256_load_si256((const __m256i *)(p + (c + 1) * MM_CHUNK8)),
+                                                         token_chunk8(t.x, b, c + 1)));
         }
+        acc = block8_acc(acc, e, o, d, m, b, t, has_min);
     }
-    for (int k = 0; k < R; k++) {
-        out[k] = hsum_ps(acc[k]) + mins[k];
+    _mm256_store_ps(sum, _mm256_add_ps(_mm256_load_ps(sum), acc));
+}
+
+/* the same for two tokens at once, each 32 bytes of the rows loaded once for both */
+ALWAYS_INLINE void slice8x2_q4(const uint8_t *pass, int64_t nb, const void *prepared0, const void *prepared1,
+                               int64_t n, int64_t b0, int64_t b1, float *sum0, float *sum1, int has_min) {
+    const float *d = (const float *)(pass + (size_t)nb * 8 * MM_CHUNK8), *m = d + nb * MM_ROWS8;
+    const mm_token8 t0 = token8(prepared0, n, has_min), t1 = token8(prepared1, n, has_min);
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    for (int64_t b = b0; b < b1; b++) {
+        const uint8_t *p = pass + (size_t)b * 8 * MM_CHUNK8;
+        __m256i e0 = _mm256_setzero_si256(), o0 = _mm256_setzero_si256();
+        __m256i e1 = _mm256_setzero_si256(), o1 = _mm256_setzero_si256();
+        for (int c = 0; c < 8; c += 2) {
+            const __m256i w0 = _mm256_load_si256((const __m256i *)(p + c * MM_CHUNK8));
+            const __m256i w1 = _mm256_load_si256((const __m256i *)(p + (c + 1) * MM_CHUNK8));
+            e0 = _mm256_add_epi16(e0, _mm256_maddubs_epi16(w0, token_chunk8(t0.x, b, c)));
+            o0 = _mm256_add_epi16(o0, _mm256_maddubs_epi16(w1, token_chunk8(t0.x, b, c + 1)));
+            e1 = _mm256_add_epi16(e1, _mm256_maddubs_epi16(w0, token_chunk8(t1.x, b, c)));
+            o1 = _mm256_add_epi16(o1, _mm256_maddubs_epi16(w1, token_chunk8(t1.x, b, c + 1)));
+        }
+        acc0 = block8_acc(acc0, e0, o0, d, m, b, t0, has_min);
+        acc1 = block8_acc(acc1, e1, o1, d, m, b, t1, has_min);
     }
+    _mm256_store_ps(sum0, _mm256_add_ps(_mm256_load_ps(sum0), acc0));
+    _mm256_store_ps(sum1, _mm256_add_ps(_mm256_load_ps(sum1), acc1));
 }
 
-/* the prompt kernels' unpack and token functions of each type (rows_matmul_driver.h) */
-ALWAYS_INLINE void unpack_q4_0(const uint8_t *row, int64_t nb, ts_mm_row r) {
-    unpack_q4(row, nb, Q4_0_BYTES, r);
+static void slice8_q4_0(const uint8_t *pass, int64_t nb, const void *x, int64_t n, int64_t b0, int64_t b1, float *sum) {
+    slice8_q4(pass, nb, x, n, b0, b1, sum, 0);
 }
 
-ALWAYS_INLINE void unpack_q4_1(const uint8_t *row, int64_t nb, ts_mm_row r) {
-    unpack_q4(row, nb, Q4_1_BYTES, r);
+static void slice8_q4_1(const uint8_t *pass, int64_t nb, const void *x, int64_t n, int64_t b0, int64_t b1, float *sum) {
+    slice8_q4(pass, nb, x, n, b0, b1, sum, 1);
 }
 
-ALWAYS_INLINE void mm_token_q4_0(const ts_mm_row *rows, const int R, const void *prepared, int64_t n, float *out) {
-    mm_token_q4(rows, R, 0, prepared, n, out);
+static void slice8x2_q4_0(const uint8_t *pass, int64_t nb, const void *x0, const void *x1, int64_t n, int64_t b0,
+                          int64_t b1, float *sum0, float *sum1) {
+    slice8x2_q4(pass, nb, x0, x1, n, b0, b1, sum0, sum1, 0);
 }
 
-ALWAYS_INLINE void mm_token_q4_1(const ts_mm_row *rows, const int R, const void *prepared, int64_t n, float *out) {
-    mm_token_q4(rows, R, 1, prepared, n, out);
+static void slice8x2_q4_1(const uint8_t *pass, int64_t nb, const void *x0, const void *x1, int64_t n, int64_t b0,
+                          int64_t b1, float *sum0, float *sum1) {
+    slice8x2_q4(pass, nb, x0, x1, n, b0, b1, sum0, sum1, 1);
 }
 
-TS_DEFINE_MATMUL(q4_0, prepare_q8_0, unpack_q4_0, mm_token_q4_0)
-TS_DEFINE_MATMUL(q4_1, prepare_q8_1, unpack_q4_1, mm_token_q4_1)
+TS_DEFINE_MATMUL(q4_0, MM_ROWS8, pass8_bytes, prepare_q8_0, unpack8_q4_0, slice8_q4_0, slice8x2_q4_0)
+TS_DEFINE_MATMUL(q4_1, MM_ROWS8, pass8_bytes, prepare_q8_1, unpack8_q4_1, slice8_q4_1, slice8x2_q4_1)
 
 ts_rows_matmul_fn ts_rows_matmul_avx2(enum ggml_type type, int64_t n) {
     if (n <= 0 || n > TS_DOT_MAX_N || n % 32 != 0) {

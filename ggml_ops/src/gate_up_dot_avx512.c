@@ -317,16 +317,22 @@ static const void *prepare_blocks(const void *xq, int64_t n, void *buf) {
     return buf;
 }
 
-/* R rows (the others of the 16 as zeros) into nib [nb][8][16 rows][4 values] and d [nb][16 rows]: per block, a
- * gather of each 4 bytes c of the 16 rows' nibbles gives chunks c (low nibbles) and c + 4 (high nibbles) */
-static void unpack16_q4_0(const uint8_t *w, size_t row_bytes, int R, int64_t nb, uint8_t *nib, float *d) {
+/* A pass: nib [nb][8 chunks][16 rows][4 values], then the scales d [nb][16 rows] */
+static size_t pass16_bytes(int64_t nb) {
+    return (size_t)nb * (8 * MM_CHUNK_BYTES + sizeof(float) * MM_ROWS16);
+}
+
+/* R rows (the others of the 16 as zeros) into a pass: per block, a gather of each 4 bytes c of the 16 rows' nibbles
+ * gives chunks c (low nibbles) and c + 4 (high nibbles), one of their first 4 bytes the scales */
+static void unpack16_q4_0(const uint8_t *w, size_t row_bytes, int R, int64_t nb, uint8_t *pass) {
+    float *d = (float *)(pass + (size_t)nb * 8 * MM_CHUNK_BYTES);
     const __mmask16 live = (__mmask16)((1u << R) - 1u);
     const __m512i rows = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
                                             _mm512_set1_epi32((int)row_bytes));
     const __m512i low = _mm512_set1_epi8(0x0F);
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t *block = w + b * Q4_0_BYTES;
-        uint8_t *chunk = nib + (size_t)b * 8 * MM_CHUNK_BYTES;
+        uint8_t *chunk = pass + (size_t)b * 8 * MM_CHUNK_BYTES;
         for (int c = 0; c < 4; c++) {
             const __m512i q = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), live, rows, block + 2 + 4 * c, 1);
             _mm512_store_si512((void *)(chunk + c * MM_CHUNK_BYTES), _mm512_and_si512(q, low));
@@ -344,9 +350,9 @@ ALWAYS_INLINE __m512i token_chunk(const int8_t *x, int64_t b, int c) {
     return _mm512_set1_epi32(v);
 }
 
-/* block b's dot products for the 16 rows as integers, two chains of 4 dpbusd */
-ALWAYS_INLINE __m512i block16(const uint8_t *nib, const ts_q8_0_view v, int64_t b) {
-    const uint8_t *p = nib + (size_t)b * 8 * MM_CHUNK_BYTES;
+/* block b's dot products for the 16 rows as integers (the token's offset correction included), two chains of 4 */
+ALWAYS_INLINE __m512i block16(const uint8_t *pass, const ts_q8_0_view v, int64_t b) {
+    const uint8_t *p = pass + (size_t)b * 8 * MM_CHUNK_BYTES;
     __m512i even = _mm512_set1_epi32(v.corr[b]), odd = _mm512_setzero_si512();
     for (int c = 0; c < 8; c += 2) {
         even = _mm512_dpbusd_epi32(even, _mm512_load_si512((const void *)(p + c * MM_CHUNK_BYTES)), token_chunk(v.x, b, c));
@@ -356,25 +362,27 @@ ALWAYS_INLINE __m512i block16(const uint8_t *nib, const ts_q8_0_view v, int64_t 
     return _mm512_add_epi32(even, odd);
 }
 
-/* sum[r] += row r . x over blocks [b0, b1) of the 16 unpacked rows (even and odd blocks summed apart, then added) */
-ALWAYS_INLINE void slice16_q4_0(const uint8_t *nib, const float *d, const ts_q8_0_view v, int64_t b0, int64_t b1,
-                                float *sum) {
-    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
-    for (int64_t b = b0; b < b1; b += 2) {
-        const __m512 s0 = _mm512_mul_ps(_mm512_load_ps(d + b * MM_ROWS16), _mm512_set1_ps(v.d[b]));
-        const __m512 s1 = _mm512_mul_ps(_mm512_load_ps(d + (b + 1) * MM_ROWS16), _mm512_set1_ps(v.d[b + 1]));
-        acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(block16(nib, v, b)), s0, acc0);
-        acc1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(block16(nib, v, b + 1)), s1, acc1);
+/* sum[r] += row r . x over blocks [b0, b1), block by block (as slice16x2_q4_0 sums each of its tokens) */
+static void slice16_q4_0(const uint8_t *pass, int64_t nb, const void *prepared, int64_t n, int64_t b0, int64_t b1,
+                         float *sum) {
+    const float *d = (const float *)(pass + (size_t)nb * 8 * MM_CHUNK_BYTES);
+    const ts_q8_0_view v = ts_view_q8_0(prepared, n);
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t b = b0; b < b1; b++) {
+        const __m512 scale = _mm512_mul_ps(_mm512_load_ps(d + b * MM_ROWS16), _mm512_set1_ps(v.d[b]));
+        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(block16(pass, v, b)), scale, acc);
     }
-    _mm512_store_ps(sum, _mm512_add_ps(_mm512_load_ps(sum), _mm512_add_ps(acc0, acc1)));
+    _mm512_store_ps(sum, _mm512_add_ps(_mm512_load_ps(sum), acc));
 }
 
-/* the same for two tokens at once: each 64 bytes of the rows loaded once for both */
-ALWAYS_INLINE void slice16x2_q4_0(const uint8_t *nib, const float *d, const ts_q8_0_view v0, const ts_q8_0_view v1,
-                                  int64_t b0, int64_t b1, float *sum0, float *sum1) {
+/* the same for two tokens at once, each 64 bytes of the rows loaded once for both */
+static void slice16x2_q4_0(const uint8_t *pass, int64_t nb, const void *prepared0, const void *prepared1, int64_t n,
+                           int64_t b0, int64_t b1, float *sum0, float *sum1) {
+    const float *d = (const float *)(pass + (size_t)nb * 8 * MM_CHUNK_BYTES);
+    const ts_q8_0_view v0 = ts_view_q8_0(prepared0, n), v1 = ts_view_q8_0(prepared1, n);
     __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
     for (int64_t b = b0; b < b1; b++) {
-        const uint8_t *p = nib + (size_t)b * 8 * MM_CHUNK_BYTES;
+        const uint8_t *p = pass + (size_t)b * 8 * MM_CHUNK_BYTES;
         __m512i e0 = _mm512_set1_epi32(v0.corr[b]), o0 = _mm512_setzero_si512();
         __m512i e1 = _mm512_set1_epi32(v1.corr[b]), o1 = _mm512_setzero_si512();
         for (int c = 0; c < 8; c += 2) {
@@ -393,50 +401,7 @@ ALWAYS_INLINE void slice16x2_q4_0(const uint8_t *nib, const float *d, const ts_q
     _mm512_store_ps(sum1, _mm512_add_ps(_mm512_load_ps(sum1), acc1));
 }
 
-/* Blocks per slice: a slice of the 16 unpacked rows (8 KB) stays in L1 while the chunk's tokens pass over it; whole
- * rows (72 KB at n = 4096) would be read from L2 for every token. */
-#define MM_SLICE_BLOCKS 16
-
-static void matmul_q4_0(const void *w, size_t row_bytes, int64_t n_rows, const void *xq, size_t xq_stride,
-                        int64_t n_tokens, int64_t n, float *out, size_t out_stride, void *scratch) {
-    const int64_t nb = n / 32;
-    uint8_t *nib = (uint8_t *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
-    float *d = (float *)(nib + (size_t)nb * 8 * MM_CHUNK_BYTES);
-    const size_t prepared_bytes = ts_align64((size_t)n + 8 * (size_t)nb);
-    const size_t sum_bytes = sizeof(float) * MM_ROWS16; /* a token's 16 sums */
-    uint8_t *tokens = (uint8_t *)(d + nb * MM_ROWS16);
-    const size_t room = TS_ROWS_MATMUL_SCRATCH - 64 - (size_t)(tokens - (uint8_t *)scratch);
-    const size_t chunk_bytes = room < TS_MM_TOKENS_BYTES ? room : TS_MM_TOKENS_BYTES;
-    const int64_t fit = (int64_t)(chunk_bytes / (prepared_bytes + sum_bytes)), chunk = fit > 0 ? fit : 1;
-    float *sums = (float *)(tokens + (size_t)chunk * prepared_bytes);
-    for (int64_t t0 = 0; t0 < n_tokens; t0 += chunk) {
-        const int64_t t1 = t0 + chunk < n_tokens ? t0 + chunk : n_tokens;
-        for (int64_t t = t0; t < t1; t++) {
-            prepare_blocks((const uint8_t *)xq + t * xq_stride, n, tokens + (size_t)(t - t0) * prepared_bytes);
-        }
-        for (int64_t i = 0; i < n_rows; i += MM_ROWS16) {
-            const int R = n_rows - i < MM_ROWS16 ? (int)(n_rows - i) : MM_ROWS16;
-            unpack16_q4_0((const uint8_t *)w + (size_t)i * row_bytes, row_bytes, R, nb, nib, d);
-            memset(sums, 0, (size_t)(t1 - t0) * sum_bytes);
-            for (int64_t b0 = 0; b0 < nb; b0 += MM_SLICE_BLOCKS) {
-                const int64_t b1 = b0 + MM_SLICE_BLOCKS < nb ? b0 + MM_SLICE_BLOCKS : nb;
-                int64_t t = t0;
-                for (; t + 1 < t1; t += 2) {
-                    const ts_q8_0_view v0 = ts_view_q8_0(tokens + (size_t)(t - t0) * prepared_bytes, n);
-                    const ts_q8_0_view v1 = ts_view_q8_0(tokens + (size_t)(t + 1 - t0) * prepared_bytes, n);
-                    slice16x2_q4_0(nib, d, v0, v1, b0, b1, sums + (t - t0) * MM_ROWS16, sums + (t + 1 - t0) * MM_ROWS16);
-                }
-                if (t < t1) {
-                    const ts_q8_0_view v = ts_view_q8_0(tokens + (size_t)(t - t0) * prepared_bytes, n);
-                    slice16_q4_0(nib, d, v, b0, b1, sums + (t - t0) * MM_ROWS16);
-                }
-            }
-            for (int64_t t = t0; t < t1; t++) {
-                memcpy(out + (size_t)t * out_stride + i, sums + (t - t0) * MM_ROWS16, sizeof(float) * (size_t)R);
-            }
-        }
-    }
-}
+TS_DEFINE_MATMUL(q4_0, MM_ROWS16, pass16_bytes, prepare_blocks, unpack16_q4_0, slice16_q4_0, slice16x2_q4_0)
 
 ts_rows_matmul_fn ts_rows_matmul_avx512(enum ggml_type type, int64_t n) {
     return takes_rows(type, n) ? matmul_q4_0 : NULL;
