@@ -10,7 +10,8 @@ import gguf
 import numpy as np
 import pytest
 
-from turbosparse.binding import NativeContext, NativeModel, SparseMode
+from turbosparse.bench.runner import sparse_ffn_bytes, tensor_bytes
+from turbosparse.binding import LayerStats, NativeContext, NativeModel, SparseMode
 from turbosparse.errors import InvalidArgumentError, ModelLoadError
 
 from tinymodel import TinyConfig, ffn_activation, predictor_logits, random_weights, write_gguf
@@ -125,7 +126,8 @@ def test_rows_read_and_top_k_override(tmp_path: Path) -> None:
 
 def test_whole_model_decodes_in_groups_mode(tmp_path: Path) -> None:
     """Teacher-forced logits through the grouped route with every group read equal the dense ones."""
-    path, _ = make(tmp_path, Q.Q8_0, top_k=[CFG.n_ff // G] * CFG.n_layer)
+    # the standard down only: both routes read it (with the transposed down too, dense would read that one)
+    path, _ = make(tmp_path, Q.Q8_0, top_k=[CFG.n_ff // G] * CFG.n_layer, down_layout="standard")
     tokens = np.array([1, 5, 9, 200, 7, 3], dtype=np.int32)
     dense = context(path, SparseMode.OFF).eval(tokens, dense_ffn=True, logits_all=True)
     grouped = context(path, SparseMode.GROUPS).eval(tokens, dense_ffn=False, logits_all=True)
@@ -141,9 +143,14 @@ def test_files_without_groups_are_refused(tmp_path: Path) -> None:
     bad, _ = make(tmp_path, Q.F32, top_k=[3, 9])
     with pytest.raises(ModelLoadError, match=r"group_top_k\[1\] = 9 is out of range"):
         NativeModel(bad)
-    transposed, _ = make(tmp_path, Q.F32, down_layout="transposed")
-    with pytest.raises(ModelLoadError, match=r"grouped route .* reads the standard down matrices"):
-        NativeModel(transposed)
+    # a grouped file of before 2026-12-04 with only the transposed down: loads, the other modes run, groups do not
+    slices = {f"blk.{i}.ffn_down_groups.weight": np.zeros((CFG.n_ff // G, CFG.n_embd, G), np.float32)
+              for i in range(CFG.n_layer)}  # fmt: skip
+    transposed, _ = make(tmp_path, Q.F32, down_layout="transposed", extra_tensors=slices)
+    assert NativeModel(transposed).info.group_size == 0
+    context(transposed, SparseMode.PREDICTOR)
+    with pytest.raises(InvalidArgumentError, match="stores only their transpose: convert it again with --groups"):
+        context(transposed, SparseMode.GROUPS)
 
 
 def test_files_with_per_group_down_slices_still_load(tmp_path: Path) -> None:
@@ -156,3 +163,37 @@ def test_files_with_per_group_down_slices_still_load(tmp_path: Path) -> None:
     ref, _ = reference_ffn(stored, 0, h, TOP_K[0])
     out = context(path, SparseMode.GROUPS).eval_ffn(0, h, dense_ffn=False)
     assert np.abs(out - ref).max() <= 1e-5 * np.abs(ref).max()
+
+
+def test_a_grouped_files_dense_ffn_reads_the_transposed_down(tmp_path: Path) -> None:
+    """Neurons in a group plan's order spoil the standard down's quant blocks (columns of unrelated scale in one
+    block): where a grouped file has both layouts, the CPU's dense FFN reads the transposed down."""
+    path, stored = make(tmp_path, Q.Q4_0)
+    h = np.random.default_rng(8).standard_normal((6, CFG.n_embd)).astype(np.float32)
+    w = {k: v.astype(np.float64) for k, v in stored.items() if k.startswith("blk.0.")}
+    z = h / np.sqrt((h.astype(np.float64) ** 2).mean(-1, keepdims=True) + CFG.rms_eps) * w["blk.0.ffn_norm.weight"]
+    a = ffn_activation("drelu", z @ w["blk.0.ffn_gate.weight"].T, z @ w["blk.0.ffn_up.weight"].T)
+    through_t, through_standard = a @ w["blk.0.ffn_down_t.weight"], a @ w["blk.0.ffn_down.weight"].T
+    out = context(path, SparseMode.OFF).eval_ffn(0, h, dense_ffn=True)
+    err_t, err_standard = np.abs(out - through_t).max(), np.abs(out - through_standard).max()
+    assert err_t < err_standard / 2, (err_t, err_standard)
+
+
+def test_bench_counts_the_whole_standard_down_for_groups(tmp_path: Path) -> None:
+    """bench's bytes per token of the grouped route: the chosen groups' gate/up rows, fc1 and the group scores, and
+    the whole standard down, whatever k; the per-group slices of older files count nowhere."""
+    slices = {f"blk.{i}.ffn_down_groups.weight": np.zeros((CFG.n_ff // G, CFG.n_embd, G), np.float32)
+              for i in range(CFG.n_layer)}  # fmt: skip
+    (tmp_path / "old").mkdir()
+    old, _ = make(tmp_path / "old", Q.Q4_0, extra_tensors=slices)
+    new, _ = make(tmp_path, Q.Q4_0)
+    tb, tb_old = tensor_bytes(new), tensor_bytes(old)
+    assert tb == tb_old
+    down = CFG.n_embd * CFG.n_ff // 32 * 18  # Q4_0: 18 bytes per 32 values
+    assert tb.standard_down == [down] * CFG.n_layer
+    rows = TOP_K[0] * G
+    stats = LayerStats(n_tokens=1, n_computed=rows, n_nonzero=rows, n_true_active=0, n_true_found=0, n_evals=1,
+                       n_union=rows)  # fmt: skip
+    share = rows / CFG.n_ff
+    expected = share * (tb.gate[0] + tb.up[0]) + tb.predictor[0] - tb.fc2[0] + tb.group_scores[0] + down
+    assert sparse_ffn_bytes(tb, 0, stats, CFG.n_ff, exact=False, groups=True) == pytest.approx(expected)

@@ -642,7 +642,7 @@ static int check_predictor_ranks(ts_model *m, char *err, size_t err_size) {
  * The grouped route (grouped_ffn.h), when turbosparse.group_size is present: per layer the group scores
  * blk.N.ffn_pred_groups.weight [rank, n_ff/G], and turbosparse.group_top_k[n_layer] in 1..n_ff/G. Needs a predictor
  * in every layer and the standard down matrices. (Files of before 2026-12-04 also hold per-group down slices,
- * blk.N.ffn_down_groups.weight: no longer read.)
+ * blk.N.ffn_down_groups.weight: no longer read; those that hold only the transposed down load without their groups.)
  */
 static int plan_groups(ts_model *m, plan *p, char *err, size_t err_size) {
     ts_model_info *in = &m->info;
@@ -660,10 +660,8 @@ static int plan_groups(ts_model *m, plan *p, char *err, size_t err_size) {
                             TS_KEY_GROUP_SIZE);
     }
     if (!in->has_down) {
-        return ts_set_error(err, err_size,
-                            "%s: the grouped route (%s) reads the standard down matrices (blk.N.ffn_down.weight); this "
-                            "file stores only their transpose (convert with --down-layout both)",
-                            m->file->path, TS_KEY_GROUP_SIZE);
+        m->stale_groups = 1; /* the other modes still run; ts_sparse_mode_check says why groups do not */
+        return 0;
     }
     const int64_t n_groups = in->n_ff / g;
     int64_t *top_k = malloc(sizeof(int64_t) * (size_t)in->n_layer);

@@ -67,6 +67,13 @@ int ts_sparse_mode_check(const ts_model *m, int32_t mode, char *err, size_t err_
     if (mode == TS_SPARSE_PREDICTOR) {
         return check_predictor(m, err, err_size);
     }
+    if (mode == TS_SPARSE_GROUPS && m->stale_groups) {
+        return ts_fail(err, err_size, TS_ERR_ARGUMENT,
+                       "%s: the grouped route reads the standard down matrices (blk.N.ffn_down.weight); this file "
+                       "(converted with --groups before 2026-12-04) stores only their transpose: convert it again with "
+                       "--groups",
+                       path);
+    }
     if (mode == TS_SPARSE_GROUPS && in->group_size == 0) {
         return ts_fail(err, err_size, TS_ERR_ARGUMENT,
                        "%s: the grouped route needs neuron groups (turbosparse.group_size): convert with --groups", path);
