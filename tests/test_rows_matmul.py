@@ -13,12 +13,12 @@ from turbosparse.binding import KernelIsa, KernelKind, dot_rows, isa_name, isa_s
 Q = gguf.GGMLQuantizationType
 # the prompt kernels of each instruction set (AVX-512 VNNI: Q4_0 rows of whole 64-value pairs of blocks), most
 # specialised first, as prompts pick them
-PROMPT_KERNELS = {KernelIsa.AVX512_VNNI: [Q.Q4_0], KernelIsa.AVX2: [Q.Q4_0, Q.Q4_1]}
+PROMPT_KERNELS = {KernelIsa.AVX512_VNNI: [Q.Q4_0, Q.Q8_0], KernelIsa.AVX2: [Q.Q4_0, Q.Q4_1]}
 needs_avx2 = pytest.mark.skipif(not isa_supported(KernelIsa.AVX2), reason="the prompt kernels are x86 kernels")
 
 
-def takes(isa: KernelIsa, n_cols: int) -> bool:
-    return n_cols % (64 if isa == KernelIsa.AVX512_VNNI else 32) == 0
+def takes(isa: KernelIsa, qtype: Q, n_cols: int) -> bool:
+    return n_cols % (64 if (isa, qtype) == (KernelIsa.AVX512_VNNI, Q.Q4_0) else 32) == 0
 
 
 # rows in passes of 4 (AVX2) or 16 (AVX-512) and a tail; blocks in steps of 8 and a tail (n = 576: 18 blocks, the
@@ -46,7 +46,7 @@ CASES = [
     for isa, types in PROMPT_KERNELS.items()
     for qtype in types
     for name, shape in SHAPES.items()
-    if takes(isa, shape[0])
+    if takes(isa, qtype, shape[0])
 ]
 
 
@@ -82,14 +82,16 @@ def test_a_broken_kernel_would_fail() -> None:
 
 
 def test_types_without_a_kernel_are_refused() -> None:
-    # Q8_0 and Q4_K have none: kernels of this design were no faster than ggml's plain paths for them
+    # Q4_K has none (one of the row-at-a-time design was no faster than ggml's plain path), Q8_0 none on AVX2
     for qtype in (Q.Q8_0, Q.Q4_K):
         w, _ = stored(np.ones((2, 256), dtype=np.float32), qtype)
-        with pytest.raises(ValueError, match=f"no rows_matmul kernel for ggml type id {int(qtype)}"):
-            rows_matmul(w, qtype, 256, np.ones((1, 256), dtype=np.float32))
-        for isa in PROMPT_KERNELS:
-            with pytest.raises(ValueError, match=f"(?i)no {isa_name(isa)} kernel for {qtype.name} rows of 256"):
-                rows_matmul(w, qtype, 256, np.ones((1, 256), dtype=np.float32), isa)
+        if not any(qtype in types and isa_supported(isa) for isa, types in PROMPT_KERNELS.items()):
+            with pytest.raises(ValueError, match=f"no rows_matmul kernel for ggml type id {int(qtype)}"):
+                rows_matmul(w, qtype, 256, np.ones((1, 256), dtype=np.float32))
+        for isa, types in PROMPT_KERNELS.items():
+            if qtype not in types:
+                with pytest.raises(ValueError, match=f"(?i)no {isa_name(isa)} kernel for {qtype.name} rows of 256"):
+                    rows_matmul(w, qtype, 256, np.ones((1, 256), dtype=np.float32), isa)
 
 
 def test_rows_of_another_length_are_refused() -> None:
@@ -103,8 +105,16 @@ def test_prompts_run_the_most_specialised_kernel(qtype: Q) -> None:
     chosen = kernel_isa_used_or_none(qtype, 4096)
     best = next((i for i, types in PROMPT_KERNELS.items() if qtype in types and isa_supported(i)), None)
     assert chosen == best
-    # rows of an odd number of blocks: not the AVX-512 kernel's pairs
-    assert kernel_isa_used_or_none(qtype, 4096 + 32) in ((KernelIsa.AVX2,) if best is not None else (None,))
+    # rows of an odd number of blocks: not the AVX-512 Q4_0 kernel's pairs
+    odd = next(
+        (
+            i
+            for i, types in PROMPT_KERNELS.items()
+            if qtype in types and isa_supported(i) and takes(i, qtype, 4096 + 32)
+        ),
+        None,
+    )
+    assert kernel_isa_used_or_none(qtype, 4096 + 32) == odd
 
 
 def kernel_isa_used_or_none(qtype: Q, n_cols: int) -> KernelIsa | None:

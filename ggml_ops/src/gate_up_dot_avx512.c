@@ -6,7 +6,7 @@
  * two rows whole in one burst: on an AMD EPYC Zen 5 the AVX2 kernel then read 10 % of a layer's rows from memory
  * 1.2-1.45x faster than it.
  *
- * For prompts (rows_matmul.h), Q4_0 rows 16 at a time, interleaved so that one dpbusd serves 16 rows (below).
+ * For prompts (rows_matmul.h), Q4_0 and Q8_0 rows 16 at a time, interleaved so that one dpbusd serves 16 rows (below).
  *
  * Compiled with -mavx512f -mavx512bw -mavx512vnni (CMakeLists.txt) and reached only through ts_dot_kernel_best and
  * ts_rows_matmul_kernel, which ask the CPU first. Q4_1 on such CPUs takes the AVX2 kernel.
@@ -287,19 +287,21 @@ ALWAYS_INLINE void group_q4_k(const void *const *rows, const int R, const void *
 
 TS_DEFINE_DOT_ROWS(q4_k, group_q4_k, 256, Q4_K_BYTES, AVX512_DOT_ROWS)
 
-/* ---- many tokens (prompts): rows_matmul.h's kernel for Q4_0 --------------------------------------------
+/* ---- many tokens (prompts): rows_matmul.h's kernels for Q4_0 and Q8_0 -------------------------------------
  * A pass unpacks 16 rows into one buffer interleaved by row: for each block b and each 4 values c of it (8 per
- * block), 64 bytes holding the 16 rows' values 4c .. 4c+3 as unsigned nibbles, row r in int32 lane r; then each
- * block's 16 row scales as floats. Against a token, dpbusd with the token's 4 values broadcast adds one block's dot
- * product for all 16 rows, so a block costs 8 dpbusd, one conversion and one multiply-add for 512 products (a row at
- * a time, as decoding runs, costs a conversion, a lane permute and a multiply-add per 64). The offset of Q4_0's
- * unsigned nibbles (-8 x the sum of the token's block) starts each block's sums. */
+ * block), 64 bytes holding the 16 rows' values 4c .. 4c+3 as unsigned bytes (Q4_0's nibbles; Q8_0's codes + 128),
+ * row r in int32 lane r; then each block's 16 row scales as floats. Against a token, dpbusd with the token's 4 values
+ * broadcast adds one block's dot product for all 16 rows, so a block costs 8 dpbusd, one conversion and one
+ * multiply-add for 512 products (a row at a time, as decoding runs, costs a conversion, a lane permute and a
+ * multiply-add per 64). The unsigned bytes' offset (-8 or -128 x the sum of the token's block) starts each block's
+ * sums. Q8_0 had no prompt kernel before (one of the row-at-a-time design was no faster than ggml's plain path). */
 
 #define MM_ROWS16 16
 #define MM_CHUNK_BYTES (MM_ROWS16 * 4) /* one 4-value chunk of 16 rows */
 
-/* prepared: x int8[n] in ggml's order | d float[n / 32] | corr int32[n / 32] (ts_q8_0_view), corr = -8 sum(x) */
-static const void *prepare_blocks(const void *xq, int64_t n, void *buf) {
+/* prepared: x int8[n] in ggml's order | d float[n / 32] | corr int32[n / 32] (ts_q8_0_view), corr = -offset sum(x):
+ * the weights' bytes are unsigned, the stored value plus offset (8 for Q4_0's nibbles, 128 for Q8_0's codes) */
+static const void *prepare_blocks(const void *xq, int64_t n, void *buf, int32_t offset) {
     const uint8_t *src = xq;
     int8_t *x = buf;
     float *d = (float *)(x + n);
@@ -312,9 +314,17 @@ static const void *prepare_blocks(const void *xq, int64_t n, void *buf) {
         }
         memcpy(x + 32 * b, q, 32);
         d[b] = half_at(src + b * Q8_0_BYTES);
-        corr[b] = -8 * sum;
+        corr[b] = -offset * sum;
     }
     return buf;
+}
+
+static const void *prepare_blocks_q4_0(const void *xq, int64_t n, void *buf) {
+    return prepare_blocks(xq, n, buf, 8);
+}
+
+static const void *prepare_blocks_q8_0(const void *xq, int64_t n, void *buf) {
+    return prepare_blocks(xq, n, buf, 128);
 }
 
 /* A pass: nib [nb][8 chunks][16 rows][4 values], then the scales d [nb][16 rows] */
@@ -343,6 +353,26 @@ static void unpack16_q4_0(const uint8_t *w, size_t row_bytes, int R, int64_t nb,
     }
 }
 
+/* R Q8_0 rows into a pass the same way: each 4 codes c of the 16 rows' blocks gathered, made unsigned (+128) */
+static void unpack16_q8_0(const uint8_t *w, size_t row_bytes, int R, int64_t nb, uint8_t *pass) {
+    float *d = (float *)(pass + (size_t)nb * 8 * MM_CHUNK_BYTES);
+    const __mmask16 live = (__mmask16)((1u << R) - 1u);
+    const __m512i rows = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                            _mm512_set1_epi32((int)row_bytes));
+    const __m512i offset = _mm512_set1_epi8((char)0x80);
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *block = w + b * Q8_0_BYTES;
+        uint8_t *chunk = pass + (size_t)b * 8 * MM_CHUNK_BYTES;
+        for (int c = 0; c < 8; c++) {
+            const __m512i q = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), live, rows, block + 2 + 4 * c, 1);
+            /* rows past R gather zeros, which the xor makes 128: their lanes are never stored */
+            _mm512_store_si512((void *)(chunk + c * MM_CHUNK_BYTES), _mm512_xor_si512(q, offset));
+        }
+        const __m512i h = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), live, rows, block, 1);
+        _mm512_store_ps(d + b * MM_ROWS16, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(h)));
+    }
+}
+
 /* the token's 4 values c of block b, broadcast to every lane */
 ALWAYS_INLINE __m512i token_chunk(const int8_t *x, int64_t b, int c) {
     int32_t v;
@@ -362,8 +392,8 @@ ALWAYS_INLINE __m512i block16(const uint8_t *pass, const ts_q8_0_view v, int64_t
     return _mm512_add_epi32(even, odd);
 }
 
-/* sum[r] += row r . x over blocks [b0, b1), block by block (as slice16x2_q4_0 sums each of its tokens) */
-static void slice16_q4_0(const uint8_t *pass, int64_t nb, const void *prepared, int64_t n, int64_t b0, int64_t b1,
+/* sum[r] += row r . x over blocks [b0, b1), block by block (as slice16x2 sums each of its tokens) */
+static void slice16(const uint8_t *pass, int64_t nb, const void *prepared, int64_t n, int64_t b0, int64_t b1,
                          float *sum) {
     const float *d = (const float *)(pass + (size_t)nb * 8 * MM_CHUNK_BYTES);
     const ts_q8_0_view v = ts_view_q8_0(prepared, n);
@@ -376,7 +406,7 @@ static void slice16_q4_0(const uint8_t *pass, int64_t nb, const void *prepared, 
 }
 
 /* the same for two tokens at once, each 64 bytes of the rows loaded once for both */
-static void slice16x2_q4_0(const uint8_t *pass, int64_t nb, const void *prepared0, const void *prepared1, int64_t n,
+static void slice16x2(const uint8_t *pass, int64_t nb, const void *prepared0, const void *prepared1, int64_t n,
                            int64_t b0, int64_t b1, float *sum0, float *sum1) {
     const float *d = (const float *)(pass + (size_t)nb * 8 * MM_CHUNK_BYTES);
     const ts_q8_0_view v0 = ts_view_q8_0(prepared0, n), v1 = ts_view_q8_0(prepared1, n);
@@ -401,9 +431,13 @@ static void slice16x2_q4_0(const uint8_t *pass, int64_t nb, const void *prepared
     _mm512_store_ps(sum1, _mm512_add_ps(_mm512_load_ps(sum1), acc1));
 }
 
-TS_DEFINE_MATMUL(q4_0, MM_ROWS16, pass16_bytes, prepare_blocks, unpack16_q4_0, slice16_q4_0, slice16x2_q4_0)
+TS_DEFINE_MATMUL(q4_0, MM_ROWS16, pass16_bytes, prepare_blocks_q4_0, unpack16_q4_0, slice16, slice16x2)
+TS_DEFINE_MATMUL(q8_0, MM_ROWS16, pass16_bytes, prepare_blocks_q8_0, unpack16_q8_0, slice16, slice16x2)
 
 ts_rows_matmul_fn ts_rows_matmul_avx512(enum ggml_type type, int64_t n) {
+    if (type == GGML_TYPE_Q8_0) {
+        return n > 0 && n % 32 == 0 && n <= TS_DOT_MAX_N ? matmul_q8_0 : NULL;
+    }
     return takes_rows(type, n) ? matmul_q4_0 : NULL;
 }
 
