@@ -332,44 +332,58 @@ static size_t pass16_bytes(int64_t nb) {
     return (size_t)nb * (8 * MM_CHUNK_BYTES + sizeof(float) * MM_ROWS16);
 }
 
-/* R rows (the others of the 16 as zeros) into a pass: per block, a gather of each 4 bytes c of the 16 rows' nibbles
- * gives chunks c (low nibbles) and c + 4 (high nibbles), one of their first 4 bytes the scales */
+/* The 16 rows of a pass as gather offsets (row r in lane r), the lanes past R masked off: they read nothing */
+typedef struct {
+    __mmask16 live;
+    __m512i offsets;
+} rows16;
+
+ALWAYS_INLINE rows16 rows16_of(size_t row_bytes, int R) {
+    const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    return (rows16){(__mmask16)((1u << R) - 1u), _mm512_mullo_epi32(lane, _mm512_set1_epi32((int)row_bytes))};
+}
+
+/* the 4 bytes at `at` in each row (0 in the lanes past R) */
+ALWAYS_INLINE __m512i gather16(rows16 g, const uint8_t *at) {
+    return _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), g.live, g.offsets, at, 1);
+}
+
+/* the rows' fp16 scales at the start of their blocks at `block` as floats */
+ALWAYS_INLINE __m512 scales16(rows16 g, const uint8_t *block) {
+    return _mm512_cvtph_ps(_mm512_cvtepi32_epi16(gather16(g, block)));
+}
+
+/* R Q4_0 rows (the others of the 16 as zeros) into a pass: per block, each 4 bytes c of the rows' nibbles gathered
+ * give chunks c (low nibbles) and c + 4 (high nibbles) */
 static void unpack16_q4_0(const uint8_t *w, size_t row_bytes, int R, int64_t nb, uint8_t *pass) {
     float *d = (float *)(pass + (size_t)nb * 8 * MM_CHUNK_BYTES);
-    const __mmask16 live = (__mmask16)((1u << R) - 1u);
-    const __m512i rows = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                                            _mm512_set1_epi32((int)row_bytes));
+    const rows16 g = rows16_of(row_bytes, R);
     const __m512i low = _mm512_set1_epi8(0x0F);
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t *block = w + b * Q4_0_BYTES;
         uint8_t *chunk = pass + (size_t)b * 8 * MM_CHUNK_BYTES;
         for (int c = 0; c < 4; c++) {
-            const __m512i q = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), live, rows, block + 2 + 4 * c, 1);
+            const __m512i q = gather16(g, block + 2 + 4 * c);
             _mm512_store_si512((void *)(chunk + c * MM_CHUNK_BYTES), _mm512_and_si512(q, low));
             _mm512_store_si512((void *)(chunk + (c + 4) * MM_CHUNK_BYTES), _mm512_and_si512(_mm512_srli_epi32(q, 4), low));
         }
-        const __m512i h = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), live, rows, block, 1);
-        _mm512_store_ps(d + b * MM_ROWS16, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(h)));
+        _mm512_store_ps(d + b * MM_ROWS16, scales16(g, block));
     }
 }
 
-/* R Q8_0 rows into a pass the same way: each 4 codes c of the 16 rows' blocks gathered, made unsigned (+128) */
+/* R Q8_0 rows into a pass: each 4 codes c of the rows' blocks gathered, made unsigned (+128; the lanes past R hold
+ * 128, never stored) */
 static void unpack16_q8_0(const uint8_t *w, size_t row_bytes, int R, int64_t nb, uint8_t *pass) {
     float *d = (float *)(pass + (size_t)nb * 8 * MM_CHUNK_BYTES);
-    const __mmask16 live = (__mmask16)((1u << R) - 1u);
-    const __m512i rows = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                                            _mm512_set1_epi32((int)row_bytes));
+    const rows16 g = rows16_of(row_bytes, R);
     const __m512i offset = _mm512_set1_epi8((char)0x80);
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t *block = w + b * Q8_0_BYTES;
         uint8_t *chunk = pass + (size_t)b * 8 * MM_CHUNK_BYTES;
         for (int c = 0; c < 8; c++) {
-            const __m512i q = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), live, rows, block + 2 + 4 * c, 1);
-            /* rows past R gather zeros, which the xor makes 128: their lanes are never stored */
-            _mm512_store_si512((void *)(chunk + c * MM_CHUNK_BYTES), _mm512_xor_si512(q, offset));
+            _mm512_store_si512((void *)(chunk + c * MM_CHUNK_BYTES), _mm512_xor_si512(gather16(g, block + 2 + 4 * c), offset));
         }
-        const __m512i h = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), live, rows, block, 1);
-        _mm512_store_ps(d + b * MM_ROWS16, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(h)));
+        _mm512_store_ps(d + b * MM_ROWS16, scales16(g, block));
     }
 }
 
