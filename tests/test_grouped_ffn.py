@@ -59,6 +59,12 @@ def make(
     return path, stored
 
 
+def old_down_slices() -> dict[str, np.ndarray]:
+    """The per-group down slices that grouped files held before 2026-12-04 (blk.N.ffn_down_groups; contents unread)."""
+    return {f"blk.{i}.ffn_down_groups.weight": np.zeros((CFG.n_ff // G, CFG.n_embd, G), np.float32)
+            for i in range(CFG.n_layer)}  # fmt: skip
+
+
 def context(path: Path, mode: SparseMode, n_threads: int = 2) -> NativeContext:
     return NativeContext(NativeModel(path), n_ctx=256, n_threads=n_threads, n_batch=512, sparse_mode=mode,
                          threshold=None, kv_f32=True)  # fmt: skip
@@ -144,8 +150,7 @@ def test_files_without_groups_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match=r"group_top_k\[1\] = 9 is out of range"):
         NativeModel(bad)
     # a grouped file of before 2026-12-04 with only the transposed down: loads, the other modes run, groups do not
-    slices = {f"blk.{i}.ffn_down_groups.weight": np.zeros((CFG.n_ff // G, CFG.n_embd, G), np.float32)
-              for i in range(CFG.n_layer)}  # fmt: skip
+    slices = old_down_slices()
     transposed, _ = make(tmp_path, Q.F32, down_layout="transposed", extra_tensors=slices)
     assert NativeModel(transposed).info.group_size == 0
     context(transposed, SparseMode.PREDICTOR)
@@ -156,8 +161,7 @@ def test_files_without_groups_are_refused(tmp_path: Path) -> None:
 def test_files_with_per_group_down_slices_still_load(tmp_path: Path) -> None:
     """Grouped files written before 2026-12-04 also hold the down sliced per group (blk.N.ffn_down_groups): the
     route no longer reads them and computes the same FFN."""
-    slices = {f"blk.{i}.ffn_down_groups.weight": np.zeros((CFG.n_ff // G, CFG.n_embd, G), np.float32)
-              for i in range(CFG.n_layer)}  # fmt: skip
+    slices = old_down_slices()
     path, stored = make(tmp_path, Q.F32, extra_tensors=slices)
     h = np.random.default_rng(3).standard_normal((5, CFG.n_embd)).astype(np.float32)
     ref, _ = reference_ffn(stored, 0, h, TOP_K[0])
@@ -182,8 +186,7 @@ def test_a_grouped_files_dense_ffn_reads_the_transposed_down(tmp_path: Path) -> 
 def test_bench_counts_the_whole_standard_down_for_groups(tmp_path: Path) -> None:
     """bench's bytes per token of the grouped route: the chosen groups' gate/up rows, fc1 and the group scores, and
     the whole standard down, whatever k; the per-group slices of older files count nowhere."""
-    slices = {f"blk.{i}.ffn_down_groups.weight": np.zeros((CFG.n_ff // G, CFG.n_embd, G), np.float32)
-              for i in range(CFG.n_layer)}  # fmt: skip
+    slices = old_down_slices()
     (tmp_path / "old").mkdir()
     old, _ = make(tmp_path / "old", Q.Q4_0, extra_tensors=slices)
     new, _ = make(tmp_path, Q.Q4_0)

@@ -268,14 +268,10 @@ static void unpack8_q4(const uint8_t *w, size_t row_bytes, int R, int64_t nb, si
     const int has_min = block_bytes == Q4_1_BYTES, qs = has_min ? 4 : 2;
     float *d = (float *)(pass + (size_t)nb * 8 * MM_CHUNK8), *m = d + nb * MM_ROWS8;
     const __m256i low = _mm256_set1_epi8(0x0F);
-    const uint8_t *row[MM_ROWS8];
-    for (int r = 0; r < MM_ROWS8; r++) {
-        row[r] = r < R ? w + (size_t)r * row_bytes : NULL;
-    }
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t *blk[MM_ROWS8];
         for (int r = 0; r < MM_ROWS8; r++) {
-            blk[r] = row[r] != NULL ? row[r] + b * block_bytes : none;
+            blk[r] = r < R ? w + (size_t)r * row_bytes + b * block_bytes : none;
         }
         __m256i v[4];
         for (int r = 0; r < 4; r++) {
@@ -290,9 +286,11 @@ static void unpack8_q4(const uint8_t *w, size_t row_bytes, int R, int64_t nb, si
             _mm256_store_si256((__m256i *)(chunk + c * MM_CHUNK8), _mm256_and_si256(c4[c], low));
             _mm256_store_si256((__m256i *)(chunk + (c + 4) * MM_CHUNK8), _mm256_and_si256(_mm256_srli_epi32(c4[c], 4), low));
         }
-        for (int r = 0; r < MM_ROWS8; r++) {
-            d[b * MM_ROWS8 + r] = row[r] != NULL ? half_at(blk[r]) : 0.0f;
-            m[b * MM_ROWS8 + r] = row[r] != NULL && has_min ? half_at(blk[r] + 2) : 0.0f;
+        for (int r = 0; r < MM_ROWS8; r++) { /* the zero block's scale and min are 0 */
+            d[b * MM_ROWS8 + r] = half_at(blk[r]);
+            if (has_min) { /* Q4_0's slices never read the mins */
+                m[b * MM_ROWS8 + r] = half_at(blk[r] + 2);
+            }
         }
     }
 }

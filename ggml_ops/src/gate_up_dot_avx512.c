@@ -302,18 +302,14 @@ TS_DEFINE_DOT_ROWS(q4_k, group_q4_k, 256, Q4_K_BYTES, AVX512_DOT_ROWS)
 /* prepared: x int8[n] in ggml's order | d float[n / 32] | corr int32[n / 32] (ts_q8_0_view), corr = -offset sum(x):
  * the weights' bytes are unsigned, the stored value plus offset (8 for Q4_0's nibbles, 128 for Q8_0's codes) */
 static const void *prepare_blocks(const void *xq, int64_t n, void *buf, int32_t offset) {
-    const uint8_t *src = xq;
-    int8_t *x = buf;
-    float *d = (float *)(x + n);
-    int32_t *corr = (int32_t *)(d + n / 32);
+    prepare_q8_0(xq, n, buf); /* x and d */
+    const int8_t *x = buf;
+    int32_t *corr = (int32_t *)((float *)(x + n) + n / 32);
     for (int64_t b = 0; b < n / 32; b++) {
-        const int8_t *q = (const int8_t *)(src + b * Q8_0_BYTES + 2);
         int32_t sum = 0;
         for (int i = 0; i < 32; i++) {
-            sum += q[i];
+            sum += x[32 * b + i];
         }
-        memcpy(x + 32 * b, q, 32);
-        d[b] = half_at(src + b * Q8_0_BYTES);
         corr[b] = -offset * sum;
     }
     return buf;

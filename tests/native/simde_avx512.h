@@ -3,20 +3,19 @@
 #include <simde/x86/avx512.h>
 #include <string.h>
 
-static inline simde__m512i ts_emu_cvtepi16_epi32(simde__m256i a) {
-    int16_t s[16]; int32_t d[16]; simde__m512i r;
-    memcpy(s, &a, sizeof(s));
-    for (int i = 0; i < 16; i++) d[i] = s[i];
-    memcpy(&r, d, sizeof(r));
-    return r;
-}
-static inline simde__m512 ts_emu_cvtepi32_ps(simde__m512i a) {
-    int32_t s[16]; float d[16]; simde__m512 r;
-    memcpy(s, &a, sizeof(s));
-    for (int i = 0; i < 16; i++) d[i] = (float)s[i];
-    memcpy(&r, d, sizeof(r));
-    return r;
-}
+/* a 16-lane conversion, lane by lane: out[i] = convert(in[i]) */
+#define TS_EMU_LANES(name, in_vec, in_t, out_vec, out_t, convert)                                                     \
+    static inline out_vec name(in_vec a) {                                                                          \
+        in_t s[16]; out_t d[16]; out_vec r;                                                                         \
+        memcpy(s, &a, sizeof(s));                                                                                   \
+        for (int i = 0; i < 16; i++) d[i] = convert(s[i]);                                                          \
+        memcpy(&r, d, sizeof(r));                                                                                   \
+        return r;                                                                                                   \
+    }
+TS_EMU_LANES(ts_emu_cvtepi16_epi32, simde__m256i, int16_t, simde__m512i, int32_t, (int32_t))
+TS_EMU_LANES(ts_emu_cvtepi32_ps, simde__m512i, int32_t, simde__m512, float, (float))
+TS_EMU_LANES(ts_emu_cvtepi32_epi16, simde__m512i, int32_t, simde__m256i, int16_t, (int16_t))
+TS_EMU_LANES(ts_emu_cvtph_ps, simde__m256i, uint16_t, simde__m512, float, _cvtsh_ss)
 static inline simde__m512i ts_emu_maskz_loadu_epi8(simde__mmask64 k, const void *p) {
     uint8_t d[64]; simde__m512i r;
     for (int i = 0; i < 64; i++) d[i] = (k >> i) & 1 ? ((const uint8_t *)p)[i] : 0;
@@ -35,20 +34,6 @@ static inline simde__m512i ts_emu_mask_i32gather_epi32(simde__m512i src, simde__
     memcpy(idx, &vindex, sizeof(idx));
     memcpy(d, &src, sizeof(d));
     for (int i = 0; i < 16; i++) if ((k >> i) & 1) memcpy(&d[i], (const char *)base + (int64_t)idx[i] * scale, 4);
-    memcpy(&r, d, sizeof(r));
-    return r;
-}
-static inline simde__m256i ts_emu_cvtepi32_epi16(simde__m512i a) {
-    int32_t s[16]; int16_t d[16]; simde__m256i r;
-    memcpy(s, &a, sizeof(s));
-    for (int i = 0; i < 16; i++) d[i] = (int16_t)s[i];
-    memcpy(&r, d, sizeof(r));
-    return r;
-}
-static inline simde__m512 ts_emu_cvtph_ps(simde__m256i a) {
-    uint16_t s[16]; float d[16]; simde__m512 r;
-    memcpy(s, &a, sizeof(s));
-    for (int i = 0; i < 16; i++) d[i] = _cvtsh_ss(s[i]);
     memcpy(&r, d, sizeof(r));
     return r;
 }
