@@ -4,9 +4,10 @@ Given a group size G and a plan (predictor_train/groups.py writes one from colle
 and top-k per layer), every layer's neurons are permuted by the plan's order - the rows of gate, up, their biases,
 fc2 and down_t, the columns of down: one permutation of the FFN's hidden units, so the dense FFN is unchanged - and
 one tensor is added per layer: the group scores (fc2 rows summed per group). The route reads the standard down
-matrix (the pipeline keeps it). Without a plan the order is the converter's default (neuron_order.py: a ReLU-family
-FFN with a standard down sorted for its quantization) and k per layer spends the neuron predictor's row budget:
-ceil(predicted rate * n_groups) (a plan calibrated on activations is better).
+matrix (the pipeline keeps it, and makes its columns like-scaled for the plan's order: down_scales.py). Without a
+plan the order is the converter's default (neuron_order.py: a ReLU-family FFN with a standard down sorted for its
+quantization) and k per layer spends the neuron predictor's row budget: ceil(predicted rate * n_groups) (a plan
+calibrated on activations is better).
 """
 
 from __future__ import annotations

@@ -8,8 +8,15 @@ from pathlib import Path
 
 import gguf
 
-from turbosparse.constants import KEY_DOWN_LAYOUT, KEY_FFN_ACTIVATION, KEY_PREDICTED_RATES, KEY_SOURCE
+from turbosparse.constants import (
+    KEY_DOWN_COLUMNS_SCALED,
+    KEY_DOWN_LAYOUT,
+    KEY_FFN_ACTIVATION,
+    KEY_PREDICTED_RATES,
+    KEY_SOURCE,
+)
 from turbosparse.convert.arch import ConvertOptions, find_architecture
+from turbosparse.convert.down_scales import equalise_down_columns
 from turbosparse.convert.groups import add_groups, budget_groups, load_plan
 from turbosparse.convert.hparams import read_config
 from turbosparse.convert.imatrix import quantize_keys, read_imatrix, with_importance
@@ -50,8 +57,9 @@ def convert(
     pre-tokenizer name for a BPE vocabulary whose tokenizer.json structure is not recognised; groups: G, adds the
     grouped route's tensors (convert/groups.py), neurons ordered and top-k set by group_plan when given, the down
     layout both unless given (the route reads the standard down);
-    keep_neuron_order: the checkpoint's neuron order, where a ReLU-family FFN with a standard down otherwise gets the
-    order that down quantizes well in (convert/neuron_order.py; the function is unchanged); imatrix: a llama.cpp
+    keep_neuron_order: the checkpoint's neuron order and weights, where a ReLU-family FFN with a standard down otherwise
+    gets the order that down quantizes well in (convert/neuron_order.py) and like-scaled down columns
+    (convert/down_scales.py; the function is unchanged either way); imatrix: a llama.cpp
     importance matrix file (convert/imatrix.py) whose entries weigh the quantizers' rounding errors.
     Raises turbosparse.errors.ConvertError naming the file and tensor or key; leaves no partial output behind."""
     src, out = Path(model_dir), Path(out_path)
@@ -83,12 +91,14 @@ def convert(
     if group_plan is not None and groups is None:
         raise ValueError("group_plan needs groups (the group size it was planned for)")
     reorders = stores_quantization_order(arch.ffn_activation, hp.n_expert, arch.down_layout())
+    reordered = False  # neurons in the quantization order or a group plan's: the down's columns then like-scaled
     if group_plan is None and not keep_neuron_order and reorders:
         orders = quantization_order(specs, hp.n_layer)
         if orders is None:
             logger.info("%s: the FFN's tensors are stored bytes: the checkpoint's neuron order stays", src)
         else:
             specs = permute_neurons(specs, orders)
+            reordered = True
     if groups is not None:
         grouping = (
             load_plan(Path(group_plan), groups, hp.n_layer, hp.n_ff)
@@ -97,6 +107,10 @@ def convert(
         )
         specs = add_groups(specs, grouping, hp.n_layer, hp.n_ff)
         sparse_keys |= grouping.metadata()
+        reordered = reordered or grouping.order is not None
+    if reordered:
+        specs = equalise_down_columns(specs, hp.n_layer)
+        sparse_keys[KEY_DOWN_COLUMNS_SCALED] = 1
     vocab = load_vocab(src, hp.vocab_size, vocab_pre)
     policy = QuantPolicy.from_names(outtype, pred_type, tied=hp.tied_embeddings)
     types = [policy.type_for(s.role, s.shape) for s in specs]

@@ -23,6 +23,7 @@ from turbosparse import Model
 from turbosparse.binding import NativeContext, NativeModel, SparseMode
 from turbosparse.constants import (
     KEY_ACTIVATION_RATES,
+    KEY_DOWN_COLUMNS_SCALED,
     KEY_DOWN_LAYOUT,
     KEY_FFN_ACTIVATION,
     KEY_PREDICTED_RATES,
@@ -36,6 +37,7 @@ from turbosparse.constants import (
     TENSOR_PRED_FC2,
 )
 from turbosparse.convert import convert
+from turbosparse.convert.down_scales import column_scales
 from turbosparse.errors import ConvertError
 
 from hfcheckpoints import (
@@ -324,21 +326,27 @@ def test_bamboo_neuron_groups(
     assert not (tmp_path / "bad.gguf").exists()
 
 
+def bamboo_with_outlier_columns(tmp_path: Path, spm_dir: Path, every: int, seed: int) -> tuple[torch.nn.Module, Path]:
+    """A bamboo checkpoint (with FFN biases) whose down matrices have one column in `every` 30x larger."""
+    model = bamboo_model(tiny_config(VOCAB, mlp_bias=True), RANK, seed=seed)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.mlp.down_proj.weight[:, ::every] *= 30.0
+    block = {"activation_rates": [0.25, 0.5], "predicted_rates": [0.3, 0.6], "predictor_threshold": -0.5,
+             "predictor_input": "residual_rmsnorm"}  # fmt: skip
+    return model, save_checkpoint(model, tmp_path / "hf", spm_dir, extra_config={"turbosparse": block})
+
+
 def test_quantized_relu_ffns_keep_their_neurons_in_the_order_their_down_quantizes_well(
     tmp_path: Path, spm_dir: Path, tokens: list[int]
 ) -> None:
     """A ReLU-family FFN that keeps the standard down is stored with its neurons sorted by their down column's largest
     |weight| (gate, up, down, down_t and predictor rows alike, biases too; --keep-neuron-order keeps the checkpoint's;
-    a transposed-only file quantizes each neuron's row alone and keeps the checkpoint's order). With one
-    outlier column in every block of 32 neurons, as the default model's checkpoint nearly had, Q4_0 blocks of the
-    standard down each carry an outlier's scale in checkpoint order; sorted, one block does."""
-    model = bamboo_model(tiny_config(VOCAB, mlp_bias=True), RANK, seed=2)
-    with torch.no_grad():
-        for layer in model.model.layers:
-            layer.mlp.down_proj.weight[:, ::32] *= 30.0
-    block = {"activation_rates": [0.25, 0.5], "predicted_rates": [0.3, 0.6], "predictor_threshold": -0.5,
-             "predictor_input": "residual_rmsnorm"}  # fmt: skip
-    model_dir = save_checkpoint(model, tmp_path / "hf", spm_dir, extra_config={"turbosparse": block})
+    a transposed-only file quantizes each neuron's row alone and keeps the checkpoint's order), and with the down's
+    columns like-scaled by powers of two folded into up (convert/down_scales.py), which leaves the rows' codes as
+    they were. With one outlier column in every block of 32 neurons, as the default model's checkpoint nearly had,
+    Q4_0 blocks of the standard down each carry an outlier's scale in checkpoint order; sorted and scaled, none does."""
+    model, model_dir = bamboo_with_outlier_columns(tmp_path, spm_dir, every=32, seed=2)
     options = {"outtype": "q4_0", "pred_type": "q8_0", "down_layout": "both"}
     ordered = convert(model_dir, tmp_path / "ordered.gguf", **options)
     kept = convert(model_dir, tmp_path / "kept.gguf", **options, keep_neuron_order=True)
@@ -349,20 +357,27 @@ def test_quantized_relu_ffns_keep_their_neurons_in_the_order_their_down_quantize
         return {t.name: gguf.quants.dequantize(t.data, t.tensor_type) for t in reader.tensors}
 
     got, base = tensors(ordered), tensors(kept)
+    assert read_keys(ordered)[KEY_DOWN_COLUMNS_SCALED] == 1 and KEY_DOWN_COLUMNS_SCALED not in read_keys(kept)
     for i, layer in enumerate(model.model.layers):
-        order = np.argsort(np.abs(layer.mlp.down_proj.weight.detach().numpy()).max(axis=0), kind="stable")
+        down = layer.mlp.down_proj.weight.detach().numpy()
+        order = np.argsort(np.abs(down).max(axis=0), kind="stable")
         assert not np.array_equal(order, np.arange(N_FF))
-        # rows quantize one by one, so the ordered file's rows are the kept file's, moved
-        for name in ("ffn_gate.weight", "ffn_up.weight", "ffn_gate.bias", "ffn_up.bias", "ffn_down_t.weight",
-                     "ffn_pred_fc2.weight"):  # fmt: skip
-            np.testing.assert_array_equal(got[f"blk.{i}.{name}"], base[f"blk.{i}.{name}"][order], err_msg=name)
+        scales = column_scales(down[:, order])
+        assert np.ptp(scales) > 0 and np.array_equal(np.exp2(np.round(np.log2(scales))), scales)
+        # rows quantize one by one, and a power of two changes only their blocks' scales (exactly), so the ordered
+        # file's rows are the kept file's, moved, and up's (down_t's) divided (multiplied) by their neuron's s
+        factors = {"ffn_gate.weight": 1.0, "ffn_up.weight": 1 / scales, "ffn_gate.bias": 1.0,
+                   "ffn_up.bias": 1 / scales, "ffn_down_t.weight": scales, "ffn_pred_fc2.weight": 1.0}  # fmt: skip
+        for name, factor in factors.items():
+            moved = base[f"blk.{i}.{name}"][order]
+            want = moved * (factor if moved.ndim == 1 or np.ndim(factor) == 0 else factor[:, None])
+            np.testing.assert_array_equal(got[f"blk.{i}.{name}"], want, err_msg=name)
         for name in ("ffn_pred_fc1.weight", "ffn_down.bias"):  # not indexed by the neurons
             np.testing.assert_array_equal(got[f"blk.{i}.{name}"], base[f"blk.{i}.{name}"], err_msg=name)
-        # the standard down's columns in the same order: the outliers share the last block, so the neurons of the
-        # other blocks quantize as if there were none, where in checkpoint order every block carries one
-        down = layer.mlp.down_proj.weight.detach().numpy()
+        # the standard down's columns in the same order, scaled: the outliers share the last block, and like-scaled
+        # the other blocks quantize as if there were none, where in checkpoint order every block carries one
         ordered_down = np.empty_like(down)
-        ordered_down[:, order] = got[f"blk.{i}.ffn_down.weight"]
+        ordered_down[:, order] = got[f"blk.{i}.ffn_down.weight"] / scales
         spared = order[: N_FF - 32]
         ordered_error = np.linalg.norm((ordered_down - down)[:, spared])
         kept_error = np.linalg.norm((base[f"blk.{i}.ffn_down.weight"] - down)[:, spared])
@@ -378,6 +393,41 @@ def test_quantized_relu_ffns_keep_their_neurons_in_the_order_their_down_quantize
     args += ["--down-layout", "both"]
     assert main([*args, "--keep-neuron-order"]) == 0
     assert all(np.array_equal(a, tensors(kept)[n]) for n, a in tensors(cli).items())
+
+
+def test_a_group_plans_order_gets_like_scaled_down_columns(
+    tmp_path: Path, spm_dir: Path, tokens: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A group plan puts neurons side by side by co-activation, whatever their down column's scale: the converter
+    makes the columns like-scaled (convert/down_scales.py), so the standard down's Q4_0 blocks no longer take an
+    outlier column's scale (the default model's plan file: dense perplexity on held-out news 669 -> 307); the dense
+    function is unchanged (F32 logits) and the file says so (turbosparse.down_columns_scaled)."""
+    model, model_dir = bamboo_with_outlier_columns(tmp_path, spm_dir, every=16, seed=3)
+    rng = np.random.default_rng(5)
+    orders = [rng.permutation(N_FF) for _ in range(N_LAYER)]
+    plan = {"group_size": 32, "recall_target": 0.9, "top_k": [2, 3], "order": [o.tolist() for o in orders]}
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    options = {"pred_type": "q8_0", "groups": 32, "group_plan": tmp_path / "plan.json"}
+    f32 = convert(model_dir, tmp_path / "f32.gguf", outtype="f32", **options)
+    assert rel_error(engine_logits(f32, tokens), torch_logits(model_dir, tokens)) <= F32_REL
+    scaled = convert(model_dir, tmp_path / "scaled.gguf", outtype="q4_0", **options)
+    assert read_keys(scaled)[KEY_DOWN_COLUMNS_SCALED] == 1
+    monkeypatch.setattr("turbosparse.convert.pipeline.equalise_down_columns", lambda specs, n_layer: specs)
+    unscaled = convert(model_dir, tmp_path / "unscaled.gguf", outtype="q4_0", **options)
+
+    for i, layer in enumerate(model.model.layers):
+        down = layer.mlp.down_proj.weight.detach().numpy()
+        scales = column_scales(down[:, orders[i]])
+        assert np.ptp(scales) > 0
+        plain = np.ones(N_FF, bool)
+        plain[::16] = False  # every column but the outliers
+        errors = []
+        for path, factor in ((scaled, scales), (unscaled, 1.0)):
+            stored = {t.name: t for t in gguf.GGUFReader(str(path)).tensors}[TENSOR_FFN_DOWN.format(i)]
+            back = np.empty_like(down)  # in the checkpoint's order and scale
+            back[:, orders[i]] = gguf.quants.dequantize(stored.data, Q.Q4_0) / factor
+            errors.append(np.linalg.norm((back - down)[:, plain]))
+        assert errors[0] < 0.5 * errors[1], errors
 
 
 def test_llama_cpp_reads_vocab_but_refuses_full_load(tmp_path: Path, bamboo_dir: Path) -> None:

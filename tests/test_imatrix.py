@@ -17,6 +17,7 @@ from turbosparse.binding import quantize
 from turbosparse.cli import main
 from turbosparse.constants import TENSOR_FFN_DOWN, TENSOR_PRED_FC1, TENSOR_PRED_FC2
 from turbosparse.convert import convert
+from turbosparse.convert.down_scales import column_scales
 from turbosparse.convert.imatrix import KEY_QUANTIZE_ENTRIES, KEY_QUANTIZE_FILE, read_imatrix, write_imatrix
 from turbosparse.errors import ConvertError
 from turbosparse.predictor_train.export import save_bamboo
@@ -163,7 +164,8 @@ def test_bad_importance_files_are_named(tmp_path: Path, spm_dir: Path, capsys: p
 
 def test_conversion_quantizes_each_matrix_with_its_importance(tmp_path: Path, spm_dir: Path) -> None:
     """Every matrix with an entry is ggml's quantization of its weights weighed by that entry (the standard down's
-    entry moved with the neurons, which a ReLU-family FFN with a standard down stores sorted); the others, and F16,
+    entry moved with the neurons, which a ReLU-family FFN with a standard down stores sorted, and divided by the
+    square of each column's scale); the others, and F16,
     as without one; llama-quantize's keys record the file. Requantizing an F32 file of a SwiGLU model with the same
     entries gives the direct conversion's bytes."""
     model = bamboo_model(tiny_config(VOCAB), RANK, seed=2)
@@ -192,9 +194,11 @@ def test_conversion_quantizes_each_matrix_with_its_importance(tmp_path: Path, sp
     assert not np.array_equal(order, np.arange(N_FF))
     order0 = np.argsort(np.abs(layers[0].mlp.down_proj.weight.detach().numpy()).max(axis=0), kind="stable")
     down = TENSOR_FFN_DOWN.format(1)
+    sorted_down = weights_of(layers[1].mlp.down_proj)[:, order]
+    scales = column_scales(sorted_down)  # like-scaled columns (convert/down_scales.py): a_j / s_j meets column j
     matrices = {  # name: (weights as stored, their importance)
         "blk.0.ffn_gate.weight": (weights_of(layers[0].mlp.gate_proj)[order0], entries["blk.0.ffn_gate.weight"]),
-        down: (weights_of(layers[1].mlp.down_proj)[:, order], entries[down][order]),
+        down: (sorted_down * scales, entries[down][order] / scales**2),
         TENSOR_PRED_FC2.format(0): (
             weights_of(layers[0].mlp.predictor.fc2)[order0],
             entries[TENSOR_PRED_FC2.format(0)],

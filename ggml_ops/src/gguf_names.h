@@ -44,6 +44,7 @@
 #define TS_KEY_ACT_THRESHOLDS "turbosparse.act_thresholds"
 #define TS_KEY_FFN_GATE_SCALES "turbosparse.ffn_gate_scales"
 #define TS_KEY_FFN_ACT_SCALES "turbosparse.ffn_act_scales"
+#define TS_KEY_DOWN_COLUMNS_SCALED "turbosparse.down_columns_scaled"
 #define TS_KEY_GROUP_SIZE "turbosparse.group_size"
 #define TS_KEY_GROUP_TOP_K "turbosparse.group_top_k"
 #define TS_KEY_POWERINFER_THRESHOLD "powerinfer.sparse_threshold"

@@ -154,12 +154,13 @@ static struct ggml_tensor *ffn(ts_context *ctx, struct ggml_context *ctx0, int i
             ggml_set_output(up);
         }
         struct ggml_tensor *act = ts_gated_activation(ctx0, m->info.ffn_act, gate, up);
-        /* A file with neuron groups keeps its neurons in a group plan's order, co-activated ones side by side, so
-         * each quant block along the standard down's rows mixes columns of unrelated scale (the default model's plan
-         * file: dense perplexity 432 on Macbeth through it, 261 through the transposed down): where the transposed
-         * down is there too, the CPU reads that one. */
-        const int grouped = m->info.group_size > 0 && l->ffn_down_t != NULL;
-        if (l->ffn_down != NULL && !grouped) {
+        /* A grouped file keeps its neurons in a group plan's order, co-activated ones side by side; unless the
+         * converter made the down's columns like-scaled (files since 2026-12-04), each quant block along the standard
+         * down's rows mixes columns of unrelated scale (the default model's plan file: dense perplexity 432 on
+         * Macbeth through it, 261 through the transposed down): where the transposed down is there too, the CPU
+         * reads that one. */
+        const int spoilt = m->info.group_size > 0 && !m->down_columns_scaled && l->ffn_down_t != NULL;
+        if (l->ffn_down != NULL && !spoilt) {
             return matmul_bias(ctx0, l->ffn_down, l->ffn_down_b, act);
         }
         /* only the transposed down: a ReLU-gated activation is mostly zeros, so add the non-zero rows */

@@ -659,6 +659,11 @@ static int plan_groups(ts_model *m, plan *p, char *err, size_t err_size) {
         return ts_set_error(err, err_size, "%s: %s is set but not every layer has a predictor", m->file->path,
                             TS_KEY_GROUP_SIZE);
     }
+    int64_t scaled = 0;
+    if (ts_gguf_get_i64(m->file, TS_KEY_DOWN_COLUMNS_SCALED, &scaled, 0, err, err_size) < 0) {
+        return -1;
+    }
+    m->down_columns_scaled = scaled != 0;
     if (!in->has_down) {
         m->stale_groups = 1; /* the other modes still run; ts_sparse_mode_check says why groups do not */
         return 0;

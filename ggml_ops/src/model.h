@@ -50,6 +50,8 @@ struct ts_model {
     ggml_backend_dev_t device;         /* where the weights live (device.h) */
     int32_t on_cpu;                    /* device is the CPU: weights mapped or repacked, graphs on the CPU backend */
     int32_t stale_groups; /* neuron groups written for per-group down slices, without the standard down: unusable */
+    int32_t down_columns_scaled; /* turbosparse.down_columns_scaled: the standard down's quant blocks hold like-scaled
+                                    columns whatever the neuron order (files converted since 2026-12-04) */
     struct ggml_context *ctx_mapped;   /* tensors not repacked (CPU: in the mapping or buf_rows), or every tensor
                                           (other device) */
     struct ggml_context *ctx_repacked; /* tensors copied into ggml's repacked layout */

@@ -20,6 +20,7 @@ KEY_ACTIVATION_RATES: Final = "turbosparse.activation_rates"  # f32[n_layer], me
 KEY_PREDICTED_RATES: Final = "turbosparse.predicted_rates"  # f32[n_layer], measured predicted active fraction
 KEY_DOWN_LAYOUT: Final = "turbosparse.down_layout"  # str: DOWN_LAYOUTS
 KEY_SOURCE: Final = "turbosparse.source"  # str, the converter class that wrote the file
+KEY_DOWN_COLUMNS_SCALED: Final = "turbosparse.down_columns_scaled"  # u32 1: like-scaled down columns (down_scales.py)
 # calibrated files (turbosparse calibrate): exact mode computes up row j when |act(gate_j)| >= gate threshold and reads
 # down row j when |a_j| >= act threshold (act = silu for SwiGLU; a_j = the neuron's activation)
 KEY_GATE_THRESHOLDS: Final = "turbosparse.gate_thresholds"  # f32[n_layer]

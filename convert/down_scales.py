@@ -1,0 +1,89 @@
+"""Like-scaled columns for the standard down matrix, whose quant blocks run across neurons.
+
+The standard down is quantized in blocks of 32 (or 256) neurons along each of its rows, so a neuron whose column is
+large sets the scale of its block-mates' weights, which then round coarsely. Whenever the converter chooses the
+neurons' order - the default order of a ReLU-family FFN (neuron_order.py) or a group plan's, which puts co-activated
+neurons side by side whatever their scale - it also gives every neuron j a positive scale s_j, multiplies down's
+column j (and the transposed down's row j) by s_j and divides up's row j (and up's bias) by it:
+
+    down . (act(gate) * up) = (down * s) . (act(gate) * up / s)
+
+for every gated activation here (silu, relu, and dReLU's relu(up / s) = relu(up) / s for s > 0). The FFN is
+unchanged, so is which neurons fire (gate and the sign of up are). s_j is the layer's median column root mean square
+over column j's, rounded to a power of two (within MAX_SCALE either way; an all-zero column keeps s = 1): a power of
+two scales a row's quant blocks exactly - the same codes, each block scale times s - so up and down_t, whose blocks
+run along their rows, decode to the same products, and only the standard down's blocks change.
+
+Measured on the default model's checkpoint, Q4_0 with its importance matrix, dense perplexity on held-out Macbeth /
+news / encyclopedia (README, "Like-scaled down columns"): the default order 167.9 / 310.2 / 143.2 -> 144.4 / 302.4 /
+138.2; a G = 32 group plan's order 167.5 / 669.2 / 170.8 -> 151.3 / 307.4 / 141.1. Scales not rounded to a power of
+two did as well for the down but changed some of up's codes (ggml's importance-weighted search is exact under powers
+of two only), which moved predictor-mode perplexity on encyclopedia from 162.1 to 203.9 (one window of eight);
+scaling to the largest |weight| instead of the root mean square made the plan's file worse (191.4 / 410.1 / 200.3).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import numpy as np
+
+from turbosparse.constants import TENSOR_FFN_DOWN, TENSOR_FFN_DOWN_T
+from turbosparse.convert.arch.base import TensorSpec
+from turbosparse.errors import ConvertError
+
+MAX_SCALE = 64.0  # bounds how far an up row moves (a near-dead neuron's down column is near zero)
+
+UP_ROWS = ("blk.{}.ffn_up.weight", "blk.{}.ffn_up.bias")
+
+
+def column_scales(down: np.ndarray) -> np.ndarray:
+    """s per neuron for a standard down [n_embd, n_ff]: the median column's root mean square over the column's."""
+    rms = np.sqrt(np.square(down, dtype=np.float64).mean(axis=0))
+    live = rms > 0
+    scales = np.ones(down.shape[1])
+    if live.any():
+        ratio = np.clip(np.median(rms[live]) / rms[live], 1.0 / MAX_SCALE, MAX_SCALE)
+        scales[live] = np.exp2(np.round(np.log2(ratio)))
+    return scales.astype(np.float32)
+
+
+def _rescaled(load: Callable[[], np.ndarray], factor: np.ndarray, axis: int) -> Callable[[], np.ndarray]:
+    """load() times factor along axis (a 1-D tensor, a bias, along its only one)."""
+
+    def scaled() -> np.ndarray:
+        values = load()
+        return values * (factor if values.ndim == 1 or axis == 1 else factor[:, None])
+
+    return scaled
+
+
+def equalise_down_columns(specs: list[TensorSpec], n_layer: int) -> list[TensorSpec]:
+    """specs with every layer's standard down column j times s_j, its transposed down's row j too, and up's row j
+    (and bias) divided by s_j; an importance matrix entry of the standard down moves with its column. Layers without
+    a standard down are left as they are."""
+    by_name = {s.name: s for s in specs}
+    factors: dict[str, tuple[np.ndarray, int]] = {}  # tensor name -> (per-neuron factor, neuron axis)
+    for layer in range(n_layer):
+        down = by_name.get(TENSOR_FFN_DOWN.format(layer))
+        if down is None:
+            continue
+        related = [by_name.get(n.format(layer)) for n in (*UP_ROWS, TENSOR_FFN_DOWN_T)]
+        if any(s is not None and s.encoded for s in (down, *related)):
+            raise ConvertError(f"{down.origin}: stored bytes cannot be rescaled (convert from the checkpoint)")
+        s = column_scales(down.load())
+        factors[down.name] = (s, 1)
+        factors[TENSOR_FFN_DOWN_T.format(layer)] = (s, 0)
+        for name in UP_ROWS:
+            factors[name.format(layer)] = (1.0 / s, 0)
+    out = []
+    for spec in specs:
+        if spec.name in factors:
+            factor, axis = factors[spec.name]
+            importance = spec.importance
+            if importance is not None and axis == 1:  # the down's row elements are the neurons' a_j, now a_j / s_j
+                importance = importance / np.square(factor)
+            spec = dataclasses.replace(spec, load=_rescaled(spec.load, factor, axis), importance=importance)
+        out.append(spec)
+    return out
