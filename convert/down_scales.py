@@ -1,4 +1,5 @@
-"""Like-scaled columns for the standard down matrix, whose quant blocks run across neurons.
+"""Like-scaled quant blocks for the two down matrices: the standard down's columns (its blocks run across neurons)
+and the transposed down's columns (its blocks run across output dimensions).
 
 The standard down is quantized in blocks of 32 (or 256) neurons along each of its rows, so a neuron whose column is
 large sets the scale of its block-mates' weights, which then round coarsely. Whenever the converter chooses the
@@ -20,6 +21,13 @@ news / encyclopedia (README, "Like-scaled down columns"): the default order 167.
 two did as well for the down but changed some of up's codes (ggml's importance-weighted search is exact under powers
 of two only), which moved predictor-mode perplexity on encyclopedia from 162.1 to 203.9 (one window of eight);
 scaling to the largest |weight| instead of the root mean square made the plan's file worse (191.4 / 410.1 / 200.3).
+
+The transposed down (ffn_down_t, row j = neuron j's output vector), which sparse decoding reads, is blocked along the
+output dimensions instead, where a few dimensions of the residual stream carry outsized weights in every neuron's
+row. Its column r (output dimension r) is multiplied by a power of two c_r (the median column root mean square over
+column r's, as above) and the file holds 1 / c_r per dimension (blk.N.ffn_down_t_scale.weight), by which the engine
+multiplies what the transposed down gives. Default model, Q4_0: exact mode 161.2 / 325.1 / 146.7 -> 152.3 / 292.9 /
+136.9, predictor mode 172.0 / 341.2 / 162.1 -> 162.9 / 314.0 / 150.8.
 """
 
 from __future__ import annotations
@@ -29,8 +37,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from turbosparse.constants import TENSOR_FFN_DOWN, TENSOR_FFN_DOWN_T
-from turbosparse.convert.arch.base import TensorSpec
+from turbosparse.constants import TENSOR_FFN_DOWN, TENSOR_FFN_DOWN_T, TENSOR_FFN_DOWN_T_SCALE
+from turbosparse.convert.arch.base import ROLE_NORM, TensorSpec
 from turbosparse.errors import ConvertError
 
 MAX_SCALE = 64.0  # bounds how far an up row moves (a near-dead neuron's down column is near zero)
@@ -38,11 +46,12 @@ MAX_SCALE = 64.0  # bounds how far an up row moves (a near-dead neuron's down co
 UP_ROWS = ("blk.{}.ffn_up.weight", "blk.{}.ffn_up.bias")
 
 
-def column_scales(down: np.ndarray) -> np.ndarray:
-    """s per neuron for a standard down [n_embd, n_ff]: the median column's root mean square over the column's."""
-    rms = np.sqrt(np.square(down, dtype=np.float64).mean(axis=0))
+def column_scales(matrix: np.ndarray) -> np.ndarray:
+    """A power of two per column of matrix [rows, columns]: the median column's root mean square over the column's
+    (a standard down's columns are its neurons, a transposed down's its output dimensions)."""
+    rms = np.sqrt(np.square(matrix, dtype=np.float64).mean(axis=0))
     live = rms > 0
-    scales = np.ones(down.shape[1])
+    scales = np.ones(matrix.shape[1])
     if live.any():
         ratio = np.clip(np.median(rms[live]) / rms[live], 1.0 / MAX_SCALE, MAX_SCALE)
         scales[live] = np.exp2(np.round(np.log2(ratio)))
@@ -86,4 +95,21 @@ def equalise_down_columns(specs: list[TensorSpec], n_layer: int) -> list[TensorS
                 importance = importance / np.square(factor)
             spec = dataclasses.replace(spec, load=_rescaled(spec.load, factor, axis), importance=importance)
         out.append(spec)
+    return out
+
+
+def scale_down_t_outputs(specs: list[TensorSpec], n_layer: int) -> list[TensorSpec]:
+    """specs with every layer's transposed down's column r times c_r and, after it, the per-dimension factor 1 / c
+    that turns its products back into the FFN's (TENSOR_FFN_DOWN_T_SCALE)."""
+    out = []
+    for spec in specs:
+        out.append(spec)
+        if spec.name not in {TENSOR_FFN_DOWN_T.format(layer) for layer in range(n_layer)}:
+            continue
+        if spec.encoded:
+            raise ConvertError(f"{spec.origin}: stored bytes cannot be rescaled (convert from the checkpoint)")
+        c = column_scales(spec.load())
+        out[-1] = dataclasses.replace(spec, load=_rescaled(spec.load, c, 1))
+        name = TENSOR_FFN_DOWN_T_SCALE.format(spec.name.split(".")[1])
+        out.append(TensorSpec(name, (c.shape[0],), ROLE_NORM, lambda c=c: (1.0 / c).astype(np.float32), spec.origin))
     return out

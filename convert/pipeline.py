@@ -16,7 +16,7 @@ from turbosparse.constants import (
     KEY_SOURCE,
 )
 from turbosparse.convert.arch import ConvertOptions, find_architecture
-from turbosparse.convert.down_scales import equalise_down_columns
+from turbosparse.convert.down_scales import equalise_down_columns, scale_down_t_outputs
 from turbosparse.convert.groups import add_groups, budget_groups, load_plan
 from turbosparse.convert.hparams import read_config
 from turbosparse.convert.imatrix import quantize_keys, read_imatrix, with_importance
@@ -58,8 +58,9 @@ def convert(
     grouped route's tensors (convert/groups.py), neurons ordered and top-k set by group_plan when given, the down
     layout both unless given (the route reads the standard down);
     keep_neuron_order: the checkpoint's neuron order and weights, where a ReLU-family FFN with a standard down otherwise
-    gets the order that down quantizes well in (convert/neuron_order.py) and like-scaled down columns
-    (convert/down_scales.py; the function is unchanged either way); imatrix: a llama.cpp
+    gets the order that down quantizes well in (convert/neuron_order.py) and like-scaled down columns, and a
+    transposed down its output dimensions like-scaled (convert/down_scales.py; the function is unchanged either way);
+    imatrix: a llama.cpp
     importance matrix file (convert/imatrix.py) whose entries weigh the quantizers' rounding errors.
     Raises turbosparse.errors.ConvertError naming the file and tensor or key; leaves no partial output behind."""
     src, out = Path(model_dir), Path(out_path)
@@ -111,6 +112,8 @@ def convert(
     if reordered:
         specs = equalise_down_columns(specs, hp.n_layer)
         sparse_keys[KEY_DOWN_COLUMNS_SCALED] = 1
+    if not keep_neuron_order:  # the transposed down's blocks, along the output dimensions (down_scales.py)
+        specs = scale_down_t_outputs(specs, hp.n_layer)
     vocab = load_vocab(src, hp.vocab_size, vocab_pre)
     policy = QuantPolicy.from_names(outtype, pred_type, tied=hp.tied_embeddings)
     types = [policy.type_for(s.role, s.shape) for s in specs]

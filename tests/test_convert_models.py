@@ -33,6 +33,7 @@ from turbosparse.constants import (
     KEY_SOURCE,
     TENSOR_FFN_DOWN,
     TENSOR_FFN_DOWN_T,
+    TENSOR_FFN_DOWN_T_SCALE,
     TENSOR_PRED_FC1,
     TENSOR_PRED_FC2,
 )
@@ -367,7 +368,7 @@ def test_quantized_relu_ffns_keep_their_neurons_in_the_order_their_down_quantize
         # rows quantize one by one, and a power of two changes only their blocks' scales (exactly), so the ordered
         # file's rows are the kept file's, moved, and up's (down_t's) divided (multiplied) by their neuron's s
         factors = {"ffn_gate.weight": 1.0, "ffn_up.weight": 1 / scales, "ffn_gate.bias": 1.0,
-                   "ffn_up.bias": 1 / scales, "ffn_down_t.weight": scales, "ffn_pred_fc2.weight": 1.0}  # fmt: skip
+                   "ffn_up.bias": 1 / scales, "ffn_pred_fc2.weight": 1.0}  # fmt: skip
         for name, factor in factors.items():
             moved = base[f"blk.{i}.{name}"][order]
             want = moved * (factor if moved.ndim == 1 or np.ndim(factor) == 0 else factor[:, None])
@@ -382,10 +383,16 @@ def test_quantized_relu_ffns_keep_their_neurons_in_the_order_their_down_quantize
         ordered_error = np.linalg.norm((ordered_down - down)[:, spared])
         kept_error = np.linalg.norm((base[f"blk.{i}.ffn_down.weight"] - down)[:, spared])
         assert ordered_error < 0.3 * kept_error, (ordered_error, kept_error)
+        # the transposed down: rows times s, output dimensions times c, and 1 / c stored (powers of two)
+        inverse = got[f"blk.{i}.ffn_down_t_scale.weight"]
+        assert np.array_equal(np.exp2(np.round(np.log2(inverse))), inverse)
+        down_t = got[f"blk.{i}.ffn_down_t.weight"] * inverse / scales[:, None]
+        assert np.linalg.norm(down_t - down.T[order]) < 0.2 * np.linalg.norm(down), "ffn_down_t"
     assert tensor_types(kept)[TENSOR_FFN_DOWN.format(0)] == Q.Q4_0
+    assert not any(name.endswith("ffn_down_t_scale.weight") for name in base)  # --keep-neuron-order: as it is
     transposed = convert(model_dir, tmp_path / "transposed.gguf", outtype="q4_0", pred_type="q8_0")
     assert TENSOR_FFN_DOWN.format(0) not in tensor_types(transposed)
-    np.testing.assert_array_equal(tensors(transposed)["blk.0.ffn_down_t.weight"], base["blk.0.ffn_down_t.weight"])
+    assert TENSOR_FFN_DOWN_T_SCALE.format(0) in tensor_types(transposed)
     from turbosparse.cli import main
 
     cli = tmp_path / "cli.gguf"

@@ -85,6 +85,7 @@
 
 /* ---- tensors: ours ---------------------------------------------------------------------------------------------- */
 #define TS_TENSOR_FFN_DOWN_T "blk.%d.ffn_down_t.weight"
+#define TS_TENSOR_FFN_DOWN_T_SCALE "blk.%d.ffn_down_t_scale.weight"
 #define TS_TENSOR_PRED_FC1 "blk.%d.ffn_pred_fc1.weight"
 #define TS_TENSOR_PRED_FC2 "blk.%d.ffn_pred_fc2.weight"
 #define TS_TENSOR_PRED_GROUPS "blk.%d.ffn_pred_groups.weight"

@@ -19,6 +19,7 @@ typedef struct ts_layer {
     struct ggml_tensor *ffn_up;    /* [n_embd, n_ff] */
     struct ggml_tensor *ffn_down;  /* [n_ff, n_embd] (standard layout, optional when down_t exists) */
     struct ggml_tensor *ffn_down_t;/* [n_embd, n_ff]: row j = neuron j's output vector (optional) */
+    struct ggml_tensor *ffn_down_t_scale; /* [n_embd] optional: ffn_down_t's products times it are the FFN's */
     struct ggml_tensor *ffn_gate_b, *ffn_up_b; /* [n_ff] optional biases: for dReLU, per-neuron thresholds */
     struct ggml_tensor *ffn_down_b;            /* [n_embd] optional */
     struct ggml_tensor *pred_fc1;  /* [n_embd, rank] predictor, optional */

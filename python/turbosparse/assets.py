@@ -53,8 +53,8 @@ DEFAULT_MODEL_OUTTYPE = "q4_0"
 # bump when the conversion of the built checkpoint changes: a new file name, converted again from the cached steps
 # ("n2": neurons in the order the standard down quantizes well in, convert/neuron_order.py; "n3": also quantized with
 # the checkpoint's importance matrix over the build's calibration rows, convert/imatrix.py; "n4": also the standard
-# down's columns like-scaled, convert/down_scales.py)
-DEFAULT_MODEL_CONVERSION = "n4"
+# down's columns like-scaled, convert/down_scales.py; "n5": also the transposed down's output dimensions)
+DEFAULT_MODEL_CONVERSION = "n5"
 
 
 def cache_root() -> Path:

@@ -46,6 +46,7 @@ KEY_POWERINFER_THRESHOLD: Final = "powerinfer.sparse_threshold"
 # ---- tensor names (per layer: format with the block index) ---------------------------------------------
 TENSOR_FFN_DOWN: Final = "blk.{}.ffn_down.weight"  # ggml ne {n_ff, n_embd}: the standard layout
 TENSOR_FFN_DOWN_T: Final = "blk.{}.ffn_down_t.weight"  # ne {n_embd, n_ff}: row j = neuron j's output vector
+TENSOR_FFN_DOWN_T_SCALE: Final = "blk.{}.ffn_down_t_scale.weight"  # ne {n_embd}: ffn_down_t's products times it
 TENSOR_PRED_FC1: Final = "blk.{}.ffn_pred_fc1.weight"  # ne {n_embd, rank}
 TENSOR_PRED_FC2: Final = "blk.{}.ffn_pred_fc2.weight"  # ne {rank, n_ff}
 TENSOR_PRED_GROUPS: Final = "blk.{}.ffn_pred_groups.weight"  # ne {rank, n_ff/G}: fc2 rows summed per group

@@ -46,9 +46,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--keep-neuron-order",
         action="store_true",
-        help="store the FFN's neurons in the checkpoint's order; by default a ReLU-family FFN with a standard down "
-        "gets the order that down quantizes well in (neurons sorted by their down column's largest weight; the model "
-        "computes the same function)",
+        help="store the FFN's tensors as the checkpoint has them; by default a ReLU-family FFN with a standard down "
+        "gets the order that down quantizes well in (neurons sorted by their down column's largest weight) and "
+        "like-scaled down columns, and a transposed down like-scaled output dimensions (the model computes the same "
+        "function)",
     )
     p.add_argument(
         "--imatrix",
