@@ -26,7 +26,8 @@ The transposed down (ffn_down_t, row j = neuron j's output vector), which sparse
 output dimensions instead, where a few dimensions of the residual stream carry outsized weights in every neuron's
 row. Its column r (output dimension r) is multiplied by a power of two c_r (the median column root mean square over
 column r's, as above) and the file holds 1 / c_r per dimension (blk.N.ffn_down_t_scale.weight), by which the engine
-multiplies what the transposed down gives. Default model, Q4_0: exact mode 161.2 / 325.1 / 146.7 -> 152.3 / 292.9 /
+multiplies what the transposed down gives (stacked experts share one factor per layer: it applies to their weighted
+sum). Default model, Q4_0: exact mode 161.2 / 325.1 / 146.7 -> 152.3 / 292.9 /
 136.9, predictor mode 172.0 / 341.2 / 162.1 -> 162.9 / 314.0 / 150.8.
 """
 
@@ -37,7 +38,12 @@ from collections.abc import Callable
 
 import numpy as np
 
-from turbosparse.constants import TENSOR_FFN_DOWN, TENSOR_FFN_DOWN_T, TENSOR_FFN_DOWN_T_SCALE
+from turbosparse.constants import (
+    TENSOR_FFN_DOWN,
+    TENSOR_FFN_DOWN_T,
+    TENSOR_FFN_DOWN_T_EXPS,
+    TENSOR_FFN_DOWN_T_SCALE,
+)
 from turbosparse.convert.arch.base import ROLE_NORM, TensorSpec
 from turbosparse.errors import ConvertError
 
@@ -100,16 +106,19 @@ def equalise_down_columns(specs: list[TensorSpec], n_layer: int) -> list[TensorS
 
 def scale_down_t_outputs(specs: list[TensorSpec], n_layer: int) -> list[TensorSpec]:
     """specs with every layer's transposed down's column r times c_r and, after it, the per-dimension factor 1 / c
-    that turns its products back into the FFN's (TENSOR_FFN_DOWN_T_SCALE)."""
+    that turns its products back into the FFN's (TENSOR_FFN_DOWN_T_SCALE). Stacked experts share one c per layer
+    (their rows taken together), so that it also scales their weighted sum."""
+    names = {n.format(layer) for layer in range(n_layer) for n in (TENSOR_FFN_DOWN_T, TENSOR_FFN_DOWN_T_EXPS)}
     out = []
     for spec in specs:
         out.append(spec)
-        if spec.name not in {TENSOR_FFN_DOWN_T.format(layer) for layer in range(n_layer)}:
+        if spec.name not in names:
             continue
         if spec.encoded:
             raise ConvertError(f"{spec.origin}: stored bytes cannot be rescaled (convert from the checkpoint)")
-        c = column_scales(spec.load())
-        out[-1] = dataclasses.replace(spec, load=_rescaled(spec.load, c, 1))
+        values = spec.load()
+        c = column_scales(values.reshape(-1, values.shape[-1]))
+        out[-1] = dataclasses.replace(spec, load=lambda load=spec.load, c=c: load() * c)
         name = TENSOR_FFN_DOWN_T_SCALE.format(spec.name.split(".")[1])
         out.append(TensorSpec(name, (c.shape[0],), ROLE_NORM, lambda c=c: (1.0 / c).astype(np.float32), spec.origin))
     return out

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import gguf
 import numpy as np
+import pytest
 
 from turbosparse.binding import NativeContext, NativeModel, SparseMode, quantize
 from turbosparse.constants import TENSOR_FFN_DOWN_T, TENSOR_FFN_DOWN_T_SCALE
@@ -42,24 +43,34 @@ def test_outsized_output_dimensions_stop_setting_their_blocks_scale() -> None:
     assert scaled_error < 0.3 * unscaled_error, (scaled_error, unscaled_error)
 
 
-def test_the_engine_multiplies_the_transposed_downs_products_by_the_stored_factor(tmp_path: Path) -> None:
-    """A file whose transposed down has its output dimensions times c and holds 1 / c computes the FFN of the file
-    without them, dense and sparse."""
-    cfg = TinyConfig(act="drelu")
+@pytest.mark.parametrize("n_expert", [0, 4])
+def test_the_engine_multiplies_the_transposed_downs_products_by_the_stored_factor(
+    tmp_path: Path, n_expert: int
+) -> None:
+    """A file whose transposed down (or experts' transposed downs, one factor per layer) has its output dimensions
+    times c and holds 1 / c computes the FFN of the file without them: dense and sparse, one token and a batch."""
+    cfg = TinyConfig(act="drelu", n_expert=n_expert, n_expert_used=2 if n_expert else 0)
     weights = random_weights(cfg, seed=6, predictor_rank=8)
     c = np.exp2(np.random.default_rng(1).integers(-4, 5, cfg.n_embd)).astype(np.float32)
     scaled = dict(weights)
     for i in range(cfg.n_layer):
-        scaled[f"blk.{i}.ffn_down.weight"] = weights[f"blk.{i}.ffn_down.weight"] * c[:, None]  # down_t's columns
+        if n_expert:  # [n_expert, n_embd, n_ff]: down_t's columns are the middle axis
+            name = f"blk.{i}.ffn_down_exps.weight"
+            scaled[name] = weights[name] * c[None, :, None]
+        else:
+            name = f"blk.{i}.ffn_down.weight"
+            scaled[name] = weights[name] * c[:, None]
         scaled[TENSOR_FFN_DOWN_T_SCALE.format(i)] = 1.0 / c
     plain_path, scaled_path = tmp_path / "plain.gguf", tmp_path / "scaled.gguf"
     write_gguf(plain_path, cfg, weights, down_layout="transposed")
     write_gguf(scaled_path, cfg, scaled, down_layout="transposed")
-    h = np.random.default_rng(2).standard_normal((3, cfg.n_embd)).astype(np.float32)
-    for mode, dense in ((SparseMode.OFF, True), (SparseMode.EXACT, False), (SparseMode.PREDICTOR, False)):
-        out = {}
-        for name, path in (("plain", plain_path), ("scaled", scaled_path)):
-            ctx = NativeContext(NativeModel(path), n_ctx=64, n_threads=2, n_batch=64, sparse_mode=mode,
-                                threshold=None, kv_f32=True)  # fmt: skip
-            out[name] = ctx.eval_ffn(0, h, dense_ffn=dense)
-        assert np.abs(out["scaled"] - out["plain"]).max() <= 1e-5 * np.abs(out["plain"]).max(), mode
+    rng = np.random.default_rng(2)
+    for n_tokens in (1, 3):
+        h = rng.standard_normal((n_tokens, cfg.n_embd)).astype(np.float32)
+        for mode, dense in ((SparseMode.OFF, True), (SparseMode.EXACT, False), (SparseMode.PREDICTOR, False)):
+            out = {}
+            for name, path in (("plain", plain_path), ("scaled", scaled_path)):
+                ctx = NativeContext(NativeModel(path), n_ctx=64, n_threads=2, n_batch=64, sparse_mode=mode,
+                                    threshold=None, kv_f32=True)  # fmt: skip
+                out[name] = ctx.eval_ffn(0, h, dense_ffn=dense)
+            assert np.abs(out["scaled"] - out["plain"]).max() <= 1e-5 * np.abs(out["plain"]).max(), (mode, n_tokens)
