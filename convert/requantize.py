@@ -12,6 +12,7 @@ import numpy as np
 
 from turbosparse.binding import dequantize
 from turbosparse.constants import (
+    KEY_DOWN_COLUMNS_SCALED,
     KEY_DOWN_LAYOUT,
     KEY_FFN_ACTIVATION,
     TENSOR_POWERINFER_FC1,
@@ -67,14 +68,16 @@ def _loader(tensor: gguf.ReaderTensor, shape: tuple[int, ...]):
 
 
 def _may_be_reordered(reader: gguf.GGUFReader, arch: str) -> bool:
-    """Whether the converter may have stored this file's neurons sorted (the file does not record it)."""
+    """Whether the converter may have stored this file's neurons sorted (older files do not record it; since
+    2026-12-04 every file it sorted, or ordered by a group plan, says turbosparse.down_columns_scaled)."""
 
     def key(name: str):
         field = reader.get_field(name)
         return field.contents() if field is not None else None
 
     n_expert = key(gguf.Keys.LLM.EXPERT_COUNT.format(arch=arch))
-    return stores_quantization_order(key(KEY_FFN_ACTIVATION), n_expert or 0, key(KEY_DOWN_LAYOUT))
+    sorted_by_default = stores_quantization_order(key(KEY_FFN_ACTIVATION), n_expert or 0, key(KEY_DOWN_LAYOUT))
+    return sorted_by_default or bool(key(KEY_DOWN_COLUMNS_SCALED))
 
 
 def requantize(

@@ -18,7 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from turbosparse.binding import FfnActivation, NativeContext, NativeModel
-from turbosparse.constants import TENSOR_FFN_DOWN, TENSOR_FFN_DOWN_T
+from turbosparse.constants import TENSOR_FFN_DOWN, TENSOR_FFN_DOWN_T, TENSOR_FFN_DOWN_T_SCALE
 from turbosparse.errors import CalibrationError
 
 logger = logging.getLogger(__name__)
@@ -66,14 +66,18 @@ def activations(act: FfnActivation, gate: np.ndarray, up: np.ndarray) -> tuple[n
 
 
 def down_column_norms(model: NativeModel) -> np.ndarray:
-    """|down_j| for every layer and neuron j, [n_layer, n_ff], from the file's down matrix (either layout)."""
+    """|down_j| for every layer and neuron j, [n_layer, n_ff], from the file's down matrix (either layout; a transposed
+    down's products are the FFN's times its per-output factor where the file has one, convert/down_scales.py)."""
     norms = []
     for layer in range(model.info.n_layer):
-        standard = TENSOR_FFN_DOWN.format(layer)
+        standard, scale = TENSOR_FFN_DOWN.format(layer), TENSOR_FFN_DOWN_T_SCALE.format(layer)
         if model.has_tensor(standard):
             norms.append(np.linalg.norm(model.tensor(standard).values(), axis=0))  # [n_embd, n_ff]
         else:
-            norms.append(np.linalg.norm(model.tensor(TENSOR_FFN_DOWN_T.format(layer)).values(), axis=1))
+            down_t = model.tensor(TENSOR_FFN_DOWN_T.format(layer)).values()  # [n_ff, n_embd]
+            if model.has_tensor(scale):
+                down_t = down_t * model.tensor(scale).values()
+            norms.append(np.linalg.norm(down_t, axis=1))
     return np.stack(norms).astype(np.float32)
 
 
