@@ -47,6 +47,7 @@ from turbosparse.constants import (
     TENSOR_FFN_DOWN_T_SCALE,
 )
 from turbosparse.convert.arch.base import ROLE_NORM, TensorSpec
+from turbosparse.convert.neuron_order import layer_of
 from turbosparse.errors import ConvertError
 
 MAX_SCALE = 64.0  # bounds how far an up row moves (a near-dead neuron's down column is near zero)
@@ -70,11 +71,11 @@ def column_scales(matrix: np.ndarray) -> np.ndarray:
 
 
 def _rescaled(load: Callable[[], np.ndarray], factor: np.ndarray, axis: int) -> Callable[[], np.ndarray]:
-    """load() times factor along axis (a 1-D tensor, a bias, along its only one)."""
+    """load() times factor along axis 0 or the last axis, -1 (a 1-D tensor, a bias, along its only one)."""
 
     def scaled() -> np.ndarray:
         values = load()
-        return values * (factor if values.ndim == 1 or axis == 1 else factor[:, None])
+        return values * (factor if values.ndim == 1 or axis != 0 else factor[:, None])
 
     return scaled
 
@@ -123,7 +124,7 @@ def scale_down_t_outputs(specs: list[TensorSpec], n_layer: int) -> list[TensorSp
             raise ConvertError(f"{spec.origin}: stored bytes cannot be rescaled (convert from the checkpoint)")
         values = spec.load()
         c = column_scales(values.reshape(-1, values.shape[-1]))
-        out[-1] = dataclasses.replace(spec, load=lambda load=spec.load, c=c: load() * c)
-        name = TENSOR_FFN_DOWN_T_SCALE.format(spec.name.split(".")[1])
+        out[-1] = dataclasses.replace(spec, load=_rescaled(spec.load, c, axis=-1))
+        name = TENSOR_FFN_DOWN_T_SCALE.format(layer_of(spec.name))
         out.append(TensorSpec(name, (c.shape[0],), ROLE_NORM, lambda c=c: (1.0 / c).astype(np.float32), spec.origin))
     return out

@@ -88,6 +88,10 @@ void ts_graph_build(ts_context *ctx, struct ggml_context *ctx0, ts_graph *g);
 struct ggml_tensor *ts_gated_activation(struct ggml_context *ctx0, int32_t act, struct ggml_tensor *gate,
                                         struct ggml_tensor *up);
 
+/* y, the products of layer l's transposed down (or of its experts' ones, summed or not: one scale serves every
+ * expert), times its per-output scale where the file has one (ffn_down_t_scale); else y itself. */
+struct ggml_tensor *ts_down_t_scaled(struct ggml_context *ctx0, const ts_layer *l, struct ggml_tensor *y);
+
 /* The graph of layer il's FFN block alone: *out = ffn(rms_norm(*h)), *h an input [n_embd, n_tokens]. */
 struct ggml_cgraph *ts_graph_build_ffn(ts_context *ctx, struct ggml_context *ctx0, int il, int32_t n_tokens,
                                        int32_t dense_ffn, struct ggml_tensor **h, struct ggml_tensor **out);

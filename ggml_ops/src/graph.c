@@ -113,8 +113,7 @@ static struct ggml_tensor *ffn_matmul(const ts_context *ctx, struct ggml_context
     return out != NULL ? add_bias(ctx0, out, b) : matmul_bias(ctx0, w, b, cur);
 }
 
-/* y [n_embd, T] from the transposed down, times its per-output scale where the file has one */
-static struct ggml_tensor *down_t_scaled(struct ggml_context *ctx0, const ts_layer *l, struct ggml_tensor *y) {
+struct ggml_tensor *ts_down_t_scaled(struct ggml_context *ctx0, const ts_layer *l, struct ggml_tensor *y) {
     return l->ffn_down_t_scale != NULL ? ggml_mul(ctx0, y, l->ffn_down_t_scale) : y;
 }
 
@@ -171,8 +170,8 @@ static struct ggml_tensor *ffn(ts_context *ctx, struct ggml_context *ctx0, int i
         /* only the transposed down: a ReLU-gated activation is mostly zeros, so add the non-zero rows */
         const enum ts_down_stats stats = dense_ffn ? TS_DOWN_UNCOUNTED : TS_DOWN_COUNTED;
         return add_bias(ctx0,
-                        down_t_scaled(ctx0, l, ts_sparse_down(ctx0, sl, act, NULL, l->ffn_down_t, m->info.n_embd,
-                                                              stats, n_threads)),
+                        ts_down_t_scaled(ctx0, l, ts_sparse_down(ctx0, sl, act, NULL, l->ffn_down_t, m->info.n_embd,
+                                                                 stats, n_threads)),
                         l->ffn_down_b);
     }
     struct ggml_tensor *select, *xq_gate;
@@ -191,8 +190,8 @@ static struct ggml_tensor *ffn(ts_context *ctx, struct ggml_context *ctx0, int i
         ts_sparse_act(ctx0, sl, select, xq_gate, xq_up, sl->select_exact ? NULL : l->ffn_gate, l->ffn_up, n_threads);
     if (l->ffn_down_t != NULL) {
         return add_bias(ctx0,
-                        down_t_scaled(ctx0, l, ts_sparse_down(ctx0, sl, a.act, a.counters, l->ffn_down_t,
-                                                              m->info.n_embd, TS_DOWN_COUNTED, n_threads)),
+                        ts_down_t_scaled(ctx0, l, ts_sparse_down(ctx0, sl, a.act, a.counters, l->ffn_down_t,
+                                                                 m->info.n_embd, TS_DOWN_COUNTED, n_threads)),
                         l->ffn_down_b);
     }
     /* only the standard down: ggml's dense down over the sparse activation */

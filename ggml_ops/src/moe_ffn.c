@@ -215,12 +215,6 @@ static struct ggml_tensor *experts_matmul(const ts_context *ctx, struct ggml_con
 
 /* The chosen experts through ggml_mul_mat_id (or experts_matmul's prompt kernel; gate and up in one pass where they
  * lie side by side), weighted and summed in slot order as llama.cpp does. */
-/* y from the experts' transposed downs, times the layer's per-output scale where the file has one (one scale for
- * every expert, so it applies to their weighted sum as well as to each one) */
-static struct ggml_tensor *down_t_scaled(const ts_layer *l, struct ggml_context *ctx0, struct ggml_tensor *y) {
-    return l->ffn_down_t_scale != NULL ? ggml_mul(ctx0, y, l->ffn_down_t_scale) : y;
-}
-
 static struct ggml_tensor *moe_dense(ts_context *ctx, struct ggml_context *ctx0, int il, struct ggml_tensor *cur,
                                      struct ggml_tensor *ids, struct ggml_tensor *weights) {
     const ts_model *m = ctx->model;
@@ -236,8 +230,8 @@ static struct ggml_tensor *moe_dense(ts_context *ctx, struct ggml_context *ctx0,
     struct ggml_tensor *act = ts_gated_activation(ctx0, m->info.ffn_act, gate, up);
     struct ggml_tensor *experts = l->ffn_down_exps != NULL
                                       ? ggml_mul_mat_id(ctx0, l->ffn_down_exps, act, ids)
-                                      : down_t_scaled(l, ctx0, moe_down_t(ctx0, act, l->ffn_down_t_exps, ids,
-                                                                          ctx->params.n_threads));
+                                      : ts_down_t_scaled(ctx0, l, moe_down_t(ctx0, act, l->ffn_down_t_exps, ids,
+                                                                             ctx->params.n_threads));
     experts = ggml_mul(ctx0, experts, ggml_reshape_3d(ctx0, weights, 1, k, n_tokens)); /* [n_embd, k, T] */
     struct ggml_tensor *out = NULL;
     for (int64_t s = 0; s < k; s++) {
@@ -394,7 +388,7 @@ struct ggml_tensor *ts_moe_ffn(ts_context *ctx, struct ggml_context *ctx0, int i
     if (dense) {
         return moe_dense(ctx, ctx0, il, cur, ids, weights);
     }
-    return down_t_scaled(&ctx->model->layers[il], ctx0,
-                         cur->ne[1] == 1 ? moe_sparse_token(ctx, ctx0, il, ffn_inp, cur, ids, weights)
-                                         : moe_sparse_batch(ctx, ctx0, il, ffn_inp, cur, ids, weights));
+    return ts_down_t_scaled(ctx0, &ctx->model->layers[il],
+                            cur->ne[1] == 1 ? moe_sparse_token(ctx, ctx0, il, ffn_inp, cur, ids, weights)
+                                            : moe_sparse_batch(ctx, ctx0, il, ffn_inp, cur, ids, weights));
 }
