@@ -3,7 +3,8 @@
 Given a group size G and a plan (predictor_train/groups.py writes one from collected activations: a neuron order
 and top-k per layer), every layer's neurons are permuted by the plan's order - the rows of gate, up, their biases,
 fc2 and down_t, the columns of down: one permutation of the FFN's hidden units, so the dense FFN is unchanged - and
-one tensor is added per layer: the group scores (fc2 rows summed per group). The route reads the standard down
+one tensor is added per layer: the group heads (the plan's, fitted to output energies; without them fc2's rows
+summed per group). The route reads the standard down
 matrix (the pipeline keeps it, and makes its columns like-scaled for the plan's order: down_scales.py). Without a
 plan the order is the converter's default (neuron_order.py: a ReLU-family FFN with a standard down sorted for its
 quantization) and k per layer spends the neuron predictor's row budget: ceil(predicted rate * n_groups) (a plan
@@ -15,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ class NeuronGroups:
     top_k: list[int]
     order: list[np.ndarray] | None  # per layer, None: the neurons' order as they come
     recall: list[float] | None = None  # measured by the plan
+    heads: list[np.ndarray] | None = None  # per layer [n_groups, rank] (the plan's); None: fc2 summed per group
 
     def metadata(self) -> dict[str, Any]:
         meta: dict[str, Any] = {KEY_GROUP_SIZE: self.size, KEY_GROUP_TOP_K: self.top_k}
@@ -64,20 +66,25 @@ def load_plan(path: Path, size: int, n_layer: int, n_ff: int) -> NeuronGroups:
     check_group_size(size, n_ff)
     try:
         plan = json.loads(Path(path).read_text())
-        top_k, order, recall = plan["top_k"], plan["order"], plan.get("recall")
+        top_k, order, recall, heads = plan["top_k"], plan["order"], plan.get("recall"), plan.get("heads")
         if plan["group_size"] != size:
             raise ConvertError(f"{path}: planned for groups of {plan['group_size']}, --groups says {size}")
+        head_arrays = [np.asarray(h, dtype=np.float32) for h in heads] if heads is not None else None
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ConvertError(f"{path}: not a group plan ({e})") from e
-    if len(top_k) != n_layer or len(order) != n_layer:
-        raise ConvertError(f"{path}: top_k and order need {n_layer} entries (one per layer)")
+    if len(top_k) != n_layer or len(order) != n_layer or (head_arrays is not None and len(head_arrays) != n_layer):
+        raise ConvertError(f"{path}: top_k, order and heads need {n_layer} entries (one per layer)")
     orders = [np.asarray(o, dtype=np.int64) for o in order]
     for layer, (k, o) in enumerate(zip(top_k, orders, strict=True)):
         if not 1 <= k <= n_ff // size:
             raise ConvertError(f"{path}: top_k[{layer}] = {k} is out of range (1..{n_ff // size})")
         if o.shape != (n_ff,) or not np.array_equal(np.sort(o), np.arange(n_ff)):
             raise ConvertError(f"{path}: order[{layer}] is not a permutation of the {n_ff} neurons")
-    return NeuronGroups(size, [int(k) for k in top_k], orders, [float(r) for r in recall] if recall else None)
+        if head_arrays is not None and (head_arrays[layer].ndim != 2 or len(head_arrays[layer]) != n_ff // size):
+            raise ConvertError(f"{path}: heads[{layer}] has shape {head_arrays[layer].shape}, expected "
+                               f"[{n_ff // size}, predictor rank]")  # fmt: skip
+    return NeuronGroups(size, [int(k) for k in top_k], orders, [float(r) for r in recall] if recall else None,
+                        head_arrays)  # fmt: skip
 
 
 def budget_groups(size: int, n_ff: int, predicted_rates: Sequence[float] | None, where: str) -> NeuronGroups:
@@ -97,18 +104,30 @@ def budget_groups(size: int, n_ff: int, predicted_rates: Sequence[float] | None,
     return NeuronGroups(size, top_k, None)
 
 
+def _group_heads_loader(fc2: TensorSpec, n_groups: int, heads: np.ndarray | None) -> Callable[[], np.ndarray]:
+    """The route's group heads [n_groups, rank]: the plan's, or fc2's rows summed per group (a group's score is
+    then the sum of its neurons' logits)."""
+    if heads is not None:
+        return lambda: heads
+    return lambda: fc2.load().reshape(n_groups, -1, fc2.shape[1]).sum(axis=1)
+
+
 def add_groups(specs: list[TensorSpec], groups: NeuronGroups, n_layer: int, n_ff: int) -> list[TensorSpec]:
     """specs with the neurons in the plan's order (if it has one) and the group scores added after each layer's
     tensors."""
     out = permute_neurons(specs, groups.order) if groups.order is not None else list(specs)
     by_name = {s.name: s for s in out}
-    g, n_groups = groups.size, n_ff // groups.size
+    n_groups = n_ff // groups.size
     for layer in range(n_layer):
         fc2 = by_name.get(TENSOR_PRED_FC2.format(layer))
         if fc2 is None:
             raise ConvertError(f"layer {layer} has no predictor: neuron groups are scored by the predictor")
         rank = fc2.shape[1]
+        heads = groups.heads[layer] if groups.heads is not None else None
+        if heads is not None and heads.shape[1] != rank:
+            raise ConvertError(f"the group plan's heads[{layer}] take {heads.shape[1]} predictor features, the "
+                               f"checkpoint's predictor has rank {rank}")  # fmt: skip
         out.append(TensorSpec(TENSOR_PRED_GROUPS.format(layer), (n_groups, rank), ROLE_PREDICTOR,
-                              lambda fc2=fc2: fc2.load().reshape(n_groups, g, -1).sum(axis=1), fc2.origin))  # fmt: skip
+                              _group_heads_loader(fc2, n_groups, heads), fc2.origin))  # fmt: skip
     out.sort(key=lambda s: layer_of(s.name))
     return out

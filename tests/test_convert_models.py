@@ -107,6 +107,11 @@ def tensor_types(path: Path) -> dict[str, Q]:
     return {t.name: Q(t.tensor_type) for t in gguf.GGUFReader(str(path)).tensors}
 
 
+def stored_tensor(path: Path, name: str) -> np.ndarray:
+    """An F32 tensor of a GGUF file, numpy-shaped ([ne1, ne0])."""
+    return np.array(next(t for t in gguf.GGUFReader(str(path)).tensors if t.name == name).data)
+
+
 # ---- checkpoints -------------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def llama_dir(tmp_path_factory: pytest.TempPathFactory, spm_dir: Path) -> Path:
@@ -323,6 +328,35 @@ def test_bamboo_neuron_groups(
     plan["order"][1] = [0] * N_FF
     (tmp_path / "bad.json").write_text(json.dumps(plan))
     with pytest.raises(ConvertError, match=r"order\[1\] is not a permutation"):
+        convert(bamboo_dir, tmp_path / "bad.gguf", outtype="f32", groups=32, group_plan=tmp_path / "bad.json")
+    assert not (tmp_path / "bad.gguf").exists()
+
+
+def test_group_heads_come_from_the_plan(tmp_path: Path, bamboo_dir: Path) -> None:
+    """Without heads in the plan a group's score is the sum of its neurons' logits (fc2's rows in the plan's order,
+    summed per group); a plan's heads are written as they are; heads of the wrong shape name the layer."""
+    rng = np.random.default_rng(1)
+    orders = [rng.permutation(N_FF) for _ in range(N_LAYER)]
+    plan = {"group_size": 32, "recall_target": 0.9, "top_k": [2, 3], "order": [o.tolist() for o in orders]}
+    (tmp_path / "summed.json").write_text(json.dumps(plan))
+    summed = convert(bamboo_dir, tmp_path / "summed.gguf", outtype="f32", pred_type="f32", groups=32,
+                     group_plan=tmp_path / "summed.json")  # fmt: skip
+    from safetensors.torch import load_file as load_torch  # numpy has no bfloat16
+
+    fc2 = load_torch(str(bamboo_dir / "model.safetensors"))["model.layers.1.mlp.predictor.fc2.weight"].float().numpy()
+    want = fc2[orders[1]].reshape(N_FF // 32, 32, RANK).sum(axis=1)
+    assert np.allclose(stored_tensor(summed, "blk.1.ffn_pred_groups.weight"), want, rtol=1e-5, atol=1e-6)
+    heads = [rng.standard_normal((N_FF // 32, RANK)).astype(np.float32) for _ in range(N_LAYER)]
+    (tmp_path / "heads.json").write_text(json.dumps({**plan, "heads": [h.tolist() for h in heads]}))
+    out = convert(bamboo_dir, tmp_path / "heads.gguf", outtype="f32", pred_type="f32", groups=32,
+                  group_plan=tmp_path / "heads.json")  # fmt: skip
+    for layer in range(N_LAYER):
+        assert np.array_equal(stored_tensor(out, f"blk.{layer}.ffn_pred_groups.weight"), heads[layer])
+    (tmp_path / "bad.json").write_text(json.dumps({**plan, "heads": [heads[0].tolist(), heads[1][:, :-1].tolist()]}))
+    with pytest.raises(ConvertError, match=r"heads\[1\] take 31 predictor features, .* rank 32"):
+        convert(bamboo_dir, tmp_path / "bad.gguf", outtype="f32", groups=32, group_plan=tmp_path / "bad.json")
+    (tmp_path / "bad.json").write_text(json.dumps({**plan, "heads": [heads[0].tolist(), heads[1][:-1].tolist()]}))
+    with pytest.raises(ConvertError, match=r"heads\[1\] has shape \(3, 32\), expected \[4, predictor rank\]"):
         convert(bamboo_dir, tmp_path / "bad.gguf", outtype="f32", groups=32, group_plan=tmp_path / "bad.json")
     assert not (tmp_path / "bad.gguf").exists()
 
