@@ -153,12 +153,11 @@ def plan_groups(
     layer_data: LayerData,
     config: GroupPlanConfig,
 ) -> GroupPlan:
-    """The plan from each layer's (predictor logits [tokens, n_ff], true mask [tokens, n_ff])."""
+    """The plan from each layer's sample; heads fitted where the samples have output energies."""
     plan = GroupPlan(config.group_size, config.recall_target, [], [], [], [])
+    fitted: list[list[list[float]]] = []
     for layer in range(n_layer):
         sample = layer_data(layer)
-        if layer == 0 and sample.energy is not None:
-            plan.heads = []
         n_ff = sample.mask.shape[1]
         fit, judge = slice(0, config.fit_tokens), slice(config.fit_tokens, None)
         order = (
@@ -166,8 +165,6 @@ def plan_groups(
             if config.reorder
             else np.arange(n_ff)
         )
-        if (sample.energy is None) != (plan.heads is None):
-            raise ValueError(f"layer {layer}: output energies given for some layers only")
         heads = (
             fit_group_heads(sample.features[fit], group_scores(sample.energy[fit], order, config.group_size))
             if sample.energy is not None
@@ -178,12 +175,15 @@ def plan_groups(
         k = smallest_k(recall, config.recall_target)
         plan.top_k.append(k)
         plan.order.append([int(i) for i in order])
-        if plan.heads is not None:
-            plan.heads.append(heads.tolist())
+        if sample.energy is not None:
+            fitted.append(heads.tolist())
         plan.rows_read.append(k * config.group_size / n_ff)
         plan.recall.append(float(recall[k - 1]))
         logger.info("layer %d: k = %d of %d groups (rows read %.3f), recall %.3f", layer, k, n_ff // config.group_size,
                     plan.rows_read[-1], plan.recall[-1])  # fmt: skip
+    if len(fitted) not in (0, n_layer):
+        raise ValueError("output energies were given for some layers only")
+    plan.heads = fitted or None
     return plan
 
 
