@@ -39,8 +39,28 @@ int ts_isa_supported(enum ts_kernel_isa isa) {
     }
 }
 
+#elif defined(__aarch64__) && defined(__APPLE__)
+#include <sys/sysctl.h>
+
+/* macOS has no getauxval: it reports the dot product extension as the sysctl hw.optional.arm.FEAT_DotProd (macOS 12
+ * on; every Apple M-series CPU has it). Where the key is missing the plain NEON kernels run. */
+static int apple_cpu_has(const char *feature) {
+    int value = 0;
+    size_t size = sizeof(value);
+    return sysctlbyname(feature, &value, &size, NULL, 0) == 0 && value != 0;
+}
+
+int ts_isa_supported(enum ts_kernel_isa isa) {
+    switch (isa) {
+    case TS_ISA_GENERIC:
+    case TS_ISA_NEON: return 1;
+    case TS_ISA_NEON_DOTPROD: return apple_cpu_has("hw.optional.arm.FEAT_DotProd");
+    default: return 0;
+    }
+}
+
 #elif defined(__aarch64__)
-/* Other aarch64 systems (macOS: no getauxval): Advanced SIMD only, the dot product kernels are not asked for. */
+/* Other aarch64 systems: Advanced SIMD only, the dot product kernels are not asked for. */
 int ts_isa_supported(enum ts_kernel_isa isa) {
     return isa == TS_ISA_GENERIC || isa == TS_ISA_NEON;
 }
