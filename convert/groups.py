@@ -13,6 +13,8 @@ calibrated on activations is better).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import logging
 import math
@@ -45,7 +47,8 @@ class NeuronGroups:
     top_k: list[int]
     order: list[np.ndarray] | None  # per layer, None: the neurons' order as they come
     recall: list[float] | None = None  # measured by the plan
-    heads: list[np.ndarray] | None = None  # per layer [n_groups, rank] (the plan's); None: fc2 summed per group
+    heads: np.ndarray | None = None  # [n_layer, n_groups, rank] the plan's; None: fc2 summed per group
+    plan: Path | None = None  # the plan file, for errors and the heads' origin
 
     def metadata(self) -> dict[str, Any]:
         meta: dict[str, Any] = {KEY_GROUP_SIZE: self.size, KEY_GROUP_TOP_K: self.top_k}
@@ -61,6 +64,25 @@ def check_group_size(size: int, n_ff: int) -> None:
         )
 
 
+def encode_heads(heads: Sequence[np.ndarray]) -> dict[str, Any]:
+    """Per-layer group heads [n_groups, rank] as a plan stores them: float32 bytes in base64 (as JSON numbers a 7B
+    plan's heads would take ~0.3 GB)."""
+    stack = np.stack([np.asarray(h, dtype=np.float32) for h in heads]).astype("<f4")
+    return {"shape": list(stack.shape), "float32_base64": base64.b64encode(stack.tobytes()).decode("ascii")}
+
+
+def decode_heads(stored: dict[str, Any]) -> np.ndarray:
+    """[n_layer, n_groups, rank] from encode_heads' form (ValueError, KeyError or TypeError if it is not that)."""
+    shape = [int(n) for n in stored["shape"]]
+    try:
+        values = np.frombuffer(base64.b64decode(stored["float32_base64"], validate=True), dtype="<f4")
+    except binascii.Error as e:
+        raise ValueError(f"heads: not base64 ({e})") from e
+    if len(shape) != 3 or values.size != math.prod(shape):
+        raise ValueError(f"heads: {values.size} values for the shape {shape}")
+    return values.reshape(shape).astype(np.float32)
+
+
 def load_plan(path: Path, size: int, n_layer: int, n_ff: int) -> NeuronGroups:
     """A plan file (predictor_train/groups.py), checked against the model."""
     check_group_size(size, n_ff)
@@ -69,10 +91,10 @@ def load_plan(path: Path, size: int, n_layer: int, n_ff: int) -> NeuronGroups:
         top_k, order, recall, heads = plan["top_k"], plan["order"], plan.get("recall"), plan.get("heads")
         if plan["group_size"] != size:
             raise ConvertError(f"{path}: planned for groups of {plan['group_size']}, --groups says {size}")
-        head_arrays = [np.asarray(h, dtype=np.float32) for h in heads] if heads is not None else None
+        head_stack = decode_heads(heads) if heads is not None else None
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ConvertError(f"{path}: not a group plan ({e})") from e
-    if len(top_k) != n_layer or len(order) != n_layer or (head_arrays is not None and len(head_arrays) != n_layer):
+    if len(top_k) != n_layer or len(order) != n_layer or (head_stack is not None and len(head_stack) != n_layer):
         raise ConvertError(f"{path}: top_k, order and heads need {n_layer} entries (one per layer)")
     orders = [np.asarray(o, dtype=np.int64) for o in order]
     for layer, (k, o) in enumerate(zip(top_k, orders, strict=True)):
@@ -80,11 +102,12 @@ def load_plan(path: Path, size: int, n_layer: int, n_ff: int) -> NeuronGroups:
             raise ConvertError(f"{path}: top_k[{layer}] = {k} is out of range (1..{n_ff // size})")
         if o.shape != (n_ff,) or not np.array_equal(np.sort(o), np.arange(n_ff)):
             raise ConvertError(f"{path}: order[{layer}] is not a permutation of the {n_ff} neurons")
-        if head_arrays is not None and (head_arrays[layer].ndim != 2 or len(head_arrays[layer]) != n_ff // size):
-            raise ConvertError(f"{path}: heads[{layer}] has shape {head_arrays[layer].shape}, expected "
-                               f"[{n_ff // size}, predictor rank]")  # fmt: skip
+    if head_stack is not None and head_stack.shape[1] != n_ff // size:
+        raise ConvertError(f"{path}: heads of {head_stack.shape[1]} groups per layer, the model has {n_ff // size}")
+    if head_stack is not None and not np.isfinite(head_stack).all():
+        raise ConvertError(f"{path}: the heads hold NaN or infinite values")
     return NeuronGroups(size, [int(k) for k in top_k], orders, [float(r) for r in recall] if recall else None,
-                        head_arrays)  # fmt: skip
+                        head_stack, Path(path))  # fmt: skip
 
 
 def budget_groups(size: int, n_ff: int, predicted_rates: Sequence[float] | None, where: str) -> NeuronGroups:
@@ -125,9 +148,10 @@ def add_groups(specs: list[TensorSpec], groups: NeuronGroups, n_layer: int, n_ff
         rank = fc2.shape[1]
         heads = groups.heads[layer] if groups.heads is not None else None
         if heads is not None and heads.shape[1] != rank:
-            raise ConvertError(f"the group plan's heads[{layer}] take {heads.shape[1]} predictor features, the "
-                               f"checkpoint's predictor has rank {rank}")  # fmt: skip
+            raise ConvertError(f"{groups.plan}: the heads take {heads.shape[1]} predictor features, layer {layer}'s "
+                               f"predictor has rank {rank}")  # fmt: skip
+        origin = f"{groups.plan}: heads[{layer}]" if heads is not None else fc2.origin
         out.append(TensorSpec(TENSOR_PRED_GROUPS.format(layer), (n_groups, rank), ROLE_PREDICTOR,
-                              _group_heads_loader(fc2, n_groups, heads), fc2.origin))  # fmt: skip
+                              _group_heads_loader(fc2, n_groups, heads), origin))  # fmt: skip
     out.sort(key=lambda s: layer_of(s.name))
     return out

@@ -16,7 +16,8 @@ are made here, per layer, from a collection (collect.py: residuals and true acti
 The plan is a JSON file `turbosparse convert --groups G --group-plan PLAN` applies:
     {"group_size": G, "recall_target": r, "top_k": [k per layer], "order": [[n_ff neuron ids] per layer],
      "rows_read": [k * G / n_ff per layer], "recall": [measured per layer],
-     "heads": [[[rank floats] per group] per layer] (optional: absent, fc2's rows are summed per group)}
+     "heads": {"shape": [n_layer, n_groups, rank], "float32_base64": ...} (optional: absent, fc2's rows are summed
+     per group; convert/groups.py encodes and decodes them)}
 """
 
 from __future__ import annotations
@@ -27,10 +28,13 @@ import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from turbosparse.convert.groups import decode_heads, encode_heads
 from turbosparse.predictor_train.collect import Collection
+from turbosparse.predictor_train.modeling import is_bamboo
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +71,7 @@ class GroupPlan:
     order: list[list[int]]
     rows_read: list[float]
     recall: list[float]
-    heads: list[list[list[float]]] | None = None  # per layer [n_groups][rank]; None: fc2 summed per group
+    heads: dict[str, Any] | None = None  # encode_heads' [n_layer, n_groups, rank]; None: fc2 summed per group
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self)))
@@ -155,7 +159,7 @@ def plan_groups(
 ) -> GroupPlan:
     """The plan from each layer's sample; heads fitted where the samples have output energies."""
     plan = GroupPlan(config.group_size, config.recall_target, [], [], [], [])
-    fitted: list[list[list[float]]] = []
+    fitted: list[np.ndarray] = []
     for layer in range(n_layer):
         sample = layer_data(layer)
         n_ff = sample.mask.shape[1]
@@ -176,14 +180,14 @@ def plan_groups(
         plan.top_k.append(k)
         plan.order.append([int(i) for i in order])
         if sample.energy is not None:
-            fitted.append(heads.tolist())
+            fitted.append(heads)
         plan.rows_read.append(k * config.group_size / n_ff)
         plan.recall.append(float(recall[k - 1]))
         logger.info("layer %d: k = %d of %d groups (rows read %.3f), recall %.3f", layer, k, n_ff // config.group_size,
                     plan.rows_read[-1], plan.recall[-1])  # fmt: skip
     if len(fitted) not in (0, n_layer):
         raise ValueError("output energies were given for some layers only")
-    plan.heads = fitted or None
+    plan.heads = encode_heads(fitted) if fitted else None
     return plan
 
 
@@ -194,15 +198,18 @@ def predictor_input(residual: np.ndarray, kind: str, eps: float) -> np.ndarray:
 
 
 def checkpoint_layers(checkpoint: Path, collect_dir: Path, energy_tokens: int = 0) -> tuple[int, LayerData]:
-    """(n_layer, layer -> LayerSample) for an HF checkpoint with embedded predictors (bamboo layout: a dReLU FFN;
-    other model types are taken as ReLU-Llama's relu(gate) * up) and its collection; the output energies of the
-    first energy_tokens tokens (0: none, no heads)."""
+    """(n_layer, layer -> LayerSample) for an HF checkpoint with embedded predictors and its collection; the output
+    energies of the first energy_tokens tokens (0: none, no heads), which need a ReLU-family FFN: bamboo's dReLU
+    relu(gate) * relu(up), or ReLU-Llama's relu(gate) * up."""
     from safetensors import safe_open
 
     hf = json.loads((checkpoint / "config.json").read_text())
     kind = (hf.get("turbosparse") or {}).get("predictor_input", "residual")
-    eps = float(hf.get("rms_norm_eps", 1e-5))
-    drelu = hf.get("model_type") == "bamboo"
+    eps = float(hf.get("rms_norm_eps", 1e-6))  # the converter's default too
+    drelu = is_bamboo(hf)
+    if energy_tokens > 0 and not drelu and hf.get("hidden_act") != "relu":
+        raise ValueError(f"{checkpoint / 'config.json'}: hidden_act {hf.get('hidden_act')!r} is not a ReLU-family "
+                         "FFN; the group heads need one (plan with --summed-scores)")  # fmt: skip
     collection = Collection(collect_dir)
     files = sorted(checkpoint.glob("*.safetensors"))
     if not files:
@@ -250,15 +257,17 @@ def top_k_for(plan: GroupPlan, checkpoint: Path, collect_dir: Path, target: floa
     """k per layer reaching another recall target under the plan's order and scores (judged on the tokens after
     fit_tokens)."""
     n_layer, layer_data = checkpoint_layers(checkpoint, collect_dir)
+    fitted = decode_heads(plan.heads) if plan.heads is not None else None
     top_k = []
     for layer in range(n_layer):
         sample = layer_data(layer)
         order = np.asarray(plan.order[layer])
-        heads = (
-            np.asarray(plan.heads[layer], dtype=np.float32)
-            if plan.heads is not None
-            else summed_heads(sample.fc2, order, plan.group_size)
-        )
+        heads = fitted[layer] if fitted is not None else summed_heads(sample.fc2, order, plan.group_size)
+        want = (len(order) // plan.group_size, sample.fc2.shape[1])
+        if heads.shape != want:
+            raise ValueError(
+                f"layer {layer}: the plan's heads are {list(heads.shape)}, the checkpoint needs {list(want)}"
+            )
         recall = recall_by_k(sample.features[fit_tokens:] @ heads.T,
                              group_counts(sample.mask[fit_tokens:], order, plan.group_size))  # fmt: skip
         top_k.append(smallest_k(recall, target))

@@ -1,6 +1,6 @@
 """How much of the FFN's output the grouped route can keep at the neuron route's row budget, per layer: the share of
-output energy (sum over neurons of (a_j |down_j|)^2) in the groups a token reads, at 1.3x the rows the neuron
-predictor reads (the grouped route's quality goal), for groups chosen by an oracle that knows the energies, by
+output energy (sum over neurons of (a_j |down_j|)^2) in the groups a token reads, at (at most) 1.3x the rows the
+neuron predictor reads (the grouped route's quality goal), for groups chosen by an oracle that knows the energies, by
 summed predictor logits, and by heads fitted to the energies (predictor_train/groups.py). Judged on the
 collection's tokens after the fit tokens.
 

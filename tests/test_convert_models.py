@@ -39,6 +39,7 @@ from turbosparse.constants import (
 )
 from turbosparse.convert import convert
 from turbosparse.convert.down_scales import column_scales
+from turbosparse.convert.groups import encode_heads
 from turbosparse.errors import ConvertError
 
 from hfcheckpoints import (
@@ -347,17 +348,27 @@ def test_group_heads_come_from_the_plan(tmp_path: Path, bamboo_dir: Path) -> Non
     want = fc2[orders[1]].reshape(N_FF // 32, 32, RANK).sum(axis=1)
     assert np.allclose(stored_tensor(summed, "blk.1.ffn_pred_groups.weight"), want, rtol=1e-5, atol=1e-6)
     heads = [rng.standard_normal((N_FF // 32, RANK)).astype(np.float32) for _ in range(N_LAYER)]
-    (tmp_path / "heads.json").write_text(json.dumps({**plan, "heads": [h.tolist() for h in heads]}))
+    (tmp_path / "heads.json").write_text(json.dumps({**plan, "heads": encode_heads(heads)}))
     out = convert(bamboo_dir, tmp_path / "heads.gguf", outtype="f32", pred_type="f32", groups=32,
                   group_plan=tmp_path / "heads.json")  # fmt: skip
     for layer in range(N_LAYER):
         assert np.array_equal(stored_tensor(out, f"blk.{layer}.ffn_pred_groups.weight"), heads[layer])
-    (tmp_path / "bad.json").write_text(json.dumps({**plan, "heads": [heads[0].tolist(), heads[1][:, :-1].tolist()]}))
-    with pytest.raises(ConvertError, match=r"heads\[1\] take 31 predictor features, .* rank 32"):
-        convert(bamboo_dir, tmp_path / "bad.gguf", outtype="f32", groups=32, group_plan=tmp_path / "bad.json")
-    (tmp_path / "bad.json").write_text(json.dumps({**plan, "heads": [heads[0].tolist(), heads[1][:-1].tolist()]}))
-    with pytest.raises(ConvertError, match=r"heads\[1\] has shape \(3, 32\), expected \[4, predictor rank\]"):
-        convert(bamboo_dir, tmp_path / "bad.gguf", outtype="f32", groups=32, group_plan=tmp_path / "bad.json")
+    bad = tmp_path / "bad.json"
+    for wrong, message in (
+        (
+            [h[:, :-1] for h in heads],
+            r"bad.json: the heads take 31 predictor features, layer 0's predictor has rank 32",
+        ),
+        ([h[:-1] for h in heads], r"bad.json: heads of 3 groups per layer, the model has 4"),
+        ([heads[0]], r"bad.json: top_k, order and heads need 2 entries"),
+        ([heads[0], np.full_like(heads[1], np.nan)], r"bad.json: the heads hold NaN"),
+    ):
+        bad.write_text(json.dumps({**plan, "heads": encode_heads(wrong)}))
+        with pytest.raises(ConvertError, match=message):
+            convert(bamboo_dir, tmp_path / "bad.gguf", outtype="f32", groups=32, group_plan=bad)
+    bad.write_text(json.dumps({**plan, "heads": {**encode_heads(heads), "float32_base64": "not base64!"}}))
+    with pytest.raises(ConvertError, match=r"bad.json: not a group plan \(heads: not base64"):
+        convert(bamboo_dir, tmp_path / "bad.gguf", outtype="f32", groups=32, group_plan=bad)
     assert not (tmp_path / "bad.gguf").exists()
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
+from turbosparse.convert.groups import decode_heads
 from turbosparse.predictor_train.collect import CollectConfig, collect
 from turbosparse.predictor_train.groups import (
     GroupPlanConfig,
@@ -21,6 +24,7 @@ from turbosparse.predictor_train.groups import (
     plan_groups,
     recall_by_k,
     smallest_k,
+    top_k_for,
 )
 
 from hfcheckpoints import N_FF, N_LAYER, bamboo_model, save_checkpoint, tiny_config
@@ -104,7 +108,7 @@ def test_heads_choose_the_groups_that_carry_the_output() -> None:
     config = GroupPlanConfig(group_size=g, recall_target=0.5, fit_tokens=800)
     with_heads = plan_groups(1, lambda layer: LayerSample(features, fc2, mask, energy[:800]), config)
     summed = plan_groups(1, lambda layer: LayerSample(features, fc2, mask, None), config)
-    assert with_heads.heads is not None and np.asarray(with_heads.heads[0]).shape == (n_ff // g, 8)
+    assert with_heads.heads is not None and decode_heads(with_heads.heads).shape == (1, n_ff // g, 8)
     assert with_heads.order == summed.order
     order = np.asarray(with_heads.order[0])
     judged = group_scores(energy[800:], order, g)
@@ -113,13 +117,13 @@ def test_heads_choose_the_groups_that_carry_the_output() -> None:
         return float(recall_by_k(features[800:] @ heads.T, judged)[0])  # energy inside each token's best group
 
     summed_heads = fc2[order].reshape(n_ff // g, g, 8).sum(axis=1)
-    assert kept(np.asarray(with_heads.heads[0])) > 0.85 and kept(summed_heads) < 0.8  # 0.88 and 0.74
+    assert kept(decode_heads(with_heads.heads)[0]) > 0.85 and kept(summed_heads) < 0.8  # 0.88 and 0.74
 
 
 def test_a_checkpoints_plan_fits_heads_to_its_ffn_outputs(tmp_path: Path) -> None:
     """checkpoint_layers: the predictor's hidden layer and each neuron's output energy (a_j |down_j|)^2 of a bamboo
     checkpoint over its collection, against the torch model's own FFN; the plan from it carries fitted heads."""
-    model = bamboo_model(tiny_config(64), RANK, seed=3)
+    model = bamboo_model(tiny_config(64, mlp_bias=True), RANK, seed=3)
     ckpt = save_checkpoint(model, tmp_path / "ckpt", tmp_path, extra_config={"turbosparse": {
         "predictor_input": "residual_rmsnorm"}})  # fmt: skip
     seqs = np.random.default_rng(7).integers(0, 64, size=(6, 16))
@@ -139,7 +143,16 @@ def test_a_checkpoints_plan_fits_heads_to_its_ffn_outputs(tmp_path: Path) -> Non
         np.testing.assert_allclose(sample.features, hidden.numpy(), rtol=1e-3, atol=1e-4)
         np.testing.assert_array_equal(sample.mask, coll.mask(i))
     plan = plan_from_checkpoint(ckpt, tmp_path / "collect", GroupPlanConfig(group_size=32, fit_tokens=40))
-    assert plan.heads is not None and np.asarray(plan.heads).shape == (N_LAYER, N_FF // 32, RANK)
+    assert plan.heads is not None and decode_heads(plan.heads).shape == (N_LAYER, N_FF // 32, RANK)
+    # k for another target under the plan's own scores: the plan's k at its target, fewer groups for less recall
+    assert top_k_for(plan, ckpt, tmp_path / "collect", plan.recall_target, 40) == plan.top_k
+    fewer = top_k_for(plan, ckpt, tmp_path / "collect", 0.3, 40)
+    assert all(a <= b for a, b in zip(fewer, plan.top_k, strict=True)) and fewer != plan.top_k
     summed = plan_from_checkpoint(ckpt, tmp_path / "collect", GroupPlanConfig(group_size=32, fit_tokens=40,
                                                                               heads=False))  # fmt: skip
     assert summed.heads is None and summed.order == plan.order
+    config = json.loads((ckpt / "config.json").read_text())
+    config.update(model_type="llama", architectures=["LlamaForCausalLM"], hidden_act="silu")
+    (ckpt / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"config.json: hidden_act 'silu' is not a ReLU-family FFN"):
+        checkpoint_layers(ckpt, tmp_path / "collect", energy_tokens=40)

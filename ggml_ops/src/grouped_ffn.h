@@ -3,7 +3,7 @@
  * Metal, CUDA, Vulkan), as llama.cpp runs MoE experts. The FFN's n_ff neurons form n_ff / G groups of G
  * consecutive neurons (the converter orders neurons so that co-activated ones share a group); per token
  *
- *   score = pred_groups . relu(fc1 . h)            [n_groups, T]  fc2 rows summed per group: the group's summed logit
+ *   score = pred_groups . relu(fc1 . h)            [n_groups, T]  group heads (fitted, or fc2 rows summed)
  *   ids   = top_k(score, k)                         [k, T]         k per layer, from the file
  *   a_g   = act(gate_g . x, up_g . x)               [G, k, T]      mul_mat_id over gate/up viewed [n_embd, G, n_groups]
  *   out   = down . scatter(a)                       [n_embd, T]    a_g set in group g's place among zeros (set_rows),

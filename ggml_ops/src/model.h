@@ -32,7 +32,7 @@ typedef struct ts_layer {
     struct ggml_tensor *ffn_down_t_exps; /* [n_embd, n_ff, n_expert]: row j of expert e = its neuron j's output */
     struct ggml_tensor *pred_fc1_exps;   /* [n_embd, rank, n_expert] per-expert predictors, optional */
     struct ggml_tensor *pred_fc2_exps;   /* [rank, n_ff, n_expert] */
-    struct ggml_tensor *pred_groups;     /* [rank, n_ff/G]: fc2 rows summed per neuron group (grouped route) */
+    struct ggml_tensor *pred_groups;     /* [rank, n_ff/G]: group heads (grouped route) */
     /* [n_embd, 2 n_ff(, n_expert)]: the memory of the gate and up (or their stacks) where the copy lays their rows side
      * by side, gate_j as row 2j and up_j as row 2j + 1 (model.c: pair_gate_up), so that one prompt node reads both;
      * else NULL */

@@ -49,7 +49,7 @@ TENSOR_FFN_DOWN_T: Final = "blk.{}.ffn_down_t.weight"  # ne {n_embd, n_ff}: row 
 TENSOR_FFN_DOWN_T_SCALE: Final = "blk.{}.ffn_down_t_scale.weight"  # ne {n_embd}: ffn_down_t's products times it
 TENSOR_PRED_FC1: Final = "blk.{}.ffn_pred_fc1.weight"  # ne {n_embd, rank}
 TENSOR_PRED_FC2: Final = "blk.{}.ffn_pred_fc2.weight"  # ne {rank, n_ff}
-TENSOR_PRED_GROUPS: Final = "blk.{}.ffn_pred_groups.weight"  # ne {rank, n_ff/G}: fc2 rows summed per group
+TENSOR_PRED_GROUPS: Final = "blk.{}.ffn_pred_groups.weight"  # ne {rank, n_ff/G}: the group heads
 
 # mixture of experts (llama.cpp's names; ggml ne, experts along ne2)
 TENSOR_FFN_GATE_INP: Final = "blk.{}.ffn_gate_inp.weight"  # ne {n_embd, n_expert}: the router
