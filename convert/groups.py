@@ -127,12 +127,17 @@ def budget_groups(size: int, n_ff: int, predicted_rates: Sequence[float] | None,
     return NeuronGroups(size, top_k, None)
 
 
-def _group_heads_loader(fc2: TensorSpec, n_groups: int, heads: np.ndarray | None) -> Callable[[], np.ndarray]:
-    """The route's group heads [n_groups, rank]: the plan's, or fc2's rows summed per group (a group's score is
-    then the sum of its neurons' logits)."""
+def summed_heads(fc2: np.ndarray, group_size: int) -> np.ndarray:
+    """fc2's rows [n_ff, rank], in the groups' order, summed per group: [n_groups, rank] (a group's score is then the
+    sum of its neurons' logits)."""
+    return fc2.reshape(-1, group_size, fc2.shape[1]).sum(axis=1)
+
+
+def _group_heads_loader(fc2: TensorSpec, group_size: int, heads: np.ndarray | None) -> Callable[[], np.ndarray]:
+    """The route's group heads [n_groups, rank]: the plan's, or fc2's rows summed per group."""
     if heads is not None:
         return lambda: heads
-    return lambda: fc2.load().reshape(n_groups, -1, fc2.shape[1]).sum(axis=1)
+    return lambda: summed_heads(fc2.load(), group_size)
 
 
 def add_groups(specs: list[TensorSpec], groups: NeuronGroups, n_layer: int, n_ff: int) -> list[TensorSpec]:
@@ -152,6 +157,6 @@ def add_groups(specs: list[TensorSpec], groups: NeuronGroups, n_layer: int, n_ff
                                f"predictor has rank {rank}")  # fmt: skip
         origin = f"{groups.plan}: heads[{layer}]" if heads is not None else fc2.origin
         out.append(TensorSpec(TENSOR_PRED_GROUPS.format(layer), (n_groups, rank), ROLE_PREDICTOR,
-                              _group_heads_loader(fc2, n_groups, heads), origin))  # fmt: skip
+                              _group_heads_loader(fc2, groups.size, heads), origin))  # fmt: skip
     out.sort(key=lambda s: layer_of(s.name))
     return out

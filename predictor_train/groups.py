@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from turbosparse.convert.groups import decode_heads, encode_heads
+from turbosparse.convert.groups import decode_heads, encode_heads, summed_heads
 from turbosparse.predictor_train.collect import Collection
 from turbosparse.predictor_train.modeling import is_bamboo
 
@@ -127,11 +127,6 @@ def group_scores(values: np.ndarray, order: np.ndarray, group_size: int) -> np.n
     return z.reshape(z.shape[0], -1, group_size).sum(axis=2)
 
 
-def summed_heads(fc2: np.ndarray, order: np.ndarray, group_size: int) -> np.ndarray:
-    """fc2's rows summed per group [n_groups, rank]: a group's score is the sum of its neurons' logits."""
-    return fc2[order].reshape(-1, group_size, fc2.shape[1]).sum(axis=1)
-
-
 def fit_group_heads(features: np.ndarray, group_energy: np.ndarray, ridge: float = 1e-3) -> np.ndarray:
     """Heads [n_groups, rank] whose scores features . heads^T approximate each group's share of the token's output
     energy, square-rooted (least squares, ridge-damped relative to the features' mean square)."""
@@ -172,7 +167,7 @@ def plan_groups(
         heads = (
             fit_group_heads(sample.features[fit], group_scores(sample.energy[fit], order, config.group_size))
             if sample.energy is not None
-            else summed_heads(sample.fc2, order, config.group_size)
+            else summed_heads(sample.fc2[order], config.group_size)
         )
         recall = recall_by_k(sample.features[judge] @ heads.T,
                              group_counts(sample.mask[judge], order, config.group_size))  # fmt: skip
@@ -191,10 +186,11 @@ def plan_groups(
     return plan
 
 
-def predictor_input(residual: np.ndarray, kind: str, eps: float) -> np.ndarray:
-    """The predictor's input as the engine computes it: the residual, RMS-normalized without weight if asked."""
-    h = residual.astype(np.float32)
-    return h / np.sqrt((h * h).mean(-1, keepdims=True) + eps) if kind == "residual_rmsnorm" else h
+def rms_normalized(x: np.ndarray, eps: float) -> np.ndarray:
+    """x [tokens, n_embd] over its root mean square, in float32 (the FFN's norm before its weight; the predictor's
+    input where the checkpoint says residual_rmsnorm)."""
+    h = x.astype(np.float32)
+    return h / np.sqrt((h * h).mean(-1, keepdims=True) + eps)
 
 
 def checkpoint_layers(checkpoint: Path, collect_dir: Path, energy_tokens: int = 0) -> tuple[int, LayerData]:
@@ -232,7 +228,7 @@ def checkpoint_layers(checkpoint: Path, collect_dir: Path, energy_tokens: int = 
     def energy(layer: int, residual: np.ndarray) -> np.ndarray:
         """(a_j |down_j|)^2 [tokens, n_ff]: each neuron's share of the FFN's output, squared"""
         mlp, norm = f"model.layers.{layer}.mlp", f"model.layers.{layer}.post_attention_layernorm.weight"
-        x = predictor_input(residual, "residual_rmsnorm", eps) * tensor(norm)
+        x = rms_normalized(residual, eps) * tensor(norm)
         up = linear(x, f"{mlp}.up_proj")
         a = np.maximum(linear(x, f"{mlp}.gate_proj"), 0.0) * (np.maximum(up, 0.0) if drelu else up)
         return (a * np.linalg.norm(tensor(f"{mlp}.down_proj.weight"), axis=0)) ** 2
@@ -240,7 +236,8 @@ def checkpoint_layers(checkpoint: Path, collect_dir: Path, energy_tokens: int = 
     def layer_data(layer: int) -> LayerSample:
         prefix = f"model.layers.{layer}.mlp.predictor"
         residual = np.asarray(collection.residual(layer))
-        features = np.maximum(predictor_input(residual, kind, eps) @ tensor(f"{prefix}.fc1.weight").T, 0.0)
+        h = rms_normalized(residual, eps) if kind == "residual_rmsnorm" else residual.astype(np.float32)
+        features = np.maximum(h @ tensor(f"{prefix}.fc1.weight").T, 0.0)
         return LayerSample(features, tensor(f"{prefix}.fc2.weight"), collection.mask(layer),
                            energy(layer, residual[:energy_tokens]) if energy_tokens > 0 else None)  # fmt: skip
 
@@ -262,7 +259,7 @@ def top_k_for(plan: GroupPlan, checkpoint: Path, collect_dir: Path, target: floa
     for layer in range(n_layer):
         sample = layer_data(layer)
         order = np.asarray(plan.order[layer])
-        heads = fitted[layer] if fitted is not None else summed_heads(sample.fc2, order, plan.group_size)
+        heads = fitted[layer] if fitted is not None else summed_heads(sample.fc2[order], plan.group_size)
         want = (len(order) // plan.group_size, sample.fc2.shape[1])
         if heads.shape != want:
             raise ValueError(

@@ -13,6 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
+from turbosparse.convert.groups import summed_heads
 from turbosparse.predictor_train.collect import Collection
 from turbosparse.predictor_train.groups import (
     GroupPlanConfig,
@@ -21,7 +22,6 @@ from turbosparse.predictor_train.groups import (
     fit_group_heads,
     group_scores,
     recall_by_k,
-    summed_heads,
 )
 
 
@@ -51,7 +51,7 @@ def main() -> int:
             held = group_scores(energy, order, g)
             k = max(1, min(held.shape[1], int(args.budget * rows * held.shape[1])))
             heads = fit_group_heads(s.features[fit], group_scores(s.energy[fit], order, g))
-            for name, scores in (("oracle", held), ("summed", s.features[judge] @ summed_heads(s.fc2, order, g).T),
+            for name, scores in (("oracle", held), ("summed", s.features[judge] @ summed_heads(s.fc2[order], g).T),
                                  ("heads", s.features[judge] @ heads.T)):  # fmt: skip
                 row[f"G{g}_{name}"] = float(recall_by_k(scores, held)[k - 1])
         print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
