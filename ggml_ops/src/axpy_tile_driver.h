@@ -20,7 +20,7 @@ static inline void ts_prefetch_row_segments(const char *w, size_t row_bytes, siz
     for (int64_t i = 0; i < n; i++) {
         const char *p = w + (size_t)idx[i] * row_bytes + offset;
         for (size_t b = 0; b < seg_bytes; b += 64) {
-            __builtin_prefetch(p + b);
+            ts_prefetch_line(p + b);
         }
     }
 }

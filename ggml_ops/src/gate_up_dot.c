@@ -2,6 +2,7 @@
 #include "gate_up_dot.h"
 
 #include "cpu_features.h"
+#include "row_prefetch.h"
 #include "ggml-cpu.h"
 #include "ts_error.h"
 
@@ -18,7 +19,7 @@ static const void *prepare_generic(const void *xq, int64_t n, void *buf) {
 /* Asks for a whole row ahead of its use. */
 static void prefetch_row(const char *row, size_t row_bytes) {
     for (size_t b = 0; b < row_bytes; b += 64) {
-        __builtin_prefetch(row + b);
+        ts_prefetch_line(row + b);
     }
 }
 
