@@ -181,6 +181,10 @@ void ts_model_get_group_top_k(const ts_model *model, int32_t *top_k);
    pages: one stream per neuron for the sparse gate/up node); the file is unchanged. */
 int32_t ts_model_n_gate_up_side_by_side(const ts_model *model);
 
+/* Layers whose gate and up rows this model holds in the split layout (per 8 blocks their scales, then their quants:
+   the decoding and prompt kernels of AVX-512 VNNI CPUs read Q4_0 rows of a multiple of 256 values faster so). */
+int32_t ts_model_n_gate_up_split(const ts_model *model);
+
 /*
  * The sparse mode a user's request means for this model (the one place that decides it): `requested` is an enum
  * ts_sparse_mode, TS_SPARSE_AUTO included. TS_OK with *mode set to the mode to run (never AUTO), or TS_ERR_ARGUMENT
@@ -313,10 +317,12 @@ int32_t ts_down_rows_type(int32_t type);
  * out[i] = W[idx[i]] . x for i in [0, n_idx): the sparse gate/up node's inner loop, x quantized as that node
  * quantizes it (to the type's ggml vec_dot type), with the kernel of instruction set `isa` (TS_ISA_GENERIC:
  * ggml's vec_dot row by row; an error when the CPU lacks the set or the set has no kernel for the type).
- * W: n_rows rows of n_cols values of ggml type `type`.
+ * W: n_rows rows of n_cols values of ggml type `type` in ggml's layout; split: the kernel for rows a model holds in
+ * the split layout (ts_gate_up_split), run on a copy of W in that layout.
  */
 int32_t ts_kernel_dot_rows(int32_t isa, int32_t type, const void *w, int64_t n_rows, int64_t n_cols,
-                           const int32_t *idx, int64_t n_idx, const float *x, float *out, char *err, size_t err_size);
+                           const int32_t *idx, int64_t n_idx, const float *x, int32_t split, float *out, char *err,
+                           size_t err_size);
 /*
  * out[c] += sum_i coef[i] * W[idx[i]][col0 + c] for c in [0, n): the sparse down projection's inner loop, with
  * the kernel of instruction set `isa` (TS_ISA_GENERIC: ggml's dequantizer, then a plain loop).
@@ -340,10 +346,10 @@ int32_t ts_kernel_row_sums_batch(int32_t type, const void *w, int64_t n_rows, in
  * quantized to the type's ggml vec_dot type as the node quantizes it): the prompt kernel for matrices sparse
  * decoding reads by row, that of instruction set `isa`; an error where the CPU lacks the set or the set has no
  * kernel for these rows (the engine uses ggml's mul_mat where no set has one). W: n_rows rows of n_cols values of
- * ggml type `type`.
+ * ggml type `type` in ggml's layout; split as for ts_kernel_dot_rows.
  */
 int32_t ts_kernel_rows_matmul(int32_t isa, int32_t type, const void *w, int64_t n_rows, int64_t n_cols, const float *x,
-                              int64_t n_tokens, float *out, char *err, size_t err_size);
+                              int64_t n_tokens, int32_t split, float *out, char *err, size_t err_size);
 
 /* ---- quantization: ggml's own quantizers and dequantizers ---------------------------------- */
 /* Fills name/blck_size/type_size of a ggml type; returns 0 when the type id is known. */

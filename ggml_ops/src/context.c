@@ -95,6 +95,8 @@ static int init_sparse_layers(ts_context *c, char *err, size_t err_size) {
         s->ffn_act = m->info.ffn_act;
         /* layers without a predictor select exactly (gate > 0) even in predictor mode */
         s->select_exact = c->params.sparse_mode != TS_SPARSE_PREDICTOR || m->pred_rank[il] == 0;
+        s->gate_split = m->layers[il].gate_split;
+        s->up_split = m->layers[il].up_split;
         s->threshold = c->threshold;
         s->gate_threshold = m->gate_threshold[il];
         s->act_threshold = m->act_threshold[il];

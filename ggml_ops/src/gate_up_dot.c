@@ -1,9 +1,11 @@
 /* The generic gate/up kernel (ggml's vec_dot: every type), the choice of kernel, and the kernel's test entry. */
 #include "gate_up_dot.h"
 
+#include "axpy_rows.h"
 #include "cpu_features.h"
 #include "row_prefetch.h"
 #include "ggml-cpu.h"
+#include "rows_matmul.h"
 #include "ts_error.h"
 
 #include <stdlib.h>
@@ -61,6 +63,21 @@ ts_dot_kernel ts_dot_kernel_best(enum ggml_type type, int64_t n) {
     return k;
 }
 
+int ts_gate_up_split(enum ggml_type type, int64_t n) {
+    ts_dot_kernel k;
+    return ts_isa_supported(TS_ISA_AVX512_VNNI) && ts_dot_kernel_avx512_split(type, n, &k) &&
+           ts_rows_matmul_kernel(type, n, 1) != NULL;
+}
+
+ts_dot_kernel ts_dot_kernel_for(enum ggml_type type, int64_t n, int split) {
+    ts_dot_kernel k = ts_dot_kernel_best(type, n);
+    if (split) {
+        GGML_ASSERT(ts_gate_up_split(type, n));
+        ts_dot_kernel_avx512_split(type, n, &k);
+    }
+    return k;
+}
+
 /* ---- test entry ----------------------------------------------------------------------------------- */
 
 static int check_matrix(const char *what, int32_t type, int64_t n_rows, int64_t n_cols, const int32_t *idx,
@@ -82,24 +99,33 @@ static int check_matrix(const char *what, int32_t type, int64_t n_rows, int64_t 
 }
 
 int32_t ts_kernel_dot_rows(int32_t isa, int32_t type, const void *w, int64_t n_rows, int64_t n_cols,
-                           const int32_t *idx, int64_t n_idx, const float *x, float *out, char *err, size_t err_size) {
+                           const int32_t *idx, int64_t n_idx, const float *x, int32_t split, float *out, char *err,
+                           size_t err_size) {
     if (check_matrix("dot_rows", type, n_rows, n_cols, idx, n_idx, err, err_size) != 0) {
         return -1;
     }
     ggml_cpu_init();
     ts_dot_kernel k;
-    if (!ts_kernel_isa_supported(isa) || !ts_dot_kernel_of((enum ts_kernel_isa)isa, (enum ggml_type)type, n_cols, &k)) {
-        return ts_set_error(err, err_size, "dot_rows: no %s kernel for %s rows of %lld on this CPU",
-                            ts_kernel_isa_name(isa), ggml_type_name((enum ggml_type)type), (long long)n_cols);
+    const int found = split ? isa == TS_ISA_AVX512_VNNI && ts_dot_kernel_avx512_split((enum ggml_type)type, n_cols, &k)
+                            : ts_dot_kernel_of((enum ts_kernel_isa)isa, (enum ggml_type)type, n_cols, &k);
+    if (!ts_kernel_isa_supported(isa) || !found) {
+        return ts_set_error(err, err_size, "dot_rows: no %s kernel for %s rows of %lld%s on this CPU",
+                            ts_kernel_isa_name(isa), ggml_type_name((enum ggml_type)type), (long long)n_cols,
+                            split ? " in the split layout" : "");
     }
     const enum ggml_type vdt = ggml_get_type_traits_cpu((enum ggml_type)type)->vec_dot_type;
     const size_t row_bytes = ggml_row_size((enum ggml_type)type, n_cols);
     void *xq = malloc(ggml_row_size(vdt, n_cols));
     void *buf = aligned_alloc(64, TS_DOT_PREPARED_MAX);
     const void **rows = malloc(sizeof(void *) * (size_t)(n_idx > 0 ? n_idx : 1));
-    if (xq == NULL || buf == NULL || rows == NULL) {
-        free(xq), free(buf), free(rows);
+    void *held = split ? malloc(row_bytes * (size_t)n_rows) : NULL; /* w in the split layout */
+    if (xq == NULL || buf == NULL || rows == NULL || (split && held == NULL)) {
+        free(xq), free(buf), free(rows), free(held);
         return ts_set_error(err, err_size, "dot_rows: out of memory");
+    }
+    if (split) {
+        ts_rows_split((enum ggml_type)type, w, held, n_rows, row_bytes);
+        w = held;
     }
     if (vdt == GGML_TYPE_F32) {
         memcpy(xq, x, (size_t)n_cols * sizeof(float));
@@ -110,6 +136,6 @@ int32_t ts_kernel_dot_rows(int32_t isa, int32_t type, const void *w, int64_t n_r
         rows[i] = (const char *)w + (size_t)idx[i] * row_bytes;
     }
     k.dot_rows((enum ggml_type)type, rows, n_idx, k.prepare(xq, n_cols, buf), n_cols, out);
-    free(xq), free(buf), free(rows);
+    free(xq), free(buf), free(rows), free(held);
     return 0;
 }

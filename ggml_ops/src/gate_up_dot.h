@@ -89,12 +89,24 @@ static inline const void *ts_prepare_q8_k(const void *xq, int64_t n, void *buf, 
 /* The fastest kernel this CPU runs for rows of n values of `type` (the generic one at least). */
 ts_dot_kernel ts_dot_kernel_best(enum ggml_type type, int64_t n);
 
+/*
+ * Whether a model holds gate and up rows of n values of `type` in the split layout (axpy_rows.h: TS_ROWS_SPLIT, made
+ * by ts_rows_split) on this CPU: where it has a gate/up kernel and a prompt kernel for such rows (AVX-512 VNNI: Q4_0,
+ * n a multiple of 256), which read a group's 8 scales at once and four blocks' quants per load (gate_up_dot_avx512.c).
+ */
+int ts_gate_up_split(enum ggml_type type, int64_t n);
+
+/* The kernel for rows of n values of `type` held in the split layout where `split` (ts_gate_up_split must hold), else
+ * ts_dot_kernel_best's. */
+ts_dot_kernel ts_dot_kernel_for(enum ggml_type type, int64_t n, int split);
+
 /* The kernel of one instruction set, if it has one for these rows: 1 and *k filled, else 0. Does not ask the CPU. */
 int ts_dot_kernel_of(enum ts_kernel_isa isa, enum ggml_type type, int64_t n, ts_dot_kernel *k);
 
 /* Each instruction set's table (0 where it has no kernel for these rows, or is not compiled for this architecture). */
 int ts_dot_kernel_avx2(enum ggml_type type, int64_t n, ts_dot_kernel *k);
 int ts_dot_kernel_avx512(enum ggml_type type, int64_t n, ts_dot_kernel *k);
+int ts_dot_kernel_avx512_split(enum ggml_type type, int64_t n, ts_dot_kernel *k); /* rows in the split layout */
 int ts_dot_kernel_neon(enum ggml_type type, int64_t n, ts_dot_kernel *k);
 int ts_dot_kernel_neon_dotprod(enum ggml_type type, int64_t n, ts_dot_kernel *k);
 

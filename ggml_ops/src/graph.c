@@ -105,10 +105,10 @@ struct ggml_tensor *ts_gated_activation(struct ggml_context *ctx0, int32_t act, 
 /* w . cur (+ b) for the dense FFN: in the sparse modes the row-read matrices keep ggml's plain layout, where the
  * prompt kernels of rows_matmul.h beat ggml's plain mul_mat; everything else (and types without a kernel) by ggml. */
 static struct ggml_tensor *ffn_matmul(const ts_context *ctx, struct ggml_context *ctx0, struct ggml_tensor *w,
-                                      struct ggml_tensor *b, struct ggml_tensor *cur) {
+                                      struct ggml_tensor *b, struct ggml_tensor *cur, int split) {
     const ts_model *m = ctx->model;
-    struct ggml_tensor *out = m->sparse_rows && m->on_cpu && w->buffer != m->buf_repacked
-                                  ? ts_rows_matmul(ctx0, w, cur, ctx->params.n_threads)
+    struct ggml_tensor *out = split || (m->sparse_rows && m->on_cpu && w->buffer != m->buf_repacked)
+                                  ? ts_rows_matmul(ctx0, w, cur, ctx->params.n_threads, split)
                                   : NULL;
     return out != NULL ? add_bias(ctx0, out, b) : matmul_bias(ctx0, w, b, cur);
 }
@@ -144,12 +144,12 @@ static struct ggml_tensor *ffn(ts_context *ctx, struct ggml_context *ctx0, int i
     if (runs_dense(ctx, il, dense_ffn)) {
         struct ggml_tensor *up, *gate;
         if (l->ffn_gate_up != NULL) { /* side by side (model.c: pair_gate_up): one pass over both */
-            ts_unpair_gate_up(ctx0, ffn_matmul(ctx, ctx0, l->ffn_gate_up, NULL, cur), &gate, &up);
+            ts_unpair_gate_up(ctx0, ffn_matmul(ctx, ctx0, l->ffn_gate_up, NULL, cur, l->gate_split), &gate, &up);
             up = add_bias(ctx0, up, l->ffn_up_b);
             gate = add_bias(ctx0, gate, l->ffn_gate_b);
         } else {
-            up = ffn_matmul(ctx, ctx0, l->ffn_up, l->ffn_up_b, cur);
-            gate = ffn_matmul(ctx, ctx0, l->ffn_gate, l->ffn_gate_b, cur);
+            up = ffn_matmul(ctx, ctx0, l->ffn_up, l->ffn_up_b, cur, l->up_split);
+            gate = ffn_matmul(ctx, ctx0, l->ffn_gate, l->ffn_gate_b, cur, l->gate_split);
         }
         if (trace != NULL) { /* with the gate and up side by side: views of one node, kept by ggml_set_output */
             trace->gate = gate;
@@ -178,7 +178,9 @@ static struct ggml_tensor *ffn(ts_context *ctx, struct ggml_context *ctx0, int i
     struct ggml_tensor *xq_up =
         ts_sparse_quantize_gate_up(ctx0, cur, sl->select_exact ? NULL : l->ffn_gate, l->ffn_up, &xq_gate);
     if (sl->select_exact) {
-        select = matmul_bias(ctx0, l->ffn_gate, l->ffn_gate_b, cur); /* the dense gate decides which up rows run */
+        /* the dense gate decides which up rows run (split rows: through the prompt kernel, ggml reads them not) */
+        select = l->gate_split ? ffn_matmul(ctx, ctx0, l->ffn_gate, l->ffn_gate_b, cur, 1)
+                               : matmul_bias(ctx0, l->ffn_gate, l->ffn_gate_b, cur);
     } else {
         /* predictor logits = fc2 . relu(fc1 . h), h the residual before the FFN norm */
         struct ggml_tensor *h = m->info.predictor_input == TS_PRED_INPUT_RESIDUAL_RMSNORM

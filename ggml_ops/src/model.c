@@ -9,6 +9,7 @@
 #include "axpy_rows.h"
 
 #include "device.h"
+#include "gate_up_dot.h"
 #include "ggml-alloc.h"
 #include "ggml-cpu.h"
 #include "gguf_names.h"
@@ -897,7 +898,7 @@ static void pair_gate_up(ts_model *m, plan *p) {
         binding *g = find_binding(p, m->info.n_expert > 0 ? &l->ffn_gate_exps : &l->ffn_gate);
         binding *u = find_binding(p, m->info.n_expert > 0 ? &l->ffn_up_exps : &l->ffn_up);
         if (g != NULL && u != NULL && g->rows && u->rows && g->role == ROLE_ROWS && u->role == ROLE_ROWS &&
-            !g->split && !g->requant && !u->split && !u->requant && g->src->type == u->src->type &&
+            g->split == u->split && !g->requant && !u->requant && g->src->type == u->src->type &&
             memcmp(g->ne, u->ne, sizeof(g->ne)) == 0) {
             g->up_beside = u;
             g->layer = il;
@@ -930,7 +931,13 @@ static int place_side_by_side(ts_model *m, const binding *g, char *at, char *err
     const int64_t n_rows = ggml_nrows(t[0]);
     for (int64_t r = 0; r < n_rows; r++) {
         for (int k = 0; k < 2; k++) {
-            memcpy(at + (size_t)(2 * r + k) * row, (const char *)src[k]->data + (size_t)r * row, row);
+            const char *from = (const char *)src[k]->data + (size_t)r * row;
+            char *to = at + (size_t)(2 * r + k) * row;
+            if (g->split) { /* both are (pair_gate_up) */
+                ts_rows_split(t[k]->type, from, to, 1, row);
+            } else {
+                memcpy(to, from, row);
+            }
         }
     }
     for (int k = 0; k < 2; k++) {
@@ -1030,6 +1037,10 @@ static int allocate(ts_model *m, plan *p, const ts_model_params *params, char *e
         /* a transposed down is held as its kernel reads it: re-laid out (split) or requantized (requant) */
         const enum ggml_type type = (enum ggml_type)b->src->type;
         b->split = is_down_t(b) && ts_axpy_rows_layout(type) == TS_ROWS_SPLIT;
+        /* with repack, row-read gate / up rows that split-layout kernels take are held so too (gate_up_dot.h); not
+         * for the grouped route, which reads them through ggml */
+        b->split = b->split || (b->role == ROLE_ROWS && params->sparse_rows && params->repack &&
+                                m->info.group_size == 0 && ts_gate_up_split(type, b->ne[0]));
         b->requant = is_down_t(b) && ts_axpy_rows_held_type(type) != type;
         struct ggml_tensor *t = ggml_new_tensor(ctx, b->requant ? GGML_TYPE_Q8_0 : type, 4, b->ne);
         ggml_set_name(t, b->name);
@@ -1037,6 +1048,13 @@ static int allocate(ts_model *m, plan *p, const ts_model_params *params, char *e
     }
     if (allocate_rows(m, p, params, err, err_size) != 0) {
         return -1;
+    }
+    for (int il = 0; il < m->info.n_layer; il++) {
+        ts_layer *l = &m->layers[il];
+        const binding *g = find_binding(p, m->info.n_expert > 0 ? &l->ffn_gate_exps : &l->ffn_gate);
+        const binding *u = find_binding(p, m->info.n_expert > 0 ? &l->ffn_up_exps : &l->ffn_up);
+        l->gate_split = g != NULL && g->role == ROLE_ROWS && g->split;
+        l->up_split = u != NULL && u->role == ROLE_ROWS && u->split;
     }
     m->buf_mapped = ggml_backend_cpu_buffer_from_ptr(m->file->map, m->file->size);
     if (m->buf_mapped == NULL) {
@@ -1248,6 +1266,14 @@ int32_t ts_model_n_gate_up_side_by_side(const ts_model *m) {
     int32_t n = 0;
     for (int il = 0; il < m->info.n_layer; il++) {
         n += m->layers[il].ffn_gate_up != NULL;
+    }
+    return n;
+}
+
+int32_t ts_model_n_gate_up_split(const ts_model *m) {
+    int32_t n = 0;
+    for (int il = 0; il < m->info.n_layer; il++) {
+        n += m->layers[il].gate_split && m->layers[il].up_split;
     }
     return n;
 }

@@ -37,6 +37,9 @@ typedef struct ts_layer {
      * by side, gate_j as row 2j and up_j as row 2j + 1 (model.c: pair_gate_up), so that one prompt node reads both;
      * else NULL */
     struct ggml_tensor *ffn_gate_up;
+    /* 1 where the gate's (up's) rows, and so ffn_gate_up's, are held in the split layout (gate_up_dot.h:
+     * ts_gate_up_split): only turbosparse's kernels read them then, chosen by these flags */
+    int32_t gate_split, up_split;
 } ts_layer;
 
 struct ts_model {

@@ -38,6 +38,8 @@ int ts_moe_init(ts_context *c, char *err, size_t err_size) {
             ts_sparse_layer *s = &c->expert_sparse[(size_t)il * (size_t)n_expert + (size_t)e];
             s->ffn_act = m->info.ffn_act;
             s->select_exact = c->params.sparse_mode != TS_SPARSE_PREDICTOR || m->pred_rank[il] == 0;
+            s->gate_split = m->layers[il].gate_split;
+            s->up_split = m->layers[il].up_split;
             s->threshold = c->threshold;
             /* no gate / activation thresholds or biases in an expert; recall is not measured
              * (recall mode computes every neuron, which would count experts the token never used) */
@@ -205,10 +207,10 @@ static struct ggml_tensor *moe_down_t(struct ggml_context *ctx0, struct ggml_ten
 /* The chosen experts' w . cur [n_ff, k, T]: in the sparse modes the row-read experts keep ggml's plain layout, where
  * the prompt kernels of rows_matmul.h beat ggml's plain mul_mat_id; otherwise (and types without a kernel) ggml's. */
 static struct ggml_tensor *experts_matmul(const ts_context *ctx, struct ggml_context *ctx0, struct ggml_tensor *w,
-                                          struct ggml_tensor *cur, struct ggml_tensor *ids) {
+                                          struct ggml_tensor *cur, struct ggml_tensor *ids, int split) {
     const ts_model *m = ctx->model;
-    struct ggml_tensor *out = m->sparse_rows && m->on_cpu && w->buffer != m->buf_repacked
-                                  ? ts_rows_matmul_id(ctx0, w, cur, ids, ctx->params.n_threads)
+    struct ggml_tensor *out = split || (m->sparse_rows && m->on_cpu && w->buffer != m->buf_repacked)
+                                  ? ts_rows_matmul_id(ctx0, w, cur, ids, ctx->params.n_threads, split)
                                   : NULL;
     return out != NULL ? out : ggml_mul_mat_id(ctx0, w, ggml_reshape_3d(ctx0, cur, cur->ne[0], 1, cur->ne[1]), ids);
 }
@@ -222,10 +224,10 @@ static struct ggml_tensor *moe_dense(ts_context *ctx, struct ggml_context *ctx0,
     const int64_t n_embd = m->info.n_embd, k = m->info.n_expert_used, n_tokens = cur->ne[1];
     struct ggml_tensor *up, *gate; /* [n_ff, k, T] */
     if (l->ffn_gate_up != NULL) { /* side by side (model.c: pair_gate_up): one pass over both */
-        ts_unpair_gate_up(ctx0, experts_matmul(ctx, ctx0, l->ffn_gate_up, cur, ids), &gate, &up);
+        ts_unpair_gate_up(ctx0, experts_matmul(ctx, ctx0, l->ffn_gate_up, cur, ids, l->gate_split), &gate, &up);
     } else {
-        up = experts_matmul(ctx, ctx0, l->ffn_up_exps, cur, ids);
-        gate = experts_matmul(ctx, ctx0, l->ffn_gate_exps, cur, ids);
+        up = experts_matmul(ctx, ctx0, l->ffn_up_exps, cur, ids, l->up_split);
+        gate = experts_matmul(ctx, ctx0, l->ffn_gate_exps, cur, ids, l->gate_split);
     }
     struct ggml_tensor *act = ts_gated_activation(ctx0, m->info.ffn_act, gate, up);
     struct ggml_tensor *experts = l->ffn_down_exps != NULL
@@ -315,8 +317,9 @@ static struct ggml_tensor *selection(ts_context *ctx, struct ggml_context *ctx0,
     const ts_model *m = ctx->model;
     const ts_layer *l = &m->layers[il];
     const int64_t n_embd = m->info.n_embd, n_tokens = cur->ne[1];
-    if (exact) {
-        return ggml_mul_mat_id(ctx0, l->ffn_gate_exps, ggml_reshape_3d(ctx0, cur, n_embd, 1, n_tokens), ids);
+    if (exact) { /* split rows: through the prompt kernel (ggml reads them not) */
+        return l->gate_split ? experts_matmul(ctx, ctx0, l->ffn_gate_exps, cur, ids, 1)
+                             : ggml_mul_mat_id(ctx0, l->ffn_gate_exps, ggml_reshape_3d(ctx0, cur, n_embd, 1, n_tokens), ids);
     }
     struct ggml_tensor *h = m->info.predictor_input == TS_PRED_INPUT_RESIDUAL_RMSNORM
                                 ? ggml_rms_norm(ctx0, ffn_inp, m->info.rms_eps)

@@ -1,6 +1,7 @@
 /* The prompt node over row-read FFN matrices (rows_matmul.h): the kernel choice and the ggml custom op. */
 #include "rows_matmul.h"
 
+#include "axpy_rows.h"
 #include "cpu_features.h"
 #include "ggml-cpu.h"
 #include "sparse_ffn.h"
@@ -27,18 +28,21 @@ int32_t ts_rows_matmul_isa(enum ggml_type type, int64_t n) {
     return isa == TS_ISA_GENERIC ? -1 : (int32_t)isa;
 }
 
-ts_rows_matmul_fn ts_rows_matmul_kernel(enum ggml_type type, int64_t n) {
+ts_rows_matmul_fn ts_rows_matmul_kernel(enum ggml_type type, int64_t n, int split) {
+    if (split) {
+        return ts_isa_supported(TS_ISA_AVX512_VNNI) ? ts_rows_matmul_avx512_split(type, n) : NULL;
+    }
     const int32_t isa = ts_rows_matmul_isa(type, n);
     return isa < 0 ? NULL : ts_rows_matmul_kernel_of((enum ts_kernel_isa)isa, type, n);
 }
 
-/* src: xq [row bytes, T] I8, w [n, n_rows], scratch [TS_ROWS_MATMUL_SCRATCH, n_threads] I8. Threads take whole groups
- * of 16 rows (the AVX-512 kernel's pass, 4 of the AVX2 kernel's) in order. */
+/* src: xq [row bytes, T] I8, w [n, n_rows], scratch [TS_ROWS_MATMUL_SCRATCH, n_threads] I8; userdata: 1 where w's rows
+ * are in the split layout. Threads take whole groups of 16 rows (the AVX-512 kernel's pass, 4 of the AVX2 kernel's) in
+ * order. */
 static void rows_matmul_op(struct ggml_tensor *dst, int ith, int nth, void *userdata) {
-    (void)userdata;
     const struct ggml_tensor *xq = dst->src[0], *w = dst->src[1], *scratch = dst->src[2];
     GGML_ASSERT(ith < scratch->ne[1]); /* the graph runs on the n_threads the scratch was sized for */
-    const ts_rows_matmul_fn kernel = ts_rows_matmul_kernel(w->type, w->ne[0]);
+    const ts_rows_matmul_fn kernel = ts_rows_matmul_kernel(w->type, w->ne[0], (int)(intptr_t)userdata);
     const int64_t n_groups = (w->ne[1] + 15) / 16;
     const int64_t r0 = n_groups * ith / nth * 16, r1 = n_groups * (ith + 1) / nth * 16;
     const int64_t end = r1 < w->ne[1] ? r1 : w->ne[1];
@@ -49,15 +53,16 @@ static void rows_matmul_op(struct ggml_tensor *dst, int ith, int nth, void *user
 }
 
 struct ggml_tensor *ts_rows_matmul(struct ggml_context *ctx0, struct ggml_tensor *w, struct ggml_tensor *x,
-                                   int32_t n_threads) {
-    if (ts_rows_matmul_kernel(w->type, w->ne[0]) == NULL) {
+                                   int32_t n_threads, int split) {
+    if (ts_rows_matmul_kernel(w->type, w->ne[0], split) == NULL) {
+        GGML_ASSERT(!split); /* ggml's mul_mat reads ggml's layout only */
         return NULL;
     }
     struct ggml_tensor *xq = ts_sparse_quantize(ctx0, x, w);
     struct ggml_tensor *scratch = ggml_new_tensor_2d(ctx0, GGML_TYPE_I8, TS_ROWS_MATMUL_SCRATCH, n_threads);
     struct ggml_tensor *args[3] = {xq, w, scratch};
     return ggml_custom_4d(ctx0, GGML_TYPE_F32, w->ne[1], xq->ne[1], 1, 1, args, 3, rows_matmul_op, GGML_N_TASKS_MAX,
-                          NULL);
+                          (void *)(intptr_t)split);
 }
 
 /* ---- experts: each chosen expert's rows against the tokens that chose it -------------------------------- */
@@ -95,10 +100,9 @@ static id_scratch id_scratch_parts(char *row, size_t xq_row, int64_t n_tokens) {
  * that chose it (their quantized rows copied together), runs its rows against them a chunk at a time and copies the
  * results to their slots; threads split the rows as rows_matmul_op does. */
 static void rows_matmul_id_op(struct ggml_tensor *dst, int ith, int nth, void *userdata) {
-    (void)userdata;
     const struct ggml_tensor *xq = dst->src[0], *w = dst->src[1], *ids = dst->src[2], *scratch = dst->src[3];
     GGML_ASSERT(ith < scratch->ne[1]); /* the graph runs on the n_threads the scratch was sized for */
-    const ts_rows_matmul_fn kernel = ts_rows_matmul_kernel(w->type, w->ne[0]);
+    const ts_rows_matmul_fn kernel = ts_rows_matmul_kernel(w->type, w->ne[0], (int)(intptr_t)userdata);
     const int64_t n_rows = w->ne[1], n_expert = w->ne[2], k = ids->ne[0], n_tokens = ids->ne[1];
     const int64_t n_groups = (n_rows + 3) / 4;
     const int64_t r0 = n_groups * ith / nth * 4, r1 = n_groups * (ith + 1) / nth * 4;
@@ -134,8 +138,9 @@ static void rows_matmul_id_op(struct ggml_tensor *dst, int ith, int nth, void *u
 }
 
 struct ggml_tensor *ts_rows_matmul_id(struct ggml_context *ctx0, struct ggml_tensor *w, struct ggml_tensor *x,
-                                      struct ggml_tensor *ids, int32_t n_threads) {
-    if (ts_rows_matmul_kernel(w->type, w->ne[0]) == NULL) {
+                                      struct ggml_tensor *ids, int32_t n_threads, int split) {
+    if (ts_rows_matmul_kernel(w->type, w->ne[0], split) == NULL) {
+        GGML_ASSERT(!split); /* ggml's mul_mat_id reads ggml's layout only */
         return NULL;
     }
     struct ggml_tensor *xq = ts_sparse_quantize(ctx0, x, w);
@@ -143,7 +148,7 @@ struct ggml_tensor *ts_rows_matmul_id(struct ggml_context *ctx0, struct ggml_ten
     struct ggml_tensor *scratch = ggml_new_tensor_2d(ctx0, GGML_TYPE_I8, (int64_t)bytes, n_threads);
     struct ggml_tensor *args[4] = {xq, w, ids, scratch};
     return ggml_custom_4d(ctx0, GGML_TYPE_F32, w->ne[1], ids->ne[0], ids->ne[1], 1, args, 4, rows_matmul_id_op,
-                          GGML_N_TASKS_MAX, NULL);
+                          GGML_N_TASKS_MAX, (void *)(intptr_t)split);
 }
 
 /* ---- a gate and an up side by side: one pass over both, then their products sorted apart ------------------ */
@@ -181,31 +186,38 @@ void ts_unpair_gate_up(struct ggml_context *ctx0, struct ggml_tensor *y, struct 
 /* ---- test entry ----------------------------------------------------------------------------------- */
 
 int32_t ts_kernel_rows_matmul(int32_t isa, int32_t type, const void *w, int64_t n_rows, int64_t n_cols,
-                              const float *x, int64_t n_tokens, float *out, char *err, size_t err_size) {
+                              const float *x, int64_t n_tokens, int32_t split, float *out, char *err, size_t err_size) {
     if (type < 0 || type >= GGML_TYPE_COUNT || ggml_blck_size((enum ggml_type)type) == 0) {
         return ts_set_error(err, err_size, "rows_matmul: unknown ggml type id %d", type);
     }
-    const ts_rows_matmul_fn kernel = ts_kernel_isa_supported(isa)
-                                         ? ts_rows_matmul_kernel_of((enum ts_kernel_isa)isa, (enum ggml_type)type, n_cols)
-                                         : NULL;
+    ts_rows_matmul_fn kernel = NULL;
+    if (ts_kernel_isa_supported(isa)) {
+        kernel = split ? (isa == TS_ISA_AVX512_VNNI ? ts_rows_matmul_avx512_split((enum ggml_type)type, n_cols) : NULL)
+                       : ts_rows_matmul_kernel_of((enum ts_kernel_isa)isa, (enum ggml_type)type, n_cols);
+    }
     if (kernel == NULL || n_rows < 0 || n_tokens < 0) {
-        return ts_set_error(err, err_size, "rows_matmul: no %s kernel for %s rows of %lld on this CPU",
-                            ts_kernel_isa_name(isa), ggml_type_name((enum ggml_type)type), (long long)n_cols);
+        return ts_set_error(err, err_size, "rows_matmul: no %s kernel for %s rows of %lld%s on this CPU",
+                            ts_kernel_isa_name(isa), ggml_type_name((enum ggml_type)type), (long long)n_cols,
+                            split ? " in the split layout" : "");
     }
     ggml_cpu_init();
     const enum ggml_type vdt = ggml_get_type_traits_cpu((enum ggml_type)type)->vec_dot_type;
-    const size_t xq_row = ggml_row_size(vdt, n_cols);
+    const size_t xq_row = ggml_row_size(vdt, n_cols), row_bytes = ggml_row_size((enum ggml_type)type, n_cols);
     void *xq = malloc(xq_row * (size_t)(n_tokens > 0 ? n_tokens : 1));
     void *scratch = malloc(TS_ROWS_MATMUL_SCRATCH);
-    if (xq == NULL || scratch == NULL) {
-        free(xq), free(scratch);
+    void *held = split ? malloc(row_bytes * (size_t)(n_rows > 0 ? n_rows : 1)) : NULL; /* w in the split layout */
+    if (xq == NULL || scratch == NULL || (split && held == NULL)) {
+        free(xq), free(scratch), free(held);
         return ts_set_error(err, err_size, "rows_matmul: out of memory");
+    }
+    if (split) {
+        ts_rows_split((enum ggml_type)type, w, held, n_rows, row_bytes);
+        w = held;
     }
     for (int64_t t = 0; t < n_tokens; t++) {
         ggml_get_type_traits_cpu(vdt)->from_float(x + t * n_cols, (char *)xq + t * xq_row, n_cols);
     }
-    kernel(w, ggml_row_size((enum ggml_type)type, n_cols), n_rows, xq, xq_row, n_tokens, n_cols, out, (size_t)n_rows,
-           scratch);
-    free(xq), free(scratch);
+    kernel(w, row_bytes, n_rows, xq, xq_row, n_tokens, n_cols, out, (size_t)n_rows, scratch);
+    free(xq), free(scratch), free(held);
     return 0;
 }

@@ -26,8 +26,9 @@
 typedef void (*ts_rows_matmul_fn)(const void *w, size_t row_bytes, int64_t n_rows, const void *xq, size_t xq_stride,
                                   int64_t n_tokens, int64_t n, float *out, size_t out_stride, void *scratch);
 
-/* The kernel for rows of n values of `type` on this CPU (the most specialised set's), or NULL. */
-ts_rows_matmul_fn ts_rows_matmul_kernel(enum ggml_type type, int64_t n);
+/* The kernel for rows of n values of `type` on this CPU (the most specialised set's), or NULL; split: for rows in the
+ * split layout (gate_up_dot.h: ts_gate_up_split). */
+ts_rows_matmul_fn ts_rows_matmul_kernel(enum ggml_type type, int64_t n, int split);
 
 /* The kernel of one instruction set for these rows, or NULL (where it has none). Does not ask the CPU. */
 ts_rows_matmul_fn ts_rows_matmul_kernel_of(enum ts_kernel_isa isa, enum ggml_type type, int64_t n);
@@ -38,17 +39,19 @@ int32_t ts_rows_matmul_isa(enum ggml_type type, int64_t n);
 /* Each instruction set's (NULL where it has none for these rows, or is not compiled for this architecture). */
 ts_rows_matmul_fn ts_rows_matmul_avx2(enum ggml_type type, int64_t n);
 ts_rows_matmul_fn ts_rows_matmul_avx512(enum ggml_type type, int64_t n);
+ts_rows_matmul_fn ts_rows_matmul_avx512_split(enum ggml_type type, int64_t n); /* rows in the split layout */
 
 /* w . x over the prompt's tokens x [n, T] F32: [w->ne[1], T] F32, or NULL where no kernel takes w's rows (the caller
- * multiplies with ggml_mul_mat). w must be in ggml's plain layout; n_threads: the threads the graph runs on. */
+ * multiplies with ggml_mul_mat). w in ggml's plain layout, or split where `split` (a kernel then always takes it);
+ * n_threads: the threads the graph runs on. */
 struct ggml_tensor *ts_rows_matmul(struct ggml_context *ctx0, struct ggml_tensor *w, struct ggml_tensor *x,
-                                   int32_t n_threads);
+                                   int32_t n_threads, int split);
 
 /* The experts' version for mixture-of-experts prompts: w [n, n_rows, n_expert] in ggml's plain layout, x [n, T] F32,
  * ids [k, T] I32 (the chosen experts) -> [n_rows, k, T] F32, slot (s, t) = expert ids[s, t]'s rows . x_t (what
- * ggml_mul_mat_id computes); NULL where no kernel takes w's rows. */
+ * ggml_mul_mat_id computes); NULL where no kernel takes w's rows; split as for ts_rows_matmul. */
 struct ggml_tensor *ts_rows_matmul_id(struct ggml_context *ctx0, struct ggml_tensor *w, struct ggml_tensor *x,
-                                      struct ggml_tensor *ids, int32_t n_threads);
+                                      struct ggml_tensor *ids, int32_t n_threads, int split);
 
 /* A layer whose gate and up rows lie side by side (model.h: ffn_gate_up [n, 2 n_ff(, n_expert)]) is multiplied in one
  * pass over their memory, as one matrix (two passes with a stride of two rows would each drag the other's rows in);

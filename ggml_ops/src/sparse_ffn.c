@@ -99,12 +99,12 @@ typedef struct {
     int paired;
 } act_dots;
 
-/* The kernels for gate (NULL in exact mode) and up rows dotted with xq_gate and xq_up. */
-static act_dots make_dots(const struct ggml_tensor *gate, const struct ggml_tensor *up,
+/* The kernels for gate (NULL in exact mode) and up rows (held as the layer says) dotted with xq_gate and xq_up. */
+static act_dots make_dots(const ts_sparse_layer *layer, const struct ggml_tensor *gate, const struct ggml_tensor *up,
                           const struct ggml_tensor *xq_gate, const struct ggml_tensor *xq_up) {
-    act_dots d = {.gate = gate, .up = up, .ku = ts_dot_kernel_best(up->type, up->ne[0])};
-    d.kg = gate == NULL ? d.ku : ts_dot_kernel_best(gate->type, gate->ne[0]);
-    d.paired = gate != NULL && gate->type == up->type && xq_gate == xq_up;
+    act_dots d = {.gate = gate, .up = up, .ku = ts_dot_kernel_for(up->type, up->ne[0], layer->up_split)};
+    d.kg = gate == NULL ? d.ku : ts_dot_kernel_for(gate->type, gate->ne[0], layer->gate_split);
+    d.paired = gate != NULL && gate->type == up->type && xq_gate == xq_up && layer->gate_split == layer->up_split;
     return d;
 }
 
@@ -203,7 +203,7 @@ static void sparse_act_op(struct ggml_tensor *dst, int ith, int nth, void *userd
     const int64_t n_ff = up->ne[1], n_tokens = dst->ne[1];
     GGML_ASSERT(ith < counters->ne[1]); /* the graph runs on the n_threads the counters were sized for */
     const int64_t j0 = n_ff * ith / nth, j1 = n_ff * (ith + 1) / nth;
-    act_dots d = make_dots(exact ? NULL : gate, up, xq_gate, xq_up);
+    act_dots d = make_dots(layer, exact ? NULL : gate, up, xq_gate, xq_up);
     _Alignas(64) unsigned char prepared_up[TS_DOT_PREPARED_MAX], prepared_gate[TS_DOT_PREPARED_MAX];
     int32_t count[TS_N_ACT_COUNTERS] = {0};
     if (n_tokens == 1) {
@@ -499,7 +499,7 @@ static void sparse_act_experts_op(struct ggml_tensor *dst, int ith, int nth, voi
     const int64_t j0 = n_ff * ith / nth, j1 = n_ff * (ith + 1) / nth;
     /* the experts of a stack share their types: one kernel choice and one prepared token serve every slot */
     _Alignas(64) unsigned char prepared_up[TS_DOT_PREPARED_MAX], prepared_gate[TS_DOT_PREPARED_MAX];
-    act_dots d = make_dots(gate, up, xq_gate, xq_up);
+    act_dots d = make_dots(&experts[0], gate, up, xq_gate, xq_up); /* one layer's experts: one layout */
     prepare_token(&d, xq_gate, xq_up, 0, prepared_gate, prepared_up);
     for (int64_t s = 0; s < k; s++) {
         const int32_t e = slot_expert(ids, s, up->ne[2]);

@@ -27,6 +27,7 @@
 typedef struct ts_sparse_layer {
     int32_t ffn_act;        /* enum ts_ffn_act */
     int32_t select_exact;   /* 1: select by the dense gate; 0: by predictor logit >= threshold */
+    int32_t gate_split, up_split; /* the gate's (up's) rows in the split layout (model.h), which picks their kernel */
     float threshold;        /* predictor logit threshold */
     float gate_threshold;   /* exact selection: |g(gate_j)| gate_scale[j] >= gate_threshold (and g(gate_j) != 0) */
     float act_threshold;    /* a_j kept (its down row read) when |a_j| * act_scale[j] >= act_threshold */

@@ -277,6 +277,8 @@ class NativeModel:
         self.group_top_k: list[int] = list(top_k)  # groups read per token per layer (zeros: no groups)
         # layers whose gate and up rows this placement laid side by side (huge-page copy of predictor layers)
         self.n_gate_up_side_by_side: int = lib.ts_model_n_gate_up_side_by_side(self._handle)
+        # ... and layers whose gate and up rows it holds in the split layout (AVX-512 VNNI's Q4_0 kernels)
+        self.n_gate_up_split: int = lib.ts_model_n_gate_up_split(self._handle)
         self.ffn_scales = self._ffn_scales()
 
     def _ffn_scales(self) -> FfnScales:
@@ -741,10 +743,17 @@ def _matrix_rows(w: np.ndarray, ggml_type: int, n_cols: int, idx: np.ndarray) ->
 
 
 def dot_rows(
-    w: np.ndarray, ggml_type: int, n_cols: int, idx: np.ndarray, x: np.ndarray, isa: KernelIsa = KernelIsa.GENERIC
+    w: np.ndarray,
+    ggml_type: int,
+    n_cols: int,
+    idx: np.ndarray,
+    x: np.ndarray,
+    isa: KernelIsa = KernelIsa.GENERIC,
+    split: bool = False,
 ) -> np.ndarray:
     """[w[i] . x for i in idx] as the sparse gate/up node computes it (x quantized to ggml's vec_dot type of
-    ggml_type), with the kernel of `isa` (GENERIC: ggml's vec_dot)."""
+    ggml_type), with the kernel of `isa` (GENERIC: ggml's vec_dot); split: the kernel for rows a model holds in the
+    split layout (w, in ggml's layout, is converted first)."""
     lib = load()
     raw, n_rows, rows = _matrix_rows(w, ggml_type, n_cols, idx)
     act = np.ascontiguousarray(x, dtype=np.float32)
@@ -762,6 +771,7 @@ def dot_rows(
         ffi.from_buffer("int32_t[]", rows),
         rows.size,
         ffi.from_buffer("float[]", act),
+        int(split),
         ffi.from_buffer("float[]", out),
         err.buf,
         _ERR_SIZE,
@@ -845,10 +855,13 @@ def row_sums_batch(
     return out
 
 
-def rows_matmul(w: np.ndarray, ggml_type: int, n_cols: int, x: np.ndarray, isa: KernelIsa | None = None) -> np.ndarray:
+def rows_matmul(
+    w: np.ndarray, ggml_type: int, n_cols: int, x: np.ndarray, isa: KernelIsa | None = None, split: bool = False
+) -> np.ndarray:
     """[T, n_rows]: every row of w (uint8 rows of ggml_type blocks) dotted with each of x's T rows (float32, each
     quantized to ggml's vec_dot type of ggml_type), as the prompt kernel of sparse modes computes them, with the
-    kernel of `isa` (None: the one prompts use on this CPU); ValueError where there is no such kernel."""
+    kernel of `isa` (None: the one prompts use on this CPU; split: the kernel for rows held in the split layout, w
+    converted first); ValueError where there is no such kernel."""
     if isa is None:
         isa = kernel_isa_used(KernelKind.ROWS_MATMUL, ggml_type, n_cols)
     lib = load()
@@ -867,6 +880,7 @@ def rows_matmul(w: np.ndarray, ggml_type: int, n_cols: int, x: np.ndarray, isa: 
         n_cols,
         ffi.from_buffer("float[]", act),
         act.shape[0],
+        int(split),
         ffi.from_buffer("float[]", out),
         err.buf,
         _ERR_SIZE,
