@@ -1,6 +1,6 @@
-"""Gate and up rows held in the split layout (gate_up_dot.h: ts_gate_up_split; AVX-512 VNNI, Q4_0 rows of a multiple
-of 256 values): the split decoding and prompt kernels against numpy and ggml's vec_dot, and whole models (a dense FFN
-and experts) whose rows are held so, decoding and prompting, against a float64 forward."""
+"""Gate and up rows held in the split layout (gate_up_dot.h: ts_gate_up_split; AVX-512 VNNI and AVX2, Q4_0 rows of a
+multiple of 256 values): each instruction set's split decoding and prompt kernels against numpy and ggml's vec_dot, and
+whole models (a dense FFN and experts) whose rows are held so, in every mode, against the plain layout."""
 
 from __future__ import annotations
 
@@ -17,36 +17,40 @@ from turbosparse.binding import KernelIsa, NativeContext, NativeModel, SparseMod
 from tinymodel import TinyConfig, random_weights, write_gguf
 
 Q = gguf.GGMLQuantizationType
-pytestmark = pytest.mark.skipif(not isa_supported(KernelIsa.AVX512_VNNI), reason="the split kernels are AVX-512 VNNI's")
+pytestmark = pytest.mark.skipif(not isa_supported(KernelIsa.AVX2), reason="the split kernels are x86 kernels")
+# the sets with split kernels that this CPU runs
+ISAS = [i for i in (KernelIsa.AVX512_VNNI, KernelIsa.AVX2) if isa_supported(i)]
 DENSE = TinyConfig(n_vocab=384, n_embd=256, n_ff=512, act="drelu")
 MOE = dataclasses.replace(DENSE, n_expert=4, n_expert_used=2)
 
 
+@pytest.mark.parametrize("isa", ISAS, ids=lambda i: i.name.lower())
 @pytest.mark.parametrize(
     "n_cols,n_rows,idx",
     [(256, 9, [8, 0, 3, 5, 1, 2, 7]), (4096, 40, [*range(0, 40, 3), 4, 4]), (16384, 5, [4, 1, 3, 0]), (512, 6, [])],
     ids=["n256", "n4096", "n16384", "no-rows"],
 )
-def test_decoding_kernel_matches_numpy_and_ggml(n_cols: int, n_rows: int, idx: list[int]) -> None:
+def test_decoding_kernel_matches_numpy_and_ggml(isa: KernelIsa, n_cols: int, n_rows: int, idx: list[int]) -> None:
     rng = np.random.default_rng(n_cols + len(idx))
     w, deq = stored(rng.standard_normal((n_rows, n_cols)).astype(np.float32), Q.Q4_0)
     x = rng.standard_normal(n_cols).astype(np.float32)
     rows = np.array(idx, dtype=np.int32)
-    out = dot_rows(w, Q.Q4_0, n_cols, rows, x, KernelIsa.AVX512_VNNI, split=True)
+    out = dot_rows(w, Q.Q4_0, n_cols, rows, x, isa, split=True)
     assert out.shape == (len(idx),)
     assert np.all(np.abs(out - deq[rows].astype(np.float64) @ x) <= activation_error_bound(deq[rows], x, Q.Q4_0))
     reference = dot_rows(w, Q.Q4_0, n_cols, rows, x, KernelIsa.GENERIC)  # the same quantized activation
     assert np.all(np.abs(out - reference) <= SAME_ACTIVATION_TOLERANCE * (np.abs(deq[rows]) @ np.abs(x)))
 
 
+@pytest.mark.parametrize("isa", ISAS, ids=lambda i: i.name.lower())
 @pytest.mark.parametrize("n_cols,n_rows,n_tokens", [(256, 8, 3), (4096, 37, 5), (512, 20, 1)], ids=str)
-def test_prompt_kernel_matches_numpy_and_ggml(n_cols: int, n_rows: int, n_tokens: int) -> None:
+def test_prompt_kernel_matches_numpy_and_ggml(isa: KernelIsa, n_cols: int, n_rows: int, n_tokens: int) -> None:
     rng = np.random.default_rng(n_cols + n_rows)
     w, deq = stored(rng.standard_normal((n_rows, n_cols)).astype(np.float32), Q.Q4_0)
     x = rng.standard_normal((n_tokens, n_cols)).astype(np.float32)
-    out = rows_matmul(w, Q.Q4_0, n_cols, x, KernelIsa.AVX512_VNNI, split=True)
+    out = rows_matmul(w, Q.Q4_0, n_cols, x, isa, split=True)
     # the same unpacked values as the plain layout's prompt kernel: the same sums, bit for bit
-    np.testing.assert_array_equal(out, rows_matmul(w, Q.Q4_0, n_cols, x, KernelIsa.AVX512_VNNI))
+    np.testing.assert_array_equal(out, rows_matmul(w, Q.Q4_0, n_cols, x, isa))
     every_row = np.arange(n_rows, dtype=np.int32)
     for t in range(n_tokens):
         assert np.all(np.abs(out[t] - deq.astype(np.float64) @ x[t]) <= activation_error_bound(deq, x[t], Q.Q4_0))
@@ -54,14 +58,15 @@ def test_prompt_kernel_matches_numpy_and_ggml(n_cols: int, n_rows: int, n_tokens
         assert np.all(np.abs(out[t] - reference) <= SAME_ACTIVATION_TOLERANCE * (np.abs(deq) @ np.abs(x[t])))
 
 
-def test_only_whole_groups_of_q4_0_have_a_split_kernel() -> None:
+@pytest.mark.parametrize("isa", ISAS, ids=lambda i: i.name.lower())
+def test_only_whole_groups_of_q4_0_have_a_split_kernel(isa: KernelIsa) -> None:
     w, _ = stored(np.ones((2, 288), np.float32), Q.Q4_0)
     x = np.ones(288, np.float32)
     with pytest.raises(ValueError, match="in the split layout"):
-        dot_rows(w, Q.Q4_0, 288, np.array([0]), x, KernelIsa.AVX512_VNNI, split=True)
+        dot_rows(w, Q.Q4_0, 288, np.array([0]), x, isa, split=True)
     w8, _ = stored(np.ones((2, 256), np.float32), Q.Q8_0)
     with pytest.raises(ValueError, match="in the split layout"):
-        rows_matmul(w8, Q.Q8_0, 256, np.ones((1, 256), np.float32), KernelIsa.AVX512_VNNI, split=True)
+        rows_matmul(w8, Q.Q8_0, 256, np.ones((1, 256), np.float32), isa, split=True)
 
 
 def logits(model: NativeModel, toks: list[int], mode: SparseMode, n_threads: int) -> np.ndarray:

@@ -91,8 +91,9 @@ ts_dot_kernel ts_dot_kernel_best(enum ggml_type type, int64_t n);
 
 /*
  * Whether a model holds gate and up rows of n values of `type` in the split layout (axpy_rows.h: TS_ROWS_SPLIT, made
- * by ts_rows_split) on this CPU: where it has a gate/up kernel and a prompt kernel for such rows (AVX-512 VNNI: Q4_0,
- * n a multiple of 256), which read a group's 8 scales at once and four blocks' quants per load (gate_up_dot_avx512.c).
+ * by ts_rows_split) on this CPU: where it has a gate/up kernel and a prompt kernel for such rows (AVX-512 VNNI or
+ * AVX2: Q4_0, n a multiple of 256), which read a group's 8 scales at once and two or four blocks' quants per load
+ * (gate_up_dot_avx512.c, gate_up_dot_avx2.c).
  */
 int ts_gate_up_split(enum ggml_type type, int64_t n);
 
@@ -107,6 +108,7 @@ int ts_dot_kernel_of(enum ts_kernel_isa isa, enum ggml_type type, int64_t n, ts_
 int ts_dot_kernel_avx2(enum ggml_type type, int64_t n, ts_dot_kernel *k);
 int ts_dot_kernel_avx512(enum ggml_type type, int64_t n, ts_dot_kernel *k);
 int ts_dot_kernel_avx512_split(enum ggml_type type, int64_t n, ts_dot_kernel *k); /* rows in the split layout */
+int ts_dot_kernel_avx2_split(enum ggml_type type, int64_t n, ts_dot_kernel *k);   /* rows in the split layout */
 int ts_dot_kernel_neon(enum ggml_type type, int64_t n, ts_dot_kernel *k);
 int ts_dot_kernel_neon_dotprod(enum ggml_type type, int64_t n, ts_dot_kernel *k);
 

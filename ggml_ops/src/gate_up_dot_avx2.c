@@ -1,6 +1,7 @@
 /*
  * AVX2 gate/up kernels: Q4_0 and Q8_0 rows against a Q8_0 activation, Q4_1 against Q8_1, Q4_K against Q8_K; and
- * for prompts, Q4_0 and Q4_1 matrices against many tokens (rows_matmul.h).
+ * for prompts, Q4_0 and Q4_1 matrices against many tokens (rows_matmul.h). Q4_0 gate and up rows of a multiple of 256
+ * values are held in the split layout, which both kinds read faster (gate_up_dot.h: ts_gate_up_split).
  *
  * Compiled with -mavx2 -mfma -mf16c (CMakeLists.txt) and reached only through ts_dot_kernel_best and
  * ts_rows_matmul_kernel, which ask the CPU first. Each decoding kernel takes TS_DOT_ROWS rows per pass over the
@@ -142,6 +143,82 @@ ALWAYS_INLINE void group_q8_0(const void *const *rows, const int R, const void *
 }
 
 TS_DEFINE_DOT_ROWS(q4_0, group_q4_0, 32, Q4_0_BYTES, TS_DOT_ROWS)
+
+/* ---- Q4_0 rows in the split layout (axpy_rows.h: per group of 8 blocks their 8 scales, then their 8 x 16 quants) ----
+ * Two blocks' quants are one 32-byte load: its low nibbles (values 0-15 of each block) and its high nibbles (16-31)
+ * meet the activation's matching 32 bytes in two maddubs whose int16 sums add up (at most 4 x 15 x 127) before one
+ * madd, block j of the two in int32 lanes 4j .. 4j+3; a group's 8 scales are one 16-byte load, converted and
+ * multiplied by the activation's at once, and the -8 offset's correction is one multiply-add per group (the scales
+ * times the activation blocks' -8 sums). About 6 vector instructions per block against the plain layout's 11.
+ * Rows of whole groups (n a multiple of 256), held so where gate_up_dot.h's ts_gate_up_split says.
+ *
+ * prepared: x int8[n], per 2 blocks 32 bytes of their values 0-15 (block after block), then 32 of their values 16-31
+ *           | d float[n / 32] | corr float[n / 32] (-8 x the block's sum of x)
+ */
+enum { SPLIT_GROUP_BYTES = 8 * Q4_0_BYTES };
+
+static const void *prepare_split_pairs(const void *xq, int64_t n, void *buf) {
+    const uint8_t *src = xq;
+    int8_t *x = buf;
+    float *d = (float *)(x + n), *corr = d + n / 32;
+    for (int64_t b = 0; b < n / 32; b++) {
+        const uint8_t *blk = src + b * Q8_0_BYTES;
+        int8_t *pair = x + 64 * (b / 2) + 16 * (b % 2);
+        memcpy(pair, blk + 2, 16);
+        memcpy(pair + 32, blk + 18, 16);
+        d[b] = half_at(blk);
+        corr[b] = (float)(-8 * sum_i8x32((const int8_t *)(blk + 2)));
+    }
+    return buf;
+}
+
+/* Two blocks' dot products of one row (quants at q) in int32 lanes, block j of the two in lanes 4j .. 4j+3 */
+ALWAYS_INLINE __m256i pair_dot_split(const uint8_t *q, __m256i x_low, __m256i x_high) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    const __m256i w = _mm256_loadu_si256((const __m256i *)q);
+    const __m256i lo = _mm256_maddubs_epi16(_mm256_and_si256(w, m4), x_low);
+    const __m256i hi = _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(w, 4), m4), x_high);
+    return _mm256_madd_epi16(_mm256_add_epi16(lo, hi), _mm256_set1_epi16(1));
+}
+
+ALWAYS_INLINE void group_q4_0_split(const void *const *rows, const int R, const void *prepared, int64_t n, float *out,
+                                    ts_row_prefetcher *pf) {
+    const int8_t *x = prepared;
+    const float *d = (const float *)(x + n), *corr = d + n / 32;
+    /* a group's 8 scales (floats 0-7) into the lanes of its block pairs */
+    const __m256i pair_lanes[4] = {_mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1), _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3),
+                                   _mm256_setr_epi32(4, 4, 4, 4, 5, 5, 5, 5), _mm256_setr_epi32(6, 6, 6, 6, 7, 7, 7, 7)};
+    __m256 acc[TS_DOT_ROWS];
+    for (int k = 0; k < R; k++) {
+        acc[k] = _mm256_setzero_ps();
+    }
+    for (int64_t g = 0; g < n / 256; g++) {
+        ts_prefetch_upto(pf, (size_t)(g + 1) * SPLIT_GROUP_BYTES + 64);
+        const __m256 dx = _mm256_loadu_ps(d + 8 * g), cx = _mm256_loadu_ps(corr + 8 * g);
+        const int8_t *xg = x + 256 * g;
+        for (int k = 0; k < R; k++) {
+            const uint8_t *grp = (const uint8_t *)rows[k] + g * SPLIT_GROUP_BYTES;
+            const __m256 s = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)grp)), dx);
+            __m256 a = _mm256_fmadd_ps(s, cx, acc[k]); /* the group's -8 offsets */
+            for (int p = 0; p < 4; p++) {
+                const __m256i t = pair_dot_split(grp + 16 + 32 * p, _mm256_load_si256((const __m256i *)(xg + 64 * p)),
+                                                 _mm256_load_si256((const __m256i *)(xg + 64 * p + 32)));
+                a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), _mm256_permutevar8x32_ps(s, pair_lanes[p]), a);
+            }
+            acc[k] = a;
+        }
+    }
+    for (int k = 0; k < R; k++) {
+        out[k] = hsum_ps(acc[k]);
+    }
+}
+
+TS_DEFINE_DOT_ROWS(q4_0_split, group_q4_0_split, 32, Q4_0_BYTES, TS_DOT_ROWS)
+
+/* Whether the split kernels (decoding and prompts) take rows of n values of `type` */
+static int takes_split_rows(enum ggml_type type, int64_t n) {
+    return type == GGML_TYPE_Q4_0 && n > 0 && n % 256 == 0 && n <= TS_DOT_MAX_N;
+}
 TS_DEFINE_DOT_ROWS(q8_0, group_q8_0, 32, Q8_0_BYTES, TS_DOT_ROWS)
 
 /* ---- Q8_1 activation (Q4_1 rows) ------------------------------------------------------------------------
@@ -262,20 +339,25 @@ static size_t pass8_bytes(int64_t nb) {
 
 /* R rows (the others of the 8 as zeros) into a pass. Per block the 8 rows' 16 nibble bytes, rows r and r + 4 side by
  * side in one register, are transposed as 4 x 4 int32 in each 128-bit lane, which puts row r's bytes 4c .. 4c+3 in
- * lane r of vector c: chunk c (low nibbles) and c + 4 (high nibbles). No gathers: slow on Zen 3. */
-static void unpack8_q4(const uint8_t *w, size_t row_bytes, int R, int64_t nb, size_t block_bytes, uint8_t *pass) {
+ * lane r of vector c: chunk c (low nibbles) and c + 4 (high nibbles). No gathers: slow on Zen 3. split: Q4_0 rows in
+ * the split layout (block b's scale and quants within its group of 8: takes_split_rows). */
+static void unpack8_q4(const uint8_t *w, size_t row_bytes, int R, int64_t nb, size_t block_bytes, int split,
+                       uint8_t *pass) {
     static const uint8_t none[Q4_1_BYTES]; /* a missing row's block: zeros */
     const int has_min = block_bytes == Q4_1_BYTES, qs = has_min ? 4 : 2;
     float *d = (float *)(pass + (size_t)nb * 8 * MM_CHUNK8), *m = d + nb * MM_ROWS8;
     const __m256i low = _mm256_set1_epi8(0x0F);
     for (int64_t b = 0; b < nb; b++) {
-        const uint8_t *blk[MM_ROWS8];
+        /* each row's block: its scale (and min) at blk, its quants at quants */
+        const uint8_t *blk[MM_ROWS8], *quants[MM_ROWS8];
         for (int r = 0; r < MM_ROWS8; r++) {
-            blk[r] = r < R ? w + (size_t)r * row_bytes + b * block_bytes : none;
+            const uint8_t *row = w + (size_t)r * row_bytes, *group = row + (b / 8) * SPLIT_GROUP_BYTES;
+            blk[r] = r >= R ? none : split ? group + 2 * (b % 8) : row + b * block_bytes;
+            quants[r] = r >= R ? none + qs : split ? group + 16 + 16 * (b % 8) : blk[r] + qs;
         }
         __m256i v[4];
         for (int r = 0; r < 4; r++) {
-            v[r] = _mm256_loadu2_m128i((const __m128i *)(blk[r + 4] + qs), (const __m128i *)(blk[r] + qs));
+            v[r] = _mm256_loadu2_m128i((const __m128i *)quants[r + 4], (const __m128i *)quants[r]);
         }
         const __m256i t0 = _mm256_unpacklo_epi32(v[0], v[1]), t1 = _mm256_unpackhi_epi32(v[0], v[1]);
         const __m256i t2 = _mm256_unpacklo_epi32(v[2], v[3]), t3 = _mm256_unpackhi_epi32(v[2], v[3]);
@@ -296,11 +378,15 @@ static void unpack8_q4(const uint8_t *w, size_t row_bytes, int R, int64_t nb, si
 }
 
 static void unpack8_q4_0(const uint8_t *w, size_t row_bytes, int R, int64_t nb, uint8_t *pass) {
-    unpack8_q4(w, row_bytes, R, nb, Q4_0_BYTES, pass);
+    unpack8_q4(w, row_bytes, R, nb, Q4_0_BYTES, 0, pass);
+}
+
+static void unpack8_q4_0_split(const uint8_t *w, size_t row_bytes, int R, int64_t nb, uint8_t *pass) {
+    unpack8_q4(w, row_bytes, R, nb, Q4_0_BYTES, 1, pass);
 }
 
 static void unpack8_q4_1(const uint8_t *w, size_t row_bytes, int R, int64_t nb, uint8_t *pass) {
-    unpack8_q4(w, row_bytes, R, nb, Q4_1_BYTES, pass);
+    unpack8_q4(w, row_bytes, R, nb, Q4_1_BYTES, 0, pass);
 }
 
 /* the token's 4 values c of block b, broadcast to every lane */
@@ -403,6 +489,11 @@ static void slice8x2_q4_1(const uint8_t *pass, int64_t nb, const void *x0, const
 
 TS_DEFINE_MATMUL(q4_0, MM_ROWS8, pass8_bytes, prepare_q8_0, unpack8_q4_0, slice8_q4_0, slice8x2_q4_0)
 TS_DEFINE_MATMUL(q4_1, MM_ROWS8, pass8_bytes, prepare_q8_1, unpack8_q4_1, slice8_q4_1, slice8x2_q4_1)
+TS_DEFINE_MATMUL(q4_0_split, MM_ROWS8, pass8_bytes, prepare_q8_0, unpack8_q4_0_split, slice8_q4_0, slice8x2_q4_0)
+
+ts_rows_matmul_fn ts_rows_matmul_avx2_split(enum ggml_type type, int64_t n) {
+    return takes_split_rows(type, n) ? matmul_q4_0_split : NULL;
+}
 
 ts_rows_matmul_fn ts_rows_matmul_avx2(enum ggml_type type, int64_t n) {
     if (n <= 0 || n > TS_DOT_MAX_N || n % 32 != 0) {
@@ -431,6 +522,11 @@ int ts_dot_kernel_avx2(enum ggml_type type, int64_t n, ts_dot_kernel *k) {
     }
 }
 
+int ts_dot_kernel_avx2_split(enum ggml_type type, int64_t n, ts_dot_kernel *k) {
+    *k = (ts_dot_kernel){TS_ISA_AVX2, prepare_split_pairs, dot_rows_q4_0_split};
+    return takes_split_rows(type, n);
+}
+
 #else /* not compiled for AVX2 (another architecture) */
 
 int ts_dot_kernel_avx2(enum ggml_type type, int64_t n, ts_dot_kernel *k) {
@@ -439,6 +535,16 @@ int ts_dot_kernel_avx2(enum ggml_type type, int64_t n, ts_dot_kernel *k) {
 }
 
 ts_rows_matmul_fn ts_rows_matmul_avx2(enum ggml_type type, int64_t n) {
+    (void)type, (void)n;
+    return NULL;
+}
+
+int ts_dot_kernel_avx2_split(enum ggml_type type, int64_t n, ts_dot_kernel *k) {
+    (void)type, (void)n, (void)k;
+    return 0;
+}
+
+ts_rows_matmul_fn ts_rows_matmul_avx2_split(enum ggml_type type, int64_t n) {
     (void)type, (void)n;
     return NULL;
 }

@@ -30,7 +30,8 @@ int32_t ts_rows_matmul_isa(enum ggml_type type, int64_t n) {
 
 ts_rows_matmul_fn ts_rows_matmul_kernel(enum ggml_type type, int64_t n, int split) {
     if (split) {
-        return ts_isa_supported(TS_ISA_AVX512_VNNI) ? ts_rows_matmul_avx512_split(type, n) : NULL;
+        ts_rows_matmul_fn k = ts_isa_supported(TS_ISA_AVX512_VNNI) ? ts_rows_matmul_avx512_split(type, n) : NULL;
+        return k != NULL || !ts_isa_supported(TS_ISA_AVX2) ? k : ts_rows_matmul_avx2_split(type, n);
     }
     const int32_t isa = ts_rows_matmul_isa(type, n);
     return isa < 0 ? NULL : ts_rows_matmul_kernel_of((enum ts_kernel_isa)isa, type, n);
@@ -192,8 +193,10 @@ int32_t ts_kernel_rows_matmul(int32_t isa, int32_t type, const void *w, int64_t 
     }
     ts_rows_matmul_fn kernel = NULL;
     if (ts_kernel_isa_supported(isa)) {
-        kernel = split ? (isa == TS_ISA_AVX512_VNNI ? ts_rows_matmul_avx512_split((enum ggml_type)type, n_cols) : NULL)
-                       : ts_rows_matmul_kernel_of((enum ts_kernel_isa)isa, (enum ggml_type)type, n_cols);
+        kernel = !split                      ? ts_rows_matmul_kernel_of((enum ts_kernel_isa)isa, (enum ggml_type)type, n_cols)
+                 : isa == TS_ISA_AVX512_VNNI ? ts_rows_matmul_avx512_split((enum ggml_type)type, n_cols)
+                 : isa == TS_ISA_AVX2        ? ts_rows_matmul_avx2_split((enum ggml_type)type, n_cols)
+                                             : NULL;
     }
     if (kernel == NULL || n_rows < 0 || n_tokens < 0) {
         return ts_set_error(err, err_size, "rows_matmul: no %s kernel for %s rows of %lld%s on this CPU",

@@ -40,6 +40,7 @@ int32_t ts_rows_matmul_isa(enum ggml_type type, int64_t n);
 ts_rows_matmul_fn ts_rows_matmul_avx2(enum ggml_type type, int64_t n);
 ts_rows_matmul_fn ts_rows_matmul_avx512(enum ggml_type type, int64_t n);
 ts_rows_matmul_fn ts_rows_matmul_avx512_split(enum ggml_type type, int64_t n); /* rows in the split layout */
+ts_rows_matmul_fn ts_rows_matmul_avx2_split(enum ggml_type type, int64_t n);   /* rows in the split layout */
 
 /* w . x over the prompt's tokens x [n, T] F32: [w->ne[1], T] F32, or NULL where no kernel takes w's rows (the caller
  * multiplies with ggml_mul_mat). w in ggml's plain layout, or split where `split` (a kernel then always takes it);

@@ -190,21 +190,24 @@ static double activation_bound(const float *row, const float *x, int64_t n, int6
     return bound + 1e-5 * scale;
 }
 
-static int check_dot(enum ggml_type type, int32_t isa) {
-    tally t = {"dot_rows", type, ts_kernel_isa_name(isa), 0, 0.0, 0};
+/* split: the kernel for rows held in the split layout (AVX-512 VNNI and AVX2, Q4_0 rows of whole groups of 8 blocks) */
+static int check_dot(enum ggml_type type, int32_t isa, int32_t split) {
+    tally t = {split ? "dot_split" : "dot_rows", type, ts_kernel_isa_name(isa), 0, 0.0, 0};
     const int64_t block = ggml_blck_size(type) == 256 ? 256 : 32;
     for (size_t c = 0; c < sizeof(DOT_CASES) / sizeof(DOT_CASES[0]); c++) {
         const dot_case *dc = &DOT_CASES[c];
         /* the AVX-512 kernels take rows of whole 64-value steps (shorter ones run the AVX2 kernel) */
-        if (dc->n_cols % ggml_blck_size(type) != 0 || (isa == TS_ISA_AVX512_VNNI && dc->n_cols % 64 != 0)) {
+        if (dc->n_cols % ggml_blck_size(type) != 0 || (isa == TS_ISA_AVX512_VNNI && dc->n_cols % 64 != 0) ||
+            (split && dc->n_cols % 256 != 0)) {
             continue;
         }
         matrix m = random_matrix(type, dc->n_rows, dc->n_cols);
         float *x = xmalloc(sizeof(float) * (size_t)dc->n_cols);
         fill_normal(x, dc->n_cols);
         float fast[64], generic[64];
-        if (ts_kernel_dot_rows(isa, type, m.raw, m.n_rows, m.n_cols, dc->idx, dc->n_idx, x, fast, err, sizeof(err)) ||
-            ts_kernel_dot_rows(TS_ISA_GENERIC, type, m.raw, m.n_rows, m.n_cols, dc->idx, dc->n_idx, x, generic, err,
+        if (ts_kernel_dot_rows(isa, type, m.raw, m.n_rows, m.n_cols, dc->idx, dc->n_idx, x, split, fast, err,
+                               sizeof(err)) ||
+            ts_kernel_dot_rows(TS_ISA_GENERIC, type, m.raw, m.n_rows, m.n_cols, dc->idx, dc->n_idx, x, 0, generic, err,
                                sizeof(err))) {
             fprintf(stderr, "kernel_check: %s\n", err);
             t.failures++;
@@ -410,7 +413,10 @@ int main(void) {
         }
         failures += check_choice(set);
         for (int i = 0; i < MAX_TYPES && set->dot[i] != NONE; i++) {
-            failures += check_dot(set->dot[i], set->isa);
+            failures += check_dot(set->dot[i], set->isa, 0);
+            if ((set->isa == TS_ISA_AVX512_VNNI || set->isa == TS_ISA_AVX2) && set->dot[i] == GGML_TYPE_Q4_0) {
+                failures += check_dot(set->dot[i], set->isa, 1);
+            }
         }
         for (int i = 0; i < MAX_TYPES && set->axpy[i] != NONE; i++) {
             failures += check_axpy(set->axpy[i], set->isa);
