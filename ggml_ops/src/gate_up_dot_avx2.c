@@ -150,7 +150,7 @@ TS_DEFINE_DOT_ROWS(q4_0, group_q4_0, 32, Q4_0_BYTES, TS_DOT_ROWS)
  * madd, block j of the two in int32 lanes 4j .. 4j+3; a group's 8 scales are one 16-byte load, converted and
  * multiplied by the activation's at once, and the -8 offset's correction is one multiply-add per group (the scales
  * times the activation blocks' -8 sums). About 6 vector instructions per block against the plain layout's 11.
- * Rows of whole groups (n a multiple of 256), held so where gate_up_dot.h's ts_gate_up_split says.
+ * Rows of whole groups (n a multiple of 256), held so where gate_up_dot.h's ts_gate_up_split says (and copied).
  *
  * prepared: x int8[n], per 2 blocks 32 bytes of their values 0-15 (block after block), then 32 of their values 16-31
  *           | d float[n / 32] | corr float[n / 32] (-8 x the block's sum of x)

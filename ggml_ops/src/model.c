@@ -961,6 +961,10 @@ static int allocate_rows(ts_model *m, plan *p, const ts_model_params *params, ch
     size_t size = 0;
     for (int i = 0; i < p->n; i++) {
         binding *b = &p->items[i];
+        /* gate / up rows copied anyway whose type and length split-layout kernels take are held so (gate_up_dot.h);
+         * not for the grouped route, which reads them through ggml */
+        b->split = b->split || (huge && b->role == ROLE_ROWS && is_row_read(b, params) && m->info.group_size == 0 &&
+                                ts_gate_up_split((enum ggml_type)b->src->type, b->ne[0]));
         b->rows = b->split || b->requant || (huge && is_row_read(b, params));
         size += b->rows ? rows_bytes(b) : 0;
     }
@@ -1037,10 +1041,6 @@ static int allocate(ts_model *m, plan *p, const ts_model_params *params, char *e
         /* a transposed down is held as its kernel reads it: re-laid out (split) or requantized (requant) */
         const enum ggml_type type = (enum ggml_type)b->src->type;
         b->split = is_down_t(b) && ts_axpy_rows_layout(type) == TS_ROWS_SPLIT;
-        /* with repack, row-read gate / up rows that split-layout kernels take are held so too (gate_up_dot.h); not
-         * for the grouped route, which reads them through ggml */
-        b->split = b->split || (b->role == ROLE_ROWS && params->sparse_rows && params->repack &&
-                                m->info.group_size == 0 && ts_gate_up_split(type, b->ne[0]));
         b->requant = is_down_t(b) && ts_axpy_rows_held_type(type) != type;
         struct ggml_tensor *t = ggml_new_tensor(ctx, b->requant ? GGML_TYPE_Q8_0 : type, 4, b->ne);
         ggml_set_name(t, b->name);
