@@ -15,6 +15,7 @@ SANITIZED_TESTS = [
     "tests/test_axpy_rows.py",
     "tests/test_dot_rows.py",
     "tests/test_rows_matmul.py",
+    "tests/test_split_rows.py",
     "tests/test_sparse_ffn.py",
     "tests/test_ffn_thresholds.py",
     "tests/test_batch_decode.py",
