@@ -1,6 +1,7 @@
 """Gate and up rows held in the split layout (gate_up_dot.h: ts_gate_up_split; AVX-512 VNNI and AVX2, Q4_0 rows of a
-multiple of 256 values): each instruction set's split decoding and prompt kernels against numpy and ggml's vec_dot, and
-whole models (a dense FFN and experts) whose rows are held so, in every mode, against the plain layout."""
+multiple of 64 values, a row's last group of 8 blocks possibly shorter): each instruction set's split decoding and
+prompt kernels against numpy and ggml's vec_dot, and whole models (a dense FFN and experts) whose rows are held so, in
+every mode, against the plain layout."""
 
 from __future__ import annotations
 
@@ -23,13 +24,22 @@ pytestmark = pytest.mark.skipif(not isa_supported(KernelIsa.AVX2), reason="the s
 ISAS = [i for i in (KernelIsa.AVX512_VNNI, KernelIsa.AVX2) if isa_supported(i)]
 DENSE = TinyConfig(n_vocab=384, n_embd=256, n_ff=512, act="drelu")
 MOE = dataclasses.replace(DENSE, n_expert=4, n_expert_used=2)
+SHORT_LAST_GROUP = dataclasses.replace(DENSE, n_embd=192)  # 6 blocks: one group, of 6
 
 
 @pytest.mark.parametrize("isa", ISAS, ids=lambda i: i.name.lower())
 @pytest.mark.parametrize(
     "n_cols,n_rows,idx",
-    [(256, 9, [8, 0, 3, 5, 1, 2, 7]), (4096, 40, [*range(0, 40, 3), 4, 4]), (16384, 5, [4, 1, 3, 0]), (512, 6, [])],
-    ids=["n256", "n4096", "n16384", "no-rows"],
+    [
+        (256, 9, [8, 0, 3, 5, 1, 2, 7]),
+        (4096, 40, [*range(0, 40, 3), 4, 4]),
+        (16384, 5, [4, 1, 3, 0]),
+        (512, 6, []),
+        (576, 11, [*range(10, -1, -1)]),  # the default model's width: 18 blocks, the last group holds 2
+        (192, 9, [8, 0, 3, 5, 1, 2, 7]),  # one group of 6
+        (16320, 3, [2, 0]),  # 510 blocks: a last group of 6, the activation's last quad half empty
+    ],
+    ids=["n256", "n4096", "n16384", "no-rows", "n576", "n192", "n16320"],
 )
 def test_decoding_kernel_matches_numpy_and_ggml(isa: KernelIsa, n_cols: int, n_rows: int, idx: list[int]) -> None:
     rng = np.random.default_rng(n_cols + len(idx))
@@ -44,7 +54,11 @@ def test_decoding_kernel_matches_numpy_and_ggml(isa: KernelIsa, n_cols: int, n_r
 
 
 @pytest.mark.parametrize("isa", ISAS, ids=lambda i: i.name.lower())
-@pytest.mark.parametrize("n_cols,n_rows,n_tokens", [(256, 8, 3), (4096, 37, 5), (512, 20, 1)], ids=str)
+@pytest.mark.parametrize(
+    "n_cols,n_rows,n_tokens",
+    [(256, 8, 3), (4096, 37, 5), (512, 20, 1), (576, 19, 4), (192, 8, 2), (1344, 5, 3)],
+    ids=str,
+)
 def test_prompt_kernel_matches_numpy_and_ggml(isa: KernelIsa, n_cols: int, n_rows: int, n_tokens: int) -> None:
     rng = np.random.default_rng(n_cols + n_rows)
     w, deq = stored(rng.standard_normal((n_rows, n_cols)).astype(np.float32), Q.Q4_0)
@@ -60,8 +74,8 @@ def test_prompt_kernel_matches_numpy_and_ggml(isa: KernelIsa, n_cols: int, n_row
 
 
 @pytest.mark.parametrize("isa", ISAS, ids=lambda i: i.name.lower())
-def test_only_whole_groups_of_q4_0_have_a_split_kernel(isa: KernelIsa) -> None:
-    w, _ = stored(np.ones((2, 288), np.float32), Q.Q4_0)
+def test_only_q4_0_rows_of_whole_block_pairs_have_a_split_kernel(isa: KernelIsa) -> None:
+    w, _ = stored(np.ones((2, 288), np.float32), Q.Q4_0)  # 9 blocks
     x = np.ones(288, np.float32)
     with pytest.raises(ValueError, match="in the split layout"):
         dot_rows(w, Q.Q4_0, 288, np.array([0]), x, isa, split=True)
@@ -86,7 +100,7 @@ def rel_error(got: np.ndarray, want: np.ndarray) -> float:
     return float(np.abs(got - want).max() / np.abs(want).max())
 
 
-@pytest.mark.parametrize("cfg", [DENSE, MOE], ids=["dense-ffn", "experts"])
+@pytest.mark.parametrize("cfg", [DENSE, MOE, SHORT_LAST_GROUP], ids=["dense-ffn", "experts", "short-last-group"])
 def test_models_holding_split_rows_give_the_plain_layouts_logits(tmp_path: Path, cfg: TinyConfig) -> None:
     """Every mode, prompts and decoded tokens, 1 and 3 threads: the same logits as the file's own layout read from the
     mapping (repack off: no copy, no split), within rounding. The split kernel sums a row's blocks in another order,

@@ -150,7 +150,8 @@ TS_DEFINE_DOT_ROWS(q4_0, group_q4_0, 32, Q4_0_BYTES, TS_DOT_ROWS)
  * madd, block j of the two in int32 lanes 4j .. 4j+3; a group's 8 scales are one 16-byte load, converted and
  * multiplied by the activation's at once, and the -8 offset's correction is one multiply-add per group (the scales
  * times the activation blocks' -8 sums). About 6 vector instructions per block against the plain layout's 11.
- * Rows of whole groups (n a multiple of 256), held so where gate_up_dot.h's ts_gate_up_split says (and copied).
+ * Rows of whole pairs of blocks (n a multiple of 64): a row's last group may hold 2, 4 or 6 blocks (its c scales, then
+ * its c quants), read with masked loads. Held so where gate_up_dot.h's ts_gate_up_split says (and copied).
  *
  * prepared: x int8[n], per 2 blocks 32 bytes of their values 0-15 (block after block), then 32 of their values 16-31
  *           | d float[n / 32] | corr float[n / 32] (-8 x the block's sum of x)
@@ -192,16 +193,22 @@ ALWAYS_INLINE void group_q4_0_split(const void *const *rows, const int R, const 
     for (int k = 0; k < R; k++) {
         acc[k] = _mm256_setzero_ps();
     }
-    for (int64_t g = 0; g < n / 256; g++) {
+    const int64_t nb = n / 32;
+    for (int64_t g = 0; g < (nb + 7) / 8; g++) {
         ts_prefetch_upto(pf, (size_t)(g + 1) * SPLIT_GROUP_BYTES + 64);
-        const __m256 dx = _mm256_loadu_ps(d + 8 * g), cx = _mm256_loadu_ps(corr + 8 * g);
+        const int c = nb - 8 * g < 8 ? (int)(nb - 8 * g) : 8; /* the group's blocks, an even number */
+        /* a last group's missing blocks: lanes masked off (no read past the activation's or the row's end) */
+        const __m256i lanes = _mm256_cmpgt_epi32(_mm256_set1_epi32(c), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        const __m256 dx = _mm256_maskload_ps(d + 8 * g, lanes), cx = _mm256_maskload_ps(corr + 8 * g, lanes);
+        const __m128i scale_words = _mm_cmpgt_epi32(_mm_set1_epi32(c / 2), _mm_setr_epi32(0, 1, 2, 3)); /* 2 per word */
         const int8_t *xg = x + 256 * g;
         for (int k = 0; k < R; k++) {
             const uint8_t *grp = (const uint8_t *)rows[k] + g * SPLIT_GROUP_BYTES;
-            const __m256 s = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)grp)), dx);
+            const __m128i h = c == 8 ? _mm_loadu_si128((const __m128i *)grp) : _mm_maskload_epi32((const int *)grp, scale_words);
+            const __m256 s = _mm256_mul_ps(_mm256_cvtph_ps(h), dx);
             __m256 a = _mm256_fmadd_ps(s, cx, acc[k]); /* the group's -8 offsets */
-            for (int p = 0; p < 4; p++) {
-                const __m256i t = pair_dot_split(grp + 16 + 32 * p, _mm256_load_si256((const __m256i *)(xg + 64 * p)),
+            for (int p = 0; p < c / 2; p++) {
+                const __m256i t = pair_dot_split(grp + 2 * c + 32 * p, _mm256_load_si256((const __m256i *)(xg + 64 * p)),
                                                  _mm256_load_si256((const __m256i *)(xg + 64 * p + 32)));
                 a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), _mm256_permutevar8x32_ps(s, pair_lanes[p]), a);
             }
@@ -215,9 +222,9 @@ ALWAYS_INLINE void group_q4_0_split(const void *const *rows, const int R, const 
 
 TS_DEFINE_DOT_ROWS(q4_0_split, group_q4_0_split, 32, Q4_0_BYTES, TS_DOT_ROWS)
 
-/* Whether the split kernels (decoding and prompts) take rows of n values of `type` */
+/* Whether the split kernels (decoding and prompts) take rows of n values of `type`: whole pairs of blocks */
 static int takes_split_rows(enum ggml_type type, int64_t n) {
-    return type == GGML_TYPE_Q4_0 && n > 0 && n % 256 == 0 && n <= TS_DOT_MAX_N;
+    return type == GGML_TYPE_Q4_0 && n > 0 && n % 64 == 0 && n <= TS_DOT_MAX_N;
 }
 TS_DEFINE_DOT_ROWS(q8_0, group_q8_0, 32, Q8_0_BYTES, TS_DOT_ROWS)
 
@@ -352,8 +359,9 @@ static void unpack8_q4(const uint8_t *w, size_t row_bytes, int R, int64_t nb, si
         const uint8_t *blk[MM_ROWS8], *quants[MM_ROWS8];
         for (int r = 0; r < MM_ROWS8; r++) {
             const uint8_t *row = w + (size_t)r * row_bytes, *group = row + (b / 8) * SPLIT_GROUP_BYTES;
+            const int64_t c = nb - b / 8 * 8 < 8 ? nb - b / 8 * 8 : 8; /* the group's blocks: its scales come first */
             blk[r] = r >= R ? none : split ? group + 2 * (b % 8) : row + b * block_bytes;
-            quants[r] = r >= R ? none + qs : split ? group + 16 + 16 * (b % 8) : blk[r] + qs;
+            quants[r] = r >= R ? none + qs : split ? group + 2 * c + 16 * (b % 8) : blk[r] + qs;
         }
         __m256i v[4];
         for (int r = 0; r < 4; r++) {

@@ -183,18 +183,24 @@ TS_DEFINE_DOT_ROWS(q4_0, group_q4_0, 32, Q4_0_BYTES, AVX512_DOT_ROWS)
  * lanes 4i .. 4i+3), and a group's 8 scales are one 16-byte load, converted and multiplied by the activation's at
  * once: per two blocks half the conversions and multiply-adds of the ggml layout's kernel above, and no scalar
  * assembly of scales or lane permutes of pairs. Rows in L2, one thread, AMD EPYC Zen 4: 53.5 against 23.2 GB/s.
- * Rows of whole groups (n a multiple of 256); the loader holds gate and up rows so where ts_gate_up_split says.
+ * Rows of whole pairs of blocks (n a multiple of 64): a row's last group may hold 2, 4 or 6 blocks (its c scales,
+ * then its c quants), read with masked loads. The loader holds gate and up rows so where ts_gate_up_split says.
  *
- * prepared: x int8[n], per 4 blocks 64 bytes of their values 0-15 (block after block), then 64 of their values 16-31
- *           | d float[n / 32] | corr int32[n / 32] (-8 x the block's sum of x, for Q4_0's offset)
+ * prepared: x int8[n rounded up to 128], per 4 blocks 64 bytes of their values 0-15 (block after block), then 64 of
+ *           their values 16-31 | d float[n / 32] | corr int32[n / 32] (-8 x the block's sum of x, for Q4_0's offset)
  */
 enum { SPLIT_GROUP_BYTES = 8 * Q4_0_BYTES };
+
+static int64_t quads_x_bytes(int64_t n) {
+    return (n + 127) / 128 * 128;
+}
 
 static const void *prepare_quads(const void *xq, int64_t n, void *buf) {
     const uint8_t *src = xq;
     int8_t *x = buf;
-    float *d = (float *)(x + n);
+    float *d = (float *)(x + quads_x_bytes(n));
     int32_t *corr = (int32_t *)(d + n / 32);
+    memset(x + n, 0, (size_t)(quads_x_bytes(n) - n)); /* a last quad's missing blocks: no values */
     for (int64_t b = 0; b < n / 32; b++) {
         const int8_t *q = (const int8_t *)(src + b * Q8_0_BYTES + 2);
         int8_t *quad = x + 128 * (b / 4) + 16 * (b % 4);
@@ -210,47 +216,62 @@ static const void *prepare_quads(const void *xq, int64_t n, void *buf) {
     return buf;
 }
 
-/* Four blocks' corrections as dpbusd's accumulator: block i's in lane 4i, zeros elsewhere */
-ALWAYS_INLINE __m512i quad_corr(const int32_t *corr) {
+/* m of four blocks' corrections (m <= 4) as dpbusd's accumulator: block i's in lane 4i, zeros elsewhere */
+ALWAYS_INLINE __m512i quad_corr(const int32_t *corr, int m) {
     const __m512i lanes = _mm512_setr_epi32(0, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0);
-    return _mm512_maskz_permutexvar_epi32(0x1111, lanes, _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)corr)));
+    const __m512i c = _mm512_maskz_loadu_epi32((__mmask16)((1u << m) - 1u), corr); /* masked: no read past the end */
+    return _mm512_maskz_permutexvar_epi32(0x1111, lanes, c);
 }
 
-/* Four blocks' dot products of one row (quants at q) in int32 lanes, block i in lanes 4i .. 4i+3 */
-ALWAYS_INLINE __m512i quad_dot(const uint8_t *q, __m512i x_low, __m512i x_high, __m512i corr) {
+/* m of four blocks' dot products of one row (m <= 4; quants at q) in int32 lanes, block i in lanes 4i .. 4i+3 */
+ALWAYS_INLINE __m512i quad_dot(const uint8_t *q, int m, __m512i x_low, __m512i x_high, __m512i corr) {
     const __m512i m4 = _mm512_set1_epi8(0x0F);
-    const __m512i w = _mm512_loadu_si512((const void *)q);
+    const __m512i w = m == 4 ? _mm512_loadu_si512((const void *)q)
+                             : _mm512_maskz_loadu_epi8(((__mmask64)1 << (16 * m)) - 1, (const void *)q);
     const __m512i t = _mm512_dpbusd_epi32(corr, _mm512_and_si512(w, m4), x_low);
     return _mm512_dpbusd_epi32(t, _mm512_and_si512(_mm512_srli_epi16(w, 4), m4), x_high);
+}
+
+/* acc + the c blocks (c <= 8) of one row's group at grp against the activation's group at xg (scales dx of those
+ * blocks, corrections corr) */
+ALWAYS_INLINE __m512 group_step(__m512 acc, const uint8_t *grp, int c, const int8_t *xg, __m256 dx, __m512i c0,
+                                __m512i c1) {
+    /* the group's scales (floats 0 .. c-1) into the lanes of its first and its last four blocks */
+    const __m512i first = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+    const __m512i last = _mm512_setr_epi32(4, 4, 4, 4, 5, 5, 5, 5, 6, 6, 6, 6, 7, 7, 7, 7);
+    const __m128i h = c == 8 ? _mm_loadu_si128((const __m128i *)grp)
+                             : _mm512_castsi512_si128(_mm512_maskz_loadu_epi16((__mmask32)((1u << c) - 1u), grp));
+    const __m512 s = _mm512_castps256_ps512(_mm256_mul_ps(_mm256_cvtph_ps(h), dx));
+    const uint8_t *quants = grp + 2 * c;
+    const __m512i x0l = _mm512_load_si512((const void *)xg), x0h = _mm512_load_si512((const void *)(xg + 64));
+    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(quad_dot(quants, c < 4 ? c : 4, x0l, x0h, c0)),
+                          _mm512_permutexvar_ps(first, s), acc);
+    if (c > 4) {
+        const __m512i x1l = _mm512_load_si512((const void *)(xg + 128)), x1h = _mm512_load_si512((const void *)(xg + 192));
+        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(quad_dot(quants + 64, c - 4, x1l, x1h, c1)),
+                              _mm512_permutexvar_ps(last, s), acc);
+    }
+    return acc;
 }
 
 ALWAYS_INLINE void group_q4_0_split(const void *const *rows, const int R, const void *prepared, int64_t n, float *out,
                                     ts_row_prefetcher *pf) {
     const int8_t *x = prepared;
-    const float *d = (const float *)(x + n);
+    const float *d = (const float *)(x + quads_x_bytes(n));
     const int32_t *corr = (const int32_t *)(d + n / 32);
-    /* a group's 8 scales (floats 0-7) into the lanes of its first and its last four blocks */
-    const __m512i first = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
-    const __m512i last = _mm512_setr_epi32(4, 4, 4, 4, 5, 5, 5, 5, 6, 6, 6, 6, 7, 7, 7, 7);
+    const int64_t nb = n / 32;
     __m512 acc[AVX512_DOT_ROWS];
     for (int k = 0; k < R; k++) {
         acc[k] = _mm512_setzero_ps();
     }
-    for (int64_t g = 0; g < n / 256; g++) {
+    for (int64_t g = 0; g < (nb + 7) / 8; g++) {
         ts_prefetch_upto(pf, (size_t)(g + 1) * SPLIT_GROUP_BYTES + 64);
-        const __m256 dx = _mm256_loadu_ps(d + 8 * g);
-        const int8_t *xg = x + 256 * g;
-        const __m512i xl0 = _mm512_load_si512((const void *)xg), xh0 = _mm512_load_si512((const void *)(xg + 64));
-        const __m512i xl1 = _mm512_load_si512((const void *)(xg + 128)), xh1 = _mm512_load_si512((const void *)(xg + 192));
-        const __m512i c0 = quad_corr(corr + 8 * g), c1 = quad_corr(corr + 8 * g + 4);
+        const int c = nb - 8 * g < 8 ? (int)(nb - 8 * g) : 8; /* the group's blocks */
+        const __m256 dx = c == 8 ? _mm256_loadu_ps(d + 8 * g)
+                                 : _mm512_castps512_ps256(_mm512_maskz_loadu_ps((__mmask16)((1u << c) - 1u), d + 8 * g));
+        const __m512i c0 = quad_corr(corr + 8 * g, c < 4 ? c : 4), c1 = c > 4 ? quad_corr(corr + 8 * g + 4, c - 4) : c0;
         for (int k = 0; k < R; k++) {
-            const uint8_t *grp = (const uint8_t *)rows[k] + g * SPLIT_GROUP_BYTES;
-            const __m512 s = _mm512_castps256_ps512(
-                _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)grp)), dx));
-            acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(quad_dot(grp + 16, xl0, xh0, c0)), _mm512_permutexvar_ps(first, s),
-                                     acc[k]);
-            acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(quad_dot(grp + 80, xl1, xh1, c1)), _mm512_permutexvar_ps(last, s),
-                                     acc[k]);
+            acc[k] = group_step(acc[k], (const uint8_t *)rows[k] + g * SPLIT_GROUP_BYTES, c, x + 256 * g, dx, c0, c1);
         }
     }
     for (int k = 0; k < R; k++) {
@@ -260,9 +281,10 @@ ALWAYS_INLINE void group_q4_0_split(const void *const *rows, const int R, const 
 
 TS_DEFINE_DOT_ROWS(q4_0_split, group_q4_0_split, 32, Q4_0_BYTES, AVX512_DOT_ROWS)
 
-/* Whether the split kernels (decoding and prompts) take rows of n values of `type` */
+/* Whether the split kernels (decoding and prompts) take rows of n values of `type`: whole pairs of blocks whose
+ * prepared activation (1.25 n bytes and a last quad's padding) fits */
 static int takes_split_rows(enum ggml_type type, int64_t n) {
-    return type == GGML_TYPE_Q4_0 && n > 0 && n % 256 == 0 && n <= TS_DOT_MAX_N;
+    return type == GGML_TYPE_Q4_0 && n > 0 && n % 64 == 0 && n <= TS_DOT_MAX_N;
 }
 
 /* ---- Q8_0 rows ------------------------------------------------------------------------------------------
@@ -464,7 +486,8 @@ static void unpack16_q4_0_split(const uint8_t *w, size_t row_bytes, int R, int64
     const __m512i low = _mm512_set1_epi8(0x0F);
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t *group = w + (b / 8) * SPLIT_GROUP_BYTES;
-        const uint8_t *quants = group + 16 + 16 * (b % 8);
+        const int64_t c = nb - b / 8 * 8 < 8 ? nb - b / 8 * 8 : 8; /* the group's blocks: its scales come first */
+        const uint8_t *quants = group + 2 * c + 16 * (b % 8);
         uint8_t *chunk = pass + (size_t)b * 8 * MM_CHUNK_BYTES;
         for (int c = 0; c < 4; c++) {
             const __m512i q = gather16(g, quants + 4 * c);

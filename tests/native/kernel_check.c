@@ -165,13 +165,15 @@ typedef struct {
     int32_t idx[64];
 } dot_case;
 
-/* groups of 4 rows with tails, one row, none, a repeated row; one block, the Mistral-7B width, the longest row */
+/* groups of 4 rows with tails, one row, none, a repeated row; one block, the Mistral-7B width, the longest row, the
+ * default model's width */
 static const dot_case DOT_CASES[] = {
     {32, 3, 3, {2, 0, 1}},
     {256, 9, 7, {8, 0, 3, 5, 1, 2, 7}},
     {4096, 40, 16, {0, 3, 6, 9, 12, 15, 18, 21, 24, 27, 30, 33, 36, 39, 4, 4}},
     {512, 6, 1, {5}},
     {512, 6, 0, {0}},
+    {576, 7, 5, {6, 0, 3, 5, 1}}, /* 18 blocks: the split layout's last group holds 2 */
     {MAX_N, 5, 4, {4, 1, 3, 0}},
 };
 
@@ -190,7 +192,7 @@ static double activation_bound(const float *row, const float *x, int64_t n, int6
     return bound + 1e-5 * scale;
 }
 
-/* split: the kernel for rows held in the split layout (AVX-512 VNNI and AVX2, Q4_0 rows of whole groups of 8 blocks) */
+/* split: the kernel for rows held in the split layout (AVX-512 VNNI and AVX2, Q4_0 rows of whole block pairs) */
 static int check_dot(enum ggml_type type, int32_t isa, int32_t split) {
     tally t = {split ? "dot_split" : "dot_rows", type, ts_kernel_isa_name(isa), 0, 0.0, 0};
     const int64_t block = ggml_blck_size(type) == 256 ? 256 : 32;
@@ -198,7 +200,7 @@ static int check_dot(enum ggml_type type, int32_t isa, int32_t split) {
         const dot_case *dc = &DOT_CASES[c];
         /* the AVX-512 kernels take rows of whole 64-value steps (shorter ones run the AVX2 kernel) */
         if (dc->n_cols % ggml_blck_size(type) != 0 || (isa == TS_ISA_AVX512_VNNI && dc->n_cols % 64 != 0) ||
-            (split && dc->n_cols % 256 != 0)) {
+            (split && dc->n_cols % 64 != 0)) {
             continue;
         }
         matrix m = random_matrix(type, dc->n_rows, dc->n_cols);

@@ -16,12 +16,18 @@ TS_EMU_LANES(ts_emu_cvtepi16_epi32, simde__m256i, int16_t, simde__m512i, int32_t
 TS_EMU_LANES(ts_emu_cvtepi32_ps, simde__m512i, int32_t, simde__m512, float, (float))
 TS_EMU_LANES(ts_emu_cvtepi32_epi16, simde__m512i, int32_t, simde__m256i, int16_t, (int16_t))
 TS_EMU_LANES(ts_emu_cvtph_ps, simde__m256i, uint16_t, simde__m512, float, _cvtsh_ss)
-static inline simde__m512i ts_emu_maskz_loadu_epi8(simde__mmask64 k, const void *p) {
-    uint8_t d[64]; simde__m512i r;
-    for (int i = 0; i < 64; i++) d[i] = (k >> i) & 1 ? ((const uint8_t *)p)[i] : 0;
-    memcpy(&r, d, sizeof(r));
-    return r;
-}
+/* a masked load, element by element: the elements whose bit is clear read nothing and are 0 */
+#define TS_EMU_MASKZ_LOAD(name, mask_t, vec, elem_t, n)                                                               \
+    static inline vec name(mask_t k, const void *p) {                                                              \
+        elem_t d[n]; vec r;                                                                                         \
+        for (int i = 0; i < n; i++) d[i] = (k >> i) & 1 ? ((const elem_t *)p)[i] : 0;                              \
+        memcpy(&r, d, sizeof(r));                                                                                   \
+        return r;                                                                                                   \
+    }
+TS_EMU_MASKZ_LOAD(ts_emu_maskz_loadu_epi8, simde__mmask64, simde__m512i, uint8_t, 64)
+TS_EMU_MASKZ_LOAD(ts_emu_maskz_loadu_epi16, simde__mmask32, simde__m512i, uint16_t, 32)
+TS_EMU_MASKZ_LOAD(ts_emu_maskz_loadu_epi32, simde__mmask16, simde__m512i, uint32_t, 16)
+TS_EMU_MASKZ_LOAD(ts_emu_maskz_loadu_ps, simde__mmask16, simde__m512, float, 16)
 static inline float ts_emu_reduce_add_ps(simde__m512 a) {
     float v[16];
     memcpy(v, &a, sizeof(v));
@@ -40,6 +46,9 @@ static inline simde__m512i ts_emu_mask_i32gather_epi32(simde__m512i src, simde__
 #undef _mm512_cvtepi16_epi32 /* a newer SIMDe may have its own */
 #undef _mm512_cvtepi32_ps
 #undef _mm512_maskz_loadu_epi8
+#undef _mm512_maskz_loadu_epi16
+#undef _mm512_maskz_loadu_epi32
+#undef _mm512_maskz_loadu_ps
 #undef _mm512_reduce_add_ps
 #undef _mm512_mask_i32gather_epi32
 #undef _mm512_cvtepi32_epi16
@@ -50,6 +59,9 @@ static inline simde__m512i ts_emu_mask_i32gather_epi32(simde__m512i src, simde__
 #define _mm512_cvtepi16_epi32 ts_emu_cvtepi16_epi32
 #define _mm512_cvtepi32_ps ts_emu_cvtepi32_ps
 #define _mm512_maskz_loadu_epi8 ts_emu_maskz_loadu_epi8
+#define _mm512_maskz_loadu_epi16 ts_emu_maskz_loadu_epi16
+#define _mm512_maskz_loadu_epi32 ts_emu_maskz_loadu_epi32
+#define _mm512_maskz_loadu_ps ts_emu_maskz_loadu_ps
 #define _mm512_reduce_add_ps ts_emu_reduce_add_ps
 #define __AVX512F__ 1
 #define __AVX512BW__ 1
