@@ -359,9 +359,9 @@ static void unpack8_q4(const uint8_t *w, size_t row_bytes, int R, int64_t nb, si
         const uint8_t *blk[MM_ROWS8], *quants[MM_ROWS8];
         for (int r = 0; r < MM_ROWS8; r++) {
             const uint8_t *row = w + (size_t)r * row_bytes, *group = row + (b / 8) * SPLIT_GROUP_BYTES;
-            const int64_t c = nb - b / 8 * 8 < 8 ? nb - b / 8 * 8 : 8; /* the group's blocks: its scales come first */
+            const int64_t blocks = nb - b / 8 * 8 < 8 ? nb - b / 8 * 8 : 8; /* the group's: its scales come first */
             blk[r] = r >= R ? none : split ? group + 2 * (b % 8) : row + b * block_bytes;
-            quants[r] = r >= R ? none + qs : split ? group + 2 * c + 16 * (b % 8) : blk[r] + qs;
+            quants[r] = r >= R ? none + qs : split ? group + 2 * blocks + 16 * (b % 8) : blk[r] + qs;
         }
         __m256i v[4];
         for (int r = 0; r < 4; r++) {

@@ -7,11 +7,11 @@
  * 1.2-1.45x faster than it.
  *
  * For prompts (rows_matmul.h), Q4_0 and Q8_0 rows 16 at a time, interleaved so that one dpbusd serves 16 rows (below).
- * Q4_0 gate and up rows of a multiple of 256 values are held in the split layout, which both kinds read faster
+ * Q4_0 gate and up rows of a multiple of 64 values are held in the split layout, which both kinds read faster
  * (gate_up_dot.h: ts_gate_up_split; the kernels below the ggml layout's).
  *
- * Compiled with -mavx512f -mavx512bw -mavx512vnni (CMakeLists.txt) and reached only through ts_dot_kernel_best and
- * ts_rows_matmul_kernel, which ask the CPU first. Q4_1 on such CPUs takes the AVX2 kernel.
+ * Compiled with -mavx512f -mavx512bw -mavx512vnni (CMakeLists.txt) and reached only through ts_dot_kernel_best,
+ * ts_dot_kernel_for and ts_rows_matmul_kernel, which ask the CPU first. Q4_1 on such CPUs takes the AVX2 kernel.
  */
 #include "gate_up_dot.h"
 
@@ -200,7 +200,8 @@ static const void *prepare_quads(const void *xq, int64_t n, void *buf) {
     int8_t *x = buf;
     float *d = (float *)(x + quads_x_bytes(n));
     int32_t *corr = (int32_t *)(d + n / 32);
-    memset(x + n, 0, (size_t)(quads_x_bytes(n) - n)); /* a last quad's missing blocks: no values */
+    const int64_t whole = n / 128 * 128; /* the whole quads' bytes: a last quad's missing blocks hold no values */
+    memset(x + whole, 0, (size_t)(quads_x_bytes(n) - whole));
     for (int64_t b = 0; b < n / 32; b++) {
         const int8_t *q = (const int8_t *)(src + b * Q8_0_BYTES + 2);
         int8_t *quad = x + 128 * (b / 4) + 16 * (b % 4);
@@ -486,8 +487,8 @@ static void unpack16_q4_0_split(const uint8_t *w, size_t row_bytes, int R, int64
     const __m512i low = _mm512_set1_epi8(0x0F);
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t *group = w + (b / 8) * SPLIT_GROUP_BYTES;
-        const int64_t c = nb - b / 8 * 8 < 8 ? nb - b / 8 * 8 : 8; /* the group's blocks: its scales come first */
-        const uint8_t *quants = group + 2 * c + 16 * (b % 8);
+        const int64_t blocks = nb - b / 8 * 8 < 8 ? nb - b / 8 * 8 : 8; /* the group's: its scales come first */
+        const uint8_t *quants = group + 2 * blocks + 16 * (b % 8);
         uint8_t *chunk = pass + (size_t)b * 8 * MM_CHUNK_BYTES;
         for (int c = 0; c < 4; c++) {
             const __m512i q = gather16(g, quants + 4 * c);

@@ -102,8 +102,9 @@ struct ggml_tensor *ts_gated_activation(struct ggml_context *ctx0, int32_t act, 
     }
 }
 
-/* w . cur (+ b) for the dense FFN: in the sparse modes the row-read matrices keep ggml's plain layout, where the
- * prompt kernels of rows_matmul.h beat ggml's plain mul_mat; everything else (and types without a kernel) by ggml. */
+/* w . cur (+ b) for the dense FFN: in the sparse modes the row-read matrices (not repacked; split: in the split layout,
+ * model.h) go through the prompt kernels of rows_matmul.h, which beat ggml's plain mul_mat; everything else (and
+ * types without a kernel) by ggml. */
 static struct ggml_tensor *ffn_matmul(const ts_context *ctx, struct ggml_context *ctx0, struct ggml_tensor *w,
                                       struct ggml_tensor *b, struct ggml_tensor *cur, int split) {
     const ts_model *m = ctx->model;

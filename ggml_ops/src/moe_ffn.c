@@ -204,8 +204,9 @@ static struct ggml_tensor *moe_down_t(struct ggml_context *ctx0, struct ggml_ten
                           GGML_N_TASKS_MAX, NULL);
 }
 
-/* The chosen experts' w . cur [n_ff, k, T]: in the sparse modes the row-read experts keep ggml's plain layout, where
- * the prompt kernels of rows_matmul.h beat ggml's plain mul_mat_id; otherwise (and types without a kernel) ggml's. */
+/* The chosen experts' w . cur [n_ff, k, T]: in the sparse modes the row-read experts (not repacked; split: in the split
+ * layout, model.h) go through the prompt kernels of rows_matmul.h, which beat ggml's plain mul_mat_id; otherwise (and
+ * types without a kernel) ggml's. */
 static struct ggml_tensor *experts_matmul(const ts_context *ctx, struct ggml_context *ctx0, struct ggml_tensor *w,
                                           struct ggml_tensor *cur, struct ggml_tensor *ids, int split) {
     const ts_model *m = ctx->model;

@@ -8,7 +8,8 @@
  * The lines go to the L2 cache, not L1 (prefetcht1 on x86, PRFM PLDL2KEEP on ARM): an L1 prefetch holds one of the
  * core's few L1 miss buffers until its line arrives, which caps the misses in flight; an L2 one does not, and the
  * L1 then fills from L2 in a few cycles. On an AMD EPYC Zen 4 (2 threads) the sparse FFN of `bench --ffn-layer` read
- * Q4_0 / Q8_0 / Q4_K at 25 / 28 / 25 -> 29 / 31 / 28 GB/s so, and Mixtral-shaped decoding ran 1.05-1.09x faster.
+ * Q4_0 / Q8_0 / Q4_K at 25 / 28 / 25 -> 29 / 31 / 28 GB/s so, and the Mixtral twin decoded 1.01-1.14x faster (the
+ * Intel Xeon kind measured no difference; the pass sizes were tuned with L1 prefetches, on Zen 3).
  */
 #ifndef TS_ROW_PREFETCH_H
 #define TS_ROW_PREFETCH_H

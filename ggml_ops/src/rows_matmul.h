@@ -48,9 +48,9 @@ ts_rows_matmul_fn ts_rows_matmul_avx2_split(enum ggml_type type, int64_t n);   /
 struct ggml_tensor *ts_rows_matmul(struct ggml_context *ctx0, struct ggml_tensor *w, struct ggml_tensor *x,
                                    int32_t n_threads, int split);
 
-/* The experts' version for mixture-of-experts prompts: w [n, n_rows, n_expert] in ggml's plain layout, x [n, T] F32,
- * ids [k, T] I32 (the chosen experts) -> [n_rows, k, T] F32, slot (s, t) = expert ids[s, t]'s rows . x_t (what
- * ggml_mul_mat_id computes); NULL where no kernel takes w's rows; split as for ts_rows_matmul. */
+/* The experts' version for mixture-of-experts prompts: w [n, n_rows, n_expert] (its layout as for ts_rows_matmul),
+ * x [n, T] F32, ids [k, T] I32 (the chosen experts) -> [n_rows, k, T] F32, slot (s, t) = expert ids[s, t]'s rows . x_t
+ * (what ggml_mul_mat_id computes); NULL where no kernel takes w's rows; split as for ts_rows_matmul. */
 struct ggml_tensor *ts_rows_matmul_id(struct ggml_context *ctx0, struct ggml_tensor *w, struct ggml_tensor *x,
                                       struct ggml_tensor *ids, int32_t n_threads, int split);
 
