@@ -63,24 +63,30 @@ ts_dot_kernel ts_dot_kernel_best(enum ggml_type type, int64_t n) {
     return k;
 }
 
-/* The split-layout decoding kernel of the most specialised set this CPU runs that has one for these rows: 1 and *k
- * filled, else 0 */
-static int best_split_kernel(enum ggml_type type, int64_t n, ts_dot_kernel *k) {
-    return (ts_isa_supported(TS_ISA_AVX512_VNNI) && ts_dot_kernel_avx512_split(type, n, k)) ||
-           (ts_isa_supported(TS_ISA_AVX2) && ts_dot_kernel_avx2_split(type, n, k));
+int ts_dot_kernel_split_of(enum ts_kernel_isa isa, enum ggml_type type, int64_t n, ts_dot_kernel *k) {
+    switch (isa) {
+    case TS_ISA_AVX2: return ts_dot_kernel_avx2_split(type, n, k);
+    case TS_ISA_AVX512_VNNI: return ts_dot_kernel_avx512_split(type, n, k);
+    default: return 0;
+    }
+}
+
+static int has_split_dot_kernel(enum ts_kernel_isa isa, enum ggml_type type, int64_t n) {
+    ts_dot_kernel k;
+    return ts_dot_kernel_split_of(isa, type, n, &k);
 }
 
 int ts_gate_up_split(enum ggml_type type, int64_t n) {
-    ts_dot_kernel k;
-    return best_split_kernel(type, n, &k) && ts_rows_matmul_kernel(type, n, 1) != NULL;
+    return ts_isa_best(has_split_dot_kernel, type, n) != TS_ISA_GENERIC && ts_rows_matmul_kernel(type, n, 1) != NULL;
 }
 
 ts_dot_kernel ts_dot_kernel_for(enum ggml_type type, int64_t n, int split) {
-    ts_dot_kernel k = ts_dot_kernel_best(type, n);
-    if (split) {
-        GGML_ASSERT(ts_gate_up_split(type, n));
-        best_split_kernel(type, n, &k);
+    if (!split) {
+        return ts_dot_kernel_best(type, n);
     }
+    GGML_ASSERT(ts_gate_up_split(type, n));
+    ts_dot_kernel k;
+    ts_dot_kernel_split_of(ts_isa_best(has_split_dot_kernel, type, n), type, n, &k);
     return k;
 }
 
@@ -112,14 +118,8 @@ int32_t ts_kernel_dot_rows(int32_t isa, int32_t type, const void *w, int64_t n_r
     }
     ggml_cpu_init();
     ts_dot_kernel k;
-    int found = 0;
-    if (split) {
-        found = isa == TS_ISA_AVX512_VNNI ? ts_dot_kernel_avx512_split((enum ggml_type)type, n_cols, &k)
-                : isa == TS_ISA_AVX2      ? ts_dot_kernel_avx2_split((enum ggml_type)type, n_cols, &k)
-                                          : 0;
-    } else {
-        found = ts_dot_kernel_of((enum ts_kernel_isa)isa, (enum ggml_type)type, n_cols, &k);
-    }
+    const int found = (split ? ts_dot_kernel_split_of : ts_dot_kernel_of)((enum ts_kernel_isa)isa, (enum ggml_type)type,
+                                                                          n_cols, &k);
     if (!ts_kernel_isa_supported(isa) || !found) {
         return ts_set_error(err, err_size, "dot_rows: no %s kernel for %s rows of %lld%s on this CPU",
                             ts_kernel_isa_name(isa), ggml_type_name((enum ggml_type)type), (long long)n_cols,

@@ -104,6 +104,8 @@ ts_dot_kernel ts_dot_kernel_for(enum ggml_type type, int64_t n, int split);
 
 /* The kernel of one instruction set, if it has one for these rows: 1 and *k filled, else 0. Does not ask the CPU. */
 int ts_dot_kernel_of(enum ts_kernel_isa isa, enum ggml_type type, int64_t n, ts_dot_kernel *k);
+/* The same for rows in the split layout (ts_gate_up_split). */
+int ts_dot_kernel_split_of(enum ts_kernel_isa isa, enum ggml_type type, int64_t n, ts_dot_kernel *k);
 
 /* Each instruction set's table (0 where it has no kernel for these rows, or is not compiled for this architecture). */
 int ts_dot_kernel_avx2(enum ggml_type type, int64_t n, ts_dot_kernel *k);

@@ -1,6 +1,6 @@
 /*
  * AVX2 gate/up kernels: Q4_0 and Q8_0 rows against a Q8_0 activation, Q4_1 against Q8_1, Q4_K against Q8_K; and
- * for prompts, Q4_0 and Q4_1 matrices against many tokens (rows_matmul.h). Q4_0 gate and up rows of a multiple of 256
+ * for prompts, Q4_0 and Q4_1 matrices against many tokens (rows_matmul.h). Q4_0 gate and up rows of a multiple of 64
  * values are held in the split layout, which both kinds read faster (gate_up_dot.h: ts_gate_up_split).
  *
  * Compiled with -mavx2 -mfma -mf16c (CMakeLists.txt) and reached only through ts_dot_kernel_best and
@@ -226,6 +226,7 @@ TS_DEFINE_DOT_ROWS(q4_0_split, group_q4_0_split, 32, Q4_0_BYTES, TS_DOT_ROWS)
 static int takes_split_rows(enum ggml_type type, int64_t n) {
     return type == GGML_TYPE_Q4_0 && n > 0 && n % 64 == 0 && n <= TS_DOT_MAX_N;
 }
+
 TS_DEFINE_DOT_ROWS(q8_0, group_q8_0, 32, Q8_0_BYTES, TS_DOT_ROWS)
 
 /* ---- Q8_1 activation (Q4_1 rows) ------------------------------------------------------------------------

@@ -18,8 +18,20 @@ ts_rows_matmul_fn ts_rows_matmul_kernel_of(enum ts_kernel_isa isa, enum ggml_typ
     }
 }
 
+ts_rows_matmul_fn ts_rows_matmul_split_of(enum ts_kernel_isa isa, enum ggml_type type, int64_t n) {
+    switch (isa) {
+    case TS_ISA_AVX512_VNNI: return ts_rows_matmul_avx512_split(type, n);
+    case TS_ISA_AVX2: return ts_rows_matmul_avx2_split(type, n);
+    default: return NULL;
+    }
+}
+
 static int has_matmul_kernel(enum ts_kernel_isa isa, enum ggml_type type, int64_t n) {
     return ts_rows_matmul_kernel_of(isa, type, n) != NULL;
+}
+
+static int has_split_matmul_kernel(enum ts_kernel_isa isa, enum ggml_type type, int64_t n) {
+    return ts_rows_matmul_split_of(isa, type, n) != NULL;
 }
 
 /* The instruction set of the kernel ts_rows_matmul_kernel picks, or -1 (no generic prompt kernel). */
@@ -29,12 +41,8 @@ int32_t ts_rows_matmul_isa(enum ggml_type type, int64_t n) {
 }
 
 ts_rows_matmul_fn ts_rows_matmul_kernel(enum ggml_type type, int64_t n, int split) {
-    if (split) {
-        ts_rows_matmul_fn k = ts_isa_supported(TS_ISA_AVX512_VNNI) ? ts_rows_matmul_avx512_split(type, n) : NULL;
-        return k != NULL || !ts_isa_supported(TS_ISA_AVX2) ? k : ts_rows_matmul_avx2_split(type, n);
-    }
-    const int32_t isa = ts_rows_matmul_isa(type, n);
-    return isa < 0 ? NULL : ts_rows_matmul_kernel_of((enum ts_kernel_isa)isa, type, n);
+    const enum ts_kernel_isa isa = ts_isa_best(split ? has_split_matmul_kernel : has_matmul_kernel, type, n);
+    return (split ? ts_rows_matmul_split_of : ts_rows_matmul_kernel_of)(isa, type, n); /* GENERIC: none */
 }
 
 /* src: xq [row bytes, T] I8, w [n, n_rows], scratch [TS_ROWS_MATMUL_SCRATCH, n_threads] I8; userdata: 1 where w's rows
@@ -191,13 +199,10 @@ int32_t ts_kernel_rows_matmul(int32_t isa, int32_t type, const void *w, int64_t 
     if (type < 0 || type >= GGML_TYPE_COUNT || ggml_blck_size((enum ggml_type)type) == 0) {
         return ts_set_error(err, err_size, "rows_matmul: unknown ggml type id %d", type);
     }
-    ts_rows_matmul_fn kernel = NULL;
-    if (ts_kernel_isa_supported(isa)) {
-        kernel = !split                      ? ts_rows_matmul_kernel_of((enum ts_kernel_isa)isa, (enum ggml_type)type, n_cols)
-                 : isa == TS_ISA_AVX512_VNNI ? ts_rows_matmul_avx512_split((enum ggml_type)type, n_cols)
-                 : isa == TS_ISA_AVX2        ? ts_rows_matmul_avx2_split((enum ggml_type)type, n_cols)
-                                             : NULL;
-    }
+    ts_rows_matmul_fn (*const kernel_of)(enum ts_kernel_isa, enum ggml_type, int64_t) =
+        split ? ts_rows_matmul_split_of : ts_rows_matmul_kernel_of;
+    const ts_rows_matmul_fn kernel =
+        ts_kernel_isa_supported(isa) ? kernel_of((enum ts_kernel_isa)isa, (enum ggml_type)type, n_cols) : NULL;
     if (kernel == NULL || n_rows < 0 || n_tokens < 0) {
         return ts_set_error(err, err_size, "rows_matmul: no %s kernel for %s rows of %lld%s on this CPU",
                             ts_kernel_isa_name(isa), ggml_type_name((enum ggml_type)type), (long long)n_cols,

@@ -32,6 +32,8 @@ ts_rows_matmul_fn ts_rows_matmul_kernel(enum ggml_type type, int64_t n, int spli
 
 /* The kernel of one instruction set for these rows, or NULL (where it has none). Does not ask the CPU. */
 ts_rows_matmul_fn ts_rows_matmul_kernel_of(enum ts_kernel_isa isa, enum ggml_type type, int64_t n);
+/* The same for rows in the split layout. */
+ts_rows_matmul_fn ts_rows_matmul_split_of(enum ts_kernel_isa isa, enum ggml_type type, int64_t n);
 
 /* The instruction set of ts_rows_matmul_kernel's choice, or -1 (none). */
 int32_t ts_rows_matmul_isa(enum ggml_type type, int64_t n);
