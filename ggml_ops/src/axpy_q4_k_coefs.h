@@ -38,10 +38,9 @@ static inline void q4_k_quantize(const uint8_t *const *r, const float *a, size_t
     __m256 amax = _mm256_setzero_ps(), mins = _mm256_setzero_ps();
     for (int k = 0; k < Q4_K_ROWS; k++) {
         const uint8_t *p = r[k] + at;
-        uint8_t sm[16];
-        ts_k_scales_mins(p + 4, sm);
-        const __m256 sc = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)sm)));
-        const __m256 mn = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(sm + 8))));
+        const __m128i sm = ts_k_scales_mins_vec(p + 4); /* 8 scales, then 8 mins */
+        const __m256 sc = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(sm));
+        const __m256 mn = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_unpackhi_epi64(sm, sm)));
         c[k] = _mm256_mul_ps(sc, _mm256_set1_ps(a[k] * q4_k_half(p)));
         amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, c[k]));
         mins = _mm256_fmadd_ps(mn, _mm256_set1_ps(-a[k] * q4_k_half(p + 2)), mins);
