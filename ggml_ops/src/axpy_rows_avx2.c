@@ -247,7 +247,7 @@ static inline void add_split(const uint8_t *const *r, const float *a, int64_t u0
         const int c = g.c, j0 = g.j0, n = g.n;
         const size_t base = (size_t)g.first * block, quants = base + (size_t)(2 * n_heads * c);
         split_coefs q;
-        split_quantize(r, a, base + 2 * (size_t)j0, n_heads == 2 ? base + 2 * (size_t)(c + j0) : 0, n, &q);
+        split_quantize(r, a, SPLIT_ROWS, base + 2 * (size_t)j0, n_heads == 2 ? base + 2 * (size_t)(c + j0) : 0, n, &q);
         for (int j = 0; j < n; j += 2) {
             ts_prefetch_upto(pf, (size_t)(u + j + 2 - start) * block); /* a line at a time: bursts overrun */
             const int two = j + 1 < n;
