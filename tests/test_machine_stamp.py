@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from turbosparse.bench.runner import cpu_from_cpuinfo, machine_stamp
+import subprocess
+from pathlib import Path
+
+from turbosparse.bench.runner import code_stamp, cpu_from_cpuinfo, machine_stamp
 
 X86 = """processor\t: 0
 vendor_id\t: AuthenticAMD
@@ -40,3 +43,20 @@ def test_this_machine_is_named() -> None:
     assert stamp["cpu"] and stamp["kernel_isas"]
     # where the sparse rows can sit in huge pages (THP always / madvise) or not
     assert stamp["huge_pages"] in ("always", "madvise", "never", "unavailable")
+
+
+def _git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def test_the_commit_says_when_the_code_differs_from_it(tmp_path: Path) -> None:
+    assert code_stamp(tmp_path, None) == "unknown"  # no checkout
+    _git(tmp_path, "init", "-q")
+    (tmp_path / "kernel.c").write_text("int a;\n")
+    _git(tmp_path, "add", "kernel.c")
+    _git(tmp_path, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "a")
+    head = _git(tmp_path, "rev-parse", "--short", "HEAD")
+    assert code_stamp(tmp_path, None) == head
+    (tmp_path / "kernel.c").write_text("int b;\n")
+    assert code_stamp(tmp_path, None) == f"{head}-dirty"
+    assert code_stamp(tmp_path, "/tmp/lib-other.so") == f"{head}-dirty, library /tmp/lib-other.so"

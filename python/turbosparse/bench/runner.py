@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import platform
 import re
 import statistics
@@ -15,6 +16,7 @@ import gguf
 import numpy as np
 
 from turbosparse import constants as C
+from turbosparse._library import LIBRARY_ENV
 from turbosparse.bench.engines import Engine, TurbosparseEngine
 from turbosparse.binding import DeviceInfo, KernelIsa, LayerStats, down_rows_type, isa_name, isa_supported
 
@@ -241,24 +243,32 @@ def machine_stamp(device: DeviceInfo | None = None) -> dict[str, str]:
     except OSError:  # no /proc (macOS)
         pass
     model = model or platform.processor() or platform.machine()
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
-        ).stdout.strip()
-    except OSError:
-        commit = ""
     # the kernel instruction sets this CPU runs (the library picks among them at run time)
     isas = " ".join(isa_name(i) for i in KernelIsa if i != KernelIsa.GENERIC and isa_supported(i)) or "generic"
     return {
         "cpu": model,
         "cpu_flags": flags,
         "kernel_isas": isas,
-        "commit": commit or "unknown",
+        "commit": code_stamp(Path(__file__).parent, os.environ.get(LIBRARY_ENV)),
         "load": _load_average(),
         # the sparse rows sit in huge pages only where the kernel offers them (README, Speed)
         "huge_pages": _transparent_huge_pages(),
         "device": "CPU" if device is None or device.is_cpu else f"{device.name} ({device.description})",
     }
+
+
+def code_stamp(where: Path, library_override: str | None) -> str:
+    """The commit of the checkout holding `where` ("unknown" outside one), "-dirty" where its tracked files differ
+    from that commit (the figures may come from uncommitted code), and the library's path where LIBRARY_ENV puts
+    another one in place of the package's."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=where)
+        dirty = head.returncode == 0 and subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=where).returncode == 1
+        commit = head.stdout.strip() + ("-dirty" if dirty else "")
+    except OSError:  # no git
+        commit = ""
+    commit = commit or "unknown"
+    return f"{commit}, library {library_override}" if library_override else commit
 
 
 def _transparent_huge_pages() -> str:
