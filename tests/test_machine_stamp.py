@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
+
+import pytest
 
 from turbosparse.bench.runner import code_stamp, cpu_from_cpuinfo, machine_stamp
 
@@ -49,12 +52,17 @@ def _git(repo: Path, *args: str) -> str:
     return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout.strip()
 
 
-def test_the_commit_says_when_the_code_differs_from_it(tmp_path: Path) -> None:
+@pytest.mark.skipif(shutil.which("git") is None, reason="no git on this machine")
+def test_the_commit_says_when_the_code_differs_from_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # git must not find a repository above tmp_path, nor one named by the environment
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
+    for name in ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE"):
+        monkeypatch.delenv(name, raising=False)
     assert code_stamp(tmp_path, None) == "unknown"  # no checkout
     _git(tmp_path, "init", "-q")
     (tmp_path / "kernel.c").write_text("int a;\n")
     _git(tmp_path, "add", "kernel.c")
-    _git(tmp_path, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "a")
+    _git(tmp_path, "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false", "commit", "-q", "-m", "a")
     head = _git(tmp_path, "rev-parse", "--short", "HEAD")
     assert code_stamp(tmp_path, None) == head
     (tmp_path / "kernel.c").write_text("int b;\n")

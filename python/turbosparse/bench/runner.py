@@ -257,15 +257,27 @@ def machine_stamp(device: DeviceInfo | None = None) -> dict[str, str]:
     }
 
 
+# variables that point git at another repository than the one holding the code (set, e.g., inside git hooks)
+_GIT_REPOSITORY_VARIABLES = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY", "GIT_COMMON_DIR")
+
+
 def code_stamp(where: Path, library_override: str | None) -> str:
     """The commit of the checkout holding `where` ("unknown" outside one), "-dirty" where its tracked files differ
-    from that commit (the figures may come from uncommitted code), and the library's path where LIBRARY_ENV puts
-    another one in place of the package's."""
+    from that commit, and the library's path where LIBRARY_ENV puts another one in place of the package's. The
+    package runs from a copy that scripts/setup.sh installs from the checkout (anew whenever its sources change):
+    "-dirty" says the figures may come from uncommitted code, or from a checkout edited since the last setup."""
+    env = {k: v for k, v in os.environ.items() if k not in _GIT_REPOSITORY_VARIABLES}
+
+    def git(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["git", *args], cwd=where, env=env, capture_output=True, text=True, timeout=30, check=False
+        )
+
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=where)
-        dirty = head.returncode == 0 and subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=where).returncode == 1
+        head = git("rev-parse", "--short", "HEAD")
+        dirty = head.returncode == 0 and git("diff", "--quiet", "HEAD").returncode == 1
         commit = head.stdout.strip() + ("-dirty" if dirty else "")
-    except OSError:  # no git
+    except (OSError, subprocess.TimeoutExpired):  # no git, or a hung one
         commit = ""
     commit = commit or "unknown"
     return f"{commit}, library {library_override}" if library_override else commit
