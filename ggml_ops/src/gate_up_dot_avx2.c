@@ -5,9 +5,10 @@
  *
  * Compiled with -mavx2 -mfma -mf16c (CMakeLists.txt) and reached only through ts_dot_kernel_best and
  * ts_rows_matmul_kernel, which ask the CPU first. Each decoding kernel takes TS_DOT_ROWS rows per pass over the
- * activation (dot_rows_driver.h): an activation block is loaded once for all of them, and the rows' accumulators are independent, so their
- * multiply-adds overlap. While a pass runs, the next pass's rows are prefetched line by line at the offset being
- * read (one pass of lead time, far more than a memory latency). Integer products come from maddubs (unsigned weight
+ * activation (dot_rows_driver.h): an activation block is loaded once for all of them, and the rows' accumulators are
+ * independent, so their multiply-adds overlap (Q4_K's kernel takes its pass's rows one after another instead, below).
+ * While a pass runs, the next pass's rows are prefetched line by line at the offset being read (one pass of lead
+ * time, far more than a memory latency). Integer products come from maddubs (unsigned weight
  * bytes x signed activation bytes, summed in pairs to int16, then in fours to int32), one float multiply-add per 32
  * values with the two blocks' scales.
  *
@@ -316,9 +317,10 @@ ALWAYS_INLINE void group_q4_k(const void *const *rows, const int R, const void *
                               ts_row_prefetcher *pf) {
     const ts_q8_k_view v = ts_view_q8_k(prepared, n);
     const int64_t n_blocks = n / 256;
-    /* a row at a time, its accumulators in registers (a block at a time across the pass's rows they were kept in
-     * memory: AVX2 18.4 -> 21 GB/s from L2, one thread, Zen 4); the next pass's lines asked for evenly meanwhile
-     * (144 bytes are a whole multiple of every pass size: 1-4 and 8 rows) */
+    /* a row at a time, its accumulators in registers (a block at a time across the pass's rows they were kept
+     * in memory: AVX2 18.4 -> 21 GB/s from L2, one thread, Zen 4); the next pass's lines are asked for evenly
+     * meanwhile, so the last lines of its first row get a row's time of lead, not a pass's (--ffn-layer q4_k from
+     * DRAM was no slower: 0.70-0.73 against 0.73-0.87 ms); 144 is a whole multiple of every pass size (1-4, 8 rows) */
     const size_t step = (size_t)Q4_K_BYTES / (size_t)R;
     for (int k = 0; k < R; k++) {
         out[k] = row_q4_k((const uint8_t *)rows[k], &v, n_blocks, pf, (size_t)k * (size_t)n_blocks * step + 64, step);
