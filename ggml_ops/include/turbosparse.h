@@ -351,6 +351,16 @@ int32_t ts_kernel_row_sums_batch(int32_t type, const void *w, int64_t n_rows, in
 int32_t ts_kernel_rows_matmul(int32_t isa, int32_t type, const void *w, int64_t n_rows, int64_t n_cols, const float *x,
                               int64_t n_tokens, int32_t split, float *out, char *err, size_t err_size);
 
+/*
+ * The lists of neurons a decoded token's selection builds (neuron_list.h), for tests. ts_kernel_pick_list: the j in
+ * [*j, j1) with x[j] >= t (kind 0) or x[j] > t (kind 1), in order, at most cap of them, into list; *j moves to where
+ * the next call starts. Returns how many, or -1 for another kind. ts_kernel_nonzero_list: the j < n with a[j] != 0
+ * into idx and their a[j] into val, in order; returns how many.
+ */
+int32_t ts_kernel_pick_list(int32_t kind, float t, const float *x, int64_t *j, int64_t j1, int32_t *list,
+                            int32_t cap);
+int64_t ts_kernel_nonzero_list(const float *a, int64_t n, int32_t *idx, float *val);
+
 /* ---- quantization: ggml's own quantizers and dequantizers ---------------------------------- */
 /* Fills name/blck_size/type_size of a ggml type; returns 0 when the type id is known. */
 int32_t ts_type_info(int32_t type, const char **name, int64_t *blck_size, int64_t *type_size);

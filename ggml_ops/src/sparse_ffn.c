@@ -2,6 +2,7 @@
 
 #include "axpy_rows.h"
 #include "gate_up_dot.h"
+#include "neuron_list.h"
 #include "row_sums_batch.h"
 #include "ggml-cpu.h"
 
@@ -83,6 +84,23 @@ static int selected(const ts_sparse_layer *layer, int64_t j, float s) {
     return ag != 0.0f && scaled(layer->gate_scale, j, ag) >= layer->gate_threshold;
 }
 
+/* Whether the layer's selection is one comparison of each neuron's select value (predictor mode: logit >= threshold;
+ * exact mode with a ReLU gate and no gate scales: gate > 0, or gate >= a positive gate threshold), and which; the
+ * selection of SwiGLU's silu gate or of scaled gates is left to `selected`. */
+static int plain_pick(const ts_sparse_layer *layer, ts_pick *pick) {
+    if (!layer->select_exact) {
+        *pick = (ts_pick){TS_PICK_AT_LEAST, layer->threshold};
+        return 1;
+    }
+    if (layer->ffn_act == TS_FFN_SWIGLU || layer->gate_scale != NULL) {
+        return 0;
+    }
+    /* relu(s) != 0 and relu(s) >= gate_threshold */
+    *pick = layer->gate_threshold <= 0.0f ? (ts_pick){TS_PICK_ABOVE, 0.0f}
+                                          : (ts_pick){TS_PICK_AT_LEAST, layer->gate_threshold};
+    return 1;
+}
+
 /* What reaches down from neuron j: a, or 0 where |a| (scaled) is under the activation threshold. */
 static float kept_activation(const ts_sparse_layer *layer, int64_t j, float a) {
     return scaled(layer->act_scale, j, a) >= layer->act_threshold ? a : 0.0f;
@@ -159,11 +177,29 @@ static void finish_neuron(const ts_sparse_layer *layer, int64_t jj, int chosen, 
     count[TS_COUNT_TRUE_FOUND] += recall && v != 0.0f && chosen;
 }
 
-/* One token (decoding): each neuron's selection evaluated once, the list gathered without branches (a branch per
- * neuron on a random 10 % mispredicts often; this loop runs over every neuron of the layer). */
+/* One token (decoding): each neuron's selection evaluated once, the list gathered by comparison masks where the
+ * selection is one comparison (neuron_list.h), else without branches (a branch per neuron on a random 10 %
+ * mispredicts often; this loop runs over every neuron of the layer). */
 static void act_one_token(const ts_sparse_layer *layer, const act_dots *d, const float *sel, float *a, int64_t j0,
                           int64_t j1, int recall, int32_t *count) {
     memset(a + j0, 0, (size_t)(j1 - j0) * sizeof(float));
+    ts_pick pick;
+    if (!recall && plain_pick(layer, &pick)) {
+        for (int64_t j = j0; j < j1;) {
+            int32_t list[ACT_LIST];
+            const int n = ts_pick_next(sel, &j, j1, pick, list, ACT_LIST);
+            count[TS_COUNT_UNION] += n;
+            if (n == 0) {
+                continue;
+            }
+            float g[ACT_LIST], u[ACT_LIST];
+            dot_list(d, list, n, g, u);
+            for (int k = 0; k < n; k++) {
+                finish_neuron(layer, list[k], 1, sel[list[k]], g[k], u[k], a, 0, count);
+            }
+        }
+        return;
+    }
     for (int64_t j = j0; j < j1;) {
         int32_t list[ACT_LIST];
         unsigned char chosen[ACT_LIST];
@@ -318,21 +354,9 @@ static int64_t down_split(const struct ggml_tensor *down, int64_t n_embd) {
     return type_blck < 32 && n_embd % 32 == 0 ? 32 : type_blck;
 }
 
-/* Scratch bytes of one token's list of non-zero neurons (gather_nonzero's idx and coef) */
+/* Scratch bytes of one token's list of non-zero neurons (ts_nonzero_list's idx and coef) */
 static int64_t one_token_scratch(int64_t n_ff) {
     return n_ff * (int64_t)(sizeof(int32_t) + sizeof(float));
-}
-
-/* One token's non-zero neurons (indices and activations) in order, gathered without a branch: the non-zeros are few
- * and scattered. */
-static int64_t gather_nonzero(const float *a, int64_t n_ff, int32_t *idx, float *coef) {
-    int64_t n = 0;
-    for (int64_t j = 0; j < n_ff; j++) {
-        idx[n] = (int32_t)j;
-        coef[n] = a[j];
-        n += a[j] != 0.0f;
-    }
-    return n;
 }
 
 /*
@@ -347,7 +371,7 @@ static uint64_t down_rows_share(const float *act, int64_t n_ff, const struct ggm
     memset(out, 0, (size_t)n_embd * sizeof(float));
     int32_t *idx = scratch;
     float *coef = (float *)(idx + n_ff);
-    const int64_t n = gather_nonzero(act, n_ff, idx, coef);
+    const int64_t n = ts_nonzero_list(act, n_ff, idx, coef);
     const int64_t share = (n + nth - 1) / nth;
     const int64_t step = (share + TS_AXPY_ROWS_ALIGN - 1) / TS_AXPY_ROWS_ALIGN * TS_AXPY_ROWS_ALIGN;
     const int64_t i0 = step * ith < n ? step * ith : n, i1 = step * (ith + 1) < n ? step * (ith + 1) : n;
@@ -389,7 +413,7 @@ static void sparse_down(struct ggml_tensor *dst, int ith, int nth, ts_sparse_lay
         } else {
             int32_t *idx = (int32_t *)row_ptr(scratch, ith);
             float *coef = (float *)(idx + n_ff);
-            const int64_t n = gather_nonzero((const float *)act->data, n_ff, idx, coef);
+            const int64_t n = ts_nonzero_list((const float *)act->data, n_ff, idx, coef);
             float *out = (float *)dst->data + c0;
             memset(out, 0, (size_t)(c1 - c0) * sizeof(float));
             if (c1 > c0) {

@@ -888,3 +888,37 @@ def rows_matmul(
     if rc != 0:
         raise ValueError(err.message)
     return out
+
+
+def pick_list(x: np.ndarray, t: float, above: bool, start: int, stop: int, cap: int) -> tuple[np.ndarray, int]:
+    """The next indices j in [start, stop) with x[j] >= t (above: x[j] > t), in order, at most cap of them, as the
+    sparse gate/up node lists a decoded token's selected neurons; and where the next list starts."""
+    values = np.ascontiguousarray(x, dtype=np.float32)
+    if values.ndim != 1 or not 0 <= start <= stop <= values.size or cap < 0:
+        raise ValueError("x must be 1-D, 0 <= start <= stop <= len(x) and cap >= 0")
+    lib = load()
+    ffi = lib.ffi
+    out = np.empty(max(cap, 1), dtype=np.int32)
+    at = ffi.new("int64_t *", start)
+    n = lib.lib.ts_kernel_pick_list(
+        int(above), float(t), ffi.from_buffer("float[]", values), at, stop, ffi.from_buffer("int32_t[]", out), cap
+    )
+    return out[:n].copy(), int(at[0])
+
+
+def nonzero_list(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The indices of a's non-zero values and the values, in order, as the sparse down node lists a token's rows."""
+    values = np.ascontiguousarray(a, dtype=np.float32)
+    if values.ndim != 1:
+        raise ValueError("a must be 1-D")
+    lib = load()
+    ffi = lib.ffi
+    idx = np.empty(max(values.size, 1), dtype=np.int32)
+    val = np.empty(max(values.size, 1), dtype=np.float32)
+    n = lib.lib.ts_kernel_nonzero_list(
+        ffi.from_buffer("float[]", values),
+        values.size,
+        ffi.from_buffer("int32_t[]", idx),
+        ffi.from_buffer("float[]", val),
+    )
+    return idx[:n].copy(), val[:n].copy()

@@ -9,6 +9,8 @@
  *              8-bit rounding of coef * d)
  *   row_sums   a batch's down (row_sums_batch.c) against axpy_rows token by token: bit for bit (err/bound: the
  *              share of values that differ)
+ *   lists      the neuron lists of a decoded token (neuron_list.h: the compare-and-move-mask scans) against plain C
+ *              comparisons, NaN, signed zeros and infinities included (err/bound: twice the lists that differ)
  *
  * Prints one line per (kernel, type, instruction set) with the worst error as a fraction of its bound; exits 1 on
  * any value over its bound or any kernel that is not the one decoding would run.
@@ -398,6 +400,69 @@ static int check_choice(const fast_types *set) {
     return failures;
 }
 
+/* A value for the list checks: mostly normal, about 1 in 6 one where a comparison can go wrong. */
+static float list_value(void) {
+    static const float special[] = {NAN, -0.0f, 0.0f, INFINITY, -INFINITY, 1e-45f, -1e-45f, 1.0f};
+    const double u = uniform();
+    return u < 1.0 / 6 ? special[(int)(u * 6 * 8) % 8] : normal();
+}
+
+/* ts_kernel_pick_list in lists of several caps and ts_kernel_nonzero_list, over lengths around the 4-value vectors
+ * and 64-neuron words, from unaligned starts, against plain comparisons. */
+static int check_lists(void) {
+    static const int64_t lengths[] = {1, 3, 4, 5, 63, 64, 65, 129, 1000};
+    static const float thresholds[] = {0.0f, 1.0f, -INFINITY};
+    static float x[1000], val[1000];
+    static int32_t list[1000], idx[1000];
+    int cases = 0, wrong = 0;
+    for (size_t l = 0; l < sizeof(lengths) / sizeof(lengths[0]); l++) {
+        const int64_t n = lengths[l];
+        for (int64_t j = 0; j < n; j++) {
+            x[j] = list_value();
+        }
+        for (int32_t kind = 0; kind < 2; kind++) {
+            for (size_t ti = 0; ti < sizeof(thresholds) / sizeof(thresholds[0]); ti++) {
+                const float t = thresholds[ti];
+                for (int32_t cap = 1; cap <= 1000; cap *= 7) {
+                    int64_t at = n / 3, expect = n / 3;
+                    int ok = 1;
+                    while (ok && at < n) {
+                        const int32_t got = ts_kernel_pick_list(kind, t, x, &at, n, list, cap);
+                        for (int32_t k = 0; k < got && ok; k++) {
+                            while (expect < n && !(kind ? x[expect] > t : x[expect] >= t)) {
+                                expect++;
+                            }
+                            ok = expect < n && list[k] == expect;
+                            expect++;
+                        }
+                        ok = ok && (got == cap || at == n);
+                    }
+                    while (ok && expect < n) { /* nothing picked after the last list */
+                        ok = !(kind ? x[expect] > t : x[expect] >= t);
+                        expect++;
+                    }
+                    cases++;
+                    wrong += !ok;
+                }
+            }
+        }
+        const int64_t got = ts_kernel_nonzero_list(x, n, idx, val);
+        int64_t m = 0;
+        int ok = 1;
+        for (int64_t j = 0; j < n; j++) {
+            if (x[j] != 0.0f) {
+                ok = ok && m < got && idx[m] == j && memcmp(&val[m], &x[j], sizeof(float)) == 0;
+                m++;
+            }
+        }
+        cases++;
+        wrong += !ok || m != got;
+    }
+    tally t = {.kernel = "lists", .type = GGML_TYPE_F32, .path = "this build", .cases = cases};
+    note(&t, wrong, 0.5); /* one wrong list is over the bound */
+    return report(&t);
+}
+
 int main(void) {
     printf("instruction sets this CPU runs:");
     for (int32_t isa = 0; isa < TS_ISA_COUNT; isa++) {
@@ -427,6 +492,7 @@ int main(void) {
             }
         }
     }
+    failures += check_lists();
     printf("\n%s\n", failures ? "FAILED" : "all kernels within their bounds");
     return failures ? 1 : 0;
 }
