@@ -347,3 +347,16 @@ def test_mistral_7b_ffn_layer(tmp_path: Path) -> None:
     # move a rounding by one step, S * |code| <= max|c| / 127 * 8, a few 1e-4 of the output's scale
     everything = context(sparse_path, SparseMode.PREDICTOR, threshold=-1e30).eval_ffn(0, h, dense_ffn=False)
     assert np.abs(everything - runs[0]).max() <= 2e-3 * np.abs(runs[0]).max()
+    # node timing (bench --ffn-layer's breakdown): decoded tokens' gate/up and down nodes, each within the graph's
+    # computation time (both read ggml's microsecond clock: 1 us of rounding per evaluation); untimed: zeros
+    timed, untimed = (context(sparse_path, SparseMode.PREDICTOR, threshold=0.0) for _ in range(2))
+    timed.set_node_timing(True)
+    compute_us = 0.0
+    for i in range(8):
+        untimed.eval_ffn(0, h[i % 2 : i % 2 + 1], dense_ffn=False)
+        compute_us += 1e6 * timed.eval_ffn_timed(0, h[i % 2 : i % 2 + 1], dense_ffn=False)[1]
+    (stats,), (plain,) = timed.layer_stats(), untimed.layer_stats()
+    assert stats.n_evals == plain.n_evals == 8 and plain.act_us == plain.down_us == 0
+    assert 0 < stats.act_us + stats.down_us <= compute_us + 8 * 2
+    timed.reset_stats()
+    assert timed.layer_stats()[0].act_us == timed.layer_stats()[0].down_us == 0

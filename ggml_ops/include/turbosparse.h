@@ -112,6 +112,9 @@ typedef struct ts_layer_stats {
     uint64_t n_evals;       /* evaluations (batches of tokens) through the sparse nodes */
     uint64_t n_union;       /* neurons computed for at least one token of an evaluation, summed over
                                evaluations: the gate/up rows a batch reads (= n_computed when one token each) */
+    uint64_t act_us;        /* node timing only (ts_context_set_node_timing; dense-FFN layers): the gate/up node's
+                               wall-clock time, its first thread's start to its last one's end, summed over evaluations */
+    uint64_t down_us;       /* ... the down node's */
 } ts_layer_stats;
 
 /* One expert's counters in a mixture-of-experts layer, accumulated since the last reset. */
@@ -277,6 +280,9 @@ int32_t ts_context_set_group_top_k(ts_context *ctx, const int32_t *top_k, char *
 void ts_context_get_group_top_k(const ts_context *ctx, int32_t *top_k);
 /* 1: predictor mode also computes every neuron, to count how many active ones the predictor missed. */
 void ts_context_set_measure_recall(ts_context *ctx, int32_t on);
+/* Times the sparse FFN's gate/up and down nodes of layers with a dense FFN into their stats (act_us, down_us): where a
+   decoded token's time goes (`bench --ffn-layer`). Off by default: two clock reads per thread and node. */
+void ts_context_set_node_timing(ts_context *ctx, int32_t on);
 /* Copies the per-layer counters into stats[n_layer]. */
 void ts_context_get_stats(const ts_context *ctx, ts_layer_stats *stats);
 void ts_context_reset_stats(ts_context *ctx);

@@ -368,6 +368,12 @@ void ts_context_set_measure_recall(ts_context *c, int32_t on) {
     }
 }
 
+void ts_context_set_node_timing(ts_context *c, int32_t on) {
+    for (int il = 0; il < c->model->info.n_layer; il++) {
+        c->sparse[il].time_nodes = on != 0;
+    }
+}
+
 void ts_context_get_stats(const ts_context *c, ts_layer_stats *stats) {
     for (int il = 0; il < c->model->info.n_layer; il++) {
         stats[il] = c->sparse[il].stats;
@@ -462,13 +468,19 @@ static int alloc_graph(ts_context *c, struct ggml_cgraph *gf, int32_t n_tokens, 
     return 0;
 }
 
-/* Runs an allocated graph; with the scheduler, as often as wanted until the next alloc_graph. */
+/* Runs an allocated graph; with the scheduler, as often as wanted until the next alloc_graph. The timed sparse nodes'
+ * spans (node timing) are then added to their layers' stats. */
 static int compute_graph(ts_context *c, struct ggml_cgraph *gf, char *err, size_t err_size) {
     const enum ggml_status status =
         c->sched != NULL ? ggml_backend_sched_graph_compute(c->sched, gf) : ggml_backend_graph_compute(c->backend, gf);
     if (status != GGML_STATUS_SUCCESS) {
         return ts_set_error(err, err_size, "ggml graph computation failed on device '%s'",
                             ggml_backend_dev_name(c->model->device));
+    }
+    for (int il = 0; il < c->model->info.n_layer; il++) {
+        ts_sparse_layer *sl = &c->sparse[il];
+        sl->stats.act_us += ts_node_span_take(&sl->act_span);
+        sl->stats.down_us += ts_node_span_take(&sl->down_span);
     }
     return 0;
 }

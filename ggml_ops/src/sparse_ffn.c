@@ -227,8 +227,7 @@ static void act_one_token(const ts_sparse_layer *layer, const act_dots *d, const
  * Neuron-major: the rows of a neuron that any token of the batch selects are read once, then dotted with
  * each token that selected it (a batch reads the union of its tokens' rows).
  */
-static void sparse_act_op(struct ggml_tensor *dst, int ith, int nth, void *userdata) {
-    const ts_sparse_layer *layer = userdata;
+static void sparse_act(struct ggml_tensor *dst, int ith, int nth, const ts_sparse_layer *layer) {
     if (layer->idle) {
         return;
     }
@@ -288,6 +287,41 @@ static void sparse_act_op(struct ggml_tensor *dst, int ith, int nth, void *userd
         }
     }
     memcpy(row_ptr(counters, ith), count, sizeof(count));
+}
+
+/* ---- node timing ----------------------------------------------------------------------------------- */
+
+/* Thread ith's start (t0) and end (now) of a node into span. */
+static void span_note(ts_node_span *span, int ith, int nth, int64_t t0) {
+    if (ith < TS_TIMED_THREADS) {
+        span->start_us[ith] = t0;
+        span->end_us[ith] = ggml_time_us();
+    }
+    if (ith == 0) {
+        span->n_threads = nth < TS_TIMED_THREADS ? nth : TS_TIMED_THREADS;
+    }
+}
+
+uint64_t ts_node_span_take(ts_node_span *span) {
+    if (span->n_threads == 0) {
+        return 0;
+    }
+    int64_t first = span->start_us[0], last = span->end_us[0];
+    for (int k = 1; k < span->n_threads; k++) {
+        first = span->start_us[k] < first ? span->start_us[k] : first;
+        last = span->end_us[k] > last ? span->end_us[k] : last;
+    }
+    span->n_threads = 0;
+    return last > first ? (uint64_t)(last - first) : 0;
+}
+
+static void sparse_act_op(struct ggml_tensor *dst, int ith, int nth, void *userdata) {
+    ts_sparse_layer *layer = userdata;
+    const int64_t t0 = layer->time_nodes ? ggml_time_us() : 0;
+    sparse_act(dst, ith, nth, layer);
+    if (layer->time_nodes) {
+        span_note(&layer->act_span, ith, nth, t0);
+    }
 }
 
 ts_sparse_activation ts_sparse_act(struct ggml_context *ctx0, ts_sparse_layer *layer, struct ggml_tensor *select,
@@ -433,7 +467,12 @@ static void sparse_down_uncounted(struct ggml_tensor *dst, int ith, int nth, voi
 }
 
 static void sparse_down_counted(struct ggml_tensor *dst, int ith, int nth, void *userdata) {
-    sparse_down(dst, ith, nth, userdata, TS_DOWN_COUNTED);
+    ts_sparse_layer *layer = userdata;
+    const int64_t t0 = layer->time_nodes ? ggml_time_us() : 0;
+    sparse_down(dst, ith, nth, layer, TS_DOWN_COUNTED);
+    if (layer->time_nodes) {
+        span_note(&layer->down_span, ith, nth, t0);
+    }
 }
 
 /* Column c of n_parts partial sums whose rows start at `parts`, nb1 bytes apart, added in order. */

@@ -23,6 +23,18 @@
 
 #include <stdint.h>
 
+/* A node's wall-clock span while node timing is on: thread ith writes only its own slots, thread 0 also the count;
+ * the context adds the span to the layer's stats once the graph has run (ts_node_span_take). Threads past
+ * TS_TIMED_THREADS are not timed. */
+#define TS_TIMED_THREADS 64
+typedef struct ts_node_span {
+    int64_t start_us[TS_TIMED_THREADS], end_us[TS_TIMED_THREADS];
+    int32_t n_threads; /* slots written since the last take (0: the node has not run) */
+} ts_node_span;
+
+/* The span's first start to last end in microseconds (0 where the node has not run), and the span cleared. */
+uint64_t ts_node_span_take(ts_node_span *span);
+
 /* What one layer's sparse FFN nodes need at compute time (lives in the context, one per layer). */
 typedef struct ts_sparse_layer {
     int32_t ffn_act;        /* enum ts_ffn_act */
@@ -38,6 +50,8 @@ typedef struct ts_sparse_layer {
     const float *up_bias;   /* [n_ff] added to up_j . x, or NULL */
     int32_t idle;           /* an expert no token of this batch chose (set by moe_ffn.c's planes node for the batch's
                              * per-expert nodes): the act node does nothing and the down node writes zeros */
+    int32_t time_nodes;     /* node timing (ts_context_set_node_timing): the act and counted down nodes fill: */
+    ts_node_span act_span, down_span;
     ts_layer_stats stats;   /* accumulated by thread 0 of the down (or count) node */
 } ts_sparse_layer;
 

@@ -161,6 +161,8 @@ class LayerStats:
     n_true_found: int
     n_evals: int
     n_union: int
+    act_us: int = 0  # node timing only (set_node_timing): the gate/up node's wall-clock microseconds, summed
+    down_us: int = 0  # ... the down node's
 
 
 @dataclass(frozen=True)
@@ -401,6 +403,10 @@ class NativeContext:
 
     def set_measure_recall(self, on: bool) -> None:
         self._lib.lib.ts_context_set_measure_recall(self._handle, int(on))
+
+    def set_node_timing(self, on: bool) -> None:
+        """Times the sparse FFN's gate/up and down nodes (dense-FFN layers) into layer_stats' act_us and down_us."""
+        self._lib.lib.ts_context_set_node_timing(self._handle, int(on))
 
     @property
     def ffn_thresholds(self) -> FfnThresholds:

@@ -39,6 +39,10 @@ class FfnLayerResult:
     active: float  # measured share of neurons computed
     gate_up_kernel: str  # instruction set of the gate/up kernel that ran
     down_kernel: str  # instruction set of the down kernel that ran
+    act_ms: float  # mean wall-clock time of the sparse gate/up node (node timing)
+    down_ms: float  # ... of the sparse down node
+    act_bytes: float  # gate and up rows it read per call
+    down_bytes: float  # down rows it read per call
 
     @property
     def speedup(self) -> float:
@@ -51,6 +55,14 @@ class FfnLayerResult:
     @property
     def sparse_gb_s(self) -> float:
         return self.sparse_bytes / self.sparse_ms / 1e6
+
+    @property
+    def act_gb_s(self) -> float:
+        return self.act_bytes / self.act_ms / 1e6 if self.act_ms > 0 else 0.0
+
+    @property
+    def down_gb_s(self) -> float:
+        return self.down_bytes / self.down_ms / 1e6 if self.down_ms > 0 else 0.0
 
 
 def copy_bandwidth_gb_s(n_bytes: int = 1 << 28, repeats: int = 5) -> float:
@@ -91,6 +103,7 @@ def bench_ffn_layer(
         for ctx, is_dense in ((dense, True), (sparse, False)):
             ctx.eval_ffn(layer, inputs[0], dense_ffn=is_dense)
     sparse.reset_stats()
+    sparse.set_node_timing(True)  # where the sparse layer's time goes: its gate/up and down nodes, the rest
     t_dense, t_sparse, call_dense, call_sparse = [], [], [], []
     for i in range(rounds * n_layer):
         for ctx, is_dense, times, calls in ((dense, True, t_dense, call_dense), (sparse, False, t_sparse, call_sparse)):
@@ -100,6 +113,15 @@ def bench_ffn_layer(
     stats = sparse.layer_stats()
     n_ff = sparse.model.info.n_ff
     tb_dense, tb_sparse = tensor_bytes(dense_path), tensor_bytes(sparse_path)
+    n_evals = sum(st.n_evals for st in stats)
+    # identical layers, each called equally often: per call, the mean over layers
+    act_bytes = statistics.fmean(
+        st.n_computed / (st.n_tokens * n_ff) * (tb_sparse.gate[i] + tb_sparse.up[i]) for i, st in enumerate(stats)
+    )
+    down_bytes = statistics.fmean(
+        tb_sparse.down[i] if tb_sparse.down_whole[i] else st.n_nonzero / (st.n_tokens * n_ff) * tb_sparse.down[i]
+        for i, st in enumerate(stats)
+    )
     return FfnLayerResult(
         quant=quant.name.lower(),
         dense_ms=1e3 * statistics.median(t_dense),
@@ -114,6 +136,10 @@ def bench_ffn_layer(
         active=sum(s.n_computed for s in stats) / (sum(s.n_tokens for s in stats) * n_ff),
         gate_up_kernel=kernel_isa_used(KernelKind.DOT_ROWS, quant, n_embd).name.lower(),
         down_kernel=_down_kernel(quant, n_embd),
+        act_ms=sum(st.act_us for st in stats) / n_evals / 1e3,
+        down_ms=sum(st.down_us for st in stats) / n_evals / 1e3,
+        act_bytes=act_bytes,
+        down_bytes=down_bytes,
     )
 
 
@@ -143,5 +169,13 @@ def format_table(results: list[FfnLayerResult], copy_gb_s: float, spec_line: str
             f"{r.quant:6} {r.dense_ms:9.2f} {r.dense_gb_s:10.1f} {r.sparse_ms:9.2f} {r.sparse_gb_s:11.1f} "
             f"{r.sparse_gb_s / r.dense_gb_s:10.2f} {r.active:7.3f} {r.speedup:7.2f}x "
             f"{r.dense_bytes / r.sparse_bytes:12.2f}x {r.gate_up_kernel + ', ' + r.down_kernel:>24}"
+        )
+    lines.append("sparse nodes, mean per call (the rest of the median: predictor, norm, quantization, partial sums):")
+    for r in results:
+        rest = r.sparse_ms - r.act_ms - r.down_ms
+        predictor_gb_s = (r.sparse_bytes - r.act_bytes - r.down_bytes) / rest / 1e6 if rest > 0 else 0.0
+        lines.append(
+            f"  {r.quant:6} gate/up {r.act_ms:.3f} ms ({r.act_gb_s:.1f} GB/s), down {r.down_ms:.3f} ms "
+            f"({r.down_gb_s:.1f} GB/s), the rest {rest:.3f} ms (predictor bytes over it: {predictor_gb_s:.1f} GB/s)"
         )
     return "\n".join(lines)
