@@ -29,7 +29,7 @@ def picked(x: np.ndarray, t: float, above: bool) -> np.ndarray:
 
 @pytest.mark.parametrize("n", LENGTHS)
 @pytest.mark.parametrize("above", [False, True], ids=["at_least", "above"])
-@pytest.mark.parametrize("t", [1.0, 0.0, -np.inf, np.inf, -1e30])
+@pytest.mark.parametrize("t", [1.0, 0.0, -0.0, -np.inf, np.inf, -1e30, np.nan])
 def test_pick_list_in_lists_of_every_cap(n: int, above: bool, t: float) -> None:
     x = values(n, seed=n)
     for start in sorted({0, min(1, n), min(5, n), n // 2}):
@@ -54,6 +54,8 @@ def test_pick_list_stops_at_the_end_of_its_range() -> None:
     chunk, at = pick_list(x, 0.5, False, 10, 130, 64)  # full mid-word: the next list starts at the next neuron
     np.testing.assert_array_equal(chunk, np.arange(10, 74))
     assert at == 74
+    with pytest.raises(ValueError, match="cap >= 1"):  # a list of none could never move on
+        pick_list(x, 0.5, False, 10, 130, 0)
 
 
 @pytest.mark.parametrize("n", LENGTHS)

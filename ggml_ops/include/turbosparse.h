@@ -112,9 +112,10 @@ typedef struct ts_layer_stats {
     uint64_t n_evals;       /* evaluations (batches of tokens) through the sparse nodes */
     uint64_t n_union;       /* neurons computed for at least one token of an evaluation, summed over
                                evaluations: the gate/up rows a batch reads (= n_computed when one token each) */
-    uint64_t act_us;        /* node timing only (ts_context_set_node_timing; dense-FFN layers): the gate/up node's
+    uint64_t act_us;        /* node timing only (ts_context_set_node_timing; non-MoE layers): the gate/up node's
                                wall-clock time, its first thread's start to its last one's end, summed over evaluations */
-    uint64_t down_us;       /* ... the down node's */
+    uint64_t down_us;       /* ... the sparse down node's (0 where the layer has only the standard down, which ggml's
+                               dense matmul computes) */
 } ts_layer_stats;
 
 /* One expert's counters in a mixture-of-experts layer, accumulated since the last reset. */
@@ -280,8 +281,9 @@ int32_t ts_context_set_group_top_k(ts_context *ctx, const int32_t *top_k, char *
 void ts_context_get_group_top_k(const ts_context *ctx, int32_t *top_k);
 /* 1: predictor mode also computes every neuron, to count how many active ones the predictor missed. */
 void ts_context_set_measure_recall(ts_context *ctx, int32_t on);
-/* Times the sparse FFN's gate/up and down nodes of layers with a dense FFN into their stats (act_us, down_us): where a
-   decoded token's time goes (`bench --ffn-layer`). Off by default: two clock reads per thread and node. */
+/* Times the sparse FFN's gate/up and down nodes of non-MoE layers into their stats (act_us, down_us): where a decoded
+   token's time goes (`bench --ffn-layer`). Grouped (MoE) layers are not timed, nor threads past the 64th. Off by
+   default: two clock reads per thread and node. */
 void ts_context_set_node_timing(ts_context *ctx, int32_t on);
 /* Copies the per-layer counters into stats[n_layer]. */
 void ts_context_get_stats(const ts_context *ctx, ts_layer_stats *stats);
@@ -360,7 +362,8 @@ int32_t ts_kernel_rows_matmul(int32_t isa, int32_t type, const void *w, int64_t 
 /*
  * The lists of neurons a decoded token's selection builds (neuron_list.h), for tests. ts_kernel_pick_list: the j in
  * [*j, j1) with x[j] >= t (kind 0) or x[j] > t (kind 1), in order, at most cap of them, into list; *j moves to where
- * the next call starts. Returns how many, or -1 for another kind. ts_kernel_nonzero_list: the j < n with a[j] != 0
+ * the next call starts. Returns how many, or -1 for another kind or a cap below 1 (a call could not move on).
+ * ts_kernel_nonzero_list: the j < n with a[j] != 0
  * into idx and their a[j] into val, in order; returns how many.
  */
 int32_t ts_kernel_pick_list(int32_t kind, float t, const float *x, int64_t *j, int64_t j1, int32_t *list,

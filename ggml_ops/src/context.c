@@ -473,14 +473,18 @@ static int alloc_graph(ts_context *c, struct ggml_cgraph *gf, int32_t n_tokens, 
 static int compute_graph(ts_context *c, struct ggml_cgraph *gf, char *err, size_t err_size) {
     const enum ggml_status status =
         c->sched != NULL ? ggml_backend_sched_graph_compute(c->sched, gf) : ggml_backend_graph_compute(c->backend, gf);
+    for (int il = 0; il < c->model->info.n_layer; il++) {
+        /* taken either way: a failed graph's spans must not be added to the next one's */
+        ts_sparse_layer *sl = &c->sparse[il];
+        const uint64_t act_us = ts_node_span_take(&sl->act_span), down_us = ts_node_span_take(&sl->down_span);
+        if (status == GGML_STATUS_SUCCESS) {
+            sl->stats.act_us += act_us;
+            sl->stats.down_us += down_us;
+        }
+    }
     if (status != GGML_STATUS_SUCCESS) {
         return ts_set_error(err, err_size, "ggml graph computation failed on device '%s'",
                             ggml_backend_dev_name(c->model->device));
-    }
-    for (int il = 0; il < c->model->info.n_layer; il++) {
-        ts_sparse_layer *sl = &c->sparse[il];
-        sl->stats.act_us += ts_node_span_take(&sl->act_span);
-        sl->stats.down_us += ts_node_span_take(&sl->down_span);
     }
     return 0;
 }

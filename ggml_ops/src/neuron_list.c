@@ -77,7 +77,7 @@ int64_t ts_nonzero_list(const float *a, int64_t n, int32_t *idx, float *val) {
 
 int32_t ts_kernel_pick_list(int32_t kind, float t, const float *x, int64_t *j, int64_t j1, int32_t *list,
                             int32_t cap) {
-    if (kind != TS_PICK_AT_LEAST && kind != TS_PICK_ABOVE) {
+    if ((kind != TS_PICK_AT_LEAST && kind != TS_PICK_ABOVE) || cap < 1) {
         return -1;
     }
     return ts_pick_next(x, j, j1, (ts_pick){(ts_pick_kind)kind, t}, list, cap);

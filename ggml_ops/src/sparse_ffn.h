@@ -50,9 +50,10 @@ typedef struct ts_sparse_layer {
     const float *up_bias;   /* [n_ff] added to up_j . x, or NULL */
     int32_t idle;           /* an expert no token of this batch chose (set by moe_ffn.c's planes node for the batch's
                              * per-expert nodes): the act node does nothing and the down node writes zeros */
-    int32_t time_nodes;     /* node timing (ts_context_set_node_timing): the act and counted down nodes fill: */
-    ts_node_span act_span, down_span;
-    ts_layer_stats stats;   /* accumulated by thread 0 of the down (or count) node */
+    int32_t time_nodes;     /* node timing (ts_context_set_node_timing): the act and counted down nodes fill */
+    ts_node_span act_span, down_span; /* ... act_span and down_span */
+    ts_layer_stats stats;   /* counters accumulated by thread 0 of the down (or count) node; act_us and down_us
+                             * added by the context from the spans after the graph has run */
 } ts_sparse_layer;
 
 /* x [n_embd, T] F32 -> [row_bytes(vec_dot_type of `weight`), T] I8 rows of quantized activations */

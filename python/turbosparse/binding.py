@@ -162,7 +162,7 @@ class LayerStats:
     n_evals: int
     n_union: int
     act_us: int = 0  # node timing only (set_node_timing): the gate/up node's wall-clock microseconds, summed
-    down_us: int = 0  # ... the down node's
+    down_us: int = 0  # ... the sparse down node's (0 where the layer has only the standard down)
 
 
 @dataclass(frozen=True)
@@ -405,7 +405,7 @@ class NativeContext:
         self._lib.lib.ts_context_set_measure_recall(self._handle, int(on))
 
     def set_node_timing(self, on: bool) -> None:
-        """Times the sparse FFN's gate/up and down nodes (dense-FFN layers) into layer_stats' act_us and down_us."""
+        """Times the sparse FFN's gate/up and down nodes (non-MoE layers) into layer_stats' act_us and down_us."""
         self._lib.lib.ts_context_set_node_timing(self._handle, int(on))
 
     @property
@@ -900,11 +900,11 @@ def pick_list(x: np.ndarray, t: float, above: bool, start: int, stop: int, cap: 
     """The next indices j in [start, stop) with x[j] >= t (above: x[j] > t), in order, at most cap of them, as the
     sparse gate/up node lists a decoded token's selected neurons; and where the next list starts."""
     values = np.ascontiguousarray(x, dtype=np.float32)
-    if values.ndim != 1 or not 0 <= start <= stop <= values.size or cap < 0:
-        raise ValueError("x must be 1-D, 0 <= start <= stop <= len(x) and cap >= 0")
+    if values.ndim != 1 or not 0 <= start <= stop <= values.size or cap < 1:
+        raise ValueError("x must be 1-D, 0 <= start <= stop <= len(x) and cap >= 1")
     lib = load()
     ffi = lib.ffi
-    out = np.empty(max(cap, 1), dtype=np.int32)
+    out = np.empty(cap, dtype=np.int32)
     at = ffi.new("int64_t *", start)
     n = lib.lib.ts_kernel_pick_list(
         int(above), float(t), ffi.from_buffer("float[]", values), at, stop, ffi.from_buffer("int32_t[]", out), cap

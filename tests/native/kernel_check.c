@@ -411,7 +411,7 @@ static float list_value(void) {
  * and 64-neuron words, from unaligned starts, against plain comparisons. */
 static int check_lists(void) {
     static const int64_t lengths[] = {1, 3, 4, 5, 63, 64, 65, 129, 1000};
-    static const float thresholds[] = {0.0f, 1.0f, -INFINITY};
+    static const float thresholds[] = {0.0f, -0.0f, 1.0f, -INFINITY, NAN};
     static float x[1000], val[1000];
     static int32_t list[1000], idx[1000];
     int cases = 0, wrong = 0;
@@ -446,6 +446,9 @@ static int check_lists(void) {
                 }
             }
         }
+        int64_t at = 0;
+        cases++;
+        wrong += ts_kernel_pick_list(0, 0.0f, x, &at, n, list, 0) != -1 || at != 0; /* a cap of 0: refused */
         const int64_t got = ts_kernel_nonzero_list(x, n, idx, val);
         int64_t m = 0;
         int ok = 1;

@@ -172,10 +172,16 @@ def format_table(results: list[FfnLayerResult], copy_gb_s: float, spec_line: str
         )
     lines.append("sparse nodes, mean per call (the rest of the median: predictor, norm, quantization, partial sums):")
     for r in results:
+        # a median less two means: on a noisy host it can come out at or below zero, then it says nothing
         rest = r.sparse_ms - r.act_ms - r.down_ms
-        predictor_gb_s = (r.sparse_bytes - r.act_bytes - r.down_bytes) / rest / 1e6 if rest > 0 else 0.0
+        rest_text = (
+            f"the rest {rest:.3f} ms (predictor bytes over it: "
+            f"{(r.sparse_bytes - r.act_bytes - r.down_bytes) / rest / 1e6:.1f} GB/s)"
+            if rest > 0
+            else "the rest not measurable (the median is below the nodes' means: a noisy run)"
+        )
         lines.append(
             f"  {r.quant:6} gate/up {r.act_ms:.3f} ms ({r.act_gb_s:.1f} GB/s), down {r.down_ms:.3f} ms "
-            f"({r.down_gb_s:.1f} GB/s), the rest {rest:.3f} ms (predictor bytes over it: {predictor_gb_s:.1f} GB/s)"
+            f"({r.down_gb_s:.1f} GB/s), {rest_text}"
         )
     return "\n".join(lines)
