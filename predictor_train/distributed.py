@@ -62,8 +62,8 @@ SINGLE = Dist()  # one process: the default everywhere a Dist is taken
 def process_group() -> Iterator[Dist]:
     """A process group when torchrun started this process (WORLD_SIZE > 1), else a single process. The group is
     destroyed on leaving: one left to the interpreter's exit can abort the rank (gloo: "terminate called without an
-    active exception"), which torchrun reports as a failed run. (It still did 1 run in ~10 under load after this:
-    the CLI's ranks also leave without the interpreter's finalization, turbosparse.cli.main.)"""
+    active exception"), which torchrun reports as a failed run. With the group destroyed, about 1 run in 10 still
+    aborted under load, so the program's ranks also leave without the interpreter's finalization (cli.entry)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         yield SINGLE

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -18,8 +19,9 @@ from tinytorch import save_word_tokenizer, tiny_drelu, tiny_swiglu, word_text
 pytestmark = pytest.mark.slow
 
 
-def turbosparse(args: list[str], ranks: int) -> None:
-    """The CLI as one process, or under torchrun with `ranks` processes on this machine."""
+def turbosparse(args: list[str], ranks: int) -> dict:
+    """The CLI as one process, or under torchrun with `ranks` processes on this machine; the summary it printed (the
+    first rank's: ranks leave without the interpreter's finalization, so this checks that they flushed first)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     launch = [sys.executable, "-m", "turbosparse"]
     if ranks > 1:
@@ -28,6 +30,7 @@ def turbosparse(args: list[str], ranks: int) -> None:
     done = subprocess.run([*launch, *args, "--threads", "1"], env=env, capture_output=True, text=True, timeout=600)
     # both ends of stderr: a rank's own error comes first, torchrun's summary of the failed ranks last
     assert done.returncode == 0, done.stderr[:3000] + "\n[...]\n" + done.stderr[-3000:]
+    return json.loads(done.stdout)
 
 
 def assert_same_tensors(a: Path, b: Path, atol: float) -> None:
@@ -50,8 +53,10 @@ def test_relufy_two_ranks_equal_one(tmp_path: Path, calib: Path) -> None:
     save_word_tokenizer(src)
     common = ["relufy", str(src), "--data", str(calib), "--tokens", "2048", "--seq-len", "32", "--layerwise-seqs",
               "48", "--max-active", "0.2", "--finetune-steps", "6", "--finetune-batch", "6"]  # fmt: skip
-    turbosparse([*common, "--out", str(tmp_path / "one")], ranks=1)
-    turbosparse([*common, "--out", str(tmp_path / "two")], ranks=2)
+    one = turbosparse([*common, "--out", str(tmp_path / "one")], ranks=1)
+    two = turbosparse([*common, "--out", str(tmp_path / "two")], ranks=2)
+    assert (one["out"], two["out"]) == (str(tmp_path / "one"), str(tmp_path / "two"))
+    assert one.keys() == two.keys()
     assert_same_tensors(tmp_path / "one" / "model.safetensors", tmp_path / "two" / "model.safetensors", atol=2e-4)
 
 
@@ -61,6 +66,8 @@ def test_train_predictors_two_ranks_equal_one(tmp_path: Path, calib: Path) -> No
     save_word_tokenizer(model_dir)
     common = ["train-predictors", str(model_dir), "--data", str(calib), "--tokens", "1024", "--seq-len", "32",
               "--ranks", "4", "8", "--steps", "30", "--format", "bamboo"]  # fmt: skip
-    turbosparse([*common, "--out", str(tmp_path / "one")], ranks=1)
-    turbosparse([*common, "--out", str(tmp_path / "two")], ranks=2)
+    one = turbosparse([*common, "--out", str(tmp_path / "one")], ranks=1)
+    two = turbosparse([*common, "--out", str(tmp_path / "two")], ranks=2)
+    assert (one["out"], two["out"]) == (str(tmp_path / "one"), str(tmp_path / "two"))
+    assert one.keys() == two.keys()
     assert_same_tensors(tmp_path / "one" / "model.safetensors", tmp_path / "two" / "model.safetensors", atol=1e-6)

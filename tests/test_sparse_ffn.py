@@ -9,6 +9,7 @@ import gguf
 import numpy as np
 import pytest
 
+from turbosparse.bench.ffn_layer import FfnLayerResult, format_table
 from turbosparse.bench.runner import tensor_bytes
 from turbosparse.binding import NativeContext, NativeModel, SparseMode, down_rows_type
 
@@ -361,3 +362,20 @@ def test_mistral_7b_ffn_layer(tmp_path: Path) -> None:
     assert stats.act_us + stats.down_us <= compute_us + 8 * 2
     timed.reset_stats()
     assert timed.layer_stats()[0].act_us == timed.layer_stats()[0].down_us == 0
+
+
+def test_ffn_layer_table_breaks_the_sparse_time_down() -> None:
+    """bench --ffn-layer's lines under the table: each node's ms and GB/s, the rest with the predictor's GB/s over it,
+    and no rest where the median fell below the nodes' means (noise)."""
+    machine = {k: "x" for k in ("cpu", "cpu_flags", "kernel_isas", "load", "huge_pages", "commit")}
+    common = dict(dense_ms=2.0, dense_call_ms=2.1, dense_bytes=80_000_000, active=0.1, gate_up_kernel="avx2",
+                  down_kernel="avx2", act_ms=0.2, down_ms=0.1, act_bytes=6_000_000, down_bytes=3_000_000)  # fmt: skip
+    fine = FfnLayerResult(quant="q4_0", sparse_ms=0.5, sparse_call_ms=0.6, sparse_bytes=15_000_000, **common)
+    noisy = FfnLayerResult(quant="q4_k", sparse_ms=0.29, sparse_call_ms=0.4, sparse_bytes=15_000_000, **common)
+    lines = format_table([fine, noisy], 20.0, "spec", machine).splitlines()
+    # 6 MB in 0.2 ms = 30 GB/s, 3 MB in 0.1 ms = 30 GB/s, the other 6 MB in the remaining 0.2 ms = 30 GB/s
+    assert lines[-2] == (
+        "  q4_0   gate/up 0.200 ms (30.0 GB/s), down 0.100 ms (30.0 GB/s), the rest 0.200 ms "
+        "(predictor bytes over it: 30.0 GB/s)"
+    )
+    assert lines[-1].endswith("the rest not measurable (the median is below the nodes' means: a noisy run)")

@@ -112,8 +112,9 @@ typedef struct ts_layer_stats {
     uint64_t n_evals;       /* evaluations (batches of tokens) through the sparse nodes */
     uint64_t n_union;       /* neurons computed for at least one token of an evaluation, summed over
                                evaluations: the gate/up rows a batch reads (= n_computed when one token each) */
-    uint64_t act_us;        /* node timing only (ts_context_set_node_timing; non-MoE layers): the gate/up node's
-                               wall-clock time, its first thread's start to its last one's end, summed over evaluations */
+    uint64_t act_us;        /* node timing only (ts_context_set_node_timing; the row route of non-MoE layers): the
+                               gate/up node's wall-clock time, its first thread's start to its last one's end, summed
+                               over evaluations */
     uint64_t down_us;       /* ... the sparse down node's (0 where the layer has only the standard down, which ggml's
                                dense matmul computes) */
 } ts_layer_stats;
@@ -281,9 +282,9 @@ int32_t ts_context_set_group_top_k(ts_context *ctx, const int32_t *top_k, char *
 void ts_context_get_group_top_k(const ts_context *ctx, int32_t *top_k);
 /* 1: predictor mode also computes every neuron, to count how many active ones the predictor missed. */
 void ts_context_set_measure_recall(ts_context *ctx, int32_t on);
-/* Times the sparse FFN's gate/up and down nodes of non-MoE layers into their stats (act_us, down_us): where a decoded
-   token's time goes (`bench --ffn-layer`). Grouped (MoE) layers are not timed, nor threads past the 64th. Off by
-   default: two clock reads per thread and node. */
+/* Times the sparse FFN's gate/up and down nodes of non-MoE layers on the row route (predictor and exact modes) into
+   their stats (act_us, down_us): where a decoded token's time goes (`bench --ffn-layer`). Not timed: MoE layers, the
+   neuron-group route (TS_SPARSE_GROUPS), threads past the 64th. Off by default: two clock reads per thread and node. */
 void ts_context_set_node_timing(ts_context *ctx, int32_t on);
 /* Copies the per-layer counters into stats[n_layer]. */
 void ts_context_get_stats(const ts_context *ctx, ts_layer_stats *stats);

@@ -1,7 +1,5 @@
 """`python -m turbosparse` is the `turbosparse` command."""
 
-import sys
+from turbosparse.cli import entry
 
-from turbosparse.cli import main
-
-sys.exit(main())
+entry()

@@ -405,7 +405,8 @@ class NativeContext:
         self._lib.lib.ts_context_set_measure_recall(self._handle, int(on))
 
     def set_node_timing(self, on: bool) -> None:
-        """Times the sparse FFN's gate/up and down nodes (non-MoE layers) into layer_stats' act_us and down_us."""
+        """Times the sparse FFN's gate/up and down nodes (row route, non-MoE layers) into layer_stats' act_us and
+        down_us."""
         self._lib.lib.ts_context_set_node_timing(self._handle, int(on))
 
     @property

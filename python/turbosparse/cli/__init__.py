@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from turbosparse.cli import (
     bench_cmd,
@@ -47,19 +48,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING, format="%(message)s"
     )
-    code = _run(args)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and "torch.distributed" in sys.modules:
-        # A torchrun rank (relufy, train-predictors) leaves without the interpreter's finalization: its garbage
-        # collection there can destroy a gloo thread that is still joinable and abort the rank ("terminate called
-        # without an active exception", after the work is done and written), which torchrun reports as a failed run.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        logging.shutdown()
-        os._exit(code)
-    return code
-
-
-def _run(args: argparse.Namespace) -> int:
     try:
         return int(args.func(args) or 0)
     except (TurboSparseError, OSError) as exc:  # anything else is a bug: its traceback is the report
@@ -67,3 +55,18 @@ def _run(args: argparse.Namespace) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def entry() -> NoReturn:
+    """The `turbosparse` program (its console script and `python -m turbosparse`): main(), then the exit."""
+    code = main()
+    distributed = sys.modules.get("torch.distributed")  # loaded only where torch was: inference never imports it
+    if distributed is not None and getattr(distributed, "is_torchelastic_launched", lambda: False)():
+        # A torchrun rank (relufy, train-predictors) leaves without the interpreter's finalization: its garbage
+        # collection there can destroy a gloo thread that is still joinable and abort the rank ("terminate called
+        # without an active exception", after the work is written), which torchrun reports as a failed run.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(code)
+    sys.exit(code)
