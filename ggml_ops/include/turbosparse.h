@@ -364,8 +364,7 @@ int32_t ts_kernel_rows_matmul(int32_t isa, int32_t type, const void *w, int64_t 
  * The lists of neurons a decoded token's selection builds (neuron_list.h), for tests. ts_kernel_pick_list: the j in
  * [*j, j1) with x[j] >= t (kind 0) or x[j] > t (kind 1), in order, at most cap of them, into list; *j moves to where
  * the next call starts. Returns how many, or -1 for another kind or a cap below 1 (a call could not move on).
- * ts_kernel_nonzero_list: the j < n with a[j] != 0
- * into idx and their a[j] into val, in order; returns how many.
+ * ts_kernel_nonzero_list: the j < n with a[j] != 0 into idx and their a[j] into val, in order; returns how many.
  */
 int32_t ts_kernel_pick_list(int32_t kind, float t, const float *x, int64_t *j, int64_t j1, int32_t *list,
                             int32_t cap);
