@@ -18,6 +18,10 @@ def llama_script(Llama: Any, path: str) -> dict[str, Any]:
     out["call"] = llm("The capital of France is", max_tokens=12, temperature=0.0, stop=["\n\n"])
     out["completion_stream"] = list(llm.create_completion("Once upon a time", max_tokens=8, temperature=0, stream=True))
     out["echo"] = llm.create_completion("Water boils at", max_tokens=6, temperature=0, echo=True)
+    out["logprobs"] = llm.create_completion("The capital of France is", max_tokens=8, temperature=0, logprobs=3)
+    out["logprobs_stream"] = list(
+        llm.create_completion("Once upon a time", max_tokens=6, temperature=0, logprobs=2, stream=True)
+    )
     out["token_prompt"] = llm.create_completion(llm.tokenize(b"Water boils at"), max_tokens=6, temperature=0)
     messages = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Name a color."}]
     out["chat"] = llm.create_chat_completion(messages, max_tokens=10, temperature=0)
@@ -41,6 +45,8 @@ def shape(value: Any) -> Any:
         return {k: shape(v) for k, v in value.items()}
     if isinstance(value, list):
         return [shape(v) for v in value[:1]]
+    if isinstance(value, np.floating):  # llama-cpp-python's log-probabilities are numpy float32s; ours Python floats
+        return "float"
     return type(value).__name__
 
 
@@ -55,9 +61,9 @@ def both(smollm2_path) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def test_same_structures(both) -> None:
     theirs, ours = both
-    for key in ("call", "echo", "token_prompt", "chat"):
+    for key in ("call", "echo", "token_prompt", "chat", "logprobs"):
         assert shape(ours[key]) == shape(theirs[key]), key
-    for key in ("completion_stream", "chat_stream"):
+    for key in ("completion_stream", "chat_stream", "logprobs_stream"):
         assert [shape(c) for c in ours[key]] == [shape(c) for c in theirs[key]], key
         assert [c["choices"][0]["finish_reason"] for c in ours[key]] == [
             c["choices"][0]["finish_reason"] for c in theirs[key]
@@ -83,6 +89,25 @@ def test_same_greedy_text_and_usage(both) -> None:
     assert joined(ours["completion_stream"], "text") == joined(theirs["completion_stream"], "text")
     assert joined(ours["chat_stream"], "delta") == joined(theirs["chat_stream"], "delta")
     assert joined(ours["chat_stream"], "delta") == ours["chat"]["choices"][0]["message"]["content"]
+
+
+def test_same_logprobs(both) -> None:
+    """Token log-probabilities as llama-cpp-python reports them (its raw logits' log-softmax), plain and streamed: the
+    same tokens, offsets and alternatives, values within the two engines' float rounding."""
+    theirs, ours = both
+
+    def streamed(chunks: list[dict]) -> dict[str, list]:
+        parts = [c["choices"][0]["logprobs"] for c in chunks if c["choices"][0]["logprobs"]]
+        return {key: [v for p in parts for v in p[key]] for key in ("tokens", "text_offset", "token_logprobs")}
+
+    pairs = [(theirs["logprobs"]["choices"][0]["logprobs"], ours["logprobs"]["choices"][0]["logprobs"]),
+             (streamed(theirs["logprobs_stream"]), streamed(ours["logprobs_stream"]))]  # fmt: skip
+    for a, b in pairs:
+        assert b["tokens"] == a["tokens"] and b["text_offset"] == a["text_offset"]
+        np.testing.assert_allclose(b["token_logprobs"], a["token_logprobs"], atol=2e-3)
+    a, b = pairs[0]
+    assert [set(t) for t in b["top_logprobs"]] == [set(t) for t in a["top_logprobs"]]
+    assert "".join(b["tokens"]) == ours["logprobs"]["choices"][0]["text"]
 
 
 def test_same_tokens_and_close_logits(both) -> None:

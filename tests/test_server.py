@@ -14,6 +14,7 @@ import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import openai
 import pytest
 
@@ -254,18 +255,75 @@ BAD_CHAT = [
     ({"messages": [{"role": "user", "content": "x"}], "n": 2}, 400),
     ({"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]}, 400),
     ({"messages": [{"role": "user", "content": "x"}], "seed": -2}, 400),  # -1 is llama-server's "random"
+    ({"messages": [{"role": "user", "content": "x"}], "top_logprobs": 2}, 400),  # without logprobs: true
+    ({"messages": [{"role": "user", "content": "x"}], "logprobs": True, "top_logprobs": 21}, 400),
     ({"messages": [{"role": "user", "content": "word " * 600}]}, 400),  # longer than a slot's context
 ]
 BAD_COMPLETION = [
     ({"prompt": ""}, 400),
     ({"prompt": [1, 2, 10**9]}, 400),
     ({"prompt": ["a", "b"]}, 400),
-    ({"prompt": "x", "logprobs": 3}, 400),
+    ({"prompt": "x", "logprobs": -1}, 400),
+    ({"prompt": "x", "logprobs": 21}, 400),
     ({"prompt": "x", "suffix": "y"}, 400),
     ({"prompt": "word " * 600, "max_tokens": 1}, 400),
     ({"prompt": "x", "max_tokens": SLOT_CTX}, 400),  # prompt + max_tokens exceed the slot
     ({"prompt": "x", "top_p": 0}, 400),
 ]
+
+
+def test_logprobs_plain_streamed_and_echoed(server: Server) -> None:
+    client = server.client()
+    prompt = PROMPTS[0]
+    whole = client.completions.create(model="x", prompt=prompt, max_tokens=10, temperature=0, logprobs=2)
+    text, lp = whole.choices[0].text, whole.choices[0].logprobs
+    assert "".join(lp.tokens) == text and len(lp.tokens) == whole.usage.completion_tokens
+    assert lp.text_offset[0] == len(prompt) and all(v <= 0 for v in lp.token_logprobs)
+    for token, value, top in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs, strict=True):
+        assert 2 <= len(top) <= 3 and top[token] == value  # two alternatives, and the chosen token
+        assert max(top.values()) == value  # greedy decoding without penalties picks the most likely token
+    # the same tokens and values streamed; a stop string keeps its tokens out
+    stream = list(client.completions.create(model="x", prompt=prompt, max_tokens=10, temperature=0, logprobs=2,
+                                            stream=True))  # fmt: skip
+    streamed = [c.choices[0].logprobs for c in stream if c.choices[0].logprobs]
+    assert [t for s in streamed for t in s.tokens] == lp.tokens
+    assert [v for s in streamed for v in s.token_logprobs] == lp.token_logprobs
+    assert [o for s in streamed for o in s.text_offset] == lp.text_offset
+    stop = lp.tokens[3]
+    cut = client.completions.create(model="x", prompt=prompt, max_tokens=10, temperature=0, logprobs=0, stop=stop)
+    kept = len(prompt) + len(cut.choices[0].text)  # tokens that start before the cut
+    assert cut.choices[0].logprobs.tokens == [t for t, o in zip(lp.tokens, lp.text_offset, strict=True) if o < kept]
+    # echo: the prompt's tokens scored too, the first with nothing before it
+    echoed = client.completions.create(model="x", prompt=prompt, max_tokens=10, temperature=0, logprobs=2, echo=True)
+    e = echoed.choices[0].logprobs
+    assert echoed.choices[0].text == prompt + text and "".join(e.tokens) == prompt + text
+    assert e.token_logprobs[0] is None and e.top_logprobs[0] is None and e.text_offset[0] == 0
+    n = len(e.tokens) - len(lp.tokens)
+    assert e.tokens[n:] == lp.tokens and e.text_offset[n:] == lp.text_offset
+    assert all(v is not None and v <= 0 for v in e.token_logprobs[1:n])
+    chunks = list(client.completions.create(model="x", prompt=prompt, max_tokens=10, temperature=0, logprobs=2,
+                                            echo=True, stream=True))  # fmt: skip
+    assert "".join(c.choices[0].text for c in chunks) == prompt + text
+    assert [t for c in chunks if c.choices[0].logprobs for t in c.choices[0].logprobs.tokens] == e.tokens
+    # scoring a text without generating (max_tokens 0, as evaluation harnesses ask)
+    scored = client.completions.create(model="x", prompt=prompt, max_tokens=0, logprobs=1, echo=True)
+    assert scored.choices[0].text == prompt and scored.usage.completion_tokens == 0
+    assert scored.choices[0].logprobs.tokens == e.tokens[:n]
+    np.testing.assert_allclose(scored.choices[0].logprobs.token_logprobs[1:], e.token_logprobs[1:n], atol=1e-5)
+    # chat: OpenAI's content entries, plain and streamed alike
+    messages = [{"role": "user", "content": "Name a color."}]
+    chat = client.chat.completions.create(model="x", messages=messages, max_tokens=8, temperature=0, logprobs=True,
+                                          top_logprobs=3)  # fmt: skip
+    content = chat.choices[0].logprobs.content
+    assert "".join(t.token for t in content) == chat.choices[0].message.content
+    assert all(len(t.top_logprobs) == 3 and t.top_logprobs[0].logprob >= t.logprob for t in content)
+    assert all(bytes(t.bytes).decode() == t.token for t in content)
+    chunks = client.chat.completions.create(model="x", messages=messages, max_tokens=8, temperature=0, logprobs=True,
+                                            top_logprobs=3, stream=True)  # fmt: skip
+    streamed_chat = [t for c in chunks if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.content]
+    assert [(t.token, t.logprob) for t in streamed_chat] == [(t.token, t.logprob) for t in content]
+    plain = client.chat.completions.create(model="x", messages=messages, max_tokens=8, temperature=0)
+    assert plain.choices[0].logprobs is None
 
 
 def test_bad_input_is_a_4xx_error_object(server: Server) -> None:

@@ -33,22 +33,38 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     }
 
 
-def text_completion(meta: CompletionMeta, text: str, finish_reason: FinishReason | None, use: dict[str, int]) -> dict:
-    """A whole text completion: a streamed chunk's shape (OpenAI uses one object name for both) plus usage."""
-    return {**text_completion_chunk(meta, text, finish_reason), "usage": use}
+def text_completion(
+    meta: CompletionMeta,
+    text: str,
+    finish_reason: FinishReason | None,
+    use: dict[str, int],
+    logprobs: dict | None = None,
+) -> dict:
+    """A whole text completion: a streamed chunk's shape (OpenAI uses one object name for both) plus usage.
+    logprobs: logprobs.completion_logprobs's object, when asked for."""
+    return {**text_completion_chunk(meta, text, finish_reason, logprobs), "usage": use}
 
 
-def text_completion_chunk(meta: CompletionMeta, text: str, finish_reason: FinishReason | None) -> dict:
+def text_completion_chunk(
+    meta: CompletionMeta, text: str, finish_reason: FinishReason | None, logprobs: dict | None = None
+) -> dict:
     return {
         "id": meta.id,
         "object": "text_completion",
         "created": meta.created,
         "model": meta.model,
-        "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish_reason}],
+        "choices": [{"text": text, "index": 0, "logprobs": logprobs, "finish_reason": finish_reason}],
     }
 
 
-def chat_completion(meta: CompletionMeta, text: str, finish_reason: FinishReason | None, use: dict[str, int]) -> dict:
+def chat_completion(
+    meta: CompletionMeta,
+    text: str,
+    finish_reason: FinishReason | None,
+    use: dict[str, int],
+    logprobs: dict | None = None,
+) -> dict:
+    """logprobs: logprobs.chat_logprobs's object, when asked for."""
     return {
         "id": meta.id,
         "object": "chat.completion",
@@ -58,7 +74,7 @@ def chat_completion(meta: CompletionMeta, text: str, finish_reason: FinishReason
             {
                 "index": 0,
                 "message": {"role": "assistant", "content": text},
-                "logprobs": None,
+                "logprobs": logprobs,
                 "finish_reason": finish_reason,
             }
         ],
@@ -66,12 +82,14 @@ def chat_completion(meta: CompletionMeta, text: str, finish_reason: FinishReason
     }
 
 
-def chat_completion_chunk(meta: CompletionMeta, delta: dict[str, Any], finish_reason: FinishReason | None) -> dict:
+def chat_completion_chunk(
+    meta: CompletionMeta, delta: dict[str, Any], finish_reason: FinishReason | None, logprobs: dict | None = None
+) -> dict:
     """delta: {"role": "assistant"} first, then {"content": text} pieces, then {} with the finish reason."""
     return {
         "id": meta.id,
         "model": meta.model,
         "created": meta.created,
         "object": "chat.completion.chunk",
-        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+        "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}],
     }

@@ -9,6 +9,7 @@ from typing import Literal
 import numpy as np
 
 from turbosparse.errors import ContextOverflowError, InvalidArgumentError
+from turbosparse.logprobs import TokenLogprob, check_top_count, prompt_logprobs, scored
 from turbosparse.sampling import Sampler, SamplingParams
 from turbosparse.tokenizer import Tokenizer
 
@@ -52,7 +53,10 @@ class Generation:
     """Samples tokens after a prompt until an end-of-generation token or a stop string ("stop"), max_tokens or a
     full context ("length"). The engine evaluates `tokens` and hands the logits of the last one to advance().
 
-    max_tokens None: until the context is full. The prompt and max_tokens must fit in n_ctx."""
+    max_tokens None: until the context is full. The prompt and max_tokens must fit in n_ctx. logprobs (the number of
+    alternatives, 0 or more; None: off): each generated token's log-probability is kept in token_logprobs; with
+    score_prompt, the prompt's tokens are scored too (prompt_logprobs), from the logits of every prompt position,
+    which the engine then computes as decoding would (scored_prompt), also when max_tokens is 0."""
 
     def __init__(
         self,
@@ -63,6 +67,8 @@ class Generation:
         sampling: SamplingParams,
         max_tokens: int | None = None,
         stop: Sequence[str] = (),
+        logprobs: int | None = None,
+        score_prompt: bool = False,
     ) -> None:
         prompt = list(prompt_tokens)
         if not prompt:
@@ -77,6 +83,9 @@ class Generation:
             raise ContextOverflowError(
                 f"prompt ({len(prompt)} tokens) + max_tokens ({max_tokens}) exceed n_ctx = {n_ctx}"
             )
+        check_top_count(logprobs)
+        if score_prompt and logprobs is None:
+            raise InvalidArgumentError("score_prompt needs logprobs (the number of alternatives)")
         self.n_prompt = len(prompt)
         self.tokens: list[int] = prompt  # the prompt, then every generated token
         self.max_tokens = max_tokens
@@ -87,7 +96,11 @@ class Generation:
         self._sampler = Sampler(sampling)
         self._detokenizer = tokenizer.detokenizer()
         self._scanner = StopScanner(tuple(s for s in stop if s))
-        if max_tokens == 0:
+        self.logprobs = logprobs
+        self.token_logprobs: list[TokenLogprob] = []  # one per generated token, when logprobs is not None
+        self.prompt_logprobs: list[TokenLogprob] | None = None  # with score_prompt, after the first step
+        self._score_prompt = score_prompt
+        if max_tokens == 0 and not score_prompt:
             self.finish_reason = "length"
 
     @property
@@ -107,6 +120,22 @@ class Generation:
     def done(self) -> bool:
         return self.finish_reason is not None or self.cancelled
 
+    @property
+    def wants_prompt_logits(self) -> bool:
+        """Whether the next step must give scored_prompt the logits of every prompt position."""
+        return self._score_prompt and self.prompt_logprobs is None and not self.done
+
+    def scored_prompt(self, logits: np.ndarray) -> str:
+        """The first step of a generation that scores its prompt: logits [n_prompt, n_vocab], row i the logits after
+        the prompt's first i + 1 tokens. Scores the prompt, then samples from the last row (unless max_tokens is 0);
+        returns the text released."""
+        n_top = self.logprobs if self.logprobs is not None else 0
+        self.prompt_logprobs = prompt_logprobs(self._tokenizer, self.tokens[: self.n_prompt], logits, n_top)
+        if self.max_tokens == 0:
+            self.finish_reason = "length"
+            return ""
+        return self.advance(logits[-1])
+
     def cancel(self) -> None:
         """Ends the generation early (a client went away): the engine stops evaluating it."""
         self.cancelled = True
@@ -121,7 +150,10 @@ class Generation:
             self.finish_reason = "stop"
             return self._flush()
         self.tokens.append(token)
-        text = self._scanner.feed(self._detokenizer.push(token))
+        piece = self._detokenizer.push(token)
+        if self.logprobs is not None:
+            self.token_logprobs.append(scored(logits, token, piece, self.logprobs))
+        text = self._scanner.feed(piece)
         if self._scanner.stopped:
             self.finish_reason = "stop"
             return text

@@ -1,7 +1,7 @@
 """`turbosparse.Llama`: llama-cpp-python's `llama_cpp.Llama` face over the turbosparse engine, so code written for
 llama-cpp-python runs with one import changed. Same constructor names, methods and returned dicts; plus `sparse=`.
 
-Not supported (a ValueError says so when asked for): suffix / infill, logprobs, grammars, logit_bias, logits
+Not supported (a ValueError says so when asked for): suffix / infill, grammars, logit_bias, logits
 processors and stopping criteria, typical_p, tfs_z, mirostat, tools and function calling, JSON response formats,
 embeddings, chat formats other than the file's template and "chatml", GPU offload (n_gpu_layers is accepted and
 ignored: the engine runs on the CPU)."""
@@ -24,6 +24,7 @@ from turbosparse.completions import (
     usage,
 )
 from turbosparse.generation import Generation
+from turbosparse.logprobs import ReleasedLogprobs, chat_logprobs, check_top_count, completion_logprobs
 from turbosparse.model import Model, SparseName
 from turbosparse.sampling import SamplingParams
 
@@ -190,7 +191,13 @@ class Llama:
         )
 
     def _start(
-        self, prompt_tokens: list[int], max_tokens: int | None, sampling: SamplingParams, stop: Any
+        self,
+        prompt_tokens: list[int],
+        max_tokens: int | None,
+        sampling: SamplingParams,
+        stop: Any,
+        logprobs: int | None = None,
+        score_prompt: bool = False,
     ) -> Generation:
         n_ctx = self._model.n_ctx
         if len(prompt_tokens) > n_ctx:
@@ -198,7 +205,9 @@ class Llama:
         room = n_ctx - len(prompt_tokens)  # llama_cpp's rule: max_tokens <= 0 or None means "until the context ends"
         limit = room if max_tokens is None or max_tokens <= 0 else min(max_tokens, room)
         stops = [stop] if isinstance(stop, str) else list(stop or [])
-        return self._model.start(prompt_tokens, sampling=sampling, max_tokens=limit, stop=stops)
+        return self._model.start(
+            prompt_tokens, sampling=sampling, max_tokens=limit, stop=stops, logprobs=logprobs, score_prompt=score_prompt
+        )
 
     def create_completion(
         self,
@@ -228,10 +237,12 @@ class Llama:
         grammar: Any = None,
         logit_bias: dict[int, float] | None = None,
     ) -> dict | Iterator[dict]:
-        """A text completion of prompt (text, or token ids), as llama_cpp.Llama.create_completion returns it."""
+        """A text completion of prompt (text, or token ids), as llama_cpp.Llama.create_completion returns it.
+        logprobs: each token's log-probability and that many alternatives (with echo, the prompt's tokens too,
+        every position computed as decoding computes it), in llama_cpp's shape; logits_all is not needed for it."""
+        check_top_count(logprobs)
         _refuse(
             suffix=(suffix, None),
-            logprobs=(logprobs, None),
             typical_p=(typical_p, 1.0),
             tfs_z=(tfs_z, 1.0),
             mirostat_mode=(mirostat_mode, 0),
@@ -256,20 +267,42 @@ class Llama:
             presence_penalty=presence_penalty,
             seed=seed,
         )
-        gen = self._start(tokens, max_tokens, sampling, stop)
+        gen = self._start(tokens, max_tokens, sampling, stop, logprobs, score_prompt=echo and logprobs is not None)
         meta = CompletionMeta.new("cmpl", model or self.model_path)
+        echo_text = prompt_text if echo else ""
         if stream:
-            return self._stream_completion(gen, meta, prompt_text if echo else "")
+            return self._stream_completion(gen, meta, echo_text, len(prompt_text))
         text = "".join(self._model.run(gen))
-        return text_completion(
-            meta, (prompt_text if echo else "") + text, gen.finish_reason, usage(gen.n_prompt, gen.n_generated)
-        )
+        scores = None
+        if logprobs is not None:
+            tok = self._model.tokenizer
+            before = completion_logprobs(tok, gen.prompt_logprobs or [], 0)
+            after = completion_logprobs(tok, ReleasedLogprobs(gen.token_logprobs).take(text), len(prompt_text))
+            scores = {key: before[key] + after[key] for key in after}  # text_offset counts from the prompt's start
+        return text_completion(meta, echo_text + text, gen.finish_reason, usage(gen.n_prompt, gen.n_generated), scores)
 
-    def _stream_completion(self, gen: Generation, meta: CompletionMeta, echo: str) -> Iterator[dict]:
-        if echo:
+    def _stream_completion(self, gen: Generation, meta: CompletionMeta, echo: str, prompt_chars: int) -> Iterator[dict]:
+        tok = self._model.tokenizer
+        scoring = gen.logprobs is not None
+        offset = len(echo) if echo else prompt_chars  # where the next chunk's first token starts in the whole text
+        echo_pending = bool(echo)  # with log-probabilities, the echo waits for the first step, which scores the prompt
+        if echo_pending and not scoring:
             yield text_completion_chunk(meta, echo, None)
-        for piece in self._model.run(gen):
-            yield text_completion_chunk(meta, piece, None)
+            echo_pending = False
+        released = ReleasedLogprobs(gen.token_logprobs)
+        for piece in self._model.run(gen, with_empty=scoring):
+            if echo_pending:
+                yield text_completion_chunk(meta, echo, None, completion_logprobs(tok, gen.prompt_logprobs or [], 0))
+                echo_pending = False
+            if not scoring:
+                yield text_completion_chunk(meta, piece, None)
+                continue
+            entries = released.take(piece)
+            if piece or entries:
+                yield text_completion_chunk(meta, piece, None, completion_logprobs(tok, entries, offset))
+                offset += sum(len(e.text) for e in entries)
+        if echo_pending:  # no step ran (the generation was cancelled)
+            yield text_completion_chunk(meta, echo, None, completion_logprobs(tok, gen.prompt_logprobs or [], 0))
         yield text_completion_chunk(meta, "", gen.finish_reason)
 
     def __call__(self, prompt: str | list[int], **options: Any) -> dict | Iterator[dict]:
@@ -318,9 +351,8 @@ class Llama:
             logits_processor=(logits_processor, None),
             grammar=(grammar, None),
             logit_bias=(logit_bias, None),
-            logprobs=(bool(logprobs), False),
-            top_logprobs=(top_logprobs, None),
         )
+        check_top_count(top_logprobs, "top_logprobs")
         if response_format is not None and response_format.get("type", "text") != "text":
             raise ValueError(f"response_format {response_format!r} is not supported by turbosparse.Llama")
         sampling = self._sampling(
@@ -333,15 +365,26 @@ class Llama:
             presence_penalty=presence_penalty,
             seed=seed,
         )
-        gen = self._start(self._model.chat_tokens(messages), max_tokens, sampling, stop)
+        n_top = (top_logprobs or 0) if logprobs else None
+        gen = self._start(self._model.chat_tokens(messages), max_tokens, sampling, stop, n_top)
         meta = CompletionMeta.new("chatcmpl", model or self.model_path)
         if stream:
             return self._stream_chat(gen, meta)
         text = "".join(self._model.run(gen))
-        return chat_completion(meta, text, gen.finish_reason, usage(gen.n_prompt, gen.n_generated))
+        scores = None
+        if n_top is not None:
+            scores = chat_logprobs(self._model.tokenizer, ReleasedLogprobs(gen.token_logprobs).take(text))
+        return chat_completion(meta, text, gen.finish_reason, usage(gen.n_prompt, gen.n_generated), scores)
 
     def _stream_chat(self, gen: Generation, meta: CompletionMeta) -> Iterator[dict]:
         yield chat_completion_chunk(meta, {"role": "assistant"}, None)
-        for piece in self._model.run(gen):
-            yield chat_completion_chunk(meta, {"content": piece}, None)
+        released = ReleasedLogprobs(gen.token_logprobs)
+        for piece in self._model.run(gen, with_empty=gen.logprobs is not None):
+            if gen.logprobs is None:
+                yield chat_completion_chunk(meta, {"content": piece}, None)
+                continue
+            entries = released.take(piece)
+            if piece or entries:
+                scores = chat_logprobs(self._model.tokenizer, entries)
+                yield chat_completion_chunk(meta, {"content": piece}, None, scores)
         yield chat_completion_chunk(meta, {}, gen.finish_reason)

@@ -284,11 +284,22 @@ class Model:
         sampling: SamplingParams,
         max_tokens: int | None = None,
         stop: Sequence[str] = (),
+        logprobs: int | None = None,
+        score_prompt: bool = False,
     ) -> Generation:
         """A generation after prompt_tokens, to advance with step(); raises ContextOverflowError when the prompt
-        and max_tokens do not fit in a sequence."""
+        and max_tokens do not fit in a sequence. logprobs: keep each token's log-probability and that many
+        alternatives (Generation.token_logprobs); score_prompt: the prompt's too (Generation.prompt_logprobs),
+        its positions then computed as decoding computes them, as eval_logits does."""
         return Generation(
-            self._tokenizer, prompt_tokens, n_ctx=self.n_ctx, sampling=sampling, max_tokens=max_tokens, stop=stop
+            self._tokenizer,
+            prompt_tokens,
+            n_ctx=self.n_ctx,
+            sampling=sampling,
+            max_tokens=max_tokens,
+            stop=stop,
+            logprobs=logprobs,
+            score_prompt=score_prompt,
         )
 
     def step(self, generations: Sequence[Generation]) -> list[str]:
@@ -302,12 +313,16 @@ class Model:
                     f"{len(live)} generations at once; this model has {self.n_seq} sequences (n_seq)"
                 )
             logits: dict[int, np.ndarray] = {}
+            scored: dict[int, np.ndarray] = {}  # every prompt position's logits, for generations that score it
             decoding: list[tuple[Generation, CachedSequence]] = []
             claimed: list[CachedSequence] = []
             for g in live:
                 seq, kept = self._pool.claim(g, g.tokens, exclude=claimed)
                 claimed.append(seq)
-                if kept and seq.continues(g.tokens):
+                if g.wants_prompt_logits:  # as eval_logits computes them: every position as decoding would
+                    dense = self.sparse_mode == SparseMode.OFF
+                    scored[id(g)] = self._evaluate(seq, g.tokens, 0, dense_ffn=dense, logits_all=True)
+                elif kept and seq.continues(g.tokens):
                     decoding.append((g, seq))
                 else:
                     logits[id(g)] = self._prompt(seq, g.tokens)
@@ -323,7 +338,15 @@ class Model:
                 for i, (g, seq) in enumerate(decoding):
                     seq.tokens.append(g.tokens[-1])
                     logits[id(g)] = rows[i]
-            return [g.advance(logits[id(g)]) if id(g) in logits else "" for g in generations]
+            texts = []
+            for g in generations:
+                if id(g) in scored:
+                    texts.append(g.scored_prompt(scored[id(g)]))
+                elif id(g) in logits:
+                    texts.append(g.advance(logits[id(g)]))
+                else:
+                    texts.append("")
+            return texts
 
     def generate_tokens(
         self, prompt_tokens: Sequence[int], *, max_tokens: int | None, sampling: SamplingParams

@@ -31,6 +31,7 @@ from turbosparse.completions import (
 )
 from turbosparse.errors import ChatTemplateError, ContextOverflowError
 from turbosparse.generation import FinishReason, Generation
+from turbosparse.logprobs import ReleasedLogprobs, chat_logprobs, completion_logprobs
 from turbosparse.model import Model
 from turbosparse.server.config import ServerConfig
 from turbosparse.server.engine import Engine, Event, Job, QueueFullError
@@ -187,25 +188,26 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
         else:
             text = body.prompt if isinstance(body.prompt, str) else str(body.prompt[0])
             tokens = model.tokenize(text, special=True)
-        job, queue = _submit(model, engine, tokens, body, "prompt")
+        n_top = body.logprobs
+        job, queue = _submit(model, engine, tokens, body, "prompt", n_top, score_prompt=body.echo and n_top is not None)
         gen = job.generation
         meta = CompletionMeta.new("cmpl", config.model_name)
-        echo = text if body.echo else ""
+        chunks = _CompletionChunks(model, meta, gen, text, echo=body.echo)
         if body.stream:
             return _stream(
                 job,
                 queue,
-                first=[text_completion_chunk(meta, echo, None)] if echo else [],
-                piece=lambda t: text_completion_chunk(meta, t, None),
-                last=lambda reason: text_completion_chunk(meta, "", reason),
+                first=chunks.first(),
+                piece=chunks.piece,
+                last=chunks.last,
                 usage_chunk=_usage_chunk(meta, "text_completion", gen) if body.include_usage else None,
             )
         answer = await _collect(job, queue, request)
         if answer is None:
             return Response(status_code=CLIENT_CLOSED)
-        return JSONResponse(
-            text_completion(meta, echo + answer, gen.finish_reason, usage(gen.n_prompt, gen.n_generated))
-        )
+        whole = chunks.piece(answer)["choices"][0]
+        use = usage(gen.n_prompt, gen.n_generated)
+        return JSONResponse(text_completion(meta, whole["text"], gen.finish_reason, use, whole["logprobs"]))
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
@@ -216,22 +218,28 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
             raise APIError(400, str(exc), param="messages") from None
         except ValueError as exc:  # no template in the file
             raise APIError(400, f"{exc}; start the server with --chat-template", param="messages") from None
-        job, queue = _submit(model, engine, tokens, body, "messages")
+        job, queue = _submit(model, engine, tokens, body, "messages", body.n_top)
         gen = job.generation
         meta = CompletionMeta.new("chatcmpl", config.model_name)
+        released = ReleasedLogprobs(gen.token_logprobs) if body.n_top is not None else None
+
+        def scored(text: str) -> dict[str, Any] | None:  # the log-probabilities of the tokens text releases
+            return released and chat_logprobs(model.tokenizer, released.take(text))
+
         if body.stream:
             return _stream(
                 job,
                 queue,
                 first=[chat_completion_chunk(meta, {"role": "assistant"}, None)],
-                piece=lambda t: chat_completion_chunk(meta, {"content": t}, None),
-                last=lambda reason: chat_completion_chunk(meta, {}, reason),
+                piece=lambda t: chat_completion_chunk(meta, {"content": t}, None, scored(t)),
+                last=lambda reason: chat_completion_chunk(meta, {}, reason, _some(scored(""))),
                 usage_chunk=_usage_chunk(meta, "chat.completion.chunk", gen) if body.include_usage else None,
             )
         answer = await _collect(job, queue, request)
         if answer is None:
             return Response(status_code=CLIENT_CLOSED)
-        return JSONResponse(chat_completion(meta, answer, gen.finish_reason, usage(gen.n_prompt, gen.n_generated)))
+        use = usage(gen.n_prompt, gen.n_generated)
+        return JSONResponse(chat_completion(meta, answer, gen.finish_reason, use, scored(answer)))
 
     return app
 
@@ -242,12 +250,78 @@ def _check_tokens(model: Model, tokens: list[int], param: str) -> None:
         raise APIError(400, f"token id {bad[0]} is out of the vocabulary (0..{model.n_vocab - 1})", param=param)
 
 
+class _CompletionChunks:
+    """A text completion's chunks: its text pieces (the echoed prompt first) and, when asked for, their tokens'
+    log-probabilities, handed out as the text is released (logprobs.ReleasedLogprobs), offsets counted from the
+    prompt's start. With log-probabilities the echoed prompt waits for the first step, which scores it."""
+
+    def __init__(self, model: Model, meta: CompletionMeta, gen: Generation, prompt: str, *, echo: bool) -> None:
+        self._tokenizer = model.tokenizer
+        self._meta = meta
+        self._gen = gen
+        self._prompt = prompt
+        self._echo_pending = echo
+        self._released = ReleasedLogprobs(gen.token_logprobs) if gen.logprobs is not None else None
+        self._offset = len(prompt)  # where the next generated token's text starts
+
+    def first(self) -> list[dict[str, Any]]:
+        """The chunks sent at once: the echoed prompt, unless it waits to be scored."""
+        if not self._echo_pending or self._released is not None:
+            return []
+        self._echo_pending = False
+        return [text_completion_chunk(self._meta, self._prompt, None)]
+
+    def piece(self, text: str) -> dict[str, Any]:
+        """The chunk of a piece of released text (a whole answer's text, not streamed)."""
+        return self._chunk(text, None)
+
+    def last(self, reason: FinishReason | None) -> dict[str, Any]:
+        return self._chunk("", reason)
+
+    def _chunk(self, text: str, reason: FinishReason | None) -> dict[str, Any]:
+        if self._released is None:
+            return text_completion_chunk(self._meta, self._take_echo() + text, reason)
+        echo = self._take_echo()
+        prompt_entries = (self._gen.prompt_logprobs or []) if echo else []
+        scores = completion_logprobs(self._tokenizer, prompt_entries, 0)
+        entries = self._released.take(text)
+        after = completion_logprobs(self._tokenizer, entries, self._offset)
+        self._offset += sum(len(e.text) for e in entries)
+        merged = {key: scores[key] + after[key] for key in after}
+        quiet = reason is not None and not echo and not entries  # a finishing chunk with nothing to report
+        return text_completion_chunk(self._meta, echo + text, reason, None if quiet else merged)
+
+    def _take_echo(self) -> str:
+        echo, self._echo_pending = (self._prompt if self._echo_pending else ""), False
+        return echo
+
+
+def _some(scores: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A finishing chunk's chat log-probabilities: None when no token is left to report."""
+    return scores if scores and scores["content"] else None
+
+
 def _submit(
-    model: Model, engine: Engine, tokens: list[int], body: _Generate, param: str
+    model: Model,
+    engine: Engine,
+    tokens: list[int],
+    body: _Generate,
+    param: str,
+    logprobs: int | None,
+    *,
+    score_prompt: bool = False,
 ) -> tuple[Job, asyncio.Queue[Event]]:
-    """Starts a generation for tokens and queues it on the engine; its events arrive in the returned queue."""
+    """Starts a generation for tokens (logprobs: alternatives per token when log-probabilities are asked for;
+    score_prompt: the prompt's too) and queues it on the engine; its events arrive in the returned queue."""
     try:
-        gen = model.start(tokens, sampling=body.sampling(), max_tokens=body.max_tokens, stop=body.stops)
+        gen = model.start(
+            tokens,
+            sampling=body.sampling(),
+            max_tokens=body.max_tokens,
+            stop=body.stops,
+            logprobs=logprobs,
+            score_prompt=score_prompt,
+        )
     except ContextOverflowError as exc:
         raise APIError(400, f"{exc} (one slot holds {model.n_ctx} tokens)", param=param) from None
     except ValueError as exc:

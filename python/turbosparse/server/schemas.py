@@ -1,7 +1,7 @@
 """Request bodies of the OpenAI endpoints (and llama-server's /tokenize, /detokenize), validated by pydantic.
 
 Fields OpenAI clients send that do not change the answer (user, model, ...) are accepted; features the engine
-does not have (n > 1, logprobs, tools, JSON schemas, ...) are refused with a message saying so. Defaults of the
+does not have (n > 1, tools, JSON schemas, ...) are refused with a message saying so. Defaults of the
 sampling fields are llama-server's."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from turbosparse.logprobs import MAX_TOP_LOGPROBS
 from turbosparse.sampling import SamplingParams
 
 MAX_STOPS = 16
@@ -99,7 +100,7 @@ class CompletionRequest(_Generate):
     max_tokens: int | None = Field(default=16, ge=0)  # OpenAI's default for completions
     echo: bool = False
     suffix: str | None = None
-    logprobs: int | None = None
+    logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)  # alternatives per token
     best_of: int | None = None
 
     @field_validator("prompt")
@@ -115,8 +116,6 @@ class CompletionRequest(_Generate):
     def _supported(self) -> CompletionRequest:
         if self.suffix:
             raise ValueError("suffix (insertion) is not supported")
-        if self.logprobs:
-            raise ValueError("logprobs are not supported")
         if self.best_of not in (None, 1):
             raise ValueError("only best_of = 1 is supported")
         return self
@@ -158,17 +157,22 @@ class ChatCompletionRequest(_Generate):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=0)
     logprobs: bool | None = None
-    top_logprobs: int | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
     tools: list[Any] | None = None
     tool_choice: Any = None
     functions: list[Any] | None = None
     function_call: Any = None
     response_format: dict[str, Any] | None = None
 
+    @property
+    def n_top(self) -> int | None:
+        """Alternatives per token when log-probabilities are asked for, else None."""
+        return (self.top_logprobs or 0) if self.logprobs else None
+
     @model_validator(mode="after")
     def _supported(self) -> ChatCompletionRequest:
-        if self.logprobs or self.top_logprobs:
-            raise ValueError("logprobs are not supported")
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
         if self.tools or self.functions or self.tool_choice not in (None, "none") or self.function_call:
             raise ValueError("tools and function calling are not supported")
         if self.response_format is not None and self.response_format.get("type", "text") != "text":
