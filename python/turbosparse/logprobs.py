@@ -33,9 +33,10 @@ def check_top_count(n_top: int | None, name: str = "logprobs") -> None:
         raise InvalidArgumentError(f"{name} must be an integer >= 0, got {n_top!r}")
 
 
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    """log(softmax(logits)) in float32 along the last axis, stable for large logits."""
-    x = np.asarray(logits, dtype=np.float32)
+def log_softmax(logits: np.ndarray, dtype: type[np.floating] = np.float32) -> np.ndarray:
+    """log(softmax(logits)) along the last axis, stable for large logits; in float32 as llama-cpp-python reports
+    log-probabilities, float64 where sums over many tokens follow (perplexity)."""
+    x = np.asarray(logits, dtype=dtype)
     shifted = x - x.max(axis=-1, keepdims=True)
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from turbosparse.errors import InvalidArgumentError
+from turbosparse.logprobs import log_softmax
 from turbosparse.model import Model
 from turbosparse.tokenizer import Tokenizer
 
@@ -30,12 +31,6 @@ def window_nll(logp: np.ndarray, window: list[int]) -> float:
     """Summed negative log-likelihood of window[1:] under logp [len(window) - 1, n_vocab] (log-probabilities)."""
     targets = np.asarray(window[1:])
     return -float(logp[np.arange(len(targets)), targets].sum())
-
-
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    x = logits.astype(np.float64)
-    x -= x.max(-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(-1, keepdims=True))
 
 
 def bos_prefix(tokenizer: Tokenizer) -> list[int]:
@@ -69,12 +64,12 @@ def perplexity(
     nll, n, n_windows = 0.0, 0, 0
     agree, kl = 0, 0.0
     for window in windows(model, tokens, n_ctx, max_windows):
-        logp = log_softmax(model.eval_logits(window))[:-1]
+        logp = log_softmax(model.eval_logits(window), np.float64)[:-1]
         nll += window_nll(logp, window)
         n += len(window) - 1
         n_windows += 1
         if reference is not None:
-            ref = log_softmax(reference.eval_logits(window))[:-1]
+            ref = log_softmax(reference.eval_logits(window), np.float64)[:-1]
             agree += int((ref.argmax(-1) == logp.argmax(-1)).sum())
             kl += float((np.exp(ref) * (ref - logp)).sum())
     if n == 0:

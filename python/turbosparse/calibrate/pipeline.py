@@ -36,7 +36,8 @@ from turbosparse.constants import (
 )
 from turbosparse.convert.copy import copy_with_keys
 from turbosparse.errors import CalibrationError
-from turbosparse.perplexity import bos_prefix, log_softmax, token_windows, window_nll
+from turbosparse.logprobs import log_softmax
+from turbosparse.perplexity import bos_prefix, token_windows, window_nll
 from turbosparse.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -185,7 +186,7 @@ class Calibrator:
 
     def _logp(self, window: list[int]) -> np.ndarray:
         self.ctx.truncate(0)
-        return log_softmax(self.ctx.eval(window, dense_ffn=False, logits_all=True))
+        return log_softmax(self.ctx.eval(window, dense_ffn=False, logits_all=True), np.float64)
 
     def evaluate(self, thresholds: FfnThresholds, windows: list[list[int]], *, dense: bool = False) -> Quality:
         """Perplexity over the windows, every position decoded as exact mode decodes it with these thresholds."""
@@ -195,7 +196,7 @@ class Calibrator:
         for window in tqdm(windows, desc="evaluating", unit="window", disable=not self.progress, leave=False):
             self.ctx.truncate(0)
             logits = self.ctx.eval(window, dense_ffn=dense, logits_all=True)
-            nll += window_nll(log_softmax(logits)[:-1], window)
+            nll += window_nll(log_softmax(logits, np.float64)[:-1], window)
             n += len(window) - 1
         stats = self.ctx.layer_stats()
         n_ff = self.model.info.n_ff
