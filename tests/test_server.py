@@ -263,6 +263,8 @@ BAD_COMPLETION = [
     ({"prompt": ""}, 400),
     ({"prompt": [1, 2, 10**9]}, 400),
     ({"prompt": ["a", "b"]}, 400),
+    ({"prompt": [[1, 2], [3]]}, 400),
+    ({"prompt": [[]]}, 400),
     ({"prompt": "x", "logprobs": -1}, 400),
     ({"prompt": "x", "logprobs": 21}, 400),
     ({"prompt": "x", "suffix": "y"}, 400),
@@ -310,6 +312,12 @@ def test_logprobs_plain_streamed_and_echoed(server: Server) -> None:
     assert scored.choices[0].text == prompt and scored.usage.completion_tokens == 0
     assert scored.choices[0].logprobs.tokens == e.tokens[:n]
     np.testing.assert_allclose(scored.choices[0].logprobs.token_logprobs[1:], e.token_logprobs[1:n], atol=1e-5)
+    tokens = server.request("POST", "/tokenize", {"content": prompt})[1]["tokens"]
+    status, ids = server.request("POST", "/v1/completions", {"prompt": [tokens], "max_tokens": 0, "logprobs": 1,
+                                                             "echo": True})  # fmt: skip
+    assert (
+        status == 200 and ids["choices"][0]["logprobs"]["token_logprobs"] == scored.choices[0].logprobs.token_logprobs
+    )
     # chat: OpenAI's content entries, plain and streamed alike
     messages = [{"role": "user", "content": "Name a color."}]
     chat = client.chat.completions.create(model="x", messages=messages, max_tokens=8, temperature=0, logprobs=True,

@@ -96,7 +96,7 @@ class _Generate(_Body):
 
 
 class CompletionRequest(_Generate):
-    prompt: str | list[int] | list[str]
+    prompt: str | list[int] | list[str] | list[list[int]]  # OpenAI's four forms; one prompt per request
     max_tokens: int | None = Field(default=16, ge=0)  # OpenAI's default for completions
     echo: bool = False
     suffix: str | None = None
@@ -105,12 +105,18 @@ class CompletionRequest(_Generate):
 
     @field_validator("prompt")
     @classmethod
-    def _one_prompt(cls, prompt: str | list[int] | list[str]) -> str | list[int] | list[str]:
+    def _one_prompt(cls, prompt: str | list[int] | list[str] | list[list[int]]) -> str | list[int] | list[str]:
+        """The prompt as text, token ids or a one-element list of text; a one-element list of token ids becomes its
+        token ids (evaluation harnesses send tokenized prompts that way)."""
         if not prompt:
             raise ValueError("the prompt is empty")
-        if isinstance(prompt, list) and isinstance(prompt[0], str) and len(prompt) != 1:
+        if isinstance(prompt, list) and isinstance(prompt[0], str | list) and len(prompt) != 1:
             raise ValueError("one prompt per request is supported")
-        return prompt
+        if isinstance(prompt, list) and isinstance(prompt[0], list):
+            if not prompt[0]:
+                raise ValueError("the prompt is empty")
+            return prompt[0]
+        return prompt  # type: ignore[return-value]
 
     @model_validator(mode="after")
     def _supported(self) -> CompletionRequest:
