@@ -7,7 +7,15 @@ import numpy as np
 import pytest
 
 from turbosparse.errors import InvalidArgumentError
-from turbosparse.logprobs import ReleasedLogprobs, TokenLogprob, log_softmax, prompt_logprobs, scored
+from turbosparse.logprobs import (
+    ReleasedLogprobs,
+    TokenLogprob,
+    chat_logprobs,
+    completion_logprobs,
+    log_softmax,
+    prompt_logprobs,
+    scored,
+)
 from turbosparse.sampling import SamplingParams
 
 
@@ -49,31 +57,39 @@ def test_tokens_go_out_with_the_text_they_start_in() -> None:
     out = ReleasedLogprobs(got)
     assert [e.text for e in out.take("He")] == ["Hel"]
     assert out.take("") == []
-    assert [e.text for e in out.take("llo")] == ["lo", ""]  # an empty token goes out once the text reaches it
-    assert [e.text for e in out.take("\u00e9 wor")] == ["\u00e9", " wor"]
+    assert [e.text for e in out.take("llo")] == ["lo"]  # "" waits for the token that completes its character
+    assert [e.text for e in out.take("\u00e9 wor")] == ["", "\u00e9", " wor"]
     assert out.take("") == []  # a stop string cut the text here: "ld" never goes out
-    whole = ReleasedLogprobs(got).take("Hello\u00e9 world")
-    assert len(whole) == len(got)
+    assert len(ReleasedLogprobs(got).take("Hello\u00e9 world")) == len(got)
 
 
-def test_a_stop_string_keeps_its_tokens_out_also_when_held_back() -> None:
+def test_a_stop_string_keeps_its_tokens_out_also_when_held_back_or_split() -> None:
     got = entries(" The", " end", ".", " STOP")
     out = ReleasedLogprobs(got)
     assert [e.text for e in out.take(" The end")] == [" The", " end"]
     assert [e.text for e in out.take(".")] == ["."]
     assert out.take("") == []
+    split = entries(" ok", "", "")  # a stop string that starts with a character split in two bytes
+    assert [e.text for e in ReleasedLogprobs(split).take(" ok")] == [" ok"]
+    # a generation no stop string cut: its last tokens go out, also those that add no text
+    assert [e.text for e in ReleasedLogprobs(split).take(" ok", uncut_end=True)] == [" ok", "", ""]
 
 
 class FakeTokenizer:
-    """A tokenizer whose token t is the character chr(97 + t); token 0 is a BOS without text."""
+    """A tokenizer whose token t is the character chr(97 + t), token 0 a BOS the vocabulary adds ("<s>"), tokens 30
+    and 31 two bytes of a character: "\ufffd" alone."""
 
     bos = 0
+    adds_bos = True
 
-    def detokenizer(self) -> FakeTokenizer:
+    def detokenizer(self, special: bool = False) -> FakeTokenizer:
         return self
 
     def push(self, token: int) -> str:
-        return "" if token == 0 else chr(97 + token)
+        return "<s>" if token == 0 else chr(97 + token)
+
+    def piece(self, token: int) -> bytes:
+        return b"\xf0" if token in (30, 31) else self.push(token).encode()
 
 
 def test_prompt_scores_are_teacher_forced() -> None:
@@ -84,8 +100,22 @@ def test_prompt_scores_are_teacher_forced() -> None:
     for e, row in zip(with_bos, logits[:3], strict=True):  # token i scored by the logits after tokens[:i]
         assert e.logprob == pytest.approx(reference_log_softmax(row)[e.token], abs=1e-5) and len(e.top) == 2
     without = prompt_logprobs(FakeTokenizer(), [3, 1], logits, 1)  # type: ignore[arg-type]
+    mid = prompt_logprobs(FakeTokenizer(), [3, 0, 1], logits, 1)  # type: ignore[arg-type]
+    assert [e.text for e in mid] == ["d", "<s>", "b"]  # a BOS inside the prompt is text like any special token
     assert without[0].logprob is None and without[0].top == () and without[0].text == "d"
     assert without[1].logprob == pytest.approx(reference_log_softmax(logits[0])[1], abs=1e-5)
+
+
+def test_alternatives_with_the_same_text_keep_the_best_value() -> None:
+    e = TokenLogprob(2, "c", -1.5, ((30, -0.5), (31, -0.7), (2, -1.5)))
+    top = completion_logprobs(FakeTokenizer(), [e], 0)["top_logprobs"][0]  # type: ignore[arg-type]
+    assert top == {"\ufffd": -0.5, "c": -1.5}
+    chat = chat_logprobs(FakeTokenizer(), [e])["content"][0]  # type: ignore[arg-type]
+    assert [(t["token"], t["logprob"], t["bytes"]) for t in chat["top_logprobs"]] == [
+        ("\ufffd", -0.5, [0xF0]), ("\ufffd", -0.7, [0xF0]), ("c", -1.5, [99])
+    ]  # fmt: skip
+    chosen_split = TokenLogprob(30, "", -0.5, ((30, -0.5), (2, -1.0)))  # the chosen token: its released text ("")
+    assert completion_logprobs(FakeTokenizer(), [chosen_split], 0)["top_logprobs"][0] == {"": -0.5, "c": -1.0}  # type: ignore[arg-type]
 
 
 def test_a_generation_keeps_the_log_probabilities_of_its_tokens(smollm2_model) -> None:
@@ -140,6 +170,13 @@ def test_the_llama_drop_in_reports_them_echoed_cut_and_in_chat(smollm2_path) -> 
     assert all(t["top_logprobs"] == [] for t in streamed)  # logprobs without top_logprobs: no alternatives
     with pytest.raises(ValueError, match="logprobs"):
         llm.create_completion(prompt, max_tokens=2, logprobs=-1)
+    # special tokens in an echoed prompt: their text, aligned with the echoed text (SmolLM2's BOS id is <|im_start|>)
+    chatml = "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    for given in (chatml, llm.tokenize(chatml.encode(), special=True)):
+        r = llm.create_completion(given, max_tokens=4, temperature=0, logprobs=1, echo=True)["choices"][0]
+        lp = r["logprobs"]
+        assert r["text"].startswith(chatml) and "".join(lp["tokens"]) == r["text"]
+        assert all(r["text"][o : o + len(t)] == t for t, o in zip(lp["tokens"], lp["text_offset"], strict=True))
 
 
 def test_a_sparse_models_prompt_scores_are_its_decoding_ones(tmp_path) -> None:
@@ -160,9 +197,14 @@ def test_a_sparse_models_prompt_scores_are_its_decoding_ones(tmp_path) -> None:
     assert got == pytest.approx([float(teacher[i][t]) for i, t in enumerate(prompt[1:])], abs=1e-5)
     dense = log_softmax(Model(sparse, n_threads=2, n_ctx=128, sparse="off").eval_logits(prompt))
     assert not np.allclose(teacher, dense, atol=1e-3)  # the sparse FFN is what was scored
-    gen = model.start(prompt, sampling=SamplingParams(temperature=0.0), max_tokens=3, logprobs=0, score_prompt=True)
+    gen = model.start(prompt, sampling=SamplingParams(temperature=0.0), max_tokens=8, logprobs=0, score_prompt=True)
     "".join(model.run(gen))
-    assert gen.n_generated == 3 and len(gen.token_logprobs) == 3
+    assert gen.n_generated == 8 and len(gen.token_logprobs) == 8
     assert [e.logprob for e in gen.prompt_logprobs or []] == [e.logprob for e in scores]
+    # what is generated and its values are those of a generation that does not score its prompt
+    plain = model.start(prompt, sampling=SamplingParams(temperature=0.0), max_tokens=8, logprobs=0)
+    "".join(model.run(plain))
+    assert plain.generated == gen.generated
+    assert [e.logprob for e in plain.token_logprobs] == [e.logprob for e in gen.token_logprobs]
     with pytest.raises(InvalidArgumentError, match="score_prompt"):
         model.start(prompt, sampling=SamplingParams(), max_tokens=1, score_prompt=True)

@@ -267,6 +267,7 @@ BAD_COMPLETION = [
     ({"prompt": [[]]}, 400),
     ({"prompt": "x", "logprobs": -1}, 400),
     ({"prompt": "x", "logprobs": 21}, 400),
+    ({"prompt": "x", "logprobs": True}, 400),  # a count, not a flag, on completions
     ({"prompt": "x", "suffix": "y"}, 400),
     ({"prompt": "word " * 600, "max_tokens": 1}, 400),
     ({"prompt": "x", "max_tokens": SLOT_CTX}, 400),  # prompt + max_tokens exceed the slot

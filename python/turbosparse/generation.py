@@ -55,8 +55,8 @@ class Generation:
 
     max_tokens None: until the context is full. The prompt and max_tokens must fit in n_ctx. logprobs (the number of
     alternatives, 0 or more; None: off): each generated token's log-probability is kept in token_logprobs; with
-    score_prompt, the prompt's tokens are scored too (prompt_logprobs), from the logits of every prompt position,
-    which the engine then computes as decoding would (scored_prompt), also when max_tokens is 0."""
+    score_prompt, the prompt's tokens are scored too (prompt_logprobs), from the logits of every prompt position
+    computed as decoding would compute them (scored_prompt), also when max_tokens is 0."""
 
     def __init__(
         self,
@@ -125,16 +125,22 @@ class Generation:
         """Whether the next step must give scored_prompt the logits of every prompt position."""
         return self._score_prompt and self.prompt_logprobs is None and not self.done
 
-    def scored_prompt(self, logits: np.ndarray) -> str:
-        """The first step of a generation that scores its prompt: logits [n_prompt, n_vocab], row i the logits after
-        the prompt's first i + 1 tokens. Scores the prompt, then samples from the last row (unless max_tokens is 0);
-        returns the text released."""
+    @property
+    def stopped_by_string(self) -> bool:
+        """Whether a stop string ended the generation (and cut its text)."""
+        return self._scanner.stopped
+
+    def scored_prompt(self, prompt_logits: np.ndarray, next_logits: np.ndarray) -> str:
+        """The first step of a generation that scores its prompt: prompt_logits [n_prompt, n_vocab], row i the
+        logits after the prompt's first i + 1 tokens; next_logits those a plain prompt evaluation gives after the
+        whole prompt, which the first token is sampled from (unless max_tokens is 0), so that scoring never changes
+        what is generated. Returns the text released."""
         n_top = self.logprobs if self.logprobs is not None else 0
-        self.prompt_logprobs = prompt_logprobs(self._tokenizer, self.tokens[: self.n_prompt], logits, n_top)
+        self.prompt_logprobs = prompt_logprobs(self._tokenizer, self.tokens[: self.n_prompt], prompt_logits, n_top)
         if self.max_tokens == 0:
             self.finish_reason = "length"
             return ""
-        return self.advance(logits[-1])
+        return self.advance(next_logits)
 
     def cancel(self) -> None:
         """Ends the generation early (a client went away): the engine stops evaluating it."""

@@ -25,6 +25,7 @@ from turbosparse.completions import (
 )
 from turbosparse.generation import Generation
 from turbosparse.logprobs import ReleasedLogprobs, chat_logprobs, check_top_count, completion_logprobs
+from turbosparse.logprobs import prompt_text as prompt_text_of
 from turbosparse.model import Model, SparseName
 from turbosparse.sampling import SamplingParams
 
@@ -256,7 +257,7 @@ class Llama:
             prompt_text = prompt
         else:
             tokens = [int(t) for t in prompt]
-            prompt_text = self._model.detokenize(tokens)
+            prompt_text = prompt_text_of(self._model.tokenizer, tokens)
         sampling = self._sampling(
             temperature=temperature,
             top_k=top_k,
@@ -277,14 +278,15 @@ class Llama:
         if logprobs is not None:
             tok = self._model.tokenizer
             before = completion_logprobs(tok, gen.prompt_logprobs or [], 0)
-            after = completion_logprobs(tok, ReleasedLogprobs(gen.token_logprobs).take(text), len(prompt_text))
+            kept = ReleasedLogprobs(gen.token_logprobs).take(text, uncut_end=not gen.stopped_by_string)
+            after = completion_logprobs(tok, kept, len(prompt_text))
             scores = {key: before[key] + after[key] for key in after}  # text_offset counts from the prompt's start
         return text_completion(meta, echo_text + text, gen.finish_reason, usage(gen.n_prompt, gen.n_generated), scores)
 
     def _stream_completion(self, gen: Generation, meta: CompletionMeta, echo: str, prompt_chars: int) -> Iterator[dict]:
         tok = self._model.tokenizer
         scoring = gen.logprobs is not None
-        offset = len(echo) if echo else prompt_chars  # where the next chunk's first token starts in the whole text
+        offset = prompt_chars  # where the next chunk's first token starts in the whole text
         echo_pending = bool(echo)  # with log-probabilities, the echo waits for the first step, which scores the prompt
         if echo_pending and not scoring:
             yield text_completion_chunk(meta, echo, None)
@@ -297,12 +299,10 @@ class Llama:
             if not scoring:
                 yield text_completion_chunk(meta, piece, None)
                 continue
-            entries = released.take(piece)
+            entries = released.take(piece, uncut_end=gen.done and not gen.stopped_by_string)
             if piece or entries:
                 yield text_completion_chunk(meta, piece, None, completion_logprobs(tok, entries, offset))
                 offset += sum(len(e.text) for e in entries)
-        if echo_pending:  # no step ran (the generation was cancelled)
-            yield text_completion_chunk(meta, echo, None, completion_logprobs(tok, gen.prompt_logprobs or [], 0))
         yield text_completion_chunk(meta, "", gen.finish_reason)
 
     def __call__(self, prompt: str | list[int], **options: Any) -> dict | Iterator[dict]:
@@ -373,7 +373,8 @@ class Llama:
         text = "".join(self._model.run(gen))
         scores = None
         if n_top is not None:
-            scores = chat_logprobs(self._model.tokenizer, ReleasedLogprobs(gen.token_logprobs).take(text))
+            kept = ReleasedLogprobs(gen.token_logprobs).take(text, uncut_end=not gen.stopped_by_string)
+            scores = chat_logprobs(self._model.tokenizer, kept)
         return chat_completion(meta, text, gen.finish_reason, usage(gen.n_prompt, gen.n_generated), scores)
 
     def _stream_chat(self, gen: Generation, meta: CompletionMeta) -> Iterator[dict]:
@@ -383,7 +384,7 @@ class Llama:
             if gen.logprobs is None:
                 yield chat_completion_chunk(meta, {"content": piece}, None)
                 continue
-            entries = released.take(piece)
+            entries = released.take(piece, uncut_end=gen.done and not gen.stopped_by_string)
             if piece or entries:
                 scores = chat_logprobs(self._model.tokenizer, entries)
                 yield chat_completion_chunk(meta, {"content": piece}, None, scores)

@@ -55,24 +55,35 @@ def scored(logits: np.ndarray, token: int, text: str, n_top: int) -> TokenLogpro
 
 def prompt_logprobs(tokenizer: Tokenizer, tokens: Sequence[int], logits: np.ndarray, n_top: int) -> list[TokenLogprob]:
     """The prompt's tokens scored teacher-forced: logits [len(tokens), n_vocab], row i the logits after tokens[:i+1].
-    The first token has nothing before it (logprob None); a leading BOS adds no text and is left out, the token
-    after it scored given it."""
-    detok = tokenizer.detokenizer()
+    Texts as prompt_text gives them (special tokens as their text); the first token has nothing before it (logprob
+    None), except after a BOS the vocabulary adds, which is left out as prompt_text leaves it out."""
+    detok = tokenizer.detokenizer(special=True)
     out: list[TokenLogprob] = []
     for i, token in enumerate(tokens):
         text = detok.push(token)
         if i == 0:
-            if token != tokenizer.bos or text:
+            if not _added_bos(tokenizer, tokens):
                 out.append(TokenLogprob(token, text, None))
             continue
         out.append(scored(logits[i - 1], token, text, n_top))
     return out
 
 
+def prompt_text(tokenizer: Tokenizer, tokens: Sequence[int]) -> str:
+    """The text of a prompt given as token ids, as an echo returns it: special tokens as their text, a BOS the
+    vocabulary adds left out (a text prompt's echo is the text itself)."""
+    return tokenizer.detokenize(tokens[1:] if _added_bos(tokenizer, tokens) else tokens, special=True)
+
+
+def _added_bos(tokenizer: Tokenizer, tokens: Sequence[int]) -> bool:
+    return bool(tokens) and tokenizer.adds_bos and tokens[0] == tokenizer.bos
+
+
 class ReleasedLogprobs:
     """Hands out a generation's token log-probabilities (entries, a list the generation appends to) as its text is
-    released: a token goes out with the text it starts in, or, adding no text, once the text reaches it. Tokens a stop
-    string cut off never go out. One object per reader (a whole answer, or a stream's chunks)."""
+    released: a token goes out with the text it starts in; one that adds no text (the first bytes of a character
+    split across tokens) with the next token that goes out, or at the end of a generation no stop string cut. Tokens
+    a stop string cut off never go out. One object per reader (a whole answer, or a stream's chunks)."""
 
     def __init__(self, entries: Sequence[TokenLogprob]) -> None:
         self._entries = entries
@@ -80,16 +91,22 @@ class ReleasedLogprobs:
         self._offset = 0  # where entries[_sent]'s text starts
         self._chars = 0  # characters released so far
 
-    def take(self, text: str) -> list[TokenLogprob]:
-        """The entries that go out with text, the next piece of released text."""
+    def take(self, text: str, *, uncut_end: bool = False) -> list[TokenLogprob]:
+        """The entries that go out with text, the next piece of released text; uncut_end: it is the last piece of
+        a generation that no stop string cut (every entry left goes out)."""
         self._chars += len(text)
-        start = self._sent
-        while self._sent < len(self._entries):
-            e = self._entries[self._sent]
-            if not (self._offset < self._chars or (self._offset == self._chars and not e.text)):
+        start, j, offset = self._sent, self._sent, self._offset
+        while j < len(self._entries):
+            e = self._entries[j]
+            j += 1
+            if not e.text:
+                continue  # waits for the next token with text
+            if offset >= self._chars:
                 break
-            self._offset += len(e.text)
-            self._sent += 1
+            offset += len(e.text)
+            self._sent, self._offset = j, offset
+        if uncut_end:
+            self._sent = len(self._entries)
         return list(self._entries[start : self._sent])
 
 
@@ -103,7 +120,9 @@ def completion_logprobs(tokenizer: Tokenizer, entries: Sequence[TokenLogprob], t
         if e.logprob is None:
             tops.append(None)
             continue
-        top = {_piece_text(tokenizer, i): lp for i, lp in e.top}
+        top: dict[str, float] = {}
+        for i, lp in e.top:  # tokens with the same text (byte pieces) keep the best value
+            top.setdefault(e.text if i == e.token else _piece_text(tokenizer, i), lp)
         top[e.text] = e.logprob  # the chosen token is always among them (llama-cpp-python's rule)
         tops.append(top)
     return {
@@ -123,7 +142,11 @@ def chat_logprobs(tokenizer: Tokenizer, entries: Sequence[TokenLogprob]) -> dict
                 "logprob": e.logprob,
                 "bytes": list(tokenizer.piece(e.token)),
                 "top_logprobs": [
-                    {"token": _piece_text(tokenizer, i), "logprob": lp, "bytes": list(tokenizer.piece(i))}
+                    {
+                        "token": e.text if i == e.token else _piece_text(tokenizer, i),
+                        "logprob": lp,
+                        "bytes": list(tokenizer.piece(i)),
+                    }
                     for i, lp in e.top
                 ],
             }

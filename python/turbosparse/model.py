@@ -290,7 +290,8 @@ class Model:
         """A generation after prompt_tokens, to advance with step(); raises ContextOverflowError when the prompt
         and max_tokens do not fit in a sequence. logprobs: keep each token's log-probability and that many
         alternatives (Generation.token_logprobs); score_prompt: the prompt's too (Generation.prompt_logprobs),
-        its positions then computed as decoding computes them, as eval_logits does."""
+        every position computed as decoding computes it, as eval_logits does (in a sparse mode the prompt is then
+        evaluated again as usual, so the generated text stays that of a generation that does not score)."""
         return Generation(
             self._tokenizer,
             prompt_tokens,
@@ -313,15 +314,18 @@ class Model:
                     f"{len(live)} generations at once; this model has {self.n_seq} sequences (n_seq)"
                 )
             logits: dict[int, np.ndarray] = {}
-            scored: dict[int, np.ndarray] = {}  # every prompt position's logits, for generations that score it
+            scored: dict[int, np.ndarray] = {}  # every prompt position's logits, for generations that score them
             decoding: list[tuple[Generation, CachedSequence]] = []
             claimed: list[CachedSequence] = []
             for g in live:
                 seq, kept = self._pool.claim(g, g.tokens, exclude=claimed)
                 claimed.append(seq)
-                if g.wants_prompt_logits:  # as eval_logits computes them: every position as decoding would
+                if g.wants_prompt_logits:
+                    # scored as eval_logits scores (every position as decoding computes it); then, in a sparse mode,
+                    # evaluated again as a plain prompt (dense FFN), which the generation goes on from
                     dense = self.sparse_mode == SparseMode.OFF
                     scored[id(g)] = self._evaluate(seq, g.tokens, 0, dense_ffn=dense, logits_all=True)
+                    logits[id(g)] = scored[id(g)][-1] if dense else self._prompt(seq, g.tokens)
                 elif kept and seq.continues(g.tokens):
                     decoding.append((g, seq))
                 else:
@@ -341,7 +345,7 @@ class Model:
             texts = []
             for g in generations:
                 if id(g) in scored:
-                    texts.append(g.scored_prompt(scored[id(g)]))
+                    texts.append(g.scored_prompt(scored[id(g)], logits[id(g)]))
                 elif id(g) in logits:
                     texts.append(g.advance(logits[id(g)]))
                 else:

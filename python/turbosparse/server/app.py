@@ -31,7 +31,7 @@ from turbosparse.completions import (
 )
 from turbosparse.errors import ChatTemplateError, ContextOverflowError
 from turbosparse.generation import FinishReason, Generation
-from turbosparse.logprobs import ReleasedLogprobs, chat_logprobs, completion_logprobs
+from turbosparse.logprobs import ReleasedLogprobs, chat_logprobs, completion_logprobs, prompt_text
 from turbosparse.model import Model
 from turbosparse.server.config import ServerConfig
 from turbosparse.server.engine import Engine, Event, Job, QueueFullError
@@ -184,7 +184,7 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
         if isinstance(body.prompt, list) and isinstance(body.prompt[0], int):
             tokens = [int(t) for t in body.prompt]  # type: ignore[arg-type]
             _check_tokens(model, tokens, "prompt")
-            text = model.detokenize(tokens)
+            text = prompt_text(model.tokenizer, tokens)
         else:
             text = body.prompt if isinstance(body.prompt, str) else str(body.prompt[0])
             tokens = model.tokenize(text, special=True)
@@ -205,7 +205,7 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
         answer = await _collect(job, queue, request)
         if answer is None:
             return Response(status_code=CLIENT_CLOSED)
-        whole = chunks.piece(answer)["choices"][0]
+        whole = chunks.whole(answer)["choices"][0]
         use = usage(gen.n_prompt, gen.n_generated)
         return JSONResponse(text_completion(meta, whole["text"], gen.finish_reason, use, whole["logprobs"]))
 
@@ -223,8 +223,10 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
         meta = CompletionMeta.new("chatcmpl", config.model_name)
         released = ReleasedLogprobs(gen.token_logprobs) if body.n_top is not None else None
 
-        def scored(text: str) -> dict[str, Any] | None:  # the log-probabilities of the tokens text releases
-            return released and chat_logprobs(model.tokenizer, released.take(text))
+        def scored(text: str, end: bool = False) -> dict[str, Any] | None:  # the tokens text releases, scored
+            if released is None:
+                return None
+            return chat_logprobs(model.tokenizer, released.take(text, uncut_end=end and not gen.stopped_by_string))
 
         if body.stream:
             return _stream(
@@ -232,14 +234,14 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
                 queue,
                 first=[chat_completion_chunk(meta, {"role": "assistant"}, None)],
                 piece=lambda t: chat_completion_chunk(meta, {"content": t}, None, scored(t)),
-                last=lambda reason: chat_completion_chunk(meta, {}, reason, _some(scored(""))),
+                last=lambda reason: chat_completion_chunk(meta, {}, reason, _some(scored("", end=True))),
                 usage_chunk=_usage_chunk(meta, "chat.completion.chunk", gen) if body.include_usage else None,
             )
         answer = await _collect(job, queue, request)
         if answer is None:
             return Response(status_code=CLIENT_CLOSED)
         use = usage(gen.n_prompt, gen.n_generated)
-        return JSONResponse(chat_completion(meta, answer, gen.finish_reason, use, scored(answer)))
+        return JSONResponse(chat_completion(meta, answer, gen.finish_reason, use, scored(answer, end=True)))
 
     return app
 
@@ -272,19 +274,24 @@ class _CompletionChunks:
         return [text_completion_chunk(self._meta, self._prompt, None)]
 
     def piece(self, text: str) -> dict[str, Any]:
-        """The chunk of a piece of released text (a whole answer's text, not streamed)."""
-        return self._chunk(text, None)
+        """A streamed chunk: a piece of released text."""
+        return self._chunk(text, None, end=False)
 
     def last(self, reason: FinishReason | None) -> dict[str, Any]:
-        return self._chunk("", reason)
+        """The streamed chunk that finishes."""
+        return self._chunk("", reason, end=True)
 
-    def _chunk(self, text: str, reason: FinishReason | None) -> dict[str, Any]:
+    def whole(self, answer: str) -> dict[str, Any]:
+        """The one chunk of an answer that is not streamed (its text and log-probabilities)."""
+        return self._chunk(answer, None, end=True)
+
+    def _chunk(self, text: str, reason: FinishReason | None, *, end: bool) -> dict[str, Any]:
         if self._released is None:
             return text_completion_chunk(self._meta, self._take_echo() + text, reason)
         echo = self._take_echo()
         prompt_entries = (self._gen.prompt_logprobs or []) if echo else []
         scores = completion_logprobs(self._tokenizer, prompt_entries, 0)
-        entries = self._released.take(text)
+        entries = self._released.take(text, uncut_end=end and not self._gen.stopped_by_string)
         after = completion_logprobs(self._tokenizer, entries, self._offset)
         self._offset += sum(len(e.text) for e in entries)
         merged = {key: scores[key] + after[key] for key in after}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationInfo, field_validator, model_validator
 
 from turbosparse.logprobs import MAX_TOP_LOGPROBS
 from turbosparse.sampling import SamplingParams
@@ -100,7 +100,7 @@ class CompletionRequest(_Generate):
     max_tokens: int | None = Field(default=16, ge=0)  # OpenAI's default for completions
     echo: bool = False
     suffix: str | None = None
-    logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)  # alternatives per token
+    logprobs: StrictInt | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)  # alternatives per token
     best_of: int | None = None
 
     @field_validator("prompt")
@@ -163,12 +163,19 @@ class ChatCompletionRequest(_Generate):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=0)
     logprobs: bool | None = None
-    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
+    top_logprobs: StrictInt | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
     tools: list[Any] | None = None
     tool_choice: Any = None
     functions: list[Any] | None = None
     function_call: Any = None
     response_format: dict[str, Any] | None = None
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _top_needs_logprobs(cls, top: int | None, info: ValidationInfo) -> int | None:
+        if top and not info.data.get("logprobs"):
+            raise ValueError("top_logprobs needs logprobs: true")
+        return top
 
     @property
     def n_top(self) -> int | None:
@@ -177,8 +184,6 @@ class ChatCompletionRequest(_Generate):
 
     @model_validator(mode="after")
     def _supported(self) -> ChatCompletionRequest:
-        if self.top_logprobs and not self.logprobs:
-            raise ValueError("top_logprobs needs logprobs: true")
         if self.tools or self.functions or self.tool_choice not in (None, "none") or self.function_call:
             raise ValueError("tools and function calling are not supported")
         if self.response_format is not None and self.response_format.get("type", "text") != "text":
