@@ -34,6 +34,9 @@ class HParams:
     mlp_bias: bool  # FFN gate/up/down biases (for dReLU models, the gate and up biases are per-neuron thresholds)
     n_expert: int = 0  # mixture of experts: experts per layer (0: a dense FFN)
     n_expert_used: int = 0  # experts each token is routed to
+    # Llama 3's rope_scaling (rope_type "llama3"): per rotated pair, what its frequency is divided by (llama.cpp's
+    # rope_freqs.weight, which ggml_rope_ext applies at every position)
+    rope_freq_factors: tuple[float, ...] | None = None
 
 
 def read_config(model_dir: Path) -> dict[str, Any]:
@@ -55,8 +58,15 @@ def _positive_number(value: Any, key: str, where: Path) -> float:
     return float(value)
 
 
-def _rope_settings(config: dict[str, Any], where: Path) -> tuple[float, float | None]:
-    """rope_theta and the linear scaling factor; transformers 5 keeps both in `rope_parameters`."""
+@dataclass(frozen=True)
+class _RopeSettings:
+    theta: float
+    linear_factor: float | None = None
+    llama3: dict[str, Any] | None = None  # Llama 3's rope_scaling object
+
+
+def _rope_settings(config: dict[str, Any], where: Path) -> _RopeSettings:
+    """rope_theta and the scaling; transformers 5 keeps both in `rope_parameters`."""
     params = config.get("rope_parameters") or {}
     scaling = config.get("rope_scaling") or params
     if not isinstance(params, dict) or not isinstance(scaling, dict):
@@ -64,10 +74,38 @@ def _rope_settings(config: dict[str, Any], where: Path) -> tuple[float, float | 
     theta = _positive_number(config.get("rope_theta", params.get("rope_theta", 10000.0)), "rope_theta", where)
     kind = scaling.get("rope_type", scaling.get("type", "default")) if scaling else "default"
     if kind in ("default", None):
-        return theta, None
+        return _RopeSettings(theta)
     if kind == "linear":
-        return theta, _positive_number(scaling.get("factor"), "rope_scaling.factor", where)
-    raise ConvertError(f"{where}: rope scaling type {kind!r} is not supported (only linear)")
+        return _RopeSettings(theta, linear_factor=_positive_number(scaling.get("factor"), "rope_scaling.factor", where))
+    if kind == "llama3":
+        return _RopeSettings(theta, llama3=scaling)
+    raise ConvertError(f"{where}: rope scaling type {kind!r} is not supported (linear and llama3 are)")
+
+
+def llama3_freq_factors(scaling: dict[str, Any], theta: float, head_dim: int, where: Path) -> tuple[float, ...]:
+    """Llama 3's RoPE frequency scaling (Meta's reference, transformers' rope_type "llama3") as one divisor per
+    rotated pair: pairs whose wavelength is below original_max_position_embeddings / high_freq_factor keep their
+    frequency, those above original / low_freq_factor turn `factor` times slower, those between are interpolated
+    in 1 / divisor. llama.cpp stores the divisors as rope_freqs.weight."""
+
+    def number(key: str, default: float) -> float:
+        return _positive_number(scaling.get(key, default), f"rope_scaling.{key}", where)
+
+    factor, low, high = number("factor", 8.0), number("low_freq_factor", 1.0), number("high_freq_factor", 4.0)
+    original = number("original_max_position_embeddings", 8192)
+    if high <= low:
+        raise ConvertError(f"{where}: rope_scaling.high_freq_factor {high} must exceed low_freq_factor {low}")
+    divisors = []
+    for i in range(head_dim // 2):
+        wavelength = 2 * math.pi * theta ** (2 * i / head_dim)
+        if wavelength < original / high:
+            divisors.append(1.0)
+        elif wavelength > original / low:
+            divisors.append(factor)
+        else:
+            smooth = (original / wavelength - low) / (high - low)
+            divisors.append(1.0 / ((1.0 - smooth) / factor + smooth))
+    return tuple(divisors)
 
 
 def llama_hparams(config: dict[str, Any], where: Path) -> HParams:
@@ -91,7 +129,7 @@ def llama_hparams(config: dict[str, Any], where: Path) -> HParams:
         )
     if head_dim % 2 != 0:
         raise ConvertError(f"{where}: head_dim {head_dim} must be even for RoPE")
-    theta, linear = _rope_settings(config, where)
+    rope = _rope_settings(config, where)
     window, n_ctx = config.get("sliding_window"), optional("max_position_embeddings", 4096)
     if isinstance(window, int) and 0 < window < n_ctx:
         logger.warning("%s: sliding_window %d is not stored; attention spans the whole context", where, window)
@@ -104,10 +142,13 @@ def llama_hparams(config: dict[str, Any], where: Path) -> HParams:
         head_dim=head_dim,
         n_ctx=n_ctx,
         vocab_size=need("vocab_size"),
-        rope_theta=theta,
+        rope_theta=rope.theta,
         rms_eps=_positive_number(config.get("rms_norm_eps", 1e-6), "rms_norm_eps", where),
-        rope_linear_factor=linear,
+        rope_linear_factor=rope.linear_factor,
         tied_embeddings=bool(config.get("tie_word_embeddings", False)),
         attention_bias=bool(config.get("attention_bias", False)),
         mlp_bias=bool(config.get("mlp_bias", False)),
+        rope_freq_factors=None
+        if rope.llama3 is None
+        else llama3_freq_factors(rope.llama3, rope.theta, head_dim, where),
     )

@@ -411,7 +411,10 @@ def _break_config(d: Path, rng: np.random.Generator) -> str:
     key = str(pick(rng, CONFIG_KEYS + [k for k in config if isinstance(k, str)]))
     value = CONFIG_VALUES[int(rng.integers(0, len(CONFIG_VALUES)))]
     if key == "rope_scaling" and rng.random() < 0.5:
-        value = {"type": str(pick(rng, ["linear", "yarn", "dynamic"])), "factor": pick(rng, [0, -2, "x", None, 2])}
+        value = {
+            "type": str(pick(rng, ["linear", "llama3", "yarn", "dynamic"])),
+            "factor": pick(rng, [0, -2, "x", None, 2]),
+        }
     if value is None:
         config.pop(key, None)
     else:

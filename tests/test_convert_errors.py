@@ -75,6 +75,20 @@ def test_unknown_architecture(tmp_path: Path, work: Path) -> None:
     assert_fails(work, tmp_path, "config.json", "unknown architecture", "gpt2")
 
 
+@pytest.mark.parametrize(
+    ("scaling", "needles"),
+    [
+        ({"rope_type": "yarn", "factor": 4.0}, ("rope scaling type 'yarn'", "linear and llama3")),
+        ({"rope_type": "llama3", "factor": "x"}, ("rope_scaling.factor", "'x'")),
+        ({"rope_type": "llama3", "low_freq_factor": 4.0, "high_freq_factor": 1.0}, ("high_freq_factor 1.0",)),
+    ],
+    ids=["yarn", "llama3-factor", "llama3-bands"],
+)
+def test_rope_scaling_it_cannot_store(tmp_path: Path, work: Path, scaling: dict, needles: tuple[str, ...]) -> None:
+    edit_config(work, rope_scaling=scaling)
+    assert_fails(work, tmp_path, "config.json", *needles)
+
+
 def test_missing_config(tmp_path: Path, work: Path) -> None:
     (work / "config.json").unlink()
     assert_fails(work, tmp_path, "config.json")

@@ -60,6 +60,8 @@ Q = gguf.GGMLQuantizationType
 VOCAB = SPM_VOCAB + 8  # config vocab_size above the tokenizer's: [PADi] entries
 RANK = 32
 F32_REL = 1e-4
+LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 256}  # fmt: skip
 # Quantization noise measured on three seeds of the bamboo checkpoint (BF16, 2 layers, hidden 64, max |logit| ~4;
 # the engine also quantizes activations to Q8_0 for the dot products): relative error f16 4-5e-4, bf16 3-4e-3,
 # q8_0 1.8-1.9e-2, q4_0 2.1-2.2e-1; argmax agreement (32 positions, 520 near-tied random logits) f16/bf16 1.0,
@@ -155,10 +157,11 @@ def relu_llama_dir(tmp_path_factory: pytest.TempPathFactory, spm_dir: Path) -> t
         ("llama", torch.float16, "bin", {}),
         ("llama", torch.float32, "safetensors", {"tie_word_embeddings": True, "rope_theta": 500000.0}),
         ("llama", torch.float32, "safetensors", {"rope_scaling": {"type": "linear", "factor": 2.0}}),
+        ("llama", torch.float32, "safetensors", {"rope_scaling": LLAMA3_ROPE, "rope_theta": 500000.0}),
         ("relu-llama", torch.bfloat16, "safetensors", {"hidden_act": "relu"}),
         ("llama", torch.float32, "safetensors", {"mlp_bias": True}),
     ],
-    ids=["f32-single", "bf16-sharded", "f16-bin", "tied-theta", "rope-linear", "relu-bf16", "mlp-bias"],
+    ids=["f32-single", "bf16-sharded", "f16-bin", "tied-theta", "rope-linear", "rope-llama3", "relu-bf16", "mlp-bias"],
 )
 def test_f32_logits_match_torch(
     tmp_path: Path, spm_dir: Path, tokens: list[int], kind: str, dtype: torch.dtype, fmt: str, overrides: dict
@@ -169,8 +172,15 @@ def test_f32_logits_match_torch(
     keys = read_keys(out)
     assert keys[KEY_SOURCE] == kind
     assert ("output.weight" in tensor_types(out)) == (not overrides.get("tie_word_embeddings", False))
-    if "rope_scaling" in overrides:
+    if overrides.get("rope_scaling", {}).get("type") == "linear":
         assert keys["llama.rope.scaling.type"] == "linear" and keys["llama.rope.scaling.factor"] == 2.0
+    if overrides.get("rope_scaling") == LLAMA3_ROPE:
+        # head_dim 16 at theta 5e5: the 8 pairs' wavelengths span 6 to ~1.2e5 positions: kept, interpolated, slowed
+        # head_dim 16 at theta 5e5: pair i's wavelength 2 pi 5e5^(i/8) is 6, 32, 167, 862, ... positions: below
+        # 256 / 4 kept, above 256 / 1 eight times slower, between interpolated
+        factors = stored_tensor(out, "rope_freqs.weight")
+        assert tensor_types(out)["rope_freqs.weight"] == Q.F32 and factors.shape == (8,)
+        assert list(factors[:2]) == [1.0, 1.0] and 1.0 < factors[2] < 8.0 and list(factors[3:]) == [8.0] * 5
     assert keys["llama.rope.freq_base"] == overrides.get("rope_theta", 10000.0)
     want = torch_logits(model_dir, tokens)
     assert rel_error(engine_logits(out, tokens), want) <= F32_REL

@@ -28,6 +28,7 @@ from turbosparse.errors import ConvertError
 LLAMA_MODEL_TYPES = ("llama", "mistral")
 LLAMA_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+ROPE_FREQS = gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight"
 
 
 def rope_permute(w: np.ndarray, n_head: int) -> np.ndarray:
@@ -115,6 +116,10 @@ class LlamaFamily(Architecture):
         missing = [n for n in expected if n not in found]
         if missing:
             raise ConvertError(f"{self.model_dir}: missing tensor '{missing[0]}' ({len(missing)} missing in all)")
+        if hp.rope_freq_factors is not None:  # Llama 3's RoPE scaling, as llama.cpp writes it
+            factors = np.array(hp.rope_freq_factors, dtype=np.float32)
+            where = f"{self.model_dir / 'config.json'}: rope_scaling"
+            specs.append(TensorSpec(ROPE_FREQS, factors.shape, ROLE_NORM, lambda: factors, where))
         order = {n: k for k, n in enumerate(expected)}
         specs.sort(key=lambda s: _tensor_order(s.name, order))
         return specs
