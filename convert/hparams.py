@@ -62,12 +62,14 @@ def _positive_number(value: Any, key: str, where: Path) -> float:
 class _RopeSettings:
     theta: float
     linear_factor: float | None = None
-    llama3: dict[str, Any] | None = None  # Llama 3's rope_scaling object
+    llama3: dict[str, Any] | None = None  # Llama 3's scaling object
+    key: str = "rope_scaling"  # the config key the scaling came from (for messages)
 
 
 def _rope_settings(config: dict[str, Any], where: Path) -> _RopeSettings:
     """rope_theta and the scaling; transformers 5 keeps both in `rope_parameters`."""
     params = config.get("rope_parameters") or {}
+    key = "rope_scaling" if config.get("rope_scaling") else "rope_parameters"
     scaling = config.get("rope_scaling") or params
     if not isinstance(params, dict) or not isinstance(scaling, dict):
         raise ConvertError(f"{where}: 'rope_parameters' and 'rope_scaling' must be objects")
@@ -76,25 +78,29 @@ def _rope_settings(config: dict[str, Any], where: Path) -> _RopeSettings:
     if kind in ("default", None):
         return _RopeSettings(theta)
     if kind == "linear":
-        return _RopeSettings(theta, linear_factor=_positive_number(scaling.get("factor"), "rope_scaling.factor", where))
+        return _RopeSettings(theta, linear_factor=_positive_number(scaling.get("factor"), f"{key}.factor", where))
     if kind == "llama3":
-        return _RopeSettings(theta, llama3=scaling)
+        # transformers' fallback for the original context: the top-level key, then max_position_embeddings
+        original = config.get("original_max_position_embeddings", config.get("max_position_embeddings", 8192))
+        return _RopeSettings(theta, llama3={"original_max_position_embeddings": original, **scaling}, key=key)
     raise ConvertError(f"{where}: rope scaling type {kind!r} is not supported (linear and llama3 are)")
 
 
-def llama3_freq_factors(scaling: dict[str, Any], theta: float, head_dim: int, where: Path) -> tuple[float, ...]:
+def llama3_freq_factors(
+    scaling: dict[str, Any], theta: float, head_dim: int, where: Path, key: str = "rope_scaling"
+) -> tuple[float, ...]:
     """Llama 3's RoPE frequency scaling (Meta's reference, transformers' rope_type "llama3") as one divisor per
     rotated pair: pairs whose wavelength is below original_max_position_embeddings / high_freq_factor keep their
     frequency, those above original / low_freq_factor turn `factor` times slower, those between are interpolated
-    in 1 / divisor. llama.cpp stores the divisors as rope_freqs.weight."""
+    in 1 / divisor. llama.cpp stores the divisors as rope_freqs.weight. key: the config key scaling came from."""
 
-    def number(key: str, default: float) -> float:
-        return _positive_number(scaling.get(key, default), f"rope_scaling.{key}", where)
+    def number(field: str, default: float) -> float:
+        return _positive_number(scaling.get(field, default), f"{key}.{field}", where)
 
     factor, low, high = number("factor", 8.0), number("low_freq_factor", 1.0), number("high_freq_factor", 4.0)
     original = number("original_max_position_embeddings", 8192)
     if high <= low:
-        raise ConvertError(f"{where}: rope_scaling.high_freq_factor {high} must exceed low_freq_factor {low}")
+        raise ConvertError(f"{where}: {key}.high_freq_factor {high} must exceed low_freq_factor {low}")
     divisors = []
     for i in range(head_dim // 2):
         wavelength = 2 * math.pi * theta ** (2 * i / head_dim)
@@ -150,5 +156,5 @@ def llama_hparams(config: dict[str, Any], where: Path) -> HParams:
         mlp_bias=bool(config.get("mlp_bias", False)),
         rope_freq_factors=None
         if rope.llama3 is None
-        else llama3_freq_factors(rope.llama3, rope.theta, head_dim, where),
+        else llama3_freq_factors(rope.llama3, rope.theta, head_dim, where, rope.key),
     )

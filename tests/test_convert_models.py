@@ -161,7 +161,16 @@ def relu_llama_dir(tmp_path_factory: pytest.TempPathFactory, spm_dir: Path) -> t
         ("relu-llama", torch.bfloat16, "safetensors", {"hidden_act": "relu"}),
         ("llama", torch.float32, "safetensors", {"mlp_bias": True}),
     ],
-    ids=["f32-single", "bf16-sharded", "f16-bin", "tied-theta", "rope-linear", "rope-llama3", "relu-bf16", "mlp-bias"],
+    ids=[
+        "f32-single",
+        "bf16-sharded",
+        "f16-bin",
+        "tied-theta",
+        "rope-linear",
+        "rope-llama3",
+        "relu-bf16",
+        "mlp-bias",
+    ],
 )
 def test_f32_logits_match_torch(
     tmp_path: Path, spm_dir: Path, tokens: list[int], kind: str, dtype: torch.dtype, fmt: str, overrides: dict
@@ -174,16 +183,39 @@ def test_f32_logits_match_torch(
     assert ("output.weight" in tensor_types(out)) == (not overrides.get("tie_word_embeddings", False))
     if overrides.get("rope_scaling", {}).get("type") == "linear":
         assert keys["llama.rope.scaling.type"] == "linear" and keys["llama.rope.scaling.factor"] == 2.0
-    if overrides.get("rope_scaling") == LLAMA3_ROPE:
-        # head_dim 16 at theta 5e5: the 8 pairs' wavelengths span 6 to ~1.2e5 positions: kept, interpolated, slowed
-        # head_dim 16 at theta 5e5: pair i's wavelength 2 pi 5e5^(i/8) is 6, 32, 167, 862, ... positions: below
-        # 256 / 4 kept, above 256 / 1 eight times slower, between interpolated
+    if overrides.get("rope_scaling", {}).get("rope_type") == "llama3":
+        # the divisors transformers applies to each rotated pair's frequency (its own llama3 rope init)
+        from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+        config = tiny_config(VOCAB, **overrides)
+        scaled, _ = ROPE_INIT_FUNCTIONS["llama3"](config, "cpu")
+        head_dim = config.hidden_size // config.num_attention_heads
+        plain = 1.0 / config.rope_parameters["rope_theta"] ** (torch.arange(0, head_dim, 2).double() / head_dim)
         factors = stored_tensor(out, "rope_freqs.weight")
-        assert tensor_types(out)["rope_freqs.weight"] == Q.F32 and factors.shape == (8,)
-        assert list(factors[:2]) == [1.0, 1.0] and 1.0 < factors[2] < 8.0 and list(factors[3:]) == [8.0] * 5
+        assert tensor_types(out)["rope_freqs.weight"] == Q.F32 and factors.shape == (head_dim // 2,)
+        np.testing.assert_allclose(factors, (plain / scaled.double()).numpy(), rtol=1e-5)
+        assert factors.min() == 1.0 and factors.max() == config.rope_parameters["factor"]  # kept, slowed (and between)
     assert keys["llama.rope.freq_base"] == overrides.get("rope_theta", 10000.0)
     want = torch_logits(model_dir, tokens)
     assert rel_error(engine_logits(out, tokens), want) <= F32_REL
+
+
+def test_llama3_scaling_without_its_original_context_takes_max_position_embeddings() -> None:
+    """As transformers does (a config.json written by hand or by an older tool may leave the key out)."""
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    from turbosparse.convert.hparams import llama_hparams
+
+    scaling = {"rope_type": "llama3", "factor": 4.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0}
+    raw = {"hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 2, "intermediate_size": 128,
+           "vocab_size": 520, "rope_theta": 500000.0, "max_position_embeddings": 1024,
+           "rope_scaling": scaling}  # fmt: skip
+    ours = np.array(llama_hparams(raw, Path("config.json")).rope_freq_factors)
+    config = tiny_config(520, rope_scaling=dict(scaling), rope_theta=500000.0, max_position_embeddings=1024)
+    scaled, _ = ROPE_INIT_FUNCTIONS["llama3"](config, "cpu")
+    plain = 1.0 / 500000.0 ** (torch.arange(0, 16, 2).double() / 16)
+    np.testing.assert_allclose(ours, (plain / scaled.double()).numpy(), rtol=1e-5)
+    assert 1.0 < ours[3] < 4.0  # interpolated at 1024's bands (at 8192's this pair would keep its frequency)
 
 
 def test_bamboo_f32_and_metadata(tmp_path: Path, bamboo_dir: Path, tokens: list[int]) -> None:
