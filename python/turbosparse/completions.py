@@ -1,5 +1,6 @@
 """The OpenAI completion objects (as llama-cpp-python returns them): text completions, chat completions and their
-streamed chunks. Shared by turbosparse.Llama and the server, so both answer in one shape."""
+streamed chunks, with their tokens' log-probabilities when asked for. Shared by turbosparse.Llama and the server, so
+both answer in one shape."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from turbosparse.generation import FinishReason
+from turbosparse.generation import FinishReason, Generation
+from turbosparse.logprobs import ReleasedLogprobs, chat_logprobs, completion_logprobs
+from turbosparse.tokenizer import Tokenizer
 
 
 @dataclass(frozen=True)
@@ -93,3 +96,90 @@ def chat_completion_chunk(
         "object": "chat.completion.chunk",
         "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}],
     }
+
+
+class TextCompletionChunks:
+    """A text completion's chunks for one generation: its text pieces (the echoed prompt first) and, when the
+    generation keeps log-probabilities, its tokens', handed out as the text is released (logprobs.ReleasedLogprobs),
+    offsets counted from the prompt's start. With log-probabilities the echoed prompt waits for the first step,
+    which scores it."""
+
+    def __init__(self, tokenizer: Tokenizer, meta: CompletionMeta, gen: Generation, prompt: str, *, echo: bool) -> None:
+        self._tokenizer = tokenizer
+        self._meta = meta
+        self._gen = gen
+        self._prompt = prompt
+        self._echo_pending = echo
+        self._released = ReleasedLogprobs(gen.token_logprobs) if gen.logprobs is not None else None
+        self._offset = len(prompt)  # where the next generated token's text starts
+
+    def first(self) -> list[dict]:
+        """The chunks sent at once: the echoed prompt, unless it waits to be scored."""
+        if not self._echo_pending or self._released is not None:
+            return []
+        self._echo_pending = False
+        return [text_completion_chunk(self._meta, self._prompt, None)]
+
+    def piece(self, text: str) -> dict | None:
+        """A streamed chunk: a piece of released text (None when it carries no text and no token)."""
+        chunk = self._chunk(text, None, end=False)
+        choice = chunk["choices"][0]
+        return chunk if choice["text"] or (choice["logprobs"] and choice["logprobs"]["tokens"]) else None
+
+    def last(self, reason: FinishReason | None) -> dict:
+        """The streamed chunk that finishes."""
+        return self._chunk("", reason, end=True)
+
+    def whole(self, answer: str) -> dict:
+        """The one chunk of an answer that is not streamed (its text and log-probabilities)."""
+        return self._chunk(answer, None, end=True)
+
+    def _chunk(self, text: str, reason: FinishReason | None, *, end: bool) -> dict:
+        echo = self._take_echo()
+        if self._released is None:
+            return text_completion_chunk(self._meta, echo + text, reason)
+        prompt_entries = (self._gen.prompt_logprobs or []) if echo else []
+        scores = completion_logprobs(self._tokenizer, prompt_entries, 0)
+        entries = self._released.take(text, uncut_end=end and not self._gen.stopped_by_string)
+        after = completion_logprobs(self._tokenizer, entries, self._offset)
+        self._offset += sum(len(e.text) for e in entries)
+        merged = {key: scores[key] + after[key] for key in after}
+        quiet = reason is not None and not echo and not entries  # a finishing chunk with nothing to report
+        return text_completion_chunk(self._meta, echo + text, reason, None if quiet else merged)
+
+    def _take_echo(self) -> str:
+        echo, self._echo_pending = (self._prompt if self._echo_pending else ""), False
+        return echo
+
+
+class ChatCompletionChunks:
+    """A chat completion's chunks for one generation: the role, the content pieces and, when the generation keeps
+    log-probabilities, its tokens', handed out as the text is released (logprobs.ReleasedLogprobs)."""
+
+    def __init__(self, tokenizer: Tokenizer, meta: CompletionMeta, gen: Generation) -> None:
+        self._tokenizer = tokenizer
+        self._meta = meta
+        self._gen = gen
+        self._released = ReleasedLogprobs(gen.token_logprobs) if gen.logprobs is not None else None
+
+    def first(self) -> list[dict]:
+        return [chat_completion_chunk(self._meta, {"role": "assistant"}, None)]
+
+    def piece(self, text: str) -> dict | None:
+        """A streamed chunk: a piece of released text (None when it carries no text and no token)."""
+        scores = self.scores(text, end=False)
+        if not text and not (scores and scores["content"]):
+            return None
+        return chat_completion_chunk(self._meta, {"content": text}, None, scores)
+
+    def last(self, reason: FinishReason | None) -> dict:
+        """The streamed chunk that finishes (with the tokens left to report, if any)."""
+        scores = self.scores("", end=True)
+        return chat_completion_chunk(self._meta, {}, reason, scores if scores and scores["content"] else None)
+
+    def scores(self, text: str, *, end: bool) -> dict | None:
+        """The log-probabilities of the tokens text releases (end: the answer is complete), None when not kept."""
+        if self._released is None:
+            return None
+        entries = self._released.take(text, uncut_end=end and not self._gen.stopped_by_string)
+        return chat_logprobs(self._tokenizer, entries)

@@ -16,15 +16,15 @@ import numpy as np
 
 from turbosparse.chat_template import ChatTemplate
 from turbosparse.completions import (
+    ChatCompletionChunks,
     CompletionMeta,
+    TextCompletionChunks,
     chat_completion,
-    chat_completion_chunk,
     text_completion,
-    text_completion_chunk,
     usage,
 )
 from turbosparse.generation import Generation
-from turbosparse.logprobs import ReleasedLogprobs, chat_logprobs, check_top_count, completion_logprobs
+from turbosparse.logprobs import check_top_count
 from turbosparse.logprobs import prompt_text as prompt_text_of
 from turbosparse.model import Model, SparseName
 from turbosparse.sampling import SamplingParams
@@ -270,40 +270,20 @@ class Llama:
         )
         gen = self._start(tokens, max_tokens, sampling, stop, logprobs, score_prompt=echo and logprobs is not None)
         meta = CompletionMeta.new("cmpl", model or self.model_path)
-        echo_text = prompt_text if echo else ""
+        chunks = TextCompletionChunks(self._model.tokenizer, meta, gen, prompt_text, echo=echo)
         if stream:
-            return self._stream_completion(gen, meta, echo_text, len(prompt_text))
-        text = "".join(self._model.run(gen))
-        scores = None
-        if logprobs is not None:
-            tok = self._model.tokenizer
-            before = completion_logprobs(tok, gen.prompt_logprobs or [], 0)
-            kept = ReleasedLogprobs(gen.token_logprobs).take(text, uncut_end=not gen.stopped_by_string)
-            after = completion_logprobs(tok, kept, len(prompt_text))
-            scores = {key: before[key] + after[key] for key in after}  # text_offset counts from the prompt's start
-        return text_completion(meta, echo_text + text, gen.finish_reason, usage(gen.n_prompt, gen.n_generated), scores)
+            return self._stream(gen, chunks)
+        whole = chunks.whole("".join(self._model.run(gen)))["choices"][0]
+        use = usage(gen.n_prompt, gen.n_generated)
+        return text_completion(meta, whole["text"], gen.finish_reason, use, whole["logprobs"])
 
-    def _stream_completion(self, gen: Generation, meta: CompletionMeta, echo: str, prompt_chars: int) -> Iterator[dict]:
-        tok = self._model.tokenizer
-        scoring = gen.logprobs is not None
-        offset = prompt_chars  # where the next chunk's first token starts in the whole text
-        echo_pending = bool(echo)  # with log-probabilities, the echo waits for the first step, which scores the prompt
-        if echo_pending and not scoring:
-            yield text_completion_chunk(meta, echo, None)
-            echo_pending = False
-        released = ReleasedLogprobs(gen.token_logprobs)
-        for piece in self._model.run(gen, with_empty=scoring):
-            if echo_pending:
-                yield text_completion_chunk(meta, echo, None, completion_logprobs(tok, gen.prompt_logprobs or [], 0))
-                echo_pending = False
-            if not scoring:
-                yield text_completion_chunk(meta, piece, None)
-                continue
-            entries = released.take(piece, uncut_end=gen.done and not gen.stopped_by_string)
-            if piece or entries:
-                yield text_completion_chunk(meta, piece, None, completion_logprobs(tok, entries, offset))
-                offset += sum(len(e.text) for e in entries)
-        yield text_completion_chunk(meta, "", gen.finish_reason)
+    def _stream(self, gen: Generation, chunks: TextCompletionChunks | ChatCompletionChunks) -> Iterator[dict]:
+        yield from chunks.first()
+        for piece in self._model.run(gen, with_empty=gen.logprobs is not None):
+            chunk = chunks.piece(piece)
+            if chunk is not None:
+                yield chunk
+        yield chunks.last(gen.finish_reason)
 
     def __call__(self, prompt: str | list[int], **options: Any) -> dict | Iterator[dict]:
         return self.create_completion(prompt, **options)
@@ -368,24 +348,9 @@ class Llama:
         n_top = (top_logprobs or 0) if logprobs else None
         gen = self._start(self._model.chat_tokens(messages), max_tokens, sampling, stop, n_top)
         meta = CompletionMeta.new("chatcmpl", model or self.model_path)
+        chunks = ChatCompletionChunks(self._model.tokenizer, meta, gen)
         if stream:
-            return self._stream_chat(gen, meta)
+            return self._stream(gen, chunks)
         text = "".join(self._model.run(gen))
-        scores = None
-        if n_top is not None:
-            kept = ReleasedLogprobs(gen.token_logprobs).take(text, uncut_end=not gen.stopped_by_string)
-            scores = chat_logprobs(self._model.tokenizer, kept)
-        return chat_completion(meta, text, gen.finish_reason, usage(gen.n_prompt, gen.n_generated), scores)
-
-    def _stream_chat(self, gen: Generation, meta: CompletionMeta) -> Iterator[dict]:
-        yield chat_completion_chunk(meta, {"role": "assistant"}, None)
-        released = ReleasedLogprobs(gen.token_logprobs)
-        for piece in self._model.run(gen, with_empty=gen.logprobs is not None):
-            if gen.logprobs is None:
-                yield chat_completion_chunk(meta, {"content": piece}, None)
-                continue
-            entries = released.take(piece, uncut_end=gen.done and not gen.stopped_by_string)
-            if piece or entries:
-                scores = chat_logprobs(self._model.tokenizer, entries)
-                yield chat_completion_chunk(meta, {"content": piece}, None, scores)
-        yield chat_completion_chunk(meta, {}, gen.finish_reason)
+        use = usage(gen.n_prompt, gen.n_generated)
+        return chat_completion(meta, text, gen.finish_reason, use, chunks.scores(text, end=True))

@@ -22,16 +22,16 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from turbosparse.chat_template import ChatTemplate
 from turbosparse.completions import (
+    ChatCompletionChunks,
     CompletionMeta,
+    TextCompletionChunks,
     chat_completion,
-    chat_completion_chunk,
     text_completion,
-    text_completion_chunk,
     usage,
 )
 from turbosparse.errors import ChatTemplateError, ContextOverflowError
 from turbosparse.generation import FinishReason, Generation
-from turbosparse.logprobs import ReleasedLogprobs, chat_logprobs, completion_logprobs, prompt_text
+from turbosparse.logprobs import prompt_text
 from turbosparse.model import Model
 from turbosparse.server.config import ServerConfig
 from turbosparse.server.engine import Engine, Event, Job, QueueFullError
@@ -192,7 +192,7 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
         job, queue = _submit(model, engine, tokens, body, "prompt", n_top, score_prompt=body.echo and n_top is not None)
         gen = job.generation
         meta = CompletionMeta.new("cmpl", config.model_name)
-        chunks = _CompletionChunks(model, meta, gen, text, echo=body.echo)
+        chunks = TextCompletionChunks(model.tokenizer, meta, gen, text, echo=body.echo)
         if body.stream:
             return _stream(
                 job,
@@ -221,27 +221,21 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
         job, queue = _submit(model, engine, tokens, body, "messages", body.n_top)
         gen = job.generation
         meta = CompletionMeta.new("chatcmpl", config.model_name)
-        released = ReleasedLogprobs(gen.token_logprobs) if body.n_top is not None else None
-
-        def scored(text: str, end: bool = False) -> dict[str, Any] | None:  # the tokens text releases, scored
-            if released is None:
-                return None
-            return chat_logprobs(model.tokenizer, released.take(text, uncut_end=end and not gen.stopped_by_string))
-
+        chunks = ChatCompletionChunks(model.tokenizer, meta, gen)
         if body.stream:
             return _stream(
                 job,
                 queue,
-                first=[chat_completion_chunk(meta, {"role": "assistant"}, None)],
-                piece=lambda t: chat_completion_chunk(meta, {"content": t}, None, scored(t)),
-                last=lambda reason: chat_completion_chunk(meta, {}, reason, _some(scored("", end=True))),
+                first=chunks.first(),
+                piece=chunks.piece,
+                last=chunks.last,
                 usage_chunk=_usage_chunk(meta, "chat.completion.chunk", gen) if body.include_usage else None,
             )
         answer = await _collect(job, queue, request)
         if answer is None:
             return Response(status_code=CLIENT_CLOSED)
         use = usage(gen.n_prompt, gen.n_generated)
-        return JSONResponse(chat_completion(meta, answer, gen.finish_reason, use, scored(answer, end=True)))
+        return JSONResponse(chat_completion(meta, answer, gen.finish_reason, use, chunks.scores(answer, end=True)))
 
     return app
 
@@ -250,62 +244,6 @@ def _check_tokens(model: Model, tokens: list[int], param: str) -> None:
     bad = [t for t in tokens if not 0 <= t < model.n_vocab]
     if bad:
         raise APIError(400, f"token id {bad[0]} is out of the vocabulary (0..{model.n_vocab - 1})", param=param)
-
-
-class _CompletionChunks:
-    """A text completion's chunks: its text pieces (the echoed prompt first) and, when asked for, their tokens'
-    log-probabilities, handed out as the text is released (logprobs.ReleasedLogprobs), offsets counted from the
-    prompt's start. With log-probabilities the echoed prompt waits for the first step, which scores it."""
-
-    def __init__(self, model: Model, meta: CompletionMeta, gen: Generation, prompt: str, *, echo: bool) -> None:
-        self._tokenizer = model.tokenizer
-        self._meta = meta
-        self._gen = gen
-        self._prompt = prompt
-        self._echo_pending = echo
-        self._released = ReleasedLogprobs(gen.token_logprobs) if gen.logprobs is not None else None
-        self._offset = len(prompt)  # where the next generated token's text starts
-
-    def first(self) -> list[dict[str, Any]]:
-        """The chunks sent at once: the echoed prompt, unless it waits to be scored."""
-        if not self._echo_pending or self._released is not None:
-            return []
-        self._echo_pending = False
-        return [text_completion_chunk(self._meta, self._prompt, None)]
-
-    def piece(self, text: str) -> dict[str, Any]:
-        """A streamed chunk: a piece of released text."""
-        return self._chunk(text, None, end=False)
-
-    def last(self, reason: FinishReason | None) -> dict[str, Any]:
-        """The streamed chunk that finishes."""
-        return self._chunk("", reason, end=True)
-
-    def whole(self, answer: str) -> dict[str, Any]:
-        """The one chunk of an answer that is not streamed (its text and log-probabilities)."""
-        return self._chunk(answer, None, end=True)
-
-    def _chunk(self, text: str, reason: FinishReason | None, *, end: bool) -> dict[str, Any]:
-        if self._released is None:
-            return text_completion_chunk(self._meta, self._take_echo() + text, reason)
-        echo = self._take_echo()
-        prompt_entries = (self._gen.prompt_logprobs or []) if echo else []
-        scores = completion_logprobs(self._tokenizer, prompt_entries, 0)
-        entries = self._released.take(text, uncut_end=end and not self._gen.stopped_by_string)
-        after = completion_logprobs(self._tokenizer, entries, self._offset)
-        self._offset += sum(len(e.text) for e in entries)
-        merged = {key: scores[key] + after[key] for key in after}
-        quiet = reason is not None and not echo and not entries  # a finishing chunk with nothing to report
-        return text_completion_chunk(self._meta, echo + text, reason, None if quiet else merged)
-
-    def _take_echo(self) -> str:
-        echo, self._echo_pending = (self._prompt if self._echo_pending else ""), False
-        return echo
-
-
-def _some(scores: dict[str, Any] | None) -> dict[str, Any] | None:
-    """A finishing chunk's chat log-probabilities: None when no token is left to report."""
-    return scores if scores and scores["content"] else None
 
 
 def _submit(
@@ -394,7 +332,7 @@ def _stream(
     queue: asyncio.Queue[Event],
     *,
     first: list[dict[str, Any]],
-    piece: Callable[[str], dict[str, Any]],
+    piece: Callable[[str], dict[str, Any] | None],
     last: Callable[[FinishReason | None], dict[str, Any]],
     usage_chunk: Callable[[], dict[str, Any]] | None,
 ) -> EventSourceResponse:
@@ -411,8 +349,9 @@ def _stream(
                 if event.error is not None:
                     yield json.dumps(error_body(500, f"the generation failed: {event.error}", type="server_error"))
                     break
-                if event.text:
-                    yield json.dumps(piece(event.text))
+                chunk = piece(event.text) if event.text else None
+                if chunk is not None:
+                    yield json.dumps(chunk)
                 if event.finished:
                     yield json.dumps(last(gen.finish_reason))
                     if usage_chunk is not None:
