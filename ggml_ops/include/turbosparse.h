@@ -187,7 +187,8 @@ void ts_model_get_group_top_k(const ts_model *model, int32_t *top_k);
 int32_t ts_model_n_gate_up_side_by_side(const ts_model *model);
 
 /* Layers whose gate and up rows this model holds in the split layout (per 8 blocks their scales, then their quants:
-   the decoding and prompt kernels of AVX-512 VNNI CPUs read Q4_0 rows of a multiple of 256 values faster so). */
+   the decoding and prompt kernels of AVX-512 VNNI and AVX2 CPUs read Q4_0 rows of a multiple of 64 values and Q4_K
+   rows faster so). */
 int32_t ts_model_n_gate_up_split(const ts_model *model);
 
 /*

@@ -3,6 +3,7 @@
 
 #include "cpu_features.h"
 #include "ggml-cpu.h"
+#include "q4_k_split.h"
 #include "ts_error.h"
 
 #include <stdlib.h>
@@ -75,6 +76,10 @@ static size_t split_head_bytes(enum ggml_type type) {
 }
 
 void ts_rows_split(enum ggml_type type, const void *src, void *dst, int64_t n_rows, size_t row_bytes) {
+    if (type == GGML_TYPE_Q4_K) { /* gate and up rows only: its own split layout */
+        ts_q4_k_rows_split(src, dst, n_rows, row_bytes);
+        return;
+    }
     const size_t head = split_head_bytes(type), block = ggml_type_size(type), quants = block - head;
     const size_t n_blocks = row_bytes / block;
     for (int64_t i = 0; i < n_rows; i++) {

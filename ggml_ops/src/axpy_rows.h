@@ -56,7 +56,8 @@ static inline ts_split_group ts_split_group_at(int64_t u, int64_t end, int64_t r
 
 enum ts_rows_layout ts_axpy_rows_layout(enum ggml_type type);
 
-/* ggml's rows -> TS_ROWS_SPLIT rows (an exact reordering into other memory). */
+/* ggml's rows -> TS_ROWS_SPLIT rows (an exact reordering into other memory); Q4_K rows (gate and up only) into
+ * their own split layout (q4_k_split.h). */
 void ts_rows_split(enum ggml_type type, const void *src, void *dst, int64_t n_rows, size_t row_bytes);
 
 /* The kernels take rows in groups of a size that divides this (the integer kernels quantize a group's coefficients

@@ -93,8 +93,9 @@ ts_dot_kernel ts_dot_kernel_best(enum ggml_type type, int64_t n);
  * Whether a model holds gate and up rows of n values of `type` in the split layout (axpy_rows.h: TS_ROWS_SPLIT, made
  * by ts_rows_split) on this CPU, where it copies them into huge-page memory anyway (model.c: allocate_rows; a model
  * too large for that keeps them in the mapping as the file has them): where the CPU has a gate/up kernel and a prompt
- * kernel for such rows (AVX-512 VNNI or AVX2: Q4_0, n a multiple of 64), which read a group's 8 scales at once and
- * two or four blocks' quants per load (gate_up_dot_avx512.c, gate_up_dot_avx2.c).
+ * kernel for such rows (AVX-512 VNNI or AVX2: Q4_0, n a multiple of 64, which read a group's 8 scales at once and
+ * two or four blocks' quants per load; Q4_K, whose layout is its own, q4_k_split.h), gate_up_dot_avx512.c and
+ * gate_up_dot_avx2.c.
  */
 int ts_gate_up_split(enum ggml_type type, int64_t n);
 

@@ -1,7 +1,8 @@
 /*
  * AVX2 gate/up kernels: Q4_0 and Q8_0 rows against a Q8_0 activation, Q4_1 against Q8_1, Q4_K against Q8_K; and
  * for prompts, Q4_0 and Q4_1 matrices against many tokens (rows_matmul.h). Q4_0 gate and up rows of a multiple of 64
- * values are held in the split layout, which both kinds read faster (gate_up_dot.h: ts_gate_up_split).
+ * values, and Q4_K ones, are held in the split layout, which both kinds read faster (gate_up_dot.h: ts_gate_up_split;
+ * q4_k_split.h).
  *
  * Compiled with -mavx2 -mfma -mf16c (CMakeLists.txt) and reached only through ts_dot_kernel_best and
  * ts_rows_matmul_kernel, which ask the CPU first. Each decoding kernel takes TS_DOT_ROWS rows per pass over the
@@ -24,6 +25,7 @@
 
 #include "dot_rows_driver.h"
 #include "q4_k_scales.h"
+#include "q4_k_split.h"
 #include "rows_matmul.h"
 #include "rows_matmul_driver.h"
 
@@ -329,6 +331,68 @@ ALWAYS_INLINE void group_q4_k(const void *const *rows, const int R, const void *
 
 TS_DEFINE_DOT_ROWS(q4_k, group_q4_k, 256, Q4_K_BYTES, TS_DOT_ROWS)
 
+/* ---- Q4_K rows in the split layout (q4_k_split.h) ----------------------------------------------------------
+ * Per block: its header decoded, two byte shuffles making the scale vectors of sub-blocks 0-3 and 4-7 (each 32-byte
+ * half of a 64-byte quarter holds 8 values of four sub-blocks), four 32-byte loads, eight maddubs added in int16 per
+ * half, two int16 multiply-adds, and the mins in one more (ggml's layout: eight shuffles and eight multiply-adds). */
+
+/* acc + block i of one row (its header at head, quants at q) against the prepared activation */
+ALWAYS_INLINE __m256 q4_k_split_block(__m256 acc, const uint8_t *head, const uint8_t *q, const ts_q4_k_split_view *v,
+                                      int64_t i) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    /* 8 scales, then 8 mins; read from head + 4 on: 16 bytes within the group (the next header or the quants) */
+    const __m128i sm = ts_k_scales_mins_vec(head + 4);
+    const __m256i smb = _mm256_broadcastsi128_si256(sm);
+    /* int16 lane l: the scale of sub-block l / 4 (first: sub-blocks 0-3) or 4 + l / 4 (second), zero-extended */
+    const __m256i sc_first = _mm256_shuffle_epi8(smb, _mm256_setr_epi8(0, -1, 0, -1, 0, -1, 0, -1, 1, -1, 1, -1, 1, -1, 1, -1,
+                                                                       2, -1, 2, -1, 2, -1, 2, -1, 3, -1, 3, -1, 3, -1, 3, -1));
+    const __m256i sc_second = _mm256_shuffle_epi8(smb, _mm256_setr_epi8(4, -1, 4, -1, 4, -1, 4, -1, 5, -1, 5, -1, 5, -1, 5, -1,
+                                                                        6, -1, 6, -1, 6, -1, 6, -1, 7, -1, 7, -1, 7, -1, 7, -1));
+    const int8_t *x = v->x + 256 * i;
+    __m256i first = _mm256_setzero_si256(), second = _mm256_setzero_si256();
+    for (int h = 0; h < 2; h++) { /* the quarters 2h (low nibbles) and 2h + 1 (high) of 64 bytes */
+        const __m256i qa = _mm256_loadu_si256((const __m256i *)(q + 64 * h));
+        const __m256i qb = _mm256_loadu_si256((const __m256i *)(q + 64 * h + 32));
+        const int8_t *xl = x + 128 * h, *xh = xl + 64;
+        first = _mm256_add_epi16(first, _mm256_maddubs_epi16(_mm256_and_si256(qa, m4), _mm256_load_si256((const __m256i *)xl)));
+        first = _mm256_add_epi16(first, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(qa, 4), m4),
+                                                             _mm256_load_si256((const __m256i *)xh)));
+        second = _mm256_add_epi16(second, _mm256_maddubs_epi16(_mm256_and_si256(qb, m4),
+                                                               _mm256_load_si256((const __m256i *)(xl + 32))));
+        second = _mm256_add_epi16(second, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(qb, 4), m4),
+                                                               _mm256_load_si256((const __m256i *)(xh + 32))));
+    }
+    const __m256i t = _mm256_add_epi32(_mm256_madd_epi16(first, sc_first), _mm256_madd_epi16(second, sc_second));
+    /* int32 lanes 4-7: minus the mins times the sub-block sums (lanes 0-3: the scales times zeros) */
+    const __m256i mins = _mm256_madd_epi16(_mm256_cvtepu8_epi16(sm), _mm256_loadu_si256((const __m256i *)(v->xs + 16 * i)));
+    const float dx = v->dd[2 * i];
+    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), _mm256_set1_ps(half_at(head) * dx), acc);
+    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(mins), _mm256_set1_ps(half_at(head + 2) * dx), acc);
+}
+
+ALWAYS_INLINE void group_q4_k_split(const void *const *rows, const int R, const void *prepared, int64_t n, float *out,
+                                    ts_row_prefetcher *pf) {
+    const ts_q4_k_split_view v = ts_view_q4_k_split(prepared, n);
+    const int64_t nb = n / 256;
+    /* a row at a time; meanwhile the next pass's row in the same place is asked for, line by line as this row is read,
+     * so that every line gets a whole pass of lead */
+    for (int k = 0; k < R; k++) {
+        const uint8_t *row = rows[k];
+        ts_row_prefetcher next = {pf->rows + k, k < pf->n, 0};
+        __m256 acc = _mm256_setzero_ps();
+        for (int64_t b = 0; b < nb; b++) {
+            ts_prefetch_upto(&next, (size_t)(b + 1) * Q4_K_BYTES + 64);
+            const int64_t first = b / TS_Q4_K_GROUP * TS_Q4_K_GROUP;
+            const int c = ts_q4_k_group_blocks(b, nb), j = (int)(b - first);
+            const uint8_t *grp = row + first * Q4_K_BYTES;
+            acc = q4_k_split_block(acc, grp + TS_Q4_K_HEAD * j, grp + TS_Q4_K_HEAD * c + TS_Q4_K_QUANTS * j, &v, b);
+        }
+        out[k] = hsum_ps(acc);
+    }
+}
+
+TS_DEFINE_DOT_ROWS(q4_k_split, group_q4_k_split, 256, Q4_K_BYTES, TS_DOT_ROWS)
+
 /* ---- many tokens (prompts): rows_matmul.h's kernels -------------------------------------------------------
  * A pass (rows_matmul_driver.h) unpacks 8 rows interleaved: for each block b and each 4 values c of it (8 per block),
  * 32 bytes holding the 8 rows' values 4c .. 4c+3 as unsigned nibbles, row r in int32 lane r; then the block's 8 row
@@ -345,16 +409,29 @@ static size_t pass8_bytes(int64_t nb) {
     return (size_t)nb * (8 * MM_CHUNK8 + 2 * sizeof(float) * MM_ROWS8);
 }
 
-/* R rows (the others of the 8 as zeros) into a pass. Per block the 8 rows' 16 nibble bytes, rows r and r + 4 side by
- * side in one register, are transposed as 4 x 4 int32 in each 128-bit lane, which puts row r's bytes 4c .. 4c+3 in
- * lane r of vector c: chunk c (low nibbles) and c + 4 (high nibbles). No gathers: slow on Zen 3. split: Q4_0 rows in
- * the split layout (block b's scale and quants within its group of 8: takes_split_rows). */
+/* A block's 16 nibble bytes of 8 rows (v[r]: row r's in the low 128 bits, row r + 4's in the high) into the pass's
+ * chunks: transposed as 4 x 4 int32 in each 128-bit lane, which puts row r's bytes 4c .. 4c+3 in lane r of vector c:
+ * chunk c (low nibbles) and c + 4 (high nibbles). */
+ALWAYS_INLINE void store_chunks8(const __m256i v[4], uint8_t *chunk) {
+    const __m256i low = _mm256_set1_epi8(0x0F);
+    const __m256i t0 = _mm256_unpacklo_epi32(v[0], v[1]), t1 = _mm256_unpackhi_epi32(v[0], v[1]);
+    const __m256i t2 = _mm256_unpacklo_epi32(v[2], v[3]), t3 = _mm256_unpackhi_epi32(v[2], v[3]);
+    const __m256i c4[4] = {_mm256_unpacklo_epi64(t0, t2), _mm256_unpackhi_epi64(t0, t2),
+                           _mm256_unpacklo_epi64(t1, t3), _mm256_unpackhi_epi64(t1, t3)};
+    for (int c = 0; c < 4; c++) {
+        _mm256_store_si256((__m256i *)(chunk + c * MM_CHUNK8), _mm256_and_si256(c4[c], low));
+        _mm256_store_si256((__m256i *)(chunk + (c + 4) * MM_CHUNK8), _mm256_and_si256(_mm256_srli_epi32(c4[c], 4), low));
+    }
+}
+
+/* R rows (the others of the 8 as zeros) into a pass, per block the 8 rows' 16 nibble bytes through store_chunks8. No
+ * gathers: slow on Zen 3. split: Q4_0 rows in the split layout (block b's scale and quants within its group of 8:
+ * takes_split_rows). */
 static void unpack8_q4(const uint8_t *w, size_t row_bytes, int R, int64_t nb, size_t block_bytes, int split,
                        uint8_t *pass) {
     static const uint8_t none[Q4_1_BYTES]; /* a missing row's block: zeros */
     const int has_min = block_bytes == Q4_1_BYTES, qs = has_min ? 4 : 2;
     float *d = (float *)(pass + (size_t)nb * 8 * MM_CHUNK8), *m = d + nb * MM_ROWS8;
-    const __m256i low = _mm256_set1_epi8(0x0F);
     for (int64_t b = 0; b < nb; b++) {
         /* each row's block: its scale (and min) at blk, its quants at quants */
         const uint8_t *blk[MM_ROWS8], *quants[MM_ROWS8];
@@ -368,15 +445,7 @@ static void unpack8_q4(const uint8_t *w, size_t row_bytes, int R, int64_t nb, si
         for (int r = 0; r < 4; r++) {
             v[r] = _mm256_loadu2_m128i((const __m128i *)quants[r + 4], (const __m128i *)quants[r]);
         }
-        const __m256i t0 = _mm256_unpacklo_epi32(v[0], v[1]), t1 = _mm256_unpackhi_epi32(v[0], v[1]);
-        const __m256i t2 = _mm256_unpacklo_epi32(v[2], v[3]), t3 = _mm256_unpackhi_epi32(v[2], v[3]);
-        const __m256i c4[4] = {_mm256_unpacklo_epi64(t0, t2), _mm256_unpackhi_epi64(t0, t2),
-                               _mm256_unpacklo_epi64(t1, t3), _mm256_unpackhi_epi64(t1, t3)};
-        uint8_t *chunk = pass + (size_t)b * 8 * MM_CHUNK8;
-        for (int c = 0; c < 4; c++) {
-            _mm256_store_si256((__m256i *)(chunk + c * MM_CHUNK8), _mm256_and_si256(c4[c], low));
-            _mm256_store_si256((__m256i *)(chunk + (c + 4) * MM_CHUNK8), _mm256_and_si256(_mm256_srli_epi32(c4[c], 4), low));
-        }
+        store_chunks8(v, pass + (size_t)b * 8 * MM_CHUNK8);
         for (int r = 0; r < MM_ROWS8; r++) { /* the zero block's scale and min are 0 */
             d[b * MM_ROWS8 + r] = half_at(blk[r]);
             if (has_min) { /* Q4_0's slices never read the mins */
@@ -478,6 +547,122 @@ ALWAYS_INLINE void slice8x2_q4(const uint8_t *pass, int64_t nb, const void *prep
     _mm256_store_ps(sum1, _mm256_add_ps(_mm256_load_ps(sum1), acc1));
 }
 
+/* ---- Q4_K rows in the split layout for prompts (q4_k_split.h) -----------------------------------------------
+ * A pass: the nibbles as above (the sub-blocks as 32-value blocks, ts_prepare_q8_k_prompt's order), then per
+ * sub-block the 8 rows' 6-bit scales, each twice in an int32 (an int16 pair), per super-block their mins in int16
+ * pairs (sub-blocks 2p, 2p + 1) and their d and dmin. Per sub-block and token the maddubs pair sums (at most
+ * 8 x 2 x 15 x 128 = 30720) meet the scale pair in one int16 multiply-add, which gives the scaled dot product in
+ * int32 (taking the scales as floats cost a conversion and two multiplies per sub-block); per super-block four more
+ * for the mins, then one conversion and multiply-add each with d and dmin. */
+
+static size_t pass8_k_bytes(int64_t nb) {
+    return ts_q4_k_pass_bytes(nb, MM_ROWS8);
+}
+
+static void unpack8_q4_k_split(const uint8_t *w, size_t row_bytes, int R, int64_t nb, uint8_t *pass) {
+    const ts_q4_k_pass k = ts_q4_k_pass_at(pass, nb, MM_ROWS8);
+    const int64_t n_super = nb / 8;
+    for (int64_t i = 0; i < n_super; i++) {
+        const int64_t first = i / TS_Q4_K_GROUP * TS_Q4_K_GROUP;
+        const int c = ts_q4_k_group_blocks(i, n_super), j = (int)(i - first);
+        ts_q4_k_prefetch_rows(w + (size_t)MM_ROWS8 * row_bytes, row_bytes, MM_ROWS8, i); /* the next pass's */
+        const uint8_t *quants[MM_ROWS8];
+        for (int r = 0; r < MM_ROWS8; r++) {
+            const uint8_t *grp = w + (size_t)r * row_bytes + first * Q4_K_BYTES;
+            quants[r] = r < R ? grp + TS_Q4_K_HEAD * c + TS_Q4_K_QUANTS * j : NULL;
+            uint8_t sm[16] = {0}; /* a missing row: zero scales and mins */
+            float dd = 0.0f, dmin = 0.0f;
+            if (r < R) {
+                ts_k_scales_mins(grp + TS_Q4_K_HEAD * j + 4, sm);
+                dd = half_at(grp + TS_Q4_K_HEAD * j);
+                dmin = half_at(grp + TS_Q4_K_HEAD * j + 2);
+            }
+            k.d[i * MM_ROWS8 + r] = dd;
+            k.dmin[i * MM_ROWS8 + r] = dmin;
+            for (int s = 0; s < 8; s++) {
+                k.sc[(8 * i + s) * MM_ROWS8 + r] = (int32_t)((uint32_t)sm[s] * 0x10001u);
+            }
+            for (int p = 0; p < 4; p++) {
+                k.mins[(4 * i + p) * MM_ROWS8 + r] = (int32_t)((uint32_t)sm[8 + 2 * p] | ((uint32_t)sm[9 + 2 * p] << 16));
+            }
+        }
+        for (int s = 0; s < 8; s++) {
+            __m256i v[4];
+            for (int r = 0; r < 4; r++) {
+                __m128i q[2];
+                for (int h = 0; h < 2; h++) {
+                    const uint8_t *p = quants[r + 4 * h];
+                    q[h] = p == NULL ? _mm_setzero_si128()
+                                     : _mm_unpacklo_epi64(_mm_loadl_epi64((const __m128i *)(p + 8 * s)),
+                                                          _mm_loadl_epi64((const __m128i *)(p + 64 + 8 * s)));
+                }
+                v[r] = _mm256_set_m128i(q[1], q[0]);
+            }
+            store_chunks8(v, k.nib + (size_t)(8 * i + s) * 8 * MM_CHUNK8);
+        }
+    }
+}
+
+/* sum[t][r] += row r . x_t over blocks [b0, b1) (whole super-blocks: the driver's slices are 16 blocks), T = 1 or 2
+ * tokens, each 32 bytes of the rows loaded once for both */
+ALWAYS_INLINE void slice8_k_tokens(const uint8_t *pass, int64_t nb, const void *const *prepared, int64_t n, int64_t b0,
+                                   int64_t b1, float *const *sum, const int T) {
+    const ts_q4_k_pass k = ts_q4_k_pass_at(pass, nb, MM_ROWS8);
+    ts_q8_k_prompt_view tok[2];
+    __m256 acc[2];
+    for (int t = 0; t < T; t++) {
+        tok[t] = ts_view_q8_k_prompt(prepared[t], n);
+        acc[t] = _mm256_setzero_ps();
+    }
+    for (int64_t i = b0 / 8; i < b1 / 8; i++) {
+        __m256i isum[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
+        for (int s = 0; s < 8; s++) {
+            const int64_t b = 8 * i + s;
+            const uint8_t *p = k.nib + (size_t)b * 8 * MM_CHUNK8;
+            __m256i e[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()}, o[2] = {e[0], e[1]};
+            for (int c = 0; c < 8; c += 2) {
+                const __m256i w0 = _mm256_load_si256((const __m256i *)(p + c * MM_CHUNK8));
+                const __m256i w1 = _mm256_load_si256((const __m256i *)(p + (c + 1) * MM_CHUNK8));
+                for (int t = 0; t < T; t++) {
+                    e[t] = _mm256_add_epi16(e[t], _mm256_maddubs_epi16(w0, token_chunk8(tok[t].x, b, c)));
+                    o[t] = _mm256_add_epi16(o[t], _mm256_maddubs_epi16(w1, token_chunk8(tok[t].x, b, c + 1)));
+                }
+            }
+            const __m256i sc = _mm256_load_si256((const __m256i *)(k.sc + b * MM_ROWS8));
+            for (int t = 0; t < T; t++) {
+                isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(_mm256_add_epi16(e[t], o[t]), sc));
+            }
+        }
+        const __m256 d = _mm256_load_ps(k.d + i * MM_ROWS8), dmin = _mm256_load_ps(k.dmin + i * MM_ROWS8);
+        for (int t = 0; t < T; t++) {
+            __m256i imin = _mm256_setzero_si256();
+            for (int p = 0; p < 4; p++) {
+                imin = _mm256_add_epi32(imin, _mm256_madd_epi16(_mm256_load_si256((const __m256i *)(k.mins + (4 * i + p) * MM_ROWS8)),
+                                                                _mm256_set1_epi32(tok[t].sums[4 * i + p])));
+            }
+            const __m256 xd = _mm256_set1_ps(tok[t].dx[i]);
+            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), _mm256_mul_ps(d, xd), acc[t]);
+            acc[t] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(imin), _mm256_mul_ps(dmin, xd), acc[t]);
+        }
+    }
+    for (int t = 0; t < T; t++) {
+        _mm256_store_ps(sum[t], _mm256_add_ps(_mm256_load_ps(sum[t]), acc[t]));
+    }
+}
+
+static void slice8_k(const uint8_t *pass, int64_t nb, const void *x, int64_t n, int64_t b0, int64_t b1, float *sum) {
+    const void *p[1] = {x};
+    float *s[1] = {sum};
+    slice8_k_tokens(pass, nb, p, n, b0, b1, s, 1);
+}
+
+static void slice8x2_k(const uint8_t *pass, int64_t nb, const void *x0, const void *x1, int64_t n, int64_t b0,
+                       int64_t b1, float *sum0, float *sum1) {
+    const void *p[2] = {x0, x1};
+    float *s[2] = {sum0, sum1};
+    slice8_k_tokens(pass, nb, p, n, b0, b1, s, 2);
+}
+
 static void slice8_q4_0(const uint8_t *pass, int64_t nb, const void *x, int64_t n, int64_t b0, int64_t b1, float *sum) {
     slice8_q4(pass, nb, x, n, b0, b1, sum, 0);
 }
@@ -500,7 +685,12 @@ TS_DEFINE_MATMUL(q4_0, MM_ROWS8, pass8_bytes, prepare_q8_0, unpack8_q4_0, slice8
 TS_DEFINE_MATMUL(q4_1, MM_ROWS8, pass8_bytes, prepare_q8_1, unpack8_q4_1, slice8_q4_1, slice8x2_q4_1)
 TS_DEFINE_MATMUL(q4_0_split, MM_ROWS8, pass8_bytes, prepare_q8_0, unpack8_q4_0_split, slice8_q4_0, slice8x2_q4_0)
 
+TS_DEFINE_MATMUL(q4_k_split, MM_ROWS8, pass8_k_bytes, ts_prepare_q8_k_prompt, unpack8_q4_k_split, slice8_k, slice8x2_k)
+
 ts_rows_matmul_fn ts_rows_matmul_avx2_split(enum ggml_type type, int64_t n) {
+    if (type == GGML_TYPE_Q4_K) {
+        return ts_q4_k_split_takes(n) ? matmul_q4_k_split : NULL;
+    }
     return takes_split_rows(type, n) ? matmul_q4_0_split : NULL;
 }
 
@@ -532,6 +722,10 @@ int ts_dot_kernel_avx2(enum ggml_type type, int64_t n, ts_dot_kernel *k) {
 }
 
 int ts_dot_kernel_avx2_split(enum ggml_type type, int64_t n, ts_dot_kernel *k) {
+    if (type == GGML_TYPE_Q4_K) {
+        *k = (ts_dot_kernel){TS_ISA_AVX2, ts_prepare_q8_k_split, dot_rows_q4_k_split};
+        return ts_q4_k_split_takes(n);
+    }
     *k = (ts_dot_kernel){TS_ISA_AVX2, prepare_split_pairs, dot_rows_q4_0_split};
     return takes_split_rows(type, n);
 }

@@ -7,8 +7,8 @@
  * 1.2-1.45x faster than it.
  *
  * For prompts (rows_matmul.h), Q4_0 and Q8_0 rows 16 at a time, interleaved so that one dpbusd serves 16 rows (below).
- * Q4_0 gate and up rows of a multiple of 64 values are held in the split layout, which both kinds read faster
- * (gate_up_dot.h: ts_gate_up_split; the kernels below the ggml layout's).
+ * Q4_0 gate and up rows of a multiple of 64 values, and Q4_K ones, are held in the split layout, which both kinds read
+ * faster (gate_up_dot.h: ts_gate_up_split; q4_k_split.h; the kernels below the ggml layout's).
  *
  * Compiled with -mavx512f -mavx512bw -mavx512vnni (CMakeLists.txt) and reached only through ts_dot_kernel_best,
  * ts_dot_kernel_for and ts_rows_matmul_kernel, which ask the CPU first. Q4_1 on such CPUs takes the AVX2 kernel.
@@ -17,6 +17,7 @@
 
 #include "dot_rows_driver.h"
 #include "q4_k_scales.h"
+#include "q4_k_split.h"
 #include "rows_matmul.h"
 #include "rows_matmul_driver.h"
 
@@ -402,6 +403,96 @@ ALWAYS_INLINE void group_q4_k(const void *const *rows, const int R, const void *
 
 TS_DEFINE_DOT_ROWS(q4_k, group_q4_k, 256, Q4_K_BYTES, AVX512_DOT_ROWS)
 
+/* ---- Q4_K rows in the split layout (q4_k_split.h) ----------------------------------------------------------
+ * Per group, its headers four to a 64-byte load: each 128-bit lane one block's, decoded in place (8 scales, 8 mins),
+ * its d and dmin times the activation's in one conversion and multiply for the group. Per block two 64-byte loads,
+ * four maddubs added in int16, one lane permute for the scales, one int16 multiply-add, one conversion and one
+ * multiply-add; per two blocks one multiply-add for the mins (ggml's layout: four permutes and four multiply-adds
+ * per block, the scales decoded block by block). */
+
+/* the scales and mins of the 4 headers in v, each 128-bit lane's 16 bytes made its block's 8 scales, then 8 mins (as
+ * q4_k_scales.h's ts_k_scales_mins_vec, the packed bytes starting at byte 4 of each lane) */
+ALWAYS_INLINE __m512i headers_scales_mins(__m512i v) {
+    const __m512i low = _mm512_shuffle_epi8(
+        v, _mm512_broadcast_i32x4(_mm_setr_epi8(4, 5, 6, 7, 12, 13, 14, 15, 8, 9, 10, 11, 12, 13, 14, 15)));
+    const __m512i keep = _mm512_broadcast_i32x4(_mm_setr_epi8(63, 63, 63, 63, 15, 15, 15, 15, 63, 63, 63, 63, 0, 0, 0, 0));
+    const __m512i keep_high = _mm512_broadcast_i32x4(_mm_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 15, 15, 15, 15));
+    const __m512i bits = _mm512_or_si512(_mm512_and_si512(low, keep), _mm512_and_si512(_mm512_srli_epi16(low, 4), keep_high));
+    const __m512i top = _mm512_shuffle_epi8(
+        v, _mm512_broadcast_i32x4(_mm_setr_epi8(-1, -1, -1, -1, 4, 5, 6, 7, -1, -1, -1, -1, 8, 9, 10, 11)));
+    return _mm512_or_si512(bits, _mm512_and_si512(_mm512_srli_epi16(top, 2), _mm512_set1_epi8(0x30)));
+}
+
+/* acc + the c blocks (c <= 8) of one row's group at grp against the prepared activation's blocks from block b */
+ALWAYS_INLINE __m512 q4_k_split_group(__m512 acc, const uint8_t *grp, int c, const ts_q4_k_split_view *v, int64_t b,
+                                      ts_row_prefetcher *pf, size_t pf_base, size_t pf_step) {
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    /* int16 lane l of a block's scale vector: the scale of sub-block l / 4 (blocks 2p in lanes 0-15 of sm[p]) */
+    const __m512i pick_even = _mm512_set_epi16(7, 7, 7, 7, 6, 6, 6, 6, 5, 5, 5, 5, 4, 4, 4, 4, 3, 3, 3, 3, 2, 2, 2, 2,
+                                               1, 1, 1, 1, 0, 0, 0, 0);
+    const __m512i pick_odd = _mm512_add_epi16(pick_even, _mm512_set1_epi16(16));
+    const __m512i h0 = c >= 4 ? _mm512_loadu_si512((const void *)grp)
+                              : _mm512_maskz_loadu_epi32((__mmask16)((1u << (4 * c)) - 1u), grp);
+    const __m512i h1 = c == 8  ? _mm512_loadu_si512((const void *)(grp + 64))
+                       : c > 4 ? _mm512_maskz_loadu_epi32((__mmask16)((1u << (4 * (c - 4))) - 1u), grp + 64)
+                               : _mm512_setzero_si512();
+    /* d_j, dmin_j of block j in floats 2j, 2j+1, times the activation's d */
+    const __m512i heads = _mm512_permutex2var_epi32(
+        h0, _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 0, 0, 0, 0, 0, 0, 0, 0), h1);
+    _Alignas(64) float f[16];
+    _mm512_store_ps(f, _mm512_mul_ps(_mm512_cvtph_ps(_mm512_castsi512_si256(heads)), _mm512_loadu_ps(v->dd + 2 * b)));
+    const __m512i dec[2] = {headers_scales_mins(h0), headers_scales_mins(h1)};
+    for (int p = 0; 2 * p < c; p++) {
+        ts_prefetch_upto(pf, pf_base + (size_t)(b + 2 * p + 2) * pf_step);
+        /* blocks 2p, 2p+1: scales in int16 lanes 0-7 and 16-23, mins in 8-15 and 24-31 */
+        const __m512i sm = _mm512_cvtepu8_epi16(p % 2 ? _mm512_extracti64x4_epi64(dec[p / 2], 1)
+                                                      : _mm512_castsi512_si256(dec[p / 2]));
+        const __m512i xs = 2 * p + 1 < c ? _mm512_loadu_si512((const void *)(v->xs + 16 * (b + 2 * p)))
+                                         : _mm512_maskz_loadu_epi16(0xFFFF, v->xs + 16 * (b + 2 * p));
+        const __m512 dmin = _mm512_permutexvar_ps(
+            _mm512_setr_epi32(0, 0, 0, 0, 4 * p + 1, 4 * p + 1, 4 * p + 1, 4 * p + 1, 0, 0, 0, 0, 4 * p + 3, 4 * p + 3,
+                              4 * p + 3, 4 * p + 3),
+            _mm512_load_ps(f));
+        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_madd_epi16(sm, xs)), dmin, acc);
+        for (int j = 2 * p; j < 2 * p + 2 && j < c; j++) {
+            const uint8_t *q = grp + TS_Q4_K_HEAD * c + TS_Q4_K_QUANTS * j;
+            const int8_t *x = v->x + 256 * (b + j);
+            const __m512i qa = _mm512_loadu_si512((const void *)q), qb = _mm512_loadu_si512((const void *)(q + 64));
+            __m512i s = _mm512_maddubs_epi16(_mm512_and_si512(qa, m4), _mm512_load_si512((const void *)x));
+            s = _mm512_add_epi16(s, _mm512_maddubs_epi16(_mm512_and_si512(_mm512_srli_epi16(qa, 4), m4),
+                                                         _mm512_load_si512((const void *)(x + 64))));
+            s = _mm512_add_epi16(s, _mm512_maddubs_epi16(_mm512_and_si512(qb, m4), _mm512_load_si512((const void *)(x + 128))));
+            s = _mm512_add_epi16(s, _mm512_maddubs_epi16(_mm512_and_si512(_mm512_srli_epi16(qb, 4), m4),
+                                                         _mm512_load_si512((const void *)(x + 192))));
+            const __m512i sc = _mm512_permutexvar_epi16(j % 2 ? pick_odd : pick_even, sm);
+            acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_madd_epi16(s, sc)), _mm512_set1_ps(f[2 * j]), acc);
+        }
+    }
+    return acc;
+}
+
+ALWAYS_INLINE void group_q4_k_split(const void *const *rows, const int R, const void *prepared, int64_t n, float *out,
+                                    ts_row_prefetcher *pf) {
+    const ts_q4_k_split_view v = ts_view_q4_k_split(prepared, n);
+    const int64_t nb = n / 256;
+    /* a row at a time; meanwhile the next pass's row in the same place is asked for, line by line as this row is read,
+     * so that every line gets a whole pass of lead */
+    for (int k = 0; k < R; k++) {
+        const uint8_t *row = rows[k];
+        ts_row_prefetcher next = {pf->rows + k, k < pf->n, 0};
+        __m512 acc = _mm512_setzero_ps();
+        for (int64_t b = 0; b < nb; b += TS_Q4_K_GROUP) {
+            const int c = ts_q4_k_group_blocks(b, nb);
+            /* whole groups through a copy unrolled for 8 blocks */
+            acc = c == TS_Q4_K_GROUP ? q4_k_split_group(acc, row + b * Q4_K_BYTES, TS_Q4_K_GROUP, &v, b, &next, 64, Q4_K_BYTES)
+                                     : q4_k_split_group(acc, row + b * Q4_K_BYTES, c, &v, b, &next, 64, Q4_K_BYTES);
+        }
+        out[k] = _mm512_reduce_add_ps(acc);
+    }
+}
+
+TS_DEFINE_DOT_ROWS(q4_k_split, group_q4_k_split, 256, Q4_K_BYTES, AVX512_DOT_ROWS)
+
 /* ---- many tokens (prompts): rows_matmul.h's kernels for Q4_0 and Q8_0 -------------------------------------
  * A pass unpacks 16 rows into one buffer interleaved by row: for each block b and each 4 values c of it (8 per
  * block), 64 bytes holding the 16 rows' values 4c .. 4c+3 as unsigned bytes (Q4_0's nibbles; Q8_0's codes + 128),
@@ -575,9 +666,147 @@ static void slice16x2(const uint8_t *pass, int64_t nb, const void *prepared0, co
     _mm512_store_ps(sum1, _mm512_add_ps(_mm512_load_ps(sum1), acc1));
 }
 
+/* ---- Q4_K rows in the split layout for prompts (q4_k_split.h) ---------------------------------------------------
+ * A pass as above for the nibbles (the sub-blocks read as 32-value blocks, ts_prepare_q8_k_prompt's order), then per
+ * sub-block the 16 rows' 6-bit scales as int32, per super-block their mins in int16 pairs (sub-blocks 2p, 2p+1) and
+ * their d and dmin. Per super-block and token: each sub-block's dpbusd sums times its scale in int32 (at most
+ * 8 x 63 x 61440), the mins against the token's sub-block sums in four int16 multiply-adds, then one conversion and
+ * multiply-add each with d and dmin (per sub-block scales as floats cost a conversion, a multiply and a multiply-add
+ * per sub-block, and ggml's own path for plain Q4_K rows was faster than that). */
+
+static size_t pass16_k_bytes(int64_t nb) {
+    return ts_q4_k_pass_bytes(nb, MM_ROWS16);
+}
+
+/* byte k (0-3) of each int32 lane of v */
+ALWAYS_INLINE __m512i byte_epi32(__m512i v, int k) {
+    return _mm512_and_si512(_mm512_srli_epi32(v, 8 * k), _mm512_set1_epi32(0xFF));
+}
+
+static void unpack16_q4_k_split(const uint8_t *w, size_t row_bytes, int R, int64_t nb, uint8_t *pass) {
+    const ts_q4_k_pass k = ts_q4_k_pass_at(pass, nb, MM_ROWS16);
+    const rows16 g = rows16_of(row_bytes, R);
+    const __m512i low = _mm512_set1_epi8(0x0F), six = _mm512_set1_epi32(0x3f3f3f3f), four = _mm512_set1_epi32(0x0f0f0f0f);
+    const __m512i two = _mm512_set1_epi32(0x03030303);
+    const int64_t n_super = nb / 8;
+    for (int64_t i = 0; i < n_super; i++) {
+        const int64_t first = i / TS_Q4_K_GROUP * TS_Q4_K_GROUP;
+        const int c = ts_q4_k_group_blocks(i, n_super), j = (int)(i - first);
+        const uint8_t *head = w + first * Q4_K_BYTES + TS_Q4_K_HEAD * j;
+        const uint8_t *q = w + first * Q4_K_BYTES + TS_Q4_K_HEAD * c + TS_Q4_K_QUANTS * j;
+        ts_q4_k_prefetch_rows(w + (size_t)MM_ROWS16 * row_bytes, row_bytes, MM_ROWS16, i); /* the next pass's */
+        /* the rows' d and dmin, and their 12 scale bytes as 3 int32 (q4_k_scales.h's packing) */
+        const __m512i h = gather16(g, head), u0 = gather16(g, head + 4), u1 = gather16(g, head + 8);
+        const __m512i u2 = gather16(g, head + 12);
+        _mm512_store_ps(k.d + i * MM_ROWS16, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(h)));
+        _mm512_store_ps(k.dmin + i * MM_ROWS16, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(h, 16))));
+        const __m512i sc[2] = {_mm512_and_si512(u0, six),
+                               _mm512_or_si512(_mm512_and_si512(u2, four), _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(u0, 6), two), 4))};
+        const __m512i mn[2] = {_mm512_and_si512(u1, six),
+                               _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(u2, 4), four),
+                                               _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(u1, 6), two), 4))};
+        for (int p = 0; p < 4; p++) { /* mins of sub-blocks 2p, 2p + 1: bytes 2 (p % 2), 2 (p % 2) + 1 of mn[p / 2] */
+            const __m512i pair = _mm512_or_si512(byte_epi32(mn[p / 2], 2 * (p % 2)),
+                                                 _mm512_slli_epi32(byte_epi32(mn[p / 2], 2 * (p % 2) + 1), 16));
+            _mm512_store_si512((void *)(k.mins + (4 * i + p) * MM_ROWS16), pair);
+        }
+        for (int s = 0; s < 8; s++) {
+            const int64_t b = 8 * i + s;
+            uint8_t *chunk = k.nib + (size_t)b * 8 * MM_CHUNK_BYTES;
+            static const int at[4] = {0, 4, 64, 68}; /* the block's 16 nibble bytes: two pieces of 8 */
+            for (int e = 0; e < 4; e++) {
+                const __m512i v = gather16(g, q + 8 * s + at[e]);
+                _mm512_store_si512((void *)(chunk + e * MM_CHUNK_BYTES), _mm512_and_si512(v, low));
+                _mm512_store_si512((void *)(chunk + (e + 4) * MM_CHUNK_BYTES), _mm512_and_si512(_mm512_srli_epi32(v, 4), low));
+            }
+            _mm512_store_si512((void *)(k.sc + b * MM_ROWS16), byte_epi32(sc[s / 4], s % 4));
+        }
+    }
+}
+
+/* acc + super-block i of the 16 rows against T tokens (T = 1, 2 or 4: each 64 bytes of the rows loaded once for all) */
+ALWAYS_INLINE void super16(const ts_q4_k_pass *k, int64_t i, const ts_q8_k_prompt_view *tok, const int T, __m512 *acc) {
+    __m512i isum[4];
+    for (int t = 0; t < T; t++) {
+        isum[t] = _mm512_setzero_si512();
+    }
+    for (int s = 0; s < 8; s++) {
+        const int64_t b = 8 * i + s;
+        const uint8_t *p = k->nib + (size_t)b * 8 * MM_CHUNK_BYTES;
+        __m512i even[4], odd[4];
+        for (int t = 0; t < T; t++) {
+            even[t] = odd[t] = _mm512_setzero_si512();
+        }
+        for (int c = 0; c < 8; c += 2) {
+            const __m512i w0 = _mm512_load_si512((const void *)(p + c * MM_CHUNK_BYTES));
+            const __m512i w1 = _mm512_load_si512((const void *)(p + (c + 1) * MM_CHUNK_BYTES));
+            for (int t = 0; t < T; t++) {
+                even[t] = _mm512_dpbusd_epi32(even[t], w0, token_chunk(tok[t].x, b, c));
+                odd[t] = _mm512_dpbusd_epi32(odd[t], w1, token_chunk(tok[t].x, b, c + 1));
+            }
+        }
+        /* each chain's sums (at most 16 x 15 x 128) times the scale by an int16 multiply-add: the sum's low half
+         * times the scale plus its sign half times the scale's zero high half */
+        const __m512i sc = _mm512_load_si512((const void *)(k->sc + b * MM_ROWS16));
+        for (int t = 0; t < T; t++) {
+            isum[t] = _mm512_dpwssd_epi32(_mm512_dpwssd_epi32(isum[t], even[t], sc), odd[t], sc);
+        }
+    }
+    const __m512 d = _mm512_load_ps(k->d + i * MM_ROWS16), dmin = _mm512_load_ps(k->dmin + i * MM_ROWS16);
+    for (int t = 0; t < T; t++) {
+        __m512i imin = _mm512_setzero_si512();
+        for (int p = 0; p < 4; p++) {
+            imin = _mm512_dpwssd_epi32(imin, _mm512_load_si512((const void *)(k->mins + (4 * i + p) * MM_ROWS16)),
+                                       _mm512_set1_epi32(tok[t].sums[4 * i + p]));
+        }
+        const __m512 xd = _mm512_set1_ps(tok[t].dx[i]);
+        acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[t]), _mm512_mul_ps(d, xd), acc[t]);
+        acc[t] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(imin), _mm512_mul_ps(dmin, xd), acc[t]);
+    }
+}
+
+/* sum[r] += row r . x over blocks [b0, b1) (whole super-blocks: the driver's slices are 16 blocks) */
+ALWAYS_INLINE void slice16_k_tokens(const uint8_t *pass, int64_t nb, const void *const *prepared, int64_t n,
+                                    int64_t b0, int64_t b1, float *const *sum, const int T) {
+    const ts_q4_k_pass k = ts_q4_k_pass_at(pass, nb, MM_ROWS16);
+    ts_q8_k_prompt_view tok[4];
+    __m512 acc[4];
+    for (int t = 0; t < T; t++) {
+        tok[t] = ts_view_q8_k_prompt(prepared[t], n);
+        acc[t] = _mm512_setzero_ps();
+    }
+    for (int64_t i = b0 / 8; i < b1 / 8; i++) {
+        super16(&k, i, tok, T, acc);
+    }
+    for (int t = 0; t < T; t++) {
+        _mm512_store_ps(sum[t], _mm512_add_ps(_mm512_load_ps(sum[t]), acc[t]));
+    }
+}
+
+static void slice16_k(const uint8_t *pass, int64_t nb, const void *prepared, int64_t n, int64_t b0, int64_t b1,
+                      float *sum) {
+    const void *p[1] = {prepared};
+    float *s[1] = {sum};
+    slice16_k_tokens(pass, nb, p, n, b0, b1, s, 1);
+}
+
+static void slice16x2_k(const uint8_t *pass, int64_t nb, const void *prepared0, const void *prepared1, int64_t n,
+                        int64_t b0, int64_t b1, float *sum0, float *sum1) {
+    const void *p[2] = {prepared0, prepared1};
+    float *s[2] = {sum0, sum1};
+    slice16_k_tokens(pass, nb, p, n, b0, b1, s, 2);
+}
+
+static void slice16x4_k(const uint8_t *pass, int64_t nb, const void *const *prepared, int64_t n, int64_t b0, int64_t b1,
+                        float *const *sum) {
+    slice16_k_tokens(pass, nb, prepared, n, b0, b1, sum, 4);
+}
+
 TS_DEFINE_MATMUL(q4_0, MM_ROWS16, pass16_bytes, prepare_blocks_q4_0, unpack16_q4_0, slice16, slice16x2)
 TS_DEFINE_MATMUL(q8_0, MM_ROWS16, pass16_bytes, prepare_blocks_q8_0, unpack16_q8_0, slice16, slice16x2)
 TS_DEFINE_MATMUL(q4_0_split, MM_ROWS16, pass16_bytes, prepare_blocks_q4_0, unpack16_q4_0_split, slice16, slice16x2)
+TS_DEFINE_MATMUL4(q4_k_split, MM_ROWS16, pass16_k_bytes, ts_prepare_q8_k_prompt, unpack16_q4_k_split, slice16_k,
+                  slice16x2_k, slice16x4_k)
 
 ts_rows_matmul_fn ts_rows_matmul_avx512(enum ggml_type type, int64_t n) {
     if (type == GGML_TYPE_Q8_0) {
@@ -587,6 +816,9 @@ ts_rows_matmul_fn ts_rows_matmul_avx512(enum ggml_type type, int64_t n) {
 }
 
 ts_rows_matmul_fn ts_rows_matmul_avx512_split(enum ggml_type type, int64_t n) {
+    if (type == GGML_TYPE_Q4_K) {
+        return ts_q4_k_split_takes(n) ? matmul_q4_k_split : NULL;
+    }
     return takes_split_rows(type, n) ? matmul_q4_0_split : NULL;
 }
 
@@ -611,6 +843,10 @@ int ts_dot_kernel_avx512(enum ggml_type type, int64_t n, ts_dot_kernel *k) {
 }
 
 int ts_dot_kernel_avx512_split(enum ggml_type type, int64_t n, ts_dot_kernel *k) {
+    if (type == GGML_TYPE_Q4_K) {
+        *k = (ts_dot_kernel){TS_ISA_AVX512_VNNI, ts_prepare_q8_k_split, dot_rows_q4_k_split};
+        return ts_q4_k_split_takes(n);
+    }
     *k = (ts_dot_kernel){TS_ISA_AVX512_VNNI, prepare_quads, dot_rows_q4_0_split};
     return takes_split_rows(type, n);
 }

@@ -279,7 +279,7 @@ class NativeModel:
         self.group_top_k: list[int] = list(top_k)  # groups read per token per layer (zeros: no groups)
         # layers whose gate and up rows this placement laid side by side (huge-page copy of predictor layers)
         self.n_gate_up_side_by_side: int = lib.ts_model_n_gate_up_side_by_side(self._handle)
-        # ... and layers whose gate and up rows it holds in the split layout (AVX-512 VNNI's Q4_0 kernels)
+        # ... and layers whose gate and up rows it holds in the split layout (the x86 Q4_0 and Q4_K kernels)
         self.n_gate_up_split: int = lib.ts_model_n_gate_up_split(self._handle)
         self.ffn_scales = self._ffn_scales()
 

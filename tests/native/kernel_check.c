@@ -176,6 +176,7 @@ static const dot_case DOT_CASES[] = {
     {512, 6, 1, {5}},
     {512, 6, 0, {0}},
     {576, 7, 5, {6, 0, 3, 5, 1}}, /* 18 blocks: the split layout's last group holds 2 */
+    {2816, 5, 3, {4, 0, 2}},      /* 11 super-blocks: Q4_K's split layout's last group holds 3 */
     {MAX_N, 5, 4, {4, 1, 3, 0}},
 };
 
@@ -194,7 +195,7 @@ static double activation_bound(const float *row, const float *x, int64_t n, int6
     return bound + 1e-5 * scale;
 }
 
-/* split: the kernel for rows held in the split layout (AVX-512 VNNI and AVX2, Q4_0 rows of whole block pairs) */
+/* split: the kernel for rows held in the split layout (AVX-512 VNNI and AVX2: Q4_0 rows of whole block pairs, Q4_K) */
 static int check_dot(enum ggml_type type, int32_t isa, int32_t split) {
     tally t = {split ? "dot_split" : "dot_rows", type, ts_kernel_isa_name(isa), 0, 0.0, 0};
     const int64_t block = ggml_blck_size(type) == 256 ? 256 : 32;
@@ -484,7 +485,8 @@ int main(void) {
         failures += check_choice(set);
         for (int i = 0; i < MAX_TYPES && set->dot[i] != NONE; i++) {
             failures += check_dot(set->dot[i], set->isa, 0);
-            if ((set->isa == TS_ISA_AVX512_VNNI || set->isa == TS_ISA_AVX2) && set->dot[i] == GGML_TYPE_Q4_0) {
+            if ((set->isa == TS_ISA_AVX512_VNNI || set->isa == TS_ISA_AVX2) &&
+                (set->dot[i] == GGML_TYPE_Q4_0 || set->dot[i] == GGML_TYPE_Q4_K)) {
                 failures += check_dot(set->dot[i], set->isa, 1);
             }
         }
