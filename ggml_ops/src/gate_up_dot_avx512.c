@@ -453,7 +453,7 @@ ALWAYS_INLINE __m512 q4_k_split_group(__m512 acc, const uint8_t *grp, int c, con
             _mm512_setr_epi32(0, 0, 0, 0, 4 * p + 1, 4 * p + 1, 4 * p + 1, 4 * p + 1, 0, 0, 0, 0, 4 * p + 3, 4 * p + 3,
                               4 * p + 3, 4 * p + 3),
             _mm512_load_ps(f));
-        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_madd_epi16(sm, xs)), dmin, acc);
+        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpwssd_epi32(_mm512_setzero_si512(), sm, xs)), dmin, acc);
         for (int j = 2 * p; j < 2 * p + 2 && j < c; j++) {
             const uint8_t *q = grp + TS_Q4_K_HEAD * c + TS_Q4_K_QUANTS * j;
             const int8_t *x = v->x + 256 * (b + j);
@@ -465,7 +465,7 @@ ALWAYS_INLINE __m512 q4_k_split_group(__m512 acc, const uint8_t *grp, int c, con
             s = _mm512_add_epi16(s, _mm512_maddubs_epi16(_mm512_and_si512(_mm512_srli_epi16(qb, 4), m4),
                                                          _mm512_load_si512((const void *)(x + 192))));
             const __m512i sc = _mm512_permutexvar_epi16(j % 2 ? pick_odd : pick_even, sm);
-            acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_madd_epi16(s, sc)), _mm512_set1_ps(f[2 * j]), acc);
+            acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpwssd_epi32(_mm512_setzero_si512(), s, sc)), _mm512_set1_ps(f[2 * j]), acc);
         }
     }
     return acc;

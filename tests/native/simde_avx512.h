@@ -28,6 +28,13 @@ TS_EMU_MASKZ_LOAD(ts_emu_maskz_loadu_epi8, simde__mmask64, simde__m512i, uint8_t
 TS_EMU_MASKZ_LOAD(ts_emu_maskz_loadu_epi16, simde__mmask32, simde__m512i, uint16_t, 32)
 TS_EMU_MASKZ_LOAD(ts_emu_maskz_loadu_epi32, simde__mmask16, simde__m512i, uint32_t, 16)
 TS_EMU_MASKZ_LOAD(ts_emu_maskz_loadu_ps, simde__mmask16, simde__m512, float, 16)
+static inline simde__m512i ts_emu_cvtepu8_epi16(simde__m256i a) { /* 32 lanes: bytes zero-extended to int16 */
+    uint8_t s[32]; uint16_t d[32]; simde__m512i r;
+    memcpy(s, &a, sizeof(s));
+    for (int i = 0; i < 32; i++) d[i] = s[i];
+    memcpy(&r, d, sizeof(r));
+    return r;
+}
 static inline float ts_emu_reduce_add_ps(simde__m512 a) {
     float v[16];
     memcpy(v, &a, sizeof(v));
@@ -53,6 +60,8 @@ static inline simde__m512i ts_emu_mask_i32gather_epi32(simde__m512i src, simde__
 #undef _mm512_mask_i32gather_epi32
 #undef _mm512_cvtepi32_epi16
 #undef _mm512_cvtph_ps
+#undef _mm512_cvtepu8_epi16
+#define _mm512_cvtepu8_epi16 ts_emu_cvtepu8_epi16
 #define _mm512_mask_i32gather_epi32 ts_emu_mask_i32gather_epi32
 #define _mm512_cvtepi32_epi16 ts_emu_cvtepi32_epi16
 #define _mm512_cvtph_ps ts_emu_cvtph_ps
