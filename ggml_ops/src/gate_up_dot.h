@@ -65,16 +65,17 @@ static inline ts_q8_k_view ts_view_q8_k(const void *prepared, int64_t n) {
     return (ts_q8_k_view){x, d, (const int16_t *)(d + n / 256)};
 }
 
+enum { TS_Q8_K_BYTES = 292 }; /* ggml's Q8_K block: float d, int8 qs[256], int16 bsums[16] */
+
 /* ggml's Q8_K activation xq (per 256 values: float d, 256 int8, int16 sums of 16 values) in that layout, position j
  * of each super-block holding its sub-block order[j] (order NULL: sub-blocks in order) */
 static inline const void *ts_prepare_q8_k(const void *xq, int64_t n, void *buf, const int order[8]) {
-    enum { Q8_K_BYTES = 292 };
     const uint8_t *src = xq;
     int8_t *x = buf;
     float *d = (float *)(x + n);
     int16_t *xsum = (int16_t *)(d + n / 256);
     for (int64_t i = 0; i < n / 256; i++) {
-        const uint8_t *blk = src + i * Q8_K_BYTES;
+        const uint8_t *blk = src + i * TS_Q8_K_BYTES;
         int16_t bsums[16];
         memcpy(&d[i], blk, sizeof(float));
         memcpy(bsums, blk + 260, sizeof(bsums));

@@ -382,10 +382,10 @@ ALWAYS_INLINE void group_q4_k_split(const void *const *rows, const int R, const 
         __m256 acc = _mm256_setzero_ps();
         for (int64_t b = 0; b < nb; b++) {
             ts_prefetch_upto(&next, (size_t)(b + 1) * Q4_K_BYTES + 64);
-            const int64_t first = b / TS_Q4_K_GROUP * TS_Q4_K_GROUP;
-            const int c = ts_q4_k_group_blocks(b, nb), j = (int)(b - first);
-            const uint8_t *grp = row + first * Q4_K_BYTES;
-            acc = q4_k_split_block(acc, grp + TS_Q4_K_HEAD * j, grp + TS_Q4_K_HEAD * c + TS_Q4_K_QUANTS * j, &v, b);
+            const ts_split_group g = ts_split_group_at(b, b + 1, nb);
+            const uint8_t *grp = row + g.first * Q4_K_BYTES;
+            acc = q4_k_split_block(acc, grp + TS_Q4_K_HEAD * g.j0, grp + TS_Q4_K_HEAD * g.c + TS_Q4_K_QUANTS * g.j0,
+                                   &v, b);
         }
         out[k] = hsum_ps(acc);
     }
@@ -563,19 +563,18 @@ static void unpack8_q4_k_split(const uint8_t *w, size_t row_bytes, int R, int64_
     const ts_q4_k_pass k = ts_q4_k_pass_at(pass, nb, MM_ROWS8);
     const int64_t n_super = nb / 8;
     for (int64_t i = 0; i < n_super; i++) {
-        const int64_t first = i / TS_Q4_K_GROUP * TS_Q4_K_GROUP;
-        const int c = ts_q4_k_group_blocks(i, n_super), j = (int)(i - first);
+        const ts_split_group g = ts_split_group_at(i, i + 1, n_super);
         ts_q4_k_prefetch_rows(w + (size_t)MM_ROWS8 * row_bytes, row_bytes, MM_ROWS8, i); /* the next pass's */
         const uint8_t *quants[MM_ROWS8];
         for (int r = 0; r < MM_ROWS8; r++) {
-            const uint8_t *grp = w + (size_t)r * row_bytes + first * Q4_K_BYTES;
-            quants[r] = r < R ? grp + TS_Q4_K_HEAD * c + TS_Q4_K_QUANTS * j : NULL;
+            const uint8_t *grp = w + (size_t)r * row_bytes + g.first * Q4_K_BYTES;
+            quants[r] = r < R ? grp + TS_Q4_K_HEAD * g.c + TS_Q4_K_QUANTS * g.j0 : NULL;
             uint8_t sm[16] = {0}; /* a missing row: zero scales and mins */
             float dd = 0.0f, dmin = 0.0f;
             if (r < R) {
-                ts_k_scales_mins(grp + TS_Q4_K_HEAD * j + 4, sm);
-                dd = half_at(grp + TS_Q4_K_HEAD * j);
-                dmin = half_at(grp + TS_Q4_K_HEAD * j + 2);
+                ts_k_scales_mins(grp + TS_Q4_K_HEAD * g.j0 + 4, sm);
+                dd = half_at(grp + TS_Q4_K_HEAD * g.j0);
+                dmin = half_at(grp + TS_Q4_K_HEAD * g.j0 + 2);
             }
             k.d[i * MM_ROWS8 + r] = dd;
             k.dmin[i * MM_ROWS8 + r] = dmin;

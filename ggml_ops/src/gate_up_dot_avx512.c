@@ -481,11 +481,11 @@ ALWAYS_INLINE void group_q4_k_split(const void *const *rows, const int R, const 
         const uint8_t *row = rows[k];
         ts_row_prefetcher next = {pf->rows + k, k < pf->n, 0};
         __m512 acc = _mm512_setzero_ps();
-        for (int64_t b = 0; b < nb; b += TS_Q4_K_GROUP) {
-            const int c = ts_q4_k_group_blocks(b, nb);
+        for (int64_t b = 0; b < nb; b += TS_SPLIT_GROUP) {
+            const int c = ts_split_group_at(b, b + 1, nb).c;
             /* whole groups through a copy unrolled for 8 blocks */
-            acc = c == TS_Q4_K_GROUP ? q4_k_split_group(acc, row + b * Q4_K_BYTES, TS_Q4_K_GROUP, &v, b, &next, 64, Q4_K_BYTES)
-                                     : q4_k_split_group(acc, row + b * Q4_K_BYTES, c, &v, b, &next, 64, Q4_K_BYTES);
+            acc = c == TS_SPLIT_GROUP ? q4_k_split_group(acc, row + b * Q4_K_BYTES, TS_SPLIT_GROUP, &v, b, &next, 64, Q4_K_BYTES)
+                                      : q4_k_split_group(acc, row + b * Q4_K_BYTES, c, &v, b, &next, 64, Q4_K_BYTES);
         }
         out[k] = _mm512_reduce_add_ps(acc);
     }
@@ -690,10 +690,9 @@ static void unpack16_q4_k_split(const uint8_t *w, size_t row_bytes, int R, int64
     const __m512i two = _mm512_set1_epi32(0x03030303);
     const int64_t n_super = nb / 8;
     for (int64_t i = 0; i < n_super; i++) {
-        const int64_t first = i / TS_Q4_K_GROUP * TS_Q4_K_GROUP;
-        const int c = ts_q4_k_group_blocks(i, n_super), j = (int)(i - first);
-        const uint8_t *head = w + first * Q4_K_BYTES + TS_Q4_K_HEAD * j;
-        const uint8_t *q = w + first * Q4_K_BYTES + TS_Q4_K_HEAD * c + TS_Q4_K_QUANTS * j;
+        const ts_split_group grp = ts_split_group_at(i, i + 1, n_super);
+        const uint8_t *head = w + grp.first * Q4_K_BYTES + TS_Q4_K_HEAD * grp.j0;
+        const uint8_t *q = w + grp.first * Q4_K_BYTES + TS_Q4_K_HEAD * grp.c + TS_Q4_K_QUANTS * grp.j0;
         ts_q4_k_prefetch_rows(w + (size_t)MM_ROWS16 * row_bytes, row_bytes, MM_ROWS16, i); /* the next pass's */
         /* the rows' d and dmin, and their 12 scale bytes as 3 int32 (q4_k_scales.h's packing) */
         const __m512i h = gather16(g, head), u0 = gather16(g, head + 4), u1 = gather16(g, head + 8);

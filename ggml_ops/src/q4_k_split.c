@@ -27,25 +27,23 @@ void ts_q4_k_rows_split(const void *src, void *dst, int64_t n_rows, size_t row_b
         const uint8_t *row = (const uint8_t *)src + (size_t)r * row_bytes;
         uint8_t *out = (uint8_t *)dst + (size_t)r * row_bytes;
         for (int64_t b = 0; b < nb; b++) {
-            const int64_t first = b / TS_Q4_K_GROUP * TS_Q4_K_GROUP;
-            const int c = ts_q4_k_group_blocks(b, nb), j = (int)(b - first);
-            uint8_t *group = out + (size_t)first * TS_Q4_K_BYTES;
+            const ts_split_group g = ts_split_group_at(b, b + 1, nb);
+            uint8_t *group = out + (size_t)g.first * TS_Q4_K_BYTES;
             const uint8_t *block = row + (size_t)b * TS_Q4_K_BYTES;
-            memcpy(group + TS_Q4_K_HEAD * j, block, TS_Q4_K_HEAD);
-            transpose_quants(block + TS_Q4_K_HEAD, group + (size_t)TS_Q4_K_HEAD * c + (size_t)TS_Q4_K_QUANTS * j);
+            memcpy(group + TS_Q4_K_HEAD * g.j0, block, TS_Q4_K_HEAD);
+            transpose_quants(block + TS_Q4_K_HEAD, group + (size_t)TS_Q4_K_HEAD * g.c + (size_t)TS_Q4_K_QUANTS * g.j0);
         }
     }
 }
 
 const void *ts_prepare_q8_k_split(const void *xq, int64_t n, void *buf) {
-    enum { Q8_K_BYTES = 292 }; /* float d, int8 qs[256], int16 bsums[16] */
     int8_t *x = buf;
     float *dd = (float *)(x + n);
     const int64_t nb = n / 256;
     int16_t *xs = (int16_t *)(dd + (2 * nb + 15) / 16 * 16);
     memset(dd, 0, sizeof(float) * (size_t)((2 * nb + 15) / 16 * 16));
     for (int64_t i = 0; i < nb; i++) {
-        const uint8_t *blk = (const uint8_t *)xq + i * Q8_K_BYTES;
+        const uint8_t *blk = (const uint8_t *)xq + i * TS_Q8_K_BYTES;
         const int8_t *qs = (const int8_t *)(blk + 4);
         int16_t bsums[16];
         memcpy(&dd[2 * i], blk, sizeof(float));
@@ -65,13 +63,12 @@ const void *ts_prepare_q8_k_split(const void *xq, int64_t n, void *buf) {
 }
 
 const void *ts_prepare_q8_k_prompt(const void *xq, int64_t n, void *buf) {
-    enum { Q8_K_BYTES = 292 };
     static const int piece[4] = {0, 2, 1, 3}; /* a sub-block's 8-value pieces in the order its nibble bytes hold them */
     int8_t *x = buf;
     float *dx = (float *)(x + n);
     int32_t *sums = (int32_t *)(dx + n / 256);
     for (int64_t i = 0; i < n / 256; i++) {
-        const uint8_t *blk = (const uint8_t *)xq + i * Q8_K_BYTES;
+        const uint8_t *blk = (const uint8_t *)xq + i * TS_Q8_K_BYTES;
         int16_t bsums[16];
         memcpy(&dx[i], blk, sizeof(float));
         memcpy(bsums, blk + 260, sizeof(bsums));

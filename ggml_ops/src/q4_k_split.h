@@ -7,8 +7,9 @@
  * permute per 64 values putting the right sub-block's scale beside them, and its 64-byte loads straddle cache lines
  * (144 is not a multiple of 64).
  *
- * The split layout holds the same bytes of a row reordered, in groups of up to 8 consecutive super-blocks (a row's
- * last group may hold fewer): the group's 16-byte headers (d, dmin, the 12 scale bytes, as ggml has them), then each
+ * The split layout holds the same bytes of a row reordered, in groups of up to 8 consecutive super-blocks (the groups
+ * of the 32-value types' split layout, axpy_rows.h: ts_split_group_at; a row's last group may hold fewer): the
+ * group's 16-byte headers (d, dmin, the 12 scale bytes, as ggml has them), then each
  * block's 128 quant bytes transposed: byte 64v + b (v < 2, b < 64) holds, of sub-block b / 8, value 16v + b % 8 in its
  * low nibble and value 16v + 8 + b % 8 in its high nibble. So each 64 values a kernel takes, the low or high nibbles
  * of one 64-byte load ("quarter" k = 2v + high), hold 8 values of every sub-block, the same 8 int16 lanes of a
@@ -26,12 +27,16 @@
 #ifndef TS_Q4_K_SPLIT_H
 #define TS_Q4_K_SPLIT_H
 
+#include "axpy_rows.h"
 #include "gate_up_dot.h"
 
 #include <stddef.h>
 #include <stdint.h>
 
-enum { TS_Q4_K_BYTES = 144, TS_Q4_K_HEAD = 16, TS_Q4_K_QUANTS = 128, TS_Q4_K_GROUP = 8 };
+enum { TS_Q4_K_BYTES = 144, TS_Q4_K_HEAD = 16, TS_Q4_K_QUANTS = 128 };
+/* groups of the split layout's (axpy_rows.h: ts_split_group_at); the AVX-512 kernel loads a group's headers as two
+ * vectors of four */
+_Static_assert(TS_SPLIT_GROUP == 8, "a Q4_K group's headers are two 64-byte loads");
 
 typedef struct {
     const int8_t *x;
@@ -50,12 +55,6 @@ static inline ts_q4_k_split_view ts_view_q4_k_split(const void *prepared, int64_
  * TS_DOT_PREPARED_MAX (1.16 n bytes) */
 static inline int ts_q4_k_split_takes(int64_t n) {
     return n > 0 && n % 256 == 0 && n <= TS_DOT_MAX_N;
-}
-
-/* super-blocks of the group that block b (of a row of nb) belongs to, and where that group starts in the row */
-static inline int ts_q4_k_group_blocks(int64_t b, int64_t nb) {
-    const int64_t first = b / TS_Q4_K_GROUP * TS_Q4_K_GROUP;
-    return nb - first < TS_Q4_K_GROUP ? (int)(nb - first) : TS_Q4_K_GROUP;
 }
 
 /* Asks for super-block i's bytes (its share of its group: a prefetch past them is harmless) of rows [0, count) from
