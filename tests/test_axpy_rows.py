@@ -131,14 +131,16 @@ def test_models_hold_downs_without_a_fused_kernel_as_q8_0(qtype: Q) -> None:
 def test_column_ranges_compose(qtype: Q) -> None:
     """Threads split the columns on block boundaries: any split gives the whole call's values bit for bit."""
     rng = np.random.default_rng(0)
-    w, _ = stored(rng.standard_normal((19, 1536)).astype(np.float32), qtype)
+    # odd unit counts and offsets; Q4_K: 11 super-blocks, ranges starting and ending inside the x86 layout's groups
+    # of 8 and in its last group of 3
+    n_cols, bounds = (2816, [0, 256, 768, 2304, 2560, 2816]) if qtype == Q.Q4_K else (1536, [0, 96, 448, 480, 1536])
+    w, _ = stored(rng.standard_normal((19, n_cols)).astype(np.float32), qtype)
     idx, coef = np.arange(19, dtype=np.int32), rng.standard_normal(19).astype(np.float32)
-    whole = np.zeros(1536, np.float32)
-    axpy_rows(w, qtype, 1536, idx, coef, whole)
-    parts = np.zeros(1536, np.float32)
-    bounds = [0, 256, 768, 1536] if qtype == Q.Q4_K else [0, 96, 448, 480, 1536]  # odd unit counts and offsets
+    whole = np.zeros(n_cols, np.float32)
+    axpy_rows(w, qtype, n_cols, idx, coef, whole)
+    parts = np.zeros(n_cols, np.float32)
     for col0, col1 in itertools.pairwise(bounds):
-        axpy_rows(w, qtype, 1536, idx, coef, parts[col0:col1], col0=col0)
+        axpy_rows(w, qtype, n_cols, idx, coef, parts[col0:col1], col0=col0)
     np.testing.assert_array_equal(parts, whole)
 
 

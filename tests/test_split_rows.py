@@ -134,8 +134,10 @@ def test_models_holding_split_rows_give_the_plain_layouts_logits(tmp_path: Path,
     and repack off also leaves ggml's attention matrices unrepacked, whose kernels round differently; the down kernels
     quantize a group of rows' coefficients to 8 bits, where such a difference can move one coefficient by a step (up
     to 1/127 of the group's largest), a few 1e-4 of the logits' scale, and the next layers (the experts' router
-    among them) carry it on: up to 2.4e-3 measured. A row or a scale read from the wrong place moves them by their
-    whole scale."""
+    among them) carry it on; an activation's 8-bit rounding flipped by such a difference moves the logits by a step
+    too: up to 1.2e-2 measured (the 768-wide model against a ggml built for AVX2 only, as the AVX2 kind builds it: steps
+    of 4e-3 to 8e-3 at some positions, none at the first). A row or a scale read from the wrong place moves them by
+    their whole scale, from the first position on."""
     if not huge_pages_enabled():
         pytest.skip("transparent huge pages are off here: the rows stay in the mapping as the file has them")
     path = tmp_path / "m.gguf"
@@ -147,4 +149,5 @@ def test_models_holding_split_rows_give_the_plain_layouts_logits(tmp_path: Path,
     toks = [int(t) for t in np.random.default_rng(7).integers(0, cfg.n_vocab, 20)]
     for mode in (SparseMode.OFF, SparseMode.PREDICTOR, SparseMode.EXACT):
         for n_threads in (1, 3):
-            assert rel_error(logits(split, toks, mode, n_threads), logits(plain, toks, mode, n_threads)) <= 1e-2
+            got, want = logits(split, toks, mode, n_threads), logits(plain, toks, mode, n_threads)
+            assert rel_error(got[:1], want[:1]) <= 1e-4 and rel_error(got, want) <= 3e-2

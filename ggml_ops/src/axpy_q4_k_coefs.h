@@ -25,25 +25,37 @@ typedef struct {
     float min_sum[8];
 } q4_k_lanes;
 
-static inline float q4_k_half(const uint8_t *p) {
-    uint16_t h;
-    memcpy(&h, p, sizeof(h));
-    return _cvtsh_ss(h);
+/* dm[k][2j] = a_k * d_kj and dm[k][2j + 1] = -a_k * dmin_kj for the Q4_K_ROWS rows' blocks j < c of the group at byte
+ * `group` of the down layout (q4_k_split.h: its first 4 c bytes; a group of c < 8 gives lanes unused) */
+static inline void q4_k_group_factors(const uint8_t *const *r, const float *a, size_t group, float dm[][16]) {
+    const __m256 sign = _mm256_setr_ps(1, -1, 1, -1, 1, -1, 1, -1);
+    for (int k = 0; k < Q4_K_ROWS; k++) {
+        const __m256i h = _mm256_loadu_si256((const __m256i *)(r[k] + group));
+        const __m256 s = _mm256_mul_ps(sign, _mm256_set1_ps(a[k]));
+        _mm256_storeu_ps(dm[k], _mm256_mul_ps(_mm256_cvtph_ps(_mm256_castsi256_si128(h)), s));
+        _mm256_storeu_ps(dm[k] + 8, _mm256_mul_ps(_mm256_cvtph_ps(_mm256_extracti128_si256(h, 1)), s));
+    }
 }
 
-/* The coefficients of the Q4_K_ROWS rows' super-blocks at byte `at` */
-static inline void q4_k_quantize(const uint8_t *const *r, const float *a, size_t at, q4_k_lanes *q) {
+/* The coefficients of the Q4_K_ROWS rows' block j of a group: its 12 packed scale bytes at byte `at`, its factors
+ * dm[k][2j], dm[k][2j + 1] (q4_k_group_factors) */
+static inline void q4_k_quantize(const uint8_t *const *r, const float dm[][16], int j, size_t at, q4_k_lanes *q) {
     const __m256 sign = _mm256_set1_ps(-0.0f);
     __m256 c[Q4_K_ROWS];
     __m256 amax = _mm256_setzero_ps(), mins = _mm256_setzero_ps();
-    for (int k = 0; k < Q4_K_ROWS; k++) {
-        const uint8_t *p = r[k] + at;
-        const __m128i sm = ts_k_scales_mins_vec(p + 4); /* 8 scales, then 8 mins */
-        const __m256 sc = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(sm));
-        const __m256 mn = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_unpackhi_epi64(sm, sm)));
-        c[k] = _mm256_mul_ps(sc, _mm256_set1_ps(a[k] * q4_k_half(p)));
-        amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, c[k]));
-        mins = _mm256_fmadd_ps(mn, _mm256_set1_ps(-a[k] * q4_k_half(p + 2)), mins);
+    for (int k = 0; k < Q4_K_ROWS; k += 2) {
+        /* two rows' scales and mins unpacked at once: [scales | mins] of row k, then of row k + 1 */
+        const __m256i both = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(r[k] + at))),
+                                                     _mm_loadu_si128((const __m128i *)(r[k + 1] + at)), 1);
+        const __m256i sm2 = ts_k_scales_mins_x2(both);
+        for (int e = 0; e < 2; e++) {
+            const __m128i sm = e ? _mm256_extracti128_si256(sm2, 1) : _mm256_castsi256_si128(sm2);
+            const __m256 sc = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(sm));
+            const __m256 mn = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_unpackhi_epi64(sm, sm)));
+            c[k + e] = _mm256_mul_ps(sc, _mm256_broadcast_ss(&dm[k + e][2 * j]));
+            amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, c[k + e]));
+            mins = _mm256_fmadd_ps(mn, _mm256_broadcast_ss(&dm[k + e][2 * j + 1]), mins);
+        }
     }
     const __m256 inv = _mm256_and_ps(_mm256_cmp_ps(amax, _mm256_setzero_ps(), _CMP_GT_OQ),
                                      _mm256_div_ps(_mm256_set1_ps(127.0f), amax));

@@ -97,6 +97,16 @@ void ts_rows_split(enum ggml_type type, const void *src, void *dst, int64_t n_ro
     }
 }
 
+void ts_rows_to_layout(enum ts_rows_layout layout, enum ggml_type type, const void *src, void *dst, int64_t n_rows,
+                       size_t row_bytes) {
+    GGML_ASSERT(layout == TS_ROWS_SPLIT || (layout == TS_ROWS_Q4_K_DOWN && type == GGML_TYPE_Q4_K));
+    if (layout == TS_ROWS_Q4_K_DOWN) {
+        ts_q4_k_rows_down(src, dst, n_rows, row_bytes);
+    } else {
+        ts_rows_split(type, src, dst, n_rows, row_bytes);
+    }
+}
+
 static void axpy_rows_with(ts_axpy_tile_fn fused, enum ggml_type type, const void *w, size_t row_bytes,
                            const int32_t *idx, const float *coef, int64_t n_idx, int64_t col0, int64_t n, float *out) {
     const int64_t blck = ggml_blck_size(type);
@@ -150,12 +160,12 @@ int32_t ts_kernel_axpy_rows(int32_t isa, int32_t type, const void *w, int64_t n_
     ggml_cpu_init(); /* F16 tables used by some dequantizers */
     const size_t row_bytes = ggml_row_size((enum ggml_type)type, n_cols);
     void *rows = (void *)w; /* w is in ggml's layout: a kernel reading another gets a converted copy */
-    if (fused.layout == TS_ROWS_SPLIT) {
+    if (fused.layout != TS_ROWS_GGML) {
         rows = malloc(row_bytes * (size_t)n_rows);
         if (rows == NULL) {
             return ts_set_error(err, err_size, "axpy_rows: out of memory");
         }
-        ts_rows_split((enum ggml_type)type, w, rows, n_rows, row_bytes);
+        ts_rows_to_layout(fused.layout, (enum ggml_type)type, w, rows, n_rows, row_bytes);
     }
     axpy_rows_with(fused.tile, (enum ggml_type)type, rows, row_bytes, idx, coef, n_idx, col0, n, out);
     if (rows != w) {

@@ -30,9 +30,10 @@ int ts_axpy_rows_supported(enum ggml_type type);
  * m, then their quants, in block order (row size unchanged). A kernel then loads the scales of a group as one vector
  * instead of gathering them one block at a time, and still reads each row front to back as one stream (the AVX2
  * Q4_0 and Q4_1 kernels, the AVX-512 Q4_0 kernel). W is in the layout the kernel ts_axpy_rows runs for `type` on this
- * CPU reads (ts_axpy_rows_layout), converted once at model load (ts_rows_split).
+ * CPU reads (ts_axpy_rows_layout), converted once at model load (ts_rows_to_layout). TS_ROWS_Q4_K_DOWN: Q4_K rows
+ * grouped so too, in a layout of the x86 down kernels' own (q4_k_split.h).
  */
-enum ts_rows_layout { TS_ROWS_GGML, TS_ROWS_SPLIT };
+enum ts_rows_layout { TS_ROWS_GGML, TS_ROWS_SPLIT, TS_ROWS_Q4_K_DOWN };
 
 /* Blocks per group of the split layout: at most 8, the lanes in which the kernels quantize a group's units at once. */
 #define TS_SPLIT_GROUP 8
@@ -59,6 +60,10 @@ enum ts_rows_layout ts_axpy_rows_layout(enum ggml_type type);
 /* ggml's rows -> TS_ROWS_SPLIT rows (an exact reordering into other memory); Q4_K rows (gate and up only) into
  * their own split layout (q4_k_split.h). */
 void ts_rows_split(enum ggml_type type, const void *src, void *dst, int64_t n_rows, size_t row_bytes);
+
+/* ggml's rows -> rows in `layout` (not TS_ROWS_GGML), the layout a transposed down is held in */
+void ts_rows_to_layout(enum ts_rows_layout layout, enum ggml_type type, const void *src, void *dst, int64_t n_rows,
+                       size_t row_bytes);
 
 /* The kernels take rows in groups of a size that divides this (the integer kernels quantize a group's coefficients
  * together): a list split at multiples of it gives every row the same group, and the same rounding, as the whole. */

@@ -6,6 +6,7 @@
 #include "axpy_q4_k_coefs.h"
 #include "axpy_split_coefs.h"
 #include "axpy_tile_driver.h"
+#include "q4_k_split.h"
 
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #include <immintrin.h>
@@ -122,12 +123,10 @@ static inline void add_scaled(float *o, __m256i v, __m256 s, __m256 m) {
     _mm256_storeu_ps(o, _mm256_add_ps(_mm256_fmadd_ps(_mm256_cvtepi32_ps(v), s, _mm256_loadu_ps(o)), m));
 }
 
-/* Widens the int16 sums of outputs lo {0-15} and hi {16-31} and adds them scaled (+ m). */
-static inline void add_sums(float *o, __m256i lo, __m256i hi, __m256 s, __m256 m) {
-    add_scaled(o, _mm256_cvtepi16_epi32(_mm256_castsi256_si128(lo)), s, m);
-    add_scaled(o + 8, _mm256_cvtepi16_epi32(_mm256_extracti128_si256(lo, 1)), s, m);
-    add_scaled(o + 16, _mm256_cvtepi16_epi32(_mm256_castsi256_si128(hi)), s, m);
-    add_scaled(o + 24, _mm256_cvtepi16_epi32(_mm256_extracti128_si256(hi, 1)), s, m);
+/* Widens the 16 int16 sums of outputs {0-15} and adds them scaled (+ m). */
+static inline void add_sums16(float *o, __m256i v, __m256 s, __m256 m) {
+    add_scaled(o, _mm256_cvtepi16_epi32(_mm256_castsi256_si128(v)), s, m);
+    add_scaled(o + 8, _mm256_cvtepi16_epi32(_mm256_extracti128_si256(v, 1)), s, m);
 }
 
 /* k_a * qa + k_b * qb per byte pair of x (signed codes: maddubs wants the unsigned operand, so |x| and k with x's sign) */
@@ -270,56 +269,70 @@ static void add_split_q4_1(const uint8_t *const *r, const float *a, int64_t u0, 
     add_split(r, a, u0, n_units, row_units, o, pf, 2, 0);
 }
 
-/* Q4_K: the coefficients of Q4_K_ROWS rows per super-block (axpy_q4_k_coefs.h), then each unit adds its codes */
-static void add_group_q4_k(const uint8_t *const *r, const float *a, int64_t n_units, float *o,
-                           ts_row_prefetcher *pf) {
+/*
+ * Q4_K rows in the down layout (q4_k_split.h: ts_q4_k_rows_down): the coefficients of Q4_K_ROWS rows per super-block
+ * (axpy_q4_k_coefs.h), then 32 bytes of each row at a time, values 16v .. 16v + 15 of sub-blocks 4h .. 4h + 3 (half h,
+ * v = its first or second 32 bytes): a row pair's bytes interleaved (unpacklo, unpackhi) and split into nibbles give
+ * them in order, each beside the pair's coefficient of its sub-block (a broadcast).
+ */
+static inline void quarter_q4_k(const uint8_t *const *r, size_t at, const q4_k_lanes *q, int h, float *o) {
     const __m256i m4 = _mm256_set1_epi8(0x0F);
-    for (int64_t b = 0; b < n_units / 8; b++) {
-        ts_prefetch_upto(pf, (size_t)(b + 1) * 144);
-        q4_k_lanes q;
-        q4_k_quantize(r, a, (size_t)b * 144, &q);
-        /* 32 bytes c of each row at a time: unit 2c in their low nibbles, 2c + 1 in their high ones. A row pair's
-         * bytes are interleaved once for both units, then split into nibbles (the 16-bit shift's bits from the
-         * neighbouring byte fall outside the mask): half the loads and interleaves of a unit at a time (Zen 4, rows in
-         * L2, one thread: 15.9 -> 17.0 GB/s; --ffn-layer q4_k from DRAM within noise). Unrolled, the pair loop's loads
-         * were hoisted and spilled (12.0 GB/s). */
-        for (int c = 0; c < 4; c++) {
-            const size_t at = (size_t)b * 144 + 16 + (size_t)c * 32;
-            /* units 2c (0) and 2c + 1 (1): outputs {0-7 | 16-23} (lo) and {8-15 | 24-31} (hi) */
-            __m256i lo0 = _mm256_setzero_si256(), hi0 = lo0, lo1 = lo0, hi1 = lo0;
+    __m256i s0 = _mm256_setzero_si256(), s1 = s0, s2 = s0, s3 = s0; /* sub-blocks 4h .. 4h + 3 */
 #pragma GCC unroll 1
-            for (int p = 0; p < Q4_K_ROWS / 2; p++) {
-                const __m256i qa = _mm256_loadu_si256((const __m256i *)(r[2 * p] + at));
-                const __m256i qb = _mm256_loadu_si256((const __m256i *)(r[2 * p + 1] + at));
-                const __m256i il = _mm256_unpacklo_epi8(qa, qb), ih = _mm256_unpackhi_epi8(qa, qb);
-                const __m256i k0 = _mm256_set1_epi32(q.pair[p][2 * c]), k1 = _mm256_set1_epi32(q.pair[p][2 * c + 1]);
-                lo0 = _mm256_add_epi16(lo0, _mm256_maddubs_epi16(_mm256_and_si256(il, m4), k0));
-                hi0 = _mm256_add_epi16(hi0, _mm256_maddubs_epi16(_mm256_and_si256(ih, m4), k0));
-                lo1 = _mm256_add_epi16(lo1, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(il, 4), m4), k1));
-                hi1 = _mm256_add_epi16(hi1, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(ih, 4), m4), k1));
+    for (int p = 0; p < Q4_K_ROWS / 2; p++) {
+        const __m256i qa = _mm256_loadu_si256((const __m256i *)(r[2 * p] + at));
+        const __m256i qb = _mm256_loadu_si256((const __m256i *)(r[2 * p + 1] + at));
+        /* interleaved first, then split into nibbles (the 16-bit shift's bits from the neighbouring byte fall
+         * outside the mask) */
+        const __m256i il = _mm256_unpacklo_epi8(qa, qb), ih = _mm256_unpackhi_epi8(qa, qb);
+        const int32_t *k = &q->pair[p][4 * h];
+        s0 = _mm256_add_epi16(s0, _mm256_maddubs_epi16(_mm256_and_si256(il, m4), _mm256_set1_epi32(k[0])));
+        s1 = _mm256_add_epi16(s1, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(il, 4), m4), _mm256_set1_epi32(k[1])));
+        s2 = _mm256_add_epi16(s2, _mm256_maddubs_epi16(_mm256_and_si256(ih, m4), _mm256_set1_epi32(k[2])));
+        s3 = _mm256_add_epi16(s3, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(ih, 4), m4), _mm256_set1_epi32(k[3])));
+    }
+    const __m256i sums[4] = {s0, s1, s2, s3};
+    for (int u = 0; u < 4; u++) {
+        const int j = 4 * h + u;
+        float *ou = o + 32 * u;
+        if (q->scale[j] == 0.0f) { /* no codes to add (their k are 0): only the mins */
+            for (int k = 0; k < 16; k++) {
+                ou[k] += q->min_sum[j];
             }
-            for (int u = 0; u < 2; u++) {
-                const int j = 2 * c + u;
-                float *ou = o + 32 * (8 * b + j);
-                if (q.scale[j] == 0.0f) { /* no codes to add (their k are 0): only the mins */
-                    for (int k = 0; k < 32; k++) {
-                        ou[k] += q.min_sum[j];
-                    }
-                    continue;
-                }
-                const __m256i lo = u ? lo1 : lo0, hi = u ? hi1 : hi0; /* into outputs {0-15} and {16-31} */
-                add_sums(ou, _mm256_permute2x128_si256(lo, hi, 0x20), _mm256_permute2x128_si256(lo, hi, 0x31),
-                         _mm256_set1_ps(q.scale[j]), _mm256_set1_ps(q.min_sum[j]));
+            continue;
+        }
+        add_sums16(ou, sums[u], _mm256_set1_ps(q->scale[j]), _mm256_set1_ps(q->min_sum[j]));
+    }
+}
+
+/* Super-blocks [b0, b0 + n_blocks) of Q4_K_ROWS rows in the down layout (per group of 8: their headers, then their
+ * quants). */
+static void add_split_q4_k(const uint8_t *const *r, const float *a, int64_t b0, int64_t n_blocks, int64_t row_blocks,
+                           float *o, ts_row_prefetcher *pf) {
+    const int64_t start = b0 / TS_SPLIT_GROUP * TS_SPLIT_GROUP, end = b0 + n_blocks;
+    for (int64_t b = b0; b < end;) {
+        const ts_split_group g = ts_split_group_at(b, end, row_blocks);
+        const size_t group = (size_t)g.first * TS_Q4_K_BYTES, quants = group + TS_Q4_K_HEAD * (size_t)g.c;
+        float dm[Q4_K_ROWS][16];
+        q4_k_group_factors(r, a, group, dm);
+        for (int j = g.j0; j < g.j0 + g.n; j++) {
+            ts_prefetch_upto(pf, (size_t)(g.first + j + 1 - start) * TS_Q4_K_BYTES);
+            q4_k_lanes q;
+            q4_k_quantize(r, dm, j, group + 4 * (size_t)g.c + 12 * (size_t)j, &q);
+            float *ob = o + 256 * (g.first + j - b0);
+            for (int c = 0; c < 4; c++) { /* half c / 2, its 32 bytes c % 2 */
+                quarter_q4_k(r, quants + TS_Q4_K_QUANTS * (size_t)j + 32 * (size_t)c, &q, c / 2, ob + 128 * (c / 2) + 16 * (c % 2));
             }
         }
+        b += g.n;
     }
 }
 
 /* SPLIT_ROWS or INT_ROWS rows per group, through the shared drivers (axpy_tile_driver.h) */
-TS_DEFINE_SPLIT_TILE(q4_0, 18, 2, SPLIT_ROWS)
-TS_DEFINE_SPLIT_TILE(q4_1, 20, 4, SPLIT_ROWS)
+TS_DEFINE_SPLIT_TILE(q4_0, 18, 1, SPLIT_ROWS)
+TS_DEFINE_SPLIT_TILE(q4_1, 20, 1, SPLIT_ROWS)
 TS_DEFINE_INT_TILE(q8_0, 34, INT_ROWS)
-TS_DEFINE_INT_TILE(q4_k, 18, Q4_K_ROWS)
+TS_DEFINE_SPLIT_TILE(q4_k, TS_Q4_K_BYTES, 8, Q4_K_ROWS)
 
 /* unit_bytes: bytes per 32 columns (Q4_K: 144 per 256) */
 DEFINE_AXPY_TILE(f16, unit_f16, 64)
@@ -331,7 +344,7 @@ ts_axpy_kernel ts_axpy_kernel_avx2(enum ggml_type type) {
     case GGML_TYPE_Q4_0: return (ts_axpy_kernel){axpy_tile_q4_0, TS_ROWS_SPLIT};
     case GGML_TYPE_Q4_1: return (ts_axpy_kernel){axpy_tile_q4_1, TS_ROWS_SPLIT};
     case GGML_TYPE_Q8_0: return (ts_axpy_kernel){axpy_tile_q8_0, TS_ROWS_GGML};
-    case GGML_TYPE_Q4_K: return (ts_axpy_kernel){axpy_tile_q4_k, TS_ROWS_GGML};
+    case GGML_TYPE_Q4_K: return (ts_axpy_kernel){axpy_tile_q4_k, TS_ROWS_Q4_K_DOWN};
     case GGML_TYPE_F16: return (ts_axpy_kernel){axpy_tile_f16, TS_ROWS_GGML};
     case GGML_TYPE_BF16: return (ts_axpy_kernel){axpy_tile_bf16, TS_ROWS_GGML};
     case GGML_TYPE_F32: return (ts_axpy_kernel){axpy_tile_f32, TS_ROWS_GGML};

@@ -14,6 +14,7 @@
 #include "axpy_q4_k_coefs.h"
 #include "axpy_split_coefs.h"
 #include "axpy_tile_driver.h"
+#include "q4_k_split.h"
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #include <immintrin.h>
@@ -95,35 +96,27 @@ static inline void add_scaled32(float *o, __m512i v, __m512 s, __m512 m) {
 }
 
 /*
- * Q4_K reads ggml's layout, Q4_K_ROWS rows per group with the AVX2 kernel's coefficients (axpy_q4_k_coefs.h). A
- * super-block's quants are two halves of 64 bytes, each holding 4 units: bytes [0, 32) unit 4h (low nibbles) and
- * 4h + 1 (high), bytes [32, 64) units 4h + 2 and 4h + 3. A row pair's nibbles interleaved byte by byte within
- * 128-bit lanes give, per lane, 8 values of one unit: lanes 0-1 the first unit of a nibble half, lanes 2-3 the second,
- * so the pair's k of two units make one permute; the sums come out as values 0-7 and 16-23 (unpacklo) and 8-15 and
- * 24-31 (unpackhi) of each unit, put in order by one two-source permute per unit.
+ * Q4_K rows in the down layout (q4_k_split.h: ts_q4_k_rows_down), Q4_K_ROWS rows per group with the AVX2 kernel's
+ * coefficients (axpy_q4_k_coefs.h). Each 64 bytes of a super-block's quants hold sub-blocks 4h to 4h + 3: a row
+ * pair's bytes interleaved (unpacklo, unpackhi) and split into nibbles give each of them, values 0-31 in order, beside
+ * the pair's coefficient of that sub-block broadcast from memory.
  */
 static inline void half_q4_k(const uint8_t *const *r, size_t at, const q4_k_lanes *q, int h, float *o) {
     const __m512i m4 = _mm512_set1_epi8(0x0F);
-    const __m512i lo_units = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2);
-    const __m512i hi_units = _mm512_setr_epi32(1, 1, 1, 1, 1, 1, 1, 1, 3, 3, 3, 3, 3, 3, 3, 3);
-    __m512i lo_a = _mm512_setzero_si512(), lo_b = lo_a, hi_a = lo_a, hi_b = lo_a;
+    __m512i s0 = _mm512_setzero_si512(), s1 = s0, s2 = s0, s3 = s0; /* sub-blocks 4h .. 4h + 3 */
     for (int p = 0; p < Q4_K_ROWS / 2; p++) {
         const __m512i qa = _mm512_loadu_si512((const void *)(r[2 * p] + at));
         const __m512i qb = _mm512_loadu_si512((const void *)(r[2 * p + 1] + at));
-        /* interleaved first, then split into nibbles: the same bytes as interleaving each row's nibbles, two
-         * shuffles fewer (the 16-bit shift's bits from the neighbouring byte fall outside the mask) */
+        /* interleaved first, then split into nibbles (the 16-bit shift's bits from the neighbouring byte fall
+         * outside the mask) */
         const __m512i il = _mm512_unpacklo_epi8(qa, qb), ih = _mm512_unpackhi_epi8(qa, qb);
-        const __m512i k4 = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)&q->pair[p][4 * h]));
-        const __m512i kl = _mm512_permutexvar_epi32(lo_units, k4), kh = _mm512_permutexvar_epi32(hi_units, k4);
-        lo_a = _mm512_add_epi16(lo_a, _mm512_maddubs_epi16(_mm512_and_si512(il, m4), kl));
-        lo_b = _mm512_add_epi16(lo_b, _mm512_maddubs_epi16(_mm512_and_si512(ih, m4), kl));
-        hi_a = _mm512_add_epi16(hi_a, _mm512_maddubs_epi16(_mm512_and_si512(_mm512_srli_epi16(il, 4), m4), kh));
-        hi_b = _mm512_add_epi16(hi_b, _mm512_maddubs_epi16(_mm512_and_si512(_mm512_srli_epi16(ih, 4), m4), kh));
+        const int32_t *k = &q->pair[p][4 * h];
+        s0 = _mm512_add_epi16(s0, _mm512_maddubs_epi16(_mm512_and_si512(il, m4), _mm512_set1_epi32(k[0])));
+        s1 = _mm512_add_epi16(s1, _mm512_maddubs_epi16(_mm512_and_si512(_mm512_srli_epi16(il, 4), m4), _mm512_set1_epi32(k[1])));
+        s2 = _mm512_add_epi16(s2, _mm512_maddubs_epi16(_mm512_and_si512(ih, m4), _mm512_set1_epi32(k[2])));
+        s3 = _mm512_add_epi16(s3, _mm512_maddubs_epi16(_mm512_and_si512(_mm512_srli_epi16(ih, 4), m4), _mm512_set1_epi32(k[3])));
     }
-    /* unit values 0-7 | 8-15 | 16-23 | 24-31 from (unpacklo, unpackhi) lanes (0, 0, 1, 1), or (2, 2, 3, 3) */
-    const __m512i first = _mm512_setr_epi64(0, 1, 8, 9, 2, 3, 10, 11), second = _mm512_setr_epi64(4, 5, 12, 13, 6, 7, 14, 15);
-    const __m512i units[4] = {_mm512_permutex2var_epi64(lo_a, first, lo_b), _mm512_permutex2var_epi64(hi_a, first, hi_b),
-                              _mm512_permutex2var_epi64(lo_a, second, lo_b), _mm512_permutex2var_epi64(hi_a, second, hi_b)};
+    const __m512i sums[4] = {s0, s1, s2, s3};
     for (int u = 0; u < 4; u++) {
         const int j = 4 * h + u;
         float *ou = o + 32 * u;
@@ -133,28 +126,40 @@ static inline void half_q4_k(const uint8_t *const *r, size_t at, const q4_k_lane
             }
             continue;
         }
-        add_scaled32(ou, units[u], _mm512_set1_ps(q->scale[j]), _mm512_set1_ps(q->min_sum[j]));
+        add_scaled32(ou, sums[u], _mm512_set1_ps(q->scale[j]), _mm512_set1_ps(q->min_sum[j]));
     }
 }
 
-static void add_group_q4_k(const uint8_t *const *r, const float *a, int64_t n_units, float *o, ts_row_prefetcher *pf) {
-    for (int64_t b = 0; b < n_units / 8; b++) {
-        ts_prefetch_upto(pf, (size_t)(b + 1) * 144);
-        q4_k_lanes q;
-        q4_k_quantize(r, a, (size_t)b * 144, &q);
-        for (int h = 0; h < 2; h++) {
-            half_q4_k(r, (size_t)b * 144 + 16 + (size_t)h * 64, &q, h, o + 256 * b + 128 * h);
+/* Super-blocks [b0, b0 + n_blocks) of Q4_K_ROWS rows in the down layout (per group of 8: their headers, then
+ * their quants). */
+static void add_split_q4_k(const uint8_t *const *r, const float *a, int64_t b0, int64_t n_blocks, int64_t row_blocks,
+                           float *o, ts_row_prefetcher *pf) {
+    const int64_t start = b0 / TS_SPLIT_GROUP * TS_SPLIT_GROUP, end = b0 + n_blocks;
+    for (int64_t b = b0; b < end;) {
+        const ts_split_group g = ts_split_group_at(b, end, row_blocks);
+        const size_t group = (size_t)g.first * TS_Q4_K_BYTES, quants = group + TS_Q4_K_HEAD * (size_t)g.c;
+        float dm[Q4_K_ROWS][16];
+        q4_k_group_factors(r, a, group, dm);
+        for (int j = g.j0; j < g.j0 + g.n; j++) {
+            ts_prefetch_upto(pf, (size_t)(g.first + j + 1 - start) * TS_Q4_K_BYTES);
+            q4_k_lanes q;
+            q4_k_quantize(r, dm, j, group + 4 * (size_t)g.c + 12 * (size_t)j, &q);
+            for (int h = 0; h < 2; h++) {
+                half_q4_k(r, quants + TS_Q4_K_QUANTS * (size_t)j + 64 * (size_t)h, &q, h,
+                          o + 256 * (g.first + j - b0) + 128 * h);
+            }
         }
+        b += g.n;
     }
 }
 
-TS_DEFINE_SPLIT_TILE(q4_0, 18, 2, SPLIT_ROWS_AVX512)
-TS_DEFINE_INT_TILE(q4_k, 18, Q4_K_ROWS)
+TS_DEFINE_SPLIT_TILE(q4_0, 18, 1, SPLIT_ROWS_AVX512)
+TS_DEFINE_SPLIT_TILE(q4_k, TS_Q4_K_BYTES, 8, Q4_K_ROWS)
 
 ts_axpy_kernel ts_axpy_kernel_avx512(enum ggml_type type) {
     switch (type) {
     case GGML_TYPE_Q4_0: return (ts_axpy_kernel){axpy_tile_q4_0, TS_ROWS_SPLIT};
-    case GGML_TYPE_Q4_K: return (ts_axpy_kernel){axpy_tile_q4_k, TS_ROWS_GGML};
+    case GGML_TYPE_Q4_K: return (ts_axpy_kernel){axpy_tile_q4_k, TS_ROWS_Q4_K_DOWN};
     default: return (ts_axpy_kernel){NULL, TS_ROWS_GGML};
     }
 }

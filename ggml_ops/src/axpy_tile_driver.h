@@ -86,16 +86,17 @@ static inline void ts_padded_group(const char *w, size_t row_bytes, size_t offse
     }
 
 /*
- * The split layout's driver (axpy_rows.h, TS_ROWS_SPLIT: per group of 8 blocks their headers - d, then m - then
- * their quants): rows taken `rows` at a time as in the integer driver, add_split_<name>(r, a, u0, n_units, row_units,
+ * The split layouts' driver (axpy_rows.h, TS_ROWS_SPLIT and TS_ROWS_Q4_K_DOWN: per group of 8 blocks their headers,
+ * then their quants): rows taken `rows` at a time as in the integer driver, add_split_<name>(r, a, u0, n_units, row_units,
  * o, pf) given the rows' starts and the tile's first unit; while it works it prefetches, through pf, the next rows'
  * segment from the start of the tile's first group of 8 blocks to the end of its last (one stream per row).
- * head_bytes: the bytes of a block's headers (2: d; 4: d and m), which add_split_<name> knows for its type.
+ * block_units: the 32-column units of a block (1; Q4_K: 8), n_units and u0 given to add_split_<name> in blocks.
  */
-#define TS_DEFINE_SPLIT_TILE(name, block_bytes, head_bytes, rows)                                                   \
+#define TS_DEFINE_SPLIT_TILE(name, block_bytes, block_units, rows)                                                  \
     static void axpy_tile_##name(const char *w, size_t row_bytes, size_t offset, const int32_t *idx,               \
-                                 const float *coef, int64_t n_idx, int64_t n_units, float *o) {                      \
+                                 const float *coef, int64_t n_idx, int64_t units, float *o) {                        \
         const int64_t row_units = (int64_t)(row_bytes / (block_bytes)), u0 = (int64_t)(offset / (block_bytes));      \
+        const int64_t n_units = units / (block_units);                                                               \
         const int64_t first_unit = u0 / TS_SPLIT_GROUP * TS_SPLIT_GROUP;                                             \
         const int64_t last = (u0 + n_units + TS_SPLIT_GROUP - 1) / TS_SPLIT_GROUP * TS_SPLIT_GROUP;                  \
         const size_t start = (size_t)first_unit * (block_bytes);                                                     \

@@ -45,7 +45,7 @@ typedef struct binding {
     const ts_gguf_tensor *src;
     int repack; /* into ggml's repacked layout */
     int rows;   /* read row by row: copied into huge-page memory (allocate_rows) */
-    int split;  /* a transposed down, into the split row layout its kernel reads (axpy_rows.h) */
+    int split;  /* a transposed down, into the row layout its kernel reads (axpy_rows.h); gate / up rows: split */
     int requant; /* a transposed down held as Q8_0: no fused kernel of this CPU reads its type (axpy_rows.h) */
     struct binding *up_beside; /* a gate copied with its layer's up, row by row side by side (pair_gate_up) */
     int layer;                 /* a gate with up_beside: its layer */
@@ -1000,8 +1000,9 @@ static int allocate_rows(ts_model *m, plan *p, const ts_model_params *params, ch
         if (ggml_backend_tensor_alloc(m->buf_rows, t, (char *)m->rows_memory + offset) != GGML_STATUS_SUCCESS) {
             return ts_set_error(err, err_size, "%s: cannot place tensor '%s'", m->file->path, b->name);
         }
-        if (b->split) {
-            ts_rows_split(t->type, b->src->data, t->data, ggml_nrows(t), t->nb[1]);
+        if (b->split) { /* a transposed down as its kernel reads it, gate or up rows in the split layout */
+            const enum ts_rows_layout layout = is_down_t(b) ? ts_axpy_rows_layout(t->type) : TS_ROWS_SPLIT;
+            ts_rows_to_layout(layout, t->type, b->src->data, t->data, ggml_nrows(t), t->nb[1]);
         } else if (b->requant) {
             if (requantize_rows((enum ggml_type)b->src->type, b->src->data, t->data, ggml_nrows(t), t->ne[0]) != 0) {
                 return ts_set_error(err, err_size, "%s: out of memory requantizing '%s'", m->file->path, b->name);
@@ -1040,7 +1041,7 @@ static int allocate(ts_model *m, plan *p, const ts_model_params *params, char *e
         struct ggml_context *ctx = b->repack ? m->ctx_repacked : m->ctx_mapped;
         /* a transposed down is held as its kernel reads it: re-laid out (split) or requantized (requant) */
         const enum ggml_type type = (enum ggml_type)b->src->type;
-        b->split = is_down_t(b) && ts_axpy_rows_layout(type) == TS_ROWS_SPLIT;
+        b->split = is_down_t(b) && ts_axpy_rows_layout(type) != TS_ROWS_GGML;
         b->requant = is_down_t(b) && ts_axpy_rows_held_type(type) != type;
         struct ggml_tensor *t = ggml_new_tensor(ctx, b->requant ? GGML_TYPE_Q8_0 : type, 4, b->ne);
         ggml_set_name(t, b->name);

@@ -23,27 +23,34 @@ static inline void ts_k_scales_mins(const uint8_t *packed, uint8_t sm[16]) {
     memcpy(sm, v, sizeof(v));
 }
 
-#if defined(__SSSE3__)
+#if defined(__AVX2__)
 #include <immintrin.h>
 
 /*
- * The same 16 bytes (8 scales, then 8 mins) in a vector register, from a 16-byte load at `packed` (the 12 packed
- * bytes and the first 4 quants: a super-block's scales are followed by its 128 bytes of quants, so the load stays
- * within the block). Two byte shuffles put each output byte's low bits and top 2 bits in place; the 16-bit shifts'
- * bits leaking in from the neighbouring byte fall outside the masks. The x86 kernels take this instead of the
- * scalar version and its round trip through memory (Zen 4, rows in L2, one thread: the Q4_K down kernels 3-8 %
- * faster, the gate/up ones 1-4 %).
+ * The same 16 bytes (8 scales, then 8 mins) in a vector register, for two super-blocks at once: each 128-bit lane of
+ * v holds one block's 12 packed bytes and 4 more. Two byte shuffles put each output byte's low bits and top 2 bits in
+ * place; the 16-bit shifts' bits leaking in from the neighbouring byte fall outside the masks. The x86 kernels take
+ * this instead of the scalar version and its round trip through memory (Zen 4, rows in L2, one thread: the Q4_K
+ * down kernels 3-8 % faster, the gate/up ones 1-4 %).
  */
+static inline __m256i ts_k_scales_mins_x2(__m256i v) {
+    /* bytes 0-3 | 8-11 | 4-7 | 8-11: the low 6 bits of scales 0-3, low 4 of scales 4-7, mins 0-3, (high 4) mins 4-7 */
+    const __m256i low = _mm256_shuffle_epi8(v, _mm256_broadcastsi128_si256(
+                                                   _mm_setr_epi8(0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 8, 9, 10, 11)));
+    const __m256i keep = _mm256_broadcastsi128_si256(_mm_setr_epi8(63, 63, 63, 63, 15, 15, 15, 15, 63, 63, 63, 63, 0, 0, 0, 0));
+    const __m256i keep_high = _mm256_broadcastsi128_si256(_mm_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 15, 15, 15, 15));
+    const __m256i bits = _mm256_or_si256(_mm256_and_si256(low, keep), _mm256_and_si256(_mm256_srli_epi16(low, 4), keep_high));
+    /* the top 2 bits of bytes 0-3 (scales 4-7) and 4-7 (mins 4-7), shifted to bits 4-5 */
+    const __m256i top = _mm256_shuffle_epi8(v, _mm256_broadcastsi128_si256(
+                                                   _mm_setr_epi8(-1, -1, -1, -1, 0, 1, 2, 3, -1, -1, -1, -1, 4, 5, 6, 7)));
+    return _mm256_or_si256(bits, _mm256_and_si256(_mm256_srli_epi16(top, 2), _mm256_set1_epi8(0x30)));
+}
+
+/* One super-block's, from a 16-byte load at `packed` (its 12 packed bytes and the 4 after them, which every layout
+ * holds within the block or its group). */
 static inline __m128i ts_k_scales_mins_vec(const uint8_t *packed) {
     const __m128i v = _mm_loadu_si128((const __m128i *)packed);
-    /* bytes 0-3 | 8-11 | 4-7 | 8-11: the low 6 bits of scales 0-3, low 4 of scales 4-7, mins 0-3, (high 4) mins 4-7 */
-    const __m128i low = _mm_shuffle_epi8(v, _mm_setr_epi8(0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 8, 9, 10, 11));
-    const __m128i keep = _mm_setr_epi8(63, 63, 63, 63, 15, 15, 15, 15, 63, 63, 63, 63, 0, 0, 0, 0);
-    const __m128i keep_high = _mm_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 15, 15, 15, 15);
-    const __m128i bits = _mm_or_si128(_mm_and_si128(low, keep), _mm_and_si128(_mm_srli_epi16(low, 4), keep_high));
-    /* the top 2 bits of bytes 0-3 (scales 4-7) and 4-7 (mins 4-7), shifted to bits 4-5 */
-    const __m128i top = _mm_shuffle_epi8(v, _mm_setr_epi8(-1, -1, -1, -1, 0, 1, 2, 3, -1, -1, -1, -1, 4, 5, 6, 7));
-    return _mm_or_si128(bits, _mm_and_si128(_mm_srli_epi16(top, 2), _mm_set1_epi8(0x30)));
+    return _mm256_castsi256_si128(ts_k_scales_mins_x2(_mm256_castsi128_si256(v)));
 }
 #endif
 

@@ -21,19 +21,50 @@ static void transpose_quants(const uint8_t *qs, uint8_t *out) {
     }
 }
 
-void ts_q4_k_rows_split(const void *src, void *dst, int64_t n_rows, size_t row_bytes) {
+/* gate and up rows: the block's header where ggml has it, its quants transposed */
+static void place_split(const uint8_t *block, uint8_t *group, int c, int j) {
+    memcpy(group + TS_Q4_K_HEAD * j, block, TS_Q4_K_HEAD);
+    transpose_quants(block + TS_Q4_K_HEAD, group + (size_t)TS_Q4_K_HEAD * c + (size_t)TS_Q4_K_QUANTS * j);
+}
+
+/* one super-block's 128 quant bytes (ggml's order) -> the down rows' order: the 8-byte runs of each 64-byte half's
+ * two 32-byte halves interleaved */
+static void interleave_runs(const uint8_t *qs, uint8_t *out) {
+    for (int h = 0; h < 2; h++) {
+        for (int l = 0; l < 4; l++) {
+            memcpy(out + 64 * h + 16 * l, qs + 64 * h + 8 * l, 8);
+            memcpy(out + 64 * h + 16 * l + 8, qs + 64 * h + 32 + 8 * l, 8);
+        }
+    }
+}
+
+/* transposed down rows: d and dmin, the 12 scale bytes and the quants each beside the group's others */
+static void place_down(const uint8_t *block, uint8_t *group, int c, int j) {
+    memcpy(group + 4 * j, block, 4);
+    memcpy(group + 4 * c + 12 * j, block + 4, 12);
+    interleave_runs(block + TS_Q4_K_HEAD, group + (size_t)TS_Q4_K_HEAD * c + (size_t)TS_Q4_K_QUANTS * j);
+}
+
+/* rows grouped as the split layouts group them, each block placed in its group by `place` */
+static void rows_grouped(const void *src, void *dst, int64_t n_rows, size_t row_bytes,
+                         void (*place)(const uint8_t *block, uint8_t *group, int c, int j)) {
     const int64_t nb = (int64_t)(row_bytes / TS_Q4_K_BYTES);
     for (int64_t r = 0; r < n_rows; r++) {
         const uint8_t *row = (const uint8_t *)src + (size_t)r * row_bytes;
         uint8_t *out = (uint8_t *)dst + (size_t)r * row_bytes;
         for (int64_t b = 0; b < nb; b++) {
             const ts_split_group g = ts_split_group_at(b, b + 1, nb);
-            uint8_t *group = out + (size_t)g.first * TS_Q4_K_BYTES;
-            const uint8_t *block = row + (size_t)b * TS_Q4_K_BYTES;
-            memcpy(group + TS_Q4_K_HEAD * g.j0, block, TS_Q4_K_HEAD);
-            transpose_quants(block + TS_Q4_K_HEAD, group + (size_t)TS_Q4_K_HEAD * g.c + (size_t)TS_Q4_K_QUANTS * g.j0);
+            place(row + (size_t)b * TS_Q4_K_BYTES, out + (size_t)g.first * TS_Q4_K_BYTES, g.c, g.j0);
         }
     }
+}
+
+void ts_q4_k_rows_split(const void *src, void *dst, int64_t n_rows, size_t row_bytes) {
+    rows_grouped(src, dst, n_rows, row_bytes, place_split);
+}
+
+void ts_q4_k_rows_down(const void *src, void *dst, int64_t n_rows, size_t row_bytes) {
+    rows_grouped(src, dst, n_rows, row_bytes, place_down);
 }
 
 const void *ts_prepare_q8_k_split(const void *xq, int64_t n, void *buf) {

@@ -74,6 +74,19 @@ static inline void ts_q4_k_prefetch_rows(const uint8_t *rows, size_t row_bytes, 
 /* ggml's Q4_K rows -> the split layout (an exact reordering into other memory) */
 void ts_q4_k_rows_split(const void *src, void *dst, int64_t n_rows, size_t row_bytes);
 
+/*
+ * Transposed down rows (axpy_rows.h: TS_ROWS_Q4_K_DOWN), grouped as above, have a layout of their own, for kernels
+ * that add a block's values into outputs in order and dequantize a group's factors at once. A group of c blocks
+ * holds their d and dmin (4 bytes each), then their 12 scale bytes each, then their quants (16 c + 128 c bytes). The
+ * quants keep ggml's pairing (sub-blocks 2i and 2i + 1 in the low and high nibbles of the same 32 bytes) and only
+ * their 8-byte runs move: in each half h of 64 bytes (sub-blocks 4h to 4h + 3), bytes [16L, 16L + 8) hold ggml's
+ * [64h + 8L, 64h + 8L + 8) and bytes [16L + 8, 16L + 16) ggml's [64h + 32 + 8L, 64h + 40 + 8L), L < 4. A row pair's
+ * 64-byte loads interleaved byte by byte (unpacklo: each 128-bit lane's first 8 bytes; unpackhi: its last 8) then
+ * hold values 0-31 of one sub-block, in order, in each nibble (a 32-byte load: 16 of them): a kernel multiplies each
+ * by the pair's one coefficient of that sub-block, a broadcast, and adds them into its outputs as they lie.
+ */
+void ts_q4_k_rows_down(const void *src, void *dst, int64_t n_rows, size_t row_bytes);
+
 /* ggml's Q8_K activation of n values (a multiple of 256) -> the prepared layout above in buf; returns buf */
 const void *ts_prepare_q8_k_split(const void *xq, int64_t n, void *buf);
 

@@ -111,10 +111,10 @@ int32_t ts_kernel_row_sums_batch(int32_t type, const void *w, int64_t n_rows, in
     const size_t row_bytes = ggml_row_size(t, n_cols);
     void *rows = (void *)w; /* w is in ggml's layout: a kernel reading another gets a converted copy */
     void *scratch = malloc(ts_row_sums_batch_scratch(t, n_rows, n_tokens));
-    if (ts_axpy_rows_layout(t) == TS_ROWS_SPLIT) {
+    if (ts_axpy_rows_layout(t) != TS_ROWS_GGML) {
         rows = malloc(row_bytes * (size_t)n_rows);
         if (rows != NULL) {
-            ts_rows_split(t, w, rows, n_rows, row_bytes);
+            ts_rows_to_layout(ts_axpy_rows_layout(t), t, w, rows, n_rows, row_bytes);
         }
     }
     if (rows == NULL || scratch == NULL) {
