@@ -379,3 +379,62 @@ def test_ffn_layer_table_breaks_the_sparse_time_down() -> None:
         "(predictor bytes over it: 30.0 GB/s)"
     )
     assert lines[-1].endswith("the rest not measurable (the median is below the nodes' means: a noisy run)")
+
+
+PREDICTORS = {"q4_0-split": (Q.Q4_0, 64), "q4_0": (Q.Q4_0, 32), "q8_0": (Q.Q8_0, 64), "q4_1": (Q.Q4_1, 64)}
+
+
+@pytest.mark.parametrize("qtype,rank", PREDICTORS.values(), ids=PREDICTORS.keys())
+def test_the_predictor_decodes_one_token_as_it_reads_several(tmp_path: Path, qtype: Q, rank: int) -> None:
+    """A model placed for predictor mode reads the predictor's matrices with the decoding kernels where the CPU has
+    them (rows_dot.h; Q4_0 rows of 64 values in the split layout, of 32 in ggml's), for one token and for several
+    alike. The predictor is built so that its logits lie far from the threshold for any rounding: fc1 passes h's
+    first values, which are 0 or 1, fc2's entries are +-1 (stored exactly or nearly, the threshold placed in a gap
+    of the stored weights' logits). So the FFN block selects exactly the neurons numpy's predictor selects, one token
+    at a time and all at once, and gives numpy's output with that selection (a row or token read from the wrong
+    place selects others)."""
+    cfg = TinyConfig(act="drelu", n_embd=256, n_ff=512, n_head=4, n_head_kv=2)
+    weights = random_weights(cfg, seed=1, predictor_rank=rank)
+    rng = np.random.default_rng(5)
+    for layer in range(cfg.n_layer):
+        weights[f"blk.{layer}.ffn_pred_fc1.weight"] = np.eye(rank, cfg.n_embd, dtype=np.float32)
+        weights[f"blk.{layer}.ffn_pred_fc2.weight"] = rng.choice([-1.0, 1.0], (cfg.n_ff, rank)).astype(np.float32)
+    path = tmp_path / "m.gguf"
+    stored = write_gguf(path, cfg, weights, qtype, down_layout="transposed")
+    w = {k: v.astype(np.float64) for k, v in stored.items()}
+    h = rng.standard_normal((12, cfg.n_embd)).astype(np.float32)
+    h[:, :rank] = rng.integers(0, 2, (12, rank))
+    layer = 1
+    logits = predictor_logits(w, layer, h.astype(np.float64), "residual", cfg.rms_eps)
+    values = np.unique(logits)
+    midpoints = (values[:-1] + values[1:]) / 2
+    wide = np.flatnonzero(np.diff(values) >= 0.05)  # gaps far wider than any rounding of these logits
+    threshold = float(midpoints[wide[np.argmin(np.abs(midpoints[wide] - np.median(logits)))]])
+    kept = logits >= threshold
+    assert 0.3 < kept.mean() < 0.7
+    x = h / np.sqrt((h.astype(np.float64) ** 2).mean(-1, keepdims=True) + cfg.rms_eps)
+    z = x * w[f"blk.{layer}.ffn_norm.weight"]
+    a = ffn_activation(cfg.act, z @ w[f"blk.{layer}.ffn_gate.weight"].T, z @ w[f"blk.{layer}.ffn_up.weight"].T)
+    ref = (a * kept) @ w[f"blk.{layer}.ffn_down_t.weight"]
+    ctx = context(path, SparseMode.PREDICTOR, threshold=threshold)
+    together = ctx.eval_ffn(layer, h, dense_ffn=False)
+    assert ctx.layer_stats()[layer].n_computed == int(kept.sum())
+    assert_close(together, ref, qtype)
+    ctx.reset_stats()
+    apart = np.concatenate([ctx.eval_ffn(layer, h[i : i + 1], dense_ffn=False) for i in range(len(h))])
+    assert ctx.layer_stats()[layer].n_computed == int(kept.sum())
+    np.testing.assert_allclose(apart, together, rtol=0, atol=1e-4 * np.abs(together).max())
+
+
+@pytest.mark.parametrize("qtype,rank", [(Q.Q4_0, 64), (Q.Q4_K, 256)], ids=["q4_0", "q4_k"])
+def test_a_predictor_placement_holds_the_predictor_split(tmp_path: Path, qtype: Q, rank: int) -> None:
+    """Where the gate and up rows are held split (x86 with huge pages), a placement for predictor mode holds the
+    predictor's matrices so too; not when the gate is a dense matrix (exact mode's placement) or nothing is copied."""
+    cfg = TinyConfig(act="drelu", n_embd=256, n_ff=512, n_head=4, n_head_kv=2)
+    path, _ = make(tmp_path, cfg, rank=rank, qtype=qtype)
+    placed = NativeModel(path)
+    if placed.n_gate_up_split == 0:
+        pytest.skip("no split layout here (another CPU, or transparent huge pages off)")
+    assert placed.n_predictor_split == cfg.n_layer
+    assert NativeModel(path, dense_gate=True).n_predictor_split == 0
+    assert NativeModel(path, repack=False).n_predictor_split == 0

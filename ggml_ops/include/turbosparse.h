@@ -191,6 +191,10 @@ int32_t ts_model_n_gate_up_side_by_side(const ts_model *model);
    rows faster so). */
 int32_t ts_model_n_gate_up_split(const ts_model *model);
 
+/* Layers whose predictor matrices (fc1 and fc2) this model holds in the split layout: a model placed for predictor
+   mode reads them with those kernels too (a decoded token's through the gate/up kernels), not with ggml's mul_mat. */
+int32_t ts_model_n_predictor_split(const ts_model *model);
+
 /*
  * The sparse mode a user's request means for this model (the one place that decides it): `requested` is an enum
  * ts_sparse_mode, TS_SPARSE_AUTO included. TS_OK with *mode set to the mode to run (never AUTO), or TS_ERR_ARGUMENT

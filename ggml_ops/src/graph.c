@@ -11,6 +11,7 @@
 #include "grouped_ffn.h"
 
 #include "moe_ffn.h"
+#include "rows_dot.h"
 #include "rows_matmul.h"
 
 #include <math.h>
@@ -114,6 +115,17 @@ static struct ggml_tensor *ffn_matmul(const ts_context *ctx, struct ggml_context
     return out != NULL ? add_bias(ctx0, out, b) : matmul_bias(ctx0, w, b, cur);
 }
 
+/* A predictor's matrix w . x: through the decoding kernels (rows_dot.h) where the model does not hold it repacked for
+ * ggml (model.c: predictor_role) and a kernel takes its rows, else ggml's mul_mat. */
+static struct ggml_tensor *predictor_matmul(const ts_context *ctx, struct ggml_context *ctx0, struct ggml_tensor *w,
+                                            struct ggml_tensor *x, int split) {
+    const ts_model *m = ctx->model;
+    struct ggml_tensor *out = split || (m->sparse_rows && m->on_cpu && w->buffer != m->buf_repacked)
+                                  ? ts_rows_dot(ctx0, w, x, ctx->params.n_threads, split)
+                                  : NULL;
+    return out != NULL ? out : ggml_mul_mat(ctx0, w, x);
+}
+
 struct ggml_tensor *ts_down_t_scaled(struct ggml_context *ctx0, const ts_layer *l, struct ggml_tensor *y) {
     return l->ffn_down_t_scale != NULL ? ggml_mul(ctx0, y, l->ffn_down_t_scale) : y;
 }
@@ -187,7 +199,8 @@ static struct ggml_tensor *ffn(ts_context *ctx, struct ggml_context *ctx0, int i
         struct ggml_tensor *h = m->info.predictor_input == TS_PRED_INPUT_RESIDUAL_RMSNORM
                                     ? ggml_rms_norm(ctx0, ffn_inp, m->info.rms_eps)
                                     : ffn_inp;
-        select = ggml_mul_mat(ctx0, l->pred_fc2, ggml_relu(ctx0, ggml_mul_mat(ctx0, l->pred_fc1, h)));
+        struct ggml_tensor *hidden = ggml_relu(ctx0, predictor_matmul(ctx, ctx0, l->pred_fc1, h, l->pred_fc1_split));
+        select = predictor_matmul(ctx, ctx0, l->pred_fc2, hidden, l->pred_fc2_split);
     }
     const ts_sparse_activation a =
         ts_sparse_act(ctx0, sl, select, xq_gate, xq_up, sl->select_exact ? NULL : l->ffn_gate, l->ffn_up, n_threads);

@@ -34,7 +34,8 @@ enum tensor_role {
     ROLE_ROWS,     /* FFN gate/up: read row by row by the sparse FFN ops, repacked only for dense use */
     ROLE_DOWN_T,   /* transposed down: only ever read row by row, never repacked */
     ROLE_ROPE,     /* F32 rope frequency factors */
-    ROLE_GATE      /* FFN gate: ROLE_ROWS in a layer with a predictor (it selects rows), else ROLE_MATRIX */
+    ROLE_GATE,     /* FFN gate: ROLE_ROWS in a layer with a predictor (it selects rows), else ROLE_MATRIX */
+    ROLE_PREDICTOR /* predictor fc1/fc2: ROLE_ROWS where turbosparse's kernels read it (predictor_role), else MATRIX */
 };
 
 typedef struct binding {
@@ -409,8 +410,10 @@ static const tensor_spec FFN_TENSORS[] = {
 
 /* predictor: logits = fc2 . relu(fc1 . input); the rank is fc1's */
 static const tensor_spec PREDICTOR_TENSORS[] = {
-    {TS_TENSOR_PRED_FC1, TS_TENSOR_POWERINFER_FC1, ROLE_MATRIX, LAYER_SLOT(pred_fc1), 1, {DIM_EMBD, DIM_RANK, DIM_1}},
-    {TS_TENSOR_PRED_FC2, TS_TENSOR_POWERINFER_FC2, ROLE_MATRIX, LAYER_SLOT(pred_fc2), 1, {DIM_RANK, DIM_FF, DIM_1}},
+    {TS_TENSOR_PRED_FC1, TS_TENSOR_POWERINFER_FC1, ROLE_PREDICTOR, LAYER_SLOT(pred_fc1), 1,
+     {DIM_EMBD, DIM_RANK, DIM_1}},
+    {TS_TENSOR_PRED_FC2, TS_TENSOR_POWERINFER_FC2, ROLE_PREDICTOR, LAYER_SLOT(pred_fc2), 1,
+     {DIM_RANK, DIM_FF, DIM_1}},
 };
 
 /* A mixture-of-experts FFN under llama.cpp's names (router ffn_gate_inp, experts stacked along ne2), plus ours:
@@ -1016,11 +1019,23 @@ static int allocate_rows(ts_model *m, plan *p, const ts_model_params *params, ch
     return 0;
 }
 
+/*
+ * A predictor's matrices in a model placed for predictor mode are read like the gate/up rows (ROLE_ROWS: copied, in the
+ * split layout where its kernels take it) where this CPU has decoding kernels for them (rows_dot.h), not repacked for
+ * ggml's mul_mat. Not for the grouped route, which reads fc1 through ggml.
+ */
+static enum tensor_role predictor_role(const ts_model *m, const binding *b, const ts_model_params *params) {
+    const int kernel = ts_dot_kernel_best((enum ggml_type)b->src->type, b->ne[0]).isa != TS_ISA_GENERIC;
+    return params->sparse_rows && !m->dense_gate && m->on_cpu && m->info.group_size == 0 && kernel ? ROLE_ROWS
+                                                                                                : ROLE_MATRIX;
+}
+
 static int allocate(ts_model *m, plan *p, const ts_model_params *params, char *err, size_t err_size) {
     ggml_backend_buffer_type_t repack_buft = NULL;
     int n_repack = 0;
     for (int i = 0; i < p->n; i++) {
         binding *b = &p->items[i];
+        b->role = b->role == ROLE_PREDICTOR ? predictor_role(m, b, params) : b->role;
         const int eligible = b->role == ROLE_MATRIX || (b->role == ROLE_ROWS && !params->sparse_rows);
         if (params->repack && eligible) {
             ggml_backend_buffer_type_t buft = repack_buft_for((enum ggml_type)b->src->type, b->ne[0], b->ne[1], b->ne[2]);
@@ -1056,6 +1071,9 @@ static int allocate(ts_model *m, plan *p, const ts_model_params *params, char *e
         const binding *u = find_binding(p, m->info.n_expert > 0 ? &l->ffn_up_exps : &l->ffn_up);
         l->gate_split = g != NULL && g->role == ROLE_ROWS && g->split;
         l->up_split = u != NULL && u->role == ROLE_ROWS && u->split;
+        const binding *fc1 = find_binding(p, &l->pred_fc1), *fc2 = find_binding(p, &l->pred_fc2);
+        l->pred_fc1_split = fc1 != NULL && fc1->split;
+        l->pred_fc2_split = fc2 != NULL && fc2->split;
     }
     m->buf_mapped = ggml_backend_cpu_buffer_from_ptr(m->file->map, m->file->size);
     if (m->buf_mapped == NULL) {
@@ -1275,6 +1293,14 @@ int32_t ts_model_n_gate_up_split(const ts_model *m) {
     int32_t n = 0;
     for (int il = 0; il < m->info.n_layer; il++) {
         n += m->layers[il].gate_split && m->layers[il].up_split;
+    }
+    return n;
+}
+
+int32_t ts_model_n_predictor_split(const ts_model *m) {
+    int32_t n = 0;
+    for (int il = 0; il < m->info.n_layer; il++) {
+        n += m->layers[il].pred_fc1_split && m->layers[il].pred_fc2_split;
     }
     return n;
 }

@@ -40,6 +40,7 @@ typedef struct ts_layer {
     /* 1 where the gate's (up's) rows, and so ffn_gate_up's, are held in the split layout (gate_up_dot.h:
      * ts_gate_up_split): only turbosparse's kernels read them then, chosen by these flags */
     int32_t gate_split, up_split;
+    int32_t pred_fc1_split, pred_fc2_split; /* the same for the predictor's matrices (model.c: predictor_role) */
 } ts_layer;
 
 struct ts_model {

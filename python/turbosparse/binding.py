@@ -281,6 +281,8 @@ class NativeModel:
         self.n_gate_up_side_by_side: int = lib.ts_model_n_gate_up_side_by_side(self._handle)
         # ... and layers whose gate and up rows it holds in the split layout (the x86 Q4_0 and Q4_K kernels)
         self.n_gate_up_split: int = lib.ts_model_n_gate_up_split(self._handle)
+        # ... and layers whose predictor matrices it holds so (read by turbosparse's kernels, not ggml's mul_mat)
+        self.n_predictor_split: int = lib.ts_model_n_predictor_split(self._handle)
         self.ffn_scales = self._ffn_scales()
 
     def _ffn_scales(self) -> FfnScales:

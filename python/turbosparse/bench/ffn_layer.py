@@ -1,9 +1,10 @@
 """Kernel benchmark: one Mistral-7B FFN layer, predictor + sparse FFN against ggml's dense FFN (mul_mat).
 
 Both sides run the same FFN block (RMSNorm + FFN) through the engine's graph on ggml's threads: the dense
-twin with ggml's mul_mat for gate, up and down; the sparse model with its predictor (ggml mul_mat), the
-sparse gate/up node and the sparse down node. Calls alternate, and medians are reported with the bytes each
-side reads per token, so the effective bandwidths compare directly with each other and with a plain copy.
+twin with ggml's mul_mat for gate, up and down; the sparse model with its predictor (the decoding kernels where
+the CPU has them, else ggml's mul_mat), the sparse gate/up node and the sparse down node. Calls alternate, and
+medians are reported with the bytes each side reads per token, so the effective bandwidths compare directly with
+each other and with a plain copy.
 Calls cycle over four identical layers stored apart, so the weights come from memory, not from a large L3.
 The times are those of the graphs' computations (every node and ggml's thread synchronisation); each call's
 fixed cost around them (this Python call, building and allocating the one-layer graph), which a decoded token
