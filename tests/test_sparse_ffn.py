@@ -381,19 +381,21 @@ def test_ffn_layer_table_breaks_the_sparse_time_down() -> None:
     assert lines[-1].endswith("the rest not measurable (the median is below the nodes' means: a noisy run)")
 
 
-PREDICTORS = {"q4_0-split": (Q.Q4_0, 64), "q4_0": (Q.Q4_0, 32), "q8_0": (Q.Q8_0, 64), "q4_1": (Q.Q4_1, 64)}
+PREDICTORS = {"q4_0": (Q.Q4_0, True), "q4_0-in-the-mapping": (Q.Q4_0, False), "q8_0": (Q.Q8_0, True),
+              "q4_1": (Q.Q4_1, True)}  # fmt: skip
 
 
-@pytest.mark.parametrize("qtype,rank", PREDICTORS.values(), ids=PREDICTORS.keys())
-def test_the_predictor_decodes_one_token_as_it_reads_several(tmp_path: Path, qtype: Q, rank: int) -> None:
+@pytest.mark.parametrize("qtype,repack", PREDICTORS.values(), ids=PREDICTORS.keys())
+def test_the_predictor_decodes_one_token_as_it_reads_several(tmp_path: Path, qtype: Q, repack: bool) -> None:
     """A model placed for predictor mode reads the predictor's matrices with the decoding kernels where the CPU has
-    them (rows_dot.h; Q4_0 rows of 64 values in the split layout, of 32 in ggml's), for one token and for several
-    alike. The predictor is built so that its logits lie far from the threshold for any rounding: fc1 passes h's
-    first values, which are 0 or 1, fc2's entries are +-1 (stored exactly or nearly, the threshold placed in a gap
-    of the stored weights' logits). So the FFN block selects exactly the neurons numpy's predictor selects, one token
-    at a time and all at once, and gives numpy's output with that selection (a row or token read from the wrong
-    place selects others)."""
-    cfg = TinyConfig(act="drelu", n_embd=256, n_ff=512, n_head=4, n_head_kv=2)
+    them and their rows are long enough (rows_dot.h; Q4_0 in the split layout where the model copies its rows, else
+    in the mapping as ggml lays it out), for one token and for several alike. The predictor is built so that its
+    logits lie far from the threshold for any rounding: fc1 passes h, whose values are 0 or 1, fc2's entries are +-1
+    (stored exactly or nearly, the threshold placed in a gap of the stored weights' logits). So the FFN block selects
+    exactly the neurons numpy's predictor selects, one token at a time and all at once, and gives numpy's output with
+    that selection (a row or token read from the wrong place selects others)."""
+    cfg = TinyConfig(act="drelu", n_embd=1024, n_ff=512, n_head=8, n_head_kv=4)
+    rank = 1024
     weights = random_weights(cfg, seed=1, predictor_rank=rank)
     rng = np.random.default_rng(5)
     for layer in range(cfg.n_layer):
@@ -402,8 +404,7 @@ def test_the_predictor_decodes_one_token_as_it_reads_several(tmp_path: Path, qty
     path = tmp_path / "m.gguf"
     stored = write_gguf(path, cfg, weights, qtype, down_layout="transposed")
     w = {k: v.astype(np.float64) for k, v in stored.items()}
-    h = rng.standard_normal((12, cfg.n_embd)).astype(np.float32)
-    h[:, :rank] = rng.integers(0, 2, (12, rank))
+    h = rng.integers(0, 2, (12, cfg.n_embd)).astype(np.float32)
     layer = 1
     logits = predictor_logits(w, layer, h.astype(np.float64), "residual", cfg.rms_eps)
     values = np.unique(logits)
@@ -416,7 +417,8 @@ def test_the_predictor_decodes_one_token_as_it_reads_several(tmp_path: Path, qty
     z = x * w[f"blk.{layer}.ffn_norm.weight"]
     a = ffn_activation(cfg.act, z @ w[f"blk.{layer}.ffn_gate.weight"].T, z @ w[f"blk.{layer}.ffn_up.weight"].T)
     ref = (a * kept) @ w[f"blk.{layer}.ffn_down_t.weight"]
-    ctx = context(path, SparseMode.PREDICTOR, threshold=threshold)
+    ctx = NativeContext(NativeModel(path, repack=repack), n_ctx=64, n_threads=2, n_batch=64,
+                        sparse_mode=SparseMode.PREDICTOR, threshold=threshold)  # fmt: skip
     together = ctx.eval_ffn(layer, h, dense_ffn=False)
     assert ctx.layer_stats()[layer].n_computed == int(kept.sum())
     assert_close(together, ref, qtype)
@@ -426,15 +428,18 @@ def test_the_predictor_decodes_one_token_as_it_reads_several(tmp_path: Path, qty
     np.testing.assert_allclose(apart, together, rtol=0, atol=1e-4 * np.abs(together).max())
 
 
-@pytest.mark.parametrize("qtype,rank", [(Q.Q4_0, 64), (Q.Q4_K, 256)], ids=["q4_0", "q4_k"])
-def test_a_predictor_placement_holds_the_predictor_split(tmp_path: Path, qtype: Q, rank: int) -> None:
+@pytest.mark.parametrize("qtype", [Q.Q4_0, Q.Q4_K], ids=lambda q: q.name)
+def test_a_predictor_placement_holds_the_predictor_split(tmp_path: Path, qtype: Q) -> None:
     """Where the gate and up rows are held split (x86 with huge pages), a placement for predictor mode holds the
-    predictor's matrices so too; not when the gate is a dense matrix (exact mode's placement) or nothing is copied."""
-    cfg = TinyConfig(act="drelu", n_embd=256, n_ff=512, n_head=4, n_head_kv=2)
-    path, _ = make(tmp_path, cfg, rank=rank, qtype=qtype)
+    predictor's matrices so too; not when the gate is a dense matrix (exact mode's placement) or nothing is copied,
+    nor a predictor whose fc2 rows are short (rank 256: ggml's repacked GEMV reads them faster)."""
+    cfg = TinyConfig(act="drelu", n_embd=1024, n_ff=512, n_head=8, n_head_kv=4)
+    path, _ = make(tmp_path, cfg, rank=1024, qtype=qtype)
     placed = NativeModel(path)
     if placed.n_gate_up_split == 0:
         pytest.skip("no split layout here (another CPU, or transparent huge pages off)")
     assert placed.n_predictor_split == cfg.n_layer
     assert NativeModel(path, dense_gate=True).n_predictor_split == 0
     assert NativeModel(path, repack=False).n_predictor_split == 0
+    short, _ = make(tmp_path, cfg, rank=256, qtype=qtype)
+    assert NativeModel(short).n_predictor_split == 0

@@ -5,17 +5,20 @@
  * Per row and super-block, the 8 scales and mins are unpacked at once (q4_k_scales.h): row k's c = a_k * d_k * sc_j
  * is one vector with the units j in the lanes, so S and k of all 8 units are found at once (the same values, bit for
  * bit, as one unit at a time; 1.15-1.17x from DRAM, 1.26-1.31x from cache against that, Zen 3) with the mins' sum
- * per j. Q4_K_ROWS rows per group: 8 ran 0.95-1.0x.
+ * per j. Q4_K_ROWS rows per group: 8 ran 0.95-1.0x. Both kernels walk the down layout's groups the same way
+ * (q4_k_add_blocks) and differ in the step that adds one super-block's values.
  */
 #ifndef TS_AXPY_Q4_K_COEFS_H
 #define TS_AXPY_Q4_K_COEFS_H
 
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#include "axpy_rows.h"
 #include "q4_k_scales.h"
+#include "q4_k_split.h"
+#include "row_prefetch.h"
 
 #include <immintrin.h>
 #include <stdint.h>
-#include <string.h>
 
 #define Q4_K_ROWS 16 /* rows sharing S: 8 pairs, whose 4-bit sums stay within int16 (8 * 2 * 15 * 127 < 32768) */
 
@@ -68,6 +71,33 @@ static inline void q4_k_quantize(const uint8_t *const *r, const float dm[][16], 
     }
     _mm256_storeu_ps(q->scale, _mm256_mul_ps(amax, _mm256_set1_ps(1.0f / 127.0f)));
     _mm256_storeu_ps(q->min_sum, mins);
+}
+
+/* A kernel's step: adds to o[0, 256) one super-block of the Q4_K_ROWS rows, its quants at byte `at` of each row, its
+ * coefficients q */
+typedef void (*q4_k_block_fn)(const uint8_t *const *r, size_t at, const q4_k_lanes *q, float *o);
+
+/* Super-blocks [b0, b0 + n_blocks) of the Q4_K_ROWS rows r (coefficients a) in the down layout (q4_k_split.h: per
+ * group of 8 their d/dmin, their scales, then their quants) added to o: per group the rows' factors, per super-block
+ * its coefficients, then `block` (a constant where this is inlined, so it is inlined too); meanwhile pf asks for the
+ * next rows line by line. */
+static inline __attribute__((always_inline)) void q4_k_add_blocks(const uint8_t *const *r, const float *a, int64_t b0,
+                                                                  int64_t n_blocks, int64_t row_blocks, float *o,
+                                                                  ts_row_prefetcher *pf, q4_k_block_fn block) {
+    const int64_t start = b0 / TS_SPLIT_GROUP * TS_SPLIT_GROUP, end = b0 + n_blocks;
+    for (int64_t b = b0; b < end;) {
+        const ts_split_group g = ts_split_group_at(b, end, row_blocks);
+        const size_t group = (size_t)g.first * TS_Q4_K_BYTES, quants = group + TS_Q4_K_HEAD * (size_t)g.c;
+        float dm[Q4_K_ROWS][16];
+        q4_k_group_factors(r, a, group, dm);
+        for (int j = g.j0; j < g.j0 + g.n; j++) {
+            ts_prefetch_upto(pf, (size_t)(g.first + j + 1 - start) * TS_Q4_K_BYTES);
+            q4_k_lanes q;
+            q4_k_quantize(r, dm, j, group + 4 * (size_t)g.c + 12 * (size_t)j, &q);
+            block(r, quants + TS_Q4_K_QUANTS * (size_t)j, &q, o + 256 * (g.first + j - b0));
+        }
+        b += g.n;
+    }
 }
 
 #endif

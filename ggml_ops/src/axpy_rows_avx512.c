@@ -130,27 +130,16 @@ static inline void half_q4_k(const uint8_t *const *r, size_t at, const q4_k_lane
     }
 }
 
-/* Super-blocks [b0, b0 + n_blocks) of Q4_K_ROWS rows in the down layout (per group of 8: their headers, then
- * their quants). */
+/* one super-block (q4_k_block_fn): its two halves */
+static inline void block_q4_k(const uint8_t *const *r, size_t at, const q4_k_lanes *q, float *o) {
+    for (int h = 0; h < 2; h++) {
+        half_q4_k(r, at + 64 * (size_t)h, q, h, o + 128 * h);
+    }
+}
+
 static void add_split_q4_k(const uint8_t *const *r, const float *a, int64_t b0, int64_t n_blocks, int64_t row_blocks,
                            float *o, ts_row_prefetcher *pf) {
-    const int64_t start = b0 / TS_SPLIT_GROUP * TS_SPLIT_GROUP, end = b0 + n_blocks;
-    for (int64_t b = b0; b < end;) {
-        const ts_split_group g = ts_split_group_at(b, end, row_blocks);
-        const size_t group = (size_t)g.first * TS_Q4_K_BYTES, quants = group + TS_Q4_K_HEAD * (size_t)g.c;
-        float dm[Q4_K_ROWS][16];
-        q4_k_group_factors(r, a, group, dm);
-        for (int j = g.j0; j < g.j0 + g.n; j++) {
-            ts_prefetch_upto(pf, (size_t)(g.first + j + 1 - start) * TS_Q4_K_BYTES);
-            q4_k_lanes q;
-            q4_k_quantize(r, dm, j, group + 4 * (size_t)g.c + 12 * (size_t)j, &q);
-            for (int h = 0; h < 2; h++) {
-                half_q4_k(r, quants + TS_Q4_K_QUANTS * (size_t)j + 64 * (size_t)h, &q, h,
-                          o + 256 * (g.first + j - b0) + 128 * h);
-            }
-        }
-        b += g.n;
-    }
+    q4_k_add_blocks(r, a, b0, n_blocks, row_blocks, o, pf, block_q4_k);
 }
 
 TS_DEFINE_SPLIT_TILE(q4_0, 18, 1, SPLIT_ROWS_AVX512)
