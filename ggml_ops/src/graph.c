@@ -103,26 +103,28 @@ struct ggml_tensor *ts_gated_activation(struct ggml_context *ctx0, int32_t act, 
     }
 }
 
+/* Whether turbosparse's kernels read w rather than ggml's mul_mat: held split (only they read that layout), or, in a
+ * model placed for the sparse modes on the CPU, held as rows (not repacked for ggml). */
+static int read_as_rows(const ts_model *m, const struct ggml_tensor *w, int split) {
+    return split || (m->sparse_rows && m->on_cpu && w->buffer != m->buf_repacked);
+}
+
 /* w . cur (+ b) for the dense FFN: in the sparse modes the row-read matrices (not repacked; split: in the split layout,
  * model.h) go through the prompt kernels of rows_matmul.h, which beat ggml's plain mul_mat; everything else (and
  * types without a kernel) by ggml. */
 static struct ggml_tensor *ffn_matmul(const ts_context *ctx, struct ggml_context *ctx0, struct ggml_tensor *w,
                                       struct ggml_tensor *b, struct ggml_tensor *cur, int split) {
-    const ts_model *m = ctx->model;
-    struct ggml_tensor *out = split || (m->sparse_rows && m->on_cpu && w->buffer != m->buf_repacked)
-                                  ? ts_rows_matmul(ctx0, w, cur, ctx->params.n_threads, split)
-                                  : NULL;
+    struct ggml_tensor *out =
+        read_as_rows(ctx->model, w, split) ? ts_rows_matmul(ctx0, w, cur, ctx->params.n_threads, split) : NULL;
     return out != NULL ? add_bias(ctx0, out, b) : matmul_bias(ctx0, w, b, cur);
 }
 
-/* A predictor's matrix w . x: through the decoding kernels (rows_dot.h) where the model does not hold it repacked for
- * ggml (model.c: predictor_role) and a kernel takes its rows, else ggml's mul_mat. */
+/* A predictor's matrix w . x: through the decoding kernels (rows_dot.h) where the model holds it as rows (model.c:
+ * predictor_role) and a kernel takes them, else ggml's mul_mat. */
 static struct ggml_tensor *predictor_matmul(const ts_context *ctx, struct ggml_context *ctx0, struct ggml_tensor *w,
                                             struct ggml_tensor *x, int split) {
-    const ts_model *m = ctx->model;
-    struct ggml_tensor *out = split || (m->sparse_rows && m->on_cpu && w->buffer != m->buf_repacked)
-                                  ? ts_rows_dot(ctx0, w, x, ctx->params.n_threads, split)
-                                  : NULL;
+    struct ggml_tensor *out =
+        read_as_rows(ctx->model, w, split) ? ts_rows_dot(ctx0, w, x, ctx->params.n_threads, split) : NULL;
     return out != NULL ? out : ggml_mul_mat(ctx0, w, x);
 }
 
