@@ -5,6 +5,7 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
+import gguf
 import numpy as np
 import pytest
 
@@ -86,6 +87,15 @@ def test_unknown_architecture(tmp_path: Path) -> None:
     assert "unsupported architecture 'gemma3'" in load_error(path)
 
 
+@pytest.mark.parametrize("alignment", [1, 4, 48])
+def test_alignment_below_eight_or_not_a_power_of_two(tmp_path: Path, alignment: int) -> None:
+    """GGUF asks general.alignment to be a multiple of 8: at 1 or 4 an F32 tensor can start at an address its floats
+    cannot be read from (a fuzzed PowerInfer file did, found by UBSan in the act node's bias read)."""
+    path = tmp_path / "m.gguf"
+    write_gguf(path, CFG, random_weights(CFG), extra_kv={"general.alignment": alignment})
+    assert f"general.alignment must be a power of two of at least 8, got {alignment}" in load_error(path)
+
+
 def test_missing_hparam_and_bad_activation(tmp_path: Path) -> None:
     path = tmp_path / "m.gguf"
     write_gguf(path, CFG, random_weights(CFG), extra_kv={"turbosparse.ffn_activation": "gelu"})
@@ -109,6 +119,20 @@ def test_unsupported_types(good: Path) -> None:
     assert "tensor 'blk.0.attn_norm.weight' has unknown or removed ggml type id 4" in load_error(good)
     _patch_tensor_type(good, "blk.0.attn_norm.weight", 9999)
     assert "unknown or removed ggml type id 9999" in load_error(good)
+
+
+def test_a_dimension_whose_product_overflows(tmp_path: Path) -> None:
+    """Q4_0 [64, 3e17]: 36 bytes a row fit size_t 3e17 times, but 64 * 3e17 elements overflow int64 (the check must
+    come before the product: under UBSan the old loop's multiplication was the report, found by fuzzing a PowerInfer
+    file)."""
+    path = tmp_path / "m.gguf"
+    write_gguf(path, CFG, random_weights(CFG), gguf.GGMLQuantizationType.Q4_0)
+    data = bytearray(path.read_bytes())
+    key = struct.pack("<Q", len("blk.0.ffn_up.weight")) + b"blk.0.ffn_up.weight"
+    at = data.index(key) + len(key)
+    struct.pack_into("<Q", data, at + 4 + 8, 3 * 10**17)  # n_dims, then ne[0], ne[1]
+    path.write_bytes(bytes(data))
+    assert f"tensor 'blk.0.ffn_up.weight' of shape [64, {3 * 10**17}, 1, 1] is too large" in load_error(path)
 
 
 def test_random_header_corruption_never_crashes(good: Path, tmp_path: Path) -> None:

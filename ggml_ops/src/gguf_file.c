@@ -225,8 +225,10 @@ static int read_tensor_info(cursor *c, ts_gguf_tensor *t, uint64_t *offset) {
     int64_t n_elements = t->ne[0];
     for (int i = 1; i < TS_GGUF_MAX_DIMS && !too_large; i++) {
         too_large = total > SIZE_MAX / (uint64_t)t->ne[i] || n_elements > INT64_MAX / t->ne[i];
-        total *= (uint64_t)t->ne[i];
-        n_elements *= t->ne[i];
+        if (!too_large) { /* a product that would overflow is never formed */
+            total *= (uint64_t)t->ne[i];
+            n_elements *= t->ne[i];
+        }
     }
     if (too_large) {
         ts_set_error(c->err, c->err_size, "%s: corrupt file: tensor '%s' of shape [%lld, %lld, %lld, %lld] is too large",
@@ -327,8 +329,14 @@ static int parse_body(ts_gguf_file *f, cursor *c) {
         if (align->type == TS_GGUF_U32) {
             memcpy(&a, align->data, sizeof(a));
         }
-        if (a == 0 || (a & (a - 1)) != 0) {
-            rc = ts_set_error(c->err, c->err_size, "%s: " TS_KEY_ALIGNMENT " must be a u32 power of two", f->path);
+        /* the GGUF spec's rule: a multiple of 8, so that every tensor's data is aligned for its elements (an F32 bias
+         * at an odd address is undefined behaviour in every kernel that reads it as floats) */
+        if (align->type != TS_GGUF_U32) {
+            rc = ts_set_error(c->err, c->err_size, "%s: " TS_KEY_ALIGNMENT " must be a u32, got value type %d", f->path,
+                              (int)align->type);
+        } else if (a < 8 || (a & (a - 1)) != 0) {
+            rc = ts_set_error(c->err, c->err_size,
+                              "%s: " TS_KEY_ALIGNMENT " must be a power of two of at least 8, got %u", f->path, a);
         }
         f->alignment = a;
     }
