@@ -144,6 +144,32 @@ def test_column_ranges_compose(qtype: Q) -> None:
     np.testing.assert_array_equal(parts, whole)
 
 
+@pytest.mark.parametrize("qtype", [Q.Q4_0, Q.Q4_1, Q.Q8_0, Q.Q4_K], ids=lambda q: q.name)
+@pytest.mark.parametrize("bad", [np.nan, np.inf], ids=["nan", "inf"])
+def test_a_scale_that_is_not_finite_spoils_only_its_own_block(qtype: Q, bad: float) -> None:
+    """A row's block scale of NaN or infinity (a corrupt or fuzzed file) gives that block's columns garbage or
+    non-finite values and every other column the right sum; no arithmetic on the garbage coefficient it turns into may
+    be undefined behaviour (the sanitized run: a fuzzed file's NaN scale made the split Q4_0 kernels multiply
+    INT_MIN by 8 in int)."""
+    rng = np.random.default_rng(5)
+    n_cols, n_rows = 768, 40
+    block_cols = 256 if qtype == Q.Q4_K else 32
+    w, deq = stored(rng.standard_normal((n_rows, n_cols)).astype(np.float32), qtype)
+    w = w.copy()
+    row, block, block_bytes = 3, 1, w.shape[1] // (n_cols // block_cols)
+    w[row, block * block_bytes : block * block_bytes + 2] = np.array([bad], np.float16).view(np.uint8)
+    spoilt = np.zeros(n_cols, bool)
+    spoilt[block * block_cols : (block + 1) * block_cols] = True
+    idx = np.arange(n_rows, dtype=np.int32)
+    coef = rng.standard_normal(n_rows).astype(np.float32)
+    expected = (coef[:, None].astype(np.float64) * deq).sum(0)
+    for isa in isas_for(qtype):
+        out = np.zeros(n_cols, np.float32)
+        axpy_rows(w, qtype, n_cols, idx, coef, out, isa=isa)
+        bound = error_bound(w, deq, qtype, isa, idx, coef)
+        assert np.all(np.abs(out - expected)[~spoilt] <= bound[~spoilt]), isa
+
+
 def test_bad_arguments_are_errors() -> None:
     w, _ = stored(np.ones((4, 64), np.float32), Q.Q8_0)
     out = np.zeros(64, np.float32)

@@ -218,8 +218,8 @@ static inline void split_units(const uint8_t *const *r, size_t at, const split_c
         sum[3] = _mm256_add_epi16(sum[3], _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(hi, 4), m4), k));
     }
     /* the offset taken off in int16: |sum| <= 8 * 15 * 127 and |offset * sum_k| <= 8 * 8 * 127, so the difference fits */
-    const __m256i off = _mm256_set_m128i(_mm_set1_epi16((int16_t)(offset * q->sum_k[j1])),
-                                         _mm_set1_epi16((int16_t)(offset * q->sum_k[j])));
+    const __m256i off = _mm256_set_m128i(_mm_set1_epi16((int16_t)split_offset(q, j1, offset)),
+                                         _mm_set1_epi16((int16_t)split_offset(q, j, offset)));
     const __m256 s0 = _mm256_set1_ps(q->scale[j]), s1 = _mm256_set1_ps(q->scale[j1]);
     const __m256 m0 = _mm256_set1_ps(q->min_sum[j]), m1 = _mm256_set1_ps(q->min_sum[j1]);
     for (int i = 0; i < 4; i++) {

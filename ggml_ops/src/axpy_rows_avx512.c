@@ -61,7 +61,7 @@ static inline void four_units_q4_0(const uint8_t *const *r, size_t at, const spl
         if (q->scale[jj] == 0.0f) {
             continue; /* no codes to add */
         }
-        const __m512i off = _mm512_set1_epi32(8 * q->sum_k[jj]);
+        const __m512i off = _mm512_set1_epi32(split_offset(q, jj, 8));
         const __m512 s = _mm512_set1_ps(q->scale[jj]);
         const __m512i a = first[u / 2], b = second[u / 2];
         add_scaled16(o + 32 * u, u & 1 ? _mm512_extracti64x4_epi64(a, 1) : _mm512_castsi512_si256(a), off, s);

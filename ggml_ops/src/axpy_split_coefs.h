@@ -33,6 +33,13 @@ typedef struct {
     float min_sum[8];              /* sum_r coef_r * m_r (types with a min) */
 } split_coefs;
 
+/* offset * sum_k of unit j, as the kernels take it off their integer sums. Computed in unsigned arithmetic: a
+ * coefficient that is not finite (a file's NaN or infinite scale) converts to INT_MIN, and its garbage k must not
+ * make this product undefined behaviour (the unit's output is then as undefined as its input, but nothing else). */
+static inline int32_t split_offset(const split_coefs *q, int j, int offset) {
+    return (int32_t)((uint32_t)offset * (uint32_t)q->sum_k[j]);
+}
+
 /* the fp16 values [0, n) at p as floats (n < 8: a tile's last units; the other lanes 0) */
 static inline __m256 halves8(const uint8_t *p, int n) {
     if (n == 8) {
