@@ -103,7 +103,7 @@ def _sentencepiece_vocab(model_dir: Path, vocab_size: int) -> Vocab:
     sp = SentencePieceProcessor()
     try:
         sp.LoadFromFile(str(path))
-    except (OSError, RuntimeError) as exc:
+    except (OSError, RuntimeError, UnicodeDecodeError) as exc:
         raise ConvertError(f"{path}: not a readable SentencePiece model: {exc}") from None
     tokens = [f"[PAD{i}]".encode() for i in range(vocab_size)]
     scores = [-10000.0] * vocab_size
@@ -120,7 +120,11 @@ def _sentencepiece_vocab(model_dir: Path, vocab_size: int) -> Vocab:
             kind = TokenType.UNUSED
         elif sp.IsByte(i):
             kind = TokenType.BYTE
-        tokens[i], scores[i], types[i] = sp.IdToPiece(i).encode("utf-8"), sp.GetScore(i), int(kind)
+        try:
+            piece = sp.IdToPiece(i)
+        except UnicodeDecodeError as exc:
+            raise ConvertError(f"{path}: piece {i} is not UTF-8: {exc}") from None
+        tokens[i], scores[i], types[i] = piece.encode("utf-8"), sp.GetScore(i), int(kind)
     added_file = model_dir / "added_tokens.json"
     if added_file.is_file():
         for text, tid in _read_json(added_file).items():

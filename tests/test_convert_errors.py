@@ -146,6 +146,15 @@ def test_unreadable_tokenizer(tmp_path: Path, work: Path) -> None:
     assert_fails(work, tmp_path, "tokenizer.model")
 
 
+def test_a_tokenizer_piece_that_is_not_utf8(tmp_path: Path, work: Path) -> None:
+    """A byte of a piece's text made 0xbb: sentencepiece loads the model and raises UnicodeDecodeError for the piece
+    (found by the fuzzer, which reached it through the model's other strings too)."""
+    data = bytearray((work / "tokenizer.model").read_bytes())
+    data[data.index(b"the")] = 0xBB
+    (work / "tokenizer.model").write_bytes(bytes(data))
+    assert_fails(work, tmp_path, "tokenizer.model", "is not UTF-8")
+
+
 def test_unknown_bpe_pre_tokenizer(tmp_path: Path, work: Path) -> None:
     (work / "tokenizer.model").unlink()
     tokenizer = {
