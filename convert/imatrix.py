@@ -93,9 +93,14 @@ def read_imatrix(path: str | os.PathLike[str]) -> ImportanceMatrix:
 
 def _read_gguf(path: Path) -> ImportanceMatrix:
     try:
-        reader = gguf.GGUFReader(str(path))
-    except Exception as e:  # gguf-py raises ValueError, struct.error, ... on a damaged file
+        return _imatrix_of(gguf.GGUFReader(str(path)), path)
+    except ConvertError:
+        raise
+    except Exception as e:  # gguf-py raises ValueError, struct.error, ... on a damaged file, some only as a field is read
         raise ConvertError(f"{path}: not a readable GGUF file: {e}") from e
+
+
+def _imatrix_of(reader: gguf.GGUFReader, path: Path) -> ImportanceMatrix:
     kind = reader.get_field(KEY_TYPE)
     if kind is None or kind.contents() != "imatrix":
         raise ConvertError(f"{path}: a GGUF file, but not an importance matrix ({KEY_TYPE} is not 'imatrix')")
@@ -115,8 +120,9 @@ def _read_gguf(path: Path) -> ImportanceMatrix:
         for tensor in (t, counts_t):
             if gguf.GGMLQuantizationType(tensor.tensor_type) != gguf.GGMLQuantizationType.F32:
                 raise ConvertError(f"{path}: tensor '{tensor.name}' is {tensor.tensor_type.name}, expected F32")
-        counts = np.array(counts_t.data, dtype=np.float64).reshape(-1)
-        sums = np.array(t.data, dtype=np.float64).reshape(-1)
+        with np.errstate(invalid="ignore", over="ignore"):  # a damaged file's values: for_tensor refuses non-finite ones
+            counts = np.array(counts_t.data, dtype=np.float64).reshape(-1)
+            sums = np.array(t.data, dtype=np.float64).reshape(-1)
         if len(counts) == 0 or sums.size == 0 or sums.size % len(counts) != 0:
             raise ConvertError(
                 f"{path}: tensor '{tname}' ({sums.size} values) does not divide into {len(counts)} counts"
@@ -151,7 +157,8 @@ def _means(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """sums / counts per matrix; a matrix no token reached (an expert never chosen) weighs every column alike."""
     out = np.ones_like(sums, dtype=np.float32)
     seen = counts > 0
-    out[seen] = (sums[seen] / counts[seen, None]).astype(np.float32)
+    with np.errstate(over="ignore"):  # past float32's range: infinite, which for_tensor refuses
+        out[seen] = (sums[seen] / counts[seen, None]).astype(np.float32)
     return out
 
 

@@ -113,6 +113,40 @@ def test_both_llama_cpp_formats_read_as_the_same_means(tmp_path: Path) -> None:
     assert "general.architecture" not in gguf.GGUFReader(str(tmp_path / "ours.gguf")).fields
 
 
+def test_damaged_importance_files_are_read_or_refused(tmp_path: Path) -> None:
+    """Random damage to either format (bytes changed, the file cut, a 32-bit field set to an edge value) ends in an
+    importance matrix or a ConvertError naming the file, never another exception: gguf-py decodes strings and views
+    tensor data only as they are read (a non-UTF-8 general.type and a tensor too large for numpy escaped as
+    UnicodeDecodeError and ValueError before)."""
+    rng = np.random.default_rng(0)
+    entries = {f"blk.{i}.ffn_up.weight": (importance(HIDDEN, i)[None, :] * 5.0, np.array([5.0])) for i in range(3)}
+    sources = {
+        "gguf": write_llama_cpp_gguf(tmp_path / "m.gguf", entries).read_bytes(),
+        "dat": write_legacy_dat(tmp_path / "m.dat", {k: v[0][0] / 5.0 for k, v in entries.items()}, 5).read_bytes(),
+    }
+    outcomes = {"read": 0, "refused": 0}
+    for kind, data in sources.items():
+        damaged = tmp_path / f"damaged.{kind}"
+        for case in range(150):
+            m = bytearray(data)
+            if case % 3 == 0:
+                for pos in rng.integers(0, len(m), 3):
+                    m[pos] = int(rng.integers(0, 256))
+            elif case % 3 == 1:
+                m = m[: int(rng.integers(0, len(m)))]
+            else:
+                pos = int(rng.integers(0, len(m) - 4))
+                m[pos : pos + 4] = struct.pack("<i", int(rng.choice([-1, 0, 7, 1 << 20, 2**31 - 1])))
+            damaged.write_bytes(bytes(m))
+            try:
+                read_imatrix(damaged)
+                outcomes["read"] += 1
+            except ConvertError as e:
+                assert str(damaged) in str(e)
+                outcomes["refused"] += 1
+    assert outcomes["read"] > 0 and outcomes["refused"] > 0, outcomes
+
+
 def test_bad_importance_files_are_named(tmp_path: Path, spm_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     model_dir = save_checkpoint(llama_model(tiny_config(VOCAB), seed=1), tmp_path / "hf", spm_dir)
     q = importance(HIDDEN, 1)
