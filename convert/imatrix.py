@@ -96,7 +96,7 @@ def _read_gguf(path: Path) -> ImportanceMatrix:
         return _imatrix_of(gguf.GGUFReader(str(path)), path)
     except ConvertError:
         raise
-    except Exception as e:  # gguf-py raises ValueError, struct.error, ... on a damaged file, some only as a field is read
+    except Exception as e:  # gguf-py raises ValueError, struct.error, ... on a damaged file, some as a field is read
         raise ConvertError(f"{path}: not a readable GGUF file: {e}") from e
 
 
@@ -120,7 +120,7 @@ def _imatrix_of(reader: gguf.GGUFReader, path: Path) -> ImportanceMatrix:
         for tensor in (t, counts_t):
             if gguf.GGMLQuantizationType(tensor.tensor_type) != gguf.GGMLQuantizationType.F32:
                 raise ConvertError(f"{path}: tensor '{tensor.name}' is {tensor.tensor_type.name}, expected F32")
-        with np.errstate(invalid="ignore", over="ignore"):  # a damaged file's values: for_tensor refuses non-finite ones
+        with np.errstate(invalid="ignore", over="ignore"):  # damaged values: for_tensor refuses non-finite ones
             counts = np.array(counts_t.data, dtype=np.float64).reshape(-1)
             sums = np.array(t.data, dtype=np.float64).reshape(-1)
         if len(counts) == 0 or sums.size == 0 or sums.size % len(counts) != 0:
