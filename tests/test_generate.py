@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from turbosparse import ContextOverflowError
+from turbosparse import ContextOverflowError, EvalError, InvalidArgumentError
 from turbosparse.generation import StopScanner
 from turbosparse.sampling import Sampler, SamplingParams
 
@@ -121,3 +121,30 @@ def test_sampler_filters() -> None:
     assert Sampler(params).sample(logits, history=[0]) == 1
     with pytest.raises(ValueError):
         SamplingParams(top_p=0.0)
+
+
+def test_the_sampler_takes_extreme_parameters_and_refuses_what_is_not_a_number() -> None:
+    logits = np.array([5.0, 4.0, 1.0, 0.0, -3.0], dtype=np.float32)
+    # a tiny repeat penalty takes the recent tokens' logits past float32's range: they win, evenly
+    params = [SamplingParams(temperature=0.7, repeat_penalty=1e-300, frequency_penalty=-2.0, seed=s) for s in range(40)]
+    assert {Sampler(p).sample(logits, history=[1, 2]) for p in params} == {1, 2}
+    # a huge one takes their logits to ~0; a temperature near zero is greedy
+    assert Sampler(SamplingParams(temperature=1.0, repeat_penalty=1e300, seed=0)).sample(logits, history=[0]) == 1
+    cold = [SamplingParams(temperature=1e-310, top_k=0, min_p=0.0, seed=s) for s in range(20)]
+    assert {Sampler(p).sample(logits) for p in cold} == {0}
+    for field in ("temperature", "top_p", "min_p", "repeat_penalty", "frequency_penalty", "presence_penalty"):
+        for value in (float("nan"), float("inf")):
+            with pytest.raises(InvalidArgumentError, match=f"{field} must be a finite number"):
+                SamplingParams(**{field: value})
+    with pytest.raises(InvalidArgumentError, match="seed"):
+        SamplingParams(seed=-3)
+    for bad in (np.nan, np.inf):
+        broken = logits.copy()
+        broken[3] = bad
+        with pytest.raises(EvalError, match="token 3"):
+            Sampler(SamplingParams(temperature=0.0)).sample(broken)
+
+
+def test_text_that_is_not_unicode_is_refused(smollm2_model) -> None:
+    with pytest.raises(InvalidArgumentError, match=r"unpaired surrogate \(U\+D83D at character 6\)"):
+        smollm2_model.tokenize("smile \ud83d")

@@ -27,6 +27,7 @@ def llama_script(Llama: Any, path: str) -> dict[str, Any]:
     out["chat"] = llm.create_chat_completion(messages, max_tokens=10, temperature=0)
     out["chat_stream"] = list(llm.create_chat_completion(messages, max_tokens=10, temperature=0, stream=True))
     out["seeded"] = [llm("Roses are", max_tokens=8, temperature=0.9, seed=3)["choices"][0]["text"] for _ in range(2)]
+    out["random_seed"] = llm("Roses are", max_tokens=2, temperature=0.9, seed=-1)  # llama_cpp's "pick one"
     tokens = llm.tokenize(b"Hello world", add_bos=True)
     out["tokens"] = tokens
     out["text"] = llm.detokenize(tokens)

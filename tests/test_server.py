@@ -258,6 +258,9 @@ BAD_CHAT = [
     ({"messages": [{"role": "user", "content": "x"}], "top_logprobs": 2}, 400),  # without logprobs: true
     ({"messages": [{"role": "user", "content": "x"}], "logprobs": True, "top_logprobs": 21}, 400),
     ({"messages": [{"role": "user", "content": "word " * 600}]}, 400),  # longer than a slot's context
+    ({"messages": [{"role": "user", "content": "a \ud83d"}]}, 400),  # a lone surrogate: a string cut inside an emoji
+    ({"messages": [{"role": "user", "content": "x"}], "temperature": float("nan")}, 400),  # Python's JSON reads NaN
+    ({"messages": [{"role": "user", "content": "x"}], "repeat_penalty": float("inf")}, 400),
 ]
 BAD_COMPLETION = [
     ({"prompt": ""}, 400),
@@ -272,6 +275,8 @@ BAD_COMPLETION = [
     ({"prompt": "word " * 600, "max_tokens": 1}, 400),
     ({"prompt": "x", "max_tokens": SLOT_CTX}, 400),  # prompt + max_tokens exceed the slot
     ({"prompt": "x", "top_p": 0}, 400),
+    ({"prompt": "\ud800"}, 400),
+    ({"prompt": ["x"], "stop": ["\udfff"]}, 400),
 ]
 
 
@@ -344,6 +349,13 @@ def test_bad_input_is_a_4xx_error_object(server: Server) -> None:
         assert_error(status, answer, expected)
     status, answer = server.request("POST", "/detokenize", {"tokens": [-1]})
     assert_error(status, answer, 400)
+    status, answer = server.request("POST", "/tokenize", {"content": "\ud800"})
+    assert_error(status, answer, 400)
+    assert "unpaired surrogate" in answer["error"]["message"]
+    # extreme but valid penalties (the repeated tokens' logits past float32's range) still give an answer
+    extreme = {"prompt": "Hi Hi Hi", "max_tokens": 3, "repeat_penalty": 1e-300, "frequency_penalty": -2, "seed": 1}
+    status, answer = server.request("POST", "/v1/completions", extreme)
+    assert status == 200, answer
     assert_error(*server.request("GET", "/v1/nothing"), 404)
     assert_error(*server.request("GET", "/v1/chat/completions"), 405)
     with pytest.raises(openai.BadRequestError, match="max_tokens"):

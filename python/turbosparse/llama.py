@@ -178,8 +178,10 @@ class Llama:
         presence_penalty: float,
         seed: int | None,
     ) -> SamplingParams:
-        if seed is None and self._seed != LLAMA_DEFAULT_SEED:
+        if seed is None:
             seed = self._seed
+        if seed in (-1, LLAMA_DEFAULT_SEED):  # llama_cpp's random seed (-1 is the same as a uint32)
+            seed = None
         return SamplingParams(
             temperature=temperature,
             top_k=top_k,

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 
-from turbosparse.errors import InvalidArgumentError
+from turbosparse.errors import EvalError, InvalidArgumentError
 
 # top-p without top-k first looks among this many best tokens; only a flat distribution needs them all
 _NUCLEUS_CANDIDATES = 256
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass(frozen=True)
@@ -26,6 +29,12 @@ class SamplingParams:
     seed: int | None = None  # None: a fresh random seed
 
     def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral) and not math.isfinite(value):
+                raise InvalidArgumentError(f"{f.name} must be a finite number, got {value}")
+        if self.seed is not None and self.seed < 0:
+            raise InvalidArgumentError(f"seed must be >= 0 (None: a fresh random one), got {self.seed}")
         if self.top_p <= 0.0:
             raise InvalidArgumentError(f"top_p must be > 0 (>= 1 turns it off), got {self.top_p}")
         if self.min_p > 1.0:
@@ -65,9 +74,10 @@ class Sampler:
             return logits
         recent, counts = np.unique(np.asarray(history[-p.repeat_last_n :], dtype=np.int64), return_counts=True)
         out = logits.copy()
-        vals = out[recent]
+        vals = out[recent].astype(np.float64)
         vals = np.where(vals > 0, vals / p.repeat_penalty, vals * p.repeat_penalty)
-        out[recent] = vals - counts * p.frequency_penalty - p.presence_penalty
+        # extreme penalties (a repeat_penalty of 1e-30) take logits past float32's range: its ends, not infinities
+        out[recent] = np.clip(vals - counts * p.frequency_penalty - p.presence_penalty, -_FLOAT32_MAX, _FLOAT32_MAX)
         return out
 
     def _candidates(self, logits: np.ndarray) -> np.ndarray:
@@ -104,7 +114,14 @@ class Sampler:
 
     def sample(self, logits: np.ndarray, history: Sequence[int] = ()) -> int:
         p = self.params
-        logits = self._penalize(np.asarray(logits, dtype=np.float32), history)
+        logits = np.asarray(logits, dtype=np.float32)
+        bad = np.flatnonzero(~np.isfinite(logits))
+        if bad.size:
+            raise EvalError(
+                f"the logits hold {logits[bad[0]]} (token {int(bad[0])} first): the model's weights or its computation "
+                "overflowed or produced values that are not numbers"
+            )
+        logits = self._penalize(logits, history)
         if p.temperature <= 0.0:
             return int(np.argmax(logits))
         ids = self._candidates(logits)
@@ -113,5 +130,7 @@ class Sampler:
             probs = _softmax(vals)
             mask = probs >= p.min_p * probs[0]
             ids, vals = ids[mask], vals[mask]
-        probs = _softmax(vals / p.temperature)
+        # less the best (ids[0]) before dividing: a tiny temperature then gives 0 and -inf, never inf - inf
+        with np.errstate(over="ignore"):
+            probs = _softmax((vals - vals[0]) / p.temperature)
         return int(ids[self._rng.choice(len(ids), p=probs)])

@@ -13,6 +13,17 @@ from turbosparse.errors import InvalidArgumentError, ModelClosedError, ModelLoad
 from turbosparse.powerinfer import is_powerinfer, vocab_only_copy
 
 
+def _utf8(text: str) -> bytes:
+    """text as UTF-8; a lone UTF-16 surrogate (JSON's "\\ud800", a string cut inside an emoji's pair) is not text."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidArgumentError(
+            f"the text holds an unpaired surrogate (U+{ord(text[exc.start]):04X} at character {exc.start}), which is "
+            "not Unicode text and cannot be tokenized"
+        ) from None
+
+
 class Tokenizer:
     """Tokenizes and detokenizes exactly as llama.cpp does for the model file's vocabulary."""
 
@@ -63,7 +74,7 @@ class Tokenizer:
     def tokenize(self, text: str | bytes, *, add_bos: bool = True, special: bool = False) -> list[int]:
         """add_bos adds the model's BOS when its vocabulary asks for one; special parses "<|im_start|>"-like text.
         bytes are tokenized as they are (UTF-8 expected, as llama.cpp does)."""
-        data = text if isinstance(text, bytes) else text.encode("utf-8")
+        data = text if isinstance(text, bytes) else _utf8(text)
         capacity = len(data) + 8
         for _ in range(2):
             buf = (llama_cpp.llama_token * capacity)()

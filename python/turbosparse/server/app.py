@@ -29,7 +29,7 @@ from turbosparse.completions import (
     text_completion,
     usage,
 )
-from turbosparse.errors import ChatTemplateError, ContextOverflowError
+from turbosparse.errors import ContextOverflowError
 from turbosparse.generation import FinishReason, Generation
 from turbosparse.logprobs import prompt_text
 from turbosparse.model import Model
@@ -214,10 +214,10 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
         model, engine = ready()
         try:
             tokens = model.chat_tokens([m.for_template() for m in body.messages])
-        except ChatTemplateError as exc:
-            raise APIError(400, str(exc), param="messages") from None
-        except ValueError as exc:  # no template in the file
-            raise APIError(400, f"{exc}; start the server with --chat-template", param="messages") from None
+        except ValueError as exc:  # no template, or it refuses the messages (ChatTemplateError); text not tokenizable
+            no_template = config.chat_template is None and model.tokenizer.chat_template is None
+            hint = "; start the server with --chat-template" if no_template else ""
+            raise APIError(400, f"{exc}{hint}", param="messages") from None
         job, queue = _submit(model, engine, tokens, body, "messages", body.n_top)
         gen = job.generation
         meta = CompletionMeta.new("chatcmpl", config.model_name)

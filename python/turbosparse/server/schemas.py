@@ -16,8 +16,34 @@ from turbosparse.sampling import SamplingParams
 MAX_STOPS = 16
 
 
+def _unpaired_surrogate(value: Any, where: str) -> str | None:
+    """Where in value's strings (lists and dicts searched) the first unpaired UTF-16 surrogate is, else None. JSON
+    can spell one ("\\ud800": a client that cut a string inside an emoji's pair); it is not Unicode text."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            return f"{where}: an unpaired surrogate (U+{ord(value[exc.start]):04X} at character {exc.start})"
+    elif isinstance(value, list | dict):
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, item in items:
+            found = _unpaired_surrogate(key, where) or _unpaired_surrogate(item, f"{where}.{key}")
+            if found:
+                return found
+    return None
+
+
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="allow")  # unknown fields are ignored, as OpenAI-compatible servers do
+    # unknown fields are ignored, as OpenAI-compatible servers do; Python's JSON reads NaN and Infinity, refused here
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _unicode_text(self) -> Any:
+        for name, value in self:  # fields and unknown ones; nested bodies check themselves
+            found = _unpaired_surrogate(value, name)
+            if found:
+                raise ValueError(f"{found} is not Unicode text")
+        return self
 
 
 class StreamOptions(_Body):
