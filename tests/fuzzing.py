@@ -10,10 +10,14 @@ Input kinds (each case derives its random generator from (seed, kind, index), so
   (shapes, dtypes, offsets, its length) or the data cut short, tokenizer.model / tokenizer.json, PowerInfer predictor
   files (wrong shapes, wrong contents, unreadable), then converted.
 - api: `Model` misused (n_ctx, threads, n_batch, token ids, context overflow, calls after close, threads sharing it).
+- server: requests to `turbosparse serve`'s routes (its app in this process, on the SmolLM2 GGUF): a valid body with
+  one to three fields set to an edge value (wrong types, huge and negative numbers, NaN and Infinity, empty and
+  long strings, lone UTF-16 surrogates), dropped or added, messages reshaped, or the body's bytes broken; each must
+  be answered (a JSON body, or a stream whose events are JSON) or refused with a 4xx error object, never a 500.
 
 A case passes when it ends in a turbosparse error (ModelLoadError, ConvertError, InvalidArgumentError, ...) or in a
 correct result, and no partial output file is left behind. Crashes and hangs are caught by running the cases in
-child processes (gguf, pwri and api on the ASan/UBSan build with --sanitize, as the test suite runs them; one
+child processes (gguf, pwri, api and server on the ASan/UBSan build with --sanitize, as the test suite runs them; one
 allocation above ALLOCATION_LIMIT_MB is then a report too): the child writes each case's name to a progress file
 before running it, so the parent names the case that crashed or hung and resumes after it.
 
@@ -23,6 +27,7 @@ before running it, so the parent names the case that crashed or hung and resumes
 from __future__ import annotations
 
 import argparse
+import contextlib
 import faulthandler
 import json
 import math
@@ -34,17 +39,17 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-KINDS = ("gguf", "pwri", "convert", "api")
+KINDS = ("gguf", "pwri", "convert", "api", "server")
 # The converter is Python (the C it reaches, ggml's quantizers, runs under the sanitizers in test_sanitizers.py);
 # under ASan its JSON parsing of a 49k-token tokenizer.json alone takes minutes, so its cases run unsanitized.
-SANITIZED_KINDS = ("gguf", "pwri", "api")
+SANITIZED_KINDS = ("gguf", "pwri", "api", "server")
 CASE_TIMEOUT_S = 120  # a case that runs longer is a hang (the sanitized build is 3-10x slower)
 ALLOCATION_LIMIT_MB = 3072  # under ASan, one allocation above this is reported: no size field may ask for more
 
@@ -643,6 +648,156 @@ def api_cases(path: Path) -> list[tuple[str, Callable[[], str]]]:
     return cases
 
 
+# ---- requests to the server -----------------------------------------------------------------------------------
+
+SAMPLING_KEYS = ["max_tokens", "temperature", "top_p", "top_k", "min_p", "repeat_penalty", "repeat_last_n",
+                 "frequency_penalty", "presence_penalty", "seed", "stop", "stream", "stream_options", "n", "logit_bias",
+                 "model", "user", "an_unknown_field"]  # fmt: skip
+CHAT_KEYS = ["messages", "max_completion_tokens", "logprobs", "top_logprobs", "tools", "tool_choice", "response_format"]
+ROUTE_KEYS = {
+    "/v1/completions": ["prompt", "echo", "logprobs", "suffix", "best_of", *SAMPLING_KEYS],
+    "/v1/chat/completions": [*CHAT_KEYS, *SAMPLING_KEYS],
+    "/tokenize": ["content", "add_special", "parse_special", "with_pieces"],
+    "/detokenize": ["tokens"],
+}
+REQUEST_VALUES: list[object] = [None, 0, -1, 1, 3, 2**31, 2**63, 10**30, 0.5, -0.5, 1e-300, 1e300, True, "", "x",
+                                "\ud800", "a \udfff b", "word " * 300, [], [1], [-1], [2**40], ["x"], [[1, 2]], [[]],
+                                {}, {"type": "text"}, {"include_usage": True}]  # fmt: skip
+TEXTS = ["Hi", "", "a \ud83d", "\udfff", "word " * 300, "<|im_start|>user", "\u00e9t\u00e9 \U0001f600"]
+PLAUSIBLE: dict[str, list[object]] = {  # values of the right type, edges among them: most reach the engine
+    "prompt": [*TEXTS, [1, 2], [[3, 4]], ["Hi"], [0], [49151]],
+    "content": TEXTS,
+    "text": TEXTS,
+    "stop": [*TEXTS, ["\n"], ["a"] * 16, ["a"] * 17],
+    "max_tokens": [0, 1, 4, None, 1000],
+    "max_completion_tokens": [0, 2, None],
+    "temperature": [0, 0.7, 2.0, 1e-300, 100],
+    "top_p": [0.5, 1, 1e-300],
+    "top_k": [0, 1, 40, 10**30],
+    "min_p": [0, 0.1, 1],
+    "repeat_penalty": [0.5, 1.1, 1e-300, 1e300],
+    "repeat_last_n": [0, 64, 10**30],
+    "frequency_penalty": [-2, 2],
+    "presence_penalty": [-2, 2],
+    "seed": [-1, 0, 7, 2**63],
+    "logprobs": [0, 3, 20, True],
+    "top_logprobs": [0, 5, 20],
+    "echo": [True, False],
+    "stream": [True, False],
+    "tokens": [[1], [0, 49151], [-1], [2**63], [], [1] * 600],
+    "add_special": [True, False],
+    "parse_special": [True, False],
+    "with_pieces": [True, False],
+}
+RAW_NUMBERS = ["NaN", "Infinity", "-Infinity", "1e999", "-0"]  # written as they are (Python's JSON reads them)
+ROLES = ["system", "developer", "user", "assistant", "tool", "wizard", "", None, 5]
+
+
+def _request_value(rng: np.random.Generator, raw: list[str], key: str) -> object:
+    """A value for key: often a plausible one (PLAUSIBLE), else any type, or a number JSON cannot hold."""
+    draw = rng.random()
+    if draw < 0.15:
+        raw.append(str(pick(rng, RAW_NUMBERS)))
+        return f"@RAW{len(raw) - 1}@"
+    return pick(rng, PLAUSIBLE[key] if draw < 0.6 and key in PLAUSIBLE else REQUEST_VALUES)
+
+
+def _reshape_messages(body: dict, rng: np.random.Generator, raw: list[str]) -> str:
+    messages = body.setdefault("messages", [{"role": "user", "content": "Hi"}])
+    if not isinstance(messages, list) or not messages or not isinstance(messages[0], dict):
+        body["messages"] = messages = [{"role": "user", "content": "Hi"}]
+    what = str(pick(rng, ["role", "content", "name", "parts", "more"]))
+    if what == "parts":
+        messages[0]["content"] = [
+            {"type": pick(rng, ["text", "image_url", 3]), "text": _request_value(rng, raw, "text")}
+        ]
+    elif what == "more":
+        messages.append({"role": pick(rng, ROLES), "content": _request_value(rng, raw, "content")})
+    else:
+        messages[0][what] = pick(rng, ROLES) if what == "role" else _request_value(rng, raw, what)
+    return f"messages[0].{what}" if what != "more" else "a message added"
+
+
+def server_request(rng: np.random.Generator) -> tuple[str, bytes, list[str]]:
+    """A route and a request body: a valid one with one to three mutations, or its bytes broken."""
+    route = str(pick(rng, list(ROUTE_KEYS)))
+    small = int(rng.integers(0, 5))
+    body: dict = {
+        "/v1/completions": {"prompt": pick(rng, ["The capital of France is", [1, 2, 3]]), "max_tokens": small},
+        "/v1/chat/completions": {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": small},
+        "/tokenize": {"content": "Hello world"},
+        "/detokenize": {"tokens": [1, 2, 3]},
+    }[route]
+    if route.startswith("/v1/"):
+        body["stream"] = bool(rng.integers(0, 2))
+    raw: list[str] = []
+    done = []
+    for _ in range(int(rng.integers(1, 4))):
+        key = str(pick(rng, ROUTE_KEYS[route]))
+        choice = rng.random()
+        if route == "/v1/chat/completions" and choice < 0.3:
+            done.append(_reshape_messages(body, rng, raw))
+        elif choice < 0.45 and key in body:
+            del body[key]
+            done.append(f"{key} dropped")
+        else:
+            body[key] = _request_value(rng, raw, key)
+            done.append(f"{key} = {str(body[key])[:40]!r}")
+    data = json.dumps(body)  # lone surrogates stay escaped (\ud800), as a client's JSON carries them
+    for i, literal in enumerate(raw):
+        data = data.replace(f'"@RAW{i}@"', literal)
+    encoded = data.encode()
+    if rng.random() < 0.1:  # the bytes broken: cut short, a byte that is not UTF-8, or nothing
+        how = str(pick(rng, ["cut", "byte", "empty"]))
+        at = int(rng.integers(0, len(encoded)))
+        encoded = {"cut": encoded[:at], "byte": encoded[:at] + b"\xff" + encoded[at + 1 :], "empty": b""}[how]
+        done.append(f"body {how}")
+    return route, encoded, done
+
+
+@contextlib.contextmanager
+def server_client(path: Path) -> Iterator[object]:
+    """The server's app on path, started in this process (its lifespan loads the model), ready for requests."""
+    from fastapi.testclient import TestClient
+
+    from turbosparse.server.app import create_app
+    from turbosparse.server.config import ServerConfig
+
+    app = create_app(ServerConfig(str(path), n_threads=1, n_ctx=256, parallel=2, queue_size=2))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        deadline = time.monotonic() + CASE_TIMEOUT_S
+        while (status := client.get("/health").status_code) == 503 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if status != 200:
+            raise CaseFailure(f"the server on {path.name} did not start: /health {status}")
+        yield client
+
+
+def server_case(client: object, rng: np.random.Generator) -> str:
+    """One request; its answer must be JSON (or a stream of JSON events), or a 4xx error object."""
+    route, data, done = server_request(rng)
+    reply = client.post(route, content=data, headers={"Content-Type": "application/json"})  # type: ignore[attr-defined]
+    text = reply.text
+    what = f"{route} {'; '.join(done)}"
+    if reply.status_code == 200:
+        if reply.headers.get("content-type", "").startswith("text/event-stream"):
+            events = [line[6:] for line in text.splitlines() if line.startswith("data: ")]
+            for event in events:
+                if event != "[DONE]":
+                    json.loads(event)
+            return f"{what} => streamed"
+        if not isinstance(json.loads(text), dict):
+            raise CaseFailure(f"{what}: 200 with {text[:300]!r}")
+        return f"{what} => answered"
+    try:
+        error = json.loads(text)["error"]
+    except (ValueError, KeyError, TypeError):
+        error = None
+    if not 400 <= reply.status_code < 500 or not isinstance(error, dict) or error.get("code") != reply.status_code:
+        raise CaseFailure(f"{what}: {reply.status_code} {text[:600]}")
+    return f"{what} => refused {reply.status_code}"
+
+
 # ---- the child: run cases, record progress -------------------------------------------------------------------
 
 
@@ -655,13 +810,15 @@ def run_cases(inputs: Inputs, kinds: list[str], n_cases: dict[str, int], seed: i
     """Runs the cases in this process; returns per-kind counts. Writes each case's name to progress first."""
     work.mkdir(parents=True, exist_ok=True)
     report: dict = {"cases": {}, "outcomes": {}, "failures": []}
-    with open(progress, "a", buffering=1) as log:
+    with open(progress, "a", buffering=1) as log, contextlib.ExitStack() as servers:
         for kind in kinds:
             outcomes: dict[str, int] = {}
             if kind == "api":
                 todo = [(name, case) for name, case in api_cases(inputs.gguf[0])]
             else:
                 todo = [(str(i), None) for i in range(first, first + n_cases[kind])]
+            if kind == "server" and todo:
+                client = servers.enter_context(server_client(inputs.gguf[1]))  # SmolLM2: a chat template
             for name, case in todo:
                 log.write(json.dumps({"kind": kind, "case": name}) + "\n")
                 faulthandler.dump_traceback_later(CASE_TIMEOUT_S, exit=True)
@@ -670,6 +827,8 @@ def run_cases(inputs: Inputs, kinds: list[str], n_cases: dict[str, int], seed: i
                         what = case()
                     elif kind == "convert":
                         what = convert_case(inputs, work, case_rng(seed, kind, int(name)), int(name))
+                    elif kind == "server":
+                        what = server_case(client, case_rng(seed, kind, int(name)))
                     else:
                         what = file_case(kind, inputs, work, case_rng(seed, kind, int(name)), int(name))
                     outcome = "ok"

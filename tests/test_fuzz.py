@@ -1,6 +1,7 @@
 """A bounded fuzz run on the ASan/UBSan build (tests/fuzzing.py; the long run is in the README): mutated GGUF and
-PWRI files, broken converter inputs and Model API misuse end in a clean turbosparse error or a correct result,
-never in a crash, a hang, an oversized allocation or a partial output file."""
+PWRI files, broken converter inputs, Model API misuse and malformed server requests end in a clean turbosparse error
+(a 4xx error object) or a correct result, never in a crash, a hang, a 500, an oversized allocation or a partial
+output file."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 
 from fuzzing import KINDS, fuzz, prepare_inputs
 
-CASES = {"gguf": 30, "pwri": 15, "convert": 5}  # the long run: README, "Fuzzing"
+CASES = {"gguf": 30, "pwri": 15, "convert": 5, "server": 60}  # the long run: README, "Fuzzing"
 SEED = 16
 
 
@@ -28,3 +29,4 @@ def test_fuzzed_inputs_end_in_clean_errors(inputs, tmp_path: Path) -> None:
     assert report["cases"]["api"] >= 20
     for kind in ("gguf", "pwri"):  # the mutations reach past the header checks: some files still load and run
         assert report["outcomes"][kind].get("loaded", 0) > 0, report["outcomes"]
+    assert report["outcomes"]["server"].get("answered", 0) > 0, report["outcomes"]  # some requests reach the model
