@@ -52,6 +52,12 @@ def test_errors_are_one_line_and_nonzero(tmp_path) -> None:
     )
 
 
+def test_a_bad_sampling_option_is_refused_before_any_text(smollm2_path) -> None:
+    out = turbosparse("run", "-m", str(smollm2_path), "-p", "Hi", "-n", "2", "--temp", "nan")
+    assert out.returncode == 1 and out.stdout == ""
+    assert out.stderr.strip() == "turbosparse run: error: temperature must be a finite number, got nan"
+
+
 def test_help() -> None:
     for args in (["--help"], ["run", "--help"], ["convert", "--help"], ["serve", "--help"]):
         out = turbosparse(*args)

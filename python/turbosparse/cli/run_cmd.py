@@ -77,10 +77,7 @@ def run(args: argparse.Namespace) -> int:
         prompt = model.chat_prompt([*messages, {"role": "user", "content": prompt}])
     if not prompt:
         raise InvalidArgumentError("empty prompt: give -p TEXT or -f FILE")
-    if not args.no_display_prompt and not args.chat:
-        sys.stdout.write(prompt)
-        sys.stdout.flush()
-    pieces = model.generate(
+    pieces = model.generate(  # checks the options and the prompt; the text comes as pieces is read, below
         prompt,
         max_tokens=None if args.n_predict < 0 else args.n_predict,
         temperature=args.temp,
@@ -93,6 +90,9 @@ def run(args: argparse.Namespace) -> int:
         stop=args.stop,
         stream=True,
     )
+    if not args.no_display_prompt and not args.chat:
+        sys.stdout.write(prompt)
+        sys.stdout.flush()
     for piece in pieces:
         sys.stdout.write(piece)
         sys.stdout.flush()
