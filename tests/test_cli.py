@@ -58,6 +58,19 @@ def test_a_bad_sampling_option_is_refused_before_any_text(smollm2_path) -> None:
     assert out.stderr.strip() == "turbosparse run: error: temperature must be a finite number, got nan"
 
 
+def test_a_prompt_file_that_is_not_utf8_is_named(tmp_path, smollm2_path) -> None:
+    bad = tmp_path / "prompt.txt"
+    bad.write_bytes(b"caf\xe9 au lait")  # Latin-1
+    for args in (["run", "-m", str(smollm2_path), "-f", str(bad)], ["serve", "-m", str(smollm2_path),
+                                                                     "--chat-template-file", str(bad)]):  # fmt: skip
+        out = turbosparse(*args)
+        assert out.returncode == 1 and out.stdout == ""
+        assert (
+            out.stderr.strip() == f"turbosparse {args[0]}: error: {bad}: not UTF-8 text (byte 0xe9 at offset 3: "
+            "invalid continuation byte)"
+        )
+
+
 def test_help() -> None:
     for args in (["--help"], ["run", "--help"], ["convert", "--help"], ["serve", "--help"]):
         out = turbosparse(*args)

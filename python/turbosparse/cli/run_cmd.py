@@ -39,6 +39,17 @@ def model_path(name: str) -> str:
     return default_model() if name == "default" else name
 
 
+def read_utf8(path: Path) -> str:
+    """A text file given on the command line (a prompt, a chat template): UTF-8, or an error naming the file."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidArgumentError(
+            f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}: {exc.reason})"
+        ) from None
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="generate text from a prompt", description=__doc__)
     add_model_args(p)
@@ -61,7 +72,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    prompt = args.file.read_text(encoding="utf-8") if args.file else args.prompt
+    prompt = read_utf8(args.file) if args.file else args.prompt
     model = Model(
         model_path(args.model),
         n_threads=args.threads,

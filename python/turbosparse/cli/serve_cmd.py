@@ -7,7 +7,7 @@ import logging
 import os
 from pathlib import Path
 
-from turbosparse.cli.run_cmd import add_model_args, model_path
+from turbosparse.cli.run_cmd import add_model_args, model_path, read_utf8
 from turbosparse.errors import TurboSparseError
 
 logger = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"{path}: no such model file")
     template = args.chat_template
     if args.chat_template_file is not None:
-        template = args.chat_template_file.read_text(encoding="utf-8")
+        template = read_utf8(args.chat_template_file)
     config = ServerConfig(
         model_path=path,
         alias=args.alias,
