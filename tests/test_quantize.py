@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from turbosparse.binding import dequantize, quantize, type_info
+from turbosparse.errors import InvalidArgumentError
 
 Q = gguf.GGMLQuantizationType
 
@@ -38,3 +39,26 @@ def test_type_info_and_errors() -> None:
         quantize(np.zeros((2, 256), np.float32), Q.IQ2_XXS)
     with pytest.raises(ValueError, match="unknown ggml type"):
         type_info(4)
+
+
+def test_every_type_is_quantized_or_refused() -> None:
+    """ggml_quantize_chunk writes a fixed set of types and aborts the process on the others (Q8_1 among them, which
+    has an activation quantizer): those are refused before ggml is called."""
+    x = np.random.default_rng(2).standard_normal((2, 1024)).astype(np.float32)
+    imatrix = np.ones(1024, np.float32)
+    written, refused = set(), set()
+    for qtype in Q:
+        try:
+            info = type_info(qtype)
+        except ValueError:  # a type this ggml does not have
+            continue
+        try:
+            out = quantize(x, qtype, imatrix)
+        except InvalidArgumentError as exc:
+            assert "ggml cannot quantize" in str(exc)
+            refused.add(qtype.name)
+            continue
+        assert out.shape == (2, info.row_bytes(1024))
+        written.add(qtype.name)
+    assert {"F32", "F16", "BF16", "Q4_0", "Q8_0", "Q4_K", "Q6_K", "IQ4_NL", "TQ1_0", "MXFP4"} <= written
+    assert {"Q8_1", "Q8_K", "I8", "I32", "F64"} <= refused

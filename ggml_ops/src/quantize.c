@@ -27,6 +27,44 @@ static int check_type(int32_t type, int64_t n_per_row, char *err, size_t err_siz
     return 0;
 }
 
+/* The types ggml_quantize_chunk writes: it aborts the process on any other (Q8_1 and Q8_K have quantizers of their
+ * own, for activations, but not there). */
+static int chunk_quantizable(enum ggml_type type) {
+    switch (type) {
+    case GGML_TYPE_F32:
+    case GGML_TYPE_F16:
+    case GGML_TYPE_BF16:
+    case GGML_TYPE_Q1_0:
+    case GGML_TYPE_Q2_0:
+    case GGML_TYPE_Q4_0:
+    case GGML_TYPE_Q4_1:
+    case GGML_TYPE_Q5_0:
+    case GGML_TYPE_Q5_1:
+    case GGML_TYPE_Q8_0:
+    case GGML_TYPE_MXFP4:
+    case GGML_TYPE_NVFP4:
+    case GGML_TYPE_Q2_K:
+    case GGML_TYPE_Q3_K:
+    case GGML_TYPE_Q4_K:
+    case GGML_TYPE_Q5_K:
+    case GGML_TYPE_Q6_K:
+    case GGML_TYPE_TQ1_0:
+    case GGML_TYPE_TQ2_0:
+    case GGML_TYPE_IQ2_XXS:
+    case GGML_TYPE_IQ2_XS:
+    case GGML_TYPE_IQ3_XXS:
+    case GGML_TYPE_IQ3_S:
+    case GGML_TYPE_IQ2_S:
+    case GGML_TYPE_IQ1_S:
+    case GGML_TYPE_IQ1_M:
+    case GGML_TYPE_IQ4_NL:
+    case GGML_TYPE_IQ4_XS:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
 int64_t ts_quantize(int32_t type, const float *src, void *dst, int64_t nrows, int64_t n_per_row, const float *imatrix,
                     char *err, size_t err_size) {
     if (check_type(type, n_per_row, err, err_size) != 0) {
@@ -39,8 +77,7 @@ int64_t ts_quantize(int32_t type, const float *src, void *dst, int64_t nrows, in
         return ts_set_error(err, err_size, "quantizing to %s needs an importance matrix",
                             ggml_type_name((enum ggml_type)type));
     }
-    const struct ggml_type_traits *t = ggml_get_type_traits((enum ggml_type)type);
-    if (type != GGML_TYPE_F32 && t->from_float_ref == NULL) {
+    if (!chunk_quantizable((enum ggml_type)type)) {
         return ts_set_error(err, err_size, "ggml cannot quantize to %s", ggml_type_name((enum ggml_type)type));
     }
     ggml_cpu_init(); /* F16 conversion tables */

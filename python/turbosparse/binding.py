@@ -657,7 +657,7 @@ def quantize(values: np.ndarray, ggml_type: int, imatrix: np.ndarray | None = No
         _ERR_SIZE,
     )
     if written < 0:
-        raise ValueError(err.message)
+        raise InvalidArgumentError(err.message)
     if written != out.size:
         raise RuntimeError(f"ggml wrote {written} bytes quantizing to {info.name}, expected {out.size}")
     return out

@@ -48,6 +48,28 @@ AGREEMENT_TOLERANCE = 1e-3  # max |logit| difference between llama.cpp and turbo
 GPU_AGREEMENT_TOLERANCE = 1e-2
 
 
+def _quant_list(text: str) -> list[gguf.GGMLQuantizationType]:
+    """--ffn-layer's comma-separated ggml types."""
+    names = [q.strip().lower() for q in text.split(",") if q.strip()]
+    unknown = [q for q in names if q not in QUANTS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown type {unknown[0] if unknown else text!r}; ggml's: {', '.join(QUANTS)}"
+        )
+    return [QUANTS[q] for q in names]
+
+
+def _count_list(text: str) -> list[int]:
+    """--batch's comma-separated numbers of sequences."""
+    try:
+        sizes = [int(b) for b in text.split(",") if b.strip()]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"expected numbers of sequences >= 1 such as 1,2,4, got {text!r}")
+    return sizes
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="speed beside llama.cpp (decode and prefill tokens/s)", description=__doc__)
     src = p.add_mutually_exclusive_group(required=True)
@@ -56,6 +78,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     src.add_argument(
         "--ffn-layer",
         metavar="QUANTS",
+        type=_quant_list,
         help="kernel benchmark: one Mistral-7B FFN layer per listed type (e.g. q4_0,q8_0,q4_k,f16), predictor + "
         "sparse FFN vs ggml's dense FFN, with effective bandwidths",
     )
@@ -65,7 +88,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "the dense file (per-token overhead included)",
     )  # fmt: skip
     p.add_argument(
-        "--batch", metavar="SIZES",
+        "--batch", metavar="SIZES", type=_count_list,
         help="batched decoding: tokens/s and FFN rows read with these numbers of sequences decoded together in one "
         "forward pass (e.g. 1,2,4), per mode in --modes",
     )  # fmt: skip
@@ -205,7 +228,7 @@ def _gpu_index(device: DeviceInfo) -> int | None:
 
 
 def run_ffn_layer(args: argparse.Namespace) -> int:
-    quants = [QUANTS[q.strip()] for q in args.ffn_layer.split(",") if q.strip()]
+    quants = args.ffn_layer
     rounds = max(args.rounds, 10)
     args.active = args.active if args.active is not None else 0.10
     results = [
@@ -262,7 +285,7 @@ def run_generate(args: argparse.Namespace, dense: Path) -> int:
 
 
 def run_batch(args: argparse.Namespace, sparse: Path, dense: Path) -> int:
-    sizes = [int(b) for b in args.batch.split(",") if b.strip()]
+    sizes = args.batch
     report = []
     for mode in _modes(args, sparse, find_device("cpu")):
         path = dense if mode == "dense" else sparse
