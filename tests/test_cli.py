@@ -71,6 +71,13 @@ def test_a_prompt_file_that_is_not_utf8_is_named(tmp_path, smollm2_path) -> None
         )
 
 
+def test_serve_options_out_of_range_are_one_line_errors(smollm2_path) -> None:
+    for option, value, message in (("--parallel", "0", "--parallel must be >= 1, got 0"),
+                                   ("--port", "99999", "--port must be 0-65535, got 99999")):  # fmt: skip
+        out = turbosparse("serve", "-m", str(smollm2_path), option, value)
+        assert out.returncode == 1 and out.stderr.strip() == f"turbosparse serve: error: {message}", out.stderr
+
+
 def test_help() -> None:
     for args in (["--help"], ["run", "--help"], ["convert", "--help"], ["serve", "--help"]):
         out = turbosparse(*args)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -129,6 +130,19 @@ def test_predictor_rank_mismatch(tmp_path: Path, work: Path) -> None:
 
     edit_weights(work, edit)
     assert_fails(work, tmp_path, "model.layers.1.mlp.predictor.fc2.weight", "rank mismatch")
+
+
+@pytest.mark.parametrize("threshold", ["high", float("nan"), [0.5], 10**400], ids=["text", "nan", "list", "huge"])
+def test_a_predictor_threshold_that_is_not_a_number(tmp_path: Path, work: Path, threshold: object) -> None:
+    edit_config(work, turbosparse={"predictor_threshold": threshold})
+    assert_fails(work, tmp_path, "config.json: turbosparse.predictor_threshold", "must be a number")
+
+
+def test_rates_and_a_threshold_option_that_are_not_numbers(tmp_path: Path, work: Path) -> None:
+    edit_config(work, turbosparse={"activation_rates": ["x", 0.1]})
+    assert_fails(work, tmp_path, "config.json: turbosparse.activation_rates must be a list of 2 numbers")
+    edit_config(work, turbosparse={})
+    assert_fails(work, tmp_path, "--threshold: the predictor threshold must be a number, got nan", threshold=math.nan)
 
 
 def test_predictor_half_missing(tmp_path: Path, work: Path) -> None:

@@ -96,6 +96,20 @@ def test_alignment_below_eight_or_not_a_power_of_two(tmp_path: Path, alignment: 
     assert f"general.alignment must be a power of two of at least 8, got {alignment}" in load_error(path)
 
 
+def test_a_predictor_threshold_that_is_nan(tmp_path: Path, good: Path) -> None:
+    """The context takes NaN for "the file's threshold": a file's own NaN is refused, and so is a caller's."""
+    path = tmp_path / "m.gguf"
+    write_gguf(path, CFG, random_weights(CFG), extra_kv={"turbosparse.predictor_threshold": float("nan")})
+    assert "turbosparse.predictor_threshold is NaN" in load_error(path)
+    model = NativeModel(good)
+    kwargs = {"n_ctx": 16, "n_threads": 1, "n_batch": 4, "sparse_mode": SparseMode.OFF}
+    with pytest.raises(InvalidArgumentError, match="threshold must be a number, got nan"):
+        NativeContext(model, threshold=float("nan"), **kwargs)
+    ctx = NativeContext(model, threshold=None, **kwargs)
+    with pytest.raises(InvalidArgumentError, match="threshold must be a number"):
+        ctx.threshold = float("nan")
+
+
 def test_missing_hparam_and_bad_activation(tmp_path: Path) -> None:
     path = tmp_path / "m.gguf"
     write_gguf(path, CFG, random_weights(CFG), extra_kv={"turbosparse.ffn_activation": "gelu"})

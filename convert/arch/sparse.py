@@ -10,6 +10,7 @@ every field optional.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +34,17 @@ from turbosparse.errors import ConvertError
 logger = logging.getLogger(__name__)
 
 CONFIG_KEY = "turbosparse"
+
+
+def _as_number(value: object) -> float | None:
+    """value as a float where it is a JSON number (not a bool, not NaN, within a float's range), else None."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return None if math.isnan(number) else number
 
 
 @dataclass
@@ -95,18 +107,22 @@ class ReluFamily(LlamaFamily):
             rates = block.get(key)
             if rates is None:
                 continue
-            if not isinstance(rates, list) or len(rates) != hp.n_layer:
+            numbers = [_as_number(r) for r in rates] if isinstance(rates, list) else []
+            if len(numbers) != hp.n_layer or None in numbers:
                 raise ConvertError(f"{where}: {CONFIG_KEY}.{key} must be a list of {hp.n_layer} numbers")
-            meta[gguf_key] = [float(r) for r in rates]
+            meta[gguf_key] = numbers
         ranks = getattr(self, "_ranks", None)
         if ranks is None:
             raise RuntimeError("metadata() needs tensors() first (it measures the predictor ranks)")
         if any(ranks):
             meta[KEY_PREDICTOR_RANKS] = ranks
-            threshold = self.options.threshold
-            if threshold is None:
+            threshold, source = self.options.threshold, "--threshold"
+            if threshold is None:  # the config's, else the predictors' own (checked where they are read)
                 threshold = block.get("predictor_threshold", self.default_threshold())
-            meta[KEY_PREDICTOR_THRESHOLD] = float(threshold if threshold is not None else 0.0)
+                source = f"{where}: {CONFIG_KEY}.predictor_threshold"
+            if threshold is not None and _as_number(threshold) is None:
+                raise ConvertError(f"{source}: the predictor threshold must be a number, got {threshold!r}")
+            meta[KEY_PREDICTOR_THRESHOLD] = _as_number(threshold) if threshold is not None else 0.0
             pred_input = block.get("predictor_input", "residual")
             if pred_input not in PREDICTOR_INPUTS:
                 raise ConvertError(

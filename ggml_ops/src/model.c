@@ -328,9 +328,15 @@ static int load_hparams(ts_model *m, char *err, size_t err_size) {
         in->file_type = (int32_t)v;
     }
     in->predictor_threshold = 0.0f;
-    rc = ts_gguf_get_f32(m->file, TS_KEY_PREDICTOR_THRESHOLD, &in->predictor_threshold, 0, err, err_size);
+    const char *threshold_key = TS_KEY_PREDICTOR_THRESHOLD;
+    rc = ts_gguf_get_f32(m->file, threshold_key, &in->predictor_threshold, 0, err, err_size);
     if (rc == 1) {
-        rc = ts_gguf_get_f32(m->file, TS_KEY_POWERINFER_THRESHOLD, &in->predictor_threshold, 0, err, err_size);
+        threshold_key = TS_KEY_POWERINFER_THRESHOLD;
+        rc = ts_gguf_get_f32(m->file, threshold_key, &in->predictor_threshold, 0, err, err_size);
+    }
+    if (rc == 0 && isnan(in->predictor_threshold)) { /* the context would take NaN for "the file's" */
+        return ts_set_error(err, err_size, "%s: %s is NaN: a predictor threshold must be a number", m->file->path,
+                            threshold_key);
     }
     if (rc < 0 || load_ffn_activation(m, err, err_size) != 0 || load_predictor_input(m, err, err_size) != 0) {
         return -1;

@@ -219,6 +219,13 @@ def find_device(name: str) -> DeviceInfo:
     return _device_info(library, raw)
 
 
+def _threshold(value: float) -> float:
+    """A predictor threshold as the C library takes it (NaN there means "the file's": None here)."""
+    if math.isnan(value):
+        raise InvalidArgumentError(f"threshold must be a number, got {value} (None: the file's own)")
+    return float(value)
+
+
 class _ErrorBuffer:
     def __init__(self, library: Library) -> None:
         self._ffi = library.ffi
@@ -368,7 +375,7 @@ class NativeContext:
         params.n_seq = n_seq
         if kv_f32:
             params.kv_type = GGML_TYPE_F32
-        params.predictor_threshold = math.nan if threshold is None else float(threshold)
+        params.predictor_threshold = math.nan if threshold is None else _threshold(threshold)
         self._err = _ErrorBuffer(self._lib)  # one buffer for every call: calls are serialised
         c_params = ffi.new("ts_context_params *", params)
         status = lib.ts_context_check_params(model.handle, c_params, self._err.buf, _ERR_SIZE)
@@ -401,7 +408,7 @@ class NativeContext:
 
     @threshold.setter
     def threshold(self, value: float) -> None:
-        self._lib.lib.ts_context_set_threshold(self._handle, float(value))
+        self._lib.lib.ts_context_set_threshold(self._handle, _threshold(value))
 
     def set_measure_recall(self, on: bool) -> None:
         self._lib.lib.ts_context_set_measure_recall(self._handle, int(on))

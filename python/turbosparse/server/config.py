@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from turbosparse.errors import InvalidArgumentError
+
 
 @dataclass(frozen=True)
 class ServerConfig:
@@ -26,13 +28,17 @@ class ServerConfig:
 
     def __post_init__(self) -> None:
         if self.parallel < 1:
-            raise ValueError(f"--parallel must be >= 1, got {self.parallel}")
+            raise InvalidArgumentError(f"--parallel must be >= 1, got {self.parallel}")
         if self.queue_size < 0:
-            raise ValueError(f"--queue-size must be >= 0, got {self.queue_size}")
+            raise InvalidArgumentError(f"--queue-size must be >= 0, got {self.queue_size}")
+        if not 0 <= self.port <= 65535:
+            raise InvalidArgumentError(f"--port must be 0-65535, got {self.port}")
         if self.n_ctx < 0:
-            raise ValueError(f"--ctx-size must be >= 0, got {self.n_ctx}")
+            raise InvalidArgumentError(f"--ctx-size must be >= 0, got {self.n_ctx}")
         if 0 < self.n_ctx < 8 * self.parallel:
-            raise ValueError(f"--ctx-size {self.n_ctx} leaves fewer than 8 tokens to each of {self.parallel} slots")
+            raise InvalidArgumentError(
+                f"--ctx-size {self.n_ctx} leaves fewer than 8 tokens to each of {self.parallel} slots"
+            )
 
     @property
     def model_name(self) -> str:
