@@ -572,13 +572,13 @@ def api_cases(path: Path) -> list[tuple[str, Callable[[], str]]]:
         return model.tokenize("hello there")
 
     cases: list[tuple[str, Callable[[], str]]] = []
-    for n_ctx in (-1, -(2**31)):
+    for n_ctx in (-1, -(2**31), 2**31):
         cases.append((f"n_ctx={n_ctx}", lambda n=n_ctx: _expect(f"Model(n_ctx={n})", lambda: Model(path, n_ctx=n),
                                                                  *bad_arg)))  # fmt: skip
-    for n_threads in (0, -3, 10_000, 2**31 - 1):
+    for n_threads in (0, -3, 10_000, 2**31 - 1, 2**40):
         cases.append((f"n_threads={n_threads}", lambda n=n_threads: _expect(f"Model(n_threads={n})",
                       lambda: Model(path, n_threads=n, n_ctx=16), *bad_arg)))  # fmt: skip
-    for n_batch in (0, -1):
+    for n_batch in (0, -1, 2**31):
         cases.append((f"n_batch={n_batch}", lambda n=n_batch: _expect(f"Model(n_batch={n})",
                       lambda: Model(path, n_batch=n, n_ctx=16), *bad_arg)))  # fmt: skip
     cases.append(("n_seq=10**6", lambda: _expect("Model(n_seq=10**6)", lambda: Model(path, n_seq=10**6, n_ctx=16),
