@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
+from turbosparse.errors import TrainingError
 from turbosparse.predictor_train.modeling import load_causal_lm
 
 
@@ -41,4 +42,10 @@ def load_tokenizer(model_dir: str | Path):
     path = Path(model_dir)
     if not (path / "tokenizer.json").is_file() and not (path / "tokenizer.model").is_file():
         raise FileNotFoundError(f"{path}: no tokenizer.json or tokenizer.model")
-    return AutoTokenizer.from_pretrained(path)
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except Exception as exc:  # transformers raises many kinds; say which folder, and keep the cause
+        raise TrainingError(
+            f"{path}: transformers cannot load the tokenizer ({type(exc).__name__}: {exc}); a SentencePiece "
+            "tokenizer.model wants tokenizer_config.json to name its tokenizer_class (e.g. LlamaTokenizer)"
+        ) from exc

@@ -53,6 +53,26 @@ def test_train_predictors_cli(tmp_path: Path, texts: tuple[Path, Path], fmt: str
     assert preds.predicted_rates == [r["predicted_active"] for r in report["layers"]]
 
 
+def test_a_sentencepiece_only_checkpoint_gives_its_tokenizer(tmp_path: Path) -> None:
+    """ReLU-Llama-style checkpoints ship a tokenizer.model and no tokenizer.json: transformers reads it only with
+    protobuf (in the train extra; without it, it fell back to tiktoken and failed)."""
+    import sentencepiece as spm
+
+    from turbosparse.assets import shakespeare_text
+    from turbosparse.predictor_train.hf_import import load_tokenizer
+
+    from hfcheckpoints import train_sentencepiece
+
+    spm_dir = train_sentencepiece(tmp_path / "spm", shakespeare_text("macbeth_gut.txt")[:60_000])
+    model_dir = tmp_path / "model"
+    save_bamboo(tiny_drelu(init=0.2), None, model_dir)
+    for name in ("tokenizer.model", "tokenizer_config.json"):
+        (model_dir / name).write_bytes((spm_dir / name).read_bytes())
+    text = "Fair is foul, and foul is fair: 1606."
+    sp = spm.SentencePieceProcessor(model_file=str(spm_dir / "tokenizer.model"))
+    assert load_tokenizer(model_dir)(text)["input_ids"] == [sp.bos_id(), *sp.encode(text)]
+
+
 def test_relufy_cli(tmp_path: Path, texts: tuple[Path, Path]) -> None:
     src = tmp_path / "swiglu"
     tiny_swiglu(init=0.2).save_pretrained(src)
