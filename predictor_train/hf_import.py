@@ -45,7 +45,4 @@ def load_tokenizer(model_dir: str | Path):
     try:
         return AutoTokenizer.from_pretrained(path)
     except Exception as exc:  # transformers raises many kinds; say which folder, and keep the cause
-        raise TrainingError(
-            f"{path}: transformers cannot load the tokenizer ({type(exc).__name__}: {exc}); a SentencePiece "
-            "tokenizer.model wants tokenizer_config.json to name its tokenizer_class (e.g. LlamaTokenizer)"
-        ) from exc
+        raise TrainingError(f"{path}: transformers cannot load the tokenizer ({type(exc).__name__}: {exc})") from exc
