@@ -7,7 +7,7 @@ import pytest
 
 from turbosparse import ContextOverflowError, EvalError, InvalidArgumentError
 from turbosparse.generation import StopScanner
-from turbosparse.sampling import Sampler, SamplingParams
+from turbosparse.sampling import Sampler, SamplingParams, _best
 
 PROMPT = "The three most important inventions in history are"
 
@@ -148,3 +148,15 @@ def test_the_sampler_takes_extreme_parameters_and_refuses_what_is_not_a_number()
 def test_text_that_is_not_unicode_is_refused(smollm2_model) -> None:
     with pytest.raises(InvalidArgumentError, match=r"unpaired surrogate \(U\+D83D at character 6\)"):
         smollm2_model.tokenize("smile \ud83d")
+
+
+def test_the_k_best_tokens_are_those_a_full_sort_gives() -> None:
+    """_best sorts only the logits above a bound read off a sample: the same ids as a stable sort of the whole
+    vector, ties included, whatever the order of the vocabulary (best tokens first, last, or spread)."""
+    rng = np.random.default_rng(3)
+    for trial in range(120):
+        n = int(rng.choice([5, 520, 32000, 49152]))
+        x = (rng.standard_normal(n) * 3).astype(np.float32)
+        x = [x, np.round(x), np.sort(x)[::-1], np.sort(x)][trial % 4].copy()
+        k = int(rng.integers(1, min(n, 5000) + 1))
+        assert np.array_equal(_best(x, k), np.argsort(-x, kind="stable")[:k]), (n, trial % 4, k)

@@ -11,8 +11,10 @@ import numpy as np
 
 from turbosparse.errors import EvalError, InvalidArgumentError
 
-# top-p without top-k first looks among this many best tokens; only a flat distribution needs them all
+# top-p without top-k first looks among this many best tokens, then 16 times as many; only a flat distribution
+# needs them all
 _NUCLEUS_CANDIDATES = 256
+_SAMPLE = 2048  # logits in the strided sample that bounds a top-k search (_best)
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
@@ -61,6 +63,18 @@ def _best_first(logits: np.ndarray, ids: np.ndarray) -> np.ndarray:
     return ids[np.lexsort((ids, -logits[ids]))]
 
 
+def _best(logits: np.ndarray, k: int) -> np.ndarray:
+    """The k best ids, best first (ties by ascending id). Only the values at or above a bound read off a strided
+    sample of the logits are sorted: numpy's argpartition over a 49152-token vocabulary took ~0.5 ms a token. Exact:
+    where at least k values reach the bound, the k best are among them; else (rare) every id is sorted."""
+    n = logits.size
+    step = max(1, n // _SAMPLE)
+    sample = np.sort(logits[::step])
+    rank = min(sample.size, 2 * (k // step) + 8)  # ~rank * step of all the values reach the sample's rank-th best
+    above = np.flatnonzero(logits >= sample[-rank])
+    return _best_first(logits, above if above.size >= k else np.arange(n))[:k]
+
+
 class Sampler:
     """Picks the next token from a logits vector; holds the random generator of one generation."""
 
@@ -86,19 +100,18 @@ class Sampler:
         ids: np.ndarray | None = None  # None: the whole vocabulary, not sorted yet
         pool = logits  # the logits top-p normalises over
         if 0 < p.top_k < logits.size:
-            # a partition finds the k best in linear time; only those k are sorted
-            ids = _best_first(logits, np.argpartition(-logits, p.top_k - 1)[: p.top_k])
+            ids = _best(logits, p.top_k)
             pool = logits[ids]
         elif p.top_p >= 1.0 and p.min_p > 0.0:
             # min-p alone keeps the tokens within log(min_p) of the best: sort only those
             top = float(logits.max())
             return _best_first(logits, np.flatnonzero(logits >= top + np.log(p.min_p)))
-        if p.top_p < 1.0 and ids is None and logits.size > _NUCLEUS_CANDIDATES:
+        if p.top_p < 1.0 and ids is None:
             # the nucleus is usually among the few best tokens; only a flat distribution needs the full sort
-            best = np.argpartition(-logits, _NUCLEUS_CANDIDATES - 1)[:_NUCLEUS_CANDIDATES]
-            kept = self._nucleus(logits, _best_first(logits, best), pool)
-            if kept is not None:
-                return kept
+            for k in (_NUCLEUS_CANDIDATES, 16 * _NUCLEUS_CANDIDATES):
+                kept = self._nucleus(logits, _best(logits, k), pool) if k < logits.size else None
+                if kept is not None:
+                    return kept
         if ids is None:
             ids = np.argsort(-logits, kind="stable")
         kept = self._nucleus(logits, ids, pool) if p.top_p < 1.0 else None
