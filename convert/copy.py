@@ -22,7 +22,7 @@ _WRITER_KEYS = ("GGUF.version", "GGUF.tensor_count", "GGUF.kv_count", "general.a
 def open_gguf(path: Path) -> gguf.GGUFReader:
     try:
         return gguf.GGUFReader(str(path))
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, KeyError) as exc:  # KeyError: a key that occurs twice
         raise ConvertError(f"{path}: not a readable GGUF file: {exc}") from None
 
 

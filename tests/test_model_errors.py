@@ -110,6 +110,29 @@ def test_a_predictor_threshold_that_is_nan(tmp_path: Path, good: Path) -> None:
         ctx.threshold = float("nan")
 
 
+def test_a_key_or_tensor_name_that_occurs_twice(good: Path, tmp_path: Path) -> None:
+    """GGUF keys and tensor names are unique (llama.cpp and gguf-py refuse such files): the reader had taken the
+    first of the two, and `convert` then met gguf-py's KeyError."""
+    from dataclasses import replace
+
+    from turbosparse.convert import ConvertError, convert
+
+    from fuzzing import parse, write
+
+    layout = parse(good.read_bytes())
+    key, name = layout.kvs[1], layout.tensors[1]
+    cases = [
+        (replace(layout, kvs=[*layout.kvs, key]), f"the key '{key.key.decode()}'"),
+        (replace(layout, tensors=[*layout.tensors, name]), f"the tensor name '{name.name.decode()}'"),
+    ]
+    for bad, what in cases:
+        path = tmp_path / "twice.gguf"
+        path.write_bytes(write(bad)[0])
+        assert f"corrupt file: {what} occurs twice" in load_error(path)
+        with pytest.raises(ConvertError, match="not a readable GGUF file"):
+            convert(path, tmp_path / "out.gguf", outtype="q8_0")
+
+
 def test_missing_hparam_and_bad_activation(tmp_path: Path) -> None:
     path = tmp_path / "m.gguf"
     write_gguf(path, CFG, random_weights(CFG), extra_kv={"turbosparse.ffn_activation": "gelu"})

@@ -310,18 +310,42 @@ static int parse_header(ts_gguf_file *f, cursor *c) {
     return 0;
 }
 
+static int compare_names(const void *a, const void *b) {
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* Fails naming a name that occurs twice among the n in names (sorted in place): GGUF's keys and tensor names are
+ * unique (llama.cpp and gguf-py refuse such files; this reader would have read the first of the two). Sorting, not
+ * comparing every pair: a file may hold millions of entries. */
+static int check_unique(const ts_gguf_file *f, cursor *c, const char **names, int64_t n, const char *what) {
+    qsort(names, (size_t)n, sizeof(*names), compare_names);
+    for (int64_t i = 1; i < n; i++) {
+        if (strcmp(names[i - 1], names[i]) == 0) {
+            return ts_set_error(c->err, c->err_size, "%s: corrupt file: the %s '%s' occurs twice", f->path, what,
+                                names[i]);
+        }
+    }
+    return 0;
+}
+
 static int parse_body(ts_gguf_file *f, cursor *c) {
     f->kv = calloc((size_t)f->n_kv + 1, sizeof(ts_gguf_kv));
     f->tensors = calloc((size_t)f->n_tensors + 1, sizeof(ts_gguf_tensor));
     uint64_t *offsets = calloc((size_t)f->n_tensors + 1, sizeof(uint64_t));
-    if (f->kv == NULL || f->tensors == NULL || offsets == NULL) {
+    const char **names = calloc((size_t)(f->n_kv > f->n_tensors ? f->n_kv : f->n_tensors) + 1, sizeof(char *));
+    if (f->kv == NULL || f->tensors == NULL || offsets == NULL || names == NULL) {
         free(offsets);
+        free(names);
         return ts_set_error(c->err, c->err_size, "%s: out of memory", f->path);
     }
     int rc = 0;
     for (int64_t i = 0; i < f->n_kv && rc == 0; i++) {
         rc = read_kv(c, &f->kv[i], i);
     }
+    for (int64_t i = 0; i < f->n_kv && rc == 0; i++) {
+        names[i] = f->kv[i].key;
+    }
+    rc = rc == 0 ? check_unique(f, c, names, f->n_kv, "key") : rc;
     f->alignment = TS_GGUF_DEFAULT_ALIGNMENT;
     const ts_gguf_kv *align = rc == 0 ? ts_gguf_find_kv(f, TS_KEY_ALIGNMENT) : NULL;
     if (align != NULL) {
@@ -347,6 +371,10 @@ static int parse_body(ts_gguf_file *f, cursor *c) {
                               f->tensors[i].name, GGML_MAX_NAME - 1);
         }
     }
+    for (int64_t i = 0; i < f->n_tensors && rc == 0; i++) {
+        names[i] = f->tensors[i].name;
+    }
+    rc = rc == 0 ? check_unique(f, c, names, f->n_tensors, "tensor name") : rc;
     if (rc == 0) {
         f->data_offset = (c->pos + f->alignment - 1) / f->alignment * f->alignment;
         for (int64_t i = 0; i < f->n_tensors && rc == 0; i++) {
@@ -365,6 +393,7 @@ static int parse_body(ts_gguf_file *f, cursor *c) {
         }
     }
     free(offsets);
+    free(names);
     return rc;
 }
 
