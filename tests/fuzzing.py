@@ -5,7 +5,8 @@ Input kinds (each case derives its random generator from (seed, kind, index), so
   mutations (a count, length, value type, dimension, ggml type or data offset set to an edge value; a scalar value
   set to 0, -1, NaN, a huge number; an entry dropped, duplicated or given another value type; general.alignment
   added; the file truncated at a field or in the data), written, then loaded by the engine (and by `Model`, with
-  llama.cpp's tokenizer, for every fourth case), and a few tokens evaluated when it loads.
+  llama.cpp's tokenizer, for every fourth case), a few tokens evaluated when it loads, and every other small one that
+  loads re-quantized by `convert` (gguf-py reads it there).
 - convert: a tiny checkpoint with one input broken: config.json (wrong types and values), the safetensors header
   (shapes, dtypes, offsets, its length) or the data cut short, tokenizer.model / tokenizer.json, PowerInfer predictor
   files (wrong shapes, wrong contents, unreadable), then converted.
@@ -386,9 +387,25 @@ def file_case(kind: str, inputs: Inputs, work: Path, rng: np.random.Generator, i
     path.write_bytes(data)
     try:
         result = exercise_model_file(path, rng, full=index % 4 == 0)
+        if result != "refused" and src == sources[0] and index % 2 == 0:
+            result += requantize(path, work)
     finally:
         path.unlink()
     return f"{src.name}: {'; '.join(done)} => {result}"
+
+
+def requantize(path: Path, work: Path) -> str:
+    """`convert`'s re-quantization of a file the engine loaded (gguf-py reads it there): a clean error or a file."""
+    from turbosparse.convert import convert
+
+    out = work / "requantized.gguf"
+    try:
+        convert(path, out, outtype="q8_0")
+    except _expected_errors():
+        return ", refused by convert"
+    finally:
+        out.unlink(missing_ok=True)
+    return ", re-quantized"
 
 
 _PARSED: dict[Path, Layout] = {}

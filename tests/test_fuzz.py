@@ -28,5 +28,6 @@ def test_fuzzed_inputs_end_in_clean_errors(inputs, tmp_path: Path) -> None:
     assert report["cases"] == {**CASES, "api": report["cases"]["api"]}
     assert report["cases"]["api"] >= 20
     for kind in ("gguf", "pwri"):  # the mutations reach past the header checks: some files still load and run
-        assert report["outcomes"][kind].get("loaded", 0) > 0, report["outcomes"]
+        loaded = [k for k in report["outcomes"][kind] if k == "loaded" or k.startswith("loaded, ")]
+        assert loaded, report["outcomes"]
     assert report["outcomes"]["server"].get("answered", 0) > 0, report["outcomes"]  # some requests reach the model
