@@ -78,6 +78,15 @@ def test_serve_options_out_of_range_are_one_line_errors(smollm2_path) -> None:
         assert out.returncode == 1 and out.stderr.strip() == f"turbosparse serve: error: {message}", out.stderr
 
 
+def test_bench_lists_are_checked() -> None:
+    for option, value, message in (("--ffn-layer", "q9_9", "unknown type 'q9_9'"),
+                                   ("--ffn-layer", ",", "expected types such as q4_0,q8_0"),
+                                   ("--batch", "a,2", "expected numbers of sequences >= 1")):  # fmt: skip
+        args = ["bench", option, value] if option == "--ffn-layer" else ["bench", "--synthetic", "tiny", option, value]
+        out = turbosparse(*args)
+        assert out.returncode == 2 and f"argument {option}: {message}" in out.stderr, out.stderr
+
+
 def test_help() -> None:
     for args in (["--help"], ["run", "--help"], ["convert", "--help"], ["serve", "--help"]):
         out = turbosparse(*args)

@@ -62,7 +62,7 @@ def both(smollm2_path) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def test_same_structures(both) -> None:
     theirs, ours = both
-    for key in ("call", "echo", "token_prompt", "chat", "logprobs"):
+    for key in ("call", "echo", "token_prompt", "chat", "logprobs", "random_seed"):
         assert shape(ours[key]) == shape(theirs[key]), key
     for key in ("completion_stream", "chat_stream", "logprobs_stream"):
         assert [shape(c) for c in ours[key]] == [shape(c) for c in theirs[key]], key

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from turbosparse.cli import main
+from turbosparse.errors import TrainingError
 from turbosparse.predictor_train.export import load_bamboo_predictors, load_powerinfer, save_bamboo
 from turbosparse.predictor_train.modeling import DReluMLP, load_causal_lm
 
@@ -71,6 +72,9 @@ def test_a_sentencepiece_only_checkpoint_gives_its_tokenizer(tmp_path: Path) -> 
     text = "Fair is foul, and foul is fair: 1606."
     sp = spm.SentencePieceProcessor(model_file=str(spm_dir / "tokenizer.model"))
     assert load_tokenizer(model_dir)(text)["input_ids"] == [sp.bos_id(), *sp.encode(text)]
+    (model_dir / "tokenizer.model").write_bytes(b"not a SentencePiece model")
+    with pytest.raises(TrainingError, match=f"{model_dir}: transformers cannot load the tokenizer"):
+        load_tokenizer(model_dir)
 
 
 def test_relufy_cli(tmp_path: Path, texts: tuple[Path, Path]) -> None:

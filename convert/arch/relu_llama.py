@@ -9,13 +9,12 @@ of `model_{i}.pt` torch state dicts {"fc1.weight" [rank, hidden], "fc2.weight" [
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
 from turbosparse.convert.arch.base import register
 from turbosparse.convert.arch.llama import is_llama_layout
-from turbosparse.convert.arch.sparse import CONFIG_KEY, PredictorPart, ReluFamily
+from turbosparse.convert.arch.sparse import CONFIG_KEY, PredictorPart, ReluFamily, as_number
 from turbosparse.errors import ConvertError
 
 RELU_ACTS = ("relu", "drelu")
@@ -55,10 +54,11 @@ class ReluLlama(ReluFamily):
 
     def default_threshold(self) -> float | None:
         value = self._pred_config.get("sparse_threshold")
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value)):
+        number = None if value is None else as_number(value)
+        if value is not None and number is None:
             raise ConvertError(f"{Path(self._pred_dir or '') / 'config.json'}: 'sparse_threshold' must be a number, "
                                f"got {value!r}")  # fmt: skip
-        return float(value) if value is not None else None
+        return number
 
     def predictor_parts(self) -> dict[int, tuple[PredictorPart, PredictorPart]]:
         if self._pred_dir is None:

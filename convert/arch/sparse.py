@@ -36,15 +36,16 @@ logger = logging.getLogger(__name__)
 CONFIG_KEY = "turbosparse"
 
 
-def _as_number(value: object) -> float | None:
-    """value as a float where it is a JSON number (not a bool, not NaN, within a float's range), else None."""
+def as_number(value: object) -> float | None:
+    """value as a float where it is a finite JSON number (not a bool, NaN or infinite, within a float's range), else
+    None."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     try:
         number = float(value)
     except OverflowError:
         return None
-    return None if math.isnan(number) else number
+    return number if math.isfinite(number) else None
 
 
 @dataclass
@@ -107,7 +108,7 @@ class ReluFamily(LlamaFamily):
             rates = block.get(key)
             if rates is None:
                 continue
-            numbers = [_as_number(r) for r in rates] if isinstance(rates, list) else []
+            numbers = [as_number(r) for r in rates] if isinstance(rates, list) else []
             if len(numbers) != hp.n_layer or None in numbers:
                 raise ConvertError(f"{where}: {CONFIG_KEY}.{key} must be a list of {hp.n_layer} numbers")
             meta[gguf_key] = numbers
@@ -120,9 +121,10 @@ class ReluFamily(LlamaFamily):
             if threshold is None:  # the config's, else the predictors' own (checked where they are read)
                 threshold = block.get("predictor_threshold", self.default_threshold())
                 source = f"{where}: {CONFIG_KEY}.predictor_threshold"
-            if threshold is not None and _as_number(threshold) is None:
+            number = 0.0 if threshold is None else as_number(threshold)
+            if number is None:
                 raise ConvertError(f"{source}: the predictor threshold must be a number, got {threshold!r}")
-            meta[KEY_PREDICTOR_THRESHOLD] = _as_number(threshold) if threshold is not None else 0.0
+            meta[KEY_PREDICTOR_THRESHOLD] = number
             pred_input = block.get("predictor_input", "residual")
             if pred_input not in PREDICTOR_INPUTS:
                 raise ConvertError(

@@ -89,9 +89,12 @@ class Sampler:
         recent, counts = np.unique(np.asarray(history[-p.repeat_last_n :], dtype=np.int64), return_counts=True)
         out = logits.copy()
         vals = out[recent].astype(np.float64)
-        vals = np.where(vals > 0, vals / p.repeat_penalty, vals * p.repeat_penalty)
-        # extreme penalties (a repeat_penalty of 1e-30) take logits past float32's range: its ends, not infinities
-        out[recent] = np.clip(vals - counts * p.frequency_penalty - p.presence_penalty, -_FLOAT32_MAX, _FLOAT32_MAX)
+        # extreme penalties (a repeat_penalty of 1e-30) take logits past float32's range: its ends, not infinities,
+        # after each step (inf - inf would be NaN)
+        with np.errstate(over="ignore"):
+            vals = np.where(vals > 0, vals / p.repeat_penalty, vals * p.repeat_penalty)
+            vals = np.clip(vals, -_FLOAT32_MAX, _FLOAT32_MAX) - counts * p.frequency_penalty - p.presence_penalty
+        out[recent] = np.clip(vals, -_FLOAT32_MAX, _FLOAT32_MAX)
         return out
 
     def _candidates(self, logits: np.ndarray) -> np.ndarray:

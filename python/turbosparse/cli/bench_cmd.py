@@ -53,9 +53,8 @@ def _quant_list(text: str) -> list[gguf.GGMLQuantizationType]:
     names = [q.strip().lower() for q in text.split(",") if q.strip()]
     unknown = [q for q in names if q not in QUANTS]
     if unknown or not names:
-        raise argparse.ArgumentTypeError(
-            f"unknown type {unknown[0] if unknown else text!r}; ggml's: {', '.join(QUANTS)}"
-        )
+        what = f"unknown type {unknown[0]!r}" if unknown else f"expected types such as q4_0,q8_0, got {text!r}"
+        raise argparse.ArgumentTypeError(f"{what}; ggml's: {', '.join(QUANTS)}")
     return [QUANTS[q] for q in names]
 
 
@@ -228,7 +227,6 @@ def _gpu_index(device: DeviceInfo) -> int | None:
 
 
 def run_ffn_layer(args: argparse.Namespace) -> int:
-    quants = args.ffn_layer
     rounds = max(args.rounds, 10)
     args.active = args.active if args.active is not None else 0.10
     results = [
@@ -240,7 +238,7 @@ def run_ffn_layer(args: argparse.Namespace) -> int:
             n_threads=args.threads,
             rounds=rounds,
         )
-        for q in quants
+        for q in args.ffn_layer
     ]
     copy = copy_bandwidth_gb_s()
     machine = machine_stamp()
@@ -285,11 +283,10 @@ def run_generate(args: argparse.Namespace, dense: Path) -> int:
 
 
 def run_batch(args: argparse.Namespace, sparse: Path, dense: Path) -> int:
-    sizes = args.batch
     report = []
     for mode in _modes(args, sparse, find_device("cpu")):
         path = dense if mode == "dense" else sparse
-        rows = bench_batch(path, mode=mode, n_threads=args.threads, batches=sizes, steps=args.decode_tokens,
+        rows = bench_batch(path, mode=mode, n_threads=args.threads, batches=args.batch, steps=args.decode_tokens,
                            rounds=args.rounds)  # fmt: skip
         report += [{"mode": mode, "file": str(path), **r.__dict__} for r in rows]
     machine = machine_stamp()
@@ -301,7 +298,7 @@ def run_batch(args: argparse.Namespace, sparse: Path, dense: Path) -> int:
           f"| commit {machine['commit']}")  # fmt: skip
     print(f"{'mode':<10} {'batch':>5} {'tok/s':>8} {'x batch 1':>9} {'step ms':>8} {'rows read':>9} {'rows/token':>10}")
     for r in report:
-        base = next(b for b in report if b["mode"] == r["mode"] and b["batch"] == sizes[0])
+        base = next(b for b in report if b["mode"] == r["mode"] and b["batch"] == args.batch[0])
         print(f"{r['mode']:<10} {r['batch']:>5} {r['tok_s']:>8.1f} {r['tok_s'] / base['tok_s']:>8.2f}x "
               f"{r['step_ms']:>8.1f} {r['rows_read']:>9.3f} {r['rows_per_token']:>10.3f}")  # fmt: skip
     return 0

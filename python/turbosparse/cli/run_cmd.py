@@ -41,12 +41,11 @@ def model_path(name: str) -> str:
 
 def read_utf8(path: Path) -> str:
     """A text file given on the command line (a prompt, a chat template): UTF-8, or an error naming the file."""
-    data = path.read_bytes()
     try:
-        return data.decode("utf-8")
+        return path.read_text(encoding="utf-8")  # newlines translated: a CRLF file reads as "\n"
     except UnicodeDecodeError as exc:
         raise InvalidArgumentError(
-            f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}: {exc.reason})"
+            f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}: {exc.reason})"
         ) from None
 
 

@@ -6,7 +6,7 @@ sampling fields are llama-server's."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationInfo, field_validator, model_validator
 
@@ -34,11 +34,12 @@ def _unpaired_surrogate(value: Any, where: str) -> str | None:
 
 
 class _Body(BaseModel):
-    # unknown fields are ignored, as OpenAI-compatible servers do; Python's JSON reads NaN and Infinity, refused here
+    # unknown fields are ignored, as OpenAI-compatible servers do (but for text that is not Unicode, below);
+    # Python's JSON reads NaN and Infinity, refused here
     model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
     @model_validator(mode="after")
-    def _unicode_text(self) -> Any:
+    def _unicode_text(self) -> Self:
         for name, value in self:  # fields and unknown ones; nested bodies check themselves
             found = _unpaired_surrogate(value, name)
             if found:
