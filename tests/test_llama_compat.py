@@ -122,6 +122,23 @@ def test_same_tokens_and_close_logits(both) -> None:
     assert ours["seeded"][0] == ours["seeded"][1]
 
 
+def test_chat_content_parts_are_joined(smollm2_path) -> None:
+    """OpenAI's content parts (text ones) and an empty content reach the template as strings, as in the server
+    (llama_cpp.Llama 0.3.36 fails on both in its template)."""
+    import turbosparse
+
+    llm = turbosparse.Llama(str(smollm2_path), n_ctx=256, n_threads=N_THREADS, verbose=False)
+    plain = [{"role": "system", "content": None}, {"role": "user", "content": "Name a color."}]
+    parts = [{"role": "system"}, {"role": "user", "content": [{"type": "text", "text": "Name a "},
+                                                               {"type": "text", "text": "color."}]}]  # fmt: skip
+    plain_answer, parts_answer = (
+        llm.create_chat_completion(m, max_tokens=6, temperature=0)["choices"][0]["message"] for m in (plain, parts)
+    )
+    assert plain_answer["content"] and parts_answer == plain_answer
+    with pytest.raises(ValueError, match="content parts of type 'image_url' are not supported"):
+        llm.create_chat_completion([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}])
+
+
 def test_unsupported_options_say_so(smollm2_path) -> None:
     import turbosparse
 

@@ -46,6 +46,22 @@ def _refuse(**options: tuple[Any, Any]) -> None:
             raise ValueError(f"{name}={value!r} is not supported by turbosparse.Llama")
 
 
+def _template_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """messages as chat templates take them: OpenAI's content parts joined into one string, no content as "" (as the
+    server does; llama_cpp.Llama hands both to the template as they are, where they fail)."""
+    out = []
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, list):
+            kinds = [part.get("type") if isinstance(part, dict) else part for part in content]
+            other = [kind for kind in kinds if kind != "text"]
+            if other:
+                raise ValueError(f"content parts of type {other[0]!r} are not supported (text only)")
+            content = "".join(str(part.get("text", "")) for part in content)
+        out.append({**message, "content": content or ""})
+    return out
+
+
 class Llama:
     """A GGUF model with llama_cpp.Llama's methods.
 
@@ -348,7 +364,7 @@ class Llama:
             seed=seed,
         )
         n_top = (top_logprobs or 0) if logprobs else None
-        gen = self._start(self._model.chat_tokens(messages), max_tokens, sampling, stop, n_top)
+        gen = self._start(self._model.chat_tokens(_template_messages(messages)), max_tokens, sampling, stop, n_top)
         meta = CompletionMeta.new("chatcmpl", model or self.model_path)
         chunks = ChatCompletionChunks(self._model.tokenizer, meta, gen)
         if stream:
