@@ -368,6 +368,9 @@ class NativeContext:
         self._model = model  # keeps the weights alive as long as the context
         ffi, lib = self._lib.ffi, self._lib.lib
         params = lib.ts_context_default_params()
+        for name, value in (("n_ctx", n_ctx), ("n_threads", n_threads), ("n_batch", n_batch), ("n_seq", n_seq)):
+            if not -(2**31) <= value < 2**31:  # int32 in C; the sensible ranges: ts_context_check_params
+                raise InvalidArgumentError(f"{name} = {value} does not fit the C library's int32")
         params.n_ctx = n_ctx
         params.n_threads = n_threads
         params.n_batch = n_batch

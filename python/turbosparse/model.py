@@ -108,8 +108,6 @@ class Model:
                                    ("n_threads", 1 if n_threads is None else n_threads, 1)):  # fmt: skip
             if value < least:
                 raise InvalidArgumentError(f"{name} must be >= {least}, got {value}")
-            if value >= 2**31 and name != "n_ctx":  # the C library's int32 (n_ctx is capped below)
-                raise InvalidArgumentError(f"{name} must be below 2**31, got {value}")
         set_llama_log_verbosity(verbose)
         target = find_device(device)
         probe = NativeModel(self.path, metadata_only=True)
