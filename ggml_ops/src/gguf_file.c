@@ -345,7 +345,9 @@ static int parse_body(ts_gguf_file *f, cursor *c) {
     for (int64_t i = 0; i < f->n_kv && rc == 0; i++) {
         names[i] = f->kv[i].key;
     }
-    rc = rc == 0 ? check_unique(f, c, names, f->n_kv, "key") : rc;
+    if (rc == 0) {
+        rc = check_unique(f, c, names, f->n_kv, "key");
+    }
     f->alignment = TS_GGUF_DEFAULT_ALIGNMENT;
     const ts_gguf_kv *align = rc == 0 ? ts_gguf_find_kv(f, TS_KEY_ALIGNMENT) : NULL;
     if (align != NULL) {
@@ -374,7 +376,9 @@ static int parse_body(ts_gguf_file *f, cursor *c) {
     for (int64_t i = 0; i < f->n_tensors && rc == 0; i++) {
         names[i] = f->tensors[i].name;
     }
-    rc = rc == 0 ? check_unique(f, c, names, f->n_tensors, "tensor name") : rc;
+    if (rc == 0) {
+        rc = check_unique(f, c, names, f->n_tensors, "tensor name");
+    }
     if (rc == 0) {
         f->data_offset = (c->pos + f->alignment - 1) / f->alignment * f->alignment;
         for (int64_t i = 0; i < f->n_tensors && rc == 0; i++) {
