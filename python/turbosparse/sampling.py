@@ -109,22 +109,24 @@ class Sampler:
             # min-p alone keeps the tokens within log(min_p) of the best: sort only those
             top = float(logits.max())
             return _best_first(logits, np.flatnonzero(logits >= top + np.log(p.min_p)))
-        if p.top_p < 1.0 and ids is None:
+        if p.top_p >= 1.0:
+            return ids if ids is not None else np.argsort(-logits, kind="stable")
+        top = float(pool.max())
+        total = np.exp(pool.astype(np.float64) - top).sum()  # what top-p normalises by: once, for every try below
+        if ids is None:
             # the nucleus is usually among the few best tokens; only a flat distribution needs the full sort
             for k in (_NUCLEUS_CANDIDATES, 16 * _NUCLEUS_CANDIDATES):
-                kept = self._nucleus(logits, _best(logits, k), pool) if k < logits.size else None
+                kept = self._nucleus(logits, _best(logits, k), top, total) if k < logits.size else None
                 if kept is not None:
                     return kept
-        if ids is None:
             ids = np.argsort(-logits, kind="stable")
-        kept = self._nucleus(logits, ids, pool) if p.top_p < 1.0 else None
+        kept = self._nucleus(logits, ids, top, total)
         return ids if kept is None else kept
 
-    def _nucleus(self, logits: np.ndarray, ids: np.ndarray, pool: np.ndarray) -> np.ndarray | None:
-        """The shortest prefix of ids (best first) whose probability, normalised over the logits in pool, reaches
-        top_p; None when all of ids together do not reach it."""
-        top = float(pool.max())
-        cum = np.cumsum(np.exp(logits[ids].astype(np.float64) - top)) / np.exp(pool.astype(np.float64) - top).sum()
+    def _nucleus(self, logits: np.ndarray, ids: np.ndarray, top: float, total: float) -> np.ndarray | None:
+        """The shortest prefix of ids (best first) whose probability, exp(logit - top) / total, reaches top_p; None
+        when all of ids together do not reach it."""
+        cum = np.cumsum(np.exp(logits[ids].astype(np.float64) - top)) / total
         keep = int(np.searchsorted(cum, self.params.top_p)) + 1
         return ids[:keep] if keep <= len(ids) else None
 
