@@ -676,7 +676,7 @@ def api_cases(path: Path) -> list[tuple[str, Callable[[], str]]]:
 
 SAMPLING_KEYS = ["max_tokens", "temperature", "top_p", "top_k", "min_p", "repeat_penalty", "repeat_last_n",
                  "frequency_penalty", "presence_penalty", "seed", "stop", "stream", "stream_options", "n", "logit_bias",
-                 "model", "user", "an_unknown_field"]  # fmt: skip
+                 "grammar", "json_schema", "model", "user", "an_unknown_field"]  # fmt: skip
 CHAT_KEYS = ["messages", "max_completion_tokens", "logprobs", "top_logprobs", "tools", "tool_choice", "response_format"]
 ROUTE_KEYS = {
     "/v1/completions": ["prompt", "echo", "logprobs", "suffix", "best_of", *SAMPLING_KEYS],
@@ -712,6 +712,35 @@ PLAUSIBLE: dict[str, list[object]] = {  # values of the right type, edges among 
     "add_special": [True, False],
     "parse_special": [True, False],
     "with_pieces": [True, False],
+    "logit_bias": [{"1": 5}, {"0": -100, "49151": 100}, {"49152": 1}, {"-1": 1}, {"x": 1}, {"1": 1e300}],
+    "grammar": [
+        'root ::= " yes" | " no"',
+        "root ::= (",
+        'root ::= "a" [\\x00]',
+        'root ::= root "a"',
+        "",
+        "root ::= " + "(" * 300 + '"a"' + ")" * 300,
+        "root ::= [^\\x00-\\x7f]+",
+        'root ::= "a"{0,2000}',
+    ],
+    "json_schema": [
+        {},
+        {"type": "integer"},
+        {"$ref": "#/x"},
+        {"type": "array", "maxItems": 10**9},
+        {"enum": []},
+        {"type": "string", "pattern": "^(a|b)+$"},
+        {"type": "object", "required": ["a"]},
+    ],
+    "response_format": [
+        {"type": "json_object"},
+        {"type": "json_schema", "json_schema": {"schema": {"type": "number"}}},
+        {"type": "json_object", "schema": {"type": "boolean"}},
+        {"type": "xml"},
+        {"type": 5},
+        {"type": "json_schema"},
+        {"type": "json_schema", "json_schema": 3},
+    ],
 }
 RAW_NUMBERS = ["NaN", "Infinity", "-Infinity", "1e999", "-0"]  # written as they are (Python's JSON reads them)
 ROLES = ["system", "developer", "user", "assistant", "tool", "wizard", "", None, 5]

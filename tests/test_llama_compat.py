@@ -3,10 +3,12 @@ and gets the same structures; on the dense SmolLM2 file, the same greedy text an
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
 import pytest
+from llama_cpp.llama_grammar import LlamaGrammar
 
 N_THREADS = 2
 
@@ -26,6 +28,18 @@ def llama_script(Llama: Any, path: str) -> dict[str, Any]:
     messages = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Name a color."}]
     out["chat"] = llm.create_chat_completion(messages, max_tokens=10, temperature=0)
     out["chat_stream"] = list(llm.create_chat_completion(messages, max_tokens=10, temperature=0, stream=True))
+    # constrained: a GBNF grammar (llama_cpp's object), JSON mode, a JSON schema; a logit bias (keys as JSON has them)
+    colors = LlamaGrammar.from_string('root ::= (" " [a-z]+ ",")+ " and " [a-z]+ "."', verbose=False)
+    out["grammar"] = llm("The three primary colors are", max_tokens=24, temperature=0, grammar=colors)
+    cat = [{"role": "user", "content": "Describe a cat as a JSON object."}]
+    out["json_chat"] = llm.create_chat_completion(
+        cat, max_tokens=40, temperature=0, response_format={"type": "json_object"}
+    )
+    legs = {"type": "object", "properties": {"name": {"type": "string"}, "legs": {"type": "integer"}}}
+    schema = {"type": "json_object", "schema": {**legs, "required": ["name", "legs"]}}
+    out["schema_chat"] = llm.create_chat_completion(cat, max_tokens=40, temperature=0, response_format=schema)
+    paris = str(llm.tokenize(b" Paris", add_bos=False)[0])
+    out["bias"] = llm("The capital of France is", max_tokens=4, temperature=0, logit_bias={paris: -100.0})
     out["seeded"] = [llm("Roses are", max_tokens=8, temperature=0.9, seed=3)["choices"][0]["text"] for _ in range(2)]
     out["random_seed"] = llm("Roses are", max_tokens=2, temperature=0.9, seed=-1)  # llama_cpp's "pick one"
     tokens = llm.tokenize(b"Hello world", add_bos=True)
@@ -75,11 +89,13 @@ def test_same_structures(both) -> None:
 
 def test_same_greedy_text_and_usage(both) -> None:
     theirs, ours = both
-    for key in ("call", "echo", "token_prompt"):
+    for key in ("call", "echo", "token_prompt", "grammar", "bias"):
         assert ours[key]["choices"][0]["text"] == theirs[key]["choices"][0]["text"], key
         assert ours[key]["usage"] == theirs[key]["usage"], key
-    assert ours["chat"]["choices"][0]["message"] == theirs["chat"]["choices"][0]["message"]
-    assert ours["chat"]["usage"] == theirs["chat"]["usage"]
+    for key in ("chat", "json_chat", "schema_chat"):
+        assert ours[key]["choices"][0]["message"] == theirs[key]["choices"][0]["message"], key
+        assert ours[key]["usage"] == theirs[key]["usage"], key
+    assert json.loads(ours["schema_chat"]["choices"][0]["message"]["content"]).keys() == {"name", "legs"}
     assert ours["call"]["choices"][0]["finish_reason"] == theirs["call"]["choices"][0]["finish_reason"]
 
     def joined(chunks: list[dict], field: str) -> str:

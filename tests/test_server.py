@@ -261,6 +261,10 @@ BAD_CHAT = [
     ({"messages": [{"role": "user", "content": "a \ud83d"}]}, 400),  # a lone surrogate: a string cut inside an emoji
     ({"messages": [{"role": "user", "content": "x"}], "temperature": float("nan")}, 400),  # Python's JSON reads NaN
     ({"messages": [{"role": "user", "content": "x"}], "repeat_penalty": float("inf")}, 400),
+    ({"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "xml"}}, 400),
+    ({"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_object"}, "grammar": "r"}, 400),
+    ({"messages": [{"role": "user", "content": "x"}], "logit_bias": {"abc": 1}}, 400),
+    ({"messages": [{"role": "user", "content": "x"}], "logit_bias": {"99999999": 1}}, 400),
 ]
 BAD_COMPLETION = [
     ({"prompt": ""}, 400),
@@ -277,6 +281,10 @@ BAD_COMPLETION = [
     ({"prompt": "x", "top_p": 0}, 400),
     ({"prompt": "\ud800"}, 400),
     ({"prompt": ["x"], "stop": ["\udfff"]}, 400),
+    ({"prompt": "x", "grammar": "root ::= ("}, 400),
+    ({"prompt": "x", "grammar": "root ::= " + "(" * 50_000 + '"a"' + ")" * 50_000}, 400),  # deeper crashes llama.cpp
+    ({"prompt": "x", "json_schema": {"$ref": "#/nowhere"}}, 400),
+    ({"prompt": "x", "logit_bias": {"-1": 1}}, 400),
 ]
 
 
@@ -360,6 +368,39 @@ def test_bad_input_is_a_4xx_error_object(server: Server) -> None:
     assert_error(*server.request("GET", "/v1/chat/completions"), 405)
     with pytest.raises(openai.BadRequestError, match="max_tokens"):
         server.client().chat.completions.create(model="x", messages=[{"role": "user", "content": "x"}], max_tokens=-5)
+
+
+def test_constrained_answers(server: Server) -> None:
+    """OpenAI's structured outputs and JSON mode, llama-server's grammar and json_schema fields, logit_bias."""
+    client = server.client()
+    schema = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}}, "required": ["city"]}
+    messages = [{"role": "user", "content": "Name a big city."}]
+    structured = client.chat.completions.create(
+        model="x", messages=messages, max_tokens=40, temperature=0.5, seed=2,
+        response_format={"type": "json_schema", "json_schema": {"name": "city", "schema": schema}},
+    )  # fmt: skip
+    assert structured.choices[0].finish_reason == "stop"
+    assert list(json.loads(structured.choices[0].message.content)) == ["city"]
+    streamed = client.chat.completions.create(
+        model="x", messages=messages, max_tokens=40, temperature=0, response_format={"type": "json_object"}, stream=True
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices).startswith("{")
+    status, body = server.request(
+        "POST", "/v1/completions", {"prompt": "Is fire hot? Answer:", "grammar": 'root ::= " yes" | " no"'}
+    )
+    assert status == 200 and body["choices"][0]["text"] in (" yes", " no"), body
+    status, body = server.request(
+        "POST", "/v1/completions", {"prompt": "A number:", "json_schema": {"type": "integer"}, "max_tokens": 20}
+    )
+    assert status == 200 and isinstance(json.loads(body["choices"][0]["text"]), int), body
+    status, bad = server.request("POST", "/v1/completions", {"prompt": "x", "grammar": "root ::= nothing"})
+    assert status == 400 and bad["error"]["param"] == "grammar" and "nothing" in bad["error"]["message"], bad
+    plain = client.completions.create(model="x", prompt="The capital of France is", max_tokens=1, temperature=0)
+    first = server.request("POST", "/tokenize", {"content": plain.choices[0].text})[1]["tokens"][0]
+    banned = client.completions.create(
+        model="x", prompt="The capital of France is", max_tokens=1, temperature=0, logit_bias={str(first): -100}
+    )
+    assert banned.choices[0].text != plain.choices[0].text
 
 
 def test_the_api_key_is_required(server: Server) -> None:

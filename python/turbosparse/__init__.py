@@ -6,11 +6,13 @@ from turbosparse.errors import (
     ChatTemplateError,
     ContextOverflowError,
     EvalError,
+    GrammarError,
     InvalidArgumentError,
     ModelClosedError,
     ModelLoadError,
     TurboSparseError,
 )
+from turbosparse.grammar import Grammar
 from turbosparse.llama import Llama
 from turbosparse.model import Model
 
@@ -19,6 +21,8 @@ __all__ = [
     "ContextOverflowError",
     "DeviceInfo",
     "EvalError",
+    "Grammar",
+    "GrammarError",
     "InvalidArgumentError",
     "Llama",
     "Model",

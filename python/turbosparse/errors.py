@@ -27,6 +27,11 @@ class InvalidArgumentError(TurboSparseError, ValueError):
     """An argument or parameter out of range: a context size, thread count, token id, sequence."""
 
 
+class GrammarError(InvalidArgumentError):
+    """A grammar, JSON schema or response_format that cannot constrain generation: it does not parse, is too deep
+    for llama.cpp's grammar engine, or asks for something not supported."""
+
+
 class ModelClosedError(TurboSparseError, RuntimeError):
     """A Model (or its tokenizer) used after close()."""
 

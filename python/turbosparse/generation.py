@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -9,11 +10,14 @@ from typing import Literal
 import numpy as np
 
 from turbosparse.errors import ContextOverflowError, InvalidArgumentError
+from turbosparse.grammar import Grammar
 from turbosparse.logprobs import TokenLogprob, check_top_count, prompt_logprobs, scored
-from turbosparse.sampling import Sampler, SamplingParams
+from turbosparse.sampling import GrammarDeadEnd, Sampler, SamplingParams
 from turbosparse.tokenizer import Tokenizer
 
 FinishReason = Literal["stop", "length"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -56,7 +60,9 @@ class Generation:
     max_tokens None: until the context is full. The prompt and max_tokens must fit in n_ctx. logprobs (the number of
     alternatives, 0 or more; None: off): each generated token's log-probability is kept in token_logprobs; with
     score_prompt, the prompt's tokens are scored too (prompt_logprobs), from the logits of every prompt position
-    computed as decoding would compute them (scored_prompt), also when max_tokens is 0."""
+    computed as decoding would compute them (scored_prompt), also when max_tokens is 0. grammar: the generated text
+    follows it (llama.cpp's GBNF engine); the generation ends where it is complete, or where it allows no token of the
+    vocabulary (a warning says so)."""
 
     def __init__(
         self,
@@ -69,6 +75,7 @@ class Generation:
         stop: Sequence[str] = (),
         logprobs: int | None = None,
         score_prompt: bool = False,
+        grammar: Grammar | None = None,
     ) -> None:
         prompt = list(prompt_tokens)
         if not prompt:
@@ -84,6 +91,11 @@ class Generation:
                 f"prompt ({len(prompt)} tokens) + max_tokens ({max_tokens}) exceed n_ctx = {n_ctx}"
             )
         check_top_count(logprobs)
+        too_large = [t for t in (sampling.logit_bias or {}) if t >= tokenizer.n_vocab]
+        if too_large:
+            raise InvalidArgumentError(
+                f"logit_bias: token {too_large[0]} is out of the vocabulary (0..{tokenizer.n_vocab - 1})"
+            )
         if score_prompt and logprobs is None:
             raise InvalidArgumentError("score_prompt needs logprobs (the number of alternatives)")
         self.n_prompt = len(prompt)
@@ -93,7 +105,8 @@ class Generation:
         self.finish_reason: FinishReason | None = None
         self.cancelled = False
         self._tokenizer = tokenizer
-        self._sampler = Sampler(sampling)
+        self._grammar = grammar.start(tokenizer) if grammar is not None else None
+        self._sampler = Sampler(sampling, self._grammar)
         self._detokenizer = tokenizer.detokenizer()
         self._scanner = StopScanner(tuple(s for s in stop if s))
         self.logprobs = logprobs
@@ -151,10 +164,17 @@ class Generation:
         (A generation cancelled while the engine evaluated it still takes its step.)"""
         if self.finish_reason is not None:
             raise RuntimeError("the generation has finished")
-        token = self._sampler.sample(logits, self.tokens)
+        try:
+            token = self._sampler.sample(logits, self.tokens)
+        except GrammarDeadEnd as exc:
+            logger.warning("a generation ends early: %s", exc)
+            self.finish_reason = "stop"
+            return self._flush()
         if self._tokenizer.is_end_of_generation(token):
             self.finish_reason = "stop"
             return self._flush()
+        if self._grammar is not None:
+            self._grammar.accept(token)
         self.tokens.append(token)
         piece = self._detokenizer.push(token)
         if self.logprobs is not None:

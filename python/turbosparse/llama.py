@@ -1,9 +1,10 @@
 """`turbosparse.Llama`: llama-cpp-python's `llama_cpp.Llama` face over the turbosparse engine, so code written for
 llama-cpp-python runs with one import changed. Same constructor names, methods and returned dicts; plus `sparse=`.
 
-Not supported (a ValueError says so when asked for): suffix / infill, grammars, logit_bias, logits
-processors and stopping criteria, typical_p, tfs_z, mirostat, tools and function calling, JSON response formats,
-embeddings, chat formats other than the file's template and "chatml", GPU offload (n_gpu_layers is accepted and
+Grammars (llama_cpp.LlamaGrammar, turbosparse.Grammar or GBNF text), JSON response formats (json_object, with or
+without a schema, and OpenAI's json_schema) and logit_bias work as there. Not supported (a ValueError says so when
+asked for): suffix / infill, logits processors and stopping criteria, typical_p, tfs_z, mirostat, tools and function
+calling, embeddings, chat formats other than the file's template and "chatml", GPU offload (n_gpu_layers is accepted and
 ignored: the engine runs on the CPU)."""
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from turbosparse.completions import (
     usage,
 )
 from turbosparse.generation import Generation
+from turbosparse.grammar import Grammar
 from turbosparse.logprobs import check_top_count
 from turbosparse.logprobs import prompt_text as prompt_text_of
 from turbosparse.model import Model, SparseName
@@ -60,6 +62,27 @@ def _template_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
             content = "".join(str(part.get("text", "")) for part in content)
         out.append({**message, "content": content or ""})
     return out
+
+
+def _grammar(grammar: Any, response_format: dict[str, Any] | None = None) -> Grammar | None:
+    """The grammar a completion follows: its JSON response_format's (which wins, as in llama_cpp), else grammar's (a
+    llama_cpp.LlamaGrammar, a turbosparse.Grammar or GBNF text)."""
+    from_format = Grammar.from_response_format(response_format)
+    if from_format is not None or grammar is None:
+        return from_format
+    if isinstance(grammar, Grammar):
+        return grammar
+    if isinstance(grammar, str):
+        return Grammar(grammar)
+    text, root = getattr(grammar, "_grammar", None), getattr(grammar, "_root", "root")  # llama_cpp.LlamaGrammar's
+    if not isinstance(text, str) or not isinstance(root, str):
+        raise ValueError(f"grammar must be a llama_cpp.LlamaGrammar, turbosparse.Grammar or GBNF text, not {grammar!r}")
+    return Grammar(text, root)
+
+
+def _logit_bias(bias: dict[Any, Any] | None) -> dict[int, float] | None:
+    """llama_cpp's reading of logit_bias: keys as ints (JSON gives strings), values as floats."""
+    return None if bias is None else {int(token): float(value) for token, value in bias.items()}
 
 
 class Llama:
@@ -193,6 +216,7 @@ class Llama:
         frequency_penalty: float,
         presence_penalty: float,
         seed: int | None,
+        logit_bias: dict[Any, Any] | None,
     ) -> SamplingParams:
         if seed is None:
             seed = self._seed
@@ -207,6 +231,7 @@ class Llama:
             frequency_penalty=frequency_penalty,
             presence_penalty=presence_penalty,
             seed=seed,
+            logit_bias=_logit_bias(logit_bias),
         )
 
     def _start(
@@ -217,6 +242,7 @@ class Llama:
         stop: Any,
         logprobs: int | None = None,
         score_prompt: bool = False,
+        grammar: Grammar | None = None,
     ) -> Generation:
         n_ctx = self._model.n_ctx
         if len(prompt_tokens) > n_ctx:
@@ -225,7 +251,13 @@ class Llama:
         limit = room if max_tokens is None or max_tokens <= 0 else min(max_tokens, room)
         stops = [stop] if isinstance(stop, str) else list(stop or [])
         return self._model.start(
-            prompt_tokens, sampling=sampling, max_tokens=limit, stop=stops, logprobs=logprobs, score_prompt=score_prompt
+            prompt_tokens,
+            sampling=sampling,
+            max_tokens=limit,
+            stop=stops,
+            logprobs=logprobs,
+            score_prompt=score_prompt,
+            grammar=grammar,
         )
 
     def create_completion(
@@ -267,8 +299,6 @@ class Llama:
             mirostat_mode=(mirostat_mode, 0),
             stopping_criteria=(stopping_criteria, None),
             logits_processor=(logits_processor, None),
-            grammar=(grammar, None),
-            logit_bias=(logit_bias, None),
         )
         if isinstance(prompt, str):
             tokens = self.tokenize(prompt.encode("utf-8"), special=True) if prompt else [self.token_bos()]
@@ -285,8 +315,11 @@ class Llama:
             frequency_penalty=frequency_penalty,
             presence_penalty=presence_penalty,
             seed=seed,
+            logit_bias=logit_bias,
         )
-        gen = self._start(tokens, max_tokens, sampling, stop, logprobs, score_prompt=echo and logprobs is not None)
+        gen = self._start(
+            tokens, max_tokens, sampling, stop, logprobs, echo and logprobs is not None, _grammar(grammar)
+        )
         meta = CompletionMeta.new("cmpl", model or self.model_path)
         chunks = TextCompletionChunks(self._model.tokenizer, meta, gen, prompt_text, echo=echo)
         if stream:
@@ -347,12 +380,8 @@ class Llama:
             tfs_z=(tfs_z, 1.0),
             mirostat_mode=(mirostat_mode, 0),
             logits_processor=(logits_processor, None),
-            grammar=(grammar, None),
-            logit_bias=(logit_bias, None),
         )
         check_top_count(top_logprobs, "top_logprobs")
-        if response_format is not None and response_format.get("type", "text") != "text":
-            raise ValueError(f"response_format {response_format!r} is not supported by turbosparse.Llama")
         sampling = self._sampling(
             temperature=temperature,
             top_k=top_k,
@@ -362,9 +391,11 @@ class Llama:
             frequency_penalty=frequency_penalty,
             presence_penalty=presence_penalty,
             seed=seed,
+            logit_bias=logit_bias,
         )
         n_top = (top_logprobs or 0) if logprobs else None
-        gen = self._start(self._model.chat_tokens(_template_messages(messages)), max_tokens, sampling, stop, n_top)
+        prompt = self._model.chat_tokens(_template_messages(messages))
+        gen = self._start(prompt, max_tokens, sampling, stop, n_top, grammar=_grammar(grammar, response_format))
         meta = CompletionMeta.new("chatcmpl", model or self.model_path)
         chunks = ChatCompletionChunks(self._model.tokenizer, meta, gen)
         if stream:

@@ -26,6 +26,7 @@ from turbosparse.binding import (
 from turbosparse.chat_template import ChatTemplate
 from turbosparse.errors import ChatTemplateError, ContextOverflowError, InvalidArgumentError, ModelClosedError
 from turbosparse.generation import Generation
+from turbosparse.grammar import Grammar
 from turbosparse.sampling import SamplingParams
 from turbosparse.sequences import CachedSequence, SequencePool, common_prefix
 from turbosparse.tokenizer import Tokenizer
@@ -286,12 +287,14 @@ class Model:
         stop: Sequence[str] = (),
         logprobs: int | None = None,
         score_prompt: bool = False,
+        grammar: Grammar | None = None,
     ) -> Generation:
         """A generation after prompt_tokens, to advance with step(); raises ContextOverflowError when the prompt
         and max_tokens do not fit in a sequence. logprobs: keep each token's log-probability and that many
         alternatives (Generation.token_logprobs); score_prompt: the prompt's too (Generation.prompt_logprobs),
         every position computed as decoding computes it, as eval_logits does (in a sparse mode the prompt is then
-        evaluated again as usual, so the generated text stays that of a generation that does not score)."""
+        evaluated again as usual, so the generated text stays that of a generation that does not score). grammar: the
+        text follows it (Grammar: GBNF, a JSON schema, any JSON)."""
         return Generation(
             self._tokenizer,
             prompt_tokens,
@@ -301,6 +304,7 @@ class Model:
             stop=stop,
             logprobs=logprobs,
             score_prompt=score_prompt,
+            grammar=grammar,
         )
 
     def step(self, generations: Sequence[Generation]) -> list[str]:
@@ -388,9 +392,13 @@ class Model:
         stop: str | Sequence[str] | None = None,
         stream: bool = False,
         add_bos: bool = True,
+        grammar: Grammar | None = None,
+        logit_bias: dict[int, float] | None = None,
     ) -> str | Iterator[str]:
         """Generated text (an iterator of text pieces when stream=True). A str prompt is tokenized with special
-        tokens parsed, as chat prompts need; temperature <= 0 is greedy decoding."""
+        tokens parsed, as chat prompts need; temperature <= 0 is greedy decoding. grammar: the text follows it
+        (e.g. Grammar.json(), Grammar.from_json_schema(schema), Grammar(gbnf)); logit_bias: token id -> added to its
+        logit."""
         sampling = SamplingParams(
             temperature=temperature,
             top_k=top_k,
@@ -399,10 +407,11 @@ class Model:
             repeat_penalty=repeat_penalty,
             repeat_last_n=repeat_last_n,
             seed=seed,
+            logit_bias=logit_bias,
         )
         tokens = self.tokenize(prompt, add_bos=add_bos, special=True) if isinstance(prompt, str) else list(prompt)
         stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
-        gen = self.start(tokens, sampling=sampling, max_tokens=max_tokens, stop=stops)
+        gen = self.start(tokens, sampling=sampling, max_tokens=max_tokens, stop=stops, grammar=grammar)
         pieces = self.run(gen)
         if stream:
             return pieces

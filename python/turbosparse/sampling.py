@@ -1,21 +1,30 @@
-"""Token sampling over logits, in llama.cpp's default order: penalties, top-k, top-p, min-p, temperature."""
+"""Token sampling over logits, in llama-cpp-python's order: logit bias, penalties, grammar, top-k, top-p, min-p,
+temperature."""
 
 from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 
 import numpy as np
 
 from turbosparse.errors import EvalError, InvalidArgumentError
+from turbosparse.grammar import GrammarState
 
 # top-p without top-k first looks among this many best tokens, then 16 times as many; only a flat distribution
 # needs them all
 _NUCLEUS_CANDIDATES = 256
 _SAMPLE = 2048  # logits in the strided sample that bounds a top-k search (_best)
+# a grammar first judges this many best tokens (then 8 times as many, ...): asking llama.cpp about the whole
+# vocabulary takes 3-4 ms a token, about as long as the default model takes to compute it
+_GRAMMAR_CANDIDATES = 256
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+class GrammarDeadEnd(EvalError):
+    """The grammar allows no token of the vocabulary after the text so far (the generation cannot go on)."""
 
 
 @dataclass(frozen=True)
@@ -29,6 +38,7 @@ class SamplingParams:
     frequency_penalty: float = 0.0  # subtracted once per occurrence in the recent tokens (OpenAI's)
     presence_penalty: float = 0.0  # subtracted once from every token present in them (OpenAI's)
     seed: int | None = None  # None: a fresh random seed
+    logit_bias: Mapping[int, float] | None = None  # token id -> added to its logit, before everything else
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -45,6 +55,11 @@ class SamplingParams:
             raise InvalidArgumentError(f"repeat_penalty must be > 0, got {self.repeat_penalty}")
         if self.repeat_last_n < 0:
             raise InvalidArgumentError(f"repeat_last_n must be >= 0, got {self.repeat_last_n}")
+        for token, bias in (self.logit_bias or {}).items():
+            if not isinstance(token, numbers.Integral) or token < 0:
+                raise InvalidArgumentError(f"logit_bias: token ids are integers >= 0, got {token!r}")
+            if not isinstance(bias, numbers.Real) or not math.isfinite(bias):
+                raise InvalidArgumentError(f"logit_bias: token {token}'s bias must be a finite number, got {bias!r}")
 
     @property
     def penalizes(self) -> bool:
@@ -76,11 +91,23 @@ def _best(logits: np.ndarray, k: int) -> np.ndarray:
 
 
 class Sampler:
-    """Picks the next token from a logits vector; holds the random generator of one generation."""
+    """Picks the next token from a logits vector; holds the random generator of one generation, and the state of its
+    grammar (which the caller moves on with each token taken)."""
 
-    def __init__(self, params: SamplingParams) -> None:
+    def __init__(self, params: SamplingParams, grammar: GrammarState | None = None) -> None:
         self.params = params
         self._rng = np.random.default_rng(params.seed)
+        self._grammar = grammar
+        bias = params.logit_bias or {}
+        self._bias_ids = np.fromiter(bias.keys(), dtype=np.int64, count=len(bias))
+        self._bias_values = np.fromiter(bias.values(), dtype=np.float64, count=len(bias))
+
+    def _biased(self, logits: np.ndarray) -> np.ndarray:
+        if not self._bias_ids.size:
+            return logits
+        out = logits.copy()
+        out[self._bias_ids] = np.clip(logits[self._bias_ids] + self._bias_values, -_FLOAT32_MAX, _FLOAT32_MAX)
+        return out
 
     def _penalize(self, logits: np.ndarray, history: Sequence[int]) -> np.ndarray:
         p = self.params
@@ -96,6 +123,32 @@ class Sampler:
             vals = np.clip(vals, -_FLOAT32_MAX, _FLOAT32_MAX) - counts * p.frequency_penalty - p.presence_penalty
         out[recent] = np.clip(vals, -_FLOAT32_MAX, _FLOAT32_MAX)
         return out
+
+    def _allowed(self, logits: np.ndarray) -> np.ndarray:
+        """The ids, ascending, that the grammar allows among those sampling could pick: the grammar judges the best
+        tokens first and stops once top-k (greedy: one) of them are allowed, as the others cannot be picked; only
+        top-p / min-p over the whole vocabulary (no top-k) need every token judged."""
+        assert self._grammar is not None
+        p, n = self.params, logits.size
+        need = 1 if p.temperature <= 0.0 else p.top_k if 0 < p.top_k < n else n
+        judged = np.zeros(0, dtype=np.int64)  # the best ids so far, best first
+        allowed: list[np.ndarray] = []
+        found = 0
+        k = max(_GRAMMAR_CANDIDATES, need)
+        while found < need and judged.size < n:
+            if k < n:
+                ranked = _best(logits, k)
+                new, judged = ranked[judged.size :], ranked
+            else:
+                rest = np.ones(n, dtype=bool)
+                rest[judged] = False
+                new, judged = np.flatnonzero(rest), np.arange(n)
+            allowed.append(new[self._grammar.allowed(new)])
+            found += allowed[-1].size
+            k *= 8
+        if not found:
+            raise GrammarDeadEnd("the grammar allows no token of the vocabulary after the text so far")
+        return np.sort(np.concatenate(allowed))  # ascending: ties between equal logits go to the lower id, as without
 
     def _candidates(self, logits: np.ndarray) -> np.ndarray:
         """The ids top-k and then top-p keep, best first."""
@@ -131,7 +184,6 @@ class Sampler:
         return ids[:keep] if keep <= len(ids) else None
 
     def sample(self, logits: np.ndarray, history: Sequence[int] = ()) -> int:
-        p = self.params
         logits = np.asarray(logits, dtype=np.float32)
         bad = np.flatnonzero(~np.isfinite(logits))
         if bad.size:
@@ -139,7 +191,14 @@ class Sampler:
                 f"the logits hold {logits[bad[0]]} (token {int(bad[0])} first): the model's weights or its computation "
                 "overflowed or produced values that are not numbers"
             )
-        logits = self._penalize(logits, history)
+        logits = self._penalize(self._biased(logits), history)
+        if self._grammar is None:
+            return self._pick(logits)
+        allowed = self._allowed(logits)
+        return int(allowed[self._pick(logits[allowed])])
+
+    def _pick(self, logits: np.ndarray) -> int:
+        p = self.params
         if p.temperature <= 0.0:
             return int(np.argmax(logits))
         ids = self._candidates(logits)

@@ -9,6 +9,7 @@ from pathlib import Path
 from turbosparse.binding import SparseMode
 from turbosparse.default import default_model
 from turbosparse.errors import InvalidArgumentError
+from turbosparse.grammar import Grammar
 from turbosparse.model import Model
 
 
@@ -67,11 +68,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--chat", action="store_true", help="wrap the prompt as a user message in the model's chat template")
     p.add_argument("-sys", "--system-prompt", default=None, help="system message (with --chat)")
     p.add_argument("--no-display-prompt", action="store_true", help="do not echo the prompt")
+    constraint = p.add_mutually_exclusive_group()
+    constraint.add_argument("--grammar", default=None, help="GBNF grammar (llama.cpp's format) the text must follow")
+    constraint.add_argument("--grammar-file", type=Path, default=None, help="read the GBNF grammar from this file")
+    constraint.add_argument(
+        "-j", "--json-schema", default=None, help="JSON schema the text must follow ('{}': any JSON object)"
+    )
     p.set_defaults(func=run)
+
+
+def grammar_of(args: argparse.Namespace) -> Grammar | None:
+    if args.grammar_file is not None:
+        return Grammar(read_utf8(args.grammar_file))
+    if args.grammar is not None:
+        return Grammar(args.grammar)
+    if args.json_schema is not None:
+        return Grammar.from_json_schema(args.json_schema)
+    return None
 
 
 def run(args: argparse.Namespace) -> int:
     prompt = read_utf8(args.file) if args.file else args.prompt
+    grammar = grammar_of(args)
     model = Model(
         model_path(args.model),
         n_threads=args.threads,
@@ -99,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
         seed=None if args.seed < 0 else args.seed,
         stop=args.stop,
         stream=True,
+        grammar=grammar,
     )
     if not args.no_display_prompt and not args.chat:
         sys.stdout.write(prompt)

@@ -29,7 +29,7 @@ from turbosparse.completions import (
     text_completion,
     usage,
 )
-from turbosparse.errors import ContextOverflowError
+from turbosparse.errors import ContextOverflowError, GrammarError
 from turbosparse.generation import FinishReason, Generation
 from turbosparse.logprobs import prompt_text
 from turbosparse.model import Model
@@ -258,7 +258,10 @@ def _submit(
 ) -> tuple[Job, asyncio.Queue[Event]]:
     """Starts a generation for tokens (logprobs: alternatives per token when log-probabilities are asked for;
     score_prompt: the prompt's too) and queues it on the engine; its events arrive in the returned queue."""
+    _check_tokens(model, list(body.bias), "logit_bias")
+    grammar, grammar_param = None, ""
     try:
+        grammar, grammar_param = body.constraint()
         gen = model.start(
             tokens,
             sampling=body.sampling(),
@@ -266,7 +269,10 @@ def _submit(
             stop=body.stops,
             logprobs=logprobs,
             score_prompt=score_prompt,
+            grammar=grammar,
         )
+    except GrammarError as exc:
+        raise APIError(400, str(exc), param=grammar_param or None) from None
     except ContextOverflowError as exc:
         raise APIError(400, f"{exc} (one slot holds {model.n_ctx} tokens)", param=param) from None
     except ValueError as exc:

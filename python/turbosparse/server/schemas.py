@@ -1,8 +1,8 @@
 """Request bodies of the OpenAI endpoints (and llama-server's /tokenize, /detokenize), validated by pydantic.
 
 Fields OpenAI clients send that do not change the answer (user, model, ...) are accepted; features the engine
-does not have (n > 1, tools, JSON schemas, ...) are refused with a message saying so. Defaults of the
-sampling fields are llama-server's."""
+does not have (n > 1, tools, ...) are refused with a message saying so. Defaults of the sampling fields are
+llama-server's; so are its `grammar` (GBNF) and `json_schema` fields, beside OpenAI's `response_format`."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationInfo, field_validator, model_validator
 
+from turbosparse.errors import GrammarError
+from turbosparse.grammar import Grammar
 from turbosparse.logprobs import MAX_TOP_LOGPROBS
 from turbosparse.sampling import SamplingParams
 
@@ -69,7 +71,9 @@ class _Generate(_Body):
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int = 1
-    logit_bias: dict[str, float] | None = None
+    logit_bias: dict[str, float] | None = None  # token id (as JSON keys are strings) -> added to its logit
+    grammar: str | None = None  # GBNF
+    json_schema: dict[str, Any] | None = None
     user: str | None = None
 
     @field_validator("n")
@@ -95,10 +99,33 @@ class _Generate(_Body):
 
     @field_validator("logit_bias")
     @classmethod
-    def _no_bias(cls, bias: dict[str, float] | None) -> dict[str, float] | None:
-        if bias:
-            raise ValueError("logit_bias is not supported")
+    def _token_ids(cls, bias: dict[str, float] | None) -> dict[str, float] | None:
+        for token in bias or {}:
+            if not token.isascii() or not token.isdigit():
+                raise ValueError(f"logit_bias keys are token ids, got {token!r}")
         return bias
+
+    @property
+    def bias(self) -> dict[int, float]:
+        return {int(token): value for token, value in (self.logit_bias or {}).items()}
+
+    def constraint(self) -> tuple[Grammar | None, str]:
+        """The grammar the answer follows (None: none), and the field that gave it; GrammarError when it cannot be
+        made, or more than one field asks for one."""
+        asked = {name: value for name, value in self._constraints().items() if value is not None}
+        if len(asked) > 1:
+            raise GrammarError(f"{' and '.join(asked)} both constrain the answer: give one of them")
+        if not asked:
+            return None, ""
+        name, value = next(iter(asked.items()))
+        if name == "grammar":
+            return Grammar(value), name
+        if name == "json_schema":
+            return Grammar.from_json_schema(value), name
+        return Grammar.from_response_format(value), name
+
+    def _constraints(self) -> dict[str, Any]:
+        return {"grammar": self.grammar, "json_schema": self.json_schema}
 
     @property
     def stops(self) -> list[str]:
@@ -119,6 +146,7 @@ class _Generate(_Body):
             frequency_penalty=self.frequency_penalty,
             presence_penalty=self.presence_penalty,
             seed=self.seed,
+            logit_bias=self.bias,
         )
 
 
@@ -204,6 +232,10 @@ class ChatCompletionRequest(_Generate):
             raise ValueError("top_logprobs needs logprobs: true")
         return top
 
+    def _constraints(self) -> dict[str, Any]:
+        text = self.response_format is None or self.response_format.get("type", "text") == "text"
+        return {**super()._constraints(), "response_format": None if text else self.response_format}
+
     @property
     def n_top(self) -> int | None:
         """Alternatives per token when log-probabilities are asked for, else None."""
@@ -213,8 +245,6 @@ class ChatCompletionRequest(_Generate):
     def _supported(self) -> ChatCompletionRequest:
         if self.tools or self.functions or self.tool_choice not in (None, "none") or self.function_call:
             raise ValueError("tools and function calling are not supported")
-        if self.response_format is not None and self.response_format.get("type", "text") != "text":
-            raise ValueError("response_format: only {'type': 'text'} is supported")
         if self.max_completion_tokens is not None:
             self.max_tokens = self.max_completion_tokens
         return self

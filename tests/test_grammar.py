@@ -1,0 +1,207 @@
+"""Grammar-constrained generation (llama.cpp's GBNF engine, JSON schemas, JSON mode) and logit_bias, on the real
+SmolLM2 file: answers follow their grammar on prompts of several kinds, sampling under a grammar is sampling from the
+whole vocabulary with the refused tokens taken out, bad grammars are clear errors (never a crash)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import numpy as np
+import pytest
+
+from turbosparse import Grammar, GrammarError, InvalidArgumentError
+from turbosparse.sampling import Sampler, SamplingParams
+
+PERSON = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 16},
+        "age": {"type": "integer", "minimum": 0, "maximum": 150},
+        "mood": {"enum": ["happy", "sad", "calm"]},
+        "hobbies": {"type": "array", "items": {"type": "string", "maxLength": 12}, "maxItems": 3},
+    },
+    "required": ["name", "age", "mood", "hobbies"],
+    "additionalProperties": False,
+}
+PROMPTS = [  # different kinds of request; the schema bounds every answer's length
+    "Invent a character for a fantasy novel.",
+    "Describe the person who wrote this function: def add(a, b): return a + b",
+    "Who is the captain of a football team in a small town?",
+    "Tell me about a retired chemistry teacher.",
+]
+
+
+def person_ok(text: str) -> bool:
+    value = json.loads(text)
+    assert set(value) == {"name", "age", "mood", "hobbies"}, text
+    assert isinstance(value["name"], str) and len(value["name"]) <= 16
+    assert isinstance(value["age"], int) and 0 <= value["age"] <= 150
+    assert value["mood"] in ("happy", "sad", "calm")
+    assert isinstance(value["hobbies"], list) and len(value["hobbies"]) <= 3
+    return all(isinstance(h, str) and len(h) <= 12 for h in value["hobbies"])
+
+
+def test_answers_follow_a_json_schema_on_varied_prompts(smollm2_model) -> None:
+    grammar = Grammar.from_json_schema(PERSON)
+    for prompt in PROMPTS:
+        chat = smollm2_model.chat_prompt([{"role": "user", "content": prompt + " Answer in JSON."}])
+        for temperature, seed in ((0.0, None), (0.8, 1), (1.2, 2)):
+            tokens = smollm2_model.tokenize(chat, special=True)
+            params = SamplingParams(temperature=temperature, seed=seed)
+            gen = smollm2_model.start(tokens, sampling=params, max_tokens=160, grammar=grammar)
+            text = "".join(smollm2_model.run(gen))
+            assert gen.finish_reason == "stop", (prompt, text)
+            assert person_ok(text), text
+
+
+def test_json_mode_gives_json_objects(smollm2_model) -> None:
+    asks = [
+        "Give the settings of a web server as JSON.",
+        "Summarise Macbeth's first act as a JSON object.",
+        "What is the capital of Italy? Answer as JSON.",
+        "Give a JSON object with a city and its country.",
+    ]
+    params = SamplingParams(temperature=0.0, repeat_penalty=1.1)
+    stopped = 0
+    for ask in asks:
+        tokens = smollm2_model.chat_tokens([{"role": "user", "content": ask}])
+        gen = smollm2_model.start(tokens, sampling=params, max_tokens=200, grammar=Grammar.json())
+        text = "".join(smollm2_model.run(gen))
+        assert text.startswith("{"), text
+        if gen.finish_reason == "stop":  # else cut by max_tokens
+            assert isinstance(json.loads(text), dict), text
+            stopped += 1
+    assert stopped >= 2
+
+
+def test_a_choice_grammar_ends_the_generation_where_it_is_complete(smollm2_model) -> None:
+    grammar = Grammar('root ::= " yes" | " no"')
+    for prompt in ("Is the sky blue? Answer:", "Do fish fly? Answer:", "def f(): return 1  # does it return? Answer:"):
+        tokens = smollm2_model.tokenize(prompt)
+        gen = smollm2_model.start(tokens, sampling=SamplingParams(temperature=0.7, seed=5), grammar=grammar)
+        assert "".join(smollm2_model.run(gen)) in (" yes", " no")
+        assert gen.finish_reason == "stop" and gen.n_generated <= 2
+
+
+def test_a_grammar_that_no_token_can_follow_ends_the_generation(smollm2_model, caplog) -> None:
+    grammar = Grammar('root ::= "ab" [\\x00]')  # llama.cpp refuses tokens that hold a NUL byte
+    with caplog.at_level(logging.WARNING):
+        gen = smollm2_model.start(smollm2_model.tokenize("Hi"), sampling=SamplingParams(seed=0), grammar=grammar)
+        assert "".join(smollm2_model.run(gen)) == "ab"
+    assert gen.finish_reason == "stop"
+    assert "grammar allows no token" in caplog.text
+
+
+def masked(logits: np.ndarray, allowed: np.ndarray) -> np.ndarray:
+    """The reference: every refused token pushed so far down that nothing samples it."""
+    out = np.full_like(logits, -1e30)
+    out[allowed] = logits[allowed]
+    return out
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        SamplingParams(temperature=0.0),
+        SamplingParams(temperature=0.9, seed=3),  # top-k 40, top-p, min-p
+        SamplingParams(temperature=1.0, top_k=0, top_p=0.9, min_p=0.0, seed=4),
+        SamplingParams(temperature=1.0, top_k=0, top_p=1.0, min_p=0.02, seed=5),
+        SamplingParams(temperature=1.5, top_k=3000, top_p=1.0, min_p=0.0, seed=6),
+    ],
+)
+def test_sampling_under_a_grammar_is_sampling_the_allowed_tokens(smollm2_model, params) -> None:
+    """The sampler asks the grammar about the best tokens first and stops early; it must draw exactly what sampling
+    over the whole vocabulary with the refused tokens removed draws: at the JSON grammar's start (3 tokens allowed),
+    inside a string (almost all) and after a key (a few)."""
+    tok = smollm2_model.tokenizer
+    rng = np.random.default_rng(0)
+    ids = np.arange(tok.n_vocab)
+    for prefix in ("", '{"na', '{"name":'):
+        state = Grammar.json().start(tok)
+        for t in tok.tokenize(prefix, add_bos=False):
+            state.accept(t)
+        allowed = ids[state.allowed(ids)]
+        assert 0 < allowed.size < tok.n_vocab
+        constrained, reference = Sampler(params, state), Sampler(params)
+        for _ in range(60):
+            logits = (rng.standard_normal(tok.n_vocab) * rng.choice([0.5, 3.0, 10.0])).astype(np.float32)
+            logits[rng.choice(allowed)] += rng.choice([0.0, 20.0])  # sometimes an allowed token leads
+            if rng.random() < 0.5:  # ties, which go to the lower id
+                logits = np.round(logits / 4)
+            assert constrained.sample(logits) == reference.sample(masked(logits, allowed))
+
+
+def test_bad_grammars_are_clear_errors(smollm2_model) -> None:
+    tok = smollm2_model.tokenizer
+    cases = [
+        (Grammar("root ::= foo"), "Undefined rule identifier 'foo'"),
+        (Grammar('root ::= "a"', root="start"), "'start'"),
+        (Grammar('root ::= root "a" | "b"'), "left recursion"),
+        (Grammar('root ::= "a"{100000}'), "repetitions"),
+        # llama.cpp's parser recurses per nested group on the caller's stack: 20000 crash the process
+        (Grammar("root ::= " + "(" * 100_000 + '"a"' + ")" * 100_000), "nests groups 100000 deep"),
+        (Grammar("root ::= r0\n" + "".join(f'r{i} ::= r{i + 1} | "x"\n' for i in range(5000)) + 'r5000 ::= "a"'),
+         "5002 rules"),
+    ]  # fmt: skip
+    for grammar, message in cases:
+        with pytest.raises(GrammarError, match=message):
+            grammar.start(tok)
+    # parentheses in literals, character classes and comments are not groups
+    Grammar('root ::= "((((" [(((] # ((((\n' * 1 + ' | "\\"(("').check()
+    with pytest.raises(GrammarError, match="JSON schema"):
+        Grammar.from_json_schema({"type": "object", "properties": {"a": {"$ref": "#/nowhere"}}})
+    with pytest.raises(GrammarError, match="JSON schema"):
+        Grammar.from_json_schema("{not json")
+    # llama-cpp-python's converter writes out every copy a count asks for (10**9: a minute and 5 GB)
+    with pytest.raises(GrammarError, match="minLength count 1000000000"):
+        Grammar.from_json_schema({"type": "object", "properties": {"a": {"type": "string", "minLength": 10**9}}})
+    with pytest.raises(GrammarError, match="pattern count 100000"):
+        Grammar.from_json_schema({"type": "string", "pattern": "^a{3,100000}$"})
+    Grammar.from_json_schema({"type": "string", "maxLength": 1000}).start(tok)  # deep (1000 nested groups), allowed
+    with pytest.raises(GrammarError, match="'xml'"):
+        Grammar.from_response_format({"type": "xml"})
+    with pytest.raises(GrammarError, match=r"json_schema\.schema"):
+        Grammar.from_response_format({"type": "json_schema", "json_schema": {"name": "x"}})
+    assert Grammar.from_response_format({"type": "text"}) is None
+    assert issubclass(GrammarError, InvalidArgumentError)
+
+
+def test_a_parse_error_is_the_exceptions_and_stderr_is_given_back(smollm2_model, capfd) -> None:
+    """llama.cpp's parser writes its reason to file descriptor 2, which is taken while it parses."""
+    with pytest.raises(GrammarError, match="expecting"):
+        Grammar('root ::= ("a"').start(smollm2_model.tokenizer)
+    os.write(2, b"still stderr\n")
+    err = capfd.readouterr().err
+    assert "still stderr" in err and "error parsing grammar" not in err
+
+
+def test_logit_bias(smollm2_model) -> None:
+    tokens = smollm2_model.tokenize("The capital of France is")
+
+    def first(bias: dict[int, float] | None) -> int:
+        gen = smollm2_model.start(tokens, sampling=SamplingParams(temperature=0.0, logit_bias=bias), max_tokens=1)
+        list(smollm2_model.run(gen))
+        return gen.generated[0]
+
+    best = first(None)
+    assert first({best: -100.0}) != best
+    assert first({best: -1e-3}) == best
+    other = smollm2_model.tokenize(" banana", add_bos=False)[0]
+    assert first({other: 100.0}) == other
+    for bad, message in (
+        ({smollm2_model.n_vocab: 1.0}, "out of the vocabulary"),
+        ({-1: 1.0}, "integers >= 0"),
+        ({best: float("nan")}, "finite"),
+        ({best: float("-inf")}, "finite"),
+    ):
+        with pytest.raises(InvalidArgumentError, match=message):
+            first(bad)
+
+
+def test_generate_takes_grammar_and_bias(smollm2_model) -> None:
+    assert smollm2_model.generate("Count: one, two,", temperature=0.0, grammar=Grammar('root ::= " three"')) == " three"
+    ban = smollm2_model.tokenize(" three", add_bos=False)[0]
+    text = smollm2_model.generate("Count: one, two,", max_tokens=3, temperature=0.0, logit_bias={ban: -100.0})
+    assert not text.startswith(" three")
