@@ -201,3 +201,12 @@ def test_bad_tokens_and_context_overflow(good: Path) -> None:
     with pytest.raises(ContextOverflowError, match="10 cached \\+ 7 new tokens exceed n_ctx = 16"):
         ctx.eval(list(range(7)), dense_ffn=True, logits_all=False)
     assert ctx.n_past == 10
+    # what is not an int32 id is refused, not truncated (1.5 -> 1, True -> 1) or wrapped (2**32 + 1 -> 1)
+    for bad in ([1.5], np.array([2**32 + 1]), [2**70], [True], np.array([1.0])):
+        with pytest.raises(InvalidArgumentError, match="integers that fit int32"):
+            ctx.eval(bad, dense_ffn=True, logits_all=False)
+        with pytest.raises(InvalidArgumentError, match="integers that fit int32"):
+            ctx.decode_batch([0], bad)
+    with pytest.raises(InvalidArgumentError, match="1-D"):
+        ctx.eval([[1, 2]], dense_ffn=True, logits_all=False)
+    assert ctx.n_past == 10

@@ -511,9 +511,7 @@ class NativeContext:
     ) -> np.ndarray:
         """Appends tokens to sequence seq; returns [n, n_vocab] logits (all) or [n_vocab] (last), written into
         `out` when given (a C-contiguous float32 array of that shape, reused by callers that decode token by token)."""
-        toks = np.ascontiguousarray(tokens, dtype=np.int32)
-        if toks.ndim != 1 or toks.size == 0:
-            raise ValueError(f"expected a non-empty 1-D sequence of token ids, got shape {toks.shape}")
+        toks = _token_ids(tokens)
         shape = (toks.size, self.n_vocab) if logits_all else (self.n_vocab,)
         logits = _output_buffer(out, shape)
         ffi = self._lib.ffi
@@ -537,7 +535,7 @@ class NativeContext:
         if len(seqs) != len(tokens):
             raise ValueError(f"{len(seqs)} sequences but {len(tokens)} tokens")
         ids = np.ascontiguousarray(seqs, dtype=np.int32)
-        toks = np.ascontiguousarray(tokens, dtype=np.int32)
+        toks = _token_ids(tokens)
         logits = _output_buffer(out, (toks.size, self.n_vocab))
         ffi = self._lib.ffi
         rc = self._lib.lib.ts_context_decode_batch(
@@ -555,9 +553,7 @@ class NativeContext:
 
     def eval_trace(self, tokens: np.ndarray | list[int]) -> FfnTrace:
         """Appends tokens with every FFN computed densely, and returns what each layer's FFN saw (FfnTrace)."""
-        toks = np.ascontiguousarray(tokens, dtype=np.int32)
-        if toks.ndim != 1 or toks.size == 0:
-            raise ValueError(f"expected a non-empty 1-D sequence of token ids, got shape {toks.shape}")
+        toks = _token_ids(tokens)
         if self.n_past + toks.size > self.n_ctx:
             raise ContextOverflowError(
                 f"context overflow: {self.n_past} cached + {toks.size} new tokens exceed n_ctx = {self.n_ctx}"
@@ -609,6 +605,19 @@ class NativeContext:
         if rc != Status.OK:
             raise status_error(rc, err.message)
         return out, compute_us[0] * 1e-6
+
+
+def _token_ids(tokens: np.ndarray | Sequence[int]) -> np.ndarray:
+    """tokens as the C library's int32 ids; InvalidArgumentError for what is not a 1-D sequence of integers in
+    int32's range (numpy would truncate 1.5 to 1, take True as 1, or overflow)."""
+    values = np.asarray(tokens)
+    if values.size and (values.dtype.kind not in "iu" or values.min() < -(2**31) or values.max() >= 2**31):
+        bad = next(v for v in values.flat if not (isinstance(v, int | np.integer) and -(2**31) <= v < 2**31))
+        raise InvalidArgumentError(f"token ids are integers that fit int32; got {bad!r}")
+    ids = np.ascontiguousarray(values, dtype=np.int32)
+    if ids.ndim != 1 or ids.size == 0:
+        raise InvalidArgumentError(f"expected a non-empty 1-D sequence of token ids, got shape {ids.shape}")
+    return ids
 
 
 def _output_buffer(out: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
