@@ -17,8 +17,8 @@ from turbosparse.grammar import GrammarState
 # needs them all
 _NUCLEUS_CANDIDATES = 256
 _SAMPLE = 2048  # logits in the strided sample that bounds a top-k search (_best)
-# a grammar first judges this many best tokens (then 8 times as many, ...): asking llama.cpp about the whole
-# vocabulary takes 3-4 ms a token, about as long as the default model takes to compute it
+# a grammar first judges about this many best tokens (then 8 and 64 times as many, then all): asking llama.cpp about
+# the whole vocabulary takes 3-4 ms a token, about as long as the default model takes to compute it
 _GRAMMAR_CANDIDATES = 256
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
@@ -125,27 +125,26 @@ class Sampler:
         return out
 
     def _allowed(self, logits: np.ndarray) -> np.ndarray:
-        """The ids, ascending, that the grammar allows among those sampling could pick: the grammar judges the best
-        tokens first and stops once top-k (greedy: one) of them are allowed, as the others cannot be picked; only
-        top-p / min-p over the whole vocabulary (no top-k) need every token judged."""
+        """The ids, ascending, that the grammar allows among those sampling could pick. The grammar judges the tokens
+        in bands of falling logits (the best ~256 or ~top-k, then down to 8 and 64 times as many, then all) and stops
+        once top-k (greedy: one) allowed tokens are found: every token not judged is worse than all of them, so top-k
+        never reaches it. Only top-p / min-p over the whole vocabulary (no top-k) need every token judged."""
         assert self._grammar is not None
         p, n = self.params, logits.size
         need = 1 if p.temperature <= 0.0 else p.top_k if 0 < p.top_k < n else n
-        judged = np.zeros(0, dtype=np.int64)  # the best ids so far, best first
+        step = max(1, n // _SAMPLE)
+        sample = np.sort(logits[::step])  # a value with ~rank * step logits at or above it: sample[-rank]
         allowed: list[np.ndarray] = []
-        found = 0
-        k = max(_GRAMMAR_CANDIDATES, need)
-        while found < need and judged.size < n:
-            if k < n:
-                ranked = _best(logits, k)
-                new, judged = ranked[judged.size :], ranked
-            else:
-                rest = np.ones(n, dtype=bool)
-                rest[judged] = False
-                new, judged = np.flatnonzero(rest), np.arange(n)
-            allowed.append(new[self._grammar.allowed(new)])
+        found, upper = 0, np.inf
+        first = max(_GRAMMAR_CANDIDATES, need)
+        for rank in (first, 8 * first, 64 * first, n):
+            bound = sample[-(rank // step)] if rank // step < sample.size else -np.inf
+            band = np.flatnonzero((logits >= bound) & (logits < upper))
+            allowed.append(band[self._grammar.allowed(band)])
             found += allowed[-1].size
-            k *= 8
+            upper = bound
+            if found >= need or bound == -np.inf:
+                break
         if not found:
             raise GrammarDeadEnd("the grammar allows no token of the vocabulary after the text so far")
         return np.sort(np.concatenate(allowed))  # ascending: ties between equal logits go to the lower id, as without
