@@ -11,7 +11,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from turbosparse.errors import EvalError, InvalidArgumentError
-from turbosparse.grammar import GrammarState
+from turbosparse.grammar_engine import GrammarState
 
 # top-p without top-k first looks among this many best tokens, then 16 times as many; only a flat distribution
 # needs them all
@@ -38,7 +38,7 @@ class SamplingParams:
     frequency_penalty: float = 0.0  # subtracted once per occurrence in the recent tokens (OpenAI's)
     presence_penalty: float = 0.0  # subtracted once from every token present in them (OpenAI's)
     seed: int | None = None  # None: a fresh random seed
-    logit_bias: Mapping[int, float] | None = None  # token id -> added to its logit, before everything else
+    logit_bias: Mapping[int, float] | None = None  # token id -> added to its logit, first (-inf: never sampled)
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -58,8 +58,8 @@ class SamplingParams:
         for token, bias in (self.logit_bias or {}).items():
             if not isinstance(token, numbers.Integral) or token < 0:
                 raise InvalidArgumentError(f"logit_bias: token ids are integers >= 0, got {token!r}")
-            if not isinstance(bias, numbers.Real) or not math.isfinite(bias):
-                raise InvalidArgumentError(f"logit_bias: token {token}'s bias must be a finite number, got {bias!r}")
+            if not isinstance(bias, numbers.Real) or not (math.isfinite(bias) or bias == -math.inf):
+                raise InvalidArgumentError(f"logit_bias: token {token}'s bias must be a number or -inf, got {bias!r}")
 
     @property
     def penalizes(self) -> bool:
@@ -154,8 +154,8 @@ class Sampler:
         p = self.params
         ids: np.ndarray | None = None  # None: the whole vocabulary, not sorted yet
         pool = logits  # the logits top-p normalises over
-        if 0 < p.top_k < logits.size:
-            ids = _best(logits, p.top_k)
+        if p.top_k > 0:  # also when it keeps every token: a grammar's allowed tokens are summed as top-k sums them
+            ids = _best(logits, min(p.top_k, logits.size))
             pool = logits[ids]
         elif p.top_p >= 1.0 and p.min_p > 0.0:
             # min-p alone keeps the tokens within log(min_p) of the best: sort only those

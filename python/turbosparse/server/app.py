@@ -189,7 +189,8 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
             text = body.prompt if isinstance(body.prompt, str) else str(body.prompt[0])
             tokens = model.tokenize(text, special=True)
         n_top = body.logprobs
-        job, queue = _submit(model, engine, tokens, body, "prompt", n_top, score_prompt=body.echo and n_top is not None)
+        score = body.echo and n_top is not None
+        job, queue = await _submit(model, engine, tokens, body, "prompt", n_top, score_prompt=score)
         gen = job.generation
         meta = CompletionMeta.new("cmpl", config.model_name)
         chunks = TextCompletionChunks(model.tokenizer, meta, gen, text, echo=body.echo)
@@ -218,7 +219,7 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
             no_template = config.chat_template is None and model.tokenizer.chat_template is None
             hint = "; start the server with --chat-template" if no_template else ""
             raise APIError(400, f"{exc}{hint}", param="messages") from None
-        job, queue = _submit(model, engine, tokens, body, "messages", body.n_top)
+        job, queue = await _submit(model, engine, tokens, body, "messages", body.n_top)
         gen = job.generation
         meta = CompletionMeta.new("chatcmpl", config.model_name)
         chunks = ChatCompletionChunks(model.tokenizer, meta, gen)
@@ -246,7 +247,7 @@ def _check_tokens(model: Model, tokens: list[int], param: str) -> None:
         raise APIError(400, f"token id {bad[0]} is out of the vocabulary (0..{model.n_vocab - 1})", param=param)
 
 
-def _submit(
+async def _submit(
     model: Model,
     engine: Engine,
     tokens: list[int],
@@ -259,10 +260,13 @@ def _submit(
     """Starts a generation for tokens (logprobs: alternatives per token when log-probabilities are asked for;
     score_prompt: the prompt's too) and queues it on the engine; its events arrive in the returned queue."""
     _check_tokens(model, list(body.bias), "logit_bias")
-    grammar, grammar_param = None, ""
+    name = None
     try:
-        grammar, grammar_param = body.constraint()
-        gen = model.start(
+        name = body.constraint_field()
+        # a worker thread: parsing a large grammar takes a while, which the other requests' streams must not wait for
+        grammar = await asyncio.to_thread(body.constraint)
+        gen = await asyncio.to_thread(
+            model.start,
             tokens,
             sampling=body.sampling(),
             max_tokens=body.max_tokens,
@@ -272,7 +276,7 @@ def _submit(
             grammar=grammar,
         )
     except GrammarError as exc:
-        raise APIError(400, str(exc), param=grammar_param or None) from None
+        raise APIError(400, str(exc), param=name) from None
     except ContextOverflowError as exc:
         raise APIError(400, f"{exc} (one slot holds {model.n_ctx} tokens)", param=param) from None
     except ValueError as exc:

@@ -109,20 +109,22 @@ class _Generate(_Body):
     def bias(self) -> dict[int, float]:
         return {int(token): value for token, value in (self.logit_bias or {}).items()}
 
-    def constraint(self) -> tuple[Grammar | None, str]:
-        """The grammar the answer follows (None: none), and the field that gave it; GrammarError when it cannot be
-        made, or more than one field asks for one."""
-        asked = {name: value for name, value in self._constraints().items() if value is not None}
+    def constraint_field(self) -> str | None:
+        """The field that constrains the answer (None: none); GrammarError when more than one does."""
+        asked = [name for name, value in self._constraints().items() if value is not None]
         if len(asked) > 1:
             raise GrammarError(f"{' and '.join(asked)} both constrain the answer: give one of them")
-        if not asked:
-            return None, ""
-        name, value = next(iter(asked.items()))
+        return asked[0] if asked else None
+
+    def constraint(self) -> Grammar | None:
+        """The grammar the answer follows (None: none); GrammarError when it cannot be made."""
+        name = self.constraint_field()
+        value = self._constraints()[name] if name else None
         if name == "grammar":
-            return Grammar(value), name
+            return Grammar(value)
         if name == "json_schema":
-            return Grammar.from_json_schema(value), name
-        return Grammar.from_response_format(value), name
+            return Grammar.from_json_schema(value)
+        return Grammar.from_response_format(value)
 
     def _constraints(self) -> dict[str, Any]:
         return {"grammar": self.grammar, "json_schema": self.json_schema}
