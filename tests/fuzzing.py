@@ -11,6 +11,9 @@ Input kinds (each case derives its random generator from (seed, kind, index), so
   (shapes, dtypes, offsets, its length) or the data cut short, tokenizer.model / tokenizer.json, PowerInfer predictor
   files (wrong shapes, wrong contents, unreadable), then converted.
 - api: `Model` misused (n_ctx, threads, n_batch, token ids, context overflow, calls after close, threads sharing it).
+- grammar: a random GBNF grammar (rules naming later rules, literals with escapes, classes, groups, repetitions,
+  comments ended by LF or CR), sometimes with a character or fragment inserted, a span deleted or repeated, or the text
+  cut, parsed by llama.cpp's grammar engine for SmolLM2's vocabulary, then up to four tokens sampled under it.
 - server: requests to `turbosparse serve`'s routes (its app in this process, on the SmolLM2 GGUF): a valid body with
   one to three fields set to an edge value (wrong types, huge and negative numbers, NaN and Infinity, empty and
   long strings, lone UTF-16 surrogates), dropped or added, messages reshaped, or the body's bytes broken; each must
@@ -18,9 +21,9 @@ Input kinds (each case derives its random generator from (seed, kind, index), so
 
 A case passes when it ends in a turbosparse error (ModelLoadError, ConvertError, InvalidArgumentError, ...) or in a
 correct result, and no partial output file is left behind. Crashes and hangs are caught by running the cases in
-child processes (gguf, pwri, api and server on the ASan/UBSan build with --sanitize, as the test suite runs them; one
-allocation above ALLOCATION_LIMIT_MB is then a report too): the child writes each case's name to a progress file
-before running it, so the parent names the case that crashed or hung and resumes after it.
+child processes (gguf, pwri, api, server and grammar on the ASan/UBSan build with --sanitize, as the test suite runs
+them; one allocation above ALLOCATION_LIMIT_MB is then a report too): the child writes each case's name to a progress
+file before running it, so the parent names the case that crashed or hung and resumes after it.
 
     python tests/fuzzing.py --cases 2000 --sanitize       # the long run (README: "Fuzzing")
 """
@@ -51,10 +54,10 @@ if TYPE_CHECKING:
     from fastapi.testclient import TestClient
 
 ROOT = Path(__file__).resolve().parents[1]
-KINDS = ("gguf", "pwri", "convert", "api", "server")
+KINDS = ("gguf", "pwri", "convert", "api", "server", "grammar")
 # The converter is Python (the C it reaches, ggml's quantizers, runs under the sanitizers in test_sanitizers.py);
 # under ASan its JSON parsing of a 49k-token tokenizer.json alone takes minutes, so its cases run unsanitized.
-SANITIZED_KINDS = ("gguf", "pwri", "api", "server")
+SANITIZED_KINDS = ("gguf", "pwri", "api", "server", "grammar")
 CASE_TIMEOUT_S = 120  # a case that runs longer is a hang (the sanitized build is 3-10x slower)
 ALLOCATION_LIMIT_MB = 3072  # under ASan, one allocation above this is reported: no size field may ask for more
 
@@ -851,6 +854,86 @@ def server_case(client: TestClient, rng: np.random.Generator) -> str:
     return f"{what} => refused {reply.status_code}"
 
 
+# ---- grammars for llama.cpp's grammar engine ---------------------------------------------------------------------
+
+GRAMMAR_ATOMS = ['"a"', '"yes"', '" "', '"\\n"', '"\\""', '"\\x41"', '"\\u00e9"', '"😀"', '"\\t\\\\"', "[a-z]",
+                 "[^a-z]", "[0-9]", "[^\\x00-\\x7f]", '[\\]\\-"]', "[é-ü]", ".", '"<x>"', "[<>]", '""']  # fmt: skip
+GRAMMAR_NOISE = [*'()[]"\\#|*+?{},:=<>^-.\r\n\x00\t é😀', "::=", "{0,", "}", "# x\r", "\\u", "\\x", "<think>", "!<[2]>"]
+
+
+def _grammar_expression(rng: np.random.Generator, later: list[str], depth: int) -> str:
+    """An expression of a rule that names only later rules (a rule naming itself first is left recursion)."""
+    items = []
+    for _ in range(int(rng.integers(1, 4))):
+        draw = rng.random()
+        if draw < 0.15 and depth < 4:
+            item = "(" + _grammar_expression(rng, later, depth + 1) + ")"
+        elif draw < 0.35 and later:
+            item = str(pick(rng, later))
+        else:
+            item = str(pick(rng, GRAMMAR_ATOMS))
+        if rng.random() < 0.3 and item != '""':  # an empty literal repeated does not parse
+            item += str(pick(rng, ["*", "+", "?", "{2}", "{0,3}", "{1,}"]))
+        items.append(item)
+    expression = " ".join(items)
+    if rng.random() < 0.3:
+        expression += " | " + _grammar_expression(rng, later, depth + 1)
+    return expression
+
+
+def grammar_text(rng: np.random.Generator) -> tuple[str, str]:
+    """A random GBNF grammar (rules naming each other, literals with escapes, classes, tokens, groups, repetitions,
+    comments), then zero to two noise edits (a character or fragment inserted, a span deleted or repeated, the text
+    cut)."""
+    rules = ["root", *(f"r{i}" for i in range(int(rng.integers(0, 5))))]
+    lines = []
+    for i, name in enumerate(rules):
+        note = str(pick(rng, ["", " # note", "", "\r"]))
+        lines.append(f"{name} ::= {_grammar_expression(rng, rules[i + 1 :], 0)}{note}\n")
+    text = "".join(lines)
+    done = []
+    for _ in range(int(pick(rng, [0, 0, 1, 2]))):
+        at = int(rng.integers(0, len(text) + 1))
+        how = str(pick(rng, ["insert", "delete", "repeat", "cut"]))
+        span = int(rng.integers(1, 12))
+        if how == "insert":
+            text = text[:at] + str(pick(rng, GRAMMAR_NOISE)) + text[at:]
+        elif how == "delete":
+            text = text[:at] + text[at + span :]
+        elif how == "repeat":
+            text = text[:at] + text[at : at + span] * int(rng.integers(2, 6)) + text[at:]
+        else:
+            text = text[:at]
+        done.append(how)
+    return text, ", ".join(done) or "as generated"
+
+
+def grammar_case(tokenizer: object, rng: np.random.Generator) -> str:
+    """A grammar parsed for SmolLM2's vocabulary, then up to four tokens sampled under it from random logits."""
+    from turbosparse.errors import GrammarError
+    from turbosparse.grammar import Grammar
+    from turbosparse.sampling import GrammarDeadEnd, Sampler, SamplingParams
+
+    text, what = grammar_text(rng)
+    try:
+        state = Grammar(text).start(tokenizer)  # type: ignore[arg-type]
+    except GrammarError as exc:
+        return f"{what} => refused: {str(exc)[:80]}"
+    params = SamplingParams(temperature=float(pick(rng, [0.0, 0.8])), top_k=int(pick(rng, [0, 40])), seed=1)
+    sampler = Sampler(params, state)
+    n_vocab = tokenizer.n_vocab  # type: ignore[attr-defined]
+    for step in range(4):
+        logits = (rng.standard_normal(n_vocab) * 3).astype(np.float32)
+        try:
+            token = sampler.sample(logits)
+        except GrammarDeadEnd:
+            return f"{what} => dead end after {step} tokens"
+        if tokenizer.is_end_of_generation(token):  # type: ignore[attr-defined]
+            return f"{what} => complete after {step} tokens"
+        state.accept(token)
+    return f"{what} => sampled 4 tokens"
+
+
 # ---- the child: run cases, record progress -------------------------------------------------------------------
 
 
@@ -872,6 +955,10 @@ def run_cases(inputs: Inputs, kinds: list[str], n_cases: dict[str, int], seed: i
                 todo = [(str(i), None) for i in range(first, first + n_cases[kind])]
             if kind == "server" and todo:
                 client = servers.enter_context(server_client(inputs.gguf[1]))  # SmolLM2: a chat template
+            if kind == "grammar" and todo:
+                from turbosparse.tokenizer import Tokenizer
+
+                tokenizer = Tokenizer(str(inputs.gguf[1]))
             for name, case in todo:
                 log.write(json.dumps({"kind": kind, "case": name}) + "\n")
                 faulthandler.dump_traceback_later(CASE_TIMEOUT_S, exit=True)
@@ -882,6 +969,8 @@ def run_cases(inputs: Inputs, kinds: list[str], n_cases: dict[str, int], seed: i
                         what = convert_case(inputs, work, case_rng(seed, kind, int(name)), int(name))
                     elif kind == "server":
                         what = server_case(client, case_rng(seed, kind, int(name)))
+                    elif kind == "grammar":
+                        what = grammar_case(tokenizer, case_rng(seed, kind, int(name)))
                     else:
                         what = file_case(kind, inputs, work, case_rng(seed, kind, int(name)), int(name))
                     outcome = "ok"

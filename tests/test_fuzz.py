@@ -1,7 +1,7 @@
 """A bounded fuzz run on the ASan/UBSan build (tests/fuzzing.py; the long run is in the README): mutated GGUF and
-PWRI files, broken converter inputs, Model API misuse and malformed server requests end in a clean turbosparse error
-(a 4xx error object) or a correct result, never in a crash, a hang, a 500, an oversized allocation or a partial
-output file."""
+PWRI files, broken converter inputs, Model API misuse, malformed server requests and grammars end in a clean
+turbosparse error (a 4xx error object) or a correct result, never in a crash, a hang, a 500, an oversized allocation
+or a partial output file."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 from fuzzing import KINDS, fuzz, prepare_inputs
 
-CASES = {"gguf": 30, "pwri": 15, "convert": 5, "server": 60}  # the long run: README, "Fuzzing"
+CASES = {"gguf": 30, "pwri": 15, "convert": 5, "server": 60, "grammar": 100}  # the long run: README, "Fuzzing"
 SEED = 16
 
 
@@ -31,3 +31,4 @@ def test_fuzzed_inputs_end_in_clean_errors(inputs, tmp_path: Path) -> None:
         loaded = [k for k in report["outcomes"][kind] if k == "loaded" or k.startswith("loaded, ")]
         assert loaded, report["outcomes"]
     assert report["outcomes"]["server"].get("answered", 0) > 0, report["outcomes"]  # some requests reach the model
+    assert report["outcomes"]["grammar"].get("sampled 4 tokens", 0) > 0, report["outcomes"]  # some grammars parse

@@ -24,6 +24,11 @@ MAX_GROUPS_AND_RULES = 20_000
 MAX_REPETITIONS = 2000
 _COUNT_KEYWORDS = ("minLength", "maxLength", "minItems", "maxItems", "minProperties", "maxProperties")
 _QUANTIFIER = re.compile(r"\{\s*(\d+)\s*(?:,\s*(\d*)\s*)?\}")  # a regular expression's {m} / {m,n}
+# llama.cpp's token references (<[id]>, <text>, !<...>) abort the process: its matcher allows a token that spans a
+# literal and a token reference (" the" for `" " !<[2]>`), which accepting it then throws on. A grammar with a "<"
+# outside its "literals" and [classes] (as llama.cpp reads them: escapes, and # comments to the end of the line,
+# whose "<" count too) is refused.
+_LITERALS_AND_CLASSES = re.compile(r'"(?:\\.|[^"\\])*"|\[(?:\\.|[^\]\\])*\]|#[^\r\n<]*')
 
 
 @dataclass(frozen=True)
@@ -76,10 +81,15 @@ class Grammar:
         raise GrammarError(f"response_format type {kind!r} is not supported: 'text', 'json_object' or 'json_schema'")
 
     def check(self) -> None:
-        """GrammarError for a grammar with more groups and rules than llama.cpp's recursion can take."""
+        """GrammarError for a grammar with more groups and rules than llama.cpp's recursion can take, or with token
+        references."""
         count = self.gbnf.count("(") + self.gbnf.count("::=")
         if count > MAX_GROUPS_AND_RULES:
             raise GrammarError(f"the grammar has {count} groups and rules; at most {MAX_GROUPS_AND_RULES}")
+        if "<" in _LITERALS_AND_CLASSES.sub("", self.gbnf):
+            raise GrammarError(
+                "token references (<...>) are not supported: llama.cpp's grammar engine aborts the process on some"
+            )
 
     def start(self, tokenizer: Tokenizer) -> GrammarState:
         """The grammar's state at the start of a generation; GrammarError when it does not parse."""
