@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 
 import numpy as np
 import pytest
@@ -184,6 +185,23 @@ def test_deep_grammars_do_not_crash(smollm2_model) -> None:
         allowed = ids[state.allowed(ids)]
         assert allowed.size and all(tok.piece(int(t)).startswith((b"a", b"x")) for t in allowed)
         state.accept(int(allowed[0]))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="POSIX fork")
+def test_grammars_work_in_a_forked_child(smollm2_model) -> None:
+    """The grammar thread does not survive a fork; the child starts its own (it hung waiting for the parent's)."""
+    tok = smollm2_model.tokenizer
+    Grammar('root ::= "yes"').start(tok)  # the parent's thread is running
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through its exit code
+        signal.alarm(30)
+        ok = False
+        try:
+            ok = Grammar('root ::= "a" [0-9]').start(tok).allowed(np.arange(tok.n_vocab)).sum() >= 1
+        finally:
+            os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
 
 
 def test_a_parse_error_is_the_exceptions_and_stderr_is_given_back(smollm2_model, capfd) -> None:

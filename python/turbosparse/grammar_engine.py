@@ -58,15 +58,23 @@ class _Worker:
         with self._lock:
             if self._thread is not None:
                 return
-            self._forward = llama_cpp.llama_log_callback()
-            llama_cpp.llama_log_get(ctypes.byref(self._forward), ctypes.byref(self._forward_data))
-            llama_cpp.llama_log_set(self._log_callback, ctypes.c_void_p(0))
+            if self._forward is None:  # once per process: a forked child keeps ours, set in its parent
+                self._forward = llama_cpp.llama_log_callback()
+                llama_cpp.llama_log_get(ctypes.byref(self._forward), ctypes.byref(self._forward_data))
+                llama_cpp.llama_log_set(self._log_callback, ctypes.c_void_p(0))
             previous = threading.stack_size(STACK_BYTES)
             try:
                 self._thread = threading.Thread(target=self._loop, name="turbosparse-grammar", daemon=True)
                 self._thread.start()
             finally:
                 threading.stack_size(previous)
+
+    def forked(self) -> None:
+        """In a forked child: the thread did not come along; the next call starts another."""
+        self._lock = threading.Lock()
+        self._calls = queue.SimpleQueue()
+        self._thread = None
+        self._logged = None
 
     def _loop(self) -> None:
         while True:
@@ -119,6 +127,8 @@ class _Worker:
 
 
 _WORKER = _Worker()  # one per process, as llama.cpp's log callback is
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_WORKER.forked)
 
 
 class GrammarState:
