@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import signal
+import time
 
 import numpy as np
 import pytest
@@ -152,6 +153,15 @@ def test_bad_grammars_are_clear_errors(smollm2_model) -> None:
         with pytest.raises(GrammarError, match=message):
             grammar.start(tok)
     Grammar('root ::= "<b>" [<>] "\\"<"').check()  # "<" in literals and classes is text
+    with pytest.raises(GrammarError, match="surrogate"):
+        Grammar('root ::= "\ud800"').check()
+    started = time.perf_counter()  # a class or literal left open is read to the end once (it took 27 s per 40000)
+    for opener in '["':
+        with pytest.raises(GrammarError):
+            Grammar("root ::= " + opener * 200_001).start(tok)
+    assert time.perf_counter() - started < 10
+    with pytest.raises(GrammarError, match=r"does not parse.{0,400}$"):  # the reason, not the rest of the grammar
+        Grammar("root ::= ( " + '"a" ' * 100_000).start(tok)
     with pytest.raises(GrammarError, match="JSON schema"):
         Grammar.from_json_schema({"type": "object", "properties": {"a": {"$ref": "#/nowhere"}}})
     with pytest.raises(GrammarError, match="JSON schema"):
@@ -161,6 +171,9 @@ def test_bad_grammars_are_clear_errors(smollm2_model) -> None:
         Grammar.from_json_schema({"type": "object", "properties": {"a": {"type": "string", "minLength": 10**9}}})
     with pytest.raises(GrammarError, match="pattern count 100000"):
         Grammar.from_json_schema({"type": "string", "pattern": "^a{3,100000}$"})
+    for quantifier in ("{100_000_000}", "{,100000000}", "{+100000}", "{ 5 , 300000 }"):  # as int() reads them
+        with pytest.raises(GrammarError, match="pattern count"):
+            Grammar.from_json_schema({"type": "string", "pattern": f"^x{quantifier}$"})
     Grammar.from_json_schema({"type": "string", "maxLength": 1000}).start(tok)  # deep (1000 nested groups), allowed
     with pytest.raises(GrammarError, match="'xml'"):
         Grammar.from_response_format({"type": "xml"})
@@ -235,6 +248,23 @@ def test_logit_bias(smollm2_model) -> None:
     ):
         with pytest.raises(InvalidArgumentError, match=message):
             first(bad)
+
+
+def test_a_banned_token_is_never_sampled_under_a_grammar(smollm2_model) -> None:
+    tok = smollm2_model.tokenizer
+    ids = np.arange(tok.n_vocab)
+    allowed = ids[Grammar('root ::= "Hello"').start(tok).allowed(ids)]
+    assert allowed.size > 1
+    keep = int(allowed[-1])
+    ban = {int(t): float("-inf") for t in allowed if t != keep}
+    rng = np.random.default_rng(1)
+    for temperature in (0.0, 0.8, 3.0):
+        params = SamplingParams(temperature=temperature, seed=2, logit_bias=ban)
+        sampler = Sampler(params, Grammar('root ::= "Hello"').start(tok))
+        assert sampler.sample((rng.standard_normal(tok.n_vocab) * 3).astype(np.float32)) == keep
+    everything = SamplingParams(seed=2, logit_bias={int(t): float("-inf") for t in allowed})
+    gen = smollm2_model.start(tok.tokenize("Say:"), sampling=everything, grammar=Grammar('root ::= "Hello"'))
+    assert "".join(smollm2_model.run(gen)) == "" and gen.finish_reason == "stop"  # nothing left: the end
 
 
 def test_generate_takes_grammar_and_bias(smollm2_model) -> None:

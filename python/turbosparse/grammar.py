@@ -23,12 +23,15 @@ MAX_GROUPS_AND_RULES = 20_000
 # of an item (a minLength of 10**9 took it a minute and 5 GB), so counts above it are refused before it runs
 MAX_REPETITIONS = 2000
 _COUNT_KEYWORDS = ("minLength", "maxLength", "minItems", "maxItems", "minProperties", "maxProperties")
-_QUANTIFIER = re.compile(r"\{\s*(\d+)\s*(?:,\s*(\d*)\s*)?\}")  # a regular expression's {m} / {m,n}
+# a regular expression's {m} / {m,n} / {,n}: each part is read as the converter reads it (int(), so "1_000", "+5")
+_QUANTIFIER = re.compile(r"\{([^{}]*)\}")
 # llama.cpp's token references (<[id]>, <text>, !<...>) abort the process: its matcher allows a token that spans a
 # literal and a token reference (" the" for `" " !<[2]>`), which accepting it then throws on. A grammar with a "<"
 # outside its "literals" and [classes] (as llama.cpp reads them: escapes, and # comments to the end of the line,
-# whose "<" count too) is refused.
-_LITERALS_AND_CLASSES = re.compile(r'"(?:\\.|[^"\\])*"|\[(?:\\.|[^\]\\])*\]|#[^\r\n<]*')
+# whose "<" count too) is refused. A literal or class left open runs to the end (llama.cpp stops there with an error),
+# which keeps the scan linear.
+_LITERALS_AND_CLASSES = re.compile(r'"(?:\\.|[^"\\])*(?:"|$)|\[(?:\\.|[^\]\\])*(?:\]|$)|#[^\r\n<]*')
+MAX_GBNF_CHARS = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,12 @@ class Grammar:
     def check(self) -> None:
         """GrammarError for a grammar with more groups and rules than llama.cpp's recursion can take, or with token
         references."""
+        if len(self.gbnf) > MAX_GBNF_CHARS:
+            raise GrammarError(f"the grammar has {len(self.gbnf)} characters; at most {MAX_GBNF_CHARS}")
+        try:
+            self.gbnf.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise GrammarError(f"the grammar holds an unpaired surrogate at character {exc.start}") from None
         count = self.gbnf.count("(") + self.gbnf.count("::=")
         if count > MAX_GROUPS_AND_RULES:
             raise GrammarError(f"the grammar has {count} groups and rules; at most {MAX_GROUPS_AND_RULES}")
@@ -95,6 +104,17 @@ class Grammar:
         """The grammar's state at the start of a generation; GrammarError when it does not parse."""
         self.check()
         return GrammarState(self.gbnf, self.root, tokenizer)
+
+
+def _numbers(quantifier: str) -> list[int]:
+    """The counts of a {...} quantifier's inside, as the converter reads them; [] for what it does not read so."""
+    out = []
+    for part in quantifier.split(","):
+        try:
+            out.append(int(part.strip()))
+        except ValueError:
+            pass
+    return out
 
 
 def _check_counts(schema: Any) -> None:
@@ -111,7 +131,7 @@ def _check_counts(schema: Any) -> None:
         counts = [(key, value.get(key)) for key in _COUNT_KEYWORDS]
         pattern = value.get("pattern")
         if isinstance(pattern, str):
-            counts += [("pattern", int(n)) for match in _QUANTIFIER.findall(pattern) for n in match if n]
+            counts += [("pattern", n) for inside in _QUANTIFIER.findall(pattern) for n in _numbers(inside)]
         for key, count in counts:
             if isinstance(count, int | float) and count > MAX_REPETITIONS:
                 raise GrammarError(

@@ -24,6 +24,7 @@ from turbosparse.tokenizer import Tokenizer
 
 STACK_BYTES = 256 << 20
 _TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])  # llama_token_data
+MAX_REASON_CHARS = 300  # of llama.cpp's reason in a GrammarError (it can quote the rest of the grammar)
 _PARSE_ERROR = "error parsing grammar:"  # how llama.cpp's parser's line to stderr starts, after "parse: "
 T = TypeVar("T")
 
@@ -39,6 +40,7 @@ class _Worker:
         self._forward: Any = None  # the log callback that was set before ours
         self._forward_data = ctypes.c_void_p()
         self._logged: list[str] | None = None  # while a grammar is parsed: llama.cpp's log lines from this thread
+        self._saved_stderr: int | None = None  # while a grammar is parsed: file descriptor 2 as it was
         self._log_callback = llama_cpp.llama_log_callback(self._log)  # kept: llama.cpp holds only its address
 
     def run(self, call: Callable[[], T]) -> T:
@@ -70,7 +72,9 @@ class _Worker:
                 threading.stack_size(previous)
 
     def forked(self) -> None:
-        """In a forked child: the thread did not come along; the next call starts another."""
+        """In a forked child: the thread did not come along (the next call starts another), nor its parse: stderr is
+        given back."""
+        self._give_back_stderr()
         self._lock = threading.Lock()
         self._calls = queue.SimpleQueue()
         self._thread = None
@@ -95,35 +99,44 @@ class _Worker:
 
     def parse(self, vocab: llama_cpp.llama_vocab_p, gbnf: str, root: str) -> llama_cpp.llama_sampler_p:
         """On the worker: llama.cpp's grammar sampler; GrammarError with llama.cpp's words when gbnf does not parse.
-        The parser writes its reason to file descriptor 2, which is taken meanwhile (another thread's writes then
-        are written back after)."""
+        The parser writes its reason to file descriptor 2, which is taken meanwhile; what else was written to it then
+        is written back after."""
         self._logged = []
         sys.stderr.flush()
         with tempfile.TemporaryFile() as written:
-            saved = os.dup(2)
             try:
-                os.dup2(written.fileno(), 2)
-                try:
-                    sampler = llama_cpp.llama_sampler_init_grammar(vocab, gbnf.encode(), root.encode())
-                finally:
-                    os.dup2(saved, 2)
+                self._saved_stderr = os.dup(2)
+            except OSError:  # no stderr: parsed without taking it
+                self._saved_stderr = None
+            try:
+                if self._saved_stderr is not None:
+                    os.dup2(written.fileno(), 2)
+                sampler = llama_cpp.llama_sampler_init_grammar(vocab, gbnf.encode(), root.encode())
             finally:
-                os.close(saved)
+                self._give_back_stderr()
                 logged, self._logged = self._logged, None
             written.seek(0)
             text = written.read().decode("utf-8", errors="replace")
-        start = text.find(_PARSE_ERROR)
-        why = text[start + len(_PARSE_ERROR) :].split("\n", 1)[0] if start >= 0 else ""
-        if start >= 0:  # the parser's lines: its reason, an empty line, the whole grammar
-            line_start = text.rfind("\n", 0, start) + 1
-            end = text.find(gbnf, start)
-            text = text[:line_start] + (text[end + len(gbnf) + 1 :] if end >= 0 else "")
+        why = ""
+        at = text.find(_PARSE_ERROR)
+        if at >= 0:  # the parser's own lines, "parse: error parsing grammar: <why>", "", the grammar: not repeated
+            line_start = text.rfind("\n", 0, at) + 1
+            why = text[at + len(_PARSE_ERROR) :].split("\n", 1)[0]
+            own = text[line_start : at + len(_PARSE_ERROR) + len(why)] + "\n\n" + gbnf + "\n"
+            if text.startswith(own, line_start):
+                text = text[:line_start] + text[line_start + len(own) :]
         if text:
             sys.stderr.write(text)
         if not sampler:
-            why = " ".join((why or "".join(logged)).split()) or "no reason given"
+            why = " ".join((why or "".join(logged)).split())[:MAX_REASON_CHARS] or "no reason given"
             raise GrammarError(f"the grammar does not parse (root rule {root!r}): {why}")
         return sampler
+
+    def _give_back_stderr(self) -> None:
+        saved, self._saved_stderr = self._saved_stderr, None
+        if saved is not None:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 _WORKER = _Worker()  # one per process, as llama.cpp's log callback is

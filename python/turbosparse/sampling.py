@@ -101,6 +101,7 @@ class Sampler:
         bias = params.logit_bias or {}
         self._bias_ids = np.fromiter(bias.keys(), dtype=np.int64, count=len(bias))
         self._bias_values = np.fromiter(bias.values(), dtype=np.float64, count=len(bias))
+        self._banned = self._bias_ids[np.isneginf(self._bias_values)]  # -inf: never sampled, also under a grammar
 
     def _biased(self, logits: np.ndarray) -> np.ndarray:
         if not self._bias_ids.size:
@@ -141,6 +142,8 @@ class Sampler:
             bound = sample[-(rank // step)] if rank // step < sample.size else -np.inf
             band = np.flatnonzero((logits >= bound) & (logits < upper))
             allowed.append(band[self._grammar.allowed(band)])
+            if self._banned.size:
+                allowed[-1] = allowed[-1][~np.isin(allowed[-1], self._banned)]
             found += allowed[-1].size
             upper = bound
             if found >= need or bound == -np.inf:
