@@ -912,7 +912,8 @@ def grammar_case(tokenizer: object, rng: np.random.Generator) -> str:
     """A grammar parsed for SmolLM2's vocabulary, then up to four tokens sampled under it from random logits."""
     from turbosparse.errors import GrammarError
     from turbosparse.grammar import Grammar
-    from turbosparse.sampling import GrammarDeadEnd, Sampler, SamplingParams
+    from turbosparse.grammar_engine import GrammarDeadEnd
+    from turbosparse.sampling import Sampler, SamplingParams
 
     text, what = grammar_text(rng)
     try:

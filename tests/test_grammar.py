@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from turbosparse import Grammar, GrammarError, InvalidArgumentError
+from turbosparse import Grammar, GrammarError, InvalidArgumentError, grammar_engine
 from turbosparse.sampling import Sampler, SamplingParams
 
 PERSON = {
@@ -94,6 +94,24 @@ def test_a_grammar_that_no_token_can_follow_ends_the_generation(smollm2_model, c
         assert "".join(smollm2_model.run(gen)) == "ab"
     assert gen.finish_reason == "stop"
     assert "grammar allows no token" in caplog.text
+
+
+def test_a_grammar_too_slow_to_match_ends_its_own_generation(smollm2_model, monkeypatch, caplog) -> None:
+    """Three chained rules of up to 40 items that can match nothing take llama.cpp ~4 s to judge a vocabulary (and
+    grow as the count's fourth power): past the step timeout the generation ends, and the next grammar runs at once on
+    a fresh thread while the old one finishes alone."""
+    monkeypatch.setattr(grammar_engine, "STEP_TIMEOUT_S", 0.5)
+    slow = Grammar(
+        "".join(f"r{i} ::= n{{0,40}} r{i + 1}\n" for i in range(3)).replace("r0", "root")
+        + 'r3 ::= "z"\nn ::= "a" | ""\n'
+    )
+    started = time.perf_counter()
+    with caplog.at_level(logging.WARNING):
+        gen = smollm2_model.start(smollm2_model.tokenize("Hi"), sampling=SamplingParams(seed=1), grammar=slow)
+        list(smollm2_model.run(gen))
+    assert gen.finish_reason == "stop" and "took more than 0.5 s" in caplog.text
+    assert smollm2_model.generate("Is it? Answer:", grammar=Grammar('root ::= " yes" | " no"')) in (" yes", " no")
+    assert time.perf_counter() - started < 3
 
 
 def masked(logits: np.ndarray, allowed: np.ndarray) -> np.ndarray:

@@ -11,8 +11,9 @@ import numpy as np
 
 from turbosparse.errors import ContextOverflowError, InvalidArgumentError
 from turbosparse.grammar import Grammar
+from turbosparse.grammar_engine import GrammarDeadEnd
 from turbosparse.logprobs import TokenLogprob, check_top_count, prompt_logprobs, scored
-from turbosparse.sampling import GrammarDeadEnd, Sampler, SamplingParams
+from turbosparse.sampling import Sampler, SamplingParams
 from turbosparse.tokenizer import Tokenizer
 
 FinishReason = Literal["stop", "length"]
@@ -62,7 +63,7 @@ class Generation:
     score_prompt, the prompt's tokens are scored too (prompt_logprobs), from the logits of every prompt position
     computed as decoding would compute them (scored_prompt), also when max_tokens is 0. grammar: the generated text
     follows it (llama.cpp's GBNF engine); the generation ends where it is complete, or where it allows no token of the
-    vocabulary (a warning says so)."""
+    vocabulary or takes llama.cpp over grammar_engine.STEP_TIMEOUT_S to match a token (a warning says so)."""
 
     def __init__(
         self,
@@ -166,6 +167,8 @@ class Generation:
             raise RuntimeError("the generation has finished")
         try:
             token = self._sampler.sample(logits, self.tokens)
+            if self._grammar is not None and not self._tokenizer.is_end_of_generation(token):
+                self._grammar.accept(token)
         except GrammarDeadEnd as exc:
             logger.warning("a generation ends early: %s", exc)
             self.finish_reason = "stop"
@@ -173,8 +176,6 @@ class Generation:
         if self._tokenizer.is_end_of_generation(token):
             self.finish_reason = "stop"
             return self._flush()
-        if self._grammar is not None:
-            self._grammar.accept(token)
         self.tokens.append(token)
         piece = self._detokenizer.push(token)
         if self.logprobs is not None:

@@ -19,14 +19,22 @@ from typing import Any, TypeVar
 import llama_cpp
 import numpy as np
 
-from turbosparse.errors import GrammarError
+from turbosparse.errors import EvalError, GrammarError
 from turbosparse.tokenizer import Tokenizer
 
 STACK_BYTES = 256 << 20
 _TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])  # llama_token_data
 MAX_REASON_CHARS = 300  # of llama.cpp's reason in a GrammarError (it can quote the rest of the grammar)
+# the longest one step of matching may take (llama.cpp's judging a whole vocabulary takes 3-20 ms): a grammar whose
+# matching explodes ends its generation instead of holding every other one (the server steps them together)
+STEP_TIMEOUT_S = 10.0
 _PARSE_ERROR = "error parsing grammar:"  # how llama.cpp's parser's line to stderr starts, after "parse: "
 T = TypeVar("T")
+
+
+class GrammarDeadEnd(EvalError):
+    """The grammar allows no token of the vocabulary after the text so far, or took too long to say which: the
+    generation cannot go on."""
 
 
 class _Worker:
@@ -43,14 +51,22 @@ class _Worker:
         self._saved_stderr: int | None = None  # while a grammar is parsed: file descriptor 2 as it was
         self._log_callback = llama_cpp.llama_log_callback(self._log)  # kept: llama.cpp holds only its address
 
-    def run(self, call: Callable[[], T]) -> T:
+    def run(self, call: Callable[[], T], timeout: float | None = None) -> T:
+        """call's result, computed on the thread. Past timeout seconds the thread is left to finish it alone (a
+        C call cannot be stopped), the next call starts another, and GrammarDeadEnd is raised."""
         if threading.current_thread() is self._thread:
             return call()
         self._start()
         result: list[Any] = []
         done = threading.Event()
         self._calls.put((call, result, done))
-        done.wait()
+        if not done.wait(timeout):
+            with self._lock:
+                self._thread, self._calls = None, queue.SimpleQueue()
+            raise GrammarDeadEnd(
+                f"llama.cpp's grammar engine took more than {timeout:g} s to match one token (its work multiplies "
+                "with repetitions of items that can match nothing)"
+            )
         ok, value = result
         if not ok:
             raise value
@@ -66,7 +82,9 @@ class _Worker:
                 llama_cpp.llama_log_set(self._log_callback, ctypes.c_void_p(0))
             previous = threading.stack_size(STACK_BYTES)
             try:
-                self._thread = threading.Thread(target=self._loop, name="turbosparse-grammar", daemon=True)
+                self._thread = threading.Thread(
+                    target=self._loop, args=(self._calls,), name="turbosparse-grammar", daemon=True
+                )
                 self._thread.start()
             finally:
                 threading.stack_size(previous)
@@ -80,9 +98,9 @@ class _Worker:
         self._thread = None
         self._logged = None
 
-    def _loop(self) -> None:
-        while True:
-            call, result, done = self._calls.get()
+    def _loop(self, calls: queue.SimpleQueue[tuple[Callable[[], Any], list[Any], threading.Event]]) -> None:
+        while True:  # a thread left behind by a timeout waits here on a queue nobody feeds any more
+            call, result, done = calls.get()
             try:
                 result.extend((True, call()))
             except BaseException as exc:  # handed to the caller
@@ -158,20 +176,25 @@ class GrammarState:
         self._tokenizer._check_open()
         data = np.zeros(len(ids), dtype=_TOKEN_DATA)
         data["id"] = ids
-        candidates = llama_cpp.llama_token_data_array(
-            data=data.ctypes.data_as(llama_cpp.llama_token_data_p), size=len(ids), selected=-1, sorted=False
-        )
-        # sets the refused tokens' logits to -inf
-        _WORKER.run(lambda: llama_cpp.llama_sampler_apply(self._sampler, ctypes.byref(candidates)))
+
+        def apply() -> None:  # sets the refused tokens' logits to -inf
+            # data named in here: a call left running after a timeout keeps it alive while it writes into it
+            pointer = data.ctypes.data_as(llama_cpp.llama_token_data_p)
+            candidates = llama_cpp.llama_token_data_array(data=pointer, size=len(data), selected=-1, sorted=False)
+            llama_cpp.llama_sampler_apply(self._sampler, ctypes.byref(candidates))
+
+        _WORKER.run(apply, STEP_TIMEOUT_S)
         return np.isfinite(data["logit"])
 
     def accept(self, token: int) -> None:
         """Moves the grammar past token, which allowed() must have allowed (llama.cpp aborts on any other)."""
         self._tokenizer._check_open()
-        _WORKER.run(lambda: llama_cpp.llama_sampler_accept(self._sampler, token))
+        _WORKER.run(lambda: llama_cpp.llama_sampler_accept(self._sampler, token), STEP_TIMEOUT_S)
 
     def close(self) -> None:
-        if getattr(self, "_sampler", None):  # freeing does not recurse: any thread (also at interpreter exit)
+        # freeing does not recurse: any thread (also at interpreter exit). A call left running after a timeout holds
+        # this state (its closure), so __del__ comes after it ends.
+        if getattr(self, "_sampler", None):
             llama_cpp.llama_sampler_free(self._sampler)
             self._sampler = None
 

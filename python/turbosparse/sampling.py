@@ -11,7 +11,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from turbosparse.errors import EvalError, InvalidArgumentError
-from turbosparse.grammar_engine import GrammarState
+from turbosparse.grammar_engine import GrammarDeadEnd, GrammarState
 
 # top-p without top-k first looks among this many best tokens, then 16 times as many; only a flat distribution
 # needs them all
@@ -21,10 +21,6 @@ _SAMPLE = 2048  # logits in the strided sample that bounds a top-k search (_best
 # the whole vocabulary takes 3-4 ms a token, about as long as the default model takes to compute it
 _GRAMMAR_CANDIDATES = 256
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
-
-
-class GrammarDeadEnd(EvalError):
-    """The grammar allows no token of the vocabulary after the text so far (the generation cannot go on)."""
 
 
 @dataclass(frozen=True)
