@@ -167,13 +167,14 @@ class Generation:
             raise RuntimeError("the generation has finished")
         try:
             token = self._sampler.sample(logits, self.tokens)
-            if self._grammar is not None and not self._tokenizer.is_end_of_generation(token):
+            end = self._tokenizer.is_end_of_generation(token)
+            if self._grammar is not None and not end:
                 self._grammar.accept(token)
         except GrammarDeadEnd as exc:
             logger.warning("a generation ends early: %s", exc)
             self.finish_reason = "stop"
             return self._flush()
-        if self._tokenizer.is_end_of_generation(token):
+        if end:
             self.finish_reason = "stop"
             return self._flush()
         self.tokens.append(token)

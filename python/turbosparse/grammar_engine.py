@@ -37,13 +37,16 @@ class GrammarDeadEnd(EvalError):
     generation cannot go on."""
 
 
+_Call = tuple[Callable[[], Any], list[Any], threading.Event]  # a call, the list its (ok, value) goes in, its signal
+
+
 class _Worker:
     """The thread every grammar call runs on, started on first use; calls run one at a time, in order. It also
     takes llama.cpp's log lines written from it (the parser's errors) while a grammar is parsed."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._calls: queue.SimpleQueue[tuple[Callable[[], Any], list[Any], threading.Event]] = queue.SimpleQueue()
+        self._calls: queue.SimpleQueue[_Call] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._forward: Any = None  # the log callback that was set before ours
         self._forward_data = ctypes.c_void_p()
@@ -54,8 +57,6 @@ class _Worker:
     def run(self, call: Callable[[], T], timeout: float | None = None) -> T:
         """call's result, computed on the thread. Past timeout seconds the thread is left to finish it alone (a
         C call cannot be stopped), the next call starts another, and GrammarDeadEnd is raised."""
-        if threading.current_thread() is self._thread:
-            return call()
         self._start()
         result: list[Any] = []
         done = threading.Event()
@@ -98,7 +99,7 @@ class _Worker:
         self._thread = None
         self._logged = None
 
-    def _loop(self, calls: queue.SimpleQueue[tuple[Callable[[], Any], list[Any], threading.Event]]) -> None:
+    def _loop(self, calls: queue.SimpleQueue[_Call]) -> None:
         while True:  # a thread left behind by a timeout waits here on a queue nobody feeds any more
             call, result, done = calls.get()
             try:

@@ -263,18 +263,20 @@ async def _submit(
     name = None
     try:
         name = body.constraint_field()
-        # a worker thread: parsing a large grammar takes a while, which the other requests' streams must not wait for
-        grammar = await asyncio.to_thread(body.constraint)
-        gen = await asyncio.to_thread(
-            model.start,
-            tokens,
-            sampling=body.sampling(),
-            max_tokens=body.max_tokens,
-            stop=body.stops,
-            logprobs=logprobs,
-            score_prompt=score_prompt,
-            grammar=grammar,
-        )
+
+        def start() -> Generation:
+            return model.start(
+                tokens,
+                sampling=body.sampling(),
+                max_tokens=body.max_tokens,
+                stop=body.stops,
+                logprobs=logprobs,
+                score_prompt=score_prompt,
+                grammar=body.constraint(),
+            )
+
+        # on a worker thread: a large grammar takes a while to parse, which other requests' streams must not wait for
+        gen = await asyncio.to_thread(start)
     except GrammarError as exc:
         raise APIError(400, str(exc), param=name) from None
     except ContextOverflowError as exc:
