@@ -13,7 +13,8 @@ import time
 import numpy as np
 import pytest
 
-from turbosparse import Grammar, GrammarError, InvalidArgumentError, grammar_engine
+from turbosparse import EvalError, Grammar, GrammarError, InvalidArgumentError, grammar_engine
+from turbosparse.grammar_engine import GrammarDeadEnd
 from turbosparse.sampling import Sampler, SamplingParams
 
 PERSON = {
@@ -96,22 +97,183 @@ def test_a_grammar_that_no_token_can_follow_ends_the_generation(smollm2_model, c
     assert "grammar allows no token" in caplog.text
 
 
+SLOW = Grammar(  # three chained rules of up to 40 items that can match nothing: llama.cpp takes ~4 s per vocabulary
+    "".join(f"r{i} ::= n{{0,40}} r{i + 1}\n" for i in range(3)).replace("r0", "root") + 'r3 ::= "z"\nn ::= "a" | ""\n'
+)
+YES_NO = Grammar('root ::= " yes" | " no"')
+
+
+def worker_pid(tokenizer) -> int:
+    worker = grammar_engine._engine(tokenizer)._worker
+    assert worker is not None
+    return worker.process.pid
+
+
+def gone(pid: int, within_s: float = 0.0) -> bool:
+    """Whether process pid has ended (a zombie counts: it runs no more), waiting up to within_s seconds."""
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return True
+        except FileNotFoundError:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+
+
 def test_a_grammar_too_slow_to_match_ends_its_own_generation(smollm2_model, monkeypatch, caplog) -> None:
-    """Three chained rules of up to 40 items that can match nothing take llama.cpp ~4 s to judge a vocabulary (and
-    grow as the count's fourth power): past the step timeout the generation ends, and the next grammar runs at once on
-    a fresh thread while the old one finishes alone."""
+    """Past the step timeout the generation ends, the worker process that was matching is gone (it kept a core busy
+    for minutes when it was a thread), and the next grammar runs in a new one."""
     monkeypatch.setattr(grammar_engine, "STEP_TIMEOUT_S", 0.5)
-    slow = Grammar(
-        "".join(f"r{i} ::= n{{0,40}} r{i + 1}\n" for i in range(3)).replace("r0", "root")
-        + 'r3 ::= "z"\nn ::= "a" | ""\n'
-    )
-    started = time.perf_counter()
     with caplog.at_level(logging.WARNING):
-        gen = smollm2_model.start(smollm2_model.tokenize("Hi"), sampling=SamplingParams(seed=1), grammar=slow)
+        gen = smollm2_model.start(smollm2_model.tokenize("Hi"), sampling=SamplingParams(seed=1), grammar=SLOW)
+        pid = worker_pid(smollm2_model.tokenizer)
         list(smollm2_model.run(gen))
-    assert gen.finish_reason == "stop" and "took more than 0.5 s" in caplog.text
-    assert smollm2_model.generate("Is it? Answer:", grammar=Grammar('root ::= " yes" | " no"')) in (" yes", " no")
-    assert time.perf_counter() - started < 3
+    assert gen.finish_reason == "stop" and "took more than 0.5 s to match a token" in caplog.text
+    assert gone(pid)
+    assert smollm2_model.generate("Is it? Answer:", grammar=YES_NO) in (" yes", " no")
+
+
+def test_a_grammar_too_slow_to_set_up_is_a_clear_error(smollm2_model, monkeypatch) -> None:
+    """20000 rules each starting with the next take llama.cpp ~4 s to parse (the time grows with the square)."""
+    monkeypatch.setattr(grammar_engine, "PARSE_TIMEOUT_S", 0.5)
+    chained = "root ::= r0\n" + "".join(f'r{i} ::= r{i + 1} "b"\n' for i in range(19_990)) + 'r19990 ::= "a"\n'
+    with pytest.raises(GrammarError, match=r"took more than 0\.5 s to parse the grammar"):
+        Grammar(chained).start(smollm2_model.tokenizer)
+    assert smollm2_model.generate("Is it? Answer:", grammar=YES_NO) in (" yes", " no")
+
+
+def test_a_grammar_parsed_again_allows_what_it_allowed(smollm2_model) -> None:
+    """What a new worker process is told of a grammar (its text, then every token accepted) puts it where it was: at
+    every position of a JSON answer, a grammar moved to a new worker there allows exactly what one never moved
+    allows."""
+    tok = smollm2_model.tokenizer
+    ids = np.arange(tok.n_vocab)
+    schema = Grammar.from_json_schema(PERSON)
+    tokens = smollm2_model.chat_tokens([{"role": "user", "content": PROMPTS[1] + " Answer in JSON."}])
+    gen = smollm2_model.start(tokens, sampling=SamplingParams(temperature=0.0), max_tokens=40, grammar=schema)
+    list(smollm2_model.run(gen))
+    answer = gen.generated
+    assert len(answer) >= 20
+    kept, moved = schema.start(tok), schema.start(tok)
+    for i, token in enumerate(answer):
+        if i % 3 == 1:  # the worker ended between two questions: the next one goes to a new worker
+            grammar_engine._engine(tok).close()
+        assert np.array_equal(kept.allowed(ids), moved.allowed(ids)), (i, tok.detokenize(answer[:i]))
+        kept.accept(token)
+        moved.accept(token)
+
+
+def test_other_generations_go_on_when_one_grammar_is_stopped(smollm2_path, monkeypatch) -> None:
+    """Generations stepped together (as the server steps them) share a worker process: ending it for one's slow
+    grammar moves the others to a new one, parsed again and past their tokens, and they generate what they would
+    alone."""
+    from turbosparse import Model
+
+    model = Model(smollm2_path, n_threads=2, n_ctx=512, n_seq=2, sparse="off")
+    schema = Grammar.from_json_schema(PERSON)
+    tokens = model.chat_tokens([{"role": "user", "content": PROMPTS[0] + " Answer in JSON."}])
+    alone = model.generate(tokens, max_tokens=40, temperature=0.0, grammar=schema)
+    monkeypatch.setattr(grammar_engine, "STEP_TIMEOUT_S", 0.5)
+    good = model.start(tokens, sampling=SamplingParams(temperature=0.0), max_tokens=40, grammar=schema)
+    texts = [model.step([good])[0] for _ in range(5)]  # a few tokens in before the slow one comes
+    slow = model.start(model.tokenize("Hi"), sampling=SamplingParams(seed=1), grammar=SLOW)
+    while not good.done:
+        texts.append(model.step([good, slow])[0])
+    assert slow.finish_reason == "stop" and good.finish_reason == "length"
+    assert "".join(texts) == alone
+    pid = worker_pid(model.tokenizer)
+    model.close()
+    assert gone(pid, within_s=2)  # Model.close() ends its grammar worker
+
+
+def test_a_generation_goes_on_when_the_grammar_worker_dies(smollm2_model) -> None:
+    """A worker process that ends on its own (killed, out of memory) costs its grammars a new parse, not their
+    generation."""
+    schema = Grammar.from_json_schema(PERSON)
+    tokens = smollm2_model.chat_tokens([{"role": "user", "content": PROMPTS[3] + " Answer in JSON."}])
+    alone = smollm2_model.generate(tokens, max_tokens=30, temperature=0.0, grammar=schema)
+    gen = smollm2_model.start(tokens, sampling=SamplingParams(temperature=0.0), max_tokens=30, grammar=schema)
+    texts = []
+    for i, text in enumerate(smollm2_model.run(gen)):
+        texts.append(text)
+        if i in (3, 12):
+            os.kill(worker_pid(smollm2_model.tokenizer), signal.SIGKILL)
+    assert gen.finish_reason == "length" and "".join(texts) == alone
+
+
+def test_a_token_the_grammar_refuses_ends_the_generation_cleanly(smollm2_model) -> None:
+    """Accepting a token the grammar does not allow aborts llama.cpp's engine: the worker checks each one first."""
+    tok = smollm2_model.tokenizer
+    state = YES_NO.start(tok)
+    refused = tok.tokenize("maybe", add_bos=False)[0]
+    state.accept(refused)
+    with pytest.raises(GrammarDeadEnd, match=f"token {refused} is not allowed"):
+        state.allowed(np.arange(tok.n_vocab))
+    assert smollm2_model.generate("Is it? Answer:", grammar=YES_NO) in (" yes", " no")
+
+
+def test_a_call_cut_short_leaves_no_answer_behind(smollm2_model) -> None:
+    """An exception in the middle of a question (Ctrl-C, a signal handler's) ends the worker: its answer must not
+    be taken for the next question's, another grammar's."""
+    tok = smollm2_model.tokenizer
+    ids = np.arange(tok.n_vocab)
+    slow = SLOW.start(tok)
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.3)
+        with pytest.raises(KeyboardInterrupt):
+            slow.allowed(ids)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    allowed = ids[Grammar('root ::= "yes"').start(tok).allowed(ids)]
+    assert allowed.size and all(b"yes".startswith(tok.piece(int(t))) for t in allowed)
+
+
+def test_a_worker_that_cannot_start_is_the_machines_error(smollm2_path, monkeypatch) -> None:
+    """Not the grammar's fault: an EvalError (a 500 in the server), not a GrammarError (a 400)."""
+    from turbosparse.tokenizer import Tokenizer
+
+    monkeypatch.setenv(grammar_engine.PYTHON_ENV, "/bin/false")
+    tok = Tokenizer(str(smollm2_path))
+    with pytest.raises(EvalError, match="grammar engine failed") as caught:
+        YES_NO.start(tok)
+    assert not isinstance(caught.value, GrammarError)
+
+
+def test_a_worker_ends_with_its_parent(smollm2_path, tmp_path) -> None:
+    """A parent killed while its worker matches for minutes leaves no worker behind (it watches its parent)."""
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import sys, numpy as np\n"
+        "from turbosparse import Grammar, grammar_engine\n"
+        "from turbosparse.tokenizer import Tokenizer\n"
+        "grammar_engine.STEP_TIMEOUT_S = 600\n"
+        "tok = Tokenizer(sys.argv[1])\n"
+        f"state = Grammar({SLOW.gbnf!r}.replace('40', '90')).start(tok)\n"
+        "print(grammar_engine._engine(tok)._worker.process.pid, flush=True)\n"
+        "state.allowed(np.arange(tok.n_vocab))\n"
+    )
+    import subprocess
+    import sys
+
+    parent = subprocess.Popen([sys.executable, str(script), str(smollm2_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        pid = int(parent.stdout.readline())
+        time.sleep(0.5)  # the worker is inside llama.cpp's matching
+        assert not gone(pid)
+    finally:
+        parent.kill()
+        parent.wait()
+    assert gone(pid, within_s=5)
 
 
 def masked(logits: np.ndarray, allowed: np.ndarray) -> np.ndarray:
@@ -160,10 +322,10 @@ def test_bad_grammars_are_clear_errors(smollm2_model) -> None:
         (Grammar('root ::= "a"', root="start"), "'start'"),
         (Grammar('root ::= root "a" | "b"'), "left recursion"),
         (Grammar('root ::= "a"{100000}'), "repetitions"),
-        # llama.cpp allows " the" here, then aborts the process accepting it
+        # llama.cpp allows " the" here, then aborts accepting it
         (Grammar('root ::= " " !<[2]>'), "token references"),
         (Grammar('root ::= "a" # note\r <|im_end|>'), "token references"),
-        # llama.cpp recurses per group and per rule reference: bounded (on a thread with a 256 MB stack)
+        # llama.cpp recurses per group and per rule reference: bounded (its worker runs it on a 256 MB stack)
         (Grammar("root ::= " + "(" * 20_000 + '"a"' + ")" * 20_000), "20001 groups and rules"),
         (Grammar("root ::= r0\n" + "".join(f'r{i} ::= (r{i + 1}) | "x"\n' for i in range(15_000))), "30001 groups"),
     ]  # fmt: skip
@@ -203,7 +365,8 @@ def test_bad_grammars_are_clear_errors(smollm2_model) -> None:
 
 def test_deep_grammars_do_not_crash(smollm2_model) -> None:
     """Depths that crash llama.cpp on a thread's usual stack (20000 nested groups on 8 MB; a comment ended by a
-    carriage return once hid groups from a depth check; rules nesting each other add up) run on the grammar thread."""
+    carriage return once hid groups from a depth check; rules nesting each other add up) run in the grammar worker
+    (where a crash would be a GrammarError or GrammarDeadEnd)."""
     tok = smollm2_model.tokenizer
     ids = np.arange(tok.n_vocab)
     chained = "".join(f"r{i} ::= " + "(" * 1999 + f" r{i + 1} " + ")" * 1999 + "\n" for i in range(9))
@@ -216,27 +379,34 @@ def test_deep_grammars_do_not_crash(smollm2_model) -> None:
         allowed = ids[state.allowed(ids)]
         assert allowed.size and all(tok.piece(int(t)).startswith((b"a", b"x")) for t in allowed)
         state.accept(int(allowed[0]))
+        assert state.allowed(ids).any()  # the worker accepts the token with this question
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="POSIX fork")
 def test_grammars_work_in_a_forked_child(smollm2_model) -> None:
-    """The grammar thread does not survive a fork; the child starts its own (it hung waiting for the parent's)."""
+    """A forked child starts a grammar worker of its own (a grammar thread once hung it, waiting for the parent's),
+    and leaves the parent's alone."""
     tok = smollm2_model.tokenizer
-    Grammar('root ::= "yes"').start(tok)  # the parent's thread is running
+    parents = Grammar('root ::= "yes"').start(tok)  # the parent's worker is running
+    parent_worker = worker_pid(tok)
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child reports through its exit code
         signal.alarm(30)
         ok = False
         try:
             ok = Grammar('root ::= "a" [0-9]').start(tok).allowed(np.arange(tok.n_vocab)).sum() >= 1
+            ok = ok and worker_pid(tok) != parent_worker
         finally:
             os._exit(0 if ok else 1)
     _, status = os.waitpid(pid, 0)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+    allowed = np.flatnonzero(parents.allowed(np.arange(tok.n_vocab)))
+    assert allowed.size and all(b"yes".startswith(tok.piece(int(t))) for t in allowed)
 
 
 def test_a_parse_error_is_the_exceptions_and_stderr_is_given_back(smollm2_model, capfd) -> None:
-    """llama.cpp's parser writes its reason to file descriptor 2, which is taken while it parses."""
+    """llama.cpp's parser writes its reason to file descriptor 2, which the worker takes while it parses."""
+    grammar_engine._engine(smollm2_model.tokenizer).close()  # the next worker writes to this test's captured stderr
     with pytest.raises(GrammarError, match="expecting"):
         Grammar('root ::= ("a"').start(smollm2_model.tokenizer)
     os.write(2, b"still stderr\n")

@@ -14,8 +14,8 @@ from turbosparse.errors import GrammarError
 from turbosparse.grammar_engine import GrammarState
 from turbosparse.tokenizer import Tokenizer
 
-# llama.cpp's grammar code recurses once per nested group and once per rule reference (grammar_engine.py runs it on a
-# thread with a 256 MB stack, over 100000 levels): a grammar may hold at most this many groups and rules together,
+# llama.cpp's grammar code recurses once per nested group and once per rule reference (grammar_worker.py runs it on
+# a thread with a 256 MB stack, over 100000 levels): a grammar may hold at most this many groups and rules together,
 # counted anywhere in its text, which bounds every chain of them whatever the syntax around. Its parse time grows with
 # the square of a chain's length (10000 rules each naming the next: 1 s; 50000: 47 s)
 MAX_GROUPS_AND_RULES = 20_000
@@ -25,7 +25,7 @@ MAX_REPETITIONS = 2000
 _COUNT_KEYWORDS = ("minLength", "maxLength", "minItems", "maxItems", "minProperties", "maxProperties")
 # a regular expression's {m} / {m,n} / {,n}: each part is read as the converter reads it (int(), so "1_000", "+5")
 _QUANTIFIER = re.compile(r"\{([^{}]*)\}")
-# llama.cpp's token references (<[id]>, <text>, !<...>) abort the process: its matcher allows a token that spans a
+# llama.cpp's token references (<[id]>, <text>, !<...>) abort its engine: its matcher allows a token that spans a
 # literal and a token reference (" the" for `" " !<[2]>`), which accepting it then throws on. A grammar with a "<"
 # outside its "literals" and [classes] (as llama.cpp reads them: escapes, and # comments to the end of the line,
 # whose "<" count too) is refused. A literal or class left open runs to the end (llama.cpp stops there with an error),
@@ -96,9 +96,7 @@ class Grammar:
         if count > MAX_GROUPS_AND_RULES:
             raise GrammarError(f"the grammar has {count} groups and rules; at most {MAX_GROUPS_AND_RULES}")
         if "<" in _LITERALS_AND_CLASSES.sub("", self.gbnf):
-            raise GrammarError(
-                "token references (<...>) are not supported: llama.cpp's grammar engine aborts the process on some"
-            )
+            raise GrammarError("token references (<...>) are not supported: llama.cpp's grammar engine aborts on some")
 
     def start(self, tokenizer: Tokenizer) -> GrammarState:
         """The grammar's state at the start of a generation; GrammarError when it does not parse."""

@@ -1,35 +1,44 @@
-"""llama.cpp's grammar engine (through llama-cpp-python's ctypes API), run on a thread of its own.
-
-llama.cpp's grammar code recurses on the calling thread's stack: its parser once per nested group, its matcher once
-per rule reference at the start of a rule. 20000 nested groups crash an 8 MB stack, 4000 a 1 MB one, and rules can
-chain such depths. So every call into it runs on one thread with a 256 MB stack (virtual memory: only the pages used
-are committed), and Grammar.check() bounds the depth a grammar can reach."""
+"""llama.cpp's grammar engine, run in a process of its own (grammar_worker.py), one per tokenizer, started on first
+use. A grammar whose matching takes too long is stopped by ending that process: the generation it belongs to ends,
+and the other grammars are parsed again in the next process and moved past the tokens they had accepted. A crash in
+llama.cpp's grammar code ends only that process, in the same way."""
 
 from __future__ import annotations
 
-import ctypes
+import collections
+import itertools
+import json
 import os
-import queue
+import pickle
+import signal
+import subprocess
 import sys
-import tempfile
 import threading
-from collections.abc import Callable
-from typing import Any, TypeVar
+import weakref
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
 
-import llama_cpp
 import numpy as np
 
 from turbosparse.errors import EvalError, GrammarError
 from turbosparse.tokenizer import Tokenizer
 
-STACK_BYTES = 256 << 20
-_TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])  # llama_token_data
-MAX_REASON_CHARS = 300  # of llama.cpp's reason in a GrammarError (it can quote the rest of the grammar)
-# the longest one step of matching may take (llama.cpp's judging a whole vocabulary takes 3-20 ms): a grammar whose
-# matching explodes ends its generation instead of holding every other one (the server steps them together)
+# the longest one question to llama.cpp may take (judging a whole vocabulary takes it 3-20 ms; a step asks up to four
+# questions): a grammar whose matching explodes ends its generation instead of holding every other one (the server
+# steps them together)
 STEP_TIMEOUT_S = 10.0
-_PARSE_ERROR = "error parsing grammar:"  # how llama.cpp's parser's line to stderr starts, after "parse: "
-T = TypeVar("T")
+# the longest a grammar's parse may take (with its first matching: 20000 chained rules, the most Grammar.check()
+# lets through, take ~4 s), and a parse again in a new worker with the tokens accepted so far
+PARSE_TIMEOUT_S = 30.0
+START_TIMEOUT_S = 60.0  # a new worker process: Python, llama.cpp and the vocabulary loaded
+MAX_REPLY_BYTES = 64 << 20  # far above any answer (a vocabulary's booleans): a longer one is not the worker's
+PYTHON_ENV = "TURBOSPARSE_GRAMMAR_PYTHON"  # the Python that runs the worker, where sys.executable is not one
+# the worker: this process's import path (not the working directory's modules), then its main()
+_WORKER_CODE = (
+    "import json, sys; sys.path[:0] = json.loads(sys.argv[1]); "
+    "import turbosparse.grammar_worker as w; w.main(sys.argv[2:])"
+)
 
 
 class GrammarDeadEnd(EvalError):
@@ -37,167 +46,254 @@ class GrammarDeadEnd(EvalError):
     generation cannot go on."""
 
 
-_Call = tuple[Callable[[], Any], list[Any], threading.Event]  # a call, the list its (ok, value) goes in, its signal
+class _WorkerGone(Exception):
+    """The worker process ended during a call."""
 
 
+class _WorkerTooSlow(_WorkerGone):
+    """The worker process was ended for taking too long."""
+
+
+class _NoWorker(Exception):
+    """The worker process cannot be started (this machine's doing, not the grammar's)."""
+
+
+class _Refused(Exception):
+    """The worker's answer was an error: llama.cpp's reason."""
+
+
+def _ending(code: int) -> str:
+    if code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit code {code}"
+
+
+@dataclass
 class _Worker:
-    """The thread every grammar call runs on, started on first use; calls run one at a time, in order. It also
-    takes llama.cpp's log lines written from it (the parser's errors) while a grammar is parsed."""
+    process: subprocess.Popen[bytes]
+    requests: Connection
+    replies: Connection
 
-    def __init__(self) -> None:
+
+class _Engine:
+    """The grammar worker process of one tokenizer's vocabulary; one call at a time."""
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self._path = tokenizer.path
+        self._n_vocab = tokenizer.n_vocab
         self._lock = threading.Lock()
-        self._calls: queue.SimpleQueue[_Call] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._forward: Any = None  # the log callback that was set before ours
-        self._forward_data = ctypes.c_void_p()
-        self._logged: list[str] | None = None  # while a grammar is parsed: llama.cpp's log lines from this thread
-        self._saved_stderr: int | None = None  # while a grammar is parsed: file descriptor 2 as it was
-        self._log_callback = llama_cpp.llama_log_callback(self._log)  # kept: llama.cpp holds only its address
+        self._worker: _Worker | None = None
+        self.epoch = 0  # counts worker processes: a grammar parsed in an earlier one is parsed again
+        self._keys = itertools.count()
+        # (epoch, key) of grammars closed since the last call (closing takes no lock: the garbage collector does it)
+        self._closed: collections.deque[tuple[int, int]] = collections.deque()
 
-    def run(self, call: Callable[[], T], timeout: float | None = None) -> T:
-        """call's result, computed on the thread. Past timeout seconds the thread is left to finish it alone (a
-        C call cannot be stopped), the next call starts another, and GrammarDeadEnd is raised."""
-        self._start()
-        result: list[Any] = []
-        done = threading.Event()
-        self._calls.put((call, result, done))
-        if not done.wait(timeout):
-            with self._lock:
-                self._thread, self._calls = None, queue.SimpleQueue()
-            raise GrammarDeadEnd(
-                f"llama.cpp's grammar engine took more than {timeout:g} s to match one token (its work multiplies "
-                "with repetitions of items that can match nothing)"
-            )
-        ok, value = result
-        if not ok:
-            raise value
-        return value
+    def new_key(self) -> int:
+        return next(self._keys)
 
-    def _start(self) -> None:
+    def call(self, state: GrammarState, ids: np.ndarray | None, timeout: float, failure: type[Exception]) -> Any:
+        """Which of ids state allows next, after the tokens it accepted since the last call (ids None: state parsed
+        only); failure(why) when the worker refuses, took longer than timeout seconds, or ended twice (once may be
+        another's doing: the call is tried again in a new worker); EvalError when no worker can be started."""
         with self._lock:
-            if self._thread is not None:
-                return
-            if self._forward is None:  # once per process: a forked child keeps ours, set in its parent
-                self._forward = llama_cpp.llama_log_callback()
-                llama_cpp.llama_log_get(ctypes.byref(self._forward), ctypes.byref(self._forward_data))
-                llama_cpp.llama_log_set(self._log_callback, ctypes.c_void_p(0))
-            previous = threading.stack_size(STACK_BYTES)
+            for attempt in range(2):
+                try:
+                    return self._call(state, ids, timeout)
+                except (_WorkerTooSlow, _Refused) as exc:
+                    raise failure(str(exc)) from None
+                except _NoWorker as exc:
+                    raise (failure if issubclass(failure, EvalError) else EvalError)(str(exc)) from None
+                except _WorkerGone as exc:
+                    if attempt == 1:
+                        raise failure(str(exc)) from None
+                except BaseException:  # cut short (Ctrl-C, a signal's exception): its answer would go to the next
+                    if self._worker is not None:
+                        self._end()
+                    raise
+
+    def closed(self, state: GrammarState) -> None:
+        self._closed.append((state.epoch, state.key))
+
+    def close(self) -> None:
+        """Ends the worker process (a call meanwhile, or the next, starts another). Takes no lock: it also runs at
+        the interpreter's exit, where a call may never let go of it."""
+        worker = self._worker
+        if worker is not None:
+            worker.process.kill()
             try:
-                self._thread = threading.Thread(
-                    target=self._loop, args=(self._calls,), name="turbosparse-grammar", daemon=True
-                )
-                self._thread.start()
-            finally:
-                threading.stack_size(previous)
+                worker.process.wait(1.0)
+            except subprocess.TimeoutExpired:
+                pass
 
     def forked(self) -> None:
-        """In a forked child: the thread did not come along (the next call starts another), nor its parse: stderr is
-        given back."""
-        self._give_back_stderr()
+        """In a forked child: the worker and its pipes are the parent's (left open: closing this process's copies
+        changes nothing for them); the next call starts another."""
         self._lock = threading.Lock()
-        self._calls = queue.SimpleQueue()
-        self._thread = None
-        self._logged = None
+        self._worker = None
+        self.epoch += 1
+        self._closed.clear()
 
-    def _loop(self, calls: queue.SimpleQueue[_Call]) -> None:
-        while True:  # a thread left behind by a timeout waits here on a queue nobody feeds any more
-            call, result, done = calls.get()
-            try:
-                result.extend((True, call()))
-            except BaseException as exc:  # handed to the caller
-                result.extend((False, exc))
-            done.set()
+    def _call(self, state: GrammarState, ids: np.ndarray | None, timeout: float) -> Any:
+        worker = self._worker or self._start()
+        while self._closed:
+            epoch, key = self._closed.popleft()
+            if epoch == self.epoch:
+                self._send(worker, ("free", key))
+        if state.epoch != self.epoch:
+            doing = f"to parse the grammar{' again and accept its tokens' if state.tokens else ''}"
+            self._exchange(worker, ("parse", state.key, state.gbnf, state.root, state.tokens), PARSE_TIMEOUT_S, doing)
+            state.epoch, state.sent = self.epoch, len(state.tokens)
+        if ids is None:
+            return None
+        tokens = state.tokens[state.sent :]
+        doing = "to match a token (its work multiplies with repetitions of items that can match nothing)"
+        allowed = self._exchange(worker, ("allowed", state.key, tokens, ids), timeout, doing)
+        state.sent += len(tokens)
+        return allowed
 
-    def _log(self, level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
-        if self._logged is not None and threading.current_thread() is self._thread:
-            self._logged.append(text.decode("utf-8", errors="replace"))
-        elif self._forward:
-            self._forward(level, text, self._forward_data)
-        else:  # no callback was set: llama.cpp's own default
-            sys.stderr.write(text.decode("utf-8", errors="replace"))
+    def _start(self) -> _Worker:
+        python = os.environ.get(PYTHON_ENV) or sys.executable
+        if not python or (getattr(sys, "frozen", False) and not os.environ.get(PYTHON_ENV)):
+            raise _NoWorker(
+                f"grammars run llama.cpp's grammar engine in a Python process of its own, and this program is not a "
+                f"Python interpreter (sys.executable: {sys.executable!r}): set {PYTHON_ENV} to one"
+            )
+        requests, replies = os.pipe(), os.pipe()  # (read, write) each; not inherited by other children
+        path = json.dumps([p for p in sys.path if isinstance(p, str) and p])
+        env = {**os.environ, "GGML_NO_BACKTRACE": "1", "CUDA_VISIBLE_DEVICES": "", "HIP_VISIBLE_DEVICES": ""}
+        try:
+            process = subprocess.Popen(
+                [python, "-I", "-c", _WORKER_CODE, path, str(requests[0]), str(replies[1]), self._path],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,  # llama.cpp logs to stderr; nothing the worker prints belongs in ours
+                pass_fds=(requests[0], replies[1]),
+                env=env,
+            )
+        except OSError as exc:
+            os.close(requests[1])
+            os.close(replies[0])
+            raise _NoWorker(f"llama.cpp's grammar engine could not be started ({python}): {exc}") from None
+        finally:
+            os.close(requests[0])
+            os.close(replies[1])
+        to_worker, from_worker = Connection(requests[1], readable=False), Connection(replies[0], writable=False)
+        worker = self._worker = _Worker(process, to_worker, from_worker)
+        try:
+            n_vocab = self._answer(worker, START_TIMEOUT_S, "to start")
+        except _WorkerGone as exc:
+            raise _NoWorker(f"{exc} ({python}; the worker's reason is on stderr)") from None
+        if n_vocab != self._n_vocab:
+            self._end()
+            raise _NoWorker(
+                f"{self._path}: the file's vocabulary has {n_vocab} tokens, the model's {self._n_vocab} (was the file "
+                "replaced after the model was loaded?)"
+            )
+        return worker
 
-    def parse(self, vocab: llama_cpp.llama_vocab_p, gbnf: str, root: str) -> llama_cpp.llama_sampler_p:
-        """On the worker: llama.cpp's grammar sampler; GrammarError with llama.cpp's words when gbnf does not parse.
-        The parser writes its reason to file descriptor 2, which is taken meanwhile; what else was written to it then
-        is written back after."""
-        self._logged = []
-        sys.stderr.flush()
-        with tempfile.TemporaryFile() as written:
-            try:
-                self._saved_stderr = os.dup(2)
-            except OSError:  # no stderr: parsed without taking it
-                self._saved_stderr = None
-            try:
-                if self._saved_stderr is not None:
-                    os.dup2(written.fileno(), 2)
-                sampler = llama_cpp.llama_sampler_init_grammar(vocab, gbnf.encode(), root.encode())
-            finally:
-                self._give_back_stderr()
-                logged, self._logged = self._logged, None
-            written.seek(0)
-            text = written.read().decode("utf-8", errors="replace")
-        why = ""
-        at = text.find(_PARSE_ERROR)
-        if at >= 0:  # the parser's own lines, "parse: error parsing grammar: <why>", "", the grammar: not repeated
-            line_start = text.rfind("\n", 0, at) + 1
-            why = text[at + len(_PARSE_ERROR) :].split("\n", 1)[0]
-            own = text[line_start : at + len(_PARSE_ERROR) + len(why)] + "\n\n" + gbnf + "\n"
-            if text.startswith(own, line_start):
-                text = text[:line_start] + text[line_start + len(own) :]
-        if text:
-            sys.stderr.write(text)
-        if not sampler:
-            why = " ".join((why or "".join(logged)).split())[:MAX_REASON_CHARS] or "no reason given"
-            raise GrammarError(f"the grammar does not parse (root rule {root!r}): {why}")
-        return sampler
+    def _exchange(self, worker: _Worker, request: tuple[Any, ...], timeout: float, doing: str) -> Any:
+        self._send(worker, request)
+        return self._answer(worker, timeout, doing)
 
-    def _give_back_stderr(self) -> None:
-        saved, self._saved_stderr = self._saved_stderr, None
-        if saved is not None:
-            os.dup2(saved, 2)
-            os.close(saved)
+    def _send(self, worker: _Worker, request: tuple[Any, ...]) -> None:
+        try:
+            worker.requests.send(request)
+        except OSError:
+            raise self._gone() from None
+
+    def _answer(self, worker: _Worker, timeout: float, doing: str) -> Any:
+        try:
+            if not worker.replies.poll(timeout):
+                self._end()
+                raise _WorkerTooSlow(f"llama.cpp's grammar engine took more than {timeout:g} s {doing}")
+            status, value = pickle.loads(worker.replies.recv_bytes(MAX_REPLY_BYTES))
+        except (EOFError, OSError, pickle.UnpicklingError, ValueError, TypeError):
+            raise self._gone() from None
+        if status == "error":
+            raise _Refused(value)
+        return value
+
+    def _gone(self) -> _WorkerGone:
+        return _WorkerGone(f"llama.cpp's grammar engine failed (its process ended with {_ending(self._end())})")
+
+    def _end(self) -> int:
+        """Ends the worker process; its exit code. Every grammar is parsed again in the next."""
+        worker, self._worker = self._worker, None
+        assert worker is not None
+        worker.requests.close()
+        worker.replies.close()
+        self.epoch += 1
+        self._closed.clear()
+        worker.process.kill()
+        return worker.process.wait()
 
 
-_WORKER = _Worker()  # one per process, as llama.cpp's log callback is
+# one worker process per tokenizer, ended when the tokenizer is collected or closed, or at exit
+_ENGINES: weakref.WeakKeyDictionary[Tokenizer, _Engine] = weakref.WeakKeyDictionary()
+_ENGINES_LOCK = threading.Lock()
+
+
+def _engine(tokenizer: Tokenizer) -> _Engine:
+    with _ENGINES_LOCK:
+        engine = _ENGINES.get(tokenizer)
+        if engine is None:
+            engine = _ENGINES[tokenizer] = _Engine(tokenizer)
+            weakref.finalize(tokenizer, engine.close)  # also at the interpreter's exit
+        return engine
+
+
+def close_engine(tokenizer: Tokenizer) -> None:
+    """Ends tokenizer's grammar worker process, if it has one (Model.close())."""
+    with _ENGINES_LOCK:
+        engine = _ENGINES.get(tokenizer)
+    if engine is not None:
+        engine.close()
+
+
+def _forked() -> None:
+    global _ENGINES_LOCK
+    _ENGINES_LOCK = threading.Lock()
+    for engine in list(_ENGINES.values()):
+        engine.forked()
+
+
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_WORKER.forked)
+    os.register_at_fork(after_in_child=_forked)
 
 
 class GrammarState:
     """Where one generation stands in its grammar: which tokens may come next; accept() each token taken."""
 
     def __init__(self, gbnf: str, root: str, tokenizer: Tokenizer) -> None:
+        tokenizer._check_open()
         self._tokenizer = tokenizer
-        vocab = tokenizer._vocab  # raises when the tokenizer is closed
-        self._sampler = _WORKER.run(lambda: _WORKER.parse(vocab, gbnf, root))
+        self._engine: _Engine | None = _engine(tokenizer)
+        self.gbnf, self.root = gbnf, root
+        self.tokens: list[int] = []  # accepted so far: a new worker process is told them again
+        self.sent = 0  # how many of tokens the worker has (the others go with the next question, in one exchange)
+        self.key = self._engine.new_key()
+        self.epoch = -1  # the worker process it is parsed in
+        self._engine.call(self, None, PARSE_TIMEOUT_S, GrammarError)
 
     def allowed(self, ids: np.ndarray) -> np.ndarray:
         """Which of ids (token ids) the grammar allows next, as booleans. End-of-generation tokens are allowed
         only where the grammar is complete."""
         self._tokenizer._check_open()
-        data = np.zeros(len(ids), dtype=_TOKEN_DATA)
-        data["id"] = ids
-
-        def apply() -> None:  # sets the refused tokens' logits to -inf
-            # data named in here: a call left running after a timeout keeps it alive while it writes into it
-            pointer = data.ctypes.data_as(llama_cpp.llama_token_data_p)
-            candidates = llama_cpp.llama_token_data_array(data=pointer, size=len(data), selected=-1, sorted=False)
-            llama_cpp.llama_sampler_apply(self._sampler, ctypes.byref(candidates))
-
-        _WORKER.run(apply, STEP_TIMEOUT_S)
-        return np.isfinite(data["logit"])
+        if self._engine is None:
+            raise GrammarDeadEnd("the grammar is closed")
+        return self._engine.call(self, np.asarray(ids, dtype=np.int32), STEP_TIMEOUT_S, GrammarDeadEnd)
 
     def accept(self, token: int) -> None:
-        """Moves the grammar past token, which allowed() must have allowed (llama.cpp aborts on any other)."""
-        self._tokenizer._check_open()
-        _WORKER.run(lambda: llama_cpp.llama_sampler_accept(self._sampler, token), STEP_TIMEOUT_S)
+        """Moves the grammar past token, which allowed() must have allowed (else the next allowed() raises
+        GrammarDeadEnd)."""
+        self.tokens.append(int(token))
 
     def close(self) -> None:
-        # freeing does not recurse: any thread (also at interpreter exit). A call left running after a timeout holds
-        # this state (its closure), so __del__ comes after it ends.
-        if getattr(self, "_sampler", None):
-            llama_cpp.llama_sampler_free(self._sampler)
-            self._sampler = None
+        engine, self._engine = getattr(self, "_engine", None), None
+        if engine is not None:
+            engine.closed(self)
 
     def __del__(self) -> None:
         self.close()

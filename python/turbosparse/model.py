@@ -27,6 +27,7 @@ from turbosparse.chat_template import ChatTemplate
 from turbosparse.errors import ChatTemplateError, ContextOverflowError, InvalidArgumentError, ModelClosedError
 from turbosparse.generation import Generation
 from turbosparse.grammar import Grammar
+from turbosparse.grammar_engine import close_engine
 from turbosparse.sampling import SamplingParams
 from turbosparse.sequences import CachedSequence, SequencePool, common_prefix
 from turbosparse.tokenizer import Tokenizer
@@ -152,6 +153,7 @@ class Model:
         with self._lock:
             if isinstance(self._tokenizer, _Closed):
                 return
+            close_engine(self._tokenizer)  # its grammar worker process
             self._tokenizer.close()
             self._ctx = self._native = self._tokenizer = _Closed(self.path)  # type: ignore[assignment]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import codecs
 import ctypes
+import os
 from collections.abc import Iterable
 
 import llama_cpp
@@ -28,6 +29,7 @@ class Tokenizer:
     """Tokenizes and detokenizes exactly as llama.cpp does for the model file's vocabulary."""
 
     def __init__(self, path: str, *, verbose: bool = False) -> None:
+        self.path = os.path.abspath(path)  # the grammar worker process loads the vocabulary again
         set_llama_log_verbosity(verbose)
         llama_cpp.llama_backend_init()
         params = llama_cpp.llama_model_default_params()

@@ -275,7 +275,8 @@ async def _submit(
                 grammar=body.constraint(),
             )
 
-        # on a worker thread: a large grammar takes a while to parse, which other requests' streams must not wait for
+        # on a worker thread: a large grammar takes a while to parse, which the event loop (every other request's
+        # stream) must not wait for; constrained generations' steps wait for llama.cpp's grammar engine meanwhile
         gen = await asyncio.to_thread(start)
     except GrammarError as exc:
         raise APIError(400, str(exc), param=name) from None
