@@ -288,3 +288,52 @@ def test_synthetic_files_stream_through_the_converters_writer(tmp_path, monkeypa
     with pytest.raises(ZeroDivisionError):
         synthetic_pair(spec, tmp_path / "failed")
     assert list((tmp_path / "failed").iterdir()) == []
+
+
+def conversation_reference(path, messages: list[str], n_predict: int) -> tuple[list[str], int]:
+    """What Model answers each message with the conversation before it, greedily, as `run -cnv` keeps it; and the
+    tokens of every turn's whole prompt, summed."""
+    from turbosparse import Model
+    from turbosparse.sampling import SamplingParams
+
+    history: list[dict[str, object]] = []
+    answers, prompt_tokens = [], 0
+    with Model(path, n_threads=2, sparse="off") as model:
+        for text in messages:
+            history.append({"role": "user", "content": text})
+            tokens = model.chat_tokens(history)
+            prompt_tokens += len(tokens)
+            greedy = SamplingParams(temperature=0.0)
+            gen = model.start(tokens, sampling=greedy, max_tokens=n_predict, cache_prompt=True)
+            answers.append("".join(model.run(gen)))
+            history.append({"role": "assistant", "content": answers[-1]})
+    return answers, prompt_tokens
+
+
+def test_run_conversation_answers_each_turn_with_the_conversation_before_it(smollm2_path) -> None:
+    """-cnv: -p and then each line of stdin are user messages (a blank line skipped, a line ending in a backslash
+    going on on the next), each answered with the whole conversation before it, the KV cache kept between turns."""
+    messages = ["What is the capital of France?", "And of Italy?", "Name a\n river there."]
+    stdin = "And of Italy?\n\nName a\\\n river there.\n"
+    args = ["run", "-m", str(smollm2_path), "-cnv", "-p", messages[0], "-n", "24", "--temp", "0", "-t", "2"]
+    out = subprocess.run([sys.executable, "-m", "turbosparse", *args], input=stdin, capture_output=True, text=True,
+                         timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    answers, prompt_tokens = conversation_reference(smollm2_path, messages, 24)
+    assert out.stdout == "".join(answer + "\n" for answer in answers)
+    alone, _ = conversation_reference(smollm2_path, messages[1:2], 24)
+    assert alone[0] != answers[1]  # the second answer depends on the first exchange
+    evaluated = int(out.stderr.split("prompt: ")[1].split(" tokens")[0])
+    assert evaluated < prompt_tokens - 40, (evaluated, prompt_tokens)  # the history is not evaluated again
+
+
+def test_run_conversation_drops_the_oldest_exchanges_past_the_context(smollm2_path) -> None:
+    long = "Tell me about the sea, the sky, the hills, the rivers, the towns and the people who live there. " * 2
+    stdin = "".join(f"{i}. {long}\n" for i in range(4)) + "word " * 300 + "\nAnd the mountains?\n"
+    args = ["run", "-m", str(smollm2_path), "-cnv", "-c", "256", "-n", "16", "--temp", "0", "-t", "2"]
+    out = subprocess.run([sys.executable, "-m", "turbosparse", *args], input=stdin, capture_output=True, text=True,
+                         timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "oldest exchange(s) dropped" in out.stderr
+    assert "past the context of 256 (-c)" in out.stderr  # the 300-word message alone does not fit; the next goes on
+    assert len(out.stdout.splitlines()) >= 5

@@ -70,6 +70,28 @@ def test_a_repeated_prompt_is_not_evaluated_again(smollm2_model) -> None:
     assert stats["prompt_tokens"] == 0 and 0 < stats["decode_tokens"] <= 7
 
 
+def test_cache_prompt_keeps_generated_tokens_and_the_default_stays_exact(smollm2_path) -> None:
+    """cache_prompt (a chat's next turn): a prompt keeps all its sequence holds of it, generated tokens too, and only
+    what is new is evaluated; a default request after it still gets a fresh model's answer, evaluating its prompt
+    again (blocks that started elsewhere than a multiple of n_batch are never kept for it)."""
+    from turbosparse import Model
+
+    greedy = SamplingParams(temperature=0.0)
+    with Model(smollm2_path, n_threads=2, n_batch=16, sparse="off") as model:
+        first = model.start(model.tokenize(PROMPT), sampling=greedy, max_tokens=12)
+        list(model.run(first))
+        follow = first.tokens + model.tokenize(" Also, the", add_bos=False)
+        model.reset_stats()
+        list(model.run(model.start(follow, sampling=greedy, max_tokens=8, cache_prompt=True)))
+        held = len(first.tokens) - 1  # its last token was sampled, never evaluated
+        assert model.stats()["prompt_tokens"] == len(follow) - held
+        model.reset_stats()
+        again = model.generate(follow, max_tokens=8, temperature=0.0)
+        assert model.stats()["prompt_tokens"] == len(follow)
+    with Model(smollm2_path, n_threads=2, n_batch=16, sparse="off") as fresh:
+        assert again == fresh.generate(follow, max_tokens=8, temperature=0.0)
+
+
 def test_context_overflow_is_a_clear_error(smollm2_path) -> None:
     from turbosparse import Model
 

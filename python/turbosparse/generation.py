@@ -77,6 +77,7 @@ class Generation:
         logprobs: int | None = None,
         score_prompt: bool = False,
         grammar: Grammar | None = None,
+        cache_prompt: bool = False,
     ) -> None:
         prompt = list(prompt_tokens)
         if not prompt:
@@ -105,6 +106,7 @@ class Generation:
         self.n_ctx = n_ctx
         self.finish_reason: FinishReason | None = None
         self.cancelled = False
+        self.cache_prompt = cache_prompt  # its prompt keeps all its sequence holds of it (Model.start)
         self._tokenizer = tokenizer
         self._grammar = grammar.start(tokenizer) if grammar is not None else None
         self._sampler = Sampler(sampling, self._grammar)

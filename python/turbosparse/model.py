@@ -229,7 +229,7 @@ class Model:
             logits = self._evaluate(seq, tokens, keep, dense_ffn=dense, logits_all=True)
             return logits[logits_from - keep :]
 
-    def _prompt(self, seq: CachedSequence, tokens: list[int]) -> np.ndarray:
+    def _prompt(self, seq: CachedSequence, tokens: list[int], *, any_prefix: bool = False) -> np.ndarray:
         """The logits after a prompt evaluated in seq (the lock is held). The very prompt seq last evaluated keeps its
         keys, values and logits (nothing is computed); another one keeps what _reusable allows."""
         n = len(tokens)
@@ -237,16 +237,20 @@ class Model:
             self._ctx.truncate(n, seq.index)
             del seq.tokens[n:]
             return seq.prompt_logits
-        return self._evaluate(seq, tokens, self._reusable(seq, tokens), dense_ffn=True, logits_all=False)
+        keep = self._reusable(seq, tokens, any_prefix=any_prefix)
+        return self._evaluate(seq, tokens, keep, dense_ffn=True, logits_all=False)
 
-    def _reusable(self, seq: CachedSequence, tokens: Sequence[int]) -> int:
+    def _reusable(self, seq: CachedSequence, tokens: Sequence[int], *, any_prefix: bool = False) -> int:
         """How many of tokens a prompt evaluation keeps from what seq holds: their common prefix, as far as a
         prompt evaluation computed it, in whole n_batch blocks, never the last token. A prompt is evaluated in
         blocks that start at multiples of n_batch, so the tokens evaluated again are computed exactly as on an empty
         sequence (decoding and other block sizes use kernels that round differently): the same request gives the
-        same answer whatever ran before it."""
-        common = min(common_prefix(seq.tokens, tokens), seq.n_prompted, len(tokens) - 1)
-        return common // self._n_batch * self._n_batch
+        same answer whatever ran before it. any_prefix: the whole common prefix but the last token, however it was
+        computed (decoded tokens too)."""
+        common = min(common_prefix(seq.tokens, tokens), len(tokens) - 1)
+        if any_prefix:
+            return common
+        return min(common, seq.n_prompted) // self._n_batch * self._n_batch
 
     def _evaluate(
         self,
@@ -259,6 +263,8 @@ class Model:
     ) -> np.ndarray:
         """Evaluates tokens[keep:] after the first keep tokens seq holds (the lock is held). One token without
         dense_ffn decodes; anything else is a prompt evaluation."""
+        # computed as on an empty sequence: what it keeps (blocks of a prompt evaluation) and what it adds
+        clean = keep <= seq.n_prompted and keep % self._n_batch == 0
         self._ctx.truncate(keep, seq.index)
         del seq.tokens[keep:]
         if keep < seq.n_prompted:
@@ -275,8 +281,10 @@ class Model:
             self._timings.prompt_seconds += time.perf_counter() - start
             self._timings.prompt_tokens += len(new)
         seq.tokens = list(tokens)
-        if dense_ffn and not logits_all:
+        if dense_ffn and not logits_all and clean:
             seq.n_prompted, seq.prompt_logits = len(tokens), logits.copy()
+        elif dense_ffn and not logits_all:  # after keep, blocks of another start: later prompts keep less
+            seq.n_prompted, seq.prompt_logits = min(seq.n_prompted, keep) // self._n_batch * self._n_batch, None
         return logits
 
     # ---- generation -------------------------------------------------------------------------------
@@ -290,13 +298,18 @@ class Model:
         logprobs: int | None = None,
         score_prompt: bool = False,
         grammar: Grammar | None = None,
+        cache_prompt: bool = False,
     ) -> Generation:
         """A generation after prompt_tokens, to advance with step(); raises ContextOverflowError when the prompt
         and max_tokens do not fit in a sequence. logprobs: keep each token's log-probability and that many
         alternatives (Generation.token_logprobs); score_prompt: the prompt's too (Generation.prompt_logprobs),
         every position computed as decoding computes it, as eval_logits does (in a sparse mode the prompt is then
         evaluated again as usual, so the generated text stays that of a generation that does not score). grammar: the
-        text follows it (Grammar: GBNF, a JSON schema, any JSON)."""
+        text follows it (Grammar: GBNF, a JSON schema, any JSON). cache_prompt: keep every token of the prompt its
+        sequence already holds, generated ones too (llama-server's cache_prompt; a chat's next turn evaluates only
+        what is new), where by default only what a prompt evaluation computed is kept, in whole n_batch blocks, so
+        that a request's answer never depends on what ran before it (with cache_prompt it can, by float
+        rounding)."""
         return Generation(
             self._tokenizer,
             prompt_tokens,
@@ -307,6 +320,7 @@ class Model:
             logprobs=logprobs,
             score_prompt=score_prompt,
             grammar=grammar,
+            cache_prompt=cache_prompt,
         )
 
     def step(self, generations: Sequence[Generation]) -> list[str]:
@@ -335,7 +349,7 @@ class Model:
                 elif kept and seq.continues(g.tokens):
                     decoding.append((g, seq))
                 else:
-                    logits[id(g)] = self._prompt(seq, g.tokens)
+                    logits[id(g)] = self._prompt(seq, g.tokens, any_prefix=g.cache_prompt)
             if decoding:
                 start = time.perf_counter()
                 rows = self._ctx.decode_batch(

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 from turbosparse.binding import SparseMode
+from turbosparse.cli.conversation import Conversation, converse
 from turbosparse.default import default_model
 from turbosparse.errors import InvalidArgumentError
 from turbosparse.grammar import Grammar
 from turbosparse.model import Model
+from turbosparse.sampling import SamplingParams
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -66,7 +70,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-s", "--seed", type=int, default=-1, help="random seed (-1 = random)")
     p.add_argument("-r", "--reverse-prompt", "--stop", dest="stop", action="append", default=[], help="stop string")
     p.add_argument("--chat", action="store_true", help="wrap the prompt as a user message in the model's chat template")
-    p.add_argument("-sys", "--system-prompt", default=None, help="system message (with --chat)")
+    p.add_argument(
+        "-cnv",
+        "--conversation",
+        action="store_true",
+        help="chat in turns (llama-cli's conversation mode): each line of stdin is a user message (end a line with \\ "
+        "to go on on the next), answered with the conversation before it; -p is the first message; Ctrl-C stops an "
+        "answer, Ctrl-D ends",
+    )
+    p.add_argument("-sys", "--system-prompt", default=None, help="system message (with --chat or -cnv)")
     p.add_argument("--no-display-prompt", action="store_true", help="do not echo the prompt")
     constraint = p.add_mutually_exclusive_group()
     constraint.add_argument("--grammar", default=None, help="GBNF grammar (llama.cpp's format) the text must follow")
@@ -100,14 +112,7 @@ def run(args: argparse.Namespace) -> int:
         verbose=args.verbose,
         device=args.device,
     )
-    if args.chat:
-        messages = [{"role": "system", "content": args.system_prompt}] if args.system_prompt else []
-        prompt = model.chat_prompt([*messages, {"role": "user", "content": prompt}])
-    if not prompt:
-        raise InvalidArgumentError("empty prompt: give -p TEXT or -f FILE")
-    pieces = model.generate(  # checks the options and the prompt; the text comes as pieces is read, below
-        prompt,
-        max_tokens=None if args.n_predict < 0 else args.n_predict,
+    sampling = SamplingParams(  # checks the options before any text
         temperature=args.temp,
         top_k=args.top_k,
         top_p=args.top_p,
@@ -115,10 +120,26 @@ def run(args: argparse.Namespace) -> int:
         repeat_penalty=args.repeat_penalty,
         repeat_last_n=args.repeat_last_n,
         seed=None if args.seed < 0 else args.seed,
-        stop=args.stop,
-        stream=True,
-        grammar=grammar,
     )
+    max_tokens = None if args.n_predict < 0 else args.n_predict
+    system = [{"role": "system", "content": args.system_prompt}] if args.system_prompt else []
+
+    def answer(tokens: list[int], turn: int) -> Iterator[str]:
+        seed = None if sampling.seed is None else sampling.seed + turn - 1  # turn by turn: another draw, reproducible
+        gen = model.start(tokens, sampling=replace(sampling, seed=seed), max_tokens=max_tokens, stop=args.stop,
+                          grammar=grammar, cache_prompt=args.conversation)  # fmt: skip
+        return model.run(gen)
+
+    if args.conversation:
+        room = max_tokens if max_tokens is not None else max(1, model.n_ctx // 4)
+        converse(Conversation(model, answer, room, system), prompt, sys.stdin, sys.stdout)
+        print_stats(model)
+        return 0
+    if args.chat:
+        prompt = model.chat_prompt([*system, {"role": "user", "content": prompt}])
+    if not prompt:
+        raise InvalidArgumentError("empty prompt: give -p TEXT or -f FILE")
+    pieces = answer(model.tokenize(prompt, special=True), 1)  # checks the prompt; the text comes as it is read
     if not args.no_display_prompt and not args.chat:
         sys.stdout.write(prompt)
         sys.stdout.flush()
@@ -126,6 +147,12 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")
+    print_stats(model)
+    return 0
+
+
+def print_stats(model: Model) -> None:
+    """The run line on stderr: prompt and decode speeds, and how much of the FFN sparse decoding read."""
     s = model.stats()
     active = [a for a in s["active_fraction"] if a is not None]
     sparse = s["sparse_mode"]
@@ -139,4 +166,3 @@ def run(args: argparse.Namespace) -> int:
         f"sparse: {sparse}, threads: {model.n_threads}",
         file=sys.stderr,
     )
-    return 0
