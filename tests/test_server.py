@@ -403,6 +403,21 @@ def test_constrained_answers(server: Server) -> None:
     assert banned.choices[0].text != plain.choices[0].text
 
 
+def test_cache_prompt_evaluates_only_a_chats_new_turn(server: Server) -> None:
+    """llama-server's cache_prompt: the next turn of a chat keeps what its slot holds of the conversation, the
+    answer's tokens too, and evaluates only the new message."""
+    client = server.client()
+    messages = [{"role": "user", "content": "Name a large animal."}]
+    first = client.chat.completions.create(model="x", messages=messages, max_tokens=12, temperature=0)
+    messages += [{"role": "assistant", "content": first.choices[0].message.content},
+                 {"role": "user", "content": "And a small one?"}]  # fmt: skip
+    before = metric(server, "llamacpp:prompt_tokens_total")
+    second = client.chat.completions.create(model="x", messages=messages, max_tokens=12, temperature=0,
+                                            extra_body={"cache_prompt": True})  # fmt: skip
+    evaluated = metric(server, "llamacpp:prompt_tokens_total") - before
+    assert 0 < evaluated <= second.usage.prompt_tokens - first.usage.prompt_tokens, (evaluated, second.usage)
+
+
 def test_the_api_key_is_required(server: Server) -> None:
     for key in (None, "sk-wrong"):
         status, body = server.request("POST", "/v1/completions", {"prompt": "Hi", "max_tokens": 2}, key=key)

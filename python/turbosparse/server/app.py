@@ -273,6 +273,7 @@ async def _submit(
                 logprobs=logprobs,
                 score_prompt=score_prompt,
                 grammar=body.constraint(),
+                cache_prompt=body.cache_prompt,
             )
 
         # on a worker thread: a large grammar takes a while to parse, which the event loop (every other request's

@@ -74,6 +74,7 @@ class _Generate(_Body):
     logit_bias: dict[str, float] | None = None  # token id (as JSON keys are strings) -> added to its logit
     grammar: str | None = None  # GBNF
     json_schema: dict[str, Any] | None = None
+    cache_prompt: bool = False  # llama-server's: keep all a slot holds of the prompt, generated tokens too
     user: str | None = None
 
     @field_validator("n")
