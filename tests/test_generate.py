@@ -72,24 +72,41 @@ def test_a_repeated_prompt_is_not_evaluated_again(smollm2_model) -> None:
 
 def test_cache_prompt_keeps_generated_tokens_and_the_default_stays_exact(smollm2_path) -> None:
     """cache_prompt (a chat's next turn): a prompt keeps all its sequence holds of it, generated tokens too, and only
-    what is new is evaluated; a default request after it still gets a fresh model's answer, evaluating its prompt
-    again (blocks that started elsewhere than a multiple of n_batch are never kept for it)."""
+    what is new is evaluated, with the right keys and values (its choices are a fresh model's); a default request
+    after it still gets a fresh model's answer, keeping only whole n_batch blocks of the first prompt's evaluation
+    (blocks that started elsewhere are never kept for it)."""
     from turbosparse import Model
 
     greedy = SamplingParams(temperature=0.0)
+
+    def run(model, tokens: list[int], cache_prompt: bool = False):
+        gen = model.start(tokens, sampling=greedy, max_tokens=8, logprobs=5, cache_prompt=cache_prompt)
+        list(model.run(gen))
+        return gen
+
     with Model(smollm2_path, n_threads=2, n_batch=16, sparse="off") as model:
-        first = model.start(model.tokenize(PROMPT), sampling=greedy, max_tokens=12)
-        list(model.run(first))
+        prompt = model.tokenize(" ".join([PROMPT] * 5))
+        assert len(prompt) > 32
+        first = run(model, prompt)
         follow = first.tokens + model.tokenize(" Also, the", add_bos=False)
         model.reset_stats()
-        list(model.run(model.start(follow, sampling=greedy, max_tokens=8, cache_prompt=True)))
-        held = len(first.tokens) - 1  # its last token was sampled, never evaluated
-        assert model.stats()["prompt_tokens"] == len(follow) - held
+        cached = run(model, follow, cache_prompt=True)
+        assert model.stats()["prompt_tokens"] == len(follow) - (len(first.tokens) - 1)  # its last: never evaluated
         model.reset_stats()
-        again = model.generate(follow, max_tokens=8, temperature=0.0)
-        assert model.stats()["prompt_tokens"] == len(follow)
+        again = run(model, follow)
+        assert model.stats()["prompt_tokens"] == len(follow) - len(prompt) // 16 * 16
+        diverged = prompt[:37] + model.tokenize(" and the", add_bos=False)  # kept up to 37: blocks start there
+        run(model, diverged, cache_prompt=True)
+        model.reset_stats()
+        repeated = run(model, diverged)
+        assert model.stats()["prompt_tokens"] == len(diverged) - 32
     with Model(smollm2_path, n_threads=2, n_batch=16, sparse="off") as fresh:
-        assert again == fresh.generate(follow, max_tokens=8, temperature=0.0)
+        alone = run(fresh, follow)
+        diverged_alone = run(fresh, diverged)
+    assert again.text == alone.text and again.token_logprobs == alone.token_logprobs
+    assert repeated.token_logprobs == diverged_alone.token_logprobs
+    assert cached.token_logprobs[0].token == alone.token_logprobs[0].token
+    assert {t for t, _ in cached.token_logprobs[0].top} == {t for t, _ in alone.token_logprobs[0].top}
 
 
 def test_context_overflow_is_a_clear_error(smollm2_path) -> None:

@@ -308,8 +308,9 @@ class Model:
         text follows it (Grammar: GBNF, a JSON schema, any JSON). cache_prompt: keep every token of the prompt its
         sequence already holds, generated ones too (llama-server's cache_prompt; a chat's next turn evaluates only
         what is new), where by default only what a prompt evaluation computed is kept, in whole n_batch blocks, so
-        that a request's answer never depends on what ran before it (with cache_prompt it can, by float
-        rounding)."""
+        that a request's answer never depends on what ran before it (with cache_prompt it can: the kept tokens'
+        keys and values may come from decoding, whose kernels round otherwise and, in a sparse mode, skip FFN
+        rows)."""
         return Generation(
             self._tokenizer,
             prompt_tokens,

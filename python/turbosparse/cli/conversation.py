@@ -1,8 +1,9 @@
 """`turbosparse run -cnv`: a chat in turns on the terminal, as llama-cli's conversation mode: one user message per
 line read from stdin (a line ending in a backslash goes on on the next), each answered in the model's chat template
 with the whole conversation before it. The conversation's tokens stay in the KV cache from turn to turn (a turn
-evaluates only what is new); past the context, the oldest exchanges are dropped. Ctrl-C stops an answer; at the
-prompt, Ctrl-C or the end of input (Ctrl-D) ends the conversation."""
+evaluates only what is new); past the context, the oldest exchanges are dropped, down to half the context, so that
+the turns after keep their prefix again. Ctrl-C stops an answer; at the prompt, Ctrl-C or the end of input (Ctrl-D)
+ends the conversation."""
 
 from __future__ import annotations
 
@@ -10,43 +11,49 @@ import contextlib
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import TextIO
-
-from turbosparse.model import Model
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, TextIO
 
 Message = dict[str, object]
+
+
+class ChatModel(Protocol):  # what a conversation needs of a Model
+    @property
+    def n_ctx(self) -> int: ...
+
+    def chat_tokens(self, messages: Sequence[Message]) -> list[int]: ...
 
 
 @dataclass
 class Conversation:
     """The messages so far, and how to answer the next one: answer(tokens, turn) streams the text of an answer to
-    a chat prompt's tokens."""
+    a chat prompt's tokens (turn: 1, 2, ...; an empty piece is a step that released no text)."""
 
-    model: Model
+    model: ChatModel
     answer: Callable[[list[int], int], Iterator[str]]
-    room: int  # tokens kept free after a turn's prompt for its answer
+    room: int  # tokens kept free after a turn's prompt for its answer (at least 1)
     messages: list[Message]
+    turns: int = field(default=0, init=False)
 
     def turn(self, text: str, out: TextIO) -> None:
         """Answers one user message, streaming to out; the answer (or what came of it before Ctrl-C) joins the
-        conversation."""
-        self.messages.append({"role": "user", "content": text})
-        tokens = self._fitted_tokens()
-        if tokens is None:
-            self.messages.pop()
-            return
-        pieces = self.answer(tokens, sum(m["role"] == "user" for m in self.messages))
-        answer: list[str] = []
-        with _interrupt_flag() as interrupted:  # Ctrl-C ends the answer between two tokens, not inside a step
+        conversation. A message that cannot fit is said on stderr and leaves the conversation as it was."""
+        with _interrupt_flag() as interrupted:  # Ctrl-C ends the turn between two steps, never inside one
+            fitted = self._fitted([*self.messages, {"role": "user", "content": text}])
+            if fitted is None:
+                return
+            self.messages, tokens = fitted
+            self.turns += 1
+            pieces = self.answer(tokens, self.turns)
+            answer: list[str] = []
             try:
                 for piece in pieces:
+                    if interrupted.is_set():
+                        break
                     out.write(piece)
                     out.flush()
                     answer.append(piece)
-                    if interrupted.is_set():
-                        break
             finally:
                 close = getattr(pieces, "close", None)
                 if close is not None:
@@ -55,27 +62,29 @@ class Conversation:
         out.flush()
         self.messages.append({"role": "assistant", "content": "".join(answer)})
 
-    def _fitted_tokens(self) -> list[int] | None:
-        """The chat prompt's tokens, the oldest exchanges dropped until it leaves room for an answer; None (said on
-        stderr) when the new message alone does not fit."""
-        first = 1 if self.messages[0]["role"] == "system" else 0
-        dropped = 0
-        while True:
-            tokens = self.model.chat_tokens(self.messages)
-            if len(tokens) + self.room <= self.model.n_ctx:
-                break
-            if len(self.messages) - first <= 1:
-                print(
-                    f"the message makes a prompt of {len(tokens)} tokens; with {self.room} for the answer that is "
-                    f"past the context of {self.model.n_ctx} (-c)",
-                    file=sys.stderr,
-                )
-                return None
-            del self.messages[first : first + 2]  # the oldest user message and its answer
-            dropped += 1
-        if dropped:
-            print(f"[{dropped} oldest exchange(s) dropped: the conversation is past the context]", file=sys.stderr)
-        return tokens
+    def _fitted(self, messages: list[Message]) -> tuple[list[Message], list[int]] | None:
+        """messages and their chat prompt's tokens, leaving room for an answer: as they are, or past the context
+        without their oldest exchanges, down to half the context (said on stderr); None (said on stderr) when the
+        newest message alone does not fit."""
+        n_ctx = self.model.n_ctx
+        tokens = self.model.chat_tokens(messages)
+        if len(tokens) + self.room <= n_ctx:
+            return messages, tokens
+        first = 1 if messages[0]["role"] == "system" else 0
+        kept = list(messages)
+        while len(kept) - first > 1 and len(tokens) + self.room > min(n_ctx, n_ctx // 2 + self.room):
+            del kept[first : first + 2]  # the oldest user message and its answer
+            tokens = self.model.chat_tokens(kept)
+        if len(tokens) + self.room > n_ctx:
+            print(
+                f"the message makes a prompt of {len(tokens)} tokens; with {self.room} for the answer that is past "
+                f"the context of {n_ctx} (-c): not sent",
+                file=sys.stderr,
+            )
+            return None
+        dropped = (len(messages) - len(kept)) // 2
+        print(f"[{dropped} oldest exchange(s) dropped: the conversation is past the context]", file=sys.stderr)
+        return kept, tokens
 
 
 @contextlib.contextmanager
@@ -89,17 +98,17 @@ def _interrupt_flag() -> Iterator[threading.Event]:
     try:
         yield interrupted
     finally:
-        signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)  # None: set from C
 
 
-def read_message(source: TextIO, prompt: str | None, out: TextIO) -> str | None:
-    """The next user message (lines ending in a backslash joined with the next), None at the end of input. prompt
-    is shown before each line when given (a terminal)."""
+def read_message(source: TextIO, prompt: TextIO | None) -> str | None:
+    """The next user message (lines ending in a backslash joined with the next), None at the end of input. "> " is
+    written to prompt before each message when given (a terminal)."""
     lines: list[str] = []
+    if prompt is not None:
+        prompt.write("> ")
+        prompt.flush()
     while True:
-        if prompt is not None:
-            out.write(prompt if not lines else "")
-            out.flush()
         line = source.readline()
         if not line:
             return "\n".join(lines) if lines else None
@@ -113,13 +122,18 @@ def read_message(source: TextIO, prompt: str | None, out: TextIO) -> str | None:
 
 def converse(conversation: Conversation, first: str, source: TextIO, out: TextIO) -> None:
     """Runs the conversation: first (when not empty) as the first message, then each message read from source."""
-    prompt = "> " if source.isatty() else None
+    prompt = (out if out.isatty() else sys.stderr) if source.isatty() else None
     text: str | None = first
     while True:
         if text is not None and text.strip():
-            conversation.turn(text, out)
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:  # bytes that are not UTF-8, read as lone surrogates
+                print("the message is not UTF-8 text: not sent", file=sys.stderr)
+            else:
+                conversation.turn(text, out)
         try:
-            text = read_message(source, prompt, out)
+            text = read_message(source, prompt)
         except KeyboardInterrupt:
             out.write("\n")
             return

@@ -128,10 +128,11 @@ def run(args: argparse.Namespace) -> int:
         seed = None if sampling.seed is None else sampling.seed + turn - 1  # turn by turn: another draw, reproducible
         gen = model.start(tokens, sampling=replace(sampling, seed=seed), max_tokens=max_tokens, stop=args.stop,
                           grammar=grammar, cache_prompt=args.conversation)  # fmt: skip
-        return model.run(gen)
+        return model.run(gen, with_empty=True)  # every step: Ctrl-C is looked at between any two
 
     if args.conversation:
-        room = max_tokens if max_tokens is not None else max(1, model.n_ctx // 4)
+        model.chat_template  # noqa: B018 - a file without one fails now, not after the first message
+        room = max(1, max_tokens if max_tokens is not None else model.n_ctx // 4)
         converse(Conversation(model, answer, room, system), prompt, sys.stdin, sys.stdout)
         print_stats(model)
         return 0
