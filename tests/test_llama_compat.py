@@ -155,6 +155,20 @@ def test_chat_content_parts_are_joined(smollm2_path) -> None:
         llm.create_chat_completion([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}])
 
 
+def test_a_chats_next_turn_evaluates_only_what_is_new(smollm2_path) -> None:
+    """As llama_cpp.Llama, which keeps the longest prefix its KV cache holds of a prompt, generated tokens too."""
+    import turbosparse
+
+    llm = turbosparse.Llama(str(smollm2_path), n_ctx=512, n_threads=N_THREADS, verbose=False)
+    messages = [{"role": "user", "content": "Name a large animal."}]
+    first = llm.create_chat_completion(messages, max_tokens=12, temperature=0)
+    messages += [first["choices"][0]["message"], {"role": "user", "content": "And a small one?"}]
+    llm.model.reset_stats()
+    second = llm.create_chat_completion(messages, max_tokens=12, temperature=0)
+    new = second["usage"]["prompt_tokens"] - first["usage"]["prompt_tokens"]
+    assert 0 < llm.model.stats()["prompt_tokens"] <= new, (llm.model.stats()["prompt_tokens"], new)
+
+
 def test_unsupported_options_say_so(smollm2_path) -> None:
     import turbosparse
 

@@ -258,6 +258,7 @@ class Llama:
             logprobs=logprobs,
             score_prompt=score_prompt,
             grammar=grammar,
+            cache_prompt=True,  # as llama_cpp.Llama: the longest prefix its cache holds, generated tokens too
         )
 
     def create_completion(
