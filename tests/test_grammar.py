@@ -109,6 +109,13 @@ def worker_pid(tokenizer) -> int:
     return worker.process.pid
 
 
+def kill_worker(tokenizer) -> None:
+    """Ends the worker as the system would (the next question starts another)."""
+    pid = worker_pid(tokenizer)
+    os.kill(pid, signal.SIGKILL)
+    assert gone(pid, within_s=5)
+
+
 def gone(pid: int, within_s: float = 0.0) -> bool:
     """Whether process pid has ended (a zombie counts: it runs no more), waiting up to within_s seconds."""
     deadline = time.monotonic() + within_s
@@ -161,7 +168,7 @@ def test_a_grammar_parsed_again_allows_what_it_allowed(smollm2_model) -> None:
     kept, moved = schema.start(tok), schema.start(tok)
     for i, token in enumerate(answer):
         if i % 3 == 1:  # the worker ended between two questions: the next one goes to a new worker
-            grammar_engine._engine(tok).close()
+            kill_worker(tok)
         assert np.array_equal(kept.allowed(ids), moved.allowed(ids)), (i, tok.detokenize(answer[:i]))
         kept.accept(token)
         moved.accept(token)
@@ -236,6 +243,68 @@ def test_a_call_cut_short_leaves_no_answer_behind(smollm2_model) -> None:
         signal.signal(signal.SIGALRM, previous)
     allowed = ids[Grammar('root ::= "yes"').start(tok).allowed(ids)]
     assert allowed.size and all(b"yes".startswith(tok.piece(int(t))) for t in allowed)
+
+
+def test_closing_the_model_ends_its_grammar_engine_for_good(smollm2_path, monkeypatch) -> None:
+    """Model.close() in the middle of a question from another thread: the question fails (ModelClosedError), and no
+    worker is started after it (the call used to go on in a new one)."""
+    import threading
+
+    from turbosparse import Model, ModelClosedError
+
+    monkeypatch.setattr(grammar_engine, "STEP_TIMEOUT_S", 60.0)
+    model = Model(smollm2_path, n_threads=2, sparse="off")
+    tok = model.tokenizer
+    slow = SLOW.start(tok)
+    pid = worker_pid(tok)
+    caught: list[BaseException] = []
+
+    def ask() -> None:
+        try:
+            slow.allowed(np.arange(tok.n_vocab))
+        except BaseException as exc:  # handed to the test
+            caught.append(exc)
+
+    thread = threading.Thread(target=ask)
+    thread.start()
+    time.sleep(0.5)  # inside llama.cpp's matching
+    model.close()
+    thread.join(30)
+    assert not thread.is_alive() and len(caught) == 1 and isinstance(caught[0], ModelClosedError), caught
+    assert gone(pid, within_s=2) and grammar_engine._engine(tok)._worker is None
+
+
+def test_token_ids_out_of_the_vocabulary_are_refused_before_the_worker(smollm2_model) -> None:
+    tok = smollm2_model.tokenizer
+    state = YES_NO.start(tok)
+    pid = worker_pid(tok)
+    for ids in ([tok.n_vocab], [-1]):
+        with pytest.raises(InvalidArgumentError, match="token ids must be in"):
+            state.allowed(np.array(ids))
+    with pytest.raises(InvalidArgumentError, match="out of the vocabulary"):
+        state.accept(tok.n_vocab)
+    assert state.allowed(np.arange(tok.n_vocab)).any() and worker_pid(tok) == pid  # the same worker
+
+
+def test_grammars_work_with_the_standard_descriptors_closed(smollm2_path, tmp_path) -> None:
+    """A process with stdin and stdout closed gets them back from os.pipe(): the worker's pipes must not land there
+    (its own stdin and stdout would cover them)."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "closed.py"
+    script.write_text(
+        "import os, sys, numpy as np\n"
+        "from turbosparse import Grammar\n"
+        "from turbosparse.tokenizer import Tokenizer\n"
+        "tok = Tokenizer(sys.argv[1])\n"
+        "os.close(0)\n"
+        "os.close(1)\n"
+        "state = Grammar('root ::= \"yes\"').start(tok)\n"
+        "os._exit(0 if state.allowed(np.arange(tok.n_vocab)).any() else 3)\n"
+    )
+    out = subprocess.run([sys.executable, str(script), str(smollm2_path)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
 
 
 def test_a_worker_that_cannot_start_is_the_machines_error(smollm2_path, monkeypatch) -> None:
@@ -406,7 +475,7 @@ def test_grammars_work_in_a_forked_child(smollm2_model) -> None:
 
 def test_a_parse_error_is_the_exceptions_and_stderr_is_given_back(smollm2_model, capfd) -> None:
     """llama.cpp's parser writes its reason to file descriptor 2, which the worker takes while it parses."""
-    grammar_engine._engine(smollm2_model.tokenizer).close()  # the next worker writes to this test's captured stderr
+    kill_worker(smollm2_model.tokenizer)  # the next worker writes to this test's captured stderr
     with pytest.raises(GrammarError, match="expecting"):
         Grammar('root ::= ("a"').start(smollm2_model.tokenizer)
     os.write(2, b"still stderr\n")

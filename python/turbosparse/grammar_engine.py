@@ -6,6 +6,7 @@ llama.cpp's grammar code ends only that process, in the same way."""
 from __future__ import annotations
 
 import collections
+import fcntl
 import itertools
 import json
 import os
@@ -21,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from turbosparse.errors import EvalError, GrammarError
+from turbosparse.errors import EvalError, GrammarError, InvalidArgumentError, ModelClosedError
 from turbosparse.tokenizer import Tokenizer
 
 # the longest one question to llama.cpp may take (judging a whole vocabulary takes it 3-20 ms; a step asks up to four
@@ -62,6 +63,10 @@ class _Refused(Exception):
     """The worker's answer was an error: llama.cpp's reason."""
 
 
+class _WorkerFailed(_NoWorker):
+    """The worker met an error of its own (not the grammar's)."""
+
+
 def _ending(code: int) -> str:
     if code < 0:
         try:
@@ -88,6 +93,7 @@ class _Engine:
         self._worker: _Worker | None = None
         self.epoch = 0  # counts worker processes: a grammar parsed in an earlier one is parsed again
         self._keys = itertools.count()
+        self._ended = False  # by close(): no worker is started any more
         # (epoch, key) of grammars closed since the last call (closing takes no lock: the garbage collector does it)
         self._closed: collections.deque[tuple[int, int]] = collections.deque()
 
@@ -100,6 +106,8 @@ class _Engine:
         another's doing: the call is tried again in a new worker); EvalError when no worker can be started."""
         with self._lock:
             for attempt in range(2):
+                if self._ended:
+                    raise ModelClosedError("the model is closed: its grammar engine was ended")
                 try:
                     return self._call(state, ids, timeout)
                 except (_WorkerTooSlow, _Refused) as exc:
@@ -118,8 +126,9 @@ class _Engine:
         self._closed.append((state.epoch, state.key))
 
     def close(self) -> None:
-        """Ends the worker process (a call meanwhile, or the next, starts another). Takes no lock: it also runs at
-        the interpreter's exit, where a call may never let go of it."""
+        """Ends the worker process for good (a call meanwhile fails). Takes no lock: it also runs at the
+        interpreter's exit, where a call may never let go of it."""
+        self._ended = True
         worker = self._worker
         if worker is not None:
             worker.process.kill()
@@ -135,6 +144,7 @@ class _Engine:
         self._worker = None
         self.epoch += 1
         self._closed.clear()
+        self._ended = False
 
     def _call(self, state: GrammarState, ids: np.ndarray | None, timeout: float) -> Any:
         worker = self._worker or self._start()
@@ -161,26 +171,32 @@ class _Engine:
                 f"grammars run llama.cpp's grammar engine in a Python process of its own, and this program is not a "
                 f"Python interpreter (sys.executable: {sys.executable!r}): set {PYTHON_ENV} to one"
             )
-        requests, replies = os.pipe(), os.pipe()  # (read, write) each; not inherited by other children
         path = json.dumps([p for p in sys.path if isinstance(p, str) and p])
         env = {**os.environ, "GGML_NO_BACKTRACE": "1", "CUDA_VISIBLE_DEVICES": "", "HIP_VISIBLE_DEVICES": ""}
+        fds: list[int] = []
         try:
+            # (read, write) each, above 0-2 (where a process with those closed gets them; the worker's stdin,
+            # stdout and stderr would cover them), not inherited by other children
+            requests, replies = (_above_stdio(*os.pipe(), fds), _above_stdio(*os.pipe(), fds))
+            fds_and_path = [str(os.getpid()), str(requests[0]), str(replies[1]), self._path]
             process = subprocess.Popen(
-                [python, "-I", "-c", _WORKER_CODE, path, str(requests[0]), str(replies[1]), self._path],
+                [python, "-I", "-c", _WORKER_CODE, path, *fds_and_path],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,  # llama.cpp logs to stderr; nothing the worker prints belongs in ours
                 pass_fds=(requests[0], replies[1]),
                 env=env,
             )
         except OSError as exc:
-            os.close(requests[1])
-            os.close(replies[0])
+            for fd in fds:
+                os.close(fd)
             raise _NoWorker(f"llama.cpp's grammar engine could not be started ({python}): {exc}") from None
-        finally:
-            os.close(requests[0])
-            os.close(replies[1])
+        os.close(requests[0])
+        os.close(replies[1])
         to_worker, from_worker = Connection(requests[1], readable=False), Connection(replies[0], writable=False)
         worker = self._worker = _Worker(process, to_worker, from_worker)
+        if self._ended:  # closed meanwhile
+            self._end()
+            raise ModelClosedError("the model is closed: its grammar engine was ended")
         try:
             n_vocab = self._answer(worker, START_TIMEOUT_S, "to start")
         except _WorkerGone as exc:
@@ -205,14 +221,18 @@ class _Engine:
 
     def _answer(self, worker: _Worker, timeout: float, doing: str) -> Any:
         try:
-            if not worker.replies.poll(timeout):
-                self._end()
-                raise _WorkerTooSlow(f"llama.cpp's grammar engine took more than {timeout:g} s {doing}")
-            status, value = pickle.loads(worker.replies.recv_bytes(MAX_REPLY_BYTES))
+            answered = worker.replies.poll(timeout)
+            if answered:
+                status, value = pickle.loads(worker.replies.recv_bytes(MAX_REPLY_BYTES))
         except (EOFError, OSError, pickle.UnpicklingError, ValueError, TypeError):
             raise self._gone() from None
+        if not answered:
+            self._end()
+            raise _WorkerTooSlow(f"llama.cpp's grammar engine took more than {timeout:g} s {doing}")
         if status == "error":
             raise _Refused(value)
+        if status == "failed":
+            raise _WorkerFailed(value)
         return value
 
     def _gone(self) -> _WorkerGone:
@@ -222,12 +242,29 @@ class _Engine:
         """Ends the worker process; its exit code. Every grammar is parsed again in the next."""
         worker, self._worker = self._worker, None
         assert worker is not None
-        worker.requests.close()
-        worker.replies.close()
         self.epoch += 1
         self._closed.clear()
-        worker.process.kill()
+        try:
+            worker.process.kill()
+        finally:
+            worker.requests.close()
+            worker.replies.close()
         return worker.process.wait()
+
+
+def _above_stdio(read: int, write: int, opened: list[int]) -> tuple[int, int]:
+    """read and write moved to descriptors above 2 (close-on-exec), each added to opened as it is."""
+    out = []
+    for fd in (read, write):
+        opened.append(fd)
+        if fd <= 2:
+            moved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+            opened.append(moved)
+            opened.remove(fd)
+            os.close(fd)
+            fd = moved
+        out.append(fd)
+    return out[0], out[1]
 
 
 # one worker process per tokenizer, ended when the tokenizer is collected or closed, or at exit
@@ -283,11 +320,20 @@ class GrammarState:
         self._tokenizer._check_open()
         if self._engine is None:
             raise GrammarDeadEnd("the grammar is closed")
-        return self._engine.call(self, np.asarray(ids, dtype=np.int32), STEP_TIMEOUT_S, GrammarDeadEnd)
+        ids = np.asarray(ids)
+        if ids.size and (ids.min() < 0 or ids.max() >= self._tokenizer.n_vocab):
+            raise InvalidArgumentError(f"token ids must be in 0..{self._tokenizer.n_vocab - 1}")
+        try:
+            return self._engine.call(self, ids.astype(np.int32), STEP_TIMEOUT_S, GrammarDeadEnd)
+        except GrammarDeadEnd:
+            self.close()  # the worker may hold it half moved on: it asks nothing more
+            raise
 
     def accept(self, token: int) -> None:
         """Moves the grammar past token, which allowed() must have allowed (else the next allowed() raises
         GrammarDeadEnd)."""
+        if not 0 <= token < self._tokenizer.n_vocab:
+            raise InvalidArgumentError(f"token {token} is out of the vocabulary (0..{self._tokenizer.n_vocab - 1})")
         self.tokens.append(int(token))
 
     def close(self) -> None:

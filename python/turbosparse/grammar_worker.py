@@ -1,5 +1,5 @@
 """The process llama.cpp's grammar engine runs in, started and spoken to by grammar_engine.py over two pipes of its own
-(multiprocessing's Connection framing, pickled tuples): `python -I -c ... REQUESTS_FD REPLIES_FD MODEL.gguf`.
+(multiprocessing's Connection framing, pickled tuples): `python -I -c ... PARENT_PID REQUESTS_FD REPLIES_FD GGUF`.
 
 A process of its own because llama.cpp's matching can take minutes for a small grammar (repetitions of items that
 can match nothing multiply its stacks) and a C call cannot be stopped inside a process: a process can be killed.
@@ -7,9 +7,10 @@ A crash of llama.cpp's grammar code ends this process only.
 
 Requests, answered in order: ("parse", key, gbnf, root, tokens) -> None (the grammar, moved past tokens, kept under
 key), ("allowed", key, tokens, ids) -> booleans (which of ids may come after tokens, accepted first); ("free", key)
-gets no answer. Answers are ("ok", value) or ("error", why): a grammar that does not parse (llama.cpp's reason), a
-token the grammar does not allow. It says ("ok", n_vocab) once the vocabulary is loaded, and ends when the requests
-pipe closes or its parent process is gone."""
+gets no answer. Answers are ("ok", value), ("error", why): a grammar that does not parse (llama.cpp's reason) or a
+token the grammar does not allow (the grammar is dropped), or ("failed", why): an error of the worker's own. It says
+("ok", n_vocab) once the vocabulary is loaded, and ends when the requests pipe closes or its parent process is
+gone."""
 
 from __future__ import annotations
 
@@ -64,7 +65,7 @@ class _Grammars:
             except GrammarError as exc:
                 reply = ("error", str(exc))
             except Exception as exc:  # said to the caller rather than ending this process without a word
-                reply = ("error", f"the grammar worker failed: {exc!r}")
+                reply = ("failed", f"the grammar worker failed: {exc!r}")
             try:
                 replies.send(reply)
             except OSError:  # the caller is gone
@@ -83,6 +84,7 @@ class _Grammars:
         sampler = self._samplers[key]
         for token in tokens:
             if not self._allowed(sampler, np.array([token]))[0]:
+                llama_cpp.llama_sampler_free(self._samplers.pop(key))  # half moved on: of no further use
                 raise GrammarError(f"token {token} is not allowed by the grammar after the text before it")
             llama_cpp.llama_sampler_accept(sampler, token)
 
@@ -133,7 +135,7 @@ class _Grammars:
 
 
 def main(argv: list[str]) -> None:
-    requests_fd, replies_fd, path = argv
+    parent, requests_fd, replies_fd, path = argv
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C is the caller's, who ends this
     try:  # where memory runs out, the system ends this process rather than its caller (the model's)
         with open("/proc/self/oom_score_adj", "w") as f:
@@ -142,13 +144,15 @@ def main(argv: list[str]) -> None:
         pass
     requests = Connection(int(requests_fd), writable=False)
     replies = Connection(int(replies_fd), readable=False)
-    parent = os.getppid()
     grammars = _Grammars(Tokenizer(path))
-    replies.send(("ok", llama_cpp.llama_vocab_n_tokens(grammars._vocab)))
+    try:
+        replies.send(("ok", llama_cpp.llama_vocab_n_tokens(grammars._vocab)))
+    except OSError:  # the caller is gone already
+        return
     threading.stack_size(STACK_BYTES)
     server = threading.Thread(target=grammars.serve, args=(requests, replies), name="turbosparse-grammar", daemon=True)
     server.start()
     while server.is_alive():  # llama.cpp's calls let go of the GIL: this notices a parent gone in mid-match
         server.join(1.0)
-        if os.getppid() != parent:
+        if os.getppid() != int(parent):
             os._exit(0)
