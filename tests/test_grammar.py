@@ -139,9 +139,41 @@ def test_a_grammar_too_slow_to_match_ends_its_own_generation(smollm2_model, monk
         gen = smollm2_model.start(smollm2_model.tokenize("Hi"), sampling=SamplingParams(seed=1), grammar=SLOW)
         pid = worker_pid(smollm2_model.tokenizer)
         list(smollm2_model.run(gen))
-    assert gen.finish_reason == "stop" and "took more than 0.5 s to match a token" in caplog.text
+    assert gen.finish_reason == "stop" and "took more than 0.5 s to judge the tokens of one step" in caplog.text
     assert gone(pid)
     assert smollm2_model.generate("Is it? Answer:", grammar=YES_NO) in (" yes", " no")
+
+
+def test_the_step_timeout_bounds_all_the_questions_of_a_step(smollm2_model, monkeypatch) -> None:
+    """A step asks about up to four bands of tokens: together they get STEP_TIMEOUT_S (a server's step waited up to four
+    times as long). A stand-in clock: each question here is fast, the clock says otherwise."""
+    tok = smollm2_model.tokenizer
+    ids = np.arange(tok.n_vocab)
+    now = [1000.0]
+    monkeypatch.setattr(grammar_engine.time, "monotonic", lambda: now[0])
+    state = YES_NO.start(tok)
+    state.begin_step()
+    for _ in range(2):
+        now[0] += 4.0
+        assert state.allowed(ids).any()  # 8 s into the step: 2 s left
+    now[0] += 4.0
+    with pytest.raises(GrammarDeadEnd, match="more than 10 s to judge the tokens of one step"):
+        state.allowed(ids)
+    calls = []
+
+    class Grammar_:
+        def begin_step(self) -> None:
+            calls.append("step")
+
+        def allowed(self, band: np.ndarray) -> np.ndarray:
+            calls.append("question")
+            return np.ones(len(band), dtype=bool)
+
+    sampler = Sampler(SamplingParams(temperature=0.0), Grammar_())  # type: ignore[arg-type]
+    logits = np.random.default_rng(0).standard_normal(tok.n_vocab).astype(np.float32)
+    sampler.sample(logits)
+    sampler.sample(logits)
+    assert calls == ["step", "question", "step", "question"]  # every sampled token is a step of its own
 
 
 def test_a_grammar_too_slow_to_set_up_is_a_clear_error(smollm2_model, monkeypatch) -> None:

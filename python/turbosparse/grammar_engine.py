@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import weakref
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -25,9 +26,9 @@ import numpy as np
 from turbosparse.errors import EvalError, GrammarError, InvalidArgumentError, ModelClosedError
 from turbosparse.tokenizer import Tokenizer
 
-# the longest one question to llama.cpp may take (judging a whole vocabulary takes it 3-20 ms; a step asks up to four
-# questions): a grammar whose matching explodes ends its generation instead of holding every other one (the server
-# steps them together)
+# the longest llama.cpp may take to judge the tokens of one step (a whole vocabulary takes it 3-20 ms; a step asks about
+# up to four bands of them): a grammar whose matching explodes ends its generation instead of holding every other one
+# (the server steps them together)
 STEP_TIMEOUT_S = 10.0
 # the longest a grammar's parse may take (with its first matching: 20000 chained rules, the most Grammar.check()
 # lets through, take ~4 s), and a parse again in a new worker with the tokens accepted so far
@@ -312,7 +313,12 @@ class GrammarState:
         self.sent = 0  # how many of tokens the worker has (the others go with the next question, in one exchange)
         self.key = self._engine.new_key()
         self.epoch = -1  # the worker process it is parsed in
+        self._step_deadline: float | None = None  # time.monotonic() by which this step's questions must be answered
         self._engine.call(self, None, PARSE_TIMEOUT_S, GrammarError)
+
+    def begin_step(self) -> None:
+        """The questions until the next begin_step() are one step's: together they get STEP_TIMEOUT_S."""
+        self._step_deadline = time.monotonic() + STEP_TIMEOUT_S
 
     def allowed(self, ids: np.ndarray) -> np.ndarray:
         """Which of ids (token ids) the grammar allows next, as booleans. End-of-generation tokens are allowed
@@ -323,10 +329,18 @@ class GrammarState:
         ids = np.asarray(ids)
         if ids.size and (ids.min() < 0 or ids.max() >= self._tokenizer.n_vocab):
             raise InvalidArgumentError(f"token ids must be in 0..{self._tokenizer.n_vocab - 1}")
+        timeout = STEP_TIMEOUT_S if self._step_deadline is None else self._step_deadline - time.monotonic()
         try:
-            return self._engine.call(self, ids.astype(np.int32), STEP_TIMEOUT_S, GrammarDeadEnd)
+            if timeout <= 0:
+                raise GrammarDeadEnd("the step's time is up")
+            return self._engine.call(self, ids.astype(np.int32), timeout, GrammarDeadEnd)
         except GrammarDeadEnd:
             self.close()  # the worker may hold it half moved on: it asks nothing more
+            if self._step_deadline is not None and time.monotonic() >= self._step_deadline:
+                raise GrammarDeadEnd(
+                    f"llama.cpp's grammar engine took more than {STEP_TIMEOUT_S:g} s to judge the tokens of one step "
+                    "(its work multiplies with repetitions of items that can match nothing)"
+                ) from None
             raise
 
     def accept(self, token: int) -> None:

@@ -131,6 +131,7 @@ class Sampler:
         once top-k (greedy: one) allowed tokens are found: every token not judged is worse than all of them, so top-k
         never reaches it. Only top-p / min-p over the whole vocabulary (no top-k) need every token judged."""
         assert self._grammar is not None
+        self._grammar.begin_step()
         p, n = self.params, logits.size
         need = 1 if p.temperature <= 0.0 else p.top_k if 0 < p.top_k < n else n
         step, sample = _strided_sample(logits)
