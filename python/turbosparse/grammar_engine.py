@@ -174,11 +174,15 @@ class _Engine:
             )
         path = json.dumps([p for p in sys.path if isinstance(p, str) and p])
         env = {**os.environ, "GGML_NO_BACKTRACE": "1", "CUDA_VISIBLE_DEVICES": "", "HIP_VISIBLE_DEVICES": ""}
-        fds: list[int] = []
+        fds: list[int] = []  # requests (read, write), replies (read, write)
         try:
-            # (read, write) each, above 0-2 (where a process with those closed gets them; the worker's stdin,
-            # stdout and stderr would cover them), not inherited by other children
-            requests, replies = (_above_stdio(*os.pipe(), fds), _above_stdio(*os.pipe(), fds))
+            for _ in range(2):
+                for fd in os.pipe():  # not inherited by other children
+                    fds.append(fd)
+                    if fd <= 2:  # a process with 0-2 closed gets them: the worker's stdin, stdout, stderr cover them
+                        fds[-1] = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+                        os.close(fd)
+            requests, replies = (fds[0], fds[1]), (fds[2], fds[3])
             fds_and_path = [str(os.getpid()), str(requests[0]), str(replies[1]), self._path]
             process = subprocess.Popen(
                 [python, "-I", "-c", _WORKER_CODE, path, *fds_and_path],
@@ -253,21 +257,6 @@ class _Engine:
         return worker.process.wait()
 
 
-def _above_stdio(read: int, write: int, opened: list[int]) -> tuple[int, int]:
-    """read and write moved to descriptors above 2 (close-on-exec), each added to opened as it is."""
-    out = []
-    for fd in (read, write):
-        opened.append(fd)
-        if fd <= 2:
-            moved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
-            opened.append(moved)
-            opened.remove(fd)
-            os.close(fd)
-            fd = moved
-        out.append(fd)
-    return out[0], out[1]
-
-
 # one worker process per tokenizer, ended when the tokenizer is collected or closed, or at exit
 _ENGINES: weakref.WeakKeyDictionary[Tokenizer, _Engine] = weakref.WeakKeyDictionary()
 _ENGINES_LOCK = threading.Lock()
@@ -331,23 +320,25 @@ class GrammarState:
             raise InvalidArgumentError(f"token ids must be in 0..{self._tokenizer.n_vocab - 1}")
         timeout = STEP_TIMEOUT_S if self._step_deadline is None else self._step_deadline - time.monotonic()
         try:
-            if timeout <= 0:
-                raise GrammarDeadEnd("the step's time is up")
-            return self._engine.call(self, ids.astype(np.int32), timeout, GrammarDeadEnd)
+            if timeout > 0:
+                return self._engine.call(self, ids.astype(np.int32), timeout, GrammarDeadEnd)
         except GrammarDeadEnd:
             self.close()  # the worker may hold it half moved on: it asks nothing more
-            if self._step_deadline is not None and time.monotonic() >= self._step_deadline:
-                raise GrammarDeadEnd(
-                    f"llama.cpp's grammar engine took more than {STEP_TIMEOUT_S:g} s to judge the tokens of one step "
-                    "(its work multiplies with repetitions of items that can match nothing)"
-                ) from None
-            raise
+            if not self._step_over():
+                raise
+        self.close()
+        raise GrammarDeadEnd(
+            f"llama.cpp's grammar engine took more than {STEP_TIMEOUT_S:g} s to judge the tokens of one step "
+            "(its work multiplies with repetitions of items that can match nothing)"
+        )
+
+    def _step_over(self) -> bool:
+        return self._step_deadline is not None and time.monotonic() >= self._step_deadline
 
     def accept(self, token: int) -> None:
         """Moves the grammar past token, which allowed() must have allowed (else the next allowed() raises
         GrammarDeadEnd)."""
-        if not 0 <= token < self._tokenizer.n_vocab:
-            raise InvalidArgumentError(f"token {token} is out of the vocabulary (0..{self._tokenizer.n_vocab - 1})")
+        self._tokenizer.check_token(token)
         self.tokens.append(int(token))
 
     def close(self) -> None:

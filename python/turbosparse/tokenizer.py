@@ -86,13 +86,17 @@ class Tokenizer:
             capacity = -n
         raise RuntimeError("llama_tokenize kept asking for a larger buffer")
 
+    def check_token(self, token: int) -> None:
+        """InvalidArgumentError for a token id outside the vocabulary."""
+        if not 0 <= token < self.n_vocab:
+            raise InvalidArgumentError(f"token {token} is out of the vocabulary (0..{self.n_vocab - 1})")
+
     def piece(self, token: int, *, special: bool = False) -> bytes:
         """The bytes token decodes to (a piece may be part of a UTF-8 character)."""
         known = self._pieces.get((token, special))
         if known is not None:
             return known
-        if not 0 <= token < self.n_vocab:
-            raise InvalidArgumentError(f"token {token} is out of the vocabulary (0..{self.n_vocab - 1})")
+        self.check_token(token)
         size = 64
         for _ in range(2):
             buf = ctypes.create_string_buffer(size)
