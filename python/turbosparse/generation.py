@@ -54,6 +54,19 @@ class StopScanner:
         return out
 
 
+@dataclass(frozen=True)
+class StepLogits:
+    """What one step computed for a generation: the logits after its tokens, and with score_prompt, on its first
+    step, every prompt position's (Generation.scored_prompt)."""
+
+    next: np.ndarray
+    prompt: np.ndarray | None = None
+
+    def detached(self) -> StepLogits:
+        """next copied out of the buffer the model's next evaluation overwrites (prompt is allocated per step)."""
+        return StepLogits(self.next.copy(), self.prompt)
+
+
 class Generation:
     """Samples tokens after a prompt until an end-of-generation token or a stop string ("stop"), max_tokens or a
     full context ("length"). The engine evaluates `tokens` and hands the logits of the last one to advance().
@@ -142,6 +155,11 @@ class Generation:
         return self._score_prompt and self.prompt_logprobs is None and not self.done
 
     @property
+    def constrained(self) -> bool:
+        """Whether a grammar constrains it (its steps ask llama.cpp's grammar engine, which may take a while)."""
+        return self._grammar is not None
+
+    @property
     def stopped_by_string(self) -> bool:
         """Whether a stop string ended the generation (and cut its text)."""
         return self._scanner.stopped
@@ -157,6 +175,12 @@ class Generation:
             self.finish_reason = "length"
             return ""
         return self.advance(next_logits)
+
+    def take(self, step: StepLogits) -> str:
+        """Samples the next token from what a step computed (scored_prompt or advance); returns the text released."""
+        if step.prompt is not None:
+            return self.scored_prompt(step.prompt, step.next)
+        return self.advance(step.next)
 
     def cancel(self) -> None:
         """Ends the generation early (a client went away): the engine stops evaluating it."""

@@ -105,7 +105,9 @@ class _Engine:
         """Which of ids state allows next, after the tokens it accepted since the last call (ids None: state parsed
         only); failure(why) when the worker refuses, took longer than timeout seconds, or ended twice (once may be
         another's doing: the call is tried again in a new worker); EvalError when no worker can be started."""
+        queued = time.monotonic()
         with self._lock:
+            state.waited(time.monotonic() - queued)
             for attempt in range(2):
                 if self._ended:
                     raise ModelClosedError("the model is closed: its grammar engine was ended")
@@ -331,6 +333,12 @@ class GrammarState:
             f"llama.cpp's grammar engine took more than {STEP_TIMEOUT_S:g} s to judge the tokens of one step "
             "(its work multiplies with repetitions of items that can match nothing)"
         )
+
+    def waited(self, seconds: float) -> None:
+        """Time spent waiting for another grammar's question (one worker answers one at a time) is not this step's:
+        one grammar slow to match must not end the others beside it."""
+        if self._step_deadline is not None:
+            self._step_deadline += seconds
 
     def _step_over(self) -> bool:
         return self._step_deadline is not None and time.monotonic() >= self._step_deadline

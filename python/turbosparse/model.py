@@ -25,7 +25,7 @@ from turbosparse.binding import (
 )
 from turbosparse.chat_template import ChatTemplate
 from turbosparse.errors import ChatTemplateError, ContextOverflowError, InvalidArgumentError, ModelClosedError
-from turbosparse.generation import Generation
+from turbosparse.generation import Generation, StepLogits
 from turbosparse.grammar import Grammar
 from turbosparse.grammar_engine import close_engine
 from turbosparse.sampling import SamplingParams
@@ -329,49 +329,53 @@ class Model:
         finished ones). Generations whose sequence holds all their tokens but the newest decode together in one
         forward pass; the others first evaluate their prompt (dense FFN). At most n_seq unfinished generations."""
         with self._lock:
-            live = [g for g in generations if not g.done]
-            if len(live) > self.n_seq:
-                raise InvalidArgumentError(
-                    f"{len(live)} generations at once; this model has {self.n_seq} sequences (n_seq)"
-                )
-            logits: dict[int, np.ndarray] = {}
-            scored: dict[int, np.ndarray] = {}  # every prompt position's logits, for generations that score them
-            decoding: list[tuple[Generation, CachedSequence]] = []
-            claimed: list[CachedSequence] = []
-            for g in live:
-                seq, kept = self._pool.claim(g, g.tokens, exclude=claimed)
-                claimed.append(seq)
-                if g.wants_prompt_logits:
-                    # scored as eval_logits scores (every position as decoding computes it); then, in a sparse mode,
-                    # evaluated again as a plain prompt (dense FFN), which the generation goes on from
-                    dense = self.sparse_mode == SparseMode.OFF
-                    scored[id(g)] = self._evaluate(seq, g.tokens, 0, dense_ffn=dense, logits_all=True)
-                    logits[id(g)] = scored[id(g)][-1] if dense else self._prompt(seq, g.tokens)
-                elif kept and seq.continues(g.tokens):
-                    decoding.append((g, seq))
-                else:
-                    logits[id(g)] = self._prompt(seq, g.tokens, any_prefix=g.cache_prompt)
-            if decoding:
-                start = time.perf_counter()
-                rows = self._ctx.decode_batch(
-                    [seq.index for _, seq in decoding],
-                    [g.tokens[-1] for g, _ in decoding],
-                    out=self._batch_logits[: len(decoding)],
-                )
-                self._timings.decode_seconds += time.perf_counter() - start
-                self._timings.decode_tokens += len(decoding)
-                for i, (g, seq) in enumerate(decoding):
-                    seq.tokens.append(g.tokens[-1])
-                    logits[id(g)] = rows[i]
-            texts = []
-            for g in generations:
-                if id(g) in scored:
-                    texts.append(g.scored_prompt(scored[id(g)], logits[id(g)]))
-                elif id(g) in logits:
-                    texts.append(g.advance(logits[id(g)]))
-                else:
-                    texts.append("")
-            return texts
+            steps = self._forward(generations)
+            return [g.take(s) if s is not None else "" for g, s in zip(generations, steps, strict=True)]
+
+    def forward(self, generations: Sequence[Generation]) -> list[StepLogits | None]:
+        """step()'s evaluation without its sampling: what each unfinished generation takes next (Generation.take,
+        which may then run on another thread, beside the next forward pass; until it has, that generation must not
+        be stepped); None for the finished ones."""
+        with self._lock:
+            return [s if s is None else s.detached() for s in self._forward(generations)]
+
+    def _forward(self, generations: Sequence[Generation]) -> list[StepLogits | None]:
+        """Evaluates every unfinished generation's new tokens (the lock is held); the logits are views of buffers
+        the next evaluation overwrites."""
+        live = [g for g in generations if not g.done]
+        if len(live) > self.n_seq:
+            raise InvalidArgumentError(
+                f"{len(live)} generations at once; this model has {self.n_seq} sequences (n_seq)"
+            )
+        steps: dict[int, StepLogits] = {}
+        decoding: list[tuple[Generation, CachedSequence]] = []
+        claimed: list[CachedSequence] = []
+        for g in live:
+            seq, kept = self._pool.claim(g, g.tokens, exclude=claimed)
+            claimed.append(seq)
+            if g.wants_prompt_logits:
+                # scored as eval_logits scores (every position as decoding computes it); then, in a sparse mode,
+                # evaluated again as a plain prompt (dense FFN), which the generation goes on from
+                dense = self.sparse_mode == SparseMode.OFF
+                scored = self._evaluate(seq, g.tokens, 0, dense_ffn=dense, logits_all=True)
+                steps[id(g)] = StepLogits(scored[-1] if dense else self._prompt(seq, g.tokens), scored)
+            elif kept and seq.continues(g.tokens):
+                decoding.append((g, seq))
+            else:
+                steps[id(g)] = StepLogits(self._prompt(seq, g.tokens, any_prefix=g.cache_prompt))
+        if decoding:
+            start = time.perf_counter()
+            rows = self._ctx.decode_batch(
+                [seq.index for _, seq in decoding],
+                [g.tokens[-1] for g, _ in decoding],
+                out=self._batch_logits[: len(decoding)],
+            )
+            self._timings.decode_seconds += time.perf_counter() - start
+            self._timings.decode_tokens += len(decoding)
+            for i, (g, seq) in enumerate(decoding):
+                seq.tokens.append(g.tokens[-1])
+                steps[id(g)] = StepLogits(rows[i])
+        return [steps.get(id(g)) for g in generations]
 
     def generate_tokens(
         self, prompt_tokens: Sequence[int], *, max_tokens: int | None, sampling: SamplingParams
