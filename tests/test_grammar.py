@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from turbosparse import EvalError, Grammar, GrammarError, InvalidArgumentError, grammar_engine, grammar_worker
+from turbosparse import EvalError, Grammar, GrammarError, InvalidArgumentError, grammar_engine
 from turbosparse.grammar_engine import GrammarDeadEnd
 from turbosparse.sampling import Sampler, SamplingParams
 
@@ -337,14 +337,6 @@ def test_grammars_work_with_the_standard_descriptors_closed(smollm2_path, tmp_pa
     )
     out = subprocess.run([sys.executable, str(script), str(smollm2_path)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-
-
-def test_the_worker_runs_below_the_models_priority(smollm2_model) -> None:
-    """A grammar slow to match must not take a core from the model's threads."""
-    state = YES_NO.start(smollm2_model.tokenizer)
-    expected = min(19, os.getpriority(os.PRIO_PROCESS, 0) + grammar_worker.WORKER_NICENESS)
-    assert os.getpriority(os.PRIO_PROCESS, worker_pid(smollm2_model.tokenizer)) == expected
-    state.close()
 
 
 def test_a_worker_that_cannot_start_is_the_machines_error(smollm2_path, monkeypatch) -> None:

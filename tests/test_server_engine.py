@@ -81,6 +81,18 @@ def test_generations_stepped_together_give_what_they_give_alone(model: Model, en
     assert all(listener.events[-1][0].finished for listener in together)
 
 
+def test_constrained_generations_are_decoded_together(model: Model, engine: Engine) -> None:
+    """Each waits for the other's grammar answer (a fast one), so they share every forward pass (going on without the
+    other took one pass each, twice as many)."""
+    words = Grammar('root ::= word{16}\nword ::= " yes" | " no" | " maybe"')  # at least 16 tokens
+    prompts = ["Is water wet? Answer:", "Is the sky green? Answer:"]
+    listeners = [submit(engine, model, p, sampling=GREEDY, max_tokens=16, grammar=words) for p in prompts]
+    for listener in listeners:
+        listener.wait()
+        assert listener.gen.n_generated == 16
+    assert engine.counters.steps <= 16 + 5, engine.counters
+
+
 def test_a_grammar_slow_to_match_holds_up_no_other_generation(model: Model, engine: Engine, monkeypatch) -> None:
     """The grammar's first answer waits here until the plain generation beside it has ended (the engine stepped them
     together, so the plain one waited for every answer: it never ended), and both give what they give alone."""

@@ -150,6 +150,7 @@ class _Engine:
         self._ended = False
 
     def _call(self, state: GrammarState, ids: np.ndarray | None, timeout: float) -> Any:
+        started = time.monotonic()
         worker = self._worker or self._start()
         while self._closed:
             epoch, key = self._closed.popleft()
@@ -159,6 +160,9 @@ class _Engine:
             doing = f"to parse the grammar{' again and accept its tokens' if state.tokens else ''}"
             self._exchange(worker, ("parse", state.key, state.gbnf, state.root, state.tokens), PARSE_TIMEOUT_S, doing)
             state.epoch, state.sent = self.epoch, len(state.tokens)
+        # a new worker and a parse again (another grammar's doing) are not this step's matching: they have limits of
+        # their own
+        state.waited(time.monotonic() - started)
         if ids is None:
             return None
         tokens = state.tokens[state.sent :]
@@ -335,8 +339,8 @@ class GrammarState:
         )
 
     def waited(self, seconds: float) -> None:
-        """Time spent waiting for another grammar's question (one worker answers one at a time) is not this step's:
-        one grammar slow to match must not end the others beside it."""
+        """Time spent waiting for another grammar's question (one worker answers one at a time), for a new worker or a
+        parse again is not this step's: one grammar slow to match must not end the others beside it."""
         if self._step_deadline is not None:
             self._step_deadline += seconds
 

@@ -33,7 +33,6 @@ from turbosparse.tokenizer import Tokenizer
 # chain such depths: the requests are served on a thread with a 256 MB stack (virtual memory: only the pages used are
 # committed), and Grammar.check() bounds the depth a grammar can reach
 STACK_BYTES = 256 << 20
-WORKER_NICENESS = 10  # added to the caller's (os.nice): the lower priority
 _TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])  # llama_token_data
 MAX_REASON_CHARS = 300  # of llama.cpp's reason in a GrammarError (it can quote the rest of the grammar)
 _PARSE_ERROR = "error parsing grammar:"  # how llama.cpp's parser's line to stderr starts, after "parse: "
@@ -138,9 +137,6 @@ class _Grammars:
 def main(argv: list[str]) -> None:
     parent, requests_fd, replies_fd, path = argv
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C is the caller's, who ends this
-    # below the model's threads, which stall when one of their cores is taken: a grammar slow to match ran the server's
-    # other slots at 0.15-0.3x on two cores, 0.94x at this priority (answers in an idle moment come as fast)
-    os.nice(WORKER_NICENESS)
     try:  # where memory runs out, the system ends this process rather than its caller (the model's)
         with open("/proc/self/oom_score_adj", "w") as f:
             f.write("1000")

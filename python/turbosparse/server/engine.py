@@ -16,7 +16,6 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
-from turbosparse import grammar_engine
 from turbosparse.generation import Generation
 from turbosparse.model import Model
 
@@ -86,7 +85,7 @@ class Engine:
             self._cond.notify()
         self._thread.join(timeout=30)
         if not self._thread.is_alive():  # samplings in flight use the model's tokenizer: ended before it may close
-            wait([s.future for s in self._sampling.values()], timeout=grammar_engine.STEP_TIMEOUT_S + 5)
+            wait([s.future for s in self._sampling.values()])  # (each is bounded by the grammar's time limits)
         self._sampler.shutdown(wait=False, cancel_futures=True)
 
     @property
@@ -170,12 +169,12 @@ class Engine:
             if step is None:
                 continue
             gen = job.generation
+            n = gen.n_generated
             if gen.constrained:  # llama.cpp's grammar engine may take a while: the next pass need not wait
                 future = self._sampler.submit(gen.take, step)
-                self._sampling[id(job)] = _Sampling(job, future, gen.n_generated)
+                self._sampling[id(job)] = _Sampling(job, future, n)
                 future.add_done_callback(self._wake)
                 continue
-            n = gen.n_generated
             try:
                 text = gen.take(step)
             except Exception as exc:
