@@ -1,10 +1,10 @@
 """The decoding loop: generations in --parallel slots, advanced together one token per step.
 
 One thread owns the model's evaluations. A step advances every running generation by a token; the ones whose
-prompt is in their slot decode together in one forward pass (Model.step). Requests beyond the slots wait in a
-bounded queue; a cancelled generation (its client went away) leaves its slot at the next step. Constrained generations
-sample on threads of their own (llama.cpp's grammar engine may take seconds to match a token): the next forward pass
-waits for them only as long as a pass takes, then goes on without them."""
+prompt is in their slot decode together in one forward pass (Model.forward), then each samples its token. Requests
+beyond the slots wait in a bounded queue; a cancelled generation (its client went away) leaves its slot at the next
+step. Constrained generations sample on threads of their own (llama.cpp's grammar engine may take seconds to match a
+token): the next forward pass waits for them only as long as a pass takes, then goes on without them."""
 
 from __future__ import annotations
 
