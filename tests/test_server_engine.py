@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from turbosparse import Grammar, Model, grammar_engine
+from turbosparse.generation import Generation
 from turbosparse.grammar_engine import GrammarState
 from turbosparse.sampling import SamplingParams
 from turbosparse.server.engine import Engine, Event, Job
@@ -39,8 +40,8 @@ def engine(model: Model) -> Iterator[Engine]:
 class Listener:
     """A request's events, as the engine emits them (on its thread), each with the generation's length then."""
 
-    def __init__(self, job_gen) -> None:
-        self.gen = job_gen
+    def __init__(self, gen: Generation) -> None:
+        self.gen = gen
         self.events: list[tuple[Event, int]] = []
         self.ended = threading.Event()
 

@@ -144,9 +144,10 @@ def main(argv: list[str]) -> None:
         pass
     requests = Connection(int(requests_fd), writable=False)
     replies = Connection(int(replies_fd), readable=False)
-    grammars = _Grammars(Tokenizer(path))
+    tokenizer = Tokenizer(path)
+    grammars = _Grammars(tokenizer)
     try:
-        replies.send(("ok", llama_cpp.llama_vocab_n_tokens(grammars._vocab)))
+        replies.send(("ok", tokenizer.n_vocab))
     except OSError:  # the caller is gone already
         return
     threading.stack_size(STACK_BYTES)
