@@ -25,7 +25,7 @@ from turbosparse.convert.quant_policy import QuantPolicy, file_type
 from turbosparse.convert.requantize import requantize
 from turbosparse.convert.source import open_checkpoint
 from turbosparse.convert.vocab import load_vocab
-from turbosparse.convert.writer import add_llama_hparams, add_turbosparse_keys, write_gguf
+from turbosparse.convert.writer import add_llama_hparams, add_turbosparse_keys, check_output_path, write_gguf
 from turbosparse.errors import ConvertError
 
 logger = logging.getLogger(__name__)
@@ -64,6 +64,7 @@ def convert(
     importance matrix file (convert/imatrix.py) whose entries weigh the quantizers' rounding errors.
     Raises turbosparse.errors.ConvertError naming the file and tensor or key; leaves no partial output behind."""
     src, out = Path(model_dir), Path(out_path)
+    check_output_path(out)
     importance = read_imatrix(imatrix) if imatrix is not None else None
     if src.is_file() and src.suffix == ".gguf":
         options = (predictors, down_layout, threshold, groups)

@@ -15,12 +15,24 @@ from turbosparse.constants import (
     KEY_DOWN_COLUMNS_SCALED,
     KEY_DOWN_LAYOUT,
     KEY_FFN_ACTIVATION,
+    TENSOR_FFN_GATE_INP,
     TENSOR_POWERINFER_FC1,
     TENSOR_POWERINFER_FC2,
     TENSOR_PRED_FC1,
+    TENSOR_PRED_FC1_EXPS,
     TENSOR_PRED_FC2,
+    TENSOR_PRED_FC2_EXPS,
+    TENSOR_PRED_GROUPS,
 )
-from turbosparse.convert.arch.base import ROLE_EMBD, ROLE_MATRIX, ROLE_NORM, ROLE_OUTPUT, ROLE_PREDICTOR, TensorSpec
+from turbosparse.convert.arch.base import (
+    ROLE_EMBD,
+    ROLE_MATRIX,
+    ROLE_NORM,
+    ROLE_OUTPUT,
+    ROLE_PREDICTOR,
+    ROLE_ROUTER,
+    TensorSpec,
+)
 from turbosparse.convert.copy import architecture, copy_fields, open_gguf
 from turbosparse.convert.imatrix import (
     KEY_QUANTIZE_CHUNKS,
@@ -38,10 +50,17 @@ from turbosparse.errors import ConvertError
 
 logger = logging.getLogger(__name__)
 
-_PREDICTOR_SUFFIXES = tuple(
-    n.format(0).split(".", 2)[2]
-    for n in (TENSOR_PRED_FC1, TENSOR_PRED_FC2, TENSOR_POWERINFER_FC1, TENSOR_POWERINFER_FC2)
+_PREDICTORS = (
+    TENSOR_PRED_FC1,
+    TENSOR_PRED_FC2,
+    TENSOR_PRED_GROUPS,
+    TENSOR_PRED_FC1_EXPS,
+    TENSOR_PRED_FC2_EXPS,
+    TENSOR_POWERINFER_FC1,
+    TENSOR_POWERINFER_FC2,
 )
+_PREDICTOR_SUFFIXES = tuple(n.format(0).split(".", 2)[2] for n in _PREDICTORS)
+_ROUTER_SUFFIX = TENSOR_FFN_GATE_INP.format(0).split(".", 2)[2]
 
 
 def _role(name: str, n_dims: int) -> str:
@@ -51,8 +70,11 @@ def _role(name: str, n_dims: int) -> str:
         return ROLE_EMBD
     if name == "output.weight":
         return ROLE_OUTPUT
-    if name.startswith("blk.") and name.split(".", 2)[2] in _PREDICTOR_SUFFIXES:
+    suffix = name.split(".", 2)[2] if name.startswith("blk.") and name.count(".") >= 2 else ""
+    if suffix in _PREDICTOR_SUFFIXES:
         return ROLE_PREDICTOR
+    if suffix == _ROUTER_SUFFIX:
+        return ROLE_ROUTER  # F32, as a direct conversion and llama-quantize keep it
     return ROLE_MATRIX
 
 

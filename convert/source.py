@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import json
 import struct
+import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -114,6 +115,12 @@ def _read_safetensors_header(file: Path) -> dict[str, _Entry]:
     return entries
 
 
+def torch_load(torch: Any, file: Path) -> object:
+    """torch.load of a weights-only pickle: memory-mapped where the file is torch's zip format (since torch 1.6),
+    read whole where it is the older one, which cannot be mapped."""
+    return torch.load(str(file), map_location="cpu", mmap=zipfile.is_zipfile(file), weights_only=True)
+
+
 class TorchBinSource:
     """Tensors of PyTorch pickles (pytorch_model.bin or its shards), memory-mapped by torch."""
 
@@ -129,7 +136,7 @@ class TorchBinSource:
         self._files: dict[str, Path] = {}
         for file in files:
             try:
-                state = torch.load(str(file), map_location="cpu", mmap=True, weights_only=True)
+                state = torch_load(torch, file)
             except Exception as exc:  # torch raises many kinds on a bad pickle
                 raise ConvertError(f"{file}: not a readable PyTorch checkpoint: {exc}") from None
             if not isinstance(state, dict):

@@ -126,6 +126,19 @@ def add_turbosparse_keys(writer: gguf.GGUFWriter, values: dict[str, Any]) -> Non
         writer.add_key_value(key, value, vtype, sub_type=sub)
 
 
+def check_output_path(out_path: Path, error: type[Exception] = ConvertError) -> None:
+    """error(why) where out_path cannot become a file (a directory, or under a file): said before the work, not
+    after it."""
+    out_path = Path(out_path)
+    if out_path.is_dir():
+        raise error(f"{out_path}: is a directory; the output is a file (e.g. {out_path / 'model.gguf'})")
+    for folder in out_path.parents:
+        if folder.exists():
+            if not folder.is_dir():
+                raise error(f"{out_path}: cannot be written, {folder} is not a directory")
+            return
+
+
 def write_gguf(
     out_path: Path,
     specs: Sequence[TensorSpec],
@@ -137,6 +150,7 @@ def write_gguf(
 ) -> Path:
     """Writes the file atomically: nothing at out_path unless every tensor was written."""
     out_path = Path(out_path)
+    check_output_path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.partial")
     writer = gguf.GGUFWriter(str(tmp), arch)

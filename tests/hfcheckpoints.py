@@ -125,7 +125,7 @@ def save_checkpoint(
     tokenizer_dir: Path,
     *,
     dtype: torch.dtype = torch.float32,
-    fmt: str = "safetensors",  # safetensors | sharded | bin
+    fmt: str = "safetensors",  # safetensors | sharded | bin | bin-legacy
     extra_config: dict | None = None,
 ) -> Path:
     """Writes config.json, the weights (in dtype) and the tokenizer files; bamboo models via save_bamboo."""
@@ -139,8 +139,8 @@ def save_checkpoint(
         if model.config.tie_word_embeddings:
             state.pop("lm_head.weight", None)
         model.config.save_pretrained(out_dir)
-        if fmt == "bin":
-            torch.save(state, out_dir / "pytorch_model.bin")
+        if fmt in ("bin", "bin-legacy"):  # bin-legacy: torch's format before 1.6 (a pickle, not a zip)
+            torch.save(state, out_dir / "pytorch_model.bin", _use_new_zipfile_serialization=fmt == "bin")
         elif fmt == "sharded":
             names = list(state)
             halves = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}

@@ -291,4 +291,7 @@ def test_command_errors(tmp_path: Path, tiny_twin: Path) -> None:
     assert res.returncode == 1 and str(missing) in res.stderr
     res = turbosparse("calibrate", "-m", str(missing), "-f", str(short), "--sparsity", "0.4", "-o", out)
     assert res.returncode == 1 and str(missing) in res.stderr
+    # an output that can never be a file is said before the calibration (the short text's error comes after it)
+    res = turbosparse("calibrate", "-m", str(tiny_twin), "-f", str(short), "--sparsity", "0.4", "-o", str(tmp_path))
+    assert res.returncode == 1 and "is a directory" in res.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["short.txt"]

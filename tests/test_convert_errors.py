@@ -218,6 +218,22 @@ def test_existing_output_survives_a_failed_conversion(tmp_path: Path, work: Path
     assert out.read_bytes() == b"previous"
 
 
+def test_an_output_that_cannot_be_a_file_fails_before_any_tensor_is_read(
+    tmp_path: Path, good_dir: Path, monkeypatch
+) -> None:
+    def unread(self, name: str):
+        raise AssertionError(f"tensor {name} read")
+
+    monkeypatch.setattr(source_module.SafetensorsSource, "load", unread)
+    (tmp_path / "folder.gguf").mkdir()
+    with pytest.raises(ConvertError, match=r"folder\.gguf: is a directory; the output is a file"):
+        convert(good_dir, tmp_path / "folder.gguf")
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(ConvertError, match=r"under/out.gguf: cannot be written, .*file is not a directory"):
+        convert(good_dir, tmp_path / "file" / "under" / "out.gguf")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "folder.gguf"]
+
+
 def test_cli_reports_one_line_and_fails(tmp_path: Path, work: Path, capsys) -> None:
     edit_config(work, model_type="gpt2", architectures=["GPT2LMHeadModel"])
     out = tmp_path / "cli.gguf"

@@ -155,21 +155,25 @@ def relu_llama_dir(tmp_path_factory: pytest.TempPathFactory, spm_dir: Path) -> t
         ("llama", torch.float32, "safetensors", {}),
         ("llama", torch.bfloat16, "sharded", {}),
         ("llama", torch.float16, "bin", {}),
+        ("llama", torch.float32, "bin-legacy", {}),
         ("llama", torch.float32, "safetensors", {"tie_word_embeddings": True, "rope_theta": 500000.0}),
         ("llama", torch.float32, "safetensors", {"rope_scaling": {"type": "linear", "factor": 2.0}}),
         ("llama", torch.float32, "safetensors", {"rope_scaling": LLAMA3_ROPE, "rope_theta": 500000.0}),
         ("relu-llama", torch.bfloat16, "safetensors", {"hidden_act": "relu"}),
         ("llama", torch.float32, "safetensors", {"mlp_bias": True}),
+        ("llama", torch.float32, "safetensors", {"attention_bias": True}),
     ],
     ids=[
         "f32-single",
         "bf16-sharded",
         "f16-bin",
+        "f32-bin-legacy",
         "tied-theta",
         "rope-linear",
         "rope-llama3",
         "relu-bf16",
         "mlp-bias",
+        "attention-bias",
     ],
 )
 def test_f32_logits_match_torch(
@@ -365,6 +369,10 @@ def test_bamboo_neuron_groups(
     with caplog.at_level(logging.WARNING, logger="turbosparse.convert.groups"):
         budget = convert(bamboo_dir, tmp_path / "budget.gguf", outtype="q8_0", groups=32)
     assert read_keys(budget)["turbosparse.group_top_k"] == [2, 3]  # ceil(predicted rate 0.3 / 0.6 x 4 groups)
+    # re-quantized, the group heads keep the predictor type of a direct conversion
+    direct = convert(bamboo_dir, tmp_path / "q4.gguf", outtype="q4_0", groups=32, group_plan=tmp_path / "plan.json")
+    assert tensor_types(direct)["blk.0.ffn_pred_groups.weight"] == Q.Q8_0
+    assert tensor_types(convert(out, tmp_path / "requant.gguf", outtype="q4_0")) == tensor_types(direct)
     assert "--groups without --group-plan" in caplog.text and "predictor_train.groups" in caplog.text
     with pytest.raises(ConvertError, match="multiple of 32"):
         convert(bamboo_dir, tmp_path / "bad.gguf", outtype="f32", groups=48)

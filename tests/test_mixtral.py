@@ -137,6 +137,19 @@ def test_turbosparse_mixtral_conversion(tmp_path: Path, mixtral_dir: Path, token
         assert all(a is None or 0.0 <= a <= 1.0 for a in layer)
 
 
+def test_requantizing_keeps_each_tensors_type(tmp_path: Path, mixtral_dir: Path) -> None:
+    """An f32 GGUF re-quantized stores every tensor in the type a direct conversion gives it: the routers F32 (as
+    llama-quantize keeps them), the experts' predictors in the predictor type."""
+    model_dir = turbosparse_mixtral_dir(tmp_path / "hf", mixtral_dir, [RANK] * 4)
+    f32 = convert(model_dir, tmp_path / "f32.gguf", outtype="f32")
+    direct = convert(model_dir, tmp_path / "direct.gguf", outtype="q4_0", pred_type="q8_0")
+    requant = convert(f32, tmp_path / "requant.gguf", outtype="q4_0", pred_type="q8_0")
+    types = {t.name: t.tensor_type for t in gguf.GGUFReader(direct).tensors}
+    assert types["blk.0.ffn_gate_inp.weight"] == gguf.GGMLQuantizationType.F32
+    assert types["blk.0.ffn_pred_fc1_exps.weight"] == gguf.GGMLQuantizationType.Q8_0
+    assert {t.name: t.tensor_type for t in gguf.GGUFReader(requant).tensors} == types
+
+
 def test_convert_errors_name_the_tensor_or_key(tmp_path: Path, mixtral_dir: Path) -> None:
     uneven = turbosparse_mixtral_dir(tmp_path / "uneven", mixtral_dir, [RANK, RANK, 8, RANK])
     with pytest.raises(ConvertError, match=r"experts\.2\.predictor\.fc1\.weight.*rank mismatch between experts"):

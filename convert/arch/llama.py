@@ -80,7 +80,9 @@ class LlamaFamily(Architecture):
                 b + "ffn_down.weight": (d, hp.n_ff),
             }
             if hp.attention_bias:
+                # transformers' Llama puts attention_bias on o_proj too (llama.cpp reads attn_output.bias)
                 shapes |= {b + "attn_q.bias": (q,), b + "attn_k.bias": (kv,), b + "attn_v.bias": (kv,)}
+                shapes[b + "attn_output.bias"] = (d,)
             if hp.mlp_bias:
                 shapes |= {b + "ffn_gate.bias": (hp.n_ff,), b + "ffn_up.bias": (hp.n_ff,), b + "ffn_down.bias": (d,)}
         return shapes

@@ -15,6 +15,7 @@ from typing import Any
 from turbosparse.convert.arch.base import register
 from turbosparse.convert.arch.llama import is_llama_layout
 from turbosparse.convert.arch.sparse import CONFIG_KEY, PredictorPart, ReluFamily, as_number
+from turbosparse.convert.source import torch_load
 from turbosparse.errors import ConvertError
 
 RELU_ACTS = ("relu", "drelu")
@@ -76,7 +77,7 @@ class ReluLlama(ReluFamily):
             if not file.is_file():
                 raise ConvertError(f"{file}: predictor file for layer {layer} is missing")
             try:
-                state = torch.load(str(file), map_location="cpu", mmap=True, weights_only=True)
+                state = torch_load(torch, file)
             except Exception as exc:  # torch raises many kinds on a bad pickle
                 raise ConvertError(f"{file}: not a readable predictor state dict: {exc}") from None
             pair = []

@@ -17,6 +17,7 @@ from pathlib import Path
 from turbosparse.calibrate import ALLOCATIONS, METHODS, CalibrateConfig, CollectConfig, calibrate, write_calibrated
 from turbosparse.calibrate.pipeline import CalibrationResult, Quality
 from turbosparse.calibrate.scores import SCORES
+from turbosparse.convert.writer import check_output_path
 from turbosparse.errors import CalibrationError
 
 
@@ -114,6 +115,9 @@ def run(args: argparse.Namespace) -> int:
         eval_tokens=args.eval_tokens,
         n_threads=args.threads,
     )
+    if args.outfile is not None:
+        for sparsity in args.sparsity:
+            check_output_path(output_path(args.outfile, sparsity, several), CalibrationError)
     held_out = [_read(f) for f in args.eval_file]
     names = [f.name for f in args.eval_file] or [f"{args.file.name} (end)"]
     progress = sys.stderr.isatty() and not args.json
