@@ -40,6 +40,8 @@ def llama_script(Llama: Any, path: str) -> dict[str, Any]:
     out["schema_chat"] = llm.create_chat_completion(cat, max_tokens=40, temperature=0, response_format=schema)
     paris = str(llm.tokenize(b" Paris", add_bos=False)[0])
     out["bias"] = llm("The capital of France is", max_tokens=4, temperature=0, logit_bias={paris: -100.0})
+    # penalties count the generated tokens only (llama_cpp's sampler sees what it sampled): the prompt's numbers stay
+    out["penalized"] = llm("1, 2, 3, 4, 5, 6,", max_tokens=16, temperature=0, repeat_penalty=1.3)
     out["seeded"] = [llm("Roses are", max_tokens=8, temperature=0.9, seed=3)["choices"][0]["text"] for _ in range(2)]
     out["random_seed"] = llm("Roses are", max_tokens=2, temperature=0.9, seed=-1)  # llama_cpp's "pick one"
     tokens = llm.tokenize(b"Hello world", add_bos=True)
@@ -89,7 +91,7 @@ def test_same_structures(both) -> None:
 
 def test_same_greedy_text_and_usage(both) -> None:
     theirs, ours = both
-    for key in ("call", "echo", "token_prompt", "grammar", "bias"):
+    for key in ("call", "echo", "token_prompt", "grammar", "bias", "penalized"):
         assert ours[key]["choices"][0]["text"] == theirs[key]["choices"][0]["text"], key
         assert ours[key]["usage"] == theirs[key]["usage"], key
     for key in ("chat", "json_chat", "schema_chat"):
@@ -169,6 +171,26 @@ def test_a_chats_next_turn_evaluates_only_what_is_new(smollm2_path) -> None:
     assert 0 < llm.model.stats()["prompt_tokens"] <= new, (llm.model.stats()["prompt_tokens"], new)
 
 
+def test_calls_without_a_seed_draw_the_next_from_the_last(smollm2_path) -> None:
+    """As llama_cpp.Llama(seed=...): sampled calls differ from each other, and the same seed gives the same series;
+    a call's own seed starts the series again from it."""
+    import turbosparse
+
+    def series(**options: Any) -> list[str]:
+        with turbosparse.Llama(str(smollm2_path), n_ctx=128, n_threads=N_THREADS, verbose=False, **options) as llm:
+            texts = [llm("Once", max_tokens=6, temperature=1.5)["choices"][0]["text"] for _ in range(3)]
+            again = llm("Once", max_tokens=6, temperature=1.5, seed=5)["choices"][0]["text"]
+            texts.append(llm("Once", max_tokens=6, temperature=1.5)["choices"][0]["text"])
+            assert again == llm("Once", max_tokens=6, temperature=1.5, seed=5)["choices"][0]["text"]
+        with pytest.raises(turbosparse.ModelClosedError):
+            llm("Once", max_tokens=1)
+        return texts
+
+    first = series(seed=42)
+    assert len(set(first[:3])) == 3
+    assert series(seed=42) == first
+
+
 def test_unsupported_options_say_so(smollm2_path) -> None:
     import turbosparse
 
@@ -183,3 +205,5 @@ def test_unsupported_options_say_so(smollm2_path) -> None:
         turbosparse.Llama(str(smollm2_path), chat_format="llama-2", verbose=False)
     with pytest.raises(TypeError):
         turbosparse.Llama(str(smollm2_path), n_ctxx=128)  # a typo is an error, not silently ignored
+    with pytest.raises(ValueError, match="embedding=True is not supported"):
+        turbosparse.Llama(str(smollm2_path), embedding=True, verbose=False)

@@ -192,7 +192,8 @@ class Generation:
         if self.finish_reason is not None:
             raise RuntimeError("the generation has finished")
         try:
-            token = self._sampler.sample(logits, self.tokens)
+            history = self.tokens if self._sampler.params.penalize_prompt else self.tokens[self.n_prompt :]
+            token = self._sampler.sample(logits, history)
             end = self._tokenizer.is_end_of_generation(token)
             if self._grammar is not None and not end:
                 self._grammar.accept(token)

@@ -10,6 +10,7 @@ ignored: the engine runs on the CPU)."""
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -89,7 +90,9 @@ class Llama:
     """A GGUF model with llama_cpp.Llama's methods.
 
     model_path, n_ctx (0 = the model's), n_batch, n_threads, seed, verbose, chat_format (None: the file's
-    template; "chatml"), logits_all as llama_cpp.Llama; sparse and threshold as turbosparse.Model."""
+    template; "chatml"), logits_all, last_n_tokens_size as llama_cpp.Llama (n_ubatch, flash_attn, offload_kqv,
+    main_gpu taken and unused; n_gpu_layers warned about); sparse and threshold as turbosparse.Model. Penalties
+    count generated tokens only and each call without a seed draws the next seed from the last, as in llama_cpp."""
 
     def __init__(
         self,
@@ -106,10 +109,19 @@ class Llama:
         n_gpu_layers: int = 0,
         use_mmap: bool = True,
         use_mlock: bool = False,
+        last_n_tokens_size: int = 64,
+        embedding: bool = False,
+        n_ubatch: int = 512,
+        flash_attn: bool = False,
+        offload_kqv: bool = True,
+        main_gpu: int = 0,
         sparse: SparseName = "auto",
         threshold: float | None = None,
     ) -> None:
-        _refuse(use_mmap=(use_mmap, True), use_mlock=(use_mlock, False))
+        # n_ubatch, flash_attn, offload_kqv and main_gpu change how llama.cpp computes, not what: taken, unused
+        _refuse(use_mmap=(use_mmap, True), use_mlock=(use_mlock, False), embedding=(embedding, False))
+        if last_n_tokens_size < 0:
+            raise ValueError(f"last_n_tokens_size must be >= 0, got {last_n_tokens_size}")
         if n_gpu_layers:
             logger.warning("turbosparse.Llama runs on the CPU: n_gpu_layers=%d is ignored", n_gpu_layers)
         if n_threads_batch is not None and n_threads is not None and n_threads_batch != n_threads:
@@ -117,6 +129,7 @@ class Llama:
         self.model_path = model_path
         self.verbose = verbose
         self._seed = seed
+        self.last_n_tokens_size = last_n_tokens_size  # the penalties' window, as llama_cpp's
         self._logits_all = logits_all
         self._model = Model(
             model_path,
@@ -142,6 +155,24 @@ class Llama:
     def model(self) -> Model:
         """The turbosparse Model underneath."""
         return self._model
+
+    @property
+    def n_threads(self) -> int:
+        return self._model.n_threads
+
+    def set_seed(self, seed: int) -> None:
+        """The seed of the next sampled call (later calls draw theirs from it, as llama_cpp's do)."""
+        self._seed = seed
+
+    def close(self) -> None:
+        """Frees the model (llama_cpp.Llama.close()); using it afterwards raises ModelClosedError."""
+        self._model.close()
+
+    def __enter__(self) -> Llama:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # ---- sizes and special tokens --------------------------------------------------------------------
     def n_ctx(self) -> int:
@@ -218,8 +249,11 @@ class Llama:
         seed: int | None,
         logit_bias: dict[Any, Any] | None,
     ) -> SamplingParams:
-        if seed is None:
-            seed = self._seed
+        if seed is None and self._seed not in (-1, LLAMA_DEFAULT_SEED):
+            # as llama_cpp: each call draws the next seed from the last one, so that calls differ, reproducibly
+            seed = random.Random(self._seed).randint(0, 2**32 - 1)
+        if seed is not None:
+            self.set_seed(seed)
         if seed in (-1, LLAMA_DEFAULT_SEED):  # llama_cpp's random seed (-1 is the same as a uint32)
             seed = None
         return SamplingParams(
@@ -230,8 +264,10 @@ class Llama:
             repeat_penalty=repeat_penalty,
             frequency_penalty=frequency_penalty,
             presence_penalty=presence_penalty,
+            repeat_last_n=self.last_n_tokens_size,
             seed=seed,
             logit_bias=_logit_bias(logit_bias),
+            penalize_prompt=False,  # llama_cpp's sampler sees only the tokens it sampled
         )
 
     def _start(

@@ -33,6 +33,9 @@ class SamplingParams:
     repeat_last_n: int = 64  # how many recent tokens the penalties look at
     frequency_penalty: float = 0.0  # subtracted once per occurrence in the recent tokens (OpenAI's)
     presence_penalty: float = 0.0  # subtracted once from every token present in them (OpenAI's)
+    # whether the recent tokens include the prompt's (llama.cpp, llama-server) or only generated ones
+    # (llama-cpp-python's Llama, whose sampler sees only what it sampled)
+    penalize_prompt: bool = True
     seed: int | None = None  # None: a fresh random seed
     logit_bias: Mapping[int, float] | None = None  # token id -> added to its logit, first (-inf: never sampled)
 
