@@ -337,3 +337,103 @@ def test_run_conversation_drops_the_oldest_exchanges_past_the_context(smollm2_pa
     assert "oldest exchange(s) dropped" in out.stderr
     assert "past the context of 256 (-c)" in out.stderr  # the 300-word message alone does not fit; the next goes on
     assert len(out.stdout.splitlines()) >= 5
+
+
+CHATML_WITH_BOS = (
+    "{{ bos_token }}{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
+    "'<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+@pytest.fixture(scope="module")
+def bos_model(tmp_path_factory, smollm2_path):
+    """SmolLM2 whose vocabulary adds a BOS and whose chat template writes one too (as Llama 3's, Mistral's, Gemma's)."""
+    import gguf
+    from gguf.scripts.gguf_new_metadata import MetadataDetails, copy_with_new_metadata
+
+    out = tmp_path_factory.mktemp("bos") / "bos.gguf"
+    reader = gguf.GGUFReader(str(smollm2_path))
+    writer = gguf.GGUFWriter(str(out), arch=reader.fields["general.architecture"].contents())
+    new = {
+        "tokenizer.ggml.add_bos_token": MetadataDetails(gguf.GGUFValueType.BOOL, True),
+        "tokenizer.ggml.bos_token_id": MetadataDetails(gguf.GGUFValueType.UINT32, 0),  # not <|im_start|>, SmolLM2's
+        gguf.Keys.Tokenizer.CHAT_TEMPLATE: MetadataDetails(gguf.GGUFValueType.STRING, CHATML_WITH_BOS),
+    }
+    copy_with_new_metadata(reader, writer, new, [])
+    return out
+
+
+def test_a_chat_gets_one_bos(bos_model) -> None:
+    """Where the template writes the BOS the vocabulary also adds, the prompt starts with one (llama.cpp's rule):
+    run --chat (and -sys, which implies it) and Model.generate on a chat prompt."""
+    from turbosparse import Model
+
+    model = Model(bos_model, n_threads=2, n_ctx=256)
+    messages = [{"role": "user", "content": "Hi"}]
+    tokens = model.chat_tokens(messages)
+    assert tokens[0] == model.tokenizer.bos != tokens[1]
+    model.generate(model.chat_prompt(messages), max_tokens=1)
+    assert model.stats()["prompt_tokens"] == len(tokens)
+    with_system = model.chat_tokens([{"role": "system", "content": "Be brief."}, *messages])
+    model.close()
+    for args, n in ((["--chat"], len(tokens)), (["-sys", "Be brief."], len(with_system))):
+        out = turbosparse("run", "-m", str(bos_model), *args, "-p", "Hi", "-n", "1", "-t", "2")
+        assert out.returncode == 0, out.stderr
+        assert f"prompt: {n} tokens" in out.stderr
+
+
+def test_llama_cli_prompt_conventions(tmp_path, smollm2_path) -> None:
+    """-p's escapes are processed (--no-escape keeps them), a prompt file loses one final newline, -n is a bound
+    (the context's end also ends the text), and llama-cli's GPU flags are taken, not misread as -n / -f."""
+    base = ["run", "-m", str(smollm2_path), "--temp", "0", "-t", "2"]
+    out = turbosparse(*base, "-p", r"Q: 1+1?\nA:", "-n", "2")
+    assert out.returncode == 0 and out.stdout.startswith("Q: 1+1?\nA:"), out.stderr
+    out = turbosparse(*base, "-p", r"Q: 1+1?\nA:", "-n", "2", "--no-escape")
+    assert out.returncode == 0 and out.stdout.startswith(r"Q: 1+1?\nA:"), out.stderr
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_text("The capital of France is\n")
+    from_file = turbosparse(*base, "-f", str(prompt), "-n", "3")
+    from_p = turbosparse(*base, "-p", "The capital of France is", "-n", "3")
+    assert from_file.returncode == 0 and from_file.stdout == from_p.stdout, from_file.stderr
+    out = turbosparse(*base, "-c", "16", "-p", "Once upon a time", "-ngl", "99", "-no-cnv", "--ignore-eos")
+    assert out.returncode == 0, out.stderr
+    assert "prompt: 4 tokens" in out.stderr and "decode: 12 tokens" in out.stderr  # the 16 positions filled
+    assert "-ngl / -fa have no effect" in out.stderr
+
+
+def test_logit_bias_flag(smollm2_path) -> None:
+    from turbosparse import Model
+
+    model = Model(smollm2_path, n_threads=2, n_ctx=64)
+    paris = model.tokenize(" Paris", add_bos=False)[0]
+    model.close()
+    base = ["run", "-m", str(smollm2_path), "--temp", "0", "-t", "2", "-p", "The capital of France is", "-n", "1"]
+    assert turbosparse(*base).stdout.startswith("The capital of France is Paris")
+    out = turbosparse(*base, "-l", f"{paris}-inf")
+    assert out.returncode == 0 and "Paris" not in out.stdout, out.stderr
+    bad = turbosparse(*base, "-l", "Paris+1")
+    assert bad.returncode == 2 and "TOKEN_ID+BIAS" in bad.stderr
+
+
+def test_a_closed_pipe_ends_quietly(smollm2_path) -> None:
+    """`turbosparse run ... | head -c 5`: no error line, no traceback (a program SIGPIPE ends exits 141)."""
+    command = [sys.executable, "-m", "turbosparse", "run", "-m", str(smollm2_path), "-p", "Once upon a time", "-n",
+               "64", "--ignore-eos", "-t", "2"]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.read(5)
+    process.stdout.close()
+    err = process.stderr.read().decode()
+    assert process.wait(timeout=120) == 141, err
+    assert "error" not in err and "Traceback" not in err
+
+
+def test_a_chat_template_that_is_not_utf8_is_a_one_line_error(tmp_path, bos_model) -> None:
+    data = bytearray(bos_model.read_bytes())
+    at = data.find(b"{{ bos_token }}{% for")
+    data[at + 3] = 0xFF
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(bytes(data))
+    out = turbosparse("run", "-m", str(bad), "--chat", "-p", "Hi", "-n", "1", "-t", "2")
+    assert out.returncode == 1 and "tokenizer.chat_template is not UTF-8" in out.stderr
+    assert "Traceback" not in out.stderr

@@ -417,7 +417,8 @@ class Model:
         logit_bias: dict[int, float] | None = None,
     ) -> str | Iterator[str]:
         """Generated text (an iterator of text pieces when stream=True). A str prompt is tokenized with special
-        tokens parsed, as chat prompts need; temperature <= 0 is greedy decoding. grammar: the text follows it
+        tokens parsed, as chat prompts need (the model's BOS is added unless the text starts with it: a chat template
+        may write it); temperature <= 0 is greedy decoding. grammar: the text follows it
         (e.g. Grammar.json(), Grammar.from_json_schema(schema), Grammar(gbnf)); logit_bias: token id -> added to its
         logit."""
         sampling = SamplingParams(
@@ -430,7 +431,13 @@ class Model:
             seed=seed,
             logit_bias=logit_bias,
         )
-        tokens = self.tokenize(prompt, add_bos=add_bos, special=True) if isinstance(prompt, str) else list(prompt)
+        if isinstance(prompt, str):
+            tokens = self.tokenize(prompt, add_bos=add_bos, special=True)
+            bos = self._tokenizer.bos
+            if add_bos and len(tokens) > 1 and tokens[0] == tokens[1] == bos:  # a chat prompt writes its own BOS
+                tokens = tokens[1:]
+        else:
+            tokens = list(prompt)
         stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
         gen = self.start(tokens, sampling=sampling, max_tokens=max_tokens, stop=stops, grammar=grammar)
         pieces = self.run(gen)

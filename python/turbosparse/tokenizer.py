@@ -10,7 +10,7 @@ from collections.abc import Iterable
 import llama_cpp
 
 from turbosparse._library import set_llama_log_verbosity
-from turbosparse.errors import InvalidArgumentError, ModelClosedError, ModelLoadError
+from turbosparse.errors import ChatTemplateError, InvalidArgumentError, ModelClosedError, ModelLoadError
 from turbosparse.powerinfer import is_powerinfer, vocab_only_copy
 
 
@@ -136,7 +136,14 @@ class Tokenizer:
     def chat_template(self) -> str | None:
         self._check_open()
         ptr = llama_cpp.llama_model_chat_template(self._model, None)
-        return ptr.decode("utf-8") if ptr else None
+        if not ptr:
+            return None
+        try:
+            return ptr.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ChatTemplateError(
+                f"{self.path}: tokenizer.chat_template is not UTF-8 (byte 0x{ptr[exc.start]:02x} at offset {exc.start})"
+            ) from None
 
 
 class Detokenizer:

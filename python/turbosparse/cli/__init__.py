@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import logging
 import os
 import sys
@@ -48,8 +49,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING, format="%(message)s"
     )
+    for stream in (sys.stdout, sys.stderr):  # text in an encoding that cannot hold it: "?", not a traceback
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="replace")
     try:
         return int(args.func(args) or 0)
+    except BrokenPipeError:  # the reader went away (`| head`): quietly, as a program SIGPIPE ends
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the flush at exit must not fail again
+        return 141
     except (TurboSparseError, OSError) as exc:  # anything else is a bug: its traceback is the report
         print(f"turbosparse {args.command}: error: {exc}", file=sys.stderr)
         return 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Iterator
 from dataclasses import replace
@@ -44,14 +45,62 @@ def model_path(name: str) -> str:
     return default_model() if name == "default" else name
 
 
-def read_utf8(path: Path) -> str:
-    """A text file given on the command line (a prompt, a chat template): UTF-8, or an error naming the file."""
+def read_utf8(path: Path, newline: str | None = None) -> str:
+    """A text file given on the command line (a prompt, a chat template): UTF-8, or an error naming the file;
+    newlines translated (a CRLF file reads as "\n") unless newline="" keeps them."""
     try:
-        return path.read_text(encoding="utf-8")  # newlines translated: a CRLF file reads as "\n"
+        with path.open(encoding="utf-8", newline=newline) as f:
+            return f.read()
     except UnicodeDecodeError as exc:
         raise InvalidArgumentError(
             f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}: {exc.reason})"
         ) from None
+
+
+_ESCAPES = {"n": "\n", "r": "\r", "t": "\t", "'": "'", '"': '"', "\\": "\\", "?": "?", "a": "\a", "b": "\b",
+            "f": "\f", "v": "\v", "0": "\0"}  # fmt: skip
+
+
+def process_escapes(text: str) -> str:
+    """llama-cli's -e (on by default): \\n \\t \\r \\' \\" \\\\ \\xHH and C's other one-letter escapes in command-line
+    text become the characters; any other backslash stays as it is."""
+    out, i = [], 0
+    while i < len(text):
+        c = text[i]
+        if c == "\\" and i + 1 < len(text):
+            nxt = text[i + 1]
+            if nxt in _ESCAPES:
+                out.append(_ESCAPES[nxt])
+                i += 2
+                continue
+            digits = text[i + 2 : i + 4]
+            if nxt == "x" and len(digits) == 2 and all(d in "0123456789abcdefABCDEF" for d in digits):
+                out.append(chr(int(digits, 16)))
+                i += 4
+                continue
+        out.append(c)
+        i += 1
+    return "".join(out)
+
+
+def logit_bias_arg(text: str) -> tuple[int, float]:
+    """llama-cli's -l TOKEN_ID(+|-)BIAS, e.g. 15043+1 or 2-inf."""
+    for at, sign in enumerate(text):
+        if sign in "+-" and at > 0:
+            try:
+                token, bias = int(text[:at]), float(text[at + 1 :])
+            except ValueError:
+                break
+            if token >= 0 and bias == bias:
+                return token, bias if sign == "+" else -bias
+            break
+    raise argparse.ArgumentTypeError(f"expected TOKEN_ID+BIAS or TOKEN_ID-BIAS (e.g. 15043+1, 2-inf), got {text!r}")
+
+
+def read_prompt_file(path: Path) -> str:
+    """A prompt file as llama-cli reads it: its bytes as they are (UTF-8), less one final newline."""
+    text = read_utf8(path, newline="")
+    return text[:-1] if text.endswith("\n") else text
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -60,16 +109,36 @@ def register(sub: argparse._SubParsersAction) -> None:
     src = p.add_mutually_exclusive_group()
     src.add_argument("-p", "--prompt", default="", help="prompt text")
     src.add_argument("-f", "--file", type=Path, help="read the prompt from this file")
-    p.add_argument("-n", "--n-predict", type=int, default=128, help="tokens to generate (-1 = until end of text)")
+    p.add_argument(
+        "-n",
+        "--n-predict",
+        "--predict",
+        type=int,
+        default=-1,
+        help="tokens to generate, at most (-1 = until the end of text or a full context)",
+    )
     p.add_argument("--temp", type=float, default=0.8, help="temperature (0 = greedy)")
     p.add_argument("--top-k", type=int, default=40)
     p.add_argument("--top-p", type=float, default=0.95)
     p.add_argument("--min-p", type=float, default=0.05)
     p.add_argument("--repeat-penalty", type=float, default=1.0)
     p.add_argument("--repeat-last-n", type=int, default=64)
+    p.add_argument("--presence-penalty", type=float, default=0.0)
+    p.add_argument("--frequency-penalty", type=float, default=0.0)
     p.add_argument("-s", "--seed", type=int, default=-1, help="random seed (-1 = random)")
+    p.add_argument("-l", "--logit-bias", type=logit_bias_arg, action="append", default=[], metavar="TOKEN_ID(+|-)BIAS")
+    p.add_argument("--ignore-eos", action="store_true", help="never end the text (end-of-generation tokens banned)")
     p.add_argument("-r", "--reverse-prompt", "--stop", dest="stop", action="append", default=[], help="stop string")
+    p.add_argument(
+        "-e", "--escape", action="store_true", default=True, help="process \\n, \\t, \\xHH... in -p, -r, -sys (default)"
+    )
+    p.add_argument("--no-escape", dest="escape", action="store_false", help="take -p, -r and -sys as they are")
     p.add_argument("--chat", action="store_true", help="wrap the prompt as a user message in the model's chat template")
+    p.add_argument("-st", "--single-turn", dest="chat", action="store_true", help="one chat turn: the same as --chat")
+    p.add_argument("-no-cnv", "--no-conversation", action="store_true", help="a plain completion (the default)")
+    # llama-cli's GPU and attention options: placement here is --device, attention always llama.cpp's own
+    p.add_argument("-ngl", "--gpu-layers", "--n-gpu-layers", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("-fa", "--flash-attn", nargs="?", const="on", default=None, help=argparse.SUPPRESS)
     p.add_argument(
         "-cnv",
         "--conversation",
@@ -78,13 +147,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         "to go on on the next), answered with the conversation before it; -p is the first message; Ctrl-C stops an "
         "answer, Ctrl-D ends",
     )
-    p.add_argument("-sys", "--system-prompt", default=None, help="system message (with --chat or -cnv)")
+    p.add_argument("-sys", "--system-prompt", default=None, help="system message (implies --chat unless -cnv)")
     p.add_argument("--no-display-prompt", action="store_true", help="do not echo the prompt")
     constraint = p.add_mutually_exclusive_group()
     constraint.add_argument("--grammar", default=None, help="GBNF grammar (llama.cpp's format) the text must follow")
     constraint.add_argument("--grammar-file", type=Path, default=None, help="read the GBNF grammar from this file")
     constraint.add_argument(
         "-j", "--json-schema", default=None, help="JSON schema the text must follow ('{}': any JSON object)"
+    )
+    constraint.add_argument(
+        "-jf", "--json-schema-file", type=Path, default=None, help="read the JSON schema from a file"
     )
     p.set_defaults(func=run)
 
@@ -96,11 +168,20 @@ def grammar_of(args: argparse.Namespace) -> Grammar | None:
         return Grammar(args.grammar)
     if args.json_schema is not None:
         return Grammar.from_json_schema(args.json_schema)
+    if args.json_schema_file is not None:
+        return Grammar.from_json_schema(read_utf8(args.json_schema_file))
     return None
 
 
 def run(args: argparse.Namespace) -> int:
-    prompt = read_utf8(args.file) if args.file else args.prompt
+    if args.escape:
+        args.prompt = process_escapes(args.prompt)
+        args.stop = [process_escapes(s) for s in args.stop]
+        if args.system_prompt is not None:
+            args.system_prompt = process_escapes(args.system_prompt)
+    if args.gpu_layers or args.flash_attn not in (None, "off", "auto"):
+        print("turbosparse run: -ngl / -fa have no effect here (placement is --device)", file=sys.stderr)
+    prompt = read_prompt_file(args.file) if args.file else args.prompt
     grammar = grammar_of(args)
     model = Model(
         model_path(args.model),
@@ -119,14 +200,19 @@ def run(args: argparse.Namespace) -> int:
         min_p=args.min_p,
         repeat_penalty=args.repeat_penalty,
         repeat_last_n=args.repeat_last_n,
+        presence_penalty=args.presence_penalty,
+        frequency_penalty=args.frequency_penalty,
         seed=None if args.seed < 0 else args.seed,
+        logit_bias=logit_biases(model, args),
     )
     max_tokens = None if args.n_predict < 0 else args.n_predict
     system = [{"role": "system", "content": args.system_prompt}] if args.system_prompt else []
 
     def answer(tokens: list[int], turn: int) -> Iterator[str]:
         seed = None if sampling.seed is None else sampling.seed + turn - 1  # turn by turn: another draw, reproducible
-        gen = model.start(tokens, sampling=replace(sampling, seed=seed), max_tokens=max_tokens, stop=args.stop,
+        # -n is a bound, as llama-cli's: the text also ends where the context is full
+        limit = None if max_tokens is None else min(max_tokens, max(0, model.n_ctx - len(tokens)))
+        gen = model.start(tokens, sampling=replace(sampling, seed=seed), max_tokens=limit, stop=args.stop,
                           grammar=grammar, cache_prompt=args.conversation)  # fmt: skip
         return model.run(gen, with_empty=True)  # every step: Ctrl-C is looked at between any two
 
@@ -136,12 +222,17 @@ def run(args: argparse.Namespace) -> int:
         converse(Conversation(model, answer, room, system), prompt, sys.stdin, sys.stdout)
         print_stats(model)
         return 0
-    if args.chat:
-        prompt = model.chat_prompt([*system, {"role": "user", "content": prompt}])
-    if not prompt:
+    chat = args.chat or args.system_prompt is not None
+    if not prompt and not chat:
         raise InvalidArgumentError("empty prompt: give -p TEXT or -f FILE")
-    pieces = answer(model.tokenize(prompt, special=True), 1)  # checks the prompt; the text comes as it is read
-    if not args.no_display_prompt and not args.chat:
+    # a chat's BOS: the model's, unless its template writes one (as llama.cpp: never two)
+    tokens = (
+        model.chat_tokens([*system, {"role": "user", "content": prompt}])
+        if chat
+        else model.tokenize(prompt, special=True)
+    )
+    pieces = answer(tokens, 1)  # checks the prompt; the text comes as it is read
+    if not args.no_display_prompt and not chat:
         sys.stdout.write(prompt)
         sys.stdout.flush()
     for piece in pieces:
@@ -150,6 +241,15 @@ def run(args: argparse.Namespace) -> int:
     sys.stdout.write("\n")
     print_stats(model)
     return 0
+
+
+def logit_biases(model: Model, args: argparse.Namespace) -> dict[int, float] | None:
+    """-l's biases, and with --ignore-eos every end-of-generation token banned."""
+    bias = dict(args.logit_bias)
+    if args.ignore_eos:
+        tokenizer = model.tokenizer
+        bias |= {t: -math.inf for t in range(tokenizer.n_vocab) if tokenizer.is_end_of_generation(t)}
+    return bias or None
 
 
 def print_stats(model: Model) -> None:
