@@ -18,6 +18,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from sse_starlette import EventSourceResponse
 from starlette.datastructures import Headers
+from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from turbosparse.chat_template import ChatTemplate
@@ -131,6 +132,9 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
 
     if config.api_key is not None:
         app.add_middleware(APIKeyCheck, api_key=config.api_key)
+    # any origin, as llama-server and llama-cpp-python's server allow: browser front ends call it; outermost, so
+    # that a preflight (no key) is answered before the key check
+    app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"])
 
     def ready() -> tuple[Model, Engine]:
         if state.failure is not None:
@@ -160,8 +164,17 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
             "size": model.info.n_bytes,
             "sparse": model.sparse_name,
         }
-        entry = {"id": config.model_name, "object": "model", "created": state.created, "owned_by": "turbosparse"}
-        return JSONResponse({"object": "list", "data": [{**entry, "meta": meta}]})
+        return JSONResponse({"object": "list", "data": [{**model_entry(), "meta": meta}]})
+
+    @app.get("/v1/models/{model_id:path}")
+    async def model_by_id(model_id: str) -> JSONResponse:
+        ready()
+        if model_id != config.model_name:
+            raise APIError(404, f"the model '{model_id}' does not exist (this server has '{config.model_name}')")
+        return JSONResponse(model_entry())
+
+    def model_entry() -> dict[str, Any]:
+        return {"id": config.model_name, "object": "model", "created": state.created, "owned_by": "turbosparse"}
 
     @app.post("/tokenize")
     async def tokenize(body: TokenizeRequest) -> JSONResponse:
@@ -268,7 +281,8 @@ async def _submit(
             return model.start(
                 tokens,
                 sampling=body.sampling(),
-                max_tokens=body.max_tokens,
+                # past the slot's room, the answer ends where the slot is full ("length"), as in llama-server
+                max_tokens=None if body.max_tokens is None else min(body.max_tokens, max(0, model.n_ctx - len(tokens))),
                 stop=body.stops,
                 logprobs=logprobs,
                 score_prompt=score_prompt,

@@ -77,6 +77,15 @@ class _Generate(_Body):
     cache_prompt: bool = False  # llama-server's: keep all a slot holds of the prompt, generated tokens too
     user: str | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _nulls_are_defaults(cls, data: Any) -> Any:
+        """A field sent as null takes its default, as in llama-server (OpenAI's fields are nullable, and clients send
+        their unset options as null)."""
+        if isinstance(data, dict):
+            return {key: value for key, value in data.items() if value is not None}
+        return data
+
     @field_validator("n")
     @classmethod
     def _one_choice(cls, n: int) -> int:
