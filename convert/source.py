@@ -173,6 +173,8 @@ def open_checkpoint(model_dir: Path) -> TensorSource:
                 weight_map = json.loads(index.read_text())["weight_map"]
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 raise ConvertError(f"{index}: unreadable shard index: {exc}") from None
+            if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
+                raise ConvertError(f"{index}: weight_map is not an object of tensor name -> shard file name")
             files = sorted({model_dir / f for f in weight_map.values()})
             missing = [f for f in files if not f.is_file()]
             if missing:

@@ -5,6 +5,8 @@
   NORMAL); ids past the model padded as `[PADi]` (score -10000, UNUSED); added_tokens.json entries become
   USER_DEFINED (score -1000); tokenizer_config.json's added_tokens_decoder entries become CONTROL when special or
   special-looking (`<|...|>` and the like), USER_DEFINED otherwise with "▁" turned back into spaces (score -1000).
+- SentencePiece saved by transformers (tokenizer.json only, BPE with byte_fallback: Llama 2 and Mistral fine-tunes):
+  as its tokenizer.model would be written, scores from the merges' ranks, add_space_prefix as the file prepends "▁".
 - Byte-level BPE (tokenizer.json, model BPE over ByteLevel): tokenizer model "gpt2"; the vocabulary's strings by id
   (ids missing from it padded `[PADi]`, UNUSED); added tokens CONTROL when special or special-looking, else
   USER_DEFINED; merges. The pre-tokenizer name is read off tokenizer.json's pre_tokenizer structure (see
@@ -56,6 +58,7 @@ class Vocab:
     types: list[int]
     scores: list[float] | None  # SentencePiece only
     special: gguf.SpecialVocab
+    add_space_prefix: bool | None = None  # SentencePiece: written where a tokenizer.json says (llama.cpp: True)
 
     def add_to(self, writer: gguf.GGUFWriter) -> None:
         writer.add_tokenizer_model(self.model)
@@ -64,6 +67,8 @@ class Vocab:
         if self.scores is not None:
             writer.add_token_scores(self.scores)
         writer.add_token_types(self.types)
+        if self.add_space_prefix is not None:
+            writer.add_add_space_prefix(self.add_space_prefix)
         self.special.add_to_gguf(writer, quiet=True)
 
 
@@ -132,8 +137,11 @@ def _sentencepiece_vocab(model_dir: Path, vocab_size: int) -> Vocab:
                 tokens[tid], scores[tid], types[tid] = text.encode("utf-8"), -1000.0, int(TokenType.USER_DEFINED)
     config_file = model_dir / "tokenizer_config.json"
     if config_file.is_file():
-        for key, entry in (_read_json(config_file).get("added_tokens_decoder") or {}).items():
-            tid, text = int(key), entry["content"]
+        decoder = _read_json(config_file).get("added_tokens_decoder") or {}
+        if not isinstance(decoder, dict):
+            raise ConvertError(f"{config_file}: added_tokens_decoder is not an object of id -> token")
+        for key, entry in decoder.items():
+            tid, text = _added_token(key, entry, config_file)
             if not 0 <= tid < vocab_size:
                 continue
             if entry.get("special") or looks_special(text):
@@ -144,6 +152,27 @@ def _sentencepiece_vocab(model_dir: Path, vocab_size: int) -> Vocab:
             tokens[tid], scores[tid] = text.encode("utf-8"), -1000.0
     special = _special_vocab(model_dir, n_vocab=len(tokens))
     return Vocab("llama", "default", tokens, types, scores, special)
+
+
+def _added_token(tid: object, entry: object, where: Path) -> tuple[int, str]:
+    """(id, text) of an added token entry: tokenizer_config.json's added_tokens_decoder (id the key) or
+    tokenizer.json's added_tokens (id inside)."""
+    content = entry.get("content") if isinstance(entry, dict) else None
+    try:
+        tid = int(tid)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        tid = None
+    if tid is None or not isinstance(content, str):
+        raise ConvertError(f"{where}: added token {entry!r}: expected an integer id and a string 'content'")
+    return tid, content
+
+
+def _token_ids(vocab: dict[str, Any], where: Path) -> dict[int, str]:
+    """A tokenizer.json model's vocabulary (text -> id) by id."""
+    bad = next(((t, i) for t, i in vocab.items() if not isinstance(i, int) or isinstance(i, bool)), None)
+    if bad is not None:
+        raise ConvertError(f"{where}: vocabulary entry {bad[0]!r} has id {bad[1]!r}, not an integer")
+    return {i: t for t, i in vocab.items()}
 
 
 def _special_vocab(model_dir: Path, **options: Any) -> gguf.SpecialVocab:
@@ -190,14 +219,14 @@ def _bpe_vocab(model_dir: Path, vocab_size: int, pre: str | None) -> Vocab:
     if model.get("type") != "BPE" or not isinstance(model.get("vocab"), dict):
         raise ConvertError(f"{path}: model type {model.get('type')!r} is not a BPE vocabulary")
     if model.get("byte_fallback"):
-        raise ConvertError(f"{path}: a SentencePiece-style BPE (byte_fallback) needs its tokenizer.model")
+        return _sentencepiece_bpe_vocab(model_dir, vocab_size, tokenizer)
     if pre is None:
         pre = pre_tokenizer_name(tokenizer, path)
-    by_id: dict[int, str] = {int(i): t for t, i in model["vocab"].items()}
+    by_id = _token_ids(model["vocab"], path)
     added: dict[int, dict[str, Any]] = {}
     for entry in tokenizer.get("added_tokens") or []:
-        by_id[int(entry["id"])] = entry["content"]
-        added[int(entry["id"])] = entry
+        tid, by_id[tid] = _added_token(entry.get("id") if isinstance(entry, dict) else None, entry, path)
+        added[tid] = entry
     if by_id and max(by_id) >= vocab_size:
         raise ConvertError(f"{path}: token id {max(by_id)} is out of config.json's vocab_size {vocab_size}")
     tokens: list[bytes] = []
@@ -221,3 +250,63 @@ def _bpe_vocab(model_dir: Path, vocab_size: int, pre: str | None) -> Vocab:
     if not special.merges:
         raise ConvertError(f"{path}: a BPE vocabulary without merges")
     return Vocab("gpt2", pre, tokens, types, None, special)
+
+
+def _prepends_space(tokenizer: dict[str, Any]) -> bool:
+    """Whether a SentencePiece-style tokenizer.json puts "▁" before the text: a Prepend normalizer (Llama 2's) or a
+    Metaspace pre-tokenizer that prepends (Mistral's)."""
+
+    def steps(node: Any, key: str) -> list[dict[str, Any]]:
+        if not isinstance(node, dict):
+            return []
+        return [s for s in node.get(key, []) if isinstance(s, dict)] if node.get("type") == "Sequence" else [node]
+
+    if any(n.get("type") == "Prepend" for n in steps(tokenizer.get("normalizer"), "normalizers")):
+        return True
+    for step in steps(tokenizer.get("pre_tokenizer"), "pretokenizers"):
+        if step.get("type") == "Metaspace":
+            scheme = step.get("prepend_scheme", "always" if step.get("add_prefix_space", True) else "never")
+            return scheme != "never"
+    return False
+
+
+def _sentencepiece_bpe_vocab(model_dir: Path, vocab_size: int, tokenizer: dict[str, Any]) -> Vocab:
+    """A SentencePiece model as transformers saves it, tokenizer.json only (BPE with byte_fallback: Llama 2 and
+    Mistral fine-tunes): written as its tokenizer.model would be, tokenizer model "llama". llama.cpp's SentencePiece
+    tokenizer merges the adjacent pair whose joined piece scores highest; transformers' conversion listed the merges
+    in that order, so a piece scores minus the rank of the merge that makes it (pieces no merge makes: below all)."""
+    path = model_dir / "tokenizer.json"
+    model = tokenizer["model"]
+    by_id = _token_ids(model["vocab"], path)
+    merges = model.get("merges")
+    if not isinstance(merges, list):
+        raise ConvertError(f"{path}: a BPE vocabulary without merges")
+    rank: dict[str, int] = {}
+    for i, merge in enumerate(merges):
+        pair = merge.split(" ", 1) if isinstance(merge, str) else merge
+        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(p, str) for p in pair)):
+            raise ConvertError(f"{path}: merge {i} ({merge!r}) is not a pair of pieces")
+        rank.setdefault(pair[0] + pair[1], i)
+    tokens = [f"[PAD{i}]".encode() for i in range(vocab_size)]
+    scores = [-10000.0] * vocab_size
+    types = [int(TokenType.UNUSED)] * vocab_size
+    for tid, text in by_id.items():
+        if not 0 <= tid < vocab_size:
+            raise ConvertError(f"{path}: token id {tid} is out of config.json's vocab_size {vocab_size}")
+        kind = TokenType.NORMAL
+        if text == model.get("unk_token"):
+            kind = TokenType.UNKNOWN
+        elif len(text) == 6 and text.startswith("<0x") and text.endswith(">"):
+            kind = TokenType.BYTE
+        tokens[tid], scores[tid], types[tid] = text.encode("utf-8"), -float(rank.get(text, len(merges))), int(kind)
+    for entry in tokenizer.get("added_tokens") or []:
+        tid, text = _added_token(entry.get("id") if isinstance(entry, dict) else None, entry, path)
+        if not 0 <= tid < vocab_size:
+            raise ConvertError(f"{path}: added token id {tid} is out of config.json's vocab_size {vocab_size}")
+        if entry.get("special") or looks_special(text):
+            kind, score = (TokenType.UNKNOWN if text == model.get("unk_token") else TokenType.CONTROL), 0.0
+        else:
+            kind, score, text = TokenType.USER_DEFINED, -1000.0, text.replace("\u2581", " ")
+        tokens[tid], scores[tid], types[tid] = text.encode("utf-8"), score, int(kind)
+    special = _special_vocab(model_dir, n_vocab=vocab_size)
+    return Vocab("llama", "default", tokens, types, scores, special, add_space_prefix=_prepends_space(tokenizer))

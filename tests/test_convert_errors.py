@@ -124,6 +124,11 @@ def test_garbage_safetensors_header(tmp_path: Path, work: Path) -> None:
     assert_fails(work, tmp_path, "model.safetensors", "not a readable safetensors file")
 
 
+def test_a_shard_index_that_is_not_a_map(tmp_path: Path, work: Path) -> None:
+    (work / "model.safetensors.index.json").write_text(json.dumps({"weight_map": ["model.safetensors"]}))
+    assert_fails(work, tmp_path, "model.safetensors.index.json", "weight_map is not an object")
+
+
 def test_predictor_rank_mismatch(tmp_path: Path, work: Path) -> None:
     def edit(state: dict) -> None:
         state["model.layers.1.mlp.predictor.fc2.weight"] = torch.zeros(128, 24)

@@ -152,3 +152,47 @@ def test_sentencepiece_tokenization_matches(spm_converted: tuple[Path, Path]) ->
     assert len(strings) >= 280
     mismatches = [s for s in strings if llama_tokenize(llm, s, special=False) != [1, *sp.encode(s)]]
     assert not mismatches, f"{len(mismatches)} of {len(strings)} differ, e.g. {mismatches[:3]!r}"
+
+
+def test_a_sentencepiece_model_saved_as_tokenizer_json_only(tmp_path: Path, spm_converted: tuple[Path, Path]) -> None:
+    """A checkpoint with transformers' tokenizer.json and no tokenizer.model (Llama 2 / Mistral fine-tunes) gets the
+    vocabulary its tokenizer.model gives (scores aside: from the merges' ranks) and tokenizes as SentencePiece does."""
+    import shutil
+
+    import sentencepiece as spm
+    from llama_cpp import Llama
+    from transformers import AutoTokenizer
+
+    path, model_file = spm_converted
+    model_dir = tmp_path / "hf"
+    shutil.copytree(model_file.parents[1] / "hf", model_dir)
+    AutoTokenizer.from_pretrained(str(model_dir)).save_pretrained(str(model_dir))
+    (model_dir / "tokenizer.model").unlink()
+    out = convert(model_dir, tmp_path / "json.gguf", outtype="q8_0")
+    ours, reference = vocab_arrays(out), vocab_arrays(path)
+    for key in ("model", "pre", "tokens", "token_type", "bos_token_id", "eos_token_id", "add_bos_token"):
+        assert ours[f"tokenizer.ggml.{key}"] == reference[f"tokenizer.ggml.{key}"], key
+    assert ours["tokenizer.ggml.add_space_prefix"] is True
+    sp = spm.SentencePieceProcessor(model_file=str(model_file))
+    llm = Llama(str(out), vocab_only=True, verbose=False)
+    strings = [s for s in probe_strings() if "<|" not in s]
+    mismatches = [s for s in strings if llama_tokenize(llm, s, special=False) != [1, *sp.encode(s)]]
+    assert not mismatches, f"{len(mismatches)} of {len(strings)} differ, e.g. {mismatches[:3]!r}"
+
+
+@pytest.mark.parametrize(
+    ("tokenizer", "prepends"),
+    [
+        ({"normalizer": {"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "▁"},
+                                                             {"type": "Replace", "content": "▁"}]}}, True),  # Llama 2
+        ({"normalizer": None, "pre_tokenizer": {"type": "Metaspace", "prepend_scheme": "first"}}, True),  # Mistral
+        ({"pre_tokenizer": {"type": "Metaspace", "add_prefix_space": True}}, True),  # older transformers
+        ({"pre_tokenizer": {"type": "Sequence", "pretokenizers": [{"type": "Metaspace", "prepend_scheme": "never"}]}},
+         False),
+        ({"normalizer": {"type": "Replace", "content": "▁"}, "pre_tokenizer": None}, False),
+    ],
+)  # fmt: skip
+def test_where_a_tokenizer_json_prepends_a_space(tokenizer: dict, prepends: bool) -> None:
+    from turbosparse.convert.vocab import _prepends_space
+
+    assert _prepends_space(tokenizer) is prepends
