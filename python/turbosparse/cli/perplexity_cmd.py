@@ -19,6 +19,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-f", "--file", type=Path, required=True, help="plain text file")
     p.add_argument("--chunks", type=int, default=None, help="evaluate at most this many windows of --ctx-size tokens")
     p.add_argument("--compare-dense", action="store_true", help="also top-1 agreement and KL against dense decoding")
+    p.add_argument(
+        "--llama-perplexity",
+        action="store_true",
+        help="llama-perplexity's protocol, for figures comparable with llama.cpp's: chunks of --ctx-size tokens with "
+        "the BOS first, only their second half scored (default: every token after a window's first)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
 
@@ -30,7 +36,9 @@ def run(args: argparse.Namespace) -> int:
                   device=args.device)  # fmt: skip
     model = Model(path, sparse=args.sparse, threshold=args.threshold, **common)
     reference = Model(path, sparse="off", **common) if args.compare_dense else None
-    result = perplexity(model, text, model.n_ctx, reference=reference, max_windows=args.chunks)
+    result = perplexity(
+        model, text, model.n_ctx, reference=reference, max_windows=args.chunks, second_half=args.llama_perplexity
+    )
     stats = model.stats()
     active = [a for a in stats["active_fraction"] if a is not None]
     report = {

