@@ -382,6 +382,16 @@ def test_a_chat_gets_one_bos(bos_model) -> None:
         assert f"prompt: {n} tokens" in out.stderr
 
 
+def test_a_chat_template_given_on_the_command_line(smollm2_path) -> None:
+    from turbosparse import Model
+
+    with Model(smollm2_path, n_threads=2, n_ctx=64) as model:
+        n = len(model.tokenize("Q: Hi! A:", special=True))
+    template = "Q: {{ messages[-1]['content'] }}! A:"
+    out = turbosparse("run", "-m", str(smollm2_path), "--chat-template", template, "--chat", "-p", "Hi", "-n", "1")
+    assert out.returncode == 0 and f"prompt: {n} tokens" in out.stderr, out.stderr
+
+
 def test_llama_cli_prompt_conventions(tmp_path, smollm2_path) -> None:
     """-p's escapes are processed (--no-escape keeps them), a prompt file loses one final newline, -n is a bound
     (the context's end also ends the text), and llama-cli's GPU flags are taken, not misread as -n / -f."""
@@ -428,6 +438,20 @@ def test_a_closed_pipe_ends_quietly(smollm2_path) -> None:
     assert "error" not in err and "Traceback" not in err
 
 
+def test_ctrl_c_ends_the_text_with_the_timings(smollm2_path) -> None:
+    import signal
+
+    command = [sys.executable, "-m", "turbosparse", "run", "-m", str(smollm2_path), "-p", "Once upon a time", "-n",
+               "2000", "-c", "2048", "--ignore-eos", "-t", "2"]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.read(40)  # generating
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert b"decode: " in err and b"Traceback" not in err and out.endswith(b"\n")
+
+
 def test_a_chat_template_that_is_not_utf8_is_a_one_line_error(tmp_path, bos_model) -> None:
     data = bytearray(bos_model.read_bytes())
     at = data.find(b"{{ bos_token }}{% for")
@@ -437,3 +461,19 @@ def test_a_chat_template_that_is_not_utf8_is_a_one_line_error(tmp_path, bos_mode
     out = turbosparse("run", "-m", str(bad), "--chat", "-p", "Hi", "-n", "1", "-t", "2")
     assert out.returncode == 1 and "tokenizer.chat_template is not UTF-8" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "processed"),
+    [
+        (r"a\nb\tc", "a\nb\tc"),
+        (r"\'\"\\n", "'\"\\n"),  # \\ is one backslash, then a plain n
+        (r"caf\xc3\xa9 \x41", "café A"),  # bytes, together UTF-8
+        (r"\q \x4g", r"\q \x4g"),  # no escape: as it is
+        ("end\\", "end\\"),
+    ],
+)  # fmt: skip
+def test_escapes_as_llama_cli_processes_them(text: str, processed: str) -> None:
+    from turbosparse.cli.run_cmd import process_escapes
+
+    assert process_escapes(text) == processed

@@ -24,6 +24,7 @@ def llama_script(Llama: Any, path: str) -> dict[str, Any]:
     out["logprobs_stream"] = list(
         llm.create_completion("Once upon a time", max_tokens=6, temperature=0, logprobs=2, stream=True)
     )
+    out["logprobs_flag"] = llm.create_completion("Water boils at", max_tokens=2, temperature=0, logprobs=True)
     out["token_prompt"] = llm.create_completion(llm.tokenize(b"Water boils at"), max_tokens=6, temperature=0)
     messages = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Name a color."}]
     out["chat"] = llm.create_chat_completion(messages, max_tokens=10, temperature=0)
@@ -44,6 +45,8 @@ def llama_script(Llama: Any, path: str) -> dict[str, Any]:
     out["penalized"] = llm("1, 2, 3, 4, 5, 6,", max_tokens=16, temperature=0, repeat_penalty=1.3)
     out["seeded"] = [llm("Roses are", max_tokens=8, temperature=0.9, seed=3)["choices"][0]["text"] for _ in range(2)]
     out["random_seed"] = llm("Roses are", max_tokens=2, temperature=0.9, seed=-1)  # llama_cpp's "pick one"
+    llm.create_completion("Water boils at", max_tokens=4, temperature=0)  # what a completion leaves evaluated
+    out["after_completion"] = llm.input_ids[: llm.n_tokens].tolist()
     tokens = llm.tokenize(b"Hello world", add_bos=True)
     out["tokens"] = tokens
     out["text"] = llm.detokenize(tokens)
@@ -78,8 +81,9 @@ def both(smollm2_path) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def test_same_structures(both) -> None:
     theirs, ours = both
-    for key in ("call", "echo", "token_prompt", "chat", "logprobs", "random_seed"):
+    for key in ("call", "echo", "token_prompt", "chat", "logprobs", "logprobs_flag", "random_seed"):
         assert shape(ours[key]) == shape(theirs[key]), key
+    assert len(ours["logprobs_flag"]["choices"][0]["logprobs"]["top_logprobs"][0]) == 1  # True: one alternative
     for key in ("completion_stream", "chat_stream", "logprobs_stream"):
         assert [shape(c) for c in ours[key]] == [shape(c) for c in theirs[key]], key
         assert [c["choices"][0]["finish_reason"] for c in ours[key]] == [
@@ -134,6 +138,7 @@ def test_same_tokens_and_close_logits(both) -> None:
     assert ours["tokens"] == theirs["tokens"] and ours["text"] == theirs["text"]
     assert ours["special"] == theirs["special"]
     assert ours["n_tokens"] == theirs["n_tokens"]
+    assert ours["after_completion"] == theirs["after_completion"]
     assert ours["scores"].shape == theirs["scores"].shape
     assert (ours["scores"].argmax(-1) == theirs["scores"].argmax(-1)).all()
     # a fixed seed repeats its sample

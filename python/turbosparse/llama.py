@@ -328,6 +328,8 @@ class Llama:
         """A text completion of prompt (text, or token ids), as llama_cpp.Llama.create_completion returns it.
         logprobs: each token's log-probability and that many alternatives (with echo, the prompt's tokens too,
         every position computed as decoding computes it), in llama_cpp's shape; logits_all is not needed for it."""
+        if isinstance(logprobs, bool):  # llama_cpp takes a flag as the count it is in Python (True: 1)
+            logprobs = int(logprobs)
         check_top_count(logprobs)
         _refuse(
             suffix=(suffix, None),
@@ -362,6 +364,7 @@ class Llama:
         if stream:
             return self._stream(gen, chunks)
         whole = chunks.whole("".join(self._model.run(gen)))["choices"][0]
+        self._evaluated(gen)
         use = usage(gen.n_prompt, gen.n_generated)
         return text_completion(meta, whole["text"], gen.finish_reason, use, whole["logprobs"])
 
@@ -371,7 +374,17 @@ class Llama:
             chunk = chunks.piece(piece)
             if chunk is not None:
                 yield chunk
+        self._evaluated(gen)
         yield chunks.last(gen.finish_reason)
+
+    def _evaluated(self, gen: Generation) -> None:
+        """n_tokens and input_ids after a completion, as llama_cpp's: the prompt and every token sampled but the last
+        (sampled, never evaluated), so that eval() goes on after the completion's text. scores keep only what eval()
+        wrote."""
+        tokens = gen.tokens[:-1] if gen.n_generated else gen.tokens
+        self.input_ids[: len(tokens)] = tokens
+        self.n_tokens = len(tokens)
+        self._last_logits = None
 
     def __call__(self, prompt: str | list[int], **options: Any) -> dict | Iterator[dict]:
         return self.create_completion(prompt, **options)
@@ -438,5 +451,6 @@ class Llama:
         if stream:
             return self._stream(gen, chunks)
         text = "".join(self._model.run(gen))
+        self._evaluated(gen)
         use = usage(gen.n_prompt, gen.n_generated)
         return chat_completion(meta, text, gen.finish_reason, use, chunks.scores(text, end=True))

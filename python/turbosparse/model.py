@@ -452,7 +452,10 @@ class Model:
         if self._chat_template is None:
             text = self._tokenizer.chat_template
             if text is None:
-                raise ChatTemplateError(f"{self.path}: the file has no chat template (tokenizer.chat_template)")
+                raise ChatTemplateError(
+                    f"{self.path}: the file has no chat template (tokenizer.chat_template); give one: "
+                    "Model.chat_template = ChatTemplate(...), Llama(chat_format='chatml'), --chat-template(-file)"
+                )
             self._chat_template = ChatTemplate.for_tokenizer(text, self._tokenizer)
         return self._chat_template
 

@@ -10,6 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from turbosparse.binding import SparseMode
+from turbosparse.chat_template import ChatTemplate
 from turbosparse.cli.conversation import Conversation, converse
 from turbosparse.default import default_model
 from turbosparse.errors import InvalidArgumentError
@@ -57,30 +58,26 @@ def read_utf8(path: Path, newline: str | None = None) -> str:
         ) from None
 
 
-_ESCAPES = {"n": "\n", "r": "\r", "t": "\t", "'": "'", '"': '"', "\\": "\\", "?": "?", "a": "\a", "b": "\b",
-            "f": "\f", "v": "\v", "0": "\0"}  # fmt: skip
+_ESCAPES = {"n": b"\n", "r": b"\r", "t": b"\t", "'": b"'", '"': b'"', "\\": b"\\"}
+_HEX = "0123456789abcdefABCDEF"
 
 
 def process_escapes(text: str) -> str:
-    """llama-cli's -e (on by default): \\n \\t \\r \\' \\" \\\\ \\xHH and C's other one-letter escapes in command-line
-    text become the characters; any other backslash stays as it is."""
-    out, i = [], 0
+    """llama-cli's -e (on by default): \\n \\r \\t \\' \\" \\\\ in command-line text become those characters and
+    \\xHH the byte HH (bytes that together are UTF-8 make its character); any other backslash stays."""
+    out, i = bytearray(), 0
     while i < len(text):
-        c = text[i]
-        if c == "\\" and i + 1 < len(text):
-            nxt = text[i + 1]
-            if nxt in _ESCAPES:
-                out.append(_ESCAPES[nxt])
-                i += 2
-                continue
-            digits = text[i + 2 : i + 4]
-            if nxt == "x" and len(digits) == 2 and all(d in "0123456789abcdefABCDEF" for d in digits):
-                out.append(chr(int(digits, 16)))
-                i += 4
-                continue
-        out.append(c)
-        i += 1
-    return "".join(out)
+        nxt, digits = text[i + 1 : i + 2], text[i + 2 : i + 4]
+        if text[i] == "\\" and nxt in _ESCAPES:
+            out += _ESCAPES[nxt]
+            i += 2
+        elif text[i] == "\\" and nxt == "x" and len(digits) == 2 and all(d in _HEX for d in digits):
+            out.append(int(digits, 16))
+            i += 4
+        else:
+            out += text[i].encode("utf-8", errors="surrogateescape")  # argv: bytes that were not UTF-8
+            i += 1
+    return out.decode("utf-8", errors="replace")
 
 
 def logit_bias_arg(text: str) -> tuple[int, float]:
@@ -147,6 +144,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "to go on on the next), answered with the conversation before it; -p is the first message; Ctrl-C stops an "
         "answer, Ctrl-D ends",
     )
+    template = p.add_mutually_exclusive_group()
+    template.add_argument("--chat-template", default=None, help="a Jinja2 chat template replacing the file's")
+    template.add_argument("--chat-template-file", type=Path, default=None, help="... read from this file")
     p.add_argument("-sys", "--system-prompt", default=None, help="system message (implies --chat unless -cnv)")
     p.add_argument("--no-display-prompt", action="store_true", help="do not echo the prompt")
     constraint = p.add_mutually_exclusive_group()
@@ -193,6 +193,9 @@ def run(args: argparse.Namespace) -> int:
         verbose=args.verbose,
         device=args.device,
     )
+    template = read_utf8(args.chat_template_file) if args.chat_template_file else args.chat_template
+    if template is not None:
+        model.chat_template = ChatTemplate.for_tokenizer(template, model.tokenizer)
     sampling = SamplingParams(  # checks the options before any text
         temperature=args.temp,
         top_k=args.top_k,
@@ -235,12 +238,16 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_display_prompt and not chat:
         sys.stdout.write(prompt)
         sys.stdout.flush()
-    for piece in pieces:
-        sys.stdout.write(piece)
-        sys.stdout.flush()
+    code = 0
+    try:
+        for piece in pieces:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+    except KeyboardInterrupt:  # Ctrl-C: the text so far ends its line and the timings follow, as llama-cli's
+        code = 130
     sys.stdout.write("\n")
     print_stats(model)
-    return 0
+    return code
 
 
 def logit_biases(model: Model, args: argparse.Namespace) -> dict[int, float] | None:
