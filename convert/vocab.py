@@ -215,7 +215,9 @@ def pre_tokenizer_name(tokenizer: dict[str, Any], where: Path) -> str:
 def _bpe_vocab(model_dir: Path, vocab_size: int, pre: str | None) -> Vocab:
     path = model_dir / "tokenizer.json"
     tokenizer = _read_json(path)
-    model = tokenizer.get("model") or {}
+    model = tokenizer.get("model")
+    if not isinstance(model, dict):
+        raise ConvertError(f"{path}: 'model' is not an object (a tokenizer.json's vocabulary)")
     if model.get("type") != "BPE" or not isinstance(model.get("vocab"), dict):
         raise ConvertError(f"{path}: model type {model.get('type')!r} is not a BPE vocabulary")
     if model.get("byte_fallback"):
@@ -259,7 +261,10 @@ def _prepends_space(tokenizer: dict[str, Any]) -> bool:
     def steps(node: Any, key: str) -> list[dict[str, Any]]:
         if not isinstance(node, dict):
             return []
-        return [s for s in node.get(key, []) if isinstance(s, dict)] if node.get("type") == "Sequence" else [node]
+        if node.get("type") != "Sequence":
+            return [node]
+        inner = node.get(key)
+        return [s for s in inner if isinstance(s, dict)] if isinstance(inner, list) else []
 
     if any(n.get("type") == "Prepend" for n in steps(tokenizer.get("normalizer"), "normalizers")):
         return True

@@ -407,7 +407,10 @@ def test_llama_cli_prompt_conventions(tmp_path, smollm2_path) -> None:
     assert from_file.returncode == 0 and from_file.stdout == from_p.stdout, from_file.stderr
     out = turbosparse(*base, "-c", "16", "-p", "Once upon a time", "-ngl", "99", "-no-cnv", "--ignore-eos")
     assert out.returncode == 0, out.stderr
-    assert "prompt: 4 tokens" in out.stderr and "decode: 12 tokens" in out.stderr  # the 16 positions filled
+    # the 16 positions filled: 4 + 12 tokens, the last taken and never evaluated; the same as with a larger -n
+    assert "prompt: 4 tokens" in out.stderr and "decode: 11 tokens" in out.stderr
+    bound = turbosparse(*base, "-c", "16", "-p", "Once upon a time", "--ignore-eos", "-n", "100")
+    assert bound.stdout == out.stdout and "decode: 11 tokens" in bound.stderr
     assert "-ngl / -fa have no effect" in out.stderr
 
 

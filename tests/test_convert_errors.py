@@ -165,6 +165,12 @@ def test_unreadable_tokenizer(tmp_path: Path, work: Path) -> None:
     assert_fails(work, tmp_path, "tokenizer.model")
 
 
+def test_a_tokenizer_json_without_a_model_object(tmp_path: Path, work: Path) -> None:
+    (work / "tokenizer.model").unlink()
+    (work / "tokenizer.json").write_text(json.dumps({"model": "x"}))
+    assert_fails(work, tmp_path, "tokenizer.json", "'model' is not an object")
+
+
 def test_a_tokenizer_piece_that_is_not_utf8(tmp_path: Path, work: Path) -> None:
     """A byte of a piece's text made 0xbb: sentencepiece loads the model and raises UnicodeDecodeError for the piece
     (found by the fuzzer, which reached it through the model's other strings too)."""

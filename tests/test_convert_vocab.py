@@ -190,6 +190,7 @@ def test_a_sentencepiece_model_saved_as_tokenizer_json_only(tmp_path: Path, spm_
         ({"pre_tokenizer": {"type": "Sequence", "pretokenizers": [{"type": "Metaspace", "prepend_scheme": "never"}]}},
          False),
         ({"normalizer": {"type": "Replace", "content": "▁"}, "pre_tokenizer": None}, False),
+        ({"normalizer": {"type": "Sequence", "normalizers": None}, "pre_tokenizer": {"type": "Sequence"}}, False),
     ],
 )  # fmt: skip
 def test_where_a_tokenizer_json_prepends_a_space(tokenizer: dict, prepends: bool) -> None:

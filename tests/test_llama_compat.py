@@ -47,6 +47,8 @@ def llama_script(Llama: Any, path: str) -> dict[str, Any]:
     out["random_seed"] = llm("Roses are", max_tokens=2, temperature=0.9, seed=-1)  # llama_cpp's "pick one"
     llm.create_completion("Water boils at", max_tokens=4, temperature=0)  # what a completion leaves evaluated
     out["after_completion"] = llm.input_ids[: llm.n_tokens].tolist()
+    ended = llm.create_chat_completion([{"role": "user", "content": "What is 2+2?"}], max_tokens=48, temperature=0)
+    out["after_end_of_text"] = (ended["choices"][0]["finish_reason"], llm.input_ids[: llm.n_tokens].tolist())
     tokens = llm.tokenize(b"Hello world", add_bos=True)
     out["tokens"] = tokens
     out["text"] = llm.detokenize(tokens)
@@ -139,6 +141,7 @@ def test_same_tokens_and_close_logits(both) -> None:
     assert ours["special"] == theirs["special"]
     assert ours["n_tokens"] == theirs["n_tokens"]
     assert ours["after_completion"] == theirs["after_completion"]
+    assert ours["after_end_of_text"] == theirs["after_end_of_text"] and ours["after_end_of_text"][0] == "stop"
     assert ours["scores"].shape == theirs["scores"].shape
     assert (ours["scores"].argmax(-1) == theirs["scores"].argmax(-1)).all()
     # a fixed seed repeats its sample

@@ -60,6 +60,14 @@ def test_llama_perplexity_protocol_scores_each_chunks_second_half(model, smollm2
     assert result.perplexity < perplexity(model, TEXT, N_CTX).perplexity
 
 
+def test_a_text_shorter_than_a_window_is_an_error(model) -> None:
+    from turbosparse import InvalidArgumentError
+
+    for second_half in (False, True):
+        with pytest.raises(InvalidArgumentError, match="fewer than one window of 128"):
+            perplexity(model, "To be, or not to be.", N_CTX, second_half=second_half)
+
+
 def test_the_command(tmp_path, smollm2_path) -> None:
     text = tmp_path / "text.txt"
     text.write_text(TEXT)

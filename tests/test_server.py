@@ -504,3 +504,23 @@ def test_the_chat_template_flag_replaces_the_files(smollm2_path) -> None:
     template = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
     model = load_model(ServerConfig(str(smollm2_path), n_ctx=256, n_threads=1, chat_template=template))
     assert model.chat_prompt([{"role": "user", "content": "Hi"}]) == "[user] Hi\n"
+
+
+def test_a_chat_template_that_is_not_utf8_is_a_400(tmp_path, smollm2_path) -> None:
+    from fastapi.testclient import TestClient
+
+    from turbosparse.server.app import create_app
+    from turbosparse.server.config import ServerConfig
+
+    data = bytearray(smollm2_path.read_bytes())
+    data[data.find(b"{% for message in messages %}") + 3] = 0xFF
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(bytes(data))
+    with TestClient(create_app(ServerConfig(str(bad), n_ctx=256, n_threads=2))) as client:
+        deadline = time.monotonic() + 120
+        while client.get("/health").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        answer = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "Hi"}]})
+        assert_error(answer.status_code, answer.json(), 400)
+        assert "tokenizer.chat_template is not UTF-8" in answer.json()["error"]["message"]
+        assert client.post("/v1/completions", json={"prompt": "Hi", "max_tokens": 2}).status_code == 200

@@ -119,6 +119,8 @@ class Generation:
         self.n_ctx = n_ctx
         self.finish_reason: FinishReason | None = None
         self.cancelled = False
+        # ended on a token it took (max_tokens, a full context, a stop string): that token was never evaluated
+        self.ended_on_new_token = False
         self.cache_prompt = cache_prompt  # its prompt keeps all its sequence holds of it (Model.start)
         self._tokenizer = tokenizer
         self._grammar = grammar.start(tokenizer) if grammar is not None else None
@@ -211,10 +213,12 @@ class Generation:
         text = self._scanner.feed(piece)
         if self._scanner.stopped:
             self.finish_reason = "stop"
+            self.ended_on_new_token = True
             return text
-        full = len(self.tokens) > self.n_ctx  # the newest token no longer fits in the context
+        full = len(self.tokens) >= self.n_ctx  # the context holds n_ctx tokens, as llama.cpp's and llama-server's
         if full or (self.max_tokens is not None and self.n_generated >= self.max_tokens):
             self.finish_reason = "length"
+            self.ended_on_new_token = True
             return text + self._flush()
         return text
 

@@ -378,10 +378,10 @@ class Llama:
         yield chunks.last(gen.finish_reason)
 
     def _evaluated(self, gen: Generation) -> None:
-        """n_tokens and input_ids after a completion, as llama_cpp's: the prompt and every token sampled but the last
-        (sampled, never evaluated), so that eval() goes on after the completion's text. scores keep only what eval()
-        wrote."""
-        tokens = gen.tokens[:-1] if gen.n_generated else gen.tokens
+        """n_tokens and input_ids after a completion, as llama_cpp's: the tokens the model evaluated (not one the
+        completion ended on: max_tokens, a stop string), so that eval() goes on after the completion's text. scores
+        keep only what eval() wrote."""
+        tokens = gen.tokens[:-1] if gen.ended_on_new_token else gen.tokens
         self.input_ids[: len(tokens)] = tokens
         self.n_tokens = len(tokens)
         self._last_logits = None

@@ -82,11 +82,11 @@ def perplexity(
 ) -> PerplexityResult:
     """Perplexity of model on text; with a reference model (e.g. the same file, dense), also the top-1
     agreement and mean KL(reference || model) over the scored positions; second_half: llama-perplexity's protocol."""
+    tokens = model.tokenize(text, add_bos=second_half)
     if second_half:
-        tokens = model.tokenize(text, add_bos=True)
         chunks = llama_perplexity_chunks(tokens, n_ctx, bos_prefix(model.tokenizer), max_windows)
     else:
-        chunks = windows(model, model.tokenize(text, add_bos=False), n_ctx, max_windows)
+        chunks = windows(model, tokens, n_ctx, max_windows)
     first = n_ctx // 2 if second_half else 0  # the first scored position's index in a window
     nll, n, n_windows = 0.0, 0, 0
     agree, kl = 0, 0.0

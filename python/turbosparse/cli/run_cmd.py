@@ -127,9 +127,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ignore-eos", action="store_true", help="never end the text (end-of-generation tokens banned)")
     p.add_argument("-r", "--reverse-prompt", "--stop", dest="stop", action="append", default=[], help="stop string")
     p.add_argument(
-        "-e", "--escape", action="store_true", default=True, help="process \\n, \\t, \\xHH... in -p, -r, -sys (default)"
+        "-e",
+        "--escape",
+        action="store_true",
+        default=True,
+        help="process \\n, \\t, \\xHH... in the prompt and -r (default)",
     )
-    p.add_argument("--no-escape", dest="escape", action="store_false", help="take -p, -r and -sys as they are")
+    p.add_argument("--no-escape", dest="escape", action="store_false", help="take the prompt and -r as they are")
     p.add_argument("--chat", action="store_true", help="wrap the prompt as a user message in the model's chat template")
     p.add_argument("-st", "--single-turn", dest="chat", action="store_true", help="one chat turn: the same as --chat")
     p.add_argument("-no-cnv", "--no-conversation", action="store_true", help="a plain completion (the default)")
@@ -174,14 +178,12 @@ def grammar_of(args: argparse.Namespace) -> Grammar | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.escape:
-        args.prompt = process_escapes(args.prompt)
-        args.stop = [process_escapes(s) for s in args.stop]
-        if args.system_prompt is not None:
-            args.system_prompt = process_escapes(args.system_prompt)
     if args.gpu_layers or args.flash_attn not in (None, "off", "auto"):
         print("turbosparse run: -ngl / -fa have no effect here (placement is --device)", file=sys.stderr)
     prompt = read_prompt_file(args.file) if args.file else args.prompt
+    if args.escape:  # llama-cli's: the prompt (a file's too) and the stop strings
+        prompt = process_escapes(prompt)
+        args.stop = [process_escapes(s) for s in args.stop]
     grammar = grammar_of(args)
     model = Model(
         model_path(args.model),

@@ -228,10 +228,8 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
         model, engine = ready()
         try:
             tokens = model.chat_tokens([m.for_template() for m in body.messages])
-        except ValueError as exc:  # no template, or it refuses the messages (ChatTemplateError); text not tokenizable
-            no_template = config.chat_template is None and model.tokenizer.chat_template is None
-            hint = "; start the server with --chat-template" if no_template else ""
-            raise APIError(400, f"{exc}{hint}", param="messages") from None
+        except ValueError as exc:  # no template (the error says how to give one), one that is not UTF-8 or refuses
+            raise APIError(400, str(exc), param="messages") from None  # the messages (ChatTemplateError); bad text
         job, queue = await _submit(model, engine, tokens, body, "messages", body.n_top)
         gen = job.generation
         meta = CompletionMeta.new("chatcmpl", config.model_name)
