@@ -14,16 +14,14 @@ from turbosparse.constants import KEY_FORMAT_VERSION
 from turbosparse.convert.arch.base import ROLE_MATRIX, TensorSpec
 from turbosparse.convert.writer import add_turbosparse_keys, write_gguf
 from turbosparse.errors import ConvertError
+from turbosparse.gguf_reader import read_gguf
 
 # written by the writer itself (header counts, architecture, alignment of its own data section)
 _WRITER_KEYS = ("GGUF.version", "GGUF.tensor_count", "GGUF.kv_count", "general.architecture", "general.alignment")
 
 
 def open_gguf(path: Path) -> gguf.GGUFReader:
-    try:
-        return gguf.GGUFReader(str(path))
-    except (OSError, ValueError, KeyError) as exc:  # KeyError: a key that occurs twice
-        raise ConvertError(f"{path}: not a readable GGUF file: {exc}") from None
+    return read_gguf(path, ConvertError)
 
 
 def architecture(reader: gguf.GGUFReader, path: Path) -> str:

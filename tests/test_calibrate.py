@@ -45,12 +45,13 @@ def kept_on(samples: LayerSamples, gate: float, act: float) -> tuple[float, floa
 
 
 @pytest.mark.parametrize("method", ["gate", "gate+act"])
-@pytest.mark.parametrize("allocation", ["uniform", "weighted"])
+@pytest.mark.parametrize("allocation", ["uniform", "weighted", "weighted-tiny"])
 @pytest.mark.parametrize("sparsity", [0.3, 0.5, 0.7])
 def test_thresholds_reach_the_target_on_the_samples(method: str, allocation: str, sparsity: float) -> None:
     samples = synthetic_samples()
     planner = Planner(samples, method)  # type: ignore[arg-type]
-    chosen = planner.uniform(sparsity) if allocation == "uniform" else planner.allocated(sparsity, [1, 3, 0.5, 2])
+    weights = [1, 3, 0.5, 2] if allocation == "weighted" else [1e-25, 3e-25, 5e-26, 2e-25]  # at any scale
+    chosen = planner.uniform(sparsity) if allocation == "uniform" else planner.allocated(sparsity, weights)
     c = Calibration.of(sparsity, chosen)
     shares = [kept_on(s, g, a) for s, g, a in zip(samples, c.thresholds.gate, c.thresholds.act, strict=True)]
     kept = np.mean([(u + d) / 2 for u, d in shares])

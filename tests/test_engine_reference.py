@@ -98,3 +98,22 @@ def test_quant_types_match_reference(tmp_path: Path, qtype: Q) -> None:
     error = np.abs(out - ref).max() / ref.std()
     assert error <= TOLERANCE.get(qtype, QUANT_TOLERANCE), f"{qtype.name}: normalized error {error:.4f}"
     assert (out.argmax(1) == ref.argmax(1)).mean() >= 0.9
+
+
+def test_a_rope_factor_without_a_type_scales_linearly(tmp_path: Path) -> None:
+    """llama.cpp reads a missing rope.scaling.type as linear: a factor alone (2023's rope.scale_linear files, or
+    rope.scaling.factor) scales positions as type linear does; an explicit none does not."""
+    cfg = TinyConfig()
+    weights = random_weights(cfg, seed=5)
+    toks = tokens(cfg, 40, seed=6)
+    kvs = {"explicit": {"llama.rope.scaling.type": "linear", "llama.rope.scaling.factor": 4.0},
+           "legacy": {"llama.rope.scale_linear": 4.0}, "factor": {"llama.rope.scaling.factor": 4.0},
+           "none": {"llama.rope.scaling.type": "none", "llama.rope.scaling.factor": 4.0}, "plain": {}}  # fmt: skip
+    logits = {}
+    for name, extra in kvs.items():
+        write_gguf(tmp_path / f"{name}.gguf", cfg, weights, extra_kv=extra)
+        logits[name] = context(tmp_path / f"{name}.gguf").eval(toks, dense_ffn=True, logits_all=True)
+    assert np.abs(logits["explicit"] - logits["plain"]).max() > 1e-2
+    for name in ("legacy", "factor"):
+        np.testing.assert_array_equal(logits[name], logits["explicit"])
+    np.testing.assert_array_equal(logits["none"], logits["plain"])

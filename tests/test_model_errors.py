@@ -96,6 +96,17 @@ def test_alignment_below_eight_or_not_a_power_of_two(tmp_path: Path, alignment: 
     assert f"general.alignment must be a power of two of at least 8, got {alignment}" in load_error(path)
 
 
+def test_one_file_of_a_split_model_says_so(tmp_path: Path) -> None:
+    """llama-gguf-split's files (model-00002-of-00003.gguf): a file without the rest of the tensors is not "missing
+    tensor ...", it is one of several, to merge first."""
+    path = tmp_path / "m-00002-of-00003.gguf"
+    write_gguf(path, CFG, random_weights(CFG), extra_kv={"split.count": 3, "split.no": 1})
+    assert "file 2 of a model split into 3 files (split.count)" in load_error(path)
+    assert "llama-gguf-split --merge" in load_error(path)
+    write_gguf(path, CFG, random_weights(CFG), extra_kv={"split.count": 1, "split.no": 0})
+    NativeModel(path)  # a split of one is the whole model
+
+
 def test_a_predictor_threshold_that_is_nan(tmp_path: Path, good: Path) -> None:
     """The context takes NaN for "the file's threshold": a file's own NaN is refused, and so is a caller's."""
     path = tmp_path / "m.gguf"
@@ -210,3 +221,23 @@ def test_bad_tokens_and_context_overflow(good: Path) -> None:
     with pytest.raises(InvalidArgumentError, match="1-D"):
         ctx.eval([[1, 2]], dense_ffn=True, logits_all=False)
     assert ctx.n_past == 10
+
+
+def test_a_tensor_type_newer_than_the_gguf_package_is_named(tmp_path: Path) -> None:
+    """calibrate, bench and convert read tensors through gguf-py, which refuses llama.cpp's newest types (Q2_0 is
+    42): they say so, where a traceback said "np.uint32(42) is not a valid GGMLQuantizationType"."""
+    from turbosparse.errors import ModelLoadError
+    from turbosparse.gguf_reader import read_gguf
+
+    path = tmp_path / "m.gguf"
+    write_gguf(path, CFG, random_weights(CFG))
+    data = bytearray(path.read_bytes())
+    name = b"output_norm.weight"
+    at = data.find(name) + len(name)  # then n_dims (u32), its dims (u64 each), the type (u32)
+    n_dims = int.from_bytes(data[at : at + 4], "little")
+    type_at = at + 4 + 8 * n_dims
+    assert int.from_bytes(data[type_at : type_at + 4], "little") == 0  # F32
+    data[type_at : type_at + 4] = (42).to_bytes(4, "little")
+    path.write_bytes(bytes(data))
+    with pytest.raises(ModelLoadError, match="a tensor of ggml type 42, newer than the gguf package"):
+        read_gguf(path)

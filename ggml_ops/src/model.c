@@ -165,7 +165,7 @@ static int load_rope(ts_model *m, char *err, size_t err_size) {
         return -1;
     }
     in->rope_freq_scale = 1.0f;
-    char type[32] = "none";
+    char type[32] = "linear"; /* absent: llama.cpp's default, so that a factor alone (older files' scale_linear) scales */
     char key[160];
     arch_key(key, sizeof(key), m->arch, TS_ARCH_KEY_ROPE_SCALING_TYPE);
     if (ts_gguf_get_str(m->file, key, type, sizeof(type), 0, err, err_size) < 0) {
@@ -232,6 +232,14 @@ static int load_hparams(ts_model *m, char *err, size_t err_size) {
     int64_t v = 0;
     if (ts_gguf_get_str(m->file, TS_KEY_ARCHITECTURE, m->arch, sizeof(m->arch), 1, err, err_size) != 0) {
         return -1;
+    }
+    int64_t split_no = 0;
+    if (ts_gguf_get_i64(m->file, TS_KEY_SPLIT_COUNT, &v, 0, err, err_size) == 0 && v > 1) {
+        ts_gguf_get_i64(m->file, TS_KEY_SPLIT_NO, &split_no, 0, err, err_size);
+        return ts_set_error(err, err_size,
+                            "%s: file %lld of a model split into %lld files (split.count): turbosparse reads one file; "
+                            "merge them first: llama-gguf-split --merge %s merged.gguf",
+                            m->file->path, (long long)split_no + 1, (long long)v, m->file->path);
     }
     if (ts_gguf_get_i64(m->file, TS_KEY_FORMAT_VERSION, &v, 0, err, err_size) == 0 && v > TS_FORMAT_VERSION) {
         return ts_set_error(err, err_size, "%s: turbosparse.format_version %lld is newer than this turbosparse reads (%d): upgrade",

@@ -118,7 +118,15 @@ class Model:
         self._native = NativeModel.for_mode(self.path, self.sparse_mode, device=target.name)
         self.device: DeviceInfo = self._native.device
         self.info: ModelInfo = self._native.info
-        n_ctx = self.info.n_ctx_train if n_ctx <= 0 else min(n_ctx, self.info.n_ctx_train)
+        if n_ctx > self.info.n_ctx_train:  # taken, as llama.cpp takes it
+            logger.warning(
+                "%s: n_ctx = %d is past the %d tokens the model was trained on (context_length): text past them may "
+                "degrade",
+                self.path,
+                n_ctx,
+                self.info.n_ctx_train,
+            )
+        n_ctx = self.info.n_ctx_train if n_ctx <= 0 else n_ctx
         self.n_threads = n_threads if n_threads is not None else default_threads()
         self._ctx = NativeContext(
             self._native,

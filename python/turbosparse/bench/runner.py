@@ -19,6 +19,7 @@ from turbosparse import constants as C
 from turbosparse._library import LIBRARY_ENV
 from turbosparse.bench.engines import Engine, TurbosparseEngine
 from turbosparse.binding import DeviceInfo, KernelIsa, LayerStats, down_rows_type, isa_name, isa_supported
+from turbosparse.gguf_reader import read_gguf
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ def tensor_bytes(path: Path) -> TensorBytes:
     """Mixture-of-experts files count the stacked experts' (and their predictors') share one token reads,
     expert_used_count / expert_count of them; the router counts with attention (read whole). Transposed downs count
     as a loaded model holds them (_held_bytes)."""
-    reader = gguf.GGUFReader(str(path))
+    reader = read_gguf(path)
     n_expert, n_used = (reader.get_field(f"{C.ARCHITECTURE}.{k}") for k in ("expert_count", "expert_used_count"))
     expert_share = int(n_used.contents()) / int(n_expert.contents()) if n_expert is not None else 1.0
     n_layer = 1 + max(int(t.name.split(".")[1]) for t in reader.tensors if t.name.startswith("blk."))
@@ -138,13 +139,13 @@ def tensor_bytes(path: Path) -> TensorBytes:
 
 def calibrated_sparsity(path: Path) -> float | None:
     """The target of a file calibrated by `turbosparse calibrate` (turbosparse.calibrated_sparsity), else None."""
-    field_ = gguf.GGUFReader(str(path)).get_field(C.KEY_CALIBRATED_SPARSITY)
+    field_ = read_gguf(path).get_field(C.KEY_CALIBRATED_SPARSITY)
     return float(field_.contents()) if field_ is not None else None
 
 
 def kv_bytes_per_token(path: Path, n_kv: int) -> int:
     """K and V (F16) read by one decoded token attending over n_kv cells."""
-    reader = gguf.GGUFReader(str(path))
+    reader = read_gguf(path)
 
     def num(key: str) -> int:
         field_ = reader.get_field(f"{C.ARCHITECTURE}.{key}")

@@ -148,6 +148,10 @@ class Planner:
         if len(weights) != len(self.options) or any(not w >= 0 for w in weights):
             raise CalibrationError(f"expected {len(self.options)} non-negative layer weights, got {list(weights)!r}")
         kept = 1.0 - sparsity
+        # the choice is the same for weights at any scale (lam scales with them): at the largest weighted error's,
+        # so that the sweep's bracket and resolution suit any model (effects of 1e-25 chose 2.5 % kept for 60 %)
+        scale = max(w * max(o.error for o in opts) for w, opts in zip(weights, self.options, strict=True))
+        weights = [w / scale for w in weights] if scale > 0 else list(weights)
 
         def pick(lam: float) -> list[Option]:
             pairs = zip(weights, self.options, strict=True)

@@ -1,0 +1,30 @@
+"""gguf-py's GGUFReader (the pinned `gguf` package) for the commands that read a file's tensors in Python (calibrate,
+bench, convert's re-quantization), with a clear error where it cannot: llama.cpp's types newer than the package
+(the engine itself reads them through its own C reader)."""
+
+from __future__ import annotations
+
+import re
+from importlib.metadata import version
+from pathlib import Path
+
+import gguf
+
+from turbosparse.errors import ModelLoadError
+
+_UNKNOWN_TYPE = re.compile(r"(\d+)\)? is not a valid GGMLQuantizationType")
+
+
+def read_gguf(path: str | Path, error: type[Exception] = ModelLoadError) -> gguf.GGUFReader:
+    """The reader of path; error(why) when it cannot be read."""
+    try:
+        return gguf.GGUFReader(str(path))
+    except (OSError, ValueError, KeyError) as exc:  # KeyError: a key that occurs twice
+        unknown = _UNKNOWN_TYPE.search(str(exc))
+        if unknown is not None:
+            raise error(
+                f"{path}: a tensor of ggml type {unknown.group(1)}, newer than the gguf package {version('gguf')} "
+                "knows: this command cannot read the file (turbosparse run / serve can; llama-quantize can give "
+                "its tensors another type)"
+            ) from None
+        raise error(f"{path}: not a readable GGUF file: {exc}") from None
