@@ -12,6 +12,7 @@ marks the collection complete, so an interrupted run is recollected and a comple
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -43,6 +44,7 @@ class Manifest:
     seq_len: int
     ffn_io: bool
     version: int = FORMAT_VERSION
+    source: str = ""  # _source_fingerprint: which model and tokens (collections written before it: "", never reused)
 
 
 def _file(work_dir: Path, layer: int, kind: str) -> Path:
@@ -106,18 +108,29 @@ class Collection:
         return unpack_mask(np.asarray(self.array(layer, "mask")[rows]), self.manifest.n_ff)
 
 
+def _source_fingerprint(model: LlamaForCausalLM, seqs: np.ndarray) -> str:
+    """The token ids and the model's weights (a float64 sum per parameter), hashed: another model or text collected
+    into the same folder (a relufy run again, new data) is not taken for this one."""
+    digest = hashlib.sha256(np.ascontiguousarray(seqs).tobytes())
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            digest.update(name.encode())
+            digest.update(np.float64(p.sum(dtype=torch.float64).item()).tobytes())
+    return digest.hexdigest()
+
+
 def collect(
     model: LlamaForCausalLM, seqs: np.ndarray, work_dir: str | Path, cfg: CollectConfig = CollectConfig()
 ) -> Collection:
     """Runs model over token sequences seqs [n_seq, seq_len] and writes the collection to work_dir (reused
-    when a complete collection of the same shape is there)."""
+    when a complete collection of the same model and tokens is there)."""
     seqs = np.asarray(seqs)
     if seqs.ndim != 2 or seqs.shape[1] < 1:
         raise ValueError(f"seqs must be [n_seq, seq_len], got shape {seqs.shape}")
     work_dir = Path(work_dir)
     c = model.config
     manifest = Manifest(int(seqs.size), c.num_hidden_layers, c.hidden_size, c.intermediate_size, seqs.shape[1],
-                        cfg.ffn_io)  # fmt: skip
+                        cfg.ffn_io, source=_source_fingerprint(model, seqs))  # fmt: skip
     try:
         existing = Collection(work_dir)
         if existing.manifest == manifest:

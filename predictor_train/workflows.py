@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -140,8 +141,15 @@ def relufy_checkpoint(source: Path, data: Path, opts: RelufyOptions, dist: Dist 
     source = Path(source)
     if source.is_file():
         hf_dir = opts.out.with_name(opts.out.name + ".hf")
-        if dist.is_main and not hf_dir.exists():
+        # an earlier run's folder is reused only for the same GGUF (path, size, modification time)
+        stamp = json.dumps({"gguf": str(source.resolve()), "size": source.stat().st_size,
+                            "mtime_ns": source.stat().st_mtime_ns})  # fmt: skip
+        stamp_file = hf_dir / "turbosparse_source.json"
+        if dist.is_main and not (stamp_file.is_file() and stamp_file.read_text() == stamp):
+            if hf_dir.exists():
+                shutil.rmtree(hf_dir)
             gguf_to_hf(source, hf_dir)
+            stamp_file.write_text(stamp)
         dist.barrier()
         source = hf_dir
     teacher = load_model(source).to(opts.device)

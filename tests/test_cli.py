@@ -87,6 +87,25 @@ def test_bench_lists_are_checked() -> None:
         assert out.returncode == 2 and f"argument {option}: {message}" in out.stderr, out.stderr
 
 
+def test_bench_counts_are_checked_before_any_work() -> None:
+    for option, value, message in (("-n", "0", "-n/--decode-tokens must be >= 1"), ("-r", "0", "-r/--rounds must be"),
+                                   ("-t", "0", "-t/--threads must be >= 1"), ("--layers", "0", "--layers must be"),
+                                   ("--active", "1.5", "--active must be in (0, 1)"),
+                                   ("--rank", "33", "--rank must be even")):  # fmt: skip
+        out = turbosparse("bench", "--synthetic", "tiny", option, value)
+        assert out.returncode == 1 and message in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
+def test_bench_counts_a_tied_embedding_as_the_output_head(smollm2_path) -> None:
+    """SmolLM2 has no output.weight: its token embedding is read whole every token as the head."""
+    from turbosparse.bench.runner import tensor_bytes
+    from turbosparse.gguf_reader import read_gguf
+
+    sizes = {t.name: int(t.n_bytes) for t in read_gguf(smollm2_path).tensors}
+    assert "output.weight" not in sizes
+    assert tensor_bytes(smollm2_path).output == sizes["token_embd.weight"] + sizes["output_norm.weight"]
+
+
 def test_help() -> None:
     for args in (["--help"], ["run", "--help"], ["convert", "--help"], ["serve", "--help"]):
         out = turbosparse(*args)
@@ -231,7 +250,7 @@ def test_bench_on_a_calibrated_synthetic_twin(tmp_path) -> None:
     )
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
-    assert report["config"]["sparse_model"].endswith(".calibrated-s50.gguf")
+    assert report["config"]["sparse_model"].endswith(".calibrated-s0.5.gguf")  # each target its own file
     assert {(r["engine"], r["mode"]) for r in report["results"]} == {("llama.cpp", "dense"), ("turbosparse", "dense"),
                                                                      ("turbosparse", "exact")}  # fmt: skip
     exact = next(r for r in report["results"] if r["mode"] == "exact")

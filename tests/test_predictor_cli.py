@@ -94,6 +94,32 @@ def test_relufy_cli(tmp_path: Path, texts: tuple[Path, Path]) -> None:
     assert (out / "tokenizer.json").is_file()
 
 
+def test_relufy_of_a_gguf_converts_each_file_it_is_given(tmp_path: Path, texts: tuple[Path, Path], monkeypatch) -> None:
+    """The GGUF's HF copy beside --out is reused for the same file only: another GGUF relufied into the same --out
+    is converted again (it gave the earlier model). The conversion is stood in for: these tiny word-level models
+    have no GGUF vocabulary."""
+    from turbosparse.predictor_train import workflows
+
+    layers_of = {"a.gguf": 2, "b.gguf": 3}
+    converted = []
+
+    def gguf_to_hf(source: Path, hf_dir: Path) -> None:
+        converted.append(source.name)
+        tiny_swiglu(layers=layers_of[source.name], init=0.2).save_pretrained(hf_dir)
+        save_word_tokenizer(hf_dir)
+
+    monkeypatch.setattr(workflows, "gguf_to_hf", gguf_to_hf)
+    out = tmp_path / "drelu"
+    for name in layers_of:
+        (tmp_path / name).write_bytes(name.encode())
+    for name in ("a.gguf", "a.gguf", "b.gguf"):
+        args = ["relufy", str(tmp_path / name), "--data", str(texts[0]), "--out", str(out), "--tokens", "256",
+                "--seq-len", "32", "--layerwise-seqs", "4", "--finetune-steps", "0"]  # fmt: skip
+        assert main(args) == 0
+        assert load_causal_lm(out).config.num_hidden_layers == layers_of[name]
+    assert converted == ["a.gguf", "b.gguf"]  # the same file again: its copy reused
+
+
 def test_cli_errors_are_clear(tmp_path: Path, texts: tuple[Path, Path], capsys) -> None:
     assert main(["train-predictors", str(tmp_path / "missing"), "--data", str(texts[0])]) == 1
     assert "no config.json" in capsys.readouterr().err
@@ -106,3 +132,17 @@ def test_cli_errors_are_clear(tmp_path: Path, texts: tuple[Path, Path], capsys) 
     assert "no such GGUF file" in capsys.readouterr().err
     assert main(["train-predictors", str(src), "--data", str(tmp_path / "none.txt"), "--format", "powerinfer"]) == 1
     assert "no such text file" in capsys.readouterr().err
+    # what would fail only after a collection or a fit is refused before it
+    drelu = tmp_path / "drelu"
+    tiny_drelu().save_pretrained(drelu)
+    save_word_tokenizer(drelu)
+    for option, value, said in (("--ranks", "0", "--ranks must be >= 1"), ("--quant", "q9_9", "unknown quant"),
+                                ("--eval", str(tmp_path / "none.txt"), "no such text file")):  # fmt: skip
+        assert main(["train-predictors", str(drelu), "--data", str(texts[0]), option, value]) == 1
+        assert said in capsys.readouterr().err
+    assert not (tmp_path / "drelu-predictors").exists()
+    relufy = ["relufy", str(src), "--data", str(texts[0]), "--out", str(tmp_path / "o")]
+    assert main([*relufy, "--finetune-batch", "0"]) == 1  # it wrote a model of NaNs
+    assert "--finetune-batch must be >= 1" in capsys.readouterr().err
+    assert main([*relufy, "--eval", str(tmp_path / "none.txt")]) == 1  # said after the fit, leaving half a folder
+    assert "--eval" in capsys.readouterr().err and not (tmp_path / "o").exists()

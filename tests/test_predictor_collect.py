@@ -54,6 +54,13 @@ def test_batches_stream_in_order_and_a_complete_collection_is_reused(tmp_path: P
     stamp = (tmp_path / "b" / "layer000.mask.bin").stat().st_mtime_ns
     collect(model, seqs, tmp_path / "b", CollectConfig(batch_size=2))
     assert (tmp_path / "b" / "layer000.mask.bin").stat().st_mtime_ns == stamp
+    # another model, or other tokens of the same shape, into the same folder: collected again, not reused
+    other = tiny_drelu(seed=1)
+    again = collect(other, seqs, tmp_path / "b", CollectConfig(batch_size=2))
+    np.testing.assert_array_equal(again.mask(0), reference(other, seqs)[0][1].numpy())
+    shifted = (seqs + 1) % 64
+    again = collect(other, shifted, tmp_path / "b", CollectConfig(batch_size=2))
+    np.testing.assert_array_equal(again.mask(0), reference(other, shifted)[0][1].numpy())
 
 
 def test_bad_collections_are_clear_errors(tmp_path: Path) -> None:

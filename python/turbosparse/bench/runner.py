@@ -56,7 +56,7 @@ class TensorBytes:
     """Bytes of a model file's tensors by role, per layer where it matters."""
 
     attention: int  # all layers' attention matrices and norms
-    output: int  # output head and final norm (the embedding is read one row per token)
+    output: int  # output head and final norm (a tied embedding counts as the head; else one row per token)
     gate: list[int]
     up: list[int]
     down: list[int]  # ffn_down or ffn_down_t (one of them is read)
@@ -98,12 +98,15 @@ def tensor_bytes(path: Path) -> TensorBytes:
     expert_used_count / expert_count of them; the router counts with attention (read whole). Transposed downs count
     as a loaded model holds them (_held_bytes)."""
     reader = read_gguf(path)
-    n_expert, n_used = (reader.get_field(f"{C.ARCHITECTURE}.{k}") for k in ("expert_count", "expert_used_count"))
+    arch = _architecture(reader)
+    n_expert, n_used = (reader.get_field(f"{arch}.{k}") for k in ("expert_count", "expert_used_count"))
     expert_share = int(n_used.contents()) / int(n_expert.contents()) if n_expert is not None else 1.0
     n_layer = 1 + max(int(t.name.split(".")[1]) for t in reader.tensors if t.name.startswith("blk."))
     per_layer = {k: [0] * n_layer for k in ("gate", "up", "down", "standard_down", "pred", "groups", "fc2")}
     down_rows = [False] * n_layer  # the layer stores its down by neuron (transposed or grouped)
     attention = output = 0
+    if not any(t.name == "output.weight" for t in reader.tensors):  # tied: the embedding is the output head too
+        output += sum(int(t.n_bytes) for t in reader.tensors if t.name == "token_embd.weight")
     for t in reader.tensors:
         size = _held_bytes(t) if ".ffn_down_t." in t.name or ".ffn_down_t_exps." in t.name else int(t.n_bytes)
         if not t.name.startswith("blk."):
@@ -137,6 +140,12 @@ def tensor_bytes(path: Path) -> TensorBytes:
     )  # fmt: skip
 
 
+def _architecture(reader: gguf.GGUFReader) -> str:
+    """The file's general.architecture (llama, or PowerInfer's bamboo): its hyperparameters' key prefix."""
+    field_ = reader.get_field("general.architecture")
+    return str(field_.contents()) if field_ is not None else C.ARCHITECTURE
+
+
 def calibrated_sparsity(path: Path) -> float | None:
     """The target of a file calibrated by `turbosparse calibrate` (turbosparse.calibrated_sparsity), else None."""
     field_ = read_gguf(path).get_field(C.KEY_CALIBRATED_SPARSITY)
@@ -146,9 +155,10 @@ def calibrated_sparsity(path: Path) -> float | None:
 def kv_bytes_per_token(path: Path, n_kv: int) -> int:
     """K and V (F16) read by one decoded token attending over n_kv cells."""
     reader = read_gguf(path)
+    arch = _architecture(reader)
 
     def num(key: str) -> int:
-        field_ = reader.get_field(f"{C.ARCHITECTURE}.{key}")
+        field_ = reader.get_field(f"{arch}.{key}")
         return int(field_.contents()) if field_ is not None else 0
 
     n_head_kv = num("attention.head_count_kv") or num("attention.head_count")

@@ -356,7 +356,7 @@ CALIBRATION_TOKENS = 1024  # random token ids the twin's thresholds are chosen o
 def calibrated_twin(dense: Path, sparsity: float, n_threads: int) -> Path:
     """The dense twin with `turbosparse calibrate`'s FFN thresholds for `sparsity` (uniform allocation: the weights
     are random, every layer alike), chosen on random token ids; built once and cached beside the twin."""
-    out = dense.with_name(f"{dense.stem}.calibrated-s{round(100 * sparsity):02d}.gguf")
+    out = dense.with_name(f"{dense.stem}.calibrated-s{sparsity:g}.gguf")  # each target its own file
     if out.exists():
         return out
     cfg = CalibrateConfig(allocation="uniform", eval_tokens=0, n_threads=n_threads,

@@ -42,6 +42,7 @@ from turbosparse.default import default_model
 from turbosparse.errors import EvalError, InvalidArgumentError
 
 QUANTS = {q.name.lower(): q for q in gguf.GGMLQuantizationType}
+AGREEMENT_TOKENS = 16  # the prompt llama.cpp and turbosparse dense must agree on before any timing
 AGREEMENT_TOLERANCE = 1e-3  # max |logit| difference between llama.cpp and turbosparse dense on the same file
 # On a GPU the two graphs reach ggml's kernels through each one's own fusions and kernel choices, so the sums round
 # differently: there the bound is relative to the largest logit.
@@ -135,13 +136,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_bench)
 
 
+def _check_counts(args: argparse.Namespace) -> None:
+    """Counts and shares the benchmark divides by or loops over: refused in one line, not a traceback later."""
+    for flag, value, least in (("-t/--threads", args.threads, 1), ("-p/--prompt-tokens", args.prompt_tokens, 1),
+                               ("-n/--decode-tokens", args.decode_tokens, 1), ("-r/--rounds", args.rounds, 1),
+                               ("--context", args.context, 0), ("--layers", args.layers, 1),
+                               ("--groups", args.groups, 0)):  # fmt: skip
+        if value is not None and value < least:
+            raise InvalidArgumentError(f"{flag} must be >= {least}, got {value}")
+    if args.active is not None and not 0.0 < args.active < 1.0:
+        raise InvalidArgumentError(f"--active must be in (0, 1), got {args.active}")
+    if args.rank % 2 or args.rank < 2:  # the synthetic predictor's rank splits in two halves
+        raise InvalidArgumentError(f"--rank must be even and >= 2, got {args.rank}")
+
+
 def _files(args: argparse.Namespace) -> tuple[Path, Path, float | None]:
     """(sparse file, dense-equivalent file, configured active share or None)."""
     if args.synthetic:
         shape = SHAPES[args.synthetic]
         if args.layers is not None:
-            if args.layers < 1:
-                raise ValueError(f"--layers must be >= 1, got {args.layers}")
             shape = with_layers(shape, args.layers)
         active = args.active if args.active is not None else (0.15 if shape.n_expert else 0.10)
         spec = SyntheticSpec(shape, QUANTS[args.quant], active, args.rank, QUANTS[args.pred_quant], groups=args.groups)
@@ -209,7 +222,13 @@ def _engines(args: argparse.Namespace, sparse: Path, dense: Path, n_ctx: int, de
     _check_memory(modes, not args.no_llama_cpp, sparse, dense, device)
     engines: list[Engine] = []
     if not args.no_llama_cpp:
-        engines.append(LlamaCppEngine(dense, args.threads, n_ctx, gpu=_gpu_index(device)))
+        try:
+            engines.append(LlamaCppEngine(dense, args.threads, n_ctx, gpu=_gpu_index(device)))
+        except ValueError:  # llama-cpp-python's "Failed to load model from file"
+            raise InvalidArgumentError(
+                f"llama.cpp cannot load {dense} (a turbosparse file with its sparse tensors?): name the dense original "
+                "with --dense FILE (llama.cpp and turbosparse dense run that), or skip llama.cpp with --no-llama-cpp"
+            ) from None
     rows_model: NativeModel | None = None  # one model behind the modes that read the same layout (a Mixtral holds GBs)
     for mode in modes:
         if mode in ("predictor", "groups"):
@@ -296,7 +315,8 @@ def run_batch(args: argparse.Namespace, sparse: Path, dense: Path) -> int:
     print(f"# {args.threads} threads, {args.decode_tokens} steps, medians of {args.rounds} alternating rounds | "
           f"{machine['cpu']} [{machine['cpu_flags']}] load {machine['load']} | THP {machine['huge_pages']} "
           f"| commit {machine['commit']}")  # fmt: skip
-    print(f"{'mode':<10} {'batch':>5} {'tok/s':>8} {'x batch 1':>9} {'step ms':>8} {'rows read':>9} {'rows/token':>10}")
+    first = f"x batch {args.batch[0]}"
+    print(f"{'mode':<10} {'batch':>5} {'tok/s':>8} {first:>9} {'step ms':>8} {'rows read':>9} {'rows/token':>10}")
     for r in report:
         base = next(b for b in report if b["mode"] == r["mode"] and b["batch"] == args.batch[0])
         print(f"{r['mode']:<10} {r['batch']:>5} {r['tok_s']:>8.1f} {r['tok_s'] / base['tok_s']:>8.2f}x "
@@ -313,9 +333,12 @@ def run_bench(args: argparse.Namespace) -> int:
         )
     if args.ffn_layer:
         return run_ffn_layer(args)
+    _check_counts(args)
     if args.sparsity is not None and not (args.synthetic and 0.0 < args.sparsity < 1.0):
         raise InvalidArgumentError(f"--sparsity needs --synthetic and a value in (0, 1), got {args.sparsity}")
     sparse, dense, active = _files(args)
+    for path in {sparse, dense}:  # the bytes per token are read off each file's tensors: a file gguf-py cannot read
+        tensor_bytes(path)  # fails now, not after the rounds
     if args.generate:
         return run_generate(args, dense)
     if args.batch:
@@ -323,6 +346,7 @@ def run_bench(args: argparse.Namespace) -> int:
     cfg = BenchConfig(args.threads, args.prompt_tokens, args.decode_tokens, args.rounds, args.context)
     # with a context, decoding continues round after round (see bench.runner.run)
     n_ctx = cfg.context + cfg.prompt_tokens + 2 + cfg.decode_tokens * (cfg.rounds if cfg.context else 1) + 8
+    n_ctx = max(n_ctx, AGREEMENT_TOKENS + 8)  # the agreement check's prompt below
     engines = _engines(args, sparse, dense, n_ctx, device)
     vocab = NativeModel(str(dense), metadata_only=True).info.n_vocab
     # correctness first: turbosparse dense must compute what llama.cpp computes on the same file
@@ -330,7 +354,7 @@ def run_bench(args: argparse.Namespace) -> int:
     ours = next((e for e in engines if e.name == "turbosparse" and e.mode == "dense"), None)
     agreement = None
     if llama is not None and ours is not None:
-        prompt = list(range(300, 300 + min(16, vocab - 300)))
+        prompt = list(range(300, 300 + min(AGREEMENT_TOKENS, vocab - 300)))
         agreement = check_agreement(llama, ours, prompt, relative=not device.is_cpu)
         if agreement > (AGREEMENT_TOLERANCE if device.is_cpu else GPU_AGREEMENT_TOLERANCE):
             raise EvalError(

@@ -46,15 +46,29 @@ def run(args: argparse.Namespace) -> int:
     from turbosparse.predictor_train.modeling import read_config
     from turbosparse.predictor_train.moe import MoeTrainOptions, is_moe_checkpoint, train_moe_predictors
     from turbosparse.predictor_train.pipeline import PredictorTrainConfig
+    from turbosparse.predictor_train.select import bytes_per_weight
     from turbosparse.predictor_train.train import TrainConfig
     from turbosparse.predictor_train.workflows import TrainPredictorsOptions, set_threads, train_predictors
 
     if not 0 < args.recall <= 1:
         raise InvalidArgumentError(f"--recall must be in (0, 1], got {args.recall}")
+    # what would fail only after the collection (the long step on a large model) is checked first
+    counts = [("--tokens", args.tokens), ("--seq-len", args.seq_len), ("--steps", args.steps)]
+    for flag, value in [*counts, *(("--ranks", r) for r in args.ranks)]:
+        if value < 1:
+            raise InvalidArgumentError(f"{flag} must be >= 1, got {value}")
+    try:
+        bytes_per_weight(args.quant)
+    except ValueError as exc:
+        raise InvalidArgumentError(f"--quant: {exc}") from None
+    for flag, path in (("--data", args.data), ("--eval", args.eval)):
+        if path is not None and not path.exists():
+            raise InvalidArgumentError(f"{flag} {path}: no such text file or folder")
     set_threads(args.threads)
     with process_group() as dist:
         device = rank_device(args.device, dist.rank)
-        out = args.out or args.model_dir.with_name(args.model_dir.name + "-predictors")
+        model_dir = args.model_dir.resolve()  # "." has no name to add "-predictors" to
+        out = args.out or model_dir.with_name(model_dir.name + "-predictors")
         opts = TrainPredictorsOptions(
             out=out,
             format=args.format,
@@ -71,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         )
         if is_moe_checkpoint(read_config(args.model_dir)):
             if args.format != "bamboo" or dist.world > 1 or args.eval is not None:
-                raise ValueError(
+                raise InvalidArgumentError(
                     f"{args.model_dir}: a mixture-of-experts checkpoint takes neither --format powerinfer, --eval "
                     "nor torchrun (its predictors are embedded per expert, trained in one process)"
                 )
