@@ -91,7 +91,9 @@ def test_bench_counts_are_checked_before_any_work() -> None:
     for option, value, message in (("-n", "0", "-n/--decode-tokens must be >= 1"), ("-r", "0", "-r/--rounds must be"),
                                    ("-t", "0", "-t/--threads must be >= 1"), ("--layers", "0", "--layers must be"),
                                    ("--active", "1.5", "--active must be in (0, 1)"),
-                                   ("--rank", "33", "--rank must be even")):  # fmt: skip
+                                   ("--rank", "33", "--rank must be even"),
+                                   ("--rank", "48", "not a multiple of q4_0's block of 32"),
+                                   ("--groups", "100", "does not divide")):  # fmt: skip
         out = turbosparse("bench", "--synthetic", "tiny", option, value)
         assert out.returncode == 1 and message in out.stderr and "Traceback" not in out.stderr, out.stderr
 

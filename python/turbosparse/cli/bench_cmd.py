@@ -157,6 +157,11 @@ def _files(args: argparse.Namespace) -> tuple[Path, Path, float | None]:
         if args.layers is not None:
             shape = with_layers(shape, args.layers)
         active = args.active if args.active is not None else (0.15 if shape.n_expert else 0.10)
+        block = gguf.GGML_QUANT_SIZES[QUANTS[args.pred_quant]][0]
+        if args.rank % block:  # fc2's rows are rank long
+            raise InvalidArgumentError(f"--rank {args.rank} is not a multiple of {args.pred_quant}'s block of {block}")
+        if args.groups and shape.n_ff % args.groups:
+            raise InvalidArgumentError(f"--groups {args.groups} does not divide the FFN's {shape.n_ff} neurons")
         spec = SyntheticSpec(shape, QUANTS[args.quant], active, args.rank, QUANTS[args.pred_quant], groups=args.groups)
         if shape.n_expert:
             print(moe_arithmetic(spec), file=sys.stderr)
