@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 import pytest
 
-from turbosparse import ContextOverflowError, EvalError, InvalidArgumentError
+from turbosparse import ContextOverflowError, EvalError, InvalidArgumentError, Model
 from turbosparse.generation import StopScanner
 from turbosparse.sampling import Sampler, SamplingParams, _best
 
@@ -209,3 +209,23 @@ def test_the_k_best_tokens_are_those_a_full_sort_gives() -> None:
     x = rng.standard_normal(49152).astype(np.float32)
     x[:: 49152 // 2048] += 100.0
     assert np.array_equal(_best(x, 300), np.argsort(-x, kind="stable")[:300])
+
+
+def test_n_ctx_past_the_files_context_length_is_taken_with_a_warning(tmp_path, smollm2_path, caplog) -> None:
+    """As llama.cpp: a context longer than the model was trained on is the user's to ask for (it was lowered
+    silently to llama.context_length)."""
+    import logging
+
+    import gguf
+    from gguf.scripts.gguf_new_metadata import MetadataDetails, copy_with_new_metadata
+
+    short = tmp_path / "short.gguf"
+    reader = gguf.GGUFReader(str(smollm2_path))
+    writer = gguf.GGUFWriter(str(short), arch=reader.fields["general.architecture"].contents())
+    copy_with_new_metadata(reader, writer, {"llama.context_length": MetadataDetails(gguf.GGUFValueType.UINT32, 64)}, [])
+    with caplog.at_level(logging.WARNING, logger="turbosparse.model"):
+        model = Model(short, n_threads=2, n_ctx=128)
+    assert model.n_ctx == 128 and "past the 64 tokens the model was trained on" in caplog.text
+    assert model.eval_logits(list(range(300, 400))).shape[0] == 100
+    model.close()
+    assert Model(short, n_threads=2, n_ctx=0).n_ctx == 64  # 0: the file's

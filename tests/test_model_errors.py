@@ -102,7 +102,7 @@ def test_one_file_of_a_split_model_says_so(tmp_path: Path) -> None:
     path = tmp_path / "m-00002-of-00003.gguf"
     write_gguf(path, CFG, random_weights(CFG), extra_kv={"split.count": 3, "split.no": 1})
     assert "file 2 of a model split into 3 files (split.count)" in load_error(path)
-    assert "llama-gguf-split --merge" in load_error(path)
+    assert "--merge FIRST merged.gguf, FIRST the file named ...-00001-of-00003.gguf" in load_error(path)
     write_gguf(path, CFG, random_weights(CFG), extra_kv={"split.count": 1, "split.no": 0})
     NativeModel(path)  # a split of one is the whole model
 

@@ -238,8 +238,9 @@ static int load_hparams(ts_model *m, char *err, size_t err_size) {
         ts_gguf_get_i64(m->file, TS_KEY_SPLIT_NO, &split_no, 0, err, err_size);
         return ts_set_error(err, err_size,
                             "%s: file %lld of a model split into %lld files (split.count): turbosparse reads one file; "
-                            "merge them first: llama-gguf-split --merge %s merged.gguf",
-                            m->file->path, (long long)split_no + 1, (long long)v, m->file->path);
+                            "merge them first: llama-gguf-split --merge FIRST merged.gguf, FIRST the file named "
+                            "...-00001-of-%05lld.gguf",
+                            m->file->path, (long long)split_no + 1, (long long)v, (long long)v);
     }
     if (ts_gguf_get_i64(m->file, TS_KEY_FORMAT_VERSION, &v, 0, err, err_size) == 0 && v > TS_FORMAT_VERSION) {
         return ts_set_error(err, err_size, "%s: turbosparse.format_version %lld is newer than this turbosparse reads (%d): upgrade",

@@ -5,7 +5,7 @@ bench, convert's re-quantization), with a clear error where it cannot: llama.cpp
 from __future__ import annotations
 
 import re
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import gguf
@@ -22,8 +22,12 @@ def read_gguf(path: str | Path, error: type[Exception] = ModelLoadError) -> gguf
     except (OSError, ValueError, KeyError) as exc:  # KeyError: a key that occurs twice
         unknown = _UNKNOWN_TYPE.search(str(exc))
         if unknown is not None:
+            try:
+                package = f"the gguf package {version('gguf')}"
+            except PackageNotFoundError:  # gguf-py imported from a source tree
+                package = "the gguf package"
             raise error(
-                f"{path}: a tensor of ggml type {unknown.group(1)}, newer than the gguf package {version('gguf')} "
+                f"{path}: a tensor of ggml type {unknown.group(1)}, newer than {package} "
                 "knows: this command cannot read the file (turbosparse run / serve can; llama-quantize can give "
                 "its tensors another type)"
             ) from None

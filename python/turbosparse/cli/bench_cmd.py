@@ -229,10 +229,12 @@ def _engines(args: argparse.Namespace, sparse: Path, dense: Path, n_ctx: int, de
     if not args.no_llama_cpp:
         try:
             engines.append(LlamaCppEngine(dense, args.threads, n_ctx, gpu=_gpu_index(device)))
-        except ValueError:  # llama-cpp-python's "Failed to load model from file"
+        except ValueError as exc:
+            if "Failed to load model" not in str(exc):
+                raise
             raise InvalidArgumentError(
-                f"llama.cpp cannot load {dense} (a turbosparse file with its sparse tensors?): name the dense original "
-                "with --dense FILE (llama.cpp and turbosparse dense run that), or skip llama.cpp with --no-llama-cpp"
+                f"llama.cpp cannot load {dense} ({exc}; a turbosparse file with its sparse tensors?): name the dense "
+                "original with --dense FILE, or skip llama.cpp with --no-llama-cpp"
             ) from None
     rows_model: NativeModel | None = None  # one model behind the modes that read the same layout (a Mixtral holds GBs)
     for mode in modes:
@@ -342,12 +344,12 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.sparsity is not None and not (args.synthetic and 0.0 < args.sparsity < 1.0):
         raise InvalidArgumentError(f"--sparsity needs --synthetic and a value in (0, 1), got {args.sparsity}")
     sparse, dense, active = _files(args)
-    for path in {sparse, dense}:  # the bytes per token are read off each file's tensors: a file gguf-py cannot read
-        tensor_bytes(path)  # fails now, not after the rounds
     if args.generate:
         return run_generate(args, dense)
     if args.batch:
         return run_batch(args, sparse, dense)
+    for path in {sparse, dense}:  # the bytes per token are read off each file's tensors: a file gguf-py cannot read
+        tensor_bytes(path)  # fails now, not after the rounds
     cfg = BenchConfig(args.threads, args.prompt_tokens, args.decode_tokens, args.rounds, args.context)
     # with a context, decoding continues round after round (see bench.runner.run)
     n_ctx = cfg.context + cfg.prompt_tokens + 2 + cfg.decode_tokens * (cfg.rounds if cfg.context else 1) + 8

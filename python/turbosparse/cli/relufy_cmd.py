@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"{args.source}: no such GGUF file or checkpoint folder")
     if not 0 < args.max_active <= 1:
         raise InvalidArgumentError(f"--max-active must be in (0, 1], got {args.max_active}")
-    counts = (("--tokens", args.tokens, 1), ("--seq-len", args.seq_len, 1),
+    counts = (("--tokens", args.tokens, 1), ("--seq-len", args.seq_len, 2),
               ("--layerwise-seqs", args.layerwise_seqs, 1), ("--finetune-steps", args.finetune_steps, 0),
               ("--finetune-batch", args.finetune_batch, 1))  # fmt: skip
     for flag, value, least in counts:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 from turbosparse.errors import InvalidArgumentError
@@ -53,10 +54,10 @@ def run(args: argparse.Namespace) -> int:
     if not 0 < args.recall <= 1:
         raise InvalidArgumentError(f"--recall must be in (0, 1], got {args.recall}")
     # what would fail only after the collection (the long step on a large model) is checked first
-    counts = [("--tokens", args.tokens), ("--seq-len", args.seq_len), ("--steps", args.steps)]
-    for flag, value in [*counts, *(("--ranks", r) for r in args.ranks)]:
-        if value < 1:
-            raise InvalidArgumentError(f"{flag} must be >= 1, got {value}")
+    counts = [("--tokens", args.tokens, 1), ("--seq-len", args.seq_len, 2), ("--steps", args.steps, 1)]
+    for flag, value, least in [*counts, *(("--ranks", r, 1) for r in args.ranks)]:
+        if value < least:
+            raise InvalidArgumentError(f"{flag} must be >= {least}, got {value}")
     try:
         bytes_per_weight(args.quant)
     except ValueError as exc:
@@ -67,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     with process_group() as dist:
         device = rank_device(args.device, dist.rank)
-        model_dir = args.model_dir.resolve()  # "." has no name to add "-predictors" to
+        model_dir = Path(os.path.abspath(args.model_dir))  # "." has no name to add "-predictors" to; links kept
         out = args.out or model_dir.with_name(model_dir.name + "-predictors")
         opts = TrainPredictorsOptions(
             out=out,
