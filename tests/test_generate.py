@@ -75,7 +75,6 @@ def test_cache_prompt_keeps_generated_tokens_and_the_default_stays_exact(smollm2
     what is new is evaluated, with the right keys and values (its choices are a fresh model's); a default request
     after it still gets a fresh model's answer, keeping only whole n_batch blocks of the first prompt's evaluation
     (blocks that started elsewhere are never kept for it)."""
-    from turbosparse import Model
 
     greedy = SamplingParams(temperature=0.0)
 
