@@ -96,6 +96,18 @@ def test_alignment_below_eight_or_not_a_power_of_two(tmp_path: Path, alignment: 
     assert f"general.alignment must be a power of two of at least 8, got {alignment}" in load_error(path)
 
 
+def test_a_vocabulary_holding_a_token_twice(tmp_path: Path) -> None:
+    """llama.cpp's vocabulary loader aborts the process on a repeated token (an assertion): said first, by name."""
+    path = tmp_path / "m.gguf"
+    tokens = [f"t{i}" for i in range(CFG.n_vocab)]
+    tokens[7] = tokens[3]
+    write_gguf(path, CFG, random_weights(CFG), extra_kv={"tokenizer.ggml.tokens": tokens})
+    assert "tokenizer.ggml.tokens holds the same text twice (tokens 3 and 7)" in load_error(path)
+    tokens[7] = "t3 "
+    write_gguf(path, CFG, random_weights(CFG), extra_kv={"tokenizer.ggml.tokens": tokens})
+    NativeModel(path)
+
+
 def test_one_file_of_a_split_model_says_so(tmp_path: Path) -> None:
     """llama-gguf-split's files (model-00002-of-00003.gguf): a file without the rest of the tensors is not "missing
     tensor ...", it is one of several, to merge first."""

@@ -654,3 +654,53 @@ int ts_gguf_get_arr_f32(const ts_gguf_file *f, const char *key, float *out, int6
     free(vals);
     return rc;
 }
+
+/* FNV-1a: spreads token texts over the duplicate check's table */
+static uint64_t text_hash(const uint8_t *p, uint64_t n) {
+    uint64_t h = 1469598103934665603ull;
+    for (uint64_t i = 0; i < n; i++) {
+        h = (h ^ p[i]) * 1099511628211ull;
+    }
+    return h;
+}
+
+int ts_gguf_check_unique_strings(const ts_gguf_file *f, const char *key, char *err, size_t err_size) {
+    const ts_gguf_kv *kv = ts_gguf_find_kv(f, key);
+    if (kv == NULL || kv->type != TS_GGUF_ARRAY || kv->elem_type != TS_GGUF_STRING || kv->n < 2) {
+        return 0;
+    }
+    /* open addressing, at most half full; a slot holds 1 + the index of the string whose text it keeps */
+    uint64_t n_slots = 2;
+    while (n_slots < 2 * kv->n) {
+        n_slots *= 2;
+    }
+    uint64_t *slots = calloc(n_slots, sizeof(*slots));
+    const uint8_t **texts = malloc(sizeof(*texts) * kv->n);
+    uint64_t *lens = malloc(sizeof(*lens) * kv->n);
+    int rc = 0;
+    if (slots == NULL || texts == NULL || lens == NULL) {
+        rc = ts_set_error(err, err_size, "out of memory");
+    }
+    const uint8_t *p = kv->data; /* each: a u64 length, then the bytes (bounds checked when the file was opened) */
+    for (uint64_t i = 0; rc == 0 && i < kv->n; i++) {
+        memcpy(&lens[i], p, sizeof(lens[i]));
+        texts[i] = p + sizeof(uint64_t);
+        p = texts[i] + lens[i];
+        uint64_t s = text_hash(texts[i], lens[i]) & (n_slots - 1);
+        for (; slots[s] != 0; s = (s + 1) & (n_slots - 1)) {
+            const uint64_t j = slots[s] - 1;
+            if (lens[j] == lens[i] && memcmp(texts[j], texts[i], (size_t)lens[i]) == 0) {
+                rc = ts_set_error(err, err_size,
+                                  "%s: %s holds the same text twice (tokens %llu and %llu): llama.cpp's vocabulary "
+                                  "needs each token once",
+                                  f->path, key, (unsigned long long)j, (unsigned long long)i);
+                break;
+            }
+        }
+        slots[s] = i + 1;
+    }
+    free(slots);
+    free(texts);
+    free(lens);
+    return rc;
+}

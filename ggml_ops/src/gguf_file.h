@@ -83,6 +83,9 @@ int ts_gguf_get_str(const ts_gguf_file *file, const char *key, char *buf, size_t
 /* Numeric array of exactly n elements, converted to int64 / float. */
 int ts_gguf_get_arr_i64(const ts_gguf_file *file, const char *key, int64_t *out, int64_t n, int required,
                         char *err, size_t err_size);
+/* -1 (err set) where the string array under key holds one text twice (llama.cpp's vocabulary loader aborts on a
+ * repeated token); 0 otherwise, also where the key is absent or not a string array. */
+int ts_gguf_check_unique_strings(const ts_gguf_file *file, const char *key, char *err, size_t err_size);
 int ts_gguf_get_arr_f32(const ts_gguf_file *file, const char *key, float *out, int64_t n, int required,
                         char *err, size_t err_size);
 

@@ -11,6 +11,7 @@
 #define TS_KEY_ARCHITECTURE "general.architecture"
 #define TS_KEY_FILE_TYPE "general.file_type"
 #define TS_KEY_ALIGNMENT "general.alignment"
+#define TS_KEY_TOKENS "tokenizer.ggml.tokens"
 #define TS_KEY_SPLIT_COUNT "split.count" /* llama-gguf-split's: the number of files a model is split into */
 #define TS_KEY_SPLIT_NO "split.no"       /* this file's index among them, from 0 */
 

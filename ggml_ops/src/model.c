@@ -233,6 +233,9 @@ static int load_hparams(ts_model *m, char *err, size_t err_size) {
     if (ts_gguf_get_str(m->file, TS_KEY_ARCHITECTURE, m->arch, sizeof(m->arch), 1, err, err_size) != 0) {
         return -1;
     }
+    if (ts_gguf_check_unique_strings(m->file, TS_KEY_TOKENS, err, err_size) != 0) {
+        return -1;
+    }
     int64_t split_no = 0;
     if (ts_gguf_get_i64(m->file, TS_KEY_SPLIT_COUNT, &v, 0, err, err_size) == 0 && v > 1) {
         ts_gguf_get_i64(m->file, TS_KEY_SPLIT_NO, &split_no, 0, err, err_size);
