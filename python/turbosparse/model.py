@@ -441,8 +441,8 @@ class Model:
         )
         if isinstance(prompt, str):
             tokens = self.tokenize(prompt, add_bos=add_bos, special=True)
-            bos = self._tokenizer.bos
-            if add_bos and len(tokens) > 1 and tokens[0] == tokens[1] == bos:  # a chat prompt writes its own BOS
+            added = add_bos and self._tokenizer.adds_bos  # then a chat prompt may write the BOS it adds: one of them
+            if added and len(tokens) > 1 and tokens[0] == tokens[1] == self._tokenizer.bos:
                 tokens = tokens[1:]
         else:
             tokens = list(prompt)
