@@ -439,13 +439,7 @@ class Model:
             seed=seed,
             logit_bias=logit_bias,
         )
-        if isinstance(prompt, str):
-            tokens = self.tokenize(prompt, add_bos=add_bos, special=True)
-            added = add_bos and self._tokenizer.adds_bos  # then a chat prompt may write the BOS it adds: one of them
-            if added and len(tokens) > 1 and tokens[0] == tokens[1] == self._tokenizer.bos:
-                tokens = tokens[1:]
-        else:
-            tokens = list(prompt)
+        tokens = self._prompt_tokens(prompt, add_bos) if isinstance(prompt, str) else list(prompt)
         stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
         gen = self.start(tokens, sampling=sampling, max_tokens=max_tokens, stop=stops, grammar=grammar)
         pieces = self.run(gen)
@@ -478,9 +472,15 @@ class Model:
     def chat_tokens(self, messages: Sequence[dict[str, object]]) -> list[int]:
         """The chat prompt's tokens, ready to generate the assistant's answer: special tokens parsed, and the
         model's BOS added when its vocabulary wants one and the template did not write it."""
-        prompt = self.chat_prompt(messages, add_generation_prompt=True)
-        bos = self.chat_template.bos_token
-        return self.tokenize(prompt, add_bos=not (bos and prompt.startswith(bos)), special=True)
+        return self._prompt_tokens(self.chat_prompt(messages, add_generation_prompt=True), add_bos=True)
+
+    def _prompt_tokens(self, text: str, add_bos: bool) -> list[int]:
+        """text's tokens, special tokens parsed, the vocabulary's BOS first when add_bos, and one BOS only where the
+        text writes that BOS itself (as a chat template may): llama.cpp's rule, never two."""
+        tokens = self.tokenize(text, add_bos=add_bos, special=True)
+        if add_bos and self._tokenizer.adds_bos and len(tokens) > 1 and tokens[0] == tokens[1] == self._tokenizer.bos:
+            return tokens[1:]
+        return tokens
 
     # ---- statistics -------------------------------------------------------------------------------
     @property
