@@ -10,6 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
+from turbosparse.cli.checks import at_least, text_paths_exist
 from turbosparse.errors import InvalidArgumentError
 
 
@@ -48,17 +49,13 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"{args.source}: no such GGUF file or checkpoint folder")
     if not 0 < args.max_active <= 1:
         raise InvalidArgumentError(f"--max-active must be in (0, 1], got {args.max_active}")
-    counts = (("--tokens", args.tokens, 1), ("--seq-len", args.seq_len, 2),
+    # a batch of none divided by zero: a model of NaNs
+    at_least((("--tokens", args.tokens, 1), ("--seq-len", args.seq_len, 2),
               ("--layerwise-seqs", args.layerwise_seqs, 1), ("--finetune-steps", args.finetune_steps, 0),
-              ("--finetune-batch", args.finetune_batch, 1))  # fmt: skip
-    for flag, value, least in counts:
-        if value < least:  # a batch of none divides by zero: a model of NaNs
-            raise InvalidArgumentError(f"{flag} must be >= {least}, got {value}")
+              ("--finetune-batch", args.finetune_batch, 1)))  # fmt: skip
     if not args.finetune_lr > 0:
         raise InvalidArgumentError(f"--finetune-lr must be > 0, got {args.finetune_lr}")
-    for flag, path in (("--data", args.data), ("--eval", args.eval)):  # said now, not after the fit
-        if path is not None and not path.exists():
-            raise InvalidArgumentError(f"{flag} {path}: no such file or folder")
+    text_paths_exist((("--data", args.data), ("--eval", args.eval)))  # said now, not after the fit
     if args.out.exists() and not args.out.is_dir():
         raise InvalidArgumentError(f"--out {args.out}: exists and is not a folder")
     set_threads(args.threads)

@@ -13,6 +13,7 @@ import json
 import os
 from pathlib import Path
 
+from turbosparse.cli.checks import at_least, text_paths_exist
 from turbosparse.errors import InvalidArgumentError
 
 
@@ -55,16 +56,12 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidArgumentError(f"--recall must be in (0, 1], got {args.recall}")
     # what would fail only after the collection (the long step on a large model) is checked first
     counts = [("--tokens", args.tokens, 1), ("--seq-len", args.seq_len, 2), ("--steps", args.steps, 1)]
-    for flag, value, least in [*counts, *(("--ranks", r, 1) for r in args.ranks)]:
-        if value < least:
-            raise InvalidArgumentError(f"{flag} must be >= {least}, got {value}")
+    at_least([*counts, *(("--ranks", r, 1) for r in args.ranks)])
     try:
         bytes_per_weight(args.quant)
     except ValueError as exc:
         raise InvalidArgumentError(f"--quant: {exc}") from None
-    for flag, path in (("--data", args.data), ("--eval", args.eval)):
-        if path is not None and not path.exists():
-            raise InvalidArgumentError(f"{flag} {path}: no such text file or folder")
+    text_paths_exist((("--data", args.data), ("--eval", args.eval)))
     set_threads(args.threads)
     with process_group() as dist:
         device = rank_device(args.device, dist.rank)
