@@ -21,6 +21,7 @@ from turbosparse.bench.generate import bench_generate
 from turbosparse.bench.runner import (
     BenchConfig,
     Measurement,
+    TensorBytes,
     calibrated_sparsity,
     check_agreement,
     kv_bytes_per_token,
@@ -38,6 +39,7 @@ from turbosparse.bench.synthetic import (
     with_layers,
 )
 from turbosparse.binding import DeviceInfo, NativeModel, SparseMode, devices, find_device, memory_available
+from turbosparse.cli.checks import at_least
 from turbosparse.default import default_model
 from turbosparse.errors import EvalError, InvalidArgumentError
 
@@ -138,12 +140,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _check_counts(args: argparse.Namespace) -> None:
     """Counts and shares the benchmark divides by or loops over: refused in one line, not a traceback later."""
-    for flag, value, least in (("-t/--threads", args.threads, 1), ("-p/--prompt-tokens", args.prompt_tokens, 1),
-                               ("-n/--decode-tokens", args.decode_tokens, 1), ("-r/--rounds", args.rounds, 1),
-                               ("--context", args.context, 0), ("--layers", args.layers, 1),
-                               ("--groups", args.groups, 0)):  # fmt: skip
-        if value is not None and value < least:
-            raise InvalidArgumentError(f"{flag} must be >= {least}, got {value}")
+    at_least((("-t/--threads", args.threads, 1), ("-p/--prompt-tokens", args.prompt_tokens, 1),
+              ("-n/--decode-tokens", args.decode_tokens, 1), ("-r/--rounds", args.rounds, 1),
+              ("--context", args.context, 0), ("--layers", args.layers, 1), ("--groups", args.groups, 0)))  # fmt: skip
     if args.active is not None and not 0.0 < args.active < 1.0:
         raise InvalidArgumentError(f"--active must be in (0, 1), got {args.active}")
     if args.rank % 2 or args.rank < 2:  # the synthetic predictor's rank splits in two halves
@@ -348,8 +347,8 @@ def run_bench(args: argparse.Namespace) -> int:
         return run_generate(args, dense)
     if args.batch:
         return run_batch(args, sparse, dense)
-    for path in {sparse, dense}:  # the bytes per token are read off each file's tensors: a file gguf-py cannot read
-        tensor_bytes(path)  # fails now, not after the rounds
+    # the bytes per token are read off each file's tensors, before the rounds: a file gguf-py cannot read fails now
+    dense_tb, sparse_tb = tensor_bytes(dense), tensor_bytes(sparse)
     cfg = BenchConfig(args.threads, args.prompt_tokens, args.decode_tokens, args.rounds, args.context)
     # with a context, decoding continues round after round (see bench.runner.run)
     n_ctx = cfg.context + cfg.prompt_tokens + 2 + cfg.decode_tokens * (cfg.rounds if cfg.context else 1) + 8
@@ -369,7 +368,7 @@ def run_bench(args: argparse.Namespace) -> int:
                 f"{agreement:.3g}{' of max |logit|' if not device.is_cpu else ''})"
             )
     results = run(engines, cfg, vocab)
-    report = _report(engines, results, cfg, sparse, dense, active, agreement, device)
+    report = _report(engines, results, cfg, sparse, dense, (sparse_tb, dense_tb), active, agreement, device)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -383,13 +382,14 @@ def _report(
     cfg: BenchConfig,
     sparse: Path,
     dense: Path,
+    tensor_bytes_of: tuple[TensorBytes, TensorBytes],  # (sparse, dense), read before the rounds
     active: float | None,
     agreement: float | None,
     device: DeviceInfo,
 ) -> dict[str, object]:
+    sparse_tb, dense_tb = tensor_bytes_of
     decoded = cfg.decode_tokens * (cfg.rounds if cfg.context else 1)
     n_kv = cfg.context + cfg.prompt_tokens + decoded // 2  # mean cells a decoded token attends over
-    dense_tb, sparse_tb = tensor_bytes(dense), tensor_bytes(sparse)
     kv = kv_bytes_per_token(dense, n_kv)
     rows = []
     for e, m in zip(engines, results, strict=True):
