@@ -413,6 +413,18 @@ def test_a_chat_template_given_on_the_command_line(smollm2_path) -> None:
     assert out.returncode == 0 and f"prompt: {n} tokens" in out.stderr, out.stderr
 
 
+def test_a_built_in_chat_template_by_name(smollm2_path) -> None:
+    """llama-cli's --chat-template NAME: llama.cpp's built-in template; a name it does not know is a one-line error."""
+    from turbosparse import Model
+
+    with Model(smollm2_path, n_threads=2, n_ctx=64) as model:
+        n = len(model.tokenize("<start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n", special=True))
+    out = turbosparse("run", "-m", str(smollm2_path), "--chat-template", "gemma", "--chat", "-p", "Hi", "-n", "1")
+    assert out.returncode == 0 and f"prompt: {n} tokens" in out.stderr, out.stderr
+    out = turbosparse("run", "-m", str(smollm2_path), "--chat-template", "gemmma", "--chat", "-p", "Hi", "-n", "1")
+    assert out.returncode == 1 and "neither a Jinja2 template" in out.stderr and "Traceback" not in out.stderr
+
+
 def test_llama_cli_prompt_conventions(tmp_path, smollm2_path) -> None:
     """-p's escapes are processed (--no-escape keeps them), a prompt file loses one final newline, -n is a bound
     (the context's end also ends the text), and llama-cli's GPU flags are taken, not misread as -n / -f."""

@@ -149,20 +149,91 @@ def test_same_tokens_and_close_logits(both) -> None:
 
 
 def test_chat_content_parts_are_joined(smollm2_path) -> None:
-    """OpenAI's content parts (text ones) and an empty content reach the template as strings, as in the server
-    (llama_cpp.Llama 0.3.36 fails on both in its template)."""
+    """OpenAI's content parts (text ones, joined by newlines as llama-server joins them) and an empty content reach
+    the template as strings, as in the server (llama_cpp.Llama 0.3.36 fails on both in its template)."""
     import turbosparse
 
     llm = turbosparse.Llama(str(smollm2_path), n_ctx=256, n_threads=N_THREADS, verbose=False)
-    plain = [{"role": "system", "content": None}, {"role": "user", "content": "Name a color."}]
-    parts = [{"role": "system"}, {"role": "user", "content": [{"type": "text", "text": "Name a "},
-                                                               {"type": "text", "text": "color."}]}]  # fmt: skip
+    plain = [{"role": "system", "content": None}, {"role": "user", "content": "Translate to French:\nGood morning"}]
+    parts = [{"role": "system"}, {"role": "user", "content": [{"type": "text", "text": "Translate to French:"},
+                                                               {"type": "text", "text": "Good morning"}]}]  # fmt: skip
     plain_answer, parts_answer = (
         llm.create_chat_completion(m, max_tokens=6, temperature=0)["choices"][0]["message"] for m in (plain, parts)
     )
     assert plain_answer["content"] and parts_answer == plain_answer
     with pytest.raises(ValueError, match="content parts of type 'image_url' are not supported"):
         llm.create_chat_completion([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}])
+
+
+@pytest.fixture(scope="module")
+def spm_model(tmp_path_factory) -> str:
+    """A tiny Llama with a SentencePiece vocabulary (Llama 2 / Mistral style: a BOS, a space before the first word,
+    no <|im_end|> token)."""
+    from turbosparse.assets import shakespeare_text
+    from turbosparse.convert import convert
+
+    from hfcheckpoints import llama_model, save_checkpoint, tiny_config, train_sentencepiece
+
+    root = tmp_path_factory.mktemp("spm")
+    spm = train_sentencepiece(root / "tok", shakespeare_text("macbeth_gut.txt")[:60_000])
+    checkpoint = save_checkpoint(llama_model(tiny_config(512), seed=1), root / "checkpoint", spm)
+    return str(convert(checkpoint, root / "spm.gguf", outtype="f32"))
+
+
+def test_detokenize_drops_the_space_after_bos(spm_model) -> None:
+    """As llama_cpp.Llama: a text that starts with the BOS loses SentencePiece's leading space."""
+    import llama_cpp
+
+    import turbosparse
+
+    theirs = llama_cpp.Llama(spm_model, n_ctx=64, verbose=False, vocab_only=True)
+    ours = turbosparse.Llama(spm_model, n_ctx=64, n_threads=N_THREADS, verbose=False)
+    for text in (b"Hello", b"\n\nnewlines", b" two spaces", b"is this well?"):
+        tokens = theirs.tokenize(text)
+        assert ours.tokenize(text) == tokens and tokens[0] == ours.token_bos()
+        assert ours.detokenize(tokens) == theirs.detokenize(tokens) == text
+        assert ours.detokenize(tokens[1:]) == theirs.detokenize(tokens[1:])  # no BOS: the space stays
+        assert ours.detokenize(tokens[2:], prev_tokens=tokens[:2]) == text[len(ours.detokenize(tokens[:2])) :]
+
+
+def test_metadata_and_the_newline_token(spm_model, smollm2_path) -> None:
+    import llama_cpp
+
+    import turbosparse
+
+    for path in (spm_model, str(smollm2_path)):
+        theirs = llama_cpp.Llama(path, n_ctx=64, verbose=False, vocab_only=True)
+        ours = turbosparse.Llama(path, n_ctx=64, n_threads=N_THREADS, verbose=False)
+        assert ours.metadata == theirs.metadata and "general.architecture" in ours.metadata
+        assert ours.token_nl() == theirs.token_nl() >= 0
+
+
+def test_the_chatml_format_is_llama_cpps(spm_model) -> None:
+    """chat_format="chatml" renders as llama_cpp's formatter (its system block, empty or the first system message;
+    user and assistant messages only) and stops at the <|im_end|> text, which a vocabulary without the token (a
+    ChatML fine-tune of a Llama 2 base) writes out."""
+    from llama_cpp.llama_chat_format import format_chatml
+
+    import turbosparse
+
+    llm = turbosparse.Llama(spm_model, n_ctx=256, n_threads=N_THREADS, verbose=False, chat_format="chatml")
+    conversations = [
+        [{"role": "user", "content": "Hi"}],
+        [{"role": "system", "content": "S1"}, {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"},
+         {"role": "system", "content": "S2"}, {"role": "tool", "content": "t"}, {"role": "user", "content": "again"}],
+        [{"role": "user", "content": "a"}, {"role": "assistant", "content": ""}, {"role": "user", "content": "b"}],
+    ]  # fmt: skip
+    for messages in conversations:
+        assert llm.model.chat_prompt(messages) == format_chatml(messages).prompt
+    forced = 'root ::= "Hi there<|im_end|>" [\\n] "<|im_start|>user" [\\n] "more"'
+    for stream in (False, True):
+        answer = llm.create_chat_completion(
+            conversations[0], temperature=0, max_tokens=60, grammar=forced, stream=stream
+        )
+        chunks = list(answer) if stream else [answer]
+        text = "".join(c["choices"][0].get("delta" if stream else "message", {}).get("content") or "" for c in chunks)
+        assert text == "Hi there"
+        assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
 
 
 def test_a_chats_next_turn_evaluates_only_what_is_new(smollm2_path) -> None:

@@ -466,8 +466,35 @@ def test_tokenize_and_detokenize(server: Server, smollm2_model) -> None:
     assert status == 200 and body["tokens"] == smollm2_model.tokenize(
         "Hello world <|im_start|>", add_bos=False, special=True
     )
-    status, body = server.request("POST", "/detokenize", {"tokens": body["tokens"][:2]})
-    assert (status, body) == (200, {"content": "Hello world"})
+    status, body = server.request("POST", "/detokenize", {"tokens": body["tokens"]})
+    assert (status, body) == (200, {"content": "Hello world <|im_start|>"})  # special tokens' text, as llama-server
+    # pieces that are part of a character come as their bytes, as llama-server gives them
+    status, body = server.request("POST", "/tokenize", {"content": "Hi 😀!", "with_pieces": True})
+    pieces = [p["piece"] for p in body["tokens"]]
+    assert status == 200 and any(isinstance(p, list) for p in pieces), pieces
+    assert b"".join(bytes(p) if isinstance(p, list) else p.encode() for p in pieces) == "Hi 😀!".encode()
+
+
+def test_a_final_assistant_message_is_continued(server: Server, smollm2_model) -> None:
+    """llama-server's prefill_assistant: the answer goes on from the assistant's text instead of a new turn."""
+    question = [{"role": "user", "content": "Name a color."}]
+    prefix = smollm2_model.chat_prompt(question) + "The color is"
+    for stream in (False, True):
+        answer = server.client().chat.completions.create(
+            model="x", messages=[*question, {"role": "assistant", "content": "The color is"}], max_tokens=4,
+            temperature=0, stream=stream, **({"stream_options": {"include_usage": True}} if stream else {}),
+        )  # fmt: skip
+        usage = list(answer)[-1].usage if stream else answer.usage
+        assert usage.prompt_tokens == len(smollm2_model.tokenize(prefix, special=True))
+    expected = smollm2_model.generate(prefix, max_tokens=4, temperature=0)
+    answer = server.client().chat.completions.create(
+        model="x", messages=[*question, {"role": "assistant", "content": "The color is"}], max_tokens=4, temperature=0
+    )
+    assert answer.choices[0].message.content == expected
+    two = [*question, {"role": "assistant", "content": "Red."}, {"role": "assistant", "content": "Or"}]
+    status, body = server.request("POST", "/v1/chat/completions", {"messages": two, "max_tokens": 2})
+    assert_error(status, body, 400)
+    assert "two assistant messages" in body["error"]["message"]
 
 
 def test_metrics(server: Server) -> None:
@@ -504,6 +531,28 @@ def test_the_chat_template_flag_replaces_the_files(smollm2_path) -> None:
     template = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
     model = load_model(ServerConfig(str(smollm2_path), n_ctx=256, n_threads=1, chat_template=template))
     assert model.chat_prompt([{"role": "user", "content": "Hi"}]) == "[user] Hi\n"
+
+
+def test_a_chat_template_flag_may_name_a_built_in_one(smollm2_path) -> None:
+    """As llama-server's --chat-template: a name is one of llama.cpp's built-in templates; text that is neither a name
+    nor Jinja2 is refused (it was taken as a template that renders itself, whatever the messages)."""
+    from turbosparse.errors import ChatTemplateError
+    from turbosparse.server import ServerConfig
+    from turbosparse.server.app import load_model
+
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    expected = {
+        "chatml": "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n",
+        "gemma": "<start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\n",
+        "llama3": "<|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|><|start_header_id|>user"
+        "<|end_header_id|>\n\nHi<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n",
+    }
+    for name, prompt in expected.items():
+        model = load_model(ServerConfig(str(smollm2_path), n_ctx=256, n_threads=1, chat_template=name))
+        assert model.chat_prompt(messages) == prompt
+        model.close()
+    with pytest.raises(ChatTemplateError, match=r"neither a Jinja2 template .* built-in templates: .*chatml"):
+        load_model(ServerConfig(str(smollm2_path), n_ctx=256, n_threads=1, chat_template="chatmll"))
 
 
 def test_a_chat_template_that_is_not_utf8_is_a_400(tmp_path, smollm2_path) -> None:

@@ -1,9 +1,11 @@
 """Chat prompts from a GGUF's `tokenizer.chat_template`: the Jinja2 template rendered as llama.cpp (with --jinja) and
 Hugging Face render it - in a sandbox, blocks trimmed, with `raise_exception`, `strftime_now` and a `tojson` that
-keeps non-ASCII text."""
+keeps non-ASCII text. A template given by name (llama-server's `--chat-template chatml`) is one of llama.cpp's
+built-in ones, rendered by llama.cpp itself."""
 
 from __future__ import annotations
 
+import ctypes
 import datetime
 import json
 from collections.abc import Mapping, Sequence
@@ -13,6 +15,7 @@ import jinja2
 import jinja2.ext
 import jinja2.nodes
 import jinja2.sandbox
+import llama_cpp
 
 from turbosparse.errors import ChatTemplateError
 from turbosparse.tokenizer import Tokenizer
@@ -83,3 +86,68 @@ class ChatTemplate:
             )
         except Exception as exc:  # whatever the template makes of the messages (a TypeError on a None, ...)
             raise ChatTemplateError(f"the chat template refused the messages: {exc}") from None
+
+
+def builtin_template_names() -> list[str]:
+    """The names of llama.cpp's built-in chat templates (chatml, llama3, gemma, mistral-v7, phi3, ...)."""
+    n = llama_cpp.llama_chat_builtin_templates(None, 0)
+    names = (ctypes.c_char_p * n)()
+    llama_cpp.llama_chat_builtin_templates(names, n)
+    return [name.decode() for name in names]
+
+
+class BuiltinChatTemplate:
+    """One of llama.cpp's built-in chat templates, chosen by name and rendered by llama.cpp (llama_chat_apply_template),
+    as llama-server and llama-cli render `--chat-template NAME`."""
+
+    def __init__(self, name: str) -> None:
+        if name not in builtin_template_names():
+            raise ChatTemplateError(f"{name!r} is not one of llama.cpp's built-in chat templates")
+        self.name = name
+
+    def render(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        add_generation_prompt: bool = True,
+        **variables: Any,
+    ) -> str:
+        """The prompt text for messages (roles and string contents only: a built-in template reads nothing else)."""
+        texts = []
+        for i, message in enumerate(messages):
+            role, content = message.get("role"), message.get("content")
+            if not isinstance(role, str) or not isinstance(content, str):
+                raise ChatTemplateError(f"message {i}: the {self.name} template takes a string role and content")
+            try:
+                encoded = (role.encode("utf-8"), content.encode("utf-8"))
+            except UnicodeEncodeError:
+                raise ChatTemplateError(f"message {i} holds an unpaired surrogate, which is not Unicode text") from None
+            if b"\0" in encoded[0] + encoded[1]:  # llama.cpp reads C strings: the text would end there
+                raise ChatTemplateError(f"message {i} holds a NUL character, which llama.cpp's templates cannot take")
+            texts.append(encoded)
+        chat = (llama_cpp.llama_chat_message * len(texts))()
+        for slot, (role, content) in zip(chat, texts, strict=True):
+            slot.role, slot.content = role, content
+        size = 2 * sum(len(role) + len(content) for role, content in texts) + 256
+        while True:
+            buf = ctypes.create_string_buffer(size)
+            name = self.name.encode()
+            n = llama_cpp.llama_chat_apply_template(name, chat, len(texts), add_generation_prompt, buf, size)
+            if n < 0:
+                raise ChatTemplateError(f"llama.cpp's {self.name} template refused the messages")
+            if n <= size:
+                return buf.raw[:n].decode("utf-8", errors="replace")
+            size = n
+
+
+def chat_template_from(text: str, tokenizer: Tokenizer) -> ChatTemplate | BuiltinChatTemplate:
+    """A chat template given as llama-server's --chat-template takes one: a built-in template's name, else Jinja2."""
+    names = builtin_template_names()
+    if text.strip() in names:
+        return BuiltinChatTemplate(text.strip())
+    if "{{" not in text and "{%" not in text:
+        raise ChatTemplateError(
+            f"the chat template {text[:60]!r} is neither a Jinja2 template (it has no {{{{ or {{%) nor the name of "
+            f"one of llama.cpp's built-in templates: {', '.join(names)}"
+        )
+    return ChatTemplate.for_tokenizer(text, tokenizer)

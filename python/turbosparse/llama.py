@@ -36,10 +36,18 @@ logger = logging.getLogger(__name__)
 
 LLAMA_DEFAULT_SEED = 0xFFFFFFFF  # llama_cpp's "pick a random seed"
 
+# llama_cpp's chat_format="chatml": a system block first (empty without a system message; the first system message
+# otherwise), then the user and assistant messages (an empty one as its header alone); stops at <|im_end|> as text
 CHATML_TEMPLATE = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
-    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    "{% set system = namespace(content='') %}"
+    "{% for message in messages %}{% if message['role'] == 'system' %}"
+    "{% set system.content = message['content'] %}{% break %}{% endif %}{% endfor %}"
+    "<|im_start|>system\n{{ system.content }}<|im_end|>\n"
+    "{% for message in messages %}{% if message['role'] in ['user', 'assistant'] %}"
+    "<|im_start|>{{ message['role'] }}\n{% if message['content'] %}{{ message['content'] }}<|im_end|>\n{% endif %}"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+CHATML_STOP = "<|im_end|>"
 
 
 def _refuse(**options: tuple[Any, Any]) -> None:
@@ -50,8 +58,8 @@ def _refuse(**options: tuple[Any, Any]) -> None:
 
 
 def _template_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """messages as chat templates take them: OpenAI's content parts joined into one string, no content as "" (as the
-    server does; llama_cpp.Llama hands both to the template as they are, where they fail)."""
+    """messages as chat templates take them: OpenAI's content parts joined into one string by newlines, no content as
+    "" (as the server does; llama_cpp.Llama hands both to the template as they are, where they fail)."""
     out = []
     for message in messages:
         content = message.get("content")
@@ -60,7 +68,7 @@ def _template_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
             other = [kind for kind in kinds if kind != "text"]
             if other:
                 raise ValueError(f"content parts of type {other[0]!r} are not supported (text only)")
-            content = "".join(str(part.get("text", "")) for part in content)
+            content = "\n".join(str(part.get("text", "")) for part in content)
         out.append({**message, "content": content or ""})
     return out
 
@@ -140,11 +148,19 @@ class Llama:
             threshold=threshold,
             verbose=verbose,
         )
+        # the text a chat answer stops at besides the user's stops, as llama_cpp's: the format's end of turn, or for
+        # the file's template the EOS token's text (a model that writes it out as plain text ends there too)
         if chat_format == "chatml":
             self._model.chat_template = ChatTemplate(CHATML_TEMPLATE)
-        elif chat_format is not None:
+            self._chat_stops = [CHATML_STOP]
+        elif chat_format is None:
+            eos = self._model.tokenizer.eos
+            eos_text = self._model.tokenizer.piece(eos, special=True).decode("utf-8", "replace") if eos >= 0 else ""
+            self._chat_stops = [eos_text] if eos_text else []
+        else:
             raise ValueError(f"chat_format={chat_format!r} is not supported: None (the file's template) or 'chatml'")
         self.chat_format = chat_format
+        self.metadata: dict[str, str] = self._model.tokenizer.all_metadata()  # as llama_cpp's: the file's keys
         self.n_batch = n_batch
         self.n_tokens = 0
         self.input_ids = np.zeros(self._model.n_ctx, dtype=np.intc)
@@ -190,6 +206,9 @@ class Llama:
     def token_eos(self) -> int:
         return self._model.tokenizer.eos
 
+    def token_nl(self) -> int:
+        return self._model.tokenizer.newline
+
     # ---- tokens -------------------------------------------------------------------------------------
     def tokenize(self, text: bytes, add_bos: bool = True, special: bool = False) -> list[int]:
         return self._model.tokenizer.tokenize(text, add_bos=add_bos, special=special)
@@ -197,12 +216,17 @@ class Llama:
     def detokenize(
         self, tokens: Sequence[int], prev_tokens: Sequence[int] | None = None, special: bool = False
     ) -> bytes:
-        """The bytes of tokens; with prev_tokens, the bytes tokens add after them."""
+        """The bytes of tokens; with prev_tokens, the bytes tokens add after them. As llama_cpp's, a text that starts
+        with the BOS token loses one leading space (the space SentencePiece vocabularies put before the first word)."""
         tok = self._model.tokenizer
-        text = b"".join(tok.piece(t, special=special) for t in [*(prev_tokens or ()), *tokens])
+
+        def text_of(ids: Sequence[int]) -> bytes:
+            text = b"".join(tok.piece(t, special=special) for t in ids)
+            return text[1:] if ids and ids[0] == tok.bos and text.startswith(b" ") else text
+
         if prev_tokens:
-            return text[len(b"".join(tok.piece(t, special=special) for t in prev_tokens)) :]
-        return text
+            return text_of([*prev_tokens, *tokens])[len(text_of(prev_tokens)) :]
+        return text_of(tokens)
 
     # ---- low-level evaluation ------------------------------------------------------------------------
     def reset(self) -> None:
@@ -445,7 +469,8 @@ class Llama:
         )
         n_top = (top_logprobs or 0) if logprobs else None
         prompt = self._model.chat_tokens(_template_messages(messages))
-        gen = self._start(prompt, max_tokens, sampling, stop, n_top, grammar=_grammar(grammar, response_format))
+        stops = [*([stop] if isinstance(stop, str) else stop or []), *self._chat_stops]
+        gen = self._start(prompt, max_tokens, sampling, stops, n_top, grammar=_grammar(grammar, response_format))
         meta = CompletionMeta.new("chatcmpl", model or self.model_path)
         chunks = ChatCompletionChunks(self._model.tokenizer, meta, gen)
         if stream:

@@ -23,7 +23,7 @@ from turbosparse.binding import (
     find_device,
     sparse_mode_named,
 )
-from turbosparse.chat_template import ChatTemplate
+from turbosparse.chat_template import BuiltinChatTemplate, ChatTemplate
 from turbosparse.errors import ChatTemplateError, ContextOverflowError, InvalidArgumentError, ModelClosedError
 from turbosparse.generation import Generation, StepLogits
 from turbosparse.grammar import Grammar
@@ -153,7 +153,7 @@ class Model:
         self._prompt_logits = np.empty((n_seq, self.info.n_vocab), dtype=np.float32)
         self._batch_logits = np.empty((n_seq, self.info.n_vocab), dtype=np.float32)
         self._timings = _Timings()
-        self._chat_template: ChatTemplate | None = None
+        self._chat_template: ChatTemplate | BuiltinChatTemplate | None = None
 
     def close(self) -> None:
         """Frees the engine and the tokenizer now (waiting for a running evaluation); any later use of the model
@@ -449,7 +449,7 @@ class Model:
             return "".join(pieces)
 
     @property
-    def chat_template(self) -> ChatTemplate:
+    def chat_template(self) -> ChatTemplate | BuiltinChatTemplate:
         """The file's chat template (tokenizer.chat_template); ValueError when it has none."""
         if self._chat_template is None:
             text = self._tokenizer.chat_template
@@ -462,17 +462,25 @@ class Model:
         return self._chat_template
 
     @chat_template.setter
-    def chat_template(self, template: ChatTemplate) -> None:
+    def chat_template(self, template: ChatTemplate | BuiltinChatTemplate) -> None:
         self._chat_template = template
 
     def chat_prompt(self, messages: Sequence[dict[str, object]], add_generation_prompt: bool = True) -> str:
         """The prompt text the file's chat template makes of messages ([{"role": ..., "content": ...}])."""
         return self.chat_template.render(messages, add_generation_prompt=add_generation_prompt)
 
-    def chat_tokens(self, messages: Sequence[dict[str, object]]) -> list[int]:
+    def chat_tokens(self, messages: Sequence[dict[str, object]], *, prefill_assistant: bool = False) -> list[int]:
         """The chat prompt's tokens, ready to generate the assistant's answer: special tokens parsed, and the
-        model's BOS added when its vocabulary wants one and the template did not write it."""
-        return self._prompt_tokens(self.chat_prompt(messages, add_generation_prompt=True), add_bos=True)
+        model's BOS added when its vocabulary wants one and the template did not write it. prefill_assistant: a final
+        assistant message is continued, not closed (llama-server's prefill): the messages before it are rendered for
+        an answer and its text follows."""
+        if prefill_assistant and messages and messages[-1].get("role") == "assistant":
+            if len(messages) > 1 and messages[-2].get("role") == "assistant":
+                raise InvalidArgumentError("two assistant messages end the conversation: only one is continued")
+            text = self.chat_prompt(messages[:-1], add_generation_prompt=True) + str(messages[-1].get("content") or "")
+        else:
+            text = self.chat_prompt(messages, add_generation_prompt=True)
+        return self._prompt_tokens(text, add_bos=True)
 
     def _prompt_tokens(self, text: str, add_bos: bool) -> list[int]:
         """text's tokens, special tokens parsed, the vocabulary's BOS first when add_bos, and one BOS only where the

@@ -5,7 +5,7 @@ from __future__ import annotations
 import codecs
 import ctypes
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import llama_cpp
 
@@ -51,6 +51,7 @@ class Tokenizer:
         self.bos: int = llama_cpp.llama_vocab_bos(self._vocab)
         self.eos: int = llama_cpp.llama_vocab_eos(self._vocab)
         self.adds_bos: bool = bool(llama_cpp.llama_vocab_get_add_bos(self._vocab))
+        self.newline: int = llama_cpp.llama_vocab_nl(self._vocab)
         # per-token answers, asked once per generated token: kept instead of asking llama.cpp again
         self._pieces: dict[tuple[int, bool], bytes] = {}
         self._end_of_generation: dict[int, bool] = {}
@@ -131,6 +132,27 @@ class Tokenizer:
                 return buf.value.decode("utf-8", errors="replace")
             size = n + 1
         return None
+
+    def all_metadata(self) -> dict[str, str]:
+        """Every key llama.cpp keeps of the file's metadata (not its arrays), with its value as llama.cpp writes it."""
+        self._check_open()
+
+        def text(read: Callable[[int, ctypes.Array[ctypes.c_char], int], int], i: int) -> str:
+            size = 256
+            while True:
+                buf = ctypes.create_string_buffer(size)
+                n = read(i, buf, size)
+                if n < size:
+                    return buf.raw[: max(n, 0)].decode("utf-8", errors="replace")
+                size = n + 1
+
+        def key(i: int, buf: ctypes.Array[ctypes.c_char], size: int) -> int:
+            return llama_cpp.llama_model_meta_key_by_index(self._model, i, buf, size)
+
+        def value(i: int, buf: ctypes.Array[ctypes.c_char], size: int) -> int:
+            return llama_cpp.llama_model_meta_val_str_by_index(self._model, i, buf, size)
+
+        return {text(key, i): text(value, i) for i in range(llama_cpp.llama_model_meta_count(self._model))}
 
     @property
     def chat_template(self) -> str | None:

@@ -10,7 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from turbosparse.binding import SparseMode
-from turbosparse.chat_template import ChatTemplate
+from turbosparse.chat_template import chat_template_from
 from turbosparse.cli.conversation import Conversation, converse
 from turbosparse.default import default_model
 from turbosparse.errors import InvalidArgumentError
@@ -149,7 +149,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "answer, Ctrl-D ends",
     )
     template = p.add_mutually_exclusive_group()
-    template.add_argument("--chat-template", default=None, help="a Jinja2 chat template replacing the file's")
+    template.add_argument(
+        "--chat-template",
+        default=None,
+        help="a Jinja2 chat template replacing the file's, or the name of one of llama.cpp's built-in ones (chatml, "
+        "llama3, gemma, mistral-v7, phi3, ...)",
+    )
     template.add_argument("--chat-template-file", type=Path, default=None, help="... read from this file")
     p.add_argument("-sys", "--system-prompt", default=None, help="system message (implies --chat unless -cnv)")
     p.add_argument("--no-display-prompt", action="store_true", help="do not echo the prompt")
@@ -197,7 +202,7 @@ def run(args: argparse.Namespace) -> int:
     )
     template = read_utf8(args.chat_template_file) if args.chat_template_file else args.chat_template
     if template is not None:
-        model.chat_template = ChatTemplate.for_tokenizer(template, model.tokenizer)
+        model.chat_template = chat_template_from(template, model.tokenizer)
     sampling = SamplingParams(  # checks the options before any text
         temperature=args.temp,
         top_k=args.top_k,

@@ -27,7 +27,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (default: no key)")
     p.add_argument("-a", "--alias", default=None, help="the model name clients see (default: the file name)")
     template = p.add_mutually_exclusive_group()
-    template.add_argument("--chat-template", default=None, help="a Jinja2 chat template replacing the file's")
+    template.add_argument(
+        "--chat-template",
+        default=None,
+        help="a Jinja2 chat template replacing the file's, or the name of one of llama.cpp's built-in ones (chatml, "
+        "llama3, gemma, mistral-v7, phi3, ...)",
+    )
     template.add_argument("--chat-template-file", type=Path, default=None, help="... read from this file")
     p.set_defaults(func=run)
 

@@ -21,7 +21,7 @@ from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from turbosparse.chat_template import ChatTemplate
+from turbosparse.chat_template import chat_template_from
 from turbosparse.completions import (
     ChatCompletionChunks,
     CompletionMeta,
@@ -93,7 +93,7 @@ def load_model(config: ServerConfig) -> Model:
         device=config.device,
     )
     if config.chat_template is not None:
-        model.chat_template = ChatTemplate.for_tokenizer(config.chat_template, model.tokenizer)
+        model.chat_template = chat_template_from(config.chat_template, model.tokenizer)
     return model
 
 
@@ -182,14 +182,13 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
         tokens = model.tokenize(body.content, add_bos=body.add_special, special=body.parse_special)
         if not body.with_pieces:
             return JSONResponse({"tokens": tokens})
-        pieces = [{"id": t, "piece": model.detokenize([t], special=True)} for t in tokens]
-        return JSONResponse({"tokens": pieces})
+        return JSONResponse({"tokens": [{"id": t, "piece": _piece(model, t)} for t in tokens]})
 
     @app.post("/detokenize")
     async def detokenize(body: DetokenizeRequest) -> JSONResponse:
         model, _ = ready()
         _check_tokens(model, body.tokens, "tokens")
-        return JSONResponse({"content": model.detokenize(body.tokens)})
+        return JSONResponse({"content": model.detokenize(body.tokens, special=True)})  # as llama-server
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request) -> Response:
@@ -227,7 +226,8 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
         model, engine = ready()
         try:
-            tokens = model.chat_tokens([m.for_template() for m in body.messages])
+            # a final assistant message is continued, as llama-server's prefill_assistant (on by default) does
+            tokens = model.chat_tokens([m.for_template() for m in body.messages], prefill_assistant=True)
         except ValueError as exc:  # no template (the error says how to give one), one that is not UTF-8 or refuses
             raise APIError(400, str(exc), param="messages") from None  # the messages (ChatTemplateError); bad text
         job, queue = await _submit(model, engine, tokens, body, "messages", body.n_top)
@@ -250,6 +250,16 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
         return JSONResponse(chat_completion(meta, answer, gen.finish_reason, use, chunks.scores(answer, end=True)))
 
     return app
+
+
+def _piece(model: Model, token: int) -> str | list[int]:
+    """A token's text for /tokenize's pieces; a piece that is not whole UTF-8 (part of a character) as its bytes, as
+    llama-server gives it."""
+    piece = model.tokenizer.piece(token, special=True)
+    try:
+        return piece.decode("utf-8")
+    except UnicodeDecodeError:
+        return list(piece)
 
 
 def _check_tokens(model: Model, tokens: list[int], param: str) -> None:

@@ -23,7 +23,7 @@ class ServerConfig:
     threshold: float | None = None
     device: str = "cpu"  # Model(device=...): cpu, gpu or a ggml device name
     api_key: str | None = None  # clients must send "Authorization: Bearer <api_key>"
-    chat_template: str | None = None  # Jinja2 source replacing the file's tokenizer.chat_template
+    chat_template: str | None = None  # replaces the file's tokenizer.chat_template: Jinja2, or a built-in's name
     verbose: bool = False
 
     def __post_init__(self) -> None:

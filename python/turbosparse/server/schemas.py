@@ -214,11 +214,12 @@ class ChatMessage(_Body):
         return content
 
     def for_template(self) -> dict[str, Any]:
-        """The message as chat templates expect it: content a string (text parts joined)."""
+        """The message as chat templates expect it: content a string (text parts joined by newlines, as
+        llama-server joins them for templates that take a string)."""
         text = (
             self.content
             if isinstance(self.content, str) or self.content is None
-            else "".join(part.text for part in self.content)
+            else "\n".join(part.text for part in self.content)
         )
         message: dict[str, Any] = {"role": self.role, "content": text or ""}
         if self.name:
