@@ -31,6 +31,17 @@ from turbosparse.errors import ConvertError
 logger = logging.getLogger(__name__)
 
 
+def _is_gguf(path: Path) -> bool:
+    """path is a regular file that starts as a GGUF file does."""
+    if not path.is_file():
+        return False
+    try:
+        with path.open("rb") as f:
+            return f.read(4) == b"GGUF"
+    except OSError:
+        return False
+
+
 def convert(
     model_dir: str | os.PathLike[str],
     out_path: str | os.PathLike[str],
@@ -64,9 +75,12 @@ def convert(
     importance matrix file (convert/imatrix.py) whose entries weigh the quantizers' rounding errors.
     Raises turbosparse.errors.ConvertError naming the file and tensor or key; leaves no partial output behind."""
     src, out = Path(model_dir), Path(out_path)
-    check_output_path(out)
+    check_output_path(out, inputs=[src] if src.is_file() else [])
+    if not src.is_dir() and not _is_gguf(src):
+        what = "is neither a GGUF file nor a checkpoint folder" if src.exists() else "no such file or folder"
+        raise ConvertError(f"{src}: {what} (convert takes a Hugging Face checkpoint folder or a GGUF file)")
     importance = read_imatrix(imatrix) if imatrix is not None else None
-    if src.is_file() and src.suffix == ".gguf":
+    if src.is_file():
         options = (predictors, down_layout, threshold, groups)
         if any(o is not None for o in options) or keep_neuron_order:
             raise ConvertError(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -126,17 +126,33 @@ def add_turbosparse_keys(writer: gguf.GGUFWriter, values: dict[str, Any]) -> Non
         writer.add_key_value(key, value, vtype, sub_type=sub)
 
 
-def check_output_path(out_path: Path, error: type[Exception] = ConvertError) -> None:
-    """error(why) where out_path cannot become a file (a directory, or under a file): said before the work, not
-    after it."""
+def check_output_path(
+    out_path: Path, error: type[Exception] = ConvertError, *, inputs: Sequence[str | os.PathLike[str]] = ()
+) -> None:
+    """error(why) where out_path cannot become a file (a directory, under a file, a device or FIFO the new file would
+    replace, one of the inputs): said before the work, not after it."""
     out_path = Path(out_path)
     if out_path.is_dir():
         raise error(f"{out_path}: is a directory; the output is a file (e.g. {out_path / 'model.gguf'})")
+    if out_path.exists() and not out_path.is_file():
+        raise error(f"{out_path}: is not a regular file (a device, FIFO or socket), which the output would replace")
+    for source in inputs:
+        if out_path.exists() and os.path.samefile(out_path, source):
+            raise error(f"{out_path}: is the input file itself; write to another path")
     for folder in out_path.parents:
         if folder.exists():
             if not folder.is_dir():
                 raise error(f"{out_path}: cannot be written, {folder} is not a directory")
             return
+
+
+@contextlib.contextmanager
+def _writing(out_path: Path) -> Iterator[None]:
+    """A failed write of the output said with its path (numpy's own message names neither the file nor the cause)."""
+    try:
+        yield
+    except OSError as exc:
+        raise ConvertError(f"{out_path}: writing failed ({exc.strerror or exc}): is the disk full?") from None
 
 
 def write_gguf(
@@ -152,7 +168,8 @@ def write_gguf(
     out_path = Path(out_path)
     check_output_path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.partial")
+    # beside the output (the rename stays on one file system), its name short enough for any output name's length
+    tmp = out_path.with_name(f".{out_path.name[:150]}.{os.getpid()}.partial")
     writer = gguf.GGUFWriter(str(tmp), arch)
     try:
         add_metadata(writer)
@@ -161,9 +178,10 @@ def write_gguf(
             nbytes = tensor_nbytes(spec.shape, qtype)
             sizes.append(nbytes)
             writer.add_tensor_info(spec.name, spec.shape, np.dtype(np.float32), nbytes, raw_dtype=qtype)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_ti_data_to_file()
+        with _writing(out_path):
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_ti_data_to_file()
         bar = tqdm(total=sum(sizes), unit="B", unit_scale=True, desc=out_path.name, disable=not progress)
         with bar:
             for spec, qtype, nbytes in zip(specs, types, sizes, strict=True):
@@ -175,11 +193,13 @@ def write_gguf(
                 del data
                 if stored.nbytes != nbytes:
                     raise RuntimeError(f"{spec.name}: {stored.nbytes} bytes encoded, {nbytes} planned")
-                writer.write_tensor_data(stored)
+                with _writing(out_path):
+                    writer.write_tensor_data(stored)
                 del stored
                 bar.update(nbytes)
-        writer.close()
-        os.replace(tmp, out_path)
+        with _writing(out_path):
+            writer.close()
+            os.replace(tmp, out_path)
     except BaseException:
         writer.close()
         with contextlib.suppress(FileNotFoundError):

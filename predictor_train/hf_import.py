@@ -9,6 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
 from turbosparse.errors import TrainingError
+from turbosparse.gguf_reader import read_gguf
 from turbosparse.predictor_train.modeling import load_causal_lm
 
 
@@ -17,6 +18,7 @@ def gguf_to_hf(gguf: str | Path, out_dir: str | Path) -> Path:
     gguf = Path(gguf)
     if not gguf.is_file():
         raise FileNotFoundError(f"{gguf}: no such GGUF file")
+    read_gguf(gguf)  # a damaged file said in one line (transformers' reader would end in a traceback)
     out_dir = Path(out_dir)
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)

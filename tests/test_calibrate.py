@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -296,3 +297,25 @@ def test_command_errors(tmp_path: Path, tiny_twin: Path) -> None:
     res = turbosparse("calibrate", "-m", str(tiny_twin), "-f", str(short), "--sparsity", "0.4", "-o", str(tmp_path))
     assert res.returncode == 1 and "is a directory" in res.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["short.txt"]
+    # the input itself, or two sparsities named alike (.s30), said before the calibration too
+    res = turbosparse("calibrate", "-m", str(tiny_twin), "-f", str(short), "--sparsity", "0.4", "-o", str(tiny_twin))
+    assert res.returncode == 1 and "is the input file itself" in res.stderr
+    res = turbosparse("calibrate", "-m", str(tiny_twin), "-f", str(short), "--sparsity", "0.301,0.299", "-o", out)
+    assert res.returncode == 1 and "--sparsity 0.301: another sparsity is written to" in res.stderr
+    res = turbosparse(
+        "calibrate", "-m", str(tiny_twin), "-f", str(short), "--sparsity", "0.4", "-o", out, "--tokens", "0"
+    )
+    assert res.returncode == 1 and "--tokens must be >= 1, got 0" in res.stderr
+
+
+def test_a_text_too_short_once_the_evaluation_is_held_out_says_so(tmp_path: Path, tiny_twin: Path) -> None:
+    """Its count was the tokens left (0) and "4 evaluation windows held out" whatever was; now the text's count, what
+    was held out, and how to keep it."""
+    text = tmp_path / "text.txt"
+    text.write_text(play("macbeth_gut.txt")[:1200])
+    out = str(tmp_path / "x.gguf")
+    res = turbosparse("calibrate", "-m", str(tiny_twin), "-f", str(text), "--sparsity", "0.4", "-o", out, "-c", "512")
+    assert res.returncode == 1
+    assert re.search(r"the calibration text has (\d+) tokens; its last \1 are held out for the quality measurement "
+                     r"\(--eval-tokens 2048; or give --eval-file, or --eval-tokens 0\), leaving 0: fewer than one "
+                     r"window of 512", res.stderr), res.stderr  # fmt: skip

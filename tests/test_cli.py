@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -513,3 +516,46 @@ def test_escapes_as_llama_cli_processes_them(text: str, processed: str) -> None:
     from turbosparse.cli.run_cmd import process_escapes
 
     assert process_escapes(text) == processed
+
+
+def test_files_that_are_not_models(tmp_path, smollm2_path) -> None:
+    """A FIFO is refused (opening it waited for a writer, for ever); a name that is not UTF-8 is a file like any
+    other (its encoding was a traceback); llama.cpp's reason for refusing a vocabulary is said (its log is off)."""
+    import gguf
+    from gguf.scripts.gguf_new_metadata import MetadataDetails, copy_with_new_metadata
+
+    os.mkfifo(tmp_path / "fifo.gguf")
+    out = subprocess.run([sys.executable, "-m", "turbosparse", "run", "-m", str(tmp_path / "fifo.gguf"), "-p", "Hi"],
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert out.returncode == 1 and "fifo.gguf: not a regular file" in out.stderr
+    odd = os.path.join(os.fsencode(tmp_path), b"lat\xff.gguf")
+    os.symlink(smollm2_path, odd)
+    out = turbosparse("run", "-m", os.fsdecode(odd), "-p", "Hi", "-n", "2", "--temp", "0", "-c", "64")
+    assert out.returncode == 0 and out.stdout.startswith("Hi"), out.stderr
+    bad = tmp_path / "bad.gguf"
+    reader = gguf.GGUFReader(str(smollm2_path))
+    writer = gguf.GGUFWriter(str(bad), arch=reader.fields["general.architecture"].contents())
+    copy_with_new_metadata(reader, writer, {"general.file_type": MetadataDetails(gguf.GGUFValueType.STRING, "q4")}, [])
+    out = turbosparse("run", "-m", str(bad), "-p", "Hi", "-n", "1")
+    assert out.returncode == 1
+    assert "could not load the vocabulary: key general.file_type has wrong type str but expected type u32" in out.stderr
+
+
+def test_sigterm_removes_the_partial_output(tmp_path, smollm2_path) -> None:
+    """`kill` (a service manager, a container stopping) ends a conversion as Ctrl-C does: the partial file goes."""
+    out = tmp_path / "out.gguf"
+    cmd = [sys.executable, "-m", "turbosparse", "convert", str(smollm2_path), "-o", str(out), "--outtype", "q8_0"]
+    process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".*.partial")) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 128 + signal.SIGTERM
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_perplexity_chunks_must_be_positive(smollm2_path, tmp_path) -> None:
+    text = tmp_path / "t.txt"
+    text.write_text("To be, or not to be, that is the question. " * 40)
+    out = turbosparse("perplexity", "-m", str(smollm2_path), "-f", str(text), "-c", "64", "--chunks", "0")
+    assert out.returncode == 1 and "--chunks must be >= 1, got 0" in out.stderr

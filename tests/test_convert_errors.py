@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
+import stat
 from pathlib import Path
 
 import gguf
@@ -243,6 +245,40 @@ def test_an_output_that_cannot_be_a_file_fails_before_any_tensor_is_read(
     with pytest.raises(ConvertError, match=r"under/out.gguf: cannot be written, .*file is not a directory"):
         convert(good_dir, tmp_path / "file" / "under" / "out.gguf")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "folder.gguf"]
+    # a FIFO (or a device: -o /dev/null, run as root) would have been replaced by a regular file
+    os.mkfifo(tmp_path / "fifo.gguf")
+    with pytest.raises(ConvertError, match=r"fifo\.gguf: is not a regular file \(a device, FIFO or socket\)"):
+        convert(good_dir, tmp_path / "fifo.gguf")
+    assert stat.S_ISFIFO((tmp_path / "fifo.gguf").stat().st_mode)
+
+
+def test_what_is_neither_a_checkpoint_folder_nor_a_gguf_file(tmp_path: Path) -> None:
+    with pytest.raises(ConvertError, match=r"nope\.gguf: no such file or folder \(convert takes"):
+        convert(tmp_path / "nope.gguf", tmp_path / "out.gguf")
+    (tmp_path / "text.txt").write_text("hello")
+    with pytest.raises(ConvertError, match=r"text\.txt: is neither a GGUF file nor a checkpoint folder"):
+        convert(tmp_path / "text.txt", tmp_path / "out.gguf")
+
+
+def test_a_failed_write_names_the_output(tmp_path: Path, good_dir: Path, monkeypatch) -> None:
+    """numpy's "N requested and M written" (a full disk) named neither the file nor the cause."""
+
+    def full(self, tensor) -> None:
+        raise OSError(f"{tensor.nbytes} requested and 0 written")
+
+    monkeypatch.setattr(gguf.GGUFWriter, "write_tensor_data", full)
+    with pytest.raises(
+        ConvertError, match=r"out\.gguf: writing failed \(\d+ requested and 0 written\): is the disk full"
+    ):
+        convert(good_dir, tmp_path / "out.gguf")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_output_name_as_long_as_the_file_system_allows(tmp_path: Path, good_dir: Path) -> None:
+    """The partial file beside it took the name plus a dot, the process id and ".partial": past 255 bytes."""
+    out = tmp_path / ("m" * 250 + ".gguf")
+    convert(good_dir, out)
+    assert out.is_file() and [p.name for p in tmp_path.iterdir()] == [out.name]
 
 
 def test_cli_reports_one_line_and_fails(tmp_path: Path, work: Path, capsys) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import struct
 from pathlib import Path
 
@@ -106,6 +107,49 @@ def test_a_vocabulary_holding_a_token_twice(tmp_path: Path) -> None:
     tokens[7] = "t3 "
     write_gguf(path, CFG, random_weights(CFG), extra_kv={"tokenizer.ggml.tokens": tokens})
     NativeModel(path)
+
+
+def test_a_sentencepiece_vocabulary_without_byte_tokens(tmp_path: Path) -> None:
+    """llama.cpp's SentencePiece tokenizer falls back to the byte tokens <0x00>..<0xFF> for text outside the
+    vocabulary and aborts the process where one is missing: refused at load, by name."""
+    path = tmp_path / "m.gguf"
+    tokens = [f"t{i}" for i in range(CFG.n_vocab)]
+    tokens[3 : 3 + 256] = [f"<0x{b:02X}>" for b in range(256)]
+    write_gguf(
+        path, CFG, random_weights(CFG), extra_kv={"tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": tokens}
+    )
+    NativeModel(path)
+    tokens[3 + 0x41] = "<0x41 >"
+    write_gguf(
+        path, CFG, random_weights(CFG), extra_kv={"tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": tokens}
+    )
+    assert "tokenizer.ggml.tokens has no byte token <0x41> (1 of the 256 missing)" in load_error(path)
+    write_gguf(
+        path, CFG, random_weights(CFG), extra_kv={"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.tokens": tokens}
+    )
+    NativeModel(path)  # byte-level BPE vocabularies spell bytes otherwise
+
+
+def spm_tokens(n: int) -> list[str]:
+    """A SentencePiece vocabulary of n tokens as llama.cpp takes it: unknown, BOS, EOS, the 256 byte tokens, pieces."""
+    return (["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + [f"p{i}" for i in range(n)])[:n]
+
+
+def test_a_vocabulary_that_does_not_match_the_embedding_rows(tmp_path: Path) -> None:
+    """llama.cpp refuses such a file; a warning at load let a generation fail at its first token past the vocabulary
+    (or the prompt at one past the embedding rows) without naming the file."""
+    from turbosparse import Model
+
+    path = tmp_path / "m.gguf"
+    for n_tokens in (CFG.n_vocab - 1, CFG.n_vocab + 1):
+        vocab = {"tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": spm_tokens(n_tokens)}
+        write_gguf(path, CFG, random_weights(CFG), extra_kv=vocab)
+        with pytest.raises(ModelLoadError, match=f"has {n_tokens} tokens but token_embd has {CFG.n_vocab} rows"):
+            Model(path, n_ctx=64, n_threads=1)
+    vocab = {"tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": spm_tokens(CFG.n_vocab)}
+    write_gguf(path, CFG, random_weights(CFG), extra_kv=vocab)
+    with Model(path, n_ctx=64, n_threads=1) as model:
+        assert model.tokenizer.n_vocab == CFG.n_vocab
 
 
 def test_one_file_of_a_split_model_says_so(tmp_path: Path) -> None:
@@ -253,3 +297,30 @@ def test_a_tensor_type_newer_than_the_gguf_package_is_named(tmp_path: Path) -> N
     path.write_bytes(bytes(data))
     with pytest.raises(ModelLoadError, match="a tensor of ggml type 42, newer than the gguf package"):
         read_gguf(path)
+
+
+def test_gguf_py_on_a_damaged_file_is_one_error(good: Path, tmp_path: Path) -> None:
+    """calibrate, bench, convert and relufy read through gguf-py, which trips in many ways on a file cut short
+    (IndexError, struct.error, numpy's errors): each is the reader's ModelLoadError naming the file; and a FIFO is
+    refused, not read (it blocked)."""
+    from turbosparse.gguf_reader import read_gguf
+
+    data = good.read_bytes()
+    header_end = data.index(b"output_norm.weight") + 200  # past the tensor infos' start
+    cut = tmp_path / "cut.gguf"
+    for end in range(24, header_end, 5):
+        cut.write_bytes(data[:end])
+        with pytest.raises(ModelLoadError, match=r"cut\.gguf: not a readable GGUF file"):
+            read_gguf(cut)
+    os.mkfifo(tmp_path / "fifo.gguf")
+    with pytest.raises(ModelLoadError, match=r"fifo\.gguf: not a regular file"):
+        read_gguf(tmp_path / "fifo.gguf")
+    with pytest.raises(ModelLoadError, match=r"fifo\.gguf: not a regular file"):
+        NativeModel(tmp_path / "fifo.gguf")
+
+
+def test_a_context_past_int32_is_refused(good: Path) -> None:
+    """Its KV cells (rounded up to 256) wrapped to a negative count."""
+    model = NativeModel(good)
+    with pytest.raises(InvalidArgumentError, match=r"n_ctx = 2147483647: at most 268435456 tokens per sequence"):
+        NativeContext(model, n_ctx=2**31 - 1, n_threads=1, n_batch=4, sparse_mode=SparseMode.OFF, threshold=None)

@@ -122,7 +122,11 @@ def test_relufy_of_a_gguf_converts_each_file_it_is_given(tmp_path: Path, texts: 
 
 def test_cli_errors_are_clear(tmp_path: Path, texts: tuple[Path, Path], capsys) -> None:
     assert main(["train-predictors", str(tmp_path / "missing"), "--data", str(texts[0])]) == 1
-    assert "no config.json" in capsys.readouterr().err
+    assert (
+        "missing: no such folder (train-predictors takes a Hugging Face checkpoint folder)" in capsys.readouterr().err
+    )
+    assert main(["train-predictors", str(texts[0]), "--data", str(texts[0])]) == 1
+    assert f"{texts[0]}: is not a folder" in capsys.readouterr().err
     src = tmp_path / "swiglu"
     tiny_swiglu().save_pretrained(src)
     save_word_tokenizer(src)
@@ -137,7 +141,9 @@ def test_cli_errors_are_clear(tmp_path: Path, texts: tuple[Path, Path], capsys) 
     tiny_drelu().save_pretrained(drelu)
     save_word_tokenizer(drelu)
     for option, value, said in (("--ranks", "0", "--ranks must be >= 1"), ("--quant", "q9_9", "unknown quant"),
-                                ("--eval", str(tmp_path / "none.txt"), "no such text file")):  # fmt: skip
+                                ("--eval", str(tmp_path / "none.txt"), "no such text file"),
+                                ("--threads", "-2", "--threads must be >= 1"),
+                                ("--device", "bogus", "--device bogus: ")):  # fmt: skip
         assert main(["train-predictors", str(drelu), "--data", str(texts[0]), option, value]) == 1
         assert said in capsys.readouterr().err
     assert not (tmp_path / "drelu-predictors").exists()
@@ -146,3 +152,10 @@ def test_cli_errors_are_clear(tmp_path: Path, texts: tuple[Path, Path], capsys) 
     assert "--finetune-batch must be >= 1" in capsys.readouterr().err
     assert main([*relufy, "--eval", str(tmp_path / "none.txt")]) == 1  # said after the fit, leaving half a folder
     assert "--eval" in capsys.readouterr().err and not (tmp_path / "o").exists()
+    for option, value, said in (("--device", "bogus", "--device bogus: "), ("--threads", "-2", "--threads must be")):
+        assert main([*relufy, option, value]) == 1  # torch's traceback, after a GGUF's conversion
+        assert said in capsys.readouterr().err
+    damaged = tmp_path / "damaged.gguf"
+    damaged.write_bytes(b"GGUF" + bytes(40))
+    assert main(["relufy", str(damaged), "--data", str(texts[0]), "--out", str(tmp_path / "o")]) == 1
+    assert "damaged.gguf: not a readable GGUF file" in capsys.readouterr().err

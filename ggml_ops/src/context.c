@@ -13,6 +13,7 @@
 #include <string.h>
 
 #define TS_MAX_SEQ 256
+#define TS_MAX_CTX (1 << 28) /* tokens per sequence: past any memory, far inside int32 */
 
 
 ts_context_params ts_context_default_params(void) {
@@ -44,6 +45,11 @@ static int check_params(const ts_model *m, const ts_context_params *p, char *err
     }
     if (p->n_ctx < 0) {
         return ts_set_error(err, err_size, "n_ctx must be >= 0 (0 = the model's %d), got %d", in->n_ctx_train, p->n_ctx);
+    }
+    const int32_t n_ctx = p->n_ctx > 0 ? p->n_ctx : in->n_ctx_train;
+    if (n_ctx > TS_MAX_CTX) { /* its KV cells, a multiple of TS_KV_PAD, and positions stay far inside int32 */
+        return ts_set_error(err, err_size, "n_ctx = %d%s: at most %d tokens per sequence", n_ctx,
+                            p->n_ctx > 0 ? "" : " (the model's context_length)", TS_MAX_CTX);
     }
     if (p->n_seq > TS_MAX_SEQ) {
         return ts_set_error(err, err_size, "n_seq = %d: at most %d sequences per context", p->n_seq, TS_MAX_SEQ);

@@ -241,7 +241,7 @@ static int read_tensor_info(cursor *c, ts_gguf_tensor *t, uint64_t *offset) {
 }
 
 static int map_file(const char *path, void **map, size_t *size, char *err, size_t err_size) {
-    int fd = open(path, O_RDONLY);
+    int fd = open(path, O_RDONLY | O_NONBLOCK); /* a FIFO's open would wait for a writer; refused below instead */
     if (fd < 0) {
         return ts_set_error(err, err_size, "%s: cannot open: %s", path, strerror(errno));
     }
@@ -703,4 +703,56 @@ int ts_gguf_check_unique_strings(const ts_gguf_file *f, const char *key, char *e
     free(texts);
     free(lens);
     return rc;
+}
+
+static int hex_digit(uint8_t c) {
+    if (c >= '0' && c <= '9') {
+        return c - '0';
+    }
+    if (c >= 'A' && c <= 'F') {
+        return c - 'A' + 10;
+    }
+    return -1;
+}
+
+/* The byte a token's text "<0xHH>" (SentencePiece's spelling, upper-case hex) stands for; -1 for any other text. */
+static int byte_token(const uint8_t *text, uint64_t len) {
+    if (len != 6 || text[0] != '<' || text[1] != '0' || text[2] != 'x' || text[5] != '>') {
+        return -1;
+    }
+    const int hi = hex_digit(text[3]);
+    const int lo = hex_digit(text[4]);
+    return hi < 0 || lo < 0 ? -1 : hi * 16 + lo;
+}
+
+int ts_gguf_check_byte_tokens(const ts_gguf_file *f, const char *key, char *err, size_t err_size) {
+    const ts_gguf_kv *kv = ts_gguf_find_kv(f, key);
+    if (kv == NULL || kv->type != TS_GGUF_ARRAY || kv->elem_type != TS_GGUF_STRING) {
+        return 0;
+    }
+    uint8_t seen[256] = {0};
+    int n_seen = 0;
+    const uint8_t *p = kv->data; /* each: a u64 length, then the bytes (bounds checked when the file was opened) */
+    for (uint64_t i = 0; i < kv->n; i++) {
+        uint64_t len = 0;
+        memcpy(&len, p, sizeof(len));
+        const int byte = byte_token(p + sizeof(len), len);
+        p += sizeof(len) + len;
+        if (byte >= 0 && !seen[byte]) {
+            seen[byte] = 1;
+            n_seen++;
+        }
+    }
+    if (n_seen == 256) {
+        return 0;
+    }
+    int missing_byte = 0;
+    while (seen[missing_byte]) {
+        missing_byte++;
+    }
+    return ts_set_error(err, err_size,
+                        "%s: %s has no byte token <0x%02X> (%d of the 256 missing): a SentencePiece vocabulary "
+                        "needs <0x00>..<0xFF>, which llama.cpp's tokenizer falls back to for text outside the "
+                        "vocabulary (it aborts without them)",
+                        f->path, key, missing_byte, 256 - n_seen);
 }

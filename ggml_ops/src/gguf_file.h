@@ -86,6 +86,10 @@ int ts_gguf_get_arr_i64(const ts_gguf_file *file, const char *key, int64_t *out,
 /* -1 (err set) where the string array under key holds one text twice (llama.cpp's vocabulary loader aborts on a
  * repeated token); 0 otherwise, also where the key is absent or not a string array. */
 int ts_gguf_check_unique_strings(const ts_gguf_file *file, const char *key, char *err, size_t err_size);
+/* -1 (err set) where the string array under key lacks one of the 256 byte tokens <0x00>..<0xFF> that llama.cpp's
+ * SentencePiece tokenizer falls back to for text outside the vocabulary (it aborts where one is missing); 0 otherwise,
+ * also where the key is absent or not a string array. */
+int ts_gguf_check_byte_tokens(const ts_gguf_file *file, const char *key, char *err, size_t err_size);
 int ts_gguf_get_arr_f32(const ts_gguf_file *file, const char *key, float *out, int64_t n, int required,
                         char *err, size_t err_size);
 

@@ -12,6 +12,8 @@
 #define TS_KEY_FILE_TYPE "general.file_type"
 #define TS_KEY_ALIGNMENT "general.alignment"
 #define TS_KEY_TOKENS "tokenizer.ggml.tokens"
+#define TS_KEY_TOKENIZER_MODEL "tokenizer.ggml.model"
+#define TS_TOKENIZER_SPM "llama" /* tokenizer.ggml.model of SentencePiece vocabularies */
 #define TS_KEY_SPLIT_COUNT "split.count" /* llama-gguf-split's: the number of files a model is split into */
 #define TS_KEY_SPLIT_NO "split.no"       /* this file's index among them, from 0 */
 

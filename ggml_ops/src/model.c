@@ -236,6 +236,13 @@ static int load_hparams(ts_model *m, char *err, size_t err_size) {
     if (ts_gguf_check_unique_strings(m->file, TS_KEY_TOKENS, err, err_size) != 0) {
         return -1;
     }
+    char vocab_kind[32] = ""; /* tokenizer.ggml.model; another type or length is llama.cpp's to refuse */
+    const int has_kind = ts_gguf_get_str(m->file, TS_KEY_TOKENIZER_MODEL, vocab_kind, sizeof(vocab_kind), 0, err,
+                                         err_size) == 0;
+    if (has_kind && strcmp(vocab_kind, TS_TOKENIZER_SPM) == 0 &&
+        ts_gguf_check_byte_tokens(m->file, TS_KEY_TOKENS, err, err_size) != 0) {
+        return -1;
+    }
     int64_t split_no = 0;
     if (ts_gguf_get_i64(m->file, TS_KEY_SPLIT_COUNT, &v, 0, err, err_size) == 0 && v > 1) {
         ts_gguf_get_i64(m->file, TS_KEY_SPLIT_NO, &split_no, 0, err, err_size);

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any
@@ -260,7 +261,7 @@ class NativeModel:
         device_name = ffi.new("char[]", device.encode())  # alive until ts_model_load returns
         params.device = device_name
         err = _ErrorBuffer(self._lib)
-        handle = lib.ts_model_load(str(path).encode(), ffi.new("ts_model_params *", params), err.buf, _ERR_SIZE)
+        handle = lib.ts_model_load(os.fsencode(path), ffi.new("ts_model_params *", params), err.buf, _ERR_SIZE)
         if handle == ffi.NULL:
             raise ModelLoadError(err.message)
         self._handle = ffi.gc(handle, lib.ts_model_free)

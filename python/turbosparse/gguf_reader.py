@@ -17,9 +17,11 @@ _UNKNOWN_TYPE = re.compile(r"(\d+)\)? is not a valid GGMLQuantizationType")
 
 def read_gguf(path: str | Path, error: type[Exception] = ModelLoadError) -> gguf.GGUFReader:
     """The reader of path; error(why) when it cannot be read."""
+    if not Path(path).is_file():  # a FIFO would block the reader; a folder or nothing is said plainly
+        raise error(f"{path}: {'not a regular file' if Path(path).exists() else 'no such file'}")
     try:
         return gguf.GGUFReader(str(path))
-    except (OSError, ValueError, KeyError) as exc:  # KeyError: a key that occurs twice
+    except Exception as exc:  # whatever gguf-py trips on in a damaged file: IndexError, struct.error, numpy's errors
         unknown = _UNKNOWN_TYPE.search(str(exc))
         if unknown is not None:
             try:
@@ -31,4 +33,4 @@ def read_gguf(path: str | Path, error: type[Exception] = ModelLoadError) -> gguf
                 "knows: this command cannot read the file (turbosparse run / serve can; llama-quantize can give "
                 "its tensors another type)"
             ) from None
-        raise error(f"{path}: not a readable GGUF file: {exc}") from None
+        raise error(f"{path}: not a readable GGUF file (damaged or cut short?): {exc}") from None

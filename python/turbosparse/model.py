@@ -24,7 +24,13 @@ from turbosparse.binding import (
     sparse_mode_named,
 )
 from turbosparse.chat_template import BuiltinChatTemplate, ChatTemplate
-from turbosparse.errors import ChatTemplateError, ContextOverflowError, InvalidArgumentError, ModelClosedError
+from turbosparse.errors import (
+    ChatTemplateError,
+    ContextOverflowError,
+    InvalidArgumentError,
+    ModelClosedError,
+    ModelLoadError,
+)
 from turbosparse.generation import Generation, StepLogits
 from turbosparse.grammar import Grammar
 from turbosparse.grammar_engine import close_engine
@@ -139,12 +145,12 @@ class Model:
         )
         self._ctx.set_measure_recall(measure_recall)
         self._tokenizer = Tokenizer(self.path, verbose=verbose)
-        if self._tokenizer.n_vocab != self.info.n_vocab:
-            logger.warning(
-                "%s: the vocabulary has %d tokens but token_embd has %d rows",
-                self.path,
-                self._tokenizer.n_vocab,
-                self.info.n_vocab,
+        if self._tokenizer.n_vocab != self.info.n_vocab:  # llama.cpp refuses such a file too
+            n_tokens = self._tokenizer.n_vocab
+            self._tokenizer.close()
+            raise ModelLoadError(
+                f"{self.path}: the vocabulary (tokenizer.ggml.tokens) has {n_tokens} tokens but token_embd has "
+                f"{self.info.n_vocab} rows: they must match"
             )
         self._n_batch = n_batch
         self._lock = threading.RLock()  # one evaluation at a time; held by a whole non-streaming generation

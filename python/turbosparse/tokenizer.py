@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import codecs
+import contextlib
 import ctypes
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 import llama_cpp
 
@@ -25,6 +26,30 @@ def _utf8(text: str) -> bytes:
         ) from None
 
 
+GGML_LOG_LEVEL_ERROR = 4  # ggml.h's ggml_log_level (llama-cpp-python 0.3.36 still maps 4 to DEBUG, and hides it)
+
+
+@contextlib.contextmanager
+def _llama_errors() -> Iterator[list[str]]:
+    """The error lines llama.cpp logs while the block runs, kept to name the cause in our own error; every line
+    still goes to llama-cpp-python's logger as before (shown with verbose)."""
+    from llama_cpp import _logger
+
+    errors: list[str] = []
+
+    def log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+        if level == GGML_LOG_LEVEL_ERROR:
+            errors.append(text.decode("utf-8", errors="replace").strip())
+        _logger.llama_log_callback(level, text, user_data)
+
+    callback = llama_cpp.llama_log_callback(log)  # referenced until llama.cpp is given its own back
+    llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
+    try:
+        yield errors
+    finally:
+        llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
+
+
 class Tokenizer:
     """Tokenizes and detokenizes exactly as llama.cpp does for the model file's vocabulary."""
 
@@ -40,12 +65,18 @@ class Tokenizer:
         except ValueError as exc:
             raise ModelLoadError(str(exc)) from None
         try:
-            self._model = llama_cpp.llama_model_load_from_file(str(vocab_path or path).encode(), params)
+            with _llama_errors() as errors:
+                self._model = llama_cpp.llama_model_load_from_file(os.fsencode(vocab_path or path), params)
         finally:
             if vocab_path is not None:
                 vocab_path.unlink()
         if not self._model:
-            raise ModelLoadError(f"{path}: llama.cpp could not load the vocabulary (see its log above)")
+            marker = "error loading model: "  # llama.cpp's line naming the cause; the lines after it only say it failed
+            causes = [line.split(marker, 1)[1] for line in errors if marker in line] or [
+                line for line in errors if line
+            ]
+            cause = f": {causes[0]}" if causes else " (run with verbose for its log)"
+            raise ModelLoadError(f"{path}: llama.cpp could not load the vocabulary{cause}")
         self._vocab_ptr = llama_cpp.llama_model_get_vocab(self._model)
         self.n_vocab: int = llama_cpp.llama_vocab_n_tokens(self._vocab)
         self.bos: int = llama_cpp.llama_vocab_bos(self._vocab)

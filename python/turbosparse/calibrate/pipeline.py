@@ -112,6 +112,7 @@ class Calibrator:
         n_ctx = self.ctx.n_ctx
         bos = bos_prefix(self.tokenizer)
         tokens = self.tokenizer.tokenize(text, add_bos=False)
+        n_text = len(tokens)
         n_eval = math.ceil(self.cfg.eval_tokens / n_ctx) if self.cfg.eval_tokens > 0 else 0
         held = [list(token_windows(self.tokenizer.tokenize(t, add_bos=False), n_ctx, bos, n_eval)) for t in held_out]
         if not held_out and n_eval:
@@ -120,10 +121,13 @@ class Calibrator:
             tokens = tokens[:cut]
         calib = spread(list(token_windows(tokens, n_ctx, bos)), max(1, self.cfg.collect.max_tokens // n_ctx))
         if not calib:
-            raise CalibrationError(
-                f"the calibration text has {len(tokens)} tokens (after holding out {n_eval} evaluation windows): "
-                f"fewer than one window of {n_ctx}"
-            )
+            why = f"the calibration text has {n_text} tokens"
+            if len(tokens) < n_text:
+                why += (
+                    f"; its last {n_text - len(tokens)} are held out for the quality measurement (--eval-tokens "
+                    f"{self.cfg.eval_tokens}; or give --eval-file, or --eval-tokens 0), leaving {len(tokens)}"
+                )
+            raise CalibrationError(f"{why}: fewer than one window of {n_ctx} (-c)")
         if n_eval and not all(held):
             raise CalibrationError(f"a held-out text has fewer than {n_ctx} tokens")
         return calib, held

@@ -6,6 +6,7 @@ import argparse
 import io
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -64,8 +65,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def _end_on_sigterm(signum: int, frame: object) -> NoReturn:
+    """SIGTERM (`kill`, a service manager, a container stopping) ends a command as Ctrl-C does, unwinding: writers
+    remove their partial files (its default action ended the process where it stood, leaving them)."""
+    raise SystemExit(128 + signum)
+
+
 def entry() -> NoReturn:
     """The `turbosparse` program (its console script and `python -m turbosparse`): main(), then the exit."""
+    signal.signal(signal.SIGTERM, _end_on_sigterm)  # serve's uvicorn puts its own graceful handler in while it runs
     code = main()
     distributed = sys.modules.get("torch.distributed")  # loaded only where torch was: inference never imports it
     if distributed is not None and getattr(distributed, "is_torchelastic_launched", lambda: False)():

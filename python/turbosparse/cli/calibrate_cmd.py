@@ -17,6 +17,7 @@ from pathlib import Path
 from turbosparse.calibrate import ALLOCATIONS, METHODS, CalibrateConfig, CollectConfig, calibrate, write_calibrated
 from turbosparse.calibrate.pipeline import CalibrationResult, Quality
 from turbosparse.calibrate.scores import SCORES
+from turbosparse.cli.checks import at_least
 from turbosparse.convert.writer import check_output_path
 from turbosparse.errors import CalibrationError
 
@@ -102,6 +103,8 @@ def _read(path: Path) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    at_least([("--tokens", args.tokens, 1), ("--effect-tokens", args.effect_tokens, 1),
+              ("--eval-tokens", args.eval_tokens, 0), ("-t", args.threads, 1)])  # fmt: skip
     several = len(args.sparsity) > 1
     if args.outfile is None and not several:
         raise CalibrationError("-o/--outfile is required for a single sparsity")
@@ -116,8 +119,11 @@ def run(args: argparse.Namespace) -> int:
         n_threads=args.threads,
     )
     if args.outfile is not None:
-        for sparsity in args.sparsity:
-            check_output_path(output_path(args.outfile, sparsity, several), CalibrationError)
+        outputs = [output_path(args.outfile, sparsity, several) for sparsity in args.sparsity]
+        for sparsity, out in zip(args.sparsity, outputs, strict=True):
+            check_output_path(out, CalibrationError, inputs=[path])
+            if outputs.count(out) > 1:
+                raise CalibrationError(f"--sparsity {sparsity}: another sparsity is written to {out} too (.sNN)")
     held_out = [_read(f) for f in args.eval_file]
     names = [f.name for f in args.eval_file] or [f"{args.file.name} (end)"]
     progress = sys.stderr.isatty() and not args.json
@@ -186,7 +192,8 @@ def _print_table(names: list[str], dense: list[Quality], results: list[Calibrati
             )
         print(line)
     if dense:
-        print(f"(held out: {dense[0].n_tokens} tokens per text; rows read: share of up and down rows, the gate is "
+        counts = ", ".join(str(d.n_tokens) for d in dense)  # a text shorter than --eval-tokens is measured on less
+        print(f"(held out: {counts} tokens; rows read: share of up and down rows, the gate is "
               "always read; bytes: share of the FFN's weight bytes exact mode reads on the CPU, where a file with only "
               "the standard down matrix has it read whole; calib. rows: on the calibration samples)")  # fmt: skip
     sys.stdout.flush()

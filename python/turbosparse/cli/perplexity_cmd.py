@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from turbosparse.cli.checks import at_least
 from turbosparse.cli.run_cmd import add_model_args, model_path
 from turbosparse.model import Model
 from turbosparse.perplexity import perplexity
@@ -30,6 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    at_least([("--chunks", args.chunks, 1)])
     text = args.file.read_text(encoding="utf-8", errors="replace")
     path = model_path(args.model)
     common = dict(n_threads=args.threads, n_ctx=args.ctx_size, n_batch=args.batch_size, verbose=args.verbose,

@@ -40,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from turbosparse.cli.train_predictors_cmd import rank_device
+    from turbosparse.cli.train_predictors_cmd import check_device, rank_device
     from turbosparse.predictor_train.distributed import process_group
     from turbosparse.predictor_train.relufy import RelufyConfig
     from turbosparse.predictor_train.workflows import RelufyOptions, relufy_checkpoint, set_threads
@@ -52,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
     # a batch of none divided by zero: a model of NaNs
     at_least((("--tokens", args.tokens, 1), ("--seq-len", args.seq_len, 2),
               ("--layerwise-seqs", args.layerwise_seqs, 1), ("--finetune-steps", args.finetune_steps, 0),
-              ("--finetune-batch", args.finetune_batch, 1)))  # fmt: skip
+              ("--finetune-batch", args.finetune_batch, 1), ("--threads", args.threads, 1)))  # fmt: skip
+    check_device(args.device)
     if not args.finetune_lr > 0:
         raise InvalidArgumentError(f"--finetune-lr must be > 0, got {args.finetune_lr}")
     text_paths_exist((("--data", args.data), ("--eval", args.eval)))  # said now, not after the fit

@@ -55,13 +55,20 @@ def run(args: argparse.Namespace) -> int:
     if not 0 < args.recall <= 1:
         raise InvalidArgumentError(f"--recall must be in (0, 1], got {args.recall}")
     # what would fail only after the collection (the long step on a large model) is checked first
-    counts = [("--tokens", args.tokens, 1), ("--seq-len", args.seq_len, 2), ("--steps", args.steps, 1)]
+    counts = [("--tokens", args.tokens, 1), ("--seq-len", args.seq_len, 2), ("--steps", args.steps, 1),
+              ("--threads", args.threads, 1)]  # fmt: skip
     at_least([*counts, *(("--ranks", r, 1) for r in args.ranks)])
+    check_device(args.device)
     try:
         bytes_per_weight(args.quant)
     except ValueError as exc:
         raise InvalidArgumentError(f"--quant: {exc}") from None
     text_paths_exist((("--data", args.data), ("--eval", args.eval)))
+    if not args.model_dir.is_dir():
+        what = "is not a folder" if args.model_dir.exists() else "no such folder"
+        raise InvalidArgumentError(
+            f"{args.model_dir}: {what} (train-predictors takes a Hugging Face checkpoint folder)"
+        )
     set_threads(args.threads)
     with process_group() as dist:
         device = rank_device(args.device, dist.rank)
@@ -100,3 +107,13 @@ def run(args: argparse.Namespace) -> int:
 def rank_device(device: str, rank: int) -> str:
     """`cuda` means this rank's own GPU under torchrun."""
     return f"cuda:{rank}" if device == "cuda" else device
+
+
+def check_device(device: str) -> None:
+    """--device names a torch device (said before any work, where torch would say it after the first step)."""
+    import torch
+
+    try:
+        torch.device(device)
+    except RuntimeError as exc:
+        raise InvalidArgumentError(f"--device {device}: {exc}") from None
