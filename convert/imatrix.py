@@ -22,6 +22,7 @@ import gguf
 import numpy as np
 
 from turbosparse.convert.arch.base import TensorSpec
+from turbosparse.convert.writer import partial_path
 from turbosparse.errors import ConvertError
 
 logger = logging.getLogger(__name__)
@@ -210,7 +211,7 @@ def write_imatrix(
     """Writes llama.cpp's GGUF importance matrix (sums[name]: [n_mat, n_per_row] squared activations summed over
     counts[name]: [n_mat] tokens), atomically."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    tmp = partial_path(path)
     writer = gguf.GGUFWriter(str(tmp), arch="")
     writer.kv_data[0].pop(gguf.Keys.General.ARCHITECTURE, None)  # llama-imatrix's files name no architecture
     try:

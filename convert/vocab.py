@@ -130,6 +130,12 @@ def _sentencepiece_vocab(model_dir: Path, vocab_size: int) -> Vocab:
         except UnicodeDecodeError as exc:
             raise ConvertError(f"{path}: piece {i} is not UTF-8: {exc}") from None
         tokens[i], scores[i], types[i] = piece.encode("utf-8"), sp.GetScore(i), int(kind)
+    n_bytes = types.count(int(TokenType.BYTE))
+    if n_bytes != 256:
+        raise ConvertError(
+            f"{path}: {n_bytes} of the 256 byte pieces <0x00>..<0xFF> (a model trained without byte_fallback): "
+            "llama.cpp's tokenizer falls back to them for text outside the vocabulary, and aborts without them"
+        )
     added_file = model_dir / "added_tokens.json"
     if added_file.is_file():
         for text, tid in _read_json(added_file).items():

@@ -8,6 +8,7 @@ are known before any data is read, so the header is written first and the data s
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -137,7 +138,7 @@ def check_output_path(
     if out_path.exists() and not out_path.is_file():
         raise error(f"{out_path}: is not a regular file (a device, FIFO or socket), which the output would replace")
     for source in inputs:
-        if out_path.exists() and os.path.samefile(out_path, source):
+        if out_path.exists() and os.path.exists(source) and os.path.samefile(out_path, source):
             raise error(f"{out_path}: is the input file itself; write to another path")
     for folder in out_path.parents:
         if folder.exists():
@@ -146,13 +147,22 @@ def check_output_path(
             return
 
 
+def partial_path(out_path: Path) -> Path:
+    """Where a writer puts the file until it is whole: beside it (the rename stays on one file system), hidden, its
+    name within 255 bytes whatever the output's (a character cut in two is left out)."""
+    stem = os.fsencode(out_path.name)[:150].decode("utf-8", errors="ignore")
+    return out_path.with_name(f".{stem}.{os.getpid()}.partial")
+
+
 @contextlib.contextmanager
 def _writing(out_path: Path) -> Iterator[None]:
     """A failed write of the output said with its path (numpy's own message names neither the file nor the cause)."""
     try:
         yield
     except OSError as exc:
-        raise ConvertError(f"{out_path}: writing failed ({exc.strerror or exc}): is the disk full?") from None
+        # numpy's short write ("N requested and M written") carries no errno: a full disk, almost always
+        hint = ": is the disk full?" if exc.errno in (errno.ENOSPC, errno.EDQUOT, None) else ""
+        raise ConvertError(f"{out_path}: writing failed ({exc.strerror or exc}){hint}") from None
 
 
 def write_gguf(
@@ -168,8 +178,7 @@ def write_gguf(
     out_path = Path(out_path)
     check_output_path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    # beside the output (the rename stays on one file system), its name short enough for any output name's length
-    tmp = out_path.with_name(f".{out_path.name[:150]}.{os.getpid()}.partial")
+    tmp = partial_path(out_path)
     writer = gguf.GGUFWriter(str(tmp), arch)
     try:
         add_metadata(writer)
@@ -202,7 +211,7 @@ def write_gguf(
             os.replace(tmp, out_path)
     except BaseException:
         writer.close()
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):  # gone, or never made: the error being raised is the one to say
             tmp.unlink()
         raise
     logger.info("wrote %s (%d tensors)", out_path, len(specs))

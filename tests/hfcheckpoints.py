@@ -225,7 +225,7 @@ SPM_VOCAB = 512
 SPM_CHAT_TEMPLATE = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
 
 
-def train_sentencepiece(out_dir: Path, text: str, vocab_size: int = SPM_VOCAB) -> Path:
+def train_sentencepiece(out_dir: Path, text: str, vocab_size: int = SPM_VOCAB, *, byte_fallback: bool = True) -> Path:
     """A Llama-style SentencePiece BPE (byte fallback, split digits, no normalization) trained on text."""
     import sentencepiece as spm
 
@@ -236,7 +236,7 @@ def train_sentencepiece(out_dir: Path, text: str, vocab_size: int = SPM_VOCAB) -
         model_prefix=str(out_dir / "tokenizer"),
         vocab_size=vocab_size,
         model_type="bpe",
-        byte_fallback=True,
+        byte_fallback=byte_fallback,
         split_digits=True,
         normalization_rule_name="identity",
         remove_extra_whitespaces=False,

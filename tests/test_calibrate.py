@@ -177,7 +177,7 @@ def test_copy_is_atomic_and_refuses_its_input(tmp_path: Path, monkeypatch: pytes
 
     original = gguf.GGUFWriter.write_tensor_data
     monkeypatch.setattr(gguf.GGUFWriter, "write_tensor_data", failing_write)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(ConvertError, match=r"out\.gguf: writing failed \(disk full\)"):
         copy_with_keys(src, tmp_path / "out.gguf", {GATE_KEY: [0.0] * cfg.n_layer})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.gguf"]
 

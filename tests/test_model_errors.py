@@ -324,3 +324,61 @@ def test_a_context_past_int32_is_refused(good: Path) -> None:
     model = NativeModel(good)
     with pytest.raises(InvalidArgumentError, match=r"n_ctx = 2147483647: at most 268435456 tokens per sequence"):
         NativeContext(model, n_ctx=2**31 - 1, n_threads=1, n_batch=4, sparse_mode=SparseMode.OFF, threshold=None)
+
+
+def _smollm2_with(tmp_path: Path, smollm2_path: Path, name: str, key: str, value: str) -> Path:
+    from gguf.scripts.gguf_new_metadata import MetadataDetails, copy_with_new_metadata
+
+    out = tmp_path / name
+    reader = gguf.GGUFReader(str(smollm2_path))
+    writer = gguf.GGUFWriter(str(out), arch=reader.fields["general.architecture"].contents())
+    copy_with_new_metadata(reader, writer, {key: MetadataDetails(gguf.GGUFValueType.STRING, value)}, [])
+    return out
+
+
+def test_llama_cpps_reasons_are_said_and_its_log_left_as_it_was(tmp_path: Path, smollm2_path: Path) -> None:
+    """A vocabulary llama.cpp refuses is refused with llama.cpp's reason, the right one for each of two files
+    loading at once; an application's own log callback stays installed and gets every line meanwhile."""
+    import ctypes
+    import threading
+
+    import llama_cpp
+    from llama_cpp import _logger
+
+    from turbosparse.tokenizer import Tokenizer
+
+    causes = {
+        _smollm2_with(
+            tmp_path, smollm2_path, "a.gguf", "general.file_type", "q4"
+        ): "key general.file_type has wrong type",
+        _smollm2_with(tmp_path, smollm2_path, "b.gguf", "tokenizer.ggml.model", "bogus"): "unknown tokenizer: 'bogus'",
+    }
+    wrong: list[str] = []
+
+    def load_each(path: Path) -> None:
+        for _ in range(10):
+            try:
+                Tokenizer(str(path))
+            except ModelLoadError as exc:
+                if causes[path] not in str(exc):
+                    wrong.append(str(exc))
+            else:
+                wrong.append(f"{path} loaded")
+
+    lines: list[bytes] = []
+    ours = llama_cpp.llama_log_callback(lambda level, text, data: lines.append(text))
+    llama_cpp.llama_log_set(ours, ctypes.c_void_p(0))
+    try:
+        threads = [threading.Thread(target=load_each, args=(path,)) for path in causes]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        Tokenizer(str(smollm2_path)).close()
+        installed = llama_cpp.llama_log_callback()
+        llama_cpp.llama_log_get(ctypes.byref(installed), ctypes.byref(ctypes.c_void_p()))
+        assert ctypes.cast(installed, ctypes.c_void_p).value == ctypes.cast(ours, ctypes.c_void_p).value
+    finally:
+        llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
+    assert wrong == []
+    assert any(b"wrong type" in line for line in lines) and any(b"print_info" in line for line in lines)

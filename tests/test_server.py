@@ -491,6 +491,12 @@ def test_a_final_assistant_message_is_continued(server: Server, smollm2_model) -
         model="x", messages=[*question, {"role": "assistant", "content": "The color is"}], max_tokens=4, temperature=0
     )
     assert answer.choices[0].message.content == expected
+    parts = [{"type": "text", "text": "The col"}, {"type": "text", "text": "or is"}]  # as they are: "The color is"
+    answer = server.client().chat.completions.create(
+        model="x", messages=[*question, {"role": "assistant", "content": parts}], max_tokens=4, temperature=0
+    )
+    assert answer.choices[0].message.content == expected
+    assert answer.usage.prompt_tokens == len(smollm2_model.tokenize(prefix, special=True))
     two = [*question, {"role": "assistant", "content": "Red."}, {"role": "assistant", "content": "Or"}]
     status, body = server.request("POST", "/v1/chat/completions", {"messages": two, "max_tokens": 2})
     assert_error(status, body, 400)

@@ -6,6 +6,8 @@ import codecs
 import contextlib
 import ctypes
 import os
+import sys
+import threading
 from collections.abc import Callable, Iterable, Iterator
 
 import llama_cpp
@@ -27,27 +29,44 @@ def _utf8(text: str) -> bytes:
 
 
 GGML_LOG_LEVEL_ERROR = 4  # ggml.h's ggml_log_level (llama-cpp-python 0.3.36 still maps 4 to DEBUG, and hides it)
+GGML_LOG_LEVEL_CONT = 5  # the previous line goes on
+
+# llama.cpp's log callback is one per process (llama_log_set is not thread-safe): one vocabulary load swaps it at a time
+_LOG_CALLBACK_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
 def _llama_errors() -> Iterator[list[str]]:
-    """The error lines llama.cpp logs while the block runs, kept to name the cause in our own error; every line
-    still goes to llama-cpp-python's logger as before (shown with verbose)."""
-    from llama_cpp import _logger
-
+    """The error lines llama.cpp logs from this thread while the block runs, kept to name the cause in our own
+    error; every line still goes to the callback that was installed (llama-cpp-python's, or an application's)."""
+    thread = threading.get_ident()
     errors: list[str] = []
+    last_level = [0]
+    previous = llama_cpp.llama_log_callback()
+    previous_data = ctypes.c_void_p()
 
     def log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
-        if level == GGML_LOG_LEVEL_ERROR:
-            errors.append(text.decode("utf-8", errors="replace").strip())
-        _logger.llama_log_callback(level, text, user_data)
+        if threading.get_ident() == thread:
+            line = text.decode("utf-8", errors="replace")
+            if level == GGML_LOG_LEVEL_ERROR:
+                errors.append(line)
+            elif level == GGML_LOG_LEVEL_CONT and last_level[0] == GGML_LOG_LEVEL_ERROR and errors:
+                errors[-1] += line
+            if level != GGML_LOG_LEVEL_CONT:
+                last_level[0] = level
+        if previous:
+            previous(level, text, previous_data)
+        else:  # llama.cpp's own default: the text on stderr
+            sys.stderr.write(text.decode("utf-8", errors="replace"))
 
-    callback = llama_cpp.llama_log_callback(log)  # referenced until llama.cpp is given its own back
-    llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
-    try:
-        yield errors
-    finally:
-        llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
+    callback = llama_cpp.llama_log_callback(log)  # referenced until the previous one is back
+    with _LOG_CALLBACK_LOCK:
+        llama_cpp.llama_log_get(ctypes.byref(previous), ctypes.byref(previous_data))
+        llama_cpp.llama_log_set(callback, previous_data)
+        try:
+            yield errors
+        finally:
+            llama_cpp.llama_log_set(previous, previous_data)
 
 
 class Tokenizer:
@@ -71,10 +90,9 @@ class Tokenizer:
             if vocab_path is not None:
                 vocab_path.unlink()
         if not self._model:
+            lines = [line.strip() for line in errors if line.strip()]
             marker = "error loading model: "  # llama.cpp's line naming the cause; the lines after it only say it failed
-            causes = [line.split(marker, 1)[1] for line in errors if marker in line] or [
-                line for line in errors if line
-            ]
+            causes = [line.split(marker, 1)[1] for line in lines if marker in line] or lines
             cause = f": {causes[0]}" if causes else " (run with verbose for its log)"
             raise ModelLoadError(f"{path}: llama.cpp could not load the vocabulary{cause}")
         self._vocab_ptr = llama_cpp.llama_model_get_vocab(self._model)

@@ -65,16 +65,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _end_on_sigterm(signum: int, frame: object) -> NoReturn:
-    """SIGTERM (`kill`, a service manager, a container stopping) ends a command as Ctrl-C does, unwinding: writers
-    remove their partial files (its default action ended the process where it stood, leaving them)."""
-    raise SystemExit(128 + signum)
+class _Terminated(BaseException):
+    """SIGTERM (`kill`, a service manager, a container stopping), raised where the command stands so that it unwinds:
+    writers remove their partial files (the signal's default action ended the process there, leaving them)."""
+
+
+def _raise_terminated(signum: int, frame: object) -> NoReturn:
+    raise _Terminated
 
 
 def entry() -> NoReturn:
     """The `turbosparse` program (its console script and `python -m turbosparse`): main(), then the exit."""
-    signal.signal(signal.SIGTERM, _end_on_sigterm)  # serve's uvicorn puts its own graceful handler in while it runs
-    code = main()
+    signal.signal(signal.SIGTERM, _raise_terminated)  # serve's uvicorn puts its own in while it runs, then re-raises
+    try:
+        code = main()
+    except _Terminated:
+        # unwound: now ended by the signal itself, as a service manager expects of a stopped process (not exit 143)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise
     distributed = sys.modules.get("torch.distributed")  # loaded only where torch was: inference never imports it
     if distributed is not None and getattr(distributed, "is_torchelastic_launched", lambda: False)():
         # A torchrun rank (relufy, train-predictors) leaves without the interpreter's finalization: its garbage

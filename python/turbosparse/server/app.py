@@ -226,8 +226,11 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
         model, engine = ready()
         try:
-            # a final assistant message is continued, as llama-server's prefill_assistant (on by default) does
-            tokens = model.chat_tokens([m.for_template() for m in body.messages], prefill_assistant=True)
+            # a final assistant message is continued, as llama-server's prefill_assistant (on by default) does: its
+            # text parts follow one another as they are
+            messages = [m.for_template() for m in body.messages[:-1]]
+            messages.append(body.messages[-1].for_template("" if body.messages[-1].role == "assistant" else "\n"))
+            tokens = model.chat_tokens(messages, prefill_assistant=True)
         except ValueError as exc:  # no template (the error says how to give one), one that is not UTF-8 or refuses
             raise APIError(400, str(exc), param="messages") from None  # the messages (ChatTemplateError); bad text
         job, queue = await _submit(model, engine, tokens, body, "messages", body.n_top)

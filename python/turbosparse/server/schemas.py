@@ -213,13 +213,13 @@ class ChatMessage(_Body):
                     raise ValueError(f"content parts of type {part.get('type')!r} are not supported (text only)")
         return content
 
-    def for_template(self) -> dict[str, Any]:
+    def for_template(self, parts_joined_by: str = "\n") -> dict[str, Any]:
         """The message as chat templates expect it: content a string (text parts joined by newlines, as
-        llama-server joins them for templates that take a string)."""
+        llama-server joins them for templates that take a string; a prefilled answer's parts as they are)."""
         text = (
             self.content
             if isinstance(self.content, str) or self.content is None
-            else "\n".join(part.text for part in self.content)
+            else parts_joined_by.join(part.text for part in self.content)
         )
         message: dict[str, Any] = {"role": self.role, "content": text or ""}
         if self.name:
