@@ -15,12 +15,15 @@ at the step it was in.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
+import os
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -35,6 +38,7 @@ from turbosparse.assets import (
     shakespeare_dir,
     smollm2_gguf,
 )
+from turbosparse.errors import TrainingError
 from turbosparse.predictor_train.collect import CollectConfig, Collection, collect
 from turbosparse.predictor_train.corpora import encyclopedia_text, macbeth_text, news_text, prompt_lines
 from turbosparse.predictor_train.data import read_text, token_sequences
@@ -120,24 +124,39 @@ def say(message: str) -> None:
 
 
 class Steps:
-    """Cached steps: each writes its output under the cache dir; a `.done-NAME` marker records completion
-    and wall time, and a finished step is skipped next time."""
+    """Cached steps, run in order: each writes its outputs under the cache dir; a `.done-NAME` marker records
+    completion and wall time, and a finished step whose outputs are all there is skipped next time. Once a step runs,
+    every later one runs too (each reads what the ones before it wrote)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
         self.times: dict[str, float] = {}
+        self._ran = False
 
-    def run(self, name: str, fn: Callable[[], None], what: str = "") -> None:
-        marker = self.root / f".done-{name}"
-        if marker.is_file():
-            self.times[name] = float(json.loads(marker.read_text())["seconds"])
+    def done_before(self, name: str, outputs: Sequence[str]) -> float | None:
+        """The recorded seconds of a finished step whose outputs are there; None where it must run (an unreadable
+        marker - a crash or a full disk as it was written - counts as none)."""
+        try:
+            seconds = float(json.loads((self.root / f".done-{name}").read_text())["seconds"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return seconds if all((self.root / o).exists() for o in outputs) else None
+
+    def run(self, name: str, fn: Callable[[], None], what: str = "", outputs: Sequence[str] = ()) -> None:
+        seconds = None if self._ran else self.done_before(name, outputs)
+        if seconds is not None:
+            self.times[name] = seconds
             return
+        self._ran = True
         say(f"{name}: {what}" if what else name)
         t = time.perf_counter()
         fn()
         self.times[name] = time.perf_counter() - t
-        marker.write_text(json.dumps({"seconds": self.times[name]}) + "\n")
+        marker = self.root / f".done-{name}"
+        partial = marker.with_name(marker.name + ".partial")
+        partial.write_text(json.dumps({"seconds": self.times[name]}) + "\n")
+        partial.replace(marker)
         say(f"{name}: done in {self.times[name]:.0f} s")
 
 
@@ -171,7 +190,8 @@ def generate_samples(recipe: Recipe, root: Path) -> None:
 
 
 def build_checkpoint(recipe: Recipe = Recipe(), root: Path | None = None) -> Path:
-    """Runs every step up to the bamboo checkpoint (cached); returns its folder (with report.json/png)."""
+    """Runs every step up to the bamboo checkpoint and its importance matrix (cached); returns the checkpoint's
+    folder (with report.json/png)."""
     torch.set_num_threads(recipe.threads)
     root = root or cache_dir(recipe)
     steps = Steps(root)
@@ -224,17 +244,29 @@ def build_checkpoint(recipe: Recipe = Recipe(), root: Path | None = None) -> Pat
         _reset(final)
         save_bamboo(load_model(drelu), load_powerinfer(pred_dir), final, hf)
 
+    def do_imatrix() -> None:
+        from turbosparse.predictor_train.imatrix import write_checkpoint_imatrix
+
+        write_checkpoint_imatrix(final, np.load(root / "calib.npy"), root / "imatrix.gguf", dataset="calib.npy")
+
     s = recipe.samples
-    steps.run("import", import_gguf, "SmolLM2-135M-Instruct GGUF -> float32 HF checkpoint")
+    steps.run("import", import_gguf, "SmolLM2-135M-Instruct GGUF -> float32 HF checkpoint", ["hf/config.json"])
     steps.run("samples", lambda: generate_samples(recipe, root),
               f"the original answers {len(prompt_lines('chat_prompts'))} chat prompts and continues "
-              f"{len(prompt_lines('openings')) * s.free_per_opening} openings, with llama.cpp")  # fmt: skip
-    steps.run("tokenize", tokenize, "calibration rows and held-out texts")
-    steps.run("relufy", do_relufy, "layer-wise fit, then end-to-end distillation on the original's samples")
-    steps.run("collect", do_collect, "predictor training data: residuals and active masks")
-    steps.run("train", do_train, "one activation predictor per layer")
-    steps.run("evaluate", do_evaluate, "original vs dReLU vs predictor on held-out texts and chat answers")
-    steps.run("bamboo", do_bamboo, "bamboo checkpoint with embedded predictors")
+              f"{len(prompt_lines('openings')) * s.free_per_opening} openings, with llama.cpp",
+              ["samples.npz", "eval_answers.npz"])  # fmt: skip
+    steps.run("tokenize", tokenize, "calibration rows and held-out texts",
+              ["calib.npy", *(f"eval-{name}.npy" for name in EVAL_TEXTS)])  # fmt: skip
+    steps.run("relufy", do_relufy, "layer-wise fit, then end-to-end distillation on the original's samples",
+              ["drelu/config.json", "relufy.json"])  # fmt: skip
+    steps.run("collect", do_collect, "predictor training data: residuals and active masks", ["collect/manifest.json"])
+    steps.run("train", do_train, "one activation predictor per layer",
+              ["predictors", "choices.json", "frontiers.json"])  # fmt: skip
+    steps.run("evaluate", do_evaluate, "original vs dReLU vs predictor on held-out texts and chat answers",
+              ["metrics.json"])  # fmt: skip
+    steps.run("bamboo", do_bamboo, "bamboo checkpoint with embedded predictors", ["bamboo/config.json"])
+    steps.run("imatrix", do_imatrix, "the checkpoint's matrices' input activations over the calibration rows (for "
+              "the quantizers)", ["imatrix.gguf"])  # fmt: skip
     write_final_report(root, final, recipe, steps.times)
     return final
 
@@ -279,29 +311,69 @@ def write_final_report(root: Path, final: Path, recipe: Recipe, times: dict[str,
     return write_report(report, final, frontiers)
 
 
+def _writable(root: Path) -> None:
+    """The build folder can be written: said before the build, not at the end of its first long step."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        writable = os.access(root, os.W_OK)
+    except OSError as exc:
+        raise TrainingError(f"{root}: cannot hold the default model's build ({exc.strerror or exc}); set "
+                            "TURBOSPARSE_CACHE to a writable folder") from None  # fmt: skip
+    if not writable:
+        raise TrainingError(f"{root}: not writable, where the default model is built; set TURBOSPARSE_CACHE to a "
+                            "writable folder")  # fmt: skip
+
+
+@contextlib.contextmanager
+def _build_lock(root: Path) -> Iterator[None]:
+    """One build per cache folder at a time: a second process (`serve` started beside `run`) waits for the first's
+    result instead of building the same steps into the same folders."""
+    with (root / ".lock").open("a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            say(f"another process is building the default model in {root}; waiting for it")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield  # released as the file closes
+
+
+def _remove_leftovers(root: Path) -> None:
+    """What a killed build leaves (its partial files, transformers' export folder): never read, only in the way."""
+    for partial in root.glob(".*.partial"):
+        partial.unlink(missing_ok=True)
+    if (root / "hf.tmp").is_dir():
+        shutil.rmtree(root / "hf.tmp")
+
+
 def build_gguf(recipe: Recipe = Recipe(), root: Path | None = None) -> Path:
     """The whole build: checkpoint, then the GGUF through turbosparse.convert (the integration point)."""
     root = root or cache_dir(recipe)
     out = gguf_path(recipe, root)
     if out.is_file():
         return out
-    say(f"building the default model once: about {BUILD_MINUTES} minutes on 2 cores, cached in {root}, resumable - "
-        "Ctrl-C is safe, the next run goes on from the step it was in")  # fmt: skip
+    _writable(root)
+    with _build_lock(root):
+        if out.is_file():  # built by the process this one waited for
+            return out
+        _remove_leftovers(root)
+        return _build(recipe, root, out)
+
+
+def _build(recipe: Recipe, root: Path, out: Path) -> Path:
+    if Steps(root).done_before("imatrix", ["imatrix.gguf", "bamboo/config.json"]) is not None:
+        say(f"converting the cached build in {root} (seconds)")
+    else:
+        say(f"building the default model once: about {BUILD_MINUTES} minutes on 2 cores, cached in {root}, "
+            "resumable - Ctrl-C is safe, the next run goes on from the step it was in")  # fmt: skip
     start = time.perf_counter()
     final = build_checkpoint(recipe, root)
     from turbosparse.convert import convert
 
     # the tokenizer.json transformers rebuilt from the GGUF reads as plain gpt-2; SmolLM2's llama.cpp pre-tokenizer
     # is "smollm". Both down layouts: prefill multiplies by ffn_down, sparse decoding reads rows of ffn_down_t.
-    imatrix = root / "imatrix.gguf"
-    if not imatrix.is_file():
-        from turbosparse.predictor_train.imatrix import write_checkpoint_imatrix
-
-        say("imatrix: the checkpoint's matrices' input activations over the calibration rows")
-        write_checkpoint_imatrix(final, np.load(root / "calib.npy"), imatrix, dataset="calib.npy")
     say(f"convert: bamboo checkpoint -> {recipe.outtype} GGUF, quantized with the importance matrix")
     convert(final, out, outtype=recipe.outtype, pred_type=recipe.predictors.quant, vocab_pre="smollm",
-            down_layout="both", imatrix=imatrix, progress=True)  # fmt: skip
+            down_layout="both", imatrix=root / "imatrix.gguf", progress=True)  # fmt: skip
     say(f"built in {(time.perf_counter() - start) / 60:.0f} min: {out}")
     return out
 

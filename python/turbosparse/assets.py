@@ -58,8 +58,10 @@ DEFAULT_MODEL_CONVERSION = "n5"
 
 
 def cache_root() -> Path:
-    """Where turbosparse caches what it builds: $TURBOSPARSE_CACHE, else ~/.cache/turbosparse."""
-    return Path(os.environ.get("TURBOSPARSE_CACHE") or Path.home() / ".cache" / "turbosparse")
+    """Where turbosparse caches what it builds: $TURBOSPARSE_CACHE (~ expanded, made absolute), else
+    ~/.cache/turbosparse."""
+    given = os.environ.get("TURBOSPARSE_CACHE")
+    return Path(given).expanduser().absolute() if given else Path.home() / ".cache" / "turbosparse"
 
 
 def default_model_dir(recipe: str = DEFAULT_MODEL_RECIPE) -> Path:

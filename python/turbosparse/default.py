@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+
 from turbosparse.assets import default_model_dir, default_model_file
+from turbosparse.binding import NativeModel
+from turbosparse.errors import ModelLoadError, TurboSparseError
+
+logger = logging.getLogger(__name__)
 
 
 def default_model() -> str:
@@ -10,10 +16,20 @@ def default_model() -> str:
 
     Built once (about 25 minutes on 2 cores, every step cached and resumable) by
     turbosparse.predictor_train.default_model, which needs the `train` extra (torch); a cached model is found
-    without importing torch."""
+    without importing torch. A cached file that is damaged (cut short by a full disk or an interrupted copy) is
+    converted again from the cached build."""
     path = default_model_dir() / default_model_file()
     if path.is_file():
-        return str(path)
-    from turbosparse.predictor_train.default_model import build_gguf
-
+        try:
+            NativeModel(path, metadata_only=True)  # the header and every tensor's extent: milliseconds
+            return str(path)
+        except ModelLoadError as exc:
+            logger.warning("%s; converting the default model again from its cached build", exc)
+            path.unlink()
+    try:
+        from turbosparse.predictor_train.default_model import build_gguf
+    except ImportError as exc:
+        raise TurboSparseError(
+            f"building the default model needs the `train` extra (torch): pip install 'turbosparse[train]' ({exc})"
+        ) from None
     return str(build_gguf())
