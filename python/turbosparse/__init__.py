@@ -3,13 +3,16 @@
 from turbosparse.binding import DeviceInfo, devices
 from turbosparse.default import default_model
 from turbosparse.errors import (
+    CalibrationError,
     ChatTemplateError,
     ContextOverflowError,
+    ConvertError,
     EvalError,
     GrammarError,
     InvalidArgumentError,
     ModelClosedError,
     ModelLoadError,
+    TrainingError,
     TurboSparseError,
 )
 from turbosparse.grammar import Grammar
@@ -17,8 +20,10 @@ from turbosparse.llama import Llama
 from turbosparse.model import Model
 
 __all__ = [
+    "CalibrationError",
     "ChatTemplateError",
     "ContextOverflowError",
+    "ConvertError",
     "DeviceInfo",
     "EvalError",
     "Grammar",
@@ -28,6 +33,7 @@ __all__ = [
     "Model",
     "ModelClosedError",
     "ModelLoadError",
+    "TrainingError",
     "TurboSparseError",
     "default_model",
     "devices",

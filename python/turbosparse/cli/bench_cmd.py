@@ -13,6 +13,7 @@ from pathlib import Path
 
 import gguf
 
+from turbosparse._library import set_llama_log_verbosity
 from turbosparse.assets import smollm2_gguf
 from turbosparse.bench.batch import bench_batch
 from turbosparse.bench.engines import Engine, LlamaCppEngine, TurbosparseEngine, bench_mode, bench_model
@@ -252,6 +253,7 @@ def _gpu_index(device: DeviceInfo) -> int | None:
 
 
 def run_ffn_layer(args: argparse.Namespace) -> int:
+    set_llama_log_verbosity(args.verbose)  # ggml's line per repacked tensor otherwise
     rounds = max(args.rounds, 10)
     args.active = args.active if args.active is not None else 0.10
     results = [

@@ -138,8 +138,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-st", "--single-turn", dest="chat", action="store_true", help="one chat turn: the same as --chat")
     p.add_argument("-no-cnv", "--no-conversation", action="store_true", help="a plain completion (the default)")
     # llama-cli's GPU and attention options: placement here is --device, attention always llama.cpp's own
-    p.add_argument("-ngl", "--gpu-layers", "--n-gpu-layers", type=int, default=None, help=argparse.SUPPRESS)
-    p.add_argument("-fa", "--flash-attn", nargs="?", const="on", default=None, help=argparse.SUPPRESS)
+    p.add_argument("-ngl", "--gpu-layers", "--n-gpu-layers", type=int, default=None,
+                   help="llama-cli's; taken, no effect (placement is --device)")  # fmt: skip
+    p.add_argument("-fa", "--flash-attn", nargs="?", const="on", default=None,
+                   help="llama-cli's; taken, no effect")  # fmt: skip
     p.add_argument(
         "-cnv",
         "--conversation",
