@@ -51,6 +51,13 @@ def test_wrong_magic(good: Path, tmp_path: Path) -> None:
     assert "not a GGUF file: magic is 'GGML'" in load_error(bad)
 
 
+def test_a_format_version_that_is_not_an_integer(tmp_path: Path) -> None:
+    """It was taken as absent, skipping the check that refuses files newer than this turbosparse."""
+    path = tmp_path / "m.gguf"
+    write_gguf(path, CFG, random_weights(CFG), extra_kv={"turbosparse.format_version": "9"})
+    assert "turbosparse.format_version" in load_error(path)
+
+
 def test_unsupported_version(good: Path, tmp_path: Path) -> None:
     data = bytearray(good.read_bytes())
     data[4:8] = struct.pack("<I", 1)
@@ -382,3 +389,16 @@ def test_llama_cpps_reasons_are_said_and_its_log_left_as_it_was(tmp_path: Path, 
         llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
     assert wrong == []
     assert any(b"wrong type" in line for line in lines) and any(b"print_info" in line for line in lines)
+
+
+def test_every_error_class_the_readme_names_is_importable_from_turbosparse() -> None:
+    import re
+
+    import turbosparse
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    sentence = readme[readme.index("Every failure is a `turbosparse.TurboSparseError`") :].split(". The CLI")[0]
+    names = set(re.findall(r"`(\w+Error)`", sentence)) - {"ValueError"}
+    assert {"ConvertError", "CalibrationError", "TrainingError", "GrammarError"} <= names
+    for name in names:
+        assert issubclass(getattr(turbosparse, name), turbosparse.TurboSparseError), name

@@ -252,7 +252,11 @@ static int load_hparams(ts_model *m, char *err, size_t err_size) {
                             "...-00001-of-%05lld.gguf",
                             m->file->path, (long long)split_no + 1, (long long)v, (long long)v);
     }
-    if (ts_gguf_get_i64(m->file, TS_KEY_FORMAT_VERSION, &v, 0, err, err_size) == 0 && v > TS_FORMAT_VERSION) {
+    const int has_version = ts_gguf_get_i64(m->file, TS_KEY_FORMAT_VERSION, &v, 0, err, err_size);
+    if (has_version < 0) { /* present but not an integer: the version check must not be skipped */
+        return -1;
+    }
+    if (has_version == 0 && v > TS_FORMAT_VERSION) {
         return ts_set_error(err, err_size, "%s: turbosparse.format_version %lld is newer than this turbosparse reads (%d): upgrade",
                             m->file->path, (long long)v, TS_FORMAT_VERSION);
     }
