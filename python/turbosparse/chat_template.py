@@ -105,13 +105,7 @@ class BuiltinChatTemplate:
             raise ChatTemplateError(f"{name!r} is not one of llama.cpp's built-in chat templates")
         self.name = name
 
-    def render(
-        self,
-        messages: Sequence[Mapping[str, Any]],
-        *,
-        add_generation_prompt: bool = True,
-        **variables: Any,
-    ) -> str:
+    def render(self, messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = True) -> str:
         """The prompt text for messages (roles and string contents only: a built-in template reads nothing else)."""
         texts = []
         for i, message in enumerate(messages):
@@ -128,10 +122,10 @@ class BuiltinChatTemplate:
         chat = (llama_cpp.llama_chat_message * len(texts))()
         for slot, (role, content) in zip(chat, texts, strict=True):
             slot.role, slot.content = role, content
+        name = self.name.encode()
         size = 2 * sum(len(role) + len(content) for role, content in texts) + 256
-        while True:
+        while True:  # llama.cpp says the length it needs where the buffer is too small
             buf = ctypes.create_string_buffer(size)
-            name = self.name.encode()
             n = llama_cpp.llama_chat_apply_template(name, chat, len(texts), add_generation_prompt, buf, size)
             if n < 0:
                 raise ChatTemplateError(f"llama.cpp's {self.name} template refused the messages")
