@@ -27,19 +27,10 @@ from turbosparse.convert.source import open_checkpoint
 from turbosparse.convert.vocab import load_vocab
 from turbosparse.convert.writer import add_llama_hparams, add_turbosparse_keys, check_output_path, write_gguf
 from turbosparse.errors import ConvertError
+from turbosparse.gguf_reader import file_magic
+from turbosparse.powerinfer import GGUF_MAGIC
 
 logger = logging.getLogger(__name__)
-
-
-def _is_gguf(path: Path) -> bool:
-    """path is a regular file that starts as a GGUF file does."""
-    if not path.is_file():
-        return False
-    try:
-        with path.open("rb") as f:
-            return f.read(4) == b"GGUF"
-    except OSError:
-        return False
 
 
 def convert(
@@ -76,7 +67,7 @@ def convert(
     Raises turbosparse.errors.ConvertError naming the file and tensor or key; leaves no partial output behind."""
     src, out = Path(model_dir), Path(out_path)
     check_output_path(out, inputs=[src] if src.is_file() else [])
-    if not src.is_dir() and not _is_gguf(src):
+    if not src.is_dir() and file_magic(src) != GGUF_MAGIC:
         what = "is neither a GGUF file nor a checkpoint folder" if src.exists() else "no such file or folder"
         raise ConvertError(f"{src}: {what} (convert takes a Hugging Face checkpoint folder or a GGUF file)")
     importance = read_imatrix(imatrix) if imatrix is not None else None

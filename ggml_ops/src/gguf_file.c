@@ -664,9 +664,24 @@ static uint64_t text_hash(const uint8_t *p, uint64_t n) {
     return h;
 }
 
-int ts_gguf_check_unique_strings(const ts_gguf_file *f, const char *key, char *err, size_t err_size) {
+/* The string array under key; NULL where the key is absent or holds something else. */
+static const ts_gguf_kv *string_array(const ts_gguf_file *f, const char *key) {
     const ts_gguf_kv *kv = ts_gguf_find_kv(f, key);
-    if (kv == NULL || kv->type != TS_GGUF_ARRAY || kv->elem_type != TS_GGUF_STRING || kv->n < 2) {
+    return kv != NULL && kv->type == TS_GGUF_ARRAY && kv->elem_type == TS_GGUF_STRING ? kv : NULL;
+}
+
+/* A string array's next string: its bytes (*len of them); *p moves past it. Each is a u64 length, then the bytes
+ * (bounds checked when the file was opened). */
+static const uint8_t *next_string(const uint8_t **p, uint64_t *len) {
+    memcpy(len, *p, sizeof(*len));
+    const uint8_t *text = *p + sizeof(*len);
+    *p = text + *len;
+    return text;
+}
+
+int ts_gguf_check_unique_strings(const ts_gguf_file *f, const char *key, char *err, size_t err_size) {
+    const ts_gguf_kv *kv = string_array(f, key);
+    if (kv == NULL || kv->n < 2) {
         return 0;
     }
     /* open addressing, at most half full; a slot holds 1 + the index of the string whose text it keeps */
@@ -681,11 +696,9 @@ int ts_gguf_check_unique_strings(const ts_gguf_file *f, const char *key, char *e
     if (slots == NULL || texts == NULL || lens == NULL) {
         rc = ts_set_error(err, err_size, "out of memory");
     }
-    const uint8_t *p = kv->data; /* each: a u64 length, then the bytes (bounds checked when the file was opened) */
+    const uint8_t *p = kv->data;
     for (uint64_t i = 0; rc == 0 && i < kv->n; i++) {
-        memcpy(&lens[i], p, sizeof(lens[i]));
-        texts[i] = p + sizeof(uint64_t);
-        p = texts[i] + lens[i];
+        texts[i] = next_string(&p, &lens[i]);
         uint64_t s = text_hash(texts[i], lens[i]) & (n_slots - 1);
         for (; slots[s] != 0; s = (s + 1) & (n_slots - 1)) {
             const uint64_t j = slots[s] - 1;
@@ -726,18 +739,17 @@ static int byte_token(const uint8_t *text, uint64_t len) {
 }
 
 int ts_gguf_check_byte_tokens(const ts_gguf_file *f, const char *key, char *err, size_t err_size) {
-    const ts_gguf_kv *kv = ts_gguf_find_kv(f, key);
-    if (kv == NULL || kv->type != TS_GGUF_ARRAY || kv->elem_type != TS_GGUF_STRING) {
+    const ts_gguf_kv *kv = string_array(f, key);
+    if (kv == NULL) {
         return 0;
     }
     uint8_t seen[256] = {0};
     int n_seen = 0;
-    const uint8_t *p = kv->data; /* each: a u64 length, then the bytes (bounds checked when the file was opened) */
+    const uint8_t *p = kv->data;
     for (uint64_t i = 0; i < kv->n; i++) {
         uint64_t len = 0;
-        memcpy(&len, p, sizeof(len));
-        const int byte = byte_token(p + sizeof(len), len);
-        p += sizeof(len) + len;
+        const uint8_t *text = next_string(&p, &len);
+        const int byte = byte_token(text, len);
         if (byte >= 0 && !seen[byte]) {
             seen[byte] = 1;
             n_seen++;

@@ -4,6 +4,7 @@ bench, convert's re-quantization), with a clear error where it cannot: llama.cpp
 
 from __future__ import annotations
 
+import os
 import re
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -13,6 +14,18 @@ import gguf
 from turbosparse.errors import ModelLoadError
 
 _UNKNOWN_TYPE = re.compile(r"(\d+)\)? is not a valid GGMLQuantizationType")
+
+
+def file_magic(path: str | os.PathLike[str]) -> bytes:
+    """The first four bytes of a regular file (GGUF, PowerInfer's PWRI, ...); b"" for anything else (a FIFO is not
+    opened: its open would wait for a writer)."""
+    try:
+        if not Path(path).is_file():
+            return b""
+        with open(path, "rb") as f:
+            return f.read(4)
+    except OSError:
+        return b""
 
 
 def read_gguf(path: str | Path, error: type[Exception] = ModelLoadError) -> gguf.GGUFReader:

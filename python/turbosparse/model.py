@@ -302,6 +302,11 @@ class Model:
         return logits
 
     # ---- generation -------------------------------------------------------------------------------
+    def bounded(self, max_tokens: int | None, prompt_tokens: Sequence[int]) -> int | None:
+        """max_tokens as llama-cli's -n and llama-server's max_tokens are taken: a bound, the text also ending where
+        the context is full after the prompt (start() itself refuses a max_tokens past that room)."""
+        return None if max_tokens is None else min(max_tokens, max(0, self.n_ctx - len(prompt_tokens)))
+
     def start(
         self,
         prompt_tokens: Sequence[int],

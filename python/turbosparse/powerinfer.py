@@ -13,6 +13,8 @@ import struct
 import tempfile
 from pathlib import Path
 
+from turbosparse.gguf_reader import file_magic
+
 PWRI_MAGIC = b"PWRI"
 GGUF_MAGIC = b"GGUF"
 _STRING, _ARRAY = 8, 9
@@ -20,11 +22,7 @@ _FIXED_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12
 
 
 def is_powerinfer(path: str | os.PathLike[str]) -> bool:
-    try:
-        with open(path, "rb") as f:
-            return f.read(4) == PWRI_MAGIC
-    except OSError:
-        return False
+    return file_magic(path) == PWRI_MAGIC
 
 
 class _Reader:

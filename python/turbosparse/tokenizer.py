@@ -69,6 +69,20 @@ def _llama_errors() -> Iterator[list[str]]:
             llama_cpp.llama_log_set(previous, previous_data)
 
 
+def _c_string(read: Callable[[ctypes.Array[ctypes.c_char], int], int]) -> str | None:
+    """A string llama.cpp writes into a buffer: read(buf, size) returns its length (the length it needs, where the
+    buffer is too small: then read again), or -1 where there is none (None)."""
+    size = 256
+    while True:
+        buf = ctypes.create_string_buffer(size)
+        n = read(buf, size)
+        if n < 0:
+            return None
+        if n < size:
+            return buf.raw[:n].decode("utf-8", errors="replace")
+        size = n + 1
+
+
 class Tokenizer:
     """Tokenizes and detokenizes exactly as llama.cpp does for the model file's vocabulary."""
 
@@ -171,37 +185,17 @@ class Tokenizer:
 
     def metadata(self, key: str) -> str | None:
         self._check_open()
-        size = 1 << 16
-        for _ in range(2):
-            buf = ctypes.create_string_buffer(size)
-            n = llama_cpp.llama_model_meta_val_str(self._model, key.encode(), buf, size)
-            if n < 0:
-                return None
-            if n < size:
-                return buf.value.decode("utf-8", errors="replace")
-            size = n + 1
-        return None
+        return _c_string(lambda buf, size: llama_cpp.llama_model_meta_val_str(self._model, key.encode(), buf, size))
 
     def all_metadata(self) -> dict[str, str]:
         """Every key llama.cpp keeps of the file's metadata (not its arrays), with its value as llama.cpp writes it."""
         self._check_open()
-
-        def text(read: Callable[[int, ctypes.Array[ctypes.c_char], int], int], i: int) -> str:
-            size = 256
-            while True:
-                buf = ctypes.create_string_buffer(size)
-                n = read(i, buf, size)
-                if n < size:
-                    return buf.raw[: max(n, 0)].decode("utf-8", errors="replace")
-                size = n + 1
-
-        def key(i: int, buf: ctypes.Array[ctypes.c_char], size: int) -> int:
-            return llama_cpp.llama_model_meta_key_by_index(self._model, i, buf, size)
-
-        def value(i: int, buf: ctypes.Array[ctypes.c_char], size: int) -> int:
-            return llama_cpp.llama_model_meta_val_str_by_index(self._model, i, buf, size)
-
-        return {text(key, i): text(value, i) for i in range(llama_cpp.llama_model_meta_count(self._model))}
+        model, out = self._model, {}
+        for i in range(llama_cpp.llama_model_meta_count(model)):
+            key = _c_string(lambda buf, size, i=i: llama_cpp.llama_model_meta_key_by_index(model, i, buf, size))
+            value = _c_string(lambda buf, size, i=i: llama_cpp.llama_model_meta_val_str_by_index(model, i, buf, size))
+            out[key or ""] = value or ""
+        return out
 
     @property
     def chat_template(self) -> str | None:

@@ -42,6 +42,23 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--verbose", action="store_true", help="show llama.cpp's and turbosparse's log")
 
 
+def add_chat_template_args(p: argparse.ArgumentParser) -> None:
+    """llama-server's and llama-cli's chat template flags (read back by chat_template_text)."""
+    template = p.add_mutually_exclusive_group()
+    template.add_argument(
+        "--chat-template",
+        default=None,
+        help="a Jinja2 chat template replacing the file's, or the name of one of llama.cpp's built-in ones (chatml, "
+        "llama3, gemma, mistral-v7, phi3, ...)",
+    )
+    template.add_argument("--chat-template-file", type=Path, default=None, help="... read from this file")
+
+
+def chat_template_text(args: argparse.Namespace) -> str | None:
+    """The chat template the flags give (a file's text, or --chat-template's), None for the model file's own."""
+    return read_utf8(args.chat_template_file) if args.chat_template_file is not None else args.chat_template
+
+
 def model_path(name: str) -> str:
     return default_model() if name == "default" else name
 
@@ -150,14 +167,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "to go on on the next), answered with the conversation before it; -p is the first message; Ctrl-C stops an "
         "answer, Ctrl-D ends",
     )
-    template = p.add_mutually_exclusive_group()
-    template.add_argument(
-        "--chat-template",
-        default=None,
-        help="a Jinja2 chat template replacing the file's, or the name of one of llama.cpp's built-in ones (chatml, "
-        "llama3, gemma, mistral-v7, phi3, ...)",
-    )
-    template.add_argument("--chat-template-file", type=Path, default=None, help="... read from this file")
+    add_chat_template_args(p)
     p.add_argument("-sys", "--system-prompt", default=None, help="system message (implies --chat unless -cnv)")
     p.add_argument("--no-display-prompt", action="store_true", help="do not echo the prompt")
     constraint = p.add_mutually_exclusive_group()
@@ -202,7 +212,7 @@ def run(args: argparse.Namespace) -> int:
         verbose=args.verbose,
         device=args.device,
     )
-    template = read_utf8(args.chat_template_file) if args.chat_template_file else args.chat_template
+    template = chat_template_text(args)
     if template is not None:
         model.chat_template = chat_template_from(template, model.tokenizer)
     sampling = SamplingParams(  # checks the options before any text
@@ -222,8 +232,7 @@ def run(args: argparse.Namespace) -> int:
 
     def answer(tokens: list[int], turn: int) -> Iterator[str]:
         seed = None if sampling.seed is None else sampling.seed + turn - 1  # turn by turn: another draw, reproducible
-        # -n is a bound, as llama-cli's: the text also ends where the context is full
-        limit = None if max_tokens is None else min(max_tokens, max(0, model.n_ctx - len(tokens)))
+        limit = model.bounded(max_tokens, tokens)  # -n is a bound, as llama-cli's
         gen = model.start(tokens, sampling=replace(sampling, seed=seed), max_tokens=limit, stop=args.stop,
                           grammar=grammar, cache_prompt=args.conversation)  # fmt: skip
         return model.run(gen, with_empty=True)  # every step: Ctrl-C is looked at between any two

@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from pathlib import Path
 
-from turbosparse.cli.run_cmd import add_model_args, model_path, read_utf8
+from turbosparse.cli.run_cmd import add_chat_template_args, add_model_args, chat_template_text, model_path
 from turbosparse.errors import TurboSparseError
 
 logger = logging.getLogger(__name__)
@@ -26,14 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--queue-size", type=int, default=64, help="requests that may wait for a slot; more get 503")
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (default: no key)")
     p.add_argument("-a", "--alias", default=None, help="the model name clients see (default: the file name)")
-    template = p.add_mutually_exclusive_group()
-    template.add_argument(
-        "--chat-template",
-        default=None,
-        help="a Jinja2 chat template replacing the file's, or the name of one of llama.cpp's built-in ones (chatml, "
-        "llama3, gemma, mistral-v7, phi3, ...)",
-    )
-    template.add_argument("--chat-template-file", type=Path, default=None, help="... read from this file")
+    add_chat_template_args(p)
     p.set_defaults(func=run)
 
 
@@ -49,9 +41,7 @@ def run(args: argparse.Namespace) -> int:
     path = model_path(args.model)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such model file")
-    template = args.chat_template
-    if args.chat_template_file is not None:
-        template = read_utf8(args.chat_template_file)
+    template = chat_template_text(args)
     config = ServerConfig(
         model_path=path,
         alias=args.alias,

@@ -293,7 +293,7 @@ async def _submit(
                 tokens,
                 sampling=body.sampling(),
                 # past the slot's room, the answer ends where the slot is full ("length"), as in llama-server
-                max_tokens=None if body.max_tokens is None else min(body.max_tokens, max(0, model.n_ctx - len(tokens))),
+                max_tokens=model.bounded(body.max_tokens, tokens),
                 stop=body.stops,
                 logprobs=logprobs,
                 score_prompt=score_prompt,
