@@ -1,4 +1,5 @@
-"""Tiny random llama-family GGUF models and a float64 numpy forward pass to check the engine against."""
+"""Tiny random llama-family GGUF models (llama, qwen2, qwen3) and a float64 numpy forward pass to check the engine
+against."""
 
 from __future__ import annotations
 
@@ -26,13 +27,19 @@ class TinyConfig:
     rms_eps: float = 1e-5
     act: str = "swiglu"  # swiglu | reglu | drelu
     tied: bool = False  # no output.weight: the head reuses token_embd
-    arch: str = "llama"
+    arch: str = "llama"  # llama | qwen2 (biases on q, k, v; NEOX rope) | qwen3 (q and k normed per head; NEOX rope)
+    n_embd_head: int = 0  # attention.key_length: 0 for n_embd / n_head
     n_expert: int = 0  # mixture of experts: experts per layer (0: a dense FFN)
     n_expert_used: int = 0
 
     @property
     def head_dim(self) -> int:
-        return self.n_embd // self.n_head
+        return self.n_embd_head or self.n_embd // self.n_head
+
+    @property
+    def neox_rope(self) -> bool:
+        """The qwen architectures rotate each head's two halves together (ggml's NEOX rope), llama adjacent pairs."""
+        return self.arch in ("qwen2", "qwen3")
 
 
 def random_weights(cfg: TinyConfig, seed: int = 0, predictor_rank: int = 0) -> dict[str, np.ndarray]:
@@ -59,6 +66,12 @@ def random_weights(cfg: TinyConfig, seed: int = 0, predictor_rank: int = 0) -> d
         w[f"blk.{i}.attn_k.weight"] = mat(cfg.n_head_kv * hd, d)
         w[f"blk.{i}.attn_v.weight"] = mat(cfg.n_head_kv * hd, d)
         w[f"blk.{i}.attn_output.weight"] = mat(d, cfg.n_head * hd)
+        if cfg.arch == "qwen2":
+            for name, rows in (("q", cfg.n_head * hd), ("k", cfg.n_head_kv * hd), ("v", cfg.n_head_kv * hd)):
+                w[f"blk.{i}.attn_{name}.bias"] = (0.5 * rng.standard_normal(rows)).astype(np.float32)
+        if cfg.arch == "qwen3":
+            w[f"blk.{i}.attn_q_norm.weight"] = norm(hd)
+            w[f"blk.{i}.attn_k_norm.weight"] = norm(hd)
         w[f"blk.{i}.ffn_norm.weight"] = norm(d)
         if cfg.n_expert:
             w |= _expert_weights(cfg, i, mat, predictor_rank)
@@ -130,6 +143,9 @@ def write_gguf(
     writer.add_uint32(f"{a}.context_length", cfg.n_ctx)
     writer.add_float32(f"{a}.rope.freq_base", cfg.rope_base)
     writer.add_float32(f"{a}.attention.layer_norm_rms_epsilon", cfg.rms_eps)
+    if cfg.n_embd_head:
+        writer.add_uint32(f"{a}.attention.key_length", cfg.n_embd_head)
+        writer.add_uint32(f"{a}.attention.value_length", cfg.n_embd_head)
     if cfg.act != "swiglu":
         writer.add_string("turbosparse.ffn_activation", cfg.act)
     if cfg.n_expert:
@@ -173,13 +189,15 @@ def read_gguf(path: Path) -> tuple[TinyConfig, dict[str, np.ndarray], dict[str, 
     def key(name: str) -> object:
         return reader.get_field(f"{arch}.{name}").contents()
 
+    head = reader.get_field(f"{arch}.attention.key_length")
     act = reader.get_field("turbosparse.ffn_activation")
     cfg = TinyConfig(n_vocab=len(reader.get_field("tokenizer.ggml.tokens").data), n_embd=key("embedding_length"),
                      n_layer=key("block_count"), n_head=key("attention.head_count"),
                      n_head_kv=key("attention.head_count_kv"), n_ff=key("feed_forward_length"),
                      n_ctx=key("context_length"), rope_base=key("rope.freq_base"),
                      rms_eps=key("attention.layer_norm_rms_epsilon"), act="swiglu" if act is None else act.contents(),
-                     tied=all(t.name != "output.weight" for t in reader.tensors), arch=arch)  # fmt: skip
+                     tied=all(t.name != "output.weight" for t in reader.tensors), arch=arch,
+                     n_embd_head=0 if head is None else head.contents())  # fmt: skip
     weights = {
         t.name: gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32).reshape(np.flip(t.shape))
         for t in reader.tensors
@@ -209,17 +227,36 @@ def ffn_down(w: dict[str, np.ndarray], layer: int, a: np.ndarray, use_down_t: bo
     return a @ down.T + w.get(b + "ffn_down.bias", 0.0)
 
 
-def _rope(x: np.ndarray, pos: np.ndarray, base: float) -> np.ndarray:
-    """ggml's NORMAL rope: rotates adjacent pairs (x[2i], x[2i+1]) by pos * base^(-2i/head_dim). x: [T, H, hd]"""
+def _rope(x: np.ndarray, pos: np.ndarray, base: float, neox: bool = False) -> np.ndarray:
+    """ggml's rope: rotates pair i by pos * base^(-2i/head_dim), the pairs (x[2i], x[2i+1]) (NORMAL) or, with neox,
+    (x[i], x[i + hd/2]). x: [T, H, hd]"""
     hd = x.shape[-1]
     inv = base ** (-np.arange(0, hd, 2) / hd)
     ang = pos[:, None, None] * inv[None, None, :]
     cos, sin = np.cos(ang), np.sin(ang)
-    x0, x1 = x[..., 0::2], x[..., 1::2]
+    first, second = (slice(0, hd // 2), slice(hd // 2, hd)) if neox else (slice(0, hd, 2), slice(1, hd, 2))
+    x0, x1 = x[..., first], x[..., second]
     out = np.empty_like(x)
-    out[..., 0::2] = x0 * cos - x1 * sin
-    out[..., 1::2] = x0 * sin + x1 * cos
+    out[..., first] = x0 * cos - x1 * sin
+    out[..., second] = x0 * sin + x1 * cos
     return out
+
+
+def _queries_keys_values(
+    cfg: TinyConfig, w: dict[str, np.ndarray], i: int, h: np.ndarray, pos: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Layer i's roped queries [T, n_head, hd], keys and values [T, n_head_kv, hd] for its normed input h: biases
+    added where the weights have them (qwen2), each head's queries and keys RMS-normed where they have norms (qwen3)."""
+    b = f"blk.{i}."
+
+    def project(name: str, heads: int) -> np.ndarray:
+        y = h @ w[f"{b}attn_{name}.weight"].T + w.get(f"{b}attn_{name}.bias", 0.0)
+        y = y.reshape(len(h), heads, cfg.head_dim)
+        return rms_norm(y, w[f"{b}attn_{name}_norm.weight"], cfg.rms_eps) if f"{b}attn_{name}_norm.weight" in w else y
+
+    q, k = project("q", cfg.n_head), project("k", cfg.n_head_kv)
+    q, k = (_rope(y, pos, cfg.rope_base, cfg.neox_rope) for y in (q, k))
+    return q, k, project("v", cfg.n_head_kv)
 
 
 def gate_activation(act: str, gate: np.ndarray) -> np.ndarray:
@@ -351,9 +388,7 @@ def reference_forward(
     traces = []
     for i in range(cfg.n_layer):
         h = rms_norm(x, w[f"blk.{i}.attn_norm.weight"], cfg.rms_eps)
-        q = _rope((h @ w[f"blk.{i}.attn_q.weight"].T).reshape(T, cfg.n_head, hd), pos, cfg.rope_base)
-        k = _rope((h @ w[f"blk.{i}.attn_k.weight"].T).reshape(T, cfg.n_head_kv, hd), pos, cfg.rope_base)
-        v = (h @ w[f"blk.{i}.attn_v.weight"].T).reshape(T, cfg.n_head_kv, hd)
+        q, k, v = _queries_keys_values(cfg, w, i, h, pos)
         heads = []
         for hh in range(cfg.n_head):
             s = q[:, hh] @ k[:, hh // group].T / np.sqrt(hd) + causal

@@ -17,9 +17,11 @@
 #define TS_KEY_SPLIT_COUNT "split.count" /* llama-gguf-split's: the number of files a model is split into */
 #define TS_KEY_SPLIT_NO "split.no"       /* this file's index among them, from 0 */
 
-/* general.architecture values the loader runs: llama.cpp's llama, PowerInfer's bamboo */
+/* general.architecture values the loader runs: llama.cpp's llama, qwen2 and qwen3, PowerInfer's bamboo */
 #define TS_ARCH_LLAMA "llama"
 #define TS_ARCH_BAMBOO "bamboo"
+#define TS_ARCH_QWEN2 "qwen2"
+#define TS_ARCH_QWEN3 "qwen3"
 
 /* ---- llama.cpp's per-architecture keys: "<general.architecture>." + suffix --------------------------------- */
 #define TS_ARCH_KEY_BLOCK_COUNT "block_count"
@@ -76,6 +78,8 @@
 #define TS_TENSOR_ATTN_K_BIAS "blk.%d.attn_k.bias"
 #define TS_TENSOR_ATTN_V_BIAS "blk.%d.attn_v.bias"
 #define TS_TENSOR_ATTN_OUTPUT_BIAS "blk.%d.attn_output.bias"
+#define TS_TENSOR_ATTN_Q_NORM "blk.%d.attn_q_norm.weight"
+#define TS_TENSOR_ATTN_K_NORM "blk.%d.attn_k_norm.weight"
 #define TS_TENSOR_FFN_NORM "blk.%d.ffn_norm.weight"
 #define TS_TENSOR_FFN_GATE "blk.%d.ffn_gate.weight"
 #define TS_TENSOR_FFN_UP "blk.%d.ffn_up.weight"

@@ -1,9 +1,10 @@
 /*
- * The llama-family forward graph, op for op as llama.cpp builds it for `llama` (no flash
- * attention, F16 KV cache by default, V stored transposed), so dense results match llama.cpp's.
+ * The llama-family forward graph, op for op as llama.cpp builds it for `llama`, `qwen2` and `qwen3` (no flash
+ * attention, F16 KV cache by default, V stored transposed), so dense results match llama.cpp's. Qwen3 norms each
+ * head's queries and keys (qk_norm) before the rope.
  *
  *   x = embd[tokens]
- *   per layer:  h = x + wo @ attn(rope(wq @ norm(x)), rope(wk @ norm(x)), wv @ norm(x))
+ *   per layer:  h = x + wo @ attn(rope(wq @ norm(x) + bq), rope(wk @ norm(x) + bk), wv @ norm(x) + bv)
  *               x = h + ffn(norm(h))         ffn(z) = down @ act(gate @ z, up @ z)
  *   logits = output @ norm(x)
  */
@@ -53,8 +54,14 @@ static struct ggml_tensor *attention(const ts_context *ctx, struct ggml_context 
     struct ggml_tensor *q = matmul_bias(ctx0, l->wq, l->bq, cur);
     struct ggml_tensor *k = matmul_bias(ctx0, l->wk, l->bk, cur);
     struct ggml_tensor *v = matmul_bias(ctx0, l->wv, l->bv, cur);
-    q = rope(m, ctx0, ggml_reshape_3d(ctx0, q, hd, in->n_head, n_tokens), g->pos);    /* [hd, n_head, T] */
-    k = rope(m, ctx0, ggml_reshape_3d(ctx0, k, hd, in->n_head_kv, n_tokens), g->pos); /* [hd, n_head_kv, T] */
+    q = ggml_reshape_3d(ctx0, q, hd, in->n_head, n_tokens);    /* [hd, n_head, T] */
+    k = ggml_reshape_3d(ctx0, k, hd, in->n_head_kv, n_tokens); /* [hd, n_head_kv, T] */
+    if (m->qk_norm) { /* each head's queries and keys normed on their own */
+        q = rms_norm(ctx0, q, l->attn_q_norm, in->rms_eps);
+        k = rms_norm(ctx0, k, l->attn_k_norm, in->rms_eps);
+    }
+    q = rope(m, ctx0, q, g->pos);
+    k = rope(m, ctx0, k, g->pos);
 
     struct ggml_tensor *kc = ctx->k_cache[il], *vc = ctx->v_cache[il];
     const size_t ev = ggml_type_size(vc->type); /* bytes per V element */

@@ -66,6 +66,30 @@ ts_model_params ts_model_default_params(void) {
 
 /* ---- hyperparameters ----------------------------------------------------------------------- */
 
+/* An architecture the loader runs: llama's graph (graph.c), with what each differs by. Qwen2's biases on the
+ * queries, keys and values are optional tensors, as in every architecture. */
+typedef struct arch_spec {
+    const char *name;  /* general.architecture */
+    int32_t rope_type; /* GGML_ROPE_TYPE_*: NEOX rotates a head's two halves together, NORMAL adjacent pairs */
+    int32_t qk_norm;   /* each head's queries and keys RMS-normed before the rope */
+} arch_spec;
+
+static const arch_spec ARCHITECTURES[] = {
+    {TS_ARCH_LLAMA, GGML_ROPE_TYPE_NORMAL, 0},
+    {TS_ARCH_BAMBOO, GGML_ROPE_TYPE_NORMAL, 0},
+    {TS_ARCH_QWEN2, GGML_ROPE_TYPE_NEOX, 0},
+    {TS_ARCH_QWEN3, GGML_ROPE_TYPE_NEOX, 1},
+};
+
+static const arch_spec *find_arch(const char *name) {
+    for (size_t i = 0; i < sizeof(ARCHITECTURES) / sizeof(ARCHITECTURES[0]); i++) {
+        if (strcmp(ARCHITECTURES[i].name, name) == 0) {
+            return &ARCHITECTURES[i];
+        }
+    }
+    return NULL;
+}
+
 static int arch_key(char *buf, size_t n, const char *arch, const char *suffix) {
     return snprintf(buf, n, "%s.%s", arch, suffix) >= (int)n ? -1 : 0;
 }
@@ -189,7 +213,6 @@ static int load_rope(ts_model *m, char *err, size_t err_size) {
     if (!(in->rope_freq_base > 0.0f) || !isfinite(in->rope_freq_base)) {
         return ts_set_error(err, err_size, "%s: %s.rope.freq_base must be positive", m->file->path, m->arch);
     }
-    m->rope_type = GGML_ROPE_TYPE_NORMAL;
     m->rope_ext_factor = 0.0f;
     m->rope_attn_factor = 1.0f;
     m->n_ctx_orig = in->n_ctx_train;
@@ -260,12 +283,15 @@ static int load_hparams(ts_model *m, char *err, size_t err_size) {
         return ts_set_error(err, err_size, "%s: turbosparse.format_version %lld is newer than this turbosparse reads (%d): upgrade",
                             m->file->path, (long long)v, TS_FORMAT_VERSION);
     }
-    if (strcmp(m->arch, TS_ARCH_LLAMA) != 0 && strcmp(m->arch, TS_ARCH_BAMBOO) != 0) {
+    const arch_spec *arch = find_arch(m->arch);
+    if (arch == NULL) {
         return ts_set_error(err, err_size,
                             "%s: unsupported architecture '%s' (general.architecture): turbosparse runs llama-family "
-                            "backbones ('llama', PowerInfer's 'bamboo')",
+                            "backbones ('llama', 'qwen2', 'qwen3', PowerInfer's 'bamboo')",
                             m->file->path, m->arch);
     }
+    m->rope_type = arch->rope_type;
+    m->qk_norm = arch->qk_norm;
     if (get_arch_i64(m, TS_ARCH_KEY_BLOCK_COUNT, &v, 1, err, err_size) || check_positive(m, TS_ARCH_KEY_BLOCK_COUNT, v, TS_MAX_LAYERS, err, err_size)) {
         return -1;
     }
@@ -375,6 +401,7 @@ enum dim {
     DIM_EMBD,     /* n_embd */
     DIM_VOCAB,    /* n_vocab */
     DIM_ROT_HALF, /* n_rot / 2 */
+    DIM_HEAD,     /* n_embd_head */
     DIM_Q,        /* n_head * n_embd_head */
     DIM_KV,       /* n_head_kv * n_embd_head */
     DIM_FF,       /* n_ff */
@@ -420,6 +447,12 @@ static const tensor_spec ATTENTION_TENSORS[] = {
     {TS_TENSOR_ATTN_V_BIAS, NULL, ROLE_BIAS, LAYER_SLOT(bv), 0, {DIM_KV, DIM_1, DIM_1}},
     {TS_TENSOR_ATTN_OUTPUT_BIAS, NULL, ROLE_BIAS, LAYER_SLOT(bo), 0, {DIM_EMBD, DIM_1, DIM_1}},
     {TS_TENSOR_FFN_NORM, NULL, ROLE_NORM, LAYER_SLOT(ffn_norm), 1, {DIM_EMBD, DIM_1, DIM_1}},
+};
+
+/* the per-head query and key norms of an architecture with qk_norm */
+static const tensor_spec QK_NORM_TENSORS[] = {
+    {TS_TENSOR_ATTN_Q_NORM, NULL, ROLE_NORM, LAYER_SLOT(attn_q_norm), 1, {DIM_HEAD, DIM_1, DIM_1}},
+    {TS_TENSOR_ATTN_K_NORM, NULL, ROLE_NORM, LAYER_SLOT(attn_k_norm), 1, {DIM_HEAD, DIM_1, DIM_1}},
 };
 
 /* FFN matrices read row by row in sparse decoding stay in the mapping when asked to: up always, gate where a
@@ -476,6 +509,7 @@ static dims layer_dims(const ts_model *m, int64_t rank, int64_t group) {
     d.v[DIM_EMBD] = in->n_embd;
     d.v[DIM_VOCAB] = in->n_vocab;
     d.v[DIM_ROT_HALF] = in->n_rot / 2;
+    d.v[DIM_HEAD] = in->n_embd_head;
     d.v[DIM_Q] = (int64_t)in->n_head * in->n_embd_head;
     d.v[DIM_KV] = (int64_t)in->n_head_kv * in->n_embd_head;
     d.v[DIM_FF] = in->n_ff;
@@ -646,7 +680,9 @@ static int plan_ffn(ts_model *m, plan *p, int il, char *err, size_t err_size) {
 static int plan_layer(ts_model *m, plan *p, int il, char *err, size_t err_size) {
     const dims d = layer_dims(m, 0, 0);
     if (plan_specs(m, p, &m->layers[il], ATTENTION_TENSORS, N_SPECS(ATTENTION_TENSORS), il, &d, NULL, err,
-                   err_size) != 0) {
+                   err_size) != 0 ||
+        (m->qk_norm && plan_specs(m, p, &m->layers[il], QK_NORM_TENSORS, N_SPECS(QK_NORM_TENSORS), il, &d, NULL, err,
+                                  err_size) != 0)) {
         return -1;
     }
     return plan_ffn(m, p, il, err, err_size);

@@ -14,6 +14,7 @@ typedef struct ts_layer {
     struct ggml_tensor *wv;        /* [n_embd, n_head_kv*n_embd_head] */
     struct ggml_tensor *wo;        /* [n_head*n_embd_head, n_embd] */
     struct ggml_tensor *bq, *bk, *bv, *bo; /* optional biases */
+    struct ggml_tensor *attn_q_norm, *attn_k_norm; /* [n_embd_head]: each head's queries and keys RMS-normed (qk_norm) */
     struct ggml_tensor *ffn_norm;  /* [n_embd] */
     struct ggml_tensor *ffn_gate;  /* [n_embd, n_ff]: row j = neuron j's gate weights */
     struct ggml_tensor *ffn_up;    /* [n_embd, n_ff] */
@@ -48,6 +49,7 @@ struct ts_model {
     ts_model_info info;
     char arch[64];
     int32_t rope_type;       /* GGML_ROPE_TYPE_* */
+    int32_t qk_norm;         /* queries and keys RMS-normed per head before the rope (qwen3) */
     int32_t n_ctx_orig;
     float rope_ext_factor;
     float rope_attn_factor;

@@ -1,0 +1,140 @@
+"""The qwen2 and qwen3 architectures (Qwen2 / 2.5 and Qwen3 GGUFs as llama.cpp's converter writes them): llama.cpp
+itself, transformers and the float64 numpy reference agree with our engine, densely and in exact mode with the
+thresholds `turbosparse calibrate` picks; a qwen3 file without its query / key norms is refused, and so is training on
+either (the Llama-only training code would drop their biases and norms)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+import torch
+from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
+
+from turbosparse import Model, ModelLoadError, TrainingError
+from turbosparse.assets import shakespeare_text
+from turbosparse.binding import NativeContext, NativeModel, SparseMode
+from turbosparse.calibrate import CalibrateConfig, CollectConfig, calibrate, write_calibrated
+from turbosparse.predictor_train.hf_import import gguf_to_hf
+from turbosparse.predictor_train.modeling import load_causal_lm
+
+from hfcheckpoints import SPM_VOCAB, copy_tokenizer, llama_cpp_converter, randomize, train_sentencepiece
+from tinymodel import TinyConfig, random_weights, read_gguf, reference_logits, write_gguf
+
+VOCAB = SPM_VOCAB + 8
+TOLERANCE = 1e-3  # x max |logit|, F32 files (llama.cpp's own bound against transformers: test_mixtral.py)
+
+
+def rel_error(got: np.ndarray, want: np.ndarray) -> float:
+    return float(np.abs(got - want).max() / np.abs(want).max())
+
+
+def qwen_model(arch: str) -> torch.nn.Module:
+    """A tiny Qwen2 (biases on q, k, v; untied head) or Qwen3 (per-head q / k norms, a head dimension of its own:
+    4 heads of 32 on a hidden size of 64; tied head, as Qwen3-0.6B)."""
+    common = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-6, rope_theta=1e6,
+                  bos_token_id=1, eos_token_id=2)  # fmt: skip
+    if arch == "qwen2":
+        model = Qwen2ForCausalLM(Qwen2Config(**common, tie_word_embeddings=False))
+    else:
+        model = Qwen3ForCausalLM(Qwen3Config(**common, head_dim=32, tie_word_embeddings=True))
+    return randomize(model.float().eval(), seed=0)
+
+
+@pytest.fixture(scope="module")
+def spm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train_sentencepiece(tmp_path_factory.mktemp("spm"), shakespeare_text("macbeth_gut.txt")[:200_000])
+
+
+@pytest.fixture(scope="module", params=["qwen2", "qwen3"])
+def qwen(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, spm_dir: Path):
+    """(arch, the HF model, its F32 GGUF written by llama.cpp's own converter)."""
+    arch = request.param
+    out = tmp_path_factory.mktemp(arch)
+    model = qwen_model(arch)
+    model.save_pretrained(out / "hf")
+    copy_tokenizer(spm_dir, out / "hf")
+    path = out / f"{arch}.gguf"
+    command = [sys.executable, str(llama_cpp_converter()), str(out / "hf"), "--outtype", "f32", "--outfile", str(path)]
+    subprocess.run(command, check=True, capture_output=True)
+    assert gguf.GGUFReader(path).get_field("general.architecture").contents() == arch
+    return arch, model, path
+
+
+@pytest.fixture(scope="module")
+def tokens() -> list[int]:
+    return [1, *np.random.default_rng(7).integers(3, VOCAB, 31).tolist()]
+
+
+def test_dense_logits_are_llama_cpps_bit_for_bit(qwen, tokens: list[int]) -> None:
+    from llama_cpp import Llama
+
+    _, hf, path = qwen
+    with torch.no_grad():
+        torch_logits = hf(torch.tensor([tokens])).logits[0].numpy()
+    llm = Llama(str(path), n_ctx=128, logits_all=True, n_threads=2, verbose=False)  # F16 KV cache, as ours
+    llm.eval(tokens)
+    theirs = np.array(llm.scores[: len(tokens)], dtype=np.float32)
+    assert rel_error(theirs, torch_logits) <= TOLERANCE  # the file is the checkpoint
+    model = Model(path, n_threads=2, n_ctx=128, sparse="off")
+    np.testing.assert_array_equal(model.eval_logits(tokens), theirs)  # the prompt's batch
+    llm.reset()
+
+    class Sequence:  # evaluate's sequences are keyed by a weakly referenced object
+        pass
+
+    seq = Sequence()
+    for i, token in enumerate(tokens):  # and token by token, through the KV cache
+        llm.eval([token])
+        want = np.asarray(llm.scores[llm.n_tokens - 1], dtype=np.float32)
+        np.testing.assert_array_equal(model.evaluate(seq, tokens[: i + 1]), want, err_msg=f"position {i}")
+
+
+def test_exact_mode_with_calibrated_thresholds_is_the_references(qwen, tokens: list[int], tmp_path: Path) -> None:
+    """`turbosparse calibrate`'s thresholds on a qwen file, decoded in exact mode: the numpy reference's logits with
+    the same neurons skipped (the reference itself checked against transformers' dense forward first)."""
+    _, hf, path = qwen
+    cfg, weights, _ = read_gguf(path)
+    with torch.no_grad():
+        torch_logits = hf(torch.tensor([tokens])).logits[0].numpy()
+    assert rel_error(reference_logits(cfg, weights, tokens), torch_logits) <= TOLERANCE
+    text = shakespeare_text("othello_gut.txt")[:20000]
+    config = CalibrateConfig(collect=CollectConfig(n_ctx=128, max_tokens=512), eval_tokens=0)
+    _, results = calibrate(path, text, [0.5], cfg=config)
+    out = write_calibrated(path, results[0].calibration, tmp_path / "calibrated.gguf", scales=results[0].scales)
+    thresholds = results[0].calibration.thresholds
+    assert max(thresholds.gate) > 0 and max(thresholds.act) > 0
+    context = NativeContext(NativeModel(out), n_ctx=128, n_threads=2, n_batch=512, sparse_mode=SparseMode.EXACT,
+                            threshold=None, kv_f32=True)  # fmt: skip
+    ours = context.eval(tokens, dense_ffn=False, logits_all=True)
+    scales = (results[0].scales.gate, results[0].scales.act)
+    want = reference_logits(cfg, weights, tokens, ffn_thresholds=(thresholds.gate, thresholds.act), ffn_scales=scales)
+    assert rel_error(ours, want) <= TOLERANCE
+    assert rel_error(want, torch_logits) > 10 * TOLERANCE  # neurons were skipped: not the dense logits
+    assert Model(out, n_threads=2, n_ctx=128).sparse_name == "exact"
+
+
+def test_qwen3_without_its_query_and_key_norms_is_refused(tmp_path: Path) -> None:
+    cfg = TinyConfig(arch="qwen3", n_embd_head=32)
+    path = tmp_path / "no-norms.gguf"
+    write_gguf(path, cfg, random_weights(cfg), skip=("blk.1.attn_k_norm.weight",))
+    with pytest.raises(ModelLoadError, match=r"missing tensor 'blk\.1\.attn_k_norm\.weight'"):
+        NativeModel(path)
+    write_gguf(path, cfg, random_weights(cfg))
+    assert NativeModel(path).info.n_embd_head == 32
+
+
+def test_training_refuses_them_rather_than_load_them_as_llama(qwen, tmp_path: Path) -> None:
+    """transformers loads a Qwen2 checkpoint into LlamaForCausalLM with a warning, its attention biases dropped:
+    relufy / imatrix / train-predictors would have trained on another model."""
+    arch, _, path = qwen
+    with pytest.raises(TrainingError, match=f"model_type '{arch}'.*turbosparse calibrate"):
+        load_causal_lm(path.parent / "hf")
+    with pytest.raises(TrainingError, match=f"general.architecture '{arch}'"):  # said before dequantizing the file
+        gguf_to_hf(path, tmp_path / "hf")
+    assert not any(tmp_path.iterdir())
