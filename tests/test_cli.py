@@ -559,3 +559,18 @@ def test_perplexity_chunks_must_be_positive(smollm2_path, tmp_path) -> None:
     text.write_text("To be, or not to be, that is the question. " * 40)
     out = turbosparse("perplexity", "-m", str(smollm2_path), "-f", str(text), "-c", "64", "--chunks", "0")
     assert out.returncode == 1 and "--chunks must be >= 1, got 0" in out.stderr
+
+
+def test_chat_template_kwargs_reach_the_template(smollm2_path) -> None:
+    """llama-server's --chat-template-kwargs (a JSON object) on run: variables the chat template reads."""
+    from turbosparse import Model
+
+    with Model(smollm2_path, n_threads=2, n_ctx=64) as model:
+        n = len(model.tokenize("Q: Hi, said Ann! A:", special=True))
+    template = "Q: {{ messages[-1]['content'] }}{% if who is defined %}, said {{ who }}{% endif %}! A:"
+    args = ("run", "-m", str(smollm2_path), "--chat-template", template, "--chat", "-p", "Hi", "-n", "1")
+    out = turbosparse(*args, "--chat-template-kwargs", '{"who": "Ann"}')
+    assert out.returncode == 0 and f"prompt: {n} tokens" in out.stderr, out.stderr
+    for bad, why in (("{who: Ann}", "not JSON"), ('["Ann"]', "a JSON object is expected")):
+        out = turbosparse(*args, "--chat-template-kwargs", bad)
+        assert out.returncode == 2 and why in out.stderr and "Traceback" not in out.stderr, out.stderr

@@ -579,3 +579,48 @@ def test_a_chat_template_that_is_not_utf8_is_a_400(tmp_path, smollm2_path) -> No
         assert_error(answer.status_code, answer.json(), 400)
         assert "tokenizer.chat_template is not UTF-8" in answer.json()["error"]["message"]
         assert client.post("/v1/completions", json={"prompt": "Hi", "max_tokens": 2}).status_code == 200
+
+
+THINKING_TEMPLATE = (  # as Qwen3's: the answer's thinking left empty when enable_thinking is false
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}{% endif %}"
+)
+
+
+def test_chat_template_kwargs_from_the_flag_and_each_request(smollm2_path, smollm2_model) -> None:
+    """llama-server's --chat-template-kwargs and a request's chat_template_kwargs (over the flag's): variables for the
+    template, e.g. Qwen3's enable_thinking; a variable the template is given anyway is a 400."""
+    from fastapi.testclient import TestClient
+
+    from turbosparse.server.app import create_app
+    from turbosparse.server.config import ServerConfig
+
+    question = [{"role": "user", "content": "Hi"}]
+    prompt = "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    thinking, not_thinking = (
+        len(smollm2_model.tokenize(p, special=True)) for p in (prompt, prompt + "<think>\n\n</think>\n\n")
+    )
+    config = ServerConfig(str(smollm2_path), n_ctx=256, n_threads=2, chat_template=THINKING_TEMPLATE,
+                          chat_template_kwargs={"enable_thinking": False})  # fmt: skip
+    with TestClient(create_app(config)) as client:
+        deadline = time.monotonic() + 120
+        while client.get("/health").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+        def prompt_tokens(**extra: Any) -> int:
+            body = {"messages": question, "max_tokens": 1, **extra}
+            answer = client.post("/v1/chat/completions", json=body)
+            assert answer.status_code == 200, answer.text
+            return answer.json()["usage"]["prompt_tokens"]
+
+        assert prompt_tokens() == not_thinking  # the flag's
+        assert prompt_tokens(chat_template_kwargs={"enable_thinking": True}) == thinking  # the request's over it
+        assert prompt_tokens(chat_template_kwargs={}) == not_thinking
+        answer = client.post(
+            "/v1/chat/completions", json={"messages": question, "chat_template_kwargs": {"messages": []}}
+        )
+        assert_error(answer.status_code, answer.json(), 400)
+        assert "cannot be named 'messages'" in answer.json()["error"]["message"]
+        answer = client.post("/v1/chat/completions", json={"messages": question, "chat_template_kwargs": [1]})
+        assert_error(answer.status_code, answer.json(), 400)

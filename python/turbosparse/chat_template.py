@@ -43,6 +43,10 @@ def _tojson(value: Any, indent: int | None = None, separators: Any = None, sort_
     return json.dumps(value, ensure_ascii=False, indent=indent, separators=separators, sort_keys=sort_keys)
 
 
+# what every template is given; template variables (llama-server's chat_template_kwargs) cannot replace them
+_GIVEN = ("messages", "add_generation_prompt", "bos_token", "eos_token")
+
+
 class ChatTemplate:
     """A compiled chat template. bos_token / eos_token: the texts of the model's special tokens."""
 
@@ -73,9 +77,14 @@ class ChatTemplate:
         messages: Sequence[Mapping[str, Any]],
         *,
         add_generation_prompt: bool = True,
-        **variables: Any,
+        variables: Mapping[str, Any] | None = None,
     ) -> str:
-        """The prompt text for messages ([{"role": ..., "content": ...}, ...]); extra variables go to the template."""
+        """The prompt text for messages ([{"role": ..., "content": ...}, ...]); variables go to the template too
+        (llama-server's chat_template_kwargs: {"enable_thinking": False} for Qwen3's, ...)."""
+        variables = variables or {}
+        taken = [name for name in variables if name in _GIVEN]
+        if taken:
+            raise ChatTemplateError(f"a template variable cannot be named {taken[0]!r}: the template is given its own")
         try:
             return self._template.render(
                 messages=[dict(m) for m in messages],
@@ -105,8 +114,15 @@ class BuiltinChatTemplate:
             raise ChatTemplateError(f"{name!r} is not one of llama.cpp's built-in chat templates")
         self.name = name
 
-    def render(self, messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = True) -> str:
-        """The prompt text for messages (roles and string contents only: a built-in template reads nothing else)."""
+    def render(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        add_generation_prompt: bool = True,
+        variables: Mapping[str, Any] | None = None,
+    ) -> str:
+        """The prompt text for messages (roles and string contents only: a built-in template reads nothing else, and
+        no variables: llama-server gives its chat_template_kwargs to Jinja templates only)."""
         texts = []
         for i, message in enumerate(messages):
             role, content = message.get("role"), message.get("content")

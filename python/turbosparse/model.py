@@ -6,7 +6,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -160,6 +160,8 @@ class Model:
         self._batch_logits = np.empty((n_seq, self.info.n_vocab), dtype=np.float32)
         self._timings = _Timings()
         self._chat_template: ChatTemplate | BuiltinChatTemplate | None = None
+        # variables every chat prompt's template is given (llama-server's --chat-template-kwargs)
+        self.chat_template_kwargs: dict[str, object] = {}
 
     def close(self) -> None:
         """Frees the engine and the tokenizer now (waiting for a running evaluation); any later use of the model
@@ -476,21 +478,35 @@ class Model:
     def chat_template(self, template: ChatTemplate | BuiltinChatTemplate) -> None:
         self._chat_template = template
 
-    def chat_prompt(self, messages: Sequence[dict[str, object]], add_generation_prompt: bool = True) -> str:
-        """The prompt text the file's chat template makes of messages ([{"role": ..., "content": ...}])."""
-        return self.chat_template.render(messages, add_generation_prompt=add_generation_prompt)
+    def chat_prompt(
+        self,
+        messages: Sequence[dict[str, object]],
+        add_generation_prompt: bool = True,
+        template_kwargs: Mapping[str, object] | None = None,
+    ) -> str:
+        """The prompt text the file's chat template makes of messages ([{"role": ..., "content": ...}]), given
+        chat_template_kwargs and over them template_kwargs as variables ({"enable_thinking": False}: Qwen3's)."""
+        variables = {**self.chat_template_kwargs, **(template_kwargs or {})}
+        return self.chat_template.render(messages, add_generation_prompt=add_generation_prompt, variables=variables)
 
-    def chat_tokens(self, messages: Sequence[dict[str, object]], *, prefill_assistant: bool = False) -> list[int]:
+    def chat_tokens(
+        self,
+        messages: Sequence[dict[str, object]],
+        *,
+        prefill_assistant: bool = False,
+        template_kwargs: Mapping[str, object] | None = None,
+    ) -> list[int]:
         """The chat prompt's tokens, ready to generate the assistant's answer: special tokens parsed, and the
         model's BOS added when its vocabulary wants one and the template did not write it. prefill_assistant: a final
         assistant message is continued, not closed (llama-server's prefill): the messages before it are rendered for
-        an answer and its text follows."""
+        an answer and its text follows. template_kwargs: as chat_prompt's."""
         if prefill_assistant and messages and messages[-1].get("role") == "assistant":
             if len(messages) > 1 and messages[-2].get("role") == "assistant":
                 raise InvalidArgumentError("two assistant messages end the conversation: only one is continued")
-            text = self.chat_prompt(messages[:-1], add_generation_prompt=True) + str(messages[-1].get("content") or "")
+            prefix = self.chat_prompt(messages[:-1], True, template_kwargs)
+            text = prefix + str(messages[-1].get("content") or "")
         else:
-            text = self.chat_prompt(messages, add_generation_prompt=True)
+            text = self.chat_prompt(messages, True, template_kwargs)
         return self._prompt_tokens(text, add_bos=True)
 
     def _prompt_tokens(self, text: str, add_bos: bool) -> list[int]:

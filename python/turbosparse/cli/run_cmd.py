@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 from collections.abc import Iterator
@@ -52,6 +53,25 @@ def add_chat_template_args(p: argparse.ArgumentParser) -> None:
         "llama3, gemma, mistral-v7, phi3, ...)",
     )
     template.add_argument("--chat-template-file", type=Path, default=None, help="... read from this file")
+    p.add_argument(
+        "--chat-template-kwargs",
+        type=json_object,
+        default={},
+        metavar="JSON",
+        help="variables for the Jinja2 chat template, as llama-server's: '{\"enable_thinking\": false}' turns "
+        "Qwen3's thinking off",
+    )
+
+
+def json_object(text: str) -> dict[str, object]:
+    """--chat-template-kwargs's value: a JSON object."""
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f'a JSON object is expected ({{"name": value, ...}}), got {text!r}')
+    return value
 
 
 def chat_template_text(args: argparse.Namespace) -> str | None:
@@ -215,6 +235,7 @@ def run(args: argparse.Namespace) -> int:
     template = chat_template_text(args)
     if template is not None:
         model.chat_template = chat_template_from(template, model.tokenizer)
+    model.chat_template_kwargs = dict(args.chat_template_kwargs)
     sampling = SamplingParams(  # checks the options before any text
         temperature=args.temp,
         top_k=args.top_k,

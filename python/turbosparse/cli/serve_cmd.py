@@ -57,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         api_key=args.api_key or os.environ.get("TURBOSPARSE_API_KEY") or None,
         chat_template=template,
+        chat_template_kwargs=args.chat_template_kwargs,
         verbose=args.verbose,
     )
     failures: list[str] = []

@@ -94,6 +94,7 @@ def load_model(config: ServerConfig) -> Model:
     )
     if config.chat_template is not None:
         model.chat_template = chat_template_from(config.chat_template, model.tokenizer)
+    model.chat_template_kwargs = dict(config.chat_template_kwargs)
     return model
 
 
@@ -230,7 +231,7 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
             # text parts follow one another as they are
             messages = [m.for_template() for m in body.messages[:-1]]
             messages.append(body.messages[-1].for_template("" if body.messages[-1].role == "assistant" else "\n"))
-            tokens = model.chat_tokens(messages, prefill_assistant=True)
+            tokens = model.chat_tokens(messages, prefill_assistant=True, template_kwargs=body.chat_template_kwargs)
         except ValueError as exc:  # no template (the error says how to give one), one that is not UTF-8 or refuses
             raise APIError(400, str(exc), param="messages") from None  # the messages (ChatTemplateError); bad text
         job, queue = await _submit(model, engine, tokens, body, "messages", body.n_top)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from turbosparse.errors import InvalidArgumentError
@@ -24,6 +24,8 @@ class ServerConfig:
     device: str = "cpu"  # Model(device=...): cpu, gpu or a ggml device name
     api_key: str | None = None  # clients must send "Authorization: Bearer <api_key>"
     chat_template: str | None = None  # replaces the file's tokenizer.chat_template: Jinja2, or a built-in's name
+    # variables for every chat prompt's template (a request's chat_template_kwargs are added over them)
+    chat_template_kwargs: dict[str, object] = field(default_factory=dict)
     verbose: bool = False
 
     def __post_init__(self) -> None:

@@ -237,6 +237,7 @@ class ChatCompletionRequest(_Generate):
     functions: list[Any] | None = None
     function_call: Any = None
     response_format: dict[str, Any] | None = None
+    chat_template_kwargs: dict[str, Any] | None = None  # llama-server's: variables for the Jinja2 chat template
 
     @field_validator("top_logprobs")
     @classmethod
