@@ -624,3 +624,64 @@ def test_chat_template_kwargs_from_the_flag_and_each_request(smollm2_path, smoll
         assert "cannot be named 'messages'" in answer.json()["error"]["message"]
         answer = client.post("/v1/chat/completions", json={"messages": question, "chat_template_kwargs": [1]})
         assert_error(answer.status_code, answer.json(), 400)
+
+
+def test_a_thinking_models_reasoning_is_split_from_its_content(smollm2_path) -> None:
+    """llama-server's reasoning formats: with a template that thinks, <think>...</think> at the answer's start goes to
+    reasoning_content (auto, deepseek), to both (deepseek-legacy) or stays in content (none, a request's over the
+    flag's); streamed deltas add up to the same; a prompt that leaves <think> open (a prefill, as DeepSeek-R1's
+    template) makes the answer reasoning until </think>; --reasoning-budget 0 sets enable_thinking false."""
+    from fastapi.testclient import TestClient
+
+    from turbosparse.errors import InvalidArgumentError
+    from turbosparse.server.app import create_app, load_model
+    from turbosparse.server.config import ServerConfig
+
+    question = [{"role": "user", "content": "Is the sky blue?"}]
+    answer = "<think>\\nIt is day.\\n</think>\\n\\nYes."  # forced by a grammar: the model never thinks otherwise
+    grammar = f'root ::= "{answer}"'
+    config = ServerConfig(str(smollm2_path), n_ctx=256, n_threads=2, chat_template=THINKING_TEMPLATE)
+    with TestClient(create_app(config)) as client:
+        deadline = time.monotonic() + 120
+        while client.get("/health").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+        def ask(stream: bool = False, **extra: Any) -> dict[str, str]:
+            body = {"messages": question, "max_tokens": 40, "grammar": grammar, "stream": stream, **extra}
+            reply = client.post("/v1/chat/completions", json=body)
+            assert reply.status_code == 200, reply.text
+            if not stream:
+                message = reply.json()["choices"][0]["message"]
+                return {k: message[k] for k in ("content", "reasoning_content") if k in message}
+            parts: dict[str, str] = {}
+            for line in reply.text.splitlines():
+                if line.startswith("data: {"):
+                    for key, text in json.loads(line[6:])["choices"][0]["delta"].items():
+                        if key != "role":
+                            parts[key] = parts.get(key, "") + text
+            return parts
+
+        split = {"content": "Yes.", "reasoning_content": "It is day."}
+        whole = "<think>\nIt is day.\n</think>\n\nYes."
+        legacy = {"content": whole, "reasoning_content": "It is day."}
+        for stream in (False, True):
+            assert ask(stream) == split
+            assert ask(stream, reasoning_format="deepseek") == split
+            assert ask(stream, reasoning_format="none") == {"content": whole}
+            assert ask(stream, reasoning_format="deepseek-legacy") == legacy
+        answer = client.post("/v1/chat/completions", json={"messages": question, "reasoning_format": "deep"})
+        assert_error(answer.status_code, answer.json(), 400)
+        # the prompt leaves <think> open: the answer is reasoning until </think>
+        prefill = [*question, {"role": "assistant", "content": "<think>\n"}]
+        body = {"messages": prefill, "max_tokens": 8, "temperature": 0}
+        split_reply = client.post("/v1/chat/completions", json=body).json()["choices"][0]["message"]
+        raw = client.post("/v1/chat/completions", json={**body, "reasoning_format": "none"}).json()
+        raw_reply = raw["choices"][0]["message"]
+        assert split_reply["content"] == "" and "reasoning_content" not in raw_reply
+        assert split_reply["reasoning_content"] == raw_reply["content"].strip() != ""
+    # --reasoning-budget 0: the template's enable_thinking is false
+    budget = ServerConfig(str(smollm2_path), n_ctx=256, n_threads=1, chat_template=THINKING_TEMPLATE,
+                          reasoning_budget=0)  # fmt: skip
+    assert load_model(budget).chat_prompt(question).endswith("<think>\n\n</think>\n\n")
+    with pytest.raises(InvalidArgumentError, match="reasoning-budget"):
+        ServerConfig(str(smollm2_path), reasoning_budget=100)

@@ -11,6 +11,7 @@ from typing import Any
 
 from turbosparse.generation import FinishReason, Generation
 from turbosparse.logprobs import ReleasedLogprobs, chat_logprobs, completion_logprobs
+from turbosparse.reasoning import ReasoningSplitter, Split
 from turbosparse.tokenizer import Tokenizer
 
 
@@ -66,8 +67,13 @@ def chat_completion(
     finish_reason: FinishReason | None,
     use: dict[str, int],
     logprobs: dict | None = None,
+    reasoning_content: str | None = None,
 ) -> dict:
-    """logprobs: logprobs.chat_logprobs's object, when asked for."""
+    """logprobs: logprobs.chat_logprobs's object, when asked for; reasoning_content: a thinking model's reasoning,
+    split from the text (reasoning.py)."""
+    message = {"role": "assistant", "content": text}
+    if reasoning_content:
+        message["reasoning_content"] = reasoning_content
     return {
         "id": meta.id,
         "object": "chat.completion",
@@ -76,7 +82,7 @@ def chat_completion(
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": text},
+                "message": message,
                 "logprobs": logprobs,
                 "finish_reason": finish_reason,
             }
@@ -88,7 +94,8 @@ def chat_completion(
 def chat_completion_chunk(
     meta: CompletionMeta, delta: dict[str, Any], finish_reason: FinishReason | None, logprobs: dict | None = None
 ) -> dict:
-    """delta: {"role": "assistant"} first, then {"content": text} pieces, then {} with the finish reason."""
+    """delta: {"role": "assistant"} first, then {"content": text} pieces (and {"reasoning_content": text} ones, when
+    a thinking model's answer is split), then {} with the finish reason."""
     return {
         "id": meta.id,
         "model": meta.model,
@@ -152,15 +159,29 @@ class TextCompletionChunks:
         return echo
 
 
-class ChatCompletionChunks:
-    """A chat completion's chunks for one generation: the role, the content pieces and, when the generation keeps
-    log-probabilities, its tokens', handed out as the text is released (logprobs.ReleasedLogprobs)."""
+@dataclass(frozen=True)
+class ReasoningSplit:
+    """How a chat answer is split into reasoning and content (reasoning.py): open_at_start, the prompt left a
+    `<think>` open; keep_in_content, the content is the whole text all the same (llama-server's deepseek-legacy)."""
 
-    def __init__(self, tokenizer: Tokenizer, meta: CompletionMeta, gen: Generation) -> None:
+    open_at_start: bool = False
+    keep_in_content: bool = False
+
+
+class ChatCompletionChunks:
+    """A chat completion's chunks for one generation: the role, the content pieces (split into reasoning and content
+    with a ReasoningSplit) and, when the generation keeps log-probabilities, its tokens', handed out as the text is
+    released (logprobs.ReleasedLogprobs)."""
+
+    def __init__(
+        self, tokenizer: Tokenizer, meta: CompletionMeta, gen: Generation, reasoning: ReasoningSplit | None = None
+    ) -> None:
         self._tokenizer = tokenizer
         self._meta = meta
         self._gen = gen
         self._released = ReleasedLogprobs(gen.token_logprobs) if gen.logprobs is not None else None
+        self._reasoning = reasoning
+        self._splitter = None if reasoning is None else ReasoningSplitter(open_at_start=reasoning.open_at_start)
 
     def first(self) -> list[dict]:
         return [chat_completion_chunk(self._meta, {"role": "assistant"}, None)]
@@ -168,14 +189,30 @@ class ChatCompletionChunks:
     def piece(self, text: str) -> dict | None:
         """A streamed chunk: a piece of released text (None when it carries no text and no token)."""
         scores = self.scores(text, end=False)
-        if not text and not (scores and scores["content"]):
+        delta = {"content": text} if self._splitter is None else self._delta(self._splitter.feed(text), text)
+        if not any(delta.values()) and not (scores and scores["content"]):
             return None
-        return chat_completion_chunk(self._meta, {"content": text}, None, scores)
+        return chat_completion_chunk(self._meta, delta, None, scores)
 
     def last(self, reason: FinishReason | None) -> dict:
-        """The streamed chunk that finishes (with the tokens left to report, if any)."""
+        """The streamed chunk that finishes (with the text held back and the tokens left to report, if any)."""
         scores = self.scores("", end=True)
-        return chat_completion_chunk(self._meta, {}, reason, scores if scores and scores["content"] else None)
+        delta = {} if self._splitter is None else self._delta(self._splitter.finish(), "")
+        return chat_completion_chunk(self._meta, delta, reason, scores if scores and scores["content"] else None)
+
+    def message(self, answer: str) -> tuple[str, str | None]:
+        """A whole answer's content and reasoning (None: not split)."""
+        if self._splitter is None:
+            return answer, None
+        first, rest = self._splitter.feed(answer), self._splitter.finish()
+        kept = self._reasoning is not None and self._reasoning.keep_in_content
+        return (answer if kept else first.content + rest.content), first.reasoning + rest.reasoning
+
+    def _delta(self, split: Split, text: str) -> dict[str, str]:
+        """A split piece as a delta: its parts that hold text (the content the whole piece when kept in it)."""
+        content = text if self._reasoning is not None and self._reasoning.keep_in_content else split.content
+        delta = {"reasoning_content": split.reasoning} if split.reasoning else {}
+        return {**delta, "content": content} if content else delta
 
     def scores(self, text: str, *, end: bool) -> dict | None:
         """The log-probabilities of the tokens text releases (end: the answer is complete), None when not kept."""

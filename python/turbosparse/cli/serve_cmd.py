@@ -8,6 +8,7 @@ import os
 
 from turbosparse.cli.run_cmd import add_chat_template_args, add_model_args, chat_template_text, model_path
 from turbosparse.errors import TurboSparseError
+from turbosparse.reasoning import REASONING_FORMATS
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +27,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (default: no key)")
     p.add_argument("-a", "--alias", default=None, help="the model name clients see (default: the file name)")
     add_chat_template_args(p)
+    p.add_argument(
+        "--reasoning-format", choices=REASONING_FORMATS, default="auto",
+        help="a thinking model's answers (Qwen3, DeepSeek-R1): auto / deepseek put the <think> part in "
+        "reasoning_content, deepseek-legacy there and in content too, none leaves it in content (default auto)",
+    )  # fmt: skip
+    p.add_argument(
+        "--reasoning-budget", type=int, default=-1,
+        help="-1: think as the template does (default); 0: no thinking (the template's enable_thinking: false)",
+    )  # fmt: skip
     p.set_defaults(func=run)
 
 
@@ -58,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
         api_key=args.api_key or os.environ.get("TURBOSPARSE_API_KEY") or None,
         chat_template=template,
         chat_template_kwargs=args.chat_template_kwargs,
+        reasoning_format=args.reasoning_format,
+        reasoning_budget=args.reasoning_budget,
         verbose=args.verbose,
     )
     failures: list[str] = []

@@ -21,10 +21,11 @@ from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from turbosparse.chat_template import chat_template_from
+from turbosparse.chat_template import ChatTemplate, chat_template_from
 from turbosparse.completions import (
     ChatCompletionChunks,
     CompletionMeta,
+    ReasoningSplit,
     TextCompletionChunks,
     chat_completion,
     text_completion,
@@ -34,6 +35,7 @@ from turbosparse.errors import ContextOverflowError, GrammarError
 from turbosparse.generation import FinishReason, Generation
 from turbosparse.logprobs import prompt_text
 from turbosparse.model import Model
+from turbosparse.reasoning import open_at_end, thinks
 from turbosparse.server.config import ServerConfig
 from turbosparse.server.engine import Engine, Event, Job, QueueFullError
 from turbosparse.server.errors import APIError, error_body, error_response, install_handlers
@@ -94,7 +96,9 @@ def load_model(config: ServerConfig) -> Model:
     )
     if config.chat_template is not None:
         model.chat_template = chat_template_from(config.chat_template, model.tokenizer)
-    model.chat_template_kwargs = dict(config.chat_template_kwargs)
+    # --reasoning-budget 0 turns thinking off as llama-server does, through the template's enable_thinking
+    thinking = {"enable_thinking": False} if config.reasoning_budget == 0 else {}
+    model.chat_template_kwargs = {**thinking, **config.chat_template_kwargs}
     return model
 
 
@@ -234,10 +238,11 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
             tokens = model.chat_tokens(messages, prefill_assistant=True, template_kwargs=body.chat_template_kwargs)
         except ValueError as exc:  # no template (the error says how to give one), one that is not UTF-8 or refuses
             raise APIError(400, str(exc), param="messages") from None  # the messages (ChatTemplateError); bad text
+        reasoning = _reasoning_split(model, tokens, body.reasoning_format or config.reasoning_format)
         job, queue = await _submit(model, engine, tokens, body, "messages", body.n_top)
         gen = job.generation
         meta = CompletionMeta.new("chatcmpl", config.model_name)
-        chunks = ChatCompletionChunks(model.tokenizer, meta, gen)
+        chunks = ChatCompletionChunks(model.tokenizer, meta, gen, reasoning)
         if body.stream:
             return _stream(
                 job,
@@ -251,9 +256,24 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
         if answer is None:
             return Response(status_code=CLIENT_CLOSED)
         use = usage(gen.n_prompt, gen.n_generated)
-        return JSONResponse(chat_completion(meta, answer, gen.finish_reason, use, chunks.scores(answer, end=True)))
+        content, reasoning_content = chunks.message(answer)
+        scores = chunks.scores(answer, end=True)
+        return JSONResponse(chat_completion(meta, content, gen.finish_reason, use, scores, reasoning_content))
 
     return app
+
+
+def _reasoning_split(model: Model, tokens: list[int], reasoning_format: str) -> ReasoningSplit | None:
+    """How the answer to a chat prompt is split into reasoning and content (llama-server's reasoning formats:
+    "none" keeps it whole; the others split a thinking model's answers, "deepseek-legacy" keeping the content
+    whole too); None: not split."""
+    if reasoning_format == "none":
+        return None
+    prompt = model.detokenize(tokens, special=True)
+    template = model.chat_template
+    if not thinks(template.source if isinstance(template, ChatTemplate) else None, prompt):
+        return None
+    return ReasoningSplit(open_at_start=open_at_end(prompt), keep_in_content=reasoning_format == "deepseek-legacy")
 
 
 def _piece(model: Model, token: int) -> str | list[int]:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from turbosparse.errors import InvalidArgumentError
+from turbosparse.reasoning import REASONING_FORMATS
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,8 @@ class ServerConfig:
     chat_template: str | None = None  # replaces the file's tokenizer.chat_template: Jinja2, or a built-in's name
     # variables for every chat prompt's template (a request's chat_template_kwargs are added over them)
     chat_template_kwargs: dict[str, object] = field(default_factory=dict)
+    reasoning_format: str = "auto"  # how a thinking model's answers are split (reasoning.py); a request may say
+    reasoning_budget: int = -1  # -1: thinking as the template does; 0: thinking off (enable_thinking: false)
     verbose: bool = False
 
     def __post_init__(self) -> None:
@@ -35,6 +38,14 @@ class ServerConfig:
             raise InvalidArgumentError(f"--queue-size must be >= 0, got {self.queue_size}")
         if not 0 <= self.port <= 65535:
             raise InvalidArgumentError(f"--port must be 0-65535, got {self.port}")
+        if self.reasoning_format not in REASONING_FORMATS:
+            raise InvalidArgumentError(
+                f"--reasoning-format must be one of {', '.join(REASONING_FORMATS)}, got {self.reasoning_format!r}"
+            )
+        if self.reasoning_budget not in (-1, 0):
+            raise InvalidArgumentError(
+                f"--reasoning-budget must be -1 (unrestricted) or 0 (no thinking), got {self.reasoning_budget}"
+            )
         if self.n_ctx < 0:
             raise InvalidArgumentError(f"--ctx-size must be >= 0, got {self.n_ctx}")
         if 0 < self.n_ctx < 8 * self.parallel:

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationInfo, fi
 from turbosparse.errors import GrammarError
 from turbosparse.grammar import Grammar
 from turbosparse.logprobs import MAX_TOP_LOGPROBS
+from turbosparse.reasoning import ReasoningFormat
 from turbosparse.sampling import SamplingParams
 
 MAX_STOPS = 16
@@ -238,6 +239,7 @@ class ChatCompletionRequest(_Generate):
     function_call: Any = None
     response_format: dict[str, Any] | None = None
     chat_template_kwargs: dict[str, Any] | None = None  # llama-server's: variables for the Jinja2 chat template
+    reasoning_format: ReasoningFormat | None = None  # llama-server's: over --reasoning-format (reasoning.py)
 
     @field_validator("top_logprobs")
     @classmethod
