@@ -636,6 +636,7 @@ def test_a_thinking_models_reasoning_is_split_from_its_content(smollm2_path) -> 
     from turbosparse.errors import InvalidArgumentError
     from turbosparse.server.app import create_app, load_model
     from turbosparse.server.config import ServerConfig
+    from turbosparse.server.schemas import ChatMessage
 
     question = [{"role": "user", "content": "Is the sky blue?"}]
     answer = "<think>\\nIt is day.\\n</think>\\n\\nYes."  # forced by a grammar: the model never thinks otherwise
@@ -679,6 +680,9 @@ def test_a_thinking_models_reasoning_is_split_from_its_content(smollm2_path) -> 
         raw_reply = raw["choices"][0]["message"]
         assert split_reply["content"] == "" and "reasoning_content" not in raw_reply
         assert split_reply["reasoning_content"] == raw_reply["content"].strip() != ""
+    # an earlier answer's reasoning reaches the template (Qwen3's renders it in a tool-calling turn)
+    earlier = ChatMessage(role="assistant", content="Yes.", reasoning_content="It is day.").for_template()
+    assert earlier == {"role": "assistant", "content": "Yes.", "reasoning_content": "It is day."}
     # --reasoning-budget 0: the template's enable_thinking is false
     budget = ServerConfig(str(smollm2_path), n_ctx=256, n_threads=1, chat_template=THINKING_TEMPLATE,
                           reasoning_budget=0)  # fmt: skip

@@ -204,6 +204,7 @@ class ChatMessage(_Body):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     name: str | None = None
+    reasoning_content: str | None = None  # an earlier answer's reasoning, which thinking templates may render
 
     @field_validator("content", mode="before")
     @classmethod
@@ -225,6 +226,8 @@ class ChatMessage(_Body):
         message: dict[str, Any] = {"role": self.role, "content": text or ""}
         if self.name:
             message["name"] = self.name
+        if self.reasoning_content is not None:
+            message["reasoning_content"] = self.reasoning_content
         return message
 
 
