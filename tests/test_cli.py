@@ -571,6 +571,8 @@ def test_chat_template_kwargs_reach_the_template(smollm2_path) -> None:
     args = ("run", "-m", str(smollm2_path), "--chat-template", template, "--chat", "-p", "Hi", "-n", "1")
     out = turbosparse(*args, "--chat-template-kwargs", '{"who": "Ann"}')
     assert out.returncode == 0 and f"prompt: {n} tokens" in out.stderr, out.stderr
-    for bad, why in (("{who: Ann}", "not JSON"), ('["Ann"]', "a JSON object is expected")):
+    refused = (("{who: Ann}", "not JSON"), ('["Ann"]', "a JSON object is expected"),
+               ('{"enable_thinking": "false"}', "true or false"), ('{"messages": []}', "cannot be named"))  # fmt: skip
+    for bad, why in refused:
         out = turbosparse(*args, "--chat-template-kwargs", bad)
         assert out.returncode == 2 and why in out.stderr and "Traceback" not in out.stderr, out.stderr

@@ -119,6 +119,83 @@ def test_exact_mode_with_calibrated_thresholds_is_the_references(qwen, tokens: l
     assert Model(out, n_threads=2, n_ctx=128).sparse_name == "exact"
 
 
+def rewritten(src: Path, dst: Path, *, tensors: dict[str, np.ndarray] | None = None, keys: dict | None = None) -> Path:
+    """src with tensors added and keys added or replaced (name: (value, gguf.GGUFValueType))."""
+    reader = gguf.GGUFReader(src)
+    arch = reader.get_field("general.architecture").contents()
+    writer = gguf.GGUFWriter(str(dst), arch)
+    keys = keys or {}
+    for name, field in reader.fields.items():
+        if name.startswith("GGUF.") or name == "general.architecture" or name in keys:
+            continue
+        sub_type = field.types[-1] if field.types[0] == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(name, field.contents(), field.types[0], sub_type=sub_type)
+    for name, (value, value_type) in keys.items():
+        writer.add_key_value(name, value, value_type)
+    for t in reader.tensors:
+        writer.add_tensor(t.name, np.array(t.data), raw_dtype=t.tensor_type)
+    for name, value in (tensors or {}).items():
+        writer.add_tensor(name, value)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return dst
+
+
+def llama_cpp_logits(path: Path, tokens: list[int], n_ctx: int = 128) -> np.ndarray:
+    from llama_cpp import Llama
+
+    llm = Llama(str(path), n_ctx=n_ctx, logits_all=True, n_threads=2, verbose=False)
+    llm.eval(tokens)
+    return np.array(llm.scores[: len(tokens)], dtype=np.float32)
+
+
+def test_yarn_rope_scaling_is_llama_cpps(tmp_path: Path, spm_dir: Path) -> None:
+    """Qwen's long-context configs (rope_scaling yarn, as the converter writes it): llama.cpp's rope and magnitude
+    scaling, bit for bit, over more positions than the original context."""
+    config = Qwen2Config(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, rope_theta=1e6,
+                         rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32},
+                         bos_token_id=1, eos_token_id=2)  # fmt: skip
+    model = randomize(Qwen2ForCausalLM(config).float().eval(), seed=0)
+    model.save_pretrained(tmp_path / "hf")
+    copy_tokenizer(spm_dir, tmp_path / "hf")
+    path = tmp_path / "yarn.gguf"
+    command = [
+        sys.executable,
+        str(llama_cpp_converter()),
+        str(tmp_path / "hf"),
+        "--outtype",
+        "f32",
+        "--outfile",
+        str(path),
+    ]
+    subprocess.run(command, check=True, capture_output=True)
+    assert gguf.GGUFReader(path).get_field("qwen2.rope.scaling.type").contents() == "yarn"
+    tokens = [1, *np.random.default_rng(7).integers(3, VOCAB, 99).tolist()]
+    theirs = llama_cpp_logits(path, tokens, n_ctx=256)
+    with torch.no_grad():
+        assert rel_error(theirs, model(torch.tensor([tokens])).logits[0].numpy()) <= TOLERANCE
+    np.testing.assert_array_equal(Model(path, n_threads=2, n_ctx=256, sparse="off").eval_logits(tokens), theirs)
+
+
+def test_an_output_bias_is_added_and_bidirectional_attention_refused(qwen, tokens: list[int], tmp_path: Path) -> None:
+    """llama.cpp adds a qwen2 file's output.bias (a checkpoint with lm_head's bias) to the logits; a file whose
+    attention.causal is false (an embedding model) it runs both ways, which this engine cannot: refused."""
+    arch, _, path = qwen
+    bias = np.where(np.arange(VOCAB) % 2 == 1, 3.0, -1.0).astype(np.float32)
+    biased = rewritten(path, tmp_path / "biased.gguf", tensors={"output.bias": bias})
+    want = llama_cpp_logits(biased, tokens) if arch == "qwen2" else llama_cpp_logits(path, tokens) + bias
+    got = Model(biased, n_threads=2, n_ctx=128, sparse="off").eval_logits(tokens)
+    assert rel_error(got, want) <= 1e-6
+    both_ways = rewritten(
+        path, tmp_path / "both.gguf", keys={f"{arch}.attention.causal": (False, gguf.GGUFValueType.BOOL)}
+    )
+    with pytest.raises(ModelLoadError, match=rf"{arch}\.attention\.causal is false"):
+        NativeModel(both_ways)
+
+
 def test_qwen3_without_its_query_and_key_norms_is_refused(tmp_path: Path) -> None:
     cfg = TinyConfig(arch="qwen3", n_embd_head=32)
     path = tmp_path / "no-norms.gguf"

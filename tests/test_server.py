@@ -593,7 +593,8 @@ def test_chat_template_kwargs_from_the_flag_and_each_request(smollm2_path, smoll
     template, e.g. Qwen3's enable_thinking; a variable the template is given anyway is a 400."""
     from fastapi.testclient import TestClient
 
-    from turbosparse.server.app import create_app
+    from turbosparse.errors import InvalidArgumentError
+    from turbosparse.server.app import create_app, load_model
     from turbosparse.server.config import ServerConfig
 
     question = [{"role": "user", "content": "Hi"}]
@@ -624,6 +625,19 @@ def test_chat_template_kwargs_from_the_flag_and_each_request(smollm2_path, smoll
         assert "cannot be named 'messages'" in answer.json()["error"]["message"]
         answer = client.post("/v1/chat/completions", json={"messages": question, "chat_template_kwargs": [1]})
         assert_error(answer.status_code, answer.json(), 400)
+        assert prompt_tokens(chat_template_kwargs={"self": 1}) == not_thinking  # any other name is a variable
+        for bad, why in (({"enable_thinking": "false"}, "true or false"), ({"raise_exception": 1}, "cannot be named")):
+            body = {"messages": question, "chat_template_kwargs": bad}
+            answer = client.post("/v1/chat/completions", json=body)
+            assert_error(answer.status_code, answer.json(), 400)
+            assert why in answer.json()["error"]["message"]
+            assert answer.json()["error"]["param"] == "chat_template_kwargs"
+    with pytest.raises(InvalidArgumentError, match="--chat-template-kwargs: a template variable cannot be named"):
+        ServerConfig(str(smollm2_path), chat_template_kwargs={"messages": []})  # said at the start, not per request
+    # a built-in template (by name) has no variables: they change nothing, as in llama-server without --jinja
+    model = load_model(ServerConfig(str(smollm2_path), n_ctx=256, n_threads=1, chat_template="chatml"))
+    plain = model.chat_prompt(question)
+    assert model.chat_prompt(question, template_kwargs={"enable_thinking": False}) == plain
 
 
 def test_a_thinking_models_reasoning_is_split_from_its_content(smollm2_path) -> None:

@@ -34,7 +34,8 @@ static struct ggml_tensor *rope(const ts_model *m, struct ggml_context *ctx0, st
                                 struct ggml_tensor *pos) {
     const ts_model_info *in = &m->info;
     return ggml_rope_ext(ctx0, x, pos, m->rope_freqs, in->n_rot, m->rope_type, m->n_ctx_orig, in->rope_freq_base,
-                         in->rope_freq_scale, m->rope_ext_factor, m->rope_attn_factor, 32.0f, 1.0f);
+                         in->rope_freq_scale, m->rope_ext_factor, m->rope_attn_factor, m->rope_beta_fast,
+                         m->rope_beta_slow);
 }
 
 /*
@@ -265,7 +266,7 @@ void ts_graph_build(ts_context *ctx, struct ggml_context *ctx0, ts_graph *g) {
         x = ggml_add(ctx0, cur, ffn_inp);
     }
     x = rms_norm(ctx0, x, m->output_norm, in->rms_eps);
-    g->logits = ggml_mul_mat(ctx0, m->output, x);
+    g->logits = matmul_bias(ctx0, m->output, m->output_b, x);
     ggml_set_output(g->logits);
     ggml_build_forward_expand(gf, g->logits);
 }

@@ -182,6 +182,40 @@ static int load_predictor_input(ts_model *m, char *err, size_t err_size) {
     return 0;
 }
 
+/*
+ * YaRN rope scaling (llama.cpp's, as the converter writes it for Qwen's long-context configs): frequencies interpolated
+ * by rope.scaling.factor below the ramp between beta_slow and beta_fast (counted in rotations over the original
+ * context), and the attention's magnitude scaled by 1 + 0.1 ln(factor) times rope.scaling.attn_factor. ggml's rope
+ * multiplies in 1 + 0.1 ln(factor) itself when ext_factor is on, so the attn_factor handed to it cancels that first,
+ * in llama.cpp's float order.
+ */
+static int load_yarn(ts_model *m, char *err, size_t err_size) {
+    int64_t orig = 0;
+    float log_mul = 0.0f, attn_factor = 1.0f;
+    int rc = get_arch_i64(m, TS_ARCH_KEY_ROPE_SCALING_ORIG_CTX, &orig, 0, err, err_size);
+    if (rc < 0 || get_arch_f32(m, TS_ARCH_KEY_ROPE_SCALING_ATTN_FACTOR, &attn_factor, 0, err, err_size) < 0 ||
+        get_arch_f32(m, TS_ARCH_KEY_ROPE_SCALING_BETA_FAST, &m->rope_beta_fast, 0, err, err_size) < 0 ||
+        get_arch_f32(m, TS_ARCH_KEY_ROPE_SCALING_BETA_SLOW, &m->rope_beta_slow, 0, err, err_size) < 0 ||
+        get_arch_f32(m, TS_ARCH_KEY_ROPE_SCALING_LOG_MUL, &log_mul, 0, err, err_size) < 0) {
+        return -1;
+    }
+    if (log_mul != 0.0f) { /* DeepSeek's magnitude rule, which these architectures never carry */
+        return ts_set_error(err, err_size, "%s: %s." TS_ARCH_KEY_ROPE_SCALING_LOG_MUL " is not supported",
+                            m->file->path, m->arch);
+    }
+    if (rc == 0) {
+        if (check_positive(m, TS_ARCH_KEY_ROPE_SCALING_ORIG_CTX, orig, INT32_MAX, err, err_size)) {
+            return -1;
+        }
+        m->n_ctx_orig = (int32_t)orig;
+    }
+    const float factor = 1.0f / m->info.rope_freq_scale;
+    const float mscale = factor <= 1.0f ? 1.0f : 0.1f * logf(factor) + 1.0f;
+    m->rope_ext_factor = 1.0f;
+    m->rope_attn_factor = mscale * (1.0f / (1.0f + 0.1f * logf(factor))) * attn_factor;
+    return 0;
+}
+
 static int load_rope(ts_model *m, char *err, size_t err_size) {
     ts_model_info *in = &m->info;
     in->rope_freq_base = 10000.0f;
@@ -203,9 +237,10 @@ static int load_rope(ts_model *m, char *err, size_t err_size) {
     if (rc == 1 && get_arch_f32(m, TS_ARCH_KEY_ROPE_SCALE_LINEAR, &factor, 0, err, err_size) < 0) {
         return -1;
     }
-    if (strcmp(type, "none") != 0 && strcmp(type, "linear") != 0) {
-        return ts_set_error(err, err_size, "%s: rope scaling type '%s' is not supported (none or linear)", m->file->path,
-                            type);
+    const int yarn = strcmp(type, "yarn") == 0;
+    if (strcmp(type, "none") != 0 && strcmp(type, "linear") != 0 && !yarn) {
+        return ts_set_error(err, err_size, "%s: rope scaling type '%s' is not supported (none, linear or yarn)",
+                            m->file->path, type);
     }
     if (strcmp(type, "none") != 0 && factor > 0.0f) {
         in->rope_freq_scale = 1.0f / factor;
@@ -213,10 +248,15 @@ static int load_rope(ts_model *m, char *err, size_t err_size) {
     if (!(in->rope_freq_base > 0.0f) || !isfinite(in->rope_freq_base)) {
         return ts_set_error(err, err_size, "%s: %s.rope.freq_base must be positive", m->file->path, m->arch);
     }
+    if (!(in->rope_freq_scale > 0.0f) || !isfinite(in->rope_freq_scale)) {
+        return ts_set_error(err, err_size, "%s: %s.rope.scaling.factor must be positive", m->file->path, m->arch);
+    }
     m->rope_ext_factor = 0.0f;
     m->rope_attn_factor = 1.0f;
+    m->rope_beta_fast = 32.0f;
+    m->rope_beta_slow = 1.0f;
     m->n_ctx_orig = in->n_ctx_train;
-    return 0;
+    return yarn ? load_yarn(m, err, err_size) : 0;
 }
 
 /* Mixture of experts: expert_count and expert_used_count together, 1 <= used <= count (neither: a dense FFN). */
@@ -292,6 +332,14 @@ static int load_hparams(ts_model *m, char *err, size_t err_size) {
     }
     m->rope_type = arch->rope_type;
     m->qk_norm = arch->qk_norm;
+    int64_t causal = 1;
+    if (get_arch_i64(m, TS_ARCH_KEY_CAUSAL, &causal, 0, err, err_size) < 0) {
+        return -1;
+    }
+    if (causal == 0) { /* llama.cpp then attends both ways (embedding models): this graph only looks back */
+        return ts_set_error(err, err_size, "%s: %s." TS_ARCH_KEY_CAUSAL " is false (attention both ways, an embedding "
+                            "model): turbosparse decodes causal language models only", m->file->path, m->arch);
+    }
     if (get_arch_i64(m, TS_ARCH_KEY_BLOCK_COUNT, &v, 1, err, err_size) || check_positive(m, TS_ARCH_KEY_BLOCK_COUNT, v, TS_MAX_LAYERS, err, err_size)) {
         return -1;
     }
@@ -433,6 +481,7 @@ static const tensor_spec MODEL_TENSORS[] = {
     {TS_TENSOR_OUTPUT_NORM, NULL, ROLE_NORM, MODEL_SLOT(output_norm), 1, {DIM_EMBD, DIM_1, DIM_1}},
     {TS_TENSOR_OUTPUT, NULL, ROLE_MATRIX, MODEL_SLOT(output), 0, {DIM_EMBD, DIM_VOCAB, DIM_1}}, /* absent: tied */
     {TS_TENSOR_ROPE_FREQS, NULL, ROLE_ROPE, MODEL_SLOT(rope_freqs), 0, {DIM_ROT_HALF, DIM_1, DIM_1}},
+    {TS_TENSOR_OUTPUT_BIAS, NULL, ROLE_BIAS, MODEL_SLOT(output_b), 0, {DIM_VOCAB, DIM_1, DIM_1}},
 };
 enum { SPEC_OUTPUT = 2 };
 

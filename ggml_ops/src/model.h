@@ -51,8 +51,9 @@ struct ts_model {
     int32_t rope_type;       /* GGML_ROPE_TYPE_* */
     int32_t qk_norm;         /* queries and keys RMS-normed per head before the rope (qwen3) */
     int32_t n_ctx_orig;
-    float rope_ext_factor;
+    float rope_ext_factor;   /* YaRN: 1, else 0 */
     float rope_attn_factor;
+    float rope_beta_fast, rope_beta_slow; /* YaRN's ramp between interpolated and extrapolated frequencies */
 
     ggml_backend_dev_t device;         /* where the weights live (device.h) */
     int32_t on_cpu;                    /* device is the CPU: weights mapped or repacked, graphs on the CPU backend */
@@ -72,6 +73,7 @@ struct ts_model {
     struct ggml_tensor *tok_embd;    /* [n_embd, n_vocab] */
     struct ggml_tensor *output_norm; /* [n_embd] */
     struct ggml_tensor *output;      /* [n_embd, n_vocab] (may be a repacked copy of tok_embd) */
+    struct ggml_tensor *output_b;    /* [n_vocab], optional (a Qwen2 checkpoint's lm_head bias) */
     struct ggml_tensor *rope_freqs;  /* [n_rot/2], optional (Llama 3) */
     ts_layer *layers;
     int32_t *pred_rank;              /* per layer, 0 = no predictor */

@@ -44,7 +44,22 @@ def _tojson(value: Any, indent: int | None = None, separators: Any = None, sort_
 
 
 # what every template is given; template variables (llama-server's chat_template_kwargs) cannot replace them
-_GIVEN = ("messages", "add_generation_prompt", "bos_token", "eos_token")
+_GIVEN = ("messages", "add_generation_prompt", "bos_token", "eos_token", "raise_exception", "strftime_now")
+
+
+def checked_variables(variables: Mapping[str, Any]) -> dict[str, Any]:
+    """Template variables (llama-server's chat_template_kwargs) as a template is given them; ChatTemplateError for a
+    name the template is given anyway, or an enable_thinking that is not a boolean (llama-server's check: a string
+    "false" would turn nothing off)."""
+    if not isinstance(variables, Mapping):
+        raise ChatTemplateError(f"template variables are a JSON object ({{name: value}}), got {variables!r}")
+    taken = [name for name in variables if name in _GIVEN]
+    if taken:
+        raise ChatTemplateError(f"a template variable cannot be named {taken[0]!r}: the template is given its own")
+    thinking = variables.get("enable_thinking")
+    if thinking is not None and not isinstance(thinking, bool):
+        raise ChatTemplateError(f"enable_thinking must be true or false, got {thinking!r}")
+    return dict(variables)
 
 
 class ChatTemplate:
@@ -81,18 +96,15 @@ class ChatTemplate:
     ) -> str:
         """The prompt text for messages ([{"role": ..., "content": ...}, ...]); variables go to the template too
         (llama-server's chat_template_kwargs: {"enable_thinking": False} for Qwen3's, ...)."""
-        variables = variables or {}
-        taken = [name for name in variables if name in _GIVEN]
-        if taken:
-            raise ChatTemplateError(f"a template variable cannot be named {taken[0]!r}: the template is given its own")
+        context = {
+            **checked_variables(variables or {}),
+            "messages": [dict(m) for m in messages],
+            "add_generation_prompt": add_generation_prompt,
+            "bos_token": self.bos_token,
+            "eos_token": self.eos_token,
+        }
         try:
-            return self._template.render(
-                messages=[dict(m) for m in messages],
-                add_generation_prompt=add_generation_prompt,
-                bos_token=self.bos_token,
-                eos_token=self.eos_token,
-                **variables,
-            )
+            return self._template.render(context)
         except Exception as exc:  # whatever the template makes of the messages (a TypeError on a None, ...)
             raise ChatTemplateError(f"the chat template refused the messages: {exc}") from None
 
@@ -114,15 +126,8 @@ class BuiltinChatTemplate:
             raise ChatTemplateError(f"{name!r} is not one of llama.cpp's built-in chat templates")
         self.name = name
 
-    def render(
-        self,
-        messages: Sequence[Mapping[str, Any]],
-        *,
-        add_generation_prompt: bool = True,
-        variables: Mapping[str, Any] | None = None,
-    ) -> str:
-        """The prompt text for messages (roles and string contents only: a built-in template reads nothing else, and
-        no variables: llama-server gives its chat_template_kwargs to Jinja templates only)."""
+    def render(self, messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = True) -> str:
+        """The prompt text for messages (roles and string contents only: a built-in template reads nothing else)."""
         texts = []
         for i, message in enumerate(messages):
             role, content = message.get("role"), message.get("content")

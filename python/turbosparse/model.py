@@ -23,7 +23,7 @@ from turbosparse.binding import (
     find_device,
     sparse_mode_named,
 )
-from turbosparse.chat_template import BuiltinChatTemplate, ChatTemplate
+from turbosparse.chat_template import BuiltinChatTemplate, ChatTemplate, checked_variables
 from turbosparse.errors import (
     ChatTemplateError,
     ContextOverflowError,
@@ -486,8 +486,11 @@ class Model:
     ) -> str:
         """The prompt text the file's chat template makes of messages ([{"role": ..., "content": ...}]), given
         chat_template_kwargs and over them template_kwargs as variables ({"enable_thinking": False}: Qwen3's)."""
-        variables = {**self.chat_template_kwargs, **(template_kwargs or {})}
-        return self.chat_template.render(messages, add_generation_prompt=add_generation_prompt, variables=variables)
+        variables = checked_variables({**self.chat_template_kwargs, **checked_variables(template_kwargs or {})})
+        template = self.chat_template
+        if isinstance(template, BuiltinChatTemplate):  # it has no variables (llama-server without --jinja ignores them)
+            return template.render(messages, add_generation_prompt=add_generation_prompt)
+        return template.render(messages, add_generation_prompt=add_generation_prompt, variables=variables)
 
     def chat_tokens(
         self,

@@ -11,10 +11,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from turbosparse.binding import SparseMode
-from turbosparse.chat_template import chat_template_from
+from turbosparse.chat_template import chat_template_from, checked_variables
 from turbosparse.cli.conversation import Conversation, converse
 from turbosparse.default import default_model
-from turbosparse.errors import InvalidArgumentError
+from turbosparse.errors import ChatTemplateError, InvalidArgumentError
 from turbosparse.grammar import Grammar
 from turbosparse.model import Model
 from turbosparse.sampling import SamplingParams
@@ -71,7 +71,10 @@ def json_object(text: str) -> dict[str, object]:
         raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError(f'a JSON object is expected ({{"name": value, ...}}), got {text!r}')
-    return value
+    try:
+        return checked_variables(value)
+    except ChatTemplateError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def chat_template_text(args: argparse.Namespace) -> str | None:

@@ -21,7 +21,7 @@ from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from turbosparse.chat_template import ChatTemplate, chat_template_from
+from turbosparse.chat_template import ChatTemplate, chat_template_from, checked_variables
 from turbosparse.completions import (
     ChatCompletionChunks,
     CompletionMeta,
@@ -31,7 +31,7 @@ from turbosparse.completions import (
     text_completion,
     usage,
 )
-from turbosparse.errors import ContextOverflowError, GrammarError
+from turbosparse.errors import ChatTemplateError, ContextOverflowError, GrammarError
 from turbosparse.generation import FinishReason, Generation
 from turbosparse.logprobs import prompt_text
 from turbosparse.model import Model
@@ -230,6 +230,10 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
         model, engine = ready()
+        try:
+            checked_variables(body.chat_template_kwargs or {})
+        except ChatTemplateError as exc:
+            raise APIError(400, str(exc), param="chat_template_kwargs") from None
         try:
             # a final assistant message is continued, as llama-server's prefill_assistant (on by default) does: its
             # text parts follow one another as they are

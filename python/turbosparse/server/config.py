@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from turbosparse.errors import InvalidArgumentError
+from turbosparse.chat_template import checked_variables
+from turbosparse.errors import ChatTemplateError, InvalidArgumentError
 from turbosparse.reasoning import REASONING_FORMATS
 
 
@@ -38,6 +39,10 @@ class ServerConfig:
             raise InvalidArgumentError(f"--queue-size must be >= 0, got {self.queue_size}")
         if not 0 <= self.port <= 65535:
             raise InvalidArgumentError(f"--port must be 0-65535, got {self.port}")
+        try:
+            checked_variables(self.chat_template_kwargs)
+        except ChatTemplateError as exc:
+            raise InvalidArgumentError(f"--chat-template-kwargs: {exc}") from None
         if self.reasoning_format not in REASONING_FORMATS:
             raise InvalidArgumentError(
                 f"--reasoning-format must be one of {', '.join(REASONING_FORMATS)}, got {self.reasoning_format!r}"
