@@ -178,6 +178,19 @@ def test_yarn_rope_scaling_is_llama_cpps(tmp_path: Path, spm_dir: Path) -> None:
     with torch.no_grad():
         assert rel_error(theirs, model(torch.tensor([tokens])).logits[0].numpy()) <= TOLERANCE
     np.testing.assert_array_equal(Model(path, n_threads=2, n_ctx=256, sparse="off").eval_logits(tokens), theirs)
+    # rope.scaling.attn_factor scales the magnitude whatever the scaling; YaRN's beta keys llama.cpp does not read here
+    F32 = gguf.GGUFValueType.FLOAT32
+    variants = {
+        "yarn": {"qwen2.rope.scaling.attn_factor": (0.8, F32), "qwen2.rope.scaling.yarn_beta_fast": (0.5, F32),
+                 "qwen2.rope.scaling.yarn_beta_slow": (0.01, F32)},
+        "linear": {"qwen2.rope.scaling.type": ("linear", gguf.GGUFValueType.STRING),
+                   "qwen2.rope.scaling.attn_factor": (0.5, F32)},
+    }  # fmt: skip
+    for name, keys in variants.items():
+        variant = rewritten(path, tmp_path / f"{name}.gguf", keys=keys)
+        theirs = llama_cpp_logits(variant, tokens, n_ctx=256)
+        ours = Model(variant, n_threads=2, n_ctx=256, sparse="off").eval_logits(tokens)
+        np.testing.assert_array_equal(ours, theirs, err_msg=name)
 
 
 def test_an_output_bias_is_added_and_bidirectional_attention_refused(qwen, tokens: list[int], tmp_path: Path) -> None:

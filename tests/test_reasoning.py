@@ -17,7 +17,7 @@ CASES = [  # (answer, the prompt left <think> open, (reasoning, content))
     ("<think>unfinished thought\n", False, ("unfinished thought", "")),  # cut by max_tokens
     ("<thi", False, ("", "<thi")),
     ("\n\n", False, ("", "\n\n")),
-    ("<think>a</thi", False, ("a</thi", "")),
+    ("<think>a</thi", False, ("a", "")),  # a </think> cut short by max_tokens is dropped, as llama-server does
     ("<think></think>ans", False, ("", "ans")),
     ("<think> a \n b </think> c <think>d</think>", False, ("a \n b", "c <think>d</think>")),
     ("", True, ("", "")),
@@ -53,5 +53,16 @@ def test_nothing_is_held_back_that_cannot_be_a_tag() -> None:
 
 def test_which_prompts_are_split() -> None:
     assert open_at_end("<|im_start|>assistant\n<think>\n") and not open_at_end("<think>\n\n</think>\n\n")
+    assert not open_at_end("What does a <think> tag mean?<|im_end|>\n<|im_start|>assistant\n")  # only at the end
     assert thinks("{{ '<think>' }}...{{ '</think>' }}", "no tags") and thinks(None, "A: <think>")
     assert not thinks("{% for m in messages %}{{ m.content }}{% endfor %}", "A:")
+
+
+def test_where_the_reasoning_is() -> None:
+    splitter = ReasoningSplitter(open_at_start=False)
+    splitter.feed("  <thi")
+    assert not splitter.reasoned
+    splitter.feed("nk>hmm")
+    assert splitter.reasoned and not splitter.closed
+    splitter.feed("</think>")
+    assert splitter.reasoned and splitter.closed

@@ -640,11 +640,39 @@ def test_chat_template_kwargs_from_the_flag_and_each_request(smollm2_path, smoll
     assert model.chat_prompt(question, template_kwargs={"enable_thinking": False}) == plain
 
 
+OPEN_THINKING_TEMPLATE = (  # as DeepSeek-R1's: the answer starts inside its reasoning
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n<think>\n{% endif %}"
+)
+
+
+def answer_parts(reply: Any, stream: bool = False) -> dict[str, str]:
+    """A chat answer's content and reasoning_content, from the message or joined from the streamed deltas."""
+    assert reply.status_code == 200, reply.text
+    if not stream:
+        message = reply.json()["choices"][0]["message"]
+        return {k: message[k] for k in ("content", "reasoning_content") if k in message}
+    parts: dict[str, str] = {}
+    for line in reply.text.splitlines():
+        if line.startswith("data: {"):
+            for key, text in json.loads(line[6:])["choices"][0]["delta"].items():
+                if key != "role":
+                    parts[key] = parts.get(key, "") + text
+    return parts
+
+
+def tokens_of(client: Any, text: str) -> list[int]:
+    """text's tokens, special tokens parsed, by the server's /tokenize."""
+    answer = client.post("/tokenize", json={"content": text, "parse_special": True})
+    return answer.json()["tokens"]
+
+
 def test_a_thinking_models_reasoning_is_split_from_its_content(smollm2_path) -> None:
     """llama-server's reasoning formats: with a template that thinks, <think>...</think> at the answer's start goes to
-    reasoning_content (auto, deepseek), to both (deepseek-legacy) or stays in content (none, a request's over the
-    flag's); streamed deltas add up to the same; a prompt that leaves <think> open (a prefill, as DeepSeek-R1's
-    template) makes the answer reasoning until </think>; --reasoning-budget 0 sets enable_thinking false."""
+    reasoning_content (auto, deepseek; deepseek-legacy streamed: in content between the tags) or stays in content
+    (none, a request's over the flag's); streamed deltas add up to the same; a prompt that ends in <think>
+    (DeepSeek-R1's template) makes the answer reasoning until </think>, unless the answer is held to JSON or thinking
+    is off (then the prompt is closed); --reasoning-budget 0 sets enable_thinking false."""
     from fastapi.testclient import TestClient
 
     from turbosparse.errors import InvalidArgumentError
@@ -661,29 +689,20 @@ def test_a_thinking_models_reasoning_is_split_from_its_content(smollm2_path) -> 
         while client.get("/health").status_code != 200 and time.monotonic() < deadline:
             time.sleep(0.1)
 
-        def ask(stream: bool = False, **extra: Any) -> dict[str, str]:
-            body = {"messages": question, "max_tokens": 40, "grammar": grammar, "stream": stream, **extra}
-            reply = client.post("/v1/chat/completions", json=body)
-            assert reply.status_code == 200, reply.text
-            if not stream:
-                message = reply.json()["choices"][0]["message"]
-                return {k: message[k] for k in ("content", "reasoning_content") if k in message}
-            parts: dict[str, str] = {}
-            for line in reply.text.splitlines():
-                if line.startswith("data: {"):
-                    for key, text in json.loads(line[6:])["choices"][0]["delta"].items():
-                        if key != "role":
-                            parts[key] = parts.get(key, "") + text
-            return parts
+        def ask(stream: bool = False, messages: list | None = None, **extra: Any) -> dict[str, str]:
+            body = {"messages": messages or question, "max_tokens": 40, "grammar": grammar, "stream": stream, **extra}
+            return answer_parts(client.post("/v1/chat/completions", json=body), stream)
 
         split = {"content": "Yes.", "reasoning_content": "It is day."}
         whole = "<think>\nIt is day.\n</think>\n\nYes."
-        legacy = {"content": whole, "reasoning_content": "It is day."}
         for stream in (False, True):
             assert ask(stream) == split
             assert ask(stream, reasoning_format="deepseek") == split
             assert ask(stream, reasoning_format="none") == {"content": whole}
+            legacy = {"content": "<think>It is day.</think>Yes."} if stream else split  # llama-server's
             assert ask(stream, reasoning_format="deepseek-legacy") == legacy
+        naming = [{"role": "user", "content": "What does a <think> tag mean?"}]  # a tag in a message opens nothing
+        assert ask(messages=naming) == split
         answer = client.post("/v1/chat/completions", json={"messages": question, "reasoning_format": "deep"})
         assert_error(answer.status_code, answer.json(), 400)
         # the prompt leaves <think> open: the answer is reasoning until </think>
@@ -694,6 +713,23 @@ def test_a_thinking_models_reasoning_is_split_from_its_content(smollm2_path) -> 
         raw_reply = raw["choices"][0]["message"]
         assert split_reply["content"] == "" and "reasoning_content" not in raw_reply
         assert split_reply["reasoning_content"] == raw_reply["content"].strip() != ""
+    # DeepSeek-R1's template opens the reasoning itself
+    config = ServerConfig(str(smollm2_path), n_ctx=256, n_threads=2, chat_template=OPEN_THINKING_TEMPLATE)
+    with TestClient(create_app(config)) as client:
+        deadline = time.monotonic() + 120
+        while client.get("/health").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        body = {"messages": question, "max_tokens": 6, "temperature": 0}
+        reply = client.post("/v1/chat/completions", json=body).json()
+        assert reply["choices"][0]["message"]["content"] == "" and reply["choices"][0]["message"]["reasoning_content"]
+        held_to_json = answer_parts(
+            client.post("/v1/chat/completions", json={**body, "response_format": {"type": "json_object"}})
+        )
+        assert held_to_json["content"] and "reasoning_content" not in held_to_json
+        off = client.post("/v1/chat/completions", json={**body, "chat_template_kwargs": {"enable_thinking": False}})
+        close = len(tokens_of(client, "</think>"))
+        assert off.json()["usage"]["prompt_tokens"] == reply["usage"]["prompt_tokens"] + close  # closed
+        assert "reasoning_content" not in off.json()["choices"][0]["message"]
     # an earlier answer's reasoning reaches the template (Qwen3's renders it in a tool-calling turn)
     earlier = ChatMessage(role="assistant", content="Yes.", reasoning_content="It is day.").for_template()
     assert earlier == {"role": "assistant", "content": "Yes.", "reasoning_content": "It is day."}

@@ -40,8 +40,6 @@
 #define TS_ARCH_KEY_ROPE_SCALE_LINEAR "rope.scale_linear"
 #define TS_ARCH_KEY_ROPE_SCALING_ORIG_CTX "rope.scaling.original_context_length"
 #define TS_ARCH_KEY_ROPE_SCALING_ATTN_FACTOR "rope.scaling.attn_factor"
-#define TS_ARCH_KEY_ROPE_SCALING_BETA_FAST "rope.scaling.yarn_beta_fast"
-#define TS_ARCH_KEY_ROPE_SCALING_BETA_SLOW "rope.scaling.yarn_beta_slow"
 #define TS_ARCH_KEY_ROPE_SCALING_LOG_MUL "rope.scaling.yarn_log_multiplier"
 #define TS_ARCH_KEY_CAUSAL "attention.causal"
 #define TS_ARCH_KEY_EXPERT_COUNT "expert_count"

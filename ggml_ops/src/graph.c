@@ -34,8 +34,7 @@ static struct ggml_tensor *rope(const ts_model *m, struct ggml_context *ctx0, st
                                 struct ggml_tensor *pos) {
     const ts_model_info *in = &m->info;
     return ggml_rope_ext(ctx0, x, pos, m->rope_freqs, in->n_rot, m->rope_type, m->n_ctx_orig, in->rope_freq_base,
-                         in->rope_freq_scale, m->rope_ext_factor, m->rope_attn_factor, m->rope_beta_fast,
-                         m->rope_beta_slow);
+                         in->rope_freq_scale, m->rope_ext_factor, m->rope_attn_factor, 32.0f, 1.0f);
 }
 
 /*

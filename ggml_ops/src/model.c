@@ -184,19 +184,16 @@ static int load_predictor_input(ts_model *m, char *err, size_t err_size) {
 
 /*
  * YaRN rope scaling (llama.cpp's, as the converter writes it for Qwen's long-context configs): frequencies interpolated
- * by rope.scaling.factor below the ramp between beta_slow and beta_fast (counted in rotations over the original
- * context), and the attention's magnitude scaled by 1 + 0.1 ln(factor) times rope.scaling.attn_factor. ggml's rope
+ * by rope.scaling.factor below a ramp between 1 and 32 rotations over the original context (llama.cpp's defaults;
+ * it reads no other for these architectures), and the attention's magnitude scaled by 1 + 0.1 ln(factor). ggml's rope
  * multiplies in 1 + 0.1 ln(factor) itself when ext_factor is on, so the attn_factor handed to it cancels that first,
  * in llama.cpp's float order.
  */
 static int load_yarn(ts_model *m, char *err, size_t err_size) {
     int64_t orig = 0;
-    float log_mul = 0.0f, attn_factor = 1.0f;
-    int rc = get_arch_i64(m, TS_ARCH_KEY_ROPE_SCALING_ORIG_CTX, &orig, 0, err, err_size);
-    if (rc < 0 || get_arch_f32(m, TS_ARCH_KEY_ROPE_SCALING_ATTN_FACTOR, &attn_factor, 0, err, err_size) < 0 ||
-        get_arch_f32(m, TS_ARCH_KEY_ROPE_SCALING_BETA_FAST, &m->rope_beta_fast, 0, err, err_size) < 0 ||
-        get_arch_f32(m, TS_ARCH_KEY_ROPE_SCALING_BETA_SLOW, &m->rope_beta_slow, 0, err, err_size) < 0 ||
-        get_arch_f32(m, TS_ARCH_KEY_ROPE_SCALING_LOG_MUL, &log_mul, 0, err, err_size) < 0) {
+    float log_mul = 0.0f;
+    const int rc = get_arch_i64(m, TS_ARCH_KEY_ROPE_SCALING_ORIG_CTX, &orig, 0, err, err_size);
+    if (rc < 0 || get_arch_f32(m, TS_ARCH_KEY_ROPE_SCALING_LOG_MUL, &log_mul, 0, err, err_size) < 0) {
         return -1;
     }
     if (log_mul != 0.0f) { /* DeepSeek's magnitude rule, which these architectures never carry */
@@ -212,7 +209,7 @@ static int load_yarn(ts_model *m, char *err, size_t err_size) {
     const float factor = 1.0f / m->info.rope_freq_scale;
     const float mscale = factor <= 1.0f ? 1.0f : 0.1f * logf(factor) + 1.0f;
     m->rope_ext_factor = 1.0f;
-    m->rope_attn_factor = mscale * (1.0f / (1.0f + 0.1f * logf(factor))) * attn_factor;
+    m->rope_attn_factor = mscale * (1.0f / (1.0f + 0.1f * logf(factor))) * m->rope_attn_factor;
     return 0;
 }
 
@@ -252,9 +249,10 @@ static int load_rope(ts_model *m, char *err, size_t err_size) {
         return ts_set_error(err, err_size, "%s: %s.rope.scaling.factor must be positive", m->file->path, m->arch);
     }
     m->rope_ext_factor = 0.0f;
-    m->rope_attn_factor = 1.0f;
-    m->rope_beta_fast = 32.0f;
-    m->rope_beta_slow = 1.0f;
+    m->rope_attn_factor = 1.0f; /* rope.scaling.attn_factor: llama.cpp scales the magnitude by it whatever the type */
+    if (get_arch_f32(m, TS_ARCH_KEY_ROPE_SCALING_ATTN_FACTOR, &m->rope_attn_factor, 0, err, err_size) < 0) {
+        return -1;
+    }
     m->n_ctx_orig = in->n_ctx_train;
     return yarn ? load_yarn(m, err, err_size) : 0;
 }

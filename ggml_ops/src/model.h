@@ -53,7 +53,6 @@ struct ts_model {
     int32_t n_ctx_orig;
     float rope_ext_factor;   /* YaRN: 1, else 0 */
     float rope_attn_factor;
-    float rope_beta_fast, rope_beta_slow; /* YaRN's ramp between interpolated and extrapolated frequencies */
 
     ggml_backend_dev_t device;         /* where the weights live (device.h) */
     int32_t on_cpu;                    /* device is the CPU: weights mapped or repacked, graphs on the CPU backend */

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jinja2
+import jinja2.defaults
 import jinja2.ext
 import jinja2.nodes
 import jinja2.sandbox
@@ -43,8 +44,10 @@ def _tojson(value: Any, indent: int | None = None, separators: Any = None, sort_
     return json.dumps(value, ensure_ascii=False, indent=indent, separators=separators, sort_keys=sort_keys)
 
 
-# what every template is given; template variables (llama-server's chat_template_kwargs) cannot replace them
-_GIVEN = ("messages", "add_generation_prompt", "bos_token", "eos_token", "raise_exception", "strftime_now")
+# what every template is given (Jinja2's own globals too: namespace, range, ...); template variables (llama-server's
+# chat_template_kwargs) cannot replace them
+_GIVEN = ("messages", "add_generation_prompt", "bos_token", "eos_token", "raise_exception", "strftime_now",
+          *jinja2.defaults.DEFAULT_NAMESPACE)  # fmt: skip
 
 
 def checked_variables(variables: Mapping[str, Any]) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from typing import Any
 
 from turbosparse.generation import FinishReason, Generation
 from turbosparse.logprobs import ReleasedLogprobs, chat_logprobs, completion_logprobs
-from turbosparse.reasoning import ReasoningSplitter, Split
+from turbosparse.reasoning import CLOSE, OPEN, ReasoningSplitter, Split, split_whole
 from turbosparse.tokenizer import Tokenizer
 
 
@@ -162,10 +162,11 @@ class TextCompletionChunks:
 @dataclass(frozen=True)
 class ReasoningSplit:
     """How a chat answer is split into reasoning and content (reasoning.py): open_at_start, the prompt left a
-    `<think>` open; keep_in_content, the content is the whole text all the same (llama-server's deepseek-legacy)."""
+    `<think>` open; inline_when_streamed, llama-server's deepseek-legacy: a streamed answer's reasoning stays in its
+    content, between `<think>` and `</think>` (an answer not streamed is split all the same)."""
 
     open_at_start: bool = False
-    keep_in_content: bool = False
+    inline_when_streamed: bool = False
 
 
 class ChatCompletionChunks:
@@ -182,6 +183,7 @@ class ChatCompletionChunks:
         self._released = ReleasedLogprobs(gen.token_logprobs) if gen.logprobs is not None else None
         self._reasoning = reasoning
         self._splitter = None if reasoning is None else ReasoningSplitter(open_at_start=reasoning.open_at_start)
+        self._inline_tags = {OPEN: False, CLOSE: False}  # deepseek-legacy's tags, once written
 
     def first(self) -> list[dict]:
         return [chat_completion_chunk(self._meta, {"role": "assistant"}, None)]
@@ -189,7 +191,7 @@ class ChatCompletionChunks:
     def piece(self, text: str) -> dict | None:
         """A streamed chunk: a piece of released text (None when it carries no text and no token)."""
         scores = self.scores(text, end=False)
-        delta = {"content": text} if self._splitter is None else self._delta(self._splitter.feed(text), text)
+        delta = {"content": text} if self._splitter is None else self._delta(self._splitter.feed(text))
         if not any(delta.values()) and not (scores and scores["content"]):
             return None
         return chat_completion_chunk(self._meta, delta, None, scores)
@@ -197,22 +199,33 @@ class ChatCompletionChunks:
     def last(self, reason: FinishReason | None) -> dict:
         """The streamed chunk that finishes (with the text held back and the tokens left to report, if any)."""
         scores = self.scores("", end=True)
-        delta = {} if self._splitter is None else self._delta(self._splitter.finish(), "")
+        delta = {} if self._splitter is None else self._delta(self._splitter.finish())
         return chat_completion_chunk(self._meta, delta, reason, scores if scores and scores["content"] else None)
 
     def message(self, answer: str) -> tuple[str, str | None]:
         """A whole answer's content and reasoning (None: not split)."""
-        if self._splitter is None:
+        if self._reasoning is None:
             return answer, None
-        first, rest = self._splitter.feed(answer), self._splitter.finish()
-        kept = self._reasoning is not None and self._reasoning.keep_in_content
-        return (answer if kept else first.content + rest.content), first.reasoning + rest.reasoning
+        split = split_whole(answer, open_at_start=self._reasoning.open_at_start)
+        return split.content, split.reasoning
 
-    def _delta(self, split: Split, text: str) -> dict[str, str]:
-        """A split piece as a delta: its parts that hold text (the content the whole piece when kept in it)."""
-        content = text if self._reasoning is not None and self._reasoning.keep_in_content else split.content
-        delta = {"reasoning_content": split.reasoning} if split.reasoning else {}
-        return {**delta, "content": content} if content else delta
+    def _delta(self, split: Split) -> dict[str, str]:
+        """A split piece as a delta: its parts that hold text, or with deepseek-legacy all of it as content, the
+        reasoning between the tags."""
+        assert self._reasoning is not None and self._splitter is not None
+        if not self._reasoning.inline_when_streamed:
+            delta = {"reasoning_content": split.reasoning} if split.reasoning else {}
+            return {**delta, "content": split.content} if split.content else delta
+        text = self._inline_tag(OPEN, self._splitter.reasoned) + split.reasoning
+        text += self._inline_tag(CLOSE, self._splitter.closed) + split.content
+        return {"content": text} if text else {}
+
+    def _inline_tag(self, tag: str, due: bool) -> str:
+        """tag's text the first time it is due, else nothing."""
+        if not due or self._inline_tags[tag]:
+            return ""
+        self._inline_tags[tag] = True
+        return tag
 
     def scores(self, text: str, *, end: bool) -> dict | None:
         """The log-probabilities of the tokens text releases (end: the answer is complete), None when not kept."""

@@ -6,24 +6,26 @@ piece by piece as the text streams, holding back only what might still turn out 
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass
 from enum import Enum
 from typing import Literal
 
 OPEN, CLOSE = "<think>", "</think>"
 ReasoningFormat = Literal["none", "auto", "deepseek", "deepseek-legacy"]
-REASONING_FORMATS: tuple[str, ...] = ("none", "auto", "deepseek", "deepseek-legacy")
+REASONING_FORMATS: tuple[str, ...] = typing.get_args(ReasoningFormat)
 
 
-def thinks(template_source: str | None, prompt: str) -> bool:
+def thinks(template_source: str | None, prompt_end: str) -> bool:
     """Whether to look for reasoning: the chat template writes think tags (Qwen3, QwQ, DeepSeek-R1), or the prompt
-    leaves one open."""
-    return (template_source is not None and CLOSE in template_source) or open_at_end(prompt)
+    (prompt_end: its last characters) leaves one open."""
+    return (template_source is not None and CLOSE in template_source) or open_at_end(prompt_end)
 
 
-def open_at_end(prompt: str) -> bool:
-    """The prompt ends inside a reasoning block: its last `<think>` is not closed."""
-    return prompt.rfind(OPEN) > prompt.rfind(CLOSE)
+def open_at_end(prompt_end: str) -> bool:
+    """The prompt ends with `<think>` (and blanks), as DeepSeek-R1's template leaves it: the answer starts inside its
+    reasoning. (A `<think>` anywhere before, a user's message naming the tag, does not count.)"""
+    return prompt_end.rstrip().endswith(OPEN)
 
 
 class _State(Enum):
@@ -48,6 +50,12 @@ class ReasoningSplitter:
         self._state = _State.REASONING if open_at_start else _State.START
         self._held = ""  # text not yet given out: a possible tag's start, blanks at the reasoning's start or end
         self._reasoning_started = False  # some reasoning text was given out (later blanks are inside it)
+        self.closed = False  # the reasoning ended (`</think>`)
+
+    @property
+    def reasoned(self) -> bool:
+        """The answer is, or was, inside its reasoning."""
+        return self._state is _State.REASONING or self.closed
 
     def feed(self, text: str) -> Split:
         out = Split()
@@ -59,13 +67,12 @@ class ReasoningSplitter:
                 return out
 
     def finish(self) -> Split:
-        """What was held back, at the answer's end: an unfinished tag is text; blanks around reasoning are dropped."""
+        """What was held back, at the answer's end: an unfinished `<think>` is content; in the reasoning, what is held
+        (blanks, the start of a `</think>` cut short) is dropped, as llama-server drops it."""
         out = Split()
         self._step(out, final=True)
         if self._state is _State.START or self._state is _State.CONTENT:
             out.content += self._held
-        elif self._state is _State.REASONING:
-            self._give_reasoning(out, self._held.rstrip())
         self._held = ""
         return out
 
@@ -82,6 +89,7 @@ class ReasoningSplitter:
             if end >= 0:
                 self._give_reasoning(out, held[:end].rstrip())
                 self._state, self._held = _State.CONTENT_START, held[end + len(CLOSE) :]
+                self.closed = True
                 return
             keep = _tag_start_at_end(held, CLOSE)
             text, rest = held[: len(held) - keep], held[len(held) - keep :]

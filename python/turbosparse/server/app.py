@@ -35,7 +35,7 @@ from turbosparse.errors import ChatTemplateError, ContextOverflowError, GrammarE
 from turbosparse.generation import FinishReason, Generation
 from turbosparse.logprobs import prompt_text
 from turbosparse.model import Model
-from turbosparse.reasoning import open_at_end, thinks
+from turbosparse.reasoning import CLOSE, open_at_end, thinks
 from turbosparse.server.config import ServerConfig
 from turbosparse.server.engine import Engine, Event, Job, QueueFullError
 from turbosparse.server.errors import APIError, error_body, error_response, install_handlers
@@ -242,7 +242,12 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
             tokens = model.chat_tokens(messages, prefill_assistant=True, template_kwargs=body.chat_template_kwargs)
         except ValueError as exc:  # no template (the error says how to give one), one that is not UTF-8 or refuses
             raise APIError(400, str(exc), param="messages") from None  # the messages (ChatTemplateError); bad text
-        reasoning = _reasoning_split(model, tokens, body.reasoning_format or config.reasoning_format)
+        variables = {**model.chat_template_kwargs, **(body.chat_template_kwargs or {})}
+        if variables.get("enable_thinking") is False and open_at_end(model.detokenize(tokens[-16:], special=True)):
+            # thinking off, and a template that opens the reasoning anyway (DeepSeek-R1's): closed, as llama-server does
+            tokens = [*tokens, *model.tokenize(CLOSE, add_bos=False, special=True)]
+        reasoning_format = "none" if body.answers_json else body.reasoning_format or config.reasoning_format
+        reasoning = _reasoning_split(model, tokens, reasoning_format)
         job, queue = await _submit(model, engine, tokens, body, "messages", body.n_top)
         gen = job.generation
         meta = CompletionMeta.new("chatcmpl", config.model_name)
@@ -269,15 +274,16 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
 
 def _reasoning_split(model: Model, tokens: list[int], reasoning_format: str) -> ReasoningSplit | None:
     """How the answer to a chat prompt is split into reasoning and content (llama-server's reasoning formats:
-    "none" keeps it whole; the others split a thinking model's answers, "deepseek-legacy" keeping the content
-    whole too); None: not split."""
+    "none" keeps it whole; the others split a thinking model's answers, "deepseek-legacy" leaving a streamed
+    answer's reasoning in its content between the tags); None: not split."""
     if reasoning_format == "none":
         return None
-    prompt = model.detokenize(tokens, special=True)
+    prompt_end = model.detokenize(tokens[-16:], special=True)  # whether it leaves a <think> open
     template = model.chat_template
-    if not thinks(template.source if isinstance(template, ChatTemplate) else None, prompt):
+    if not thinks(template.source if isinstance(template, ChatTemplate) else None, prompt_end):
         return None
-    return ReasoningSplit(open_at_start=open_at_end(prompt), keep_in_content=reasoning_format == "deepseek-legacy")
+    legacy = reasoning_format == "deepseek-legacy"
+    return ReasoningSplit(open_at_start=open_at_end(prompt_end), inline_when_streamed=legacy)
 
 
 def _piece(model: Model, token: int) -> str | list[int]:

@@ -256,6 +256,13 @@ class ChatCompletionRequest(_Generate):
         return {**super()._constraints(), "response_format": None if text else self.response_format}
 
     @property
+    def answers_json(self) -> bool:
+        """The answer is held to JSON (json_schema, a JSON response_format): never split into reasoning and content,
+        as llama-server's thinking formats are not used with a schema."""
+        constraints = self._constraints()
+        return constraints["json_schema"] is not None or constraints["response_format"] is not None
+
+    @property
     def n_top(self) -> int | None:
         """Alternatives per token when log-probabilities are asked for, else None."""
         return (self.top_logprobs or 0) if self.logprobs else None
