@@ -1,7 +1,7 @@
-"""The qwen2 and qwen3 architectures (Qwen2 / 2.5 and Qwen3 GGUFs as llama.cpp's converter writes them): llama.cpp
-itself, transformers and the float64 numpy reference agree with our engine, densely and in exact mode with the
-thresholds `turbosparse calibrate` picks; a qwen3 file without its query / key norms is refused, and so is training on
-either (the Llama-only training code would drop their biases and norms)."""
+"""The qwen2, qwen3 and qwen3moe architectures (Qwen2 / 2.5, Qwen3 and Qwen3-MoE GGUFs as llama.cpp's converter
+writes them): llama.cpp itself, transformers and the float64 numpy reference agree with our engine, densely and in
+exact mode with the thresholds `turbosparse calibrate` picks; a qwen3 file without its query / key norms is refused,
+and so is training on them (the Llama-only training code would drop their biases and norms)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,14 @@ import gguf
 import numpy as np
 import pytest
 import torch
-from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
+from transformers import (
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+    Qwen3MoeConfig,
+    Qwen3MoeForCausalLM,
+)
 
 from turbosparse import Model, ModelLoadError, TrainingError
 from turbosparse.assets import shakespeare_text
@@ -22,7 +29,14 @@ from turbosparse.calibrate import CalibrateConfig, CollectConfig, calibrate, wri
 from turbosparse.predictor_train.hf_import import gguf_to_hf
 from turbosparse.predictor_train.modeling import load_causal_lm
 
-from hfcheckpoints import SPM_VOCAB, copy_tokenizer, llama_cpp_converter, randomize, train_sentencepiece
+from hfcheckpoints import (
+    SPM_VOCAB,
+    copy_tokenizer,
+    llama_cpp_converter,
+    randomize,
+    smollm2_tokenizer,
+    train_sentencepiece,
+)
 from tinymodel import TinyConfig, random_weights, read_gguf, reference_logits, write_gguf
 
 VOCAB = SPM_VOCAB + 8
@@ -207,6 +221,36 @@ def test_an_output_bias_is_added_and_bidirectional_attention_refused(qwen, token
     )
     with pytest.raises(ModelLoadError, match=rf"{arch}\.attention\.causal is false"):
         NativeModel(both_ways)
+
+
+def test_qwen3_moe_is_llama_cpps_bit_for_bit(tmp_path: Path, smollm2_path: Path) -> None:
+    """Qwen3's attention with Mixtral's experts, each expert's length in expert_feed_forward_length (the converter's
+    Qwen-MoE vocabulary is byte-level BPE only: SmolLM2's). Dense only: calibrate refuses experts."""
+    config = Qwen3MoeConfig(vocab_size=49152, hidden_size=64, intermediate_size=256, moe_intermediate_size=96,
+                            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
+                            num_experts=8, num_experts_per_tok=2, norm_topk_prob=True, max_position_embeddings=256,
+                            rope_theta=1e6, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)  # fmt: skip
+    model = randomize(Qwen3MoeForCausalLM(config).float().eval(), seed=0)
+    model.save_pretrained(tmp_path / "hf")
+    copy_tokenizer(smollm2_tokenizer(tmp_path / "tokenizer", smollm2_path), tmp_path / "hf")
+    path = tmp_path / "qwen3moe.gguf"
+    command = [
+        sys.executable,
+        str(llama_cpp_converter()),
+        str(tmp_path / "hf"),
+        "--outtype",
+        "f32",
+        "--outfile",
+        str(path),
+    ]
+    subprocess.run(command, check=True, capture_output=True)
+    tokens = [1, *np.random.default_rng(7).integers(3, 49152, 31).tolist()]
+    theirs = llama_cpp_logits(path, tokens)
+    with torch.no_grad():
+        assert rel_error(theirs, model(torch.tensor([tokens])).logits[0].numpy()) <= TOLERANCE
+    ours = Model(path, n_threads=2, n_ctx=128)
+    assert (ours.info.n_expert, ours.info.n_expert_used, ours.info.n_ff) == (8, 2, 96)
+    np.testing.assert_array_equal(ours.eval_logits(tokens), theirs)
 
 
 def test_qwen3_without_its_query_and_key_norms_is_refused(tmp_path: Path) -> None:

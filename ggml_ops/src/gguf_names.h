@@ -22,6 +22,7 @@
 #define TS_ARCH_BAMBOO "bamboo"
 #define TS_ARCH_QWEN2 "qwen2"
 #define TS_ARCH_QWEN3 "qwen3"
+#define TS_ARCH_QWEN3MOE "qwen3moe"
 
 /* ---- llama.cpp's per-architecture keys: "<general.architecture>." + suffix --------------------------------- */
 #define TS_ARCH_KEY_BLOCK_COUNT "block_count"
@@ -44,6 +45,7 @@
 #define TS_ARCH_KEY_CAUSAL "attention.causal"
 #define TS_ARCH_KEY_EXPERT_COUNT "expert_count"
 #define TS_ARCH_KEY_EXPERT_USED_COUNT "expert_used_count"
+#define TS_ARCH_KEY_EXPERT_FEED_FORWARD_LENGTH "expert_feed_forward_length"
 
 /* ---- turbosparse keys -------------------------------------------------------------------------------------- */
 #define TS_KEY_FORMAT_VERSION "turbosparse.format_version"

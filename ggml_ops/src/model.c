@@ -79,6 +79,7 @@ static const arch_spec ARCHITECTURES[] = {
     {TS_ARCH_BAMBOO, GGML_ROPE_TYPE_NORMAL, 0},
     {TS_ARCH_QWEN2, GGML_ROPE_TYPE_NEOX, 0},
     {TS_ARCH_QWEN3, GGML_ROPE_TYPE_NEOX, 1},
+    {TS_ARCH_QWEN3MOE, GGML_ROPE_TYPE_NEOX, 1}, /* Qwen3's attention, Mixtral's experts */
 };
 
 static const arch_spec *find_arch(const char *name) {
@@ -108,6 +109,11 @@ static int get_arch_f32(const ts_model *m, const char *suffix, float *out, int r
 
 /* feed_forward_length is a number, or an array with one (here: equal) entry per layer */
 static int load_n_ff(ts_model *m, int64_t *n_ff, char *err, size_t err_size) {
+    /* an expert's length where the file says it apart (qwen3moe; Mixtral's files give it as feed_forward_length) */
+    const int rc = get_arch_i64(m, TS_ARCH_KEY_EXPERT_FEED_FORWARD_LENGTH, n_ff, 0, err, err_size);
+    if (rc <= 0) {
+        return rc;
+    }
     char key[160];
     arch_key(key, sizeof(key), m->arch, TS_ARCH_KEY_FEED_FORWARD_LENGTH);
     const ts_gguf_kv *kv = ts_gguf_find_kv(m->file, key);
