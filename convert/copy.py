@@ -10,6 +10,7 @@ from typing import Any
 import gguf
 import numpy as np
 
+from turbosparse import gguf_reader
 from turbosparse.constants import KEY_FORMAT_VERSION
 from turbosparse.convert.arch.base import ROLE_MATRIX, TensorSpec
 from turbosparse.convert.writer import add_turbosparse_keys, write_gguf
@@ -25,10 +26,10 @@ def open_gguf(path: Path) -> gguf.GGUFReader:
 
 
 def architecture(reader: gguf.GGUFReader, path: Path) -> str:
-    field = reader.get_field("general.architecture")
-    if field is None:
+    arch = gguf_reader.architecture(reader)
+    if arch is None:
         raise ConvertError(f"{path}: missing key 'general.architecture'")
-    return str(field.contents())
+    return arch
 
 
 def _field_value(field: gguf.ReaderField) -> tuple[Any, gguf.GGUFValueType | None]:

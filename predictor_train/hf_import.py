@@ -10,8 +10,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
 from turbosparse.constants import ARCHITECTURE
 from turbosparse.errors import TrainingError
-from turbosparse.gguf_reader import read_gguf
-from turbosparse.predictor_train.modeling import LLAMA_FAMILY_ONLY, load_causal_lm
+from turbosparse.gguf_reader import architecture, read_gguf
+from turbosparse.predictor_train.modeling import load_causal_lm
 
 
 def gguf_to_hf(gguf: str | Path, out_dir: str | Path) -> Path:
@@ -19,11 +19,13 @@ def gguf_to_hf(gguf: str | Path, out_dir: str | Path) -> Path:
     gguf = Path(gguf)
     if not gguf.is_file():
         raise FileNotFoundError(f"{gguf}: no such GGUF file")
-    reader = read_gguf(gguf)  # a damaged file said in one line (transformers' reader would end in a traceback)
-    field = reader.get_field("general.architecture")
-    arch = str(field.contents()) if field is not None else None
-    if arch != ARCHITECTURE:  # before the whole file is dequantized for nothing
-        raise TrainingError(f"{gguf}: general.architecture {arch!r}: {LLAMA_FAMILY_ONLY}")
+    arch = architecture(read_gguf(gguf))  # a damaged file said in one line (transformers' would end in a traceback)
+    if arch != ARCHITECTURE:  # said before the whole file is dequantized for nothing
+        raise TrainingError(
+            f"{gguf}: general.architecture {arch!r}: relufy, imatrix and train-predictors read GGUFs of llama.cpp's "
+            "llama architecture (Llama, Mistral, SmolLM); other SwiGLU GGUFs (Qwen2, Qwen3) decode sparsely without "
+            "training through `turbosparse calibrate`"
+        )
     out_dir = Path(out_dir)
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)

@@ -86,14 +86,6 @@ def to_drelu(model: LlamaForCausalLM, ranks: list[int] | None = None) -> LlamaFo
     return model
 
 
-# what training refuses other models with: loaded as Llama, a Qwen2's attention biases would be dropped without a word
-LLAMA_FAMILY_ONLY = (
-    "relufy, imatrix and train-predictors take Llama-family models (Llama, Mistral, SmolLM, ReLU-Llama, bamboo); "
-    "a SwiGLU GGUF of another architecture (Qwen2, Qwen3) decodes sparsely without training through "
-    "`turbosparse calibrate`"
-)
-
-
 def load_causal_lm(model_dir: str | Path, dtype: torch.dtype = torch.float32) -> LlamaForCausalLM:
     """The torch model of a Llama / ReLU-Llama / bamboo checkpoint directory (safetensors or .bin)."""
     model_dir = Path(model_dir)
@@ -101,8 +93,11 @@ def load_causal_lm(model_dir: str | Path, dtype: torch.dtype = torch.float32) ->
     if not is_bamboo(config):
         if not is_llama_layout(config):
             kind = config.get("model_type"), config.get("architectures")
-            raise TrainingError(
-                f"{model_dir / 'config.json'}: model_type {kind[0]!r}, architectures {kind[1]!r}: {LLAMA_FAMILY_ONLY}"
+            raise TrainingError(  # loaded as Llama, a Qwen2's attention biases would be dropped without a word
+                f"{model_dir / 'config.json'}: model_type {kind[0]!r}, architectures {kind[1]!r}: relufy, imatrix and "
+                "train-predictors take Llama-family models (Llama, Mistral, SmolLM, ReLU-Llama, bamboo); a SwiGLU GGUF "
+                "of another architecture (Qwen2, Qwen3) decodes sparsely without training through `turbosparse "
+                "calibrate`"
             )
         return LlamaForCausalLM.from_pretrained(model_dir, dtype=dtype)
     from transformers.modeling_utils import load_state_dict

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import gguf
@@ -104,6 +106,13 @@ def llama_cpp_converter() -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: run scripts/setup.sh (it unpacks llama.cpp's converter there)")
     return path
+
+
+def convert_with_llama_cpp(hf_dir: Path, out: Path, outtype: str = "f32") -> Path:
+    """hf_dir written as a GGUF by llama.cpp's own converter."""
+    command = [sys.executable, str(llama_cpp_converter()), str(hf_dir), "--outtype", outtype, "--outfile", str(out)]
+    subprocess.run(command, check=True, capture_output=True)
+    return out
 
 
 def bamboo_model(config: LlamaConfig, rank: int, seed: int = 0) -> LlamaForCausalLM:

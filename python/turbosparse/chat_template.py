@@ -44,10 +44,10 @@ def _tojson(value: Any, indent: int | None = None, separators: Any = None, sort_
     return json.dumps(value, ensure_ascii=False, indent=indent, separators=separators, sort_keys=sort_keys)
 
 
-# what every template is given (Jinja2's own globals too: namespace, range, ...); template variables (llama-server's
-# chat_template_kwargs) cannot replace them
-_GIVEN = ("messages", "add_generation_prompt", "bos_token", "eos_token", "raise_exception", "strftime_now",
-          *jinja2.defaults.DEFAULT_NAMESPACE)  # fmt: skip
+# the functions templates call, beside Jinja2's own globals (namespace, range, ...)
+_GLOBALS = {"raise_exception": _raise_exception, "strftime_now": _strftime_now}
+# what every template is given; template variables (llama-server's chat_template_kwargs) cannot replace them
+_GIVEN = ("messages", "add_generation_prompt", "bos_token", "eos_token", *_GLOBALS, *jinja2.defaults.DEFAULT_NAMESPACE)
 
 
 def checked_variables(variables: Mapping[str, Any]) -> dict[str, Any]:
@@ -72,8 +72,7 @@ class ChatTemplate:
         env = jinja2.sandbox.ImmutableSandboxedEnvironment(
             trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols, _GenerationTag]
         )
-        env.globals["raise_exception"] = _raise_exception
-        env.globals["strftime_now"] = _strftime_now
+        env.globals.update(_GLOBALS)
         env.filters["tojson"] = _tojson
         try:
             self._template = env.from_string(source)

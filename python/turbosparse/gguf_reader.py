@@ -16,6 +16,12 @@ from turbosparse.errors import ModelLoadError
 _UNKNOWN_TYPE = re.compile(r"(\d+)\)? is not a valid GGMLQuantizationType")
 
 
+def architecture(reader: gguf.GGUFReader) -> str | None:
+    """The file's general.architecture (the prefix of its hyperparameters' keys), None when it has none."""
+    field = reader.get_field("general.architecture")
+    return None if field is None else str(field.contents())
+
+
 def file_magic(path: str | os.PathLike[str]) -> bytes:
     """The first four bytes of a regular file (GGUF, PowerInfer's PWRI, ...); b"" for anything else (a FIFO is not
     opened: its open would wait for a writer)."""

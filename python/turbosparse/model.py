@@ -23,7 +23,7 @@ from turbosparse.binding import (
     find_device,
     sparse_mode_named,
 )
-from turbosparse.chat_template import BuiltinChatTemplate, ChatTemplate, checked_variables
+from turbosparse.chat_template import BuiltinChatTemplate, ChatTemplate
 from turbosparse.errors import (
     ChatTemplateError,
     ContextOverflowError,
@@ -486,11 +486,15 @@ class Model:
     ) -> str:
         """The prompt text the file's chat template makes of messages ([{"role": ..., "content": ...}]), given
         chat_template_kwargs and over them template_kwargs as variables ({"enable_thinking": False}: Qwen3's)."""
-        variables = checked_variables({**self.chat_template_kwargs, **checked_variables(template_kwargs or {})})
         template = self.chat_template
         if isinstance(template, BuiltinChatTemplate):  # it has no variables (llama-server without --jinja ignores them)
             return template.render(messages, add_generation_prompt=add_generation_prompt)
+        variables = self.template_variables(template_kwargs)
         return template.render(messages, add_generation_prompt=add_generation_prompt, variables=variables)
+
+    def template_variables(self, template_kwargs: Mapping[str, object] | None = None) -> dict[str, object]:
+        """The variables a chat prompt's template is given: chat_template_kwargs, template_kwargs over them."""
+        return {**self.chat_template_kwargs, **(template_kwargs or {})}
 
     def chat_tokens(
         self,
@@ -506,10 +510,10 @@ class Model:
         if prefill_assistant and messages and messages[-1].get("role") == "assistant":
             if len(messages) > 1 and messages[-2].get("role") == "assistant":
                 raise InvalidArgumentError("two assistant messages end the conversation: only one is continued")
-            prefix = self.chat_prompt(messages[:-1], True, template_kwargs)
+            prefix = self.chat_prompt(messages[:-1], add_generation_prompt=True, template_kwargs=template_kwargs)
             text = prefix + str(messages[-1].get("content") or "")
         else:
-            text = self.chat_prompt(messages, True, template_kwargs)
+            text = self.chat_prompt(messages, add_generation_prompt=True, template_kwargs=template_kwargs)
         return self._prompt_tokens(text, add_bos=True)
 
     def _prompt_tokens(self, text: str, add_bos: bool) -> list[int]:

@@ -19,7 +19,7 @@ from turbosparse import constants as C
 from turbosparse._library import LIBRARY_ENV
 from turbosparse.bench.engines import Engine, TurbosparseEngine
 from turbosparse.binding import DeviceInfo, KernelIsa, LayerStats, down_rows_type, isa_name, isa_supported
-from turbosparse.gguf_reader import read_gguf
+from turbosparse.gguf_reader import architecture, read_gguf
 
 logger = logging.getLogger(__name__)
 
@@ -141,9 +141,8 @@ def tensor_bytes(path: Path) -> TensorBytes:
 
 
 def _architecture(reader: gguf.GGUFReader) -> str:
-    """The file's general.architecture (llama, or PowerInfer's bamboo): its hyperparameters' key prefix."""
-    field_ = reader.get_field("general.architecture")
-    return str(field_.contents()) if field_ is not None else C.ARCHITECTURE
+    """The file's general.architecture (llama, qwen2, ..., PowerInfer's bamboo): its hyperparameters' key prefix."""
+    return architecture(reader) or C.ARCHITECTURE
 
 
 def calibrated_sparsity(path: Path) -> float | None:

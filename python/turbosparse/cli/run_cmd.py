@@ -56,7 +56,7 @@ def add_chat_template_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--chat-template-kwargs",
         type=json_object,
-        default={},
+        default=None,
         metavar="JSON",
         help="variables for the Jinja2 chat template, as llama-server's: '{\"enable_thinking\": false}' turns "
         "Qwen3's thinking off",
@@ -238,7 +238,7 @@ def run(args: argparse.Namespace) -> int:
     template = chat_template_text(args)
     if template is not None:
         model.chat_template = chat_template_from(template, model.tokenizer)
-    model.chat_template_kwargs = dict(args.chat_template_kwargs)
+    model.chat_template_kwargs = args.chat_template_kwargs or {}
     sampling = SamplingParams(  # checks the options before any text
         temperature=args.temp,
         top_k=args.top_k,

@@ -30,7 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--reasoning-format", choices=REASONING_FORMATS, default="auto",
         help="a thinking model's answers (Qwen3, DeepSeek-R1): auto / deepseek put the <think> part in "
-        "reasoning_content, deepseek-legacy there and in content too, none leaves it in content (default auto)",
+        "reasoning_content; deepseek-legacy leaves it in a streamed answer's content between the tags (a whole answer "
+        "as deepseek); none leaves it in content (default auto)",
     )  # fmt: skip
     p.add_argument(
         "--reasoning-budget", type=int, default=-1,
@@ -67,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         api_key=args.api_key or os.environ.get("TURBOSPARSE_API_KEY") or None,
         chat_template=template,
-        chat_template_kwargs=args.chat_template_kwargs,
+        chat_template_kwargs=args.chat_template_kwargs or {},
         reasoning_format=args.reasoning_format,
         reasoning_budget=args.reasoning_budget,
         verbose=args.verbose,

@@ -242,9 +242,9 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
             tokens = model.chat_tokens(messages, prefill_assistant=True, template_kwargs=body.chat_template_kwargs)
         except ValueError as exc:  # no template (the error says how to give one), one that is not UTF-8 or refuses
             raise APIError(400, str(exc), param="messages") from None  # the messages (ChatTemplateError); bad text
-        variables = {**model.chat_template_kwargs, **(body.chat_template_kwargs or {})}
-        if variables.get("enable_thinking") is False and open_at_end(model.detokenize(tokens[-16:], special=True)):
-            # thinking off, and a template that opens the reasoning anyway (DeepSeek-R1's): closed, as llama-server does
+        thinking_off = model.template_variables(body.chat_template_kwargs).get("enable_thinking") is False
+        if thinking_off and open_at_end(_prompt_end(model, tokens)):
+            # a template that opens the reasoning anyway (DeepSeek-R1's): closed, as llama-server does
             tokens = [*tokens, *model.tokenize(CLOSE, add_bos=False, special=True)]
         reasoning_format = "none" if body.answers_json else body.reasoning_format or config.reasoning_format
         reasoning = _reasoning_split(model, tokens, reasoning_format)
@@ -272,13 +272,18 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
     return app
 
 
+def _prompt_end(model: Model, tokens: list[int]) -> str:
+    """The text of a prompt's last tokens: enough to see whether it ends in `<think>` (reasoning.open_at_end)."""
+    return model.detokenize(tokens[-16:], special=True)
+
+
 def _reasoning_split(model: Model, tokens: list[int], reasoning_format: str) -> ReasoningSplit | None:
     """How the answer to a chat prompt is split into reasoning and content (llama-server's reasoning formats:
     "none" keeps it whole; the others split a thinking model's answers, "deepseek-legacy" leaving a streamed
     answer's reasoning in its content between the tags); None: not split."""
     if reasoning_format == "none":
         return None
-    prompt_end = model.detokenize(tokens[-16:], special=True)  # whether it leaves a <think> open
+    prompt_end = _prompt_end(model, tokens)
     template = model.chat_template
     if not thinks(template.source if isinstance(template, ChatTemplate) else None, prompt_end):
         return None

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from turbosparse.chat_template import checked_variables
 from turbosparse.errors import ChatTemplateError, InvalidArgumentError
-from turbosparse.reasoning import REASONING_FORMATS
+from turbosparse.reasoning import REASONING_FORMATS, ReasoningFormat
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ class ServerConfig:
     chat_template: str | None = None  # replaces the file's tokenizer.chat_template: Jinja2, or a built-in's name
     # variables for every chat prompt's template (a request's chat_template_kwargs are added over them)
     chat_template_kwargs: dict[str, object] = field(default_factory=dict)
-    reasoning_format: str = "auto"  # how a thinking model's answers are split (reasoning.py); a request may say
+    reasoning_format: ReasoningFormat = "auto"  # how a thinking model's answers are split (reasoning.py)
     reasoning_budget: int = -1  # -1: thinking as the template does; 0: thinking off (enable_thinking: false)
     verbose: bool = False
 
