@@ -250,3 +250,15 @@ def test_training_refuses_them_rather_than_load_them_as_llama(qwen, tmp_path: Pa
     with pytest.raises(TrainingError, match=f"general.architecture '{arch}'"):  # said before dequantizing the file
         gguf_to_hf(path, tmp_path / "hf")
     assert not any(tmp_path.iterdir())
+
+
+def test_an_experts_length_is_read_only_for_experts(tmp_path: Path) -> None:
+    """expert_feed_forward_length (qwen3moe's) is an expert's length; llama.cpp reads it for experts only."""
+    dense = TinyConfig()
+    path = tmp_path / "dense.gguf"
+    write_gguf(path, dense, random_weights(dense), extra_kv={"llama.expert_feed_forward_length": 7})
+    assert NativeModel(path).info.n_ff == dense.n_ff
+    moe = TinyConfig(n_expert=4, n_expert_used=2)
+    write_gguf(path, moe, random_weights(moe), extra_kv={"llama.expert_feed_forward_length": 0})
+    with pytest.raises(ModelLoadError, match=r"llama\.expert_feed_forward_length = 0 is out of range"):
+        NativeModel(path)
