@@ -993,7 +993,8 @@ def run_cases(inputs: Inputs, kinds: list[str], n_cases: dict[str, int], seed: i
 
 def prepare_inputs(root: Path, *, default_model: bool) -> Inputs:
     """A small converted bamboo model (and its PWRI twin), its checkpoint, a ReLU-Llama checkpoint with PowerInfer
-    predictors, the real SmolLM2 GGUF; with default_model (the long run), also a checkpoint with SmolLM2's
+    predictors, the real SmolLM2 GGUF, a tiny Qwen3 with YaRN rope scaling as llama.cpp's converter writes it (the
+    qwen architectures' keys and tensors); with default_model (the long run), also a checkpoint with SmolLM2's
     byte-level BPE tokenizer.json and the default model (when it is cached) with its PWRI twin."""
     sys.path.insert(0, str(ROOT / "tests"))
     from turbosparse.assets import default_model_dir, default_model_file, shakespeare_text, smollm2_gguf
@@ -1001,7 +1002,10 @@ def prepare_inputs(root: Path, *, default_model: bool) -> Inputs:
 
     from hfcheckpoints import (
         bamboo_model,
+        convert_with_llama_cpp,
+        copy_tokenizer,
         llama_model,
+        qwen_model,
         save_checkpoint,
         smollm2_tokenizer,
         tiny_config,
@@ -1023,6 +1027,10 @@ def prepare_inputs(root: Path, *, default_model: bool) -> Inputs:
     inputs.predictors = root / "predictors"
     write_powerinfer_predictors(inputs.predictors, relu, [16, 16], -0.5, seed=4)
     inputs.gguf.append(smollm2)
+    yarn = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32}
+    qwen_model("qwen3", 520, seed=5, rope_scaling=yarn).save_pretrained(root / "qwen3")
+    copy_tokenizer(spm, root / "qwen3")
+    inputs.gguf.append(convert_with_llama_cpp(root / "qwen3", root / "qwen3.gguf", outtype="q8_0"))
     if default_model:
         bpe = tiny_config(49152, hidden_size=32, intermediate_size=64, num_attention_heads=2, num_key_value_heads=1)
         inputs.bpe_checkpoint = save_checkpoint(llama_model(bpe, seed=2), root / "bpe",

@@ -15,7 +15,16 @@ import gguf
 import numpy as np
 import torch
 from safetensors.torch import save_file
-from transformers import LlamaConfig, LlamaForCausalLM, MixtralConfig, MixtralForCausalLM
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    MixtralConfig,
+    MixtralForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
 
 from turbosparse.assets import cache_root
 from turbosparse.constants import (
@@ -106,6 +115,21 @@ def llama_cpp_converter() -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: run scripts/setup.sh (it unpacks llama.cpp's converter there)")
     return path
+
+
+def qwen_model(arch: str, vocab_size: int, seed: int = 0, **overrides: object) -> torch.nn.Module:
+    """A tiny Qwen2 (biases on q, k, v; untied head) or Qwen3 (per-head q / k norms, a head dimension of its own:
+    4 heads of 32 on a hidden size of 64; tied head, as Qwen3-0.6B) of the shared dimensions; overrides go to the
+    config (rope_scaling, ...)."""
+    common: dict[str, object] = dict(vocab_size=vocab_size, hidden_size=HIDDEN, intermediate_size=N_FF,
+                                     num_hidden_layers=N_LAYER, num_attention_heads=N_HEAD, num_key_value_heads=N_KV,
+                                     max_position_embeddings=256, rms_norm_eps=1e-6, rope_theta=1e6, bos_token_id=1,
+                                     eos_token_id=2)  # fmt: skip
+    if arch == "qwen2":
+        model = Qwen2ForCausalLM(Qwen2Config(**{**common, "tie_word_embeddings": False, **overrides}))
+    else:
+        model = Qwen3ForCausalLM(Qwen3Config(**{**common, "head_dim": 32, "tie_word_embeddings": True, **overrides}))
+    return randomize(model.float().eval(), seed)
 
 
 def convert_with_llama_cpp(hf_dir: Path, out: Path, outtype: str = "f32") -> Path:

