@@ -20,6 +20,8 @@ from turbosparse import Model, ModelLoadError, TrainingError, TurboSparseError
 from turbosparse.assets import shakespeare_text
 from turbosparse.binding import NativeContext, NativeModel, SparseMode
 from turbosparse.calibrate import CalibrateConfig, CollectConfig, calibrate, write_calibrated
+from turbosparse.convert.copy import copy_fields
+from turbosparse.gguf_reader import architecture
 from turbosparse.predictor_train.hf_import import gguf_to_hf
 from turbosparse.predictor_train.modeling import load_causal_lm
 
@@ -116,14 +118,9 @@ def test_exact_mode_with_calibrated_thresholds_is_the_references(qwen, tokens: l
 def rewritten(src: Path, dst: Path, *, tensors: dict[str, np.ndarray] | None = None, keys: dict | None = None) -> Path:
     """src with tensors added and keys added or replaced (name: (value, gguf.GGUFValueType))."""
     reader = gguf.GGUFReader(src)
-    arch = reader.get_field("general.architecture").contents()
-    writer = gguf.GGUFWriter(str(dst), arch)
+    writer = gguf.GGUFWriter(str(dst), architecture(reader))
     keys = keys or {}
-    for name, field in reader.fields.items():
-        if name.startswith("GGUF.") or name == "general.architecture" or name in keys:
-            continue
-        sub_type = field.types[-1] if field.types[0] == gguf.GGUFValueType.ARRAY else None
-        writer.add_key_value(name, field.contents(), field.types[0], sub_type=sub_type)
+    copy_fields(reader, writer, skip=keys)
     for name, (value, value_type) in keys.items():
         writer.add_key_value(name, value, value_type)
     for t in reader.tensors:

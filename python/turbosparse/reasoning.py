@@ -70,8 +70,8 @@ class ReasoningSplitter:
         """What was held back, at the answer's end: an unfinished `<think>` is content; in the reasoning, what is held
         (blanks, the start of a `</think>` cut short) is dropped, as llama-server drops it."""
         out = Split()
-        self._step(out, final=True)
-        if self._state is _State.START or self._state is _State.CONTENT:
+        self._step(out, final=True)  # past the answer's start: a `<think>` can no longer come
+        if self._state is _State.CONTENT:
             out.content += self._held
         self._held = ""
         return out
