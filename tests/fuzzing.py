@@ -993,9 +993,10 @@ def run_cases(inputs: Inputs, kinds: list[str], n_cases: dict[str, int], seed: i
 
 def prepare_inputs(root: Path, *, default_model: bool) -> Inputs:
     """A small converted bamboo model (and its PWRI twin), its checkpoint, a ReLU-Llama checkpoint with PowerInfer
-    predictors, the real SmolLM2 GGUF, a tiny Qwen3 with YaRN rope scaling as llama.cpp's converter writes it (the
-    qwen architectures' keys and tensors); with default_model (the long run), also a checkpoint with SmolLM2's
-    byte-level BPE tokenizer.json and the default model (when it is cached) with its PWRI twin."""
+    predictors, the real SmolLM2 GGUF, a tiny Qwen3 with YaRN rope scaling and a tiny Gemma 3 with soft-capped logits
+    as llama.cpp's converter writes them (those architectures' keys and tensors); with default_model (the long run),
+    also a checkpoint with SmolLM2's byte-level BPE tokenizer.json and the default model (when it is cached) with its
+    PWRI twin."""
     sys.path.insert(0, str(ROOT / "tests"))
     from turbosparse.assets import default_model_dir, default_model_file, shakespeare_text, smollm2_gguf
     from turbosparse.convert import convert
@@ -1004,6 +1005,7 @@ def prepare_inputs(root: Path, *, default_model: bool) -> Inputs:
         bamboo_model,
         convert_with_llama_cpp,
         copy_tokenizer,
+        gemma_model,
         llama_model,
         qwen_model,
         save_checkpoint,
@@ -1031,6 +1033,9 @@ def prepare_inputs(root: Path, *, default_model: bool) -> Inputs:
     qwen_model("qwen3", 520, seed=5, rope_scaling=yarn).save_pretrained(root / "qwen3")
     copy_tokenizer(spm, root / "qwen3")
     inputs.gguf.append(convert_with_llama_cpp(root / "qwen3", root / "qwen3.gguf", outtype="q8_0"))
+    gemma_model(512, seed=6, final_logit_softcapping=30.0).save_pretrained(root / "gemma3")
+    copy_tokenizer(spm, root / "gemma3")
+    inputs.gguf.append(convert_with_llama_cpp(root / "gemma3", root / "gemma3.gguf", outtype="q8_0"))
     if default_model:
         bpe = tiny_config(49152, hidden_size=32, intermediate_size=64, num_attention_heads=2, num_key_value_heads=1)
         inputs.bpe_checkpoint = save_checkpoint(llama_model(bpe, seed=2), root / "bpe",

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 from transformers import (
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
     LlamaConfig,
     LlamaForCausalLM,
     MixtralConfig,
@@ -130,6 +132,23 @@ def qwen_model(arch: str, vocab_size: int, seed: int = 0, **overrides: object) -
     else:
         model = Qwen3ForCausalLM(Qwen3Config(**{**common, "head_dim": 32, "tie_word_embeddings": True, **overrides}))
     return randomize(model.float().eval(), seed)
+
+
+def gemma_model(vocab_size: int, seed: int = 0, **overrides: object) -> Gemma3ForCausalLM:
+    """A tiny Gemma 3 of the shared width: 7 layers, the sixth attending to every position (rope base 1e6) and the
+    others within a window of 8 (base 1e4, transformers' and llama.cpp's defaults); 4 heads of 32, per-head q / k norms,
+    a GELU-gated FFN, the attention's and FFN's outputs normed, a tied head; overrides go to the config."""
+    config = Gemma3TextConfig(**{**dict(vocab_size=vocab_size, hidden_size=HIDDEN, intermediate_size=N_FF,
+                                        num_hidden_layers=7, num_attention_heads=N_HEAD, num_key_value_heads=N_KV,
+                                        head_dim=32, query_pre_attn_scalar=32, sliding_window=8,
+                                        max_position_embeddings=256, rms_norm_eps=1e-6, bos_token_id=1,
+                                        eos_token_id=2, pad_token_id=0), **overrides})  # fmt: skip
+    model = randomize(Gemma3ForCausalLM(config).float().eval(), seed)
+    with torch.no_grad():  # Gemma's norms scale by 1 + w: w near 0 for norms near 1
+        for p in model.parameters():
+            if p.ndim == 1:
+                p.sub_(1.0)
+    return model
 
 
 def convert_with_llama_cpp(hf_dir: Path, out: Path, outtype: str = "f32") -> Path:

@@ -1,5 +1,5 @@
-"""The engine against a float64 numpy forward pass on tiny random models, for every FFN activation and
-every ggml quant type llama.cpp users ship."""
+"""The engine against a float64 numpy forward pass on tiny random models, for every FFN activation, every ggml quant
+type llama.cpp users ship and Gemma 3's block."""
 
 from __future__ import annotations
 
@@ -18,6 +18,9 @@ Q = gguf.GGMLQuantizationType
 # max |ours - reference| / std(reference logits). F32 is exact up to float32 rounding; other types also
 # quantize the activations (to Q8_0 / Q8_1 / Q8_K, or F16 for F16 weights) inside ggml's matmul.
 TOLERANCE = {Q.F32: 1e-5, Q.F16: 5e-3, Q.BF16: 3e-2}
+# F32 with GEGLU: ggml's gelu rounds its input and output to F16; a gate value that float32 and float64 round to
+# neighbouring F16 values moves its neuron by an F16 step
+GEGLU_TOLERANCE = 1e-4
 QUANT_TOLERANCE = 0.15
 QUANT_TYPES = [
     Q.F16,
@@ -117,3 +120,39 @@ def test_a_rope_factor_without_a_type_scales_linearly(tmp_path: Path) -> None:
     for name in ("legacy", "factor"):
         np.testing.assert_array_equal(logits[name], logits["explicit"])
     np.testing.assert_array_equal(logits["none"], logits["plain"])
+
+
+GEMMA3 = TinyConfig(arch="gemma3", act="geglu", n_swa=6, n_layer=7, tied=True, logit_softcap=30.0)
+
+
+def test_gemma3_matches_reference(tmp_path: Path) -> None:
+    """Sliding-window layers (every 6th global), per-head q / k norms, scaled embeddings, post norms, GEGLU,
+    soft-capped logits: prompt and token by token, past the window."""
+    stored = write_gguf(tmp_path / "m.gguf", GEMMA3, random_weights(GEMMA3, seed=5))
+    toks = tokens(GEMMA3, 40)
+    ref = reference_logits(GEMMA3, stored, toks)
+    ctx = context(tmp_path / "m.gguf")
+    assert np.abs(ctx.eval(toks, dense_ffn=True, logits_all=True) - ref).max() <= GEGLU_TOLERANCE * np.abs(ref).max()
+    ctx.truncate(0)
+    steps = np.stack([ctx.eval([t], dense_ffn=True, logits_all=False) for t in toks])
+    assert np.abs(steps - ref).max() <= GEGLU_TOLERANCE * np.abs(ref).max()
+
+
+def test_the_sliding_window_pattern_as_a_number_or_per_layer(tmp_path: Path) -> None:
+    """attention.sliding_window_pattern: absent (6: both layers of two slide), a number, or a bool per layer."""
+    cfg = TinyConfig(arch="gemma3", act="geglu", n_swa=4)
+    weights = random_weights(cfg)
+    toks = tokens(cfg, 16)
+    key = "gemma3.attention.sliding_window_pattern"
+    logits = {}
+    for name, extra in {"default": {}, "slide": {key: [True, True]}, "one": {key: 1}, "global": {key: [False, False]},
+                        "second": {key: [False, True]}}.items():  # fmt: skip
+        write_gguf(tmp_path / f"{name}.gguf", cfg, weights, extra_kv=extra)
+        logits[name] = context(tmp_path / f"{name}.gguf").eval(toks, dense_ffn=True, logits_all=True)
+    write_gguf(tmp_path / "none.gguf", TinyConfig(**{**cfg.__dict__, "n_swa": 0}), weights)
+    np.testing.assert_array_equal(logits["slide"], logits["default"])
+    np.testing.assert_array_equal(logits["global"], logits["one"])  # every layer global: as without a window
+    np.testing.assert_array_equal(logits["one"], context(tmp_path / "none.gguf").eval(toks, dense_ffn=True,
+                                                                                       logits_all=True))  # fmt: skip
+    assert not np.array_equal(logits["second"], logits["default"])
+    assert not np.array_equal(logits["second"], logits["one"])

@@ -89,10 +89,32 @@ def test_wrong_shape(tmp_path: Path) -> None:
 
 
 def test_unknown_architecture(tmp_path: Path) -> None:
-    cfg = TinyConfig(arch="gemma3")
+    cfg = TinyConfig(arch="gemma2")
     path = tmp_path / "m.gguf"
     write_gguf(path, cfg, random_weights(cfg))
-    assert "unsupported architecture 'gemma3'" in load_error(path)
+    assert "unsupported architecture 'gemma2'" in load_error(path)
+
+
+GEMMA3 = TinyConfig(arch="gemma3", act="geglu", n_swa=4, tied=True)
+
+
+@pytest.mark.parametrize(
+    ("extra", "skip", "message"),
+    [
+        ({}, ("blk.1.post_ffw_norm.weight",), "missing tensor 'blk.1.post_ffw_norm.weight'"),
+        ({}, ("blk.0.attn_k_norm.weight",), "missing tensor 'blk.0.attn_k_norm.weight'"),
+        ({"gemma3.attention.sliding_window_pattern": [True, True, False]}, (),
+         "'gemma3.attention.sliding_window_pattern' has 3 elements, expected 2"),
+        ({"gemma3.attention.sliding_window_pattern": "six"}, (), "'gemma3.attention.sliding_window_pattern'"),
+        ({"gemma3.final_logit_softcapping": -1.0}, (), "final_logit_softcapping = -1 must be finite and >= 0"),
+        ({"gemma3.rope.freq_base_swa": 0.0}, (), "gemma3.rope.freq_base_swa must be positive"),
+        ({"turbosparse.ffn_activation": "gelu"}, (), "'gelu' is unknown (expected swiglu, reglu, drelu or geglu)"),
+    ],
+)  # fmt: skip
+def test_bad_gemma3_files(tmp_path: Path, extra: dict, skip: tuple[str, ...], message: str) -> None:
+    path = tmp_path / "m.gguf"
+    write_gguf(path, GEMMA3, random_weights(GEMMA3), extra_kv=extra, skip=skip)
+    assert message in load_error(path)
 
 
 @pytest.mark.parametrize("alignment", [1, 4, 48])

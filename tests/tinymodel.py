@@ -1,5 +1,5 @@
-"""Tiny random llama-family GGUF models (llama, qwen2, qwen3) and a float64 numpy forward pass to check the engine
-against."""
+"""Tiny random llama-family GGUF models (llama, qwen2, qwen3, gemma3) and a float64 numpy forward pass to check the
+engine against."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import gguf
 import numpy as np
 
 from turbosparse.binding import quantize
+from turbosparse.calibrate.collect import gelu
 
 F32 = gguf.GGMLQuantizationType.F32
 
@@ -25,12 +26,16 @@ class TinyConfig:
     n_ctx: int = 512
     rope_base: float = 10000.0
     rms_eps: float = 1e-5
-    act: str = "swiglu"  # swiglu | reglu | drelu
+    act: str = "swiglu"  # swiglu | reglu | drelu | geglu
     tied: bool = False  # no output.weight: the head reuses token_embd
-    arch: str = "llama"  # llama | qwen2 (biases on q, k, v; NEOX rope) | qwen3 (q and k normed per head; NEOX rope)
+    # llama | qwen2 (biases on q, k, v; NEOX rope) | qwen3 (q and k normed per head; NEOX rope) | gemma3 (qwen3's
+    # attention, embeddings times sqrt(n_embd), attention and FFN outputs normed, sliding-window layers)
+    arch: str = "llama"
     n_embd_head: int = 0  # attention.key_length: 0 for n_embd / n_head
     n_expert: int = 0  # mixture of experts: experts per layer (0: a dense FFN)
     n_expert_used: int = 0
+    n_swa: int = 0  # gemma3: attention.sliding_window; every 6th layer attends to all positions, the others slide
+    logit_softcap: float = 0.0  # gemma3: final_logit_softcapping
 
     @property
     def head_dim(self) -> int:
@@ -39,7 +44,11 @@ class TinyConfig:
     @property
     def neox_rope(self) -> bool:
         """The qwen architectures rotate each head's two halves together (ggml's NEOX rope), llama adjacent pairs."""
-        return self.arch in ("qwen2", "qwen3", "qwen3moe")
+        return self.arch in ("qwen2", "qwen3", "qwen3moe", "gemma3")
+
+    def slides(self, layer: int) -> bool:
+        """Whether a layer attends within the sliding window (llama.cpp's default pattern of 6)."""
+        return self.n_swa > 0 and layer % 6 < 5
 
 
 def random_weights(cfg: TinyConfig, seed: int = 0, predictor_rank: int = 0) -> dict[str, np.ndarray]:
@@ -69,9 +78,12 @@ def random_weights(cfg: TinyConfig, seed: int = 0, predictor_rank: int = 0) -> d
         if cfg.arch == "qwen2":
             for name, rows in (("q", cfg.n_head * hd), ("k", cfg.n_head_kv * hd), ("v", cfg.n_head_kv * hd)):
                 w[f"blk.{i}.attn_{name}.bias"] = (0.5 * rng.standard_normal(rows)).astype(np.float32)
-        if cfg.arch in ("qwen3", "qwen3moe"):
+        if cfg.arch in ("qwen3", "qwen3moe", "gemma3"):
             w[f"blk.{i}.attn_q_norm.weight"] = norm(hd)
             w[f"blk.{i}.attn_k_norm.weight"] = norm(hd)
+        if cfg.arch == "gemma3":
+            w[f"blk.{i}.post_attention_norm.weight"] = norm(d)
+            w[f"blk.{i}.post_ffw_norm.weight"] = norm(d)
         w[f"blk.{i}.ffn_norm.weight"] = norm(d)
         if cfg.n_expert:
             w |= _expert_weights(cfg, i, mat, predictor_rank)
@@ -146,7 +158,11 @@ def write_gguf(
     if cfg.n_embd_head:
         writer.add_uint32(f"{a}.attention.key_length", cfg.n_embd_head)
         writer.add_uint32(f"{a}.attention.value_length", cfg.n_embd_head)
-    if cfg.act != "swiglu":
+    if cfg.n_swa:
+        writer.add_uint32(f"{a}.attention.sliding_window", cfg.n_swa)
+    if cfg.logit_softcap:
+        writer.add_float32(f"{a}.final_logit_softcapping", cfg.logit_softcap)
+    if cfg.act != default_act(cfg.arch):
         writer.add_string("turbosparse.ffn_activation", cfg.act)
     if cfg.n_expert:
         writer.add_uint32(f"{a}.expert_count", cfg.n_expert)
@@ -180,6 +196,11 @@ def write_gguf(
     return stored
 
 
+def default_act(arch: str) -> str:
+    """The FFN activation of a file without turbosparse.ffn_activation."""
+    return "geglu" if arch == "gemma3" else "swiglu"
+
+
 def read_gguf(path: Path) -> tuple[TinyConfig, dict[str, np.ndarray], dict[str, object]]:
     """A llama-family GGUF's config, its weights as stored (dequantized float32, numpy orientation) and its
     turbosparse.* keys: what the reference forward needs to check the engine on a real file."""
@@ -189,15 +210,20 @@ def read_gguf(path: Path) -> tuple[TinyConfig, dict[str, np.ndarray], dict[str, 
     def key(name: str) -> object:
         return reader.get_field(f"{arch}.{name}").contents()
 
-    head = reader.get_field(f"{arch}.attention.key_length")
+    def optional(name: str, default: object) -> object:
+        field = reader.get_field(f"{arch}.{name}")
+        return default if field is None else field.contents()
+
     act = reader.get_field("turbosparse.ffn_activation")
     cfg = TinyConfig(n_vocab=len(reader.get_field("tokenizer.ggml.tokens").data), n_embd=key("embedding_length"),
                      n_layer=key("block_count"), n_head=key("attention.head_count"),
                      n_head_kv=key("attention.head_count_kv"), n_ff=key("feed_forward_length"),
                      n_ctx=key("context_length"), rope_base=key("rope.freq_base"),
-                     rms_eps=key("attention.layer_norm_rms_epsilon"), act="swiglu" if act is None else act.contents(),
+                     rms_eps=key("attention.layer_norm_rms_epsilon"),
+                     act=default_act(arch) if act is None else act.contents(),
                      tied=all(t.name != "output.weight" for t in reader.tensors), arch=arch,
-                     n_embd_head=0 if head is None else head.contents())  # fmt: skip
+                     n_embd_head=optional("attention.key_length", 0), n_swa=optional("attention.sliding_window", 0),
+                     logit_softcap=optional("final_logit_softcapping", 0.0))  # fmt: skip
     weights = {
         t.name: gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32).reshape(np.flip(t.shape))
         for t in reader.tensors
@@ -255,14 +281,17 @@ def _queries_keys_values(
         return rms_norm(y, w[f"{b}attn_{name}_norm.weight"], cfg.rms_eps) if f"{b}attn_{name}_norm.weight" in w else y
 
     q, k = project("q", cfg.n_head), project("k", cfg.n_head_kv)
-    q, k = (_rope(y, pos, cfg.rope_base, cfg.neox_rope) for y in (q, k))
+    base = 10000.0 if cfg.slides(i) else cfg.rope_base  # gemma3's sliding layers: llama.cpp's default base
+    q, k = (_rope(y, pos, base, cfg.neox_rope) for y in (q, k))
     return q, k, project("v", cfg.n_head_kv)
 
 
 def gate_activation(act: str, gate: np.ndarray) -> np.ndarray:
-    """silu(gate) for SwiGLU, relu(gate) for the ReLU-gated FFNs."""
+    """silu(gate) for SwiGLU, gelu(gate) for GEGLU (ggml's, through F16), relu(gate) for the ReLU-gated FFNs."""
     if act == "swiglu":
         return gate / (1.0 + np.exp(-gate))
+    if act == "geglu":
+        return gelu(gate.astype(np.float32)).astype(np.float64)
     if act in ("reglu", "drelu"):
         return np.maximum(gate, 0.0)
     raise ValueError(act)
@@ -383,19 +412,28 @@ def reference_forward(
     T, hd = len(tokens), cfg.head_dim
     pos = np.arange(T, dtype=np.float64)
     x = w["token_embd.weight"][tokens]
+    if cfg.arch == "gemma3":
+        x = x * np.sqrt(cfg.n_embd)
     causal = np.triu(np.full((T, T), -np.inf), 1)
+    distance = pos[:, None] - pos[None, :]
     group = cfg.n_head // cfg.n_head_kv
     traces = []
+
+    def post_norm(y: np.ndarray, name: str) -> np.ndarray:
+        return rms_norm(y, w[name], cfg.rms_eps) if name in w else y
+
     for i in range(cfg.n_layer):
         h = rms_norm(x, w[f"blk.{i}.attn_norm.weight"], cfg.rms_eps)
         q, k, v = _queries_keys_values(cfg, w, i, h, pos)
+        mask = np.where(distance >= cfg.n_swa, -np.inf, causal) if cfg.slides(i) else causal
         heads = []
         for hh in range(cfg.n_head):
-            s = q[:, hh] @ k[:, hh // group].T / np.sqrt(hd) + causal
+            s = q[:, hh] @ k[:, hh // group].T / np.sqrt(hd) + mask
             p = np.exp(s - s.max(-1, keepdims=True))
             p /= p.sum(-1, keepdims=True)
             heads.append(p @ v[:, hh // group])
-        x = x + np.concatenate(heads, -1) @ w[f"blk.{i}.attn_output.weight"].T
+        attn = np.concatenate(heads, -1) @ w[f"blk.{i}.attn_output.weight"].T
+        x = x + post_norm(attn, f"blk.{i}.post_attention_norm.weight")
         h = rms_norm(x, w[f"blk.{i}.ffn_norm.weight"], cfg.rms_eps)
         if cfg.n_expert:
             x = x + moe_ffn(
@@ -418,10 +456,13 @@ def reference_forward(
             layer_scales = (ffn_scales[0][i], ffn_scales[1][i]) if ffn_scales is not None else None
             kept = threshold_mask(cfg.act, gate, up, ffn_thresholds[0][i], ffn_thresholds[1][i], layer_scales)[1]
         traces.append(FfnTrace(activation=a, kept=kept))
-        x = x + ffn_down(w, i, a * kept, use_down_t)
+        x = x + post_norm(ffn_down(w, i, a * kept, use_down_t), f"blk.{i}.post_ffw_norm.weight")
     x = rms_norm(x, w["output_norm.weight"], cfg.rms_eps)
     head = w["output.weight"] if "output.weight" in w else w["token_embd.weight"]
-    return x @ head.T, traces
+    logits = x @ head.T
+    if cfg.logit_softcap:
+        logits = cfg.logit_softcap * np.tanh(logits / cfg.logit_softcap)
+    return logits, traces
 
 
 def reference_logits(

@@ -27,7 +27,8 @@ enum ts_status {
 enum ts_ffn_act {
     TS_FFN_SWIGLU = 0, /* silu(gate) * up          (Llama, Mistral, SmolLM2) */
     TS_FFN_REGLU = 1,  /* relu(gate) * up          (ReLU-Llama, ProSparse) */
-    TS_FFN_DRELU = 2   /* relu(gate) * relu(up)    (TurboSparse "bamboo") */
+    TS_FFN_DRELU = 2,  /* relu(gate) * relu(up)    (TurboSparse "bamboo") */
+    TS_FFN_GEGLU = 3   /* gelu(gate) * up          (Gemma; gelu's tanh form, through an F16 table as ggml's) */
 };
 
 /* How decoding computes the FFN. */

@@ -60,10 +60,9 @@ static int check_params(const ts_model *m, const ts_context_params *p, char *err
     if (p->n_threads > GGML_MAX_N_THREADS) {
         return ts_set_error(err, err_size, "n_threads = %d: ggml runs at most %d threads", p->n_threads, GGML_MAX_N_THREADS);
     }
-    const int relu_gated = in->ffn_act != TS_FFN_SWIGLU;
-    if (!in->has_down && !relu_gated) {
-        return ts_set_error(err, err_size,
-                            "%s: a SwiGLU FFN needs the standard down matrices (blk.N.ffn_down.weight)", m->file->path);
+    if (!in->has_down && !ts_ffn_act_relu_gated(in->ffn_act)) {
+        return ts_set_error(err, err_size, "%s: a %s FFN needs the standard down matrices (blk.N.ffn_down.weight)",
+                            m->file->path, in->ffn_act == TS_FFN_GEGLU ? "GEGLU" : "SwiGLU");
     }
     int32_t mode = TS_SPARSE_OFF;
     return p->sparse_mode == TS_SPARSE_AUTO ? ts_model_sparse_mode(m, TS_SPARSE_AUTO, m->on_cpu, &mode, err, err_size)
@@ -99,6 +98,7 @@ static int init_sparse_layers(ts_context *c, char *err, size_t err_size) {
     for (int il = 0; il < m->info.n_layer; il++) {
         ts_sparse_layer *s = &c->sparse[il];
         s->ffn_act = m->info.ffn_act;
+        s->gelu_f16 = m->gelu_f16;
         /* layers without a predictor select exactly (gate > 0) even in predictor mode */
         s->select_exact = c->params.sparse_mode != TS_SPARSE_PREDICTOR || m->pred_rank[il] == 0;
         s->gate_split = m->layers[il].gate_split;
@@ -431,7 +431,6 @@ static void fill_inputs(const ts_context *c, const ts_graph *g, const int32_t *t
     int64_t *k_rows = g->k_rows->data, *v_cells = g->v_cells->data;
     for (int32_t k = 0; k < g->n_groups; k++) {
         const ts_group *gr = &g->groups[k];
-        float *mask = gr->kq_mask->data;
         for (int32_t i = 0; i < gr->n_tokens; i++) {
             const int32_t t = gr->first + i, p = c->n_past[gr->seq] + i;
             const int64_t cell = (int64_t)gr->seq * c->n_cells + p;
@@ -440,9 +439,18 @@ static void fill_inputs(const ts_context *c, const ts_graph *g, const int32_t *t
             for (int64_t e = 0; e < n_embd_kv; e++) {
                 v_cells[(int64_t)t * n_embd_kv + e] = e * n_cells_all + cell;
             }
-            /* causal mask: the token sees its sequence's cells 0..p */
-            for (int32_t j = 0; j < gr->n_kv; j++) {
-                mask[(size_t)i * gr->n_kv + j] = j <= p ? 0.0f : -INFINITY;
+            /* causal mask: the token sees its sequence's cells 0..p; in a sliding window, those of p - j < n_swa */
+            if (gr->kq_mask != NULL) {
+                float *mask = (float *)gr->kq_mask->data + (size_t)i * gr->n_kv;
+                for (int32_t j = 0; j < gr->n_kv; j++) {
+                    mask[j] = j <= p ? 0.0f : -INFINITY;
+                }
+            }
+            if (gr->kq_mask_swa != NULL) {
+                float *mask_swa = (float *)gr->kq_mask_swa->data + (size_t)i * gr->n_kv;
+                for (int32_t j = 0; j < gr->n_kv; j++) {
+                    mask_swa[j] = j <= p && p - j < c->model->n_swa ? 0.0f : -INFINITY;
+                }
             }
         }
     }

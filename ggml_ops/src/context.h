@@ -15,7 +15,8 @@ typedef struct ts_group {
     int32_t first;
     int32_t n_tokens;
     int32_t n_kv;                /* cache cells its attention spans: a multiple of ts_context.kv_span_step (or all) */
-    struct ggml_tensor *kq_mask; /* F32 [n_kv, n_tokens] */
+    struct ggml_tensor *kq_mask;     /* F32 [n_kv, n_tokens], or NULL where every layer slides */
+    struct ggml_tensor *kq_mask_swa; /* the same within the sliding window, or NULL where no layer slides */
 } ts_group;
 
 /* One layer's dense FFN values kept for ts_context_eval_trace: gate and up before the activation, [n_ff, T]. */

@@ -17,12 +17,14 @@
 #define TS_KEY_SPLIT_COUNT "split.count" /* llama-gguf-split's: the number of files a model is split into */
 #define TS_KEY_SPLIT_NO "split.no"       /* this file's index among them, from 0 */
 
-/* general.architecture values the loader runs: llama.cpp's llama, qwen2, qwen3 and qwen3moe, PowerInfer's bamboo */
+/* general.architecture values the loader runs: llama.cpp's llama, qwen2, qwen3, qwen3moe and gemma3, PowerInfer's
+ * bamboo */
 #define TS_ARCH_LLAMA "llama"
 #define TS_ARCH_BAMBOO "bamboo"
 #define TS_ARCH_QWEN2 "qwen2"
 #define TS_ARCH_QWEN3 "qwen3"
 #define TS_ARCH_QWEN3MOE "qwen3moe"
+#define TS_ARCH_GEMMA3 "gemma3"
 
 /* ---- llama.cpp's per-architecture keys: "<general.architecture>." + suffix --------------------------------- */
 #define TS_ARCH_KEY_BLOCK_COUNT "block_count"
@@ -46,6 +48,10 @@
 #define TS_ARCH_KEY_EXPERT_COUNT "expert_count"
 #define TS_ARCH_KEY_EXPERT_USED_COUNT "expert_used_count"
 #define TS_ARCH_KEY_EXPERT_FEED_FORWARD_LENGTH "expert_feed_forward_length"
+#define TS_ARCH_KEY_SLIDING_WINDOW "attention.sliding_window"
+#define TS_ARCH_KEY_SLIDING_WINDOW_PATTERN "attention.sliding_window_pattern"
+#define TS_ARCH_KEY_ROPE_FREQ_BASE_SWA "rope.freq_base_swa"
+#define TS_ARCH_KEY_FINAL_LOGIT_SOFTCAPPING "final_logit_softcapping"
 
 /* ---- turbosparse keys -------------------------------------------------------------------------------------- */
 #define TS_KEY_FORMAT_VERSION "turbosparse.format_version"
@@ -67,6 +73,7 @@
 #define TS_FFN_ACTIVATION_SWIGLU "swiglu"
 #define TS_FFN_ACTIVATION_REGLU "reglu"
 #define TS_FFN_ACTIVATION_DRELU "drelu"
+#define TS_FFN_ACTIVATION_GEGLU "geglu"
 #define TS_PREDICTOR_INPUT_RESIDUAL "residual"
 #define TS_PREDICTOR_INPUT_RESIDUAL_RMSNORM "residual_rmsnorm"
 
@@ -87,7 +94,9 @@
 #define TS_TENSOR_ATTN_OUTPUT_BIAS "blk.%d.attn_output.bias"
 #define TS_TENSOR_ATTN_Q_NORM "blk.%d.attn_q_norm.weight"
 #define TS_TENSOR_ATTN_K_NORM "blk.%d.attn_k_norm.weight"
+#define TS_TENSOR_ATTN_POST_NORM "blk.%d.post_attention_norm.weight"
 #define TS_TENSOR_FFN_NORM "blk.%d.ffn_norm.weight"
+#define TS_TENSOR_FFN_POST_NORM "blk.%d.post_ffw_norm.weight"
 #define TS_TENSOR_FFN_GATE "blk.%d.ffn_gate.weight"
 #define TS_TENSOR_FFN_UP "blk.%d.ffn_up.weight"
 #define TS_TENSOR_FFN_DOWN "blk.%d.ffn_down.weight"

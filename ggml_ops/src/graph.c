@@ -1,12 +1,15 @@
 /*
- * The llama-family forward graph, op for op as llama.cpp builds it for `llama`, `qwen2`, `qwen3` and `qwen3moe`
- * (no flash attention, F16 KV cache by default, V stored transposed), so dense results match llama.cpp's. Qwen3 norms
- * each head's queries and keys (qk_norm) before the rope.
+ * The llama-family forward graph, op for op as llama.cpp builds it for `llama`, `qwen2`, `qwen3`, `qwen3moe` and
+ * `gemma3` (no flash attention, F16 KV cache by default, V stored transposed), so dense results match llama.cpp's.
+ * Qwen3 and Gemma 3 norm each head's queries and keys (qk_norm) before the rope.
  *
  *   x = embd[tokens]
  *   per layer:  h = x + wo @ attn(rope(wq @ norm(x) + bq), rope(wk @ norm(x) + bk), wv @ norm(x) + bv)
  *               x = h + ffn(norm(h))         ffn(z) = down @ act(gate @ z, up @ z)
  *   logits = output @ norm(x) (+ b)
+ *
+ * Gemma 3 scales the embeddings by sqrt(n_embd), RMS-norms the attention's and the FFN's outputs before their residual
+ * adds (post_norms), and its sliding-window layers attend to the last n_swa positions only, roped with their own base.
  */
 #include "context.h"
 #include "grouped_ffn.h"
@@ -30,12 +33,20 @@ static struct ggml_tensor *matmul_bias(struct ggml_context *ctx0, struct ggml_te
     return add_bias(ctx0, ggml_mul_mat(ctx0, w, x), b);
 }
 
-static struct ggml_tensor *rope(const ts_model *m, struct ggml_context *ctx0, struct ggml_tensor *x,
+static struct ggml_tensor *rope(const ts_model *m, int il, struct ggml_context *ctx0, struct ggml_tensor *x,
                                 struct ggml_tensor *pos) {
     const ts_model_info *in = &m->info;
+    const int swa = m->layers[il].swa; /* a sliding-window layer: its own base, unscaled (llama.cpp's) */
     /* 32, 1: YaRN's beta_fast and beta_slow, llama.cpp's defaults (model.c: load_yarn) */
-    return ggml_rope_ext(ctx0, x, pos, m->rope_freqs, in->n_rot, m->rope_type, m->n_ctx_orig, in->rope_freq_base,
-                         in->rope_freq_scale, m->rope_ext_factor, m->rope_attn_factor, 32.0f, 1.0f);
+    return ggml_rope_ext(ctx0, x, pos, m->rope_freqs, in->n_rot, m->rope_type, m->n_ctx_orig,
+                         swa ? m->rope_freq_base_swa : in->rope_freq_base, swa ? 1.0f : in->rope_freq_scale,
+                         m->rope_ext_factor, m->rope_attn_factor, 32.0f, 1.0f);
+}
+
+/* RMS-norms y with w where the layer has that norm (post_norms), else y */
+static struct ggml_tensor *post_norm(const ts_model *m, struct ggml_context *ctx0, struct ggml_tensor *y,
+                                     struct ggml_tensor *w) {
+    return w != NULL ? rms_norm(ctx0, y, w, m->info.rms_eps) : y;
 }
 
 /*
@@ -61,8 +72,13 @@ static struct ggml_tensor *attention(const ts_context *ctx, struct ggml_context 
         q = rms_norm(ctx0, q, l->attn_q_norm, in->rms_eps);
         k = rms_norm(ctx0, k, l->attn_k_norm, in->rms_eps);
     }
-    q = rope(m, ctx0, q, g->pos);
-    k = rope(m, ctx0, k, g->pos);
+    q = rope(m, il, ctx0, q, g->pos);
+    k = rope(m, il, ctx0, k, g->pos);
+    /* Gemma 3 scales its queries after the rope and the softmax by 1 (llama.cpp's float order) */
+    const float kq_scale = m->q_scale > 0.0f ? 1.0f : 1.0f / sqrtf((float)hd);
+    if (m->q_scale > 0.0f) {
+        q = ggml_scale(ctx0, q, m->q_scale);
+    }
 
     struct ggml_tensor *kc = ctx->k_cache[il], *vc = ctx->v_cache[il];
     const size_t ev = ggml_type_size(vc->type); /* bytes per V element */
@@ -91,7 +107,7 @@ static struct ggml_tensor *attention(const ts_context *ctx, struct ggml_context 
 
         struct ggml_tensor *kq = ggml_mul_mat(ctx0, keys, qg); /* [n_kv, n_g, n_head] */
         ggml_prec_set_acc(kq, GGML_PREC_F32);
-        kq = ggml_soft_max_ext(ctx0, kq, gr->kq_mask, 1.0f / sqrtf((float)hd), 0.0f);
+        kq = ggml_soft_max_ext(ctx0, kq, l->swa ? gr->kq_mask_swa : gr->kq_mask, kq_scale, 0.0f);
         struct ggml_tensor *kqv = ggml_mul_mat(ctx0, vals, kq); /* [hd, n_g, n_head] */
         struct ggml_tensor *o = ggml_cont_2d(ctx0, ggml_permute(ctx0, kqv, 0, 2, 1, 3), hd * in->n_head, gr->n_tokens);
         out = out == NULL ? o : ggml_concat(ctx0, out, o, 1);
@@ -106,6 +122,8 @@ struct ggml_tensor *ts_gated_activation(struct ggml_context *ctx0, int32_t act, 
         return ggml_reglu_split(ctx0, gate, up);
     case TS_FFN_DRELU:
         return ggml_reglu_split(ctx0, gate, ggml_relu(ctx0, up));
+    case TS_FFN_GEGLU:
+        return ggml_geglu_split(ctx0, gate, up);
     default:
         return ggml_swiglu_split(ctx0, gate, up);
     }
@@ -140,14 +158,15 @@ struct ggml_tensor *ts_down_t_scaled(struct ggml_context *ctx0, const ts_layer *
     return l->ffn_down_t_scale != NULL ? ggml_mul(ctx0, y, l->ffn_down_t_scale) : y;
 }
 
-/* Whether layer il computes its FFN densely: prefill, dense mode, or a SwiGLU layer whose thresholds keep every
- * neuron (nothing to skip: ggml's dense kernels, and the dense result exactly). */
+/* Whether layer il computes its FFN densely: prefill, dense mode, or a SwiGLU / GEGLU layer whose thresholds keep
+ * every neuron (nothing to skip: ggml's dense kernels, and the dense result exactly). */
 static int runs_dense(const ts_context *ctx, int il, int32_t dense_ffn) {
     const ts_sparse_layer *sl = &ctx->sparse[il];
     if (dense_ffn || ctx->params.sparse_mode == TS_SPARSE_OFF) {
         return 1;
     }
-    return sl->ffn_act == TS_FFN_SWIGLU && sl->select_exact && sl->gate_threshold <= 0.0f && sl->act_threshold <= 0.0f;
+    return !ts_ffn_act_relu_gated(sl->ffn_act) && sl->select_exact && sl->gate_threshold <= 0.0f &&
+           sl->act_threshold <= 0.0f;
 }
 
 /* The FFN of layer il on cur = norm(ffn_inp) [n_embd, T], dense or sparse as the context says; trace (or NULL)
@@ -240,9 +259,22 @@ void ts_graph_build(ts_context *ctx, struct ggml_context *ctx0, ts_graph *g) {
     ggml_set_input(g->pos);
     ggml_set_input(g->k_rows);
     ggml_set_input(g->v_cells);
+    /* the masks some layer reads (one nobody reads gets no memory) */
+    int n_swa_layers = 0;
+    for (int il = 0; il < in->n_layer; il++) {
+        n_swa_layers += m->layers[il].swa;
+    }
     for (int32_t i = 0; i < g->n_groups; i++) {
-        g->groups[i].kq_mask = ggml_new_tensor_2d(ctx0, GGML_TYPE_F32, g->groups[i].n_kv, g->groups[i].n_tokens);
-        ggml_set_input(g->groups[i].kq_mask);
+        ts_group *gr = &g->groups[i];
+        gr->kq_mask = gr->kq_mask_swa = NULL;
+        if (n_swa_layers < in->n_layer) {
+            gr->kq_mask = ggml_new_tensor_2d(ctx0, GGML_TYPE_F32, gr->n_kv, gr->n_tokens);
+            ggml_set_input(gr->kq_mask);
+        }
+        if (n_swa_layers > 0) {
+            gr->kq_mask_swa = ggml_new_tensor_2d(ctx0, GGML_TYPE_F32, gr->n_kv, gr->n_tokens);
+            ggml_set_input(gr->kq_mask_swa);
+        }
     }
     g->out_ids = NULL;
     if (g->n_outputs < n_tokens) {
@@ -251,6 +283,9 @@ void ts_graph_build(ts_context *ctx, struct ggml_context *ctx0, ts_graph *g) {
     }
 
     struct ggml_tensor *x = ggml_get_rows(ctx0, m->tok_embd, g->tokens); /* [n_embd, T] */
+    if (m->embd_scale > 0.0f) {
+        x = ggml_scale(ctx0, x, m->embd_scale);
+    }
     for (int il = 0; il < in->n_layer; il++) {
         const ts_layer *l = &m->layers[il];
         struct ggml_tensor *cur = rms_norm(ctx0, x, l->attn_norm, in->rms_eps);
@@ -260,13 +295,19 @@ void ts_graph_build(ts_context *ctx, struct ggml_context *ctx0, ts_graph *g) {
             cur = ggml_get_rows(ctx0, cur, g->out_ids);
             x = ggml_get_rows(ctx0, x, g->out_ids);
         }
+        cur = post_norm(m, ctx0, cur, l->attn_post_norm);
         struct ggml_tensor *ffn_inp = ggml_add(ctx0, cur, x); /* residual before the FFN norm */
         cur = rms_norm(ctx0, ffn_inp, l->ffn_norm, in->rms_eps);
         cur = ffn(ctx, ctx0, il, ffn_inp, cur, g->dense_ffn || g->trace != NULL, g->trace != NULL ? &g->trace[il] : NULL);
+        cur = post_norm(m, ctx0, cur, l->ffn_post_norm);
         x = ggml_add(ctx0, cur, ffn_inp);
     }
     x = rms_norm(ctx0, x, m->output_norm, in->rms_eps);
     g->logits = matmul_bias(ctx0, m->output, m->output_b, x);
+    if (m->logit_softcap > 0.0f) {
+        g->logits = ggml_scale(ctx0, ggml_tanh(ctx0, ggml_scale(ctx0, g->logits, 1.0f / m->logit_softcap)),
+                               m->logit_softcap);
+    }
     ggml_set_output(g->logits);
     ggml_build_forward_expand(gf, g->logits);
 }

@@ -69,17 +69,20 @@ ts_model_params ts_model_default_params(void) {
 /* An architecture the loader runs: llama's graph (graph.c), with what each differs by. Qwen2's biases on the
  * queries, keys and values are optional tensors, as in every architecture. */
 typedef struct arch_spec {
-    const char *name;  /* general.architecture */
-    int32_t rope_type; /* GGML_ROPE_TYPE_*: NEOX rotates a head's two halves together, NORMAL adjacent pairs */
-    int32_t qk_norm;   /* each head's queries and keys RMS-normed before the rope */
+    const char *name;    /* general.architecture */
+    int32_t rope_type;   /* GGML_ROPE_TYPE_*: NEOX rotates a head's two halves together, NORMAL adjacent pairs */
+    int32_t qk_norm;     /* each head's queries and keys RMS-normed before the rope */
+    int32_t ffn_act;     /* enum ts_ffn_act, unless turbosparse.ffn_activation (or a PowerInfer file) says */
+    int32_t gemma;       /* Gemma 3's block (model.h: post_norms, embd_scale, q_scale, sliding-window layers) */
 } arch_spec;
 
 static const arch_spec ARCHITECTURES[] = {
-    {TS_ARCH_LLAMA, GGML_ROPE_TYPE_NORMAL, 0},
-    {TS_ARCH_BAMBOO, GGML_ROPE_TYPE_NORMAL, 0},
-    {TS_ARCH_QWEN2, GGML_ROPE_TYPE_NEOX, 0},
-    {TS_ARCH_QWEN3, GGML_ROPE_TYPE_NEOX, 1},
-    {TS_ARCH_QWEN3MOE, GGML_ROPE_TYPE_NEOX, 1}, /* Qwen3's attention, Mixtral's experts */
+    {TS_ARCH_LLAMA, GGML_ROPE_TYPE_NORMAL, 0, TS_FFN_SWIGLU, 0},
+    {TS_ARCH_BAMBOO, GGML_ROPE_TYPE_NORMAL, 0, TS_FFN_DRELU, 0},
+    {TS_ARCH_QWEN2, GGML_ROPE_TYPE_NEOX, 0, TS_FFN_SWIGLU, 0},
+    {TS_ARCH_QWEN3, GGML_ROPE_TYPE_NEOX, 1, TS_FFN_SWIGLU, 0},
+    {TS_ARCH_QWEN3MOE, GGML_ROPE_TYPE_NEOX, 1, TS_FFN_SWIGLU, 0}, /* Qwen3's attention, Mixtral's experts */
+    {TS_ARCH_GEMMA3, GGML_ROPE_TYPE_NEOX, 1, TS_FFN_GEGLU, 1},
 };
 
 static const arch_spec *find_arch(const char *name) {
@@ -139,19 +142,14 @@ static int check_positive(const ts_model *m, const char *what, int64_t v, int64_
     return 0;
 }
 
-static int load_ffn_activation(ts_model *m, char *err, size_t err_size) {
+static int load_ffn_activation(ts_model *m, int32_t arch_act, char *err, size_t err_size) {
     char act[32];
     int rc = ts_gguf_get_str(m->file, TS_KEY_FFN_ACTIVATION, act, sizeof(act), 0, err, err_size);
     if (rc < 0) {
         return -1;
     }
-    if (rc == 1) {
-        /* no turbosparse key: bamboo is dReLU, PowerInfer's llama files are ReLU-Llama (ReGLU) */
-        if (strcmp(m->arch, TS_ARCH_BAMBOO) == 0) {
-            m->info.ffn_act = TS_FFN_DRELU;
-        } else {
-            m->info.ffn_act = m->info.is_powerinfer ? TS_FFN_REGLU : TS_FFN_SWIGLU;
-        }
+    if (rc == 1) { /* no turbosparse key: the architecture's; PowerInfer's llama files are ReLU-Llama (ReGLU) */
+        m->info.ffn_act = m->info.is_powerinfer && arch_act == TS_FFN_SWIGLU ? TS_FFN_REGLU : arch_act;
         return 0;
     }
     if (strcmp(act, TS_FFN_ACTIVATION_SWIGLU) == 0) {
@@ -160,9 +158,11 @@ static int load_ffn_activation(ts_model *m, char *err, size_t err_size) {
         m->info.ffn_act = TS_FFN_REGLU;
     } else if (strcmp(act, TS_FFN_ACTIVATION_DRELU) == 0) {
         m->info.ffn_act = TS_FFN_DRELU;
+    } else if (strcmp(act, TS_FFN_ACTIVATION_GEGLU) == 0) {
+        m->info.ffn_act = TS_FFN_GEGLU;
     } else {
-        return ts_set_error(err, err_size, "%s: " TS_KEY_FFN_ACTIVATION " '%s' is unknown (expected swiglu, reglu or drelu)",
-                            m->file->path, act);
+        return ts_set_error(err, err_size, "%s: " TS_KEY_FFN_ACTIVATION " '%s' is unknown (expected swiglu, reglu, drelu or "
+                            "geglu)", m->file->path, act);
     }
     return 0;
 }
@@ -259,6 +259,93 @@ static int load_rope(ts_model *m, char *err, size_t err_size) {
     return yarn ? load_yarn(m, err, err_size) : 0;
 }
 
+/*
+ * Gemma 3, as llama.cpp reads it: token embeddings times sqrt(n_embd); queries times 1/sqrt(head size) before the
+ * attention (the 27B, which llama.cpp tells by its 62 layers: 1/sqrt(n_embd / n_head)); the logits soft-capped where
+ * final_logit_softcapping is given; with attention.sliding_window, sliding-window layers (load_sliding_window).
+ */
+static int load_gemma(ts_model *m, char *err, size_t err_size) {
+    const ts_model_info *in = &m->info;
+    m->post_norms = 1;
+    m->embd_scale = sqrtf((float)in->n_embd);
+    m->q_scale = in->n_layer == 62 ? 1.0f / sqrtf((float)(in->n_embd / in->n_head))
+                                   : 1.0f / sqrtf((float)in->n_embd_head);
+    int64_t n_swa = 0;
+    if (get_arch_f32(m, TS_ARCH_KEY_FINAL_LOGIT_SOFTCAPPING, &m->logit_softcap, 0, err, err_size) < 0 ||
+        get_arch_i64(m, TS_ARCH_KEY_SLIDING_WINDOW, &n_swa, 0, err, err_size) < 0) {
+        return -1;
+    }
+    if (!(m->logit_softcap >= 0.0f) || !isfinite(m->logit_softcap)) {
+        return ts_set_error(err, err_size, "%s: %s." TS_ARCH_KEY_FINAL_LOGIT_SOFTCAPPING " = %g must be finite and >= 0",
+                            m->file->path, m->arch, (double)m->logit_softcap);
+    }
+    if (n_swa < 0 || n_swa > INT32_MAX) {
+        return ts_set_error(err, err_size, "%s: %s." TS_ARCH_KEY_SLIDING_WINDOW " = %lld is out of range", m->file->path,
+                            m->arch, (long long)n_swa);
+    }
+    m->n_swa = (int32_t)n_swa;
+    m->rope_freq_base_swa = 10000.0f; /* llama.cpp's default: Gemma 3's local layers */
+    if (get_arch_f32(m, TS_ARCH_KEY_ROPE_FREQ_BASE_SWA, &m->rope_freq_base_swa, 0, err, err_size) < 0) {
+        return -1;
+    }
+    if (!(m->rope_freq_base_swa > 0.0f) || !isfinite(m->rope_freq_base_swa)) {
+        return ts_set_error(err, err_size, "%s: %s." TS_ARCH_KEY_ROPE_FREQ_BASE_SWA " must be positive", m->file->path,
+                            m->arch);
+    }
+    return 0;
+}
+
+/*
+ * Which layers slide (n_swa > 0): attention.sliding_window_pattern, a bool per layer (true: sliding) or a number n
+ * (6 when absent): every n-th layer, il % n == n - 1, attends to all positions, the others slide (n = 0: all slide).
+ */
+static int load_sliding_window(ts_model *m, char *err, size_t err_size) {
+    const int32_t n_layer = m->info.n_layer;
+    if (m->n_swa == 0) {
+        return 0;
+    }
+    char key[160];
+    arch_key(key, sizeof(key), m->arch, TS_ARCH_KEY_SLIDING_WINDOW_PATTERN);
+    const ts_gguf_kv *kv = ts_gguf_find_kv(m->file, key);
+    if (kv != NULL && kv->type == TS_GGUF_ARRAY) {
+        int64_t *flags = malloc(sizeof(int64_t) * (size_t)n_layer);
+        if (flags == NULL) {
+            return ts_set_error(err, err_size, "out of memory");
+        }
+        const int rc = ts_gguf_get_arr_i64(m->file, key, flags, n_layer, 1, err, err_size);
+        for (int32_t il = 0; rc == 0 && il < n_layer; il++) {
+            m->layers[il].swa = flags[il] != 0;
+        }
+        free(flags);
+        return rc;
+    }
+    int64_t pattern = 6;
+    if (ts_gguf_get_i64(m->file, key, &pattern, 0, err, err_size) < 0) {
+        return -1;
+    }
+    if (pattern < 0 || pattern > TS_MAX_LAYERS) {
+        return ts_set_error(err, err_size, "%s: %s = %lld is out of range", m->file->path, key, (long long)pattern);
+    }
+    for (int32_t il = 0; il < n_layer; il++) {
+        m->layers[il].swa = pattern == 0 || il % pattern < pattern - 1;
+    }
+    return 0;
+}
+
+/* GELU of every F16 value, for the sparse kernels to match ggml's, which looks its GELU up in such a table (the
+ * tanh form, of the input rounded to F16, the result rounded to F16). */
+static int make_gelu_table(ts_model *m, char *err, size_t err_size) {
+    m->gelu_f16 = malloc(sizeof(ggml_fp16_t) << 16);
+    if (m->gelu_f16 == NULL) {
+        return ts_set_error(err, err_size, "out of memory");
+    }
+    for (uint32_t i = 0; i < 1u << 16; i++) {
+        const float x = ggml_fp16_to_fp32((ggml_fp16_t)i);
+        m->gelu_f16[i] = ggml_fp32_to_fp16(0.5f * x * (1.0f + tanhf(0.7978845608f * x * (1.0f + 0.044715f * x * x))));
+    }
+    return 0;
+}
+
 /* Mixture of experts: expert_count and expert_used_count together, 1 <= used <= count (neither: a dense FFN). */
 static int load_experts(ts_model *m, char *err, size_t err_size) {
     int64_t n_expert = 0, n_used = 0;
@@ -327,7 +414,7 @@ static int load_hparams(ts_model *m, char *err, size_t err_size) {
     if (arch == NULL) {
         return ts_set_error(err, err_size,
                             "%s: unsupported architecture '%s' (general.architecture): turbosparse runs llama-family "
-                            "backbones ('llama', 'qwen2', 'qwen3', 'qwen3moe', PowerInfer's 'bamboo')",
+                            "backbones ('llama', 'qwen2', 'qwen3', 'qwen3moe', 'gemma3', PowerInfer's 'bamboo')",
                             m->file->path, m->arch);
     }
     m->rope_type = arch->rope_type;
@@ -443,10 +530,11 @@ static int load_hparams(ts_model *m, char *err, size_t err_size) {
         return ts_set_error(err, err_size, "%s: %s is NaN: a predictor threshold must be a number", m->file->path,
                             threshold_key);
     }
-    if (rc < 0 || load_ffn_activation(m, err, err_size) != 0 || load_predictor_input(m, err, err_size) != 0) {
+    if (rc < 0 || load_ffn_activation(m, arch->ffn_act, err, err_size) != 0 ||
+        load_predictor_input(m, err, err_size) != 0 || load_rope(m, err, err_size) != 0) {
         return -1;
     }
-    return load_rope(m, err, err_size);
+    return arch->gemma ? load_gemma(m, err, err_size) : 0;
 }
 
 /* ---- tensor plan: what must exist, with which shape ---------------------------------------- */
@@ -510,6 +598,12 @@ static const tensor_spec ATTENTION_TENSORS[] = {
 static const tensor_spec QK_NORM_TENSORS[] = {
     {TS_TENSOR_ATTN_Q_NORM, NULL, ROLE_NORM, LAYER_SLOT(attn_q_norm), 1, {DIM_HEAD, DIM_1, DIM_1}},
     {TS_TENSOR_ATTN_K_NORM, NULL, ROLE_NORM, LAYER_SLOT(attn_k_norm), 1, {DIM_HEAD, DIM_1, DIM_1}},
+};
+
+/* the attention's and FFN's output norms of an architecture with post_norms */
+static const tensor_spec POST_NORM_TENSORS[] = {
+    {TS_TENSOR_ATTN_POST_NORM, NULL, ROLE_NORM, LAYER_SLOT(attn_post_norm), 1, {DIM_EMBD, DIM_1, DIM_1}},
+    {TS_TENSOR_FFN_POST_NORM, NULL, ROLE_NORM, LAYER_SLOT(ffn_post_norm), 1, {DIM_EMBD, DIM_1, DIM_1}},
 };
 
 /* FFN matrices read row by row in sparse decoding stay in the mapping when asked to: up always, gate where a
@@ -739,7 +833,9 @@ static int plan_layer(ts_model *m, plan *p, int il, char *err, size_t err_size) 
     if (plan_specs(m, p, &m->layers[il], ATTENTION_TENSORS, N_SPECS(ATTENTION_TENSORS), il, &d, NULL, err,
                    err_size) != 0 ||
         (m->qk_norm && plan_specs(m, p, &m->layers[il], QK_NORM_TENSORS, N_SPECS(QK_NORM_TENSORS), il, &d, NULL, err,
-                                  err_size) != 0)) {
+                                  err_size) != 0) ||
+        (m->post_norms && plan_specs(m, p, &m->layers[il], POST_NORM_TENSORS, N_SPECS(POST_NORM_TENSORS), il, &d, NULL,
+                                     err, err_size) != 0)) {
         return -1;
     }
     return plan_ffn(m, p, il, err, err_size);
@@ -1339,6 +1435,12 @@ ts_model *ts_model_load(const char *path, const ts_model_params *params, char *e
                  : ts_set_error(err, err_size, "out of memory");
     }
     if (rc == 0) {
+        rc = load_sliding_window(m, err, err_size);
+    }
+    if (rc == 0 && m->info.ffn_act == TS_FFN_GEGLU) {
+        rc = make_gelu_table(m, err, err_size);
+    }
+    if (rc == 0) {
         rc = load_ffn_thresholds(m, err, err_size);
     }
     if (rc == 0) {
@@ -1383,6 +1485,7 @@ void ts_model_free(ts_model *m) {
     }
     ts_gguf_close(m->file);
     free(m->layers);
+    free(m->gelu_f16);
     free(m->pred_rank);
     free(m->gate_threshold);
     free(m->act_threshold);

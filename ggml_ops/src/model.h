@@ -15,6 +15,9 @@ typedef struct ts_layer {
     struct ggml_tensor *wo;        /* [n_head*n_embd_head, n_embd] */
     struct ggml_tensor *bq, *bk, *bv, *bo; /* optional biases */
     struct ggml_tensor *attn_q_norm, *attn_k_norm; /* [n_embd_head]: each head's queries and keys RMS-normed (qk_norm) */
+    struct ggml_tensor *attn_post_norm, *ffn_post_norm; /* [n_embd]: the attention's and FFN's outputs RMS-normed
+                                                              before their residual adds (post_norms) */
+    int32_t swa;                   /* attends within the last n_swa positions, roped with rope_freq_base_swa */
     struct ggml_tensor *ffn_norm;  /* [n_embd] */
     struct ggml_tensor *ffn_gate;  /* [n_embd, n_ff]: row j = neuron j's gate weights */
     struct ggml_tensor *ffn_up;    /* [n_embd, n_ff] */
@@ -53,6 +56,14 @@ struct ts_model {
     int32_t n_ctx_orig;
     float rope_ext_factor;   /* YaRN: 1, else 0 */
     float rope_attn_factor;
+    /* Gemma 3 (all 0 elsewhere) */
+    int32_t post_norms;      /* attention and FFN outputs RMS-normed before their residual adds */
+    float embd_scale;        /* token embeddings times this (sqrt(n_embd)); 0: as stored */
+    float q_scale;           /* queries times this before attention, which then scales by 1; 0: 1/sqrt(head size) */
+    int32_t n_swa;           /* sliding window of the layers with swa set; 0: every layer attends to all */
+    float rope_freq_base_swa;
+    float logit_softcap;     /* logits = c tanh(logits / c); 0: none */
+    ggml_fp16_t *gelu_f16;   /* [65536] GELU of every F16 value (TS_FFN_GEGLU), or NULL */
 
     ggml_backend_dev_t device;         /* where the weights live (device.h) */
     int32_t on_cpu;                    /* device is the CPU: weights mapped or repacked, graphs on the CPU backend */

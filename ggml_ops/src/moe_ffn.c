@@ -37,6 +37,7 @@ int ts_moe_init(ts_context *c, char *err, size_t err_size) {
         for (int32_t e = 0; e < n_expert; e++) {
             ts_sparse_layer *s = &c->expert_sparse[(size_t)il * (size_t)n_expert + (size_t)e];
             s->ffn_act = m->info.ffn_act;
+            s->gelu_f16 = m->gelu_f16;
             s->select_exact = c->params.sparse_mode != TS_SPARSE_PREDICTOR || m->pred_rank[il] == 0;
             s->gate_split = m->layers[il].gate_split;
             s->up_split = m->layers[il].up_split;

@@ -53,12 +53,25 @@ struct ggml_tensor *ts_sparse_quantize_gate_up(struct ggml_context *ctx0, struct
 
 /* ---- act: gate and up rows of the selected neurons only ----------------------------------------- */
 
-/* The gate's activation: silu for SwiGLU, relu for the ReLU-gated FFNs. */
-static float gate_act(int32_t act, float g) {
-    if (act == TS_FFN_SWIGLU) {
-        return g / (1.0f + expf(-g));
+/* GELU as ggml computes it (its geglu): 0 from -10 down, the input from 10 up, between them a table lookup of the
+ * input rounded to F16. */
+static float gelu(const ggml_fp16_t *table, float g) {
+    if (g <= -10.0f) {
+        return 0.0f;
     }
-    return g > 0.0f ? g : 0.0f;
+    return g >= 10.0f ? g : ggml_fp16_to_fp32(table[ggml_fp32_to_fp16(g)]);
+}
+
+/* The gate's activation: silu for SwiGLU, gelu for GEGLU, relu for the ReLU-gated FFNs. */
+static float gate_act(const ts_sparse_layer *layer, float g) {
+    switch (layer->ffn_act) {
+    case TS_FFN_SWIGLU:
+        return g / (1.0f + expf(-g));
+    case TS_FFN_GEGLU:
+        return gelu(layer->gelu_f16, g);
+    default:
+        return g > 0.0f ? g : 0.0f;
+    }
 }
 
 /* The neuron's activation from its gate's activation ag and its up value u. */
@@ -66,7 +79,7 @@ static float combine(int32_t act, float ag, float u) {
     if (act == TS_FFN_DRELU) {
         return u > 0.0f ? ag * u : 0.0f;
     }
-    return ag * u; /* SwiGLU, ReGLU */
+    return ag * u; /* SwiGLU, GEGLU, ReGLU */
 }
 
 /* |v|, times neuron j's scale when the layer has scales (calibrated files: the neuron's weight in the output). */
@@ -80,7 +93,7 @@ static int selected(const ts_sparse_layer *layer, int64_t j, float s) {
     if (!layer->select_exact) {
         return s >= layer->threshold;
     }
-    const float ag = gate_act(layer->ffn_act, s);
+    const float ag = gate_act(layer, s);
     return ag != 0.0f && scaled(layer->gate_scale, j, ag) >= layer->gate_threshold;
 }
 
@@ -92,7 +105,7 @@ static int plain_pick(const ts_sparse_layer *layer, ts_pick *pick) {
         *pick = (ts_pick){TS_PICK_AT_LEAST, layer->threshold};
         return 1;
     }
-    if (layer->ffn_act == TS_FFN_SWIGLU || layer->gate_scale != NULL) {
+    if (!ts_ffn_act_relu_gated(layer->ffn_act) || layer->gate_scale != NULL) {
         return 0;
     }
     /* relu(s) != 0 and relu(s) >= gate_threshold */
@@ -167,7 +180,7 @@ static void finish_neuron(const ts_sparse_layer *layer, int64_t jj, int chosen, 
                           int recall, int32_t *count) {
     /* exact mode: select is the dense gate with its bias */
     const float gk = layer->select_exact ? sel_j : layer->gate_bias != NULL ? g + layer->gate_bias[jj] : g;
-    const float ag = gate_act(layer->ffn_act, gk);
+    const float ag = gate_act(layer, gk);
     const float uk = layer->up_bias != NULL ? u + layer->up_bias[jj] : u;
     const float v = combine(layer->ffn_act, ag, uk);
     a[jj] = chosen ? kept_activation(layer, jj, v) : 0.0f;

@@ -23,6 +23,12 @@
 
 #include <stdint.h>
 
+/* ReGLU and dReLU gate with relu: a neuron whose gate is not positive is exactly 0. SwiGLU's silu and GEGLU's gelu
+ * are small but not 0 there (exact mode skips them only under calibrated thresholds). */
+static inline int ts_ffn_act_relu_gated(int32_t act) {
+    return act == TS_FFN_REGLU || act == TS_FFN_DRELU;
+}
+
 /* A node's wall-clock span while node timing is on: thread ith writes only its own slots, thread 0 also the count;
  * the context adds the span to the layer's stats once the graph has run (ts_node_span_take). Threads past
  * TS_TIMED_THREADS are not timed. */
@@ -38,6 +44,7 @@ uint64_t ts_node_span_take(ts_node_span *span);
 /* What one layer's sparse FFN nodes need at compute time (lives in the context, one per layer). */
 typedef struct ts_sparse_layer {
     int32_t ffn_act;        /* enum ts_ffn_act */
+    const ggml_fp16_t *gelu_f16; /* GEGLU: the model's GELU of every F16 value (model.h) */
     int32_t select_exact;   /* 1: select by the dense gate; 0: by predictor logit >= threshold */
     int32_t gate_split, up_split; /* the gate's (up's) rows in the split layout (model.h), which picks their kernel */
     float threshold;        /* predictor logit threshold */

@@ -1,10 +1,12 @@
 /* Which sparse modes a model allows, and what `auto` means for it. */
 #include "sparse_mode.h"
 
+#include "sparse_ffn.h"
+
 #include "ts_error.h"
 
 static int relu_gated(const ts_model *m) {
-    return m->info.ffn_act != TS_FFN_SWIGLU;
+    return ts_ffn_act_relu_gated(m->info.ffn_act);
 }
 
 /* Layers with a predictor (predictor_ranks[l] > 0). */
@@ -20,9 +22,9 @@ static int check_predictor(const ts_model *m, char *err, size_t err_size) {
     const char *path = m->file->path;
     if (!relu_gated(m)) {
         return ts_fail(err, err_size, TS_ERR_ARGUMENT,
-                       "%s: predictor mode needs a ReLU-gated FFN (reglu or drelu), this one is SwiGLU "
-                       "(exact mode runs SwiGLU files calibrated by turbosparse calibrate)",
-                       path);
+                       "%s: predictor mode needs a ReLU-gated FFN (reglu or drelu), this one is %s "
+                       "(exact mode runs SwiGLU and GEGLU files calibrated by turbosparse calibrate)",
+                       path, m->info.ffn_act == TS_FFN_GEGLU ? "GEGLU" : "SwiGLU");
     }
     if (n_predicted_layers(m) == 0) {
         return ts_fail(err, err_size, TS_ERR_ARGUMENT,

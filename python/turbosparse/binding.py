@@ -42,6 +42,7 @@ class FfnActivation(enum.IntEnum):
     SWIGLU = 0  # silu(gate) * up
     REGLU = 1  # relu(gate) * up
     DRELU = 2  # relu(gate) * relu(up)
+    GEGLU = 3  # gelu(gate) * up (Gemma)
 
 
 class PredictorInput(enum.IntEnum):

@@ -22,7 +22,7 @@ KEY_DOWN_LAYOUT: Final = "turbosparse.down_layout"  # str: DOWN_LAYOUTS
 KEY_SOURCE: Final = "turbosparse.source"  # str, the converter class that wrote the file
 KEY_DOWN_COLUMNS_SCALED: Final = "turbosparse.down_columns_scaled"  # u32 1: like-scaled down columns (down_scales.py)
 # calibrated files (turbosparse calibrate): exact mode computes up row j when |act(gate_j)| >= gate threshold and reads
-# down row j when |a_j| >= act threshold (act = silu for SwiGLU; a_j = the neuron's activation)
+# down row j when |a_j| >= act threshold (act = silu for SwiGLU, gelu for GEGLU; a_j = the neuron's activation)
 KEY_GATE_THRESHOLDS: Final = "turbosparse.gate_thresholds"  # f32[n_layer]
 KEY_ACT_THRESHOLDS: Final = "turbosparse.act_thresholds"  # f32[n_layer]
 KEY_CALIBRATED_SPARSITY: Final = "turbosparse.calibrated_sparsity"  # f32, target share of up + down rows skipped
@@ -36,7 +36,7 @@ KEY_GROUP_SIZE: Final = "turbosparse.group_size"  # u32 G, a multiple of 32
 KEY_GROUP_TOP_K: Final = "turbosparse.group_top_k"  # u32[n_layer], groups read per token
 KEY_GROUP_RECALL: Final = "turbosparse.group_recall"  # f32[n_layer], measured share of active neurons in the top k
 
-FFN_ACTIVATIONS: Final = ("swiglu", "reglu", "drelu")  # silu(g)*u, relu(g)*u, relu(g)*relu(u)
+FFN_ACTIVATIONS: Final = ("swiglu", "reglu", "drelu", "geglu")  # silu(g)*u, relu(g)*u, relu(g)*relu(u), gelu(g)*u
 PREDICTOR_INPUTS: Final = ("residual", "residual_rmsnorm")  # h as is, or h / rms(h) (no weight)
 DOWN_LAYOUTS: Final = ("standard", "transposed", "both")
 

@@ -4,7 +4,8 @@ each neuron's mean |up| (for the weighted scores of thresholds.py).
 Each entry carries its neuron, the two scores the thresholds act on and the output energy the neuron would lose if
 dropped:
 
-    gate  = |act(gate_j)|          act = silu (SwiGLU) or relu (ReLU-gated FFNs): decides whether up row j is computed
+    gate  = |act(gate_j)|          act = silu (SwiGLU), gelu (GEGLU) or relu (ReLU-gated FFNs): whether up row j is
+                                   computed
     value = |a_j|                  a_j = act(gate_j) * up_j (dReLU: relu(up_j)): decides whether down column j is read
     energy = a_j^2 * |down_j|^2    the squared size of what neuron j adds to the residual stream
 """
@@ -55,11 +56,23 @@ class Collected:
     mean_abs_up: np.ndarray  # float32 [n_layer, n_ff]: E|up_j| over the calibration tokens
 
 
+def gelu(x: np.ndarray) -> np.ndarray:
+    """GELU as ggml computes it (and the engine's sparse kernels): the tanh form of the input rounded to F16, the
+    result rounded to F16; 0 from -10 down, the input from 10 up."""
+    h = x.astype(np.float16).astype(np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):  # F16 overflows outside +-65504, where the ends below apply
+        g = 0.5 * h * (1.0 + np.tanh(np.float32(0.7978845608) * h * (1.0 + np.float32(0.044715) * h * h)))
+        g = g.astype(np.float16).astype(np.float32)
+    return np.where(x <= -10.0, np.float32(0.0), np.where(x >= 10.0, x, g)).astype(np.float32)
+
+
 def activations(act: FfnActivation, gate: np.ndarray, up: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(act(gate), the neuron activation a) for an FFN activation, as the engine computes them."""
     if act == FfnActivation.SWIGLU:
         with np.errstate(over="ignore"):  # exp(-gate) overflows to inf for gate < -88: silu is -0 there
             g = gate / (1.0 + np.exp(-gate))
+    elif act == FfnActivation.GEGLU:
+        g = gelu(gate)
     else:
         g = np.maximum(gate, 0.0)
     return g, g * (np.maximum(up, 0.0) if act == FfnActivation.DRELU else up)

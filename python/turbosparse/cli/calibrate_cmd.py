@@ -1,4 +1,5 @@
-"""`turbosparse calibrate`: training-free sparsity for a dense GGUF (SwiGLU: Llama, Mistral, Qwen, SmolLM).
+"""`turbosparse calibrate`: training-free sparsity for a dense GGUF (SwiGLU: Llama, Mistral, Qwen, SmolLM; GEGLU:
+Gemma 3).
 
 Runs the model over calibration text, picks per layer the FFN thresholds that reach the target sparsity (the share of
 up and down rows a token skips), measures perplexity and rows read on held-out text, and writes a copy of the file
@@ -24,7 +25,9 @@ from turbosparse.errors import CalibrationError
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("calibrate", help="training-free FFN sparsity for a dense GGUF", description=__doc__)
-    p.add_argument("-m", "--model", type=Path, required=True, help="dense GGUF (e.g. a llama.cpp SwiGLU model)")
+    p.add_argument(
+        "-m", "--model", type=Path, required=True, help="dense GGUF (e.g. a llama.cpp SwiGLU or Gemma 3 model)"
+    )
     p.add_argument("-f", "--file", type=Path, required=True, help="calibration text (plain text)")
     p.add_argument(
         "--sparsity",
@@ -56,9 +59,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--method",
         choices=METHODS,
         default="gate+act",
-        help="gate: one threshold on |silu(gate)| (CATS); gate+act: and one on the activation that reaches down "
-        "(better quality per row; on the CPU a dense file's down matrix is read whole, so per byte read - the table's "
-        "bytes column - gate does better)",
+        help="gate: one threshold on |silu(gate)| (|gelu(gate)| for Gemma; CATS); gate+act: and one on the activation "
+        "that reaches down (better quality per row; on the CPU a dense file's down matrix is read whole, so per byte "
+        "read - the table's bytes column - gate does better)",
     )
     p.add_argument(
         "--scores",
