@@ -337,7 +337,7 @@ def exercise_model_file(path: Path, rng: np.random.Generator, *, full: bool) -> 
         return "refused"
     info = native.info
     modes = [SparseMode.OFF]
-    if info.ffn_act.name != "SWIGLU" or info.has_ffn_thresholds:
+    if info.ffn_act.name in ("REGLU", "DRELU") or info.has_ffn_thresholds:
         modes.append(SparseMode.EXACT)
     if any(native.predictor_ranks):
         modes.append(SparseMode.PREDICTOR)
@@ -1033,7 +1033,7 @@ def prepare_inputs(root: Path, *, default_model: bool) -> Inputs:
     qwen_model("qwen3", 520, seed=5, rope_scaling=yarn).save_pretrained(root / "qwen3")
     copy_tokenizer(spm, root / "qwen3")
     inputs.gguf.append(convert_with_llama_cpp(root / "qwen3", root / "qwen3.gguf", outtype="q8_0"))
-    gemma_model(512, seed=6, final_logit_softcapping=30.0).save_pretrained(root / "gemma3")
+    gemma_model(3, 512, seed=6, final_logit_softcapping=30.0).save_pretrained(root / "gemma3")
     copy_tokenizer(spm, root / "gemma3")
     inputs.gguf.append(convert_with_llama_cpp(root / "gemma3", root / "gemma3.gguf", outtype="q8_0"))
     if default_model:

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 from transformers import (
+    Gemma2Config,
+    Gemma2ForCausalLM,
     Gemma3ForCausalLM,
     Gemma3TextConfig,
     LlamaConfig,
@@ -134,21 +136,52 @@ def qwen_model(arch: str, vocab_size: int, seed: int = 0, **overrides: object) -
     return randomize(model.float().eval(), seed)
 
 
-def gemma_model(vocab_size: int, seed: int = 0, **overrides: object) -> Gemma3ForCausalLM:
-    """A tiny Gemma 3 of the shared width: 7 layers, the sixth attending to every position (rope base 1e6) and the
-    others within a window of 8 (base 1e4, transformers' and llama.cpp's defaults); 4 heads of 32, per-head q / k norms,
-    a GELU-gated FFN, the attention's and FFN's outputs normed, a tied head; overrides go to the config."""
-    config = Gemma3TextConfig(**{**dict(vocab_size=vocab_size, hidden_size=HIDDEN, intermediate_size=N_FF,
-                                        num_hidden_layers=7, num_attention_heads=N_HEAD, num_key_value_heads=N_KV,
-                                        head_dim=32, query_pre_attn_scalar=32, sliding_window=8,
-                                        max_position_embeddings=256, rms_norm_eps=1e-6, bos_token_id=1,
-                                        eos_token_id=2, pad_token_id=0), **overrides})  # fmt: skip
-    model = randomize(Gemma3ForCausalLM(config).float().eval(), seed)
+def gemma_model(generation: int, vocab_size: int, seed: int = 0, **overrides: object) -> torch.nn.Module:
+    """A tiny Gemma 2 or 3 of the shared width: 7 layers, 4 heads of 32, a GELU-gated FFN, the attention's and FFN's
+    outputs normed, a tied head. Gemma 3: the sixth layer attends to every position (rope base 1e6), the others within
+    a window of 8 (base 1e4, transformers' and llama.cpp's defaults), per-head q / k norms. Gemma 2: every second
+    layer attends to all, the others within the window (all base 1e4), attention scores soft-capped at 50 and logits
+    at 30. Overrides go to the config."""
+    fields: dict[str, object] = dict(vocab_size=vocab_size, hidden_size=HIDDEN, intermediate_size=N_FF,
+                                     num_hidden_layers=7, num_attention_heads=N_HEAD, num_key_value_heads=N_KV,
+                                     head_dim=32, query_pre_attn_scalar=32, sliding_window=8,
+                                     max_position_embeddings=256, rms_norm_eps=1e-6, bos_token_id=1, eos_token_id=2,
+                                     pad_token_id=0, **overrides)  # fmt: skip
+    if generation == 2:  # eager attention: the soft-capping of the scores
+        model = Gemma2ForCausalLM(Gemma2Config(**fields, attn_implementation="eager"))
+    else:
+        model = Gemma3ForCausalLM(Gemma3TextConfig(**fields))
+    model = randomize(model.float().eval(), seed)
     with torch.no_grad():  # Gemma's norms scale by 1 + w: w near 0 for norms near 1
         for p in model.parameters():
             if p.ndim == 1:
                 p.sub_(1.0)
     return model
+
+
+def assert_logits_are_llama_cpps(path: Path, tokens: list[int], n_ctx: int = 128) -> np.ndarray:
+    """Our dense logits for tokens are llama.cpp's bit for bit (both with F16 KV caches), as the prompt's batch and
+    token by token through the KV cache; returns llama.cpp's [len(tokens), n_vocab]."""
+    from llama_cpp import Llama
+
+    from turbosparse import Model
+
+    llm = Llama(str(path), n_ctx=n_ctx, logits_all=True, n_threads=2, verbose=False)
+    llm.eval(tokens)
+    theirs = np.array(llm.scores[: len(tokens)], dtype=np.float32)
+    model = Model(path, n_threads=2, n_ctx=n_ctx, sparse="off")
+    np.testing.assert_array_equal(model.eval_logits(tokens), theirs)  # the prompt's batch
+    llm.reset()
+
+    class Sequence:  # evaluate's sequences are keyed by a weakly referenced object
+        pass
+
+    seq = Sequence()
+    for i, token in enumerate(tokens):
+        llm.eval([token])
+        want = np.asarray(llm.scores[llm.n_tokens - 1], dtype=np.float32)
+        np.testing.assert_array_equal(model.evaluate(seq, tokens[: i + 1]), want, err_msg=f"position {i}")
+    return theirs
 
 
 def convert_with_llama_cpp(hf_dir: Path, out: Path, outtype: str = "f32") -> Path:

@@ -122,20 +122,29 @@ def test_a_rope_factor_without_a_type_scales_linearly(tmp_path: Path) -> None:
     np.testing.assert_array_equal(logits["none"], logits["plain"])
 
 
-GEMMA3 = TinyConfig(arch="gemma3", act="geglu", n_swa=6, n_layer=7, tied=True, logit_softcap=30.0)
+GEMMA = {  # 7 layers: the sliding ones and the global ones (every 2nd in Gemma 2, every 6th in Gemma 3)
+    "gemma2": TinyConfig(arch="gemma2", act="geglu", n_swa=6, n_layer=7, tied=True, logit_softcap=30.0,
+                         attn_softcap=2.0),  # a cap that bites on these scores
+    "gemma3": TinyConfig(arch="gemma3", act="geglu", n_swa=6, n_layer=7, tied=True, logit_softcap=30.0,
+                         rope_base=1e6),  # the sliding layers rope with 1e4
+}  # fmt: skip
 
 
-def test_gemma3_matches_reference(tmp_path: Path) -> None:
-    """Sliding-window layers (every 6th global), per-head q / k norms, scaled embeddings, post norms, GEGLU,
-    soft-capped logits: prompt and token by token, past the window."""
-    stored = write_gguf(tmp_path / "m.gguf", GEMMA3, random_weights(GEMMA3, seed=5))
-    toks = tokens(GEMMA3, 40)
-    ref = reference_logits(GEMMA3, stored, toks)
+@pytest.mark.parametrize("arch", GEMMA)
+def test_gemma_matches_reference(tmp_path: Path, arch: str) -> None:
+    """Sliding-window layers, scaled embeddings, post norms, GEGLU, soft-capped logits; Gemma 3's per-head q / k norms
+    and its sliding layers' own rope base, Gemma 2's soft-capped scores: prompt and token by token, past the window."""
+    cfg = GEMMA[arch]
+    stored = write_gguf(tmp_path / "m.gguf", cfg, random_weights(cfg, seed=5))
+    toks = tokens(cfg, 40)
+    ref = reference_logits(cfg, stored, toks)
     ctx = context(tmp_path / "m.gguf")
     assert np.abs(ctx.eval(toks, dense_ffn=True, logits_all=True) - ref).max() <= GEGLU_TOLERANCE * np.abs(ref).max()
     ctx.truncate(0)
     steps = np.stack([ctx.eval([t], dense_ffn=True, logits_all=False) for t in toks])
     assert np.abs(steps - ref).max() <= GEGLU_TOLERANCE * np.abs(ref).max()
+    uncapped = TinyConfig(**{**cfg.__dict__, "attn_softcap": 0.0, "rope_base": 1e4})  # what each feature changes
+    assert np.abs(reference_logits(uncapped, stored, toks) - ref).max() > 100 * GEGLU_TOLERANCE * np.abs(ref).max()
 
 
 def test_the_sliding_window_pattern_as_a_number_or_per_layer(tmp_path: Path) -> None:

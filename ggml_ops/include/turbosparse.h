@@ -376,6 +376,10 @@ int32_t ts_kernel_pick_list(int32_t kind, float t, const float *x, int64_t *j, i
                             int32_t cap);
 int64_t ts_kernel_nonzero_list(const float *a, int64_t n, int32_t *idx, float *val);
 
+/* ---- ggml's GELU (the tanh form of the input rounded to F16, looked up in an F16 table; 0 from -10 down, the input
+ * from 10 up): y[i] = gelu(x[i]) for n values; 0, or -1 (err filled). The sparse kernels' GELU is this one. */
+int32_t ts_gelu(const float *x, float *y, int64_t n, char *err, size_t err_size);
+
 /* ---- quantization: ggml's own quantizers and dequantizers ---------------------------------- */
 /* Fills name/blck_size/type_size of a ggml type; returns 0 when the type id is known. */
 int32_t ts_type_info(int32_t type, const char **name, int64_t *blck_size, int64_t *type_size);

@@ -17,13 +17,14 @@
 #define TS_KEY_SPLIT_COUNT "split.count" /* llama-gguf-split's: the number of files a model is split into */
 #define TS_KEY_SPLIT_NO "split.no"       /* this file's index among them, from 0 */
 
-/* general.architecture values the loader runs: llama.cpp's llama, qwen2, qwen3, qwen3moe and gemma3, PowerInfer's
- * bamboo */
+/* general.architecture values the loader runs: llama.cpp's llama, qwen2, qwen3, qwen3moe, gemma2 and gemma3,
+ * PowerInfer's bamboo */
 #define TS_ARCH_LLAMA "llama"
 #define TS_ARCH_BAMBOO "bamboo"
 #define TS_ARCH_QWEN2 "qwen2"
 #define TS_ARCH_QWEN3 "qwen3"
 #define TS_ARCH_QWEN3MOE "qwen3moe"
+#define TS_ARCH_GEMMA2 "gemma2"
 #define TS_ARCH_GEMMA3 "gemma3"
 
 /* ---- llama.cpp's per-architecture keys: "<general.architecture>." + suffix --------------------------------- */
@@ -52,6 +53,7 @@
 #define TS_ARCH_KEY_SLIDING_WINDOW_PATTERN "attention.sliding_window_pattern"
 #define TS_ARCH_KEY_ROPE_FREQ_BASE_SWA "rope.freq_base_swa"
 #define TS_ARCH_KEY_FINAL_LOGIT_SOFTCAPPING "final_logit_softcapping"
+#define TS_ARCH_KEY_ATTN_LOGIT_SOFTCAPPING "attn_logit_softcapping"
 
 /* ---- turbosparse keys -------------------------------------------------------------------------------------- */
 #define TS_KEY_FORMAT_VERSION "turbosparse.format_version"

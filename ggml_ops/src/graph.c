@@ -1,15 +1,16 @@
 /*
  * The llama-family forward graph, op for op as llama.cpp builds it for `llama`, `qwen2`, `qwen3`, `qwen3moe` and
- * `gemma3` (no flash attention, F16 KV cache by default, V stored transposed), so dense results match llama.cpp's.
- * Qwen3 and Gemma 3 norm each head's queries and keys (qk_norm) before the rope.
+ * `gemma2` and `gemma3` (no flash attention, F16 KV cache by default, V stored transposed), so dense results match
+ * llama.cpp's. Qwen3 and Gemma 3 norm each head's queries and keys (qk_norm) before the rope.
  *
  *   x = embd[tokens]
  *   per layer:  h = x + wo @ attn(rope(wq @ norm(x) + bq), rope(wk @ norm(x) + bk), wv @ norm(x) + bv)
  *               x = h + ffn(norm(h))         ffn(z) = down @ act(gate @ z, up @ z)
  *   logits = output @ norm(x) (+ b)
  *
- * Gemma 3 scales the embeddings by sqrt(n_embd), RMS-norms the attention's and the FFN's outputs before their residual
- * adds (post_norms), and its sliding-window layers attend to the last n_swa positions only, roped with their own base.
+ * Gemma scales the embeddings by sqrt(n_embd), RMS-norms the attention's and the FFN's outputs before their residual
+ * adds (post_norms), and its sliding-window layers attend to the last n_swa positions only, roped with their own
+ * base; Gemma 2 soft-caps the attention scores (and both soft-cap the logits where the file says).
  */
 #include "context.h"
 #include "grouped_ffn.h"
@@ -36,10 +37,10 @@ static struct ggml_tensor *matmul_bias(struct ggml_context *ctx0, struct ggml_te
 static struct ggml_tensor *rope(const ts_model *m, int il, struct ggml_context *ctx0, struct ggml_tensor *x,
                                 struct ggml_tensor *pos) {
     const ts_model_info *in = &m->info;
-    const int swa = m->layers[il].swa; /* a sliding-window layer: its own base, unscaled (llama.cpp's) */
+    const int swa = m->layers[il].swa; /* a sliding-window layer: its own rope (model.c: load_gemma) */
     /* 32, 1: YaRN's beta_fast and beta_slow, llama.cpp's defaults (model.c: load_yarn) */
     return ggml_rope_ext(ctx0, x, pos, m->rope_freqs, in->n_rot, m->rope_type, m->n_ctx_orig,
-                         swa ? m->rope_freq_base_swa : in->rope_freq_base, swa ? 1.0f : in->rope_freq_scale,
+                         swa ? m->rope_freq_base_swa : in->rope_freq_base, swa ? m->rope_freq_scale_swa : in->rope_freq_scale,
                          m->rope_ext_factor, m->rope_attn_factor, 32.0f, 1.0f);
 }
 
@@ -74,7 +75,7 @@ static struct ggml_tensor *attention(const ts_context *ctx, struct ggml_context 
     }
     q = rope(m, il, ctx0, q, g->pos);
     k = rope(m, il, ctx0, k, g->pos);
-    /* Gemma 3 scales its queries after the rope and the softmax by 1 (llama.cpp's float order) */
+    /* Gemma scales its queries after the rope and the softmax by 1 (llama.cpp's float order) */
     const float kq_scale = m->q_scale > 0.0f ? 1.0f : 1.0f / sqrtf((float)hd);
     if (m->q_scale > 0.0f) {
         q = ggml_scale(ctx0, q, m->q_scale);
@@ -107,6 +108,9 @@ static struct ggml_tensor *attention(const ts_context *ctx, struct ggml_context 
 
         struct ggml_tensor *kq = ggml_mul_mat(ctx0, keys, qg); /* [n_kv, n_g, n_head] */
         ggml_prec_set_acc(kq, GGML_PREC_F32);
+        if (m->attn_softcap > 0.0f) { /* Gemma 2: scores = c tanh(scores / c) */
+            kq = ggml_scale(ctx0, ggml_tanh(ctx0, ggml_scale(ctx0, kq, 1.0f / m->attn_softcap)), m->attn_softcap);
+        }
         kq = ggml_soft_max_ext(ctx0, kq, l->swa ? gr->kq_mask_swa : gr->kq_mask, kq_scale, 0.0f);
         struct ggml_tensor *kqv = ggml_mul_mat(ctx0, vals, kq); /* [hd, n_g, n_head] */
         struct ggml_tensor *o = ggml_cont_2d(ctx0, ggml_permute(ctx0, kqv, 0, 2, 1, 3), hd * in->n_head, gr->n_tokens);

@@ -73,7 +73,8 @@ typedef struct arch_spec {
     int32_t rope_type;   /* GGML_ROPE_TYPE_*: NEOX rotates a head's two halves together, NORMAL adjacent pairs */
     int32_t qk_norm;     /* each head's queries and keys RMS-normed before the rope */
     int32_t ffn_act;     /* enum ts_ffn_act, unless turbosparse.ffn_activation (or a PowerInfer file) says */
-    int32_t gemma;       /* Gemma 3's block (model.h: post_norms, embd_scale, q_scale, sliding-window layers) */
+    int32_t gemma;       /* the Gemma generation (2, 3) of the block (model.h: post_norms, embd_scale, q_scale,
+                            sliding-window layers, soft-capping), or 0 */
 } arch_spec;
 
 static const arch_spec ARCHITECTURES[] = {
@@ -82,7 +83,8 @@ static const arch_spec ARCHITECTURES[] = {
     {TS_ARCH_QWEN2, GGML_ROPE_TYPE_NEOX, 0, TS_FFN_SWIGLU, 0},
     {TS_ARCH_QWEN3, GGML_ROPE_TYPE_NEOX, 1, TS_FFN_SWIGLU, 0},
     {TS_ARCH_QWEN3MOE, GGML_ROPE_TYPE_NEOX, 1, TS_FFN_SWIGLU, 0}, /* Qwen3's attention, Mixtral's experts */
-    {TS_ARCH_GEMMA3, GGML_ROPE_TYPE_NEOX, 1, TS_FFN_GEGLU, 1},
+    {TS_ARCH_GEMMA2, GGML_ROPE_TYPE_NEOX, 0, TS_FFN_GEGLU, 2},
+    {TS_ARCH_GEMMA3, GGML_ROPE_TYPE_NEOX, 1, TS_FFN_GEGLU, 3},
 };
 
 static const arch_spec *find_arch(const char *name) {
@@ -259,32 +261,56 @@ static int load_rope(ts_model *m, char *err, size_t err_size) {
     return yarn ? load_yarn(m, err, err_size) : 0;
 }
 
-/*
- * Gemma 3, as llama.cpp reads it: token embeddings times sqrt(n_embd); queries times 1/sqrt(head size) before the
- * attention (the 27B, which llama.cpp tells by its 62 layers: 1/sqrt(n_embd / n_head)); the logits soft-capped where
- * final_logit_softcapping is given; with attention.sliding_window, sliding-window layers (load_sliding_window).
- */
-static int load_gemma(ts_model *m, char *err, size_t err_size) {
-    const ts_model_info *in = &m->info;
-    m->post_norms = 1;
-    m->embd_scale = sqrtf((float)in->n_embd);
-    m->q_scale = in->n_layer == 62 ? 1.0f / sqrtf((float)(in->n_embd / in->n_head))
-                                   : 1.0f / sqrtf((float)in->n_embd_head);
-    int64_t n_swa = 0;
-    if (get_arch_f32(m, TS_ARCH_KEY_FINAL_LOGIT_SOFTCAPPING, &m->logit_softcap, 0, err, err_size) < 0 ||
-        get_arch_i64(m, TS_ARCH_KEY_SLIDING_WINDOW, &n_swa, 0, err, err_size) < 0) {
+/* A soft-capping key (absent: `fallback`), finite and >= 0 (0: no cap). */
+static int load_softcap(const ts_model *m, const char *suffix, float fallback, float *out, char *err, size_t err_size) {
+    *out = fallback;
+    if (get_arch_f32(m, suffix, out, 0, err, err_size) < 0) {
         return -1;
     }
-    if (!(m->logit_softcap >= 0.0f) || !isfinite(m->logit_softcap)) {
-        return ts_set_error(err, err_size, "%s: %s." TS_ARCH_KEY_FINAL_LOGIT_SOFTCAPPING " = %g must be finite and >= 0",
-                            m->file->path, m->arch, (double)m->logit_softcap);
+    if (!(*out >= 0.0f) || !isfinite(*out)) {
+        return ts_set_error(err, err_size, "%s: %s.%s = %g must be finite and >= 0", m->file->path, m->arch, suffix,
+                            (double)*out);
+    }
+    return 0;
+}
+
+/*
+ * Gemma 2 and 3, as llama.cpp reads them: token embeddings times sqrt(n_embd); queries times 1/sqrt(head size) before
+ * the attention (the 27B models, which llama.cpp tells by their layer count, 46 and 62: 1/sqrt(n_embd / n_head)).
+ * Gemma 2: attention scores and logits soft-capped (attn_logit_softcapping, 50 when absent; final_logit_softcapping,
+ * 30); every second layer attends to all positions, the others to the last attention.sliding_window (4096 when
+ * absent), roped as the others unless rope.freq_base_swa says. Gemma 3: logits soft-capped where
+ * final_logit_softcapping is given; with attention.sliding_window, five of every six layers slide, roped with
+ * rope.freq_base_swa (10000 when absent) unscaled. Which layers slide: load_sliding_window.
+ */
+static int load_gemma(ts_model *m, int32_t generation, char *err, size_t err_size) {
+    const ts_model_info *in = &m->info;
+    const int gemma2 = generation == 2;
+    m->post_norms = 1;
+    m->embd_scale = sqrtf((float)in->n_embd);
+    m->q_scale = in->n_layer == (gemma2 ? 46 : 62) ? 1.0f / sqrtf((float)(in->n_embd / in->n_head))
+                                                   : 1.0f / sqrtf((float)in->n_embd_head);
+    if (!isfinite(m->q_scale)) { /* the 27B rule with more heads than embedding dimensions */
+        return ts_set_error(err, err_size, "%s: %d heads on an embedding of %d: no query scale", m->file->path,
+                            in->n_head, in->n_embd);
+    }
+    if (load_softcap(m, TS_ARCH_KEY_FINAL_LOGIT_SOFTCAPPING, gemma2 ? 30.0f : 0.0f, &m->logit_softcap, err,
+                     err_size) != 0 ||
+        (gemma2 && load_softcap(m, TS_ARCH_KEY_ATTN_LOGIT_SOFTCAPPING, 50.0f, &m->attn_softcap, err, err_size) != 0)) {
+        return -1;
+    }
+    int64_t n_swa = gemma2 ? 4096 : 0;
+    if (get_arch_i64(m, TS_ARCH_KEY_SLIDING_WINDOW, &n_swa, 0, err, err_size) < 0) {
+        return -1;
     }
     if (n_swa < 0 || n_swa > INT32_MAX) {
         return ts_set_error(err, err_size, "%s: %s." TS_ARCH_KEY_SLIDING_WINDOW " = %lld is out of range", m->file->path,
                             m->arch, (long long)n_swa);
     }
     m->n_swa = (int32_t)n_swa;
-    m->rope_freq_base_swa = 10000.0f; /* llama.cpp's default: Gemma 3's local layers */
+    m->swa_pattern = gemma2 ? 2 : 6;
+    m->rope_freq_base_swa = gemma2 ? in->rope_freq_base : 10000.0f;
+    m->rope_freq_scale_swa = gemma2 ? in->rope_freq_scale : 1.0f;
     if (get_arch_f32(m, TS_ARCH_KEY_ROPE_FREQ_BASE_SWA, &m->rope_freq_base_swa, 0, err, err_size) < 0) {
         return -1;
     }
@@ -297,7 +323,8 @@ static int load_gemma(ts_model *m, char *err, size_t err_size) {
 
 /*
  * Which layers slide (n_swa > 0): attention.sliding_window_pattern, a bool per layer (true: sliding) or a number n
- * (6 when absent): every n-th layer, il % n == n - 1, attends to all positions, the others slide (n = 0: all slide).
+ * (swa_pattern when absent): every n-th layer, il % n == n - 1, attends to all positions, the others slide (n = 0: all
+ * slide).
  */
 static int load_sliding_window(ts_model *m, char *err, size_t err_size) {
     const int32_t n_layer = m->info.n_layer;
@@ -319,7 +346,7 @@ static int load_sliding_window(ts_model *m, char *err, size_t err_size) {
         free(flags);
         return rc;
     }
-    int64_t pattern = 6;
+    int64_t pattern = m->swa_pattern;
     if (ts_gguf_get_i64(m->file, key, &pattern, 0, err, err_size) < 0) {
         return -1;
     }
@@ -332,18 +359,25 @@ static int load_sliding_window(ts_model *m, char *err, size_t err_size) {
     return 0;
 }
 
-/* GELU of every F16 value, for the sparse kernels to match ggml's, which looks its GELU up in such a table (the
- * tanh form, of the input rounded to F16, the result rounded to F16). */
+/* GELU of every F16 value as ggml computes it, for the sparse kernels to look up as ggml does (its table is filled
+ * with float operations whose rounding depends on how ggml was compiled: asked of ggml, not recomputed). */
 static int make_gelu_table(ts_model *m, char *err, size_t err_size) {
-    m->gelu_f16 = malloc(sizeof(ggml_fp16_t) << 16);
-    if (m->gelu_f16 == NULL) {
-        return ts_set_error(err, err_size, "out of memory");
+    const size_t n = (size_t)1 << 16;
+    float *x = malloc(sizeof(float) * n), *y = malloc(sizeof(float) * n);
+    m->gelu_f16 = malloc(sizeof(ggml_fp16_t) * n);
+    int rc = x != NULL && y != NULL && m->gelu_f16 != NULL ? 0 : ts_set_error(err, err_size, "out of memory");
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        x[i] = ggml_fp16_to_fp32((ggml_fp16_t)i);
     }
-    for (uint32_t i = 0; i < 1u << 16; i++) {
-        const float x = ggml_fp16_to_fp32((ggml_fp16_t)i);
-        m->gelu_f16[i] = ggml_fp32_to_fp16(0.5f * x * (1.0f + tanhf(0.7978845608f * x * (1.0f + 0.044715f * x * x))));
+    if (rc == 0) {
+        rc = ts_gelu(x, y, (int64_t)n, err, err_size);
     }
-    return 0;
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        m->gelu_f16[i] = ggml_fp32_to_fp16(y[i]);
+    }
+    free(x);
+    free(y);
+    return rc;
 }
 
 /* Mixture of experts: expert_count and expert_used_count together, 1 <= used <= count (neither: a dense FFN). */
@@ -414,7 +448,8 @@ static int load_hparams(ts_model *m, char *err, size_t err_size) {
     if (arch == NULL) {
         return ts_set_error(err, err_size,
                             "%s: unsupported architecture '%s' (general.architecture): turbosparse runs llama-family "
-                            "backbones ('llama', 'qwen2', 'qwen3', 'qwen3moe', 'gemma3', PowerInfer's 'bamboo')",
+                            "backbones ('llama', 'qwen2', 'qwen3', 'qwen3moe', 'gemma2', 'gemma3', PowerInfer's "
+                            "'bamboo')",
                             m->file->path, m->arch);
     }
     m->rope_type = arch->rope_type;
@@ -534,7 +569,7 @@ static int load_hparams(ts_model *m, char *err, size_t err_size) {
         load_predictor_input(m, err, err_size) != 0 || load_rope(m, err, err_size) != 0) {
         return -1;
     }
-    return arch->gemma ? load_gemma(m, err, err_size) : 0;
+    return arch->gemma ? load_gemma(m, arch->gemma, err, err_size) : 0;
 }
 
 /* ---- tensor plan: what must exist, with which shape ---------------------------------------- */

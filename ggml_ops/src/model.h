@@ -56,12 +56,14 @@ struct ts_model {
     int32_t n_ctx_orig;
     float rope_ext_factor;   /* YaRN: 1, else 0 */
     float rope_attn_factor;
-    /* Gemma 3 (all 0 elsewhere) */
+    /* Gemma 2 and 3 (all 0 elsewhere) */
     int32_t post_norms;      /* attention and FFN outputs RMS-normed before their residual adds */
     float embd_scale;        /* token embeddings times this (sqrt(n_embd)); 0: as stored */
     float q_scale;           /* queries times this before attention, which then scales by 1; 0: 1/sqrt(head size) */
     int32_t n_swa;           /* sliding window of the layers with swa set; 0: every layer attends to all */
-    float rope_freq_base_swa;
+    int32_t swa_pattern;     /* without attention.sliding_window_pattern: every swa_pattern-th layer attends to all */
+    float rope_freq_base_swa, rope_freq_scale_swa; /* the rope of the layers with swa set */
+    float attn_softcap;      /* attention scores = c tanh(scores / c) before the softmax; 0: none */
     float logit_softcap;     /* logits = c tanh(logits / c); 0: none */
     ggml_fp16_t *gelu_f16;   /* [65536] GELU of every F16 value (TS_FFN_GEGLU), or NULL */
 

@@ -1,12 +1,27 @@
 /* Which sparse modes a model allows, and what `auto` means for it. */
 #include "sparse_mode.h"
 
+#include "gguf_names.h"
 #include "sparse_ffn.h"
 
 #include "ts_error.h"
 
 static int relu_gated(const ts_model *m) {
     return ts_ffn_act_relu_gated(m->info.ffn_act);
+}
+
+/* The FFN's activation as files (turbosparse.ffn_activation) and messages name it. */
+static const char *act_name(const ts_model *m) {
+    switch (m->info.ffn_act) {
+    case TS_FFN_REGLU:
+        return TS_FFN_ACTIVATION_REGLU;
+    case TS_FFN_DRELU:
+        return TS_FFN_ACTIVATION_DRELU;
+    case TS_FFN_GEGLU:
+        return TS_FFN_ACTIVATION_GEGLU;
+    default:
+        return TS_FFN_ACTIVATION_SWIGLU;
+    }
 }
 
 /* Layers with a predictor (predictor_ranks[l] > 0). */
@@ -24,7 +39,7 @@ static int check_predictor(const ts_model *m, char *err, size_t err_size) {
         return ts_fail(err, err_size, TS_ERR_ARGUMENT,
                        "%s: predictor mode needs a ReLU-gated FFN (reglu or drelu), this one is %s "
                        "(exact mode runs SwiGLU and GEGLU files calibrated by turbosparse calibrate)",
-                       path, m->info.ffn_act == TS_FFN_GEGLU ? "GEGLU" : "SwiGLU");
+                       path, act_name(m));
     }
     if (n_predicted_layers(m) == 0) {
         return ts_fail(err, err_size, TS_ERR_ARGUMENT,
@@ -50,9 +65,9 @@ int ts_sparse_mode_check(const ts_model *m, int32_t mode, char *err, size_t err_
     }
     if (in->n_expert > 0 && !relu_gated(m)) {
         return ts_fail(err, err_size, TS_ERR_ARGUMENT,
-                       "%s: sparse decoding of a SwiGLU mixture-of-experts model is not supported (sparse = off runs "
-                       "it densely)",
-                       path);
+                       "%s: sparse decoding of a %s mixture-of-experts model is not supported (sparse = off runs it "
+                       "densely)",
+                       path, act_name(m));
     }
     if (in->n_expert > 0 && !in->has_down_t) {
         return ts_fail(err, err_size, TS_ERR_ARGUMENT,
@@ -80,19 +95,19 @@ int ts_sparse_mode_check(const ts_model *m, int32_t mode, char *err, size_t err_
         return ts_fail(err, err_size, TS_ERR_ARGUMENT,
                        "%s: the grouped route needs neuron groups (turbosparse.group_size): convert with --groups", path);
     }
-    return 0; /* exact: ReLU-gated FFNs select gate > 0, SwiGLU ones |silu(gate)| >= the context's thresholds */
+    return 0; /* exact: ReLU-gated FFNs select gate > 0, SwiGLU / GEGLU ones |act(gate)| >= the context's thresholds */
 }
 
-/* Exact mode is worth running: a ReLU-gated FFN, or SwiGLU with calibrated thresholds. */
+/* Exact mode is worth running: a ReLU-gated FFN, or SwiGLU / GEGLU with calibrated thresholds. */
 static int check_exact_useful(const ts_model *m, char *err, size_t err_size) {
     if (relu_gated(m) || m->info.has_ffn_thresholds) {
         return 0;
     }
     return ts_fail(err, err_size, TS_ERR_ARGUMENT,
                    "%s: exact mode needs a ReLU-gated FFN (reglu or drelu) or FFN thresholds "
-                   "(turbosparse.gate_thresholds); this file's FFN is swiglu without thresholds: run `turbosparse "
+                   "(turbosparse.gate_thresholds); this file's FFN is %s without thresholds: run `turbosparse "
                    "calibrate` on it first",
-                   m->file->path);
+                   m->file->path, act_name(m));
 }
 
 /* A GPU device runs ggml's own ops only: dense, and the grouped route (which predictor means there). */

@@ -684,6 +684,19 @@ def quantize(values: np.ndarray, ggml_type: int, imatrix: np.ndarray | None = No
     return out
 
 
+def gelu(values: np.ndarray) -> np.ndarray:
+    """ggml's GELU (what the engine computes for GEGLU FFNs), element-wise: float32 of the same shape."""
+    lib = load()
+    x = np.ascontiguousarray(values, dtype=np.float32)
+    out = np.empty_like(x)
+    err = _ErrorBuffer(lib)
+    rc = lib.lib.ts_gelu(lib.ffi.from_buffer("float[]", x), lib.ffi.from_buffer("float[]", out), x.size, err.buf,
+                         _ERR_SIZE)  # fmt: skip
+    if rc != 0:
+        raise EvalError(err.message)
+    return out
+
+
 def dequantize(data: np.ndarray, ggml_type: int, n_per_row: int) -> np.ndarray:
     """ggml's dequantizer: uint8 rows of ggml_type blocks -> float32 [..., n_per_row]."""
     lib = load()

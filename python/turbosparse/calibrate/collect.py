@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
-from turbosparse.binding import FfnActivation, NativeContext, NativeModel
+from turbosparse.binding import FfnActivation, NativeContext, NativeModel, gelu
 from turbosparse.constants import TENSOR_FFN_DOWN, TENSOR_FFN_DOWN_T, TENSOR_FFN_DOWN_T_SCALE
 from turbosparse.errors import CalibrationError
 
@@ -56,23 +56,13 @@ class Collected:
     mean_abs_up: np.ndarray  # float32 [n_layer, n_ff]: E|up_j| over the calibration tokens
 
 
-def gelu(x: np.ndarray) -> np.ndarray:
-    """GELU as ggml computes it (and the engine's sparse kernels): the tanh form of the input rounded to F16, the
-    result rounded to F16; 0 from -10 down, the input from 10 up."""
-    h = x.astype(np.float16).astype(np.float32)
-    with np.errstate(over="ignore", invalid="ignore"):  # F16 overflows outside +-65504, where the ends below apply
-        g = 0.5 * h * (1.0 + np.tanh(np.float32(0.7978845608) * h * (1.0 + np.float32(0.044715) * h * h)))
-        g = g.astype(np.float16).astype(np.float32)
-    return np.where(x <= -10.0, np.float32(0.0), np.where(x >= 10.0, x, g)).astype(np.float32)
-
-
 def activations(act: FfnActivation, gate: np.ndarray, up: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(act(gate), the neuron activation a) for an FFN activation, as the engine computes them."""
     if act == FfnActivation.SWIGLU:
         with np.errstate(over="ignore"):  # exp(-gate) overflows to inf for gate < -88: silu is -0 there
             g = gate / (1.0 + np.exp(-gate))
     elif act == FfnActivation.GEGLU:
-        g = gelu(gate)
+        g = gelu(gate)  # ggml's own, as the engine's
     else:
         g = np.maximum(gate, 0.0)
     return g, g * (np.maximum(up, 0.0) if act == FfnActivation.DRELU else up)
