@@ -124,10 +124,18 @@ def test_a_rope_factor_without_a_type_scales_linearly(tmp_path: Path) -> None:
 
 GEMMA = {  # 7 layers: the sliding ones and the global ones (every 2nd in Gemma 2, every 6th in Gemma 3)
     "gemma2": TinyConfig(arch="gemma2", act="geglu", n_swa=6, n_layer=7, tied=True, logit_softcap=30.0,
-                         attn_softcap=2.0),  # a cap that bites on these scores
+                         attn_softcap=2.0, rope_base=1e6),  # a cap that bites on these scores; every layer roped alike
     "gemma3": TinyConfig(arch="gemma3", act="geglu", n_swa=6, n_layer=7, tied=True, logit_softcap=30.0,
                          rope_base=1e6),  # the sliding layers rope with 1e4
 }  # fmt: skip
+
+
+def differs(
+    cfg: TinyConfig, weights: dict[str, np.ndarray], toks: list[int], ref: np.ndarray, **change: object
+) -> bool:
+    """Whether the reference with one feature changed is far from ref (the feature matters on this model)."""
+    changed = reference_logits(TinyConfig(**{**cfg.__dict__, **change}), weights, toks)
+    return bool(np.abs(changed - ref).max() > 100 * GEGLU_TOLERANCE * np.abs(ref).max())
 
 
 @pytest.mark.parametrize("arch", GEMMA)
@@ -143,8 +151,28 @@ def test_gemma_matches_reference(tmp_path: Path, arch: str) -> None:
     ctx.truncate(0)
     steps = np.stack([ctx.eval([t], dense_ffn=True, logits_all=False) for t in toks])
     assert np.abs(steps - ref).max() <= GEGLU_TOLERANCE * np.abs(ref).max()
-    uncapped = TinyConfig(**{**cfg.__dict__, "attn_softcap": 0.0, "rope_base": 1e4})  # what each feature changes
-    assert np.abs(reference_logits(uncapped, stored, toks) - ref).max() > 100 * GEGLU_TOLERANCE * np.abs(ref).max()
+    assert differs(cfg, stored, toks, ref, n_swa=10**6) and differs(cfg, stored, toks, ref, logit_softcap=0.0)
+    assert differs(cfg, stored, toks, ref, rope_base=1e4)  # gemma2: every layer's; gemma3: the global layer's
+    if arch == "gemma2":
+        assert differs(cfg, stored, toks, ref, attn_softcap=0.0)
+
+
+def test_gemma2_defaults(tmp_path: Path) -> None:
+    """A gemma2 file without the soft-cap and window keys: llama.cpp's 50, 30 and 4096."""
+    cfg = TinyConfig(arch="gemma2", act="geglu", n_layer=3, tied=True, logit_softcap=30.0, attn_softcap=50.0,
+                     n_swa=4096)  # fmt: skip
+    weights = random_weights(cfg, seed=6)
+    write_gguf(tmp_path / "said.gguf", cfg, weights)
+    bare = tmp_path / "bare.gguf"
+    write_gguf(bare, TinyConfig(**{**cfg.__dict__, "n_swa": 0, "logit_softcap": 0.0, "attn_softcap": 0.0}), weights)
+    assert {"gemma2.attention.sliding_window", "gemma2.final_logit_softcapping"}.isdisjoint(
+        gguf.GGUFReader(bare).fields
+    )
+    toks = tokens(cfg, 12)
+    np.testing.assert_array_equal(
+        context(bare).eval(toks, dense_ffn=True, logits_all=True),
+        context(tmp_path / "said.gguf").eval(toks, dense_ffn=True, logits_all=True),
+    )
 
 
 def test_the_sliding_window_pattern_as_a_number_or_per_layer(tmp_path: Path) -> None:

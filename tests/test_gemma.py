@@ -112,17 +112,20 @@ def test_predictor_mode_is_refused(gemma) -> None:
 
 
 def test_gelu_is_ggmls() -> None:
-    """ggml's GELU, which the sparse kernels and calibrate use: the tanh form of the input rounded to F16, the result
-    rounded to F16 (not numpy's tanh: they differ in the last F16 bit at hundreds of inputs), 0 from -10 down, the
-    input from 10 up."""
-    x = np.array([-20.0, -10.0, -9.99, -1.0, -1e-3, 0.0, 1e-3, 0.5, 1.0, 3.0, 9.99, 10.0, 50.0], dtype=np.float32)
-    g = gelu(x)
-    exact = 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)))
-    assert g[0] == 0 and g[1] == 0 and g[-2] == 10.0 and g[-1] == 50.0
-    np.testing.assert_allclose(g[2:-2], exact[2:-2], rtol=2e-3, atol=1e-6)
-    assert np.array_equal(g[2:-2], g[2:-2].astype(np.float16).astype(np.float32))  # rounded to F16
-    between = np.random.default_rng(0).uniform(-9.9, 9.9, 10_000).astype(np.float32)
-    np.testing.assert_array_equal(gelu(between), gelu(between.astype(np.float16).astype(np.float32)))  # F16 input
+    """The sparse kernels' GELU lookup is ggml's GELU (which calibrate and the reference use) to the sign of a zero, at
+    every F16 value from -10 to 10, between them and past the ends; ggml's is the tanh form, F16 in and out."""
+    h = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)
+    x = np.concatenate([h[np.abs(h) <= 10.5], np.random.default_rng(0).uniform(-12, 12, 100_000).astype(np.float32),
+                        np.array([-np.inf, -20.0, -10.0, np.nextafter(np.float32(-10), 0), 10.0, 50.0, np.inf],
+                                 dtype=np.float32)])  # fmt: skip
+    ours, ggml = gelu(x, lookup=True), gelu(x)
+    np.testing.assert_array_equal(ours.view(np.uint32), ggml.view(np.uint32))
+    between = np.abs(x) < 9.99
+    h = x[between].astype(np.float16).astype(np.float64)  # the tanh form of the input rounded to F16, to F16's step
+    exact = 0.5 * h * (1 + np.tanh(np.sqrt(2 / np.pi) * (h + 0.044715 * h**3)))
+    np.testing.assert_allclose(ggml[between], exact, rtol=1e-3, atol=2e-7)  # float32 tanh near -1
+    assert np.array_equal(ggml[between], ggml[between].astype(np.float16).astype(np.float32))  # rounded to F16
+    assert np.array_equal(gelu(np.array([-20.0, 10.0, 50.0], dtype=np.float32)), np.array([0.0, 10.0, 50.0]))
     assert gelu(np.zeros((3, 0), dtype=np.float32)).shape == (3, 0)
 
 

@@ -117,6 +117,14 @@ def test_bad_gemma3_files(tmp_path: Path, extra: dict, skip: tuple[str, ...], me
     assert message in load_error(path)
 
 
+def test_a_gemma2_cap_of_zero(tmp_path: Path) -> None:
+    """llama.cpp divides Gemma 2's scores and logits by their caps whatever they are: 0 is refused, not run uncapped."""
+    cfg = TinyConfig(arch="gemma2", act="geglu", tied=True)
+    path = tmp_path / "m.gguf"
+    write_gguf(path, cfg, random_weights(cfg), extra_kv={"gemma2.attn_logit_softcapping": 0.0})
+    assert "gemma2.attn_logit_softcapping = 0 must be finite and > 0" in load_error(path)
+
+
 @pytest.mark.parametrize("alignment", [1, 4, 48])
 def test_alignment_below_eight_or_not_a_power_of_two(tmp_path: Path, alignment: int) -> None:
     """GGUF asks general.alignment to be a multiple of 8: at 1 or 4 an F32 tensor can start at an address its floats

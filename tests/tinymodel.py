@@ -35,8 +35,8 @@ class TinyConfig:
     n_expert: int = 0  # mixture of experts: experts per layer (0: a dense FFN)
     n_expert_used: int = 0
     n_swa: int = 0  # attention.sliding_window; every 6th (gemma2: 2nd) layer attends to all positions, the others slide
-    logit_softcap: float = 0.0  # final_logit_softcapping (gemma2 files always carry theirs and attn_softcap's)
-    attn_softcap: float = 0.0  # gemma2: attn_logit_softcapping
+    logit_softcap: float = 0.0  # final_logit_softcapping (0: not written; a gemma2 file then has llama.cpp's 30)
+    attn_softcap: float = 0.0  # gemma2: attn_logit_softcapping (0: not written, llama.cpp's 50)
 
     @property
     def head_dim(self) -> int:
@@ -167,9 +167,9 @@ def write_gguf(
         writer.add_uint32(f"{a}.attention.value_length", cfg.n_embd_head)
     if cfg.n_swa:
         writer.add_uint32(f"{a}.attention.sliding_window", cfg.n_swa)
-    if cfg.logit_softcap or a == "gemma2":
+    if cfg.logit_softcap:
         writer.add_float32(f"{a}.final_logit_softcapping", cfg.logit_softcap)
-    if a == "gemma2":
+    if cfg.attn_softcap:
         writer.add_float32(f"{a}.attn_logit_softcapping", cfg.attn_softcap)
     if cfg.act != default_act(cfg.arch):
         writer.add_string("turbosparse.ffn_activation", cfg.act)

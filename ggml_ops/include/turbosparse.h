@@ -379,6 +379,8 @@ int64_t ts_kernel_nonzero_list(const float *a, int64_t n, int32_t *idx, float *v
 /* ---- ggml's GELU (the tanh form of the input rounded to F16, looked up in an F16 table; 0 from -10 down, the input
  * from 10 up): y[i] = gelu(x[i]) for n values; 0, or -1 (err filled). The sparse kernels' GELU is this one. */
 int32_t ts_gelu(const float *x, float *y, int64_t n, char *err, size_t err_size);
+/* The same values through the sparse kernels' lookup (gelu.h), for tests. */
+int32_t ts_kernel_gelu_lookup(const float *x, float *y, int64_t n, char *err, size_t err_size);
 
 /* ---- quantization: ggml's own quantizers and dequantizers ---------------------------------- */
 /* Fills name/blck_size/type_size of a ggml type; returns 0 when the type id is known. */

@@ -10,6 +10,7 @@
 
 #include "device.h"
 #include "gate_up_dot.h"
+#include "gelu.h"
 #include "ggml-alloc.h"
 #include "ggml-cpu.h"
 #include "gguf_names.h"
@@ -261,15 +262,17 @@ static int load_rope(ts_model *m, char *err, size_t err_size) {
     return yarn ? load_yarn(m, err, err_size) : 0;
 }
 
-/* A soft-capping key (absent: `fallback`), finite and >= 0 (0: no cap). */
-static int load_softcap(const ts_model *m, const char *suffix, float fallback, float *out, char *err, size_t err_size) {
+/* A soft-capping key (absent: `fallback`), finite and >= 0, 0 meaning no cap; or > 0 where `required_cap` (Gemma 2,
+ * whose caps llama.cpp divides by whatever they are). */
+static int load_softcap(const ts_model *m, const char *suffix, float fallback, int required_cap, float *out, char *err,
+                        size_t err_size) {
     *out = fallback;
     if (get_arch_f32(m, suffix, out, 0, err, err_size) < 0) {
         return -1;
     }
-    if (!(*out >= 0.0f) || !isfinite(*out)) {
-        return ts_set_error(err, err_size, "%s: %s.%s = %g must be finite and >= 0", m->file->path, m->arch, suffix,
-                            (double)*out);
+    if (!(*out >= 0.0f) || !isfinite(*out) || (required_cap && *out == 0.0f)) {
+        return ts_set_error(err, err_size, "%s: %s.%s = %g must be finite and %s", m->file->path, m->arch, suffix,
+                            (double)*out, required_cap ? "> 0" : ">= 0");
     }
     return 0;
 }
@@ -294,9 +297,9 @@ static int load_gemma(ts_model *m, int32_t generation, char *err, size_t err_siz
         return ts_set_error(err, err_size, "%s: %d heads on an embedding of %d: no query scale", m->file->path,
                             in->n_head, in->n_embd);
     }
-    if (load_softcap(m, TS_ARCH_KEY_FINAL_LOGIT_SOFTCAPPING, gemma2 ? 30.0f : 0.0f, &m->logit_softcap, err,
+    if (load_softcap(m, TS_ARCH_KEY_FINAL_LOGIT_SOFTCAPPING, gemma2 ? 30.0f : 0.0f, gemma2, &m->logit_softcap, err,
                      err_size) != 0 ||
-        (gemma2 && load_softcap(m, TS_ARCH_KEY_ATTN_LOGIT_SOFTCAPPING, 50.0f, &m->attn_softcap, err, err_size) != 0)) {
+        (gemma2 && load_softcap(m, TS_ARCH_KEY_ATTN_LOGIT_SOFTCAPPING, 50.0f, 1, &m->attn_softcap, err, err_size) != 0)) {
         return -1;
     }
     int64_t n_swa = gemma2 ? 4096 : 0;
@@ -357,27 +360,6 @@ static int load_sliding_window(ts_model *m, char *err, size_t err_size) {
         m->layers[il].swa = pattern == 0 || il % pattern < pattern - 1;
     }
     return 0;
-}
-
-/* GELU of every F16 value as ggml computes it, for the sparse kernels to look up as ggml does (its table is filled
- * with float operations whose rounding depends on how ggml was compiled: asked of ggml, not recomputed). */
-static int make_gelu_table(ts_model *m, char *err, size_t err_size) {
-    const size_t n = (size_t)1 << 16;
-    float *x = malloc(sizeof(float) * n), *y = malloc(sizeof(float) * n);
-    m->gelu_f16 = malloc(sizeof(ggml_fp16_t) * n);
-    int rc = x != NULL && y != NULL && m->gelu_f16 != NULL ? 0 : ts_set_error(err, err_size, "out of memory");
-    for (size_t i = 0; rc == 0 && i < n; i++) {
-        x[i] = ggml_fp16_to_fp32((ggml_fp16_t)i);
-    }
-    if (rc == 0) {
-        rc = ts_gelu(x, y, (int64_t)n, err, err_size);
-    }
-    for (size_t i = 0; rc == 0 && i < n; i++) {
-        m->gelu_f16[i] = ggml_fp32_to_fp16(y[i]);
-    }
-    free(x);
-    free(y);
-    return rc;
 }
 
 /* Mixture of experts: expert_count and expert_used_count together, 1 <= used <= count (neither: a dense FFN). */
@@ -1472,8 +1454,9 @@ ts_model *ts_model_load(const char *path, const ts_model_params *params, char *e
     if (rc == 0) {
         rc = load_sliding_window(m, err, err_size);
     }
-    if (rc == 0 && m->info.ffn_act == TS_FFN_GEGLU) {
-        rc = make_gelu_table(m, err, err_size);
+    if (rc == 0 && m->info.ffn_act == TS_FFN_GEGLU) { /* the sparse kernels look GELU up in it, as ggml does */
+        m->gelu_f16 = malloc(sizeof(ggml_fp16_t) * TS_GELU_TABLE_SIZE);
+        rc = m->gelu_f16 != NULL ? ts_gelu_table(m->gelu_f16, err, err_size) : ts_set_error(err, err_size, "out of memory");
     }
     if (rc == 0) {
         rc = load_ffn_thresholds(m, err, err_size);

@@ -2,6 +2,7 @@
 
 #include "axpy_rows.h"
 #include "gate_up_dot.h"
+#include "gelu.h"
 #include "neuron_list.h"
 #include "row_sums_batch.h"
 #include "ggml-cpu.h"
@@ -53,22 +54,13 @@ struct ggml_tensor *ts_sparse_quantize_gate_up(struct ggml_context *ctx0, struct
 
 /* ---- act: gate and up rows of the selected neurons only ----------------------------------------- */
 
-/* GELU as ggml computes it (its geglu): 0 from -10 down, the input from 10 up, between them a table lookup of the
- * input rounded to F16. */
-static float gelu(const ggml_fp16_t *table, float g) {
-    if (g <= -10.0f) {
-        return 0.0f;
-    }
-    return g >= 10.0f ? g : ggml_fp16_to_fp32(table[ggml_fp32_to_fp16(g)]);
-}
-
 /* The gate's activation: silu for SwiGLU, gelu for GEGLU, relu for the ReLU-gated FFNs. */
 static float gate_act(const ts_sparse_layer *layer, float g) {
     switch (layer->ffn_act) {
     case TS_FFN_SWIGLU:
         return g / (1.0f + expf(-g));
     case TS_FFN_GEGLU:
-        return gelu(layer->gelu_f16, g);
+        return ts_gelu_lookup(layer->gelu_f16, g);
     default:
         return g > 0.0f ? g : 0.0f;
     }

@@ -684,15 +684,15 @@ def quantize(values: np.ndarray, ggml_type: int, imatrix: np.ndarray | None = No
     return out
 
 
-def gelu(values: np.ndarray) -> np.ndarray:
-    """ggml's GELU (what the engine computes for GEGLU FFNs), element-wise: float32 of the same shape."""
+def gelu(values: np.ndarray, *, lookup: bool = False) -> np.ndarray:
+    """ggml's GELU (what the engine computes for GEGLU FFNs), element-wise: float32 of the same shape. lookup: through
+    the sparse kernels' table lookup instead of ggml's op (for tests: the two must agree)."""
     lib = load()
     x = np.ascontiguousarray(values, dtype=np.float32)
     out = np.empty_like(x)
     err = _ErrorBuffer(lib)
-    rc = lib.lib.ts_gelu(lib.ffi.from_buffer("float[]", x), lib.ffi.from_buffer("float[]", out), x.size, err.buf,
-                         _ERR_SIZE)  # fmt: skip
-    if rc != 0:
+    call = lib.lib.ts_kernel_gelu_lookup if lookup else lib.lib.ts_gelu
+    if call(lib.ffi.from_buffer("float[]", x), lib.ffi.from_buffer("float[]", out), x.size, err.buf, _ERR_SIZE) != 0:
         raise EvalError(err.message)
     return out
 
