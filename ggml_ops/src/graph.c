@@ -44,6 +44,11 @@ static struct ggml_tensor *rope(const ts_model *m, int il, struct ggml_context *
                          m->rope_ext_factor, m->rope_attn_factor, 32.0f, 1.0f);
 }
 
+/* c tanh(x / c): Gemma's soft cap of attention scores and logits, in llama.cpp's order of ops */
+static struct ggml_tensor *softcap(struct ggml_context *ctx0, struct ggml_tensor *x, float c) {
+    return ggml_scale(ctx0, ggml_tanh(ctx0, ggml_scale(ctx0, x, 1.0f / c)), c);
+}
+
 /* RMS-norms y with w where the layer has that norm (post_norms), else y */
 static struct ggml_tensor *post_norm(const ts_model *m, struct ggml_context *ctx0, struct ggml_tensor *y,
                                      struct ggml_tensor *w) {
@@ -108,8 +113,8 @@ static struct ggml_tensor *attention(const ts_context *ctx, struct ggml_context 
 
         struct ggml_tensor *kq = ggml_mul_mat(ctx0, keys, qg); /* [n_kv, n_g, n_head] */
         ggml_prec_set_acc(kq, GGML_PREC_F32);
-        if (m->attn_softcap > 0.0f) { /* Gemma 2: scores = c tanh(scores / c) */
-            kq = ggml_scale(ctx0, ggml_tanh(ctx0, ggml_scale(ctx0, kq, 1.0f / m->attn_softcap)), m->attn_softcap);
+        if (m->attn_softcap > 0.0f) { /* Gemma 2 */
+            kq = softcap(ctx0, kq, m->attn_softcap);
         }
         kq = ggml_soft_max_ext(ctx0, kq, l->swa ? gr->kq_mask_swa : gr->kq_mask, kq_scale, 0.0f);
         struct ggml_tensor *kqv = ggml_mul_mat(ctx0, vals, kq); /* [hd, n_g, n_head] */
@@ -309,8 +314,7 @@ void ts_graph_build(ts_context *ctx, struct ggml_context *ctx0, ts_graph *g) {
     x = rms_norm(ctx0, x, m->output_norm, in->rms_eps);
     g->logits = matmul_bias(ctx0, m->output, m->output_b, x);
     if (m->logit_softcap > 0.0f) {
-        g->logits = ggml_scale(ctx0, ggml_tanh(ctx0, ggml_scale(ctx0, g->logits, 1.0f / m->logit_softcap)),
-                               m->logit_softcap);
+        g->logits = softcap(ctx0, g->logits, m->logit_softcap);
     }
     ggml_set_output(g->logits);
     ggml_build_forward_expand(gf, g->logits);

@@ -1,5 +1,5 @@
 """`turbosparse calibrate`: training-free sparsity for a dense GGUF (SwiGLU: Llama, Mistral, Qwen, SmolLM; GEGLU:
-Gemma 3).
+Gemma 2 and 3).
 
 Runs the model over calibration text, picks per layer the FFN thresholds that reach the target sparsity (the share of
 up and down rows a token skips), measures perplexity and rows read on held-out text, and writes a copy of the file
@@ -26,7 +26,7 @@ from turbosparse.errors import CalibrationError
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("calibrate", help="training-free FFN sparsity for a dense GGUF", description=__doc__)
     p.add_argument(
-        "-m", "--model", type=Path, required=True, help="dense GGUF (e.g. a llama.cpp SwiGLU or Gemma 3 model)"
+        "-m", "--model", type=Path, required=True, help="dense GGUF (e.g. a llama.cpp SwiGLU or Gemma model)"
     )
     p.add_argument("-f", "--file", type=Path, required=True, help="calibration text (plain text)")
     p.add_argument(
