@@ -993,10 +993,10 @@ def run_cases(inputs: Inputs, kinds: list[str], n_cases: dict[str, int], seed: i
 
 def prepare_inputs(root: Path, *, default_model: bool) -> Inputs:
     """A small converted bamboo model (and its PWRI twin), its checkpoint, a ReLU-Llama checkpoint with PowerInfer
-    predictors, the real SmolLM2 GGUF, a tiny Qwen3 with YaRN rope scaling and a tiny Gemma 3 with soft-capped logits
-    as llama.cpp's converter writes them (those architectures' keys and tensors); with default_model (the long run),
-    also a checkpoint with SmolLM2's byte-level BPE tokenizer.json and the default model (when it is cached) with its
-    PWRI twin."""
+    predictors, the real SmolLM2 GGUF, a tiny Qwen3 with YaRN rope scaling, a tiny Gemma 3 with soft-capped logits and
+    a tiny Ministral 3 as llama.cpp's converter writes them (those architectures' keys and tensors); with default_model
+    (the long run), also a checkpoint with SmolLM2's byte-level BPE tokenizer.json and the default model (when it is
+    cached) with its PWRI twin."""
     sys.path.insert(0, str(ROOT / "tests"))
     from turbosparse.assets import default_model_dir, default_model_file, shakespeare_text, smollm2_gguf
     from turbosparse.convert import convert
@@ -1007,6 +1007,7 @@ def prepare_inputs(root: Path, *, default_model: bool) -> Inputs:
         copy_tokenizer,
         gemma_model,
         llama_model,
+        ministral3_model,
         qwen_model,
         save_checkpoint,
         smollm2_tokenizer,
@@ -1036,6 +1037,9 @@ def prepare_inputs(root: Path, *, default_model: bool) -> Inputs:
     gemma_model(3, 512, seed=6, final_logit_softcapping=30.0).save_pretrained(root / "gemma3")
     copy_tokenizer(spm, root / "gemma3")
     inputs.gguf.append(convert_with_llama_cpp(root / "gemma3", root / "gemma3.gguf", outtype="q8_0"))
+    ministral3_model(520, seed=7).save_pretrained(root / "mistral3")
+    copy_tokenizer(spm, root / "mistral3")
+    inputs.gguf.append(convert_with_llama_cpp(root / "mistral3", root / "mistral3.gguf", outtype="q8_0"))
     if default_model:
         bpe = tiny_config(49152, hidden_size=32, intermediate_size=64, num_attention_heads=2, num_key_value_heads=1)
         inputs.bpe_checkpoint = save_checkpoint(llama_model(bpe, seed=2), root / "bpe",

@@ -22,6 +22,8 @@ from transformers import (
     Gemma3TextConfig,
     LlamaConfig,
     LlamaForCausalLM,
+    Ministral3Config,
+    Ministral3ForCausalLM,
     MixtralConfig,
     MixtralForCausalLM,
     Qwen2Config,
@@ -39,6 +41,8 @@ from turbosparse.constants import (
     TENSOR_PRED_FC1,
     TENSOR_PRED_FC2,
 )
+from turbosparse.convert.copy import copy_fields
+from turbosparse.gguf_reader import architecture
 from turbosparse.predictor_train.export import save_bamboo
 from turbosparse.predictor_train.modeling import load_causal_lm, to_drelu
 
@@ -159,6 +163,21 @@ def gemma_model(generation: int, vocab_size: int, seed: int = 0, **overrides: ob
     return model
 
 
+def ministral3_model(vocab_size: int, seed: int = 0, **rope: object) -> torch.nn.Module:
+    """A tiny Ministral 3 of the shared dimensions: 4 heads of 32 on a hidden size of 64, YaRN over an original
+    context of 16 positions (factor 4) and Llama 4's query temperature (beta 0.5, so that it bites within 100
+    positions); rope overrides go to its rope_parameters."""
+    rope_parameters = {"rope_type": "yarn", "rope_theta": 1e6, "factor": 4.0, "original_max_position_embeddings": 16,
+                       "beta_fast": 32.0, "beta_slow": 1.0, "mscale": 1.0, "mscale_all_dim": 1.0,
+                       "llama_4_scaling_beta": 0.5, **rope}  # fmt: skip
+    config = Ministral3Config(vocab_size=vocab_size, hidden_size=HIDDEN, intermediate_size=N_FF,
+                              num_hidden_layers=N_LAYER, num_attention_heads=N_HEAD, num_key_value_heads=N_KV,
+                              head_dim=32, max_position_embeddings=64, rms_norm_eps=1e-5,
+                              rope_parameters=rope_parameters, bos_token_id=1, eos_token_id=2,
+                              pad_token_id=0)  # fmt: skip
+    return randomize(Ministral3ForCausalLM(config).float().eval(), seed)
+
+
 def assert_logits_are_llama_cpps(path: Path, tokens: list[int], n_ctx: int = 128) -> np.ndarray:
     """Our dense logits for tokens are llama.cpp's bit for bit (both with F16 KV caches), as the prompt's batch and
     token by token through the KV cache; returns llama.cpp's [len(tokens), n_vocab]."""
@@ -182,6 +201,25 @@ def assert_logits_are_llama_cpps(path: Path, tokens: list[int], n_ctx: int = 128
         want = np.asarray(llm.scores[llm.n_tokens - 1], dtype=np.float32)
         np.testing.assert_array_equal(model.evaluate(seq, tokens[: i + 1]), want, err_msg=f"position {i}")
     return theirs
+
+
+def rewritten(src: Path, dst: Path, *, tensors: dict[str, np.ndarray] | None = None, keys: dict | None = None) -> Path:
+    """src with tensors added and keys added or replaced (name: (value, gguf.GGUFValueType))."""
+    reader = gguf.GGUFReader(src)
+    writer = gguf.GGUFWriter(str(dst), architecture(reader))
+    keys = keys or {}
+    copy_fields(reader, writer, skip=keys)
+    for name, (value, value_type) in keys.items():
+        writer.add_key_value(name, value, value_type)
+    for t in reader.tensors:
+        writer.add_tensor(t.name, np.array(t.data), raw_dtype=t.tensor_type)
+    for name, value in (tensors or {}).items():
+        writer.add_tensor(name, value)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return dst
 
 
 def convert_with_llama_cpp(hf_dir: Path, out: Path, outtype: str = "f32") -> Path:

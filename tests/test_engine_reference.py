@@ -1,5 +1,5 @@
 """The engine against a float64 numpy forward pass on tiny random models, for every FFN activation, every ggml quant
-type llama.cpp users ship and Gemma 3's block."""
+type llama.cpp users ship, Gemma's and Mistral 3's blocks."""
 
 from __future__ import annotations
 
@@ -120,6 +120,24 @@ def test_a_rope_factor_without_a_type_scales_linearly(tmp_path: Path) -> None:
     for name in ("legacy", "factor"):
         np.testing.assert_array_equal(logits[name], logits["explicit"])
     np.testing.assert_array_equal(logits["none"], logits["plain"])
+
+
+def test_mistral3_matches_reference(tmp_path: Path) -> None:
+    """YaRN with the file's betas and magnitude multiplier, and the queries' temperature stepping every 16 positions:
+    prompt and token by token; each feature matters on this model."""
+    cfg = TinyConfig(arch="mistral3", n_embd_head=32, rope_base=1e6, rope_factor=4.0, yarn_orig_ctx=16,
+                     yarn_betas=(16.0, 2.0), yarn_log_mul=0.5, attn_temp_scale=0.5, attn_temp_floor=16)  # fmt: skip
+    stored = write_gguf(tmp_path / "m.gguf", cfg, random_weights(cfg, seed=5))
+    toks = tokens(cfg, 60)
+    ref = reference_logits(cfg, stored, toks)
+    ctx = context(tmp_path / "m.gguf")
+    assert np.abs(ctx.eval(toks, dense_ffn=True, logits_all=True) - ref).max() <= TOLERANCE[Q.F32] * ref.std()
+    ctx.truncate(0)
+    steps = np.stack([ctx.eval([t], dense_ffn=True, logits_all=False) for t in toks])
+    assert np.abs(steps - ref).max() <= TOLERANCE[Q.F32] * ref.std()
+    for change in ({"attn_temp_scale": 0.0}, {"yarn_betas": (32.0, 1.0)}, {"yarn_log_mul": 0.0}, {"yarn_orig_ctx": 0}):
+        changed = reference_logits(TinyConfig(**{**cfg.__dict__, **change}), stored, toks)
+        assert np.abs(changed - ref).max() > 100 * TOLERANCE[Q.F32] * ref.std(), change
 
 
 GEMMA = {  # 7 layers: the sliding ones and the global ones (every 2nd in Gemma 2, every 6th in Gemma 3)

@@ -20,8 +20,6 @@ from turbosparse import Model, ModelLoadError, TrainingError, TurboSparseError
 from turbosparse.assets import shakespeare_text
 from turbosparse.binding import NativeModel
 from turbosparse.calibrate import CalibrateConfig, calibrate
-from turbosparse.convert.copy import copy_fields
-from turbosparse.gguf_reader import architecture
 from turbosparse.predictor_train.hf_import import gguf_to_hf
 from turbosparse.predictor_train.modeling import load_causal_lm
 
@@ -32,6 +30,7 @@ from hfcheckpoints import (
     copy_tokenizer,
     qwen_model,
     randomize,
+    rewritten,
     smollm2_tokenizer,
     train_sentencepiece,
 )
@@ -91,25 +90,6 @@ def test_exact_mode_with_calibrated_thresholds_is_the_references(qwen, tokens: l
     assert Model(out, n_threads=2, n_ctx=128).sparse_name == "exact"
 
 
-def rewritten(src: Path, dst: Path, *, tensors: dict[str, np.ndarray] | None = None, keys: dict | None = None) -> Path:
-    """src with tensors added and keys added or replaced (name: (value, gguf.GGUFValueType))."""
-    reader = gguf.GGUFReader(src)
-    writer = gguf.GGUFWriter(str(dst), architecture(reader))
-    keys = keys or {}
-    copy_fields(reader, writer, skip=keys)
-    for name, (value, value_type) in keys.items():
-        writer.add_key_value(name, value, value_type)
-    for t in reader.tensors:
-        writer.add_tensor(t.name, np.array(t.data), raw_dtype=t.tensor_type)
-    for name, value in (tensors or {}).items():
-        writer.add_tensor(name, value)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return dst
-
-
 def llama_cpp_logits(path: Path, tokens: list[int], n_ctx: int = 128) -> np.ndarray:
     from llama_cpp import Llama
 
@@ -132,11 +112,13 @@ def test_yarn_rope_scaling_is_llama_cpps(tmp_path: Path, spm_dir: Path) -> None:
     with torch.no_grad():
         assert rel_error(theirs, model(torch.tensor([tokens])).logits[0].numpy()) <= TOLERANCE
     np.testing.assert_array_equal(Model(path, n_threads=2, n_ctx=256, sparse="off").eval_logits(tokens), theirs)
-    # rope.scaling.attn_factor scales the magnitude whatever the scaling; YaRN's beta keys llama.cpp does not read here
+    # rope.scaling.attn_factor scales the magnitude whatever the scaling; YaRN's beta keys and log multiplier llama.cpp
+    # does not read here (it does for mistral3: test_mistral3.py)
     F32 = gguf.GGUFValueType.FLOAT32
     variants = {
         "yarn": {"qwen2.rope.scaling.attn_factor": (0.8, F32), "qwen2.rope.scaling.yarn_beta_fast": (0.5, F32),
-                 "qwen2.rope.scaling.yarn_beta_slow": (0.01, F32)},
+                 "qwen2.rope.scaling.yarn_beta_slow": (0.01, F32),
+                 "qwen2.rope.scaling.yarn_log_multiplier": (0.5, F32)},
         "linear": {"qwen2.rope.scaling.type": ("linear", gguf.GGUFValueType.STRING),
                    "qwen2.rope.scaling.attn_factor": (0.5, F32)},
     }  # fmt: skip

@@ -1,5 +1,5 @@
-"""Tiny random llama-family GGUF models (llama, qwen2, qwen3, gemma2, gemma3) and a float64 numpy forward pass to check
-the engine against."""
+"""Tiny random llama-family GGUF models (llama, mistral3, qwen2, qwen3, gemma2, gemma3) and a float64 numpy forward pass
+to check the engine against."""
 
 from __future__ import annotations
 
@@ -37,6 +37,16 @@ class TinyConfig:
     n_swa: int = 0  # attention.sliding_window; every 6th (gemma2: 2nd) layer attends to all positions, the others slide
     logit_softcap: float = 0.0  # final_logit_softcapping (0: not written; a gemma2 file then has llama.cpp's 30)
     attn_softcap: float = 0.0  # gemma2: attn_logit_softcapping (0: not written, llama.cpp's 50)
+    # rope scaling, read from a file only: positions interpolated by rope_factor (linear), or YaRN's ramp between
+    # yarn_betas rotations over yarn_orig_ctx positions (yarn_orig_ctx > 0) with its magnitude (yarn_log_mul: HF's
+    # mscale_all_dim, 0 for none)
+    rope_factor: float = 1.0
+    yarn_orig_ctx: int = 0
+    yarn_betas: tuple[float, float] = (32.0, 1.0)
+    yarn_log_mul: float = 0.0
+    # mistral3: the queries at position p times 1 + attn_temp_scale ln(floor(p / attn_temp_floor) + 1) after the rope
+    attn_temp_scale: float = 0.0
+    attn_temp_floor: int = 0
 
     @property
     def head_dim(self) -> int:
@@ -171,6 +181,17 @@ def write_gguf(
         writer.add_float32(f"{a}.final_logit_softcapping", cfg.logit_softcap)
     if cfg.attn_softcap:
         writer.add_float32(f"{a}.attn_logit_softcapping", cfg.attn_softcap)
+    if cfg.yarn_orig_ctx:
+        writer.add_string(f"{a}.rope.scaling.type", "yarn")
+        writer.add_float32(f"{a}.rope.scaling.factor", cfg.rope_factor)
+        writer.add_uint32(f"{a}.rope.scaling.original_context_length", cfg.yarn_orig_ctx)
+        writer.add_float32(f"{a}.rope.scaling.yarn_beta_fast", cfg.yarn_betas[0])
+        writer.add_float32(f"{a}.rope.scaling.yarn_beta_slow", cfg.yarn_betas[1])
+        if cfg.yarn_log_mul:
+            writer.add_float32(f"{a}.rope.scaling.yarn_log_multiplier", cfg.yarn_log_mul)
+    if cfg.attn_temp_scale:  # counted in yarn_orig_ctx positions, or the context's
+        assert cfg.attn_temp_floor == (cfg.yarn_orig_ctx or cfg.n_ctx)
+        writer.add_float32(f"{a}.attention.temperature_scale", cfg.attn_temp_scale)
     if cfg.act != default_act(cfg.arch):
         writer.add_string("turbosparse.ffn_activation", cfg.act)
     if cfg.n_expert:
@@ -224,6 +245,10 @@ def read_gguf(path: Path) -> tuple[TinyConfig, dict[str, np.ndarray], dict[str, 
         return default if field is None else field.contents()
 
     act = reader.get_field("turbosparse.ffn_activation")
+    scaling = optional("rope.scaling.type", "linear")
+    assert scaling in ("none", "linear", "yarn"), scaling
+    factor = 1.0 if scaling == "none" else optional("rope.scaling.factor", 0.0) or 1.0
+    orig_ctx = optional("rope.scaling.original_context_length", 0) or key("context_length")
     cfg = TinyConfig(n_vocab=len(reader.get_field("tokenizer.ggml.tokens").data), n_embd=key("embedding_length"),
                      n_layer=key("block_count"), n_head=key("attention.head_count"),
                      n_head_kv=key("attention.head_count_kv"), n_ff=key("feed_forward_length"),
@@ -234,7 +259,13 @@ def read_gguf(path: Path) -> tuple[TinyConfig, dict[str, np.ndarray], dict[str, 
                      n_embd_head=optional("attention.key_length", 0),
                      n_swa=optional("attention.sliding_window", 4096 if arch == "gemma2" else 0),
                      logit_softcap=optional("final_logit_softcapping", 30.0 if arch == "gemma2" else 0.0),
-                     attn_softcap=optional("attn_logit_softcapping", 50.0) if arch == "gemma2" else 0.0)  # fmt: skip
+                     attn_softcap=optional("attn_logit_softcapping", 50.0) if arch == "gemma2" else 0.0,
+                     rope_factor=factor, yarn_orig_ctx=orig_ctx if scaling == "yarn" else 0,
+                     yarn_betas=(optional("rope.scaling.yarn_beta_fast", 32.0),
+                                 optional("rope.scaling.yarn_beta_slow", 1.0)) if arch == "mistral3" else (32.0, 1.0),
+                     yarn_log_mul=optional("rope.scaling.yarn_log_multiplier", 0.0),
+                     attn_temp_scale=optional("attention.temperature_scale", 0.0) if arch == "mistral3" else 0.0,
+                     attn_temp_floor=orig_ctx)  # fmt: skip
     weights = {
         t.name: gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32).reshape(np.flip(t.shape))
         for t in reader.tensors
@@ -264,19 +295,44 @@ def ffn_down(w: dict[str, np.ndarray], layer: int, a: np.ndarray, use_down_t: bo
     return a @ down.T + w.get(b + "ffn_down.bias", 0.0)
 
 
-def _rope(x: np.ndarray, pos: np.ndarray, base: float, neox: bool = False) -> np.ndarray:
+def _rope(x: np.ndarray, pos: np.ndarray, base: float, neox: bool = False, cfg: TinyConfig | None = None) -> np.ndarray:
     """ggml's rope: rotates pair i by pos * base^(-2i/head_dim), the pairs (x[2i], x[2i+1]) (NORMAL) or, with neox,
-    (x[i], x[i + hd/2]). x: [T, H, hd]"""
+    (x[i], x[i + hd/2]); with cfg's rope scaling, the angles interpolated (linear: all of them; YaRN: below its ramp)
+    and, for YaRN, the result scaled by its magnitude. x: [T, H, hd]"""
     hd = x.shape[-1]
     inv = base ** (-np.arange(0, hd, 2) / hd)
     ang = pos[:, None, None] * inv[None, None, :]
-    cos, sin = np.cos(ang), np.sin(ang)
+    magnitude = 1.0
+    if cfg is not None and cfg.yarn_orig_ctx:
+        ang, magnitude = _yarn(cfg, ang, base, hd)
+    elif cfg is not None:
+        ang = ang / cfg.rope_factor
+    cos, sin = magnitude * np.cos(ang), magnitude * np.sin(ang)
     first, second = (slice(0, hd // 2), slice(hd // 2, hd)) if neox else (slice(0, hd, 2), slice(1, hd, 2))
     x0, x1 = x[..., first], x[..., second]
     out = np.empty_like(x)
     out[..., first] = x0 * cos - x1 * sin
     out[..., second] = x0 * sin + x1 * cos
     return out
+
+
+def _yarn(cfg: TinyConfig, ang: np.ndarray, base: float, hd: int) -> tuple[np.ndarray, float]:
+    """YaRN (ggml's rope with ext_factor 1, llama.cpp's magnitude): pair i keeps its angle (extrapolates) below the
+    ramp between the pairs that turn beta_fast and beta_slow times over the original context, is interpolated by the
+    factor above it, a linear mix within it; (the angles, the magnitude)."""
+
+    def pair_turning(turns: float) -> float:  # the (fractional) pair whose angle turns that often
+        return hd * np.log(cfg.yarn_orig_ctx / (turns * 2 * np.pi)) / (2 * np.log(base))
+
+    low = max(0.0, np.floor(pair_turning(cfg.yarn_betas[0])))
+    high = min(hd - 1.0, np.ceil(pair_turning(cfg.yarn_betas[1])))
+    keep = 1.0 - np.clip((np.arange(hd // 2) - low) / max(0.001, high - low), 0.0, 1.0)
+    ang = ang / cfg.rope_factor * (1.0 - keep) + ang * keep
+
+    def mscale(m: float) -> float:
+        return 1.0 if cfg.rope_factor <= 1.0 else 0.1 * m * np.log(cfg.rope_factor) + 1.0
+
+    return ang, mscale(1.0) / (mscale(cfg.yarn_log_mul) if cfg.yarn_log_mul else 1.0)
 
 
 def _queries_keys_values(
@@ -293,7 +349,10 @@ def _queries_keys_values(
 
     q, k = project("q", cfg.n_head), project("k", cfg.n_head_kv)
     base = cfg.rope_base_swa if cfg.slides(i) else cfg.rope_base
-    q, k = (_rope(y, pos, base, cfg.neox_rope) for y in (q, k))
+    scaled = None if cfg.arch == "gemma3" and cfg.slides(i) else cfg  # gemma3's sliding layers rope unscaled
+    q, k = (_rope(y, pos, base, cfg.neox_rope, scaled) for y in (q, k))
+    if cfg.attn_temp_scale:
+        q = q * (1.0 + cfg.attn_temp_scale * np.log(np.floor(pos / cfg.attn_temp_floor) + 1.0))[:, None, None]
     return q, k, project("v", cfg.n_head_kv)
 
 

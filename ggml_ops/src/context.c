@@ -435,6 +435,10 @@ static void fill_inputs(const ts_context *c, const ts_graph *g, const int32_t *t
             const int32_t t = gr->first + i, p = c->n_past[gr->seq] + i;
             const int64_t cell = (int64_t)gr->seq * c->n_cells + p;
             pos[t] = p;
+            if (g->attn_temp != NULL) { /* in llama.cpp's float and double steps */
+                const double steps = floorf((float)p / (float)c->model->attn_temp_floor);
+                ((float *)g->attn_temp->data)[t] = (float)(log(steps + 1.0) * c->model->attn_temp_scale + 1.0);
+            }
             k_rows[t] = cell;
             for (int64_t e = 0; e < n_embd_kv; e++) {
                 v_cells[(int64_t)t * n_embd_kv + e] = e * n_cells_all + cell;

@@ -30,6 +30,8 @@ typedef struct ts_graph {
     struct ggml_cgraph *gf;
     struct ggml_tensor *tokens;  /* I32 [n_tokens] */
     struct ggml_tensor *pos;     /* I32 [n_tokens] */
+    struct ggml_tensor *attn_temp; /* F32 [1, 1, n_tokens]: each token's query temperature (model.h: attn_temp_scale),
+                                      or NULL */
     struct ggml_tensor *k_rows;  /* I64 [n_tokens]: the K cache row each token's keys go to */
     struct ggml_tensor *v_cells; /* I64 [n_embd_kv * n_tokens]: the V cache element of each value (V is transposed) */
     struct ggml_tensor *out_ids; /* I32 [n_outputs], NULL when every row is an output */

@@ -17,10 +17,11 @@
 #define TS_KEY_SPLIT_COUNT "split.count" /* llama-gguf-split's: the number of files a model is split into */
 #define TS_KEY_SPLIT_NO "split.no"       /* this file's index among them, from 0 */
 
-/* general.architecture values the loader runs: llama.cpp's llama, qwen2, qwen3, qwen3moe, gemma2 and gemma3,
- * PowerInfer's bamboo */
+/* general.architecture values the loader runs: llama.cpp's llama, mistral3, qwen2, qwen3, qwen3moe, gemma2 and
+ * gemma3, PowerInfer's bamboo */
 #define TS_ARCH_LLAMA "llama"
 #define TS_ARCH_BAMBOO "bamboo"
+#define TS_ARCH_MISTRAL3 "mistral3"
 #define TS_ARCH_QWEN2 "qwen2"
 #define TS_ARCH_QWEN3 "qwen3"
 #define TS_ARCH_QWEN3MOE "qwen3moe"
@@ -45,6 +46,9 @@
 #define TS_ARCH_KEY_ROPE_SCALING_ORIG_CTX "rope.scaling.original_context_length"
 #define TS_ARCH_KEY_ROPE_SCALING_ATTN_FACTOR "rope.scaling.attn_factor"
 #define TS_ARCH_KEY_ROPE_SCALING_LOG_MUL "rope.scaling.yarn_log_multiplier"
+#define TS_ARCH_KEY_ROPE_SCALING_BETA_FAST "rope.scaling.yarn_beta_fast"
+#define TS_ARCH_KEY_ROPE_SCALING_BETA_SLOW "rope.scaling.yarn_beta_slow"
+#define TS_ARCH_KEY_TEMPERATURE_SCALE "attention.temperature_scale"
 #define TS_ARCH_KEY_CAUSAL "attention.causal"
 #define TS_ARCH_KEY_EXPERT_COUNT "expert_count"
 #define TS_ARCH_KEY_EXPERT_USED_COUNT "expert_used_count"

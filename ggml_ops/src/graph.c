@@ -38,10 +38,9 @@ static struct ggml_tensor *rope(const ts_model *m, int il, struct ggml_context *
                                 struct ggml_tensor *pos) {
     const ts_model_info *in = &m->info;
     const int swa = m->layers[il].swa; /* a sliding-window layer: its own rope (model.c: load_gemma) */
-    /* 32, 1: YaRN's beta_fast and beta_slow, llama.cpp's defaults (model.c: load_yarn) */
     return ggml_rope_ext(ctx0, x, pos, m->rope_freqs, in->n_rot, m->rope_type, m->n_ctx_orig,
                          swa ? m->rope_freq_base_swa : in->rope_freq_base, swa ? m->rope_freq_scale_swa : in->rope_freq_scale,
-                         m->rope_ext_factor, m->rope_attn_factor, 32.0f, 1.0f);
+                         m->rope_ext_factor, m->rope_attn_factor, m->rope_beta_fast, m->rope_beta_slow);
 }
 
 /* c tanh(x / c): Gemma's soft cap of attention scores and logits, in llama.cpp's order of ops */
@@ -84,6 +83,9 @@ static struct ggml_tensor *attention(const ts_context *ctx, struct ggml_context 
     const float kq_scale = m->q_scale > 0.0f ? 1.0f : 1.0f / sqrtf((float)hd);
     if (m->q_scale > 0.0f) {
         q = ggml_scale(ctx0, q, m->q_scale);
+    }
+    if (g->attn_temp != NULL) {
+        q = ggml_mul(ctx0, q, g->attn_temp);
     }
 
     struct ggml_tensor *kc = ctx->k_cache[il], *vc = ctx->v_cache[il];
@@ -268,6 +270,11 @@ void ts_graph_build(ts_context *ctx, struct ggml_context *ctx0, ts_graph *g) {
     ggml_set_input(g->pos);
     ggml_set_input(g->k_rows);
     ggml_set_input(g->v_cells);
+    g->attn_temp = NULL;
+    if (m->attn_temp_scale != 0.0f) {
+        g->attn_temp = ggml_new_tensor_3d(ctx0, GGML_TYPE_F32, 1, 1, n_tokens);
+        ggml_set_input(g->attn_temp);
+    }
     /* the masks some layer reads (one nobody reads gets no memory) */
     int n_swa_layers = 0;
     for (int il = 0; il < in->n_layer; il++) {

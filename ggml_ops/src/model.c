@@ -76,16 +76,19 @@ typedef struct arch_spec {
     int32_t ffn_act;     /* enum ts_ffn_act, unless turbosparse.ffn_activation (or a PowerInfer file) says */
     int32_t gemma;       /* the Gemma generation (2, 3) of the block (model.h: post_norms, embd_scale, q_scale,
                             sliding-window layers, soft-capping), or 0 */
+    int32_t yarn_keys;   /* YaRN's betas and magnitude multiplier, and the queries' temperature, read from the file
+                            (mistral3: load_yarn, load_temperature) */
 } arch_spec;
 
 static const arch_spec ARCHITECTURES[] = {
-    {TS_ARCH_LLAMA, GGML_ROPE_TYPE_NORMAL, 0, TS_FFN_SWIGLU, 0},
-    {TS_ARCH_BAMBOO, GGML_ROPE_TYPE_NORMAL, 0, TS_FFN_DRELU, 0},
-    {TS_ARCH_QWEN2, GGML_ROPE_TYPE_NEOX, 0, TS_FFN_SWIGLU, 0},
-    {TS_ARCH_QWEN3, GGML_ROPE_TYPE_NEOX, 1, TS_FFN_SWIGLU, 0},
-    {TS_ARCH_QWEN3MOE, GGML_ROPE_TYPE_NEOX, 1, TS_FFN_SWIGLU, 0}, /* Qwen3's attention, Mixtral's experts */
-    {TS_ARCH_GEMMA2, GGML_ROPE_TYPE_NEOX, 0, TS_FFN_GEGLU, 2},
-    {TS_ARCH_GEMMA3, GGML_ROPE_TYPE_NEOX, 1, TS_FFN_GEGLU, 3},
+    {TS_ARCH_LLAMA, GGML_ROPE_TYPE_NORMAL, 0, TS_FFN_SWIGLU, 0, 0},
+    {TS_ARCH_BAMBOO, GGML_ROPE_TYPE_NORMAL, 0, TS_FFN_DRELU, 0, 0},
+    {TS_ARCH_MISTRAL3, GGML_ROPE_TYPE_NORMAL, 0, TS_FFN_SWIGLU, 0, 1}, /* Ministral 3, Mistral Small 3.x: llama's */
+    {TS_ARCH_QWEN2, GGML_ROPE_TYPE_NEOX, 0, TS_FFN_SWIGLU, 0, 0},
+    {TS_ARCH_QWEN3, GGML_ROPE_TYPE_NEOX, 1, TS_FFN_SWIGLU, 0, 0},
+    {TS_ARCH_QWEN3MOE, GGML_ROPE_TYPE_NEOX, 1, TS_FFN_SWIGLU, 0, 0}, /* Qwen3's attention, Mixtral's experts */
+    {TS_ARCH_GEMMA2, GGML_ROPE_TYPE_NEOX, 0, TS_FFN_GEGLU, 2, 0},
+    {TS_ARCH_GEMMA3, GGML_ROPE_TYPE_NEOX, 1, TS_FFN_GEGLU, 3, 0},
 };
 
 static const arch_spec *find_arch(const char *name) {
@@ -186,38 +189,41 @@ static int load_predictor_input(ts_model *m, char *err, size_t err_size) {
     return 0;
 }
 
+/* YaRN's magnitude for a scale factor and mscale, as llama.cpp computes it */
+static float yarn_mscale(float factor, float mscale) {
+    return factor <= 1.0f ? 1.0f : 0.1f * mscale * logf(factor) + 1.0f;
+}
+
 /*
- * YaRN rope scaling (llama.cpp's, as the converter writes it for Qwen's long-context configs): frequencies interpolated
- * by rope.scaling.factor below a ramp between 1 and 32 rotations over the original context (llama.cpp's defaults;
- * it reads no other for these architectures), and the attention's magnitude scaled by 1 + 0.1 ln(factor). ggml's rope
- * multiplies in 1 + 0.1 ln(factor) itself when ext_factor is on, so the attn_factor handed to it cancels that first,
- * in llama.cpp's float order.
+ * YaRN rope scaling (llama.cpp's, as the converter writes it for Qwen's and Mistral's long-context configs):
+ * frequencies interpolated by rope.scaling.factor below a ramp between beta_fast and beta_slow rotations over the
+ * original context, and the attention's magnitude scaled by 1 + 0.1 ln(factor), or, with rope.scaling.
+ * yarn_log_multiplier (HF's mscale_all_dim; read for mistral3 only, as llama.cpp), by that over
+ * 1 + 0.1 mscale_all_dim ln(factor). ggml's rope multiplies
+ * in 1 + 0.1 ln(factor) itself when ext_factor is on, so the attn_factor handed to it cancels that first, in
+ * llama.cpp's float order.
  */
-static int load_yarn(ts_model *m, char *err, size_t err_size) {
-    int64_t orig = 0;
-    float log_mul = 0.0f;
-    const int rc = get_arch_i64(m, TS_ARCH_KEY_ROPE_SCALING_ORIG_CTX, &orig, 0, err, err_size);
-    if (rc < 0 || get_arch_f32(m, TS_ARCH_KEY_ROPE_SCALING_LOG_MUL, &log_mul, 0, err, err_size) < 0) {
+static int load_yarn(ts_model *m, int32_t yarn_keys, char *err, size_t err_size) {
+    float log_mul = 0.0f; /* read where llama.cpp reads it */
+    if (yarn_keys && get_arch_f32(m, TS_ARCH_KEY_ROPE_SCALING_LOG_MUL, &log_mul, 0, err, err_size) < 0) {
         return -1;
     }
-    if (log_mul != 0.0f) { /* DeepSeek's magnitude rule, which these architectures never carry */
-        return ts_set_error(err, err_size, "%s: %s." TS_ARCH_KEY_ROPE_SCALING_LOG_MUL " is not supported",
+    if (!isfinite(log_mul)) {
+        return ts_set_error(err, err_size, "%s: %s." TS_ARCH_KEY_ROPE_SCALING_LOG_MUL " must be finite",
                             m->file->path, m->arch);
     }
-    if (rc == 0) {
-        if (check_positive(m, TS_ARCH_KEY_ROPE_SCALING_ORIG_CTX, orig, INT32_MAX, err, err_size)) {
-            return -1;
-        }
-        m->n_ctx_orig = (int32_t)orig;
-    }
     const float factor = 1.0f / m->info.rope_freq_scale;
-    const float mscale = factor <= 1.0f ? 1.0f : 0.1f * logf(factor) + 1.0f;
+    float attn_factor = yarn_mscale(factor, 1.0f);
+    if (log_mul != 0.0f) {
+        attn_factor = attn_factor / yarn_mscale(factor, log_mul);
+    }
+    attn_factor *= 1.0f / (1.0f + 0.1f * logf(factor));
     m->rope_ext_factor = 1.0f;
-    m->rope_attn_factor = mscale * (1.0f / (1.0f + 0.1f * logf(factor))) * m->rope_attn_factor;
+    m->rope_attn_factor = attn_factor * m->rope_attn_factor;
     return 0;
 }
 
-static int load_rope(ts_model *m, char *err, size_t err_size) {
+static int load_rope(ts_model *m, int32_t yarn_keys, char *err, size_t err_size) {
     ts_model_info *in = &m->info;
     in->rope_freq_base = 10000.0f;
     if (get_arch_f32(m, TS_ARCH_KEY_ROPE_FREQ_BASE, &in->rope_freq_base, 0, err, err_size) < 0) {
@@ -254,12 +260,40 @@ static int load_rope(ts_model *m, char *err, size_t err_size) {
                             m->file->path, m->arch);
     }
     m->rope_ext_factor = 0.0f;
+    m->rope_beta_fast = 32.0f; /* llama.cpp's defaults; mistral3 reads the file's (load_temperature) */
+    m->rope_beta_slow = 1.0f;
     m->rope_attn_factor = 1.0f; /* rope.scaling.attn_factor: llama.cpp scales the magnitude by it whatever the type */
     if (get_arch_f32(m, TS_ARCH_KEY_ROPE_SCALING_ATTN_FACTOR, &m->rope_attn_factor, 0, err, err_size) < 0) {
         return -1;
     }
-    m->n_ctx_orig = in->n_ctx_train;
-    return yarn ? load_yarn(m, err, err_size) : 0;
+    /* the context YaRN's ramp and mistral3's temperature count in, read whatever the scaling; 0 or absent: the
+       training context (as llama.cpp) */
+    int64_t orig = 0;
+    if (get_arch_i64(m, TS_ARCH_KEY_ROPE_SCALING_ORIG_CTX, &orig, 0, err, err_size) < 0 ||
+        (orig != 0 && check_positive(m, TS_ARCH_KEY_ROPE_SCALING_ORIG_CTX, orig, INT32_MAX, err, err_size))) {
+        return -1;
+    }
+    m->n_ctx_orig = orig != 0 ? (int32_t)orig : in->n_ctx_train;
+    return yarn ? load_yarn(m, yarn_keys, err, err_size) : 0;
+}
+
+/*
+ * mistral3, as llama.cpp reads it: YaRN's ramp between rope.scaling.yarn_beta_fast and _slow rotations (32 and 1 when
+ * absent), and Llama 4's temperature tuning where attention.temperature_scale is given (Ministral 3): the queries of
+ * the token at position p times 1 + scale ln(floor(p / n) + 1) after the rope, n the original context (YaRN's).
+ */
+static int load_temperature(ts_model *m, char *err, size_t err_size) {
+    if (get_arch_f32(m, TS_ARCH_KEY_ROPE_SCALING_BETA_FAST, &m->rope_beta_fast, 0, err, err_size) < 0 ||
+        get_arch_f32(m, TS_ARCH_KEY_ROPE_SCALING_BETA_SLOW, &m->rope_beta_slow, 0, err, err_size) < 0 ||
+        get_arch_f32(m, TS_ARCH_KEY_TEMPERATURE_SCALE, &m->attn_temp_scale, 0, err, err_size) < 0) {
+        return -1;
+    }
+    if (!isfinite(m->rope_beta_fast) || !isfinite(m->rope_beta_slow) || !isfinite(m->attn_temp_scale)) {
+        return ts_set_error(err, err_size, "%s: %s." TS_ARCH_KEY_ROPE_SCALING_BETA_FAST ", _slow and "
+                            TS_ARCH_KEY_TEMPERATURE_SCALE " must be finite", m->file->path, m->arch);
+    }
+    m->attn_temp_floor = m->n_ctx_orig; /* positive: context_length or original_context_length, both checked */
+    return 0;
 }
 
 /* A soft-capping key (absent: `fallback`), finite and >= 0, 0 meaning no cap; or > 0 where `required_cap` (Gemma 2,
@@ -430,8 +464,8 @@ static int load_hparams(ts_model *m, char *err, size_t err_size) {
     if (arch == NULL) {
         return ts_set_error(err, err_size,
                             "%s: unsupported architecture '%s' (general.architecture): turbosparse runs llama-family "
-                            "backbones ('llama', 'qwen2', 'qwen3', 'qwen3moe', 'gemma2', 'gemma3', PowerInfer's "
-                            "'bamboo')",
+                            "backbones ('llama', 'mistral3', 'qwen2', 'qwen3', 'qwen3moe', 'gemma2', 'gemma3', "
+                            "PowerInfer's 'bamboo')",
                             m->file->path, m->arch);
     }
     m->rope_type = arch->rope_type;
@@ -548,7 +582,10 @@ static int load_hparams(ts_model *m, char *err, size_t err_size) {
                             threshold_key);
     }
     if (rc < 0 || load_ffn_activation(m, arch->ffn_act, err, err_size) != 0 ||
-        load_predictor_input(m, err, err_size) != 0 || load_rope(m, err, err_size) != 0) {
+        load_predictor_input(m, err, err_size) != 0 || load_rope(m, arch->yarn_keys, err, err_size) != 0) {
+        return -1;
+    }
+    if (arch->yarn_keys && load_temperature(m, err, err_size) != 0) {
         return -1;
     }
     return arch->gemma ? load_gemma(m, arch->gemma, err, err_size) : 0;

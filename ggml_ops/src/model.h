@@ -56,6 +56,11 @@ struct ts_model {
     int32_t n_ctx_orig;
     float rope_ext_factor;   /* YaRN: 1, else 0 */
     float rope_attn_factor;
+    float rope_beta_fast, rope_beta_slow; /* YaRN's ramp: 32 and 1 rotations, or the file's (mistral3) */
+    /* mistral3 (Llama 4's temperature tuning): queries times 1 + attn_temp_scale ln(floor(pos / attn_temp_floor) + 1)
+       after the rope; 0: none */
+    float attn_temp_scale;
+    int32_t attn_temp_floor;
     /* Gemma 2 and 3 (all 0 elsewhere) */
     int32_t post_norms;      /* attention and FFN outputs RMS-normed before their residual adds */
     float embd_scale;        /* token embeddings times this (sqrt(n_embd)); 0: as stored */
