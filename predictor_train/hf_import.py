@@ -23,8 +23,8 @@ def gguf_to_hf(gguf: str | Path, out_dir: str | Path) -> Path:
     if arch != ARCHITECTURE:  # said before the whole file is dequantized for nothing
         raise TrainingError(
             f"{gguf}: general.architecture {arch!r}: relufy, imatrix and train-predictors read GGUFs of llama.cpp's "
-            "llama architecture (Llama, Mistral, SmolLM); other dense GGUFs (Mistral 3, Qwen2, Qwen3, Gemma 2 and 3) "
-            "decode sparsely without training through `turbosparse calibrate`"
+            "llama architecture (Llama, Mistral, SmolLM); other dense GGUFs (Mistral 3, Phi-3 and 4, Qwen2, Qwen3, "
+            "Gemma 2 and 3) decode sparsely without training through `turbosparse calibrate`"
         )
     out_dir = Path(out_dir)
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)

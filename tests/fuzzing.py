@@ -993,10 +993,10 @@ def run_cases(inputs: Inputs, kinds: list[str], n_cases: dict[str, int], seed: i
 
 def prepare_inputs(root: Path, *, default_model: bool) -> Inputs:
     """A small converted bamboo model (and its PWRI twin), its checkpoint, a ReLU-Llama checkpoint with PowerInfer
-    predictors, the real SmolLM2 GGUF, a tiny Qwen3 with YaRN rope scaling, a tiny Gemma 3 with soft-capped logits and
-    a tiny Ministral 3 as llama.cpp's converter writes them (those architectures' keys and tensors); with default_model
-    (the long run), also a checkpoint with SmolLM2's byte-level BPE tokenizer.json and the default model (when it is
-    cached) with its PWRI twin."""
+    predictors, the real SmolLM2 GGUF, a tiny Qwen3 with YaRN rope scaling, a tiny Gemma 3 with soft-capped logits, a
+    tiny Ministral 3 and a tiny Phi-3 (stacked tensors, LongRoPE) as llama.cpp's converter writes them (those
+    architectures' keys and tensors); with default_model (the long run), also a checkpoint with SmolLM2's byte-level
+    BPE tokenizer.json and the default model (when it is cached) with its PWRI twin."""
     sys.path.insert(0, str(ROOT / "tests"))
     from turbosparse.assets import default_model_dir, default_model_file, shakespeare_text, smollm2_gguf
     from turbosparse.convert import convert
@@ -1008,6 +1008,7 @@ def prepare_inputs(root: Path, *, default_model: bool) -> Inputs:
         gemma_model,
         llama_model,
         ministral3_model,
+        phi3_model,
         qwen_model,
         save_checkpoint,
         smollm2_tokenizer,
@@ -1040,6 +1041,9 @@ def prepare_inputs(root: Path, *, default_model: bool) -> Inputs:
     ministral3_model(520, seed=7).save_pretrained(root / "mistral3")
     copy_tokenizer(spm, root / "mistral3")
     inputs.gguf.append(convert_with_llama_cpp(root / "mistral3", root / "mistral3.gguf", outtype="q8_0"))
+    phi3_model(520, seed=8).save_pretrained(root / "phi3")
+    copy_tokenizer(spm, root / "phi3", tokenizer_class="LlamaTokenizer")
+    inputs.gguf.append(convert_with_llama_cpp(root / "phi3", root / "phi3.gguf", outtype="q8_0"))
     if default_model:
         bpe = tiny_config(49152, hidden_size=32, intermediate_size=64, num_attention_heads=2, num_key_value_heads=1)
         inputs.bpe_checkpoint = save_checkpoint(llama_model(bpe, seed=2), root / "bpe",

@@ -26,6 +26,8 @@ from transformers import (
     Ministral3ForCausalLM,
     MixtralConfig,
     MixtralForCausalLM,
+    Phi3Config,
+    Phi3ForCausalLM,
     Qwen2Config,
     Qwen2ForCausalLM,
     Qwen3Config,
@@ -178,6 +180,20 @@ def ministral3_model(vocab_size: int, seed: int = 0, **rope: object) -> torch.nn
     return randomize(Ministral3ForCausalLM(config).float().eval(), seed)
 
 
+def phi3_model(vocab_size: int, seed: int = 0) -> torch.nn.Module:
+    """A tiny Phi-3 of the shared dimensions (q, k, v and gate, up stacked): Phi-4-mini's partial rope (12 of each
+    head's 16 dimensions) and Phi-3-128k's LongRoPE (its own factors for contexts past 256 positions, up to 1024)."""
+    half = 6
+    rope = {"rope_type": "longrope", "rope_theta": 10000.0, "original_max_position_embeddings": 256,
+            "long_factor": [1.0 + 0.5 * i for i in range(half)], "short_factor": [1.0 + 0.1 * i for i in range(half)],
+            "partial_rotary_factor": 0.75}  # fmt: skip
+    config = Phi3Config(vocab_size=vocab_size, hidden_size=HIDDEN, intermediate_size=N_FF, num_hidden_layers=N_LAYER,
+                        num_attention_heads=N_HEAD, num_key_value_heads=N_KV, max_position_embeddings=1024,
+                        original_max_position_embeddings=256, rms_norm_eps=1e-5, rope_parameters=rope,
+                        bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False)  # fmt: skip
+    return randomize(Phi3ForCausalLM(config).float().eval(), seed)
+
+
 def assert_logits_are_llama_cpps(path: Path, tokens: list[int], n_ctx: int = 128) -> np.ndarray:
     """Our dense logits for tokens are llama.cpp's bit for bit (both with F16 KV caches), as the prompt's batch and
     token by token through the KV cache; returns llama.cpp's [len(tokens), n_vocab]."""
@@ -204,16 +220,17 @@ def assert_logits_are_llama_cpps(path: Path, tokens: list[int], n_ctx: int = 128
 
 
 def rewritten(src: Path, dst: Path, *, tensors: dict[str, np.ndarray] | None = None, keys: dict | None = None) -> Path:
-    """src with tensors added and keys added or replaced (name: (value, gguf.GGUFValueType))."""
+    """src with tensors added or replaced (F32) and keys added or replaced (name: (value, gguf.GGUFValueType))."""
     reader = gguf.GGUFReader(src)
     writer = gguf.GGUFWriter(str(dst), architecture(reader))
-    keys = keys or {}
+    keys, tensors = keys or {}, tensors or {}
     copy_fields(reader, writer, skip=keys)
     for name, (value, value_type) in keys.items():
         writer.add_key_value(name, value, value_type)
     for t in reader.tensors:
-        writer.add_tensor(t.name, np.array(t.data), raw_dtype=t.tensor_type)
-    for name, value in (tensors or {}).items():
+        if t.name not in tensors:
+            writer.add_tensor(t.name, np.array(t.data), raw_dtype=t.tensor_type)
+    for name, value in tensors.items():
         writer.add_tensor(name, value)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
@@ -236,10 +253,15 @@ def bamboo_model(config: LlamaConfig, rank: int, seed: int = 0) -> LlamaForCausa
     return randomize(model, seed)  # type: ignore[return-value]
 
 
-def copy_tokenizer(tokenizer_dir: Path, out_dir: Path) -> None:
+def copy_tokenizer(tokenizer_dir: Path, out_dir: Path, tokenizer_class: str | None = None) -> None:
+    """The tokenizer files into out_dir, with tokenizer_class named in its tokenizer_config.json where given
+    (llama.cpp's Phi-3 converter reads it)."""
     for name in TOKENIZER_FILES:
         if (tokenizer_dir / name).is_file():
             shutil.copy(tokenizer_dir / name, out_dir / name)
+    if tokenizer_class is not None:
+        config = out_dir / "tokenizer_config.json"
+        config.write_text(json.dumps({**json.loads(config.read_text()), "tokenizer_class": tokenizer_class}))
 
 
 def save_checkpoint(

@@ -140,6 +140,26 @@ def test_mistral3_matches_reference(tmp_path: Path) -> None:
         assert np.abs(changed - ref).max() > 100 * TOLERANCE[Q.F32] * ref.std(), change
 
 
+@pytest.mark.parametrize("long_context", [False, True], ids=["short", "long"])
+def test_phi3_matches_reference(tmp_path: Path, long_context: bool) -> None:
+    """q, k, v and gate, up stacked in the file, a partial rope (12 of 16 dimensions), the rope factors of short
+    contexts or, past the original context (64 positions here, 256 cells), of long ones, and the rope's magnitude."""
+    cfg = TinyConfig(arch="phi3", n_rot=12, rope_attn_factor=1.2, rope_long=long_context)
+    original = {"phi3.rope.scaling.original_context_length": 64 if long_context else 256}
+    stored = write_gguf(tmp_path / "m.gguf", cfg, random_weights(cfg, seed=5), extra_kv=original)
+    assert "blk.0.attn_qkv.weight" in {t.name for t in gguf.GGUFReader(tmp_path / "m.gguf").tensors}
+    toks = tokens(cfg, 40)
+    ref = reference_logits(cfg, stored, toks)
+    ctx = context(tmp_path / "m.gguf")
+    assert np.abs(ctx.eval(toks, dense_ffn=True, logits_all=True) - ref).max() <= TOLERANCE[Q.F32] * ref.std()
+    ctx.truncate(0)
+    steps = np.stack([ctx.eval([t], dense_ffn=True, logits_all=False) for t in toks])
+    assert np.abs(steps - ref).max() <= TOLERANCE[Q.F32] * ref.std()
+    for change in ({"rope_long": not long_context}, {"rope_attn_factor": 1.0}):
+        changed = reference_logits(TinyConfig(**{**cfg.__dict__, **change}), stored, toks)
+        assert np.abs(changed - ref).max() > 100 * TOLERANCE[Q.F32] * ref.std(), change
+
+
 GEMMA = {  # 7 layers: the sliding ones and the global ones (every 2nd in Gemma 2, every 6th in Gemma 3)
     "gemma2": TinyConfig(arch="gemma2", act="geglu", n_swa=6, n_layer=7, tied=True, logit_softcap=30.0,
                          attn_softcap=2.0, rope_base=1e6),  # a cap that bites on these scores; every layer roped alike

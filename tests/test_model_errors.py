@@ -89,10 +89,10 @@ def test_wrong_shape(tmp_path: Path) -> None:
 
 
 def test_unknown_architecture(tmp_path: Path) -> None:
-    cfg = TinyConfig(arch="phi3")
+    cfg = TinyConfig(arch="phi2")
     path = tmp_path / "m.gguf"
     write_gguf(path, cfg, random_weights(cfg))
-    assert "unsupported architecture 'phi3'" in load_error(path)
+    assert "unsupported architecture 'phi2'" in load_error(path)
 
 
 GEMMA3 = TinyConfig(arch="gemma3", act="geglu", n_swa=4, tied=True)

@@ -1,5 +1,5 @@
-"""Tiny random llama-family GGUF models (llama, mistral3, qwen2, qwen3, gemma2, gemma3) and a float64 numpy forward pass
-to check the engine against."""
+"""Tiny random llama-family GGUF models (llama, mistral3, phi3, qwen2, qwen3, gemma2, gemma3) and a float64 numpy
+forward pass to check the engine against."""
 
 from __future__ import annotations
 
@@ -47,6 +47,12 @@ class TinyConfig:
     # mistral3: the queries at position p times 1 + attn_temp_scale ln(floor(p / attn_temp_floor) + 1) after the rope
     attn_temp_scale: float = 0.0
     attn_temp_floor: int = 0
+    # phi3 (q, k, v and gate, up stacked in the file; NEOX rope): the first n_rot dimensions of a head roped (0: all),
+    # cos and sin times rope_attn_factor, the frequencies divided by rope_factors_long (rope_long: a context past the
+    # original one) or _short
+    n_rot: int = 0
+    rope_attn_factor: float = 1.0
+    rope_long: bool = False
 
     @property
     def head_dim(self) -> int:
@@ -55,7 +61,7 @@ class TinyConfig:
     @property
     def neox_rope(self) -> bool:
         """The qwen architectures rotate each head's two halves together (ggml's NEOX rope), llama adjacent pairs."""
-        return self.arch in ("qwen2", "qwen3", "qwen3moe", "gemma2", "gemma3")
+        return self.arch in ("qwen2", "qwen3", "qwen3moe", "gemma2", "gemma3", "phi3")
 
     def slides(self, layer: int) -> bool:
         """Whether a layer attends within the sliding window (llama.cpp's default patterns: 2 for gemma2, 6)."""
@@ -86,6 +92,9 @@ def random_weights(cfg: TinyConfig, seed: int = 0, predictor_rank: int = 0) -> d
     }
     if not cfg.tied:
         w["output.weight"] = mat(cfg.n_vocab, d)
+    if cfg.arch == "phi3":
+        for name in ("rope_factors_long.weight", "rope_factors_short.weight"):
+            w[name] = rng.uniform(1.0, 4.0, (cfg.n_rot or hd) // 2).astype(np.float32)
     for i in range(cfg.n_layer):
         w[f"blk.{i}.attn_norm.weight"] = norm(d)
         w[f"blk.{i}.attn_q.weight"] = mat(cfg.n_head * hd, d)
@@ -130,7 +139,39 @@ def _expert_weights(cfg: TinyConfig, i: int, mat, predictor_rank: int) -> dict[s
 
 
 def is_norm(name: str) -> bool:
-    return name.endswith("norm.weight") or name.endswith(".bias")
+    """Kept in F32 in every file: norms, biases and rope factors."""
+    return name.endswith("norm.weight") or name.endswith(".bias") or name.startswith("rope_")
+
+
+def _stacked(cfg: TinyConfig, layer: int) -> dict[str, tuple[str, ...]]:
+    """phi3's stacked tensors of a layer (the file's name: the names of its parts, in row order)."""
+    b = f"blk.{layer}."
+    return {f"{b}attn_qkv.weight": tuple(f"{b}attn_{x}.weight" for x in "qkv"),
+            f"{b}ffn_up.weight": (f"{b}ffn_gate.weight", f"{b}ffn_up.weight")}  # fmt: skip
+
+
+def _stack(cfg: TinyConfig, weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """weights as a phi3 file holds them: each layer's q, k, v rows in one attn_qkv, its gate and up in one ffn_up."""
+    out = dict(weights)
+    for i in range(cfg.n_layer):
+        for name, parts in _stacked(cfg, i).items():
+            out[name] = np.concatenate([weights[p] for p in parts])
+            for p in parts:
+                if p != name:
+                    del out[p]
+    return out
+
+
+def _unstack(cfg: TinyConfig, weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """_stack undone: the row blocks of each stacked tensor under their own names."""
+    out = dict(weights)
+    hd, kv = cfg.head_dim, cfg.n_head_kv * cfg.head_dim
+    for i in range(cfg.n_layer):
+        for name, parts in _stacked(cfg, i).items():
+            rows = (cfg.n_head * hd, kv, kv) if len(parts) == 3 else (cfg.n_ff, cfg.n_ff)
+            for p, block in zip(parts, np.split(out.pop(name), np.cumsum(rows)[:-1]), strict=True):
+                out[p] = block
+    return out
 
 
 def write_gguf(
@@ -189,6 +230,10 @@ def write_gguf(
         writer.add_float32(f"{a}.rope.scaling.yarn_beta_slow", cfg.yarn_betas[1])
         if cfg.yarn_log_mul:
             writer.add_float32(f"{a}.rope.scaling.yarn_log_multiplier", cfg.yarn_log_mul)
+    if cfg.n_rot:
+        writer.add_uint32(f"{a}.rope.dimension_count", cfg.n_rot)
+    if cfg.rope_attn_factor != 1.0:
+        writer.add_float32(f"{a}.rope.scaling.attn_factor", cfg.rope_attn_factor)
     if cfg.attn_temp_scale:  # counted in yarn_orig_ctx positions, or the context's
         assert cfg.attn_temp_floor == (cfg.yarn_orig_ctx or cfg.n_ctx)
         writer.add_float32(f"{a}.attention.temperature_scale", cfg.attn_temp_scale)
@@ -207,7 +252,7 @@ def write_gguf(
         else:
             writer.add_uint32(key, int(value))
     stored: dict[str, np.ndarray] = {}
-    for name, value in weights.items():
+    for name, value in (_stack(cfg, weights) if cfg.arch == "phi3" else weights).items():
         if name in skip:
             continue
         ttype = predictor_qtype if predictor_qtype is not None and "_pred_" in name else qtype
@@ -223,7 +268,7 @@ def write_gguf(
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    return stored
+    return _unstack(cfg, stored) if cfg.arch == "phi3" else stored
 
 
 def default_act(arch: str) -> str:
@@ -257,19 +302,23 @@ def read_gguf(path: Path) -> tuple[TinyConfig, dict[str, np.ndarray], dict[str, 
                      act=default_act(arch) if act is None else act.contents(),
                      tied=all(t.name != "output.weight" for t in reader.tensors), arch=arch,
                      n_embd_head=optional("attention.key_length", 0),
-                     n_swa=optional("attention.sliding_window", 4096 if arch == "gemma2" else 0),
+                     n_swa=optional("attention.sliding_window", 4096 if arch == "gemma2" else 0)
+                     if arch.startswith("gemma") else 0,
                      logit_softcap=optional("final_logit_softcapping", 30.0 if arch == "gemma2" else 0.0),
                      attn_softcap=optional("attn_logit_softcapping", 50.0) if arch == "gemma2" else 0.0,
                      rope_factor=factor, yarn_orig_ctx=orig_ctx if scaling == "yarn" else 0,
                      yarn_betas=(optional("rope.scaling.yarn_beta_fast", 32.0),
                                  optional("rope.scaling.yarn_beta_slow", 1.0)) if arch == "mistral3" else (32.0, 1.0),
-                     yarn_log_mul=optional("rope.scaling.yarn_log_multiplier", 0.0),
+                     yarn_log_mul=optional("rope.scaling.yarn_log_multiplier", 0.0) if arch == "mistral3" else 0.0,
                      attn_temp_scale=optional("attention.temperature_scale", 0.0) if arch == "mistral3" else 0.0,
-                     attn_temp_floor=orig_ctx)  # fmt: skip
+                     attn_temp_floor=orig_ctx, n_rot=optional("rope.dimension_count", 0),
+                     rope_attn_factor=optional("rope.scaling.attn_factor", 1.0))  # fmt: skip
     weights = {
         t.name: gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32).reshape(np.flip(t.shape))
         for t in reader.tensors
     }
+    if arch == "phi3" and "blk.0.attn_qkv.weight" in weights:
+        weights = _unstack(cfg, weights)
     keys = {name: field.contents() for name, field in reader.fields.items() if name.startswith("turbosparse.")}
     return cfg, weights, keys
 
@@ -295,22 +344,31 @@ def ffn_down(w: dict[str, np.ndarray], layer: int, a: np.ndarray, use_down_t: bo
     return a @ down.T + w.get(b + "ffn_down.bias", 0.0)
 
 
-def _rope(x: np.ndarray, pos: np.ndarray, base: float, neox: bool = False, cfg: TinyConfig | None = None) -> np.ndarray:
-    """ggml's rope: rotates pair i by pos * base^(-2i/head_dim), the pairs (x[2i], x[2i+1]) (NORMAL) or, with neox,
-    (x[i], x[i + hd/2]); with cfg's rope scaling, the angles interpolated (linear: all of them; YaRN: below its ramp)
-    and, for YaRN, the result scaled by its magnitude. x: [T, H, hd]"""
-    hd = x.shape[-1]
-    inv = base ** (-np.arange(0, hd, 2) / hd)
+def _rope(
+    x: np.ndarray,
+    pos: np.ndarray,
+    base: float,
+    neox: bool = False,
+    cfg: TinyConfig | None = None,
+    factors: np.ndarray | None = None,
+) -> np.ndarray:
+    """ggml's rope: rotates pair i by pos * base^(-2i/n_rot) / factors[i], the pairs (x[2i], x[2i+1]) (NORMAL) or, with
+    neox, (x[i], x[i + n_rot/2]), among the first n_rot dimensions (cfg's, else all); with cfg's rope scaling, the
+    angles interpolated (linear: all of them; YaRN: below its ramp) and, for YaRN, the result scaled by its magnitude;
+    cos and sin times cfg's rope_attn_factor. x: [T, H, hd]"""
+    hd = (cfg.n_rot if cfg is not None else 0) or x.shape[-1]
+    inv = base ** (-np.arange(0, hd, 2) / hd) / (1.0 if factors is None else factors)
     ang = pos[:, None, None] * inv[None, None, :]
-    magnitude = 1.0
+    magnitude = 1.0 if cfg is None else cfg.rope_attn_factor
     if cfg is not None and cfg.yarn_orig_ctx:
-        ang, magnitude = _yarn(cfg, ang, base, hd)
+        ang, yarn_magnitude = _yarn(cfg, ang, base, hd)
+        magnitude *= yarn_magnitude
     elif cfg is not None:
         ang = ang / cfg.rope_factor
     cos, sin = magnitude * np.cos(ang), magnitude * np.sin(ang)
     first, second = (slice(0, hd // 2), slice(hd // 2, hd)) if neox else (slice(0, hd, 2), slice(1, hd, 2))
     x0, x1 = x[..., first], x[..., second]
-    out = np.empty_like(x)
+    out = x.copy()
     out[..., first] = x0 * cos - x1 * sin
     out[..., second] = x0 * sin + x1 * cos
     return out
@@ -350,7 +408,9 @@ def _queries_keys_values(
     q, k = project("q", cfg.n_head), project("k", cfg.n_head_kv)
     base = cfg.rope_base_swa if cfg.slides(i) else cfg.rope_base
     scaled = None if cfg.arch == "gemma3" and cfg.slides(i) else cfg  # gemma3's sliding layers rope unscaled
-    q, k = (_rope(y, pos, base, cfg.neox_rope, scaled) for y in (q, k))
+    factors = w.get("rope_freqs.weight", w.get("rope_factors_long.weight" if cfg.rope_long else
+                                               "rope_factors_short.weight"))  # fmt: skip
+    q, k = (_rope(y, pos, base, cfg.neox_rope, scaled, factors) for y in (q, k))
     if cfg.attn_temp_scale:
         q = q * (1.0 + cfg.attn_temp_scale * np.log(np.floor(pos / cfg.attn_temp_floor) + 1.0))[:, None, None]
     return q, k, project("v", cfg.n_head_kv)

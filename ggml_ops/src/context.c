@@ -197,6 +197,10 @@ ts_context *ts_context_new(ts_model *model, const ts_context_params *params, cha
     c->n_ctx = params->n_ctx > 0 ? params->n_ctx : model->info.n_ctx_train;
     c->n_cells = (int32_t)(((int64_t)c->n_ctx + TS_KV_PAD - 1) / TS_KV_PAD * TS_KV_PAD);
     c->kv_span_step = kv_span_step();
+    /* phi3's factors for contexts past the original one (llama.cpp counts a sequence's cells, as allocated) */
+    c->rope_factors = model->rope_freqs != NULL           ? model->rope_freqs
+                      : c->n_cells > model->n_ctx_orig ? model->rope_long
+                                                        : model->rope_short;
     c->threshold = isnan(params->predictor_threshold) ? model->info.predictor_threshold : params->predictor_threshold;
     /* each group of a batch adds its own attention nodes */
     c->graph_max_nodes = (64 + 16 * c->n_seq) * model->info.n_layer + 1024;

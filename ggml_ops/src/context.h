@@ -51,6 +51,8 @@ struct ts_context {
     int32_t n_ctx;   /* tokens each sequence accepts */
     int32_t n_cells; /* KV cache cells per sequence: n_ctx rounded up to TS_KV_PAD, as llama.cpp allocates */
     int32_t kv_span_step; /* attention spans whole multiples of this many cells (context.c: kv_span_step) */
+    struct ggml_tensor *rope_factors; /* the rope's frequency factors: the model's rope_freqs, rope_long or
+                                         rope_short, or NULL */
     int32_t n_seq;
     int32_t *n_past; /* per sequence: tokens cached */
     float threshold; /* predictor threshold in use */

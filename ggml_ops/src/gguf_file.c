@@ -470,6 +470,56 @@ const ts_gguf_tensor *ts_gguf_find_tensor(const ts_gguf_file *f, const char *nam
     return NULL;
 }
 
+int ts_gguf_split_rows(ts_gguf_file *f, const char *name, int n_parts, const char *const *part_names,
+                       const int64_t *part_rows, char *err, size_t err_size) {
+    const ts_gguf_tensor *t = ts_gguf_find_tensor(f, name);
+    if (t == NULL) {
+        return 1;
+    }
+    int64_t n_rows = 0;
+    for (int k = 0; k < n_parts; k++) {
+        n_rows += part_rows[k];
+        if (strcmp(part_names[k], name) != 0 && ts_gguf_find_tensor(f, part_names[k]) != NULL) {
+            return ts_set_error(err, err_size, "%s: tensors '%s' and '%s' both: the second holds the first's rows",
+                                f->path, part_names[k], name);
+        }
+    }
+    if (t->ne[1] != n_rows || t->ne[2] != 1 || t->ne[3] != 1) {
+        return ts_set_error(err, err_size, "%s: tensor '%s' has shape [%lld, %lld, %lld, %lld], expected [%lld, %lld]",
+                            f->path, name, (long long)t->ne[0], (long long)t->ne[1], (long long)t->ne[2],
+                            (long long)t->ne[3], (long long)t->ne[0], (long long)n_rows);
+    }
+    char *names[8] = {0};
+    int ok = n_parts <= 8;
+    for (int k = 0; k < n_parts && ok; k++) {
+        ok = (names[k] = strdup(part_names[k])) != NULL;
+    }
+    const int64_t at = t - f->tensors;
+    ts_gguf_tensor *grown = ok ? realloc(f->tensors, sizeof(ts_gguf_tensor) * (size_t)(f->n_tensors + n_parts)) : NULL;
+    if (grown == NULL) {
+        for (int k = 0; k < n_parts && k < 8; k++) {
+            free(names[k]);
+        }
+        return ts_set_error(err, err_size, "out of memory");
+    }
+    f->tensors = grown;
+    const ts_gguf_tensor whole = f->tensors[at];
+    const size_t row_bytes = whole.nbytes / (size_t)n_rows;
+    int64_t row = 0;
+    for (int k = 0; k < n_parts; k++) {
+        ts_gguf_tensor *part = k == 0 ? &f->tensors[at] : &f->tensors[f->n_tensors + k - 1];
+        *part = whole;
+        part->name = names[k];
+        part->ne[1] = part_rows[k];
+        part->nbytes = row_bytes * (size_t)part_rows[k];
+        part->data = (char *)whole.data + row_bytes * (size_t)row;
+        row += part_rows[k];
+    }
+    free(whole.name);
+    f->n_tensors += n_parts - 1;
+    return 0;
+}
+
 /* Converts one numeric value; returns 0, or -1 for a non-numeric type. */
 static int numeric_value(uint32_t type, const uint8_t *p, double *out) {
     union {

@@ -70,6 +70,12 @@ void ts_gguf_release(const ts_gguf_file *file, const void *data, size_t n);
 const ts_gguf_kv *ts_gguf_find_kv(const ts_gguf_file *file, const char *key);
 const ts_gguf_tensor *ts_gguf_find_tensor(const ts_gguf_file *file, const char *name);
 
+/* Replaces the 2-D tensor `name` by n_parts (<= 8) tensors over its rows, in order: part k is named part_names[k]
+ * (one may keep `name`) and holds part_rows[k] rows. 0; 1 when the file has no `name`; -1 (err set) where the rows do
+ * not add up or another tensor already has a part's name. */
+int ts_gguf_split_rows(ts_gguf_file *file, const char *name, int n_parts, const char *const *part_names,
+                       const int64_t *part_rows, char *err, size_t err_size);
+
 /*
  * Typed getters. Return 0 when found and converted, 1 when the key is absent and not required,
  * -1 (err filled) when absent but required or of an incompatible type / out of range.

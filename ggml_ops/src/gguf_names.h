@@ -17,11 +17,12 @@
 #define TS_KEY_SPLIT_COUNT "split.count" /* llama-gguf-split's: the number of files a model is split into */
 #define TS_KEY_SPLIT_NO "split.no"       /* this file's index among them, from 0 */
 
-/* general.architecture values the loader runs: llama.cpp's llama, mistral3, qwen2, qwen3, qwen3moe, gemma2 and
- * gemma3, PowerInfer's bamboo */
+/* general.architecture values the loader runs: llama.cpp's llama, mistral3, phi3, qwen2, qwen3, qwen3moe, gemma2
+ * and gemma3, PowerInfer's bamboo */
 #define TS_ARCH_LLAMA "llama"
 #define TS_ARCH_BAMBOO "bamboo"
 #define TS_ARCH_MISTRAL3 "mistral3"
+#define TS_ARCH_PHI3 "phi3"
 #define TS_ARCH_QWEN2 "qwen2"
 #define TS_ARCH_QWEN3 "qwen3"
 #define TS_ARCH_QWEN3MOE "qwen3moe"
@@ -89,10 +90,14 @@
 #define TS_TENSOR_OUTPUT "output.weight"
 #define TS_TENSOR_OUTPUT_BIAS "output.bias"
 #define TS_TENSOR_ROPE_FREQS "rope_freqs.weight"
+#define TS_TENSOR_ROPE_FACTORS_LONG "rope_factors_long.weight"   /* phi3: the rope factors of contexts past the
+                                                                    original one */
+#define TS_TENSOR_ROPE_FACTORS_SHORT "rope_factors_short.weight" /* and of the others */
 #define TS_TENSOR_ATTN_NORM "blk.%d.attn_norm.weight"
 #define TS_TENSOR_ATTN_Q "blk.%d.attn_q.weight"
 #define TS_TENSOR_ATTN_K "blk.%d.attn_k.weight"
 #define TS_TENSOR_ATTN_V "blk.%d.attn_v.weight"
+#define TS_TENSOR_ATTN_QKV "blk.%d.attn_qkv.weight" /* q, k and v stacked (phi3): split at load (model.c) */
 #define TS_TENSOR_ATTN_OUTPUT "blk.%d.attn_output.weight"
 #define TS_TENSOR_ATTN_Q_BIAS "blk.%d.attn_q.bias"
 #define TS_TENSOR_ATTN_K_BIAS "blk.%d.attn_k.bias"

@@ -34,11 +34,12 @@ static struct ggml_tensor *matmul_bias(struct ggml_context *ctx0, struct ggml_te
     return add_bias(ctx0, ggml_mul_mat(ctx0, w, x), b);
 }
 
-static struct ggml_tensor *rope(const ts_model *m, int il, struct ggml_context *ctx0, struct ggml_tensor *x,
+static struct ggml_tensor *rope(const ts_context *ctx, int il, struct ggml_context *ctx0, struct ggml_tensor *x,
                                 struct ggml_tensor *pos) {
+    const ts_model *m = ctx->model;
     const ts_model_info *in = &m->info;
     const int swa = m->layers[il].swa; /* a sliding-window layer: its own rope (model.c: load_gemma) */
-    return ggml_rope_ext(ctx0, x, pos, m->rope_freqs, in->n_rot, m->rope_type, m->n_ctx_orig,
+    return ggml_rope_ext(ctx0, x, pos, ctx->rope_factors, in->n_rot, m->rope_type, m->n_ctx_orig,
                          swa ? m->rope_freq_base_swa : in->rope_freq_base, swa ? m->rope_freq_scale_swa : in->rope_freq_scale,
                          m->rope_ext_factor, m->rope_attn_factor, m->rope_beta_fast, m->rope_beta_slow);
 }
@@ -77,9 +78,9 @@ static struct ggml_tensor *attention(const ts_context *ctx, struct ggml_context 
         q = rms_norm(ctx0, q, l->attn_q_norm, in->rms_eps);
         k = rms_norm(ctx0, k, l->attn_k_norm, in->rms_eps);
     }
-    q = rope(m, il, ctx0, q, g->pos);
-    k = rope(m, il, ctx0, k, g->pos);
-    /* Gemma scales its queries after the rope and the softmax by 1 (llama.cpp's float order) */
+    q = rope(ctx, il, ctx0, q, g->pos);
+    k = rope(ctx, il, ctx0, k, g->pos);
+    /* Gemma and Phi-3 scale their queries after the rope and the softmax by 1 (llama.cpp's float order) */
     const float kq_scale = m->q_scale > 0.0f ? 1.0f : 1.0f / sqrtf((float)hd);
     if (m->q_scale > 0.0f) {
         q = ggml_scale(ctx0, q, m->q_scale);

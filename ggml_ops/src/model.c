@@ -78,17 +78,20 @@ typedef struct arch_spec {
                             sliding-window layers, soft-capping), or 0 */
     int32_t yarn_keys;   /* YaRN's betas and magnitude multiplier, and the queries' temperature, read from the file
                             (mistral3: load_yarn, load_temperature) */
+    int32_t phi;         /* Phi-3's block (load_phi3): q, k, v and gate, up stacked; queries scaled after the rope;
+                            a partial rope; rope factors for long and short contexts */
 } arch_spec;
 
 static const arch_spec ARCHITECTURES[] = {
-    {TS_ARCH_LLAMA, GGML_ROPE_TYPE_NORMAL, 0, TS_FFN_SWIGLU, 0, 0},
-    {TS_ARCH_BAMBOO, GGML_ROPE_TYPE_NORMAL, 0, TS_FFN_DRELU, 0, 0},
-    {TS_ARCH_MISTRAL3, GGML_ROPE_TYPE_NORMAL, 0, TS_FFN_SWIGLU, 0, 1}, /* Ministral 3, Mistral Small 3.x: llama's */
-    {TS_ARCH_QWEN2, GGML_ROPE_TYPE_NEOX, 0, TS_FFN_SWIGLU, 0, 0},
-    {TS_ARCH_QWEN3, GGML_ROPE_TYPE_NEOX, 1, TS_FFN_SWIGLU, 0, 0},
-    {TS_ARCH_QWEN3MOE, GGML_ROPE_TYPE_NEOX, 1, TS_FFN_SWIGLU, 0, 0}, /* Qwen3's attention, Mixtral's experts */
-    {TS_ARCH_GEMMA2, GGML_ROPE_TYPE_NEOX, 0, TS_FFN_GEGLU, 2, 0},
-    {TS_ARCH_GEMMA3, GGML_ROPE_TYPE_NEOX, 1, TS_FFN_GEGLU, 3, 0},
+    {TS_ARCH_LLAMA, GGML_ROPE_TYPE_NORMAL, 0, TS_FFN_SWIGLU, 0, 0, 0},
+    {TS_ARCH_BAMBOO, GGML_ROPE_TYPE_NORMAL, 0, TS_FFN_DRELU, 0, 0, 0},
+    {TS_ARCH_MISTRAL3, GGML_ROPE_TYPE_NORMAL, 0, TS_FFN_SWIGLU, 0, 1, 0}, /* Ministral 3, Mistral Small 3.x: llama's */
+    {TS_ARCH_PHI3, GGML_ROPE_TYPE_NEOX, 0, TS_FFN_SWIGLU, 0, 0, 1},      /* Phi-3, Phi-3.5, Phi-4 (mini) */
+    {TS_ARCH_QWEN2, GGML_ROPE_TYPE_NEOX, 0, TS_FFN_SWIGLU, 0, 0, 0},
+    {TS_ARCH_QWEN3, GGML_ROPE_TYPE_NEOX, 1, TS_FFN_SWIGLU, 0, 0, 0},
+    {TS_ARCH_QWEN3MOE, GGML_ROPE_TYPE_NEOX, 1, TS_FFN_SWIGLU, 0, 0, 0}, /* Qwen3's attention, Mixtral's experts */
+    {TS_ARCH_GEMMA2, GGML_ROPE_TYPE_NEOX, 0, TS_FFN_GEGLU, 2, 0, 0},
+    {TS_ARCH_GEMMA3, GGML_ROPE_TYPE_NEOX, 1, TS_FFN_GEGLU, 3, 0, 0},
 };
 
 static const arch_spec *find_arch(const char *name) {
@@ -296,6 +299,39 @@ static int load_temperature(ts_model *m, char *err, size_t err_size) {
     return 0;
 }
 
+/*
+ * phi3, as llama.cpp reads it: the queries scaled by 1/sqrt(head size) after the rope and the scores by 1; its
+ * attention.sliding_window ignored (llama.cpp turns Phi's window off). Each layer's attn_qkv (q, k, v stacked) and its
+ * ffn_up of 2 n_ff rows (the gate's, then the up's) are split into the tensors the llama block reads, views of the
+ * same mapped rows. rope_factors_long / _short: model tensors (the context picks one: context.c).
+ */
+static int load_phi3(ts_model *m, char *err, size_t err_size) {
+    const ts_model_info *in = &m->info;
+    m->q_scale = 1.0f / sqrtf((float)in->n_embd_head);
+    if (in->n_expert > 0) {
+        return ts_set_error(err, err_size, "%s: a phi3 file with experts is not supported", m->file->path);
+    }
+    const int64_t n_q = (int64_t)in->n_head * in->n_embd_head, n_kv = (int64_t)in->n_head_kv * in->n_embd_head;
+    for (int il = 0; il < in->n_layer; il++) {
+        char qkv[GGML_MAX_NAME], q[GGML_MAX_NAME], k[GGML_MAX_NAME], v[GGML_MAX_NAME], gate[GGML_MAX_NAME],
+            up[GGML_MAX_NAME];
+        snprintf(qkv, sizeof(qkv), TS_TENSOR_ATTN_QKV, il);
+        snprintf(q, sizeof(q), TS_TENSOR_ATTN_Q, il);
+        snprintf(k, sizeof(k), TS_TENSOR_ATTN_K, il);
+        snprintf(v, sizeof(v), TS_TENSOR_ATTN_V, il);
+        snprintf(gate, sizeof(gate), TS_TENSOR_FFN_GATE, il);
+        snprintf(up, sizeof(up), TS_TENSOR_FFN_UP, il);
+        const char *const attn_parts[] = {q, k, v}, *const ffn_parts[] = {gate, up};
+        const int64_t attn_rows[] = {n_q, n_kv, n_kv}, ffn_rows[] = {in->n_ff, in->n_ff};
+        /* the stacked q, k, v may also be stored apart (llama.cpp takes both); the gate and up never are */
+        if (ts_gguf_split_rows(m->file, qkv, 3, attn_parts, attn_rows, err, err_size) < 0 ||
+            ts_gguf_split_rows(m->file, up, 2, ffn_parts, ffn_rows, err, err_size) < 0) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
 /* A soft-capping key (absent: `fallback`), finite and >= 0, 0 meaning no cap; or > 0 where `required_cap` (Gemma 2,
  * whose caps llama.cpp divides by whatever they are). */
 static int load_softcap(const ts_model *m, const char *suffix, float fallback, int required_cap, float *out, char *err,
@@ -464,8 +500,8 @@ static int load_hparams(ts_model *m, char *err, size_t err_size) {
     if (arch == NULL) {
         return ts_set_error(err, err_size,
                             "%s: unsupported architecture '%s' (general.architecture): turbosparse runs llama-family "
-                            "backbones ('llama', 'mistral3', 'qwen2', 'qwen3', 'qwen3moe', 'gemma2', 'gemma3', "
-                            "PowerInfer's 'bamboo')",
+                            "backbones ('llama', 'mistral3', 'phi3', 'qwen2', 'qwen3', 'qwen3moe', 'gemma2', "
+                            "'gemma3', PowerInfer's 'bamboo')",
                             m->file->path, m->arch);
     }
     m->rope_type = arch->rope_type;
@@ -532,10 +568,11 @@ static int load_hparams(ts_model *m, char *err, size_t err_size) {
     if (rc < 0) {
         return -1;
     }
-    if (rc == 0 && v != in->n_embd_head) {
+    if (rc == 0 && v != in->n_embd_head && !(arch->phi && v > 0 && v < in->n_embd_head && v % 2 == 0)) {
         return ts_set_error(err, err_size, "%s: rope.dimension_count %lld differs from the head size %d: not supported",
                             m->file->path, (long long)v, in->n_embd_head);
     }
+    in->n_rot = rc == 0 ? (int32_t)v : in->n_rot; /* phi3: the first n_rot dimensions of each head roped */
     in->n_ctx_train = 4096;
     rc = get_arch_i64(m, TS_ARCH_KEY_CONTEXT_LENGTH, &v, 0, err, err_size);
     if (rc < 0) {
@@ -585,7 +622,7 @@ static int load_hparams(ts_model *m, char *err, size_t err_size) {
         load_predictor_input(m, err, err_size) != 0 || load_rope(m, arch->yarn_keys, err, err_size) != 0) {
         return -1;
     }
-    if (arch->yarn_keys && load_temperature(m, err, err_size) != 0) {
+    if ((arch->yarn_keys && load_temperature(m, err, err_size) != 0) || (arch->phi && load_phi3(m, err, err_size) != 0)) {
         return -1;
     }
     return arch->gemma ? load_gemma(m, arch->gemma, err, err_size) : 0;
@@ -631,6 +668,8 @@ static const tensor_spec MODEL_TENSORS[] = {
     {TS_TENSOR_OUTPUT_NORM, NULL, ROLE_NORM, MODEL_SLOT(output_norm), 1, {DIM_EMBD, DIM_1, DIM_1}},
     {TS_TENSOR_OUTPUT, NULL, ROLE_MATRIX, MODEL_SLOT(output), 0, {DIM_EMBD, DIM_VOCAB, DIM_1}}, /* absent: tied */
     {TS_TENSOR_ROPE_FREQS, NULL, ROLE_ROPE, MODEL_SLOT(rope_freqs), 0, {DIM_ROT_HALF, DIM_1, DIM_1}},
+    {TS_TENSOR_ROPE_FACTORS_LONG, NULL, ROLE_ROPE, MODEL_SLOT(rope_long), 0, {DIM_ROT_HALF, DIM_1, DIM_1}},
+    {TS_TENSOR_ROPE_FACTORS_SHORT, NULL, ROLE_ROPE, MODEL_SLOT(rope_short), 0, {DIM_ROT_HALF, DIM_1, DIM_1}},
     {TS_TENSOR_OUTPUT_BIAS, NULL, ROLE_BIAS, MODEL_SLOT(output_b), 0, {DIM_VOCAB, DIM_1, DIM_1}},
 };
 enum { SPEC_OUTPUT = 2 };

@@ -64,7 +64,8 @@ struct ts_model {
     /* Gemma 2 and 3 (all 0 elsewhere) */
     int32_t post_norms;      /* attention and FFN outputs RMS-normed before their residual adds */
     float embd_scale;        /* token embeddings times this (sqrt(n_embd)); 0: as stored */
-    float q_scale;           /* queries times this before attention, which then scales by 1; 0: 1/sqrt(head size) */
+    float q_scale;           /* queries times this before attention, which then scales by 1; 0: 1/sqrt(head size)
+                                (also phi3's) */
     int32_t n_swa;           /* sliding window of the layers with swa set; 0: every layer attends to all */
     int32_t swa_pattern;     /* without attention.sliding_window_pattern: every swa_pattern-th layer attends to all */
     float rope_freq_base_swa, rope_freq_scale_swa; /* the rope of the layers with swa set */
@@ -92,6 +93,7 @@ struct ts_model {
     struct ggml_tensor *output;      /* [n_embd, n_vocab] (may be a repacked copy of tok_embd) */
     struct ggml_tensor *output_b;    /* [n_vocab], optional (a Qwen2 checkpoint's lm_head bias) */
     struct ggml_tensor *rope_freqs;  /* [n_rot/2], optional (Llama 3) */
+    struct ggml_tensor *rope_long, *rope_short; /* [n_rot/2], optional (phi3): the context picks one (context.c) */
     ts_layer *layers;
     int32_t *pred_rank;              /* per layer, 0 = no predictor */
     float *gate_threshold;           /* per layer, turbosparse.gate_thresholds (0 when absent) */

@@ -118,6 +118,9 @@ def tensor_bytes(path: Path) -> TensorBytes:
             size, kind = int(size * expert_share), kind.removesuffix("_exps")
         if kind == "ffn_gate":
             per_layer["gate"][layer] += size
+        elif kind == "ffn_up" and arch == "phi3":  # the gate's rows, then the up's (the engine splits them)
+            per_layer["gate"][layer] += size // 2
+            per_layer["up"][layer] += size - size // 2
         elif kind == "ffn_up":
             per_layer["up"][layer] += size
         elif kind in ("ffn_down", "ffn_down_t"):

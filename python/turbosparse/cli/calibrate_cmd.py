@@ -1,5 +1,5 @@
-"""`turbosparse calibrate`: training-free sparsity for a dense GGUF (SwiGLU: Llama, Mistral, Qwen, SmolLM; GEGLU:
-Gemma 2 and 3).
+"""`turbosparse calibrate`: training-free sparsity for a dense GGUF (SwiGLU: Llama, Mistral, Phi-3 and 4, Qwen, SmolLM;
+GEGLU: Gemma 2 and 3).
 
 Runs the model over calibration text, picks per layer the FFN thresholds that reach the target sparsity (the share of
 up and down rows a token skips), measures perplexity and rows read on held-out text, and writes a copy of the file
