@@ -1,5 +1,6 @@
 """Copying a GGUF file's metadata, and a whole file with turbosparse keys added (`turbosparse calibrate`'s output):
-every other key as it is, every tensor byte for byte, through the shared atomic writer."""
+every other key as it is, every tensor byte for byte, through the shared atomic writer; a split model's files are
+read together and written as one file."""
 
 from __future__ import annotations
 
@@ -15,14 +16,18 @@ from turbosparse.constants import KEY_FORMAT_VERSION
 from turbosparse.convert.arch.base import ROLE_MATRIX, TensorSpec
 from turbosparse.convert.writer import add_turbosparse_keys, write_gguf
 from turbosparse.errors import ConvertError
-from turbosparse.gguf_reader import read_gguf
+from turbosparse.gguf_reader import SPLIT_COUNT, SPLIT_NO, read_splits
 
-# written by the writer itself (header counts, architecture, alignment of its own data section)
-_WRITER_KEYS = ("GGUF.version", "GGUF.tensor_count", "GGUF.kv_count", "general.architecture", "general.alignment")
+# written by the writer itself (header counts, architecture, alignment of its own data section), and a split model's
+# (its copy is one file)
+_WRITER_KEYS = ("GGUF.version", "GGUF.tensor_count", "GGUF.kv_count", "general.architecture", "general.alignment",
+                SPLIT_COUNT, SPLIT_NO, "split.tensors.count")  # fmt: skip
 
 
-def open_gguf(path: Path) -> gguf.GGUFReader:
-    return read_gguf(path, ConvertError)
+def open_model(path: Path) -> tuple[gguf.GGUFReader, list[gguf.ReaderTensor]]:
+    """The reader of the model's (first) file, whose keys are the model's, and the tensors of all its files."""
+    readers = read_splits(path, ConvertError)
+    return readers[0], [t for r in readers for t in r.tensors]
 
 
 def architecture(reader: gguf.GGUFReader, path: Path) -> str:
@@ -65,14 +70,14 @@ def copy_with_keys(
     src: Path, out: Path, keys: dict[str, Any], *, drop: Iterable[str] = (), progress: bool = False
 ) -> Path:
     """out = src with the turbosparse keys `keys` set (added, or replacing the same keys) and the keys in `drop`
-    left out; atomic."""
+    left out (a split src as one file); atomic."""
     src, out = Path(src), Path(out)
     if src.resolve() == out.resolve():
         raise ConvertError(f"{src}: writing into the input file itself")
-    reader = open_gguf(src)
+    reader, tensors = open_model(src)
     arch = architecture(reader, src)
     specs, types = [], []
-    for t in reader.tensors:
+    for t in tensors:
         shape = tuple(int(d) for d in reversed(t.shape.tolist()))  # ggml ne -> numpy order
         specs.append(TensorSpec(t.name, shape, ROLE_MATRIX, _raw_loader(t), f"{src}: tensor '{t.name}'", encoded=True))
         types.append(gguf.GGMLQuantizationType(t.tensor_type))

@@ -33,7 +33,7 @@ from turbosparse.convert.arch.base import (
     ROLE_ROUTER,
     TensorSpec,
 )
-from turbosparse.convert.copy import architecture, copy_fields, open_gguf
+from turbosparse.convert.copy import architecture, copy_fields, open_model
 from turbosparse.convert.imatrix import (
     KEY_QUANTIZE_CHUNKS,
     KEY_QUANTIZE_DATASET,
@@ -113,12 +113,12 @@ def requantize(
 ) -> Path:
     if src.resolve() == Path(out).resolve():
         raise ConvertError(f"{src}: re-quantizing into the input file itself")
-    reader = open_gguf(src)
+    reader, tensors = open_model(src)
     arch = architecture(reader, src)
-    names = {t.name for t in reader.tensors}
+    names = {t.name for t in tensors}
     policy = QuantPolicy.from_names(outtype, pred_type, tied="output.weight" not in names)
     specs, types = [], []
-    for t in reader.tensors:
+    for t in tensors:
         shape = tuple(int(d) for d in reversed(t.shape.tolist()))  # ggml ne -> numpy order
         spec = TensorSpec(t.name, shape, _role(t.name, len(shape)), _loader(t, shape), f"{src}: tensor '{t.name}'")
         specs.append(spec)

@@ -401,7 +401,7 @@ static int parse_body(ts_gguf_file *f, cursor *c) {
     return rc;
 }
 
-ts_gguf_file *ts_gguf_open(const char *path, char *err, size_t err_size) {
+static ts_gguf_file *open_one(const char *path, char *err, size_t err_size) {
     ts_gguf_file *f = calloc(1, sizeof(*f));
     if (f == NULL) {
         ts_set_error(err, err_size, "%s: out of memory", path);
@@ -414,6 +414,113 @@ ts_gguf_file *ts_gguf_open(const char *path, char *err, size_t err_size) {
     }
     cursor c = {.base = f->map, .size = f->size, .pos = 0, .path = f->path, .err = err, .err_size = err_size};
     if (parse_header(f, &c) != 0 || parse_body(f, &c) != 0) {
+        ts_gguf_close(f);
+        return NULL;
+    }
+    return f;
+}
+
+/* The shards' tensors appended to f's (names copied), every name once over all files, as many as
+ * split.tensors.count says. */
+static int gather_shard_tensors(ts_gguf_file *f, char *err, size_t err_size) {
+    int64_t n_all = f->n_tensors, expected = 0;
+    for (int k = 0; k < f->n_shards; k++) {
+        n_all += f->shards[k]->n_tensors;
+    }
+    if (ts_gguf_get_i64(f, TS_KEY_SPLIT_TENSORS_COUNT, &expected, 1, err, err_size) != 0) {
+        return -1;
+    }
+    if (expected != n_all) {
+        return ts_set_error(err, err_size, "%s: " TS_KEY_SPLIT_TENSORS_COUNT " is %lld but the %d files hold %lld tensors",
+                            f->path, (long long)expected, f->n_shards + 1, (long long)n_all);
+    }
+    ts_gguf_tensor *all = realloc(f->tensors, sizeof(ts_gguf_tensor) * (size_t)(n_all + 1));
+    const char **names = calloc((size_t)n_all + 1, sizeof(char *));
+    if (all != NULL) {
+        f->tensors = all;
+    }
+    if (all == NULL || names == NULL) {
+        free(names);
+        return ts_set_error(err, err_size, "%s: out of memory", f->path);
+    }
+    for (int k = 0; k < f->n_shards; k++) {
+        const ts_gguf_file *s = f->shards[k];
+        for (int64_t i = 0; i < s->n_tensors; i++) {
+            ts_gguf_tensor *t = &f->tensors[f->n_tensors];
+            *t = s->tensors[i];
+            t->name = strdup(s->tensors[i].name);
+            if (t->name == NULL) {
+                free(names);
+                return ts_set_error(err, err_size, "%s: out of memory", f->path);
+            }
+            f->n_tensors++;
+        }
+    }
+    for (int64_t i = 0; i < n_all; i++) {
+        names[i] = f->tensors[i].name;
+    }
+    cursor c = {.path = f->path, .err = err, .err_size = err_size};
+    const int rc = check_unique(f, &c, names, n_all, "tensor name (over its split files)");
+    free(names);
+    return rc;
+}
+
+/* f is the first file of a split model (or a whole one: nothing to do): the others opened, checked and their tensors
+ * gathered, as llama.cpp's loader does. */
+static int open_shards(ts_gguf_file *f, char *err, size_t err_size) {
+    int64_t count = 1, no = 0;
+    if (ts_gguf_get_i64(f, TS_KEY_SPLIT_COUNT, &count, 0, err, err_size) < 0 ||
+        ts_gguf_get_i64(f, TS_KEY_SPLIT_NO, &no, 0, err, err_size) < 0) {
+        return -1;
+    }
+    if (count <= 1) {
+        return 0;
+    }
+    if (count > 99999) {
+        return ts_set_error(err, err_size, "%s: " TS_KEY_SPLIT_COUNT " %lld is out of range", f->path, (long long)count);
+    }
+    if (no != 0) {
+        return ts_set_error(err, err_size, "%s: file %lld of a model split into %lld files (" TS_KEY_SPLIT_NO "): "
+                            "load the first, the file named ...-00001-of-%05lld.gguf", f->path, (long long)no + 1,
+                            (long long)count, (long long)count);
+    }
+    char suffix[40];
+    snprintf(suffix, sizeof(suffix), "-%05d-of-%05d.gguf", 1, (int)count);
+    const size_t n = strlen(f->path), n_suffix = strlen(suffix);
+    if (n <= n_suffix || strcmp(f->path + n - n_suffix, suffix) != 0) {
+        return ts_set_error(err, err_size, "%s: the first of %lld split files must be named PREFIX%s (the others are "
+                            "found by that name, as llama.cpp finds them)", f->path, (long long)count, suffix);
+    }
+    f->shards = calloc((size_t)count - 1, sizeof(*f->shards));
+    char *path = malloc(n + 1);
+    int rc = f->shards != NULL && path != NULL ? 0 : ts_set_error(err, err_size, "%s: out of memory", f->path);
+    for (int k = 1; k < count && rc == 0; k++) {
+        memcpy(path, f->path, n - n_suffix);
+        snprintf(path + n - n_suffix, n_suffix + 1, "-%05d-of-%05d.gguf", k + 1, (int)count);
+        ts_gguf_file *s = open_one(path, err, err_size);
+        if (s == NULL) {
+            rc = -1;
+            break;
+        }
+        f->shards[f->n_shards++] = s;
+        int64_t s_count = count, s_no = 0; /* llama.cpp needs split.no in each; split.count it does not read */
+        rc = ts_gguf_get_i64(s, TS_KEY_SPLIT_COUNT, &s_count, 0, err, err_size) < 0 ||
+                     ts_gguf_get_i64(s, TS_KEY_SPLIT_NO, &s_no, 1, err, err_size) != 0
+                 ? -1
+                 : 0;
+        if (rc == 0 && (s_count != count || s_no != k)) {
+            rc = ts_set_error(err, err_size, "%s: " TS_KEY_SPLIT_NO " %lld of " TS_KEY_SPLIT_COUNT " %lld, expected "
+                              "%d of %lld (the split files of %s)", s->path, (long long)s_no, (long long)s_count, k,
+                              (long long)count, f->path);
+        }
+    }
+    free(path);
+    return rc == 0 ? gather_shard_tensors(f, err, err_size) : -1;
+}
+
+ts_gguf_file *ts_gguf_open(const char *path, char *err, size_t err_size) {
+    ts_gguf_file *f = open_one(path, err, err_size);
+    if (f != NULL && open_shards(f, err, err_size) != 0) {
         ts_gguf_close(f);
         return NULL;
     }
@@ -436,6 +543,10 @@ void ts_gguf_close(ts_gguf_file *f) {
     }
     free(f->kv);
     free(f->tensors);
+    for (int k = 0; k < f->n_shards; k++) {
+        ts_gguf_close(f->shards[k]);
+    }
+    free(f->shards);
     if (f->map != NULL) {
         munmap(f->map, f->size);
     }
@@ -449,6 +560,9 @@ void ts_gguf_release(const ts_gguf_file *f, const void *data, size_t n) {
     const char *map = f->map;
     if (end > start && (const char *)data >= map && (const char *)data + n <= map + f->size) {
         madvise((void *)start, end - start, MADV_DONTNEED); /* advice only: a failure leaves the pages mapped */
+    }
+    for (int k = 0; k < f->n_shards; k++) {
+        ts_gguf_release(f->shards[k], data, n);
     }
 }
 

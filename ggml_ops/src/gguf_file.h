@@ -58,8 +58,14 @@ typedef struct ts_gguf_file {
     ts_gguf_kv *kv;
     int64_t n_tensors;
     ts_gguf_tensor *tensors;
+    /* a model split into several files (split.count > 1; this file the first): the others, opened with it, whose
+     * tensors are in `tensors` too, their data in the others' mappings; their keys are not read (llama.cpp's rule) */
+    int32_t n_shards;
+    struct ts_gguf_file **shards;
 } ts_gguf_file;
 
+/* Opens and maps a GGUF file, and the other files of a split model when it is the first of them (named as llama.cpp
+ * names them: PREFIX-00001-of-0000N.gguf, then -00002-of-, ...). */
 ts_gguf_file *ts_gguf_open(const char *path, char *err, size_t err_size);
 void ts_gguf_close(ts_gguf_file *file);
 

@@ -16,6 +16,7 @@
 #define TS_TOKENIZER_SPM "llama" /* tokenizer.ggml.model of SentencePiece vocabularies */
 #define TS_KEY_SPLIT_COUNT "split.count" /* llama-gguf-split's: the number of files a model is split into */
 #define TS_KEY_SPLIT_NO "split.no"       /* this file's index among them, from 0 */
+#define TS_KEY_SPLIT_TENSORS_COUNT "split.tensors.count" /* the tensors of all of them */
 
 /* general.architecture values the loader runs: llama.cpp's llama, mistral3, phi3, qwen2, qwen3, qwen3moe, gemma2
  * and gemma3, PowerInfer's bamboo */

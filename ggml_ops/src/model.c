@@ -479,15 +479,6 @@ static int load_hparams(ts_model *m, char *err, size_t err_size) {
         ts_gguf_check_byte_tokens(m->file, TS_KEY_TOKENS, err, err_size) != 0) {
         return -1;
     }
-    int64_t split_no = 0;
-    if (ts_gguf_get_i64(m->file, TS_KEY_SPLIT_COUNT, &v, 0, err, err_size) == 0 && v > 1) {
-        ts_gguf_get_i64(m->file, TS_KEY_SPLIT_NO, &split_no, 0, err, err_size);
-        return ts_set_error(err, err_size,
-                            "%s: file %lld of a model split into %lld files (split.count): turbosparse reads one file; "
-                            "merge them first: llama-gguf-split --merge FIRST merged.gguf, FIRST the file named "
-                            "...-00001-of-%05lld.gguf",
-                            m->file->path, (long long)split_no + 1, (long long)v, (long long)v);
-    }
     const int has_version = ts_gguf_get_i64(m->file, TS_KEY_FORMAT_VERSION, &v, 0, err, err_size);
     if (has_version < 0) { /* present but not an integer: the version check must not be skipped */
         return -1;
@@ -1346,6 +1337,17 @@ static enum tensor_role predictor_role(const ts_model *m, const binding *b, cons
                                                                                                 : ROLE_MATRIX;
 }
 
+/* The buffer over the mapping that holds data (one of a split model's files). */
+static ggml_backend_buffer_t mapping_buffer(const ts_model *m, const void *data) {
+    for (int k = 1; k < m->n_bufs_mapped; k++) {
+        const ts_gguf_file *f = m->file->shards[k - 1];
+        if ((const char *)data >= (const char *)f->map && (const char *)data < (const char *)f->map + f->size) {
+            return m->bufs_mapped[k];
+        }
+    }
+    return m->bufs_mapped[0];
+}
+
 static int allocate(ts_model *m, plan *p, const ts_model_params *params, char *err, size_t err_size) {
     ggml_backend_buffer_type_t repack_buft = NULL;
     int n_repack = 0;
@@ -1391,11 +1393,20 @@ static int allocate(ts_model *m, plan *p, const ts_model_params *params, char *e
         l->pred_fc1_split = fc1 != NULL && fc1->split;
         l->pred_fc2_split = fc2 != NULL && fc2->split;
     }
-    m->buf_mapped = ggml_backend_cpu_buffer_from_ptr(m->file->map, m->file->size);
-    if (m->buf_mapped == NULL) {
-        return ts_set_error(err, err_size, "%s: cannot wrap the mapping in a ggml buffer", m->file->path);
+    /* one buffer over each file's mapping: the file's, then a split model's other files' */
+    m->n_bufs_mapped = 1 + m->file->n_shards;
+    m->bufs_mapped = calloc((size_t)m->n_bufs_mapped, sizeof(*m->bufs_mapped));
+    if (m->bufs_mapped == NULL) {
+        return ts_set_error(err, err_size, "out of memory");
     }
-    ggml_backend_buffer_set_usage(m->buf_mapped, GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
+    for (int k = 0; k < m->n_bufs_mapped; k++) {
+        const ts_gguf_file *f = k == 0 ? m->file : m->file->shards[k - 1];
+        m->bufs_mapped[k] = ggml_backend_cpu_buffer_from_ptr(f->map, f->size);
+        if (m->bufs_mapped[k] == NULL) {
+            return ts_set_error(err, err_size, "%s: cannot wrap the mapping in a ggml buffer", f->path);
+        }
+        ggml_backend_buffer_set_usage(m->bufs_mapped[k], GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
+    }
     if (n_repack > 0) {
         m->buf_repacked = ggml_backend_alloc_ctx_tensors_from_buft(m->ctx_repacked, repack_buft);
         if (m->buf_repacked == NULL) {
@@ -1411,7 +1422,7 @@ static int allocate(ts_model *m, plan *p, const ts_model_params *params, char *e
             continue;
         } else if (b->repack) {
             ggml_backend_tensor_set(t, b->src->data, 0, b->src->nbytes);
-        } else if (ggml_backend_tensor_alloc(m->buf_mapped, t, b->src->data) != GGML_STATUS_SUCCESS) {
+        } else if (ggml_backend_tensor_alloc(mapping_buffer(m, b->src->data), t, b->src->data) != GGML_STATUS_SUCCESS) {
             return ts_set_error(err, err_size, "%s: cannot place tensor '%s'", m->file->path, b->name);
         }
     }
@@ -1561,9 +1572,12 @@ void ts_model_free(ts_model *m) {
     if (m->buf_repacked != NULL) {
         ggml_backend_buffer_free(m->buf_repacked);
     }
-    if (m->buf_mapped != NULL) {
-        ggml_backend_buffer_free(m->buf_mapped);
+    for (int k = 0; k < m->n_bufs_mapped; k++) {
+        if (m->bufs_mapped[k] != NULL) {
+            ggml_backend_buffer_free(m->bufs_mapped[k]);
+        }
     }
+    free(m->bufs_mapped);
     if (m->buf_device != NULL) {
         ggml_backend_buffer_free(m->buf_device);
     }

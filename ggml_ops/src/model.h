@@ -81,7 +81,8 @@ struct ts_model {
     struct ggml_context *ctx_mapped;   /* tensors not repacked (CPU: in the mapping or buf_rows), or every tensor
                                           (other device) */
     struct ggml_context *ctx_repacked; /* tensors copied into ggml's repacked layout */
-    ggml_backend_buffer_t buf_mapped;
+    ggml_backend_buffer_t *bufs_mapped; /* over each file's mapping (a split model's files: gguf_file.h) */
+    int32_t n_bufs_mapped;
     ggml_backend_buffer_t buf_repacked;
     ggml_backend_buffer_t buf_rows;    /* the FFN matrices read row by row (CPU): a copy in huge-page memory */
     void *rows_memory;                 /* buf_rows's memory (huge_pages.h) */

@@ -1,6 +1,6 @@
 """gguf-py's GGUFReader (the pinned `gguf` package) for the commands that read a file's tensors in Python (calibrate,
 bench, convert's re-quantization), with a clear error where it cannot: llama.cpp's types newer than the package
-(the engine itself reads them through its own C reader)."""
+(the engine itself reads them through its own C reader); and the files of a split model."""
 
 from __future__ import annotations
 
@@ -53,3 +53,23 @@ def read_gguf(path: str | Path, error: type[Exception] = ModelLoadError) -> gguf
                 "its tensors another type)"
             ) from None
         raise error(f"{path}: not a readable GGUF file (damaged or cut short?): {exc}") from None
+
+
+SPLIT_COUNT, SPLIT_NO = "split.count", "split.no"
+
+
+def read_splits(path: str | Path, error: type[Exception] = ModelLoadError) -> list[gguf.GGUFReader]:
+    """The readers of every file of the model at path: [path's] for a whole file; for the first file of a split model
+    (PREFIX-00001-of-0000N.gguf, as llama-gguf-split and gguf-py write them), all N in order, found by that name as
+    llama.cpp finds them. Their keys are the first file's; their tensors are theirs together."""
+    first = read_gguf(path, error)
+    count_field, no_field = first.get_field(SPLIT_COUNT), first.get_field(SPLIT_NO)
+    count = int(count_field.contents()) if count_field is not None else 1
+    if count <= 1:
+        return [first]
+    no = int(no_field.contents()) if no_field is not None else 0
+    suffix = f"-{1:05d}-of-{count:05d}.gguf"
+    if no != 0 or not str(path).endswith(suffix):
+        raise error(f"{path}: file {no + 1} of a model split into {count} files: give the first, named PREFIX{suffix}")
+    prefix = str(path)[: -len(suffix)]
+    return [first] + [read_gguf(f"{prefix}-{k + 1:05d}-of-{count:05d}.gguf", error) for k in range(1, count)]

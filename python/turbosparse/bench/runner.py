@@ -19,7 +19,7 @@ from turbosparse import constants as C
 from turbosparse._library import LIBRARY_ENV
 from turbosparse.bench.engines import Engine, TurbosparseEngine
 from turbosparse.binding import DeviceInfo, KernelIsa, LayerStats, down_rows_type, isa_name, isa_supported
-from turbosparse.gguf_reader import architecture, read_gguf
+from turbosparse.gguf_reader import architecture, read_gguf, read_splits
 
 logger = logging.getLogger(__name__)
 
@@ -97,17 +97,18 @@ def tensor_bytes(path: Path) -> TensorBytes:
     """Mixture-of-experts files count the stacked experts' (and their predictors') share one token reads,
     expert_used_count / expert_count of them; the router counts with attention (read whole). Transposed downs count
     as a loaded model holds them (_held_bytes)."""
-    reader = read_gguf(path)
+    readers = read_splits(path)
+    reader, tensors = readers[0], [t for r in readers for t in r.tensors]  # a split model's files together
     arch = _architecture(reader)
     n_expert, n_used = (reader.get_field(f"{arch}.{k}") for k in ("expert_count", "expert_used_count"))
     expert_share = int(n_used.contents()) / int(n_expert.contents()) if n_expert is not None else 1.0
-    n_layer = 1 + max(int(t.name.split(".")[1]) for t in reader.tensors if t.name.startswith("blk."))
+    n_layer = 1 + max(int(t.name.split(".")[1]) for t in tensors if t.name.startswith("blk."))
     per_layer = {k: [0] * n_layer for k in ("gate", "up", "down", "standard_down", "pred", "groups", "fc2")}
     down_rows = [False] * n_layer  # the layer stores its down by neuron (transposed or grouped)
     attention = output = 0
-    if not any(t.name == "output.weight" for t in reader.tensors):  # tied: the embedding is the output head too
-        output += sum(int(t.n_bytes) for t in reader.tensors if t.name == "token_embd.weight")
-    for t in reader.tensors:
+    if not any(t.name == "output.weight" for t in tensors):  # tied: the embedding is the output head too
+        output += sum(int(t.n_bytes) for t in tensors if t.name == "token_embd.weight")
+    for t in tensors:
         size = _held_bytes(t) if ".ffn_down_t." in t.name or ".ffn_down_t_exps." in t.name else int(t.n_bytes)
         if not t.name.startswith("blk."):
             output += size if t.name.startswith("output") else 0
