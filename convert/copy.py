@@ -16,12 +16,12 @@ from turbosparse.constants import KEY_FORMAT_VERSION
 from turbosparse.convert.arch.base import ROLE_MATRIX, TensorSpec
 from turbosparse.convert.writer import add_turbosparse_keys, write_gguf
 from turbosparse.errors import ConvertError
-from turbosparse.gguf_reader import SPLIT_COUNT, SPLIT_NO, read_splits
+from turbosparse.gguf_reader import SPLIT_COUNT, SPLIT_NO, SPLIT_TENSORS_COUNT, read_splits
 
 # written by the writer itself (header counts, architecture, alignment of its own data section), and a split model's
 # (its copy is one file)
 _WRITER_KEYS = ("GGUF.version", "GGUF.tensor_count", "GGUF.kv_count", "general.architecture", "general.alignment",
-                SPLIT_COUNT, SPLIT_NO, "split.tensors.count")  # fmt: skip
+                SPLIT_COUNT, SPLIT_NO, SPLIT_TENSORS_COUNT)  # fmt: skip
 
 
 def open_model(path: Path) -> tuple[gguf.GGUFReader, list[gguf.ReaderTensor]]:

@@ -3,23 +3,27 @@ GGUF reader (dequantized to float32), saved as an HF checkpoint folder with its 
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
 from turbosparse.constants import ARCHITECTURE
+from turbosparse.convert.copy import copy_with_keys
 from turbosparse.errors import TrainingError
-from turbosparse.gguf_reader import architecture, read_gguf
+from turbosparse.gguf_reader import architecture, read_splits
 from turbosparse.predictor_train.modeling import load_causal_lm
 
 
 def gguf_to_hf(gguf: str | Path, out_dir: str | Path) -> Path:
-    """Writes gguf as an HF checkpoint (config.json, model.safetensors, tokenizer.json, ...) in out_dir."""
+    """Writes gguf (a split model: its files together) as an HF checkpoint (config.json, model.safetensors,
+    tokenizer.json, ...) in out_dir."""
     gguf = Path(gguf)
     if not gguf.is_file():
         raise FileNotFoundError(f"{gguf}: no such GGUF file")
-    arch = architecture(read_gguf(gguf))  # a damaged file said in one line (transformers' would end in a traceback)
+    splits = read_splits(gguf, TrainingError)  # a damaged file said in one line (transformers' ends in a traceback)
+    arch = architecture(splits[0])
     if arch != ARCHITECTURE:  # said before the whole file is dequantized for nothing
         raise TrainingError(
             f"{gguf}: general.architecture {arch!r}: relufy, imatrix and train-predictors read GGUFs of llama.cpp's "
@@ -27,6 +31,13 @@ def gguf_to_hf(gguf: str | Path, out_dir: str | Path) -> Path:
             "Gemma 2 and 3) decode sparsely without training through `turbosparse calibrate`"
         )
     out_dir = Path(out_dir)
+    if len(splits) > 1:  # transformers reads one file, silently: the split model's files as one
+        with tempfile.TemporaryDirectory(dir=out_dir.parent) as tmp:
+            return _write_hf(copy_with_keys(gguf, Path(tmp) / gguf.name, {}), out_dir)
+    return _write_hf(gguf, out_dir)
+
+
+def _write_hf(gguf: Path, out_dir: Path) -> Path:
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # the weights are dequantized float32 now; drop the GGUF "quantization" so that the model can be saved

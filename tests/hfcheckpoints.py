@@ -219,8 +219,16 @@ def assert_logits_are_llama_cpps(path: Path, tokens: list[int], n_ctx: int = 128
     return theirs
 
 
-def rewritten(src: Path, dst: Path, *, tensors: dict[str, np.ndarray] | None = None, keys: dict | None = None) -> Path:
-    """src with tensors added or replaced (F32) and keys added or replaced (name: (value, gguf.GGUFValueType))."""
+def rewritten(
+    src: Path,
+    dst: Path,
+    *,
+    tensors: dict[str, np.ndarray] | None = None,
+    keys: dict | None = None,
+    drop: tuple[str, ...] = (),
+) -> Path:
+    """src with tensors added or replaced (F32), those named in drop left out, and keys added or replaced (name:
+    (value, gguf.GGUFValueType))."""
     reader = gguf.GGUFReader(src)
     writer = gguf.GGUFWriter(str(dst), architecture(reader))
     keys, tensors = keys or {}, tensors or {}
@@ -228,7 +236,7 @@ def rewritten(src: Path, dst: Path, *, tensors: dict[str, np.ndarray] | None = N
     for name, (value, value_type) in keys.items():
         writer.add_key_value(name, value, value_type)
     for t in reader.tensors:
-        if t.name not in tensors:
+        if t.name not in tensors and t.name not in drop:
             writer.add_tensor(t.name, np.array(t.data), raw_dtype=t.tensor_type)
     for name, value in tensors.items():
         writer.add_tensor(name, value)

@@ -125,6 +125,10 @@ def test_the_reference_and_exact_mode_with_calibrated_thresholds(ministral3, tok
         ({"mistral3.attention.temperature_scale": (float("nan"), F32)}, "temperature_scale must be finite"),
         ({"mistral3.rope.scaling.yarn_beta_fast": (float("inf"), F32)}, "yarn_beta_fast, _slow and"),
         ({"mistral3.rope.scaling.yarn_log_multiplier": (float("nan"), F32)}, "yarn_log_multiplier must be finite"),
+        (
+            {"mistral3.rope.scaling.original_context_length": (0, gguf.GGUFValueType.UINT32)},
+            "temperature_scale with a zero rope.scaling.original_context_length",
+        ),  # llama.cpp refuses it too
     ],
 )
 def test_bad_keys_are_refused_by_name(ministral3, tmp_path: Path, keys: dict, message: str) -> None:

@@ -90,6 +90,29 @@ def test_the_reference_and_exact_mode_with_calibrated_thresholds(phi3, tmp_path:
     assert Model(out, n_threads=2, n_ctx=128).sparse_name == "exact"
 
 
+def test_what_llama_cpp_reads_of_a_phi3_file_beyond_the_converters(phi3, tmp_path: Path) -> None:
+    """A stacked attn_qkv.bias is split and added as llama.cpp adds it; an original context of 0 ropes every context
+    with the long factors, as llama.cpp's choice does; an output bias or rope_freqs (llama.cpp's phi3 loads neither,
+    and refuses the file) is refused by name."""
+    _, path, _ = phi3
+    rng = np.random.default_rng(3)
+    biases = {f"blk.{i}.attn_qkv.bias": rng.normal(0, 0.5, 128).astype(np.float32) for i in range(2)}
+    variants = {
+        "biased": rewritten(path, tmp_path / "biased.gguf", tensors=biases),
+        "original 0": rewritten(path, tmp_path / "zero.gguf", keys={
+            "phi3.rope.scaling.original_context_length": (0, gguf.GGUFValueType.UINT32)}),
+    }  # fmt: skip
+    plain = Model(path, n_threads=2, n_ctx=256, sparse="off").eval_logits(tokens(40))
+    for name, variant in variants.items():
+        theirs = assert_logits_are_llama_cpps(variant, tokens(40), n_ctx=256)
+        assert rel_error(theirs, plain) > 10 * TOLERANCE, name
+    for name in ("output.bias", "rope_freqs.weight"):
+        refused = rewritten(path, tmp_path / "refused.gguf", tensors={name: np.ones(520 if "output" in name else 6,
+                                                                                     dtype=np.float32)})  # fmt: skip
+        with pytest.raises(ModelLoadError, match=rf"tensor '{name}' in a phi3 file"):
+            NativeModel(refused)
+
+
 def test_bench_counts_the_stacked_gate_and_up_apart(phi3) -> None:
     """What a token reads of the gate and up (bench, calibrate's rows-read figures): half of ffn_up each."""
     _, path, _ = phi3
@@ -104,7 +127,9 @@ def test_stacked_tensors_that_do_not_add_up_are_refused_by_name(phi3, tmp_path: 
         NativeModel(rewritten(path, tmp_path / "both.gguf", tensors={"blk.0.attn_q.weight": q}))
     up = {t.name: np.array(t.data) for t in gguf.GGUFReader(path).tensors}["blk.1.ffn_up.weight"]
     short = rewritten(path, tmp_path / "short.gguf", tensors={"blk.1.ffn_up.weight": up[:128]})
-    with pytest.raises(ModelLoadError, match=r"'blk\.1\.ffn_up\.weight' has shape \[64, 128, 1, 1\], expected \[64, 2"):
+    with pytest.raises(
+        ModelLoadError, match=r"'blk\.1\.ffn_up\.weight' has shape \[64, 128, 1, 1\] and type f32, expected \[64, 256"
+    ):
         NativeModel(short)
 
 

@@ -129,6 +129,25 @@ def test_yarn_rope_scaling_is_llama_cpps(tmp_path: Path, spm_dir: Path) -> None:
         np.testing.assert_array_equal(ours, theirs, err_msg=name)
 
 
+def test_queries_keys_and_values_stacked_in_one_tensor(qwen, tokens: list[int], tmp_path: Path) -> None:
+    """llama.cpp reads a layer's q, k, v (and their biases) stacked in attn_qkv in every architecture: the same
+    logits as the file with them apart."""
+    arch, _, path = qwen
+    stored = {t.name: np.array(t.data) for t in gguf.GGUFReader(path).tensors}
+    stacked, apart = {}, []
+    for i in range(2):
+        for kind in ("weight", "bias"):
+            parts = [f"blk.{i}.attn_{x}.{kind}" for x in "qkv"]
+            if parts[0] in stored:
+                stacked[f"blk.{i}.attn_qkv.{kind}"] = np.concatenate([stored[p] for p in parts])
+                apart += parts
+    assert ("blk.0.attn_qkv.bias" in stacked) == (arch == "qwen2")
+    fused = rewritten(path, tmp_path / "stacked.gguf", tensors=stacked, drop=tuple(apart))
+    theirs = llama_cpp_logits(fused, tokens)
+    np.testing.assert_array_equal(theirs, llama_cpp_logits(path, tokens))
+    np.testing.assert_array_equal(Model(fused, n_threads=2, n_ctx=128, sparse="off").eval_logits(tokens), theirs)
+
+
 def test_an_output_bias_is_added_and_bidirectional_attention_refused(qwen, tokens: list[int], tmp_path: Path) -> None:
     """llama.cpp adds a qwen2 file's output.bias (a checkpoint with lm_head's bias) to the logits; a file whose
     attention.causal is false (an embedding model) it runs both ways, which this engine cannot: refused."""

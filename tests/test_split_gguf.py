@@ -9,12 +9,14 @@ from pathlib import Path
 import gguf
 import numpy as np
 import pytest
+from safetensors.numpy import load_file
 
 from turbosparse import Model, ModelLoadError
 from turbosparse.bench.runner import tensor_bytes
-from turbosparse.binding import NativeModel
+from turbosparse.binding import NativeContext, NativeModel, SparseMode
 from turbosparse.convert.copy import copy_fields, copy_with_keys
 from turbosparse.gguf_reader import architecture
+from turbosparse.predictor_train.hf_import import gguf_to_hf
 
 from hfcheckpoints import assert_logits_are_llama_cpps
 from tinymodel import TinyConfig, random_weights, write_gguf
@@ -77,9 +79,16 @@ def test_a_split_model_is_the_whole_model(smollm2_path: Path, tmp_path: Path) ->
     assert NativeModel(first).info.n_bytes == NativeModel(smollm2_path).info.n_bytes
     whole = copy_with_keys(first, tmp_path / "whole.gguf", {})
     reader = gguf.GGUFReader(whole)
-    assert "split.count" not in reader.fields
+    assert not {"split.count", "split.no", "split.tensors.count"} & set(reader.fields)
     assert len(reader.tensors) == len(gguf.GGUFReader(smollm2_path).tensors)
     np.testing.assert_array_equal(Model(whole, n_threads=2, n_ctx=128, sparse="off").eval_logits(tokens), theirs)
+    # relufy / imatrix / train-predictors read it through transformers, which alone would read the first file only
+    hf = load_file(gguf_to_hf(first, tmp_path / "hf") / "model.safetensors")
+    stored = {t.name: np.array(t.data) for t in gguf.GGUFReader(smollm2_path).tensors}
+    for name, tensor in {"model.norm.weight": "output_norm.weight",
+                         "model.layers.29.input_layernorm.weight": "blk.29.attn_norm.weight"}.items():  # fmt: skip
+        np.testing.assert_array_equal(hf[name], stored[tensor])  # the last file's tensors, not random ones
+    assert not list(tmp_path.glob("tmp*"))
 
 
 @pytest.fixture()
@@ -90,11 +99,20 @@ def tiny(tmp_path: Path) -> tuple[Path, list[str]]:
     return path, [t.name for t in gguf.GGUFReader(path).tensors]
 
 
+def logits(path: Path, tokens: list[int]) -> np.ndarray:
+    context = NativeContext(NativeModel(path), n_ctx=64, n_threads=2, n_batch=64, sparse_mode=SparseMode.OFF,
+                            threshold=None, kv_f32=True)  # fmt: skip
+    return context.eval(tokens, dense_ffn=True, logits_all=True)
+
+
 def test_hand_written_splits_load_and_wrong_sets_are_refused_by_name(tiny, tmp_path: Path) -> None:
+    """The engine's C loader and the Python readers (bench, calibrate's copy, training's import) check alike."""
     src, names = tiny
     groups = [names[:5], names[5:12], names[12:]]
     first, second, third = write_shards(src, tmp_path / "m", groups)
-    NativeModel(first)  # loads
+    tokens = list(range(1, 30))
+    np.testing.assert_array_equal(logits(first, tokens), logits(src, tokens))
+    assert tensor_bytes(first) == tensor_bytes(src)
     with pytest.raises(ModelLoadError, match=r"m-00002-of-00003\.gguf: file 2 of a model split into 3 files"):
         NativeModel(second)
     renamed = first.rename(tmp_path / "first.gguf")
@@ -104,15 +122,18 @@ def test_hand_written_splits_load_and_wrong_sets_are_refused_by_name(tiny, tmp_p
     third.unlink()
     with pytest.raises(ModelLoadError, match=r"m-00003-of-00003\.gguf: cannot open"):
         NativeModel(first)
-    cases = {
-        "numbered": ({"no": [0, 2, 1]}, r"numbered-00002-of-00003\.gguf: split\.no 2 of split\.count 3, expected 1"),
-        "counted": ({"tensors_count": 7}, r"split\.tensors\.count is 7 but the 3 files hold"),
-        "twice": ({"groups": [names[:5], names[4:12], names[12:]]}, r"'blk\.0\.\w+\.weight' occurs twice"),
-    }
-    for name, (change, message) in cases.items():
+    cases = {  # change: (the C loader's message, the Python readers')
+        "numbered": ({"no": [0, 2, 1]}, (r"numbered-00002-of-00003\.gguf: split\.no is 2, expected 1 \(file 2",) * 2),
+        "counted": ({"tensors_count": 7}, (r"split\.tensors\.count is 7 but the 3 files hold",) * 2),
+        "twice": ({"groups": [names[:5], names[4:12], names[12:]]},
+                  (r"'blk\.0\.\w+\.weight' occurs twice", r"twice-00002-of-00003\.gguf: tensor 'blk\.0\.\w+")),
+    }  # fmt: skip
+    for name, (change, (in_c, in_python)) in cases.items():
         args = {"groups": groups, **change}
         first = write_shards(src, tmp_path / name, args.pop("groups"), **args)[0]
-        with pytest.raises(ModelLoadError, match=message):
+        with pytest.raises(ModelLoadError, match=in_c):
             NativeModel(first)
-    with pytest.raises(ModelLoadError, match="give the first"):  # bench and calibrate's copy read the files too
+        with pytest.raises(ModelLoadError, match=in_python):
+            tensor_bytes(first)
+    with pytest.raises(ModelLoadError, match="file 2 of a model split into 3 files"):
         tensor_bytes(second)

@@ -407,7 +407,9 @@ def _queries_keys_values(
 
     q, k = project("q", cfg.n_head), project("k", cfg.n_head_kv)
     base = cfg.rope_base_swa if cfg.slides(i) else cfg.rope_base
-    scaled = None if cfg.arch == "gemma3" and cfg.slides(i) else cfg  # gemma3's sliding layers rope unscaled
+    scaled = cfg  # gemma3's sliding layers rope unscaled
+    if cfg.arch == "gemma3" and cfg.slides(i):
+        scaled = TinyConfig(**{**cfg.__dict__, "rope_factor": 1.0, "yarn_orig_ctx": 0})
     factors = w.get("rope_freqs.weight", w.get("rope_factors_long.weight" if cfg.rope_long else
                                                "rope_factors_short.weight"))  # fmt: skip
     q, k = (_rope(y, pos, base, cfg.neox_rope, scaled, factors) for y in (q, k))

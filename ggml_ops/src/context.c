@@ -199,7 +199,7 @@ ts_context *ts_context_new(ts_model *model, const ts_context_params *params, cha
     c->kv_span_step = kv_span_step();
     /* phi3's factors for contexts past the original one (llama.cpp counts a sequence's cells, as allocated) */
     c->rope_factors = model->rope_freqs != NULL           ? model->rope_freqs
-                      : c->n_cells > model->n_ctx_orig ? model->rope_long
+                      : c->n_cells > model->n_ctx_orig_file ? model->rope_long
                                                         : model->rope_short;
     c->threshold = isnan(params->predictor_threshold) ? model->info.predictor_threshold : params->predictor_threshold;
     /* each group of a batch adds its own attention nodes */

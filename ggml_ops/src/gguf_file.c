@@ -469,12 +469,14 @@ static int gather_shard_tensors(ts_gguf_file *f, char *err, size_t err_size) {
  * gathered, as llama.cpp's loader does. */
 static int open_shards(ts_gguf_file *f, char *err, size_t err_size) {
     int64_t count = 1, no = 0;
-    if (ts_gguf_get_i64(f, TS_KEY_SPLIT_COUNT, &count, 0, err, err_size) < 0 ||
-        ts_gguf_get_i64(f, TS_KEY_SPLIT_NO, &no, 0, err, err_size) < 0) {
+    if (ts_gguf_get_i64(f, TS_KEY_SPLIT_COUNT, &count, 0, err, err_size) < 0) {
         return -1;
     }
     if (count <= 1) {
         return 0;
+    }
+    if (ts_gguf_get_i64(f, TS_KEY_SPLIT_NO, &no, 1, err, err_size) != 0) {
+        return -1;
     }
     if (count > 99999) {
         return ts_set_error(err, err_size, "%s: " TS_KEY_SPLIT_COUNT " %lld is out of range", f->path, (long long)count);
@@ -503,15 +505,11 @@ static int open_shards(ts_gguf_file *f, char *err, size_t err_size) {
             break;
         }
         f->shards[f->n_shards++] = s;
-        int64_t s_count = count, s_no = 0; /* llama.cpp needs split.no in each; split.count it does not read */
-        rc = ts_gguf_get_i64(s, TS_KEY_SPLIT_COUNT, &s_count, 0, err, err_size) < 0 ||
-                     ts_gguf_get_i64(s, TS_KEY_SPLIT_NO, &s_no, 1, err, err_size) != 0
-                 ? -1
-                 : 0;
-        if (rc == 0 && (s_count != count || s_no != k)) {
-            rc = ts_set_error(err, err_size, "%s: " TS_KEY_SPLIT_NO " %lld of " TS_KEY_SPLIT_COUNT " %lld, expected "
-                              "%d of %lld (the split files of %s)", s->path, (long long)s_no, (long long)s_count, k,
-                              (long long)count, f->path);
+        int64_t s_no = 0; /* llama.cpp reads split.no in each of the others, and no other key */
+        rc = ts_gguf_get_i64(s, TS_KEY_SPLIT_NO, &s_no, 1, err, err_size) != 0 ? -1 : 0;
+        if (rc == 0 && s_no != k) {
+            rc = ts_set_error(err, err_size, "%s: " TS_KEY_SPLIT_NO " is %lld, expected %d (file %d of the %lld split "
+                              "files of %s)", s->path, (long long)s_no, k, k + 1, (long long)count, f->path);
         }
     }
     free(path);
@@ -584,50 +582,57 @@ const ts_gguf_tensor *ts_gguf_find_tensor(const ts_gguf_file *f, const char *nam
     return NULL;
 }
 
-int ts_gguf_split_rows(ts_gguf_file *f, const char *name, int n_parts, const char *const *part_names,
-                       const int64_t *part_rows, char *err, size_t err_size) {
+int ts_gguf_split(ts_gguf_file *f, const char *name, int64_t ne0, int n_parts, const char *const *part_names,
+                  const int64_t *part_sizes, char *err, size_t err_size) {
     const ts_gguf_tensor *t = ts_gguf_find_tensor(f, name);
     if (t == NULL) {
         return 1;
     }
-    int64_t n_rows = 0;
+    int64_t total = 0;
     for (int k = 0; k < n_parts; k++) {
-        n_rows += part_rows[k];
+        total += part_sizes[k];
         if (strcmp(part_names[k], name) != 0 && ts_gguf_find_tensor(f, part_names[k]) != NULL) {
             return ts_set_error(err, err_size, "%s: tensors '%s' and '%s' both: the second holds the first's rows",
                                 f->path, part_names[k], name);
         }
     }
-    if (t->ne[1] != n_rows || t->ne[2] != 1 || t->ne[3] != 1) {
-        return ts_set_error(err, err_size, "%s: tensor '%s' has shape [%lld, %lld, %lld, %lld], expected [%lld, %lld]",
-                            f->path, name, (long long)t->ne[0], (long long)t->ne[1], (long long)t->ne[2],
-                            (long long)t->ne[3], (long long)t->ne[0], (long long)n_rows);
+    const int matrix = ne0 > 0;
+    const int64_t want[4] = {matrix ? ne0 : total, matrix ? total : 1, 1, 1};
+    int shape_ok = n_parts <= 8 && (matrix || ggml_blck_size((enum ggml_type)t->type) == 1);
+    for (int i = 0; i < 4; i++) {
+        shape_ok = shape_ok && t->ne[i] == want[i];
+    }
+    if (!shape_ok) {
+        return ts_set_error(err, err_size, "%s: tensor '%s' has shape [%lld, %lld, %lld, %lld] and type %s, expected "
+                            "[%lld, %lld, 1, 1]%s", f->path, name, (long long)t->ne[0], (long long)t->ne[1],
+                            (long long)t->ne[2], (long long)t->ne[3], ggml_type_name((enum ggml_type)t->type),
+                            (long long)want[0], (long long)want[1], matrix ? "" : " of a type without blocks");
     }
     char *names[8] = {0};
-    int ok = n_parts <= 8;
+    int ok = 1;
     for (int k = 0; k < n_parts && ok; k++) {
         ok = (names[k] = strdup(part_names[k])) != NULL;
     }
     const int64_t at = t - f->tensors;
     ts_gguf_tensor *grown = ok ? realloc(f->tensors, sizeof(ts_gguf_tensor) * (size_t)(f->n_tensors + n_parts)) : NULL;
     if (grown == NULL) {
-        for (int k = 0; k < n_parts && k < 8; k++) {
+        for (int k = 0; k < n_parts; k++) {
             free(names[k]);
         }
-        return ts_set_error(err, err_size, "out of memory");
+        return ts_set_error(err, err_size, "%s: out of memory", f->path);
     }
     f->tensors = grown;
     const ts_gguf_tensor whole = f->tensors[at];
-    const size_t row_bytes = whole.nbytes / (size_t)n_rows;
-    int64_t row = 0;
+    const size_t unit = whole.nbytes / (size_t)total; /* a row's bytes, or an element's */
+    int64_t done = 0;
     for (int k = 0; k < n_parts; k++) {
         ts_gguf_tensor *part = k == 0 ? &f->tensors[at] : &f->tensors[f->n_tensors + k - 1];
         *part = whole;
         part->name = names[k];
-        part->ne[1] = part_rows[k];
-        part->nbytes = row_bytes * (size_t)part_rows[k];
-        part->data = (char *)whole.data + row_bytes * (size_t)row;
-        row += part_rows[k];
+        part->ne[matrix ? 1 : 0] = part_sizes[k];
+        part->nbytes = unit * (size_t)part_sizes[k];
+        part->data = (char *)whole.data + unit * (size_t)done;
+        done += part_sizes[k];
     }
     free(whole.name);
     f->n_tensors += n_parts - 1;

@@ -76,11 +76,12 @@ void ts_gguf_release(const ts_gguf_file *file, const void *data, size_t n);
 const ts_gguf_kv *ts_gguf_find_kv(const ts_gguf_file *file, const char *key);
 const ts_gguf_tensor *ts_gguf_find_tensor(const ts_gguf_file *file, const char *name);
 
-/* Replaces the 2-D tensor `name` by n_parts (<= 8) tensors over its rows, in order: part k is named part_names[k]
- * (one may keep `name`) and holds part_rows[k] rows. 0; 1 when the file has no `name`; -1 (err set) where the rows do
- * not add up or another tensor already has a part's name. */
-int ts_gguf_split_rows(ts_gguf_file *file, const char *name, int n_parts, const char *const *part_names,
-                       const int64_t *part_rows, char *err, size_t err_size);
+/* Replaces the tensor `name` by n_parts (<= 8) tensors over its memory, in order: part k is named part_names[k] (one
+ * may keep `name`) and holds part_sizes[k] of its rows, where ne0 > 0 and it is a matrix of ne0 columns, or of its
+ * elements, where ne0 == 0 and it is a vector of a type without blocks (F32). 0; 1 when the file has no `name`; -1
+ * (err set) where its shape is not that or another tensor already has a part's name. */
+int ts_gguf_split(ts_gguf_file *file, const char *name, int64_t ne0, int n_parts, const char *const *part_names,
+                  const int64_t *part_sizes, char *err, size_t err_size);
 
 /*
  * Typed getters. Return 0 when found and converted, 1 when the key is absent and not required,

@@ -99,6 +99,7 @@
 #define TS_TENSOR_ATTN_K "blk.%d.attn_k.weight"
 #define TS_TENSOR_ATTN_V "blk.%d.attn_v.weight"
 #define TS_TENSOR_ATTN_QKV "blk.%d.attn_qkv.weight" /* q, k and v stacked (phi3): split at load (model.c) */
+#define TS_TENSOR_ATTN_QKV_BIAS "blk.%d.attn_qkv.bias"
 #define TS_TENSOR_ATTN_OUTPUT "blk.%d.attn_output.weight"
 #define TS_TENSOR_ATTN_Q_BIAS "blk.%d.attn_q.bias"
 #define TS_TENSOR_ATTN_K_BIAS "blk.%d.attn_k.bias"

@@ -269,14 +269,14 @@ static int load_rope(ts_model *m, int32_t yarn_keys, char *err, size_t err_size)
     if (get_arch_f32(m, TS_ARCH_KEY_ROPE_SCALING_ATTN_FACTOR, &m->rope_attn_factor, 0, err, err_size) < 0) {
         return -1;
     }
-    /* the context YaRN's ramp and mistral3's temperature count in, read whatever the scaling; 0 or absent: the
-       training context (as llama.cpp) */
-    int64_t orig = 0;
+    /* the original context, read whatever the scaling (as llama.cpp's hparams: the training context when absent) */
+    int64_t orig = in->n_ctx_train;
     if (get_arch_i64(m, TS_ARCH_KEY_ROPE_SCALING_ORIG_CTX, &orig, 0, err, err_size) < 0 ||
         (orig != 0 && check_positive(m, TS_ARCH_KEY_ROPE_SCALING_ORIG_CTX, orig, INT32_MAX, err, err_size))) {
         return -1;
     }
-    m->n_ctx_orig = orig != 0 ? (int32_t)orig : in->n_ctx_train;
+    m->n_ctx_orig_file = (int32_t)orig;
+    m->n_ctx_orig = orig != 0 ? (int32_t)orig : in->n_ctx_train; /* YaRN's: 0 stands for the training context */
     return yarn ? load_yarn(m, yarn_keys, err, err_size) : 0;
 }
 
@@ -295,37 +295,62 @@ static int load_temperature(ts_model *m, char *err, size_t err_size) {
         return ts_set_error(err, err_size, "%s: %s." TS_ARCH_KEY_ROPE_SCALING_BETA_FAST ", _slow and "
                             TS_ARCH_KEY_TEMPERATURE_SCALE " must be finite", m->file->path, m->arch);
     }
-    m->attn_temp_floor = m->n_ctx_orig; /* positive: context_length or original_context_length, both checked */
+    m->attn_temp_floor = m->n_ctx_orig_file;
+    if (m->attn_temp_scale != 0.0f && m->attn_temp_floor == 0) { /* llama.cpp refuses it too */
+        return ts_set_error(err, err_size, "%s: %s." TS_ARCH_KEY_TEMPERATURE_SCALE " with a zero "
+                            TS_ARCH_KEY_ROPE_SCALING_ORIG_CTX ": no context to count the temperature in",
+                            m->file->path, m->arch);
+    }
     return 0;
 }
 
 /*
  * phi3, as llama.cpp reads it: the queries scaled by 1/sqrt(head size) after the rope and the scores by 1; its
- * attention.sliding_window ignored (llama.cpp turns Phi's window off). Each layer's attn_qkv (q, k, v stacked) and its
- * ffn_up of 2 n_ff rows (the gate's, then the up's) are split into the tensors the llama block reads, views of the
- * same mapped rows. rope_factors_long / _short: model tensors (the context picks one: context.c).
+ * attention.sliding_window ignored (llama.cpp turns Phi's window off); rope_factors_long / _short as model tensors
+ * (the context picks one: context.c); no output bias, rope_freqs or experts (llama.cpp's phi3 has none: it refuses
+ * such files).
  */
 static int load_phi3(ts_model *m, char *err, size_t err_size) {
-    const ts_model_info *in = &m->info;
-    m->q_scale = 1.0f / sqrtf((float)in->n_embd_head);
-    if (in->n_expert > 0) {
+    m->q_scale = 1.0f / sqrtf((float)m->info.n_embd_head);
+    if (m->info.n_expert > 0) {
         return ts_set_error(err, err_size, "%s: a phi3 file with experts is not supported", m->file->path);
     }
+    const char *refused[] = {TS_TENSOR_OUTPUT_BIAS, TS_TENSOR_ROPE_FREQS};
+    for (int i = 0; i < 2; i++) {
+        if (ts_gguf_find_tensor(m->file, refused[i]) != NULL) {
+            return ts_set_error(err, err_size, "%s: tensor '%s' in a phi3 file: llama.cpp's phi3 has none (it refuses "
+                                "the file)", m->file->path, refused[i]);
+        }
+    }
+    return 0;
+}
+
+/*
+ * Tensors stored stacked, as llama.cpp reads them: a layer's attn_qkv (q, k, v rows; every architecture) with its
+ * bias, and phi3's ffn_up of 2 n_ff rows (the gate's, then the up's), each split into the tensors the block reads,
+ * over the same mapped memory.
+ */
+static int split_stacked(ts_model *m, int32_t phi, char *err, size_t err_size) {
+    const ts_model_info *in = &m->info;
     const int64_t n_q = (int64_t)in->n_head * in->n_embd_head, n_kv = (int64_t)in->n_head_kv * in->n_embd_head;
+    const int64_t qkv_sizes[] = {n_q, n_kv, n_kv}, ffn_sizes[] = {in->n_ff, in->n_ff};
     for (int il = 0; il < in->n_layer; il++) {
-        char qkv[GGML_MAX_NAME], q[GGML_MAX_NAME], k[GGML_MAX_NAME], v[GGML_MAX_NAME], gate[GGML_MAX_NAME],
-            up[GGML_MAX_NAME];
+        char qkv[GGML_MAX_NAME], q[GGML_MAX_NAME], k[GGML_MAX_NAME], v[GGML_MAX_NAME], qkv_b[GGML_MAX_NAME],
+            q_b[GGML_MAX_NAME], k_b[GGML_MAX_NAME], v_b[GGML_MAX_NAME], gate[GGML_MAX_NAME], up[GGML_MAX_NAME];
         snprintf(qkv, sizeof(qkv), TS_TENSOR_ATTN_QKV, il);
         snprintf(q, sizeof(q), TS_TENSOR_ATTN_Q, il);
         snprintf(k, sizeof(k), TS_TENSOR_ATTN_K, il);
         snprintf(v, sizeof(v), TS_TENSOR_ATTN_V, il);
+        snprintf(qkv_b, sizeof(qkv_b), TS_TENSOR_ATTN_QKV_BIAS, il);
+        snprintf(q_b, sizeof(q_b), TS_TENSOR_ATTN_Q_BIAS, il);
+        snprintf(k_b, sizeof(k_b), TS_TENSOR_ATTN_K_BIAS, il);
+        snprintf(v_b, sizeof(v_b), TS_TENSOR_ATTN_V_BIAS, il);
         snprintf(gate, sizeof(gate), TS_TENSOR_FFN_GATE, il);
         snprintf(up, sizeof(up), TS_TENSOR_FFN_UP, il);
-        const char *const attn_parts[] = {q, k, v}, *const ffn_parts[] = {gate, up};
-        const int64_t attn_rows[] = {n_q, n_kv, n_kv}, ffn_rows[] = {in->n_ff, in->n_ff};
-        /* the stacked q, k, v may also be stored apart (llama.cpp takes both); the gate and up never are */
-        if (ts_gguf_split_rows(m->file, qkv, 3, attn_parts, attn_rows, err, err_size) < 0 ||
-            ts_gguf_split_rows(m->file, up, 2, ffn_parts, ffn_rows, err, err_size) < 0) {
+        const char *const qkv_parts[] = {q, k, v}, *const bias_parts[] = {q_b, k_b, v_b}, *const ffn_parts[] = {gate, up};
+        if (ts_gguf_split(m->file, qkv, in->n_embd, 3, qkv_parts, qkv_sizes, err, err_size) < 0 ||
+            ts_gguf_split(m->file, qkv_b, 0, 3, bias_parts, qkv_sizes, err, err_size) < 0 ||
+            (phi && ts_gguf_split(m->file, up, in->n_embd, 2, ffn_parts, ffn_sizes, err, err_size) < 0)) {
             return -1;
         }
     }
@@ -613,7 +638,8 @@ static int load_hparams(ts_model *m, char *err, size_t err_size) {
         load_predictor_input(m, err, err_size) != 0 || load_rope(m, arch->yarn_keys, err, err_size) != 0) {
         return -1;
     }
-    if ((arch->yarn_keys && load_temperature(m, err, err_size) != 0) || (arch->phi && load_phi3(m, err, err_size) != 0)) {
+    if ((arch->yarn_keys && load_temperature(m, err, err_size) != 0) || (arch->phi && load_phi3(m, err, err_size) != 0) ||
+        split_stacked(m, arch->phi, err, err_size) != 0) {
         return -1;
     }
     return arch->gemma ? load_gemma(m, arch->gemma, err, err_size) : 0;
@@ -1394,11 +1420,11 @@ static int allocate(ts_model *m, plan *p, const ts_model_params *params, char *e
         l->pred_fc2_split = fc2 != NULL && fc2->split;
     }
     /* one buffer over each file's mapping: the file's, then a split model's other files' */
-    m->n_bufs_mapped = 1 + m->file->n_shards;
-    m->bufs_mapped = calloc((size_t)m->n_bufs_mapped, sizeof(*m->bufs_mapped));
+    m->bufs_mapped = calloc((size_t)(1 + m->file->n_shards), sizeof(*m->bufs_mapped));
     if (m->bufs_mapped == NULL) {
         return ts_set_error(err, err_size, "out of memory");
     }
+    m->n_bufs_mapped = 1 + m->file->n_shards;
     for (int k = 0; k < m->n_bufs_mapped; k++) {
         const ts_gguf_file *f = k == 0 ? m->file : m->file->shards[k - 1];
         m->bufs_mapped[k] = ggml_backend_cpu_buffer_from_ptr(f->map, f->size);

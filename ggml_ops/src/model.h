@@ -53,7 +53,9 @@ struct ts_model {
     char arch[64];
     int32_t rope_type;       /* GGML_ROPE_TYPE_* */
     int32_t qk_norm;         /* queries and keys RMS-normed per head before the rope (qwen3) */
-    int32_t n_ctx_orig;
+    int32_t n_ctx_orig;      /* YaRN's original context (the training context where the file says 0) */
+    int32_t n_ctx_orig_file; /* rope.scaling.original_context_length as written (the training context when absent):
+                                phi3's rope factors and mistral3's temperature count in it, as llama.cpp */
     float rope_ext_factor;   /* YaRN: 1, else 0 */
     float rope_attn_factor;
     float rope_beta_fast, rope_beta_slow; /* YaRN's ramp: 32 and 1 rotations, or the file's (mistral3) */

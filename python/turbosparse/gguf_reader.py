@@ -55,21 +55,56 @@ def read_gguf(path: str | Path, error: type[Exception] = ModelLoadError) -> gguf
         raise error(f"{path}: not a readable GGUF file (damaged or cut short?): {exc}") from None
 
 
-SPLIT_COUNT, SPLIT_NO = "split.count", "split.no"
+SPLIT_COUNT, SPLIT_NO, SPLIT_TENSORS_COUNT = "split.count", "split.no", "split.tensors.count"
+
+
+def _split_key(reader: gguf.GGUFReader, key: str, path: str | Path, error: type[Exception], default: int | None) -> int:
+    field = reader.get_field(key)
+    if field is None:
+        if default is None:
+            raise error(f"{path}: missing key '{key}' (a split model's file)")
+        return default
+    value = field.contents()
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise error(f"{path}: metadata key '{key}' must be an integer, got {value!r}")
+    return value
 
 
 def read_splits(path: str | Path, error: type[Exception] = ModelLoadError) -> list[gguf.GGUFReader]:
     """The readers of every file of the model at path: [path's] for a whole file; for the first file of a split model
-    (PREFIX-00001-of-0000N.gguf, as llama-gguf-split and gguf-py write them), all N in order, found by that name as
-    llama.cpp finds them. Their keys are the first file's; their tensors are theirs together."""
+    (PREFIX-00001-of-0000N.gguf, as llama-gguf-split and gguf-py write them), all N in order, found by that name and
+    checked as llama.cpp's loader (and turbosparse's) checks them. Their keys are the first file's; their tensors are
+    theirs together."""
     first = read_gguf(path, error)
-    count_field, no_field = first.get_field(SPLIT_COUNT), first.get_field(SPLIT_NO)
-    count = int(count_field.contents()) if count_field is not None else 1
+    count = _split_key(first, SPLIT_COUNT, path, error, default=1)
     if count <= 1:
         return [first]
-    no = int(no_field.contents()) if no_field is not None else 0
+    no = _split_key(first, SPLIT_NO, path, error, default=None)
+    if count > 99999:
+        raise error(f"{path}: {SPLIT_COUNT} {count} is out of range")
+    if no != 0:
+        raise error(
+            f"{path}: file {no + 1} of a model split into {count} files ({SPLIT_NO}): load the first, the file named "
+            f"...-00001-of-{count:05d}.gguf"
+        )
     suffix = f"-{1:05d}-of-{count:05d}.gguf"
-    if no != 0 or not str(path).endswith(suffix):
-        raise error(f"{path}: file {no + 1} of a model split into {count} files: give the first, named PREFIX{suffix}")
+    if len(str(path)) <= len(suffix) or not str(path).endswith(suffix):
+        raise error(f"{path}: the first of {count} split files must be named PREFIX{suffix} (the others are found by "
+                    "that name, as llama.cpp finds them)")  # fmt: skip
     prefix = str(path)[: -len(suffix)]
-    return [first] + [read_gguf(f"{prefix}-{k + 1:05d}-of-{count:05d}.gguf", error) for k in range(1, count)]
+    readers, owner = [first], {t.name: str(path) for t in first.tensors}
+    for k in range(1, count):
+        other = f"{prefix}-{k + 1:05d}-of-{count:05d}.gguf"
+        reader = read_gguf(other, error)
+        if (other_no := _split_key(reader, SPLIT_NO, other, error, default=None)) != k:
+            raise error(f"{other}: {SPLIT_NO} is {other_no}, expected {k} (file {k + 1} of the {count} split files "
+                        f"of {path})")  # fmt: skip
+        for t in reader.tensors:
+            if t.name in owner:
+                raise error(f"{other}: tensor '{t.name}' is in {owner[t.name]} too")
+            owner[t.name] = other
+        readers.append(reader)
+    expected = _split_key(first, SPLIT_TENSORS_COUNT, path, error, default=None)
+    if expected != len(owner):
+        raise error(f"{path}: {SPLIT_TENSORS_COUNT} is {expected} but the {count} files hold {len(owner)} tensors")
+    return readers
