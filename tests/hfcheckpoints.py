@@ -32,6 +32,8 @@ from transformers import (
     Qwen2ForCausalLM,
     Qwen3Config,
     Qwen3ForCausalLM,
+    SmolLM3Config,
+    SmolLM3ForCausalLM,
 )
 
 from turbosparse.assets import cache_root
@@ -192,6 +194,15 @@ def phi3_model(vocab_size: int, seed: int = 0) -> torch.nn.Module:
                         original_max_position_embeddings=256, rms_norm_eps=1e-5, rope_parameters=rope,
                         bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False)  # fmt: skip
     return randomize(Phi3ForCausalLM(config).float().eval(), seed)
+
+
+def smollm3_model(vocab_size: int, seed: int = 0) -> torch.nn.Module:
+    """A tiny SmolLM3 of the shared width: 5 layers, the 4th attending without a rope (NoPE), as every 4th does."""
+    config = SmolLM3Config(vocab_size=vocab_size, hidden_size=HIDDEN, intermediate_size=N_FF, num_hidden_layers=5,
+                           num_attention_heads=N_HEAD, num_key_value_heads=N_KV, max_position_embeddings=256,
+                           rms_norm_eps=1e-6, rope_theta=1e4, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+                           tie_word_embeddings=True)  # fmt: skip
+    return randomize(SmolLM3ForCausalLM(config).float().eval(), seed)
 
 
 def assert_logits_are_llama_cpps(path: Path, tokens: list[int], n_ctx: int = 128) -> np.ndarray:

@@ -1,5 +1,5 @@
-"""Tiny random llama-family GGUF models (llama, mistral3, phi3, qwen2, qwen3, gemma2, gemma3) and a float64 numpy
-forward pass to check the engine against."""
+"""Tiny random llama-family GGUF models (llama, mistral3, phi3, smollm3, qwen2, qwen3, gemma2, gemma3) and a float64
+numpy forward pass to check the engine against."""
 
 from __future__ import annotations
 
@@ -53,6 +53,7 @@ class TinyConfig:
     n_rot: int = 0
     rope_attn_factor: float = 1.0
     rope_long: bool = False
+    no_rope_step: int = 0  # smollm3: layers i with (i + 1) % no_rope_step == 0 attend unroped
 
     @property
     def head_dim(self) -> int:
@@ -312,7 +313,8 @@ def read_gguf(path: Path) -> tuple[TinyConfig, dict[str, np.ndarray], dict[str, 
                      yarn_log_mul=optional("rope.scaling.yarn_log_multiplier", 0.0) if arch == "mistral3" else 0.0,
                      attn_temp_scale=optional("attention.temperature_scale", 0.0) if arch == "mistral3" else 0.0,
                      attn_temp_floor=orig_ctx, n_rot=optional("rope.dimension_count", 0),
-                     rope_attn_factor=optional("rope.scaling.attn_factor", 1.0))  # fmt: skip
+                     rope_attn_factor=optional("rope.scaling.attn_factor", 1.0),
+                     no_rope_step=4 if arch == "smollm3" else 0)  # fmt: skip
     weights = {
         t.name: gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32).reshape(np.flip(t.shape))
         for t in reader.tensors
@@ -412,7 +414,8 @@ def _queries_keys_values(
         scaled = TinyConfig(**{**cfg.__dict__, "rope_factor": 1.0, "yarn_orig_ctx": 0})
     factors = w.get("rope_freqs.weight", w.get("rope_factors_long.weight" if cfg.rope_long else
                                                "rope_factors_short.weight"))  # fmt: skip
-    q, k = (_rope(y, pos, base, cfg.neox_rope, scaled, factors) for y in (q, k))
+    if not (cfg.no_rope_step and (i + 1) % cfg.no_rope_step == 0):
+        q, k = (_rope(y, pos, base, cfg.neox_rope, scaled, factors) for y in (q, k))
     if cfg.attn_temp_scale:
         q = q * (1.0 + cfg.attn_temp_scale * np.log(np.floor(pos / cfg.attn_temp_floor) + 1.0))[:, None, None]
     return q, k, project("v", cfg.n_head_kv)

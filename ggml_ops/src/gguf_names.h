@@ -18,12 +18,13 @@
 #define TS_KEY_SPLIT_NO "split.no"       /* this file's index among them, from 0 */
 #define TS_KEY_SPLIT_TENSORS_COUNT "split.tensors.count" /* the tensors of all of them */
 
-/* general.architecture values the loader runs: llama.cpp's llama, mistral3, phi3, qwen2, qwen3, qwen3moe, gemma2
- * and gemma3, PowerInfer's bamboo */
+/* general.architecture values the loader runs: llama.cpp's llama, mistral3, phi3, smollm3, qwen2, qwen3, qwen3moe,
+ * gemma2 and gemma3, PowerInfer's bamboo */
 #define TS_ARCH_LLAMA "llama"
 #define TS_ARCH_BAMBOO "bamboo"
 #define TS_ARCH_MISTRAL3 "mistral3"
 #define TS_ARCH_PHI3 "phi3"
+#define TS_ARCH_SMOLLM3 "smollm3"
 #define TS_ARCH_QWEN2 "qwen2"
 #define TS_ARCH_QWEN3 "qwen3"
 #define TS_ARCH_QWEN3MOE "qwen3moe"

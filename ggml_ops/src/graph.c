@@ -39,6 +39,9 @@ static struct ggml_tensor *rope(const ts_context *ctx, int il, struct ggml_conte
     const ts_model *m = ctx->model;
     const ts_model_info *in = &m->info;
     const int swa = m->layers[il].swa; /* a sliding-window layer: its own rope (model.c: load_gemma) */
+    if (m->no_rope_step > 0 && (il + 1) % m->no_rope_step == 0) {
+        return x;
+    }
     return ggml_rope_ext(ctx0, x, pos, ctx->rope_factors, in->n_rot, m->rope_type, m->n_ctx_orig,
                          swa ? m->rope_freq_base_swa : in->rope_freq_base, swa ? m->rope_freq_scale_swa : in->rope_freq_scale,
                          m->rope_ext_factor, m->rope_attn_factor, m->rope_beta_fast, m->rope_beta_slow);

@@ -80,18 +80,20 @@ typedef struct arch_spec {
                             (mistral3: load_yarn, load_temperature) */
     int32_t phi;         /* Phi-3's block (load_phi3): q, k, v and gate, up stacked; queries scaled after the rope;
                             a partial rope; rope factors for long and short contexts */
+    int32_t no_rope_step; /* every no_rope_step-th layer attends unroped (SmolLM3's NoPE layers), or 0 */
 } arch_spec;
 
 static const arch_spec ARCHITECTURES[] = {
-    {TS_ARCH_LLAMA, GGML_ROPE_TYPE_NORMAL, 0, TS_FFN_SWIGLU, 0, 0, 0},
-    {TS_ARCH_BAMBOO, GGML_ROPE_TYPE_NORMAL, 0, TS_FFN_DRELU, 0, 0, 0},
-    {TS_ARCH_MISTRAL3, GGML_ROPE_TYPE_NORMAL, 0, TS_FFN_SWIGLU, 0, 1, 0}, /* Ministral 3, Mistral Small 3.x: llama's */
-    {TS_ARCH_PHI3, GGML_ROPE_TYPE_NEOX, 0, TS_FFN_SWIGLU, 0, 0, 1},      /* Phi-3, Phi-3.5, Phi-4 (mini) */
-    {TS_ARCH_QWEN2, GGML_ROPE_TYPE_NEOX, 0, TS_FFN_SWIGLU, 0, 0, 0},
-    {TS_ARCH_QWEN3, GGML_ROPE_TYPE_NEOX, 1, TS_FFN_SWIGLU, 0, 0, 0},
-    {TS_ARCH_QWEN3MOE, GGML_ROPE_TYPE_NEOX, 1, TS_FFN_SWIGLU, 0, 0, 0}, /* Qwen3's attention, Mixtral's experts */
-    {TS_ARCH_GEMMA2, GGML_ROPE_TYPE_NEOX, 0, TS_FFN_GEGLU, 2, 0, 0},
-    {TS_ARCH_GEMMA3, GGML_ROPE_TYPE_NEOX, 1, TS_FFN_GEGLU, 3, 0, 0},
+    {TS_ARCH_LLAMA, GGML_ROPE_TYPE_NORMAL, 0, TS_FFN_SWIGLU, 0, 0, 0, 0},
+    {TS_ARCH_BAMBOO, GGML_ROPE_TYPE_NORMAL, 0, TS_FFN_DRELU, 0, 0, 0, 0},
+    {TS_ARCH_MISTRAL3, GGML_ROPE_TYPE_NORMAL, 0, TS_FFN_SWIGLU, 0, 1, 0, 0}, /* Ministral 3, Mistral Small 3.x */
+    {TS_ARCH_PHI3, GGML_ROPE_TYPE_NEOX, 0, TS_FFN_SWIGLU, 0, 0, 1, 0},      /* Phi-3, Phi-3.5, Phi-4 (mini) */
+    {TS_ARCH_SMOLLM3, GGML_ROPE_TYPE_NORMAL, 0, TS_FFN_SWIGLU, 0, 0, 0, 4}, /* llama's, every 4th layer unroped */
+    {TS_ARCH_QWEN2, GGML_ROPE_TYPE_NEOX, 0, TS_FFN_SWIGLU, 0, 0, 0, 0},
+    {TS_ARCH_QWEN3, GGML_ROPE_TYPE_NEOX, 1, TS_FFN_SWIGLU, 0, 0, 0, 0},
+    {TS_ARCH_QWEN3MOE, GGML_ROPE_TYPE_NEOX, 1, TS_FFN_SWIGLU, 0, 0, 0, 0}, /* Qwen3's attention, Mixtral's experts */
+    {TS_ARCH_GEMMA2, GGML_ROPE_TYPE_NEOX, 0, TS_FFN_GEGLU, 2, 0, 0, 0},
+    {TS_ARCH_GEMMA3, GGML_ROPE_TYPE_NEOX, 1, TS_FFN_GEGLU, 3, 0, 0, 0},
 };
 
 static const arch_spec *find_arch(const char *name) {
@@ -304,6 +306,18 @@ static int load_temperature(ts_model *m, char *err, size_t err_size) {
     return 0;
 }
 
+/* -1 (err set) where the file has one of the n tensors `names`, which llama.cpp's graph of its architecture never
+ * reads (it refuses such a file: more tensors than it loads) */
+static int refuse_tensors(const ts_model *m, const char *const *names, int n, char *err, size_t err_size) {
+    for (int i = 0; i < n; i++) {
+        if (ts_gguf_find_tensor(m->file, names[i]) != NULL) {
+            return ts_set_error(err, err_size, "%s: tensor '%s' in a %s file: llama.cpp's %s has none (it refuses the "
+                                "file)", m->file->path, names[i], m->arch, m->arch);
+        }
+    }
+    return 0;
+}
+
 /*
  * phi3, as llama.cpp reads it: the queries scaled by 1/sqrt(head size) after the rope and the scores by 1; its
  * attention.sliding_window ignored (llama.cpp turns Phi's window off); rope_factors_long / _short as model tensors
@@ -315,14 +329,8 @@ static int load_phi3(ts_model *m, char *err, size_t err_size) {
     if (m->info.n_expert > 0) {
         return ts_set_error(err, err_size, "%s: a phi3 file with experts is not supported", m->file->path);
     }
-    const char *refused[] = {TS_TENSOR_OUTPUT_BIAS, TS_TENSOR_ROPE_FREQS};
-    for (int i = 0; i < 2; i++) {
-        if (ts_gguf_find_tensor(m->file, refused[i]) != NULL) {
-            return ts_set_error(err, err_size, "%s: tensor '%s' in a phi3 file: llama.cpp's phi3 has none (it refuses "
-                                "the file)", m->file->path, refused[i]);
-        }
-    }
-    return 0;
+    const char *const refused[] = {TS_TENSOR_OUTPUT_BIAS, TS_TENSOR_ROPE_FREQS};
+    return refuse_tensors(m, refused, 2, err, err_size);
 }
 
 /*
@@ -516,11 +524,12 @@ static int load_hparams(ts_model *m, char *err, size_t err_size) {
     if (arch == NULL) {
         return ts_set_error(err, err_size,
                             "%s: unsupported architecture '%s' (general.architecture): turbosparse runs llama-family "
-                            "backbones ('llama', 'mistral3', 'phi3', 'qwen2', 'qwen3', 'qwen3moe', 'gemma2', "
-                            "'gemma3', PowerInfer's 'bamboo')",
+                            "backbones ('llama', 'mistral3', 'phi3', 'smollm3', 'qwen2', 'qwen3', 'qwen3moe', "
+                            "'gemma2', 'gemma3', PowerInfer's 'bamboo')",
                             m->file->path, m->arch);
     }
     m->rope_type = arch->rope_type;
+    m->no_rope_step = arch->no_rope_step;
     m->qk_norm = arch->qk_norm;
     int64_t causal = 1;
     if (get_arch_i64(m, TS_ARCH_KEY_CAUSAL, &causal, 0, err, err_size) < 0) {
@@ -638,7 +647,9 @@ static int load_hparams(ts_model *m, char *err, size_t err_size) {
         load_predictor_input(m, err, err_size) != 0 || load_rope(m, arch->yarn_keys, err, err_size) != 0) {
         return -1;
     }
+    const char *const rope_freqs[] = {TS_TENSOR_ROPE_FREQS}; /* smollm3 ropes without factors */
     if ((arch->yarn_keys && load_temperature(m, err, err_size) != 0) || (arch->phi && load_phi3(m, err, err_size) != 0) ||
+        (arch->no_rope_step && refuse_tensors(m, rope_freqs, 1, err, err_size) != 0) ||
         split_stacked(m, arch->phi, err, err_size) != 0) {
         return -1;
     }

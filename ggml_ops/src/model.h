@@ -53,6 +53,7 @@ struct ts_model {
     char arch[64];
     int32_t rope_type;       /* GGML_ROPE_TYPE_* */
     int32_t qk_norm;         /* queries and keys RMS-normed per head before the rope (qwen3) */
+    int32_t no_rope_step;    /* layers il with (il + 1) % no_rope_step == 0 attend unroped (smollm3's 4); 0: none */
     int32_t n_ctx_orig;      /* YaRN's original context (the training context where the file says 0) */
     int32_t n_ctx_orig_file; /* rope.scaling.original_context_length as written (the training context when absent):
                                 phi3's rope factors and mistral3's temperature count in it, as llama.cpp */
