@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
-from turbosparse.constants import ARCHITECTURE
+from turbosparse.constants import ARCHITECTURE, OTHER_DENSE_FAMILIES
 from turbosparse.convert.copy import copy_with_keys
 from turbosparse.errors import TrainingError
 from turbosparse.gguf_reader import architecture, read_splits
@@ -27,8 +27,8 @@ def gguf_to_hf(gguf: str | Path, out_dir: str | Path) -> Path:
     if arch != ARCHITECTURE:  # said before the whole file is dequantized for nothing
         raise TrainingError(
             f"{gguf}: general.architecture {arch!r}: relufy, imatrix and train-predictors read GGUFs of llama.cpp's "
-            "llama architecture (Llama, Mistral, SmolLM); other dense GGUFs (Mistral 3, Phi-3 and 4, SmolLM3, Qwen2, "
-            "Qwen3, Gemma 2 and 3) decode sparsely without training through `turbosparse calibrate`"
+            f"llama architecture (Llama, Mistral, SmolLM); other dense GGUFs ({OTHER_DENSE_FAMILIES}) decode sparsely "
+            "without training through `turbosparse calibrate`"
         )
     out_dir = Path(out_dir)
     if len(splits) > 1:  # transformers reads one file, silently: the split model's files as one

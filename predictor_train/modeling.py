@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from turbosparse.constants import HF_BAMBOO_ARCHITECTURE, HF_BAMBOO_MODEL_TYPE
+from turbosparse.constants import HF_BAMBOO_ARCHITECTURE, HF_BAMBOO_MODEL_TYPE, OTHER_DENSE_FAMILIES
 from turbosparse.convert.arch.llama import is_llama_layout
 from turbosparse.convert.hparams import read_config
 from turbosparse.errors import TrainingError
@@ -96,8 +96,8 @@ def load_causal_lm(model_dir: str | Path, dtype: torch.dtype = torch.float32) ->
             raise TrainingError(  # loaded as Llama, a Qwen2's attention biases would be dropped without a word
                 f"{model_dir / 'config.json'}: model_type {kind[0]!r}, architectures {kind[1]!r}: relufy, imatrix and "
                 "train-predictors take Llama-family models (Llama, Mistral, SmolLM, ReLU-Llama, bamboo); a dense GGUF "
-                "of another architecture (Mistral 3, Phi-3 and 4, SmolLM3, Qwen2, Qwen3, Gemma 2 and 3) decodes "
-                "sparsely without training through `turbosparse calibrate`"
+                f"of another architecture ({OTHER_DENSE_FAMILIES}) decodes sparsely without training through "
+                "`turbosparse calibrate`"
             )
         return LlamaForCausalLM.from_pretrained(model_dir, dtype=dtype)
     from transformers.modeling_utils import load_state_dict

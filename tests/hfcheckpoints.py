@@ -20,6 +20,8 @@ from transformers import (
     Gemma2ForCausalLM,
     Gemma3ForCausalLM,
     Gemma3TextConfig,
+    GraniteConfig,
+    GraniteForCausalLM,
     LlamaConfig,
     LlamaForCausalLM,
     Ministral3Config,
@@ -203,6 +205,18 @@ def smollm3_model(vocab_size: int, seed: int = 0) -> torch.nn.Module:
                            rms_norm_eps=1e-6, rope_theta=1e4, bos_token_id=1, eos_token_id=2, pad_token_id=0,
                            tie_word_embeddings=True)  # fmt: skip
     return randomize(SmolLM3ForCausalLM(config).float().eval(), seed)
+
+
+def granite_model(vocab_size: int, seed: int = 0) -> torch.nn.Module:
+    """A tiny IBM Granite 3 of the shared dimensions, with Granite 3.3's kinds of multipliers (their values chosen so
+    that each matters on this model): embeddings times 2, attention and FFN outputs times 0.6 before their residual
+    adds, scores times 1 (not 1/sqrt(16)), logits / 4."""
+    config = GraniteConfig(vocab_size=vocab_size, hidden_size=HIDDEN, intermediate_size=N_FF, num_hidden_layers=N_LAYER,
+                           num_attention_heads=N_HEAD, num_key_value_heads=N_KV, max_position_embeddings=256,
+                           rms_norm_eps=1e-5, rope_theta=1e4, embedding_multiplier=2.0, residual_multiplier=0.6,
+                           attention_multiplier=1.0, logits_scaling=4.0, bos_token_id=1, eos_token_id=2,
+                           pad_token_id=0, tie_word_embeddings=True)  # fmt: skip
+    return randomize(GraniteForCausalLM(config).float().eval(), seed)
 
 
 def assert_logits_are_llama_cpps(path: Path, tokens: list[int], n_ctx: int = 128) -> np.ndarray:

@@ -160,6 +160,21 @@ def test_phi3_matches_reference(tmp_path: Path, long_context: bool) -> None:
         assert np.abs(changed - ref).max() > 100 * TOLERANCE[Q.F32] * ref.std(), change
 
 
+@pytest.mark.parametrize("roped", [True, False], ids=["roped", "unroped"])
+def test_granite_matches_reference(tmp_path: Path, roped: bool) -> None:
+    """Granite's multipliers, and its rope turned off (rope.scaling.finetuned false: no position input at all)."""
+    cfg = TinyConfig(arch="granite", embedding_scale=2.0, attention_scale=0.5, residual_scale=0.6, logit_scale=4.0,
+                     no_rope_step=0 if roped else 1)  # fmt: skip
+    stored = write_gguf(tmp_path / "m.gguf", cfg, random_weights(cfg, seed=5))
+    toks = tokens(cfg, 30)
+    ref = reference_logits(cfg, stored, toks)
+    ctx = context(tmp_path / "m.gguf")
+    assert np.abs(ctx.eval(toks, dense_ffn=True, logits_all=True) - ref).max() <= TOLERANCE[Q.F32] * ref.std()
+    ctx.truncate(0)
+    steps = np.stack([ctx.eval([t], dense_ffn=True, logits_all=False) for t in toks])
+    assert np.abs(steps - ref).max() <= TOLERANCE[Q.F32] * ref.std()
+
+
 GEMMA = {  # 7 layers: the sliding ones and the global ones (every 2nd in Gemma 2, every 6th in Gemma 3)
     "gemma2": TinyConfig(arch="gemma2", act="geglu", n_swa=6, n_layer=7, tied=True, logit_softcap=30.0,
                          attn_softcap=2.0, rope_base=1e6),  # a cap that bites on these scores; every layer roped alike

@@ -1,5 +1,5 @@
-"""Tiny random llama-family GGUF models (llama, mistral3, phi3, smollm3, qwen2, qwen3, gemma2, gemma3) and a float64
-numpy forward pass to check the engine against."""
+"""Tiny random llama-family GGUF models (llama, mistral3, phi3, smollm3, granite, qwen2, qwen3, gemma2, gemma3) and a
+float64 numpy forward pass to check the engine against."""
 
 from __future__ import annotations
 
@@ -54,6 +54,12 @@ class TinyConfig:
     rope_attn_factor: float = 1.0
     rope_long: bool = False
     no_rope_step: int = 0  # smollm3: layers i with (i + 1) % no_rope_step == 0 attend unroped
+    # granite: embeddings times embedding_scale, scores times attention_scale (0: 1/sqrt(head size)), the attention's
+    # and FFN's outputs times residual_scale, logits divided by logit_scale (each 0: not applied)
+    embedding_scale: float = 0.0
+    attention_scale: float = 0.0
+    residual_scale: float = 0.0
+    logit_scale: float = 0.0
 
     @property
     def head_dim(self) -> int:
@@ -233,6 +239,12 @@ def write_gguf(
             writer.add_float32(f"{a}.rope.scaling.yarn_log_multiplier", cfg.yarn_log_mul)
     if cfg.n_rot:
         writer.add_uint32(f"{a}.rope.dimension_count", cfg.n_rot)
+    for key, value in (("embedding_scale", cfg.embedding_scale), ("attention.scale", cfg.attention_scale),
+                       ("residual_scale", cfg.residual_scale), ("logit_scale", cfg.logit_scale)):  # fmt: skip
+        if value:
+            writer.add_float32(f"{a}.{key}", value)
+    if cfg.arch == "granite" and cfg.no_rope_step == 1:
+        writer.add_bool(f"{a}.rope.scaling.finetuned", False)
     if cfg.rope_attn_factor != 1.0:
         writer.add_float32(f"{a}.rope.scaling.attn_factor", cfg.rope_attn_factor)
     if cfg.attn_temp_scale:  # counted in yarn_orig_ctx positions, or the context's
@@ -314,7 +326,11 @@ def read_gguf(path: Path) -> tuple[TinyConfig, dict[str, np.ndarray], dict[str, 
                      attn_temp_scale=optional("attention.temperature_scale", 0.0) if arch == "mistral3" else 0.0,
                      attn_temp_floor=orig_ctx, n_rot=optional("rope.dimension_count", 0),
                      rope_attn_factor=optional("rope.scaling.attn_factor", 1.0),
-                     no_rope_step=4 if arch == "smollm3" else 0)  # fmt: skip
+                     no_rope_step=4 if arch == "smollm3" else 1 if optional("rope.scaling.finetuned", True) is False
+                     else 0, embedding_scale=optional("embedding_scale", 0.0) if arch == "granite" else 0.0,
+                     attention_scale=optional("attention.scale", 0.0) if arch == "granite" else 0.0,
+                     residual_scale=optional("residual_scale", 0.0) if arch == "granite" else 0.0,
+                     logit_scale=optional("logit_scale", 0.0) if arch == "granite" else 0.0)  # fmt: skip
     weights = {
         t.name: gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32).reshape(np.flip(t.shape))
         for t in reader.tensors
@@ -549,6 +565,9 @@ def reference_forward(
     x = w["token_embd.weight"][tokens]
     if cfg.arch in ("gemma2", "gemma3"):
         x = x * np.sqrt(cfg.n_embd)
+    if cfg.embedding_scale:
+        x = x * cfg.embedding_scale
+    residual = cfg.residual_scale or 1.0
     causal = np.triu(np.full((T, T), -np.inf), 1)
     distance = pos[:, None] - pos[None, :]
     group = cfg.n_head // cfg.n_head_kv
@@ -563,7 +582,7 @@ def reference_forward(
         mask = np.where(distance >= cfg.n_swa, -np.inf, causal) if cfg.slides(i) else causal
         heads = []
         for hh in range(cfg.n_head):
-            s = q[:, hh] @ k[:, hh // group].T / np.sqrt(hd)
+            s = q[:, hh] @ k[:, hh // group].T * (cfg.attention_scale or 1.0 / np.sqrt(hd))
             if cfg.attn_softcap:
                 s = cfg.attn_softcap * np.tanh(s / cfg.attn_softcap)
             s = s + mask
@@ -571,7 +590,7 @@ def reference_forward(
             p /= p.sum(-1, keepdims=True)
             heads.append(p @ v[:, hh // group])
         attn = np.concatenate(heads, -1) @ w[f"blk.{i}.attn_output.weight"].T
-        x = x + post_norm(attn, f"blk.{i}.post_attention_norm.weight")
+        x = x + residual * post_norm(attn, f"blk.{i}.post_attention_norm.weight")
         h = rms_norm(x, w[f"blk.{i}.ffn_norm.weight"], cfg.rms_eps)
         if cfg.n_expert:
             x = x + moe_ffn(
@@ -594,12 +613,14 @@ def reference_forward(
             layer_scales = (ffn_scales[0][i], ffn_scales[1][i]) if ffn_scales is not None else None
             kept = threshold_mask(cfg.act, gate, up, ffn_thresholds[0][i], ffn_thresholds[1][i], layer_scales)[1]
         traces.append(FfnTrace(activation=a, kept=kept))
-        x = x + post_norm(ffn_down(w, i, a * kept, use_down_t), f"blk.{i}.post_ffw_norm.weight")
+        x = x + residual * post_norm(ffn_down(w, i, a * kept, use_down_t), f"blk.{i}.post_ffw_norm.weight")
     x = rms_norm(x, w["output_norm.weight"], cfg.rms_eps)
     head = w["output.weight"] if "output.weight" in w else w["token_embd.weight"]
     logits = x @ head.T
     if cfg.logit_softcap:
         logits = cfg.logit_softcap * np.tanh(logits / cfg.logit_softcap)
+    if cfg.logit_scale:
+        logits = logits / cfg.logit_scale
     return logits, traces
 
 

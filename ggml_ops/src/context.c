@@ -431,14 +431,16 @@ static void fill_inputs(const ts_context *c, const ts_graph *g, const int32_t *t
     const int64_t n_embd_kv = (int64_t)in->n_head_kv * in->n_embd_head;
     const int64_t n_cells_all = (int64_t)c->n_seq * c->n_cells;
     memcpy(g->tokens->data, tokens, sizeof(int32_t) * (size_t)g->n_tokens);
-    int32_t *pos = g->pos->data;
+    int32_t *pos = g->pos != NULL ? g->pos->data : NULL;
     int64_t *k_rows = g->k_rows->data, *v_cells = g->v_cells->data;
     for (int32_t k = 0; k < g->n_groups; k++) {
         const ts_group *gr = &g->groups[k];
         for (int32_t i = 0; i < gr->n_tokens; i++) {
             const int32_t t = gr->first + i, p = c->n_past[gr->seq] + i;
             const int64_t cell = (int64_t)gr->seq * c->n_cells + p;
-            pos[t] = p;
+            if (pos != NULL) {
+                pos[t] = p;
+            }
             if (g->attn_temp != NULL) { /* in llama.cpp's float and double steps */
                 const double steps = floorf((float)p / (float)c->model->attn_temp_floor);
                 ((float *)g->attn_temp->data)[t] = (float)(log(steps + 1.0) * c->model->attn_temp_scale + 1.0);

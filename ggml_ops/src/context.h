@@ -29,7 +29,7 @@ typedef struct ts_ffn_trace {
 typedef struct ts_graph {
     struct ggml_cgraph *gf;
     struct ggml_tensor *tokens;  /* I32 [n_tokens] */
-    struct ggml_tensor *pos;     /* I32 [n_tokens] */
+    struct ggml_tensor *pos;     /* I32 [n_tokens], or NULL where no layer ropes */
     struct ggml_tensor *attn_temp; /* F32 [1, 1, n_tokens]: each token's query temperature (model.h: attn_temp_scale),
                                       or NULL */
     struct ggml_tensor *k_rows;  /* I64 [n_tokens]: the K cache row each token's keys go to */

@@ -18,13 +18,14 @@
 #define TS_KEY_SPLIT_NO "split.no"       /* this file's index among them, from 0 */
 #define TS_KEY_SPLIT_TENSORS_COUNT "split.tensors.count" /* the tensors of all of them */
 
-/* general.architecture values the loader runs: llama.cpp's llama, mistral3, phi3, smollm3, qwen2, qwen3, qwen3moe,
- * gemma2 and gemma3, PowerInfer's bamboo */
+/* general.architecture values the loader runs: llama.cpp's llama, mistral3, phi3, smollm3, granite, qwen2, qwen3,
+ * qwen3moe, gemma2 and gemma3, PowerInfer's bamboo */
 #define TS_ARCH_LLAMA "llama"
 #define TS_ARCH_BAMBOO "bamboo"
 #define TS_ARCH_MISTRAL3 "mistral3"
 #define TS_ARCH_PHI3 "phi3"
 #define TS_ARCH_SMOLLM3 "smollm3"
+#define TS_ARCH_GRANITE "granite"
 #define TS_ARCH_QWEN2 "qwen2"
 #define TS_ARCH_QWEN3 "qwen3"
 #define TS_ARCH_QWEN3MOE "qwen3moe"
@@ -52,6 +53,11 @@
 #define TS_ARCH_KEY_ROPE_SCALING_BETA_FAST "rope.scaling.yarn_beta_fast"
 #define TS_ARCH_KEY_ROPE_SCALING_BETA_SLOW "rope.scaling.yarn_beta_slow"
 #define TS_ARCH_KEY_TEMPERATURE_SCALE "attention.temperature_scale"
+#define TS_ARCH_KEY_ATTENTION_SCALE "attention.scale"
+#define TS_ARCH_KEY_EMBEDDING_SCALE "embedding_scale"
+#define TS_ARCH_KEY_RESIDUAL_SCALE "residual_scale"
+#define TS_ARCH_KEY_LOGIT_SCALE "logit_scale"
+#define TS_ARCH_KEY_ROPE_SCALING_FINETUNED "rope.scaling.finetuned"
 #define TS_ARCH_KEY_CAUSAL "attention.causal"
 #define TS_ARCH_KEY_EXPERT_COUNT "expert_count"
 #define TS_ARCH_KEY_EXPERT_USED_COUNT "expert_used_count"

@@ -52,6 +52,11 @@ static struct ggml_tensor *softcap(struct ggml_context *ctx0, struct ggml_tensor
     return ggml_scale(ctx0, ggml_tanh(ctx0, ggml_scale(ctx0, x, 1.0f / c)), c);
 }
 
+/* y times the model's residual_scale (granite), else y */
+static struct ggml_tensor *residual_scaled(const ts_model *m, struct ggml_context *ctx0, struct ggml_tensor *y) {
+    return m->residual_scale != 0.0f ? ggml_scale(ctx0, y, m->residual_scale) : y;
+}
+
 /* RMS-norms y with w where the layer has that norm (post_norms), else y */
 static struct ggml_tensor *post_norm(const ts_model *m, struct ggml_context *ctx0, struct ggml_tensor *y,
                                      struct ggml_tensor *w) {
@@ -84,7 +89,7 @@ static struct ggml_tensor *attention(const ts_context *ctx, struct ggml_context 
     q = rope(ctx, il, ctx0, q, g->pos);
     k = rope(ctx, il, ctx0, k, g->pos);
     /* Gemma and Phi-3 scale their queries after the rope and the softmax by 1 (llama.cpp's float order) */
-    const float kq_scale = m->q_scale > 0.0f ? 1.0f : 1.0f / sqrtf((float)hd);
+    const float kq_scale = m->q_scale > 0.0f ? 1.0f : m->kq_scale != 0.0f ? m->kq_scale : 1.0f / sqrtf((float)hd);
     if (m->q_scale > 0.0f) {
         q = ggml_scale(ctx0, q, m->q_scale);
     }
@@ -267,11 +272,14 @@ void ts_graph_build(ts_context *ctx, struct ggml_context *ctx0, ts_graph *g) {
     g->gf = gf;
 
     g->tokens = ggml_new_tensor_1d(ctx0, GGML_TYPE_I32, n_tokens);
-    g->pos = ggml_new_tensor_1d(ctx0, GGML_TYPE_I32, n_tokens);
+    g->pos = NULL; /* only where some layer ropes (an input nobody reads gets no memory) */
+    if (m->no_rope_step != 1) {
+        g->pos = ggml_new_tensor_1d(ctx0, GGML_TYPE_I32, n_tokens);
+        ggml_set_input(g->pos);
+    }
     g->k_rows = ggml_new_tensor_1d(ctx0, GGML_TYPE_I64, n_tokens);
     g->v_cells = ggml_new_tensor_1d(ctx0, GGML_TYPE_I64, n_embd_kv * n_tokens);
     ggml_set_input(g->tokens);
-    ggml_set_input(g->pos);
     ggml_set_input(g->k_rows);
     ggml_set_input(g->v_cells);
     g->attn_temp = NULL;
@@ -315,17 +323,20 @@ void ts_graph_build(ts_context *ctx, struct ggml_context *ctx0, ts_graph *g) {
             cur = ggml_get_rows(ctx0, cur, g->out_ids);
             x = ggml_get_rows(ctx0, x, g->out_ids);
         }
-        cur = post_norm(m, ctx0, cur, l->attn_post_norm);
+        cur = residual_scaled(m, ctx0, post_norm(m, ctx0, cur, l->attn_post_norm));
         struct ggml_tensor *ffn_inp = ggml_add(ctx0, cur, x); /* residual before the FFN norm */
         cur = rms_norm(ctx0, ffn_inp, l->ffn_norm, in->rms_eps);
         cur = ffn(ctx, ctx0, il, ffn_inp, cur, g->dense_ffn || g->trace != NULL, g->trace != NULL ? &g->trace[il] : NULL);
-        cur = post_norm(m, ctx0, cur, l->ffn_post_norm);
+        cur = residual_scaled(m, ctx0, post_norm(m, ctx0, cur, l->ffn_post_norm));
         x = ggml_add(ctx0, cur, ffn_inp);
     }
     x = rms_norm(ctx0, x, m->output_norm, in->rms_eps);
     g->logits = matmul_bias(ctx0, m->output, m->output_b, x);
     if (m->logit_softcap > 0.0f) {
         g->logits = softcap(ctx0, g->logits, m->logit_softcap);
+    }
+    if (m->logit_scale != 0.0f) { /* granite */
+        g->logits = ggml_scale(ctx0, g->logits, 1.0f / m->logit_scale);
     }
     ggml_set_output(g->logits);
     ggml_build_forward_expand(gf, g->logits);

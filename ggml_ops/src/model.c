@@ -81,19 +81,21 @@ typedef struct arch_spec {
     int32_t phi;         /* Phi-3's block (load_phi3): q, k, v and gate, up stacked; queries scaled after the rope;
                             a partial rope; rope factors for long and short contexts */
     int32_t no_rope_step; /* every no_rope_step-th layer attends unroped (SmolLM3's NoPE layers), or 0 */
+    int32_t granite;      /* Granite's scales (load_granite) */
 } arch_spec;
 
 static const arch_spec ARCHITECTURES[] = {
-    {TS_ARCH_LLAMA, GGML_ROPE_TYPE_NORMAL, 0, TS_FFN_SWIGLU, 0, 0, 0, 0},
-    {TS_ARCH_BAMBOO, GGML_ROPE_TYPE_NORMAL, 0, TS_FFN_DRELU, 0, 0, 0, 0},
-    {TS_ARCH_MISTRAL3, GGML_ROPE_TYPE_NORMAL, 0, TS_FFN_SWIGLU, 0, 1, 0, 0}, /* Ministral 3, Mistral Small 3.x */
-    {TS_ARCH_PHI3, GGML_ROPE_TYPE_NEOX, 0, TS_FFN_SWIGLU, 0, 0, 1, 0},      /* Phi-3, Phi-3.5, Phi-4 (mini) */
-    {TS_ARCH_SMOLLM3, GGML_ROPE_TYPE_NORMAL, 0, TS_FFN_SWIGLU, 0, 0, 0, 4}, /* llama's, every 4th layer unroped */
-    {TS_ARCH_QWEN2, GGML_ROPE_TYPE_NEOX, 0, TS_FFN_SWIGLU, 0, 0, 0, 0},
-    {TS_ARCH_QWEN3, GGML_ROPE_TYPE_NEOX, 1, TS_FFN_SWIGLU, 0, 0, 0, 0},
-    {TS_ARCH_QWEN3MOE, GGML_ROPE_TYPE_NEOX, 1, TS_FFN_SWIGLU, 0, 0, 0, 0}, /* Qwen3's attention, Mixtral's experts */
-    {TS_ARCH_GEMMA2, GGML_ROPE_TYPE_NEOX, 0, TS_FFN_GEGLU, 2, 0, 0, 0},
-    {TS_ARCH_GEMMA3, GGML_ROPE_TYPE_NEOX, 1, TS_FFN_GEGLU, 3, 0, 0, 0},
+    {TS_ARCH_LLAMA, GGML_ROPE_TYPE_NORMAL, 0, TS_FFN_SWIGLU, 0, 0, 0, 0, 0},
+    {TS_ARCH_BAMBOO, GGML_ROPE_TYPE_NORMAL, 0, TS_FFN_DRELU, 0, 0, 0, 0, 0},
+    {TS_ARCH_MISTRAL3, GGML_ROPE_TYPE_NORMAL, 0, TS_FFN_SWIGLU, 0, 1, 0, 0, 0}, /* Ministral 3, Mistral Small 3.x */
+    {TS_ARCH_PHI3, GGML_ROPE_TYPE_NEOX, 0, TS_FFN_SWIGLU, 0, 0, 1, 0, 0},      /* Phi-3, Phi-3.5, Phi-4 (mini) */
+    {TS_ARCH_SMOLLM3, GGML_ROPE_TYPE_NORMAL, 0, TS_FFN_SWIGLU, 0, 0, 0, 4, 0}, /* llama's, every 4th layer unroped */
+    {TS_ARCH_GRANITE, GGML_ROPE_TYPE_NORMAL, 0, TS_FFN_SWIGLU, 0, 0, 0, 0, 1}, /* IBM Granite 3.x: llama's, scaled */
+    {TS_ARCH_QWEN2, GGML_ROPE_TYPE_NEOX, 0, TS_FFN_SWIGLU, 0, 0, 0, 0, 0},
+    {TS_ARCH_QWEN3, GGML_ROPE_TYPE_NEOX, 1, TS_FFN_SWIGLU, 0, 0, 0, 0, 0},
+    {TS_ARCH_QWEN3MOE, GGML_ROPE_TYPE_NEOX, 1, TS_FFN_SWIGLU, 0, 0, 0, 0, 0}, /* Qwen3's attention, Mixtral's experts */
+    {TS_ARCH_GEMMA2, GGML_ROPE_TYPE_NEOX, 0, TS_FFN_GEGLU, 2, 0, 0, 0, 0},
+    {TS_ARCH_GEMMA3, GGML_ROPE_TYPE_NEOX, 1, TS_FFN_GEGLU, 3, 0, 0, 0, 0},
 };
 
 static const arch_spec *find_arch(const char *name) {
@@ -365,6 +367,33 @@ static int split_stacked(ts_model *m, int32_t phi, char *err, size_t err_size) {
     return 0;
 }
 
+/*
+ * granite (IBM Granite 3.x), as llama.cpp reads it: token embeddings times embedding_scale, attention scores times
+ * attention.scale (each 1/sqrt(head size) when absent or 0), the attention's and FFN's outputs times residual_scale
+ * before their residual adds (none when absent), logits divided by logit_scale (required); no rope at all where
+ * rope.scaling.finetuned is false. Experts (granitemoe's shared ones) are not supported.
+ */
+static int load_granite(ts_model *m, char *err, size_t err_size) {
+    int64_t roped = 1;
+    if (get_arch_f32(m, TS_ARCH_KEY_EMBEDDING_SCALE, &m->embd_scale, 0, err, err_size) < 0 ||
+        get_arch_f32(m, TS_ARCH_KEY_ATTENTION_SCALE, &m->kq_scale, 0, err, err_size) < 0 ||
+        get_arch_f32(m, TS_ARCH_KEY_RESIDUAL_SCALE, &m->residual_scale, 0, err, err_size) < 0 ||
+        get_arch_f32(m, TS_ARCH_KEY_LOGIT_SCALE, &m->logit_scale, 1, err, err_size) != 0 ||
+        get_arch_i64(m, TS_ARCH_KEY_ROPE_SCALING_FINETUNED, &roped, 0, err, err_size) < 0) {
+        return -1;
+    }
+    if (!isfinite(m->embd_scale) || !isfinite(m->kq_scale) || !isfinite(m->residual_scale) ||
+        !isfinite(m->logit_scale) || m->logit_scale == 0.0f) {
+        return ts_set_error(err, err_size, "%s: %s's embedding_scale, attention.scale and residual_scale must be finite, "
+                            "logit_scale finite and not 0", m->file->path, m->arch);
+    }
+    if (m->info.n_expert > 0) {
+        return ts_set_error(err, err_size, "%s: a granite file with experts is not supported", m->file->path);
+    }
+    m->no_rope_step = roped ? 0 : 1; /* every layer unroped */
+    return 0;
+}
+
 /* A soft-capping key (absent: `fallback`), finite and >= 0, 0 meaning no cap; or > 0 where `required_cap` (Gemma 2,
  * whose caps llama.cpp divides by whatever they are). */
 static int load_softcap(const ts_model *m, const char *suffix, float fallback, int required_cap, float *out, char *err,
@@ -524,8 +553,8 @@ static int load_hparams(ts_model *m, char *err, size_t err_size) {
     if (arch == NULL) {
         return ts_set_error(err, err_size,
                             "%s: unsupported architecture '%s' (general.architecture): turbosparse runs llama-family "
-                            "backbones ('llama', 'mistral3', 'phi3', 'smollm3', 'qwen2', 'qwen3', 'qwen3moe', "
-                            "'gemma2', 'gemma3', PowerInfer's 'bamboo')",
+                            "backbones ('llama', 'mistral3', 'phi3', 'smollm3', 'granite', 'qwen2', 'qwen3', "
+                            "'qwen3moe', 'gemma2', 'gemma3', PowerInfer's 'bamboo')",
                             m->file->path, m->arch);
     }
     m->rope_type = arch->rope_type;
@@ -650,6 +679,7 @@ static int load_hparams(ts_model *m, char *err, size_t err_size) {
     const char *const rope_freqs[] = {TS_TENSOR_ROPE_FREQS}; /* smollm3 ropes without factors */
     if ((arch->yarn_keys && load_temperature(m, err, err_size) != 0) || (arch->phi && load_phi3(m, err, err_size) != 0) ||
         (arch->no_rope_step && refuse_tensors(m, rope_freqs, 1, err, err_size) != 0) ||
+        (arch->granite && load_granite(m, err, err_size) != 0) ||
         split_stacked(m, arch->phi, err, err_size) != 0) {
         return -1;
     }

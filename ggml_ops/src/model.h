@@ -74,6 +74,10 @@ struct ts_model {
     float rope_freq_base_swa, rope_freq_scale_swa; /* the rope of the layers with swa set */
     float attn_softcap;      /* attention scores = c tanh(scores / c) before the softmax; 0: none */
     float logit_softcap;     /* logits = c tanh(logits / c); 0: none */
+    /* granite (all 0 elsewhere; embd_scale above is its embedding_scale too) */
+    float kq_scale;          /* attention scores times this; 0: 1/sqrt(head size) (or 1 with q_scale) */
+    float residual_scale;    /* the attention's and FFN's outputs times this before their residual adds; 0: none */
+    float logit_scale;       /* logits divided by this; 0: none */
     ggml_fp16_t *gelu_f16;   /* [65536] GELU of every F16 value (TS_FFN_GEGLU), or NULL */
 
     ggml_backend_dev_t device;         /* where the weights live (device.h) */

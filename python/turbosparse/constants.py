@@ -8,6 +8,8 @@ from __future__ import annotations
 from typing import Final
 
 ARCHITECTURE: Final = "llama"  # general.architecture of every backbone we write (Llama, Mistral, bamboo)
+# the dense families the engine runs (and calibrate makes sparse) that the Llama-only training code does not take
+OTHER_DENSE_FAMILIES: Final = "Mistral 3, Phi-3 and 4, SmolLM3, Granite, Qwen2, Qwen3, Gemma 2 and 3"
 FORMAT_VERSION: Final = 1
 
 # ---- metadata keys ---------------------------------------------------------------------------------
