@@ -162,9 +162,10 @@ def test_phi3_matches_reference(tmp_path: Path, long_context: bool) -> None:
 
 @pytest.mark.parametrize("roped", [True, False], ids=["roped", "unroped"])
 def test_granite_matches_reference(tmp_path: Path, roped: bool) -> None:
-    """Granite's multipliers, and its rope turned off (rope.scaling.finetuned false: no position input at all)."""
-    cfg = TinyConfig(arch="granite", embedding_scale=2.0, attention_scale=0.5, residual_scale=0.6, logit_scale=4.0,
-                     no_rope_step=0 if roped else 1)  # fmt: skip
+    """Granite's multipliers (a negative one too: llama.cpp applies any but 0), and its rope turned off
+    (rope.scaling.finetuned false: no position input at all)."""
+    cfg = TinyConfig(arch="granite", embedding_scale=2.0 if roped else -2.0, attention_scale=0.5, residual_scale=0.6,
+                     logit_scale=4.0, no_rope_step=0 if roped else 1)  # fmt: skip
     stored = write_gguf(tmp_path / "m.gguf", cfg, random_weights(cfg, seed=5))
     toks = tokens(cfg, 30)
     ref = reference_logits(cfg, stored, toks)

@@ -86,6 +86,9 @@ def test_an_unroped_granite_and_a_file_without_its_logit_scale(granite, tokens: 
     scaled = rewritten(path, tmp_path / "zero.gguf", keys={"granite.logit_scale": (0.0, gguf.GGUFValueType.FLOAT32)})
     with pytest.raises(ModelLoadError, match="logit_scale finite and not 0"):
         NativeModel(scaled)
+    biased = rewritten(path, tmp_path / "biased.gguf", tensors={"output.bias": np.ones(VOCAB, dtype=np.float32)})
+    with pytest.raises(ModelLoadError, match=r"tensor 'output\.bias' in a granite file"):  # llama.cpp refuses it too
+        NativeModel(biased)
 
 
 def test_training_refuses_it_rather_than_load_it_as_llama(granite) -> None:

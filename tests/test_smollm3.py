@@ -4,6 +4,7 @@ engine, densely and in exact mode with the thresholds `turbosparse calibrate` pi
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import gguf
@@ -70,12 +71,16 @@ def test_logits_are_llama_cpps_and_the_references(smollm3, tokens: list[int], tm
     assert Model(tmp_path / "calibrated.gguf", n_threads=2, n_ctx=128).sparse_name == "exact"
 
 
-def test_rope_factors_are_refused_by_name(smollm3, tmp_path: Path) -> None:
-    """llama.cpp's smollm3 ropes without factors and refuses a file with rope_freqs."""
+@pytest.mark.parametrize(
+    ("name", "size"),
+    [("rope_freqs.weight", 8), ("rope_factors_long.weight", 8), ("output.bias", VOCAB), ("blk.1.ffn_down.bias", 64)],
+)
+def test_tensors_llama_cpp_refuses_are_refused_by_name(smollm3, tmp_path: Path, name: str, size: int) -> None:
+    """llama.cpp's smollm3 ropes without factors and has no biases: it refuses a file with any (so do we)."""
     _, path = smollm3
-    factors = rewritten(path, tmp_path / "factors.gguf", tensors={"rope_freqs.weight": np.ones(8, dtype=np.float32)})
-    with pytest.raises(ModelLoadError, match=r"tensor 'rope_freqs\.weight' in a smollm3 file"):
-        NativeModel(factors)
+    extra = rewritten(path, tmp_path / "extra.gguf", tensors={name: np.ones(size, dtype=np.float32)})
+    with pytest.raises(ModelLoadError, match=rf"tensor '{re.escape(name)}' in a smollm3 file"):
+        NativeModel(extra)
 
 
 def test_training_refuses_it_rather_than_load_it_as_llama(smollm3) -> None:

@@ -307,6 +307,12 @@ def read_gguf(path: Path) -> tuple[TinyConfig, dict[str, np.ndarray], dict[str, 
     assert scaling in ("none", "linear", "yarn"), scaling
     factor = 1.0 if scaling == "none" else optional("rope.scaling.factor", 0.0) or 1.0
     orig_ctx = optional("rope.scaling.original_context_length", 0) or key("context_length")
+    granite = arch == "granite"  # its multipliers, and its rope switched off by rope.scaling.finetuned false
+    granite_scales = {field: optional(name, 0.0) if granite else 0.0 for field, name in (
+        ("embedding_scale", "embedding_scale"), ("attention_scale", "attention.scale"),
+        ("residual_scale", "residual_scale"), ("logit_scale", "logit_scale"))}  # fmt: skip
+    unroped = granite and optional("rope.scaling.finetuned", True) is False
+    no_rope_step = 4 if arch == "smollm3" else 1 if unroped else 0
     cfg = TinyConfig(n_vocab=len(reader.get_field("tokenizer.ggml.tokens").data), n_embd=key("embedding_length"),
                      n_layer=key("block_count"), n_head=key("attention.head_count"),
                      n_head_kv=key("attention.head_count_kv"), n_ff=key("feed_forward_length"),
@@ -326,11 +332,7 @@ def read_gguf(path: Path) -> tuple[TinyConfig, dict[str, np.ndarray], dict[str, 
                      attn_temp_scale=optional("attention.temperature_scale", 0.0) if arch == "mistral3" else 0.0,
                      attn_temp_floor=orig_ctx, n_rot=optional("rope.dimension_count", 0),
                      rope_attn_factor=optional("rope.scaling.attn_factor", 1.0),
-                     no_rope_step=4 if arch == "smollm3" else 1 if optional("rope.scaling.finetuned", True) is False
-                     else 0, embedding_scale=optional("embedding_scale", 0.0) if arch == "granite" else 0.0,
-                     attention_scale=optional("attention.scale", 0.0) if arch == "granite" else 0.0,
-                     residual_scale=optional("residual_scale", 0.0) if arch == "granite" else 0.0,
-                     logit_scale=optional("logit_scale", 0.0) if arch == "granite" else 0.0)  # fmt: skip
+                     no_rope_step=no_rope_step, **granite_scales)  # fmt: skip
     weights = {
         t.name: gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32).reshape(np.flip(t.shape))
         for t in reader.tensors

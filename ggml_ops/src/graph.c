@@ -311,7 +311,7 @@ void ts_graph_build(ts_context *ctx, struct ggml_context *ctx0, ts_graph *g) {
     }
 
     struct ggml_tensor *x = ggml_get_rows(ctx0, m->tok_embd, g->tokens); /* [n_embd, T] */
-    if (m->embd_scale > 0.0f) {
+    if (m->embd_scale != 0.0f) {
         x = ggml_scale(ctx0, x, m->embd_scale);
     }
     for (int il = 0; il < in->n_layer; il++) {

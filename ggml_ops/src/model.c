@@ -308,13 +308,19 @@ static int load_temperature(ts_model *m, char *err, size_t err_size) {
     return 0;
 }
 
-/* -1 (err set) where the file has one of the n tensors `names`, which llama.cpp's graph of its architecture never
- * reads (it refuses such a file: more tensors than it loads) */
+static const ts_gguf_tensor *find_layer_tensor(const ts_model *m, const char *fmt, int layer);
+
+/* -1 (err set) where the file has one of the n tensors `names` (a per-layer name: in any layer), which llama.cpp's
+ * graph of its architecture never reads (it refuses such a file: more tensors than it loads) */
 static int refuse_tensors(const ts_model *m, const char *const *names, int n, char *err, size_t err_size) {
     for (int i = 0; i < n; i++) {
-        if (ts_gguf_find_tensor(m->file, names[i]) != NULL) {
-            return ts_set_error(err, err_size, "%s: tensor '%s' in a %s file: llama.cpp's %s has none (it refuses the "
-                                "file)", m->file->path, names[i], m->arch, m->arch);
+        const int per_layer = strstr(names[i], "%d") != NULL;
+        for (int il = 0; il < (per_layer ? m->info.n_layer : 1); il++) {
+            const ts_gguf_tensor *t = find_layer_tensor(m, names[i], il);
+            if (t != NULL) {
+                return ts_set_error(err, err_size, "%s: tensor '%s' in a %s file: llama.cpp's %s has none (it refuses "
+                                    "the file)", m->file->path, t->name, m->arch, m->arch);
+            }
         }
     }
     return 0;
@@ -676,10 +682,15 @@ static int load_hparams(ts_model *m, char *err, size_t err_size) {
         load_predictor_input(m, err, err_size) != 0 || load_rope(m, arch->yarn_keys, err, err_size) != 0) {
         return -1;
     }
-    const char *const rope_freqs[] = {TS_TENSOR_ROPE_FREQS}; /* smollm3 ropes without factors */
+    /* smollm3 ropes without factors and has no biases; granite neither reads rope factors (but rope_freqs) nor an
+       output bias */
+    const char *const smollm3_none[] = {TS_TENSOR_ROPE_FREQS, TS_TENSOR_ROPE_FACTORS_LONG, TS_TENSOR_ROPE_FACTORS_SHORT,
+                                        TS_TENSOR_OUTPUT_BIAS, TS_TENSOR_ATTN_OUTPUT_BIAS, TS_TENSOR_FFN_GATE_BIAS,
+                                        TS_TENSOR_FFN_UP_BIAS, TS_TENSOR_FFN_DOWN_BIAS};
+    const char *const granite_none[] = {TS_TENSOR_ROPE_FACTORS_LONG, TS_TENSOR_ROPE_FACTORS_SHORT, TS_TENSOR_OUTPUT_BIAS};
     if ((arch->yarn_keys && load_temperature(m, err, err_size) != 0) || (arch->phi && load_phi3(m, err, err_size) != 0) ||
-        (arch->no_rope_step && refuse_tensors(m, rope_freqs, 1, err, err_size) != 0) ||
-        (arch->granite && load_granite(m, err, err_size) != 0) ||
+        (arch->no_rope_step && refuse_tensors(m, smollm3_none, 8, err, err_size) != 0) ||
+        (arch->granite && (refuse_tensors(m, granite_none, 3, err, err_size) != 0 || load_granite(m, err, err_size) != 0)) ||
         split_stacked(m, arch->phi, err, err_size) != 0) {
         return -1;
     }

@@ -66,7 +66,7 @@ struct ts_model {
     int32_t attn_temp_floor;
     /* Gemma 2 and 3 (all 0 elsewhere) */
     int32_t post_norms;      /* attention and FFN outputs RMS-normed before their residual adds */
-    float embd_scale;        /* token embeddings times this (sqrt(n_embd)); 0: as stored */
+    float embd_scale;        /* token embeddings times this (sqrt(n_embd); granite's embedding_scale); 0: as stored */
     float q_scale;           /* queries times this before attention, which then scales by 1; 0: 1/sqrt(head size)
                                 (also phi3's) */
     int32_t n_swa;           /* sliding window of the layers with swa set; 0: every layer attends to all */
