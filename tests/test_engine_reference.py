@@ -56,6 +56,16 @@ def tokens(cfg: TinyConfig, n: int, seed: int = 0) -> list[int]:
     return [int(t) for t in np.random.default_rng(seed).integers(0, cfg.n_vocab, n)]
 
 
+def assert_prompt_and_steps_are(path: Path, toks: list[int], ref: np.ndarray, bound: float) -> None:
+    """The model at path gives ref's logits within bound (absolute), as the prompt's batch and token by token through
+    the KV cache."""
+    ctx = context(path)
+    assert np.abs(ctx.eval(toks, dense_ffn=True, logits_all=True) - ref).max() <= bound
+    ctx.truncate(0)
+    steps = np.stack([ctx.eval([t], dense_ffn=True, logits_all=False) for t in toks])
+    assert np.abs(steps - ref).max() <= bound
+
+
 @pytest.mark.parametrize("act", ["swiglu", "reglu", "drelu"])
 @pytest.mark.parametrize("tied", [False, True], ids=["output", "tied"])
 def test_f32_matches_reference(tmp_path: Path, act: str, tied: bool) -> None:
@@ -130,11 +140,7 @@ def test_mistral3_matches_reference(tmp_path: Path) -> None:
     stored = write_gguf(tmp_path / "m.gguf", cfg, random_weights(cfg, seed=5))
     toks = tokens(cfg, 60)
     ref = reference_logits(cfg, stored, toks)
-    ctx = context(tmp_path / "m.gguf")
-    assert np.abs(ctx.eval(toks, dense_ffn=True, logits_all=True) - ref).max() <= TOLERANCE[Q.F32] * ref.std()
-    ctx.truncate(0)
-    steps = np.stack([ctx.eval([t], dense_ffn=True, logits_all=False) for t in toks])
-    assert np.abs(steps - ref).max() <= TOLERANCE[Q.F32] * ref.std()
+    assert_prompt_and_steps_are(tmp_path / "m.gguf", toks, ref, TOLERANCE[Q.F32] * ref.std())
     for change in ({"attn_temp_scale": 0.0}, {"yarn_betas": (32.0, 1.0)}, {"yarn_log_mul": 0.0}, {"yarn_orig_ctx": 0}):
         changed = reference_logits(TinyConfig(**{**cfg.__dict__, **change}), stored, toks)
         assert np.abs(changed - ref).max() > 100 * TOLERANCE[Q.F32] * ref.std(), change
@@ -150,11 +156,7 @@ def test_phi3_matches_reference(tmp_path: Path, long_context: bool) -> None:
     assert "blk.0.attn_qkv.weight" in {t.name for t in gguf.GGUFReader(tmp_path / "m.gguf").tensors}
     toks = tokens(cfg, 40)
     ref = reference_logits(cfg, stored, toks)
-    ctx = context(tmp_path / "m.gguf")
-    assert np.abs(ctx.eval(toks, dense_ffn=True, logits_all=True) - ref).max() <= TOLERANCE[Q.F32] * ref.std()
-    ctx.truncate(0)
-    steps = np.stack([ctx.eval([t], dense_ffn=True, logits_all=False) for t in toks])
-    assert np.abs(steps - ref).max() <= TOLERANCE[Q.F32] * ref.std()
+    assert_prompt_and_steps_are(tmp_path / "m.gguf", toks, ref, TOLERANCE[Q.F32] * ref.std())
     for change in ({"rope_long": not long_context}, {"rope_attn_factor": 1.0}):
         changed = reference_logits(TinyConfig(**{**cfg.__dict__, **change}), stored, toks)
         assert np.abs(changed - ref).max() > 100 * TOLERANCE[Q.F32] * ref.std(), change
@@ -169,11 +171,7 @@ def test_granite_matches_reference(tmp_path: Path, roped: bool) -> None:
     stored = write_gguf(tmp_path / "m.gguf", cfg, random_weights(cfg, seed=5))
     toks = tokens(cfg, 30)
     ref = reference_logits(cfg, stored, toks)
-    ctx = context(tmp_path / "m.gguf")
-    assert np.abs(ctx.eval(toks, dense_ffn=True, logits_all=True) - ref).max() <= TOLERANCE[Q.F32] * ref.std()
-    ctx.truncate(0)
-    steps = np.stack([ctx.eval([t], dense_ffn=True, logits_all=False) for t in toks])
-    assert np.abs(steps - ref).max() <= TOLERANCE[Q.F32] * ref.std()
+    assert_prompt_and_steps_are(tmp_path / "m.gguf", toks, ref, TOLERANCE[Q.F32] * ref.std())
 
 
 GEMMA = {  # 7 layers: the sliding ones and the global ones (every 2nd in Gemma 2, every 6th in Gemma 3)
@@ -200,11 +198,7 @@ def test_gemma_matches_reference(tmp_path: Path, arch: str) -> None:
     stored = write_gguf(tmp_path / "m.gguf", cfg, random_weights(cfg, seed=5))
     toks = tokens(cfg, 40)
     ref = reference_logits(cfg, stored, toks)
-    ctx = context(tmp_path / "m.gguf")
-    assert np.abs(ctx.eval(toks, dense_ffn=True, logits_all=True) - ref).max() <= GEGLU_TOLERANCE * np.abs(ref).max()
-    ctx.truncate(0)
-    steps = np.stack([ctx.eval([t], dense_ffn=True, logits_all=False) for t in toks])
-    assert np.abs(steps - ref).max() <= GEGLU_TOLERANCE * np.abs(ref).max()
+    assert_prompt_and_steps_are(tmp_path / "m.gguf", toks, ref, GEGLU_TOLERANCE * np.abs(ref).max())
     assert differs(cfg, stored, toks, ref, n_swa=10**6) and differs(cfg, stored, toks, ref, logit_softcap=0.0)
     assert differs(cfg, stored, toks, ref, rope_base=1e4)  # gemma2: every layer's; gemma3: the global layer's
     if arch == "gemma2":

