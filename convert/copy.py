@@ -16,18 +16,12 @@ from turbosparse.constants import KEY_FORMAT_VERSION
 from turbosparse.convert.arch.base import ROLE_MATRIX, TensorSpec
 from turbosparse.convert.writer import add_turbosparse_keys, write_gguf
 from turbosparse.errors import ConvertError
-from turbosparse.gguf_reader import SPLIT_COUNT, SPLIT_NO, SPLIT_TENSORS_COUNT, read_splits
+from turbosparse.gguf_reader import SPLIT_COUNT, SPLIT_NO, SPLIT_TENSORS_COUNT, read_model
 
 # written by the writer itself (header counts, architecture, alignment of its own data section), and a split model's
 # (its copy is one file)
 _WRITER_KEYS = ("GGUF.version", "GGUF.tensor_count", "GGUF.kv_count", "general.architecture", "general.alignment",
                 SPLIT_COUNT, SPLIT_NO, SPLIT_TENSORS_COUNT)  # fmt: skip
-
-
-def open_model(path: Path) -> tuple[gguf.GGUFReader, list[gguf.ReaderTensor]]:
-    """The reader of the model's (first) file, whose keys are the model's, and the tensors of all its files."""
-    readers = read_splits(path, ConvertError)
-    return readers[0], [t for r in readers for t in r.tensors]
 
 
 def architecture(reader: gguf.GGUFReader, path: Path) -> str:
@@ -74,7 +68,7 @@ def copy_with_keys(
     src, out = Path(src), Path(out)
     if src.resolve() == out.resolve():
         raise ConvertError(f"{src}: writing into the input file itself")
-    reader, tensors = open_model(src)
+    reader, tensors = read_model(src, ConvertError)
     arch = architecture(reader, src)
     specs, types = [], []
     for t in tensors:

@@ -33,7 +33,7 @@ from turbosparse.convert.arch.base import (
     ROLE_ROUTER,
     TensorSpec,
 )
-from turbosparse.convert.copy import architecture, copy_fields, open_model
+from turbosparse.convert.copy import architecture, copy_fields
 from turbosparse.convert.imatrix import (
     KEY_QUANTIZE_CHUNKS,
     KEY_QUANTIZE_DATASET,
@@ -47,6 +47,7 @@ from turbosparse.convert.neuron_order import neuron_axis, stores_quantization_or
 from turbosparse.convert.quant_policy import QuantPolicy, file_type
 from turbosparse.convert.writer import write_gguf
 from turbosparse.errors import ConvertError
+from turbosparse.gguf_reader import read_model
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +114,7 @@ def requantize(
 ) -> Path:
     if src.resolve() == Path(out).resolve():
         raise ConvertError(f"{src}: re-quantizing into the input file itself")
-    reader, tensors = open_model(src)
+    reader, tensors = read_model(src, ConvertError)
     arch = architecture(reader, src)
     names = {t.name for t in tensors}
     policy = QuantPolicy.from_names(outtype, pred_type, tied="output.weight" not in names)

@@ -305,9 +305,8 @@ def assert_engine_is_the_checkpoint(
     TORCH_TOLERANCE of transformers', as the numpy reference's are, which moves past 10x that when any of features
     (TinyConfig fields changed, by name) is changed; exact mode with calibrate's thresholds (a copy in out) is the
     reference with the same neurons skipped. Returns llama.cpp's logits."""
-    from turbosparse import Model
 
-    from tinymodel import TinyConfig, calibrated_exact_logits, read_gguf, reference_logits
+    from tinymodel import TinyConfig, read_gguf, reference_logits
 
     theirs = assert_logits_are_llama_cpps(path, tokens)
     want = model_logits(model, tokens)
@@ -317,10 +316,24 @@ def assert_engine_is_the_checkpoint(
     for name, change in features.items():
         changed = TinyConfig(**{**cfg.__dict__, **change})
         assert rel_error(reference_logits(changed, weights, tokens), want) > 10 * TORCH_TOLERANCE, name
-    ours, reference = calibrated_exact_logits(path, tokens, out / "calibrated.gguf")
-    assert rel_error(ours, reference) <= TORCH_TOLERANCE
-    assert Model(out / "calibrated.gguf", n_threads=2, n_ctx=128).sparse_name == "exact"
+    assert_exact_mode_is_the_references(path, tokens, out / "calibrated.gguf", want)
     return theirs
+
+
+def assert_exact_mode_is_the_references(path: Path, tokens: list[int], out: Path, dense: np.ndarray):
+    """`turbosparse calibrate`'s thresholds for path (written to out), decoded in exact mode: the numpy reference's
+    logits with the same neurons skipped, which are not the dense logits (dense: transformers'); the copy loads in
+    exact mode. Returns it as a Model."""
+    from turbosparse import Model
+
+    from tinymodel import calibrated_exact_logits
+
+    ours, reference = calibrated_exact_logits(path, tokens, out)
+    assert rel_error(ours, reference) <= TORCH_TOLERANCE
+    assert rel_error(reference, dense) > 10 * TORCH_TOLERANCE  # neurons were skipped: not the dense logits
+    model = Model(out, n_threads=2, n_ctx=128)
+    assert model.sparse_name == "exact"
+    return model
 
 
 def convert_with_llama_cpp(hf_dir: Path, out: Path, outtype: str = "f32") -> Path:

@@ -20,13 +20,14 @@ from turbosparse.binding import FfnActivation, gelu
 
 from hfcheckpoints import (
     SPM_VOCAB,
+    assert_exact_mode_is_the_references,
     assert_logits_are_llama_cpps,
     convert_with_llama_cpp,
     copy_tokenizer,
     gemma_model,
     train_sentencepiece,
 )
-from tinymodel import calibrated_exact_logits, read_gguf, reference_logits
+from tinymodel import read_gguf, reference_logits
 
 VOCAB = SPM_VOCAB
 TOLERANCE = 1e-3  # x max |logit|, F32 files (llama.cpp's own bound against transformers: test_mixtral.py)
@@ -97,12 +98,8 @@ def test_exact_mode_with_calibrated_thresholds_is_the_references(gemma, tokens: 
     """`turbosparse calibrate`'s thresholds on a gemma file, decoded in exact mode: the numpy reference's logits with
     the same neurons skipped (the sparse kernels' GELU is ggml's, through F16, as the reference's)."""
     hf, path = gemma
-    out = tmp_path / "calibrated.gguf"
-    ours, want = calibrated_exact_logits(path, tokens, out)
-    assert rel_error(ours, want) <= TOLERANCE
-    assert rel_error(want, torch_logits(hf, tokens)) > 10 * TOLERANCE  # neurons were skipped: not the dense logits
-    model = Model(out, n_threads=2, n_ctx=128)
-    assert model.sparse_name == "exact" and model.info.ffn_act == FfnActivation.GEGLU
+    model = assert_exact_mode_is_the_references(path, tokens, tmp_path / "calibrated.gguf", torch_logits(hf, tokens))
+    assert model.info.ffn_act == FfnActivation.GEGLU
 
 
 def test_predictor_mode_is_refused(gemma) -> None:

@@ -19,6 +19,7 @@ from turbosparse.predictor_train.modeling import load_causal_lm
 from hfcheckpoints import (
     SPM_VOCAB,
     TORCH_TOLERANCE,
+    assert_exact_mode_is_the_references,
     assert_logits_are_llama_cpps,
     converted,
     ministral3_model,
@@ -26,7 +27,7 @@ from hfcheckpoints import (
     rel_error,
     rewritten,
 )
-from tinymodel import calibrated_exact_logits, read_gguf, reference_logits
+from tinymodel import read_gguf, reference_logits
 
 VOCAB = SPM_VOCAB + 8
 F32 = gguf.GGUFValueType.FLOAT32
@@ -96,11 +97,7 @@ def test_the_reference_and_exact_mode_with_calibrated_thresholds(ministral3, tok
     assert rel_error(reference_logits(cfg, weights, tokens), want) <= TORCH_TOLERANCE
     assert rel_error(reference_logits(cfg.__class__(**{**cfg.__dict__, "attn_temp_scale": 0.0}), weights, tokens),
                      want) > 10 * TORCH_TOLERANCE  # fmt: skip
-    out = tmp_path / "calibrated.gguf"
-    ours, reference = calibrated_exact_logits(path, tokens, out)
-    assert rel_error(ours, reference) <= TORCH_TOLERANCE
-    assert rel_error(reference, want) > 10 * TORCH_TOLERANCE  # neurons were skipped: not the dense logits
-    assert Model(out, n_threads=2, n_ctx=128).sparse_name == "exact"
+    assert_exact_mode_is_the_references(path, tokens, tmp_path / "calibrated.gguf", want)
 
 
 @pytest.mark.parametrize(

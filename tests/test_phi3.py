@@ -19,6 +19,7 @@ from turbosparse.predictor_train.modeling import load_causal_lm
 from hfcheckpoints import (
     SPM_VOCAB,
     TORCH_TOLERANCE,
+    assert_exact_mode_is_the_references,
     assert_logits_are_llama_cpps,
     convert_with_llama_cpp,
     converted,
@@ -27,7 +28,7 @@ from hfcheckpoints import (
     rel_error,
     rewritten,
 )
-from tinymodel import calibrated_exact_logits, read_gguf, reference_logits
+from tinymodel import read_gguf, reference_logits
 
 VOCAB = SPM_VOCAB + 8
 
@@ -69,11 +70,7 @@ def test_the_reference_and_exact_mode_with_calibrated_thresholds(phi3, tmp_path:
     toks = tokens(40)
     want = model_logits(model, toks)
     assert rel_error(reference_logits(cfg, weights, toks), want) <= TORCH_TOLERANCE
-    out = tmp_path / "calibrated.gguf"
-    ours, reference = calibrated_exact_logits(path, toks, out)
-    assert rel_error(ours, reference) <= TORCH_TOLERANCE
-    assert rel_error(reference, want) > 10 * TORCH_TOLERANCE  # neurons were skipped: not the dense logits
-    assert Model(out, n_threads=2, n_ctx=128).sparse_name == "exact"
+    assert_exact_mode_is_the_references(path, toks, tmp_path / "calibrated.gguf", want)
 
 
 def test_what_llama_cpp_reads_of_a_phi3_file_beyond_the_converters(phi3, tmp_path: Path) -> None:

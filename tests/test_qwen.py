@@ -25,6 +25,7 @@ from turbosparse.predictor_train.modeling import load_causal_lm
 
 from hfcheckpoints import (
     SPM_VOCAB,
+    assert_exact_mode_is_the_references,
     assert_logits_are_llama_cpps,
     convert_with_llama_cpp,
     copy_tokenizer,
@@ -34,7 +35,7 @@ from hfcheckpoints import (
     smollm2_tokenizer,
     train_sentencepiece,
 )
-from tinymodel import TinyConfig, calibrated_exact_logits, random_weights, read_gguf, reference_logits, write_gguf
+from tinymodel import TinyConfig, random_weights, read_gguf, reference_logits, write_gguf
 
 VOCAB = SPM_VOCAB + 8
 TOLERANCE = 1e-3  # x max |logit|, F32 files (llama.cpp's own bound against transformers: test_mixtral.py)
@@ -83,11 +84,7 @@ def test_exact_mode_with_calibrated_thresholds_is_the_references(qwen, tokens: l
     with torch.no_grad():
         torch_logits = hf(torch.tensor([tokens])).logits[0].numpy()
     assert rel_error(reference_logits(cfg, weights, tokens), torch_logits) <= TOLERANCE
-    out = tmp_path / "calibrated.gguf"
-    ours, want = calibrated_exact_logits(path, tokens, out)
-    assert rel_error(ours, want) <= TOLERANCE
-    assert rel_error(want, torch_logits) > 10 * TOLERANCE  # neurons were skipped: not the dense logits
-    assert Model(out, n_threads=2, n_ctx=128).sparse_name == "exact"
+    assert_exact_mode_is_the_references(path, tokens, tmp_path / "calibrated.gguf", torch_logits)
 
 
 def llama_cpp_logits(path: Path, tokens: list[int], n_ctx: int = 128) -> np.ndarray:

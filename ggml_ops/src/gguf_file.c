@@ -465,6 +465,9 @@ static int gather_shard_tensors(ts_gguf_file *f, char *err, size_t err_size) {
     return rc;
 }
 
+/* how llama.cpp names file k (from 1) of a model split into n: PREFIX + this */
+#define SPLIT_SUFFIX "-%05d-of-%05d.gguf"
+
 /* f is the first file of a split model (or a whole one: nothing to do): the others opened, checked and their tensors
  * gathered, as llama.cpp's loader does. */
 static int open_shards(ts_gguf_file *f, char *err, size_t err_size) {
@@ -487,7 +490,7 @@ static int open_shards(ts_gguf_file *f, char *err, size_t err_size) {
                             (long long)count, (long long)count);
     }
     char suffix[40];
-    snprintf(suffix, sizeof(suffix), "-%05d-of-%05d.gguf", 1, (int)count);
+    snprintf(suffix, sizeof(suffix), SPLIT_SUFFIX, 1, (int)count);
     const size_t n = strlen(f->path), n_suffix = strlen(suffix);
     if (n <= n_suffix || strcmp(f->path + n - n_suffix, suffix) != 0) {
         return ts_set_error(err, err_size, "%s: the first of %lld split files must be named PREFIX%s (the others are "
@@ -498,7 +501,7 @@ static int open_shards(ts_gguf_file *f, char *err, size_t err_size) {
     int rc = f->shards != NULL && path != NULL ? 0 : ts_set_error(err, err_size, "%s: out of memory", f->path);
     for (int k = 1; k < count && rc == 0; k++) {
         memcpy(path, f->path, n - n_suffix);
-        snprintf(path + n - n_suffix, n_suffix + 1, "-%05d-of-%05d.gguf", k + 1, (int)count);
+        snprintf(path + n - n_suffix, n_suffix + 1, SPLIT_SUFFIX, k + 1, (int)count);
         ts_gguf_file *s = open_one(path, err, err_size);
         if (s == NULL) {
             rc = -1;
@@ -552,15 +555,23 @@ void ts_gguf_close(ts_gguf_file *f) {
     free(f);
 }
 
+int ts_gguf_mapping_of(const ts_gguf_file *f, const void *data) {
+    for (int k = 0; k <= f->n_shards; k++) {
+        const ts_gguf_file *file = k == 0 ? f : f->shards[k - 1];
+        if ((const char *)data >= (const char *)file->map && (const char *)data < (const char *)file->map + file->size) {
+            return k;
+        }
+    }
+    return -1;
+}
+
 void ts_gguf_release(const ts_gguf_file *f, const void *data, size_t n) {
     const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
     const uintptr_t start = ((uintptr_t)data + page - 1) / page * page, end = ((uintptr_t)data + n) / page * page;
-    const char *map = f->map;
-    if (end > start && (const char *)data >= map && (const char *)data + n <= map + f->size) {
+    const int k = ts_gguf_mapping_of(f, data);
+    const ts_gguf_file *file = k > 0 ? f->shards[k - 1] : f;
+    if (end > start && k >= 0 && (const char *)data + n <= (const char *)file->map + file->size) {
         madvise((void *)start, end - start, MADV_DONTNEED); /* advice only: a failure leaves the pages mapped */
-    }
-    for (int k = 0; k < f->n_shards; k++) {
-        ts_gguf_release(f->shards[k], data, n);
     }
 }
 

@@ -73,6 +73,9 @@ void ts_gguf_close(ts_gguf_file *file);
  * process's memory; the file keeps them, and reading them again would page them back in. */
 void ts_gguf_release(const ts_gguf_file *file, const void *data, size_t n);
 
+/* Which mapping holds the byte at data: 0 the file's own, k its shards[k - 1]'s (a split model), -1 none. */
+int ts_gguf_mapping_of(const ts_gguf_file *file, const void *data);
+
 const ts_gguf_kv *ts_gguf_find_kv(const ts_gguf_file *file, const char *key);
 const ts_gguf_tensor *ts_gguf_find_tensor(const ts_gguf_file *file, const char *name);
 

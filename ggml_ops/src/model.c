@@ -82,20 +82,38 @@ typedef struct arch_spec {
                             a partial rope; rope factors for long and short contexts */
     int32_t no_rope_step; /* every no_rope_step-th layer attends unroped (SmolLM3's NoPE layers), or 0 */
     int32_t granite;      /* Granite's scales (load_granite) */
+    /* tensors llama.cpp's graph of the architecture never loads (a per-layer name: in any layer), so that it refuses
+       a file with one (more tensors than it loads): refused by name (refuse_tensors); NULL-terminated, or NULL */
+    const char *const *absent;
 } arch_spec;
 
+static const char *const PHI3_ABSENT[] = {TS_TENSOR_OUTPUT_BIAS, TS_TENSOR_ROPE_FREQS, NULL};
+/* smollm3 ropes without factors and has no biases */
+static const char *const SMOLLM3_ABSENT[] = {TS_TENSOR_ROPE_FREQS, TS_TENSOR_ROPE_FACTORS_LONG,
+                                             TS_TENSOR_ROPE_FACTORS_SHORT, TS_TENSOR_OUTPUT_BIAS,
+                                             TS_TENSOR_ATTN_OUTPUT_BIAS, TS_TENSOR_FFN_GATE_BIAS, TS_TENSOR_FFN_UP_BIAS,
+                                             TS_TENSOR_FFN_DOWN_BIAS, NULL};
+/* granite reads rope_freqs but not LongRoPE's factors (a scaling type this loader refuses), and no output bias */
+static const char *const GRANITE_ABSENT[] = {TS_TENSOR_ROPE_FACTORS_LONG, TS_TENSOR_ROPE_FACTORS_SHORT,
+                                             TS_TENSOR_OUTPUT_BIAS, NULL};
+
 static const arch_spec ARCHITECTURES[] = {
-    {TS_ARCH_LLAMA, GGML_ROPE_TYPE_NORMAL, 0, TS_FFN_SWIGLU, 0, 0, 0, 0, 0},
-    {TS_ARCH_BAMBOO, GGML_ROPE_TYPE_NORMAL, 0, TS_FFN_DRELU, 0, 0, 0, 0, 0},
-    {TS_ARCH_MISTRAL3, GGML_ROPE_TYPE_NORMAL, 0, TS_FFN_SWIGLU, 0, 1, 0, 0, 0}, /* Ministral 3, Mistral Small 3.x */
-    {TS_ARCH_PHI3, GGML_ROPE_TYPE_NEOX, 0, TS_FFN_SWIGLU, 0, 0, 1, 0, 0},      /* Phi-3, Phi-3.5, Phi-4 (mini) */
-    {TS_ARCH_SMOLLM3, GGML_ROPE_TYPE_NORMAL, 0, TS_FFN_SWIGLU, 0, 0, 0, 4, 0}, /* llama's, every 4th layer unroped */
-    {TS_ARCH_GRANITE, GGML_ROPE_TYPE_NORMAL, 0, TS_FFN_SWIGLU, 0, 0, 0, 0, 1}, /* IBM Granite 3.x: llama's, scaled */
-    {TS_ARCH_QWEN2, GGML_ROPE_TYPE_NEOX, 0, TS_FFN_SWIGLU, 0, 0, 0, 0, 0},
-    {TS_ARCH_QWEN3, GGML_ROPE_TYPE_NEOX, 1, TS_FFN_SWIGLU, 0, 0, 0, 0, 0},
-    {TS_ARCH_QWEN3MOE, GGML_ROPE_TYPE_NEOX, 1, TS_FFN_SWIGLU, 0, 0, 0, 0, 0}, /* Qwen3's attention, Mixtral's experts */
-    {TS_ARCH_GEMMA2, GGML_ROPE_TYPE_NEOX, 0, TS_FFN_GEGLU, 2, 0, 0, 0, 0},
-    {TS_ARCH_GEMMA3, GGML_ROPE_TYPE_NEOX, 1, TS_FFN_GEGLU, 3, 0, 0, 0, 0},
+    {.name = TS_ARCH_LLAMA, .rope_type = GGML_ROPE_TYPE_NORMAL, .ffn_act = TS_FFN_SWIGLU},
+    {.name = TS_ARCH_BAMBOO, .rope_type = GGML_ROPE_TYPE_NORMAL, .ffn_act = TS_FFN_DRELU},
+    /* Ministral 3, Mistral Small 3.x */
+    {.name = TS_ARCH_MISTRAL3, .rope_type = GGML_ROPE_TYPE_NORMAL, .ffn_act = TS_FFN_SWIGLU, .yarn_keys = 1},
+    /* Phi-3, Phi-3.5, Phi-4 (mini) */
+    {.name = TS_ARCH_PHI3, .rope_type = GGML_ROPE_TYPE_NEOX, .ffn_act = TS_FFN_SWIGLU, .phi = 1, .absent = PHI3_ABSENT},
+    {.name = TS_ARCH_SMOLLM3, .rope_type = GGML_ROPE_TYPE_NORMAL, .ffn_act = TS_FFN_SWIGLU, .no_rope_step = 4,
+     .absent = SMOLLM3_ABSENT},
+    /* IBM Granite 3.x */
+    {.name = TS_ARCH_GRANITE, .rope_type = GGML_ROPE_TYPE_NORMAL, .ffn_act = TS_FFN_SWIGLU, .granite = 1, .absent = GRANITE_ABSENT},
+    {.name = TS_ARCH_QWEN2, .rope_type = GGML_ROPE_TYPE_NEOX, .ffn_act = TS_FFN_SWIGLU},
+    {.name = TS_ARCH_QWEN3, .rope_type = GGML_ROPE_TYPE_NEOX, .qk_norm = 1, .ffn_act = TS_FFN_SWIGLU},
+    /* Qwen3's attention, Mixtral's experts */
+    {.name = TS_ARCH_QWEN3MOE, .rope_type = GGML_ROPE_TYPE_NEOX, .qk_norm = 1, .ffn_act = TS_FFN_SWIGLU},
+    {.name = TS_ARCH_GEMMA2, .rope_type = GGML_ROPE_TYPE_NEOX, .ffn_act = TS_FFN_GEGLU, .gemma = 2},
+    {.name = TS_ARCH_GEMMA3, .rope_type = GGML_ROPE_TYPE_NEOX, .qk_norm = 1, .ffn_act = TS_FFN_GEGLU, .gemma = 3},
 };
 
 static const arch_spec *find_arch(const char *name) {
@@ -206,9 +224,8 @@ static float yarn_mscale(float factor, float mscale) {
  * frequencies interpolated by rope.scaling.factor below a ramp between beta_fast and beta_slow rotations over the
  * original context, and the attention's magnitude scaled by 1 + 0.1 ln(factor), or, with rope.scaling.
  * yarn_log_multiplier (HF's mscale_all_dim; read for mistral3 only, as llama.cpp), by that over
- * 1 + 0.1 mscale_all_dim ln(factor). ggml's rope multiplies
- * in 1 + 0.1 ln(factor) itself when ext_factor is on, so the attn_factor handed to it cancels that first, in
- * llama.cpp's float order.
+ * 1 + 0.1 mscale_all_dim ln(factor). ggml's rope multiplies in 1 + 0.1 ln(factor) itself when ext_factor is on, so
+ * the attn_factor handed to it cancels that first, in llama.cpp's float order.
  */
 static int load_yarn(ts_model *m, int32_t yarn_keys, char *err, size_t err_size) {
     float log_mul = 0.0f; /* read where llama.cpp reads it */
@@ -310,10 +327,9 @@ static int load_temperature(ts_model *m, char *err, size_t err_size) {
 
 static const ts_gguf_tensor *find_layer_tensor(const ts_model *m, const char *fmt, int layer);
 
-/* -1 (err set) where the file has one of the n tensors `names` (a per-layer name: in any layer), which llama.cpp's
- * graph of its architecture never reads (it refuses such a file: more tensors than it loads) */
-static int refuse_tensors(const ts_model *m, const char *const *names, int n, char *err, size_t err_size) {
-    for (int i = 0; i < n; i++) {
+/* -1 (err set) where the file has one of the tensors `names` (arch_spec.absent: NULL-terminated, or NULL) */
+static int refuse_tensors(const ts_model *m, const char *const *names, char *err, size_t err_size) {
+    for (int i = 0; names != NULL && names[i] != NULL; i++) {
         const int per_layer = strstr(names[i], "%d") != NULL;
         for (int il = 0; il < (per_layer ? m->info.n_layer : 1); il++) {
             const ts_gguf_tensor *t = find_layer_tensor(m, names[i], il);
@@ -329,16 +345,14 @@ static int refuse_tensors(const ts_model *m, const char *const *names, int n, ch
 /*
  * phi3, as llama.cpp reads it: the queries scaled by 1/sqrt(head size) after the rope and the scores by 1; its
  * attention.sliding_window ignored (llama.cpp turns Phi's window off); rope_factors_long / _short as model tensors
- * (the context picks one: context.c); no output bias, rope_freqs or experts (llama.cpp's phi3 has none: it refuses
- * such files).
+ * (the context picks one: context.c); no experts (llama.cpp's phi3 loads no router).
  */
 static int load_phi3(ts_model *m, char *err, size_t err_size) {
     m->q_scale = 1.0f / sqrtf((float)m->info.n_embd_head);
     if (m->info.n_expert > 0) {
         return ts_set_error(err, err_size, "%s: a phi3 file with experts is not supported", m->file->path);
     }
-    const char *const refused[] = {TS_TENSOR_OUTPUT_BIAS, TS_TENSOR_ROPE_FREQS};
-    return refuse_tensors(m, refused, 2, err, err_size);
+    return 0;
 }
 
 /*
@@ -682,16 +696,9 @@ static int load_hparams(ts_model *m, char *err, size_t err_size) {
         load_predictor_input(m, err, err_size) != 0 || load_rope(m, arch->yarn_keys, err, err_size) != 0) {
         return -1;
     }
-    /* smollm3 ropes without factors and has no biases; granite neither reads rope factors (but rope_freqs) nor an
-       output bias */
-    const char *const smollm3_none[] = {TS_TENSOR_ROPE_FREQS, TS_TENSOR_ROPE_FACTORS_LONG, TS_TENSOR_ROPE_FACTORS_SHORT,
-                                        TS_TENSOR_OUTPUT_BIAS, TS_TENSOR_ATTN_OUTPUT_BIAS, TS_TENSOR_FFN_GATE_BIAS,
-                                        TS_TENSOR_FFN_UP_BIAS, TS_TENSOR_FFN_DOWN_BIAS};
-    const char *const granite_none[] = {TS_TENSOR_ROPE_FACTORS_LONG, TS_TENSOR_ROPE_FACTORS_SHORT, TS_TENSOR_OUTPUT_BIAS};
-    if ((arch->yarn_keys && load_temperature(m, err, err_size) != 0) || (arch->phi && load_phi3(m, err, err_size) != 0) ||
-        (arch->no_rope_step && refuse_tensors(m, smollm3_none, 8, err, err_size) != 0) ||
-        (arch->granite && (refuse_tensors(m, granite_none, 3, err, err_size) != 0 || load_granite(m, err, err_size) != 0)) ||
-        split_stacked(m, arch->phi, err, err_size) != 0) {
+    if (refuse_tensors(m, arch->absent, err, err_size) != 0 ||
+        (arch->yarn_keys && load_temperature(m, err, err_size) != 0) || (arch->phi && load_phi3(m, err, err_size) != 0) ||
+        (arch->granite && load_granite(m, err, err_size) != 0) || split_stacked(m, arch->phi, err, err_size) != 0) {
         return -1;
     }
     return arch->gemma ? load_gemma(m, arch->gemma, err, err_size) : 0;
@@ -1415,17 +1422,6 @@ static enum tensor_role predictor_role(const ts_model *m, const binding *b, cons
                                                                                                 : ROLE_MATRIX;
 }
 
-/* The buffer over the mapping that holds data (one of a split model's files). */
-static ggml_backend_buffer_t mapping_buffer(const ts_model *m, const void *data) {
-    for (int k = 1; k < m->n_bufs_mapped; k++) {
-        const ts_gguf_file *f = m->file->shards[k - 1];
-        if ((const char *)data >= (const char *)f->map && (const char *)data < (const char *)f->map + f->size) {
-            return m->bufs_mapped[k];
-        }
-    }
-    return m->bufs_mapped[0];
-}
-
 static int allocate(ts_model *m, plan *p, const ts_model_params *params, char *err, size_t err_size) {
     ggml_backend_buffer_type_t repack_buft = NULL;
     int n_repack = 0;
@@ -1500,7 +1496,10 @@ static int allocate(ts_model *m, plan *p, const ts_model_params *params, char *e
             continue;
         } else if (b->repack) {
             ggml_backend_tensor_set(t, b->src->data, 0, b->src->nbytes);
-        } else if (ggml_backend_tensor_alloc(mapping_buffer(m, b->src->data), t, b->src->data) != GGML_STATUS_SUCCESS) {
+            continue;
+        }
+        const int k = ts_gguf_mapping_of(m->file, b->src->data); /* the file (of a split model) that holds it */
+        if (k < 0 || ggml_backend_tensor_alloc(m->bufs_mapped[k], t, b->src->data) != GGML_STATUS_SUCCESS) {
             return ts_set_error(err, err_size, "%s: cannot place tensor '%s'", m->file->path, b->name);
         }
     }

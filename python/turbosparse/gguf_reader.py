@@ -108,3 +108,12 @@ def read_splits(path: str | Path, error: type[Exception] = ModelLoadError) -> li
     if expected != len(owner):
         raise error(f"{path}: {SPLIT_TENSORS_COUNT} is {expected} but the {count} files hold {len(owner)} tensors")
     return readers
+
+
+def read_model(
+    path: str | Path, error: type[Exception] = ModelLoadError
+) -> tuple[gguf.GGUFReader, list[gguf.ReaderTensor]]:
+    """The reader of the model's (first) file, whose keys are the model's, and the tensors of all its files
+    (read_splits)."""
+    readers = read_splits(path, error)
+    return readers[0], [t for r in readers for t in r.tensors]

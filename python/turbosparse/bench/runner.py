@@ -19,7 +19,7 @@ from turbosparse import constants as C
 from turbosparse._library import LIBRARY_ENV
 from turbosparse.bench.engines import Engine, TurbosparseEngine
 from turbosparse.binding import DeviceInfo, KernelIsa, LayerStats, down_rows_type, isa_name, isa_supported
-from turbosparse.gguf_reader import architecture, read_gguf, read_splits
+from turbosparse.gguf_reader import architecture, read_gguf, read_model
 
 logger = logging.getLogger(__name__)
 
@@ -97,8 +97,7 @@ def tensor_bytes(path: Path) -> TensorBytes:
     """Mixture-of-experts files count the stacked experts' (and their predictors') share one token reads,
     expert_used_count / expert_count of them; the router counts with attention (read whole). Transposed downs count
     as a loaded model holds them (_held_bytes)."""
-    readers = read_splits(path)
-    reader, tensors = readers[0], [t for r in readers for t in r.tensors]  # a split model's files together
+    reader, tensors = read_model(path)  # a split model's files together
     arch = _architecture(reader)
     n_expert, n_used = (reader.get_field(f"{arch}.{k}") for k in ("expert_count", "expert_used_count"))
     expert_share = int(n_used.contents()) / int(n_expert.contents()) if n_expert is not None else 1.0
