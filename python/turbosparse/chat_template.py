@@ -95,11 +95,14 @@ class ChatTemplate:
         *,
         add_generation_prompt: bool = True,
         variables: Mapping[str, Any] | None = None,
+        tools: Sequence[Mapping[str, Any]] | None = None,
     ) -> str:
         """The prompt text for messages ([{"role": ..., "content": ...}, ...]); variables go to the template too
-        (llama-server's chat_template_kwargs: {"enable_thinking": False} for Qwen3's, ...)."""
+        (llama-server's chat_template_kwargs: {"enable_thinking": False} for Qwen3's, ...), and tools (OpenAI's
+        function list) where given."""
         context = {
             **checked_variables(variables or {}),
+            **({"tools": [dict(t) for t in tools]} if tools else {}),
             "messages": [dict(m) for m in messages],
             "add_generation_prompt": add_generation_prompt,
             "bos_token": self.bos_token,

@@ -13,6 +13,7 @@ from turbosparse.generation import FinishReason, Generation
 from turbosparse.logprobs import ReleasedLogprobs, chat_logprobs, completion_logprobs
 from turbosparse.reasoning import CLOSE, OPEN, ReasoningSplitter, Split, split_whole
 from turbosparse.tokenizer import Tokenizer
+from turbosparse.tool_calls import ToolCall, ToolUse, new_call_id
 
 
 @dataclass(frozen=True)
@@ -68,12 +69,18 @@ def chat_completion(
     use: dict[str, int],
     logprobs: dict | None = None,
     reasoning_content: str | None = None,
+    tool_calls: list[ToolCall] | None = None,
 ) -> dict:
     """logprobs: logprobs.chat_logprobs's object, when asked for; reasoning_content: a thinking model's reasoning,
-    split from the text (reasoning.py)."""
-    message = {"role": "assistant", "content": text}
+    split from the text (reasoning.py); tool_calls: the calls read from it (tool_calls.py), which make the finish
+    reason "tool_calls" where the answer stopped, and an empty content null, as OpenAI's."""
+    message: dict[str, Any] = {"role": "assistant", "content": text}
     if reasoning_content:
         message["reasoning_content"] = reasoning_content
+    if tool_calls:
+        message["content"] = text or None
+        message["tool_calls"] = [call.openai(new_call_id()) for call in tool_calls]
+        finish_reason = tool_finish_reason(finish_reason)
     return {
         "id": meta.id,
         "object": "chat.completion",
@@ -89,6 +96,11 @@ def chat_completion(
         ],
         "usage": use,
     }
+
+
+def tool_finish_reason(finish_reason: FinishReason | None) -> Any:
+    """An answer with tool calls finishes with "tool_calls" where it stopped (not where it ran out of tokens)."""
+    return "tool_calls" if finish_reason == "stop" else finish_reason
 
 
 def chat_completion_chunk(
@@ -171,11 +183,17 @@ class ReasoningSplit:
 
 class ChatCompletionChunks:
     """A chat completion's chunks for one generation: the role, the content pieces (split into reasoning and content
-    with a ReasoningSplit) and, when the generation keeps log-probabilities, its tokens', handed out as the text is
-    released (logprobs.ReleasedLogprobs)."""
+    with a ReasoningSplit; with tools, a call's text held back and its calls given with the finishing chunk) and, when
+    the generation keeps log-probabilities, its tokens', handed out as the text is released
+    (logprobs.ReleasedLogprobs)."""
 
     def __init__(
-        self, tokenizer: Tokenizer, meta: CompletionMeta, gen: Generation, reasoning: ReasoningSplit | None = None
+        self,
+        tokenizer: Tokenizer,
+        meta: CompletionMeta,
+        gen: Generation,
+        reasoning: ReasoningSplit | None = None,
+        tools: ToolUse | None = None,
     ) -> None:
         self._tokenizer = tokenizer
         self._meta = meta
@@ -184,6 +202,8 @@ class ChatCompletionChunks:
         self._reasoning = reasoning
         self._splitter = None if reasoning is None else ReasoningSplitter(open_at_start=reasoning.open_at_start)
         self._inline_tags = {OPEN: False, CLOSE: False}  # deepseek-legacy's tags, once written
+        self._tools = tools
+        self._held = None if tools is None else tools.held()
 
     def first(self) -> list[dict]:
         return [chat_completion_chunk(self._meta, {"role": "assistant"}, None)]
@@ -192,6 +212,7 @@ class ChatCompletionChunks:
         """A streamed chunk: a piece of released text (None when it carries no text and no token)."""
         scores = self.scores(text, end=False)
         delta = {"content": text} if self._splitter is None else self._delta(self._splitter.feed(text))
+        delta = self._without_calls(delta)
         if not any(delta.values()) and not (scores and scores["content"]):
             return None
         return chat_completion_chunk(self._meta, delta, None, scores)
@@ -200,14 +221,33 @@ class ChatCompletionChunks:
         """The streamed chunk that finishes (with the text held back and the tokens left to report, if any)."""
         scores = self.scores("", end=True)
         delta = {} if self._splitter is None else self._delta(self._splitter.finish())
+        delta = self._without_calls(delta)
+        if self._held is not None:
+            content, calls = self._held.finish()
+            if content:
+                delta["content"] = delta.get("content", "") + content
+            if calls:
+                delta["tool_calls"] = [{"index": i, **call.openai(new_call_id())} for i, call in enumerate(calls)]
+                reason = tool_finish_reason(reason)
         return chat_completion_chunk(self._meta, delta, reason, scores if scores and scores["content"] else None)
 
-    def message(self, answer: str) -> tuple[str, str | None]:
-        """A whole answer's content and reasoning (None: not split)."""
-        if self._reasoning is None:
-            return answer, None
-        split = split_whole(answer, open_at_start=self._reasoning.open_at_start)
-        return split.content, split.reasoning
+    def message(self, answer: str) -> tuple[str, str | None, list[ToolCall]]:
+        """A whole answer's content, reasoning (None: not split) and tool calls."""
+        content, reasoning = answer, None
+        if self._reasoning is not None:
+            split = split_whole(answer, open_at_start=self._reasoning.open_at_start)
+            content, reasoning = split.content, split.reasoning
+        if self._tools is None:
+            return content, reasoning, []
+        content, calls = self._tools.read(content)
+        return content, reasoning, calls
+
+    def _without_calls(self, delta: dict[str, str]) -> dict[str, str]:
+        """delta with its content's call text held back."""
+        if self._held is None or "content" not in delta:
+            return delta
+        content = self._held.feed(delta.pop("content"))
+        return {**delta, "content": content} if content else delta
 
     def _delta(self, split: Split) -> dict[str, str]:
         """A split piece as a delta: its parts that hold text, or with deepseek-legacy all of it as content, the

@@ -91,6 +91,7 @@ class Generation:
         score_prompt: bool = False,
         grammar: Grammar | None = None,
         cache_prompt: bool = False,
+        shown_tokens: frozenset[int] = frozenset(),
     ) -> None:
         prompt = list(prompt_tokens)
         if not prompt:
@@ -125,7 +126,7 @@ class Generation:
         self._tokenizer = tokenizer
         self._grammar = grammar.start(tokenizer) if grammar is not None else None
         self._sampler = Sampler(sampling, self._grammar)
-        self._detokenizer = tokenizer.detokenizer()
+        self._detokenizer = tokenizer.detokenizer(shown=shown_tokens)
         self._scanner = StopScanner(tuple(s for s in stop if s))
         self.logprobs = logprobs
         self.token_logprobs: list[TokenLogprob] = []  # one per generated token, when logprobs is not None

@@ -51,7 +51,7 @@ class Grammar:
         """JSON that validates against schema (a dict, or its JSON text)."""
         try:
             value = json.loads(schema) if isinstance(schema, str) else schema
-            _check_counts(value)
+            check_schema_counts(value)
             return cls(json_schema_to_gbnf(json.dumps(value)))
         except GrammarError:
             raise
@@ -115,7 +115,7 @@ def _numbers(quantifier: str) -> list[int]:
     return out
 
 
-def _check_counts(schema: Any) -> None:
+def check_schema_counts(schema: Any) -> None:
     """GrammarError for a count in schema (anywhere in it) above MAX_REPETITIONS: a length / item / property
     keyword, or a {m,n} quantifier in a "pattern"."""
     todo = [schema]

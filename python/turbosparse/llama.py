@@ -2,10 +2,11 @@
 llama-cpp-python runs with one import changed. Same constructor names, methods and returned dicts; plus `sparse=`.
 
 Grammars (llama_cpp.LlamaGrammar, turbosparse.Grammar or GBNF text), JSON response formats (json_object, with or
-without a schema, and OpenAI's json_schema) and logit_bias work as there. Not supported (a ValueError says so when
-asked for): suffix / infill, logits processors and stopping criteria, typical_p, tfs_z, mirostat, tools and function
-calling, embeddings, chat formats other than the file's template and "chatml", GPU offload (n_gpu_layers is accepted and
-ignored: the engine runs on the CPU)."""
+without a schema, and OpenAI's json_schema) and logit_bias work as there; tools as the server's (tool_calls.py: calls
+read in the template's own syntax, also for tool_choice "auto"). Not supported (a ValueError says so when asked for):
+suffix / infill, logits processors and stopping criteria, typical_p, tfs_z, mirostat, embeddings, chat formats other
+than the file's template and "chatml", GPU offload (n_gpu_layers is accepted and ignored: the engine runs on the
+CPU)."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from turbosparse.logprobs import check_top_count
 from turbosparse.logprobs import prompt_text as prompt_text_of
 from turbosparse.model import Model, SparseName
 from turbosparse.sampling import SamplingParams
+from turbosparse.tool_calls import ToolUse, functions_as_tools, template_messages
 
 logger = logging.getLogger(__name__)
 
@@ -303,6 +305,7 @@ class Llama:
         logprobs: int | None = None,
         score_prompt: bool = False,
         grammar: Grammar | None = None,
+        shown_tokens: frozenset[int] = frozenset(),
     ) -> Generation:
         n_ctx = self._model.n_ctx
         if len(prompt_tokens) > n_ctx:
@@ -319,6 +322,7 @@ class Llama:
             score_prompt=score_prompt,
             grammar=grammar,
             cache_prompt=True,  # as llama_cpp.Llama: the longest prefix its cache holds, generated tokens too
+            shown_tokens=shown_tokens,
         )
 
     def create_completion(
@@ -446,10 +450,6 @@ class Llama:
     ) -> dict | Iterator[dict]:
         """The assistant's answer to messages, rendered with the chat template, as llama_cpp.Llama returns it."""
         _refuse(
-            functions=(functions, None),
-            function_call=(function_call, None),
-            tools=(tools, None),
-            tool_choice=(tool_choice, None),
             typical_p=(typical_p, 1.0),
             tfs_z=(tfs_z, 1.0),
             mirostat_mode=(mirostat_mode, 0),
@@ -468,14 +468,32 @@ class Llama:
             logit_bias=logit_bias,
         )
         n_top = (top_logprobs or 0) if logprobs else None
-        prompt = self._model.chat_tokens(_template_messages(messages))
+        if functions is not None or function_call is not None:
+            tools, tool_choice = functions_as_tools(functions, function_call)
+        tool_use = ToolUse.of(self._model, tools, tool_choice)
+        constraint = _grammar(grammar, response_format)
+        if tool_use.forced:
+            constraint = tool_use.grammar()
+        object_arguments = tool_use.syntax is None or tool_use.syntax.object_arguments
+        chat = template_messages(_template_messages(messages), object_arguments=object_arguments)
+        prompt = self._model.chat_tokens(chat, tools=tool_use.tools)
+        prompt += self._model.tokenize(tool_use.prefill, add_bos=False, special=True) if tool_use.prefill else []
         stops = [*([stop] if isinstance(stop, str) else stop or []), *self._chat_stops]
-        gen = self._start(prompt, max_tokens, sampling, stops, n_top, grammar=_grammar(grammar, response_format))
+        gen = self._start(
+            prompt,
+            max_tokens,
+            sampling,
+            stops,
+            n_top,
+            grammar=constraint,
+            shown_tokens=tool_use.shown_tokens(self._model),
+        )
         meta = CompletionMeta.new("chatcmpl", model or self.model_path)
-        chunks = ChatCompletionChunks(self._model.tokenizer, meta, gen)
+        chunks = ChatCompletionChunks(self._model.tokenizer, meta, gen, tools=tool_use if tool_use.syntax else None)
         if stream:
             return self._stream(gen, chunks)
         text = "".join(self._model.run(gen))
         self._evaluated(gen)
         use = usage(gen.n_prompt, gen.n_generated)
-        return chat_completion(meta, text, gen.finish_reason, use, chunks.scores(text, end=True))
+        content, _, calls = chunks.message(text)
+        return chat_completion(meta, content, gen.finish_reason, use, chunks.scores(text, end=True), tool_calls=calls)

@@ -320,6 +320,7 @@ class Model:
         score_prompt: bool = False,
         grammar: Grammar | None = None,
         cache_prompt: bool = False,
+        shown_tokens: frozenset[int] = frozenset(),
     ) -> Generation:
         """A generation after prompt_tokens, to advance with step(); raises ContextOverflowError when the prompt
         and max_tokens do not fit in a sequence. logprobs: keep each token's log-probability and that many
@@ -331,7 +332,7 @@ class Model:
         what is new), where by default only what a prompt evaluation computed is kept, in whole n_batch blocks, so
         that a request's answer never depends on what ran before it (with cache_prompt it can: the kept tokens'
         keys and values may come from decoding, whose kernels round otherwise and, in a sparse mode, skip FFN
-        rows)."""
+        rows). shown_tokens: special tokens whose text the generated text writes (a tool call's markers)."""
         return Generation(
             self._tokenizer,
             prompt_tokens,
@@ -343,6 +344,7 @@ class Model:
             score_prompt=score_prompt,
             grammar=grammar,
             cache_prompt=cache_prompt,
+            shown_tokens=shown_tokens,
         )
 
     def step(self, generations: Sequence[Generation]) -> list[str]:
@@ -483,14 +485,18 @@ class Model:
         messages: Sequence[dict[str, object]],
         add_generation_prompt: bool = True,
         template_kwargs: Mapping[str, object] | None = None,
+        tools: Sequence[Mapping[str, object]] | None = None,
     ) -> str:
         """The prompt text the file's chat template makes of messages ([{"role": ..., "content": ...}]), given
-        chat_template_kwargs and over them template_kwargs as variables ({"enable_thinking": False}: Qwen3's)."""
+        chat_template_kwargs and over them template_kwargs as variables ({"enable_thinking": False}: Qwen3's), and
+        tools (OpenAI's function list), which a built-in template cannot write."""
         template = self.chat_template
         if isinstance(template, BuiltinChatTemplate):  # it has no variables (llama-server without --jinja ignores them)
+            if tools:
+                raise ChatTemplateError(f"llama.cpp's built-in {template.name} template cannot write tools")
             return template.render(messages, add_generation_prompt=add_generation_prompt)
         variables = self.template_variables(template_kwargs)
-        return template.render(messages, add_generation_prompt=add_generation_prompt, variables=variables)
+        return template.render(messages, add_generation_prompt=add_generation_prompt, variables=variables, tools=tools)
 
     def template_variables(self, template_kwargs: Mapping[str, object] | None = None) -> dict[str, object]:
         """The variables a chat prompt's template is given: chat_template_kwargs, template_kwargs over them."""
@@ -502,18 +508,19 @@ class Model:
         *,
         prefill_assistant: bool = False,
         template_kwargs: Mapping[str, object] | None = None,
+        tools: Sequence[Mapping[str, object]] | None = None,
     ) -> list[int]:
         """The chat prompt's tokens, ready to generate the assistant's answer: special tokens parsed, and the
         model's BOS added when its vocabulary wants one and the template did not write it. prefill_assistant: a final
         assistant message is continued, not closed (llama-server's prefill): the messages before it are rendered for
-        an answer and its text follows. template_kwargs: as chat_prompt's."""
+        an answer and its text follows. template_kwargs, tools: as chat_prompt's."""
         if prefill_assistant and messages and messages[-1].get("role") == "assistant":
             if len(messages) > 1 and messages[-2].get("role") == "assistant":
                 raise InvalidArgumentError("two assistant messages end the conversation: only one is continued")
-            prefix = self.chat_prompt(messages[:-1], add_generation_prompt=True, template_kwargs=template_kwargs)
+            prefix = self.chat_prompt(messages[:-1], template_kwargs=template_kwargs, tools=tools)
             text = prefix + str(messages[-1].get("content") or "")
         else:
-            text = self.chat_prompt(messages, add_generation_prompt=True, template_kwargs=template_kwargs)
+            text = self.chat_prompt(messages, template_kwargs=template_kwargs, tools=tools)
         return self._prompt_tokens(text, add_bos=True)
 
     def _prompt_tokens(self, text: str, add_bos: bool) -> list[int]:

@@ -174,8 +174,8 @@ class Tokenizer:
     def detokenize(self, tokens: Iterable[int], *, special: bool = False) -> str:
         return b"".join(self.piece(t, special=special) for t in tokens).decode("utf-8", errors="replace")
 
-    def detokenizer(self, *, special: bool = False) -> Detokenizer:
-        return Detokenizer(self, special=special)
+    def detokenizer(self, *, special: bool = False, shown: frozenset[int] = frozenset()) -> Detokenizer:
+        return Detokenizer(self, special=special, shown=shown)
 
     def is_end_of_generation(self, token: int) -> bool:
         known = self._end_of_generation.get(token)
@@ -212,15 +212,17 @@ class Tokenizer:
 
 
 class Detokenizer:
-    """Text as tokens arrive one by one; the bytes of a UTF-8 character split across tokens wait for the rest."""
+    """Text as tokens arrive one by one; the bytes of a UTF-8 character split across tokens wait for the rest.
+    special: special tokens' texts are written; shown: these special tokens' are (a tool call's markers)."""
 
-    def __init__(self, tokenizer: Tokenizer, *, special: bool = False) -> None:
+    def __init__(self, tokenizer: Tokenizer, *, special: bool = False, shown: frozenset[int] = frozenset()) -> None:
         self._tokenizer = tokenizer
         self._special = special
+        self._shown = shown
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
     def push(self, token: int) -> str:
-        return self._decoder.decode(self._tokenizer.piece(token, special=self._special))
+        return self._decoder.decode(self._tokenizer.piece(token, special=self._special or token in self._shown))
 
     def flush(self) -> str:
         return self._decoder.decode(b"", final=True)

@@ -47,6 +47,7 @@ from turbosparse.server.schemas import (
     TokenizeRequest,
     _Generate,
 )
+from turbosparse.tool_calls import ToolUse, template_messages
 
 logger = logging.getLogger(__name__)
 
@@ -234,24 +235,31 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
             checked_variables(body.chat_template_kwargs or {})
         except ChatTemplateError as exc:
             raise APIError(400, str(exc), param="chat_template_kwargs") from None
+        tool_use = _tool_use(model, body)
         try:
             # a final assistant message is continued, as llama-server's prefill_assistant (on by default) does: its
             # text parts follow one another as they are
             messages = [m.for_template() for m in body.messages[:-1]]
             messages.append(body.messages[-1].for_template("" if body.messages[-1].role == "assistant" else "\n"))
-            tokens = model.chat_tokens(messages, prefill_assistant=True, template_kwargs=body.chat_template_kwargs)
+            object_arguments = tool_use.syntax is None or tool_use.syntax.object_arguments
+            messages = template_messages(messages, object_arguments=object_arguments)
+            tokens = model.chat_tokens(
+                messages, prefill_assistant=True, template_kwargs=body.chat_template_kwargs, tools=tool_use.tools
+            )
         except ValueError as exc:  # no template (the error says how to give one), one that is not UTF-8 or refuses
             raise APIError(400, str(exc), param="messages") from None  # the messages (ChatTemplateError); bad text
+        if tool_use.prefill:
+            tokens = [*tokens, *model.tokenize(tool_use.prefill, add_bos=False, special=True)]
         thinking_off = model.template_variables(body.chat_template_kwargs).get("enable_thinking") is False
         if thinking_off and open_at_end(_prompt_end(model, tokens)):
             # a template that opens the reasoning anyway (DeepSeek-R1's): closed, as llama-server does
             tokens = [*tokens, *model.tokenize(CLOSE, add_bos=False, special=True)]
         reasoning_format = "none" if body.answers_json else body.reasoning_format or config.reasoning_format
         reasoning = _reasoning_split(model, tokens, reasoning_format)
-        job, queue = await _submit(model, engine, tokens, body, "messages", body.n_top)
+        job, queue = await _submit(model, engine, tokens, body, "messages", body.n_top, tools=tool_use)
         gen = job.generation
         meta = CompletionMeta.new("chatcmpl", config.model_name)
-        chunks = ChatCompletionChunks(model.tokenizer, meta, gen, reasoning)
+        chunks = ChatCompletionChunks(model.tokenizer, meta, gen, reasoning, tool_use if tool_use.syntax else None)
         if body.stream:
             return _stream(
                 job,
@@ -265,11 +273,30 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
         if answer is None:
             return Response(status_code=CLIENT_CLOSED)
         use = usage(gen.n_prompt, gen.n_generated)
-        content, reasoning_content = chunks.message(answer)
+        content, reasoning_content, calls = chunks.message(answer)
         scores = chunks.scores(answer, end=True)
-        return JSONResponse(chat_completion(meta, content, gen.finish_reason, use, scores, reasoning_content))
+        return JSONResponse(chat_completion(meta, content, gen.finish_reason, use, scores, reasoning_content, calls))
 
     return app
+
+
+def _tool_use(model: Model, body: ChatCompletionRequest) -> ToolUse:
+    """How the request's answer uses its tools (llama-server's: a 400 for tools that are not OpenAI's, a template
+    that writes no tool calls, or tools besides another constraint on the answer)."""
+    tools, choice = body.tools_and_choice()
+    try:
+        tool_use = ToolUse.of(
+            model, tools, choice, parallel=body.parallel_tool_calls, template_kwargs=body.chat_template_kwargs
+        )
+    except ValueError as exc:
+        raise APIError(400, str(exc), param="tools") from None
+    try:
+        constraint = body.constraint_field()
+    except GrammarError as exc:
+        raise APIError(400, str(exc)) from None
+    if tool_use.syntax is not None and constraint is not None:
+        raise APIError(400, f"tools and {constraint} both constrain the answer: give one of them", param="tools")
+    return tool_use
 
 
 def _prompt_end(model: Model, tokens: list[int]) -> str:
@@ -316,13 +343,15 @@ async def _submit(
     logprobs: int | None,
     *,
     score_prompt: bool = False,
+    tools: ToolUse | None = None,
 ) -> tuple[Job, asyncio.Queue[Event]]:
     """Starts a generation for tokens (logprobs: alternatives per token when log-probabilities are asked for;
-    score_prompt: the prompt's too) and queues it on the engine; its events arrive in the returned queue."""
+    score_prompt: the prompt's too; tools: a chat's, which may hold the answer to calls and show their markers) and
+    queues it on the engine; its events arrive in the returned queue."""
     _check_tokens(model, list(body.bias), "logit_bias")
     name = None
     try:
-        name = body.constraint_field()
+        name = "tools" if tools is not None and tools.forced else body.constraint_field()
 
         def start() -> Generation:
             return model.start(
@@ -333,8 +362,9 @@ async def _submit(
                 stop=body.stops,
                 logprobs=logprobs,
                 score_prompt=score_prompt,
-                grammar=body.constraint(),
+                grammar=tools.grammar() if tools is not None and tools.forced else body.constraint(),
                 cache_prompt=body.cache_prompt,
+                shown_tokens=tools.shown_tokens(model) if tools is not None else frozenset(),
             )
 
         # on a worker thread: a large grammar takes a while to parse, which the event loop (every other request's

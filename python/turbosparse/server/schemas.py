@@ -1,7 +1,7 @@
 """Request bodies of the OpenAI endpoints (and llama-server's /tokenize, /detokenize), validated by pydantic.
 
 Fields OpenAI clients send that do not change the answer (user, model, ...) are accepted; features the engine
-does not have (n > 1, tools, ...) are refused with a message saying so. Defaults of the sampling fields are
+does not have (n > 1, ...) are refused with a message saying so. Defaults of the sampling fields are
 llama-server's; so are its `grammar` (GBNF) and `json_schema` fields, beside OpenAI's `response_format`."""
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from turbosparse.grammar import Grammar
 from turbosparse.logprobs import MAX_TOP_LOGPROBS
 from turbosparse.reasoning import ReasoningFormat
 from turbosparse.sampling import SamplingParams
+from turbosparse.tool_calls import functions_as_tools
 
 MAX_STOPS = 16
 
@@ -205,6 +206,8 @@ class ChatMessage(_Body):
     content: str | list[TextPart] | None = None
     name: str | None = None
     reasoning_content: str | None = None  # an earlier answer's reasoning, which thinking templates may render
+    tool_calls: list[dict[str, Any]] | None = None  # an earlier answer's calls (OpenAI's shape)
+    tool_call_id: str | None = None  # a tool message's: the call it answers
 
     @field_validator("content", mode="before")
     @classmethod
@@ -228,6 +231,10 @@ class ChatMessage(_Body):
             message["name"] = self.name
         if self.reasoning_content is not None:
             message["reasoning_content"] = self.reasoning_content
+        if self.tool_calls:
+            message["tool_calls"] = self.tool_calls
+        if self.tool_call_id is not None:
+            message["tool_call_id"] = self.tool_call_id
         return message
 
 
@@ -238,7 +245,8 @@ class ChatCompletionRequest(_Generate):
     top_logprobs: StrictInt | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
     tools: list[Any] | None = None
     tool_choice: Any = None
-    functions: list[Any] | None = None
+    parallel_tool_calls: bool | None = None  # None: where the template writes several calls
+    functions: list[Any] | None = None  # OpenAI's deprecated form of tools
     function_call: Any = None
     response_format: dict[str, Any] | None = None
     chat_template_kwargs: dict[str, Any] | None = None  # llama-server's: variables for the Jinja2 chat template
@@ -267,10 +275,17 @@ class ChatCompletionRequest(_Generate):
         """Alternatives per token when log-probabilities are asked for, else None."""
         return (self.top_logprobs or 0) if self.logprobs else None
 
+    def tools_and_choice(self) -> tuple[Any, Any]:
+        """tools and tool_choice, or the deprecated functions and function_call as them."""
+        if self.functions is not None or self.function_call is not None:
+            return functions_as_tools(self.functions, self.function_call)
+        return self.tools, self.tool_choice
+
     @model_validator(mode="after")
     def _supported(self) -> ChatCompletionRequest:
-        if self.tools or self.functions or self.tool_choice not in (None, "none") or self.function_call:
-            raise ValueError("tools and function calling are not supported")
+        legacy = self.functions is not None or self.function_call is not None
+        if legacy and (self.tools is not None or self.tool_choice is not None):
+            raise ValueError("functions / function_call and tools / tool_choice both given: give one pair")
         if self.max_completion_tokens is not None:
             self.max_tokens = self.max_completion_tokens
         return self

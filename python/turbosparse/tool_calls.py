@@ -1,0 +1,543 @@
+"""Tool calls (OpenAI's `tools`): the chat template's own syntax for an assistant's calls, learned by rendering some
+(as llama.cpp learns a template's syntax by comparing renderings), then used to read calls out of an answer, to hold a
+streamed answer's call text back from its content, and to hold an answer to calls (tool_choice "required" or a named
+function) with a grammar. Hermes / Qwen's `<tool_call>{...}</tool_call>`, Mistral's `[TOOL_CALLS][{...}]`, Llama
+3.x's bare `{"name": ..., "parameters": ...}` and a name-then-arguments syntax (`[TOOL_CALLS]name[ARGS]{...}`) are
+all learned this way; a template that writes no tool calls has none, and a request with tools is refused for it."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import string
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from llama_cpp.llama_grammar import SchemaConverter
+
+from turbosparse.errors import ChatTemplateError, GrammarError, InvalidArgumentError
+from turbosparse.grammar import Grammar, check_schema_counts
+from turbosparse.reasoning import tag_start_at_end
+
+if TYPE_CHECKING:
+    from turbosparse.model import Model
+
+# a conversation's renderings: (messages, add_generation_prompt) -> prompt text
+Render = Callable[[list[dict[str, Any]], bool], str]
+
+_PROBE_CALLS = (
+    ("probe_function_one", {"probe_argument": "probe value one"}),
+    ("probe_function_two", {"other_argument": "probe value two"}),
+)
+_PROBE_TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": name,
+            "description": "A probe.",
+            "parameters": {"type": "object", "properties": {key: {"type": "string"} for key in arguments}},
+        },
+    }
+    for name, arguments in _PROBE_CALLS
+]
+_PROBE_QUESTION = "probe question"
+_PROBE_ANSWER = "probe answer text"
+_ID_CHARS = string.ascii_letters + string.digits
+
+
+def new_call_id() -> str:
+    """A tool call's id: 9 letters and digits, which every template takes (Mistral's refuse any other length)."""
+    return "".join(secrets.choice(_ID_CHARS) for _ in range(9))
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    name: str
+    arguments: str  # JSON text
+
+    def openai(self, call_id: str) -> dict[str, Any]:
+        return {"id": call_id, "type": "function", "function": {"name": self.name, "arguments": self.arguments}}
+
+
+@dataclass(frozen=True)
+class ToolCallSyntax:
+    """How the template writes calls: start, the calls (between: what separates two; None: one call per answer),
+    end. A call is a JSON object holding the name under name_key and the arguments under arguments_key (keys in
+    that order unless name_last), or with name_key None the name, separator, then the arguments. object_arguments:
+    the template writes arguments given as objects (else it is given them as JSON text); quoted_arguments: it writes
+    them as a JSON string (holding the JSON text) where it writes a JSON object."""
+
+    start: str
+    between: str | None
+    end: str
+    name_key: str | None
+    arguments_key: str
+    name_last: bool
+    separator: str
+    object_arguments: bool
+    quoted_arguments: bool = False
+
+    @classmethod
+    def learn(cls, render: Render) -> ToolCallSyntax:
+        """The syntax of the template render renders with; ChatTemplateError when it writes no tool calls."""
+        for object_arguments in (True, False):
+            syntax = _learn(render, object_arguments)
+            if syntax is not None:
+                return syntax
+        raise ChatTemplateError(
+            "the chat template writes no tool calls (an assistant message with one renders without it), so its "
+            "answers' calls cannot be read: give a template that writes them (--chat-template-file)"
+        )
+
+    # ---- reading answers ------------------------------------------------------------------------------------------
+    def parse(self, text: str) -> tuple[str, list[ToolCall]]:
+        """An answer's content and calls. Text that does not hold calls as the template writes them is content."""
+        at = self.start_in(text)
+        if at is None:
+            return text, []
+        calls = self._calls(text, at + len(self.start.strip()))
+        if not calls:
+            return text, []
+        return text[:at].rstrip(), calls
+
+    def start_in(self, text: str) -> int | None:
+        """Where calls may start in text (None: nowhere): the start marker, or with none the answer's start."""
+        marker = self.start.strip()
+        if marker:
+            at = text.find(marker)
+            return None if at < 0 else at
+        blank_free = text.lstrip()
+        return len(text) - len(blank_free) if blank_free.startswith("{") or self.name_key is None else None
+
+    def _calls(self, text: str, pos: int) -> list[ToolCall]:
+        read = self._call(text, pos)
+        if read is None:
+            return []
+        calls = [read[0]]
+        pos = read[1]
+        while self.between is not None:
+            after = _skip_loose(text, pos, self.between)
+            read = self._call(text, after) if after is not None else None
+            if read is None:
+                break
+            calls.append(read[0])
+            pos = read[1]
+        # the end as written, or cut short where the template's end holds tokens the answer stops at (its turn's end)
+        # or the answer stopped before it
+        rest = "".join(text[pos:].split())
+        return calls if "".join(self.end.split()).startswith(rest) else []
+
+    def _call(self, text: str, pos: int) -> tuple[ToolCall, int] | None:
+        decoder = json.JSONDecoder()
+        pos = _skip_blanks(text, pos)
+        if self.name_key is None:
+            if self.separator.strip():
+                sep_at = text.find(self.separator.strip(), pos)
+                if sep_at < 0:
+                    return None
+                name, args_at = text[pos:sep_at].strip(), sep_at + len(self.separator.strip())
+            else:  # the name, blanks, the arguments (functionary's ">>>name\n{...}")
+                args_at = pos
+                while args_at < len(text) and not text[args_at].isspace() and text[args_at] != "{":
+                    args_at += 1
+                name = text[pos:args_at]
+            args_at = _skip_blanks(text, args_at)
+            try:
+                arguments, end = decoder.raw_decode(text, args_at)
+            except json.JSONDecodeError:
+                return None
+            if not name or any(c.isspace() for c in name) or not isinstance(arguments, dict):
+                return None
+            return ToolCall(name, json.dumps(arguments, ensure_ascii=False)), end
+        try:
+            value, end = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError:
+            return None
+        if not isinstance(value, dict) or not isinstance(value.get(self.name_key), str):
+            return None
+        # the template's key, or the other common one (Llama 3.x's files say "parameters", models often "arguments")
+        keys = (self.arguments_key, "arguments", "parameters")
+        arguments = next((value[key] for key in keys if key in value), {})
+        if isinstance(arguments, str):
+            try:
+                arguments = json.loads(arguments)
+            except json.JSONDecodeError:
+                return None
+        if not isinstance(arguments, dict):
+            return None
+        return ToolCall(value[self.name_key], json.dumps(arguments, ensure_ascii=False)), end
+
+    # ---- holding answers to calls ---------------------------------------------------------------------------------
+    def grammar(self, tools: Sequence[Mapping[str, Any]], *, parallel: bool) -> Grammar:
+        """Calls of tools (one, or with parallel several) as the template writes them after its start marker, which
+        the prompt is given (prefill)."""
+        converter = SchemaConverter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
+        alternatives = []
+        for i, tool in enumerate(tools):
+            function = tool["function"]
+            schema = function.get("parameters") or {"type": "object"}
+            if self.quoted_arguments:
+                schema = {"type": "string"}
+            try:
+                check_schema_counts(schema)
+                arguments = converter.visit(converter.resolve_refs(schema, "stdin"), f"tool-{i}-arguments")
+            except GrammarError as exc:
+                raise GrammarError(f"tool {function['name']!r}: {exc}") from None
+            except Exception as exc:  # the converter raises whatever its walk meets (KeyError, TypeError, ...)
+                raise GrammarError(
+                    f"tool {function['name']!r}: its parameters cannot be turned into a grammar: {exc!r}"
+                ) from None
+            alternatives.append(f"tool-{i}")
+            name = _gbnf_literal(function["name"])
+            if self.name_key is None:
+                body = f"{name} {_gbnf_literal(self.separator)} {arguments}"
+            else:
+                colon = 'space ":" space'
+                name_key, arguments_key, value = (
+                    _gbnf_literal(json.dumps(k)) for k in (self.name_key, self.arguments_key, function["name"])
+                )
+                name_part = f"{name_key} {colon} {value}"
+                arguments_part = f"{arguments_key} {colon} {arguments}"
+                first, second = (arguments_part, name_part) if self.name_last else (name_part, arguments_part)
+                body = f'"{{" space {first} space "," space {second} space "}}"'
+            converter._add_rule(f"tool-{i}", body)
+        converter._add_rule("tool-call", " | ".join(alternatives))
+        more = f" ({_gbnf_literal(self.between)} tool-call)*" if parallel and self.between is not None else ""
+        converter._add_rule("tool-calls", f"tool-call{more} {_gbnf_literal(self.end)}")
+        return Grammar(converter.format_grammar(), root="tool-calls")
+
+
+def _learn(render: Render, object_arguments: bool) -> ToolCallSyntax | None:
+    def call_message(calls: Sequence[tuple[str, dict[str, str]]]) -> dict[str, Any]:
+        tool_calls = [
+            {
+                "id": f"probe000{i + 1}",
+                "type": "function",
+                "function": {"name": name, "arguments": arguments if object_arguments else json.dumps(arguments)},
+            }
+            for i, (name, arguments) in enumerate(calls)
+        ]
+        return {"role": "assistant", "content": "", "tool_calls": tool_calls}
+
+    user = {"role": "user", "content": _PROBE_QUESTION}
+    try:
+        answered = render([user, {"role": "assistant", "content": _PROBE_ANSWER}], False)
+        empty = render([user, {"role": "assistant", "content": ""}], False)
+        one = render([user, call_message(_PROBE_CALLS[:1])], False)
+    except ChatTemplateError:
+        return None
+    turn_end = answered[answered.find(_PROBE_ANSWER) + len(_PROBE_ANSWER) :] if _PROBE_ANSWER in answered else ""
+    opening = empty[: len(empty) - len(turn_end)] if turn_end and empty.endswith(turn_end) else empty
+    region = len(opening) if one.startswith(opening) else len(_common_prefix(one, render([user], True)))
+    first = _find_call(one, region, *_PROBE_CALLS[0])
+    if first is None:
+        return None
+    start_at, end_at, name_key, arguments_key, name_last, separator, quoted = first
+    tail = one[end_at:]
+    end = tail[: len(tail) - len(turn_end)] if turn_end and tail.endswith(turn_end) else tail.rstrip()
+    between = None
+    try:
+        two = render([user, call_message(_PROBE_CALLS)], False)
+    except ChatTemplateError:
+        two = ""
+    first_of_two = _find_call(two, region, *_PROBE_CALLS[0])
+    if first_of_two is not None:
+        second = _find_call(two, first_of_two[1], *_PROBE_CALLS[1])
+        if second is not None:
+            between = two[first_of_two[1] : second[0]]
+    start = one[region:start_at]
+    if any("probe000" in part for part in (start, separator, between or "")):
+        raise ChatTemplateError(
+            "the chat template writes each call's id inside its calls, which reading answers does not support"
+        )
+    return ToolCallSyntax(
+        start=start,
+        between=between,
+        end=end,
+        name_key=name_key,
+        arguments_key=arguments_key,
+        name_last=name_last,
+        separator=separator,
+        object_arguments=object_arguments,
+        quoted_arguments=quoted,
+    )
+
+
+def _find_call(
+    text: str, after: int, name: str, arguments: dict[str, str]
+) -> tuple[int, int, str | None, str, bool, str, bool] | None:
+    """Where the call (name, arguments) is written in text after a position: its start and end, the keys of its name
+    and arguments (name key None: the name is written bare, then separator, then the arguments), name_last,
+    separator, whether the arguments are a JSON string."""
+    name_at = text.find(name, after)
+    if name_at < 0:
+        return None
+    decoder = json.JSONDecoder()
+    opening = text.rfind("{", after, name_at)
+    while opening >= 0:
+        try:
+            value, end = decoder.raw_decode(text, opening)
+        except json.JSONDecodeError:
+            value, end = None, opening
+        if isinstance(value, dict) and end > name_at:
+            name_key = next((k for k, v in value.items() if v == name), None)
+            arguments_key = next((k for k, v in value.items() if _same_arguments(v, arguments)), None)
+            if name_key is not None and arguments_key is not None:
+                keys = list(value)
+                name_last = keys.index(name_key) > keys.index(arguments_key)
+                return opening, end, name_key, arguments_key, name_last, "", isinstance(value[arguments_key], str)
+        opening = text.rfind("{", after, opening)
+    arguments_at = text.find("{", name_at)
+    if arguments_at < 0:
+        return None
+    try:
+        value, end = decoder.raw_decode(text, arguments_at)
+    except json.JSONDecodeError:
+        return None
+    separator = text[name_at + len(name) : arguments_at]
+    if not _same_arguments(value, arguments):
+        return None
+    return name_at, end, None, "", False, separator, False
+
+
+def _same_arguments(value: Any, arguments: dict[str, str]) -> bool:
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            return False
+    return value == arguments
+
+
+def _common_prefix(a: str, b: str) -> str:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return a[:n]
+
+
+def _skip_blanks(text: str, pos: int) -> int:
+    while pos < len(text) and text[pos].isspace():
+        pos += 1
+    return pos
+
+
+def _skip_loose(text: str, pos: int, literal: str) -> int | None:
+    """Where literal ends if text holds it at pos, blanks anywhere in either not counted (None: it does not)."""
+    for char in literal:
+        if char.isspace():
+            continue
+        pos = _skip_blanks(text, pos)
+        if pos >= len(text) or text[pos] != char:
+            return None
+        pos += 1
+    return pos
+
+
+def _gbnf_literal(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
+    return '"' + escaped.replace("\t", "\\t") + '"'
+
+
+@dataclass(frozen=True)
+class ToolChoice:
+    """What the answer may do with the tools: "none" (answer in text; the tools are not shown), "auto" (calls or
+    text), "required" (one call or more), or name (a call of that function)."""
+
+    mode: str
+    name: str | None = None
+
+    @classmethod
+    def of(cls, choice: Any, tools: Sequence[Mapping[str, Any]]) -> ToolChoice:
+        if choice is None:
+            return cls("auto" if tools else "none")
+        if choice in ("none", "auto", "required"):
+            return cls(choice)
+        name = choice.get("function", {}).get("name") if isinstance(choice, dict) else None
+        if not isinstance(name, str) or (isinstance(choice, dict) and choice.get("type", "function") != "function"):
+            raise InvalidArgumentError(
+                'tool_choice must be "none", "auto", "required" or {"type": "function", "function": {"name": ...}}, '
+                f"got {choice!r}"
+            )
+        if name not in {tool["function"]["name"] for tool in tools}:
+            raise InvalidArgumentError(f"tool_choice names {name!r}, which is not one of the tools")
+        return cls("function", name)
+
+    def tools(self, tools: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+        """The tools an answer may call."""
+        return [t for t in tools if t["function"]["name"] == self.name] if self.name is not None else list(tools)
+
+
+def checked_tools(tools: Any) -> list[dict[str, Any]]:
+    """OpenAI's tools ([{"type": "function", "function": {"name", "description"?, "parameters"?}}]), checked;
+    InvalidArgumentError naming the first that is not one."""
+    if tools is None:
+        return []
+    if not isinstance(tools, list):
+        raise InvalidArgumentError(f"tools must be a list, got {type(tools).__name__}")
+    names = set()
+    for i, tool in enumerate(tools):
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if not isinstance(tool, dict) or tool.get("type") != "function" or not isinstance(function, dict):
+            raise InvalidArgumentError(f'tools[{i}] must be {{"type": "function", "function": {{...}}}}')
+        name = function.get("name")
+        if not isinstance(name, str) or not name or any(c.isspace() for c in name):
+            raise InvalidArgumentError(f"tools[{i}].function.name must be a name without blanks, got {name!r}")
+        if name in names:
+            raise InvalidArgumentError(f"tools[{i}]: two tools are named {name!r}")
+        names.add(name)
+        parameters = function.get("parameters")
+        if parameters is not None and not isinstance(parameters, dict):
+            raise InvalidArgumentError(f"tools[{i}].function.parameters must be a JSON schema object")
+    return tools
+
+
+def template_messages(messages: Sequence[Mapping[str, Any]], *, object_arguments: bool) -> list[dict[str, Any]]:
+    """Messages as templates take them: an assistant's call arguments (JSON text in OpenAI's messages) as objects
+    where the template writes objects (Hugging Face's convention; left as text where it is not a JSON object)."""
+    out = []
+    for message in messages:
+        message = dict(message)
+        calls = message.get("tool_calls")
+        if object_arguments and isinstance(calls, list):
+            message["tool_calls"] = [_with_object_arguments(call) for call in calls]
+        out.append(message)
+    return out
+
+
+def _with_object_arguments(call: Any) -> Any:
+    function = call.get("function") if isinstance(call, dict) else None
+    arguments = function.get("arguments") if isinstance(function, dict) else None
+    if not isinstance(arguments, str):
+        return call
+    try:
+        value = json.loads(arguments)
+    except json.JSONDecodeError:
+        return call
+    return {**call, "function": {**function, "arguments": value}} if isinstance(value, dict) else call
+
+
+class HeldToolCalls:
+    """A streamed answer's content, fed in pieces: what cannot be part of a call is released at once, a call's text
+    (from the start marker and the blanks before it, or with no marker from an answer that opens with a call) is held
+    to the end and read there."""
+
+    def __init__(self, syntax: ToolCallSyntax) -> None:
+        self._syntax = syntax
+        self._text = ""
+        self._released = 0
+        self._searching = True  # a call may still start in what is held
+
+    def feed(self, text: str) -> str:
+        self._text += text
+        if not self._searching:
+            return self._release(len(self._text))
+        marker = self._syntax.start.strip()
+        if marker:
+            at = self._text.find(marker, self._released)
+            upto = at if at >= 0 else len(self._text) - tag_start_at_end(self._text, marker)
+            while upto > self._released and self._text[upto - 1].isspace():  # blanks before a call are not content
+                upto -= 1
+            return self._release(upto)
+        blank_free = self._text.lstrip()
+        if blank_free and self._syntax.start_in(self._text) is None:
+            self._searching = False
+            return self._release(len(self._text))
+        return ""
+
+    def finish(self) -> tuple[str, list[ToolCall]]:
+        """The content left to release, and the answer's calls."""
+        content, calls = self._syntax.parse(self._text)
+        if not calls:
+            return self._release(len(self._text)), []
+        return content[self._released :], calls
+
+    def _release(self, upto: int) -> str:
+        upto = max(upto, self._released)
+        text, self._released = self._text[self._released : upto], upto
+        return text
+
+
+@dataclass(frozen=True)
+class ToolUse:
+    """A chat request's tools as its answer uses them: the tools the template shows (none with tool_choice "none"),
+    the syntax the answer's calls are read in, and for "required" or a named function the grammar that holds the
+    answer to calls, after the syntax's start marker given in the prompt (prefill)."""
+
+    tools: list[dict[str, Any]]
+    choice: ToolChoice
+    syntax: ToolCallSyntax | None  # None: no tools shown, nothing read
+    parallel: bool
+
+    @classmethod
+    def of(
+        cls,
+        model: Model,
+        tools: Any,
+        tool_choice: Any,
+        *,
+        parallel: bool | None = None,
+        template_kwargs: Mapping[str, object] | None = None,
+    ) -> ToolUse:
+        """InvalidArgumentError for tools or a choice that are not OpenAI's; ChatTemplateError for a template that
+        writes no tool calls (or a built-in one), when tools are used."""
+        checked = checked_tools(tools)
+        choice = ToolChoice.of(tool_choice, checked)
+        if choice.mode == "none":
+            return cls([], choice, None, False)
+        syntax = ToolCallSyntax.learn(
+            lambda messages, generate: model.chat_prompt(
+                messages, add_generation_prompt=generate, template_kwargs=template_kwargs, tools=_PROBE_TOOLS
+            )
+        )
+        # several calls where the template writes several and the request does not say otherwise; a named function
+        # is called once
+        can_repeat = syntax.between is not None and choice.mode != "function"
+        return cls(checked, choice, syntax, can_repeat if parallel is None else parallel and can_repeat)
+
+    @property
+    def forced(self) -> bool:
+        """The answer is held to calls."""
+        return self.syntax is not None and self.choice.mode in ("required", "function")
+
+    @property
+    def prefill(self) -> str:
+        """The text the prompt ends with: a held answer's start marker."""
+        return self.syntax.start.lstrip() if self.forced and self.syntax is not None else ""
+
+    def grammar(self) -> Grammar | None:
+        if not self.forced or self.syntax is None:
+            return None
+        return self.syntax.grammar(self.choice.tools(self.tools), parallel=self.parallel)
+
+    def shown_tokens(self, model: Model) -> frozenset[int]:
+        """The special tokens of the syntax's markers, whose texts the answer must write to be read."""
+        if self.syntax is None:
+            return frozenset()
+        text = self.syntax.start + (self.syntax.between or "") + self.syntax.end + self.syntax.separator
+        tokenizer = model.tokenizer
+        tokens = tokenizer.tokenize(text, add_bos=False, special=True)
+        return frozenset(t for t in tokens if tokenizer.piece(t, special=True) != tokenizer.piece(t, special=False))
+
+    def read(self, content: str) -> tuple[str, list[ToolCall]]:
+        """An answer's content (its text after the prefill) and calls."""
+        if self.syntax is None:
+            return content, []
+        return self.syntax.parse(self.prefill + content)
+
+    def held(self) -> HeldToolCalls | None:
+        """A streamed answer's holder, the prefill given (None: nothing is read)."""
+        if self.syntax is None:
+            return None
+        held = HeldToolCalls(self.syntax)
+        held.feed(self.prefill)
+        return held
+
+
+def functions_as_tools(functions: Any, function_call: Any) -> tuple[Any, Any]:
+    """OpenAI's deprecated functions / function_call as tools / tool_choice."""
+    tools = None if functions is None else [{"type": "function", "function": f} for f in functions]
+    if isinstance(function_call, dict):
+        return tools, {"type": "function", "function": {"name": function_call.get("name")}}
+    return tools, function_call

@@ -1,0 +1,320 @@
+"""Tool calls: each chat template's call syntax learned from its renderings, answers read in it (whole and streamed),
+answers held to calls by a grammar, through the server and the llama-cpp-python drop-in on SmolLM2."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import time
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from turbosparse.chat_template import ChatTemplate
+from turbosparse.completions import ChatCompletionChunks, CompletionMeta, ReasoningSplit
+from turbosparse.errors import ChatTemplateError, InvalidArgumentError
+from turbosparse.tool_calls import (
+    HeldToolCalls,
+    ToolCall,
+    ToolCallSyntax,
+    ToolChoice,
+    ToolUse,
+    checked_tools,
+    template_messages,
+)
+
+_TURNS = "{% for m in messages %}<|im_start|>{{ m.role }}\n"
+_END = "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+_TOOLS = "{% if tools and loop.first %}Tools:{% for t in tools %} {{ t.function.name }}{% endfor %}\n{% endif %}"
+_CALL = "{{ c.function.name | tojson }}, {{ c.function.arguments | tojson }}"
+# Hermes / Qwen: a <tool_call> block per call after the content
+HERMES = (
+    _TURNS
+    + _TOOLS
+    + "{{ m.content }}{% for c in m.tool_calls or [] %}{% if m.content or not loop.first %}{{ '\\n' }}{% endif %}"
+    '<tool_call>\n{"name": {{ c.function.name | tojson }}, "arguments": {{ c.function.arguments | tojson }}}\n'
+    "</tool_call>{% endfor %}" + _END
+)
+# Llama 3.x: the answer is one bare call, its arguments under "parameters"
+BARE = (
+    _TURNS + _TOOLS + "{% if m.tool_calls %}{% set c = m.tool_calls[0].function %}"
+    '{"name": {{ c.name | tojson }}, "parameters": {{ c.arguments | tojson }}}{% else %}{{ m.content }}{% endif %}'
+    + _END
+)
+# Mistral Nemo: one marker, then the calls as a JSON list
+LISTED = (
+    _TURNS + _TOOLS + "{% if m.tool_calls %}[TOOL_CALLS][{% for c in m.tool_calls %}{% if not loop.first %}, "
+    '{% endif %}{"name": {{ c.function.name | tojson }}, "arguments": {{ c.function.arguments | tojson }}}'
+    "{% endfor %}]{% else %}{{ m.content }}{% endif %}" + _END
+)
+# Devstral: each call its marker, name, [ARGS], the arguments (here given as JSON text, not objects)
+NAME_FIRST = (
+    _TURNS + _TOOLS + "{{ m.content }}{% for c in m.tool_calls or [] %}[TOOL_CALLS]{{ c.function.name }}[ARGS]"
+    "{{ c.function.arguments }}{% endfor %}" + _END
+)
+NO_CALLS = _TURNS + _TOOLS + "{{ m.content }}" + _END
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+            "required": ["city"],
+        },
+    },
+}
+TIME = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}}}
+
+
+def syntax_of(source: str) -> ToolCallSyntax:
+    template = ChatTemplate(source, eos_token="<|im_end|>")
+    return ToolCallSyntax.learn(
+        lambda messages, generate: template.render(messages, add_generation_prompt=generate, tools=[WEATHER])
+    )
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        (HERMES, ("<tool_call>\n", "\n</tool_call>\n<tool_call>\n", "\n</tool_call>", "name", "arguments", "", True)),
+        (BARE, ("", None, "", "name", "parameters", "", True)),
+        (LISTED, ("[TOOL_CALLS][", ", ", "]", "name", "arguments", "", True)),
+        (NAME_FIRST, ("[TOOL_CALLS]", "[TOOL_CALLS]", "", None, "", "[ARGS]", False)),
+    ],
+)
+def test_each_templates_syntax_is_learned(source: str, expected: tuple) -> None:
+    s = syntax_of(source)
+    assert (s.start, s.between, s.end, s.name_key, s.arguments_key, s.separator, s.object_arguments) == expected
+
+
+def test_a_template_that_writes_no_calls_has_no_syntax() -> None:
+    with pytest.raises(ChatTemplateError, match="writes no tool calls"):
+        syntax_of(NO_CALLS)
+
+
+PARIS = ToolCall("get_weather", '{"city": "Paris"}')
+ROME = ToolCall("get_weather", '{"city": "Rome", "days": 2}')
+# (template, answer, (content, calls)): what the model may write, read as the template writes calls
+ANSWERS = [
+    (HERMES, 'Let me look.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>',
+     ("Let me look.", [PARIS])),
+    (HERMES, '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>\n<tool_call>'
+     '{"name":"get_weather","arguments":{"city":"Rome","days":2}}</tool_call>', ("", [PARIS, ROME])),
+    (HERMES, '<tool_call>\n{"name": "get_weather", "arguments": "{\\"city\\": \\"Paris\\"}"}', ("", [PARIS])),
+    (HERMES, '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Par', None),  # cut short: content
+    (HERMES, '<tool_call>\n{"name": "get_weather", "arguments": {}}\n</tool_call> and more text', None),
+    (HERMES, "It is sunny.", None),
+    (BARE, ' {"name": "get_weather", "parameters": {"city": "Paris"}}', ("", [PARIS])),
+    (BARE, '{"name": "get_weather", "arguments": {"city": "Paris"}}', ("", [PARIS])),
+    (BARE, '{"city": "Paris"}', None),  # JSON, but not a call
+    (LISTED, '[TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "Paris"}}, '
+     '{"name": "get_weather", "arguments": {"city": "Rome", "days": 2}}]', ("", [PARIS, ROME])),
+    (NAME_FIRST, 'Sure.[TOOL_CALLS]get_weather[ARGS]{"city": "Paris"}[TOOL_CALLS]get_weather[ARGS]'
+     '{"city": "Rome", "days": 2}', ("Sure.", [PARIS, ROME])),
+    (NAME_FIRST, "[TOOL_CALLS]get weather[ARGS]{}", None),  # not a name
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("source", "answer", "expected"), ANSWERS)
+def test_answers_are_read_whole_and_streamed_in_any_pieces(source: str, answer: str, expected: tuple | None) -> None:
+    syntax = syntax_of(source)
+    expected = expected or (answer, [])
+    assert syntax.parse(answer) == expected
+    rng = random.Random(len(answer))
+    for _ in range(20):
+        held, released = HeldToolCalls(syntax), ""
+        cuts = sorted(rng.sample(range(1, len(answer)), min(5, len(answer) - 1)))
+        for a, b in zip([0, *cuts], [*cuts, len(answer)], strict=True):
+            released += held.feed(answer[a:b])
+            if syntax.start.strip() and syntax.start.strip() not in answer:  # only a marker's start waits
+                assert len(released) >= b - len(syntax.start.strip())
+        rest, calls = held.finish()
+        assert (released + rest, calls) == (expected[0] if expected[1] else answer, expected[1])
+
+
+def test_content_before_a_call_streams_before_the_answer_ends() -> None:
+    held = HeldToolCalls(syntax_of(HERMES))
+    assert held.feed("Let me look. <tool") == "Let me look."  # the blank waits: it may come before a call
+    assert held.feed('_call>\n{"name": "get_weather", ') == ""
+    assert held.finish() == (' <tool_call>\n{"name": "get_weather", ', [])  # never finished: content after all
+    bare = HeldToolCalls(syntax_of(BARE))
+    assert bare.feed("  ") == ""
+    assert bare.feed("It is") == "  It is"  # not a call: released at once
+
+
+def test_the_chunks_of_a_thinking_answer_with_calls() -> None:
+    """Reasoning split first, then the content's calls: given in the finishing chunk, its reason "tool_calls"."""
+    syntax = syntax_of(HERMES)
+    use = ToolUse([WEATHER], ToolChoice("auto"), syntax, parallel=True)
+    gen: Any = SimpleNamespace(logprobs=None)
+    chunks = ChatCompletionChunks(None, CompletionMeta.new("chatcmpl", "m"), gen, ReasoningSplit(), use)  # type: ignore[arg-type]
+    answer = '<think>Paris?</think>\nChecking.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}'
+    deltas = [
+        c["choices"][0]["delta"] for c in (chunks.piece(answer[i : i + 7]) for i in range(0, len(answer), 7)) if c
+    ]
+    last = chunks.last("stop")["choices"][0]
+    assert "".join(d.get("reasoning_content", "") for d in deltas) == "Paris?"
+    assert "".join(d.get("content", "") for d in deltas) + last["delta"].get("content", "") == "Checking."
+    assert last["finish_reason"] == "tool_calls"
+    (call,) = last["delta"]["tool_calls"]
+    assert call["index"] == 0 and call["type"] == "function" and len(call["id"]) == 9
+    assert call["function"] == {"name": "get_weather", "arguments": '{"city": "Paris"}'}
+    assert chunks.message(answer) == ("Checking.", "Paris?", [PARIS])
+    cut = ChatCompletionChunks(None, CompletionMeta.new("chatcmpl", "m"), gen, None, use)  # type: ignore[arg-type]
+    assert cut.piece(answer[22:]) is not None
+    assert cut.last("length")["choices"][0]["finish_reason"] == "length"  # out of tokens: not "tool_calls"
+
+
+def test_tools_and_choices_are_checked() -> None:
+    assert checked_tools(None) == []
+    for bad, match in [
+        ({"type": "function"}, "must be a list"),
+        ([{"type": "code"}], r"tools\[0\] must be"),
+        ([{"type": "function", "function": {"name": "a b"}}], "without blanks"),
+        ([WEATHER, WEATHER], "two tools are named 'get_weather'"),
+        ([{"type": "function", "function": {"name": "f", "parameters": []}}], "JSON schema object"),
+    ]:
+        with pytest.raises(InvalidArgumentError, match=match):
+            checked_tools(bad)
+    assert ToolChoice.of(None, [WEATHER]) == ToolChoice("auto")
+    assert ToolChoice.of(None, []) == ToolChoice("none")
+    assert ToolChoice.of({"type": "function", "function": {"name": "get_time"}}, [WEATHER, TIME]).tools(
+        [WEATHER, TIME]
+    ) == [TIME]
+    for bad, match in [("sometimes", "tool_choice must be"), ({"function": {"name": "nope"}}, "not one of the tools")]:
+        with pytest.raises(InvalidArgumentError, match=match):
+            ToolChoice.of(bad, [WEATHER])
+
+
+def test_earlier_calls_reach_the_template_as_it_writes_them() -> None:
+    calls = [{"id": "abcdefghi", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "X"}'}}]
+    messages = [{"role": "assistant", "content": "", "tool_calls": calls}, {"role": "tool", "content": "sunny"}]
+    as_objects = template_messages(messages, object_arguments=True)
+    assert as_objects[0]["tool_calls"][0]["function"]["arguments"] == {"city": "X"}
+    assert as_objects[1] == messages[1] and messages[0]["tool_calls"] is calls  # the request's own are untouched
+    assert template_messages(messages, object_arguments=False) == messages
+    rendered = ChatTemplate(HERMES).render(as_objects, tools=[WEATHER])
+    assert '<tool_call>\n{"name": "get_weather", "arguments": {"city": "X"}}\n</tool_call>' in rendered
+
+
+# ---- on SmolLM2 (a chat model that has no tool calls of its own: the answers are held to calls by the grammar) ----
+def _client(smollm2_path: Any, template: str) -> Any:
+    from fastapi.testclient import TestClient
+
+    from turbosparse.server.app import create_app
+    from turbosparse.server.config import ServerConfig
+
+    return TestClient(create_app(ServerConfig(str(smollm2_path), n_ctx=512, n_threads=2, chat_template=template)))
+
+
+def _wait(client: Any) -> None:
+    deadline = time.monotonic() + 120
+    while client.get("/health").status_code != 200 and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+def _streamed(reply: Any) -> tuple[str, list[dict], str | None]:
+    """The content, tool calls and finish reason of a streamed chat answer."""
+    content, calls, reason = "", [], None
+    for line in reply.text.splitlines():
+        if line.startswith("data: {"):
+            choice = json.loads(line[6:])["choices"][0]
+            content += choice["delta"].get("content") or ""
+            calls += choice["delta"].get("tool_calls") or []
+            reason = choice["finish_reason"] or reason
+    return content, calls, reason
+
+
+QUESTION = [{"role": "user", "content": "What is the weather in Paris? Also what time is it?"}]
+
+
+@pytest.mark.parametrize("template", [HERMES, LISTED, NAME_FIRST])
+def test_the_server_holds_answers_to_calls_and_reads_them(smollm2_path: Any, template: str) -> None:
+    with _client(smollm2_path, template) as client:
+        _wait(client)
+        for choice, names in [("required", {"get_weather", "get_time"}), (TIME_CHOICE, {"get_time"})]:
+            tools = {"tools": [WEATHER, TIME], "tool_choice": choice, "parallel_tool_calls": False}
+            body = {"messages": QUESTION, **tools, "max_tokens": 60}
+            reply = client.post("/v1/chat/completions", json={**body, "temperature": 0})
+            assert reply.status_code == 200, reply.text
+            choice_0 = reply.json()["choices"][0]
+            message = choice_0["message"]
+            assert choice_0["finish_reason"] == "tool_calls" and message["content"] is None, reply.text
+            assert len(message["tool_calls"]) == 1 and message["tool_calls"][0]["function"]["name"] in names
+            for call in message["tool_calls"]:
+                arguments = json.loads(call["function"]["arguments"])
+                assert isinstance(arguments, dict)
+                if call["function"]["name"] == "get_weather":
+                    assert isinstance(arguments["city"], str)  # the schema's required key
+            streamed = client.post("/v1/chat/completions", json={**body, "temperature": 0, "stream": True})
+            content, calls, reason = _streamed(streamed)
+            assert (content, reason) == ("", "tool_calls")
+            assert [c["function"] for c in calls] == [c["function"] for c in message["tool_calls"]]
+            assert [c["index"] for c in calls] == list(range(len(calls)))
+        # the answer, the tool's result, and the next turn: earlier calls rendered as the template writes them
+        history = [*QUESTION, {"role": "assistant", "content": None, "tool_calls": message["tool_calls"]}]
+        history.append({"role": "tool", "tool_call_id": message["tool_calls"][0]["id"], "content": "12:00"})
+        reply = client.post("/v1/chat/completions", json={"messages": history, "tools": [TIME], "max_tokens": 4})
+        assert reply.status_code == 200, reply.text
+        legacy = {"messages": QUESTION, "functions": [TIME["function"]], "function_call": {"name": "get_time"}}
+        reply = client.post("/v1/chat/completions", json={**legacy, "parallel_tool_calls": False, "max_tokens": 30})
+        assert reply.json()["choices"][0]["message"]["tool_calls"][0]["function"]["name"] == "get_time", reply.text
+
+
+TIME_CHOICE = {"type": "function", "function": {"name": "get_time"}}
+
+
+def test_tools_the_server_cannot_use_are_a_400(smollm2_path: Any) -> None:
+    with _client(smollm2_path, NO_CALLS) as client:
+        _wait(client)
+        asked = {"messages": QUESTION, "tools": [WEATHER], "max_tokens": 4}
+        reply = client.post("/v1/chat/completions", json=asked)
+        assert reply.status_code == 400 and "writes no tool calls" in reply.json()["error"]["message"]
+        # tool_choice "none": the tools are not shown, nothing is read
+        reply = client.post("/v1/chat/completions", json={**asked, "tool_choice": "none"})
+        assert reply.status_code == 200 and "tool_calls" not in reply.json()["choices"][0]["message"]
+    with _client(smollm2_path, HERMES) as client:
+        _wait(client)
+        for extra, match in [
+            ({"tool_choice": {"type": "function", "function": {"name": "nope"}}}, "not one of the tools"),
+            ({"tools": [{"type": "function"}]}, r"tools\[0\] must be"),
+            ({"response_format": {"type": "json_object"}}, "both constrain"),
+            ({"functions": [TIME["function"]]}, "give one pair"),
+        ]:
+            reply = client.post("/v1/chat/completions", json={**asked, **extra})
+            assert reply.status_code == 400, reply.text
+            assert re.search(match, reply.json()["error"]["message"]), reply.text
+
+
+def test_the_drop_in_calls_tools_as_the_server(smollm2_path: Any) -> None:
+    from turbosparse import Llama
+    from turbosparse.chat_template import ChatTemplate as Template
+
+    llm = Llama(model_path=str(smollm2_path), n_ctx=512, n_threads=2, verbose=False)
+    llm.model.chat_template = Template.for_tokenizer(HERMES, llm.model.tokenizer)
+    options = {"tools": [WEATHER, TIME], "tool_choice": TIME_CHOICE, "max_tokens": 30, "temperature": 0}
+    reply = llm.create_chat_completion(QUESTION, **options)
+    choice = reply["choices"][0]
+    assert choice["finish_reason"] == "tool_calls" and choice["message"]["content"] is None
+    (call,) = choice["message"]["tool_calls"]
+    assert call["function"] == {"name": "get_time", "arguments": "{}"}
+    content, calls, reason = _streamed_chunks(llm.create_chat_completion(QUESTION, stream=True, **options))
+    assert (content, reason, [c["function"] for c in calls]) == ("", "tool_calls", [call["function"]])
+    with pytest.raises(ValueError, match="not one of the tools"):
+        llm.create_chat_completion(QUESTION, tools=[WEATHER], tool_choice=TIME_CHOICE)
+    llm.close()
+
+
+def _streamed_chunks(chunks: Any) -> tuple[str, list[dict], str | None]:
+    content, calls, reason = "", [], None
+    for chunk in chunks:
+        choice = chunk["choices"][0]
+        content += choice["delta"].get("content") or ""
+        calls += choice["delta"].get("tool_calls") or []
+        reason = choice["finish_reason"] or reason
+    return content, calls, reason
