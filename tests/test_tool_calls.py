@@ -69,6 +69,7 @@ WEATHER = {
     },
 }
 TIME = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}}}
+NAMES = frozenset({"get_weather", "get_time"})
 
 
 def syntax_of(source: str) -> ToolCallSyntax:
@@ -112,6 +113,13 @@ ANSWERS = [
     (BARE, ' {"name": "get_weather", "parameters": {"city": "Paris"}}', ("", [PARIS])),
     (BARE, '{"name": "get_weather", "arguments": {"city": "Paris"}}', ("", [PARIS])),
     (BARE, '{"city": "Paris"}', None),  # JSON, but not a call
+    (BARE, '{"name": "Alice", "parameters": {"age": 3}}', None),  # a JSON answer that names no tool
+    (BARE, '{"name": "get_weather", "city": "Paris"}', None),  # no arguments: with no marker, not a call
+    (HERMES, 'I use <tool_call> tags.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}',
+     ("I use <tool_call> tags.", [PARIS])),  # the first marker starts no call: the next is tried
+    (LISTED, '[TOOL_CALLS] [{"name": "get_weather", "arguments": {"city": "Paris"}}]', ("", [PARIS])),
+    (HERMES, '<tool_call>\n{"name": "get_weather", "arguments": {}}\n</tool_call>\n<tool_call>\n'
+     '{"name": "rm_rf", "arguments": {}}\n</tool_call>', None),  # one call of no tool: none are read
     (LISTED, '[TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "Paris"}}, '
      '{"name": "get_weather", "arguments": {"city": "Rome", "days": 2}}]', ("", [PARIS, ROME])),
     (NAME_FIRST, 'Sure.[TOOL_CALLS]get_weather[ARGS]{"city": "Paris"}[TOOL_CALLS]get_weather[ARGS]'
@@ -124,25 +132,49 @@ ANSWERS = [
 def test_answers_are_read_whole_and_streamed_in_any_pieces(source: str, answer: str, expected: tuple | None) -> None:
     syntax = syntax_of(source)
     expected = expected or (answer, [])
-    assert syntax.parse(answer) == expected
+    assert syntax.parse(answer, NAMES) == expected
     rng = random.Random(len(answer))
     for _ in range(20):
-        held, released = HeldToolCalls(syntax), ""
+        held, released = HeldToolCalls(syntax, NAMES), ""
         cuts = sorted(rng.sample(range(1, len(answer)), min(5, len(answer) - 1)))
         for a, b in zip([0, *cuts], [*cuts, len(answer)], strict=True):
             released += held.feed(answer[a:b])
-            if syntax.start.strip() and syntax.start.strip() not in answer:  # only a marker's start waits
+            if (
+                not expected[1] and syntax.start.strip() and syntax.start.strip() not in answer
+            ):  # a marker's start waits
                 assert len(released) >= b - len(syntax.start.strip())
         rest, calls = held.finish()
         assert (released + rest, calls) == (expected[0] if expected[1] else answer, expected[1])
 
 
+def test_an_answer_that_ran_out_of_tokens_keeps_the_calls_it_completed() -> None:
+    syntax = syntax_of(HERMES)
+    answer = (
+        'Sure.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>\n<tool_call>\n'
+        '{"name": "get_weather", "arguments": {"city": "Ro'
+    )
+    assert syntax.parse(answer, NAMES) == (answer, [])
+    assert syntax.parse(answer, NAMES, cut=True) == ("Sure.", [PARIS])
+    held = HeldToolCalls(syntax, NAMES)
+    assert held.feed(answer) == "Sure."
+    assert held.finish(cut=True) == ("", [PARIS])
+    # a held answer's prefill (the marker the prompt ends with) is never content, cut short or not
+    use = ToolUse([WEATHER], ToolChoice("required"), syntax, parallel=True)
+    assert use.read('{"name": "get_weather", "arguments": {"city": "Paris"}}') == ("", [PARIS])
+    assert use.read('{"name": "get_weather", "argu', cut=True) == ('{"name": "get_weather", "argu', [])
+    held = use.held()
+    assert held is not None and held.feed('{"name": "get_weather", "argu') == ""
+    assert held.finish(cut=True) == ('{"name": "get_weather", "argu', [])
+    one = ToolUse([WEATHER], ToolChoice("auto"), syntax, parallel=False)  # parallel_tool_calls: false
+    assert one.read(answer.replace('"Ro', '"Rome"}}'))[1] == [PARIS]
+
+
 def test_content_before_a_call_streams_before_the_answer_ends() -> None:
-    held = HeldToolCalls(syntax_of(HERMES))
+    held = HeldToolCalls(syntax_of(HERMES), NAMES)
     assert held.feed("Let me look. <tool") == "Let me look."  # the blank waits: it may come before a call
     assert held.feed('_call>\n{"name": "get_weather", ') == ""
     assert held.finish() == (' <tool_call>\n{"name": "get_weather", ', [])  # never finished: content after all
-    bare = HeldToolCalls(syntax_of(BARE))
+    bare = HeldToolCalls(syntax_of(BARE), NAMES)
     assert bare.feed("  ") == ""
     assert bare.feed("It is") == "  It is"  # not a call: released at once
 
@@ -164,10 +196,26 @@ def test_the_chunks_of_a_thinking_answer_with_calls() -> None:
     (call,) = last["delta"]["tool_calls"]
     assert call["index"] == 0 and call["type"] == "function" and len(call["id"]) == 9
     assert call["function"] == {"name": "get_weather", "arguments": '{"city": "Paris"}'}
-    assert chunks.message(answer) == ("Checking.", "Paris?", [PARIS])
+    assert chunks.message(answer, "stop") == ("Checking.", "Paris?", [PARIS])
     cut = ChatCompletionChunks(None, CompletionMeta.new("chatcmpl", "m"), gen, None, use)  # type: ignore[arg-type]
     assert cut.piece(answer[22:]) is not None
     assert cut.last("length")["choices"][0]["finish_reason"] == "length"  # out of tokens: not "tool_calls"
+
+
+def test_the_grammar_of_calls_parses_and_leaves_the_tools_as_they_were(smollm2_model: Any) -> None:
+    refs = {
+        "type": "object",
+        "properties": {"place": {"$ref": "#/$defs/Place"}, "unit": {"enum": ["C", "F"]}},
+        "$defs": {"Place": {"type": "string"}},
+    }
+    odd = {"type": "function", "function": {"name": 'quote"back\\slash', "parameters": refs}}
+    tools = [WEATHER, TIME, odd]
+    before = json.dumps(tools)
+    for source in (HERMES, BARE, LISTED, NAME_FIRST):
+        for parallel in (False, True):
+            grammar = syntax_of(source).grammar(tools, parallel=parallel)
+            grammar.start(smollm2_model.tokenizer)  # llama.cpp's grammar engine parses it
+    assert json.dumps(tools) == before  # the converter resolves $refs in place: it is given a copy
 
 
 def test_tools_and_choices_are_checked() -> None:
@@ -186,9 +234,18 @@ def test_tools_and_choices_are_checked() -> None:
     assert ToolChoice.of({"type": "function", "function": {"name": "get_time"}}, [WEATHER, TIME]).tools(
         [WEATHER, TIME]
     ) == [TIME]
-    for bad, match in [("sometimes", "tool_choice must be"), ({"function": {"name": "nope"}}, "not one of the tools")]:
+    for bad, match in [
+        ("sometimes", "tool_choice must be"),
+        ({"type": "function", "function": "get_weather"}, "tool_choice must be"),
+        ({"function": None}, "tool_choice must be"),
+        ({"function": {"name": "nope"}}, "not one of the tools"),
+    ]:
         with pytest.raises(InvalidArgumentError, match=match):
             ToolChoice.of(bad, [WEATHER])
+    no_model: Any = None  # without tools nothing of the model is needed
+    assert ToolUse.of(no_model, [], "auto") == ToolUse([], ToolChoice("none"), None, False)  # as some clients send it
+    with pytest.raises(InvalidArgumentError, match="needs tools"):
+        ToolUse.of(no_model, None, "required")
 
 
 def test_earlier_calls_reach_the_template_as_it_writes_them() -> None:
@@ -267,17 +324,19 @@ def test_the_server_holds_answers_to_calls_and_reads_them(smollm2_path: Any, tem
 
 
 TIME_CHOICE = {"type": "function", "function": {"name": "get_time"}}
+TIME_CALL = {"id": "abcdefghi", "type": "function", "function": {"name": "get_time", "arguments": "{}"}}
 
 
 def test_tools_the_server_cannot_use_are_a_400(smollm2_path: Any) -> None:
     with _client(smollm2_path, NO_CALLS) as client:
         _wait(client)
         asked = {"messages": QUESTION, "tools": [WEATHER], "max_tokens": 4}
-        reply = client.post("/v1/chat/completions", json=asked)
+        # a template that writes no calls: "auto" answers in text (as llama-server), an answer held to calls is a 400
+        for choice in ("auto", "none"):
+            reply = client.post("/v1/chat/completions", json={**asked, "tool_choice": choice})
+            assert reply.status_code == 200 and "tool_calls" not in reply.json()["choices"][0]["message"]
+        reply = client.post("/v1/chat/completions", json={**asked, "tool_choice": "required"})
         assert reply.status_code == 400 and "writes no tool calls" in reply.json()["error"]["message"]
-        # tool_choice "none": the tools are not shown, nothing is read
-        reply = client.post("/v1/chat/completions", json={**asked, "tool_choice": "none"})
-        assert reply.status_code == 200 and "tool_calls" not in reply.json()["choices"][0]["message"]
     with _client(smollm2_path, HERMES) as client:
         _wait(client)
         for extra, match in [
@@ -285,6 +344,9 @@ def test_tools_the_server_cannot_use_are_a_400(smollm2_path: Any) -> None:
             ({"tools": [{"type": "function"}]}, r"tools\[0\] must be"),
             ({"response_format": {"type": "json_object"}}, "both constrain"),
             ({"functions": [TIME["function"]]}, "give one pair"),
+            ({"tool_choice": {"type": "function", "function": "get_weather"}}, "tool_choice must be"),
+            ({"tools": [], "tool_choice": "required"}, "needs tools"),
+            ({"messages": [*QUESTION, {"role": "assistant", "tool_calls": [TIME_CALL]}]}, "cannot be continued"),
         ]:
             reply = client.post("/v1/chat/completions", json={**asked, **extra})
             assert reply.status_code == 400, reply.text

@@ -222,8 +222,9 @@ class ChatCompletionChunks:
         scores = self.scores("", end=True)
         delta = {} if self._splitter is None else self._delta(self._splitter.finish())
         delta = self._without_calls(delta)
-        if self._held is not None:
-            content, calls = self._held.finish()
+        if self._held is not None and self._tools is not None:
+            content, calls = self._held.finish(cut=reason == "length")
+            calls = self._tools.allowed(calls)
             if content:
                 delta["content"] = delta.get("content", "") + content
             if calls:
@@ -231,15 +232,15 @@ class ChatCompletionChunks:
                 reason = tool_finish_reason(reason)
         return chat_completion_chunk(self._meta, delta, reason, scores if scores and scores["content"] else None)
 
-    def message(self, answer: str) -> tuple[str, str | None, list[ToolCall]]:
-        """A whole answer's content, reasoning (None: not split) and tool calls."""
+    def message(self, answer: str, reason: FinishReason | None) -> tuple[str, str | None, list[ToolCall]]:
+        """A whole answer's content, reasoning (None: not split) and tool calls (reason: why the answer ended)."""
         content, reasoning = answer, None
         if self._reasoning is not None:
             split = split_whole(answer, open_at_start=self._reasoning.open_at_start)
             content, reasoning = split.content, split.reasoning
         if self._tools is None:
             return content, reasoning, []
-        content, calls = self._tools.read(content)
+        content, calls = self._tools.read(content, cut=reason == "length")
         return content, reasoning, calls
 
     def _without_calls(self, delta: dict[str, str]) -> dict[str, str]:

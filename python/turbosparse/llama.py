@@ -495,5 +495,5 @@ class Llama:
         text = "".join(self._model.run(gen))
         self._evaluated(gen)
         use = usage(gen.n_prompt, gen.n_generated)
-        content, _, calls = chunks.message(text)
+        content, _, calls = chunks.message(text, gen.finish_reason)
         return chat_completion(meta, content, gen.finish_reason, use, chunks.scores(text, end=True), tool_calls=calls)

@@ -517,6 +517,10 @@ class Model:
         if prefill_assistant and messages and messages[-1].get("role") == "assistant":
             if len(messages) > 1 and messages[-2].get("role") == "assistant":
                 raise InvalidArgumentError("two assistant messages end the conversation: only one is continued")
+            if messages[-1].get("tool_calls"):  # llama-server's rule: what follows calls is their results
+                raise InvalidArgumentError(
+                    "the last message is an assistant's with tool calls, which cannot be continued: add their results"
+                )
             prefix = self.chat_prompt(messages[:-1], template_kwargs=template_kwargs, tools=tools)
             text = prefix + str(messages[-1].get("content") or "")
         else:

@@ -91,7 +91,7 @@ class ReasoningSplitter:
                 self._state, self._held = _State.CONTENT_START, held[end + len(CLOSE) :]
                 self.closed = True
                 return
-            keep = tag_start_at_end(held, CLOSE)
+            keep = _tag_start_at_end(held, CLOSE)
             text, rest = held[: len(held) - keep], held[len(held) - keep :]
             body = text.rstrip()
             self._give_reasoning(out, body)
@@ -112,7 +112,7 @@ class ReasoningSplitter:
             self._reasoning_started = True
 
 
-def tag_start_at_end(text: str, tag: str) -> int:
+def _tag_start_at_end(text: str, tag: str) -> int:
     """The length of the longest end of text that begins tag (0: none)."""
     for n in range(min(len(tag) - 1, len(text)), 0, -1):
         if tag.startswith(text[-n:]):

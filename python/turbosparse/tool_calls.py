@@ -7,21 +7,25 @@ all learned this way; a template that writes no tool calls has none, and a reque
 
 from __future__ import annotations
 
+import copy
 import json
+import logging
 import secrets
 import string
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence, Set
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from llama_cpp.llama_grammar import SchemaConverter
 
+from turbosparse.chat_template import ChatTemplate
 from turbosparse.errors import ChatTemplateError, GrammarError, InvalidArgumentError
 from turbosparse.grammar import Grammar, check_schema_counts
-from turbosparse.reasoning import tag_start_at_end
 
 if TYPE_CHECKING:
     from turbosparse.model import Model
+
+logger = logging.getLogger(__name__)
 
 # a conversation's renderings: (messages, add_generation_prompt) -> prompt text
 Render = Callable[[list[dict[str, Any]], bool], str]
@@ -91,28 +95,39 @@ class ToolCallSyntax:
         )
 
     # ---- reading answers ------------------------------------------------------------------------------------------
-    def parse(self, text: str) -> tuple[str, list[ToolCall]]:
-        """An answer's content and calls. Text that does not hold calls as the template writes them is content."""
-        at = self.start_in(text)
-        if at is None:
-            return text, []
-        calls = self._calls(text, at + len(self.start.strip()))
-        if not calls:
-            return text, []
-        return text[:at].rstrip(), calls
+    def parse(self, text: str, names: Set[str], *, cut: bool = False) -> tuple[str, list[ToolCall]]:
+        """An answer's content and its calls of the functions named names. Text that does not hold such calls as the
+        template writes them is content. cut: the answer ran out of tokens; the calls it completed are read, the one
+        it did not is dropped (as llama-server reads a partial answer)."""
+        for at, after in self._starts(text):
+            calls = self._calls(text, after, names, cut)
+            if calls:
+                return text[:at].rstrip(), calls
+        return text, []
 
-    def start_in(self, text: str) -> int | None:
-        """Where calls may start in text (None: nowhere): the start marker, or with none the answer's start."""
+    def _starts(self, text: str) -> Iterator[tuple[int, int]]:
+        """Where calls may start in text, and where their first one does: each start marker (blanks in and around
+        it not counted), or with no marker the answer's start."""
         marker = self.start.strip()
-        if marker:
-            at = text.find(marker)
-            return None if at < 0 else at
-        blank_free = text.lstrip()
-        return len(text) - len(blank_free) if blank_free.startswith("{") or self.name_key is None else None
+        if not marker:
+            if self.opens(text):
+                at = len(text) - len(text.lstrip())
+                yield at, at
+            return
+        at = text.find(marker[0])
+        while at >= 0:
+            found = _match_loose(text, at, marker)
+            if found is not None and found[1]:
+                yield at, found[0]
+            at = text.find(marker[0], at + 1)
 
-    def _calls(self, text: str, pos: int) -> list[ToolCall]:
+    def opens(self, text: str) -> bool:
+        """With no start marker: whether an answer that begins as text may be calls."""
+        return text.lstrip().startswith("{") or self.name_key is None
+
+    def _calls(self, text: str, pos: int, names: Set[str], cut: bool) -> list[ToolCall]:
         read = self._call(text, pos)
-        if read is None:
+        if read is None or read[0].name not in names:
             return []
         calls = [read[0]]
         pos = read[1]
@@ -121,12 +136,14 @@ class ToolCallSyntax:
             read = self._call(text, after) if after is not None else None
             if read is None:
                 break
+            if read[0].name not in names:
+                return []
             calls.append(read[0])
             pos = read[1]
         # the end as written, or cut short where the template's end holds tokens the answer stops at (its turn's end)
         # or the answer stopped before it
         rest = "".join(text[pos:].split())
-        return calls if "".join(self.end.split()).startswith(rest) else []
+        return calls if cut or "".join(self.end.split()).startswith(rest) else []
 
     def _call(self, text: str, pos: int) -> tuple[ToolCall, int] | None:
         decoder = json.JSONDecoder()
@@ -156,9 +173,10 @@ class ToolCallSyntax:
             return None
         if not isinstance(value, dict) or not isinstance(value.get(self.name_key), str):
             return None
-        # the template's key, or the other common one (Llama 3.x's files say "parameters", models often "arguments")
+        # the template's key, or the other common one (Llama 3.x's files say "parameters", models often "arguments");
+        # none: no arguments, unless nothing marks the call (then a JSON answer with a "name" is not one)
         keys = (self.arguments_key, "arguments", "parameters")
-        arguments = next((value[key] for key in keys if key in value), {})
+        arguments = next((value[key] for key in keys if key in value), {} if self.start.strip() else None)
         if isinstance(arguments, str):
             try:
                 arguments = json.loads(arguments)
@@ -176,7 +194,7 @@ class ToolCallSyntax:
         alternatives = []
         for i, tool in enumerate(tools):
             function = tool["function"]
-            schema = function.get("parameters") or {"type": "object"}
+            schema = copy.deepcopy(function.get("parameters") or {"type": "object"})  # the converter edits $refs
             if self.quoted_arguments:
                 schema = {"type": "string"}
             try:
@@ -225,11 +243,16 @@ def _learn(render: Render, object_arguments: bool) -> ToolCallSyntax | None:
         answered = render([user, {"role": "assistant", "content": _PROBE_ANSWER}], False)
         empty = render([user, {"role": "assistant", "content": ""}], False)
         one = render([user, call_message(_PROBE_CALLS[:1])], False)
+        prompt = render([user], True)
     except ChatTemplateError:
         return None
     turn_end = answered[answered.find(_PROBE_ANSWER) + len(_PROBE_ANSWER) :] if _PROBE_ANSWER in answered else ""
+    # where the answer starts: after the assistant's opening (an empty answer's text without its turn's end) or what
+    # it shares with the generation prompt, whichever is longer (not inside a marker the two only begin alike)
     opening = empty[: len(empty) - len(turn_end)] if turn_end and empty.endswith(turn_end) else empty
-    region = len(opening) if one.startswith(opening) else len(_common_prefix(one, render([user], True)))
+    region = max(
+        len(opening) if one.startswith(opening) else 0, _marker_boundary(one, len(_common_prefix(one, prompt)))
+    )
     first = _find_call(one, region, *_PROBE_CALLS[0])
     if first is None:
         return None
@@ -317,6 +340,13 @@ def _common_prefix(a: str, b: str) -> str:
     return a[:n]
 
 
+def _marker_boundary(text: str, pos: int) -> int:
+    """pos moved back to where a marker or word it cuts begins (after a blank, or a closing > ] })."""
+    while 0 < pos < len(text) and not text[pos - 1].isspace() and text[pos - 1] not in ">]}":
+        pos -= 1
+    return pos
+
+
 def _skip_blanks(text: str, pos: int) -> int:
     while pos < len(text) and text[pos].isspace():
         pos += 1
@@ -325,14 +355,23 @@ def _skip_blanks(text: str, pos: int) -> int:
 
 def _skip_loose(text: str, pos: int, literal: str) -> int | None:
     """Where literal ends if text holds it at pos, blanks anywhere in either not counted (None: it does not)."""
+    found = _match_loose(text, pos, literal)
+    return found[0] if found is not None and found[1] else None
+
+
+def _match_loose(text: str, pos: int, literal: str) -> tuple[int, bool] | None:
+    """How text at pos holds literal, blanks anywhere in either not counted: where the match ends and whether it is
+    whole (False: text ends before literal does); None where they differ."""
     for char in literal:
         if char.isspace():
             continue
         pos = _skip_blanks(text, pos)
-        if pos >= len(text) or text[pos] != char:
+        if pos >= len(text):
+            return pos, False
+        if text[pos] != char:
             return None
         pos += 1
-    return pos
+    return pos, True
 
 
 def _gbnf_literal(text: str) -> str:
@@ -354,7 +393,8 @@ class ToolChoice:
             return cls("auto" if tools else "none")
         if choice in ("none", "auto", "required"):
             return cls(choice)
-        name = choice.get("function", {}).get("name") if isinstance(choice, dict) else None
+        function = choice.get("function") if isinstance(choice, dict) else None
+        name = function.get("name") if isinstance(function, dict) else None
         if not isinstance(name, str) or (isinstance(choice, dict) and choice.get("type", "function") != "function"):
             raise InvalidArgumentError(
                 'tool_choice must be "none", "auto", "required" or {"type": "function", "function": {"name": ...}}, '
@@ -421,34 +461,48 @@ def _with_object_arguments(call: Any) -> Any:
 class HeldToolCalls:
     """A streamed answer's content, fed in pieces: what cannot be part of a call is released at once, a call's text
     (from the start marker and the blanks before it, or with no marker from an answer that opens with a call) is held
-    to the end and read there."""
+    to the end and read there (ToolCallSyntax.parse: calls of the functions named names). prefill: the text the
+    prompt ended with (a held answer's start marker), read with the answer, never released."""
 
-    def __init__(self, syntax: ToolCallSyntax) -> None:
+    def __init__(self, syntax: ToolCallSyntax, names: Set[str], prefill: str = "") -> None:
         self._syntax = syntax
-        self._text = ""
-        self._released = 0
+        self._names = names
+        self._text = prefill
+        self._released = len(prefill)
         self._searching = True  # a call may still start in what is held
+        self._calling = bool(prefill)  # a call started: all that follows is held
 
     def feed(self, text: str) -> str:
         self._text += text
         if not self._searching:
             return self._release(len(self._text))
         marker = self._syntax.start.strip()
+        if self._calling:
+            return ""
         if marker:
-            at = self._text.find(marker, self._released)
-            upto = at if at >= 0 else len(self._text) - tag_start_at_end(self._text, marker)
+            upto = self._marker_at(marker)
             while upto > self._released and self._text[upto - 1].isspace():  # blanks before a call are not content
                 upto -= 1
             return self._release(upto)
-        blank_free = self._text.lstrip()
-        if blank_free and self._syntax.start_in(self._text) is None:
+        if self._text.strip() and not self._syntax.opens(self._text):
             self._searching = False
             return self._release(len(self._text))
         return ""
 
-    def finish(self) -> tuple[str, list[ToolCall]]:
-        """The content left to release, and the answer's calls."""
-        content, calls = self._syntax.parse(self._text)
+    def _marker_at(self, marker: str) -> int:
+        """Where the first marker, or the start of one the text may still complete, is (the text's end: none)."""
+        at = self._text.find(marker[0], self._released)
+        while at >= 0:
+            found = _match_loose(self._text, at, marker)
+            if found is not None:
+                self._calling = found[1]
+                return at
+            at = self._text.find(marker[0], at + 1)
+        return len(self._text)
+
+    def finish(self, *, cut: bool = False) -> tuple[str, list[ToolCall]]:
+        """The content left to release, and the answer's calls (cut: as parse's)."""
+        content, calls = self._syntax.parse(self._text, self._names, cut=cut)
         if not calls:
             return self._release(len(self._text)), []
         return content[self._released :], calls
@@ -461,13 +515,14 @@ class HeldToolCalls:
 
 @dataclass(frozen=True)
 class ToolUse:
-    """A chat request's tools as its answer uses them: the tools the template shows (none with tool_choice "none"),
-    the syntax the answer's calls are read in, and for "required" or a named function the grammar that holds the
-    answer to calls, after the syntax's start marker given in the prompt (prefill)."""
+    """A chat request's tools as its answer uses them: the tools the template is given (none with tool_choice
+    "none"), the syntax the answer's calls are read in (None: nothing is read), whether it may hold several calls,
+    and for "required" or a named function the grammar that holds the answer to calls, after the syntax's start
+    marker given in the prompt (prefill)."""
 
     tools: list[dict[str, Any]]
     choice: ToolChoice
-    syntax: ToolCallSyntax | None  # None: no tools shown, nothing read
+    syntax: ToolCallSyntax | None
     parallel: bool
 
     @classmethod
@@ -480,21 +535,35 @@ class ToolUse:
         parallel: bool | None = None,
         template_kwargs: Mapping[str, object] | None = None,
     ) -> ToolUse:
-        """InvalidArgumentError for tools or a choice that are not OpenAI's; ChatTemplateError for a template that
-        writes no tool calls (or a built-in one), when tools are used."""
+        """InvalidArgumentError for tools or a choice that are not OpenAI's; ChatTemplateError where the answer is
+        to be held to calls and the template writes none. With "auto" and such a template, the template is given
+        the tools (a Jinja2 one: it may describe them) and the answer is plain content, as llama-server answers."""
         checked = checked_tools(tools)
         choice = ToolChoice.of(tool_choice, checked)
-        if choice.mode == "none":
-            return cls([], choice, None, False)
-        syntax = ToolCallSyntax.learn(
-            lambda messages, generate: model.chat_prompt(
-                messages, add_generation_prompt=generate, template_kwargs=template_kwargs, tools=_PROBE_TOOLS
+        if choice.mode == "required" and not checked:
+            raise InvalidArgumentError('tool_choice "required" needs tools')
+        if choice.mode == "none" or not checked:  # "auto" without tools (some clients send it): nothing to call
+            return cls([], ToolChoice("none"), None, False)
+        try:
+            syntax = ToolCallSyntax.learn(
+                lambda messages, generate: model.chat_prompt(
+                    messages, add_generation_prompt=generate, template_kwargs=template_kwargs, tools=_PROBE_TOOLS
+                )
             )
-        )
+        except ChatTemplateError as exc:
+            if choice.mode != "auto":
+                raise
+            logger.warning("tools are not read from the answers: %s", exc)
+            return cls(checked if isinstance(model.chat_template, ChatTemplate) else [], choice, None, False)
         # several calls where the template writes several and the request does not say otherwise; a named function
         # is called once
         can_repeat = syntax.between is not None and choice.mode != "function"
         return cls(checked, choice, syntax, can_repeat if parallel is None else parallel and can_repeat)
+
+    @property
+    def names(self) -> frozenset[str]:
+        """The functions the answer may call."""
+        return frozenset(tool["function"]["name"] for tool in self.choice.tools(self.tools))
 
     @property
     def forced(self) -> bool:
@@ -520,19 +589,20 @@ class ToolUse:
         tokens = tokenizer.tokenize(text, add_bos=False, special=True)
         return frozenset(t for t in tokens if tokenizer.piece(t, special=True) != tokenizer.piece(t, special=False))
 
-    def read(self, content: str) -> tuple[str, list[ToolCall]]:
-        """An answer's content (its text after the prefill) and calls."""
+    def read(self, content: str, *, cut: bool = False) -> tuple[str, list[ToolCall]]:
+        """An answer's content (its text after the prefill) and calls (cut: it ran out of tokens)."""
         if self.syntax is None:
             return content, []
-        return self.syntax.parse(self.prefill + content)
+        text, calls = self.syntax.parse(self.prefill + content, self.names, cut=cut)
+        return (text, self.allowed(calls)) if calls else (content, [])
+
+    def allowed(self, calls: list[ToolCall]) -> list[ToolCall]:
+        """calls, only the first where the answer may hold one."""
+        return calls if self.parallel else calls[:1]
 
     def held(self) -> HeldToolCalls | None:
-        """A streamed answer's holder, the prefill given (None: nothing is read)."""
-        if self.syntax is None:
-            return None
-        held = HeldToolCalls(self.syntax)
-        held.feed(self.prefill)
-        return held
+        """A streamed answer's holder (None: nothing is read)."""
+        return None if self.syntax is None else HeldToolCalls(self.syntax, self.names, self.prefill)
 
 
 def functions_as_tools(functions: Any, function_call: Any) -> tuple[Any, Any]:

@@ -273,7 +273,7 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
         if answer is None:
             return Response(status_code=CLIENT_CLOSED)
         use = usage(gen.n_prompt, gen.n_generated)
-        content, reasoning_content, calls = chunks.message(answer)
+        content, reasoning_content, calls = chunks.message(answer, gen.finish_reason)
         scores = chunks.scores(answer, end=True)
         return JSONResponse(chat_completion(meta, content, gen.finish_reason, use, scores, reasoning_content, calls))
 
