@@ -28,7 +28,7 @@ from turbosparse.tool_calls import (
 _TURNS = "{% for m in messages %}<|im_start|>{{ m.role }}\n"
 _END = "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 _TOOLS = "{% if tools and loop.first %}Tools:{% for t in tools %} {{ t.function.name }}{% endfor %}\n{% endif %}"
-_CALL = "{{ c.function.name | tojson }}, {{ c.function.arguments | tojson }}"
+_CALL = '"name": {{ c.function.name | tojson }}, "arguments": {{ c.function.arguments | tojson }}'
 # Hermes / Qwen: a <tool_call> block per call after the content
 HERMES = (
     _TURNS
@@ -55,6 +55,23 @@ NAME_FIRST = (
     "{{ c.function.arguments }}{% endfor %}" + _END
 )
 NO_CALLS = _TURNS + _TOOLS + "{{ m.content }}" + _END
+# gpt-oss-like: the generation prompt ends mid-line, calls go on on it (" to=name json")
+GLUED = (
+    "{% for m in messages %}<|im_start|>{{ m.role }}{% if m.tool_calls %}{% for c in m.tool_calls %} to="
+    "{{ c.function.name }} {{ c.function.arguments | tojson }}{% endfor %}{% else %}\n{{ m.content }}{% endif %}"
+    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant{% endif %}"
+)
+# Kimi K2-like: each call numbered
+NUMBERED = (
+    _TURNS + "{{ m.content }}{% for c in m.tool_calls or [] %}<call>{{ c.function.name }}:{{ loop.index0 }}<args>"
+    "{{ c.function.arguments | tojson }}{% endfor %}" + _END
+)
+# a call's turn ends without the newline a text answer's has: the learned end holds the end-of-turn token
+UNEVEN_END = (
+    _TURNS + "{{ m.content }}{% for c in m.tool_calls or [] %}<tool_call>\n{" + _CALL + "}\n</tool_call>{% endfor %}"
+    "{% if m.tool_calls %}<|im_end|>{% else %}<|im_end|>\n{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 
 WEATHER = {
     "type": "function",
@@ -96,6 +113,29 @@ def test_each_templates_syntax_is_learned(source: str, expected: tuple) -> None:
 def test_a_template_that_writes_no_calls_has_no_syntax() -> None:
     with pytest.raises(ChatTemplateError, match="writes no tool calls"):
         syntax_of(NO_CALLS)
+    with pytest.raises(ChatTemplateError, match="numbers its calls"):
+        syntax_of(NUMBERED)
+
+
+def test_calls_that_go_on_on_the_generation_prompts_line() -> None:
+    syntax = syntax_of(GLUED)
+    assert (syntax.start, syntax.name_key, syntax.separator) == (" to=", None, " ")
+    assert syntax.parse(' to=get_weather {"city": "Paris"}', NAMES) == ("", [PARIS])
+
+
+def test_an_end_of_turn_token_ends_the_syntax(smollm2_model: Any) -> None:
+    """What a template writes after the token the answer stops at is no part of the calls: a held answer would have
+    to spell it out and never stop."""
+    template = ChatTemplate(UNEVEN_END)
+
+    def chat_prompt(messages: Any, *, add_generation_prompt: bool, template_kwargs: Any, tools: Any) -> str:
+        return template.render(messages, add_generation_prompt=add_generation_prompt, tools=tools)
+
+    model: Any = SimpleNamespace(chat_prompt=chat_prompt, tokenizer=smollm2_model.tokenizer, chat_template=template)
+    assert syntax_of(UNEVEN_END).end == "\n</tool_call><|im_end|>"  # the template's text
+    use = ToolUse.of(model, [WEATHER], "required")
+    assert use.syntax is not None and use.syntax.end == "\n</tool_call>"
+    assert use.shown_tokens(model) == frozenset()  # <tool_call> is text in SmolLM2's vocabulary
 
 
 PARIS = ToolCall("get_weather", '{"city": "Paris"}')
@@ -218,6 +258,29 @@ def test_the_grammar_of_calls_parses_and_leaves_the_tools_as_they_were(smollm2_m
     assert json.dumps(tools) == before  # the converter resolves $refs in place: it is given a copy
 
 
+def test_a_streamed_answer_with_its_reasoning_inline_reads_calls_from_its_content_only() -> None:
+    """deepseek-legacy: a streamed answer's reasoning stays in its content between the tags, but a call drafted in
+    the reasoning is no call, and the calls after it are read as when the answer is whole."""
+    use = ToolUse([WEATHER], ToolChoice("auto"), syntax_of(HERMES), parallel=True)
+    gen: Any = SimpleNamespace(logprobs=None)
+    call = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+    for answer, reason, calls in [
+        (f"<think>\n{call}\nhmm</think>\n\nThe answer is", "length", []),
+        (f"<think>\n{call}\nhmm</think>\n\nLet me look.\n{call}", "stop", [PARIS]),
+    ]:
+        inline = ReasoningSplit(inline_when_streamed=True)
+        chunks = ChatCompletionChunks(None, CompletionMeta.new("chatcmpl", "m"), gen, inline, use)  # type: ignore[arg-type]
+        pieces = (chunks.piece(answer[i : i + 5]) for i in range(0, len(answer), 5))
+        deltas = [c["choices"][0]["delta"] for c in pieces if c]
+        last = chunks.last(reason)["choices"][0]
+        streamed = "".join(d.get("content", "") for d in [*deltas, last["delta"]])
+        content, reasoning, read = chunks.message(answer, reason)
+        assert streamed == f"<think>{reasoning}</think>{content}"
+        assert read == calls and [c["function"]["name"] for c in last["delta"].get("tool_calls", [])] == [
+            c.name for c in calls
+        ]
+
+
 def test_tools_and_choices_are_checked() -> None:
     assert checked_tools(None) == []
     for bad, match in [
@@ -290,7 +353,7 @@ def _streamed(reply: Any) -> tuple[str, list[dict], str | None]:
 QUESTION = [{"role": "user", "content": "What is the weather in Paris? Also what time is it?"}]
 
 
-@pytest.mark.parametrize("template", [HERMES, LISTED, NAME_FIRST])
+@pytest.mark.parametrize("template", [HERMES, LISTED, NAME_FIRST, UNEVEN_END, GLUED])
 def test_the_server_holds_answers_to_calls_and_reads_them(smollm2_path: Any, template: str) -> None:
     with _client(smollm2_path, template) as client:
         _wait(client)

@@ -211,8 +211,9 @@ class ChatCompletionChunks:
     def piece(self, text: str) -> dict | None:
         """A streamed chunk: a piece of released text (None when it carries no text and no token)."""
         scores = self.scores(text, end=False)
-        delta = {"content": text} if self._splitter is None else self._delta(self._splitter.feed(text))
-        delta = self._without_calls(delta)
+        delta = self._delta(
+            self._without_calls(Split(content=text) if self._splitter is None else self._splitter.feed(text))
+        )
         if not any(delta.values()) and not (scores and scores["content"]):
             return None
         return chat_completion_chunk(self._meta, delta, None, scores)
@@ -220,16 +221,16 @@ class ChatCompletionChunks:
     def last(self, reason: FinishReason | None) -> dict:
         """The streamed chunk that finishes (with the text held back and the tokens left to report, if any)."""
         scores = self.scores("", end=True)
-        delta = {} if self._splitter is None else self._delta(self._splitter.finish())
-        delta = self._without_calls(delta)
+        split = self._without_calls(Split() if self._splitter is None else self._splitter.finish())
+        calls: list[ToolCall] = []
         if self._held is not None and self._tools is not None:
             content, calls = self._held.finish(cut=reason == "length")
+            split.content += content
             calls = self._tools.allowed(calls)
-            if content:
-                delta["content"] = delta.get("content", "") + content
-            if calls:
-                delta["tool_calls"] = [{"index": i, **call.openai(new_call_id())} for i, call in enumerate(calls)]
-                reason = tool_finish_reason(reason)
+        delta: dict[str, Any] = self._delta(split)
+        if calls:
+            delta["tool_calls"] = [{"index": i, **call.openai(new_call_id())} for i, call in enumerate(calls)]
+            reason = tool_finish_reason(reason)
         return chat_completion_chunk(self._meta, delta, reason, scores if scores and scores["content"] else None)
 
     def message(self, answer: str, reason: FinishReason | None) -> tuple[str, str | None, list[ToolCall]]:
@@ -243,17 +244,15 @@ class ChatCompletionChunks:
         content, calls = self._tools.read(content, cut=reason == "length")
         return content, reasoning, calls
 
-    def _without_calls(self, delta: dict[str, str]) -> dict[str, str]:
-        """delta with its content's call text held back."""
-        if self._held is None or "content" not in delta:
-            return delta
-        content = self._held.feed(delta.pop("content"))
-        return {**delta, "content": content} if content else delta
+    def _without_calls(self, split: Split) -> Split:
+        """split with its content's call text held back (reasoning is never read for calls)."""
+        return split if self._held is None else Split(split.reasoning, self._held.feed(split.content))
 
     def _delta(self, split: Split) -> dict[str, str]:
         """A split piece as a delta: its parts that hold text, or with deepseek-legacy all of it as content, the
         reasoning between the tags."""
-        assert self._reasoning is not None and self._splitter is not None
+        if self._reasoning is None or self._splitter is None:
+            return {"content": split.content} if split.content else {}
         if not self._reasoning.inline_when_streamed:
             delta = {"reasoning_content": split.reasoning} if split.reasoning else {}
             return {**delta, "content": split.content} if split.content else delta

@@ -140,7 +140,7 @@ def chat_logprobs(tokenizer: Tokenizer, entries: Sequence[TokenLogprob]) -> dict
             {
                 "token": e.text,
                 "logprob": e.logprob,
-                "bytes": list(tokenizer.piece(e.token)),
+                "bytes": list(tokenizer.piece(e.token) or e.text.encode("utf-8")),  # a shown special token's text
                 "top_logprobs": [
                     {
                         "token": e.text if i == e.token else _piece_text(tokenizer, i),

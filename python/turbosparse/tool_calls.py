@@ -3,11 +3,13 @@
 streamed answer's call text back from its content, and to hold an answer to calls (tool_choice "required" or a named
 function) with a grammar. Hermes / Qwen's `<tool_call>{...}</tool_call>`, Mistral's `[TOOL_CALLS][{...}]`, Llama
 3.x's bare `{"name": ..., "parameters": ...}` and a name-then-arguments syntax (`[TOOL_CALLS]name[ARGS]{...}`) are
-all learned this way; a template that writes no tool calls has none, and a request with tools is refused for it."""
+all learned this way. A template that writes no tool calls has none: its answers are not read, and cannot be held to
+calls."""
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import secrets
@@ -24,6 +26,7 @@ from turbosparse.grammar import Grammar, check_schema_counts
 
 if TYPE_CHECKING:
     from turbosparse.model import Model
+    from turbosparse.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -250,9 +253,8 @@ def _learn(render: Render, object_arguments: bool) -> ToolCallSyntax | None:
     # where the answer starts: after the assistant's opening (an empty answer's text without its turn's end) or what
     # it shares with the generation prompt, whichever is longer (not inside a marker the two only begin alike)
     opening = empty[: len(empty) - len(turn_end)] if turn_end and empty.endswith(turn_end) else empty
-    region = max(
-        len(opening) if one.startswith(opening) else 0, _marker_boundary(one, len(_common_prefix(one, prompt)))
-    )
+    shared = len(_common_prefix(one, prompt))
+    region = max(len(opening) if one.startswith(opening) else 0, _marker_boundary(one, shared, stop=len(prompt)))
     first = _find_call(one, region, *_PROBE_CALLS[0])
     if first is None:
         return None
@@ -269,6 +271,11 @@ def _learn(render: Render, object_arguments: bool) -> ToolCallSyntax | None:
         second = _find_call(two, first_of_two[1], *_PROBE_CALLS[1])
         if second is not None:
             between = two[first_of_two[1] : second[0]]
+            if second[5] != separator:
+                raise ChatTemplateError(
+                    "the chat template numbers its calls (a second call is written unlike the first), which reading "
+                    "answers does not support"
+                )
     start = one[region:start_at]
     if any("probe000" in part for part in (start, separator, between or "")):
         raise ChatTemplateError(
@@ -340,9 +347,10 @@ def _common_prefix(a: str, b: str) -> str:
     return a[:n]
 
 
-def _marker_boundary(text: str, pos: int) -> int:
-    """pos moved back to where a marker or word it cuts begins (after a blank, or a closing > ] })."""
-    while 0 < pos < len(text) and not text[pos - 1].isspace() and text[pos - 1] not in ">]}":
+def _marker_boundary(text: str, pos: int, stop: int) -> int:
+    """pos moved back to where a marker or word it cuts begins (after a blank, or a closing > ] }); pos itself where
+    it is stop (all of the generation prompt is shared: the answer starts there whatever the characters)."""
+    while pos != stop and 0 < pos < len(text) and not text[pos - 1].isspace() and text[pos - 1] not in ">]}":
         pos -= 1
     return pos
 
@@ -555,6 +563,7 @@ class ToolUse:
                 raise
             logger.warning("tools are not read from the answers: %s", exc)
             return cls(checked if isinstance(model.chat_template, ChatTemplate) else [], choice, None, False)
+        syntax = dataclasses.replace(syntax, end=_before_end_of_generation(syntax.end, model.tokenizer))
         # several calls where the template writes several and the request does not say otherwise; a named function
         # is called once
         can_repeat = syntax.between is not None and choice.mode != "function"
@@ -603,6 +612,17 @@ class ToolUse:
     def held(self) -> HeldToolCalls | None:
         """A streamed answer's holder (None: nothing is read)."""
         return None if self.syntax is None else HeldToolCalls(self.syntax, self.names, self.prefill)
+
+
+def _before_end_of_generation(text: str, tokenizer: Tokenizer) -> str:
+    """text up to its first end-of-generation token's (an answer stops at that token, so a syntax's end that holds
+    one, with what the template writes after it, is never written: Command R's, DeepSeek-R1's)."""
+    cut = len(text)
+    for token in tokenizer.tokenize(text, add_bos=False, special=True):
+        if tokenizer.is_end_of_generation(token):
+            at = text.find(tokenizer.piece(token, special=True).decode("utf-8", errors="replace"))
+            cut = min(cut, at) if at >= 0 else cut
+    return text[:cut]
 
 
 def functions_as_tools(functions: Any, function_call: Any) -> tuple[Any, Any]:
