@@ -320,6 +320,10 @@ def test_earlier_calls_reach_the_template_as_it_writes_them() -> None:
     assert template_messages(messages, object_arguments=False) == messages
     rendered = ChatTemplate(HERMES).render(as_objects, tools=[WEATHER])
     assert '<tool_call>\n{"name": "get_weather", "arguments": {"city": "X"}}\n</tool_call>' in rendered
+    # tojson takes Hugging Face's arguments (GigaChat's templates write calls with ensure_ascii)
+    city = [{"role": "user", "content": "Zürich"}]
+    source = "{{ messages[0].content | tojson }} {{ messages[0].content | tojson(ensure_ascii=True, indent=None) }}"
+    assert ChatTemplate(source).render(city, add_generation_prompt=False) == '"Zürich" "Z\\u00fcrich"'
 
 
 # ---- on SmolLM2 (a chat model that has no tool calls of its own: the answers are held to calls by the grammar) ----
