@@ -11,7 +11,7 @@ import pytest
 
 from turbosparse.binding import NativeContext, NativeModel, SparseMode
 
-from tinymodel import TinyConfig, random_weights, reference_logits, write_gguf
+from tinymodel import TinyConfig, random_weights, reference_forward, reference_logits, write_gguf
 
 Q = gguf.GGMLQuantizationType
 
@@ -98,6 +98,24 @@ def test_batches_threads_and_truncation_agree(tmp_path: Path) -> None:
     np.testing.assert_allclose(again, whole[30:], rtol=0, atol=1e-4)
     last = context(tmp_path / "m.gguf").eval(toks, dense_ffn=True, logits_all=False)
     np.testing.assert_allclose(last, whole[-1], rtol=0, atol=1e-4)
+
+
+def test_embeddings_are_the_final_norms_output(tmp_path: Path) -> None:
+    """Embeddings (llama.cpp's: the final norm's output) against the reference, over several prompt blocks, for every
+    token or the last; the logits after them are as before (the embeddings' graph is not kept)."""
+    cfg = TinyConfig(n_head=8, n_head_kv=2)
+    stored = write_gguf(tmp_path / "m.gguf", cfg, random_weights(cfg, seed=5))
+    toks = tokens(cfg, 37, seed=6)
+    ref = reference_forward(cfg, stored, toks, final_norm=True)[0]
+    ctx = context(tmp_path / "m.gguf", n_batch=16)
+    rows = ctx.embed(toks, all_tokens=True)
+    assert rows.shape == ref.shape
+    assert np.abs(rows - ref).max() <= TOLERANCE[Q.F32] * np.abs(ref).max()
+    ctx.truncate(0)
+    np.testing.assert_allclose(ctx.embed(toks, all_tokens=False), rows[-1], rtol=0, atol=1e-5)
+    ctx.truncate(0)
+    logits = reference_logits(cfg, stored, toks)
+    assert np.abs(ctx.eval(toks, dense_ffn=True, logits_all=True) - logits).max() <= 1e-5 * np.abs(logits).max()
 
 
 @pytest.mark.parametrize("qtype", QUANT_TYPES, ids=lambda q: q.name)

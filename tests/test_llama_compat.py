@@ -284,5 +284,5 @@ def test_unsupported_options_say_so(smollm2_path) -> None:
         turbosparse.Llama(str(smollm2_path), chat_format="llama-2", verbose=False)
     with pytest.raises(TypeError):
         turbosparse.Llama(str(smollm2_path), n_ctxx=128)  # a typo is an error, not silently ignored
-    with pytest.raises(ValueError, match="embedding=True is not supported"):
-        turbosparse.Llama(str(smollm2_path), embedding=True, verbose=False)
+    with pytest.raises(ValueError, match="use_mlock=True is not supported"):
+        turbosparse.Llama(str(smollm2_path), use_mlock=True, verbose=False)

@@ -554,13 +554,15 @@ def reference_forward(
     use_down_t: bool = False,
     ffn_thresholds: tuple[list[float], list[float]] | None = None,
     ffn_scales: tuple[np.ndarray, np.ndarray] | None = None,
+    final_norm: bool = False,
 ) -> tuple[np.ndarray, list[FfnTrace]]:
     """Logits [T, n_vocab] of a causal forward pass over tokens in float64, and each layer's FFN trace.
     With predictor_threshold, FFN neurons whose predictor logit is below it are zeroed, as predictor-mode
     decoding does; use_down_t takes the down projection from the transposed matrix (what sparse decoding reads);
     ffn_thresholds (gate, act: one per layer) zeroes the neurons exact mode skips (kept: the down rows read), with
     ffn_scales (gate, act: [n_layer, n_ff] each) multiplying the scores. FFN biases (blk.N.ffn_gate/up/down.bias)
-    are added where the weights have them."""
+    are added where the weights have them. final_norm: the final norm's output [T, n_embd] (llama.cpp's embeddings)
+    instead of the logits."""
     w = {k: v.astype(np.float64) for k, v in weights.items()}
     T, hd = len(tokens), cfg.head_dim
     pos = np.arange(T, dtype=np.float64)
@@ -617,6 +619,8 @@ def reference_forward(
         traces.append(FfnTrace(activation=a, kept=kept))
         x = x + residual * post_norm(ffn_down(w, i, a * kept, use_down_t), f"blk.{i}.post_ffw_norm.weight")
     x = rms_norm(x, w["output_norm.weight"], cfg.rms_eps)
+    if final_norm:
+        return x, traces
     head = w["output.weight"] if "output.weight" in w else w["token_embd.weight"]
     logits = x @ head.T
     if cfg.logit_softcap:

@@ -234,6 +234,13 @@ int32_t ts_context_eval(ts_context *ctx, const int32_t *tokens, int32_t n_tokens
 int32_t ts_context_eval_seq(ts_context *ctx, int32_t seq, const int32_t *tokens, int32_t n_tokens, int32_t dense_ffn,
                             float *logits, int32_t logits_all, char *err, size_t err_size);
 /*
+ * Embeddings, as llama.cpp's: the final norm's output (the hidden state the logits are computed from) of n_tokens
+ * tokens appended to sequence seq, evaluated as a prompt (dense FFN). out: [n_tokens][n_embd] when all, else [n_embd]
+ * for the last token.
+ */
+int32_t ts_context_embed_seq(ts_context *ctx, int32_t seq, const int32_t *tokens, int32_t n_tokens, float *out,
+                             int32_t all, char *err, size_t err_size);
+/*
  * One token for each of n distinct sequences seqs[0..n-1], appended after their cached tokens and evaluated
  * in one forward pass (the weights are read once for the batch; each token attends to its own sequence
  * only; the FFN runs under the context's sparse mode). logits: NULL or [n][n_vocab]. n <= n_batch.

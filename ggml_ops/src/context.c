@@ -592,10 +592,11 @@ static void copy_trace(const ts_context *c, const trace_dest *d) {
     }
 }
 
-/* One forward pass over the groups' tokens (at most n_batch); logits of the last n_outputs rows; trace (or NULL)
- * receives every layer's dense FFN values (the graph was built with c->graph.trace). */
+/* One forward pass over the groups' tokens (at most n_batch); out (or NULL) receives the last n_outputs rows'
+ * logits (with c->graph.embeddings: embeddings); trace (or NULL) receives every layer's dense FFN values (the graph
+ * was built with c->graph.trace). */
 static int eval_groups(ts_context *c, const ts_group *groups, int32_t n_groups, const int32_t *tokens,
-                       int32_t n_tokens, int32_t n_outputs, int32_t dense_ffn, float *logits, const trace_dest *trace,
+                       int32_t n_tokens, int32_t n_outputs, int32_t dense_ffn, float *out, const trace_dest *trace,
                        char *err, size_t err_size) {
     if (prepare_graph(c, groups, n_groups, n_tokens, n_outputs, dense_ffn, err, err_size) != 0) {
         return -1;
@@ -609,8 +610,8 @@ static int eval_groups(ts_context *c, const ts_group *groups, int32_t n_groups, 
     for (int32_t i = 0; i < n_groups; i++) {
         c->n_past[groups[i].seq] += groups[i].n_tokens;
     }
-    if (logits != NULL) {
-        ggml_backend_tensor_get(c->graph.logits, logits, 0, ggml_nbytes(c->graph.logits));
+    if (out != NULL) {
+        ggml_backend_tensor_get(c->graph.out, out, 0, ggml_nbytes(c->graph.out));
     }
     if (trace != NULL) {
         copy_trace(c, trace);
@@ -739,6 +740,30 @@ int32_t ts_context_eval_trace(ts_context *c, const int32_t *tokens, int32_t n_to
     drop_graph(c);
     c->graph.trace = NULL;
     free(layers);
+    return rc;
+}
+
+int32_t ts_context_embed_seq(ts_context *c, int32_t seq, const int32_t *tokens, int32_t n_tokens, float *out,
+                             int32_t all, char *err, size_t err_size) {
+    if (out == NULL) {
+        return ts_fail(err, err_size, TS_ERR_ARGUMENT, "no output buffer for the embeddings");
+    }
+    int rc = check_eval(c, seq, tokens, n_tokens, err, err_size);
+    if (rc != 0) {
+        return rc;
+    }
+    const size_t n_embd = (size_t)c->model->info.n_embd;
+    drop_graph(c); /* an embeddings graph is built for this call only */
+    c->graph.embeddings = 1;
+    for (int32_t start = 0; rc == 0 && start < n_tokens; start += c->params.n_batch) {
+        const int32_t n = n_tokens - start < c->params.n_batch ? n_tokens - start : c->params.n_batch;
+        const int is_last = start + n == n_tokens;
+        float *dst = all ? out + (size_t)start * n_embd : (is_last ? out : NULL);
+        const ts_group group = {.seq = seq, .first = 0, .n_tokens = n, .n_kv = kv_span(c, c->n_past[seq] + n)};
+        rc = eval_groups(c, &group, 1, tokens + start, n, all ? n : 1, 1, dst, NULL, err, err_size);
+    }
+    drop_graph(c);
+    c->graph.embeddings = 0;
     return rc;
 }
 

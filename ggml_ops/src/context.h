@@ -35,7 +35,7 @@ typedef struct ts_graph {
     struct ggml_tensor *k_rows;  /* I64 [n_tokens]: the K cache row each token's keys go to */
     struct ggml_tensor *v_cells; /* I64 [n_embd_kv * n_tokens]: the V cache element of each value (V is transposed) */
     struct ggml_tensor *out_ids; /* I32 [n_outputs], NULL when every row is an output */
-    struct ggml_tensor *logits;  /* F32 [n_vocab, n_outputs] */
+    struct ggml_tensor *out;     /* F32 [n_vocab, n_outputs] logits, or with embeddings [n_embd, n_outputs] */
     int32_t n_tokens;
     int32_t n_outputs;
     int32_t dense_ffn;
@@ -43,6 +43,8 @@ typedef struct ts_graph {
     ts_group *groups; /* n_seq entries, n_groups used */
     ts_ffn_trace *trace; /* per layer, filled by the build when not NULL (every FFN then runs dense); set only while
                             ts_context_eval_trace runs, which drops the graph after */
+    int32_t embeddings;  /* the output is the final norm's (llama.cpp's embeddings), not logits; set only while
+                            ts_context_embed_seq runs, which drops the graph after */
 } ts_graph;
 
 struct ts_context {

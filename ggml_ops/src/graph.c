@@ -331,15 +331,19 @@ void ts_graph_build(ts_context *ctx, struct ggml_context *ctx0, ts_graph *g) {
         x = ggml_add(ctx0, cur, ffn_inp);
     }
     x = rms_norm(ctx0, x, m->output_norm, in->rms_eps);
-    g->logits = matmul_bias(ctx0, m->output, m->output_b, x);
-    if (m->logit_softcap > 0.0f) {
-        g->logits = softcap(ctx0, g->logits, m->logit_softcap);
+    if (g->embeddings) {
+        g->out = x;
+    } else {
+        g->out = matmul_bias(ctx0, m->output, m->output_b, x);
+        if (m->logit_softcap > 0.0f) {
+            g->out = softcap(ctx0, g->out, m->logit_softcap);
+        }
+        if (m->logit_scale != 0.0f) { /* granite */
+            g->out = ggml_scale(ctx0, g->out, 1.0f / m->logit_scale);
+        }
     }
-    if (m->logit_scale != 0.0f) { /* granite */
-        g->logits = ggml_scale(ctx0, g->logits, 1.0f / m->logit_scale);
-    }
-    ggml_set_output(g->logits);
-    ggml_build_forward_expand(gf, g->logits);
+    ggml_set_output(g->out);
+    ggml_build_forward_expand(gf, g->out);
 }
 
 struct ggml_cgraph *ts_graph_build_ffn(ts_context *ctx, struct ggml_context *ctx0, int il, int32_t n_tokens,

@@ -532,6 +532,27 @@ class NativeContext:
             raise status_error(rc, self._err.message)
         return logits
 
+    def embed(self, tokens: np.ndarray | list[int], *, all_tokens: bool, seq: int = 0) -> np.ndarray:
+        """Appends tokens to sequence seq as a prompt (dense FFN); returns the final norm's output, llama.cpp's
+        embeddings: [n, n_embd] (all_tokens) or [n_embd] (the last token's)."""
+        toks = _token_ids(tokens)
+        n_embd = self._model.info.n_embd
+        out = np.empty((toks.size, n_embd) if all_tokens else (n_embd,), dtype=np.float32)
+        ffi = self._lib.ffi
+        rc = self._lib.lib.ts_context_embed_seq(
+            self._handle,
+            seq,
+            ffi.from_buffer("int32_t[]", toks),
+            toks.size,
+            ffi.from_buffer("float[]", out),
+            int(all_tokens),
+            self._err.buf,
+            _ERR_SIZE,
+        )
+        if rc != Status.OK:
+            raise status_error(rc, self._err.message)
+        return out
+
     def decode_batch(self, seqs: list[int], tokens: list[int], out: np.ndarray | None = None) -> np.ndarray:
         """One token for each of the distinct sequences seqs, in one forward pass: logits [len(seqs), n_vocab]."""
         if len(seqs) != len(tokens):

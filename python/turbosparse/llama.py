@@ -3,10 +3,10 @@ llama-cpp-python runs with one import changed. Same constructor names, methods a
 
 Grammars (llama_cpp.LlamaGrammar, turbosparse.Grammar or GBNF text), JSON response formats (json_object, with or
 without a schema, and OpenAI's json_schema) and logit_bias work as there; tools as the server's (tool_calls.py: calls
-read in the template's own syntax, also for tool_choice "auto"). Not supported (a ValueError says so when asked for):
-suffix / infill, logits processors and stopping criteria, typical_p, tfs_z, mirostat, embeddings, chat formats other
-than the file's template and "chatml", GPU offload (n_gpu_layers is accepted and ignored: the engine runs on the
-CPU)."""
+read in the template's own syntax, also for tool_choice "auto"); with embedding=True, embed and create_embedding
+(embeddings.py's pooling). Not supported (a ValueError says so when asked for): suffix / infill, logits processors and
+stopping criteria, typical_p, tfs_z, mirostat, chat formats other than the file's template and "chatml", GPU offload
+(n_gpu_layers is accepted and ignored: the engine runs on the CPU)."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from turbosparse.completions import (
     text_completion,
     usage,
 )
+from turbosparse.embeddings import Pooling, pooling_named
 from turbosparse.generation import Generation
 from turbosparse.grammar import Grammar
 from turbosparse.logprobs import check_top_count
@@ -37,6 +38,7 @@ from turbosparse.tool_calls import ToolUse, functions_as_tools, template_message
 logger = logging.getLogger(__name__)
 
 LLAMA_DEFAULT_SEED = 0xFFFFFFFF  # llama_cpp's "pick a random seed"
+LLAMA_POOLING_TYPE_UNSPECIFIED = -1  # llama_cpp's "the file's pooling"
 
 # llama_cpp's chat_format="chatml": a system block first (empty without a system message; the first system message
 # otherwise), then the user and assistant messages (an empty one as its header alone); stops at <|im_end|> as text
@@ -121,6 +123,7 @@ class Llama:
         use_mlock: bool = False,
         last_n_tokens_size: int = 64,
         embedding: bool = False,
+        pooling_type: int = LLAMA_POOLING_TYPE_UNSPECIFIED,
         n_ubatch: int = 512,
         flash_attn: bool = False,
         offload_kqv: bool = True,
@@ -129,7 +132,7 @@ class Llama:
         threshold: float | None = None,
     ) -> None:
         # n_ubatch, flash_attn, offload_kqv and main_gpu change how llama.cpp computes, not what: taken, unused
-        _refuse(use_mmap=(use_mmap, True), use_mlock=(use_mlock, False), embedding=(embedding, False))
+        _refuse(use_mmap=(use_mmap, True), use_mlock=(use_mlock, False))
         if last_n_tokens_size < 0:
             raise ValueError(f"last_n_tokens_size must be >= 0, got {last_n_tokens_size}")
         if n_gpu_layers:
@@ -163,6 +166,11 @@ class Llama:
             raise ValueError(f"chat_format={chat_format!r} is not supported: None (the file's template) or 'chatml'")
         self.chat_format = chat_format
         self.metadata: dict[str, str] = self._model.tokenizer.all_metadata()  # as llama_cpp's: the file's keys
+        # embed()'s pooling (None: embed() refused): the file's, or as pooling_type says (llama.cpp's numbers)
+        self._pooling: Pooling | None = None
+        if embedding:
+            unspecified = pooling_type == LLAMA_POOLING_TYPE_UNSPECIFIED
+            self._pooling = self._model.pooling if unspecified else pooling_named(pooling_type)
         self.n_batch = n_batch
         self.n_tokens = 0
         self.input_ids = np.zeros(self._model.n_ctx, dtype=np.intc)
@@ -395,6 +403,43 @@ class Llama:
         self._evaluated(gen)
         use = usage(gen.n_prompt, gen.n_generated)
         return text_completion(meta, whole["text"], gen.finish_reason, use, whole["logprobs"])
+
+    def embed(
+        self,
+        input: str | list[str],
+        normalize: bool = False,
+        truncate: bool = True,
+        return_count: bool = False,
+    ) -> Any:
+        """llama_cpp's embed: each text's embeddings (the final norm's output; with pooling "none" a list per token,
+        else one pooled vector; normalize: of unit length), for a str the one text's; truncate: at most n_batch
+        tokens per text (else a longer one is a ValueError); return_count: (embeddings, total tokens)."""
+        if self._pooling is None:
+            raise RuntimeError("Llama model must be created with embedding=True to call this method")
+        texts = [input] if isinstance(input, str) else list(input)
+        data, total = [], 0
+        for text in texts:
+            tokens = self.tokenize(text.encode("utf-8"))
+            if truncate:
+                tokens = tokens[: self.n_batch]
+            if len(tokens) > self.n_batch:
+                raise ValueError(f"Requested tokens ({len(tokens)}) exceed batch size of {self.n_batch}")
+            total += len(tokens)
+            vectors = self._model.embed(tokens, pooling=self._pooling, normalize=normalize, user=self)
+            data.append(vectors.tolist())
+        self.reset()  # its sequence now holds nothing of what eval() evaluated
+        result = data[0] if isinstance(input, str) else data
+        return (result, total) if return_count else result
+
+    def create_embedding(self, input: str | list[str], model: str | None = None) -> dict:
+        """llama_cpp's create_embedding: OpenAI's embedding list of embed()'s vectors (not normalized)."""
+        vectors, total = self.embed(input if isinstance(input, list) else [input], return_count=True)
+        return {
+            "object": "list",
+            "data": [{"object": "embedding", "embedding": v, "index": i} for i, v in enumerate(vectors)],
+            "model": model if model is not None else self.model_path,
+            "usage": {"prompt_tokens": total, "total_tokens": total},
+        }
 
     def _stream(self, gen: Generation, chunks: TextCompletionChunks | ChatCompletionChunks) -> Iterator[dict]:
         yield from chunks.first()

@@ -24,6 +24,7 @@ from turbosparse.binding import (
     sparse_mode_named,
 )
 from turbosparse.chat_template import BuiltinChatTemplate, ChatTemplate
+from turbosparse.embeddings import Pooling, file_pooling, normalized, pooled
 from turbosparse.errors import (
     ChatTemplateError,
     ContextOverflowError,
@@ -220,6 +221,42 @@ class Model:
         with self._lock:
             seq, _ = self._pool.claim(_Teacher(), ())
             return self._evaluate(seq, list(tokens), 0, dense_ffn=self.sparse_mode == SparseMode.OFF, logits_all=True)
+
+    @property
+    def pooling(self) -> Pooling:
+        """The pooling the file asks for its embeddings ({arch}.pooling_type; "none" where it says none)."""
+        return file_pooling(self._tokenizer.all_metadata())
+
+    def embed(
+        self,
+        tokens: Sequence[int],
+        *,
+        pooling: Pooling | None = None,
+        normalize: bool = False,
+        user: object | None = None,
+    ) -> np.ndarray:
+        """llama.cpp's embeddings of tokens evaluated from an empty sequence as a prompt (dense FFN): the final
+        norm's output, [len(tokens), n_embd] with pooling "none", else pooled to [n_embd] (embeddings.py; None: the
+        file's pooling); normalize: each vector of unit length. user (as evaluate's): its sequence is used, and what
+        it held is forgotten; without one, a sequence no running generation holds (RuntimeError: none is free)."""
+        pooling = self.pooling if pooling is None else pooling
+        if len(tokens) == 0:
+            raise InvalidArgumentError("embed needs at least one token")
+        if len(tokens) > self.n_ctx:
+            raise ContextOverflowError(f"{len(tokens)} tokens exceed n_ctx = {self.n_ctx}")
+        with self._lock:
+            busy = [] if user is not None else [s for s in self._pool.sequences if not s.is_free()]
+            if len(busy) == len(self._pool.sequences):
+                raise RuntimeError("every sequence holds a running generation: none is free to embed with")
+            seq, _ = self._pool.claim(_Teacher() if user is None else user, (), exclude=busy)
+            self._ctx.truncate(0, seq.index)
+            seq.tokens, seq.n_prompted, seq.prompt_logits = [], 0, None
+            try:
+                rows = self._ctx.embed(list(tokens), all_tokens=pooling != "last", seq=seq.index)
+            finally:
+                self._ctx.truncate(0, seq.index)  # holds nothing a prompt could take for its own
+        vectors = pooled(rows, pooling) if pooling != "last" else rows
+        return normalized(vectors) if normalize else vectors
 
     def evaluate(self, user: object, tokens: Sequence[int], *, logits_from: int | None = None) -> np.ndarray:
         """Logits after tokens, evaluated in user's sequence (any object that can be weakly referenced, e.g. a

@@ -7,6 +7,7 @@ import logging
 import os
 
 from turbosparse.cli.run_cmd import add_chat_template_args, add_model_args, chat_template_text, model_path
+from turbosparse.embeddings import POOLINGS
 from turbosparse.errors import TurboSparseError
 from turbosparse.reasoning import REASONING_FORMATS
 
@@ -36,6 +37,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--reasoning-budget", type=int, default=-1,
         help="-1: think as the template does (default); 0: no thinking (the template's enable_thinking: false)",
+    )  # fmt: skip
+    p.add_argument(
+        "--embeddings", action="store_true",
+        help="serve /v1/embeddings too (OpenAI's: the final norm's output pooled per text, of unit length, as "
+        "llama-server's); embeddings take a KV cache of their own beside the slots'",
+    )  # fmt: skip
+    p.add_argument(
+        "--pooling", choices=POOLINGS, default=None,
+        help="how /v1/embeddings pools a text's tokens: mean, cls (the first token's), last; default: the file's "
+        "pooling_type (an embedding model's), which none (a chat model's) does not serve",
     )  # fmt: skip
     p.set_defaults(func=run)
 
@@ -71,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
         chat_template_kwargs=args.chat_template_kwargs or {},
         reasoning_format=args.reasoning_format,
         reasoning_budget=args.reasoning_budget,
+        embeddings=args.embeddings,
+        pooling=args.pooling,
         verbose=args.verbose,
     )
     failures: list[str] = []

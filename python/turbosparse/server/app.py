@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import secrets
@@ -14,6 +15,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from sse_starlette import EventSourceResponse
@@ -31,6 +33,7 @@ from turbosparse.completions import (
     text_completion,
     usage,
 )
+from turbosparse.embeddings import pooling_named
 from turbosparse.errors import ChatTemplateError, ContextOverflowError, GrammarError
 from turbosparse.generation import FinishReason, Generation
 from turbosparse.logprobs import prompt_text
@@ -44,6 +47,7 @@ from turbosparse.server.schemas import (
     ChatCompletionRequest,
     CompletionRequest,
     DetokenizeRequest,
+    EmbeddingRequest,
     TokenizeRequest,
     _Generate,
 )
@@ -92,7 +96,7 @@ def load_model(config: ServerConfig) -> Model:
         sparse=config.sparse,  # type: ignore[arg-type]
         threshold=config.threshold,
         verbose=config.verbose,
-        n_seq=config.parallel,
+        n_seq=config.parallel + int(config.embeddings),  # one sequence is always free for embeddings
         device=config.device,
     )
     if config.chat_template is not None:
@@ -196,6 +200,45 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
         _check_tokens(model, body.tokens, "tokens")
         return JSONResponse({"content": model.detokenize(body.tokens, special=True)})  # as llama-server
 
+    @app.post("/v1/embeddings")
+    async def embeddings(body: EmbeddingRequest) -> JSONResponse:
+        model, _ = ready()
+        if not config.embeddings:
+            raise APIError(
+                501, "this server does not serve embeddings: start it with --embeddings", type="not_supported_error"
+            )
+        pooling = pooling_named(config.pooling) if config.pooling is not None else model.pooling
+        if pooling == "none":
+            raise APIError(
+                400, "the model's pooling is none (a vector per token), which OpenAI's embeddings do not take: start "
+                "the server with --pooling mean, cls or last",
+            )  # fmt: skip
+        inputs = [
+            model.tokenize(text, add_bos=True, special=True) if isinstance(text, str) else list(text)
+            for text in body.inputs()
+        ]
+        for i, tokens in enumerate(inputs):
+            if not tokens:
+                raise APIError(400, f"input {i} is empty: it has no tokens", param="input")
+            _check_tokens(model, tokens, "input")
+            if len(tokens) > model.n_ctx:
+                raise APIError(400, f"input {i} has {len(tokens)} tokens; one holds {model.n_ctx}", param="input")
+
+        def embed() -> list[np.ndarray]:  # on a worker thread: it waits for the engine's step
+            return [model.embed(tokens, pooling=pooling, normalize=True) for tokens in inputs]
+
+        vectors = await asyncio.to_thread(embed)
+        n_tokens = sum(len(tokens) for tokens in inputs)
+        return JSONResponse({
+            "object": "list",
+            "data": [
+                {"object": "embedding", "index": i, "embedding": _encoded(v, body.encoding_format)}
+                for i, v in enumerate(vectors)
+            ],
+            "model": config.model_name,
+            "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens},
+        })  # fmt: skip
+
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request) -> Response:
         model, engine = ready()
@@ -278,6 +321,13 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
         return JSONResponse(chat_completion(meta, content, gen.finish_reason, use, scores, reasoning_content, calls))
 
     return app
+
+
+def _encoded(vector: np.ndarray, encoding_format: str) -> list[float] | str:
+    """An embedding as OpenAI sends it: a list of floats, or base64 of its little-endian float32 bytes."""
+    if encoding_format == "base64":
+        return base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
+    return vector.tolist()
 
 
 def _tool_use(model: Model, body: ChatCompletionRequest) -> ToolUse:

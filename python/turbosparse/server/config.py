@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from turbosparse.chat_template import checked_variables
+from turbosparse.embeddings import pooling_named
 from turbosparse.errors import ChatTemplateError, InvalidArgumentError
 from turbosparse.reasoning import REASONING_FORMATS, ReasoningFormat
 
@@ -30,6 +31,8 @@ class ServerConfig:
     chat_template_kwargs: dict[str, object] = field(default_factory=dict)
     reasoning_format: ReasoningFormat = "auto"  # how a thinking model's answers are split (reasoning.py)
     reasoning_budget: int = -1  # -1: thinking as the template does; 0: thinking off (enable_thinking: false)
+    embeddings: bool = False  # serve /v1/embeddings (one more sequence than slots, which embeddings take)
+    pooling: str | None = None  # the embeddings' pooling (embeddings.py); None: the file's
     verbose: bool = False
 
     def __post_init__(self) -> None:
@@ -51,6 +54,8 @@ class ServerConfig:
             raise InvalidArgumentError(
                 f"--reasoning-budget must be -1 (unrestricted) or 0 (no thinking), got {self.reasoning_budget}"
             )
+        if self.pooling is not None:
+            pooling_named(self.pooling)  # InvalidArgumentError naming the choices
         if self.n_ctx < 0:
             raise InvalidArgumentError(f"--ctx-size must be >= 0, got {self.n_ctx}")
         if 0 < self.n_ctx < 8 * self.parallel:

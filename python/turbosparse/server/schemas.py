@@ -291,6 +291,36 @@ class ChatCompletionRequest(_Generate):
         return self
 
 
+class EmbeddingRequest(_Body):
+    """OpenAI's: one text or token list, or several."""
+
+    input: str | list[str] | list[StrictInt] | list[list[StrictInt]]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = None
+
+    @field_validator("dimensions")
+    @classmethod
+    def _no_dimensions(cls, dimensions: int | None) -> int | None:
+        if dimensions is not None:
+            raise ValueError("dimensions (shortened embeddings) is not supported: the model's n_embd is sent")
+        return dimensions
+
+    @field_validator("input")
+    @classmethod
+    def _some_input(cls, value: Any) -> Any:
+        if isinstance(value, list) and not value:
+            raise ValueError("input is an empty list")
+        return value
+
+    def inputs(self) -> list[str | list[int]]:
+        """Each text or token list."""
+        if isinstance(self.input, str):
+            return [self.input]
+        if all(isinstance(item, int) for item in self.input):
+            return [list(self.input)]  # type: ignore[arg-type]
+        return list(self.input)  # type: ignore[arg-type]
+
+
 class TokenizeRequest(_Body):
     content: str
     add_special: bool = False
