@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +107,8 @@ def test_embeddings_leave_running_generations_alone(smollm2_path: Path) -> None:
         model.step([first, second])
         with pytest.raises(RuntimeError, match="none is free"):
             model.embed(prompt)
+        with pytest.raises(InvalidArgumentError, match="pooling 'rank'"):
+            model.embed(prompt, pooling="rank")  # type: ignore[arg-type]
 
 
 def test_the_servers_embeddings(smollm2_path: Path) -> None:
@@ -128,6 +131,17 @@ def test_the_servers_embeddings(smollm2_path: Path) -> None:
     drop_in.close()
     with client(embeddings=True, pooling="mean", parallel=2) as c:
         wait(c)
+        assert c.get("/v1/models").json()["data"][0]["meta"]["slots"] == 2  # the embeddings' sequence is no slot
+        # with both slots generating and a third request waiting, embeddings still have their own sequence
+        no_end = {"0": -100, "2": -100}  # SmolLM2's <|endoftext|> and <|im_end|>: the answers run to max_tokens
+        long = {"prompt": "Once upon a time", "max_tokens": 200, "logit_bias": no_end, "temperature": 0}
+        with ThreadPoolExecutor(3) as pool:
+            running = [pool.submit(c.post, "/v1/completions", json=long) for _ in range(3)]
+            time.sleep(0.5)
+            during = c.post("/v1/embeddings", json={"input": TEXTS[0], "dimensions": 576})
+            assert all(r.result().status_code == 200 for r in running)
+        assert during.status_code == 200, during.text
+        np.testing.assert_allclose(during.json()["data"][0]["embedding"], expected[0], rtol=0, atol=1e-6)
         reply = c.post("/v1/embeddings", json={"input": TEXTS, "model": "any"})
         assert reply.status_code == 200, reply.text
         body = reply.json()
@@ -142,7 +156,7 @@ def test_the_servers_embeddings(smollm2_path: Path) -> None:
         for bad, match in [
             ({"input": []}, "empty list"),
             ({"input": [[1, 2, 10**9]]}, "out of the vocabulary"),
-            ({"input": "x", "dimensions": 8}, "dimensions"),
+            ({"input": "x", "dimensions": 8}, "dimensions 8"),
             ({"input": "x", "encoding_format": "int8"}, "encoding_format"),
             ({"input": " " * 0}, "no tokens"),
         ]:

@@ -24,7 +24,7 @@ from turbosparse.binding import (
     sparse_mode_named,
 )
 from turbosparse.chat_template import BuiltinChatTemplate, ChatTemplate
-from turbosparse.embeddings import Pooling, file_pooling, normalized, pooled
+from turbosparse.embeddings import Pooling, file_pooling, normalized, pooled, pooling_named
 from turbosparse.errors import (
     ChatTemplateError,
     ContextOverflowError,
@@ -239,7 +239,7 @@ class Model:
         norm's output, [len(tokens), n_embd] with pooling "none", else pooled to [n_embd] (embeddings.py; None: the
         file's pooling); normalize: each vector of unit length. user (as evaluate's): its sequence is used, and what
         it held is forgotten; without one, a sequence no running generation holds (RuntimeError: none is free)."""
-        pooling = self.pooling if pooling is None else pooling
+        pooling = self.pooling if pooling is None else pooling_named(pooling)
         if len(tokens) == 0:
             raise InvalidArgumentError("embed needs at least one token")
         if len(tokens) > self.n_ctx:

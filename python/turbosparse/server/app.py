@@ -115,7 +115,7 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
     def load() -> None:
         try:
             model = load_model(config)
-            engine = Engine(model, queue_size=config.queue_size)
+            engine = Engine(model, queue_size=config.queue_size, slots=config.parallel)
             engine.start()
         except Exception as exc:
             state.failure = str(exc)
@@ -126,7 +126,7 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
         state.model, state.engine = model, engine
         logger.warning(
             "turbosparse serve: %s ready on http://%s:%d (%d slot(s) of %d tokens, sparse %s, %d threads)",
-            config.model_name, config.host, config.port, model.n_seq, model.n_ctx, model.sparse_name,
+            config.model_name, config.host, config.port, config.parallel, model.n_ctx, model.sparse_name,
             model.n_threads,
         )  # fmt: skip
 
@@ -169,7 +169,7 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
         meta = {
             "n_vocab": model.n_vocab,
             "n_ctx_slot": model.n_ctx,
-            "slots": model.n_seq,
+            "slots": config.parallel,
             "n_params": model.info.n_params,
             "size": model.info.n_bytes,
             "sparse": model.sparse_name,
@@ -213,6 +213,11 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
                 400, "the model's pooling is none (a vector per token), which OpenAI's embeddings do not take: start "
                 "the server with --pooling mean, cls or last",
             )  # fmt: skip
+        if body.dimensions is not None and body.dimensions != model.info.n_embd:
+            raise APIError(
+                400, f"dimensions {body.dimensions}: the model's embeddings have {model.info.n_embd}, not shortened",
+                param="dimensions",
+            )  # fmt: skip
         inputs = [
             model.tokenize(text, add_bos=True, special=True) if isinstance(text, str) else list(text)
             for text in body.inputs()
@@ -227,7 +232,10 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
         def embed() -> list[np.ndarray]:  # on a worker thread: it waits for the engine's step
             return [model.embed(tokens, pooling=pooling, normalize=True) for tokens in inputs]
 
-        vectors = await asyncio.to_thread(embed)
+        try:
+            vectors = await asyncio.to_thread(embed)
+        except RuntimeError as exc:  # no free sequence: the engine runs one generation per slot, so never here
+            raise APIError(503, f"the server is busy: {exc}") from None
         n_tokens = sum(len(tokens) for tokens in inputs)
         return JSONResponse({
             "object": "list",

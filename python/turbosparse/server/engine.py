@@ -61,9 +61,11 @@ class EngineCounters:
 
 
 class Engine:
-    def __init__(self, model: Model, *, queue_size: int) -> None:
+    def __init__(self, model: Model, *, queue_size: int, slots: int | None = None) -> None:
+        """slots: generations run at once (default: one per sequence of the model; fewer leave sequences free, as
+        the server's embeddings take one)."""
         self.model = model
-        self.slots = model.n_seq
+        self.slots = model.n_seq if slots is None else slots
         self.queue_size = queue_size
         self.counters = EngineCounters()
         self._waiting: deque[Job] = deque()

@@ -296,14 +296,7 @@ class EmbeddingRequest(_Body):
 
     input: str | list[str] | list[StrictInt] | list[list[StrictInt]]
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = None
-
-    @field_validator("dimensions")
-    @classmethod
-    def _no_dimensions(cls, dimensions: int | None) -> int | None:
-        if dimensions is not None:
-            raise ValueError("dimensions (shortened embeddings) is not supported: the model's n_embd is sent")
-        return dimensions
+    dimensions: int | None = None  # OpenAI's shortened embeddings: only the model's n_embd (checked by the route)
 
     @field_validator("input")
     @classmethod
