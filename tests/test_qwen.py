@@ -87,6 +87,34 @@ def test_exact_mode_with_calibrated_thresholds_is_the_references(qwen, tokens: l
     assert_exact_mode_is_the_references(path, tokens, tmp_path / "calibrated.gguf", torch_logits)
 
 
+def test_an_embedding_model_embeds_as_llama_cpp_and_transformers(qwen, tmp_path: Path) -> None:
+    """A file as Qwen3-Embedding's GGUFs are (pooling_type last, an EOS after each text): the drop-in's embeddings are
+    llama-cpp-python's, and the checkpoint's last hidden state at the text's EOS, of unit length."""
+    import llama_cpp
+
+    from turbosparse import Llama
+
+    arch, model, path = qwen
+    keys = {
+        f"{arch}.pooling_type": (3, gguf.GGUFValueType.UINT32),
+        "tokenizer.ggml.add_eos_token": (True, gguf.GGUFValueType.BOOL),
+    }
+    embedding = rewritten(path, tmp_path / "embedding.gguf", keys=keys)
+    theirs = llama_cpp.Llama(str(embedding), embedding=True, n_ctx=128, verbose=False)
+    ours = Llama(str(embedding), embedding=True, n_ctx=128, n_threads=2, verbose=False)
+    assert ours.model.pooling == "last"
+    for text in ("Fair is foul, and foul is fair.", "When shall we three meet again"):
+        tokens = ours.tokenize(text.encode())
+        assert tokens == theirs.tokenize(text.encode()) and tokens[-1] == ours.token_eos()
+        got = np.array(ours.embed(text, normalize=True))
+        np.testing.assert_allclose(got, theirs.embed(text, normalize=True), rtol=0, atol=1e-5)
+        with torch.no_grad():
+            hidden = model.model(torch.tensor([tokens])).last_hidden_state[0, -1].double().numpy()
+        assert rel_error(got, hidden / np.linalg.norm(hidden)) <= TOLERANCE
+    theirs.close()
+    ours.close()
+
+
 def llama_cpp_logits(path: Path, tokens: list[int], n_ctx: int = 128) -> np.ndarray:
     from llama_cpp import Llama
 
