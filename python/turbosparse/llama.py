@@ -33,7 +33,7 @@ from turbosparse.logprobs import check_top_count
 from turbosparse.logprobs import prompt_text as prompt_text_of
 from turbosparse.model import Model, SparseName
 from turbosparse.sampling import SamplingParams
-from turbosparse.tool_calls import ToolUse, functions_as_tools, template_messages
+from turbosparse.tool_calls import ToolUse, functions_as_tools
 
 logger = logging.getLogger(__name__)
 
@@ -519,10 +519,7 @@ class Llama:
         constraint = _grammar(grammar, response_format)
         if tool_use.forced:
             constraint = tool_use.grammar()
-        object_arguments = tool_use.syntax is None or tool_use.syntax.object_arguments
-        chat = template_messages(_template_messages(messages), object_arguments=object_arguments)
-        prompt = self._model.chat_tokens(chat, tools=tool_use.tools)
-        prompt += self._model.tokenize(tool_use.prefill, add_bos=False, special=True) if tool_use.prefill else []
+        prompt = tool_use.prompt_tokens(self._model, _template_messages(messages))
         stops = [*([stop] if isinstance(stop, str) else stop or []), *self._chat_stops]
         gen = self._start(
             prompt,
@@ -534,7 +531,7 @@ class Llama:
             shown_tokens=tool_use.shown_tokens(self._model),
         )
         meta = CompletionMeta.new("chatcmpl", model or self.model_path)
-        chunks = ChatCompletionChunks(self._model.tokenizer, meta, gen, tools=tool_use if tool_use.syntax else None)
+        chunks = ChatCompletionChunks(self._model.tokenizer, meta, gen, tools=tool_use)
         if stream:
             return self._stream(gen, chunks)
         text = "".join(self._model.run(gen))

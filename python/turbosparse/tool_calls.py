@@ -16,7 +16,7 @@ import secrets
 import string
 from collections.abc import Callable, Iterator, Mapping, Sequence, Set
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from llama_cpp.llama_grammar import SchemaConverter
 
@@ -258,8 +258,7 @@ def _learn(render: Render, object_arguments: bool) -> ToolCallSyntax | None:
     first = _find_call(one, region, *_PROBE_CALLS[0])
     if first is None:
         return None
-    start_at, end_at, name_key, arguments_key, name_last, separator, quoted = first
-    tail = one[end_at:]
+    tail = one[first.end :]
     end = tail[: len(tail) - len(turn_end)] if turn_end and tail.endswith(turn_end) else tail.rstrip()
     between = None
     try:
@@ -268,16 +267,16 @@ def _learn(render: Render, object_arguments: bool) -> ToolCallSyntax | None:
         two = ""
     first_of_two = _find_call(two, region, *_PROBE_CALLS[0])
     if first_of_two is not None:
-        second = _find_call(two, first_of_two[1], *_PROBE_CALLS[1])
+        second = _find_call(two, first_of_two.end, *_PROBE_CALLS[1])
         if second is not None:
-            between = two[first_of_two[1] : second[0]]
-            if second[5] != separator:
+            between = two[first_of_two.end : second.start]
+            if second.separator != first.separator:
                 raise ChatTemplateError(
                     "the chat template numbers its calls (a second call is written unlike the first), which reading "
                     "answers does not support"
                 )
-    start = one[region:start_at]
-    if any("probe000" in part for part in (start, separator, between or "")):
+    start = one[region : first.start]
+    if any("probe000" in part for part in (start, first.separator, between or "")):
         raise ChatTemplateError(
             "the chat template writes each call's id inside its calls, which reading answers does not support"
         )
@@ -285,21 +284,30 @@ def _learn(render: Render, object_arguments: bool) -> ToolCallSyntax | None:
         start=start,
         between=between,
         end=end,
-        name_key=name_key,
-        arguments_key=arguments_key,
-        name_last=name_last,
-        separator=separator,
+        name_key=first.name_key,
+        arguments_key=first.arguments_key,
+        name_last=first.name_last,
+        separator=first.separator,
         object_arguments=object_arguments,
-        quoted_arguments=quoted,
+        quoted_arguments=first.quoted,
     )
 
 
-def _find_call(
-    text: str, after: int, name: str, arguments: dict[str, str]
-) -> tuple[int, int, str | None, str, bool, str, bool] | None:
-    """Where the call (name, arguments) is written in text after a position: its start and end, the keys of its name
-    and arguments (name key None: the name is written bare, then separator, then the arguments), name_last,
-    separator, whether the arguments are a JSON string."""
+class _WrittenCall(NamedTuple):
+    """Where and how a template wrote a call: its span; the keys of its name and arguments (name_key None: the name
+    written bare, then separator, then the arguments); whether the arguments are a JSON string (quoted)."""
+
+    start: int
+    end: int
+    name_key: str | None
+    arguments_key: str
+    name_last: bool
+    separator: str
+    quoted: bool
+
+
+def _find_call(text: str, after: int, name: str, arguments: dict[str, str]) -> _WrittenCall | None:
+    """Where the call (name, arguments) is written in text after a position."""
     name_at = text.find(name, after)
     if name_at < 0:
         return None
@@ -316,7 +324,8 @@ def _find_call(
             if name_key is not None and arguments_key is not None:
                 keys = list(value)
                 name_last = keys.index(name_key) > keys.index(arguments_key)
-                return opening, end, name_key, arguments_key, name_last, "", isinstance(value[arguments_key], str)
+                quoted = isinstance(value[arguments_key], str)
+                return _WrittenCall(opening, end, name_key, arguments_key, name_last, "", quoted)
         opening = text.rfind("{", after, opening)
     arguments_at = text.find("{", name_at)
     if arguments_at < 0:
@@ -328,7 +337,7 @@ def _find_call(
     separator = text[name_at + len(name) : arguments_at]
     if not _same_arguments(value, arguments):
         return None
-    return name_at, end, None, "", False, separator, False
+    return _WrittenCall(name_at, end, None, "", False, separator, False)
 
 
 def _same_arguments(value: Any, arguments: dict[str, str]) -> bool:
@@ -484,9 +493,9 @@ class HeldToolCalls:
         self._text += text
         if not self._searching:
             return self._release(len(self._text))
-        marker = self._syntax.start.strip()
         if self._calling:
             return ""
+        marker = self._syntax.start.strip()
         if marker:
             upto = self._marker_at(marker)
             while upto > self._released and self._text[upto - 1].isspace():  # blanks before a call are not content
@@ -583,6 +592,14 @@ class ToolUse:
     def prefill(self) -> str:
         """The text the prompt ends with: a held answer's start marker."""
         return self.syntax.start.lstrip() if self.forced and self.syntax is not None else ""
+
+    def prompt_tokens(self, model: Model, messages: Sequence[Mapping[str, Any]], **options: Any) -> list[int]:
+        """The chat prompt's tokens (Model.chat_tokens, given options): earlier calls' arguments as the template takes
+        them (template_messages), the tools given to it, and a held answer's prefill after."""
+        object_arguments = self.syntax is None or self.syntax.object_arguments
+        chat = template_messages(messages, object_arguments=object_arguments)
+        tokens = model.chat_tokens(chat, tools=self.tools, **options)
+        return tokens + model.tokenize(self.prefill, add_bos=False, special=True) if self.prefill else tokens
 
     def grammar(self) -> Grammar | None:
         if not self.forced or self.syntax is None:

@@ -51,7 +51,7 @@ from turbosparse.server.schemas import (
     TokenizeRequest,
     _Generate,
 )
-from turbosparse.tool_calls import ToolUse, template_messages
+from turbosparse.tool_calls import ToolUse
 
 logger = logging.getLogger(__name__)
 
@@ -292,15 +292,11 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
             # text parts follow one another as they are
             messages = [m.for_template() for m in body.messages[:-1]]
             messages.append(body.messages[-1].for_template("" if body.messages[-1].role == "assistant" else "\n"))
-            object_arguments = tool_use.syntax is None or tool_use.syntax.object_arguments
-            messages = template_messages(messages, object_arguments=object_arguments)
-            tokens = model.chat_tokens(
-                messages, prefill_assistant=True, template_kwargs=body.chat_template_kwargs, tools=tool_use.tools
+            tokens = tool_use.prompt_tokens(
+                model, messages, prefill_assistant=True, template_kwargs=body.chat_template_kwargs
             )
         except ValueError as exc:  # no template (the error says how to give one), one that is not UTF-8 or refuses
             raise APIError(400, str(exc), param="messages") from None  # the messages (ChatTemplateError); bad text
-        if tool_use.prefill:
-            tokens = [*tokens, *model.tokenize(tool_use.prefill, add_bos=False, special=True)]
         thinking_off = model.template_variables(body.chat_template_kwargs).get("enable_thinking") is False
         if thinking_off and open_at_end(_prompt_end(model, tokens)):
             # a template that opens the reasoning anyway (DeepSeek-R1's): closed, as llama-server does
@@ -310,7 +306,7 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
         job, queue = await _submit(model, engine, tokens, body, "messages", body.n_top, tools=tool_use)
         gen = job.generation
         meta = CompletionMeta.new("chatcmpl", config.model_name)
-        chunks = ChatCompletionChunks(model.tokenizer, meta, gen, reasoning, tool_use if tool_use.syntax else None)
+        chunks = ChatCompletionChunks(model.tokenizer, meta, gen, reasoning, tool_use)
         if body.stream:
             return _stream(
                 job,
