@@ -647,28 +647,35 @@ static int check_eval(const ts_context *c, int32_t seq, const int32_t *tokens, i
     return check_tokens(c, tokens, n_tokens, err, err_size);
 }
 
-int32_t ts_context_eval_seq(ts_context *c, int32_t seq, const int32_t *tokens, int32_t n_tokens, int32_t dense_ffn,
-                            float *logits, int32_t logits_all, char *err, size_t err_size) {
-    const ts_model_info *in = &c->model->info;
-    const int rc = check_eval(c, seq, tokens, n_tokens, err, err_size);
-    if (rc != 0) {
-        return rc;
-    }
+/* Sequence seq's n_tokens new tokens in n_batch blocks (checked by check_eval); out (or NULL) receives every row's
+ * output of row_width floats (all) or the last token's. */
+static int eval_blocks(ts_context *c, int32_t seq, const int32_t *tokens, int32_t n_tokens, int32_t dense_ffn,
+                       float *out, size_t row_width, int32_t all, char *err, size_t err_size) {
     for (int32_t start = 0; start < n_tokens; start += c->params.n_batch) {
         const int32_t n = n_tokens - start < c->params.n_batch ? n_tokens - start : c->params.n_batch;
         const int is_last = start + n == n_tokens;
-        float *out = NULL;
-        if (logits != NULL && logits_all) {
-            out = logits + (size_t)start * in->n_vocab;
-        } else if (logits != NULL && is_last) {
-            out = logits;
+        float *dst = NULL;
+        if (out != NULL && all) {
+            dst = out + (size_t)start * row_width;
+        } else if (out != NULL && is_last) {
+            dst = out;
         }
         const ts_group group = {.seq = seq, .first = 0, .n_tokens = n, .n_kv = kv_span(c, c->n_past[seq] + n)};
-        if (eval_groups(c, &group, 1, tokens + start, n, logits_all ? n : 1, dense_ffn, out, NULL, err, err_size) != 0) {
+        if (eval_groups(c, &group, 1, tokens + start, n, all ? n : 1, dense_ffn, dst, NULL, err, err_size) != 0) {
             return -1;
         }
     }
     return 0;
+}
+
+int32_t ts_context_eval_seq(ts_context *c, int32_t seq, const int32_t *tokens, int32_t n_tokens, int32_t dense_ffn,
+                            float *logits, int32_t logits_all, char *err, size_t err_size) {
+    const int rc = check_eval(c, seq, tokens, n_tokens, err, err_size);
+    if (rc != 0) {
+        return rc;
+    }
+    return eval_blocks(c, seq, tokens, n_tokens, dense_ffn, logits, (size_t)c->model->info.n_vocab, logits_all, err,
+                       err_size);
 }
 
 int32_t ts_context_eval(ts_context *c, const int32_t *tokens, int32_t n_tokens, int32_t dense_ffn, float *logits,
@@ -752,16 +759,9 @@ int32_t ts_context_embed_seq(ts_context *c, int32_t seq, const int32_t *tokens, 
     if (rc != 0) {
         return rc;
     }
-    const size_t n_embd = (size_t)c->model->info.n_embd;
     drop_graph(c); /* an embeddings graph is built for this call only */
     c->graph.embeddings = 1;
-    for (int32_t start = 0; rc == 0 && start < n_tokens; start += c->params.n_batch) {
-        const int32_t n = n_tokens - start < c->params.n_batch ? n_tokens - start : c->params.n_batch;
-        const int is_last = start + n == n_tokens;
-        float *dst = all ? out + (size_t)start * n_embd : (is_last ? out : NULL);
-        const ts_group group = {.seq = seq, .first = 0, .n_tokens = n, .n_kv = kv_span(c, c->n_past[seq] + n)};
-        rc = eval_groups(c, &group, 1, tokens + start, n, all ? n : 1, 1, dst, NULL, err, err_size);
-    }
+    rc = eval_blocks(c, seq, tokens, n_tokens, 1, out, (size_t)c->model->info.n_embd, all, err, err_size);
     drop_graph(c);
     c->graph.embeddings = 0;
     return rc;
