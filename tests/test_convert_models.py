@@ -48,6 +48,7 @@ from hfcheckpoints import (
     SPM_VOCAB,
     bamboo_model,
     llama_model,
+    rel_error,
     save_checkpoint,
     smollm2_tokenizer,
     tiny_config,
@@ -81,10 +82,6 @@ def spm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tokens() -> list[int]:
     rng = np.random.default_rng(7)
     return [1, *rng.integers(3, VOCAB, 31).tolist()]
-
-
-def rel_error(got: np.ndarray, want: np.ndarray) -> float:
-    return float(np.abs(got - want).max() / np.abs(want).max())
 
 
 def engine_logits(path: Path, tokens: list[int]) -> np.ndarray:

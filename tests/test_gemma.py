@@ -25,6 +25,7 @@ from hfcheckpoints import (
     convert_with_llama_cpp,
     copy_tokenizer,
     gemma_model,
+    rel_error,
     train_sentencepiece,
 )
 from tinymodel import read_gguf, reference_logits
@@ -32,10 +33,6 @@ from tinymodel import read_gguf, reference_logits
 VOCAB = SPM_VOCAB
 TOLERANCE = 1e-3  # x max |logit|, F32 files (llama.cpp's own bound against transformers: test_mixtral.py)
 N_TOKENS = 40  # past the window of 8 many times over
-
-
-def rel_error(got: np.ndarray, want: np.ndarray) -> float:
-    return float(np.abs(got - want).max() / np.abs(want).max())
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,7 @@ from hfcheckpoints import (
     convert_with_llama_cpp,
     copy_tokenizer,
     mixtral_model,
+    rel_error,
     smollm2_tokenizer,
     train_sentencepiece,
 )
@@ -33,10 +34,6 @@ Q = gguf.GGMLQuantizationType
 VOCAB = SPM_VOCAB + 8
 REL = 1e-3  # the issue's bound for F32 files
 RANK = 16  # the predictors' rank in the converted TurboSparse-Mixtral
-
-
-def rel_error(got: np.ndarray, want: np.ndarray) -> float:
-    return float(np.abs(got - want).max() / np.abs(want).max())
 
 
 @pytest.fixture(scope="module")

@@ -31,6 +31,7 @@ from hfcheckpoints import (
     copy_tokenizer,
     qwen_model,
     randomize,
+    rel_error,
     rewritten,
     smollm2_tokenizer,
     train_sentencepiece,
@@ -39,10 +40,6 @@ from tinymodel import TinyConfig, random_weights, read_gguf, reference_logits, w
 
 VOCAB = SPM_VOCAB + 8
 TOLERANCE = 1e-3  # x max |logit|, F32 files (llama.cpp's own bound against transformers: test_mixtral.py)
-
-
-def rel_error(got: np.ndarray, want: np.ndarray) -> float:
-    return float(np.abs(got - want).max() / np.abs(want).max())
 
 
 @pytest.fixture(scope="module")
