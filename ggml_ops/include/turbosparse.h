@@ -136,6 +136,8 @@ typedef struct ts_context_params {
     int32_t sparse_mode;       /* enum ts_sparse_mode; AUTO = ts_model_sparse_mode's choice */
     float predictor_threshold; /* NAN = the file's value */
     int32_t n_seq;      /* independent sequences, each with its own KV cache of n_ctx tokens; <= 0 = 1 */
+    int32_t swa_full;   /* sliding-window layers (Gemma) cache every position, as the others: any prefix can be kept
+                           (ts_context_truncate_seq); 0 = they cache a window's worth, as llama-server by default */
 } ts_context_params;
 
 /* A ggml device a model can live on: the CPU, or a GPU of a ggml built with Metal, CUDA or Vulkan. */
@@ -167,6 +169,9 @@ void ts_model_get_info(const ts_model *model, ts_model_info *info);
 void ts_model_get_device(const ts_model *model, ts_device_info *info);
 /* Per-layer predictor rank (0 = none); `ranks` has n_layer entries. */
 void ts_model_get_predictor_ranks(const ts_model *model, int32_t *ranks);
+/* Per layer, the positions its attention sees: the sliding window (attention.sliding_window) of a layer that slides,
+   0 for one that sees every position; `windows` has n_layer entries. */
+void ts_model_get_sliding_windows(const ts_model *model, int32_t *windows);
 /*
  * A tensor of the file as stored (mapped, read-only, valid while the model lives): its ggml type, ggml shape ne[4]
  * and bytes. Returns 0, or -1 (err filled) when the file has no tensor of that name.
@@ -267,9 +272,16 @@ int32_t ts_context_n_past_seq(const ts_context *ctx, int32_t seq); /* -1 when se
 int32_t ts_context_n_ctx(const ts_context *ctx);                    /* per sequence */
 int32_t ts_context_n_seq(const ts_context *ctx);
 int32_t ts_context_sparse_mode(const ts_context *ctx);              /* the mode it runs (AUTO resolved) */
-/* Forget every cached token at position >= n_keep. */
+/* Forget every cached token at position >= n_keep. A sequence whose sliding-window layers cache a window's worth
+ * of positions (swa_full = 0) keeps 0 tokens, or n_keep where the window of the token at n_keep is still cached:
+ * ts_context_n_keepable_seq says which; another n_keep is an argument error. */
 int32_t ts_context_truncate(ts_context *ctx, int32_t n_keep, char *err, size_t err_size);
 int32_t ts_context_truncate_seq(ts_context *ctx, int32_t seq, int32_t n_keep, char *err, size_t err_size);
+/* The most tokens up to n_keep (and the n_past it holds) sequence seq can keep: that many, or 0; -1 when seq is out
+ * of range. */
+int32_t ts_context_n_keepable_seq(const ts_context *ctx, int32_t seq, int32_t n_keep);
+/* Bytes of the context's KV caches (every layer and sequence). */
+uint64_t ts_context_kv_size(const ts_context *ctx);
 /* Predictor threshold used from the next evaluation on. */
 void ts_context_set_threshold(ts_context *ctx, float threshold);
 float ts_context_threshold(const ts_context *ctx);

@@ -19,7 +19,7 @@
 ts_context_params ts_context_default_params(void) {
     ts_context_params p = {
         .n_ctx = 0, .n_threads = 1, .n_batch = 512, .kv_type = GGML_TYPE_F16, .sparse_mode = TS_SPARSE_OFF,
-        .predictor_threshold = NAN, .n_seq = 1};
+        .predictor_threshold = NAN, .n_seq = 1, .swa_full = 0};
     return p;
 }
 
@@ -86,6 +86,24 @@ static int32_t kv_span_step(void) {
     return ggml_cpu_has_avx() || ggml_cpu_has_sse3() || ggml_cpu_has_neon() ? 32 : 256;
 }
 
+/*
+ * KV cells per sequence that the sliding-window layers hold (llama.cpp's SWA cache, which holds n_swa + n_ubatch):
+ * the window of a batch's first token from the step-aligned cell before it (window_start), and a batch of n_batch
+ * tokens after it. The cells hold consecutive positions from the sequence's swa_base on; when a batch would pass the
+ * last cell, the window is moved to the front (next_group), every n_batch tokens or so. Where that is no fewer cells
+ * than the others hold, or no layer slides, they hold as many: every position.
+ */
+static int32_t window_cells(const ts_context *c) {
+    const ts_model *m = c->model;
+    int any_swa = 0;
+    for (int il = 0; il < m->info.n_layer; il++) {
+        any_swa |= m->layers[il].swa;
+    }
+    const int64_t step = c->kv_span_step;
+    const int64_t cells = ((int64_t)m->n_swa + c->params.n_batch + step + step - 1) / step * step;
+    return any_swa && cells < c->n_cells ? (int32_t)cells : c->n_cells;
+}
+
 static int init_sparse_layers(ts_context *c, char *err, size_t err_size) {
     const ts_model *m = c->model;
     c->sparse = calloc((size_t)m->info.n_layer, sizeof(*c->sparse));
@@ -126,8 +144,8 @@ static int init_kv_cache(ts_context *c, char *err, size_t err_size) {
     if (c->ctx_kv == NULL || c->k_cache == NULL || c->v_cache == NULL) {
         return ts_set_error(err, err_size, "out of memory creating the KV cache");
     }
-    const int64_t n_cells_all = (int64_t)c->n_seq * c->n_cells;
     for (int il = 0; il < in->n_layer; il++) {
+        const int64_t n_cells_all = (int64_t)c->n_seq * ts_layer_cells(c, il);
         c->k_cache[il] = ggml_new_tensor_2d(c->ctx_kv, (enum ggml_type)c->params.kv_type, n_embd_kv, n_cells_all);
         c->v_cache[il] = ggml_new_tensor_2d(c->ctx_kv, (enum ggml_type)c->params.kv_type, n_cells_all, n_embd_kv);
     }
@@ -197,6 +215,7 @@ ts_context *ts_context_new(ts_model *model, const ts_context_params *params, cha
     c->n_ctx = params->n_ctx > 0 ? params->n_ctx : model->info.n_ctx_train;
     c->n_cells = (int32_t)(((int64_t)c->n_ctx + TS_KV_PAD - 1) / TS_KV_PAD * TS_KV_PAD);
     c->kv_span_step = kv_span_step();
+    c->n_cells_swa = c->params.swa_full ? c->n_cells : window_cells(c);
     /* phi3's factors for contexts past the original one (llama.cpp counts a sequence's cells, as allocated) */
     c->rope_factors = model->rope_freqs != NULL           ? model->rope_freqs
                       : c->n_cells > model->n_ctx_orig_file ? model->rope_long
@@ -208,8 +227,9 @@ ts_context *ts_context_new(ts_model *model, const ts_context_params *params, cha
                          ggml_graph_overhead_custom((size_t)c->graph_max_nodes, false);
     c->graph_meta = malloc(c->graph_meta_size);
     c->n_past = calloc((size_t)c->n_seq, sizeof(*c->n_past));
+    c->swa_base = calloc((size_t)c->n_seq, sizeof(*c->swa_base));
     c->graph.groups = calloc((size_t)c->n_seq, sizeof(*c->graph.groups));
-    if (c->graph_meta == NULL || c->n_past == NULL || c->graph.groups == NULL) {
+    if (c->graph_meta == NULL || c->n_past == NULL || c->swa_base == NULL || c->graph.groups == NULL) {
         ts_set_error(err, err_size, "out of memory creating the context");
         ts_context_free(c);
         return NULL;
@@ -268,6 +288,7 @@ void ts_context_free(ts_context *c) {
     free(c->v_cache);
     free(c->graph_meta);
     free(c->n_past);
+    free(c->swa_base);
     free(c->graph.groups);
     free(c);
 }
@@ -299,6 +320,11 @@ static int check_seq(const ts_context *c, int32_t seq, char *err, size_t err_siz
     return 0;
 }
 
+/* Whether the sliding-window layers of sequence seq still cache every position the token at position n sees. */
+static int window_holds(const ts_context *c, int32_t seq, int32_t n) {
+    return c->swa_base[seq] == 0 || (int64_t)n - c->model->n_swa + 1 >= c->swa_base[seq];
+}
+
 int32_t ts_context_truncate_seq(ts_context *c, int32_t seq, int32_t n_keep, char *err, size_t err_size) {
     if (check_seq(c, seq, err, err_size) != 0) {
         return -1;
@@ -306,8 +332,29 @@ int32_t ts_context_truncate_seq(ts_context *c, int32_t seq, int32_t n_keep, char
     if (n_keep < 0 || n_keep > c->n_past[seq]) {
         return ts_fail(err, err_size, TS_ERR_ARGUMENT, "cannot keep %d tokens: the context holds %d", n_keep, c->n_past[seq]);
     }
+    if (n_keep > 0 && !window_holds(c, seq, n_keep)) {
+        return ts_fail(err, err_size, TS_ERR_ARGUMENT,
+                       "cannot keep %d tokens of sequence %d: its sliding-window layers cache positions from %d on, "
+                       "not the window of position %d (swa_full caches every position)",
+                       n_keep, seq, c->swa_base[seq], n_keep);
+    }
     c->n_past[seq] = n_keep;
+    if (n_keep == 0) {
+        c->swa_base[seq] = 0;
+    }
     return 0;
+}
+
+int32_t ts_context_n_keepable_seq(const ts_context *c, int32_t seq, int32_t n_keep) {
+    if (seq < 0 || seq >= c->n_seq) {
+        return -1;
+    }
+    const int32_t n = n_keep < c->n_past[seq] ? n_keep : c->n_past[seq];
+    return n > 0 && window_holds(c, seq, n) ? n : 0;
+}
+
+uint64_t ts_context_kv_size(const ts_context *c) {
+    return (uint64_t)ggml_backend_buffer_get_size(c->buf_kv);
 }
 
 int32_t ts_context_truncate(ts_context *c, int32_t n_keep, char *err, size_t err_size) {
@@ -425,19 +472,28 @@ void ts_context_reset_stats(ts_context *c) {
     ts_moe_reset_stats(c);
 }
 
+/* Token t's K cache row and V cache elements in a cache of n_cells_all cells, it going to cell `cell`. */
+static void fill_cache_slots(int32_t t, int64_t cell, int64_t n_embd_kv, int64_t n_cells_all,
+                             struct ggml_tensor *k_rows, struct ggml_tensor *v_cells) {
+    ((int64_t *)k_rows->data)[t] = cell;
+    int64_t *v = (int64_t *)v_cells->data + (int64_t)t * n_embd_kv;
+    for (int64_t e = 0; e < n_embd_kv; e++) {
+        v[e] = e * n_cells_all + cell;
+    }
+}
+
 /* Positions, cache rows and cells, attention masks and output rows of the groups' tokens. */
 static void fill_inputs(const ts_context *c, const ts_graph *g, const int32_t *tokens) {
     const ts_model_info *in = &c->model->info;
     const int64_t n_embd_kv = (int64_t)in->n_head_kv * in->n_embd_head;
-    const int64_t n_cells_all = (int64_t)c->n_seq * c->n_cells;
+    const int32_t n_swa = c->model->n_swa;
     memcpy(g->tokens->data, tokens, sizeof(int32_t) * (size_t)g->n_tokens);
     int32_t *pos = g->pos != NULL ? g->pos->data : NULL;
-    int64_t *k_rows = g->k_rows->data, *v_cells = g->v_cells->data;
     for (int32_t k = 0; k < g->n_groups; k++) {
         const ts_group *gr = &g->groups[k];
+        const int32_t swa_pos0 = c->swa_base[gr->seq] + gr->swa_first; /* the position of the window span's cell 0 */
         for (int32_t i = 0; i < gr->n_tokens; i++) {
             const int32_t t = gr->first + i, p = c->n_past[gr->seq] + i;
-            const int64_t cell = (int64_t)gr->seq * c->n_cells + p;
             if (pos != NULL) {
                 pos[t] = p;
             }
@@ -445,11 +501,13 @@ static void fill_inputs(const ts_context *c, const ts_graph *g, const int32_t *t
                 const double steps = floorf((float)p / (float)c->model->attn_temp_floor);
                 ((float *)g->attn_temp->data)[t] = (float)(log(steps + 1.0) * c->model->attn_temp_scale + 1.0);
             }
-            k_rows[t] = cell;
-            for (int64_t e = 0; e < n_embd_kv; e++) {
-                v_cells[(int64_t)t * n_embd_kv + e] = e * n_cells_all + cell;
+            fill_cache_slots(t, (int64_t)gr->seq * c->n_cells + p, n_embd_kv, (int64_t)c->n_seq * c->n_cells,
+                             g->k_rows, g->v_cells);
+            if (g->k_rows_swa != g->k_rows) {
+                fill_cache_slots(t, (int64_t)gr->seq * c->n_cells_swa + p - c->swa_base[gr->seq], n_embd_kv,
+                                 (int64_t)c->n_seq * c->n_cells_swa, g->k_rows_swa, g->v_cells_swa);
             }
-            /* causal mask: the token sees its sequence's cells 0..p; in a sliding window, those of p - j < n_swa */
+            /* causal mask: the token sees its sequence's positions 0..p; in a sliding window, those of p - j < n_swa */
             if (gr->kq_mask != NULL) {
                 float *mask = (float *)gr->kq_mask->data + (size_t)i * gr->n_kv;
                 for (int32_t j = 0; j < gr->n_kv; j++) {
@@ -457,9 +515,10 @@ static void fill_inputs(const ts_context *c, const ts_graph *g, const int32_t *t
                 }
             }
             if (gr->kq_mask_swa != NULL) {
-                float *mask_swa = (float *)gr->kq_mask_swa->data + (size_t)i * gr->n_kv;
-                for (int32_t j = 0; j < gr->n_kv; j++) {
-                    mask_swa[j] = j <= p && p - j < c->model->n_swa ? 0.0f : -INFINITY;
+                float *mask_swa = (float *)gr->kq_mask_swa->data + (size_t)i * gr->n_kv_swa;
+                for (int32_t j = 0; j < gr->n_kv_swa; j++) {
+                    const int32_t q = swa_pos0 + j;
+                    mask_swa[j] = q <= p && p - q < n_swa ? 0.0f : -INFINITY;
                 }
             }
         }
@@ -519,6 +578,89 @@ static int32_t kv_span(const ts_context *c, int32_t n_used) {
     return n_kv < c->n_cells ? n_kv : c->n_cells;
 }
 
+/* Where the sliding-window layers' attention spans from for a token at position p: a kv_span_step-aligned position
+ * at or before its window's first, p - n_swa + 1 (0 where no layer slides). The cells before it are masked for every
+ * token from p on, and whole steps of masked cells add exact zeros to the lanes of ggml's dot products
+ * (kv_span_step), so the results are those of spanning from cell 0. Aligned from p - n_swa, it moves on with kv_span
+ * when n_swa is a multiple of the step (as Gemma's are): a decoding step rebuilds the graph for both at once. */
+static int32_t window_start(const ts_context *c, int32_t p) {
+    const int32_t before = p - c->model->n_swa;
+    return c->model->n_swa > 0 && before > 0 ? before / c->kv_span_step * c->kv_span_step : 0;
+}
+
+/* Bytes of t for the host to edit: its own where its buffer is in host memory, else a copy (NULL: out of memory). */
+static uint8_t *host_bytes(struct ggml_tensor *t) {
+    if (ggml_backend_buffer_is_host(t->buffer)) {
+        return t->data;
+    }
+    uint8_t *copy = malloc(ggml_nbytes(t));
+    if (copy != NULL) {
+        ggml_backend_tensor_get(t, copy, 0, ggml_nbytes(t));
+    }
+    return copy;
+}
+
+/* Ends host_bytes: a copy goes back to the tensor. */
+static void host_bytes_done(struct ggml_tensor *t, uint8_t *bytes) {
+    if (bytes != t->data) {
+        ggml_backend_tensor_set(t, bytes, 0, ggml_nbytes(t));
+        free(bytes);
+    }
+}
+
+/* Moves n cells of a cache tensor from cell cell0 + from to cell cell0: K's cells are its rows, V's (stored
+ * transposed) one element of each row. -1 when out of memory. */
+static int move_cells(struct ggml_tensor *t, int cells_are_rows, int64_t cell0, int64_t from, int64_t n) {
+    uint8_t *bytes = host_bytes(t);
+    if (bytes == NULL) {
+        return -1;
+    }
+    if (cells_are_rows) {
+        memmove(bytes + (size_t)cell0 * t->nb[1], bytes + (size_t)(cell0 + from) * t->nb[1], (size_t)n * t->nb[1]);
+    } else {
+        for (int64_t r = 0; r < t->ne[1]; r++) {
+            uint8_t *row = bytes + (size_t)r * t->nb[1] + (size_t)cell0 * t->nb[0];
+            memmove(row, row + (size_t)from * t->nb[0], (size_t)n * t->nb[0]);
+        }
+    }
+    host_bytes_done(t, bytes);
+    return 0;
+}
+
+/* Moves the sliding-window layers' cached positions of sequence seq from new_base on to their first cells. */
+static int move_window(ts_context *c, int32_t seq, int32_t new_base, char *err, size_t err_size) {
+    const int64_t cell0 = (int64_t)seq * c->n_cells_swa, from = new_base - c->swa_base[seq];
+    const int64_t n = c->n_past[seq] - new_base;
+    for (int il = 0; il < c->model->info.n_layer; il++) {
+        if (c->model->layers[il].swa &&
+            (move_cells(c->k_cache[il], 1, cell0, from, n) != 0 || move_cells(c->v_cache[il], 0, cell0, from, n) != 0)) {
+            return ts_set_error(err, err_size, "out of memory moving the sliding-window KV cache");
+        }
+    }
+    c->swa_base[seq] = new_base;
+    return 0;
+}
+
+/* The group of sequence seq's next n tokens, at batch rows first..first + n - 1, and the cells its attention spans.
+ * Sliding-window layers holding a window's worth of cells first make room for the n tokens (window_cells). */
+static int next_group(ts_context *c, int32_t seq, int32_t first, int32_t n, ts_group *group, char *err,
+                      size_t err_size) {
+    const int32_t p0 = c->n_past[seq];
+    /* never before the first cached position: a sequence cut back to where its window starts there (window_holds)
+       has the cells before it masked anyway */
+    const int32_t start = window_start(c, p0) > c->swa_base[seq] ? window_start(c, p0) : c->swa_base[seq];
+    if (c->n_cells_swa < c->n_cells && p0 + n - c->swa_base[seq] > c->n_cells_swa &&
+        move_window(c, seq, start, err, err_size) != 0) {
+        return -1;
+    }
+    const int32_t step = c->kv_span_step, base = c->swa_base[seq];
+    int32_t end_swa = (p0 + n - base + step - 1) / step * step;
+    end_swa = end_swa < c->n_cells_swa ? end_swa : c->n_cells_swa;
+    *group = (ts_group){.seq = seq, .first = first, .n_tokens = n, .n_kv = kv_span(c, p0 + n),
+                        .swa_first = start - base, .n_kv_swa = end_swa - (start - base)};
+    return 0;
+}
+
 static int same_layout(const ts_graph *g, const ts_group *groups, int32_t n_groups, int32_t n_tokens,
                        int32_t n_outputs, int32_t dense_ffn) {
     if (g->n_tokens != n_tokens || g->n_outputs != n_outputs || g->dense_ffn != dense_ffn || g->n_groups != n_groups) {
@@ -526,7 +668,8 @@ static int same_layout(const ts_graph *g, const ts_group *groups, int32_t n_grou
     }
     for (int32_t i = 0; i < n_groups; i++) {
         const ts_group *a = &g->groups[i], *b = &groups[i];
-        if (a->seq != b->seq || a->first != b->first || a->n_tokens != b->n_tokens || a->n_kv != b->n_kv) {
+        if (a->seq != b->seq || a->first != b->first || a->n_tokens != b->n_tokens || a->n_kv != b->n_kv ||
+            a->swa_first != b->swa_first || a->n_kv_swa != b->n_kv_swa) {
             return 0;
         }
     }
@@ -660,8 +803,9 @@ static int eval_blocks(ts_context *c, int32_t seq, const int32_t *tokens, int32_
         } else if (out != NULL && is_last) {
             dst = out;
         }
-        const ts_group group = {.seq = seq, .first = 0, .n_tokens = n, .n_kv = kv_span(c, c->n_past[seq] + n)};
-        if (eval_groups(c, &group, 1, tokens + start, n, all ? n : 1, dense_ffn, dst, NULL, err, err_size) != 0) {
+        ts_group group;
+        if (next_group(c, seq, 0, n, &group, err, err_size) != 0 ||
+            eval_groups(c, &group, 1, tokens + start, n, all ? n : 1, dense_ffn, dst, NULL, err, err_size) != 0) {
             return -1;
         }
     }
@@ -710,7 +854,7 @@ int32_t ts_context_decode_batch(ts_context *c, const int32_t *seqs, const int32_
                               c->n_past[seq], c->n_ctx);
         }
         if (rc == 0) {
-            groups[i] = (ts_group){.seq = seq, .first = i, .n_tokens = 1, .n_kv = kv_span(c, c->n_past[seq] + 1)};
+            rc = next_group(c, seq, i, 1, &groups[i], err, err_size);
         }
     }
     if (rc == 0) {
@@ -739,10 +883,13 @@ int32_t ts_context_eval_trace(ts_context *c, const int32_t *tokens, int32_t n_to
     c->graph.trace = layers;
     for (int32_t start = 0; rc == 0 && start < n_tokens; start += c->params.n_batch) {
         const int32_t n = n_tokens - start < c->params.n_batch ? n_tokens - start : c->params.n_batch;
-        const ts_group group = {.seq = 0, .first = 0, .n_tokens = n, .n_kv = kv_span(c, c->n_past[0] + n)};
+        ts_group group;
         d.first = start;
+        rc = next_group(c, 0, 0, n, &group, err, err_size);
         /* every row is an output: the last layer's FFN runs for every token */
-        rc = eval_groups(c, &group, 1, tokens + start, n, n, 1, NULL, &d, err, err_size);
+        if (rc == 0) {
+            rc = eval_groups(c, &group, 1, tokens + start, n, n, 1, NULL, &d, err, err_size);
+        }
     }
     drop_graph(c);
     c->graph.trace = NULL;

@@ -15,8 +15,12 @@ typedef struct ts_group {
     int32_t first;
     int32_t n_tokens;
     int32_t n_kv;                /* cache cells its attention spans: a multiple of ts_context.kv_span_step (or all) */
+    /* the sliding-window layers' span: cells swa_first .. swa_first + n_kv_swa - 1 of the sequence's in their cache
+       (only those a token's window reaches from the first whole step on: context.c, next_group) */
+    int32_t swa_first;
+    int32_t n_kv_swa;
     struct ggml_tensor *kq_mask;     /* F32 [n_kv, n_tokens], or NULL where every layer slides */
-    struct ggml_tensor *kq_mask_swa; /* the same within the sliding window, or NULL where no layer slides */
+    struct ggml_tensor *kq_mask_swa; /* F32 [n_kv_swa, n_tokens] within the window, or NULL where no layer slides */
 } ts_group;
 
 /* One layer's dense FFN values kept for ts_context_eval_trace: gate and up before the activation, [n_ff, T]. */
@@ -34,6 +38,8 @@ typedef struct ts_graph {
                                       or NULL */
     struct ggml_tensor *k_rows;  /* I64 [n_tokens]: the K cache row each token's keys go to */
     struct ggml_tensor *v_cells; /* I64 [n_embd_kv * n_tokens]: the V cache element of each value (V is transposed) */
+    struct ggml_tensor *k_rows_swa;  /* the same in the sliding-window layers' caches: k_rows and v_cells themselves */
+    struct ggml_tensor *v_cells_swa; /* where those layers hold as many cells as the others */
     struct ggml_tensor *out_ids; /* I32 [n_outputs], NULL when every row is an output */
     struct ggml_tensor *out;     /* F32 [n_vocab, n_outputs] logits, or with embeddings [n_embd, n_outputs] */
     int32_t n_tokens;
@@ -52,6 +58,10 @@ struct ts_context {
     ts_context_params params;
     int32_t n_ctx;   /* tokens each sequence accepts */
     int32_t n_cells; /* KV cache cells per sequence: n_ctx rounded up to TS_KV_PAD, as llama.cpp allocates */
+    /* KV cache cells per sequence of the sliding-window layers: a window's worth (context.c: window_cells), or n_cells
+       where they keep every position (swa_full, no layer slides, or a window as long as the context) */
+    int32_t n_cells_swa;
+    int32_t *swa_base; /* per sequence: the position the sliding-window layers' cell 0 holds (0 with n_cells) */
     int32_t kv_span_step; /* attention spans whole multiples of this many cells (context.c: kv_span_step) */
     struct ggml_tensor *rope_factors; /* the rope's frequency factors: the model's rope_freqs, rope_long or
                                          rope_short, or NULL */
@@ -66,9 +76,9 @@ struct ts_context {
     ggml_backend_sched_t sched;
     struct ggml_context *ctx_kv;
     ggml_backend_buffer_t buf_kv;
-    /* per layer; sequence s owns cells [s * n_cells, (s + 1) * n_cells) */
-    struct ggml_tensor **k_cache; /* [n_embd_kv, n_seq * n_cells] (F16 or F32) */
-    struct ggml_tensor **v_cache; /* [n_seq * n_cells, n_embd_kv], stored transposed */
+    /* per layer, of L = ts_layer_cells cells per sequence; sequence s owns cells [s * L, (s + 1) * L) */
+    struct ggml_tensor **k_cache; /* [n_embd_kv, n_seq * L] (F16 or F32) */
+    struct ggml_tensor **v_cache; /* [n_seq * L, n_embd_kv], stored transposed */
 
     ts_sparse_layer *sparse; /* per layer: what the sparse FFN nodes read and count */
     float *gate_scale, *act_scale; /* [n_layer * n_ff] set by ts_context_set_ffn_scales, else NULL (the layers then
@@ -87,6 +97,11 @@ struct ts_context {
     struct ggml_context *graph_ctx; /* NULL when there is none */
     ts_graph graph;
 };
+
+/* KV cache cells per sequence of layer il */
+static inline int32_t ts_layer_cells(const ts_context *ctx, int il) {
+    return ctx->model->layers[il].swa ? ctx->n_cells_swa : ctx->n_cells;
+}
 
 /* Builds the forward graph of g->n_tokens tokens laid out in g->groups into ctx0 (no_alloc). */
 void ts_graph_build(ts_context *ctx, struct ggml_context *ctx0, ts_graph *g);

@@ -75,7 +75,7 @@ static struct ggml_tensor *attention(const ts_context *ctx, struct ggml_context 
     const ts_layer *l = &m->layers[il];
     const int32_t n_tokens = g->n_tokens;
     const int64_t hd = in->n_embd_head, n_embd_kv = (int64_t)in->n_head_kv * hd;
-    const int64_t n_cells_all = (int64_t)ctx->n_seq * ctx->n_cells;
+    const int64_t n_cells = ts_layer_cells(ctx, il), n_cells_all = (int64_t)ctx->n_seq * n_cells;
 
     struct ggml_tensor *q = matmul_bias(ctx0, l->wq, l->bq, cur);
     struct ggml_tensor *k = matmul_bias(ctx0, l->wk, l->bk, cur);
@@ -100,9 +100,10 @@ static struct ggml_tensor *attention(const ts_context *ctx, struct ggml_context 
     struct ggml_tensor *kc = ctx->k_cache[il], *vc = ctx->v_cache[il];
     const size_t ev = ggml_type_size(vc->type); /* bytes per V element */
     /* K cache row k_rows[t] = token t's keys; V^T cache element v_cells[t * n_embd_kv + e] = its value e */
-    ggml_build_forward_expand(gf, ggml_set_rows(ctx0, kc, ggml_reshape_2d(ctx0, k, n_embd_kv, n_tokens), g->k_rows));
+    struct ggml_tensor *k_rows = l->swa ? g->k_rows_swa : g->k_rows, *v_cells = l->swa ? g->v_cells_swa : g->v_cells;
+    ggml_build_forward_expand(gf, ggml_set_rows(ctx0, kc, ggml_reshape_2d(ctx0, k, n_embd_kv, n_tokens), k_rows));
     ggml_build_forward_expand(gf, ggml_set_rows(ctx0, ggml_reshape_2d(ctx0, vc, 1, ggml_nelements(vc)),
-                                                ggml_reshape_2d(ctx0, v, 1, n_embd_kv * n_tokens), g->v_cells));
+                                                ggml_reshape_2d(ctx0, v, 1, n_embd_kv * n_tokens), v_cells));
 
     struct ggml_tensor *out = NULL; /* [hd * n_head, T] */
     for (int32_t i = 0; i < g->n_groups; i++) {
@@ -112,11 +113,12 @@ static struct ggml_tensor *attention(const ts_context *ctx, struct ggml_context 
                                      ? q
                                      : ggml_view_3d(ctx0, q, hd, in->n_head, gr->n_tokens, q->nb[1], q->nb[2],
                                                     (size_t)gr->first * q->nb[2]);
-        /* the first n_kv cells of its sequence: K [hd, n_head_kv, n_kv], V^T [n_kv, n_head_kv, hd] */
-        const size_t cell0 = (size_t)gr->seq * (size_t)ctx->n_cells;
-        struct ggml_tensor *keys = ggml_view_3d(ctx0, kc, hd, in->n_head_kv, gr->n_kv, ggml_row_size(kc->type, hd),
+        /* the n_kv cells its sequence's tokens see from cell0 on: K [hd, n_head_kv, n_kv], V^T [n_kv, n_head_kv, hd] */
+        const size_t cell0 = (size_t)gr->seq * (size_t)n_cells + (size_t)(l->swa ? gr->swa_first : 0);
+        const int64_t n_kv = l->swa ? gr->n_kv_swa : gr->n_kv;
+        struct ggml_tensor *keys = ggml_view_3d(ctx0, kc, hd, in->n_head_kv, n_kv, ggml_row_size(kc->type, hd),
                                                 ggml_row_size(kc->type, n_embd_kv), cell0 * ggml_row_size(kc->type, n_embd_kv));
-        struct ggml_tensor *vals = ggml_view_3d(ctx0, vc, gr->n_kv, in->n_head_kv, hd, (size_t)n_cells_all * hd * ev,
+        struct ggml_tensor *vals = ggml_view_3d(ctx0, vc, n_kv, in->n_head_kv, hd, (size_t)n_cells_all * hd * ev,
                                                 (size_t)n_cells_all * ev, cell0 * ev);
         qg = ggml_permute(ctx0, qg, 0, 2, 1, 3);     /* [hd, n_g, n_head] */
         keys = ggml_permute(ctx0, keys, 0, 2, 1, 3); /* [hd, n_kv, n_head_kv] */
@@ -282,6 +284,14 @@ void ts_graph_build(ts_context *ctx, struct ggml_context *ctx0, ts_graph *g) {
     ggml_set_input(g->tokens);
     ggml_set_input(g->k_rows);
     ggml_set_input(g->v_cells);
+    g->k_rows_swa = g->k_rows;
+    g->v_cells_swa = g->v_cells;
+    if (ctx->n_cells_swa < ctx->n_cells) { /* the sliding-window layers hold caches of their own */
+        g->k_rows_swa = ggml_new_tensor_1d(ctx0, GGML_TYPE_I64, n_tokens);
+        g->v_cells_swa = ggml_new_tensor_1d(ctx0, GGML_TYPE_I64, n_embd_kv * n_tokens);
+        ggml_set_input(g->k_rows_swa);
+        ggml_set_input(g->v_cells_swa);
+    }
     g->attn_temp = NULL;
     if (m->attn_temp_scale != 0.0f) {
         g->attn_temp = ggml_new_tensor_3d(ctx0, GGML_TYPE_F32, 1, 1, n_tokens);
@@ -300,7 +310,7 @@ void ts_graph_build(ts_context *ctx, struct ggml_context *ctx0, ts_graph *g) {
             ggml_set_input(gr->kq_mask);
         }
         if (n_swa_layers > 0) {
-            gr->kq_mask_swa = ggml_new_tensor_2d(ctx0, GGML_TYPE_F32, gr->n_kv, gr->n_tokens);
+            gr->kq_mask_swa = ggml_new_tensor_2d(ctx0, GGML_TYPE_F32, gr->n_kv_swa, gr->n_tokens);
             ggml_set_input(gr->kq_mask_swa);
         }
     }

@@ -1692,6 +1692,12 @@ void ts_model_get_predictor_ranks(const ts_model *m, int32_t *ranks) {
     memcpy(ranks, m->pred_rank, sizeof(int32_t) * (size_t)m->info.n_layer);
 }
 
+void ts_model_get_sliding_windows(const ts_model *m, int32_t *windows) {
+    for (int il = 0; il < m->info.n_layer; il++) {
+        windows[il] = m->layers[il].swa ? m->n_swa : 0;
+    }
+}
+
 void ts_model_get_group_top_k(const ts_model *m, int32_t *top_k) {
     memcpy(top_k, m->group_top_k, sizeof(int32_t) * (size_t)m->info.n_layer);
 }

@@ -280,6 +280,9 @@ class NativeModel:
         ranks = ffi.new("int32_t[]", self.info.n_layer)
         lib.ts_model_get_predictor_ranks(self._handle, ranks)
         self.predictor_ranks: list[int] = list(ranks)
+        windows = ffi.new("int32_t[]", self.info.n_layer)
+        lib.ts_model_get_sliding_windows(self._handle, windows)
+        self.sliding_windows: list[int] = list(windows)  # per layer: its window of positions, 0 where it sees all
         gate, act = ffi.new("float[]", self.info.n_layer), ffi.new("float[]", self.info.n_layer)
         lib.ts_model_get_ffn_thresholds(self._handle, gate, act)
         self.ffn_thresholds = FfnThresholds(list(gate), list(act))
@@ -365,6 +368,7 @@ class NativeContext:
         threshold: float | None,
         kv_f32: bool = False,
         n_seq: int = 1,
+        swa_full: bool = False,
     ) -> None:
         self._lib = load()
         self._model = model  # keeps the weights alive as long as the context
@@ -378,6 +382,7 @@ class NativeContext:
         params.n_batch = n_batch
         params.sparse_mode = int(sparse_mode)
         params.n_seq = n_seq
+        params.swa_full = int(swa_full)
         if kv_f32:
             params.kv_type = GGML_TYPE_F32
         params.predictor_threshold = math.nan if threshold is None else _threshold(threshold)
@@ -501,6 +506,19 @@ class NativeContext:
         status = self._lib.lib.ts_context_truncate_seq(self._handle, seq, n_keep, self._err.buf, _ERR_SIZE)
         if status != Status.OK:
             raise status_error(status, self._err.message)
+
+    def keepable(self, n_keep: int, seq: int = 0) -> int:
+        """The most of the first n_keep cached tokens truncate() can keep: all of them (up to what the sequence
+        holds), or 0 where its sliding-window layers no longer cache the window of position n_keep (swa_full off)."""
+        n = int(self._lib.lib.ts_context_n_keepable_seq(self._handle, seq, max(0, min(n_keep, 2**31 - 1))))
+        if n < 0:
+            raise InvalidArgumentError(f"sequence {seq} out of [0, {self.n_seq})")
+        return n
+
+    @property
+    def kv_bytes(self) -> int:
+        """Bytes of the KV caches, every layer and sequence."""
+        return int(self._lib.lib.ts_context_kv_size(self._handle))
 
     def eval(
         self,

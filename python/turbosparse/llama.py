@@ -102,7 +102,7 @@ class Llama:
     """A GGUF model with llama_cpp.Llama's methods.
 
     model_path, n_ctx (0 = the model's), n_batch, n_threads, seed, verbose, chat_format (None: the file's
-    template; "chatml"), logits_all, last_n_tokens_size as llama_cpp.Llama (n_ubatch, flash_attn, offload_kqv,
+    template; "chatml"), logits_all, last_n_tokens_size, swa_full as llama_cpp.Llama (n_ubatch, flash_attn, offload_kqv,
     main_gpu taken and unused; n_gpu_layers warned about); sparse and threshold as turbosparse.Model. Penalties
     count generated tokens only and each call without a seed draws the next seed from the last, as in llama_cpp."""
 
@@ -128,6 +128,7 @@ class Llama:
         flash_attn: bool = False,
         offload_kqv: bool = True,
         main_gpu: int = 0,
+        swa_full: bool | None = None,
         sparse: SparseName = "auto",
         threshold: float | None = None,
     ) -> None:
@@ -152,6 +153,7 @@ class Llama:
             sparse=sparse,
             threshold=threshold,
             verbose=verbose,
+            swa_full=True if swa_full is None else swa_full,  # None: llama.cpp's context default, as llama_cpp's
         )
         # the text a chat answer stops at besides the user's stops, as llama_cpp's: the format's end of turn, or for
         # the file's template the EOS token's text (a model that writes it out as plain text ends there too)

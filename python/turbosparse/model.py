@@ -96,6 +96,11 @@ class Model:
     open streams, a server's requests) each decode in their own one, and step() advances several of them in one
     forward pass. A Model is safe to share between threads: evaluations run one at a time; a generation whose
     sequence another one took (more generations than sequences) re-evaluates its tokens in another.
+
+    swa_full: a model's sliding-window layers (Gemma 2 and 3) cache every position as its other layers do; by
+    default they cache a window's worth (as llama-server: Gemma 3's KV cache at 32k tokens is a fifth of what it
+    would be), and a prompt then reuses a sequence's tokens only while those layers still hold the window of the first
+    new position (a chat's next turn does; a prompt going back further is evaluated again whole).
     """
 
     def __init__(
@@ -111,6 +116,7 @@ class Model:
         verbose: bool = False,
         n_seq: int = 1,
         device: str = "cpu",
+        swa_full: bool = False,
     ) -> None:
         self.path = os.fspath(path)
         for name, value, least in (("n_seq", n_seq, 1), ("n_ctx", n_ctx, 0), ("n_batch", n_batch, 1),
@@ -143,6 +149,7 @@ class Model:
             sparse_mode=self.sparse_mode,
             threshold=threshold,
             n_seq=n_seq,
+            swa_full=swa_full,
         )
         self._ctx.set_measure_recall(measure_recall)
         self._tokenizer = Tokenizer(self.path, verbose=verbose)
@@ -189,6 +196,11 @@ class Model:
     @property
     def n_seq(self) -> int:
         return self._ctx.n_seq
+
+    @property
+    def kv_cache_bytes(self) -> int:
+        """Bytes of the KV caches of every sequence."""
+        return self._ctx.kv_bytes
 
     @property
     def n_vocab(self) -> int:
@@ -277,7 +289,7 @@ class Model:
                 return self._evaluate(seq, tokens, len(tokens) - 1, dense_ffn=False, logits_all=False).copy()
             if logits_from is None:
                 return self._prompt(seq, tokens).copy()
-            keep = min(self._reusable(seq, tokens), logits_from)
+            keep = self._ctx.keepable(min(self._reusable(seq, tokens), logits_from), seq.index)
             dense = self.sparse_mode == SparseMode.OFF  # every row as decoding computes it
             logits = self._evaluate(seq, tokens, keep, dense_ffn=dense, logits_all=True)
             return logits[logits_from - keep :]
@@ -286,7 +298,12 @@ class Model:
         """The logits after a prompt evaluated in seq (the lock is held). The very prompt seq last evaluated keeps its
         keys, values and logits (nothing is computed); another one keeps what _reusable allows."""
         n = len(tokens)
-        if seq.prompt_logits is not None and seq.n_prompted == n and common_prefix(seq.tokens, tokens) == n:
+        if (
+            seq.prompt_logits is not None
+            and seq.n_prompted == n
+            and common_prefix(seq.tokens, tokens) == n
+            and self._ctx.keepable(n, seq.index) == n
+        ):
             self._ctx.truncate(n, seq.index)
             del seq.tokens[n:]
             return seq.prompt_logits
@@ -299,11 +316,12 @@ class Model:
         blocks that start at multiples of n_batch, so the tokens evaluated again are computed exactly as on an empty
         sequence (decoding and other block sizes use kernels that round differently): the same request gives the
         same answer whatever ran before it. any_prefix: the whole common prefix but the last token, however it was
-        computed (decoded tokens too)."""
+        computed (decoded tokens too). Sliding-window layers caching a window's worth (swa_full off) keep a prefix
+        only while they still hold the window of its next position, else nothing."""
         common = min(common_prefix(seq.tokens, tokens), len(tokens) - 1)
-        if any_prefix:
-            return common
-        return min(common, seq.n_prompted) // self._n_batch * self._n_batch
+        if not any_prefix:
+            common = min(common, seq.n_prompted) // self._n_batch * self._n_batch
+        return self._ctx.keepable(common, seq.index)
 
     def _evaluate(
         self,

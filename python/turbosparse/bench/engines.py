@@ -67,7 +67,9 @@ class TurbosparseEngine:
 
 @dataclass
 class LlamaCppEngine:
-    """llama.cpp itself through llama-cpp-python, with its defaults (no flash attention, F16 KV cache). gpu: the index
+    """llama.cpp itself through llama-cpp-python, with its defaults (no flash attention, F16 KV cache) but for
+    sliding-window layers (Gemma), which cache a window's worth of positions as llama-server's and llama-cli's do (the
+    faster way; llama_cpp.Llama's default caches every position, and so spans every cell). gpu: the index
     of the GPU (among ggml's GPU devices) that holds every layer, as turbosparse places a whole model on one device;
     None: the CPU only (no large batch offloaded to a GPU either, which a GPU build of ggml otherwise does)."""
 
@@ -92,6 +94,7 @@ class LlamaCppEngine:
             main_gpu=self.gpu or 0,
             op_offload=self.gpu is not None,
             logits_all=False,
+            swa_full=False,
             verbose=False,
         )
         self.n_vocab = self.llm.n_vocab()

@@ -18,7 +18,15 @@ import numpy as np
 from turbosparse import constants as C
 from turbosparse._library import LIBRARY_ENV
 from turbosparse.bench.engines import Engine, TurbosparseEngine
-from turbosparse.binding import DeviceInfo, KernelIsa, LayerStats, down_rows_type, isa_name, isa_supported
+from turbosparse.binding import (
+    DeviceInfo,
+    KernelIsa,
+    LayerStats,
+    NativeModel,
+    down_rows_type,
+    isa_name,
+    isa_supported,
+)
 from turbosparse.gguf_reader import architecture, read_gguf, read_model
 
 logger = logging.getLogger(__name__)
@@ -155,17 +163,10 @@ def calibrated_sparsity(path: Path) -> float | None:
 
 
 def kv_bytes_per_token(path: Path, n_kv: int) -> int:
-    """K and V (F16) read by one decoded token attending over n_kv cells."""
-    reader = read_gguf(path)
-    arch = _architecture(reader)
-
-    def num(key: str) -> int:
-        field_ = reader.get_field(f"{arch}.{key}")
-        return int(field_.contents()) if field_ is not None else 0
-
-    n_head_kv = num("attention.head_count_kv") or num("attention.head_count")
-    head = num("embedding_length") // num("attention.head_count")
-    return 2 * num("block_count") * n_kv * n_head_kv * head * 2
+    """K and V (F16) read by one decoded token attending over n_kv cells (a sliding-window layer over its window)."""
+    model = NativeModel(str(path), metadata_only=True)
+    per_cell = 2 * model.info.n_head_kv * model.info.n_embd_head * 2
+    return sum(per_cell * (min(n_kv, window) if window else n_kv) for window in model.sliding_windows)
 
 
 def sparse_ffn_bytes(

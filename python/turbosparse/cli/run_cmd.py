@@ -40,6 +40,12 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         help="where weights and graph go: cpu, gpu (the first GPU ggml has) or a ggml device name such as Vulkan0 "
         "(a GPU runs dense and --sparse groups; predictor means groups there)",
     )
+    p.add_argument(
+        "--swa-full",
+        action="store_true",
+        help="sliding-window layers (Gemma) cache every position, as the others: any prefix of the context can be "
+        "reused, for more memory (default: a window's worth, as llama-server)",
+    )
     p.add_argument("--verbose", action="store_true", help="show llama.cpp's and turbosparse's log")
 
 
@@ -234,6 +240,7 @@ def run(args: argparse.Namespace) -> int:
         threshold=args.threshold,
         verbose=args.verbose,
         device=args.device,
+        swa_full=args.swa_full,
     )
     template = chat_template_text(args)
     if template is not None:

@@ -77,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
         sparse=args.sparse,
         threshold=args.threshold,
         device=args.device,
+        swa_full=args.swa_full,
         api_key=args.api_key or os.environ.get("TURBOSPARSE_API_KEY") or None,
         chat_template=template,
         chat_template_kwargs=args.chat_template_kwargs or {},

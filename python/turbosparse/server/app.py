@@ -98,6 +98,7 @@ def load_model(config: ServerConfig) -> Model:
         verbose=config.verbose,
         n_seq=config.parallel + int(config.embeddings),  # one sequence is always free for embeddings
         device=config.device,
+        swa_full=config.swa_full,
     )
     if config.chat_template is not None:
         model.chat_template = chat_template_from(config.chat_template, model.tokenizer)

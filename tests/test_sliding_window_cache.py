@@ -1,0 +1,143 @@
+"""Sliding-window layers (Gemma 2 and 3) caching a window's worth of positions, as llama-server's SWA cache: the same
+logits as caching every position (swa_full), bit for bit, as prompts and decoded token by token while the window
+moves through its cells many times, for one sequence and several decoded in one batch; the KV cache's size; which
+prefixes a sequence can still keep. Tiny gemma3 models (window of 8 positions) against the float64 reference; the
+real Gemma 3 past its window cache, against llama.cpp, and a Model evaluating again what it cannot keep:
+tests/test_gemma.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+
+from turbosparse.bench.runner import kv_bytes_per_token
+from turbosparse.binding import NativeContext, NativeModel, SparseMode
+from turbosparse.errors import InvalidArgumentError
+
+from tinymodel import TinyConfig, random_weights, reference_logits, write_gguf
+
+# layers 0-4 slide over 8 positions, layer 5 attends to all (gemma3's pattern of 6)
+CFG = TinyConfig(arch="gemma3", n_layer=6, n_swa=8, n_vocab=256)
+N_CTX = 512
+N_BATCH = 16  # the window's cells: 8 + 16 + a step (32 or 64), far fewer than 512
+N_TOKENS = 300  # the window moves to the front of its cells several times
+TOLERANCE = 1e-5  # x max |logit|: F32 weights and KV cache
+
+
+@pytest.fixture(scope="module")
+def gemma(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, np.ndarray]]:
+    path = tmp_path_factory.mktemp("swa") / "gemma3.gguf"
+    stored = write_gguf(path, CFG, random_weights(CFG, seed=11))
+    return path, stored
+
+
+@pytest.fixture(scope="module")
+def tokens() -> list[int]:
+    return [int(t) for t in np.random.default_rng(12).integers(0, CFG.n_vocab, N_TOKENS)]
+
+
+def context(path: Path, *, swa_full: bool, n_seq: int = 1) -> NativeContext:
+    return NativeContext(
+        NativeModel(path),
+        n_ctx=N_CTX,
+        n_threads=2,
+        n_batch=N_BATCH,
+        sparse_mode=SparseMode.OFF,
+        threshold=None,
+        kv_f32=True,
+        n_seq=n_seq,
+        swa_full=swa_full,
+    )
+
+
+def decoded(ctx: NativeContext, tokens: list[int], seq: int = 0) -> np.ndarray:
+    return np.stack([ctx.eval([t], dense_ffn=True, logits_all=False, seq=seq) for t in tokens])
+
+
+def test_a_windows_worth_gives_every_positions_logits(gemma, tokens: list[int]) -> None:
+    path, stored = gemma
+    ref = reference_logits(CFG, stored, tokens)
+    full, window = context(path, swa_full=True), context(path, swa_full=False)
+    prompt = window.eval(tokens, dense_ffn=True, logits_all=True)
+    np.testing.assert_array_equal(prompt, full.eval(tokens, dense_ffn=True, logits_all=True))
+    assert np.abs(prompt - ref).max() <= TOLERANCE * np.abs(ref).max()
+    for ctx in (full, window):
+        ctx.truncate(0)
+    steps = decoded(window, tokens)
+    np.testing.assert_array_equal(steps, decoded(full, tokens))
+    assert np.abs(steps - ref).max() <= TOLERANCE * np.abs(ref).max()
+
+
+def test_sequences_decoded_together_are_each_alone(gemma, tokens: list[int]) -> None:
+    """Two sequences of different lengths decoded in one batch, their windows moving at different steps."""
+    path, _ = gemma
+    other = tokens[::-1]
+    alone = context(path, swa_full=True)
+    want_a = decoded(alone, tokens[:251])
+    alone.truncate(0)
+    want_b = decoded(alone, other[:200])
+    ctx = context(path, swa_full=False, n_seq=2)
+    ctx.eval(tokens[:50], dense_ffn=True, logits_all=False, seq=0)
+    got_a = [ctx.eval(tokens[50:51], dense_ffn=True, logits_all=False, seq=0)]
+    got_b = []
+    for i in range(200):
+        rows = ctx.decode_batch([0, 1], [tokens[51 + i], other[i]])
+        got_a.append(rows[0])
+        got_b.append(rows[1])
+    # one row or two in a matrix product may round otherwise (tests/test_batch_decode.py)
+    np.testing.assert_allclose(np.stack(got_a), want_a[50:], rtol=0, atol=1e-4)
+    np.testing.assert_allclose(np.stack(got_b), want_b, rtol=0, atol=1e-4)
+
+
+def test_the_cache_holds_a_window_of_the_sliding_layers(gemma) -> None:
+    """The KV cache's bytes, and what the bench counts a decoded token reading of it."""
+    path, _ = gemma
+    assert NativeModel(path, metadata_only=True).sliding_windows == [8, 8, 8, 8, 8, 0]
+    n_embd_kv = CFG.n_head_kv * CFG.head_dim
+    assert kv_bytes_per_token(path, 100) == 2 * n_embd_kv * 2 * (5 * 8 + 100)  # F16
+    assert kv_bytes_per_token(path, 5) == 2 * n_embd_kv * 2 * 6 * 5
+    full, window = context(path, swa_full=True, n_seq=3), context(path, swa_full=False, n_seq=3)
+    per_cell = 2 * n_embd_kv * 4 * 3  # K and V, F32, 3 sequences
+    assert full.kv_bytes == CFG.n_layer * N_CTX * per_cell
+    window_cells = (window.kv_bytes // per_cell - N_CTX) // 5  # one full layer, five sliding ones
+    assert window_cells in (64, 128)  # 8 + 16 + one step, rounded up to the step (32 with AVX2, 64 with AVX-512)
+    assert window.kv_bytes == (N_CTX + 5 * window_cells) * per_cell
+
+
+def test_what_a_sequence_can_keep(gemma, tokens: list[int]) -> None:
+    """A prefix whose next position's window was moved out is refused (naming the choice) and reported unkeepable;
+    one whose window is still cached is kept and continues as it would have; nothing is always kept."""
+    path, _ = gemma
+    full, window = context(path, swa_full=True), context(path, swa_full=False)
+    want = full.eval(tokens, dense_ffn=True, logits_all=True)
+    window.eval(tokens, dense_ffn=True, logits_all=False)
+    assert full.keepable(20) == 20 and full.keepable(10**6) == N_TOKENS
+    assert window.keepable(20) == 0 and window.keepable(N_TOKENS) == N_TOKENS
+    with pytest.raises(InvalidArgumentError, match=r"cannot keep 20 tokens of sequence 0: its sliding-window layers .*"
+                       r"swa_full"):  # fmt: skip
+        window.truncate(20)
+    assert window.n_past == N_TOKENS  # untouched
+    window.truncate(N_TOKENS - 5)
+    again = window.eval(tokens[N_TOKENS - 5 :], dense_ffn=True, logits_all=True)
+    np.testing.assert_allclose(again, want[N_TOKENS - 5 :], rtol=0, atol=1e-4)
+    # the shortest prefix it keeps: the window of its next position starts at the first cached one
+    shortest = min(n for n in range(1, N_TOKENS + 1) if window.keepable(n) == n)
+    assert window.keepable(shortest - 1) == 0
+    window.truncate(shortest)
+    again = window.eval(tokens[shortest:], dense_ffn=True, logits_all=True)
+    np.testing.assert_allclose(again, want[shortest:], rtol=0, atol=1e-4)
+    window.truncate(0)
+    assert window.keepable(5) == 0
+    np.testing.assert_array_equal(window.eval(tokens[:40], dense_ffn=True, logits_all=True), want[:40])
+    assert window.keepable(20) == 20  # the window has not moved yet
+
+
+def test_a_file_without_sliding_layers_keeps_one_cache(tmp_path: Path) -> None:
+    cfg = TinyConfig(arch="gemma3", n_layer=2, n_swa=0)
+    path = tmp_path / "m.gguf"
+    write_gguf(path, cfg, random_weights(cfg, seed=2), gguf.GGMLQuantizationType.F32)
+    a, b = context(path, swa_full=False), context(path, swa_full=True)
+    assert a.kv_bytes == b.kv_bytes
