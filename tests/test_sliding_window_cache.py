@@ -21,8 +21,8 @@ from tinymodel import TinyConfig, random_weights, reference_logits, write_gguf
 
 # layers 0-4 slide over 8 positions, layer 5 attends to all (gemma3's pattern of 6)
 CFG = TinyConfig(arch="gemma3", n_layer=6, n_swa=8, n_vocab=256)
-N_CTX = 512
-N_BATCH = 16  # the window's cells: 8 + 16 + a step (32 or 64), far fewer than 512
+N_CTX = 1024
+N_BATCH = 16  # the window's cells: 8 + 16 + a step (32, 64 or 128), its checkpoint's 8 + a step: far fewer than 1024
 N_TOKENS = 300  # the window moves to the front of its cells several times
 TOLERANCE = 1e-5  # x max |logit|: F32 weights and KV cache
 
@@ -102,14 +102,16 @@ def test_the_cache_holds_a_window_of_the_sliding_layers(gemma) -> None:
     full, window = context(path, swa_full=True, n_seq=3), context(path, swa_full=False, n_seq=3)
     per_cell = 2 * n_embd_kv * 4 * 3  # K and V, F32, 3 sequences
     assert full.kv_bytes == CFG.n_layer * N_CTX * per_cell
-    window_cells = (window.kv_bytes // per_cell - N_CTX) // 5  # one full layer, five sliding ones
-    assert window_cells in (64, 128)  # 8 + 16 + one step, rounded up to the step (32 with AVX2, 64 with AVX-512)
-    assert window.kv_bytes == (N_CTX + 5 * window_cells) * per_cell
+    sliding_cells = (window.kv_bytes - N_CTX * per_cell) / (5 * per_cell)  # one full layer, five sliding ones
+    # the window's 8 + 16 + a step and the checkpoint's 8 + a step, each rounded up to the step (32 with AVX2, 64 with
+    # AVX-512, 128 with AVX512-FP16)
+    assert sliding_cells in {-(-(8 + 16 + s) // s) * s + -(-(8 + s) // s) * s for s in (32, 64, 128)}
 
 
 def test_what_a_sequence_can_keep(gemma, tokens: list[int]) -> None:
     """A prefix whose next position's window was moved out is refused (naming the choice) and reported unkeepable;
-    one whose window is still cached is kept and continues as it would have; nothing is always kept."""
+    one whose window is still cached, or in the checkpoint of the prompt's last whole block, is kept and continues as
+    it would have; nothing is always kept."""
     path, _ = gemma
     full, window = context(path, swa_full=True), context(path, swa_full=False)
     want = full.eval(tokens, dense_ffn=True, logits_all=True)
@@ -123,8 +125,9 @@ def test_what_a_sequence_can_keep(gemma, tokens: list[int]) -> None:
     window.truncate(N_TOKENS - 5)
     again = window.eval(tokens[N_TOKENS - 5 :], dense_ffn=True, logits_all=True)
     np.testing.assert_allclose(again, want[N_TOKENS - 5 :], rtol=0, atol=1e-4)
-    # the shortest prefix it keeps: the window of its next position starts at the first cached one
+    # the shortest prefix it keeps: the window of its next position starts at the checkpoint's first position
     shortest = min(n for n in range(1, N_TOKENS + 1) if window.keepable(n) == n)
+    assert shortest < N_TOKENS // N_BATCH * N_BATCH
     assert window.keepable(shortest - 1) == 0
     window.truncate(shortest)
     again = window.eval(tokens[shortest:], dense_ffn=True, logits_all=True)
@@ -141,3 +144,25 @@ def test_a_file_without_sliding_layers_keeps_one_cache(tmp_path: Path) -> None:
     write_gguf(path, cfg, random_weights(cfg, seed=2), gguf.GGMLQuantizationType.F32)
     a, b = context(path, swa_full=False), context(path, swa_full=True)
     assert a.kv_bytes == b.kv_bytes
+
+
+def test_a_prompts_last_whole_block_stays_keepable_while_decoding(gemma, tokens: list[int]) -> None:
+    """The checkpoint: after a prompt, decoding moves the window on, yet the prompt's last whole n_batch block (what a
+    next prompt keeps) stays keepable, and continuing from there gives every position's logits again."""
+    path, _ = gemma
+    prompt, answer = tokens[:150], tokens[150:]
+    full, window = context(path, swa_full=True), context(path, swa_full=False)
+    for ctx in (full, window):
+        ctx.eval(prompt, dense_ffn=True, logits_all=False)
+        decoded(ctx, answer)
+    kept = len(prompt) // N_BATCH * N_BATCH
+    assert window.keepable(kept + 1) == 0  # decoding moved the window past it
+    assert window.keepable(kept) == kept and window.keepable(kept - 3) == kept - 3
+    for ctx in (full, window):
+        ctx.truncate(kept)
+    again = window.eval(tokens[kept:], dense_ffn=True, logits_all=True)
+    np.testing.assert_array_equal(again, full.eval(tokens[kept:], dense_ffn=True, logits_all=True))
+    np.testing.assert_array_equal(decoded(window, tokens[:40]), decoded(full, tokens[:40]))  # and decoding on
+    # the evaluation from kept on was a prompt too: its last whole block is the checkpoint now
+    last = len(tokens) // N_BATCH * N_BATCH
+    assert window.keepable(last) == last and window.keepable(kept) == 0

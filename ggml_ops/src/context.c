@@ -7,6 +7,7 @@
 #include "moe_ffn.h"
 #include "sparse_mode.h"
 #include "ts_error.h"
+#include "window_cache.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -86,24 +87,6 @@ static int32_t kv_span_step(void) {
     return ggml_cpu_has_avx() || ggml_cpu_has_sse3() || ggml_cpu_has_neon() ? 32 : 256;
 }
 
-/*
- * KV cells per sequence that the sliding-window layers hold (llama.cpp's SWA cache, which holds n_swa + n_ubatch):
- * the window of a batch's first token from the step-aligned cell before it (window_start), and a batch of n_batch
- * tokens after it. The cells hold consecutive positions from the sequence's swa_base on; when a batch would pass the
- * last cell, the window is moved to the front (next_group), every n_batch tokens or so. Where that is no fewer cells
- * than the others hold, or no layer slides, they hold as many: every position.
- */
-static int32_t window_cells(const ts_context *c) {
-    const ts_model *m = c->model;
-    int any_swa = 0;
-    for (int il = 0; il < m->info.n_layer; il++) {
-        any_swa |= m->layers[il].swa;
-    }
-    const int64_t step = c->kv_span_step;
-    const int64_t cells = ((int64_t)m->n_swa + c->params.n_batch + step + step - 1) / step * step;
-    return any_swa && cells < c->n_cells ? (int32_t)cells : c->n_cells;
-}
-
 static int init_sparse_layers(ts_context *c, char *err, size_t err_size) {
     const ts_model *m = c->model;
     c->sparse = calloc((size_t)m->info.n_layer, sizeof(*c->sparse));
@@ -137,17 +120,25 @@ static int init_kv_cache(ts_context *c, char *err, size_t err_size) {
     const ts_model_info *in = &c->model->info;
     const int64_t n_embd_kv = (int64_t)in->n_head_kv * in->n_embd_head;
     struct ggml_init_params ip = {
-        .mem_size = (size_t)(2 * in->n_layer + 1) * ggml_tensor_overhead(), .mem_buffer = NULL, .no_alloc = true};
+        .mem_size = (size_t)(4 * in->n_layer + 1) * ggml_tensor_overhead(), .mem_buffer = NULL, .no_alloc = true};
     c->ctx_kv = ggml_init(ip);
     c->k_cache = calloc((size_t)in->n_layer, sizeof(*c->k_cache));
     c->v_cache = calloc((size_t)in->n_layer, sizeof(*c->v_cache));
-    if (c->ctx_kv == NULL || c->k_cache == NULL || c->v_cache == NULL) {
+    c->ckpt_k = calloc((size_t)in->n_layer, sizeof(*c->ckpt_k));
+    c->ckpt_v = calloc((size_t)in->n_layer, sizeof(*c->ckpt_v));
+    if (c->ctx_kv == NULL || c->k_cache == NULL || c->v_cache == NULL || c->ckpt_k == NULL || c->ckpt_v == NULL) {
         return ts_set_error(err, err_size, "out of memory creating the KV cache");
     }
+    const enum ggml_type type = (enum ggml_type)c->params.kv_type;
     for (int il = 0; il < in->n_layer; il++) {
         const int64_t n_cells_all = (int64_t)c->n_seq * ts_layer_cells(c, il);
-        c->k_cache[il] = ggml_new_tensor_2d(c->ctx_kv, (enum ggml_type)c->params.kv_type, n_embd_kv, n_cells_all);
-        c->v_cache[il] = ggml_new_tensor_2d(c->ctx_kv, (enum ggml_type)c->params.kv_type, n_cells_all, n_embd_kv);
+        c->k_cache[il] = ggml_new_tensor_2d(c->ctx_kv, type, n_embd_kv, n_cells_all);
+        c->v_cache[il] = ggml_new_tensor_2d(c->ctx_kv, type, n_cells_all, n_embd_kv);
+        if (c->n_cells_ckpt > 0 && c->model->layers[il].swa) {
+            const int64_t n_ckpt_all = (int64_t)c->n_seq * c->n_cells_ckpt;
+            c->ckpt_k[il] = ggml_new_tensor_2d(c->ctx_kv, type, n_embd_kv, n_ckpt_all);
+            c->ckpt_v[il] = ggml_new_tensor_2d(c->ctx_kv, type, n_ckpt_all, n_embd_kv);
+        }
     }
     ggml_backend_buffer_type_t buft = c->model->on_cpu ? ggml_backend_cpu_buffer_type()
                                                        : ggml_backend_dev_buffer_type(c->model->device);
@@ -215,7 +206,7 @@ ts_context *ts_context_new(ts_model *model, const ts_context_params *params, cha
     c->n_ctx = params->n_ctx > 0 ? params->n_ctx : model->info.n_ctx_train;
     c->n_cells = (int32_t)(((int64_t)c->n_ctx + TS_KV_PAD - 1) / TS_KV_PAD * TS_KV_PAD);
     c->kv_span_step = kv_span_step();
-    c->n_cells_swa = c->params.swa_full ? c->n_cells : window_cells(c);
+    ts_window_size(c);
     /* phi3's factors for contexts past the original one (llama.cpp counts a sequence's cells, as allocated) */
     c->rope_factors = model->rope_freqs != NULL           ? model->rope_freqs
                       : c->n_cells > model->n_ctx_orig_file ? model->rope_long
@@ -228,8 +219,11 @@ ts_context *ts_context_new(ts_model *model, const ts_context_params *params, cha
     c->graph_meta = malloc(c->graph_meta_size);
     c->n_past = calloc((size_t)c->n_seq, sizeof(*c->n_past));
     c->swa_base = calloc((size_t)c->n_seq, sizeof(*c->swa_base));
+    c->ckpt_pos = calloc((size_t)c->n_seq, sizeof(*c->ckpt_pos));
+    c->ckpt_start = calloc((size_t)c->n_seq, sizeof(*c->ckpt_start));
     c->graph.groups = calloc((size_t)c->n_seq, sizeof(*c->graph.groups));
-    if (c->graph_meta == NULL || c->n_past == NULL || c->swa_base == NULL || c->graph.groups == NULL) {
+    if (c->graph_meta == NULL || c->n_past == NULL || c->swa_base == NULL || c->ckpt_pos == NULL ||
+        c->ckpt_start == NULL || c->graph.groups == NULL) {
         ts_set_error(err, err_size, "out of memory creating the context");
         ts_context_free(c);
         return NULL;
@@ -289,6 +283,10 @@ void ts_context_free(ts_context *c) {
     free(c->graph_meta);
     free(c->n_past);
     free(c->swa_base);
+    free(c->ckpt_pos);
+    free(c->ckpt_start);
+    free(c->ckpt_k);
+    free(c->ckpt_v);
     free(c->graph.groups);
     free(c);
 }
@@ -320,11 +318,6 @@ static int check_seq(const ts_context *c, int32_t seq, char *err, size_t err_siz
     return 0;
 }
 
-/* Whether the sliding-window layers of sequence seq still cache every position the token at position n sees. */
-static int window_holds(const ts_context *c, int32_t seq, int32_t n) {
-    return c->swa_base[seq] == 0 || (int64_t)n - c->model->n_swa + 1 >= c->swa_base[seq];
-}
-
 int32_t ts_context_truncate_seq(ts_context *c, int32_t seq, int32_t n_keep, char *err, size_t err_size) {
     if (check_seq(c, seq, err, err_size) != 0) {
         return -1;
@@ -332,16 +325,14 @@ int32_t ts_context_truncate_seq(ts_context *c, int32_t seq, int32_t n_keep, char
     if (n_keep < 0 || n_keep > c->n_past[seq]) {
         return ts_fail(err, err_size, TS_ERR_ARGUMENT, "cannot keep %d tokens: the context holds %d", n_keep, c->n_past[seq]);
     }
-    if (n_keep > 0 && !window_holds(c, seq, n_keep)) {
+    if (!ts_window_keeps(c, seq, n_keep)) {
         return ts_fail(err, err_size, TS_ERR_ARGUMENT,
                        "cannot keep %d tokens of sequence %d: its sliding-window layers cache positions from %d on, "
                        "not the window of position %d (swa_full caches every position)",
                        n_keep, seq, c->swa_base[seq], n_keep);
     }
+    ts_window_keep(c, seq, n_keep);
     c->n_past[seq] = n_keep;
-    if (n_keep == 0) {
-        c->swa_base[seq] = 0;
-    }
     return 0;
 }
 
@@ -350,7 +341,7 @@ int32_t ts_context_n_keepable_seq(const ts_context *c, int32_t seq, int32_t n_ke
         return -1;
     }
     const int32_t n = n_keep < c->n_past[seq] ? n_keep : c->n_past[seq];
-    return n > 0 && window_holds(c, seq, n) ? n : 0;
+    return n > 0 && ts_window_keeps(c, seq, n) ? n : 0;
 }
 
 uint64_t ts_context_kv_size(const ts_context *c) {
@@ -578,87 +569,16 @@ static int32_t kv_span(const ts_context *c, int32_t n_used) {
     return n_kv < c->n_cells ? n_kv : c->n_cells;
 }
 
-/* Where the sliding-window layers' attention spans from for a token at position p: a kv_span_step-aligned position
- * at or before its window's first, p - n_swa + 1 (0 where no layer slides). The cells before it are masked for every
- * token from p on, and whole steps of masked cells add exact zeros to the lanes of ggml's dot products
- * (kv_span_step), so the results are those of spanning from cell 0. Aligned from p - n_swa, it moves on with kv_span
- * when n_swa is a multiple of the step (as Gemma's are): a decoding step rebuilds the graph for both at once. */
-static int32_t window_start(const ts_context *c, int32_t p) {
-    const int32_t before = p - c->model->n_swa;
-    return c->model->n_swa > 0 && before > 0 ? before / c->kv_span_step * c->kv_span_step : 0;
-}
-
-/* Bytes of t for the host to edit: its own where its buffer is in host memory, else a copy (NULL: out of memory). */
-static uint8_t *host_bytes(struct ggml_tensor *t) {
-    if (ggml_backend_buffer_is_host(t->buffer)) {
-        return t->data;
-    }
-    uint8_t *copy = malloc(ggml_nbytes(t));
-    if (copy != NULL) {
-        ggml_backend_tensor_get(t, copy, 0, ggml_nbytes(t));
-    }
-    return copy;
-}
-
-/* Ends host_bytes: a copy goes back to the tensor. */
-static void host_bytes_done(struct ggml_tensor *t, uint8_t *bytes) {
-    if (bytes != t->data) {
-        ggml_backend_tensor_set(t, bytes, 0, ggml_nbytes(t));
-        free(bytes);
-    }
-}
-
-/* Moves n cells of a cache tensor from cell cell0 + from to cell cell0: K's cells are its rows, V's (stored
- * transposed) one element of each row. -1 when out of memory. */
-static int move_cells(struct ggml_tensor *t, int cells_are_rows, int64_t cell0, int64_t from, int64_t n) {
-    uint8_t *bytes = host_bytes(t);
-    if (bytes == NULL) {
-        return -1;
-    }
-    if (cells_are_rows) {
-        memmove(bytes + (size_t)cell0 * t->nb[1], bytes + (size_t)(cell0 + from) * t->nb[1], (size_t)n * t->nb[1]);
-    } else {
-        for (int64_t r = 0; r < t->ne[1]; r++) {
-            uint8_t *row = bytes + (size_t)r * t->nb[1] + (size_t)cell0 * t->nb[0];
-            memmove(row, row + (size_t)from * t->nb[0], (size_t)n * t->nb[0]);
-        }
-    }
-    host_bytes_done(t, bytes);
-    return 0;
-}
-
-/* Moves the sliding-window layers' cached positions of sequence seq from new_base on to their first cells. */
-static int move_window(ts_context *c, int32_t seq, int32_t new_base, char *err, size_t err_size) {
-    const int64_t cell0 = (int64_t)seq * c->n_cells_swa, from = new_base - c->swa_base[seq];
-    const int64_t n = c->n_past[seq] - new_base;
-    for (int il = 0; il < c->model->info.n_layer; il++) {
-        if (c->model->layers[il].swa &&
-            (move_cells(c->k_cache[il], 1, cell0, from, n) != 0 || move_cells(c->v_cache[il], 0, cell0, from, n) != 0)) {
-            return ts_set_error(err, err_size, "out of memory moving the sliding-window KV cache");
-        }
-    }
-    c->swa_base[seq] = new_base;
-    return 0;
-}
-
-/* The group of sequence seq's next n tokens, at batch rows first..first + n - 1, and the cells its attention spans.
- * Sliding-window layers holding a window's worth of cells first make room for the n tokens (window_cells). */
-static int next_group(ts_context *c, int32_t seq, int32_t first, int32_t n, ts_group *group, char *err,
-                      size_t err_size) {
-    const int32_t p0 = c->n_past[seq];
-    /* never before the first cached position: a sequence cut back to where its window starts there (window_holds)
-       has the cells before it masked anyway */
-    const int32_t start = window_start(c, p0) > c->swa_base[seq] ? window_start(c, p0) : c->swa_base[seq];
-    if (c->n_cells_swa < c->n_cells && p0 + n - c->swa_base[seq] > c->n_cells_swa &&
-        move_window(c, seq, start, err, err_size) != 0) {
-        return -1;
-    }
-    const int32_t step = c->kv_span_step, base = c->swa_base[seq];
+/* The group of sequence seq's next n tokens, at batch rows first..first + n - 1, and the cells its attention spans;
+ * sliding-window layers holding a window's worth of cells first make room for the n tokens (window_cache.h). */
+static ts_group next_group(ts_context *c, int32_t seq, int32_t first, int32_t n) {
+    ts_window_make_room(c, seq, n);
+    const int32_t p0 = c->n_past[seq], step = c->kv_span_step, base = c->swa_base[seq];
+    const int32_t swa_first = ts_window_start(c, seq, p0) - base;
     int32_t end_swa = (p0 + n - base + step - 1) / step * step;
     end_swa = end_swa < c->n_cells_swa ? end_swa : c->n_cells_swa;
-    *group = (ts_group){.seq = seq, .first = first, .n_tokens = n, .n_kv = kv_span(c, p0 + n),
-                        .swa_first = start - base, .n_kv_swa = end_swa - (start - base)};
-    return 0;
+    return (ts_group){.seq = seq, .first = first, .n_tokens = n, .n_kv = kv_span(c, p0 + n),
+                      .swa_first = swa_first, .n_kv_swa = end_swa - swa_first};
 }
 
 static int same_layout(const ts_graph *g, const ts_group *groups, int32_t n_groups, int32_t n_tokens,
@@ -794,6 +714,8 @@ static int check_eval(const ts_context *c, int32_t seq, const int32_t *tokens, i
  * output of row_width floats (all) or the last token's. */
 static int eval_blocks(ts_context *c, int32_t seq, const int32_t *tokens, int32_t n_tokens, int32_t dense_ffn,
                        float *out, size_t row_width, int32_t all, char *err, size_t err_size) {
+    /* a prompt's last whole n_batch block, which the next prompt may keep: the sliding-window layers' checkpoint */
+    const int32_t checkpoint_at = n_tokens > 1 ? (c->n_past[seq] + n_tokens) / c->params.n_batch * c->params.n_batch : -1;
     for (int32_t start = 0; start < n_tokens; start += c->params.n_batch) {
         const int32_t n = n_tokens - start < c->params.n_batch ? n_tokens - start : c->params.n_batch;
         const int is_last = start + n == n_tokens;
@@ -803,10 +725,12 @@ static int eval_blocks(ts_context *c, int32_t seq, const int32_t *tokens, int32_
         } else if (out != NULL && is_last) {
             dst = out;
         }
-        ts_group group;
-        if (next_group(c, seq, 0, n, &group, err, err_size) != 0 ||
-            eval_groups(c, &group, 1, tokens + start, n, all ? n : 1, dense_ffn, dst, NULL, err, err_size) != 0) {
+        const ts_group group = next_group(c, seq, 0, n);
+        if (eval_groups(c, &group, 1, tokens + start, n, all ? n : 1, dense_ffn, dst, NULL, err, err_size) != 0) {
             return -1;
+        }
+        if (c->n_past[seq] == checkpoint_at) {
+            ts_window_checkpoint(c, seq);
         }
     }
     return 0;
@@ -854,7 +778,7 @@ int32_t ts_context_decode_batch(ts_context *c, const int32_t *seqs, const int32_
                               c->n_past[seq], c->n_ctx);
         }
         if (rc == 0) {
-            rc = next_group(c, seq, i, 1, &groups[i], err, err_size);
+            groups[i] = next_group(c, seq, i, 1);
         }
     }
     if (rc == 0) {
@@ -883,13 +807,10 @@ int32_t ts_context_eval_trace(ts_context *c, const int32_t *tokens, int32_t n_to
     c->graph.trace = layers;
     for (int32_t start = 0; rc == 0 && start < n_tokens; start += c->params.n_batch) {
         const int32_t n = n_tokens - start < c->params.n_batch ? n_tokens - start : c->params.n_batch;
-        ts_group group;
+        const ts_group group = next_group(c, 0, 0, n);
         d.first = start;
-        rc = next_group(c, 0, 0, n, &group, err, err_size);
         /* every row is an output: the last layer's FFN runs for every token */
-        if (rc == 0) {
-            rc = eval_groups(c, &group, 1, tokens + start, n, n, 1, NULL, &d, err, err_size);
-        }
+        rc = eval_groups(c, &group, 1, tokens + start, n, n, 1, NULL, &d, err, err_size);
     }
     drop_graph(c);
     c->graph.trace = NULL;

@@ -58,10 +58,13 @@ struct ts_context {
     ts_context_params params;
     int32_t n_ctx;   /* tokens each sequence accepts */
     int32_t n_cells; /* KV cache cells per sequence: n_ctx rounded up to TS_KV_PAD, as llama.cpp allocates */
-    /* KV cache cells per sequence of the sliding-window layers: a window's worth (context.c: window_cells), or n_cells
-       where they keep every position (swa_full, no layer slides, or a window as long as the context) */
+    /* KV cache cells per sequence of the sliding-window layers: a window's worth (window_cache.h), or n_cells where
+       they keep every position (swa_full, no layer slides, or a window as long as the context) */
     int32_t n_cells_swa;
-    int32_t *swa_base; /* per sequence: the position the sliding-window layers' cell 0 holds (0 with n_cells) */
+    int32_t n_cells_ckpt; /* ... of their checkpoints (0 with n_cells_swa == n_cells) */
+    int32_t *swa_base;    /* per sequence: the position the sliding-window layers' cell 0 holds (0 with n_cells) */
+    int32_t *ckpt_pos;    /* per sequence: where its checkpoint was saved (tokens then held), 0 for none */
+    int32_t *ckpt_start;  /* ... and the position its cell 0 holds */
     int32_t kv_span_step; /* attention spans whole multiples of this many cells (context.c: kv_span_step) */
     struct ggml_tensor *rope_factors; /* the rope's frequency factors: the model's rope_freqs, rope_long or
                                          rope_short, or NULL */
@@ -79,6 +82,7 @@ struct ts_context {
     /* per layer, of L = ts_layer_cells cells per sequence; sequence s owns cells [s * L, (s + 1) * L) */
     struct ggml_tensor **k_cache; /* [n_embd_kv, n_seq * L] (F16 or F32) */
     struct ggml_tensor **v_cache; /* [n_seq * L, n_embd_kv], stored transposed */
+    struct ggml_tensor **ckpt_k, **ckpt_v; /* the same of n_cells_ckpt cells for sliding-window layers, else NULL */
 
     ts_sparse_layer *sparse; /* per layer: what the sparse FFN nodes read and count */
     float *gate_scale, *act_scale; /* [n_layer * n_ff] set by ts_context_set_ffn_scales, else NULL (the layers then

@@ -98,9 +98,10 @@ class Model:
     sequence another one took (more generations than sequences) re-evaluates its tokens in another.
 
     swa_full: a model's sliding-window layers (Gemma 2 and 3) cache every position as its other layers do; by
-    default they cache a window's worth (as llama-server: Gemma 3's KV cache at 32k tokens is a fifth of what it
-    would be), and a prompt then reuses a sequence's tokens only while those layers still hold the window of the first
-    new position (a chat's next turn does; a prompt going back further is evaluated again whole).
+    default, on the CPU, they cache a window's worth (as llama-server: Gemma 3's KV cache at 32k tokens is a fifth of
+    what it would be) and a checkpoint of the window at a prompt's last whole n_batch block, and a prompt then reuses a
+    sequence's tokens only where those hold the window of the first new position (a chat's next turn does; a prompt
+    branching off further back is evaluated again whole).
     """
 
     def __init__(
