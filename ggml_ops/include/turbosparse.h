@@ -273,8 +273,9 @@ int32_t ts_context_n_ctx(const ts_context *ctx);                    /* per seque
 int32_t ts_context_n_seq(const ts_context *ctx);
 int32_t ts_context_sparse_mode(const ts_context *ctx);              /* the mode it runs (AUTO resolved) */
 /* Forget every cached token at position >= n_keep. A sequence whose sliding-window layers cache a window's worth
- * of positions (swa_full = 0) keeps 0 tokens, or n_keep where the window of the token at n_keep is still cached:
- * ts_context_n_keepable_seq says which; another n_keep is an argument error. */
+ * of positions (swa_full = 0) keeps 0 tokens, or n_keep where the window of the token at n_keep is still cached or in
+ * the checkpoint of a prompt's last whole n_batch block: ts_context_n_keepable_seq says which; another n_keep is an
+ * argument error. */
 int32_t ts_context_truncate(ts_context *ctx, int32_t n_keep, char *err, size_t err_size);
 int32_t ts_context_truncate_seq(ts_context *ctx, int32_t seq, int32_t n_keep, char *err, size_t err_size);
 /* The most tokens up to n_keep (and the n_past it holds) sequence seq can keep: that many, or 0; -1 when seq is out

@@ -563,22 +563,21 @@ static int compute_graph(ts_context *c, struct ggml_cgraph *gf, char *err, size_
     return 0;
 }
 
-/* Cells the attention of a sequence holding n_used tokens spans: whole multiples of c->kv_span_step. */
-static int32_t kv_span(const ts_context *c, int32_t n_used) {
+/* The end of the cells the attention spans in a cache of n_cells cells per sequence whose first n_used cells are
+ * used: whole multiples of c->kv_span_step. */
+static int32_t kv_span(const ts_context *c, int32_t n_used, int32_t n_cells) {
     const int32_t n_kv = (n_used + c->kv_span_step - 1) / c->kv_span_step * c->kv_span_step;
-    return n_kv < c->n_cells ? n_kv : c->n_cells;
+    return n_kv < n_cells ? n_kv : n_cells;
 }
 
 /* The group of sequence seq's next n tokens, at batch rows first..first + n - 1, and the cells its attention spans;
  * sliding-window layers holding a window's worth of cells first make room for the n tokens (window_cache.h). */
 static ts_group next_group(ts_context *c, int32_t seq, int32_t first, int32_t n) {
     ts_window_make_room(c, seq, n);
-    const int32_t p0 = c->n_past[seq], step = c->kv_span_step, base = c->swa_base[seq];
+    const int32_t p0 = c->n_past[seq], base = c->swa_base[seq];
     const int32_t swa_first = ts_window_start(c, seq, p0) - base;
-    int32_t end_swa = (p0 + n - base + step - 1) / step * step;
-    end_swa = end_swa < c->n_cells_swa ? end_swa : c->n_cells_swa;
-    return (ts_group){.seq = seq, .first = first, .n_tokens = n, .n_kv = kv_span(c, p0 + n),
-                      .swa_first = swa_first, .n_kv_swa = end_swa - swa_first};
+    return (ts_group){.seq = seq, .first = first, .n_tokens = n, .n_kv = kv_span(c, p0 + n, c->n_cells),
+                      .swa_first = swa_first, .n_kv_swa = kv_span(c, p0 + n - base, c->n_cells_swa) - swa_first};
 }
 
 static int same_layout(const ts_graph *g, const ts_group *groups, int32_t n_groups, int32_t n_tokens,

@@ -16,7 +16,7 @@ typedef struct ts_group {
     int32_t n_tokens;
     int32_t n_kv;                /* cache cells its attention spans: a multiple of ts_context.kv_span_step (or all) */
     /* the sliding-window layers' span: cells swa_first .. swa_first + n_kv_swa - 1 of the sequence's in their cache
-       (only those a token's window reaches from the first whole step on: context.c, next_group) */
+       (from the step-aligned cell before the first token's window: window_cache.h, ts_window_start) */
     int32_t swa_first;
     int32_t n_kv_swa;
     struct ggml_tensor *kq_mask;     /* F32 [n_kv, n_tokens], or NULL where every layer slides */

@@ -80,15 +80,19 @@ void ts_window_make_room(ts_context *c, int32_t seq, int32_t n) {
     c->swa_base[seq] = new_base;
 }
 
-/* Whether the window cells of sequence seq still hold every position the token at position n sees. */
-static int window_holds(const ts_context *c, int32_t seq, int32_t n) {
-    return c->swa_base[seq] == 0 || (int64_t)n - c->model->n_swa + 1 >= c->swa_base[seq];
+/* Whether cells holding positions from `first` on hold every position the token at position n sees. */
+static int holds_window_of(const ts_context *c, int32_t first, int32_t n) {
+    return first == 0 || (int64_t)n - c->model->n_swa + 1 >= first;
 }
 
-/* ... or its checkpoint does. */
+/* ... the window cells of sequence seq do. */
+static int window_holds(const ts_context *c, int32_t seq, int32_t n) {
+    return holds_window_of(c, c->swa_base[seq], n);
+}
+
+/* ... its checkpoint does. */
 static int checkpoint_holds(const ts_context *c, int32_t seq, int32_t n) {
-    return c->ckpt_pos[seq] > 0 && n <= c->ckpt_pos[seq] &&
-           (c->ckpt_start[seq] == 0 || (int64_t)n - c->model->n_swa + 1 >= c->ckpt_start[seq]);
+    return c->ckpt_pos[seq] > 0 && n <= c->ckpt_pos[seq] && holds_window_of(c, c->ckpt_start[seq], n);
 }
 
 int ts_window_keeps(const ts_context *c, int32_t seq, int32_t n) {

@@ -407,10 +407,13 @@ class NativeContext:
         return self.n_past_of(0)
 
     def n_past_of(self, seq: int) -> int:
-        n = int(self._lib.lib.ts_context_n_past_seq(self._handle, seq))
+        return self._seq_count(self._lib.lib.ts_context_n_past_seq(self._handle, seq), seq)
+
+    def _seq_count(self, n: int, seq: int) -> int:
+        """A count the C library returned for sequence seq: -1 when seq is out of range."""
         if n < 0:
             raise InvalidArgumentError(f"sequence {seq} out of [0, {self.n_seq})")
-        return n
+        return int(n)
 
     @property
     def threshold(self) -> float:
@@ -509,11 +512,10 @@ class NativeContext:
 
     def keepable(self, n_keep: int, seq: int = 0) -> int:
         """The most of the first n_keep cached tokens truncate() can keep: all of them (up to what the sequence
-        holds), or 0 where its sliding-window layers no longer cache the window of position n_keep (swa_full off)."""
-        n = int(self._lib.lib.ts_context_n_keepable_seq(self._handle, seq, max(0, min(n_keep, 2**31 - 1))))
-        if n < 0:
-            raise InvalidArgumentError(f"sequence {seq} out of [0, {self.n_seq})")
-        return n
+        holds), or 0 where its sliding-window layers (swa_full off) no longer cache the window of position n_keep, in
+        their cells or in their checkpoint of a prompt's last whole n_batch block."""
+        n_keep = max(0, min(n_keep, 2**31 - 1))
+        return self._seq_count(self._lib.lib.ts_context_n_keepable_seq(self._handle, seq, n_keep), seq)
 
     @property
     def kv_bytes(self) -> int:

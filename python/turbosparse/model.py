@@ -318,7 +318,7 @@ class Model:
         sequence (decoding and other block sizes use kernels that round differently): the same request gives the
         same answer whatever ran before it. any_prefix: the whole common prefix but the last token, however it was
         computed (decoded tokens too). Sliding-window layers caching a window's worth (swa_full off) keep a prefix
-        only while they still hold the window of its next position, else nothing."""
+        only where their cells or their checkpoint still hold the window of its next position, else nothing."""
         common = min(common_prefix(seq.tokens, tokens), len(tokens) - 1)
         if not any_prefix:
             common = min(common, seq.n_prompted) // self._n_batch * self._n_batch
