@@ -315,14 +315,14 @@ def test_synthetic_files_stream_through_the_converters_writer(tmp_path, monkeypa
 
 
 def conversation_reference(path, messages: list[str], n_predict: int) -> tuple[list[str], int]:
-    """What Model answers each message with the conversation before it, greedily, as `run -cnv` keeps it; and the
-    tokens of every turn's whole prompt, summed."""
+    """What Model answers each message with the conversation before it, greedily, as `run -cnv` keeps it (with
+    flash attention, as run's -fa auto on the CPU); and the tokens of every turn's whole prompt, summed."""
     from turbosparse import Model
     from turbosparse.sampling import SamplingParams
 
     history: list[dict[str, object]] = []
     answers, prompt_tokens = [], 0
-    with Model(path, n_threads=2, sparse="off") as model:
+    with Model(path, n_threads=2, sparse="off", flash_attn=True) as model:
         for text in messages:
             history.append({"role": "user", "content": text})
             tokens = model.chat_tokens(history)
@@ -447,7 +447,22 @@ def test_llama_cli_prompt_conventions(tmp_path, smollm2_path) -> None:
     assert "prompt: 4 tokens" in out.stderr and "decode: 11 tokens" in out.stderr
     bound = turbosparse(*base, "-c", "16", "-p", "Once upon a time", "--ignore-eos", "-n", "100")
     assert bound.stdout == out.stdout and "decode: 11 tokens" in bound.stderr
-    assert "-ngl / -fa have no effect" in out.stderr
+    assert "-ngl has no effect" in out.stderr
+
+
+def test_flash_attention_and_cache_type_flags(smollm2_path) -> None:
+    """llama-cli's -fa (auto by default: on, on the CPU), -ctk and -ctv: the text of the Model so configured; a
+    quantized V cache without flash attention is a one-line error."""
+    from turbosparse import Model
+
+    base = ("run", "-m", str(smollm2_path), "-t", "2", "-p", "The capital of France is", "-n", "8", "--temp", "0")
+    with Model(smollm2_path, n_threads=2, flash_attn=True, type_k="q8_0", type_v="q8_0") as model:
+        want = model.generate("The capital of France is", max_tokens=8, temperature=0.0)
+    out = turbosparse(*base, "-ctk", "q8_0", "-ctv", "q8_0")
+    assert out.returncode == 0 and out.stdout.startswith("The capital of France is" + want), out.stderr
+    out = turbosparse(*base, "-fa", "off", "-ctv", "q8_0")
+    assert out.returncode == 1 and "quantized V cache (q8_0) needs flash attention" in out.stderr
+    assert "Traceback" not in out.stderr
 
 
 def test_logit_bias_flag(smollm2_path) -> None:

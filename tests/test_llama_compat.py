@@ -270,6 +270,24 @@ def test_calls_without_a_seed_draw_the_next_from_the_last(smollm2_path) -> None:
     assert series(seed=42) == first
 
 
+def test_flash_attention_and_cache_types_are_llama_cpps(smollm2_path) -> None:
+    """flash_attn, type_k and type_v (ggml type ids) as llama_cpp takes them: the same logits, bit for bit."""
+    import llama_cpp
+
+    import turbosparse
+
+    options = {"n_ctx": 256, "n_threads": N_THREADS, "verbose": False, "logits_all": True, "flash_attn": True,
+               "type_k": llama_cpp.GGML_TYPE_Q8_0, "type_v": llama_cpp.GGML_TYPE_Q8_0}  # fmt: skip
+    scores = []
+    for Llama in (llama_cpp.Llama, turbosparse.Llama):
+        llm = Llama(str(smollm2_path), **options)
+        llm.eval(llm.tokenize(b"To be, or not to be, that is the question"))
+        scores.append(np.array(llm.scores[: llm.n_tokens]))
+    np.testing.assert_array_equal(scores[1], scores[0])
+    with pytest.raises(ValueError, match=r"type_k=12 is no KV cache type turbosparse takes"):
+        turbosparse.Llama(str(smollm2_path), type_k=12, verbose=False)  # Q4_K
+
+
 def test_unsupported_options_say_so(smollm2_path) -> None:
     import turbosparse
 

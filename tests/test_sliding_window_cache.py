@@ -39,7 +39,7 @@ def tokens() -> list[int]:
     return [int(t) for t in np.random.default_rng(12).integers(0, CFG.n_vocab, N_TOKENS)]
 
 
-def context(path: Path, *, swa_full: bool, n_seq: int = 1) -> NativeContext:
+def context(path: Path, *, swa_full: bool, n_seq: int = 1, flash_attn: bool = False) -> NativeContext:
     return NativeContext(
         NativeModel(path),
         n_ctx=N_CTX,
@@ -50,6 +50,7 @@ def context(path: Path, *, swa_full: bool, n_seq: int = 1) -> NativeContext:
         kv_f32=True,
         n_seq=n_seq,
         swa_full=swa_full,
+        flash_attn=flash_attn,
     )
 
 
@@ -57,10 +58,13 @@ def decoded(ctx: NativeContext, tokens: list[int], seq: int = 0) -> np.ndarray:
     return np.stack([ctx.eval([t], dense_ffn=True, logits_all=False, seq=seq) for t in tokens])
 
 
-def test_a_windows_worth_gives_every_positions_logits(gemma, tokens: list[int]) -> None:
+@pytest.mark.parametrize("flash_attn", [False, True], ids=["plain", "flash"])
+def test_a_windows_worth_gives_every_positions_logits(gemma, tokens: list[int], flash_attn: bool) -> None:
+    """With flash attention the V cache's cells are rows, as K's, and move as rows."""
     path, stored = gemma
     ref = reference_logits(CFG, stored, tokens)
-    full, window = context(path, swa_full=True), context(path, swa_full=False)
+    full = context(path, swa_full=True, flash_attn=flash_attn)
+    window = context(path, swa_full=False, flash_attn=flash_attn)
     prompt = window.eval(tokens, dense_ffn=True, logits_all=True)
     np.testing.assert_array_equal(prompt, full.eval(tokens, dense_ffn=True, logits_all=True))
     assert np.abs(prompt - ref).max() <= TOLERANCE * np.abs(ref).max()
@@ -99,6 +103,7 @@ def test_the_cache_holds_a_window_of_the_sliding_layers(gemma) -> None:
     n_embd_kv = CFG.n_head_kv * CFG.head_dim
     assert kv_bytes_per_token(path, 100) == 2 * n_embd_kv * 2 * (5 * 8 + 100)  # F16
     assert kv_bytes_per_token(path, 5) == 2 * n_embd_kv * 2 * 6 * 5
+    assert kv_bytes_per_token(path, 5, "q8_0", "f16") == (n_embd_kv // 32 * 34 + n_embd_kv * 2) * 6 * 5  # Q8_0 K
     full, window = context(path, swa_full=True, n_seq=3), context(path, swa_full=False, n_seq=3)
     per_cell = 2 * n_embd_kv * 4 * 3  # K and V, F32, 3 sequences
     assert full.kv_bytes == CFG.n_layer * N_CTX * per_cell
@@ -146,12 +151,14 @@ def test_a_file_without_sliding_layers_keeps_one_cache(tmp_path: Path) -> None:
     assert a.kv_bytes == b.kv_bytes
 
 
-def test_a_prompts_last_whole_block_stays_keepable_while_decoding(gemma, tokens: list[int]) -> None:
+@pytest.mark.parametrize("flash_attn", [False, True], ids=["plain", "flash"])
+def test_a_prompts_last_whole_block_stays_keepable_while_decoding(gemma, tokens: list[int], flash_attn: bool) -> None:
     """The checkpoint: after a prompt, decoding moves the window on, yet the prompt's last whole n_batch block (what a
     next prompt keeps) stays keepable, and continuing from there gives every position's logits again."""
     path, _ = gemma
     prompt, answer = tokens[:150], tokens[150:]
-    full, window = context(path, swa_full=True), context(path, swa_full=False)
+    full = context(path, swa_full=True, flash_attn=flash_attn)
+    window = context(path, swa_full=False, flash_attn=flash_attn)
     for ctx in (full, window):
         ctx.eval(prompt, dense_ffn=True, logits_all=False)
         decoded(ctx, answer)

@@ -132,12 +132,17 @@ typedef struct ts_context_params {
     int32_t n_ctx;      /* KV cache length of each sequence (tokens); 0 = the model's training context */
     int32_t n_threads;  /* ggml CPU threads; <= 0 = 1 */
     int32_t n_batch;    /* max tokens per graph evaluation (prompts are split); <= 0 = 512 */
-    int32_t kv_type;    /* ggml type id of the KV cache: F16 (default, as llama.cpp) or F32 */
+    /* ggml type ids of the K and V caches: F16 (default, as llama.cpp), F32, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 or
+       IQ4_NL (llama.cpp's --cache-type-k / -v); a quantized one needs heads of a multiple of its block, a quantized
+       V flash_attn */
+    int32_t type_k;
+    int32_t type_v;
     int32_t sparse_mode;       /* enum ts_sparse_mode; AUTO = ts_model_sparse_mode's choice */
     float predictor_threshold; /* NAN = the file's value */
     int32_t n_seq;      /* independent sequences, each with its own KV cache of n_ctx tokens; <= 0 = 1 */
     int32_t swa_full;   /* sliding-window layers (Gemma) cache every position, as the others: any prefix can be kept
                            (ts_context_truncate_seq); 0 = they cache a window's worth, as llama-server by default */
+    int32_t flash_attn; /* attention by ggml's flash_attn_ext (V cached untransposed), as llama.cpp's -fa on */
 } ts_context_params;
 
 /* A ggml device a model can live on: the CPU, or a GPU of a ggml built with Metal, CUDA or Vulkan. */

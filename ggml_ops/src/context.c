@@ -19,8 +19,8 @@
 
 ts_context_params ts_context_default_params(void) {
     ts_context_params p = {
-        .n_ctx = 0, .n_threads = 1, .n_batch = 512, .kv_type = GGML_TYPE_F16, .sparse_mode = TS_SPARSE_OFF,
-        .predictor_threshold = NAN, .n_seq = 1, .swa_full = 0};
+        .n_ctx = 0, .n_threads = 1, .n_batch = 512, .type_k = GGML_TYPE_F16, .type_v = GGML_TYPE_F16,
+        .sparse_mode = TS_SPARSE_OFF, .predictor_threshold = NAN, .n_seq = 1, .swa_full = 0, .flash_attn = 0};
     return p;
 }
 
@@ -33,6 +33,39 @@ static int check_device_mode(const ts_model *m, const ts_context_params *p, char
                    "%s: %s mode runs CPU-only ops; on device '%s' only dense and the grouped route (groups) run",
                    m->file->path, p->sparse_mode == TS_SPARSE_PREDICTOR ? "predictor" : "exact",
                    ggml_backend_dev_name(m->device));
+}
+
+/* The KV cache types llama.cpp's --cache-type-k / -v take */
+static int cache_type_known(int32_t type) {
+    static const enum ggml_type known[] = {GGML_TYPE_F32,  GGML_TYPE_F16,  GGML_TYPE_BF16, GGML_TYPE_Q8_0, GGML_TYPE_Q4_0,
+                                           GGML_TYPE_Q4_1, GGML_TYPE_Q5_0, GGML_TYPE_Q5_1, GGML_TYPE_IQ4_NL};
+    for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++) {
+        if ((int32_t)known[i] == type) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* The K or V cache's type (`which`): one of those, in blocks that a head's values fill whole (attention reads each
+ * head's rows apart), and a quantized V only with flash attention (V is cached transposed without it). */
+static int check_cache_type(const ts_model *m, const ts_context_params *p, const char *which, int32_t type, char *err,
+                            size_t err_size) {
+    if (!cache_type_known(type)) {
+        return ts_set_error(err, err_size, "%s cache type %d is not supported (f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, "
+                            "q5_1 or iq4_nl)", which, type);
+    }
+    const int64_t block = ggml_blck_size((enum ggml_type)type);
+    if (m->info.n_embd_head % block != 0) {
+        return ts_set_error(err, err_size, "%s: %s cache type %s stores blocks of %lld values, which do not divide the "
+                            "heads of %d values", m->file->path, which, ggml_type_name((enum ggml_type)type),
+                            (long long)block, m->info.n_embd_head);
+    }
+    if (which[0] == 'V' && ggml_is_quantized((enum ggml_type)type) && !p->flash_attn) {
+        return ts_set_error(err, err_size, "a quantized V cache (%s) needs flash attention (flash_attn), as in llama.cpp",
+                            ggml_type_name((enum ggml_type)type));
+    }
+    return 0;
 }
 
 static int check_params(const ts_model *m, const ts_context_params *p, char *err, size_t err_size) {
@@ -55,8 +88,9 @@ static int check_params(const ts_model *m, const ts_context_params *p, char *err
     if (p->n_seq > TS_MAX_SEQ) {
         return ts_set_error(err, err_size, "n_seq = %d: at most %d sequences per context", p->n_seq, TS_MAX_SEQ);
     }
-    if (p->kv_type != GGML_TYPE_F16 && p->kv_type != GGML_TYPE_F32) {
-        return ts_set_error(err, err_size, "KV cache type %d is not supported (F16 or F32)", p->kv_type);
+    if (check_cache_type(m, p, "K", p->type_k, err, err_size) != 0 ||
+        check_cache_type(m, p, "V", p->type_v, err, err_size) != 0) {
+        return -1;
     }
     if (p->n_threads > GGML_MAX_N_THREADS) {
         return ts_set_error(err, err_size, "n_threads = %d: ggml runs at most %d threads", p->n_threads, GGML_MAX_N_THREADS);
@@ -116,11 +150,45 @@ static int init_sparse_layers(ts_context *c, char *err, size_t err_size) {
     return 0;
 }
 
+/* A cache tensor of n_cells cells of n_embd_kv values: a row per cell, or (transposed) a row per value */
+static struct ggml_tensor *new_cache(ts_context *c, int32_t type, int64_t n_embd_kv, int64_t n_cells, int cells_are_rows) {
+    return cells_are_rows ? ggml_new_tensor_2d(c->ctx_kv, (enum ggml_type)type, n_embd_kv, n_cells)
+                          : ggml_new_tensor_2d(c->ctx_kv, (enum ggml_type)type, n_cells, n_embd_kv);
+}
+
+/* The [n, n] rotation of a quantized cache of this type whose heads are whole multiples of 64 values, else NULL */
+static struct ggml_tensor *new_rotation(ts_context *c, int32_t type, int64_t n) {
+    const int rotated = ggml_is_quantized((enum ggml_type)type) && c->model->info.n_embd_head % 64 == 0;
+    return rotated ? ggml_new_tensor_2d(c->ctx_kv, GGML_TYPE_F32, n, n) : NULL;
+}
+
+/* Fills rot (if not NULL) with Sylvester's Walsh-Hadamard matrix over sqrt(n): (-1)^popcount(i & j) / sqrt(n), its
+ * own inverse. (ggml's CPU backend computes the product as a fast transform; other backends multiply by it.) */
+static int set_hadamard(struct ggml_tensor *rot) {
+    if (rot == NULL) {
+        return 0;
+    }
+    const int64_t n = rot->ne[0];
+    float *h = malloc(sizeof(float) * (size_t)(n * n));
+    if (h == NULL) {
+        return -1;
+    }
+    const float value = 1.0f / sqrtf((float)n);
+    for (int64_t i = 0; i < n; i++) {
+        for (int64_t j = 0; j < n; j++) {
+            h[i * n + j] = __builtin_parityll((unsigned long long)(i & j)) ? -value : value;
+        }
+    }
+    ggml_backend_tensor_set(rot, h, 0, ggml_nbytes(rot));
+    free(h);
+    return 0;
+}
+
 static int init_kv_cache(ts_context *c, char *err, size_t err_size) {
     const ts_model_info *in = &c->model->info;
     const int64_t n_embd_kv = (int64_t)in->n_head_kv * in->n_embd_head;
     struct ggml_init_params ip = {
-        .mem_size = (size_t)(4 * in->n_layer + 1) * ggml_tensor_overhead(), .mem_buffer = NULL, .no_alloc = true};
+        .mem_size = (size_t)(4 * in->n_layer + 3) * ggml_tensor_overhead(), .mem_buffer = NULL, .no_alloc = true};
     c->ctx_kv = ggml_init(ip);
     c->k_cache = calloc((size_t)in->n_layer, sizeof(*c->k_cache));
     c->v_cache = calloc((size_t)in->n_layer, sizeof(*c->v_cache));
@@ -129,17 +197,24 @@ static int init_kv_cache(ts_context *c, char *err, size_t err_size) {
     if (c->ctx_kv == NULL || c->k_cache == NULL || c->v_cache == NULL || c->ckpt_k == NULL || c->ckpt_v == NULL) {
         return ts_set_error(err, err_size, "out of memory creating the KV cache");
     }
-    const enum ggml_type type = (enum ggml_type)c->params.kv_type;
     for (int il = 0; il < in->n_layer; il++) {
         const int64_t n_cells_all = (int64_t)c->n_seq * ts_layer_cells(c, il);
-        c->k_cache[il] = ggml_new_tensor_2d(c->ctx_kv, type, n_embd_kv, n_cells_all);
-        c->v_cache[il] = ggml_new_tensor_2d(c->ctx_kv, type, n_cells_all, n_embd_kv);
+        c->k_cache[il] = new_cache(c, c->params.type_k, n_embd_kv, n_cells_all, 1);
+        c->v_cache[il] = new_cache(c, c->params.type_v, n_embd_kv, n_cells_all, c->params.flash_attn);
         if (c->n_cells_ckpt > 0 && c->model->layers[il].swa) {
             const int64_t n_ckpt_all = (int64_t)c->n_seq * c->n_cells_ckpt;
-            c->ckpt_k[il] = ggml_new_tensor_2d(c->ctx_kv, type, n_embd_kv, n_ckpt_all);
-            c->ckpt_v[il] = ggml_new_tensor_2d(c->ctx_kv, type, n_ckpt_all, n_embd_kv);
+            c->ckpt_k[il] = new_cache(c, c->params.type_k, n_embd_kv, n_ckpt_all, 1);
+            c->ckpt_v[il] = new_cache(c, c->params.type_v, n_embd_kv, n_ckpt_all, c->params.flash_attn);
         }
     }
+    /* llama.cpp's sizes: for K the largest power of two dividing a head, for V 64 */
+    const int64_t hd = in->n_embd_head;
+    int64_t n_rot_k = 64;
+    while (hd % (2 * n_rot_k) == 0) {
+        n_rot_k *= 2;
+    }
+    c->rot_k = new_rotation(c, c->params.type_k, n_rot_k);
+    c->rot_v = new_rotation(c, c->params.type_v, 64);
     ggml_backend_buffer_type_t buft = c->model->on_cpu ? ggml_backend_cpu_buffer_type()
                                                        : ggml_backend_dev_buffer_type(c->model->device);
     c->buf_kv = ggml_backend_alloc_ctx_tensors_from_buft(c->ctx_kv, buft);
@@ -149,6 +224,9 @@ static int init_kv_cache(ts_context *c, char *err, size_t err_size) {
     }
     /* never-written cells are masked out, but 0 * garbage could still be NaN: start from zeros */
     ggml_backend_buffer_clear(c->buf_kv, 0);
+    if (set_hadamard(c->rot_k) != 0 || set_hadamard(c->rot_v) != 0) {
+        return ts_set_error(err, err_size, "out of memory creating the KV cache");
+    }
     return 0;
 }
 
@@ -463,13 +541,27 @@ void ts_context_reset_stats(ts_context *c) {
     ts_moe_reset_stats(c);
 }
 
-/* Token t's K cache row and V cache elements in a cache of n_cells_all cells, it going to cell `cell`. */
+/* Token t's K (and V) cache row, and where V is cached transposed (v_cells not NULL) its V cache elements, in a
+ * cache of n_cells_all cells, it going to cell `cell`. */
 static void fill_cache_slots(int32_t t, int64_t cell, int64_t n_embd_kv, int64_t n_cells_all,
                              struct ggml_tensor *k_rows, struct ggml_tensor *v_cells) {
     ((int64_t *)k_rows->data)[t] = cell;
+    if (v_cells == NULL) {
+        return;
+    }
     int64_t *v = (int64_t *)v_cells->data + (int64_t)t * n_embd_kv;
     for (int64_t e = 0; e < n_embd_kv; e++) {
         v[e] = e * n_cells_all + cell;
+    }
+}
+
+/* Row i of an attention mask [n_kv, n_tokens], F32 or (flash attention) F16: 0 where cell j is seen, else -inf. */
+static void set_mask_entry(struct ggml_tensor *mask, int32_t i, int32_t j, int seen) {
+    const float value = seen ? 0.0f : -INFINITY;
+    if (mask->type == GGML_TYPE_F16) {
+        ((ggml_fp16_t *)mask->data)[(size_t)i * (size_t)mask->ne[0] + (size_t)j] = ggml_fp32_to_fp16(value);
+    } else {
+        ((float *)mask->data)[(size_t)i * (size_t)mask->ne[0] + (size_t)j] = value;
     }
 }
 
@@ -500,16 +592,14 @@ static void fill_inputs(const ts_context *c, const ts_graph *g, const int32_t *t
             }
             /* causal mask: the token sees its sequence's positions 0..p; in a sliding window, those of p - j < n_swa */
             if (gr->kq_mask != NULL) {
-                float *mask = (float *)gr->kq_mask->data + (size_t)i * gr->n_kv;
                 for (int32_t j = 0; j < gr->n_kv; j++) {
-                    mask[j] = j <= p ? 0.0f : -INFINITY;
+                    set_mask_entry(gr->kq_mask, i, j, j <= p);
                 }
             }
             if (gr->kq_mask_swa != NULL) {
-                float *mask_swa = (float *)gr->kq_mask_swa->data + (size_t)i * gr->n_kv_swa;
                 for (int32_t j = 0; j < gr->n_kv_swa; j++) {
                     const int32_t q = swa_pos0 + j;
-                    mask_swa[j] = q <= p && p - q < n_swa ? 0.0f : -INFINITY;
+                    set_mask_entry(gr->kq_mask_swa, i, j, q <= p && p - q < n_swa);
                 }
             }
         }

@@ -19,8 +19,8 @@ typedef struct ts_group {
        (from the step-aligned cell before the first token's window: window_cache.h, ts_window_start) */
     int32_t swa_first;
     int32_t n_kv_swa;
-    struct ggml_tensor *kq_mask;     /* F32 [n_kv, n_tokens], or NULL where every layer slides */
-    struct ggml_tensor *kq_mask_swa; /* F32 [n_kv_swa, n_tokens] within the window, or NULL where no layer slides */
+    struct ggml_tensor *kq_mask;     /* F32 (F16 with flash attention) [n_kv, n_tokens], or NULL where every layer slides */
+    struct ggml_tensor *kq_mask_swa; /* the same [n_kv_swa, n_tokens] within the window, or NULL where no layer slides */
 } ts_group;
 
 /* One layer's dense FFN values kept for ts_context_eval_trace: gate and up before the activation, [n_ff, T]. */
@@ -36,8 +36,10 @@ typedef struct ts_graph {
     struct ggml_tensor *pos;     /* I32 [n_tokens], or NULL where no layer ropes */
     struct ggml_tensor *attn_temp; /* F32 [1, 1, n_tokens]: each token's query temperature (model.h: attn_temp_scale),
                                       or NULL */
-    struct ggml_tensor *k_rows;  /* I64 [n_tokens]: the K cache row each token's keys go to */
-    struct ggml_tensor *v_cells; /* I64 [n_embd_kv * n_tokens]: the V cache element of each value (V is transposed) */
+    struct ggml_tensor *k_rows;  /* I64 [n_tokens]: the K cache row each token's keys go to (and its values, with flash
+                                    attention) */
+    struct ggml_tensor *v_cells; /* I64 [n_embd_kv * n_tokens]: the V cache element of each value (V is transposed), or
+                                    NULL with flash attention */
     struct ggml_tensor *k_rows_swa;  /* the same in the sliding-window layers' caches: k_rows and v_cells themselves */
     struct ggml_tensor *v_cells_swa; /* where those layers hold as many cells as the others */
     struct ggml_tensor *out_ids; /* I32 [n_outputs], NULL when every row is an output */
@@ -80,9 +82,14 @@ struct ts_context {
     struct ggml_context *ctx_kv;
     ggml_backend_buffer_t buf_kv;
     /* per layer, of L = ts_layer_cells cells per sequence; sequence s owns cells [s * L, (s + 1) * L) */
-    struct ggml_tensor **k_cache; /* [n_embd_kv, n_seq * L] (F16 or F32) */
-    struct ggml_tensor **v_cache; /* [n_seq * L, n_embd_kv], stored transposed */
+    struct ggml_tensor **k_cache; /* [n_embd_kv, n_seq * L] of params.type_k */
+    struct ggml_tensor **v_cache; /* of params.type_v: [n_seq * L, n_embd_kv], stored transposed; with flash attention
+                                     [n_embd_kv, n_seq * L] */
     struct ggml_tensor **ckpt_k, **ckpt_v; /* the same of n_cells_ckpt cells for sliding-window layers, else NULL */
+    /* quantized caches, as llama.cpp's: the orthonormal Walsh-Hadamard matrices (F32 [n, n]) that queries and keys
+       (rot_k), and values and the attention's output (rot_v), are rotated by in blocks of n, spreading outliers
+       over the quantized blocks; NULL where the cache is not quantized or heads are no multiple of 64 */
+    struct ggml_tensor *rot_k, *rot_v;
 
     ts_sparse_layer *sparse; /* per layer: what the sparse FFN nodes read and count */
     float *gate_scale, *act_scale; /* [n_layer * n_ff] set by ts_context_set_ffn_scales, else NULL (the layers then

@@ -1,7 +1,7 @@
 /*
  * The llama-family forward graph, op for op as llama.cpp builds it for `llama`, `qwen2`, `qwen3`, `qwen3moe` and
- * `gemma2` and `gemma3` (no flash attention, F16 KV cache by default, V stored transposed), so dense results match
- * llama.cpp's. Qwen3 and Gemma 3 norm each head's queries and keys (qk_norm) before the rope.
+ * `gemma2` and `gemma3` (F16 KV cache by default, V stored transposed unless flash attention is on), so dense results
+ * match llama.cpp's with the same settings. Qwen3 and Gemma 3 norm each head's queries and keys (qk_norm) before the rope.
  *
  *   x = embd[tokens]
  *   per layer:  h = x + wo @ attn(rope(wq @ norm(x) + bq), rope(wk @ norm(x) + bk), wv @ norm(x) + bv)
@@ -63,6 +63,23 @@ static struct ggml_tensor *post_norm(const ts_model *m, struct ggml_context *ctx
     return w != NULL ? rms_norm(ctx0, y, w, m->info.rms_eps) : y;
 }
 
+/* x rotated by the Walsh-Hadamard matrix rot [n, n] in consecutive blocks of n values (context.h: rot_k, rot_v) */
+static struct ggml_tensor *rotated(struct ggml_context *ctx0, struct ggml_tensor *x, struct ggml_tensor *rot) {
+    const int64_t n = rot->ne[0];
+    struct ggml_tensor *blocks = ggml_is_contiguous(x) ? ggml_reshape_2d(ctx0, x, n, ggml_nelements(x) / n)
+                                                       : ggml_cont_2d(ctx0, x, n, ggml_nelements(x) / n);
+    struct ggml_tensor *y = ggml_mul_mat(ctx0, rot, blocks);
+    ggml_mul_mat_set_hint(y, GGML_HINT_SRC0_IS_HADAMARD); /* ggml's CPU backend then runs a fast transform */
+    return ggml_reshape_4d(ctx0, y, x->ne[0], x->ne[1], x->ne[2], x->ne[3]);
+}
+
+/* The n_kv cells from cell0 on of a cache whose rows are cells of n_head_kv heads of hd values: [hd, n_head_kv, n_kv] */
+static struct ggml_tensor *cell_rows(struct ggml_context *ctx0, struct ggml_tensor *cache, int64_t hd, int64_t n_head_kv,
+                                     int64_t n_kv, size_t cell0) {
+    return ggml_view_3d(ctx0, cache, hd, n_head_kv, n_kv, ggml_row_size(cache->type, hd),
+                        ggml_row_size(cache->type, hd * n_head_kv), cell0 * ggml_row_size(cache->type, hd * n_head_kv));
+}
+
 /*
  * Self-attention of cur [n_embd, T] for the tokens of every group. This batch's keys and values are written
  * into the cache first (rows and cells chosen by the k_rows / v_cells inputs, so the graph does not depend on
@@ -96,14 +113,26 @@ static struct ggml_tensor *attention(const ts_context *ctx, struct ggml_context 
     if (g->attn_temp != NULL) {
         q = ggml_mul(ctx0, q, g->attn_temp);
     }
+    if (ctx->rot_k != NULL) { /* a rotation of both leaves q . k as it is */
+        q = rotated(ctx0, q, ctx->rot_k);
+        k = rotated(ctx0, k, ctx->rot_k);
+    }
+    if (ctx->rot_v != NULL) { /* undone on the attention's output */
+        v = rotated(ctx0, v, ctx->rot_v);
+    }
 
     struct ggml_tensor *kc = ctx->k_cache[il], *vc = ctx->v_cache[il];
-    const size_t ev = ggml_type_size(vc->type); /* bytes per V element */
-    /* K cache row k_rows[t] = token t's keys; V^T cache element v_cells[t * n_embd_kv + e] = its value e */
+    const int flash = ctx->params.flash_attn;
+    /* K cache row k_rows[t] = token t's keys; with flash attention V's row k_rows[t] its values, else V^T cache
+       element v_cells[t * n_embd_kv + e] = its value e */
     struct ggml_tensor *k_rows = l->swa ? g->k_rows_swa : g->k_rows, *v_cells = l->swa ? g->v_cells_swa : g->v_cells;
     ggml_build_forward_expand(gf, ggml_set_rows(ctx0, kc, ggml_reshape_2d(ctx0, k, n_embd_kv, n_tokens), k_rows));
-    ggml_build_forward_expand(gf, ggml_set_rows(ctx0, ggml_reshape_2d(ctx0, vc, 1, ggml_nelements(vc)),
-                                                ggml_reshape_2d(ctx0, v, 1, n_embd_kv * n_tokens), v_cells));
+    if (flash) {
+        ggml_build_forward_expand(gf, ggml_set_rows(ctx0, vc, ggml_reshape_2d(ctx0, v, n_embd_kv, n_tokens), k_rows));
+    } else {
+        ggml_build_forward_expand(gf, ggml_set_rows(ctx0, ggml_reshape_2d(ctx0, vc, 1, ggml_nelements(vc)),
+                                                    ggml_reshape_2d(ctx0, v, 1, n_embd_kv * n_tokens), v_cells));
+    }
 
     struct ggml_tensor *out = NULL; /* [hd * n_head, T] */
     for (int32_t i = 0; i < g->n_groups; i++) {
@@ -113,26 +142,39 @@ static struct ggml_tensor *attention(const ts_context *ctx, struct ggml_context 
                                      ? q
                                      : ggml_view_3d(ctx0, q, hd, in->n_head, gr->n_tokens, q->nb[1], q->nb[2],
                                                     (size_t)gr->first * q->nb[2]);
-        /* the n_kv cells its sequence's tokens see from cell0 on: K [hd, n_head_kv, n_kv], V^T [n_kv, n_head_kv, hd] */
+        /* the n_kv cells its sequence's tokens see from cell0 on: K (and with flash attention V) [hd, n_head_kv, n_kv],
+           else V^T [n_kv, n_head_kv, hd] */
         const size_t cell0 = (size_t)gr->seq * (size_t)n_cells + (size_t)(l->swa ? gr->swa_first : 0);
         const int64_t n_kv = l->swa ? gr->n_kv_swa : gr->n_kv;
-        struct ggml_tensor *keys = ggml_view_3d(ctx0, kc, hd, in->n_head_kv, n_kv, ggml_row_size(kc->type, hd),
-                                                ggml_row_size(kc->type, n_embd_kv), cell0 * ggml_row_size(kc->type, n_embd_kv));
-        struct ggml_tensor *vals = ggml_view_3d(ctx0, vc, n_kv, in->n_head_kv, hd, (size_t)n_cells_all * hd * ev,
-                                                (size_t)n_cells_all * ev, cell0 * ev);
+        struct ggml_tensor *mask = l->swa ? gr->kq_mask_swa : gr->kq_mask;
+        struct ggml_tensor *keys = cell_rows(ctx0, kc, hd, in->n_head_kv, n_kv, cell0);
         qg = ggml_permute(ctx0, qg, 0, 2, 1, 3);     /* [hd, n_g, n_head] */
         keys = ggml_permute(ctx0, keys, 0, 2, 1, 3); /* [hd, n_kv, n_head_kv] */
-        vals = ggml_permute(ctx0, vals, 0, 2, 1, 3); /* [n_kv, hd, n_head_kv] */
-
-        struct ggml_tensor *kq = ggml_mul_mat(ctx0, keys, qg); /* [n_kv, n_g, n_head] */
-        ggml_prec_set_acc(kq, GGML_PREC_F32);
-        if (m->attn_softcap > 0.0f) { /* Gemma 2 */
-            kq = softcap(ctx0, kq, m->attn_softcap);
+        struct ggml_tensor *o = NULL;                /* [hd * n_head, n_g] */
+        if (flash) {
+            struct ggml_tensor *vals = ggml_permute(ctx0, cell_rows(ctx0, vc, hd, in->n_head_kv, n_kv, cell0), 0, 2, 1, 3);
+            struct ggml_tensor *kqv = ggml_flash_attn_ext(ctx0, qg, keys, vals, mask, kq_scale, 0.0f,
+                                                          m->attn_softcap > 0.0f ? m->attn_softcap : 0.0f);
+            ggml_prec_set_acc(kqv, GGML_PREC_F32);
+            o = ggml_reshape_2d(ctx0, kqv, hd * in->n_head, gr->n_tokens); /* it is [hd, n_head, n_g] */
+        } else {
+            const size_t ev = ggml_type_size(vc->type); /* bytes per V element */
+            struct ggml_tensor *vals = ggml_view_3d(ctx0, vc, n_kv, in->n_head_kv, hd, (size_t)n_cells_all * hd * ev,
+                                                    (size_t)n_cells_all * ev, cell0 * ev);
+            vals = ggml_permute(ctx0, vals, 0, 2, 1, 3); /* [n_kv, hd, n_head_kv] */
+            struct ggml_tensor *kq = ggml_mul_mat(ctx0, keys, qg); /* [n_kv, n_g, n_head] */
+            ggml_prec_set_acc(kq, GGML_PREC_F32);
+            if (m->attn_softcap > 0.0f) { /* Gemma 2 */
+                kq = softcap(ctx0, kq, m->attn_softcap);
+            }
+            kq = ggml_soft_max_ext(ctx0, kq, mask, kq_scale, 0.0f);
+            struct ggml_tensor *kqv = ggml_mul_mat(ctx0, vals, kq); /* [hd, n_g, n_head] */
+            o = ggml_cont_2d(ctx0, ggml_permute(ctx0, kqv, 0, 2, 1, 3), hd * in->n_head, gr->n_tokens);
         }
-        kq = ggml_soft_max_ext(ctx0, kq, l->swa ? gr->kq_mask_swa : gr->kq_mask, kq_scale, 0.0f);
-        struct ggml_tensor *kqv = ggml_mul_mat(ctx0, vals, kq); /* [hd, n_g, n_head] */
-        struct ggml_tensor *o = ggml_cont_2d(ctx0, ggml_permute(ctx0, kqv, 0, 2, 1, 3), hd * in->n_head, gr->n_tokens);
         out = out == NULL ? o : ggml_concat(ctx0, out, o, 1);
+    }
+    if (ctx->rot_v != NULL) {
+        out = rotated(ctx0, out, ctx->rot_v);
     }
     return matmul_bias(ctx0, l->wo, l->bo, out);
 }
@@ -265,6 +307,16 @@ static struct ggml_tensor *ffn(ts_context *ctx, struct ggml_context *ctx0, int i
     return matmul_bias(ctx0, l->ffn_down, l->ffn_down_b, ts_sparse_count(ctx0, sl, a));
 }
 
+/* An input of n_per_token cache slots per token (I64), or NULL for none */
+static struct ggml_tensor *cache_slots(struct ggml_context *ctx0, int32_t n_tokens, int64_t n_per_token) {
+    if (n_per_token == 0) {
+        return NULL;
+    }
+    struct ggml_tensor *t = ggml_new_tensor_1d(ctx0, GGML_TYPE_I64, n_per_token * n_tokens);
+    ggml_set_input(t);
+    return t;
+}
+
 void ts_graph_build(ts_context *ctx, struct ggml_context *ctx0, ts_graph *g) {
     const ts_model *m = ctx->model;
     const ts_model_info *in = &m->info;
@@ -279,18 +331,14 @@ void ts_graph_build(ts_context *ctx, struct ggml_context *ctx0, ts_graph *g) {
         g->pos = ggml_new_tensor_1d(ctx0, GGML_TYPE_I32, n_tokens);
         ggml_set_input(g->pos);
     }
-    g->k_rows = ggml_new_tensor_1d(ctx0, GGML_TYPE_I64, n_tokens);
-    g->v_cells = ggml_new_tensor_1d(ctx0, GGML_TYPE_I64, n_embd_kv * n_tokens);
     ggml_set_input(g->tokens);
-    ggml_set_input(g->k_rows);
-    ggml_set_input(g->v_cells);
+    g->k_rows = cache_slots(ctx0, n_tokens, 1);
+    g->v_cells = cache_slots(ctx0, n_tokens, ctx->params.flash_attn ? 0 : n_embd_kv);
     g->k_rows_swa = g->k_rows;
     g->v_cells_swa = g->v_cells;
     if (ctx->n_cells_swa < ctx->n_cells) { /* the sliding-window layers hold caches of their own */
-        g->k_rows_swa = ggml_new_tensor_1d(ctx0, GGML_TYPE_I64, n_tokens);
-        g->v_cells_swa = ggml_new_tensor_1d(ctx0, GGML_TYPE_I64, n_embd_kv * n_tokens);
-        ggml_set_input(g->k_rows_swa);
-        ggml_set_input(g->v_cells_swa);
+        g->k_rows_swa = cache_slots(ctx0, n_tokens, 1);
+        g->v_cells_swa = cache_slots(ctx0, n_tokens, ctx->params.flash_attn ? 0 : n_embd_kv);
     }
     g->attn_temp = NULL;
     if (m->attn_temp_scale != 0.0f) {
@@ -302,15 +350,16 @@ void ts_graph_build(ts_context *ctx, struct ggml_context *ctx0, ts_graph *g) {
     for (int il = 0; il < in->n_layer; il++) {
         n_swa_layers += m->layers[il].swa;
     }
+    const enum ggml_type mask_type = ctx->params.flash_attn ? GGML_TYPE_F16 : GGML_TYPE_F32; /* as flash_attn_ext reads */
     for (int32_t i = 0; i < g->n_groups; i++) {
         ts_group *gr = &g->groups[i];
         gr->kq_mask = gr->kq_mask_swa = NULL;
         if (n_swa_layers < in->n_layer) {
-            gr->kq_mask = ggml_new_tensor_2d(ctx0, GGML_TYPE_F32, gr->n_kv, gr->n_tokens);
+            gr->kq_mask = ggml_new_tensor_2d(ctx0, mask_type, gr->n_kv, gr->n_tokens);
             ggml_set_input(gr->kq_mask);
         }
         if (n_swa_layers > 0) {
-            gr->kq_mask_swa = ggml_new_tensor_2d(ctx0, GGML_TYPE_F32, gr->n_kv_swa, gr->n_tokens);
+            gr->kq_mask_swa = ggml_new_tensor_2d(ctx0, mask_type, gr->n_kv_swa, gr->n_tokens);
             ggml_set_input(gr->kq_mask_swa);
         }
     }

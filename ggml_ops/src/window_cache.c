@@ -43,7 +43,8 @@ int32_t ts_window_start(const ts_context *c, int32_t seq, int32_t p) {
 }
 
 /* Copies n cells from cell src0 of cache tensor src to cell dst0 of dst (the same tensor, or one of the same cell
- * size), both in CPU memory: K's cells are its rows, V's (stored transposed) one element of each row. */
+ * size), both in CPU memory: K's cells are its rows, and V's with flash attention, else (V stored transposed) one
+ * element of each row. */
 static void copy_cells(struct ggml_tensor *dst, int64_t dst0, const struct ggml_tensor *src, int64_t src0, int64_t n,
                        int cells_are_rows) {
     uint8_t *d = dst->data;
@@ -64,7 +65,7 @@ static void copy_layers(ts_context *c, struct ggml_tensor **dst_k, struct ggml_t
     for (int il = 0; il < c->model->info.n_layer; il++) {
         if (c->model->layers[il].swa) {
             copy_cells(dst_k[il], dst0, src_k[il], src0, n, 1);
-            copy_cells(dst_v[il], dst0, src_v[il], src0, n, 0);
+            copy_cells(dst_v[il], dst0, src_v[il], src0, n, c->params.flash_attn);
         }
     }
 }

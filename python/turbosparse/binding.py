@@ -16,6 +16,9 @@ from turbosparse.errors import ContextOverflowError, EvalError, InvalidArgumentE
 
 _ERR_SIZE = 1024
 GGML_TYPE_F32 = 0
+# the KV cache types, by llama.cpp's names (--cache-type-k / -v), as ggml type ids
+CACHE_TYPES: dict[str, int] = {"f32": 0, "f16": 1, "bf16": 30, "q8_0": 8, "q4_0": 2, "q4_1": 3, "iq4_nl": 20, "q5_0": 6,
+                               "q5_1": 7}  # fmt: skip
 
 
 class Status(enum.IntEnum):
@@ -352,6 +355,12 @@ class NativeModel:
         return StoredTensor(name, int(ttype[0]), tuple(int(n) for n in ne), raw)
 
 
+def _cache_type(name: str) -> int:
+    if name not in CACHE_TYPES:
+        raise InvalidArgumentError(f"KV cache type {name!r} is not one of {', '.join(CACHE_TYPES)}")
+    return CACHE_TYPES[name]
+
+
 class NativeContext:
     """KV caches and graph evaluation for n_seq token sequences (0..n_seq-1; methods default to sequence 0).
 
@@ -369,7 +378,11 @@ class NativeContext:
         kv_f32: bool = False,
         n_seq: int = 1,
         swa_full: bool = False,
+        flash_attn: bool = False,
+        type_k: str = "f16",
+        type_v: str = "f16",
     ) -> None:
+        """kv_f32: both caches F32 (type_k and type_v are then not read); type_k / type_v: CACHE_TYPES' names."""
         self._lib = load()
         self._model = model  # keeps the weights alive as long as the context
         ffi, lib = self._lib.ffi, self._lib.lib
@@ -383,8 +396,9 @@ class NativeContext:
         params.sparse_mode = int(sparse_mode)
         params.n_seq = n_seq
         params.swa_full = int(swa_full)
-        if kv_f32:
-            params.kv_type = GGML_TYPE_F32
+        params.flash_attn = int(flash_attn)
+        params.type_k = GGML_TYPE_F32 if kv_f32 else _cache_type(type_k)
+        params.type_v = GGML_TYPE_F32 if kv_f32 else _cache_type(type_v)
         params.predictor_threshold = math.nan if threshold is None else _threshold(threshold)
         self._err = _ErrorBuffer(self._lib)  # one buffer for every call: calls are serialised
         c_params = ffi.new("ts_context_params *", params)

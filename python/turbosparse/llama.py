@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from turbosparse.binding import CACHE_TYPES
 from turbosparse.chat_template import ChatTemplate
 from turbosparse.completions import (
     ChatCompletionChunks,
@@ -98,12 +99,23 @@ def _logit_bias(bias: dict[Any, Any] | None) -> dict[int, float] | None:
     return None if bias is None else {int(token): float(value) for token, value in bias.items()}
 
 
+def _cache_type_named(type_id: int | None, what: str) -> str:
+    """The CACHE_TYPES name of a KV cache's ggml type id (None: F16, llama.cpp's default)."""
+    if type_id is None:
+        return "f16"
+    names = {value: name for name, value in CACHE_TYPES.items()}
+    if type_id not in names:
+        raise ValueError(f"{what}={type_id} is no KV cache type turbosparse takes ({', '.join(map(str, names))})")
+    return names[type_id]
+
+
 class Llama:
     """A GGUF model with llama_cpp.Llama's methods.
 
     model_path, n_ctx (0 = the model's), n_batch, n_threads, seed, verbose, chat_format (None: the file's
-    template; "chatml"), logits_all, last_n_tokens_size, swa_full as llama_cpp.Llama (n_ubatch, flash_attn, offload_kqv,
-    main_gpu taken and unused; n_gpu_layers warned about); sparse and threshold as turbosparse.Model. Penalties
+    template; "chatml"), logits_all, last_n_tokens_size, swa_full, flash_attn, type_k and type_v (ggml type ids, None:
+    F16) as llama_cpp.Llama (n_ubatch, offload_kqv, main_gpu taken and unused; n_gpu_layers warned about); sparse and
+    threshold as turbosparse.Model. Penalties
     count generated tokens only and each call without a seed draws the next seed from the last, as in llama_cpp."""
 
     def __init__(
@@ -128,11 +140,13 @@ class Llama:
         flash_attn: bool = False,
         offload_kqv: bool = True,
         main_gpu: int = 0,
+        type_k: int | None = None,
+        type_v: int | None = None,
         swa_full: bool | None = None,
         sparse: SparseName = "auto",
         threshold: float | None = None,
     ) -> None:
-        # n_ubatch, flash_attn, offload_kqv and main_gpu change how llama.cpp computes, not what: taken, unused
+        # n_ubatch, offload_kqv and main_gpu change how llama.cpp computes, not what: taken, unused
         _refuse(use_mmap=(use_mmap, True), use_mlock=(use_mlock, False))
         if last_n_tokens_size < 0:
             raise ValueError(f"last_n_tokens_size must be >= 0, got {last_n_tokens_size}")
@@ -154,6 +168,9 @@ class Llama:
             threshold=threshold,
             verbose=verbose,
             swa_full=True if swa_full is None else swa_full,  # None: llama.cpp's context default, as llama_cpp's
+            flash_attn=flash_attn,
+            type_k=_cache_type_named(type_k, "type_k"),
+            type_v=_cache_type_named(type_v, "type_v"),
         )
         # the text a chat answer stops at besides the user's stops, as llama_cpp's: the format's end of turn, or for
         # the file's template the EOS token's text (a model that writes it out as plain text ends there too)

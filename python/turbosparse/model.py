@@ -102,6 +102,10 @@ class Model:
     what it would be) and a checkpoint of the window at a prompt's last whole n_batch block, and a prompt then reuses a
     sequence's tokens only where those hold the window of the first new position (a chat's next turn does; a prompt
     branching off further back is evaluated again whole).
+
+    flash_attn: attention through ggml's flash-attention op, as llama.cpp's `-fa on` (faster at long contexts; off by
+    default, as in llama_cpp.Llama). type_k / type_v: the KV cache's types by llama.cpp's names (binding.CACHE_TYPES:
+    "f16", "q8_0", "q4_0", ...; llama.cpp's -ctk / -ctv); a quantized V cache needs flash_attn.
     """
 
     def __init__(
@@ -118,6 +122,9 @@ class Model:
         n_seq: int = 1,
         device: str = "cpu",
         swa_full: bool = False,
+        flash_attn: bool = False,
+        type_k: str = "f16",
+        type_v: str = "f16",
     ) -> None:
         self.path = os.fspath(path)
         for name, value, least in (("n_seq", n_seq, 1), ("n_ctx", n_ctx, 0), ("n_batch", n_batch, 1),
@@ -151,6 +158,9 @@ class Model:
             threshold=threshold,
             n_seq=n_seq,
             swa_full=swa_full,
+            flash_attn=flash_attn,
+            type_k=type_k,
+            type_v=type_v,
         )
         self._ctx.set_measure_recall(measure_recall)
         self._tokenizer = Tokenizer(self.path, verbose=verbose)

@@ -8,7 +8,15 @@ from typing import Protocol
 
 import numpy as np
 
-from turbosparse.binding import ExpertStats, LayerStats, NativeContext, NativeModel, SparseMode, sparse_mode_named
+from turbosparse.binding import (
+    CACHE_TYPES,
+    ExpertStats,
+    LayerStats,
+    NativeContext,
+    NativeModel,
+    SparseMode,
+    sparse_mode_named,
+)
 
 
 class Engine(Protocol):
@@ -22,6 +30,16 @@ class Engine(Protocol):
     def decode(self, logits: np.ndarray, n: int) -> np.ndarray:
         """n greedy tokens after logits (no end-of-text stop); returns the logits after the last one."""
         ...
+
+
+@dataclass(frozen=True)
+class Attention:
+    """How every engine of a benchmark attends: flash attention and the KV cache's types (llama.cpp's -fa, -ctk,
+    -ctv; CACHE_TYPES' names)."""
+
+    flash_attn: bool = False
+    type_k: str = "f16"
+    type_v: str = "f16"
 
 
 def bench_mode(name: str) -> SparseMode:
@@ -40,11 +58,14 @@ class TurbosparseEngine:
     mode: str
     n_threads: int
     n_ctx: int
+    attention: Attention = Attention()
     name: str = "turbosparse"
 
     def __post_init__(self) -> None:
+        a = self.attention
         self.ctx = NativeContext(self.model, n_ctx=self.n_ctx, n_threads=self.n_threads, n_batch=512,
-                                 sparse_mode=bench_mode(self.mode), threshold=None)  # fmt: skip
+                                 sparse_mode=bench_mode(self.mode), threshold=None, flash_attn=a.flash_attn,
+                                 type_k=a.type_k, type_v=a.type_v)  # fmt: skip
 
     def prefill(self, tokens: list[int]) -> np.ndarray:
         self.ctx.truncate(0)
@@ -67,9 +88,10 @@ class TurbosparseEngine:
 
 @dataclass
 class LlamaCppEngine:
-    """llama.cpp itself through llama-cpp-python, with its defaults (no flash attention, F16 KV cache) but for
-    sliding-window layers (Gemma), which cache a window's worth of positions as llama-server's and llama-cli's do (the
-    faster way; llama_cpp.Llama's default caches every position, and so spans every cell). gpu: the index
+    """llama.cpp itself through llama-cpp-python, attending as `attention` says (llama_cpp.Llama's default: no flash
+    attention, F16 KV cache), with sliding-window layers (Gemma) that cache a window's worth of positions as
+    llama-server's and llama-cli's do (the faster way; llama_cpp.Llama's default caches every position, and so spans
+    every cell). gpu: the index
     of the GPU (among ggml's GPU devices) that holds every layer, as turbosparse places a whole model on one device;
     None: the CPU only (no large batch offloaded to a GPU either, which a GPU build of ggml otherwise does)."""
 
@@ -77,6 +99,7 @@ class LlamaCppEngine:
     n_threads: int
     n_ctx: int
     gpu: int | None = None
+    attention: Attention = Attention()
     name: str = "llama.cpp"
     mode: str = "dense"
 
@@ -95,6 +118,9 @@ class LlamaCppEngine:
             op_offload=self.gpu is not None,
             logits_all=False,
             swa_full=False,
+            flash_attn=self.attention.flash_attn,
+            type_k=CACHE_TYPES[self.attention.type_k],
+            type_v=CACHE_TYPES[self.attention.type_v],
             verbose=False,
         )
         self.n_vocab = self.llm.n_vocab()

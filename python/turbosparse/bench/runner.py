@@ -17,8 +17,9 @@ import numpy as np
 
 from turbosparse import constants as C
 from turbosparse._library import LIBRARY_ENV
-from turbosparse.bench.engines import Engine, TurbosparseEngine
+from turbosparse.bench.engines import Attention, Engine, TurbosparseEngine
 from turbosparse.binding import (
+    CACHE_TYPES,
     DeviceInfo,
     KernelIsa,
     LayerStats,
@@ -40,6 +41,7 @@ class BenchConfig:
     rounds: int = 5
     context: int = 0  # tokens already in the context when decoding is measured (KV-cache reads grow with it)
     seed: int = 0
+    attention: Attention = field(default_factory=Attention)  # every engine's
 
 
 @dataclass
@@ -162,11 +164,18 @@ def calibrated_sparsity(path: Path) -> float | None:
     return float(field_.contents()) if field_ is not None else None
 
 
-def kv_bytes_per_token(path: Path, n_kv: int) -> int:
-    """K and V (F16) read by one decoded token attending over n_kv cells (a sliding-window layer over its window)."""
+def kv_bytes_per_token(path: Path, n_kv: int, type_k: str = "f16", type_v: str = "f16") -> int:
+    """K and V (of those cache types) read by one decoded token attending over n_kv cells (a sliding-window layer
+    over its window)."""
     model = NativeModel(str(path), metadata_only=True)
-    per_cell = 2 * model.info.n_head_kv * model.info.n_embd_head * 2
+    n_values = model.info.n_head_kv * model.info.n_embd_head
+    per_cell = sum(n_values // block * size for block, size in (_value_block(type_k), _value_block(type_v)))
     return sum(per_cell * (min(n_kv, window) if window else n_kv) for window in model.sliding_windows)
+
+
+def _value_block(cache_type: str) -> tuple[int, int]:
+    """(values, bytes) of a block of a KV cache type."""
+    return gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(CACHE_TYPES[cache_type])]
 
 
 def sparse_ffn_bytes(

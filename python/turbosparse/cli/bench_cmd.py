@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import gguf
@@ -16,7 +17,14 @@ import gguf
 from turbosparse._library import set_llama_log_verbosity
 from turbosparse.assets import smollm2_gguf
 from turbosparse.bench.batch import bench_batch
-from turbosparse.bench.engines import Engine, LlamaCppEngine, TurbosparseEngine, bench_mode, bench_model
+from turbosparse.bench.engines import (
+    Attention,
+    Engine,
+    LlamaCppEngine,
+    TurbosparseEngine,
+    bench_mode,
+    bench_model,
+)
 from turbosparse.bench.ffn_layer import bench_ffn_layer, copy_bandwidth_gb_s, format_table
 from turbosparse.bench.generate import bench_generate
 from turbosparse.bench.runner import (
@@ -41,6 +49,7 @@ from turbosparse.bench.synthetic import (
 )
 from turbosparse.binding import DeviceInfo, NativeModel, SparseMode, devices, find_device, memory_available
 from turbosparse.cli.checks import at_least
+from turbosparse.cli.run_cmd import add_attention_args, attention_kwargs
 from turbosparse.default import default_model
 from turbosparse.errors import EvalError, InvalidArgumentError
 
@@ -134,6 +143,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-n", "--decode-tokens", type=int, default=32)
     p.add_argument("-r", "--rounds", type=int, default=5)
     p.add_argument("--context", type=int, default=0, help="tokens in the context before decoding is measured")
+    add_attention_args(p, default_flash_attn="off")  # for llama.cpp and turbosparse alike
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--verbose", action="store_true")
     p.set_defaults(func=run_bench)
@@ -222,13 +232,15 @@ def _check_memory(modes: list[str], with_llama_cpp: bool, sparse: Path, dense: P
         )
 
 
-def _engines(args: argparse.Namespace, sparse: Path, dense: Path, n_ctx: int, device: DeviceInfo) -> list[Engine]:
+def _engines(
+    args: argparse.Namespace, sparse: Path, dense: Path, n_ctx: int, device: DeviceInfo, attention: Attention
+) -> list[Engine]:
     modes = _modes(args, sparse, device)
     _check_memory(modes, not args.no_llama_cpp, sparse, dense, device)
     engines: list[Engine] = []
     if not args.no_llama_cpp:
         try:
-            engines.append(LlamaCppEngine(dense, args.threads, n_ctx, gpu=_gpu_index(device)))
+            engines.append(LlamaCppEngine(dense, args.threads, n_ctx, gpu=_gpu_index(device), attention=attention))
         except ValueError as exc:
             if "Failed to load model" not in str(exc):
                 raise
@@ -243,7 +255,7 @@ def _engines(args: argparse.Namespace, sparse: Path, dense: Path, n_ctx: int, de
             model = rows_model
         else:
             model = bench_model(dense if mode == "dense" else sparse, mode, device.name)
-        engines.append(TurbosparseEngine(model, mode, args.threads, n_ctx))
+        engines.append(TurbosparseEngine(model, mode, args.threads, n_ctx, attention))
     return engines
 
 
@@ -351,11 +363,12 @@ def run_bench(args: argparse.Namespace) -> int:
         return run_batch(args, sparse, dense)
     # the bytes per token are read off each file's tensors, before the rounds: a file gguf-py cannot read fails now
     dense_tb, sparse_tb = tensor_bytes(dense), tensor_bytes(sparse)
-    cfg = BenchConfig(args.threads, args.prompt_tokens, args.decode_tokens, args.rounds, args.context)
+    cfg = BenchConfig(args.threads, args.prompt_tokens, args.decode_tokens, args.rounds, args.context,
+                      attention=Attention(**attention_kwargs(args)))  # fmt: skip
     # with a context, decoding continues round after round (see bench.runner.run)
     n_ctx = cfg.context + cfg.prompt_tokens + 2 + cfg.decode_tokens * (cfg.rounds if cfg.context else 1) + 8
     n_ctx = max(n_ctx, AGREEMENT_TOKENS + 8)  # the agreement check's prompt below
-    engines = _engines(args, sparse, dense, n_ctx, device)
+    engines = _engines(args, sparse, dense, n_ctx, device, cfg.attention)
     vocab = NativeModel(str(dense), metadata_only=True).info.n_vocab
     # correctness first: turbosparse dense must compute what llama.cpp computes on the same file
     llama = next((e for e in engines if e.name == "llama.cpp"), None)
@@ -392,7 +405,7 @@ def _report(
     sparse_tb, dense_tb = tensor_bytes_of
     decoded = cfg.decode_tokens * (cfg.rounds if cfg.context else 1)
     n_kv = cfg.context + cfg.prompt_tokens + decoded // 2  # mean cells a decoded token attends over
-    kv = kv_bytes_per_token(dense, n_kv)
+    kv = kv_bytes_per_token(dense, n_kv, cfg.attention.type_k, cfg.attention.type_v)
     rows = []
     for e, m in zip(engines, results, strict=True):
         if isinstance(e, TurbosparseEngine) and e.mode != "dense":
@@ -432,7 +445,7 @@ def _report(
     elif share is not None and sum(sparse_tb.predictor):
         ceiling = (dense_tb.dense() + kv) / (sparse_tb.sparse_ceiling(share) + kv)
     return {
-        "config": {**cfg.__dict__, "sparse_model": str(sparse), "dense_model": str(dense), "active": share},
+        "config": {**asdict(cfg), "sparse_model": str(sparse), "dense_model": str(dense), "active": share},
         "machine": machine_stamp(device),
         "agreement_max_abs_logit_diff": agreement,
         "agreement_relative": not device.is_cpu,  # on a GPU: over the largest |logit| (GPU_AGREEMENT_TOLERANCE)
@@ -444,10 +457,13 @@ def _report(
 
 def _print_table(report: dict[str, object]) -> None:
     cfg, machine = report["config"], report["machine"]
+    attention = cfg["attention"]
     print(f"# sparse: {cfg['sparse_model']}\n# dense:  {cfg['dense_model']}")
     print(
         f"# threads {cfg['n_threads']}, prompt {cfg['prompt_tokens']}, decode {cfg['decode_tokens']}, "
-        f"context {cfg['context']}, rounds {cfg['rounds']} (medians) | {machine['cpu']} [{machine['cpu_flags']}] "
+        f"context {cfg['context']}, rounds {cfg['rounds']} (medians), flash attention "
+        f"{'on' if attention['flash_attn'] else 'off'}, KV {attention['type_k']}/{attention['type_v']} | "
+        f"{machine['cpu']} [{machine['cpu_flags']}] "
         f"kernels {machine['kernel_isas']} device {machine['device']} "
         f"load {machine['load']} | THP {machine['huge_pages']} | commit {machine['commit']}"
     )

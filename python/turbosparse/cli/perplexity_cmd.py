@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from turbosparse.cli.checks import at_least
-from turbosparse.cli.run_cmd import add_model_args, model_path
+from turbosparse.cli.run_cmd import add_model_args, attention_kwargs, model_path
 from turbosparse.model import Model
 from turbosparse.perplexity import perplexity
 
@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     text = args.file.read_text(encoding="utf-8", errors="replace")
     path = model_path(args.model)
     common = dict(n_threads=args.threads, n_ctx=args.ctx_size, n_batch=args.batch_size, verbose=args.verbose,
-                  device=args.device, swa_full=args.swa_full)  # fmt: skip
+                  device=args.device, swa_full=args.swa_full, **attention_kwargs(args))  # fmt: skip
     model = Model(path, sparse=args.sparse, threshold=args.threshold, **common)
     reference = Model(path, sparse="off", **common) if args.compare_dense else None
     result = perplexity(

@@ -9,8 +9,9 @@ import sys
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
-from turbosparse.binding import SparseMode
+from turbosparse.binding import CACHE_TYPES, SparseMode, find_device
 from turbosparse.chat_template import chat_template_from, checked_variables
 from turbosparse.cli.conversation import Conversation, converse
 from turbosparse.default import default_model
@@ -46,7 +47,31 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         help="sliding-window layers (Gemma) cache every position, as the others: any prefix of the context can be "
         "reused, for more memory (default: a window's worth, as llama-server)",
     )
+    add_attention_args(p)
     p.add_argument("--verbose", action="store_true", help="show llama.cpp's and turbosparse's log")
+
+
+def add_attention_args(p: argparse.ArgumentParser, default_flash_attn: str = "auto") -> None:
+    """llama.cpp's flash-attention and KV cache type flags (read back by attention_kwargs)."""
+    p.add_argument(
+        "-fa", "--flash-attn", nargs="?", const="on", default=default_flash_attn, choices=["on", "off", "auto"],
+        help="attention through ggml's flash-attention op: faster at long contexts, "
+        f"needed by a quantized V cache; auto: on for a model on the CPU (default: {default_flash_attn})",
+    )  # fmt: skip
+    for flag, short, which in (("--cache-type-k", "-ctk", "K"), ("--cache-type-v", "-ctv", "V")):
+        p.add_argument(short, flag, default="f16", choices=list(CACHE_TYPES),
+                       help=f"the {which} cache's type, as llama.cpp's (default: f16)")  # fmt: skip
+
+
+def attention_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """Model's flash_attn, type_k and type_v as the flags of add_attention_args say. auto is on where the model runs
+    on the CPU, as llama.cpp's auto where the device runs the op: a GPU's backend may lack it (ggml would then copy
+    the cache to the CPU each step), unless a quantized V cache needs it."""
+    flash_attn = args.flash_attn == "on"
+    if args.flash_attn == "auto":
+        quantized_v = args.cache_type_v not in ("f32", "f16", "bf16")
+        flash_attn = quantized_v or find_device(args.device).is_cpu
+    return {"flash_attn": flash_attn, "type_k": args.cache_type_k, "type_v": args.cache_type_v}
 
 
 def add_chat_template_args(p: argparse.ArgumentParser) -> None:
@@ -183,11 +208,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--chat", action="store_true", help="wrap the prompt as a user message in the model's chat template")
     p.add_argument("-st", "--single-turn", dest="chat", action="store_true", help="one chat turn: the same as --chat")
     p.add_argument("-no-cnv", "--no-conversation", action="store_true", help="a plain completion (the default)")
-    # llama-cli's GPU and attention options: placement here is --device, attention always llama.cpp's own
+    # llama-cli's GPU option: placement here is --device
     p.add_argument("-ngl", "--gpu-layers", "--n-gpu-layers", type=int, default=None,
                    help="llama-cli's; taken, no effect (placement is --device)")  # fmt: skip
-    p.add_argument("-fa", "--flash-attn", nargs="?", const="on", default=None,
-                   help="llama-cli's; taken, no effect")  # fmt: skip
     p.add_argument(
         "-cnv",
         "--conversation",
@@ -224,8 +247,8 @@ def grammar_of(args: argparse.Namespace) -> Grammar | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.gpu_layers or args.flash_attn not in (None, "off", "auto"):
-        print("turbosparse run: -ngl / -fa have no effect here (placement is --device)", file=sys.stderr)
+    if args.gpu_layers:
+        print("turbosparse run: -ngl has no effect here (placement is --device)", file=sys.stderr)
     prompt = read_prompt_file(args.file) if args.file else args.prompt
     if args.escape:  # llama-cli's: the prompt (a file's too) and the stop strings
         prompt = process_escapes(prompt)
@@ -241,6 +264,7 @@ def run(args: argparse.Namespace) -> int:
         verbose=args.verbose,
         device=args.device,
         swa_full=args.swa_full,
+        **attention_kwargs(args),
     )
     template = chat_template_text(args)
     if template is not None:

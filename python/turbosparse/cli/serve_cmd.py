@@ -6,7 +6,13 @@ import argparse
 import logging
 import os
 
-from turbosparse.cli.run_cmd import add_chat_template_args, add_model_args, chat_template_text, model_path
+from turbosparse.cli.run_cmd import (
+    add_chat_template_args,
+    add_model_args,
+    attention_kwargs,
+    chat_template_text,
+    model_path,
+)
 from turbosparse.embeddings import POOLINGS
 from turbosparse.errors import TurboSparseError
 from turbosparse.reasoning import REASONING_FORMATS
@@ -78,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
         threshold=args.threshold,
         device=args.device,
         swa_full=args.swa_full,
+        **attention_kwargs(args),
         api_key=args.api_key or os.environ.get("TURBOSPARSE_API_KEY") or None,
         chat_template=template,
         chat_template_kwargs=args.chat_template_kwargs or {},

@@ -99,6 +99,9 @@ def load_model(config: ServerConfig) -> Model:
         n_seq=config.parallel + int(config.embeddings),  # one sequence is always free for embeddings
         device=config.device,
         swa_full=config.swa_full,
+        flash_attn=config.flash_attn,
+        type_k=config.type_k,
+        type_v=config.type_v,
     )
     if config.chat_template is not None:
         model.chat_template = chat_template_from(config.chat_template, model.tokenizer)

@@ -26,6 +26,9 @@ class ServerConfig:
     threshold: float | None = None
     device: str = "cpu"  # Model(device=...): cpu, gpu or a ggml device name
     swa_full: bool = False  # Model(swa_full=...): sliding-window layers cache every position (llama-server's)
+    flash_attn: bool = False  # Model(flash_attn=...): llama-server's -fa
+    type_k: str = "f16"  # Model(type_k=...), type_v: the KV cache's types (llama-server's -ctk, -ctv)
+    type_v: str = "f16"
     api_key: str | None = None  # clients must send "Authorization: Bearer <api_key>"
     chat_template: str | None = None  # replaces the file's tokenizer.chat_template: Jinja2, or a built-in's name
     # variables for every chat prompt's template (a request's chat_template_kwargs are added over them)
