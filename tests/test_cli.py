@@ -465,6 +465,30 @@ def test_flash_attention_and_cache_type_flags(smollm2_path) -> None:
     assert "Traceback" not in out.stderr
 
 
+def test_flash_attention_values_as_llama_cpp_reads_them() -> None:
+    """-fa's values (llama.cpp's truthy, falsey and auto words) and auto's reading: on for a model on the CPU,
+    whatever the cache types; bench refuses the flags where it runs no attention of its own."""
+    import argparse
+
+    from turbosparse.cli.run_cmd import add_attention_args, attention_kwargs
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--device", default="cpu")
+    add_attention_args(parser)
+
+    def flash(*flags: str) -> bool:
+        return attention_kwargs(parser.parse_args(list(flags)))["flash_attn"]
+
+    assert flash() and flash("-fa") and flash("-fa", "enabled") and flash("-fa", "1") and flash("-fa", "-1")
+    assert not flash("-fa", "off") and not flash("-fa", "0") and not flash("--flash-attn", "false")
+    assert attention_kwargs(parser.parse_args(["-ctk", "q8_0", "-ctv", "q4_0"])) == {
+        "flash_attn": True, "type_k": "q8_0", "type_v": "q4_0"}  # fmt: skip
+    out = turbosparse("run", "-m", "x.gguf", "-fa", "maybe")
+    assert out.returncode == 2 and "unknown value 'maybe': on, off or auto" in out.stderr
+    out = turbosparse("bench", "--ffn-layer", "q4_0", "-fa", "on")
+    assert out.returncode == 1 and "--ffn-layer, --generate and --batch take none" in out.stderr
+
+
 def test_logit_bias_flag(smollm2_path) -> None:
     from turbosparse import Model
 

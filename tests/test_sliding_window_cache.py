@@ -25,6 +25,7 @@ N_CTX = 1024
 N_BATCH = 16  # the window's cells: 8 + 16 + a step (32, 64 or 128), its checkpoint's 8 + a step: far fewer than 1024
 N_TOKENS = 300  # the window moves to the front of its cells several times
 TOLERANCE = 1e-5  # x max |logit|: F32 weights and KV cache
+FLASH_TOLERANCE = 2e-3  # ... which flash attention rounds to F16, as llama.cpp's does
 
 
 @pytest.fixture(scope="module")
@@ -40,10 +41,12 @@ def tokens() -> list[int]:
 
 
 def context(path: Path, *, swa_full: bool, n_seq: int = 1, flash_attn: bool = False) -> NativeContext:
+    """With flash attention, one thread: with two, ggml splits a token's attention over 512 cells or more into a chunk
+    per thread, and a window's cells are not split as every position's are (context.c: kv_span)."""
     return NativeContext(
         NativeModel(path),
         n_ctx=N_CTX,
-        n_threads=2,
+        n_threads=1 if flash_attn else 2,
         n_batch=N_BATCH,
         sparse_mode=SparseMode.OFF,
         threshold=None,
@@ -66,13 +69,14 @@ def test_a_windows_worth_gives_every_positions_logits(gemma, tokens: list[int], 
     full = context(path, swa_full=True, flash_attn=flash_attn)
     window = context(path, swa_full=False, flash_attn=flash_attn)
     prompt = window.eval(tokens, dense_ffn=True, logits_all=True)
+    bound = (FLASH_TOLERANCE if flash_attn else TOLERANCE) * np.abs(ref).max()
     np.testing.assert_array_equal(prompt, full.eval(tokens, dense_ffn=True, logits_all=True))
-    assert np.abs(prompt - ref).max() <= TOLERANCE * np.abs(ref).max()
+    assert np.abs(prompt - ref).max() <= bound
     for ctx in (full, window):
         ctx.truncate(0)
     steps = decoded(window, tokens)
     np.testing.assert_array_equal(steps, decoded(full, tokens))
-    assert np.abs(steps - ref).max() <= TOLERANCE * np.abs(ref).max()
+    assert np.abs(steps - ref).max() <= bound
 
 
 def test_sequences_decoded_together_are_each_alone(gemma, tokens: list[int]) -> None:

@@ -105,8 +105,8 @@ static int check_params(const ts_model *m, const ts_context_params *p, char *err
 }
 
 /*
- * Attention spans whole multiples of this many cells, not of 256 as in llama.cpp (where one graph serves 256 tokens):
- * every cell past a sequence's end is masked work (spanning 256 cells cost the 7B twin's predictor decoding 5-12 % of
+ * Without flash attention (with it: kv_span), attention spans whole multiples of this many cells, not of 256 as in
+ * llama.cpp (where one graph serves 256 tokens): every cell past a sequence's end is masked work (spanning 256 cells cost the 7B twin's predictor decoding 5-12 % of
  * a token with 16-112 tokens of context on a Zen 3). The step is that of ggml's F16 dot product, which attention's V
  * sums go through: it adds whole steps of values in vector lanes and a shorter tail apart, so a span that is no
  * multiple of the step rounds otherwise than llama.cpp's 256 (a span of 32 gave other logits than llama.cpp's from
@@ -653,19 +653,28 @@ static int compute_graph(ts_context *c, struct ggml_cgraph *gf, char *err, size_
     return 0;
 }
 
-/* The end of the cells the attention spans in a cache of n_cells cells per sequence whose first n_used cells are
- * used: whole multiples of c->kv_span_step. */
+/*
+ * The end of the cells the attention spans in a cache of n_cells cells per sequence whose first n_used cells are
+ * used: whole multiples of c->kv_span_step, or with flash attention of TS_KV_PAD, as llama.cpp's: ggml's CPU
+ * flash attention of one token over 512 cells or more (F16 or F32 caches, 2 threads or more) splits the cells into one
+ * chunk per thread and merges the chunks' sums, so its rounding depends on the span (masked cells it skips: the wider
+ * span costs little).
+ */
 static int32_t kv_span(const ts_context *c, int32_t n_used, int32_t n_cells) {
-    const int32_t n_kv = (n_used + c->kv_span_step - 1) / c->kv_span_step * c->kv_span_step;
+    const int32_t step = c->params.flash_attn ? TS_KV_PAD : c->kv_span_step;
+    const int32_t n_kv = (n_used + step - 1) / step * step;
     return n_kv < n_cells ? n_kv : n_cells;
 }
 
 /* The group of sequence seq's next n tokens, at batch rows first..first + n - 1, and the cells its attention spans;
- * sliding-window layers holding a window's worth of cells first make room for the n tokens (window_cache.h). */
+ * sliding-window layers holding a window's worth of cells first make room for the n tokens (window_cache.h). With
+ * flash attention, sliding layers that cache every position span their cells from 0, as llama.cpp's (the chunks
+ * above); a window's worth of cells cannot be split as llama.cpp splits every position's. */
 static ts_group next_group(ts_context *c, int32_t seq, int32_t first, int32_t n) {
     ts_window_make_room(c, seq, n);
     const int32_t p0 = c->n_past[seq], base = c->swa_base[seq];
-    const int32_t swa_first = ts_window_start(c, seq, p0) - base;
+    const int from_zero = c->params.flash_attn && c->n_cells_swa == c->n_cells;
+    const int32_t swa_first = from_zero ? 0 : ts_window_start(c, seq, p0) - base;
     return (ts_group){.seq = seq, .first = first, .n_tokens = n, .n_kv = kv_span(c, p0 + n, c->n_cells),
                       .swa_first = swa_first, .n_kv_swa = kv_span(c, p0 + n - base, c->n_cells_swa) - swa_first};
 }

@@ -14,7 +14,8 @@ typedef struct ts_group {
     int32_t seq;
     int32_t first;
     int32_t n_tokens;
-    int32_t n_kv;                /* cache cells its attention spans: a multiple of ts_context.kv_span_step (or all) */
+    int32_t n_kv;                /* cache cells its attention spans: a multiple of ts_context.kv_span_step (with flash
+                                    attention of TS_KV_PAD), or all (context.c: kv_span) */
     /* the sliding-window layers' span: cells swa_first .. swa_first + n_kv_swa - 1 of the sequence's in their cache
        (from the step-aligned cell before the first token's window: window_cache.h, ts_window_start) */
     int32_t swa_first;

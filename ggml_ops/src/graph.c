@@ -73,6 +73,10 @@ static struct ggml_tensor *rotated(struct ggml_context *ctx0, struct ggml_tensor
     return ggml_reshape_4d(ctx0, y, x->ne[0], x->ne[1], x->ne[2], x->ne[3]);
 }
 
+static struct ggml_tensor *as_f16_if_f32(struct ggml_context *ctx0, struct ggml_tensor *x) {
+    return x->type == GGML_TYPE_F32 ? ggml_cast(ctx0, x, GGML_TYPE_F16) : x;
+}
+
 /* The n_kv cells from cell0 on of a cache whose rows are cells of n_head_kv heads of hd values: [hd, n_head_kv, n_kv] */
 static struct ggml_tensor *cell_rows(struct ggml_context *ctx0, struct ggml_tensor *cache, int64_t hd, int64_t n_head_kv,
                                      int64_t n_kv, size_t cell0) {
@@ -153,6 +157,8 @@ static struct ggml_tensor *attention(const ts_context *ctx, struct ggml_context 
         struct ggml_tensor *o = NULL;                /* [hd * n_head, n_g] */
         if (flash) {
             struct ggml_tensor *vals = ggml_permute(ctx0, cell_rows(ctx0, vc, hd, in->n_head_kv, n_kv, cell0), 0, 2, 1, 3);
+            keys = as_f16_if_f32(ctx0, keys); /* as llama.cpp passes F32 caches */
+            vals = as_f16_if_f32(ctx0, vals);
             struct ggml_tensor *kqv = ggml_flash_attn_ext(ctx0, qg, keys, vals, mask, kq_scale, 0.0f,
                                                           m->attn_softcap > 0.0f ? m->attn_softcap : 0.0f);
             ggml_prec_set_acc(kqv, GGML_PREC_F32);

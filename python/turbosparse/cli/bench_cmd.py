@@ -351,6 +351,11 @@ def run_bench(args: argparse.Namespace) -> int:
             f"--device {args.device} runs the decode and prefill benchmark only: --ffn-layer, --generate, --batch and "
             "--sparsity measure the CPU's sparse kernels"
         )
+    attention = Attention(**attention_kwargs(args))
+    if (args.ffn_layer or args.generate or args.batch) and attention != Attention():
+        raise InvalidArgumentError(
+            "-fa / -ctk / -ctv set the decoding benchmark's attention; --ffn-layer, --generate and --batch take none"
+        )
     if args.ffn_layer:
         return run_ffn_layer(args)
     _check_counts(args)
@@ -363,8 +368,9 @@ def run_bench(args: argparse.Namespace) -> int:
         return run_batch(args, sparse, dense)
     # the bytes per token are read off each file's tensors, before the rounds: a file gguf-py cannot read fails now
     dense_tb, sparse_tb = tensor_bytes(dense), tensor_bytes(sparse)
-    cfg = BenchConfig(args.threads, args.prompt_tokens, args.decode_tokens, args.rounds, args.context,
-                      attention=Attention(**attention_kwargs(args)))  # fmt: skip
+    cfg = BenchConfig(
+        args.threads, args.prompt_tokens, args.decode_tokens, args.rounds, args.context, attention=attention
+    )
     # with a context, decoding continues round after round (see bench.runner.run)
     n_ctx = cfg.context + cfg.prompt_tokens + 2 + cfg.decode_tokens * (cfg.rounds if cfg.context else 1) + 8
     n_ctx = max(n_ctx, AGREEMENT_TOKENS + 8)  # the agreement check's prompt below

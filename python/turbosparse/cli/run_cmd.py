@@ -54,13 +54,23 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 def add_attention_args(p: argparse.ArgumentParser, default_flash_attn: str = "auto") -> None:
     """llama.cpp's flash-attention and KV cache type flags (read back by attention_kwargs)."""
     p.add_argument(
-        "-fa", "--flash-attn", nargs="?", const="on", default=default_flash_attn, choices=["on", "off", "auto"],
+        "-fa", "--flash-attn", nargs="?", const="on", default=default_flash_attn, type=flash_attn_setting,
+        metavar="on|off|auto",
         help="attention through ggml's flash-attention op: faster at long contexts, "
         f"needed by a quantized V cache; auto: on for a model on the CPU (default: {default_flash_attn})",
     )  # fmt: skip
     for flag, short, which in (("--cache-type-k", "-ctk", "K"), ("--cache-type-v", "-ctv", "V")):
         p.add_argument(short, flag, default="f16", choices=list(CACHE_TYPES),
                        help=f"the {which} cache's type, as llama.cpp's (default: f16)")  # fmt: skip
+
+
+def flash_attn_setting(value: str) -> str:
+    """-fa's value as llama.cpp reads it: on (also enabled, true, 1), off (disabled, false, 0) or auto (-1)."""
+    for setting, names in (("on", ("on", "enabled", "true", "1")), ("off", ("off", "disabled", "false", "0")),
+                           ("auto", ("auto", "-1"))):  # fmt: skip
+        if value in names:
+            return setting
+    raise argparse.ArgumentTypeError(f"unknown value {value!r}: on, off or auto")
 
 
 def attention_kwargs(args: argparse.Namespace) -> dict[str, Any]:
