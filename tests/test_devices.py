@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from turbosparse import Model, devices
-from turbosparse.binding import DeviceInfo, NativeContext, NativeModel, SparseMode, find_device
+from turbosparse.binding import CACHE_TYPES, DeviceInfo, NativeContext, NativeModel, SparseMode, find_device
 from turbosparse.errors import InvalidArgumentError, ModelLoadError
 
 from tinymodel import (
@@ -247,14 +247,18 @@ def test_decoding_token_by_token_on_the_gpu(grouped_default: Path, tokens: list[
 
 
 @needs_gpu
-def test_dense_logits_on_the_gpu_are_llama_cpps_there(smollm2_path: Path, macbeth: str) -> None:
+@pytest.mark.parametrize("cache_type", ["f16", "q8_0"], ids=["plain", "flash-q8_0"])
+def test_dense_logits_on_the_gpu_are_llama_cpps_there(smollm2_path: Path, macbeth: str, cache_type: str) -> None:
     """On any GPU device, dense turbosparse computes what llama.cpp computes on that device with every layer
-    offloaded: a prompt in one batch and tokens one at a time (on an NVIDIA H200 both were bit for bit equal)."""
+    offloaded: a prompt in one batch and tokens one at a time (on an NVIDIA H200 both were bit for bit equal); also
+    with flash attention and Q8_0 K and V (rotated by Walsh-Hadamard matrices, which a GPU multiplies by)."""
     from llama_cpp import LLAMA_SPLIT_MODE_NONE, Llama
 
+    attention = {"flash_attn": cache_type != "f16", "type_k": cache_type, "type_v": cache_type}
+    ids = {key: CACHE_TYPES[value] if key != "flash_attn" else value for key, value in attention.items()}
     # every layer on the first GPU, where device="gpu" puts turbosparse's (not split over several GPUs)
     llm = Llama(str(smollm2_path), n_ctx=128, n_batch=128, n_gpu_layers=-1, split_mode=LLAMA_SPLIT_MODE_NONE,
-                main_gpu=0, logits_all=True, verbose=False)  # fmt: skip
+                main_gpu=0, logits_all=True, verbose=False, **ids)  # fmt: skip
     tokens = llm.tokenize(macbeth[:2000].encode(), add_bos=True)[:64]
     llm.eval(tokens)
     llama_batch = np.array(llm.scores[: len(tokens)])
@@ -263,7 +267,7 @@ def test_dense_logits_on_the_gpu_are_llama_cpps_there(smollm2_path: Path, macbet
     for token in tokens[:16]:
         llm.eval([token])
         llama_steps.append(np.array(llm.scores[llm.n_tokens - 1]))
-    model = Model(smollm2_path, n_threads=2, n_ctx=128, sparse="off", device="gpu")
+    model = Model(smollm2_path, n_threads=2, n_ctx=128, sparse="off", device="gpu", **attention)
     batch = model.eval_logits(tokens)
     user = Decoder()
     steps = [np.atleast_2d(model.evaluate(user, tokens[:1]))[-1]]
