@@ -1,7 +1,8 @@
 /*
  * The llama-family forward graph, op for op as llama.cpp builds it for `llama`, `qwen2`, `qwen3`, `qwen3moe` and
  * `gemma2` and `gemma3` (F16 KV cache by default, V stored transposed unless flash attention is on), so dense results
- * match llama.cpp's with the same settings. Qwen3 and Gemma 3 norm each head's queries and keys (qk_norm) before the rope.
+ * match llama.cpp's with the same settings. Qwen3 and Gemma 3 norm each head's queries and keys (qk_norm) before the
+ * rope.
  *
  *   x = embd[tokens]
  *   per layer:  h = x + wo @ attn(rope(wq @ norm(x) + bq), rope(wk @ norm(x) + bk), wv @ norm(x) + bv)
