@@ -106,8 +106,8 @@ static int check_params(const ts_model *m, const ts_context_params *p, char *err
 
 /*
  * Without flash attention (with it: kv_span), attention spans whole multiples of this many cells, not of 256 as in
- * llama.cpp (where one graph serves 256 tokens): every cell past a sequence's end is masked work (spanning 256 cells cost the 7B twin's predictor decoding 5-12 % of
- * a token with 16-112 tokens of context on a Zen 3). The step is that of ggml's F16 dot product, which attention's V
+ * llama.cpp (where one graph serves 256 tokens): every cell past a sequence's end is masked work (spanning 256 cells
+ * cost the 7B twin's predictor decoding 5-12 % of a token with 16-112 tokens of context on a Zen 3). The step is that of ggml's F16 dot product, which attention's V
  * sums go through: it adds whole steps of values in vector lanes and a shorter tail apart, so a span that is no
  * multiple of the step rounds otherwise than llama.cpp's 256 (a span of 32 gave other logits than llama.cpp's from
  * the 15th token on an AVX-512 Zen 4), while masked cells add exact zeros to the lanes, so any multiple gives its sums
