@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The AVX-512 kernels' correctness check on a machine without AVX-512 (the AVX2 kind): builds libturbosparse with
-# the AVX-512 kernel files compiled against SIMDe's portable intrinsics (Debian's libsimde-dev; the eleven intrinsics
+# the AVX-512 kernel files compiled against SIMDe's portable intrinsics (Debian's libsimde-dev; the fourteen intrinsics
 # its 0.7.4 lacks are in tests/native/simde_avx512.h) and the CPU reported as running them, then runs
 # tests/native/kernel_check.c (also in a second build under AddressSanitizer + UBSan) and the Python kernel and
 # sparse-FFN tests on that library, where every AVX-512 variant runs beside the AVX2 one. It checks the kernels'

@@ -24,14 +24,14 @@ TYPES = [Q.F32, Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q2_K, Q
 # the types each instruction set has a fused kernel for (the rest run the generic one: ggml's dequantizer), most
 # specialised first, as decoding picks them
 FAST_TYPES = {
-    KernelIsa.AVX512_VNNI: [Q.Q4_0, Q.Q4_K],
+    KernelIsa.AVX512_VNNI: [Q.Q4_0, Q.Q8_0, Q.Q4_K],
     KernelIsa.AVX2: [Q.F32, Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q4_K],
     KernelIsa.NEON: [Q.F32, Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q4_K],
 }
 TOLERANCE = 1e-5  # relative to sum_i |coef_i| * max|row_i|: float32 rounding only, the rows are dequantized exactly
 # kernels that quantize each row's coefficient times its block scale to 8 bits (shared by a few rows and 32 columns)
 INTEGER_KERNELS = {
-    KernelIsa.AVX512_VNNI: [Q.Q4_0, Q.Q4_K],
+    KernelIsa.AVX512_VNNI: [Q.Q4_0, Q.Q8_0, Q.Q4_K],
     KernelIsa.AVX2: [Q.Q4_0, Q.Q8_0, Q.Q4_1, Q.Q4_K],
     KernelIsa.NEON: [Q.Q4_0, Q.Q8_0, Q.Q4_1, Q.Q4_K],
 }
@@ -177,8 +177,9 @@ def test_bad_arguments_are_errors() -> None:
         axpy_rows(w, Q.Q8_0, 64, np.array([4]), np.ones(1), out)
     with pytest.raises(ValueError, match="whole 32-blocks"):
         axpy_rows(w, Q.Q8_0, 64, np.array([0]), np.ones(1), out[:48])
-    with pytest.raises(ValueError, match="no avx512vnni kernel for q8_0"):
-        axpy_rows(w, Q.Q8_0, 64, np.array([0]), np.ones(1), out, isa=KernelIsa.AVX512_VNNI)
+    w16, _ = stored(np.ones((4, 64), np.float32), Q.F16)
+    with pytest.raises(ValueError, match="no avx512vnni kernel for f16"):
+        axpy_rows(w16, Q.F16, 64, np.array([0]), np.ones(1), out, isa=KernelIsa.AVX512_VNNI)
     with pytest.raises(ValueError, match="w's rows hold 68 bytes; 96 q8_0 values take 102"):
         axpy_rows(w, Q.Q8_0, 96, np.array([0]), np.ones(1), np.zeros(96, np.float32))
 

@@ -42,7 +42,7 @@ static void axpy_tile_generic(enum ggml_type type, const char *w, size_t row_byt
 /* The fused tile kernel of `isa` for `type` and the layout it reads (tile NULL: generic, or none for that type). */
 static ts_axpy_kernel tile_kernel(enum ts_kernel_isa isa, enum ggml_type type) {
     switch (isa) {
-    case TS_ISA_AVX512_VNNI: return ts_axpy_kernel_avx512(type); /* Q4_0, Q4_K */
+    case TS_ISA_AVX512_VNNI: return ts_axpy_kernel_avx512(type); /* Q4_0, Q8_0, Q4_K */
     case TS_ISA_AVX2: return ts_axpy_kernel_avx2(type); /* AVX-512 CPUs run these for the other types */
     case TS_ISA_NEON: return ts_axpy_kernel_neon(type);  /* CPUs with the dot product extension too */
     default: return (ts_axpy_kernel){NULL, TS_ROWS_GGML};

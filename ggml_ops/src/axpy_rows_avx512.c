@@ -1,13 +1,14 @@
 /*
- * AVX-512 kernels of the sparse down projection for Q4_0 rows in the split layout (axpy_rows.h) and Q4_K rows in
- * ggml's (below), compiled with
- * -mavx512f -mavx512bw (CMakeLists.txt) and reached only through ts_axpy_rows, which asks the CPU first. The same
- * arithmetic as the AVX2 kernel (axpy_rows_avx2.c: a group's rows' coefficients quantized to 8 bits per unit of 32
- * columns, axpy_split_coefs.h; codes summed in int16 in row pairs with maddubs), four units per instruction: in the
- * split layout a row's quants of consecutive units are adjacent. Q4_0 takes SPLIT_ROWS_AVX512 = 16 rows per group,
- * twice the AVX2 kernel's: a group's conversion of its int16 sums to float outputs then serves twice the rows (Zen 4,
- * one thread, rows in L2: 19.7 -> 24.8 GB/s; the Mixtral twin decoded 0.94-1.09x as fast in 6 alternating pairs,
- * median 58.6 -> 59.6 tok/s).
+ * AVX-512 kernels of the sparse down projection for Q4_0 rows in the split layout (axpy_rows.h), Q4_K rows in the
+ * down layout (q4_k_split.h) and Q8_0 rows in ggml's (below), compiled with -mavx512f -mavx512bw -mavx512vnni
+ * (CMakeLists.txt) and reached only through ts_axpy_rows, which asks the CPU first. The same arithmetic as the AVX2
+ * kernels (axpy_rows_avx2.c: a group's rows' coefficients quantized to 8 bits per unit of 32 columns,
+ * axpy_split_coefs.h; codes summed in int16 in row pairs with maddubs), four units per instruction: in the split
+ * layout a row's quants of consecutive units are adjacent. Q4_0 takes SPLIT_ROWS_AVX512 = 16 rows per group, twice
+ * the AVX2 kernel's: a group's conversion of its int16 sums to float outputs then serves twice the rows (Zen 4, one
+ * thread, rows in L2: 19.7 -> 24.8 GB/s; the Mixtral twin decoded 0.94-1.09x as fast in 6 alternating pairs, median
+ * 58.6 -> 59.6 tok/s). Q4_1 keeps the AVX2 kernel: the Q4_0 kernel here extended by the mins ran its FFN layer's down
+ * 0.72-0.77x as fast on a Zen 5 (docs/speed.md, 2026-12-07).
  */
 #include "axpy_rows.h"
 
@@ -142,13 +143,105 @@ static void add_split_q4_k(const uint8_t *const *r, const float *a, int64_t b0, 
     q4_k_add_blocks(r, a, b0, n_blocks, row_blocks, o, pf, block_q4_k);
 }
 
+/*
+ * Q8_0 rows in ggml's layout, Q8_ROWS = 16 rows per group, one unit at a time, with the AVX2 kernel's coefficients
+ * (axpy_rows_avx2.c: c_r = coef_r * d_r quantized to S * k_r, S = max |c| / 127), so the same integer sums and the
+ * same outputs, bit for bit. Where the AVX2 kernel multiplies row pairs with maddubs (codes made unsigned by the sign
+ * trick, int16 pairs widened by madd), dpbusd adds four rows' products into int32 at once: four rows' bytes of a
+ * column are interleaved into one 32-bit lane, the codes read as unsigned by offsetting them by 128 (a flipped top
+ * bit), which adds 128 * sum_r k_r to every column, subtracted in the accumulators' start value. A register holds
+ * rows 4q .. 4q + 3 in its low 256 bits and rows 4q + 8 .. 4q + 11 in its high ones, added together at the end.
+ * (Zen 5, one thread, rows from cache: 18.6 GB/s with the AVX2 kernel, see docs/speed.md's 2026-12-07 entry.)
+ */
+#define Q8_ROWS 16
+
+typedef struct {
+    __m512i quad[2]; /* [q]: k of rows 4q .. 4q + 3 in each 32-bit lane of the low half, rows 4q + 8 .. 4q + 11 high */
+    __m512i start;   /* -128 * (sum of the half's k) in each lane of a half: the two halves add up to -128 sum_r k_r */
+    __m256 scale;    /* S in every lane */
+} q8_coefs;
+
+/* The 16 rows' c_r = a_r * d_r of the unit whose block starts at byte `at`, quantized; 0 when every c is 0. */
+static inline int q8_0_coefs(const uint8_t *const *r, const float *a, size_t at, q8_coefs *q) {
+#define H(k) (*(const int16_t *)__builtin_assume_aligned(r[k] + at, 2))
+    const __m256i halves = _mm256_setr_epi16(H(0), H(1), H(2), H(3), H(4), H(5), H(6), H(7), H(8), H(9), H(10),
+                                             H(11), H(12), H(13), H(14), H(15));
+#undef H
+    const __m512 c = _mm512_mul_ps(_mm512_loadu_ps(a), _mm512_cvtph_ps(halves));
+    const float amax = _mm512_reduce_max_ps(_mm512_abs_ps(c));
+    if (amax == 0.0f) {
+        return 0;
+    }
+    const __m512i k = _mm512_cvtps_epi32(_mm512_mul_ps(c, _mm512_set1_ps(127.0f / amax)));
+    const __m512i bytes = _mm512_castsi128_si512(_mm512_cvtepi32_epi8(k)); /* |k| <= 127 */
+    q->quad[0] = _mm512_permutexvar_epi32(_mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2), bytes);
+    q->quad[1] = _mm512_permutexvar_epi32(_mm512_setr_epi32(1, 1, 1, 1, 1, 1, 1, 1, 3, 3, 3, 3, 3, 3, 3, 3), bytes);
+    const __m512i offset = _mm512_set1_epi8((char)0x80);
+    const __m512i zero = _mm512_setzero_si512();
+    q->start = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, offset, q->quad[0]), offset,
+                                                          q->quad[1]));
+    q->scale = _mm256_set1_ps(amax * (1.0f / 127.0f));
+    return 1;
+}
+
+/* o[0, 8) += s * v for 8 int32 v (the AVX2 kernel's add_scaled, its + 0 included: the same outputs) */
+static inline void add_scaled8(float *o, __m256i v, __m256 s) {
+    const __m256 x = _mm256_fmadd_ps(_mm256_cvtepi32_ps(v), s, _mm256_loadu_ps(o));
+    _mm256_storeu_ps(o, _mm256_add_ps(x, _mm256_setzero_ps()));
+}
+
+/*
+ * One unit (codes at byte `at` of each row): S * sum_r k_r * code_r into o[0, 32). Within each 128-bit lane L of a
+ * half, the byte interleaves give sums[x] columns 16 L + 4 x .. 16 L + 4 x + 3, the AVX2 kernel's order.
+ */
+static inline void unit_q8_0(const uint8_t *const *r, size_t at, const q8_coefs *q, float *o) {
+    const __m512i offset = _mm512_set1_epi8((char)0x80);
+    __m512i sums[4] = {q->start, q->start, q->start, q->start};
+    for (int h = 0; h < 2; h++) {
+        __m512i z[4];
+        for (int i = 0; i < 4; i++) {
+            const int row = 4 * h + i;
+            z[i] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(r[row] + at))),
+                                      _mm256_loadu_si256((const __m256i *)(r[row + 8] + at)), 1);
+        }
+        const __m512i lo01 = _mm512_unpacklo_epi8(z[0], z[1]), hi01 = _mm512_unpackhi_epi8(z[0], z[1]);
+        const __m512i lo23 = _mm512_unpacklo_epi8(z[2], z[3]), hi23 = _mm512_unpackhi_epi8(z[2], z[3]);
+        const __m512i quads[4] = {_mm512_unpacklo_epi16(lo01, lo23), _mm512_unpackhi_epi16(lo01, lo23),
+                                  _mm512_unpacklo_epi16(hi01, hi23), _mm512_unpackhi_epi16(hi01, hi23)};
+        for (int x = 0; x < 4; x++) {
+            sums[x] = _mm512_dpbusd_epi32(sums[x], _mm512_xor_si512(quads[x], offset), q->quad[h]);
+        }
+    }
+    __m256i s[4];
+    for (int x = 0; x < 4; x++) {
+        s[x] = _mm256_add_epi32(_mm512_castsi512_si256(sums[x]), _mm512_extracti64x4_epi64(sums[x], 1));
+    }
+    add_scaled8(o, _mm256_permute2x128_si256(s[0], s[1], 0x20), q->scale);
+    add_scaled8(o + 8, _mm256_permute2x128_si256(s[2], s[3], 0x20), q->scale);
+    add_scaled8(o + 16, _mm256_permute2x128_si256(s[0], s[1], 0x31), q->scale);
+    add_scaled8(o + 24, _mm256_permute2x128_si256(s[2], s[3], 0x31), q->scale);
+}
+
+static void add_group_q8_0(const uint8_t *const *r, const float *a, int64_t n_units, float *o,
+                           ts_row_prefetcher *pf) {
+    for (int64_t u = 0; u < n_units; u++) {
+        ts_prefetch_upto(pf, (size_t)(u + 1) * 34);
+        q8_coefs q;
+        if (q8_0_coefs(r, a, (size_t)u * 34, &q)) {
+            unit_q8_0(r, (size_t)u * 34 + 2, &q, o + 32 * u);
+        }
+    }
+}
+
 TS_DEFINE_SPLIT_TILE(q4_0, 18, 1, SPLIT_ROWS_AVX512)
 TS_DEFINE_SPLIT_TILE(q4_k, TS_Q4_K_BYTES, 8, Q4_K_ROWS)
+TS_DEFINE_INT_TILE(q8_0, 34, Q8_ROWS)
 
 ts_axpy_kernel ts_axpy_kernel_avx512(enum ggml_type type) {
     switch (type) {
     case GGML_TYPE_Q4_0: return (ts_axpy_kernel){axpy_tile_q4_0, TS_ROWS_SPLIT};
     case GGML_TYPE_Q4_K: return (ts_axpy_kernel){axpy_tile_q4_k, TS_ROWS_Q4_K_DOWN};
+    case GGML_TYPE_Q8_0: return (ts_axpy_kernel){axpy_tile_q8_0, TS_ROWS_GGML};
     default: return (ts_axpy_kernel){NULL, TS_ROWS_GGML};
     }
 }

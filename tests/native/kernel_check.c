@@ -39,7 +39,7 @@ typedef struct {
 #define Q(t) GGML_TYPE_##t
 #define NONE GGML_TYPE_COUNT
 static const fast_types FAST_TYPES[] = {
-    {TS_ISA_AVX512_VNNI, {Q(Q4_0), Q(Q8_0), Q(Q4_K), NONE}, {Q(Q4_0), Q(Q4_K), NONE}},
+    {TS_ISA_AVX512_VNNI, {Q(Q4_0), Q(Q8_0), Q(Q4_K), NONE}, {Q(Q4_0), Q(Q8_0), Q(Q4_K), NONE}},
     {TS_ISA_AVX2, {Q(Q4_0), Q(Q8_0), Q(Q4_1), Q(Q4_K), NONE}, {Q(F32), Q(F16), Q(BF16), Q(Q8_0), Q(Q4_0), Q(Q4_1), Q(Q4_K), NONE}},
     {TS_ISA_NEON_DOTPROD, {Q(Q4_0), Q(Q8_0), Q(Q4_1), Q(Q4_K), NONE}, {NONE}},
     {TS_ISA_NEON, {Q(Q4_0), Q(Q8_0), Q(Q4_1), Q(Q4_K), NONE}, {Q(F32), Q(F16), Q(BF16), Q(Q8_0), Q(Q4_0), Q(Q4_1), Q(Q4_K), NONE}},
