@@ -3,11 +3,13 @@ and gets the same structures; on the dense SmolLM2 file, the same greedy text an
 
 from __future__ import annotations
 
+import itertools
 import json
 from typing import Any
 
 import numpy as np
 import pytest
+from llama_cpp import LogitsProcessorList, StoppingCriteriaList
 from llama_cpp.llama_grammar import LlamaGrammar
 
 N_THREADS = 2
@@ -58,6 +60,57 @@ def llama_script(Llama: Any, path: str) -> dict[str, Any]:
     llm.eval(llm.tokenize(b" that is", add_bos=False))
     out["scores"] = np.array(llm.scores[: llm.n_tokens])
     out["n_tokens"] = llm.n_tokens
+    out["token_loops"] = token_loops(llm, drafts=True)
+    return out
+
+
+def token_loops(llm: Any, drafts: bool) -> dict[str, Any]:
+    """A user's own token loops through generate() and sample(): what they yield and leave evaluated (drafts need
+    logits_all: llama.cpp aborts without it)."""
+    out: dict[str, Any] = {}
+    prompt = llm.tokenize(b"The capital of France is")
+    out["greedy"] = list(itertools.islice(llm.generate(prompt, temp=0.0), 8))
+    out["greedy_n_tokens"] = llm.n_tokens  # the last token yielded is not evaluated yet
+    # the prompt and what the first loop took: the evaluated prefix is kept, only the rest evaluated
+    out["again"] = list(itertools.islice(llm.generate([*prompt, *out["greedy"][:4]], temp=0.0), 4))
+    out["again_n_tokens"] = llm.n_tokens
+    first = out["greedy"][0]
+
+    def only_first(input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        banned = np.full_like(scores, -np.inf)
+        banned[first] = 0.0
+        return banned
+
+    out["processed"] = list(
+        itertools.islice(llm.generate(prompt, temp=0.0, logits_processor=LogitsProcessorList([only_first])), 3)
+    )
+    out["processed_list"] = list(itertools.islice(llm.generate(prompt, temp=0.0, logits_processor=[only_first]), 2))
+    # penalties over the tokens the loop took (the prompt's numbers stay)
+    counting = llm.tokenize(b"1, 2, 3, 4, 5, 6,")
+    out["penalized"] = list(itertools.islice(llm.generate(counting, temp=0.0, repeat_penalty=1.3), 16))
+    three_more = StoppingCriteriaList([lambda ids, logits: len(ids) >= len(prompt) + 3])
+    out["stopped"] = list(llm.generate(prompt, temp=0.0, stopping_criteria=three_more))
+    if drafts:  # sent after the first token, as a draft model's array: one right, one wrong token
+        loop = llm.generate(prompt, temp=0.0)
+        out["drafted"] = [
+            next(loop),
+            loop.send(np.array([out["greedy"][1], 999], dtype=np.intc)),
+            next(loop),
+            next(loop),
+        ]
+        out["drafted_evaluated"] = llm.input_ids[: llm.n_tokens].tolist()
+    # after a completion: generate keeps what the completion evaluated
+    llm.create_completion("Water boils at", max_tokens=4, temperature=0)
+    evaluated = llm.input_ids[: llm.n_tokens].tolist()
+    out["after_completion"] = list(itertools.islice(llm.generate([*evaluated, 13], temp=0.0), 3))
+    llm.reset()
+    llm.eval(prompt)
+    out["sampled"] = llm.sample(temp=0.0)
+    out["all_evaluated"] = list(itertools.islice(llm.generate(prompt, temp=0.0), 3))  # sampled at once
+    out["all_evaluated_n_tokens"] = llm.n_tokens
+    llm.reset()
+    llm.eval(prompt)
+    out["going_on"] = list(itertools.islice(llm.generate([], reset=False, temp=0.0), 2))  # from the evaluated ones
     return out
 
 
@@ -146,6 +199,30 @@ def test_same_tokens_and_close_logits(both) -> None:
     assert (ours["scores"].argmax(-1) == theirs["scores"].argmax(-1)).all()
     # a fixed seed repeats its sample
     assert ours["seeded"][0] == ours["seeded"][1]
+
+
+@pytest.fixture(scope="module")
+def loops_without_logits_all(smollm2_path) -> tuple[dict[str, Any], dict[str, Any]]:
+    import llama_cpp
+
+    import turbosparse
+
+    def loops(Llama: Any) -> dict[str, Any]:
+        llm = Llama(model_path=str(smollm2_path), n_ctx=512, n_threads=N_THREADS, seed=7, verbose=False)
+        return token_loops(llm, drafts=False)
+
+    return loops(llama_cpp.Llama), loops(turbosparse.Llama)
+
+
+def test_same_token_loops(both, loops_without_logits_all) -> None:
+    theirs, ours = both
+    assert ours["token_loops"] == theirs["token_loops"]
+    assert loops_without_logits_all[1] == loops_without_logits_all[0]
+    loops = ours["token_loops"]
+    assert loops["again"] == loops["greedy"][4:8] and loops["drafted"] == loops["greedy"][:4]
+    assert loops["processed"] == [loops["greedy"][0]] * 3 and len(loops["stopped"]) == 3
+    assert loops["processed_list"] == [loops["greedy"][0]] * 2 and loops["going_on"] == loops["greedy"][:2]
+    assert loops["sampled"] == loops["greedy"][0] and loops["all_evaluated"] == loops["greedy"][:3]
 
 
 def test_chat_content_parts_are_joined(smollm2_path) -> None:
@@ -304,3 +381,72 @@ def test_unsupported_options_say_so(smollm2_path) -> None:
         turbosparse.Llama(str(smollm2_path), n_ctxx=128)  # a typo is an error, not silently ignored
     with pytest.raises(ValueError, match="use_mlock=True is not supported"):
         turbosparse.Llama(str(smollm2_path), use_mlock=True, verbose=False)
+
+
+def test_token_loops_say_what_they_cannot_do(smollm2_path) -> None:
+    import turbosparse
+
+    llm = turbosparse.Llama(str(smollm2_path), n_ctx=128, n_threads=N_THREADS, verbose=False)
+    prompt = llm.tokenize(b"Hello world, hello")
+    assert len(prompt) > 1
+    with pytest.raises(ValueError, match="no logits to sample from"):
+        llm.sample()
+    with pytest.raises(ValueError, match="mirostat_mode=2 is not supported"):
+        llm.generate(prompt, mirostat_mode=2)
+    with pytest.raises(ValueError, match="needs tokens"):
+        llm.generate([])
+    llm.eval(prompt)
+    with pytest.raises(ValueError, match="logits of position 0 are not kept"):
+        llm.sample(idx=0)
+    with pytest.raises(ValueError, match="must return 49152 scores"):
+        llm.sample(logits_processor=lambda ids, scores: scores[:10])
+    with pytest.raises(ValueError, match="without NaN"):
+        llm.sample(logits_processor=lambda ids, scores: scores * np.nan)
+    for logits_all in (False, True):  # a completion leaves no logits (its own are not eval()'s)
+        llm = turbosparse.Llama(str(smollm2_path), n_ctx=128, n_threads=N_THREADS, verbose=False, logits_all=logits_all)
+        llm.eval(prompt)
+        llm.create_completion("Hi", max_tokens=2, temperature=0)
+        with pytest.raises(ValueError, match="a completion leaves none"):
+            llm.sample()
+
+
+def test_token_loops_keep_the_seed_and_what_is_evaluated(smollm2_path) -> None:
+    """As llama_cpp's: a loop samples with the Llama's seed as it is (the same seed, the same tokens; later calls'
+    seeds unchanged), and evaluates only the tokens its sequence does not hold."""
+    import turbosparse
+
+    def fresh() -> turbosparse.Llama:
+        return turbosparse.Llama(str(smollm2_path), n_ctx=512, n_threads=N_THREADS, seed=42, verbose=False)
+
+    llm = fresh()
+    prompt = llm.tokenize(b"Roses are")
+    seeded = [list(itertools.islice(llm.generate(prompt, temp=1.0), 6)) for _ in range(2)]
+    assert seeded[0] == seeded[1]
+    greedy = list(itertools.islice(llm.generate(prompt, temp=0.0), 6))
+    whole = []  # a negative temperature: the whole distribution at temperature 1, not greedy
+    for seed in (1, 2, 3):
+        llm.set_seed(seed)
+        whole.append(list(itertools.islice(llm.generate(prompt, temp=-1.0), 6)))
+    assert any(tokens != greedy for tokens in whole)
+    llm.set_seed(42)
+    alone = fresh()("Roses are", max_tokens=8, temperature=0.9)["choices"][0]["text"]
+    llm.eval(prompt)
+    llm.sample(temp=0.9)
+    assert llm("Roses are", max_tokens=8, temperature=0.9)["choices"][0]["text"] == alone
+    # evaluated tokens: a prompt once, then only what is new (a loop after a completion too)
+    text = llm.tokenize(b"The quick brown fox jumps over the lazy dog. " * 8)
+    llm.reset()
+
+    def evaluated() -> int:
+        stats = llm.model.stats()
+        return int(stats["prompt_tokens"]) + int(stats["decode_tokens"])
+
+    before = evaluated()
+    llm.eval(text)
+    llm.eval(text[1:11])
+    llm.eval(text[1:2])
+    assert evaluated() - before == len(text) + 11
+    llm.create_completion(text, max_tokens=4, temperature=0)
+    before = evaluated()
+    list(itertools.islice(llm.generate([*llm.input_ids[: llm.n_tokens].tolist(), 13], temp=0.0), 3))
+    assert evaluated() - before <= 4

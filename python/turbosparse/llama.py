@@ -4,15 +4,16 @@ llama-cpp-python runs with one import changed. Same constructor names, methods a
 Grammars (llama_cpp.LlamaGrammar, turbosparse.Grammar or GBNF text), JSON response formats (json_object, with or
 without a schema, and OpenAI's json_schema) and logit_bias work as there; tools as the server's (tool_calls.py: calls
 read in the template's own syntax, also for tool_choice "auto"); with embedding=True, embed and create_embedding
-(embeddings.py's pooling). Not supported (a ValueError says so when asked for): suffix / infill, logits processors and
-stopping criteria, typical_p, tfs_z, mirostat, chat formats other than the file's template and "chatml", GPU offload
+(embeddings.py's pooling); token by token, generate and sample, with logits processors and stopping criteria. Not
+supported (a ValueError says so when asked for): suffix / infill, logits processors and stopping criteria in the
+completion methods, typical_p, tfs_z, mirostat, chat formats other than the file's template and "chatml", GPU offload
 (n_gpu_layers is accepted and ignored: the engine runs on the CPU)."""
 
 from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -33,12 +34,15 @@ from turbosparse.grammar import Grammar
 from turbosparse.logprobs import check_top_count
 from turbosparse.logprobs import prompt_text as prompt_text_of
 from turbosparse.model import Model, SparseName
-from turbosparse.sampling import SamplingParams
+from turbosparse.sampling import Sampler, SamplingParams
 from turbosparse.tool_calls import ToolUse, functions_as_tools
 
 logger = logging.getLogger(__name__)
 
 LLAMA_DEFAULT_SEED = 0xFFFFFFFF  # llama_cpp's "pick a random seed"
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+# llama_cpp's logits processor: (input_ids, scores) -> scores; a LogitsProcessorList or a plain list chains them
+LogitsProcessor = Callable[[np.ndarray, np.ndarray], np.ndarray]
 LLAMA_POOLING_TYPE_UNSPECIFIED = -1  # llama_cpp's "the file's pooling"
 
 # llama_cpp's chat_format="chatml": a system block first (empty without a system message; the first system message
@@ -195,6 +199,7 @@ class Llama:
         self.input_ids = np.zeros(self._model.n_ctx, dtype=np.intc)
         self.scores = np.zeros((self._model.n_ctx if logits_all else n_batch, self._model.n_vocab), dtype=np.single)
         self._last_logits: np.ndarray | None = None
+        self._scored = np.zeros(self._model.n_ctx, dtype=bool)  # which rows of scores hold eval()'s logits
 
     @property
     def model(self) -> Model:
@@ -262,6 +267,7 @@ class Llama:
         """Forgets the evaluated tokens (the next eval starts a new sequence)."""
         self.n_tokens = 0
         self._last_logits = None
+        self._scored[:] = False
 
     def eval(self, tokens: Sequence[int]) -> None:
         """Appends tokens after the n_tokens evaluated ones; with logits_all their logits go to scores."""
@@ -275,6 +281,7 @@ class Llama:
         logits = self._model.evaluate(self, history, logits_from=self.n_tokens if self._logits_all else None)
         if self._logits_all:
             self.scores[self.n_tokens : end] = logits
+            self._scored[self.n_tokens : end] = True
             self._last_logits = logits[-1]
         else:
             self._last_logits = logits
@@ -287,6 +294,180 @@ class Llama:
         if self._logits_all:
             return self.scores[: self.n_tokens].tolist()
         return [] if self._last_logits is None else [self._last_logits.tolist()]
+
+    # ---- token by token (llama_cpp's generate and sample) ------------------------------------------
+    def _logits_at(self, idx: int | None) -> np.ndarray:
+        """The logits after evaluated position idx (None: the last), as llama.cpp keeps them: every position's with
+        logits_all, else the last evaluated one's only."""
+        last = self.n_tokens - 1
+        idx = last if idx is None else idx
+        if 0 <= idx <= last and self._logits_all and self._scored[idx]:
+            return self.scores[idx]
+        if idx == last and self._last_logits is not None:
+            return self._last_logits
+        if idx == last:
+            raise ValueError("no logits to sample from: eval() the tokens first (a completion leaves none)")
+        if not 0 <= idx < last:
+            raise ValueError(f"position {idx} is not evaluated (0..{last})")
+        if not self._logits_all:
+            raise ValueError(f"the logits of position {idx} are not kept (without logits_all only the last one's)")
+        raise ValueError(f"the logits of position {idx} are not kept (a completion evaluated it, not eval())")
+
+    def _sample_from(
+        self,
+        sampler: Sampler,
+        history: list[int],
+        logits_processor: LogitsProcessor | Sequence[LogitsProcessor] | None,
+        idx: int | None,
+    ) -> int:
+        """One token by sampler from position idx's logits, through logits_processor (llama_cpp's reading: the
+        evaluated ids and the scores, giving new scores; -inf bans a token), its penalties over history (the tokens
+        this sampler took, as llama.cpp's sampler counts them), which the token then joins."""
+        logits = self._logits_at(idx)
+        if logits_processor is not None:
+            logits = np.array(logits, dtype=np.float32)
+            if not np.isfinite(logits).all():  # the model's own: the sampler says what is wrong
+                sampler.sample(logits)
+            # llama_cpp runs the processors of a list (a LogitsProcessorList is one) in turn
+            chain = [logits_processor] if not isinstance(logits_processor, Sequence) else logits_processor
+            for processor in chain:
+                logits = np.asarray(processor(self.input_ids[: self.n_tokens], logits), dtype=np.float32)
+                if logits.shape != (self.n_vocab(),) or np.isnan(logits).any() or np.isposinf(logits).any():
+                    raise ValueError(
+                        f"logits_processor must return {self.n_vocab()} scores without NaN or +inf, not {logits.shape}"
+                    )
+            logits = np.maximum(logits, -_FLOAT32_MAX)  # a ban's -inf: a probability of exactly 0
+        token = sampler.sample(logits, history)
+        history.append(token)
+        return token
+
+    def _token_sampler(
+        self,
+        *,
+        top_k: int,
+        top_p: float,
+        min_p: float,
+        typical_p: float,
+        temp: float,
+        repeat_penalty: float,
+        frequency_penalty: float,
+        presence_penalty: float,
+        tfs_z: float,
+        mirostat_mode: int,
+        grammar: Any,
+    ) -> Sampler:
+        """sample()'s and generate()'s sampler, from llama_cpp's arguments (what turbosparse lacks refused)."""
+        _refuse(
+            typical_p=(typical_p, 1.0), tfs_z=(tfs_z, 1.0), mirostat_mode=(mirostat_mode, 0), grammar=(grammar, None)
+        )
+        sampling = self._sampling(temperature=temp, top_k=top_k, top_p=top_p, min_p=min_p,
+                                  repeat_penalty=repeat_penalty, frequency_penalty=frequency_penalty,
+                                  presence_penalty=presence_penalty, seed=self._seed, logit_bias=None)  # fmt: skip
+        return Sampler(sampling)  # the Llama's seed as it is (llama_cpp's loops do not draw the next one)
+
+    def sample(
+        self,
+        top_k: int = 40,
+        top_p: float = 0.95,
+        min_p: float = 0.05,
+        typical_p: float = 1.0,
+        temp: float = 0.80,
+        repeat_penalty: float = 1.0,
+        frequency_penalty: float = 0.0,
+        presence_penalty: float = 0.0,
+        tfs_z: float = 1.0,
+        mirostat_mode: int = 0,
+        mirostat_eta: float = 0.1,
+        mirostat_tau: float = 5.0,
+        penalize_nl: bool = True,
+        logits_processor: LogitsProcessor | Sequence[LogitsProcessor] | None = None,
+        grammar: Any = None,
+        idx: int | None = None,
+    ) -> int:
+        """A token sampled from the last evaluated position's logits (idx: another's, with logits_all), as
+        llama_cpp.Llama.sample outside generate(): its penalties have no history. penalize_nl is taken and unused
+        (llama.cpp's sampler no longer reads it either)."""
+        sampler = self._token_sampler(top_k=top_k, top_p=top_p, min_p=min_p, typical_p=typical_p, temp=temp,
+                                      repeat_penalty=repeat_penalty, frequency_penalty=frequency_penalty,
+                                      presence_penalty=presence_penalty, tfs_z=tfs_z, mirostat_mode=mirostat_mode,
+                                      grammar=grammar)  # fmt: skip
+        return self._sample_from(sampler, [], logits_processor, idx)
+
+    def generate(
+        self,
+        tokens: Sequence[int],
+        top_k: int = 40,
+        top_p: float = 0.95,
+        min_p: float = 0.05,
+        typical_p: float = 1.0,
+        temp: float = 0.80,
+        repeat_penalty: float = 1.0,
+        reset: bool = True,
+        frequency_penalty: float = 0.0,
+        presence_penalty: float = 0.0,
+        tfs_z: float = 1.0,
+        mirostat_mode: int = 0,
+        mirostat_tau: float = 5.0,
+        mirostat_eta: float = 0.1,
+        penalize_nl: bool = True,
+        logits_processor: LogitsProcessor | Sequence[LogitsProcessor] | None = None,
+        stopping_criteria: Callable[[np.ndarray, np.ndarray], bool] | None = None,
+        grammar: Any = None,
+    ) -> Generator[int, Sequence[int] | None, None]:
+        """Evaluates tokens and yields sampled tokens without end, as llama_cpp.Llama.generate: each yielded token
+        is evaluated when the next is asked for (send() adds tokens after it: a draft, checked position by position
+        against what sampling takes there, with logits_all); with reset, the longest prefix of tokens that is already
+        evaluated is kept (all of them, sampled from at once, where they are exactly the evaluated tokens), else
+        everything is evaluated anew. stopping_criteria(input_ids, logits) ends it when true. The penalties see the
+        tokens this call took."""
+        tokens = [int(t) for t in tokens]
+        if not tokens and (reset or self.n_tokens == 0):
+            raise ValueError("generate() needs tokens (none: reset=False, going on from the evaluated ones)")
+        sampler = self._token_sampler(top_k=top_k, top_p=top_p, min_p=min_p, typical_p=typical_p, temp=temp,
+                                      repeat_penalty=repeat_penalty, frequency_penalty=frequency_penalty,
+                                      presence_penalty=presence_penalty, tfs_z=tfs_z, mirostat_mode=mirostat_mode,
+                                      grammar=grammar)  # fmt: skip
+        return self._generate(tokens, sampler, reset, logits_processor, stopping_criteria)
+
+    def _generate(
+        self,
+        tokens: list[int],
+        sampler: Sampler,
+        reset: bool,
+        logits_processor: LogitsProcessor | Sequence[LogitsProcessor] | None,
+        stopping_criteria: Callable[[np.ndarray, np.ndarray], bool] | None,
+    ) -> Generator[int, Sequence[int] | None, None]:
+        if reset and self.n_tokens > 0:
+            kept = 0
+            for have, want in zip(self.input_ids[: self.n_tokens].tolist(), tokens, strict=False):
+                if have != want:
+                    break
+                kept += 1
+            if kept == len(tokens) == self.n_tokens and self._last_logits is not None:
+                reset, tokens = False, []  # all evaluated, its logits at hand: sampled from at once
+            else:
+                if kept == len(tokens):
+                    kept -= 1  # the last one evaluated again, for its logits
+                if kept > 0:
+                    reset, tokens, self.n_tokens = False, tokens[kept:], kept
+        if reset:
+            self.reset()
+        history: list[int] = []
+        sample_idx = self.n_tokens + len(tokens) - 1
+        while True:
+            self.eval(tokens)
+            while sample_idx < self.n_tokens:
+                token = self._sample_from(sampler, history, logits_processor, sample_idx)
+                sample_idx += 1
+                if stopping_criteria is not None and stopping_criteria(
+                    self.input_ids[:sample_idx], self._logits_at(sample_idx - 1)
+                ):
+                    return
+                sent = yield token
+                tokens = [token, *(int(t) for t in (() if sent is None else sent))]
+                if sample_idx < self.n_tokens and token != self.input_ids[sample_idx]:
+                    self.n_tokens = sample_idx  # the draft went another way from here: evaluated anew
+                    break
 
     # ---- completions -------------------------------------------------------------------------------
     def _sampling(
@@ -309,6 +490,8 @@ class Llama:
             self.set_seed(seed)
         if seed in (-1, LLAMA_DEFAULT_SEED):  # llama_cpp's random seed (-1 is the same as a uint32)
             seed = None
+        if temperature < 0.0:  # llama_cpp's: the whole distribution as it is (no truncation, temperature 1)
+            temperature, top_k, top_p, min_p = 1.0, 0, 1.0, 0.0
         return SamplingParams(
             temperature=temperature,
             top_k=top_k,
@@ -477,6 +660,7 @@ class Llama:
         self.input_ids[: len(tokens)] = tokens
         self.n_tokens = len(tokens)
         self._last_logits = None
+        self._scored[:] = False
 
     def __call__(self, prompt: str | list[int], **options: Any) -> dict | Iterator[dict]:
         return self.create_completion(prompt, **options)
