@@ -412,7 +412,7 @@ def test_token_loops_say_what_they_cannot_do(smollm2_path) -> None:
 
 def test_token_loops_keep_the_seed_and_what_is_evaluated(smollm2_path) -> None:
     """As llama_cpp's: a loop samples with the Llama's seed as it is (the same seed, the same tokens; later calls'
-    seeds unchanged), and evaluates only the tokens its sequence does not hold."""
+    seeds unchanged), and evaluates each new token once."""
     import turbosparse
 
     def fresh() -> turbosparse.Llama:
@@ -433,20 +433,24 @@ def test_token_loops_keep_the_seed_and_what_is_evaluated(smollm2_path) -> None:
     llm.eval(prompt)
     llm.sample(temp=0.9)
     assert llm("Roses are", max_tokens=8, temperature=0.9)["choices"][0]["text"] == alone
-    # evaluated tokens: a prompt once, then only what is new (a loop after a completion too)
-    text = llm.tokenize(b"The quick brown fox jumps over the lazy dog. " * 8)
-    llm.reset()
+    # evaluated tokens: with logits_all only what the sequence does not hold (a loop after a completion too); without
+    # it one token decodes, several are a prompt (kept in whole n_batch blocks: its logits never depend on the past)
+    scoring = turbosparse.Llama(str(smollm2_path), n_ctx=512, n_threads=N_THREADS, verbose=False, logits_all=True)
+    text = scoring.tokenize(b"The quick brown fox jumps over the lazy dog. " * 8)
 
-    def evaluated() -> int:
-        stats = llm.model.stats()
+    def evaluated(of: turbosparse.Llama) -> int:
+        stats = of.model.stats()
         return int(stats["prompt_tokens"]) + int(stats["decode_tokens"])
 
-    before = evaluated()
-    llm.eval(text)
-    llm.eval(text[1:11])
-    llm.eval(text[1:2])
-    assert evaluated() - before == len(text) + 11
-    llm.create_completion(text, max_tokens=4, temperature=0)
-    before = evaluated()
-    list(itertools.islice(llm.generate([*llm.input_ids[: llm.n_tokens].tolist(), 13], temp=0.0), 3))
-    assert evaluated() - before <= 4
+    before = evaluated(scoring)
+    scoring.eval(text)
+    scoring.eval(text[1:11])
+    scoring.eval(text[1:2])
+    assert evaluated(scoring) - before == len(text) + 11
+    scoring.create_completion(text, max_tokens=4, temperature=0)
+    before = evaluated(scoring)
+    list(itertools.islice(scoring.generate([*scoring.input_ids[: scoring.n_tokens].tolist(), 13], temp=0.0), 3))
+    assert evaluated(scoring) - before <= 4
+    before = evaluated(llm)
+    list(itertools.islice(llm.generate(text, temp=0.0), 6))
+    assert evaluated(llm) - before == len(text) + 5

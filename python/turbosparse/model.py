@@ -283,10 +283,12 @@ class Model:
 
     def evaluate(self, user: object, tokens: Sequence[int], *, logits_from: int | None = None) -> np.ndarray:
         """Logits after tokens, evaluated in user's sequence (any object that can be weakly referenced, e.g. a
-        Llama), as llama.cpp's eval: the tokens the sequence holds stay, however they were computed, and only the
-        others are evaluated. When that is only the last, it decodes (sparse FFN); otherwise they are a prompt (dense
-        FFN). Returns the last token's logits [n_vocab]; with logits_from, the rows of tokens[logits_from:]
-        [len(tokens) - logits_from, n_vocab], the new ones computed as decoding computes them."""
+        Llama). When the sequence holds all of them but the last, that one decodes (sparse FFN); otherwise they are
+        a prompt (dense FFN, keeping what the sequence may reuse: whole n_batch blocks of a prompt evaluation, so that
+        a prompt's logits never depend on what ran before). Returns the last token's logits [n_vocab]; with
+        logits_from, the rows of tokens[logits_from:] [len(tokens) - logits_from, n_vocab], computed as decoding
+        computes them over whatever the sequence holds before them (as llama.cpp's eval: a token loop evaluates only
+        its new tokens)."""
         tokens = list(tokens)
         if not tokens:
             raise InvalidArgumentError("nothing to evaluate")
@@ -299,7 +301,7 @@ class Model:
             if logits_from is None and kept and seq.continues(tokens):  # one more token: decode it
                 return self._evaluate(seq, tokens, len(tokens) - 1, dense_ffn=False, logits_all=False).copy()
             if logits_from is None:
-                return self._prompt(seq, tokens, any_prefix=True).copy()
+                return self._prompt(seq, tokens).copy()
             keep = self._ctx.keepable(min(self._reusable(seq, tokens, any_prefix=True), logits_from), seq.index)
             dense = self.sparse_mode == SparseMode.OFF  # every row as decoding computes it
             logits = self._evaluate(seq, tokens, keep, dense_ffn=dense, logits_all=True)
