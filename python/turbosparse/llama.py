@@ -34,7 +34,7 @@ from turbosparse.grammar import Grammar
 from turbosparse.logprobs import check_top_count
 from turbosparse.logprobs import prompt_text as prompt_text_of
 from turbosparse.model import Model, SparseName
-from turbosparse.sampling import Sampler, SamplingParams
+from turbosparse.sampling import Sampler, SamplingParams, check_logits
 from turbosparse.tool_calls import ToolUse, functions_as_tools
 
 logger = logging.getLogger(__name__)
@@ -326,8 +326,7 @@ class Llama:
         logits = self._logits_at(idx)
         if logits_processor is not None:
             logits = np.array(logits, dtype=np.float32)
-            if not np.isfinite(logits).all():  # the model's own: the sampler says what is wrong
-                sampler.sample(logits)
+            check_logits(logits)  # the model's own, before a processor's -inf bans
             # llama_cpp runs the processors of a list (a LogitsProcessorList is one) in turn
             chain = [logits_processor] if not isinstance(logits_processor, Sequence) else logits_processor
             for processor in chain:

@@ -93,6 +93,16 @@ def _best(logits: np.ndarray, k: int) -> np.ndarray:
     return _best_first(logits, above if above.size >= k else np.arange(logits.size))[:k]
 
 
+def check_logits(logits: np.ndarray) -> None:
+    """Raises EvalError where a model's logits hold a value that is not finite."""
+    bad = np.flatnonzero(~np.isfinite(logits))
+    if bad.size:
+        raise EvalError(
+            f"the logits hold {logits[bad[0]]} (token {int(bad[0])} first): the model's weights or its computation "
+            "overflowed or produced values that are not numbers"
+        )
+
+
 class Sampler:
     """Picks the next token from a logits vector; holds the random generator of one generation, and the state of its
     grammar (which the caller moves on with each token taken)."""
@@ -190,12 +200,7 @@ class Sampler:
 
     def sample(self, logits: np.ndarray, history: Sequence[int] = ()) -> int:
         logits = np.asarray(logits, dtype=np.float32)
-        bad = np.flatnonzero(~np.isfinite(logits))
-        if bad.size:
-            raise EvalError(
-                f"the logits hold {logits[bad[0]]} (token {int(bad[0])} first): the model's weights or its computation "
-                "overflowed or produced values that are not numbers"
-            )
+        check_logits(logits)
         logits = self._penalize(self._biased(logits), history)
         if self._grammar is None:
             return self._pick(logits)
