@@ -4,6 +4,7 @@
  */
 #include "axpy_rows.h"
 #include "axpy_q4_k_coefs.h"
+#include "axpy_q8_0_sums.h"
 #include "axpy_split_coefs.h"
 #include "axpy_tile_driver.h"
 #include "q4_k_split.h"
@@ -155,11 +156,7 @@ static inline void int_unit_q8_0(const uint8_t *const *r, size_t at, const int_c
         acc[2] = _mm256_add_epi32(acc[2], _mm256_madd_epi16(_mm256_unpacklo_epi16(hi[0], hi[1]), one));
         acc[3] = _mm256_add_epi32(acc[3], _mm256_madd_epi16(_mm256_unpackhi_epi16(hi[0], hi[1]), one));
     }
-    const __m256 zero = _mm256_setzero_ps();
-    add_scaled(o, _mm256_permute2x128_si256(acc[0], acc[1], 0x20), q->scale, zero);
-    add_scaled(o + 8, _mm256_permute2x128_si256(acc[2], acc[3], 0x20), q->scale, zero);
-    add_scaled(o + 16, _mm256_permute2x128_si256(acc[0], acc[1], 0x31), q->scale, zero);
-    add_scaled(o + 24, _mm256_permute2x128_si256(acc[2], acc[3], 0x31), q->scale, zero);
+    ts_add_q8_0_sums(o, acc, q->scale);
 }
 
 /* 8 rows' fp16 values at byte `at` of each row (a block's scale) as floats */

@@ -13,6 +13,7 @@
 #include "axpy_rows.h"
 
 #include "axpy_q4_k_coefs.h"
+#include "axpy_q8_0_sums.h"
 #include "axpy_split_coefs.h"
 #include "axpy_tile_driver.h"
 #include "q4_k_split.h"
@@ -184,15 +185,10 @@ static inline int q8_0_coefs(const uint8_t *const *r, const float *a, size_t at,
     return 1;
 }
 
-/* o[0, 8) += s * v for 8 int32 v (the AVX2 kernel's add_scaled, its + 0 included: the same outputs) */
-static inline void add_scaled8(float *o, __m256i v, __m256 s) {
-    const __m256 x = _mm256_fmadd_ps(_mm256_cvtepi32_ps(v), s, _mm256_loadu_ps(o));
-    _mm256_storeu_ps(o, _mm256_add_ps(x, _mm256_setzero_ps()));
-}
-
 /*
  * One unit (codes at byte `at` of each row): S * sum_r k_r * code_r into o[0, 32). Within each 128-bit lane L of a
- * half, the byte interleaves give sums[x] columns 16 L + 4 x .. 16 L + 4 x + 3, the AVX2 kernel's order.
+ * half, the byte interleaves give sums[x] columns 16 L + 4 x .. 16 L + 4 x + 3, the AVX2 kernel's order
+ * (axpy_q8_0_sums.h).
  */
 static inline void unit_q8_0(const uint8_t *const *r, size_t at, const q8_coefs *q, float *o) {
     const __m512i offset = _mm512_set1_epi8((char)0x80);
@@ -216,10 +212,7 @@ static inline void unit_q8_0(const uint8_t *const *r, size_t at, const q8_coefs 
     for (int x = 0; x < 4; x++) {
         s[x] = _mm256_add_epi32(_mm512_castsi512_si256(sums[x]), _mm512_extracti64x4_epi64(sums[x], 1));
     }
-    add_scaled8(o, _mm256_permute2x128_si256(s[0], s[1], 0x20), q->scale);
-    add_scaled8(o + 8, _mm256_permute2x128_si256(s[2], s[3], 0x20), q->scale);
-    add_scaled8(o + 16, _mm256_permute2x128_si256(s[0], s[1], 0x31), q->scale);
-    add_scaled8(o + 24, _mm256_permute2x128_si256(s[2], s[3], 0x31), q->scale);
+    ts_add_q8_0_sums(o, s, q->scale);
 }
 
 static void add_group_q8_0(const uint8_t *const *r, const float *a, int64_t n_units, float *o,
