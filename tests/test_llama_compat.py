@@ -45,6 +45,7 @@ def llama_script(Llama: Any, path: str) -> dict[str, Any]:
     out["bias"] = llm("The capital of France is", max_tokens=4, temperature=0, logit_bias={paris: -100.0})
     # penalties count the generated tokens only (llama_cpp's sampler sees what it sampled): the prompt's numbers stay
     out["penalized"] = llm("1, 2, 3, 4, 5, 6,", max_tokens=16, temperature=0, repeat_penalty=1.3)
+    out.update(completion_hooks(llm, messages))
     out["seeded"] = [llm("Roses are", max_tokens=8, temperature=0.9, seed=3)["choices"][0]["text"] for _ in range(2)]
     out["random_seed"] = llm("Roses are", max_tokens=2, temperature=0.9, seed=-1)  # llama_cpp's "pick one"
     llm.create_completion("Water boils at", max_tokens=4, temperature=0)  # what a completion leaves evaluated
@@ -54,6 +55,14 @@ def llama_script(Llama: Any, path: str) -> dict[str, Any]:
     tokens = llm.tokenize(b"Hello world", add_bos=True)
     out["tokens"] = tokens
     out["text"] = llm.detokenize(tokens)
+    tokenizer = llm.tokenizer()  # tokenize and encode parse special tokens by default there
+    out["tokenizer"] = (
+        tokenizer.tokenize(b"Hi<|im_end|> there"),
+        tokenizer.encode("Hi<|im_end|> there", add_bos=False),
+        tokenizer.encode("Hi<|im_end|>", special=False),
+        tokenizer.detokenize(tokens),
+        tokenizer.decode([*tokens, llm.token_eos()]),
+    )
     out["special"] = (llm.token_bos(), llm.token_eos(), llm.n_ctx())
     llm.reset()
     llm.eval(llm.tokenize(b"To be, or not to be"))
@@ -61,6 +70,37 @@ def llama_script(Llama: Any, path: str) -> dict[str, Any]:
     out["scores"] = np.array(llm.scores[: llm.n_tokens])
     out["n_tokens"] = llm.n_tokens
     out["token_loops"] = token_loops(llm, drafts=True)
+    return out
+
+
+def completion_hooks(llm: Any, messages: list[dict[str, str]]) -> dict[str, Any]:
+    """Logits processors and stopping criteria in the completion methods (as outlines and other libraries use
+    them): a processor banning the greedy answer's words in place, one reading the evaluated ids, criteria on the
+    ids; plain, streamed and in a chat."""
+    out: dict[str, Any] = {}
+    paris = llm.tokenize(b" Paris", add_bos=False)[0]
+
+    def no_paris(input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        scores[paris] = -np.inf  # in place, as many processors write it
+        return scores
+
+    def no_repeat(input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        banned = np.array(scores)
+        banned[input_ids[-1]] = -np.inf
+        return banned
+
+    prompt = "The capital of France is"
+    n_prompt = len(llm.tokenize(prompt.encode()))
+    processors = LogitsProcessorList([no_paris, no_repeat])
+    out["processed_call"] = llm(prompt, max_tokens=8, temperature=0, logits_processor=processors)
+    out["processed_logprobs"] = llm(prompt, max_tokens=3, temperature=0, logprobs=2, logits_processor=processors)
+    four = StoppingCriteriaList([lambda ids, logits: len(ids) >= n_prompt + 4])
+    out["stopped_call"] = llm(prompt, max_tokens=12, temperature=0, stopping_criteria=four)
+    out["stopped_stream"] = list(llm(prompt, max_tokens=12, temperature=0, stopping_criteria=four, stream=True))
+    out["stopped_by_length"] = llm(prompt, max_tokens=3, temperature=0, stopping_criteria=four)
+    out["processed_chat"] = llm.create_chat_completion(
+        messages, max_tokens=10, temperature=0, logits_processor=LogitsProcessorList([no_repeat])
+    )
     return out
 
 
@@ -150,10 +190,12 @@ def test_same_structures(both) -> None:
 
 def test_same_greedy_text_and_usage(both) -> None:
     theirs, ours = both
-    for key in ("call", "echo", "token_prompt", "grammar", "bias", "penalized"):
+    completions = ("call", "echo", "token_prompt", "grammar", "bias", "penalized", "processed_call", "stopped_call")
+    for key in (*completions, "stopped_by_length"):
         assert ours[key]["choices"][0]["text"] == theirs[key]["choices"][0]["text"], key
         assert ours[key]["usage"] == theirs[key]["usage"], key
-    for key in ("chat", "json_chat", "schema_chat"):
+        assert ours[key]["choices"][0]["finish_reason"] == theirs[key]["choices"][0]["finish_reason"], key
+    for key in ("chat", "json_chat", "schema_chat", "processed_chat"):
         assert ours[key]["choices"][0]["message"] == theirs[key]["choices"][0]["message"], key
         assert ours[key]["usage"] == theirs[key]["usage"], key
     assert json.loads(ours["schema_chat"]["choices"][0]["message"]["content"]).keys() == {"name", "legs"}
@@ -165,6 +207,15 @@ def test_same_greedy_text_and_usage(both) -> None:
         return "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
 
     assert joined(ours["completion_stream"], "text") == joined(theirs["completion_stream"], "text")
+    assert joined(ours["stopped_stream"], "text") == ours["stopped_call"]["choices"][0]["text"]
+    assert joined(ours["stopped_stream"], "text") == joined(theirs["stopped_stream"], "text")
+    assert ours["stopped_stream"][-1]["choices"][0]["finish_reason"] == "stop"
+    # the hooks changed something: no " Paris", no token twice in a row; four tokens, ended by the criterion
+    processed = ours["processed_call"]["choices"][0]["text"]
+    assert "Paris" in ours["call"]["choices"][0]["text"] and "Paris" not in processed
+    assert ours["stopped_call"]["usage"]["completion_tokens"] == 4
+    assert ours["stopped_call"]["choices"][0]["finish_reason"] == "stop"
+    assert ours["stopped_by_length"]["choices"][0]["finish_reason"] == "length"
     assert joined(ours["chat_stream"], "delta") == joined(theirs["chat_stream"], "delta")
     assert joined(ours["chat_stream"], "delta") == ours["chat"]["choices"][0]["message"]["content"]
 
@@ -179,7 +230,9 @@ def test_same_logprobs(both) -> None:
         return {key: [v for p in parts for v in p[key]] for key in ("tokens", "text_offset", "token_logprobs")}
 
     pairs = [(theirs["logprobs"]["choices"][0]["logprobs"], ours["logprobs"]["choices"][0]["logprobs"]),
-             (streamed(theirs["logprobs_stream"]), streamed(ours["logprobs_stream"]))]  # fmt: skip
+             (streamed(theirs["logprobs_stream"]), streamed(ours["logprobs_stream"])),
+             (theirs["processed_logprobs"]["choices"][0]["logprobs"],  # the model's, not the processors'
+              ours["processed_logprobs"]["choices"][0]["logprobs"])]  # fmt: skip
     for a, b in pairs:
         assert b["tokens"] == a["tokens"] and b["text_offset"] == a["text_offset"]
         np.testing.assert_allclose(b["token_logprobs"], a["token_logprobs"], atol=2e-3)
@@ -191,6 +244,7 @@ def test_same_logprobs(both) -> None:
 def test_same_tokens_and_close_logits(both) -> None:
     theirs, ours = both
     assert ours["tokens"] == theirs["tokens"] and ours["text"] == theirs["text"]
+    assert ours["tokenizer"] == theirs["tokenizer"]
     assert ours["special"] == theirs["special"]
     assert ours["n_tokens"] == theirs["n_tokens"]
     assert ours["after_completion"] == theirs["after_completion"]
@@ -454,3 +508,42 @@ def test_token_loops_keep_the_seed_and_what_is_evaluated(smollm2_path) -> None:
     before = evaluated(llm)
     list(itertools.islice(llm.generate(text, temp=0.0), 6))
     assert evaluated(llm) - before == len(text) + 5
+
+
+def test_completion_hooks_with_bias_grammar_and_errors(smollm2_path) -> None:
+    """Processors in completions: applied together with a logit_bias (llama-cpp-python 0.3.36 drops both there:
+    its list's extend() returns None) and under a grammar; a processor's error or bad output reaches the caller,
+    and the Llama goes on working."""
+    import turbosparse
+
+    llm = turbosparse.Llama(str(smollm2_path), n_ctx=256, n_threads=N_THREADS, verbose=False)
+    prompt = "The capital of France is"
+    paris, the = (llm.tokenize(text, add_bos=False)[0] for text in (b" Paris", b" the"))
+    greedy = llm(prompt, max_tokens=4, temperature=0)["choices"][0]["text"]
+    assert greedy.startswith(" Paris")
+
+    def no_paris(input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        return np.where(np.arange(scores.size) == paris, -np.inf, scores)
+
+    both = llm(prompt, max_tokens=4, temperature=0, logits_processor=[no_paris], logit_bias={the: -100.0})
+    alone = llm(prompt, max_tokens=4, temperature=0, logits_processor=[no_paris])
+    for out in (both, alone):
+        assert "Paris" not in out["choices"][0]["text"]
+    assert alone["choices"][0]["text"].startswith(" the") and not both["choices"][0]["text"].startswith(" the")
+    yes_no = turbosparse.Grammar('root ::= " yes" | " no"')
+    constrained = llm("Is Paris in France?", max_tokens=4, temperature=0, grammar=yes_no, logits_processor=no_paris)
+    assert constrained["choices"][0]["text"] in (" yes", " no")
+
+    def failing(input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        raise RuntimeError("processor failed")
+
+    def failing_criterion(input_ids: np.ndarray, logits: np.ndarray) -> bool:
+        raise RuntimeError("criterion failed")
+
+    with pytest.raises(RuntimeError, match="processor failed"):
+        llm(prompt, max_tokens=4, temperature=0, logits_processor=failing)
+    with pytest.raises(ValueError, match="must return 49152 scores"):
+        llm.create_chat_completion([{"role": "user", "content": "Hi"}], logits_processor=lambda ids, s: s[:3])
+    with pytest.raises(RuntimeError, match="criterion failed"):
+        llm(prompt, max_tokens=4, stopping_criteria=failing_criterion)
+    assert llm(prompt, max_tokens=4, temperature=0)["choices"][0]["text"] == greedy

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -17,6 +17,10 @@ from turbosparse.sampling import Sampler, SamplingParams
 from turbosparse.tokenizer import Tokenizer
 
 FinishReason = Literal["stop", "length"]
+# (the evaluated token ids, the logits after them) -> the logits to sample from: llama_cpp's logits processors
+LogitsHook = Callable[[np.ndarray, np.ndarray], np.ndarray]
+# (the evaluated token ids, the logits after them) -> whether to end there: llama_cpp's stopping criteria
+StopHook = Callable[[np.ndarray, np.ndarray], bool]
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +80,11 @@ class Generation:
     score_prompt, the prompt's tokens are scored too (prompt_logprobs), from the logits of every prompt position
     computed as decoding would compute them (scored_prompt), also when max_tokens is 0. grammar: the generated text
     follows it (llama.cpp's GBNF engine); the generation ends where it is complete, or where it allows no token of the
-    vocabulary or takes llama.cpp over grammar_engine.STEP_TIMEOUT_S to match a token (a warning says so)."""
+    vocabulary or takes llama.cpp over grammar_engine.STEP_TIMEOUT_S to match a token (a warning says so).
+    logits_processor: each step samples from what it makes of (the evaluated token ids, the logits), which it must not
+    change in place; the penalties, logit_bias and grammar apply after it, the log-probabilities are the model's.
+    stopping_criteria: checked with the same two after each sampling, as llama_cpp's completions: where true the
+    generation ends ("stop") without the token just sampled."""
 
     def __init__(
         self,
@@ -92,6 +100,8 @@ class Generation:
         grammar: Grammar | None = None,
         cache_prompt: bool = False,
         shown_tokens: frozenset[int] = frozenset(),
+        logits_processor: LogitsHook | None = None,
+        stopping_criteria: StopHook | None = None,
     ) -> None:
         prompt = list(prompt_tokens)
         if not prompt:
@@ -126,6 +136,8 @@ class Generation:
         self._tokenizer = tokenizer
         self._grammar = grammar.start(tokenizer) if grammar is not None else None
         self._sampler = Sampler(sampling, self._grammar)
+        self._logits_processor = logits_processor
+        self._stopping_criteria = stopping_criteria
         self._detokenizer = tokenizer.detokenizer(shown=shown_tokens)
         self._scanner = StopScanner(tuple(s for s in stop if s))
         self.logprobs = logprobs
@@ -196,7 +208,13 @@ class Generation:
             raise RuntimeError("the generation has finished")
         try:
             history = self.tokens if self._sampler.params.penalize_prompt else self.tokens[self.n_prompt :]
-            token = self._sampler.sample(logits, history)
+            chosen = logits
+            if self._logits_processor is not None:
+                chosen = self._logits_processor(self._evaluated_ids(), logits)
+            token = self._sampler.sample(chosen, history)
+            if self._stopping_criteria is not None and self._stopping_criteria(self._evaluated_ids(), logits):
+                self.finish_reason = "stop"
+                return self._flush()
             end = self._tokenizer.is_end_of_generation(token)
             if self._grammar is not None and not end:
                 self._grammar.accept(token)
@@ -222,6 +240,10 @@ class Generation:
             self.ended_on_new_token = True
             return text + self._flush()
         return text
+
+    def _evaluated_ids(self) -> np.ndarray:
+        """The tokens a step's logits follow (every one of self.tokens), as llama_cpp's hooks get them."""
+        return np.asarray(self.tokens, dtype=np.intc)
 
     def _flush(self) -> str:
         return self._scanner.feed(self._detokenizer.flush()) + self._scanner.finish()

@@ -4,10 +4,10 @@ llama-cpp-python runs with one import changed. Same constructor names, methods a
 Grammars (llama_cpp.LlamaGrammar, turbosparse.Grammar or GBNF text), JSON response formats (json_object, with or
 without a schema, and OpenAI's json_schema) and logit_bias work as there; tools as the server's (tool_calls.py: calls
 read in the template's own syntax, also for tool_choice "auto"); with embedding=True, embed and create_embedding
-(embeddings.py's pooling); token by token, generate and sample, with logits processors and stopping criteria. Not
-supported (a ValueError says so when asked for): suffix / infill, logits processors and stopping criteria in the
-completion methods, typical_p, tfs_z, mirostat, chat formats other than the file's template and "chatml", GPU offload
-(n_gpu_layers is accepted and ignored: the engine runs on the CPU)."""
+(embeddings.py's pooling); token by token, generate and sample; logits processors and stopping criteria there and
+in the completion methods; tokenizer(). Not supported (a ValueError says so when asked for): suffix / infill,
+typical_p, tfs_z, mirostat, chat formats other than the file's template and "chatml", GPU offload (n_gpu_layers is
+accepted and ignored: the engine runs on the CPU)."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from turbosparse.completions import (
     usage,
 )
 from turbosparse.embeddings import Pooling, pooling_named
-from turbosparse.generation import Generation
+from turbosparse.generation import Generation, LogitsHook, StopHook
 from turbosparse.grammar import Grammar
 from turbosparse.logprobs import check_top_count
 from turbosparse.logprobs import prompt_text as prompt_text_of
@@ -98,6 +98,39 @@ def _grammar(grammar: Any, response_format: dict[str, Any] | None = None) -> Gra
     return Grammar(text, root)
 
 
+def _processor_chain(
+    logits_processor: LogitsProcessor | Sequence[LogitsProcessor] | None, n_vocab: int
+) -> LogitsHook | None:
+    """llama_cpp's logits processors as one hook (None for none): each gets the evaluated ids and the scores and
+    returns new scores, in turn (a list, e.g. a LogitsProcessorList, runs its processors in order); -inf bans a token.
+    The model's logits are checked first (a processor's bans are not an error) and copied, so that a processor
+    changing its input in place leaves them as they are."""
+    if logits_processor is None:
+        return None
+    chain = [logits_processor] if not isinstance(logits_processor, Sequence) else list(logits_processor)
+
+    def processed(input_ids: np.ndarray, logits: np.ndarray) -> np.ndarray:
+        check_logits(logits)
+        scores = np.array(logits, dtype=np.float32)
+        for processor in chain:
+            scores = np.asarray(processor(input_ids, scores), dtype=np.float32)
+            if scores.shape != (n_vocab,) or np.isnan(scores).any() or np.isposinf(scores).any():
+                shape = scores.shape
+                raise ValueError(f"logits_processor must return {n_vocab} scores without NaN or +inf, not {shape}")
+        return np.maximum(scores, -_FLOAT32_MAX)  # a ban's -inf: a probability of exactly 0
+
+    return processed
+
+
+def _any_criterion(stopping_criteria: StopHook | Sequence[StopHook] | None) -> StopHook | None:
+    """llama_cpp's stopping criteria as one (None for none): a list, e.g. a StoppingCriteriaList, stops where any
+    of its criteria says so (each of them asked every time, as there)."""
+    if stopping_criteria is None or not isinstance(stopping_criteria, Sequence):
+        return stopping_criteria
+    criteria = list(stopping_criteria)
+    return lambda input_ids, logits: any([bool(c(input_ids, logits)) for c in criteria])
+
+
 def _logit_bias(bias: dict[Any, Any] | None) -> dict[int, float] | None:
     """llama_cpp's reading of logit_bias: keys as ints (JSON gives strings), values as floats."""
     return None if bias is None else {int(token): float(value) for token, value in bias.items()}
@@ -111,6 +144,28 @@ def _cache_type_named(type_id: int | None, what: str) -> str:
     if type_id not in names:
         raise ValueError(f"{what}={type_id} is no KV cache type turbosparse takes ({', '.join(map(str, names))})")
     return names[type_id]
+
+
+class LlamaTokenizer:
+    """llama_cpp's LlamaTokenizer (what Llama.tokenizer() returns): the Llama's tokenize and detokenize, and str
+    forms of them; as there, tokenize and encode parse special tokens by default."""
+
+    def __init__(self, llama: Llama) -> None:
+        self._llama = llama
+
+    def tokenize(self, text: bytes, add_bos: bool = True, special: bool = True) -> list[int]:
+        return self._llama.tokenize(text, add_bos=add_bos, special=special)
+
+    def detokenize(
+        self, tokens: Sequence[int], prev_tokens: Sequence[int] | None = None, special: bool = False
+    ) -> bytes:
+        return self._llama.detokenize(tokens, prev_tokens=prev_tokens, special=special)
+
+    def encode(self, text: str, add_bos: bool = True, special: bool = True) -> list[int]:
+        return self.tokenize(text.encode("utf-8", errors="ignore"), add_bos=add_bos, special=special)
+
+    def decode(self, tokens: Sequence[int]) -> str:
+        return self.detokenize(tokens).decode("utf-8", errors="ignore")
 
 
 class Llama:
@@ -189,6 +244,7 @@ class Llama:
             raise ValueError(f"chat_format={chat_format!r} is not supported: None (the file's template) or 'chatml'")
         self.chat_format = chat_format
         self.metadata: dict[str, str] = self._model.tokenizer.all_metadata()  # as llama_cpp's: the file's keys
+        self.tokenizer_ = LlamaTokenizer(self)  # llama_cpp's attribute, which some libraries read
         # embed()'s pooling (None: embed() refused): the file's, or as pooling_type says (llama.cpp's numbers)
         self._pooling: Pooling | None = None
         if embedding:
@@ -244,6 +300,10 @@ class Llama:
         return self._model.tokenizer.newline
 
     # ---- tokens -------------------------------------------------------------------------------------
+    def tokenizer(self) -> LlamaTokenizer:
+        """llama_cpp's tokenizer object for this model (tokenize / detokenize / encode / decode)."""
+        return self.tokenizer_
+
     def tokenize(self, text: bytes, add_bos: bool = True, special: bool = False) -> list[int]:
         return self._model.tokenizer.tokenize(text, add_bos=add_bos, special=special)
 
@@ -324,18 +384,9 @@ class Llama:
         evaluated ids and the scores, giving new scores; -inf bans a token), its penalties over history (the tokens
         this sampler took, as llama.cpp's sampler counts them), which the token then joins."""
         logits = self._logits_at(idx)
-        if logits_processor is not None:
-            logits = np.array(logits, dtype=np.float32)
-            check_logits(logits)  # the model's own, before a processor's -inf bans
-            # llama_cpp runs the processors of a list (a LogitsProcessorList is one) in turn
-            chain = [logits_processor] if not isinstance(logits_processor, Sequence) else logits_processor
-            for processor in chain:
-                logits = np.asarray(processor(self.input_ids[: self.n_tokens], logits), dtype=np.float32)
-                if logits.shape != (self.n_vocab(),) or np.isnan(logits).any() or np.isposinf(logits).any():
-                    raise ValueError(
-                        f"logits_processor must return {self.n_vocab()} scores without NaN or +inf, not {logits.shape}"
-                    )
-            logits = np.maximum(logits, -_FLOAT32_MAX)  # a ban's -inf: a probability of exactly 0
+        processed = _processor_chain(logits_processor, self.n_vocab())
+        if processed is not None:
+            logits = processed(self.input_ids[: self.n_tokens], logits)
         token = sampler.sample(logits, history)
         history.append(token)
         return token
@@ -410,7 +461,7 @@ class Llama:
         mirostat_eta: float = 0.1,
         penalize_nl: bool = True,
         logits_processor: LogitsProcessor | Sequence[LogitsProcessor] | None = None,
-        stopping_criteria: Callable[[np.ndarray, np.ndarray], bool] | None = None,
+        stopping_criteria: StopHook | Sequence[StopHook] | None = None,
         grammar: Any = None,
     ) -> Generator[int, Sequence[int] | None, None]:
         """Evaluates tokens and yields sampled tokens without end, as llama_cpp.Llama.generate: each yielded token
@@ -426,7 +477,7 @@ class Llama:
                                       repeat_penalty=repeat_penalty, frequency_penalty=frequency_penalty,
                                       presence_penalty=presence_penalty, tfs_z=tfs_z, mirostat_mode=mirostat_mode,
                                       grammar=grammar)  # fmt: skip
-        return self._generate(tokens, sampler, reset, logits_processor, stopping_criteria)
+        return self._generate(tokens, sampler, reset, logits_processor, _any_criterion(stopping_criteria))
 
     def _generate(
         self,
@@ -434,7 +485,7 @@ class Llama:
         sampler: Sampler,
         reset: bool,
         logits_processor: LogitsProcessor | Sequence[LogitsProcessor] | None,
-        stopping_criteria: Callable[[np.ndarray, np.ndarray], bool] | None,
+        stopping_criteria: StopHook | None,
     ) -> Generator[int, Sequence[int] | None, None]:
         if reset and self.n_tokens > 0:
             kept = 0
@@ -515,6 +566,8 @@ class Llama:
         score_prompt: bool = False,
         grammar: Grammar | None = None,
         shown_tokens: frozenset[int] = frozenset(),
+        logits_processor: LogitsProcessor | Sequence[LogitsProcessor] | None = None,
+        stopping_criteria: StopHook | Sequence[StopHook] | None = None,
     ) -> Generation:
         n_ctx = self._model.n_ctx
         if len(prompt_tokens) > n_ctx:
@@ -532,6 +585,8 @@ class Llama:
             grammar=grammar,
             cache_prompt=True,  # as llama_cpp.Llama: the longest prefix its cache holds, generated tokens too
             shown_tokens=shown_tokens,
+            logits_processor=_processor_chain(logits_processor, self.n_vocab()),
+            stopping_criteria=_any_criterion(stopping_criteria),
         )
 
     def create_completion(
@@ -557,8 +612,8 @@ class Llama:
         mirostat_tau: float = 5.0,
         mirostat_eta: float = 0.1,
         model: str | None = None,
-        stopping_criteria: Any = None,
-        logits_processor: Any = None,
+        stopping_criteria: StopHook | Sequence[StopHook] | None = None,
+        logits_processor: LogitsProcessor | Sequence[LogitsProcessor] | None = None,
         grammar: Any = None,
         logit_bias: dict[int, float] | None = None,
     ) -> dict | Iterator[dict]:
@@ -573,8 +628,6 @@ class Llama:
             typical_p=(typical_p, 1.0),
             tfs_z=(tfs_z, 1.0),
             mirostat_mode=(mirostat_mode, 0),
-            stopping_criteria=(stopping_criteria, None),
-            logits_processor=(logits_processor, None),
         )
         if isinstance(prompt, str):
             tokens = self.tokenize(prompt.encode("utf-8"), special=True) if prompt else [self.token_bos()]
@@ -594,7 +647,15 @@ class Llama:
             logit_bias=logit_bias,
         )
         gen = self._start(
-            tokens, max_tokens, sampling, stop, logprobs, echo and logprobs is not None, _grammar(grammar)
+            tokens,
+            max_tokens,
+            sampling,
+            stop,
+            logprobs,
+            echo and logprobs is not None,
+            _grammar(grammar),
+            logits_processor=logits_processor,
+            stopping_criteria=stopping_criteria,
         )
         meta = CompletionMeta.new("cmpl", model or self.model_path)
         chunks = TextCompletionChunks(self._model.tokenizer, meta, gen, prompt_text, echo=echo)
@@ -689,7 +750,7 @@ class Llama:
         mirostat_tau: float = 5.0,
         mirostat_eta: float = 0.1,
         model: str | None = None,
-        logits_processor: Any = None,
+        logits_processor: LogitsProcessor | Sequence[LogitsProcessor] | None = None,
         grammar: Any = None,
         logit_bias: dict[int, float] | None = None,
         logprobs: bool | None = None,
@@ -700,7 +761,6 @@ class Llama:
             typical_p=(typical_p, 1.0),
             tfs_z=(tfs_z, 1.0),
             mirostat_mode=(mirostat_mode, 0),
-            logits_processor=(logits_processor, None),
         )
         check_top_count(top_logprobs, "top_logprobs")
         sampling = self._sampling(
@@ -731,6 +791,7 @@ class Llama:
             n_top,
             grammar=constraint,
             shown_tokens=tool_use.shown_tokens(self._model),
+            logits_processor=logits_processor,
         )
         meta = CompletionMeta.new("chatcmpl", model or self.model_path)
         chunks = ChatCompletionChunks(self._model.tokenizer, meta, gen, tools=tool_use)

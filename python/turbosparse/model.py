@@ -32,7 +32,7 @@ from turbosparse.errors import (
     ModelClosedError,
     ModelLoadError,
 )
-from turbosparse.generation import Generation, StepLogits
+from turbosparse.generation import Generation, LogitsHook, StepLogits, StopHook
 from turbosparse.grammar import Grammar
 from turbosparse.grammar_engine import close_engine
 from turbosparse.sampling import SamplingParams
@@ -389,6 +389,8 @@ class Model:
         grammar: Grammar | None = None,
         cache_prompt: bool = False,
         shown_tokens: frozenset[int] = frozenset(),
+        logits_processor: LogitsHook | None = None,
+        stopping_criteria: StopHook | None = None,
     ) -> Generation:
         """A generation after prompt_tokens, to advance with step(); raises ContextOverflowError when the prompt
         and max_tokens do not fit in a sequence. logprobs: keep each token's log-probability and that many
@@ -400,7 +402,9 @@ class Model:
         what is new), where by default only what a prompt evaluation computed is kept, in whole n_batch blocks, so
         that a request's answer never depends on what ran before it (with cache_prompt it can: the kept tokens'
         keys and values may come from decoding, whose kernels round otherwise and, in a sparse mode, skip FFN
-        rows). shown_tokens: special tokens whose text the generated text writes (a tool call's markers)."""
+        rows). shown_tokens: special tokens whose text the generated text writes (a tool call's markers).
+        logits_processor / stopping_criteria: llama_cpp's hooks, called with the evaluated token ids and each step's
+        logits (Generation)."""
         return Generation(
             self._tokenizer,
             prompt_tokens,
@@ -413,6 +417,8 @@ class Model:
             grammar=grammar,
             cache_prompt=cache_prompt,
             shown_tokens=shown_tokens,
+            logits_processor=logits_processor,
+            stopping_criteria=stopping_criteria,
         )
 
     def step(self, generations: Sequence[Generation]) -> list[str]:
