@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 from typing import Any
 
 import numpy as np
@@ -13,6 +14,7 @@ from llama_cpp import LogitsProcessorList, StoppingCriteriaList
 from llama_cpp.llama_grammar import LlamaGrammar
 
 N_THREADS = 2
+COLORS_GBNF = 'root ::= (" " [a-z]+ ",")+ " and " [a-z]+ "."'
 
 
 def llama_script(Llama: Any, path: str) -> dict[str, Any]:
@@ -32,7 +34,7 @@ def llama_script(Llama: Any, path: str) -> dict[str, Any]:
     out["chat"] = llm.create_chat_completion(messages, max_tokens=10, temperature=0)
     out["chat_stream"] = list(llm.create_chat_completion(messages, max_tokens=10, temperature=0, stream=True))
     # constrained: a GBNF grammar (llama_cpp's object), JSON mode, a JSON schema; a logit bias (keys as JSON has them)
-    colors = LlamaGrammar.from_string('root ::= (" " [a-z]+ ",")+ " and " [a-z]+ "."', verbose=False)
+    colors = LlamaGrammar.from_string(COLORS_GBNF, verbose=False)
     out["grammar"] = llm("The three primary colors are", max_tokens=24, temperature=0, grammar=colors)
     cat = [{"role": "user", "content": "Describe a cat as a JSON object."}]
     out["json_chat"] = llm.create_chat_completion(
@@ -130,6 +132,10 @@ def token_loops(llm: Any, drafts: bool) -> dict[str, Any]:
     out["penalized"] = list(itertools.islice(llm.generate(counting, temp=0.0, repeat_penalty=1.3), 16))
     three_more = StoppingCriteriaList([lambda ids, logits: len(ids) >= len(prompt) + 3])
     out["stopped"] = list(llm.generate(prompt, temp=0.0, stopping_criteria=three_more))
+    # a grammar, from its start: through its end (then only the end of text)
+    colors = LlamaGrammar.from_string(COLORS_GBNF, verbose=False)
+    primary = llm.tokenize(b"The three primary colors are")
+    out["grammar"] = list(itertools.islice(llm.generate(primary, temp=0.0, grammar=colors), 24))
     if drafts:  # sent after the first token, as a draft model's array: one right, one wrong token
         loop = llm.generate(prompt, temp=0.0)
         out["drafted"] = [
@@ -268,7 +274,7 @@ def loops_without_logits_all(smollm2_path) -> tuple[dict[str, Any], dict[str, An
     return loops(llama_cpp.Llama), loops(turbosparse.Llama)
 
 
-def test_same_token_loops(both, loops_without_logits_all) -> None:
+def test_same_token_loops(both, loops_without_logits_all, smollm2_path) -> None:
     theirs, ours = both
     assert ours["token_loops"] == theirs["token_loops"]
     assert loops_without_logits_all[1] == loops_without_logits_all[0]
@@ -277,6 +283,19 @@ def test_same_token_loops(both, loops_without_logits_all) -> None:
     assert loops["processed"] == [loops["greedy"][0]] * 3 and len(loops["stopped"]) == 3
     assert loops["processed_list"] == [loops["greedy"][0]] * 2 and loops["going_on"] == loops["greedy"][:2]
     assert loops["sampled"] == loops["greedy"][0] and loops["all_evaluated"] == loops["greedy"][:3]
+    import turbosparse
+
+    llm = turbosparse.Llama(str(smollm2_path), n_ctx=128, n_threads=N_THREADS, verbose=False)
+    end_of_text = {b"<|endoftext|>", b"<|im_end|>"}  # SmolLM2's end-of-generation tokens
+    pieces = [llm.detokenize([t], special=True) for t in loops["grammar"]]
+    first_end = next(i for i, piece in enumerate(pieces) if piece in end_of_text)
+    assert re.fullmatch(r"( [a-z]+,)+ and [a-z]+\.", b"".join(pieces[:first_end]).decode()), pieces
+    assert set(pieces[first_end:]) <= end_of_text, pieces  # complete: only the end of text
+    # sample() takes a grammar at its start (llama-cpp-python 0.3.36's sample() uses the last generate()'s sampler,
+    # whatever it is given, once a generate() or a completion has run: so not compared)
+    llm.eval(llm.tokenize(b"The three primary colors are"))
+    first = llm.sample(temp=0.0, grammar=LlamaGrammar.from_string(COLORS_GBNF, verbose=False))
+    assert llm.detokenize([first]).startswith(b" ") and first == loops["grammar"][0]
 
 
 def test_chat_content_parts_are_joined(smollm2_path) -> None:

@@ -4,10 +4,10 @@ llama-cpp-python runs with one import changed. Same constructor names, methods a
 Grammars (llama_cpp.LlamaGrammar, turbosparse.Grammar or GBNF text), JSON response formats (json_object, with or
 without a schema, and OpenAI's json_schema) and logit_bias work as there; tools as the server's (tool_calls.py: calls
 read in the template's own syntax, also for tool_choice "auto"); with embedding=True, embed and create_embedding
-(embeddings.py's pooling); token by token, generate and sample; logits processors and stopping criteria there and
-in the completion methods; tokenizer(). Not supported (a ValueError says so when asked for): suffix / infill,
-typical_p, tfs_z, mirostat, chat formats other than the file's template and "chatml", GPU offload (n_gpu_layers is
-accepted and ignored: the engine runs on the CPU)."""
+(embeddings.py's pooling); token by token, generate and sample (grammars too); logits processors and stopping
+criteria there and in the completion methods; tokenizer(). Not supported (a ValueError says so when asked for):
+suffix / infill, typical_p, tfs_z, mirostat, chat formats other than the file's template and "chatml", GPU offload
+(n_gpu_layers is accepted and ignored: the engine runs on the CPU)."""
 
 from __future__ import annotations
 
@@ -388,6 +388,8 @@ class Llama:
         if processed is not None:
             logits = processed(self.input_ids[: self.n_tokens], logits)
         token = sampler.sample(logits, history)
+        if sampler.grammar is not None and not self._model.tokenizer.is_end_of_generation(token):
+            sampler.grammar.accept(token)  # as llama.cpp's grammar sampler, which takes no end-of-generation token
         history.append(token)
         return token
 
@@ -406,14 +408,15 @@ class Llama:
         mirostat_mode: int,
         grammar: Any,
     ) -> Sampler:
-        """sample()'s and generate()'s sampler, from llama_cpp's arguments (what turbosparse lacks refused)."""
-        _refuse(
-            typical_p=(typical_p, 1.0), tfs_z=(tfs_z, 1.0), mirostat_mode=(mirostat_mode, 0), grammar=(grammar, None)
-        )
+        """sample()'s and generate()'s sampler, from llama_cpp's arguments (what turbosparse lacks refused); a
+        grammar (as the completions take it) starts at its beginning."""
+        _refuse(typical_p=(typical_p, 1.0), tfs_z=(tfs_z, 1.0), mirostat_mode=(mirostat_mode, 0))
+        constraint = _grammar(grammar)
         sampling = self._sampling(temperature=temp, top_k=top_k, top_p=top_p, min_p=min_p,
                                   repeat_penalty=repeat_penalty, frequency_penalty=frequency_penalty,
                                   presence_penalty=presence_penalty, seed=self._seed, logit_bias=None)  # fmt: skip
-        return Sampler(sampling)  # the Llama's seed as it is (llama_cpp's loops do not draw the next one)
+        state = constraint.start(self._model.tokenizer) if constraint is not None else None
+        return Sampler(sampling, state)  # the Llama's seed as it is (llama_cpp's loops do not draw the next one)
 
     def sample(
         self,
@@ -435,8 +438,8 @@ class Llama:
         idx: int | None = None,
     ) -> int:
         """A token sampled from the last evaluated position's logits (idx: another's, with logits_all), as
-        llama_cpp.Llama.sample outside generate(): its penalties have no history. penalize_nl is taken and unused
-        (llama.cpp's sampler no longer reads it either)."""
+        llama_cpp.Llama.sample outside generate(): its penalties have no history, a grammar is at its start.
+        penalize_nl is taken and unused (llama.cpp's sampler no longer reads it either)."""
         sampler = self._token_sampler(top_k=top_k, top_p=top_p, min_p=min_p, typical_p=typical_p, temp=temp,
                                       repeat_penalty=repeat_penalty, frequency_penalty=frequency_penalty,
                                       presence_penalty=presence_penalty, tfs_z=tfs_z, mirostat_mode=mirostat_mode,
@@ -469,7 +472,8 @@ class Llama:
         against what sampling takes there, with logits_all); with reset, the longest prefix of tokens that is already
         evaluated is kept (all of them, sampled from at once, where they are exactly the evaluated tokens), else
         everything is evaluated anew. stopping_criteria(input_ids, logits) ends it when true. The penalties see the
-        tokens this call took."""
+        tokens this call took; a grammar (as the completions take it) holds the tokens it yields from its start,
+        allowing end-of-generation tokens only where it is complete."""
         tokens = [int(t) for t in tokens]
         if not tokens and (reset or self.n_tokens == 0):
             raise ValueError("generate() needs tokens (none: reset=False, going on from the evaluated ones)")

@@ -116,6 +116,11 @@ class Sampler:
         self._bias_values = np.fromiter(bias.values(), dtype=np.float64, count=len(bias))
         self._banned = self._bias_ids[np.isneginf(self._bias_values)]  # -inf: never sampled, also under a grammar
 
+    @property
+    def grammar(self) -> GrammarState | None:
+        """The grammar's state, which the caller moves on with each token taken (None: no grammar)."""
+        return self._grammar
+
     def _biased(self, logits: np.ndarray) -> np.ndarray:
         if not self._bias_ids.size:
             return logits
