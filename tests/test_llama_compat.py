@@ -98,6 +98,7 @@ def completion_hooks(llm: Any, messages: list[dict[str, str]]) -> dict[str, Any]
     out["processed_logprobs"] = llm(prompt, max_tokens=3, temperature=0, logprobs=2, logits_processor=processors)
     four = StoppingCriteriaList([lambda ids, logits: len(ids) >= n_prompt + 4])
     out["stopped_call"] = llm(prompt, max_tokens=12, temperature=0, stopping_criteria=four)
+    out["after_stopped"] = llm.input_ids[: llm.n_tokens].tolist()  # every token the completion evaluated
     out["stopped_stream"] = list(llm(prompt, max_tokens=12, temperature=0, stopping_criteria=four, stream=True))
     out["stopped_by_length"] = llm(prompt, max_tokens=3, temperature=0, stopping_criteria=four)
     out["processed_chat"] = llm.create_chat_completion(
@@ -254,6 +255,7 @@ def test_same_tokens_and_close_logits(both) -> None:
     assert ours["special"] == theirs["special"]
     assert ours["n_tokens"] == theirs["n_tokens"]
     assert ours["after_completion"] == theirs["after_completion"]
+    assert ours["after_stopped"] == theirs["after_stopped"]
     assert ours["after_end_of_text"] == theirs["after_end_of_text"] and ours["after_end_of_text"][0] == "stop"
     assert ours["scores"].shape == theirs["scores"].shape
     assert (ours["scores"].argmax(-1) == theirs["scores"].argmax(-1)).all()
@@ -559,10 +561,50 @@ def test_completion_hooks_with_bias_grammar_and_errors(smollm2_path) -> None:
     def failing_criterion(input_ids: np.ndarray, logits: np.ndarray) -> bool:
         raise RuntimeError("criterion failed")
 
+    evaluated = llm.input_ids[: llm.n_tokens].tolist()
     with pytest.raises(RuntimeError, match="processor failed"):
         llm(prompt, max_tokens=4, temperature=0, logits_processor=failing)
+    assert llm.input_ids[: llm.n_tokens].tolist() == evaluated  # a completion that failed leaves them as they were
+    with pytest.raises(TypeError, match="logits_processor must be a callable"):
+        llm(prompt, logits_processor=[no_paris, "no"])
+    with pytest.raises(TypeError, match="stopping_criteria must be a callable"):
+        llm(prompt, stopping_criteria=3)
+    # a criterion gets the evaluated ids and the logits the next token is sampled from, which it cannot change
+    seen: list[tuple[int, int]] = []
+
+    def watch(input_ids: np.ndarray, logits: np.ndarray) -> bool:
+        with pytest.raises(ValueError, match="read-only"):
+            logits[0] = 0.0
+        seen.append((len(input_ids), int(np.argmax(logits))))
+        return False
+
+    watched = llm(prompt, max_tokens=3, temperature=0, stopping_criteria=watch)
+    n_prompt = len(llm.tokenize(prompt.encode()))
+    first_three = llm.tokenize(watched["choices"][0]["text"].encode(), add_bos=False)
+    assert seen == [(n_prompt + i, token) for i, token in enumerate(first_three)]
     with pytest.raises(ValueError, match="must return 49152 scores"):
         llm.create_chat_completion([{"role": "user", "content": "Hi"}], logits_processor=lambda ids, s: s[:3])
     with pytest.raises(RuntimeError, match="criterion failed"):
         llm(prompt, max_tokens=4, stopping_criteria=failing_criterion)
     assert llm(prompt, max_tokens=4, temperature=0)["choices"][0]["text"] == greedy
+
+
+def test_a_dropped_llama_frees_its_model(smollm2_path) -> None:
+    """No reference cycle through tokenizer_ or the hooks: dropping the Llama frees its model (weights, caches)
+    at once, not at the cyclic collector's next run."""
+    import gc
+    import weakref
+
+    import turbosparse
+
+    gc.disable()
+    try:
+        llm = turbosparse.Llama(str(smollm2_path), n_ctx=128, n_threads=N_THREADS, verbose=False)
+        llm("Hi", max_tokens=2, logits_processor=lambda ids, s: s, stopping_criteria=[lambda ids, logits: False])
+        tokenizer = llm.tokenizer()
+        model = weakref.ref(llm.model)
+        del llm
+        assert model() is None
+        assert tokenizer.encode("Hi", add_bos=False)  # its tokenizer outlives it, as llama_cpp's
+    finally:
+        gc.enable()

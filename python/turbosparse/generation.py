@@ -25,6 +25,14 @@ StopHook = Callable[[np.ndarray, np.ndarray], bool]
 logger = logging.getLogger(__name__)
 
 
+def _read_only(logits: np.ndarray) -> np.ndarray:
+    """What a hook gets of a step's logits: a view it cannot write (they are the model's buffer, read again for the
+    log-probabilities)."""
+    view = logits.view()
+    view.flags.writeable = False
+    return view
+
+
 @dataclass
 class StopScanner:
     """Finds stop strings in generated text and holds back a tail that may still become one."""
@@ -81,8 +89,8 @@ class Generation:
     computed as decoding would compute them (scored_prompt), also when max_tokens is 0. grammar: the generated text
     follows it (llama.cpp's GBNF engine); the generation ends where it is complete, or where it allows no token of the
     vocabulary or takes llama.cpp over grammar_engine.STEP_TIMEOUT_S to match a token (a warning says so).
-    logits_processor: each step samples from what it makes of (the evaluated token ids, the logits), which it must not
-    change in place; the penalties, logit_bias and grammar apply after it, the log-probabilities are the model's.
+    logits_processor: each step samples from what it makes of (the evaluated token ids, the logits, read-only); the
+    penalties, logit_bias and grammar apply after it, the log-probabilities are the model's.
     stopping_criteria: checked with the same two after each sampling, as llama_cpp's completions: where true the
     generation ends ("stop") without the token just sampled."""
 
@@ -210,9 +218,11 @@ class Generation:
             history = self.tokens if self._sampler.params.penalize_prompt else self.tokens[self.n_prompt :]
             chosen = logits
             if self._logits_processor is not None:
-                chosen = self._logits_processor(self._evaluated_ids(), logits)
+                chosen = self._logits_processor(self._evaluated_ids(), _read_only(logits))
             token = self._sampler.sample(chosen, history)
-            if self._stopping_criteria is not None and self._stopping_criteria(self._evaluated_ids(), logits):
+            if self._stopping_criteria is not None and self._stopping_criteria(
+                self._evaluated_ids(), _read_only(logits)
+            ):
                 self.finish_reason = "stop"
                 return self._flush()
             end = self._tokenizer.is_end_of_generation(token)

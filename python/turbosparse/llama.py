@@ -35,6 +35,7 @@ from turbosparse.logprobs import check_top_count
 from turbosparse.logprobs import prompt_text as prompt_text_of
 from turbosparse.model import Model, SparseName
 from turbosparse.sampling import Sampler, SamplingParams, check_logits
+from turbosparse.tokenizer import Tokenizer
 from turbosparse.tool_calls import ToolUse, functions_as_tools
 
 logger = logging.getLogger(__name__)
@@ -108,6 +109,7 @@ def _processor_chain(
     if logits_processor is None:
         return None
     chain = [logits_processor] if not isinstance(logits_processor, Sequence) else list(logits_processor)
+    _check_callables(chain, "logits_processor")
 
     def processed(input_ids: np.ndarray, logits: np.ndarray) -> np.ndarray:
         check_logits(logits)
@@ -122,12 +124,22 @@ def _processor_chain(
     return processed
 
 
+def _check_callables(hooks: Sequence[object], name: str) -> None:
+    for hook in hooks:
+        if not callable(hook):
+            raise TypeError(f"{name} must be a callable or a list of callables, not {type(hook).__name__}")
+
+
 def _any_criterion(stopping_criteria: StopHook | Sequence[StopHook] | None) -> StopHook | None:
     """llama_cpp's stopping criteria as one (None for none): a list, e.g. a StoppingCriteriaList, stops where any
     of its criteria says so (each of them asked every time, as there)."""
-    if stopping_criteria is None or not isinstance(stopping_criteria, Sequence):
+    if stopping_criteria is None:
+        return None
+    if not isinstance(stopping_criteria, Sequence):
+        _check_callables([stopping_criteria], "stopping_criteria")
         return stopping_criteria
     criteria = list(stopping_criteria)
+    _check_callables(criteria, "stopping_criteria")
     return lambda input_ids, logits: any([bool(c(input_ids, logits)) for c in criteria])
 
 
@@ -146,20 +158,36 @@ def _cache_type_named(type_id: int | None, what: str) -> str:
     return names[type_id]
 
 
+def _detokenize(
+    tok: Tokenizer, tokens: Sequence[int], prev_tokens: Sequence[int] | None = None, special: bool = False
+) -> bytes:
+    """The bytes of tokens; with prev_tokens, the bytes tokens add after them. As llama_cpp's, a text that starts
+    with the BOS token loses one leading space (the space SentencePiece vocabularies put before the first word)."""
+
+    def text_of(ids: Sequence[int]) -> bytes:
+        text = b"".join(tok.piece(t, special=special) for t in ids)
+        return text[1:] if ids and ids[0] == tok.bos and text.startswith(b" ") else text
+
+    if prev_tokens:
+        return text_of([*prev_tokens, *tokens])[len(text_of(prev_tokens)) :]
+    return text_of(tokens)
+
+
 class LlamaTokenizer:
     """llama_cpp's LlamaTokenizer (what Llama.tokenizer() returns): the Llama's tokenize and detokenize, and str
-    forms of them; as there, tokenize and encode parse special tokens by default."""
+    forms of them; as there, tokenize and encode parse special tokens by default. It holds the model's tokenizer,
+    not the Llama (which holds it: no reference cycle keeping a dropped Llama's model alive)."""
 
-    def __init__(self, llama: Llama) -> None:
-        self._llama = llama
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self._tokenizer = tokenizer
 
     def tokenize(self, text: bytes, add_bos: bool = True, special: bool = True) -> list[int]:
-        return self._llama.tokenize(text, add_bos=add_bos, special=special)
+        return self._tokenizer.tokenize(text, add_bos=add_bos, special=special)
 
     def detokenize(
         self, tokens: Sequence[int], prev_tokens: Sequence[int] | None = None, special: bool = False
     ) -> bytes:
-        return self._llama.detokenize(tokens, prev_tokens=prev_tokens, special=special)
+        return _detokenize(self._tokenizer, tokens, prev_tokens, special)
 
     def encode(self, text: str, add_bos: bool = True, special: bool = True) -> list[int]:
         return self.tokenize(text.encode("utf-8", errors="ignore"), add_bos=add_bos, special=special)
@@ -244,7 +272,7 @@ class Llama:
             raise ValueError(f"chat_format={chat_format!r} is not supported: None (the file's template) or 'chatml'")
         self.chat_format = chat_format
         self.metadata: dict[str, str] = self._model.tokenizer.all_metadata()  # as llama_cpp's: the file's keys
-        self.tokenizer_ = LlamaTokenizer(self)  # llama_cpp's attribute, which some libraries read
+        self.tokenizer_ = LlamaTokenizer(self._model.tokenizer)  # llama_cpp's attribute, which some libraries read
         # embed()'s pooling (None: embed() refused): the file's, or as pooling_type says (llama.cpp's numbers)
         self._pooling: Pooling | None = None
         if embedding:
@@ -312,15 +340,7 @@ class Llama:
     ) -> bytes:
         """The bytes of tokens; with prev_tokens, the bytes tokens add after them. As llama_cpp's, a text that starts
         with the BOS token loses one leading space (the space SentencePiece vocabularies put before the first word)."""
-        tok = self._model.tokenizer
-
-        def text_of(ids: Sequence[int]) -> bytes:
-            text = b"".join(tok.piece(t, special=special) for t in ids)
-            return text[1:] if ids and ids[0] == tok.bos and text.startswith(b" ") else text
-
-        if prev_tokens:
-            return text_of([*prev_tokens, *tokens])[len(text_of(prev_tokens)) :]
-        return text_of(tokens)
+        return _detokenize(self._model.tokenizer, tokens, prev_tokens, special)
 
     # ---- low-level evaluation ------------------------------------------------------------------------
     def reset(self) -> None:
@@ -473,7 +493,8 @@ class Llama:
         evaluated is kept (all of them, sampled from at once, where they are exactly the evaluated tokens), else
         everything is evaluated anew. stopping_criteria(input_ids, logits) ends it when true. The penalties see the
         tokens this call took; a grammar (as the completions take it) holds the tokens it yields from its start,
-        allowing end-of-generation tokens only where it is complete."""
+        allowing end-of-generation tokens only where it is complete (where it allows no token at all, or llama.cpp's
+        grammar engine takes too long to say which, a GrammarDeadEnd, a turbosparse.EvalError)."""
         tokens = [int(t) for t in tokens]
         if not tokens and (reset or self.n_tokens == 0):
             raise ValueError("generate() needs tokens (none: reset=False, going on from the evaluated ones)")
