@@ -397,16 +397,15 @@ class Llama:
         self,
         sampler: Sampler,
         history: list[int],
-        logits_processor: LogitsProcessor | Sequence[LogitsProcessor] | None,
+        logits_processor: LogitsHook | None,
         idx: int | None,
     ) -> int:
-        """One token by sampler from position idx's logits, through logits_processor (llama_cpp's reading: the
-        evaluated ids and the scores, giving new scores; -inf bans a token), its penalties over history (the tokens
-        this sampler took, as llama.cpp's sampler counts them), which the token then joins."""
+        """One token by sampler from position idx's logits, through logits_processor (_processor_chain's: the
+        evaluated ids and the scores, giving new scores), its penalties over history (the tokens this sampler took,
+        as llama.cpp's sampler counts them), which the token then joins."""
         logits = self._logits_at(idx)
-        processed = _processor_chain(logits_processor, self.n_vocab())
-        if processed is not None:
-            logits = processed(self.input_ids[: self.n_tokens], logits)
+        if logits_processor is not None:
+            logits = logits_processor(self.input_ids[: self.n_tokens], logits)
         token = sampler.sample(logits, history)
         if sampler.grammar is not None and not self._model.tokenizer.is_end_of_generation(token):
             sampler.grammar.accept(token)  # as llama.cpp's grammar sampler, which takes no end-of-generation token
@@ -464,7 +463,7 @@ class Llama:
                                       repeat_penalty=repeat_penalty, frequency_penalty=frequency_penalty,
                                       presence_penalty=presence_penalty, tfs_z=tfs_z, mirostat_mode=mirostat_mode,
                                       grammar=grammar)  # fmt: skip
-        return self._sample_from(sampler, [], logits_processor, idx)
+        return self._sample_from(sampler, [], _processor_chain(logits_processor, self.n_vocab()), idx)
 
     def generate(
         self,
@@ -502,14 +501,15 @@ class Llama:
                                       repeat_penalty=repeat_penalty, frequency_penalty=frequency_penalty,
                                       presence_penalty=presence_penalty, tfs_z=tfs_z, mirostat_mode=mirostat_mode,
                                       grammar=grammar)  # fmt: skip
-        return self._generate(tokens, sampler, reset, logits_processor, _any_criterion(stopping_criteria))
+        processor = _processor_chain(logits_processor, self.n_vocab())  # built once: every token's step runs it
+        return self._generate(tokens, sampler, reset, processor, _any_criterion(stopping_criteria))
 
     def _generate(
         self,
         tokens: list[int],
         sampler: Sampler,
         reset: bool,
-        logits_processor: LogitsProcessor | Sequence[LogitsProcessor] | None,
+        logits_processor: LogitsHook | None,
         stopping_criteria: StopHook | None,
     ) -> Generator[int, Sequence[int] | None, None]:
         if reset and self.n_tokens > 0:
