@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from llama_cpp import LogitsProcessorList, StoppingCriteriaList
+from llama_cpp import LlamaRAMCache, LogitsProcessorList, StoppingCriteriaList
 from llama_cpp.llama_grammar import LlamaGrammar
 
 N_THREADS = 2
@@ -72,6 +72,27 @@ def llama_script(Llama: Any, path: str) -> dict[str, Any]:
     out["scores"] = np.array(llm.scores[: llm.n_tokens])
     out["n_tokens"] = llm.n_tokens
     out["token_loops"] = token_loops(llm, drafts=True)
+    out.update(saved_states(llm))
+    return out
+
+
+def saved_states(llm: Any) -> dict[str, Any]:
+    """save_state / load_state around another completion, a token loop going on from a restored state, and
+    llama_cpp's RAM cache taking a prompt back to the completion it continues after another one ran."""
+    out: dict[str, Any] = {}
+    llm("The capital of France is", max_tokens=6, temperature=0)
+    state = llm.save_state()
+    llm("Once upon a time", max_tokens=6, temperature=0)
+    llm.load_state(state)
+    out["restored"] = (state.n_tokens, llm.n_tokens, llm.input_ids[: llm.n_tokens].tolist())
+    going_on = llm.generate(llm.tokenize(b" and", add_bos=False), reset=False, temp=0.0)
+    out["after_restore"] = list(itertools.islice(going_on, 4))
+    llm.set_cache(LlamaRAMCache())
+    question = "Q: What is 2+2? A:"
+    answer = llm(question, max_tokens=8, temperature=0)["choices"][0]["text"]
+    llm("Something else entirely", max_tokens=4, temperature=0)
+    out["cached"] = llm(question + answer + " Q: And 3+3? A:", max_tokens=8, temperature=0)
+    llm.set_cache(None)
     return out
 
 
@@ -298,6 +319,62 @@ def test_same_token_loops(both, loops_without_logits_all, smollm2_path) -> None:
     llm.eval(llm.tokenize(b"The three primary colors are"))
     first = llm.sample(temp=0.0, grammar=LlamaGrammar.from_string(COLORS_GBNF, verbose=False))
     assert llm.detokenize([first]).startswith(b" ") and first == loops["grammar"][0]
+
+
+def test_same_saved_states(both) -> None:
+    theirs, ours = both
+    assert ours["restored"] == theirs["restored"]
+    assert ours["restored"][0] == ours["restored"][1] == len(ours["restored"][2])
+    assert ours["after_restore"] == theirs["after_restore"]
+    assert ours["cached"]["choices"][0]["text"] == theirs["cached"]["choices"][0]["text"]
+    assert ours["cached"]["usage"] == theirs["cached"]["usage"]
+
+
+def test_saved_states_skip_evaluation_and_refuse_what_does_not_fit(smollm2_path) -> None:
+    """The cache's state spares the prompt's evaluation; a pickled state (as llama_cpp's LlamaDiskCache stores it)
+    goes on in another Llama of the file; a state of another KV cache type, or of corrupt bytes, changes nothing."""
+    import pickle
+
+    import turbosparse
+
+    def fresh(**options: Any) -> turbosparse.Llama:
+        return turbosparse.Llama(str(smollm2_path), n_ctx=256, n_threads=N_THREADS, verbose=False, **options)
+
+    llm = fresh()
+    llm.set_cache(LlamaRAMCache())
+    question = "Q: Name a large animal. A:"
+    first = llm(question, max_tokens=8, temperature=0)
+    llm("Something else entirely, and at some length, so that nothing of the question stays", max_tokens=4)
+    llm.model.reset_stats()
+    follow_up = question + first["choices"][0]["text"] + " Q: And a small one? A:"
+    second = llm(follow_up, max_tokens=8, temperature=0)
+    new = second["usage"]["prompt_tokens"] - first["usage"]["prompt_tokens"] - first["usage"]["completion_tokens"]
+    assert 0 < llm.model.stats()["prompt_tokens"] <= new + 1, (llm.model.stats()["prompt_tokens"], new)
+
+    llm.set_cache(None)
+    llm.reset()
+    llm.eval(llm.tokenize(b"To be, or not to be"))
+    state = pickle.loads(pickle.dumps(llm.save_state()))
+    expected = llm.sample(temp=0.0)
+    other = fresh()
+    other.load_state(state)
+    assert other.sample(temp=0.0) == expected  # the last logits came along
+    assert list(itertools.islice(other.generate([expected], reset=False, temp=0.0), 3)) == list(
+        itertools.islice(llm.generate([expected], reset=False, temp=0.0), 3)
+    )
+
+    corrupt = turbosparse.llama.LlamaState(**{**vars(state), "llama_state": state.llama_state[:-3]})
+    with pytest.raises(ValueError, match="corrupt sequence state"):
+        fresh().load_state(corrupt)
+    q8 = fresh(type_k=8)  # GGML_TYPE_Q8_0
+    q8.eval(q8.tokenize(b"Hello"))
+    before = q8.input_ids[: q8.n_tokens].tolist()
+    with pytest.raises(ValueError, match="cache is K f16"):
+        q8.load_state(state)
+    assert q8.input_ids[: q8.n_tokens].tolist() == before
+    reference = fresh(type_k=8)
+    reference.eval(reference.tokenize(b"Hello"))
+    assert q8.sample(temp=0.0) == reference.sample(temp=0.0)
 
 
 def test_chat_content_parts_are_joined(smollm2_path) -> None:

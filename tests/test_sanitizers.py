@@ -21,6 +21,7 @@ SANITIZED_TESTS = [
     "tests/test_ffn_thresholds.py",
     "tests/test_batch_decode.py",
     "tests/test_sliding_window_cache.py",
+    "tests/test_seq_state.py",
     "tests/test_flash_attention.py",
     "tests/test_moe_engine.py",
     "tests/test_grouped_ffn.py",

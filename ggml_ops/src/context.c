@@ -389,7 +389,7 @@ int32_t ts_context_sparse_mode(const ts_context *c) {
     return c->params.sparse_mode;
 }
 
-static int check_seq(const ts_context *c, int32_t seq, char *err, size_t err_size) {
+int ts_context_check_seq(const ts_context *c, int32_t seq, char *err, size_t err_size) {
     if (seq < 0 || seq >= c->n_seq) {
         return ts_fail(err, err_size, TS_ERR_ARGUMENT, "sequence %d out of [0, %d)", seq, c->n_seq);
     }
@@ -397,8 +397,9 @@ static int check_seq(const ts_context *c, int32_t seq, char *err, size_t err_siz
 }
 
 int32_t ts_context_truncate_seq(ts_context *c, int32_t seq, int32_t n_keep, char *err, size_t err_size) {
-    if (check_seq(c, seq, err, err_size) != 0) {
-        return -1;
+    const int bad_seq = ts_context_check_seq(c, seq, err, err_size);
+    if (bad_seq != 0) {
+        return bad_seq;
     }
     if (n_keep < 0 || n_keep > c->n_past[seq]) {
         return ts_fail(err, err_size, TS_ERR_ARGUMENT, "cannot keep %d tokens: the context holds %d", n_keep, c->n_past[seq]);
@@ -794,7 +795,7 @@ static int check_tokens(const ts_context *c, const int32_t *tokens, int32_t n_to
 /* What evaluating n_tokens more tokens of sequence seq needs: a sequence, room, known tokens. */
 static int check_eval(const ts_context *c, int32_t seq, const int32_t *tokens, int32_t n_tokens, char *err,
                       size_t err_size) {
-    const int rc = check_seq(c, seq, err, err_size);
+    const int rc = ts_context_check_seq(c, seq, err, err_size);
     if (rc != 0) {
         return rc;
     }
@@ -865,7 +866,7 @@ int32_t ts_context_decode_batch(ts_context *c, const int32_t *seqs, const int32_
     }
     for (int32_t i = 0; i < n && rc == 0; i++) {
         const int32_t seq = seqs[i];
-        rc = check_seq(c, seq, err, err_size);
+        rc = ts_context_check_seq(c, seq, err, err_size);
         for (int32_t k = 0; k < i && rc == 0; k++) {
             if (seqs[k] == seq) {
                 rc = ts_fail(err, err_size, TS_ERR_ARGUMENT, "sequence %d appears twice in one batch", seq);

@@ -115,6 +115,9 @@ static inline int32_t ts_layer_cells(const ts_context *ctx, int il) {
     return ctx->model->layers[il].swa ? ctx->n_cells_swa : ctx->n_cells;
 }
 
+/* 0 where seq is one of the context's sequences, else TS_ERR_ARGUMENT with err filled */
+int ts_context_check_seq(const ts_context *ctx, int32_t seq, char *err, size_t err_size);
+
 /* Builds the forward graph of g->n_tokens tokens laid out in g->groups into ctx0 (no_alloc). */
 void ts_graph_build(ts_context *ctx, struct ggml_context *ctx0, ts_graph *g);
 

@@ -531,6 +531,29 @@ class NativeContext:
         n_keep = max(0, min(n_keep, 2**31 - 1))
         return self._seq_count(self._lib.lib.ts_context_n_keepable_seq(self._handle, seq, n_keep), seq)
 
+    def save_seq(self, seq: int = 0) -> bytes:
+        """Sequence seq's cached tokens as bytes (their keys, values and positions), for load_seq."""
+        self._seq_count(self._lib.lib.ts_context_n_past_seq(self._handle, seq), seq)
+        size = int(self._lib.lib.ts_context_seq_state_size(self._handle, seq))
+        out = bytearray(size)
+        ffi = self._lib.ffi
+        rc = self._lib.lib.ts_context_seq_state_get(
+            self._handle, seq, ffi.from_buffer("char[]", out), size, self._err.buf, _ERR_SIZE
+        )
+        if rc != Status.OK:
+            raise status_error(rc, self._err.message)
+        return bytes(out)
+
+    def load_seq(self, state: bytes, seq: int = 0) -> None:
+        """Makes sequence seq hold what save_seq saved (of this context or one with the same cache layout); the state is
+        checked first and a refused one changes nothing."""
+        ffi = self._lib.ffi
+        rc = self._lib.lib.ts_context_seq_state_set(
+            self._handle, seq, ffi.from_buffer("char[]", state), len(state), self._err.buf, _ERR_SIZE
+        )
+        if rc != Status.OK:
+            raise status_error(rc, self._err.message)
+
     @property
     def kv_bytes(self) -> int:
         """Bytes of the KV caches, every layer and sequence."""

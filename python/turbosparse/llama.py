@@ -5,7 +5,8 @@ Grammars (llama_cpp.LlamaGrammar, turbosparse.Grammar or GBNF text), JSON respon
 without a schema, and OpenAI's json_schema) and logit_bias work as there; tools as the server's (tool_calls.py: calls
 read in the template's own syntax, also for tool_choice "auto"); with embedding=True, embed and create_embedding
 (embeddings.py's pooling); token by token, generate and sample (grammars too); logits processors and stopping
-criteria there and in the completion methods; tokenizer(). Not supported (a ValueError says so when asked for):
+criteria there and in the completion methods; tokenizer(); save_state / load_state and set_cache (llama_cpp's
+LlamaRAMCache and LlamaDiskCache work as they are). Not supported (a ValueError says so when asked for):
 suffix / infill, typical_p, tfs_z, mirostat, chat formats other than the file's template and "chatml", GPU offload
 (n_gpu_layers is accepted and ignored: the engine runs on the CPU)."""
 
@@ -14,7 +15,8 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable, Generator, Iterator, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -35,6 +37,7 @@ from turbosparse.logprobs import check_top_count
 from turbosparse.logprobs import prompt_text as prompt_text_of
 from turbosparse.model import Model, SparseName
 from turbosparse.sampling import Sampler, SamplingParams, check_logits
+from turbosparse.sequences import SequenceState, common_prefix
 from turbosparse.tokenizer import Tokenizer
 from turbosparse.tool_calls import ToolUse, functions_as_tools
 
@@ -173,6 +176,31 @@ def _detokenize(
     return text_of(tokens)
 
 
+@dataclass(eq=False)
+class LlamaState:
+    """llama_cpp.LlamaState: what Llama.save_state saved. input_ids, n_tokens and seed as the Llama's; scores: with
+    logits_all the evaluated positions' rows (scored: which of them eval() filled), else the last evaluated logits
+    (one row, or none); llama_state: the sequence's tokens, keys and values (SequenceState's bytes) and
+    llama_state_size their length, which llama_cpp's caches count their capacity in."""
+
+    input_ids: np.ndarray
+    scores: np.ndarray
+    n_tokens: int
+    llama_state: bytes
+    llama_state_size: int
+    seed: int
+    scored: np.ndarray | None = None
+
+
+class LlamaCacheLike(Protocol):
+    """What set_cache takes: llama_cpp's BaseLlamaCache (LlamaRAMCache, LlamaDiskCache), states keyed by their tokens,
+    the one sharing the longest prefix with a key returned for it (KeyError where none shares a token)."""
+
+    def __getitem__(self, key: Sequence[int]) -> Any: ...
+
+    def __setitem__(self, key: Sequence[int], value: Any) -> None: ...
+
+
 class LlamaTokenizer:
     """llama_cpp's LlamaTokenizer (what Llama.tokenizer() returns): the Llama's tokenize and detokenize, and str
     forms of them; as there, tokenize and encode parse special tokens by default. It holds the model's tokenizer,
@@ -284,6 +312,7 @@ class Llama:
         self.scores = np.zeros((self._model.n_ctx if logits_all else n_batch, self._model.n_vocab), dtype=np.single)
         self._last_logits: np.ndarray | None = None
         self._scored = np.zeros(self._model.n_ctx, dtype=bool)  # which rows of scores hold eval()'s logits
+        self.cache: LlamaCacheLike | None = None  # set_cache's
 
     @property
     def model(self) -> Model:
@@ -374,6 +403,59 @@ class Llama:
         if self._logits_all:
             return self.scores[: self.n_tokens].tolist()
         return [] if self._last_logits is None else [self._last_logits.tolist()]
+
+    # ---- saved states and the prompt cache (llama_cpp's save_state, load_state, set_cache) ----------------
+    def save_state(self) -> LlamaState:
+        """The evaluated tokens, their logits as kept, the seed, and the keys and values the model holds for them, for
+        load_state (on this Llama, or another one of the same file, n_ctx large enough, KV cache settings alike)."""
+        n = self.n_tokens
+        sequence = self._model.save_state(self, self.input_ids[:n].tolist())
+        if self._logits_all:
+            scores, scored = self.scores[:n].copy(), self._scored[:n].copy()
+        else:
+            last = [] if self._last_logits is None else [self._last_logits]
+            scores, scored = np.array(last, dtype=np.single).reshape(len(last), self.n_vocab()), None
+        data = sequence.to_bytes()
+        return LlamaState(self.input_ids.copy(), scores, n, data, len(data), self._seed, scored)
+
+    def load_state(self, state: LlamaState) -> None:
+        """Goes back to what save_state saved: the next eval() or completion goes on after its tokens without
+        evaluating them again. A state the model cannot hold (another model's, more tokens than n_ctx, another KV
+        cache type) is refused with nothing changed."""
+        n = int(state.n_tokens)
+        if not 0 <= n <= min(len(state.input_ids), self._model.n_ctx):
+            raise ValueError(f"the state holds {n} tokens: this Llama's context holds {self._model.n_ctx}")
+        self._model.load_state(self, SequenceState.from_bytes(state.llama_state))
+        self.input_ids[:] = 0
+        self.input_ids[:n] = state.input_ids[:n]
+        self.n_tokens = n
+        self._seed = state.seed
+        self._scored[:] = False
+        self._last_logits = None
+        rows = np.asarray(state.scores, dtype=np.single)
+        if self._logits_all and state.scored is not None and len(rows) == n:
+            self.scores[:n] = rows
+            self._scored[:n] = state.scored
+            self._last_logits = self.scores[n - 1] if n and self._scored[n - 1] else None
+        elif state.scored is None and len(rows) == 1 and n:
+            self._last_logits = rows[0].copy()
+
+    def set_cache(self, cache: LlamaCacheLike | None) -> None:
+        """A prompt cache, as llama_cpp's (e.g. llama_cpp.LlamaRAMCache()): each completion saves its state under its
+        evaluated tokens, and one whose prompt shares a longer prefix with a saved state than with what this Llama
+        evaluated last goes on from that state. None: no cache."""
+        self.cache = cache
+
+    def _restore_from_cache(self, prompt_tokens: list[int]) -> None:
+        if self.cache is None:
+            return
+        try:
+            cached = self.cache[prompt_tokens]
+        except KeyError:
+            return
+        held = common_prefix(cached.input_ids[: cached.n_tokens].tolist(), prompt_tokens)
+        if held > common_prefix(self.input_ids[: self.n_tokens].tolist(), prompt_tokens):
+            self.load_state(cached)
 
     # ---- token by token (llama_cpp's generate and sample) ------------------------------------------
     def _logits_at(self, idx: int | None) -> np.ndarray:
@@ -597,6 +679,7 @@ class Llama:
         n_ctx = self._model.n_ctx
         if len(prompt_tokens) > n_ctx:
             raise ValueError(f"Requested tokens ({len(prompt_tokens)}) exceed context window of {n_ctx}")
+        self._restore_from_cache(prompt_tokens)
         room = n_ctx - len(prompt_tokens)  # llama_cpp's rule: max_tokens <= 0 or None means "until the context ends"
         limit = room if max_tokens is None or max_tokens <= 0 else min(max_tokens, room)
         stops = [stop] if isinstance(stop, str) else list(stop or [])
@@ -740,12 +823,14 @@ class Llama:
     def _evaluated(self, gen: Generation) -> None:
         """n_tokens and input_ids after a completion, as llama_cpp's: the tokens the model evaluated (not one the
         completion ended on: max_tokens, a stop string), so that eval() goes on after the completion's text. scores
-        keep only what eval() wrote."""
+        keep only what eval() wrote. With a cache, the state is saved there under those tokens."""
         tokens = gen.tokens[:-1] if gen.ended_on_new_token else gen.tokens
         self.input_ids[: len(tokens)] = tokens
         self.n_tokens = len(tokens)
         self._last_logits = None
         self._scored[:] = False
+        if self.cache is not None:
+            self.cache[list(tokens)] = self.save_state()
 
     def __call__(self, prompt: str | list[int], **options: Any) -> dict | Iterator[dict]:
         return self.create_completion(prompt, **options)

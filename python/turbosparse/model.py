@@ -36,7 +36,7 @@ from turbosparse.generation import Generation, LogitsHook, StepLogits, StopHook
 from turbosparse.grammar import Grammar
 from turbosparse.grammar_engine import close_engine
 from turbosparse.sampling import SamplingParams
-from turbosparse.sequences import CachedSequence, SequencePool, common_prefix
+from turbosparse.sequences import CachedSequence, SequencePool, SequenceState, common_prefix
 from turbosparse.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -306,6 +306,39 @@ class Model:
             dense = self.sparse_mode == SparseMode.OFF  # every row as decoding computes it
             logits = self._evaluate(seq, tokens, keep, dense_ffn=dense, logits_all=True)
             return logits[logits_from - keep :]
+
+    def save_state(self, user: object, tokens: Sequence[int] = ()) -> SequenceState:
+        """What the sequence user evaluates in holds now (as evaluate() picks it: user's own, else the free one sharing
+        the longest prefix with tokens), for load_state: its tokens and their keys and values, as llama.cpp's
+        llama_state_seq_get_data saves them."""
+        with self._lock:
+            seq, _ = self._pool.claim(user, tokens)
+            kv = self._ctx.save_seq(seq.index)
+            logits = None if seq.prompt_logits is None else seq.prompt_logits.copy()
+            return SequenceState(tuple(seq.tokens), seq.n_prompted, logits, kv)
+
+    def load_state(self, user: object, state: SequenceState) -> None:
+        """Makes the sequence user evaluates in hold what state saved (in this Model, or another of the same file and
+        KV cache settings): evaluating tokens that start with state's then computes only the rest. A state that does
+        not fit (another model's, another cache layout, more tokens than n_ctx) is refused with nothing changed."""
+        if state.prompt_logits is not None and state.prompt_logits.shape != (self.info.n_vocab,):
+            raise InvalidArgumentError(
+                f"the state's logits have shape {state.prompt_logits.shape}, this model's vocabulary "
+                f"{self.info.n_vocab} tokens"
+            )
+        with self._lock:
+            seq, _ = self._pool.claim(user, state.tokens)
+            self._ctx.load_seq(state.kv, seq.index)
+            n_cached = self._ctx.n_past_of(seq.index)
+            if n_cached != len(state.tokens):  # the bytes do not hold those tokens
+                self._ctx.truncate(0, seq.index)
+                seq.tokens, seq.n_prompted, seq.prompt_logits = [], 0, None
+                raise InvalidArgumentError(
+                    f"corrupt sequence state: {len(state.tokens)} tokens, keys and values of {n_cached}"
+                )
+            seq.tokens = list(state.tokens)
+            seq.n_prompted = state.n_prompted
+            seq.prompt_logits = None if state.prompt_logits is None else state.prompt_logits.copy()
 
     def _prompt(self, seq: CachedSequence, tokens: list[int], *, any_prefix: bool = False) -> np.ndarray:
         """The logits after a prompt evaluated in seq (the lock is held). The very prompt seq last evaluated keeps its

@@ -5,11 +5,14 @@ Llama object), and evaluates only the tokens the claimed sequence does not hold 
 
 from __future__ import annotations
 
+import struct
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from turbosparse.errors import InvalidArgumentError
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -44,6 +47,45 @@ class CachedSequence:
         """No user, or one that is gone or finished: its tokens stay for prefix reuse, its place is free."""
         user = self.user()
         return user is None or bool(getattr(user, "done", False))
+
+
+@dataclass(frozen=True, eq=False)
+class SequenceState:
+    """What a user's sequence held when Model.save_state saved it: its tokens, how many of them a prompt evaluation
+    computed (and that evaluation's logits), and their keys and values as the C library writes them (kv)."""
+
+    tokens: tuple[int, ...]
+    n_prompted: int
+    prompt_logits: np.ndarray | None
+    kv: bytes
+
+    _HEADER = struct.Struct("<4sIqqq")  # magic, version, tokens, n_prompted, logits' length (-1: none)
+    _MAGIC = b"TSSQ"
+
+    def to_bytes(self) -> bytes:
+        logits = b"" if self.prompt_logits is None else np.ascontiguousarray(self.prompt_logits, "<f4").tobytes()
+        n_logits = -1 if self.prompt_logits is None else len(self.prompt_logits)
+        head = self._HEADER.pack(self._MAGIC, 1, len(self.tokens), self.n_prompted, n_logits)
+        return head + np.asarray(self.tokens, "<i4").tobytes() + logits + self.kv
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> SequenceState:
+        if len(data) < cls._HEADER.size or data[:4] != cls._MAGIC:
+            raise InvalidArgumentError(
+                f"not a turbosparse sequence state ({len(data)} bytes without the 'TSSQ' header)"
+            )
+        _, version, n_tokens, n_prompted, n_logits = cls._HEADER.unpack_from(data)
+        if version != 1:
+            raise InvalidArgumentError(f"sequence state version {version}, this turbosparse reads 1")
+        at = cls._HEADER.size
+        end_tokens = at + 4 * n_tokens
+        end_logits = end_tokens + 4 * max(n_logits, 0)
+        if n_tokens < 0 or not 0 <= n_prompted <= n_tokens or end_logits > len(data):
+            raise InvalidArgumentError(f"corrupt sequence state: {n_tokens} tokens, {n_prompted} prompted, "
+                                       f"{n_logits} logits in {len(data)} bytes")  # fmt: skip
+        tokens = tuple(np.frombuffer(data[at:end_tokens], "<i4").tolist())
+        logits = None if n_logits < 0 else np.frombuffer(data[end_tokens:end_logits], "<f4").astype(np.float32)
+        return cls(tokens, int(n_prompted), logits, bytes(data[end_logits:]))
 
 
 class SequencePool:
