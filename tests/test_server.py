@@ -449,6 +449,58 @@ def test_cache_prompt_evaluates_only_a_chats_new_turn(server: Server) -> None:
     assert 0 < evaluated <= second.usage.prompt_tokens - first.usage.prompt_tokens, (evaluated, second.usage)
 
 
+def test_llama_servers_own_completion_and_props(server: Server) -> None:
+    """/completion as llama-server answers it: the text /v1/completions gives, llama-server's fields (stop_type and
+    stopping_word, the generated ids, completion_probabilities, timings); streamed as its chunks (no [DONE]); a
+    prompt mixing token ids and text; logit_bias pairs banning a token; and /props."""
+    prompt, stop = PROMPTS[0], ["\n"]
+    openai_text = server.client().completions.create(model="x", prompt=prompt, max_tokens=12, temperature=0, stop=stop)
+    body = {"prompt": prompt, "n_predict": 12, "temperature": 0, "stop": stop}
+    status, answer = server.request("POST", "/completion", {**body, "n_probs": 2, "return_tokens": True})
+    assert status == 200, answer
+    assert answer["content"] == openai_text.choices[0].text and answer["stop"] is True
+    assert answer["stop_type"] == ("word" if answer["stopping_word"] else "limit"), answer
+    assert answer["tokens_evaluated"] == len(
+        server.request("POST", "/tokenize", {"content": prompt, "add_special": True})[1]["tokens"]
+    )
+    assert answer["tokens_predicted"] == len(answer["tokens"]) > 0
+    shown = "".join(p["token"] for p in answer["completion_probabilities"])
+    assert shown == answer["content"], answer["completion_probabilities"]
+    assert all(len(p["top_logprobs"]) == 2 and p["logprob"] <= 0 for p in answer["completion_probabilities"])
+    assert set(answer["timings"]) >= {"prompt_n", "prompt_ms", "predicted_n", "predicted_ms", "predicted_per_second"}
+    assert answer["generation_settings"]["n_predict"] == 12 and answer["generation_settings"]["stop"] == stop
+
+    status, streamed = server.request("POST", "/completions", {**body, "stream": True})
+    assert status == 200 and "[DONE]" not in streamed
+    chunks = [json.loads(line[6:]) for line in streamed.splitlines() if line.startswith("data: ")]
+    assert [c["stop"] for c in chunks] == [False] * (len(chunks) - 1) + [True]
+    assert "".join(c["content"] for c in chunks) == answer["content"]
+    assert (
+        chunks[-1]["stop_type"] == answer["stop_type"] and chunks[-1]["tokens_predicted"] == answer["tokens_predicted"]
+    )
+
+    head, tail = "The capital of", " France is"
+    ids = server.request("POST", "/tokenize", {"content": head, "add_special": True})[1]["tokens"]
+    status, mixed = server.request("POST", "/completion", {**body, "prompt": [*ids, tail]})
+    assert status == 200 and mixed["content"] == answer["content"], mixed
+
+    first = answer["tokens"][0]
+    status, banned = server.request("POST", "/completion", {**body, "n_predict": 1, "return_tokens": True,
+                                                            "logit_bias": [[first, False]]})  # fmt: skip
+    assert status == 200 and banned["tokens"] and banned["tokens"][0] != first, banned
+    status, none = server.request("POST", "/completion", {**body, "n_predict": 0})
+    assert status == 200 and none["content"] == "" and none["stop_type"] == "limit", none
+    for bad in ({"prompt": ["one", "two"]}, {"prompt": "x", "ignore_eos": True}, {"prompt": []},
+                {"prompt": "x", "logit_bias": [[1, 2, 3]]}, {"prompt": [10**9]}):  # fmt: skip
+        assert_error(*server.request("POST", "/completion", bad), 400)
+
+    status, props = server.request("GET", "/props")
+    assert status == 200, props
+    assert props["total_slots"] == SLOTS and props["default_generation_settings"]["n_ctx"] == SLOT_CTX
+    assert "<|im_start|>" in props["chat_template"] and props["modalities"] == {"vision": False, "audio": False}
+    assert props["default_generation_settings"]["params"]["n_predict"] == -1
+
+
 def test_the_api_key_is_required(server: Server) -> None:
     for key in (None, "sk-wrong"):
         status, body = server.request("POST", "/v1/completions", {"prompt": "Hi", "max_tokens": 2}, key=key)

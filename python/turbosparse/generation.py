@@ -41,6 +41,7 @@ class StopScanner:
     text: str = ""
     emitted: int = 0
     stopped: bool = False
+    stopping_word: str = ""  # the stop string that ended the text (the first given of those found earliest)
 
     def feed(self, piece: str) -> str:
         if not self.stops:
@@ -49,8 +50,9 @@ class StopScanner:
         # only the new piece and the held-back tail can hold a stop string that was not there before
         start = max(0, self.emitted - max(len(s) for s in self.stops))
         self.text += piece
-        cut = min((i for i in (self.text.find(s, start) for s in self.stops) if i >= 0), default=-1)
-        if cut >= 0:
+        found = [(i, s) for s in self.stops if (i := self.text.find(s, start)) >= 0]
+        if found:
+            cut, self.stopping_word = min(found, key=lambda f: f[0])
             self.stopped = True
             self.text = self.text[:cut]
             return self._release(len(self.text))
@@ -186,6 +188,11 @@ class Generation:
     def stopped_by_string(self) -> bool:
         """Whether a stop string ended the generation (and cut its text)."""
         return self._scanner.stopped
+
+    @property
+    def stopping_word(self) -> str:
+        """The stop string that ended the generation ("" for none)."""
+        return self._scanner.stopping_word
 
     def scored_prompt(self, prompt_logits: np.ndarray, next_logits: np.ndarray) -> str:
         """The first step of a generation that scores its prompt: prompt_logits [n_prompt, n_vocab], row i the

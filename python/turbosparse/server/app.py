@@ -1,5 +1,6 @@
-"""The HTTP layer: OpenAI's /v1/models, /v1/completions, /v1/chat/completions and llama-server's /health, /metrics,
-/tokenize, /detokenize, as FastAPI routes over the engine. Streams are server-sent events (sse-starlette)."""
+"""The HTTP layer: OpenAI's /v1/models, /v1/completions, /v1/chat/completions and llama-server's /completion, /props,
+/health, /metrics, /tokenize, /detokenize, as FastAPI routes over the engine. Streams are server-sent events
+(sse-starlette)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from turbosparse import __version__
 from turbosparse.chat_template import ChatTemplate, chat_template_from, checked_variables
 from turbosparse.completions import (
     ChatCompletionChunks,
@@ -36,9 +38,10 @@ from turbosparse.completions import (
 from turbosparse.embeddings import pooling_named
 from turbosparse.errors import ChatTemplateError, ContextOverflowError, GrammarError
 from turbosparse.generation import FinishReason, Generation
-from turbosparse.logprobs import prompt_text
+from turbosparse.logprobs import ReleasedLogprobs, prompt_text
 from turbosparse.model import Model
 from turbosparse.reasoning import CLOSE, open_at_end, thinks
+from turbosparse.server import native
 from turbosparse.server.config import ServerConfig
 from turbosparse.server.engine import Engine, Event, Job, QueueFullError
 from turbosparse.server.errors import APIError, error_body, error_response, install_handlers
@@ -48,6 +51,7 @@ from turbosparse.server.schemas import (
     CompletionRequest,
     DetokenizeRequest,
     EmbeddingRequest,
+    NativeCompletionRequest,
     TokenizeRequest,
     _Generate,
 )
@@ -283,6 +287,59 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
         use = usage(gen.n_prompt, gen.n_generated)
         return JSONResponse(text_completion(meta, whole["text"], gen.finish_reason, use, whole["logprobs"]))
 
+    @app.post("/completion")
+    @app.post("/completions")
+    async def native_completion(body: NativeCompletionRequest, request: Request) -> Response:
+        """llama-server's own completion endpoint (native.py's bodies)."""
+        model, engine = ready()
+        tokens = _mixed_prompt(model, body.prompt)
+        clock = native.Clock()
+        job, queue = await _submit(model, engine, tokens, body, "prompt", body.n_probs or None)
+        gen = job.generation
+        released = ReleasedLogprobs(gen.token_logprobs)
+        sent = 0  # generated ids that went out in chunks (return_tokens)
+
+        def new_tokens() -> list[int]:
+            nonlocal sent
+            ids, sent = gen.generated[sent:], len(gen.generated)
+            return ids if body.return_tokens else []
+
+        def probs(text: str, *, end: bool = False) -> list[dict[str, Any]] | None:
+            if not body.n_probs:
+                return None
+            entries = released.take(text, uncut_end=end and not gen.stopped_by_string)
+            return native.probabilities(model.tokenizer, entries)
+
+        def last(content: str) -> dict[str, Any]:
+            text = prompt_text(model.tokenizer, tokens)
+            return native.final(
+                content, new_tokens(), gen, body=body, model_name=config.model_name, prompt=text, n_ctx=model.n_ctx,
+                clock=clock, probs=probs(content, end=True),
+            )  # fmt: skip
+
+        if body.stream:
+
+            def piece(text: str) -> dict[str, Any]:
+                clock.saw_event()
+                return native.chunk(text, new_tokens(), gen, probs(text))
+
+            def end(reason: FinishReason | None) -> dict[str, Any]:
+                clock.saw_event()
+                return last("")
+
+            return _stream(job, queue, first=[], piece=piece, last=end, usage_chunk=None, done_marker=False)
+        answer = await _collect(job, queue, request, on_event=clock.saw_event)
+        if answer is None:
+            return Response(status_code=CLIENT_CLOSED)
+        return JSONResponse(last(answer))
+
+    @app.get("/props")
+    async def props() -> JSONResponse:
+        model, _ = ready()
+        return JSONResponse(
+            native.props(model, model_path=config.model_path, slots=config.parallel, version=__version__)
+        )
+
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
         model, engine = ready()
@@ -386,6 +443,23 @@ def _piece(model: Model, token: int) -> str | list[int]:
         return list(piece)
 
 
+def _mixed_prompt(model: Model, prompt: str | list[int | str]) -> list[int]:
+    """llama-server's prompt: text (special tokens parsed, the BOS added), or a list of token ids and texts, each text
+    tokenized in turn (the BOS before a leading one only)."""
+    if isinstance(prompt, str):
+        return model.tokenize(prompt, special=True)
+    tokens: list[int] = []
+    for i, part in enumerate(prompt):
+        if isinstance(part, str):
+            tokens += model.tokenize(part, add_bos=i == 0, special=True)
+        else:
+            tokens.append(part)
+    _check_tokens(model, tokens, "prompt")
+    if not tokens:
+        raise APIError(400, "the prompt is empty", param="prompt")
+    return tokens
+
+
 def _check_tokens(model: Model, tokens: list[int], param: str) -> None:
     bad = [t for t in tokens if not 0 <= t < model.n_vocab]
     if bad:
@@ -459,14 +533,19 @@ async def _watch_disconnect(request: Request, gen: Generation, queue: asyncio.Qu
     queue.put_nowait(_CANCELLED)
 
 
-async def _collect(job: Job, queue: asyncio.Queue[Event], request: Request) -> str | None:
-    """The whole answer; None when the client went away (its generation is cancelled)."""
+async def _collect(
+    job: Job, queue: asyncio.Queue[Event], request: Request, on_event: Callable[[], None] | None = None
+) -> str | None:
+    """The whole answer; None when the client went away (its generation is cancelled). on_event: called as each event
+    arrives."""
     gen = job.generation
     watcher = asyncio.create_task(_watch_disconnect(request, gen, queue))
     parts: list[str] = []
     try:
         while True:
             event = await queue.get()
+            if on_event is not None:
+                on_event()
             if event is _CANCELLED:
                 return None
             if event.error is not None:
@@ -498,9 +577,11 @@ def _stream(
     piece: Callable[[str], dict[str, Any] | None],
     last: Callable[[FinishReason | None], dict[str, Any]],
     usage_chunk: Callable[[], dict[str, Any]] | None,
+    done_marker: bool = True,
 ) -> EventSourceResponse:
-    """Server-sent events: the first chunks, a chunk per text piece, the finishing chunk, then [DONE]. A client that
-    disconnects cancels the generation (sse-starlette cancels this generator)."""
+    """Server-sent events: the first chunks, a chunk per text piece, the finishing chunk, then [DONE] (OpenAI's; not in
+    llama-server's own streams: done_marker False). A client that disconnects cancels the generation (sse-starlette
+    cancels this generator)."""
     gen = job.generation
 
     async def events() -> AsyncIterator[str]:
@@ -520,7 +601,8 @@ def _stream(
                     if usage_chunk is not None:
                         yield json.dumps(usage_chunk())
                     break
-            yield "[DONE]"
+            if done_marker:
+                yield "[DONE]"
         finally:
             if not gen.done:
                 gen.cancel()

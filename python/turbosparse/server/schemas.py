@@ -1,4 +1,5 @@
-"""Request bodies of the OpenAI endpoints (and llama-server's /tokenize, /detokenize), validated by pydantic.
+"""Request bodies of the OpenAI endpoints (and llama-server's /completion, /tokenize, /detokenize), validated by
+pydantic.
 
 Fields OpenAI clients send that do not change the answer (user, model, ...) are accepted; features the engine
 does not have (n > 1, ...) are refused with a message saying so. Defaults of the sampling fields are
@@ -6,6 +7,7 @@ llama-server's; so are its `grammar` (GBNF) and `json_schema` fields, beside Ope
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationInfo, field_validator, model_validator
@@ -18,6 +20,7 @@ from turbosparse.sampling import SamplingParams
 from turbosparse.tool_calls import functions_as_tools
 
 MAX_STOPS = 16
+BANNED = -1e30  # llama-server's logit_bias false as JSON's numbers hold it (no -inf there): the token is never sampled
 
 
 def _unpaired_surrogate(value: Any, where: str) -> str | None:
@@ -193,6 +196,59 @@ class CompletionRequest(_Generate):
             raise ValueError("suffix (insertion) is not supported")
         if self.best_of not in (None, 1):
             raise ValueError("only best_of = 1 is supported")
+        return self
+
+
+class NativeCompletionRequest(_Generate):
+    """llama-server's own /completion: prompt as text, token ids, or both mixed in one list (each text tokenized in
+    turn, the BOS before a leading text only); n_predict (or max_tokens; -1: until the slot is full); cache_prompt on,
+    as there; n_probs alternatives per token (completion_probabilities); return_tokens: the generated ids too;
+    logit_bias also as [[id, bias], ...], false banning the token."""
+
+    prompt: str | list[StrictInt | str]
+    n_predict: int | None = Field(default=None, ge=-1)
+    cache_prompt: bool = True
+    n_probs: StrictInt = Field(default=0, ge=0, le=MAX_TOP_LOGPROBS)
+    return_tokens: bool = False
+    id_slot: int = -1  # taken; a request goes to the free slot holding most of its prompt
+    ignore_eos: bool = False
+
+    @field_validator("prompt")
+    @classmethod
+    def _one_prompt(cls, prompt: str | list[int | str]) -> str | list[int | str]:
+        if not prompt:
+            raise ValueError("the prompt is empty")
+        if isinstance(prompt, list) and len(prompt) > 1 and all(isinstance(p, str) for p in prompt):
+            raise ValueError("one prompt per request is supported (a list of texts is several prompts)")
+        return prompt
+
+    @field_validator("logit_bias", mode="before")
+    @classmethod
+    def _pairs(cls, bias: Any) -> Any:
+        """[[id, bias], ...] as {"id": bias}; false (a ban) as a bias no logit survives."""
+        pairs = bias.items() if isinstance(bias, dict) else bias if isinstance(bias, list) else None
+        if pairs is None:
+            return bias
+        out: dict[str, Any] = {}
+        for pair in pairs:
+            if not isinstance(pair, list | tuple) or len(pair) != 2 or isinstance(pair[0], bool):
+                raise ValueError(f"logit_bias entries are [token id, bias] pairs, got {pair!r}")
+            token, value = pair
+            if not isinstance(token, int | str):
+                raise ValueError(f"logit_bias keys are token ids, got {token!r}")
+            out[str(token)] = BANNED if value is False else value
+        return out
+
+    @property
+    def bias(self) -> dict[int, float]:
+        return {token: -math.inf if value <= BANNED else value for token, value in super().bias.items()}
+
+    @model_validator(mode="after")
+    def _supported(self) -> NativeCompletionRequest:
+        if self.ignore_eos:
+            raise ValueError("ignore_eos is not supported")
+        if self.n_predict is not None:  # n_predict wins over max_tokens, as there
+            self.max_tokens = None if self.n_predict < 0 else self.n_predict
         return self
 
 
