@@ -145,3 +145,48 @@ def test_a_state_that_does_not_fit_is_refused_and_changes_nothing(layout: tuple[
     untouched = context(spec, path)
     untouched.eval(tokens(spec, 21, 10), dense_ffn=True, logits_all=False)
     np.testing.assert_array_equal(decoded(target, probe), decoded(untouched, probe))
+
+
+def test_forged_positions_and_token_counts_are_refused(layout: tuple[Layout, Path]) -> None:
+    """Header fields that no sequence can hold: a window that no longer holds the next position's window (where the
+    layers slide), a position count past n_ctx, another token count than the caller's bookkeeping."""
+    spec, path = layout
+    ctx = context(spec, path)
+    ctx.eval(tokens(spec, 200, 12), dense_ffn=True, logits_all=False)
+    state = bytearray(ctx.save_seq())
+    target = context(spec, path)
+    with pytest.raises(InvalidArgumentError, match="199 tokens expected, keys and values of 200"):
+        target.load_seq(bytes(state), n_tokens=199)
+    if spec.cfg.n_swa:
+        forged = bytearray(state)
+        forged[_field("swa_base") : _field("swa_base") + 4] = (200 - spec.cfg.n_swa + 2).to_bytes(4, "little")
+        with pytest.raises(InvalidArgumentError, match="corrupt sequence state: window from position"):
+            target.load_seq(bytes(forged))
+    forged = bytearray(state)
+    forged[_field("n_past") : _field("n_past") + 4] = (spec.n_ctx + 1).to_bytes(4, "little")
+    with pytest.raises(ContextOverflowError):
+        target.load_seq(bytes(forged))
+    assert target.n_past == 0
+    target.load_seq(bytes(state), n_tokens=200)
+    assert target.n_past == 200
+
+
+def _field(name: str) -> int:
+    """Byte offset of an int32 header field (seq_state.c: seq_state_header)."""
+    names = ["version", "n_layer", "n_embd_kv", "type_k", "type_v", "flash_attn", "rope_factors", "windowed",
+             "n_cells_swa", "n_cells_ckpt", "n_past", "swa_base", "ckpt_pos", "ckpt_start"]  # fmt: skip
+    return 4 + 4 * names.index(name)
+
+
+def test_keys_roped_with_other_factors_are_refused(tmp_path: Path) -> None:
+    """phi3 (LongRoPE) ropes with its long factors where a sequence's cells pass the original context, else its short
+    ones: a state saved at one size does not go into a context of the other."""
+    cfg = TinyConfig(arch="phi3", n_rot=12, rope_attn_factor=1.2)
+    path = tmp_path / "phi3.gguf"
+    write_gguf(path, cfg, random_weights(cfg, seed=5), extra_kv={"phi3.rope.scaling.original_context_length": 256})
+    spec = Layout("phi3", cfg)
+    long = context(spec, path, n_ctx=512)
+    long.eval(tokens(spec, 40, 13), dense_ffn=True, logits_all=False)
+    with pytest.raises(InvalidArgumentError, match="rope_long factors, this context ropes with rope_short"):
+        context(spec, path, n_ctx=256).load_seq(long.save_seq())
+    context(spec, path, n_ctx=1024).load_seq(long.save_seq())  # long factors too

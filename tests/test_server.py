@@ -804,3 +804,96 @@ def test_a_thinking_models_reasoning_is_split_from_its_content(smollm2_path) -> 
     assert on_again.endswith("<|im_start|>assistant\n")
     with pytest.raises(InvalidArgumentError, match="reasoning-budget"):
         ServerConfig(str(smollm2_path), reasoning_budget=100)
+
+
+def test_slots_are_saved_restored_and_erased(tmp_path, smollm2_path) -> None:
+    """llama-server's /slots/{id}?action=save|restore|erase with --slot-save-path: a restored slot spares a prompt's
+    evaluation (also in a server started anew), an erased one does not; bad names, missing or foreign files, slots
+    out of range and a server without the folder are refused; a slot decoding a generation cannot be replaced."""
+    from fastapi.testclient import TestClient
+
+    from turbosparse import Model
+    from turbosparse.errors import SequenceBusyError
+    from turbosparse.sampling import SamplingParams
+    from turbosparse.server import ServerConfig, create_app
+
+    folder = tmp_path / "slots"
+
+    def app(**options: Any) -> TestClient:
+        config = ServerConfig(str(smollm2_path), n_ctx=512, n_threads=2, parallel=2, slot_save_path=str(folder))
+        return TestClient(create_app(ServerConfig(**{**vars(config), **options})))
+
+    def ready(client: TestClient) -> None:
+        deadline = time.monotonic() + 120
+        while client.get("/health").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def evaluated(client: TestClient, prompt: str) -> int:
+        """Prompt tokens a /completion of prompt evaluates (the rest came from a slot)."""
+        before = client.get("/metrics").text
+        assert client.post("/completion", json={"prompt": prompt, "n_predict": 2, "temperature": 0}).status_code == 200
+        after = client.get("/metrics").text
+
+        def total(text: str) -> float:
+            line = next(x for x in text.splitlines() if x.startswith("llamacpp:prompt_tokens_total "))
+            return float(line.split()[1])
+
+        return int(total(after) - total(before))
+
+    story = " ".join(PROMPTS) + " and so the long story of this test goes on for a while."
+    with app() as client:
+        ready(client)
+        assert evaluated(client, story) > 40
+        saved = client.post("/slots/0?action=save", json={"filename": "story.bin"}).json()
+        if saved["n_saved"] == 0:  # the story went to the other slot
+            saved = client.post("/slots/1?action=save", json={"filename": "story.bin"}).json()
+        assert saved["n_saved"] > 40 and saved["n_written"] == (folder / "story.bin").stat().st_size, saved
+        assert [p.name for p in folder.iterdir()] == ["story.bin"]  # no temporary file left
+        for slot in (0, 1):
+            client.post(f"/slots/{slot}?action=erase")
+        assert evaluated(client, story + " More.") > 40  # nothing cached
+        for slot in (0, 1):
+            client.post(f"/slots/{slot}?action=erase")
+        restored = client.post("/slots/1?action=restore", json={"filename": "story.bin"}).json()
+        assert restored["n_restored"] == saved["n_saved"] and restored["n_read"] == saved["n_written"], restored
+        assert 0 < evaluated(client, story + " More.") <= 4
+        erased = client.post("/slots/1?action=erase").json()
+        assert erased["id_slot"] == 1 and erased["n_erased"] > saved["n_saved"], erased  # the longer prompt, answered
+
+        (folder / "junk.bin").write_bytes(b"TSSQ" + b"\0" * 40)
+        refusals = [
+            ("/slots/0?action=save", {"filename": "../outside.bin"}, 400),
+            ("/slots/0?action=save", {"filename": ".hidden"}, 400),
+            ("/slots/0?action=restore", {"filename": "missing.bin"}, 404),
+            ("/slots/0?action=restore", {"filename": "junk.bin"}, 400),
+            ("/slots/2?action=save", {"filename": "x.bin"}, 400),
+            ("/slots/0?action=rename", {"filename": "x.bin"}, 400),
+            ("/slots/0?action=save", None, 400),
+        ]
+        for path, body, status in refusals:
+            answer = client.post(path, json=body)
+            assert answer.status_code == status, (path, body, answer.text)
+        assert not (tmp_path / "outside.bin").exists()
+    with app() as client:  # started anew
+        ready(client)
+        client.post("/slots/0?action=restore", json={"filename": "story.bin"})
+        assert 0 < evaluated(client, story + " More.") <= 4
+    with app(type_k="q8_0", flash_attn=True) as client:  # another cache type
+        ready(client)
+        answer = client.post("/slots/0?action=restore", json={"filename": "story.bin"})
+        assert answer.status_code == 400 and "cache is K f16" in answer.text, answer.text
+    with app(slot_save_path=None) as client:
+        ready(client)
+        assert client.post("/slots/0?action=save", json={"filename": "x.bin"}).status_code == 501
+
+    model = Model(smollm2_path, n_ctx=128, n_threads=2, sparse="off")
+    state = model.save_sequence(0)
+    gen = model.start(model.tokenize("Once upon a time"), sampling=SamplingParams(temperature=0), max_tokens=4)
+    model.step([gen])
+    for busy in (lambda: model.load_sequence(0, state), lambda: model.clear_sequence(0)):
+        with pytest.raises(SequenceBusyError, match="sequence 0 is in use"):
+            busy()
+    while not gen.done:
+        model.step([gen])
+    model.load_sequence(0, state)
+    assert model.clear_sequence(0) == 0

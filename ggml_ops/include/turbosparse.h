@@ -289,15 +289,15 @@ int32_t ts_context_n_keepable_seq(const ts_context *ctx, int32_t seq, int32_t n_
 /*
  * Sequence seq's cached tokens as bytes (llama.cpp's llama_state_seq_get_data): their keys and values and the positions
  * they take, to be restored later into a sequence of a context with the same cache layout (model, K / V types, flash
- * attention, sliding-window cells), which then goes on from there without evaluating them again. _size: the bytes
- * _get writes now (0 for a sequence out of range); _get: exactly that many into dst; _set: replaces what sequence seq
- * holds, after checking every byte count and field (TS_ERR_ARGUMENT, or TS_ERR_CONTEXT_FULL for more tokens than its
- * n_ctx; nothing changed then).
+ * attention, sliding-window cells, the rope's factors), which then goes on from there without evaluating them again.
+ * _size: the bytes _get writes now (0 for a sequence out of range); _get: exactly that many into dst; _set: replaces
+ * what sequence seq holds, after checking every byte count and field, and that it holds n_tokens tokens (-1: any)
+ * (TS_ERR_ARGUMENT, or TS_ERR_CONTEXT_FULL for more tokens than its n_ctx; nothing changed then).
  */
 uint64_t ts_context_seq_state_size(ts_context *ctx, int32_t seq);
 int32_t ts_context_seq_state_get(ts_context *ctx, int32_t seq, void *dst, uint64_t size, char *err, size_t err_size);
-int32_t ts_context_seq_state_set(ts_context *ctx, int32_t seq, const void *src, uint64_t size, char *err,
-                                 size_t err_size);
+int32_t ts_context_seq_state_set(ts_context *ctx, int32_t seq, const void *src, uint64_t size, int32_t n_tokens,
+                                 char *err, size_t err_size);
 /* Bytes of the context's KV caches (every layer and sequence). */
 uint64_t ts_context_kv_size(const ts_context *ctx);
 /* Predictor threshold used from the next evaluation on. */

@@ -20,10 +20,17 @@ typedef struct seq_state_header {
     char magic[4];
     int32_t version;
     int32_t n_layer, n_embd_kv, type_k, type_v, flash_attn;
-    int32_t windowed; /* sliding-window layers cache a window's worth: n_cells_swa and n_cells_ckpt must match */
+    int32_t rope_factors; /* which of the model's frequency factors roped the keys (rope_kind): phi3's depend on n_ctx */
+    int32_t windowed;     /* sliding-window layers cache a window's worth: n_cells_swa and n_cells_ckpt must match */
     int32_t n_cells_swa, n_cells_ckpt;
     int32_t n_past, swa_base, ckpt_pos, ckpt_start;
 } seq_state_header;
+
+/* 0: none, 1: rope_freqs, 2: rope_long, 3: rope_short */
+static int32_t rope_kind(const ts_context *c) {
+    const ts_model *m = c->model;
+    return c->rope_factors == NULL ? 0 : c->rope_factors == m->rope_freqs ? 1 : c->rope_factors == m->rope_long ? 2 : 3;
+}
 
 static int windowed(const ts_context *c) {
     return c->n_cells_swa < c->n_cells;
@@ -34,7 +41,7 @@ static seq_state_header header_of(const ts_context *c, int32_t seq) {
     seq_state_header h = {
         .version = SEQ_STATE_VERSION, .n_layer = in->n_layer, .n_embd_kv = in->n_head_kv * in->n_embd_head,
         .type_k = c->params.type_k, .type_v = c->params.type_v, .flash_attn = c->params.flash_attn,
-        .windowed = windowed(c), .n_cells_swa = windowed(c) ? c->n_cells_swa : 0, .n_cells_ckpt = c->n_cells_ckpt,
+        .rope_factors = rope_kind(c), .windowed = windowed(c), .n_cells_swa = windowed(c) ? c->n_cells_swa : 0, .n_cells_ckpt = c->n_cells_ckpt,
         .n_past = c->n_past[seq], .swa_base = c->swa_base[seq], .ckpt_pos = c->ckpt_pos[seq],
         .ckpt_start = c->ckpt_start[seq]};
     memcpy(h.magic, SEQ_STATE_MAGIC, 4);
@@ -137,6 +144,14 @@ static int check_header(const ts_context *c, const seq_state_header *h, uint64_t
                        h->flash_attn ? "on" : "off", ggml_type_name((enum ggml_type)own.type_k),
                        ggml_type_name((enum ggml_type)own.type_v), own.flash_attn ? "on" : "off");
     }
+    if (h->rope_factors != own.rope_factors) {
+        static const char *const names[] = {"none", "rope_freqs", "rope_long", "rope_short"};
+        const int k = h->rope_factors >= 0 && h->rope_factors < 4 ? h->rope_factors : 0;
+        return ts_fail(err, err_size, TS_ERR_ARGUMENT,
+                       "the sequence state's keys were roped with the model's %s factors, this context ropes with %s "
+                       "(a context of another size: phi3's factors depend on n_ctx)",
+                       names[k], names[own.rope_factors]);
+    }
     if (h->windowed != own.windowed || h->n_cells_swa != own.n_cells_swa || h->n_cells_ckpt != own.n_cells_ckpt) {
         return ts_fail(err, err_size, TS_ERR_ARGUMENT,
                        "the sequence state's sliding-window caches hold %d cells (checkpoint %d), this context's %d "
@@ -147,7 +162,9 @@ static int check_header(const ts_context *c, const seq_state_header *h, uint64_t
         return ts_fail(err, err_size, TS_ERR_CONTEXT_FULL, "the sequence state holds %d tokens, n_ctx is %d",
                        h->n_past, c->n_ctx);
     }
-    const int window_ok = h->windowed ? h->swa_base >= 0 && h->swa_base <= h->n_past &&
+    /* a window's cells hold what the next position sees (window_cache.c: the window only moves past what it needs) */
+    const int holds_next = h->swa_base == 0 || (int64_t)h->n_past - c->model->n_swa + 1 >= h->swa_base;
+    const int window_ok = h->windowed ? h->swa_base >= 0 && h->swa_base <= h->n_past && holds_next &&
                                             h->n_past - h->swa_base <= h->n_cells_swa && h->ckpt_start >= 0 &&
                                             h->ckpt_pos >= 0 && h->ckpt_pos <= h->n_past &&
                                             h->ckpt_pos - h->ckpt_start <= h->n_cells_ckpt
@@ -160,8 +177,8 @@ static int check_header(const ts_context *c, const seq_state_header *h, uint64_t
     return 0;
 }
 
-int32_t ts_context_seq_state_set(ts_context *c, int32_t seq, const void *src, uint64_t size, char *err,
-                                 size_t err_size) {
+int32_t ts_context_seq_state_set(ts_context *c, int32_t seq, const void *src, uint64_t size, int32_t n_tokens,
+                                 char *err, size_t err_size) {
     const int bad_seq = ts_context_check_seq(c, seq, err, err_size);
     if (bad_seq != 0) {
         return bad_seq;
@@ -175,6 +192,10 @@ int32_t ts_context_seq_state_set(ts_context *c, int32_t seq, const void *src, ui
     const int bad_header = check_header(c, &h, size, err, err_size);
     if (bad_header != 0) {
         return bad_header;
+    }
+    if (n_tokens >= 0 && h.n_past != n_tokens) {
+        return ts_fail(err, err_size, TS_ERR_ARGUMENT, "corrupt sequence state: %d tokens expected, keys and values of %d",
+                       n_tokens, h.n_past);
     }
     const uint64_t need = sizeof(h) + walk_cells(c, seq, &h, NULL, NULL);
     if (size != need) {

@@ -544,12 +544,12 @@ class NativeContext:
             raise status_error(rc, self._err.message)
         return bytes(out)
 
-    def load_seq(self, state: bytes, seq: int = 0) -> None:
+    def load_seq(self, state: bytes, seq: int = 0, n_tokens: int = -1) -> None:
         """Makes sequence seq hold what save_seq saved (of this context or one with the same cache layout); the state is
-        checked first and a refused one changes nothing."""
+        checked first (n_tokens: the tokens it must hold, -1 any) and a refused one changes nothing."""
         ffi = self._lib.ffi
         rc = self._lib.lib.ts_context_seq_state_set(
-            self._handle, seq, ffi.from_buffer("char[]", state), len(state), self._err.buf, _ERR_SIZE
+            self._handle, seq, ffi.from_buffer("char[]", state), len(state), n_tokens, self._err.buf, _ERR_SIZE
         )
         if rc != Status.OK:
             raise status_error(rc, self._err.message)

@@ -27,6 +27,10 @@ class InvalidArgumentError(TurboSparseError, ValueError):
     """An argument or parameter out of range: a context size, thread count, token id, sequence."""
 
 
+class SequenceBusyError(InvalidArgumentError):
+    """A sequence (a server's slot) that an unfinished generation decodes in, asked to load or drop what it holds."""
+
+
 class GrammarError(InvalidArgumentError):
     """A grammar, JSON schema or response_format that cannot constrain generation: it does not parse, is too deep
     for llama.cpp's grammar engine, or asks for something not supported."""

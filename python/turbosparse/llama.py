@@ -419,26 +419,37 @@ class Llama:
         return LlamaState(self.input_ids.copy(), scores, n, data, len(data), self._seed, scored)
 
     def load_state(self, state: LlamaState) -> None:
-        """Goes back to what save_state saved: the next eval() or completion goes on after its tokens without
-        evaluating them again. A state the model cannot hold (another model's, more tokens than n_ctx, another KV
-        cache type) is refused with nothing changed."""
+        """Goes back to what save_state saved: the next completion (or eval() of one token, or with logits_all) goes on
+        after its tokens without evaluating them again. A state the model cannot hold (another model's, more tokens
+        than n_ctx, another KV cache type) is refused with nothing changed."""
         n = int(state.n_tokens)
         if not 0 <= n <= min(len(state.input_ids), self._model.n_ctx):
             raise ValueError(f"the state holds {n} tokens: this Llama's context holds {self._model.n_ctx}")
+        kept = self._kept_logits(state, n)
         self._model.load_state(self, SequenceState.from_bytes(state.llama_state))
         self.input_ids[:] = 0
         self.input_ids[:n] = state.input_ids[:n]
         self.n_tokens = n
         self._seed = state.seed
         self._scored[:] = False
-        self._last_logits = None
+        for i, row in kept.items():
+            if self._logits_all:
+                self.scores[i] = row
+                self._scored[i] = True
+        last = kept.get(n - 1)
+        self._last_logits = None if last is None else self.scores[n - 1] if self._logits_all else last.copy()
+
+    def _kept_logits(self, state: LlamaState, n: int) -> dict[int, np.ndarray]:
+        """The logits a state keeps, by position: with logits_all the rows scored marks, else the last position's."""
         rows = np.asarray(state.scores, dtype=np.single)
-        if self._logits_all and state.scored is not None and len(rows) == n:
-            self.scores[:n] = rows
-            self._scored[:n] = state.scored
-            self._last_logits = self.scores[n - 1] if n and self._scored[n - 1] else None
-        elif state.scored is None and len(rows) == 1 and n:
-            self._last_logits = rows[0].copy()
+        scored = getattr(state, "scored", None)  # not in llama_cpp's LlamaState
+        if rows.ndim != 2 or rows.shape[1] != self.n_vocab():
+            raise ValueError(
+                f"the state's scores have shape {rows.shape}: this model's vocabulary has {self.n_vocab()}"
+            )
+        if scored is not None and len(scored) == len(rows) == n:
+            return {int(i): rows[i] for i in np.flatnonzero(scored)}
+        return {n - 1: rows[0]} if scored is None and len(rows) == 1 and n else {}
 
     def set_cache(self, cache: LlamaCacheLike | None) -> None:
         """A prompt cache, as llama_cpp's (e.g. llama_cpp.LlamaRAMCache()): each completion saves its state under its

@@ -31,6 +31,7 @@ from turbosparse.errors import (
     InvalidArgumentError,
     ModelClosedError,
     ModelLoadError,
+    SequenceBusyError,
 )
 from turbosparse.generation import Generation, LogitsHook, StepLogits, StopHook
 from turbosparse.grammar import Grammar
@@ -310,35 +311,75 @@ class Model:
     def save_state(self, user: object, tokens: Sequence[int] = ()) -> SequenceState:
         """What the sequence user evaluates in holds now (as evaluate() picks it: user's own, else the free one sharing
         the longest prefix with tokens), for load_state: its tokens and their keys and values, as llama.cpp's
-        llama_state_seq_get_data saves them."""
+        llama_state_seq_get_data saves them. Nothing changes hands; SequenceBusyError where every sequence serves an
+        unfinished generation of another user."""
         with self._lock:
-            seq, _ = self._pool.claim(user, tokens)
-            kv = self._ctx.save_seq(seq.index)
-            logits = None if seq.prompt_logits is None else seq.prompt_logits.copy()
-            return SequenceState(tuple(seq.tokens), seq.n_prompted, logits, kv)
+            seq = self._pool.holding(user, tokens)
+            if seq is None:
+                raise SequenceBusyError("no sequence to save: every one serves an unfinished generation")
+            return self._saved(seq)
 
     def load_state(self, user: object, state: SequenceState) -> None:
         """Makes the sequence user evaluates in hold what state saved (in this Model, or another of the same file and
         KV cache settings): evaluating tokens that start with state's then computes only the rest. A state that does
         not fit (another model's, another cache layout, more tokens than n_ctx) is refused with nothing changed."""
+        self._check_state(state)
+        with self._lock:
+            seq, _ = self._pool.claim(user, state.tokens)
+            self._load(seq, state)
+
+    def save_sequence(self, index: int) -> SequenceState:
+        """What sequence index holds (a server's slot), as save_state saves it."""
+        with self._lock:
+            return self._saved(self._sequence(index))
+
+    def load_sequence(self, index: int, state: SequenceState) -> None:
+        """Makes sequence index hold state (as load_state), where no unfinished generation decodes in it
+        (SequenceBusyError otherwise); a prompt that starts with state's tokens may then take it."""
+        self._check_state(state)
+        with self._lock:
+            seq = self._free_sequence(index)
+            self._load(seq, state)
+            seq.owner = None
+
+    def clear_sequence(self, index: int) -> int:
+        """Drops what sequence index holds, where no unfinished generation decodes in it; returns the tokens dropped."""
+        with self._lock:
+            seq = self._free_sequence(index)
+            n = len(seq.tokens)
+            self._ctx.truncate(0, seq.index)
+            seq.tokens, seq.n_prompted, seq.prompt_logits, seq.owner = [], 0, None, None
+            return n
+
+    def _sequence(self, index: int) -> CachedSequence:
+        if not 0 <= index < self.n_seq:
+            raise InvalidArgumentError(f"sequence {index} out of [0, {self.n_seq})")
+        return self._pool.sequences[index]
+
+    def _free_sequence(self, index: int) -> CachedSequence:
+        seq = self._sequence(index)
+        if not seq.is_free():
+            raise SequenceBusyError(f"sequence {index} is in use: an unfinished generation decodes in it")
+        return seq
+
+    def _saved(self, seq: CachedSequence) -> SequenceState:
+        kv = self._ctx.save_seq(seq.index)
+        logits = None if seq.prompt_logits is None else seq.prompt_logits.copy()
+        return SequenceState(tuple(seq.tokens), seq.n_prompted, logits, kv)
+
+    def _check_state(self, state: SequenceState) -> None:
         if state.prompt_logits is not None and state.prompt_logits.shape != (self.info.n_vocab,):
             raise InvalidArgumentError(
                 f"the state's logits have shape {state.prompt_logits.shape}, this model's vocabulary "
                 f"{self.info.n_vocab} tokens"
             )
-        with self._lock:
-            seq, _ = self._pool.claim(user, state.tokens)
-            self._ctx.load_seq(state.kv, seq.index)
-            n_cached = self._ctx.n_past_of(seq.index)
-            if n_cached != len(state.tokens):  # the bytes do not hold those tokens
-                self._ctx.truncate(0, seq.index)
-                seq.tokens, seq.n_prompted, seq.prompt_logits = [], 0, None
-                raise InvalidArgumentError(
-                    f"corrupt sequence state: {len(state.tokens)} tokens, keys and values of {n_cached}"
-                )
-            seq.tokens = list(state.tokens)
-            seq.n_prompted = state.n_prompted
-            seq.prompt_logits = None if state.prompt_logits is None else state.prompt_logits.copy()
+
+    def _load(self, seq: CachedSequence, state: SequenceState) -> None:
+        """state into seq (the lock is held): the C library checks the bytes and refuses with nothing changed."""
+        self._ctx.load_seq(state.kv, seq.index, n_tokens=len(state.tokens))
+        seq.tokens = list(state.tokens)
+        seq.n_prompted = state.n_prompted
+        seq.prompt_logits = None if state.prompt_logits is None else state.prompt_logits.copy()
 
     def _prompt(self, seq: CachedSequence, tokens: list[int], *, any_prefix: bool = False) -> np.ndarray:
         """The logits after a prompt evaluated in seq (the lock is held). The very prompt seq last evaluated keeps its

@@ -103,6 +103,17 @@ class SequencePool:
                 return seq
         return None
 
+    def best_free(self, tokens: Sequence[int], candidates: Sequence[CachedSequence]) -> CachedSequence | None:
+        """The free one of candidates sharing the longest prefix with tokens (the least recently used of equals)."""
+        free = [s for s in candidates if s.is_free()]
+        return max(free, key=lambda s: (common_prefix(s.tokens, tokens), -s.last_used)) if free else None
+
+    def holding(self, user: object, tokens: Sequence[int]) -> CachedSequence | None:
+        """The sequence user would evaluate tokens in, as far as that is known without claiming one: its own, else
+        the free one claim() would take; None when every sequence serves another user."""
+        own = self.owned_by(user)
+        return own if own is not None else self.best_free(tokens, self.sequences)
+
     def claim(
         self, user: object, tokens: Sequence[int], exclude: Sequence[CachedSequence] = ()
     ) -> tuple[CachedSequence, bool]:
@@ -116,11 +127,7 @@ class SequencePool:
             candidates = [s for s in self.sequences if s not in exclude]
             if not candidates:
                 raise RuntimeError("no sequence left to claim")
-            free = [s for s in candidates if s.is_free()]
-            if free:
-                seq = max(free, key=lambda s: (common_prefix(s.tokens, tokens), -s.last_used))
-            else:
-                seq = min(candidates, key=lambda s: s.last_used)
+            seq = self.best_free(tokens, candidates) or min(candidates, key=lambda s: s.last_used)
             seq.owner = weakref.ref(user)
         assert seq is not None
         seq.last_used = self._clock

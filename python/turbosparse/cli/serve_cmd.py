@@ -54,6 +54,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="how /v1/embeddings pools a text's tokens: mean, cls (the first token's), last; default: the file's "
         "pooling_type (an embedding model's), which none (a chat model's) does not serve",
     )  # fmt: skip
+    p.add_argument(
+        "--slot-save-path", default=None,
+        help="folder where POST /slots/{id}?action=save writes a slot's cached tokens and action=restore reads them "
+        "(default: those actions refused)",
+    )  # fmt: skip
     p.set_defaults(func=run)
 
 
@@ -92,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
         reasoning_budget=args.reasoning_budget,
         embeddings=args.embeddings,
         pooling=args.pooling,
+        slot_save_path=args.slot_save_path,
         verbose=args.verbose,
     )
     failures: list[str] = []

@@ -1,5 +1,5 @@
 """The HTTP layer: OpenAI's /v1/models, /v1/completions, /v1/chat/completions and llama-server's /completion, /props,
-/health, /metrics, /tokenize, /detokenize, as FastAPI routes over the engine. Streams are server-sent events
+/slots, /health, /metrics, /tokenize, /detokenize, as FastAPI routes over the engine. Streams are server-sent events
 (sse-starlette)."""
 
 from __future__ import annotations
@@ -36,12 +36,12 @@ from turbosparse.completions import (
     usage,
 )
 from turbosparse.embeddings import pooling_named
-from turbosparse.errors import ChatTemplateError, ContextOverflowError, GrammarError
+from turbosparse.errors import ChatTemplateError, ContextOverflowError, GrammarError, SequenceBusyError
 from turbosparse.generation import FinishReason, Generation
 from turbosparse.logprobs import ReleasedLogprobs, prompt_text
 from turbosparse.model import Model
 from turbosparse.reasoning import CLOSE, open_at_end, thinks
-from turbosparse.server import native
+from turbosparse.server import native, slots
 from turbosparse.server.config import ServerConfig
 from turbosparse.server.engine import Engine, Event, Job, QueueFullError
 from turbosparse.server.errors import APIError, error_body, error_response, install_handlers
@@ -52,6 +52,7 @@ from turbosparse.server.schemas import (
     DetokenizeRequest,
     EmbeddingRequest,
     NativeCompletionRequest,
+    SlotFileRequest,
     TokenizeRequest,
     _Generate,
 )
@@ -332,6 +333,31 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
         if answer is None:
             return Response(status_code=CLIENT_CLOSED)
         return JSONResponse(last(answer))
+
+    @app.post("/slots/{id_slot}")
+    async def slot_action(id_slot: int, action: str, body: SlotFileRequest | None = None) -> JSONResponse:
+        """llama-server's slot actions: save / restore a slot's cached tokens to / from a file, or erase them."""
+        model, _ = ready()
+        if action not in ("save", "restore", "erase"):
+            raise APIError(400, f"action must be save, restore or erase, got {action!r}", param="action")
+        if not 0 <= id_slot < config.parallel:
+            raise APIError(400, f"slot {id_slot} out of [0, {config.parallel})", param="id_slot")
+        if action == "erase":
+            return JSONResponse(await asyncio.to_thread(slots.erase, model, id_slot))
+        if config.slot_save_path is None:
+            raise APIError(501, "slot save and restore need --slot-save-path", type="not_supported_error")
+        if body is None:
+            raise APIError(400, "the body needs a filename", param="filename")
+        act = slots.save if action == "save" else slots.restore
+        try:
+            answer = await asyncio.to_thread(act, model, id_slot, config.slot_save_path, body.filename)
+        except SequenceBusyError as exc:
+            raise APIError(409, str(exc), param="id_slot") from None
+        except FileNotFoundError:
+            raise APIError(404, f"no saved slot named {body.filename!r}", param="filename") from None
+        except ValueError as exc:  # a bad file name; a state this server cannot hold (another model, cache, size)
+            raise APIError(400, str(exc), param="filename") from None
+        return JSONResponse(answer)
 
     @app.get("/props")
     async def props() -> JSONResponse:

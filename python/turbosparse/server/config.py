@@ -37,6 +37,7 @@ class ServerConfig:
     reasoning_budget: int = -1  # -1: thinking as the template does; 0: thinking off (enable_thinking: false)
     embeddings: bool = False  # serve /v1/embeddings (one more sequence than slots, which embeddings take)
     pooling: str | None = None  # the embeddings' pooling (embeddings.py); None: the file's
+    slot_save_path: str | None = None  # the folder /slots/{id}?action=save|restore writes and reads (None: refused)
     verbose: bool = False
 
     def __post_init__(self) -> None:
@@ -62,6 +63,12 @@ class ServerConfig:
             pooling_named(self.pooling)  # InvalidArgumentError naming the choices
         if self.n_ctx < 0:
             raise InvalidArgumentError(f"--ctx-size must be >= 0, got {self.n_ctx}")
+        if (
+            self.slot_save_path is not None
+            and Path(self.slot_save_path).exists()
+            and not Path(self.slot_save_path).is_dir()
+        ):
+            raise InvalidArgumentError(f"--slot-save-path {self.slot_save_path}: not a folder")
         if 0 < self.n_ctx < 8 * self.parallel:
             raise InvalidArgumentError(
                 f"--ctx-size {self.n_ctx} leaves fewer than 8 tokens to each of {self.parallel} slots"

@@ -370,6 +370,12 @@ class EmbeddingRequest(_Body):
         return list(self.input)  # type: ignore[arg-type]
 
 
+class SlotFileRequest(_Body):
+    """/slots/{id}?action=save|restore: a file name inside --slot-save-path."""
+
+    filename: str
+
+
 class TokenizeRequest(_Body):
     content: str
     add_special: bool = False
