@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -615,3 +616,32 @@ def test_chat_template_kwargs_reach_the_template(smollm2_path) -> None:
     for bad, why in refused:
         out = turbosparse(*args, "--chat-template-kwargs", bad)
         assert out.returncode == 2 and why in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
+def test_run_prompt_cache(tmp_path, smollm2_path) -> None:
+    """llama-cli's --prompt-cache: the first run writes the prompt's state; a run whose prompt starts with it
+    evaluates only the rest (the very prompt again nothing), -ro leaves the file as it is, and a file
+    that is not a state (or of another cache type) is named and the prompt evaluated whole."""
+    cache = tmp_path / "prompt.cache"
+    story = "Once upon a time, in a small village by the sea, there lived an old fisherman and his three daughters."
+    base = ["run", "-m", str(smollm2_path), "-t", "2", "-n", "4", "--temp", "0", "--prompt-cache", str(cache)]
+
+    def evaluated(out: subprocess.CompletedProcess[str]) -> int:
+        assert out.returncode == 0, out.stderr
+        return int(re.search(r"prompt: (\d+) tokens", out.stderr).group(1))
+
+    first = turbosparse(*base, "-p", story)
+    assert "no file yet" in first.stderr and evaluated(first) > 20 and cache.stat().st_size > 0
+    written = cache.read_bytes()
+    again = turbosparse(*base, "-p", story + " One day", "--prompt-cache-ro")
+    assert f"{evaluated(first)} of the prompt's" in again.stderr and 0 < evaluated(again) <= 3, again.stderr
+    assert cache.read_bytes() == written
+    same = turbosparse(*base, "-p", story)
+    assert same.stdout == first.stdout and evaluated(same) == 0  # the prompt's last logits came along
+    cache.write_bytes(b"not a state")
+    foreign = turbosparse(*base, "-p", story)
+    assert "not used: " in foreign.stderr and "TSSQ" in foreign.stderr and evaluated(foreign) == evaluated(first)
+    other_type = turbosparse(*base, "-p", story, "-ctk", "q8_0", "-fa", "on")
+    assert "cache is K f16" in other_type.stderr and evaluated(other_type) == evaluated(first)
+    refused = turbosparse(*base, "-cnv")
+    assert refused.returncode != 0 and "not with -cnv" in refused.stderr

@@ -490,9 +490,15 @@ def test_llama_servers_own_completion_and_props(server: Server) -> None:
     assert status == 200 and banned["tokens"] and banned["tokens"][0] != first, banned
     status, none = server.request("POST", "/completion", {**body, "n_predict": 0})
     assert status == 200 and none["content"] == "" and none["stop_type"] == "limit", none
-    for bad in ({"prompt": ["one", "two"]}, {"prompt": "x", "ignore_eos": True}, {"prompt": []},
-                {"prompt": "x", "logit_bias": [[1, 2, 3]]}, {"prompt": [10**9]}):  # fmt: skip
+    for bad in ({"prompt": ["one", "two"]}, {"prompt": []}, {"prompt": "x", "logit_bias": [[1, 2, 3]]},
+                {"prompt": [10**9]}):  # fmt: skip
         assert_error(*server.request("POST", "/completion", bad), 400)
+    chat = {"prompt": "<|im_start|>user\nSay hi.<|im_end|>\n<|im_start|>assistant\n", "n_predict": 48, "temperature": 0}
+    status, ended = server.request("POST", "/completion", chat)
+    assert status == 200 and ended["stop_type"] == "eos" and ended["tokens_predicted"] < 48, ended
+    status, endless = server.request("POST", "/completion", {**chat, "ignore_eos": True})
+    assert status == 200 and endless["stop_type"] == "limit" and endless["tokens_predicted"] == 48, endless
+    assert endless["generation_settings"]["ignore_eos"] is True
 
     status, props = server.request("GET", "/props")
     assert status == 200, props

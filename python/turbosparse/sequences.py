@@ -5,10 +5,13 @@ Llama object), and evaluates only the tokens the claimed sequence does not hold 
 
 from __future__ import annotations
 
+import os
 import struct
+import tempfile
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -86,6 +89,31 @@ class SequenceState:
         tokens = tuple(np.frombuffer(data[at:end_tokens], "<i4").tolist())
         logits = None if n_logits < 0 else np.frombuffer(data[end_tokens:end_logits], "<f4").astype(np.float32)
         return cls(tokens, int(n_prompted), logits, bytes(data[end_logits:]))
+
+    def save(self, path: str | os.PathLike[str]) -> int:
+        """Writes the state to path, whole or not at all (a temporary file beside it, renamed at the end); returns the
+        bytes written."""
+        path = Path(path)
+        data = self.to_bytes()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return len(data)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> SequenceState:
+        """A state save() wrote (FileNotFoundError; InvalidArgumentError for a file that is not one)."""
+        data = Path(path).read_bytes()
+        try:
+            return cls.from_bytes(data)
+        except InvalidArgumentError as exc:
+            raise InvalidArgumentError(f"{path}: {exc}") from None
 
 
 class SequencePool:

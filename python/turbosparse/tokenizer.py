@@ -183,6 +183,10 @@ class Tokenizer:
             known = self._end_of_generation[token] = bool(llama_cpp.llama_vocab_is_eog(self._vocab, token))
         return known
 
+    def end_of_generation_tokens(self) -> list[int]:
+        """Every token that ends a generation (llama.cpp's end-of-generation set: EOS, EOT, <|im_end|>, ...)."""
+        return [t for t in range(self.n_vocab) if self.is_end_of_generation(t)]
+
     def metadata(self, key: str) -> str | None:
         self._check_open()
         return _c_string(lambda buf, size: llama_cpp.llama_model_meta_val_str(self._model, key.encode(), buf, size))

@@ -14,6 +14,7 @@ from typing import Any
 from turbosparse.binding import CACHE_TYPES, SparseMode, find_device
 from turbosparse.chat_template import chat_template_from, checked_variables
 from turbosparse.cli.conversation import Conversation, converse
+from turbosparse.cli.prompt_cache import PromptCache
 from turbosparse.default import default_model
 from turbosparse.errors import ChatTemplateError, InvalidArgumentError
 from turbosparse.grammar import Grammar
@@ -232,6 +233,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_chat_template_args(p)
     p.add_argument("-sys", "--system-prompt", default=None, help="system message (implies --chat unless -cnv)")
     p.add_argument("--no-display-prompt", action="store_true", help="do not echo the prompt")
+    p.add_argument(
+        "--prompt-cache", type=Path, default=None, metavar="FILE",
+        help="keep the prompt's keys and values in FILE: a later run whose prompt starts with it evaluates only the "
+        "rest (llama-cli's; the file is written after the prompt, and is of this model and cache settings only)",
+    )  # fmt: skip
+    p.add_argument("--prompt-cache-all", action="store_true", help="... the generated text's too")
+    p.add_argument("--prompt-cache-ro", action="store_true", help="use the prompt cache, never write it")
     constraint = p.add_mutually_exclusive_group()
     constraint.add_argument("--grammar", default=None, help="GBNF grammar (llama.cpp's format) the text must follow")
     constraint.add_argument("--grammar-file", type=Path, default=None, help="read the GBNF grammar from this file")
@@ -294,12 +302,17 @@ def run(args: argparse.Namespace) -> int:
     )
     max_tokens = None if args.n_predict < 0 else args.n_predict
     system = [{"role": "system", "content": args.system_prompt}] if args.system_prompt else []
+    cache = None
+    if args.prompt_cache is not None:
+        if args.conversation:
+            raise InvalidArgumentError("--prompt-cache takes one prompt: not with -cnv")
+        cache = PromptCache(args.prompt_cache, everything=args.prompt_cache_all, read_only=args.prompt_cache_ro)
 
     def answer(tokens: list[int], turn: int) -> Iterator[str]:
         seed = None if sampling.seed is None else sampling.seed + turn - 1  # turn by turn: another draw, reproducible
         limit = model.bounded(max_tokens, tokens)  # -n is a bound, as llama-cli's
         gen = model.start(tokens, sampling=replace(sampling, seed=seed), max_tokens=limit, stop=args.stop,
-                          grammar=grammar, cache_prompt=args.conversation)  # fmt: skip
+                          grammar=grammar, cache_prompt=args.conversation or cache is not None)  # fmt: skip
         return model.run(gen, with_empty=True)  # every step: Ctrl-C is looked at between any two
 
     if args.conversation:
@@ -317,15 +330,21 @@ def run(args: argparse.Namespace) -> int:
         if chat
         else model.tokenize(prompt, special=True)
     )
+    if cache is not None:
+        cache.restore(model, tokens)
     pieces = answer(tokens, 1)  # checks the prompt; the text comes as it is read
     if not args.no_display_prompt and not chat:
         sys.stdout.write(prompt)
         sys.stdout.flush()
     code = 0
     try:
-        for piece in pieces:
+        for step, piece in enumerate(pieces):
+            if step == 0 and cache is not None and not cache.everything:
+                cache.save(model)  # the sequence holds the prompt alone now: the first token is not evaluated yet
             sys.stdout.write(piece)
             sys.stdout.flush()
+        if cache is not None and cache.everything:
+            cache.save(model)
     except KeyboardInterrupt:  # Ctrl-C: the text so far ends its line and the timings follow, as llama-cli's
         code = 130
     sys.stdout.write("\n")
@@ -337,8 +356,7 @@ def logit_biases(model: Model, args: argparse.Namespace) -> dict[int, float] | N
     """-l's biases, and with --ignore-eos every end-of-generation token banned."""
     bias = dict(args.logit_bias)
     if args.ignore_eos:
-        tokenizer = model.tokenizer
-        bias |= {t: -math.inf for t in range(tokenizer.n_vocab) if tokenizer.is_end_of_generation(t)}
+        bias |= {t: -math.inf for t in model.tokenizer.end_of_generation_tokens()}
     return bias or None
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import json
 import logging
 import secrets
@@ -155,6 +156,10 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
     # that a preflight (no key) is answered before the key check
     app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"])
 
+    @functools.cache
+    def end_of_generation(model: Model) -> list[int]:
+        return model.tokenizer.end_of_generation_tokens()
+
     def ready() -> tuple[Model, Engine]:
         if state.failure is not None:
             raise APIError(500, f"the model failed to load: {state.failure}", type="server_error")
@@ -294,6 +299,8 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
         """llama-server's own completion endpoint (native.py's bodies)."""
         model, engine = ready()
         tokens = _mixed_prompt(model, body.prompt)
+        if body.ignore_eos:
+            body.ban_end_of_generation(end_of_generation(model))
         clock = native.Clock()
         job, queue = await _submit(model, engine, tokens, body, "prompt", body.n_probs or None)
         gen = job.generation

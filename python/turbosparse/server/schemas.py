@@ -10,7 +10,16 @@ from __future__ import annotations
 import math
 from typing import Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    StrictInt,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from turbosparse.errors import GrammarError
 from turbosparse.grammar import Grammar
@@ -203,7 +212,7 @@ class NativeCompletionRequest(_Generate):
     """llama-server's own /completion: prompt as text, token ids, or both mixed in one list (each text tokenized in
     turn, the BOS before a leading text only); n_predict (or max_tokens; -1: until the slot is full); cache_prompt on,
     as there; n_probs alternatives per token (completion_probabilities); return_tokens: the generated ids too;
-    logit_bias also as [[id, bias], ...], false banning the token."""
+    logit_bias also as [[id, bias], ...], false banning the token; ignore_eos banning the end-of-generation tokens."""
 
     prompt: str | list[StrictInt | str]
     n_predict: int | None = Field(default=None, ge=-1)
@@ -211,7 +220,12 @@ class NativeCompletionRequest(_Generate):
     n_probs: StrictInt = Field(default=0, ge=0, le=MAX_TOP_LOGPROBS)
     return_tokens: bool = False
     id_slot: int = -1  # taken; a request goes to the free slot holding most of its prompt
-    ignore_eos: bool = False
+    ignore_eos: bool = False  # end-of-generation tokens banned (the route gives them: ban_end_of_generation)
+    _end_of_generation: list[int] = PrivateAttr(default_factory=list)
+
+    def ban_end_of_generation(self, tokens: list[int]) -> None:
+        """With ignore_eos, tokens (the model's end-of-generation ones) are never sampled."""
+        self._end_of_generation = list(tokens) if self.ignore_eos else []
 
     @field_validator("prompt")
     @classmethod
@@ -241,12 +255,11 @@ class NativeCompletionRequest(_Generate):
 
     @property
     def bias(self) -> dict[int, float]:
-        return {token: -math.inf if value <= BANNED else value for token, value in super().bias.items()}
+        bias = {token: -math.inf if value <= BANNED else value for token, value in super().bias.items()}
+        return bias | dict.fromkeys(self._end_of_generation, -math.inf)
 
     @model_validator(mode="after")
     def _supported(self) -> NativeCompletionRequest:
-        if self.ignore_eos:
-            raise ValueError("ignore_eos is not supported")
         if self.n_predict is not None:  # n_predict wins over max_tokens, as there
             self.max_tokens = None if self.n_predict < 0 else self.n_predict
         return self

@@ -4,9 +4,7 @@ and layout), so that a long prompt's evaluation survives a restart or makes room
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -27,21 +25,12 @@ def slot_file(folder: str, filename: str) -> Path:
 
 
 def save(model: Model, slot: int, folder: str, filename: str) -> dict[str, Any]:
-    """Writes what the slot holds to the file (whole or not at all: a temporary file renamed at the end)."""
+    """Writes what the slot holds to the file (whole or not at all)."""
     path = slot_file(folder, filename)
     start = time.perf_counter()
     state = model.save_sequence(slot)
-    data = state.to_bytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return {"id_slot": slot, "filename": filename, "n_saved": len(state.tokens), "n_written": len(data),
+    n_written = state.save(path)
+    return {"id_slot": slot, "filename": filename, "n_saved": len(state.tokens), "n_written": n_written,
             "timings": {"save_ms": 1000 * (time.perf_counter() - start)}}  # fmt: skip
 
 
@@ -50,10 +39,9 @@ def restore(model: Model, slot: int, folder: str, filename: str) -> dict[str, An
     fit)."""
     path = slot_file(folder, filename)
     start = time.perf_counter()
-    data = path.read_bytes()
-    state = SequenceState.from_bytes(data)
+    state = SequenceState.load(path)
     model.load_sequence(slot, state)
-    return {"id_slot": slot, "filename": filename, "n_restored": len(state.tokens), "n_read": len(data),
+    return {"id_slot": slot, "filename": filename, "n_restored": len(state.tokens), "n_read": path.stat().st_size,
             "timings": {"restore_ms": 1000 * (time.perf_counter() - start)}}  # fmt: skip
 
 

@@ -1,0 +1,41 @@
+"""llama-cli's --prompt-cache FILE: the prompt's keys and values kept in a file between runs (Model.save_sequence,
+SequenceState's file), so that a run whose prompt starts with the cached one evaluates only the rest."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from turbosparse.errors import ContextOverflowError, InvalidArgumentError
+from turbosparse.model import Model
+from turbosparse.sequences import SequenceState, common_prefix
+
+
+@dataclass(frozen=True)
+class PromptCache:
+    path: Path
+    everything: bool = False  # --prompt-cache-all: the generated text's tokens too
+    read_only: bool = False  # --prompt-cache-ro: used, never written
+
+    def restore(self, model: Model, prompt: list[int]) -> None:
+        """The file's tokens into the model's sequence, where the file exists and fits this model and context (else
+        a warning: the prompt is evaluated whole and the file written anew)."""
+        if not self.path.exists():
+            _say(f"prompt cache {self.path}: no file yet")
+            return
+        try:
+            state = SequenceState.load(self.path)
+            model.load_sequence(0, state)
+        except (InvalidArgumentError, ContextOverflowError) as exc:
+            _say(f"prompt cache {self.path} not used: {exc}")
+            return
+        _say(f"prompt cache {self.path}: {common_prefix(state.tokens, prompt)} of the prompt's {len(prompt)} tokens")
+
+    def save(self, model: Model) -> None:
+        if not self.read_only:
+            model.save_sequence(0).save(self.path)
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr)
