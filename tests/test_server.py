@@ -63,10 +63,11 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def server(smollm2_path) -> Iterator[Server]:
+def server(smollm2_path, tmp_path_factory) -> Iterator[Server]:
     port = free_port()
     args = ["-m", str(smollm2_path), "--port", str(port), "-t", "2", "-c", str(SLOTS * SLOT_CTX),
-            "--parallel", str(SLOTS), "--queue-size", str(QUEUE), "--api-key", API_KEY]  # fmt: skip
+            "--parallel", str(SLOTS), "--queue-size", str(QUEUE), "--api-key", API_KEY,
+            "--slot-save-path", str(tmp_path_factory.mktemp("slots"))]  # fmt: skip
     process = subprocess.Popen(
         [sys.executable, "-m", "turbosparse", "serve", *args],
         stdout=subprocess.PIPE,
@@ -451,60 +452,97 @@ def test_cache_prompt_evaluates_only_a_chats_new_turn(server: Server) -> None:
 
 def test_llama_servers_own_completion_and_props(server: Server) -> None:
     """/completion as llama-server answers it: the text /v1/completions gives, llama-server's fields (stop_type and
-    stopping_word, the generated ids, completion_probabilities, timings); streamed as its chunks (no [DONE]); a
-    prompt mixing token ids and text; logit_bias pairs banning a token; and /props."""
+    stopping_word, the generated ids, completion_probabilities, timings with the cached share, the slot, truncated);
+    streamed as its chunks (their tokens, no [DONE]); a prompt mixing token ids and text; logit_bias pairs banning a
+    token by id or by text; n_predict 0 evaluating the prompt into its slot; id_slot; ignore_eos; and /props."""
     prompt, stop = PROMPTS[0], ["\n"]
     openai_text = server.client().completions.create(model="x", prompt=prompt, max_tokens=12, temperature=0, stop=stop)
     body = {"prompt": prompt, "n_predict": 12, "temperature": 0, "stop": stop}
     status, answer = server.request("POST", "/completion", {**body, "n_probs": 2, "return_tokens": True})
     assert status == 200, answer
     assert answer["content"] == openai_text.choices[0].text and answer["stop"] is True
-    assert answer["stop_type"] == ("word" if answer["stopping_word"] else "limit"), answer
-    assert answer["tokens_evaluated"] == len(
-        server.request("POST", "/tokenize", {"content": prompt, "add_special": True})[1]["tokens"]
-    )
+    assert (answer["stop_type"], answer["stopping_word"], answer["truncated"]) == ("word", "\n", False), answer
+    n_prompt = len(server.request("POST", "/tokenize", {"content": prompt, "add_special": True})[1]["tokens"])
+    assert answer["tokens_evaluated"] == n_prompt and 0 <= answer["id_slot"] < SLOTS
     assert answer["tokens_predicted"] == len(answer["tokens"]) > 0
+    assert answer["tokens_cached"] == n_prompt + answer["tokens_predicted"] - 1  # the last token is never evaluated
     shown = "".join(p["token"] for p in answer["completion_probabilities"])
     assert shown == answer["content"], answer["completion_probabilities"]
     assert all(len(p["top_logprobs"]) == 2 and p["logprob"] <= 0 for p in answer["completion_probabilities"])
-    assert set(answer["timings"]) >= {"prompt_n", "prompt_ms", "predicted_n", "predicted_ms", "predicted_per_second"}
+    timings = answer["timings"]
+    assert timings["cache_n"] + timings["prompt_n"] == n_prompt and timings["predicted_n"] == answer["tokens_predicted"]
+    assert timings["prompt_ms"] > 0 and timings["predicted_per_second"] > 0
     assert answer["generation_settings"]["n_predict"] == 12 and answer["generation_settings"]["stop"] == stop
 
-    status, streamed = server.request("POST", "/completions", {**body, "stream": True})
+    status, streamed = server.request("POST", "/completions", {**body, "stream": True, "n_probs": 1})
     assert status == 200 and "[DONE]" not in streamed
     chunks = [json.loads(line[6:]) for line in streamed.splitlines() if line.startswith("data: ")]
     assert [c["stop"] for c in chunks] == [False] * (len(chunks) - 1) + [True]
     assert "".join(c["content"] for c in chunks) == answer["content"]
-    assert (
-        chunks[-1]["stop_type"] == answer["stop_type"] and chunks[-1]["tokens_predicted"] == answer["tokens_predicted"]
-    )
+    assert [t for c in chunks for t in c["tokens"]] == answer["tokens"]  # a stream's chunks carry their tokens
+    assert "completion_probabilities" not in chunks[-1] and all("completion_probabilities" in c for c in chunks[:-1])
+    assert (chunks[-1]["stop_type"], chunks[-1]["tokens_predicted"]) == ("word", answer["tokens_predicted"])
 
     head, tail = "The capital of", " France is"
     ids = server.request("POST", "/tokenize", {"content": head, "add_special": True})[1]["tokens"]
     status, mixed = server.request("POST", "/completion", {**body, "prompt": [*ids, tail]})
     assert status == 200 and mixed["content"] == answer["content"], mixed
+    status, nested = server.request("POST", "/completion", {**body, "prompt": [[*ids, tail]]})
+    assert status == 200 and nested["content"] == answer["content"], nested
 
     first = answer["tokens"][0]
-    status, banned = server.request("POST", "/completion", {**body, "n_predict": 1, "return_tokens": True,
-                                                            "logit_bias": [[first, False]]})  # fmt: skip
-    assert status == 200 and banned["tokens"] and banned["tokens"][0] != first, banned
-    status, none = server.request("POST", "/completion", {**body, "n_predict": 0})
-    assert status == 200 and none["content"] == "" and none["stop_type"] == "limit", none
-    for bad in ({"prompt": ["one", "two"]}, {"prompt": []}, {"prompt": "x", "logit_bias": [[1, 2, 3]]},
-                {"prompt": [10**9]}):  # fmt: skip
+    text_of_first = server.request("POST", "/detokenize", {"tokens": [first]})[1]["content"]
+    for bias in ([[first, False]], [[text_of_first, False]], {text_of_first: -1e9}):
+        status, banned = server.request("POST", "/completion", {**body, "n_predict": 1, "return_tokens": True,
+                                                                "logit_bias": bias})  # fmt: skip
+        assert status == 200 and banned["tokens"] and banned["tokens"][0] != first, (bias, banned)
+    for bad in ({"prompt": ["one", "two"]}, {"prompt": [[1], [2]]}, {"prompt": []}, {"prompt": [10**9]},
+                {"prompt": "x", "logit_bias": [[1, 2, 3]]}, {"prompt": "x", "id_slot": SLOTS}):  # fmt: skip
         assert_error(*server.request("POST", "/completion", bad), 400)
+
+    # n_predict 0 evaluates the prompt into a slot (llama-server's way to fill a slot), and the next request takes it
+    story = " ".join(PROMPTS)
+    before = metric(server, "llamacpp:prompt_tokens_total")
+    status, none = server.request("POST", "/completion", {"prompt": story, "n_predict": 0, "id_slot": 2})
+    assert status == 200 and (none["content"], none["stop_type"], none["id_slot"]) == ("", "limit", 2), none
+    assert metric(server, "llamacpp:prompt_tokens_total") - before == none["tokens_evaluated"] == none["tokens_cached"]
+    status, again = server.request("POST", "/completion", {"prompt": story, "n_predict": 2, "temperature": 0})
+    assert again["id_slot"] == 2 and again["timings"]["cache_n"] >= again["tokens_evaluated"] - 1, again
+
     chat = {"prompt": "<|im_start|>user\nSay hi.<|im_end|>\n<|im_start|>assistant\n", "n_predict": 48, "temperature": 0}
     status, ended = server.request("POST", "/completion", chat)
     assert status == 200 and ended["stop_type"] == "eos" and ended["tokens_predicted"] < 48, ended
     status, endless = server.request("POST", "/completion", {**chat, "ignore_eos": True})
     assert status == 200 and endless["stop_type"] == "limit" and endless["tokens_predicted"] == 48, endless
-    assert endless["generation_settings"]["ignore_eos"] is True
+    assert endless["generation_settings"]["ignore_eos"] is True and endless["truncated"] is False
+    status, full = server.request("POST", "/completion", {"prompt": [first] * (SLOT_CTX - 4), "temperature": 0})
+    assert status == 200 and (full["stop_type"], full["truncated"], full["tokens_predicted"]) == ("limit", True, 4)
 
     status, props = server.request("GET", "/props")
     assert status == 200, props
     assert props["total_slots"] == SLOTS and props["default_generation_settings"]["n_ctx"] == SLOT_CTX
     assert "<|im_start|>" in props["chat_template"] and props["modalities"] == {"vision": False, "audio": False}
     assert props["default_generation_settings"]["params"]["n_predict"] == -1
+
+
+def test_a_slot_a_request_decodes_in_is_not_replaced(server: Server) -> None:
+    """While a streamed request decodes in a slot, restoring or erasing that slot is a 409 (the request goes on);
+    saving it saves what it holds at that step."""
+    body = json.dumps({"prompt": PROMPTS[1], "n_predict": 400, "temperature": 0, "stream": True}).encode()
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {API_KEY}"}
+    request = urllib.request.Request(server.base + "/completion", data=body, method="POST", headers=headers)
+    with urllib.request.urlopen(request, timeout=600) as stream:
+        line = b""
+        while not line.startswith(b"data: "):
+            line = stream.readline()
+        slot = json.loads(line[6:])["id_slot"]
+        status, saved = server.request("POST", f"/slots/{slot}?action=save", {"filename": "busy.bin"})
+        assert status == 200 and saved["n_saved"] > 0, saved
+        for action, payload in (("erase", None), ("restore", {"filename": "busy.bin"})):
+            status, answer = server.request("POST", f"/slots/{slot}?action={action}", payload)
+            assert_error(status, answer, 409)
+            assert "is in use" in answer["error"]["message"]
+        assert b'"stop": false' in stream.readline() + stream.readline()  # still decoding
 
 
 def test_the_api_key_is_required(server: Server) -> None:
@@ -834,10 +872,11 @@ def test_slots_are_saved_restored_and_erased(tmp_path, smollm2_path) -> None:
         while client.get("/health").status_code != 200 and time.monotonic() < deadline:
             time.sleep(0.05)
 
-    def evaluated(client: TestClient, prompt: str) -> int:
+    def evaluated(client: TestClient, prompt: str, **options: Any) -> int:
         """Prompt tokens a /completion of prompt evaluates (the rest came from a slot)."""
         before = client.get("/metrics").text
-        assert client.post("/completion", json={"prompt": prompt, "n_predict": 2, "temperature": 0}).status_code == 200
+        request = {"prompt": prompt, "n_predict": 2, "temperature": 0, **options}
+        assert client.post("/completion", json=request).status_code == 200
         after = client.get("/metrics").text
 
         def total(text: str) -> float:
@@ -849,17 +888,15 @@ def test_slots_are_saved_restored_and_erased(tmp_path, smollm2_path) -> None:
     story = " ".join(PROMPTS) + " and so the long story of this test goes on for a while."
     with app() as client:
         ready(client)
-        assert evaluated(client, story) > 40
+        assert evaluated(client, story, id_slot=0) > 40
         saved = client.post("/slots/0?action=save", json={"filename": "story.bin"}).json()
-        if saved["n_saved"] == 0:  # the story went to the other slot
-            saved = client.post("/slots/1?action=save", json={"filename": "story.bin"}).json()
         assert saved["n_saved"] > 40 and saved["n_written"] == (folder / "story.bin").stat().st_size, saved
         assert [p.name for p in folder.iterdir()] == ["story.bin"]  # no temporary file left
         for slot in (0, 1):
-            client.post(f"/slots/{slot}?action=erase")
+            assert client.post(f"/slots/{slot}?action=erase").status_code == 200
         assert evaluated(client, story + " More.") > 40  # nothing cached
         for slot in (0, 1):
-            client.post(f"/slots/{slot}?action=erase")
+            assert client.post(f"/slots/{slot}?action=erase", json={}).status_code == 200
         restored = client.post("/slots/1?action=restore", json={"filename": "story.bin"}).json()
         assert restored["n_restored"] == saved["n_saved"] and restored["n_read"] == saved["n_written"], restored
         assert 0 < evaluated(client, story + " More.") <= 4
@@ -867,10 +904,16 @@ def test_slots_are_saved_restored_and_erased(tmp_path, smollm2_path) -> None:
         assert erased["id_slot"] == 1 and erased["n_erased"] > saved["n_saved"], erased  # the longer prompt, answered
 
         (folder / "junk.bin").write_bytes(b"TSSQ" + b"\0" * 40)
+        (folder / "a-folder").mkdir()
+        for name in ("my slot.bin", "état.bin"):  # llama-server's names: any but folders, wildcards, leading dots
+            assert client.post("/slots/0?action=save", json={"filename": name}).status_code == 200
         refusals = [
             ("/slots/0?action=save", {"filename": "../outside.bin"}, 400),
             ("/slots/0?action=save", {"filename": ".hidden"}, 400),
-            ("/slots/0?action=restore", {"filename": "missing.bin"}, 404),
+            ("/slots/0?action=restore", {"filename": "missing.bin"}, 400),
+            ("/slots/0?action=restore", {"filename": "a-folder"}, 400),
+            ("/slots/0?action=save", {"filename": "a-folder"}, 400),
+            ("/slots/0?action=save", {"filename": "C:x.bin"}, 400),
             ("/slots/0?action=restore", {"filename": "junk.bin"}, 400),
             ("/slots/2?action=save", {"filename": "x.bin"}, 400),
             ("/slots/0?action=rename", {"filename": "x.bin"}, 400),
@@ -890,7 +933,8 @@ def test_slots_are_saved_restored_and_erased(tmp_path, smollm2_path) -> None:
         assert answer.status_code == 400 and "cache is K f16" in answer.text, answer.text
     with app(slot_save_path=None) as client:
         ready(client)
-        assert client.post("/slots/0?action=save", json={"filename": "x.bin"}).status_code == 501
+        for action in ("save", "restore", "erase"):
+            assert client.post(f"/slots/0?action={action}", json={"filename": "x.bin"}).status_code == 501
 
     model = Model(smollm2_path, n_ctx=128, n_threads=2, sparse="off")
     state = model.save_sequence(0)

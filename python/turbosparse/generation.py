@@ -112,6 +112,7 @@ class Generation:
         shown_tokens: frozenset[int] = frozenset(),
         logits_processor: LogitsHook | None = None,
         stopping_criteria: StopHook | None = None,
+        preferred_sequence: int | None = None,
     ) -> None:
         prompt = list(prompt_tokens)
         if not prompt:
@@ -143,6 +144,9 @@ class Generation:
         # ended on a token it took (max_tokens, a full context, a stop string): that token was never evaluated
         self.ended_on_new_token = False
         self.cache_prompt = cache_prompt  # its prompt keeps all its sequence holds of it (Model.start)
+        self.n_cached = 0  # prompt tokens its sequence held already (not evaluated), once the prompt is in
+        self.preferred_sequence = preferred_sequence  # taken where free (llama-server's id_slot); None: any
+        self.sequence = -1  # the sequence (a server's slot) it last evaluated in
         self._tokenizer = tokenizer
         self._grammar = grammar.start(tokenizer) if grammar is not None else None
         self._sampler = Sampler(sampling, self._grammar)
@@ -154,8 +158,8 @@ class Generation:
         self.token_logprobs: list[TokenLogprob] = []  # one per generated token, when logprobs is not None
         self.prompt_logprobs: list[TokenLogprob] | None = None  # with score_prompt, after the first step
         self._score_prompt = score_prompt
-        if max_tokens == 0 and not score_prompt:
-            self.finish_reason = "length"
+        if max_tokens == 0 and not score_prompt and not cache_prompt:
+            self.finish_reason = "length"  # with cache_prompt the prompt still goes into its sequence (take)
 
     @property
     def generated(self) -> list[int]:
@@ -210,6 +214,11 @@ class Generation:
         """Samples the next token from what a step computed (scored_prompt or advance); returns the text released."""
         if step.prompt is not None:
             return self.scored_prompt(step.prompt, step.next)
+        if (
+            self.max_tokens == 0
+        ):  # a cache_prompt generation of no tokens: its prompt is now evaluated into its sequence
+            self.finish_reason = "length"
+            return ""
         return self.advance(step.next)
 
     def cancel(self) -> None:

@@ -302,7 +302,7 @@ class Model:
             if logits_from is None and kept and seq.continues(tokens):  # one more token: decode it
                 return self._evaluate(seq, tokens, len(tokens) - 1, dense_ffn=False, logits_all=False).copy()
             if logits_from is None:
-                return self._prompt(seq, tokens).copy()
+                return self._prompt(seq, tokens)[0].copy()
             keep = self._ctx.keepable(min(self._reusable(seq, tokens, any_prefix=True), logits_from), seq.index)
             dense = self.sparse_mode == SparseMode.OFF  # every row as decoding computes it
             logits = self._evaluate(seq, tokens, keep, dense_ffn=dense, logits_all=True)
@@ -341,6 +341,7 @@ class Model:
             seq = self._free_sequence(index)
             self._load(seq, state)
             seq.owner = None
+            self._pool.touch(seq)  # what was just restored is the last a request for other tokens takes
 
     def clear_sequence(self, index: int) -> int:
         """Drops what sequence index holds, where no unfinished generation decodes in it; returns the tokens dropped."""
@@ -381,9 +382,10 @@ class Model:
         seq.n_prompted = state.n_prompted
         seq.prompt_logits = None if state.prompt_logits is None else state.prompt_logits.copy()
 
-    def _prompt(self, seq: CachedSequence, tokens: list[int], *, any_prefix: bool = False) -> np.ndarray:
-        """The logits after a prompt evaluated in seq (the lock is held). The very prompt seq last evaluated keeps its
-        keys, values and logits (nothing is computed); another one keeps what _reusable allows."""
+    def _prompt(self, seq: CachedSequence, tokens: list[int], *, any_prefix: bool = False) -> tuple[np.ndarray, int]:
+        """The logits after a prompt evaluated in seq (the lock is held), and how many of its tokens seq already held
+        (kept, not evaluated). The very prompt seq last evaluated keeps its keys, values and logits (nothing is
+        computed); another one keeps what _reusable allows."""
         n = len(tokens)
         if (
             seq.prompt_logits is not None
@@ -393,9 +395,9 @@ class Model:
         ):
             self._ctx.truncate(n, seq.index)
             del seq.tokens[n:]
-            return seq.prompt_logits
+            return seq.prompt_logits, n
         keep = self._reusable(seq, tokens, any_prefix=any_prefix)
-        return self._evaluate(seq, tokens, keep, dense_ffn=True, logits_all=False)
+        return self._evaluate(seq, tokens, keep, dense_ffn=True, logits_all=False), keep
 
     def _reusable(self, seq: CachedSequence, tokens: Sequence[int], *, any_prefix: bool = False) -> int:
         """How many of tokens a prompt evaluation keeps from what seq holds: their common prefix, as far as a
@@ -465,6 +467,7 @@ class Model:
         shown_tokens: frozenset[int] = frozenset(),
         logits_processor: LogitsHook | None = None,
         stopping_criteria: StopHook | None = None,
+        sequence: int | None = None,
     ) -> Generation:
         """A generation after prompt_tokens, to advance with step(); raises ContextOverflowError when the prompt
         and max_tokens do not fit in a sequence. logprobs: keep each token's log-probability and that many
@@ -478,7 +481,8 @@ class Model:
         keys and values may come from decoding, whose kernels round otherwise and, in a sparse mode, skip FFN
         rows). shown_tokens: special tokens whose text the generated text writes (a tool call's markers).
         logits_processor / stopping_criteria: llama_cpp's hooks, called with the evaluated token ids and each step's
-        logits (Generation)."""
+        logits (Generation). sequence: the sequence to evaluate in where it is free (llama-server's id_slot), else the
+        usual choice; Generation.sequence says which one it took."""
         return Generation(
             self._tokenizer,
             prompt_tokens,
@@ -493,6 +497,7 @@ class Model:
             shown_tokens=shown_tokens,
             logits_processor=logits_processor,
             stopping_criteria=stopping_criteria,
+            preferred_sequence=sequence,
         )
 
     def step(self, generations: Sequence[Generation]) -> list[str]:
@@ -522,18 +527,20 @@ class Model:
         decoding: list[tuple[Generation, CachedSequence]] = []
         claimed: list[CachedSequence] = []
         for g in live:
-            seq, kept = self._pool.claim(g, g.tokens, exclude=claimed)
+            seq, kept = self._pool.claim(g, g.tokens, exclude=claimed, prefer=g.preferred_sequence)
             claimed.append(seq)
+            g.sequence = seq.index
             if g.wants_prompt_logits:
                 # scored as eval_logits scores (every position as decoding computes it); then, in a sparse mode,
                 # evaluated again as a plain prompt (dense FFN), which the generation goes on from
                 dense = self.sparse_mode == SparseMode.OFF
                 scored = self._evaluate(seq, g.tokens, 0, dense_ffn=dense, logits_all=True)
-                steps[id(g)] = StepLogits(scored[-1] if dense else self._prompt(seq, g.tokens), scored)
+                steps[id(g)] = StepLogits(scored[-1] if dense else self._prompt(seq, g.tokens)[0], scored)
             elif kept and seq.continues(g.tokens):
                 decoding.append((g, seq))
             else:
-                steps[id(g)] = StepLogits(self._prompt(seq, g.tokens, any_prefix=g.cache_prompt))
+                logits, g.n_cached = self._prompt(seq, g.tokens, any_prefix=g.cache_prompt)
+                steps[id(g)] = StepLogits(logits)
         if decoding:
             start = time.perf_counter()
             rows = self._ctx.decode_batch(

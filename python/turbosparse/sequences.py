@@ -6,8 +6,8 @@ Llama object), and evaluates only the tokens the claimed sequence does not hold 
 from __future__ import annotations
 
 import os
+import secrets
 import struct
-import tempfile
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -96,13 +96,15 @@ class SequenceState:
         path = Path(path)
         data = self.to_bytes()
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")  # created as any file (the umask's mode)
         try:
-            with os.fdopen(fd, "wb") as f:
+            with open(tmp, "xb") as f:
                 f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
             os.replace(tmp, path)
         except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
             raise
         return len(data)
 
@@ -131,6 +133,11 @@ class SequencePool:
                 return seq
         return None
 
+    def touch(self, seq: CachedSequence) -> None:
+        """seq was just used (least recently used sequences are taken first)."""
+        self._clock += 1
+        seq.last_used = self._clock
+
     def best_free(self, tokens: Sequence[int], candidates: Sequence[CachedSequence]) -> CachedSequence | None:
         """The free one of candidates sharing the longest prefix with tokens (the least recently used of equals)."""
         free = [s for s in candidates if s.is_free()]
@@ -143,11 +150,15 @@ class SequencePool:
         return own if own is not None else self.best_free(tokens, self.sequences)
 
     def claim(
-        self, user: object, tokens: Sequence[int], exclude: Sequence[CachedSequence] = ()
+        self,
+        user: object,
+        tokens: Sequence[int],
+        exclude: Sequence[CachedSequence] = (),
+        prefer: int | None = None,
     ) -> tuple[CachedSequence, bool]:
         """The sequence user evaluates tokens in, and whether it is the one user had already: its own when it
-        still has one, else the best other one, never one in exclude. The caller keeps what the sequence holds of
-        tokens and evaluates the rest."""
+        still has one, else sequence prefer where it is free, else the best other one, never one in exclude. The
+        caller keeps what the sequence holds of tokens and evaluates the rest."""
         self._clock += 1
         seq = self.owned_by(user)
         kept = seq is not None and seq not in exclude
@@ -155,7 +166,9 @@ class SequencePool:
             candidates = [s for s in self.sequences if s not in exclude]
             if not candidates:
                 raise RuntimeError("no sequence left to claim")
-            seq = self.best_free(tokens, candidates) or min(candidates, key=lambda s: s.last_used)
+            preferred = [s for s in candidates if s.index == prefer and s.is_free()]
+            seq = (preferred[0] if preferred else None) or self.best_free(tokens, candidates)
+            seq = seq or min(candidates, key=lambda s: s.last_used)
             seq.owner = weakref.ref(user)
         assert seq is not None
         seq.last_used = self._clock

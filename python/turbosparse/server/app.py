@@ -299,18 +299,18 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
         """llama-server's own completion endpoint (native.py's bodies)."""
         model, engine = ready()
         tokens = _mixed_prompt(model, body.prompt)
-        if body.ignore_eos:
-            body.ban_end_of_generation(end_of_generation(model))
+        texts = {text: model.tokenize(text, add_bos=False) for text in body.text_biases()}
+        body.resolve(texts, end_of_generation(model) if body.ignore_eos else [])
         clock = native.Clock()
         job, queue = await _submit(model, engine, tokens, body, "prompt", body.n_probs or None)
         gen = job.generation
         released = ReleasedLogprobs(gen.token_logprobs)
         sent = 0  # generated ids that went out in chunks (return_tokens)
 
-        def new_tokens() -> list[int]:
+        def new_tokens() -> list[int]:  # a stream's chunks carry their tokens, as llama-server's
             nonlocal sent
             ids, sent = gen.generated[sent:], len(gen.generated)
-            return ids if body.return_tokens else []
+            return ids if body.return_tokens or body.stream else []
 
         def probs(text: str, *, end: bool = False) -> list[dict[str, Any]] | None:
             if not body.n_probs:
@@ -320,9 +320,11 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
 
         def last(content: str) -> dict[str, Any]:
             text = prompt_text(model.tokenizer, tokens)
+            room = model.n_ctx - len(tokens)
+            full = gen.finish_reason == "length" and (body.max_tokens is None or body.max_tokens > room)
             return native.final(
                 content, new_tokens(), gen, body=body, model_name=config.model_name, prompt=text, n_ctx=model.n_ctx,
-                clock=clock, probs=probs(content, end=True),
+                clock=clock, probs=None if body.stream else probs(content, end=True), truncated=full,
             )  # fmt: skip
 
         if body.stream:
@@ -345,26 +347,26 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
     async def slot_action(id_slot: int, action: str, body: SlotFileRequest | None = None) -> JSONResponse:
         """llama-server's slot actions: save / restore a slot's cached tokens to / from a file, or erase them."""
         model, _ = ready()
+        if config.slot_save_path is None:
+            raise APIError(501, "slot actions need --slot-save-path", type="not_supported_error")
         if action not in ("save", "restore", "erase"):
             raise APIError(400, f"action must be save, restore or erase, got {action!r}", param="action")
-        if not 0 <= id_slot < config.parallel:
-            raise APIError(400, f"slot {id_slot} out of [0, {config.parallel})", param="id_slot")
-        if action == "erase":
-            return JSONResponse(await asyncio.to_thread(slots.erase, model, id_slot))
-        if config.slot_save_path is None:
-            raise APIError(501, "slot save and restore need --slot-save-path", type="not_supported_error")
-        if body is None:
+        if not 0 <= id_slot < model.n_seq:
+            raise APIError(400, f"slot {id_slot} out of [0, {model.n_seq})", param="id_slot")
+        filename = body.filename if body is not None else None
+        if action != "erase" and filename is None:
             raise APIError(400, "the body needs a filename", param="filename")
-        act = slots.save if action == "save" else slots.restore
         try:
-            answer = await asyncio.to_thread(act, model, id_slot, config.slot_save_path, body.filename)
+            if action == "erase":
+                return JSONResponse(await asyncio.to_thread(slots.erase, model, id_slot))
+            act = slots.save if action == "save" else slots.restore
+            return JSONResponse(await asyncio.to_thread(act, model, id_slot, config.slot_save_path, filename))
         except SequenceBusyError as exc:
             raise APIError(409, str(exc), param="id_slot") from None
-        except FileNotFoundError:
-            raise APIError(404, f"no saved slot named {body.filename!r}", param="filename") from None
-        except ValueError as exc:  # a bad file name; a state this server cannot hold (another model, cache, size)
+        except FileNotFoundError:  # llama-server's status for it
+            raise APIError(400, f"no saved slot named {filename!r}", param="filename") from None
+        except (ValueError, OSError) as exc:  # a bad name or file; a state this server cannot hold (model, cache, size)
             raise APIError(400, str(exc), param="filename") from None
-        return JSONResponse(answer)
 
     @app.get("/props")
     async def props() -> JSONResponse:
@@ -514,6 +516,8 @@ async def _submit(
     score_prompt: the prompt's too; tools: a chat's, which may hold the answer to calls and show their markers) and
     queues it on the engine; its events arrive in the returned queue."""
     _check_tokens(model, list(body.bias), "logit_bias")
+    if body.id_slot >= model.n_seq:
+        raise APIError(400, f"id_slot {body.id_slot} out of [0, {model.n_seq})", param="id_slot")
     name = None
     try:
         name = "tools" if tools is not None and tools.forced else body.constraint_field()
@@ -524,6 +528,7 @@ async def _submit(
                 sampling=body.sampling(),
                 # past the slot's room, the answer ends where the slot is full ("length"), as in llama-server
                 max_tokens=model.bounded(body.max_tokens, tokens),
+                sequence=body.id_slot if body.id_slot >= 0 else None,
                 stop=body.stops,
                 logprobs=logprobs,
                 score_prompt=score_prompt,

@@ -33,11 +33,13 @@ class Clock:
         self.first = now if self.first is None else self.first
         self.ended = now
 
-    def timings(self, n_prompt: int, n_predicted: int) -> dict[str, float]:
+    def timings(self, n_cached: int, n_prompt: int, n_predicted: int) -> dict[str, float]:
+        """n_prompt: the prompt tokens evaluated, n_cached those a slot held already."""
         first = self.first if self.first is not None else time.perf_counter()
         ended = self.ended if self.ended is not None else first
         prompt_ms, predicted_ms = 1000 * (first - self.submitted), 1000 * (ended - first)
         return {
+            "cache_n": n_cached,
             "prompt_n": n_prompt,
             "prompt_ms": prompt_ms,
             "prompt_per_token_ms": prompt_ms / max(n_prompt, 1),
@@ -80,6 +82,12 @@ def generation_settings(body: NativeCompletionRequest, n_ctx: int) -> dict[str, 
         "logit_bias": [[token, value if math.isfinite(value) else False] for token, value in body.bias.items()],
         "grammar": body.grammar or "",
         "cache_prompt": body.cache_prompt,
+        "id_slot": body.id_slot,
+        "max_tokens": -1 if body.max_tokens is None else body.max_tokens,
+        "n_keep": 0,
+        "typical_p": 1.0,
+        "mirostat": 0,
+        "samplers": ["penalties", "top_k", "top_p", "min_p", "temperature"],  # the sampler's order (sampling.py)
     }
 
 
@@ -108,7 +116,7 @@ def chunk(content: str, tokens: list[int], gen: Generation, probs: list[dict[str
         "content": content,
         "tokens": tokens,
         "stop": False,
-        "id_slot": -1,
+        "id_slot": gen.sequence,
         "tokens_predicted": gen.n_generated,
         "tokens_evaluated": gen.n_prompt,
     }
@@ -128,8 +136,10 @@ def final(
     n_ctx: int,
     clock: Clock,
     probs: list[dict[str, Any]] | None,
+    truncated: bool,
 ) -> dict[str, Any]:
-    """The whole answer, or a stream's last chunk (content: what it adds)."""
+    """The whole answer, or a stream's last chunk (content: what it adds); truncated: it ended where the slot is
+    full."""
     out = chunk(content, tokens, gen, probs)
     out.update(
         stop=True,
@@ -137,11 +147,11 @@ def final(
         generation_settings=generation_settings(body, n_ctx),
         prompt=prompt,
         has_new_line="\n" in gen.text,
-        truncated=False,
+        truncated=truncated,
         stop_type=stop_type(gen),
         stopping_word=gen.stopping_word,
         tokens_cached=len(gen.tokens) - (1 if gen.ended_on_new_token else 0),
-        timings=clock.timings(gen.n_prompt, gen.n_generated),
+        timings=clock.timings(gen.n_cached, gen.n_prompt - gen.n_cached, gen.n_generated),
     )
     return out
 
@@ -173,4 +183,5 @@ def props(model: Model, *, model_path: str, slots: int, version: str) -> dict[st
         "eos_token": special(tok.eos),
         "build_info": f"turbosparse {version}",
         "modalities": {"vision": False, "audio": False},
+        "is_sleeping": False,
     }

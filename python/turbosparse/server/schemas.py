@@ -89,6 +89,7 @@ class _Generate(_Body):
     grammar: str | None = None  # GBNF
     json_schema: dict[str, Any] | None = None
     cache_prompt: bool = False  # llama-server's: keep all a slot holds of the prompt, generated tokens too
+    id_slot: int = Field(default=-1, ge=-1)  # llama-server's: the slot to decode in where it is free (-1: any)
     user: str | None = None
 
     @model_validator(mode="before")
@@ -125,7 +126,7 @@ class _Generate(_Body):
     @classmethod
     def _token_ids(cls, bias: dict[str, float] | None) -> dict[str, float] | None:
         for token in bias or {}:
-            if not token.isascii() or not token.isdigit():
+            if not _is_id(token):
                 raise ValueError(f"logit_bias keys are token ids, got {token!r}")
         return bias
 
@@ -208,6 +209,10 @@ class CompletionRequest(_Generate):
         return self
 
 
+def _is_id(key: str) -> bool:
+    return key.isascii() and key.isdigit()
+
+
 class NativeCompletionRequest(_Generate):
     """llama-server's own /completion: prompt as text, token ids, or both mixed in one list (each text tokenized in
     turn, the BOS before a leading text only); n_predict (or max_tokens; -1: until the slot is full); cache_prompt on,
@@ -219,22 +224,35 @@ class NativeCompletionRequest(_Generate):
     cache_prompt: bool = True
     n_probs: StrictInt = Field(default=0, ge=0, le=MAX_TOP_LOGPROBS)
     return_tokens: bool = False
-    id_slot: int = -1  # taken; a request goes to the free slot holding most of its prompt
-    ignore_eos: bool = False  # end-of-generation tokens banned (the route gives them: ban_end_of_generation)
-    _end_of_generation: list[int] = PrivateAttr(default_factory=list)
+    ignore_eos: bool = False  # end-of-generation tokens banned (the route gives them: resolve)
+    _extra_bias: dict[int, float] = PrivateAttr(default_factory=dict)  # resolve's: text keys' tokens, bans
 
-    def ban_end_of_generation(self, tokens: list[int]) -> None:
-        """With ignore_eos, tokens (the model's end-of-generation ones) are never sampled."""
-        self._end_of_generation = list(tokens) if self.ignore_eos else []
+    def text_biases(self) -> dict[str, float]:
+        """logit_bias entries keyed by text (llama-server biases each of the text's tokens)."""
+        return {key: value for key, value in (self.logit_bias or {}).items() if not _is_id(key)}
 
-    @field_validator("prompt")
+    def resolve(self, tokens_of: dict[str, list[int]], end_of_generation: list[int]) -> None:
+        """What needs the model: the tokens of each text_biases key, and with ignore_eos the end-of-generation ones."""
+        bias = {token: value for key, value in self.text_biases().items() for token in tokens_of[key]}
+        self._extra_bias = bias | (dict.fromkeys(end_of_generation, BANNED) if self.ignore_eos else {})
+
+    @field_validator("prompt", mode="before")
     @classmethod
-    def _one_prompt(cls, prompt: str | list[int | str]) -> str | list[int | str]:
+    def _one_prompt(cls, prompt: Any) -> Any:
+        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], list):
+            prompt = prompt[0]  # one prompt of token ids (and texts), as a list of prompts
         if not prompt:
             raise ValueError("the prompt is empty")
+        if isinstance(prompt, list) and any(isinstance(p, list) for p in prompt):
+            raise ValueError("one prompt per request is supported (a list of lists is several prompts)")
         if isinstance(prompt, list) and len(prompt) > 1 and all(isinstance(p, str) for p in prompt):
             raise ValueError("one prompt per request is supported (a list of texts is several prompts)")
         return prompt
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _token_ids(cls, bias: dict[str, float] | None) -> dict[str, float] | None:
+        return bias  # text keys too (resolve)
 
     @field_validator("logit_bias", mode="before")
     @classmethod
@@ -246,17 +264,19 @@ class NativeCompletionRequest(_Generate):
         out: dict[str, Any] = {}
         for pair in pairs:
             if not isinstance(pair, list | tuple) or len(pair) != 2 or isinstance(pair[0], bool):
-                raise ValueError(f"logit_bias entries are [token id, bias] pairs, got {pair!r}")
+                raise ValueError(f"logit_bias entries are [token id or text, bias] pairs, got {pair!r}")
             token, value = pair
-            if not isinstance(token, int | str):
-                raise ValueError(f"logit_bias keys are token ids, got {token!r}")
-            out[str(token)] = BANNED if value is False else value
+            if not isinstance(token, int | str) or (isinstance(token, int) and token < 0):
+                raise ValueError(f"logit_bias keys are token ids or texts, got {token!r}")
+            if value is not True:  # true: no bias, as llama-server skips it
+                out[str(token)] = BANNED if value is False else value
         return out
 
     @property
     def bias(self) -> dict[int, float]:
-        bias = {token: -math.inf if value <= BANNED else value for token, value in super().bias.items()}
-        return bias | dict.fromkeys(self._end_of_generation, -math.inf)
+        ids = {int(key): value for key, value in (self.logit_bias or {}).items() if _is_id(key)}
+        bias = ids | self._extra_bias
+        return {token: -math.inf if value <= BANNED else value for token, value in bias.items()}
 
     @model_validator(mode="after")
     def _supported(self) -> NativeCompletionRequest:
@@ -384,9 +404,9 @@ class EmbeddingRequest(_Body):
 
 
 class SlotFileRequest(_Body):
-    """/slots/{id}?action=save|restore: a file name inside --slot-save-path."""
+    """/slots/{id}?action=save|restore: a file name inside --slot-save-path (erase reads none)."""
 
-    filename: str
+    filename: str | None = None
 
 
 class TokenizeRequest(_Body):

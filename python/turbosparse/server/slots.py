@@ -12,15 +12,21 @@ from typing import Any
 from turbosparse.model import Model
 from turbosparse.sequences import SequenceState
 
-_FILENAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,254}")  # a plain name: no folders, no leading dot
+_NOT_IN_NAMES = re.compile(r'[\x00-\x1f\x7f/\\:*?"<>|]')  # folders, drives, wildcards, control characters
 
 
 def slot_file(folder: str, filename: str) -> Path:
-    """filename inside folder; ValueError for a name that is not a plain file name."""
-    if not _FILENAME.fullmatch(filename):
-        raise ValueError(
-            f"invalid filename {filename!r}: letters, digits, '.', '_' and '-' only, not starting with '.'"
-        )
+    """filename inside folder; ValueError for a name that is not a plain file name (llama-server's rule: no folder
+    separators or characters Windows refuses, no leading dot, no blanks around it, at most 255 UTF-8 bytes)."""
+    plain = (
+        filename
+        and len(filename.encode("utf-8", "surrogatepass")) <= 255
+        and not _NOT_IN_NAMES.search(filename)
+        and not filename.startswith(".")
+        and filename == filename.strip()
+    )
+    if not plain:
+        raise ValueError(f"invalid filename {filename!r}: a plain file name (no folders, not starting with '.')")
     return Path(folder) / filename
 
 
@@ -39,9 +45,10 @@ def restore(model: Model, slot: int, folder: str, filename: str) -> dict[str, An
     fit)."""
     path = slot_file(folder, filename)
     start = time.perf_counter()
-    state = SequenceState.load(path)
+    data = path.read_bytes()
+    state = SequenceState.from_bytes(data)
     model.load_sequence(slot, state)
-    return {"id_slot": slot, "filename": filename, "n_restored": len(state.tokens), "n_read": path.stat().st_size,
+    return {"id_slot": slot, "filename": filename, "n_restored": len(state.tokens), "n_read": len(data),
             "timings": {"restore_ms": 1000 * (time.perf_counter() - start)}}  # fmt: skip
 
 
