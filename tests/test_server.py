@@ -543,6 +543,24 @@ def test_a_slot_a_request_decodes_in_is_not_replaced(server: Server) -> None:
             assert_error(status, answer, 409)
             assert "is in use" in answer["error"]["message"]
         assert b'"stop": false' in stream.readline() + stream.readline()  # still decoding
+        status, listed = server.request("GET", "/slots")
+        assert status == 200 and [s["id"] for s in listed] == list(range(SLOTS)), listed
+        assert listed[slot]["is_processing"] is True and listed[slot]["n_ctx"] == SLOT_CTX
+
+
+def test_apply_template_gives_the_chat_prompt(server: Server) -> None:
+    """llama-server's /apply-template: the text a chat completion's prompt is (its tokens are the usage's)."""
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    status, answer = server.request("POST", "/apply-template", {"messages": messages})
+    assert status == 200, answer
+    assert (
+        answer["prompt"]
+        == "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    )
+    chat = server.client().chat.completions.create(model="x", messages=messages, max_tokens=1, temperature=0)
+    tokens = server.request("POST", "/tokenize", {"content": answer["prompt"], "add_special": True})[1]["tokens"]
+    assert chat.usage.prompt_tokens == len(tokens)
+    assert_error(*server.request("POST", "/apply-template", {"messages": []}), 400)
 
 
 def test_the_api_key_is_required(server: Server) -> None:

@@ -352,6 +352,11 @@ class Model:
             seq.tokens, seq.n_prompted, seq.prompt_logits, seq.owner = [], 0, None, None
             return n
 
+    def sequence_status(self) -> list[tuple[int, bool]]:
+        """Per sequence (a server's slot): the tokens it holds, and whether an unfinished generation decodes in it."""
+        with self._lock:
+            return [(len(seq.tokens), not seq.is_free()) for seq in self._pool.sequences]
+
     def _sequence(self, index: int) -> CachedSequence:
         if not 0 <= index < self.n_seq:
             raise InvalidArgumentError(f"sequence {index} out of [0, {self.n_seq})")

@@ -1,6 +1,6 @@
 """The HTTP layer: OpenAI's /v1/models, /v1/completions, /v1/chat/completions and llama-server's /completion, /props,
-/slots, /health, /metrics, /tokenize, /detokenize, as FastAPI routes over the engine. Streams are server-sent events
-(sse-starlette)."""
+/slots, /apply-template, /health, /metrics, /tokenize, /detokenize, as FastAPI routes over the engine. Streams are
+server-sent events (sse-starlette)."""
 
 from __future__ import annotations
 
@@ -48,6 +48,7 @@ from turbosparse.server.engine import Engine, Event, Job, QueueFullError
 from turbosparse.server.errors import APIError, error_body, error_response, install_handlers
 from turbosparse.server.metrics import collect, render
 from turbosparse.server.schemas import (
+    ApplyTemplateRequest,
     ChatCompletionRequest,
     CompletionRequest,
     DetokenizeRequest,
@@ -367,6 +368,28 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
             raise APIError(400, f"no saved slot named {filename!r}", param="filename") from None
         except (ValueError, OSError) as exc:  # a bad name or file; a state this server cannot hold (model, cache, size)
             raise APIError(400, str(exc), param="filename") from None
+
+    @app.get("/slots")
+    async def slots_status(fail_on_no_slot: int = 0) -> JSONResponse:
+        """llama-server's slot list: each slot's size, whether a request decodes in it, the tokens it holds."""
+        model, _ = ready()
+        status = await asyncio.to_thread(model.sequence_status)
+        if fail_on_no_slot and all(busy for _, busy in status):
+            raise APIError(503, "no slot available")
+        return JSONResponse([{"id": i, "n_ctx": model.n_ctx, "is_processing": busy, "n_tokens": n}
+                             for i, (n, busy) in enumerate(status)])  # fmt: skip
+
+    @app.post("/apply-template")
+    async def apply_template(body: ApplyTemplateRequest) -> JSONResponse:
+        """llama-server's: the prompt text the chat template makes of the messages, generation prompt included."""
+        model, _ = ready()
+        try:
+            checked_variables(body.chat_template_kwargs or {})
+            messages = [m.for_template() for m in body.messages]
+            prompt = model.chat_prompt(messages, template_kwargs=body.chat_template_kwargs, tools=body.tools or None)
+        except ValueError as exc:  # no template, one that refuses the messages (ChatTemplateError), bad variables
+            raise APIError(400, str(exc), param="messages") from None
+        return JSONResponse({"prompt": prompt})
 
     @app.get("/props")
     async def props() -> JSONResponse:

@@ -380,6 +380,14 @@ class ChatCompletionRequest(_Generate):
         return self
 
 
+class ApplyTemplateRequest(_Body):
+    """llama-server's /apply-template: the chat prompt messages make (with tools and template variables)."""
+
+    messages: list[ChatMessage] = Field(min_length=1)
+    tools: list[Any] | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
+
+
 class EmbeddingRequest(_Body):
     """OpenAI's: one text or token list, or several."""
 
