@@ -717,3 +717,63 @@ def test_saving_a_state_takes_no_sequence(smollm2_path) -> None:
     model.reset_stats()
     model.evaluate(a, [*prompt_a, 42])
     assert model.stats()["prompt_tokens"] == 0  # decoded: a kept its sequence
+
+
+def test_from_pretrained_pickling_and_small_helpers(smollm2_path, tmp_path, monkeypatch) -> None:
+    """llama_cpp's from_pretrained (a repository's files listed and downloaded by huggingface-hub, here stood in for
+    by a local folder) opens the same file as llama_cpp's; a pickled Llama opens its file again and answers alike;
+    eval_tokens, _input_ids, _scores, logits_to_logprobs, longest_token_prefix and pooling_type as llama_cpp's."""
+    import pickle
+    import shutil
+
+    import huggingface_hub
+    import llama_cpp
+
+    import turbosparse
+
+    repo = {"SmolLM2.Q4_1.gguf": smollm2_path, "sub/SmolLM2.Q8_0.gguf": smollm2_path, "README.md": smollm2_path}
+    downloads: list[tuple[str, str | None]] = []
+
+    class Files:  # huggingface_hub.HfFileSystem's listing
+        def ls(self, repo_id: str, recursive: bool = False) -> list[dict[str, str]]:
+            assert recursive
+            return [{"name": f"{repo_id}/{name}"} for name in repo]
+
+    def download(repo_id: str, filename: str, subfolder: str | None = None, local_dir=None, **options) -> str:
+        name = filename if subfolder in (None, "", ".") else f"{subfolder}/{filename}"
+        downloads.append((name, subfolder))
+        target = tmp_path / "hub" / repo_id / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(repo[name], target)
+        return str(target)
+
+    monkeypatch.setattr(huggingface_hub, "HfFileSystem", Files)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    options = {"n_ctx": 128, "n_threads": N_THREADS, "verbose": False}
+    ours = turbosparse.Llama.from_pretrained("org/smol", "*Q4_1.gguf", **options)
+    theirs = llama_cpp.Llama.from_pretrained("org/smol", "*Q4_1.gguf", **options)
+    assert ours.model_path == theirs.model_path == str(tmp_path / "hub/org/smol/SmolLM2.Q4_1.gguf")
+    assert downloads[0] == ("SmolLM2.Q4_1.gguf", None)
+    turbosparse.Llama.from_pretrained("org/smol", "sub/*.gguf", **options)
+    assert downloads[-1] == ("sub/SmolLM2.Q8_0.gguf", "sub")
+    for pattern, words in (("*.gguf", "2 files in org/smol match"), ("*.bin", "No file in org/smol match")):
+        with pytest.raises(ValueError, match=words):
+            turbosparse.Llama.from_pretrained("org/smol", pattern, **options)
+
+    answer = ours("The capital of France is", max_tokens=6, temperature=0)["choices"][0]["text"]
+    clone = pickle.loads(pickle.dumps(ours))
+    assert clone.n_ctx() == 128 and clone.model_path == ours.model_path
+    assert clone("The capital of France is", max_tokens=6, temperature=0)["choices"][0]["text"] == answer
+
+    for llm in (ours, theirs):
+        llm.reset()
+        llm.eval(llm.tokenize(b"Hello world"))
+    assert list(ours.eval_tokens) == list(theirs.eval_tokens) == ours._input_ids.tolist() == theirs._input_ids.tolist()
+    assert ours._scores.shape == theirs._scores.shape and ours.pooling_type() == theirs.pooling_type()
+    x = np.random.default_rng(0).normal(size=(3, 4, 5)).astype(np.float32)
+    for axis in (0, 1, -1):
+        np.testing.assert_allclose(
+            turbosparse.Llama.logits_to_logprobs(x, axis=axis), llama_cpp.Llama.logits_to_logprobs(x, axis=axis),
+            atol=1e-6,
+        )  # fmt: skip
+    assert turbosparse.Llama.longest_token_prefix([1, 2, 3], [1, 2, 4]) == 2

@@ -6,16 +6,21 @@ without a schema, and OpenAI's json_schema) and logit_bias work as there; tools 
 read in the template's own syntax, also for tool_choice "auto"); with embedding=True, embed and create_embedding
 (embeddings.py's pooling); token by token, generate and sample (grammars too); logits processors and stopping
 criteria there and in the completion methods; tokenizer(); save_state / load_state and set_cache (llama_cpp's
-LlamaRAMCache and LlamaDiskCache work as they are). Not supported (a ValueError says so when asked for):
+LlamaRAMCache and LlamaDiskCache work as they are); from_pretrained (huggingface-hub); pickling. Not supported (a ValueError says so when asked for):
 suffix / infill, typical_p, tfs_z, mirostat, chat formats other than the file's template and "chatml", GPU offload
 (n_gpu_layers is accepted and ignored: the engine runs on the CPU)."""
 
 from __future__ import annotations
 
+import fnmatch
+import json
 import logging
+import os
 import random
+from collections import deque
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 from typing import Any, Protocol
 
 import numpy as np
@@ -30,7 +35,7 @@ from turbosparse.completions import (
     text_completion,
     usage,
 )
-from turbosparse.embeddings import Pooling, pooling_named
+from turbosparse.embeddings import LLAMA_POOLING_TYPES, Pooling, pooling_named
 from turbosparse.generation import Generation, LogitsHook, StopHook
 from turbosparse.grammar import Grammar
 from turbosparse.logprobs import check_top_count
@@ -261,6 +266,8 @@ class Llama:
         sparse: SparseName = "auto",
         threshold: float | None = None,
     ) -> None:
+        # the constructor's arguments, which a pickled Llama is made again from (__getstate__): here locals() holds them
+        self._arguments = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         # n_ubatch, offload_kqv and main_gpu change how llama.cpp computes, not what: taken, unused
         _refuse(use_mmap=(use_mmap, True), use_mlock=(use_mlock, False))
         if last_n_tokens_size < 0:
@@ -327,6 +334,53 @@ class Llama:
         """The seed of the next sampled call (later calls draw theirs from it, as llama_cpp's do)."""
         self._seed = seed
 
+    @classmethod
+    def from_pretrained(
+        cls,
+        repo_id: str,
+        filename: str,
+        additional_files: Sequence[str] | None = None,
+        local_dir: str | os.PathLike[str] | None = None,
+        local_dir_use_symlinks: bool | str = "auto",
+        cache_dir: str | os.PathLike[str] | None = None,
+        **kwargs: Any,
+    ) -> Llama:
+        """llama_cpp's: the one GGUF file of a Hugging Face repository whose path matches filename (a glob pattern,
+        e.g. "*q4_0.gguf"), and of each additional_files pattern (a split model's other parts), downloaded into
+        local_dir or the Hugging Face cache (huggingface-hub's hf_hub_download), then opened with kwargs.
+        local_dir_use_symlinks is taken for llama_cpp's signature (huggingface-hub no longer reads it)."""
+        try:
+            from huggingface_hub import HfFileSystem, hf_hub_download
+            from huggingface_hub.utils import validate_repo_id
+        except ImportError:
+            raise ImportError("Llama.from_pretrained needs huggingface-hub: pip install huggingface-hub") from None
+        validate_repo_id(repo_id)
+        files = [str(PurePosixPath(f["name"] if isinstance(f, dict) else f).relative_to(repo_id))
+                 for f in HfFileSystem().ls(repo_id, recursive=True)]  # fmt: skip
+
+        def download(pattern: str) -> str:
+            found = [f for f in files if fnmatch.fnmatch(f, pattern)]
+            if len(found) != 1:
+                which = "No file" if not found else f"{len(found)} files"
+                raise ValueError(f"{which} in {repo_id} match {pattern!r}; its files: {json.dumps(files)}")
+            path = PurePosixPath(found[0])
+            subfolder = None if str(path.parent) == "." else str(path.parent)
+            return hf_hub_download(
+                repo_id=repo_id, filename=path.name, subfolder=subfolder, local_dir=local_dir, cache_dir=cache_dir
+            )
+
+        model_path = download(filename)
+        for pattern in additional_files or ():
+            download(pattern)
+        return cls(model_path, **kwargs)  # the first part of a split model opens the others beside it
+
+    def __getstate__(self) -> dict[str, Any]:
+        """What a pickled Llama holds: its constructor's arguments (it opens its file again), with its seed now."""
+        return {**self._arguments, "seed": self._seed}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(**state)  # type: ignore[misc]
+
     def close(self) -> None:
         """Frees the model (llama_cpp.Llama.close()); using it afterwards raises ModelClosedError."""
         self._model.close()
@@ -336,6 +390,36 @@ class Llama:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    @property
+    def eval_tokens(self) -> deque[int]:
+        """The evaluated tokens (llama_cpp's deque of at most n_ctx)."""
+        return deque(self.input_ids[: self.n_tokens].tolist(), maxlen=self.n_ctx())
+
+    @property
+    def _input_ids(self) -> np.ndarray:
+        return self.input_ids[: self.n_tokens]
+
+    @property
+    def _scores(self) -> np.ndarray:
+        return self.scores[: self.n_tokens, :]
+
+    @staticmethod
+    def logits_to_logprobs(logits: np.ndarray | list[float], axis: int = -1) -> np.ndarray:
+        """log(softmax(logits)) along axis, in float32 (llama_cpp's)."""
+        x = np.asarray(logits, dtype=np.single)
+        shifted = x - np.amax(x, axis=axis, keepdims=True)
+        with np.errstate(divide="ignore"):  # a row of -inf: -inf, as there
+            return shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
+
+    @staticmethod
+    def longest_token_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+        return common_prefix(a, b)
+
+    def pooling_type(self) -> int:
+        """llama.cpp's number of the embeddings' pooling (with embedding=True), else of the file's."""
+        pooling = self._pooling if self._pooling is not None else self._model.pooling
+        return next(number for number, name in LLAMA_POOLING_TYPES.items() if name == pooling)
 
     # ---- sizes and special tokens --------------------------------------------------------------------
     def n_ctx(self) -> int:
