@@ -722,7 +722,8 @@ def test_saving_a_state_takes_no_sequence(smollm2_path) -> None:
 def test_from_pretrained_pickling_and_small_helpers(smollm2_path, tmp_path, monkeypatch) -> None:
     """llama_cpp's from_pretrained (a repository's files listed and downloaded by huggingface-hub, here stood in for
     by a local folder) opens the same file as llama_cpp's; a pickled Llama opens its file again and answers alike;
-    eval_tokens, _input_ids, _scores, logits_to_logprobs, longest_token_prefix and pooling_type as llama_cpp's."""
+    eval_tokens, _input_ids, _scores, logits_to_logprobs, longest_token_prefix and pooling_type as llama_cpp's; a chat
+    as the openai package's types."""
     import pickle
     import shutil
 
@@ -777,3 +778,9 @@ def test_from_pretrained_pickling_and_small_helpers(smollm2_path, tmp_path, monk
             atol=1e-6,
         )  # fmt: skip
     assert turbosparse.Llama.longest_token_prefix([1, 2, 3], [1, 2, 4]) == 2
+    messages = [{"role": "user", "content": "Name a color."}]
+    typed = ours.create_chat_completion_openai_v1(messages, max_tokens=4, temperature=0)
+    plain = ours.create_chat_completion(messages, max_tokens=4, temperature=0)
+    assert typed.choices[0].message.content == plain["choices"][0]["message"]["content"] and typed.usage.total_tokens
+    chunks = list(ours.create_chat_completion_openai_v1(messages, max_tokens=4, temperature=0, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == typed.choices[0].message.content

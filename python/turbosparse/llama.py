@@ -6,9 +6,10 @@ without a schema, and OpenAI's json_schema) and logit_bias work as there; tools 
 read in the template's own syntax, also for tool_choice "auto"); with embedding=True, embed and create_embedding
 (embeddings.py's pooling); token by token, generate and sample (grammars too); logits processors and stopping
 criteria there and in the completion methods; tokenizer(); save_state / load_state and set_cache (llama_cpp's
-LlamaRAMCache and LlamaDiskCache work as they are); from_pretrained (huggingface-hub); pickling. Not supported (a ValueError says so when asked for):
-suffix / infill, typical_p, tfs_z, mirostat, chat formats other than the file's template and "chatml", GPU offload
-(n_gpu_layers is accepted and ignored: the engine runs on the CPU)."""
+LlamaRAMCache and LlamaDiskCache work as they are); from_pretrained (huggingface-hub); pickling;
+create_chat_completion_openai_v1. Not supported (a ValueError says so when asked for): suffix / infill, typical_p,
+tfs_z, mirostat, chat formats other than the file's template and "chatml", GPU offload (n_gpu_layers is accepted and
+ignored: the engine runs on the CPU)."""
 
 from __future__ import annotations
 
@@ -929,6 +930,18 @@ class Llama:
 
     def __call__(self, prompt: str | list[int], **options: Any) -> dict | Iterator[dict]:
         return self.create_completion(prompt, **options)
+
+    def create_chat_completion_openai_v1(self, *args: Any, **kwargs: Any) -> Any:
+        """create_chat_completion's answer as the openai package's ChatCompletion (a stream: ChatCompletionChunks), as
+        llama_cpp's (needs `pip install openai`)."""
+        try:
+            from openai.types.chat import ChatCompletion, ChatCompletionChunk
+        except ImportError:
+            raise ImportError("create_chat_completion_openai_v1 needs the openai package: pip install openai") from None
+        answer = self.create_chat_completion(*args, **kwargs)
+        if kwargs.get("stream", False):
+            return (ChatCompletionChunk(**chunk) for chunk in answer)
+        return ChatCompletion(**answer)
 
     def create_chat_completion(
         self,
