@@ -190,3 +190,44 @@ def test_keys_roped_with_other_factors_are_refused(tmp_path: Path) -> None:
     with pytest.raises(InvalidArgumentError, match="rope_long factors, this context ropes with rope_short"):
         context(spec, path, n_ctx=256).load_seq(long.save_seq())
     context(spec, path, n_ctx=1024).load_seq(long.save_seq())  # long factors too
+
+
+def test_mutated_states_load_or_are_refused(layout: tuple[Layout, Path]) -> None:
+    """Header fields set to edge values or one off, keys and values overwritten, bytes cut short: each state is refused
+    by name, or loads and decoding goes on (run under ASan / UBSan too: tests/test_sanitizers.py; a type number past
+    ggml's named in the message crashed), and the sequence beside it keeps what it holds."""
+    spec, path = layout
+    source = context(spec, path)
+    source.eval(tokens(spec, 150, 14), dense_ffn=True, logits_all=False)
+    state = source.save_seq()
+    target = context(spec, path, n_seq=2)
+    target.eval(tokens(spec, 9, 15), dense_ffn=True, logits_all=False)
+    probe = tokens(spec, 2, 16)
+    alone = context(spec, path)
+    alone.eval(tokens(spec, 9, 15), dense_ffn=True, logits_all=False)
+    expected = decoded(alone, probe)
+    edges = [0, 1, -1, 7, 8, 150, 151, 257, 2**31 - 1, -(2**31), spec.n_ctx, spec.n_ctx + 1, 1 << 20]
+    rng = np.random.default_rng(17)
+    outcomes = {"loaded": 0, "refused": 0}
+    for _ in range(80):
+        data = bytearray(state)
+        for _ in range(int(rng.integers(1, 4))):
+            at = 4 * int(rng.integers(1, 15))  # an int32 field after the magic: an edge value, or one off its own
+            own = int.from_bytes(data[at : at + 4], "little", signed=True)
+            value = int(rng.choice(edges)) if rng.random() < 0.6 else own + int(rng.choice([-1, 1]))
+            if rng.random() < 0.3:  # or the keys and values' bytes (NaN and infinities among them): it loads
+                at, value = int(rng.integers(60, len(data) - 4)), int(rng.integers(-(2**31), 2**31))
+            data[at : at + 4] = value.to_bytes(4, "little", signed=True)
+        if rng.random() < 0.25:
+            data = data[: int(rng.integers(0, len(data)))]
+        try:
+            target.load_seq(bytes(data), seq=1)
+        except (InvalidArgumentError, ContextOverflowError):
+            outcomes["refused"] += 1
+            continue
+        outcomes["loaded"] += 1
+        assert target.n_past_of(1) == 150
+        target.eval(probe[:1], dense_ffn=True, logits_all=False, seq=1)  # any values: no crash
+        target.truncate(0, seq=1)
+    assert outcomes["refused"] > 0 and outcomes["loaded"] > 0, outcomes
+    np.testing.assert_array_equal(decoded(target, probe), expected)

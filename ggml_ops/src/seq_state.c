@@ -121,6 +121,11 @@ int32_t ts_context_seq_state_get(ts_context *c, int32_t seq, void *dst, uint64_t
     return 0;
 }
 
+/* A ggml type's name, for a number read from the bytes too ("?" for none) */
+static const char *type_label(int32_t type) {
+    return type >= 0 && type < GGML_TYPE_COUNT ? ggml_type_name((enum ggml_type)type) : "?";
+}
+
 /* Whether h describes positions this context's sequences can hold in its cache layout (err filled if not). */
 static int check_header(const ts_context *c, const seq_state_header *h, uint64_t size, char *err, size_t err_size) {
     const seq_state_header own = header_of(c, 0);
@@ -140,9 +145,8 @@ static int check_header(const ts_context *c, const seq_state_header *h, uint64_t
     if (h->type_k != own.type_k || h->type_v != own.type_v || h->flash_attn != own.flash_attn) {
         return ts_fail(err, err_size, TS_ERR_ARGUMENT,
                        "the sequence state's cache is K %s / V %s, flash attention %s; this context's K %s / V %s, %s",
-                       ggml_type_name((enum ggml_type)h->type_k), ggml_type_name((enum ggml_type)h->type_v),
-                       h->flash_attn ? "on" : "off", ggml_type_name((enum ggml_type)own.type_k),
-                       ggml_type_name((enum ggml_type)own.type_v), own.flash_attn ? "on" : "off");
+                       type_label(h->type_k), type_label(h->type_v), h->flash_attn ? "on" : "off",
+                       type_label(own.type_k), type_label(own.type_v), own.flash_attn ? "on" : "off");
     }
     if (h->rope_factors != own.rope_factors) {
         static const char *const names[] = {"none", "rope_freqs", "rope_long", "rope_short"};
