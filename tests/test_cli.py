@@ -638,6 +638,8 @@ def test_run_prompt_cache(tmp_path, smollm2_path) -> None:
     assert cache.read_bytes() == written
     same = turbosparse(*base, "-p", story)
     assert same.stdout == first.stdout and evaluated(same) == 0  # the prompt's last logits came along
+    shorter = turbosparse(*base, "-p", story.split(" by")[0])  # held whole: not written again (it would shrink)
+    assert evaluated(shorter) <= 1 and cache.read_bytes() == written
     cache.write_bytes(b"not a state")
     foreign = turbosparse(*base, "-p", story)
     assert "not used: " in foreign.stderr and "TSSQ" in foreign.stderr and evaluated(foreign) == evaluated(first)

@@ -764,6 +764,8 @@ def test_from_pretrained_pickling_and_small_helpers(smollm2_path, tmp_path, monk
     answer = ours("The capital of France is", max_tokens=6, temperature=0)["choices"][0]["text"]
     clone = pickle.loads(pickle.dumps(ours))
     assert clone.n_ctx() == 128 and clone.model_path == ours.model_path
+    chatml = pickle.loads(pickle.dumps(turbosparse.Llama(ours.model_path, **options, chat_format="chatml", n_batch=64)))
+    assert (chatml.chat_format, chatml.n_batch) == ("chatml", 64)
     assert clone("The capital of France is", max_tokens=6, temperature=0)["choices"][0]["text"] == answer
 
     for llm in (ours, theirs):
@@ -772,11 +774,20 @@ def test_from_pretrained_pickling_and_small_helpers(smollm2_path, tmp_path, monk
     assert list(ours.eval_tokens) == list(theirs.eval_tokens) == ours._input_ids.tolist() == theirs._input_ids.tolist()
     assert ours._scores.shape == theirs._scores.shape and ours.pooling_type() == theirs.pooling_type()
     x = np.random.default_rng(0).normal(size=(3, 4, 5)).astype(np.float32)
-    for axis in (0, 1, -1):
-        np.testing.assert_allclose(
-            turbosparse.Llama.logits_to_logprobs(x, axis=axis), llama_cpp.Llama.logits_to_logprobs(x, axis=axis),
-            atol=1e-6,
-        )  # fmt: skip
+    x[0, 0, :2], x[1, 1, :] = (np.inf, -np.inf), -np.inf  # infinities as llama_cpp takes them
+    with np.errstate(invalid="ignore"):  # NaN of an infinite row, in both
+        for axis in (0, 1, -1):
+            np.testing.assert_allclose(
+                turbosparse.Llama.logits_to_logprobs(x, axis=axis),
+                llama_cpp.Llama.logits_to_logprobs(x, axis=axis),
+                atol=1e-6, equal_nan=True,
+            )  # fmt: skip
+    for pooling in (-1, 1, 3):
+        options_p = {**options, "pooling_type": pooling}
+        assert (
+            turbosparse.Llama(ours.model_path, **options_p).pooling_type()
+            == llama_cpp.Llama(ours.model_path, **options_p).pooling_type()
+        )
     assert turbosparse.Llama.longest_token_prefix([1, 2, 3], [1, 2, 4]) == 2
     messages = [{"role": "user", "content": "Name a color."}]
     typed = ours.create_chat_completion_openai_v1(messages, max_tokens=4, temperature=0)

@@ -4,6 +4,7 @@ real `openai` client and by raw HTTP for what the client would never send."""
 from __future__ import annotations
 
 import json
+import math
 import socket
 import subprocess
 import sys
@@ -560,7 +561,30 @@ def test_apply_template_gives_the_chat_prompt(server: Server) -> None:
     chat = server.client().chat.completions.create(model="x", messages=messages, max_tokens=1, temperature=0)
     tokens = server.request("POST", "/tokenize", {"content": answer["prompt"], "add_special": True})[1]["tokens"]
     assert chat.usage.prompt_tokens == len(tokens)
-    assert_error(*server.request("POST", "/apply-template", {"messages": []}), 400)
+    continued = [*messages, {"role": "assistant", "content": "Hel"}]  # a final assistant message is continued
+    status, answer = server.request("POST", "/apply-template", {"messages": continued})
+    assert status == 200 and answer["prompt"].endswith("<|im_start|>assistant\nHel"), answer
+    chat = server.client().chat.completions.create(model="x", messages=continued, max_tokens=1, temperature=0)
+    tokens = server.request("POST", "/tokenize", {"content": answer["prompt"], "add_special": True})[1]["tokens"]
+    assert chat.usage.prompt_tokens == len(tokens)
+    for bad in ({"messages": []}, {"messages": messages, "tools": [1, 2]}):
+        assert_error(*server.request("POST", "/apply-template", bad), 400)
+
+
+def test_llama_servers_logit_bias_forms() -> None:
+    """As llama-server reads logit_bias: in pairs a string is a text (its tokens biased) and a number an id, in an
+    object a key of digits is an id; entries naming one token add up; false bans, true is no bias."""
+    from turbosparse.server.schemas import NativeCompletionRequest
+
+    def request(bias: Any) -> NativeCompletionRequest:
+        return NativeCompletionRequest(prompt="x", logit_bias=bias)
+
+    pairs = request([["15", -1.0], [15, 0.5], [15, 2.0], [7, False], [7, 3.0], [9, True]])
+    assert pairs.text_biases() == ["15"] and pairs.bias == {15: 2.5, 7: -math.inf}
+    pairs.resolve({"15": [15, 16]}, [])
+    assert pairs.bias == {15: 1.5, 16: -1.0, 7: -math.inf}
+    keyed = request({"15": 1.0, "Paris": -2.0})
+    assert keyed.text_biases() == ["Paris"] and keyed.bias == {15: 1.0}
 
 
 def test_the_api_key_is_required(server: Server) -> None:

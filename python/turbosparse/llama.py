@@ -408,9 +408,10 @@ class Llama:
     @staticmethod
     def logits_to_logprobs(logits: np.ndarray | list[float], axis: int = -1) -> np.ndarray:
         """log(softmax(logits)) along axis, in float32 (llama_cpp's)."""
-        x = np.asarray(logits, dtype=np.single)
-        shifted = x - np.amax(x, axis=axis, keepdims=True)
-        with np.errstate(divide="ignore"):  # a row of -inf: -inf, as there
+        maxima = np.amax(logits, axis=axis, keepdims=True)
+        maxima[~np.isfinite(maxima)] = 0  # infinities as llama_cpp takes them (an infinite row: NaN, -inf elsewhere)
+        shifted = np.subtract(logits, maxima, dtype=np.single)
+        with np.errstate(divide="ignore", invalid="ignore"):
             return shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
 
     @staticmethod
@@ -418,9 +419,11 @@ class Llama:
         return common_prefix(a, b)
 
     def pooling_type(self) -> int:
-        """llama.cpp's number of the embeddings' pooling (with embedding=True), else of the file's."""
-        pooling = self._pooling if self._pooling is not None else self._model.pooling
-        return next(number for number, name in LLAMA_POOLING_TYPES.items() if name == pooling)
+        """llama.cpp's number of the pooling: the one asked for (pooling_type=), else the file's."""
+        asked = self._arguments["pooling_type"]
+        if asked != LLAMA_POOLING_TYPE_UNSPECIFIED:
+            return asked
+        return next(number for number, name in LLAMA_POOLING_TYPES.items() if name == self._model.pooling)
 
     # ---- sizes and special tokens --------------------------------------------------------------------
     def n_ctx(self) -> int:

@@ -544,7 +544,8 @@ class Model:
             elif kept and seq.continues(g.tokens):
                 decoding.append((g, seq))
             else:
-                logits, g.n_cached = self._prompt(seq, g.tokens, any_prefix=g.cache_prompt)
+                logits, kept = self._prompt(seq, g.tokens, any_prefix=g.cache_prompt)
+                g.n_cached = min(kept, g.n_prompt)  # (a displaced generation's own tokens count as its prompt's)
                 steps[id(g)] = StepLogits(logits)
         if decoding:
             start = time.perf_counter()

@@ -96,7 +96,7 @@ class SequenceState:
         path = Path(path)
         data = self.to_bytes()
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")  # created as any file (the umask's mode)
+        tmp = path.with_name(f".{secrets.token_hex(6)}.tmp")  # short: path's name may be as long as names go
         try:
             with open(tmp, "xb") as f:
                 f.write(data)

@@ -18,23 +18,31 @@ class PromptCache:
     everything: bool = False  # --prompt-cache-all: the generated text's tokens too
     read_only: bool = False  # --prompt-cache-ro: used, never written
 
-    def restore(self, model: Model, prompt: list[int]) -> None:
+    def restore(self, model: Model, prompt: list[int]) -> int:
         """The file's tokens into the model's sequence, where the file exists and fits this model and context (else
-        a warning: the prompt is evaluated whole and the file written anew)."""
+        a warning: the prompt is evaluated whole and the file written anew); returns how many of the prompt's tokens
+        it holds."""
         if not self.path.exists():
             _say(f"prompt cache {self.path}: no file yet")
-            return
+            return 0
         try:
             state = SequenceState.load(self.path)
             model.load_sequence(0, state)
-        except (InvalidArgumentError, ContextOverflowError) as exc:
+        except (InvalidArgumentError, ContextOverflowError, OSError) as exc:
             _say(f"prompt cache {self.path} not used: {exc}")
-            return
-        _say(f"prompt cache {self.path}: {common_prefix(state.tokens, prompt)} of the prompt's {len(prompt)} tokens")
+            return 0
+        held = common_prefix(state.tokens, prompt)
+        _say(f"prompt cache {self.path}: {held} of the prompt's {len(prompt)} tokens")
+        return held
 
     def save(self, model: Model) -> None:
-        if not self.read_only:
+        """What the model's sequence holds, into the file (a failure to write is said, and the run goes on)."""
+        if self.read_only:
+            return
+        try:
             model.save_sequence(0).save(self.path)
+        except OSError as exc:
+            _say(f"prompt cache {self.path} not written: {exc}")
 
 
 def _say(message: str) -> None:

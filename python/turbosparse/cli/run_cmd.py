@@ -330,8 +330,8 @@ def run(args: argparse.Namespace) -> int:
         if chat
         else model.tokenize(prompt, special=True)
     )
-    if cache is not None:
-        cache.restore(model, tokens)
+    # as llama-cli's: the file is written after a prompt it did not hold whole (with -all, after every run)
+    cached = cache.restore(model, tokens) if cache is not None else 0
     pieces = answer(tokens, 1)  # checks the prompt; the text comes as it is read
     if not args.no_display_prompt and not chat:
         sys.stdout.write(prompt)
@@ -339,7 +339,7 @@ def run(args: argparse.Namespace) -> int:
     code = 0
     try:
         for step, piece in enumerate(pieces):
-            if step == 0 and cache is not None and not cache.everything:
+            if step == 0 and cache is not None and not cache.everything and cached < len(tokens):
                 cache.save(model)  # the sequence holds the prompt alone now: the first token is not evaluated yet
             sys.stdout.write(piece)
             sys.stdout.flush()

@@ -48,7 +48,6 @@ from turbosparse.server.engine import Engine, Event, Job, QueueFullError
 from turbosparse.server.errors import APIError, error_body, error_response, install_handlers
 from turbosparse.server.metrics import collect, render
 from turbosparse.server.schemas import (
-    ApplyTemplateRequest,
     ChatCompletionRequest,
     CompletionRequest,
     DetokenizeRequest,
@@ -370,26 +369,24 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
             raise APIError(400, str(exc), param="filename") from None
 
     @app.get("/slots")
-    async def slots_status(fail_on_no_slot: int = 0) -> JSONResponse:
-        """llama-server's slot list: each slot's size, whether a request decodes in it, the tokens it holds."""
+    async def slots_status(fail_on_no_slot: str | None = None) -> JSONResponse:
+        """llama-server's slot list: each slot's size, whether a request decodes in it, the tokens it holds (with
+        --embeddings, the sequence embeddings take too). fail_on_no_slot (given at all): 503 where --parallel requests
+        run already."""
         model, _ = ready()
         status = await asyncio.to_thread(model.sequence_status)
-        if fail_on_no_slot and all(busy for _, busy in status):
+        if fail_on_no_slot is not None and sum(busy for _, busy in status) >= config.parallel:
             raise APIError(503, "no slot available")
         return JSONResponse([{"id": i, "n_ctx": model.n_ctx, "is_processing": busy, "n_tokens": n}
                              for i, (n, busy) in enumerate(status)])  # fmt: skip
 
     @app.post("/apply-template")
-    async def apply_template(body: ApplyTemplateRequest) -> JSONResponse:
-        """llama-server's: the prompt text the chat template makes of the messages, generation prompt included."""
+    async def apply_template(body: ChatCompletionRequest) -> JSONResponse:
+        """llama-server's: the text of the prompt a chat completion of the same body evaluates (the template's, a
+        final assistant message continued, tools written in)."""
         model, _ = ready()
-        try:
-            checked_variables(body.chat_template_kwargs or {})
-            messages = [m.for_template() for m in body.messages]
-            prompt = model.chat_prompt(messages, template_kwargs=body.chat_template_kwargs, tools=body.tools or None)
-        except ValueError as exc:  # no template, one that refuses the messages (ChatTemplateError), bad variables
-            raise APIError(400, str(exc), param="messages") from None
-        return JSONResponse({"prompt": prompt})
+        tokens, _ = _chat_prompt(model, body)
+        return JSONResponse({"prompt": prompt_text(model.tokenizer, tokens)})
 
     @app.get("/props")
     async def props() -> JSONResponse:
@@ -401,21 +398,7 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
         model, engine = ready()
-        try:
-            checked_variables(body.chat_template_kwargs or {})
-        except ChatTemplateError as exc:
-            raise APIError(400, str(exc), param="chat_template_kwargs") from None
-        tool_use = _tool_use(model, body)
-        try:
-            # a final assistant message is continued, as llama-server's prefill_assistant (on by default) does: its
-            # text parts follow one another as they are
-            messages = [m.for_template() for m in body.messages[:-1]]
-            messages.append(body.messages[-1].for_template("" if body.messages[-1].role == "assistant" else "\n"))
-            tokens = tool_use.prompt_tokens(
-                model, messages, prefill_assistant=True, template_kwargs=body.chat_template_kwargs
-            )
-        except ValueError as exc:  # no template (the error says how to give one), one that is not UTF-8 or refuses
-            raise APIError(400, str(exc), param="messages") from None  # the messages (ChatTemplateError); bad text
+        tokens, tool_use = _chat_prompt(model, body)
         thinking_off = model.template_variables(body.chat_template_kwargs).get("enable_thinking") is False
         if thinking_off and open_at_end(_prompt_end(model, tokens)):
             # a template that opens the reasoning anyway (DeepSeek-R1's): closed, as llama-server does
@@ -444,6 +427,26 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
         return JSONResponse(chat_completion(meta, content, gen.finish_reason, use, scores, reasoning_content, calls))
 
     return app
+
+
+def _chat_prompt(model: Model, body: ChatCompletionRequest) -> tuple[list[int], ToolUse]:
+    """A chat request's prompt tokens and its tool use (APIError 400 for what the template cannot take)."""
+    try:
+        checked_variables(body.chat_template_kwargs or {})
+    except ChatTemplateError as exc:
+        raise APIError(400, str(exc), param="chat_template_kwargs") from None
+    tool_use = _tool_use(model, body)
+    try:
+        # a final assistant message is continued, as llama-server's prefill_assistant (on by default) does: its text
+        # parts follow one another as they are
+        messages = [m.for_template() for m in body.messages[:-1]]
+        messages.append(body.messages[-1].for_template("" if body.messages[-1].role == "assistant" else "\n"))
+        tokens = tool_use.prompt_tokens(
+            model, messages, prefill_assistant=True, template_kwargs=body.chat_template_kwargs
+        )
+    except ValueError as exc:  # no template (the error says how to give one), one that is not UTF-8 or refuses
+        raise APIError(400, str(exc), param="messages") from None  # the messages (ChatTemplateError); bad text
+    return tokens, tool_use
 
 
 def _encoded(vector: np.ndarray, encoding_format: str) -> list[float] | str:

@@ -150,10 +150,15 @@ def final(
         truncated=truncated,
         stop_type=stop_type(gen),
         stopping_word=gen.stopping_word,
-        tokens_cached=len(gen.tokens) - (1 if gen.ended_on_new_token else 0),
-        timings=clock.timings(gen.n_cached, gen.n_prompt - gen.n_cached, gen.n_generated),
+        tokens_cached=_held(gen),
+        timings=clock.timings(gen.n_cached, gen.n_prompt - gen.n_cached if gen.sequence >= 0 else 0, gen.n_generated),
     )
     return out
+
+
+def _held(gen: Generation) -> int:
+    """Tokens the generation's slot holds after it: none where it never ran (n_predict 0 without cache_prompt)."""
+    return len(gen.tokens) - (1 if gen.ended_on_new_token else 0) if gen.sequence >= 0 else 0
 
 
 def props(model: Model, *, model_path: str, slots: int, version: str) -> dict[str, Any]:

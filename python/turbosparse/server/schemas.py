@@ -225,16 +225,20 @@ class NativeCompletionRequest(_Generate):
     n_probs: StrictInt = Field(default=0, ge=0, le=MAX_TOP_LOGPROBS)
     return_tokens: bool = False
     ignore_eos: bool = False  # end-of-generation tokens banned (the route gives them: resolve)
-    _extra_bias: dict[int, float] = PrivateAttr(default_factory=dict)  # resolve's: text keys' tokens, bans
+    # (token id or text, bias) in order, as llama-server adds them up; false (a ban) as BANNED
+    logit_bias: list[tuple[StrictInt | str, float]] | None = None  # type: ignore[assignment]
+    _extra_bias: list[tuple[int, float]] = PrivateAttr(default_factory=list)  # resolve's: the texts' tokens, bans
 
-    def text_biases(self) -> dict[str, float]:
-        """logit_bias entries keyed by text (llama-server biases each of the text's tokens)."""
-        return {key: value for key, value in (self.logit_bias or {}).items() if not _is_id(key)}
+    def text_biases(self) -> list[str]:
+        """The texts logit_bias biases (each of a text's tokens, as llama-server tokenizes them)."""
+        return [key for key, _ in self.logit_bias or [] if isinstance(key, str)]
 
     def resolve(self, tokens_of: dict[str, list[int]], end_of_generation: list[int]) -> None:
-        """What needs the model: the tokens of each text_biases key, and with ignore_eos the end-of-generation ones."""
-        bias = {token: value for key, value in self.text_biases().items() for token in tokens_of[key]}
-        self._extra_bias = bias | (dict.fromkeys(end_of_generation, BANNED) if self.ignore_eos else {})
+        """What needs the model: the tokens of each text_biases text, and with ignore_eos the end-of-generation ones."""
+        texts = [
+            (token, value) for key, value in self.logit_bias or [] if isinstance(key, str) for token in tokens_of[key]
+        ]
+        self._extra_bias = texts + ([(token, BANNED) for token in end_of_generation] if self.ignore_eos else [])
 
     @field_validator("prompt", mode="before")
     @classmethod
@@ -249,34 +253,40 @@ class NativeCompletionRequest(_Generate):
             raise ValueError("one prompt per request is supported (a list of texts is several prompts)")
         return prompt
 
-    @field_validator("logit_bias")
-    @classmethod
-    def _token_ids(cls, bias: dict[str, float] | None) -> dict[str, float] | None:
-        return bias  # text keys too (resolve)
-
     @field_validator("logit_bias", mode="before")
     @classmethod
     def _pairs(cls, bias: Any) -> Any:
-        """[[id, bias], ...] as {"id": bias}; false (a ban) as a bias no logit survives."""
-        pairs = bias.items() if isinstance(bias, dict) else bias if isinstance(bias, list) else None
-        if pairs is None:
+        """{"id or text": bias} and [[id or text, bias], ...] as pairs (in a pair a string is always a text, in an
+        object a key of digits an id, as llama-server reads them); true (no bias) dropped, false (a ban) as BANNED."""
+        if isinstance(bias, dict):
+            bias = [[int(key) if _is_id(key) else key, value] for key, value in bias.items()]
+        if not isinstance(bias, list):
             return bias
-        out: dict[str, Any] = {}
-        for pair in pairs:
+        out: list[tuple[Any, Any]] = []
+        for pair in bias:
             if not isinstance(pair, list | tuple) or len(pair) != 2 or isinstance(pair[0], bool):
                 raise ValueError(f"logit_bias entries are [token id or text, bias] pairs, got {pair!r}")
             token, value = pair
             if not isinstance(token, int | str) or (isinstance(token, int) and token < 0):
                 raise ValueError(f"logit_bias keys are token ids or texts, got {token!r}")
             if value is not True:  # true: no bias, as llama-server skips it
-                out[str(token)] = BANNED if value is False else value
+                out.append((token, BANNED if value is False else value))
         return out
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _token_ids(cls, bias: list[tuple[int | str, float]] | None) -> list[tuple[int | str, float]] | None:
+        return bias  # texts too (resolve)
 
     @property
     def bias(self) -> dict[int, float]:
-        ids = {int(key): value for key, value in (self.logit_bias or {}).items() if _is_id(key)}
-        bias = ids | self._extra_bias
-        return {token: -math.inf if value <= BANNED else value for token, value in bias.items()}
+        """Each token's bias: the entries naming it (by id, or among a text's tokens) added up; a ban stays one."""
+        entries = [(key, value) for key, value in self.logit_bias or [] if isinstance(key, int)] + self._extra_bias
+        total: dict[int, float] = {}
+        for token, value in entries:
+            banned = value <= BANNED or total.get(token) == -math.inf
+            total[token] = -math.inf if banned else total.get(token, 0.0) + value
+        return total
 
     @model_validator(mode="after")
     def _supported(self) -> NativeCompletionRequest:
@@ -378,14 +388,6 @@ class ChatCompletionRequest(_Generate):
         if self.max_completion_tokens is not None:
             self.max_tokens = self.max_completion_tokens
         return self
-
-
-class ApplyTemplateRequest(_Body):
-    """llama-server's /apply-template: the chat prompt messages make (with tools and template variables)."""
-
-    messages: list[ChatMessage] = Field(min_length=1)
-    tools: list[Any] | None = None
-    chat_template_kwargs: dict[str, Any] | None = None
 
 
 class EmbeddingRequest(_Body):
