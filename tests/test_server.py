@@ -587,6 +587,47 @@ def test_llama_servers_logit_bias_forms() -> None:
     assert keyed.text_biases() == ["Paris"] and keyed.bias == {15: 1.0}
 
 
+def test_anthropics_messages_api(server: Server) -> None:
+    """Anthropic's /v1/messages as llama-server serves it (the official anthropic SDK was checked by hand): the text a
+    chat completion of the same messages gives, its token counts, stop reasons; streamed as named events; count_tokens;
+    what it does not take is a 400."""
+    system, user = "Be brief.", [{"role": "user", "content": "Name a large animal."}]
+    chat = server.client().chat.completions.create(
+        model="x", messages=[{"role": "system", "content": system}, *user], max_tokens=12, temperature=0
+    )
+    body = {"model": "x", "max_tokens": 12, "system": system, "messages": user, "temperature": 0}
+    status, message = server.request("POST", "/v1/messages", body)
+    assert status == 200, message
+    assert (message["type"], message["role"], message["id"][:4]) == ("message", "assistant", "msg_")
+    assert message["content"] == [{"type": "text", "text": chat.choices[0].message.content}]
+    usage = {"input_tokens": chat.usage.prompt_tokens, "output_tokens": chat.usage.completion_tokens}
+    assert message["usage"] == usage
+    reason = {"stop": "end_turn", "length": "max_tokens"}[chat.choices[0].finish_reason]
+    assert (message["stop_reason"], message["stop_sequence"]) == (reason, None)
+
+    status, streamed = server.request("POST", "/v1/messages", {**body, "stream": True})
+    assert status == 200, streamed
+    names = [line[7:] for line in streamed.splitlines() if line.startswith("event: ")]
+    data = [json.loads(line[6:]) for line in streamed.splitlines() if line.startswith("data: ")]
+    assert [d["type"] for d in data] == names
+    assert names[:2] == ["message_start", "content_block_start"] and names[-3:] == [
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+    ]
+    text = "".join(d["delta"]["text"] for d in data if d["type"] == "content_block_delta")
+    assert text == chat.choices[0].message.content
+    assert data[-2]["delta"]["stop_reason"] == reason and data[-2]["usage"]["output_tokens"] == usage["output_tokens"]
+
+    status, stopped = server.request("POST", "/v1/messages", {**body, "max_tokens": 40, "stop_sequences": [" "]})
+    assert (stopped["stop_reason"], stopped["stop_sequence"]) == ("stop_sequence", " "), stopped
+    status, counted = server.request("POST", "/v1/messages/count_tokens", {"system": system, "messages": user})
+    assert status == 200 and counted == {"input_tokens": usage["input_tokens"]}
+    image = [{"role": "user", "content": [{"type": "image", "source": {}}]}]
+    for bad in ({**body, "messages": image}, {**body, "tools": [{"name": "f"}]}, {"messages": user}):
+        assert_error(*server.request("POST", "/v1/messages", bad), 400)
+
+
 def test_the_api_key_is_required(server: Server) -> None:
     for key in (None, "sk-wrong"):
         status, body = server.request("POST", "/v1/completions", {"prompt": "Hi", "max_tokens": 2}, key=key)

@@ -1,6 +1,6 @@
-"""The HTTP layer: OpenAI's /v1/models, /v1/completions, /v1/chat/completions and llama-server's /completion, /props,
-/slots, /apply-template, /health, /metrics, /tokenize, /detokenize, as FastAPI routes over the engine. Streams are
-server-sent events (sse-starlette)."""
+"""The HTTP layer: OpenAI's /v1/models, /v1/completions, /v1/chat/completions, Anthropic's /v1/messages and
+llama-server's /completion, /props, /slots, /apply-template, /health, /metrics, /tokenize, /detokenize, as FastAPI
+routes over the engine. Streams are server-sent events (sse-starlette)."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ from turbosparse.generation import FinishReason, Generation
 from turbosparse.logprobs import ReleasedLogprobs, prompt_text
 from turbosparse.model import Model
 from turbosparse.reasoning import CLOSE, open_at_end, thinks
-from turbosparse.server import native, slots
+from turbosparse.server import anthropic, native, slots
 from turbosparse.server.config import ServerConfig
 from turbosparse.server.engine import Engine, Event, Job, QueueFullError
 from turbosparse.server.errors import APIError, error_body, error_response, install_handlers
@@ -398,13 +398,7 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
         model, engine = ready()
-        tokens, tool_use = _chat_prompt(model, body)
-        thinking_off = model.template_variables(body.chat_template_kwargs).get("enable_thinking") is False
-        if thinking_off and open_at_end(_prompt_end(model, tokens)):
-            # a template that opens the reasoning anyway (DeepSeek-R1's): closed, as llama-server does
-            tokens = [*tokens, *model.tokenize(CLOSE, add_bos=False, special=True)]
-        reasoning_format = "none" if body.answers_json else body.reasoning_format or config.reasoning_format
-        reasoning = _reasoning_split(model, tokens, reasoning_format)
+        tokens, tool_use, reasoning = chat_setup(model, body)
         job, queue = await _submit(model, engine, tokens, body, "messages", body.n_top, tools=tool_use)
         gen = job.generation
         meta = CompletionMeta.new("chatcmpl", config.model_name)
@@ -425,6 +419,53 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
         content, reasoning_content, calls = chunks.message(answer, gen.finish_reason)
         scores = chunks.scores(answer, end=True)
         return JSONResponse(chat_completion(meta, content, gen.finish_reason, use, scores, reasoning_content, calls))
+
+    def chat_setup(model: Model, body: ChatCompletionRequest) -> tuple[list[int], ToolUse, ReasoningSplit | None]:
+        """A chat request's prompt tokens (with thinking off, a reasoning the template opens closed, as llama-server
+        does), its tool use and how its answer splits into reasoning and content."""
+        tokens, tool_use = _chat_prompt(model, body)
+        thinking_off = model.template_variables(body.chat_template_kwargs).get("enable_thinking") is False
+        if thinking_off and open_at_end(_prompt_end(model, tokens)):  # DeepSeek-R1's template opens it anyway
+            tokens = [*tokens, *model.tokenize(CLOSE, add_bos=False, special=True)]
+        reasoning_format = "none" if body.answers_json else body.reasoning_format or config.reasoning_format
+        return tokens, tool_use, _reasoning_split(model, tokens, reasoning_format)
+
+    @app.post("/v1/messages")
+    async def messages(body: anthropic.MessagesRequest, request: Request) -> Response:
+        """Anthropic's Messages API over the chat route's prompt and sampling (anthropic.py)."""
+        model, engine = ready()
+        chat = body.chat()
+        tokens, tool_use, reasoning = chat_setup(model, chat)
+        job, queue = await _submit(model, engine, tokens, chat, "messages", None, tools=tool_use)
+        gen = job.generation
+        chunks = ChatCompletionChunks(
+            model.tokenizer, CompletionMeta.new("chatcmpl", config.model_name), gen, reasoning
+        )
+        message_id = anthropic.new_message_id()
+        if body.stream:
+            events = anthropic.MessageEvents(message_id, config.model_name, gen)
+
+            def piece(text: str) -> list[dict[str, Any]]:
+                chunk = chunks.piece(text)
+                return events.piece(chunk["choices"][0]["delta"]) if chunk is not None else []
+
+            def last(reason: FinishReason | None) -> list[dict[str, Any]]:
+                return events.last(chunks.last(reason)["choices"][0]["delta"])
+
+            return _stream(job, queue, first=events.first(len(tokens)), piece=piece, last=last, usage_chunk=None,
+                           done_marker=False, named_events=True)  # fmt: skip
+        answer = await _collect(job, queue, request)
+        if answer is None:
+            return Response(status_code=CLIENT_CLOSED)
+        content, reasoning_content, _ = chunks.message(answer, gen.finish_reason)
+        blocks = anthropic.blocks(content, reasoning_content)
+        return JSONResponse(anthropic.message(message_id, config.model_name, blocks, gen))
+
+    @app.post("/v1/messages/count_tokens")
+    async def count_tokens(body: anthropic.CountTokensRequest) -> JSONResponse:
+        model, _ = ready()
+        tokens, _, _ = chat_setup(model, body.chat())
+        return JSONResponse({"input_tokens": len(tokens)})
 
     return app
 
@@ -638,30 +679,37 @@ def _stream(
     queue: asyncio.Queue[Event],
     *,
     first: list[dict[str, Any]],
-    piece: Callable[[str], dict[str, Any] | None],
-    last: Callable[[FinishReason | None], dict[str, Any]],
+    piece: Callable[[str], dict[str, Any] | list[dict[str, Any]] | None],
+    last: Callable[[FinishReason | None], dict[str, Any] | list[dict[str, Any]]],
     usage_chunk: Callable[[], dict[str, Any]] | None,
     done_marker: bool = True,
+    named_events: bool = False,
 ) -> EventSourceResponse:
-    """Server-sent events: the first chunks, a chunk per text piece, the finishing chunk, then [DONE] (OpenAI's; not in
-    llama-server's own streams: done_marker False). A client that disconnects cancels the generation (sse-starlette
-    cancels this generator)."""
+    """Server-sent events: the first chunks, the chunks of each text piece, the finishing chunks, then [DONE]
+    (OpenAI's; not in llama-server's own streams: done_marker False); named_events: each event named by its chunk's
+    "type" (Anthropic's). A client that disconnects cancels the generation (sse-starlette cancels this generator)."""
     gen = job.generation
 
-    async def events() -> AsyncIterator[str]:
+    def sent(chunks: dict[str, Any] | list[dict[str, Any]] | None) -> list[dict[str, str]]:
+        """Each chunk as an event (sse-starlette writes a dict with the response's separator)."""
+        chunks = [] if chunks is None else [chunks] if isinstance(chunks, dict) else chunks
+        return [{"data": json.dumps(c), **({"event": c["type"]} if named_events else {})} for c in chunks]
+
+    async def events() -> AsyncIterator[dict[str, str] | str]:
         try:
-            for chunk in first:
-                yield json.dumps(chunk)
+            for event in sent(first):
+                yield event
             while True:
                 event = await queue.get()
                 if event.error is not None:
-                    yield json.dumps(error_body(500, f"the generation failed: {event.error}", type="server_error"))
+                    failure = error_body(500, f"the generation failed: {event.error}", type="server_error")
+                    yield {"data": json.dumps(failure), **({"event": "error"} if named_events else {})}
                     break
-                chunk = piece(event.text) if event.text else None
-                if chunk is not None:
-                    yield json.dumps(chunk)
+                for out in sent(piece(event.text) if event.text else None):
+                    yield out
                 if event.finished:
-                    yield json.dumps(last(gen.finish_reason))
+                    for out in sent(last(gen.finish_reason)):
+                        yield out
                     if usage_chunk is not None:
                         yield json.dumps(usage_chunk())
                     break
