@@ -10,7 +10,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from turbosparse.generation import Generation
-from turbosparse.server.schemas import ChatCompletionRequest, _Body
+from turbosparse.server.schemas import ChatCompletionRequest, _Body, text_only
 
 
 class TextBlock(_Body):
@@ -25,11 +25,7 @@ class AnthropicMessage(_Body):
     @field_validator("content", mode="before")
     @classmethod
     def _text_only(cls, content: Any) -> Any:
-        if isinstance(content, list):
-            for block in content:
-                if isinstance(block, dict) and block.get("type") != "text":
-                    raise ValueError(f"content blocks of type {block.get('type')!r} are not supported (text only)")
-        return content
+        return text_only(content, "content blocks")
 
     def text(self) -> str:
         return self.content if isinstance(self.content, str) else "".join(block.text for block in self.content)

@@ -295,6 +295,14 @@ class NativeCompletionRequest(_Generate):
         return self
 
 
+def text_only(content: Any, what: str) -> Any:
+    """content, where a list of parts (or blocks) holds text ones only (ValueError naming the first other type)."""
+    for part in content if isinstance(content, list) else ():
+        if isinstance(part, dict) and part.get("type") != "text":
+            raise ValueError(f"{what} of type {part.get('type')!r} are not supported (text only)")
+    return content
+
+
 class TextPart(_Body):
     type: Literal["text"]
     text: str
@@ -311,11 +319,7 @@ class ChatMessage(_Body):
     @field_validator("content", mode="before")
     @classmethod
     def _text_only(cls, content: Any) -> Any:
-        if isinstance(content, list):
-            for part in content:
-                if isinstance(part, dict) and part.get("type") != "text":
-                    raise ValueError(f"content parts of type {part.get('type')!r} are not supported (text only)")
-        return content
+        return text_only(content, "content parts")
 
     def for_template(self, parts_joined_by: str = "\n") -> dict[str, Any]:
         """The message as chat templates expect it: content a string (text parts joined by newlines, as
