@@ -14,7 +14,8 @@ Input kinds (each case derives its random generator from (seed, kind, index), so
 - grammar: a random GBNF grammar (rules naming later rules, literals with escapes, classes, groups, repetitions,
   comments ended by LF or CR), sometimes with a character or fragment inserted, a span deleted or repeated, or the text
   cut, parsed by llama.cpp's grammar engine for SmolLM2's vocabulary, then up to four tokens sampled under it.
-- server: requests to `turbosparse serve`'s routes (its app in this process, on the SmolLM2 GGUF): a valid body with
+- server: requests to `turbosparse serve`'s routes (OpenAI's, llama-server's /completion, Anthropic's /v1/messages,
+  /tokenize, /detokenize; its app in this process, on the SmolLM2 GGUF): a valid body with
   one to three fields set to an edge value (wrong types, huge and negative numbers, NaN and Infinity, empty and
   long strings, lone UTF-16 surrogates), dropped or added, messages reshaped, or the body's bytes broken; each must
   be answered (a JSON body, or a stream whose events are JSON) or refused with a 4xx error object, never a 500.
@@ -686,6 +687,29 @@ ROUTE_KEYS = {
     "/v1/chat/completions": [*CHAT_KEYS, *SAMPLING_KEYS],
     "/tokenize": ["content", "add_special", "parse_special", "with_pieces"],
     "/detokenize": ["tokens"],
+    # llama-server's own completion and Anthropic's messages
+    "/completion": [
+        "prompt",
+        "n_predict",
+        "n_probs",
+        "return_tokens",
+        "id_slot",
+        "ignore_eos",
+        "cache_prompt",
+        *SAMPLING_KEYS,
+    ],
+    "/v1/messages": [
+        "messages",
+        "system",
+        "max_tokens",
+        "stop_sequences",
+        "temperature",
+        "top_p",
+        "top_k",
+        "stream",
+        "tools",
+        "model",
+    ],
 }
 REQUEST_VALUES: list[object] = [None, 0, -1, 1, 3, 2**31, 2**63, 10**30, 0.5, -0.5, 1e-300, 1e300, True, "", "x",
                                 "\ud800", "a \udfff b", "word " * 300, [], [1], [-1], [2**40], ["x"], [[1, 2]], [[]],
@@ -783,15 +807,17 @@ def server_request(rng: np.random.Generator) -> tuple[str, bytes, list[str]]:
         "/v1/chat/completions": {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": small},
         "/tokenize": {"content": "Hello world"},
         "/detokenize": {"tokens": [1, 2, 3]},
+        "/completion": {"prompt": pick(rng, ["The capital of France is", [1, "x", 3]]), "n_predict": small},
+        "/v1/messages": {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": small + 1},
     }[route]
-    if route.startswith("/v1/"):  # a fixed seed: a case replayed with --seed samples the same tokens
+    if route.startswith("/v1/") or route == "/completion":  # a fixed seed: a replayed case samples the same tokens
         body.update(stream=bool(rng.integers(0, 2)), seed=1)
     raw: list[str] = []
     done = []
     for _ in range(int(rng.integers(1, 4))):
         key = str(pick(rng, ROUTE_KEYS[route]))
         choice = rng.random()
-        if route == "/v1/chat/completions" and choice < 0.3:
+        if route in ("/v1/chat/completions", "/v1/messages") and choice < 0.3:
             done.append(_reshape_messages(body, rng, raw))
         elif choice < 0.45 and key in body:
             del body[key]

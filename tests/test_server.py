@@ -607,25 +607,64 @@ def test_anthropics_messages_api(server: Server) -> None:
 
     status, streamed = server.request("POST", "/v1/messages", {**body, "stream": True})
     assert status == 200, streamed
-    names = [line[7:] for line in streamed.splitlines() if line.startswith("event: ")]
-    data = [json.loads(line[6:]) for line in streamed.splitlines() if line.startswith("data: ")]
-    assert [d["type"] for d in data] == names
-    assert names[:2] == ["message_start", "content_block_start"] and names[-3:] == [
-        "content_block_stop",
-        "message_delta",
-        "message_stop",
-    ]
-    text = "".join(d["delta"]["text"] for d in data if d["type"] == "content_block_delta")
-    assert text == chat.choices[0].message.content
-    assert data[-2]["delta"]["stop_reason"] == reason and data[-2]["usage"]["output_tokens"] == usage["output_tokens"]
+    events = anthropic_events(streamed)
+    assert [e["type"] for e in events[:2]] == ["message_start", "content_block_start"]
+    assert [e["type"] for e in events[-3:]] == ["content_block_stop", "message_delta", "message_stop"]
+    assert streamed_blocks(events) == message["content"]
+    assert events[-2]["delta"]["stop_reason"] == reason and events[-2]["usage"] == {
+        "output_tokens": usage["output_tokens"]
+    }
 
-    status, stopped = server.request("POST", "/v1/messages", {**body, "max_tokens": 40, "stop_sequences": [" "]})
-    assert (stopped["stop_reason"], stopped["stop_sequence"]) == ("stop_sequence", " "), stopped
+    status, stopped = server.request("POST", "/v1/messages", {**body, "max_tokens": 40, "stop_sequences": ["."]})
+    assert status == 200 and (stopped["stop_reason"], stopped["stop_sequence"]) == ("stop_sequence", "."), stopped
+    status, cut = server.request("POST", "/v1/messages", {**body, "max_tokens": 1})
+    assert status == 200 and cut["stop_reason"] == "max_tokens" and cut["usage"]["output_tokens"] == 1, cut
     status, counted = server.request("POST", "/v1/messages/count_tokens", {"system": system, "messages": user})
     assert status == 200 and counted == {"input_tokens": usage["input_tokens"]}
+
+    # an answer split into reasoning (a prefill opening it): a thinking block, the same streamed and whole; sent back
+    # as the assistant's turn, its thinking block is taken (and dropped)
+    thinking = {**body, "max_tokens": 24, "messages": [*user, {"role": "assistant", "content": "<think>"}]}
+    status, thought = server.request("POST", "/v1/messages", thinking)
+    assert status == 200 and thought["content"][0]["type"] == "thinking" and thought["content"][0]["thinking"], thought
+    events = anthropic_events(server.request("POST", "/v1/messages", {**thinking, "stream": True})[1])
+    assert streamed_blocks(events) == thought["content"]
+    assert any(e.get("delta", {}).get("type") == "signature_delta" for e in events)
+    again = [*user, {"role": "assistant", "content": thought["content"]}, {"role": "user", "content": "And another?"}]
+    assert server.request("POST", "/v1/messages", {**body, "messages": again})[0] == 200
+
+    # Anthropic's key header, as llama-server takes it
+    request = urllib.request.Request(server.base + "/v1/messages/count_tokens", method="POST",
+                                     data=json.dumps({"messages": user}).encode(),
+                                     headers={"Content-Type": "application/json", "x-api-key": API_KEY})  # fmt: skip
+    with urllib.request.urlopen(request, timeout=60) as answer:
+        assert json.loads(answer.read())["input_tokens"] > 0
     image = [{"role": "user", "content": [{"type": "image", "source": {}}]}]
-    for bad in ({**body, "messages": image}, {**body, "tools": [{"name": "f"}]}, {"messages": user}):
+    for bad in ({**body, "messages": image}, {**body, "tools": [{"name": "f"}]}, {"messages": user},
+                {**body, "temperature": -1}, {**body, "top_p": 0}, {**body, "stop_sequences": ["x"] * 17}):  # fmt: skip
         assert_error(*server.request("POST", "/v1/messages", bad), 400)
+    assert_error(*server.request("POST", "/v1/messages/count_tokens", {"messages": user, "top_k": -1}), 400)
+
+
+def anthropic_events(streamed: str) -> list[dict[str, Any]]:
+    """A /v1/messages stream's events (their data), each checked against its event name."""
+    lines = [line for line in streamed.splitlines() if line.startswith(("event: ", "data: "))]
+    names, data = lines[0::2], [json.loads(line[6:]) for line in lines[1::2]]
+    assert [n[7:] for n in names] == [d["type"] for d in data], lines
+    return data
+
+
+def streamed_blocks(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The content blocks a client assembles from a stream's events."""
+    blocks: list[dict[str, Any]] = []
+    for event in events:
+        if event["type"] == "content_block_start":
+            blocks.append(dict(event["content_block"]))
+        elif event["type"] == "content_block_delta":
+            delta = event["delta"]
+            field = {"text_delta": "text", "thinking_delta": "thinking", "signature_delta": "signature"}[delta["type"]]
+            blocks[event["index"]][field] += delta[field]
+    return blocks
 
 
 def test_the_api_key_is_required(server: Server) -> None:

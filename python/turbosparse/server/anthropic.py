@@ -1,4 +1,4 @@
-"""Anthropic's Messages API (POST /v1/messages, /v1/messages/count_tokens), as llama-server serves it: the request
+"""Anthropic's Messages API (POST /v1/messages, /v1/messages/count_tokens), which llama-server serves too: the request
 turned into a chat completion's (the same template, prompt and sampling), the answer as Anthropic's message (a
 thinking block where a thinking model's answer is split, then the text), streamed as its named events."""
 
@@ -11,6 +11,8 @@ from pydantic import Field, field_validator
 
 from turbosparse.generation import Generation
 from turbosparse.server.schemas import ChatCompletionRequest, _Body, text_only
+
+THINKING_BLOCKS = ("thinking", "redacted_thinking")
 
 
 class TextBlock(_Body):
@@ -25,6 +27,9 @@ class AnthropicMessage(_Body):
     @field_validator("content", mode="before")
     @classmethod
     def _text_only(cls, content: Any) -> Any:
+        """Text blocks; an earlier answer's thinking blocks, which clients send back, dropped (as llama-server)."""
+        if isinstance(content, list):
+            content = [b for b in content if not (isinstance(b, dict) and b.get("type") in THINKING_BLOCKS)]
         return text_only(content, "content blocks")
 
     def text(self) -> str:
@@ -103,9 +108,10 @@ def message(message_id: str, model: str, blocks: list[dict[str, Any]], gen: Gene
 
 
 def blocks(content: str, reasoning: str | None) -> list[dict[str, Any]]:
-    """A whole answer's content blocks: its reasoning as a thinking block, where split off, then its text."""
+    """A whole answer's content blocks: its reasoning as a thinking block, where split off, then its text (an empty
+    one only where there is no thinking block, as a stream gives them)."""
     thinking = [{"type": "thinking", "thinking": reasoning, "signature": ""}] if reasoning else []
-    return [*thinking, {"type": "text", "text": content}]
+    return [*thinking, {"type": "text", "text": content}] if content or not thinking else thinking
 
 
 class MessageEvents:
@@ -138,17 +144,26 @@ class MessageEvents:
         events = self.piece(delta)
         if self._open is None:  # an empty answer still has its text block
             events += self._open_block("text")
-        events.append({"type": "content_block_stop", "index": self._index})
+        events += self._close_block()
         reason, sequence = stop_reason(self._gen)
         events.append({"type": "message_delta", "delta": {"stop_reason": reason, "stop_sequence": sequence},
                        "usage": {"output_tokens": self._gen.n_generated}})  # fmt: skip
         events.append({"type": "message_stop"})
         return events
 
+    def _close_block(self) -> list[dict[str, Any]]:
+        """The open block's end (a thinking block's signature first: empty, as llama-server's)."""
+        if self._open is None:
+            return []
+        signature = {"type": "content_block_delta", "index": self._index,
+                     "delta": {"type": "signature_delta", "signature": ""}}  # fmt: skip
+        stop = {"type": "content_block_stop", "index": self._index}
+        return [signature, stop] if self._open == "thinking" else [stop]
+
     def _open_block(self, kind: Literal["thinking", "text"]) -> list[dict[str, Any]]:
         if self._open == kind:
             return []
-        events = [] if self._open is None else [{"type": "content_block_stop", "index": self._index}]
+        events = self._close_block()
         self._index += 1
         self._open = kind
         start = (

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from pydantic import ValidationError
 from sse_starlette import EventSourceResponse
 from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware
@@ -67,8 +68,9 @@ PUBLIC_PATHS = ("/health", "/metrics")  # answered without the API key, as llama
 
 
 class APIKeyCheck:
-    """With --api-key, every route but /health and /metrics wants "Authorization: Bearer KEY", checked before the
-    body is read. Plain ASGI: Starlette's BaseHTTPMiddleware would hide a client's disconnect from the routes."""
+    """With --api-key, every route but /health and /metrics wants "Authorization: Bearer KEY" (or Anthropic's
+    "x-api-key: KEY", as llama-server takes it), checked before the body is read. Plain ASGI: Starlette's
+    BaseHTTPMiddleware would hide a client's disconnect from the routes."""
 
     def __init__(self, app: ASGIApp, *, api_key: str) -> None:
         self.app = app
@@ -76,8 +78,10 @@ class APIKeyCheck:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] not in PUBLIC_PATHS:
-            scheme, _, key = Headers(scope=scope).get("authorization", "").partition(" ")
-            if scheme.lower() != "bearer" or not secrets.compare_digest(key.strip().encode(), self.api_key):
+            headers = Headers(scope=scope)
+            scheme, _, key = headers.get("authorization", "").partition(" ")
+            key = key if scheme.lower() == "bearer" else headers.get("x-api-key", "")
+            if not secrets.compare_digest(key.strip().encode(), self.api_key):
                 error = APIError(401, "invalid or missing API key (send Authorization: Bearer <key>)")
                 await error_response(error)(scope, receive, send)
                 return
@@ -434,7 +438,7 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
     async def messages(body: anthropic.MessagesRequest, request: Request) -> Response:
         """Anthropic's Messages API over the chat route's prompt and sampling (anthropic.py)."""
         model, engine = ready()
-        chat = body.chat()
+        chat = _anthropic_chat(body)
         tokens, tool_use, reasoning = chat_setup(model, chat)
         job, queue = await _submit(model, engine, tokens, chat, "messages", None, tools=tool_use)
         gen = job.generation
@@ -464,10 +468,20 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
     @app.post("/v1/messages/count_tokens")
     async def count_tokens(body: anthropic.CountTokensRequest) -> JSONResponse:
         model, _ = ready()
-        tokens, _, _ = chat_setup(model, body.chat())
+        tokens, _, _ = chat_setup(model, _anthropic_chat(body))
         return JSONResponse({"input_tokens": len(tokens)})
 
     return app
+
+
+def _anthropic_chat(body: anthropic.MessagesRequest) -> ChatCompletionRequest:
+    """The Anthropic request as a chat completion's: a 400 for what that refuses (sampling out of range, ...)."""
+    try:
+        return body.chat()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise APIError(400, f"{where}: {first['msg']}", param=where) from None
 
 
 def _chat_prompt(model: Model, body: ChatCompletionRequest) -> tuple[list[int], ToolUse]:
