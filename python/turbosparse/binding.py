@@ -532,8 +532,8 @@ class NativeContext:
         return self._seq_count(self._lib.lib.ts_context_n_keepable_seq(self._handle, seq, n_keep), seq)
 
     def save_seq(self, seq: int = 0) -> bytes:
-        """Sequence seq's cached tokens as bytes (their keys, values and positions), for load_seq."""
-        self._seq_count(self._lib.lib.ts_context_n_past_seq(self._handle, seq), seq)
+        """Sequence seq's cached tokens as bytes (their keys, values and positions), for load_seq (a sequence out of
+        range: _get refuses it by name)."""
         size = int(self._lib.lib.ts_context_seq_state_size(self._handle, seq))
         out = bytearray(size)
         ffi = self._lib.ffi

@@ -214,9 +214,7 @@ class Generation:
         """Samples the next token from what a step computed (scored_prompt or advance); returns the text released."""
         if step.prompt is not None:
             return self.scored_prompt(step.prompt, step.next)
-        if (
-            self.max_tokens == 0
-        ):  # a cache_prompt generation of no tokens: its prompt is now evaluated into its sequence
+        if self.max_tokens == 0:  # a cache_prompt generation of no tokens: its prompt is now in its sequence
             self.finish_reason = "length"
             return ""
         return self.advance(step.next)

@@ -520,8 +520,8 @@ class Llama:
         self.n_tokens = n
         self._seed = state.seed
         self._scored[:] = False
-        for i, row in kept.items():
-            if self._logits_all:
+        if self._logits_all:
+            for i, row in kept.items():
                 self.scores[i] = row
                 self._scored[i] = True
         last = kept.get(n - 1)

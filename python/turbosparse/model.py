@@ -273,8 +273,7 @@ class Model:
             if len(busy) == len(self._pool.sequences):
                 raise RuntimeError("every sequence holds a running generation: none is free to embed with")
             seq, _ = self._pool.claim(_Teacher() if user is None else user, (), exclude=busy)
-            self._ctx.truncate(0, seq.index)
-            seq.tokens, seq.n_prompted, seq.prompt_logits = [], 0, None
+            self._empty(seq)
             try:
                 rows = self._ctx.embed(list(tokens), all_tokens=pooling != "last", seq=seq.index)
             finally:
@@ -348,8 +347,8 @@ class Model:
         with self._lock:
             seq = self._free_sequence(index)
             n = len(seq.tokens)
-            self._ctx.truncate(0, seq.index)
-            seq.tokens, seq.n_prompted, seq.prompt_logits, seq.owner = [], 0, None, None
+            self._empty(seq)
+            seq.owner = None
             return n
 
     def sequence_status(self) -> list[tuple[int, bool]]:
@@ -367,6 +366,11 @@ class Model:
         if not seq.is_free():
             raise SequenceBusyError(f"sequence {index} is in use: an unfinished generation decodes in it")
         return seq
+
+    def _empty(self, seq: CachedSequence) -> None:
+        """seq holds nothing (the lock is held)."""
+        self._ctx.truncate(0, seq.index)
+        seq.tokens, seq.n_prompted, seq.prompt_logits = [], 0, None
 
     def _saved(self, seq: CachedSequence) -> SequenceState:
         kv = self._ctx.save_seq(seq.index)

@@ -166,9 +166,8 @@ class SequencePool:
             candidates = [s for s in self.sequences if s not in exclude]
             if not candidates:
                 raise RuntimeError("no sequence left to claim")
-            preferred = [s for s in candidates if s.index == prefer and s.is_free()]
-            seq = (preferred[0] if preferred else None) or self.best_free(tokens, candidates)
-            seq = seq or min(candidates, key=lambda s: s.last_used)
+            preferred = next((s for s in candidates if s.index == prefer and s.is_free()), None)
+            seq = preferred or self.best_free(tokens, candidates) or min(candidates, key=lambda s: s.last_used)
             seq.owner = weakref.ref(user)
         assert seq is not None
         seq.last_used = self._clock

@@ -13,7 +13,7 @@ from typing import Any
 from turbosparse.chat_template import ChatTemplate
 from turbosparse.errors import ChatTemplateError
 from turbosparse.generation import Generation
-from turbosparse.logprobs import TokenLogprob
+from turbosparse.logprobs import TokenLogprob, chat_logprobs
 from turbosparse.model import Model
 from turbosparse.server.schemas import NativeCompletionRequest
 from turbosparse.tokenizer import Tokenizer
@@ -92,20 +92,16 @@ def generation_settings(body: NativeCompletionRequest, n_ctx: int) -> dict[str, 
 
 
 def probabilities(tokenizer: Tokenizer, entries: list[TokenLogprob]) -> list[dict[str, Any]]:
-    """completion_probabilities: each token's id, text, UTF-8 bytes and log-probability, and its alternatives."""
-
-    def entry(token: int, text: str, logprob: float | None) -> dict[str, Any]:
-        return {"id": token, "token": text, "bytes": list(tokenizer.piece(token) or text.encode()), "logprob": logprob}
-
+    """completion_probabilities: the chat completion's shape (each token's text, UTF-8 bytes, log-probability and
+    alternatives) with each token's id."""
+    shown = chat_logprobs(tokenizer, entries)["content"]
     return [
         {
-            **entry(e.token, e.text, e.logprob),
-            "top_logprobs": [
-                entry(i, e.text if i == e.token else tokenizer.piece(i).decode("utf-8", "replace"), lp)
-                for i, lp in e.top
-            ],
+            "id": e.token,
+            **c,
+            "top_logprobs": [{"id": i, **t} for (i, _), t in zip(e.top, c["top_logprobs"], strict=True)],
         }
-        for e in entries
+        for e, c in zip(entries, shown, strict=True)
     ]
 
 
