@@ -708,6 +708,7 @@ ROUTE_KEYS = {
         "top_k",
         "stream",
         "tools",
+        "tool_choice",
         "model",
     ],
 }
@@ -759,6 +760,24 @@ PLAUSIBLE: dict[str, list[object]] = {  # values of the right type, edges among 
         {"type": "string", "pattern": "^(a|b)+$"},
         {"type": "object", "required": ["a"]},
     ],
+    "tools": [  # OpenAI's and Anthropic's forms: each route must refuse the other's with a 400
+        [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+        [{"name": "f", "input_schema": {"type": "object", "properties": {"a": {"type": "integer"}}}}],
+        [{"name": "f", "input_schema": {"type": "object"}}, {"type": "web_search_20250305", "name": "w"}],
+        [{"name": "f f", "input_schema": {"$ref": "#/nowhere"}}],
+        [{"name": "f", "input_schema": {"type": "object"}}, {"name": "f", "input_schema": {}}],
+    ],
+    "tool_choice": [
+        "auto",
+        "required",
+        "none",
+        {"type": "auto"},
+        {"type": "any"},
+        {"type": "tool", "name": "f"},
+        {"type": "tool"},
+        {"type": "none", "disable_parallel_tool_use": True},
+        {"type": "function", "function": {"name": "f"}},
+    ],
     "response_format": [
         {"type": "json_object"},
         {"type": "json_schema", "json_schema": {"schema": {"type": "number"}}},
@@ -786,16 +805,21 @@ def _reshape_messages(body: dict, rng: np.random.Generator, raw: list[str]) -> s
     messages = body.setdefault("messages", [{"role": "user", "content": "Hi"}])
     if not isinstance(messages, list) or not messages or not isinstance(messages[0], dict):
         body["messages"] = messages = [{"role": "user", "content": "Hi"}]
-    what = str(pick(rng, ["role", "content", "name", "parts", "more"]))
+    what = str(pick(rng, ["role", "content", "name", "parts", "blocks", "more"]))
     if what == "parts":
         messages[0]["content"] = [
             {"type": pick(rng, ["text", "image_url", 3]), "text": _request_value(rng, raw, "text")}
         ]
+    elif what == "blocks":  # Anthropic's: a call and its result, in either role
+        call = {"type": "tool_use", "id": "abcdefghi", "name": "f", "input": _request_value(rng, raw, "input")}
+        result = {"type": "tool_result", "tool_use_id": "abcdefghi", "content": _request_value(rng, raw, "content")}
+        messages[0]["content"] = [pick(rng, [call, result])]
+        messages.append({"role": pick(rng, ROLES), "content": [pick(rng, [call, result])]})
     elif what == "more":
         messages.append({"role": pick(rng, ROLES), "content": _request_value(rng, raw, "content")})
     else:
         messages[0][what] = pick(rng, ROLES) if what == "role" else _request_value(rng, raw, what)
-    return f"messages[0].{what}" if what != "more" else "a message added"
+    return f"messages[0].{what}" if what not in ("more", "blocks") else f"messages: {what}"
 
 
 def server_request(rng: np.random.Generator) -> tuple[str, bytes, list[str]]:

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import openai
 import pytest
+from anthropic_stream import anthropic_events, streamed_blocks
 
 API_KEY = "sk-turbosparse-test"
 SLOTS = 3
@@ -642,29 +643,17 @@ def test_anthropics_messages_api(server: Server) -> None:
     image = [{"role": "user", "content": [{"type": "image", "source": {}}]}]
     for bad in ({**body, "messages": image}, {**body, "tools": [{"name": "f"}]}, {"messages": user},
                 {**body, "temperature": -1}, {**body, "top_p": 0}, {**body, "stop_sequences": ["x"] * 17}):  # fmt: skip
-        assert_error(*server.request("POST", "/v1/messages", bad), 400)
-    assert_error(*server.request("POST", "/v1/messages/count_tokens", {"messages": user, "top_k": -1}), 400)
+        assert_anthropic_error(*server.request("POST", "/v1/messages", bad), 400)
+    assert_anthropic_error(*server.request("POST", "/v1/messages/count_tokens", {"messages": user, "top_k": -1}), 400)
+    assert_anthropic_error(*server.request("POST", "/v1/messages", body, key="sk-wrong"), 401)
 
 
-def anthropic_events(streamed: str) -> list[dict[str, Any]]:
-    """A /v1/messages stream's events (their data), each checked against its event name."""
-    lines = [line for line in streamed.splitlines() if line.startswith(("event: ", "data: "))]
-    names, data = lines[0::2], [json.loads(line[6:]) for line in lines[1::2]]
-    assert [n[7:] for n in names] == [d["type"] for d in data], lines
-    return data
-
-
-def streamed_blocks(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The content blocks a client assembles from a stream's events."""
-    blocks: list[dict[str, Any]] = []
-    for event in events:
-        if event["type"] == "content_block_start":
-            blocks.append(dict(event["content_block"]))
-        elif event["type"] == "content_block_delta":
-            delta = event["delta"]
-            field = {"text_delta": "text", "thinking_delta": "thinking", "signature_delta": "signature"}[delta["type"]]
-            blocks[event["index"]][field] += delta[field]
-    return blocks
+def assert_anthropic_error(status: int, body: Any, expected: int) -> None:
+    """An error the anthropic SDK and OpenAI's clients both read: Anthropic's error object, with OpenAI's fields."""
+    assert status == expected, body
+    assert isinstance(body, dict) and set(body) == {"type", "error"} and body["type"] == "error", body
+    kind = {400: "invalid_request_error", 401: "authentication_error"}[expected]
+    assert body["error"]["message"] and body["error"]["type"] == kind and body["error"]["code"] == expected
 
 
 def test_the_api_key_is_required(server: Server) -> None:

@@ -11,6 +11,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from anthropic_stream import anthropic_events, streamed_blocks
 
 from turbosparse.chat_template import ChatTemplate
 from turbosparse.completions import ChatCompletionChunks, CompletionMeta, ReasoningSplit
@@ -447,3 +448,113 @@ def _streamed_chunks(chunks: Any) -> tuple[str, list[dict], str | None]:
         calls += choice["delta"].get("tool_calls") or []
         reason = choice["finish_reason"] or reason
     return content, calls, reason
+
+
+ANTHROPIC_TOOLS = [
+    {"name": t["function"]["name"], "input_schema": t["function"]["parameters"], "cache_control": {"type": "x"}}
+    for t in (WEATHER, TIME)
+]
+
+
+@pytest.mark.parametrize("template", [HERMES, NAME_FIRST])
+def test_anthropics_tool_use_makes_the_chat_routes_calls(smollm2_path: Any, template: str) -> None:
+    """/v1/messages with tools (as llama-server serves them to Claude Code and the anthropic SDK): the calls the chat
+    route makes for the same request, as tool_use blocks whole and streamed, stop_reason "tool_use"; the calls and
+    their results sent back make the chat route's prompt."""
+    with _client(smollm2_path, template) as client:
+        _wait(client)
+        for choice, chat_choice in [
+            ({"type": "any", "disable_parallel_tool_use": True}, "required"),
+            ({"type": "tool", "name": "get_time"}, TIME_CHOICE),
+        ]:
+            chat = {"messages": QUESTION, "tools": [WEATHER, TIME], "tool_choice": chat_choice, "max_tokens": 60}
+            chat_reply = client.post(
+                "/v1/chat/completions", json={**chat, "parallel_tool_calls": False, "temperature": 0}
+            )
+            expected = [(c["function"]["name"], json.loads(c["function"]["arguments"]))
+                        for c in chat_reply.json()["choices"][0]["message"]["tool_calls"]]  # fmt: skip
+            body = {"messages": QUESTION, "tools": ANTHROPIC_TOOLS, "tool_choice": choice, "max_tokens": 60}
+            reply = client.post("/v1/messages", json={**body, "temperature": 0})
+            assert reply.status_code == 200, reply.text
+            message = reply.json()
+            assert (message["stop_reason"], message["stop_sequence"]) == ("tool_use", None), message
+            assert [(b["type"], b["name"], b["input"]) for b in message["content"]] == [
+                ("tool_use", name, arguments) for name, arguments in expected
+            ]
+            assert all(len(b["id"]) == 9 and b["id"].isalnum() for b in message["content"])  # Mistral's templates' ids
+            events = anthropic_events(client.post("/v1/messages", json={**body, "temperature": 0, "stream": True}).text)
+            streamed = streamed_blocks(events)
+            assert [(b["name"], b["input"]) for b in streamed] == expected
+            assert events[-2]["delta"]["stop_reason"] == "tool_use"
+
+        # the answer's call and its result sent back: the same prompt as the chat route's history
+        call = message["content"][0]
+        history = [*QUESTION, {"role": "assistant", "content": [{"type": "text", "text": "Let me look."}, call]}]
+        history.append({"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": call["id"], "content": [{"type": "text", "text": "12:00"}]},
+            {"type": "text", "text": "And the weather?"}]})  # fmt: skip
+        chat_history = [*QUESTION, {"role": "assistant", "content": "Let me look.", "tool_calls": [
+            {"id": call["id"], "type": "function", "function": {"name": "get_time", "arguments": "{}"}}]}]  # fmt: skip
+        chat_history += [{"role": "tool", "tool_call_id": call["id"], "content": "12:00"},
+                         {"role": "user", "content": "And the weather?"}]  # fmt: skip
+        counted = client.post("/v1/messages/count_tokens", json={"messages": history, "tools": ANTHROPIC_TOOLS})
+        chat_reply = client.post("/v1/chat/completions", json={"messages": chat_history, "tools": [WEATHER, TIME],
+                                                               "max_tokens": 1})  # fmt: skip
+        assert counted.json() == {"input_tokens": chat_reply.json()["usage"]["prompt_tokens"]}, counted.text
+        reply = client.post("/v1/messages", json={"messages": history, "tools": ANTHROPIC_TOOLS, "max_tokens": 8})
+        assert reply.status_code == 200, reply.text
+
+        web_search = {"type": "web_search_20250305", "name": "web_search"}  # Anthropic runs it: dropped
+        reply = client.post("/v1/messages", json={**body, "tools": [*ANTHROPIC_TOOLS, web_search], "max_tokens": 30})
+        assert reply.status_code == 200 and reply.json()["content"][0]["name"] == "get_time", reply.text
+        for bad, match in [
+            ({"tools": [{"name": "f"}]}, "input_schema"),
+            ({"tool_choice": {"type": "tool"}}, "needs the tool's name"),
+            ({"tool_choice": {"type": "tool", "name": "nope"}}, "not one of the tools"),
+            ({"tool_choice": {"type": "any"}, "tools": []}, "needs tools"),
+            ({"messages": [{"role": "user", "content": [call]}]}, "cannot hold tool_use blocks"),
+            ({"messages": [{"role": "user", "content": [{"type": "image", "source": {}}]}]}, "'image' are not"),
+        ]:
+            reply = client.post("/v1/messages", json={**body, **bad})
+            assert reply.status_code == 400 and re.search(match, reply.json()["error"]["message"]), reply.text
+
+
+def test_anthropic_messages_become_chat_messages() -> None:
+    """tool_use blocks an assistant's calls, tool_result blocks tool messages before the user's text, thinking blocks
+    its reasoning, text blocks content parts."""
+    from turbosparse.server.anthropic import MessagesRequest
+
+    request = MessagesRequest.model_validate({
+        "max_tokens": 5, "system": [{"type": "text", "text": "Be brief."}],
+        "messages": [
+            {"role": "user", "content": "Time?"},
+            {"role": "assistant", "content": [
+                {"type": "thinking", "thinking": "A tool.", "signature": "s"},
+                {"type": "redacted_thinking", "data": "d"},
+                {"type": "text", "text": "Looking."},
+                {"type": "tool_use", "id": "abcdefghi", "name": "get_time", "input": {"zone": "UTC"}}]},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "abcdefghi", "content": "12:00", "is_error": False},
+                {"type": "text", "text": "Thanks."}, {"type": "text", "text": "More?"}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "x", "content": [
+                {"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}]},
+        ],
+        "tools": [{"name": "get_time", "description": "The time", "input_schema": {"type": "object"}}],
+        "tool_choice": {"type": "tool", "name": "get_time", "disable_parallel_tool_use": True},
+    })  # fmt: skip
+    chat = request.chat()
+    assert [m.for_template() for m in chat.messages] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Time?"},
+        {"role": "assistant", "content": "Looking.", "reasoning_content": "A tool.", "tool_calls": [
+            {"id": "abcdefghi", "type": "function", "function": {"name": "get_time", "arguments": '{"zone": "UTC"}'}}]},
+        {"role": "tool", "content": "12:00", "tool_call_id": "abcdefghi"},
+        {"role": "user", "content": "Thanks.\nMore?"},
+        {"role": "tool", "content": "ab", "tool_call_id": "x"},
+    ]  # fmt: skip
+    assert chat.tools == [{"type": "function", "function": {
+        "name": "get_time", "description": "The time", "parameters": {"type": "object"}}}]  # fmt: skip
+    assert (chat.tool_choice, chat.parallel_tool_calls) == (
+        {"type": "function", "function": {"name": "get_time"}},
+        False,
+    )

@@ -1,18 +1,25 @@
 """Anthropic's Messages API (POST /v1/messages, /v1/messages/count_tokens), which llama-server serves too: the request
-turned into a chat completion's (the same template, prompt and sampling), the answer as Anthropic's message (a
-thinking block where a thinking model's answer is split, then the text), streamed as its named events."""
+turned into a chat completion's (the same template, prompt, sampling and tool calls: tool_use blocks are an
+assistant's calls, tool_result blocks the tool messages answering them), the answer as Anthropic's message (a thinking
+block where a thinking model's answer is split, the text, then a tool_use block per call), streamed as its named
+events."""
 
 from __future__ import annotations
 
+import json
+import logging
 import secrets
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from turbosparse.generation import Generation
-from turbosparse.server.schemas import ChatCompletionRequest, _Body, text_only
+from turbosparse.server.schemas import ChatCompletionRequest, _Body
+from turbosparse.tool_calls import ToolCall, new_call_id
 
-THINKING_BLOCKS = ("thinking", "redacted_thinking")
+logger = logging.getLogger(__name__)
+
+BLOCK_TYPES = ("text", "tool_use", "tool_result", "thinking", "redacted_thinking")
 
 
 class TextBlock(_Body):
@@ -20,24 +27,134 @@ class TextBlock(_Body):
     text: str
 
 
-class AnthropicMessage(_Body):
-    role: Literal["user", "assistant"]
-    content: str | list[TextBlock]
+class ToolUseBlock(_Body):
+    """An earlier answer's call."""
+
+    type: Literal["tool_use"]
+    id: str
+    name: str
+    input: dict[str, Any]
+
+
+class ToolResultBlock(_Body):
+    """What a call gave back (is_error is taken, not shown to the template: it has no place for it)."""
+
+    type: Literal["tool_result"]
+    tool_use_id: str
+    content: str | list[TextBlock] = ""
+    is_error: bool = False
 
     @field_validator("content", mode="before")
     @classmethod
     def _text_only(cls, content: Any) -> Any:
-        """Text blocks; an earlier answer's thinking blocks, which clients send back, dropped (as llama-server)."""
-        if isinstance(content, list):
-            content = [b for b in content if not (isinstance(b, dict) and b.get("type") in THINKING_BLOCKS)]
-        return text_only(content, "content blocks")
+        return _known_blocks(content, ("text",), "tool_result content blocks")
 
     def text(self) -> str:
+        """Text blocks joined as they are, as llama-server joins them."""
         return self.content if isinstance(self.content, str) else "".join(block.text for block in self.content)
 
 
+class ThinkingBlock(_Body):
+    """An earlier answer's reasoning, which clients send back: the template is given it as reasoning_content."""
+
+    type: Literal["thinking"]
+    thinking: str
+    signature: str = ""
+
+
+class RedactedThinkingBlock(_Body):
+    """Reasoning Anthropic's servers encrypted: nothing to give a template, dropped."""
+
+    type: Literal["redacted_thinking"]
+    data: str = ""
+
+
+ContentBlock = Annotated[
+    TextBlock | ToolUseBlock | ToolResultBlock | ThinkingBlock | RedactedThinkingBlock, Field(discriminator="type")
+]
+
+
+def _known_blocks(content: Any, known: tuple[str, ...], what: str) -> Any:
+    """content, where a list of blocks holds known types only (ValueError naming the first other type)."""
+    for block in content if isinstance(content, list) else ():
+        if isinstance(block, dict) and block.get("type") not in known:
+            raise ValueError(f"{what} of type {block.get('type')!r} are not supported ({', '.join(known)})")
+    return content
+
+
+class AnthropicMessage(_Body):
+    role: Literal["user", "assistant"]
+    content: str | list[ContentBlock]
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _supported(cls, content: Any) -> Any:
+        return _known_blocks(content, BLOCK_TYPES, "content blocks")
+
+    @field_validator("content")
+    @classmethod
+    def _blocks_of_the_role(cls, content: str | list[Any], info: Any) -> str | list[Any]:
+        role = info.data.get("role")
+        wrong = {"user": (ToolUseBlock, ThinkingBlock, RedactedThinkingBlock), "assistant": (ToolResultBlock,)}
+        for block in content if isinstance(content, list) else ():
+            if isinstance(block, wrong.get(role, ())):
+                raise ValueError(f"a {role} message cannot hold {block.type} blocks")
+        return content
+
+    def chat_messages(self) -> list[dict[str, Any]]:
+        """The message as chat messages: a user's tool results as tool messages (first, as they answer the calls
+        before them), then its text; an assistant's text, reasoning and calls as one message."""
+        if isinstance(self.content, str):
+            return [{"role": self.role, "content": self.content}]
+        parts = [{"type": "text", "text": b.text} for b in self.content if isinstance(b, TextBlock)]
+        if self.role == "user":
+            results = [b for b in self.content if isinstance(b, ToolResultBlock)]
+            tool = [{"role": "tool", "tool_call_id": r.tool_use_id, "content": r.text()} for r in results]
+            return [*tool, {"role": "user", "content": parts}] if parts or not tool else tool
+        message: dict[str, Any] = {"role": "assistant", "content": parts}
+        reasoning = "".join(b.thinking for b in self.content if isinstance(b, ThinkingBlock))
+        if reasoning:
+            message["reasoning_content"] = reasoning
+        calls = [b for b in self.content if isinstance(b, ToolUseBlock)]
+        if calls:
+            message["tool_calls"] = [ToolCall(c.name, json.dumps(c.input, ensure_ascii=False)).openai(c.id)
+                                     for c in calls]  # fmt: skip
+        return [message]
+
+
+class Tool(_Body):
+    """A tool the client runs: its name, description and the JSON schema of its input."""
+
+    name: str
+    description: str | None = None
+    input_schema: dict[str, Any]
+
+    def openai(self) -> dict[str, Any]:
+        described = {"description": self.description} if self.description else {}
+        return {"type": "function", "function": {"name": self.name, **described, "parameters": self.input_schema}}
+
+
+class ToolChoice(_Body):
+    type: Literal["auto", "any", "tool", "none"]
+    name: str | None = None
+    disable_parallel_tool_use: bool | None = None
+
+    @model_validator(mode="after")
+    def _named(self) -> ToolChoice:
+        if self.type == "tool" and self.name is None:
+            raise ValueError('{"type": "tool"} needs the tool\'s name')
+        return self
+
+    def openai(self) -> Any:
+        """As a chat completion's tool_choice ("any": one call or more; "tool": a call of the named one)."""
+        if self.type == "tool":
+            return {"type": "function", "function": {"name": self.name}}
+        return {"auto": "auto", "any": "required", "none": "none"}[self.type]
+
+
 class MessagesRequest(_Body):
-    """Anthropic's request: max_tokens, the messages (text), a system prompt, stop_sequences, sampling, stream."""
+    """Anthropic's request: max_tokens, the messages, a system prompt, stop_sequences, sampling, tools and
+    tool_choice, stream."""
 
     model: str | None = None
     max_tokens: int = Field(ge=1)
@@ -48,14 +165,22 @@ class MessagesRequest(_Body):
     temperature: float | None = None
     top_p: float | None = None
     top_k: int | None = None
-    tools: list[Any] | None = None
+    tools: list[Tool] | None = None
+    tool_choice: ToolChoice | None = None
 
-    @field_validator("tools")
+    @field_validator("tools", mode="before")
     @classmethod
-    def _no_tools(cls, tools: list[Any] | None) -> list[Any] | None:
-        if tools:
-            raise ValueError("tools are not supported on /v1/messages (use /v1/chat/completions)")
-        return tools
+    def _client_tools(cls, tools: Any) -> Any:
+        """Tools the client runs; Anthropic's server tools (web search, code execution: a type other than "custom"),
+        which only Anthropic's servers run, dropped with a warning (clients send them beside their own)."""
+        if not isinstance(tools, list):
+            return tools
+        kept = [t for t in tools if not isinstance(t, dict) or t.get("type", "custom") == "custom"]
+        for tool in tools:
+            if tool not in kept:
+                logger.warning("Anthropic server tool %r of type %r dropped: only Anthropic runs it",
+                               tool.get("name"), tool.get("type"))  # fmt: skip
+        return kept
 
     def chat(self) -> ChatCompletionRequest:
         """The same request as a chat completion's (the system prompt first; unset sampling fields take the server's
@@ -64,12 +189,16 @@ class MessagesRequest(_Body):
             self.system if isinstance(self.system, str) or self.system is None else "".join(b.text for b in self.system)
         )
         messages = [{"role": "system", "content": system}] if system else []
-        messages += [{"role": m.role, "content": m.text()} for m in self.messages]
+        messages += [chat_message for m in self.messages for chat_message in m.chat_messages()]
+        single = self.tool_choice is not None and self.tool_choice.disable_parallel_tool_use
         fields = {
             "temperature": self.temperature,
             "top_p": self.top_p,
             "top_k": self.top_k,
             "stop": self.stop_sequences,
+            "tools": [tool.openai() for tool in self.tools] if self.tools else None,
+            "tool_choice": self.tool_choice.openai() if self.tool_choice is not None else None,
+            "parallel_tool_calls": False if single else None,
         }
         given = {name: value for name, value in fields.items() if value is not None}
         return ChatCompletionRequest.model_validate(
@@ -85,8 +214,10 @@ def new_message_id() -> str:
     return "msg_" + secrets.token_hex(12)
 
 
-def stop_reason(gen: Generation) -> tuple[str, str | None]:
-    """Anthropic's stop_reason and stop_sequence."""
+def stop_reason(gen: Generation, called: bool) -> tuple[str, str | None]:
+    """Anthropic's stop_reason and stop_sequence (called: the answer holds tool calls)."""
+    if called:
+        return "tool_use", None
     if gen.stopped_by_string:
         return "stop_sequence", gen.stopping_word
     return ("max_tokens" if gen.finish_reason == "length" else "end_turn"), None
@@ -94,7 +225,8 @@ def stop_reason(gen: Generation) -> tuple[str, str | None]:
 
 def message(message_id: str, model: str, blocks: list[dict[str, Any]], gen: Generation | None) -> dict[str, Any]:
     """The message object (gen None: a stream's opening one, before any text)."""
-    reason, sequence = stop_reason(gen) if gen is not None else (None, None)
+    called = any(block["type"] == "tool_use" for block in blocks)
+    reason, sequence = stop_reason(gen, called) if gen is not None else (None, None)
     return {
         "id": message_id,
         "type": "message",
@@ -107,21 +239,30 @@ def message(message_id: str, model: str, blocks: list[dict[str, Any]], gen: Gene
     }
 
 
-def blocks(content: str, reasoning: str | None) -> list[dict[str, Any]]:
-    """A whole answer's content blocks: its reasoning as a thinking block, where split off, then its text (an empty
-    one only where there is no thinking block, as a stream gives them)."""
+def tool_use_block(call_id: str, name: str, arguments: str) -> dict[str, Any]:
+    return {"type": "tool_use", "id": call_id, "name": name, "input": json.loads(arguments)}
+
+
+def blocks(content: str, reasoning: str | None, calls: list[ToolCall]) -> list[dict[str, Any]]:
+    """A whole answer's content blocks: its reasoning as a thinking block, where split off, its text (an empty one
+    only where there is nothing else, as a stream gives them), then its calls."""
     thinking = [{"type": "thinking", "thinking": reasoning, "signature": ""}] if reasoning else []
-    return [*thinking, {"type": "text", "text": content}] if content or not thinking else thinking
+    text = [{"type": "text", "text": content}] if content or not (thinking or calls) else []
+    return [*thinking, *text, *(tool_use_block(new_call_id(), c.name, c.arguments) for c in calls)]
+
+
+EMPTY_BLOCKS = {"thinking": {"type": "thinking", "thinking": "", "signature": ""}, "text": {"type": "text", "text": ""}}
 
 
 class MessageEvents:
-    """A streamed answer's events: message_start, then per block content_block_start, its deltas (thinking_delta or
-    text_delta) and content_block_stop, then message_delta (stop_reason, usage) and message_stop."""
+    """A streamed answer's events: message_start, then per block content_block_start, its deltas (thinking_delta,
+    text_delta, or a call's input as one input_json_delta) and content_block_stop, then message_delta (stop_reason,
+    usage) and message_stop."""
 
     def __init__(self, message_id: str, model: str, gen: Generation) -> None:
         self._id, self._model, self._gen = message_id, model, gen
         self._index = -1
-        self._open: Literal["thinking", "text"] | None = None
+        self._open: Literal["thinking", "text", "tool_use"] | None = None
 
     def first(self, n_prompt: int) -> list[dict[str, Any]]:
         opening = message(self._id, self._model, [], None)
@@ -135,17 +276,24 @@ class MessageEvents:
             text = delta.get(key)
             if not text:
                 continue
-            events += self._open_block(kind)
+            events += self._open_block(kind, dict(EMPTY_BLOCKS[kind]))
             events.append({"type": "content_block_delta", "index": self._index,
                            "delta": {"type": f"{kind}_delta", field: text}})  # fmt: skip
         return events
 
     def last(self, delta: dict[str, Any]) -> list[dict[str, Any]]:
+        """The events of the finishing chat delta (its calls, if any, in "tool_calls"), then the message's end."""
         events = self.piece(delta)
+        calls = delta.get("tool_calls") or []
+        for call in calls:
+            start = tool_use_block(call["id"], call["function"]["name"], "{}")
+            events += self._open_block("tool_use", start, always=True)
+            arguments = {"type": "input_json_delta", "partial_json": call["function"]["arguments"]}
+            events.append({"type": "content_block_delta", "index": self._index, "delta": arguments})
         if self._open is None:  # an empty answer still has its text block
-            events += self._open_block("text")
+            events += self._open_block("text", dict(EMPTY_BLOCKS["text"]))
         events += self._close_block()
-        reason, sequence = stop_reason(self._gen)
+        reason, sequence = stop_reason(self._gen, bool(calls))
         events.append({"type": "message_delta", "delta": {"stop_reason": reason, "stop_sequence": sequence},
                        "usage": {"output_tokens": self._gen.n_generated}})  # fmt: skip
         events.append({"type": "message_stop"})
@@ -160,15 +308,14 @@ class MessageEvents:
         stop = {"type": "content_block_stop", "index": self._index}
         return [signature, stop] if self._open == "thinking" else [stop]
 
-    def _open_block(self, kind: Literal["thinking", "text"]) -> list[dict[str, Any]]:
-        if self._open == kind:
+    def _open_block(
+        self, kind: Literal["thinking", "text", "tool_use"], start: dict[str, Any], *, always: bool = False
+    ) -> list[dict[str, Any]]:
+        """A new block of kind opening with start (the open one closed first), unless one of kind is open (always:
+        each call its own block)."""
+        if self._open == kind and not always:
             return []
         events = self._close_block()
         self._index += 1
         self._open = kind
-        start = (
-            {"type": "thinking", "thinking": "", "signature": ""}
-            if kind == "thinking"
-            else {"type": "text", "text": ""}
-        )
         return [*events, {"type": "content_block_start", "index": self._index, "content_block": start}]

@@ -83,7 +83,7 @@ class APIKeyCheck:
             key = key if scheme.lower() == "bearer" else headers.get("x-api-key", "")
             if not secrets.compare_digest(key.strip().encode(), self.api_key):
                 error = APIError(401, "invalid or missing API key (send Authorization: Bearer <key>)")
-                await error_response(error)(scope, receive, send)
+                await error_response(error, scope["path"])(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
@@ -442,9 +442,8 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
         tokens, tool_use, reasoning = chat_setup(model, chat)
         job, queue = await _submit(model, engine, tokens, chat, "messages", None, tools=tool_use)
         gen = job.generation
-        chunks = ChatCompletionChunks(
-            model.tokenizer, CompletionMeta.new("chatcmpl", config.model_name), gen, reasoning
-        )
+        meta = CompletionMeta.new("chatcmpl", config.model_name)
+        chunks = ChatCompletionChunks(model.tokenizer, meta, gen, reasoning, tool_use)
         message_id = anthropic.new_message_id()
         if body.stream:
             events = anthropic.MessageEvents(message_id, config.model_name, gen)
@@ -461,8 +460,8 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
         answer = await _collect(job, queue, request)
         if answer is None:
             return Response(status_code=CLIENT_CLOSED)
-        content, reasoning_content, _ = chunks.message(answer, gen.finish_reason)
-        blocks = anthropic.blocks(content, reasoning_content)
+        content, reasoning_content, calls = chunks.message(answer, gen.finish_reason)
+        blocks = anthropic.blocks(content, reasoning_content, calls)
         return JSONResponse(anthropic.message(message_id, config.model_name, blocks, gen))
 
     @app.post("/v1/messages/count_tokens")
@@ -701,7 +700,8 @@ def _stream(
 ) -> EventSourceResponse:
     """Server-sent events: the first chunks, the chunks of each text piece, the finishing chunks, then [DONE]
     (OpenAI's; not in llama-server's own streams: done_marker False); named_events: each event named by its chunk's
-    "type" (Anthropic's). A client that disconnects cancels the generation (sse-starlette cancels this generator)."""
+    "type" and a failure an Anthropic error event (Anthropic's). A client that disconnects cancels the generation
+    (sse-starlette cancels this generator)."""
     gen = job.generation
 
     def sent(chunks: dict[str, Any] | list[dict[str, Any]] | None) -> list[dict[str, str]]:
@@ -716,7 +716,8 @@ def _stream(
             while True:
                 event = await queue.get()
                 if event.error is not None:
-                    failure = error_body(500, f"the generation failed: {event.error}", type="server_error")
+                    message = f"the generation failed: {event.error}"
+                    failure = error_body(500, message, type="server_error", anthropic=named_events)
                     yield {"data": json.dumps(failure), **({"event": "error"} if named_events else {})}
                     break
                 for out in sent(piece(event.text) if event.text else None):

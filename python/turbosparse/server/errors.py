@@ -1,4 +1,5 @@
-"""Errors as OpenAI's API writes them: {"error": {"message", "type", "param", "code"}} with a 4xx/5xx status."""
+"""Errors as OpenAI's API writes them: {"error": {"message", "type", "param", "code"}} with a 4xx/5xx status; on
+Anthropic's routes (/v1/messages...) also as Anthropic's: {"type": "error", "error": {"type", "message", ...}}."""
 
 from __future__ import annotations
 
@@ -22,6 +23,11 @@ _TYPES = {
 }
 
 
+# Anthropic's names where OpenAI's differ
+_ANTHROPIC_TYPES = {"server_error": "api_error", "unavailable_error": "overloaded_error"}
+ANTHROPIC_PATHS = "/v1/messages"
+
+
 class APIError(Exception):
     """An error answered to the client with this status and an OpenAI-style error object."""
 
@@ -33,13 +39,22 @@ class APIError(Exception):
         self.type = type or _TYPES.get(status, "server_error")
 
 
-def error_body(status: int, message: str, *, param: str | None = None, type: str | None = None) -> dict:
+def error_body(
+    status: int, message: str, *, param: str | None = None, type: str | None = None, anthropic: bool = False
+) -> dict:
+    """The error object (anthropic: one that is Anthropic's too, its type named as Anthropic names it)."""
     kind = type or _TYPES.get(status, "server_error")
+    if anthropic:
+        return {"type": "error", "error": {"type": _ANTHROPIC_TYPES.get(kind, kind), "message": message,
+                                           "param": param, "code": status}}  # fmt: skip
     return {"error": {"message": message, "type": kind, "param": param, "code": status}}
 
 
-def error_response(error: APIError) -> JSONResponse:
-    return JSONResponse(error_body(error.status, error.message, param=error.param, type=error.type), error.status)
+def error_response(error: APIError, path: str) -> JSONResponse:
+    """The error answered to a request for path."""
+    anthropic = path.startswith(ANTHROPIC_PATHS)
+    body = error_body(error.status, error.message, param=error.param, type=error.type, anthropic=anthropic)
+    return JSONResponse(body, error.status)
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
@@ -61,18 +76,19 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> JSONResponse:
-        return error_response(exc)
+        return error_response(exc, request.url.path)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         message, field = _validation_message(exc)
-        return error_response(APIError(400, message, param=field))
+        return error_response(APIError(400, message, param=field), request.url.path)
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, exc: HTTPException) -> JSONResponse:
-        return error_response(APIError(exc.status_code, str(exc.detail)))
+        return error_response(APIError(exc.status_code, str(exc.detail)), request.url.path)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unexpected error on %s %s", request.method, request.url.path)
-        return error_response(APIError(500, f"internal error: {type(exc).__name__}: {exc}"))
+        error = APIError(500, f"internal error: {type(exc).__name__}: {exc}")
+        return error_response(error, request.url.path)
