@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from typing import Any
 
 import pytest
 
@@ -242,6 +243,63 @@ def test_serve_refuses_what_it_cannot_serve(tmp_path) -> None:
     assert out.returncode == 1 and "--parallel must be >= 1" in out.stderr, out.stderr
     out = turbosparse("serve", "-m", str(tmp_path / "missing.gguf"))
     assert out.returncode == 1 and "no such model file" in out.stderr, out.stderr
+
+
+def test_serve_reads_llama_servers_environment_variables(tmp_path, monkeypatch) -> None:
+    """As llama-server: LLAMA_ARG_* (and LLAMA_API_KEY) give serve's flags, the command line wins over them, a
+    variable whose flag is excluded by one given is not read, a value the flag refuses names the variable."""
+    from turbosparse.cli import build_parser
+    from turbosparse.cli.environment import resolve_environment
+    from turbosparse.errors import InvalidArgumentError
+
+    def parsed(*argv: str) -> Any:
+        args = build_parser().parse_args(["serve", *argv])
+        resolve_environment(args)
+        return args
+
+    template = tmp_path / "template.jinja"
+    template.write_text("{{ messages[0].content }}")
+    for name, value in {"LLAMA_ARG_MODEL": "m.gguf", "LLAMA_ARG_CTX_SIZE": "2048", "LLAMA_ARG_N_PARALLEL": "2",
+                        "LLAMA_API_KEY": "k", "LLAMA_ARG_FLASH_ATTN": "off", "LLAMA_ARG_EMBEDDINGS": "true",
+                        "LLAMA_ARG_CACHE_TYPE_K": "q8_0", "LLAMA_ARG_CHAT_TEMPLATE_FILE": str(template),
+                        "LLAMA_CHAT_TEMPLATE_KWARGS": '{"enable_thinking": false}', "LLAMA_ARG_THINK": "none",
+                        "LLAMA_ARG_HOST": "0.0.0.0", "LLAMA_ARG_PORT": "9000"}.items():  # fmt: skip
+        monkeypatch.setenv(name, value)
+    args = parsed()
+    assert (args.model, args.ctx_size, args.parallel, args.api_key, args.flash_attn) == ("m.gguf", 2048, 2, "k", "off")
+    assert (args.embeddings, args.cache_type_k, args.chat_template_file, args.chat_template) == (
+        True, "q8_0", template, None)  # fmt: skip
+    assert (args.chat_template_kwargs, args.reasoning_format, args.host, args.port) == (
+        {"enable_thinking": False}, "none", "0.0.0.0", 9000)  # fmt: skip
+    args = parsed("-m", "other.gguf", "-c", "512", "--chat-template", "chatml")  # the command line wins
+    assert (args.model, args.ctx_size, args.chat_template, args.chat_template_file) == (
+        "other.gguf",
+        512,
+        "chatml",
+        None,
+    )
+    out = turbosparse("serve", "--help")
+    assert "(env: LLAMA_ARG_CTX_SIZE)" in " ".join(out.stdout.split()), out.stdout
+    for name, value, message in [("LLAMA_ARG_CTX_SIZE", "big", "LLAMA_ARG_CTX_SIZE='big': not a value --ctx-size"),
+                                 ("LLAMA_ARG_EMBEDDINGS", "yes", "--embeddings is a switch"),
+                                 ("LLAMA_ARG_THINK", "always", "--reasoning-format takes one of"),
+                                 ("LLAMA_CHAT_TEMPLATE_KWARGS", "[1]", "a JSON object is expected")]:  # fmt: skip
+        with monkeypatch.context() as patch:
+            patch.setenv(name, value)
+            with pytest.raises(InvalidArgumentError, match=re.escape(message)):
+                parsed()
+    monkeypatch.setenv("LLAMA_ARG_EMBEDDINGS", "0")
+    assert parsed().embeddings is False
+    # in the command itself: the model and the slots from the environment
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"not a gguf file" * 100)
+    monkeypatch.setenv("LLAMA_ARG_MODEL", str(bad))
+    monkeypatch.setenv("LLAMA_ARG_PORT", "0")
+    out = turbosparse("serve", "-t", "1")
+    assert out.returncode == 1 and f"cannot serve {bad}" in out.stderr, out.stderr
+    monkeypatch.setenv("LLAMA_ARG_N_PARALLEL", "0")
+    out = turbosparse("serve")
+    assert out.returncode == 1 and "--parallel must be >= 1" in out.stderr, out.stderr
 
 
 def test_bench_on_a_calibrated_synthetic_twin(tmp_path) -> None:

@@ -1,4 +1,5 @@
-"""`turbosparse serve`: an OpenAI-compatible HTTP server (llama-server's flag names; needs the `server` extra)."""
+"""`turbosparse serve`: an OpenAI-compatible HTTP server (llama-server's flag names and environment variables; needs
+the `server` extra)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import argparse
 import logging
 import os
 
+from turbosparse.cli.environment import resolve_environment, take_environment
 from turbosparse.cli.run_cmd import (
     add_chat_template_args,
     add_model_args,
@@ -59,10 +61,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="folder where POST /slots/{id}?action=save writes a slot's cached tokens and action=restore reads them "
         "(default: those actions refused)",
     )  # fmt: skip
+    take_environment(p, os.environ)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    resolve_environment(args)
     try:
         import uvicorn
 

@@ -1,0 +1,103 @@
+"""llama-server's environment variables (LLAMA_ARG_CTX_SIZE=4096, LLAMA_API_KEY=..., as container setups give them)
+read for `turbosparse serve`'s flags of the same meaning, as llama-server reads them: a flag given on the command line
+wins over its variable, and a variable whose flag is excluded by one given (--chat-template beside
+LLAMA_ARG_CHAT_TEMPLATE_FILE) is not read."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from turbosparse.errors import InvalidArgumentError
+
+# flag (argparse dest) -> llama-server's variable
+LLAMA_SERVER_VARIABLES = {
+    "model": "LLAMA_ARG_MODEL",
+    "threads": "LLAMA_ARG_THREADS",
+    "ctx_size": "LLAMA_ARG_CTX_SIZE",
+    "batch_size": "LLAMA_ARG_BATCH",
+    "swa_full": "LLAMA_ARG_SWA_FULL",
+    "flash_attn": "LLAMA_ARG_FLASH_ATTN",
+    "cache_type_k": "LLAMA_ARG_CACHE_TYPE_K",
+    "cache_type_v": "LLAMA_ARG_CACHE_TYPE_V",
+    "host": "LLAMA_ARG_HOST",
+    "port": "LLAMA_ARG_PORT",
+    "parallel": "LLAMA_ARG_N_PARALLEL",
+    "api_key": "LLAMA_API_KEY",
+    "alias": "LLAMA_ARG_ALIAS",
+    "chat_template": "LLAMA_ARG_CHAT_TEMPLATE",
+    "chat_template_file": "LLAMA_ARG_CHAT_TEMPLATE_FILE",
+    "chat_template_kwargs": "LLAMA_CHAT_TEMPLATE_KWARGS",
+    "reasoning_format": "LLAMA_ARG_THINK",
+    "reasoning_budget": "LLAMA_ARG_THINK_BUDGET",
+    "embeddings": "LLAMA_ARG_EMBEDDINGS",
+    "pooling": "LLAMA_ARG_POOLING",
+}
+# a switch's values, as llama.cpp reads them
+_TRUE = ("1", "true", "on", "enabled")
+_FALSE = ("0", "false", "off", "disabled")
+
+
+@dataclass(frozen=True)
+class FromEnvironment:
+    """A flag's default while the command line is parsed: its variable's text, read by resolve_environment unless
+    the command line gave the flag, or one of excluded_by; then the flag's own default (fallback)."""
+
+    variable: str
+    text: str
+    action: argparse.Action
+    fallback: Any
+    excluded_by: tuple[str, ...]
+
+
+def take_environment(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:
+    """Each mapped flag's help names its variable; a variable that is set becomes the flag's default (a required
+    flag is then not required)."""
+    for action in parser._actions:
+        variable = LLAMA_SERVER_VARIABLES.get(action.dest)
+        if variable is None:
+            continue
+        action.help = f"{action.help} (env: {variable})"
+        text = environ.get(variable)
+        if text is None:
+            continue
+        excluded_by = tuple(
+            other.dest
+            for group in parser._mutually_exclusive_groups
+            if action in group._group_actions
+            for other in group._group_actions
+            if other is not action
+        )
+        action.default = FromEnvironment(variable, text, action, action.default, excluded_by)
+        action.required = False
+
+
+def resolve_environment(args: argparse.Namespace) -> None:
+    """Each flag args holds a FromEnvironment for set to its variable's value (InvalidArgumentError naming the
+    variable for a value the flag would refuse), or to its own default where a flag it excludes was given."""
+    given = {dest for dest, value in vars(args).items() if not isinstance(value, FromEnvironment)}
+    for dest, value in list(vars(args).items()):
+        if isinstance(value, FromEnvironment):
+            excluded = any(getattr(args, other, None) is not None and other in given for other in value.excluded_by)
+            setattr(args, dest, value.fallback if excluded else _value(value))
+
+
+def _value(source: FromEnvironment) -> Any:
+    action, text = source.action, source.text
+    flag = action.option_strings[-1]
+    if isinstance(action, argparse._StoreTrueAction):
+        if text.strip().lower() not in _TRUE + _FALSE:
+            raise InvalidArgumentError(
+                f"{source.variable}={text!r}: {flag} is a switch, one of {', '.join(_TRUE + _FALSE)} is expected"
+            )
+        return text.strip().lower() in _TRUE
+    try:
+        value = action.type(text) if action.type is not None else text
+    except (argparse.ArgumentTypeError, TypeError, ValueError) as exc:
+        raise InvalidArgumentError(f"{source.variable}={text!r}: not a value {flag} takes ({exc})") from None
+    if action.choices is not None and value not in action.choices:
+        choices = ", ".join(map(str, action.choices))
+        raise InvalidArgumentError(f"{source.variable}={text!r}: {flag} takes one of {choices}")
+    return value
