@@ -31,6 +31,10 @@ class SequenceBusyError(InvalidArgumentError):
     """A sequence (a server's slot) that an unfinished generation decodes in, asked to load or drop what it holds."""
 
 
+class InfillNotSupportedError(InvalidArgumentError):
+    """A fill-in-the-middle prompt for a model whose vocabulary has no FIM tokens."""
+
+
 class GrammarError(InvalidArgumentError):
     """A grammar, JSON schema or response_format that cannot constrain generation: it does not parse, is too deep
     for llama.cpp's grammar engine, or asks for something not supported."""

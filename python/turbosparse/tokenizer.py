@@ -9,6 +9,7 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 
 import llama_cpp
 
@@ -83,6 +84,31 @@ def _c_string(read: Callable[[ctypes.Array[ctypes.c_char], int], int]) -> str | 
         size = n + 1
 
 
+@dataclass(frozen=True)
+class FimTokens:
+    """The vocabulary's fill-in-the-middle tokens, as llama.cpp finds them (the file's keys, else tokens named as
+    coder models name them: <fim_prefix>, <|fim_prefix|>, <PRE>, ...); None where it has none."""
+
+    prefix: int | None
+    suffix: int | None
+    middle: int | None
+    repository: int | None  # repo-level prompts (Qwen2.5-Coder's <|repo_name|>)
+    separator: int | None  # ... and their file separator (<|file_sep|>)
+
+
+_FIM_READERS = (
+    llama_cpp.llama_vocab_fim_pre,
+    llama_cpp.llama_vocab_fim_suf,
+    llama_cpp.llama_vocab_fim_mid,
+    llama_cpp.llama_vocab_fim_rep,
+    llama_cpp.llama_vocab_fim_sep,
+)
+
+
+def _token_or_none(token: int) -> int | None:
+    return None if token < 0 else token
+
+
 class Tokenizer:
     """Tokenizes and detokenizes exactly as llama.cpp does for the model file's vocabulary."""
 
@@ -115,6 +141,7 @@ class Tokenizer:
         self.eos: int = llama_cpp.llama_vocab_eos(self._vocab)
         self.adds_bos: bool = bool(llama_cpp.llama_vocab_get_add_bos(self._vocab))
         self.newline: int = llama_cpp.llama_vocab_nl(self._vocab)
+        self.fim = FimTokens(*(_token_or_none(read(self._vocab)) for read in _FIM_READERS))
         # per-token answers, asked once per generated token: kept instead of asking llama.cpp again
         self._pieces: dict[tuple[int, bool], bytes] = {}
         self._end_of_generation: dict[int, bool] = {}

@@ -38,8 +38,15 @@ from turbosparse.completions import (
     usage,
 )
 from turbosparse.embeddings import pooling_named
-from turbosparse.errors import ChatTemplateError, ContextOverflowError, GrammarError, SequenceBusyError
+from turbosparse.errors import (
+    ChatTemplateError,
+    ContextOverflowError,
+    GrammarError,
+    InfillNotSupportedError,
+    SequenceBusyError,
+)
 from turbosparse.generation import FinishReason, Generation
+from turbosparse.infill import ExtraFile, infill_tokens
 from turbosparse.logprobs import ReleasedLogprobs, prompt_text
 from turbosparse.model import Model
 from turbosparse.reasoning import CLOSE, open_at_end, thinks
@@ -53,6 +60,7 @@ from turbosparse.server.schemas import (
     CompletionRequest,
     DetokenizeRequest,
     EmbeddingRequest,
+    InfillRequest,
     NativeCompletionRequest,
     SlotFileRequest,
     TokenizeRequest,
@@ -302,7 +310,32 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
     async def native_completion(body: NativeCompletionRequest, request: Request) -> Response:
         """llama-server's own completion endpoint (native.py's bodies)."""
         model, engine = ready()
-        tokens = _mixed_prompt(model, body.prompt)
+        return await native_answer(model, engine, _mixed_prompt(model, body.prompt), body, request)
+
+    @app.post("/infill")
+    async def infill(body: InfillRequest, request: Request) -> Response:
+        """llama-server's fill-in-the-middle completion (infill.py's prompt), answered as /completion; 501 for a
+        model whose vocabulary has no FIM tokens."""
+        model, engine = ready()
+        try:
+            tokens = infill_tokens(
+                model.tokenizer,
+                _mixed_tokens(model, body.input_prefix, "input_prefix"),
+                _mixed_tokens(model, body.input_suffix, "input_suffix"),
+                [ExtraFile(chunk.text, chunk.filename) for chunk in body.input_extra],
+                _mixed_tokens(model, body.prompt, "prompt", special=True),
+                n_batch=config.n_batch,
+                n_ctx=model.n_ctx,
+                n_predict=body.max_tokens or 0,
+            )
+        except InfillNotSupportedError as exc:
+            raise APIError(501, str(exc), type="not_supported_error") from None
+        return await native_answer(model, engine, tokens, body, request)
+
+    async def native_answer(
+        model: Model, engine: Engine, tokens: list[int], body: NativeCompletionRequest, request: Request
+    ) -> Response:
+        """The answer to a /completion (or /infill) body for the prompt tokens."""
         texts = {text: model.tokenize(text, add_bos=False) for text in body.text_biases()}
         body.resolve(texts, end_of_generation(model) if body.ignore_eos else [])
         clock = native.Clock()
@@ -572,6 +605,16 @@ def _mixed_prompt(model: Model, prompt: str | list[int | str]) -> list[int]:
     _check_tokens(model, tokens, "prompt")
     if not tokens:
         raise APIError(400, "the prompt is empty", param="prompt")
+    return tokens
+
+
+def _mixed_tokens(model: Model, value: str | list[int | str], param: str, *, special: bool = False) -> list[int]:
+    """Text, or token ids and texts mixed, as tokens (no BOS; special tokens' texts parsed where special)."""
+    parts = [value] if isinstance(value, str) else value
+    tokens: list[int] = []
+    for part in parts:
+        tokens += model.tokenize(part, add_bos=False, special=special) if isinstance(part, str) else [part]
+    _check_tokens(model, tokens, param)
     return tokens
 
 

@@ -295,6 +295,30 @@ class NativeCompletionRequest(_Generate):
         return self
 
 
+class ExtraFileChunk(_Body):
+    """/infill's input_extra entry: another file's text, as context."""
+
+    text: str
+    filename: str = "tmp"
+
+
+class InfillRequest(NativeCompletionRequest):
+    """llama-server's /infill: the code before (input_prefix) and after (input_suffix) the cursor, each text or token
+    ids and texts mixed, other files' text as context (input_extra), prompt (optional) written after the prefix; the
+    rest as /completion's."""
+
+    prompt: str | list[StrictInt | str] = ""
+    input_prefix: str | list[StrictInt | str] = ""
+    input_suffix: str | list[StrictInt | str] = ""
+    input_extra: list[ExtraFileChunk] = Field(default_factory=list)
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _one_prompt(cls, prompt: Any) -> Any:
+        """Empty or one prompt (the prefix and suffix are the request's text)."""
+        return NativeCompletionRequest._one_prompt(prompt) if prompt else prompt
+
+
 def text_only(content: Any, what: str) -> Any:
     """content, where a list of parts (or blocks) holds text ones only (ValueError naming the first other type)."""
     for part in content if isinstance(content, list) else ():

@@ -1,0 +1,76 @@
+"""Fill-in-the-middle prompts (llama-server's /infill, for code editors' completions): the code before and after the
+cursor around the vocabulary's FIM tokens, with other files' text as context before them.
+
+    [BOS] [REPO]myproject\\n [SEP]file0\\n text0 ... [SEP]filename\\n  [PRE] prefix prompt [SUF] suffix [MID]
+
+The other files are written as the repo-level pattern of Qwen2.5-Coder (arXiv 2409.12186) where the vocabulary has
+its repository and file separator tokens, else each after a "--- snippet ---" line. As llama-server sizes them: the
+prefix keeps its last tokens up to 3/4 of a batch, the suffix its first up to the quarter left beside the prompt, the
+other files' text the context left beside a batch and twice the answer's tokens (their last tokens). llama-server
+puts the other files before the BOS; here the BOS comes first, where a model saw it in training."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from turbosparse.errors import InfillNotSupportedError
+from turbosparse.tokenizer import Tokenizer
+
+PROJECT = "myproject\n"  # llama-server's repository name, and the current file's name below
+CURRENT_FILE = "filename\n"
+SNIPPET = "\n\n--- snippet ---\n\n"
+
+
+@dataclass(frozen=True)
+class ExtraFile:
+    """Another file's text given as context (llama-server's input_extra chunk)."""
+
+    text: str
+    filename: str = "tmp"
+
+
+def infill_tokens(
+    tokenizer: Tokenizer,
+    prefix: Sequence[int],
+    suffix: Sequence[int],
+    extra: Sequence[ExtraFile],
+    prompt: Sequence[int],
+    *,
+    n_batch: int,
+    n_ctx: int,
+    n_predict: int,
+) -> list[int]:
+    """The prompt filling the middle between prefix and suffix (token ids, no BOS), prompt written after the prefix;
+    InfillNotSupportedError naming the FIM tokens the vocabulary lacks."""
+    fim = tokenizer.fim
+    if fim.prefix is None or fim.suffix is None or fim.middle is None:
+        missing = [name for name in ("prefix", "suffix", "middle") if getattr(fim, name) is None]
+        raise InfillNotSupportedError(
+            f"infill is not supported by this model: its vocabulary has no fill-in-the-middle {' / '.join(missing)} "
+            "token"
+        )
+
+    def text(value: str) -> list[int]:
+        return tokenizer.tokenize(value, add_bos=False, special=False)
+
+    context: list[int] = [fim.repository, *text(PROJECT)] if fim.repository is not None else []
+    for file in extra:
+        context += [fim.separator, *text(file.filename + "\n")] if fim.separator is not None else text(SNIPPET)
+        context += text(file.text)
+    if fim.separator is not None:
+        context += [fim.separator, *text(CURRENT_FILE)]
+    n_prefix = min(len(prefix), 3 * (n_batch // 4))
+    n_suffix = min(len(suffix), max(0, n_batch // 4 - (2 + len(prompt))))
+    n_context = min(len(context), max(0, n_ctx - n_batch - 2 * max(n_predict, 0)))
+    bos = [tokenizer.bos] if tokenizer.adds_bos else []
+    return [
+        *bos,
+        *context[len(context) - n_context :],
+        fim.prefix,
+        *prefix[len(prefix) - n_prefix :],
+        *prompt,
+        fim.suffix,
+        *suffix[:n_suffix],
+        fim.middle,
+    ]

@@ -1,0 +1,135 @@
+"""Fill-in-the-middle (llama-server's /infill): the prompt around the vocabulary's FIM tokens, sized as llama-server
+sizes it, answered as /completion answers the same tokens; a model without FIM tokens is a 501."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import gguf
+import pytest
+from gguf.scripts.gguf_new_metadata import MetadataDetails, copy_with_new_metadata
+
+from turbosparse.errors import InfillNotSupportedError
+from turbosparse.infill import ExtraFile, infill_tokens
+from turbosparse.tokenizer import Tokenizer
+
+# SmolLM2's <issue_start> ... <jupyter_start>, made FIM tokens in the copies; llama.cpp takes SmolLM2's own
+# <reponame> (StarCoder's) for the repository token
+PRE, SUF, MID, REP, SEP, REPONAME = 8, 9, 10, 11, 12, 4
+
+
+def fim_copy(source: Path, out: Path, *, repository: bool) -> Path:
+    """SmolLM2 with FIM tokens (and with repository, the repository and file separator tokens, and a BOS added)."""
+    token = gguf.GGUFValueType.UINT32
+    keys = gguf.Keys.Tokenizer
+    new = {keys.FIM_PRE_ID: MetadataDetails(token, PRE), keys.FIM_SUF_ID: MetadataDetails(token, SUF),
+           keys.FIM_MID_ID: MetadataDetails(token, MID)}  # fmt: skip
+    if repository:
+        new |= {keys.FIM_REP_ID: MetadataDetails(token, REP), keys.FIM_SEP_ID: MetadataDetails(token, SEP),
+                keys.ADD_BOS: MetadataDetails(gguf.GGUFValueType.BOOL, True)}  # fmt: skip
+    reader = gguf.GGUFReader(str(source))
+    writer = gguf.GGUFWriter(str(out), arch=reader.fields["general.architecture"].contents())
+    copy_with_new_metadata(reader, writer, new, [])
+    return out
+
+
+@pytest.fixture(scope="module")
+def fim_paths(tmp_path_factory: Any, smollm2_path: Path) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("fim")
+    return (fim_copy(smollm2_path, folder / "fim.gguf", repository=False),
+            fim_copy(smollm2_path, folder / "fim_repo.gguf", repository=True))  # fmt: skip
+
+
+def test_the_prompt_surrounds_the_cursor_with_the_fim_tokens(fim_paths: tuple[Path, Path], smollm2_path: Path) -> None:
+    plain, repo = (Tokenizer(str(path)) for path in fim_paths)
+    assert (plain.fim.prefix, plain.fim.suffix, plain.fim.middle, plain.fim.repository) == (PRE, SUF, MID, REPONAME)
+    assert plain.fim.separator is None
+
+    def text(tokenizer: Tokenizer, value: str) -> list[int]:
+        return tokenizer.tokenize(value, add_bos=False)
+
+    prefix, suffix, prompt = (
+        text(plain, "def add(a, b):\n    "),
+        text(plain, "\n\nprint(add(1, 2))"),
+        text(plain, "ret"),
+    )
+    extra = [ExtraFile("import math\n", "util.py")]
+    sizes = {"n_batch": 512, "n_ctx": 2048, "n_predict": 16}
+    tokens = infill_tokens(plain, prefix, suffix, extra, prompt, **sizes)
+    snippet = text(plain, "\n\n--- snippet ---\n\n") + text(plain, "import math\n")
+    assert tokens == [REPONAME, *text(plain, "myproject\n"), *snippet, PRE, *prefix, *prompt, SUF, *suffix, MID]
+    # the repo-level pattern, after the BOS the vocabulary adds
+    tokens = infill_tokens(repo, prefix, suffix, extra, prompt, **sizes)
+    files = [REP, *text(repo, "myproject\n"), SEP, *text(repo, "util.py\n"), *text(repo, "import math\n"), SEP,
+             *text(repo, "filename\n")]  # fmt: skip
+    assert tokens == [repo.bos, *files, PRE, *prefix, *prompt, SUF, *suffix, MID]
+    # sized as llama-server sizes them: the prefix's last 3/4 batch, the suffix's first quarter less the prompt and
+    # two, the other files' last tokens in the context left beside a batch and twice the answer
+    long = list(range(100, 400))
+    tokens = infill_tokens(plain, long, long, [ExtraFile("word " * 100)], [9] * 10, n_batch=64, n_ctx=200, n_predict=8)
+    context = [
+        REPONAME,
+        *text(plain, "myproject\n"),
+        *text(plain, "\n\n--- snippet ---\n\n"),
+        *text(plain, "word " * 100),
+    ]
+    context = context[-(200 - 64 - 16) :]
+    assert tokens == [*context, PRE, *long[-48:], *[9] * 10, SUF, *long[:4], MID]
+    with pytest.raises(InfillNotSupportedError, match="no fill-in-the-middle prefix / suffix / middle token"):
+        infill_tokens(Tokenizer(str(smollm2_path)), prefix, suffix, [], [], **sizes)
+
+
+def _client(path: Path) -> Any:
+    from fastapi.testclient import TestClient
+
+    from turbosparse.server.app import create_app
+    from turbosparse.server.config import ServerConfig
+
+    client = TestClient(create_app(ServerConfig(str(path), n_ctx=1024, n_threads=2)))
+    return client
+
+
+def _ready(client: Any) -> None:
+    deadline = time.monotonic() + 120
+    while client.get("/health").status_code != 200 and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+def test_infill_answers_as_completion_answers_its_prompt(fim_paths: tuple[Path, Path], smollm2_path: Path) -> None:
+    body = {"input_prefix": "def add(a, b):\n    ", "input_suffix": "\n\nprint(add(1, 2))",
+            "input_extra": [{"filename": "util.py", "text": "import math\n"}], "prompt": "return",
+            "n_predict": 12, "temperature": 0, "return_tokens": True}  # fmt: skip
+    with _client(fim_paths[1]) as client:
+        _ready(client)
+        reply = client.post("/infill", json=body)
+        assert reply.status_code == 200, reply.text
+        answer = reply.json()
+        tokenizer = Tokenizer(str(fim_paths[1]))
+        expected = infill_tokens(
+            tokenizer, tokenizer.tokenize(body["input_prefix"], add_bos=False),
+            tokenizer.tokenize(body["input_suffix"], add_bos=False), [ExtraFile("import math\n", "util.py")],
+            tokenizer.tokenize("return", add_bos=False), n_batch=512, n_ctx=1024, n_predict=12,
+        )  # fmt: skip
+        assert answer["tokens_evaluated"] == len(expected) and answer["tokens_predicted"] > 0, answer
+        same = client.post("/completion", json={"prompt": expected, "n_predict": 12, "temperature": 0,
+                                                "return_tokens": True}).json()  # fmt: skip
+        assert (answer["content"], answer["tokens"]) == (same["content"], same["tokens"])
+        streamed = client.post("/infill", json={**body, "stream": True}).text
+        chunks = [json.loads(line[6:]) for line in streamed.splitlines() if line.startswith("data: ")]
+        assert "".join(c["content"] for c in chunks) == answer["content"] and chunks[-1]["stop"] is True
+        # token ids and texts mixed, as in /completion
+        mixed = client.post("/infill", json={**body, "input_prefix": [*tokenizer.tokenize("def add", add_bos=False),
+                                                                      "(a, b):\n    "]})  # fmt: skip
+        assert mixed.status_code == 200 and mixed.json()["content"] == answer["content"], mixed.text
+        for bad in ({"input_extra": [{"filename": "x"}]}, {"input_extra": "x"}, {"input_prefix": [10**9]},
+                    {"prompt": [[1], [2]]}):  # fmt: skip
+            reply = client.post("/infill", json={**body, **bad})
+            assert reply.status_code == 400, reply.text
+    with _client(smollm2_path) as client:
+        _ready(client)
+        reply = client.post("/infill", json=body)
+        assert reply.status_code == 501 and reply.json()["error"]["type"] == "not_supported_error", reply.text
+        assert "no fill-in-the-middle" in reply.json()["error"]["message"]
