@@ -698,6 +698,7 @@ ROUTE_KEYS = {
         "cache_prompt",
         *SAMPLING_KEYS,
     ],
+    "/infill": ["input_prefix", "input_suffix", "input_extra", "prompt", "n_predict", *SAMPLING_KEYS],
     "/v1/messages": [
         "messages",
         "system",
@@ -718,6 +719,9 @@ REQUEST_VALUES: list[object] = [None, 0, -1, 1, 3, 2**31, 2**63, 10**30, 0.5, -0
 TEXTS = ["Hi", "", "a \ud83d", "\udfff", "word " * 300, "<|im_start|>user", "\u00e9t\u00e9 \U0001f600"]
 PLAUSIBLE: dict[str, list[object]] = {  # values of the right type, edges among them: most reach the engine
     "prompt": [*TEXTS, [1, 2], [[3, 4]], ["Hi"], [0], [49151]],
+    "input_prefix": [*TEXTS, [1, "x"], [49152]],
+    "input_suffix": [*TEXTS, [2], []],
+    "input_extra": [[{"text": "a", "filename": "b.py"}], [{"filename": "b"}], [{"text": 3}], ["x"]],
     "content": TEXTS,
     "text": TEXTS,
     "stop": [*TEXTS, ["\n"], ["a"] * 16, ["a"] * 17],
@@ -833,8 +837,17 @@ def server_request(rng: np.random.Generator) -> tuple[str, bytes, list[str]]:
         "/detokenize": {"tokens": [1, 2, 3]},
         "/completion": {"prompt": pick(rng, ["The capital of France is", [1, "x", 3]]), "n_predict": small},
         "/v1/messages": {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": small + 1},
+        "/infill": {
+            "input_prefix": "def f(",
+            "input_suffix": "):",
+            "input_extra": [{"text": "x = 1"}],
+            "n_predict": small,
+        },
     }[route]
-    if route.startswith("/v1/") or route == "/completion":  # a fixed seed: a replayed case samples the same tokens
+    if route.startswith("/v1/") or route in (
+        "/completion",
+        "/infill",
+    ):  # a fixed seed: a replayed case samples the same tokens
         body.update(stream=bool(rng.integers(0, 2)), seed=1)
     raw: list[str] = []
     done = []
@@ -899,7 +912,8 @@ def server_case(client: TestClient, rng: np.random.Generator) -> str:
         error = json.loads(text)["error"]
     except (ValueError, KeyError, TypeError):
         error = None
-    if not 400 <= reply.status_code < 500 or not isinstance(error, dict) or error.get("code") != reply.status_code:
+    refusal = 400 <= reply.status_code < 500 or (reply.status_code == 501 and route == "/infill")  # no FIM tokens
+    if not refusal or not isinstance(error, dict) or error.get("code") != reply.status_code:
         raise CaseFailure(f"{what}: {reply.status_code} {text[:600]}")
     return f"{what} => refused {reply.status_code}"
 
