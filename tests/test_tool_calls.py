@@ -450,6 +450,7 @@ def _streamed_chunks(chunks: Any) -> tuple[str, list[dict], str | None]:
     return content, calls, reason
 
 
+IMAGE_RESULT = {"type": "tool_result", "tool_use_id": "x", "content": [{"type": "image", "source": {}}]}
 ANTHROPIC_TOOLS = [
     {"name": t["function"]["name"], "input_schema": t["function"]["parameters"], "cache_control": {"type": "x"}}
     for t in (WEATHER, TIME)
@@ -504,6 +505,26 @@ def test_anthropics_tool_use_makes_the_chat_routes_calls(smollm2_path: Any, temp
         reply = client.post("/v1/messages", json={"messages": history, "tools": ANTHROPIC_TOOLS, "max_tokens": 8})
         assert reply.status_code == 200, reply.text
 
+        # an answer that runs out of tokens after a call: "max_tokens" with the calls it completed, as the chat
+        # route's "length" (llama-server's: "tool_use" only for an answer that ended); the first such limit is found
+        for limit in range(8, 81, 4):
+            chat_cut = client.post("/v1/chat/completions", json={**chat, "tool_choice": "required", "temperature": 0,
+                                                                 "max_tokens": limit}).json()["choices"][0]  # fmt: skip
+            if chat_cut["finish_reason"] == "length" and chat_cut["message"].get("tool_calls"):
+                break
+        else:
+            pytest.fail("no answer was cut after a call")
+        cut = {**body, "tool_choice": {"type": "any"}, "max_tokens": limit, "temperature": 0}
+        message = client.post("/v1/messages", json=cut).json()
+        assert message["stop_reason"] == "max_tokens", message
+        calls = [
+            (c["function"]["name"], json.loads(c["function"]["arguments"])) for c in chat_cut["message"]["tool_calls"]
+        ]
+        assert [(b["name"], b["input"]) for b in message["content"]] == calls
+        events = anthropic_events(client.post("/v1/messages", json={**cut, "stream": True}).text)
+        assert [(b["name"], b["input"]) for b in streamed_blocks(events)] == calls
+        assert events[-2]["delta"]["stop_reason"] == "max_tokens"
+
         web_search = {"type": "web_search_20250305", "name": "web_search"}  # Anthropic runs it: dropped
         reply = client.post("/v1/messages", json={**body, "tools": [*ANTHROPIC_TOOLS, web_search], "max_tokens": 30})
         assert reply.status_code == 200 and reply.json()["content"][0]["name"] == "get_time", reply.text
@@ -514,6 +535,10 @@ def test_anthropics_tool_use_makes_the_chat_routes_calls(smollm2_path: Any, temp
             ({"tool_choice": {"type": "any"}, "tools": []}, "needs tools"),
             ({"messages": [{"role": "user", "content": [call]}]}, "cannot hold tool_use blocks"),
             ({"messages": [{"role": "user", "content": [{"type": "image", "source": {}}]}]}, "'image' are not"),
+            ({"tools": [WEATHER]}, "tools\\[0\\] is of type 'function'"),  # OpenAI's form
+            ({"tools": [{"type": "bash_20250124", "name": "bash"}]}, "give custom tools"),  # its schema is Anthropic's
+            ({"messages": [{"role": "assistant", "content": [{**call, "id": None}]}]}, "content block 0.tool_use.id"),
+            ({"messages": [{"role": "user", "content": [IMAGE_RESULT]}]}, "tool_result content blocks of type 'image'"),
         ]:
             reply = client.post("/v1/messages", json={**body, **bad})
             assert reply.status_code == 400 and re.search(match, reply.json()["error"]["message"]), reply.text
@@ -539,7 +564,8 @@ def test_anthropic_messages_become_chat_messages() -> None:
             {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "x", "content": [
                 {"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}]},
         ],
-        "tools": [{"name": "get_time", "description": "The time", "input_schema": {"type": "object"}}],
+        "tools": [{"name": "get_time", "description": "The time", "input_schema": {"type": "object"}},
+                  {"name": "get_date", "input_schema": {"type": "object"}}],
         "tool_choice": {"type": "tool", "name": "get_time", "disable_parallel_tool_use": True},
     })  # fmt: skip
     chat = request.chat()
@@ -552,8 +578,11 @@ def test_anthropic_messages_become_chat_messages() -> None:
         {"role": "user", "content": "Thanks.\nMore?"},
         {"role": "tool", "content": "ab", "tool_call_id": "x"},
     ]  # fmt: skip
-    assert chat.tools == [{"type": "function", "function": {
-        "name": "get_time", "description": "The time", "parameters": {"type": "object"}}}]  # fmt: skip
+    schema = {"type": "object"}
+    assert chat.tools == [  # a description always, "" where none was given (templates write it without asking)
+        {"type": "function", "function": {"name": "get_time", "description": "The time", "parameters": schema}},
+        {"type": "function", "function": {"name": "get_date", "description": "", "parameters": schema}},
+    ]
     assert (chat.tool_choice, chat.parallel_tool_calls) == (
         {"type": "function", "function": {"name": "get_time"}},
         False,

@@ -30,6 +30,34 @@ class ExtraFile:
     filename: str = "tmp"
 
 
+def has_fim(tokenizer: Tokenizer) -> bool:
+    """Whether the vocabulary has the prefix, suffix and middle tokens."""
+    fim = tokenizer.fim
+    return fim.prefix is not None and fim.suffix is not None and fim.middle is not None
+
+
+def fim_tokens(
+    tokenizer: Tokenizer,
+    prefix: Sequence[int],
+    suffix: Sequence[int],
+    *,
+    context: Sequence[int] = (),
+    suffix_first: bool = False,
+) -> list[int]:
+    """[BOS] context [PRE] prefix [SUF] suffix [MID] (suffix_first: the suffix's part first, as SPM-trained models
+    take it); InfillNotSupportedError naming the FIM tokens the vocabulary lacks."""
+    fim = tokenizer.fim
+    if fim.prefix is None or fim.suffix is None or fim.middle is None:
+        missing = [name for name in ("prefix", "suffix", "middle") if getattr(fim, name) is None]
+        raise InfillNotSupportedError(
+            f"infill is not supported by this model: its vocabulary has no fill-in-the-middle {' / '.join(missing)} "
+            "token"
+        )
+    before, after = [fim.prefix, *prefix], [fim.suffix, *suffix]
+    first, second = (after, before) if suffix_first else (before, after)
+    return [*([tokenizer.bos] if tokenizer.adds_bos else []), *context, *first, *second, fim.middle]
+
+
 def infill_tokens(
     tokenizer: Tokenizer,
     prefix: Sequence[int],
@@ -41,15 +69,11 @@ def infill_tokens(
     n_ctx: int,
     n_predict: int,
 ) -> list[int]:
-    """The prompt filling the middle between prefix and suffix (token ids, no BOS), prompt written after the prefix;
-    InfillNotSupportedError naming the FIM tokens the vocabulary lacks."""
+    """The prompt filling the middle between prefix and suffix (token ids, no BOS), prompt written after the prefix,
+    other files' text before them (fim_tokens' errors)."""
+    if not has_fim(tokenizer):
+        return fim_tokens(tokenizer, prefix, suffix)  # the error naming what is missing
     fim = tokenizer.fim
-    if fim.prefix is None or fim.suffix is None or fim.middle is None:
-        missing = [name for name in ("prefix", "suffix", "middle") if getattr(fim, name) is None]
-        raise InfillNotSupportedError(
-            f"infill is not supported by this model: its vocabulary has no fill-in-the-middle {' / '.join(missing)} "
-            "token"
-        )
 
     def text(value: str) -> list[int]:
         return tokenizer.tokenize(value, add_bos=False, special=False)
@@ -63,14 +87,9 @@ def infill_tokens(
     n_prefix = min(len(prefix), 3 * (n_batch // 4))
     n_suffix = min(len(suffix), max(0, n_batch // 4 - (2 + len(prompt))))
     n_context = min(len(context), max(0, n_ctx - n_batch - 2 * max(n_predict, 0)))
-    bos = [tokenizer.bos] if tokenizer.adds_bos else []
-    return [
-        *bos,
-        *context[len(context) - n_context :],
-        fim.prefix,
-        *prefix[len(prefix) - n_prefix :],
-        *prompt,
-        fim.suffix,
-        *suffix[:n_suffix],
-        fim.middle,
-    ]
+    return fim_tokens(
+        tokenizer,
+        [*prefix[len(prefix) - n_prefix :], *prompt],
+        suffix[:n_suffix],
+        context=context[len(context) - n_context :],
+    )

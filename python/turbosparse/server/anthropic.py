@@ -11,7 +11,7 @@ import logging
 import secrets
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from turbosparse.generation import Generation
 from turbosparse.server.schemas import ChatCompletionRequest, _Body
@@ -20,6 +20,7 @@ from turbosparse.tool_calls import ToolCall, new_call_id
 logger = logging.getLogger(__name__)
 
 BLOCK_TYPES = ("text", "tool_use", "tool_result", "thinking", "redacted_thinking")
+SERVER_TOOLS = ("web_search_", "web_fetch_", "code_execution_")  # Anthropic's server tools' types, then a date
 
 
 class TextBlock(_Body):
@@ -74,6 +75,9 @@ ContentBlock = Annotated[
 ]
 
 
+_BLOCKS = TypeAdapter(list[ContentBlock])
+
+
 def _known_blocks(content: Any, known: tuple[str, ...], what: str) -> Any:
     """content, where a list of blocks holds known types only (ValueError naming the first other type)."""
     for block in content if isinstance(content, list) else ():
@@ -89,7 +93,15 @@ class AnthropicMessage(_Body):
     @field_validator("content", mode="before")
     @classmethod
     def _supported(cls, content: Any) -> Any:
-        return _known_blocks(content, BLOCK_TYPES, "content blocks")
+        """A list of blocks read as blocks (ValueError naming the first bad block's field, not the string form's)."""
+        if not isinstance(content, list):
+            return content
+        try:
+            return _BLOCKS.validate_python(_known_blocks(content, BLOCK_TYPES, "content blocks"))
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in first["loc"])
+            raise ValueError(f"content block {where}: {first['msg']}") from None
 
     @field_validator("content")
     @classmethod
@@ -130,8 +142,10 @@ class Tool(_Body):
     input_schema: dict[str, Any]
 
     def openai(self) -> dict[str, Any]:
-        described = {"description": self.description} if self.description else {}
-        return {"type": "function", "function": {"name": self.name, **described, "parameters": self.input_schema}}
+        # always a description, "" where none is given (as llama-server): templates write it without asking
+        description = self.description or ""
+        return {"type": "function", "function": {"name": self.name, "description": description,
+                                                 "parameters": self.input_schema}}  # fmt: skip
 
 
 class ToolChoice(_Body):
@@ -171,15 +185,25 @@ class MessagesRequest(_Body):
     @field_validator("tools", mode="before")
     @classmethod
     def _client_tools(cls, tools: Any) -> Any:
-        """Tools the client runs; Anthropic's server tools (web search, code execution: a type other than "custom"),
-        which only Anthropic's servers run, dropped with a warning (clients send them beside their own)."""
+        """Tools the client runs (custom ones: name, description, input_schema); Anthropic's server tools (web search,
+        web fetch, code execution), which only Anthropic's servers run, dropped with a warning (clients send them
+        beside their own); other types refused (ValueError naming the first)."""
         if not isinstance(tools, list):
             return tools
-        kept = [t for t in tools if not isinstance(t, dict) or t.get("type", "custom") == "custom"]
-        for tool in tools:
-            if tool not in kept:
-                logger.warning("Anthropic server tool %r of type %r dropped: only Anthropic runs it",
-                               tool.get("name"), tool.get("type"))  # fmt: skip
+        kept = []
+        for i, tool in enumerate(tools):
+            kind = tool.get("type", "custom") if isinstance(tool, dict) else "custom"
+            if kind == "custom":
+                kept.append(tool)
+            elif isinstance(kind, str) and kind.startswith(SERVER_TOOLS):
+                logger.warning(
+                    "Anthropic's server tool %r (%s) dropped: only Anthropic runs it", tool.get("name"), kind
+                )
+            else:
+                raise ValueError(
+                    f"tools[{i}] is of type {kind!r}: give custom tools (name, description, input_schema), which the "
+                    "client runs"
+                )
         return kept
 
     def chat(self) -> ChatCompletionRequest:
@@ -216,11 +240,13 @@ def new_message_id() -> str:
 
 def stop_reason(gen: Generation, called: bool) -> tuple[str, str | None]:
     """Anthropic's stop_reason and stop_sequence (called: the answer holds tool calls)."""
+    if gen.finish_reason == "length":  # also where calls were read: the last one may have been cut off
+        return "max_tokens", None
     if called:
         return "tool_use", None
     if gen.stopped_by_string:
         return "stop_sequence", gen.stopping_word
-    return ("max_tokens" if gen.finish_reason == "length" else "end_turn"), None
+    return "end_turn", None
 
 
 def message(message_id: str, model: str, blocks: list[dict[str, Any]], gen: Generation | None) -> dict[str, Any]:

@@ -90,7 +90,9 @@ class APIKeyCheck:
             scheme, _, key = headers.get("authorization", "").partition(" ")
             key = key if scheme.lower() == "bearer" else headers.get("x-api-key", "")
             if not secrets.compare_digest(key.strip().encode(), self.api_key):
-                error = APIError(401, "invalid or missing API key (send Authorization: Bearer <key>)")
+                error = APIError(
+                    401, "invalid or missing API key (send Authorization: Bearer <key>, or x-api-key: <key>)"
+                )
                 await error_response(error, scope["path"])(scope, receive, send)
                 return
         await self.app(scope, receive, send)

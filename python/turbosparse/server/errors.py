@@ -25,7 +25,7 @@ _TYPES = {
 
 # Anthropic's names where OpenAI's differ
 _ANTHROPIC_TYPES = {"server_error": "api_error", "unavailable_error": "overloaded_error"}
-ANTHROPIC_PATHS = "/v1/messages"
+_ANTHROPIC_PATH = "/v1/messages"  # and the paths below it
 
 
 class APIError(Exception):
@@ -45,14 +45,14 @@ def error_body(
     """The error object (anthropic: one that is Anthropic's too, its type named as Anthropic names it)."""
     kind = type or _TYPES.get(status, "server_error")
     if anthropic:
-        return {"type": "error", "error": {"type": _ANTHROPIC_TYPES.get(kind, kind), "message": message,
-                                           "param": param, "code": status}}  # fmt: skip
+        kind = "request_too_large" if status == 413 else _ANTHROPIC_TYPES.get(kind, kind)
+        return {"type": "error", "error": {"type": kind, "message": message, "param": param, "code": status}}
     return {"error": {"message": message, "type": kind, "param": param, "code": status}}
 
 
 def error_response(error: APIError, path: str) -> JSONResponse:
     """The error answered to a request for path."""
-    anthropic = path.startswith(ANTHROPIC_PATHS)
+    anthropic = path == _ANTHROPIC_PATH or path.startswith(_ANTHROPIC_PATH + "/")
     body = error_body(error.status, error.message, param=error.param, type=error.type, anthropic=anthropic)
     return JSONResponse(body, error.status)
 
