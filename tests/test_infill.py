@@ -133,3 +133,47 @@ def test_infill_answers_as_completion_answers_its_prompt(fim_paths: tuple[Path, 
         reply = client.post("/infill", json=body)
         assert reply.status_code == 501 and reply.json()["error"]["type"] == "not_supported_error", reply.text
         assert "no fill-in-the-middle" in reply.json()["error"]["message"]
+
+
+def test_a_completions_suffix_fills_the_middle(fim_paths: tuple[Path, Path], smollm2_path: Path) -> None:
+    """OpenAI's insertion (/v1/completions' suffix) and llama-cpp-python's create_completion(suffix=...): the FIM
+    prompt of the prompt and the suffix; a model without FIM tokens: a 400 on the server, the suffix appended to the
+    text in the drop-in (llama_cpp's documented meaning)."""
+    from turbosparse import Llama
+
+    prefix, suffix = "def add(a, b):\n    ", "\n\nprint(add(1, 2))"
+    body = {"prompt": prefix, "suffix": suffix, "max_tokens": 10, "temperature": 0}
+    tokenizer = Tokenizer(str(fim_paths[0]))
+    fim_prompt = [PRE, *tokenizer.tokenize(prefix, add_bos=False), SUF,
+                           *tokenizer.tokenize(suffix, add_bos=False), MID]  # fmt: skip
+    with _client(fim_paths[0]) as client:
+        _ready(client)
+        reply = client.post("/v1/completions", json=body)
+        assert reply.status_code == 200, reply.text
+        answer = reply.json()
+        same = client.post("/completion", json={"prompt": fim_prompt, "n_predict": 10, "temperature": 0}).json()
+        assert answer["choices"][0]["text"] == same["content"]
+        assert answer["usage"]["prompt_tokens"] == len(fim_prompt)
+        ids = client.post("/v1/completions", json={**body, "prompt": tokenizer.tokenize(prefix, add_bos=False)})
+        assert ids.json()["choices"][0]["text"] == same["content"], ids.text
+        assert client.post("/v1/completions", json={**body, "echo": True}).status_code == 400
+    llm = Llama(model_path=str(fim_paths[0]), n_ctx=256, n_threads=2, verbose=False)
+    reply = llm.create_completion(prefix, suffix=suffix, max_tokens=10, temperature=0)
+    assert reply["choices"][0]["text"] == same["content"] and reply["usage"]["prompt_tokens"] == len(fim_prompt)
+    with pytest.raises(ValueError, match="echo with a suffix"):
+        llm.create_completion(prefix, suffix=suffix, echo=True)
+    llm.close()
+    spm = Llama(model_path=str(fim_paths[0]), n_ctx=256, n_threads=2, verbose=False, spm_infill=True)
+    spm.create_completion(prefix, suffix=suffix, max_tokens=1)
+    assert spm._input_ids[0] == SUF  # the suffix's part first
+    spm.close()
+    plain = Llama(model_path=str(smollm2_path), n_ctx=256, n_threads=2, verbose=False)
+    text = plain.create_completion(prefix, max_tokens=4, temperature=0)["choices"][0]["text"]
+    assert plain.create_completion(prefix, suffix=suffix, max_tokens=4, temperature=0)["choices"][0]["text"] == (
+        text + suffix
+    )
+    plain.close()
+    with _client(smollm2_path) as client:
+        _ready(client)
+        reply = client.post("/v1/completions", json=body)
+        assert reply.status_code == 400 and "no fill-in-the-middle" in reply.json()["error"]["message"], reply.text

@@ -7,8 +7,10 @@ read in the template's own syntax, also for tool_choice "auto"); with embedding=
 (embeddings.py's pooling); token by token, generate and sample (grammars too); logits processors and stopping
 criteria there and in the completion methods; tokenizer(); save_state / load_state and set_cache (llama_cpp's
 LlamaRAMCache and LlamaDiskCache work as they are); from_pretrained (huggingface-hub); pickling;
-create_chat_completion_openai_v1. Not supported (a ValueError says so when asked for): suffix / infill, typical_p,
-tfs_z, mirostat, chat formats other than the file's template and "chatml", GPU offload (n_gpu_layers is accepted and
+create_chat_completion_openai_v1; a completion's suffix fills the middle between the prompt and it where the
+vocabulary has FIM tokens (infill.py; llama_cpp 0.3.36 writes token 0 where each FIM token belongs), else is appended
+to the text (llama_cpp's documented meaning). Not supported (a ValueError says so when asked for): typical_p, tfs_z,
+mirostat, chat formats other than the file's template and "chatml", GPU offload (n_gpu_layers is accepted and
 ignored: the engine runs on the CPU)."""
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from turbosparse.completions import (
 from turbosparse.embeddings import LLAMA_POOLING_TYPES, Pooling, pooling_named
 from turbosparse.generation import Generation, LogitsHook, StopHook
 from turbosparse.grammar import Grammar
+from turbosparse.infill import fim_tokens, has_fim
 from turbosparse.logprobs import check_top_count
 from turbosparse.logprobs import prompt_text as prompt_text_of
 from turbosparse.model import Model, SparseName
@@ -264,6 +267,7 @@ class Llama:
         type_k: int | None = None,
         type_v: int | None = None,
         swa_full: bool | None = None,
+        spm_infill: bool = False,
         sparse: SparseName = "auto",
         threshold: float | None = None,
     ) -> None:
@@ -282,6 +286,7 @@ class Llama:
         self._seed = seed
         self.last_n_tokens_size = last_n_tokens_size  # the penalties' window, as llama_cpp's
         self._logits_all = logits_all
+        self._spm_infill = spm_infill  # a suffix's fill-in-the-middle prompt puts the suffix first
         self._model = Model(
             model_path,
             n_threads=n_threads if n_threads is not None else n_threads_batch,
@@ -831,17 +836,24 @@ class Llama:
             logprobs = int(logprobs)
         check_top_count(logprobs)
         _refuse(
-            suffix=(suffix, None),
             typical_p=(typical_p, 1.0),
             tfs_z=(tfs_z, 1.0),
             mirostat_mode=(mirostat_mode, 0),
         )
+        tokenizer = self._model.tokenizer
+        fill_in = suffix is not None and has_fim(tokenizer)  # else the suffix is appended to the text, as llama_cpp's
+        if fill_in and echo:
+            raise ValueError("echo with a suffix (a fill-in-the-middle prompt) is not supported by turbosparse.Llama")
         if isinstance(prompt, str):
             tokens = self.tokenize(prompt.encode("utf-8"), special=True) if prompt else [self.token_bos()]
             prompt_text = prompt
         else:
             tokens = [int(t) for t in prompt]
-            prompt_text = prompt_text_of(self._model.tokenizer, tokens)
+            prompt_text = prompt_text_of(tokenizer, tokens)
+        if fill_in and suffix is not None:
+            before = tokenizer.tokenize(prompt, add_bos=False) if isinstance(prompt, str) else tokens
+            after = tokenizer.tokenize(suffix, add_bos=False)
+            tokens = fim_tokens(tokenizer, before, after, suffix_first=self._spm_infill)
         sampling = self._sampling(
             temperature=temperature,
             top_k=top_k,
@@ -871,7 +883,8 @@ class Llama:
         whole = chunks.whole("".join(self._model.run(gen)))["choices"][0]
         self._evaluated(gen)
         use = usage(gen.n_prompt, gen.n_generated)
-        return text_completion(meta, whole["text"], gen.finish_reason, use, whole["logprobs"])
+        text = whole["text"] + suffix if suffix is not None and not fill_in else whole["text"]
+        return text_completion(meta, text, gen.finish_reason, use, whole["logprobs"])
 
     def embed(
         self,

@@ -46,7 +46,7 @@ from turbosparse.errors import (
     SequenceBusyError,
 )
 from turbosparse.generation import FinishReason, Generation
-from turbosparse.infill import ExtraFile, infill_tokens
+from turbosparse.infill import ExtraFile, fim_tokens, infill_tokens
 from turbosparse.logprobs import ReleasedLogprobs, prompt_text
 from turbosparse.model import Model
 from turbosparse.reasoning import CLOSE, open_at_end, thinks
@@ -278,13 +278,20 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request) -> Response:
         model, engine = ready()
-        if isinstance(body.prompt, list) and isinstance(body.prompt[0], int):
+        ids = isinstance(body.prompt, list) and isinstance(body.prompt[0], int)
+        if ids:
             tokens = [int(t) for t in body.prompt]  # type: ignore[arg-type]
             _check_tokens(model, tokens, "prompt")
             text = prompt_text(model.tokenizer, tokens)
         else:
             text = body.prompt if isinstance(body.prompt, str) else str(body.prompt[0])
             tokens = model.tokenize(text, special=True)
+        if body.suffix:  # OpenAI's insertion: the prompt (a text as plain text) before the middle, the suffix after
+            prefix = tokens if ids else model.tokenize(text, add_bos=False)
+            try:
+                tokens = fim_tokens(model.tokenizer, prefix, model.tokenize(body.suffix, add_bos=False))
+            except InfillNotSupportedError as exc:
+                raise APIError(400, f"suffix: {exc}", param="suffix") from None
         n_top = body.logprobs
         score = body.echo and n_top is not None
         job, queue = await _submit(model, engine, tokens, body, "prompt", n_top, score_prompt=score)

@@ -181,7 +181,7 @@ class CompletionRequest(_Generate):
     prompt: str | list[int] | list[str] | list[list[int]]  # OpenAI's four forms; one prompt per request
     max_tokens: int | None = Field(default=16, ge=0)  # OpenAI's default for completions
     echo: bool = False
-    suffix: str | None = None
+    suffix: str | None = None  # insertion: the middle between prompt and suffix filled (FIM tokens needed)
     logprobs: StrictInt | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)  # alternatives per token
     best_of: int | None = None
 
@@ -202,8 +202,8 @@ class CompletionRequest(_Generate):
 
     @model_validator(mode="after")
     def _supported(self) -> CompletionRequest:
-        if self.suffix:
-            raise ValueError("suffix (insertion) is not supported")
+        if self.suffix and self.echo:
+            raise ValueError("echo with a suffix (a fill-in-the-middle prompt) is not supported")
         if self.best_of not in (None, 1):
             raise ValueError("only best_of = 1 is supported")
         return self
