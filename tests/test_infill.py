@@ -128,6 +128,17 @@ def test_infill_answers_as_completion_answers_its_prompt(fim_paths: tuple[Path, 
                     {"prompt": [[1], [2]]}):  # fmt: skip
             reply = client.post("/infill", json={**body, **bad})
             assert reply.status_code == 400, reply.text
+    from fastapi.testclient import TestClient
+
+    from turbosparse.server.app import create_app
+    from turbosparse.server.config import ServerConfig
+
+    # --spm-infill: the suffix's part first
+    with TestClient(create_app(ServerConfig(str(fim_paths[1]), n_ctx=1024, n_threads=2, spm_infill=True))) as client:
+        _ready(client)
+        answer = client.post("/infill", json={**body, "n_predict": 1}).json()
+        shown = answer["prompt"]
+        assert shown.index("<issue_comment>") < shown.index("<issue_start>"), shown  # SUF before PRE
     with _client(smollm2_path) as client:
         _ready(client)
         reply = client.post("/infill", json=body)

@@ -68,9 +68,10 @@ def infill_tokens(
     n_batch: int,
     n_ctx: int,
     n_predict: int,
+    suffix_first: bool = False,
 ) -> list[int]:
     """The prompt filling the middle between prefix and suffix (token ids, no BOS), prompt written after the prefix,
-    other files' text before them (fim_tokens' errors)."""
+    other files' text before them (fim_tokens' errors; suffix_first as there)."""
     if not has_fim(tokenizer):
         return fim_tokens(tokenizer, prefix, suffix)  # the error naming what is missing
     fim = tokenizer.fim
@@ -92,4 +93,5 @@ def infill_tokens(
         [*prefix[len(prefix) - n_prefix :], *prompt],
         suffix[:n_suffix],
         context=context[len(context) - n_context :],
+        suffix_first=suffix_first,
     )

@@ -61,6 +61,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="folder where POST /slots/{id}?action=save writes a slot's cached tokens and action=restore reads them "
         "(default: those actions refused)",
     )  # fmt: skip
+    p.add_argument(
+        "--spm-infill", action="store_true",
+        help="/infill's prompt as SPM-trained models take it: the suffix before the prefix (default: the prefix first)",
+    )  # fmt: skip
     take_environment(p, os.environ)
     p.set_defaults(func=run)
 
@@ -102,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
         embeddings=args.embeddings,
         pooling=args.pooling,
         slot_save_path=args.slot_save_path,
+        spm_infill=args.spm_infill,
         verbose=args.verbose,
     )
     failures: list[str] = []

@@ -336,6 +336,7 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
                 n_batch=config.n_batch,
                 n_ctx=model.n_ctx,
                 n_predict=body.max_tokens or 0,
+                suffix_first=config.spm_infill,
             )
         except InfillNotSupportedError as exc:
             raise APIError(501, str(exc), type="not_supported_error") from None

@@ -38,6 +38,7 @@ class ServerConfig:
     embeddings: bool = False  # serve /v1/embeddings (one more sequence than slots, which embeddings take)
     pooling: str | None = None  # the embeddings' pooling (embeddings.py); None: the file's
     slot_save_path: str | None = None  # the folder /slots/{id}?action=save|restore writes and reads (None: refused)
+    spm_infill: bool = False  # /infill's prompt puts the suffix before the prefix, as SPM-trained models take it
     verbose: bool = False
 
     def __post_init__(self) -> None:
