@@ -575,8 +575,8 @@ def test_anthropic_messages_become_chat_messages() -> None:
         {"role": "assistant", "content": "Looking.", "reasoning_content": "A tool.", "tool_calls": [
             {"id": "abcdefghi", "type": "function", "function": {"name": "get_time", "arguments": '{"zone": "UTC"}'}}]},
         {"role": "tool", "content": "12:00", "tool_call_id": "abcdefghi"},
+        {"role": "tool", "content": "ab", "tool_call_id": "x"},  # the next user message's: one turn with this one
         {"role": "user", "content": "Thanks.\nMore?"},
-        {"role": "tool", "content": "ab", "tool_call_id": "x"},
     ]  # fmt: skip
     schema = {"type": "object"}
     assert chat.tools == [  # a description always, "" where none was given (templates write it without asking)
@@ -587,3 +587,24 @@ def test_anthropic_messages_become_chat_messages() -> None:
         {"type": "function", "function": {"name": "get_time"}},
         False,
     )
+
+
+def test_consecutive_anthropic_turns_of_one_role_are_one() -> None:
+    """As Anthropic combines them: a user's tool results then its question sent as two user messages make the same
+    chat messages as one user message holding both."""
+    from turbosparse.server.anthropic import MessagesRequest
+
+    call = {"type": "tool_use", "id": "abcdefghi", "name": "get_time", "input": {}}
+    result = {"type": "tool_result", "tool_use_id": "abcdefghi", "content": "12:00"}
+    start = [{"role": "user", "content": "Time?"}, {"role": "assistant", "content": [call]}]
+    split = [*start, {"role": "user", "content": [result]}, {"role": "user", "content": "Thanks."}]
+    whole = [*start, {"role": "user", "content": [result, {"type": "text", "text": "Thanks."}]}]
+
+    def chat(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        request = MessagesRequest.model_validate({"max_tokens": 5, "messages": messages})
+        return [m.for_template() for m in request.chat().messages]
+
+    assert chat(split) == chat(whole)
+    assert chat([{"role": "user", "content": "A"}, {"role": "user", "content": "B"}]) == [
+        {"role": "user", "content": "A\nB"}
+    ]

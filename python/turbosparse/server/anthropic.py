@@ -213,7 +213,7 @@ class MessagesRequest(_Body):
             self.system if isinstance(self.system, str) or self.system is None else "".join(b.text for b in self.system)
         )
         messages = [{"role": "system", "content": system}] if system else []
-        messages += [chat_message for m in self.messages for chat_message in m.chat_messages()]
+        messages += [chat_message for m in _merged(self.messages) for chat_message in m.chat_messages()]
         single = self.tool_choice is not None and self.tool_choice.disable_parallel_tool_use
         fields = {
             "temperature": self.temperature,
@@ -228,6 +228,22 @@ class MessagesRequest(_Body):
         return ChatCompletionRequest.model_validate(
             {"messages": messages, "max_tokens": self.max_tokens, "stream": self.stream, **given}
         )
+
+
+def _merged(messages: list[AnthropicMessage]) -> list[AnthropicMessage]:
+    """Consecutive messages of one role as one, their blocks in order (as Anthropic combines consecutive turns)."""
+    out: list[AnthropicMessage] = []
+    for message in messages:
+        if out and out[-1].role == message.role:
+            blocks = [_as_blocks(out[-1].content), _as_blocks(message.content)]
+            out[-1] = AnthropicMessage.model_construct(role=message.role, content=[*blocks[0], *blocks[1]])
+        else:
+            out.append(message)
+    return out
+
+
+def _as_blocks(content: str | list[Any]) -> list[Any]:
+    return [TextBlock(type="text", text=content)] if isinstance(content, str) else content
 
 
 class CountTokensRequest(MessagesRequest):
