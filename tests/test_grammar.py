@@ -561,3 +561,16 @@ def test_generate_takes_grammar_and_bias(smollm2_model) -> None:
     ban = smollm2_model.tokenize(" three", add_bos=False)[0]
     text = smollm2_model.generate("Count: one, two,", max_tokens=3, temperature=0.0, logit_bias={ban: -100.0})
     assert not text.startswith(" three")
+
+
+def test_json_strings_hold_no_raw_control_characters(smollm2_model) -> None:
+    """As JSON itself and llama.cpp's converter (llama-server's): inside a schema's string a raw newline or tab is
+    refused, its escape allowed. llama-cpp-python's converter allows them, and answers came out that json.loads
+    refuses; tool calls' grammars take the same rule."""
+    tokenizer = smollm2_model.tokenizer
+    state = Grammar.from_json_schema({"type": "object", "properties": {"a": {"type": "string"}}}).start(tokenizer)
+    for token in tokenizer.tokenize('{"a": "x', add_bos=False):
+        state.accept(token)
+    newline, tab, escaped, letter = (tokenizer.tokenize(t, add_bos=False)[0] for t in ("\n", "\t", "\\n", "y"))
+    assert state.allowed(np.array([newline, tab, escaped, letter])).tolist() == [False, False, True, True]
+    state.close()

@@ -52,7 +52,7 @@ class Grammar:
         try:
             value = json.loads(schema) if isinstance(schema, str) else schema
             check_schema_counts(value)
-            return cls(json_schema_to_gbnf(json.dumps(value)))
+            return cls(strict_strings(json_schema_to_gbnf(json.dumps(value))))
         except GrammarError:
             raise
         except Exception as exc:  # the converter raises whatever its walk meets (KeyError, TypeError, ...)
@@ -102,6 +102,19 @@ class Grammar:
         """The grammar's state at the start of a generation; GrammarError when it does not parse."""
         self.check()
         return GrammarState(self.gbnf, self.root, tokenizer)
+
+
+# llama-cpp-python's schema converter lets a JSON string hold raw control characters, which JSON does not allow
+# (a newline inside a string made answers that json.loads refuses); llama.cpp's own converter, which llama-server
+# uses, leaves them out, as JSON_GBNF's string rule does
+_LOOSE_CHAR = r'char ::= [^"\\] |'
+_STRICT_CHAR = r'char ::= [^"\\\x7F\x00-\x1F] |'
+
+
+def strict_strings(gbnf: str) -> str:
+    """A converter's grammar with its JSON strings' characters as JSON allows them (no raw control characters)."""
+    return "\n".join(_STRICT_CHAR + line[len(_LOOSE_CHAR) :] if line.startswith(_LOOSE_CHAR) else line
+                     for line in gbnf.split("\n"))  # fmt: skip
 
 
 def _numbers(quantifier: str) -> list[int]:

@@ -22,7 +22,7 @@ from llama_cpp.llama_grammar import SchemaConverter
 
 from turbosparse.chat_template import ChatTemplate
 from turbosparse.errors import ChatTemplateError, GrammarError, InvalidArgumentError
-from turbosparse.grammar import Grammar, check_schema_counts
+from turbosparse.grammar import Grammar, check_schema_counts, strict_strings
 
 if TYPE_CHECKING:
     from turbosparse.model import Model
@@ -226,7 +226,7 @@ class ToolCallSyntax:
         converter._add_rule("tool-call", " | ".join(alternatives))
         more = f" ({_gbnf_literal(self.between)} tool-call)*" if parallel and self.between is not None else ""
         converter._add_rule("tool-calls", f"tool-call{more} {_gbnf_literal(self.end)}")
-        return Grammar(converter.format_grammar(), root="tool-calls")
+        return Grammar(strict_strings(converter.format_grammar()), root="tool-calls")
 
 
 def _learn(render: Render, object_arguments: bool) -> ToolCallSyntax | None:
