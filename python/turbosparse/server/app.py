@@ -50,7 +50,7 @@ from turbosparse.infill import ExtraFile, fim_tokens, infill_tokens
 from turbosparse.logprobs import ReleasedLogprobs, prompt_text
 from turbosparse.model import Model
 from turbosparse.reasoning import CLOSE, open_at_end, thinks
-from turbosparse.server import anthropic, native, slots
+from turbosparse.server import anthropic, native, responses, slots
 from turbosparse.server.config import ServerConfig
 from turbosparse.server.engine import Engine, Event, Job, QueueFullError
 from turbosparse.server.errors import APIError, error_body, error_response, install_handlers
@@ -481,7 +481,7 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
     async def messages(body: anthropic.MessagesRequest, request: Request) -> Response:
         """Anthropic's Messages API over the chat route's prompt and sampling (anthropic.py)."""
         model, engine = ready()
-        chat = _anthropic_chat(body)
+        chat = _converted_chat(body.chat)
         tokens, tool_use, reasoning = chat_setup(model, chat)
         job, queue = await _submit(model, engine, tokens, chat, "messages", None, tools=tool_use)
         gen = job.generation
@@ -498,8 +498,11 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
             def last(reason: FinishReason | None) -> list[dict[str, Any]]:
                 return events.last(chunks.last(reason)["choices"][0]["delta"])
 
+            def failed(message: str) -> dict[str, Any]:
+                return error_body(500, message, type="server_error", anthropic=True)
+
             return _stream(job, queue, first=events.first(len(tokens)), piece=piece, last=last, usage_chunk=None,
-                           done_marker=False, named_events=True)  # fmt: skip
+                           done_marker=False, named_events=True, failure=failed)  # fmt: skip
         answer = await _collect(job, queue, request)
         if answer is None:
             return Response(status_code=CLIENT_CLOSED)
@@ -507,19 +510,48 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
         blocks = anthropic.blocks(content, reasoning_content, calls)
         return JSONResponse(anthropic.message(message_id, config.model_name, blocks, gen))
 
+    @app.post("/v1/responses")
+    async def create_response(body: responses.ResponsesRequest, request: Request) -> Response:
+        """OpenAI's Responses API over the chat route's prompt, sampling and tool calls (responses.py)."""
+        model, engine = ready()
+        chat = _converted_chat(body.chat)
+        tokens, tool_use, reasoning = chat_setup(model, chat)
+        job, queue = await _submit(model, engine, tokens, chat, "input", None, tools=tool_use)
+        gen = job.generation
+        meta = CompletionMeta.new("chatcmpl", config.model_name)
+        chunks = ChatCompletionChunks(model.tokenizer, meta, gen, reasoning, tool_use)
+        response = responses.ResponseObject(body, config.model_name)
+        if body.stream:
+            events = responses.ResponseEvents(response, gen)
+
+            def piece(text: str) -> list[dict[str, Any]]:
+                chunk = chunks.piece(text)
+                return events.piece(chunk["choices"][0]["delta"]) if chunk is not None else []
+
+            def last(reason: FinishReason | None) -> list[dict[str, Any]]:
+                return events.last(chunks.last(reason)["choices"][0]["delta"])
+
+            return _stream(job, queue, first=events.first(), piece=piece, last=last, usage_chunk=None,
+                           done_marker=False, named_events=True, failure=events.failure)  # fmt: skip
+        answer = await _collect(job, queue, request)
+        if answer is None:
+            return Response(status_code=CLIENT_CLOSED)
+        content, reasoning_content, calls = chunks.message(answer, gen.finish_reason)
+        return JSONResponse(response(responses.output_items(content, reasoning_content, calls), gen))
+
     @app.post("/v1/messages/count_tokens")
     async def count_tokens(body: anthropic.CountTokensRequest) -> JSONResponse:
         model, _ = ready()
-        tokens, _, _ = chat_setup(model, _anthropic_chat(body))
+        tokens, _, _ = chat_setup(model, _converted_chat(body.chat))
         return JSONResponse({"input_tokens": len(tokens)})
 
     return app
 
 
-def _anthropic_chat(body: anthropic.MessagesRequest) -> ChatCompletionRequest:
-    """The Anthropic request as a chat completion's: a 400 for what that refuses (sampling out of range, ...)."""
+def _converted_chat(convert: Callable[[], ChatCompletionRequest]) -> ChatCompletionRequest:
+    """Another API's request as a chat completion's: a 400 for what that refuses (sampling out of range, ...)."""
     try:
-        return body.chat()
+        return convert()
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
@@ -750,11 +782,12 @@ def _stream(
     usage_chunk: Callable[[], dict[str, Any]] | None,
     done_marker: bool = True,
     named_events: bool = False,
+    failure: Callable[[str], dict[str, Any]] | None = None,
 ) -> EventSourceResponse:
     """Server-sent events: the first chunks, the chunks of each text piece, the finishing chunks, then [DONE]
     (OpenAI's; not in llama-server's own streams: done_marker False); named_events: each event named by its chunk's
-    "type" and a failure an Anthropic error event (Anthropic's). A client that disconnects cancels the generation
-    (sse-starlette cancels this generator)."""
+    "type" (Anthropic's and the Responses API's); a failed generation's event is failure(message) (default: OpenAI's
+    error object). A client that disconnects cancels the generation (sse-starlette cancels this generator)."""
     gen = job.generation
 
     def sent(chunks: dict[str, Any] | list[dict[str, Any]] | None) -> list[dict[str, str]]:
@@ -770,8 +803,8 @@ def _stream(
                 event = await queue.get()
                 if event.error is not None:
                     message = f"the generation failed: {event.error}"
-                    failure = error_body(500, message, type="server_error", anthropic=named_events)
-                    yield {"data": json.dumps(failure), **({"event": "error"} if named_events else {})}
+                    failed = failure(message) if failure is not None else error_body(500, message, type="server_error")
+                    yield sent(failed)[0]
                     break
                 for out in sent(piece(event.text) if event.text else None):
                     yield out

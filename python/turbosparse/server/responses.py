@@ -1,0 +1,411 @@
+"""OpenAI's Responses API (POST /v1/responses), which llama-server serves too and newer OpenAI clients and agents use:
+the request turned into a chat completion's (instructions first, input items as messages: function_call items an
+assistant's calls, function_call_output items tool messages, reasoning items the next assistant message's reasoning),
+the answer as a response's output items (a reasoning item where a thinking model's answer is split, the message, a
+function_call item per call), streamed as the Responses API's named events, numbered. Nothing is stored: the whole
+conversation comes with each request (previous_response_id is refused)."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, TypeAdapter, ValidationError, field_validator
+
+from turbosparse.generation import Generation
+from turbosparse.server.schemas import ChatCompletionRequest, _Body
+from turbosparse.tool_calls import ToolCall, new_call_id
+
+logger = logging.getLogger(__name__)
+
+HOSTED_TOOLS = ("web_search", "file_search", "code_interpreter", "image_generation", "computer_use", "mcp")
+PART_TYPES = ("input_text", "output_text", "refusal")
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(12)}"
+
+
+class TextPart(_Body):
+    """input_text (a user's), output_text (an earlier answer's) or a refusal."""
+
+    type: Literal["input_text", "output_text", "refusal"]
+    text: str = ""
+    refusal: str = ""
+
+    def value(self) -> str:
+        return self.refusal if self.type == "refusal" else self.text
+
+
+def _text_parts(content: Any, what: str) -> Any:
+    for part in content if isinstance(content, list) else ():
+        if isinstance(part, dict) and part.get("type") not in PART_TYPES:
+            raise ValueError(f"{what} of type {part.get('type')!r} are not supported ({', '.join(PART_TYPES)})")
+    return content
+
+
+class MessageItem(_Body):
+    type: Literal["message"] = "message"
+    role: Literal["user", "system", "developer", "assistant"]
+    content: str | list[TextPart]
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _text_only(cls, content: Any) -> Any:
+        return _text_parts(content, "content parts")
+
+    def text(self) -> str:
+        return self.content if isinstance(self.content, str) else "\n".join(p.value() for p in self.content)
+
+
+class FunctionCallItem(_Body):
+    """An earlier answer's call."""
+
+    type: Literal["function_call"]
+    call_id: str
+    name: str
+    arguments: str
+
+
+class FunctionCallOutputItem(_Body):
+    """What a call gave back."""
+
+    type: Literal["function_call_output"]
+    call_id: str
+    output: str | list[TextPart]
+
+    @field_validator("output", mode="before")
+    @classmethod
+    def _text_only(cls, output: Any) -> Any:
+        return _text_parts(output, "output parts")
+
+    def text(self) -> str:
+        return self.output if isinstance(self.output, str) else "".join(p.value() for p in self.output)
+
+
+class ReasoningText(_Body):
+    type: Literal["reasoning_text", "summary_text"]
+    text: str
+
+
+class ReasoningItem(_Body):
+    """An earlier answer's reasoning: the next assistant message's reasoning_content (its text, else its summary)."""
+
+    type: Literal["reasoning"]
+    summary: list[ReasoningText] = Field(default_factory=list)
+    content: list[ReasoningText] | None = None
+
+    def text(self) -> str:
+        return "".join(part.text for part in (self.content or self.summary))
+
+
+InputItem = Annotated[
+    MessageItem | FunctionCallItem | FunctionCallOutputItem | ReasoningItem, Field(discriminator="type")
+]
+_ITEMS = TypeAdapter(list[InputItem])
+ITEM_TYPES = ("message", "function_call", "function_call_output", "reasoning")
+
+
+class FunctionTool(_Body):
+    type: Literal["function"]
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+
+    def chat(self) -> dict[str, Any]:
+        function: dict[str, Any] = {"name": self.name, "description": self.description or ""}
+        return {"type": "function", "function": function | ({"parameters": self.parameters} if self.parameters else {})}
+
+
+class ResponsesRequest(_Body):
+    """The Responses API's request: input (text, or items), instructions, max_output_tokens, sampling, function tools
+    and tool_choice, text.format (JSON modes), stream."""
+
+    model: str | None = None
+    input: str | list[InputItem]
+    instructions: str | None = None
+    max_output_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = None
+    top_p: float | None = None
+    stream: bool = False
+    tools: list[FunctionTool] | None = None
+    tool_choice: Any = None
+    parallel_tool_calls: bool | None = None
+    text: dict[str, Any] | None = None
+    previous_response_id: str | None = None
+    metadata: dict[str, Any] | None = None
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _items(cls, value: Any) -> Any:
+        """Items read as items (a message may leave out its type), naming the first bad one's field."""
+        if not isinstance(value, list):
+            return value
+        items = [{"type": "message", **i} if isinstance(i, dict) and "type" not in i else i for i in value]
+        for i, item in enumerate(items):
+            if isinstance(item, dict) and item.get("type") not in ITEM_TYPES:
+                raise ValueError(
+                    f"input[{i}] is of type {item.get('type')!r}: items of type {', '.join(ITEM_TYPES)} are supported "
+                    "(nothing is stored here: send the whole conversation, not references to it)"
+                )
+        try:
+            return _ITEMS.validate_python(items)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            raise ValueError(f"input item {'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
+
+    @field_validator("tools", mode="before")
+    @classmethod
+    def _function_tools(cls, tools: Any) -> Any:
+        """Function tools; tools OpenAI runs (web search, file search, ...) dropped with a warning, as they are
+        sent beside the client's own; other types refused (ValueError naming the first)."""
+        if not isinstance(tools, list):
+            return tools
+        kept = []
+        for i, tool in enumerate(tools):
+            kind = tool.get("type") if isinstance(tool, dict) else None
+            if kind == "function":
+                kept.append(tool)
+            elif isinstance(kind, str) and kind.startswith(HOSTED_TOOLS):
+                logger.warning("the hosted tool %r dropped: only OpenAI runs it", kind)
+            else:
+                raise ValueError(f"tools[{i}] is of type {kind!r}: function tools are supported")
+        return kept
+
+    @field_validator("previous_response_id")
+    @classmethod
+    def _not_stored(cls, value: str | None) -> str | None:
+        if value:
+            raise ValueError("responses are not stored here: send the whole conversation in input")
+        return value
+
+    def chat(self) -> ChatCompletionRequest:
+        """The same request as a chat completion's (unset sampling fields take the server's defaults)."""
+        fields = {
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "max_tokens": self.max_output_tokens,
+            "tools": [tool.chat() for tool in self.tools] if self.tools else None,
+            "tool_choice": _chat_tool_choice(self.tool_choice),
+            "parallel_tool_calls": self.parallel_tool_calls,
+            "response_format": _response_format(self.text),
+        }
+        given = {name: value for name, value in fields.items() if value is not None}
+        return ChatCompletionRequest.model_validate({"messages": self.messages(), "stream": self.stream, **given})
+
+    def messages(self) -> list[dict[str, Any]]:
+        """Instructions, then the input as chat messages: calls join the assistant message before them (or make one),
+        their outputs are tool messages, a reasoning item is the next assistant message's reasoning."""
+        messages: list[dict[str, Any]] = [{"role": "system", "content": self.instructions}] if self.instructions else []
+        if isinstance(self.input, str):
+            return [*messages, {"role": "user", "content": self.input}]
+        reasoning = ""
+        for item in self.input:
+            if isinstance(item, ReasoningItem):
+                reasoning += item.text()
+                continue
+            if isinstance(item, FunctionCallOutputItem):
+                messages.append({"role": "tool", "tool_call_id": item.call_id, "content": item.text()})
+                continue
+            joins = isinstance(item, FunctionCallItem) and messages and messages[-1]["role"] == "assistant"
+            if not joins:
+                role = item.role if isinstance(item, MessageItem) else "assistant"
+                text = item.text() if isinstance(item, MessageItem) else ""
+                messages.append({"role": role, "content": text})
+                if role == "assistant" and reasoning:
+                    messages[-1]["reasoning_content"], reasoning = reasoning, ""
+            if isinstance(item, FunctionCallItem):
+                call = ToolCall(item.name, item.arguments).openai(item.call_id)
+                messages[-1]["tool_calls"] = [*messages[-1].get("tool_calls", []), call]
+        return messages
+
+
+def _chat_tool_choice(choice: Any) -> Any:
+    """The Responses API's tool_choice as a chat completion's ({"type": "function", "name"} names a function)."""
+    if isinstance(choice, dict) and choice.get("type") == "function" and "function" not in choice:
+        return {"type": "function", "function": {"name": choice.get("name")}}
+    return choice
+
+
+def _response_format(text: dict[str, Any] | None) -> dict[str, Any] | None:
+    """text.format as a chat completion's response_format (None: plain text)."""
+    form = (text or {}).get("format")
+    if not isinstance(form, dict) or form.get("type", "text") == "text":
+        return None
+    if form.get("type") == "json_schema":
+        schema = {key: form[key] for key in ("name", "schema", "strict", "description") if key in form}
+        return {"type": "json_schema", "json_schema": schema}
+    return dict(form)
+
+
+def reasoning_item(item_id: str, text: str) -> dict[str, Any]:
+    return {"type": "reasoning", "id": item_id, "summary": [], "content": [{"type": "reasoning_text", "text": text}],
+            "status": "completed"}  # fmt: skip
+
+
+def text_part(text: str) -> dict[str, Any]:
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+
+
+def message_item(item_id: str, text: str, status: str = "completed") -> dict[str, Any]:
+    content = [text_part(text)] if status == "completed" else []
+    return {"type": "message", "id": item_id, "status": status, "role": "assistant", "content": content}
+
+
+def call_item(item_id: str, call_id: str, name: str, arguments: str, status: str = "completed") -> dict[str, Any]:
+    return {"type": "function_call", "id": item_id, "call_id": call_id, "name": name, "arguments": arguments,
+            "status": status}  # fmt: skip
+
+
+def output_items(content: str, reasoning: str | None, calls: list[ToolCall]) -> list[dict[str, Any]]:
+    """A whole answer's output: its reasoning, where split off, its text (an empty message only where there is
+    nothing else), then its calls."""
+    items = [reasoning_item(new_id("rs"), reasoning)] if reasoning else []
+    if content or not (reasoning or calls):
+        items.append(message_item(new_id("msg"), content))
+    return items + [call_item(new_id("fc"), new_call_id(), c.name, c.arguments) for c in calls]
+
+
+class ResponseObject:
+    """The response object's fields for one request (its output and status filled in at the end)."""
+
+    def __init__(self, request: ResponsesRequest, model: str) -> None:
+        self.id = new_id("resp")
+        self.created_at = int(time.time())
+        self._request = request
+        self._model = model
+
+    def __call__(self, output: list[dict[str, Any]], gen: Generation | None) -> dict[str, Any]:
+        """gen None: the response as it starts (in progress, no usage)."""
+        request = self._request
+        status = "in_progress" if gen is None else "incomplete" if gen.finish_reason == "length" else "completed"
+        usage = None
+        if gen is not None:
+            usage = {"input_tokens": gen.n_prompt, "input_tokens_details": {"cached_tokens": gen.n_cached},
+                     "output_tokens": gen.n_generated, "output_tokens_details": {"reasoning_tokens": 0},
+                     "total_tokens": gen.n_prompt + gen.n_generated}  # fmt: skip
+        return {
+            "id": self.id,
+            "object": "response",
+            "created_at": self.created_at,
+            "status": status,
+            "error": None,
+            "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
+            "instructions": request.instructions,
+            "max_output_tokens": request.max_output_tokens,
+            "model": self._model,
+            "output": output,
+            "parallel_tool_calls": request.parallel_tool_calls is not False,
+            "previous_response_id": None,
+            "store": False,
+            "temperature": request.temperature,
+            "text": {"format": (request.text or {}).get("format") or {"type": "text"}},
+            "tool_choice": request.tool_choice if request.tool_choice is not None else "auto",
+            "tools": [tool.model_dump() for tool in request.tools or []],
+            "top_p": request.top_p,
+            "truncation": "disabled",
+            "usage": usage,
+            "metadata": request.metadata or {},
+        }
+
+
+class ResponseEvents:
+    """A streamed response's events, numbered: response.created and response.in_progress; per output item its
+    output_item.added, content_part.added, the deltas (reasoning_text.delta or output_text.delta), their .done,
+    content_part.done and output_item.done (a call: function_call_arguments.delta and .done, the arguments whole, at
+    the answer's end); then response.completed or response.incomplete with the whole response."""
+
+    def __init__(self, response: ResponseObject, gen: Generation) -> None:
+        self._response = response
+        self._gen = gen
+        self._sequence = 0
+        self._output: list[dict[str, Any]] = []  # the finished items
+        self._open: dict[str, Any] | None = None  # the item being streamed: its kind, id and text so far
+
+    def _event(self, kind: str, **fields: Any) -> dict[str, Any]:
+        event = {"type": kind, "sequence_number": self._sequence, **fields}
+        self._sequence += 1
+        return event
+
+    def first(self) -> list[dict[str, Any]]:
+        return [
+            self._event(kind, response=self._response([], None))
+            for kind in ("response.created", "response.in_progress")
+        ]
+
+    def failure(self, message: str) -> dict[str, Any]:
+        return self._event("error", code="server_error", message=message, param=None)
+
+    def piece(self, delta: dict[str, Any]) -> list[dict[str, Any]]:
+        """The events of a chat delta ({"reasoning_content", "content"})."""
+        events: list[dict[str, Any]] = []
+        for key, kind in (("reasoning_content", "reasoning"), ("content", "message")):
+            text = delta.get(key)
+            if not text:
+                continue
+            if self._open is None or self._open["kind"] != kind:
+                events += self._close() + self._start(kind)
+            assert self._open is not None
+            self._open["text"] += text
+            where = {"item_id": self._open["id"], "output_index": len(self._output), "content_index": 0}
+            if kind == "reasoning":
+                events.append(self._event("response.reasoning_text.delta", **where, delta=text))
+            else:
+                events.append(self._event("response.output_text.delta", **where, delta=text, logprobs=[]))
+        return events
+
+    def last(self, delta: dict[str, Any]) -> list[dict[str, Any]]:
+        """The events of the finishing chat delta (its calls, if any, in "tool_calls"), then the response's end."""
+        events = self.piece(delta)
+        calls = delta.get("tool_calls") or []
+        if self._open is None and not calls and not self._output:  # an empty answer still has its message
+            events += self._start("message")
+        events += self._close()
+        for call in calls:
+            function = call["function"]
+            item = call_item(new_id("fc"), call["id"], function["name"], function["arguments"])
+            where = {"item_id": item["id"], "output_index": len(self._output)}
+            events.append(self._event("response.output_item.added", output_index=len(self._output),
+                                      item={**item, "arguments": "", "status": "in_progress"}))  # fmt: skip
+            events.append(self._event("response.function_call_arguments.delta", **where, delta=item["arguments"]))
+            events.append(self._event("response.function_call_arguments.done", **where, name=item["name"],
+                                      arguments=item["arguments"]))  # fmt: skip
+            events.append(self._event("response.output_item.done", output_index=len(self._output), item=item))
+            self._output.append(item)
+        response = self._response(self._output, self._gen)
+        kind = "response.incomplete" if response["status"] == "incomplete" else "response.completed"
+        return [*events, self._event(kind, response=response)]
+
+    def _start(self, kind: str) -> list[dict[str, Any]]:
+        item_id = new_id("rs" if kind == "reasoning" else "msg")
+        self._open = {"kind": kind, "id": item_id, "text": ""}
+        index = len(self._output)
+        if kind == "reasoning":
+            item: dict[str, Any] = {"type": "reasoning", "id": item_id, "summary": [], "content": [],
+                                    "status": "in_progress"}  # fmt: skip
+            part = {"type": "reasoning_text", "text": ""}
+        else:
+            item, part = message_item(item_id, "", "in_progress"), text_part("")
+        return [
+            self._event("response.output_item.added", output_index=index, item=item),
+            self._event("response.content_part.added", item_id=item_id, output_index=index, content_index=0, part=part),
+        ]
+
+    def _close(self) -> list[dict[str, Any]]:
+        if self._open is None:
+            return []
+        kind, item_id, text = self._open["kind"], self._open["id"], self._open["text"]
+        self._open = None
+        where = {"item_id": item_id, "output_index": len(self._output), "content_index": 0}
+        if kind == "reasoning":
+            item = reasoning_item(item_id, text)
+            done = self._event("response.reasoning_text.done", **where, text=text)
+        else:
+            item = message_item(item_id, text)
+            done = self._event("response.output_text.done", **where, text=text, logprobs=[])
+        part = self._event("response.content_part.done", **where, part=item["content"][0])
+        finished = self._event("response.output_item.done", output_index=len(self._output), item=item)
+        self._output.append(item)
+        return [done, part, finished]

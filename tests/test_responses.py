@@ -1,0 +1,164 @@
+"""OpenAI's Responses API (/v1/responses), driven by the official openai SDK: the chat route's answer as output
+items, whole and streamed (the SDK's own stream accumulator checks the events), tool calls and their round trip,
+reasoning items, JSON formats, and what it refuses."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from typing import Any
+
+import openai
+import pytest
+from test_tool_calls import HERMES, QUESTION, TIME, WEATHER
+
+from turbosparse.server.responses import ResponsesRequest
+
+TOOLS = [{"type": "function", **tool["function"]} for tool in (WEATHER, TIME)]
+
+
+def _client(path: Any, template: str | None = None) -> Any:
+    from fastapi.testclient import TestClient
+
+    from turbosparse.server.app import create_app
+    from turbosparse.server.config import ServerConfig
+
+    return TestClient(create_app(ServerConfig(str(path), n_ctx=1024, n_threads=2, chat_template=template)))
+
+
+def _ready(client: Any) -> openai.OpenAI:
+    deadline = time.monotonic() + 120
+    while client.get("/health").status_code != 200 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return openai.OpenAI(base_url="http://testserver/v1", api_key="none", http_client=client, max_retries=0)
+
+
+def streamed(sdk: openai.OpenAI, kinds: list[tuple[str, int]] | None = None, **options: Any) -> Any:
+    """The response the SDK's stream accumulator builds (its final event's where the answer is incomplete: the SDK
+    gives a final response for response.completed only); kinds receives each event's type and number."""
+    with sdk.responses.stream(**options) as stream:
+        for event in stream:
+            if kinds is not None:
+                kinds.append((event.type, event.sequence_number))
+        if event.type == "response.incomplete":
+            return event.response
+        return stream.get_final_response()
+
+
+def test_a_response_is_the_chat_routes_answer_whole_and_streamed(smollm2_path: Any) -> None:
+    with _client(smollm2_path) as http:
+        sdk = _ready(http)
+        brief = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a large animal."}]
+        chat = sdk.chat.completions.create(model="x", max_tokens=12, temperature=0, messages=brief)
+        response = sdk.responses.create(model="x", instructions="Be brief.", input="Name a large animal.",
+                                        max_output_tokens=12, temperature=0)  # fmt: skip
+        assert response.output_text == chat.choices[0].message.content
+        assert (response.usage.input_tokens, response.usage.output_tokens) == (
+            chat.usage.prompt_tokens, chat.usage.completion_tokens)  # fmt: skip
+        finished = chat.choices[0].finish_reason == "stop"
+        assert response.status == ("completed" if finished else "incomplete")
+        assert (
+            response.incomplete_details is None
+            if finished
+            else response.incomplete_details.reason == "max_output_tokens"
+        )
+        assert [item.type for item in response.output] == ["message"] and response.id.startswith("resp_")
+
+        kinds: list[tuple[str, int]] = []
+        final = streamed(sdk, kinds, model="x", instructions="Be brief.", input="Name a large animal.",
+                         max_output_tokens=12, temperature=0)  # fmt: skip
+        assert final.output_text == response.output_text and final.status == response.status
+        assert [n for _, n in kinds] == list(range(len(kinds)))
+        assert [k for k, _ in kinds[:4]] == ["response.created", "response.in_progress", "response.output_item.added",
+                                             "response.content_part.added"]  # fmt: skip
+        assert kinds[-1][0] == ("response.completed" if finished else "response.incomplete")
+
+        # an earlier answer's text and a final assistant message (continued): a reasoning item where it opens a think
+        opened = [{"role": "user", "content": "Name a large animal."}, {"role": "assistant", "content": "<think>"}]
+        thinking = sdk.responses.create(model="x", max_output_tokens=24, temperature=0, input=opened)
+        assert thinking.output[0].type == "reasoning" and thinking.output[0].content[0].text, thinking
+        final = streamed(sdk, model="x", max_output_tokens=24, temperature=0, input=opened)
+        assert [i.type for i in final.output] == [i.type for i in thinking.output]
+        assert final.output[0].content[0].text == thinking.output[0].content[0].text
+
+        # JSON formats
+        schema = {
+            "type": "object",
+            "properties": {"animal": {"type": "string", "maxLength": 12}},
+            "required": ["animal"],
+        }
+        fmt = {"format": {"type": "json_schema", "name": "answer", "schema": schema, "strict": True}}
+        answer = sdk.responses.create(model="x", input="Name a large animal.", text=fmt, max_output_tokens=40,
+                                      temperature=0)  # fmt: skip
+        assert isinstance(json.loads(answer.output_text)["animal"], str)
+
+        for bad, match in [
+            ({"previous_response_id": "resp_1"}, "not stored"),
+            ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "item_reference"),
+            ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]}, "input_image"),
+            ({"input": [{"type": "function_call", "name": "f"}]}, "call_id"),
+            ({"tools": [{"type": "custom", "name": "f"}]}, "function tools are supported"),
+            ({"temperature": -1}, "temperature"),
+        ]:
+            reply = http.post("/v1/responses", json={"input": "Hi", **bad})
+            assert reply.status_code == 400 and re.search(match, reply.json()["error"]["message"]), reply.text
+
+
+def test_responses_call_tools_as_the_chat_route(smollm2_path: Any) -> None:
+    with _client(smollm2_path, HERMES) as http:
+        sdk = _ready(http)
+        chat = sdk.chat.completions.create(model="x", messages=QUESTION, tools=[WEATHER, TIME], tool_choice="required",
+                                           parallel_tool_calls=False, max_tokens=60, temperature=0)  # fmt: skip
+        expected = [(c.function.name, json.loads(c.function.arguments)) for c in chat.choices[0].message.tool_calls]
+        options = {"model": "x", "input": QUESTION, "tools": TOOLS, "tool_choice": "required",
+                   "parallel_tool_calls": False, "max_output_tokens": 60, "temperature": 0}  # fmt: skip
+        response = sdk.responses.create(**options)
+        calls = [item for item in response.output if item.type == "function_call"]
+        assert [(c.name, json.loads(c.arguments)) for c in calls] == expected and response.status == "completed"
+        assert all(len(c.call_id) == 9 and c.call_id.isalnum() for c in calls)  # the chat route's ids
+        final = streamed(sdk, **options)
+        assert [(i.name, json.loads(i.arguments)) for i in final.output if i.type == "function_call"] == expected
+        named = sdk.responses.create(**{**options, "tool_choice": {"type": "function", "name": "get_time"}})
+        assert [i.name for i in named.output if i.type == "function_call"] == ["get_time"]
+
+        # the call and its output sent back: the chat route's history, the hosted tools dropped
+        call = calls[0]
+        history = [*QUESTION, {"type": "function_call", "call_id": call.call_id, "name": call.name,
+                               "arguments": call.arguments}, {"type": "function_call_output", "call_id": call.call_id,
+                                                              "output": "Sunny"}]  # fmt: skip
+        chat_history = [*QUESTION, {"role": "assistant", "content": "", "tool_calls": [
+            {"id": call.call_id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}]},
+            {"role": "tool", "tool_call_id": call.call_id, "content": "Sunny"}]  # fmt: skip
+        again = sdk.responses.create(model="x", input=history, tools=[*TOOLS, {"type": "web_search"}],
+                                     max_output_tokens=1)  # fmt: skip
+        chat = sdk.chat.completions.create(model="x", messages=chat_history, tools=[WEATHER, TIME], max_tokens=1)
+        assert again.usage.input_tokens == chat.usage.prompt_tokens
+
+
+def test_input_items_become_chat_messages() -> None:
+    """Calls join the assistant message before them, their outputs are tool messages, reasoning items the next
+    assistant message's reasoning; messages without a type are messages."""
+    request = ResponsesRequest.model_validate({"instructions": "Be brief.", "input": [
+        {"role": "user", "content": [{"type": "input_text", "text": "Time?"}]},
+        {"type": "reasoning", "summary": [{"type": "summary_text", "text": "A tool."}]},
+        {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Looking."}]},
+        {"type": "function_call", "call_id": "abcdefghi", "name": "get_time", "arguments": "{}"},
+        {"type": "function_call", "call_id": "jklmnopqr", "name": "get_date", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "abcdefghi", "output": "12:00"},
+        {"type": "function_call_output", "call_id": "jklmnopqr", "output": [{"type": "input_text", "text": "May"}]},
+        {"type": "function_call", "call_id": "stuvwxyz1", "name": "get_time", "arguments": "{}"},
+    ]})  # fmt: skip
+    call = {"type": "function", "function": {"name": "get_time", "arguments": "{}"}}
+    date = {"type": "function", "function": {"name": "get_date", "arguments": "{}"}}
+    assert request.messages() == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Time?"},
+        {"role": "assistant", "content": "Looking.", "reasoning_content": "A tool.", "tool_calls": [
+            {"id": "abcdefghi", **call}, {"id": "jklmnopqr", **date}]},
+        {"role": "tool", "tool_call_id": "abcdefghi", "content": "12:00"},
+        {"role": "tool", "tool_call_id": "jklmnopqr", "content": "May"},
+        {"role": "assistant", "content": "", "tool_calls": [{"id": "stuvwxyz1", **call}]},
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match=r"input item 0\.message\.role"):
+        ResponsesRequest.model_validate({"input": [{"role": "wizard", "content": "x"}]})
