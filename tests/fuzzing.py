@@ -698,6 +698,19 @@ ROUTE_KEYS = {
         "cache_prompt",
         *SAMPLING_KEYS,
     ],
+    "/v1/responses": [
+        "input",
+        "instructions",
+        "max_output_tokens",
+        "temperature",
+        "top_p",
+        "stream",
+        "tools",
+        "tool_choice",
+        "text",
+        "previous_response_id",
+        "model",
+    ],
     "/infill": ["input_prefix", "input_suffix", "input_extra", "prompt", "n_predict", *SAMPLING_KEYS],
     "/v1/messages": [
         "messages",
@@ -722,8 +735,29 @@ PLAUSIBLE: dict[str, list[object]] = {  # values of the right type, edges among 
     "input_prefix": [*TEXTS, [1, "x"], [49152]],
     "input_suffix": [*TEXTS, [2], []],
     "input_extra": [[{"text": "a", "filename": "b.py"}], [{"filename": "b"}], [{"text": 3}], ["x"]],
+    "input": [
+        "Hi",
+        "",
+        [
+            {"type": "function_call", "call_id": "abcdefghi", "name": "f", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "abcdefghi", "output": "1"},
+        ],
+        [
+            {"type": "reasoning", "summary": [{"type": "summary_text", "text": "x"}]},
+            {"role": "assistant", "content": ""},
+        ],
+        [{"type": "item_reference", "id": "x"}],
+        [{"role": "user", "content": [{"type": "input_image"}]}],
+    ],
+    "text": [  # a part's text, and the Responses API's text.format
+        *TEXTS,
+        {"format": {"type": "json_object"}},
+        {"format": {"type": "json_schema", "schema": {"type": "integer"}}},
+        {"format": {"type": "json_schema"}},
+        {"format": "x"},
+        {"format": {"type": "text"}},
+    ],
     "content": TEXTS,
-    "text": TEXTS,
     "stop": [*TEXTS, ["\n"], ["a"] * 16, ["a"] * 17],
     "max_tokens": [0, 1, 4, None, 1000],
     "max_completion_tokens": [0, 2, None],
@@ -805,14 +839,15 @@ def _request_value(rng: np.random.Generator, raw: list[str], key: str) -> object
     return pick(rng, PLAUSIBLE[key] if draw < 0.6 and key in PLAUSIBLE else REQUEST_VALUES)
 
 
-def _reshape_messages(body: dict, rng: np.random.Generator, raw: list[str]) -> str:
-    messages = body.setdefault("messages", [{"role": "user", "content": "Hi"}])
+def _reshape_messages(body: dict, rng: np.random.Generator, raw: list[str], key: str = "messages") -> str:
+    """The messages (under key: the Responses API's "input") reshaped: a field, the parts, blocks, one more."""
+    messages = body.setdefault(key, [{"role": "user", "content": "Hi"}])
     if not isinstance(messages, list) or not messages or not isinstance(messages[0], dict):
-        body["messages"] = messages = [{"role": "user", "content": "Hi"}]
+        body[key] = messages = [{"role": "user", "content": "Hi"}]
     what = str(pick(rng, ["role", "content", "name", "parts", "blocks", "more"]))
     if what == "parts":
         messages[0]["content"] = [
-            {"type": pick(rng, ["text", "image_url", 3]), "text": _request_value(rng, raw, "text")}
+            {"type": pick(rng, ["text", "input_text", "image_url", 3]), "text": _request_value(rng, raw, "text")}
         ]
     elif what == "blocks":  # Anthropic's: a call and its result, in either role
         call = {"type": "tool_use", "id": "abcdefghi", "name": "f", "input": _request_value(rng, raw, "input")}
@@ -823,7 +858,7 @@ def _reshape_messages(body: dict, rng: np.random.Generator, raw: list[str]) -> s
         messages.append({"role": pick(rng, ROLES), "content": _request_value(rng, raw, "content")})
     else:
         messages[0][what] = pick(rng, ROLES) if what == "role" else _request_value(rng, raw, what)
-    return f"messages[0].{what}" if what not in ("more", "blocks") else f"messages: {what}"
+    return f"{key}[0].{what}" if what not in ("more", "blocks") else f"{key}: {what}"
 
 
 def server_request(rng: np.random.Generator) -> tuple[str, bytes, list[str]]:
@@ -837,6 +872,7 @@ def server_request(rng: np.random.Generator) -> tuple[str, bytes, list[str]]:
         "/detokenize": {"tokens": [1, 2, 3]},
         "/completion": {"prompt": pick(rng, ["The capital of France is", [1, "x", 3]]), "n_predict": small},
         "/v1/messages": {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": small + 1},
+        "/v1/responses": {"input": [{"role": "user", "content": "Hi"}], "max_output_tokens": small + 1},
         "/infill": {
             "input_prefix": "def f(",
             "input_suffix": "):",
@@ -847,6 +883,7 @@ def server_request(rng: np.random.Generator) -> tuple[str, bytes, list[str]]:
     if route.startswith("/v1/") or route in (
         "/completion",
         "/infill",
+        "/v1/responses",
     ):  # a fixed seed: a replayed case samples the same tokens
         body.update(stream=bool(rng.integers(0, 2)), seed=1)
     raw: list[str] = []
@@ -854,8 +891,8 @@ def server_request(rng: np.random.Generator) -> tuple[str, bytes, list[str]]:
     for _ in range(int(rng.integers(1, 4))):
         key = str(pick(rng, ROUTE_KEYS[route]))
         choice = rng.random()
-        if route in ("/v1/chat/completions", "/v1/messages") and choice < 0.3:
-            done.append(_reshape_messages(body, rng, raw))
+        if route in ("/v1/chat/completions", "/v1/messages", "/v1/responses") and choice < 0.3:
+            done.append(_reshape_messages(body, rng, raw, "input" if route == "/v1/responses" else "messages"))
         elif choice < 0.45 and key in body:
             del body[key]
             done.append(f"{key} dropped")
