@@ -656,6 +656,21 @@ def assert_anthropic_error(status: int, body: Any, expected: int) -> None:
     assert body["error"]["message"] and body["error"]["type"] == kind and body["error"]["code"] == expected
 
 
+def test_llama_servers_route_aliases(server: Server) -> None:
+    """The paths llama-server also answers, for clients given a base URL without /v1."""
+    assert server.request("GET", "/v1/health", key=None)[0] == 200
+    assert server.request("GET", "/models") == server.request("GET", "/v1/models")
+    body = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4, "temperature": 0}
+    status, answer = server.request("POST", "/chat/completions", body)
+    assert status == 200, answer
+    assert (
+        answer["choices"][0]["message"]
+        == server.request("POST", "/v1/chat/completions", body)[1]["choices"][0]["message"]
+    )
+    status, response = server.request("POST", "/responses", {"input": "Hi", "max_output_tokens": 4})
+    assert status == 200 and response["object"] == "response", response
+
+
 def test_the_api_key_is_required(server: Server) -> None:
     for key in (None, "sk-wrong"):
         status, body = server.request("POST", "/v1/completions", {"prompt": "Hi", "max_tokens": 2}, key=key)

@@ -72,7 +72,7 @@ logger = logging.getLogger(__name__)
 
 _CANCELLED = Event(error="cancelled: the client went away")
 CLIENT_CLOSED = 499  # nginx's status for a request whose client left before the answer
-PUBLIC_PATHS = ("/health", "/metrics")  # answered without the API key, as llama-server does
+PUBLIC_PATHS = ("/health", "/v1/health", "/metrics")  # answered without the API key, as llama-server does
 
 
 class APIKeyCheck:
@@ -182,6 +182,7 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
         return state.model, state.engine
 
     @app.get("/health")
+    @app.get("/v1/health")
     async def health() -> JSONResponse:
         ready()
         return JSONResponse({"status": "ok"})
@@ -192,6 +193,7 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
         return PlainTextResponse(render(collect(engine, model)), media_type="text/plain; version=0.0.4")
 
     @app.get("/v1/models")
+    @app.get("/models")
     async def models() -> JSONResponse:
         model, _ = ready()
         meta = {
@@ -443,6 +445,7 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
         )
 
     @app.post("/v1/chat/completions")
+    @app.post("/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
         model, engine = ready()
         tokens, tool_use, reasoning = chat_setup(model, body)
@@ -511,6 +514,7 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
         return JSONResponse(anthropic.message(message_id, config.model_name, blocks, gen))
 
     @app.post("/v1/responses")
+    @app.post("/responses")
     async def create_response(body: responses.ResponsesRequest, request: Request) -> Response:
         """OpenAI's Responses API over the chat route's prompt, sampling and tool calls (responses.py)."""
         model, engine = ready()
