@@ -281,15 +281,17 @@ def test_serve_reads_llama_servers_environment_variables(tmp_path, monkeypatch) 
     out = turbosparse("serve", "--help")
     assert "(env: LLAMA_ARG_CTX_SIZE)" in " ".join(out.stdout.split()), out.stdout
     for name, value, message in [("LLAMA_ARG_CTX_SIZE", "big", "LLAMA_ARG_CTX_SIZE='big': not a value --ctx-size"),
-                                 ("LLAMA_ARG_EMBEDDINGS", "yes", "--embeddings is a switch"),
                                  ("LLAMA_ARG_THINK", "always", "--reasoning-format takes one of"),
                                  ("LLAMA_CHAT_TEMPLATE_KWARGS", "[1]", "a JSON object is expected")]:  # fmt: skip
         with monkeypatch.context() as patch:
             patch.setenv(name, value)
             with pytest.raises(InvalidArgumentError, match=re.escape(message)):
                 parsed()
-    monkeypatch.setenv("LLAMA_ARG_EMBEDDINGS", "0")
-    assert parsed().embeddings is False
+    for off in ("0", "", "yes"):  # as llama.cpp: a switch is on only where its value says so
+        monkeypatch.setenv("LLAMA_ARG_EMBEDDINGS", off)
+        assert parsed().embeddings is False
+    monkeypatch.setenv("LLAMA_ARG_THREADS", "-1")  # llama.cpp's "as many as the machine has": the default
+    assert parsed().threads is None and parsed("-t", "0").threads is None and parsed("-t", "3").threads == 3
     # in the command itself: the model and the slots from the environment
     bad = tmp_path / "bad.gguf"
     bad.write_bytes(b"not a gguf file" * 100)

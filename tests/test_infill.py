@@ -78,6 +78,13 @@ def test_the_prompt_surrounds_the_cursor_with_the_fim_tokens(fim_paths: tuple[Pa
     ]
     context = context[-(200 - 64 - 16) :]
     assert tokens == [*context, PRE, *long[-48:], *[9] * 10, SUF, *long[:4], MID]
+    # always within the slot, one token of room left: a batch wider than the slot counts as the slot (75 / 13 of it),
+    # then the prefix's start is cut (2 tokens), the other files get nothing
+    tokens = infill_tokens(plain, long, long, [ExtraFile("word " * 100)], [9] * 10, n_batch=512, n_ctx=100, n_predict=0)
+    assert tokens == [PRE, *long[-73:], *[9] * 10, SUF, *long[:13], MID] and len(tokens) == 99
+    # with the BOS counted (the repository vocabulary adds one)
+    tokens = infill_tokens(repo, long, long, [ExtraFile("word " * 100)], [], n_batch=512, n_ctx=100, n_predict=0)
+    assert len(tokens) == 99 and tokens[:2] == [repo.bos, PRE] and tokens[-1] == MID
     with pytest.raises(InfillNotSupportedError, match="no fill-in-the-middle prefix / suffix / middle token"):
         infill_tokens(Tokenizer(str(smollm2_path)), prefix, suffix, [], [], **sizes)
 
@@ -168,6 +175,22 @@ def test_a_completions_suffix_fills_the_middle(fim_paths: tuple[Path, Path], smo
         ids = client.post("/v1/completions", json={**body, "prompt": tokenizer.tokenize(prefix, add_bos=False)})
         assert ids.json()["choices"][0]["text"] == same["content"], ids.text
         assert client.post("/v1/completions", json={**body, "echo": True}).status_code == 400
+    # a token-id prompt's BOS is the prompt's, not the prefix's; --spm-infill puts the suffix's part first
+    from fastapi.testclient import TestClient
+
+    from turbosparse.server.app import create_app
+    from turbosparse.server.config import ServerConfig
+
+    repo = Tokenizer(str(fim_paths[1]))
+    prefix_ids, suffix_ids = repo.tokenize(prefix, add_bos=False), repo.tokenize(suffix, add_bos=False)
+    with TestClient(create_app(ServerConfig(str(fim_paths[1]), n_ctx=256, n_threads=2, spm_infill=True))) as client:
+        _ready(client)
+        ids = {**body, "prompt": [repo.bos, *prefix_ids], "max_tokens": 1, "logprobs": 0}
+        reply = client.post("/v1/completions", json=ids).json()
+        assert reply["usage"]["prompt_tokens"] == 4 + len(prefix_ids) + len(suffix_ids), reply
+        same = client.post("/completion", json={"prompt": [repo.bos, SUF, *suffix_ids, PRE, *prefix_ids, MID],
+                                                "n_predict": 1, "temperature": 0}).json()  # fmt: skip
+        assert reply["choices"][0]["text"] == same["content"]
     llm = Llama(model_path=str(fim_paths[0]), n_ctx=256, n_threads=2, verbose=False)
     reply = llm.create_completion(prefix, suffix=suffix, max_tokens=10, temperature=0)
     assert reply["choices"][0]["text"] == same["content"] and reply["usage"]["prompt_tokens"] == len(fim_prompt)
@@ -175,6 +198,7 @@ def test_a_completions_suffix_fills_the_middle(fim_paths: tuple[Path, Path], smo
         llm.create_completion(prefix, suffix=suffix, echo=True)
     llm.close()
     spm = Llama(model_path=str(fim_paths[0]), n_ctx=256, n_threads=2, verbose=False, spm_infill=True)
+    assert spm.spm_infill is True  # llama_cpp's attribute
     spm.create_completion(prefix, suffix=suffix, max_tokens=1)
     assert spm._input_ids[0] == SUF  # the suffix's part first
     spm.close()

@@ -6,8 +6,10 @@ cursor around the vocabulary's FIM tokens, with other files' text as context bef
 The other files are written as the repo-level pattern of Qwen2.5-Coder (arXiv 2409.12186) where the vocabulary has
 its repository and file separator tokens, else each after a "--- snippet ---" line. As llama-server sizes them: the
 prefix keeps its last tokens up to 3/4 of a batch, the suffix its first up to the quarter left beside the prompt, the
-other files' text the context left beside a batch and twice the answer's tokens (their last tokens). llama-server
-puts the other files before the BOS; here the BOS comes first, where a model saw it in training."""
+other files' text the context left beside a batch and twice the answer's tokens (their last tokens). Unlike
+llama-server: the answer's tokens are the request's n_predict (llama-server's are the server's -n), the whole prompt
+is kept within the slot (llama-server's can overflow it), and the BOS comes first, where a model saw it in training
+(llama-server puts the other files before it)."""
 
 from __future__ import annotations
 
@@ -70,8 +72,11 @@ def infill_tokens(
     n_predict: int,
     suffix_first: bool = False,
 ) -> list[int]:
-    """The prompt filling the middle between prefix and suffix (token ids, no BOS), prompt written after the prefix,
-    other files' text before them (fim_tokens' errors; suffix_first as there)."""
+    """The prompt filling the middle between prefix and suffix (token ids; BOS first where the vocabulary adds one),
+    prompt written after the prefix, other files' text before them (fim_tokens' errors; suffix_first as there). It
+    fits the slot with room for one token at least: a batch wider than the slot counts as the slot, the other files'
+    text takes what the prefix, suffix and prompt leave, and where they alone overflow, the prefix's start and then
+    the suffix's end are cut."""
     if not has_fim(tokenizer):
         return fim_tokens(tokenizer, prefix, suffix)  # the error naming what is missing
     fim = tokenizer.fim
@@ -85,9 +90,15 @@ def infill_tokens(
         context += text(file.text)
     if fim.separator is not None:
         context += [fim.separator, *text(CURRENT_FILE)]
+    n_batch = min(n_batch, n_ctx)
     n_prefix = min(len(prefix), 3 * (n_batch // 4))
     n_suffix = min(len(suffix), max(0, n_batch // 4 - (2 + len(prompt))))
-    n_context = min(len(context), max(0, n_ctx - n_batch - 2 * max(n_predict, 0)))
+    fixed = len(prompt) + 3 + int(tokenizer.adds_bos)  # with the three FIM tokens and the BOS
+    overflow = fixed + n_prefix + n_suffix + 1 - n_ctx  # one token of room at least
+    cut = min(max(overflow, 0), n_prefix)
+    n_prefix, n_suffix = n_prefix - cut, max(0, n_suffix - max(overflow - cut, 0))
+    room = n_ctx - 1 - (fixed + n_prefix + n_suffix)
+    n_context = min(len(context), max(0, min(n_ctx - n_batch - 2 * max(n_predict, 0), room)))
     return fim_tokens(
         tokenizer,
         [*prefix[len(prefix) - n_prefix :], *prompt],

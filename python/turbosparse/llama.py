@@ -9,9 +9,9 @@ criteria there and in the completion methods; tokenizer(); save_state / load_sta
 LlamaRAMCache and LlamaDiskCache work as they are); from_pretrained (huggingface-hub); pickling;
 create_chat_completion_openai_v1; a completion's suffix fills the middle between the prompt and it where the
 vocabulary has FIM tokens (infill.py; llama_cpp 0.3.36 writes token 0 where each FIM token belongs), else is appended
-to the text (llama_cpp's documented meaning). Not supported (a ValueError says so when asked for): typical_p, tfs_z,
-mirostat, chat formats other than the file's template and "chatml", GPU offload (n_gpu_layers is accepted and
-ignored: the engine runs on the CPU)."""
+to a whole answer's text (llama_cpp's documented meaning; streamed, it is left out, as llama_cpp's code leaves it).
+Not supported (a ValueError says so when asked for): typical_p, tfs_z, mirostat, chat formats other than the file's
+template and "chatml", GPU offload (n_gpu_layers is accepted and ignored: the engine runs on the CPU)."""
 
 from __future__ import annotations
 
@@ -286,7 +286,7 @@ class Llama:
         self._seed = seed
         self.last_n_tokens_size = last_n_tokens_size  # the penalties' window, as llama_cpp's
         self._logits_all = logits_all
-        self._spm_infill = spm_infill  # a suffix's fill-in-the-middle prompt puts the suffix first
+        self.spm_infill = spm_infill  # a suffix's fill-in-the-middle prompt puts the suffix first (llama_cpp's name)
         self._model = Model(
             model_path,
             n_threads=n_threads if n_threads is not None else n_threads_batch,
@@ -853,7 +853,7 @@ class Llama:
         if fill_in and suffix is not None:
             before = tokenizer.tokenize(prompt, add_bos=False) if isinstance(prompt, str) else tokens
             after = tokenizer.tokenize(suffix, add_bos=False)
-            tokens = fim_tokens(tokenizer, before, after, suffix_first=self._spm_infill)
+            tokens = fim_tokens(tokenizer, before, after, suffix_first=self.spm_infill)
         sampling = self._sampling(
             temperature=temperature,
             top_k=top_k,

@@ -6,12 +6,14 @@ LLAMA_ARG_CHAT_TEMPLATE_FILE) is not read."""
 from __future__ import annotations
 
 import argparse
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from turbosparse.errors import InvalidArgumentError
 
+logger = logging.getLogger(__name__)
 # flag (argparse dest) -> llama-server's variable
 LLAMA_SERVER_VARIABLES = {
     "model": "LLAMA_ARG_MODEL",
@@ -76,7 +78,8 @@ def take_environment(parser: argparse.ArgumentParser, environ: Mapping[str, str]
 
 def resolve_environment(args: argparse.Namespace) -> None:
     """Each flag args holds a FromEnvironment for set to its variable's value (InvalidArgumentError naming the
-    variable for a value the flag would refuse), or to its own default where a flag it excludes was given."""
+    variable for a value the flag's type or choices refuse; a switch is off unless its value turns it on, as in
+    llama.cpp), or to its own default where a flag it excludes was given."""
     given = {dest for dest, value in vars(args).items() if not isinstance(value, FromEnvironment)}
     for dest, value in list(vars(args).items()):
         if isinstance(value, FromEnvironment):
@@ -87,12 +90,11 @@ def resolve_environment(args: argparse.Namespace) -> None:
 def _value(source: FromEnvironment) -> Any:
     action, text = source.action, source.text
     flag = action.option_strings[-1]
-    if isinstance(action, argparse._StoreTrueAction):
-        if text.strip().lower() not in _TRUE + _FALSE:
-            raise InvalidArgumentError(
-                f"{source.variable}={text!r}: {flag} is a switch, one of {', '.join(_TRUE + _FALSE)} is expected"
-            )
-        return text.strip().lower() in _TRUE
+    if isinstance(action, argparse._StoreTrueAction):  # as llama.cpp: on where the value says so, else off
+        value = text.strip().lower()
+        if value not in _TRUE + _FALSE:
+            logger.warning("%s=%r: %s is a switch (%s turn it on): off", source.variable, text, flag, "/".join(_TRUE))
+        return value in _TRUE
     try:
         value = action.type(text) if action.type is not None else text
     except (argparse.ArgumentTypeError, TypeError, ValueError) as exc:

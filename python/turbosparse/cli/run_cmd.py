@@ -25,7 +25,10 @@ from turbosparse.sampling import SamplingParams
 def add_model_args(p: argparse.ArgumentParser) -> None:
     """Flags shared by the commands that load a model."""
     p.add_argument("-m", "--model", required=True, help="GGUF file, or 'default' for the README's default model")
-    p.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: all cores, at most 8)")
+    p.add_argument(
+        "-t", "--threads", type=thread_count, default=None,
+        help="CPU threads (default, or 0 / -1 as llama.cpp takes them: all cores, at most 8)",
+    )  # fmt: skip
     p.add_argument("-c", "--ctx-size", type=int, default=4096, help="context length in tokens (0 = the model's)")
     p.add_argument("-b", "--batch-size", type=int, default=512, help="tokens per prompt-evaluation batch")
     p.add_argument(
@@ -103,6 +106,12 @@ def add_chat_template_args(p: argparse.ArgumentParser) -> None:
         help="variables for the Jinja2 chat template, as llama-server's: '{\"enable_thinking\": false}' turns "
         "Qwen3's thinking off",
     )
+
+
+def thread_count(text: str) -> int | None:
+    """-t's value: a count, or (0 or below, llama.cpp's "as many as the machine has") None, the default."""
+    count = int(text)
+    return count if count > 0 else None
 
 
 def json_object(text: str) -> dict[str, object]:

@@ -289,9 +289,11 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
             text = body.prompt if isinstance(body.prompt, str) else str(body.prompt[0])
             tokens = model.tokenize(text, special=True)
         if body.suffix:  # OpenAI's insertion: the prompt (a text as plain text) before the middle, the suffix after
-            prefix = tokens if ids else model.tokenize(text, add_bos=False)
+            bos = model.tokenizer.bos if model.tokenizer.adds_bos else None
+            prefix = (tokens[1:] if tokens[:1] == [bos] else tokens) if ids else model.tokenize(text, add_bos=False)
+            suffix = model.tokenize(body.suffix, add_bos=False)
             try:
-                tokens = fim_tokens(model.tokenizer, prefix, model.tokenize(body.suffix, add_bos=False))
+                tokens = fim_tokens(model.tokenizer, prefix, suffix, suffix_first=config.spm_infill)
             except InfillNotSupportedError as exc:
                 raise APIError(400, f"suffix: {exc}", param="suffix") from None
         n_top = body.logprobs
