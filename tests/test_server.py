@@ -21,6 +21,7 @@ import pytest
 from anthropic_stream import anthropic_events, streamed_blocks
 
 API_KEY = "sk-turbosparse-test"
+SECOND_KEY = "sk-second"  # llama-server's --api-key takes several, separated by commas
 SLOTS = 3
 SLOT_CTX = 512
 QUEUE = 3
@@ -68,7 +69,7 @@ class Server:
 def server(smollm2_path, tmp_path_factory) -> Iterator[Server]:
     port = free_port()
     args = ["-m", str(smollm2_path), "--port", str(port), "-t", "2", "-c", str(SLOTS * SLOT_CTX),
-            "--parallel", str(SLOTS), "--queue-size", str(QUEUE), "--api-key", API_KEY,
+            "--parallel", str(SLOTS), "--queue-size", str(QUEUE), "--api-key", f"{API_KEY}, {SECOND_KEY}",
             "--slot-save-path", str(tmp_path_factory.mktemp("slots"))]  # fmt: skip
     process = subprocess.Popen(
         [sys.executable, "-m", "turbosparse", "serve", *args],
@@ -672,6 +673,7 @@ def test_llama_servers_route_aliases(server: Server) -> None:
 
 
 def test_the_api_key_is_required(server: Server) -> None:
+    assert server.request("GET", "/v1/models", key=SECOND_KEY)[0] == 200
     for key in (None, "sk-wrong"):
         status, body = server.request("POST", "/v1/completions", {"prompt": "Hi", "max_tokens": 2}, key=key)
         assert_error(status, body, 401)

@@ -33,7 +33,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "tokens (default 1)",
     )  # fmt: skip
     p.add_argument("--queue-size", type=int, default=64, help="requests that may wait for a slot; more get 503")
-    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (default: no key)")
+    p.add_argument(
+        "--api-key",
+        default=None,
+        help="require 'Authorization: Bearer KEY' (or x-api-key: KEY); several keys separated by commas "
+        "(default: no key)",
+    )
     p.add_argument("-a", "--alias", default=None, help="the model name clients see (default: the file name)")
     add_chat_template_args(p)
     p.add_argument(

@@ -82,14 +82,15 @@ class APIKeyCheck:
 
     def __init__(self, app: ASGIApp, *, api_key: str) -> None:
         self.app = app
-        self.api_key = api_key.encode()
+        self.api_keys = [key.strip().encode() for key in api_key.split(",") if key.strip()]  # llama-server's list
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] not in PUBLIC_PATHS:
             headers = Headers(scope=scope)
             scheme, _, key = headers.get("authorization", "").partition(" ")
             key = key if scheme.lower() == "bearer" else headers.get("x-api-key", "")
-            if not secrets.compare_digest(key.strip().encode(), self.api_key):
+            given = key.strip().encode()
+            if not any([secrets.compare_digest(given, known) for known in self.api_keys]):  # each compared, in time
                 error = APIError(
                     401, "invalid or missing API key (send Authorization: Bearer <key>, or x-api-key: <key>)"
                 )

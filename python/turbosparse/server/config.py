@@ -29,7 +29,7 @@ class ServerConfig:
     flash_attn: bool = False  # Model(flash_attn=...): llama-server's -fa
     type_k: str = "f16"  # Model(type_k=...), type_v: the KV cache's types (llama-server's -ctk, -ctv)
     type_v: str = "f16"
-    api_key: str | None = None  # clients must send "Authorization: Bearer <api_key>"
+    api_key: str | None = None  # clients must send "Authorization: Bearer <key>", a key of this comma-separated list
     chat_template: str | None = None  # replaces the file's tokenizer.chat_template: Jinja2, or a built-in's name
     # variables for every chat prompt's template (a request's chat_template_kwargs are added over them)
     chat_template_kwargs: dict[str, object] = field(default_factory=dict)
@@ -48,6 +48,8 @@ class ServerConfig:
             raise InvalidArgumentError(f"--queue-size must be >= 0, got {self.queue_size}")
         if not 0 <= self.port <= 65535:
             raise InvalidArgumentError(f"--port must be 0-65535, got {self.port}")
+        if self.api_key is not None and not self.api_key.replace(",", "").strip():
+            raise InvalidArgumentError("--api-key holds no key (one, or several separated by commas)")
         try:
             checked_variables(self.chat_template_kwargs)
         except ChatTemplateError as exc:
