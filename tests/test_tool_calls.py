@@ -199,13 +199,22 @@ def test_an_answer_that_ran_out_of_tokens_keeps_the_calls_it_completed() -> None
     held = HeldToolCalls(syntax, NAMES)
     assert held.feed(answer) == "Sure."
     assert held.finish(cut=True) == ("", [PARIS])
+    # a call cut short is not content, whole or streamed: the text from its start marker is dropped
+    cut_short = 'Let me check.\n<tool_call>\n{"name": "get_weather", "argu'
+    auto = ToolUse([WEATHER], ToolChoice("auto"), syntax, parallel=True)
+    assert auto.read(cut_short, cut=True) == ("Let me check.", [])
+    assert auto.read(cut_short) == (cut_short, [])  # an answer that ended there: its text, as written
+    for ending in ("<tool_c", ""):  # also inside the marker; an answer without one is all content
+        held = auto.held()
+        assert held is not None and held.feed("Let me check.\n" + ending) == "Let me check."
+        assert held.finish(cut=True) == ("" if ending else "\n", [])
     # a held answer's prefill (the marker the prompt ends with) is never content, cut short or not
     use = ToolUse([WEATHER], ToolChoice("required"), syntax, parallel=True)
     assert use.read('{"name": "get_weather", "arguments": {"city": "Paris"}}') == ("", [PARIS])
-    assert use.read('{"name": "get_weather", "argu', cut=True) == ('{"name": "get_weather", "argu', [])
+    assert use.read('{"name": "get_weather", "argu', cut=True) == ("", [])
     held = use.held()
     assert held is not None and held.feed('{"name": "get_weather", "argu') == ""
-    assert held.finish(cut=True) == ('{"name": "get_weather", "argu', [])
+    assert held.finish(cut=True) == ("", [])
     one = ToolUse([WEATHER], ToolChoice("auto"), syntax, parallel=False)  # parallel_tool_calls: false
     assert one.read(answer.replace('"Ro', '"Rome"}}'))[1] == [PARIS]
 

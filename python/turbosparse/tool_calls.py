@@ -124,6 +124,17 @@ class ToolCallSyntax:
                 yield at, found[0]
             at = text.find(marker[0], at + 1)
 
+    def call_start(self, text: str) -> int | None:
+        """Where the text's first call starts, whole or cut short (inside its start marker too; with no marker, an
+        answer that opens as a call); None where none does."""
+        marker = self.start.strip()
+        if not marker:
+            return len(text) - len(text.lstrip()) if self.opens(text) else None
+        at = text.find(marker[0])
+        while at >= 0 and _match_loose(text, at, marker) is None:
+            at = text.find(marker[0], at + 1)
+        return at if at >= 0 else None
+
     def opens(self, text: str) -> bool:
         """With no start marker: whether an answer that begins as text may be calls."""
         return text.lstrip().startswith("{") or self.name_key is None
@@ -518,11 +529,13 @@ class HeldToolCalls:
         return len(self._text)
 
     def finish(self, *, cut: bool = False) -> tuple[str, list[ToolCall]]:
-        """The content left to release, and the answer's calls (cut: as parse's)."""
+        """The content left to release, and the answer's calls (cut: as parse's; a call it cut short is not content,
+        and what is held back from where it starts is dropped)."""
         content, calls = self._syntax.parse(self._text, self._names, cut=cut)
-        if not calls:
-            return self._release(len(self._text)), []
-        return content[self._released :], calls
+        if calls:
+            return content[self._released :], calls
+        cut_call = cut and (self._calling or self._syntax.call_start(self._text[self._released :]) is not None)
+        return self._release(self._released if cut_call else len(self._text)), []
 
     def _release(self, upto: int) -> str:
         upto = max(upto, self._released)
@@ -616,11 +629,15 @@ class ToolUse:
         return frozenset(t for t in tokens if tokenizer.piece(t, special=True) != tokenizer.piece(t, special=False))
 
     def read(self, content: str, *, cut: bool = False) -> tuple[str, list[ToolCall]]:
-        """An answer's content (its text after the prefill) and calls (cut: it ran out of tokens)."""
+        """An answer's content (its text after the prefill) and calls (cut: it ran out of tokens; a call it cut
+        short, from where it starts, is not content)."""
         if self.syntax is None:
             return content, []
         text, calls = self.syntax.parse(self.prefill + content, self.names, cut=cut)
-        return (text, self.allowed(calls)) if calls else (content, [])
+        if calls:
+            return text, self.allowed(calls)
+        start = self.syntax.call_start(self.prefill + content) if cut else None
+        return (content, []) if start is None else ((self.prefill + content)[:start].rstrip()[len(self.prefill) :], [])
 
     def allowed(self, calls: list[ToolCall]) -> list[ToolCall]:
         """calls, only the first where the answer may hold one."""
