@@ -93,7 +93,16 @@ def test_a_response_is_the_chat_routes_answer_whole_and_streamed(smollm2_path: A
                                       temperature=0)  # fmt: skip
         assert isinstance(json.loads(answer.output_text)["animal"], str)
 
+        # an answer cut short: incomplete, its last item too; a thinking answer's reasoning tokens counted
+        cut = sdk.responses.create(model="x", input="Tell me a long story.", max_output_tokens=4, temperature=0)
+        assert (cut.status, cut.output[-1].status) == ("incomplete", "incomplete")
+        assert thinking.usage.output_tokens_details.reasoning_tokens > 0
+        counted = sdk.responses.input_tokens.count(model="x", instructions="Be brief.", input="Name a large animal.")
+        assert counted.input_tokens == response.usage.input_tokens
+
         for bad, match in [
+            ({"conversation": "conv_1"}, "not stored"),
+            ({"input": []}, "the input is empty"),
             ({"previous_response_id": "resp_1"}, "not stored"),
             ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "item_reference"),
             ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]}, "input_image"),
@@ -136,29 +145,70 @@ def test_responses_call_tools_as_the_chat_route(smollm2_path: Any) -> None:
         assert again.usage.input_tokens == chat.usage.prompt_tokens
 
 
+SUMMARY_A = {"type": "summary_text", "text": "A"}
+
+
 def test_input_items_become_chat_messages() -> None:
-    """Calls join the assistant message before them, their outputs are tool messages, reasoning items the next
-    assistant message's reasoning; messages without a type are messages."""
+    """An assistant's text and calls join the assistant message before them, the reasoning items just before them its
+    reasoning; call outputs are tool messages; reasoning of a turn that ended unanswered is dropped; messages without
+    a type are messages."""
     request = ResponsesRequest.model_validate({"instructions": "Be brief.", "input": [
         {"role": "user", "content": [{"type": "input_text", "text": "Time?"}]},
-        {"type": "reasoning", "summary": [{"type": "summary_text", "text": "A tool."}]},
+        {"type": "reasoning", "summary": [SUMMARY_A, {"type": "summary_text", "text": "tool."}]},
         {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Looking."}]},
+        {"type": "reasoning", "summary": [], "content": [{"type": "reasoning_text", "text": "Both."}]},
         {"type": "function_call", "call_id": "abcdefghi", "name": "get_time", "arguments": "{}"},
         {"type": "function_call", "call_id": "jklmnopqr", "name": "get_date", "arguments": "{}"},
         {"type": "function_call_output", "call_id": "abcdefghi", "output": "12:00"},
         {"type": "function_call_output", "call_id": "jklmnopqr", "output": [{"type": "input_text", "text": "May"}]},
+        {"type": "reasoning", "summary": [{"type": "summary_text", "text": "Again."}]},
         {"type": "function_call", "call_id": "stuvwxyz1", "name": "get_time", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "stuvwxyz1", "output": "12:01"},
+        {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Noon."}]},
+        {"type": "message", "role": "assistant", "content": "More later."},
+        {"type": "reasoning", "summary": [{"type": "summary_text", "text": "Unanswered."}]},
+        {"role": "user", "content": "Thanks."},
     ]})  # fmt: skip
     call = {"type": "function", "function": {"name": "get_time", "arguments": "{}"}}
     date = {"type": "function", "function": {"name": "get_date", "arguments": "{}"}}
     assert request.messages() == [
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": "Time?"},
-        {"role": "assistant", "content": "Looking.", "reasoning_content": "A tool.", "tool_calls": [
+        {"role": "assistant", "content": "Looking.", "reasoning_content": "A\n\ntool.\n\nBoth.", "tool_calls": [
             {"id": "abcdefghi", **call}, {"id": "jklmnopqr", **date}]},
         {"role": "tool", "tool_call_id": "abcdefghi", "content": "12:00"},
         {"role": "tool", "tool_call_id": "jklmnopqr", "content": "May"},
-        {"role": "assistant", "content": "", "tool_calls": [{"id": "stuvwxyz1", **call}]},
+        {"role": "assistant", "content": "", "reasoning_content": "Again.", "tool_calls": [
+            {"id": "stuvwxyz1", **call}]},
+        {"role": "tool", "tool_call_id": "stuvwxyz1", "content": "12:01"},
+        {"role": "assistant", "content": "Noon.\nMore later."},
+        {"role": "user", "content": "Thanks."},
     ]  # fmt: skip
     with pytest.raises(ValueError, match=r"input item 0\.message\.role"):
         ResponsesRequest.model_validate({"input": [{"role": "wizard", "content": "x"}]})
+    # allowed_tools keeps the tools it lists; a hosted tool's choice is "auto"; the chat completion's own fields
+    # given beside pass on; nulls are defaults
+    tools = [{"type": "function", "name": "a"}, {"type": "function", "name": "b"}]
+    allowed = {"type": "allowed_tools", "mode": "required", "tools": [{"type": "function", "name": "b"}]}
+    chat = ResponsesRequest.model_validate({"input": "x", "tools": tools, "tool_choice": allowed, "top_k": 5,
+                                            "seed": 7, "stream": None, "temperature": None}).chat()  # fmt: skip
+    assert [t["function"]["name"] for t in chat.tools] == ["b"] and chat.tool_choice == "required"
+    assert (chat.top_k, chat.seed, chat.stream, chat.temperature) == (5, 7, False, 0.8)
+    hosted = ResponsesRequest.model_validate({"input": "x", "tools": tools, "tool_choice": {"type": "web_search"}})
+    assert hosted.chat().tool_choice == "auto"
+
+
+def test_a_failed_stream_ends_with_response_failed() -> None:
+    """An error event, then response.failed with the items so far (clients wait for a final lifecycle event)."""
+    from types import SimpleNamespace
+
+    from turbosparse.server.responses import ResponseEvents, ResponseObject
+
+    request = ResponsesRequest.model_validate({"input": "x"})
+    gen = SimpleNamespace(finish_reason=None, n_prompt=3, n_cached=0, n_generated=1)
+    events = ResponseEvents(ResponseObject(request, request.chat(), "m", len), gen)  # type: ignore[arg-type]
+    sent = [*events.first(), *events.piece({"content": "Hel"}), *events.failure("the generation failed: boom")]
+    assert [e["type"] for e in sent[-2:]] == ["error", "response.failed"]
+    assert [e["sequence_number"] for e in sent] == list(range(len(sent)))
+    failed = sent[-1]["response"]
+    assert failed["status"] == "failed" and failed["error"]["message"] == "the generation failed: boom"

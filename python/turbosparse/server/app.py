@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -492,7 +492,7 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
         job, queue = await _submit(model, engine, tokens, chat, "messages", None, tools=tool_use)
         gen = job.generation
         meta = CompletionMeta.new("chatcmpl", config.model_name)
-        chunks = ChatCompletionChunks(model.tokenizer, meta, gen, reasoning, tool_use)
+        chunks = ChatCompletionChunks(model.tokenizer, meta, gen, _split_apart(reasoning), tool_use)
         message_id = anthropic.new_message_id()
         if body.stream:
             events = anthropic.MessageEvents(message_id, config.model_name, gen)
@@ -521,13 +521,17 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
     async def create_response(body: responses.ResponsesRequest, request: Request) -> Response:
         """OpenAI's Responses API over the chat route's prompt, sampling and tool calls (responses.py)."""
         model, engine = ready()
-        chat = _converted_chat(body.chat)
+        chat = _converted_chat(body.chat, RESPONSES_FIELDS)
         tokens, tool_use, reasoning = chat_setup(model, chat)
         job, queue = await _submit(model, engine, tokens, chat, "input", None, tools=tool_use)
         gen = job.generation
         meta = CompletionMeta.new("chatcmpl", config.model_name)
-        chunks = ChatCompletionChunks(model.tokenizer, meta, gen, reasoning, tool_use)
-        response = responses.ResponseObject(body, config.model_name)
+        chunks = ChatCompletionChunks(model.tokenizer, meta, gen, _split_apart(reasoning), tool_use)
+
+        def count(text: str) -> int:
+            return len(model.tokenize(text, add_bos=False))
+
+        response = responses.ResponseObject(body, chat, config.model_name, count)
         if body.stream:
             events = responses.ResponseEvents(response, gen)
 
@@ -544,7 +548,15 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
         if answer is None:
             return Response(status_code=CLIENT_CLOSED)
         content, reasoning_content, calls = chunks.message(answer, gen.finish_reason)
-        return JSONResponse(response(responses.output_items(content, reasoning_content, calls), gen))
+        cut = gen.finish_reason == "length"
+        return JSONResponse(response(responses.output_items(content, reasoning_content, calls, cut=cut), gen))
+
+    @app.post("/v1/responses/input_tokens")
+    async def count_input_tokens(body: responses.ResponsesRequest) -> JSONResponse:
+        """The tokens /v1/responses would evaluate for the same body (the openai SDK's responses.input_tokens)."""
+        model, _ = ready()
+        tokens, _, _ = chat_setup(model, _converted_chat(body.chat, RESPONSES_FIELDS))
+        return JSONResponse({"object": "response.input_tokens", "input_tokens": len(tokens)})
 
     @app.post("/v1/messages/count_tokens")
     async def count_tokens(body: anthropic.CountTokensRequest) -> JSONResponse:
@@ -555,14 +567,29 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
     return app
 
 
-def _converted_chat(convert: Callable[[], ChatCompletionRequest]) -> ChatCompletionRequest:
-    """Another API's request as a chat completion's: a 400 for what that refuses (sampling out of range, ...)."""
+# the chat completion's fields as the Responses API names them, for its errors
+RESPONSES_FIELDS = {"messages": "input", "max_tokens": "max_output_tokens", "response_format": "text.format"}
+
+
+def _converted_chat(
+    convert: Callable[[], ChatCompletionRequest], names: dict[str, str] | None = None
+) -> ChatCompletionRequest:
+    """Another API's request as a chat completion's: a 400 for what that refuses (sampling out of range, ...), its
+    field named as that API names it (names: the chat completion's field -> the API's)."""
     try:
         return convert()
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
+        loc = [str(part) for part in first["loc"]]
+        if loc and names and loc[0] in names:
+            loc[0] = names[loc[0]]
+        where = ".".join(loc)
         raise APIError(400, f"{where}: {first['msg']}", param=where) from None
+
+
+def _split_apart(reasoning: ReasoningSplit | None) -> ReasoningSplit | None:
+    """A reasoning split for an API with its own reasoning blocks: never left inline (deepseek-legacy) when streamed."""
+    return None if reasoning is None else replace(reasoning, inline_when_streamed=False)
 
 
 def _chat_prompt(model: Model, body: ChatCompletionRequest) -> tuple[list[int], ToolUse]:
@@ -789,7 +816,7 @@ def _stream(
     usage_chunk: Callable[[], dict[str, Any]] | None,
     done_marker: bool = True,
     named_events: bool = False,
-    failure: Callable[[str], dict[str, Any]] | None = None,
+    failure: Callable[[str], dict[str, Any] | list[dict[str, Any]]] | None = None,
 ) -> EventSourceResponse:
     """Server-sent events: the first chunks, the chunks of each text piece, the finishing chunks, then [DONE]
     (OpenAI's; not in llama-server's own streams: done_marker False); named_events: each event named by its chunk's
@@ -811,7 +838,8 @@ def _stream(
                 if event.error is not None:
                     message = f"the generation failed: {event.error}"
                     failed = failure(message) if failure is not None else error_body(500, message, type="server_error")
-                    yield sent(failed)[0]
+                    for out in sent(failed):
+                        yield out
                     break
                 for out in sent(piece(event.text) if event.text else None):
                     yield out

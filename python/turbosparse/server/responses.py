@@ -10,9 +10,10 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, TypeAdapter, ValidationError, field_validator
+from pydantic import Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from turbosparse.generation import Generation
 from turbosparse.server.schemas import ChatCompletionRequest, _Body
@@ -20,7 +21,25 @@ from turbosparse.tool_calls import ToolCall, new_call_id
 
 logger = logging.getLogger(__name__)
 
-HOSTED_TOOLS = ("web_search", "file_search", "code_interpreter", "image_generation", "computer_use", "mcp")
+# tools OpenAI's servers run (computer use: the computer_use_preview and computer types)
+HOSTED_TOOLS = ("web_search", "file_search", "code_interpreter", "image_generation", "computer", "mcp", "tool_search")
+# the chat completion's fields a request may also give (llama-server passes them on): sampling, seed, template
+# variables, reasoning format, ...; the ones the Responses API names otherwise are its own
+_OWN_FIELDS = {
+    "messages",
+    "max_tokens",
+    "max_completion_tokens",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "response_format",
+    "stream",
+    "stream_options",
+    "functions",
+    "function_call",
+    "logprobs",
+    "top_logprobs",
+}
 PART_TYPES = ("input_text", "output_text", "refusal")
 
 
@@ -98,7 +117,10 @@ class ReasoningItem(_Body):
     content: list[ReasoningText] | None = None
 
     def text(self) -> str:
-        return "".join(part.text for part in (self.content or self.summary))
+        """Its reasoning text, else its summary's parts (paragraphs)."""
+        if self.content:
+            return "".join(part.text for part in self.content)
+        return "\n\n".join(part.text for part in self.summary)
 
 
 InputItem = Annotated[
@@ -135,7 +157,14 @@ class ResponsesRequest(_Body):
     parallel_tool_calls: bool | None = None
     text: dict[str, Any] | None = None
     previous_response_id: str | None = None
+    conversation: Any = None
     metadata: dict[str, Any] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nulls_are_defaults(cls, data: Any) -> Any:
+        """A field sent as null takes its default, as on the chat route."""
+        return {key: value for key, value in data.items() if value is not None} if isinstance(data, dict) else data
 
     @field_validator("input", mode="before")
     @classmethod
@@ -143,6 +172,8 @@ class ResponsesRequest(_Body):
         """Items read as items (a message may leave out its type), naming the first bad one's field."""
         if not isinstance(value, list):
             return value
+        if not value:
+            raise ValueError("the input is empty")
         items = [{"type": "message", **i} if isinstance(i, dict) and "type" not in i else i for i in value]
         for i, item in enumerate(items):
             if isinstance(item, dict) and item.get("type") not in ITEM_TYPES:
@@ -174,59 +205,83 @@ class ResponsesRequest(_Body):
                 raise ValueError(f"tools[{i}] is of type {kind!r}: function tools are supported")
         return kept
 
-    @field_validator("previous_response_id")
+    @field_validator("previous_response_id", "conversation")
     @classmethod
-    def _not_stored(cls, value: str | None) -> str | None:
+    def _not_stored(cls, value: Any) -> Any:
         if value:
             raise ValueError("responses are not stored here: send the whole conversation in input")
         return value
 
     def chat(self) -> ChatCompletionRequest:
-        """The same request as a chat completion's (unset sampling fields take the server's defaults)."""
+        """The same request as a chat completion's (unset sampling fields take the server's defaults; the chat
+        completion's own fields given beside the Responses API's are passed on, as llama-server passes them)."""
+        tools, choice = self._tools_and_choice()
         fields = {
             "temperature": self.temperature,
             "top_p": self.top_p,
             "max_tokens": self.max_output_tokens,
-            "tools": [tool.chat() for tool in self.tools] if self.tools else None,
-            "tool_choice": _chat_tool_choice(self.tool_choice),
+            "tools": [tool.chat() for tool in tools] if tools else None,
+            "tool_choice": choice,
             "parallel_tool_calls": self.parallel_tool_calls,
             "response_format": _response_format(self.text),
         }
         given = {name: value for name, value in fields.items() if value is not None}
-        return ChatCompletionRequest.model_validate({"messages": self.messages(), "stream": self.stream, **given})
+        extra = {key: value for key, value in (self.model_extra or {}).items()
+                 if key in ChatCompletionRequest.model_fields and key not in _OWN_FIELDS}  # fmt: skip
+        body = {**extra, "messages": self.messages(), "stream": self.stream, **given}
+        return ChatCompletionRequest.model_validate(body)
+
+    def _tools_and_choice(self) -> tuple[list[FunctionTool], Any]:
+        """The tools the answer may call and the chat completion's tool_choice: {"type": "function", "name"} names a
+        function; allowed_tools keeps the tools it lists, its mode the choice; a hosted tool's choice (its tool
+        dropped) is "auto"."""
+        tools, choice = list(self.tools or []), self.tool_choice
+        if not isinstance(choice, dict):
+            return tools, choice
+        kind = choice.get("type")
+        if kind == "function" and "function" not in choice:
+            return tools, {"type": "function", "function": {"name": choice.get("name")}}
+        if kind == "allowed_tools":
+            listed = choice.get("tools") if isinstance(choice.get("tools"), list) else []
+            names = {t.get("name") for t in listed if isinstance(t, dict) and t.get("type") == "function"}
+            return [tool for tool in tools if tool.name in names], choice.get("mode", "auto")
+        if isinstance(kind, str) and kind.startswith(HOSTED_TOOLS):
+            logger.warning("tool_choice %r names a hosted tool, which is dropped: auto", kind)
+            return tools, "auto"
+        return tools, choice
 
     def messages(self) -> list[dict[str, Any]]:
-        """Instructions, then the input as chat messages: calls join the assistant message before them (or make one),
-        their outputs are tool messages, a reasoning item is the next assistant message's reasoning."""
+        """Instructions, then the input as chat messages: an assistant's text and calls join the assistant message
+        before them (or make one), with the reasoning items just before them as its reasoning; a call's output is a
+        tool message; reasoning not followed by an answer of its turn is dropped."""
         messages: list[dict[str, Any]] = [{"role": "system", "content": self.instructions}] if self.instructions else []
         if isinstance(self.input, str):
             return [*messages, {"role": "user", "content": self.input}]
-        reasoning = ""
+        reasoning: list[str] = []
         for item in self.input:
             if isinstance(item, ReasoningItem):
-                reasoning += item.text()
+                reasoning.append(item.text())
                 continue
             if isinstance(item, FunctionCallOutputItem):
+                reasoning = []  # another turn's
                 messages.append({"role": "tool", "tool_call_id": item.call_id, "content": item.text()})
                 continue
-            joins = isinstance(item, FunctionCallItem) and messages and messages[-1]["role"] == "assistant"
-            if not joins:
-                role = item.role if isinstance(item, MessageItem) else "assistant"
-                text = item.text() if isinstance(item, MessageItem) else ""
-                messages.append({"role": role, "content": text})
-                if role == "assistant" and reasoning:
-                    messages[-1]["reasoning_content"], reasoning = reasoning, ""
-            if isinstance(item, FunctionCallItem):
+            if isinstance(item, MessageItem) and item.role != "assistant":
+                reasoning = []
+                messages.append({"role": item.role, "content": item.text()})
+                continue
+            if not messages or messages[-1]["role"] != "assistant":
+                messages.append({"role": "assistant", "content": ""})
+            answer = messages[-1]
+            if reasoning:
+                earlier = [answer["reasoning_content"]] if answer.get("reasoning_content") else []
+                answer["reasoning_content"], reasoning = "\n\n".join([*earlier, *reasoning]), []
+            if isinstance(item, MessageItem):
+                answer["content"] = "\n".join(filter(None, [answer["content"], item.text()]))
+            else:
                 call = ToolCall(item.name, item.arguments).openai(item.call_id)
-                messages[-1]["tool_calls"] = [*messages[-1].get("tool_calls", []), call]
+                answer["tool_calls"] = [*answer.get("tool_calls", []), call]
         return messages
-
-
-def _chat_tool_choice(choice: Any) -> Any:
-    """The Responses API's tool_choice as a chat completion's ({"type": "function", "name"} names a function)."""
-    if isinstance(choice, dict) and choice.get("type") == "function" and "function" not in choice:
-        return {"type": "function", "function": {"name": choice.get("name")}}
-    return choice
 
 
 def _response_format(text: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -240,9 +295,9 @@ def _response_format(text: dict[str, Any] | None) -> dict[str, Any] | None:
     return dict(form)
 
 
-def reasoning_item(item_id: str, text: str) -> dict[str, Any]:
-    return {"type": "reasoning", "id": item_id, "summary": [], "content": [{"type": "reasoning_text", "text": text}],
-            "status": "completed"}  # fmt: skip
+def reasoning_item(item_id: str, text: str, status: str = "completed") -> dict[str, Any]:
+    content = [{"type": "reasoning_text", "text": text}] if status != "in_progress" else []
+    return {"type": "reasoning", "id": item_id, "summary": [], "content": content, "status": status}
 
 
 def text_part(text: str) -> dict[str, Any]:
@@ -250,7 +305,7 @@ def text_part(text: str) -> dict[str, Any]:
 
 
 def message_item(item_id: str, text: str, status: str = "completed") -> dict[str, Any]:
-    content = [text_part(text)] if status == "completed" else []
+    content = [text_part(text)] if status != "in_progress" else []
     return {"type": "message", "id": item_id, "status": status, "role": "assistant", "content": content}
 
 
@@ -259,39 +314,47 @@ def call_item(item_id: str, call_id: str, name: str, arguments: str, status: str
             "status": status}  # fmt: skip
 
 
-def output_items(content: str, reasoning: str | None, calls: list[ToolCall]) -> list[dict[str, Any]]:
+def output_items(content: str, reasoning: str | None, calls: list[ToolCall], *, cut: bool) -> list[dict[str, Any]]:
     """A whole answer's output: its reasoning, where split off, its text (an empty message only where there is
-    nothing else), then its calls."""
+    nothing else), then its calls; cut (it ran out of tokens): the text or reasoning it ended in is "incomplete"."""
     items = [reasoning_item(new_id("rs"), reasoning)] if reasoning else []
     if content or not (reasoning or calls):
         items.append(message_item(new_id("msg"), content))
+    if cut and items and not calls:
+        items[-1]["status"] = "incomplete"
     return items + [call_item(new_id("fc"), new_call_id(), c.name, c.arguments) for c in calls]
 
 
 class ResponseObject:
-    """The response object's fields for one request (its output and status filled in at the end)."""
+    """The response object's fields for one request (its output and status filled in at the end): the request as
+    the chat completion it became (its sampling as used), and count, the tokens of a text (reasoning_tokens)."""
 
-    def __init__(self, request: ResponsesRequest, model: str) -> None:
+    def __init__(self, request: ResponsesRequest, chat: ChatCompletionRequest, model: str,
+                 count: Callable[[str], int]) -> None:  # fmt: skip
         self.id = new_id("resp")
         self.created_at = int(time.time())
-        self._request = request
-        self._model = model
+        self._request, self._chat, self._model, self._count = request, chat, model, count
 
-    def __call__(self, output: list[dict[str, Any]], gen: Generation | None) -> dict[str, Any]:
-        """gen None: the response as it starts (in progress, no usage)."""
+    def __call__(
+        self, output: list[dict[str, Any]], gen: Generation | None, failure: str | None = None
+    ) -> dict[str, Any]:
+        """gen None: the response as it starts (in progress, no usage); failure: why the generation failed."""
         request = self._request
         status = "in_progress" if gen is None else "incomplete" if gen.finish_reason == "length" else "completed"
+        status = "failed" if failure is not None else status
         usage = None
         if gen is not None:
-            usage = {"input_tokens": gen.n_prompt, "input_tokens_details": {"cached_tokens": gen.n_cached},
-                     "output_tokens": gen.n_generated, "output_tokens_details": {"reasoning_tokens": 0},
+            reasoning = sum(self._count(p["text"]) for i in output if i["type"] == "reasoning" for p in i["content"])
+            usage = {"input_tokens": gen.n_prompt,
+                     "input_tokens_details": {"cached_tokens": gen.n_cached, "cache_write_tokens": 0},
+                     "output_tokens": gen.n_generated, "output_tokens_details": {"reasoning_tokens": reasoning},
                      "total_tokens": gen.n_prompt + gen.n_generated}  # fmt: skip
         return {
             "id": self.id,
             "object": "response",
             "created_at": self.created_at,
             "status": status,
-            "error": None,
+            "error": {"code": "server_error", "message": failure} if failure is not None else None,
             "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
             "instructions": request.instructions,
             "max_output_tokens": request.max_output_tokens,
@@ -300,11 +363,11 @@ class ResponseObject:
             "parallel_tool_calls": request.parallel_tool_calls is not False,
             "previous_response_id": None,
             "store": False,
-            "temperature": request.temperature,
+            "temperature": self._chat.temperature,
             "text": {"format": (request.text or {}).get("format") or {"type": "text"}},
             "tool_choice": request.tool_choice if request.tool_choice is not None else "auto",
             "tools": [tool.model_dump() for tool in request.tools or []],
-            "top_p": request.top_p,
+            "top_p": self._chat.top_p,
             "truncation": "disabled",
             "usage": usage,
             "metadata": request.metadata or {},
@@ -315,7 +378,8 @@ class ResponseEvents:
     """A streamed response's events, numbered: response.created and response.in_progress; per output item its
     output_item.added, content_part.added, the deltas (reasoning_text.delta or output_text.delta), their .done,
     content_part.done and output_item.done (a call: function_call_arguments.delta and .done, the arguments whole, at
-    the answer's end); then response.completed or response.incomplete with the whole response."""
+    the answer's end); then response.completed or response.incomplete with the whole response (a failure: an error
+    event, then response.failed)."""
 
     def __init__(self, response: ResponseObject, gen: Generation) -> None:
         self._response = response
@@ -335,8 +399,9 @@ class ResponseEvents:
             for kind in ("response.created", "response.in_progress")
         ]
 
-    def failure(self, message: str) -> dict[str, Any]:
-        return self._event("error", code="server_error", message=message, param=None)
+    def failure(self, message: str) -> list[dict[str, Any]]:
+        error = self._event("error", code="server_error", message=message, param=None)
+        return [error, self._event("response.failed", response=self._response(self._output, self._gen, message))]
 
     def piece(self, delta: dict[str, Any]) -> list[dict[str, Any]]:
         """The events of a chat delta ({"reasoning_content", "content"})."""
@@ -362,7 +427,7 @@ class ResponseEvents:
         calls = delta.get("tool_calls") or []
         if self._open is None and not calls and not self._output:  # an empty answer still has its message
             events += self._start("message")
-        events += self._close()
+        events += self._close("incomplete" if self._gen.finish_reason == "length" and not calls else "completed")
         for call in calls:
             function = call["function"]
             item = call_item(new_id("fc"), call["id"], function["name"], function["arguments"])
@@ -383,9 +448,7 @@ class ResponseEvents:
         self._open = {"kind": kind, "id": item_id, "text": ""}
         index = len(self._output)
         if kind == "reasoning":
-            item: dict[str, Any] = {"type": "reasoning", "id": item_id, "summary": [], "content": [],
-                                    "status": "in_progress"}  # fmt: skip
-            part = {"type": "reasoning_text", "text": ""}
+            item, part = reasoning_item(item_id, "", "in_progress"), {"type": "reasoning_text", "text": ""}
         else:
             item, part = message_item(item_id, "", "in_progress"), text_part("")
         return [
@@ -393,17 +456,18 @@ class ResponseEvents:
             self._event("response.content_part.added", item_id=item_id, output_index=index, content_index=0, part=part),
         ]
 
-    def _close(self) -> list[dict[str, Any]]:
+    def _close(self, status: str = "completed") -> list[dict[str, Any]]:
+        """The open item's end (status: "incomplete" where the answer ran out of tokens in it)."""
         if self._open is None:
             return []
         kind, item_id, text = self._open["kind"], self._open["id"], self._open["text"]
         self._open = None
         where = {"item_id": item_id, "output_index": len(self._output), "content_index": 0}
         if kind == "reasoning":
-            item = reasoning_item(item_id, text)
+            item = reasoning_item(item_id, text, status)
             done = self._event("response.reasoning_text.done", **where, text=text)
         else:
-            item = message_item(item_id, text)
+            item = message_item(item_id, text, status)
             done = self._event("response.output_text.done", **where, text=text, logprobs=[])
         part = self._event("response.content_part.done", **where, part=item["content"][0])
         finished = self._event("response.output_item.done", output_index=len(self._output), item=item)
