@@ -14,8 +14,9 @@ Input kinds (each case derives its random generator from (seed, kind, index), so
 - grammar: a random GBNF grammar (rules naming later rules, literals with escapes, classes, groups, repetitions,
   comments ended by LF or CR), sometimes with a character or fragment inserted, a span deleted or repeated, or the text
   cut, parsed by llama.cpp's grammar engine for SmolLM2's vocabulary, then up to four tokens sampled under it.
-- server: requests to `turbosparse serve`'s routes (OpenAI's, llama-server's /completion, Anthropic's /v1/messages,
-  /tokenize, /detokenize; its app in this process, on the SmolLM2 GGUF): a valid body with
+- server: requests to `turbosparse serve`'s routes (OpenAI's chat, completions and Responses API, llama-server's
+  /completion and /infill, Anthropic's /v1/messages, /tokenize, /detokenize; its app in this process, on the SmolLM2
+  GGUF, which has no FIM tokens: /infill may answer 501): a valid body with
   one to three fields set to an edge value (wrong types, huge and negative numbers, NaN and Infinity, empty and
   long strings, lone UTF-16 surrogates), dropped or added, messages reshaped, or the body's bytes broken; each must
   be answered (a JSON body, or a stream whose events are JSON) or refused with a 4xx error object, never a 500.
