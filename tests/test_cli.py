@@ -707,3 +707,47 @@ def test_run_prompt_cache(tmp_path, smollm2_path) -> None:
     assert "cache is K f16" in other_type.stderr and evaluated(other_type) == evaluated(first)
     refused = turbosparse(*base, "-cnv")
     assert refused.returncode != 0 and "not with -cnv" in refused.stderr
+
+
+def test_llama_server_command_lines_run_as_they_are(smollm2_path, capsys, caplog) -> None:
+    """llama-server's sampling flags become each request's defaults (its own fields win: n_predict and
+    max_completion_tokens too); its flags that change nothing here are taken, each named in a note."""
+    import logging
+
+    from fastapi.testclient import TestClient
+
+    from turbosparse.cli import build_parser
+    from turbosparse.cli.llama_server_flags import note_no_effect, sampling_defaults
+    from turbosparse.errors import InvalidArgumentError
+    from turbosparse.server.app import create_app
+    from turbosparse.server.config import ServerConfig
+
+    args = build_parser().parse_args(["serve", "-m", str(smollm2_path), "--jinja", "-ngl", "99", "-ub", "256",
+                                      "--no-mmap", "--metrics", "--temp", "0", "--top-k", "1", "-n", "5"])  # fmt: skip
+    with caplog.at_level(logging.INFO):
+        note_no_effect(args)
+    noted = [r.getMessage().split(": ")[1] for r in caplog.records]
+    assert [r.levelname for r in caplog.records] == ["INFO", "WARNING", "INFO", "WARNING", "INFO"]  # -ngl, --no-mmap
+    flags = ("--jinja", "--n-gpu-layers", "--ubatch-size", "--no-mmap", "--metrics")
+    assert noted == [f"{flag} has no effect here" for flag in flags]
+    defaults = sampling_defaults(args)
+    assert defaults == {"temperature": 0.0, "top_k": 1, "max_tokens": 5}
+    messages = [{"role": "user", "content": "Tell me a story."}]
+    with TestClient(create_app(ServerConfig(str(smollm2_path), n_ctx=512, n_threads=2,
+                                            sampling_defaults=defaults))) as client:  # fmt: skip
+        deadline = time.monotonic() + 120
+        while client.get("/health").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        first = client.post("/v1/chat/completions", json={"messages": messages}).json()
+        again = client.post("/v1/chat/completions", json={"messages": messages}).json()
+        assert first["usage"]["completion_tokens"] == 5 and first["choices"] == again["choices"]  # greedy, 5
+        own = client.post("/v1/chat/completions", json={"messages": messages, "max_completion_tokens": 3}).json()
+        assert own["usage"]["completion_tokens"] == 3
+        native = client.post("/completion", json={"prompt": "Once upon a time", "n_predict": 2}).json()
+        assert native["tokens_predicted"] == 2
+        assert (
+            client.post("/v1/completions", json={"prompt": "Once upon a time"}).json()["usage"]["completion_tokens"]
+            == 5
+        )
+    with pytest.raises(InvalidArgumentError, match="the default temperature"):
+        ServerConfig(str(smollm2_path), sampling_defaults={"temperature": -1.0})

@@ -36,6 +36,19 @@ LLAMA_SERVER_VARIABLES = {
     "reasoning_budget": "LLAMA_ARG_THINK_BUDGET",
     "embeddings": "LLAMA_ARG_EMBEDDINGS",
     "pooling": "LLAMA_ARG_POOLING",
+    # llama-server's flags taken here (llama_server_flags.py)
+    "llama_server_predict": "LLAMA_ARG_N_PREDICT",
+    "llama_server_n_gpu_layers": "LLAMA_ARG_N_GPU_LAYERS",
+    "llama_server_ubatch_size": "LLAMA_ARG_UBATCH",
+    "llama_server_threads_batch": "LLAMA_ARG_THREADS_BATCH",
+    "llama_server_jinja": "LLAMA_ARG_JINJA",
+    "llama_server_no_mmap": "LLAMA_ARG_NO_MMAP",
+    "llama_server_mlock": "LLAMA_ARG_MLOCK",
+    "llama_server_cont_batching": "LLAMA_ARG_CONT_BATCHING",
+    "llama_server_metrics": "LLAMA_ARG_ENDPOINT_METRICS",
+    "llama_server_no_webui": "LLAMA_ARG_NO_WEBUI",
+    "llama_server_timeout": "LLAMA_ARG_TIMEOUT",
+    "llama_server_threads_http": "LLAMA_ARG_THREADS_HTTP",
 }
 # a switch's values, as llama.cpp reads them
 _TRUE = ("1", "true", "on", "enabled")

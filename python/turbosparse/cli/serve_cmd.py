@@ -8,6 +8,7 @@ import logging
 import os
 
 from turbosparse.cli.environment import resolve_environment, take_environment
+from turbosparse.cli.llama_server_flags import add_llama_server_flags, note_no_effect, sampling_defaults
 from turbosparse.cli.run_cmd import (
     add_chat_template_args,
     add_model_args,
@@ -70,6 +71,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--spm-infill", action="store_true",
         help="/infill's prompt as SPM-trained models take it: the suffix before the prefix (default: the prefix first)",
     )  # fmt: skip
+    add_llama_server_flags(p)
     take_environment(p, os.environ)
     p.set_defaults(func=run)
 
@@ -88,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such model file")
     template = chat_template_text(args)
+    note_no_effect(args)
     config = ServerConfig(
         model_path=path,
         alias=args.alias,
@@ -112,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
         pooling=args.pooling,
         slot_save_path=args.slot_save_path,
         spm_infill=args.spm_infill,
+        sampling_defaults=sampling_defaults(args),
         verbose=args.verbose,
     )
     failures: list[str] = []

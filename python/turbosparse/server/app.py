@@ -12,7 +12,7 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from typing import Any
@@ -299,7 +299,9 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
                 raise APIError(400, f"suffix: {exc}", param="suffix") from None
         n_top = body.logprobs
         score = body.echo and n_top is not None
-        job, queue = await _submit(model, engine, tokens, body, "prompt", n_top, score_prompt=score)
+        job, queue = await _submit(
+            model, engine, tokens, body, "prompt", n_top, score_prompt=score, defaults=config.sampling_defaults
+        )
         gen = job.generation
         meta = CompletionMeta.new("cmpl", config.model_name)
         chunks = TextCompletionChunks(model.tokenizer, meta, gen, text, echo=body.echo)
@@ -354,7 +356,9 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
         texts = {text: model.tokenize(text, add_bos=False) for text in body.text_biases()}
         body.resolve(texts, end_of_generation(model) if body.ignore_eos else [])
         clock = native.Clock()
-        job, queue = await _submit(model, engine, tokens, body, "prompt", body.n_probs or None)
+        job, queue = await _submit(
+            model, engine, tokens, body, "prompt", body.n_probs or None, defaults=config.sampling_defaults
+        )
         gen = job.generation
         released = ReleasedLogprobs(gen.token_logprobs)
         sent = 0  # generated ids that went out in chunks (return_tokens)
@@ -452,7 +456,9 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
         model, engine = ready()
         tokens, tool_use, reasoning = chat_setup(model, body)
-        job, queue = await _submit(model, engine, tokens, body, "messages", body.n_top, tools=tool_use)
+        job, queue = await _submit(
+            model, engine, tokens, body, "messages", body.n_top, tools=tool_use, defaults=config.sampling_defaults
+        )
         gen = job.generation
         meta = CompletionMeta.new("chatcmpl", config.model_name)
         chunks = ChatCompletionChunks(model.tokenizer, meta, gen, reasoning, tool_use)
@@ -489,7 +495,9 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
         model, engine = ready()
         chat = _converted_chat(body.chat)
         tokens, tool_use, reasoning = chat_setup(model, chat)
-        job, queue = await _submit(model, engine, tokens, chat, "messages", None, tools=tool_use)
+        job, queue = await _submit(
+            model, engine, tokens, chat, "messages", None, tools=tool_use, defaults=config.sampling_defaults
+        )
         gen = job.generation
         meta = CompletionMeta.new("chatcmpl", config.model_name)
         chunks = ChatCompletionChunks(model.tokenizer, meta, gen, _split_apart(reasoning), tool_use)
@@ -523,7 +531,9 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
         model, engine = ready()
         chat = _converted_chat(body.chat, RESPONSES_FIELDS)
         tokens, tool_use, reasoning = chat_setup(model, chat)
-        job, queue = await _submit(model, engine, tokens, chat, "input", None, tools=tool_use)
+        job, queue = await _submit(
+            model, engine, tokens, chat, "input", None, tools=tool_use, defaults=config.sampling_defaults
+        )
         gen = job.generation
         meta = CompletionMeta.new("chatcmpl", config.model_name)
         chunks = ChatCompletionChunks(model.tokenizer, meta, gen, _split_apart(reasoning), tool_use)
@@ -694,6 +704,17 @@ def _mixed_tokens(model: Model, value: str | list[int | str], param: str, *, spe
     return tokens
 
 
+def _take_defaults(body: _Generate, defaults: Mapping[str, Any]) -> None:
+    """The server's sampling defaults (llama-server's --temp, -n, ...) for the fields the body leaves out (a limit
+    given under another name, n_predict or max_completion_tokens, is given)."""
+    given = set(body.model_fields_set)
+    if given & {"n_predict", "max_completion_tokens"}:
+        given.add("max_tokens")
+    for name, value in defaults.items():
+        if name not in given:
+            setattr(body, name, value)
+
+
 def _check_tokens(model: Model, tokens: list[int], param: str) -> None:
     bad = [t for t in tokens if not 0 <= t < model.n_vocab]
     if bad:
@@ -710,10 +731,13 @@ async def _submit(
     *,
     score_prompt: bool = False,
     tools: ToolUse | None = None,
+    defaults: Mapping[str, Any],
 ) -> tuple[Job, asyncio.Queue[Event]]:
     """Starts a generation for tokens (logprobs: alternatives per token when log-probabilities are asked for;
-    score_prompt: the prompt's too; tools: a chat's, which may hold the answer to calls and show their markers) and
-    queues it on the engine; its events arrive in the returned queue."""
+    score_prompt: the prompt's too; tools: a chat's, which may hold the answer to calls and show their markers;
+    defaults: the server's for the fields the body leaves out) and queues it on the engine; its events arrive in the
+    returned queue."""
+    _take_defaults(body, defaults)
     _check_tokens(model, list(body.bias), "logit_bias")
     if body.id_slot >= model.n_seq:
         raise APIError(400, f"id_slot {body.id_slot} out of [0, {model.n_seq})", param="id_slot")

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
 
 from turbosparse.chat_template import checked_variables
 from turbosparse.embeddings import pooling_named
 from turbosparse.errors import ChatTemplateError, InvalidArgumentError
 from turbosparse.reasoning import REASONING_FORMATS, ReasoningFormat
+from turbosparse.server.schemas import _Generate
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,8 @@ class ServerConfig:
     pooling: str | None = None  # the embeddings' pooling (embeddings.py); None: the file's
     slot_save_path: str | None = None  # the folder /slots/{id}?action=save|restore writes and reads (None: refused)
     spm_infill: bool = False  # /infill's prompt puts the suffix before the prefix, as SPM-trained models take it
+    # request fields' defaults (llama-server's --temp, --top-k, -n, ...: a request's own fields win)
+    sampling_defaults: dict[str, Any] = field(default_factory=dict)
     verbose: bool = False
 
     def __post_init__(self) -> None:
@@ -48,6 +54,11 @@ class ServerConfig:
             raise InvalidArgumentError(f"--queue-size must be >= 0, got {self.queue_size}")
         if not 0 <= self.port <= 65535:
             raise InvalidArgumentError(f"--port must be 0-65535, got {self.port}")
+        try:
+            _Generate.model_validate(self.sampling_defaults)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            raise InvalidArgumentError(f"the default {first['loc'][0]}: {first['msg']}") from None
         if self.api_key is not None and not self.api_key.replace(",", "").strip():
             raise InvalidArgumentError("--api-key holds no key (one, or several separated by commas)")
         try:

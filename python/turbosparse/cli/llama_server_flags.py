@@ -1,0 +1,80 @@
+"""llama-server's flags that `turbosparse serve` takes beyond its own, so that a llama-server command line runs as it
+is: the sampling flags, which become every request's defaults there (a request's own fields win), and flags that
+change nothing here, taken and named in a note (offloading, memory mapping, the web UI, ...)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+# flag names -> (the request field it is the default of, its type)
+SAMPLING_FLAGS: dict[tuple[str, ...], tuple[str, type]] = {
+    ("--temp",): ("temperature", float),
+    ("--top-k",): ("top_k", int),
+    ("--top-p",): ("top_p", float),
+    ("--min-p",): ("min_p", float),
+    ("--repeat-penalty",): ("repeat_penalty", float),
+    ("--repeat-last-n",): ("repeat_last_n", int),
+    ("--presence-penalty",): ("presence_penalty", float),
+    ("--frequency-penalty",): ("frequency_penalty", float),
+    ("-s", "--seed"): ("seed", int),
+    ("-n", "--n-predict", "--predict"): ("max_tokens", int),
+}
+# flags taken with no effect: (names, whether a value follows, why nothing changes, whether a user would miss what
+# the flag asks for: a warning, else a note shown with --verbose)
+NO_EFFECT_FLAGS: list[tuple[tuple[str, ...], bool, str, bool]] = [
+    (("--jinja",), False, "chat templates are always Jinja2 here", False),
+    (("--no-jinja",), False, "chat templates are always Jinja2 here", True),
+    (("-ngl", "--gpu-layers", "--n-gpu-layers"), True,
+     "layers are not offloaded one by one: --device gpu puts the model on a GPU", True),
+    (("-ub", "--ubatch-size"), True, "one batch size, -b", False),
+    (("-tb", "--threads-batch"), True, "one thread count, -t", True),
+    (("--no-mmap",), False, "the file is mapped, its sparse rows copied to huge pages where they fit", True),
+    (("--mlock",), False, "the file is mapped, its sparse rows copied to huge pages where they fit", True),
+    (("-cb", "--cont-batching"), False, "requests are always batched as they come", False),
+    (("--metrics",), False, "/metrics is always served", False),
+    (("--no-webui",), False, "there is no web UI", False),
+    (("--no-warmup",), False, "there is no warm-up run", False),
+    (("--log-disable",), False, "the log is already short (--verbose shows llama.cpp's)", False),
+    (("-to", "--timeout"), True, "connections are kept as long as a request runs", True),
+    (("--threads-http",), True, "requests are served by one event loop", False),
+]  # fmt: skip
+
+
+def _dest(names: tuple[str, ...]) -> str:
+    return "llama_server_" + names[-1].lstrip("-").replace("-", "_")
+
+
+def add_llama_server_flags(p: argparse.ArgumentParser) -> None:
+    """llama-server's sampling flags (each request's defaults) and its flags that change nothing here."""
+    sampling = p.add_argument_group("llama-server's sampling flags: every request's defaults (its own fields win)")
+    for names, (field, kind) in SAMPLING_FLAGS.items():
+        note = " (-1: no limit)" if field == "max_tokens" else " (-1: random)" if field == "seed" else ""
+        sampling.add_argument(*names, dest=_dest(names), type=kind, default=None, metavar="N",
+                              help=f"the default {field}{note}")  # fmt: skip
+    taken = p.add_argument_group("llama-server's flags taken with no effect here (a note says why)")
+    for names, has_value, why, _ in NO_EFFECT_FLAGS:
+        options: dict[str, Any] = {"metavar": "N"} if has_value else {"action": "store_true"}
+        taken.add_argument(*names, dest=_dest(names), default=None, help=why, **options)
+
+
+def sampling_defaults(args: argparse.Namespace) -> dict[str, Any]:
+    """The request fields the sampling flags given set (-n -1: no limit)."""
+    defaults = {}
+    for names, (field, _) in SAMPLING_FLAGS.items():
+        value = getattr(args, _dest(names))
+        if value is not None:
+            defaults[field] = None if field == "max_tokens" and value < 0 else value
+    return defaults
+
+
+def note_no_effect(args: argparse.Namespace) -> None:
+    """One line per no-effect flag given: what it asks of llama-server does not apply here, and why (a warning where
+    a user would miss it, else a note shown with --verbose)."""
+    for names, _, why, missed in NO_EFFECT_FLAGS:
+        if getattr(args, _dest(names)) not in (None, False):
+            level = logging.WARNING if missed else logging.INFO
+            logger.log(level, "turbosparse serve: %s has no effect here: %s", names[-1], why)
