@@ -723,7 +723,8 @@ def test_llama_server_command_lines_run_as_they_are(smollm2_path, capsys, caplog
     from turbosparse.server.config import ServerConfig
 
     args = build_parser().parse_args(["serve", "-m", str(smollm2_path), "--jinja", "-ngl", "99", "-ub", "256",
-                                      "--no-mmap", "--metrics", "--temp", "0", "--top-k", "1", "-n", "5"])  # fmt: skip
+                                      "--no-mmap", "--metrics", "--temp", "0", "--top-k", "1", "-n", "5",
+                                      "-s", "-1"])  # fmt: skip
     with caplog.at_level(logging.INFO):
         note_no_effect(args)
     noted = [r.getMessage().split(": ")[1] for r in caplog.records]
@@ -731,10 +732,15 @@ def test_llama_server_command_lines_run_as_they_are(smollm2_path, capsys, caplog
     flags = ("--jinja", "--n-gpu-layers", "--ubatch-size", "--no-mmap", "--metrics")
     assert noted == [f"{flag} has no effect here" for flag in flags]
     defaults = sampling_defaults(args)
-    assert defaults == {"temperature": 0.0, "top_k": 1, "max_tokens": 5}
+    assert defaults == {"temperature": 0.0, "top_k": 1, "max_tokens": 5, "seed": -1}
+    config = ServerConfig(str(smollm2_path), n_ctx=512, n_threads=2, sampling_defaults=defaults)
+    assert config.sampling_defaults["seed"] is None  # -1 as a request's -1: a fresh random seed
+    no_cb = build_parser().parse_args(["serve", "-m", "x", "-nocb", "-np", "2"])
+    assert no_cb.llama_server_no_cont_batching and no_cb.parallel == 2
+    with pytest.raises(SystemExit):  # no abbreviations, as llama-server takes none
+        build_parser().parse_args(["serve", "-m", "x", "--thread", "2"])
     messages = [{"role": "user", "content": "Tell me a story."}]
-    with TestClient(create_app(ServerConfig(str(smollm2_path), n_ctx=512, n_threads=2,
-                                            sampling_defaults=defaults))) as client:  # fmt: skip
+    with TestClient(create_app(config)) as client:
         deadline = time.monotonic() + 120
         while client.get("/health").status_code != 200 and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -743,6 +749,11 @@ def test_llama_server_command_lines_run_as_they_are(smollm2_path, capsys, caplog
         assert first["usage"]["completion_tokens"] == 5 and first["choices"] == again["choices"]  # greedy, 5
         own = client.post("/v1/chat/completions", json={"messages": messages, "max_completion_tokens": 3}).json()
         assert own["usage"]["completion_tokens"] == 3
+        # a limit under a name the route does not read leaves the default
+        other = client.post("/v1/chat/completions", json={"messages": messages, "n_predict": 3}).json()
+        assert other["usage"]["completion_tokens"] == 5
+        response = client.post("/v1/responses", json={"input": "Tell me a story."}).json()
+        assert (response["max_output_tokens"], response["usage"]["output_tokens"]) == (5, 5)
         native = client.post("/completion", json={"prompt": "Once upon a time", "n_predict": 2}).json()
         assert native["tokens_predicted"] == 2
         assert (

@@ -212,3 +212,20 @@ def test_a_completions_suffix_fills_the_middle(fim_paths: tuple[Path, Path], smo
         _ready(client)
         reply = client.post("/v1/completions", json=body)
         assert reply.status_code == 400 and "no fill-in-the-middle" in reply.json()["error"]["message"], reply.text
+
+
+def test_the_servers_answer_limit_sizes_the_other_files(fim_paths: tuple[Path, Path]) -> None:
+    """The server's -n (a request without n_predict) keeps twice its room from the other files, as the request's
+    n_predict does."""
+    from fastapi.testclient import TestClient
+
+    from turbosparse.server.app import create_app
+    from turbosparse.server.config import ServerConfig
+
+    body = {"input_prefix": "x = ", "input_suffix": "", "input_extra": [{"text": "word " * 2000}], "temperature": 0}
+    config = ServerConfig(str(fim_paths[0]), n_ctx=1024, n_threads=2, sampling_defaults={"max_tokens": 200})
+    with TestClient(create_app(config)) as client:
+        _ready(client)
+        evaluated = client.post("/infill", json=body).json()["tokens_evaluated"]
+        assert evaluated == client.post("/infill", json={**body, "n_predict": 200}).json()["tokens_evaluated"]
+        assert evaluated <= 1024 - 512 - 2 * 200 + 8  # the files' room, the prefix and the FIM tokens

@@ -204,10 +204,33 @@ def test_an_answer_that_ran_out_of_tokens_keeps_the_calls_it_completed() -> None
     auto = ToolUse([WEATHER], ToolChoice("auto"), syntax, parallel=True)
     assert auto.read(cut_short, cut=True) == ("Let me check.", [])
     assert auto.read(cut_short) == (cut_short, [])  # an answer that ended there: its text, as written
-    for ending in ("<tool_c", ""):  # also inside the marker; an answer without one is all content
-        held = auto.held()
-        assert held is not None and held.feed("Let me check.\n" + ending) == "Let me check."
-        assert held.finish(cut=True) == ("" if ending else "\n", [])
+    held = auto.held()
+    assert held is not None and held.feed(cut_short) == "Let me check."
+    assert held.finish(cut=True) == ("", [])
+    # an answer cut short that holds no call cut short keeps its text, whole and streamed: a marker followed by other
+    # text or by a whole call (of a function it may not call), a part of a marker, JSON content where calls have no
+    # marker, any answer in a name-first syntax
+    kept = [(HERMES, "Use <tool_call> tags to call tools; then the reply goes on"),
+            (HERMES, 'Sure.\n<tool_call>{"name": "no_such_tool", "arguments": {}}</tool_call>\nAnd then more'),
+            (HERMES, "x < y and x <"), (HERMES, "Let me check.\n<tool_c"),
+            (LISTED, "see that ["), (GLUED, "The answer is that"), (GLUED, "The answer is that to"),
+            (BARE, '{"summary": "The weather in Paris is'), (NAME_FIRST, "get_weather is what I")]  # fmt: skip
+    for source, text in kept:
+        use = ToolUse([WEATHER], ToolChoice("auto"), syntax_of(source), parallel=True)
+        assert use.read(text, cut=True) == (text, []), (source, text)
+        held = use.held()
+        assert held is not None
+        assert held.feed(text) + held.finish(cut=True)[0] == text, (source, text)
+    # ... and one that does, without its call: Llama 3's bare call, Devstral's cut in the name or the arguments
+    cut_calls = [(BARE, '{"name": "get_weather", "parameters": {"ci', ""),
+                 (NAME_FIRST, "Sure.[TOOL_CALLS]get_wea", "Sure."),
+                 (NAME_FIRST, 'Sure.[TOOL_CALLS]get_weather[ARGS]{"city": "Pa', "Sure.")]  # fmt: skip
+    for source, text, content in cut_calls:
+        use = ToolUse([WEATHER], ToolChoice("auto"), syntax_of(source), parallel=True)
+        assert use.read(text, cut=True) == (content, []), (source, text)
+        held = use.held()
+        assert held is not None
+        assert held.feed(text) + held.finish(cut=True)[0] == content, (source, text)
     # a held answer's prefill (the marker the prompt ends with) is never content, cut short or not
     use = ToolUse([WEATHER], ToolChoice("required"), syntax, parallel=True)
     assert use.read('{"name": "get_weather", "arguments": {"city": "Paris"}}') == ("", [PARIS])

@@ -124,16 +124,32 @@ class ToolCallSyntax:
                 yield at, found[0]
             at = text.find(marker[0], at + 1)
 
-    def call_start(self, text: str) -> int | None:
-        """Where the text's first call starts, whole or cut short (inside its start marker too; with no marker, an
-        answer that opens as a call); None where none does."""
-        marker = self.start.strip()
-        if not marker:
-            return len(text) - len(text.lstrip()) if self.opens(text) else None
-        at = text.find(marker[0])
-        while at >= 0 and _match_loose(text, at, marker) is None:
-            at = text.find(marker[0], at + 1)
-        return at if at >= 0 else None
+    def cut_call_start(self, text: str) -> int | None:
+        """Where a call the text ends inside of starts (an answer cut short by max_tokens there): a whole start marker
+        (with no marker, the answer's start) followed by nothing but the start of a call, whose JSON the text ends
+        in; None where there is none (a marker followed by other text, or by a whole call, is not one)."""
+        for at, after in self._starts(text):
+            if self._ends_inside_a_call(text, after):
+                return at
+        return None
+
+    def _ends_inside_a_call(self, text: str, pos: int) -> bool:
+        pos = _skip_blanks(text, pos)
+        if pos >= len(text):
+            return bool(self.start.strip())  # the marker and nothing after it
+        if self.name_key is None:  # the name, the separator, the arguments
+            separator = self.separator.strip()
+            head, found, arguments = text[pos:].partition(separator) if separator else (text[pos:], "", "")
+            if not found:
+                return bool(separator) and not any(c.isspace() for c in head)  # the name, cut short
+            return _unfinished_json(arguments.lstrip())
+        if not self.start.strip():  # no marker: only an object opening with the call's first key is one
+            first = self.arguments_key if self.name_last else self.name_key
+            opening = "".join(text[pos:].split())
+            key = '{"' + first + '"'
+            if not (opening.startswith(key) or key.startswith(opening)):
+                return False
+        return text[pos] == "{" and _unfinished_json(text[pos:])
 
     def opens(self, text: str) -> bool:
         """With no start marker: whether an answer that begins as text may be calls."""
@@ -387,6 +403,31 @@ def _skip_loose(text: str, pos: int, literal: str) -> int | None:
     return found[0] if found is not None and found[1] else None
 
 
+_JSON_OUTSIDE_STRINGS = set("{}[]:,-+.eE0123456789truefalsn \t\r\n")
+
+
+def _unfinished_json(text: str) -> bool:
+    """Whether text starts a JSON object or array and ends inside it (a call's JSON cut short), as far as its
+    brackets, strings and characters tell: not a whole value, not other text."""
+    stack: list[str] = []
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            escaped, in_string = (False, True) if escaped else (char == "\\", char != '"')
+        elif char == '"':
+            in_string = True
+        elif char in "{[":
+            stack.append("}" if char == "{" else "]")
+        elif char in "}]":
+            if not stack or stack.pop() != char:
+                return False
+            if not stack:
+                return False  # a whole value (what follows it is not this call's)
+        elif char not in _JSON_OUTSIDE_STRINGS or not stack:
+            return False
+    return bool(stack)
+
+
 def _match_loose(text: str, pos: int, literal: str) -> tuple[int, bool] | None:
     """How text at pos holds literal, blanks anywhere in either not counted: where the match ends and whether it is
     whole (False: text ends before literal does); None where they differ."""
@@ -534,8 +575,8 @@ class HeldToolCalls:
         content, calls = self._syntax.parse(self._text, self._names, cut=cut)
         if calls:
             return content[self._released :], calls
-        cut_call = cut and (self._calling or self._syntax.call_start(self._text[self._released :]) is not None)
-        return self._release(self._released if cut_call else len(self._text)), []
+        start = self._syntax.cut_call_start(self._text) if cut else None
+        return self._release(len(self._text) if start is None else len(self._text[:start].rstrip())), []
 
     def _release(self, upto: int) -> str:
         upto = max(upto, self._released)
@@ -636,7 +677,7 @@ class ToolUse:
         text, calls = self.syntax.parse(self.prefill + content, self.names, cut=cut)
         if calls:
             return text, self.allowed(calls)
-        start = self.syntax.call_start(self.prefill + content) if cut else None
+        start = self.syntax.cut_call_start(self.prefill + content) if cut else None
         return (content, []) if start is None else ((self.prefill + content)[:start].rstrip()[len(self.prefill) :], [])
 
     def allowed(self, calls: list[ToolCall]) -> list[ToolCall]:

@@ -45,6 +45,7 @@ LLAMA_SERVER_VARIABLES = {
     "llama_server_no_mmap": "LLAMA_ARG_NO_MMAP",
     "llama_server_mlock": "LLAMA_ARG_MLOCK",
     "llama_server_cont_batching": "LLAMA_ARG_CONT_BATCHING",
+    "llama_server_no_cont_batching": "LLAMA_ARG_NO_CONT_BATCHING",
     "llama_server_metrics": "LLAMA_ARG_ENDPOINT_METRICS",
     "llama_server_no_webui": "LLAMA_ARG_NO_WEBUI",
     "llama_server_timeout": "LLAMA_ARG_TIMEOUT",

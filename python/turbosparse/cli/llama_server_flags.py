@@ -35,6 +35,7 @@ NO_EFFECT_FLAGS: list[tuple[tuple[str, ...], bool, str, bool]] = [
     (("--no-mmap",), False, "the file is mapped, its sparse rows copied to huge pages where they fit", True),
     (("--mlock",), False, "the file is mapped, its sparse rows copied to huge pages where they fit", True),
     (("-cb", "--cont-batching"), False, "requests are always batched as they come", False),
+    (("-nocb", "--no-cont-batching"), False, "requests are always batched as they come", True),
     (("--metrics",), False, "/metrics is always served", False),
     (("--no-webui",), False, "there is no web UI", False),
     (("--no-warmup",), False, "there is no warm-up run", False),

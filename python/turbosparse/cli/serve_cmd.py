@@ -24,7 +24,10 @@ logger = logging.getLogger(__name__)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API", description=__doc__)
+    # no abbreviations, as llama-server takes none (--thread would name three flags)
+    p = sub.add_parser(
+        "serve", help="serve a model over an OpenAI-compatible HTTP API", description=__doc__, allow_abbrev=False
+    )
     add_model_args(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")

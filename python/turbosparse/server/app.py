@@ -333,6 +333,7 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
         """llama-server's fill-in-the-middle completion (infill.py's prompt), answered as /completion; 501 for a
         model whose vocabulary has no FIM tokens."""
         model, engine = ready()
+        _take_defaults(body, config.sampling_defaults)  # the answer's room (-n) sizes the prompt
         try:
             tokens = infill_tokens(
                 model.tokenizer,
@@ -708,7 +709,7 @@ def _take_defaults(body: _Generate, defaults: Mapping[str, Any]) -> None:
     """The server's sampling defaults (llama-server's --temp, -n, ...) for the fields the body leaves out (a limit
     given under another name, n_predict or max_completion_tokens, is given)."""
     given = set(body.model_fields_set)
-    if given & {"n_predict", "max_completion_tokens"}:
+    if given & {"n_predict", "max_completion_tokens"} & set(type(body).model_fields):  # where the route reads them
         given.add("max_tokens")
     for name, value in defaults.items():
         if name not in given:

@@ -55,10 +55,12 @@ class ServerConfig:
         if not 0 <= self.port <= 65535:
             raise InvalidArgumentError(f"--port must be 0-65535, got {self.port}")
         try:
-            _Generate.model_validate(self.sampling_defaults)
+            checked = _Generate.model_validate(self.sampling_defaults)
         except ValidationError as exc:
             first = exc.errors()[0]
             raise InvalidArgumentError(f"the default {first['loc'][0]}: {first['msg']}") from None
+        # as the fields' validators leave them (a seed of -1: None, a fresh random one)
+        object.__setattr__(self, "sampling_defaults", {name: getattr(checked, name) for name in self.sampling_defaults})
         if self.api_key is not None and not self.api_key.replace(",", "").strip():
             raise InvalidArgumentError("--api-key holds no key (one, or several separated by commas)")
         try:

@@ -357,7 +357,7 @@ class ResponseObject:
             "error": {"code": "server_error", "message": failure} if failure is not None else None,
             "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
             "instructions": request.instructions,
-            "max_output_tokens": request.max_output_tokens,
+            "max_output_tokens": self._chat.max_tokens,  # the limit the answer had (the server's -n where unset)
             "model": self._model,
             "output": output,
             "parallel_tool_calls": request.parallel_tool_calls is not False,
@@ -400,8 +400,10 @@ class ResponseEvents:
         ]
 
     def failure(self, message: str) -> list[dict[str, Any]]:
-        error = self._event("error", code="server_error", message=message, param=None)
-        return [error, self._event("response.failed", response=self._response(self._output, self._gen, message))]
+        """The open item's end ("incomplete"), an error event, then response.failed with the items so far."""
+        events = self._close("incomplete")
+        events.append(self._event("error", code="server_error", message=message, param=None))
+        return [*events, self._event("response.failed", response=self._response(self._output, self._gen, message))]
 
     def piece(self, delta: dict[str, Any]) -> list[dict[str, Any]]:
         """The events of a chat delta ({"reasoning_content", "content"})."""
