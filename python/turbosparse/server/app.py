@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -490,34 +490,33 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
         reasoning_format = "none" if body.answers_json else body.reasoning_format or config.reasoning_format
         return tokens, tool_use, _reasoning_split(model, tokens, reasoning_format)
 
+    async def converted_generation(
+        model: Model, engine: Engine, chat: ChatCompletionRequest, param: str
+    ) -> tuple[list[int], Job, asyncio.Queue[Event], ChatCompletionChunks]:
+        """Another API's request, as the chat completion it became, started: its prompt tokens, job and events, and
+        the chat route's chunks of its answer (the reasoning kept apart: these APIs have blocks of their own for it)."""
+        tokens, tool_use, reasoning = chat_setup(model, chat)
+        job, queue = await _submit(
+            model, engine, tokens, chat, param, None, tools=tool_use, defaults=config.sampling_defaults
+        )
+        meta = CompletionMeta.new("chatcmpl", config.model_name)
+        chunks = ChatCompletionChunks(model.tokenizer, meta, job.generation, _split_apart(reasoning), tool_use)
+        return tokens, job, queue, chunks
+
     @app.post("/v1/messages")
     async def messages(body: anthropic.MessagesRequest, request: Request) -> Response:
         """Anthropic's Messages API over the chat route's prompt and sampling (anthropic.py)."""
         model, engine = ready()
-        chat = _converted_chat(body.chat)
-        tokens, tool_use, reasoning = chat_setup(model, chat)
-        job, queue = await _submit(
-            model, engine, tokens, chat, "messages", None, tools=tool_use, defaults=config.sampling_defaults
-        )
+        tokens, job, queue, chunks = await converted_generation(model, engine, _converted_chat(body.chat), "messages")
         gen = job.generation
-        meta = CompletionMeta.new("chatcmpl", config.model_name)
-        chunks = ChatCompletionChunks(model.tokenizer, meta, gen, _split_apart(reasoning), tool_use)
         message_id = anthropic.new_message_id()
         if body.stream:
             events = anthropic.MessageEvents(message_id, config.model_name, gen)
 
-            def piece(text: str) -> list[dict[str, Any]]:
-                chunk = chunks.piece(text)
-                return events.piece(chunk["choices"][0]["delta"]) if chunk is not None else []
-
-            def last(reason: FinishReason | None) -> list[dict[str, Any]]:
-                return events.last(chunks.last(reason)["choices"][0]["delta"])
-
             def failed(message: str) -> dict[str, Any]:
                 return error_body(500, message, type="server_error", anthropic=True)
 
-            return _stream(job, queue, first=events.first(len(tokens)), piece=piece, last=last, usage_chunk=None,
-                           done_marker=False, named_events=True, failure=failed)  # fmt: skip
+            return _events_stream(job, queue, chunks, events, events.first(len(tokens)), failed)
         answer = await _collect(job, queue, request)
         if answer is None:
             return Response(status_code=CLIENT_CLOSED)
@@ -531,13 +530,8 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
         """OpenAI's Responses API over the chat route's prompt, sampling and tool calls (responses.py)."""
         model, engine = ready()
         chat = _converted_chat(body.chat, RESPONSES_FIELDS)
-        tokens, tool_use, reasoning = chat_setup(model, chat)
-        job, queue = await _submit(
-            model, engine, tokens, chat, "input", None, tools=tool_use, defaults=config.sampling_defaults
-        )
+        _, job, queue, chunks = await converted_generation(model, engine, chat, "input")
         gen = job.generation
-        meta = CompletionMeta.new("chatcmpl", config.model_name)
-        chunks = ChatCompletionChunks(model.tokenizer, meta, gen, _split_apart(reasoning), tool_use)
 
         def count(text: str) -> int:
             return len(model.tokenize(text, add_bos=False))
@@ -545,16 +539,7 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
         response = responses.ResponseObject(body, chat, config.model_name, count)
         if body.stream:
             events = responses.ResponseEvents(response, gen)
-
-            def piece(text: str) -> list[dict[str, Any]]:
-                chunk = chunks.piece(text)
-                return events.piece(chunk["choices"][0]["delta"]) if chunk is not None else []
-
-            def last(reason: FinishReason | None) -> list[dict[str, Any]]:
-                return events.last(chunks.last(reason)["choices"][0]["delta"])
-
-            return _stream(job, queue, first=events.first(), piece=piece, last=last, usage_chunk=None,
-                           done_marker=False, named_events=True, failure=events.failure)  # fmt: skip
+            return _events_stream(job, queue, chunks, events, events.first(), events.failure)
         answer = await _collect(job, queue, request)
         if answer is None:
             return Response(status_code=CLIENT_CLOSED)
@@ -580,6 +565,36 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
 
 # the chat completion's fields as the Responses API names them, for its errors
 RESPONSES_FIELDS = {"messages": "input", "max_tokens": "max_output_tokens", "response_format": "text.format"}
+
+
+class _DeltaEvents(Protocol):
+    """A streamed answer's events built from the chat route's deltas (anthropic.MessageEvents,
+    responses.ResponseEvents)."""
+
+    def piece(self, delta: dict[str, Any]) -> list[dict[str, Any]]: ...
+
+    def last(self, delta: dict[str, Any]) -> list[dict[str, Any]]: ...
+
+
+def _events_stream(
+    job: Job,
+    queue: asyncio.Queue[Event],
+    chunks: ChatCompletionChunks,
+    events: _DeltaEvents,
+    first: list[dict[str, Any]],
+    failure: Callable[[str], dict[str, Any] | list[dict[str, Any]]],
+) -> EventSourceResponse:
+    """Another API's stream: its named events, built from the chat route's chunks' deltas, no [DONE]."""
+
+    def piece(text: str) -> list[dict[str, Any]]:
+        chunk = chunks.piece(text)
+        return events.piece(chunk["choices"][0]["delta"]) if chunk is not None else []
+
+    def last(reason: FinishReason | None) -> list[dict[str, Any]]:
+        return events.last(chunks.last(reason)["choices"][0]["delta"])
+
+    return _stream(job, queue, first=first, piece=piece, last=last, usage_chunk=None, done_marker=False,
+                   named_events=True, failure=failure)  # fmt: skip
 
 
 def _converted_chat(
