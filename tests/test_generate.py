@@ -159,8 +159,14 @@ def test_sampler_filters() -> None:
     # the repeat penalty divides positive logits of recent tokens
     params = SamplingParams(temperature=0.0, repeat_penalty=10.0)
     assert Sampler(params).sample(logits, history=[0]) == 1
+    # ... the last repeat_last_n tokens (-1, as llama.cpp's: every one), 0: none
+    for last_n, best in ((1, 0), (2, 1), (-1, 1), (0, 0)):
+        params = SamplingParams(temperature=0.0, repeat_penalty=10.0, repeat_last_n=last_n)
+        assert Sampler(params).sample(logits, history=[0, 2]) == best, last_n
     with pytest.raises(ValueError):
         SamplingParams(top_p=0.0)
+    with pytest.raises(ValueError, match="repeat_last_n"):
+        SamplingParams(repeat_last_n=-2)
 
 
 def test_the_sampler_takes_extreme_parameters_and_refuses_what_is_not_a_number() -> None:

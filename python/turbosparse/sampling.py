@@ -30,7 +30,7 @@ class SamplingParams:
     top_p: float = 0.95  # >= 1: off
     min_p: float = 0.05  # <= 0: off
     repeat_penalty: float = 1.0  # 1: off
-    repeat_last_n: int = 64  # how many recent tokens the penalties look at
+    repeat_last_n: int = 64  # how many recent tokens the penalties look at (-1: all of them, llama.cpp's context size)
     frequency_penalty: float = 0.0  # subtracted once per occurrence in the recent tokens (OpenAI's)
     presence_penalty: float = 0.0  # subtracted once from every token present in them (OpenAI's)
     # whether the recent tokens include the prompt's (llama.cpp, llama-server) or only generated ones
@@ -52,8 +52,8 @@ class SamplingParams:
             raise InvalidArgumentError(f"min_p must be <= 1, got {self.min_p}")
         if self.repeat_penalty <= 0.0:
             raise InvalidArgumentError(f"repeat_penalty must be > 0, got {self.repeat_penalty}")
-        if self.repeat_last_n < 0:
-            raise InvalidArgumentError(f"repeat_last_n must be >= 0, got {self.repeat_last_n}")
+        if self.repeat_last_n < -1:
+            raise InvalidArgumentError(f"repeat_last_n must be >= 0, or -1 for every token, got {self.repeat_last_n}")
         for token, bias in (self.logit_bias or {}).items():
             if not isinstance(token, numbers.Integral) or token < 0:
                 raise InvalidArgumentError(f"logit_bias: token ids are integers >= 0, got {token!r}")
@@ -62,7 +62,7 @@ class SamplingParams:
 
     @property
     def penalizes(self) -> bool:
-        return self.repeat_last_n > 0 and (
+        return self.repeat_last_n != 0 and (
             self.repeat_penalty != 1.0 or self.frequency_penalty != 0.0 or self.presence_penalty != 0.0
         )
 
@@ -132,7 +132,8 @@ class Sampler:
         p = self.params
         if not p.penalizes or not history:
             return logits
-        recent, counts = np.unique(np.asarray(history[-p.repeat_last_n :], dtype=np.int64), return_counts=True)
+        window = history if p.repeat_last_n < 0 else history[-p.repeat_last_n :]
+        recent, counts = np.unique(np.asarray(window, dtype=np.int64), return_counts=True)
         out = logits.copy()
         vals = out[recent].astype(np.float64)
         # extreme penalties (a repeat_penalty of 1e-30) take logits past float32's range: its ends, not infinities,

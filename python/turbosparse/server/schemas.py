@@ -77,7 +77,7 @@ class _Generate(_Body):
     top_k: int = Field(default=40, ge=0)
     min_p: float = Field(default=0.05, ge=0.0, le=1.0)
     repeat_penalty: float = Field(default=1.0, gt=0.0)
-    repeat_last_n: int = Field(default=64, ge=0)
+    repeat_last_n: int = Field(default=64, ge=-1)  # -1: every token, as llama-server's
     frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     seed: int | None = None
