@@ -214,6 +214,7 @@ def test_an_answer_that_ran_out_of_tokens_keeps_the_calls_it_completed() -> None
             (HERMES, 'Sure.\n<tool_call>{"name": "no_such_tool", "arguments": {}}</tool_call>\nAnd then more'),
             (HERMES, "x < y and x <"), (HERMES, "Let me check.\n<tool_c"),
             (LISTED, "see that ["), (GLUED, "The answer is that"), (GLUED, "The answer is that to"),
+            (GLUED, "Pass the option auto="),
             (BARE, '{"summary": "The weather in Paris is'), (NAME_FIRST, "get_weather is what I")]  # fmt: skip
     for source, text in kept:
         use = ToolUse([WEATHER], ToolChoice("auto"), syntax_of(source), parallel=True)
@@ -223,8 +224,12 @@ def test_an_answer_that_ran_out_of_tokens_keeps_the_calls_it_completed() -> None
         assert held.feed(text) + held.finish(cut=True)[0] == text, (source, text)
     # ... and one that does, without its call: Llama 3's bare call, Devstral's cut in the name or the arguments
     cut_calls = [(BARE, '{"name": "get_weather", "parameters": {"ci', ""),
+                 (BARE, '{"type": "function", "name": "get_weather", "parameters": {"ci', ""),
                  (NAME_FIRST, "Sure.[TOOL_CALLS]get_wea", "Sure."),
-                 (NAME_FIRST, 'Sure.[TOOL_CALLS]get_weather[ARGS]{"city": "Pa', "Sure.")]  # fmt: skip
+                 (NAME_FIRST, "Sure.[TOOL_CALLS]get_weather[ARGS] ", "Sure."),
+                 (NAME_FIRST, 'Sure.[TOOL_CALLS]get_weather[ARGS]{"city": "Pa', "Sure."),
+                 (GLUED, ' to=get_weather {"city": "Pa', ""),  # a name-first syntax with a blank separator
+                 (LISTED, "Sure [TOOL_CALLS]", "Sure")]  # its marker but the bracket opening the list  # fmt: skip
     for source, text, content in cut_calls:
         use = ToolUse([WEATHER], ToolChoice("auto"), syntax_of(source), parallel=True)
         assert use.read(text, cut=True) == (content, []), (source, text)

@@ -126,30 +126,51 @@ class ToolCallSyntax:
 
     def cut_call_start(self, text: str) -> int | None:
         """Where a call the text ends inside of starts (an answer cut short by max_tokens there): a whole start marker
-        (with no marker, the answer's start) followed by nothing but the start of a call, whose JSON the text ends
-        in; None where there is none (a marker followed by other text, or by a whole call, is not one)."""
+        (with no marker, the answer's start) followed by nothing but the start of a call, whose name or JSON the text
+        ends in, or the text's end inside a marker that lacks only the brackets opening the call's JSON (Mistral's
+        `[TOOL_CALLS][`); None where there is none (a marker followed by other text, or by a whole call, is not one;
+        nor is a marker that starts with a blank found inside a word)."""
+        marker = self.start.strip()
         for at, after in self._starts(text):
-            if self._ends_inside_a_call(text, after):
+            inside_a_word = self.start[:1].isspace() and at > 0 and not text[at - 1].isspace()
+            if not inside_a_word and self._ends_inside_a_call(text, after):
                 return at
+        if marker:  # the end inside the marker, short of brackets only
+            at = text.rfind(marker[0])
+            while at >= 0:
+                found = _match_loose(text, at, marker)
+                if found is not None and not found[1]:
+                    missing = "".join(marker.split())[len("".join(text[at:].split())) :]
+                    if missing and set(missing) <= set("[{"):
+                        return at
+                at = text.rfind(marker[0], 0, at)
         return None
 
     def _ends_inside_a_call(self, text: str, pos: int) -> bool:
         pos = _skip_blanks(text, pos)
         if pos >= len(text):
             return bool(self.start.strip())  # the marker and nothing after it
-        if self.name_key is None:  # the name, the separator, the arguments
+        rest = text[pos:]
+        if self.name_key is None:  # the name, the separator, the arguments (a blank separator: as _call reads it)
             separator = self.separator.strip()
-            head, found, arguments = text[pos:].partition(separator) if separator else (text[pos:], "", "")
-            if not found:
-                return bool(separator) and not any(c.isspace() for c in head)  # the name, cut short
-            return _unfinished_json(arguments.lstrip())
+            if separator:
+                head, found, arguments = rest.partition(separator)
+                named = bool(found)
+            else:
+                end = next((i for i, c in enumerate(rest) if c.isspace() or c == "{"), len(rest))
+                head, arguments, named = rest[:end], rest[end:], end < len(rest)
+            if any(c.isspace() for c in head.strip()):
+                return False
+            if not named:
+                return bool(self.start.strip())  # the name, cut short
+            return not arguments.strip() or _unfinished_json(arguments.lstrip())
         if not self.start.strip():  # no marker: only an object opening with the call's first key is one
             first = self.arguments_key if self.name_last else self.name_key
-            opening = "".join(text[pos:].split())
-            key = '{"' + first + '"'
-            if not (opening.startswith(key) or key.startswith(opening)):
+            opening = "".join(rest.split())
+            keys = ['{"' + first + '"', '{"type":"function","' + first + '"']  # Llama 3.x may write the type first
+            if not any(opening.startswith(key) or key.startswith(opening) for key in keys):
                 return False
-        return text[pos] == "{" and _unfinished_json(text[pos:])
+        return rest[0] == "{" and _unfinished_json(rest)
 
     def opens(self, text: str) -> bool:
         """With no start marker: whether an answer that begins as text may be calls."""
