@@ -117,12 +117,9 @@ class ToolCallSyntax:
                 at = len(text) - len(text.lstrip())
                 yield at, at
             return
-        at = text.find(marker[0])
-        while at >= 0:
-            found = _match_loose(text, at, marker)
-            if found is not None and found[1]:
-                yield at, found[0]
-            at = text.find(marker[0], at + 1)
+        for at, end, whole in _marker_matches(text, marker):
+            if whole:
+                yield at, end
 
     def cut_call_start(self, text: str) -> int | None:
         """Where a call the text ends inside of starts (an answer cut short by max_tokens there): a whole start marker
@@ -135,15 +132,12 @@ class ToolCallSyntax:
             inside_a_word = self.start[:1].isspace() and at > 0 and not text[at - 1].isspace()
             if not inside_a_word and self._ends_inside_a_call(text, after):
                 return at
-        if marker:  # the end inside the marker, short of brackets only
-            at = text.rfind(marker[0])
-            while at >= 0:
-                found = _match_loose(text, at, marker)
-                if found is not None and not found[1]:
-                    missing = "".join(marker.split())[len("".join(text[at:].split())) :]
-                    if missing and set(missing) <= set("[{"):
-                        return at
-                at = text.rfind(marker[0], 0, at)
+        if not marker:
+            return None
+        for at, _, whole in _marker_matches(text, marker):  # the end inside the marker, short of brackets only
+            missing = "".join(marker.split())[len("".join(text[at:].split())) :]
+            if not whole and set(missing) <= set("[{"):
+                return at
         return None
 
     def _ends_inside_a_call(self, text: str, pos: int) -> bool:
@@ -449,6 +443,17 @@ def _unfinished_json(text: str) -> bool:
     return bool(stack)
 
 
+def _marker_matches(text: str, marker: str, start: int = 0) -> Iterator[tuple[int, int, bool]]:
+    """Each place from start on where text holds marker (blanks not counted): where it starts, where it ends, and
+    whether it is whole (False: the text ends inside it)."""
+    at = text.find(marker[0], start)
+    while at >= 0:
+        found = _match_loose(text, at, marker)
+        if found is not None:
+            yield at, found[0], found[1]
+        at = text.find(marker[0], at + 1)
+
+
 def _match_loose(text: str, pos: int, literal: str) -> tuple[int, bool] | None:
     """How text at pos holds literal, blanks anywhere in either not counted: where the match ends and whether it is
     whole (False: text ends before literal does); None where they differ."""
@@ -581,13 +586,9 @@ class HeldToolCalls:
 
     def _marker_at(self, marker: str) -> int:
         """Where the first marker, or the start of one the text may still complete, is (the text's end: none)."""
-        at = self._text.find(marker[0], self._released)
-        while at >= 0:
-            found = _match_loose(self._text, at, marker)
-            if found is not None:
-                self._calling = found[1]
-                return at
-            at = self._text.find(marker[0], at + 1)
+        for at, _, whole in _marker_matches(self._text, marker, self._released):
+            self._calling = whole
+            return at
         return len(self._text)
 
     def finish(self, *, cut: bool = False) -> tuple[str, list[ToolCall]]:
