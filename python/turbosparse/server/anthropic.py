@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from turbosparse.generation import Generation
-from turbosparse.server.schemas import ChatCompletionRequest, _Body
+from turbosparse.server.schemas import ChatCompletionRequest, _Body, known_types
 from turbosparse.tool_calls import ToolCall, new_call_id
 
 logger = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ class ToolResultBlock(_Body):
     @field_validator("content", mode="before")
     @classmethod
     def _text_only(cls, content: Any) -> Any:
-        return _known_blocks(content, ("text",), "tool_result content blocks")
+        return known_types(content, ("text",), "tool_result content blocks")
 
     def text(self) -> str:
         """Text blocks joined as they are, as llama-server joins them."""
@@ -78,14 +78,6 @@ ContentBlock = Annotated[
 _BLOCKS = TypeAdapter(list[ContentBlock])
 
 
-def _known_blocks(content: Any, known: tuple[str, ...], what: str) -> Any:
-    """content, where a list of blocks holds known types only (ValueError naming the first other type)."""
-    for block in content if isinstance(content, list) else ():
-        if isinstance(block, dict) and block.get("type") not in known:
-            raise ValueError(f"{what} of type {block.get('type')!r} are not supported ({', '.join(known)})")
-    return content
-
-
 class AnthropicMessage(_Body):
     role: Literal["user", "assistant"]
     content: str | list[ContentBlock]
@@ -97,7 +89,7 @@ class AnthropicMessage(_Body):
         if not isinstance(content, list):
             return content
         try:
-            return _BLOCKS.validate_python(_known_blocks(content, BLOCK_TYPES, "content blocks"))
+            return _BLOCKS.validate_python(known_types(content, BLOCK_TYPES, "content blocks"))
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(part) for part in first["loc"])

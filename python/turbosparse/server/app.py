@@ -694,28 +694,23 @@ def _piece(model: Model, token: int) -> str | list[int]:
 
 
 def _mixed_prompt(model: Model, prompt: str | list[int | str]) -> list[int]:
-    """llama-server's prompt: text (special tokens parsed, the BOS added), or a list of token ids and texts, each text
-    tokenized in turn (the BOS before a leading one only)."""
-    if isinstance(prompt, str):
-        return model.tokenize(prompt, special=True)
-    tokens: list[int] = []
-    for i, part in enumerate(prompt):
-        if isinstance(part, str):
-            tokens += model.tokenize(part, add_bos=i == 0, special=True)
-        else:
-            tokens.append(part)
-    _check_tokens(model, tokens, "prompt")
+    """llama-server's prompt: text, or a list of token ids and texts (_mixed_tokens: special tokens parsed, the BOS
+    before a leading text)."""
+    tokens = _mixed_tokens(model, prompt, "prompt", special=True, bos=True)
     if not tokens:
         raise APIError(400, "the prompt is empty", param="prompt")
     return tokens
 
 
-def _mixed_tokens(model: Model, value: str | list[int | str], param: str, *, special: bool = False) -> list[int]:
-    """Text, or token ids and texts mixed, as tokens (no BOS; special tokens' texts parsed where special)."""
+def _mixed_tokens(
+    model: Model, value: str | list[int | str], param: str, *, special: bool = False, bos: bool = False
+) -> list[int]:
+    """Text, or token ids and texts mixed, as tokens, each text tokenized in turn (special tokens' texts parsed where
+    special; bos: the BOS before a leading text)."""
     parts = [value] if isinstance(value, str) else value
     tokens: list[int] = []
-    for part in parts:
-        tokens += model.tokenize(part, add_bos=False, special=special) if isinstance(part, str) else [part]
+    for i, part in enumerate(parts):
+        tokens += model.tokenize(part, add_bos=bos and i == 0, special=special) if isinstance(part, str) else [part]
     _check_tokens(model, tokens, param)
     return tokens
 

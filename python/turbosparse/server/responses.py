@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from turbosparse.generation import Generation
-from turbosparse.server.schemas import ChatCompletionRequest, _Body
+from turbosparse.server.schemas import ChatCompletionRequest, _Body, known_types
 from turbosparse.tool_calls import ToolCall, new_call_id
 
 logger = logging.getLogger(__name__)
@@ -58,13 +58,6 @@ class TextPart(_Body):
         return self.refusal if self.type == "refusal" else self.text
 
 
-def _text_parts(content: Any, what: str) -> Any:
-    for part in content if isinstance(content, list) else ():
-        if isinstance(part, dict) and part.get("type") not in PART_TYPES:
-            raise ValueError(f"{what} of type {part.get('type')!r} are not supported ({', '.join(PART_TYPES)})")
-    return content
-
-
 class MessageItem(_Body):
     type: Literal["message"] = "message"
     role: Literal["user", "system", "developer", "assistant"]
@@ -73,7 +66,7 @@ class MessageItem(_Body):
     @field_validator("content", mode="before")
     @classmethod
     def _text_only(cls, content: Any) -> Any:
-        return _text_parts(content, "content parts")
+        return known_types(content, PART_TYPES, "content parts")
 
     def text(self) -> str:
         return self.content if isinstance(self.content, str) else "\n".join(p.value() for p in self.content)
@@ -98,7 +91,7 @@ class FunctionCallOutputItem(_Body):
     @field_validator("output", mode="before")
     @classmethod
     def _text_only(cls, output: Any) -> Any:
-        return _text_parts(output, "output parts")
+        return known_types(output, PART_TYPES, "output parts")
 
     def text(self) -> str:
         return self.output if isinstance(self.output, str) else "".join(p.value() for p in self.output)

@@ -319,11 +319,12 @@ class InfillRequest(NativeCompletionRequest):
         return NativeCompletionRequest._one_prompt(prompt) if prompt else prompt
 
 
-def text_only(content: Any, what: str) -> Any:
-    """content, where a list of parts (or blocks) holds text ones only (ValueError naming the first other type)."""
+def known_types(content: Any, known: tuple[str, ...], what: str) -> Any:
+    """content, where a list of parts (or blocks) holds ones of the known types only (ValueError naming the first
+    other type)."""
     for part in content if isinstance(content, list) else ():
-        if isinstance(part, dict) and part.get("type") != "text":
-            raise ValueError(f"{what} of type {part.get('type')!r} are not supported (text only)")
+        if isinstance(part, dict) and part.get("type") not in known:
+            raise ValueError(f"{what} of type {part.get('type')!r} are not supported (only {', '.join(known)})")
     return content
 
 
@@ -343,7 +344,7 @@ class ChatMessage(_Body):
     @field_validator("content", mode="before")
     @classmethod
     def _text_only(cls, content: Any) -> Any:
-        return text_only(content, "content parts")
+        return known_types(content, ("text",), "content parts")
 
     def for_template(self, parts_joined_by: str = "\n") -> dict[str, Any]:
         """The message as chat templates expect it: content a string (text parts joined by newlines, as
