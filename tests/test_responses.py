@@ -99,6 +99,10 @@ def test_a_response_is_the_chat_routes_answer_whole_and_streamed(smollm2_path: A
         assert thinking.usage.output_tokens_details.reasoning_tokens > 0
         counted = sdk.responses.input_tokens.count(model="x", instructions="Be brief.", input="Name a large animal.")
         assert counted.input_tokens == response.usage.input_tokens
+        # input is optional (instructions alone), and the route is under the bare path too, as /responses is
+        alone = sdk.responses.input_tokens.count(model="x", instructions="Be brief.").input_tokens
+        bare = http.post("/responses/input_tokens", json={"instructions": "Be brief.", "input": "Name a large animal."})
+        assert 0 < alone < counted.input_tokens == bare.json()["input_tokens"], bare.text
 
         for bad, match in [
             ({"conversation": "conv_1"}, "not stored"),
@@ -109,6 +113,17 @@ def test_a_response_is_the_chat_routes_answer_whole_and_streamed(smollm2_path: A
             ({"input": [{"type": "function_call", "name": "f"}]}, "call_id"),
             ({"tools": [{"type": "custom", "name": "f"}]}, "function tools are supported"),
             ({"temperature": -1}, "temperature"),
+            ({"input": None}, "give input, instructions or both"),
+            ({"input": [{"role": "user", "content": [{"type": "input_text", "text": 5}]}]}, r"content parts 0\.text"),
+            ({"input": [{"role": "user", "content": [{"type": "input_text"}]}]}, "needs text"),
+            (
+                {"input": [{"type": "function_call_output", "call_id": "a", "output": [{"type": "refusal"}]}]},
+                "output parts 0.*needs refusal",
+            ),
+            ({"tool_choice": {"type": "function"}}, r'tool_choice must be .*\{"type": "function", "name": \.\.\.\}'),
+            ({"tool_choice": {"type": "allowed_tools", "mode": "auto"}}, "allowed_tools"),
+            ({"text": {"format": {"type": "json_schema", "name": "a"}}}, 'text.format of type "json_schema" needs'),
+            ({"text": {"format": {"type": "yaml"}}}, "text.format must be of type"),
         ]:
             reply = http.post("/v1/responses", json={"input": "Hi", **bad})
             assert reply.status_code == 400 and re.search(match, reply.json()["error"]["message"]), reply.text
@@ -143,6 +158,12 @@ def test_responses_call_tools_as_the_chat_route(smollm2_path: Any) -> None:
                                      max_output_tokens=1)  # fmt: skip
         chat = sdk.chat.completions.create(model="x", messages=chat_history, tools=[WEATHER, TIME], max_tokens=1)
         assert again.usage.input_tokens == chat.usage.prompt_tokens
+
+        # the chat route's errors name this API's fields
+        both = {"input": "Hi", "tools": TOOLS, "text": {"format": {"type": "json_object"}}}
+        for path in ("/v1/responses", "/v1/responses/input_tokens"):
+            error = http.post(path, json=both).json()["error"]
+            assert error["param"] == "tools" and "tools and text.format both constrain" in error["message"], error
 
 
 SUMMARY_A = {"type": "summary_text", "text": "A"}

@@ -625,6 +625,8 @@ def test_anthropics_messages_api(server: Server) -> None:
     assert status == 200 and cut["stop_reason"] == "max_tokens" and cut["usage"]["output_tokens"] == 1, cut
     status, counted = server.request("POST", "/v1/messages/count_tokens", {"system": system, "messages": user})
     assert status == 200 and counted == {"input_tokens": usage["input_tokens"]}
+    among = [{"role": "system", "content": system}, *user]  # a system message among the turns (the API takes it)
+    assert server.request("POST", "/v1/messages/count_tokens", {"messages": among}) == (200, counted)
 
     # an answer split into reasoning (a prefill opening it): a thinking block, the same streamed and whole; sent back
     # as the assistant's turn, its thinking block is taken (and dropped)
@@ -648,6 +650,8 @@ def test_anthropics_messages_api(server: Server) -> None:
                 {**body, "temperature": -1}, {**body, "top_p": 0}, {**body, "stop_sequences": ["x"] * 17}):  # fmt: skip
         assert_anthropic_error(*server.request("POST", "/v1/messages", bad), 400)
     assert_anthropic_error(*server.request("POST", "/v1/messages/count_tokens", {"messages": user, "top_k": -1}), 400)
+    status, many = server.request("POST", "/v1/messages", {**body, "stop_sequences": ["x"] * 17})
+    assert many["error"]["param"] == "stop_sequences", many  # Anthropic's name for the field
     assert_anthropic_error(*server.request("POST", "/v1/messages", body, key="sk-wrong"), 401)
 
 

@@ -574,7 +574,7 @@ def test_anthropics_tool_use_makes_the_chat_routes_calls(smollm2_path: Any, temp
             ({"messages": [{"role": "user", "content": [{"type": "image", "source": {}}]}]}, "'image' are not"),
             ({"tools": [WEATHER]}, "tools\\[0\\] is of type 'function'"),  # OpenAI's form
             ({"tools": [{"type": "bash_20250124", "name": "bash"}]}, "give custom tools"),  # its schema is Anthropic's
-            ({"messages": [{"role": "assistant", "content": [{**call, "id": None}]}]}, "content block 0.tool_use.id"),
+            ({"messages": [{"role": "assistant", "content": [{**call, "id": None}]}]}, "content blocks 0.tool_use.id"),
             ({"messages": [{"role": "user", "content": [IMAGE_RESULT]}]}, "tool_result content blocks of type 'image'"),
         ]:
             reply = client.post("/v1/messages", json={**body, **bad})
@@ -624,6 +624,29 @@ def test_anthropic_messages_become_chat_messages() -> None:
         {"type": "function", "function": {"name": "get_time"}},
         False,
     )
+
+    # system messages among the turns (text only); a tool's type null is a custom tool's; the chat completion's own
+    # fields given beside Anthropic's pass on (template variables, say), the ones Anthropic names otherwise do not
+    request = MessagesRequest.model_validate({
+        "max_tokens": 5, "chat_template_kwargs": {"enable_thinking": False}, "seed": 3, "stop": ["x"],
+        "messages": [{"role": "system", "content": [{"type": "text", "text": "Be brief."}]},
+                     {"role": "user", "content": "Time?"}],
+        "tools": [{"type": None, "name": "get_time", "input_schema": {"type": "object"}}],
+    })  # fmt: skip
+    chat = request.chat()
+    assert [m.for_template() for m in chat.messages] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Time?"},
+    ]
+    assert (chat.chat_template_kwargs, chat.seed, chat.stop, len(chat.tools)) == (
+        {"enable_thinking": False},
+        3,
+        None,
+        1,
+    )
+    with pytest.raises(ValueError, match="a system message cannot hold tool_result blocks"):
+        MessagesRequest.model_validate({"max_tokens": 5, "messages": [{"role": "system", "content": [
+            {"type": "tool_result", "tool_use_id": "x", "content": "a"}]}]})  # fmt: skip
 
 
 def test_consecutive_anthropic_turns_of_one_role_are_one() -> None:

@@ -11,10 +11,10 @@ import logging
 import secrets
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic import Field, TypeAdapter, field_validator, model_validator
 
 from turbosparse.generation import Generation
-from turbosparse.server.schemas import ChatCompletionRequest, _Body, known_types
+from turbosparse.server.schemas import ChatCompletionRequest, _Body, chat_fields_beside, typed_parts
 from turbosparse.tool_calls import ToolCall, new_call_id
 
 logger = logging.getLogger(__name__)
@@ -26,6 +26,9 @@ SERVER_TOOLS = ("web_search_", "web_fetch_", "code_execution_")  # Anthropic's s
 class TextBlock(_Body):
     type: Literal["text"]
     text: str
+
+
+_TEXT_BLOCKS = TypeAdapter(list[TextBlock])
 
 
 class ToolUseBlock(_Body):
@@ -48,7 +51,7 @@ class ToolResultBlock(_Body):
     @field_validator("content", mode="before")
     @classmethod
     def _text_only(cls, content: Any) -> Any:
-        return known_types(content, ("text",), "tool_result content blocks")
+        return typed_parts(content, _TEXT_BLOCKS, ("text",), "tool_result content blocks")
 
     def text(self) -> str:
         """Text blocks joined as they are, as llama-server joins them."""
@@ -79,27 +82,25 @@ _BLOCKS = TypeAdapter(list[ContentBlock])
 
 
 class AnthropicMessage(_Body):
-    role: Literal["user", "assistant"]
+    """A turn: a user's or an assistant's, or a system message among them (text only), which the API takes too."""
+
+    role: Literal["user", "assistant", "system"]
     content: str | list[ContentBlock]
 
     @field_validator("content", mode="before")
     @classmethod
     def _supported(cls, content: Any) -> Any:
-        """A list of blocks read as blocks (ValueError naming the first bad block's field, not the string form's)."""
-        if not isinstance(content, list):
-            return content
-        try:
-            return _BLOCKS.validate_python(known_types(content, BLOCK_TYPES, "content blocks"))
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(part) for part in first["loc"])
-            raise ValueError(f"content block {where}: {first['msg']}") from None
+        return typed_parts(content, _BLOCKS, BLOCK_TYPES, "content blocks")
 
     @field_validator("content")
     @classmethod
     def _blocks_of_the_role(cls, content: str | list[Any], info: Any) -> str | list[Any]:
         role = info.data.get("role")
-        wrong = {"user": (ToolUseBlock, ThinkingBlock, RedactedThinkingBlock), "assistant": (ToolResultBlock,)}
+        wrong = {
+            "user": (ToolUseBlock, ThinkingBlock, RedactedThinkingBlock),
+            "assistant": (ToolResultBlock,),
+            "system": (ToolUseBlock, ThinkingBlock, RedactedThinkingBlock, ToolResultBlock),
+        }
         for block in content if isinstance(content, list) else ():
             if isinstance(block, wrong.get(role, ())):
                 raise ValueError(f"a {role} message cannot hold {block.type} blocks")
@@ -111,6 +112,8 @@ class AnthropicMessage(_Body):
         if isinstance(self.content, str):
             return [{"role": self.role, "content": self.content}]
         parts = [{"type": "text", "text": b.text} for b in self.content if isinstance(b, TextBlock)]
+        if self.role == "system":
+            return [{"role": "system", "content": parts}]
         if self.role == "user":
             results = [b for b in self.content if isinstance(b, ToolResultBlock)]
             tool = [{"role": "tool", "tool_call_id": r.tool_use_id, "content": r.text()} for r in results]
@@ -158,6 +161,25 @@ class ToolChoice(_Body):
         return {"auto": "auto", "any": "required", "none": "none"}[self.type]
 
 
+# the chat completion's fields that Anthropic's request names otherwise, or has no place for
+_OWN_FIELDS = {
+    "messages",
+    "max_tokens",
+    "max_completion_tokens",
+    "stop",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "response_format",
+    "stream",
+    "stream_options",
+    "functions",
+    "function_call",
+    "logprobs",
+    "top_logprobs",
+}
+
+
 class MessagesRequest(_Body):
     """Anthropic's request: max_tokens, the messages, a system prompt, stop_sequences, sampling, tools and
     tool_choice, stream."""
@@ -184,7 +206,7 @@ class MessagesRequest(_Body):
             return tools
         kept = []
         for i, tool in enumerate(tools):
-            kind = tool.get("type", "custom") if isinstance(tool, dict) else "custom"
+            kind = (tool.get("type") or "custom") if isinstance(tool, dict) else "custom"
             if kind == "custom":
                 kept.append(tool)
             elif isinstance(kind, str) and kind.startswith(SERVER_TOOLS):
@@ -200,7 +222,8 @@ class MessagesRequest(_Body):
 
     def chat(self) -> ChatCompletionRequest:
         """The same request as a chat completion's (the system prompt first; unset sampling fields take the server's
-        defaults)."""
+        defaults; the chat completion's own fields given beside Anthropic's, chat_template_kwargs say, passed on as
+        llama-server passes them)."""
         system = (
             self.system if isinstance(self.system, str) or self.system is None else "".join(b.text for b in self.system)
         )
@@ -217,8 +240,9 @@ class MessagesRequest(_Body):
             "parallel_tool_calls": False if single else None,
         }
         given = {name: value for name, value in fields.items() if value is not None}
+        extra = chat_fields_beside(self.model_extra, _OWN_FIELDS)
         return ChatCompletionRequest.model_validate(
-            {"messages": messages, "max_tokens": self.max_tokens, "stream": self.stream, **given}
+            {**extra, "messages": messages, "max_tokens": self.max_tokens, "stream": self.stream, **given}
         )
 
 

@@ -9,11 +9,12 @@ import base64
 import functools
 import json
 import logging
+import re
 import secrets
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -507,7 +508,9 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
     async def messages(body: anthropic.MessagesRequest, request: Request) -> Response:
         """Anthropic's Messages API over the chat route's prompt and sampling (anthropic.py)."""
         model, engine = ready()
-        tokens, job, queue, chunks = await converted_generation(model, engine, _converted_chat(body.chat), "messages")
+        tokens, job, queue, chunks = await converted_generation(
+            model, engine, _converted_chat(body.chat, ANTHROPIC_FIELDS), "messages"
+        )
         gen = job.generation
         message_id = anthropic.new_message_id()
         if body.stream:
@@ -530,7 +533,8 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
         """OpenAI's Responses API over the chat route's prompt, sampling and tool calls (responses.py)."""
         model, engine = ready()
         chat = _converted_chat(body.chat, RESPONSES_FIELDS)
-        _, job, queue, chunks = await converted_generation(model, engine, chat, "input")
+        with _errors_named_as(RESPONSES_FIELDS):
+            _, job, queue, chunks = await converted_generation(model, engine, chat, "input")
         gen = job.generation
 
         def count(text: str) -> int:
@@ -548,23 +552,26 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
         return JSONResponse(response(responses.output_items(content, reasoning_content, calls, cut=cut), gen))
 
     @app.post("/v1/responses/input_tokens")
+    @app.post("/responses/input_tokens")
     async def count_input_tokens(body: responses.ResponsesRequest) -> JSONResponse:
         """The tokens /v1/responses would evaluate for the same body (the openai SDK's responses.input_tokens)."""
         model, _ = ready()
-        tokens, _, _ = chat_setup(model, _converted_chat(body.chat, RESPONSES_FIELDS))
+        with _errors_named_as(RESPONSES_FIELDS):
+            tokens, _, _ = chat_setup(model, _converted_chat(body.chat, RESPONSES_FIELDS))
         return JSONResponse({"object": "response.input_tokens", "input_tokens": len(tokens)})
 
     @app.post("/v1/messages/count_tokens")
     async def count_tokens(body: anthropic.CountTokensRequest) -> JSONResponse:
         model, _ = ready()
-        tokens, _, _ = chat_setup(model, _converted_chat(body.chat))
+        tokens, _, _ = chat_setup(model, _converted_chat(body.chat, ANTHROPIC_FIELDS))
         return JSONResponse({"input_tokens": len(tokens)})
 
     return app
 
 
-# the chat completion's fields as the Responses API names them, for its errors
+# the chat completion's fields as the Responses API and Anthropic's name them, for their errors
 RESPONSES_FIELDS = {"messages": "input", "max_tokens": "max_output_tokens", "response_format": "text.format"}
+ANTHROPIC_FIELDS = {"stop": "stop_sequences"}
 
 
 class _DeltaEvents(Protocol):
@@ -611,6 +618,21 @@ def _converted_chat(
             loc[0] = names[loc[0]]
         where = ".".join(loc)
         raise APIError(400, f"{where}: {first['msg']}", param=where) from None
+
+
+@contextmanager
+def _errors_named_as(names: dict[str, str]) -> Iterator[None]:
+    """The chat route's errors (tools, grammars, templates) with its fields named as another API names them (names:
+    the chat completion's field -> the API's): in param, and in the message where the name is an identifier such as
+    response_format ("messages" is left in the prose)."""
+    try:
+        yield
+    except APIError as exc:
+        message = exc.message
+        for chat_name, own_name in names.items():
+            if "_" in chat_name:
+                message = re.sub(rf"\b{chat_name}\b", own_name, message)
+        raise APIError(exc.status, message, param=names.get(exc.param or "", exc.param), type=exc.type) from None
 
 
 def _split_apart(reasoning: ReasoningSplit | None) -> ReasoningSplit | None:

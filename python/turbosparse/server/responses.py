@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from turbosparse.generation import Generation
-from turbosparse.server.schemas import ChatCompletionRequest, _Body, known_types
+from turbosparse.server.schemas import ChatCompletionRequest, _Body, chat_fields_beside, typed_parts
 from turbosparse.tool_calls import ToolCall, new_call_id
 
 logger = logging.getLogger(__name__)
@@ -51,11 +51,21 @@ class TextPart(_Body):
     """input_text (a user's), output_text (an earlier answer's) or a refusal."""
 
     type: Literal["input_text", "output_text", "refusal"]
-    text: str = ""
-    refusal: str = ""
+    text: str | None = None
+    refusal: str | None = None
+
+    @model_validator(mode="after")
+    def _has_its_text(self) -> TextPart:
+        needed = "refusal" if self.type == "refusal" else "text"
+        if getattr(self, needed) is None:
+            raise ValueError(f"a part of type {self.type!r} needs {needed}")
+        return self
 
     def value(self) -> str:
-        return self.refusal if self.type == "refusal" else self.text
+        return (self.refusal if self.type == "refusal" else self.text) or ""
+
+
+_PARTS = TypeAdapter(list[TextPart])
 
 
 class MessageItem(_Body):
@@ -66,7 +76,7 @@ class MessageItem(_Body):
     @field_validator("content", mode="before")
     @classmethod
     def _text_only(cls, content: Any) -> Any:
-        return known_types(content, PART_TYPES, "content parts")
+        return typed_parts(content, _PARTS, PART_TYPES, "content parts")
 
     def text(self) -> str:
         return self.content if isinstance(self.content, str) else "\n".join(p.value() for p in self.content)
@@ -91,7 +101,7 @@ class FunctionCallOutputItem(_Body):
     @field_validator("output", mode="before")
     @classmethod
     def _text_only(cls, output: Any) -> Any:
-        return known_types(output, PART_TYPES, "output parts")
+        return typed_parts(output, _PARTS, PART_TYPES, "output parts")
 
     def text(self) -> str:
         return self.output if isinstance(self.output, str) else "".join(p.value() for p in self.output)
@@ -139,7 +149,7 @@ class ResponsesRequest(_Body):
     and tool_choice, text.format (JSON modes), stream."""
 
     model: str | None = None
-    input: str | list[InputItem]
+    input: str | list[InputItem] | None = None
     instructions: str | None = None
     max_output_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = None
@@ -158,6 +168,45 @@ class ResponsesRequest(_Body):
     def _nulls_are_defaults(cls, data: Any) -> Any:
         """A field sent as null takes its default, as on the chat route."""
         return {key: value for key, value in data.items() if value is not None} if isinstance(data, dict) else data
+
+    @model_validator(mode="after")
+    def _has_input(self) -> ResponsesRequest:
+        if self.input is None and not self.instructions:
+            raise ValueError("give input, instructions or both")
+        return self
+
+    @field_validator("tool_choice")
+    @classmethod
+    def _choice(cls, choice: Any) -> Any:
+        """The Responses API's tool_choice shapes (the chat completion's {"type": "function", "function": ...} too,
+        as llama-server takes it)."""
+        if choice is None or choice in ("none", "auto", "required"):
+            return choice
+        kind = choice.get("type") if isinstance(choice, dict) else None
+        if kind == "function" and (isinstance(choice.get("name"), str) or isinstance(choice.get("function"), dict)):
+            return choice
+        allowed = kind == "allowed_tools" and isinstance(choice.get("tools"), list)
+        if allowed and choice.get("mode", "auto") in ("auto", "required"):
+            return choice
+        if isinstance(kind, str) and kind.startswith(HOSTED_TOOLS):
+            return choice
+        raise ValueError(
+            'tool_choice must be "none", "auto", "required", {"type": "function", "name": ...} or '
+            '{"type": "allowed_tools", "mode": "auto" or "required", "tools": [...]}'
+        )
+
+    @field_validator("text")
+    @classmethod
+    def _format(cls, text: dict[str, Any] | None) -> dict[str, Any] | None:
+        """text.format: text, json_object or json_schema with its schema."""
+        form = (text or {}).get("format")
+        if form is None:
+            return text
+        if not isinstance(form, dict) or form.get("type", "text") not in ("text", "json_object", "json_schema"):
+            raise ValueError('text.format must be of type "text", "json_object" or "json_schema"')
+        if form.get("type") == "json_schema" and not isinstance(form.get("schema"), dict):
+            raise ValueError('text.format of type "json_schema" needs its schema (an object)')
+        return text
 
     @field_validator("input", mode="before")
     @classmethod
@@ -219,8 +268,7 @@ class ResponsesRequest(_Body):
             "response_format": _response_format(self.text),
         }
         given = {name: value for name, value in fields.items() if value is not None}
-        extra = {key: value for key, value in (self.model_extra or {}).items()
-                 if key in ChatCompletionRequest.model_fields and key not in _OWN_FIELDS}  # fmt: skip
+        extra = chat_fields_beside(self.model_extra, _OWN_FIELDS)
         body = {**extra, "messages": self.messages(), "stream": self.stream, **given}
         return ChatCompletionRequest.model_validate(body)
 
@@ -235,8 +283,7 @@ class ResponsesRequest(_Body):
         if kind == "function" and "function" not in choice:
             return tools, {"type": "function", "function": {"name": choice.get("name")}}
         if kind == "allowed_tools":
-            listed = choice.get("tools") if isinstance(choice.get("tools"), list) else []
-            names = {t.get("name") for t in listed if isinstance(t, dict) and t.get("type") == "function"}
+            names = {t.get("name") for t in choice["tools"] if isinstance(t, dict) and t.get("type") == "function"}
             return [tool for tool in tools if tool.name in names], choice.get("mode", "auto")
         if isinstance(kind, str) and kind.startswith(HOSTED_TOOLS):
             logger.warning("tool_choice %r names a hosted tool, which is dropped: auto", kind)
@@ -248,6 +295,8 @@ class ResponsesRequest(_Body):
         before them (or make one), with the reasoning items just before them as its reasoning; a call's output is a
         tool message; reasoning not followed by an answer of its turn is dropped."""
         messages: list[dict[str, Any]] = [{"role": "system", "content": self.instructions}] if self.instructions else []
+        if self.input is None:
+            return messages
         if isinstance(self.input, str):
             return [*messages, {"role": "user", "content": self.input}]
         reasoning: list[str] = []
@@ -280,7 +329,7 @@ class ResponsesRequest(_Body):
 def _response_format(text: dict[str, Any] | None) -> dict[str, Any] | None:
     """text.format as a chat completion's response_format (None: plain text)."""
     form = (text or {}).get("format")
-    if not isinstance(form, dict) or form.get("type", "text") == "text":
+    if form is None or form.get("type", "text") == "text":
         return None
     if form.get("type") == "json_schema":
         schema = {key: form[key] for key in ("name", "schema", "strict", "description") if key in form}

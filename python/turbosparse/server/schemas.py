@@ -16,6 +16,8 @@ from pydantic import (
     Field,
     PrivateAttr,
     StrictInt,
+    TypeAdapter,
+    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -319,18 +321,27 @@ class InfillRequest(NativeCompletionRequest):
         return NativeCompletionRequest._one_prompt(prompt) if prompt else prompt
 
 
-def known_types(content: Any, known: tuple[str, ...], what: str) -> Any:
-    """content, where a list of parts (or blocks) holds ones of the known types only (ValueError naming the first
-    other type)."""
-    for part in content if isinstance(content, list) else ():
+def typed_parts(content: Any, parts: TypeAdapter[Any], known: tuple[str, ...], what: str) -> Any:
+    """content, where a list is read as parts (or blocks) of the known types: a ValueError names the first other
+    type, or the first bad part's field (not the error of content's string form, which pydantic names first)."""
+    if not isinstance(content, list):
+        return content
+    for part in content:
         if isinstance(part, dict) and part.get("type") not in known:
             raise ValueError(f"{what} of type {part.get('type')!r} are not supported (only {', '.join(known)})")
-    return content
+    try:
+        return parts.validate_python(content)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ValueError(f"{what} {'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
 
 
 class TextPart(_Body):
     type: Literal["text"]
     text: str
+
+
+_TEXT_PARTS = TypeAdapter(list[TextPart])
 
 
 class ChatMessage(_Body):
@@ -344,7 +355,7 @@ class ChatMessage(_Body):
     @field_validator("content", mode="before")
     @classmethod
     def _text_only(cls, content: Any) -> Any:
-        return known_types(content, ("text",), "content parts")
+        return typed_parts(content, _TEXT_PARTS, ("text",), "content parts")
 
     def for_template(self, parts_joined_by: str = "\n") -> dict[str, Any]:
         """The message as chat templates expect it: content a string (text parts joined by newlines, as
@@ -457,3 +468,10 @@ class TokenizeRequest(_Body):
 
 class DetokenizeRequest(_Body):
     tokens: list[int]
+
+
+def chat_fields_beside(extra: dict[str, Any] | None, own: set[str]) -> dict[str, Any]:
+    """The chat completion's fields another API's request gives beside its own (llama-server passes them on:
+    sampling, seed, template variables, ...), less the ones that API names otherwise (own)."""
+    return {key: value for key, value in (extra or {}).items()
+            if key in ChatCompletionRequest.model_fields and key not in own}  # fmt: skip
