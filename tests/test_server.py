@@ -625,6 +625,11 @@ def test_anthropics_messages_api(server: Server) -> None:
     assert status == 200 and cut["stop_reason"] == "max_tokens" and cut["usage"]["output_tokens"] == 1, cut
     status, counted = server.request("POST", "/v1/messages/count_tokens", {"system": system, "messages": user})
     assert status == 200 and counted == {"input_tokens": usage["input_tokens"]}
+    # structured outputs: output_config's JSON schema held to, as the chat route's json_schema response_format
+    schema = {"type": "object", "properties": {"animal": {"type": "string", "maxLength": 12}}, "required": ["animal"]}
+    structured = {**body, "max_tokens": 40, "output_config": {"format": {"type": "json_schema", "schema": schema}}}
+    status, shaped = server.request("POST", "/v1/messages", structured)
+    assert status == 200 and isinstance(json.loads(shaped["content"][0]["text"])["animal"], str), shaped
     among = [{"role": "system", "content": system}, *user]  # a system message among the turns (the API takes it)
     assert server.request("POST", "/v1/messages/count_tokens", {"messages": among}) == (200, counted)
 

@@ -576,6 +576,8 @@ def test_anthropics_tool_use_makes_the_chat_routes_calls(smollm2_path: Any, temp
             ({"tools": [{"type": "bash_20250124", "name": "bash"}]}, "give custom tools"),  # its schema is Anthropic's
             ({"messages": [{"role": "assistant", "content": [{**call, "id": None}]}]}, "content blocks 0.tool_use.id"),
             ({"messages": [{"role": "user", "content": [IMAGE_RESULT]}]}, "tool_result content blocks of type 'image'"),
+            ({"output_config": {"format": {"type": "json_schema", "schema": {}}}}, "tools and output_config.format"),
+            ({"output_config": {"format": {"type": "json_schema"}}}, r"output_config\.format\.schema"),
         ]:
             reply = client.post("/v1/messages", json={**body, **bad})
             assert reply.status_code == 400 and re.search(match, reply.json()["error"]["message"]), reply.text

@@ -180,9 +180,21 @@ _OWN_FIELDS = {
 }
 
 
+class OutputFormat(_Body):
+    type: Literal["json_schema"]
+    schema_: dict[str, Any] = Field(alias="schema")
+
+
+class OutputConfig(_Body):
+    """output_config: format, the answer's JSON schema (structured outputs), held to by the chat route's grammar;
+    effort not read."""
+
+    format: OutputFormat | None = None
+
+
 class MessagesRequest(_Body):
     """Anthropic's request: max_tokens, the messages, a system prompt, stop_sequences, sampling, tools and
-    tool_choice, stream."""
+    tool_choice, output_config's JSON schema, stream."""
 
     model: str | None = None
     max_tokens: int = Field(ge=1)
@@ -195,6 +207,7 @@ class MessagesRequest(_Body):
     top_k: int | None = None
     tools: list[Tool] | None = None
     tool_choice: ToolChoice | None = None
+    output_config: OutputConfig | None = None
 
     @field_validator("tools", mode="before")
     @classmethod
@@ -238,12 +251,17 @@ class MessagesRequest(_Body):
             "tools": [tool.openai() for tool in self.tools] if self.tools else None,
             "tool_choice": self.tool_choice.openai() if self.tool_choice is not None else None,
             "parallel_tool_calls": False if single else None,
+            "response_format": self._response_format(),
         }
         given = {name: value for name, value in fields.items() if value is not None}
         extra = chat_fields_beside(self.model_extra, _OWN_FIELDS)
         return ChatCompletionRequest.model_validate(
             {**extra, "messages": messages, "max_tokens": self.max_tokens, "stream": self.stream, **given}
         )
+
+    def _response_format(self) -> dict[str, Any] | None:
+        form = self.output_config.format if self.output_config is not None else None
+        return None if form is None else {"type": "json_schema", "json_schema": {"schema": form.schema_}}
 
 
 def _merged(messages: list[AnthropicMessage]) -> list[AnthropicMessage]:

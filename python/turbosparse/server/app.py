@@ -508,9 +508,9 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
     async def messages(body: anthropic.MessagesRequest, request: Request) -> Response:
         """Anthropic's Messages API over the chat route's prompt and sampling (anthropic.py)."""
         model, engine = ready()
-        tokens, job, queue, chunks = await converted_generation(
-            model, engine, _converted_chat(body.chat, ANTHROPIC_FIELDS), "messages"
-        )
+        chat = _converted_chat(body.chat, ANTHROPIC_FIELDS)
+        with _errors_named_as(ANTHROPIC_FIELDS):
+            tokens, job, queue, chunks = await converted_generation(model, engine, chat, "messages")
         gen = job.generation
         message_id = anthropic.new_message_id()
         if body.stream:
@@ -563,7 +563,8 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
     @app.post("/v1/messages/count_tokens")
     async def count_tokens(body: anthropic.CountTokensRequest) -> JSONResponse:
         model, _ = ready()
-        tokens, _, _ = chat_setup(model, _converted_chat(body.chat, ANTHROPIC_FIELDS))
+        with _errors_named_as(ANTHROPIC_FIELDS):
+            tokens, _, _ = chat_setup(model, _converted_chat(body.chat, ANTHROPIC_FIELDS))
         return JSONResponse({"input_tokens": len(tokens)})
 
     return app
@@ -571,7 +572,7 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
 
 # the chat completion's fields as the Responses API and Anthropic's name them, for their errors
 RESPONSES_FIELDS = {"messages": "input", "max_tokens": "max_output_tokens", "response_format": "text.format"}
-ANTHROPIC_FIELDS = {"stop": "stop_sequences"}
+ANTHROPIC_FIELDS = {"stop": "stop_sequences", "response_format": "output_config.format"}
 
 
 class _DeltaEvents(Protocol):
