@@ -263,10 +263,22 @@ def test_serve_reads_llama_servers_environment_variables(tmp_path, monkeypatch) 
                         "LLAMA_API_KEY": "k", "LLAMA_ARG_FLASH_ATTN": "off", "LLAMA_ARG_EMBEDDINGS": "true",
                         "LLAMA_ARG_CACHE_TYPE_K": "q8_0", "LLAMA_ARG_CHAT_TEMPLATE_FILE": str(template),
                         "LLAMA_CHAT_TEMPLATE_KWARGS": '{"enable_thinking": false}', "LLAMA_ARG_THINK": "none",
-                        "LLAMA_ARG_HOST": "0.0.0.0", "LLAMA_ARG_PORT": "9000"}.items():  # fmt: skip
+                        "LLAMA_ARG_HOST": "0.0.0.0", "LLAMA_ARG_PORT": "9000", "LLAMA_ARG_TEMPERATURE": "0.3",
+                        "LLAMA_ARG_TOP_K": "7"}.items():  # fmt: skip
         monkeypatch.setenv(name, value)
     args = parsed()
-    assert (args.model, args.ctx_size, args.parallel, args.api_key, args.flash_attn) == ("m.gguf", 2048, 2, "k", "off")
+    assert (args.model, args.ctx_size, args.parallel, args.api_key, args.flash_attn) == (
+        "m.gguf",
+        2048,
+        2,
+        ["k"],
+        "off",
+    )
+    assert (args.llama_server_temperature, args.llama_server_top_k) == (0.3, 7)
+    assert parsed("--api-key", "a", "--api-key", "b").api_key == ["k", "a", "b"]  # added to, as llama.cpp's list
+    with monkeypatch.context() as patch:  # the variable's newer name wins over the older one
+        patch.setenv("LLAMA_ARG_CHAT_TEMPLATE_KWARGS", '{"enable_thinking": true}')
+        assert parsed().chat_template_kwargs == {"enable_thinking": True}
     assert (args.embeddings, args.cache_type_k, args.chat_template_file, args.chat_template) == (
         True, "q8_0", template, None)  # fmt: skip
     assert (args.chat_template_kwargs, args.reasoning_format, args.host, args.port) == (
@@ -709,15 +721,16 @@ def test_run_prompt_cache(tmp_path, smollm2_path) -> None:
     assert refused.returncode != 0 and "not with -cnv" in refused.stderr
 
 
-def test_llama_server_command_lines_run_as_they_are(smollm2_path, capsys, caplog) -> None:
+def test_llama_server_command_lines_run_as_they_are(smollm2_path, tmp_path, capsys, caplog) -> None:
     """llama-server's sampling flags become each request's defaults (its own fields win: n_predict and
     max_completion_tokens too); its flags that change nothing here are taken, each named in a note."""
     import logging
 
     from fastapi.testclient import TestClient
 
-    from turbosparse.cli import build_parser
+    from turbosparse.cli import build_parser, hyphenated
     from turbosparse.cli.llama_server_flags import note_no_effect, sampling_defaults
+    from turbosparse.cli.serve_cmd import _api_keys
     from turbosparse.errors import InvalidArgumentError
     from turbosparse.server.app import create_app
     from turbosparse.server.config import ServerConfig
@@ -739,6 +752,18 @@ def test_llama_server_command_lines_run_as_they_are(smollm2_path, capsys, caplog
     assert no_cb.llama_server_no_cont_batching and no_cb.parallel == 2
     with pytest.raises(SystemExit):  # no abbreviations, as llama-server takes none
         build_parser().parse_args(["serve", "-m", "x", "--thread", "2"])
+    # values as llama.cpp reads them: a negative temperature greedy, top-k <= 0 none, its default seed a random one
+    odd = build_parser().parse_args(["serve", "-m", "x", "--temperature", "-1", "--top-k", "-1", "-s", "4294967295"])
+    assert sampling_defaults(odd) == {"temperature": 0.0, "top_k": 0, "seed": -1}
+    # long options with underscores, as llama.cpp's tools take them; llama.cpp's multi-letter short flags
+    assert hyphenated(["serve", "--ctx_size", "64", "--chat_template_kwargs={\"a_b\": 1}", "--", "--x_y"]) == [
+        "serve", "--ctx-size", "64", "--chat-template-kwargs={\"a_b\": 1}", "--", "--x_y"]  # fmt: skip
+    keys = tmp_path / "keys.txt"
+    keys.write_text("k1\n\nk2\n")
+    with_file = build_parser().parse_args(["serve", "-m", "x", "--api-key", "a,b", "--api-key-file", str(keys)])
+    assert _api_keys(with_file) == "a,b,k1,k2"
+    short = build_parser().parse_args(["serve", "-m", "x", "-sm", "none", "-mg", "0", "-dev", "none", "-v"])
+    assert (short.model, short.device, short.verbose, short.llama_server_split_mode) == ("x", "cpu", True, "none")
     messages = [{"role": "user", "content": "Tell me a story."}]
     with TestClient(create_app(config)) as client:
         deadline = time.monotonic() + 120
@@ -749,6 +774,8 @@ def test_llama_server_command_lines_run_as_they_are(smollm2_path, capsys, caplog
         assert first["usage"]["completion_tokens"] == 5 and first["choices"] == again["choices"]  # greedy, 5
         own = client.post("/v1/chat/completions", json={"messages": messages, "max_completion_tokens": 3}).json()
         assert own["usage"]["completion_tokens"] == 3
+        more = client.post("/v1/chat/completions", json={"messages": messages, "max_tokens": 50}).json()
+        assert more["usage"]["completion_tokens"] == 5  # -n is a limit too, as llama-server's
         # a limit under a name the route does not read leaves the default
         other = client.post("/v1/chat/completions", json={"messages": messages, "n_predict": 3}).json()
         assert other["usage"]["completion_tokens"] == 5

@@ -45,8 +45,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def hyphenated(argv: Sequence[str]) -> list[str]:
+    """Long options spelled with underscores (--ctx_size) as with hyphens, as llama.cpp's tools take them; values
+    and everything after a bare -- as they are."""
+    out: list[str] = []
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            return [*out, *argv[i:]]
+        if arg.startswith("--"):
+            name, eq, value = arg.partition("=")
+            arg = name.replace("_", "-") + eq + value
+        out.append(arg)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(hyphenated(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(
         level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING, format="%(message)s"
     )

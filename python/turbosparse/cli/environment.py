@@ -31,13 +31,21 @@ LLAMA_SERVER_VARIABLES = {
     "alias": "LLAMA_ARG_ALIAS",
     "chat_template": "LLAMA_ARG_CHAT_TEMPLATE",
     "chat_template_file": "LLAMA_ARG_CHAT_TEMPLATE_FILE",
-    "chat_template_kwargs": "LLAMA_CHAT_TEMPLATE_KWARGS",
+    "chat_template_kwargs": "LLAMA_ARG_CHAT_TEMPLATE_KWARGS",
     "reasoning_format": "LLAMA_ARG_THINK",
     "reasoning_budget": "LLAMA_ARG_THINK_BUDGET",
     "embeddings": "LLAMA_ARG_EMBEDDINGS",
     "pooling": "LLAMA_ARG_POOLING",
+    "reasoning": "LLAMA_ARG_REASONING",
     # llama-server's flags taken here (llama_server_flags.py)
     "llama_server_predict": "LLAMA_ARG_N_PREDICT",
+    "llama_server_temperature": "LLAMA_ARG_TEMPERATURE",
+    "llama_server_top_k": "LLAMA_ARG_TOP_K",
+    "llama_server_top_p": "LLAMA_ARG_TOP_P",
+    "llama_server_min_p": "LLAMA_ARG_MIN_P",
+    "llama_server_repeat_penalty": "LLAMA_ARG_REPEAT_PENALTY",
+    "llama_server_presence_penalty": "LLAMA_ARG_PRESENCE_PENALTY",
+    "llama_server_frequency_penalty": "LLAMA_ARG_FREQUENCY_PENALTY",
     "llama_server_n_gpu_layers": "LLAMA_ARG_N_GPU_LAYERS",
     "llama_server_ubatch_size": "LLAMA_ARG_UBATCH",
     "llama_server_threads_batch": "LLAMA_ARG_THREADS_BATCH",
@@ -51,6 +59,8 @@ LLAMA_SERVER_VARIABLES = {
     "llama_server_timeout": "LLAMA_ARG_TIMEOUT",
     "llama_server_threads_http": "LLAMA_ARG_THREADS_HTTP",
 }
+# a variable's name before llama.cpp renamed it, read where the new one is not set
+_OLDER_NAMES = {"LLAMA_ARG_CHAT_TEMPLATE_KWARGS": "LLAMA_CHAT_TEMPLATE_KWARGS"}
 # a switch's values, as llama.cpp reads them
 _TRUE = ("1", "true", "on", "enabled")
 _FALSE = ("0", "false", "off", "disabled")
@@ -76,8 +86,11 @@ def take_environment(parser: argparse.ArgumentParser, environ: Mapping[str, str]
         if variable is None:
             continue
         action.help = f"{action.help} (env: {variable})"
-        text = environ.get(variable)
+        text = environ.get(variable, environ.get(_OLDER_NAMES.get(variable, "")))
         if text is None:
+            continue
+        if isinstance(action, argparse._AppendAction):  # the command line's values are added to it, as in llama.cpp
+            action.default = [text]
             continue
         excluded_by = tuple(
             other.dest

@@ -12,7 +12,7 @@ logger = logging.getLogger(__name__)
 
 # flag names -> (the request field it is the default of, its type)
 SAMPLING_FLAGS: dict[tuple[str, ...], tuple[str, type]] = {
-    ("--temp",): ("temperature", float),
+    ("--temp", "--temperature"): ("temperature", float),
     ("--top-k",): ("top_k", int),
     ("--top-p",): ("top_p", float),
     ("--min-p",): ("min_p", float),
@@ -42,6 +42,28 @@ NO_EFFECT_FLAGS: list[tuple[tuple[str, ...], bool, str, bool]] = [
     (("--log-disable",), False, "the log is already short (--verbose shows llama.cpp's)", False),
     (("-to", "--timeout"), True, "connections are kept as long as a request runs", True),
     (("--threads-http",), True, "requests are served by one event loop", False),
+    (("--no-context-shift",), False, "an answer ends where its slot is full (no context shift)", False),
+    (("--context-shift",), False, "there is no context shift: an answer ends where its slot is full", True),
+    (("--cache-reuse",), True, "a slot reuses the prompt's longest cached prefix, no chunks past it", False),
+    (("-cram", "--cache-ram"), True, "no prompt cache in host memory beside the slots' own", False),
+    (("--ctx-checkpoints", "--swa-checkpoints"), True, "one checkpoint of a sliding-window cache per slot", False),
+    (("-kvu", "--kv-unified"), False, "each slot has a KV cache of its own", False),
+    (("-nkvo", "--no-kv-offload"), False, "the KV cache is where --device puts the model", False),
+    (("--warmup",), False, "there is no warm-up run", False),
+    (("--mmap",), False, "the file is always mapped", False),
+    (("-fit", "--fit"), True, "the context is -c, not fitted to the device's memory", False),
+    (("--webui", "--ui"), False, "there is no web UI", True),
+    (("--no-ui",), False, "there is no web UI", False),
+    (("--slots",), False, "/slots is always served", False),
+    (("--no-slots",), False, "/slots is always served", True),
+    (("--props",), False, "/props is always served; POST /props is not taken", False),
+    (("-sm", "--split-mode"), True, "one device holds the model (--device)", False),
+    (("-mg", "--main-gpu"), True, "--device names the device", True),
+    (("--log-file",), True, "the log goes to stderr", True),
+    (("--log-colors",), True, "the log has no colours", False),
+    (("--log-prefix",), False, "the log's lines have no prefix", False),
+    (("--log-timestamps",), False, "the log's lines have no timestamps", False),
+    (("-lv", "--verbosity", "--log-verbosity"), True, "the log is short, or llama.cpp's with --verbose", False),
 ]  # fmt: skip
 
 
@@ -62,13 +84,23 @@ def add_llama_server_flags(p: argparse.ArgumentParser) -> None:
         taken.add_argument(*names, dest=_dest(names), default=None, help=why, **options)
 
 
+# the values llama.cpp reads as others: a negative temperature is 0 (greedy), a top-k of 0 or less none, the seed
+# 0xFFFFFFFF (its LLAMA_DEFAULT_SEED) a random one, -n below 0 no limit
+_AS_LLAMA_CPP_READS: dict[str, Any] = {
+    "temperature": lambda v: max(v, 0.0),
+    "top_k": lambda v: max(v, 0),
+    "seed": lambda v: -1 if v == 0xFFFFFFFF else v,
+    "max_tokens": lambda v: None if v < 0 else v,
+}
+
+
 def sampling_defaults(args: argparse.Namespace) -> dict[str, Any]:
-    """The request fields the sampling flags given set (-n -1: no limit)."""
+    """The request fields the sampling flags given set, their values as llama.cpp reads them."""
     defaults = {}
     for names, (field, _) in SAMPLING_FLAGS.items():
         value = getattr(args, _dest(names))
         if value is not None:
-            defaults[field] = None if field == "max_tokens" and value < 0 else value
+            defaults[field] = _AS_LLAMA_CPP_READS.get(field, lambda v: v)(value)
     return defaults
 
 

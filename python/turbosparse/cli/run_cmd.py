@@ -40,10 +40,12 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--threshold", type=float, default=None, help="predictor logit threshold (default: the file's)")
     p.add_argument(
+        "-dev",
         "--device",
+        type=_device_named,
         default="cpu",
-        help="where weights and graph go: cpu, gpu (the first GPU ggml has) or a ggml device name such as Vulkan0 "
-        "(a GPU runs dense and --sparse groups; predictor means groups there)",
+        help="where weights and graph go: cpu (or none, as llama.cpp names it), gpu (the first GPU ggml has) or a ggml "
+        "device name such as Vulkan0 (a GPU runs dense and --sparse groups; predictor means groups there)",
     )
     p.add_argument(
         "--swa-full",
@@ -52,7 +54,14 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         "reused, for more memory (default: a window's worth, as llama-server)",
     )
     add_attention_args(p)
-    p.add_argument("--verbose", action="store_true", help="show llama.cpp's and turbosparse's log")
+    p.add_argument(
+        "-v", "--verbose", "--log-verbose", action="store_true", help="show llama.cpp's and turbosparse's log"
+    )
+
+
+def _device_named(name: str) -> str:
+    """--device's value: llama.cpp's "none" (nothing offloaded) is the CPU."""
+    return "cpu" if name == "none" else name
 
 
 def add_attention_args(p: argparse.ArgumentParser, default_flash_attn: str = "auto") -> None:

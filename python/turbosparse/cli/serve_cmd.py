@@ -34,15 +34,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "-np", "--parallel", type=int, default=1,
         help="slots: requests decoded at once (in one forward pass), each with its own KV cache of ctx-size/parallel "
-        "tokens (default 1)",
+        "tokens (default 1; -1, llama-server's auto: 1)",
     )  # fmt: skip
     p.add_argument("--queue-size", type=int, default=64, help="requests that may wait for a slot; more get 503")
     p.add_argument(
         "--api-key",
+        action="append",
         default=None,
-        help="require 'Authorization: Bearer KEY' (or x-api-key: KEY); several keys separated by commas "
-        "(default: no key)",
+        help="require 'Authorization: Bearer KEY' (or x-api-key: KEY); several keys separated by commas, or the flag "
+        "given again (default: no key)",
     )
+    p.add_argument("--api-key-file", default=None, help="a file of keys --api-key takes too, one per line")
     p.add_argument("-a", "--alias", default=None, help="the model name clients see (default: the file name)")
     add_chat_template_args(p)
     p.add_argument(
@@ -56,7 +58,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="-1: think as the template does (default); 0: no thinking (the template's enable_thinking: false)",
     )  # fmt: skip
     p.add_argument(
-        "--embeddings", action="store_true",
+        "--reasoning", choices=("on", "off", "auto"), default=None,
+        help="llama-server's thinking switch: off is --reasoning-budget 0; on and auto think as the template does",
+    )  # fmt: skip
+    p.add_argument(
+        "--embeddings", "--embedding", action="store_true",
         help="serve /v1/embeddings too (OpenAI's: the final norm's output pooled per text, of unit length, as "
         "llama-server's); embeddings take a KV cache of their own beside the slots'",
     )  # fmt: skip
@@ -109,11 +115,11 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         swa_full=args.swa_full,
         **attention_kwargs(args),
-        api_key=args.api_key or os.environ.get("TURBOSPARSE_API_KEY") or None,
+        api_key=_api_keys(args) or os.environ.get("TURBOSPARSE_API_KEY") or None,
         chat_template=template,
         chat_template_kwargs=args.chat_template_kwargs or {},
         reasoning_format=args.reasoning_format,
-        reasoning_budget=args.reasoning_budget,
+        reasoning_budget=0 if args.reasoning == "off" else args.reasoning_budget,
         embeddings=args.embeddings,
         pooling=args.pooling,
         slot_save_path=args.slot_save_path,
@@ -131,11 +137,31 @@ def run(args: argparse.Namespace) -> int:
 
     app = create_app(config, on_failure=stop)
     log_level = "info" if args.verbose else "warning"
-    # on SIGINT / SIGTERM, open streams get a few seconds to finish before their connections are closed
-    uv_config = uvicorn.Config(app, host=args.host, port=args.port, log_level=log_level, timeout_graceful_shutdown=5)
+    # on SIGINT / SIGTERM, open streams get a few seconds to finish before their connections are closed; a host
+    # ending in .sock is a UNIX socket's path, as llama-server takes it
+    socket = args.host if args.host.endswith(".sock") else None
+    uv_config = uvicorn.Config(app, host=args.host, port=args.port, uds=socket, log_level=log_level,
+                               timeout_graceful_shutdown=5)  # fmt: skip
     server = uvicorn.Server(uv_config)
-    logger.warning("turbosparse serve: loading %s, listening on http://%s:%d", path, args.host, args.port)
+    where = f"unix:{socket}" if socket else f"http://{args.host}:{args.port}"
+    logger.warning("turbosparse serve: loading %s, listening on %s", path, where)
     server.run()
     if failures:
         raise TurboSparseError(f"cannot serve {path}: {failures[0]}")
     return 0
+
+
+def _api_keys(args: argparse.Namespace) -> str | None:
+    """Every key given (--api-key, each comma-separated list and each repetition, and --api-key-file's lines) as one
+    comma-separated list; None: no key."""
+    keys = [key for given in args.api_key or [] for key in given.split(",")]
+    if args.api_key_file is not None:
+        try:
+            with open(args.api_key_file, encoding="utf-8") as file:
+                keys += [line.strip() for line in file]
+        except (OSError, UnicodeDecodeError) as exc:
+            raise TurboSparseError(f"--api-key-file {args.api_key_file}: {exc}") from None
+    keys = [key.strip() for key in keys if key.strip()]
+    if (args.api_key or args.api_key_file is not None) and not keys:
+        raise TurboSparseError("--api-key / --api-key-file hold no key")
+    return ",".join(keys) or None

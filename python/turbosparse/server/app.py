@@ -28,6 +28,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from turbosparse import __version__
+from turbosparse.binding import NativeModel
 from turbosparse.chat_template import ChatTemplate, chat_template_from, checked_variables
 from turbosparse.completions import (
     ChatCompletionChunks,
@@ -113,7 +114,7 @@ def load_model(config: ServerConfig) -> Model:
     model = Model(
         config.model_path,
         n_threads=config.n_threads,
-        n_ctx=config.slot_ctx,
+        n_ctx=config.slot_ctx(NativeModel(config.model_path, metadata_only=True).info.n_ctx_train),
         n_batch=config.n_batch,
         sparse=config.sparse,  # type: ignore[arg-type]
         threshold=config.threshold,
@@ -151,9 +152,8 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
             return
         state.model, state.engine = model, engine
         logger.warning(
-            "turbosparse serve: %s ready on http://%s:%d (%d slot(s) of %d tokens, sparse %s, %d threads)",
-            config.model_name, config.host, config.port, config.parallel, model.n_ctx, model.sparse_name,
-            model.n_threads,
+            "turbosparse serve: %s ready on %s (%d slot(s) of %d tokens, sparse %s, %d threads)",
+            config.model_name, config.address, config.parallel, model.n_ctx, model.sparse_name, model.n_threads,
         )  # fmt: skip
 
     @asynccontextmanager
@@ -747,6 +747,9 @@ def _take_defaults(body: _Generate, defaults: Mapping[str, Any]) -> None:
     for name, value in defaults.items():
         if name not in given:
             setattr(body, name, value)
+    limit = defaults.get("max_tokens")
+    if limit and (body.max_tokens is None or body.max_tokens > limit):  # -n is a limit too, as llama-server's
+        body.max_tokens = limit
 
 
 def _check_tokens(model: Model, tokens: list[int], param: str) -> None:

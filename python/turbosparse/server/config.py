@@ -48,6 +48,8 @@ class ServerConfig:
     verbose: bool = False
 
     def __post_init__(self) -> None:
+        if self.parallel == -1:  # llama-server's auto; one slot, each request with the whole context
+            object.__setattr__(self, "parallel", 1)
         if self.parallel < 1:
             raise InvalidArgumentError(f"--parallel must be >= 1, got {self.parallel}")
         if self.queue_size < 0:
@@ -95,6 +97,11 @@ class ServerConfig:
         return self.alias or Path(self.model_path).name
 
     @property
-    def slot_ctx(self) -> int:
-        """Tokens each slot holds (0: the model's training context)."""
-        return self.n_ctx // self.parallel
+    def address(self) -> str:
+        """Where clients reach the server (a host ending in .sock: a UNIX socket's path, as llama-server takes it)."""
+        return f"unix:{self.host}" if self.host.endswith(".sock") else f"http://{self.host}:{self.port}"
+
+    def slot_ctx(self, n_ctx_train: int) -> int:
+        """Tokens each slot holds, as llama-server shares its context: n_ctx (0: the model's training context) over
+        the slots."""
+        return (self.n_ctx or n_ctx_train) // self.parallel
