@@ -630,6 +630,13 @@ def test_anthropics_messages_api(server: Server) -> None:
     structured = {**body, "max_tokens": 40, "output_config": {"format": {"type": "json_schema", "schema": schema}}}
     status, shaped = server.request("POST", "/v1/messages", structured)
     assert status == 200 and isinstance(json.loads(shaped["content"][0]["text"])["animal"], str), shaped
+    # an answer the slot's room ends before max_tokens: model_context_window_exceeded (end-of-turn tokens banned)
+    long = [{"role": "user", "content": "The sea is wide. " * ((SLOT_CTX - 40) // 5)}]
+    room = SLOT_CTX - server.request("POST", "/v1/messages/count_tokens", {"messages": long})[1]["input_tokens"]
+    assert 0 < room < 40, room
+    status, full = server.request("POST", "/v1/messages", {**body, "messages": long, "max_tokens": 100,
+                                                           "logit_bias": {"0": -100, "2": -100}})  # fmt: skip
+    assert status == 200 and full["stop_reason"] == "model_context_window_exceeded", full
     among = [{"role": "system", "content": system}, *user]  # a system message among the turns (the API takes it)
     assert server.request("POST", "/v1/messages/count_tokens", {"messages": among}) == (200, counted)
 

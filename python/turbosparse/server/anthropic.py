@@ -288,10 +288,13 @@ def new_message_id() -> str:
     return "msg_" + secrets.token_hex(12)
 
 
-def stop_reason(gen: Generation, called: bool) -> tuple[str, str | None]:
-    """Anthropic's stop_reason and stop_sequence (called: the answer holds tool calls)."""
+def stop_reason(gen: Generation, called: bool, max_tokens: int | None) -> tuple[str, str | None]:
+    """Anthropic's stop_reason and stop_sequence (called: the answer holds tool calls; max_tokens: the answer's
+    limit, the request's or the server's -n)."""
     if gen.finish_reason == "length":  # also where calls were read: the last one may have been cut off
-        return "max_tokens", None
+        # short of the limit: the slot is full (Anthropic's newer models say so, where they once refused)
+        limited = max_tokens is not None and gen.n_generated >= max_tokens
+        return ("max_tokens" if limited else "model_context_window_exceeded"), None
     if called:
         return "tool_use", None
     if gen.stopped_by_string:
@@ -299,10 +302,12 @@ def stop_reason(gen: Generation, called: bool) -> tuple[str, str | None]:
     return "end_turn", None
 
 
-def message(message_id: str, model: str, blocks: list[dict[str, Any]], gen: Generation | None) -> dict[str, Any]:
-    """The message object (gen None: a stream's opening one, before any text)."""
+def message(
+    message_id: str, model: str, blocks: list[dict[str, Any]], gen: Generation | None, max_tokens: int | None = None
+) -> dict[str, Any]:
+    """The message object (gen None: a stream's opening one, before any text; max_tokens: the answer's limit)."""
     called = any(block["type"] == "tool_use" for block in blocks)
-    reason, sequence = stop_reason(gen, called) if gen is not None else (None, None)
+    reason, sequence = stop_reason(gen, called, max_tokens) if gen is not None else (None, None)
     return {
         "id": message_id,
         "type": "message",
@@ -335,8 +340,8 @@ class MessageEvents:
     text_delta, or a call's input as one input_json_delta) and content_block_stop, then message_delta (stop_reason,
     usage) and message_stop."""
 
-    def __init__(self, message_id: str, model: str, gen: Generation) -> None:
-        self._id, self._model, self._gen = message_id, model, gen
+    def __init__(self, message_id: str, model: str, gen: Generation, max_tokens: int | None) -> None:
+        self._id, self._model, self._gen, self._max_tokens = message_id, model, gen, max_tokens
         self._index = -1
         self._open: Literal["thinking", "text", "tool_use"] | None = None
 
@@ -369,7 +374,7 @@ class MessageEvents:
         if self._open is None:  # an empty answer still has its text block
             events += self._open_block("text", dict(EMPTY_BLOCKS["text"]))
         events += self._close_block()
-        reason, sequence = stop_reason(self._gen, bool(calls))
+        reason, sequence = stop_reason(self._gen, bool(calls), self._max_tokens)
         events.append({"type": "message_delta", "delta": {"stop_reason": reason, "stop_sequence": sequence},
                        "usage": {"output_tokens": self._gen.n_generated}})  # fmt: skip
         events.append({"type": "message_stop"})

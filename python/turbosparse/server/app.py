@@ -514,7 +514,7 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
         gen = job.generation
         message_id = anthropic.new_message_id()
         if body.stream:
-            events = anthropic.MessageEvents(message_id, config.model_name, gen)
+            events = anthropic.MessageEvents(message_id, config.model_name, gen, chat.max_tokens)
 
             def failed(message: str) -> dict[str, Any]:
                 return error_body(500, message, type="server_error", anthropic=True)
@@ -525,7 +525,7 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
             return Response(status_code=CLIENT_CLOSED)
         content, reasoning_content, calls = chunks.message(answer, gen.finish_reason)
         blocks = anthropic.blocks(content, reasoning_content, calls)
-        return JSONResponse(anthropic.message(message_id, config.model_name, blocks, gen))
+        return JSONResponse(anthropic.message(message_id, config.model_name, blocks, gen, chat.max_tokens))
 
     @app.post("/v1/responses")
     @app.post("/responses")
