@@ -724,6 +724,8 @@ ROUTE_KEYS = {
         "stream",
         "tools",
         "tool_choice",
+        "output_config",
+        "chat_template_kwargs",
         "model",
     ],
 }
@@ -816,7 +818,18 @@ PLAUSIBLE: dict[str, list[object]] = {  # values of the right type, edges among 
         {"type": "tool"},
         {"type": "none", "disable_parallel_tool_use": True},
         {"type": "function", "function": {"name": "f"}},
+        {"type": "function", "name": "f"},
+        {"type": "allowed_tools", "mode": "required", "tools": [{"type": "function", "name": "f"}]},
+        {"type": "allowed_tools", "mode": "sometimes", "tools": 3},
     ],
+    "output_config": [  # Anthropic's structured outputs
+        {"format": {"type": "json_schema", "schema": {"type": "integer"}}},
+        {"format": {"type": "json_schema", "schema": {"type": "object", "required": ["a"]}}},
+        {"format": {"type": "json_schema"}},
+        {"format": {"type": "xml"}},
+        {"effort": "high"},
+    ],
+    "chat_template_kwargs": [{"enable_thinking": False}, {"add_generation_prompt": False}, {"x": [1]}, []],
     "response_format": [
         {"type": "json_object"},
         {"type": "json_schema", "json_schema": {"schema": {"type": "number"}}},

@@ -731,7 +731,7 @@ def test_llama_server_command_lines_run_as_they_are(smollm2_path, tmp_path, caps
     from turbosparse.cli import build_parser, hyphenated
     from turbosparse.cli.llama_server_flags import note_no_effect, sampling_defaults
     from turbosparse.cli.serve_cmd import _api_keys
-    from turbosparse.errors import InvalidArgumentError
+    from turbosparse.errors import InvalidArgumentError, TurboSparseError
     from turbosparse.server.app import create_app
     from turbosparse.server.config import ServerConfig
 
@@ -756,12 +756,20 @@ def test_llama_server_command_lines_run_as_they_are(smollm2_path, tmp_path, caps
     odd = build_parser().parse_args(["serve", "-m", "x", "--temperature", "-1", "--top-k", "-1", "-s", "4294967295"])
     assert sampling_defaults(odd) == {"temperature": 0.0, "top_k": 0, "seed": -1}
     # long options with underscores, as llama.cpp's tools take them; llama.cpp's multi-letter short flags
-    assert hyphenated(["serve", "--ctx_size", "64", "--chat_template_kwargs={\"a_b\": 1}", "--", "--x_y"]) == [
-        "serve", "--ctx-size", "64", "--chat-template-kwargs={\"a_b\": 1}", "--", "--x_y"]  # fmt: skip
+    assert hyphenated(["serve", "--ctx_size", "64", "--chat_template_kwargs={\"a_b\": 1}", "-p", "--- my_doc",
+                       "--", "--x_y"]) == ["serve", "--ctx-size", "64", "--chat-template-kwargs={\"a_b\": 1}", "-p",
+                                           "--- my_doc", "--", "--x_y"]  # fmt: skip
     keys = tmp_path / "keys.txt"
     keys.write_text("k1\n\nk2\n")
     with_file = build_parser().parse_args(["serve", "-m", "x", "--api-key", "a,b", "--api-key-file", str(keys)])
     assert _api_keys(with_file) == "a,b,k1,k2"
+    assert _api_keys(build_parser().parse_args(["serve", "-m", "x", "--api-key", ""])) is None  # as llama.cpp: none
+    with pytest.raises(TurboSparseError, match="holds no key"):
+        _api_keys(build_parser().parse_args(["serve", "-m", "x", "--api-key", ","]))
+    for spelling, value in (("off", "off"), ("false", "off"), ("1", "on"), ("auto", "auto")):
+        assert build_parser().parse_args(["serve", "-m", "x", "-rea", spelling]).reasoning == value
+    bare = build_parser().parse_args(["serve", "-m", "x", "--log-colors", "--fit", "-np", "2"])  # optional values
+    assert (bare.llama_server_log_colors, bare.llama_server_fit, bare.parallel) == (True, True, 2)
     short = build_parser().parse_args(["serve", "-m", "x", "-sm", "none", "-mg", "0", "-dev", "none", "-v"])
     assert (short.model, short.device, short.verbose, short.llama_server_split_mode) == ("x", "cpu", True, "none")
     messages = [{"role": "user", "content": "Tell me a story."}]

@@ -6,6 +6,7 @@ import argparse
 import io
 import logging
 import os
+import re
 import signal
 import sys
 from collections.abc import Sequence
@@ -45,15 +46,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_LONG_OPTION = re.compile(r"--[A-Za-z][A-Za-z0-9_-]*")
+
+
 def hyphenated(argv: Sequence[str]) -> list[str]:
     """Long options spelled with underscores (--ctx_size) as with hyphens, as llama.cpp's tools take them; values
-    and everything after a bare -- as they are."""
+    (a prompt such as "--- my_doc") and everything after a bare -- as they are."""
     out: list[str] = []
     for i, arg in enumerate(argv):
         if arg == "--":
             return [*out, *argv[i:]]
-        if arg.startswith("--"):
-            name, eq, value = arg.partition("=")
+        name, eq, value = arg.partition("=")
+        if _LONG_OPTION.fullmatch(name):
             arg = name.replace("_", "-") + eq + value
         out.append(arg)
     return out

@@ -62,8 +62,8 @@ LLAMA_SERVER_VARIABLES = {
 # a variable's name before llama.cpp renamed it, read where the new one is not set
 _OLDER_NAMES = {"LLAMA_ARG_CHAT_TEMPLATE_KWARGS": "LLAMA_CHAT_TEMPLATE_KWARGS"}
 # a switch's values, as llama.cpp reads them
-_TRUE = ("1", "true", "on", "enabled")
-_FALSE = ("0", "false", "off", "disabled")
+SWITCH_ON = ("1", "true", "on", "enabled")
+SWITCH_OFF = ("0", "false", "off", "disabled")
 
 
 @dataclass(frozen=True)
@@ -119,9 +119,11 @@ def _value(source: FromEnvironment) -> Any:
     flag = action.option_strings[-1]
     if isinstance(action, argparse._StoreTrueAction):  # as llama.cpp: on where the value says so, else off
         value = text.strip().lower()
-        if value not in _TRUE + _FALSE:
-            logger.warning("%s=%r: %s is a switch (%s turn it on): off", source.variable, text, flag, "/".join(_TRUE))
-        return value in _TRUE
+        if value not in SWITCH_ON + SWITCH_OFF:
+            logger.warning(
+                "%s=%r: %s is a switch (%s turn it on): off", source.variable, text, flag, "/".join(SWITCH_ON)
+            )
+        return value in SWITCH_ON
     try:
         value = action.type(text) if action.type is not None else text
     except (argparse.ArgumentTypeError, TypeError, ValueError) as exc:

@@ -23,47 +23,47 @@ SAMPLING_FLAGS: dict[tuple[str, ...], tuple[str, type]] = {
     ("-s", "--seed"): ("seed", int),
     ("-n", "--n-predict", "--predict"): ("max_tokens", int),
 }
-# flags taken with no effect: (names, whether a value follows, why nothing changes, whether a user would miss what
-# the flag asks for: a warning, else a note shown with --verbose)
-NO_EFFECT_FLAGS: list[tuple[tuple[str, ...], bool, str, bool]] = [
-    (("--jinja",), False, "chat templates are always Jinja2 here", False),
-    (("--no-jinja",), False, "chat templates are always Jinja2 here", True),
-    (("-ngl", "--gpu-layers", "--n-gpu-layers"), True,
+# flags taken with no effect: (names, the values that follow: 0, 1 or "?" (one or none), why nothing changes, whether
+# a user would miss what the flag asks for: a warning, else a note shown with --verbose)
+NO_EFFECT_FLAGS: list[tuple[tuple[str, ...], int | str, str, bool]] = [
+    (("--jinja",), 0, "chat templates are always Jinja2 here", False),
+    (("--no-jinja",), 0, "chat templates are always Jinja2 here", True),
+    (("-ngl", "--gpu-layers", "--n-gpu-layers"), 1,
      "layers are not offloaded one by one: --device gpu puts the model on a GPU", True),
-    (("-ub", "--ubatch-size"), True, "one batch size, -b", False),
-    (("-tb", "--threads-batch"), True, "one thread count, -t", True),
-    (("--no-mmap",), False, "the file is mapped, its sparse rows copied to huge pages where they fit", True),
-    (("--mlock",), False, "the file is mapped, its sparse rows copied to huge pages where they fit", True),
-    (("-cb", "--cont-batching"), False, "requests are always batched as they come", False),
-    (("-nocb", "--no-cont-batching"), False, "requests are always batched as they come", True),
-    (("--metrics",), False, "/metrics is always served", False),
-    (("--no-webui",), False, "there is no web UI", False),
-    (("--no-warmup",), False, "there is no warm-up run", False),
-    (("--log-disable",), False, "the log is already short (--verbose shows llama.cpp's)", False),
-    (("-to", "--timeout"), True, "connections are kept as long as a request runs", True),
-    (("--threads-http",), True, "requests are served by one event loop", False),
-    (("--no-context-shift",), False, "an answer ends where its slot is full (no context shift)", False),
-    (("--context-shift",), False, "there is no context shift: an answer ends where its slot is full", True),
-    (("--cache-reuse",), True, "a slot reuses the prompt's longest cached prefix, no chunks past it", False),
-    (("-cram", "--cache-ram"), True, "no prompt cache in host memory beside the slots' own", False),
-    (("--ctx-checkpoints", "--swa-checkpoints"), True, "one checkpoint of a sliding-window cache per slot", False),
-    (("-kvu", "--kv-unified"), False, "each slot has a KV cache of its own", False),
-    (("-nkvo", "--no-kv-offload"), False, "the KV cache is where --device puts the model", False),
-    (("--warmup",), False, "there is no warm-up run", False),
-    (("--mmap",), False, "the file is always mapped", False),
-    (("-fit", "--fit"), True, "the context is -c, not fitted to the device's memory", False),
-    (("--webui", "--ui"), False, "there is no web UI", True),
-    (("--no-ui",), False, "there is no web UI", False),
-    (("--slots",), False, "/slots is always served", False),
-    (("--no-slots",), False, "/slots is always served", True),
-    (("--props",), False, "/props is always served; POST /props is not taken", False),
-    (("-sm", "--split-mode"), True, "one device holds the model (--device)", False),
-    (("-mg", "--main-gpu"), True, "--device names the device", True),
-    (("--log-file",), True, "the log goes to stderr", True),
-    (("--log-colors",), True, "the log has no colours", False),
-    (("--log-prefix",), False, "the log's lines have no prefix", False),
-    (("--log-timestamps",), False, "the log's lines have no timestamps", False),
-    (("-lv", "--verbosity", "--log-verbosity"), True, "the log is short, or llama.cpp's with --verbose", False),
+    (("-ub", "--ubatch-size"), 1, "one batch size, -b", False),
+    (("-tb", "--threads-batch"), 1, "one thread count, -t", True),
+    (("--no-mmap",), 0, "the file is mapped, its sparse rows copied to huge pages where they fit", True),
+    (("--mlock",), 0, "the file is mapped, its sparse rows copied to huge pages where they fit", True),
+    (("-cb", "--cont-batching"), 0, "requests are always batched as they come", False),
+    (("-nocb", "--no-cont-batching"), 0, "requests are always batched as they come", True),
+    (("--metrics",), 0, "/metrics is always served", False),
+    (("--no-webui",), 0, "there is no web UI", False),
+    (("--no-warmup",), 0, "there is no warm-up run", False),
+    (("--log-disable",), 0, "the log is already short (--verbose shows llama.cpp's)", False),
+    (("-to", "--timeout"), 1, "connections are kept as long as a request runs", True),
+    (("--threads-http",), 1, "requests are served by one event loop", False),
+    (("--no-context-shift",), 0, "an answer ends where its slot is full (no context shift)", False),
+    (("--context-shift",), 0, "there is no context shift: an answer ends where its slot is full", True),
+    (("--cache-reuse",), 1, "a slot reuses the prompt's longest cached prefix, no chunks past it", False),
+    (("-cram", "--cache-ram"), 1, "no prompt cache in host memory beside the slots' own", False),
+    (("--ctx-checkpoints", "--swa-checkpoints"), 1, "one checkpoint of a sliding-window cache per slot", False),
+    (("-kvu", "--kv-unified"), 0, "each slot has a KV cache of its own", False),
+    (("-nkvo", "--no-kv-offload"), 0, "the KV cache is where --device puts the model", False),
+    (("--warmup",), 0, "there is no warm-up run", False),
+    (("--mmap",), 0, "the file is always mapped", False),
+    (("-fit", "--fit"), "?", "the context is -c, not fitted to the device's memory", False),
+    (("--webui", "--ui"), 0, "there is no web UI", True),
+    (("--no-ui",), 0, "there is no web UI", False),
+    (("--slots",), 0, "/slots is always served", False),
+    (("--no-slots",), 0, "/slots is always served", True),
+    (("--props",), 0, "/props is always served; POST /props is not taken", False),
+    (("-sm", "--split-mode"), 1, "one device holds the model (--device)", False),
+    (("-mg", "--main-gpu"), 1, "--device names the device", True),
+    (("--log-file",), 1, "the log goes to stderr", True),
+    (("--log-colors",), "?", "the log has no colours", False),
+    (("--log-prefix",), 0, "the log's lines have no prefix", False),
+    (("--log-timestamps",), 0, "the log's lines have no timestamps", False),
+    (("-lv", "--verbosity", "--log-verbosity"), 1, "the log is short, or llama.cpp's with --verbose", False),
 ]  # fmt: skip
 
 
@@ -79,8 +79,10 @@ def add_llama_server_flags(p: argparse.ArgumentParser) -> None:
         sampling.add_argument(*names, dest=_dest(names), type=kind, default=None, metavar="N",
                               help=f"the default {field}{note}")  # fmt: skip
     taken = p.add_argument_group("llama-server's flags taken with no effect here (a note says why)")
-    for names, has_value, why, _ in NO_EFFECT_FLAGS:
-        options: dict[str, Any] = {"metavar": "N"} if has_value else {"action": "store_true"}
+    for names, values, why, _ in NO_EFFECT_FLAGS:
+        options: dict[str, Any] = {"action": "store_true"} if values == 0 else {"metavar": "N"}
+        if values == "?":
+            options |= {"nargs": "?", "const": True}
         taken.add_argument(*names, dest=_dest(names), default=None, help=why, **options)
 
 

@@ -7,7 +7,7 @@ import argparse
 import logging
 import os
 
-from turbosparse.cli.environment import resolve_environment, take_environment
+from turbosparse.cli.environment import SWITCH_OFF, SWITCH_ON, resolve_environment, take_environment
 from turbosparse.cli.llama_server_flags import add_llama_server_flags, note_no_effect, sampling_defaults
 from turbosparse.cli.run_cmd import (
     add_chat_template_args,
@@ -58,8 +58,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="-1: think as the template does (default); 0: no thinking (the template's enable_thinking: false)",
     )  # fmt: skip
     p.add_argument(
-        "--reasoning", choices=("on", "off", "auto"), default=None,
-        help="llama-server's thinking switch: off is --reasoning-budget 0; on and auto think as the template does",
+        "-rea", "--reasoning", type=_reasoning_switch, default=None, metavar="on|off|auto",
+        help="llama-server's thinking switch: off is --reasoning-budget 0, on the template's enable_thinking: true, "
+        "auto as the template does (true / false / 1 / 0 / enabled / disabled too)",
     )  # fmt: skip
     p.add_argument(
         "--embeddings", "--embedding", action="store_true",
@@ -117,7 +118,10 @@ def run(args: argparse.Namespace) -> int:
         **attention_kwargs(args),
         api_key=_api_keys(args) or os.environ.get("TURBOSPARSE_API_KEY") or None,
         chat_template=template,
-        chat_template_kwargs=args.chat_template_kwargs or {},
+        chat_template_kwargs={
+            **({"enable_thinking": True} if args.reasoning == "on" else {}),
+            **(args.chat_template_kwargs or {}),
+        },
         reasoning_format=args.reasoning_format,
         reasoning_budget=0 if args.reasoning == "off" else args.reasoning_budget,
         embeddings=args.embeddings,
@@ -151,6 +155,14 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reasoning_switch(text: str) -> str:
+    """--reasoning's value as llama.cpp reads it: on, off or auto."""
+    for value, spellings in (("on", SWITCH_ON), ("off", SWITCH_OFF), ("auto", ("auto", "-1"))):
+        if text.strip().lower() in spellings:
+            return value
+    raise argparse.ArgumentTypeError(f"{text!r} is not on, off or auto")
+
+
 def _api_keys(args: argparse.Namespace) -> str | None:
     """Every key given (--api-key, each comma-separated list and each repetition, and --api-key-file's lines) as one
     comma-separated list; None: no key."""
@@ -161,7 +173,7 @@ def _api_keys(args: argparse.Namespace) -> str | None:
                 keys += [line.strip() for line in file]
         except (OSError, UnicodeDecodeError) as exc:
             raise TurboSparseError(f"--api-key-file {args.api_key_file}: {exc}") from None
-    keys = [key.strip() for key in keys if key.strip()]
-    if (args.api_key or args.api_key_file is not None) and not keys:
-        raise TurboSparseError("--api-key / --api-key-file hold no key")
-    return ",".join(keys) or None
+    if any(given.strip() and not given.replace(",", "").strip() for given in args.api_key or []):
+        raise TurboSparseError("--api-key holds no key (one, or several separated by commas)")
+    # empty values are no key, as llama.cpp skips them (LLAMA_API_KEY=${KEY:-} in a compose file)
+    return ",".join(key.strip() for key in keys if key.strip()) or None
