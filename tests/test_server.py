@@ -772,6 +772,31 @@ def test_the_server_is_alive_at_the_end(server: Server) -> None:
     assert answer.choices[0].text
 
 
+def test_every_route_is_under_the_api_prefix(smollm2_path) -> None:
+    """llama-server's --api-prefix: the routes under it (the openai SDK given it in its base URL), with the key where
+    one is set (its public paths public under it), others a 404."""
+    import openai
+    from fastapi.testclient import TestClient
+
+    from turbosparse.errors import InvalidArgumentError
+    from turbosparse.server import ServerConfig, create_app
+
+    config = ServerConfig(str(smollm2_path), n_ctx=256, n_threads=1, api_prefix="/llm", api_key="k")
+    with TestClient(create_app(config)) as client:
+        deadline = time.monotonic() + 120
+        while client.get("/llm/health").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        sdk = openai.OpenAI(base_url="http://testserver/llm/v1", api_key="k", http_client=client, max_retries=0)
+        assert sdk.completions.create(model="x", prompt="Hi", max_tokens=2).usage.completion_tokens == 2
+        assert client.get("/llm/v1/models").status_code == 401  # the key still wanted
+        for path in ("/health", "/v1/models", "/llmx/health"):
+            reply = client.get(path)
+            assert reply.status_code == 404 and "/llm" in reply.json()["error"]["message"], reply.text
+    for bad in ("llm", "/llm/"):
+        with pytest.raises(InvalidArgumentError, match="--api-prefix"):
+            ServerConfig(str(smollm2_path), api_prefix=bad)
+
+
 def test_the_chat_template_flag_replaces_the_files(smollm2_path) -> None:
     from turbosparse.server import ServerConfig
     from turbosparse.server.app import load_model

@@ -26,6 +26,7 @@ LLAMA_SERVER_VARIABLES = {
     "cache_type_v": "LLAMA_ARG_CACHE_TYPE_V",
     "host": "LLAMA_ARG_HOST",
     "port": "LLAMA_ARG_PORT",
+    "api_prefix": "LLAMA_ARG_API_PREFIX",
     "parallel": "LLAMA_ARG_N_PARALLEL",
     "api_key": "LLAMA_API_KEY",
     "alias": "LLAMA_ARG_ALIAS",

@@ -78,6 +78,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(default: those actions refused)",
     )  # fmt: skip
     p.add_argument(
+        "--api-prefix", default="",
+        help="serve every route under this path, e.g. /llm (llama-server's; default: none)",
+    )  # fmt: skip
+    p.add_argument(
         "--spm-infill", action="store_true",
         help="/infill's prompt as SPM-trained models take it: the suffix before the prefix (default: the prefix first)",
     )  # fmt: skip
@@ -128,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
         pooling=args.pooling,
         slot_save_path=args.slot_save_path,
         spm_infill=args.spm_infill,
+        api_prefix=args.api_prefix,
         sampling_defaults=sampling_defaults(args),
         verbose=args.verbose,
     )

@@ -101,6 +101,24 @@ class APIKeyCheck:
         await self.app(scope, receive, send)
 
 
+class APIPrefix:
+    """With --api-prefix, every route is served under the prefix (behind a proxy that forwards a path as it is, as
+    llama-server's); other paths are a 404."""
+
+    def __init__(self, app: ASGIApp, *, prefix: str) -> None:
+        self.app, self.prefix = app, prefix
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path: str = scope["path"]
+            if path != self.prefix and not path.startswith(self.prefix + "/"):
+                error = APIError(404, f"{path}: not found (every route is under {self.prefix})")
+                await error_response(error, path)(scope, receive, send)
+                return
+            scope = {**scope, "path": path[len(self.prefix) :] or "/"}
+        await self.app(scope, receive, send)
+
+
 @dataclass
 class ServerState:
     config: ServerConfig
@@ -171,6 +189,8 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
     # any origin, as llama-server and llama-cpp-python's server allow: browser front ends call it; outermost, so
     # that a preflight (no key) is answered before the key check
     app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"])
+    if config.api_prefix:
+        app.add_middleware(APIPrefix, prefix=config.api_prefix)
 
     @functools.cache
     def end_of_generation(model: Model) -> list[int]:

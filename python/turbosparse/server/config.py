@@ -43,6 +43,7 @@ class ServerConfig:
     pooling: str | None = None  # the embeddings' pooling (embeddings.py); None: the file's
     slot_save_path: str | None = None  # the folder /slots/{id}?action=save|restore writes and reads (None: refused)
     spm_infill: bool = False  # /infill's prompt puts the suffix before the prefix, as SPM-trained models take it
+    api_prefix: str = ""  # every route under this path (llama-server's --api-prefix), e.g. "/llm"
     # request fields' defaults (llama-server's --temp, --top-k, -n, ...: a request's own fields win)
     sampling_defaults: dict[str, Any] = field(default_factory=dict)
     verbose: bool = False
@@ -79,6 +80,8 @@ class ServerConfig:
             )
         if self.pooling is not None:
             pooling_named(self.pooling)  # InvalidArgumentError naming the choices
+        if self.api_prefix and (not self.api_prefix.startswith("/") or self.api_prefix.endswith("/")):
+            raise InvalidArgumentError(f"--api-prefix must start with / and not end with one, got {self.api_prefix!r}")
         if self.n_ctx < 0:
             raise InvalidArgumentError(f"--ctx-size must be >= 0, got {self.n_ctx}")
         if (
@@ -99,7 +102,8 @@ class ServerConfig:
     @property
     def address(self) -> str:
         """Where clients reach the server (a host ending in .sock: a UNIX socket's path, as llama-server takes it)."""
-        return f"unix:{self.host}" if self.host.endswith(".sock") else f"http://{self.host}:{self.port}"
+        where = f"unix:{self.host}" if self.host.endswith(".sock") else f"http://{self.host}:{self.port}"
+        return where + self.api_prefix
 
     def slot_ctx(self, n_ctx_train: int) -> int:
         """Tokens each slot holds, as llama-server shares its context: n_ctx (0: the model's training context) over
