@@ -71,6 +71,9 @@ def llama_script(Llama: Any, path: str) -> dict[str, Any]:
     llm.eval(llm.tokenize(b" that is", add_bos=False))
     out["scores"] = np.array(llm.scores[: llm.n_tokens])
     out["n_tokens"] = llm.n_tokens
+    out["text_of_array"] = llm.detokenize(llm.input_ids[: llm.n_tokens])  # a numpy array, as code passes input_ids
+    out["positional_call"] = llm("The capital of France is", None, 4, 0.0)  # suffix, max_tokens, temperature
+    out["cut_character"] = llm("日本の首都は", max_tokens=2, temperature=0)  # the limit inside a character
     out["token_loops"] = token_loops(llm, drafts=True)
     out.update(saved_states(llm))
     return out
@@ -246,6 +249,15 @@ def test_same_greedy_text_and_usage(both) -> None:
     assert ours["stopped_by_length"]["choices"][0]["finish_reason"] == "length"
     assert joined(ours["chat_stream"], "delta") == joined(theirs["chat_stream"], "delta")
     assert joined(ours["chat_stream"], "delta") == ours["chat"]["choices"][0]["message"]["content"]
+
+
+def test_same_text_of_arrays_positional_calls_and_cut_characters(both) -> None:
+    theirs, ours = both
+    assert ours["text_of_array"] == theirs["text_of_array"] == b"To be, or not to be that is"
+    assert ours["positional_call"]["choices"][0]["text"] == theirs["positional_call"]["choices"][0]["text"]
+    # a character the limit cuts is dropped, not written as U+FFFD (llama_cpp runs one token past, then drops it)
+    cut, whole = ours["cut_character"]["choices"][0]["text"], theirs["cut_character"]["choices"][0]["text"]
+    assert "\ufffd" not in cut and whole.startswith(cut) and ours["cut_character"]["usage"]["completion_tokens"] == 2
 
 
 def test_same_logprobs(both) -> None:

@@ -313,7 +313,7 @@ BAD_COMPLETION = [
     ({"prompt": "x", "logprobs": True}, 400),  # a count, not a flag, on completions
     ({"prompt": "x", "suffix": "y"}, 400),
     ({"prompt": "word " * 600, "max_tokens": 1}, 400),
-    ({"prompt": "x", "top_p": 0}, 400),
+    ({"prompt": "x", "top_p": -0.5}, 400),
     ({"prompt": "\ud800"}, 400),
     ({"prompt": ["x"], "stop": ["\udfff"]}, 400),
     ({"prompt": "x", "grammar": "root ::= ("}, 400),
@@ -659,7 +659,7 @@ def test_anthropics_messages_api(server: Server) -> None:
         assert json.loads(answer.read())["input_tokens"] > 0
     image = [{"role": "user", "content": [{"type": "image", "source": {}}]}]
     for bad in ({**body, "messages": image}, {**body, "tools": [{"name": "f"}]}, {"messages": user},
-                {**body, "temperature": -1}, {**body, "top_p": 0}, {**body, "stop_sequences": ["x"] * 17}):  # fmt: skip
+                {**body, "temperature": -1}, {**body, "top_p": 2}, {**body, "stop_sequences": ["x"] * 17}):  # fmt: skip
         assert_anthropic_error(*server.request("POST", "/v1/messages", bad), 400)
     assert_anthropic_error(*server.request("POST", "/v1/messages/count_tokens", {"messages": user, "top_k": -1}), 400)
     status, many = server.request("POST", "/v1/messages", {**body, "stop_sequences": ["x"] * 17})

@@ -176,13 +176,15 @@ def _detokenize(
     """The bytes of tokens; with prev_tokens, the bytes tokens add after them. As llama_cpp's, a text that starts
     with the BOS token loses one leading space (the space SentencePiece vocabularies put before the first word)."""
 
-    def text_of(ids: Sequence[int]) -> bytes:
+    def text_of(ids: list[int]) -> bytes:
         text = b"".join(tok.piece(t, special=special) for t in ids)
         return text[1:] if ids and ids[0] == tok.bos and text.startswith(b" ") else text
 
-    if prev_tokens:
-        return text_of([*prev_tokens, *tokens])[len(text_of(prev_tokens)) :]
-    return text_of(tokens)
+    ids = [int(t) for t in tokens]  # a list, or a numpy array such as input_ids[:n_tokens]
+    before = [int(t) for t in prev_tokens] if prev_tokens is not None else []
+    if before:
+        return text_of([*before, *ids])[len(text_of(before)) :]
+    return text_of(ids)
 
 
 @dataclass(eq=False)
@@ -944,8 +946,9 @@ class Llama:
         if self.cache is not None:
             self.cache[list(tokens)] = self.save_state()
 
-    def __call__(self, prompt: str | list[int], **options: Any) -> dict | Iterator[dict]:
-        return self.create_completion(prompt, **options)
+    def __call__(self, prompt: str | list[int], *args: Any, **options: Any) -> dict | Iterator[dict]:
+        """create_completion (its arguments in its order, as llama_cpp's __call__ takes them)."""
+        return self.create_completion(prompt, *args, **options)
 
     def create_chat_completion_openai_v1(self, *args: Any, **kwargs: Any) -> Any:
         """create_chat_completion's answer as the openai package's ChatCompletion (a stream: ChatCompletionChunks), as

@@ -134,8 +134,10 @@ def completion_logprobs(tokenizer: Tokenizer, entries: Sequence[TokenLogprob], t
 
 
 def chat_logprobs(tokenizer: Tokenizer, entries: Sequence[TokenLogprob]) -> dict:
-    """The chat completion shape: per token its text, log-probability, UTF-8 bytes and alternatives."""
+    """The chat completion shape: per token its text, log-probability, UTF-8 bytes and alternatives (refusal: null,
+    as OpenAI's and llama_cpp's)."""
     return {
+        "refusal": None,
         "content": [
             {
                 "token": e.text,
@@ -151,7 +153,7 @@ def chat_logprobs(tokenizer: Tokenizer, entries: Sequence[TokenLogprob]) -> dict
                 ],
             }
             for e in entries
-        ]
+        ],
     }
 
 

@@ -46,8 +46,8 @@ class SamplingParams:
                 raise InvalidArgumentError(f"{f.name} must be a finite number, got {value}")
         if self.seed is not None and self.seed < 0:
             raise InvalidArgumentError(f"seed must be >= 0 (None: a fresh random one), got {self.seed}")
-        if self.top_p <= 0.0:
-            raise InvalidArgumentError(f"top_p must be > 0 (>= 1 turns it off), got {self.top_p}")
+        if self.top_p < 0.0:  # 0: the best token alone, as llama.cpp's top-p keeps one at least
+            raise InvalidArgumentError(f"top_p must be >= 0 (>= 1 turns it off), got {self.top_p}")
         if self.min_p > 1.0:
             raise InvalidArgumentError(f"min_p must be <= 1, got {self.min_p}")
         if self.repeat_penalty <= 0.0:

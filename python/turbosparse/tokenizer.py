@@ -256,4 +256,7 @@ class Detokenizer:
         return self._decoder.decode(self._tokenizer.piece(token, special=self._special or token in self._shown))
 
     def flush(self) -> str:
-        return self._decoder.decode(b"", final=True)
+        """The end: the bytes of a character the last tokens left unfinished are dropped (as llama-server and
+        llama_cpp drop them), not written as U+FFFD."""
+        self._decoder.reset()
+        return ""

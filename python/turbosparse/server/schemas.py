@@ -75,7 +75,7 @@ class _Generate(_Body):
     model: str | None = None
     max_tokens: int | None = Field(default=None, ge=0)
     temperature: float = Field(default=0.8, ge=0.0, le=100.0)
-    top_p: float = Field(default=0.95, gt=0.0, le=1.0)
+    top_p: float = Field(default=0.95, ge=0.0, le=1.0)  # 0: the best token alone
     top_k: int = Field(default=40, ge=0)
     min_p: float = Field(default=0.05, ge=0.0, le=1.0)
     repeat_penalty: float = Field(default=1.0, gt=0.0)
