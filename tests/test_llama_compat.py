@@ -555,6 +555,14 @@ def test_unsupported_options_say_so(smollm2_path) -> None:
         turbosparse.Llama(str(smollm2_path), n_ctxx=128)  # a typo is an error, not silently ignored
     with pytest.raises(ValueError, match="use_mlock=True is not supported"):
         turbosparse.Llama(str(smollm2_path), use_mlock=True, verbose=False)
+    # llama_cpp's other keywords, as wrappers pass them all (LangChain's LlamaCpp: its rope defaults, its n_parts and
+    # f16_kv): at their defaults, placement settings at any value, rope overrides ignored with a warning
+    wrapped = turbosparse.Llama(str(smollm2_path), n_ctx=128, verbose=False, n_parts=-1, f16_kv=True, vocab_only=False,
+                                rope_freq_base=10000.0, rope_freq_scale=1.0, lora_path=None, lora_base=None,
+                                split_mode=0, numa=True, kv_overrides=None, chat_handler=None)  # fmt: skip
+    assert wrapped("Hi", max_tokens=1, temperature=0)["usage"]["completion_tokens"] == 1
+    with pytest.raises(ValueError, match=r"lora_path='adapter\.gguf' is not supported"):
+        turbosparse.Llama(str(smollm2_path), lora_path="adapter.gguf", verbose=False)
 
 
 def test_token_loops_say_what_they_cannot_do(smollm2_path) -> None:

@@ -79,6 +79,35 @@ def _refuse(**options: tuple[Any, Any]) -> None:
             raise ValueError(f"{name}={value!r} is not supported by turbosparse.Llama")
 
 
+# llama_cpp.Llama's other constructor keywords (and older ones wrappers still pass, as LangChain's n_parts and f16_kv)
+# with their defaults there: taken at those; a placement or speed setting (_PLACEMENT) at any value, unused
+_LLAMA_CPP_DEFAULTS: dict[str, Any] = {
+    "split_mode": 1, "tensor_split": None, "rpc_servers": None, "op_offload": None, "no_perf": False, "numa": False,
+    "vocab_only": False, "kv_overrides": None, "rope_scaling_type": -1, "attention_type": -1, "rope_freq_base": 0.0,
+    "rope_freq_scale": 0.0, "yarn_ext_factor": -1.0, "yarn_attn_factor": 1.0, "yarn_beta_fast": 32.0,
+    "yarn_beta_slow": 1.0, "yarn_orig_ctx": 0, "lora_base": None, "lora_scale": 1.0, "lora_path": None,
+    "chat_handler": None, "draft_model": None, "tokenizer": None, "n_parts": -1, "f16_kv": True,
+}  # fmt: skip
+_PLACEMENT = ("split_mode", "tensor_split", "rpc_servers", "op_offload", "no_perf", "numa", "n_parts", "f16_kv")
+# rope overrides wrappers pass whatever the model (LangChain: 10000 and 1.0): the file's rope is used, with a warning
+_ROPE_OVERRIDES = ("rope_freq_base", "rope_freq_scale")
+
+
+def _take_llama_cpp_options(options: dict[str, Any]) -> None:
+    """llama_cpp.Llama's keywords this class has no use for: a TypeError for a name it does not know either (a typo),
+    a ValueError for one that would change the answers (LoRA, vocab_only, ...), unless at its default."""
+    unknown = sorted(set(options) - set(_LLAMA_CPP_DEFAULTS))
+    if unknown:
+        raise TypeError(f"turbosparse.Llama() got an unexpected keyword argument {unknown[0]!r}")
+    for name, value in options.items():
+        if name in _PLACEMENT or value == _LLAMA_CPP_DEFAULTS[name]:
+            continue
+        if name in _ROPE_OVERRIDES:
+            logger.warning("turbosparse.Llama: %s=%r is ignored: the file's rope parameters are used", name, value)
+            continue
+        raise ValueError(f"{name}={value!r} is not supported by turbosparse.Llama")
+
+
 def _template_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """messages as chat templates take them: OpenAI's content parts joined into one string by newlines, no content as
     "" (as the server does; llama_cpp.Llama hands both to the template as they are, where they fail)."""
@@ -272,11 +301,14 @@ class Llama:
         spm_infill: bool = False,
         sparse: SparseName = "auto",
         threshold: float | None = None,
+        **llama_cpp_options: Any,
     ) -> None:
         # the constructor's arguments, which a pickled Llama is made again from (__getstate__): here locals() holds them
-        self._arguments = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        self._arguments = {k: v for k, v in locals().items() if k not in ("self", "__class__", "llama_cpp_options")}
+        self._arguments |= llama_cpp_options
         # n_ubatch, offload_kqv and main_gpu change how llama.cpp computes, not what: taken, unused
         _refuse(use_mmap=(use_mmap, True), use_mlock=(use_mlock, False))
+        _take_llama_cpp_options(llama_cpp_options)
         if last_n_tokens_size < 0:
             raise ValueError(f"last_n_tokens_size must be >= 0, got {last_n_tokens_size}")
         if n_gpu_layers:
