@@ -646,6 +646,14 @@ def test_anthropic_messages_become_chat_messages() -> None:
         None,
         1,
     )
+    # thinking on or off: the template's enable_thinking (the kwargs given beside win)
+    off, on = {"enable_thinking": False}, {"enable_thinking": True}
+    for thinking, kwargs, expected in [({"type": "disabled"}, None, off), ({"type": "adaptive"}, None, None),
+                                       ({"type": "enabled", "budget_tokens": 2048}, None, on),
+                                       ({"type": "enabled"}, off, off)]:  # fmt: skip
+        body = {"max_tokens": 5, "messages": [{"role": "user", "content": "Hi"}], "thinking": thinking}
+        asked = MessagesRequest.model_validate({**body, **({"chat_template_kwargs": kwargs} if kwargs else {})})
+        assert asked.chat().chat_template_kwargs == expected, thinking
     with pytest.raises(ValueError, match="a system message cannot hold tool_result blocks"):
         MessagesRequest.model_validate({"max_tokens": 5, "messages": [{"role": "system", "content": [
             {"type": "tool_result", "tool_use_id": "x", "content": "a"}]}]})  # fmt: skip

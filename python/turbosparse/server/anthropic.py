@@ -194,7 +194,7 @@ class OutputConfig(_Body):
 
 class MessagesRequest(_Body):
     """Anthropic's request: max_tokens, the messages, a system prompt, stop_sequences, sampling, tools and
-    tool_choice, output_config's JSON schema, stream."""
+    tool_choice, output_config's JSON schema, thinking on or off, stream."""
 
     model: str | None = None
     max_tokens: int = Field(ge=1)
@@ -208,6 +208,7 @@ class MessagesRequest(_Body):
     tools: list[Tool] | None = None
     tool_choice: ToolChoice | None = None
     output_config: OutputConfig | None = None
+    thinking: dict[str, Any] | None = None  # its type: enabled / disabled the template's enable_thinking
 
     @field_validator("tools", mode="before")
     @classmethod
@@ -255,6 +256,12 @@ class MessagesRequest(_Body):
         }
         given = {name: value for name, value in fields.items() if value is not None}
         extra = chat_fields_beside(self.model_extra, _OWN_FIELDS)
+        # thinking turned on or off as a thinking template (Qwen3's) takes it; budget_tokens is not read, and
+        # chat_template_kwargs given beside win
+        switch = {"enabled": True, "disabled": False}.get((self.thinking or {}).get("type"))
+        variables = extra.get("chat_template_kwargs")
+        if switch is not None and isinstance(variables, dict | None):
+            extra["chat_template_kwargs"] = {"enable_thinking": switch, **(variables or {})}
         return ChatCompletionRequest.model_validate(
             {**extra, "messages": messages, "max_tokens": self.max_tokens, "stream": self.stream, **given}
         )
