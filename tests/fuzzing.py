@@ -726,6 +726,7 @@ ROUTE_KEYS = {
         "tool_choice",
         "output_config",
         "chat_template_kwargs",
+        "thinking",
         "model",
     ],
 }
@@ -830,6 +831,7 @@ PLAUSIBLE: dict[str, list[object]] = {  # values of the right type, edges among 
         {"effort": "high"},
     ],
     "chat_template_kwargs": [{"enable_thinking": False}, {"add_generation_prompt": False}, {"x": [1]}, []],
+    "thinking": [{"type": "enabled", "budget_tokens": 1024}, {"type": "disabled"}, {"type": []}, {"type": {}}, []],
     "response_format": [
         {"type": "json_object"},
         {"type": "json_schema", "json_schema": {"schema": {"type": "number"}}},

@@ -766,6 +766,9 @@ def test_llama_server_command_lines_run_as_they_are(smollm2_path, tmp_path, caps
     assert _api_keys(build_parser().parse_args(["serve", "-m", "x", "--api-key", ""])) is None  # as llama.cpp: none
     with pytest.raises(TurboSparseError, match="holds no key"):
         _api_keys(build_parser().parse_args(["serve", "-m", "x", "--api-key", ","]))
+    (tmp_path / "empty.txt").write_text("\n  \n")
+    with pytest.raises(TurboSparseError, match=r"empty\.txt holds no key"):  # a secret left unfilled: no open server
+        _api_keys(build_parser().parse_args(["serve", "-m", "x", "--api-key-file", str(tmp_path / "empty.txt")]))
     for spelling, value in (("off", "off"), ("false", "off"), ("1", "on"), ("auto", "auto")):
         assert build_parser().parse_args(["serve", "-m", "x", "-rea", spelling]).reasoning == value
     bare = build_parser().parse_args(["serve", "-m", "x", "--log-colors", "--fit", "-np", "2"])  # optional values

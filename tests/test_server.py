@@ -789,6 +789,9 @@ def test_every_route_is_under_the_api_prefix(smollm2_path) -> None:
         sdk = openai.OpenAI(base_url="http://testserver/llm/v1", api_key="k", http_client=client, max_retries=0)
         assert sdk.completions.create(model="x", prompt="Hi", max_tokens=2).usage.completion_tokens == 2
         assert client.get("/llm/v1/models").status_code == 401  # the key still wanted
+        moved = client.get("/llm/health/", headers={"Authorization": "Bearer k"}, follow_redirects=False)
+        assert moved.headers["location"].endswith("/llm/health"), moved.headers  # URLs keep the prefix
+        assert client.post("/llm/v1/messages", json={}).json()["type"] == "error"  # Anthropic's errors there too
         for path in ("/health", "/v1/models", "/llmx/health"):
             reply = client.get(path)
             assert reply.status_code == 404 and "/llm" in reply.json()["error"]["message"], reply.text

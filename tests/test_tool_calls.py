@@ -650,7 +650,7 @@ def test_anthropic_messages_become_chat_messages() -> None:
     off, on = {"enable_thinking": False}, {"enable_thinking": True}
     for thinking, kwargs, expected in [({"type": "disabled"}, None, off), ({"type": "adaptive"}, None, None),
                                        ({"type": "enabled", "budget_tokens": 2048}, None, on),
-                                       ({"type": "enabled"}, off, off)]:  # fmt: skip
+                                       ({"type": "enabled"}, off, off), ({"type": []}, None, None)]:  # fmt: skip
         body = {"max_tokens": 5, "messages": [{"role": "user", "content": "Hi"}], "thinking": thinking}
         asked = MessagesRequest.model_validate({**body, **({"chat_template_kwargs": kwargs} if kwargs else {})})
         assert asked.chat().chat_template_kwargs == expected, thinking

@@ -170,15 +170,19 @@ def _reasoning_switch(text: str) -> str:
 
 def _api_keys(args: argparse.Namespace) -> str | None:
     """Every key given (--api-key, each comma-separated list and each repetition, and --api-key-file's lines) as one
-    comma-separated list; None: no key."""
-    keys = [key for given in args.api_key or [] for key in given.split(",")]
+    comma-separated list; None: no key (an empty --api-key: as llama.cpp skips it, LLAMA_API_KEY=${KEY:-} in a compose
+    file); an --api-key of commas alone or a key file without a key is an error (a secret left unfilled)."""
+    given = args.api_key or []
+    if any(value.strip() and not value.replace(",", "").strip() for value in given):
+        raise TurboSparseError("--api-key holds no key (one, or several separated by commas)")
+    keys = [key.strip() for value in given for key in value.split(",") if key.strip()]
     if args.api_key_file is not None:
         try:
             with open(args.api_key_file, encoding="utf-8") as file:
-                keys += [line.strip() for line in file]
+                from_file = [line.strip() for line in file if line.strip()]
         except (OSError, UnicodeDecodeError) as exc:
             raise TurboSparseError(f"--api-key-file {args.api_key_file}: {exc}") from None
-    if any(given.strip() and not given.replace(",", "").strip() for given in args.api_key or []):
-        raise TurboSparseError("--api-key holds no key (one, or several separated by commas)")
-    # empty values are no key, as llama.cpp skips them (LLAMA_API_KEY=${KEY:-} in a compose file)
-    return ",".join(key.strip() for key in keys if key.strip()) or None
+        if not from_file:
+            raise TurboSparseError(f"--api-key-file {args.api_key_file} holds no key")
+        keys += from_file
+    return ",".join(keys) or None

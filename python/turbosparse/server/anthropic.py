@@ -258,7 +258,8 @@ class MessagesRequest(_Body):
         extra = chat_fields_beside(self.model_extra, _OWN_FIELDS)
         # thinking turned on or off as a thinking template (Qwen3's) takes it; budget_tokens is not read, and
         # chat_template_kwargs given beside win
-        switch = {"enabled": True, "disabled": False}.get((self.thinking or {}).get("type"))
+        kind = (self.thinking or {}).get("type")
+        switch = {"enabled": True, "disabled": False}.get(kind) if isinstance(kind, str) else None
         variables = extra.get("chat_template_kwargs")
         if switch is not None and isinstance(variables, dict | None):
             extra["chat_template_kwargs"] = {"enable_thinking": switch, **(variables or {})}

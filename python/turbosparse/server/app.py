@@ -55,7 +55,7 @@ from turbosparse.reasoning import CLOSE, open_at_end, thinks
 from turbosparse.server import anthropic, native, responses, slots
 from turbosparse.server.config import ServerConfig
 from turbosparse.server.engine import Engine, Event, Job, QueueFullError
-from turbosparse.server.errors import APIError, error_body, error_response, install_handlers
+from turbosparse.server.errors import APIError, error_body, error_response, install_handlers, route_path
 from turbosparse.server.metrics import collect, render
 from turbosparse.server.schemas import (
     ChatCompletionRequest,
@@ -87,7 +87,7 @@ class APIKeyCheck:
         self.api_keys = [key.strip().encode() for key in api_key.split(",") if key.strip()]  # llama-server's list
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] not in PUBLIC_PATHS:
+        if scope["type"] == "http" and route_path(scope) not in PUBLIC_PATHS:
             headers = Headers(scope=scope)
             scheme, _, key = headers.get("authorization", "").partition(" ")
             key = key if scheme.lower() == "bearer" else headers.get("x-api-key", "")
@@ -96,7 +96,7 @@ class APIKeyCheck:
                 error = APIError(
                     401, "invalid or missing API key (send Authorization: Bearer <key>, or x-api-key: <key>)"
                 )
-                await error_response(error, scope["path"])(scope, receive, send)
+                await error_response(error, route_path(scope))(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
@@ -110,12 +110,13 @@ class APIPrefix:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            path: str = scope["path"]
+            path = route_path(scope)
             if path != self.prefix and not path.startswith(self.prefix + "/"):
                 error = APIError(404, f"{path}: not found (every route is under {self.prefix})")
                 await error_response(error, path)(scope, receive, send)
                 return
-            scope = {**scope, "path": path[len(self.prefix) :] or "/"}
+            # the prefix joins the root path, which the routes (and the key check) leave out and URLs keep
+            scope = {**scope, "root_path": scope.get("root_path", "") + self.prefix}
         await self.app(scope, receive, send)
 
 

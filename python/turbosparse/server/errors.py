@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.types import Scope
 
 logger = logging.getLogger(__name__)
 
@@ -71,24 +72,30 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     return (f"{field}: {message}" if field else message), field
 
 
+def route_path(scope: Scope) -> str:
+    """The path the routes see: the request's, less the root path (--api-prefix puts the prefix there)."""
+    path, root = scope["path"], scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(root) else path
+
+
 def install_handlers(app: FastAPI) -> None:
     """Every error, including FastAPI's own (validation, unknown route, wrong method), as an error object."""
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> JSONResponse:
-        return error_response(exc, request.url.path)
+        return error_response(exc, route_path(request.scope))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         message, field = _validation_message(exc)
-        return error_response(APIError(400, message, param=field), request.url.path)
+        return error_response(APIError(400, message, param=field), route_path(request.scope))
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, exc: HTTPException) -> JSONResponse:
-        return error_response(APIError(exc.status_code, str(exc.detail)), request.url.path)
+        return error_response(APIError(exc.status_code, str(exc.detail)), route_path(request.scope))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        logger.exception("unexpected error on %s %s", request.method, request.url.path)
+        logger.exception("unexpected error on %s %s", request.method, route_path(request.scope))
         error = APIError(500, f"internal error: {type(exc).__name__}: {exc}")
-        return error_response(error, request.url.path)
+        return error_response(error, route_path(request.scope))
