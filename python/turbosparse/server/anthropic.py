@@ -161,25 +161,6 @@ class ToolChoice(_Body):
         return {"auto": "auto", "any": "required", "none": "none"}[self.type]
 
 
-# the chat completion's fields that Anthropic's request names otherwise, or has no place for
-_OWN_FIELDS = {
-    "messages",
-    "max_tokens",
-    "max_completion_tokens",
-    "stop",
-    "tools",
-    "tool_choice",
-    "parallel_tool_calls",
-    "response_format",
-    "stream",
-    "stream_options",
-    "functions",
-    "function_call",
-    "logprobs",
-    "top_logprobs",
-}
-
-
 class OutputFormat(_Body):
     type: Literal["json_schema"]
     schema_: dict[str, Any] = Field(alias="schema")
@@ -255,7 +236,7 @@ class MessagesRequest(_Body):
             "response_format": self._response_format(),
         }
         given = {name: value for name, value in fields.items() if value is not None}
-        extra = chat_fields_beside(self.model_extra, _OWN_FIELDS)
+        extra = chat_fields_beside(self.model_extra, frozenset({"stop"}))  # its stop_sequences
         # thinking turned on or off as a thinking template (Qwen3's) takes it; budget_tokens is not read, and
         # chat_template_kwargs given beside win
         kind = (self.thinking or {}).get("type")

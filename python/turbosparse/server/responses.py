@@ -23,23 +23,6 @@ logger = logging.getLogger(__name__)
 
 # tools OpenAI's servers run (computer use: the computer_use_preview and computer types)
 HOSTED_TOOLS = ("web_search", "file_search", "code_interpreter", "image_generation", "computer", "mcp", "tool_search")
-# the chat completion's fields a request may also give (llama-server passes them on): sampling, seed, template
-# variables, reasoning format, ...; the ones the Responses API names otherwise are its own
-_OWN_FIELDS = {
-    "messages",
-    "max_tokens",
-    "max_completion_tokens",
-    "tools",
-    "tool_choice",
-    "parallel_tool_calls",
-    "response_format",
-    "stream",
-    "stream_options",
-    "functions",
-    "function_call",
-    "logprobs",
-    "top_logprobs",
-}
 PART_TYPES = ("input_text", "output_text", "refusal")
 
 
@@ -268,7 +251,7 @@ class ResponsesRequest(_Body):
             "response_format": _response_format(self.text),
         }
         given = {name: value for name, value in fields.items() if value is not None}
-        extra = chat_fields_beside(self.model_extra, _OWN_FIELDS)
+        extra = chat_fields_beside(self.model_extra)
         body = {**extra, "messages": self.messages(), "stream": self.stream, **given}
         return ChatCompletionRequest.model_validate(body)
 

@@ -470,8 +470,18 @@ class DetokenizeRequest(_Body):
     tokens: list[int]
 
 
-def chat_fields_beside(extra: dict[str, Any] | None, own: set[str]) -> dict[str, Any]:
+# the chat completion's fields that another API's request (Anthropic's, the Responses API's) names otherwise or has no
+# place for: never taken from beside its own fields
+_NAMED_OTHERWISE = frozenset({
+    "messages", "max_tokens", "max_completion_tokens", "tools", "tool_choice", "parallel_tool_calls",
+    "response_format", "stream", "stream_options", "functions", "function_call", "logprobs", "top_logprobs",
+})  # fmt: skip
+
+
+def chat_fields_beside(extra: dict[str, Any] | None, named_otherwise: frozenset[str] = frozenset()) -> dict[str, Any]:
     """The chat completion's fields another API's request gives beside its own (llama-server passes them on:
-    sampling, seed, template variables, ...), less the ones that API names otherwise (own)."""
+    sampling, seed, template variables, ...), less the ones that API names otherwise (those of every such API, and
+    named_otherwise)."""
+    own = _NAMED_OTHERWISE | named_otherwise
     return {key: value for key, value in (extra or {}).items()
             if key in ChatCompletionRequest.model_fields and key not in own}  # fmt: skip
