@@ -140,6 +140,12 @@ class ToolCallSyntax:
                 return at
         return None
 
+    def content_end(self, text: str, *, cut: bool) -> int:
+        """How much of an answer with no whole call is content: all of it, but where it was cut short (cut) inside a
+        call, what comes before that call's start (trailing blanks left out)."""
+        start = self.cut_call_start(text) if cut else None
+        return len(text) if start is None else len(text[:start].rstrip())
+
     def _ends_inside_a_call(self, text: str, pos: int) -> bool:
         pos = _skip_blanks(text, pos)
         if pos >= len(text):
@@ -597,8 +603,7 @@ class HeldToolCalls:
         content, calls = self._syntax.parse(self._text, self._names, cut=cut)
         if calls:
             return content[self._released :], calls
-        start = self._syntax.cut_call_start(self._text) if cut else None
-        return self._release(len(self._text) if start is None else len(self._text[:start].rstrip())), []
+        return self._release(self._syntax.content_end(self._text, cut=cut)), []
 
     def _release(self, upto: int) -> str:
         upto = max(upto, self._released)
@@ -699,8 +704,8 @@ class ToolUse:
         text, calls = self.syntax.parse(self.prefill + content, self.names, cut=cut)
         if calls:
             return text, self.allowed(calls)
-        start = self.syntax.cut_call_start(self.prefill + content) if cut else None
-        return (content, []) if start is None else ((self.prefill + content)[:start].rstrip()[len(self.prefill) :], [])
+        answer = self.prefill + content
+        return answer[len(self.prefill) : self.syntax.content_end(answer, cut=cut)], []
 
     def allowed(self, calls: list[ToolCall]) -> list[ToolCall]:
         """calls, only the first where the answer may hold one."""
