@@ -764,8 +764,10 @@ def test_llama_server_command_lines_run_as_they_are(smollm2_path, tmp_path, caps
     with_file = build_parser().parse_args(["serve", "-m", "x", "--api-key", "a,b", "--api-key-file", str(keys)])
     assert _api_keys(with_file) == "a,b,k1,k2"
     assert _api_keys(build_parser().parse_args(["serve", "-m", "x", "--api-key", ""])) is None  # as llama.cpp: none
-    with pytest.raises(TurboSparseError, match="holds no key"):
-        _api_keys(build_parser().parse_args(["serve", "-m", "x", "--api-key", ","]))
+    with pytest.raises(TurboSparseError, match="holds no key"):  # ServerConfig's check of the keys given
+        ServerConfig(
+            str(smollm2_path), api_key=_api_keys(build_parser().parse_args(["serve", "-m", "x", "--api-key", ","]))
+        )
     (tmp_path / "empty.txt").write_text("\n  \n")
     with pytest.raises(TurboSparseError, match=r"empty\.txt holds no key"):  # a secret left unfilled: no open server
         _api_keys(build_parser().parse_args(["serve", "-m", "x", "--api-key-file", str(tmp_path / "empty.txt")]))

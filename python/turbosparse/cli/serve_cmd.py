@@ -146,14 +146,11 @@ def run(args: argparse.Namespace) -> int:
 
     app = create_app(config, on_failure=stop)
     log_level = "info" if args.verbose else "warning"
-    # on SIGINT / SIGTERM, open streams get a few seconds to finish before their connections are closed; a host
-    # ending in .sock is a UNIX socket's path, as llama-server takes it
-    socket = args.host if args.host.endswith(".sock") else None
-    uv_config = uvicorn.Config(app, host=args.host, port=args.port, uds=socket, log_level=log_level,
+    # on SIGINT / SIGTERM, open streams get a few seconds to finish before their connections are closed
+    uv_config = uvicorn.Config(app, host=args.host, port=args.port, uds=config.unix_socket, log_level=log_level,
                                timeout_graceful_shutdown=5)  # fmt: skip
     server = uvicorn.Server(uv_config)
-    where = f"unix:{socket}" if socket else f"http://{args.host}:{args.port}"
-    logger.warning("turbosparse serve: loading %s, listening on %s", path, where)
+    logger.warning("turbosparse serve: loading %s, listening on %s", path, config.address)
     server.run()
     if failures:
         raise TurboSparseError(f"cannot serve {path}: {failures[0]}")
@@ -169,13 +166,10 @@ def _reasoning_switch(text: str) -> str:
 
 
 def _api_keys(args: argparse.Namespace) -> str | None:
-    """Every key given (--api-key, each comma-separated list and each repetition, and --api-key-file's lines) as one
-    comma-separated list; None: no key (an empty --api-key: as llama.cpp skips it, LLAMA_API_KEY=${KEY:-} in a compose
-    file); an --api-key of commas alone or a key file without a key is an error (a secret left unfilled)."""
-    given = args.api_key or []
-    if any(value.strip() and not value.replace(",", "").strip() for value in given):
-        raise TurboSparseError("--api-key holds no key (one, or several separated by commas)")
-    keys = [key.strip() for value in given for key in value.split(",") if key.strip()]
+    """Every key given (--api-key, each a comma-separated list, and --api-key-file's lines) as one comma-separated
+    list, which ServerConfig checks; None: no key (an empty --api-key: as llama.cpp skips it, LLAMA_API_KEY=${KEY:-}
+    in a compose file); a key file without a key is an error (a secret left unfilled)."""
+    keys = [value for value in args.api_key or [] if value.strip()]
     if args.api_key_file is not None:
         try:
             with open(args.api_key_file, encoding="utf-8") as file:

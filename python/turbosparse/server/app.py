@@ -133,7 +133,7 @@ def load_model(config: ServerConfig) -> Model:
     model = Model(
         config.model_path,
         n_threads=config.n_threads,
-        n_ctx=config.slot_ctx(NativeModel(config.model_path, metadata_only=True).info.n_ctx_train),
+        n_ctx=config.slot_ctx(lambda: NativeModel(config.model_path, metadata_only=True).info.n_ctx_train),
         n_batch=config.n_batch,
         sparse=config.sparse,  # type: ignore[arg-type]
         threshold=config.threshold,
@@ -512,26 +512,37 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
         reasoning_format = "none" if body.answers_json else body.reasoning_format or config.reasoning_format
         return tokens, tool_use, _reasoning_split(model, tokens, reasoning_format)
 
+    def converted_prompt(
+        model: Model, convert: Callable[[], ChatCompletionRequest], names: dict[str, str]
+    ) -> tuple[ChatCompletionRequest, list[int], ToolUse, ReasoningSplit | None]:
+        """Another API's request as the chat completion it becomes (convert), and chat_setup's for it; the errors of
+        both name its fields as that API names them (names: the chat completion's field -> the API's)."""
+        chat = _converted_chat(convert, names)
+        with _errors_named_as(names):
+            return chat, *chat_setup(model, chat)
+
     async def converted_generation(
-        model: Model, engine: Engine, chat: ChatCompletionRequest, param: str
-    ) -> tuple[list[int], Job, asyncio.Queue[Event], ChatCompletionChunks]:
-        """Another API's request, as the chat completion it became, started: its prompt tokens, job and events, and
-        the chat route's chunks of its answer (the reasoning kept apart: these APIs have blocks of their own for it)."""
-        tokens, tool_use, reasoning = chat_setup(model, chat)
-        job, queue = await _submit(
-            model, engine, tokens, chat, param, None, tools=tool_use, defaults=config.sampling_defaults
-        )
+        model: Model, engine: Engine, convert: Callable[[], ChatCompletionRequest], names: dict[str, str], param: str
+    ) -> tuple[ChatCompletionRequest, list[int], Job, asyncio.Queue[Event], ChatCompletionChunks]:
+        """Another API's request, as the chat completion it became (converted_prompt's), started: its prompt tokens,
+        job and events, and the chat route's chunks of its answer (the reasoning kept apart: these APIs have blocks
+        of their own for it)."""
+        chat, tokens, tool_use, reasoning = converted_prompt(model, convert, names)
+        with _errors_named_as(names):
+            job, queue = await _submit(
+                model, engine, tokens, chat, param, None, tools=tool_use, defaults=config.sampling_defaults
+            )
         meta = CompletionMeta.new("chatcmpl", config.model_name)
         chunks = ChatCompletionChunks(model.tokenizer, meta, job.generation, _split_apart(reasoning), tool_use)
-        return tokens, job, queue, chunks
+        return chat, tokens, job, queue, chunks
 
     @app.post("/v1/messages")
     async def messages(body: anthropic.MessagesRequest, request: Request) -> Response:
         """Anthropic's Messages API over the chat route's prompt and sampling (anthropic.py)."""
         model, engine = ready()
-        chat = _converted_chat(body.chat, ANTHROPIC_FIELDS)
-        with _errors_named_as(ANTHROPIC_FIELDS):
-            tokens, job, queue, chunks = await converted_generation(model, engine, chat, "messages")
+        chat, tokens, job, queue, chunks = await converted_generation(
+            model, engine, body.chat, ANTHROPIC_FIELDS, "messages"
+        )
         gen = job.generation
         message_id = anthropic.new_message_id()
         if body.stream:
@@ -553,9 +564,7 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
     async def create_response(body: responses.ResponsesRequest, request: Request) -> Response:
         """OpenAI's Responses API over the chat route's prompt, sampling and tool calls (responses.py)."""
         model, engine = ready()
-        chat = _converted_chat(body.chat, RESPONSES_FIELDS)
-        with _errors_named_as(RESPONSES_FIELDS):
-            _, job, queue, chunks = await converted_generation(model, engine, chat, "input")
+        chat, _, job, queue, chunks = await converted_generation(model, engine, body.chat, RESPONSES_FIELDS, "input")
         gen = job.generation
 
         def count(text: str) -> int:
@@ -577,15 +586,13 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
     async def count_input_tokens(body: responses.ResponsesRequest) -> JSONResponse:
         """The tokens /v1/responses would evaluate for the same body (the openai SDK's responses.input_tokens)."""
         model, _ = ready()
-        with _errors_named_as(RESPONSES_FIELDS):
-            tokens, _, _ = chat_setup(model, _converted_chat(body.chat, RESPONSES_FIELDS))
+        _, tokens, _, _ = converted_prompt(model, body.chat, RESPONSES_FIELDS)
         return JSONResponse({"object": "response.input_tokens", "input_tokens": len(tokens)})
 
     @app.post("/v1/messages/count_tokens")
     async def count_tokens(body: anthropic.CountTokensRequest) -> JSONResponse:
         model, _ = ready()
-        with _errors_named_as(ANTHROPIC_FIELDS):
-            tokens, _, _ = chat_setup(model, _converted_chat(body.chat, ANTHROPIC_FIELDS))
+        _, tokens, _, _ = converted_prompt(model, body.chat, ANTHROPIC_FIELDS)
         return JSONResponse({"input_tokens": len(tokens)})
 
     return app
@@ -626,9 +633,7 @@ def _events_stream(
                    named_events=True, failure=failure)  # fmt: skip
 
 
-def _converted_chat(
-    convert: Callable[[], ChatCompletionRequest], names: dict[str, str] | None = None
-) -> ChatCompletionRequest:
+def _converted_chat(convert: Callable[[], ChatCompletionRequest], names: dict[str, str]) -> ChatCompletionRequest:
     """Another API's request as a chat completion's: a 400 for what that refuses (sampling out of range, ...), its
     field named as that API names it (names: the chat completion's field -> the API's)."""
     try:
@@ -636,7 +641,7 @@ def _converted_chat(
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = [str(part) for part in first["loc"]]
-        if loc and names and loc[0] in names:
+        if loc and loc[0] in names:
             loc[0] = names[loc[0]]
         where = ".".join(loc)
         raise APIError(400, f"{where}: {first['msg']}", param=where) from None

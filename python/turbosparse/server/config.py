@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -100,12 +101,17 @@ class ServerConfig:
         return self.alias or Path(self.model_path).name
 
     @property
+    def unix_socket(self) -> str | None:
+        """The UNIX socket's path the server listens on: a host ending in .sock, as llama-server takes it."""
+        return self.host if self.host.endswith(".sock") else None
+
+    @property
     def address(self) -> str:
-        """Where clients reach the server (a host ending in .sock: a UNIX socket's path, as llama-server takes it)."""
-        where = f"unix:{self.host}" if self.host.endswith(".sock") else f"http://{self.host}:{self.port}"
+        """Where clients reach the server."""
+        where = f"unix:{self.unix_socket}" if self.unix_socket else f"http://{self.host}:{self.port}"
         return where + self.api_prefix
 
-    def slot_ctx(self, n_ctx_train: int) -> int:
-        """Tokens each slot holds, as llama-server shares its context: n_ctx (0: the model's training context) over
-        the slots."""
-        return (self.n_ctx or n_ctx_train) // self.parallel
+    def slot_ctx(self, n_ctx_train: Callable[[], int]) -> int:
+        """Tokens each slot holds, as llama-server shares its context: n_ctx (0: the model's training context, which
+        n_ctx_train reads from the file only then) over the slots."""
+        return (self.n_ctx or n_ctx_train()) // self.parallel
