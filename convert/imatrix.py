@@ -211,6 +211,7 @@ def write_imatrix(
     """Writes llama.cpp's GGUF importance matrix (sums[name]: [n_mat, n_per_row] squared activations summed over
     counts[name]: [n_mat] tokens), atomically."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = partial_path(path)
     writer = gguf.GGUFWriter(str(tmp), arch="")
     writer.kv_data[0].pop(gguf.Keys.General.ARCHITECTURE, None)  # llama-imatrix's files name no architecture

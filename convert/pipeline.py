@@ -16,6 +16,7 @@ from turbosparse.constants import (
     KEY_SOURCE,
 )
 from turbosparse.convert.arch import ConvertOptions, find_architecture
+from turbosparse.convert.arch.base import ROLE_PREDICTOR
 from turbosparse.convert.down_scales import equalise_down_columns, scale_down_t_outputs
 from turbosparse.convert.groups import add_groups, budget_groups, load_plan
 from turbosparse.convert.hparams import read_config
@@ -23,7 +24,7 @@ from turbosparse.convert.imatrix import quantize_keys, read_imatrix, with_import
 from turbosparse.convert.neuron_order import permute_neurons, quantization_order, stores_quantization_order
 from turbosparse.convert.quant_policy import QuantPolicy, file_type
 from turbosparse.convert.requantize import requantize
-from turbosparse.convert.source import open_checkpoint
+from turbosparse.convert.source import checkpoint_files, open_checkpoint
 from turbosparse.convert.vocab import load_vocab
 from turbosparse.convert.writer import add_llama_hparams, add_turbosparse_keys, check_output_path, write_gguf
 from turbosparse.errors import ConvertError
@@ -66,16 +67,19 @@ def convert(
     importance matrix file (convert/imatrix.py) whose entries weigh the quantizers' rounding errors.
     Raises turbosparse.errors.ConvertError naming the file and tensor or key; leaves no partial output behind."""
     src, out = Path(model_dir), Path(out_path)
-    check_output_path(out, inputs=[src] if src.is_file() else [])
+    check_output_path(out, inputs=checkpoint_files(src))
     if not src.is_dir() and file_magic(src) != GGUF_MAGIC:
         what = "is neither a GGUF file nor a checkpoint folder" if src.exists() else "no such file or folder"
         raise ConvertError(f"{src}: {what} (convert takes a Hugging Face checkpoint folder or a GGUF file)")
+    if group_plan is not None and groups is None:
+        raise ConvertError(f"{group_plan}: a group plan (--group-plan) needs the group size it was made for (--groups)")
     importance = read_imatrix(imatrix) if imatrix is not None else None
     if src.is_file():
-        options = (predictors, down_layout, threshold, groups)
+        options = (predictors, down_layout, threshold, groups, group_plan, vocab_pre, name)
         if any(o is not None for o in options) or keep_neuron_order:
             raise ConvertError(
-                "re-quantizing a GGUF file takes only outtype, pred_type and imatrix (its neuron order stays)"
+                f"{src}: re-quantizing a GGUF file takes only --outtype, --pred-type and --imatrix (its tensors' "
+                "order, its name and its vocabulary stay as they are)"
             )
         return requantize(src, out, outtype, pred_type=pred_type, imatrix=importance, progress=progress)
     if groups is not None and down_layout is None:
@@ -91,12 +95,19 @@ def convert(
     )
     arch = cls(src, config, open_checkpoint(src), options)
     hp = arch.hparams()
+    if arch.ffn_activation == "swiglu" and arch.down_layout() == "transposed":
+        raise ConvertError(
+            f"{src}: --down-layout transposed: a SwiGLU FFN ({cls.name}) is read through its standard down matrix, "
+            "by llama.cpp and turbosparse alike; use standard (the default) or both"
+        )
     specs = arch.tensors()
     sparse_keys = arch.metadata()
+    if not any(s.role == ROLE_PREDICTOR for s in specs):
+        for flag, value in (("--threshold", threshold), ("--pred-type", pred_type)):
+            if value is not None:
+                raise ConvertError(f"{src}: {flag} given but the checkpoint has no predictors")
     if importance is not None:  # before any reordering, which moves the down's importance with its columns
         specs = with_importance(specs, importance)
-    if group_plan is not None and groups is None:
-        raise ValueError("group_plan needs groups (the group size it was planned for)")
     reorders = stores_quantization_order(arch.ffn_activation, hp.n_expert, arch.down_layout())
     reordered = False  # neurons in the quantization order or a group plan's: the down's columns then like-scaled
     if group_plan is None and not keep_neuron_order and reorders:

@@ -60,6 +60,7 @@ _PREDICTORS = (
     TENSOR_POWERINFER_FC1,
     TENSOR_POWERINFER_FC2,
 )
+_FLOAT_TYPES = (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16, gguf.GGMLQuantizationType.BF16)
 _PREDICTOR_SUFFIXES = tuple(n.format(0).split(".", 2)[2] for n in _PREDICTORS)
 _ROUTER_SUFFIX = TENSOR_FFN_GATE_INP.format(0).split(".", 2)[2]
 
@@ -124,6 +125,10 @@ def requantize(
         spec = TensorSpec(t.name, shape, _role(t.name, len(shape)), _loader(t, shape), f"{src}: tensor '{t.name}'")
         specs.append(spec)
         types.append(policy.type_for(spec.role, shape))
+    quantized = sorted({t.tensor_type.name for t in tensors if t.tensor_type not in _FLOAT_TYPES})
+    if quantized:  # llama-quantize asks for --allow-requantize here
+        logger.warning("%s: its weights are already quantized (%s): %s starts from their rounded values, and is no "
+                       "closer to the original model than the file is", src, ", ".join(quantized), outtype)  # fmt: skip
     if imatrix is not None:
         specs = with_importance(specs, imatrix)
         if _may_be_reordered(reader, arch):

@@ -161,6 +161,14 @@ class TorchBinSource:
         return tensor.to(self._torch.float32).numpy()  # type: ignore[attr-defined]
 
 
+def checkpoint_files(source: Path) -> list[Path]:
+    """What a conversion reads, which its output must not replace: a GGUF file itself, or every file of a
+    checkpoint folder (weights, config, tokenizer)."""
+    if source.is_dir():
+        return [f for f in source.iterdir() if f.is_file()]
+    return [source] if source.is_file() else []
+
+
 def open_checkpoint(model_dir: Path) -> TensorSource:
     """The tensors of an HF checkpoint directory: safetensors preferred, then PyTorch .bin (sharded or not)."""
     for index_name, source_cls in (
@@ -180,7 +188,9 @@ def open_checkpoint(model_dir: Path) -> TensorSource:
             if missing:
                 raise ConvertError(f"{index}: shard {missing[0].name} is missing")
             return source_cls(files)
-    single = sorted(model_dir.glob("*.safetensors"))
+    # model*.safetensors as llama.cpp's converter reads them: an adapter_model.safetensors beside them is another
+    # model's (any other name is taken where no model*.safetensors is there)
+    single = sorted(model_dir.glob("model*.safetensors")) or sorted(model_dir.glob("*.safetensors"))
     if single:
         return SafetensorsSource(single)
     bins = sorted(model_dir.glob("pytorch_model*.bin"))

@@ -139,7 +139,7 @@ def check_output_path(
         raise error(f"{out_path}: is not a regular file (a device, FIFO or socket), which the output would replace")
     for source in inputs:
         if out_path.exists() and os.path.exists(source) and os.path.samefile(out_path, source):
-            raise error(f"{out_path}: is the input file itself; write to another path")
+            raise error(f"{out_path}: is an input file itself ({source}); write to another path")
     for folder in out_path.parents:
         if folder.exists():
             if not folder.is_dir():

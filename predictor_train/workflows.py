@@ -13,14 +13,16 @@ import numpy as np
 import torch
 from transformers import LlamaForCausalLM
 
-from turbosparse.errors import InvalidArgumentError, TrainingError
+from turbosparse.convert.arch.relu_llama import ReluLlama
+from turbosparse.convert.hparams import read_config
+from turbosparse.errors import InvalidArgumentError
 from turbosparse.predictor_train.collect import CollectConfig, Collection, collect
 from turbosparse.predictor_train.data import read_text, tokenize_text
 from turbosparse.predictor_train.distributed import SINGLE, Dist
 from turbosparse.predictor_train.evaluate import EvalConfig, activation_rates, perplexity, predictor_masks
 from turbosparse.predictor_train.export import PredictorSet, save_bamboo, save_powerinfer
 from turbosparse.predictor_train.hf_import import gguf_to_hf, load_model, load_tokenizer
-from turbosparse.predictor_train.modeling import DReluMLP
+from turbosparse.predictor_train.modeling import is_bamboo
 from turbosparse.predictor_train.pipeline import PredictorTrainConfig, TrainedPredictors, train_all
 from turbosparse.predictor_train.relufy import RelufyConfig, Targets, relufy
 from turbosparse.predictor_train.report import build_report, write_report
@@ -69,15 +71,34 @@ def export_predictors(model, trained: TrainedPredictors, fmt: str, out: Path, to
     raise InvalidArgumentError(f"unknown format {fmt!r} (one of {FORMATS})")
 
 
+def check_export_format(model_dir: Path, fmt: str) -> None:
+    """The checkpoint's FFN has zeros to predict and the format can carry its predictors (said before the
+    collection, the long step): a bamboo (dReLU) checkpoint takes either format (PowerInfer's folder is what
+    PowerInfer's own converter reads), a ReLU Llama's predictors go to a PowerInfer folder, which `turbosparse convert
+    --predictors` reads (bamboo would need a dReLU FFN)."""
+    config = read_config(model_dir)
+    if is_bamboo(config):
+        return
+    if not ReluLlama.matches(config):
+        raise InvalidArgumentError(
+            f"{model_dir}: hidden_act {config.get('hidden_act', 'silu')!r} is not a ReLU-family FFN, so there are no "
+            "zeros to predict: run `turbosparse relufy` first (it writes a dReLU bamboo checkpoint)"
+        )
+    if fmt == "bamboo":
+        raise InvalidArgumentError(
+            f"{model_dir}: a ReLU Llama (hidden_act {config.get('hidden_act')!r}) takes --format powerinfer: its "
+            f"predictors go to a folder that `turbosparse convert {model_dir} --predictors DIR` reads"
+        )
+
+
 def train_predictors(model_dir: Path, data: Path, opts: TrainPredictorsOptions, dist: Dist = SINGLE) -> dict | None:
     """Collect, train, choose, export and report; returns the report (None on ranks other than 0 under torchrun:
     rank 0 collects, the layers' training is shared out, rank 0 exports)."""
     if opts.format not in FORMATS:
         raise InvalidArgumentError(f"unknown format {opts.format!r} (one of {FORMATS})")
+    check_export_format(model_dir, opts.format)
     t0 = time.perf_counter()
     model = load_model(model_dir)
-    if opts.format == "bamboo" and not all(isinstance(layer.mlp, DReluMLP) for layer in model.model.layers):
-        raise TrainingError(f"{model_dir}: a bamboo export needs a dReLU model (run `turbosparse relufy` first)")
     tok = load_tokenizer(model_dir)
     work_dir = opts.work_dir or opts.out / "collect"
     if dist.is_main:

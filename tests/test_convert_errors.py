@@ -209,6 +209,32 @@ def test_predictors_dir_needs_relu_family(tmp_path: Path, spm_dir: Path) -> None
     assert_fails(model_dir, tmp_path, "config.json", "predictors", predictors=tmp_path)
 
 
+def test_options_a_checkpoint_cannot_use_are_refused(tmp_path: Path, spm_dir: Path) -> None:
+    """Said before any tensor is read, not dropped: a SwiGLU file with only a transposed down loads nowhere."""
+    model_dir = save_checkpoint(llama_model(tiny_config(VOCAB)), tmp_path / "llama", spm_dir)
+    assert_fails(model_dir, tmp_path, "--down-layout transposed: a SwiGLU FFN", down_layout="transposed")
+    assert_fails(model_dir, tmp_path, "--threshold given but the checkpoint has no predictors", threshold=0.5)
+    assert_fails(model_dir, tmp_path, "--pred-type given but the checkpoint has no predictors", pred_type="q4_0")
+    assert_fails(model_dir, tmp_path, "plan.json: a group plan (--group-plan) needs", group_plan=tmp_path / "plan.json")
+    edit_config(model_dir, hidden_act="gelu")
+    assert_fails(model_dir, tmp_path, "config.json: hidden_act 'gelu' is not an FFN activation turbosparse converts")
+
+
+def test_an_output_over_a_checkpoint_file_is_refused(tmp_path: Path, work: Path) -> None:
+    weights = (work / "model.safetensors").read_bytes()
+    for name in ("model.safetensors", "tokenizer.model"):
+        with pytest.raises(ConvertError, match=rf"{name}: is an input file itself"):
+            convert(work, work / name)
+    assert (work / "model.safetensors").read_bytes() == weights
+    assert convert(work, work / "model.gguf").is_file()  # a new file in the folder is fine
+
+
+def test_an_adapter_beside_the_weights_is_not_read(tmp_path: Path, work: Path) -> None:
+    """model*.safetensors are the model's, as llama.cpp's converter reads them (a PEFT adapter ships beside)."""
+    save_file({"base_model.model.lm_head.lora_A.weight": torch.zeros(4, 4)}, str(work / "adapter_model.safetensors"))
+    assert convert(work, tmp_path / "out.gguf").is_file()
+
+
 def test_powerinfer_predictor_file_missing(tmp_path: Path, spm_dir: Path) -> None:
     model_dir = save_checkpoint(llama_model(tiny_config(VOCAB, hidden_act="relu")), tmp_path / "relu", spm_dir)
     (tmp_path / "pred").mkdir()

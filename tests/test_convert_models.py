@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import shutil
 import subprocess
 import sys
 import tracemalloc
@@ -287,6 +288,25 @@ def test_relu_llama_with_powerinfer_predictors(tmp_path: Path, relu_llama_dir: t
     # --threshold overrides the directory's
     out2 = convert(model_dir, tmp_path / "relu2.gguf", outtype="q8_0", predictors=pred_dir, threshold=1.5)
     assert read_keys(out2)[KEY_PREDICTOR_THRESHOLD] == 1.5
+    assert keys[KEY_PREDICTOR_INPUT] == "residual"  # PowerInfer's own predictors read the residual
+
+
+def test_a_predictor_folder_states_its_input_and_rates(tmp_path: Path, relu_llama_dir: tuple[Path, Path]) -> None:
+    """train-predictors --format powerinfer writes its predictors' input and measured rates beside sparse_threshold:
+    they are the file's (the engine fed predictors trained on the normed residual the raw one: recall fell)."""
+    model_dir, pred_dir = relu_llama_dir
+    folder = Path(shutil.copytree(pred_dir, tmp_path / "predictors"))
+    config = json.loads((folder / "config.json").read_text())
+    config |= {"predictor_input": "residual_rmsnorm", "activation_rates": [0.5, 0.25], "predicted_rates": [0.6, 0.3]}
+    (folder / "config.json").write_text(json.dumps(config))
+    keys = read_keys(convert(model_dir, tmp_path / "relu.gguf", outtype="q8_0", predictors=folder))
+    assert keys[KEY_PREDICTOR_INPUT] == "residual_rmsnorm"
+    assert keys[KEY_ACTIVATION_RATES] == pytest.approx([0.5, 0.25]) and keys[KEY_PREDICTED_RATES] == pytest.approx(
+        [0.6, 0.3]
+    )
+    (folder / "config.json").write_text(json.dumps(config | {"predictor_input": "hidden"}))
+    with pytest.raises(ConvertError, match=r"predictors/config.json: predictor_input 'hidden' is unknown"):
+        convert(model_dir, tmp_path / "bad.gguf", outtype="q8_0", predictors=folder)
 
 
 def test_bamboo_with_thresholds(tmp_path: Path, spm_dir: Path, tokens: list[int]) -> None:
@@ -581,8 +601,10 @@ def test_requantize_round_trip(tmp_path: Path, bamboo_dir: Path) -> None:
         np.testing.assert_array_equal(np.asarray(ta.data), np.asarray(tb.data), err_msg=ta.name)
     ka, kb = read_keys(direct), read_keys(requant)
     assert ka == kb
-    with pytest.raises(ConvertError, match="takes only outtype, pred_type and imatrix"):
-        convert(f32, tmp_path / "kept.gguf", outtype="q8_0", keep_neuron_order=True)
+    for ignored in ({"keep_neuron_order": True}, {"name": "n"}, {"vocab_pre": "gpt-2"}):  # said, not dropped
+        with pytest.raises(ConvertError, match="takes only --outtype, --pred-type and --imatrix"):
+            convert(f32, tmp_path / "kept.gguf", outtype="q8_0", **ignored)
+    assert not (tmp_path / "kept.gguf").exists()
 
 
 def test_tensors_convert_one_at_a_time(tmp_path: Path, spm_dir: Path) -> None:

@@ -130,16 +130,19 @@ def test_cli_errors_are_clear(tmp_path: Path, texts: tuple[Path, Path], capsys) 
     src = tmp_path / "swiglu"
     tiny_swiglu().save_pretrained(src)
     save_word_tokenizer(src)
-    assert main(["train-predictors", str(src), "--data", str(texts[0])]) == 1
-    assert "needs a dReLU model" in capsys.readouterr().err
+    for fmt in ("bamboo", "powerinfer"):  # said before the collection: a SwiGLU model has no zeros to predict
+        assert main(["train-predictors", str(src), "--data", str(texts[0]), "--format", fmt]) == 1
+        assert "'silu' is not a ReLU-family FFN" in capsys.readouterr().err
     assert main(["relufy", str(tmp_path / "nothing.gguf"), "--data", str(texts[0]), "--out", str(tmp_path / "o")]) == 1
     assert "no such GGUF file" in capsys.readouterr().err
     assert main(["train-predictors", str(src), "--data", str(tmp_path / "none.txt"), "--format", "powerinfer"]) == 1
     assert "no such text file" in capsys.readouterr().err
     # what would fail only after a collection or a fit is refused before it
     drelu = tmp_path / "drelu"
-    tiny_drelu().save_pretrained(drelu)
+    tiny_drelu().save_pretrained(drelu)  # a ReLU Llama (hidden_act relu): predictors in a PowerInfer folder
     save_word_tokenizer(drelu)
+    assert main(["train-predictors", str(drelu), "--data", str(texts[0])]) == 1
+    assert "takes --format powerinfer" in capsys.readouterr().err
     for option, value, said in (("--ranks", "0", "--ranks must be >= 1"), ("--quant", "q9_9", "unknown quant"),
                                 ("--eval", str(tmp_path / "none.txt"), "no such text file"),
                                 ("--threads", "-2", "--threads must be >= 1"),

@@ -110,6 +110,12 @@ def find_architecture(config: dict[str, Any], where: Path) -> type[Architecture]
         if cls.matches(config):
             return cls
     kind = config.get("model_type"), config.get("architectures")
+    if "hidden_act" in config and any(cls.matches({**config, "hidden_act": "silu"}) for cls in _REGISTRY.values()):
+        raise ConvertError(
+            f"{where}: hidden_act {config['hidden_act']!r} is not an FFN activation turbosparse converts (silu: "
+            "SwiGLU; relu or drelu: ReLU-family) in a model_type "
+            f"{kind[0]!r} checkpoint"
+        )
     raise ConvertError(
         f"{where}: unknown architecture (model_type={kind[0]!r}, architectures={kind[1]!r}); "
         f"supported: {', '.join(_REGISTRY)} (llama.cpp's convert_hf_to_gguf.py writes others; turbosparse runs its "

@@ -3,7 +3,8 @@
 The FFN is reglu (hidden_act "relu") or drelu (hidden_act "drelu", or config.json's
 "turbosparse": {"ffn_activation": "drelu"}). Predictors, when given (`--predictors DIR`), live in a directory
 of `model_{i}.pt` torch state dicts {"fc1.weight" [rank, hidden], "fc2.weight" [intermediate, rank]} with a
-`config.json` holding `sparse_threshold`.
+`config.json` holding `sparse_threshold` (and, as `train-predictors --format powerinfer` writes them, the
+predictors' input and measured rates, which take precedence over the checkpoint's `turbosparse` block).
 """
 
 from __future__ import annotations
@@ -60,6 +61,11 @@ class ReluLlama(ReluFamily):
             raise ConvertError(f"{Path(self._pred_dir or '') / 'config.json'}: 'sparse_threshold' must be a number, "
                                f"got {value!r}")  # fmt: skip
         return number
+
+    def predictor_config(self) -> tuple[dict[str, Any], Path | None]:
+        if self._pred_dir is None:
+            return {}, None
+        return self._pred_config, Path(self._pred_dir) / "config.json"
 
     def predictor_parts(self) -> dict[int, tuple[PredictorPart, PredictorPart]]:
         if self._pred_dir is None:

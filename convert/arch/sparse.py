@@ -13,6 +13,7 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,8 @@ from turbosparse.errors import ConvertError
 logger = logging.getLogger(__name__)
 
 CONFIG_KEY = "turbosparse"
+# what a PowerInfer-style predictor folder's config.json may state of its predictors (train-predictors writes them)
+PREDICTOR_FIELDS = ("predictor_input", "activation_rates", "predicted_rates")
 
 
 def as_number(value: object) -> float | None:
@@ -77,6 +80,19 @@ class ReluFamily(LlamaFamily):
         """The threshold the checkpoint's predictors come with (None: not stated)."""
         return None
 
+    def predictor_config(self) -> tuple[dict[str, Any], Path | None]:
+        """What a predictor folder's own config.json says of its predictors (PREDICTOR_FIELDS) and that file's path;
+        ({}, None) where the predictors come with the checkpoint."""
+        return {}, None
+
+    def sparse_field(self, key: str) -> tuple[Any, str]:
+        """A field of the sparse block and where it comes from ("file: key", for messages): the predictor folder's
+        config.json where it states the field (it describes the predictors it sits with), else the checkpoint's."""
+        folder, folder_path = self.predictor_config()
+        if key in PREDICTOR_FIELDS and key in folder and folder_path is not None:
+            return folder[key], f"{folder_path}: {key}"
+        return self.sparse_config().get(key), f"{self.model_dir / 'config.json'}: {CONFIG_KEY}.{key}"
+
     def tensors(self) -> list[TensorSpec]:
         specs = super().tensors()
         hp = self.hparams()
@@ -102,15 +118,15 @@ class ReluFamily(LlamaFamily):
         return specs
 
     def metadata(self) -> dict[str, Any]:
-        hp, block, where = self.hparams(), self.sparse_config(), self.model_dir / "config.json"
+        hp = self.hparams()
         meta: dict[str, Any] = {}
         for key, gguf_key in (("activation_rates", KEY_ACTIVATION_RATES), ("predicted_rates", KEY_PREDICTED_RATES)):
-            rates = block.get(key)
+            rates, where = self.sparse_field(key)
             if rates is None:
                 continue
             numbers = [as_number(r) for r in rates] if isinstance(rates, list) else []
             if len(numbers) != hp.n_layer or None in numbers:
-                raise ConvertError(f"{where}: {CONFIG_KEY}.{key} must be a list of {hp.n_layer} numbers")
+                raise ConvertError(f"{where} must be a list of {hp.n_layer} numbers")
             meta[gguf_key] = numbers
         ranks = getattr(self, "_ranks", None)
         if ranks is None:
@@ -119,17 +135,16 @@ class ReluFamily(LlamaFamily):
             meta[KEY_PREDICTOR_RANKS] = ranks
             threshold, source = self.options.threshold, "--threshold"
             if threshold is None:  # the config's, else the predictors' own (checked where they are read)
-                threshold = block.get("predictor_threshold", self.default_threshold())
-                source = f"{where}: {CONFIG_KEY}.predictor_threshold"
+                threshold, source = self.sparse_field("predictor_threshold")
+                threshold = self.default_threshold() if threshold is None else threshold
             number = 0.0 if threshold is None else as_number(threshold)
             if number is None:
                 raise ConvertError(f"{source}: the predictor threshold must be a number, got {threshold!r}")
             meta[KEY_PREDICTOR_THRESHOLD] = number
-            pred_input = block.get("predictor_input", "residual")
+            pred_input, where = self.sparse_field("predictor_input")
+            pred_input = "residual" if pred_input is None else pred_input
             if pred_input not in PREDICTOR_INPUTS:
-                raise ConvertError(
-                    f"{where}: {CONFIG_KEY}.predictor_input '{pred_input}' is unknown ({', '.join(PREDICTOR_INPUTS)})"
-                )
+                raise ConvertError(f"{where} '{pred_input}' is unknown ({', '.join(PREDICTOR_INPUTS)})")
             meta[KEY_PREDICTOR_INPUT] = pred_input
         elif self.options.threshold is not None:
             raise ConvertError(f"{self.model_dir}: --threshold given but the checkpoint has no predictors")

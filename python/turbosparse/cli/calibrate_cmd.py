@@ -18,7 +18,7 @@ from pathlib import Path
 from turbosparse.calibrate import ALLOCATIONS, METHODS, CalibrateConfig, CollectConfig, calibrate, write_calibrated
 from turbosparse.calibrate.pipeline import CalibrationResult, Quality
 from turbosparse.calibrate.scores import SCORES
-from turbosparse.cli.checks import at_least
+from turbosparse.cli.checks import at_least, output_file
 from turbosparse.convert.writer import check_output_path
 from turbosparse.errors import CalibrationError
 
@@ -35,7 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         required=True,
         help="target share of up/down rows skipped, e.g. 0.4, or a list 0.3,0.4,0.5 for a quality table",
     )
-    p.add_argument("-o", "--outfile", type=Path, default=None, help="output GGUF (required for a single sparsity)")
+    p.add_argument(
+        "-o", "--outfile", type=output_file, default=None, help="output GGUF (required for a single sparsity)"
+    )
     p.add_argument(
         "--eval-file",
         type=Path,

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from turbosparse.cli.checks import output_file
 from turbosparse.convert import convert
 from turbosparse.convert.quant_policy import OUTTYPES
 
@@ -15,10 +16,12 @@ OUTTYPE_NAMES = tuple(OUTTYPES)
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("convert", help="convert an HF checkpoint to a turbosparse GGUF", description=__doc__)
     p.add_argument("model", type=Path, help="HF checkpoint directory (config.json, weights, tokenizer) or a .gguf file")
-    p.add_argument("-o", "--outfile", type=Path, required=True, help="output GGUF path")
-    p.add_argument("--outtype", choices=OUTTYPE_NAMES, default="q8_0", help="type of the weight matrices")
+    p.add_argument("-o", "--outfile", type=output_file, required=True, help="output GGUF path")
+    p.add_argument("--outtype", type=str.lower, choices=OUTTYPE_NAMES, default="q8_0",
+                   help="type of the weight matrices (default q8_0; any case)")  # fmt: skip
     p.add_argument("--predictors", type=Path, default=None, help="PowerInfer predictor directory (model_N.pt)")
-    p.add_argument("--pred-type", choices=OUTTYPE_NAMES, default=None, help="predictor type (default q8_0)")
+    p.add_argument("--pred-type", type=str.lower, choices=OUTTYPE_NAMES, default=None,
+                   help="predictor type (default: the outtype where it is f32, f16 or bf16, else q8_0)")  # fmt: skip
     p.add_argument(
         "--down-layout",
         choices=("transposed", "standard", "both"),

@@ -10,7 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
-from turbosparse.cli.checks import at_least, text_paths_exist
+from turbosparse.cli.checks import at_least, checkpoint_folder_out, text_paths_exist
 from turbosparse.errors import InvalidArgumentError
 
 
@@ -18,7 +18,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("relufy", help="SwiGLU GGUF / HF model -> dReLU bamboo checkpoint", description=__doc__)
     p.add_argument("source", type=Path, metavar="GGUF_OR_HF_DIR", help="a llama-family GGUF or HF checkpoint folder")
     p.add_argument("--data", type=Path, required=True, help="calibration text: a file, or a folder of *.txt")
-    p.add_argument("--out", type=Path, required=True, help="output bamboo checkpoint folder")
+    out_help = ("output bamboo checkpoint folder (from a GGUF, the model's HF copy goes to the folder OUT.hf beside "
+                "it, which a rerun on the same file reuses)")  # fmt: skip
+    p.add_argument("--out", type=Path, required=True, help=out_help)
     p.add_argument("--tokens", type=int, default=65536, help="calibration tokens (default 65536)")
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--layerwise-seqs", type=int, default=128, help="sequences for the layer-wise fit (default 128)")
@@ -57,8 +59,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.finetune_lr > 0:
         raise InvalidArgumentError(f"--finetune-lr must be > 0, got {args.finetune_lr}")
     text_paths_exist((("--data", args.data), ("--eval", args.eval)))  # said now, not after the fit
-    if args.out.exists() and not args.out.is_dir():
-        raise InvalidArgumentError(f"--out {args.out}: exists and is not a folder")
+    checkpoint_folder_out("--out", args.out, args.source)
     set_threads(args.threads)
     cfg = RelufyConfig(seq_len=args.seq_len, layerwise_seqs=args.layerwise_seqs, max_active=args.max_active,
                        finetune_steps=args.finetune_steps, finetune_batch=args.finetune_batch,

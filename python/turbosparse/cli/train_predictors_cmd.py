@@ -13,7 +13,7 @@ import json
 import os
 from pathlib import Path
 
-from turbosparse.cli.checks import at_least, text_paths_exist
+from turbosparse.cli.checks import at_least, checkpoint_folder_out, text_paths_exist
 from turbosparse.errors import InvalidArgumentError
 
 
@@ -22,7 +22,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description=__doc__)  # fmt: skip
     p.add_argument("model_dir", type=Path, metavar="MODEL_DIR", help="HF checkpoint folder (bamboo or ReLU Llama)")
     p.add_argument("--data", type=Path, required=True, help="calibration text: a file, or a folder of *.txt")
-    p.add_argument("--out", type=Path, default=None, help="output folder (default: MODEL_DIR-predictors)")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: MODEL_DIR-predictors); its "
+                   "collect/ subfolder keeps the collected residuals and masks (hidden x tokens f16 per layer: ~10 GB "
+                   "for a 7B model at the default tokens), which a rerun with the same model and text reuses: delete "
+                   "it before sharing the folder")  # fmt: skip
     p.add_argument("--format", choices=("bamboo", "powerinfer"), default="bamboo",
                    help="bamboo: checkpoint, predictors embedded; powerinfer: model_{i}.pt + config.json")  # fmt: skip
     p.add_argument("--recall", type=float, default=0.9, help="recall target per layer (default 0.9)")
@@ -69,11 +72,12 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidArgumentError(
             f"{args.model_dir}: {what} (train-predictors takes a Hugging Face checkpoint folder)"
         )
+    model_dir = Path(os.path.abspath(args.model_dir))  # "." has no name to add "-predictors" to; links kept
+    out = args.out or model_dir.with_name(model_dir.name + "-predictors")
+    checkpoint_folder_out("--out", out, model_dir)
     set_threads(args.threads)
     with process_group() as dist:
         device = rank_device(args.device, dist.rank)
-        model_dir = Path(os.path.abspath(args.model_dir))  # "." has no name to add "-predictors" to; links kept
-        out = args.out or model_dir.with_name(model_dir.name + "-predictors")
         opts = TrainPredictorsOptions(
             out=out,
             format=args.format,
@@ -114,6 +118,11 @@ def check_device(device: str) -> None:
     import torch
 
     try:
-        torch.device(device)
+        kind = torch.device(device).type
     except RuntimeError as exc:
         raise InvalidArgumentError(f"--device {device}: {exc}") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise InvalidArgumentError(
+            f"--device {device}: this torch has no CUDA device (torch {torch.__version__}, the CPU build setup "
+            "installs); use --device cpu, or install a CUDA build of torch"
+        )
