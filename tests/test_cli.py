@@ -521,6 +521,30 @@ def test_llama_cli_prompt_conventions(tmp_path, smollm2_path) -> None:
     bound = turbosparse(*base, "-c", "16", "-p", "Once upon a time", "--ignore-eos", "-n", "100")
     assert bound.stdout == out.stdout and "decode: 11 tokens" in bound.stderr
     assert "-ngl has no effect" in out.stderr
+    taken = turbosparse(*base, "-p", "Hi", "-n", "1", "--jinja", "-tb", "2", "-co", "-no-perf", "-mli", "-sp")
+    assert taken.returncode == 0 and "--threads-batch has no effect here" in taken.stderr, taken.stderr
+    hub = turbosparse("run", "-hf", "bartowski/SmolLM2-GGUF")  # read as -h f before: the help, and exit 0
+    assert hub.returncode == 2 and "-hf bartowski/SmolLM2-GGUF: models are not downloaded here" in hub.stderr
+
+
+def test_chat_messages_from_stdin_and_single_turns(smollm2_path) -> None:
+    """llama-cli's `-sys TEXT` (or --chat, -st) without -p answers the message on stdin; -cnv -st ends after one
+    answer; -cnv takes a -n past the context (a bound, not a refusal of every message)."""
+    base = ["run", "-m", str(smollm2_path), "--temp", "0", "-t", "2", "-n", "8"]
+    system = ["-sys", "You answer in one word."]
+    given = turbosparse(*base, *system, "-p", "What color is the sky?")
+    piped = subprocess.run([sys.executable, "-m", "turbosparse", *base, *system], input="What color is the sky?\n",
+                           capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert piped.returncode == 0 and piped.stdout == given.stdout and given.stdout.strip(), piped.stderr
+    empty = subprocess.run([sys.executable, "-m", "turbosparse", *base, "--chat"], input="", capture_output=True,
+                           text=True, timeout=300)  # fmt: skip
+    assert empty.returncode == 1 and "(or a message on stdin)" in empty.stderr
+    one = subprocess.run([sys.executable, "-m", "turbosparse", *base, "-cnv", "-st", "-p", "Hi"], input="Again\n",
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert one.returncode == 0 and len(one.stdout.splitlines()) == 1, one.stdout
+    roomy = subprocess.run([sys.executable, "-m", "turbosparse", *base[:-2], "-cnv", "-c", "256", "-n", "500"],
+                           input="Hi\n", capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert roomy.returncode == 0 and roomy.stdout.strip() and "not sent" not in roomy.stderr, roomy.stderr
 
 
 def test_flash_attention_and_cache_type_flags(smollm2_path) -> None:
@@ -693,7 +717,7 @@ def test_chat_template_kwargs_reach_the_template(smollm2_path) -> None:
 def test_run_prompt_cache(tmp_path, smollm2_path) -> None:
     """llama-cli's --prompt-cache: the first run writes the prompt's state; a run whose prompt starts with it
     evaluates only the rest (the very prompt again nothing), -ro leaves the file as it is, and a file
-    that is not a state (or of another cache type) is named and the prompt evaluated whole."""
+    of another cache type is named and the prompt evaluated whole; a file that is not a state is refused, untouched."""
     cache = tmp_path / "prompt.cache"
     story = "Once upon a time, in a small village by the sea, there lived an old fisherman and his three daughters."
     base = ["run", "-m", str(smollm2_path), "-t", "2", "-n", "4", "--temp", "0", "--prompt-cache", str(cache)]
@@ -712,11 +736,13 @@ def test_run_prompt_cache(tmp_path, smollm2_path) -> None:
     assert same.stdout == first.stdout and evaluated(same) == 0  # the prompt's last logits came along
     shorter = turbosparse(*base, "-p", story.split(" by")[0])  # held whole: not written again (it would shrink)
     assert evaluated(shorter) <= 1 and cache.read_bytes() == written
-    cache.write_bytes(b"not a state")
-    foreign = turbosparse(*base, "-p", story)
-    assert "not used: " in foreign.stderr and "TSSQ" in foreign.stderr and evaluated(foreign) == evaluated(first)
-    other_type = turbosparse(*base, "-p", story, "-ctk", "q8_0", "-fa", "on")
+    other_type = turbosparse(*base, "-p", story, "-ctk", "q8_0", "-fa", "on")  # ours, of another cache: written anew
     assert "cache is K f16" in other_type.stderr and evaluated(other_type) == evaluated(first)
+    notes = tmp_path / "notes.txt"  # a file that is no prompt cache (a typo for -f): refused, left as it is
+    notes.write_text("my notes")
+    foreign = turbosparse(*base[:-1], str(notes), "-p", story)
+    assert foreign.returncode == 1 and "holds something other than a turbosparse prompt cache" in foreign.stderr
+    assert notes.read_text() == "my notes"
     refused = turbosparse(*base, "-cnv")
     assert refused.returncode != 0 and "not with -cnv" in refused.stderr
 

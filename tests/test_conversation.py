@@ -92,3 +92,15 @@ def test_a_line_that_is_not_utf8_is_not_sent(capsys) -> None:
     converse(conversation, "", io.StringIO("caf\udce9\nok\n"), io.StringIO())
     assert contents(conversation) == ["ok", "a1"]
     assert "not UTF-8" in capsys.readouterr().err
+
+
+def test_single_turn_and_prepared_messages() -> None:
+    """-st ends after the first answer; -e's escapes (prepare) apply to the messages read, not to -p's (processed
+    already), and never to a line that is not UTF-8 (said, not sent)."""
+    answers = Answers()
+    conversation = Conversation(CharModel(1000), answers, 10, [])
+    converse(conversation, "", io.StringIO("one\ntwo\n"), io.StringIO(), single_turn=True)
+    assert contents(conversation) == ["one", "a1"]
+    conversation = Conversation(CharModel(1000), Answers(), 10, [])
+    converse(conversation, "a\\n", io.StringIO("b\\n\ncaf\udce9\n"), io.StringIO(), prepare=lambda t: t.upper())
+    assert contents(conversation) == ["a\\n", "a1", "B\\N", "a2"]

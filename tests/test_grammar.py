@@ -88,6 +88,21 @@ def test_a_choice_grammar_ends_the_generation_where_it_is_complete(smollm2_model
         assert gen.finish_reason == "stop" and gen.n_generated <= 2
 
 
+def test_grammar_given_as_gbnf_text_or_a_schema_dict(smollm2_model) -> None:
+    """grammar= takes GBNF text and a JSON schema dict as they are (an AttributeError before); what is neither, or a
+    schema that is not a JSON object, is a GrammarError saying what was expected."""
+    assert smollm2_model.generate("Is the sky blue? Answer:", grammar='root ::= " yes" | " no"') in (" yes", " no")
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    answer = smollm2_model.generate("A number as JSON:", grammar=schema, temperature=0.0, max_tokens=24)
+    assert isinstance(json.loads(answer)["n"], int)
+    with pytest.raises(GrammarError, match="expected a Grammar, GBNF text or a JSON schema"):
+        smollm2_model.generate("x", grammar=3)
+    with pytest.raises(GrammarError, match="a JSON schema is a JSON object, got list"):
+        Grammar.from_json_schema("[1, 2]")
+    with pytest.raises(GrammarError, match="the JSON schema is not JSON: Expecting property name"):
+        Grammar.from_json_schema("{x")
+
+
 def test_a_grammar_that_no_token_can_follow_ends_the_generation(smollm2_model, caplog) -> None:
     grammar = Grammar('root ::= "ab" [\\x00]')  # llama.cpp refuses tokens that hold a NUL byte
     with caplog.at_level(logging.WARNING):

@@ -148,7 +148,7 @@ class Generation:
         self.preferred_sequence = preferred_sequence  # taken where free (llama-server's id_slot); None: any
         self.sequence = -1  # the sequence (a server's slot) it last evaluated in
         self._tokenizer = tokenizer
-        self._grammar = grammar.start(tokenizer) if grammar is not None else None
+        self._grammar = Grammar.of(grammar).start(tokenizer) if grammar is not None else None
         self._sampler = Sampler(sampling, self._grammar)
         self._logits_processor = logits_processor
         self._stopping_criteria = stopping_criteria

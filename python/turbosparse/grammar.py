@@ -42,6 +42,20 @@ class Grammar:
     root: str = "root"
 
     @classmethod
+    def of(cls, value: Grammar | str | dict[str, Any]) -> Grammar:
+        """What a grammar= argument may be: a Grammar, GBNF text (as llama-cpp-python's LlamaGrammar.from_string
+        takes it) or a JSON schema (a dict)."""
+        if isinstance(value, Grammar):
+            return value
+        if isinstance(value, str):
+            return cls(value)
+        if isinstance(value, dict):
+            return cls.from_json_schema(value)
+        raise GrammarError(
+            f"grammar: expected a Grammar, GBNF text or a JSON schema (a dict), got {type(value).__name__}"
+        )
+
+    @classmethod
     def json(cls) -> Grammar:
         """Any JSON object (OpenAI's "JSON mode")."""
         return cls(JSON_GBNF)
@@ -51,12 +65,19 @@ class Grammar:
         """JSON that validates against schema (a dict, or its JSON text)."""
         try:
             value = json.loads(schema) if isinstance(schema, str) else schema
+        except json.JSONDecodeError as exc:
+            raise GrammarError(f"the JSON schema is not JSON: {exc}") from None
+        if not isinstance(value, dict):
+            raise GrammarError(f"a JSON schema is a JSON object, got {type(value).__name__} {str(value)[:60]}")
+        try:
             check_schema_counts(value)
             return cls(strict_strings(json_schema_to_gbnf(json.dumps(value))))
         except GrammarError:
             raise
         except Exception as exc:  # the converter raises whatever its walk meets (KeyError, TypeError, ...)
-            raise GrammarError(f"the JSON schema cannot be turned into a grammar: {exc!r}") from None
+            raise GrammarError(
+                f"the JSON schema cannot be turned into a grammar ({type(exc).__name__}: {exc})"
+            ) from None
 
     @classmethod
     def from_response_format(cls, response_format: dict[str, Any] | None) -> Grammar | None:

@@ -547,8 +547,8 @@ class Llama:
 
     def load_state(self, state: LlamaState) -> None:
         """Goes back to what save_state saved: the next completion (or eval() of one token, or with logits_all) goes on
-        after its tokens without evaluating them again. A state the model cannot hold (another model's, more tokens
-        than n_ctx, another KV cache type) is refused with nothing changed."""
+        after its tokens without evaluating them again. A state the model cannot hold (a model of another shape, more
+        tokens than n_ctx, another KV cache type) is refused with nothing changed."""
         n = int(state.n_tokens)
         if not 0 <= n <= min(len(state.input_ids), self._model.n_ctx):
             raise ValueError(f"the state holds {n} tokens: this Llama's context holds {self._model.n_ctx}")

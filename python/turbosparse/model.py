@@ -321,7 +321,8 @@ class Model:
     def load_state(self, user: object, state: SequenceState) -> None:
         """Makes the sequence user evaluates in hold what state saved (in this Model, or another of the same file and
         KV cache settings): evaluating tokens that start with state's then computes only the rest. A state that does
-        not fit (another model's, another cache layout, more tokens than n_ctx) is refused with nothing changed."""
+        not fit (another cache layout or vocabulary: a model of another shape; more tokens than n_ctx) is refused
+        with nothing changed; another model of the very same shape is not told apart (as llama.cpp's states)."""
         self._check_state(state)
         with self._lock:
             seq, _ = self._pool.claim(user, state.tokens)
@@ -601,14 +602,15 @@ class Model:
         stop: str | Sequence[str] | None = None,
         stream: bool = False,
         add_bos: bool = True,
-        grammar: Grammar | None = None,
+        grammar: Grammar | str | dict | None = None,
         logit_bias: dict[int, float] | None = None,
     ) -> str | Iterator[str]:
-        """Generated text (an iterator of text pieces when stream=True). A str prompt is tokenized with special
+        """Generated text (an iterator of text pieces when stream=True), at most max_tokens tokens and no further than
+        the context holds (None: until the context is full or the text ends). A str prompt is tokenized with special
         tokens parsed, as chat prompts need (the model's BOS is added unless the text starts with it: a chat template
         may write it); temperature <= 0 is greedy decoding. grammar: the text follows it
-        (e.g. Grammar.json(), Grammar.from_json_schema(schema), Grammar(gbnf)); logit_bias: token id -> added to its
-        logit."""
+        (e.g. Grammar.json(), Grammar.from_json_schema(schema), Grammar(gbnf); GBNF text or a JSON schema dict as
+        they are); logit_bias: token id -> added to its logit."""
         sampling = SamplingParams(
             temperature=temperature,
             top_k=top_k,
@@ -621,7 +623,9 @@ class Model:
         )
         tokens = self._prompt_tokens(prompt, add_bos) if isinstance(prompt, str) else list(prompt)
         stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
-        gen = self.start(tokens, sampling=sampling, max_tokens=max_tokens, stop=stops, grammar=grammar)
+        # a bound, as llama-cpp-python's and run -n: the text also ends where the context is full after the prompt
+        gen = self.start(tokens, sampling=sampling, max_tokens=self.bounded(max_tokens, tokens), stop=stops,
+                         grammar=grammar)  # fmt: skip
         pieces = self.run(gen)
         if stream:
             return pieces

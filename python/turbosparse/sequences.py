@@ -63,17 +63,17 @@ class SequenceState:
     kv: bytes
 
     _HEADER = struct.Struct("<4sIqqq")  # magic, version, tokens, n_prompted, logits' length (-1: none)
-    _MAGIC = b"TSSQ"
+    MAGIC = b"TSSQ"  # a file's first bytes
 
     def to_bytes(self) -> bytes:
         logits = b"" if self.prompt_logits is None else np.ascontiguousarray(self.prompt_logits, "<f4").tobytes()
         n_logits = -1 if self.prompt_logits is None else len(self.prompt_logits)
-        head = self._HEADER.pack(self._MAGIC, 1, len(self.tokens), self.n_prompted, n_logits)
+        head = self._HEADER.pack(self.MAGIC, 1, len(self.tokens), self.n_prompted, n_logits)
         return head + np.asarray(self.tokens, "<i4").tobytes() + logits + self.kv
 
     @classmethod
     def from_bytes(cls, data: bytes) -> SequenceState:
-        if len(data) < cls._HEADER.size or data[:4] != cls._MAGIC:
+        if len(data) < cls._HEADER.size or data[:4] != cls.MAGIC:
             raise InvalidArgumentError(
                 f"not a turbosparse sequence state ({len(data)} bytes without the 'TSSQ' header)"
             )

@@ -71,6 +71,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for stream in (sys.stdout, sys.stderr):  # text in an encoding that cannot hold it: "?", not a traceback
         if isinstance(stream, io.TextIOWrapper):
             stream.reconfigure(errors="replace")
+    if isinstance(sys.stdin, io.TextIOWrapper):  # bytes that are not text read as lone surrogates (said where read)
+        sys.stdin.reconfigure(errors="surrogateescape")
     try:
         return int(args.func(args) or 0)
     except BrokenPipeError:  # the reader went away (`| head`): quietly, as a program SIGPIPE ends

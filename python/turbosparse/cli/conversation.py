@@ -120,22 +120,44 @@ def read_message(source: TextIO, prompt: TextIO | None) -> str | None:
         return "\n".join(lines)
 
 
-def converse(conversation: Conversation, first: str, source: TextIO, out: TextIO) -> None:
-    """Runs the conversation: first (when not empty) as the first message, then each message read from source."""
+def converse(
+    conversation: Conversation,
+    first: str,
+    source: TextIO,
+    out: TextIO,
+    *,
+    single_turn: bool = False,
+    prepare: Callable[[str], str] | None = None,
+) -> None:
+    """Runs the conversation: first (when not empty) as the first message, then each message read from source
+    (passed through prepare when given: llama-cli's -e escapes); single_turn (llama-cli's -st): ends after the
+    first message answered."""
     prompt = (out if out.isatty() else sys.stderr) if source.isatty() else None
     text: str | None = first
     while True:
         if text is not None and text.strip():
-            try:
-                text.encode("utf-8")
-            except UnicodeEncodeError:  # bytes that are not UTF-8, read as lone surrogates
+            if not _is_utf8(text):  # bytes that are not UTF-8, read as lone surrogates
                 print("the message is not UTF-8 text: not sent", file=sys.stderr)
             else:
                 conversation.turn(text, out)
+                if single_turn:
+                    return
         try:
             text = read_message(source, prompt)
         except KeyboardInterrupt:
             out.write("\n")
             return
         if text is None:
+            if prompt is not None:  # Ctrl-D at "> ": the timings start a line of their own
+                prompt.write("\n")
             return
+        if prepare is not None and _is_utf8(text):
+            text = prepare(text)
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

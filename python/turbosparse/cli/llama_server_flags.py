@@ -1,6 +1,7 @@
 """llama-server's flags that `turbosparse serve` takes beyond its own, so that a llama-server command line runs as it
 is: the sampling flags, which become every request's defaults there (a request's own fields win), and flags that
-change nothing here, taken and named in a note (offloading, memory mapping, the web UI, ...)."""
+change nothing here, taken and named in a note (offloading, memory mapping, the web UI, ...); `run` takes llama-cli's
+flags of that kind the same way."""
 
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ SAMPLING_FLAGS: dict[tuple[str, ...], tuple[str, type]] = {
 }
 # flags taken with no effect: (names, the values that follow: 0, 1 or "?" (one or none), why nothing changes, whether
 # a user would miss what the flag asks for: a warning, else a note shown with --verbose)
-NO_EFFECT_FLAGS: list[tuple[tuple[str, ...], int | str, str, bool]] = [
+NoEffectFlag = tuple[tuple[str, ...], int | str, str, bool]
+NO_EFFECT_FLAGS: list[NoEffectFlag] = [
     (("--jinja",), 0, "chat templates are always Jinja2 here", False),
     (("--no-jinja",), 0, "chat templates are always Jinja2 here", True),
     (("-ngl", "--gpu-layers", "--n-gpu-layers"), 1,
@@ -78,8 +80,13 @@ def add_llama_server_flags(p: argparse.ArgumentParser) -> None:
         note = " (-1: no limit)" if field == "max_tokens" else " (-1: random)" if field == "seed" else ""
         sampling.add_argument(*names, dest=_dest(names), type=kind, default=None, metavar="N",
                               help=f"the default {field}{note}")  # fmt: skip
-    taken = p.add_argument_group("llama-server's flags taken with no effect here (a note says why)")
-    for names, values, why, _ in NO_EFFECT_FLAGS:
+    add_no_effect_flags(p, NO_EFFECT_FLAGS, "llama-server's flags taken with no effect here (a note says why)")
+
+
+def add_no_effect_flags(p: argparse.ArgumentParser, flags: list[NoEffectFlag], title: str) -> None:
+    """flags (NO_EFFECT_FLAGS' shape), taken and kept for note_no_effect."""
+    taken = p.add_argument_group(title)
+    for names, values, why, _ in flags:
         options: dict[str, Any] = {"action": "store_true"} if values == 0 else {"metavar": "N"}
         if values == "?":
             options |= {"nargs": "?", "const": True}
@@ -106,10 +113,10 @@ def sampling_defaults(args: argparse.Namespace) -> dict[str, Any]:
     return defaults
 
 
-def note_no_effect(args: argparse.Namespace) -> None:
-    """One line per no-effect flag given: what it asks of llama-server does not apply here, and why (a warning where
-    a user would miss it, else a note shown with --verbose)."""
-    for names, _, why, missed in NO_EFFECT_FLAGS:
+def note_no_effect(args: argparse.Namespace, flags: list[NoEffectFlag] = NO_EFFECT_FLAGS) -> None:
+    """One line per no-effect flag given: what it asks of llama.cpp's tool does not apply here, and why (a warning
+    where a user would miss it, else a note shown with --verbose)."""
+    for names, _, why, missed in flags:
         if getattr(args, _dest(names)) not in (None, False):
             level = logging.WARNING if missed else logging.INFO
-            logger.log(level, "turbosparse serve: %s has no effect here: %s", names[-1], why)
+            logger.log(level, "turbosparse %s: %s has no effect here: %s", args.command, names[-1], why)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from turbosparse.errors import ContextOverflowError, InvalidArgumentError
+from turbosparse.gguf_reader import file_magic
 from turbosparse.model import Model
 from turbosparse.sequences import SequenceState, common_prefix
 
@@ -17,6 +18,15 @@ class PromptCache:
     path: Path
     everything: bool = False  # --prompt-cache-all: the generated text's tokens too
     read_only: bool = False  # --prompt-cache-ro: used, never written
+
+    def check(self) -> None:
+        """A path that holds something other than a prompt cache (a text file, llama-cli's session file) is refused
+        before any work, as llama-cli refuses a session file it cannot load, not written over."""
+        if self.path.exists() and (not self.path.is_file() or file_magic(self.path) != SequenceState.MAGIC):
+            raise InvalidArgumentError(
+                f"--prompt-cache {self.path}: holds something other than a turbosparse prompt cache (no "
+                f"{SequenceState.MAGIC.decode()!r} header); it is neither read nor written over: give another path"
+            )
 
     def restore(self, model: Model, prompt: list[int]) -> int:
         """The file's tokens into the model's sequence, where the file exists and fits this model and context (else

@@ -13,7 +13,8 @@ from typing import Any
 
 from turbosparse.binding import CACHE_TYPES, SparseMode, find_device
 from turbosparse.chat_template import chat_template_from, checked_variables
-from turbosparse.cli.conversation import Conversation, converse
+from turbosparse.cli.conversation import Conversation, converse, read_message
+from turbosparse.cli.llama_server_flags import NoEffectFlag, add_no_effect_flags, note_no_effect
 from turbosparse.cli.prompt_cache import PromptCache
 from turbosparse.default import default_model
 from turbosparse.errors import ChatTemplateError, InvalidArgumentError
@@ -22,9 +23,40 @@ from turbosparse.model import Model
 from turbosparse.sampling import SamplingParams
 
 
+class NoHubDownloads(argparse.Action):
+    """llama.cpp's -hf REPO, refused by name (argparse read `-hf` as -h: the help, and exit 0)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:  # fmt: skip
+        parser.error(f"{option_string} {values}: models are not downloaded here (no Hugging Face hub access); give "
+                     "a local GGUF file with -m")  # fmt: skip
+
+
+# llama-cli's flags that change nothing here (llama_server_flags.NO_EFFECT_FLAGS' shape): taken, so that a llama-cli
+# command line runs, and named in a note
+LLAMA_CLI_NO_EFFECT: list[NoEffectFlag] = [
+    (("--jinja",), 0, "chat templates are always Jinja2 here", False),
+    (("--no-jinja",), 0, "chat templates are always Jinja2 here", True),
+    (("-tb", "--threads-batch"), 1, "one thread count, -t", True),
+    (("-ub", "--ubatch-size"), 1, "one batch size, -b", False),
+    (("-co", "--color"), "?", "the text is not coloured", False),
+    (("--simple-io",), 0, "stdin and stdout are plain streams already", False),
+    (("-no-perf", "--no-perf"), 0, "the timings are one line on stderr", False),
+    (("--verbose-prompt",), 0, "the prompt's tokens are not listed", True),
+    (("-mli", "--multiline-input"), 0, "-cnv joins a line ending in \\ with the next", True),
+    (("-sp", "--special"), 0, "special tokens are not printed", True),
+    (("--no-mmap",), 0, "the file is mapped, its sparse rows copied to huge pages where they fit", True),
+    (("--mlock",), 0, "the file is mapped, its sparse rows copied to huge pages where they fit", True),
+    (("--no-warmup",), 0, "there is no warm-up run", False),
+    (("--log-disable",), 0, "the log is already short (--verbose shows llama.cpp's)", False),
+]  # fmt: skip
+
+
 def add_model_args(p: argparse.ArgumentParser) -> None:
     """Flags shared by the commands that load a model."""
     p.add_argument("-m", "--model", required=True, help="GGUF file, or 'default' for the README's default model")
+    p.add_argument("-hf", "-hfr", "--hf-repo", action=NoHubDownloads, metavar="REPO",
+                   help="llama.cpp's download from Hugging Face: not here (no hub); -m takes a local GGUF")  # fmt: skip
     p.add_argument(
         "-t", "--threads", type=thread_count, default=None,
         help="CPU threads (default, or 0 / -1 as llama.cpp takes them: all cores, at most 8)",
@@ -234,8 +266,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="process \\n, \\t, \\xHH... in the prompt and -r (default)",
     )
     p.add_argument("--no-escape", dest="escape", action="store_false", help="take the prompt and -r as they are")
-    p.add_argument("--chat", action="store_true", help="wrap the prompt as a user message in the model's chat template")
-    p.add_argument("-st", "--single-turn", dest="chat", action="store_true", help="one chat turn: the same as --chat")
+    p.add_argument("--chat", action="store_true", help="wrap the prompt as a user message in the model's chat template "
+                   "(without -p / -f: the message is read from stdin)")  # fmt: skip
+    p.add_argument("-st", "--single-turn", action="store_true",
+                   help="one chat turn: as --chat; with -cnv, the chat ends after the first answer")  # fmt: skip
     p.add_argument("-no-cnv", "--no-conversation", action="store_true", help="a plain completion (the default)")
     # llama-cli's GPU option: placement here is --device
     p.add_argument("-ngl", "--gpu-layers", "--n-gpu-layers", type=int, default=None,
@@ -254,7 +288,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--prompt-cache", type=Path, default=None, metavar="FILE",
         help="keep the prompt's keys and values in FILE: a later run whose prompt starts with it evaluates only the "
-        "rest (llama-cli's; the file is written after the prompt, and is of this model and cache settings only)",
+        "rest (llama-cli's; the file is written after the prompt; use it with the model and cache settings that "
+        "wrote it)",
     )  # fmt: skip
     p.add_argument("--prompt-cache-all", action="store_true", help="... the generated text's too")
     p.add_argument("--prompt-cache-ro", action="store_true", help="use the prompt cache, never write it")
@@ -267,6 +302,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     constraint.add_argument(
         "-jf", "--json-schema-file", type=Path, default=None, help="read the JSON schema from a file"
     )
+    add_no_effect_flags(p, LLAMA_CLI_NO_EFFECT, "llama-cli's flags taken with no effect here (a note says why)")
     p.set_defaults(func=run)
 
 
@@ -285,11 +321,18 @@ def grammar_of(args: argparse.Namespace) -> Grammar | None:
 def run(args: argparse.Namespace) -> int:
     if args.gpu_layers:
         print("turbosparse run: -ngl has no effect here (placement is --device)", file=sys.stderr)
+    note_no_effect(args, LLAMA_CLI_NO_EFFECT)
     prompt = read_prompt_file(args.file) if args.file else args.prompt
     if args.escape:  # llama-cli's: the prompt (a file's too) and the stop strings
         prompt = process_escapes(prompt)
         args.stop = [process_escapes(s) for s in args.stop]
     grammar = grammar_of(args)
+    cache = None
+    if args.prompt_cache is not None:
+        if args.conversation:
+            raise InvalidArgumentError("--prompt-cache takes one prompt: not with -cnv")
+        cache = PromptCache(args.prompt_cache, everything=args.prompt_cache_all, read_only=args.prompt_cache_ro)
+        cache.check()
     model = Model(
         model_path(args.model),
         n_threads=args.threads,
@@ -320,11 +363,6 @@ def run(args: argparse.Namespace) -> int:
     )
     max_tokens = None if args.n_predict < 0 else args.n_predict
     system = [{"role": "system", "content": args.system_prompt}] if args.system_prompt else []
-    cache = None
-    if args.prompt_cache is not None:
-        if args.conversation:
-            raise InvalidArgumentError("--prompt-cache takes one prompt: not with -cnv")
-        cache = PromptCache(args.prompt_cache, everything=args.prompt_cache_all, read_only=args.prompt_cache_ro)
 
     def answer(tokens: list[int], turn: int) -> Iterator[str]:
         seed = None if sampling.seed is None else sampling.seed + turn - 1  # turn by turn: another draw, reproducible
@@ -335,13 +373,24 @@ def run(args: argparse.Namespace) -> int:
 
     if args.conversation:
         model.chat_template  # noqa: B018 - a file without one fails now, not after the first message
-        room = max(1, max_tokens if max_tokens is not None else model.n_ctx // 4)
-        converse(Conversation(model, answer, room, system), prompt, sys.stdin, sys.stdout)
+        # kept free for an answer when earlier turns are dropped: -n bounds an answer, as everywhere, but never asks
+        # for more room than a quarter of the context (-n 4096 with -c 4096 would refuse every message)
+        room = max(1, min(max_tokens if max_tokens is not None else model.n_ctx, model.n_ctx // 4))
+        conversation = Conversation(model, answer, room, system)
+        converse(conversation, prompt, sys.stdin, sys.stdout, single_turn=args.single_turn,
+                 prepare=process_escapes if args.escape else None)  # fmt: skip
         print_stats(model)
         return 0
-    chat = args.chat or args.system_prompt is not None
-    if not prompt and not chat:
-        raise InvalidArgumentError("empty prompt: give -p TEXT or -f FILE")
+    chat = args.chat or args.single_turn or args.system_prompt is not None
+    if chat and not prompt:  # llama-cli's `-sys TEXT` alone: the message comes from stdin
+        prompt = read_message(sys.stdin, sys.stderr if sys.stdin.isatty() else None) or ""
+        try:
+            prompt.encode("utf-8")
+        except UnicodeEncodeError:  # bytes that are not UTF-8, read as lone surrogates
+            raise InvalidArgumentError("the message on stdin is not UTF-8 text") from None
+    if not prompt:
+        where = " (or a message on stdin)" if chat else ""
+        raise InvalidArgumentError(f"empty prompt: give -p TEXT or -f FILE{where}")
     # a chat's BOS: the model's, unless its template writes one (as llama.cpp: never two)
     tokens = (
         model.chat_tokens([*system, {"role": "user", "content": prompt}])
@@ -385,7 +434,7 @@ def print_stats(model: Model) -> None:
     sparse = s["sparse_mode"]
     if sparse != "off" and model.info.has_ffn_thresholds:  # a calibrated file: the whole gate, a share of up/down
         sparse += f" ({100 * s['mean_kept_fraction']:.0f}% of up/down rows read, the gate whole)"
-    elif sparse != "off" and active:
+    elif sparse != "off" and active and s["decode_tokens"]:
         sparse += f" ({100 * sum(active) / len(active):.0f}% of FFN rows read)"
     print(
         f"prompt: {s['prompt_tokens']} tokens, {s['prompt_tok_s']:.1f} tok/s | "
