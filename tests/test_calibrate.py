@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -286,8 +287,9 @@ def test_command_errors(tmp_path: Path, tiny_twin: Path) -> None:
     assert "calibrate: error:" in res.stderr and "fewer than one window" in res.stderr
     res = turbosparse("calibrate", "-m", str(tiny_twin), "-f", str(short), "--sparsity", "0.4")
     assert res.returncode == 1 and "-o/--outfile is required" in res.stderr
-    res = turbosparse("calibrate", "-m", str(tiny_twin), "-f", str(short), "--sparsity", "1.2", "-o", out)
-    assert res.returncode == 2 and "sparsities must be in [0, 1)" in res.stderr
+    for above in ("1.2", "0.3,0.98"):  # 0.98: refused after the collection before (the grid keeps >= 0.025)
+        res = turbosparse("calibrate", "-m", str(tiny_twin), "-f", str(short), "--sparsity", above, "-o", out)
+        assert res.returncode == 2 and "sparsities must be in [0, 0.975]" in res.stderr
     missing = tmp_path / "missing.txt"
     res = turbosparse("calibrate", "-m", str(tiny_twin), "-f", str(missing), "--sparsity", "0.4", "-o", out)
     assert res.returncode == 1 and str(missing) in res.stderr
@@ -299,7 +301,13 @@ def test_command_errors(tmp_path: Path, tiny_twin: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["short.txt"]
     # the input itself, or two sparsities named alike (.s30), said before the calibration too
     res = turbosparse("calibrate", "-m", str(tiny_twin), "-f", str(short), "--sparsity", "0.4", "-o", str(tiny_twin))
-    assert res.returncode == 1 and "is the input file itself" in res.stderr
+    assert res.returncode == 1 and "is an input file itself" in res.stderr
+    split_first = tmp_path / "tw-00001-of-00002.gguf"
+    shutil.copy(tiny_twin, split_first)
+    for own in (short, tmp_path / "tw-00002-of-00002.gguf"):  # the text (an -o typo), another file of a split model
+        own.touch()
+        res = turbosparse("calibrate", "-m", str(split_first), "-f", str(short), "--sparsity", "0.4", "-o", str(own))
+        assert res.returncode == 1 and "is an input file itself" in res.stderr, res.stderr
     res = turbosparse("calibrate", "-m", str(tiny_twin), "-f", str(short), "--sparsity", "0.301,0.299", "-o", out)
     assert res.returncode == 1 and "--sparsity 0.301: another sparsity is written to" in res.stderr
     res = turbosparse(

@@ -103,6 +103,28 @@ def test_bench_counts_are_checked_before_any_work() -> None:
         assert out.returncode == 1 and message in out.stderr and "Traceback" not in out.stderr, out.stderr
 
 
+def test_bench_refuses_runs_with_nothing_to_compare(tmp_path, smollm2_path) -> None:
+    """Every mode skipped without llama.cpp printed an empty table and exit 0; a --dense file of another vocabulary
+    loaded every engine, then failed on a token out of it."""
+    from tinymodel import TinyConfig, random_weights, write_gguf
+
+    nothing = turbosparse("bench", "-m", str(smollm2_path), "--modes", "exact", "--no-llama-cpp", "-r", "1")
+    assert nothing.returncode == 1 and "nothing to measure: no mode of --modes exact runs here" in nothing.stderr
+    tiny = tmp_path / "tiny.gguf"
+    write_gguf(tiny, TinyConfig(), random_weights(TinyConfig()))
+    other = turbosparse("bench", "-m", str(tiny), "--dense", str(smollm2_path), "-r", "1", "-p", "4", "-n", "2")
+    assert other.returncode == 1 and "a vocabulary of 49152 tokens where" in other.stderr, other.stderr
+    # the options that shape a synthetic model, dropped before where they changed nothing
+    dropped = turbosparse("bench", "-m", str(tiny), "--quant", "q8_0", "--layers", "2")
+    assert dropped.returncode == 1 and "--quant, --layers shape(s) a --synthetic model" in dropped.stderr
+    layer = turbosparse("bench", "--ffn-layer", "q4_0", "--groups", "32")
+    assert layer.returncode == 1 and "--ffn-layer's layers are Mistral-7B's" in layer.stderr
+    off = turbosparse("bench", "-m", str(tiny), "--modes", "dense,off")  # ran the sparse file densely, as "off"
+    assert off.returncode == 1 and "--modes dense,off: modes are dense, predictor, exact, groups" in off.stderr
+    twin = turbosparse("bench", "--synthetic", "tiny", "--dense", str(tiny))
+    assert twin.returncode == 1 and "--synthetic makes its own dense twin" in twin.stderr
+
+
 def test_bench_counts_a_tied_embedding_as_the_output_head(smollm2_path) -> None:
     """SmolLM2 has no output.weight: its token embedding is read whole every token as the head."""
     from turbosparse.bench.runner import tensor_bytes
@@ -336,7 +358,7 @@ def test_bench_on_a_calibrated_synthetic_twin(tmp_path) -> None:
     assert 1.0 < report["bytes_ceiling"] < 2.0
     bad = subprocess.run([sys.executable, "-m", "turbosparse", "bench", "-m", "x.gguf", "--sparsity", "0.5"],
                          capture_output=True, text=True, timeout=60, env=env)  # fmt: skip
-    assert bad.returncode == 1 and "--sparsity needs --synthetic" in bad.stderr
+    assert bad.returncode == 1 and "--sparsity shape(s) a --synthetic model: -m x.gguf is the file it is" in bad.stderr
 
 
 def test_synthetic_files_use_the_formats_key_types(tmp_path) -> None:

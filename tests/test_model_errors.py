@@ -432,3 +432,14 @@ def test_every_error_class_the_readme_names_is_importable_from_turbosparse() -> 
     assert {"ConvertError", "CalibrationError", "TrainingError", "GrammarError"} <= names
     for name in names:
         assert issubclass(getattr(turbosparse, name), turbosparse.TurboSparseError), name
+
+
+def test_a_threshold_no_predictor_reads_is_said(smollm2_path: Path, caplog) -> None:
+    """--threshold was taken without a word in exact and dense modes (perplexity moved by none of 0, 0.5, 5)."""
+    import logging
+
+    from turbosparse import Model
+
+    with caplog.at_level(logging.WARNING), Model(smollm2_path, n_ctx=32, sparse="off", threshold=0.5):
+        pass
+    assert "the predictor threshold 0.5 has no effect in off mode" in caplog.text

@@ -60,6 +60,34 @@ def test_llama_perplexity_protocol_scores_each_chunks_second_half(model, smollm2
     assert result.perplexity < perplexity(model, TEXT, N_CTX).perplexity
 
 
+def test_the_error_running_figures_and_the_reference(model, smollm2_path) -> None:
+    """llama-perplexity's +/- (the perplexity times the standard error of the mean NLL), a figure after each window
+    (the running perplexity), and a reference model's own perplexity over the same tokens, from scored blocks of
+    rows as from whole windows."""
+    tokens = model.tokenize(TEXT, add_bos=False)
+    windows = [tokens[i : i + N_CTX] for i in range(0, 2 * N_CTX, N_CTX)]
+    nll = []
+    for window in windows:
+        logits = model.eval_logits(window).astype(np.float64)
+        logp = logits - logits.max(-1, keepdims=True)
+        logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+        nll += [-logp[j, window[j + 1]] for j in range(len(window) - 1)]
+    nll = np.array(nll)
+    seen = []
+    with Model(smollm2_path, n_threads=2, n_ctx=N_CTX, sparse="off", type_k="q8_0", flash_attn=True) as other:
+        result = perplexity(model, TEXT, N_CTX, max_windows=2, reference=other, on_window=lambda *a: seen.append(a))
+        alone = perplexity(other, TEXT, N_CTX, max_windows=2).perplexity
+    assert result.perplexity == pytest.approx(np.exp(nll.mean()), rel=1e-6)
+    want = np.exp(nll.mean()) * np.sqrt(((nll**2).mean() - nll.mean() ** 2) / (len(nll) - 1))
+    assert result.perplexity_error == pytest.approx(want, rel=1e-6)
+    assert [n for n, _ in seen] == [1, 2] and seen[-1][1] == result.perplexity
+    assert seen[0][1] == pytest.approx(np.exp(nll[: N_CTX - 1].mean()), rel=1e-6)
+    assert (
+        result.reference_perplexity == pytest.approx(alone, rel=1e-9)
+        and result.reference_perplexity != result.perplexity
+    )
+
+
 def test_a_text_shorter_than_a_window_is_an_error(model) -> None:
     from turbosparse import InvalidArgumentError
 
@@ -76,4 +104,13 @@ def test_the_command(tmp_path, smollm2_path) -> None:
                            timeout=300) for extra in ([], ["--llama-perplexity", "--chunks", "2"])]  # fmt: skip
     own, llama = (json.loads(r.stdout) for r in runs)
     assert own["tokens"] == own["windows"] * (N_CTX - 1) and own["perplexity"] > 1
+    assert own["perplexity_error"] > 0 and own["dense_perplexity"] is None
+    crlf = tmp_path / "crlf.txt"  # read as its bytes, as llama-perplexity tokenizes them: not as universal newlines
+    crlf.write_bytes(TEXT.replace("\n", "\r\n").encode())
+    shown = [subprocess.run([sys.executable, "-m", "turbosparse", *args[:4], str(f), *args[5:-1], "--chunks", "2"],
+                            capture_output=True, text=True, timeout=300) for f in (text, crlf)]  # fmt: skip
+    for run in shown:
+        assert run.returncode == 0 and run.stderr.startswith("[1]") and "[2]" in run.stderr, run.stderr
+        assert run.stdout.split()[2] == "+/-"
+    assert shown[0].stdout.split()[1] != shown[1].stdout.split()[1]
     assert llama["windows"] == 2 and llama["tokens"] == 2 * (N_CTX // 2 - 1)

@@ -137,6 +137,9 @@ class Model:
         probe = NativeModel(self.path, metadata_only=True)
         self.sparse_mode = probe.sparse_mode(sparse_mode_named(sparse), on_cpu=target.is_cpu)  # decided in C
         del probe
+        if threshold is not None and self.sparse_mode not in (SparseMode.PREDICTOR, SparseMode.GROUPS):
+            logger.warning("%s: the predictor threshold %s has no effect in %s mode (it decides which neurons the "
+                           "predictor flags)", self.path, threshold, self.sparse_mode.label)  # fmt: skip
         self._native = NativeModel.for_mode(self.path, self.sparse_mode, device=target.name)
         self.device: DeviceInfo = self._native.device
         self.info: ModelInfo = self._native.info

@@ -24,7 +24,15 @@ from turbosparse.bench.runner import sparse_ffn_bytes, tensor_bytes
 from turbosparse.binding import FfnScales, FfnThresholds, NativeContext, NativeModel, SparseMode
 from turbosparse.calibrate.collect import CollectConfig, collect, down_column_norms
 from turbosparse.calibrate.scores import Scores, score_scales
-from turbosparse.calibrate.thresholds import Allocation, Calibration, Method, Planner, dense_calibration, layer_weights
+from turbosparse.calibrate.thresholds import (
+    MAX_SPARSITY,
+    Allocation,
+    Calibration,
+    Method,
+    Planner,
+    dense_calibration,
+    layer_weights,
+)
 from turbosparse.constants import (
     KEY_ACT_THRESHOLDS,
     KEY_CALIBRATED_DOWN_RATES,
@@ -96,6 +104,9 @@ class Calibrator:
         if info.has_predictors:
             raise CalibrationError(f"{self.path}: the file has activation predictors; calibrate a dense model")
         self.tokenizer = Tokenizer(str(self.path), verbose=self.verbose)
+        if self.cfg.collect.n_ctx > info.n_ctx_train > 0:
+            logger.warning("%s: windows of %d tokens, the model's training context (-c %d is past it)", self.path,
+                           info.n_ctx_train, self.cfg.collect.n_ctx)  # fmt: skip
         self.ctx = NativeContext(
             self.model,
             n_ctx=min(self.cfg.collect.n_ctx, info.n_ctx_train),
@@ -200,7 +211,7 @@ class Calibrator:
         for window in tqdm(windows, desc="evaluating", unit="window", disable=not self.progress, leave=False):
             self.ctx.truncate(0)
             logits = self.ctx.eval(window, dense_ffn=dense, logits_all=True)
-            nll += window_nll(log_softmax(logits, np.float64)[:-1], window)
+            nll += window_nll(logits, window)
             n += len(window) - 1
         stats = self.ctx.layer_stats()
         n_ff = self.model.info.n_ff
@@ -265,8 +276,8 @@ def calibrate(
     layers' effects once, at the middle target."""
     cfg = cfg or CalibrateConfig()
     for s in sparsities:
-        if not 0.0 <= s < 1.0:
-            raise CalibrationError(f"sparsity must be in [0, 1), got {s}")
+        if not 0.0 <= s <= MAX_SPARSITY:  # said before the collection, not after it
+            raise CalibrationError(f"sparsity must be in [0, {MAX_SPARSITY}], got {s}")
     calibrator = Calibrator(Path(path), cfg, progress, verbose)
     calib, held = calibrator.windows(text, held_out)
     calibrator.collect(calib)

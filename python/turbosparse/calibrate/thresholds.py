@@ -32,6 +32,7 @@ Allocation = Literal["error", "uniform"]
 METHODS: tuple[Method, ...] = ("gate", "gate+act")
 ALLOCATIONS: tuple[Allocation, ...] = ("error", "uniform")
 GRID_STEP = 0.025  # shares of rows kept, up and down, are multiples of this
+MAX_SPARSITY = 1 - GRID_STEP  # the least a layer keeps is one step of up and down rows
 
 
 @dataclass(frozen=True)

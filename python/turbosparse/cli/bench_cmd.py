@@ -48,6 +48,7 @@ from turbosparse.bench.synthetic import (
     with_layers,
 )
 from turbosparse.binding import DeviceInfo, NativeModel, SparseMode, devices, find_device, memory_available
+from turbosparse.calibrate.thresholds import MAX_SPARSITY
 from turbosparse.cli.checks import at_least
 from turbosparse.cli.run_cmd import add_attention_args, attention_kwargs
 from turbosparse.default import default_model
@@ -106,19 +107,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument("--dense", help="dense-equivalent GGUF for the dense engines (default: -m itself, or for "
                    "'default' the original SmolLM2)")  # fmt: skip
-    p.add_argument("--quant", default="q4_0", choices=sorted(QUANTS), help="synthetic: matrix type")
+    p.add_argument("--quant", default=None, choices=sorted(QUANTS), help="synthetic: matrix type (default q4_0)")
     p.add_argument(
         "--active", type=float, default=None,
         help="synthetic: predicted active share of neurons (of each chosen expert's for mixtral; default 0.10, mixtral "
         "0.15, the paper's figure)",
     )  # fmt: skip
     p.add_argument("--layers", type=int, default=None, help="synthetic: layers (default: the shape's; mixtral 8)")
-    p.add_argument("--rank", type=int, default=1024, help="synthetic: predictor rank")
-    p.add_argument("--pred-quant", default="q4_0", choices=sorted(QUANTS), help="synthetic: predictor type")
+    p.add_argument("--rank", type=int, default=None, help="synthetic: predictor rank (default 1024)")
+    p.add_argument(
+        "--pred-quant", default=None, choices=sorted(QUANTS), help="synthetic: predictor type (default q4_0)"
+    )
     p.add_argument(
         "--groups",
         type=int,
-        default=0,
+        default=None,
         metavar="G",
         help="synthetic: add the grouped route (neuron groups of G, top-k = the active share) for --modes groups",
     )
@@ -147,6 +150,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--verbose", action="store_true")
     p.set_defaults(func=run_bench)
+
+
+# what shapes the model --synthetic makes (flag, Namespace name, default); --ffn-layer reads --active, --rank and
+# --pred-quant too
+SYNTHETIC_OPTIONS = (("--quant", "quant", "q4_0"), ("--active", "active", None), ("--layers", "layers", None),
+                     ("--rank", "rank", 1024), ("--pred-quant", "pred_quant", "q4_0"), ("--groups", "groups", 0),
+                     ("--sparsity", "sparsity", None))  # fmt: skip
+FFN_LAYER_OPTIONS = ("--active", "--rank", "--pred-quant")
+
+
+def _synthetic_options(args: argparse.Namespace) -> None:
+    """The options that shape a synthetic model, refused where they would change nothing (-m's file is what it
+    is), then their defaults filled in."""
+    given = [flag for flag, name, _ in SYNTHETIC_OPTIONS if getattr(args, name) is not None]
+    dropped = [f for f in given if f not in FFN_LAYER_OPTIONS] if args.ffn_layer else [] if args.synthetic else given
+    if dropped:
+        where = "--ffn-layer's layers are Mistral-7B's" if args.ffn_layer else f"-m {args.model} is the file it is"
+        raise InvalidArgumentError(f"{', '.join(dropped)} shape(s) a --synthetic model: {where}")
+    if args.synthetic and args.dense:
+        raise InvalidArgumentError("--dense names -m's dense original: --synthetic makes its own dense twin")
+    for _, name, default in SYNTHETIC_OPTIONS:
+        if getattr(args, name) is None:
+            setattr(args, name, default)
 
 
 def _check_counts(args: argparse.Namespace) -> None:
@@ -189,10 +215,16 @@ def _files(args: argparse.Namespace) -> tuple[Path, Path, float | None]:
     return model, dense, None
 
 
+BENCH_MODES = ("dense", "predictor", "exact", "groups")
+
+
 def _modes(args: argparse.Namespace, sparse: Path, device: DeviceInfo) -> list[str]:
     """The modes in --modes that the sparse file can run on the device (the C library decides, on a metadata-only
     load); on a GPU "predictor" is the grouped route, so only modes that run as asked are kept."""
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    unknown = [m for m in modes if m not in BENCH_MODES]
+    if unknown or not modes:  # "off" too: the dense engines run the dense file (--dense), not the sparse one
+        raise InvalidArgumentError(f"--modes {args.modes}: modes are {', '.join(BENCH_MODES)}")
     if all(m == "dense" for m in modes):
         return modes  # the sparse file is not read
     probe = NativeModel(str(sparse), metadata_only=True)
@@ -236,6 +268,10 @@ def _engines(
     args: argparse.Namespace, sparse: Path, dense: Path, n_ctx: int, device: DeviceInfo, attention: Attention
 ) -> list[Engine]:
     modes = _modes(args, sparse, device)
+    if not modes and args.no_llama_cpp:
+        raise InvalidArgumentError(f"nothing to measure: no mode of --modes {args.modes} runs here, and --no-llama-cpp")
+    if dense != sparse and (not args.no_llama_cpp or "dense" in modes):
+        _check_same_vocabulary(sparse, dense)
     _check_memory(modes, not args.no_llama_cpp, sparse, dense, device)
     engines: list[Engine] = []
     if not args.no_llama_cpp:
@@ -257,6 +293,17 @@ def _engines(
             model = bench_model(dense if mode == "dense" else sparse, mode, device.name)
         engines.append(TurbosparseEngine(model, mode, args.threads, n_ctx, attention))
     return engines
+
+
+def _check_same_vocabulary(sparse: Path, dense: Path) -> None:
+    """Both engines are fed the same prompt tokens: the dense file is the sparse one's model (said before any load,
+    not as a token out of the vocabulary after every engine is up)."""
+    sizes = [NativeModel(str(f), metadata_only=True).info.n_vocab for f in (sparse, dense)]
+    if sizes[0] != sizes[1]:
+        raise InvalidArgumentError(
+            f"--dense {dense}: a vocabulary of {sizes[1]} tokens where {sparse} has {sizes[0]}: the dense file must be "
+            "the same model (its original, or the file itself)"
+        )
 
 
 def _gpu_index(device: DeviceInfo) -> int | None:
@@ -356,11 +403,14 @@ def run_bench(args: argparse.Namespace) -> int:
         raise InvalidArgumentError(
             "-fa / -ctk / -ctv set the decoding benchmark's attention; --ffn-layer, --generate and --batch take none"
         )
+    _synthetic_options(args)
     if args.ffn_layer:
         return run_ffn_layer(args)
     _check_counts(args)
-    if args.sparsity is not None and not (args.synthetic and 0.0 < args.sparsity < 1.0):
-        raise InvalidArgumentError(f"--sparsity needs --synthetic and a value in (0, 1), got {args.sparsity}")
+    if args.sparsity is not None and not (args.synthetic and 0.0 < args.sparsity <= MAX_SPARSITY):
+        raise InvalidArgumentError(
+            f"--sparsity needs --synthetic and a value in (0, {MAX_SPARSITY}], got {args.sparsity}"
+        )
     sparse, dense, active = _files(args)
     if args.generate:
         return run_generate(args, dense)

@@ -11,13 +11,16 @@ is given (OUT with .s40 etc. before the extension).
 from __future__ import annotations
 
 import argparse
+import glob
 import json
+import re
 import sys
 from pathlib import Path
 
 from turbosparse.calibrate import ALLOCATIONS, METHODS, CalibrateConfig, CollectConfig, calibrate, write_calibrated
 from turbosparse.calibrate.pipeline import CalibrationResult, Quality
 from turbosparse.calibrate.scores import SCORES
+from turbosparse.calibrate.thresholds import MAX_SPARSITY
 from turbosparse.cli.checks import at_least, output_file
 from turbosparse.convert.writer import check_output_path
 from turbosparse.errors import CalibrationError
@@ -46,9 +49,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="held-out text for the quality measurement, repeatable (default: the last --eval-tokens tokens of the "
         "calibration text, then not calibrated on)",
     )
-    p.add_argument("--eval-tokens", type=int, default=2048, help="held-out tokens per text (0: no measurement)")
     p.add_argument(
-        "--tokens", type=int, default=4096, help="calibration tokens used at most (windows spread evenly over the text)"
+        "--eval-tokens",
+        type=int,
+        default=2048,
+        help="held-out tokens per text, in whole windows of -c tokens (at least one; 0: no measurement)",
+    )
+    p.add_argument(
+        "--tokens",
+        type=int,
+        default=4096,
+        help="calibration tokens, in whole windows of -c tokens (at least one), spread evenly over the text",
     )
     p.add_argument(
         "--effect-tokens",
@@ -56,7 +67,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=512,
         help="--allocation error: calibration tokens on which each layer's effect on the output is measured",
     )
-    p.add_argument("-c", "--ctx-size", type=int, default=512, help="tokens per window")
+    p.add_argument("-c", "--ctx-size", type=int, default=512,
+                   help="tokens per window (at most the model's training context; 0: that context)")  # fmt: skip
     p.add_argument(
         "--method",
         choices=METHODS,
@@ -85,14 +97,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+_SPLIT_NAME = re.compile(r"(?P<prefix>.+)-\d{5}-of-(?P<count>\d{5})\.gguf")
+
+
 def _sparsities(text: str) -> list[float]:
     try:
         values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number or a comma-separated list, got {text!r}") from None
-    if not values or any(not 0.0 <= v < 1.0 for v in values):
-        raise argparse.ArgumentTypeError(f"sparsities must be in [0, 1), got {text!r}")
+    if not values or any(not 0.0 <= v <= MAX_SPARSITY for v in values):
+        raise argparse.ArgumentTypeError(
+            f"sparsities must be in [0, {MAX_SPARSITY}] (a layer keeps at least {1 - MAX_SPARSITY:.3f} of its rows), "
+            f"got {text!r}"
+        )
     return values
+
+
+def model_files(path: Path) -> list[Path]:
+    """The model's files: path, and where it is the first of a split model (PREFIX-00001-of-0000N.gguf) every file
+    named as one of that model's."""
+    split = _SPLIT_NAME.fullmatch(path.name)
+    if split is None:
+        return [path]
+    return [path, *path.parent.glob(f"{glob.escape(split['prefix'])}-?????-of-{split['count']}.gguf")]
 
 
 def output_path(out: Path, sparsity: float, several: bool) -> Path:
@@ -101,8 +128,10 @@ def output_path(out: Path, sparsity: float, several: bool) -> Path:
 
 
 def _read(path: Path) -> str:
+    """The text as llama.cpp's tools read a file: its bytes, "\r\n" kept (not universal newlines)."""
     try:
-        return path.read_text(encoding="utf-8", errors="replace")
+        with open(path, encoding="utf-8", errors="replace", newline="") as f:
+            return f.read()
     except OSError as exc:
         raise CalibrationError(f"{path}: cannot read the text: {exc.strerror}") from None
 
@@ -126,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
     if args.outfile is not None:
         outputs = [output_path(args.outfile, sparsity, several) for sparsity in args.sparsity]
         for sparsity, out in zip(args.sparsity, outputs, strict=True):
-            check_output_path(out, CalibrationError, inputs=[path])
+            check_output_path(out, CalibrationError, inputs=[*model_files(path), args.file, *args.eval_file])
             if outputs.count(out) > 1:
                 raise CalibrationError(f"--sparsity {sparsity}: another sparsity is written to {out} too (.sNN)")
     held_out = [_read(f) for f in args.eval_file]

@@ -32,37 +32,48 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     at_least([("--chunks", args.chunks, 1)])
-    text = args.file.read_text(encoding="utf-8", errors="replace")
+    # the file's bytes as llama-perplexity tokenizes them: "\r\n" kept (universal newlines would make it "\n")
+    with open(args.file, encoding="utf-8", errors="replace", newline="") as f:
+        text = f.read()
     path = model_path(args.model)
     common = dict(n_threads=args.threads, n_ctx=args.ctx_size, n_batch=args.batch_size, verbose=args.verbose,
                   device=args.device, swa_full=args.swa_full, **attention_kwargs(args))  # fmt: skip
     model = Model(path, sparse=args.sparse, threshold=args.threshold, **common)
     reference = Model(path, sparse="off", **common) if args.compare_dense else None
-    result = perplexity(
-        model, text, model.n_ctx, reference=reference, max_windows=args.chunks, second_half=args.llama_perplexity
-    )
+
+    def show(n_windows: int, so_far: float) -> None:  # llama-perplexity's running figures: [1]34.12,[2]33.98,...
+        print(f"[{n_windows}]{so_far:.4f},", end="", file=sys.stderr, flush=True)
+
+    result = perplexity(model, text, model.n_ctx, reference=reference, max_windows=args.chunks,
+                        second_half=args.llama_perplexity, on_window=None if args.json else show)  # fmt: skip
+    if not args.json:
+        print(file=sys.stderr)
     stats = model.stats()
     active = [a for a in stats["active_fraction"] if a is not None]
     report = {
         "model": path,
         "sparse_mode": stats["sparse_mode"],
         "perplexity": result.perplexity,
+        "perplexity_error": result.perplexity_error,
         "tokens": result.n_tokens,
         "windows": result.n_windows,
         "n_ctx": model.n_ctx,
         "mean_active_fraction": sum(active) / len(active) if active else None,
+        "dense_perplexity": result.reference_perplexity,
         "top1_agreement_vs_dense": result.top1_agreement,
         "mean_kl_vs_dense": result.mean_kl,
     }
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
-    line = f"perplexity {result.perplexity:.4f} over {result.n_tokens} tokens ({result.n_windows} x {model.n_ctx}), "
+    line = f"perplexity {result.perplexity:.4f} +/- {result.perplexity_error:.4f} over {result.n_tokens} tokens "
+    line += f"({result.n_windows} x {model.n_ctx}), "
     line += f"sparse: {report['sparse_mode']}"
     if report["mean_active_fraction"] is not None:
         line += f", active {report['mean_active_fraction']:.3f}"
     if result.top1_agreement is not None:
-        line += f" | vs dense: top-1 agreement {result.top1_agreement:.4f}, mean KL {result.mean_kl:.5f}"
+        line += f" | dense: perplexity {result.reference_perplexity:.4f}, top-1 agreement {result.top1_agreement:.4f}, "
+        line += f"mean KL {result.mean_kl:.5f}"
     print(line)
     sys.stdout.flush()
     return 0
