@@ -325,3 +325,14 @@ def test_cli_reports_one_line_and_fails(tmp_path: Path, work: Path, capsys) -> N
     err = capsys.readouterr().err.strip()
     assert err.startswith("turbosparse convert: error: ") and "\n" not in err and "config.json" in err
     assert not out.exists()
+
+
+def test_cli_output_names_and_types_as_users_write_them(tmp_path: Path, good_dir: Path, capsys) -> None:
+    """-o with a final '/' names a folder (a file of the folder's name was written); --outtype in capitals, as
+    llama-quantize's types are written, is taken."""
+    with pytest.raises(SystemExit):
+        main(["convert", str(good_dir), "-o", f"{tmp_path}/models/"])
+    assert "ends with '/', a folder; the output is a file" in capsys.readouterr().err
+    assert not (tmp_path / "models").exists()
+    assert main(["convert", str(good_dir), "-o", str(tmp_path / "m.gguf"), "--outtype", "Q4_0"]) == 0
+    assert gguf.GGUFReader(str(tmp_path / "m.gguf")).fields["general.file_type"].contents() == 2  # MOSTLY_Q4_0

@@ -162,3 +162,38 @@ def test_cli_errors_are_clear(tmp_path: Path, texts: tuple[Path, Path], capsys) 
     damaged.write_bytes(b"GGUF" + bytes(40))
     assert main(["relufy", str(damaged), "--data", str(texts[0]), "--out", str(tmp_path / "o")]) == 1
     assert "damaged.gguf: not a readable GGUF file" in capsys.readouterr().err
+
+
+def test_outputs_that_would_spoil_a_checkpoint_are_refused(tmp_path: Path, texts: tuple[Path, Path], capsys) -> None:
+    """Said before any work: an output over the source's own weights, into a folder of another checkpoint's shards
+    (read before the new model.safetensors), over a checkpoint's own file, or a folder name; a CUDA device on a
+    torch without one (an AssertionError from torch before)."""
+    src = tmp_path / "swiglu"
+    tiny_swiglu().save_pretrained(src)
+    save_word_tokenizer(src)
+    relufy = ["relufy", str(src), "--data", str(texts[0])]
+    assert main([*relufy, "--out", str(src)]) == 1
+    assert "is the source checkpoint's own folder" in capsys.readouterr().err
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    (shards / "model-00001-of-00002.safetensors").write_bytes(b"")
+    assert main([*relufy, "--out", str(shards)]) == 1
+    assert "holds another checkpoint's weights (model-00001-of-00002.safetensors)" in capsys.readouterr().err
+    assert main(["train-predictors", str(src), "--data", str(texts[0]), "--out", str(src)]) == 1
+    assert "is the source checkpoint's own folder" in capsys.readouterr().err
+    import torch
+
+    if not torch.cuda.is_available():
+        assert main([*relufy, "--out", str(tmp_path / "o"), "--device", "cuda"]) == 1
+        assert "--device cuda: this torch has no CUDA device" in capsys.readouterr().err
+    imatrix = ["imatrix", str(src), "-f", str(texts[0]), "--tokens", "64", "--seq-len", "32"]
+    assert main([*imatrix, "-o", str(src / "config.json")]) == 1
+    assert "config.json: is an input file itself" in capsys.readouterr().err
+    assert main([*imatrix, "-o", str(tmp_path / "x.gguf"), "--threads", "0"]) == 1
+    assert "--threads must be >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*imatrix, "-o", f"{tmp_path}/new/"])
+    assert "ends with '/', a folder; the output is a file" in capsys.readouterr().err
+    assert main([*imatrix, "-o", str(tmp_path / "deep" / "er" / "im.gguf")]) == 0  # its folders made, as convert's
+    assert (tmp_path / "deep" / "er" / "im.gguf").stat().st_size > 0
+    assert not (tmp_path / "o").exists() and not (tmp_path / "new").exists()
