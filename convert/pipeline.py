@@ -67,7 +67,8 @@ def convert(
     importance matrix file (convert/imatrix.py) whose entries weigh the quantizers' rounding errors.
     Raises turbosparse.errors.ConvertError naming the file and tensor or key; leaves no partial output behind."""
     src, out = Path(model_dir), Path(out_path)
-    check_output_path(out, inputs=checkpoint_files(src))
+    side_inputs = [Path(f) for f in (imatrix, group_plan, predictors) if f is not None]
+    check_output_path(out, inputs=[*checkpoint_files(src), *side_inputs])
     if not src.is_dir() and file_magic(src) != GGUF_MAGIC:
         what = "is neither a GGUF file nor a checkpoint folder" if src.exists() else "no such file or folder"
         raise ConvertError(f"{src}: {what} (convert takes a Hugging Face checkpoint folder or a GGUF file)")

@@ -125,7 +125,8 @@ def requantize(
         spec = TensorSpec(t.name, shape, _role(t.name, len(shape)), _loader(t, shape), f"{src}: tensor '{t.name}'")
         specs.append(spec)
         types.append(policy.type_for(spec.role, shape))
-    quantized = sorted({t.tensor_type.name for t in tensors if t.tensor_type not in _FLOAT_TYPES})
+    weights = [t for t, spec in zip(tensors, specs, strict=True) if spec.role != ROLE_PREDICTOR]
+    quantized = sorted({t.tensor_type.name for t in weights if t.tensor_type not in _FLOAT_TYPES})
     if quantized:  # llama-quantize asks for --allow-requantize here
         logger.warning("%s: its weights are already quantized (%s): %s starts from their rounded values, and is no "
                        "closer to the original model than the file is", src, ", ".join(quantized), outtype)  # fmt: skip

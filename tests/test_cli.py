@@ -119,6 +119,8 @@ def test_bench_refuses_runs_with_nothing_to_compare(tmp_path, smollm2_path) -> N
     assert dropped.returncode == 1 and "--quant, --layers shape(s) a --synthetic model" in dropped.stderr
     layer = turbosparse("bench", "--ffn-layer", "q4_0", "--groups", "32")
     assert layer.returncode == 1 and "--ffn-layer's layers are Mistral-7B's" in layer.stderr
+    typo = turbosparse("bench", "--synthetic", "mistral-7b", "--modes", "dense,exat")  # before a 4 GB twin is built
+    assert typo.returncode == 1 and "--modes dense,exat: modes are dense, predictor, exact, groups" in typo.stderr
     off = turbosparse("bench", "-m", str(tiny), "--modes", "dense,off")  # ran the sparse file densely, as "off"
     assert off.returncode == 1 and "--modes dense,off: modes are dense, predictor, exact, groups" in off.stderr
     twin = turbosparse("bench", "--synthetic", "tiny", "--dense", str(tiny))
@@ -543,6 +545,8 @@ def test_llama_cli_prompt_conventions(tmp_path, smollm2_path) -> None:
     bound = turbosparse(*base, "-c", "16", "-p", "Once upon a time", "--ignore-eos", "-n", "100")
     assert bound.stdout == out.stdout and "decode: 11 tokens" in bound.stderr
     assert "-ngl has no effect" in out.stderr
+    counted = turbosparse(*base, "-p", "Count: 1, 2, 3,", "-r", " 6", "-n", "16")  # -r's text shown, as llama-cli's
+    assert counted.returncode == 0 and counted.stdout == "Count: 1, 2, 3, 4, 5, 6\n", counted.stdout
     taken = turbosparse(*base, "-p", "Hi", "-n", "1", "--jinja", "-tb", "2", "-co", "-no-perf", "-mli", "-sp")
     assert taken.returncode == 0 and "--threads-batch has no effect here" in taken.stderr, taken.stderr
     hub = turbosparse("run", "-hf", "bartowski/SmolLM2-GGUF")  # read as -h f before: the help, and exit 0
@@ -558,6 +562,11 @@ def test_chat_messages_from_stdin_and_single_turns(smollm2_path) -> None:
     piped = subprocess.run([sys.executable, "-m", "turbosparse", *base, *system], input="What color is the sky?\n",
                            capture_output=True, text=True, timeout=300)  # fmt: skip
     assert piped.returncode == 0 and piped.stdout == given.stdout and given.stdout.strip(), piped.stderr
+    lines = "Name two colors.\nThen stop.\n"  # all of piped input is the message, as -f reads a file
+    whole = turbosparse(*base, *system, "-p", "Name two colors.\nThen stop.")
+    piped = subprocess.run([sys.executable, "-m", "turbosparse", *base, *system], input=lines, capture_output=True,
+                           text=True, timeout=300)  # fmt: skip
+    assert piped.stdout == whole.stdout, (piped.stdout, whole.stdout)
     empty = subprocess.run([sys.executable, "-m", "turbosparse", *base, "--chat"], input="", capture_output=True,
                            text=True, timeout=300)  # fmt: skip
     assert empty.returncode == 1 and "(or a message on stdin)" in empty.stderr
@@ -760,6 +769,10 @@ def test_run_prompt_cache(tmp_path, smollm2_path) -> None:
     assert evaluated(shorter) <= 1 and cache.read_bytes() == written
     other_type = turbosparse(*base, "-p", story, "-ctk", "q8_0", "-fa", "on")  # ours, of another cache: written anew
     assert "cache is K f16" in other_type.stderr and evaluated(other_type) == evaluated(first)
+    fresh = tmp_path / "fresh.cache"  # an empty file (mktemp's) is a cache not written yet, as llama-cli's
+    fresh.touch()
+    empty = turbosparse(*base[:-1], str(fresh), "-p", story)
+    assert "no file yet" in empty.stderr and fresh.read_bytes() == written
     notes = tmp_path / "notes.txt"  # a file that is no prompt cache (a typo for -f): refused, left as it is
     notes.write_text("my notes")
     foreign = turbosparse(*base[:-1], str(notes), "-p", story)

@@ -99,8 +99,21 @@ def test_single_turn_and_prepared_messages() -> None:
     already), and never to a line that is not UTF-8 (said, not sent)."""
     answers = Answers()
     conversation = Conversation(CharModel(1000), answers, 10, [])
-    converse(conversation, "", io.StringIO("one\ntwo\n"), io.StringIO(), single_turn=True)
+    assert converse(conversation, "", io.StringIO("one\ntwo\n"), io.StringIO(), single_turn=True) is False
     assert contents(conversation) == ["one", "a1"]
     conversation = Conversation(CharModel(1000), Answers(), 10, [])
     converse(conversation, "a\\n", io.StringIO("b\\n\ncaf\udce9\n"), io.StringIO(), prepare=lambda t: t.upper())
     assert contents(conversation) == ["a\\n", "a1", "B\\N", "a2"]
+
+
+def test_ctrl_c_at_the_prompt_ends_the_conversation_as_interrupted() -> None:
+    """run -cnv then exits with 130, as a program SIGINT ends (and llama-cli); the end of input is a plain end."""
+
+    class Interrupting(io.StringIO):
+        def readline(self, *args: object) -> str:
+            raise KeyboardInterrupt
+
+    conversation = Conversation(CharModel(1000), Answers(), 10, [])
+    assert converse(conversation, "hi", Interrupting(), io.StringIO()) is True
+    assert converse(conversation, "", io.StringIO(""), io.StringIO()) is False
+    assert contents(conversation) == ["hi", "a1"]

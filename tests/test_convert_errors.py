@@ -227,6 +227,10 @@ def test_an_output_over_a_checkpoint_file_is_refused(tmp_path: Path, work: Path)
             convert(work, work / name)
     assert (work / "model.safetensors").read_bytes() == weights
     assert convert(work, work / "model.gguf").is_file()  # a new file in the folder is fine
+    plan = tmp_path / "plan.json"  # the other files it reads too
+    plan.write_text("{}")
+    with pytest.raises(ConvertError, match=r"plan.json: is an input file itself"):
+        convert(work, plan, groups=32, group_plan=plan)
 
 
 def test_an_adapter_beside_the_weights_is_not_read(tmp_path: Path, work: Path) -> None:

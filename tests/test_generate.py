@@ -244,3 +244,12 @@ def test_n_ctx_past_the_files_context_length_is_taken_with_a_warning(tmp_path, s
     assert model.eval_logits(list(range(300, 400))).shape[0] == 100
     model.close()
     assert Model(short, n_threads=2, n_ctx=0).n_ctx == 64  # 0: the file's
+
+
+def test_generate_takes_the_presence_and_frequency_penalties(smollm2_path) -> None:
+    """As run's --presence-penalty / --frequency-penalty (generate had neither)."""
+    model = Model(smollm2_path, n_threads=2, n_ctx=128, sparse="off")
+    prompt = "one one one one one one one one"
+    plain = model.generate(prompt, max_tokens=8, temperature=0)
+    for penalty in ({"presence_penalty": 5.0}, {"frequency_penalty": 5.0}):
+        assert model.generate(prompt, max_tokens=8, temperature=0, **penalty) != plain

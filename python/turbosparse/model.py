@@ -607,6 +607,8 @@ class Model:
         add_bos: bool = True,
         grammar: Grammar | str | dict | None = None,
         logit_bias: dict[int, float] | None = None,
+        presence_penalty: float = 0.0,
+        frequency_penalty: float = 0.0,
     ) -> str | Iterator[str]:
         """Generated text (an iterator of text pieces when stream=True), at most max_tokens tokens and no further than
         the context holds (None: until the context is full or the text ends). A str prompt is tokenized with special
@@ -621,12 +623,14 @@ class Model:
             min_p=min_p,
             repeat_penalty=repeat_penalty,
             repeat_last_n=repeat_last_n,
+            presence_penalty=presence_penalty,
+            frequency_penalty=frequency_penalty,
             seed=seed,
             logit_bias=logit_bias,
         )
         tokens = self._prompt_tokens(prompt, add_bos) if isinstance(prompt, str) else list(prompt)
         stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
-        # a bound, as llama-cpp-python's and run -n: the text also ends where the context is full after the prompt
+        # a bound, as run's -n: the text also ends where the context is full after the prompt
         gen = self.start(tokens, sampling=sampling, max_tokens=self.bounded(max_tokens, tokens), stop=stops,
                          grammar=grammar)  # fmt: skip
         pieces = self.run(gen)

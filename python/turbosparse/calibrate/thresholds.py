@@ -173,8 +173,8 @@ class Planner:
 
 
 def _check(sparsity: float) -> None:
-    if not 0.0 <= sparsity < 1.0:
-        raise CalibrationError(f"sparsity must be in [0, 1), got {sparsity}")
+    if not 0.0 <= sparsity <= MAX_SPARSITY:
+        raise CalibrationError(f"sparsity must be in [0, {MAX_SPARSITY}], got {sparsity}")
 
 
 def layer_weights(reference: Sequence[Option], effect: Sequence[float]) -> list[float] | None:

@@ -47,7 +47,15 @@ from turbosparse.bench.synthetic import (
     synthetic_pair,
     with_layers,
 )
-from turbosparse.binding import DeviceInfo, NativeModel, SparseMode, devices, find_device, memory_available
+from turbosparse.binding import (
+    SPARSE_MODES,
+    DeviceInfo,
+    NativeModel,
+    SparseMode,
+    devices,
+    find_device,
+    memory_available,
+)
 from turbosparse.calibrate.thresholds import MAX_SPARSITY
 from turbosparse.cli.checks import at_least
 from turbosparse.cli.run_cmd import add_attention_args, attention_kwargs
@@ -215,16 +223,22 @@ def _files(args: argparse.Namespace) -> tuple[Path, Path, float | None]:
     return model, dense, None
 
 
-BENCH_MODES = ("dense", "predictor", "exact", "groups")
+# "dense" is the benchmark's name for off; auto is refused (a row names the mode it ran)
+BENCH_MODES = ("dense", *(name for name in SPARSE_MODES if name not in ("off", "auto")))
+
+
+def mode_names(text: str) -> list[str]:
+    """--modes' names, checked (said before a synthetic model is built)."""
+    modes = [m.strip() for m in text.split(",") if m.strip()]
+    if not modes or any(m not in BENCH_MODES for m in modes):
+        raise InvalidArgumentError(f"--modes {text}: modes are {', '.join(BENCH_MODES)}")
+    return modes
 
 
 def _modes(args: argparse.Namespace, sparse: Path, device: DeviceInfo) -> list[str]:
     """The modes in --modes that the sparse file can run on the device (the C library decides, on a metadata-only
     load); on a GPU "predictor" is the grouped route, so only modes that run as asked are kept."""
-    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    unknown = [m for m in modes if m not in BENCH_MODES]
-    if unknown or not modes:  # "off" too: the dense engines run the dense file (--dense), not the sparse one
-        raise InvalidArgumentError(f"--modes {args.modes}: modes are {', '.join(BENCH_MODES)}")
+    modes = mode_names(args.modes)
     if all(m == "dense" for m in modes):
         return modes  # the sparse file is not read
     probe = NativeModel(str(sparse), metadata_only=True)
@@ -404,6 +418,7 @@ def run_bench(args: argparse.Namespace) -> int:
             "-fa / -ctk / -ctv set the decoding benchmark's attention; --ffn-layer, --generate and --batch take none"
         )
     _synthetic_options(args)
+    mode_names(args.modes)
     if args.ffn_layer:
         return run_ffn_layer(args)
     _check_counts(args)

@@ -128,10 +128,11 @@ def converse(
     *,
     single_turn: bool = False,
     prepare: Callable[[str], str] | None = None,
-) -> None:
+) -> bool:
     """Runs the conversation: first (when not empty) as the first message, then each message read from source
     (passed through prepare when given: llama-cli's -e escapes); single_turn (llama-cli's -st): ends after the
-    first message answered."""
+    first message answered. Returns whether Ctrl-C at the prompt ended it (Ctrl-C during an answer stops only
+    that answer)."""
     prompt = (out if out.isatty() else sys.stderr) if source.isatty() else None
     text: str | None = first
     while True:
@@ -141,16 +142,16 @@ def converse(
             else:
                 conversation.turn(text, out)
                 if single_turn:
-                    return
+                    return False
         try:
             text = read_message(source, prompt)
         except KeyboardInterrupt:
             out.write("\n")
-            return
+            return True
         if text is None:
             if prompt is not None:  # Ctrl-D at "> ": the timings start a line of their own
                 prompt.write("\n")
-            return
+            return False
         if prepare is not None and _is_utf8(text):
             text = prepare(text)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -27,7 +28,7 @@ SAMPLING_FLAGS: dict[tuple[str, ...], tuple[str, type]] = {
 # flags taken with no effect: (names, the values that follow: 0, 1 or "?" (one or none), why nothing changes, whether
 # a user would miss what the flag asks for: a warning, else a note shown with --verbose)
 NoEffectFlag = tuple[tuple[str, ...], int | str, str, bool]
-NO_EFFECT_FLAGS: list[NoEffectFlag] = [
+NO_EFFECT_FLAGS: tuple[NoEffectFlag, ...] = (
     (("--jinja",), 0, "chat templates are always Jinja2 here", False),
     (("--no-jinja",), 0, "chat templates are always Jinja2 here", True),
     (("-ngl", "--gpu-layers", "--n-gpu-layers"), 1,
@@ -66,7 +67,7 @@ NO_EFFECT_FLAGS: list[NoEffectFlag] = [
     (("--log-prefix",), 0, "the log's lines have no prefix", False),
     (("--log-timestamps",), 0, "the log's lines have no timestamps", False),
     (("-lv", "--verbosity", "--log-verbosity"), 1, "the log is short, or llama.cpp's with --verbose", False),
-]  # fmt: skip
+)  # fmt: skip
 
 
 def _dest(names: tuple[str, ...]) -> str:
@@ -83,7 +84,7 @@ def add_llama_server_flags(p: argparse.ArgumentParser) -> None:
     add_no_effect_flags(p, NO_EFFECT_FLAGS, "llama-server's flags taken with no effect here (a note says why)")
 
 
-def add_no_effect_flags(p: argparse.ArgumentParser, flags: list[NoEffectFlag], title: str) -> None:
+def add_no_effect_flags(p: argparse.ArgumentParser, flags: Sequence[NoEffectFlag], title: str) -> None:
     """flags (NO_EFFECT_FLAGS' shape), taken and kept for note_no_effect."""
     taken = p.add_argument_group(title)
     for names, values, why, _ in flags:
@@ -113,7 +114,7 @@ def sampling_defaults(args: argparse.Namespace) -> dict[str, Any]:
     return defaults
 
 
-def note_no_effect(args: argparse.Namespace, flags: list[NoEffectFlag] = NO_EFFECT_FLAGS) -> None:
+def note_no_effect(args: argparse.Namespace, flags: Sequence[NoEffectFlag] = NO_EFFECT_FLAGS) -> None:
     """One line per no-effect flag given: what it asks of llama.cpp's tool does not apply here, and why (a warning
     where a user would miss it, else a note shown with --verbose)."""
     for names, _, why, missed in flags:

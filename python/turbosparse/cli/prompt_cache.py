@@ -22,7 +22,9 @@ class PromptCache:
     def check(self) -> None:
         """A path that holds something other than a prompt cache (a text file, llama-cli's session file) is refused
         before any work, as llama-cli refuses a session file it cannot load, not written over."""
-        if self.path.exists() and (not self.path.is_file() or file_magic(self.path) != SequenceState.MAGIC):
+        if not self.path.exists() or (self.path.is_file() and self.path.stat().st_size == 0):
+            return  # none yet, or an empty file (`mktemp`'s, which llama-cli takes for a new session too)
+        if not self.path.is_file() or file_magic(self.path) != SequenceState.MAGIC:
             raise InvalidArgumentError(
                 f"--prompt-cache {self.path}: holds something other than a turbosparse prompt cache (no "
                 f"{SequenceState.MAGIC.decode()!r} header); it is neither read nor written over: give another path"
@@ -32,7 +34,7 @@ class PromptCache:
         """The file's tokens into the model's sequence, where the file exists and fits this model and context (else
         a warning: the prompt is evaluated whole and the file written anew); returns how many of the prompt's tokens
         it holds."""
-        if not self.path.exists():
+        if not self.path.exists() or self.path.stat().st_size == 0:
             _say(f"prompt cache {self.path}: no file yet")
             return 0
         try:

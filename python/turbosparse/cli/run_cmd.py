@@ -14,10 +14,11 @@ from typing import Any
 from turbosparse.binding import CACHE_TYPES, SparseMode, find_device
 from turbosparse.chat_template import chat_template_from, checked_variables
 from turbosparse.cli.conversation import Conversation, converse, read_message
-from turbosparse.cli.llama_server_flags import NoEffectFlag, add_no_effect_flags, note_no_effect
+from turbosparse.cli.llama_server_flags import NO_EFFECT_FLAGS, NoEffectFlag, add_no_effect_flags, note_no_effect
 from turbosparse.cli.prompt_cache import PromptCache
 from turbosparse.default import default_model
 from turbosparse.errors import ChatTemplateError, InvalidArgumentError
+from turbosparse.generation import Generation
 from turbosparse.grammar import Grammar
 from turbosparse.model import Model
 from turbosparse.sampling import SamplingParams
@@ -32,24 +33,19 @@ class NoHubDownloads(argparse.Action):
                      "a local GGUF file with -m")  # fmt: skip
 
 
-# llama-cli's flags that change nothing here (llama_server_flags.NO_EFFECT_FLAGS' shape): taken, so that a llama-cli
-# command line runs, and named in a note
-LLAMA_CLI_NO_EFFECT: list[NoEffectFlag] = [
-    (("--jinja",), 0, "chat templates are always Jinja2 here", False),
-    (("--no-jinja",), 0, "chat templates are always Jinja2 here", True),
-    (("-tb", "--threads-batch"), 1, "one thread count, -t", True),
-    (("-ub", "--ubatch-size"), 1, "one batch size, -b", False),
+# llama-cli's flags that change nothing here: llama-server's that llama-cli shares, and its own (the shape of
+# llama_server_flags.NO_EFFECT_FLAGS); taken, so that a llama-cli command line runs, and named in a note
+_SHARED_WITH_LLAMA_SERVER = ("--jinja", "--no-jinja", "-tb", "-ub", "--no-mmap", "--mlock", "--no-warmup",
+                             "--log-disable")  # fmt: skip
+LLAMA_CLI_NO_EFFECT: tuple[NoEffectFlag, ...] = (
+    *(f for f in NO_EFFECT_FLAGS if f[0][0] in _SHARED_WITH_LLAMA_SERVER),
     (("-co", "--color"), "?", "the text is not coloured", False),
     (("--simple-io",), 0, "stdin and stdout are plain streams already", False),
     (("-no-perf", "--no-perf"), 0, "the timings are one line on stderr", False),
     (("--verbose-prompt",), 0, "the prompt's tokens are not listed", True),
     (("-mli", "--multiline-input"), 0, "-cnv joins a line ending in \\ with the next", True),
     (("-sp", "--special"), 0, "special tokens are not printed", True),
-    (("--no-mmap",), 0, "the file is mapped, its sparse rows copied to huge pages where they fit", True),
-    (("--mlock",), 0, "the file is mapped, its sparse rows copied to huge pages where they fit", True),
-    (("--no-warmup",), 0, "there is no warm-up run", False),
-    (("--log-disable",), 0, "the log is already short (--verbose shows llama.cpp's)", False),
-]  # fmt: skip
+)  # fmt: skip
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -257,7 +253,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-s", "--seed", type=int, default=-1, help="random seed (-1 = random)")
     p.add_argument("-l", "--logit-bias", type=logit_bias_arg, action="append", default=[], metavar="TOKEN_ID(+|-)BIAS")
     p.add_argument("--ignore-eos", action="store_true", help="never end the text (end-of-generation tokens banned)")
-    p.add_argument("-r", "--reverse-prompt", "--stop", dest="stop", action="append", default=[], help="stop string")
+    p.add_argument("-r", "--reverse-prompt", "--stop", dest="stop", action="append", default=[],
+                   help="stop string: the text ends with it, shown as llama-cli shows it (-cnv: not kept)")  # fmt: skip
     p.add_argument(
         "-e",
         "--escape",
@@ -364,12 +361,14 @@ def run(args: argparse.Namespace) -> int:
     max_tokens = None if args.n_predict < 0 else args.n_predict
     system = [{"role": "system", "content": args.system_prompt}] if args.system_prompt else []
 
-    def answer(tokens: list[int], turn: int) -> Iterator[str]:
+    def begin(tokens: list[int], turn: int) -> Generation:
         seed = None if sampling.seed is None else sampling.seed + turn - 1  # turn by turn: another draw, reproducible
         limit = model.bounded(max_tokens, tokens)  # -n is a bound, as llama-cli's
-        gen = model.start(tokens, sampling=replace(sampling, seed=seed), max_tokens=limit, stop=args.stop,
-                          grammar=grammar, cache_prompt=args.conversation or cache is not None)  # fmt: skip
-        return model.run(gen, with_empty=True)  # every step: Ctrl-C is looked at between any two
+        return model.start(tokens, sampling=replace(sampling, seed=seed), max_tokens=limit, stop=args.stop,
+                           grammar=grammar, cache_prompt=args.conversation or cache is not None)  # fmt: skip
+
+    def answer(tokens: list[int], turn: int) -> Iterator[str]:
+        return model.run(begin(tokens, turn), with_empty=True)  # every step: Ctrl-C is looked at between any two
 
     if args.conversation:
         model.chat_template  # noqa: B018 - a file without one fails now, not after the first message
@@ -377,17 +376,13 @@ def run(args: argparse.Namespace) -> int:
         # for more room than a quarter of the context (-n 4096 with -c 4096 would refuse every message)
         room = max(1, min(max_tokens if max_tokens is not None else model.n_ctx, model.n_ctx // 4))
         conversation = Conversation(model, answer, room, system)
-        converse(conversation, prompt, sys.stdin, sys.stdout, single_turn=args.single_turn,
-                 prepare=process_escapes if args.escape else None)  # fmt: skip
+        interrupted = converse(conversation, prompt, sys.stdin, sys.stdout, single_turn=args.single_turn,
+                               prepare=process_escapes if args.escape else None)  # fmt: skip
         print_stats(model)
-        return 0
+        return 130 if interrupted else 0  # Ctrl-C at the prompt: as a program SIGINT ends, as llama-cli
     chat = args.chat or args.single_turn or args.system_prompt is not None
     if chat and not prompt:  # llama-cli's `-sys TEXT` alone: the message comes from stdin
-        prompt = read_message(sys.stdin, sys.stderr if sys.stdin.isatty() else None) or ""
-        try:
-            prompt.encode("utf-8")
-        except UnicodeEncodeError:  # bytes that are not UTF-8, read as lone surrogates
-            raise InvalidArgumentError("the message on stdin is not UTF-8 text") from None
+        prompt = stdin_message(args.escape)
     if not prompt:
         where = " (or a message on stdin)" if chat else ""
         raise InvalidArgumentError(f"empty prompt: give -p TEXT or -f FILE{where}")
@@ -399,7 +394,8 @@ def run(args: argparse.Namespace) -> int:
     )
     # as llama-cli's: the file is written after a prompt it did not hold whole (with -all, after every run)
     cached = cache.restore(model, tokens) if cache is not None else 0
-    pieces = answer(tokens, 1)  # checks the prompt; the text comes as it is read
+    gen = begin(tokens, 1)  # checks the prompt; the text comes as it is read
+    pieces = model.run(gen, with_empty=True)
     if not args.no_display_prompt and not chat:
         sys.stdout.write(prompt)
         sys.stdout.flush()
@@ -410,6 +406,7 @@ def run(args: argparse.Namespace) -> int:
                 cache.save(model)  # the sequence holds the prompt alone now: the first token is not evaluated yet
             sys.stdout.write(piece)
             sys.stdout.flush()
+        sys.stdout.write(gen.stopping_word)  # the -r text that ended it, shown as llama-cli shows it
         if cache is not None and cache.everything:
             cache.save(model)
     except KeyboardInterrupt:  # Ctrl-C: the text so far ends its line and the timings follow, as llama-cli's
@@ -417,6 +414,21 @@ def run(args: argparse.Namespace) -> int:
     sys.stdout.write("\n")
     print_stats(model)
     return code
+
+
+def stdin_message(escape: bool) -> str:
+    """The one message of a chat turn given no -p / -f: a line typed at a terminal (lines ending in \\ joined with
+    the next, as -cnv reads them), or all of piped input less one final newline (as -f reads a file); -e's escapes
+    processed."""
+    if sys.stdin.isatty():
+        text = read_message(sys.stdin, sys.stderr) or ""
+    else:
+        text = sys.stdin.read().removesuffix("\n")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # bytes that are not UTF-8, read as lone surrogates
+        raise InvalidArgumentError("the message on stdin is not UTF-8 text") from None
+    return process_escapes(text) if escape else text
 
 
 def logit_biases(model: Model, args: argparse.Namespace) -> dict[int, float] | None:
