@@ -114,3 +114,23 @@ def test_the_command(tmp_path, smollm2_path) -> None:
         assert run.stdout.split()[2] == "+/-"
     assert shown[0].stdout.split()[1] != shown[1].stdout.split()[1]
     assert llama["windows"] == 2 and llama["tokens"] == 2 * (N_CTX // 2 - 1)
+
+
+def test_the_command_compares_with_another_file(tmp_path, smollm2_path) -> None:
+    """--compare FILE: KL and top-1 agreement against another file of the same vocabulary decoded densely (here a
+    Q8_0 re-quantization of SmolLM2), on the same tokens; a file whose tokenizer reads the text otherwise is refused."""
+    from turbosparse.assets import gemma3_gguf
+    from turbosparse.convert import convert
+
+    text = tmp_path / "text.txt"
+    text.write_text(TEXT)
+    other = convert(smollm2_path, tmp_path / "q8.gguf", outtype="q8_0")
+    args = ["perplexity", "-m", str(smollm2_path), "-f", str(text), "-c", str(N_CTX), "-t", "2", "--chunks", "2"]
+    run = subprocess.run([sys.executable, "-m", "turbosparse", *args, "--compare", str(other), "--json"],
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    report = json.loads(run.stdout)
+    assert report["reference_model"] == str(other) and 0 < report["mean_kl_vs_dense"] < 0.1
+    assert report["top1_agreement_vs_dense"] > 0.8 and report["dense_perplexity"] != report["perplexity"]
+    refused = subprocess.run([sys.executable, "-m", "turbosparse", *args, "--compare", str(gemma3_gguf())],
+                             capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert refused.returncode == 1 and "its tokenizer reads the text otherwise" in refused.stderr

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from turbosparse.cli.checks import at_least
 from turbosparse.cli.run_cmd import add_model_args, attention_kwargs, model_path
+from turbosparse.errors import InvalidArgumentError
 from turbosparse.model import Model
 from turbosparse.perplexity import perplexity
 
@@ -19,7 +20,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(ctx_size=512)
     p.add_argument("-f", "--file", type=Path, required=True, help="plain text file")
     p.add_argument("--chunks", type=int, default=None, help="evaluate at most this many windows of --ctx-size tokens")
-    p.add_argument("--compare-dense", action="store_true", help="also top-1 agreement and KL against dense decoding")
+    compare = p.add_mutually_exclusive_group()
+    compare.add_argument("--compare-dense", action="store_true",
+                         help="also top-1 agreement and KL against the file's dense decoding")  # fmt: skip
+    compare.add_argument(
+        "--compare", type=Path, default=None, metavar="FILE",
+        help="also top-1 agreement and KL against FILE decoded densely, on the same tokens (a model of the same "
+        "vocabulary: e.g. the original a sparse or re-quantized file was made from; llama-perplexity's "
+        "--kl-divergence-base / --kl-divergence in one run)",
+    )  # fmt: skip
     p.add_argument(
         "--llama-perplexity",
         action="store_true",
@@ -39,7 +48,13 @@ def run(args: argparse.Namespace) -> int:
     common = dict(n_threads=args.threads, n_ctx=args.ctx_size, n_batch=args.batch_size, verbose=args.verbose,
                   device=args.device, swa_full=args.swa_full, **attention_kwargs(args))  # fmt: skip
     model = Model(path, sparse=args.sparse, threshold=args.threshold, **common)
-    reference = Model(path, sparse="off", **common) if args.compare_dense else None
+    reference_path = path if args.compare_dense else model_path(str(args.compare)) if args.compare else None
+    reference = Model(reference_path, sparse="off", **common) if reference_path is not None else None
+    if reference is not None and reference.tokenize(text[:4096]) != model.tokenize(text[:4096]):
+        raise InvalidArgumentError(
+            f"--compare {reference_path}: its tokenizer reads the text otherwise than {path}'s (another vocabulary): "
+            "the two are compared token for token"
+        )
 
     def show(n_windows: int, so_far: float) -> None:  # llama-perplexity's running figures: [1]34.12,[2]33.98,...
         print(f"[{n_windows}]{so_far:.4f},", end="", file=sys.stderr, flush=True)
@@ -59,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
         "windows": result.n_windows,
         "n_ctx": model.n_ctx,
         "mean_active_fraction": sum(active) / len(active) if active else None,
+        "reference_model": reference_path,
         "dense_perplexity": result.reference_perplexity,
         "top1_agreement_vs_dense": result.top1_agreement,
         "mean_kl_vs_dense": result.mean_kl,
@@ -72,7 +88,9 @@ def run(args: argparse.Namespace) -> int:
     if report["mean_active_fraction"] is not None:
         line += f", active {report['mean_active_fraction']:.3f}"
     if result.top1_agreement is not None:
-        line += f" | dense: perplexity {result.reference_perplexity:.4f}, top-1 agreement {result.top1_agreement:.4f}, "
+        against = "dense" if args.compare_dense else f"{Path(reference_path).name} dense"
+        line += f" | {against}: perplexity {result.reference_perplexity:.4f}, "
+        line += f"top-1 agreement {result.top1_agreement:.4f}, "
         line += f"mean KL {result.mean_kl:.5f}"
     print(line)
     sys.stdout.flush()
