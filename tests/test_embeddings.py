@@ -71,6 +71,9 @@ def test_what_the_drop_in_refuses(smollm2_path: Path) -> None:
     with pytest.raises(ValueError, match="exceed batch size of 4"):
         short.embed(TEXTS[0], truncate=False)
     short.close()
+    small = Llama(str(smollm2_path), embedding=True, pooling_type=1, n_ctx=16, n_threads=N_THREADS, verbose=False)
+    assert small.n_batch == 16 and len(small.embed(TEXTS[0] * 4)) == 576  # n_batch at most n_ctx, as llama_cpp's
+    small.close()
 
 
 def test_the_files_pooling(tmp_path: Path, smollm2_path: Path) -> None:

@@ -349,6 +349,15 @@ def test_tools_and_choices_are_checked() -> None:
         ToolUse.of(no_model, None, "required")
 
 
+def test_tools_are_none_without_tools() -> None:
+    """As Hugging Face's apply_chat_template and llama.cpp pass it: a template testing `tools is not none` writes no
+    tools section for a request without tools (it was undefined, which `is not none` takes for present)."""
+    source = "{% if tools is not none %}[TOOLS]{{ tools | length }}[/TOOLS]{% endif %}{{ messages[0]['content'] }}"
+    hi = [{"role": "user", "content": "hi"}]
+    assert ChatTemplate(source).render(hi) == "hi"
+    assert ChatTemplate(source).render(hi, tools=[WEATHER]) == "[TOOLS]1[/TOOLS]hi"
+
+
 def test_earlier_calls_reach_the_template_as_it_writes_them() -> None:
     calls = [{"id": "abcdefghi", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "X"}'}}]
     messages = [{"role": "assistant", "content": "", "tool_calls": calls}, {"role": "tool", "content": "sunny"}]

@@ -102,8 +102,9 @@ class ChatTemplate:
     ) -> str:
         """The prompt text for messages ([{"role": ..., "content": ...}, ...]); variables go to the template too
         (llama-server's chat_template_kwargs: {"enable_thinking": False} for Qwen3's, ...), and tools (OpenAI's
-        function list) where given."""
+        function list; None where none are given)."""
         context = {
+            "tools": None,  # defined, as Hugging Face's apply_chat_template and llama.cpp pass it: `tools is not none`
             **checked_variables(variables or {}),
             **({"tools": [dict(t) for t in tools]} if tools else {}),
             "messages": [dict(m) for m in messages],

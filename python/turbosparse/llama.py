@@ -353,10 +353,12 @@ class Llama:
         if embedding:
             unspecified = pooling_type == LLAMA_POOLING_TYPE_UNSPECIFIED
             self._pooling = self._model.pooling if unspecified else pooling_named(pooling_type)
-        self.n_batch = n_batch
+        self.n_batch = min(n_batch, self._model.n_ctx)  # as llama_cpp's: a batch never exceeds the context
         self.n_tokens = 0
         self.input_ids = np.zeros(self._model.n_ctx, dtype=np.intc)
-        self.scores = np.zeros((self._model.n_ctx if logits_all else n_batch, self._model.n_vocab), dtype=np.single)
+        self.scores = np.zeros(
+            (self._model.n_ctx if logits_all else self.n_batch, self._model.n_vocab), dtype=np.single
+        )
         self._last_logits: np.ndarray | None = None
         self._scored = np.zeros(self._model.n_ctx, dtype=bool)  # which rows of scores hold eval()'s logits
         self.cache: LlamaCacheLike | None = None  # set_cache's
