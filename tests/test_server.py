@@ -65,6 +65,21 @@ class Server:
         return openai.OpenAI(base_url=self.base + "/v1", api_key=API_KEY, max_retries=0, timeout=600)
 
 
+def wait_until_healthy(srv: Server) -> None:
+    """Until /health answers 200 (each answer kept in srv.startup)."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert srv.process.poll() is None, srv.process.stdout.read() if srv.process.stdout else ""
+        try:
+            srv.startup.append(srv.request("GET", "/health", key=None))
+        except (urllib.error.URLError, ConnectionError):
+            pass  # not listening yet
+        if srv.startup and srv.startup[-1][0] == 200:
+            return
+        time.sleep(0.05)
+    raise AssertionError(srv.startup[-3:])
+
+
 @pytest.fixture(scope="module")
 def server(smollm2_path, tmp_path_factory) -> Iterator[Server]:
     port = free_port()
@@ -79,17 +94,7 @@ def server(smollm2_path, tmp_path_factory) -> Iterator[Server]:
     )
     srv = Server(port, process)
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            assert process.poll() is None, process.stdout.read() if process.stdout else ""
-            try:
-                srv.startup.append(srv.request("GET", "/health", key=None))
-            except (urllib.error.URLError, ConnectionError):
-                pass  # not listening yet
-            if srv.startup and srv.startup[-1][0] == 200:
-                break
-            time.sleep(0.05)
-        assert srv.startup and srv.startup[-1][0] == 200, srv.startup[-3:]
+        wait_until_healthy(srv)
         yield srv
     finally:
         process.terminate()
@@ -1121,3 +1126,30 @@ def test_slots_are_saved_restored_and_erased(tmp_path, smollm2_path) -> None:
         model.step([gen])
     model.load_sequence(0, state)
     assert model.clear_sequence(0) == 0
+
+
+def test_a_stream_cut_by_a_shutdown_says_so(smollm2_path) -> None:
+    """SIGTERM while a stream runs: it gets SHUTDOWN_NOTICE_S to finish, then an error event saying it was cut (its
+    client saw a stream that just ended, as if the answer were whole), and the server exits."""
+    import http.client
+
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "turbosparse", "serve", "-m", str(smollm2_path), "--port",
+                                str(port), "-t", "2", "-c", "4096"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)  # fmt: skip
+    try:
+        wait_until_healthy(Server(port, process))
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        body = {"prompt": "Once upon a time", "n_predict": 4000, "ignore_eos": True, "stream": True}
+        conn.request("POST", "/completion", json.dumps(body), {"Content-Type": "application/json"})
+        response = conn.getresponse()
+        lines = [response.readline() for _ in range(6)]
+        process.terminate()
+        stopped = time.monotonic()
+        lines += response.read().splitlines()
+        assert process.wait(timeout=30) is not None and time.monotonic() - stopped < 15
+        events = [json.loads(line[5:]) for line in lines if line.startswith(b"data:")]
+        assert "shutting down" in json.dumps(events[-1]) and len(events) > 3, events[-2:]
+    finally:
+        process.kill()
+        process.wait()

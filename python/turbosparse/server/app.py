@@ -18,6 +18,7 @@ from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
+import anyio
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
@@ -242,7 +243,8 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
     @app.post("/tokenize")
     async def tokenize(body: TokenizeRequest) -> JSONResponse:
         model, _ = ready()
-        tokens = model.tokenize(body.content, add_bos=body.add_special, special=body.parse_special)
+        tokens = await asyncio.to_thread(model.tokenize, body.content, add_bos=body.add_special,
+                                         special=body.parse_special)  # fmt: skip
         if not body.with_pieces:
             return JSONResponse({"tokens": tokens})
         return JSONResponse({"tokens": [{"id": t, "piece": _piece(model, t)} for t in tokens]})
@@ -254,7 +256,7 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
         return JSONResponse({"content": model.detokenize(body.tokens, special=True)})  # as llama-server
 
     @app.post("/v1/embeddings")
-    async def embeddings(body: EmbeddingRequest) -> JSONResponse:
+    async def embeddings(body: EmbeddingRequest, request: Request) -> JSONResponse:
         model, _ = ready()
         if not config.embeddings:
             raise APIError(
@@ -271,10 +273,14 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
                 400, f"dimensions {body.dimensions}: the model's embeddings have {model.info.n_embd}, not shortened",
                 param="dimensions",
             )  # fmt: skip
-        inputs = [
-            model.tokenize(text, add_bos=True, special=True) if isinstance(text, str) else list(text)
-            for text in body.inputs()
-        ]
+
+        def tokenized() -> list[list[int]]:  # on a worker thread: a long text does not hold up the event loop
+            return [
+                model.tokenize(text, add_bos=True, special=True) if isinstance(text, str) else list(text)
+                for text in body.inputs()
+            ]
+
+        inputs = await asyncio.to_thread(tokenized)
         for i, tokens in enumerate(inputs):
             if not tokens:
                 raise APIError(400, f"input {i} is empty: it has no tokens", param="input")
@@ -282,13 +288,19 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
             if len(tokens) > model.n_ctx:
                 raise APIError(400, f"input {i} has {len(tokens)} tokens; one holds {model.n_ctx}", param="input")
 
-        def embed() -> list[np.ndarray]:  # on a worker thread: it waits for the engine's step
-            return [model.embed(tokens, pooling=pooling, normalize=True) for tokens in inputs]
-
+        # one input at a time on a worker thread (each waits for the engine's step): the generations step between
+        # them, other requests get the thread pool, and a client that went away stops the rest
+        leaving = asyncio.create_task(_disconnected(request))
+        vectors: list[np.ndarray] = []
         try:
-            vectors = await asyncio.to_thread(embed)
+            for tokens in inputs:
+                if leaving.done():
+                    return JSONResponse({}, status_code=499)  # nobody reads it (nginx's "client closed request")
+                vectors.append(await asyncio.to_thread(model.embed, tokens, pooling=pooling, normalize=True))
         except RuntimeError as exc:  # no free sequence: the engine runs one generation per slot, so never here
             raise APIError(503, f"the server is busy: {exc}") from None
+        finally:
+            leaving.cancel()
         n_tokens = sum(len(tokens) for tokens in inputs)
         return JSONResponse({
             "object": "list",
@@ -310,7 +322,7 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
             text = prompt_text(model.tokenizer, tokens)
         else:
             text = body.prompt if isinstance(body.prompt, str) else str(body.prompt[0])
-            tokens = model.tokenize(text, special=True)
+            tokens = await asyncio.to_thread(model.tokenize, text, special=True)  # a long text: off the event loop
         if body.suffix:  # OpenAI's insertion: the prompt (a text as plain text) before the middle, the suffix after
             bos = model.tokenizer.bos if model.tokenizer.adds_bos else None
             prefix = (tokens[1:] if tokens[:1] == [bos] else tokens) if ids else model.tokenize(text, add_bos=False)
@@ -348,7 +360,8 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
     async def native_completion(body: NativeCompletionRequest, request: Request) -> Response:
         """llama-server's own completion endpoint (native.py's bodies)."""
         model, engine = ready()
-        return await native_answer(model, engine, _mixed_prompt(model, body.prompt), body, request)
+        tokens = await asyncio.to_thread(_mixed_prompt, model, body.prompt)  # a long text: off the event loop
+        return await native_answer(model, engine, tokens, body, request)
 
     @app.post("/infill")
     async def infill(body: InfillRequest, request: Request) -> Response:
@@ -464,7 +477,7 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
         """llama-server's: the text of the prompt a chat completion of the same body evaluates (the template's, a
         final assistant message continued, tools written in)."""
         model, _ = ready()
-        tokens, _ = _chat_prompt(model, body)
+        tokens, _ = await asyncio.to_thread(_chat_prompt, model, body)
         return JSONResponse({"prompt": prompt_text(model.tokenizer, tokens)})
 
     @app.get("/props")
@@ -478,7 +491,7 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
     @app.post("/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
         model, engine = ready()
-        tokens, tool_use, reasoning = chat_setup(model, body)
+        tokens, tool_use, reasoning = await asyncio.to_thread(chat_setup, model, body)  # template, tokens: off the loop
         job, queue = await _submit(
             model, engine, tokens, body, "messages", body.n_top, tools=tool_use, defaults=config.sampling_defaults
         )
@@ -527,7 +540,7 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
         """Another API's request, as the chat completion it became (converted_prompt's), started: its prompt tokens,
         job and events, and the chat route's chunks of its answer (the reasoning kept apart: these APIs have blocks
         of their own for it)."""
-        chat, tokens, tool_use, reasoning = converted_prompt(model, convert, names)
+        chat, tokens, tool_use, reasoning = await asyncio.to_thread(converted_prompt, model, convert, names)
         with _errors_named_as(names):
             job, queue = await _submit(
                 model, engine, tokens, chat, param, None, tools=tool_use, defaults=config.sampling_defaults
@@ -586,13 +599,13 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
     async def count_input_tokens(body: responses.ResponsesRequest) -> JSONResponse:
         """The tokens /v1/responses would evaluate for the same body (the openai SDK's responses.input_tokens)."""
         model, _ = ready()
-        _, tokens, _, _ = converted_prompt(model, body.chat, RESPONSES_FIELDS)
+        _, tokens, _, _ = await asyncio.to_thread(converted_prompt, model, body.chat, RESPONSES_FIELDS)
         return JSONResponse({"object": "response.input_tokens", "input_tokens": len(tokens)})
 
     @app.post("/v1/messages/count_tokens")
     async def count_tokens(body: anthropic.CountTokensRequest) -> JSONResponse:
         model, _ = ready()
-        _, tokens, _, _ = converted_prompt(model, body.chat, ANTHROPIC_FIELDS)
+        _, tokens, _, _ = await asyncio.to_thread(converted_prompt, model, body.chat, ANTHROPIC_FIELDS)
         return JSONResponse({"input_tokens": len(tokens)})
 
     return app
@@ -849,10 +862,15 @@ async def _submit(
     return job, queue
 
 
-async def _watch_disconnect(request: Request, gen: Generation, queue: asyncio.Queue[Event]) -> None:
-    """Cancels gen when the client goes away (the body is read: the next ASGI message is the disconnect)."""
+async def _disconnected(request: Request) -> None:
+    """Returns when the client goes away (the body is read: the next ASGI message is the disconnect)."""
     while (await request.receive())["type"] != "http.disconnect":
         pass
+
+
+async def _watch_disconnect(request: Request, gen: Generation, queue: asyncio.Queue[Event]) -> None:
+    """Cancels gen when the client goes away."""
+    await _disconnected(request)
     gen.cancel()
     queue.put_nowait(_CANCELLED)
 
@@ -893,6 +911,10 @@ def _usage_chunk(meta: CompletionMeta, obj: str, gen: Generation) -> Callable[[]
     return chunk
 
 
+# a stream's time to finish once the server is told to stop, before it says it is cut (uvicorn waits 5 s: serve_cmd)
+SHUTDOWN_NOTICE_S = 4.0
+
+
 def _stream(
     job: Job,
     queue: asyncio.Queue[Event],
@@ -916,12 +938,41 @@ def _stream(
         chunks = [] if chunks is None else [chunks] if isinstance(chunks, dict) else chunks
         return [{"data": json.dumps(c), **({"event": c["type"]} if named_events else {})} for c in chunks]
 
+    stopping = anyio.Event()  # set by sse-starlette when the server is told to stop
+    cut_at: list[float] = []  # when the stream says it is cut, once the server is stopping
+
+    async def next_event() -> Event | None:
+        """The queue's next event; None once the server has been stopping for SHUTDOWN_NOTICE_S (the answer would be
+        cut: it says so first)."""
+        getter = asyncio.ensure_future(queue.get())
+        if not stopping.is_set():
+            stopper = asyncio.ensure_future(stopping.wait())
+            await asyncio.wait({getter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            stopper.cancel()
+            if getter.done():
+                return getter.result()
+        loop = asyncio.get_running_loop()
+        if not cut_at:
+            cut_at.append(loop.time() + SHUTDOWN_NOTICE_S)
+        try:
+            return await asyncio.wait_for(getter, max(0.0, cut_at[0] - loop.time()))
+        except TimeoutError:
+            return None
+
     async def events() -> AsyncIterator[dict[str, str] | str]:
         try:
             for event in sent(first):
                 yield event
             while True:
-                event = await queue.get()
+                event = await next_event()
+                if event is None:
+                    message = "the server is shutting down: the answer ends here, unfinished"
+                    cut = (
+                        failure(message) if failure is not None else error_body(503, message, type="unavailable_error")
+                    )
+                    for out in sent(cut):
+                        yield out
+                    break
                 if event.error is not None:
                     message = f"the generation failed: {event.error}"
                     failed = failure(message) if failure is not None else error_body(500, message, type="server_error")
@@ -942,4 +993,5 @@ def _stream(
             if not gen.done:
                 gen.cancel()
 
-    return EventSourceResponse(events(), sep="\n")
+    return EventSourceResponse(events(), sep="\n", shutdown_event=stopping,
+                               shutdown_grace_period=SHUTDOWN_NOTICE_S + 0.5)  # fmt: skip
