@@ -14,6 +14,7 @@ import secrets
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
@@ -176,10 +177,15 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
             config.model_name, config.address, config.parallel, model.n_ctx, model.sparse_name, model.n_threads,
         )  # fmt: skip
 
+    # embeddings run one input at a time on a thread of their own (they take the model in turn anyway): waiting for
+    # the engine there never holds a thread of the pool that every request's own steps need
+    embedding_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="turbosparse-embed")
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         threading.Thread(target=load, name="turbosparse-load", daemon=True).start()
         yield
+        embedding_thread.shutdown(wait=False, cancel_futures=True)
         if state.engine is not None:
             state.engine.stop()
 
@@ -288,15 +294,16 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
             if len(tokens) > model.n_ctx:
                 raise APIError(400, f"input {i} has {len(tokens)} tokens; one holds {model.n_ctx}", param="input")
 
-        # one input at a time on a worker thread (each waits for the engine's step): the generations step between
-        # them, other requests get the thread pool, and a client that went away stops the rest
+        # one input at a time (each waits for the engine's step): the generations step between them, and a client
+        # that went away stops the rest
         leaving = asyncio.create_task(_disconnected(request))
         vectors: list[np.ndarray] = []
         try:
             for tokens in inputs:
                 if leaving.done():
                     return JSONResponse({}, status_code=499)  # nobody reads it (nginx's "client closed request")
-                vectors.append(await asyncio.to_thread(model.embed, tokens, pooling=pooling, normalize=True))
+                embed = functools.partial(model.embed, tokens, pooling=pooling, normalize=True)
+                vectors.append(await asyncio.get_running_loop().run_in_executor(embedding_thread, embed))
         except RuntimeError as exc:  # no free sequence: the engine runs one generation per slot, so never here
             raise APIError(503, f"the server is busy: {exc}") from None
         finally:
