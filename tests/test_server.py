@@ -1128,28 +1128,37 @@ def test_slots_are_saved_restored_and_erased(tmp_path, smollm2_path) -> None:
     assert model.clear_sequence(0) == 0
 
 
-def test_a_stream_cut_by_a_shutdown_says_so(smollm2_path) -> None:
-    """SIGTERM while a stream runs: it gets SHUTDOWN_NOTICE_S to finish, then an error event saying it was cut (its
-    client saw a stream that just ended, as if the answer were whole), and the server exits."""
+def test_answers_cut_by_a_shutdown_say_so(smollm2_path) -> None:
+    """SIGTERM while answers run: they get SHUTDOWN_NOTICE_S to finish, then a stream's last event and a non-streamed
+    answer's 503 say it was cut (a stream just ended, as if whole; a non-streamed one was uvicorn's plain-text 500),
+    and the server exits."""
     import http.client
+    import threading
 
     port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "turbosparse", "serve", "-m", str(smollm2_path), "--port",
-                                str(port), "-t", "2", "-c", "4096"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True)  # fmt: skip
+                                str(port), "-t", "2", "-c", "8192", "-np", "2"], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)  # fmt: skip
     try:
-        wait_until_healthy(Server(port, process))
+        srv = Server(port, process)
+        wait_until_healthy(srv)
+        body = {"prompt": "Once upon a time", "n_predict": 4000, "ignore_eos": True}
+        whole: list[tuple[int, Any]] = []
+        waiting = threading.Thread(target=lambda: whole.append(srv.request("POST", "/completion", body, key=None)))
+        waiting.start()
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-        body = {"prompt": "Once upon a time", "n_predict": 4000, "ignore_eos": True, "stream": True}
-        conn.request("POST", "/completion", json.dumps(body), {"Content-Type": "application/json"})
+        conn.request("POST", "/completion", json.dumps(body | {"stream": True}), {"Content-Type": "application/json"})
         response = conn.getresponse()
         lines = [response.readline() for _ in range(6)]
         process.terminate()
         stopped = time.monotonic()
         lines += response.read().splitlines()
+        waiting.join(timeout=30)
         assert process.wait(timeout=30) is not None and time.monotonic() - stopped < 15
         events = [json.loads(line[5:]) for line in lines if line.startswith(b"data:")]
         assert "shutting down" in json.dumps(events[-1]) and len(events) > 3, events[-2:]
+        status, answer = whole[0]
+        assert status == 503 and "shutting down" in answer["error"]["message"], whole
     finally:
         process.kill()
         process.wait()

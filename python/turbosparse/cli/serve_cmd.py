@@ -96,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
         import uvicorn
 
         from turbosparse.server import ServerConfig, create_app
+        from turbosparse.server.stopping_server import StoppingServer
     except ImportError as exc:
         raise TurboSparseError(
             f"the server needs the `server` extra: pip install 'turbosparse[server]' ({exc})"
@@ -149,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
     # on SIGINT / SIGTERM, open streams get a few seconds to finish before their connections are closed
     uv_config = uvicorn.Config(app, host=args.host, port=args.port, uds=config.unix_socket, log_level=log_level,
                                timeout_graceful_shutdown=5)  # fmt: skip
-    server = uvicorn.Server(uv_config)
+    server = StoppingServer(uv_config, app.state.stopping)  # SIGINT / SIGTERM: answers told, not cut
     logger.warning("turbosparse serve: loading %s, listening on %s", path, config.address)
     server.run()
     if failures:

@@ -190,6 +190,7 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
             state.engine.stop()
 
     app = FastAPI(title="turbosparse", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.stopping = threading.Event()  # set by `serve`'s server when it is told to stop (SIGINT / SIGTERM)
     install_handlers(app)
 
     if config.api_key is not None:
@@ -890,9 +891,19 @@ async def _collect(
     gen = job.generation
     watcher = asyncio.create_task(_watch_disconnect(request, gen, queue))
     parts: list[str] = []
+    stopping: threading.Event = request.app.state.stopping
+    loop = asyncio.get_running_loop()
+    cut_at: float | None = None  # once the server is stopping: when the answer is given up (before uvicorn's 5 s)
     try:
         while True:
-            event = await queue.get()
+            if stopping.is_set():
+                cut_at = cut_at or loop.time() + SHUTDOWN_NOTICE_S
+                if loop.time() >= cut_at:  # a JSON error, not the cancelled task's plain-text 500 and traceback
+                    raise APIError(503, "the server is shutting down: the answer was not finished")
+            try:
+                event = await asyncio.wait_for(queue.get(), STOPPING_POLL_S)
+            except TimeoutError:
+                continue
             if on_event is not None:
                 on_event()
             if event is _CANCELLED:
@@ -918,8 +929,9 @@ def _usage_chunk(meta: CompletionMeta, obj: str, gen: Generation) -> Callable[[]
     return chunk
 
 
-# a stream's time to finish once the server is told to stop, before it says it is cut (uvicorn waits 5 s: serve_cmd)
+# a request's time to finish once the server is told to stop, before it says it is cut (uvicorn waits 5 s: serve_cmd)
 SHUTDOWN_NOTICE_S = 4.0
+STOPPING_POLL_S = 0.5  # how often a non-streamed answer waiting for its next piece looks whether the server stops
 
 
 def _stream(
