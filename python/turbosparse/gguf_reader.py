@@ -70,6 +70,25 @@ def _split_key(reader: gguf.GGUFReader, key: str, path: str | Path, error: type[
     return value
 
 
+_SPLIT_NAME = re.compile(r"(?P<prefix>.+)-\d{5}-of-(?P<count>\d{5})\.gguf")
+
+
+def split_file_name(prefix: str, no: int, count: int) -> str:
+    """File no (from 1) of a model split into count files, as llama-gguf-split and gguf-py name them."""
+    return f"{prefix}-{no:05d}-of-{count:05d}.gguf"
+
+
+def split_files_named(path: Path) -> list[Path]:
+    """The files there of the split model that path's name says it belongs to (PREFIX-0000k-of-0000N.gguf), path
+    among them; [path] for any other name. By name only: nothing is read."""
+    named = _SPLIT_NAME.fullmatch(path.name)
+    if named is None:
+        return [path]
+    count = int(named["count"])
+    others = [path.with_name(split_file_name(named["prefix"], k, count)) for k in range(1, count + 1)]
+    return [path, *(f for f in others if f != path and f.exists())]
+
+
 def read_splits(path: str | Path, error: type[Exception] = ModelLoadError) -> list[gguf.GGUFReader]:
     """The readers of every file of the model at path: [path's] for a whole file; for the first file of a split model
     (PREFIX-00001-of-0000N.gguf, as llama-gguf-split and gguf-py write them), all N in order, found by that name and
@@ -87,14 +106,14 @@ def read_splits(path: str | Path, error: type[Exception] = ModelLoadError) -> li
             f"{path}: file {no + 1} of a model split into {count} files ({SPLIT_NO}): load the first, the file named "
             f"...-00001-of-{count:05d}.gguf"
         )
-    suffix = f"-{1:05d}-of-{count:05d}.gguf"
+    suffix = split_file_name("", 1, count)
     if len(str(path)) <= len(suffix) or not str(path).endswith(suffix):
         raise error(f"{path}: the first of {count} split files must be named PREFIX{suffix} (the others are found by "
                     "that name, as llama.cpp finds them)")  # fmt: skip
     prefix = str(path)[: -len(suffix)]
     readers, owner = [first], {t.name: str(path) for t in first.tensors}
     for k in range(1, count):
-        other = f"{prefix}-{k + 1:05d}-of-{count:05d}.gguf"
+        other = split_file_name(prefix, k + 1, count)
         reader = read_gguf(other, error)
         if (other_no := _split_key(reader, SPLIT_NO, other, error, default=None)) != k:
             raise error(f"{other}: {SPLIT_NO} is {other_no}, expected {k} (file {k + 1} of the {count} split files "

@@ -11,9 +11,7 @@ is given (OUT with .s40 etc. before the extension).
 from __future__ import annotations
 
 import argparse
-import glob
 import json
-import re
 import sys
 from pathlib import Path
 
@@ -24,6 +22,7 @@ from turbosparse.calibrate.thresholds import MAX_SPARSITY
 from turbosparse.cli.checks import at_least, output_file
 from turbosparse.convert.writer import check_output_path
 from turbosparse.errors import CalibrationError
+from turbosparse.gguf_reader import split_files_named
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -97,9 +96,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-_SPLIT_NAME = re.compile(r"(?P<prefix>.+)-\d{5}-of-(?P<count>\d{5})\.gguf")
-
-
 def _sparsities(text: str) -> list[float]:
     try:
         values = [float(v) for v in text.split(",") if v.strip()]
@@ -111,15 +107,6 @@ def _sparsities(text: str) -> list[float]:
             f"got {text!r}"
         )
     return values
-
-
-def model_files(path: Path) -> list[Path]:
-    """The model's files: path, and where it is the first of a split model (PREFIX-00001-of-0000N.gguf) every file
-    named as one of that model's."""
-    split = _SPLIT_NAME.fullmatch(path.name)
-    if split is None:
-        return [path]
-    return [path, *path.parent.glob(f"{glob.escape(split['prefix'])}-?????-of-{split['count']}.gguf")]
 
 
 def output_path(out: Path, sparsity: float, several: bool) -> Path:
@@ -155,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
     if args.outfile is not None:
         outputs = [output_path(args.outfile, sparsity, several) for sparsity in args.sparsity]
         for sparsity, out in zip(args.sparsity, outputs, strict=True):
-            check_output_path(out, CalibrationError, inputs=[*model_files(path), args.file, *args.eval_file])
+            check_output_path(out, CalibrationError, inputs=[*split_files_named(path), args.file, *args.eval_file])
             if outputs.count(out) > 1:
                 raise CalibrationError(f"--sparsity {sparsity}: another sparsity is written to {out} too (.sNN)")
     held_out = [_read(f) for f in args.eval_file]

@@ -137,7 +137,7 @@ def converse(
     text: str | None = first
     while True:
         if text is not None and text.strip():
-            if not _is_utf8(text):  # bytes that are not UTF-8, read as lone surrogates
+            if not is_utf8(text):  # bytes that are not UTF-8, read as lone surrogates
                 print("the message is not UTF-8 text: not sent", file=sys.stderr)
             else:
                 conversation.turn(text, out)
@@ -152,11 +152,12 @@ def converse(
             if prompt is not None:  # Ctrl-D at "> ": the timings start a line of their own
                 prompt.write("\n")
             return False
-        if prepare is not None and _is_utf8(text):
+        if prepare is not None and is_utf8(text):
             text = prepare(text)
 
 
-def _is_utf8(text: str) -> bool:
+def is_utf8(text: str) -> bool:
+    """Whether text holds no lone surrogates (the bytes that were not UTF-8, read with surrogateescape)."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:

@@ -13,7 +13,7 @@ from typing import Any
 
 from turbosparse.binding import CACHE_TYPES, SparseMode, find_device
 from turbosparse.chat_template import chat_template_from, checked_variables
-from turbosparse.cli.conversation import Conversation, converse, read_message
+from turbosparse.cli.conversation import Conversation, converse, is_utf8, read_message
 from turbosparse.cli.llama_server_flags import NO_EFFECT_FLAGS, NoEffectFlag, add_no_effect_flags, note_no_effect
 from turbosparse.cli.prompt_cache import PromptCache
 from turbosparse.default import default_model
@@ -424,10 +424,8 @@ def stdin_message(escape: bool) -> str:
         text = read_message(sys.stdin, sys.stderr) or ""
     else:
         text = sys.stdin.read().removesuffix("\n")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:  # bytes that are not UTF-8, read as lone surrogates
-        raise InvalidArgumentError("the message on stdin is not UTF-8 text") from None
+    if not is_utf8(text):
+        raise InvalidArgumentError("the message on stdin is not UTF-8 text")
     return process_escapes(text) if escape else text
 
 

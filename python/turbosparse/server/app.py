@@ -891,19 +891,12 @@ async def _collect(
     gen = job.generation
     watcher = asyncio.create_task(_watch_disconnect(request, gen, queue))
     parts: list[str] = []
-    stopping: threading.Event = request.app.state.stopping
-    loop = asyncio.get_running_loop()
-    cut_at: float | None = None  # once the server is stopping: when the answer is given up (before uvicorn's 5 s)
+    cutoff = _Cutoff(request.app.state.stopping.is_set)  # set by serve's server when it is told to stop
     try:
         while True:
-            if stopping.is_set():
-                cut_at = cut_at or loop.time() + SHUTDOWN_NOTICE_S
-                if loop.time() >= cut_at:  # a JSON error, not the cancelled task's plain-text 500 and traceback
-                    raise APIError(503, "the server is shutting down: the answer was not finished")
-            try:
-                event = await asyncio.wait_for(queue.get(), STOPPING_POLL_S)
-            except TimeoutError:
-                continue
+            event = await cutoff.next_event(queue)
+            if event is None:  # a JSON error, not uvicorn's cancelled task's plain-text 500 and traceback
+                raise APIError(503, "the server is shutting down: the answer was not finished")
             if on_event is not None:
                 on_event()
             if event is _CANCELLED:
@@ -929,9 +922,33 @@ def _usage_chunk(meta: CompletionMeta, obj: str, gen: Generation) -> Callable[[]
     return chunk
 
 
-# a request's time to finish once the server is told to stop, before it says it is cut (uvicorn waits 5 s: serve_cmd)
-SHUTDOWN_NOTICE_S = 4.0
-STOPPING_POLL_S = 0.5  # how often a non-streamed answer waiting for its next piece looks whether the server stops
+# a request's time to finish once it sees the server is stopping, before it says it is cut: within uvicorn's 5 s
+# (serve_cmd) and sse-starlette's grace (_stream), which it may see up to a poll later
+SHUTDOWN_NOTICE_S = 3.5
+STOPPING_POLL_S = 0.5  # how often a request waiting for its next event looks whether the server stops
+
+
+@dataclass
+class _Cutoff:
+    """A request's wait for its generation's events while the server may be stopping: once stopped() is true, the
+    answer has SHUTDOWN_NOTICE_S to finish, then is given up, so that it can say so before it is cancelled (a stream
+    that just ends, as if whole; a non-streamed answer's plain-text 500)."""
+
+    stopped: Callable[[], bool]
+    cut_at: float | None = None
+
+    async def next_event(self, queue: asyncio.Queue[Event]) -> Event | None:
+        """The queue's next event; None once the answer is given up."""
+        loop = asyncio.get_running_loop()
+        while True:
+            if self.stopped():
+                self.cut_at = self.cut_at or loop.time() + SHUTDOWN_NOTICE_S
+                if loop.time() >= self.cut_at:
+                    return None
+            try:
+                return await asyncio.wait_for(queue.get(), STOPPING_POLL_S)
+            except TimeoutError:
+                pass
 
 
 def _stream(
@@ -958,32 +975,14 @@ def _stream(
         return [{"data": json.dumps(c), **({"event": c["type"]} if named_events else {})} for c in chunks]
 
     stopping = anyio.Event()  # set by sse-starlette when the server is told to stop
-    cut_at: list[float] = []  # when the stream says it is cut, once the server is stopping
-
-    async def next_event() -> Event | None:
-        """The queue's next event; None once the server has been stopping for SHUTDOWN_NOTICE_S (the answer would be
-        cut: it says so first)."""
-        getter = asyncio.ensure_future(queue.get())
-        if not stopping.is_set():
-            stopper = asyncio.ensure_future(stopping.wait())
-            await asyncio.wait({getter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            stopper.cancel()
-            if getter.done():
-                return getter.result()
-        loop = asyncio.get_running_loop()
-        if not cut_at:
-            cut_at.append(loop.time() + SHUTDOWN_NOTICE_S)
-        try:
-            return await asyncio.wait_for(getter, max(0.0, cut_at[0] - loop.time()))
-        except TimeoutError:
-            return None
+    cutoff = _Cutoff(stopping.is_set)
 
     async def events() -> AsyncIterator[dict[str, str] | str]:
         try:
             for event in sent(first):
                 yield event
             while True:
-                event = await next_event()
+                event = await cutoff.next_event(queue)
                 if event is None:
                     message = "the server is shutting down: the answer ends here, unfinished"
                     cut = (
@@ -1013,4 +1012,4 @@ def _stream(
                 gen.cancel()
 
     return EventSourceResponse(events(), sep="\n", shutdown_event=stopping,
-                               shutdown_grace_period=SHUTDOWN_NOTICE_S + 0.5)  # fmt: skip
+                               shutdown_grace_period=SHUTDOWN_NOTICE_S + STOPPING_POLL_S + 0.5)  # fmt: skip
