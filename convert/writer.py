@@ -165,6 +165,23 @@ def _writing(out_path: Path) -> Iterator[None]:
         raise ConvertError(f"{out_path}: writing failed ({exc.strerror or exc}){hint}") from None
 
 
+def check_loaded(spec: TensorSpec, data: np.ndarray) -> None:
+    """The values a tensor's spec promised: its shape, and no NaN or infinity (which a forward pass turns into NaN
+    logits from the first token that meets them; llama-quantize refuses such blocks too)."""
+    where = spec.origin or spec.name
+    if data.shape != tuple(spec.shape):
+        raise ConvertError(f"{where}: loaded shape {list(data.shape)}, expected {list(spec.shape)}")
+    # a float64 sum of float32 values cannot overflow, so it is finite exactly when every value is
+    if np.isfinite(data.sum(dtype=np.float64)):
+        return
+    bad = ~np.isfinite(data)
+    first = tuple(int(i) for i in np.unravel_index(int(np.argmax(bad)), data.shape))
+    raise ConvertError(
+        f"{where}: {int(bad.sum())} of {data.size} values are NaN or infinite (the first at {list(first)}); "
+        "the checkpoint is damaged or was saved from a diverged run"
+    )
+
+
 def write_gguf(
     out_path: Path,
     specs: Sequence[TensorSpec],
@@ -196,8 +213,8 @@ def write_gguf(
             for spec, qtype, nbytes in zip(specs, types, sizes, strict=True):
                 bar.set_postfix_str(f"{spec.name} {qtype.name}", refresh=False)
                 data = spec.load()
-                if not spec.encoded and data.shape != tuple(spec.shape):
-                    raise ConvertError(f"{spec.origin}: loaded shape {list(data.shape)}, expected {list(spec.shape)}")
+                if not spec.encoded:
+                    check_loaded(spec, data)
                 stored = data if spec.encoded else encode(data, qtype, spec.importance)
                 del data
                 if stored.nbytes != nbytes:

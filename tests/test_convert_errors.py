@@ -110,6 +110,15 @@ def test_misshaped_tensor(tmp_path: Path, work: Path) -> None:
     assert_fails(work, tmp_path, "model.safetensors", "model.layers.0.self_attn.k_proj.weight", "[48, 64]")
 
 
+@pytest.mark.parametrize("bad", [math.nan, math.inf], ids=["nan", "inf"])
+def test_a_weight_that_is_not_finite(tmp_path: Path, work: Path, bad: float) -> None:
+    def edit(state: dict) -> None:
+        state["model.layers.1.self_attn.o_proj.weight"][3, 5] = bad
+
+    edit_weights(work, edit)
+    assert_fails(work, tmp_path, "model.layers.1.self_attn.o_proj.weight", "1 of 4096 values", "[3, 5]")
+
+
 def test_unexpected_tensor(tmp_path: Path, work: Path) -> None:
     edit_weights(work, lambda s: s.update({"model.layers.0.mlp.extra.weight": torch.zeros(4, 4)}))
     assert_fails(work, tmp_path, "model.layers.0.mlp.extra.weight", "unexpected")
