@@ -96,6 +96,11 @@ def convert(
     )
     arch = cls(src, config, open_checkpoint(src), options)
     hp = arch.hparams()
+    if groups is not None and hp.n_expert:
+        raise ConvertError(
+            f"{src}: --groups: neuron groups are for a dense FFN; a mixture of experts ({cls.name}) decodes its chosen "
+            "experts sparsely through the row kernels, without groups"
+        )
     if arch.ffn_activation == "swiglu" and arch.down_layout() == "transposed":
         raise ConvertError(
             f"{src}: --down-layout transposed: a SwiGLU FFN ({cls.name}) is read through its standard down matrix, "
@@ -103,7 +108,14 @@ def convert(
         )
     specs = arch.tensors()
     sparse_keys = arch.metadata()
-    if not any(s.role == ROLE_PREDICTOR for s in specs):
+    has_predictors = any(s.role == ROLE_PREDICTOR for s in specs)
+    if hp.n_expert and has_predictors and arch.down_layout() == "standard":
+        raise ConvertError(
+            f"{src}: --down-layout standard: the sparse decoding of a mixture of experts reads the experts' "
+            "transposed down matrices, without which the predictors would never run; use transposed (the default) "
+            "or both"
+        )
+    if not has_predictors:
         for flag, value in (("--threshold", threshold), ("--pred-type", pred_type)):
             if value is not None:
                 raise ConvertError(f"{src}: {flag} given but the checkpoint has no predictors")

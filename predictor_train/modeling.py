@@ -17,7 +17,12 @@ import torch
 from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from turbosparse.constants import HF_BAMBOO_ARCHITECTURE, HF_BAMBOO_MODEL_TYPE, OTHER_DENSE_FAMILIES
+from turbosparse.constants import (
+    HF_BAMBOO_ARCHITECTURE,
+    HF_BAMBOO_MODEL_TYPE,
+    OTHER_DENSE_FAMILIES,
+    SWIGLU_EXPERTS_DENSE_ONLY,
+)
 from turbosparse.convert.arch.llama import is_llama_layout
 from turbosparse.convert.hparams import read_config
 from turbosparse.errors import TrainingError
@@ -57,6 +62,11 @@ def is_bamboo(config: dict) -> bool:
     return config.get("model_type") == HF_BAMBOO_MODEL_TYPE or HF_BAMBOO_ARCHITECTURE in config.get("architectures", [])
 
 
+def has_experts(config: dict) -> bool:
+    """A mixture of experts: Mixtral's num_local_experts, Qwen-MoE's num_experts."""
+    return bool(config.get("num_local_experts") or config.get("num_experts"))
+
+
 def llama_config(config: dict) -> LlamaConfig:
     """A LlamaConfig for a Llama-layout config dict (bamboo configs carry the same fields)."""
     fields = {k: v for k, v in config.items() if k not in ("model_type", "architectures", "auto_map")}
@@ -91,6 +101,11 @@ def load_causal_lm(model_dir: str | Path, dtype: torch.dtype = torch.float32) ->
     model_dir = Path(model_dir)
     config = read_config(model_dir)
     if not is_bamboo(config):
+        if has_experts(config):
+            raise TrainingError(  # loaded as Llama, the experts would be unexpected tensors
+                f"{model_dir / 'config.json'}: relufy, imatrix and train-predictors take dense Llama-family models; "
+                f"{SWIGLU_EXPERTS_DENSE_ONLY}"
+            )
         if not is_llama_layout(config):
             kind = config.get("model_type"), config.get("architectures")
             raise TrainingError(  # loaded as Llama, a Qwen2's attention biases would be dropped without a word

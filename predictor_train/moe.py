@@ -31,6 +31,7 @@ from transformers import MixtralConfig, MixtralForCausalLM
 from transformers.models.mixtral.modeling_mixtral import MixtralExperts
 
 from turbosparse.constants import HF_TURBOSPARSE_MIXTRAL_ARCHITECTURE, HF_TURBOSPARSE_MIXTRAL_MODEL_TYPE
+from turbosparse.errors import TrainingError
 from turbosparse.predictor_train.data import read_text, tokenize_text
 from turbosparse.predictor_train.export import TOKENIZER_FILES, fold_thresholds
 from turbosparse.predictor_train.hf_import import load_tokenizer
@@ -182,7 +183,7 @@ def train_moe_predictors(model_dir: Path, data: Path, opts: MoeTrainOptions) -> 
         for e in range(c.num_local_experts):
             x, y = ex.data(i, e)
             if len(x) < MIN_TOKENS:
-                raise ValueError(f"layer {i} expert {e}: {len(x)} calibration tokens routed (at least {MIN_TOKENS} "
+                raise TrainingError(f"layer {i} expert {e}: {len(x)} calibration tokens routed (at least {MIN_TOKENS} "
                                  f"needed): give more text (--tokens)")  # fmt: skip
             n = len(x) if cfg.max_tokens is None else min(cfg.max_tokens, len(x))
             split = LayerData.split(x[:n], y[:n], cfg.val_fraction, cfg.train.input_kind, seed=cfg.train.seed + i)

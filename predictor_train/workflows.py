@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from transformers import LlamaForCausalLM
 
+from turbosparse.constants import SWIGLU_EXPERTS_DENSE_ONLY
 from turbosparse.convert.arch.relu_llama import ReluLlama
 from turbosparse.convert.hparams import read_config
 from turbosparse.errors import InvalidArgumentError
@@ -22,7 +23,7 @@ from turbosparse.predictor_train.distributed import SINGLE, Dist
 from turbosparse.predictor_train.evaluate import EvalConfig, activation_rates, perplexity, predictor_masks
 from turbosparse.predictor_train.export import PredictorSet, save_bamboo, save_powerinfer
 from turbosparse.predictor_train.hf_import import gguf_to_hf, load_model, load_tokenizer
-from turbosparse.predictor_train.modeling import is_bamboo
+from turbosparse.predictor_train.modeling import has_experts, is_bamboo
 from turbosparse.predictor_train.pipeline import PredictorTrainConfig, TrainedPredictors, train_all
 from turbosparse.predictor_train.relufy import RelufyConfig, Targets, relufy
 from turbosparse.predictor_train.report import build_report, write_report
@@ -79,6 +80,8 @@ def check_export_format(model_dir: Path, fmt: str) -> None:
     config = read_config(model_dir)
     if is_bamboo(config):
         return
+    if has_experts(config):
+        raise InvalidArgumentError(f"{model_dir}: {SWIGLU_EXPERTS_DENSE_ONLY}")
     if not ReluLlama.matches(config):
         raise InvalidArgumentError(
             f"{model_dir}: hidden_act {config.get('hidden_act', 'silu')!r} is not a ReLU-family FFN, so there are no "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -706,6 +707,14 @@ def test_files_that_are_not_models(tmp_path, smollm2_path) -> None:
     out = turbosparse("run", "-m", str(bad), "-p", "Hi", "-n", "1")
     assert out.returncode == 1
     assert "could not load the vocabulary: key general.file_type has wrong type str but expected type u32" in out.stderr
+    overlapping = tmp_path / "overlapping.gguf"  # the cause is gguf's reader's line, before the loader's
+    shutil.copyfile(smollm2_path, overlapping)
+    second = gguf.GGUFReader(str(overlapping), "r+").tensors[1]
+    second.field.parts[-1][0] = 0  # its data offset, where the first tensor's data is
+    second.field.parts[-1].flush()
+    out = turbosparse("run", "-m", str(overlapping), "-p", "Hi", "-n", "1")
+    assert out.returncode == 1
+    assert f"could not load the vocabulary: gguf_init_from_reader: tensor '{second.name}' has offset 0" in out.stderr
 
 
 def test_sigterm_removes_the_partial_output(tmp_path, smollm2_path) -> None:

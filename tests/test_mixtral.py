@@ -147,6 +147,13 @@ def test_convert_errors_name_the_tensor_or_key(tmp_path: Path, mixtral_dir: Path
     uneven = turbosparse_mixtral_dir(tmp_path / "uneven", mixtral_dir, [RANK, RANK, 8, RANK])
     with pytest.raises(ConvertError, match=r"experts\.2\.predictor\.fc1\.weight.*rank mismatch between experts"):
         convert(uneven, tmp_path / "x.gguf")
+    narrow = turbosparse_mixtral_dir(tmp_path / "narrow", mixtral_dir, [RANK] * 4)  # the model's size wrong
+    state = load_file(str(narrow / "model.safetensors"))
+    state["model.layers.0.block_sparse_moe.experts.2.predictor.fc2.weight"] = torch.zeros(100, RANK)
+    save_file(state, str(narrow / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ConvertError, match=r"experts\.2\.predictor\.fc2\.weight' has shape \[100, 16\], expected "
+                       r"\[128, 16\]$"):  # fmt: skip
+        convert(narrow, tmp_path / "x.gguf")
     missing = turbosparse_mixtral_dir(tmp_path / "missing", mixtral_dir, [RANK] * 4)
     state = load_file(str(missing / "model.safetensors"))
     del state["model.layers.1.block_sparse_moe.experts.3.w3.weight"]
@@ -161,6 +168,11 @@ def test_convert_errors_name_the_tensor_or_key(tmp_path: Path, mixtral_dir: Path
         (bad / "model.safetensors").symlink_to(mixtral_dir / "model.safetensors")
         with pytest.raises(ConvertError, match=key):
             convert(bad, tmp_path / "x.gguf")
+    ts_dir = turbosparse_mixtral_dir(tmp_path / "ts", mixtral_dir, [RANK] * 4)
+    with pytest.raises(ConvertError, match=r"--groups: neuron groups are for a dense FFN; a mixture of experts"):
+        convert(ts_dir, tmp_path / "x.gguf", groups=32)
+    with pytest.raises(ConvertError, match=r"--down-layout standard: .* transposed down matrices"):
+        convert(ts_dir, tmp_path / "x.gguf", down_layout="standard")
     assert not list(tmp_path.glob("*.gguf"))  # nothing half-written
 
 
@@ -196,3 +208,19 @@ def test_train_predictors_per_expert(tmp_path: Path, smollm2_path: Path) -> None
     dense = Model(out, n_threads=2, n_ctx=128, sparse="off").eval_logits(toks)
     assert (predicted.argmax(-1) == dense.argmax(-1)).mean() >= 0.8
     assert all(a < 0.9 for a in model.stats()["active_fraction"])
+
+
+def test_too_few_tokens_for_an_expert_is_a_training_error(tmp_path: Path, smollm2_path: Path) -> None:
+    """The CLI prints a TurboSparseError in one line (any other exception keeps its traceback, as a bug)."""
+    from turbosparse.assets import shakespeare_dir
+    from turbosparse.errors import TrainingError
+    from turbosparse.predictor_train.moe import MoeTrainOptions, train_moe_predictors
+
+    mixtral_dir = tmp_path / "mixtral"
+    mixtral_model(49152, seed=2).save_pretrained(mixtral_dir)
+    smollm2_tokenizer(mixtral_dir, smollm2_path)
+    plain = turbosparse_mixtral_dir(tmp_path / "plain", mixtral_dir, [])
+    opts = MoeTrainOptions(out=tmp_path / "trained", tokens=16, seq_len=16)
+    with pytest.raises(TrainingError, match=r"layer 0 expert \d: \d+ calibration tokens routed .*--tokens"):
+        train_moe_predictors(plain, shakespeare_dir() / "hamlet_gut.txt", opts)
+    assert not opts.out.exists()

@@ -79,6 +79,17 @@ def test_missing_tensor(tmp_path: Path) -> None:
     assert "missing tensor 'blk.1.attn_q.weight'" in load_error(path)
 
 
+@pytest.mark.parametrize("part", ["fc1", "fc2"])
+def test_a_missing_predictor_tensor_is_named_as_the_file_names_its_predictors(tmp_path: Path, part: str) -> None:
+    """(fc2 was named by PowerInfer's name, blk.0.fc2.weight, in a file of ours; a missing fc1 was a rank mismatch.)"""
+    path = tmp_path / "m.gguf"
+    ranks = {"turbosparse.predictor_ranks": [16] * CFG.n_layer}  # as convert writes them
+    write_gguf(
+        path, CFG, random_weights(CFG, predictor_rank=16), extra_kv=ranks, skip=(f"blk.0.ffn_pred_{part}.weight",)
+    )
+    assert f"missing tensor 'blk.0.ffn_pred_{part}.weight'" in load_error(path)
+
+
 def test_wrong_shape(tmp_path: Path) -> None:
     weights = random_weights(CFG)
     weights["blk.0.ffn_up.weight"] = weights["blk.0.ffn_up.weight"][:-32]

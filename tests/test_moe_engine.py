@@ -158,6 +158,10 @@ def test_model_load_errors_name_the_key_or_tensor(tmp_path: Path) -> None:
     fewer = tmp_path / "fewer.gguf"
     write_gguf(fewer, dataclasses.replace(CFG, n_expert=3), weights)
     assert "ffn_gate_inp.weight" in load_error(fewer)
+    no_fc1 = tmp_path / "no-fc1.gguf"
+    ranks = {"turbosparse.predictor_ranks": [RANK] * CFG.n_layer}  # as convert writes them
+    write_gguf(no_fc1, CFG, weights, extra_kv=ranks, skip=("blk.1.ffn_pred_fc1_exps.weight",))
+    assert "missing tensor 'blk.1.ffn_pred_fc1_exps.weight' (turbosparse.predictor_ranks[1] = 16)" in load_error(no_fc1)
     bad_rank = dict(weights)
     bad_rank["blk.0.ffn_pred_fc2_exps.weight"] = weights["blk.0.ffn_pred_fc2_exps.weight"][:, :, :8].copy()
     write_gguf(tmp_path / "rank.gguf", CFG, bad_rank)

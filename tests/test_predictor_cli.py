@@ -133,6 +133,15 @@ def test_cli_errors_are_clear(tmp_path: Path, texts: tuple[Path, Path], capsys) 
     for fmt in ("bamboo", "powerinfer"):  # said before the collection: a SwiGLU model has no zeros to predict
         assert main(["train-predictors", str(src), "--data", str(texts[0]), "--format", fmt]) == 1
         assert "'silu' is not a ReLU-family FFN" in capsys.readouterr().err
+    experts = tmp_path / "mixtral"  # each command named another that refused a Mixtral, in a circle
+    experts.mkdir()
+    config = json.loads((src / "config.json").read_text())
+    config |= {"model_type": "mixtral", "architectures": ["MixtralForCausalLM"], "num_local_experts": 4}
+    (experts / "config.json").write_text(json.dumps(config))
+    save_word_tokenizer(experts)
+    for command in ("train-predictors", "relufy"):
+        assert main([command, str(experts), "--data", str(texts[0]), "--out", str(tmp_path / "o")]) == 1
+        assert "a mixture of SwiGLU experts (Mixtral, Qwen3-MoE) decodes densely only" in capsys.readouterr().err
     assert main(["relufy", str(tmp_path / "nothing.gguf"), "--data", str(texts[0]), "--out", str(tmp_path / "o")]) == 1
     assert "no such GGUF file" in capsys.readouterr().err
     assert main(["train-predictors", str(src), "--data", str(tmp_path / "none.txt"), "--format", "powerinfer"]) == 1

@@ -196,3 +196,22 @@ def test_a_request_cancelled_while_sampling_leaves_its_slot_once(smollm2_path, m
         gate.set()
         engine.stop()
         model.close()
+
+
+def test_metrics_leave_out_the_rows_read_gauge_where_nothing_counts_it() -> None:
+    """A mixture of experts' stats() give rows_read_fraction None per layer: /metrics said 1 (every row read)."""
+    from types import SimpleNamespace
+
+    from turbosparse.server.metrics import collect
+
+    counters = SimpleNamespace(tokens_predicted=4, step_seconds=0.1, steps=4, busy_slots=4, requests_finished=1,
+                               requests_cancelled=0, requests_rejected=0)  # fmt: skip
+    engine = SimpleNamespace(counters=counters, processing=0, deferred=0)
+
+    def gauges(rows: list[float | None]) -> dict[str, float]:
+        stats = {"rows_read_fraction": rows, "active_fraction": [0.5, 0.25], "prompt_tokens": 8, "prompt_seconds": 0.1}
+        return {m.name: m.value for m in collect(engine, SimpleNamespace(stats=lambda: stats))}
+
+    moe = gauges([None, None])
+    assert "turbosparse:ffn_rows_read_ratio" not in moe and moe["turbosparse:ffn_rows_per_token_ratio"] == 0.375
+    assert gauges([0.5, 0.75])["turbosparse:ffn_rows_read_ratio"] == 0.625

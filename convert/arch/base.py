@@ -119,5 +119,6 @@ def find_architecture(config: dict[str, Any], where: Path) -> type[Architecture]
     raise ConvertError(
         f"{where}: unknown architecture (model_type={kind[0]!r}, architectures={kind[1]!r}); "
         f"supported: {', '.join(_REGISTRY)} (llama.cpp's convert_hf_to_gguf.py writes others; turbosparse runs its "
-        f"llama, qwen2 and qwen3 files and sparsifies them with `turbosparse calibrate`)"
+        f"llama, qwen2 and qwen3 files and sparsifies them with `turbosparse calibrate`, its qwen3moe files "
+        "densely)"
     )

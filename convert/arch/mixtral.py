@@ -104,12 +104,14 @@ class MixtureOfExperts(LlamaFamily):
                 f"{self.source.where(names[extra[0]])}: tensor '{names[extra[0]]}' is expert {extra[0]}, but "
                 f"num_local_experts is {hp.n_expert}"
             )
+        size_axis = {"predictor.fc1": 1, "predictor.fc2": 0}.get(part)  # a predictor's axis of the model's own size
         for e in range(hp.n_expert):
             shape = self.source.shape(names[e])
             if shape != (rows, cols):
+                rank_only = size_axis is not None and len(shape) == 2 and shape[size_axis] == (rows, cols)[size_axis]
                 raise ConvertError(
                     f"{self.source.where(names[e])}: tensor '{names[e]}' has shape {list(shape)}, expected "
-                    f"{[rows, cols]}" + (" (predictor rank mismatch between experts)" if "predictor" in part else "")
+                    f"{[rows, cols]}" + (" (predictor rank mismatch between experts)" if rank_only else "")
                 )
         load = self.source.load
 

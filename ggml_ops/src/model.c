@@ -927,7 +927,11 @@ static int plan_specs(const ts_model *m, plan *p, void *base, const tensor_spec 
         const tensor_spec *s = &specs[i];
         const int gate_rows = d->v[DIM_RANK] > 0 && !m->dense_gate;
         const enum tensor_role role = s->role != ROLE_GATE ? s->role : gate_rows ? ROLE_ROWS : ROLE_MATRIX;
-        const char *fmt = s->alt_name != NULL && find_layer_tensor(m, s->name, layer) == NULL ? s->alt_name : s->name;
+        const char *fmt = s->name;
+        if (s->alt_name != NULL && find_layer_tensor(m, s->name, layer) == NULL &&
+            (m->info.is_powerinfer || find_layer_tensor(m, s->alt_name, layer) != NULL)) {
+            fmt = s->alt_name; /* a missing tensor is named as the file's own kind names it */
+        }
         binding *b = plan_add(p, role, (struct ggml_tensor **)((char *)base + s->slot), fmt, layer);
         if (b == NULL) {
             return ts_set_error(err, err_size, "out of memory");
@@ -1022,7 +1026,12 @@ static int check_predictor_ranks(ts_model *m, char *err, size_t err_size) {
     }
     int rc = ts_gguf_get_arr_i64(m->file, TS_KEY_PREDICTOR_RANKS, declared, m->info.n_layer, 0, err, err_size);
     for (int il = 0; rc == 0 && il < m->info.n_layer; il++) {
-        if (declared[il] != m->pred_rank[il]) {
+        if (declared[il] > 0 && m->pred_rank[il] == 0) { /* the rank is fc1's: without it, name the tensor */
+            char name[GGML_MAX_NAME];
+            snprintf(name, sizeof(name), m->info.n_expert > 0 ? TS_TENSOR_PRED_FC1_EXPS : TS_TENSOR_PRED_FC1, il);
+            rc = ts_set_error(err, err_size, "%s: missing tensor '%s' (%s[%d] = %lld)", m->file->path, name,
+                              TS_KEY_PREDICTOR_RANKS, il, (long long)declared[il]);
+        } else if (declared[il] != m->pred_rank[il]) {
             rc = ts_set_error(err, err_size, "%s: %s[%d] = %lld but layer %d's predictor has rank %d", m->file->path,
                               TS_KEY_PREDICTOR_RANKS, il, (long long)declared[il], il, m->pred_rank[il]);
         }

@@ -10,6 +10,11 @@ from typing import Final
 ARCHITECTURE: Final = "llama"  # general.architecture of every backbone we write (Llama, Mistral, bamboo)
 # the dense families the engine runs (and calibrate makes sparse) that the Llama-only training code does not take
 OTHER_DENSE_FAMILIES: Final = "Mistral 3, Phi-3 and 4, SmolLM3, Granite, Qwen2, Qwen3, Gemma 2 and 3"
+# what a SwiGLU mixture of experts can do here, said where a command that does not take experts is asked
+SWIGLU_EXPERTS_DENSE_ONLY: Final = (
+    "a mixture of SwiGLU experts (Mixtral, Qwen3-MoE) decodes densely only: neither relufy nor calibrate takes "
+    "experts (a TurboSparse-Mixtral checkpoint's dReLU experts take train-predictors)"
+)
 FORMAT_VERSION: Final = 1
 
 # ---- metadata keys ---------------------------------------------------------------------------------

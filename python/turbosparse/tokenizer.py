@@ -131,9 +131,11 @@ class Tokenizer:
                 vocab_path.unlink()
         if not self._model:
             lines = [line.strip() for line in errors if line.strip()]
-            marker = "error loading model: "  # llama.cpp's line naming the cause; the lines after it only say it failed
-            causes = [line.split(marker, 1)[1] for line in lines if marker in line] or lines
-            cause = f": {causes[0]}" if causes else " (run with verbose for its log)"
+            # the first error line names the cause (gguf's reader: the tensor or key); the loader's "error loading
+            # model: " line, first when the loader found it, says it again after what it adds; the rest only say
+            # that loading failed
+            marker = "error loading model: "
+            cause = f": {lines[0].split(marker, 1)[-1]}" if lines else " (run with verbose for its log)"
             raise ModelLoadError(f"{path}: llama.cpp could not load the vocabulary{cause}")
         self._vocab_ptr = llama_cpp.llama_model_get_vocab(self._model)
         self.n_vocab: int = llama_cpp.llama_vocab_n_tokens(self._vocab)

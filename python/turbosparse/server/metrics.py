@@ -26,6 +26,15 @@ def collect(engine: Engine, model: Model) -> list[Metric]:
     rows = [r for r in stats["rows_read_fraction"] if r is not None]  # type: ignore[union-attr]
     active = [a for a in stats["active_fraction"] if a is not None]  # type: ignore[union-attr]
     prompt_tokens, prompt_seconds = float(stats["prompt_tokens"]), float(stats["prompt_seconds"])  # type: ignore[arg-type]
+    # a mixture of experts does not count the union of rows its steps read: no gauge rather than a false 1
+    rows_read = [
+        Metric(
+            "turbosparse:ffn_rows_read_ratio", "gauge",
+            "Share of FFN gate/up rows a forward pass reads (the union over the tokens decoded together), "
+            "averaged over layers.",
+            _ratio(sum(rows), len(rows)),
+        ),
+    ] if rows else []  # fmt: skip
     return [
         Metric("llamacpp:prompt_tokens_total", "counter", "Prompt tokens evaluated.", prompt_tokens),
         Metric("llamacpp:prompt_seconds_total", "counter", "Prompt evaluation time.", prompt_seconds),
@@ -48,12 +57,7 @@ def collect(engine: Engine, model: Model) -> list[Metric]:
         ),
         Metric("llamacpp:requests_processing", "gauge", "Requests in a slot.", engine.processing),
         Metric("llamacpp:requests_deferred", "gauge", "Requests waiting for a slot.", engine.deferred),
-        Metric(
-            "turbosparse:ffn_rows_read_ratio", "gauge",
-            "Share of FFN gate/up rows a forward pass reads (the union over the tokens decoded together), "
-            "averaged over layers.",
-            _ratio(sum(rows), len(rows)) if rows else 1.0,
-        ),
+        *rows_read,
         Metric(
             "turbosparse:ffn_rows_per_token_ratio", "gauge",
             "Share of FFN neurons computed per token, averaged over layers.",
