@@ -54,3 +54,21 @@ def test_vocab_only_copy_is_a_llama_gguf(pair: tuple[Path, Path], tmp_path: Path
     assert "bamboo.block_count" not in reader.fields
     assert reader.fields[KEY_POWERINFER_THRESHOLD].contents() == -0.25
     assert copy.stat().st_size < pwri.stat().st_size / 10
+
+
+def test_a_key_value_section_past_64_mib_is_read_whole(tmp_path: Path) -> None:
+    """(the copy read the file's first 64 MiB and called a longer section truncated)"""
+    import struct
+
+    def string(s: bytes) -> bytes:
+        return struct.pack("<Q", len(s)) + s
+
+    note = b"x" * (65 << 20)
+    kv = [string(b"general.architecture") + struct.pack("<I", 8) + string(b"bamboo"),
+          string(b"general.description") + struct.pack("<I", 8) + string(note),
+          string(b"bamboo.block_count") + struct.pack("<I", 4) + struct.pack("<I", 2)]  # fmt: skip
+    pwri = tmp_path / "big.gguf"
+    pwri.write_bytes(b"PWRI" + struct.pack("<IQQ", 3, 0, len(kv)) + b"".join(kv))
+    reader = gguf.GGUFReader(str(vocab_only_copy(pwri, tmp_path)))
+    assert reader.fields["llama.block_count"].contents() == 2
+    assert len(reader.fields["general.description"].contents()) == len(note)

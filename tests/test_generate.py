@@ -146,6 +146,33 @@ def test_chat_prompt_uses_the_file_template(smollm2_model) -> None:
     assert "<|im_start|>user\nHello<|im_end|>" in prompt
 
 
+@pytest.mark.parametrize(
+    ("source", "said"),
+    [
+        ("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}", "took longer than 0.5 s"),
+        ("{{ 'x' * 10**8 }}", "a repetition of 100000000 items"),
+        ("{{ 7 ** (10 ** 9) }}", "a power of about 3000000000 bits"),
+        ("{% for i in range(100000) %}{{ 'y' * 1000 }}{% endfor %}", "wrote more than 33554432 characters"),
+    ],
+    ids=["loops", "repetition", "power", "output"],
+)
+def test_a_chat_template_that_would_run_for_ever_or_fill_the_memory(monkeypatch, source: str, said: str) -> None:
+    """A template comes with the model file: its rendering is bounded (it hung a chat request, server thread and all,
+    or wrote 100 M characters for the tokenizer), a debugger's tracer is put back, and a real template is unchanged."""
+    import sys
+
+    from turbosparse import chat_template
+    from turbosparse.errors import ChatTemplateError
+
+    monkeypatch.setattr(chat_template, "MAX_RENDER_SECONDS", 0.5)
+    tracer = sys.gettrace()
+    with pytest.raises(ChatTemplateError, match=said):
+        chat_template.ChatTemplate(source).render([{"role": "user", "content": "Hi"}])
+    assert sys.gettrace() is tracer
+    chatml = "{% for m in messages %}<|{{ m.role }}|>{{ m.content * 2 }}{% endfor %}{{ 2 ** 10 }}"
+    assert chat_template.ChatTemplate(chatml).render([{"role": "user", "content": "Hi"}]) == "<|user|>HiHi1024"
+
+
 def test_sampler_filters() -> None:
     logits = np.array([5.0, 4.0, 1.0, 0.0, -3.0])
     assert Sampler(SamplingParams(temperature=0.0)).sample(logits) == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import struct
 from pathlib import Path
@@ -126,6 +127,18 @@ def test_bad_gemma3_files(tmp_path: Path, extra: dict, skip: tuple[str, ...], me
     path = tmp_path / "m.gguf"
     write_gguf(path, GEMMA3, random_weights(GEMMA3), extra_kv=extra, skip=skip)
     assert message in load_error(path)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("rope.scaling.attn_factor", math.nan), ("rope.scaling.attn_factor", 0.0), ("rope.scaling.factor", math.nan),
+     ("rope.scaling.factor", -2.0), ("rope.scaling.factor", math.inf)],
+)  # fmt: skip
+def test_rope_scaling_that_is_not_a_positive_number(tmp_path: Path, key: str, value: float) -> None:
+    """(an attn_factor of NaN loaded, every logit NaN; a factor of NaN or -2 was taken for no scaling)"""
+    path = tmp_path / "m.gguf"
+    write_gguf(path, CFG, random_weights(CFG), extra_kv={f"llama.{key}": value})
+    assert f"llama.{key} must be finite and positive" in load_error(path)
 
 
 def test_a_gemma2_cap_of_zero(tmp_path: Path) -> None:
@@ -454,3 +467,27 @@ def test_a_threshold_no_predictor_reads_is_said(smollm2_path: Path, caplog) -> N
     with caplog.at_level(logging.WARNING), Model(smollm2_path, n_ctx=32, sparse="off", threshold=0.5):
         pass
     assert "the predictor threshold 0.5 has no effect in off mode" in caplog.text
+
+
+def test_head_counts_given_per_layer(tmp_path: Path) -> None:
+    """llama.cpp reads head_count and head_count_kv as a number or an array with one entry per layer (as
+    feed_forward_length): equal entries are the number; entries that differ are refused by name."""
+    from gguf.scripts.gguf_new_metadata import MetadataDetails, copy_with_new_metadata
+
+    source = tmp_path / "m.gguf"
+    write_gguf(source, CFG, random_weights(CFG))
+
+    def per_layer(name: str, **counts: list[int]) -> Path:
+        reader, out = gguf.GGUFReader(str(source)), tmp_path / name
+        writer = gguf.GGUFWriter(str(out), arch="llama")
+        array = gguf.GGUFValueType.ARRAY
+        changes = {f"llama.attention.{k}": MetadataDetails(array, v, sub_type=gguf.GGUFValueType.UINT32)
+                   for k, v in counts.items()}  # fmt: skip
+        copy_with_new_metadata(reader, writer, changes, [])
+        return out
+
+    n = CFG.n_layer
+    same = NativeModel(str(per_layer("same.gguf", head_count=[CFG.n_head] * n, head_count_kv=[CFG.n_head_kv] * n)))
+    assert (same.info.n_head, same.info.n_head_kv) == (CFG.n_head, CFG.n_head_kv)
+    differing = per_layer("differing.gguf", head_count_kv=[CFG.n_head_kv] * (n - 1) + [1])
+    assert f"'llama.attention.head_count_kv' differs between layers ({CFG.n_head_kv} vs 1)" in load_error(differing)

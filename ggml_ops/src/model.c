@@ -141,28 +141,32 @@ static int get_arch_f32(const ts_model *m, const char *suffix, float *out, int r
     return ts_gguf_get_f32(m->file, key, out, required, err, err_size);
 }
 
-/* feed_forward_length is a number, or an array with one (here: equal) entry per layer */
-static int load_n_ff(ts_model *m, int64_t *n_ff, char *err, size_t err_size) {
+/*
+ * A size llama.cpp reads per layer (feed_forward_length, head_count, head_count_kv): a number, or an array with one
+ * entry per layer, here all equal. 0; 1 when absent and not required; -1 (err set).
+ */
+static int get_arch_layer_i64(const ts_model *m, const char *suffix, int64_t *out, int required, char *err,
+                              size_t err_size) {
     char key[160];
-    arch_key(key, sizeof(key), m->arch, TS_ARCH_KEY_FEED_FORWARD_LENGTH);
+    arch_key(key, sizeof(key), m->arch, suffix);
     const ts_gguf_kv *kv = ts_gguf_find_kv(m->file, key);
-    if (kv != NULL && kv->type == TS_GGUF_ARRAY) {
-        int64_t *v = malloc(sizeof(int64_t) * (size_t)m->info.n_layer);
-        if (v == NULL) {
-            return ts_set_error(err, err_size, "out of memory");
-        }
-        int rc = ts_gguf_get_arr_i64(m->file, key, v, m->info.n_layer, 1, err, err_size);
-        for (int i = 1; rc == 0 && i < m->info.n_layer; i++) {
-            if (v[i] != v[0]) {
-                rc = ts_set_error(err, err_size, "%s: '%s' differs between layers (%lld vs %lld): not supported",
-                                  m->file->path, key, (long long)v[0], (long long)v[i]);
-            }
-        }
-        *n_ff = v[0];
-        free(v);
-        return rc;
+    if (kv == NULL || kv->type != TS_GGUF_ARRAY) {
+        return ts_gguf_get_i64(m->file, key, out, required, err, err_size);
     }
-    return ts_gguf_get_i64(m->file, key, n_ff, 1, err, err_size);
+    int64_t *v = malloc(sizeof(int64_t) * (size_t)m->info.n_layer);
+    if (v == NULL) {
+        return ts_set_error(err, err_size, "out of memory");
+    }
+    int rc = ts_gguf_get_arr_i64(m->file, key, v, m->info.n_layer, 1, err, err_size);
+    for (int i = 1; rc == 0 && i < m->info.n_layer; i++) {
+        if (v[i] != v[0]) {
+            rc = ts_set_error(err, err_size, "%s: '%s' differs between layers (%lld vs %lld): not supported",
+                              m->file->path, key, (long long)v[0], (long long)v[i]);
+        }
+    }
+    *out = v[0];
+    free(v);
+    return rc < 0 ? -1 : 0;
 }
 
 static int check_positive(const ts_model *m, const char *what, int64_t v, int64_t max, char *err, size_t err_size) {
@@ -273,7 +277,7 @@ static int load_rope(ts_model *m, int32_t yarn_keys, char *err, size_t err_size)
         return ts_set_error(err, err_size, "%s: rope scaling type '%s' is not supported (none, linear or yarn)",
                             m->file->path, type);
     }
-    if (strcmp(type, "none") != 0 && factor > 0.0f) {
+    if (strcmp(type, "none") != 0 && factor != 0.0f) { /* 0 stands for none, as in llama.cpp; NaN or < 0 fail below */
         in->rope_freq_scale = 1.0f / factor;
     }
     if (!(in->rope_freq_base > 0.0f) || !isfinite(in->rope_freq_base)) {
@@ -289,6 +293,10 @@ static int load_rope(ts_model *m, int32_t yarn_keys, char *err, size_t err_size)
     m->rope_attn_factor = 1.0f; /* rope.scaling.attn_factor: llama.cpp scales the magnitude by it whatever the type */
     if (get_arch_f32(m, TS_ARCH_KEY_ROPE_SCALING_ATTN_FACTOR, &m->rope_attn_factor, 0, err, err_size) < 0) {
         return -1;
+    }
+    if (!(m->rope_attn_factor > 0.0f) || !isfinite(m->rope_attn_factor)) {
+        return ts_set_error(err, err_size, "%s: %s." TS_ARCH_KEY_ROPE_SCALING_ATTN_FACTOR " must be finite and positive",
+                            m->file->path, m->arch);
     }
     /* the original context, read whatever the scaling (as llama.cpp's hparams: the training context when absent) */
     int64_t orig = in->n_ctx_train;
@@ -597,16 +605,17 @@ static int load_hparams(ts_model *m, char *err, size_t err_size) {
         return -1;
     }
     in->n_embd = (int32_t)v;
-    if (load_n_ff(m, &v, err, err_size) || check_positive(m, TS_ARCH_KEY_FEED_FORWARD_LENGTH, v, 1 << 22, err, err_size)) {
+    if (get_arch_layer_i64(m, TS_ARCH_KEY_FEED_FORWARD_LENGTH, &v, 1, err, err_size) ||
+        check_positive(m, TS_ARCH_KEY_FEED_FORWARD_LENGTH, v, 1 << 22, err, err_size)) {
         return -1;
     }
     in->n_ff = (int32_t)v;
-    if (get_arch_i64(m, TS_ARCH_KEY_HEAD_COUNT, &v, 1, err, err_size) ||
+    if (get_arch_layer_i64(m, TS_ARCH_KEY_HEAD_COUNT, &v, 1, err, err_size) ||
         check_positive(m, TS_ARCH_KEY_HEAD_COUNT, v, 4096, err, err_size)) {
         return -1;
     }
     in->n_head = (int32_t)v;
-    int rc = get_arch_i64(m, TS_ARCH_KEY_HEAD_COUNT_KV, &v, 0, err, err_size);
+    int rc = get_arch_layer_i64(m, TS_ARCH_KEY_HEAD_COUNT_KV, &v, 0, err, err_size);
     if (rc < 0) {
         return -1;
     }

@@ -8,7 +8,10 @@ from __future__ import annotations
 import ctypes
 import datetime
 import json
-from collections.abc import Mapping, Sequence
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from types import FrameType
 from typing import Any
 
 import jinja2
@@ -68,11 +71,57 @@ def checked_variables(variables: Mapping[str, Any]) -> dict[str, Any]:
     return dict(variables)
 
 
+# A template comes with the model file: these bound what one rendering may cost (real ones take milliseconds and
+# write what the messages hold; no context holds a prompt of 32 Mi characters)
+MAX_RENDER_SECONDS = 10.0
+MAX_PROMPT_CHARS = 1 << 25
+_MAX_POWER_BITS = 1 << 16
+
+
+def _repeated_length(left: Any, right: Any) -> int:
+    """The length of `left * right` where it repeats a string or list, else 0."""
+    for seq, times in ((left, right), (right, left)):
+        if isinstance(seq, str | list | tuple) and isinstance(times, int):
+            return len(seq) * times
+    return 0
+
+
+class _BoundedSandbox(jinja2.sandbox.ImmutableSandboxedEnvironment):
+    """Jinja2's sandbox, with `*` and `**` checked before they run: the one operation that makes a string of
+    10**10 characters, or an integer of 10**10 digits, cannot be stopped once started."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context: jinja2.runtime.Context, operator: str, left: Any, right: Any) -> Any:
+        if operator == "*" and _repeated_length(left, right) > MAX_PROMPT_CHARS:
+            raise jinja2.sandbox.SecurityError(f"a repetition of {_repeated_length(left, right)} items")
+        if operator == "**" and isinstance(left, int) and isinstance(right, int) and right > 0:
+            if abs(left).bit_length() * right > _MAX_POWER_BITS:
+                raise jinja2.sandbox.SecurityError(f"a power of about {abs(left).bit_length() * right} bits")
+        return super().call_binop(context, operator, left, right)
+
+
+def _deadline_tracer(seconds: float) -> Callable[[FrameType, str, Any], Any]:
+    """A sys.settrace tracer that raises in the template's own code (Jinja2 compiles it to Python named
+    "<template>") once `seconds` have passed: loops that write nothing are stopped too."""
+    deadline = time.monotonic() + seconds
+
+    def in_template(frame: FrameType, event: str, arg: Any) -> Any:
+        if event == "line" and time.monotonic() > deadline:
+            raise ChatTemplateError(f"the chat template took longer than {seconds:g} s to render")
+        return in_template
+
+    def on_call(frame: FrameType, event: str, arg: Any) -> Any:
+        return in_template if frame.f_code.co_filename == "<template>" else None
+
+    return on_call
+
+
 class ChatTemplate:
     """A compiled chat template. bos_token / eos_token: the texts of the model's special tokens."""
 
     def __init__(self, source: str, *, bos_token: str = "", eos_token: str = "") -> None:
-        env = jinja2.sandbox.ImmutableSandboxedEnvironment(
+        env = _BoundedSandbox(
             trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols, _GenerationTag]
         )
         env.globals.update(_GLOBALS)
@@ -112,10 +161,25 @@ class ChatTemplate:
             "bos_token": self.bos_token,
             "eos_token": self.eos_token,
         }
+        previous = sys.gettrace()  # a debugger's, put back after
+        sys.settrace(_deadline_tracer(MAX_RENDER_SECONDS))
         try:
-            return self._template.render(context)
+            return self._bounded_text(context)
+        except ChatTemplateError:
+            raise
         except Exception as exc:  # whatever the template makes of the messages (a TypeError on a None, ...)
             raise ChatTemplateError(f"the chat template refused the messages: {exc}") from None
+        finally:
+            sys.settrace(previous)
+
+    def _bounded_text(self, context: dict[str, Any]) -> str:
+        parts, size = [], 0
+        for part in self._template.generate(context):
+            size += len(part)
+            if size > MAX_PROMPT_CHARS:
+                raise ChatTemplateError(f"the chat template wrote more than {MAX_PROMPT_CHARS} characters")
+            parts.append(part)
+        return "".join(parts)
 
 
 def builtin_template_names() -> list[str]:

@@ -8,6 +8,7 @@ key (tokenizer.*, general.*, powerinfer.*) byte for byte. The weights are never 
 
 from __future__ import annotations
 
+import mmap
 import os
 import struct
 import tempfile
@@ -26,8 +27,8 @@ def is_powerinfer(path: str | os.PathLike[str]) -> bool:
 
 
 class _Reader:
-    def __init__(self, data: bytes, path: str) -> None:
-        self.data, self.pos, self.path = data, 0, path
+    def __init__(self, data: bytes | mmap.mmap, path: str, pos: int = 0) -> None:
+        self.data, self.pos, self.path = data, pos, path
 
     def take(self, n: int) -> bytes:
         if n < 0 or self.pos + n > len(self.data):
@@ -65,6 +66,22 @@ def _pack_string(s: bytes) -> bytes:
     return struct.pack("<Q", len(s)) + s
 
 
+def _key_values(r: _Reader, n_kv: int) -> tuple[bytes, list[tuple[bytes, int, bytes]]]:
+    """The file's architecture name, and its other keys: (key, value type, value bytes as stored)."""
+    entries: list[tuple[bytes, int, bytes]] = []
+    arch = b"llama"
+    for _ in range(n_kv):
+        key, vtype = r.string(), r.u32()
+        start = r.pos
+        r.skip_value(vtype)
+        value = r.data[start : r.pos]
+        if key == b"general.architecture":
+            arch = value[8:]
+            continue
+        entries.append((key, vtype, value))
+    return arch, entries
+
+
 def vocab_only_copy(path: str | os.PathLike[str], out_dir: str | os.PathLike[str] | None = None) -> Path:
     """The key/value section of a PWRI file as a tensor-less llama GGUF (a temporary file unless out_dir)."""
     path = os.fspath(path)
@@ -73,20 +90,8 @@ def vocab_only_copy(path: str | os.PathLike[str], out_dir: str | os.PathLike[str
         if len(head) < 24 or head[:4] != PWRI_MAGIC:
             raise ValueError(f"{path}: not a PowerInfer PWRI file")
         version, _, n_kv = struct.unpack("<IQQ", head[4:])
-        # the key/value section is small next to the weights; read generously, then exactly
-        data = f.read(64 << 20)
-    r = _Reader(data, path)
-    entries: list[tuple[bytes, int, bytes]] = []
-    arch = b"llama"
-    for _ in range(n_kv):
-        key, vtype = r.string(), r.u32()
-        start = r.pos
-        r.skip_value(vtype)
-        value = data[start : r.pos]
-        if key == b"general.architecture":
-            arch = value[8:]
-            continue
-        entries.append((key, vtype, value))
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:  # only the key/value section is read
+            arch, entries = _key_values(_Reader(data, path, 24), n_kv)
     body = [_pack_string(b"general.architecture") + struct.pack("<I", _STRING) + _pack_string(b"llama")]
     prefix = arch + b"."
     for key, vtype, value in entries:
