@@ -550,6 +550,33 @@ def test_llama_cli_prompt_conventions(tmp_path, smollm2_path) -> None:
     assert counted.returncode == 0 and counted.stdout == "Count: 1, 2, 3, 4, 5, 6\n", counted.stdout
     taken = turbosparse(*base, "-p", "Hi", "-n", "1", "--jinja", "-tb", "2", "-co", "-no-perf", "-mli", "-sp")
     assert taken.returncode == 0 and "--threads-batch has no effect here" in taken.stderr, taken.stderr
+    off = [
+        "--mirostat",
+        "0",
+        "--typical",
+        "1.0",
+        "--top-nsigma",
+        "-1",
+        "--xtc-probability",
+        "0",
+        "--dry-multiplier",
+        "0",
+        "--dynatemp-range",
+        "0",
+        "--mirostat-lr",
+        "0.1",
+        "--dry-sequence-breaker",
+        "none",
+        "--samplers",
+        "k;t",
+    ]
+    taken = turbosparse(*base, "-p", "Hi", "-n", "1", *off)  # llama.cpp's samplers not here: a command line naming
+    assert taken.returncode == 0 and taken.stdout == turbosparse(*base, "-p", "Hi", "-n", "1").stdout  # them off runs
+    assert "--samplers has no effect here: the samplers run in llama.cpp's default order" in taken.stderr
+    for flag, value, what in (("--mirostat", "2", "mirostat sampling"), ("--typical-p", "0.9", "locally typical"),
+                              ("--dry-multiplier", "0.8", "DRY sampling")):  # fmt: skip
+        asked = turbosparse(*base, "-p", "Hi", "-n", "1", flag, value)
+        assert asked.returncode == 2 and f"{value}: {what}" in asked.stderr and "not implemented here" in asked.stderr
     hub = turbosparse("run", "-hf", "bartowski/SmolLM2-GGUF")  # read as -h f before: the help, and exit 0
     assert hub.returncode == 2 and "-hf bartowski/SmolLM2-GGUF: models are not downloaded here" in hub.stderr
 
@@ -805,9 +832,12 @@ def test_llama_server_command_lines_run_as_they_are(smollm2_path, tmp_path, caps
     from turbosparse.server.app import create_app
     from turbosparse.server.config import ServerConfig
 
+    with pytest.raises(SystemExit):  # llama.cpp's samplers not implemented here: refused unless off
+        build_parser().parse_args(["serve", "-m", str(smollm2_path), "--xtc-probability", "0.5"])
+    assert "0.5: XTC sampling is not implemented here" in capsys.readouterr().err
     args = build_parser().parse_args(["serve", "-m", str(smollm2_path), "--jinja", "-ngl", "99", "-ub", "256",
                                       "--no-mmap", "--metrics", "--temp", "0", "--top-k", "1", "-n", "5",
-                                      "-s", "-1"])  # fmt: skip
+                                      "-s", "-1", "--mirostat", "0", "--typical", "1"])  # fmt: skip
     with caplog.at_level(logging.INFO):
         note_no_effect(args)
     noted = [r.getMessage().split(": ")[1] for r in caplog.records]

@@ -223,8 +223,12 @@ def test_the_sampler_takes_extreme_parameters_and_refuses_what_is_not_a_number()
         for value in (float("nan"), float("inf")):
             with pytest.raises(InvalidArgumentError, match=f"{field} must be a finite number"):
                 SamplingParams(**{field: value})
-    with pytest.raises(InvalidArgumentError, match="seed"):
-        SamplingParams(seed=-3)
+    assert SamplingParams(seed=-1).seed is None and SamplingParams(seed=-3).seed == 2**32 - 3  # llama.cpp's uint32
+    whole = SamplingParams(top_k=40.0, repeat_last_n=64.0, seed=7.0)  # as a JSON or YAML setting gives them
+    assert (whole.top_k, whole.repeat_last_n, whole.seed) == (40, 64, 7) and isinstance(whole.top_k, int)
+    for field, value in (("top_k", 40.5), ("repeat_last_n", "64"), ("seed", 1.5)):
+        with pytest.raises(InvalidArgumentError, match=f"{field} must be a whole number"):
+            SamplingParams(**{field: value})
     for bad in (np.nan, np.inf):
         broken = logits.copy()
         broken[3] = bad

@@ -36,7 +36,7 @@ class SamplingParams:
     # whether the recent tokens include the prompt's (llama.cpp, llama-server) or only generated ones
     # (llama-cpp-python's Llama, whose sampler sees only what it sampled)
     penalize_prompt: bool = True
-    seed: int | None = None  # None: a fresh random seed
+    seed: int | None = None  # None (or -1): a fresh random seed; other negative seeds as llama.cpp's uint32 reads them
     logit_bias: Mapping[int, float] | None = None  # token id -> added to its logit, first (-inf: never sampled)
 
     def __post_init__(self) -> None:
@@ -44,8 +44,14 @@ class SamplingParams:
             value = getattr(self, f.name)
             if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral) and not math.isfinite(value):
                 raise InvalidArgumentError(f"{f.name} must be a finite number, got {value}")
-        if self.seed is not None and self.seed < 0:
-            raise InvalidArgumentError(f"seed must be >= 0 (None: a fresh random one), got {self.seed}")
+        for name in ("top_k", "repeat_last_n", "seed"):  # 40.0 from a JSON or YAML setting is 40
+            value = getattr(self, name)
+            if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral) and value.is_integer():
+                object.__setattr__(self, name, int(value))
+            elif not (isinstance(value, numbers.Integral) or (name == "seed" and value is None)):
+                raise InvalidArgumentError(f"{name} must be a whole number, got {value!r}")
+        if self.seed is not None and self.seed < 0:  # llama.cpp's seeds are uint32: -1 is its "random"
+            object.__setattr__(self, "seed", None if self.seed == -1 else self.seed % 2**32)
         if self.top_p < 0.0:  # 0: the best token alone, as llama.cpp's top-p keeps one at least
             raise InvalidArgumentError(f"top_p must be >= 0 (>= 1 turns it off), got {self.top_p}")
         if self.min_p > 1.0:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -67,7 +67,29 @@ NO_EFFECT_FLAGS: tuple[NoEffectFlag, ...] = (
     (("--log-prefix",), 0, "the log's lines have no prefix", False),
     (("--log-timestamps",), 0, "the log's lines have no timestamps", False),
     (("-lv", "--verbosity", "--log-verbosity"), 1, "the log is short, or llama.cpp's with --verbose", False),
+    # the parameters of the samplers not implemented here (UNSUPPORTED_SAMPLERS), which are off unless asked for
+    (("--mirostat-lr",), 1, "mirostat sampling is not implemented here (--mirostat)", False),
+    (("--mirostat-ent",), 1, "mirostat sampling is not implemented here (--mirostat)", False),
+    (("--xtc-threshold",), 1, "XTC sampling is not implemented here (--xtc-probability)", False),
+    (("--dry-base",), 1, "DRY sampling is not implemented here (--dry-multiplier)", False),
+    (("--dry-allowed-length",), 1, "DRY sampling is not implemented here (--dry-multiplier)", False),
+    (("--dry-penalty-last-n",), 1, "DRY sampling is not implemented here (--dry-multiplier)", False),
+    (("--dry-sequence-breaker",), 1, "DRY sampling is not implemented here (--dry-multiplier)", False),
+    (("--dynatemp-exp",), 1, "dynamic temperature is not implemented here (--dynatemp-range)", False),
+    (("--sampling-seq", "--sampler-seq", "--samplers"), 1,
+     "the samplers run in llama.cpp's default order: logit bias, penalties, top-k, top-p, min-p, temperature", True),
 )  # fmt: skip
+# llama.cpp's samplers not implemented here: (names, the value that turns it off, what it is); taken at that value (a
+# llama.cpp command line that names it off runs as it is), refused at any other
+UnsupportedSampler = tuple[tuple[str, ...], float, str]
+UNSUPPORTED_SAMPLERS: tuple[UnsupportedSampler, ...] = (
+    (("--mirostat",), 0.0, "mirostat sampling"),
+    (("--typical", "--typical-p"), 1.0, "locally typical sampling"),
+    (("--top-nsigma", "--top-n-sigma"), -1.0, "top-n-sigma sampling"),
+    (("--xtc-probability",), 0.0, "XTC sampling"),
+    (("--dry-multiplier",), 0.0, "DRY sampling"),
+    (("--dynatemp-range",), 0.0, "dynamic temperature"),
+)
 
 
 def _dest(names: tuple[str, ...]) -> str:
@@ -81,7 +103,30 @@ def add_llama_server_flags(p: argparse.ArgumentParser) -> None:
         note = " (-1: no limit)" if field == "max_tokens" else " (-1: random)" if field == "seed" else ""
         sampling.add_argument(*names, dest=_dest(names), type=kind, default=None, metavar="N",
                               help=f"the default {field}{note}")  # fmt: skip
+    add_unsupported_samplers(p)
     add_no_effect_flags(p, NO_EFFECT_FLAGS, "llama-server's flags taken with no effect here (a note says why)")
+
+
+def add_unsupported_samplers(p: argparse.ArgumentParser) -> None:
+    """llama.cpp's samplers not implemented here: taken at the value that turns them off, a usage error at others."""
+    taken = p.add_argument_group(
+        "llama.cpp's samplers not implemented here: taken only at the value that turns them off"
+    )
+    for names, off, what in UNSUPPORTED_SAMPLERS:
+        taken.add_argument(*names, dest=_dest(names), type=_off_only(off, what), default=None, metavar="N",
+                           help=f"{what}: {off:g} only (off)")  # fmt: skip
+
+
+def _off_only(off: float, what: str) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        if float(text) != off:
+            raise argparse.ArgumentTypeError(
+                f"{text}: {what} is not implemented here ({off:g} turns it off; the samplers are temperature, top-k, "
+                "top-p, min-p, the penalties, logit bias and grammars)"
+            )
+        return off
+
+    return parse
 
 
 def add_no_effect_flags(p: argparse.ArgumentParser, flags: Sequence[NoEffectFlag], title: str) -> None:

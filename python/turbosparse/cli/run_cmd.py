@@ -14,7 +14,13 @@ from typing import Any
 from turbosparse.binding import CACHE_TYPES, SparseMode, find_device
 from turbosparse.chat_template import chat_template_from, checked_variables
 from turbosparse.cli.conversation import Conversation, converse, is_utf8, read_message
-from turbosparse.cli.llama_server_flags import NO_EFFECT_FLAGS, NoEffectFlag, add_no_effect_flags, note_no_effect
+from turbosparse.cli.llama_server_flags import (
+    NO_EFFECT_FLAGS,
+    NoEffectFlag,
+    add_no_effect_flags,
+    add_unsupported_samplers,
+    note_no_effect,
+)
 from turbosparse.cli.prompt_cache import PromptCache
 from turbosparse.default import default_model
 from turbosparse.errors import ChatTemplateError, InvalidArgumentError
@@ -36,7 +42,9 @@ class NoHubDownloads(argparse.Action):
 # llama-cli's flags that change nothing here: llama-server's that llama-cli shares, and its own (the shape of
 # llama_server_flags.NO_EFFECT_FLAGS); taken, so that a llama-cli command line runs, and named in a note
 _SHARED_WITH_LLAMA_SERVER = ("--jinja", "--no-jinja", "-tb", "-ub", "--no-mmap", "--mlock", "--no-warmup",
-                             "--log-disable")  # fmt: skip
+                             "--log-disable", "--mirostat-lr", "--mirostat-ent", "--xtc-threshold", "--dry-base",
+                             "--dry-allowed-length", "--dry-penalty-last-n", "--dry-sequence-breaker", "--dynatemp-exp",
+                             "--sampling-seq")  # fmt: skip
 LLAMA_CLI_NO_EFFECT: tuple[NoEffectFlag, ...] = (
     *(f for f in NO_EFFECT_FLAGS if f[0][0] in _SHARED_WITH_LLAMA_SERVER),
     (("-co", "--color"), "?", "the text is not coloured", False),
@@ -299,6 +307,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     constraint.add_argument(
         "-jf", "--json-schema-file", type=Path, default=None, help="read the JSON schema from a file"
     )
+    add_unsupported_samplers(p)
     add_no_effect_flags(p, LLAMA_CLI_NO_EFFECT, "llama-cli's flags taken with no effect here (a note says why)")
     p.set_defaults(func=run)
 
