@@ -15,6 +15,7 @@ at the step it was in.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import fcntl
 import json
@@ -383,8 +384,14 @@ def gguf_path(recipe: Recipe = Recipe(), root: Path | None = None) -> Path:
     return (root or cache_dir(recipe)) / default_model_file(recipe.outtype)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     """Builds (or finds cached) the default model's GGUF and prints its path."""
+    parser = argparse.ArgumentParser(
+        prog="python -m turbosparse.predictor_train.default_model",
+        description="Builds the default model once (30-40 minutes on 2 cores; resumable) and prints its GGUF's path; "
+        "with it built, prints the path at once. `turbosparse run -m default` builds it the same way.",
+    )
+    parser.parse_args(argv)  # --help says what this does before a long build starts
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     print(build_gguf())
     return 0

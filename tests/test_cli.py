@@ -896,6 +896,11 @@ def test_llama_server_command_lines_run_as_they_are(smollm2_path, tmp_path, caps
         assert (response["max_output_tokens"], response["usage"]["output_tokens"]) == (5, 5)
         native = client.post("/completion", json={"prompt": "Once upon a time", "n_predict": 2}).json()
         assert native["tokens_predicted"] == 2
+        for form in ("application/x-www-form-urlencoded", "text/plain; charset=utf-8"):  # `curl -d`: as llama-server
+            sent = client.post("/tokenize", content='{"content": "Hello"}', headers={"content-type": form})
+            assert sent.status_code == 200 and sent.json()["tokens"] == [19556], sent.text
+        params = client.get("/props").json()["default_generation_settings"]["params"]  # what requests get
+        assert (params["temperature"], params["top_k"], params["n_predict"]) == (0.0, 1, 5)
         assert (
             client.post("/v1/completions", json={"prompt": "Once upon a time"}).json()["usage"]["completion_tokens"]
             == 5

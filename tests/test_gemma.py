@@ -260,3 +260,29 @@ def test_a_model_keeps_what_its_window_cache_holds_and_evaluates_the_rest_again(
                 model.evaluate(user, prompt + answer[:i])
             assert evaluated(model, user, next_turn, want["next_turn"]) == len(next_turn) - 640
             assert evaluated(model, user, branch, want["branch"]) == len(branch) - (64 if swa_full else 0)
+
+
+def test_the_real_gemma3_loads_quietly() -> None:
+    """llama.cpp logs a vocabulary oddity it loads anyway at error level ("control-looking token: 212 '</s>' was not
+    control-type"): said with -v, as llama-cpp-python's Llama says it with verbose only."""
+    import subprocess
+    import sys
+
+    command = [
+        sys.executable,
+        "-m",
+        "turbosparse",
+        "run",
+        "-m",
+        str(gemma3_gguf()),
+        "-p",
+        "Hi",
+        "-n",
+        "2",
+        "--temp",
+        "0",
+    ]
+    quiet = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert quiet.returncode == 0 and quiet.stderr.startswith("prompt: "), quiet.stderr
+    told = subprocess.run([*command, "-v"], capture_output=True, text=True, timeout=300)
+    assert told.returncode == 0 and "control-looking token" in told.stderr

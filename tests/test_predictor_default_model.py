@@ -150,3 +150,15 @@ def test_a_damaged_cached_model_is_converted_again(tmp_path: Path, monkeypatch) 
         default_module.default_model()
     monkeypatch.setenv("TURBOSPARSE_CACHE", "~/somewhere")
     assert default_model_dir().is_absolute() and "~" not in str(default_model_dir())
+
+
+def test_help_says_what_the_build_does_without_starting_it(monkeypatch, capsys) -> None:
+    """(`--help` was ignored: the 30-40 minute build began)"""
+
+    def no_build() -> Path:
+        raise AssertionError("the build started")
+
+    monkeypatch.setattr(default_model, "build_gguf", no_build)
+    with pytest.raises(SystemExit) as info:
+        default_model.main(["--help"])
+    assert info.value.code == 0 and "Builds the default model once" in capsys.readouterr().out

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from turbosparse.constants import OTHER_DENSE_FAMILIES
 from turbosparse.convert.hparams import HParams
 from turbosparse.convert.source import TensorSource
 from turbosparse.errors import ConvertError
@@ -118,7 +119,7 @@ def find_architecture(config: dict[str, Any], where: Path) -> type[Architecture]
         )
     raise ConvertError(
         f"{where}: unknown architecture (model_type={kind[0]!r}, architectures={kind[1]!r}); "
-        f"supported: {', '.join(_REGISTRY)} (llama.cpp's convert_hf_to_gguf.py writes others; turbosparse runs its "
-        f"llama, qwen2 and qwen3 files and sparsifies them with `turbosparse calibrate`, its qwen3moe files "
+        f"supported: {', '.join(_REGISTRY)} (llama.cpp's convert_hf_to_gguf.py writes others: turbosparse runs its "
+        f"files of {OTHER_DENSE_FAMILIES} and sparsifies them with `turbosparse calibrate`, and its Qwen3-MoE files "
         "densely)"
     )

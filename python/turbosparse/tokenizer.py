@@ -37,9 +37,11 @@ _LOG_CALLBACK_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
-def _llama_errors() -> Iterator[list[str]]:
+def _llama_errors(verbose: bool) -> Iterator[list[str]]:
     """The error lines llama.cpp logs from this thread while the block runs, kept to name the cause in our own
-    error; every line still goes to the callback that was installed (llama-cpp-python's, or an application's)."""
+    error; with verbose every line still goes to the callback that was installed (llama-cpp-python's, or an
+    application's), without it none does: llama.cpp logs a file's oddities it loads anyway as errors too (Gemma 3's
+    "control-looking token ... was not control-type"), which llama-cpp-python's Llama(verbose=False) also hides."""
     thread = threading.get_ident()
     errors: list[str] = []
     last_level = [0]
@@ -55,6 +57,8 @@ def _llama_errors() -> Iterator[list[str]]:
                 errors[-1] += line
             if level != GGML_LOG_LEVEL_CONT:
                 last_level[0] = level
+            if not verbose:
+                return
         if previous:
             previous(level, text, previous_data)
         else:  # llama.cpp's own default: the text on stderr
@@ -124,7 +128,7 @@ class Tokenizer:
         except ValueError as exc:
             raise ModelLoadError(str(exc)) from None
         try:
-            with _llama_errors() as errors:
+            with _llama_errors(verbose) as errors:
                 self._model = llama_cpp.llama_model_load_from_file(os.fsencode(vocab_path or path), params)
         finally:
             if vocab_path is not None:

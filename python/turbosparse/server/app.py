@@ -122,6 +122,28 @@ class APIPrefix:
         await self.app(scope, receive, send)
 
 
+class JsonBodies:
+    """A body sent as a form or plain text is read as JSON, as llama-server reads every body: `curl -d '{...}'` sends
+    application/x-www-form-urlencoded, which FastAPI would hand the routes as bytes (a 400 about a dictionary)."""
+
+    _READ_AS_JSON = (b"application/x-www-form-urlencoded", b"text/plain")
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            headers = [
+                (name, b"application/json" if name == b"content-type" and self._form_or_text(value) else value)
+                for name, value in scope["headers"]
+            ]
+            scope = {**scope, "headers": headers}
+        await self.app(scope, receive, send)
+
+    def _form_or_text(self, content_type: bytes) -> bool:
+        return content_type.split(b";")[0].strip().lower() in self._READ_AS_JSON
+
+
 @dataclass
 class ServerState:
     config: ServerConfig
@@ -193,6 +215,7 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
     app.state.stopping = threading.Event()  # set by `serve`'s server when it is told to stop (SIGINT / SIGTERM)
     install_handlers(app)
 
+    app.add_middleware(JsonBodies)
     if config.api_key is not None:
         app.add_middleware(APIKeyCheck, api_key=config.api_key)
     # any origin, as llama-server and llama-cpp-python's server allow: browser front ends call it; outermost, so
@@ -491,8 +514,10 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
     @app.get("/props")
     async def props() -> JSONResponse:
         model, _ = ready()
+        defaults = NativeCompletionRequest(prompt=" ")
+        _take_defaults(defaults, config.sampling_defaults)  # the sampling flags' (--temp, -n, ...), as requests get
         return JSONResponse(
-            native.props(model, model_path=config.model_path, slots=config.parallel, version=__version__)
+            native.props(model, defaults, model_path=config.model_path, slots=config.parallel, version=__version__)
         )
 
     @app.post("/v1/chat/completions")

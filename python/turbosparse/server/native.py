@@ -157,8 +157,11 @@ def _held(gen: Generation) -> int:
     return len(gen.tokens) - (1 if gen.ended_on_new_token else 0) if gen.sequence >= 0 else 0
 
 
-def props(model: Model, *, model_path: str, slots: int, version: str) -> dict[str, Any]:
-    """GET /props: the defaults a request gets, the slots, the model's file, chat template and special tokens."""
+def props(
+    model: Model, defaults: NativeCompletionRequest, *, model_path: str, slots: int, version: str
+) -> dict[str, Any]:
+    """GET /props: the defaults a request gets (a request body with only the server's defaults), the slots, the
+    model's file, chat template and special tokens."""
     try:
         template = model.chat_template
         template_text = template.source if isinstance(template, ChatTemplate) else template.name
@@ -169,7 +172,6 @@ def props(model: Model, *, model_path: str, slots: int, version: str) -> dict[st
     def special(token: int) -> str:
         return tok.piece(token, special=True).decode("utf-8", "replace") if token >= 0 else ""
 
-    defaults = NativeCompletionRequest(prompt=" ")
     return {
         "default_generation_settings": {
             "id": 0,
