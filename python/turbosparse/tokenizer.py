@@ -10,8 +10,10 @@ import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import llama_cpp
+from llama_cpp import _logger as llama_cpp_logger
 
 from turbosparse._library import set_llama_log_verbosity
 from turbosparse.errors import ChatTemplateError, InvalidArgumentError, ModelClosedError, ModelLoadError
@@ -39,8 +41,8 @@ _LOG_CALLBACK_LOCK = threading.Lock()
 @contextlib.contextmanager
 def _llama_errors(verbose: bool) -> Iterator[list[str]]:
     """The error lines llama.cpp logs from this thread while the block runs, kept to name the cause in our own
-    error; with verbose every line still goes to the callback that was installed (llama-cpp-python's, or an
-    application's), without it none does: llama.cpp logs a file's oddities it loads anyway as errors too (Gemma 3's
+    error. Every line still goes to an application's own log callback; to llama-cpp-python's (or llama.cpp's default,
+    stderr) only with verbose: llama.cpp logs a file's oddities it loads anyway as errors too (Gemma 3's
     "control-looking token ... was not control-type"), which llama-cpp-python's Llama(verbose=False) also hides."""
     thread = threading.get_ident()
     errors: list[str] = []
@@ -57,7 +59,7 @@ def _llama_errors(verbose: bool) -> Iterator[list[str]]:
                 errors[-1] += line
             if level != GGML_LOG_LEVEL_CONT:
                 last_level[0] = level
-            if not verbose:
+            if not verbose and not applications:
                 return
         if previous:
             previous(level, text, previous_data)
@@ -67,11 +69,16 @@ def _llama_errors(verbose: bool) -> Iterator[list[str]]:
     callback = llama_cpp.llama_log_callback(log)  # referenced until the previous one is back
     with _LOG_CALLBACK_LOCK:
         llama_cpp.llama_log_get(ctypes.byref(previous), ctypes.byref(previous_data))
+        applications = bool(previous) and _address(previous) != _address(llama_cpp_logger.llama_log_callback)
         llama_cpp.llama_log_set(callback, previous_data)
         try:
             yield errors
         finally:
             llama_cpp.llama_log_set(previous, previous_data)
+
+
+def _address(function: Any) -> int | None:
+    return ctypes.cast(function, ctypes.c_void_p).value
 
 
 def _c_string(read: Callable[[ctypes.Array[ctypes.c_char], int], int]) -> str | None:
