@@ -20,6 +20,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from turbosparse.constants import (
     HF_BAMBOO_ARCHITECTURE,
     HF_BAMBOO_MODEL_TYPE,
+    HF_TURBOSPARSE_MIXTRAL_MODEL_TYPE,
     OTHER_DENSE_FAMILIES,
     SWIGLU_EXPERTS_DENSE_ONLY,
 )
@@ -102,9 +103,14 @@ def load_causal_lm(model_dir: str | Path, dtype: torch.dtype = torch.float32) ->
     config = read_config(model_dir)
     if not is_bamboo(config):
         if has_experts(config):
+            drelu = config.get("model_type") == HF_TURBOSPARSE_MIXTRAL_MODEL_TYPE
             raise TrainingError(  # loaded as Llama, the experts would be unexpected tensors
-                f"{model_dir / 'config.json'}: relufy, imatrix and train-predictors take dense Llama-family models; "
-                f"{SWIGLU_EXPERTS_DENSE_ONLY}"
+                f"{model_dir / 'config.json'}: relufy and imatrix take dense Llama-family models; "
+                + (
+                    "a TurboSparse-Mixtral's dReLU experts take train-predictors"
+                    if drelu
+                    else SWIGLU_EXPERTS_DENSE_ONLY
+                )
             )
         if not is_llama_layout(config):
             kind = config.get("model_type"), config.get("architectures")

@@ -263,8 +263,8 @@ def test_a_model_keeps_what_its_window_cache_holds_and_evaluates_the_rest_again(
 
 
 def test_the_real_gemma3_loads_quietly() -> None:
-    """llama.cpp logs a vocabulary oddity it loads anyway at error level ("control-looking token: 212 '</s>' was not
-    control-type"): said with -v, as llama-cpp-python's Llama says it with verbose only."""
+    """llama.cpp warns of a vocabulary oddity it loads anyway ("control-looking token: 212 '</s>' was not
+    control-type"), which llama-cpp-python's callback prints as an error: said with -v only, as its Llama says it."""
     import subprocess
     import sys
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import numpy as np
 import pytest
@@ -150,27 +151,41 @@ def test_chat_prompt_uses_the_file_template(smollm2_model) -> None:
     ("source", "said"),
     [
         ("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}", "took longer than 0.5 s"),
-        ("{{ 'x' * 10**8 }}", "a repetition of 100000000 items"),
+        ("{{ ((range(100000)|list) * 50)|map('string')|sort|unique|list|length }}", "took longer than 0.5 s"),
+        ("{{ 'x' * 10**8 }}", "stopped: a repetition of 100000000 items"),
         ("{{ 7 ** (10 ** 9) }}", "a power of about 3000000000 bits"),
+        ("{{ '%40000000s' % 'x' }}", "a format of width 40000000"),
+        ("{{ '%*s'|format(40000000, 'x') }}", "a format of width 40000000"),
+        ("{{ 'x'|center(40000000) }}", "a padding of 40000000 characters"),
         ("{% for i in range(100000) %}{{ 'y' * 1000 }}{% endfor %}", "wrote more than 33554432 characters"),
     ],
-    ids=["loops", "repetition", "power", "output"],
+    ids=["loops", "filters", "repetition", "power", "format", "format-filter", "center", "output"],
 )
 def test_a_chat_template_that_would_run_for_ever_or_fill_the_memory(monkeypatch, source: str, said: str) -> None:
     """A template comes with the model file: its rendering is bounded (it hung a chat request, server thread and all,
-    or wrote 100 M characters for the tokenizer), a debugger's tracer is put back, and a real template is unchanged."""
+    or wrote 100 M characters for the tokenizer), a debugger's tracer sees the frames around it and is put back, and
+    a real template renders as before."""
     import sys
 
     from turbosparse import chat_template
     from turbosparse.errors import ChatTemplateError
 
     monkeypatch.setattr(chat_template, "MAX_RENDER_SECONDS", 0.5)
-    tracer = sys.gettrace()
-    with pytest.raises(ChatTemplateError, match=said):
-        chat_template.ChatTemplate(source).render([{"role": "user", "content": "Hi"}])
-    assert sys.gettrace() is tracer
-    chatml = "{% for m in messages %}<|{{ m.role }}|>{{ m.content * 2 }}{% endfor %}{{ 2 ** 10 }}"
-    assert chat_template.ChatTemplate(chatml).render([{"role": "user", "content": "Hi"}]) == "<|user|>HiHi1024"
+    traced: set[str] = set()
+
+    def debugger(frame: Any, event: str, arg: Any) -> None:
+        traced.add(frame.f_code.co_name)
+
+    before = sys.gettrace()
+    sys.settrace(debugger)
+    try:
+        with pytest.raises(ChatTemplateError, match=said):
+            chat_template.ChatTemplate(source).render([{"role": "user", "content": "Hi"}])
+        assert sys.gettrace() is debugger and "_bounded_text" in traced
+    finally:
+        sys.settrace(before)
+    chatml = "{% for m in messages %}<|{{ m.role }}|>{{ m.content * 2 }}{% endfor %}{{ 2 ** 10 }}{{ '%5s' % 'a' }}"
+    assert chat_template.ChatTemplate(chatml).render([{"role": "user", "content": "Hi"}]) == "<|user|>HiHi1024    a"
 
 
 def test_sampler_filters() -> None:
@@ -223,7 +238,8 @@ def test_the_sampler_takes_extreme_parameters_and_refuses_what_is_not_a_number()
         for value in (float("nan"), float("inf")):
             with pytest.raises(InvalidArgumentError, match=f"{field} must be a finite number"):
                 SamplingParams(**{field: value})
-    assert SamplingParams(seed=-1).seed is None and SamplingParams(seed=-3).seed == 2**32 - 3  # llama.cpp's uint32
+    seeds = [SamplingParams(seed=s).seed for s in (-1, 2**32 - 1, -3, 2**32 + 5, 7)]  # llama.cpp's uint32s
+    assert seeds == [None, None, 2**32 - 3, 5, 7]
     whole = SamplingParams(top_k=40.0, repeat_last_n=64.0, seed=7.0)  # as a JSON or YAML setting gives them
     assert (whole.top_k, whole.repeat_last_n, whole.seed) == (40, 64, 7) and isinstance(whole.top_k, int)
     for field, value in (("top_k", 40.5), ("repeat_last_n", "64"), ("seed", 1.5)):

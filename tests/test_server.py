@@ -295,7 +295,7 @@ BAD_CHAT = [
     ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, 400),
     ({"messages": [{"role": "user", "content": "x"}], "n": 2}, 400),
     ({"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]}, 400),
-    ({"messages": [{"role": "user", "content": "x"}], "seed": -2}, 400),  # -1 is llama-server's "random"
+    ({"messages": [{"role": "user", "content": "x"}], "seed": 1.5}, 400),  # -2 is llama-server's uint32 2**32 - 2
     ({"messages": [{"role": "user", "content": "x"}], "top_logprobs": 2}, 400),  # without logprobs: true
     ({"messages": [{"role": "user", "content": "x"}], "logprobs": True, "top_logprobs": 21}, 400),
     ({"messages": [{"role": "user", "content": "word " * 600}]}, 400),  # longer than a slot's context

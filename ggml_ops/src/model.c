@@ -164,7 +164,9 @@ static int get_arch_layer_i64(const ts_model *m, const char *suffix, int64_t *ou
                               m->file->path, key, (long long)v[0], (long long)v[i]);
         }
     }
-    *out = v[0];
+    if (rc == 0) {
+        *out = v[0];
+    }
     free(v);
     return rc < 0 ? -1 : 0;
 }

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ctypes
 import datetime
 import json
+import re
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -76,6 +77,7 @@ def checked_variables(variables: Mapping[str, Any]) -> dict[str, Any]:
 MAX_RENDER_SECONDS = 10.0
 MAX_PROMPT_CHARS = 1 << 25
 _MAX_POWER_BITS = 1 << 16
+_FORMAT_SIZES = re.compile(r"%(?:\([^)]*\))?[-+ #0]*(\d+|\*)?(?:\.(\d+|\*))?")  # printf widths and precisions
 
 
 def _repeated_length(left: Any, right: Any) -> int:
@@ -86,11 +88,46 @@ def _repeated_length(left: Any, right: Any) -> int:
     return 0
 
 
-class _BoundedSandbox(jinja2.sandbox.ImmutableSandboxedEnvironment):
-    """Jinja2's sandbox, with `*` and `**` checked before they run: the one operation that makes a string of
-    10**10 characters, or an integer of 10**10 digits, cannot be stopped once started."""
+def _check_format(text: Any, args: Any) -> None:
+    """`text % args` pads to no width or precision past MAX_PROMPT_CHARS (one C call would make it whole)."""
+    if not isinstance(text, str):
+        return
+    sizes = [int(n) for match in _FORMAT_SIZES.finditer(text) for n in match.groups() if n and n != "*"]
+    if any("*" in match.group(0) for match in _FORMAT_SIZES.finditer(text)):  # widths given among the arguments
+        sizes += [a for a in (args if isinstance(args, tuple) else (args,)) if isinstance(a, int)]
+    if sizes and max(sizes) > MAX_PROMPT_CHARS:
+        raise jinja2.sandbox.SecurityError(f"a format of width {max(sizes)}")
 
-    intercepted_binops = frozenset({"*", "**"})
+
+def _check_width(width: Any, lines: int = 1) -> None:
+    if isinstance(width, int) and width * lines > MAX_PROMPT_CHARS:
+        raise jinja2.sandbox.SecurityError(f"a padding of {width * lines} characters")
+
+
+class _BoundedSandbox(jinja2.sandbox.ImmutableSandboxedEnvironment):
+    """Jinja2's sandbox, with what can make a whole string or number in one step (`*`, `**`, `%` and the `format`,
+    `center` and `indent` filters) checked before it runs: one C call that makes 10**10 characters cannot be stopped
+    once started. (Strings grown step by step, `~` in a loop, are bounded by the time only.)"""
+
+    intercepted_binops = frozenset({"*", "**", "%"})
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        center, indent, fmt = self.filters["center"], self.filters["indent"], self.filters["format"]
+
+        def bounded_center(value: str, width: int = 80) -> str:
+            _check_width(width)
+            return center(value, width)
+
+        def bounded_indent(value: str, width: int | str = 4, *args: Any, **kwargs: Any) -> str:
+            _check_width(width if isinstance(width, int) else len(width), str(value).count("\n") + 1)
+            return indent(value, width, *args, **kwargs)
+
+        def bounded_format(value: str, *args: Any, **kwargs: Any) -> str:
+            _check_format(value, args)
+            return fmt(value, *args, **kwargs)
+
+        self.filters |= {"center": bounded_center, "indent": bounded_indent, "format": bounded_format}
 
     def call_binop(self, context: jinja2.runtime.Context, operator: str, left: Any, right: Any) -> Any:
         if operator == "*" and _repeated_length(left, right) > MAX_PROMPT_CHARS:
@@ -98,21 +135,31 @@ class _BoundedSandbox(jinja2.sandbox.ImmutableSandboxedEnvironment):
         if operator == "**" and isinstance(left, int) and isinstance(right, int) and right > 0:
             if abs(left).bit_length() * right > _MAX_POWER_BITS:
                 raise jinja2.sandbox.SecurityError(f"a power of about {abs(left).bit_length() * right} bits")
+        if operator == "%":
+            _check_format(left, right)
         return super().call_binop(context, operator, left, right)
 
 
-def _deadline_tracer(seconds: float) -> Callable[[FrameType, str, Any], Any]:
-    """A sys.settrace tracer that raises in the template's own code (Jinja2 compiles it to Python named
-    "<template>") once `seconds` have passed: loops that write nothing are stopped too."""
+def _deadline_tracer(seconds: float, previous: Any) -> Callable[[FrameType, str, Any], Any]:
+    """A sys.settrace tracer that raises once `seconds` have passed, checked at every Python call (filters, Jinja2's
+    runtime) and at every line of the template's own code (Jinja2 compiles it to Python named "<template>"): loops
+    that write nothing are stopped too. Other frames go to the tracer that was there (a debugger's), if any."""
     deadline = time.monotonic() + seconds
 
-    def in_template(frame: FrameType, event: str, arg: Any) -> Any:
-        if event == "line" and time.monotonic() > deadline:
+    def check() -> None:
+        if time.monotonic() > deadline:
             raise ChatTemplateError(f"the chat template took longer than {seconds:g} s to render")
+
+    def in_template(frame: FrameType, event: str, arg: Any) -> Any:
+        if event == "line":
+            check()
         return in_template
 
     def on_call(frame: FrameType, event: str, arg: Any) -> Any:
-        return in_template if frame.f_code.co_filename == "<template>" else None
+        check()
+        if frame.f_code.co_filename == "<template>":
+            return in_template
+        return previous(frame, event, arg) if previous is not None else None
 
     return on_call
 
@@ -162,11 +209,13 @@ class ChatTemplate:
             "eos_token": self.eos_token,
         }
         previous = sys.gettrace()  # a debugger's, put back after
-        sys.settrace(_deadline_tracer(MAX_RENDER_SECONDS))
+        sys.settrace(_deadline_tracer(MAX_RENDER_SECONDS, previous))
         try:
             return self._bounded_text(context)
         except ChatTemplateError:
             raise
+        except jinja2.sandbox.SecurityError as exc:  # the template's own doing, whatever the messages
+            raise ChatTemplateError(f"the chat template was stopped: {exc}") from None
         except Exception as exc:  # whatever the template makes of the messages (a TypeError on a None, ...)
             raise ChatTemplateError(f"the chat template refused the messages: {exc}") from None
         finally:

@@ -90,7 +90,11 @@ def vocab_only_copy(path: str | os.PathLike[str], out_dir: str | os.PathLike[str
         if len(head) < 24 or head[:4] != PWRI_MAGIC:
             raise ValueError(f"{path}: not a PowerInfer PWRI file")
         version, _, n_kv = struct.unpack("<IQQ", head[4:])
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:  # only the key/value section is read
+        try:
+            data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)  # only the key/value section is read
+        except OSError as exc:
+            raise ValueError(f"{path}: cannot be mapped into memory ({exc.strerror or exc})") from None
+        with data:
             arch, entries = _key_values(_Reader(data, path, 24), n_kv)
     body = [_pack_string(b"general.architecture") + struct.pack("<I", _STRING) + _pack_string(b"llama")]
     prefix = arch + b"."

@@ -23,6 +23,15 @@ _GRAMMAR_CANDIDATES = 256
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
+def llama_seed(seed: int | None) -> int | None:
+    """A seed as llama.cpp reads it, a uint32 (-5 is 2**32 - 5), whose LLAMA_DEFAULT_SEED 0xFFFFFFFF (-1) asks for a
+    fresh random one: None."""
+    if seed is None:
+        return None
+    seed %= 2**32
+    return None if seed == 0xFFFFFFFF else seed
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     temperature: float = 0.8  # <= 0: greedy
@@ -36,7 +45,7 @@ class SamplingParams:
     # whether the recent tokens include the prompt's (llama.cpp, llama-server) or only generated ones
     # (llama-cpp-python's Llama, whose sampler sees only what it sampled)
     penalize_prompt: bool = True
-    seed: int | None = None  # None (or -1): a fresh random seed; other negative seeds as llama.cpp's uint32 reads them
+    seed: int | None = None  # None: a fresh random seed; others as llama.cpp reads them (llama_seed: -1 is None too)
     logit_bias: Mapping[int, float] | None = None  # token id -> added to its logit, first (-inf: never sampled)
 
     def __post_init__(self) -> None:
@@ -50,8 +59,7 @@ class SamplingParams:
                 object.__setattr__(self, name, int(value))
             elif not (isinstance(value, numbers.Integral) or (name == "seed" and value is None)):
                 raise InvalidArgumentError(f"{name} must be a whole number, got {value!r}")
-        if self.seed is not None and self.seed < 0:  # llama.cpp's seeds are uint32: -1 is its "random"
-            object.__setattr__(self, "seed", None if self.seed == -1 else self.seed % 2**32)
+        object.__setattr__(self, "seed", llama_seed(self.seed))
         if self.top_p < 0.0:  # 0: the best token alone, as llama.cpp's top-p keeps one at least
             raise InvalidArgumentError(f"top_p must be >= 0 (>= 1 turns it off), got {self.top_p}")
         if self.min_p > 1.0:

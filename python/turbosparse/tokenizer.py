@@ -42,8 +42,9 @@ _LOG_CALLBACK_LOCK = threading.Lock()
 def _llama_errors(verbose: bool) -> Iterator[list[str]]:
     """The error lines llama.cpp logs from this thread while the block runs, kept to name the cause in our own
     error. Every line still goes to an application's own log callback; to llama-cpp-python's (or llama.cpp's default,
-    stderr) only with verbose: llama.cpp logs a file's oddities it loads anyway as errors too (Gemma 3's
-    "control-looking token ... was not control-type"), which llama-cpp-python's Llama(verbose=False) also hides."""
+    stderr) only with verbose: llama.cpp warns of a file's oddities it loads anyway (Gemma 3's "control-looking token
+    ... was not control-type"), which llama-cpp-python 0.3.36's callback prints whatever its verbosity (it reads
+    ggml's warning level as an error), and which its Llama(verbose=False) hides by muting stderr while it loads."""
     thread = threading.get_ident()
     errors: list[str] = []
     last_level = [0]

@@ -28,6 +28,19 @@ SAMPLING_FLAGS: dict[tuple[str, ...], tuple[str, type]] = {
 # flags taken with no effect: (names, the values that follow: 0, 1 or "?" (one or none), why nothing changes, whether
 # a user would miss what the flag asks for: a warning, else a note shown with --verbose)
 NoEffectFlag = tuple[tuple[str, ...], int | str, str, bool]
+# the parameters of UNSUPPORTED_SAMPLERS (below), which change nothing while those are off; and the samplers' order
+SAMPLER_PARAMETER_FLAGS: tuple[NoEffectFlag, ...] = (
+    (("--mirostat-lr",), 1, "mirostat sampling is not implemented here (--mirostat)", False),
+    (("--mirostat-ent",), 1, "mirostat sampling is not implemented here (--mirostat)", False),
+    (("--xtc-threshold",), 1, "XTC sampling is not implemented here (--xtc-probability)", False),
+    (("--dry-base",), 1, "DRY sampling is not implemented here (--dry-multiplier)", False),
+    (("--dry-allowed-length",), 1, "DRY sampling is not implemented here (--dry-multiplier)", False),
+    (("--dry-penalty-last-n",), 1, "DRY sampling is not implemented here (--dry-multiplier)", False),
+    (("--dry-sequence-breaker",), 1, "DRY sampling is not implemented here (--dry-multiplier)", False),
+    (("--dynatemp-exp",), 1, "dynamic temperature is not implemented here (--dynatemp-range)", False),
+    (("--sampling-seq", "--sampler-seq", "--samplers"), 1,
+     "the samplers run in llama.cpp's default order: logit bias, penalties, top-k, top-p, min-p, temperature", True),
+)  # fmt: skip
 NO_EFFECT_FLAGS: tuple[NoEffectFlag, ...] = (
     (("--jinja",), 0, "chat templates are always Jinja2 here", False),
     (("--no-jinja",), 0, "chat templates are always Jinja2 here", True),
@@ -67,28 +80,18 @@ NO_EFFECT_FLAGS: tuple[NoEffectFlag, ...] = (
     (("--log-prefix",), 0, "the log's lines have no prefix", False),
     (("--log-timestamps",), 0, "the log's lines have no timestamps", False),
     (("-lv", "--verbosity", "--log-verbosity"), 1, "the log is short, or llama.cpp's with --verbose", False),
-    # the parameters of the samplers not implemented here (UNSUPPORTED_SAMPLERS), which are off unless asked for
-    (("--mirostat-lr",), 1, "mirostat sampling is not implemented here (--mirostat)", False),
-    (("--mirostat-ent",), 1, "mirostat sampling is not implemented here (--mirostat)", False),
-    (("--xtc-threshold",), 1, "XTC sampling is not implemented here (--xtc-probability)", False),
-    (("--dry-base",), 1, "DRY sampling is not implemented here (--dry-multiplier)", False),
-    (("--dry-allowed-length",), 1, "DRY sampling is not implemented here (--dry-multiplier)", False),
-    (("--dry-penalty-last-n",), 1, "DRY sampling is not implemented here (--dry-multiplier)", False),
-    (("--dry-sequence-breaker",), 1, "DRY sampling is not implemented here (--dry-multiplier)", False),
-    (("--dynatemp-exp",), 1, "dynamic temperature is not implemented here (--dynatemp-range)", False),
-    (("--sampling-seq", "--sampler-seq", "--samplers"), 1,
-     "the samplers run in llama.cpp's default order: logit bias, penalties, top-k, top-p, min-p, temperature", True),
+    *SAMPLER_PARAMETER_FLAGS,
 )  # fmt: skip
-# llama.cpp's samplers not implemented here: (names, the value that turns it off, what it is); taken at that value (a
-# llama.cpp command line that names it off runs as it is), refused at any other
-UnsupportedSampler = tuple[tuple[str, ...], float, str]
+# llama.cpp's samplers not implemented here: (names, whether a value turns it off, the values that do, what it is);
+# taken at those values (a llama.cpp command line that names a sampler off runs as it is), refused at others
+UnsupportedSampler = tuple[tuple[str, ...], Callable[[float], bool], str, str]
 UNSUPPORTED_SAMPLERS: tuple[UnsupportedSampler, ...] = (
-    (("--mirostat",), 0.0, "mirostat sampling"),
-    (("--typical", "--typical-p"), 1.0, "locally typical sampling"),
-    (("--top-nsigma", "--top-n-sigma"), -1.0, "top-n-sigma sampling"),
-    (("--xtc-probability",), 0.0, "XTC sampling"),
-    (("--dry-multiplier",), 0.0, "DRY sampling"),
-    (("--dynatemp-range",), 0.0, "dynamic temperature"),
+    (("--mirostat",), lambda v: v == 0, "0", "mirostat sampling"),
+    (("--typical", "--typical-p"), lambda v: v >= 1, ">= 1", "locally typical sampling"),
+    (("--top-nsigma", "--top-n-sigma"), lambda v: v <= 0, "<= 0", "top-n-sigma sampling"),
+    (("--xtc-probability",), lambda v: v <= 0, "<= 0", "XTC sampling"),
+    (("--dry-multiplier",), lambda v: v == 0, "0", "DRY sampling"),
+    (("--dynatemp-range",), lambda v: v <= 0, "<= 0", "dynamic temperature"),
 )
 
 
@@ -108,25 +111,23 @@ def add_llama_server_flags(p: argparse.ArgumentParser) -> None:
 
 
 def add_unsupported_samplers(p: argparse.ArgumentParser) -> None:
-    """llama.cpp's samplers not implemented here: taken at the value that turns them off, a usage error at others."""
-    taken = p.add_argument_group(
-        "llama.cpp's samplers not implemented here: taken only at the value that turns them off"
-    )
-    for names, off, what in UNSUPPORTED_SAMPLERS:
-        taken.add_argument(*names, dest=_dest(names), type=_off_only(off, what), default=None, metavar="N",
-                           help=f"{what}: {off:g} only (off)")  # fmt: skip
+    """llama.cpp's samplers not implemented here: taken at the values that turn them off, a usage error at others."""
+    taken = p.add_argument_group("llama.cpp's samplers not implemented here: taken only at values that turn them off")
+    for names, is_off, off, what in UNSUPPORTED_SAMPLERS:
+        taken.add_argument(*names, dest=_dest(names), type=_off_only(is_off, off, what), default=None, metavar="N",
+                           help=f"{what}: {off} only (off)")  # fmt: skip
 
 
-def _off_only(off: float, what: str) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        if float(text) != off:
+def _off_only(is_off: Callable[[float], bool], off: str, what: str) -> Callable[[str], float]:
+    def number(text: str) -> float:  # argparse names the type by this function's name in its own errors
+        if not is_off(float(text)):
             raise argparse.ArgumentTypeError(
-                f"{text}: {what} is not implemented here ({off:g} turns it off; the samplers are temperature, top-k, "
+                f"{text}: {what} is not implemented here ({off} turns it off; the samplers are temperature, top-k, "
                 "top-p, min-p, the penalties, logit bias and grammars)"
             )
-        return off
+        return float(text)
 
-    return parse
+    return number
 
 
 def add_no_effect_flags(p: argparse.ArgumentParser, flags: Sequence[NoEffectFlag], title: str) -> None:

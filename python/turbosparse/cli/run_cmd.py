@@ -16,6 +16,7 @@ from turbosparse.chat_template import chat_template_from, checked_variables
 from turbosparse.cli.conversation import Conversation, converse, is_utf8, read_message
 from turbosparse.cli.llama_server_flags import (
     NO_EFFECT_FLAGS,
+    SAMPLER_PARAMETER_FLAGS,
     NoEffectFlag,
     add_no_effect_flags,
     add_unsupported_samplers,
@@ -27,7 +28,7 @@ from turbosparse.errors import ChatTemplateError, InvalidArgumentError
 from turbosparse.generation import Generation
 from turbosparse.grammar import Grammar
 from turbosparse.model import Model
-from turbosparse.sampling import SamplingParams
+from turbosparse.sampling import SamplingParams, llama_seed
 
 
 class NoHubDownloads(argparse.Action):
@@ -42,11 +43,10 @@ class NoHubDownloads(argparse.Action):
 # llama-cli's flags that change nothing here: llama-server's that llama-cli shares, and its own (the shape of
 # llama_server_flags.NO_EFFECT_FLAGS); taken, so that a llama-cli command line runs, and named in a note
 _SHARED_WITH_LLAMA_SERVER = ("--jinja", "--no-jinja", "-tb", "-ub", "--no-mmap", "--mlock", "--no-warmup",
-                             "--log-disable", "--mirostat-lr", "--mirostat-ent", "--xtc-threshold", "--dry-base",
-                             "--dry-allowed-length", "--dry-penalty-last-n", "--dry-sequence-breaker", "--dynatemp-exp",
-                             "--sampling-seq")  # fmt: skip
+                             "--log-disable")  # fmt: skip
 LLAMA_CLI_NO_EFFECT: tuple[NoEffectFlag, ...] = (
     *(f for f in NO_EFFECT_FLAGS if f[0][0] in _SHARED_WITH_LLAMA_SERVER),
+    *SAMPLER_PARAMETER_FLAGS,
     (("-co", "--color"), "?", "the text is not coloured", False),
     (("--simple-io",), 0, "stdin and stdout are plain streams already", False),
     (("-no-perf", "--no-perf"), 0, "the timings are one line on stderr", False),
@@ -364,7 +364,7 @@ def run(args: argparse.Namespace) -> int:
         repeat_last_n=args.repeat_last_n,
         presence_penalty=args.presence_penalty,
         frequency_penalty=args.frequency_penalty,
-        seed=None if args.seed < 0 else args.seed,
+        seed=llama_seed(args.seed),
         logit_bias=logit_biases(model, args),
     )
     max_tokens = None if args.n_predict < 0 else args.n_predict

@@ -27,7 +27,7 @@ from turbosparse.errors import GrammarError
 from turbosparse.grammar import Grammar
 from turbosparse.logprobs import MAX_TOP_LOGPROBS
 from turbosparse.reasoning import ReasoningFormat
-from turbosparse.sampling import SamplingParams
+from turbosparse.sampling import SamplingParams, llama_seed
 from turbosparse.tool_calls import functions_as_tools
 
 MAX_STOPS = 16
@@ -113,9 +113,7 @@ class _Generate(_Body):
     @field_validator("seed")
     @classmethod
     def _seed(cls, seed: int | None) -> int | None:
-        if seed is not None and seed < -1:
-            raise ValueError("seed must be >= 0, or -1 for a random one")
-        return None if seed == -1 else seed  # llama-server's -1: a fresh random seed
+        return llama_seed(seed)  # llama-server's -1 (0xFFFFFFFF): a fresh random seed
 
     @field_validator("stop")
     @classmethod
