@@ -20,6 +20,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from turbosparse.constants import (
     HF_BAMBOO_ARCHITECTURE,
     HF_BAMBOO_MODEL_TYPE,
+    HF_TURBOSPARSE_MIXTRAL_ARCHITECTURE,
     HF_TURBOSPARSE_MIXTRAL_MODEL_TYPE,
     OTHER_DENSE_FAMILIES,
     SWIGLU_EXPERTS_DENSE_ONLY,
@@ -63,6 +64,13 @@ def is_bamboo(config: dict) -> bool:
     return config.get("model_type") == HF_BAMBOO_MODEL_TYPE or HF_BAMBOO_ARCHITECTURE in config.get("architectures", [])
 
 
+def is_moe_checkpoint(config: dict) -> bool:
+    """A TurboSparse-Mixtral checkpoint (dReLU experts, predictors per expert)."""
+    return config.get("model_type") == HF_TURBOSPARSE_MIXTRAL_MODEL_TYPE or HF_TURBOSPARSE_MIXTRAL_ARCHITECTURE in (
+        config.get("architectures") or ()
+    )
+
+
 def has_experts(config: dict) -> bool:
     """A mixture of experts: Mixtral's num_local_experts, Qwen-MoE's num_experts."""
     return bool(config.get("num_local_experts") or config.get("num_experts"))
@@ -103,12 +111,11 @@ def load_causal_lm(model_dir: str | Path, dtype: torch.dtype = torch.float32) ->
     config = read_config(model_dir)
     if not is_bamboo(config):
         if has_experts(config):
-            drelu = config.get("model_type") == HF_TURBOSPARSE_MIXTRAL_MODEL_TYPE
             raise TrainingError(  # loaded as Llama, the experts would be unexpected tensors
                 f"{model_dir / 'config.json'}: relufy and imatrix take dense Llama-family models; "
                 + (
                     "a TurboSparse-Mixtral's dReLU experts take train-predictors"
-                    if drelu
+                    if is_moe_checkpoint(config)
                     else SWIGLU_EXPERTS_DENSE_ONLY
                 )
             )

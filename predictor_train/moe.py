@@ -20,7 +20,6 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -30,7 +29,6 @@ from tqdm.auto import tqdm
 from transformers import MixtralConfig, MixtralForCausalLM
 from transformers.models.mixtral.modeling_mixtral import MixtralExperts
 
-from turbosparse.constants import HF_TURBOSPARSE_MIXTRAL_ARCHITECTURE, HF_TURBOSPARSE_MIXTRAL_MODEL_TYPE
 from turbosparse.errors import TrainingError
 from turbosparse.predictor_train.data import read_text, tokenize_text
 from turbosparse.predictor_train.export import TOKENIZER_FILES, fold_thresholds
@@ -43,12 +41,6 @@ from turbosparse.predictor_train.train import LayerData
 log = logging.getLogger(__name__)
 
 MIN_TOKENS = 16  # an expert routed fewer calibration tokens than this gets no predictor (an error: more text needed)
-
-
-def is_moe_checkpoint(config: dict[str, Any]) -> bool:
-    return config.get("model_type") == HF_TURBOSPARSE_MIXTRAL_MODEL_TYPE or HF_TURBOSPARSE_MIXTRAL_ARCHITECTURE in (
-        config.get("architectures") or ()
-    )
 
 
 class DReluExperts(MixtralExperts):

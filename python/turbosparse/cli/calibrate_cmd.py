@@ -20,6 +20,7 @@ from turbosparse.calibrate.pipeline import CalibrationResult, Quality
 from turbosparse.calibrate.scores import SCORES
 from turbosparse.calibrate.thresholds import MAX_SPARSITY
 from turbosparse.cli.checks import at_least, output_file
+from turbosparse.cli.run_cmd import read_text_as_llama_cpp
 from turbosparse.convert.writer import check_output_path
 from turbosparse.errors import CalibrationError
 from turbosparse.gguf_reader import split_files_named
@@ -114,15 +115,6 @@ def output_path(out: Path, sparsity: float, several: bool) -> Path:
     return out.with_name(f"{out.stem}.s{round(100 * sparsity):02d}{out.suffix}") if several else out
 
 
-def _read(path: Path) -> str:
-    """The text as llama.cpp's tools read a file: its bytes, "\r\n" kept (not universal newlines)."""
-    try:
-        with open(path, encoding="utf-8", errors="replace", newline="") as f:
-            return f.read()
-    except OSError as exc:
-        raise CalibrationError(f"{path}: cannot read the text: {exc.strerror}") from None
-
-
 def run(args: argparse.Namespace) -> int:
     at_least([("--tokens", args.tokens, 1), ("--effect-tokens", args.effect_tokens, 1),
               ("--eval-tokens", args.eval_tokens, 0), ("-t", args.threads, 1)])  # fmt: skip
@@ -145,11 +137,17 @@ def run(args: argparse.Namespace) -> int:
             check_output_path(out, CalibrationError, inputs=[*split_files_named(path), args.file, *args.eval_file])
             if outputs.count(out) > 1:
                 raise CalibrationError(f"--sparsity {sparsity}: another sparsity is written to {out} too (.sNN)")
-    held_out = [_read(f) for f in args.eval_file]
+    held_out = [read_text_as_llama_cpp(f, CalibrationError) for f in args.eval_file]
     names = [f.name for f in args.eval_file] or [f"{args.file.name} (end)"]
     progress = sys.stderr.isatty() and not args.json
     dense, results = calibrate(
-        path, _read(args.file), args.sparsity, held_out=held_out, cfg=cfg, progress=progress, verbose=args.verbose
+        path,
+        read_text_as_llama_cpp(args.file, CalibrationError),
+        args.sparsity,
+        held_out=held_out,
+        cfg=cfg,
+        progress=progress,
+        verbose=args.verbose,
     )
     written = []
     if args.outfile is not None:

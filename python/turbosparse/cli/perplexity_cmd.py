@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from turbosparse.cli.checks import at_least
-from turbosparse.cli.run_cmd import add_model_args, attention_kwargs, model_path
+from turbosparse.cli.run_cmd import add_model_args, attention_kwargs, model_path, read_text_as_llama_cpp
 from turbosparse.errors import InvalidArgumentError
 from turbosparse.model import Model
 from turbosparse.perplexity import perplexity
@@ -41,9 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     at_least([("--chunks", args.chunks, 1)])
-    # the file's bytes as llama-perplexity tokenizes them: "\r\n" kept (universal newlines would make it "\n")
-    with open(args.file, encoding="utf-8", errors="replace", newline="") as f:
-        text = f.read()
+    text = read_text_as_llama_cpp(args.file)  # as llama-perplexity tokenizes it: "\r\n" kept
     path = model_path(args.model)
     common = dict(n_threads=args.threads, n_ctx=args.ctx_size, n_batch=args.batch_size, verbose=args.verbose,
                   device=args.device, swa_full=args.swa_full, **attention_kwargs(args))  # fmt: skip

@@ -182,6 +182,16 @@ def model_path(name: str) -> str:
     return default_model() if name == "default" else name
 
 
+def read_text_as_llama_cpp(path: Path, error: type[Exception] = InvalidArgumentError) -> str:
+    """A text to score or calibrate on, as llama.cpp's tools read a file: its bytes ("\r\n" kept, not universal
+    newlines), bytes that are not UTF-8 replaced; error, naming the file, where it cannot be read."""
+    try:
+        with path.open(encoding="utf-8", errors="replace", newline="") as f:
+            return f.read()
+    except OSError as exc:
+        raise error(f"{path}: cannot read the text: {exc.strerror or exc}") from None
+
+
 def read_utf8(path: Path, newline: str | None = None) -> str:
     """A text file given on the command line (a prompt, a chat template): UTF-8, or an error naming the file;
     newlines translated (a CRLF file reads as "\n") unless newline="" keeps them."""

@@ -48,8 +48,8 @@ def run(args: argparse.Namespace) -> int:
     # torch is imported here only: the runtime (and `turbosparse run`) never loads it
     from turbosparse.predictor_train.collect import CollectConfig
     from turbosparse.predictor_train.distributed import process_group
-    from turbosparse.predictor_train.modeling import read_config
-    from turbosparse.predictor_train.moe import MoeTrainOptions, is_moe_checkpoint, train_moe_predictors
+    from turbosparse.predictor_train.modeling import is_moe_checkpoint, read_config
+    from turbosparse.predictor_train.moe import MoeTrainOptions, train_moe_predictors
     from turbosparse.predictor_train.pipeline import PredictorTrainConfig
     from turbosparse.predictor_train.select import bytes_per_weight
     from turbosparse.predictor_train.train import TrainConfig
