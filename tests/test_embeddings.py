@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from turbosparse.embeddings import normalized
-from turbosparse.errors import InvalidArgumentError
+from turbosparse.errors import InvalidArgumentError, SequenceBusyError
 from turbosparse.sampling import SamplingParams
 
 from hfcheckpoints import rewritten
@@ -108,7 +108,7 @@ def test_embeddings_leave_running_generations_alone(smollm2_path: Path) -> None:
         np.testing.assert_array_equal(model.embed(model.tokenize(TEXTS[0]), pooling="mean"), embedded)
         first, second = (model.start(prompt, sampling=greedy, max_tokens=12) for _ in range(2))
         model.step([first, second])
-        with pytest.raises(RuntimeError, match="none is free"):
+        with pytest.raises(SequenceBusyError, match="none is free"):
             model.embed(prompt)
         with pytest.raises(InvalidArgumentError, match="pooling 'rank'"):
             model.embed(prompt, pooling="rank")  # type: ignore[arg-type]

@@ -321,6 +321,33 @@ def test_closing_the_model_ends_its_grammar_engine_for_good(smollm2_path, monkey
     assert gone(pid, within_s=2) and grammar_engine._engine(tok)._worker is None
 
 
+def test_closing_the_model_while_its_grammar_worker_starts_is_a_closed_model(smollm2_path) -> None:
+    """Model.close() from another thread while a generation's grammar worker is starting: the generation ends with
+    ModelClosedError (it said the worker "ended with signal SIGKILL")."""
+    import threading
+
+    from turbosparse import Model, ModelClosedError
+
+    model = Model(smollm2_path, n_threads=2, sparse="off")
+    tok = model.tokenizer
+    caught: list[BaseException] = []
+
+    def generate() -> None:
+        try:
+            model.generate("Is water wet? Answer:", grammar=YES_NO, max_tokens=3)
+        except BaseException as exc:  # handed to the test
+            caught.append(exc)
+
+    thread = threading.Thread(target=generate)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while grammar_engine._engine(tok)._worker is None and time.monotonic() < deadline:
+        time.sleep(0.001)
+    model.close()  # the worker is starting: a Python process loading the vocabulary takes ~0.5 s
+    thread.join(30)
+    assert not thread.is_alive() and len(caught) == 1 and isinstance(caught[0], ModelClosedError), caught
+
+
 def test_token_ids_out_of_the_vocabulary_are_refused_before_the_worker(smollm2_model) -> None:
     tok = smollm2_model.tokenizer
     state = YES_NO.start(tok)

@@ -125,3 +125,105 @@ def test_evaluate_continues_a_users_sequence(smollm2_model) -> None:
     # same argmax, not equal
     assert np.abs(got - ref).max() <= 0.05 * np.abs(ref).max()
     assert (got.argmax(-1) == ref.argmax(-1)).all()
+
+
+def test_closing_while_another_thread_tokenizes(smollm2_path) -> None:
+    """close() from one thread while another is inside llama.cpp's tokenizer (ctypes lets both run): the close
+    waits for the call, the other thread's next call is ModelClosedError (the vocabulary was freed under the call:
+    a segfault)."""
+    from turbosparse import ModelClosedError
+
+    model = Model(smollm2_path, n_threads=2, n_ctx=128, sparse="off")
+    text = "The quick brown fox jumps over the lazy dog. " * 20000
+    started = threading.Event()
+    caught: list[BaseException] = []
+
+    def tokenize() -> None:
+        try:
+            while True:
+                model.tokenize(text)
+                started.set()
+        except BaseException as exc:  # handed to the test
+            caught.append(exc)
+
+    thread = threading.Thread(target=tokenize)
+    thread.start()
+    assert started.wait(30)
+    model.close()
+    thread.join(30)
+    assert not thread.is_alive() and len(caught) == 1 and isinstance(caught[0], ModelClosedError), caught
+
+
+def test_llama_threads_on_a_sparse_model_get_their_serial_answers(tmp_path) -> None:
+    """turbosparse.Llama's whole (non-streamed) completions hold the model, as Model.generate does: threads sharing
+    its one sequence took it from each other, and the displaced answer was evaluated again as a prompt, through the
+    dense FFN where decoding had used the predictor's sparse one, which changed its text."""
+    from turbosparse import Llama
+    from turbosparse.bench.synthetic import SHAPES, SyntheticSpec, synthetic_pair
+
+    sparse, _ = synthetic_pair(SyntheticSpec(SHAPES["tiny"], rank=64), tmp_path)
+    llm = Llama(str(sparse), n_ctx=128, n_threads=2, sparse="predictor", verbose=False)
+    prompts = [[1, 5 + 7 * i, 9, 11 + i] for i in range(3)]
+
+    def answer(prompt: list[int]) -> str:
+        return llm.create_completion(prompt, max_tokens=12, temperature=0.0)["choices"][0]["text"]
+
+    serial = [answer(p) for p in prompts]
+    results: dict[tuple[int, int], str] = {}
+    errors: list[BaseException] = []
+
+    def work(i: int) -> None:
+        try:
+            for r in range(3):
+                results[i, r] = answer(prompts[i])
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert results == {(i, r): serial[i] for i in range(3) for r in range(3)}
+
+
+def test_an_idle_users_sequence_is_no_running_generation(smollm2_path) -> None:
+    """A sequence held by evaluate()'s user (a Llama between calls) is not a running generation: embed() takes it
+    (it refused: "every sequence holds a running generation"), sequence_status() says it is idle."""
+
+    class User:
+        pass
+
+    with Model(smollm2_path, n_threads=2, n_ctx=128, sparse="off") as model:
+        user, tokens = User(), model.tokenize("Hello world")
+        model.evaluate(user, tokens)
+        assert model.sequence_status() == [(len(tokens), False)]
+        assert model.embed(tokens, pooling="mean").shape == (model.info.n_embd,)
+
+
+def test_a_closed_model_refuses_every_use_and_cannot_be_copied(smollm2_path) -> None:
+    import copy
+    import pickle
+
+    from turbosparse import ModelClosedError
+
+    model = Model(smollm2_path, n_threads=2, n_ctx=128, sparse="off")
+    for duplicate in (copy.copy, copy.deepcopy, pickle.dumps):
+        with pytest.raises(TypeError, match="cannot be copied or pickled: open the file again"):
+            duplicate(model)
+    stream = model.generate("Hi", max_tokens=8, stream=True)
+    next(stream)  # a generation left open holds the only sequence
+    model.close()
+
+    class User:
+        pass
+
+    for use in (
+        lambda: setattr(model, "threshold", 0.5),  # was taken silently
+        lambda: model.save_state(User()),  # was SequenceBusyError
+        model.sequence_status,  # answered from the pool
+        lambda: model.tokenize("Hi"),
+    ):
+        with pytest.raises(ModelClosedError, match="closed"):
+            use()

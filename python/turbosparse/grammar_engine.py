@@ -116,8 +116,12 @@ class _Engine:
                 except (_WorkerTooSlow, _Refused) as exc:
                     raise failure(str(exc)) from None
                 except _NoWorker as exc:
+                    if self._ended:  # close() killed it as it started
+                        raise ModelClosedError("the model is closed: its grammar engine was ended") from None
                     raise (failure if issubclass(failure, EvalError) else EvalError)(str(exc)) from None
                 except _WorkerGone as exc:
+                    if self._ended:  # close() killed it
+                        raise ModelClosedError("the model is closed: its grammar engine was ended") from None
                     if attempt == 1:
                         raise failure(str(exc)) from None
                 except BaseException:  # cut short (Ctrl-C, a signal's exception): its answer would go to the next

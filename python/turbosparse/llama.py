@@ -916,7 +916,7 @@ class Llama:
         chunks = TextCompletionChunks(self._model.tokenizer, meta, gen, prompt_text, echo=echo)
         if stream:
             return self._stream(gen, chunks)
-        whole = chunks.whole("".join(self._model.run(gen)))["choices"][0]
+        whole = chunks.whole(self._model.finish(gen))["choices"][0]
         self._evaluated(gen)
         use = usage(gen.n_prompt, gen.n_generated)
         text = whole["text"] + suffix if suffix is not None and not fill_in else whole["text"]
@@ -1068,7 +1068,7 @@ class Llama:
         chunks = ChatCompletionChunks(self._model.tokenizer, meta, gen, tools=tool_use)
         if stream:
             return self._stream(gen, chunks)
-        text = "".join(self._model.run(gen))
+        text = self._model.finish(gen)
         self._evaluated(gen)
         use = usage(gen.n_prompt, gen.n_generated)
         content, _, calls = chunks.message(text, gen.finish_reason)

@@ -72,9 +72,12 @@ class _Closed:
     """What a closed Model holds instead of its engine: every use raises ModelClosedError."""
 
     def __init__(self, path: str) -> None:
-        self._path = path
+        object.__setattr__(self, "_path", path)
 
     def __getattr__(self, name: str) -> object:
+        raise ModelClosedError(f"{self._path}: the model is closed")
+
+    def __setattr__(self, name: str, value: object) -> None:  # a setting (Model.threshold) is a use too
         raise ModelClosedError(f"{self._path}: the model is closed")
 
 
@@ -194,7 +197,11 @@ class Model:
                 return
             close_engine(self._tokenizer)  # its grammar worker process
             self._tokenizer.close()
-            self._ctx = self._native = self._tokenizer = _Closed(self.path)  # type: ignore[assignment]
+            self._ctx = self._native = self._tokenizer = self._pool = _Closed(self.path)  # type: ignore[assignment]
+
+    def __reduce__(self) -> object:
+        # copy.copy would share the engine (closing one closes both), pickling cannot carry it
+        raise TypeError(f"{self.path}: a Model cannot be copied or pickled: open the file again (Model(path, ...))")
 
     def __enter__(self) -> Model:
         return self
@@ -265,16 +272,16 @@ class Model:
         """llama.cpp's embeddings of tokens evaluated from an empty sequence as a prompt (dense FFN): the final
         norm's output, [len(tokens), n_embd] with pooling "none", else pooled to [n_embd] (embeddings.py; None: the
         file's pooling); normalize: each vector of unit length. user (as evaluate's): its sequence is used, and what
-        it held is forgotten; without one, a sequence no running generation holds (RuntimeError: none is free)."""
+        it held is forgotten; without one, a sequence no running generation holds (SequenceBusyError: none is free)."""
         pooling = self.pooling if pooling is None else pooling_named(pooling)
         if len(tokens) == 0:
             raise InvalidArgumentError("embed needs at least one token")
         if len(tokens) > self.n_ctx:
             raise ContextOverflowError(f"{len(tokens)} tokens exceed n_ctx = {self.n_ctx}")
         with self._lock:
-            busy = [] if user is not None else [s for s in self._pool.sequences if not s.is_free()]
+            busy = [] if user is not None else [s for s in self._pool.sequences if s.running()]
             if len(busy) == len(self._pool.sequences):
-                raise RuntimeError("every sequence holds a running generation: none is free to embed with")
+                raise SequenceBusyError("every sequence holds a running generation: none is free to embed with")
             seq, _ = self._pool.claim(_Teacher() if user is None else user, (), exclude=busy)
             self._empty(seq)
             try:
@@ -358,7 +365,7 @@ class Model:
     def sequence_status(self) -> list[tuple[int, bool]]:
         """Per sequence (a server's slot): the tokens it holds, and whether an unfinished generation decodes in it."""
         with self._lock:
-            return [(len(seq.tokens), not seq.is_free()) for seq in self._pool.sequences]
+            return [(len(seq.tokens), seq.running()) for seq in self._pool.sequences]
 
     def _sequence(self, index: int) -> CachedSequence:
         if not 0 <= index < self.n_seq:
@@ -367,7 +374,7 @@ class Model:
 
     def _free_sequence(self, index: int) -> CachedSequence:
         seq = self._sequence(index)
-        if not seq.is_free():
+        if seq.running():
             raise SequenceBusyError(f"sequence {index} is in use: an unfinished generation decodes in it")
         return seq
 
@@ -591,6 +598,13 @@ class Model:
             if not gen.done:
                 gen.cancel()
 
+    def finish(self, gen: Generation) -> str:
+        """run(gen)'s whole text, the model held meanwhile: the generations of other threads wait, so that they do not
+        take gen's sequence (gen would then evaluate its tokens again as a prompt, dense in a sparse mode, and its
+        text would depend on theirs)."""
+        with self._lock:
+            return "".join(self.run(gen))
+
     def generate(
         self,
         prompt: str | Sequence[int],
@@ -633,11 +647,7 @@ class Model:
         # a bound, as run's -n: the text also ends where the context is full after the prompt
         gen = self.start(tokens, sampling=sampling, max_tokens=self.bounded(max_tokens, tokens), stop=stops,
                          grammar=grammar)  # fmt: skip
-        pieces = self.run(gen)
-        if stream:
-            return pieces
-        with self._lock:  # a whole generation at once: threads sharing one sequence do not interleave
-            return "".join(pieces)
+        return self.run(gen) if stream else self.finish(gen)
 
     @property
     def chat_template(self) -> ChatTemplate | BuiltinChatTemplate:

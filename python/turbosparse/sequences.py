@@ -51,6 +51,11 @@ class CachedSequence:
         user = self.user()
         return user is None or bool(getattr(user, "done", False))
 
+    def running(self) -> bool:
+        """An unfinished generation decodes in it (a user without `done`, e.g. a Llama between its calls, is not one:
+        it is not free either, but what it holds may be taken from it, to be evaluated again when it comes back)."""
+        return getattr(self.user(), "done", True) is False
+
 
 @dataclass(frozen=True, eq=False)
 class SequenceState:

@@ -125,6 +125,9 @@ class Tokenizer:
     """Tokenizes and detokenizes exactly as llama.cpp does for the model file's vocabulary."""
 
     def __init__(self, path: str, *, verbose: bool = False) -> None:
+        # held by every call into llama.cpp's vocabulary and by close(): ctypes lets other threads run during a call,
+        # and close() must not free the vocabulary under one
+        self._lock = threading.Lock()
         self.path = os.path.abspath(path)  # the grammar worker process loads the vocabulary again
         set_llama_log_verbosity(verbose)
         llama_cpp.llama_backend_init()
@@ -161,10 +164,21 @@ class Tokenizer:
         self._end_of_generation: dict[int, bool] = {}
 
     def close(self) -> None:
-        """Frees llama.cpp's vocabulary; every later call raises ModelClosedError."""
-        if getattr(self, "_model", None):
-            llama_cpp.llama_model_free(self._model)
-            self._model = None
+        """Frees llama.cpp's vocabulary (after a call another thread is making); every later call raises
+        ModelClosedError."""
+        if not hasattr(self, "_lock"):  # __init__ failed before it
+            return
+        with self._lock:
+            if getattr(self, "_model", None):
+                llama_cpp.llama_model_free(self._model)
+                self._model = None
+
+    @contextlib.contextmanager
+    def _held(self) -> Iterator[llama_cpp.llama_vocab_p]:
+        """The vocabulary for one call, which close() then waits for."""
+        with self._lock:
+            self._check_open()
+            yield self._vocab_ptr
 
     @property
     def _vocab(self) -> llama_cpp.llama_vocab_p:
@@ -185,7 +199,8 @@ class Tokenizer:
         capacity = len(data) + 8
         for _ in range(2):
             buf = (llama_cpp.llama_token * capacity)()
-            n = llama_cpp.llama_tokenize(self._vocab, data, len(data), buf, capacity, add_bos, special)
+            with self._held() as vocab:
+                n = llama_cpp.llama_tokenize(vocab, data, len(data), buf, capacity, add_bos, special)
             if n >= 0:
                 return list(buf[:n])
             capacity = -n
@@ -205,7 +220,8 @@ class Tokenizer:
         size = 64
         for _ in range(2):
             buf = ctypes.create_string_buffer(size)
-            n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, size, 0, special)
+            with self._held() as vocab:
+                n = llama_cpp.llama_token_to_piece(vocab, token, buf, size, 0, special)
             if n >= 0:
                 self._pieces[token, special] = buf.raw[:n]
                 return buf.raw[:n]
@@ -221,7 +237,8 @@ class Tokenizer:
     def is_end_of_generation(self, token: int) -> bool:
         known = self._end_of_generation.get(token)
         if known is None:
-            known = self._end_of_generation[token] = bool(llama_cpp.llama_vocab_is_eog(self._vocab, token))
+            with self._held() as vocab:
+                known = self._end_of_generation[token] = bool(llama_cpp.llama_vocab_is_eog(vocab, token))
         return known
 
     def end_of_generation_tokens(self) -> list[int]:
@@ -229,23 +246,25 @@ class Tokenizer:
         return [t for t in range(self.n_vocab) if self.is_end_of_generation(t)]
 
     def metadata(self, key: str) -> str | None:
-        self._check_open()
-        return _c_string(lambda buf, size: llama_cpp.llama_model_meta_val_str(self._model, key.encode(), buf, size))
+        with self._held():
+            return _c_string(lambda buf, size: llama_cpp.llama_model_meta_val_str(self._model, key.encode(), buf, size))
 
     def all_metadata(self) -> dict[str, str]:
         """Every key llama.cpp keeps of the file's metadata (not its arrays), with its value as llama.cpp writes it."""
-        self._check_open()
-        model, out = self._model, {}
-        for i in range(llama_cpp.llama_model_meta_count(model)):
-            key = _c_string(lambda buf, size, i=i: llama_cpp.llama_model_meta_key_by_index(model, i, buf, size))
-            value = _c_string(lambda buf, size, i=i: llama_cpp.llama_model_meta_val_str_by_index(model, i, buf, size))
-            out[key or ""] = value or ""
+        with self._held():
+            model, out = self._model, {}
+            for i in range(llama_cpp.llama_model_meta_count(model)):
+                key = _c_string(lambda buf, size, i=i: llama_cpp.llama_model_meta_key_by_index(model, i, buf, size))
+                value = _c_string(
+                    lambda buf, size, i=i: llama_cpp.llama_model_meta_val_str_by_index(model, i, buf, size)
+                )
+                out[key or ""] = value or ""
         return out
 
     @property
     def chat_template(self) -> str | None:
-        self._check_open()
-        ptr = llama_cpp.llama_model_chat_template(self._model, None)
+        with self._held():
+            ptr = llama_cpp.llama_model_chat_template(self._model, None)
         if not ptr:
             return None
         try:
