@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -744,24 +745,29 @@ def test_files_that_are_not_models(tmp_path, smollm2_path) -> None:
     assert f"could not load the vocabulary: gguf_init_from_reader: tensor '{second.name}' has offset 0" in out.stderr
 
 
-def test_sigterm_removes_the_partial_output(tmp_path, smollm2_path) -> None:
-    """`kill` (a service manager, a container stopping) ends a conversion as Ctrl-C does: the partial file goes."""
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_removes_the_partial_output(tmp_path, smollm2_path, signum: signal.Signals) -> None:
+    """`kill` (a service manager, a container stopping) and a closed terminal (SIGHUP) end a conversion as Ctrl-C
+    does: the partial file goes (SIGHUP left a hidden one, named by the process id, never removed)."""
     out = tmp_path / "out.gguf"
     cmd = [sys.executable, "-m", "turbosparse", "convert", str(smollm2_path), "-o", str(out), "--outtype", "q8_0"]
     process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while not list(tmp_path.glob(".*.partial")) and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
-    process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=60) == -signal.SIGTERM  # ended by the signal, as a service manager expects
+    process.send_signal(signum)
+    assert process.wait(timeout=60) == -signum  # ended by the signal, as a service manager expects
     assert list(tmp_path.iterdir()) == []
 
 
-def test_perplexity_chunks_must_be_positive(smollm2_path, tmp_path) -> None:
+def test_perplexity_chunks_are_positive_or_all(smollm2_path, tmp_path) -> None:
     text = tmp_path / "t.txt"
     text.write_text("To be, or not to be, that is the question. " * 40)
     out = turbosparse("perplexity", "-m", str(smollm2_path), "-f", str(text), "-c", "64", "--chunks", "0")
     assert out.returncode == 1 and "--chunks must be >= 1, got 0" in out.stderr
+    every = turbosparse("perplexity", "-m", str(smollm2_path), "-f", str(text), "-c", "64", "--json")
+    out = turbosparse("perplexity", "-m", str(smollm2_path), "-f", str(text), "-c", "64", "--chunks", "-1", "--json")
+    assert out.returncode == 0 and json.loads(out.stdout) == json.loads(every.stdout)  # llama-perplexity's "all"
 
 
 def test_chat_template_kwargs_reach_the_template(smollm2_path) -> None:

@@ -404,6 +404,14 @@ def test_bad_input_is_a_4xx_error_object(server: Server) -> None:
     extreme = {"prompt": "Hi Hi Hi", "max_tokens": 3, "repeat_penalty": 1e-300, "frequency_penalty": -2, "seed": 1}
     status, answer = server.request("POST", "/v1/completions", extreme)
     assert status == 200, answer
+    # a prompt past a slot: llama-server's exceed_context_size_error with its counts, which clients look for
+    long = {"prompt": "Once upon a time " * SLOT_CTX, "max_tokens": 3}
+    for path in ("/v1/completions", "/completion"):
+        status, answer = server.request("POST", path, long)
+        assert_error(status, answer, 400)
+        assert answer["error"]["type"] == "exceed_context_size_error", answer
+        assert answer["error"]["n_ctx"] == SLOT_CTX and answer["error"]["n_prompt_tokens"] > SLOT_CTX, answer
+    assert "exceeds the available context size" in answer["error"]["message"]
     assert_error(*server.request("GET", "/v1/nothing"), 404)
     assert_error(*server.request("GET", "/v1/chat/completions"), 405)
     with pytest.raises(openai.BadRequestError, match="max_tokens"):
@@ -664,7 +672,8 @@ def test_anthropics_messages_api(server: Server) -> None:
         assert json.loads(answer.read())["input_tokens"] > 0
     image = [{"role": "user", "content": [{"type": "image", "source": {}}]}]
     for bad in ({**body, "messages": image}, {**body, "tools": [{"name": "f"}]}, {"messages": user},
-                {**body, "temperature": -1}, {**body, "top_p": 2}, {**body, "stop_sequences": ["x"] * 17}):  # fmt: skip
+                {**body, "temperature": -1}, {**body, "top_p": 2}, {**body, "stop_sequences": ["x"] * 17},
+                {**body, "messages": [{"role": "user", "content": "Hi " * SLOT_CTX}]}):  # fmt: skip
         assert_anthropic_error(*server.request("POST", "/v1/messages", bad), 400)
     assert_anthropic_error(*server.request("POST", "/v1/messages/count_tokens", {"messages": user, "top_k": -1}), 400)
     status, many = server.request("POST", "/v1/messages", {**body, "stop_sequences": ["x"] * 17})
@@ -1126,6 +1135,36 @@ def test_slots_are_saved_restored_and_erased(tmp_path, smollm2_path) -> None:
         model.step([gen])
     model.load_sequence(0, state)
     assert model.clear_sequence(0) == 0
+
+
+def test_a_second_interrupt_ends_the_server_at_once(smollm2_path) -> None:
+    """Ctrl-C twice while an answer runs: out at once with one line, as llama-server (uvicorn's forced exit printed
+    pages of tracebacks, answered a plain-text 500 and at times crashed as the engine thread ran on)."""
+    import http.client
+    import signal
+
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "turbosparse", "serve", "-m", str(smollm2_path), "--port",
+                                str(port), "-t", "2", "-c", "8192", "-np", "1"], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    try:
+        srv = Server(port, process)
+        wait_until_healthy(srv)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        body = {"prompt": "Once upon a time", "n_predict": 4000, "ignore_eos": True, "stream": True}
+        conn.request("POST", "/completion", json.dumps(body), {"Content-Type": "application/json"})
+        response = conn.getresponse()
+        for _ in range(4):
+            response.readline()
+        process.send_signal(signal.SIGINT)
+        time.sleep(0.5)
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=10) == 1
+        output = process.communicate()[0]
+        assert "a second signal, exiting at once" in output and "Traceback" not in output, output[-3000:]
+    finally:
+        process.kill()
+        process.wait()
 
 
 def test_answers_cut_by_a_shutdown_say_so(smollm2_path) -> None:

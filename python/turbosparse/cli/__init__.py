@@ -86,25 +86,33 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 class _Terminated(BaseException):
-    """SIGTERM (`kill`, a service manager, a container stopping), raised where the command stands so that it unwinds:
-    writers remove their partial files (the signal's default action ended the process there, leaving them)."""
+    """SIGTERM (`kill`, a service manager, a container stopping) or SIGHUP (the terminal closed, an ssh session
+    dropped), raised where the command stands so that it unwinds: writers remove their partial files (the signal's
+    default action ended the process there, leaving them)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
 
 
 def _raise_terminated(signum: int, frame: object) -> NoReturn:
-    raise _Terminated
+    raise _Terminated(signum)
 
 
 def entry() -> NoReturn:
     """The `turbosparse` program (its console script and `python -m turbosparse`): main(), then the exit."""
-    signal.signal(signal.SIGTERM, _raise_terminated)  # serve's uvicorn puts its own in while it runs, then re-raises
+    # serve's uvicorn puts its own SIGTERM handler in while it runs, then re-raises; serve leaves SIGHUP as it was
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # under nohup it stays ignored
+        signal.signal(signal.SIGHUP, _raise_terminated)
     try:
         code = main()
-    except _Terminated:
+    except _Terminated as ended:
         # unwound: now ended by the signal itself, as a service manager expects of a stopped process (not exit 143)
         sys.stdout.flush()
         sys.stderr.flush()
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGTERM)
+        signal.signal(ended.signum, signal.SIG_DFL)
+        os.kill(os.getpid(), ended.signum)
         raise
     distributed = sys.modules.get("torch.distributed")  # loaded only where torch was: inference never imports it
     if distributed is not None and getattr(distributed, "is_torchelastic_launched", lambda: False)():

@@ -19,7 +19,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_model_args(p)
     p.set_defaults(ctx_size=512)
     p.add_argument("-f", "--file", type=Path, required=True, help="plain text file")
-    p.add_argument("--chunks", type=int, default=None, help="evaluate at most this many windows of --ctx-size tokens")
+    p.add_argument(
+        "--chunks",
+        type=int,
+        default=None,
+        help="evaluate at most this many windows of --ctx-size tokens (negative: all, as llama-perplexity's -1)",
+    )
     compare = p.add_mutually_exclusive_group()
     compare.add_argument("--compare-dense", action="store_true",
                          help="also top-1 agreement and KL against the file's dense decoding")  # fmt: skip
@@ -40,7 +45,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    at_least([("--chunks", args.chunks, 1)])
+    chunks = None if args.chunks is not None and args.chunks < 0 else args.chunks  # llama-perplexity's -1: all
+    at_least([("--chunks", chunks, 1)])
     text = read_text_as_llama_cpp(args.file)  # as llama-perplexity tokenizes it: "\r\n" kept
     path = model_path(args.model)
     common = dict(n_threads=args.threads, n_ctx=args.ctx_size, n_batch=args.batch_size, verbose=args.verbose,
@@ -57,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     def show(n_windows: int, so_far: float) -> None:  # llama-perplexity's running figures: [1]34.12,[2]33.98,...
         print(f"[{n_windows}]{so_far:.4f},", end="", file=sys.stderr, flush=True)
 
-    result = perplexity(model, text, model.n_ctx, reference=reference, max_windows=args.chunks,
+    result = perplexity(model, text, model.n_ctx, reference=reference, max_windows=chunks,
                         second_half=args.llama_perplexity, on_window=None if args.json else show)  # fmt: skip
     if not args.json:
         print(file=sys.stderr)

@@ -874,8 +874,16 @@ async def _submit(
         gen = await asyncio.to_thread(start)
     except GrammarError as exc:
         raise APIError(400, str(exc), param=name) from None
-    except ContextOverflowError as exc:
-        raise APIError(400, f"{exc} (one slot holds {model.n_ctx} tokens)", param=param) from None
+    except ContextOverflowError:
+        # llama-server's answer, whose type and counts clients look for (the only overflow here: max_tokens is bounded)
+        raise APIError(
+            400,
+            f"request ({len(tokens)} tokens) exceeds the available context size ({model.n_ctx} tokens, one slot's), "
+            "try increasing it",
+            param=param,
+            type="exceed_context_size_error",
+            details={"n_prompt_tokens": len(tokens), "n_ctx": model.n_ctx},
+        ) from None
     except ValueError as exc:
         raise APIError(400, str(exc), param=param) from None
     loop = asyncio.get_running_loop()

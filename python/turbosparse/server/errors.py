@@ -24,37 +24,60 @@ _TYPES = {
 }
 
 
-# Anthropic's names where OpenAI's differ
-_ANTHROPIC_TYPES = {"server_error": "api_error", "unavailable_error": "overloaded_error"}
+# Anthropic's names where OpenAI's differ (llama-server's exceed_context_size_error: Anthropic's prompt too long)
+_ANTHROPIC_TYPES = {
+    "server_error": "api_error",
+    "unavailable_error": "overloaded_error",
+    "exceed_context_size_error": "invalid_request_error",
+}
 _ANTHROPIC_PATH = "/v1/messages"  # and the paths below it
 
 
 class APIError(Exception):
     """An error answered to the client with this status and an OpenAI-style error object."""
 
-    def __init__(self, status: int, message: str, *, param: str | None = None, type: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        type: str | None = None,
+        details: dict[str, object] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.param = param
         self.type = type or _TYPES.get(status, "server_error")
+        self.details = details or {}  # more fields of the error object (llama-server's n_prompt_tokens, n_ctx)
 
 
 def error_body(
-    status: int, message: str, *, param: str | None = None, type: str | None = None, anthropic: bool = False
+    status: int,
+    message: str,
+    *,
+    param: str | None = None,
+    type: str | None = None,
+    anthropic: bool = False,
+    details: dict[str, object] | None = None,
 ) -> dict:
-    """The error object (anthropic: one that is Anthropic's too, its type named as Anthropic names it)."""
+    """The error object (anthropic: one that is Anthropic's too, its type named as Anthropic names it), with details'
+    fields."""
     kind = type or _TYPES.get(status, "server_error")
+    more = details or {}
     if anthropic:
         kind = "request_too_large" if status == 413 else _ANTHROPIC_TYPES.get(kind, kind)
-        return {"type": "error", "error": {"type": kind, "message": message, "param": param, "code": status}}
-    return {"error": {"message": message, "type": kind, "param": param, "code": status}}
+        return {"type": "error", "error": {"type": kind, "message": message, "param": param, "code": status, **more}}
+    return {"error": {"message": message, "type": kind, "param": param, "code": status, **more}}
 
 
 def error_response(error: APIError, path: str) -> JSONResponse:
     """The error answered to a request for path."""
     anthropic = path == _ANTHROPIC_PATH or path.startswith(_ANTHROPIC_PATH + "/")
-    body = error_body(error.status, error.message, param=error.param, type=error.type, anthropic=anthropic)
+    body = error_body(
+        error.status, error.message, param=error.param, type=error.type, anthropic=anthropic, details=error.details
+    )
     return JSONResponse(body, error.status)
 
 

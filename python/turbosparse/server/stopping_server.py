@@ -1,7 +1,9 @@
-"""uvicorn's server, telling the app when it is told to stop (SIGINT / SIGTERM)."""
+"""uvicorn's server, telling the app when it is told to stop (SIGINT / SIGTERM), and gone at a second signal."""
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 from types import FrameType
 
@@ -18,5 +20,11 @@ class StoppingServer(uvicorn.Server):
         self._stopping = stopping
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._stopping.is_set():
+            # a second signal: out now, as llama-server. uvicorn's own answer (cancelling the running requests, then
+            # returning while the engine thread may still be inside a C call) printed pages of tracebacks, answered
+            # a plain-text 500 and at times crashed the exiting interpreter.
+            print("turbosparse serve: a second signal, exiting at once", file=sys.stderr, flush=True)
+            os._exit(1)
         self._stopping.set()
         super().handle_exit(sig, frame)
