@@ -300,3 +300,55 @@ def test_generate_takes_the_presence_and_frequency_penalties(smollm2_path) -> No
     plain = model.generate(prompt, max_tokens=8, temperature=0)
     for penalty in ({"presence_penalty": 5.0}, {"frequency_penalty": 5.0}):
         assert model.generate(prompt, max_tokens=8, temperature=0, **penalty) != plain
+
+
+def test_a_long_prompt_is_evaluated_block_by_block_as_in_one_call(smollm2_path) -> None:
+    """A prompt longer than n_batch goes to the C library one n_batch block per call (Ctrl-C is seen between
+    them), computed as one call computes it: the same logits, bit for bit."""
+    text = "To be, or not to be, that is the question: whether tis nobler in the mind to suffer " * 4
+    with Model(smollm2_path, n_threads=2, n_ctx=256, n_batch=16, sparse="off") as model:
+        tokens = model.tokenize(text)
+        assert len(tokens) > 4 * 16
+        calls: list[int] = []
+        native_eval = model._ctx.eval
+
+        def counted(block: Any, **kwargs: Any) -> np.ndarray:
+            calls.append(len(block))
+            return native_eval(block, **kwargs)
+
+        model._ctx.eval = counted  # type: ignore[method-assign]
+        blocks = model.eval_logits(tokens)
+        model.generate(tokens, max_tokens=1, temperature=0)
+        last = model._prompt_logits[0].copy()
+        assert calls[: len(calls) // 2] == [16] * (len(tokens) // 16) + [len(tokens) % 16]
+    with Model(smollm2_path, n_threads=2, n_ctx=256, n_batch=16, sparse="off") as model:
+        whole = model._ctx.eval(tokens, dense_ffn=False, logits_all=True)
+        model._ctx.truncate(0)
+        np.testing.assert_array_equal(model._ctx.eval(tokens, dense_ffn=True, logits_all=False), last)
+    np.testing.assert_array_equal(blocks, whole)
+
+
+def test_a_prompt_cut_short_between_blocks_leaves_the_model_as_it_was(smollm2_path) -> None:
+    """KeyboardInterrupt between two blocks of a prompt: the sequence holds what it held before, and the next
+    generations (the same prompt, one sharing its beginning) give a fresh model's text."""
+    text = "Once upon a time, in a small village at the edge of a great forest, there lived " * 3
+    with Model(smollm2_path, n_threads=2, n_ctx=256, n_batch=16, sparse="off") as fresh:
+        tokens = fresh.tokenize(text)
+        expected = [fresh.generate(p, max_tokens=8, temperature=0) for p in (tokens, tokens[:40])]
+    with Model(smollm2_path, n_threads=2, n_ctx=256, n_batch=16, sparse="off") as model:
+        model.generate(tokens[:20], max_tokens=2, temperature=0)  # something held before
+        native_eval, calls = model._ctx.eval, []
+
+        def interrupted(block: Any, **kwargs: Any) -> np.ndarray:
+            calls.append(len(block))
+            if len(calls) == 3:
+                raise KeyboardInterrupt
+            return native_eval(block, **kwargs)
+
+        model._ctx.eval = interrupted  # type: ignore[method-assign]
+        with pytest.raises(KeyboardInterrupt):
+            model.generate(tokens, max_tokens=8, temperature=0)
+        model._ctx.eval = native_eval  # type: ignore[method-assign]
+        seq = model._pool.sequences[0]
+        assert len(seq.tokens) <= 16 and model.save_state(object()).tokens == tuple(seq.tokens)
+        assert [model.generate(p, max_tokens=8, temperature=0) for p in (tokens, tokens[:40])] == expected

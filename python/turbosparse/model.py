@@ -450,22 +450,45 @@ class Model:
         if keep < seq.n_prompted:
             seq.n_prompted, seq.prompt_logits = keep, None
         new = tokens[keep:]
-        decoding = len(new) == 1 and not dense_ffn
-        out = None if logits_all else self._prompt_logits[seq.index]
-        start = time.perf_counter()
-        logits = self._ctx.eval(new, dense_ffn=dense_ffn, logits_all=logits_all, seq=seq.index, out=out)
-        if decoding:
+        if len(new) == 1 and not dense_ffn:
+            start = time.perf_counter()
+            logits = self._ctx.eval(new, dense_ffn=False, logits_all=logits_all, seq=seq.index,
+                                    out=None if logits_all else self._prompt_logits[seq.index])  # fmt: skip
             self._timings.decode_seconds += time.perf_counter() - start
-            self._timings.decode_tokens += len(new)
+            self._timings.decode_tokens += 1
         else:
-            self._timings.prompt_seconds += time.perf_counter() - start
-            self._timings.prompt_tokens += len(new)
+            try:
+                logits = self._eval_blocks(seq, new, dense_ffn=dense_ffn, logits_all=logits_all)
+            except BaseException:  # cut short (Ctrl-C between blocks, a failure): seq holds what it held before
+                kept = self._ctx.keepable(keep, seq.index)
+                self._ctx.truncate(kept, seq.index)
+                del seq.tokens[kept:]
+                if kept < seq.n_prompted:
+                    seq.n_prompted, seq.prompt_logits = kept, None
+                raise
         seq.tokens = list(tokens)
         if dense_ffn and not logits_all and clean:
             seq.n_prompted, seq.prompt_logits = len(tokens), logits.copy()
         elif dense_ffn and not logits_all:  # after keep, blocks of another start: later prompts keep less
             seq.n_prompted, seq.prompt_logits = min(seq.n_prompted, keep) // self._n_batch * self._n_batch, None
         return logits
+
+    def _eval_blocks(self, seq: CachedSequence, new: list[int], *, dense_ffn: bool, logits_all: bool) -> np.ndarray:
+        """A prompt's tokens appended to seq (the lock is held), one C call per n_batch block, the blocks the C
+        library evaluates a longer call in: the same arithmetic, and between the calls Python's signal handlers run,
+        so that Ctrl-C stops a long prompt within a block (one call held it off for the whole prompt: half a minute
+        for 4000 tokens of the default model), as llama_cpp's blocks do."""
+        step = self._n_batch
+        rows = np.empty((len(new), self.info.n_vocab), dtype=np.float32) if logits_all else None
+        last = self._prompt_logits[seq.index]
+        for first in range(0, len(new), step):
+            block = new[first : first + step]
+            start = time.perf_counter()
+            out = last if rows is None else rows[first : first + len(block)]
+            self._ctx.eval(block, dense_ffn=dense_ffn, logits_all=logits_all, seq=seq.index, out=out)
+            self._timings.prompt_seconds += time.perf_counter() - start
+            self._timings.prompt_tokens += len(block)
+        return last if rows is None else rows
 
     # ---- generation -------------------------------------------------------------------------------
     def bounded(self, max_tokens: int | None, prompt_tokens: Sequence[int]) -> int | None:
