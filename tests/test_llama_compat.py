@@ -550,6 +550,8 @@ def test_unsupported_options_say_so(smollm2_path) -> None:
         llm.create_chat_completion([{"role": "user", "content": "Hi"}], tools=[{"type": "function"}])
     with pytest.raises(ValueError, match="exceed context window of 128"):
         llm("word " * 200)
+    with pytest.raises(ValueError, match=r"Requested tokens \(128\) exceed context window of 128"):
+        llm([1] * 128)  # a prompt filling the context: llama_cpp's message too
     with pytest.raises(ValueError, match="chat_format"):
         turbosparse.Llama(str(smollm2_path), chat_format="llama-2", verbose=False)
     with pytest.raises(TypeError):

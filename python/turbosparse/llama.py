@@ -817,7 +817,7 @@ class Llama:
         stopping_criteria: StopHook | Sequence[StopHook] | None = None,
     ) -> Generation:
         n_ctx = self._model.n_ctx
-        if len(prompt_tokens) > n_ctx:
+        if len(prompt_tokens) >= n_ctx:  # as llama_cpp's completions: a prompt filling the context leaves no room
             raise ValueError(f"Requested tokens ({len(prompt_tokens)}) exceed context window of {n_ctx}")
         self._restore_from_cache(prompt_tokens)
         room = n_ctx - len(prompt_tokens)  # llama_cpp's rule: max_tokens <= 0 or None means "until the context ends"
