@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -14,6 +15,27 @@ PROMPTS = ["The capital of France is", "Once upon a time, in a small village", "
 N = 16
 
 
+def answers_of_threads(answer: Callable[[int], str], n_threads: int, rounds: int) -> dict[tuple[int, int], str]:
+    """answer(i) asked `rounds` times by each thread i of n_threads running at once: {(i, round): answer}."""
+    results: dict[tuple[int, int], str] = {}
+    errors: list[BaseException] = []
+
+    def work(i: int) -> None:
+        try:
+            for r in range(rounds):
+                results[i, r] = answer(i)
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(n_threads)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    return results
+
+
 @pytest.fixture(scope="module")
 def solo(smollm2_model) -> list[str]:
     return [smollm2_model.generate(p, max_tokens=N, temperature=0.0) for p in PROMPTS]
@@ -21,22 +43,7 @@ def solo(smollm2_model) -> list[str]:
 
 def test_threads_share_one_model(smollm2_model, solo: list[str]) -> None:
     """Three threads generating on one model (one sequence) at once: before the lock this aborted the process."""
-    results: dict[tuple[int, int], str] = {}
-    errors: list[BaseException] = []
-
-    def work(i: int) -> None:
-        try:
-            for r in range(2):
-                results[i, r] = smollm2_model.generate(PROMPTS[i], max_tokens=N, temperature=0.0)
-        except BaseException as exc:  # reported by the main thread
-            errors.append(exc)
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
+    results = answers_of_threads(lambda i: smollm2_model.generate(PROMPTS[i], max_tokens=N, temperature=0.0), 3, 2)
     assert results == {(i, r): solo[i] for i in range(3) for r in range(2)}
 
 
@@ -169,22 +176,7 @@ def test_llama_threads_on_a_sparse_model_get_their_serial_answers(tmp_path) -> N
         return llm.create_completion(prompt, max_tokens=12, temperature=0.0)["choices"][0]["text"]
 
     serial = [answer(p) for p in prompts]
-    results: dict[tuple[int, int], str] = {}
-    errors: list[BaseException] = []
-
-    def work(i: int) -> None:
-        try:
-            for r in range(3):
-                results[i, r] = answer(prompts[i])
-        except BaseException as exc:  # reported by the main thread
-            errors.append(exc)
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
+    results = answers_of_threads(lambda i: answer(prompts[i]), 3, 3)
     assert results == {(i, r): serial[i] for i in range(3) for r in range(3)}
 
 

@@ -13,6 +13,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -80,21 +81,28 @@ def wait_until_healthy(srv: Server) -> None:
     raise AssertionError(srv.startup[-3:])
 
 
-@pytest.fixture(scope="module")
-def server(smollm2_path, tmp_path_factory) -> Iterator[Server]:
+def started_server(model: Path, *flags: str) -> Server:
+    """`turbosparse serve -m model -t 2 FLAGS` on a free port, once /health answers 200."""
     port = free_port()
-    args = ["-m", str(smollm2_path), "--port", str(port), "-t", "2", "-c", str(SLOTS * SLOT_CTX),
-            "--parallel", str(SLOTS), "--queue-size", str(QUEUE), "--api-key", f"{API_KEY}, {SECOND_KEY}",
-            "--slot-save-path", str(tmp_path_factory.mktemp("slots"))]  # fmt: skip
-    process = subprocess.Popen(
-        [sys.executable, "-m", "turbosparse", "serve", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    command = [sys.executable, "-m", "turbosparse", "serve", "-m", str(model), "--port", str(port), "-t", "2", *flags]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     srv = Server(port, process)
     try:
         wait_until_healthy(srv)
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
+    return srv
+
+
+@pytest.fixture(scope="module")
+def server(smollm2_path, tmp_path_factory) -> Iterator[Server]:
+    srv = started_server(smollm2_path, "-c", str(SLOTS * SLOT_CTX), "--parallel", str(SLOTS), "--queue-size",
+                         str(QUEUE), "--api-key", f"{API_KEY}, {SECOND_KEY}",
+                         "--slot-save-path", str(tmp_path_factory.mktemp("slots")))  # fmt: skip
+    process = srv.process
+    try:
         yield srv
     finally:
         process.terminate()
@@ -1143,14 +1151,10 @@ def test_a_second_interrupt_ends_the_server_at_once(smollm2_path) -> None:
     import http.client
     import signal
 
-    port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "turbosparse", "serve", "-m", str(smollm2_path), "--port",
-                                str(port), "-t", "2", "-c", "8192", "-np", "1"], stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    srv = started_server(smollm2_path, "-c", "8192", "-np", "1")
+    process = srv.process
     try:
-        srv = Server(port, process)
-        wait_until_healthy(srv)
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=60)
         body = {"prompt": "Once upon a time", "n_predict": 4000, "ignore_eos": True, "stream": True}
         conn.request("POST", "/completion", json.dumps(body), {"Content-Type": "application/json"})
         response = conn.getresponse()
@@ -1174,13 +1178,9 @@ def test_answers_cut_by_a_shutdown_say_so(smollm2_path) -> None:
     import http.client
     import threading
 
-    port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "turbosparse", "serve", "-m", str(smollm2_path), "--port",
-                                str(port), "-t", "2", "-c", "8192", "-np", "2"], stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    srv = started_server(smollm2_path, "-c", "8192", "-np", "2")
+    process, port = srv.process, srv.port
     try:
-        srv = Server(port, process)
-        wait_until_healthy(srv)
         body = {"prompt": "Once upon a time", "n_predict": 4000, "ignore_eos": True}
         whole: list[tuple[int, Any]] = []
         waiting = threading.Thread(target=lambda: whole.append(srv.request("POST", "/completion", body, key=None)))
