@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -10,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -745,19 +747,36 @@ def test_files_that_are_not_models(tmp_path, smollm2_path) -> None:
     assert f"could not load the vocabulary: gguf_init_from_reader: tensor '{second.name}' has offset 0" in out.stderr
 
 
+def conversion_under_way(tmp_path, smollm2_path, preexec_fn: Callable[[], object]) -> subprocess.Popen[bytes]:
+    """`convert` to tmp_path/out.gguf, once its partial file is there."""
+    out = tmp_path / "out.gguf"
+    cmd = [sys.executable, "-m", "turbosparse", "convert", str(smollm2_path), "-o", str(out), "--outtype", "q8_0"]
+    process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=preexec_fn)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".*.partial")) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return process
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
 def test_sigterm_removes_the_partial_output(tmp_path, smollm2_path, signum: signal.Signals) -> None:
     """`kill` (a service manager, a container stopping) and a closed terminal (SIGHUP) end a conversion as Ctrl-C
     does: the partial file goes (SIGHUP left a hidden one, named by the process id, never removed)."""
-    out = tmp_path / "out.gguf"
-    cmd = [sys.executable, "-m", "turbosparse", "convert", str(smollm2_path), "-o", str(out), "--outtype", "q8_0"]
-    process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while not list(tmp_path.glob(".*.partial")) and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
+    default = functools.partial(signal.signal, signum, signal.SIG_DFL)  # whatever this test's runner ignores
+    process = conversion_under_way(tmp_path, smollm2_path, default)
     process.send_signal(signum)
     assert process.wait(timeout=60) == -signum  # ended by the signal, as a service manager expects
     assert list(tmp_path.iterdir()) == []
+
+
+def test_under_nohup_a_hangup_is_ignored(tmp_path, smollm2_path) -> None:
+    """SIGHUP ignored by the parent (nohup) stays ignored: the conversion goes on to its end."""
+    process = conversion_under_way(
+        tmp_path, smollm2_path, functools.partial(signal.signal, signal.SIGHUP, signal.SIG_IGN)
+    )
+    process.send_signal(signal.SIGHUP)
+    assert process.wait(timeout=120) == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["out.gguf"]
 
 
 def test_perplexity_chunks_are_positive_or_all(smollm2_path, tmp_path) -> None:

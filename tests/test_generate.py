@@ -320,9 +320,11 @@ def test_a_long_prompt_is_evaluated_block_by_block_as_in_one_call(smollm2_path) 
         blocks = model.eval_logits(tokens)
         model.generate(tokens, max_tokens=1, temperature=0)
         last = model._prompt_logits[0].copy()
-        assert calls[: len(calls) // 2] == [16] * (len(tokens) // 16) + [len(tokens) % 16]
+        blocks_calls = calls[: len(calls) // 2]
+        # the last call takes the last two blocks (its sliding-window checkpoint: tests/test_sliding_window_cache.py)
+        assert set(blocks_calls[:-1]) == {16} and 16 < blocks_calls[-1] <= 32 and sum(blocks_calls) == len(tokens)
     with Model(smollm2_path, n_threads=2, n_ctx=256, n_batch=16, sparse="off") as model:
-        whole = model._ctx.eval(tokens, dense_ffn=False, logits_all=True)
+        whole = model._ctx.eval(tokens, dense_ffn=True, logits_all=True)
         model._ctx.truncate(0)
         np.testing.assert_array_equal(model._ctx.eval(tokens, dense_ffn=True, logits_all=False), last)
     np.testing.assert_array_equal(blocks, whole)
@@ -331,7 +333,7 @@ def test_a_long_prompt_is_evaluated_block_by_block_as_in_one_call(smollm2_path) 
 def test_a_prompt_cut_short_between_blocks_leaves_the_model_as_it_was(smollm2_path) -> None:
     """KeyboardInterrupt between two blocks of a prompt: the sequence holds what it held before, and the next
     generations (the same prompt, one sharing its beginning) give a fresh model's text."""
-    text = "Once upon a time, in a small village at the edge of a great forest, there lived " * 3
+    text = "Once upon a time, in a small village at the edge of a great forest, there lived " * 4
     with Model(smollm2_path, n_threads=2, n_ctx=256, n_batch=16, sparse="off") as fresh:
         tokens = fresh.tokenize(text)
         expected = [fresh.generate(p, max_tokens=8, temperature=0) for p in (tokens, tokens[:40])]
@@ -341,7 +343,7 @@ def test_a_prompt_cut_short_between_blocks_leaves_the_model_as_it_was(smollm2_pa
 
         def interrupted(block: Any, **kwargs: Any) -> np.ndarray:
             calls.append(len(block))
-            if len(calls) == 3:
+            if len(calls) == 2:  # the prompt's second block
                 raise KeyboardInterrupt
             return native_eval(block, **kwargs)
 
@@ -350,5 +352,5 @@ def test_a_prompt_cut_short_between_blocks_leaves_the_model_as_it_was(smollm2_pa
             model.generate(tokens, max_tokens=8, temperature=0)
         model._ctx.eval = native_eval  # type: ignore[method-assign]
         seq = model._pool.sequences[0]
-        assert len(seq.tokens) <= 16 and model.save_state(object()).tokens == tuple(seq.tokens)
+        assert len(seq.tokens) <= 16 and model._ctx.n_past_of(0) == len(seq.tokens)  # what the C library holds
         assert [model.generate(p, max_tokens=8, temperature=0) for p in (tokens, tokens[:40])] == expected

@@ -15,7 +15,7 @@ from turbosparse import ModelLoadError
 from turbosparse.binding import NativeContext, NativeModel, SparseMode
 from turbosparse.errors import ContextOverflowError, InvalidArgumentError
 
-from tinymodel import TinyConfig, random_weights, write_gguf
+from tinymodel import TinyConfig, random_weights, spm_tokens, write_gguf
 
 CFG = TinyConfig()
 
@@ -189,11 +189,6 @@ def test_a_sentencepiece_vocabulary_without_byte_tokens(tmp_path: Path) -> None:
         path, CFG, random_weights(CFG), extra_kv={"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.tokens": tokens}
     )
     NativeModel(path)  # byte-level BPE vocabularies spell bytes otherwise
-
-
-def spm_tokens(n: int) -> list[str]:
-    """A SentencePiece vocabulary of n tokens as llama.cpp takes it: unknown, BOS, EOS, the 256 byte tokens, pieces."""
-    return (["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + [f"p{i}" for i in range(n)])[:n]
 
 
 def test_a_vocabulary_that_does_not_match_the_embedding_rows(tmp_path: Path) -> None:

@@ -219,3 +219,48 @@ def test_a_closed_model_refuses_every_use_and_cannot_be_copied(smollm2_path) -> 
     ):
         with pytest.raises(ModelClosedError, match="closed"):
             use()
+
+
+def test_tokenizer_calls_run_together_and_close_waits_for_them(smollm2_path) -> None:
+    """Calls into the vocabulary run at once in several threads (llama.cpp's are read-only), close() waits for the
+    ones running and refuses new ones meanwhile, and a forked child tokenizes though a call was running in the
+    parent at the fork."""
+    import os
+
+    from turbosparse import ModelClosedError
+
+    model = Model(smollm2_path, n_threads=2, n_ctx=128, sparse="off")
+    tok = model.tokenizer
+    expected = tok.tokenize("Hello world")
+    inside, release = threading.Event(), threading.Event()
+
+    def hold() -> None:  # a call in flight until released
+        with tok._held():
+            inside.set()
+            release.wait(60)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert inside.wait(30)
+    beside: list[list[int]] = []
+    other = threading.Thread(target=lambda: beside.append(tok.tokenize("Hello world")))
+    other.start()
+    other.join(30)
+    assert beside == [expected]  # not held up by the call in flight
+    pid = os.fork()
+    if pid == 0:  # the child: the parent's call in flight does not hold it up
+        os._exit(0 if tok.tokenize("Hello world") == expected else 1)
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+    closer = threading.Thread(target=model.close)
+    closer.start()
+    while not tok._calls._ended:
+        closer.join(0.01)
+    with pytest.raises(ModelClosedError):
+        tok.tokenize("Hello world")  # closing: no new call
+    assert closer.is_alive()  # waiting for the call in flight
+    release.set()
+    closer.join(30)
+    holder.join(30)
+    assert not closer.is_alive() and not holder.is_alive()
+    with pytest.raises(ModelClosedError):
+        tok.tokenize("Hello world")

@@ -127,6 +127,10 @@ def test_a_response_is_the_chat_routes_answer_whole_and_streamed(smollm2_path: A
         ]:
             reply = http.post("/v1/responses", json={"input": "Hi", **bad})
             assert reply.status_code == 400 and re.search(match, reply.json()["error"]["message"]), reply.text
+        # a prompt past the context: llama-server's error with its counts, as on the chat route
+        error = http.post("/v1/responses", json={"input": "Hi " * 1100}).json()["error"]
+        assert error["type"] == "exceed_context_size_error" and error["n_ctx"] == 1024, error
+        assert error["n_prompt_tokens"] > 1024, error
 
 
 def test_responses_call_tools_as_the_chat_route(smollm2_path: Any) -> None:

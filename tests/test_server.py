@@ -1171,6 +1171,21 @@ def test_a_second_interrupt_ends_the_server_at_once(smollm2_path) -> None:
         process.wait()
 
 
+def test_a_hangup_stops_the_server_as_sigterm_does(smollm2_path) -> None:
+    """SIGHUP (a closed terminal) stops serve gracefully, ended by the signal (it printed pages of tracebacks)."""
+    import signal
+
+    srv = started_server(smollm2_path, "-c", "512")
+    try:
+        srv.process.send_signal(signal.SIGHUP)
+        assert srv.process.wait(timeout=30) == -signal.SIGHUP
+        output = srv.process.communicate()[0]
+        assert "Traceback" not in output, output[-3000:]
+    finally:
+        srv.process.kill()
+        srv.process.wait()
+
+
 def test_answers_cut_by_a_shutdown_say_so(smollm2_path) -> None:
     """SIGTERM while answers run: they get SHUTDOWN_NOTICE_S to finish, then a stream's last event and a non-streamed
     answer's 503 say it was cut (a stream just ended, as if whole; a non-streamed one was uvicorn's plain-text 500),

@@ -17,7 +17,7 @@ from turbosparse.bench.runner import kv_bytes_per_token
 from turbosparse.binding import NativeContext, NativeModel, SparseMode
 from turbosparse.errors import InvalidArgumentError
 
-from tinymodel import TinyConfig, random_weights, reference_logits, write_gguf
+from tinymodel import TinyConfig, random_weights, reference_logits, spm_tokens, write_gguf
 
 # layers 0-4 slide over 8 positions, layer 5 attends to all (gemma3's pattern of 6)
 CFG = TinyConfig(arch="gemma3", n_layer=6, n_swa=8, n_vocab=256)
@@ -177,3 +177,27 @@ def test_a_prompts_last_whole_block_stays_keepable_while_decoding(gemma, tokens:
     # the evaluation from kept on was a prompt too: its last whole block is the checkpoint now
     last = len(tokens) // N_BATCH * N_BATCH
     assert window.keepable(last) == last and window.keepable(kept) == 0
+
+
+def test_a_prompt_in_blocks_keeps_the_checkpoint_of_one_call(tmp_path: Path, tokens: list[int]) -> None:
+    """Model evaluates a prompt one n_batch block per call (Ctrl-C lands between them); the window's checkpoint
+    still goes where one call for the whole prompt puts it: 17 tokens after 15 kept end at 32, a whole block, whose
+    window a later prompt can keep after the window has moved on (split into 16 + 1 tokens, the last call of one
+    token took no checkpoint)."""
+    from turbosparse import Model
+
+    cfg = TinyConfig(arch="gemma3", n_layer=6, n_swa=8, n_vocab=300)  # room for a vocabulary Model can load
+    path = tmp_path / "gemma3.gguf"
+    vocabulary = {"tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": spm_tokens(cfg.n_vocab)}
+    write_gguf(path, cfg, random_weights(cfg, seed=11), extra_kv=vocabulary)
+    with Model(path, n_threads=2, n_ctx=N_CTX, n_batch=N_BATCH, sparse="off") as model:
+
+        class User:
+            pass
+
+        user = User()
+        model.evaluate(user, tokens[:15], logits_from=0)
+        model.evaluate(user, tokens[:32], logits_from=15)  # keeps 15, evaluates 17
+        for n in range(33, 33 + 100):  # decoded: the window moves far past position 32
+            model.evaluate(user, tokens[:n])
+        assert model._ctx.keepable(32) == 32

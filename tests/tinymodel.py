@@ -181,6 +181,11 @@ def _unstack(cfg: TinyConfig, weights: dict[str, np.ndarray]) -> dict[str, np.nd
     return out
 
 
+def spm_tokens(n: int) -> list[str]:
+    """A SentencePiece vocabulary of n tokens as llama.cpp takes it: unknown, BOS, EOS, the 256 byte tokens, pieces."""
+    return (["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + [f"p{i}" for i in range(n)])[:n]
+
+
 def write_gguf(
     path: Path,
     cfg: TinyConfig,

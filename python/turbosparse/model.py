@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import threading
@@ -190,8 +191,9 @@ class Model:
         self.chat_template_kwargs: dict[str, object] = {}
 
     def close(self) -> None:
-        """Frees the engine and the tokenizer now (waiting for a running evaluation); any later use of the model
-        raises ModelClosedError. Also what leaving a `with Model(...) as model:` block does."""
+        """Frees the engine and the tokenizer now (waiting for a running evaluation, and for a whole non-streamed
+        generation: generate() and finish() hold the model); any later use of the model raises ModelClosedError. Also
+        what leaving a `with Model(...) as model:` block does."""
         with self._lock:
             if isinstance(self._tokenizer, _Closed):
                 return
@@ -320,12 +322,13 @@ class Model:
     def save_state(self, user: object, tokens: Sequence[int] = ()) -> SequenceState:
         """What the sequence user evaluates in holds now (as evaluate() picks it: user's own, else the free one sharing
         the longest prefix with tokens), for load_state: its tokens and their keys and values, as llama.cpp's
-        llama_state_seq_get_data saves them. Nothing changes hands; SequenceBusyError where every sequence serves an
-        unfinished generation of another user."""
+        llama_state_seq_get_data saves them. Nothing changes hands; SequenceBusyError where every sequence is another
+        user's."""
         with self._lock:
             seq = self._pool.holding(user, tokens)
             if seq is None:
-                raise SequenceBusyError("no sequence to save: every one serves an unfinished generation")
+                raise SequenceBusyError("no sequence to save: every one is another user's (a running generation, or a "
+                                        "Llama or evaluate() user between its calls)")  # fmt: skip
             return self._saved(seq)
 
     def load_state(self, user: object, state: SequenceState) -> None:
@@ -459,7 +462,8 @@ class Model:
         else:
             try:
                 logits = self._eval_blocks(seq, new, dense_ffn=dense_ffn, logits_all=logits_all)
-            except BaseException:  # cut short (Ctrl-C between blocks, a failure): seq holds what it held before
+            except BaseException:  # cut short (Ctrl-C between blocks, a failure): seq holds what it kept (nothing
+                # where the blocks' sliding-window checkpoints replaced the one the kept tokens needed)
                 kept = self._ctx.keepable(keep, seq.index)
                 self._ctx.truncate(kept, seq.index)
                 del seq.tokens[kept:]
@@ -477,12 +481,16 @@ class Model:
         """A prompt's tokens appended to seq (the lock is held), one C call per n_batch block, the blocks the C
         library evaluates a longer call in: the same arithmetic, and between the calls Python's signal handlers run,
         so that Ctrl-C stops a long prompt within a block (one call held it off for the whole prompt: half a minute
-        for 4000 tokens of the default model), as llama_cpp's blocks do."""
+        for 4000 tokens of the default model), as llama_cpp's blocks do. The last call takes the last two blocks:
+        the sliding-window layers' checkpoint goes at the prompt's last whole block, which the library finds in a
+        call of more than one token, as in one call for the whole prompt."""
         step = self._n_batch
         rows = np.empty((len(new), self.info.n_vocab), dtype=np.float32) if logits_all else None
         last = self._prompt_logits[seq.index]
-        for first in range(0, len(new), step):
-            block = new[first : first + step]
+        later_blocks = list(range(step, len(new), step))  # where the blocks after the first start
+        cuts = [0, *later_blocks[:-1], len(new)]
+        for first, end in itertools.pairwise(cuts):
+            block = new[first:end]
             start = time.perf_counter()
             out = last if rows is None else rows[first : first + len(block)]
             self._ctx.eval(block, dense_ffn=dense_ffn, logits_all=logits_all, seq=seq.index, out=out)

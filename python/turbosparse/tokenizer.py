@@ -8,6 +8,7 @@ import ctypes
 import os
 import sys
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -108,6 +109,18 @@ class FimTokens:
     separator: int | None  # ... and their file separator (<|file_sep|>)
 
 
+# every tokenizer, for the forked child's reset of its calls in flight
+_TOKENIZERS: weakref.WeakSet[Tokenizer] = weakref.WeakSet()
+
+
+def _forked() -> None:
+    for tokenizer in list(_TOKENIZERS):
+        tokenizer._calls.forked()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)
+
 _FIM_READERS = (
     llama_cpp.llama_vocab_fim_pre,
     llama_cpp.llama_vocab_fim_suf,
@@ -121,13 +134,49 @@ def _token_or_none(token: int) -> int | None:
     return None if token < 0 else token
 
 
+class _CallsInFlight:
+    """The calls running at once; ending() refuses new ones (ModelClosedError) and waits for those running."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._running = 0
+        self._ended = False
+
+    @contextlib.contextmanager
+    def one(self) -> Iterator[None]:
+        with self._cond:
+            if self._ended:
+                raise ModelClosedError("the tokenizer is closed")
+            self._running += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._running -= 1
+                self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def ending(self) -> Iterator[None]:
+        with self._cond:
+            self._ended = True
+            self._cond.wait_for(lambda: self._running == 0)
+            yield
+
+    def forked(self) -> None:
+        """In a forked child: the calls of the parent's other threads do not run here (and a lock one of them held
+        would stay held)."""
+        self._cond = threading.Condition()
+        self._running = 0
+
+
 class Tokenizer:
     """Tokenizes and detokenizes exactly as llama.cpp does for the model file's vocabulary."""
 
     def __init__(self, path: str, *, verbose: bool = False) -> None:
-        # held by every call into llama.cpp's vocabulary and by close(): ctypes lets other threads run during a call,
-        # and close() must not free the vocabulary under one
-        self._lock = threading.Lock()
+        # calls into llama.cpp's vocabulary in flight, which close() waits for (ctypes lets other threads run during
+        # a call: the vocabulary was freed under one); the calls themselves run at once (llama.cpp's are read-only)
+        self._calls = _CallsInFlight()
+        _TOKENIZERS.add(self)
         self.path = os.path.abspath(path)  # the grammar worker process loads the vocabulary again
         set_llama_log_verbosity(verbose)
         llama_cpp.llama_backend_init()
@@ -166,9 +215,9 @@ class Tokenizer:
     def close(self) -> None:
         """Frees llama.cpp's vocabulary (after a call another thread is making); every later call raises
         ModelClosedError."""
-        if not hasattr(self, "_lock"):  # __init__ failed before it
+        if not hasattr(self, "_calls"):  # __init__ failed before it
             return
-        with self._lock:
+        with self._calls.ending():
             if getattr(self, "_model", None):
                 llama_cpp.llama_model_free(self._model)
                 self._model = None
@@ -176,7 +225,7 @@ class Tokenizer:
     @contextlib.contextmanager
     def _held(self) -> Iterator[llama_cpp.llama_vocab_p]:
         """The vocabulary for one call, which close() then waits for."""
-        with self._lock:
+        with self._calls.one():
             self._check_open()
             yield self._vocab_ptr
 

@@ -101,7 +101,7 @@ def _raise_terminated(signum: int, frame: object) -> NoReturn:
 
 def entry() -> NoReturn:
     """The `turbosparse` program (its console script and `python -m turbosparse`): main(), then the exit."""
-    # serve's uvicorn puts its own SIGTERM handler in while it runs, then re-raises; serve leaves SIGHUP as it was
+    # serve's uvicorn (server/stopping_server.py) puts its own in while it runs, then raises the signal again
     signal.signal(signal.SIGTERM, _raise_terminated)
     if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # under nohup it stays ignored
         signal.signal(signal.SIGHUP, _raise_terminated)

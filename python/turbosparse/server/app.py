@@ -328,7 +328,7 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
                     return JSONResponse({}, status_code=499)  # nobody reads it (nginx's "client closed request")
                 embed = functools.partial(model.embed, tokens, pooling=pooling, normalize=True)
                 vectors.append(await asyncio.get_running_loop().run_in_executor(embedding_thread, embed))
-        except RuntimeError as exc:  # no free sequence: the engine runs one generation per slot, so never here
+        except SequenceBusyError as exc:  # no free sequence: the engine runs one generation per slot, so never here
             raise APIError(503, f"the server is busy: {exc}") from None
         finally:
             leaving.cancel()
@@ -705,7 +705,8 @@ def _errors_named_as(names: dict[str, str]) -> Iterator[None]:
         for chat_name, own_name in names.items():
             if "_" in chat_name:
                 message = re.sub(rf"\b{chat_name}\b", own_name, message)
-        raise APIError(exc.status, message, param=names.get(exc.param or "", exc.param), type=exc.type) from None
+        param = names.get(exc.param or "", exc.param)
+        raise APIError(exc.status, message, param=param, type=exc.type, details=exc.details) from None
 
 
 def _split_apart(reasoning: ReasoningSplit | None) -> ReasoningSplit | None:
