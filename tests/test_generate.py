@@ -53,6 +53,17 @@ def test_stop_scanner_holds_back_partial_matches() -> None:
     assert scanner.stopped and scanner.text == "abc STORx "
 
 
+def test_a_long_stop_string_costs_what_the_held_back_tail_costs() -> None:
+    """A stop string of a million characters (a request may send one): each piece is checked against the tail not yet
+    released, not against every prefix of the stop string (minutes per token on the server's engine thread)."""
+    long = "ab" * 500_000
+    scanner = StopScanner((long, "END"))
+    released = "".join(scanner.feed(piece) for piece in ["x y z "] * 2000)
+    assert released == "x y z " * 2000
+    assert scanner.feed("a") == "" and scanner.feed("b") == "" and scanner.feed("abab") == ""  # may become the stop
+    assert scanner.feed("c") == "abababc" and scanner.feed(" END") == " " and scanner.stopped
+
+
 def test_prefix_reuse_gives_the_same_result(smollm2_model) -> None:
     smollm2_model.generate(PROMPT + " the wheel", max_tokens=4, temperature=0.0)
     reused = smollm2_model.generate(PROMPT, max_tokens=12, temperature=0.0)

@@ -56,7 +56,13 @@ class StopScanner:
             self.stopped = True
             self.text = self.text[:cut]
             return self._release(len(self.text))
-        hold = max((k for s in self.stops for k in range(1, len(s)) if self.text.endswith(s[:k])), default=0)
+        # the longest end of the text that begins a stop string, within what is not released yet (an earlier step held
+        # back all of one that began before): the work stays that tail's, not a long stop string's (a 10 MB one took
+        # the server's engine thread for minutes per token)
+        tail = len(self.text) - self.emitted
+        hold = max(
+            (k for s in self.stops for k in range(1, min(len(s), tail + 1)) if self.text.endswith(s[:k])), default=0
+        )
         return self._release(len(self.text) - hold)
 
     def finish(self) -> str:
