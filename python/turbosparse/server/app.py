@@ -283,7 +283,8 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
     async def detokenize(body: DetokenizeRequest) -> JSONResponse:
         model, _ = ready()
         _check_tokens(model, body.tokens, "tokens")
-        return JSONResponse({"content": model.detokenize(body.tokens, special=True)})  # as llama-server
+        text = await asyncio.to_thread(model.detokenize, body.tokens, special=True)
+        return JSONResponse({"content": text})  # as llama-server
 
     @app.post("/v1/embeddings")
     async def embeddings(body: EmbeddingRequest, request: Request) -> JSONResponse:
@@ -350,14 +351,17 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
         if ids:
             tokens = [int(t) for t in body.prompt]  # type: ignore[arg-type]
             _check_tokens(model, tokens, "prompt")
-            text = prompt_text(model.tokenizer, tokens)
+            text = await asyncio.to_thread(prompt_text, model.tokenizer, tokens)
         else:
             text = body.prompt if isinstance(body.prompt, str) else str(body.prompt[0])
             tokens = await asyncio.to_thread(model.tokenize, text, special=True)  # a long text: off the event loop
         if body.suffix:  # OpenAI's insertion: the prompt (a text as plain text) before the middle, the suffix after
             bos = model.tokenizer.bos if model.tokenizer.adds_bos else None
-            prefix = (tokens[1:] if tokens[:1] == [bos] else tokens) if ids else model.tokenize(text, add_bos=False)
-            suffix = model.tokenize(body.suffix, add_bos=False)
+            if ids:
+                prefix = tokens[1:] if tokens[:1] == [bos] else tokens
+            else:
+                prefix = await asyncio.to_thread(model.tokenize, text, add_bos=False)
+            suffix = await asyncio.to_thread(model.tokenize, body.suffix, add_bos=False)
             try:
                 tokens = fim_tokens(model.tokenizer, prefix, suffix, suffix_first=config.spm_infill)
             except InfillNotSupportedError as exc:
@@ -400,8 +404,9 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
         model whose vocabulary has no FIM tokens."""
         model, engine = ready()
         _take_defaults(body, config.sampling_defaults)  # the answer's room (-n) sizes the prompt
-        try:
-            tokens = infill_tokens(
+
+        def prompt() -> list[int]:
+            return infill_tokens(
                 model.tokenizer,
                 _mixed_tokens(model, body.input_prefix, "input_prefix"),
                 _mixed_tokens(model, body.input_suffix, "input_suffix"),
@@ -412,6 +417,9 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
                 n_predict=body.max_tokens or 0,
                 suffix_first=config.spm_infill,
             )
+
+        try:
+            tokens = await asyncio.to_thread(prompt)
         except InfillNotSupportedError as exc:
             raise APIError(501, str(exc), type="not_supported_error") from None
         return await native_answer(model, engine, tokens, body, request)
@@ -420,7 +428,8 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
         model: Model, engine: Engine, tokens: list[int], body: NativeCompletionRequest, request: Request
     ) -> Response:
         """The answer to a /completion (or /infill) body for the prompt tokens."""
-        texts = {text: model.tokenize(text, add_bos=False) for text in body.text_biases()}
+        biases = body.text_biases()  # texts given as logit_bias keys: tokenized off the event loop as prompts are
+        texts = await asyncio.to_thread(lambda: {text: model.tokenize(text, add_bos=False) for text in biases})
         body.resolve(texts, end_of_generation(model) if body.ignore_eos else [])
         clock = native.Clock()
         job, queue = await _submit(
