@@ -92,8 +92,9 @@ def _check_format(text: Any, args: Any) -> None:
     """`text % args` pads to no width or precision past MAX_PROMPT_CHARS (one C call would make it whole)."""
     if not isinstance(text, str):
         return
-    sizes = [int(n) for match in _FORMAT_SIZES.finditer(text) for n in match.groups() if n and n != "*"]
-    if any("*" in match.group(0) for match in _FORMAT_SIZES.finditer(text)):  # widths given among the arguments
+    matches = list(_FORMAT_SIZES.finditer(text))
+    sizes = [int(n) for match in matches for n in match.groups() if n and n != "*"]
+    if any("*" in match.group(0) for match in matches):  # widths given among the arguments
         sizes += [a for a in (args if isinstance(args, tuple) else (args,)) if isinstance(a, int)]
     if sizes and max(sizes) > MAX_PROMPT_CHARS:
         raise jinja2.sandbox.SecurityError(f"a format of width {max(sizes)}")

@@ -109,25 +109,27 @@ class _Engine:
         with self._lock:
             state.waited(time.monotonic() - queued)
             for attempt in range(2):
-                if self._ended:
-                    raise ModelClosedError("the model is closed: its grammar engine was ended")
+                self._raise_if_ended()
                 try:
                     return self._call(state, ids, timeout)
                 except (_WorkerTooSlow, _Refused) as exc:
                     raise failure(str(exc)) from None
                 except _NoWorker as exc:
-                    if self._ended:  # close() killed it as it started
-                        raise ModelClosedError("the model is closed: its grammar engine was ended") from None
+                    self._raise_if_ended()  # close() killed it as it started
                     raise (failure if issubclass(failure, EvalError) else EvalError)(str(exc)) from None
                 except _WorkerGone as exc:
-                    if self._ended:  # close() killed it
-                        raise ModelClosedError("the model is closed: its grammar engine was ended") from None
+                    self._raise_if_ended()  # close() killed it
                     if attempt == 1:
                         raise failure(str(exc)) from None
                 except BaseException:  # cut short (Ctrl-C, a signal's exception): its answer would go to the next
                     if self._worker is not None:
                         self._end()
                     raise
+
+    def _raise_if_ended(self) -> None:
+        """ModelClosedError once close() has ended the engine (a call it cut short is the model's closing)."""
+        if self._ended:
+            raise ModelClosedError("the model is closed: its grammar engine was ended") from None
 
     def closed(self, state: GrammarState) -> None:
         self._closed.append((state.epoch, state.key))
@@ -211,7 +213,7 @@ class _Engine:
         worker = self._worker = _Worker(process, to_worker, from_worker)
         if self._ended:  # closed meanwhile
             self._end()
-            raise ModelClosedError("the model is closed: its grammar engine was ended")
+            self._raise_if_ended()
         try:
             n_vocab = self._answer(worker, START_TIMEOUT_S, "to start")
         except _WorkerGone as exc:

@@ -448,10 +448,7 @@ class Model:
         dense_ffn decodes; anything else is a prompt evaluation."""
         # computed as on an empty sequence: what it keeps (blocks of a prompt evaluation) and what it adds
         clean = keep <= seq.n_prompted and keep % self._n_batch == 0
-        self._ctx.truncate(keep, seq.index)
-        del seq.tokens[keep:]
-        if keep < seq.n_prompted:
-            seq.n_prompted, seq.prompt_logits = keep, None
+        self._keep_only(seq, keep)
         new = tokens[keep:]
         if len(new) == 1 and not dense_ffn:
             start = time.perf_counter()
@@ -464,11 +461,7 @@ class Model:
                 logits = self._eval_blocks(seq, new, dense_ffn=dense_ffn, logits_all=logits_all)
             except BaseException:  # cut short (Ctrl-C between blocks, a failure): seq holds what it kept (nothing
                 # where the blocks' sliding-window checkpoints replaced the one the kept tokens needed)
-                kept = self._ctx.keepable(keep, seq.index)
-                self._ctx.truncate(kept, seq.index)
-                del seq.tokens[kept:]
-                if kept < seq.n_prompted:
-                    seq.n_prompted, seq.prompt_logits = kept, None
+                self._keep_only(seq, self._ctx.keepable(keep, seq.index))
                 raise
         seq.tokens = list(tokens)
         if dense_ffn and not logits_all and clean:
@@ -476,6 +469,13 @@ class Model:
         elif dense_ffn and not logits_all:  # after keep, blocks of another start: later prompts keep less
             seq.n_prompted, seq.prompt_logits = min(seq.n_prompted, keep) // self._n_batch * self._n_batch, None
         return logits
+
+    def _keep_only(self, seq: CachedSequence, n: int) -> None:
+        """seq holds its first n tokens only (the lock is held; n as truncate() can keep them)."""
+        self._ctx.truncate(n, seq.index)
+        del seq.tokens[n:]
+        if n < seq.n_prompted:
+            seq.n_prompted, seq.prompt_logits = n, None
 
     def _eval_blocks(self, seq: CachedSequence, new: list[int], *, dense_ffn: bool, logits_all: bool) -> np.ndarray:
         """A prompt's tokens appended to seq (the lock is held), one C call per n_batch block, the blocks the C
@@ -492,7 +492,7 @@ class Model:
         for first, end in itertools.pairwise(cuts):
             block = new[first:end]
             start = time.perf_counter()
-            out = last if rows is None else rows[first : first + len(block)]
+            out = last if rows is None else rows[first:end]
             self._ctx.eval(block, dense_ffn=dense_ffn, logits_all=logits_all, seq=seq.index, out=out)
             self._timings.prompt_seconds += time.perf_counter() - start
             self._timings.prompt_tokens += len(block)
