@@ -725,6 +725,34 @@ def test_the_api_key_is_required(server: Server) -> None:
         openai.OpenAI(base_url=server.base + "/v1", api_key="sk-wrong", max_retries=0).models.list()
 
 
+def test_a_body_past_the_limit_is_refused_before_it_is_read(server: Server) -> None:
+    """A 413 for a body past MAX_BODY_BYTES, whether its Content-Length says so or a chunked body passes it (a
+    200 MB prompt once ended the server in the tokenizer); the server goes on serving."""
+    import http.client
+
+    from turbosparse.server.app import MAX_BODY_BYTES
+
+    prompt = {"prompt": "x" * (MAX_BODY_BYTES + 1), "max_tokens": 1}
+    status, body = server.request("POST", "/v1/completions", prompt)
+    assert_error(status, body, 413)
+    assert "16 MiB" in body["error"]["message"] and body["error"]["type"] == "invalid_request_error", body
+    status, body = server.request("POST", "/v1/messages", {"messages": [], "padding": "x" * MAX_BODY_BYTES})
+    assert status == 413 and body["error"]["type"] == "request_too_large", body  # Anthropic's name
+
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+    chunks = (b"x" * (1 << 20) for _ in range((MAX_BODY_BYTES >> 20) + 2))  # no Content-Length
+    headers = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
+    try:
+        connection.request("POST", "/v1/completions", body=chunks, headers=headers, encode_chunked=True)
+        answer = connection.getresponse()
+        status, body = answer.status, json.loads(answer.read())
+    finally:
+        connection.close()
+    assert_error(status, body, 413)
+    status, body = server.request("POST", "/v1/completions", {"prompt": "Hi", "max_tokens": 1})
+    assert status == 200, body
+
+
 def test_tokenize_and_detokenize(server: Server, smollm2_model) -> None:
     status, body = server.request("POST", "/tokenize", {"content": "Hello world <|im_start|>"})
     assert status == 200 and body["tokens"] == smollm2_model.tokenize(

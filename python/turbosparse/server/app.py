@@ -26,8 +26,9 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import ValidationError
 from sse_starlette import EventSourceResponse
 from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from turbosparse import __version__
 from turbosparse.binding import NativeModel
@@ -77,6 +78,9 @@ logger = logging.getLogger(__name__)
 _CANCELLED = Event(error="cancelled: the client went away")
 CLIENT_CLOSED = 499  # nginx's status for a request whose client left before the answer
 PUBLIC_PATHS = ("/health", "/v1/health", "/metrics")  # answered without the API key, as llama-server does
+# the largest request body read: a prompt that fills a 1 M-token context is about 4 MB; parsing and tokenizing take
+# tens of times a body's size in memory (a 200 MB prompt took llama.cpp's tokenizer past 6 GB and ended the server)
+MAX_BODY_BYTES = 16 << 20
 
 
 class APIKeyCheck:
@@ -142,6 +146,52 @@ class JsonBodies:
 
     def _form_or_text(self, content_type: bytes) -> bool:
         return content_type.split(b";")[0].strip().lower() in self._READ_AS_JSON
+
+
+class BodyLimit:
+    """A request body past max_bytes is refused with a 413 before the routes parse it (Content-Length past it, or a
+    chunked body once it passes it). The rest of the body is read and dropped first: a client answered while it still
+    sends sees its connection reset, not the 413."""
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = Headers(scope=scope).get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            await _drop_body(receive)
+            error = APIError(413, self._message(f"{int(declared)} bytes"))
+            await error_response(error, route_path(scope))(scope, receive, send)
+            return
+        received = 0
+
+        async def counted() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    if message.get("more_body", False):
+                        await _drop_body(receive)
+                    # FastAPI answers an HTTPException raised while it reads the body
+                    raise HTTPException(413, self._message(f"more than {self.max_bytes} bytes"))
+            return message
+
+        await self.app(scope, counted, send)
+
+    def _message(self, size: str) -> str:
+        return f"the request body ({size}) is larger than this server reads ({self.max_bytes >> 20} MiB)"
+
+
+async def _drop_body(receive: Receive) -> None:
+    """Reads the rest of a request's body, keeping none of it."""
+    while True:
+        message = await receive()
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            return
 
 
 @dataclass
@@ -216,6 +266,7 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
     install_handlers(app)
 
     app.add_middleware(JsonBodies)
+    app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
     if config.api_key is not None:
         app.add_middleware(APIKeyCheck, api_key=config.api_key)
     # any origin, as llama-server and llama-cpp-python's server allow: browser front ends call it; outermost, so
