@@ -753,6 +753,61 @@ def test_a_body_past_the_limit_is_refused_before_it_is_read(server: Server) -> N
     assert status == 200, body
 
 
+def test_timeout_disconnects_a_client_that_sends_or_reads_nothing(smollm2_path) -> None:
+    """--timeout (llama-server's): a connection left before its request, one left inside its headers or body, and one
+    whose client reads none of a large answer are closed after it; an answer that takes longer is not cut."""
+    srv = started_server(smollm2_path, "-c", "1024", "--timeout", "2")
+
+    def closed_by_server(sock: socket.socket) -> float:
+        """When the server closes sock (reading whatever it sent)."""
+        sock.settimeout(30)
+        try:
+            while sock.recv(1 << 16):
+                pass
+        except ConnectionResetError:
+            pass
+        return time.monotonic()
+
+    try:
+        start = time.monotonic()
+        silent = socket.create_connection(("127.0.0.1", srv.port))
+        headers = socket.create_connection(("127.0.0.1", srv.port))
+        headers.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Le")
+        body = socket.create_connection(("127.0.0.1", srv.port))
+        body.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+        for sock in (silent, headers, body):
+            with sock:
+                assert 1.5 < closed_by_server(sock) - start < 10
+
+        # a client that reads nothing of /tokenize's pieces of a long text (megabytes of JSON)
+        reader = socket.socket()
+        reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        reader.connect(("127.0.0.1", srv.port))
+        request = json.dumps({"content": "Hello world! " * 150_000, "with_pieces": True}).encode()
+        reader.sendall(b"POST /tokenize HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                       b"Content-Length: %d\r\n\r\n%s" % (len(request), request))  # fmt: skip
+        time.sleep(8)  # the answer written and the timeout run out, none of it read
+        with reader:
+            received = 0
+            reader.settimeout(30)
+            try:
+                while chunk := reader.recv(1 << 16):
+                    received += len(chunk)
+            except ConnectionResetError:
+                pass
+        assert 0 < received < 6_000_000, received  # cut: the whole answer is 300k pieces of 40 bytes, 12 MB
+
+        # a generation longer than the timeout is answered whole
+        start = time.monotonic()
+        status, answer = srv.request("POST", "/completion", {"prompt": "Once", "n_predict": 600, "ignore_eos": True})
+        assert status == 200 and answer["tokens_predicted"] == 600, answer
+        assert time.monotonic() - start > 2, "the generation was too quick to test the timeout"
+        assert srv.request("GET", "/health", key=None)[0] == 200
+    finally:
+        srv.process.terminate()
+        srv.process.wait(timeout=30)
+
+
 def test_tokenize_and_detokenize(server: Server, smollm2_model) -> None:
     status, body = server.request("POST", "/tokenize", {"content": "Hello world <|im_start|>"})
     assert status == 200 and body["tokens"] == smollm2_model.tokenize(

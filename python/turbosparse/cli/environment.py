@@ -26,6 +26,7 @@ LLAMA_SERVER_VARIABLES = {
     "cache_type_v": "LLAMA_ARG_CACHE_TYPE_V",
     "host": "LLAMA_ARG_HOST",
     "port": "LLAMA_ARG_PORT",
+    "timeout": "LLAMA_ARG_TIMEOUT",
     "api_prefix": "LLAMA_ARG_API_PREFIX",
     "parallel": "LLAMA_ARG_N_PARALLEL",
     "api_key": "LLAMA_API_KEY",
@@ -57,7 +58,6 @@ LLAMA_SERVER_VARIABLES = {
     "llama_server_no_cont_batching": "LLAMA_ARG_NO_CONT_BATCHING",
     "llama_server_metrics": "LLAMA_ARG_ENDPOINT_METRICS",
     "llama_server_no_webui": "LLAMA_ARG_NO_WEBUI",
-    "llama_server_timeout": "LLAMA_ARG_TIMEOUT",
     "llama_server_threads_http": "LLAMA_ARG_THREADS_HTTP",
 }
 # a variable's name before llama.cpp renamed it, read where the new one is not set

@@ -56,7 +56,6 @@ NO_EFFECT_FLAGS: tuple[NoEffectFlag, ...] = (
     (("--no-webui",), 0, "there is no web UI", False),
     (("--no-warmup",), 0, "there is no warm-up run", False),
     (("--log-disable",), 0, "the log is already short (--verbose shows llama.cpp's)", False),
-    (("-to", "--timeout"), 1, "connections are kept as long as a request runs", True),
     (("--threads-http",), 1, "requests are served by one event loop", False),
     (("--no-context-shift",), 0, "an answer ends where its slot is full (no context shift)", False),
     (("--context-shift",), 0, "there is no context shift: an answer ends where its slot is full", True),

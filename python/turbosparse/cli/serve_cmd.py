@@ -32,6 +32,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
     p.add_argument(
+        "-to", "--timeout", type=_seconds, default=600, metavar="N",
+        help="seconds a client may send nothing while the server waits for its request, or read nothing of an answer "
+        "being written, before it is disconnected (default 600, as llama-server's)",
+    )  # fmt: skip
+    p.add_argument(
         "-np", "--parallel", type=int, default=1,
         help="slots: requests decoded at once (in one forward pass), each with its own KV cache of ctx-size/parallel "
         "tokens (default 1; -1, llama-server's auto: 1)",
@@ -97,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
 
         from turbosparse.server import ServerConfig, create_app
         from turbosparse.server.stopping_server import StoppingServer
+        from turbosparse.server.timed_connections import timed_protocol
     except ImportError as exc:
         raise TurboSparseError(
             f"the server needs the `server` extra: pip install 'turbosparse[server]' ({exc})"
@@ -149,13 +155,24 @@ def run(args: argparse.Namespace) -> int:
     log_level = "info" if args.verbose else "warning"
     # on SIGINT / SIGTERM, open streams get a few seconds to finish before their connections are closed
     uv_config = uvicorn.Config(app, host=args.host, port=args.port, uds=config.unix_socket, log_level=log_level,
-                               timeout_graceful_shutdown=5)  # fmt: skip
+                               timeout_graceful_shutdown=5, http=timed_protocol(args.timeout))  # fmt: skip
     server = StoppingServer(uv_config, app.state.stopping)  # SIGINT / SIGTERM: answers told, not cut
     logger.warning("turbosparse serve: loading %s, listening on %s", path, config.address)
     server.run()
     if failures:
         raise TurboSparseError(f"cannot serve {path}: {failures[0]}")
     return 0
+
+
+def _seconds(text: str) -> float:
+    """--timeout's value: a number of seconds > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: the timeout must be a number of seconds > 0")
+    return value
 
 
 def _reasoning_switch(text: str) -> str:
