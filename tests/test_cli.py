@@ -82,6 +82,8 @@ def test_a_prompt_file_that_is_not_utf8_is_named(tmp_path, smollm2_path) -> None
 
 def test_serve_options_out_of_range_are_one_line_errors(smollm2_path) -> None:
     for option, value, message in (("--parallel", "0", "--parallel must be >= 1, got 0"),
+                                   ("--parallel", "1000", "--parallel must be <= 256 (a context holds 256 "
+                                    "sequences), got 1000"),
                                    ("--port", "99999", "--port must be 0-65535, got 99999")):  # fmt: skip
         out = turbosparse("serve", "-m", str(smollm2_path), option, value)
         assert out.returncode == 1 and out.stderr.strip() == f"turbosparse serve: error: {message}", out.stderr

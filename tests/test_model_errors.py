@@ -382,6 +382,19 @@ def test_a_context_past_int32_is_refused(good: Path) -> None:
         NativeContext(model, n_ctx=2**31 - 1, n_threads=1, n_batch=4, sparse_mode=SparseMode.OFF, threshold=None)
 
 
+@pytest.mark.skipif(
+    Path("/proc/sys/vm/overcommit_memory").read_text().strip() == "1", reason="memory always overcommitted: no failure"
+)
+def test_a_kv_cache_past_memory_names_its_size(smollm2_path: Path) -> None:
+    """The error says what the cache would take and what makes it smaller (it said only sequences x tokens)."""
+    from turbosparse import TurboSparseError
+
+    model = NativeModel(smollm2_path)
+    with pytest.raises(TurboSparseError, match=r"1 sequence\(s\) x 268435456 tokens \(\d+\.\d\d GiB, f16 keys and f16 "
+                       r"values\): a smaller context, or a quantized cache"):  # fmt: skip
+        NativeContext(model, n_ctx=2**28, n_threads=1, n_batch=4, sparse_mode=SparseMode.OFF, threshold=None)
+
+
 def _smollm2_with(tmp_path: Path, smollm2_path: Path, name: str, key: str, value: str) -> Path:
     from gguf.scripts.gguf_new_metadata import MetadataDetails, copy_with_new_metadata
 

@@ -23,6 +23,9 @@ enum ts_status {
     TS_ERR_CONTEXT_FULL = -3  /* more tokens than a sequence's n_ctx holds */
 };
 
+/* The most sequences a context holds (ts_context_params.n_seq). */
+enum ts_limits { TS_MAX_SEQ = 256 };
+
 /* FFN activation of the gated FFN: down(act(gate(x), up(x))). */
 enum ts_ffn_act {
     TS_FFN_SWIGLU = 0, /* silu(gate) * up          (Llama, Mistral, SmolLM2) */

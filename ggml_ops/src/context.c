@@ -13,9 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define TS_MAX_SEQ 256
 #define TS_MAX_CTX (1 << 28) /* tokens per sequence: past any memory, far inside int32 */
-
 
 ts_context_params ts_context_default_params(void) {
     ts_context_params p = {
@@ -184,6 +182,15 @@ static int set_hadamard(struct ggml_tensor *rot) {
     return 0;
 }
 
+/* The bytes the KV cache's tensors take in buft. */
+static size_t kv_cache_bytes(struct ggml_context *ctx_kv, ggml_backend_buffer_type_t buft) {
+    size_t total = 0;
+    for (struct ggml_tensor *t = ggml_get_first_tensor(ctx_kv); t != NULL; t = ggml_get_next_tensor(ctx_kv, t)) {
+        total += ggml_backend_buft_get_alloc_size(buft, t);
+    }
+    return total;
+}
+
 static int init_kv_cache(ts_context *c, char *err, size_t err_size) {
     const ts_model_info *in = &c->model->info;
     const int64_t n_embd_kv = (int64_t)in->n_head_kv * in->n_embd_head;
@@ -219,8 +226,12 @@ static int init_kv_cache(ts_context *c, char *err, size_t err_size) {
                                                        : ggml_backend_dev_buffer_type(c->model->device);
     c->buf_kv = ggml_backend_alloc_ctx_tensors_from_buft(c->ctx_kv, buft);
     if (c->buf_kv == NULL) {
-        return ts_set_error(err, err_size, "out of memory allocating a KV cache of %d sequences x %d tokens", c->n_seq,
-                            c->n_cells);
+        return ts_set_error(err, err_size,
+                            "out of memory allocating a KV cache of %d sequence(s) x %d tokens (%.2f GiB, %s keys and "
+                            "%s values): a smaller context, or a quantized cache (q8_0 takes about half of f16)",
+                            c->n_seq, c->n_cells, (double)kv_cache_bytes(c->ctx_kv, buft) / (1 << 30),
+                            ggml_type_name((enum ggml_type)c->params.type_k),
+                            ggml_type_name((enum ggml_type)c->params.type_v));
     }
     /* never-written cells are masked out, but 0 * garbage could still be NaN: start from zeros */
     ggml_backend_buffer_clear(c->buf_kv, 0);

@@ -21,6 +21,11 @@ CACHE_TYPES: dict[str, int] = {"f32": 0, "f16": 1, "bf16": 30, "q8_0": 8, "q4_0"
                                "q5_1": 7}  # fmt: skip
 
 
+def max_sequences() -> int:
+    """The most sequences a context holds (the library's TS_MAX_SEQ)."""
+    return int(load().lib.TS_MAX_SEQ)
+
+
 class Status(enum.IntEnum):
     """What a failing C call returns (enum ts_status)."""
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from turbosparse.binding import max_sequences
 from turbosparse.chat_template import checked_variables
 from turbosparse.embeddings import pooling_named
 from turbosparse.errors import ChatTemplateError, InvalidArgumentError
@@ -54,6 +55,13 @@ class ServerConfig:
             object.__setattr__(self, "parallel", 1)
         if self.parallel < 1:
             raise InvalidArgumentError(f"--parallel must be >= 1, got {self.parallel}")
+        most = max_sequences() - int(self.embeddings)
+        if self.parallel > most:
+            embeddings = " with --embeddings, whose sequence is one of them" if self.embeddings else ""
+            raise InvalidArgumentError(
+                f"--parallel must be <= {most} (a context holds {most + int(self.embeddings)} sequences{embeddings}), "
+                f"got {self.parallel}"
+            )
         if self.queue_size < 0:
             raise InvalidArgumentError(f"--queue-size must be >= 0, got {self.queue_size}")
         if not 0 <= self.port <= 65535:
