@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import gguf
 
 from turbosparse.constants import (
+    ARCHITECTURE,
     KEY_DOWN_COLUMNS_SCALED,
     KEY_DOWN_LAYOUT,
     KEY_FFN_ACTIVATION,
@@ -27,9 +30,10 @@ from turbosparse.convert.requantize import requantize
 from turbosparse.convert.source import checkpoint_files, open_checkpoint
 from turbosparse.convert.vocab import load_vocab
 from turbosparse.convert.writer import add_llama_hparams, add_turbosparse_keys, check_output_path, write_gguf
-from turbosparse.errors import ConvertError
+from turbosparse.errors import ConvertError, ModelLoadError
 from turbosparse.gguf_reader import file_magic
 from turbosparse.powerinfer import GGUF_MAGIC
+from turbosparse.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -168,4 +172,26 @@ def convert(
             for key, (value, vtype) in quantize_keys(importance).items():
                 writer.add_key_value(key, value, vtype)
 
+    check_vocabulary_loads(add_metadata, src, vocab_pre)
     return write_gguf(out, specs, types, add_metadata, progress=progress)
+
+
+def check_vocabulary_loads(add_metadata: Callable[[gguf.GGUFWriter], None], src: Path, vocab_pre: str | None) -> None:
+    """ConvertError unless llama.cpp reads the vocabulary the file's metadata holds (an unknown --vocab-pre, say):
+    checked on a file of that metadata alone, before the tensors are converted, not on the finished file."""
+    with tempfile.TemporaryDirectory(prefix="turbosparse-vocab-") as folder:
+        probe = Path(folder) / "vocabulary.gguf"
+        writer = gguf.GGUFWriter(str(probe), ARCHITECTURE)
+        add_metadata(writer)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        writer.close()
+        try:
+            Tokenizer(str(probe)).close()
+        except ModelLoadError as exc:
+            named = f" (--vocab-pre {vocab_pre!r}: is it one of llama.cpp's pre-tokenizer names?)" if vocab_pre else ""
+            reason = str(exc).replace(f"{probe}: ", "")
+            raise ConvertError(
+                f"{src}: llama.cpp cannot read the vocabulary this conversion writes{named}: {reason}"
+            ) from None

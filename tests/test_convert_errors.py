@@ -211,6 +211,9 @@ def test_unknown_bpe_pre_tokenizer(tmp_path: Path, work: Path) -> None:
     assert_fails(work, tmp_path, "tokenizer.json", "pre_tokenizer", "--vocab-pre")
     out = convert(work, tmp_path / "named.gguf", vocab_pre="gpt-2")  # naming it explicitly converts
     assert gguf.GGUFReader(str(out)).fields["tokenizer.ggml.pre"].contents() == "gpt-2"
+    # a name llama.cpp does not know: refused before any tensor is converted (the file it wrote loaded nowhere)
+    assert_fails(work, tmp_path, "--vocab-pre 'gpt-3'", "llama.cpp cannot read the vocabulary",
+                 "unknown pre-tokenizer type: 'gpt-3'", vocab_pre="gpt-3")  # fmt: skip
 
 
 def test_predictors_dir_needs_relu_family(tmp_path: Path, spm_dir: Path) -> None:
