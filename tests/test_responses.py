@@ -133,6 +133,34 @@ def test_a_response_is_the_chat_routes_answer_whole_and_streamed(smollm2_path: A
         assert error["n_prompt_tokens"] > 1024, error
 
 
+def test_a_responses_logprobs_are_the_chat_routes(smollm2_path: Any) -> None:
+    """include ["message.output_text.logprobs"] and top_logprobs: the text's tokens' log-probabilities as the chat
+    route gives them, whole and streamed (they were dropped); completed_at set on a completed response."""
+    with _client(smollm2_path) as http:
+        sdk = _ready(http)
+        question = "Name a large animal in one word."
+        chat = sdk.chat.completions.create(model="x", max_tokens=24, temperature=0, logprobs=True, top_logprobs=2,
+                                           messages=[{"role": "user", "content": question}])  # fmt: skip
+        expected = [entry.model_dump() for entry in chat.choices[0].logprobs.content]
+        assert expected and all(len(entry["top_logprobs"]) == 2 for entry in expected)
+        options: dict[str, Any] = {"model": "x", "input": question, "max_output_tokens": 24, "temperature": 0,
+                                   "include": ["message.output_text.logprobs"], "top_logprobs": 2}  # fmt: skip
+        response = sdk.responses.create(**options)
+        assert [p.model_dump() for p in response.output[0].content[0].logprobs] == expected
+        assert response.top_logprobs == 2
+        assert (response.completed_at is not None) == (response.status == "completed")
+        assert response.status == "incomplete" or response.completed_at >= response.created_at
+
+        final = streamed(sdk, **options)
+        assert [p.model_dump() for p in final.output[0].content[0].logprobs] == expected
+        with sdk.responses.stream(**options) as stream:
+            deltas = [p.model_dump() for e in stream if e.type == "response.output_text.delta" for p in e.logprobs]
+        assert deltas == expected[: len(deltas)] and deltas  # a token whose text never came goes with .done only
+        # not asked for: none
+        plain = sdk.responses.create(model="x", input=question, max_output_tokens=24, temperature=0)
+        assert plain.output[0].content[0].logprobs == [] and plain.output_text == response.output_text
+
+
 def test_responses_call_tools_as_the_chat_route(smollm2_path: Any) -> None:
     with _client(smollm2_path, HERMES) as http:
         sdk = _ready(http)

@@ -636,7 +636,7 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
         chat, tokens, tool_use, reasoning = await asyncio.to_thread(converted_prompt, model, convert, names)
         with _errors_named_as(names):
             job, queue = await _submit(
-                model, engine, tokens, chat, param, None, tools=tool_use, defaults=config.sampling_defaults
+                model, engine, tokens, chat, param, chat.n_top, tools=tool_use, defaults=config.sampling_defaults
             )
         meta = CompletionMeta.new("chatcmpl", config.model_name)
         chunks = ChatCompletionChunks(model.tokenizer, meta, job.generation, _split_apart(reasoning), tool_use)
@@ -684,8 +684,10 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
         if answer is None:
             return Response(status_code=CLIENT_CLOSED)
         content, reasoning_content, calls = chunks.message(answer, gen.finish_reason)
-        cut = gen.finish_reason == "length"
-        return JSONResponse(response(responses.output_items(content, reasoning_content, calls, cut=cut), gen))
+        scores = chunks.scores(answer, end=True)
+        items = responses.output_items(content, reasoning_content, calls, cut=gen.finish_reason == "length",
+                                       logprobs=scores["content"] if scores else None)  # fmt: skip
+        return JSONResponse(response(items, gen))
 
     @app.post("/v1/responses/input_tokens")
     @app.post("/responses/input_tokens")
@@ -728,12 +730,17 @@ def _events_stream(
 ) -> EventSourceResponse:
     """Another API's stream: its named events, built from the chat route's chunks' deltas, no [DONE]."""
 
+    def delta(chunk: dict[str, Any]) -> dict[str, Any]:
+        """The chunk's delta, with its log-probability entries (if kept) under "logprobs"."""
+        choice = chunk["choices"][0]
+        return {**choice["delta"], "logprobs": (choice["logprobs"] or {}).get("content") or []}
+
     def piece(text: str) -> list[dict[str, Any]]:
         chunk = chunks.piece(text)
-        return events.piece(chunk["choices"][0]["delta"]) if chunk is not None else []
+        return events.piece(delta(chunk)) if chunk is not None else []
 
     def last(reason: FinishReason | None) -> list[dict[str, Any]]:
-        return events.last(chunks.last(reason)["choices"][0]["delta"])
+        return events.last(delta(chunks.last(reason)))
 
     return _stream(job, queue, first=first, piece=piece, last=last, usage_chunk=None, done_marker=False,
                    named_events=True, failure=failure)  # fmt: skip

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from turbosparse.generation import Generation
+from turbosparse.logprobs import MAX_TOP_LOGPROBS
 from turbosparse.server.schemas import ChatCompletionRequest, _Body, chat_fields_beside, typed_parts
 from turbosparse.tool_calls import ToolCall, new_call_id
 
@@ -24,6 +25,7 @@ logger = logging.getLogger(__name__)
 # tools OpenAI's servers run (computer use: the computer_use_preview and computer types)
 HOSTED_TOOLS = ("web_search", "file_search", "code_interpreter", "image_generation", "computer", "mcp", "tool_search")
 PART_TYPES = ("input_text", "output_text", "refusal")
+LOGPROBS_INCLUDE = "message.output_text.logprobs"  # include's entry that asks for the text's log-probabilities
 
 
 def new_id(prefix: str) -> str:
@@ -142,6 +144,10 @@ class ResponsesRequest(_Body):
     tool_choice: Any = None
     parallel_tool_calls: bool | None = None
     text: dict[str, Any] | None = None
+    # log-probabilities of the answer's text: include "message.output_text.logprobs" (or top_logprobs given), with
+    # top_logprobs alternatives per token
+    include: list[str] | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
     previous_response_id: str | None = None
     conversation: Any = None
     metadata: dict[str, Any] | None = None
@@ -249,11 +255,17 @@ class ResponsesRequest(_Body):
             "tool_choice": choice,
             "parallel_tool_calls": self.parallel_tool_calls,
             "response_format": _response_format(self.text),
+            "logprobs": True if self.wants_logprobs else None,
+            "top_logprobs": self.top_logprobs if self.wants_logprobs else None,
         }
         given = {name: value for name, value in fields.items() if value is not None}
         extra = chat_fields_beside(self.model_extra)
         body = {**extra, "messages": self.messages(), "stream": self.stream, **given}
         return ChatCompletionRequest.model_validate(body)
+
+    @property
+    def wants_logprobs(self) -> bool:
+        return LOGPROBS_INCLUDE in (self.include or []) or self.top_logprobs is not None
 
     def _tools_and_choice(self) -> tuple[list[FunctionTool], Any]:
         """The tools the answer may call and the chat completion's tool_choice: {"type": "function", "name"} names a
@@ -325,12 +337,15 @@ def reasoning_item(item_id: str, text: str, status: str = "completed") -> dict[s
     return {"type": "reasoning", "id": item_id, "summary": [], "content": content, "status": status}
 
 
-def text_part(text: str) -> dict[str, Any]:
-    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+def text_part(text: str, logprobs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """An answer's text; logprobs: its tokens' (the chat completion's entries), where asked for."""
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": logprobs or []}
 
 
-def message_item(item_id: str, text: str, status: str = "completed") -> dict[str, Any]:
-    content = [text_part(text)] if status != "in_progress" else []
+def message_item(
+    item_id: str, text: str, status: str = "completed", logprobs: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    content = [text_part(text, logprobs)] if status != "in_progress" else []
     return {"type": "message", "id": item_id, "status": status, "role": "assistant", "content": content}
 
 
@@ -339,12 +354,20 @@ def call_item(item_id: str, call_id: str, name: str, arguments: str, status: str
             "status": status}  # fmt: skip
 
 
-def output_items(content: str, reasoning: str | None, calls: list[ToolCall], *, cut: bool) -> list[dict[str, Any]]:
+def output_items(
+    content: str,
+    reasoning: str | None,
+    calls: list[ToolCall],
+    *,
+    cut: bool,
+    logprobs: list[dict[str, Any]] | None = None,
+) -> list[dict[str, Any]]:
     """A whole answer's output: its reasoning, where split off, its text (an empty message only where there is
-    nothing else), then its calls; cut (it ran out of tokens): the text or reasoning it ended in is "incomplete"."""
+    nothing else; logprobs: its tokens', where asked for), then its calls; cut (it ran out of tokens): the text or
+    reasoning it ended in is "incomplete"."""
     items = [reasoning_item(new_id("rs"), reasoning)] if reasoning else []
     if content or not (reasoning or calls):
-        items.append(message_item(new_id("msg"), content))
+        items.append(message_item(new_id("msg"), content, logprobs=logprobs))
     if cut and items and not calls:
         items[-1]["status"] = "incomplete"
     return items + [call_item(new_id("fc"), new_call_id(), c.name, c.arguments) for c in calls]
@@ -378,6 +401,7 @@ class ResponseObject:
             "id": self.id,
             "object": "response",
             "created_at": self.created_at,
+            "completed_at": int(time.time()) if status == "completed" else None,
             "status": status,
             "error": {"code": "server_error", "message": failure} if failure is not None else None,
             "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
@@ -393,6 +417,7 @@ class ResponseObject:
             "tool_choice": request.tool_choice if request.tool_choice is not None else "auto",
             "tools": [tool.model_dump() for tool in request.tools or []],
             "top_p": self._chat.top_p,
+            "top_logprobs": request.top_logprobs,
             "truncation": "disabled",
             "usage": usage,
             "metadata": request.metadata or {},
@@ -411,7 +436,8 @@ class ResponseEvents:
         self._gen = gen
         self._sequence = 0
         self._output: list[dict[str, Any]] = []  # the finished items
-        self._open: dict[str, Any] | None = None  # the item being streamed: its kind, id and text so far
+        self._open: dict[str, Any] | None = None  # the item being streamed: its kind, id, text and logprobs so far
+        self._unplaced: list[dict[str, Any]] = []  # log-probabilities of text not released yet (part of a character)
 
     def _event(self, kind: str, **fields: Any) -> dict[str, Any]:
         event = {"type": kind, "sequence_number": self._sequence, **fields}
@@ -431,8 +457,11 @@ class ResponseEvents:
         return [*events, self._event("response.failed", response=self._response(self._output, self._gen, message))]
 
     def piece(self, delta: dict[str, Any]) -> list[dict[str, Any]]:
-        """The events of a chat delta ({"reasoning_content", "content"})."""
+        """The events of a chat delta ({"reasoning_content", "content"}; "logprobs": its chunk's entries, where asked
+        for: the answer's text's go with it, the reasoning's are not given, as the chat route's content only)."""
         events: list[dict[str, Any]] = []
+        if delta.get("content") or not delta.get("reasoning_content"):
+            self._unplaced += delta.get("logprobs") or []
         for key, kind in (("reasoning_content", "reasoning"), ("content", "message")):
             text = delta.get(key)
             if not text:
@@ -445,7 +474,9 @@ class ResponseEvents:
             if kind == "reasoning":
                 events.append(self._event("response.reasoning_text.delta", **where, delta=text))
             else:
-                events.append(self._event("response.output_text.delta", **where, delta=text, logprobs=[]))
+                logprobs, self._unplaced = self._unplaced, []
+                self._open["logprobs"] += logprobs
+                events.append(self._event("response.output_text.delta", **where, delta=text, logprobs=logprobs))
         return events
 
     def last(self, delta: dict[str, Any]) -> list[dict[str, Any]]:
@@ -472,7 +503,7 @@ class ResponseEvents:
 
     def _start(self, kind: str) -> list[dict[str, Any]]:
         item_id = new_id("rs" if kind == "reasoning" else "msg")
-        self._open = {"kind": kind, "id": item_id, "text": ""}
+        self._open = {"kind": kind, "id": item_id, "text": "", "logprobs": []}
         index = len(self._output)
         if kind == "reasoning":
             item, part = reasoning_item(item_id, "", "in_progress"), {"type": "reasoning_text", "text": ""}
@@ -487,15 +518,16 @@ class ResponseEvents:
         """The open item's end (status: "incomplete" where the answer ran out of tokens in it)."""
         if self._open is None:
             return []
-        kind, item_id, text = self._open["kind"], self._open["id"], self._open["text"]
+        kind, item_id, text, logprobs = self._open["kind"], self._open["id"], self._open["text"], self._open["logprobs"]
         self._open = None
         where = {"item_id": item_id, "output_index": len(self._output), "content_index": 0}
         if kind == "reasoning":
             item = reasoning_item(item_id, text, status)
             done = self._event("response.reasoning_text.done", **where, text=text)
         else:
-            item = message_item(item_id, text, status)
-            done = self._event("response.output_text.done", **where, text=text, logprobs=[])
+            logprobs, self._unplaced = logprobs + self._unplaced, []
+            item = message_item(item_id, text, status, logprobs)
+            done = self._event("response.output_text.done", **where, text=text, logprobs=logprobs)
         part = self._event("response.content_part.done", **where, part=item["content"][0])
         finished = self._event("response.output_item.done", output_index=len(self._output), item=item)
         self._output.append(item)
