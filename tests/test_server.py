@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import socket
 import subprocess
 import sys
@@ -139,6 +140,13 @@ def test_health_answers_503_while_loading_then_ok(server: Server) -> None:
 def test_models(server: Server) -> None:
     client = server.client()
     assert [m.id for m in client.models.list().data] == ["SmolLM2-135M-Instruct.Q4_1.gguf"]
+    # Anthropic's fields beside OpenAI's (its SDK's models.list() reads them)
+    status, listed = server.request("GET", "/v1/models")
+    assert status == 200, listed
+    entry = listed["data"][0]
+    assert (entry["type"], entry["display_name"]) == ("model", entry["id"]) and entry["created_at"].endswith("Z")
+    assert (entry["lifecycle"], entry["max_input_tokens"]) == ("active", SLOT_CTX)
+    assert (listed["has_more"], listed["first_id"], listed["last_id"]) == (False, entry["id"], entry["id"])
     assert client.models.retrieve("SmolLM2-135M-Instruct.Q4_1.gguf").id == "SmolLM2-135M-Instruct.Q4_1.gguf"
     with pytest.raises(openai.NotFoundError):
         client.models.retrieve("gpt-4o")
@@ -420,6 +428,11 @@ def test_bad_input_is_a_4xx_error_object(server: Server) -> None:
         assert answer["error"]["type"] == "exceed_context_size_error", answer
         assert answer["error"]["n_ctx"] == SLOT_CTX and answer["error"]["n_prompt_tokens"] > SLOT_CTX, answer
     assert "exceeds the available context size" in answer["error"]["message"]
+    # on Anthropic's route in Anthropic's words, which its clients look for (Claude Code compacts on them)
+    turn = {"role": "user", "content": "Once upon a time " * SLOT_CTX}
+    status, answer = server.request("POST", "/v1/messages", {"model": "x", "max_tokens": 3, "messages": [turn]})
+    assert status == 400 and answer["error"]["type"] == "invalid_request_error", answer
+    assert re.fullmatch(rf"prompt is too long: \d+ tokens > {SLOT_CTX} maximum", answer["error"]["message"]), answer
     assert_error(*server.request("GET", "/v1/nothing"), 404)
     assert_error(*server.request("GET", "/v1/chat/completions"), 405)
     with pytest.raises(openai.BadRequestError, match="max_tokens"):
@@ -844,6 +857,12 @@ def test_a_final_assistant_message_is_continued(server: Server, smollm2_model) -
     )
     assert answer.choices[0].message.content == expected
     assert answer.usage.prompt_tokens == len(smollm2_model.tokenize(prefix, special=True))
+    # an earlier answer's refusal part (OpenAI's) is its text (it was a 400)
+    refused = [{"type": "refusal", "refusal": "The col"}, {"type": "text", "text": "or is"}]
+    answer = server.client().chat.completions.create(
+        model="x", messages=[*question, {"role": "assistant", "content": refused}], max_tokens=4, temperature=0
+    )
+    assert answer.choices[0].message.content == expected
     two = [*question, {"role": "assistant", "content": "Red."}, {"role": "assistant", "content": "Or"}]
     status, body = server.request("POST", "/v1/chat/completions", {"messages": two, "max_tokens": 2})
     assert_error(status, body, 400)

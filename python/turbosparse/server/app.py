@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, replace
+from datetime import datetime, timezone
 from typing import Any, Protocol
 
 import anyio
@@ -309,17 +310,24 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
             "size": model.info.n_bytes,
             "sparse": model.sparse_name,
         }
-        return JSONResponse({"object": "list", "data": [{**model_entry(), "meta": meta}]})
+        # the page fields of Anthropic's model list beside OpenAI's (the anthropic SDK's client.models.list())
+        page = {"has_more": False, "first_id": config.model_name, "last_id": config.model_name}
+        return JSONResponse({"object": "list", "data": [{**model_entry(model), "meta": meta}], **page})
 
     @app.get("/v1/models/{model_id:path}")
     async def model_by_id(model_id: str) -> JSONResponse:
-        ready()
+        model, _ = ready()
         if model_id != config.model_name:
             raise APIError(404, f"the model '{model_id}' does not exist (this server has '{config.model_name}')")
-        return JSONResponse(model_entry())
+        return JSONResponse(model_entry(model))
 
-    def model_entry() -> dict[str, Any]:
-        return {"id": config.model_name, "object": "model", "created": state.created, "owned_by": "turbosparse"}
+    def model_entry(model: Model) -> dict[str, Any]:
+        """OpenAI's model object, with Anthropic's fields beside (its ModelInfo: type, display_name, created_at,
+        lifecycle, max_input_tokens: a slot's context)."""
+        created_at = datetime.fromtimestamp(state.created, timezone.utc).isoformat().replace("+00:00", "Z")
+        return {"id": config.model_name, "object": "model", "created": state.created, "owned_by": "turbosparse",
+                "type": "model", "display_name": config.model_name, "created_at": created_at, "lifecycle": "active",
+                "max_input_tokens": model.n_ctx}  # fmt: skip
 
     @app.post("/tokenize")
     async def tokenize(body: TokenizeRequest) -> JSONResponse:

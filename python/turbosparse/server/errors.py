@@ -67,6 +67,9 @@ def error_body(
     kind = type or _TYPES.get(status, "server_error")
     more = details or {}
     if anthropic:
+        if kind == "exceed_context_size_error" and {"n_prompt_tokens", "n_ctx"} <= set(more):
+            # Anthropic's words, which clients look for (a conversation compacted when its prompt is too long)
+            message = f"prompt is too long: {more['n_prompt_tokens']} tokens > {more['n_ctx']} maximum"
         kind = "request_too_large" if status == 413 else _ANTHROPIC_TYPES.get(kind, kind)
         return {"type": "error", "error": {"type": kind, "message": message, "param": param, "code": status, **more}}
     return {"error": {"message": message, "type": kind, "param": param, "code": status, **more}}

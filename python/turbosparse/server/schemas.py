@@ -8,7 +8,7 @@ llama-server's; so are its `grammar` (GBNF) and `json_schema` fields, beside Ope
 from __future__ import annotations
 
 import math
-from typing import Any, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     BaseModel,
@@ -339,12 +339,23 @@ class TextPart(_Body):
     text: str
 
 
-_TEXT_PARTS = TypeAdapter(list[TextPart])
+class RefusalPart(_Body):
+    """An earlier answer's refusal (OpenAI's assistant content part), rendered as its text."""
+
+    type: Literal["refusal"]
+    refusal: str
+
+    @property
+    def text(self) -> str:
+        return self.refusal
+
+
+_CONTENT_PARTS = TypeAdapter(list[Annotated[TextPart | RefusalPart, Field(discriminator="type")]])
 
 
 class ChatMessage(_Body):
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[TextPart] | None = None
+    content: str | list[TextPart | RefusalPart] | None = None
     name: str | None = None
     reasoning_content: str | None = None  # an earlier answer's reasoning, which thinking templates may render
     tool_calls: list[dict[str, Any]] | None = None  # an earlier answer's calls (OpenAI's shape)
@@ -353,7 +364,7 @@ class ChatMessage(_Body):
     @field_validator("content", mode="before")
     @classmethod
     def _text_only(cls, content: Any) -> Any:
-        return typed_parts(content, _TEXT_PARTS, ("text",), "content parts")
+        return typed_parts(content, _CONTENT_PARTS, ("text", "refusal"), "content parts")
 
     def for_template(self, parts_joined_by: str = "\n") -> dict[str, Any]:
         """The message as chat templates expect it: content a string (text parts joined by newlines, as
