@@ -408,6 +408,7 @@ def test_bad_input_is_a_4xx_error_object(server: Server) -> None:
     for body, expected in BAD_CHAT:
         status, answer = server.request("POST", "/v1/chat/completions", body)
         assert_error(status, answer, expected)
+        assert "Value error" not in answer["error"]["message"], answer  # pydantic's words before a validator's
     for body, expected in BAD_COMPLETION:
         status, answer = server.request("POST", "/v1/completions", body)
         assert_error(status, answer, expected)

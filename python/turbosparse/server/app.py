@@ -59,7 +59,14 @@ from turbosparse.reasoning import CLOSE, open_at_end, thinks
 from turbosparse.server import anthropic, native, responses, slots
 from turbosparse.server.config import ServerConfig
 from turbosparse.server.engine import Engine, Event, Job, QueueFullError
-from turbosparse.server.errors import APIError, error_body, error_response, install_handlers, route_path
+from turbosparse.server.errors import (
+    APIError,
+    error_body,
+    error_response,
+    install_handlers,
+    route_path,
+    validation_text,
+)
 from turbosparse.server.metrics import collect, render
 from turbosparse.server.schemas import (
     ChatCompletionRequest,
@@ -765,7 +772,7 @@ def _converted_chat(convert: Callable[[], ChatCompletionRequest], names: dict[st
         if loc and loc[0] in names:
             loc[0] = names[loc[0]]
         where = ".".join(loc)
-        raise APIError(400, f"{where}: {first['msg']}", param=where) from None
+        raise APIError(400, f"{where}: {validation_text(first)}", param=where) from None
 
 
 @contextmanager

@@ -14,6 +14,7 @@ from turbosparse.chat_template import checked_variables
 from turbosparse.embeddings import pooling_named
 from turbosparse.errors import ChatTemplateError, InvalidArgumentError
 from turbosparse.reasoning import REASONING_FORMATS, ReasoningFormat
+from turbosparse.server.errors import validation_text
 from turbosparse.server.schemas import _Generate
 
 
@@ -70,7 +71,7 @@ class ServerConfig:
             checked = _Generate.model_validate(self.sampling_defaults)
         except ValidationError as exc:
             first = exc.errors()[0]
-            raise InvalidArgumentError(f"the default {first['loc'][0]}: {first['msg']}") from None
+            raise InvalidArgumentError(f"the default {first['loc'][0]}: {validation_text(first)}") from None
         # as the fields' validators leave them (a seed of -1: None, a fresh random one)
         object.__setattr__(self, "sampling_defaults", {name: getattr(checked, name) for name in self.sampling_defaults})
         if self.api_key is not None and not self.api_key.replace(",", "").strip():

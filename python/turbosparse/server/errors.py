@@ -4,6 +4,8 @@ Anthropic's routes (/v1/messages...) also as Anthropic's: {"type": "error", "err
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -84,6 +86,12 @@ def error_response(error: APIError, path: str) -> JSONResponse:
     return JSONResponse(body, error.status)
 
 
+def validation_text(error: Mapping[str, Any]) -> str:
+    """A pydantic error's message, less the "Value error, " it puts before a validator's own words (at each level
+    of a message that quotes another's)."""
+    return str(error.get("msg", "invalid value")).replace("Value error, ", "")
+
+
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     """One line naming the first offending field, e.g. "max_tokens: Input should be greater than or equal to 0"."""
     errors = exc.errors()
@@ -91,7 +99,7 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
         return "invalid request", None
     first = errors[0]
     loc = [str(part) for part in first.get("loc", ()) if part != "body"]
-    message = str(first.get("msg", "invalid value"))
+    message = validation_text(first)
     if first.get("type") == "json_invalid":
         return "the request body is not valid JSON", None
     field = ".".join(loc) or None

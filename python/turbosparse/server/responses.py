@@ -17,6 +17,7 @@ from pydantic import Field, TypeAdapter, ValidationError, field_validator, model
 
 from turbosparse.generation import Generation
 from turbosparse.logprobs import MAX_TOP_LOGPROBS
+from turbosparse.server.errors import validation_text
 from turbosparse.server.schemas import ChatCompletionRequest, _Body, chat_fields_beside, typed_parts
 from turbosparse.tool_calls import ToolCall, new_call_id
 
@@ -216,7 +217,7 @@ class ResponsesRequest(_Body):
             return _ITEMS.validate_python(items)
         except ValidationError as exc:
             first = exc.errors()[0]
-            raise ValueError(f"input item {'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
+            raise ValueError(f"input item {'.'.join(str(p) for p in first['loc'])}: {validation_text(first)}") from None
 
     @field_validator("tools", mode="before")
     @classmethod

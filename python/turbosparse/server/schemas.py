@@ -28,6 +28,7 @@ from turbosparse.grammar import Grammar
 from turbosparse.logprobs import MAX_TOP_LOGPROBS
 from turbosparse.reasoning import ReasoningFormat
 from turbosparse.sampling import SamplingParams, llama_seed
+from turbosparse.server.errors import validation_text
 from turbosparse.tool_calls import functions_as_tools
 
 MAX_STOPS = 16
@@ -331,7 +332,7 @@ def typed_parts(content: Any, parts: TypeAdapter[Any], known: tuple[str, ...], w
         return parts.validate_python(content)
     except ValidationError as exc:
         first = exc.errors()[0]
-        raise ValueError(f"{what} {'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
+        raise ValueError(f"{what} {'.'.join(str(p) for p in first['loc'])}: {validation_text(first)}") from None
 
 
 class TextPart(_Body):
