@@ -4,6 +4,7 @@ file's pooling read as llama.cpp reads it, a running generation undisturbed, and
 from __future__ import annotations
 
 import base64
+import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -114,7 +115,7 @@ def test_embeddings_leave_running_generations_alone(smollm2_path: Path) -> None:
             model.embed(prompt, pooling="rank")  # type: ignore[arg-type]
 
 
-def test_the_servers_embeddings(smollm2_path: Path) -> None:
+def test_the_servers_embeddings(smollm2_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     from fastapi.testclient import TestClient
 
     from turbosparse import Llama
@@ -169,10 +170,12 @@ def test_the_servers_embeddings(smollm2_path: Path) -> None:
         wait(c)
         reply = c.post("/v1/embeddings", json={"input": "x"})
         assert reply.status_code == 501 and "--embeddings" in reply.json()["error"]["message"]
-    with client(embeddings=True) as c:  # SmolLM2's own pooling is none: a vector per token
+    with caplog.at_level(logging.WARNING), client(embeddings=True) as c:  # SmolLM2's pooling is none
         wait(c)
         reply = c.post("/v1/embeddings", json={"input": "x"})
         assert reply.status_code == 400 and "--pooling" in reply.json()["error"]["message"]
+    # said when the model loads too, not only to the first client
+    assert any("pooling is none" in r.getMessage() and "--pooling" in r.getMessage() for r in caplog.records)
 
 
 def test_pooling_helpers() -> None:

@@ -252,6 +252,9 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
                 on_failure(state.failure)
             return
         state.model, state.engine = model, engine
+        if config.embeddings and config.pooling is None and model.pooling == "none":
+            logger.warning("--embeddings: %s's pooling is none (a chat model's), which /v1/embeddings does not serve: "
+                           "give --pooling mean, cls or last", config.model_name)  # fmt: skip
         logger.warning(
             "turbosparse serve: %s ready on %s (%d slot(s) of %d tokens, sparse %s, %d threads)",
             config.model_name, config.address, config.parallel, model.n_ctx, model.sparse_name, model.n_threads,
