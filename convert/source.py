@@ -129,7 +129,8 @@ class TorchBinSource:
             import torch
         except ImportError:
             raise ConvertError(
-                "PyTorch .bin checkpoints need torch: pip install 'turbosparse[train]' (or convert to safetensors)"
+                "PyTorch .bin checkpoints need torch (the `train` extra, which scripts/setup.sh installs: pip install "
+                "'.[train]' in the turbosparse checkout), or a conversion to safetensors"
             ) from None
         self._torch = torch
         self._tensors: dict[str, object] = {}

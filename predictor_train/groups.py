@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -157,7 +158,13 @@ def plan_groups(
     fitted: list[np.ndarray] = []
     for layer in range(n_layer):
         sample = layer_data(layer)
-        n_ff = sample.mask.shape[1]
+        n_tokens, n_ff = sample.mask.shape
+        if n_tokens <= config.fit_tokens:
+            raise ValueError(
+                f"the collection holds {n_tokens} tokens: the order and heads are fitted on the first "
+                f"{config.fit_tokens} and k is judged on the rest; collect more (train-predictors --tokens) or fit on "
+                "fewer (--fit-tokens)"
+            )
         fit, judge = slice(0, config.fit_tokens), slice(config.fit_tokens, None)
         order = (
             coactivation_order(sample.mask[fit], config.group_size, config.iterations, config.seed + layer)
@@ -282,12 +289,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-reorder", action="store_true", help="keep the checkpoint's neuron order")
     p.add_argument("--summed-scores", action="store_true",
                    help="score a group by its neurons' summed logits (fc2 folded) instead of fitted heads")  # fmt: skip
+    p.add_argument("--fit-tokens", type=int, default=GroupPlanConfig.fit_tokens,
+                   help="the collection's first tokens, which order and heads are fitted on (k: the rest)")  # fmt: skip
     p.add_argument("-o", "--output", type=Path, required=True)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     config = GroupPlanConfig(group_size=args.group_size, recall_target=args.recall_target, reorder=not args.no_reorder,
-                             heads=not args.summed_scores)  # fmt: skip
-    plan = plan_from_checkpoint(args.model, args.collect, config)
+                             heads=not args.summed_scores, fit_tokens=args.fit_tokens)  # fmt: skip
+    try:
+        plan = plan_from_checkpoint(args.model, args.collect, config)
+    except (ValueError, KeyError, OSError) as exc:  # a collection or checkpoint that cannot give a plan
+        print(f"groups: error: {exc}", file=sys.stderr)
+        return 1
     plan.save(args.output)
     print(f"{args.output}: mean rows read {np.mean(plan.rows_read):.3f}, mean recall {np.mean(plan.recall):.3f}")
     return 0

@@ -76,6 +76,9 @@ def test_recall_by_k_and_the_plan() -> None:
     assert plan.heads is None
     natural = plan_groups(1, lambda layer: sample, GroupPlanConfig(32, 0.95, reorder=False, fit_tokens=400))
     assert natural.top_k[0] > plan.top_k[0] and natural.order[0] == list(range(128))
+    # a sample with nothing left to judge k on: said, not numpy's reshape error
+    with pytest.raises(ValueError, match=r"holds \d+ tokens: .* fitted on the first 5000 .*--fit-tokens"):
+        plan_groups(1, lambda layer: sample, GroupPlanConfig(32, 0.95, fit_tokens=5000))
 
 
 def test_fitted_heads_recover_a_linear_share() -> None:

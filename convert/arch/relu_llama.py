@@ -74,8 +74,8 @@ class ReluLlama(ReluFamily):
             import torch
         except ImportError:
             raise ConvertError(
-                f"{self._pred_dir}: PowerInfer predictor files (model_N.pt) need torch: "
-                "pip install 'turbosparse[train]'"
+                f"{self._pred_dir}: PowerInfer predictor files (model_N.pt) need torch (the `train` extra, which "
+                "scripts/setup.sh installs: pip install '.[train]' in the turbosparse checkout)"
             ) from None
         parts = {}
         for layer in range(self.hparams().n_layer):

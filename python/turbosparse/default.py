@@ -30,6 +30,7 @@ def default_model() -> str:
         from turbosparse.predictor_train.default_model import build_gguf
     except ImportError as exc:
         raise TurboSparseError(
-            f"building the default model needs the `train` extra (torch): pip install 'turbosparse[train]' ({exc})"
+            f"building the default model needs the `train` extra (torch), which scripts/setup.sh installs: pip install "
+            f"'.[train]' in the turbosparse checkout ({exc})"
         ) from None
     return str(build_gguf())

@@ -105,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
         from turbosparse.server.timed_connections import timed_protocol
     except ImportError as exc:
         raise TurboSparseError(
-            f"the server needs the `server` extra: pip install 'turbosparse[server]' ({exc})"
+            f"the server needs the `server` extra, which scripts/setup.sh installs: pip install '.[server]' in the "
+            f"turbosparse checkout ({exc})"
         ) from None
     path = model_path(args.model)
     if not os.path.isfile(path):
