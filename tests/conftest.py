@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 # ggml-vulkan leaves out CPU-type Vulkan devices such as Mesa's lavapipe unless named; read once, when ggml's backends
@@ -12,6 +13,10 @@ os.environ.setdefault("GGML_VK_VISIBLE_DEVICES", "0")
 # ggml-vulkan computes in f16 where the device has it (lavapipe does); set, it computes in f32, so the GPU tests can
 # hold its logits to a float64 reference (test_devices.py). Read when the device starts, whatever the value.
 os.environ.setdefault("GGML_VK_DISABLE_F16", "1")
+# a suite started in the background by a shell without job control inherits SIGINT ignored, and so would the commands
+# its Ctrl-C tests start (an ignored signal stays ignored across exec): they would then never see it
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 import pytest
 
