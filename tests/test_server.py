@@ -768,8 +768,9 @@ def test_a_body_past_the_limit_is_refused_before_it_is_read(server: Server) -> N
 
 
 def test_timeout_disconnects_a_client_that_sends_or_reads_nothing(smollm2_path) -> None:
-    """--timeout (llama-server's): a connection left before its request, one left inside its headers or body, and one
-    whose client reads none of a large answer are closed after it; an answer that takes longer is not cut."""
+    """--timeout (llama-server's): a connection left before its request, one left inside its headers or body (also
+    behind a pipelined request's answer), and one whose client reads none of a large answer are closed after it; an
+    answer that takes longer, and a large one read slowly, are not cut."""
     srv = started_server(smollm2_path, "-c", "1024", "--timeout", "2")
 
     def closed_by_server(sock: socket.socket) -> float:
@@ -793,23 +794,47 @@ def test_timeout_disconnects_a_client_that_sends_or_reads_nothing(smollm2_path) 
             with sock:
                 assert 1.5 < closed_by_server(sock) - start < 10
 
-        # a client that reads nothing of /tokenize's pieces of a long text (megabytes of JSON)
-        reader = socket.socket()
-        reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        reader.connect(("127.0.0.1", srv.port))
+        # a client that reads nothing of /tokenize's pieces of a long text (megabytes of JSON), one that reads it
+        # slowly (2 MB/s: more than the timeout to take the whole)
         request = json.dumps({"content": "Hello world! " * 150_000, "with_pieces": True}).encode()
-        reader.sendall(b"POST /tokenize HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                       b"Content-Length: %d\r\n\r\n%s" % (len(request), request))  # fmt: skip
-        time.sleep(8)  # the answer written and the timeout run out, none of it read
-        with reader:
-            received = 0
+
+        def asked(small_buffer: bool) -> socket.socket:
+            reader = socket.socket()
+            if small_buffer:
+                reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            reader.connect(("127.0.0.1", srv.port))
+            reader.sendall(b"POST /tokenize HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                           b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(request), request))  # fmt: skip
             reader.settimeout(30)
-            try:
-                while chunk := reader.recv(1 << 16):
-                    received += len(chunk)
-            except ConnectionResetError:
-                pass
-        assert 0 < received < 6_000_000, received  # cut: the whole answer is 300k pieces of 40 bytes, 12 MB
+            return reader
+
+        def received(reader: socket.socket, pause: float = 0.0) -> int:
+            n = 0
+            with reader:
+                try:
+                    while chunk := reader.recv(1 << 16):
+                        n += len(chunk)
+                        time.sleep(pause)
+                except ConnectionResetError:
+                    pass
+            return n
+
+        still = asked(small_buffer=True)
+        time.sleep(6)  # the answer written and the timeout run out, none of it read
+        assert 0 < received(still) < 6_000_000  # cut: the whole answer is 300k pieces of 40 bytes, 12 MB
+        start = time.monotonic()
+        assert received(asked(small_buffer=False), pause=0.03) > 12_000_000  # whole
+        assert time.monotonic() - start > 3, "read too fast to test the timeout"
+
+        # a pipelined request whose body stops, behind an answer longer than the timeout: closed after that answer
+        pipelined = socket.create_connection(("127.0.0.1", srv.port))
+        generation = json.dumps({"prompt": "Once", "n_predict": 600, "ignore_eos": True}).encode()
+        pipelined.sendall(b"POST /completion HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
+                          b"POST /completion HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\n\r\n{"
+                          % (len(generation), generation))  # fmt: skip
+        start = time.monotonic()
+        with pipelined:
+            assert closed_by_server(pipelined) - start < 30
 
         # a generation longer than the timeout is answered whole
         start = time.monotonic()

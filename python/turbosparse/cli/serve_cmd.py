@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
     p.add_argument(
         "-to", "--timeout", type=_seconds, default=600, metavar="N",
-        help="seconds a client may send nothing while the server waits for its request, or read nothing of an answer "
+        help="seconds a client may send nothing while the server waits for its request, or take nothing of an answer "
         "being written, before it is disconnected (default 600, as llama-server's)",
     )  # fmt: skip
     p.add_argument(
