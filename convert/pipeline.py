@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import gguf
@@ -22,13 +21,13 @@ from turbosparse.convert.arch import ConvertOptions, find_architecture
 from turbosparse.convert.arch.base import ROLE_PREDICTOR
 from turbosparse.convert.down_scales import equalise_down_columns, scale_down_t_outputs
 from turbosparse.convert.groups import add_groups, budget_groups, load_plan
-from turbosparse.convert.hparams import read_config
+from turbosparse.convert.hparams import HParams, read_config
 from turbosparse.convert.imatrix import quantize_keys, read_imatrix, with_importance
 from turbosparse.convert.neuron_order import permute_neurons, quantization_order, stores_quantization_order
 from turbosparse.convert.quant_policy import QuantPolicy, file_type
 from turbosparse.convert.requantize import requantize
 from turbosparse.convert.source import checkpoint_files, open_checkpoint
-from turbosparse.convert.vocab import load_vocab
+from turbosparse.convert.vocab import Vocab, load_vocab
 from turbosparse.convert.writer import add_llama_hparams, add_turbosparse_keys, check_output_path, write_gguf
 from turbosparse.errors import ConvertError, ModelLoadError
 from turbosparse.gguf_reader import file_magic
@@ -110,6 +109,8 @@ def convert(
             f"{src}: --down-layout transposed: a SwiGLU FFN ({cls.name}) is read through its standard down matrix, "
             "by llama.cpp and turbosparse alike; use standard (the default) or both"
         )
+    vocab = load_vocab(src, hp.vocab_size, vocab_pre)
+    check_vocabulary_loads(hp, vocab, src, vocab_pre)  # before any tensor is read
     specs = arch.tensors()
     sparse_keys = arch.metadata()
     has_predictors = any(s.role == ROLE_PREDICTOR for s in specs)
@@ -148,7 +149,6 @@ def convert(
         sparse_keys[KEY_DOWN_COLUMNS_SCALED] = 1
     if not keep_neuron_order:  # the transposed down's blocks, along the output dimensions (down_scales.py)
         specs = scale_down_t_outputs(specs, hp.n_layer)
-    vocab = load_vocab(src, hp.vocab_size, vocab_pre)
     policy = QuantPolicy.from_names(outtype, pred_type, tied=hp.tied_embeddings)
     types = [policy.type_for(s.role, s.shape) for s in specs]
     logger.info("%s: %s checkpoint, %d tensors -> %s (%s)", src, cls.name, len(specs), out, outtype)
@@ -172,26 +172,28 @@ def convert(
             for key, (value, vtype) in quantize_keys(importance).items():
                 writer.add_key_value(key, value, vtype)
 
-    check_vocabulary_loads(add_metadata, src, vocab_pre)
     return write_gguf(out, specs, types, add_metadata, progress=progress)
 
 
-def check_vocabulary_loads(add_metadata: Callable[[gguf.GGUFWriter], None], src: Path, vocab_pre: str | None) -> None:
-    """ConvertError unless llama.cpp reads the vocabulary the file's metadata holds (an unknown --vocab-pre, say):
-    checked on a file of that metadata alone, before the tensors are converted, not on the finished file."""
+def check_vocabulary_loads(hp: HParams, vocab: Vocab, src: Path, vocab_pre: str | None) -> None:
+    """ConvertError unless llama.cpp reads the vocabulary as the file will hold it (an unknown --vocab-pre, say):
+    checked on a file of the hyperparameters and vocabulary alone, before any tensor is read."""
     with tempfile.TemporaryDirectory(prefix="turbosparse-vocab-") as folder:
         probe = Path(folder) / "vocabulary.gguf"
         writer = gguf.GGUFWriter(str(probe), ARCHITECTURE)
-        add_metadata(writer)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_ti_data_to_file()
-        writer.close()
+        try:
+            add_llama_hparams(writer, hp)
+            vocab.add_to(writer)
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_ti_data_to_file()
+        finally:
+            writer.close()
         try:
             Tokenizer(str(probe)).close()
         except ModelLoadError as exc:
             named = f" (--vocab-pre {vocab_pre!r}: is it one of llama.cpp's pre-tokenizer names?)" if vocab_pre else ""
-            reason = str(exc).replace(f"{probe}: ", "")
+            reason = str(exc).replace(f"{probe}: llama.cpp could not load the vocabulary: ", "")
             raise ConvertError(
                 f"{src}: llama.cpp cannot read the vocabulary this conversion writes{named}: {reason}"
             ) from None

@@ -293,6 +293,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="the collection's first tokens, which order and heads are fitted on (k: the rest)")  # fmt: skip
     p.add_argument("-o", "--output", type=Path, required=True)
     args = p.parse_args(argv)
+    if args.fit_tokens < 1:
+        p.error(f"--fit-tokens must be >= 1, got {args.fit_tokens}")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     config = GroupPlanConfig(group_size=args.group_size, recall_target=args.recall_target, reorder=not args.no_reorder,
                              heads=not args.summed_scores, fit_tokens=args.fit_tokens)  # fmt: skip

@@ -145,7 +145,7 @@ def test_models(server: Server) -> None:
     assert status == 200, listed
     entry = listed["data"][0]
     assert (entry["type"], entry["display_name"]) == ("model", entry["id"]) and entry["created_at"].endswith("Z")
-    assert (entry["lifecycle"], entry["max_input_tokens"]) == ("active", SLOT_CTX)
+    assert (entry["lifecycle"], entry["max_input_tokens"]) == ("active", SLOT_CTX - 1)  # one token left to answer
     assert (listed["has_more"], listed["first_id"], listed["last_id"]) == (False, entry["id"], entry["id"])
     assert client.models.retrieve("SmolLM2-135M-Instruct.Q4_1.gguf").id == "SmolLM2-135M-Instruct.Q4_1.gguf"
     with pytest.raises(openai.NotFoundError):
@@ -310,6 +310,7 @@ BAD_CHAT = [
     ({"messages": [{"role": "wizard", "content": "x"}]}, 400),
     ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, 400),
     ({"messages": [{"role": "user", "content": "x"}], "n": 2}, 400),
+    ({"messages": [{"role": "user", "content": [{"type": "refusal", "refusal": "no"}]}]}, 400),  # an assistant's
     ({"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]}, 400),
     ({"messages": [{"role": "user", "content": "x"}], "seed": 1.5}, 400),  # -2 is llama-server's uint32 2**32 - 2
     ({"messages": [{"role": "user", "content": "x"}], "top_logprobs": 2}, 400),  # without logprobs: true
@@ -433,7 +434,7 @@ def test_bad_input_is_a_4xx_error_object(server: Server) -> None:
     turn = {"role": "user", "content": "Once upon a time " * SLOT_CTX}
     status, answer = server.request("POST", "/v1/messages", {"model": "x", "max_tokens": 3, "messages": [turn]})
     assert status == 400 and answer["error"]["type"] == "invalid_request_error", answer
-    assert re.fullmatch(rf"prompt is too long: \d+ tokens > {SLOT_CTX} maximum", answer["error"]["message"]), answer
+    assert re.fullmatch(rf"prompt is too long: \d+ tokens > {SLOT_CTX - 1} maximum", answer["error"]["message"]), answer
     assert_error(*server.request("GET", "/v1/nothing"), 404)
     assert_error(*server.request("GET", "/v1/chat/completions"), 405)
     with pytest.raises(openai.BadRequestError, match="max_tokens"):
@@ -763,6 +764,11 @@ def test_a_body_past_the_limit_is_refused_before_it_is_read(server: Server) -> N
     finally:
         connection.close()
     assert_error(status, body, 413)
+    # a client waiting to be told to send its body is answered at once, not told to send it
+    with socket.create_connection(("127.0.0.1", server.port), timeout=60) as sock:
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+                     b"Content-Length: %d\r\nExpect: 100-continue\r\n\r\n" % (API_KEY.encode(), 64 << 20))  # fmt: skip
+        assert sock.recv(1 << 16).startswith(b"HTTP/1.1 413 ")
     status, body = server.request("POST", "/v1/completions", {"prompt": "Hi", "max_tokens": 1})
     assert status == 200, body
 

@@ -226,12 +226,14 @@ static int init_kv_cache(ts_context *c, char *err, size_t err_size) {
                                                        : ggml_backend_dev_buffer_type(c->model->device);
     c->buf_kv = ggml_backend_alloc_ctx_tensors_from_buft(c->ctx_kv, buft);
     if (c->buf_kv == NULL) {
+        const enum ggml_type tk = (enum ggml_type)c->params.type_k, tv = (enum ggml_type)c->params.type_v;
+        const int quantized = ggml_is_quantized(tk) && ggml_is_quantized(tv);
         return ts_set_error(err, err_size,
                             "out of memory allocating a KV cache of %d sequence(s) x %d tokens (%.2f GiB, %s keys and "
-                            "%s values): a smaller context, or a quantized cache (q8_0 takes about half of f16)",
+                            "%s values): a smaller context%s",
                             c->n_seq, c->n_cells, (double)kv_cache_bytes(c->ctx_kv, buft) / (1 << 30),
-                            ggml_type_name((enum ggml_type)c->params.type_k),
-                            ggml_type_name((enum ggml_type)c->params.type_v));
+                            ggml_type_name(tk), ggml_type_name(tv),
+                            quantized ? "" : ", or a quantized cache (q8_0 takes about half of f16)");
     }
     /* never-written cells are masked out, but 0 * garbage could still be NaN: start from zeros */
     ggml_backend_buffer_clear(c->buf_kv, 0);

@@ -89,6 +89,7 @@ PUBLIC_PATHS = ("/health", "/v1/health", "/metrics")  # answered without the API
 # the largest request body read: a prompt that fills a 1 M-token context is about 4 MB; parsing and tokenizing take
 # tens of times a body's size in memory (a 200 MB prompt took llama.cpp's tokenizer past 6 GB and ended the server)
 MAX_BODY_BYTES = 16 << 20
+DROPPED_BODY_BYTES = 256 << 20  # a refused body is read and dropped up to this size, for its client to see the 413
 
 
 class APIKeyCheck:
@@ -158,8 +159,9 @@ class JsonBodies:
 
 class BodyLimit:
     """A request body past max_bytes is refused with a 413 before the routes parse it (Content-Length past it, or a
-    chunked body once it passes it). The rest of the body is read and dropped first: a client answered while it still
-    sends sees its connection reset, not the 413."""
+    chunked body once it passes it). The rest of the body is read and dropped first (a client answered while it still
+    sends sees its connection reset, not the 413), unless the client waits to be told to send it (Expect:
+    100-continue) or declares more than DROPPED_BODY_BYTES: those are answered at once."""
 
     def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
         self.app, self.max_bytes = app, max_bytes
@@ -168,9 +170,11 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = Headers(scope=scope).get("content-length", "")
+        headers = Headers(scope=scope)
+        declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > self.max_bytes:
-            await _drop_body(receive)
+            if headers.get("expect", "").lower() != "100-continue" and int(declared) <= DROPPED_BODY_BYTES:
+                await _drop_body(receive)
             error = APIError(413, self._message(f"{int(declared)} bytes"))
             await error_response(error, route_path(scope))(scope, receive, send)
             return
@@ -252,7 +256,7 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
                 on_failure(state.failure)
             return
         state.model, state.engine = model, engine
-        if config.embeddings and config.pooling is None and model.pooling == "none":
+        if config.embeddings and (config.pooling or model.pooling) == "none":
             logger.warning("--embeddings: %s's pooling is none (a chat model's), which /v1/embeddings does not serve: "
                            "give --pooling mean, cls or last", config.model_name)  # fmt: skip
         logger.warning(
@@ -333,11 +337,11 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
 
     def model_entry(model: Model) -> dict[str, Any]:
         """OpenAI's model object, with Anthropic's fields beside (its ModelInfo: type, display_name, created_at,
-        lifecycle, max_input_tokens: a slot's context)."""
+        lifecycle, max_input_tokens: a slot's context less the one token an answer needs)."""
         created_at = datetime.fromtimestamp(state.created, timezone.utc).isoformat().replace("+00:00", "Z")
         return {"id": config.model_name, "object": "model", "created": state.created, "owned_by": "turbosparse",
                 "type": "model", "display_name": config.model_name, "created_at": created_at, "lifecycle": "active",
-                "max_input_tokens": model.n_ctx}  # fmt: skip
+                "max_input_tokens": model.n_ctx - 1}  # fmt: skip
 
     @app.post("/tokenize")
     async def tokenize(body: TokenizeRequest) -> JSONResponse:
@@ -646,15 +650,28 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
             return chat, *chat_setup(model, chat)
 
     async def converted_generation(
-        model: Model, engine: Engine, convert: Callable[[], ChatCompletionRequest], names: dict[str, str], param: str
+        model: Model,
+        engine: Engine,
+        convert: Callable[[], ChatCompletionRequest],
+        names: dict[str, str],
+        param: str,
+        *,
+        logprobs: bool = False,
     ) -> tuple[ChatCompletionRequest, list[int], Job, asyncio.Queue[Event], ChatCompletionChunks]:
         """Another API's request, as the chat completion it became (converted_prompt's), started: its prompt tokens,
         job and events, and the chat route's chunks of its answer (the reasoning kept apart: these APIs have blocks
-        of their own for it)."""
+        of their own for it); logprobs: the API gives log-probabilities where the chat completion asks for them."""
         chat, tokens, tool_use, reasoning = await asyncio.to_thread(converted_prompt, model, convert, names)
         with _errors_named_as(names):
             job, queue = await _submit(
-                model, engine, tokens, chat, param, chat.n_top, tools=tool_use, defaults=config.sampling_defaults
+                model,
+                engine,
+                tokens,
+                chat,
+                param,
+                chat.n_top if logprobs else None,
+                tools=tool_use,
+                defaults=config.sampling_defaults,
             )
         meta = CompletionMeta.new("chatcmpl", config.model_name)
         chunks = ChatCompletionChunks(model.tokenizer, meta, job.generation, _split_apart(reasoning), tool_use)
@@ -688,7 +705,9 @@ def create_app(config: ServerConfig, *, on_failure: Callable[[str], None] | None
     async def create_response(body: responses.ResponsesRequest, request: Request) -> Response:
         """OpenAI's Responses API over the chat route's prompt, sampling and tool calls (responses.py)."""
         model, engine = ready()
-        chat, _, job, queue, chunks = await converted_generation(model, engine, body.chat, RESPONSES_FIELDS, "input")
+        chat, _, job, queue, chunks = await converted_generation(
+            model, engine, body.chat, RESPONSES_FIELDS, "input", logprobs=True
+        )
         gen = job.generation
 
         def count(text: str) -> int:

@@ -4,6 +4,7 @@ Anthropic's routes (/v1/messages...) also as Anthropic's: {"type": "error", "err
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -71,7 +72,8 @@ def error_body(
     if anthropic:
         if kind == "exceed_context_size_error" and {"n_prompt_tokens", "n_ctx"} <= set(more):
             # Anthropic's words, which clients look for (a conversation compacted when its prompt is too long)
-            message = f"prompt is too long: {more['n_prompt_tokens']} tokens > {more['n_ctx']} maximum"
+            # (a prompt leaves an answer one token at least: n_ctx - 1 is the most it may be)
+            message = f"prompt is too long: {more['n_prompt_tokens']} tokens > {int(more['n_ctx']) - 1} maximum"
         kind = "request_too_large" if status == 413 else _ANTHROPIC_TYPES.get(kind, kind)
         return {"type": "error", "error": {"type": kind, "message": message, "param": param, "code": status, **more}}
     return {"error": {"message": message, "type": kind, "param": param, "code": status, **more}}
@@ -89,7 +91,7 @@ def error_response(error: APIError, path: str) -> JSONResponse:
 def validation_text(error: Mapping[str, Any]) -> str:
     """A pydantic error's message, less the "Value error, " it puts before a validator's own words (at each level
     of a message that quotes another's)."""
-    return str(error.get("msg", "invalid value")).replace("Value error, ", "")
+    return re.sub(r"(^|: )Value error, ", r"\1", str(error.get("msg", "invalid value")))
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:

@@ -459,10 +459,10 @@ class ResponseEvents:
 
     def piece(self, delta: dict[str, Any]) -> list[dict[str, Any]]:
         """The events of a chat delta ({"reasoning_content", "content"}; "logprobs": its chunk's entries, where asked
-        for: the answer's text's go with it, the reasoning's are not given, as the chat route's content only)."""
+        for: every generated token's, as the chat route gives them, go with the message's text, as a whole answer's
+        do: a reasoning's or a call's tokens too, with the text that follows them)."""
         events: list[dict[str, Any]] = []
-        if delta.get("content") or not delta.get("reasoning_content"):
-            self._unplaced += delta.get("logprobs") or []
+        self._unplaced += delta.get("logprobs") or []
         for key, kind in (("reasoning_content", "reasoning"), ("content", "message")):
             text = delta.get(key)
             if not text:

@@ -367,6 +367,13 @@ class ChatMessage(_Body):
     def _text_only(cls, content: Any) -> Any:
         return typed_parts(content, _CONTENT_PARTS, ("text", "refusal"), "content parts")
 
+    @model_validator(mode="after")
+    def _refusals_are_answers(self) -> Self:
+        parts = self.content if isinstance(self.content, list) else []
+        if self.role != "assistant" and any(isinstance(part, RefusalPart) for part in parts):
+            raise ValueError(f"a refusal content part is an assistant's, not a {self.role} message's")
+        return self
+
     def for_template(self, parts_joined_by: str = "\n") -> dict[str, Any]:
         """The message as chat templates expect it: content a string (text parts joined by newlines, as
         llama-server joins them for templates that take a string; a prefilled answer's parts as they are)."""
