@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from turbosparse.errors import ConvertError
+from turbosparse.errors import ConvertError, extra_install
 
 # safetensors dtype name -> (numpy dtype of the stored bits, whether those bits are bfloat16)
 _SAFETENSORS_DTYPES: dict[str, tuple[np.dtype, bool]] = {
@@ -129,8 +129,7 @@ class TorchBinSource:
             import torch
         except ImportError:
             raise ConvertError(
-                "PyTorch .bin checkpoints need torch (the `train` extra, which scripts/setup.sh installs: pip install "
-                "'.[train]' in the turbosparse checkout), or a conversion to safetensors"
+                f"PyTorch .bin checkpoints need torch ({extra_install('train')}), or a conversion to safetensors"
             ) from None
         self._torch = torch
         self._tensors: dict[str, object] = {}

@@ -17,7 +17,7 @@ from turbosparse.convert.arch.base import register
 from turbosparse.convert.arch.llama import is_llama_layout
 from turbosparse.convert.arch.sparse import CONFIG_KEY, PredictorPart, ReluFamily, as_number
 from turbosparse.convert.source import torch_load
-from turbosparse.errors import ConvertError
+from turbosparse.errors import ConvertError, extra_install
 
 RELU_ACTS = ("relu", "drelu")
 
@@ -74,8 +74,7 @@ class ReluLlama(ReluFamily):
             import torch
         except ImportError:
             raise ConvertError(
-                f"{self._pred_dir}: PowerInfer predictor files (model_N.pt) need torch (the `train` extra, which "
-                "scripts/setup.sh installs: pip install '.[train]' in the turbosparse checkout)"
+                f"{self._pred_dir}: PowerInfer predictor files (model_N.pt) need torch ({extra_install('train')})"
             ) from None
         parts = {}
         for layer in range(self.hparams().n_layer):

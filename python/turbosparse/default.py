@@ -6,7 +6,7 @@ import logging
 
 from turbosparse.assets import default_model_dir, default_model_file
 from turbosparse.binding import NativeModel
-from turbosparse.errors import ModelLoadError, TurboSparseError
+from turbosparse.errors import ModelLoadError, TurboSparseError, extra_install
 
 logger = logging.getLogger(__name__)
 
@@ -29,8 +29,5 @@ def default_model() -> str:
     try:
         from turbosparse.predictor_train.default_model import build_gguf
     except ImportError as exc:
-        raise TurboSparseError(
-            f"building the default model needs the `train` extra (torch), which scripts/setup.sh installs: pip install "
-            f"'.[train]' in the turbosparse checkout ({exc})"
-        ) from None
+        raise TurboSparseError(f"building the default model needs {extra_install('train', 'torch')} ({exc})") from None
     return str(build_gguf())

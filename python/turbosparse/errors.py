@@ -1,4 +1,10 @@
-"""Exceptions raised by turbosparse."""
+"""Exceptions raised by turbosparse, and the words their messages share."""
+
+
+def extra_install(extra: str, holding: str | None = None) -> str:
+    """How an extra (`server`, `train`) that a message finds missing is installed (holding: what it brings)."""
+    named = f"the `{extra}` extra" + (f" ({holding})" if holding else "")
+    return f"{named}, which scripts/setup.sh installs: pip install '.[{extra}]' in the turbosparse checkout"
 
 
 class TurboSparseError(Exception):

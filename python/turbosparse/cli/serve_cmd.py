@@ -17,7 +17,7 @@ from turbosparse.cli.run_cmd import (
     model_path,
 )
 from turbosparse.embeddings import POOLINGS
-from turbosparse.errors import TurboSparseError
+from turbosparse.errors import TurboSparseError, extra_install
 from turbosparse.reasoning import REASONING_FORMATS
 
 logger = logging.getLogger(__name__)
@@ -104,10 +104,7 @@ def run(args: argparse.Namespace) -> int:
         from turbosparse.server.stopping_server import StoppingServer
         from turbosparse.server.timed_connections import timed_protocol
     except ImportError as exc:
-        raise TurboSparseError(
-            f"the server needs the `server` extra, which scripts/setup.sh installs: pip install '.[server]' in the "
-            f"turbosparse checkout ({exc})"
-        ) from None
+        raise TurboSparseError(f"the server needs {extra_install('server')} ({exc})") from None
     path = model_path(args.model)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such model file")

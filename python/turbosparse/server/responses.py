@@ -438,7 +438,7 @@ class ResponseEvents:
         self._sequence = 0
         self._output: list[dict[str, Any]] = []  # the finished items
         self._open: dict[str, Any] | None = None  # the item being streamed: its kind, id, text and logprobs so far
-        self._unplaced: list[dict[str, Any]] = []  # log-probabilities of text not released yet (part of a character)
+        self._unplaced: list[dict[str, Any]] = []  # log-probabilities waiting for the message text they go with
 
     def _event(self, kind: str, **fields: Any) -> dict[str, Any]:
         event = {"type": kind, "sequence_number": self._sequence, **fields}
