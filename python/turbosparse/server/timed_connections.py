@@ -6,11 +6,15 @@ opened and left) use up the process's file descriptors, and the server takes no 
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import struct
-import termios
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
+
+try:  # POSIX only
+    import fcntl
+    import termios
+except ImportError:
+    fcntl = termios = None  # type: ignore[assignment]
 
 LOOKS_PER_TIMEOUT = 4  # a connection is looked at every timeout / 4: it ends within 1.25 timeouts of its last progress
 # the ioctl giving the bytes a socket's send queue holds (Linux; elsewhere only asyncio's own buffer is seen, and a
@@ -72,7 +76,7 @@ class TimedH11Protocol(H11Protocol):
         """The bytes the socket's send queue holds (sent, not acknowledged yet, or not sent): those a client reading
         slowly takes before asyncio's buffer moves again; 0 where the system does not say."""
         sock = self.transport.get_extra_info("socket")
-        if SEND_QUEUE is None or sock is None:
+        if fcntl is None or SEND_QUEUE is None or sock is None:
             return 0
         try:
             return struct.unpack("i", fcntl.ioctl(sock.fileno(), SEND_QUEUE, b"\0\0\0\0"))[0]
