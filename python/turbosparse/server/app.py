@@ -1085,7 +1085,7 @@ class _Cutoff:
                     return None
             try:
                 return await asyncio.wait_for(queue.get(), STOPPING_POLL_S)
-            except TimeoutError:
+            except asyncio.TimeoutError:  # not the built-in TimeoutError before Python 3.11
                 pass
 
 

@@ -8,7 +8,7 @@ llama-server's; so are its `grammar` (GBNF) and `json_schema` fields, beside Ope
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -58,7 +58,7 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
     @model_validator(mode="after")
-    def _unicode_text(self) -> Self:
+    def _unicode_text(self) -> _Body:
         for name, value in self:  # fields and unknown ones; nested bodies check themselves
             found = _unpaired_surrogate(value, name)
             if found:
@@ -368,7 +368,7 @@ class ChatMessage(_Body):
         return typed_parts(content, _CONTENT_PARTS, ("text", "refusal"), "content parts")
 
     @model_validator(mode="after")
-    def _refusals_are_answers(self) -> Self:
+    def _refusals_are_answers(self) -> ChatMessage:
         parts = self.content if isinstance(self.content, list) else []
         if self.role != "assistant" and any(isinstance(part, RefusalPart) for part in parts):
             raise ValueError(f"a refusal content part is an assistant's, not a {self.role} message's")
