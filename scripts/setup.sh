@@ -33,8 +33,9 @@ if [ ! -x "$venv/bin/python" ]; then
     needs_python "$python" " (name another with PYTHON=..., e.g. PYTHON=python3.12 $0)"
     echo "setup: creating $venv" >&2
     "$python" -m venv "$venv"
+else
+    needs_python "$venv/bin/python" " (remove $venv and run again with PYTHON=<a Python >= 3.10>)"
 fi
-needs_python "$venv/bin/python" " (remove $venv and run again with PYTHON=<a Python >= 3.10>)"
 # sha256sum (GNU coreutils) or shasum -a 256 (macOS): the same lines
 sha256=(sha256sum)
 command -v sha256sum >/dev/null || sha256=(shasum -a 256)

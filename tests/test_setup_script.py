@@ -16,8 +16,6 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
-from unpack_llama_converter import unpack  # noqa: E402
 
 SDIST_TOP = "llama_cpp_python-0.3.36"
 # every command setup.sh runs on the CPU build's path, but sha256sum and tar
@@ -60,13 +58,19 @@ CONVERTER_FILES = {
 }
 
 
+def unpack(sdist: Path, dest: Path) -> subprocess.CompletedProcess[str]:
+    """scripts/unpack_llama_converter.py, run as setup.sh runs it."""
+    script = ROOT / "scripts" / "unpack_llama_converter.py"
+    return subprocess.run([sys.executable, script, sdist, dest], capture_output=True, text=True)
+
+
 def test_the_converter_is_unpacked_alone_and_safely(tmp_path: Path) -> None:
     sdist = tmp_path / "s.tar.gz"
     sdist.write_bytes(sdist_bytes(CONVERTER_FILES, {f"{SDIST_TOP}/vendor/llama.cpp/conversion/link.py": "/etc/passwd"}))
     dest = tmp_path / "cache" / "converter"
     dest.mkdir(parents=True)
     (dest / "stale.py").write_text("from an older unpack")
-    unpack(sdist, dest)
+    assert unpack(sdist, dest).returncode == 0
     found = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file())
     assert found == ["conversion/__init__.py", "convert_hf_to_gguf.py", "gguf-py/gguf/__init__.py"]
     assert (dest / "convert_hf_to_gguf.py").read_bytes() == b"# converter\n"
@@ -76,8 +80,9 @@ def test_the_converter_is_unpacked_alone_and_safely(tmp_path: Path) -> None:
 def test_an_sdist_without_the_converter_is_named(tmp_path: Path) -> None:
     sdist = tmp_path / "other.tar.gz"
     sdist.write_bytes(sdist_bytes({"pkg-1.0/setup.py": b""}))
-    with pytest.raises(SystemExit, match=r"other\.tar\.gz: no vendor/llama\.cpp/convert_hf_to_gguf\.py in it"):
-        unpack(sdist, tmp_path / "converter")
+    out = unpack(sdist, tmp_path / "converter")
+    assert out.returncode == 1
+    assert re.search(r"other\.tar\.gz: no vendor/llama\.cpp/convert_hf_to_gguf\.py in it", out.stderr)
     assert not (tmp_path / "converter").exists()
 
 
